@@ -1,0 +1,390 @@
+"""The conventions table: the single source of every name odibi-observe writes.
+
+A node run is recorded in three backends that each have their own naming rules: a SQL catalog
+(``meta_runs`` columns), OpenTelemetry (span attributes and metric instruments) and Prometheus
+(metric names and labels). When each backend spells its own names they drift apart and the
+records can no longer be joined or compared. So every name lives here, once, as data:
+
+* :data:`FIELDS` — one :class:`Field` per recorded fact (run id, status, rows, ...), with the
+  catalog column, span attribute and Prometheus label that carry it;
+* :data:`METRICS` — one :class:`Metric` per instrument, with its OpenTelemetry name and unit and
+  the Prometheus name those translate to under the standard OTel→Prometheus rules (the test
+  suite proves the translation with ``opentelemetry-exporter-prometheus``);
+* :data:`SELF_METRICS` — the metrics odibi-observe keeps about itself (sink errors, drops).
+
+Sinks, dashboards and docs read these objects; none of them spells a name itself. Rendering the
+table (``odibi-observe conventions``) is done by :func:`render_table`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import Final
+
+
+class RunStatus(str, Enum):
+    """Lifecycle of one node run.
+
+    ``RUNNING`` is written when the node starts. Exactly one terminal status follows:
+    ``SUCCESS`` (returned), ``FAILURE`` (raised, including ``BaseException`` such as
+    ``KeyboardInterrupt``) or ``CRASHED`` (the process ended while the node was running:
+    SIGTERM, interpreter exit, or a death the process could not see, closed later by a sweeper).
+    """
+
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    CRASHED = "CRASHED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not RunStatus.RUNNING
+
+
+class Source(str, Enum):
+    """Who wrote a catalog row (column ``source``): provenance for audits."""
+
+    DECORATOR = "decorator"
+    SIDECAR = "sidecar"
+    RECONCILER = "reconciler"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recorded fact and the name it has in each backend.
+
+    ``columns`` lists every catalog column that carries the fact (``duration`` also has
+    ``started_at``/``ended_at``); the first one is the primary column. ``label`` is the
+    Prometheus label (which is also the OpenTelemetry metric attribute key, so that the OTel
+    metrics translate to the same Prometheus series).
+    """
+
+    key: str
+    description: str
+    columns: tuple[str, ...] = ()
+    attribute: str | None = None
+    label: str | None = None
+    prometheus_note: str = "—"
+    otel_metric_note: str = "—"
+
+    @property
+    def column(self) -> str:
+        """The primary catalog column."""
+        return self.columns[0]
+
+
+@dataclass(frozen=True)
+class Fields:
+    """All fields, as attributes so that code reads ``FIELDS.status.column``."""
+
+    run_id: Field
+    project: Field
+    pipeline: Field
+    pipeline_run_id: Field
+    node: Field
+    attempt: Field
+    status: Field
+    rows: Field
+    duration: Field
+    environment: Field
+    error: Field
+    suggestions: Field
+    trace_ids: Field
+    liveness: Field
+    provenance: Field
+    attributes: Field
+
+    def __iter__(self) -> Iterator[Field]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+FIELDS: Final = Fields(
+    run_id=Field(
+        "run_id", "Unique id of one node run; the join key of every backend.",
+        columns=("run_id",), attribute="odibi.run_id", prometheus_note="never a label",
+    ),
+    project=Field(
+        "project", "Project the pipeline belongs to.",
+        columns=("project",), attribute="odibi.project", label="project",
+        prometheus_note="label `project`", otel_metric_note="attribute `project`",
+    ),
+    pipeline=Field(
+        "pipeline", "Pipeline name.",
+        columns=("pipeline_name",), attribute="odibi.pipeline", label="pipeline",
+        prometheus_note="label `pipeline`", otel_metric_note="attribute `pipeline`",
+    ),
+    pipeline_run_id=Field(
+        "pipeline_run_id", "Id of the pipeline run this node run belongs to.",
+        columns=("pipeline_run_id",), attribute="odibi.pipeline_run_id",
+    ),
+    node=Field(
+        "node", "Node name.",
+        columns=("node_name",), attribute="odibi.node", label="node",
+        prometheus_note="label `node`", otel_metric_note="attribute `node`",
+    ),
+    attempt=Field(
+        "attempt", "Attempt number, 1 for the first try.",
+        columns=("attempt",), attribute="odibi.attempt",
+    ),
+    status=Field(
+        "status", "RUNNING, SUCCESS, FAILURE or CRASHED.",
+        columns=("status",), attribute="odibi.status", label="status",
+        prometheus_note="label `status` on `odibi_node_runs_total`",
+        otel_metric_note="`odibi.node.runs`",
+    ),
+    rows=Field(
+        "rows", "Rows processed by the node (unknown is NULL, never 0).",
+        columns=("rows_processed",), attribute="odibi.rows_processed",
+        prometheus_note="`odibi_node_rows_processed_total`",
+        otel_metric_note="`odibi.node.rows_processed`",
+    ),
+    duration=Field(
+        "duration", "Wall time of the node run.",
+        columns=("duration_ms", "started_at", "ended_at"), attribute="odibi.duration_ms",
+        prometheus_note="`odibi_node_duration_seconds` (histogram)",
+        otel_metric_note="`odibi.node.duration` (unit `s`)",
+    ),
+    environment=Field(
+        "environment", "Deployment environment (dev, prod, ...).",
+        columns=("environment",), attribute="odibi.environment", label="environment",
+        prometheus_note="label `environment`", otel_metric_note="attribute `environment`",
+    ),
+    error=Field(
+        "error", "Exception type and redacted, length-bounded message.",
+        columns=("error_type", "error_message"), attribute="error.type",
+    ),
+    suggestions=Field(
+        "suggestions", "Actionable advice attached to a failure.",
+        columns=("suggestions_json",), attribute="odibi.suggestions",
+    ),
+    trace_ids=Field(
+        "trace_ids", "Trace and span id of the node run's span (lower-case hex).",
+        columns=("trace_id", "span_id", "parent_span_id"),
+    ),
+    liveness=Field(
+        "liveness", "Where the run executes, for crash detection.",
+        columns=("host", "pid", "heartbeat_at"), attribute="host.name",
+    ),
+    provenance=Field(
+        "provenance", "Who wrote the catalog row: decorator, sidecar or reconciler.",
+        columns=("source", "updated_at"),
+    ),
+    attributes=Field(
+        "attributes", "User attributes set with run.set_attribute() (Odibi's metrics_json).",
+        columns=("metrics_json",), attribute="odibi.attr.*",
+    ),
+)
+
+#: Odibi's own ``meta_runs`` columns. The catalog is a strict superset of these.
+ODIBI_META_RUNS_COLUMNS: Final = (
+    "run_id", "project", "pipeline_name", "node_name", "status", "rows_processed",
+    "duration_ms", "metrics_json", "environment", "timestamp", "date",
+)
+
+#: The catalog table and its companion tables.
+CATALOG_TABLE: Final = "meta_runs"
+MIGRATIONS_VERSION_TABLE: Final = "odibi_observe_alembic_version"
+
+#: Resource attributes for liveness (standard OTel semantic conventions).
+RESOURCE_HOST: Final = "host.name"
+RESOURCE_PID: Final = "process.pid"
+
+#: Prefix of user attributes on spans (``run.set_attribute("region", "eu")`` → ``odibi.attr.region``).
+USER_ATTRIBUTE_PREFIX: Final = "odibi.attr."
+
+#: Span name of a node run: low-cardinality, the node name carried as an attribute too.
+SPAN_NAME_FORMAT: Final = "node {node}"
+
+#: Instrumentation scope of spans and metrics.
+INSTRUMENTATION_SCOPE: Final = "odibi_observe"
+
+#: The label value that series beyond the cardinality limit fold into.
+OVERFLOW_LABEL_VALUE: Final = "__overflow__"
+
+
+class MetricKind(str, Enum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One instrument: its OpenTelemetry name/unit and the Prometheus name they translate to.
+
+    ``prometheus`` is the exposed family name (counters include ``_total``; histograms are the
+    base name of ``_bucket``/``_sum``/``_count``). ``labels`` are both the Prometheus labels and
+    the OTel metric attribute keys, in exposition order.
+    """
+
+    key: str
+    otel: str | None
+    otel_unit: str
+    prometheus: str
+    kind: MetricKind
+    labels: tuple[str, ...]
+    description: str
+
+    @property
+    def prometheus_base(self) -> str:
+        """The name passed to prometheus_client, which appends ``_total`` to counters itself."""
+        if self.kind is MetricKind.COUNTER and self.prometheus.endswith("_total"):
+            return self.prometheus[: -len("_total")]
+        return self.prometheus
+
+
+_NODE_LABELS: Final = ("project", "pipeline", "node", "environment")
+
+#: Which RunRecord attribute each Prometheus label / OTel metric attribute takes its value from.
+LABEL_SOURCES: Final = {
+    FIELDS.project.label: "project",
+    FIELDS.pipeline.label: "pipeline",
+    FIELDS.node.label: "node",
+    FIELDS.environment.label: "environment",
+    FIELDS.status.label: "status",
+}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    runs: Metric
+    rows: Metric
+    duration: Metric
+    running: Metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+METRICS: Final = Metrics(
+    runs=Metric(
+        "runs", "odibi.node.runs", "{run}", "odibi_node_runs_total", MetricKind.COUNTER,
+        (*_NODE_LABELS, "status"), "Node runs that reached a terminal status.",
+    ),
+    rows=Metric(
+        "rows", "odibi.node.rows_processed", "{row}", "odibi_node_rows_processed_total",
+        MetricKind.COUNTER, _NODE_LABELS, "Rows processed by finished node runs.",
+    ),
+    duration=Metric(
+        "duration", "odibi.node.duration", "s", "odibi_node_duration_seconds",
+        MetricKind.HISTOGRAM, _NODE_LABELS, "Wall time of finished node runs, in seconds.",
+    ),
+    running=Metric(
+        "running", None, "", "odibi_node_running", MetricKind.GAUGE, _NODE_LABELS,
+        "Node runs currently in progress in this process.",
+    ),
+)
+
+#: Histogram buckets for batch jobs: 50 ms to 6 h.
+DURATION_BUCKETS_SECONDS: Final = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0,
+)
+
+
+@dataclass(frozen=True)
+class SelfMetrics:
+    sink_errors: Metric
+    events_dropped: Metric
+    label_overflow: Metric
+    invalid_input: Metric
+    queue_size: Metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+SELF_METRICS: Final = SelfMetrics(
+    sink_errors=Metric(
+        "sink_errors", None, "", "odibi_observe_sink_errors_total", MetricKind.COUNTER,
+        ("sink",), "Failed export attempts per sink (the batch is kept and retried).",
+    ),
+    events_dropped=Metric(
+        "events_dropped", None, "", "odibi_observe_events_dropped_total", MetricKind.COUNTER,
+        ("sink", "reason"), "Events a sink will never receive, by reason (bounded buffers).",
+    ),
+    label_overflow=Metric(
+        "label_overflow", None, "", "odibi_observe_label_overflow_total", MetricKind.COUNTER,
+        ("metric",), "Samples folded into node=\"__overflow__\" by the series limit.",
+    ),
+    invalid_input=Metric(
+        "invalid_input", None, "", "odibi_observe_invalid_input_total", MetricKind.COUNTER,
+        ("field",), "Values clamped or replaced because they were invalid (NaN rows, ...).",
+    ),
+    queue_size=Metric(
+        "queue_size", None, "", "odibi_observe_queue_size", MetricKind.GAUGE,
+        ("sink",), "Events waiting for delivery per sink (queue plus retry buffer).",
+    ),
+)
+
+
+def field_rows() -> list[dict[str, str]]:
+    """The conventions table as rows of strings (the shape printed and documented)."""
+    rows = []
+    for f in FIELDS:
+        rows.append(
+            {
+                "field": f.key,
+                "catalog column": ", ".join(f"`{c}`" for c in f.columns) or "—",
+                "span attribute": f"`{f.attribute}`" if f.attribute else "native" if f.key == "trace_ids" else "—",
+                "Prometheus": f.prometheus_note,
+                "OTel metric": f.otel_metric_note,
+            }
+        )
+    return rows
+
+
+def render_table(fmt: str = "text") -> str:
+    """Render the conventions as ``text`` (aligned columns), ``markdown`` or ``json``."""
+    if fmt == "json":
+        return json.dumps(
+            {
+                "fields": [asdict(f) for f in FIELDS],
+                "metrics": [
+                    {**asdict(m), "kind": m.kind.value} for m in (*METRICS, *SELF_METRICS)
+                ],
+                "statuses": [s.value for s in RunStatus],
+                "catalog_table": CATALOG_TABLE,
+            },
+            indent=2,
+        )
+    rows = field_rows()
+    headers = list(rows[0])
+    metric_rows = [
+        {
+            "metric": m.prometheus,
+            "kind": m.kind.value,
+            "OTel instrument": f"`{m.otel}` ({m.otel_unit})" if m.otel else "—",
+            "labels": ", ".join(m.labels),
+        }
+        for m in (*METRICS, *SELF_METRICS)
+    ]
+    if fmt == "markdown":
+        return "\n\n".join(
+            [_markdown(headers, rows), _markdown(list(metric_rows[0]), metric_rows),
+             "Statuses: " + ", ".join(f"`{s.value}`" for s in RunStatus) + "."]
+        ) + "\n"
+    if fmt == "text":
+        return "\n\n".join(
+            [_text(headers, rows), _text(list(metric_rows[0]), metric_rows),
+             "Statuses: " + ", ".join(s.value for s in RunStatus)]
+        ).replace("`", "") + "\n"
+    raise ValueError(f"unknown format {fmt!r}: choose text, markdown or json")
+
+
+def _markdown(headers: list[str], rows: list[dict[str, str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r[h] for h in headers) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _text(headers: list[str], rows: list[dict[str, str]]) -> str:
+    widths = [max(len(h), *(len(r[h].replace("`", "")) for r in rows)) for h in headers]
+    def line(values: list[str]) -> str:
+        return "  ".join(v.replace("`", "").ljust(w) for v, w in zip(values, widths)).rstrip()
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line([r[h] for h in headers]) for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,161 @@
+"""The run record and the events that carry it.
+
+One :class:`RunRecord` describes one node run. It is immutable: each lifecycle step produces a
+new snapshot (``RUNNING`` at start, a terminal status at the end), wrapped in a
+:class:`RunEvent` and handed to the event bus. Every sink derives its output from the same
+snapshot, which is what makes the catalog row, the span and the metrics agree: there is no
+second place where status, rows or duration could be computed differently.
+
+Times are integer nanoseconds since the Unix epoch (what OpenTelemetry uses), so the span's
+start/end and the catalog's ``started_at``/``ended_at``/``duration_ms`` come from the very same
+numbers. ``ended_ns - started_ns`` is measured with a monotonic clock, so a wall-clock jump
+during a run cannot produce a negative duration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Union
+
+from odibi_observe.conventions import LABEL_SOURCES, RunStatus, Source
+
+#: A value OpenTelemetry accepts as an attribute: a primitive or a homogeneous sequence.
+AttributeValue = Union[str, bool, int, float, tuple[str, ...], tuple[int, ...],
+                       tuple[float, ...], tuple[bool, ...]]
+
+
+class EventKind(str, Enum):
+    """What happened to a run. ``STARTED`` and ``FINISHED`` bracket every run."""
+
+    STARTED = "started"
+    HEARTBEAT = "heartbeat"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A snapshot of one node run, as every sink records it."""
+
+    run_id: str
+    project: str
+    pipeline: str
+    node: str
+    environment: str
+    status: RunStatus
+    started_ns: int
+    trace_id: str
+    span_id: str
+    host: str
+    pid: int
+    service_name: str = "odibi-observe"
+    parent_span_id: str | None = None
+    pipeline_run_id: str | None = None
+    attempt: int = 1
+    ended_ns: int | None = None
+    rows_processed: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    suggestions: tuple[str, ...] = ()
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    heartbeat_ns: int | None = None
+    source: Source = Source.DECORATOR
+
+    @property
+    def duration_ns(self) -> int | None:
+        return None if self.ended_ns is None else self.ended_ns - self.started_ns
+
+    @property
+    def duration_ms(self) -> int | None:
+        """Duration in whole milliseconds, rounded half-up (Odibi's ``duration_ms`` is a long)."""
+        d = self.duration_ns
+        return None if d is None else (d + 500_000) // 1_000_000
+
+    @property
+    def duration_seconds(self) -> float | None:
+        d = self.duration_ns
+        return None if d is None else d / 1e9
+
+    @property
+    def started_at(self) -> datetime:
+        return ns_to_datetime(self.started_ns)
+
+    @property
+    def ended_at(self) -> datetime | None:
+        return None if self.ended_ns is None else ns_to_datetime(self.ended_ns)
+
+    def label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        """Values of the metric ``labels`` (names from the conventions) for this run."""
+        out = []
+        for label in labels:
+            value = getattr(self, LABEL_SOURCES[label])
+            out.append(value.value if isinstance(value, Enum) else value)
+        return tuple(out)
+
+    def finished(self, **changes: Any) -> RunRecord:
+        """A terminal copy of this record (``status`` and ``ended_ns`` among ``changes``)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; :meth:`from_dict` inverts it exactly."""
+        return {
+            "run_id": self.run_id, "project": self.project, "pipeline": self.pipeline,
+            "node": self.node, "environment": self.environment, "status": self.status.value,
+            "started_ns": self.started_ns, "trace_id": self.trace_id, "span_id": self.span_id,
+            "host": self.host, "pid": self.pid, "service_name": self.service_name,
+            "parent_span_id": self.parent_span_id, "pipeline_run_id": self.pipeline_run_id,
+            "attempt": self.attempt, "ended_ns": self.ended_ns,
+            "rows_processed": self.rows_processed, "error_type": self.error_type,
+            "error_message": self.error_message, "suggestions": list(self.suggestions),
+            "attributes": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.attributes.items()},
+            "heartbeat_ns": self.heartbeat_ns, "source": self.source.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        values = dict(data)
+        values["status"] = RunStatus(values["status"])
+        values["source"] = Source(values.get("source", Source.DECORATOR.value))
+        values["suggestions"] = tuple(values.get("suggestions") or ())
+        values["attributes"] = {k: tuple(v) if isinstance(v, list) else v
+                                for k, v in (values.get("attributes") or {}).items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One step of a run's life, delivered to every sink."""
+
+    kind: EventKind
+    record: RunRecord
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind.value, "record": self.record.to_dict()},
+                          separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunEvent:
+        data = json.loads(text)
+        return cls(EventKind(data["kind"]), RunRecord.from_dict(data["record"]))
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    """Nanoseconds since the epoch → aware UTC datetime (microsecond precision)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=rest // 1000)
+
+
+def datetime_to_ns(value: datetime) -> int:
+    """Aware or naive-UTC datetime → nanoseconds since the epoch."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000

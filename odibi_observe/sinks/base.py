@@ -1,0 +1,50 @@
+"""The one contract every sink implements.
+
+A sink turns run events into records in one backend. The contract is deliberately as small as
+OpenTelemetry's ``SpanExporter``: :meth:`Sink.export` a batch, :meth:`Sink.force_flush`,
+:meth:`Sink.shutdown`. Everything else — queueing, batching, retries with backoff, isolation
+from other sinks and from the pipeline — is the event bus's job (:mod:`odibi_observe.bus`), so a
+new backend is a small class and behaves like every other one. ``tests/test_sink_conformance.py``
+is the conformance suite every sink passes.
+
+Rules a sink follows:
+
+* ``export`` either records the whole batch or raises. Raising is how a sink says "keep this
+  batch and retry later"; it never needs to log or swallow its own errors.
+* ``export`` is idempotent by ``run_id``: the bus delivers at least once, so the same event may
+  arrive again after a retry (catalog: upsert; metrics: de-duplicated by run id).
+* A ``RUNNING`` event arriving after a terminal one for the same run never undoes the terminal
+  state (events of one run can be replayed out of order after a failure).
+* ``export`` is called from one thread at a time per sink.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from odibi_observe.record import RunEvent
+
+
+class Sink(abc.ABC):
+    """Base class of every sink; ``name`` labels its errors in ``odibi_observe_sink_errors_total``."""
+
+    name: str = "sink"
+
+    @abc.abstractmethod
+    def export(self, events: Sequence[RunEvent]) -> None:
+        """Record ``events`` (in order) or raise to have the whole batch retried."""
+
+    def force_flush(self, timeout: float | None = None) -> bool:
+        """Push anything the sink buffers itself; return False if it could not in time."""
+        return True
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook, most sinks hold nothing
+        """Release connections and threads. Called once, after a final flush."""
+
+    def after_fork(self) -> None:  # noqa: B027 - optional hook
+        """Re-create what must not be shared with a parent process (connections, locks)."""
+
+
+class SinkExportError(RuntimeError):
+    """A sink could not deliver a batch; the bus keeps the batch and retries it."""
