@@ -1,0 +1,352 @@
+"""The event bus: one emit, every sink, each isolated from the others and from the pipeline.
+
+Each sink gets its own *channel*: a bounded queue, a retry buffer, a backoff state and (in
+``background`` mode) its own worker thread. That is the whole isolation story: a catalog that
+hangs for 30 s or an OTLP endpoint that refuses connections only ever stalls its own channel,
+never the other sinks and never the node (the node only appends to in-memory queues).
+
+Modes:
+
+``inline``
+    ``emit`` calls every sink before it returns. Deterministic, for tests and short scripts.
+    A failing sink is still isolated (its batch goes to its retry buffer), but a *slow* sink
+    is as slow for the caller as it is.
+``background`` (default)
+    ``emit`` appends to each channel's queue and returns. The channel's worker takes batches of
+    up to ``max_batch`` events, waiting at most ``flush_interval`` for a batch to fill.
+
+Failure handling, per channel: an ``export`` that raises is counted
+(``odibi_observe_sink_errors_total{sink}``), logged (once a minute at WARNING) and the batch is
+kept in the retry buffer, re-tried with exponential backoff and jitter, before newer events so
+order is kept. Bounds: ``max_queue`` events per queue and ``max_retry`` per retry buffer; past
+them the oldest events are dropped and counted in ``odibi_observe_events_dropped_total`` with
+``reason="queue_full"`` / ``"retry_buffer_full"`` — never silently. (The write-ahead spool is
+what makes delivery survive the process; this bus makes it survive a sink.)
+
+Fork safety: in a child process the queues and retry buffers start empty (the parent still owns
+and delivers its own events), locks are new, worker threads restart on first use, and every
+sink's ``after_fork`` runs so connections are not shared across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from enum import Enum
+
+from odibi_observe.record import RunEvent
+from odibi_observe.redact import safe_text
+from odibi_observe.selfmetrics import SelfMonitor, log
+from odibi_observe.sinks.base import Sink
+
+
+class BusMode(str, Enum):
+    INLINE = "inline"
+    BACKGROUND = "background"
+
+
+class Backoff:
+    """Exponential backoff with full jitter in [delay/2, delay], capped at ``maximum``."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * (2 ** min(self.failures, 30)))
+        self.failures += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class _Channel:
+    """Queue, retry buffer and worker for one sink."""
+
+    def __init__(self, bus: EventBus, sink: Sink) -> None:
+        self.bus = bus
+        self.sink = sink
+        self.name = getattr(sink, "name", type(sink).__name__)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.queue: deque[RunEvent] = deque()
+        self.retry: deque[RunEvent] = deque()
+        self.backoff = Backoff(self.bus.retry_initial, self.bus.retry_max)
+        self.retry_at = 0.0
+        self.inflight = 0
+        self.flush_requested = False
+        self.closed = False
+        self.thread: threading.Thread | None = None
+        self.failing = False
+
+    # -- producer side -------------------------------------------------------------------
+    def put(self, event: RunEvent) -> None:
+        with self.cond:
+            if self.closed:
+                self.bus.monitor.dropped(self.name, "shutdown")
+                return
+            if len(self.queue) >= self.bus.max_queue:
+                self.queue.popleft()
+                self.bus.monitor.dropped(self.name, "queue_full")
+            self.queue.append(event)
+            if self.thread is None:
+                self._start_worker()
+            if len(self.queue) == 1 or len(self.queue) >= self.bus.max_batch:
+                self.cond.notify()
+
+    def _start_worker(self) -> None:
+        self.thread = threading.Thread(
+            target=self._run, name=f"odibi-observe-{self.name}", daemon=True
+        )
+        self.thread.start()
+
+    # -- worker side ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                batch = self._wait_for_batch()
+                if batch is None:
+                    return
+                self.inflight = len(batch)
+            try:
+                self._deliver(batch)
+            finally:
+                with self.cond:
+                    self.inflight = 0
+                    self.cond.notify_all()
+
+    def _wait_for_batch(self) -> list[RunEvent] | None:
+        """Block (holding ``cond``) until a batch is due; None means the channel is closed.
+
+        A batch is due when the queue is full, its oldest event has waited ``flush_interval``,
+        or a flush was requested. While a failing sink waits out its backoff, nothing is taken:
+        new events stay queued behind the retry buffer, so order is kept.
+        """
+        first_seen: float | None = None
+        while True:
+            now = time.monotonic()
+            if self.closed and not self.queue:
+                return None
+            if self.retry:
+                if now >= self.retry_at or self.flush_requested:
+                    break
+                self.cond.wait(max(self.retry_at - now, 0.001))
+                continue
+            if self.queue:
+                if first_seen is None:
+                    first_seen = now
+                waited = now - first_seen
+                if (len(self.queue) >= self.bus.max_batch or waited >= self.bus.flush_interval
+                        or self.flush_requested or self.closed):
+                    break
+                self.cond.wait(self.bus.flush_interval - waited)
+                continue
+            self.cond.wait()
+        batch = list(self.retry)
+        self.retry.clear()
+        take = min(len(self.queue), self.bus.max_batch)
+        batch.extend(self.queue.popleft() for _ in range(take))
+        self.flush_requested = False
+        return batch
+
+    def _deliver(self, batch: list[RunEvent]) -> None:
+        """Export ``batch`` in chunks; on failure keep the rest for a retry with backoff."""
+        step = self.bus.max_batch
+        for start in range(0, len(batch), step):
+            chunk = batch[start:start + step]
+            try:
+                self.sink.export(chunk)
+            except Exception as exc:  # a sink must never take the bus down
+                self._failed(exc, batch[start:])
+                return
+        if self.failing:
+            log.info("odibi-observe sink %r recovered", self.name)
+        with self.cond:
+            self.failing = False
+            self.backoff.reset()
+
+    def _failed(self, exc: Exception, rest: list[RunEvent]) -> None:
+        self.bus.monitor.sink_error(self.name)
+        self.bus.monitor.warn_once_per_minute(
+            f"sink:{self.name}",
+            "odibi-observe sink %r failed (%s: %s); %d event(s) kept for retry",
+            self.name, type(exc).__name__, safe_text(str(exc), 500), len(rest),
+        )
+        with self.cond:
+            self.failing = True
+            self._to_retry(rest)
+            self.retry_at = time.monotonic() + self.backoff.next_delay()
+
+    def _to_retry(self, events: Sequence[RunEvent]) -> None:
+        """Append to the retry buffer (caller holds ``cond``), dropping the oldest past the bound."""
+        self.retry.extend(events)
+        excess = len(self.retry) - self.bus.max_retry
+        if excess > 0:
+            for _ in range(excess):
+                self.retry.popleft()
+            self.bus.monitor.dropped(self.name, "retry_buffer_full", excess)
+
+    # -- inline mode ---------------------------------------------------------------------
+    def deliver_inline(self, events: Sequence[RunEvent], force_retry: bool = False) -> None:
+        with self.cond:
+            if self.closed:
+                self.bus.monitor.dropped(self.name, "shutdown", len(events))
+                return
+            if self.retry and not force_retry and time.monotonic() < self.retry_at:
+                self._to_retry(events)
+                return
+            batch = [*self.retry, *events]
+            self.retry.clear()
+        if batch:
+            self._deliver(batch)
+
+    # -- flush / shutdown ----------------------------------------------------------------
+    def pending(self) -> int:
+        return len(self.queue) + len(self.retry) + self.inflight
+
+    def flush(self, deadline: float) -> bool:
+        if self.bus.mode is BusMode.INLINE:
+            self.deliver_inline((), force_retry=True)
+        else:
+            with self.cond:
+                if self.thread is None and (self.queue or self.retry):
+                    self._start_worker()
+                self.flush_requested = True
+                self.cond.notify_all()
+                while self.pending():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self.cond.wait(min(remaining, 0.05))
+                    if self.pending() and not self.flush_requested and not self.inflight:
+                        # One delivery attempt per flush call for a failing sink; then give
+                        # up until the deadline rather than spin on a dead backend.
+                        if self.failing:
+                            break
+                        self.flush_requested = True
+                        self.cond.notify_all()
+        ok = not self.pending()
+        try:
+            ok = self.sink.force_flush(max(deadline - time.monotonic(), 0.0)) and ok
+        except Exception as exc:
+            self._failed(exc, [])
+            ok = False
+        return ok
+
+    def close(self, deadline: float) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+            thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        left = self.pending()
+        if left:
+            self.bus.monitor.dropped(self.name, "shutdown", left)
+        try:
+            self.sink.shutdown()
+        except Exception as exc:
+            log.warning("odibi-observe sink %r failed to shut down: %s", self.name,
+                        safe_text(str(exc), 500))
+
+
+class EventBus:
+    """Fan run events out to sinks; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        mode: BusMode | str = BusMode.BACKGROUND,
+        monitor: SelfMonitor | None = None,
+        max_queue: int = 10_000,
+        max_batch: int = 512,
+        max_retry: int = 100_000,
+        flush_interval: float = 0.1,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        self.mode = BusMode(mode)
+        self.monitor = monitor if monitor is not None else SelfMonitor()
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.max_retry = max_retry
+        self.flush_interval = flush_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.sinks = tuple(sinks)
+        self._channels = [_Channel(self, s) for s in self.sinks]
+        self._closed = False
+        self._pid = os.getpid()
+        for ch in self._channels:
+            self.monitor.queue_size.labels(sink=ch.name).set_function(ch.pending)
+        _register_fork_handler(self)
+
+    def emit(self, event: RunEvent) -> None:
+        """Hand ``event`` to every sink. Never raises."""
+        if self._pid != os.getpid():  # fork without the at-fork hook (e.g. os.fork in C)
+            self._after_fork_in_child()
+        try:
+            if self.mode is BusMode.INLINE:
+                for ch in self._channels:
+                    ch.deliver_inline((event,))
+            else:
+                for ch in self._channels:
+                    ch.put(event)
+        except Exception:  # pragma: no cover - defensive: the bus never raises into a node
+            log.exception("odibi-observe: internal error while emitting an event")
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Deliver everything queued; True when every sink confirmed within ``timeout``."""
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        return all([ch.flush(deadline) for ch in self._channels])
+
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        """Flush, stop the workers and shut the sinks down. Idempotent."""
+        if self._closed:
+            return True
+        ok = self.flush(timeout)
+        self._closed = True
+        deadline = time.monotonic() + 5.0
+        for ch in self._channels:
+            ch.close(deadline)
+        return ok
+
+    def pending(self) -> dict[str, int]:
+        """Events not yet delivered, per sink (queue + retry buffer + in flight)."""
+        return {ch.name: ch.pending() for ch in self._channels}
+
+    def _after_fork_in_child(self) -> None:
+        self._pid = os.getpid()
+        for ch in self._channels:
+            ch._reset_state()
+            try:
+                ch.sink.after_fork()
+            except Exception as exc:
+                log.warning("odibi-observe sink %r failed to reset after fork: %s",
+                            ch.name, safe_text(str(exc), 500))
+
+
+_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
+
+
+def _fork_child() -> None:
+    for bus in list(_buses):
+        bus._after_fork_in_child()
+
+
+def _register_fork_handler(bus: EventBus) -> None:
+    _buses.add(bus)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fork_child)

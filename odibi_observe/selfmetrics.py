@@ -1,0 +1,73 @@
+"""Metrics odibi-observe keeps about itself: sink errors, drops, clamps, overflow.
+
+An observability tool that fails silently is worse than none, so every bounded buffer, every
+clamp and every sink failure is counted here (names from :data:`conventions.SELF_METRICS`) in
+the same registry the Prometheus sink exposes. The registry is injectable so that each test (and
+each :class:`~odibi_observe.Observer`) has its own, the way ``prometheus_client`` intends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from odibi_observe.conventions import SELF_METRICS, Metric
+
+log = logging.getLogger("odibi_observe")
+
+
+def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
+    return Counter(metric.prometheus_base, metric.description, metric.labels, registry=registry)
+
+
+class SelfMonitor:
+    """Counters for the failure paths of the bus and the sinks, with rate-limited logging."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.sink_errors = _counter(SELF_METRICS.sink_errors, self.registry)
+        self.events_dropped = _counter(SELF_METRICS.events_dropped, self.registry)
+        self.label_overflow = _counter(SELF_METRICS.label_overflow, self.registry)
+        self.invalid_input = _counter(SELF_METRICS.invalid_input, self.registry)
+        self.queue_size = Gauge(
+            SELF_METRICS.queue_size.prometheus, SELF_METRICS.queue_size.description,
+            SELF_METRICS.queue_size.labels, registry=self.registry,
+        )
+        self._last_warning: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def sink_error(self, sink: str) -> None:
+        self.sink_errors.labels(sink=sink).inc()
+
+    def dropped(self, sink: str, reason: str, count: int = 1) -> None:
+        self.events_dropped.labels(sink=sink, reason=reason).inc(count)
+        self.warn_once_per_minute(
+            f"drop:{sink}:{reason}",
+            "odibi-observe dropped %d event(s) for sink %r: %s "
+            "(counted in odibi_observe_events_dropped_total)", count, sink, reason,
+        )
+
+    def overflow(self, metric: str) -> None:
+        self.label_overflow.labels(metric=metric).inc()
+
+    def invalid(self, field: str, message: str) -> None:
+        """Count a clamped input and say once a minute what was clamped and why."""
+        self.invalid_input.labels(field=field).inc()
+        self.warn_once_per_minute(f"invalid:{field}", "odibi-observe: %s", message)
+
+    def warn_once_per_minute(self, key: str, message: str, *args: object) -> None:
+        """Log at WARNING at most once a minute per ``key``, at DEBUG otherwise.
+
+        A pipeline that runs a million nodes during a catalog outage must not write a million
+        identical warnings; the counters carry the totals.
+        """
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_warning.get(key)
+            loud = last is None or now - last >= 60.0
+            if loud:
+                self._last_warning[key] = now
+        log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
