@@ -1,0 +1,246 @@
+"""The process-wide observer: settings, sinks, bus, and the exit hooks.
+
+:func:`configure` builds an :class:`Observer` from :class:`~odibi_observe.config.Settings` and
+makes it current. Node runs started before any ``configure()`` call configure from the
+environment on first use, so a pipeline deployed with ``ODIBI_OBSERVE_*`` / ``OTEL_*``
+variables needs no code change beyond the decorator.
+
+Default sinks, from the settings:
+
+* Prometheus — always (an in-process registry; served when ``prometheus_port`` is set, written
+  to ``prometheus_textfile`` on flush when that is set);
+* catalog — when ``catalog_url`` is set;
+* OpenTelemetry — when ``otlp_endpoint`` or ``traces_file`` is set, or the application has
+  already installed an SDK ``TracerProvider`` (its spans then carry ours).
+
+Exit paths the interpreter can see are handled here: ``atexit`` and SIGTERM close every run
+still in progress as ``CRASHED`` and flush before the process goes. (SIGKILL and the OOM killer
+cannot be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from odibi_observe.bus import EventBus
+from odibi_observe.config import ConfigurationError, Settings, resolve_settings
+from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.prometheus import PrometheusSink, serve
+
+log = logging.getLogger("odibi_observe")
+
+
+class Observer:
+    """Everything one configuration owns: settings, registry, sinks and the bus."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sinks: Sequence[Sink] | None = None,
+        extra_sinks: Sequence[Sink] = (),
+        registry: CollectorRegistry | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.monitor = SelfMonitor(self.registry)
+        self.prometheus_sink: PrometheusSink | None = None
+        if sinks is None:
+            sinks = self._default_sinks(tracer_provider, meter_provider)
+        self.sinks: tuple[Sink, ...] = (*sinks, *extra_sinks)
+        self.bus = EventBus(
+            self.sinks, mode=settings.mode, monitor=self.monitor,
+            max_queue=settings.max_queue, max_batch=settings.max_batch,
+            flush_interval=settings.flush_interval,
+        )
+        self.prometheus_port: int | None = None
+        if settings.prometheus_port is not None:
+            try:
+                self.prometheus_port = serve(self.registry, settings.prometheus_port,
+                                             settings.prometheus_host)
+            except OSError as exc:
+                log.error("odibi-observe: cannot serve /metrics on %s:%s: %s",
+                          settings.prometheus_host, settings.prometheus_port, exc)
+
+    def _default_sinks(self, tracer_provider: Any, meter_provider: Any) -> list[Sink]:
+        s = self.settings
+        self.prometheus_sink = PrometheusSink(
+            self.registry, monitor=self.monitor, max_series=s.max_label_series)
+        sinks: list[Sink] = [self.prometheus_sink]
+        if s.catalog_url:
+            from odibi_observe.sinks.catalog import CatalogSink
+
+            sinks.append(CatalogSink(s.catalog_url))
+        if s.otlp_endpoint or s.traces_file or tracer_provider is not None \
+                or _sdk_tracer_provider_installed():
+            from odibi_observe.sinks.otel import OtelSink
+
+            sinks.append(OtelSink.from_settings(
+                s, tracer_provider=tracer_provider, meter_provider=meter_provider))
+        return sinks
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        ok = self.bus.flush(timeout)
+        self._write_textfile()
+        return ok
+
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        ok = self.bus.shutdown(timeout)
+        self._write_textfile()
+        return ok
+
+    def _write_textfile(self) -> None:
+        path = self.settings.prometheus_textfile
+        if not path:
+            return
+        from prometheus_client import write_to_textfile
+
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            write_to_textfile(path, self.registry)
+        except OSError as exc:
+            log.error("odibi-observe: cannot write Prometheus text to %s: %s", path, exc)
+
+
+def _sdk_tracer_provider_installed() -> bool:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+_lock = threading.RLock()
+_observer: Observer | None = None
+
+
+def configure(
+    *,
+    project: str | None = None,
+    environment: str | None = None,
+    service_name: str | None = None,
+    catalog_url: str | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
+    traces_file: str | None = None,
+    prometheus_port: int | None = None,
+    mode: str | None = None,
+    sinks: Sequence[Sink] | None = None,
+    extra_sinks: Sequence[Sink] = (),
+    registry: CollectorRegistry | None = None,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    strict: bool = False,
+    **settings: Any,
+) -> Observer:
+    """Configure odibi-observe for this process and return the new :class:`Observer`.
+
+    Every keyword is optional; unset ones come from ``ODIBI_OBSERVE_*`` and ``OTEL_*``
+    environment variables, then defaults (precedence in :mod:`odibi_observe.config`). Further
+    settings (``prometheus_textfile``, ``max_label_series``, ...) are accepted as keywords.
+
+    ``sinks`` replaces the default sinks (tests pass an in-memory sink); ``extra_sinks`` adds
+    to them. A previous observer is flushed and shut down first. An invalid setting is logged
+    and the defaults are used instead — observability configuration never stops a pipeline —
+    unless ``strict=True``, which raises :class:`~odibi_observe.config.ConfigurationError`.
+    """
+    overrides = dict(
+        project=project, environment=environment, service_name=service_name,
+        catalog_url=catalog_url, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
+        traces_file=traces_file, prometheus_port=prometheus_port, mode=mode, **settings,
+    )
+    try:
+        resolved = resolve_settings(overrides)
+    except ConfigurationError as exc:
+        if strict:
+            raise
+        log.error("odibi-observe: %s; using default settings", exc)
+        resolved = Settings()
+    observer = Observer(resolved, sinks=sinks, extra_sinks=extra_sinks, registry=registry,
+                        tracer_provider=tracer_provider, meter_provider=meter_provider)
+    global _observer
+    with _lock:
+        previous, _observer = _observer, observer
+    if previous is not None:
+        previous.shutdown(timeout=10.0)
+    _install_exit_hooks(resolved)
+    return observer
+
+
+def get_observer() -> Observer:
+    """The current observer, configured from the environment on first use."""
+    observer = _observer
+    if observer is not None:
+        return observer
+    with _lock:
+        if _observer is None:
+            configure()
+        assert _observer is not None
+        return _observer
+
+
+def flush(timeout: float | None = 30.0) -> bool:
+    """Deliver every pending record to every sink; True if all confirmed within ``timeout``."""
+    observer = _observer
+    return True if observer is None else observer.flush(timeout)
+
+
+def shutdown(timeout: float | None = 30.0) -> bool:
+    """Flush and release the current observer (sinks, threads, servers). Idempotent."""
+    global _observer
+    with _lock:
+        observer, _observer = _observer, None
+    return True if observer is None else observer.shutdown(timeout)
+
+
+# -- exit paths ---------------------------------------------------------------------------
+
+_hooks_installed = False
+
+
+def _install_exit_hooks(settings: Settings) -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_at_exit)
+    if not settings.handle_sigterm or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        current = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):  # pragma: no cover - platforms without SIGTERM
+        return
+    # Only take over the default action: an application with its own SIGTERM handler decides
+    # what termination means (its handler usually raises, and the node records that itself).
+    if current is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _close_active(error_type: str, message: str) -> None:
+    from odibi_observe.instrument import crash_active_runs
+
+    crash_active_runs(error_type, message)
+
+
+def _at_exit() -> None:
+    _close_active("ProcessExit", "the interpreter exited while the node was running")
+    shutdown(timeout=10.0)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _close_active("SIGTERM", "the process received SIGTERM while the node was running")
+    flush(timeout=5.0)
+    # Let the default action happen: the process terminates with the usual SIGTERM status.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,136 @@
+"""Prometheus sink: node-run counters, rows, duration histogram and in-flight gauge.
+
+Names, labels and buckets come from :mod:`odibi_observe.conventions`. Two properties matter for
+Prometheus specifically:
+
+* **Bounded cardinality.** ``run_id`` is never a label, and the number of distinct
+  (project, pipeline, node, environment) series is capped at ``max_series``. A new combination
+  past the cap is folded into ``node="__overflow__"`` (the other labels kept, so totals per
+  pipeline stay right) and counted in ``odibi_observe_label_overflow_total{metric}``.
+* **At-least-once safe.** Counters are not idempotent, so terminal events are de-duplicated by
+  ``run_id`` (a bounded LRU of recent run ids): a retried or replayed batch counts once.
+
+The registry is injectable (one per :class:`~odibi_observe.Observer`, one per test), and
+:func:`serve` exposes it on 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from odibi_observe.conventions import (
+    DURATION_BUCKETS_SECONDS,
+    FIELDS,
+    METRICS,
+    OVERFLOW_LABEL_VALUE,
+    RunStatus,
+)
+from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe.sinks.base import Sink
+
+_NODE_LABELS = METRICS.rows.labels
+_NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
+_MAX_LABEL_VALUE = 128
+
+
+class _RecentIds:
+    """A bounded set of recently seen run ids (insertion-ordered, oldest evicted)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, run_id: str) -> bool:
+        """Add ``run_id``; False if it was already there."""
+        if run_id in self._ids:
+            return False
+        self._ids[run_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def discard(self, run_id: str) -> bool:
+        return self._ids.pop(run_id, 0) is None
+
+
+class PrometheusSink(Sink):
+    """Record node runs as Prometheus metrics in ``registry``."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        monitor: SelfMonitor | None = None,
+        max_series: int = 2_000,
+        dedupe_capacity: int = 100_000,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.monitor = monitor
+        self.max_series = max_series
+        self.runs = Counter(METRICS.runs.prometheus_base, METRICS.runs.description,
+                            METRICS.runs.labels, registry=self.registry)
+        self.rows = Counter(METRICS.rows.prometheus_base, METRICS.rows.description,
+                            METRICS.rows.labels, registry=self.registry)
+        self.duration = Histogram(METRICS.duration.prometheus, METRICS.duration.description,
+                                  METRICS.duration.labels, registry=self.registry,
+                                  buckets=DURATION_BUCKETS_SECONDS)
+        self.running = Gauge(METRICS.running.prometheus, METRICS.running.description,
+                             METRICS.running.labels, registry=self.registry)
+        self._series: set[tuple[str, ...]] = set()
+        self._finished = _RecentIds(dedupe_capacity)
+        self._started = _RecentIds(dedupe_capacity)
+        self._lock = threading.Lock()
+
+    def export(self, events: Sequence[RunEvent]) -> None:
+        with self._lock:
+            for event in events:
+                if event.kind is EventKind.STARTED:
+                    self._on_start(event.record)
+                elif event.kind is EventKind.FINISHED:
+                    self._on_finish(event.record)
+
+    def _node_labels(self, record: RunRecord, metric: str) -> tuple[str, ...]:
+        """Label values for ``record``, clamped and folded into the overflow series if needed."""
+        values = tuple(v[:_MAX_LABEL_VALUE] for v in record.label_values(_NODE_LABELS))
+        if values in self._series:
+            return values
+        if len(self._series) < self.max_series:
+            self._series.add(values)
+            return values
+        if self.monitor is not None:
+            self.monitor.overflow(metric)
+        folded = list(values)
+        folded[_NODE_INDEX] = OVERFLOW_LABEL_VALUE
+        return tuple(folded)
+
+    def _on_start(self, record: RunRecord) -> None:
+        if record.status is RunStatus.RUNNING and self._started.add(record.run_id):
+            self.running.labels(*self._node_labels(record, METRICS.running.prometheus)).inc()
+
+    def _on_finish(self, record: RunRecord) -> None:
+        if not self._finished.add(record.run_id):
+            return  # at-least-once delivery: this run was already counted
+        labels = self._node_labels(record, METRICS.runs.prometheus)
+        if self._started.discard(record.run_id):
+            self.running.labels(*labels).dec()
+        self.runs.labels(*labels, record.status.value).inc()
+        if record.rows_processed is not None:
+            self.rows.labels(*labels).inc(record.rows_processed)
+        seconds = record.duration_seconds
+        if seconds is not None:
+            self.duration.labels(*labels).observe(seconds)
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
+    """Serve ``registry`` at ``http://host:port/metrics``; return the bound port (0 = any)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return int(server.server_address[1])

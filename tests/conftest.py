@@ -1,0 +1,75 @@
+"""Shared fixtures: the real PostgreSQL server, fresh databases, fresh observers.
+
+PostgreSQL is the Debian server started by ``scripts/test.sh`` (which exports
+``ODIBI_OBSERVE_TEST_PG_URL``). Outside CI a missing server skips the PostgreSQL tests with the
+reason; with ``CI=true`` it is an error, so CI can never go green without them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+PG_URL_ENV = "ODIBI_OBSERVE_TEST_PG_URL"
+
+
+def _pg_admin_url() -> str | None:
+    return os.environ.get(PG_URL_ENV)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    """URL of the test PostgreSQL server (a database the test role owns)."""
+    url = _pg_admin_url()
+    problem = None
+    if not url:
+        problem = f"{PG_URL_ENV} is not set (run the suite with scripts/test.sh)"
+    else:
+        try:
+            engine = sa.create_engine(url, connect_args={"connect_timeout": 5})
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+            engine.dispose()
+        except Exception as exc:
+            problem = f"PostgreSQL at {PG_URL_ENV} is unreachable: {type(exc).__name__}"
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{problem}; PostgreSQL tests must run in CI", pytrace=False)
+        pytest.skip(problem)
+    assert url is not None
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"oo_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(pg_server_url).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"
+        ), {"d": name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> str:
+    """A fresh SQLite catalog file for one test."""
+    return f"sqlite:///{os.fspath(tmp_path)}/catalog.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest) -> str:
+    """Both catalog backends, for tests that must hold on each."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))

@@ -1,0 +1,90 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from odibi_observe.conventions import RunStatus
+from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.sinks.base import Sink
+
+
+def make_record(
+    *,
+    status: RunStatus = RunStatus.SUCCESS,
+    pipeline: str = "sales",
+    node: str = "clean",
+    rows: int | None = 10,
+    duration_ns: int = 12_345_678,
+    **changes: Any,
+) -> RunRecord:
+    started = changes.pop("started_ns", time.time_ns())
+    terminal = status is not RunStatus.RUNNING
+    values: dict[str, Any] = dict(
+        run_id=str(uuid.uuid4()), project="proj", pipeline=pipeline, node=node,
+        environment="test", status=status, started_ns=started,
+        trace_id=f"{random.getrandbits(128) or 1:032x}",
+        span_id=f"{random.getrandbits(64) or 1:016x}",
+        host=socket.gethostname(), pid=os.getpid(),
+        ended_ns=started + duration_ns if terminal else None,
+        rows_processed=rows if terminal else None,
+    )
+    values.update(changes)
+    return RunRecord(**values)
+
+
+def started(record: RunRecord) -> RunEvent:
+    return RunEvent(EventKind.STARTED, record)
+
+
+def finished(record: RunRecord) -> RunEvent:
+    return RunEvent(EventKind.FINISHED, record)
+
+
+class FlakySink(Sink):
+    """Fails while ``broken`` is true (or for the first ``fail_times`` calls), then records."""
+
+    def __init__(self, name: str = "flaky", fail_times: int = 0) -> None:
+        self.name = name
+        self.fail_times = fail_times
+        self.broken = False
+        self.calls = 0
+        self.received: list[RunEvent] = []
+        self.lock = threading.Lock()
+
+    def export(self, events: Sequence[RunEvent]) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.broken or self.calls <= self.fail_times:
+                raise ConnectionError("backend unavailable (password=hunter2)")
+            self.received.extend(events)
+
+
+class SlowSink(Sink):
+    """Blocks every export until ``release`` is set: a hung backend."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.received: list[RunEvent] = []
+
+    def export(self, events: Sequence[RunEvent]) -> None:
+        self.release.wait(30)
+        self.received.extend(events)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -1,0 +1,195 @@
+"""The event bus: delivery, isolation, retries with backoff, bounds, flush and fork."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from odibi_observe.bus import Backoff, EventBus
+from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe.testing import InMemorySink
+from tests.helpers import FlakySink, SlowSink, finished, make_record, wait_until
+
+
+def _monitor() -> SelfMonitor:
+    return SelfMonitor(CollectorRegistry())
+
+
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_every_sink_receives_every_event_in_order(mode: str) -> None:
+    a, b = InMemorySink(), InMemorySink()
+    bus = EventBus([a, b], mode=mode, flush_interval=0.01)
+    events = [finished(make_record()) for _ in range(1200)]
+    for e in events:
+        bus.emit(e)
+    assert bus.flush(10)
+    assert a.events == events
+    assert b.events == events
+    bus.shutdown()
+
+
+def test_background_batches_up_to_max_batch() -> None:
+    sizes: list[int] = []
+
+    class Recorder(InMemorySink):
+        def export(self, events):  # type: ignore[no-untyped-def]
+            sizes.append(len(events))
+            super().export(events)
+
+    sink = Recorder()
+    bus = EventBus([sink], mode="background", max_batch=100, flush_interval=0.5)
+    for _ in range(1000):
+        bus.emit(finished(make_record()))
+    assert bus.flush(10)
+    assert sum(sizes) == 1000
+    assert max(sizes) <= 100
+    assert len(sizes) < 1000  # batched, not one call per event
+    bus.shutdown()
+
+
+def test_failing_sink_does_not_block_the_others_and_is_retried() -> None:
+    monitor = _monitor()
+    good, bad = InMemorySink(), FlakySink("bad")
+    bad.broken = True
+    bus = EventBus([bad, good], mode="background", monitor=monitor, flush_interval=0.01,
+                   retry_initial=0.05, retry_max=0.1)
+    events = [finished(make_record()) for _ in range(50)]
+    for e in events:
+        bus.emit(e)
+    assert wait_until(lambda: len(good.events) == 50)
+    assert wait_until(lambda: (monitor.registry.get_sample_value(
+        "odibi_observe_sink_errors_total", {"sink": "bad"}) or 0) >= 2)
+    assert bus.pending()["bad"] == 50
+    bad.broken = False
+    assert wait_until(lambda: len(bad.received) == 50, timeout=5)
+    assert bad.received == events  # order kept across the retry
+    assert bus.flush(5)
+    bus.shutdown()
+
+
+def test_hung_sink_does_not_delay_other_sinks() -> None:
+    slow, fast = SlowSink(), InMemorySink()
+    bus = EventBus([slow, fast], mode="background", flush_interval=0.01)
+    started = time.monotonic()
+    for _ in range(10):
+        bus.emit(finished(make_record()))
+    assert wait_until(lambda: len(fast.events) == 10, timeout=5)
+    assert time.monotonic() - started < 5
+    assert not bus.flush(0.2)  # the hung sink cannot confirm
+    slow.release.set()
+    assert bus.flush(5)
+    assert len(slow.received) == 10
+    bus.shutdown()
+
+
+def test_inline_mode_keeps_failed_events_and_delivers_them_first_later() -> None:
+    monitor = _monitor()
+    sink = FlakySink(fail_times=1)
+    bus = EventBus([sink], mode="inline", monitor=monitor, retry_initial=0.0, retry_max=0.0)
+    first, second = finished(make_record()), finished(make_record())
+    bus.emit(first)  # fails, kept
+    assert sink.received == []
+    assert bus.pending() == {"flaky": 1}
+    bus.emit(second)
+    assert sink.received == [first, second]
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_sink_errors_total", {"sink": "flaky"}) == 1
+
+
+def test_queue_bound_drops_oldest_and_counts_it() -> None:
+    monitor = _monitor()
+    slow = SlowSink()
+    bus = EventBus([slow], mode="background", monitor=monitor, max_queue=10,
+                   max_batch=1, flush_interval=0.0)
+    for _ in range(30):
+        bus.emit(finished(make_record()))
+    dropped = monitor.registry.get_sample_value(
+        "odibi_observe_events_dropped_total", {"sink": "slow", "reason": "queue_full"})
+    assert dropped is not None and dropped >= 19
+    slow.release.set()
+    bus.shutdown(5)
+
+
+def test_retry_buffer_bound_drops_oldest_and_counts_it() -> None:
+    monitor = _monitor()
+    sink = FlakySink()
+    sink.broken = True
+    bus = EventBus([sink], mode="inline", monitor=monitor, max_retry=5, retry_initial=0.0,
+                   retry_max=0.0)
+    events = [finished(make_record()) for _ in range(8)]
+    for e in events:
+        bus.emit(e)
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_events_dropped_total",
+        {"sink": "flaky", "reason": "retry_buffer_full"}) == 3
+    sink.broken = False
+    assert bus.flush(1)
+    assert sink.received == events[3:]
+
+
+def test_sink_error_log_is_redacted_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    sink = FlakySink()
+    sink.broken = True
+    bus = EventBus([sink], mode="inline", monitor=_monitor(), retry_initial=0.0, retry_max=0.0)
+    with caplog.at_level("WARNING", logger="odibi_observe"):
+        for _ in range(20):
+            bus.emit(finished(make_record()))
+    warnings = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "hunter2" not in caplog.text
+    assert "password=***" in warnings[0].getMessage()
+
+
+def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
+    b = Backoff(initial=1.0, maximum=8.0)
+    delays = [b.next_delay() for _ in range(6)]
+    assert 0.5 <= delays[0] <= 1.0
+    assert 1.0 <= delays[1] <= 2.0
+    assert 2.0 <= delays[2] <= 4.0
+    assert all(4.0 <= d <= 8.0 for d in delays[3:])
+    b.reset()
+    assert b.next_delay() <= 1.0
+
+
+def test_shutdown_flushes_then_counts_what_could_not_be_delivered() -> None:
+    monitor = _monitor()
+    sink = FlakySink()
+    sink.broken = True
+    bus = EventBus([sink], mode="background", monitor=monitor, flush_interval=0.0,
+                   retry_initial=10.0)
+    bus.emit(finished(make_record()))
+    assert not bus.shutdown(timeout=0.5)
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "shutdown"}) == 1
+    bus.emit(finished(make_record()))  # after shutdown: counted, not raised
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "shutdown"}) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_starts_with_empty_queues_and_working_worker() -> None:
+    sink = FlakySink()
+    sink.broken = True
+    bus = EventBus([sink], mode="background", flush_interval=0.0, retry_initial=60.0)
+    bus.emit(finished(make_record()))
+    assert wait_until(lambda: sink.calls >= 1)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            sink.broken = False
+            sink.received.clear()
+            ok = bus.pending()["flaky"] == 0
+            bus.emit(finished(make_record()))
+            ok = ok and bus.flush(5) and len(sink.received) == 1
+            os.write(write_fd, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    assert os.read(read_fd, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert bus.pending()["flaky"] == 1  # the parent still owns its own undelivered event
+    bus.shutdown(0.1)

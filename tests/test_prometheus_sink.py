@@ -1,0 +1,82 @@
+"""Prometheus sink: names and labels from the conventions, cardinality cap, de-dup, endpoint."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from odibi_observe.conventions import METRICS, OVERFLOW_LABEL_VALUE, RunStatus
+from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe.sinks.prometheus import PrometheusSink, serve
+from tests.helpers import finished, make_record, started
+
+
+def _labels(record, *extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    names = METRICS.runs.labels if extra else METRICS.rows.labels
+    return dict(zip(names, record.label_values(names)))
+
+
+def test_finished_run_updates_every_metric_once_even_if_replayed() -> None:
+    sink = PrometheusSink(CollectorRegistry())
+    rec = make_record(rows=42, duration_ns=1_500_000_000)
+    running = rec.finished(status=RunStatus.RUNNING, ended_ns=None, rows_processed=None)
+    sink.export([started(running)])
+    assert sink.registry.get_sample_value(METRICS.running.prometheus, _labels(rec)) == 1
+    sink.export([finished(rec), finished(rec)])  # at-least-once delivery
+    sink.export([finished(rec)])
+    reg = sink.registry
+    assert reg.get_sample_value(METRICS.runs.prometheus, _labels(rec, "status")) == 1
+    assert reg.get_sample_value(METRICS.rows.prometheus, _labels(rec)) == 42
+    assert reg.get_sample_value(METRICS.duration.prometheus + "_sum", _labels(rec)) == 1.5
+    assert reg.get_sample_value(METRICS.duration.prometheus + "_count", _labels(rec)) == 1
+    assert reg.get_sample_value(METRICS.running.prometheus, _labels(rec)) == 0
+
+
+def test_unknown_rows_are_not_counted_as_zero_rows() -> None:
+    sink = PrometheusSink(CollectorRegistry())
+    rec = make_record(rows=None)
+    sink.export([finished(rec)])
+    assert sink.registry.get_sample_value(METRICS.rows.prometheus, _labels(rec)) is None
+    assert sink.registry.get_sample_value(METRICS.runs.prometheus, _labels(rec, "s")) == 1
+
+
+def test_run_id_is_never_a_label_and_buckets_span_batch_durations() -> None:
+    sink = PrometheusSink(CollectorRegistry())
+    sink.export([finished(make_record())])
+    from prometheus_client import generate_latest
+
+    text = generate_latest(sink.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for family in families.values():
+        for sample in family.samples:
+            assert "run_id" not in sample.labels
+    buckets = [float(s.labels["le"]) for s in families[METRICS.duration.prometheus].samples
+               if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"]
+    assert min(buckets) == 0.05 and max(buckets) == 6 * 3600
+
+
+def test_series_beyond_the_limit_fold_into_overflow_and_are_counted() -> None:
+    monitor = SelfMonitor(CollectorRegistry())
+    sink = PrometheusSink(monitor.registry, monitor=monitor, max_series=3)
+    recs = [make_record(node=f"n{i}") for i in range(10)]
+    sink.export([finished(r) for r in recs])
+    reg = sink.registry
+    kept = [r for r in recs if reg.get_sample_value(
+        METRICS.runs.prometheus, _labels(r, "status"))]
+    assert len(kept) == 3
+    overflow = dict(_labels(recs[-1], "status"), node=OVERFLOW_LABEL_VALUE)
+    assert reg.get_sample_value(METRICS.runs.prometheus, overflow) == 7
+    assert reg.get_sample_value("odibi_observe_label_overflow_total",
+                                {"metric": METRICS.runs.prometheus}) == 7
+
+
+def test_metrics_endpoint_serves_on_loopback() -> None:
+    sink = PrometheusSink(CollectorRegistry())
+    sink.export([finished(make_record(node="served"))])
+    port = serve(sink.registry, 0)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        body = resp.read().decode()
+    assert 'node="served"' in body
+    assert METRICS.runs.prometheus in body
