@@ -1,0 +1,336 @@
+"""The ``meta_runs`` table, and the one mapping between a :class:`RunRecord` and its row.
+
+The table is a strict superset of Odibi's own ``meta_runs`` (its eleven columns come first, with
+Odibi's meaning), so Odibi's readers, dashboards and ``odibi catalog runs`` keep working on a
+catalog written by odibi-observe. Every column name is looked up in
+:mod:`odibi_observe.conventions`; this module never spells one, so a rename there is a rename
+everywhere (and a typo is an ``AttributeError`` at import, not a silently empty column).
+
+This module describes the *current* schema. The database is brought to it by the Alembic
+migrations next to it (:mod:`odibi_observe.catalog.migrate`); ``tests/test_catalog.py`` proves
+the two agree with ``alembic.autogenerate.compare_metadata``.
+
+:func:`record_to_row` and :func:`row_to_record` are the only translation between records and
+rows, so the catalog sink, the sweeper and the reconciler cannot disagree about, say, how a
+duration is rounded or which time ``timestamp`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from odibi_observe.conventions import (
+    CATALOG_TABLE,
+    FIELDS,
+    ODIBI_META_RUNS_COLUMNS,
+    RunStatus,
+    Source,
+)
+from odibi_observe.record import (
+    AttributeValue,
+    EventKind,
+    RunRecord,
+    datetime_to_ns,
+    ns_to_datetime,
+)
+from odibi_observe.redact import clamp
+
+# --- column names, all from the conventions ---------------------------------------------------
+
+RUN_ID: Final = FIELDS.run_id.column
+PROJECT: Final = FIELDS.project.column
+PIPELINE: Final = FIELDS.pipeline.column
+NODE: Final = FIELDS.node.column
+STATUS: Final = FIELDS.status.column
+ROWS: Final = FIELDS.rows.column
+DURATION_MS: Final = FIELDS.duration.columns[0]
+STARTED_AT: Final = FIELDS.duration.columns[1]
+ENDED_AT: Final = FIELDS.duration.columns[2]
+METRICS_JSON: Final = FIELDS.attributes.column
+ENVIRONMENT: Final = FIELDS.environment.column
+PIPELINE_RUN_ID: Final = FIELDS.pipeline_run_id.column
+ATTEMPT: Final = FIELDS.attempt.column
+ERROR_TYPE: Final = FIELDS.error.columns[0]
+ERROR_MESSAGE: Final = FIELDS.error.columns[1]
+SUGGESTIONS_JSON: Final = FIELDS.suggestions.column
+TRACE_ID: Final = FIELDS.trace_ids.columns[0]
+SPAN_ID: Final = FIELDS.trace_ids.columns[1]
+PARENT_SPAN_ID: Final = FIELDS.trace_ids.columns[2]
+HOST: Final = FIELDS.liveness.columns[0]
+PID: Final = FIELDS.liveness.columns[1]
+HEARTBEAT_AT: Final = FIELDS.liveness.columns[2]
+SOURCE: Final = FIELDS.provenance.columns[0]
+UPDATED_AT: Final = FIELDS.provenance.columns[1]
+
+
+def _odibi_only_columns() -> tuple[str, str]:
+    """Odibi's columns that no field owns: its row time and its partition date, in that order.
+
+    Unpacking into exactly two names makes a change in the conventions fail here, at import,
+    instead of producing a table without them.
+    """
+    owned = {column for f in FIELDS for column in f.columns}
+    row_time, partition_date = (c for c in ODIBI_META_RUNS_COLUMNS if c not in owned)
+    return row_time, partition_date
+
+
+#: ``timestamp``: when the row's status was reached (``ended_at``, or ``started_at`` while
+#: RUNNING). ``date``: its UTC date, Odibi's partition column.
+TIMESTAMP, DATE = _odibi_only_columns()
+
+# --- the table --------------------------------------------------------------------------------
+
+#: Named constraints, so that the primary key a migration adds to an existing Odibi table has
+#: the same name as the one a fresh ``CREATE TABLE`` gets.
+NAMING_CONVENTION: Final = {
+    "pk": "pk_%(table_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+}
+
+metadata: Final = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+meta_runs: Final = sa.Table(
+    CATALOG_TABLE,
+    metadata,
+    # Odibi's columns, in Odibi's order.
+    sa.Column(RUN_ID, sa.String(100), primary_key=True),
+    sa.Column(PROJECT, sa.String(255)),
+    sa.Column(PIPELINE, sa.String(255)),
+    sa.Column(NODE, sa.String(255)),
+    sa.Column(STATUS, sa.String(50)),
+    sa.Column(ROWS, sa.BigInteger),
+    sa.Column(DURATION_MS, sa.BigInteger),
+    sa.Column(METRICS_JSON, sa.Text),
+    sa.Column(ENVIRONMENT, sa.String(255)),
+    sa.Column(TIMESTAMP, sa.DateTime(timezone=True)),
+    sa.Column(DATE, sa.Date),
+    # odibi-observe's columns. Nullable unless every writer (including Odibi itself, which does
+    # not know them) can always fill them.
+    sa.Column(PIPELINE_RUN_ID, sa.String(100)),
+    sa.Column(ATTEMPT, sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Column(STARTED_AT, sa.DateTime(timezone=True), nullable=False),
+    sa.Column(ENDED_AT, sa.DateTime(timezone=True)),
+    sa.Column(ERROR_TYPE, sa.String(255)),
+    sa.Column(ERROR_MESSAGE, sa.Text),
+    sa.Column(SUGGESTIONS_JSON, sa.Text),
+    sa.Column(TRACE_ID, sa.String(32)),
+    sa.Column(SPAN_ID, sa.String(16)),
+    sa.Column(PARENT_SPAN_ID, sa.String(16)),
+    sa.Column(HOST, sa.String(255)),
+    sa.Column(PID, sa.Integer),
+    sa.Column(HEARTBEAT_AT, sa.DateTime(timezone=True)),
+    sa.Column(SOURCE, sa.String(16)),
+    sa.Column(UPDATED_AT, sa.DateTime(timezone=True)),
+)
+
+# The indexes behind the queries dashboards and the sweeper run. Explicit names: they are part
+# of the migration snapshot and of what operators see in EXPLAIN output.
+sa.Index("ix_meta_runs_started_at", meta_runs.c[STARTED_AT])
+sa.Index(
+    "ix_meta_runs_pipeline_node_started",
+    meta_runs.c[PIPELINE], meta_runs.c[NODE], meta_runs.c[STARTED_AT],
+)
+sa.Index("ix_meta_runs_status_started", meta_runs.c[STATUS], meta_runs.c[STARTED_AT])
+sa.Index(
+    "ix_meta_runs_project_pipeline_date",
+    meta_runs.c[PROJECT], meta_runs.c[PIPELINE], meta_runs.c[DATE],
+)
+sa.Index("ix_meta_runs_trace_id", meta_runs.c[TRACE_ID])
+
+#: Index name → its columns, for migrations and tests that check the database has them.
+INDEXES: Final = {
+    str(ix.name): tuple(c.name for c in ix.columns)
+    for ix in sorted(meta_runs.indexes, key=lambda ix: str(ix.name))
+}
+
+#: Odibi's status for a failed run in some of its versions; read as FAILURE.
+_LEGACY_STATUSES: Final = {"FAILED": RunStatus.FAILURE}
+
+# --- record <-> row ---------------------------------------------------------------------------
+
+
+def utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already.
+
+    SQLite stores datetimes without an offset (SQLAlchemy drops it when binding), and
+    PostgreSQL returns ``timestamptz`` in the session's time zone. Converting on the way in and
+    out makes both backends store and return the same instant.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _db_text(value: str | None, limit: int | None) -> str | None:
+    """Make ``value`` storable in any catalog backend, bounded to the column's length.
+
+    A value a backend refuses (PostgreSQL rejects NUL characters and ``VARCHAR(n)`` overflows;
+    both drivers reject lone surrogates) would make the whole batch fail on every retry and
+    stall the sink for good, so it is repaired here instead: NUL becomes U+FFFD, an unencodable
+    character is replaced, and an over-long value is cut with a note of how much was cut.
+    """
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    if limit is not None and len(value) > limit:
+        value = clamp(value, limit)
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """Attribute values as JSON: tuples become arrays, non-finite floats become strings.
+
+    ``NaN`` is not JSON, and a catalog column other tools parse must hold valid JSON.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def record_to_row(
+    record: RunRecord, *, kind: EventKind, now: datetime | None = None
+) -> dict[str, Any]:
+    """The ``meta_runs`` row for one event of ``record``.
+
+    ``kind`` matters for heartbeats: a HEARTBEAT event whose record carries no heartbeat time
+    is still proof the run was alive, so its ``heartbeat_at`` is ``now``. ``now`` (default: the
+    current time) is also the row's ``updated_at``. ``duration_ms`` is the record's rounded
+    :attr:`RunRecord.duration_ms`, so the catalog shows what the span and metrics show.
+    """
+    written = utc(now) if now is not None else datetime.now(timezone.utc)
+    started_at = record.started_at
+    ended_at = record.ended_at
+    row_time = ended_at if record.status.is_terminal and ended_at is not None else started_at
+    if record.heartbeat_ns is not None:
+        heartbeat_at: datetime | None = ns_to_datetime(record.heartbeat_ns)
+    elif kind is EventKind.HEARTBEAT:
+        heartbeat_at = written
+    else:
+        heartbeat_at = None
+    attributes = {str(k): _json_value(v) for k, v in record.attributes.items()}
+    row: dict[str, Any] = {
+        RUN_ID: record.run_id,
+        PROJECT: record.project,
+        PIPELINE: record.pipeline,
+        NODE: record.node,
+        STATUS: record.status.value,
+        ROWS: record.rows_processed,
+        DURATION_MS: record.duration_ms,
+        METRICS_JSON: _to_json(attributes),
+        ENVIRONMENT: record.environment,
+        TIMESTAMP: row_time,
+        DATE: row_time.date(),
+        PIPELINE_RUN_ID: record.pipeline_run_id,
+        ATTEMPT: record.attempt,
+        STARTED_AT: started_at,
+        ENDED_AT: ended_at,
+        ERROR_TYPE: record.error_type,
+        ERROR_MESSAGE: record.error_message,
+        SUGGESTIONS_JSON: _to_json(list(record.suggestions)) if record.suggestions else None,
+        TRACE_ID: record.trace_id,
+        SPAN_ID: record.span_id,
+        PARENT_SPAN_ID: record.parent_span_id,
+        HOST: record.host,
+        PID: record.pid,
+        HEARTBEAT_AT: heartbeat_at,
+        SOURCE: record.source.value,
+        UPDATED_AT: written,
+    }
+    for name, value in row.items():
+        if isinstance(value, str):
+            length = getattr(meta_runs.c[name].type, "length", None)
+            row[name] = _db_text(value, length)
+    return row
+
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # a raw SQLite read, or a legacy row written as text
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    raise TypeError(f"not a datetime: {value!r}")
+
+
+def _status(value: Any) -> RunStatus:
+    text = str(value).strip().upper()
+    if text in _LEGACY_STATUSES:
+        return _LEGACY_STATUSES[text]
+    try:
+        return RunStatus(text)
+    except ValueError:
+        raise ValueError(
+            f"{STATUS}={value!r} is not one of {', '.join(s.value for s in RunStatus)}"
+        ) from None
+
+
+def _attribute(value: Any) -> AttributeValue:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
+    """The :class:`RunRecord` a ``meta_runs`` row describes; inverts :func:`record_to_row`.
+
+    What the catalog does not store comes back as the record's default (``service_name``), and
+    times come back at the catalog's microsecond precision. Rows Odibi wrote itself (no trace
+    ids, host or pid) come back with empty strings and pid 0 rather than failing, and Odibi's
+    ``FAILED`` reads as FAILURE, so history from before odibi-observe stays queryable.
+    """
+    started = _datetime(row.get(STARTED_AT)) or _datetime(row.get(TIMESTAMP))
+    if started is None:
+        raise ValueError(f"row {row.get(RUN_ID)!r} has neither {STARTED_AT} nor {TIMESTAMP}")
+    ended = _datetime(row.get(ENDED_AT))
+    heartbeat = _datetime(row.get(HEARTBEAT_AT))
+    raw_attributes = json.loads(row[METRICS_JSON]) if row.get(METRICS_JSON) else {}
+    attributes = (
+        {str(k): _attribute(v) for k, v in raw_attributes.items()}
+        if isinstance(raw_attributes, dict) else {}
+    )
+    suggestions = json.loads(row[SUGGESTIONS_JSON]) if row.get(SUGGESTIONS_JSON) else []
+    rows_processed = row.get(ROWS)
+    source = row.get(SOURCE)
+    return RunRecord(
+        run_id=str(row[RUN_ID]),
+        project=row.get(PROJECT) or "",
+        pipeline=row.get(PIPELINE) or "",
+        node=row.get(NODE) or "",
+        environment=row.get(ENVIRONMENT) or "",
+        status=_status(row.get(STATUS)),
+        started_ns=datetime_to_ns(started),
+        trace_id=row.get(TRACE_ID) or "",
+        span_id=row.get(SPAN_ID) or "",
+        host=row.get(HOST) or "",
+        pid=int(row.get(PID) or 0),
+        parent_span_id=row.get(PARENT_SPAN_ID),
+        pipeline_run_id=row.get(PIPELINE_RUN_ID),
+        attempt=int(row.get(ATTEMPT) or 1),
+        ended_ns=None if ended is None else datetime_to_ns(ended),
+        rows_processed=None if rows_processed is None else int(rows_processed),
+        error_type=row.get(ERROR_TYPE),
+        error_message=row.get(ERROR_MESSAGE),
+        suggestions=tuple(str(s) for s in suggestions),
+        attributes=attributes,
+        heartbeat_ns=None if heartbeat is None else datetime_to_ns(heartbeat),
+        source=Source(source) if source else Source.DECORATOR,
+    )
