@@ -1,0 +1,366 @@
+"""OTLP/JSON: the span encoding of the OpenTelemetry Collector's ``file`` exporter.
+
+The embedded default writes traces to a local file instead of a collector, and the reconciler
+later reads traces back from such files (ours, or ones a real Collector wrote). Both only work
+if the file is byte-for-byte the format the Collector writes, so this module follows the
+OTLP/JSON rules of the OTLP specification exactly rather than inventing a log format:
+
+* one ``ExportTraceServiceRequest`` JSON object per line (JSON Lines, no newline inside);
+* lowerCamelCase field names (``resourceSpans``, ``scopeSpans``, ``startTimeUnixNano``);
+* ``traceId`` / ``spanId`` / ``parentSpanId`` as lower-case **hex** strings — the one place
+  where OTLP/JSON deviates from the standard protobuf JSON mapping, which would use base64;
+* enums as integers (``"kind": 1``, ``"code": 2``), 64-bit integers as decimal strings.
+
+The encoding reuses the SDK's own protobuf encoder (``encode_spans``), so a span encodes to the
+same message here as on the wire to a collector; only the JSON rendering is done here.
+
+:class:`SpanView` is a plain, decoded view of one span (hex ids, Python attribute values). Tests
+and the reconciliation engine compare spans through it, whatever transport delivered them.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+__all__ = [
+    "OtlpJsonFileSpanExporter",
+    "OtlpJsonHttpSpanExporter",
+    "SpanView",
+    "decode_request_json",
+    "encode_request_json",
+    "encode_spans_json",
+    "iter_spans",
+    "parse_otlp_json",
+    "read_spans",
+]
+
+log = logging.getLogger(__name__)
+
+#: OTLP fields that hold trace/span ids. OTLP/JSON writes them as hex, protobuf JSON as base64.
+#: The names are unique to ids across every OTLP message (spans, links, exemplars, log records),
+#: so converting them wherever they occur is safe.
+_ID_FIELDS: Final = frozenset({"traceId", "spanId", "parentSpanId"})
+
+_M = TypeVar("_M", bound=Message)
+
+
+# --------------------------------------------------------------------------------- encoding
+
+
+def encode_spans_json(spans: Sequence[ReadableSpan]) -> str:
+    """Encode ``spans`` as one OTLP/JSON ``ExportTraceServiceRequest`` line (no trailing newline).
+
+    Spans are grouped by resource and instrumentation scope exactly as the OTLP exporters group
+    them, because the same encoder builds the message.
+    """
+    return encode_request_json(encode_spans(spans))
+
+
+def encode_request_json(message: Message) -> str:
+    """Render any OTLP export request as one OTLP/JSON line.
+
+    ``json_format`` produces the protobuf JSON mapping (camelCase, int64 as strings); the id
+    fields are then rewritten from base64 to hex as OTLP/JSON requires.
+    """
+    data = json_format.MessageToDict(message, use_integers_for_enums=True)
+    _convert_ids(data, _b64_to_hex)
+    for resource_spans in data.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            spans = scope_spans.get("spans", ())
+            scope_spans["spans"] = [_with_parent_field(span) for span in spans]
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    # json.dumps escapes \n and \r but not U+2028/U+2029, which str.splitlines() (and some JSON
+    # Lines readers) treat as line breaks. Escape them the way Go's encoding/json does, so one
+    # request is always one line for every reader.
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def decode_request_json(line: str | bytes) -> ExportTraceServiceRequest:
+    """Parse one OTLP/JSON line back into an ``ExportTraceServiceRequest`` (hex ids → bytes).
+
+    Unknown fields are ignored, as the OTLP specification requires of receivers, so files from
+    newer Collectors still decode.
+    """
+    return parse_otlp_json(line, ExportTraceServiceRequest())
+
+
+def parse_otlp_json(text: str | bytes, message: _M) -> _M:
+    """Merge the OTLP/JSON ``text`` into ``message`` (any OTLP export request) and return it.
+
+    Every malformed input raises ``ValueError`` (protobuf's own ``ParseError`` is not one), so
+    callers handle bad lines with one ``except``.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("an OTLP/JSON request must be a JSON object")
+    _convert_ids(data, _hex_to_b64)
+    try:
+        json_format.ParseDict(data, message, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ValueError(f"not an OTLP/JSON {type(message).__name__}: {exc}") from exc
+    return message
+
+
+def _with_parent_field(span: dict[str, Any]) -> dict[str, Any]:
+    """Give a root span ``"parentSpanId": ""`` right after its ids, as the Collector writes it.
+
+    Protobuf JSON omits empty fields; the Collector's marshaller always writes the parent id.
+    Keeping that shape means a root span looks the same in our files and in the Collector's.
+    """
+    if "parentSpanId" in span:
+        return span
+    out: dict[str, Any] = {}
+    for key, value in span.items():
+        if "parentSpanId" not in out and key not in ("traceId", "spanId", "traceState"):
+            out["parentSpanId"] = ""
+        out[key] = value
+    out.setdefault("parentSpanId", "")
+    return out
+
+
+def _convert_ids(node: Any, convert: Any) -> None:
+    """Rewrite every id field below ``node`` in place with ``convert``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _ID_FIELDS and isinstance(value, str):
+                node[key] = convert(value)
+            else:
+                _convert_ids(value, convert)
+    elif isinstance(node, list):
+        for item in node:
+            _convert_ids(item, convert)
+
+
+def _b64_to_hex(value: str) -> str:
+    return base64.b64decode(value).hex()
+
+
+def _hex_to_b64(value: str) -> str:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"OTLP/JSON id {value!r} is not a hex string") from None
+    return base64.b64encode(raw).decode("ascii")
+
+
+# --------------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class SpanView:
+    """One decoded span, with ids as lower-case hex and attribute values as Python values.
+
+    Array attributes are tuples (the form ``RunRecord.attributes`` uses), key-value lists are
+    dicts. ``events`` pairs each event's name with its attributes; ``event_times_ns`` holds their
+    timestamps in the same order. ``parent_span_id`` is ``None`` for a root span.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    status_code: int
+    status_message: str
+    events: list[tuple[str, dict[str, Any]]]
+    resource: dict[str, Any]
+    scope_name: str
+    scope_version: str = ""
+    kind: int = 0
+    event_times_ns: tuple[int, ...] = field(default=())
+
+
+def iter_spans(request: ExportTraceServiceRequest) -> Iterator[SpanView]:
+    """Yield a :class:`SpanView` per span of ``request``, in request order."""
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope
+            for span in scope_spans.spans:
+                yield SpanView(
+                    trace_id=span.trace_id.hex(),
+                    span_id=span.span_id.hex(),
+                    parent_span_id=span.parent_span_id.hex() or None,
+                    name=span.name,
+                    start_ns=span.start_time_unix_nano,
+                    end_ns=span.end_time_unix_nano,
+                    attributes=_attributes(span.attributes),
+                    status_code=span.status.code,
+                    status_message=span.status.message,
+                    events=[(e.name, _attributes(e.attributes)) for e in span.events],
+                    resource=dict(resource),
+                    scope_name=scope.name,
+                    scope_version=scope.version,
+                    kind=span.kind,
+                    event_times_ns=tuple(e.time_unix_nano for e in span.events),
+                )
+
+
+def read_spans(path: str | os.PathLike[str], *, strict: bool = False) -> list[SpanView]:
+    """Every span of an OTLP/JSON lines file (ours or a Collector's), in file order.
+
+    A line that does not decode is skipped with a warning (a disk that filled up mid-write
+    leaves one), unless ``strict``, which raises ``ValueError`` naming the line instead.
+    """
+    spans: list[SpanView] = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                request = decode_request_json(line)
+            except ValueError as exc:  # json and protobuf parse errors are ValueErrors
+                if strict:
+                    raise ValueError(f"{os.fspath(path)}:{number}: {exc}") from exc
+                log.warning("skipping undecodable OTLP/JSON line %s:%d: %s",
+                            os.fspath(path), number, exc)
+                continue
+            spans.extend(iter_spans(request))
+    return spans
+
+
+def _attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in pairs}
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(_value(v) for v in value.array_value.values)
+    if kind == "kvlist_value":
+        return _attributes(value.kvlist_value.values)
+    return getattr(value, kind)
+
+
+# -------------------------------------------------------------------------------- exporters
+
+
+class OtlpJsonFileSpanExporter(SpanExporter):
+    """Append one OTLP/JSON line per export to a file — the Collector ``file`` exporter format.
+
+    Each line is written with a single ``O_APPEND`` write, so several processes (the pipeline
+    and a sidecar, say) can append to the same file without interleaving their lines. The file
+    is opened per call rather than kept open, which keeps the exporter safe across ``fork`` and
+    lets external tools rotate the file. Nothing is buffered, so ``force_flush`` has nothing to
+    do. An ``OSError`` (full disk, permissions) becomes ``FAILURE`` so callers can retry.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            log.warning("OTLP/JSON file exporter for %s is shut down; batch refused", self.path)
+            return SpanExportResult.FAILURE
+        if not spans:
+            return SpanExportResult.SUCCESS
+        data = (encode_spans_json(spans) + "\n").encode("utf-8")
+        try:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+                fd = os.open(self.path, flags, 0o666)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            log.warning("could not append spans to %s: %s", self.path, exc)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class OtlpJsonHttpSpanExporter(SpanExporter):
+    """OTLP/HTTP with JSON bodies (protocol ``http/json``), which the SDK does not ship.
+
+    ``endpoint`` is the full signal URL (``http://collector:4318/v1/traces``). One POST per
+    export, no retries inside: the caller (the event bus) owns retries with backoff, so a
+    non-2xx answer or a connection error simply returns ``FAILURE``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = None,
+    ) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"OTLP/HTTP endpoint must be an http(s) URL, got {endpoint!r}")
+        if compression not in (None, "none", "gzip"):
+            raise ValueError(f"unsupported compression {compression!r}: use 'gzip' or None")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.headers = dict(headers or {})
+        self.compression = None if compression == "none" else compression
+        self._shutdown = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        if not spans:
+            return SpanExportResult.SUCCESS
+        body = encode_spans_json(spans).encode("utf-8")
+        headers = {**self.headers, "Content-Type": "application/json"}
+        if self.compression == "gzip":
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            self.endpoint, data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            log.warning("OTLP/JSON export to %s failed: HTTP %s", self.endpoint, exc.code)
+            return SpanExportResult.FAILURE
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # URLError, timeouts and refused connections are OSError subclasses; a peer that
+            # answers garbage raises HTTPException.
+            log.warning("OTLP/JSON export to %s failed: %s", self.endpoint, exc)
+            return SpanExportResult.FAILURE
+        if not 200 <= status < 300:
+            log.warning("OTLP/JSON export to %s failed: HTTP %s", self.endpoint, status)
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
