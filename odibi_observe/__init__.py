@@ -1,4 +1,4 @@
-"""odibi-observe: every pipeline node run recorded once, identically, in traces, catalog and metrics.
+"""odibi-observe: every node run recorded once, identically, in traces, catalog and metrics.
 
 The public API::
 

@@ -187,7 +187,7 @@ class _Channel:
             self.retry_at = time.monotonic() + self.backoff.next_delay()
 
     def _to_retry(self, events: Sequence[RunEvent]) -> None:
-        """Append to the retry buffer (caller holds ``cond``), dropping the oldest past the bound."""
+        """Append to the retry buffer (caller holds ``cond``); drop the oldest past the bound."""
         self.retry.extend(events)
         excess = len(self.retry) - self.bus.max_retry
         if excess > 0:
@@ -308,7 +308,8 @@ class EventBus:
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Deliver everything queued; True when every sink confirmed within ``timeout``."""
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        return all([ch.flush(deadline) for ch in self._channels])
+        # A list, not a generator: every channel is flushed even after one has failed.
+        return all([ch.flush(deadline) for ch in self._channels])  # noqa: C419
 
     def shutdown(self, timeout: float | None = 30.0) -> bool:
         """Flush, stop the workers and shut the sinks down. Idempotent."""

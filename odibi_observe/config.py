@@ -60,7 +60,7 @@ class Settings:
     max_label_series: int = 2_000
     max_attribute_length: int = 4_096
     max_error_message_length: int = 8_192
-    max_name_length: int = 256
+    max_name_length: int = 255
     handle_sigterm: bool = True
     otel_metrics: bool = True
     host: str = field(default_factory=socket.gethostname)

@@ -192,11 +192,15 @@ MIGRATIONS_VERSION_TABLE: Final = "odibi_observe_alembic_version"
 RESOURCE_HOST: Final = "host.name"
 RESOURCE_PID: Final = "process.pid"
 
-#: Prefix of user attributes on spans (``run.set_attribute("region", "eu")`` → ``odibi.attr.region``).
+#: Prefix of user attributes on spans: ``run.set_attribute("region", "eu")`` becomes
+#: ``odibi.attr.region``.
 USER_ATTRIBUTE_PREFIX: Final = "odibi.attr."
 
 #: Span name of a node run: low-cardinality, the node name carried as an attribute too.
 SPAN_NAME_FORMAT: Final = "node {node}"
+
+#: Span name of a pipeline run (``pipeline_run()``), the parent of its node spans.
+PIPELINE_SPAN_NAME_FORMAT: Final = "pipeline {pipeline}"
 
 #: Instrumentation scope of spans and metrics.
 INSTRUMENTATION_SCOPE: Final = "odibi_observe"
@@ -329,7 +333,8 @@ def field_rows() -> list[dict[str, str]]:
             {
                 "field": f.key,
                 "catalog column": ", ".join(f"`{c}`" for c in f.columns) or "—",
-                "span attribute": f"`{f.attribute}`" if f.attribute else "native" if f.key == "trace_ids" else "—",
+                "span attribute": f"`{f.attribute}`" if f.attribute
+                else "native" if f.key == "trace_ids" else "—",
                 "Prometheus": f.prometheus_note,
                 "OTel metric": f.otel_metric_note,
             }
@@ -384,7 +389,8 @@ def _markdown(headers: list[str], rows: list[dict[str, str]]) -> str:
 def _text(headers: list[str], rows: list[dict[str, str]]) -> str:
     widths = [max(len(h), *(len(r[h].replace("`", "")) for r in rows)) for h in headers]
     def line(values: list[str]) -> str:
-        return "  ".join(v.replace("`", "").ljust(w) for v, w in zip(values, widths)).rstrip()
+        cells = (v.replace("`", "").ljust(w) for v, w in zip(values, widths, strict=True))
+        return "  ".join(cells).rstrip()
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line([r[h] for h in headers]) for r in rows]
     return "\n".join(out)

@@ -24,6 +24,7 @@ counts, unserialisable attributes, megabyte strings) are clamped, counted in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -43,7 +44,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from odibi_observe.conventions import INSTRUMENTATION_SCOPE, RunStatus
+from odibi_observe.conventions import (
+    FIELDS,
+    INSTRUMENTATION_SCOPE,
+    PIPELINE_SPAN_NAME_FORMAT,
+    RunStatus,
+)
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunRecord
 from odibi_observe.redact import safe_text
 from odibi_observe.runtime import Observer, get_observer, log
@@ -174,7 +180,7 @@ class NodeRun:
             self._rows = min((self._rows or 0) + rows, _INT64_MAX)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        """Attach ``key=value`` to the run (span attribute ``odibi.attr.<key>``, ``metrics_json``)."""
+        """Attach ``key=value`` to the run (span ``odibi.attr.<key>``, catalog ``metrics_json``)."""
         name = str(key)[:MAX_KEY_LENGTH]
         if name not in self._attributes and len(self._attributes) >= MAX_ATTRIBUTES:
             self._observer.monitor.invalid(
@@ -207,10 +213,9 @@ class NodeRun:
     def _leave(self) -> None:
         """Undo ``_begin``'s context changes (same thread/context as ``_begin``)."""
         if self._otel_token is not None:
-            try:
+            # Detaching fails only when user code left the context unbalanced; nothing to undo.
+            with contextlib.suppress(Exception):
                 otel_context.detach(self._otel_token)  # type: ignore[arg-type]
-            except Exception:  # noqa: S110 - the node's context was left unbalanced by user code
-                pass
         if self._run_token is not None:
             try:
                 _current_run.reset(self._run_token)
@@ -277,8 +282,8 @@ class NodeRun:
             try:
                 value = int(value)
             except (TypeError, ValueError, OverflowError):
-                monitor.invalid("rows_processed",
-                                f"rows_processed={value!r:.80} is not a number; recorded as unknown")
+                monitor.invalid("rows_processed", f"rows_processed={value!r:.80} is not a "
+                                "number; recorded as unknown")
                 return None
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -308,7 +313,8 @@ class NodeRun:
         if isinstance(value, float):
             if math.isfinite(value):
                 return value
-            self._observer.monitor.invalid("attribute", f"attribute {key!r} is {value}; stored as text")
+            self._observer.monitor.invalid("attribute",
+                                           f"attribute {key!r} is {value}; stored as text")
             return str(value)
         if isinstance(value, (list, tuple)):
             items = [self._coerce_attribute(key, v) for v in value[:MAX_ATTRIBUTES]]
@@ -479,14 +485,16 @@ def observe_node(
     an ``int`` only with ``count_int_return=True``).
     """
     if pipeline is not None and not isinstance(pipeline, str):
-        raise TypeError(f"observe_node(pipeline=...) must be a string, not {type(pipeline).__name__}")
+        raise TypeError(
+            f"observe_node(pipeline=...) must be a string, not {type(pipeline).__name__}")
     if node is not None and not isinstance(node, str):
         raise TypeError(f"observe_node(node=...) must be a string, not {type(node).__name__}")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        node_name = node or getattr(func, "__name__", "node")
+        node_name: str = node or str(getattr(func, "__name__", "node"))
         if inspect.iscoroutinefunction(func):
-            return _wrap_async(func, pipeline, node_name, project, count_int_return)  # type: ignore[return-value]
+            return _wrap_async(  # type: ignore[return-value]
+                func, pipeline, node_name, project, count_int_return)
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -543,8 +551,9 @@ def pipeline_run(
     tracer = trace.get_tracer(INSTRUMENTATION_SCOPE)
     try:
         with tracer.start_as_current_span(
-            f"pipeline {pipeline}",
-            attributes={"odibi.pipeline": pipeline, "odibi.pipeline_run_id": scope.pipeline_run_id},
+            PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline),
+            attributes={FIELDS.pipeline.attribute or "": pipeline,
+                        FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id},
         ):
             yield scope.pipeline_run_id
     finally:

@@ -24,8 +24,9 @@ from typing import Any, Union
 from odibi_observe.conventions import LABEL_SOURCES, RunStatus, Source
 
 #: A value OpenTelemetry accepts as an attribute: a primitive or a homogeneous sequence.
-AttributeValue = Union[str, bool, int, float, tuple[str, ...], tuple[int, ...],
-                       tuple[float, ...], tuple[bool, ...]]
+AttributeValue = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics needs 3.10+ only
+    str, bool, int, float, tuple[str, ...], tuple[int, ...], tuple[float, ...], tuple[bool, ...]
+]
 
 
 class EventKind(str, Enum):

@@ -17,8 +17,8 @@ from typing import Final
 REDACTED: Final = "***"
 
 _PATTERNS: Final = (
-    # scheme://user:password@host  → scheme://user:***@host
-    (re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s/]+)(?=@)"),
+    # scheme://user:password@host → scheme://user:***@host (also with a broken or no scheme)
+    (re.compile(r"(?P<pre>//[^:/@\s]*:)(?P<secret>[^@\s/]+)(?=@)"),
      r"\g<pre>" + REDACTED),
     # Authorization: Bearer xyz / Basic xyz
     (re.compile(r"(?i)(?P<pre>\b(?:bearer|basic)\s+)(?P<secret>[A-Za-z0-9\-._~+/]+=*)"),

@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -52,13 +52,14 @@ class Observer:
         registry: CollectorRegistry | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        strict: bool = False,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.monitor = SelfMonitor(self.registry)
         self.prometheus_sink: PrometheusSink | None = None
         if sinks is None:
-            sinks = self._default_sinks(tracer_provider, meter_provider)
+            sinks = self._default_sinks(tracer_provider, meter_provider, strict)
         self.sinks: tuple[Sink, ...] = (*sinks, *extra_sinks)
         self.bus = EventBus(
             self.sinks, mode=settings.mode, monitor=self.monitor,
@@ -74,21 +75,30 @@ class Observer:
                 log.error("odibi-observe: cannot serve /metrics on %s:%s: %s",
                           settings.prometheus_host, settings.prometheus_port, exc)
 
-    def _default_sinks(self, tracer_provider: Any, meter_provider: Any) -> list[Sink]:
+    def _default_sinks(self, tracer_provider: Any, meter_provider: Any,
+                       strict: bool) -> list[Sink]:
         s = self.settings
         self.prometheus_sink = PrometheusSink(
             self.registry, monitor=self.monitor, max_series=s.max_label_series)
         sinks: list[Sink] = [self.prometheus_sink]
+        builders: list[tuple[str, Callable[[], Sink]]] = []
         if s.catalog_url:
-            from odibi_observe.sinks.catalog import CatalogSink
+            builders.append(("catalog", lambda: _catalog_sink(s)))
+        from odibi_observe.sinks.otel import OtelSink, application_tracer_provider
 
-            sinks.append(CatalogSink(s.catalog_url))
         if s.otlp_endpoint or s.traces_file or tracer_provider is not None \
-                or _sdk_tracer_provider_installed():
-            from odibi_observe.sinks.otel import OtelSink
-
-            sinks.append(OtelSink.from_settings(
-                s, tracer_provider=tracer_provider, meter_provider=meter_provider))
+                or application_tracer_provider() is not None:
+            builders.append(("otel", lambda: OtelSink.from_settings(
+                s, tracer_provider=tracer_provider, meter_provider=meter_provider)))
+        for name, build in builders:
+            try:
+                sinks.append(build())
+            except ConfigurationError as exc:
+                # A sink that cannot be built (a missing optional driver, say) is left out
+                # with a clear error; the other sinks still record every run.
+                if strict:
+                    raise
+                log.error("odibi-observe: %s sink disabled: %s", name, exc)
         return sinks
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -114,11 +124,10 @@ class Observer:
             log.error("odibi-observe: cannot write Prometheus text to %s: %s", path, exc)
 
 
-def _sdk_tracer_provider_installed() -> bool:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
+def _catalog_sink(settings: Settings) -> Sink:
+    from odibi_observe.sinks.catalog import CatalogSink
 
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+    return CatalogSink(settings.catalog_url or "")
 
 
 _lock = threading.RLock()
@@ -168,7 +177,8 @@ def configure(
         log.error("odibi-observe: %s; using default settings", exc)
         resolved = Settings()
     observer = Observer(resolved, sinks=sinks, extra_sinks=extra_sinks, registry=registry,
-                        tracer_provider=tracer_provider, meter_provider=meter_provider)
+                        tracer_provider=tracer_provider, meter_provider=meter_provider,
+                        strict=strict)
     global _observer
     with _lock:
         previous, _observer = _observer, observer

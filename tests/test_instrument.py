@@ -40,7 +40,8 @@ def test_success_records_started_then_finished_with_same_ids() -> None:
     start, end = (e.record for e in runs.events)
     assert start.run_id == end.run_id and start.span_id == end.span_id
     assert start.status is RunStatus.RUNNING and end.status is RunStatus.SUCCESS
-    assert (end.project, end.pipeline, end.node, end.environment) == ("shop", "sales", "load", "prod")
+    assert (end.project, end.pipeline, end.node, end.environment) == (
+        "shop", "sales", "load", "prod")
     assert end.rows_processed == 3
     assert end.ended_ns is not None and end.ended_ns >= end.started_ns
     assert end.duration_ms == round((end.ended_ns - end.started_ns) / 1e6)
@@ -264,7 +265,7 @@ class TestBadInputIsClampedNeverRaised:
                 pass
         rec = runs.finished[0]
         assert rec.pipeline == name
-        assert rec.node == (name * 100)[:256]
+        assert rec.node == (name * 100)[:255]
 
     def test_invalid_inputs_are_counted(self) -> None:
         with capture_runs() as runs:

@@ -39,3 +39,8 @@ def test_clamp_says_how_much_was_cut() -> None:
 def test_redaction_happens_before_the_cut() -> None:
     text = "x" * 30 + " password=supersecretvalue"
     assert "supersec" not in safe_text(text, 45)
+
+
+def test_userinfo_password_is_hidden_even_without_a_valid_scheme() -> None:
+    assert "pw123" not in redact("://etl:pw123@db.internal/x")
+    assert "pw123" not in redact("connect to 5432://etl:pw123@db")

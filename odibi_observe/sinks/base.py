@@ -27,7 +27,7 @@ from odibi_observe.record import RunEvent
 
 
 class Sink(abc.ABC):
-    """Base class of every sink; ``name`` labels its errors in ``odibi_observe_sink_errors_total``."""
+    """Base class of every sink; ``name`` labels its ``odibi_observe_sink_errors_total``."""
 
     name: str = "sink"
 
