@@ -1,0 +1,201 @@
+"""The ``odibi-observe`` command line.
+
+Exit codes: 0 success, 1 the command ran and found a problem (the demo's sinks disagree),
+2 bad input or configuration (an unreadable catalog URL, an unknown option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
+from odibi_observe.config import ConfigurationError, hide_password
+from odibi_observe.conventions import RunStatus, render_table
+
+CATALOG_ENV = "ODIBI_OBSERVE_CATALOG_URL"
+
+
+def _catalog_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--catalog", metavar="URL", default=os.environ.get(CATALOG_ENV),
+        help=f"SQLAlchemy URL of the catalog, e.g. sqlite:///catalog.db or "
+             f"postgresql://user@host/db (default: ${CATALOG_ENV})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="odibi-observe",
+        description="Every pipeline node run recorded once, identically, in OpenTelemetry "
+                    "traces, the meta_runs catalog and Prometheus metrics.",
+        epilog="Run 'odibi-observe COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="run an example pipeline into all three sinks (no services needed)",
+        description="Run a six-node example pipeline — successes, an async node, a failure "
+                    "with suggestions, a KeyboardInterrupt inside a node — into a SQLite "
+                    "catalog, an OTLP-JSON trace file and a Prometheus text file, then read "
+                    "all three back and check that they agree.",
+    )
+    demo.add_argument("--out", default="odibi-observe-demo", metavar="DIR",
+                      help="directory for catalog.db, traces.jsonl, metrics.prom "
+                           "(default: %(default)s)")
+
+    conv = sub.add_parser(
+        "conventions", help="print the conventions table (every name every sink uses)",
+        description="Print the single table of names: catalog columns, span attributes, "
+                    "OpenTelemetry instruments, Prometheus metrics and labels.",
+    )
+    conv.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+
+    catalog = sub.add_parser("catalog", help="manage the meta_runs catalog schema")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
+    upgrade = catalog_sub.add_parser(
+        "upgrade", help="create or migrate meta_runs to the current schema (Alembic)",
+        description="Create meta_runs, or migrate it (including a table Odibi created, whose "
+                    "rows are kept), to the current schema. Safe to run repeatedly and "
+                    "concurrently.",
+    )
+    _catalog_arg(upgrade)
+
+    runs = sub.add_parser(
+        "runs", help="recent node runs, with failures' errors and suggestions",
+        description="List recent node runs from the catalog, newest first. Failed and "
+                    "crashed runs show their error and the suggestions recorded with them.",
+    )
+    _catalog_arg(runs)
+    runs.add_argument("--limit", type=int, default=20, help="rows to show (default: 20)")
+    runs.add_argument("--pipeline", help="only this pipeline")
+    runs.add_argument("--node", help="only this node")
+    runs.add_argument("--status", type=str.upper, choices=[s.value for s in RunStatus],
+                      help="only runs with this status")
+    runs.add_argument("--failures", action="store_true",
+                      help="only FAILURE and CRASHED runs")
+    runs.add_argument("--since", metavar="DURATION", type=_duration,
+                      help="only runs started in the last DURATION (30m, 6h, 7d)")
+    return parser
+
+
+def _version() -> str:
+    from odibi_observe import __version__
+
+    return __version__
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    except (KeyError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 30m, 6h or 7d") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from odibi_observe.demo import main as demo_main
+
+            return demo_main(args.out)
+        if args.command == "conventions":
+            sys.stdout.write(render_table(args.format))
+            return 0
+        if args.command == "catalog":
+            return _catalog_upgrade(_require_catalog(parser, args.catalog))
+        if args.command == "runs":
+            return _runs(_require_catalog(parser, args.catalog), args)
+    except ConfigurationError as exc:
+        print(f"odibi-observe: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2  # pragma: no cover - parser.error exits
+
+
+def _require_catalog(parser: argparse.ArgumentParser, url: str | None) -> str:
+    if not url:
+        parser.error(f"--catalog URL is required (or set {CATALOG_ENV})")
+    assert url is not None
+    return url
+
+
+def _catalog_upgrade(url: str) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from odibi_observe.catalog import upgrade
+
+    try:
+        revision = upgrade(url)
+    except SQLAlchemyError as exc:
+        print(f"odibi-observe: error: cannot upgrade {hide_password(url)}: "
+              f"{type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    print(f"{hide_password(url)}: meta_runs is at revision {revision}")
+    return 0
+
+
+def _runs(url: str, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from odibi_observe.catalog import CatalogStore
+
+    since = datetime.now(timezone.utc) - args.since if args.since else None
+    statuses = ([RunStatus.FAILURE, RunStatus.CRASHED] if args.failures
+                else [RunStatus(args.status)] if args.status else None)
+    store = CatalogStore(url)
+    try:
+        records = store.recent_runs(limit=args.limit, pipeline=args.pipeline, node=args.node,
+                                    statuses=statuses, since=since)
+    except SQLAlchemyError as exc:
+        print(f"odibi-observe: error: cannot read {hide_password(url)}: "
+              f"{type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    if not records:
+        print("no runs match")
+        return 0
+    header = f"{'STARTED (UTC)':<19}  {'PIPELINE':<16} {'NODE':<20} {'STATUS':<8} " \
+             f"{'ROWS':>8} {'DURATION':>9}  RUN ID"
+    print(header)
+    for rec in records:
+        rows = "" if rec.rows_processed is None else str(rec.rows_processed)
+        duration = "" if rec.duration_ms is None else _human_ms(rec.duration_ms)
+        print(f"{rec.started_at:%Y-%m-%d %H:%M:%S}  {_cut(rec.pipeline, 16):<16} "
+              f"{_cut(rec.node, 20):<20} {rec.status.value:<8} {rows:>8} {duration:>9}  "
+              f"{rec.run_id}")
+        if rec.error_type:
+            print(f"    error: {rec.error_type}: {_first_line(rec.error_message or '')}")
+        for text in rec.suggestions:
+            print(f"    suggestion: {text}")
+    return 0
+
+
+def _human_ms(ms: int) -> str:
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.1f} min"
+
+
+def _cut(text: str, width: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _first_line(value: object) -> str:
+    from odibi_observe.redact import redact
+
+    return redact(str(value).strip().splitlines()[0] if str(value).strip() else "")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

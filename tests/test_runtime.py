@@ -1,0 +1,102 @@
+"""configure(): sink selection from settings, re-configuration, serving /metrics, failures."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import odibi_observe as oo
+from odibi_observe.otlp_json import read_spans
+from odibi_observe.sinks.catalog import CatalogSink
+from odibi_observe.sinks.otel import OtelSink
+from odibi_observe.sinks.prometheus import PrometheusSink
+
+
+@pytest.fixture(autouse=True)
+def _shutdown() -> None:
+    yield
+    oo.shutdown()
+
+
+def test_default_sinks_follow_the_settings(tmp_path: Path) -> None:
+    observer = oo.configure(handle_sigterm=False)
+    assert [type(s) for s in observer.sinks] == [PrometheusSink]
+    observer = oo.configure(catalog_url=f"sqlite:///{tmp_path}/c.db",
+                            traces_file=str(tmp_path / "t.jsonl"), handle_sigterm=False)
+    assert [type(s) for s in observer.sinks] == [PrometheusSink, CatalogSink, OtelSink]
+
+
+def test_configuration_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ODIBI_OBSERVE_PROJECT", "lake")
+    monkeypatch.setenv("ODIBI_OBSERVE_MODE", "inline")
+    monkeypatch.setenv("ODIBI_OBSERVE_TRACES_FILE", str(tmp_path / "t.jsonl"))
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "nightly-etl")
+    observer = oo.configure(handle_sigterm=False)
+    with oo.node_run("p", "n"):
+        pass
+    assert oo.flush(10)
+    (span,) = [s for s in read_spans(tmp_path / "t.jsonl") if "odibi.run_id" in s.attributes]
+    assert span.attributes["odibi.project"] == "lake"
+    assert span.resource["service.name"] == "nightly-etl"
+    assert observer.settings.mode == "inline"
+
+
+def test_reconfigure_flushes_the_previous_observer(tmp_path: Path) -> None:
+    first = tmp_path / "first.jsonl"
+    oo.configure(traces_file=str(first), mode="background", flush_interval=5.0,
+                 handle_sigterm=False)
+    with oo.node_run("p", "before"):
+        pass
+    oo.configure(traces_file=str(tmp_path / "second.jsonl"), handle_sigterm=False)
+    names = [s.attributes.get("odibi.node") for s in read_spans(first)]
+    assert "before" in names
+
+
+def test_metrics_are_served_on_loopback_when_a_port_is_set() -> None:
+    observer = oo.configure(prometheus_port=0, mode="inline", handle_sigterm=False)
+    with oo.node_run("served", "n"):
+        pass
+    assert observer.prometheus_port
+    url = f"http://127.0.0.1:{observer.prometheus_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = resp.read().decode()
+    assert 'pipeline="served"' in body
+    assert "odibi_observe_queue_size" in body
+
+
+def test_prometheus_textfile_is_written_on_flush(tmp_path: Path) -> None:
+    path = tmp_path / "metrics" / "odibi.prom"
+    oo.configure(prometheus_textfile=str(path), mode="inline", handle_sigterm=False)
+    with oo.node_run("p", "textfile"):
+        pass
+    oo.flush(5)
+    assert 'node="textfile"' in path.read_text()
+
+
+def test_unreachable_endpoints_at_startup_do_not_fail_the_pipeline(tmp_path: Path) -> None:
+    observer = oo.configure(
+        catalog_url="postgresql+psycopg://u:pw@127.0.0.1:1/nope",
+        otlp_endpoint="http://127.0.0.1:1", otlp_timeout=0.5, mode="background",
+        handle_sigterm=False)
+
+    @oo.observe_node(pipeline="p")
+    def node() -> list[int]:
+        return [1, 2]
+
+    assert node() == [1, 2]
+    assert not oo.flush(3)  # cannot confirm, but nothing raised and nothing was lost
+    pending = observer.bus.pending()
+    assert pending == {"prometheus": 0, "catalog": 2, "otel": 2}  # RUNNING + terminal kept
+    assert observer.registry.get_sample_value(
+        "odibi_observe_sink_errors_total", {"sink": "catalog"})
+
+
+def test_first_run_configures_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    oo.shutdown()
+    monkeypatch.setenv("ODIBI_OBSERVE_PROJECT", "auto")
+    with oo.node_run("p", "n") as run:
+        assert oo.get_observer().settings.project == "auto"
+        assert run.record.project == "auto"
