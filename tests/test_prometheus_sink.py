@@ -15,7 +15,7 @@ from tests.helpers import finished, make_record, started
 
 def _labels(record, *extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     names = METRICS.runs.labels if extra else METRICS.rows.labels
-    return dict(zip(names, record.label_values(names)))
+    return dict(zip(names, record.label_values(names), strict=True))
 
 
 def test_finished_run_updates_every_metric_once_even_if_replayed() -> None:
