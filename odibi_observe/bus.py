@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Sequence
 from enum import Enum
 
-from odibi_observe.record import RunEvent
+from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
@@ -74,6 +74,7 @@ class _Channel:
         self.bus = bus
         self.sink = sink
         self.name = getattr(sink, "name", type(sink).__name__)
+        self.kinds = getattr(sink, "kinds", frozenset(EventKind))
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -296,12 +297,15 @@ class EventBus:
         if self._pid != os.getpid():  # fork without the at-fork hook (e.g. os.fork in C)
             self._after_fork_in_child()
         try:
+            kind = event.kind
             if self.mode is BusMode.INLINE:
                 for ch in self._channels:
-                    ch.deliver_inline((event,))
+                    if kind in ch.kinds:
+                        ch.deliver_inline((event,))
             else:
                 for ch in self._channels:
-                    ch.put(event)
+                    if kind in ch.kinds:
+                        ch.put(event)
         except Exception:  # pragma: no cover - defensive: the bus never raises into a node
             log.exception("odibi-observe: internal error while emitting an event")
 

@@ -193,3 +193,22 @@ def test_fork_child_starts_with_empty_queues_and_working_worker() -> None:
     os.waitpid(pid, 0)
     assert bus.pending()["flaky"] == 1  # the parent still owns its own undelivered event
     bus.shutdown(0.1)
+
+
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_a_sink_only_receives_the_kinds_it_declares(mode: str) -> None:
+    from odibi_observe.record import EventKind
+    from tests.helpers import started
+
+    class FinishedOnly(InMemorySink):
+        kinds = frozenset({EventKind.FINISHED})
+
+    only, every = FinishedOnly(), InMemorySink()
+    bus = EventBus([only, every], mode=mode, flush_interval=0.0)
+    rec = make_record()
+    bus.emit(started(rec))
+    bus.emit(finished(rec))
+    assert bus.flush(5)
+    assert [e.kind for e in only.events] == [EventKind.FINISHED]
+    assert [e.kind for e in every.events] == [EventKind.STARTED, EventKind.FINISHED]
+    bus.shutdown()

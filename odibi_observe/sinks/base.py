@@ -23,13 +23,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from odibi_observe.record import RunEvent
+from odibi_observe.record import EventKind, RunEvent
 
 
 class Sink(abc.ABC):
     """Base class of every sink; ``name`` labels its ``odibi_observe_sink_errors_total``."""
 
     name: str = "sink"
+
+    #: The event kinds this sink wants; the bus does not queue the others for it. A sink that
+    #: only records finished runs (spans) says so and saves a queue slot per run.
+    kinds: frozenset[EventKind] = frozenset(EventKind)
 
     @abc.abstractmethod
     def export(self, events: Sequence[RunEvent]) -> None:

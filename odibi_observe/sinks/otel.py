@@ -596,6 +596,7 @@ class OtelSink(Sink):
     """
 
     name = "otel"
+    kinds = frozenset({EventKind.FINISHED})  # a span exists only once the run has ended
 
     def __init__(
         self,

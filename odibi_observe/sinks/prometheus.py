@@ -55,7 +55,11 @@ class _RecentIds:
         return True
 
     def discard(self, run_id: str) -> bool:
-        return self._ids.pop(run_id, 0) is None
+        """Remove ``run_id``; False if it was not there."""
+        if run_id in self._ids:
+            del self._ids[run_id]
+            return True
+        return False
 
 
 class PrometheusSink(Sink):
@@ -84,6 +88,7 @@ class PrometheusSink(Sink):
         self.running = Gauge(METRICS.running.prometheus, METRICS.running.description,
                              METRICS.running.labels, registry=self.registry)
         self._series: set[tuple[str, ...]] = set()
+        self._by_labels: dict[tuple[str, ...], _Series] = {}
         self._finished = _RecentIds(dedupe_capacity)
         self._started = _RecentIds(dedupe_capacity)
         self._lock = threading.Lock()
@@ -110,22 +115,70 @@ class PrometheusSink(Sink):
         folded[_NODE_INDEX] = OVERFLOW_LABEL_VALUE
         return tuple(folded)
 
+    def _children(self, labels: tuple[str, ...]) -> _Series:
+        """The metric children of one label set, looked up once (``labels()`` is not cheap).
+
+        The run counters of every terminal status exist from the first run on, at 0, so that
+        ``rate(odibi_node_runs_total{status="FAILURE"}[5m])`` is 0 rather than absent; rows and
+        durations appear with the first run that has them.
+        """
+        series = self._by_labels.get(labels)
+        if series is None:
+            series = self._by_labels[labels] = _Series(
+                runs={status: self.runs.labels(*labels, status.value)
+                      for status in RunStatus if status.is_terminal},
+                labels=labels, sink=self,
+            )
+        return series
+
     def _on_start(self, record: RunRecord) -> None:
         if record.status is RunStatus.RUNNING and self._started.add(record.run_id):
-            self.running.labels(*self._node_labels(record, METRICS.running.prometheus)).inc()
+            labels = self._node_labels(record, METRICS.running.prometheus)
+            self._children(labels).running.inc()
 
     def _on_finish(self, record: RunRecord) -> None:
         if not self._finished.add(record.run_id):
             return  # at-least-once delivery: this run was already counted
-        labels = self._node_labels(record, METRICS.runs.prometheus)
+        series = self._children(self._node_labels(record, METRICS.runs.prometheus))
         if self._started.discard(record.run_id):
-            self.running.labels(*labels).dec()
-        self.runs.labels(*labels, record.status.value).inc()
+            series.running.dec()
+        series.runs[record.status].inc()
         if record.rows_processed is not None:
-            self.rows.labels(*labels).inc(record.rows_processed)
+            series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
         if seconds is not None:
-            self.duration.labels(*labels).observe(seconds)
+            series.duration.observe(seconds)
+
+
+class _Series:
+    """Children of one label set; rows, duration and running are created on first use."""
+
+    __slots__ = ("_duration", "_rows", "_running", "labels", "runs", "sink")
+
+    def __init__(self, runs: dict[RunStatus, Counter], labels: tuple[str, ...],
+                 sink: PrometheusSink) -> None:
+        self.runs, self.labels, self.sink = runs, labels, sink
+        self._rows: Counter | None = None
+        self._duration: Histogram | None = None
+        self._running: Gauge | None = None
+
+    @property
+    def rows(self) -> Counter:
+        if self._rows is None:
+            self._rows = self.sink.rows.labels(*self.labels)
+        return self._rows
+
+    @property
+    def duration(self) -> Histogram:
+        if self._duration is None:
+            self._duration = self.sink.duration.labels(*self.labels)
+        return self._duration
+
+    @property
+    def running(self) -> Gauge:
+        if self._running is None:
+            self._running = self.sink.running.labels(*self.labels)
+        return self._running
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
