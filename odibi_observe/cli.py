@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "concurrently.",
     )
     _catalog_arg(upgrade)
+    upgrade.set_defaults(subparser=upgrade)
 
     runs = sub.add_parser(
         "runs", help="recent node runs, with failures' errors and suggestions",
@@ -70,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "crashed runs show their error and the suggestions recorded with them.",
     )
     _catalog_arg(runs)
-    runs.add_argument("--limit", type=int, default=20, help="rows to show (default: 20)")
+    runs.set_defaults(subparser=runs)
+    runs.add_argument("--limit", type=_positive_int, default=20,
+                      help="rows to show (default: 20)")
     runs.add_argument("--pipeline", help="only this pipeline")
     runs.add_argument("--node", help="only this node")
     runs.add_argument("--status", type=str.upper, choices=[s.value for s in RunStatus],
@@ -86,6 +89,16 @@ def _version() -> str:
     from odibi_observe import __version__
 
     return __version__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def _duration(text: str) -> timedelta:
@@ -109,9 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render_table(args.format))
             return 0
         if args.command == "catalog":
-            return _catalog_upgrade(_require_catalog(parser, args.catalog))
+            return _catalog_upgrade(_require_catalog(args.subparser, args.catalog))
         if args.command == "runs":
-            return _runs(_require_catalog(parser, args.catalog), args)
+            return _runs(_require_catalog(args.subparser, args.catalog), args)
     except ConfigurationError as exc:
         print(f"odibi-observe: error: {exc}", file=sys.stderr)
         return 2

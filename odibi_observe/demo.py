@@ -96,7 +96,7 @@ class DemoPaths:
 
     @property
     def catalog_url(self) -> str:
-        return f"sqlite:///{self.catalog.resolve()}"
+        return f"sqlite:///{self.catalog}"
 
 
 def run_pipeline() -> None:

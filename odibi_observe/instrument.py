@@ -125,7 +125,10 @@ class NodeRun:
             attempt = 1
         self._start_mono = time.perf_counter_ns()
         self.record = RunRecord(
-            run_id=str(uuid.uuid4()),
+            # A version-4 UUID from the process's PRNG (reseeded after fork) rather than
+            # uuid4()'s os.urandom: a run id must be unique, not unpredictable, and this path
+            # runs once per node call.
+            run_id=str(uuid.UUID(int=random.getrandbits(128), version=4)),
             project=self._name(project or s.project, "project"),
             pipeline=self._name(pipeline, "pipeline"),
             node=self._name(node, "node"),
@@ -264,8 +267,10 @@ class NodeRun:
 
     # -- input hygiene ---------------------------------------------------------------------
     def _name(self, value: Any, field: str) -> str:
-        text = value if isinstance(value, str) else str(value)
         limit = self._observer.settings.max_name_length
+        if type(value) is str and 0 < len(value) <= limit:
+            return value  # the common case, checked first: this runs three times per node call
+        text = value if isinstance(value, str) else str(value)
         if not text:
             self._observer.monitor.invalid(field, f"empty {field} name recorded as 'unknown'")
             return "unknown"

@@ -310,3 +310,16 @@ def test_internal_error_at_start_runs_the_node_unobserved(monkeypatch: pytest.Mo
 
         assert node() == 7
     assert runs.events == []
+
+
+def test_record_finished_equals_dataclasses_replace() -> None:
+    import dataclasses
+
+    from tests.helpers import make_record
+
+    rec = make_record(status=RunStatus.RUNNING)
+    changes = {"status": RunStatus.FAILURE, "ended_ns": rec.started_ns + 5, "rows_processed": 3,
+               "suggestions": ("x",)}
+    assert rec.finished(**changes) == dataclasses.replace(rec, **changes)
+    with pytest.raises(TypeError, match="no field"):
+        rec.finished(colour="red")
