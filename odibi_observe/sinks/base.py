@@ -21,7 +21,8 @@ Rules a sink follows:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 
 from odibi_observe.record import EventKind, RunEvent
 
@@ -48,6 +49,43 @@ class Sink(abc.ABC):
 
     def after_fork(self) -> None:  # noqa: B027 - optional hook
         """Re-create what must not be shared with a parent process (connections, locks)."""
+
+
+class RecentKeys:
+    """A bounded set that forgets its oldest members first.
+
+    Sinks whose backend is not idempotent by itself (counters, span files) remember the
+    ``run_id`` of what they already recorded, so a batch the bus delivers again after a
+    failure is recorded once. Bounded, because a long-running process sees unbounded runs; a
+    replay older than ``capacity`` runs is not expected from the bus.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: Hashable) -> bool:
+        """Add ``key``; False if it was already there (it then counts as recent again)."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return True
+
+    def discard(self, key: Hashable) -> bool:
+        """Remove ``key``; False if it was not there."""
+        if key in self._keys:
+            del self._keys[key]
+            return True
+        return False
 
 
 class SinkExportError(RuntimeError):

@@ -23,7 +23,6 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -69,7 +68,7 @@ from odibi_observe.conventions import (
 )
 from odibi_observe.otlp_json import OtlpJsonFileSpanExporter, OtlpJsonHttpSpanExporter
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.sinks.base import Sink, SinkExportError
+from odibi_observe.sinks.base import RecentKeys, Sink, SinkExportError
 
 __all__ = ["OtelSink", "application_tracer_provider", "record_resource", "record_to_span",
            "span_attributes"]
@@ -233,23 +232,6 @@ def _parse_id(value: str, width: int, name: str) -> int:
 
 
 # ----------------------------------------------------------------------- small utilities
-
-
-class _LruSet:
-    """A bounded set that forgets its oldest members first (at-least-once de-duplication)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[Hashable, None] = OrderedDict()
-
-    def __contains__(self, item: Hashable) -> bool:
-        return item in self._items
-
-    def add(self, item: Hashable) -> None:
-        self._items[item] = None
-        self._items.move_to_end(item)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
 
 
 def app_span_processor(provider: SdkTracerProvider) -> SpanProcessor:
@@ -500,7 +482,7 @@ class _Destination:
         self.exporter = exporter
         self.processor = processor
         self.lock = lock or threading.Lock()
-        self.delivered = _LruSet(SPAN_DEDUP_SIZE)
+        self.delivered = RecentKeys(SPAN_DEDUP_SIZE)
 
     def deliver(self, spans: Sequence[ReadableSpan]) -> None:
         if self.processor is not None:
@@ -681,7 +663,7 @@ class OtelSink(Sink):
 
         self._instruments: _Instruments | None = None
         self._own_meter_provider: SdkMeterProvider | None = None
-        self._counted = _LruSet(METRIC_DEDUP_SIZE)
+        self._counted = RecentKeys(METRIC_DEDUP_SIZE)
         if metrics:
             provider = meter_provider or _usable_global_meter_provider()
             if provider is None and otlp_endpoint and self.app_provider is None:

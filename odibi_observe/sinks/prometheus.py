@@ -17,7 +17,6 @@ The registry is injectable (one per :class:`~odibi_observe.Observer`, one per te
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -31,35 +30,11 @@ from odibi_observe.conventions import (
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.selfmetrics import SelfMonitor
-from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.base import RecentKeys, Sink
 
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
 _MAX_LABEL_VALUE = 128
-
-
-class _RecentIds:
-    """A bounded set of recently seen run ids (insertion-ordered, oldest evicted)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, run_id: str) -> bool:
-        """Add ``run_id``; False if it was already there."""
-        if run_id in self._ids:
-            return False
-        self._ids[run_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return True
-
-    def discard(self, run_id: str) -> bool:
-        """Remove ``run_id``; False if it was not there."""
-        if run_id in self._ids:
-            del self._ids[run_id]
-            return True
-        return False
 
 
 class PrometheusSink(Sink):
@@ -89,8 +64,8 @@ class PrometheusSink(Sink):
                              METRICS.running.labels, registry=self.registry)
         self._series: set[tuple[str, ...]] = set()
         self._by_labels: dict[tuple[str, ...], _Series] = {}
-        self._finished = _RecentIds(dedupe_capacity)
-        self._started = _RecentIds(dedupe_capacity)
+        self._finished = RecentKeys(dedupe_capacity)
+        self._started = RecentKeys(dedupe_capacity)
         self._lock = threading.Lock()
 
     def export(self, events: Sequence[RunEvent]) -> None:
