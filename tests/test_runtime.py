@@ -100,3 +100,27 @@ def test_first_run_configures_from_the_environment(monkeypatch: pytest.MonkeyPat
     with oo.node_run("p", "n") as run:
         assert oo.get_observer().settings.project == "auto"
         assert run.record.project == "auto"
+
+
+def test_records_kept_during_a_catalog_outage_land_when_it_returns(tmp_path: Path) -> None:
+    """The catalog's directory does not exist yet: SQLite cannot open the file (an outage)."""
+    import sqlalchemy as sa
+
+    directory = tmp_path / "not-yet"
+    url = f"sqlite:///{directory}/catalog.db"
+    observer = oo.configure(catalog_url=url, mode="background", handle_sigterm=False)
+
+    @oo.observe_node(pipeline="outage")
+    def node() -> list[int]:
+        return [1, 2, 3]
+
+    assert [node() for _ in range(3)] == [[1, 2, 3]] * 3
+    assert not oo.flush(2)
+    assert observer.bus.pending()["catalog"] == 6
+    directory.mkdir()  # the catalog is back
+    assert oo.flush(10)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, rows_processed FROM meta_runs")).all()
+    engine.dispose()
+    assert sorted(rows) == [("SUCCESS", 3)] * 3
