@@ -224,7 +224,27 @@ def _scope_json(scope: InstrumentationScope | None) -> dict[str, Any]:
 
 
 def _attributes_json(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": key, "value": _any_value_json(value)} for key, value in attributes.items()]
+    return [_key_value_json(key, value) for key, value in attributes.items()]
+
+
+#: Encoded ``{"key", "value"}`` entries of recurring scalar attributes (project, pipeline, node,
+#: status, ...): most of a node span's attributes repeat from run to run. The entries are only
+#: ever read (by json.dumps), so sharing them between spans is safe. Bounded by clearing.
+_kv_cache: dict[tuple[str, type, Any], dict[str, Any]] = {}
+_KV_CACHE_SIZE: Final = 4096
+
+
+def _key_value_json(key: str, value: Any) -> dict[str, Any]:
+    kind = type(value)
+    if kind is str or kind is bool or kind is int:
+        cache_key = (key, kind, value)  # the type keeps True and 1 apart
+        entry = _kv_cache.get(cache_key)
+        if entry is None:
+            if len(_kv_cache) >= _KV_CACHE_SIZE:
+                _kv_cache.clear()
+            entry = _kv_cache[cache_key] = {"key": key, "value": _any_value_json(value)}
+        return entry
+    return {"key": key, "value": _any_value_json(value)}
 
 
 def _any_value_json(value: Any) -> dict[str, Any]:

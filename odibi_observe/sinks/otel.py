@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from importlib import metadata
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -129,13 +128,22 @@ def record_resource(record: RunRecord, base: Resource) -> Resource:
     Resources are cached by (base, service, host, pid): a process emits thousands of spans
     for a handful of distinct resources.
     """
-    return _record_resource(base, record.service_name, record.host, record.pid)
+    # Keyed by the base object's identity, not the Resource itself: hashing a Resource
+    # serialises its attributes to JSON, which cost more than building the span. The cached
+    # entry holds the base, so a key is only trusted while it is the very same object.
+    key = (id(base), record.service_name, record.host, record.pid)
+    cached = _resources.get(key)
+    if cached is not None and cached[0] is base:
+        return cached[1]
+    resource = base.merge(Resource({SERVICE_NAME: record.service_name,
+                                    RESOURCE_HOST: record.host, RESOURCE_PID: record.pid}))
+    if len(_resources) >= 1024:
+        _resources.clear()
+    _resources[key] = (base, resource)
+    return resource
 
 
-@lru_cache(maxsize=1024)
-def _record_resource(base: Resource, service_name: str, host: str, pid: int) -> Resource:
-    return base.merge(Resource({SERVICE_NAME: service_name, RESOURCE_HOST: host,
-                                RESOURCE_PID: pid}))
+_resources: dict[tuple[int, str, str, int], tuple[Resource, Resource]] = {}
 
 
 def record_to_span(record: RunRecord, resource: Resource) -> ReadableSpan:
