@@ -2,13 +2,15 @@
 
 One conformance class, :class:`CatalogContract`, states what every catalog backend must do;
 ``TestSQLiteCatalog`` and ``TestPostgresCatalog`` run it against a fresh real database each.
-Upsert behaviour is checked through both the native ``ON CONFLICT`` statement and the portable
-update-then-insert path.
+Upsert behaviour is checked through every write path: the ``ON CONFLICT`` upsert run as SQL
+text on the driver (the default on sqlite3 and psycopg), the same upsert through SQLAlchemy's
+statement execution (other drivers), and the portable update-then-insert path.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import secrets
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,6 +33,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.dialects import postgresql
 
 from odibi_observe.catalog import (
     CatalogStore,
@@ -42,7 +46,7 @@ from odibi_observe.catalog import (
 from odibi_observe.catalog import schema as catalog_schema
 from odibi_observe.catalog import store as catalog_store
 from odibi_observe.catalog.migrate import head_revision
-from odibi_observe.catalog.schema import INDEXES, record_to_row, row_to_record
+from odibi_observe.catalog.schema import COLUMNS, INDEXES, record_to_row, row_to_record
 from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import (
     CATALOG_TABLE,
@@ -132,6 +136,48 @@ def raw_row(store: CatalogStore, run_id: str) -> dict[str, Any]:
     return dict(row)
 
 
+def varied_events() -> list[RunEvent]:
+    """One batch touching every kind of value a row holds, including ones that need repair."""
+    hostile = make_record(
+        project="O'Reilly \"quoted\" ; --", pipeline="数据 🚀\nline2", node=EVIL,
+        environment="%s %(x)s ? :name $1", pipeline_run_id=str(uuid.uuid4()),
+        attributes={"k'ey": "v\"al", "tags": ("a", "b"), "sizes": (1, 2), "nan": float("nan"),
+                    "ratio": 0.25, "dry_run": False, "emoji": "🚀"},
+    )
+    repaired = make_record(
+        node="n" * 1000, project="nul\x00byte", environment="lone \ud800 surrogate",
+        pipeline_run_id="p" * 300, attributes={"lone": "\udc00"},
+    )
+    whole_second = make_record(started_ns=1_700_000_000_000_000_000)
+    return [
+        started(make_record()),
+        finished(finish(
+            hostile, RunStatus.FAILURE, error_type="E" * 300, error_message=f"{EVIL}\x00\n",
+            suggestions=("Check the credentials", "数据 \ud800"),
+        )),
+        finished(finish(repaired)),
+        heartbeat(make_record(), time.time_ns()),
+        RunEvent(EventKind.HEARTBEAT, make_record()),  # no heartbeat time: stamped with "now"
+        finished(finish(whole_second, ended_ns=whole_second.started_ns + 86_400 * 10**9)),
+        finished(finish(
+            make_record(parent_span_id=secrets.token_hex(8), attempt=3, source=Source.SIDECAR,
+                        heartbeat_ns=time.time_ns()),
+            RunStatus.CRASHED, rows_processed=None, error_message="process died",
+        )),
+        started(make_record(started_ns=1_700_000_000_000_000_001)),  # sub-microsecond
+    ]
+
+
+def _values(rows: list[Any]) -> list[tuple[Any, ...]]:
+    """Rows (tuples, dicts or records) as tuples of values, for type-exact comparison."""
+    return [
+        tuple(row.values()) if isinstance(row, dict)
+        else tuple(row.to_dict().values()) if isinstance(row, RunRecord)
+        else tuple(row)
+        for row in rows
+    ]
+
+
 def schema_diff(engine: sa.Engine) -> list[Any]:
     with engine.connect() as conn:
         context = MigrationContext.configure(
@@ -204,9 +250,11 @@ class CatalogContract:
     def unreachable_url(self) -> str:
         raise NotImplementedError
 
-    @pytest.fixture(params=["native", "portable"])
+    @pytest.fixture(params=["driver", "statement", "portable"])
     def store(self, url: str, request: pytest.FixtureRequest) -> Iterator[CatalogStore]:
-        store = CatalogStore(url, portable=request.param == "portable")
+        store = CatalogStore(
+            url, portable=request.param == "portable", driver_sql=request.param == "driver"
+        )
         store.ensure_schema()
         yield store
         store.dispose()
@@ -395,6 +443,52 @@ class CatalogContract:
         assert row[date] != ns_to_datetime(run.started_ns).date()
         assert row[FIELDS.duration.column] == done.duration_ms == 6_500_001
         assert row[FIELDS.status.column] == RunStatus.SUCCESS.value
+
+    def test_upserts_run_as_driver_sql_on_sqlite3_and_psycopg(self, url: str) -> None:
+        store = CatalogStore(url)
+        assert store._driver is not None  # the drivers of both test backends
+        store.dispose()
+
+    def test_driver_upsert_stores_exactly_what_sqlalchemy_stores(
+        self, url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Same bytes in the database (read raw, with SQLite's storage classes), same values
+        read back by SQLAlchemy and by ``row_to_record``, whichever way the upsert runs."""
+        events = varied_events()
+        order = meta_runs.c[FIELDS.run_id.column]
+
+        def write_and_read(driver_sql: bool) -> tuple[Any, ...]:
+            store = CatalogStore(url, driver_sql=driver_sql)
+            store.ensure_schema()
+            assert (store._driver is not None) is driver_sql
+            with store.engine.begin() as conn:
+                conn.execute(meta_runs.delete())
+            store.upsert(events)
+            store.upsert([started(ev.record) for ev in events])  # conflicts: the update path
+            with store.engine.connect() as conn:
+                raw = conn.exec_driver_sql(
+                    f"SELECT * FROM {CATALOG_TABLE} ORDER BY {order.name}"
+                ).all()
+                typed = conn.execute(sa.select(meta_runs).order_by(order)).mappings().all()
+                storage: list[Any] = []
+                if conn.dialect.name == "sqlite":
+                    storage = conn.execute(
+                        sa.select(*(sa.func.typeof(c) for c in meta_runs.c)).order_by(order)
+                    ).all()
+            store.dispose()
+            return [tuple(r) for r in raw], [dict(r) for r in typed], storage, [
+                row_to_record(r) for r in typed
+            ]
+
+        frozen_now = time.time_ns()  # updated_at, and the stamp of a heartbeat without a time
+        monkeypatch.setattr(catalog_store, "time", SimpleNamespace(time_ns=lambda: frozen_now))
+        through_driver = write_and_read(driver_sql=True)
+        through_sqlalchemy = write_and_read(driver_sql=False)
+        assert len(through_driver[0]) == len(events)
+        for driver_part, sqlalchemy_part in zip(through_driver, through_sqlalchemy, strict=True):
+            assert [[(type(v), v) for v in row] for row in _values(driver_part)] == [
+                [(type(v), v) for v in row] for row in _values(sqlalchemy_part)
+            ]
 
     def test_recent_runs_filters_and_orders_newest_first(self, store: CatalogStore) -> None:
         base = time.time_ns()
@@ -827,6 +921,115 @@ def test_row_to_record_inverts_record_to_row(
     if kind is EventKind.HEARTBEAT and heartbeat_ns is None:
         back = replace(back, heartbeat_ns=None)  # a heartbeat without a time is stamped "now"
     assert back == stored(record)
+
+
+_DRIVER_URLS = ("sqlite://", "postgresql+psycopg://u:p@db.example/x")
+
+
+@functools.cache
+def _unconnected_store(url: str) -> CatalogStore:
+    """A store for ``url`` that is never connected: its statements and bindings only."""
+    return CatalogStore(url)
+
+
+_odd_texts = st.one_of(
+    _names, st.sampled_from(["nul\x00", "lone \ud800", "数据 🚀", "x" * 300, "", EVIL])
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.tuples(_odd_texts, _odd_texts, _odd_texts, _odd_texts),
+    status=st.sampled_from(list(RunStatus)),
+    started_ns=st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9),
+    duration_ns=st.one_of(st.none(), st.integers(0, 10**15)),
+    heartbeat_ns=st.one_of(st.none(), st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9)),
+    now_ns=st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9),
+    rows=st.one_of(st.none(), st.integers(0, 2**62)),
+    error=st.one_of(st.none(), _odd_texts),
+    suggestions=st.lists(_odd_texts, max_size=3).map(tuple),
+    attributes=st.dictionaries(_odd_texts, _attribute_values, max_size=5),
+    kind=st.sampled_from(list(EventKind)),
+)
+def test_driver_upsert_binds_what_sqlalchemy_binds(
+    names: tuple[str, str, str, str], status: RunStatus, started_ns: int,
+    duration_ns: int | None, heartbeat_ns: int | None, now_ns: int, rows: int | None,
+    error: str | None, suggestions: tuple[str, ...], attributes: dict[str, Any],
+    kind: EventKind,
+) -> None:
+    """The driver-level upsert's parameters, value for value and type for type, are what
+    SQLAlchemy's statement execution hands the same driver (its bind processors applied)."""
+    project, pipeline, node, environment = names
+    record = make_record(
+        project=project, pipeline=pipeline, node=node, environment=environment, status=status,
+        started_ns=started_ns, heartbeat_ns=heartbeat_ns, rows_processed=rows,
+        ended_ns=None if duration_ns is None else started_ns + duration_ns,
+        error_type=error, error_message=error, suggestions=suggestions, attributes=attributes,
+        pipeline_run_id=error, parent_span_id=error,
+    )
+    event = RunEvent(kind, record)
+    for url in _DRIVER_URLS:
+        store = _unconnected_store(url)
+        assert store._driver is not None and store._native is not None
+        dialect = store.engine.dialect
+        for upsert, as_beat in zip(store._native, (False, True), strict=True):
+            compiled = upsert.compile(dialect=dialect)
+            row = record_to_row(record, kind=kind, now=ns_to_datetime(now_ns))
+            expected: dict[str, Any] = {}
+            for name, value in compiled.construct_params(row).items():
+                processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(
+                    dialect
+                )
+                expected[name] = value if processor is None else processor(value)
+            ((_, [bound]),) = store._driver.statements(
+                [] if as_beat else [event], [event] if as_beat else [], now_ns
+            )
+            constants = [v for k, v in expected.items() if k not in COLUMNS]
+            assert [(type(v), v) for v in bound] == [
+                (type(v), v) for v in (*(expected[c] for c in COLUMNS), *constants)
+            ]
+
+
+def test_driver_upsert_only_where_it_binds_like_sqlalchemy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # psycopg2 and other drivers keep SQLAlchemy's execution, which batches their rows.
+    upserts = catalog_store._native_statements("postgresql")
+    assert catalog_store._DriverUpsert.for_dialect(postgresql.psycopg2.dialect(), *upserts) is None
+
+    # A SQLAlchemy that stored times differently would make the store fall back, not diverge.
+    def seconds_only() -> Callable[[int], str]:
+        full = catalog_store._instant_sqlite_texts()
+        return lambda ns: full(ns)[:19]
+
+    monkeypatch.setattr(
+        catalog_store, "_SQLITE_TEXTS", replace(catalog_store._SQLITE_TEXTS, instants=seconds_only)
+    )
+    store = CatalogStore("sqlite://")
+    assert store._driver is None
+    store.ensure_schema()
+    run = make_record()
+    store.upsert([started(run), finished(finish(run))])
+    assert store.get(run.run_id) == stored(finish(run))
+    store.dispose()
+
+
+def test_coalescing_keeps_one_event_per_run_by_rank_then_order() -> None:
+    a, b, c, d = (make_record() for _ in range(4))
+    a_end, c_end = finish(a), finish(c, RunStatus.FAILURE)
+    b_beat, b_later_beat = heartbeat(b, b.started_ns + 1), heartbeat(b, b.started_ns + 2)
+    c_crash = finished(finish(c, RunStatus.CRASHED))
+    events = [
+        started(a), finished(a_end), heartbeat(a, a.started_ns + 1), started(a),
+        b_beat, started(b), b_later_beat,
+        c_crash, started(c), finished(c_end),
+        started(d), started(d),
+    ]
+    full, beats = catalog_store.coalesce_events(events)
+    assert full == [finished(a_end), finished(c_end), events[-1]]
+    assert full[-1] is events[-1]  # among equals, the later one
+    assert beats == [b_later_beat]
+    assert catalog_store.coalesce_events([]) == ([], [])
 
 
 def test_invalid_url_is_a_configuration_error_without_the_password() -> None:

@@ -10,18 +10,20 @@ This module describes the *current* schema. The database is brought to it by the
 migrations next to it (:mod:`odibi_observe.catalog.migrate`); ``tests/test_catalog.py`` proves
 the two agree with ``alembic.autogenerate.compare_metadata``.
 
-:func:`record_to_row` and :func:`row_to_record` are the only translation between records and
-rows, so the catalog sink, the sweeper and the reconciler cannot disagree about, say, how a
-duration is rounded or which time ``timestamp`` holds.
+:func:`record_values` (with :func:`record_to_row`, its dict form) and :func:`row_to_record` are
+the only translation between records and rows, so the catalog sink, the sweeper and the
+reconciler cannot disagree about, say, how a duration is rounded or which time ``timestamp``
+holds.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 
@@ -150,8 +152,26 @@ INDEXES: Final = {
     for ix in sorted(meta_runs.indexes, key=lambda ix: str(ix.name))
 }
 
+#: The table's columns in order: the order of the values :func:`record_values` returns, and so
+#: of the positional parameters of the catalog's upserts.
+COLUMNS: Final = tuple(meta_runs.c.keys())
+
+#: ``(position in COLUMNS, maximum length)`` of every text column, the values
+#: :func:`record_values` makes storable; ``sys.maxsize`` for an unbounded ``TEXT``. Looked up
+#: once here instead of through ``meta_runs.c[name].type`` for every value of every row.
+_TEXT_SLOTS: Final = tuple(
+    (i, getattr(column.type, "length", None) or sys.maxsize)
+    for i, column in enumerate(meta_runs.c)
+    if isinstance(column.type, sa.String)
+)
+
 #: Odibi's status for a failed run in some of its versions; read as FAILURE.
 _LEGACY_STATUSES: Final = {"FAILED": RunStatus.FAILURE}
+
+_RUNNING: Final = RunStatus.RUNNING
+
+#: ``metrics_json`` of a run without attributes (most runs): ``json.dumps({})``, not recomputed.
+_NO_ATTRIBUTES: Final = "{}"
 
 # --- record <-> row ---------------------------------------------------------------------------
 
@@ -205,60 +225,120 @@ def _to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+_T = TypeVar("_T")
+
+
+def record_values(
+    record: RunRecord,
+    kind: EventKind,
+    *,
+    written: _T,
+    instant: Callable[[int], _T],
+    day: Callable[[_T], object],
+) -> tuple[Any, ...]:
+    """The ``meta_runs`` row for one event of ``record``: its values in :data:`COLUMNS` order.
+
+    This is the record-to-row mapping itself; :func:`record_to_row` is it with datetimes, as a
+    dict. The catalog's write path binds these tuples to the database driver as they are
+    (:class:`odibi_observe.catalog.store._DriverUpsert`), so times come in the form the driver
+    is handed: ``instant`` turns nanoseconds since the epoch into that form, ``day`` turns such
+    a time into the row's partition date, and ``written`` (the time of the write, in that form)
+    is the row's ``updated_at``. A tuple rather than a dict because the driver takes positional
+    parameters; a 26-key dict per row, and SQLAlchemy's per-row processing of it, cost more
+    CPU than SQLite's insert of the row.
+
+    ``kind`` matters for heartbeats: a HEARTBEAT event whose record carries no heartbeat time
+    is still proof the run was alive, so its ``heartbeat_at`` is ``written``. ``duration_ms``
+    is the record's rounded :attr:`RunRecord.duration_ms`, so the catalog shows what the span
+    and metrics show.
+    """
+    # This runs for every row the catalog writes, so it avoids what costs a Python call per
+    # row: ``status is not RUNNING`` is ``RunStatus.is_terminal`` without the property, and
+    # ``_value_`` is where an Enum keeps the value its ``.value`` descriptor returns.
+    started = instant(record.started_ns)
+    ended = None if record.ended_ns is None else instant(record.ended_ns)
+    row_time = ended if record.status is not _RUNNING and ended is not None else started
+    if record.heartbeat_ns is not None:
+        heartbeat: _T | None = instant(record.heartbeat_ns)
+    elif kind is EventKind.HEARTBEAT:
+        heartbeat = written
+    else:
+        heartbeat = None
+    metrics_json = (
+        _to_json({str(k): _json_value(v) for k, v in record.attributes.items()})
+        if record.attributes else _NO_ATTRIBUTES
+    )
+    suggestions = _to_json(list(record.suggestions)) if record.suggestions else None
+    row = [  # in the order of _VALUE_ORDER, which is checked against the table's below
+        record.run_id,  # RUN_ID
+        record.project,  # PROJECT
+        record.pipeline,  # PIPELINE
+        record.node,  # NODE
+        record.status._value_,  # STATUS
+        record.rows_processed,  # ROWS
+        record.duration_ms,  # DURATION_MS
+        metrics_json,  # METRICS_JSON
+        record.environment,  # ENVIRONMENT
+        row_time,  # TIMESTAMP: when the row's status was reached
+        day(row_time),  # DATE: its UTC date
+        record.pipeline_run_id,  # PIPELINE_RUN_ID
+        record.attempt,  # ATTEMPT
+        started,  # STARTED_AT
+        ended,  # ENDED_AT
+        record.error_type,  # ERROR_TYPE
+        record.error_message,  # ERROR_MESSAGE
+        suggestions,  # SUGGESTIONS_JSON
+        record.trace_id,  # TRACE_ID
+        record.span_id,  # SPAN_ID
+        record.parent_span_id,  # PARENT_SPAN_ID
+        record.host,  # HOST
+        record.pid,  # PID
+        heartbeat,  # HEARTBEAT_AT
+        record.source._value_,  # SOURCE
+        written,  # UPDATED_AT
+    ]
+    for i, limit in _TEXT_SLOTS:
+        value = row[i]
+        if value is None:
+            continue
+        # The common case, decided by C-level checks: ASCII (so encodable) text without NUL
+        # that fits. Anything else takes the full repair.
+        if (
+            value.__class__ is str and value.isascii() and "\x00" not in value
+            and len(value) <= limit
+        ):
+            continue
+        if isinstance(value, str):
+            row[i] = _db_text(value, limit)
+    return tuple(row)
+
+
+#: The order :func:`record_values` lists its values in, spelled with the column constants; a
+#: change to the table that is not made there too fails here, at import.
+_VALUE_ORDER: Final = (
+    RUN_ID, PROJECT, PIPELINE, NODE, STATUS, ROWS, DURATION_MS, METRICS_JSON, ENVIRONMENT,
+    TIMESTAMP, DATE, PIPELINE_RUN_ID, ATTEMPT, STARTED_AT, ENDED_AT, ERROR_TYPE, ERROR_MESSAGE,
+    SUGGESTIONS_JSON, TRACE_ID, SPAN_ID, PARENT_SPAN_ID, HOST, PID, HEARTBEAT_AT, SOURCE,
+    UPDATED_AT,
+)
+if _VALUE_ORDER != COLUMNS:  # pragma: no cover - guards edits of the table or of record_values
+    raise RuntimeError(f"record_values lists {_VALUE_ORDER}, the table has {COLUMNS}")
+
+
 def record_to_row(
     record: RunRecord, *, kind: EventKind, now: datetime | None = None
 ) -> dict[str, Any]:
-    """The ``meta_runs`` row for one event of ``record``.
+    """The ``meta_runs`` row for one event of ``record``, as a dict of column → value.
 
-    ``kind`` matters for heartbeats: a HEARTBEAT event whose record carries no heartbeat time
-    is still proof the run was alive, so its ``heartbeat_at`` is ``now``. ``now`` (default: the
-    current time) is also the row's ``updated_at``. ``duration_ms`` is the record's rounded
-    :attr:`RunRecord.duration_ms`, so the catalog shows what the span and metrics show.
+    Times are aware UTC datetimes and ``date`` a date; ``now`` (default: the current time) is
+    the row's ``updated_at``, and the ``heartbeat_at`` of a HEARTBEAT event whose record carries
+    no heartbeat time. See :func:`record_values`.
     """
     written = utc(now) if now is not None else datetime.now(timezone.utc)
-    started_at = record.started_at
-    ended_at = record.ended_at
-    row_time = ended_at if record.status.is_terminal and ended_at is not None else started_at
-    if record.heartbeat_ns is not None:
-        heartbeat_at: datetime | None = ns_to_datetime(record.heartbeat_ns)
-    elif kind is EventKind.HEARTBEAT:
-        heartbeat_at = written
-    else:
-        heartbeat_at = None
-    attributes = {str(k): _json_value(v) for k, v in record.attributes.items()}
-    row: dict[str, Any] = {
-        RUN_ID: record.run_id,
-        PROJECT: record.project,
-        PIPELINE: record.pipeline,
-        NODE: record.node,
-        STATUS: record.status.value,
-        ROWS: record.rows_processed,
-        DURATION_MS: record.duration_ms,
-        METRICS_JSON: _to_json(attributes),
-        ENVIRONMENT: record.environment,
-        TIMESTAMP: row_time,
-        DATE: row_time.date(),
-        PIPELINE_RUN_ID: record.pipeline_run_id,
-        ATTEMPT: record.attempt,
-        STARTED_AT: started_at,
-        ENDED_AT: ended_at,
-        ERROR_TYPE: record.error_type,
-        ERROR_MESSAGE: record.error_message,
-        SUGGESTIONS_JSON: _to_json(list(record.suggestions)) if record.suggestions else None,
-        TRACE_ID: record.trace_id,
-        SPAN_ID: record.span_id,
-        PARENT_SPAN_ID: record.parent_span_id,
-        HOST: record.host,
-        PID: record.pid,
-        HEARTBEAT_AT: heartbeat_at,
-        SOURCE: record.source.value,
-        UPDATED_AT: written,
-    }
-    for name, value in row.items():
-        if isinstance(value, str):
-            length = getattr(meta_runs.c[name].type, "length", None)
-            row[name] = _db_text(value, length)
-    return row
+    values = record_values(
+        record, kind, written=written, instant=ns_to_datetime, day=datetime.date
+    )
+    return dict(zip(COLUMNS, values, strict=True))
 
 
 def _datetime(value: Any) -> datetime | None:
