@@ -30,7 +30,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -74,15 +74,20 @@ def encode_spans_json(spans: Sequence[ReadableSpan]) -> str:
     """Encode ``spans`` as one OTLP/JSON ``ExportTraceServiceRequest`` line (no trailing newline).
 
     Spans are grouped by resource and instrumentation scope exactly as the SDK's OTLP encoder
-    groups them, and each span renders to exactly what ``json_format`` would make of the SDK's
-    protobuf message (``tests/test_otel_sink.py`` compares the two). The JSON is built directly
-    rather than through protobuf because that round trip cost ~90 µs per span — more than
-    everything else odibi-observe does for a node run together.
+    groups them, and each span renders to exactly what ``json_format`` makes of the SDK's
+    protobuf message (``tests/test_otlp_json.py`` compares the two on generated spans).
+
+    Why not simply protobuf and ``json_format``: that round trip cost ~90 µs per span, more
+    than everything else odibi-observe does for a node run together. Building dicts for
+    ``json.dumps`` still cost ~20 µs. So a span is written as text: the fixed fields by
+    concatenation, string values through the ``json`` module's own C string encoder, and the
+    attributes that recur from run to run (project, pipeline, node, status) from a cache of
+    their encoded text.
     """
     # Grouped by resource equality, as the SDK groups them, but without Resource.__hash__: it
     # serialises the attributes to JSON, which cost more than encoding the span itself. The
     # key of a resource object is computed once per call (the spans keep it alive meanwhile).
-    grouped: dict[Hashable, dict[InstrumentationScope | None, list[dict[str, Any]]]] = {}
+    grouped: dict[Hashable, dict[InstrumentationScope | None, list[str]]] = {}
     resources: dict[Hashable, Resource] = {}
     keys: dict[int, Hashable] = {}
     for span in spans:
@@ -93,25 +98,33 @@ def encode_spans_json(spans: Sequence[ReadableSpan]) -> str:
                                         resource.schema_url)
         if key not in grouped:
             grouped[key], resources[key] = {}, resource
-        grouped[key].setdefault(span.instrumentation_scope or None, []).append(_span_json(span))
+        grouped[key].setdefault(span.instrumentation_scope or None, []).append(_span_text(span))
     resource_spans = []
     for key, scopes in grouped.items():
         resource = resources[key]
         scope_spans = []
         for scope, encoded in scopes.items():
-            entry: dict[str, Any] = {"scope": _scope_json(scope), "spans": encoded}
-            if scope is not None and scope.schema_url:
-                entry["schemaUrl"] = scope.schema_url
-            scope_spans.append(entry)
-        item: dict[str, Any] = {"resource": _resource_json(resource), "scopeSpans": scope_spans}
-        if resource.schema_url:
-            item["schemaUrl"] = resource.schema_url
-        resource_spans.append(item)
-    return _dumps({"resourceSpans": resource_spans})
+            schema = f',"schemaUrl":{_str(scope.schema_url)}' \
+                if scope is not None and scope.schema_url else ""
+            scope_spans.append(f'{{"scope":{_dumps(_scope_json(scope))},'
+                               f'"spans":[{",".join(encoded)}]{schema}}}')
+        schema = f',"schemaUrl":{_str(resource.schema_url)}' if resource.schema_url else ""
+        resource_spans.append(f'{{"resource":{_resource_text(resource)},'
+                              f'"scopeSpans":[{",".join(scope_spans)}]{schema}}}')
+    return _one_line(f'{{"resourceSpans":[{",".join(resource_spans)}]}}')
 
 
-def _dumps(data: Any) -> str:
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+#: The ``json`` module's string encoder (its C implementation where available): quotes and
+#: escapes exactly as ``json.dumps(..., ensure_ascii=False)`` does.
+_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
+
+
+#: One encoder for every call: ``json.dumps`` with options builds a new encoder each time.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_dumps: Final = _ENCODER.encode
+
+
+def _one_line(text: str) -> str:
     # json.dumps escapes \n and \r but not U+2028/U+2029, which str.splitlines() (and some JSON
     # Lines readers) treat as line breaks. Escape them the way Go's encoding/json does, so one
     # request is always one line for every reader.
@@ -123,45 +136,86 @@ _FLAGS_HAS_IS_REMOTE: Final = 0x100
 _FLAGS_IS_REMOTE: Final = 0x200
 
 
-def _span_json(span: ReadableSpan) -> dict[str, Any]:
+def _span_text(span: ReadableSpan) -> str:
     """One span as the protobuf JSON mapping renders the SDK's OTLP message (defaults omitted)."""
     ctx = span.get_span_context()
     assert ctx is not None
     parent = span.parent
-    out: dict[str, Any] = {"traceId": f"{ctx.trace_id:032x}", "spanId": f"{ctx.span_id:016x}"}
-    trace_state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())
-    if trace_state:
-        out["traceState"] = trace_state
     # The Collector always writes parentSpanId, empty for a root span; protobuf JSON would omit
     # it. Matching the Collector keeps our files and its files the same shape.
-    out["parentSpanId"] = f"{parent.span_id:016x}" if parent else ""
+    parts = [f'{{"traceId":"{ctx.trace_id:032x}","spanId":"{ctx.span_id:016x}"']
+    trace_state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())
+    if trace_state:
+        parts.append(f',"traceState":{_str(trace_state)}')
+    parts.append(f',"parentSpanId":"{parent.span_id:016x}"' if parent else ',"parentSpanId":""')
     if span.name:
-        out["name"] = span.name
-    out["kind"] = _SPAN_KINDS[span.kind]
+        parts.append(f',"name":{_str(span.name)}')
+    parts.append(f',"kind":{_SPAN_KINDS[span.kind]}')
     if span.start_time:
-        out["startTimeUnixNano"] = str(span.start_time)
+        parts.append(f',"startTimeUnixNano":"{span.start_time}"')
     if span.end_time:
-        out["endTimeUnixNano"] = str(span.end_time)
+        parts.append(f',"endTimeUnixNano":"{span.end_time}"')
     if span.attributes:
-        out["attributes"] = _attributes_json(span.attributes)
+        parts.append(
+            f',"attributes":[{",".join([_kv_text(k, v) for k, v in span.attributes.items()])}]')
     if span.dropped_attributes:
-        out["droppedAttributesCount"] = span.dropped_attributes
+        parts.append(f',"droppedAttributesCount":{span.dropped_attributes}')
     if span.events:
-        out["events"] = [_event_json(e) for e in span.events]
+        parts.append(f',"events":{_dumps([_event_json(e) for e in span.events])}')
     if span.dropped_events:
-        out["droppedEventsCount"] = span.dropped_events
+        parts.append(f',"droppedEventsCount":{span.dropped_events}')
     if span.links:
-        out["links"] = [_link_json(link) for link in span.links]
+        parts.append(f',"links":{_dumps([_link_json(link) for link in span.links])}')
     if span.dropped_links:
-        out["droppedLinksCount"] = span.dropped_links
-    status: dict[str, Any] = {}
-    if span.status.description:
-        status["message"] = span.status.description
-    if span.status.status_code.value:
-        status["code"] = span.status.status_code.value
-    out["status"] = status
-    out["flags"] = _flags(parent)
-    return out
+        parts.append(f',"droppedLinksCount":{span.dropped_links}')
+    description, code = span.status.description, span.status.status_code.value
+    if description and code:
+        status = f'{{"message":{_str(description)},"code":{code}}}'
+    elif code:
+        status = f'{{"code":{code}}}'
+    else:
+        status = f'{{"message":{_str(description)}}}' if description else "{}"
+    parts.append(f',"status":{status},"flags":{_flags(parent)}}}')
+    return "".join(parts)
+
+
+#: Encoded text of recurring scalar attributes, keyed by (key, type, value); the type keeps
+#: True and 1 apart. Bounded by clearing: unique values (run ids) pass through it too.
+_kv_cache: dict[tuple[str, type, Any], str] = {}
+_KV_CACHE_SIZE: Final = 4096
+
+
+def _kv_text(key: str, value: Any) -> str:
+    kind = type(value)
+    if kind is str or kind is bool or kind is int:
+        cache_key = (key, kind, value)
+        text = _kv_cache.get(cache_key)
+        if text is None:
+            if len(_kv_cache) >= _KV_CACHE_SIZE:
+                _kv_cache.clear()
+            if kind is str:
+                text = f'{{"key":{_str(key)},"value":{{"stringValue":{_str(value)}}}}}'
+            else:
+                text = _dumps({"key": key, "value": _any_value_json(value)})
+            _kv_cache[cache_key] = text
+        return text
+    return _dumps({"key": key, "value": _any_value_json(value)})
+
+
+_resource_cache: dict[tuple[tuple[str, Any], ...], str] = {}
+
+
+def _resource_text(resource: Resource) -> str:
+    # Resources are few and immutable, so each is encoded once. The key is the attribute items
+    # in order (Resource equality ignores order, and the encoding must not).
+    key = tuple(resource.attributes.items())
+    cached = _resource_cache.get(key)
+    if cached is None:
+        if len(_resource_cache) > 1024:
+            _resource_cache.clear()
+        cached = _resource_cache[key] = _dumps(
+            {"attributes": _attributes_json(resource.attributes)} if key else {})
+    return cached
 
 
 def _flags(parent: Any) -> int:
@@ -194,22 +248,6 @@ def _link_json(link: Any) -> dict[str, Any]:
     return out
 
 
-_resource_cache: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
-
-
-def _resource_json(resource: Resource) -> dict[str, Any]:
-    # Resources are few and immutable, so each is encoded once. The key is the attribute items
-    # in order (Resource equality ignores order, and the encoding must not).
-    key = tuple(resource.attributes.items())
-    cached = _resource_cache.get(key)
-    if cached is None:
-        cached = {"attributes": _attributes_json(resource.attributes)} if key else {}
-        if len(_resource_cache) > 1024:
-            _resource_cache.clear()
-        _resource_cache[key] = cached
-    return cached
-
-
 def _scope_json(scope: InstrumentationScope | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if scope is None:
@@ -224,27 +262,7 @@ def _scope_json(scope: InstrumentationScope | None) -> dict[str, Any]:
 
 
 def _attributes_json(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [_key_value_json(key, value) for key, value in attributes.items()]
-
-
-#: Encoded ``{"key", "value"}`` entries of recurring scalar attributes (project, pipeline, node,
-#: status, ...): most of a node span's attributes repeat from run to run. The entries are only
-#: ever read (by json.dumps), so sharing them between spans is safe. Bounded by clearing.
-_kv_cache: dict[tuple[str, type, Any], dict[str, Any]] = {}
-_KV_CACHE_SIZE: Final = 4096
-
-
-def _key_value_json(key: str, value: Any) -> dict[str, Any]:
-    kind = type(value)
-    if kind is str or kind is bool or kind is int:
-        cache_key = (key, kind, value)  # the type keeps True and 1 apart
-        entry = _kv_cache.get(cache_key)
-        if entry is None:
-            if len(_kv_cache) >= _KV_CACHE_SIZE:
-                _kv_cache.clear()
-            entry = _kv_cache[cache_key] = {"key": key, "value": _any_value_json(value)}
-        return entry
-    return {"key": key, "value": _any_value_json(value)}
+    return [{"key": key, "value": _any_value_json(value)} for key, value in attributes.items()]
 
 
 def _any_value_json(value: Any) -> dict[str, Any]:
@@ -283,7 +301,7 @@ def encode_request_json(message: Message) -> str:
         for scope_spans in resource_spans.get("scopeSpans", ()):
             spans = scope_spans.get("spans", ())
             scope_spans["spans"] = [_with_parent_field(span) for span in spans]
-    return _dumps(data)
+    return _one_line(_dumps(data))
 
 
 def decode_request_json(line: str | bytes) -> ExportTraceServiceRequest:
