@@ -1,0 +1,185 @@
+"""Per-run cost of @observe_node against a bare OTel span and a naive catalog INSERT.
+
+Three ways to record one node run, measured in the same process, interleaved, as ratios:
+
+(a) ``otel``  — a bare OpenTelemetry ``start_as_current_span`` with the same attributes, an SDK
+    ``TracerProvider`` and a ``BatchSpanProcessor`` writing OTLP-JSON lines to a file;
+(b) ``observe`` — ``@observe_node`` in ``background`` mode with all three sinks: SQLite
+    catalog, the OTel sink writing the same OTLP-JSON file format, Prometheus;
+(c) ``naive`` — what pipelines do today: one synchronous ``INSERT`` into ``meta_runs`` plus
+    ``COMMIT`` per run, on a default SQLite database.
+
+Each variant records N runs of an empty node. Two figures per variant:
+
+* ``call`` — the loop alone: what a pipeline's node calls are slowed by. Background threads
+  (the BatchSpanProcessor's, the bus's) run during the loop and take the GIL too, so their
+  work is largely inside this figure already;
+* ``total`` — the loop plus the final flush, until every record is in its sink: the whole
+  CPU cost of recording N runs, nothing deferred past the measurement.
+
+Figures are medians of R interleaved rounds; the ratios are what to compare across machines.
+
+    python benchmarks/bench_overhead.py [--runs 5000] [--rounds 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry
+
+import odibi_observe as oo
+from odibi_observe.otlp_json import OtlpJsonFileSpanExporter
+
+ATTRIBUTES = {
+    "odibi.project": "bench", "odibi.pipeline": "bench", "odibi.node": "node",
+    "odibi.environment": "bench", "odibi.status": "SUCCESS", "odibi.rows_processed": 0,
+    "odibi.duration_ms": 0, "odibi.attempt": 1,
+}
+
+
+def bench_otel(n: int, workdir: Path) -> tuple[float, float]:
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+    # A queue that holds every span: with the default 2048 the processor drops spans in a
+    # tight loop, and a variant that drops work would look cheaper than it is.
+    provider.add_span_processor(BatchSpanProcessor(
+        OtlpJsonFileSpanExporter(str(workdir / f"otel-{uuid.uuid4().hex}.jsonl")),
+        max_queue_size=n + 1))
+    tracer = provider.get_tracer("bench")
+
+    def node() -> None:
+        return None
+
+    start = time.perf_counter()
+    for _ in range(n):
+        with tracer.start_as_current_span("node node", attributes={
+                **ATTRIBUTES, "odibi.run_id": str(uuid.uuid4())}):
+            node()
+    loop = time.perf_counter() - start
+    provider.force_flush()
+    elapsed = time.perf_counter() - start
+    provider.shutdown()
+    return loop, elapsed
+
+
+def bench_observe(n: int, workdir: Path) -> tuple[float, float]:
+    tag = uuid.uuid4().hex
+    oo.configure(project="bench", environment="bench", mode="background",
+                 catalog_url=f"sqlite:///{workdir}/observe-{tag}.db",
+                 traces_file=str(workdir / f"observe-{tag}.jsonl"),
+                 registry=CollectorRegistry(), handle_sigterm=False, strict=True,
+                 otel_metrics=False, max_queue=2 * n + 10)
+    # Schema creation is a one-time cost of a new catalog, not a per-run cost.
+    with oo.node_run("warmup", "warmup"):
+        pass
+    oo.flush(30)
+
+    @oo.observe_node(pipeline="bench")
+    def node() -> None:
+        return None
+
+    start = time.perf_counter()
+    for _ in range(n):
+        node()
+    loop = time.perf_counter() - start
+    ok = oo.flush(120)
+    elapsed = time.perf_counter() - start
+    oo.shutdown()
+    if not ok:
+        raise RuntimeError("observe variant did not flush")
+    return loop, elapsed
+
+
+def bench_naive(n: int, workdir: Path) -> tuple[float, float]:
+    engine = sa.create_engine(f"sqlite:///{workdir}/naive-{uuid.uuid4().hex}.db")
+    meta = sa.MetaData()
+    runs = sa.Table(
+        "meta_runs", meta,
+        sa.Column("run_id", sa.String(100), primary_key=True),
+        sa.Column("project", sa.String(255)), sa.Column("pipeline_name", sa.String(255)),
+        sa.Column("node_name", sa.String(255)), sa.Column("status", sa.String(50)),
+        sa.Column("rows_processed", sa.BigInteger), sa.Column("duration_ms", sa.BigInteger),
+        sa.Column("metrics_json", sa.Text), sa.Column("environment", sa.String(255)),
+        sa.Column("timestamp", sa.DateTime(timezone=True)), sa.Column("date", sa.Date),
+    )
+    meta.create_all(engine)
+
+    def node() -> None:
+        return None
+
+    start = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        node()
+        now = datetime.now(timezone.utc)
+        with engine.begin() as conn:  # INSERT + COMMIT per run
+            conn.execute(runs.insert().values(
+                run_id=str(uuid.uuid4()), project="bench", pipeline_name="bench",
+                node_name="node", status="SUCCESS", rows_processed=0,
+                duration_ms=int((time.perf_counter() - t0) * 1000), metrics_json="{}",
+                environment="bench", timestamp=now, date=now.date()))
+    elapsed = time.perf_counter() - start
+    engine.dispose()
+    return elapsed, elapsed  # synchronous: nothing is left to flush
+
+
+VARIANTS: dict[str, Callable[[int, Path], tuple[float, float]]] = {
+    "otel": bench_otel, "observe": bench_observe, "naive": bench_naive,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5000, help="node runs per variant and round")
+    parser.add_argument("--naive-runs", type=int, default=1000,
+                        help="runs for the naive variant (it is slow; per-run cost is compared)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args()
+
+    calls: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    totals: dict[str, list[float]] = {k: [] for k in VARIANTS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            for name, fn in VARIANTS.items():
+                n = args.naive_runs if name == "naive" else args.runs
+                loop, total = fn(n, Path(tmp))
+                calls[name].append(loop / n)
+                totals[name].append(total / n)
+    call = {k: statistics.median(v) for k, v in calls.items()}
+    total = {k: statistics.median(v) for k, v in totals.items()}
+    result = {
+        "call_us": {k: round(v * 1e6, 1) for k, v in call.items()},
+        "total_us": {k: round(v * 1e6, 1) for k, v in total.items()},
+        "b_over_a_call": round(call["observe"] / call["otel"], 2),
+        "b_over_a_total": round(total["observe"] / total["otel"], 2),
+        "c_over_b_call": round(call["naive"] / call["observe"], 1),
+        "c_over_b_total": round(total["naive"] / total["observe"], 1),
+        "runs": args.runs, "naive_runs": args.naive_runs, "rounds": args.rounds,
+    }
+    print(f"per node run, median of {args.rounds} rounds (µs):")
+    print(f"  {'variant':<9} {'call':>8} {'total':>8}")
+    for k in VARIANTS:
+        print(f"  {k:<9} {result['call_us'][k]:>8.1f} {result['total_us'][k]:>8.1f}")  # type: ignore[index]
+    print(f"(b)/(a) observe / bare otel span : call {result['b_over_a_call']:>5}   "
+          f"total {result['b_over_a_total']:>5}   target <= 1.5")
+    print(f"(c)/(b) naive insert / observe   : call {result['c_over_b_call']:>5}   "
+          f"total {result['c_over_b_total']:>5}   target >= 20")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
