@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import RunStatus, render_table
+from odibi_observe.record import RunRecord
 
 CATALOG_ENV = "ODIBI_OBSERVE_CATALOG_URL"
 
@@ -184,11 +185,18 @@ def _runs(url: str, args: argparse.Namespace) -> int:
         print(f"{rec.started_at:%Y-%m-%d %H:%M:%S}  {_cut(rec.pipeline, 16):<16} "
               f"{_cut(rec.node, 20):<20} {rec.status.value:<8} {rows:>8} {duration:>9}  "
               f"{rec.run_id}")
-        if rec.error_type:
-            print(f"    error: {rec.error_type}: {_first_line(rec.error_message or '')}")
-        for text in rec.suggestions:
-            print(f"    suggestion: {text}")
+        for line in failure_lines(rec):
+            print(line)
     return 0
+
+
+def failure_lines(rec: RunRecord) -> list[str]:
+    """A run's error and suggestions, indented under its row (``runs`` and the demo)."""
+    lines = []
+    if rec.error_type:
+        lines.append(f"    error: {rec.error_type}: {_first_line(rec.error_message or '')}")
+    lines.extend(f"    suggestion: {text}" for text in rec.suggestions)
+    return lines
 
 
 def _human_ms(ms: int) -> str:

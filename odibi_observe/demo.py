@@ -146,6 +146,7 @@ def _printer(stream: TextIO) -> Any:
 
 def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
     from odibi_observe.catalog import CatalogStore
+    from odibi_observe.cli import failure_lines
     from odibi_observe.otlp_json import read_spans
 
     store = CatalogStore(paths.catalog_url)
@@ -167,10 +168,8 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
                f"{'' if rec.rows_processed is None else rec.rows_processed:>6} "
                f"{rec.duration_ms if rec.duration_ms is not None else '':>6}  "
                f"{'yes':<7}  {'yes' if span_ok else 'NO':<4}  {'yes' if metric_ok else 'NO'}")
-        if rec.error_type:
-            print_(f"{'':<4}error: {rec.error_type}: {rec.error_message}")
-        for text in rec.suggestions:
-            print_(f"{'':<4}suggestion: {text}")
+        for line in failure_lines(rec):
+            print_(line)
     pipeline_spans = len(all_spans) - len(spans)
     print_()
     print_(f"catalog     {paths.catalog}  ({len(rows)} rows in meta_runs)")

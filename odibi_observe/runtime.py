@@ -35,7 +35,7 @@ from odibi_observe.bus import EventBus
 from odibi_observe.config import ConfigurationError, Settings, resolve_settings
 from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import Sink
-from odibi_observe.sinks.prometheus import PrometheusSink, serve
+from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
 
 log = logging.getLogger("odibi_observe")
 
@@ -66,11 +66,11 @@ class Observer:
             max_queue=settings.max_queue, max_batch=settings.max_batch,
             flush_interval=settings.flush_interval,
         )
-        self.prometheus_port: int | None = None
+        self.metrics_server: MetricsServer | None = None
         if settings.prometheus_port is not None:
             try:
-                self.prometheus_port = serve(self.registry, settings.prometheus_port,
-                                             settings.prometheus_host)
+                self.metrics_server = MetricsServer(self.registry, settings.prometheus_port,
+                                                    settings.prometheus_host)
             except OSError as exc:
                 log.error("odibi-observe: cannot serve /metrics on %s:%s: %s",
                           settings.prometheus_host, settings.prometheus_port, exc)
@@ -106,9 +106,17 @@ class Observer:
         self._write_textfile()
         return ok
 
+    @property
+    def prometheus_port(self) -> int | None:
+        """The port ``/metrics`` is served on, if it is."""
+        return None if self.metrics_server is None else self.metrics_server.port
+
     def shutdown(self, timeout: float | None = 30.0) -> bool:
         ok = self.bus.shutdown(timeout)
         self._write_textfile()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         return ok
 
     def _write_textfile(self) -> None:

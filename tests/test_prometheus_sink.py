@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from odibi_observe.conventions import METRICS, OVERFLOW_LABEL_VALUE, RunStatus
 from odibi_observe.selfmetrics import SelfMonitor
-from odibi_observe.sinks.prometheus import PrometheusSink, serve
+from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
 from tests.helpers import finished, make_record, started
 
 
@@ -75,8 +76,13 @@ def test_series_beyond_the_limit_fold_into_overflow_and_are_counted() -> None:
 def test_metrics_endpoint_serves_on_loopback() -> None:
     sink = PrometheusSink(CollectorRegistry())
     sink.export([finished(make_record(node="served"))])
-    port = serve(sink.registry, 0)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+    server = MetricsServer(sink.registry, 0)
+    assert server.host == "127.0.0.1"
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
         body = resp.read().decode()
     assert 'node="served"' in body
     assert METRICS.runs.prometheus in body
+    server.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)

@@ -124,3 +124,12 @@ def test_records_kept_during_a_catalog_outage_land_when_it_returns(tmp_path: Pat
         rows = conn.execute(sa.text("SELECT status, rows_processed FROM meta_runs")).all()
     engine.dispose()
     assert sorted(rows) == [("SUCCESS", 3)] * 3
+
+
+def test_reconfiguring_stops_the_previous_metrics_server() -> None:
+    first = oo.configure(prometheus_port=0, mode="inline", handle_sigterm=False)
+    port = first.prometheus_port
+    assert port
+    oo.configure(mode="inline", handle_sigterm=False)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)

@@ -156,9 +156,21 @@ class _Series:
         return self._running
 
 
-def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
-    """Serve ``registry`` at ``http://host:port/metrics``; return the bound port (0 = any)."""
-    from prometheus_client import start_http_server
+class MetricsServer:
+    """``registry`` served at ``http://host:port/metrics`` (port 0: any free port).
 
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return int(server.server_address[1])
+    Stopped by :meth:`close`, so that re-configuring a process frees the port and never leaves
+    an old registry answering scrapes.
+    """
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> None:
+        from prometheus_client import start_http_server
+
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.host = host
+        self.port = int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
