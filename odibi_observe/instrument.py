@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, overload
+from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -403,8 +403,14 @@ class node_run:
 
     def __enter__(self) -> NodeRun:
         pipeline, node, project, attempt, pipeline_run_id, attributes = self._args
-        self._run = _start(pipeline, node or "block", project=project, attempt=attempt,
-                           pipeline_run_id=pipeline_run_id, attributes=attributes)
+        try:
+            self._run = _start(pipeline, node or "block", project=project, attempt=attempt,
+                               pipeline_run_id=pipeline_run_id, attributes=attributes)
+        except Exception:
+            log.exception("odibi-observe: could not start recording %r; running it unobserved",
+                          node)
+            # The block still runs; its ``run`` accepts every call and records nothing.
+            return cast(NodeRun, NO_RUN)
         return self._run
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -414,7 +420,7 @@ class node_run:
             return
         try:
             if exc is None:
-                run._finish(RunStatus.SUCCESS)
+                run._succeed(None)  # no return value: rows only if the block set them
             else:
                 run._fail(exc)
         finally:

@@ -323,3 +323,20 @@ def test_record_finished_equals_dataclasses_replace() -> None:
     assert rec.finished(**changes) == dataclasses.replace(rec, **changes)
     with pytest.raises(TypeError, match="no field"):
         rec.finished(colour="red")
+
+
+def test_internal_error_at_start_of_a_block_runs_it_unobserved(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import odibi_observe.instrument as instrument
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("internal")
+
+    with capture_runs() as runs:
+        monkeypatch.setattr(instrument, "_start", broken)
+        with oo.node_run("p", "n") as run:
+            run.rows_processed = 5
+            run.add_rows(1)
+            ran = True
+    assert ran
+    assert runs.events == []
