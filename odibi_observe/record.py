@@ -15,10 +15,11 @@ during a run cannot produce a negative duration.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
+from operator import attrgetter
 from typing import Any, Final, Union
 
 from odibi_observe.conventions import LABEL_SOURCES, RunStatus, Source
@@ -90,11 +91,10 @@ class RunRecord:
 
     def label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
         """Values of the metric ``labels`` (names from the conventions) for this run."""
-        out = []
-        for label in labels:
-            value = getattr(self, LABEL_SOURCES[label])
-            out.append(value.value if isinstance(value, Enum) else value)
-        return tuple(out)
+        getter = _label_getters.get(labels)
+        if getter is None:
+            getter = _label_getters[labels] = _label_getter(labels)
+        return getter(self)
 
     def finished(self, **changes: Any) -> RunRecord:
         """A copy of this record with ``changes`` (``status``, ``ended_ns``, ...).
@@ -137,6 +137,24 @@ class RunRecord:
                                 for k, v in (values.get("attributes") or {}).items()}
         return cls(**values)
 
+
+def _label_getter(labels: tuple[str, ...]) -> Callable[[RunRecord], tuple[str, ...]]:
+    """A function reading ``labels`` off a record: one C-level ``attrgetter`` for the values,
+    then the status enum turned into its string value (metrics run this for every event)."""
+    names = [LABEL_SOURCES[label] for label in labels]
+    get: Callable[[RunRecord], Any] = attrgetter(*names)
+    if len(names) == 1:
+        return lambda record: (_plain(get(record)),)
+    if "status" not in names:
+        return get  # already a tuple of strings
+    return lambda record: tuple([_plain(v) for v in get(record)])
+
+
+def _plain(value: Any) -> str:
+    return value.value if isinstance(value, Enum) else value  # type: ignore[no-any-return]
+
+
+_label_getters: dict[tuple[str, ...], Callable[[RunRecord], tuple[str, ...]]] = {}
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(RunRecord))
 _FIELD_NAMES_SET: Final = frozenset(_FIELD_NAMES)

@@ -86,3 +86,12 @@ def test_metrics_endpoint_serves_on_loopback() -> None:
     server.close()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_label_values_are_plain_strings_in_label_order() -> None:
+    rec = make_record(pipeline="p", node="n")
+    values = rec.label_values(METRICS.runs.labels)
+    assert values == ("proj", "p", "n", "test", "SUCCESS")
+    assert all(type(v) is str for v in values)
+    assert rec.label_values(("status",)) == ("SUCCESS",)
+    assert rec.label_values(("node",)) == ("n",)

@@ -63,6 +63,7 @@ class PrometheusSink(Sink):
         self.running = Gauge(METRICS.running.prometheus, METRICS.running.description,
                              METRICS.running.labels, registry=self.registry)
         self._series: set[tuple[str, ...]] = set()
+        self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._by_labels: dict[tuple[str, ...], _Series] = {}
         self._finished = RecentKeys(dedupe_capacity)
         self._started = RecentKeys(dedupe_capacity)
@@ -78,11 +79,14 @@ class PrometheusSink(Sink):
 
     def _node_labels(self, record: RunRecord, metric: str) -> tuple[str, ...]:
         """Label values for ``record``, clamped and folded into the overflow series if needed."""
-        values = tuple(v[:_MAX_LABEL_VALUE] for v in record.label_values(_NODE_LABELS))
-        if values in self._series:
-            return values
-        if len(self._series) < self.max_series:
+        raw = record.label_values(_NODE_LABELS)
+        known = self._known.get(raw)
+        if known is not None:  # the common case: a series seen before
+            return known
+        values = tuple(v[:_MAX_LABEL_VALUE] for v in raw)
+        if values in self._series or len(self._series) < self.max_series:
             self._series.add(values)
+            self._known[raw] = values  # bounded: at most one raw form per kept series, mostly
             return values
         if self.monitor is not None:
             self.monitor.overflow(metric)
