@@ -38,11 +38,16 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from enum import Enum
+from typing import Final
 
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
+
+#: Longest an idle worker sleeps without being woken: the bound on the delay a missed wake-up
+#: (see ``_Channel.put``) can add. Idle workers wake twice a second; that costs nothing.
+_IDLE_WAKEUP: Final = 0.5
 
 
 class BusMode(str, Enum):
@@ -91,6 +96,25 @@ class _Channel:
 
     # -- producer side -------------------------------------------------------------------
     def put(self, event: RunEvent) -> None:
+        """Queue ``event``; on the node's path, so the common case takes no lock.
+
+        ``deque.append`` is atomic, and the worker re-checks the queue under the lock before
+        it waits, so an append needs the lock only to wake the worker: when the queue was
+        empty or a batch is full. Two producers racing on the empty-to-one transition may both
+        skip the wake-up; the worker's idle wait is bounded (``_IDLE_WAKEUP``) for that case.
+        Shutdown, the first event and a full queue take the locked path.
+        """
+        queue = self.queue
+        if self.closed or self.thread is None or len(queue) >= self.bus.max_queue:
+            self._put_locked(event)
+            return
+        queue.append(event)
+        size = len(queue)
+        if size == 1 or size >= self.bus.max_batch:
+            with self.cond:
+                self.cond.notify()
+
+    def _put_locked(self, event: RunEvent) -> None:
         with self.cond:
             if self.closed:
                 self.bus.monitor.dropped(self.name, "shutdown")
@@ -151,7 +175,7 @@ class _Channel:
                     break
                 self.cond.wait(self.bus.flush_interval - waited)
                 continue
-            self.cond.wait()
+            self.cond.wait(_IDLE_WAKEUP)
         batch = list(self.retry)
         self.retry.clear()
         take = min(len(self.queue), self.bus.max_batch)
