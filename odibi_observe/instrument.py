@@ -502,6 +502,13 @@ def observe_node(
         raise TypeError(f"observe_node(node=...) must be a string, not {type(node).__name__}")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            # A generator's call returns at once; the work happens while it is consumed, and a
+            # consumer that stops early is not a failure. Recording the call would be wrong.
+            raise TypeError(
+                f"observe_node cannot record the generator function {func.__qualname__!r}: "
+                "its work happens while it is consumed. Wrap the code that consumes it in "
+                "'with odibi_observe.node_run(pipeline, node):' instead.")
         node_name: str = node or str(getattr(func, "__name__", "node"))
         if inspect.iscoroutinefunction(func):
             return _wrap_async(  # type: ignore[return-value]

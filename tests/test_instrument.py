@@ -340,3 +340,15 @@ def test_internal_error_at_start_of_a_block_runs_it_unobserved(
             ran = True
     assert ran
     assert runs.events == []
+
+
+def test_generator_functions_are_refused_with_a_clear_error() -> None:
+    def rows():  # type: ignore[no-untyped-def]
+        yield 1
+
+    async def arows():  # type: ignore[no-untyped-def]
+        yield 1
+
+    for func in (rows, arows):
+        with pytest.raises(TypeError, match="node_run"):
+            oo.observe_node(pipeline="p")(func)
