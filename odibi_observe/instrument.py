@@ -52,7 +52,8 @@ from odibi_observe.conventions import (
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunRecord
 from odibi_observe.redact import safe_text
-from odibi_observe.runtime import Observer, get_observer, log
+from odibi_observe.runtime import Observer, get_observer
+from odibi_observe.selfmetrics import log
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -21,7 +21,6 @@ cannot be seen from inside; the durable ``RUNNING`` row is what a sweeper closes
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import signal
 import threading
@@ -33,11 +32,9 @@ from prometheus_client import CollectorRegistry
 
 from odibi_observe.bus import EventBus
 from odibi_observe.config import ConfigurationError, Settings, resolve_settings
-from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
-
-log = logging.getLogger("odibi_observe")
 
 
 class Observer:
