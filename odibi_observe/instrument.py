@@ -92,8 +92,19 @@ class NodeRun:
     from the return value (see :func:`rows_from_result`).
     """
 
-    __slots__ = ("_attributes", "_count_int_return", "_done", "_observer", "_otel_token",
-                 "_rows", "_run_token", "_start_mono", "_suggestions", "record")
+    __slots__ = (
+        "_attributes",
+        "_count_int_return",
+        "_done",
+        "_observer",
+        "_otel_token",
+        "_rows",
+        "_run_token",
+        "_span_context",
+        "_start_mono",
+        "_suggestions",
+        "record",
+    )
 
     def __init__(
         self,
@@ -124,6 +135,10 @@ class NodeRun:
         if attempt < 1:
             observer.monitor.invalid("attempt", f"attempt={attempt!r} is below 1; recorded as 1")
             attempt = 1
+        span_id = random.getrandbits(64) or 1
+        # Made current while the node runs (see _begin); kept as ints, not re-parsed from hex.
+        self._span_context = SpanContext(trace_id, span_id, is_remote=False,
+                                         trace_flags=_SAMPLED)
         self._start_mono = time.perf_counter_ns()
         self.record = RunRecord(
             # A version-4 UUID from the process's PRNG (reseeded after fork) rather than
@@ -137,7 +152,7 @@ class NodeRun:
             status=RunStatus.RUNNING,
             started_ns=time.time_ns(),
             trace_id=f"{trace_id:032x}",
-            span_id=f"{random.getrandbits(64) or 1:016x}",
+            span_id=f"{span_id:016x}",
             parent_span_id=parent_span_id,
             host=s.host,
             pid=os.getpid(),
@@ -210,9 +225,8 @@ class NodeRun:
             _active[self.record.run_id] = self
         self._observer.bus.emit(RunEvent(EventKind.STARTED, self.record))
         self._run_token = _current_run.set(self)
-        self._otel_token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(
-            SpanContext(int(self.record.trace_id, 16), int(self.record.span_id, 16),
-                        is_remote=False, trace_flags=_SAMPLED))))
+        self._otel_token = otel_context.attach(
+            trace.set_span_in_context(NonRecordingSpan(self._span_context)))
 
     def _leave(self) -> None:
         """Undo ``_begin``'s context changes (same thread/context as ``_begin``)."""
