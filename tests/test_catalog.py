@@ -890,13 +890,17 @@ _attribute_values = st.one_of(
 )
 
 
+#: Instants from 2000 to 2100, in nanoseconds.
+_epoch_ns = st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     names=st.tuples(_names, _names, _names, _names),
     status=st.sampled_from(list(RunStatus)),
-    started_ns=st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9),
+    started_ns=_epoch_ns,
     duration_ns=st.one_of(st.none(), st.integers(0, 10**15)),
-    heartbeat_ns=st.one_of(st.none(), st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9)),
+    heartbeat_ns=st.one_of(st.none(), _epoch_ns),
     rows=st.one_of(st.none(), st.integers(0, 2**62)),
     error=st.one_of(st.none(), _names),
     suggestions=st.lists(_names, max_size=3).map(tuple),
@@ -941,10 +945,10 @@ _odd_texts = st.one_of(
 @given(
     names=st.tuples(_odd_texts, _odd_texts, _odd_texts, _odd_texts),
     status=st.sampled_from(list(RunStatus)),
-    started_ns=st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9),
+    started_ns=_epoch_ns,
     duration_ns=st.one_of(st.none(), st.integers(0, 10**15)),
-    heartbeat_ns=st.one_of(st.none(), st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9)),
-    now_ns=st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9),
+    heartbeat_ns=st.one_of(st.none(), _epoch_ns),
+    now_ns=_epoch_ns,
     rows=st.one_of(st.none(), st.integers(0, 2**62)),
     error=st.one_of(st.none(), _odd_texts),
     suggestions=st.lists(_odd_texts, max_size=3).map(tuple),
