@@ -187,6 +187,17 @@ ODIBI_META_RUNS_COLUMNS: Final = (
 #: The catalog table and its companion tables.
 CATALOG_TABLE: Final = "meta_runs"
 MIGRATIONS_VERSION_TABLE: Final = "odibi_observe_alembic_version"
+#: The trace side as the sidecar's OTLP receiver saw it: one row per odibi node span.
+SPAN_LEDGER_TABLE: Final = "odibi_span_ledger"
+#: One row per reconciliation report, and one per discrepancy it found.
+RECONCILIATION_TABLE: Final = "meta_reconciliation"
+RECONCILIATION_ITEMS_TABLE: Final = "meta_reconciliation_items"
+
+#: Stable names of the discrepancies reconciliation reports (the JSON report's ``kind``).
+DISCREPANCY_KINDS: Final = (
+    "missing_in_catalog", "missing_in_traces", "status_mismatch", "rows_mismatch",
+    "duration_mismatch", "duplicate_in_catalog", "duplicate_in_traces", "stale_running",
+)
 
 #: Resource attributes for liveness (standard OTel semantic conventions).
 RESOURCE_HOST: Final = "host.name"
@@ -325,6 +336,93 @@ SELF_METRICS: Final = SelfMetrics(
 )
 
 
+@dataclass(frozen=True)
+class SidecarMetrics:
+    """What the sidecar exposes about itself on ``/metrics``, next to the node metrics."""
+
+    ingested: Metric
+    spool_bytes: Metric
+    spool_backlog: Metric
+    spool_corrupt: Metric
+    spool_rejected: Metric
+    ledger_spans: Metric
+    sweeper_closed: Metric
+    last_loop: Metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+SIDECAR_METRICS: Final = SidecarMetrics(
+    ingested=Metric(
+        "ingested", None, "", "odibi_observe_sidecar_events_ingested_total", MetricKind.COUNTER,
+        ("kind",), "Run events the sidecar read from pipeline processes, by event kind.",
+    ),
+    spool_bytes=Metric(
+        "spool_bytes", None, "", "odibi_observe_spool_bytes", MetricKind.GAUGE,
+        (), "Bytes held in the write-ahead spool (all segments).",
+    ),
+    spool_backlog=Metric(
+        "spool_backlog", None, "", "odibi_observe_spool_backlog_events", MetricKind.GAUGE,
+        ("sink",), "Spooled events a sink has not acknowledged yet.",
+    ),
+    spool_corrupt=Metric(
+        "spool_corrupt", None, "", "odibi_observe_spool_corrupt_frames_total",
+        MetricKind.COUNTER, (), "Torn or corrupt spool frames detected and skipped.",
+    ),
+    spool_rejected=Metric(
+        "spool_rejected", None, "", "odibi_observe_spool_rejected_total", MetricKind.COUNTER,
+        ("reason",), "Events the spool could not take (size limit, disk full), by reason.",
+    ),
+    ledger_spans=Metric(
+        "ledger_spans", None, "", "odibi_observe_ledger_spans_total", MetricKind.COUNTER,
+        ("outcome",), "Spans received on /v1/traces: stored in the ledger, ignored (not an "
+        "odibi node span) or rejected (malformed).",
+    ),
+    sweeper_closed=Metric(
+        "sweeper_closed", None, "", "odibi_observe_sweeper_closed_total", MetricKind.COUNTER,
+        ("reason",), "RUNNING runs the sweeper closed as CRASHED, by how it knew.",
+    ),
+    last_loop=Metric(
+        "last_loop", None, "", "odibi_observe_sidecar_last_loop_timestamp_seconds",
+        MetricKind.GAUGE, (), "Unix time of the sidecar's last completed work loop.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ReconcileMetrics:
+    """The result of the last reconciliation, for dashboards and alerts."""
+
+    discrepancies: Metric
+    completeness: Metric
+    last_run: Metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+RECONCILE_METRICS: Final = ReconcileMetrics(
+    discrepancies=Metric(
+        "discrepancies", None, "", "odibi_reconcile_discrepancies", MetricKind.GAUGE,
+        ("kind",), "Discrepancies found by the last reconciliation, by kind.",
+    ),
+    completeness=Metric(
+        "completeness", None, "", "odibi_catalog_completeness_ratio", MetricKind.GAUGE,
+        (), "Share of traced runs the catalog holds, in the last reconciliation (1 = all).",
+    ),
+    last_run=Metric(
+        "last_run", None, "", "odibi_reconcile_last_run_timestamp_seconds", MetricKind.GAUGE,
+        (), "Unix time the last reconciliation finished.",
+    ),
+)
+
+
+def all_metrics() -> tuple[Metric, ...]:
+    """Every metric odibi-observe exposes, in documentation order."""
+    return (*METRICS, *SELF_METRICS, *SIDECAR_METRICS, *RECONCILE_METRICS)
+
+
 def field_rows() -> list[dict[str, str]]:
     """The conventions table as rows of strings (the shape printed and documented)."""
     rows = []
@@ -348,9 +446,7 @@ def render_table(fmt: str = "text") -> str:
         return json.dumps(
             {
                 "fields": [asdict(f) for f in FIELDS],
-                "metrics": [
-                    {**asdict(m), "kind": m.kind.value} for m in (*METRICS, *SELF_METRICS)
-                ],
+                "metrics": [{**asdict(m), "kind": m.kind.value} for m in all_metrics()],
                 "statuses": [s.value for s in RunStatus],
                 "catalog_table": CATALOG_TABLE,
             },
@@ -365,7 +461,7 @@ def render_table(fmt: str = "text") -> str:
             "OTel instrument": f"`{m.otel}` ({m.otel_unit})" if m.otel else "—",
             "labels": ", ".join(m.labels),
         }
-        for m in (*METRICS, *SELF_METRICS)
+        for m in all_metrics()
     ]
     if fmt == "markdown":
         return "\n\n".join(

@@ -31,6 +31,9 @@ from odibi_observe.conventions import (
     CATALOG_TABLE,
     FIELDS,
     ODIBI_META_RUNS_COLUMNS,
+    RECONCILIATION_ITEMS_TABLE,
+    RECONCILIATION_TABLE,
+    SPAN_LEDGER_TABLE,
     RunStatus,
     Source,
 )
@@ -145,6 +148,88 @@ sa.Index(
     meta_runs.c[PROJECT], meta_runs.c[PIPELINE], meta_runs.c[DATE],
 )
 sa.Index("ix_meta_runs_trace_id", meta_runs.c[TRACE_ID])
+
+# --- the span ledger: the trace side, as the sidecar's OTLP receiver saw it ----------------------
+#
+# One row per odibi node span (a span carrying ``odibi.run_id``), keyed by the span's own ids so
+# that a span delivered twice (an exporter retry) is stored once while two *different* spans
+# claiming the same run_id stay visible as a ``duplicate_in_traces``. Same column names as
+# ``meta_runs`` for the same facts, so reconciliation compares like with like.
+
+SERVICE_NAME: Final = "service_name"
+RESOURCE_JSON: Final = "resource_json"
+RECEIVED_AT: Final = "received_at"
+
+span_ledger: Final = sa.Table(
+    SPAN_LEDGER_TABLE,
+    metadata,
+    sa.Column(TRACE_ID, sa.String(32), primary_key=True),
+    sa.Column(SPAN_ID, sa.String(16), primary_key=True),
+    sa.Column(PARENT_SPAN_ID, sa.String(16)),
+    sa.Column(RUN_ID, sa.String(100), nullable=False),
+    sa.Column(PROJECT, sa.String(255)),
+    sa.Column(PIPELINE, sa.String(255)),
+    sa.Column(PIPELINE_RUN_ID, sa.String(100)),
+    sa.Column(NODE, sa.String(255)),
+    sa.Column(ATTEMPT, sa.Integer),
+    sa.Column(ENVIRONMENT, sa.String(255)),
+    sa.Column(STATUS, sa.String(50)),
+    sa.Column(ROWS, sa.BigInteger),
+    sa.Column(DURATION_MS, sa.BigInteger),
+    sa.Column(STARTED_AT, sa.DateTime(timezone=True), nullable=False),
+    sa.Column(ENDED_AT, sa.DateTime(timezone=True)),
+    sa.Column(ERROR_TYPE, sa.String(255)),
+    sa.Column(SERVICE_NAME, sa.String(255)),
+    sa.Column(RESOURCE_JSON, sa.Text),
+    sa.Column(RECEIVED_AT, sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_odibi_span_ledger_run_id", span_ledger.c[RUN_ID])
+sa.Index("ix_odibi_span_ledger_started_at", span_ledger.c[STARTED_AT])
+
+# --- reconciliation results ---------------------------------------------------------------------
+#
+# One row per report (what dashboards chart over time) and one per discrepancy of that report
+# (the "last report's runs" table). Counts by kind are kept as JSON: the kinds are a closed,
+# documented list (conventions.DISCREPANCY_KINDS), and a new kind must not need a migration.
+
+REPORT_ID: Final = "report_id"
+
+reconciliation: Final = sa.Table(
+    RECONCILIATION_TABLE,
+    metadata,
+    sa.Column(REPORT_ID, sa.String(100), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("grace_seconds", sa.Float, nullable=False),
+    sa.Column("catalog_source", sa.Text),
+    sa.Column("trace_sources", sa.Text),
+    sa.Column("catalog_runs", sa.BigInteger, nullable=False),
+    sa.Column("trace_runs", sa.BigInteger, nullable=False),
+    sa.Column("matched", sa.BigInteger, nullable=False),
+    sa.Column("discrepancies", sa.BigInteger, nullable=False),
+    sa.Column("discrepancies_json", sa.Text, nullable=False),
+    sa.Column("completeness_ratio", sa.Float),
+    sa.Column("repaired", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("errors", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+)
+sa.Index("ix_meta_reconciliation_created_at", reconciliation.c.created_at)
+
+reconciliation_items: Final = sa.Table(
+    RECONCILIATION_ITEMS_TABLE,
+    metadata,
+    sa.Column(REPORT_ID, sa.String(100), primary_key=True),
+    sa.Column("item", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column(RUN_ID, sa.String(100)),
+    sa.Column(PIPELINE, sa.String(255)),
+    sa.Column(NODE, sa.String(255)),
+    sa.Column(STARTED_AT, sa.DateTime(timezone=True)),
+    sa.Column(TRACE_ID, sa.String(32)),
+    sa.Column("detail", sa.Text),
+    sa.Column("repaired", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+sa.Index("ix_meta_reconciliation_items_run_id", reconciliation_items.c[RUN_ID])
 
 #: Index name → its columns, for migrations and tests that check the database has them.
 INDEXES: Final = {
