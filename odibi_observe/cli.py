@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the command ran and found a problem (the demo's sinks d
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,18 @@ from odibi_observe.record import RunRecord
 
 CATALOG_ENV = "ODIBI_OBSERVE_CATALOG_URL"
 
+#: Modules that add their own commands: each has ``register(subparsers)``, which adds its
+#: parsers and sets ``handler`` (a ``Callable[[argparse.Namespace], int]``) as their default.
+#: Kept beside the feature it drives, so this module stays the small core of the CLI.
+COMMAND_MODULES = (
+    "odibi_observe.sidecar.commands",
+    "odibi_observe.reconcile.commands",
+    "odibi_observe.grafana.commands",
+    "odibi_observe.integrations.commands",
+)
 
-def _catalog_arg(parser: argparse.ArgumentParser) -> None:
+
+def catalog_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--catalog", metavar="URL", default=os.environ.get(CATALOG_ENV),
         help=f"SQLAlchemy URL of the catalog, e.g. sqlite:///catalog.db or "
@@ -63,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "rows are kept), to the current schema. Safe to run repeatedly and "
                     "concurrently.",
     )
-    _catalog_arg(upgrade)
+    catalog_arg(upgrade)
     upgrade.set_defaults(subparser=upgrade)
 
     runs = sub.add_parser(
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List recent node runs from the catalog, newest first. Failed and "
                     "crashed runs show their error and the suggestions recorded with them.",
     )
-    _catalog_arg(runs)
+    catalog_arg(runs)
     runs.set_defaults(subparser=runs)
     runs.add_argument("--limit", type=_positive_int, default=20,
                       help="rows to show (default: 20)")
@@ -81,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only runs with this status")
     runs.add_argument("--failures", action="store_true",
                       help="only FAILURE and CRASHED runs")
-    runs.add_argument("--since", metavar="DURATION", type=_duration,
+    runs.add_argument("--since", metavar="DURATION", type=duration_arg,
                       help="only runs started in the last DURATION (30m, 6h, 7d)")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -102,7 +115,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _duration(text: str) -> timedelta:
+def duration_arg(text: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         return timedelta(seconds=float(text[:-1]) * units[text[-1]])
@@ -123,9 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render_table(args.format))
             return 0
         if args.command == "catalog":
-            return _catalog_upgrade(_require_catalog(args.subparser, args.catalog))
+            return _catalog_upgrade(require_catalog(args.subparser, args.catalog))
         if args.command == "runs":
-            return _runs(_require_catalog(args.subparser, args.catalog), args)
+            return _runs(require_catalog(args.subparser, args.catalog), args)
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
     except ConfigurationError as exc:
         print(f"odibi-observe: error: {exc}", file=sys.stderr)
         return 2
@@ -133,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover - parser.error exits
 
 
-def _require_catalog(parser: argparse.ArgumentParser, url: str | None) -> str:
+def require_catalog(parser: argparse.ArgumentParser, url: str | None) -> str:
     if not url:
         parser.error(f"--catalog URL is required (or set {CATALOG_ENV})")
     assert url is not None
@@ -149,7 +165,7 @@ def _catalog_upgrade(url: str) -> int:
         revision = upgrade(url)
     except SQLAlchemyError as exc:
         print(f"odibi-observe: error: cannot upgrade {hide_password(url)}: "
-              f"{type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+              f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return 2
     print(f"{hide_password(url)}: meta_runs is at revision {revision}")
     return 0
@@ -169,7 +185,7 @@ def _runs(url: str, args: argparse.Namespace) -> int:
                                     statuses=statuses, since=since)
     except SQLAlchemyError as exc:
         print(f"odibi-observe: error: cannot read {hide_password(url)}: "
-              f"{type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+              f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return 2
     finally:
         store.dispose()
@@ -194,7 +210,7 @@ def failure_lines(rec: RunRecord) -> list[str]:
     """A run's error and suggestions, indented under its row (``runs`` and the demo)."""
     lines = []
     if rec.error_type:
-        lines.append(f"    error: {rec.error_type}: {_first_line(rec.error_message or '')}")
+        lines.append(f"    error: {rec.error_type}: {first_line(rec.error_message or '')}")
     lines.extend(f"    suggestion: {text}" for text in rec.suggestions)
     return lines
 
@@ -212,7 +228,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _first_line(value: object) -> str:
+def first_line(value: object) -> str:
     from odibi_observe.redact import redact
 
     return redact(str(value).strip().splitlines()[0] if str(value).strip() else "")
