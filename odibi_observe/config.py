@@ -29,7 +29,8 @@ from typing import Any, Final
 
 ENV_PREFIX: Final = "ODIBI_OBSERVE_"
 
-MODES: Final = ("inline", "background")
+MODES: Final = ("inline", "background", "sidecar")
+FSYNC_POLICIES: Final = ("always", "interval", "never")
 OTLP_PROTOCOLS: Final = ("http/protobuf", "http/json", "grpc")
 
 
@@ -64,6 +65,10 @@ class Settings:
     handle_sigterm: bool = True
     otel_metrics: bool = True
     host: str = field(default_factory=socket.gethostname)
+    spool_dir: str | None = None
+    spool_fsync: str = "interval"
+    spool_max_bytes: int = 512 * 2**20
+    heartbeat_interval: float = 30.0
 
     def describe(self) -> dict[str, Any]:
         """Settings as a dict safe to print: the catalog URL's password is hidden."""
@@ -75,8 +80,9 @@ class Settings:
 
 
 _INT_FIELDS: Final = {"prometheus_port", "max_queue", "max_batch", "max_label_series",
-                      "max_attribute_length", "max_error_message_length", "max_name_length"}
-_FLOAT_FIELDS: Final = {"flush_interval", "otlp_timeout"}
+                      "max_attribute_length", "max_error_message_length", "max_name_length",
+                      "spool_max_bytes"}
+_FLOAT_FIELDS: Final = {"flush_interval", "otlp_timeout", "heartbeat_interval"}
 _BOOL_FIELDS: Final = {"handle_sigterm", "otel_metrics"}
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
@@ -148,6 +154,18 @@ def _validate(s: Settings) -> None:
                  "max_error_message_length", "max_name_length"):
         if getattr(s, name) < 1:
             raise ConfigurationError(f"{name}={getattr(s, name)}: must be at least 1")
+    if s.mode == "sidecar" and not s.spool_dir:
+        raise ConfigurationError(
+            "mode='sidecar' needs spool_dir (ODIBI_OBSERVE_SPOOL_DIR): the directory the "
+            "sidecar reads, shared with it")
+    if s.spool_fsync not in FSYNC_POLICIES:
+        raise ConfigurationError(
+            f"spool_fsync={s.spool_fsync!r}: choose one of {', '.join(FSYNC_POLICIES)}")
+    if s.spool_max_bytes < 1:
+        raise ConfigurationError(f"spool_max_bytes={s.spool_max_bytes}: must be at least 1")
+    if s.heartbeat_interval < 0:
+        raise ConfigurationError(
+            f"heartbeat_interval={s.heartbeat_interval}: must be >= 0 (0 turns heartbeats off)")
     if s.flush_interval < 0 or s.otlp_timeout <= 0:
         raise ConfigurationError("flush_interval must be >= 0 and otlp_timeout > 0")
     for name in ("project", "environment", "service_name"):

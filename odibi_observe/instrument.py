@@ -643,10 +643,15 @@ def suggestions_of(exc: BaseException) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def active_runs() -> list[NodeRun]:
+    """The runs in progress in this process (a snapshot; for heartbeats and exit hooks)."""
+    with _active_lock:
+        return [r for r in _active.values() if r.record.pid == os.getpid()]
+
+
 def crash_active_runs(error_type: str, message: str) -> int:
     """Close every run still active in this process as ``CRASHED``; return how many."""
-    with _active_lock:
-        runs = [r for r in _active.values() if r.record.pid == os.getpid()]
+    runs = active_runs()
     closed = 0
     for run in runs:
         if run._finish(RunStatus.CRASHED, error_type=error_type, error_message=message):

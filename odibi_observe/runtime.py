@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -58,11 +59,17 @@ class Observer:
         if sinks is None:
             sinks = self._default_sinks(tracer_provider, meter_provider, strict)
         self.sinks: tuple[Sink, ...] = (*sinks, *extra_sinks)
+        # Sidecar mode appends to the spool on the caller's thread: the event is on disk when
+        # the decorator moves on, which is the whole point of the mode.
+        bus_mode = "inline" if self.settings.mode == "sidecar" else self.settings.mode
         self.bus = EventBus(
-            self.sinks, mode=settings.mode, monitor=self.monitor,
+            self.sinks, mode=bus_mode, monitor=self.monitor,
             max_queue=settings.max_queue, max_batch=settings.max_batch,
             flush_interval=settings.flush_interval,
         )
+        from odibi_observe import heartbeat
+
+        heartbeat.set_interval(settings.heartbeat_interval)
         self.metrics_server: MetricsServer | None = None
         if settings.prometheus_port is not None:
             try:
@@ -74,6 +81,18 @@ class Observer:
 
     def _default_sinks(self, tracer_provider: Any, meter_provider: Any,
                        strict: bool) -> list[Sink]:
+        if self.settings.mode == "sidecar":
+            try:
+                return [_spool_sink(self.settings, self.registry)]
+            except (OSError, ConfigurationError) as exc:
+                if strict:
+                    raise ConfigurationError(
+                        f"cannot open the spool in {self.settings.spool_dir}: {exc}") from exc
+                # Without a spool the sidecar sees nothing; recording in-process is the next
+                # best thing, and the error says what to fix.
+                log.error("odibi-observe: cannot open the spool in %s (%s); recording "
+                          "in-process (mode=background) instead", self.settings.spool_dir, exc)
+                self.settings = replace(self.settings, mode="background")
         s = self.settings
         self.prometheus_sink = PrometheusSink(
             self.registry, monitor=self.monitor, max_series=s.max_label_series)
@@ -129,6 +148,16 @@ class Observer:
             log.error("odibi-observe: cannot write Prometheus text to %s: %s", path, exc)
 
 
+def _spool_sink(settings: Settings, registry: CollectorRegistry) -> Sink:
+    from odibi_observe.sinks.spool import SpoolSink
+    from odibi_observe.spool import Spool
+
+    return SpoolSink(Spool(
+        settings.spool_dir or "", fsync=settings.spool_fsync,  # type: ignore[arg-type]
+        max_bytes=settings.spool_max_bytes, registry=registry,
+    ))
+
+
 def _catalog_sink(settings: Settings) -> Sink:
     from odibi_observe.sinks.catalog import CatalogSink
 
@@ -150,6 +179,7 @@ def configure(
     traces_file: str | None = None,
     prometheus_port: int | None = None,
     mode: str | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
     sinks: Sequence[Sink] | None = None,
     extra_sinks: Sequence[Sink] = (),
     registry: CollectorRegistry | None = None,
@@ -172,7 +202,8 @@ def configure(
     overrides = dict(
         project=project, environment=environment, service_name=service_name,
         catalog_url=catalog_url, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
-        traces_file=traces_file, prometheus_port=prometheus_port, mode=mode, **settings,
+        traces_file=traces_file, prometheus_port=prometheus_port, mode=mode,
+        spool_dir=None if spool_dir is None else os.fspath(spool_dir), **settings,
     )
     try:
         resolved = resolve_settings(overrides)

@@ -34,6 +34,7 @@ from odibi_observe.catalog.migrate import upgrade
 from odibi_observe.catalog.schema import (
     COLUMNS,
     HEARTBEAT_AT,
+    HOST,
     NODE,
     PIPELINE,
     RUN_ID,
@@ -291,6 +292,33 @@ class CatalogStore:
             else:
                 _upsert_portable(conn, full_rows, beat_rows)
 
+    def close_running(self, records: Sequence[RunRecord]) -> list[str]:
+        """Write each terminal ``record`` only where its row is still ``RUNNING``.
+
+        This is how a sweeper or a reconciler closes a run it believes dead: unlike
+        :meth:`upsert`, it never overwrites a terminal row, so a run whose real ending arrives
+        between the check and the write keeps its real ending. Returns the run ids that were
+        closed here (the caller emits spans and metrics for exactly those).
+        """
+        self.ensure_schema()
+        c = meta_runs.c
+        now = ns_to_datetime(time.time_ns())
+        closed: list[str] = []
+        with self._write_transaction() as conn:
+            for record in records:
+                if not record.status.is_terminal:
+                    raise ValueError(f"close_running needs a terminal record, not {record.status}")
+                row = record_to_row(record, kind=EventKind.FINISHED, now=now)
+                values = {k: v for k, v in row.items() if k != RUN_ID}
+                result = conn.execute(
+                    meta_runs.update()
+                    .where(c[RUN_ID] == record.run_id, c[STATUS] == RunStatus.RUNNING.value)
+                    .values(**values)
+                )
+                if result.rowcount == 1:
+                    closed.append(record.run_id)
+        return closed
+
     def _new_serial(self) -> AbstractContextManager[Any]:
         # One DBAPI connection serves every thread of a StaticPool (":memory:"); two
         # transactions on it at once would interleave, so calls take turns.
@@ -346,6 +374,21 @@ class CatalogStore:
         if since is not None:
             query = query.where(c[STARTED_AT] >= utc(since))
         query = query.order_by(c[STARTED_AT].desc(), c[RUN_ID].desc()).limit(limit)
+        with self._connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [row_to_record(row) for row in rows]
+
+    def running(self, *, host: str | None = None, limit: int = 10_000) -> list[RunRecord]:
+        """Runs still ``RUNNING`` (oldest first), optionally only those on ``host``.
+
+        The sweeper's query; served by the ``(status, started_at)`` index, so its cost follows
+        the number of open runs, not the size of the catalog.
+        """
+        c = meta_runs.c
+        query = sa.select(meta_runs).where(c[STATUS] == RunStatus.RUNNING.value)
+        if host is not None:
+            query = query.where(c[HOST] == host)
+        query = query.order_by(c[STARTED_AT], c[RUN_ID]).limit(limit)
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [row_to_record(row) for row in rows]

@@ -1,0 +1,207 @@
+"""Deliver spooled run events to sinks, one cursor per sink.
+
+The spool (:mod:`odibi_observe.spool`) is the durable copy of every event a pipeline process
+wrote; the pump is what turns it into catalog rows, spans and metrics. Each sink gets its own
+worker thread and its own spool cursor, so:
+
+* a sink that is down (the catalog during a database restart, the collector during a deploy)
+  stops only its own cursor; the other sinks keep up, and the stopped one catches up from where
+  it was when it comes back — with the events' original run ids, span ids and timestamps,
+  because the event *is* the record;
+* a frame is acknowledged only after its sink exported it, so a sidecar killed mid-batch
+  re-reads the batch on restart (at-least-once; sinks are idempotent by ``run_id``);
+* a frame that cannot be decoded (a valid checksum around bytes that are not a run event, e.g.
+  written by an incompatible version) is counted as invalid input, logged and skipped: retrying
+  it can never succeed and must not block the events behind it.
+
+Failed exports back off exponentially with jitter (:class:`~odibi_observe.bus.Backoff`), and
+are counted in ``odibi_observe_sink_errors_total{sink}`` like every other sink error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from odibi_observe.bus import Backoff
+from odibi_observe.record import RunEvent
+from odibi_observe.redact import safe_text
+from odibi_observe.selfmetrics import SelfMonitor, log
+from odibi_observe.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from odibi_observe.spool import Spool, SpoolCursor, SpoolEntry
+
+
+class _SinkPump:
+    """One sink's cursor, backoff and worker thread."""
+
+    def __init__(self, pump: SpoolPump, sink: Sink) -> None:
+        self.pump = pump
+        self.sink = sink
+        self.name = sink.name
+        self.cursor: SpoolCursor = pump.spool.cursor(sink.name)
+        self.backoff = Backoff(pump.backoff_initial, pump.backoff_max)
+        self.retry_at = 0.0
+        self.failing = False
+        self.delivered = 0
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def step(self) -> int:
+        """Read one batch, export it, ack it. Returns the frames acknowledged (0: idle/failed)."""
+        with self.lock:
+            if time.monotonic() < self.retry_at:
+                return 0
+            entries = self.cursor.read(self.pump.max_batch)
+            if not entries:
+                return 0
+            events = self._decode(entries)
+            wanted = [e for e in events if e.kind in self.sink.kinds]
+            if wanted:
+                try:
+                    self.sink.export(wanted)
+                except Exception as exc:  # a sink error must never stop the pump
+                    self._failed(exc, len(wanted))
+                    return 0
+            self.cursor.ack(entries)
+            self.delivered += len(wanted)
+            if self.failing:
+                log.info("odibi-observe sink %r recovered", self.name)
+                self.failing = False
+            self.backoff.reset()
+            return len(entries)
+
+    def _decode(self, entries: Sequence[SpoolEntry]) -> list[RunEvent]:
+        events = []
+        for entry in entries:
+            try:
+                events.append(RunEvent.from_json(entry.payload))
+            except Exception as exc:  # any undecodable frame is skipped alike
+                self.pump.monitor.invalid(
+                    "spool_payload",
+                    f"spooled frame at {entry.position} is not a run event "
+                    f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped",
+                )
+        return events
+
+    def _failed(self, exc: Exception, count: int) -> None:
+        self.pump.monitor.sink_error(self.name)
+        self.pump.monitor.warn_once_per_minute(
+            f"pump:{self.name}",
+            "odibi-observe sink %r failed (%s: %s); %d spooled event(s) will be retried",
+            self.name, type(exc).__name__, safe_text(str(exc), 500), count,
+        )
+        self.failing = True
+        self.retry_at = time.monotonic() + self.backoff.next_delay()
+
+    def run(self) -> None:
+        stop = self.pump._stop
+        while not stop.is_set():
+            try:
+                moved = self.step()
+            except Exception as exc:  # a spool read error: wait and retry
+                self.pump.monitor.warn_once_per_minute(
+                    f"pump-read:{self.name}", "odibi-observe spool read for %r failed: %s",
+                    self.name, safe_text(str(exc), 500))
+                moved = 0
+            if not moved:
+                stop.wait(self.pump.poll_interval)
+
+
+class SpoolPump:
+    """Feeds every sink from its own cursor over one spool."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        sinks: Sequence[Sink],
+        *,
+        monitor: SelfMonitor,
+        max_batch: int = 512,
+        poll_interval: float = 0.2,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique (they name spool cursors): {names}")
+        self.spool = spool
+        self.monitor = monitor
+        self.max_batch = max_batch
+        self.poll_interval = poll_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._stop = threading.Event()
+        self._pumps = [_SinkPump(self, sink) for sink in sinks]
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return tuple(p.sink for p in self._pumps)
+
+    def start(self) -> None:
+        """Start one daemon worker per sink."""
+        self._stop.clear()
+        for p in self._pumps:
+            if p.thread is None or not p.thread.is_alive():
+                p.thread = threading.Thread(
+                    target=p.run, name=f"odibi-observe-pump-{p.name}", daemon=True)
+                p.thread.start()
+
+    def pump_once(self) -> int:
+        """Synchronously deliver what every sink can take now; frames acknowledged in total.
+
+        Used by one-shot commands (``odibi-observe sweep --spool-dir``) and tests. A failing
+        sink is tried once and then left to its backoff; the others are not held up.
+        """
+        total = 0
+        for p in self._pumps:
+            while True:
+                moved = p.step()
+                total += moved
+                if not moved:
+                    break
+        return total
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no sink has a backlog (True) or ``timeout`` seconds passed (False).
+
+        With the workers running this only waits; without them it pumps on this thread,
+        honouring each failing sink's backoff.
+        """
+        deadline = time.monotonic() + timeout
+        while any(self.backlog().values()):
+            if time.monotonic() >= deadline:
+                return False
+            if not self._threads_running():
+                self.pump_once()
+                if not any(self.backlog().values()):
+                    break
+            time.sleep(0.05)
+        return True
+
+    def _threads_running(self) -> bool:
+        return any(p.thread is not None and p.thread.is_alive() for p in self._pumps)
+
+    def backlog(self) -> dict[str, int]:
+        """Frames each sink has not acknowledged yet."""
+        return {p.name: p.cursor.backlog() for p in self._pumps}
+
+    def failing(self) -> dict[str, bool]:
+        """Whether each sink's last export failed (for ``/healthz``)."""
+        return {p.name: p.failing for p in self._pumps}
+
+    def delivered(self) -> dict[str, int]:
+        """Events exported per sink since this pump started."""
+        return {p.name: p.delivered for p in self._pumps}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the workers (after their current batch); unacknowledged frames stay spooled."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for p in self._pumps:
+            if p.thread is not None:
+                p.thread.join(max(0.0, deadline - time.monotonic()))
+                p.thread = None

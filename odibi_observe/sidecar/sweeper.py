@@ -1,0 +1,206 @@
+"""The sweeper: close as ``CRASHED`` the runs whose process died without saying so.
+
+SIGKILL, the OOM killer, a node eviction or a power cut end a process before it can write a
+terminal record. What they leave is the durable ``RUNNING`` row (with ``host``, ``pid``,
+``started_at`` and the last ``heartbeat_at``). The sweeper finds those rows and decides, for
+each, whether its process is gone:
+
+* **same host, pid check on** — the pid is not running, or it is running but that process
+  started *after* the run did (the pid was reused by a newer process): gone. A live process is
+  trusted, however old its last heartbeat (a long synchronous step is not a crash).
+* **otherwise** (another host, ``--all-hosts``, a pid namespace the sweeper cannot see into,
+  or the pid check turned off) — no heartbeat within ``heartbeat_timeout``: gone. A run that
+  never heartbeated is judged by its ``started_at``.
+
+A run judged gone is closed in *both* places the promise covers:
+
+* the catalog row, with :meth:`CatalogStore.close_running` — only if it is *still* RUNNING, so
+  a run whose real ending lands between the check and the write keeps its real ending;
+* a span with the run's original ``trace_id``/``span_id`` and its original, back-dated start,
+  status ERROR, so the trace backend shows the crash where the run began; and the metrics.
+
+The run's end is its last sign of life (the last heartbeat), or the moment of the sweep when
+there was none; the error message says which, so the duration is never mistaken for work done.
+
+Clock and liveness checks are injectable: tests use a frozen clock instead of sleeping through
+the threshold.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter
+
+from odibi_observe.conventions import SIDECAR_METRICS, RunStatus, Source
+from odibi_observe.record import EventKind, RunEvent, RunRecord, ns_to_datetime
+from odibi_observe.selfmetrics import log
+from odibi_observe.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from odibi_observe.catalog.store import CatalogStore
+    from odibi_observe.spool import Spool
+
+#: Why a run was closed: the ``reason`` label of ``odibi_observe_sweeper_closed_total``.
+PROCESS_GONE = "process_gone"
+PID_REUSED = "pid_reused"
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+NO_HEARTBEAT = "no_heartbeat"
+
+#: ``error_type`` of a run the sweeper closed.
+CRASH_ERROR_TYPE = "ProcessCrashed"
+
+LivenessCheck = Callable[[int, "int | None"], bool]
+
+
+def _process_alive(pid: int, started_ns: int | None) -> bool:
+    from odibi_observe.spool import process_alive
+
+    return process_alive(pid, started_ns)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one pass found: runs checked, runs closed, and why."""
+
+    checked: int
+    closed: list[RunRecord] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
+
+
+class Sweeper:
+    """Finds RUNNING runs whose process is gone and closes them in catalog, traces and metrics.
+
+    ``sinks`` receive the closed run's terminal event (spans, metrics; a catalog sink among
+    them is skipped, the row is closed by the store). With ``spool``, the event is appended to
+    the spool instead and the sidecar's pump delivers it to every sink with retries, so an
+    unreachable collector during the sweep does not lose the crash span.
+    """
+
+    def __init__(
+        self,
+        store: CatalogStore,
+        sinks: Sequence[Sink] = (),
+        *,
+        host: str | None = None,
+        heartbeat_timeout: float = 300.0,
+        all_hosts: bool = False,
+        pid_check: bool = True,
+        spool: Spool | None = None,
+        clock: Callable[[], int] = time.time_ns,
+        alive: LivenessCheck = _process_alive,
+        registry: CollectorRegistry | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        if heartbeat_timeout <= 0:
+            raise ValueError("heartbeat_timeout must be positive")
+        self.store = store
+        self.sinks = [s for s in sinks if s.name != "catalog"]
+        self.host = host or socket.gethostname()
+        self.heartbeat_timeout = heartbeat_timeout
+        self.all_hosts = all_hosts
+        self.pid_check = pid_check
+        self.spool = spool
+        self.clock = clock
+        self.alive = alive
+        self.dry_run = dry_run
+        self.closed_total = Counter(
+            SIDECAR_METRICS.sweeper_closed.prometheus_base,
+            SIDECAR_METRICS.sweeper_closed.description,
+            SIDECAR_METRICS.sweeper_closed.labels,
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
+
+    def verdict(self, record: RunRecord, now_ns: int) -> str | None:
+        """Why ``record``'s process is gone, or None if it may still be running."""
+        if self.pid_check and record.host == self.host and record.pid > 0:
+            if self.alive(record.pid, None):
+                if self.alive(record.pid, record.started_ns):
+                    return None
+                return PID_REUSED
+            return PROCESS_GONE
+        last = record.heartbeat_ns
+        age_s = (now_ns - (last if last is not None else record.started_ns)) / 1e9
+        if age_s <= self.heartbeat_timeout:
+            return None
+        return HEARTBEAT_TIMEOUT if last is not None else NO_HEARTBEAT
+
+    def crashed_record(self, record: RunRecord, reason: str, now_ns: int) -> RunRecord:
+        """The terminal snapshot of a run closed for ``reason`` (same ids, original start)."""
+        last = record.heartbeat_ns
+        ended = max(record.started_ns, last if last is not None else now_ns)
+        where = f"process {record.pid} on {record.host}"
+        seen = (f"last heartbeat at {ns_to_datetime(last):%Y-%m-%d %H:%M:%S} UTC"
+                if last is not None else "no heartbeat received")
+        why = {
+            PROCESS_GONE: f"{where} is no longer running",
+            PID_REUSED: f"{where} is gone (its pid now belongs to a newer process)",
+            HEARTBEAT_TIMEOUT: f"no heartbeat from {where} for more than "
+                               f"{timedelta(seconds=round(self.heartbeat_timeout))}",
+            NO_HEARTBEAT: f"{where} sent no heartbeat within "
+                          f"{timedelta(seconds=round(self.heartbeat_timeout))} of its start",
+        }[reason]
+        return record.finished(
+            status=RunStatus.CRASHED, ended_ns=ended, error_type=CRASH_ERROR_TYPE,
+            error_message=f"closed by the sweeper: {why}; {seen}; the run's end time is its "
+                          f"last sign of life", source=Source.SIDECAR,
+        )
+
+    def sweep(self) -> SweepResult:
+        """One pass over the open runs; returns what was closed (nothing, with ``dry_run``)."""
+        candidates = self.store.running(host=None if self.all_hosts else self.host)
+        now = self.clock()
+        doomed: list[tuple[RunRecord, str]] = []
+        for record in candidates:
+            reason = self.verdict(record, now)
+            if reason is not None:
+                doomed.append((self.crashed_record(record, reason, now), reason))
+        if self.dry_run or not doomed:
+            return SweepResult(len(candidates), [r for r, _ in doomed],
+                               _count(reason for _, reason in doomed))
+        closed_ids = set(self.store.close_running([r for r, _ in doomed]))
+        closed = [(r, reason) for r, reason in doomed if r.run_id in closed_ids]
+        failed = self._emit([r for r, _ in closed])
+        for record, reason in closed:
+            self.closed_total.labels(reason=reason).inc()
+            log.warning("odibi-observe sweeper: run %s (%s/%s) closed as CRASHED: %s",
+                        record.run_id, record.pipeline, record.node, record.error_message)
+        return SweepResult(len(candidates), [r for r, _ in closed],
+                           _count(reason for _, reason in closed), failed)
+
+    def _emit(self, records: list[RunRecord]) -> list[str]:
+        """Send the closed runs' terminal events; the names of sinks that failed."""
+        if not records:
+            return []
+        events = [RunEvent(EventKind.FINISHED, r) for r in records]
+        if self.spool is not None:
+            from odibi_observe.spool import SpoolFullError
+
+            try:
+                self.spool.append_many([e.to_json().encode() for e in events])
+                return []
+            except SpoolFullError as exc:
+                log.error("odibi-observe sweeper: spool full (%s); sending the closed runs "
+                          "to the sinks directly", exc.reason)
+        failed = []
+        for sink in self.sinks:
+            try:
+                sink.export([e for e in events if e.kind in sink.kinds])
+                sink.force_flush(10.0)
+            except Exception as exc:  # one sink's failure must not stop the others
+                log.error("odibi-observe sweeper: sink %r failed: %s", sink.name, exc)
+                failed.append(sink.name)
+        return failed
+
+
+def _count(reasons: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for reason in reasons:
+        out[reason] = out.get(reason, 0) + 1
+    return out
