@@ -96,6 +96,8 @@ class _SinkPump:
         )
         self.failing = True
         self.retry_at = time.monotonic() + self.backoff.next_delay()
+        # The cursor has read past the batch; the next attempt must read it again.
+        self.cursor.rewind()
 
     def run(self) -> None:
         stop = self.pump._stop

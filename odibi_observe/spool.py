@@ -1,0 +1,1369 @@
+"""The write-ahead spool: run events on local disk, safe from the death of the process.
+
+The event bus makes delivery survive a *sink* (a dead collector, a hung database); it cannot make
+it survive the *process*: a pipeline killed by SIGKILL or the OOM killer takes its queues with
+it. The spool closes that gap. Pipeline processes append each event to a file on local disk
+before anything else happens to it, and a consumer (the per-host sidecar) reads the files at its
+own pace, one durable cursor per sink, so a sink that is down for an hour only delays itself.
+
+Layout of a spool directory (one per host, shared by every pipeline process on it)::
+
+    <dir>/<writer_id>.<seq:012d>.open   the segment a live writer appends to
+    <dir>/<writer_id>.<seq:012d>.seg    a sealed segment (renamed from .open on roll/close)
+    <dir>/cursors/<name>.json           one durable cursor per consumer (sink)
+
+Writers never share a file, so no cross-process write lock exists and a writer that dies holds
+nothing another process waits for. ``writer_id`` defaults to ``<host>-<pid>-<process start
+ns>``: the pid and the start time tell a reader whether the writer is still running (see
+:func:`process_alive`), which decides whether a short last frame is *still being written* or
+*torn for ever*. A writer additionally holds a ``flock`` on its ``.open`` segment; the kernel
+drops it when the process dies, which guards the pid test against pid namespaces (a sidecar in
+another container) and wall-clock steps.
+
+Frame format (integers little-endian), one frame per event::
+
+    offset  size  field
+    0       4     magic b"\\xa7OSF"  (0xA7 never occurs in ASCII or UTF-8 text)
+    4       4     payload length n (u32, at most MAX_PAYLOAD)
+    8       4     CRC-32 of the payload
+    12      4     CRC-32 of bytes 0..11 (the header check)
+    16      n     payload
+
+The header has its own CRC so that a reader can trust the length *before* the payload is
+complete: a valid header whose payload runs past the end of a live writer's segment is a frame
+in progress (re-read later), not damage. A damaged frame (bad header or payload CRC, a torn tail
+of a sealed or dead segment) is skipped, counted once (``stats().corrupt_frames`` and
+``odibi_observe_spool_corrupt_frames_total``, one per damaged region) and logged; the reader
+resynchronises on the next offset that holds a valid magic + header + payload CRC, so the good
+frames before *and* after the damage are kept.
+
+Durability: each append is one ``os.write`` on an ``O_APPEND`` descriptor, with no Python
+buffer in between. When ``append()`` returns, the frame is in the kernel's page cache, so the
+death of the process loses nothing; only a power loss or kernel crash can, and ``fsync`` bounds
+that: ``"always"`` fsyncs before ``append()`` returns, ``"interval"`` (default) has a daemon
+thread fsync at most every ``fsync_interval`` seconds (and at every segment seal), ``"never"``
+leaves it to the kernel.
+
+Size policy: **reject new events, keep old ones.** When the directory would exceed
+``max_bytes``, or the filesystem reports ENOSPC/EDQUOT, ``append`` raises
+:class:`SpoolFullError` (counted in ``odibi_observe_spool_rejected_total{reason}``) and the
+caller decides what to do. Nothing is ever dropped silently, and nothing already stored is
+evicted: the oldest events include the ``RUNNING`` markers the sweeper needs to close runs whose
+process died, and evicting them would turn a crash into a run that never existed. The limit is
+checked against a directory total refreshed at least once a second (every 50 ms near the limit),
+so concurrent writers can overshoot it by what they append in that time.
+
+Delivery is at least once: a cursor acknowledges by writing its position atomically (temporary
+file + ``os.replace``); frames read but not acknowledged are read again when the cursor is
+re-opened (or :meth:`SpoolCursor.rewind` is called). An acknowledgement is a watermark per
+writer: acking a frame acknowledges every earlier frame of the same writer, as sinks consume in
+order. Segments are deleted by :meth:`Spool.gc` only when every cursor in the directory has
+acknowledged all their frames and they are sealed or their writer is dead; with no cursor at all
+nothing is deleted (events wait for their first consumer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric as PromMetric
+
+from odibi_observe.conventions import SIDECAR_METRICS
+from odibi_observe.selfmetrics import log
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "FsyncPolicy",
+    "Spool",
+    "SpoolCursor",
+    "SpoolEntry",
+    "SpoolFullError",
+    "SpoolPosition",
+    "SpoolStats",
+    "encode_frame",
+    "process_alive",
+    "process_start_ns",
+]
+
+FsyncPolicy = Literal["always", "interval", "never"]
+
+#: First bytes of every frame. 0xA7 is not valid as the first byte of a UTF-8 sequence, so the
+#: magic does not occur in JSON or other text payloads: resynchronisation finds frame starts only.
+MAGIC: Final = b"\xa7OSF"
+HEADER_SIZE: Final = 16
+#: Largest payload a frame may carry. A larger length field is damage, never a frame in progress.
+MAX_PAYLOAD: Final = 64 * 2**20
+
+_HEADER: Final = struct.Struct("<4sIII")
+_PREFIX: Final = struct.Struct("<4sII")
+_U32: Final = struct.Struct("<I")
+_READ_CHUNK: Final = 256 * 2**10
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SEGMENT_RE: Final = re.compile(r"^(?P<writer>.+)\.(?P<seq>\d{12})\.(?P<suffix>open|seg)$")
+_WRITER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+_DEFAULT_WRITER_RE: Final = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)$")
+_CURSOR_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_CURSOR_VERSION: Final = 1
+#: Directory total is re-read this often normally, and more often near the limit.
+_USAGE_REFRESH: Final = 1.0
+_USAGE_REFRESH_NEAR_FULL: Final = 0.05
+#: Slack when comparing a process's start time from /proc with a recorded one: /proc has clock
+#: tick resolution and ``btime`` whole seconds, and the wall clock may be stepped.
+_START_SLACK_NS: Final = 1_000_000_000
+_HOST: Final = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()).lstrip(".") or "localhost"
+_HAVE_PROC: Final = os.path.exists("/proc/self/stat")
+
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - every Unix has it
+        return 100
+
+
+_CLK_TCK: Final = _clock_ticks()
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Public value types
+
+
+class SpoolFullError(Exception):
+    """An event the spool could not store: ``reason`` is ``"size_limit"`` or ``"disk_full"``.
+
+    ``stored`` is how many payloads of an :meth:`Spool.append_many` call were stored before the
+    failure (the size limit is checked for the whole batch, so it is 0 then; a disk that fills
+    between two segments of a large batch can leave a prefix stored).
+    """
+
+    def __init__(self, reason: str, message: str | None = None, *, stored: int = 0) -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+        self.stored = stored
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class SpoolPosition:
+    """Where a frame is: writer, segment sequence number and byte offset of the frame.
+
+    Ordered within one writer (segment, then offset). ``end`` is the offset after the frame,
+    what an acknowledgement records; it does not take part in comparisons.
+    """
+
+    writer: str
+    segment: int
+    offset: int
+    end: int = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    """One stored event: its position (what :meth:`SpoolCursor.ack` takes) and its bytes."""
+
+    position: SpoolPosition
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """Directory totals (``bytes``, ``segments``) and this Spool's counters since it was made."""
+
+    bytes: int
+    segments: int
+    corrupt_frames: int
+    rejected: int
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """The frame that stores ``payload`` (format in the module docstring)."""
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise ValueError(f"spool payload of {n} bytes exceeds the {MAX_PAYLOAD}-byte maximum")
+    prefix = _PREFIX.pack(MAGIC, n, zlib.crc32(payload))
+    return prefix + _U32.pack(zlib.crc32(prefix)) + payload
+
+
+# --------------------------------------------------------------------------------------------
+# Process liveness
+
+
+def _proc_stat_fields(pid: int) -> list[bytes]:
+    """Fields 3.. of /proc/<pid>/stat (the command name may hold spaces and parentheses)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rfind(b")") + 2:].split()
+
+
+def _boot_time_ns() -> int:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return int(line.split()[1]) * 1_000_000_000
+    raise OSError("no btime line in /proc/stat")
+
+
+def _start_ns_from(fields: list[bytes]) -> int:
+    # Field 22 (index 19 after the command name): start time in clock ticks after boot.
+    return _boot_time_ns() + int(fields[19]) * 1_000_000_000 // _CLK_TCK
+
+
+def process_start_ns(pid: int) -> int | None:
+    """Wall-clock start time of process ``pid`` in ns (clock-tick resolution); None if unknown.
+
+    Computed from ``/proc/<pid>/stat`` (field 22) and ``/proc/stat`` ``btime``, the same way
+    :func:`process_alive` computes it, so a value recorded from here compares exactly.
+    """
+    if not _HAVE_PROC:
+        return None
+    try:
+        return _start_ns_from(_proc_stat_fields(pid))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_probe(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:  # pragma: no cover - EINVAL and the like: cannot tell, assume alive
+        return True
+    return True
+
+
+def process_alive(pid: int, started_ns: int | None) -> bool:
+    """Is the process that had ``pid`` and started at ``started_ns`` still running?
+
+    False when no process has that pid, when it is a zombie (it has exited and only waits to be
+    reaped), or when the process that has the pid now started *after* ``started_ns`` (plus one
+    second of slack for /proc's resolution): then the pid was reused and the process we are
+    asking about is gone. ``started_ns=None`` checks the pid only. Where /proc is unreadable
+    (not Linux) only the pid can be checked. The answer is for the caller's pid namespace.
+    """
+    if pid <= 0:
+        return False
+    if not _HAVE_PROC:
+        return _kill_probe(pid)
+    try:
+        fields = _proc_stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:  # e.g. /proc mounted with hidepid: fall back to the signal probe
+        return _kill_probe(pid)
+    if not fields or fields[0] in (b"Z", b"X", b"x"):
+        return False
+    if started_ns is None:
+        return True
+    try:
+        actual = _start_ns_from(fields)
+    except (OSError, ValueError, IndexError):
+        return True
+    return actual <= started_ns + _START_SLACK_NS
+
+
+def _own_start_ns() -> int:
+    started = process_start_ns(os.getpid())
+    return started if started is not None else time.time_ns()
+
+
+def _default_writer_id() -> str:
+    return f"{_HOST}-{os.getpid()}-{_own_start_ns()}"
+
+
+def _writer_dead(writer: str) -> bool:
+    """True only when ``writer`` is a default id of this host whose process has gone.
+
+    Custom ids and ids of other hosts cannot be judged by pid: they are never called dead here.
+    """
+    m = _DEFAULT_WRITER_RE.match(writer)
+    if m is None or m["host"] != _HOST:
+        return False
+    return not process_alive(int(m["pid"]), int(m["start"]))
+
+
+def _flock_held(fd: int) -> bool | None:
+    """True if another open file description holds a flock on ``fd``'s file; None: unknown."""
+    if sys.platform == "win32":  # pragma: no cover
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _lock_segment(fd: int) -> None:
+    """Take the writer's flock on a new segment: the kernel's own 'this writer lives' flag.
+
+    A reader probing the lock holds a shared lock for microseconds, so retry briefly.
+    """
+    if sys.platform == "win32":  # pragma: no cover
+        return
+    for _ in range(50):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError:
+            return  # filesystem without flock: liveness falls back to the pid test
+        else:
+            return
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Rate-limited warnings (same policy as SelfMonitor.warn_once_per_minute)
+
+_warned: dict[str, float] = {}
+_warn_lock = threading.Lock()
+
+
+def _warn_once_per_minute(key: str, message: str, *args: object) -> None:
+    """WARNING at most once a minute per ``key``, DEBUG otherwise: the counters hold totals."""
+    now = time.monotonic()
+    with _warn_lock:
+        last = _warned.get(key)
+        loud = last is None or now - last >= 60.0
+        if loud:
+            _warned[key] = now
+    log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
+
+
+# --------------------------------------------------------------------------------------------
+# Frame parsing
+
+_VALID, _INCOMPLETE, _INVALID = 0, 1, 2
+
+
+def _check(buf: bytes, mv: memoryview, p: int) -> tuple[int, int]:
+    """Classify the bytes at ``p``: (_VALID, end), (_INCOMPLETE, 0) or (_INVALID, 0)."""
+    n = len(buf)
+    if n - p < HEADER_SIZE:
+        return (_INCOMPLETE, 0) if MAGIC.startswith(buf[p:p + 4]) else (_INVALID, 0)
+    magic, length, payload_crc, header_crc = _HEADER.unpack_from(buf, p)
+    if magic != MAGIC or length > MAX_PAYLOAD or zlib.crc32(mv[p:p + 12]) != header_crc:
+        return _INVALID, 0
+    end = p + HEADER_SIZE + length
+    if end > n:
+        return _INCOMPLETE, 0
+    if zlib.crc32(mv[p + HEADER_SIZE:end]) != payload_crc:
+        return _INVALID, 0
+    return _VALID, end
+
+
+def _resync(buf: bytes, mv: memoryview, start: int, *, eof: bool, final: bool) -> int | None:
+    """The next offset >= ``start`` where reading can continue after damage; None: read more.
+
+    That is a valid frame, or (in a segment still being written) the start of an incomplete
+    frame at the end of the data, or the end of the data.
+    """
+    n = len(buf)
+    q = start
+    while True:
+        q = buf.find(MAGIC, q)
+        if q < 0:
+            if not eof:
+                return None
+            if not final:  # the last bytes may be the beginning of a magic being written
+                for k in (3, 2, 1):
+                    if n - k >= start and buf[n - k:] == MAGIC[:k]:
+                        return n - k
+            return n
+        status, _ = _check(buf, mv, q)
+        if status == _VALID:
+            return q
+        if status == _INCOMPLETE:
+            if not eof:
+                return None
+            if not final:
+                return q
+        q += 1
+
+
+@dataclass
+class _Parsed:
+    frames: list[tuple[int, int, bytes]] = field(default_factory=list)  # start, end, payload
+    corrupt: list[tuple[int, int]] = field(default_factory=list)  # damaged byte ranges
+    resume: int = 0  # absolute offset to continue from
+    # "eof": all data consumed; "wait": an incomplete frame at the end of a live segment;
+    # "limit": enough frames; "more": the buffer ended inside something (read further).
+    state: str = "eof"
+
+
+def _parse(buf: bytes, base: int, *, eof: bool, final: bool, limit: int,
+           payloads: bool, out: _Parsed) -> None:
+    """Parse frames from ``buf`` (file bytes from offset ``base``) into ``out``.
+
+    ``eof``: ``buf`` reaches the current end of the file. ``final``: the file will not grow
+    (sealed, or its writer is dead), so an incomplete frame at its end is torn, not pending.
+    """
+    mv = memoryview(buf)
+    n = len(buf)
+    p = 0
+    frames, corrupt = out.frames, out.corrupt
+    while p < n:
+        if len(frames) >= limit:
+            out.resume, out.state = base + p, "limit"
+            return
+        status, end = _check(buf, mv, p)
+        if status == _VALID:
+            frames.append((base + p, base + end, buf[p + HEADER_SIZE:end] if payloads else b""))
+            p = end
+            continue
+        if status == _INCOMPLETE:
+            if not eof:
+                out.resume, out.state = base + p, "more"
+                return
+            if not final:
+                out.resume, out.state = base + p, "wait"
+                return
+            corrupt.append((base + p, base + n))
+            p = n
+            break
+        q = _resync(buf, mv, p + 1, eof=eof, final=final)
+        if q is None:
+            out.resume, out.state = base + p, "more"
+            return
+        corrupt.append((base + p, base + q))
+        p = q
+    out.resume, out.state = base + p, "eof"
+
+
+def _read_segment(fd: int, offset: int, *, final: bool, limit: int,
+                  payloads: bool = True) -> _Parsed:
+    """Frames of an open segment file from ``offset``: at most ``limit``, read in chunks."""
+    out = _Parsed(resume=offset)
+    size = os.fstat(fd).st_size
+    pos = offset
+    chunk = _READ_CHUNK
+    while True:
+        if pos >= size:
+            out.resume, out.state = pos, "eof"
+            return out
+        if len(out.frames) >= limit:
+            out.resume, out.state = pos, "limit"
+            return out
+        want = min(chunk, size - pos)
+        buf = os.pread(fd, want, pos)
+        eof = len(buf) < want or pos + len(buf) >= size
+        _parse(buf, pos, eof=eof, final=final, limit=limit, payloads=payloads, out=out)
+        if out.state == "more":
+            if out.resume == pos:
+                chunk *= 2  # one frame (or one damaged stretch) is larger than the buffer
+            pos = out.resume
+            continue
+        pos = out.resume
+        if out.state == "eof" and not eof:
+            continue
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+class _SpoolGauges:
+    """``odibi_observe_spool_bytes`` and ``..._spool_backlog_events{sink}``, computed per scrape.
+
+    Both are directory facts (other processes write and acknowledge), so they are read when
+    Prometheus asks rather than kept up to date by every append.
+    """
+
+    def __init__(self) -> None:
+        self.spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+
+    def describe(self) -> Iterator[PromMetric]:
+        yield GaugeMetricFamily(SIDECAR_METRICS.spool_bytes.prometheus,
+                                SIDECAR_METRICS.spool_bytes.description)
+        yield GaugeMetricFamily(SIDECAR_METRICS.spool_backlog.prometheus,
+                                SIDECAR_METRICS.spool_backlog.description,
+                                labels=SIDECAR_METRICS.spool_backlog.labels)
+
+    def collect(self) -> Iterator[PromMetric]:
+        size = GaugeMetricFamily(SIDECAR_METRICS.spool_bytes.prometheus,
+                                 SIDECAR_METRICS.spool_bytes.description)
+        backlog = GaugeMetricFamily(SIDECAR_METRICS.spool_backlog.prometheus,
+                                    SIDECAR_METRICS.spool_backlog.description,
+                                    labels=SIDECAR_METRICS.spool_backlog.labels)
+        total = 0
+        seen_dirs: set[str] = set()
+        seen_cursors: set[str] = set()
+        for spool in list(self.spools):
+            try:
+                if spool.directory not in seen_dirs:
+                    seen_dirs.add(spool.directory)
+                    total += spool.stats().bytes
+                for cursor in spool.open_cursors():
+                    if cursor.name not in seen_cursors:
+                        seen_cursors.add(cursor.name)
+                        backlog.add_metric([cursor.name], cursor.backlog())
+            except OSError as exc:
+                _warn_once_per_minute("spool:gauges", "odibi-observe: spool metrics: %s", exc)
+        size.add_metric([], total)
+        yield size
+        yield backlog
+
+
+@dataclass
+class _SpoolMetrics:
+    corrupt: Counter
+    rejected: Counter
+    gauges: _SpoolGauges
+
+
+_metrics_lock = threading.Lock()
+_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _SpoolMetrics] = (
+    weakref.WeakKeyDictionary())
+
+
+def _metrics_for(registry: CollectorRegistry) -> _SpoolMetrics:
+    """The spool metrics of ``registry``, created once: several Spools may share a registry."""
+    with _metrics_lock:
+        found = _metrics_by_registry.get(registry)
+        if found is not None:
+            return found
+        corrupt_m, rejected_m = SIDECAR_METRICS.spool_corrupt, SIDECAR_METRICS.spool_rejected
+        try:
+            corrupt = Counter(corrupt_m.prometheus_base, corrupt_m.description,
+                              corrupt_m.labels, registry=registry)
+            rejected = Counter(rejected_m.prometheus_base, rejected_m.description,
+                               rejected_m.labels, registry=registry)
+        except ValueError as exc:  # registered by someone else: count privately, say so
+            log.warning("odibi-observe: spool counters not exported: %s", exc)
+            corrupt = Counter(corrupt_m.prometheus_base, corrupt_m.description,
+                              corrupt_m.labels, registry=None)
+            rejected = Counter(rejected_m.prometheus_base, rejected_m.description,
+                               rejected_m.labels, registry=None)
+        gauges = _SpoolGauges()
+        try:
+            registry.register(gauges)
+        except ValueError as exc:
+            log.warning("odibi-observe: spool gauges not exported: %s", exc)
+        found = _metrics_by_registry[registry] = _SpoolMetrics(corrupt, rejected, gauges)
+        return found
+
+
+# --------------------------------------------------------------------------------------------
+# Segments
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    writer: str
+    seq: int
+    sealed: bool
+    size: int
+    name: str
+
+
+def _segment_base(writer: str, seq: int) -> str:
+    return f"{writer}.{seq:012d}"
+
+
+#: Sequence numbers already used in this process, per (directory, writer id): a writer that
+#: re-opens a spool whose segments were all collected must not reuse a number a cursor has seen.
+_next_seq: dict[tuple[str, str], int] = {}
+_next_seq_lock = threading.Lock()
+_spools: weakref.WeakSet[Spool] = weakref.WeakSet()
+
+
+class Spool:
+    """A directory of segment files that this process appends to and consumers read from.
+
+    One ``Spool`` object is both the writer of this process's segments (created lazily at the
+    first append) and the entry point for reading every writer's segments (:meth:`cursor`).
+    Appends are thread-safe; a fork gives the child its own writer id and segment.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        writer_id: str | None = None,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval: float = 1.0,
+        segment_bytes: int = 8 * 2**20,
+        max_bytes: int = 512 * 2**20,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync must be 'always', 'interval' or 'never', not {fsync!r}")
+        if not fsync_interval > 0:
+            raise ValueError("fsync_interval must be > 0")
+        if segment_bytes < 64:
+            raise ValueError("segment_bytes must be at least 64")
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be > 0")
+        if writer_id is not None and not _WRITER_ID_RE.match(writer_id):
+            raise ValueError(f"writer_id {writer_id!r} must match {_WRITER_ID_RE.pattern}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._cursor_dir = os.path.join(self.directory, "cursors")
+        os.makedirs(self._cursor_dir, exist_ok=True)
+        self.writer_id = writer_id if writer_id is not None else _default_writer_id()
+        self.fsync: FsyncPolicy = fsync
+        self.fsync_interval = fsync_interval
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._metrics = _metrics_for(self.registry)
+        self._metrics.gauges.spools.add(self)
+        self._cursors: weakref.WeakValueDictionary[str, SpoolCursor] = (
+            weakref.WeakValueDictionary())
+        self._corrupt_seen: set[tuple[str, int, int]] = set()
+        self._frame_counts: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self._corrupt_total = 0
+        self._rejected_total = 0
+        self._reset_writer_state()
+        _spools.add(self)
+
+    def _reset_writer_state(self) -> None:
+        """Fresh locks and no open segment: at construction and in a forked child."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._fd = -1
+        self._seq: int | None = None
+        self._offset = 0
+        self._open_path = ""
+        self._must_roll = False
+        self._dirty = False
+        self._dir_dirty = False
+        self._budget = 0
+        self._usage_due = float("-inf")
+        self._fsync_stop = threading.Event()
+        self._fsync_thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- writing
+
+    def append(self, payload: bytes) -> None:
+        """Store one event. Returns once it is in the kernel (fsynced too under ``"always"``).
+
+        Raises :class:`SpoolFullError` when it cannot be stored; nothing is dropped silently.
+        This is on the pipeline's path, so the common case is one frame encoding, one lock and
+        one ``os.write``: the directory total and segment roll are looked at only when due.
+        """
+        frame = encode_frame(payload)
+        size = len(frame)
+        if self._pid != os.getpid():  # forked without the at-fork hook
+            self.after_fork()
+        with self._lock:
+            try:
+                if (self._fd < 0 or self._must_roll or size > self._budget
+                        or self._offset + size > self.segment_bytes
+                        or time.monotonic() >= self._usage_due):
+                    self._check_room_locked(size)
+                    self._ensure_segment_locked(size)
+                self._write_locked(frame)
+            except SpoolFullError as exc:
+                self._rejected(exc.reason, 1)
+                raise
+
+    def append_many(self, payloads: Sequence[bytes]) -> None:
+        """Store several events with as few writes as segment boundaries allow.
+
+        The size limit is checked for the whole batch (all or nothing); see
+        :class:`SpoolFullError` for a disk that fills in the middle.
+        """
+        frames = [encode_frame(p) for p in payloads]
+        if not frames:
+            return
+        if self._pid != os.getpid():
+            self.after_fork()
+        with self._lock:
+            i = 0
+            try:
+                self._check_room_locked(sum(len(f) for f in frames))
+                while i < len(frames):
+                    first = len(frames[i])
+                    self._ensure_segment_locked(first)
+                    room = max(self.segment_bytes - self._offset, first)
+                    j, size = i + 1, first
+                    while j < len(frames) and size + len(frames[j]) <= room:
+                        size += len(frames[j])
+                        j += 1
+                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]))
+                    i = j
+            except SpoolFullError as exc:
+                exc.stored = i
+                self._rejected(exc.reason, len(frames) - i)
+                raise
+
+    def _check_room_locked(self, size: int) -> None:
+        """Raise unless ``size`` more bytes keep the directory within ``max_bytes``.
+
+        ``_budget`` is what is left by the last directory scan minus what this writer wrote
+        since; other writers' growth is seen at the next scan (every second, every 50 ms near
+        the limit, and at once after this Spool's gc).
+        """
+        now = time.monotonic()
+        if now >= self._usage_due:
+            usage = sum(s.size for segs in self._list_segments().values() for s in segs)
+            self._budget = self.max_bytes - usage
+            self._usage_due = now + (_USAGE_REFRESH if usage + size < 0.9 * self.max_bytes
+                                     else _USAGE_REFRESH_NEAR_FULL)
+        if size > self._budget:
+            raise SpoolFullError(
+                "size_limit", f"spool {self.directory} would exceed max_bytes="
+                f"{self.max_bytes} (about {self.max_bytes - self._budget} bytes held)")
+
+    def _ensure_segment_locked(self, size: int) -> None:
+        if self._fd >= 0 and (self._must_roll or (
+                self._offset > 0 and self._offset + size > self.segment_bytes)):
+            self._seal_locked()
+        if self._fd < 0:
+            self._open_locked()
+
+    def _open_locked(self) -> None:
+        key = (self.directory, self.writer_id)
+        if self._seq is None:
+            self._seq = self._first_seq()
+        with _next_seq_lock:
+            self._seq = max(self._seq, _next_seq.get(key, 0))
+        while True:
+            path = os.path.join(self.directory, _segment_base(self.writer_id, self._seq) + ".open")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _O_CLOEXEC,
+                             0o644)
+            except FileExistsError:
+                self._seq += 1
+                continue
+            except OSError as exc:
+                if exc.errno in _FULL_ERRNOS:
+                    raise SpoolFullError("disk_full", f"cannot create a spool segment: {exc}"
+                                         ) from exc
+                raise
+            break
+        with _next_seq_lock:
+            _next_seq[key] = max(_next_seq.get(key, 0), self._seq + 1)
+        _lock_segment(fd)
+        self._fd, self._offset, self._open_path, self._must_roll = fd, 0, path, False
+        self._new_dir_entry_locked()
+        if self.fsync == "interval" and self._fsync_thread is None:
+            self._start_fsync_thread()
+
+    def _first_seq(self) -> int:
+        """A sequence number above every one this writer id used in segments or cursors."""
+        seq = 0
+        for s in self._list_segments().get(self.writer_id, []):
+            seq = max(seq, s.seq + 1)
+        for acked in self._cursor_states(own=False).values():
+            wm = acked.get(self.writer_id)
+            if wm is not None:
+                seq = max(seq, wm[0] + 1)
+        return seq
+
+    def _new_dir_entry_locked(self) -> None:
+        if self.fsync == "always":
+            _fsync_dir(self.directory)
+        elif self.fsync == "interval":
+            self._dir_dirty = True
+
+    def _write_locked(self, data: bytes) -> None:
+        fd, start = self._fd, self._offset
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # a short write is followed by the real error
+                more = os.write(fd, memoryview(data)[written:])
+                if more <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                written += more
+            if self.fsync == "always":
+                os.fsync(fd)
+        except OSError as exc:
+            self._undo_locked(start)
+            if exc.errno in _FULL_ERRNOS:
+                raise SpoolFullError("disk_full", f"spool {self.directory}: {exc}") from exc
+            raise
+        self._offset = start + len(data)
+        self._budget -= len(data)
+        self._dirty = self.fsync != "always"
+
+    def _undo_locked(self, start: int) -> None:
+        """Cut a partly written frame off, so no torn frame is followed by good ones."""
+        try:
+            os.ftruncate(self._fd, start)
+        except OSError:
+            self._must_roll = True  # readers will count the torn tail; start a clean segment
+
+    def _seal_locked(self) -> None:
+        fd, path = self._fd, self._open_path
+        if fd < 0:
+            return
+        self._fd = -1
+        try:
+            if self._offset == 0:
+                os.unlink(path)
+            else:
+                if self.fsync != "never" and self._dirty:
+                    os.fsync(fd)
+                os.rename(path, path[: -len(".open")] + ".seg")
+                self._new_dir_entry_locked()
+        except OSError as exc:
+            _warn_once_per_minute("spool:seal", "odibi-observe: cannot seal spool segment %s: %s",
+                                  path, exc)
+        finally:
+            os.close(fd)
+            self._dirty = False
+            self._offset = 0
+            if self._seq is not None:
+                self._seq += 1
+
+    def _rejected(self, reason: str, count: int) -> None:
+        with self._stats_lock:
+            self._rejected_total += count
+        self._metrics.rejected.labels(reason=reason).inc(count)
+        _warn_once_per_minute(
+            f"spool:reject:{reason}",
+            "odibi-observe: spool %s rejected %d event(s): %s (old events are kept; counted in "
+            "odibi_observe_spool_rejected_total)", self.directory, count, reason)
+
+    # ---------------------------------------------------------------- durability
+
+    def sync(self) -> None:
+        """fsync what this writer has written (whatever the policy), and new directory entries.
+
+        The descriptor is duplicated under the lock and fsynced outside it, so appends from
+        other threads never wait for the disk.
+        """
+        if self._pid != os.getpid():
+            self.after_fork()
+        with self._lock:
+            fd = os.dup(self._fd) if self._fd >= 0 and self._dirty else -1
+            dir_dirty = self._dir_dirty
+            self._dirty = self._dir_dirty = False
+        try:
+            if fd >= 0:
+                os.fsync(fd)
+            if dir_dirty:
+                _fsync_dir(self.directory)
+        except OSError:
+            with self._lock:
+                self._dirty = self._dirty or fd >= 0
+                self._dir_dirty = self._dir_dirty or dir_dirty
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _start_fsync_thread(self) -> None:
+        stop = self._fsync_stop = threading.Event()
+        self._fsync_thread = threading.Thread(
+            target=_fsync_loop, args=(weakref.ref(self), stop, self.fsync_interval),
+            name="odibi-observe-spool-fsync", daemon=True)
+        self._fsync_thread.start()
+
+    def close(self) -> None:
+        """Seal this writer's open segment and stop the fsync thread. Idempotent.
+
+        Reading stays possible, and a later append opens a new segment.
+        """
+        if self._pid != os.getpid():
+            self.after_fork()
+        with self._lock:
+            self._seal_locked()
+            thread, self._fsync_thread = self._fsync_thread, None
+            self._fsync_stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: a new writer id, a new segment (at the next append), new locks.
+
+        The parent's segment stays the parent's: the child closes its inherited descriptor
+        (the parent's flock lives on through the parent's own descriptor). Called by an
+        at-fork hook; a no-op in the process that made the Spool.
+        """
+        if self._pid == os.getpid():
+            return
+        inherited = self._fd
+        self._reset_writer_state()
+        if inherited >= 0:
+            with contextlib.suppress(OSError):
+                os.close(inherited)
+        self.writer_id = _default_writer_id()
+        for cursor in list(self._cursors.values()):
+            cursor._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- reading
+
+    def cursor(self, name: str) -> SpoolCursor:
+        """Open (creating if needed) the durable cursor ``name``, at its acknowledged position.
+
+        Its state file exists from now on, so :meth:`gc` keeps every frame it has not
+        acknowledged. Use one cursor object per name at a time (one consumer per sink).
+        """
+        if not _CURSOR_NAME_RE.match(name):
+            raise ValueError(f"cursor name {name!r} must match {_CURSOR_NAME_RE.pattern}")
+        cursor = SpoolCursor(self, name)
+        self._cursors[name] = cursor
+        return cursor
+
+    def open_cursors(self) -> list[SpoolCursor]:
+        """Cursors opened through this Spool that are still referenced."""
+        return list(self._cursors.values())
+
+    def drop_cursor(self, name: str) -> bool:
+        """Delete cursor ``name`` (a sink removed for good) so it no longer holds segments."""
+        self._cursors.pop(name, None)
+        try:
+            os.unlink(os.path.join(self._cursor_dir, f"{name}.json"))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _list_segments(self) -> dict[str, list[_Segment]]:
+        """Segments in the directory by writer, in sequence order.
+
+        A listing is a snapshot of a directory other processes change: callers open segments
+        by name and tolerate their absence.
+        """
+        found: dict[str, dict[int, _Segment]] = {}
+        try:
+            entries = os.scandir(self.directory)
+        except FileNotFoundError:
+            return {}
+        with entries:
+            for entry in entries:
+                m = _SEGMENT_RE.match(entry.name)
+                if m is None:
+                    continue
+                try:
+                    size = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+                writer, seq = m["writer"], int(m["seq"])
+                segment = _Segment(writer, seq, m["suffix"] == "seg", size, entry.name)
+                by_seq = found.setdefault(writer, {})
+                if seq not in by_seq or segment.sealed:  # renamed during the listing
+                    by_seq[seq] = segment
+        return {w: [by_seq[s] for s in sorted(by_seq)] for w, by_seq in found.items()}
+
+    def _open_segment(self, writer: str, seq: int) -> tuple[int, bool, str] | None:
+        """Open segment ``seq`` of ``writer`` for reading: (fd, sealed, path), None if absent.
+
+        ``.open`` is tried first: a writer renames only ``.open`` to ``.seg``, so when ``.open``
+        is missing the ``.seg`` attempt is conclusive.
+        """
+        base = os.path.join(self.directory, _segment_base(writer, seq))
+        for suffix, sealed in ((".open", False), (".seg", True)):
+            try:
+                return os.open(base + suffix, os.O_RDONLY | _O_CLOEXEC), sealed, base + suffix
+            except FileNotFoundError:
+                continue
+        return None
+
+    def _final(self, writer: str, fd: int) -> bool:
+        """Will this ``.open`` segment never grow again (its writer is dead)?
+
+        A held flock means a writer lives (possibly in another pid namespace). Otherwise a
+        default writer id is judged by pid and start time; any other id by the flock alone.
+        """
+        held = _flock_held(fd)
+        if held:
+            return False
+        m = _DEFAULT_WRITER_RE.match(writer)
+        if m is not None and m["host"] == _HOST:
+            return not process_alive(int(m["pid"]), int(m["start"]))
+        return held is False
+
+    def _note_corrupt(self, writer: str, seq: int, regions: list[tuple[int, int]]) -> None:
+        """Count and log damaged regions, each once per Spool however many cursors meet it."""
+        new = []
+        with self._stats_lock:
+            for start, end in regions:
+                key = (writer, seq, start)
+                if key not in self._corrupt_seen:
+                    self._corrupt_seen.add(key)
+                    new.append((start, end))
+            self._corrupt_total += len(new)
+        if not new:
+            return
+        self._metrics.corrupt.inc(len(new))
+        start, end = new[0]
+        _warn_once_per_minute(
+            "spool:corrupt",
+            "odibi-observe: skipped %d damaged spool frame(s) in %s (first at byte %d, %d bytes); "
+            "the frames around them are kept (counted in odibi_observe_spool_corrupt_frames_total)",
+            len(new), _segment_base(writer, seq), start, end - start)
+
+    def _cursor_states(self, own: bool = True) -> dict[str, dict[str, tuple[int, int]]]:
+        """Acknowledged positions of every cursor in the directory, by cursor name.
+
+        An unreadable state file counts as "nothing acknowledged" (it holds everything back
+        rather than losing events). With ``own``, this Spool's live cursors contribute their
+        in-memory state, which is never behind their file (an ack whose write failed, e.g. on
+        a full disk, still lets gc free space).
+        """
+        states: dict[str, dict[str, tuple[int, int]]] = {}
+        try:
+            names = [n for n in os.listdir(self._cursor_dir)
+                     if n.endswith(".json") and not n.startswith(".")]
+        except FileNotFoundError:
+            names = []
+        for filename in names:
+            name = filename[: -len(".json")]
+            loaded = _load_cursor_file(os.path.join(self._cursor_dir, filename))
+            states[name] = loaded if loaded is not None else {}
+        if own:
+            for name, cursor in list(self._cursors.items()):
+                if name in states:
+                    with cursor._lock:
+                        states[name] = dict(cursor._acked)
+        return states
+
+    def _write_cursor_file(self, name: str, acked: dict[str, tuple[int, int]]) -> None:
+        """Replace ``cursors/<name>.json`` atomically (temp file, fsync per policy, rename)."""
+        data = json.dumps({"version": _CURSOR_VERSION, "acked": {w: list(p) for w, p in
+                                                                 sorted(acked.items())}},
+                          separators=(",", ":")).encode()
+        final = os.path.join(self._cursor_dir, f"{name}.json")
+        tmp = os.path.join(self._cursor_dir,
+                           f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync != "never":
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self.fsync == "always":
+            _fsync_dir(self._cursor_dir)
+
+    def _count_frames(self, segment: _Segment, start: int) -> int:
+        """Valid frames of ``segment`` at or after ``start``, cached and extended incrementally."""
+        key = (segment.writer, segment.seq)
+        with self._stats_lock:
+            cached = self._frame_counts.get(key)
+        scanned, count = start, 0
+        if cached is not None and cached[0] == start:
+            scanned, count = cached[1], cached[2]
+            if scanned >= segment.size:
+                return count
+        opened = self._open_segment(segment.writer, segment.seq)
+        if opened is None:
+            return 0
+        fd, sealed, _ = opened
+        try:
+            parsed = _read_segment(fd, scanned, final=sealed, limit=sys.maxsize, payloads=False)
+        finally:
+            os.close(fd)
+        count += len(parsed.frames)
+        with self._stats_lock:
+            self._frame_counts[key] = (start, parsed.resume, count)
+        return count
+
+    # ---------------------------------------------------------------- maintenance
+
+    def gc(self) -> int:
+        """Delete segments every cursor has fully acknowledged; returns the bytes freed.
+
+        Only sealed segments and ``.open`` segments of dead writers are candidates. "Fully
+        acknowledged" means no valid frame lies after any cursor's watermark, so damaged bytes
+        at the end of a segment do not keep it for ever. With no cursor, nothing is deleted.
+        """
+        states = self._cursor_states()
+        listing = self._list_segments()
+        freed = 0
+        if states:
+            for segments in listing.values():
+                for segment in segments:
+                    freed += self._collect(segment, states)
+        live = {(s.writer, s.seq) for segs in self._list_segments().values() for s in segs}
+        with self._stats_lock:
+            self._corrupt_seen = {k for k in self._corrupt_seen if (k[0], k[1]) in live}
+            self._frame_counts = {k: v for k, v in self._frame_counts.items() if k in live}
+        with self._lock:
+            self._usage_due = float("-inf")  # appends see the freed space at once
+        self._remove_stale_temp_files()
+        return freed
+
+    def _collect(self, segment: _Segment, states: dict[str, dict[str, tuple[int, int]]]) -> int:
+        """Delete ``segment`` if it is final and no cursor has a frame left in it."""
+        start = sys.maxsize  # the lowest acknowledged offset inside the segment, over cursors
+        for acked in states.values():
+            wm = acked.get(segment.writer)
+            if wm is None or wm[0] < segment.seq:
+                start = 0
+                break
+            if wm[0] == segment.seq:
+                start = min(start, wm[1])
+        opened = self._open_segment(segment.writer, segment.seq)
+        if opened is None:
+            return 0
+        fd, sealed, path = opened
+        try:
+            if not sealed and not self._final(segment.writer, fd):
+                return 0
+            size = os.fstat(fd).st_size  # after the liveness test: the size cannot change now
+            if start < size and _read_segment(fd, start, final=True, limit=1,
+                                              payloads=False).frames:
+                return 0
+            try:
+                os.unlink(path)
+            except FileNotFoundError:  # another process collected it
+                return 0
+            return size
+        finally:
+            os.close(fd)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temporary cursor files left by a process that died between write and rename."""
+        try:
+            names = os.listdir(self._cursor_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            parts = name.split(".")
+            if name.startswith(".") and name.endswith(".tmp") and len(parts) >= 4:
+                try:
+                    pid = int(parts[-3])
+                except ValueError:
+                    continue
+                if not process_alive(pid, None):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self._cursor_dir, name))
+
+    def stats(self) -> SpoolStats:
+        """Bytes and segments in the directory now; corrupt frames and rejections counted here."""
+        segments = [s for segs in self._list_segments().values() for s in segs]
+        with self._stats_lock:
+            return SpoolStats(sum(s.size for s in segments), len(segments),
+                              self._corrupt_total, self._rejected_total)
+
+
+def _fsync_loop(ref: weakref.ref[Spool], stop: threading.Event, interval: float) -> None:
+    """The ``"interval"`` policy: fsync a dirty segment at most every ``interval`` seconds."""
+    while not stop.wait(interval):
+        spool = ref()
+        if spool is None:
+            return
+        try:
+            if spool._pid == os.getpid():
+                spool.sync()
+        except OSError as exc:
+            _warn_once_per_minute("spool:fsync", "odibi-observe: spool fsync failed: %s", exc)
+        del spool
+
+
+def _load_cursor_file(path: str) -> dict[str, tuple[int, int]] | None:
+    """A cursor's acknowledged positions; {} when the file is missing, None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+        acked = data["acked"]
+        return {str(w): (int(p[0]), int(p[1])) for w, p in acked.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        _warn_once_per_minute(f"spool:cursor:{path}",
+                              "odibi-observe: unreadable spool cursor %s (%s); it holds back "
+                              "garbage collection until rewritten", path, exc)
+        return None
+
+
+class SpoolCursor:
+    """One consumer's durable position in the spool: read, deliver, acknowledge.
+
+    ``read`` continues after the frames it has returned; ``ack`` makes positions durable. A
+    re-opened cursor (``Spool.cursor(name)`` again, e.g. after a restart) starts after what was
+    acknowledged, so unacknowledged frames are delivered again: at least once.
+    """
+
+    def __init__(self, spool: Spool, name: str) -> None:
+        self.name = name
+        self._spool = spool
+        self._lock = threading.Lock()
+        path = os.path.join(spool._cursor_dir, f"{name}.json")
+        loaded = _load_cursor_file(path)
+        self._acked: dict[str, tuple[int, int]] = dict(loaded or {})
+        self._next: dict[str, tuple[int, int]] = dict(self._acked)
+        self._pruned = False
+        self._turn = 0
+        if not os.path.exists(path):
+            spool._write_cursor_file(name, self._acked)
+
+    def read(self, max_frames: int = 1000, writer: str | None = None) -> list[SpoolEntry]:
+        """Up to ``max_frames`` frames after this cursor, from every writer (or only ``writer``).
+
+        Each writer's frames come in the order written; writers take turns being first so one
+        busy writer cannot starve the others. Damaged frames are skipped and counted; an
+        incomplete last frame of a live writer is left for a later call.
+        """
+        if max_frames <= 0:
+            return []
+        spool = self._spool
+        listing = spool._list_segments()
+        with self._lock:
+            writers = sorted(listing) if writer is None else [writer]
+            if len(writers) > 1:
+                self._turn = (self._turn + 1) % len(writers)
+                writers = writers[self._turn:] + writers[:self._turn]
+            out: list[SpoolEntry] = []
+            for w in writers:
+                if len(out) >= max_frames:
+                    break
+                self._read_writer(w, listing.get(w, []), max_frames - len(out), out)
+            if writer is None:
+                for gone in [w for w in self._acked.keys() | self._next.keys()
+                             if w not in listing and _writer_dead(w)]:
+                    self._acked.pop(gone, None)
+                    self._next.pop(gone, None)
+                    self._pruned = True
+            return out
+
+    def _read_writer(self, writer: str, segments: list[_Segment], budget: int,
+                     out: list[SpoolEntry]) -> None:
+        spool = self._spool
+        listed = [s.seq for s in segments]
+        position = self._next.get(writer)
+        if position is None:
+            if not listed:
+                return
+            position = (listed[0], 0)
+        seq, offset = position
+        while budget > 0:
+            opened = spool._open_segment(writer, seq)
+            if opened is None:
+                # Collected (everything in it acknowledged) or not created yet: go to the
+                # next segment that exists, if any.
+                higher = [s for s in listed if s > seq]
+                if not higher:
+                    break
+                seq, offset = higher[0], 0
+                continue
+            fd, sealed, _ = opened
+            try:
+                final = sealed
+                if not sealed:
+                    if os.fstat(fd).st_size <= offset:
+                        break
+                    # Decided before reading: a dead writer's file cannot change afterwards.
+                    final = spool._final(writer, fd)
+                parsed = _read_segment(fd, offset, final=final, limit=budget)
+            finally:
+                os.close(fd)
+            if parsed.corrupt:
+                spool._note_corrupt(writer, seq, parsed.corrupt)
+            for start, end, payload in parsed.frames:
+                out.append(SpoolEntry(SpoolPosition(writer, seq, start, end), payload))
+            budget -= len(parsed.frames)
+            offset = parsed.resume
+            if parsed.state != "eof" or not final:
+                break
+            seq, offset = seq + 1, 0
+        self._next[writer] = (seq, offset)
+
+    def ack(self, entries: Sequence[SpoolEntry]) -> None:
+        """Acknowledge ``entries`` (and every earlier frame of their writers), durably.
+
+        The state file is replaced atomically, so a crash leaves the old or the new position,
+        never a torn one.
+        """
+        with self._lock:
+            changed = self._pruned
+            for entry in entries:
+                p = entry.position
+                key = (p.segment, p.end)
+                current = self._acked.get(p.writer)
+                if current is None or key > current:
+                    self._acked[p.writer] = key
+                    changed = True
+                ahead = self._next.get(p.writer)
+                if ahead is None or key > ahead:
+                    self._next[p.writer] = key
+            if not changed:
+                return
+            self._spool._write_cursor_file(self.name, self._acked)
+            self._pruned = False
+
+    def rewind(self) -> None:
+        """Read again from the acknowledged position (frames read but not acked come back)."""
+        with self._lock:
+            self._next = dict(self._acked)
+
+    def backlog(self) -> int:
+        """Frames not acknowledged yet, over all writers (damaged frames are not counted)."""
+        spool = self._spool
+        with self._lock:
+            acked = dict(self._acked)
+        total = 0
+        for writer, segments in spool._list_segments().items():
+            wm = acked.get(writer)
+            for segment in segments:
+                if wm is None or segment.seq > wm[0]:
+                    start = 0
+                elif segment.seq == wm[0]:
+                    start = wm[1]
+                else:
+                    continue
+                if start < segment.size:
+                    total += spool._count_frames(segment, start)
+        return total
+
+    def positions(self) -> dict[str, tuple[int, int]]:
+        """Acknowledged (segment, offset) per writer: for diagnostics and tests."""
+        with self._lock:
+            return dict(self._acked)
+
+
+def _fork_child() -> None:
+    global _next_seq_lock, _warn_lock, _metrics_lock
+    _next_seq_lock = threading.Lock()
+    _warn_lock = threading.Lock()
+    _metrics_lock = threading.Lock()
+    for spool in list(_spools):
+        spool.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fork_child)
+
