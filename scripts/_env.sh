@@ -88,3 +88,17 @@ SQL
   export ODIBI_OBSERVE_TEST_PG_URL="postgresql+psycopg://odibi_observe_test:$password@127.0.0.1:$port/odibi_observe_test"
   export ODIBI_OBSERVE_TEST_PG_CLUSTER="$version $name"
 }
+
+# ensure_prometheus — the real Prometheus server and promtool (Debian package `prometheus`),
+# which the dashboard and alert-rule tests start on a free loopback port. The package's own
+# service is stopped and disabled: the tests run their own server with a temporary config.
+ensure_prometheus() {
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then return 0; fi
+  if ! apt_install prometheus; then
+    say "Prometheus could not be installed here: its tests will skip (fail if CI=true)"
+    return 0
+  fi
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+}

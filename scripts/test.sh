@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Python 3.11: creates .venv, installs
-# odibi-observe with its dev extras, installs/starts PostgreSQL, then runs pytest.
+# odibi-observe with its dev extras, installs/starts PostgreSQL, installs Prometheus (for the
+# dashboard and alert-rule tests), then runs pytest.
 # Extra arguments go to pytest (scripts/test.sh -k catalog -x).
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 ensure_venv dev
 ensure_postgres
+ensure_prometheus
 cd "$ROOT"
 say "running the test suite"
 exec "$VENV/bin/python" -m pytest "$@"
