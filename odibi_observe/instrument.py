@@ -96,6 +96,7 @@ class NodeRun:
         "_attributes",
         "_count_int_return",
         "_done",
+        "_duration_ns",
         "_observer",
         "_otel_token",
         "_rows",
@@ -125,6 +126,7 @@ class NodeRun:
         self._attributes: dict[str, AttributeValue] = {}
         self._suggestions: list[str] = []
         self._done = False
+        self._duration_ns: int | None = None
         self._run_token: Token[NodeRun | None] | None = None
         self._otel_token: object | None = None
         parent = trace.get_current_span().get_span_context()
@@ -212,6 +214,25 @@ class NodeRun:
         if len(self._suggestions) < MAX_SUGGESTIONS:
             self._suggestions.append(safe_text(str(text), MAX_SUGGESTION_LENGTH))
 
+    def set_duration(self, seconds: Any) -> None:
+        """Record ``seconds`` as the run's duration instead of the time measured around it.
+
+        For integrations whose framework timed the node itself (Odibi's
+        ``NodeResult.duration``), so that the framework's records and ours agree exactly. The
+        run keeps its start; it ends ``seconds`` later. A negative, non-finite or non-numeric
+        value is ignored (counted as invalid input) and the measured duration is kept.
+        """
+        try:
+            value = float(seconds)
+        except (TypeError, ValueError, OverflowError):
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or value * 1e9 > _INT64_MAX:
+            self._observer.monitor.invalid(
+                "duration", f"duration={seconds!r:.80} is not a usable number of seconds; "
+                "the measured duration is kept")
+            return
+        self._duration_ns = int(value * 1e9)
+
     def __bool__(self) -> bool:
         return True
 
@@ -265,7 +286,8 @@ class NodeRun:
                 return False
             self._done = True
             _active.pop(self.record.run_id, None)
-        duration = time.perf_counter_ns() - self._start_mono
+        duration = (time.perf_counter_ns() - self._start_mono if self._duration_ns is None
+                    else self._duration_ns)
         limit = self._observer.settings.max_error_message_length
         final = self.record.finished(
             status=status,
@@ -373,6 +395,9 @@ class _NoRun:
         """Ignored outside a node run."""
 
     def suggest(self, text: str) -> None:
+        """Ignored outside a node run."""
+
+    def set_duration(self, seconds: Any) -> None:
         """Ignored outside a node run."""
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -1,10 +1,130 @@
-"""Commands of this package (placeholder until the package's commands exist)."""
+"""``odibi-observe run``: Odibi's own runner with every node run recorded."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
+
+from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.sinks.base import Sink
+
+TRACES_ENV = "ODIBI_OBSERVE_TRACES_FILE"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's commands to the odibi-observe parser."""
+    from odibi_observe.cli import catalog_arg
+
+    run = sub.add_parser(
+        "run", help="run an Odibi project ('odibi run') with every node run recorded",
+        description="Run Odibi's own runner, exactly as 'odibi run CONFIG [OPTION ...]' does, "
+                    "with odibi-observe instrumentation on: every node run — succeeded, "
+                    "failed, or interrupted by KeyboardInterrupt — is recorded in the catalog, "
+                    "the trace and the metrics. Options after CONFIG go to 'odibi run' "
+                    "unchanged; odibi-observe's own options come before CONFIG. Other "
+                    "settings come from ODIBI_OBSERVE_* and OTEL_* variables. Exit code: "
+                    "Odibi's, or 130 after a KeyboardInterrupt.",
+        epilog="example: odibi-observe run --catalog sqlite:///catalog.db odibi.yaml "
+               "--env prod --pipeline sales",
+    )
+    catalog_arg(run)
+    run.add_argument("--traces-file", metavar="PATH", default=os.environ.get(TRACES_ENV),
+                     help=f"append node spans to this OTLP-JSON lines file (default: "
+                          f"${TRACES_ENV})")
+    run.add_argument("config", metavar="CONFIG", help="the Odibi project file (odibi.yaml)")
+    run.add_argument("odibi_args", nargs=argparse.REMAINDER, metavar="OPTION",
+                     help="options for 'odibi run' (--env, --pipeline, --node, --tag, "
+                          "--parallel, --workers, --on-error, --resume, --dry-run)")
+    run.set_defaults(handler=_run, subparser=run)
+
+
+class _RunCounter(Sink):
+    """Counts finished runs by status, for the summary line."""
+
+    name = "odibi-run-summary"
+    kinds = frozenset({EventKind.FINISHED})
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: dict[str, str] = {}
+
+    def export(self, events: Sequence[RunEvent]) -> None:
+        with self.lock:
+            for event in events:
+                self.seen[event.run_id] = event.record.status.value
+
+    def counts(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.seen.values())
+
+
+def _run(args: argparse.Namespace) -> int:
+    import odibi_observe as oo
+    from odibi_observe.config import hide_password
+    from odibi_observe.integrations.odibi import (
+        UnsupportedOdibiVersion,
+        check_version,
+        run_odibi_cli,
+    )
+
+    if not os.path.isfile(args.config):
+        args.subparser.error(f"{args.config}: no such file")
+    try:
+        check_version()
+    except UnsupportedOdibiVersion as exc:
+        print(f"odibi-observe: error: {exc}", file=sys.stderr)
+        return 2
+    # 'odibi run' changes into the project directory: relative paths are fixed here, first.
+    catalog = absolute_sqlite_url(args.catalog) if args.catalog else None
+    traces = os.path.abspath(args.traces_file) if args.traces_file else None
+    counter = _RunCounter()
+    oo.configure(catalog_url=catalog, traces_file=traces, extra_sinks=[counter], strict=True)
+    interrupted = False
+    try:
+        code = run_odibi_cli(["run", args.config, *args.odibi_args])
+    except KeyboardInterrupt:
+        interrupted, code = True, 130
+    finally:
+        flushed = oo.flush(timeout=30)
+        settings = oo.get_observer().settings
+        oo.shutdown(timeout=10)
+    counts = counter.counts()
+    detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    total = sum(counts.values())
+    where = [hide_password(settings.catalog_url)] if settings.catalog_url else []
+    where += [settings.traces_file] if settings.traces_file else []
+    line = (f"odibi-observe: recorded {total} node run{'s' if total != 1 else ''}"
+            f"{f' ({detail})' if detail else ''}")
+    print(line + (f" in {', '.join(where)}" if where else " (metrics only: no catalog or "
+                  "trace destination is configured)"), file=sys.stderr)
+    if interrupted:
+        print("odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "
+              "interrupted node run is recorded as FAILURE", file=sys.stderr)
+    if not flushed:
+        print("odibi-observe: warning: not every sink confirmed delivery within 30 s",
+              file=sys.stderr)
+    if settings.catalog_url:
+        print(f"odibi-observe: see them with: odibi-observe runs --catalog "
+              f"{hide_password(settings.catalog_url)}", file=sys.stderr)
+    return code
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """``url`` with a relative SQLite file path made absolute (other URLs unchanged)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # configure() reports the malformed URL
+    database = parsed.database
+    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or os.path.isabs(database)):
+        return url
+    return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)

@@ -1,0 +1,599 @@
+"""Record every node run of an Odibi project, without editing Odibi or the project.
+
+::
+
+    from odibi.pipeline import PipelineManager
+    from odibi_observe.integrations import odibi as observe_odibi
+
+    observe_odibi.instrument()           # once per process, before the pipelines run
+    PipelineManager.from_yaml("odibi.yaml").run()
+
+or with no code at all: ``odibi-observe run odibi.yaml [odibi run options]``, or
+``ODIBI_OBSERVE_INSTRUMENT=1 odibi run odibi.yaml`` through Odibi's plugin discovery (see
+:mod:`odibi_observe.integrations.odibi_plugin` and ``docs/odibi.md``).
+
+Where it hooks in
+-----------------
+Odibi (3.15.x) has no hook around node execution — its one plugin mechanism, the
+``odibi.connections`` entry-point group, registers connection types — so :func:`instrument`
+wraps four methods. Each wrapper calls the original with the same arguments and returns or
+raises exactly what it returned or raised; recording errors are logged, never raised.
+
+``Node._execute_with_retries`` — **the node run.**
+    Odibi calls it inside its own ``node_execution`` span, and it contains every attempt of the
+    node, so it is recorded as one :func:`~odibi_observe.node_run` whose span is a *child* of
+    Odibi's span. It returns Odibi's ``NodeResult``: ``success`` gives the status,
+    ``rows_processed`` the rows, ``rows_read``/``rows_written`` become attributes, a failed
+    result's ``error`` (a ``NodeExecutionError``) gives the error and its ``suggestions``
+    (the recorded message starts with the root cause, see :func:`odibi_error_message`), and
+    ``duration`` the duration — the value Odibi's own ``meta_runs`` gets, so the two agree to
+    its truncation to whole milliseconds. An exception that escapes it — a
+    ``KeyboardInterrupt`` from a ``@transform`` step, which Odibi's ``except Exception``
+    blocks do not catch — is recorded as ``FAILURE`` before it propagates; Odibi itself then
+    writes no ``meta_runs`` row for any node of the pipeline.
+``NodeExecutor.execute`` — one call per attempt: counted (the ``attempt`` of a run
+    interrupted in the middle of its retries), and a failed attempt's error summarised.
+``Node.execute`` — after it returns, Odibi's own ``meta_runs`` row for the run (built in its
+    ``finally`` block, written when the pipeline ends) gets *our* ``run_id`` instead of the
+    random uuid4 Odibi draws for it and uses nowhere else, so both catalogs and the trace share
+    one key (``share_run_id=False`` leaves Odibi's id alone). In a worker thread of a
+    ``parallel`` run it also makes the pipeline span current, so the node spans nest under it.
+``Pipeline.run`` — a ``pipeline <name>`` span (scope ``odibi_observe``) around the pipeline
+    run, carrying Odibi's pipeline run id as ``odibi.pipeline_run_id``.
+
+Retries are one record per node run, not one per attempt: Odibi writes one ``meta_runs`` row
+per node run (status of the last attempt, total duration), and the record must match it. The
+record's ``attempt`` is the number of attempts made (Odibi's own count), and the errors of the
+attempts that failed before are kept in the attribute ``retry_errors``.
+
+Join with Odibi's trace: the run's span is a child of Odibi's ``node_execution`` span, so the
+catalog row's ``trace_id`` and ``parent_span_id`` are Odibi's span. Odibi's span itself is not
+annotated: exactly one span per run carries ``odibi.run_id`` — the run's own (scope
+``odibi_observe``, name ``node <node>``) — which is how trace readers count runs. (Odibi's
+spans are recorded when an SDK tracer provider is installed, e.g. the one odibi-observe
+installs for ``traces_file``.)
+
+Dry runs (``odibi run --dry-run``) execute nothing and are not recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from odibi_observe.conventions import (
+    FIELDS,
+    INSTRUMENTATION_SCOPE,
+    PIPELINE_SPAN_NAME_FORMAT,
+    Field,
+    RunStatus,
+)
+from odibi_observe.instrument import (
+    NodeRun,
+    error_message_of,
+    error_type_of,
+    node_run,
+    suggestions_of,
+)
+from odibi_observe.selfmetrics import log
+
+#: The Odibi releases whose internals the wrappers were written against (pip specifier).
+SUPPORTED_ODIBI: Final = ">=3.15,<3.16"
+_SUPPORTED_SERIES: Final = frozenset({(3, 15)})
+
+#: ``1``/``true``/``yes``/``on`` instruments Odibi when its plugins load (``odibi run``).
+ENV_INSTRUMENT: Final = "ODIBI_OBSERVE_INSTRUMENT"
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
+
+#: The methods wrapped, as (module, class, method); all must exist for instrument() to proceed.
+_TARGETS: Final = (
+    ("odibi.node", "Node", "execute"),
+    ("odibi.node", "Node", "_execute_with_retries"),
+    ("odibi.node", "NodeExecutor", "execute"),
+    ("odibi.pipeline", "Pipeline", "run"),
+)
+
+
+class UnsupportedOdibiVersion(RuntimeError):
+    """The installed Odibi is not one whose node execution this integration knows how to wrap.
+
+    Raised by :func:`instrument` (and :func:`check_version`) before anything is changed.
+    """
+
+
+# -- version -------------------------------------------------------------------------------
+
+def odibi_version() -> str:
+    """The installed Odibi's version; :class:`UnsupportedOdibiVersion` if it is not installed."""
+    try:
+        return importlib.metadata.version("odibi")
+    except importlib.metadata.PackageNotFoundError:
+        raise UnsupportedOdibiVersion(
+            "Odibi is not installed; install it with: pip install 'odibi-observe[odibi]'"
+        ) from None
+
+
+def check_version(version: str | None = None) -> str:
+    """Return ``version`` (default: the installed Odibi's) if it is supported, else raise.
+
+    The wrappers depend on Odibi internals (method names, the ``NodeResult`` fields, where the
+    ``meta_runs`` row is built), which may change in any minor release, so only the minor
+    series they were written and tested against is accepted.
+    """
+    found = odibi_version() if version is None else version
+    parts = found.split(".")
+    try:
+        series: tuple[int, int] | None = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        series = None
+    if series not in _SUPPORTED_SERIES:
+        from odibi_observe import __version__
+
+        raise UnsupportedOdibiVersion(
+            f"odibi-observe {__version__} instruments Odibi 3.15.x ({SUPPORTED_ODIBI}), but "
+            f"Odibi {found} is installed. Install a supported Odibi "
+            f"(pip install 'odibi{SUPPORTED_ODIBI}') or an odibi-observe release that supports "
+            f"Odibi {found}. Nothing was instrumented.")
+    return found
+
+
+# -- instrument / uninstrument ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Patch:
+    owner: Any
+    name: str
+    original: Callable[..., Any]
+    wrapper: Callable[..., Any]
+
+
+_lock = threading.Lock()
+_patches: list[_Patch] = []
+_active = False
+_share_run_id = True
+
+
+def instrument(*, share_run_id: bool = True) -> None:
+    """Record every Odibi node run in this process with odibi-observe. Idempotent.
+
+    Records go to the current observer (:func:`odibi_observe.configure`, or the
+    ``ODIBI_OBSERVE_*`` environment on first use). ``share_run_id`` gives Odibi's own
+    ``meta_runs`` row the same ``run_id`` as odibi-observe's record.
+
+    Raises :class:`UnsupportedOdibiVersion` — and changes nothing — when the installed Odibi is
+    not 3.15.x or lacks a method the integration wraps.
+    """
+    global _active, _share_run_id
+    with _lock:
+        _share_run_id = share_run_id
+        if _patches:
+            _active = True
+            return
+        version = check_version()
+        found: list[tuple[Any, str, Callable[..., Any]]] = []
+        for module_name, class_name, method in _TARGETS:
+            owner = getattr(importlib.import_module(module_name), class_name, None)
+            original = None if owner is None else vars(owner).get(method)
+            if not callable(original):
+                raise UnsupportedOdibiVersion(
+                    f"Odibi {version} has no {class_name}.{method} in {module_name}; this "
+                    f"build of Odibi cannot be instrumented. Nothing was instrumented.")
+            found.append((owner, method, original))
+        for owner, method, original in found:
+            wrapper = _WRAPPERS[method, owner.__name__](original)
+            setattr(owner, method, wrapper)
+            _patches.append(_Patch(owner, method, original, wrapper))
+        _active = True
+
+
+def uninstrument() -> None:
+    """Undo :func:`instrument`: Odibi's methods are restored and nothing more is recorded.
+
+    A method that someone else wrapped after us is left in place (restoring ours would drop
+    their wrapper); our wrapper inside it then only calls through.
+    """
+    global _active
+    with _lock:
+        _active = False
+        for patch in reversed(_patches):
+            if vars(patch.owner).get(patch.name) is patch.wrapper:
+                setattr(patch.owner, patch.name, patch.original)
+        _patches.clear()
+
+
+def is_instrumented() -> bool:
+    """Whether Odibi node runs are being recorded."""
+    return _active
+
+
+def instrument_from_environment(environ: Mapping[str, str] | None = None) -> bool:
+    """:func:`instrument` if ``ODIBI_OBSERVE_INSTRUMENT`` is true; return whether it did.
+
+    Never raises: an unsupported Odibi or an unreadable value is logged as an error and the
+    pipelines run unobserved (observability never stops a pipeline).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_INSTRUMENT, "").strip().lower()
+    if raw in _FALSE:
+        return False
+    if raw not in _TRUE:
+        log.error("odibi-observe: %s=%r is not true or false; Odibi is not instrumented",
+                  ENV_INSTRUMENT, raw)
+        return False
+    try:
+        instrument()
+    except UnsupportedOdibiVersion as exc:
+        log.error("odibi-observe: %s", exc)
+        return False
+    return True
+
+
+def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0) -> int:
+    """Run Odibi's own command line, ``odibi ARGV...``, in this process, instrumented.
+
+    Returns Odibi's exit code. A ``KeyboardInterrupt`` (or any ``BaseException``) from the
+    pipeline propagates after the interrupted node run has been recorded.
+
+    Afterwards it waits (at most ``background_timeout`` seconds) for the daemon threads Odibi
+    started and left running — its ``DerivedUpdater`` (``system.async_derived_updates``, on by
+    default) and catalog sync. Odibi returns before they finish, and an interpreter that exits
+    under them aborts in pyarrow (``FATAL: exception not rethrown``, exit status 134) or
+    hangs, the same with ``odibi run``.
+    """
+    instrument()
+    odibi_main: Callable[[], Any] = importlib.import_module("odibi.cli.main").main
+    before = {thread.ident for thread in threading.enumerate()}
+    saved = sys.argv
+    sys.argv = ["odibi", *argv]  # Odibi's CLI parses sys.argv itself
+    try:
+        code = odibi_main()
+    except SystemExit as exc:  # argparse errors and --help inside Odibi's CLI
+        code = exc.code
+    finally:
+        sys.argv = saved
+    wait_for_odibi_threads(before, background_timeout)
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def wait_for_odibi_threads(before: set[int | None], timeout: float) -> bool:
+    """Join the daemon threads Odibi started since ``before``; False if some outlive ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pending = [t for t in threading.enumerate()
+               if t.ident not in before and t.daemon and _runs_odibi_code(t)]
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in pending if t.is_alive()]
+    if left:
+        log.warning("odibi-observe: Odibi's background thread(s) %s still running after %.0f s",
+                    ", ".join(left), timeout)
+    return not left
+
+
+def _runs_odibi_code(thread: threading.Thread) -> bool:
+    # CPython keeps a thread's target until its run() returns; the name is Odibi's own.
+    target = getattr(thread, "_target", None)
+    module = getattr(target, "__module__", None) or ""
+    return thread.name == "DerivedUpdater" or module.partition(".")[0] == "odibi"
+
+
+# -- what one node run carries between the wrappers ------------------------------------------
+
+@dataclass
+class _NodeCall:
+    """One ``Node.execute`` call: the attempts counted and the run id recorded for it."""
+
+    node: Any
+    attempts: int = 0
+    run_id: str | None = None
+    failed_attempts: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    pipeline: str
+    node: str
+    project: str | None
+    pipeline_run_id: str | None
+
+
+@dataclass
+class _PipelineContexts:
+    """OTel contexts of running pipelines, by ``id()`` of the Odibi ``Context`` they share
+    with their nodes: a worker thread of a parallel run starts with an empty context."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    by_key: dict[int, otel_context.Context] = field(default_factory=dict)
+
+
+_current_call: ContextVar[_NodeCall | None] = ContextVar("odibi_observe_odibi_call", default=None)
+_pipelines = _PipelineContexts()
+
+
+def _attr(f: Field) -> str:
+    assert f.attribute is not None
+    return f.attribute
+
+
+_PROJECT: Final = _attr(FIELDS.project)
+_PIPELINE: Final = _attr(FIELDS.pipeline)
+_PIPELINE_RUN_ID: Final = _attr(FIELDS.pipeline_run_id)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _identity(node: Any) -> _Identity:
+    """Pipeline, node, project and pipeline run id of an Odibi ``Node`` (never raises)."""
+    config = getattr(node, "config", None)
+    pipeline = _text(getattr(node, "pipeline_name", None))
+    if pipeline is None:  # Odibi's own fallback for meta_runs.pipeline_name
+        tags = getattr(config, "tags", None)
+        pipeline = _text(tags[0]) if isinstance(tags, list) and tags else None
+    return _Identity(
+        pipeline=pipeline or "unknown",
+        node=_text(getattr(config, "name", None)) or "unknown",
+        project=_text(getattr(getattr(node, "project_config", None), "project", None)),
+        pipeline_run_id=_text(getattr(node, "run_id", None)),
+    )
+
+
+# -- the wrappers ------------------------------------------------------------------------------
+
+def _wrap_node_execute(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _active:
+            return original(self, *args, **kwargs)
+        call = _NodeCall(self)
+        token = _current_call.set(call)
+        context_token = _adopt_pipeline_context(self)
+        try:
+            result = original(self, *args, **kwargs)
+        finally:
+            if context_token is not None:
+                otel_context.detach(context_token)
+            _current_call.reset(token)
+        if _share_run_id and call.run_id is not None:
+            _share_run_id_with_odibi(result, call.run_id)
+        return result
+
+    return execute
+
+
+def _wrap_execute_with_retries(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def _execute_with_retries(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _active or getattr(self, "dry_run", False) is True:
+            return original(self, *args, **kwargs)
+        call = _current_call.get()
+        if call is not None and call.node is self:
+            return _observe(self, call, original, args, kwargs)
+        # Called without Node.execute (by a caller's own loop): still one run.
+        call = _NodeCall(self)
+        token = _current_call.set(call)
+        try:
+            return _observe(self, call, original, args, kwargs)
+        finally:
+            _current_call.reset(token)
+
+    return _execute_with_retries
+
+
+def _wrap_executor_execute(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _current_call.get()
+        if call is None:
+            return original(self, *args, **kwargs)
+        call.attempts += 1
+        result = original(self, *args, **kwargs)
+        if getattr(result, "success", None) is False:
+            try:
+                call.failed_attempts.append(
+                    (call.attempts, _attempt_summary(call.attempts, result)))
+            except Exception:
+                log.exception("odibi-observe: could not summarise a failed attempt")
+        return result
+
+    return execute
+
+
+def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _active:
+            return original(self, *args, **kwargs)
+        name = _text(getattr(getattr(self, "config", None), "pipeline", None)) or "unknown"
+        attributes = {_PIPELINE: name}
+        project = _text(getattr(getattr(self, "project_config", None), "project", None))
+        if project is not None:
+            attributes[_PROJECT] = project
+        tracer = trace.get_tracer(INSTRUMENTATION_SCOPE)
+        with tracer.start_as_current_span(PIPELINE_SPAN_NAME_FORMAT.format(pipeline=name),
+                                          attributes=attributes) as span:
+            key = id(getattr(self, "context", self))
+            with _pipelines.lock:
+                _pipelines.by_key[key] = otel_context.get_current()
+            try:
+                results = original(self, *args, **kwargs)
+            except BaseException as exc:
+                # OTel marks only Exception; an interrupted pipeline failed too (its node did).
+                span.set_status(Status(StatusCode.ERROR, f"{error_type_of(exc)}: "
+                                                         f"{error_message_of(exc)}"[:256]))
+                raise
+            finally:
+                with _pipelines.lock:
+                    _pipelines.by_key.pop(key, None)
+                # Odibi draws the pipeline run id inside run(); it is known only now.
+                run_id = _text(getattr(self, "_current_run_id", None))
+                if run_id is not None:
+                    span.set_attribute(_PIPELINE_RUN_ID, run_id)
+            failed = getattr(results, "failed", None)
+            if isinstance(failed, list) and failed:
+                span.set_status(Status(StatusCode.ERROR,
+                                       f"{len(failed)} node(s) failed: {', '.join(failed)}"))
+            return results
+
+    return run
+
+
+_WRAPPERS: Final[Mapping[tuple[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
+    ("execute", "Node"): _wrap_node_execute,
+    ("_execute_with_retries", "Node"): _wrap_execute_with_retries,
+    ("execute", "NodeExecutor"): _wrap_executor_execute,
+    ("run", "Pipeline"): _wrap_pipeline_run,
+}
+
+
+# -- recording one node run ----------------------------------------------------------------------
+
+def _observe(node: Any, call: _NodeCall, original: Callable[..., Any],
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run ``original`` (Odibi's ``_execute_with_retries``) as one recorded node run."""
+    who = _identity(node)
+    # Odibi's node_execution span is current here, so the run's span becomes its child.
+    with node_run(who.pipeline, who.node, project=who.project,
+                  pipeline_run_id=who.pipeline_run_id) as started:
+        run = started if started else None  # a falsy no-op run if recording could not start
+        if run is not None:
+            call.run_id = run.run_id
+        try:
+            result = original(node, *args, **kwargs)
+        except BaseException:
+            if run is not None:
+                _set_attempt(run, call.attempts)
+            raise  # node_run records it as FAILURE, then it propagates unchanged
+        if run is not None:
+            _apply_result(run, result, call)
+    return result
+
+
+def _apply_result(run: NodeRun, result: Any, call: _NodeCall) -> None:
+    """Take status, rows, attempts and error from Odibi's ``NodeResult``. Never raises."""
+    succeeded = getattr(result, "success", None) is True
+    try:
+        metadata = getattr(result, "metadata", None)
+        metadata = metadata if isinstance(metadata, dict) else {}
+        attempts = metadata.get("attempts")
+        attempts = attempts if isinstance(attempts, int) else call.attempts
+        _set_attempt(run, attempts)
+        run.rows_processed = getattr(result, "rows_processed", None)
+        duration = getattr(result, "duration", None)
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+            run.set_duration(duration)  # the value Odibi writes to its own meta_runs
+        for key in ("rows_read", "rows_written"):
+            value = getattr(result, key, None)
+            if value is not None:
+                run.set_attribute(key, value)
+        # The errors of the attempts before the one that decided the run (whose own error,
+        # if it failed, is the run's error).
+        earlier = [text for number, text in call.failed_attempts
+                   if succeeded or number != attempts]
+        if earlier:
+            run.set_attribute("retry_errors", tuple(earlier))
+        if metadata.get("data_write_committed") is True:  # written, then the HWM commit failed
+            run.set_attribute("data_write_committed", True)
+    except Exception:
+        log.exception("odibi-observe: could not read Odibi's result for run %s", run.run_id)
+    if not succeeded:
+        _record_failure(run, getattr(result, "error", None))
+
+
+def _attempt_summary(attempt: int, result: Any) -> str:
+    """``attempt 1: NodeExecutionError: ConnectionError: reset by peer`` for a failed attempt."""
+    error = getattr(result, "error", None)
+    if not isinstance(error, BaseException):
+        return f"attempt {attempt}: failed without an error"
+    message = odibi_error_message(error).strip()
+    first = message.splitlines()[0] if message else ""
+    return f"attempt {attempt}: {type(error).__name__}: {first}"
+
+
+class OdibiNodeFailed(Exception):
+    """Stands in for the error of a failed ``NodeResult`` that carries none."""
+
+
+def _record_failure(run: NodeRun, error: Any) -> None:
+    """Record a failure Odibi *returned* (a ``NodeResult`` with ``success=False``).
+
+    ``node_run`` records a failure when an exception leaves its block; Odibi reports most
+    failures as a return value instead, which must reach its caller unchanged, so the run is
+    finished through the same internal path without raising.
+    """
+    if not isinstance(error, BaseException):
+        error = OdibiNodeFailed("Odibi reported the node as failed without an error")
+    try:
+        suggestions = suggestions_of(error)
+        cause = getattr(error, "original_error", None)
+        if not suggestions and isinstance(cause, BaseException):
+            suggestions = suggestions_of(cause)  # as Odibi's CLI does: the cause's advice
+        for text in suggestions:
+            run.suggest(text)
+        message = odibi_error_message(error)
+    except Exception:
+        log.exception("odibi-observe: could not read the error of run %s", run.run_id)
+        message = error_message_of(error)
+    try:
+        run._finish(RunStatus.FAILURE, error_type=error_type_of(error), error_message=message)
+    except Exception:  # never into Odibi: its result goes back to it unchanged
+        log.exception("odibi-observe: could not record the failure of run %s", run.run_id)
+
+
+def odibi_error_message(error: BaseException) -> str:
+    """The message recorded for an Odibi error: its root cause first, then Odibi's report.
+
+    A ``NodeExecutionError`` reads "[X] Node execution failed: <node>" on its first line —
+    the line ``odibi-observe runs`` shows — and the cause (say "BinderException: Referenced
+    column ... not found") further down. The cause's type and first line are put in front;
+    Odibi's whole report (location, step, available columns, suggestions) follows unchanged.
+    """
+    text = error_message_of(error)
+    cause = getattr(error, "original_error", None)
+    if not isinstance(cause, BaseException):
+        return text
+    detail = error_message_of(cause).strip()
+    headline = f"{type(cause).__name__}: {detail.splitlines()[0] if detail else ''}".rstrip()
+    return f"{headline}\n{text}"
+
+
+def _set_attempt(run: NodeRun, attempts: int) -> None:
+    """Make the run's ``attempt`` the number of attempts made (known only at the end)."""
+    if attempts > 1 and attempts != run.record.attempt:
+        run.record = run.record.finished(attempt=attempts)
+
+
+def _share_run_id_with_odibi(result: Any, run_id: str) -> None:
+    """Give the ``meta_runs`` row Odibi will write for this run our ``run_id``."""
+    try:
+        metadata = getattr(result, "metadata", None)
+        row = metadata.get("_run_record") if isinstance(metadata, dict) else None
+        if isinstance(row, dict) and "run_id" in row:
+            row["run_id"] = run_id
+    except Exception:
+        log.exception("odibi-observe: could not share run id %s with Odibi", run_id)
+
+
+def _adopt_pipeline_context(node: Any) -> Token[otel_context.Context] | None:
+    """In a parallel run's worker thread, make the pipeline span current for this node."""
+    if trace.get_current_span().get_span_context().is_valid:
+        return None
+    with _pipelines.lock:
+        context = _pipelines.by_key.get(id(getattr(node, "context", node)))
+    return None if context is None else otel_context.attach(context)

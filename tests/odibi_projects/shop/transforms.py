@@ -1,0 +1,35 @@
+"""Custom Odibi transform steps of the test project (auto-loaded by Odibi from the project dir)."""
+
+from pathlib import Path
+
+from odibi.registry import transform
+
+
+@transform
+def add_tag(context, tag: str, current=None):
+    """A plain custom step: tag every row."""
+    df = current.copy()
+    df["tag"] = tag
+    return df
+
+
+@transform
+def flaky_once(context, marker: str, current=None):
+    """Fails the first time it runs (until ``marker`` exists), then succeeds."""
+    flag = Path(marker)
+    if not flag.exists():
+        flag.write_text("failed once\n")
+        raise ConnectionError("warehouse connection reset by peer")
+    return current
+
+
+@transform
+def always_times_out(context, current=None):
+    """Fails on every attempt."""
+    raise TimeoutError("upstream API did not answer within 30 s")
+
+
+@transform
+def interrupt(context, current=None):
+    """What an operator's Ctrl-C does in the middle of a step."""
+    raise KeyboardInterrupt("operator pressed Ctrl-C while publishing")
