@@ -261,6 +261,7 @@ def _install_exit_hooks(settings: Settings) -> None:
         return
     _hooks_installed = True
     atexit.register(_at_exit)
+    _register_multiprocessing_exit()
     if not settings.handle_sigterm or threading.current_thread() is not threading.main_thread():
         return
     try:
@@ -271,6 +272,30 @@ def _install_exit_hooks(settings: Settings) -> None:
     # what termination means (its handler usually raises, and the node records that itself).
     if current is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class _ForkToken:
+    """A long-lived object for ``multiprocessing.util.register_after_fork`` (weakly held)."""
+
+
+_fork_token = _ForkToken()
+
+
+def _register_multiprocessing_exit() -> None:
+    """Run the exit close in ``multiprocessing`` children too.
+
+    A ``multiprocessing`` child (fork start method) ends with ``os._exit`` after its target
+    returns, so ``atexit`` never runs there and events still queued in the background bus —
+    the child's whole record — would be lost. multiprocessing runs its own "finalizers" before
+    that exit, but clears them when the child starts; ``register_after_fork`` is the hook that
+    runs after the clearing, so the finalizer is registered from there, in each child.
+    """
+    import multiprocessing.util as mp_util
+
+    def in_child(_token: object) -> None:
+        mp_util.Finalize(None, _at_exit, exitpriority=100)
+
+    mp_util.register_after_fork(_fork_token, in_child)
 
 
 def _close_active(error_type: str, message: str) -> None:

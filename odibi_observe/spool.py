@@ -844,6 +844,11 @@ class Spool:
                 self._seq += 1
 
     def _rejected(self, reason: str, count: int) -> None:
+        # Seal what this writer has written so far: gc only collects sealed segments (or a dead
+        # writer's), so a long-lived writer that keeps its open segment would hold its space
+        # forever and stay rejected even after every consumer has caught up.
+        if self._offset > 0:
+            self._must_roll = True
         with self._stats_lock:
             self._rejected_total += count
         self._metrics.rejected.labels(reason=reason).inc(count)
@@ -1229,7 +1234,15 @@ class SpoolCursor:
         self._pruned = False
         self._turn = 0
         if not os.path.exists(path):
-            spool._write_cursor_file(name, self._acked)
+            try:
+                spool._write_cursor_file(name, self._acked)
+            except OSError as exc:
+                # A full disk must not stop the consumer that would free it: the state is kept
+                # in memory and written with the next acknowledgement.
+                self._pruned = True
+                _warn_once_per_minute(
+                    f"spool:cursor:{name}", "odibi-observe: cannot write spool cursor %r yet "
+                    "(%s); kept in memory until it can be", name, exc)
 
     def read(self, max_frames: int = 1000, writer: str | None = None) -> list[SpoolEntry]:
         """Up to ``max_frames`` frames after this cursor, from every writer (or only ``writer``).
@@ -1322,7 +1335,16 @@ class SpoolCursor:
                     self._next[p.writer] = key
             if not changed:
                 return
-            self._spool._write_cursor_file(self.name, self._acked)
+            try:
+                self._spool._write_cursor_file(self.name, self._acked)
+            except OSError as exc:
+                # Kept in memory (this process will not re-deliver); written at the next ack.
+                # Only a restart before then re-delivers, which idempotent sinks absorb.
+                self._pruned = True
+                _warn_once_per_minute(
+                    f"spool:cursor:{self.name}", "odibi-observe: cannot write spool cursor %r "
+                    "(%s); position kept in memory until it can be", self.name, exc)
+                return
             self._pruned = False
 
     def rewind(self) -> None:

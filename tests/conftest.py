@@ -45,19 +45,42 @@ def pg_server_url() -> str:
     assert url is not None
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:  # left behind by an interrupted earlier run
-        stale = conn.execute(sa.text(
+        names = conn.execute(sa.text(
             "SELECT datname FROM pg_database WHERE datname LIKE 'oo\\_test\\_%' "
             "AND pg_get_userbyid(datdba) = current_user")).scalars().all()
-    for name in stale:
-        _drop_database(admin, name)
+    for name in names:
+        if _session_gone(name):
+            _drop_database(admin, name)
     admin.dispose()
     return url
+
+
+def _session_gone(name: str) -> bool:
+    """Whether the test session that created database ``name`` has ended.
+
+    Names carry the creating pytest process's pid (``oo_test_<pid>_<hex>``), so a session only
+    removes the leftovers of sessions that are over, never a database another session running
+    at the same time is using. Names without a pid (older runs) are leftovers.
+    """
+    parts = name.split("_")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return True
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @pytest.fixture
 def pg_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"oo_test_{uuid.uuid4().hex[:12]}"
+    name = f"oo_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))

@@ -174,3 +174,23 @@ def test_closed_runs_get_a_back_dated_error_span_and_metrics(
     # A second pass finds nothing left to close and emits nothing more.
     assert sweeper.sweep().closed == []
     assert len([s for s in read_spans(traces) if s.attributes.get("odibi.run_id")]) == 1
+
+
+def test_settle_runs_after_the_verdicts_and_can_postpone_the_closing(
+        store: CatalogStore) -> None:
+    """A process that wrote its ending and died between checks must keep its ending."""
+    run = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS)
+
+    def ending_arrives_while_settling() -> bool:
+        store.upsert([RunEvent(EventKind.FINISHED, run.finished(
+            status=RunStatus.SUCCESS, ended_ns=NOW_NS - 59 * MINUTE_NS))])
+        return True
+
+    sweeper = frozen(store, all_hosts=True, settle=ending_arrives_while_settling)
+    assert sweeper.sweep().closed == []
+    assert store.get(run.run_id).status is RunStatus.SUCCESS  # type: ignore[union-attr]
+
+    other = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS)
+    postponed = frozen(store, all_hosts=True, settle=lambda: False).sweep()
+    assert postponed.closed == [] and postponed.checked == 1
+    assert store.get(other.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]

@@ -81,6 +81,13 @@ class Sweeper:
     them is skipped, the row is closed by the store). With ``spool``, the event is appended to
     the spool instead and the sidecar's pump delivers it to every sink with retries, so an
     unreachable collector during the sweep does not lose the crash span.
+
+    ``settle`` is called after the verdicts and before anything is closed; it returns False to
+    postpone the closing to the next pass. The sidecar passes "wait until the catalog has
+    caught up with the spool": a process judged dead can no longer write, so once the catalog
+    has everything spooled so far, a row still RUNNING really has no ending. (Checking the
+    backlog *before* the verdicts is not enough: a process may spool its ending and die in
+    between, and would then look crashed.)
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Sweeper:
         alive: LivenessCheck = _process_alive,
         registry: CollectorRegistry | None = None,
         dry_run: bool = False,
+        settle: Callable[[], bool] | None = None,
     ) -> None:
         if heartbeat_timeout <= 0:
             raise ValueError("heartbeat_timeout must be positive")
@@ -110,6 +118,7 @@ class Sweeper:
         self.clock = clock
         self.alive = alive
         self.dry_run = dry_run
+        self.settle = settle
         self.closed_total = Counter(
             SIDECAR_METRICS.sweeper_closed.prometheus_base,
             SIDECAR_METRICS.sweeper_closed.description,
@@ -164,6 +173,10 @@ class Sweeper:
         if self.dry_run or not doomed:
             return SweepResult(len(candidates), [r for r, _ in doomed],
                                _count(reason for _, reason in doomed))
+        if self.settle is not None and not self.settle():
+            # The catalog is behind what dead processes already wrote (their real endings may
+            # be among it); closing now could overwrite a real ending. Next pass.
+            return SweepResult(len(candidates))
         closed_ids = set(self.store.close_running([r for r, _ in doomed]))
         closed = [(r, reason) for r, reason in doomed if r.run_id in closed_ids]
         failed = self._emit([r for r, _ in closed])
