@@ -1,10 +1,59 @@
-"""Commands of this package (placeholder until the package's commands exist)."""
+"""``odibi-observe dashboards build [--out DIR] [--check]``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+DEFAULT_OUT = "dashboards"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this package's commands to the odibi-observe parser."""
+    """Add ``dashboards build`` to the odibi-observe parser."""
+    dashboards = sub.add_parser(
+        "dashboards", help="build the Grafana dashboards, provisioning and alert rules",
+        description="Dashboards as code: the Grafana dashboards, their provisioning, the "
+                    "Prometheus configuration and alert rules, generated from the conventions.",
+    )
+    actions = dashboards.add_subparsers(dest="dashboards_command", metavar="ACTION",
+                                        required=True)
+    build = actions.add_parser(
+        "build", help="write the generated JSON and YAML (or check that they are current)",
+        description="Render every dashboard to deterministic JSON, and the Grafana "
+                    "provisioning, Prometheus configuration and alert rules to YAML, under "
+                    "--out. With --check, write nothing: exit 1 naming the files that differ "
+                    "from a fresh build.",
+    )
+    build.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                       help="output directory (default: %(default)s)")
+    build.add_argument("--check", action="store_true",
+                       help="only compare with the files in DIR; exit 1 if any is stale")
+    build.set_defaults(handler=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    try:
+        from odibi_observe.grafana.render import stale, write
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        print(f"odibi-observe: error: building dashboards needs grafana-foundation-sdk "
+              f"(pip install 'odibi-observe[grafana]'): {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.check:
+        outdated = stale(out)
+        if outdated:
+            print(f"stale in {out}: run 'odibi-observe dashboards build --out {out}'",
+                  file=sys.stderr)
+            for rel in outdated:
+                print(f"  {out / rel}", file=sys.stderr)
+            return 1
+        print(f"{out}: every generated file is current")
+        return 0
+    changed = write(out)
+    for rel in changed:
+        print(f"wrote {out / rel}")
+    if not changed:
+        print(f"{out}: every generated file is current")
+    return 0

@@ -1,0 +1,168 @@
+"""Prometheus alerting rules, generated from the conventions like the dashboards' queries.
+
+Each rule says what it protects in its annotations; ``docs/dashboards.md`` lists them with the
+reasoning behind each threshold, and ``dashboards/prometheus/rules_test.yml`` exercises every
+one with ``promtool test rules``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from odibi_observe.conventions import RECONCILE_METRICS, SELF_METRICS, SIDECAR_METRICS
+from odibi_observe.grafana import queries as q
+from odibi_observe.grafana.datasources import DEPLOYMENT
+from odibi_observe.grafana.yamltext import Yaml
+
+#: Failure ratio of a node over the last hour above which it pages.
+NODE_FAILURE_RATIO: Final = 0.25
+#: The sidecar completes a work loop every few seconds; two minutes without one is stuck.
+SIDECAR_STALE_SECONDS: Final = 120
+#: Reconciliation runs nightly: more than 26 hours since the last one means a night was missed.
+RECONCILE_STALE_SECONDS: Final = 26 * 3600
+
+_NODE_IDENTITY: Final = (q.PROJECT_LABEL, q.ENVIRONMENT_LABEL, q.PIPELINE_LABEL, q.NODE_LABEL)
+
+
+@dataclass(frozen=True)
+class Rule:
+    alert: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+
+    def to_yaml(self) -> dict[str, Yaml]:
+        out: dict[str, Yaml] = {"alert": self.alert, "expr": self.expr}
+        if self.for_ != "0m":
+            out["for"] = self.for_
+        out["labels"] = {"severity": self.severity}
+        out["annotations"] = {"summary": self.summary, "description": self.description}
+        return out
+
+
+def _no_filters() -> q.Filters:
+    return q.Filters(())
+
+
+def node_failure_rate() -> Rule:
+    f = _no_filters()
+    return Rule(
+        "OdibiNodeFailureRate",
+        f"(\n{q.failure_ratio(f, '1h', *_NODE_IDENTITY)}\n) > {NODE_FAILURE_RATIO}",
+        "5m", "warning",
+        "Node {{ $labels.pipeline }}/{{ $labels.node }} fails "
+        "{{ $value | humanizePercentage }} of its runs",
+        "More than a quarter of the node's runs in the last hour failed or crashed; the "
+        "Pipeline overview lists the errors with their suggestions.",
+    )
+
+
+def catalog_incomplete() -> Rule:
+    return Rule(
+        "OdibiCatalogIncomplete",
+        f"{q.series(RECONCILE_METRICS.completeness)} < 1",
+        "0m", "critical",
+        "Catalog completeness is {{ $value | humanizePercentage }}",
+        "The last reconciliation found traced node runs missing from meta_runs; the "
+        "reconciliation dashboard lists them.",
+    )
+
+
+def reconciliation_stale() -> Rule:
+    return Rule(
+        "OdibiReconciliationStale",
+        f"time() - {q.series(RECONCILE_METRICS.last_run)} > {RECONCILE_STALE_SECONDS}",
+        "0m", "warning",
+        "No reconciliation for more than 26 hours",
+        "The nightly reconciliation did not finish; completeness is unproven since.",
+    )
+
+
+def sidecar_stale() -> Rule:
+    return Rule(
+        "OdibiSidecarStale",
+        f"time() - {q.series(SIDECAR_METRICS.last_loop)} > {SIDECAR_STALE_SECONDS}",
+        "2m", "critical",
+        "Sidecar {{ $labels.instance }} has not completed a work loop for "
+        "{{ $value | humanizeDuration }}",
+        "The sidecar answers /metrics but its work loop is stuck: spooled runs are not "
+        "delivered and dead runs are not swept.",
+    )
+
+
+def sidecar_down() -> Rule:
+    up = q.series(q.UP, q.eq(q.JOB_LABEL, DEPLOYMENT.sidecar_job))
+    return Rule(
+        "OdibiSidecarDown",
+        f"{up} == 0",
+        "2m", "critical",
+        "Sidecar {{ $labels.instance }} is down",
+        "Prometheus cannot scrape the sidecar: nothing delivers spooled runs, fills the span "
+        "ledger or sweeps dead runs.",
+    )
+
+
+def sidecar_absent() -> Rule:
+    up = q.series(q.UP, q.eq(q.JOB_LABEL, DEPLOYMENT.sidecar_job))
+    return Rule(
+        "OdibiSidecarAbsent",
+        f"absent({up})",
+        "5m", "critical",
+        "No sidecar is scraped",
+        f"Prometheus has no target in job {DEPLOYMENT.sidecar_job}.",
+    )
+
+
+def spool_backlog_growing() -> Rule:
+    backlog = q.series(SIDECAR_METRICS.spool_backlog)
+    return Rule(
+        "OdibiSpoolBacklogGrowing",
+        f"min_over_time({backlog}[15m]) > 0\nand\nderiv({backlog}[15m]) > 0",
+        "15m", "warning",
+        "Spool backlog of sink {{ $labels.sink }} keeps growing",
+        "For 30 minutes the backlog has not drained and still grows: the backend is down or "
+        "slower than the pipelines, and the spool is bounded.",
+    )
+
+
+def sink_errors() -> Rule:
+    errors = q.series(SELF_METRICS.sink_errors)
+    labels = (q.INSTANCE_LABEL, *SELF_METRICS.sink_errors.labels)
+    return Rule(
+        "OdibiSinkErrors",
+        f"{q.agg('sum', f'rate({errors}[5m])', *labels)} > 0",
+        "10m", "warning",
+        "Sink {{ $labels.sink }} fails its exports",
+        "Exports have failed for 10 minutes; batches are retried, but a long outage fills "
+        "the queue and then drops events.",
+    )
+
+
+def events_dropped() -> Rule:
+    dropped = q.series(SELF_METRICS.events_dropped)
+    labels = (q.INSTANCE_LABEL, *SELF_METRICS.events_dropped.labels)
+    return Rule(
+        "OdibiEventsDropped",
+        f"{q.agg('sum', f'increase({dropped}[10m])', *labels)} > 0",
+        "0m", "critical",
+        "Sink {{ $labels.sink }} dropped events ({{ $labels.reason }})",
+        "A bound was hit: these runs are missing from this backend until reconciliation "
+        "repairs them.",
+    )
+
+
+RULES: Final = (
+    node_failure_rate, catalog_incomplete, reconciliation_stale, sidecar_stale, sidecar_down,
+    sidecar_absent, spool_backlog_growing, sink_errors, events_dropped,
+)
+
+
+def rules_document() -> dict[str, Yaml]:
+    return {"groups": [{
+        "name": "odibi-observe",
+        "interval": DEPLOYMENT.scrape_interval,
+        "rules": [build().to_yaml() for build in RULES],
+    }]}
