@@ -1,10 +1,573 @@
-"""Commands of this package (placeholder until the package's commands exist)."""
+"""``odibi-observe sidecar`` and ``odibi-observe sweep``.
+
+Every option also reads an environment variable (named in ``--help``), because a sidecar is
+usually configured by its container spec or systemd unit, and the command line wins over the
+environment. Durations are ``30s``, ``5m``, ``1h`` (a bare number is seconds); sizes are
+``512MiB``, ``1GiB``, ``100MB`` (a bare number is bytes).
+
+Bad input is reported on one line, with any database password hidden, and exit status 2;
+that includes a port already in use and a spool directory that cannot be written, because
+those are what an operator gets wrong, and a traceback would bury the one line that matters.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import logging
+import os
+import re
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from odibi_observe.config import (
+    FSYNC_POLICIES,
+    ConfigurationError,
+    hide_password,
+    resolve_settings,
+)
+from odibi_observe.sidecar import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FSYNC,
+    DEFAULT_GC_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_PORT,
+    DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_STUCK_AFTER,
+    DEFAULT_SWEEP_INTERVAL,
+    SidecarOptions,
+    parse_listen,
+)
+
+if TYPE_CHECKING:
+    from odibi_observe.catalog.store import CatalogStore
+    from odibi_observe.selfmetrics import SelfMonitor
+    from odibi_observe.sidecar.sweeper import SweepResult
+    from odibi_observe.sinks.base import Sink
+    from odibi_observe.spool import Spool
+
+__all__ = ["format_size", "parse_duration", "parse_size", "register"]
+
+ENV: Final = {
+    "catalog": "ODIBI_OBSERVE_CATALOG_URL",
+    "spool_dir": "ODIBI_OBSERVE_SPOOL_DIR",
+    "listen": "ODIBI_OBSERVE_SIDECAR_LISTEN",
+    "token": "ODIBI_OBSERVE_SIDECAR_TOKEN",
+    "token_file": "ODIBI_OBSERVE_SIDECAR_TOKEN_FILE",
+    "max_body": "ODIBI_OBSERVE_SIDECAR_MAX_BODY",
+    "ledger": "ODIBI_OBSERVE_SIDECAR_LEDGER",
+    "sweep_interval": "ODIBI_OBSERVE_SWEEP_INTERVAL",
+    "heartbeat_timeout": "ODIBI_OBSERVE_HEARTBEAT_TIMEOUT",
+    "all_hosts": "ODIBI_OBSERVE_SWEEP_ALL_HOSTS",
+    "pid_check": "ODIBI_OBSERVE_SWEEP_PID_CHECK",
+    "fsync": "ODIBI_OBSERVE_SPOOL_FSYNC",
+    "spool_max_bytes": "ODIBI_OBSERVE_SPOOL_MAX_BYTES",
+    "gc_interval": "ODIBI_OBSERVE_SPOOL_GC_INTERVAL",
+    "drain_timeout": "ODIBI_OBSERVE_SIDECAR_DRAIN_TIMEOUT",
+    "stuck_after": "ODIBI_OBSERVE_SIDECAR_STUCK_AFTER",
+    "max_batch": "ODIBI_OBSERVE_SIDECAR_MAX_BATCH",
+    "log_level": "ODIBI_OBSERVE_LOG_LEVEL",
+}
+
+#: How long ``odibi-observe sweep --spool-dir`` delivers the spool before giving up.
+SWEEP_DRAIN_TIMEOUT: Final = 30.0
+
+_OTEL_EPILOG: Final = """\
+traces and metrics destinations (the standard OpenTelemetry variables, as for pipelines):
+  OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+                        where node spans (and crash spans) are exported (unset: no OTLP)
+  OTEL_EXPORTER_OTLP_PROTOCOL
+                        http/protobuf (default), http/json or grpc
+  OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
+                        resource of the spans (each span keeps its pipeline's own
+                        service.name, host.name and process.pid)
+  ODIBI_OBSERVE_TRACES_FILE
+                        also append spans as OTLP-JSON lines to this file
+"""
+
+# -- value parsers -----------------------------------------------------------------------------
+
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_POWERS: Final = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_duration(text: str) -> float:
+    """``"30s"``, ``"5m"``, ``"1.5h"``, ``"250ms"``, ``"2d"`` or ``"45"`` → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m or 1h")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+def parse_size(text: str) -> int:
+    """``"512MiB"`` (binary), ``"100MB"`` (decimal), ``"64k"``/``"1G"`` (binary) or bytes."""
+    match = _SIZE.match(text)
+    if match is None or (match.group(3) and not match.group(2)):
+        raise ValueError(f"{text!r} is not a size like 512MiB, 1GiB or 100MB")
+    number, prefix, binary, byte = match.groups()
+    power = _POWERS[prefix.lower()]
+    # "MB" is decimal (SI); "MiB", and a bare "M" as in most tools' flags, are binary.
+    base = 1000 if (byte and not binary) else 1024
+    value = int(float(number) * base**power)
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive size")
+    return value
+
+
+def format_size(n: int) -> str:
+    for unit, power in (("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if n >= 1024**power and n % 1024**power == 0:
+            return f"{n // 1024**power}{unit}"
+    return f"{n}B"
+
+
+def _format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def _parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _parse_fsync(text: str) -> str:
+    if text not in FSYNC_POLICIES:
+        raise ValueError(f"{text!r}: choose one of {', '.join(FSYNC_POLICIES)}")
+    return text
+
+
+_T = TypeVar("_T")
+
+
+def _setting(args: argparse.Namespace, name: str, parse: Callable[[str], _T],
+             default: _T) -> _T:
+    """The option ``name``: the command line, else its environment variable, else default.
+
+    Values are parsed here rather than by argparse so that a bad environment variable is
+    reported with the variable's name.
+    """
+    value = getattr(args, name, None)
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        env = ENV.get(name)
+        raw = os.environ.get(env) if env else None
+        if raw is None or raw == "":
+            return default
+        value, flag = raw, str(env)
+    if not isinstance(value, str):  # a flag argparse already turned into a value
+        return value  # type: ignore[no-any-return]
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{flag}: {exc}") from None
+
+
+# -- parsers -----------------------------------------------------------------------------------
+
+
+def _wrap(*paragraphs: str) -> str:
+    # The raw formatter keeps the epilog's table; descriptions are wrapped here instead.
+    return "\n\n".join(textwrap.fill(p, 78) for p in paragraphs)
+
+
+def _env(name: str) -> str:
+    return f"env {ENV[name]}"
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this package's commands to the odibi-observe parser."""
+    """Add ``sidecar`` and ``sweep`` to the odibi-observe parser."""
+    from odibi_observe.cli import CATALOG_ENV
+
+    sidecar = sub.add_parser(
+        "sidecar", help="run the sidecar: spool → catalog/traces/metrics, sweeper, /metrics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap(
+            "Deliver the run events that pipelines in mode=sidecar append to the spool "
+            "directory to the catalog, the OTLP exporter and Prometheus; close crashed runs "
+            "(sweeper); serve GET /metrics, GET /healthz and POST /v1/traces (OTLP/HTTP into "
+            "the span ledger) on one port. Stops gracefully on SIGTERM or SIGINT, exit "
+            "status 0; bad input is exit status 2."),
+        epilog=_OTEL_EPILOG,
+    )
+    sidecar.add_argument(
+        "--catalog", metavar="URL", default=None,
+        help=f"SQLAlchemy URL of the catalog (meta_runs and the span ledger), e.g. "
+             f"sqlite:///catalog.db or postgresql://user@host/db (required; env {CATALOG_ENV})")
+    sidecar.add_argument(
+        "--spool-dir", metavar="DIR",
+        help=f"spool directory shared with the pipelines, created if missing (required; "
+             f"{_env('spool_dir')})")
+    sidecar.add_argument(
+        "--listen", metavar="HOST:PORT",
+        help=f"address of the HTTP endpoints; PORT alone means {DEFAULT_HOST}; use 0.0.0.0:PORT "
+             f"to accept other hosts (default: {DEFAULT_HOST}:{DEFAULT_PORT}; {_env('listen')})")
+    sidecar.add_argument(
+        "--token-file", metavar="FILE",
+        help=f"require 'Authorization: Bearer TOKEN' on POST /v1/traces, TOKEN read from FILE "
+             f"(default: no token; {_env('token_file')}, or the token itself in "
+             f"{ENV['token']} — never on the command line, where ps shows it)")
+    sidecar.add_argument(
+        "--max-body", metavar="SIZE",
+        help=f"largest OTLP request body, compressed or not; larger is 413 (default: "
+             f"{format_size(DEFAULT_MAX_BODY_BYTES)}; {_env('max_body')})")
+    sidecar.add_argument(
+        "--ledger", action=argparse.BooleanOptionalAction, default=None,
+        help=f"store odibi node spans received on /v1/traces in the span ledger; "
+             f"--no-ledger answers it with 404 (default: on; {_env('ledger')})")
+    sidecar.add_argument(
+        "--sweep-interval", metavar="DURATION",
+        help=f"how often to close RUNNING runs whose process is gone; 0 turns the sweeper off "
+             f"(default: {_format_duration(DEFAULT_SWEEP_INTERVAL)}; {_env('sweep_interval')})")
+    _sweep_options(sidecar)
+    sidecar.add_argument(
+        "--fsync", metavar="POLICY", choices=FSYNC_POLICIES,
+        help=f"when the sidecar's own spool writes (crash events, cursor positions) reach the "
+             f"disk: {', '.join(FSYNC_POLICIES)} (default: {DEFAULT_FSYNC}; {_env('fsync')})")
+    sidecar.add_argument(
+        "--spool-max-bytes", metavar="SIZE",
+        help=f"spool size limit for the sidecar's own appends (crash events; pipelines apply "
+             f"their own spool_max_bytes); beyond it appends are refused and counted "
+             f"(default: {format_size(DEFAULT_SPOOL_MAX_BYTES)}; {_env('spool_max_bytes')})")
+    sidecar.add_argument(
+        "--gc-interval", metavar="DURATION",
+        help=f"how often spool segments every sink has passed are deleted; 0: never "
+             f"(default: {_format_duration(DEFAULT_GC_INTERVAL)}; {_env('gc_interval')})")
+    sidecar.add_argument(
+        "--drain-timeout", metavar="DURATION",
+        help=f"on SIGTERM, how long to keep delivering spooled events to the sinks that work; "
+             f"keep it below the stop grace period (default: "
+             f"{_format_duration(DEFAULT_DRAIN_TIMEOUT)}; {_env('drain_timeout')})")
+    sidecar.add_argument(
+        "--stuck-after", metavar="DURATION",
+        help=f"/healthz answers 503 when a loop is this late or a sink export runs this long "
+             f"(default: {_format_duration(DEFAULT_STUCK_AFTER)}; {_env('stuck_after')})")
+    sidecar.add_argument(
+        "--max-batch", metavar="N",
+        help=f"spooled events handed to a sink per export (one catalog transaction, one OTLP "
+             f"request) (default: {DEFAULT_MAX_BATCH}; {_env('max_batch')})")
+    _log_option(sidecar, "info")
+    sidecar.set_defaults(handler=_run_sidecar, subparser=sidecar)
+
+    sweep = sub.add_parser(
+        "sweep", help="close crashed runs once (RUNNING runs whose process is gone)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap(
+            "One sweeper pass: close as CRASHED every RUNNING run of this host whose process "
+            "is gone (or, for other hosts with --all-hosts, that stopped heartbeating), in the "
+            "catalog and as a back-dated error span with the run's own ids through the OTLP "
+            "exporter of the OTEL_* variables. With --spool-dir the spool is first delivered "
+            "to the sinks, so a terminal event still spooled is not mistaken for a crash.",
+            "Exit status: 0 done; 1 the spool could not be delivered to the catalog, or a "
+            "closed run could not be sent to every sink; 2 bad input or an unreachable "
+            "catalog."),
+        epilog=_OTEL_EPILOG,
+    )
+    sweep.add_argument(
+        "--catalog", metavar="URL", default=None,
+        help=f"SQLAlchemy URL of the catalog (required; env {CATALOG_ENV})")
+    sweep.add_argument(
+        "--spool-dir", metavar="DIR",
+        help=f"deliver this spool to the sinks before sweeping; not while a sidecar serves "
+             f"it (default: none; {_env('spool_dir')})")
+    sweep.add_argument(
+        "--drain-timeout", metavar="DURATION",
+        help=f"how long to deliver the spool before giving up "
+             f"(default: {_format_duration(SWEEP_DRAIN_TIMEOUT)}; "
+             f"{_env('drain_timeout')})")
+    _sweep_options(sweep)
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print what would be closed and close nothing (--spool-dir is "
+                            "still delivered: that is the sidecar's normal work)")
+    _log_option(sweep, "error")
+    sweep.set_defaults(handler=_run_sweep, subparser=sweep)
+
+
+def _sweep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--heartbeat-timeout", metavar="DURATION",
+        help=f"a run not checkable by pid (another host, --no-pid-check) is crashed after no "
+             f"heartbeat for this long; keep it several heartbeat intervals "
+             f"(default: {_format_duration(DEFAULT_HEARTBEAT_TIMEOUT)}; "
+             f"{_env('heartbeat_timeout')})")
+    parser.add_argument(
+        "--all-hosts", action=argparse.BooleanOptionalAction, default=None,
+        help=f"also sweep runs of other hosts, by heartbeat (default: this host only; "
+             f"{_env('all_hosts')})")
+    parser.add_argument(
+        "--pid-check", action=argparse.BooleanOptionalAction, default=None,
+        help=f"judge runs of this host by their pid; --no-pid-check when the pipelines run in "
+             f"another pid namespace (a container without a shared process namespace), where "
+             f"every pid looks dead (default: on; {_env('pid_check')})")
+
+
+def _log_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level", metavar="LEVEL", type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help=f"debug, info, warning or error, to stderr (default: {default}; "
+             f"{_env('log_level')})")
+    parser.set_defaults(log_default=default)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = _setting(args, "log_level", str.upper, args.log_default.upper())
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigurationError(f"{ENV['log_level']}: {level.lower()!r} is not a log level")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # Alembic narrates every migration check at INFO; the sidecar's own INFO lines say
+        # what matters (and a migration failure is raised, not logged).
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _catalog(args: argparse.Namespace) -> str:
+    from odibi_observe.cli import CATALOG_ENV
+
+    url = args.catalog or os.environ.get(CATALOG_ENV)
+    if not url:
+        args.subparser.error(f"--catalog URL is required (or set {CATALOG_ENV})")
+    return str(url)
+
+
+def _spool_dir(args: argparse.Namespace, *, required: bool) -> str | None:
+    value = args.spool_dir or os.environ.get(ENV["spool_dir"]) or None
+    if required and not value:
+        args.subparser.error(f"--spool-dir DIR is required (or set {ENV['spool_dir']})")
+    return value
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    path = args.token_file or os.environ.get(ENV["token_file"]) or None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--token-file {path!r} cannot be read: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigurationError(f"--token-file {path!r} is empty")
+        return token
+    return os.environ.get(ENV["token"]) or None
+
+
+# -- odibi-observe sidecar ---------------------------------------------------------------------
+
+
+def sidecar_options(args: argparse.Namespace) -> SidecarOptions:
+    """The :class:`~odibi_observe.sidecar.SidecarOptions` of parsed ``sidecar`` arguments."""
+    listen = _setting(args, "listen", parse_listen, (DEFAULT_HOST, DEFAULT_PORT))
+    return SidecarOptions(
+        catalog_url=_catalog(args),
+        spool_dir=str(_spool_dir(args, required=True)),
+        listen_host=listen[0],
+        listen_port=listen[1],
+        token=_token(args),
+        max_body_bytes=_setting(args, "max_body", parse_size, DEFAULT_MAX_BODY_BYTES),
+        ledger=_setting(args, "ledger", _parse_bool, True),
+        sweep_interval=_setting(args, "sweep_interval", parse_duration, DEFAULT_SWEEP_INTERVAL),
+        heartbeat_timeout=_setting(args, "heartbeat_timeout", parse_duration,
+                                   DEFAULT_HEARTBEAT_TIMEOUT),
+        all_hosts=_setting(args, "all_hosts", _parse_bool, False),
+        pid_check=_setting(args, "pid_check", _parse_bool, True),
+        fsync=_setting(args, "fsync", _parse_fsync, DEFAULT_FSYNC),
+        spool_max_bytes=_setting(args, "spool_max_bytes", parse_size, DEFAULT_SPOOL_MAX_BYTES),
+        gc_interval=_setting(args, "gc_interval", parse_duration, DEFAULT_GC_INTERVAL),
+        drain_timeout=_setting(args, "drain_timeout", parse_duration, DEFAULT_DRAIN_TIMEOUT),
+        stuck_after=_setting(args, "stuck_after", parse_duration, DEFAULT_STUCK_AFTER),
+        max_batch=_setting(args, "max_batch", _parse_count, DEFAULT_MAX_BATCH),
+    )
+
+
+def _run_sidecar(args: argparse.Namespace) -> int:
+    from odibi_observe.sidecar.service import Sidecar
+
+    _setup_logging(args)
+    options = sidecar_options(args)
+    sidecar = Sidecar(options)
+
+    def ready(running: Sidecar) -> None:
+        endpoints = "GET /metrics, GET /healthz" + (
+            ", POST /v1/traces" if running.receiver is not None else "")
+        sweeping = (f"every {_format_duration(options.sweep_interval)}"
+                    if options.sweep_interval else "off")
+        print(f"odibi-observe sidecar listening on {running.url} ({endpoints})\n"
+              f"  spool    {os.path.abspath(options.spool_dir)}\n"
+              f"  catalog  {hide_password(options.catalog_url)}\n"
+              f"  sinks    {', '.join(s.name for s in running.sinks)}\n"
+              f"  sweeper  {sweeping}", flush=True)
+
+    status = sidecar.run_forever(on_ready=ready)
+    print("odibi-observe sidecar stopped", flush=True)
+    return status
+
+
+# -- odibi-observe sweep -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SweepPlan:
+    """One ``odibi-observe sweep`` invocation, resolved."""
+
+    store: CatalogStore
+    sinks: list[Sink]
+    monitor: SelfMonitor
+    host: str
+    heartbeat_timeout: float
+    all_hosts: bool
+    pid_check: bool
+    dry_run: bool
+    drain_timeout: float
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from odibi_observe.cli import first_line
+    from odibi_observe.runtime import Observer
+    from odibi_observe.sidecar.service import _catalog_store
+
+    _setup_logging(args)
+    url = _catalog(args)
+    spool_dir = _spool_dir(args, required=False)
+    heartbeat_timeout = _setting(args, "heartbeat_timeout", parse_duration,
+                                 DEFAULT_HEARTBEAT_TIMEOUT)
+    all_hosts = _setting(args, "all_hosts", _parse_bool, False)
+    pid_check = _setting(args, "pid_check", _parse_bool, True)
+    drain_timeout = _setting(args, "drain_timeout", parse_duration, SWEEP_DRAIN_TIMEOUT)
+    settings = resolve_settings({"catalog_url": url, "mode": "background"})
+    settings = replace(settings, prometheus_port=None, prometheus_textfile=None)
+    observer = Observer(settings, registry=CollectorRegistry(), strict=True)
+    # Not the Prometheus sink: counters in a process that exits a second later are seen by
+    # nobody, and consuming the spool's "prometheus" cursor here would take those runs away
+    # from the sidecar's /metrics.
+    plan = _SweepPlan(
+        store=_catalog_store(observer, url),
+        sinks=[s for s in observer.sinks if s.name != "prometheus"],
+        monitor=observer.monitor, host=settings.host, heartbeat_timeout=heartbeat_timeout,
+        all_hosts=all_hosts, pid_check=pid_check, dry_run=args.dry_run,
+        drain_timeout=drain_timeout)
+    try:
+        if spool_dir:
+            result, failed = _sweep_with_spool(plan, spool_dir)
+        else:
+            result = _sweep(plan, None)
+            failed = list(result.failed)
+    except _NotDrained as exc:
+        print(f"odibi-observe: error: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"odibi-observe: error: cannot sweep {hide_password(url)}: "
+              f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        observer.shutdown(timeout=15.0)  # pushes the crash spans out before exiting
+    verb = "would close" if args.dry_run else "closed"
+    for record in result.closed:
+        print(f"{verb} {record.run_id}  {record.pipeline}/{record.node}  started "
+              f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC  host={record.host} pid={record.pid}")
+        print(f"    {first_line(record.error_message or '')}")
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items()))
+    scope = "all hosts" if all_hosts else f"host {settings.host!r}"
+    print(f"swept {scope} at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
+          f"{result.checked} RUNNING run(s) checked, {len(result.closed)} "
+          f"{'to close' if args.dry_run else 'closed'} as CRASHED"
+          + (f" ({reasons})" if reasons else ""))
+    if failed:
+        later = ("they stay spooled for the sidecar" if spool_dir
+                 else "reconciliation can repair the traces")
+        print(f"odibi-observe: error: the closed runs could not be sent to: "
+              f"{', '.join(failed)} (the catalog has them; {later})", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _NotDrained(Exception):
+    """The spool could not be delivered to the catalog: sweeping now would be wrong."""
+
+
+def _sweep(plan: _SweepPlan, spool: Spool | None,
+           settle: Callable[[], bool] | None = None) -> SweepResult:
+    from odibi_observe.sidecar.sweeper import Sweeper
+
+    plan.store.ensure_schema()
+    return Sweeper(plan.store, plan.sinks, host=plan.host,
+                   heartbeat_timeout=plan.heartbeat_timeout, all_hosts=plan.all_hosts,
+                   pid_check=plan.pid_check, spool=spool, dry_run=plan.dry_run,
+                   settle=settle).sweep()
+
+
+def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, list[str]]:
+    """Deliver the spool, sweep with the crash events appended to it, deliver them too.
+
+    Through the spool rather than straight to the sinks: a crash event that cannot be
+    exported now stays spooled, and a sidecar on this spool delivers it later. Returns the
+    result and the sinks that still have spooled events.
+    """
+    from odibi_observe.pump import SpoolPump
+    from odibi_observe.sidecar.service import CATALOG_SINK, _WatchedSink
+    from odibi_observe.spool import Spool
+
+    if not os.path.isdir(spool_dir):
+        raise ConfigurationError(f"--spool-dir {spool_dir!r} is not a directory")
+    try:
+        spool = Spool(spool_dir)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--spool-dir {spool_dir!r} cannot be opened: {exc.strerror or exc}") from None
+    try:
+        # Wrapped as the sidecar wraps them: the catalog must not take the sweeper's own
+        # crash events back from the spool (see service.without_sweeper_echo).
+        pump = SpoolPump(spool, [_WatchedSink(s, time.monotonic) for s in plan.sinks],
+                         monitor=plan.monitor)
+        pump.drain(plan.drain_timeout)
+        behind = pump.backlog()
+        if behind.get(CATALOG_SINK):
+            raise _NotDrained(
+                f"{behind[CATALOG_SINK]} spooled event(s) could not be written to the catalog "
+                f"within {_format_duration(plan.drain_timeout)}; not sweeping (a run whose end "
+                f"is still spooled would look crashed)")
+        for sink, n in behind.items():
+            if n:
+                print(f"warning: sink {sink!r} still has {n} spooled event(s)", file=sys.stderr)
+        # Deliver once more after the verdicts: a process may have spooled its ending and
+        # exited since the drain above; judged dead, it can write nothing more.
+        def settle() -> bool:
+            pump.drain(plan.drain_timeout)
+            return not pump.backlog().get(CATALOG_SINK)
+
+        result = _sweep(plan, None if plan.dry_run else spool, settle)
+        if not result.closed or plan.dry_run:
+            return result, []
+        pump.drain(plan.drain_timeout)
+        return result, [name for name, n in pump.backlog().items() if n]
+    finally:
+        spool.close()
