@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from odibi_observe.spool import Spool, SpoolCursor, SpoolEntry
 
 
+_MISSING: object = object()
+
+
 class _SinkPump:
     """One sink's cursor, backoff and worker thread."""
 
@@ -75,17 +78,8 @@ class _SinkPump:
             return len(entries)
 
     def _decode(self, entries: Sequence[SpoolEntry]) -> list[RunEvent]:
-        events = []
-        for entry in entries:
-            try:
-                events.append(RunEvent.from_json(entry.payload))
-            except Exception as exc:  # any undecodable frame is skipped alike
-                self.pump.monitor.invalid(
-                    "spool_payload",
-                    f"spooled frame at {entry.position} is not a run event "
-                    f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped",
-                )
-        return events
+        decode = self.pump.decode
+        return [e for e in map(decode, entries) if e is not None]
 
     def _failed(self, exc: Exception, count: int) -> None:
         self.pump.monitor.sink_error(self.name)
@@ -137,7 +131,37 @@ class SpoolPump:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._stop = threading.Event()
+        self._decoded: dict[object, RunEvent | None] = {}
+        self._decoded_lock = threading.Lock()
+        self._decoded_capacity = 4 * max_batch * max(1, len(sinks))
         self._pumps = [_SinkPump(self, sink) for sink in sinks]
+
+    def decode(self, entry: SpoolEntry) -> RunEvent | None:
+        """The event in ``entry``, decoded once for all sinks (None: not a run event).
+
+        Every sink reads the same frames, usually close behind one another; decoding each
+        frame once instead of once per sink is most of the pump's CPU (and the GIL is shared).
+        The cache is bounded: a sink far behind the others decodes for itself.
+        """
+        cached = self._decoded.get(entry.position, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
+        event: RunEvent | None
+        try:
+            event = RunEvent.from_json(entry.payload)
+        except Exception as exc:  # any undecodable frame is skipped alike
+            event = None
+            self.monitor.invalid(
+                "spool_payload",
+                f"spooled frame at {entry.position} is not a run event "
+                f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped",
+            )
+        with self._decoded_lock:
+            if entry.position not in self._decoded:
+                if len(self._decoded) >= self._decoded_capacity:
+                    del self._decoded[next(iter(self._decoded))]
+                self._decoded[entry.position] = event
+        return event
 
     @property
     def sinks(self) -> tuple[Sink, ...]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from operator import attrgetter
@@ -129,13 +129,36 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
-        values = dict(data)
-        values["status"] = RunStatus(values["status"])
-        values["source"] = Source(values.get("source", Source.DECORATOR.value))
-        values["suggestions"] = tuple(values.get("suggestions") or ())
-        values["attributes"] = {k: tuple(v) if isinstance(v, list) else v
-                                for k, v in (values.get("attributes") or {}).items()}
-        return cls(**values)
+        """Inverse of :meth:`to_dict`; ``TypeError``/``ValueError`` on a malformed dict.
+
+        Built field by field like :meth:`finished` rather than through ``__init__``: the
+        sidecar decodes every spooled event with this, and the keyword call costs as much as
+        the JSON parsing.
+        """
+        unknown = data.keys() - _FIELD_NAMES_SET
+        if unknown:
+            raise TypeError(f"RunRecord has no field(s) {', '.join(sorted(unknown))}")
+        missing = _REQUIRED_FIELDS - data.keys()
+        if missing:
+            raise TypeError(f"RunRecord needs field(s) {', '.join(sorted(missing))}")
+        try:
+            status = _STATUSES[data["status"]]
+            source = _SOURCES[data.get("source", "decorator")]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown status or source in {data.get('status')!r}, "
+                             f"{data.get('source')!r}") from None
+        new = object.__new__(RunRecord)
+        put = object.__setattr__
+        get = data.get
+        for name in _FIELD_NAMES:
+            put(new, name, get(name, _DEFAULTS.get(name)))
+        put(new, "status", status)
+        put(new, "source", source)
+        put(new, "suggestions", tuple(get("suggestions") or ()))
+        attributes = get("attributes")
+        put(new, "attributes", {k: tuple(v) if isinstance(v, list) else v
+                                for k, v in attributes.items()} if attributes else {})
+        return new
 
 
 def _label_getter(labels: tuple[str, ...]) -> Callable[[RunRecord], tuple[str, ...]]:
@@ -158,6 +181,13 @@ _label_getters: dict[tuple[str, ...], Callable[[RunRecord], tuple[str, ...]]] = 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(RunRecord))
 _FIELD_NAMES_SET: Final = frozenset(_FIELD_NAMES)
+_DEFAULTS: Final = {f.name: f.default for f in fields(RunRecord)
+                    if f.default is not MISSING}
+_REQUIRED_FIELDS: Final = frozenset(
+    f.name for f in fields(RunRecord)
+    if f.default is MISSING and f.default_factory is MISSING)
+_STATUSES: Final = {s.value: s for s in RunStatus}
+_SOURCES: Final = {s.value: s for s in Source}
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +202,15 @@ class RunEvent:
         return self.record.run_id
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.kind.value, "record": self.record.to_dict()},
+        """Compact JSON: unset fields (``None``, no suggestions, no attributes) are left out.
+
+        This is the spool's frame payload, written on the node's path in sidecar mode and
+        parsed by the sidecar for every sink; a start event has about half its fields unset,
+        and leaving them out makes both ends cheaper. :meth:`from_json` restores the defaults.
+        """
+        record = {k: v for k, v in self.record.to_dict().items()
+                  if v is not None and v not in ([], {})}
+        return json.dumps({"kind": self.kind.value, "record": record},
                           separators=(",", ":"), allow_nan=False)
 
     @classmethod
