@@ -1,10 +1,310 @@
-"""Commands of this package (placeholder until the package's commands exist)."""
+"""``odibi-observe reconcile``: the command line of :mod:`odibi_observe.reconcile`.
+
+Exit codes: 0 clean (no discrepancy, no read error); 1 the reconciliation ran and found
+discrepancies or input it could not read (see the report); 2 bad configuration, or nothing
+could be read (the catalog, or every trace source).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+
+from odibi_observe.cli import CATALOG_ENV, duration_arg
+from odibi_observe.config import hide_password
+from odibi_observe.conventions import DISCREPANCY_KINDS
+
+FORMATS = ("json", "md", "html")
+
+DESCRIPTION = """\
+Compare the run catalog (meta_runs) with the traces, run by run, over a time window, and
+report every run the two do not record identically: missing on one side, different status,
+rows or duration, duplicated, or left RUNNING by a process that died. Writes report.json,
+report.md and report.html, records the result in meta_reconciliation (SQL catalogs), and
+with --repair fixes what one side evidently knows better.
+"""
+
+EPILOG = f"""\
+catalog (--catalog, or ${CATALOG_ENV}):
+  sqlite:///catalog.db, postgresql://user@host/db   meta_runs in any SQLAlchemy database
+  odibi-delta:/data/proj/_odibi_system/meta_runs    Odibi's own Delta table, as it is
+
+traces (--traces, repeat for several; the same span in two sources counts once):
+  otlp-json:PATH    Collector 'file' exporter output: a file, a directory (rotated and .gz
+                    files included) or a glob
+  ledger:URL        the sidecar's span ledger table in a SQLAlchemy database
+  tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace by id)
+
+window: runs that STARTED in it. --last 24h (the default) covers the 24 hours that end
+  --grace ago, so nightly runs cover consecutive stretches; --since/--until give it exactly.
+  Runs that started within --grace of now are left for the next run (in flight, or spans
+  still on their way).
+
+{textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=90,
+                subsequent_indent="  ")}
+  (docs/reconciliation.md: what each means and what to do)
+
+repair (--repair; without it the report says what it WOULD do):
+  missing_in_catalog -> catalog row from the span; missing_in_traces -> span re-emitted with
+  the stored ids and times; stale_running -> CRASHED row + back-dated error span; status/rows/
+  duration mismatch -> the row takes the span's values. Duplicates are reported only.
+  Spans go to --repair-traces, else where OTEL_EXPORTER_OTLP_ENDPOINT points.
+
+exit status: 0 clean, 1 discrepancies or unreadable input found, 2 bad configuration or
+nothing could be read.
+
+examples:
+  odibi-observe reconcile --catalog sqlite:///catalog.db --traces otlp-json:/var/log/otel
+  odibi-observe reconcile --catalog postgresql://etl@db/catalog \\
+      --traces tempo:http://tempo:3200 --last 24h --out /srv/reports/$(date +%F) \\
+      --metrics-textfile /var/lib/node_exporter/textfile/reconcile.prom \\
+      --trace-url-template 'https://grafana/explore?traceId={{trace_id}}'
+  odibi-observe reconcile --catalog sqlite:///catalog.db --traces otlp-json:traces/ \\
+      --repair --repair-traces otlp-json:traces/repaired.jsonl
+"""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this package's commands to the odibi-observe parser."""
+    """Add ``reconcile`` to the odibi-observe parser."""
+    parser = sub.add_parser(
+        "reconcile", help="compare the catalog with the traces; report and repair differences",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sources = parser.add_argument_group("sources")
+    sources.add_argument(
+        "--catalog", metavar="CATALOG", default=os.environ.get(CATALOG_ENV),
+        help=f"SQLAlchemy URL of meta_runs, or odibi-delta:PATH (default: ${CATALOG_ENV})")
+    sources.add_argument(
+        "--traces", metavar="SOURCE", action="append", default=[],
+        help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)")
+
+    window = parser.add_argument_group("window")
+    window.add_argument("--since", metavar="TIME", type=_time_arg,
+                        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
+    window.add_argument("--until", metavar="TIME", type=_time_arg,
+                        help="window end, ISO 8601 (default: now)")
+    window.add_argument("--last", metavar="DURATION", type=duration_arg,
+                        help="the window is the last DURATION before now minus the grace "
+                             "(30m, 24h, 7d; default 24h)")
+    window.add_argument("--grace", metavar="DURATION", type=duration_arg,
+                        default=timedelta(minutes=15),
+                        help="leave runs that started this recently for the next run "
+                             "(default: 15m)")
+
+    judge = parser.add_argument_group("judging")
+    judge.add_argument("--crash-after", metavar="DURATION", type=duration_arg,
+                       default=timedelta(minutes=15),
+                       help="a RUNNING row with no sign of life (start, heartbeat) for this "
+                            "long and no span is stale_running (default: 15m)")
+    judge.add_argument("--duration-tolerance", metavar="PERCENT", type=_percent_arg,
+                       default=0.01, help="durations agree within this share (default: 1%%) "
+                                          "or --duration-tolerance-ms, whichever is larger")
+    judge.add_argument("--duration-tolerance-ms", metavar="MS", type=float, default=5.0,
+                       help="durations agree within this many ms (default: 5)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", default="json,md,html", type=_formats_arg,
+                        help="reports to write, comma-separated: json, md, html "
+                             "(default: all three)")
+    output.add_argument("--out", metavar="DIR", default="reconcile-report",
+                        help="directory for report.json, report.md, report.html "
+                             "(default: %(default)s)")
+    output.add_argument("--trace-url-template", metavar="URL",
+                        help="link each affected run to its trace, e.g. "
+                             "'http://grafana/explore?traceId={trace_id}' ({trace_id}, "
+                             "{span_id} and {run_id} are filled in)")
+    output.add_argument("--metrics-textfile", metavar="PATH",
+                        help="write odibi_reconcile_* gauges to this Prometheus text file "
+                             "(node_exporter's textfile collector)")
+    output.add_argument("--no-record", action="store_true",
+                        help="do not record the report in meta_reconciliation (recorded by "
+                             "default when the catalog is SQL)")
+    output.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no summary on the terminal")
+
+    repair = parser.add_argument_group("repair")
+    repair.add_argument("--repair", action="store_true",
+                        help="apply the repairs (default: only report what they would be)")
+    repair.add_argument("--repair-traces", metavar="DEST",
+                        help="where re-emitted spans go: otlp-json:PATH or an OTLP http(s) "
+                             "endpoint (default: OTEL_EXPORTER_OTLP_ENDPOINT / "
+                             "ODIBI_OBSERVE_TRACES_FILE)")
+
+    tempo = parser.add_argument_group("Tempo source")
+    tempo.add_argument("--tempo-limit", type=int, default=500, metavar="N",
+                       help="traces per search (a full answer splits the slice; default: 500)")
+    tempo.add_argument("--tempo-slice", type=duration_arg, default=timedelta(hours=1),
+                       metavar="DURATION", help="initial search slice (default: 1h)")
+    tempo.add_argument("--tempo-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="per request (default: 30)")
+    tempo.add_argument("--tempo-header", action="append", default=[], metavar="NAME=VALUE",
+                       help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)")
+    tempo.add_argument("--tempo-query", metavar="TRACEQL", default='{ span.odibi.run_id != "" }',
+                       help="the search (default: %(default)s)")
+
+    parser.add_argument("--spill-dir", metavar="DIR",
+                        help="directory for temporary sort files (default: system temp dir)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes that read trace files at once (default: one per core, "
+                             "at most 2; 1 reads everything in this process)")
+    parser.set_defaults(handler=run, subparser=parser)
+
+
+def _time_arg(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2024-05-01 or 2024-05-01T06:00:00Z"
+        ) from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _percent_arg(text: str) -> float:
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 1%") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a tolerance cannot be negative")
+    return value / 100
+
+
+def _formats_arg(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def _header_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"--tempo-header {text!r}: expected NAME=VALUE")
+    return name.strip(), value.strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``reconcile`` command; returns the exit status."""
+    from odibi_observe.reconcile.catalog_sources import open_catalog_source
+    from odibi_observe.reconcile.engine import ReconcileError, ReconcileOptions, reconcile
+    from odibi_observe.reconcile.model import Window
+    from odibi_observe.reconcile.progress import Progress
+    from odibi_observe.reconcile.repair import RepairError, repair
+    from odibi_observe.reconcile.sources import SourceError, SourceOptions, open_trace_source
+
+    parser: argparse.ArgumentParser = args.subparser
+    if not args.catalog:
+        parser.error(f"--catalog is required (or set {CATALOG_ENV})")
+    if not args.traces:
+        parser.error("--traces is required (otlp-json:PATH, ledger:URL or tempo:URL)")
+    if args.last is not None and (args.since is not None or args.until is not None):
+        parser.error("give either --last or --since/--until, not both")
+    if args.until is not None and args.since is None:
+        parser.error("--until needs --since")
+    try:
+        if args.since is not None:
+            window = Window.between(args.since, args.until or datetime.now(timezone.utc),
+                                    grace=args.grace)
+        else:
+            window = Window.last(args.last or timedelta(hours=24), grace=args.grace)
+        headers = tuple(_header_arg(h) for h in args.tempo_header)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    progress = Progress(enabled=False if args.quiet else None)
+    options = ReconcileOptions(
+        crash_after=args.crash_after, duration_tolerance_ratio=args.duration_tolerance,
+        duration_tolerance_ms=args.duration_tolerance_ms, spill_dir=args.spill_dir,
+        progress=progress, workers=max(0, args.workers),
+    )
+    source_options = SourceOptions(
+        tempo_limit=args.tempo_limit, tempo_timeout=args.tempo_timeout,
+        tempo_slice_seconds=max(1, int(args.tempo_slice.total_seconds())),
+        tempo_query=args.tempo_query, tempo_headers=headers,
+    )
+    try:
+        catalog = open_catalog_source(args.catalog, spill_dir=args.spill_dir)
+        traces = [open_trace_source(spec, source_options) for spec in args.traces]
+    except SourceError as exc:
+        return _fail(str(exc))
+    try:
+        try:
+            result = reconcile(catalog, traces, window, options)
+        except ReconcileError as exc:
+            return _fail(f"nothing to reconcile: {exc}")
+        finally:
+            progress.finish()
+        with result:
+            try:
+                repair(result, catalog, apply=args.repair, repair_traces=args.repair_traces)
+            except RepairError as exc:
+                return _fail(str(exc))
+            try:
+                written = _write_reports(result, args)
+                if args.metrics_textfile:
+                    from odibi_observe.reconcile.report import write_metrics
+
+                    write_metrics(result, args.metrics_textfile)
+                    written.append(args.metrics_textfile)
+            except OSError as exc:
+                return _fail(f"cannot write the reports: {exc}")
+            notes = []
+            url = catalog.sql_url()
+            if url and not args.no_record:
+                try:
+                    from odibi_observe.reconcile.report import record
+
+                    record(result, url)
+                except Exception as exc:  # recording is a courtesy; the reports are written
+                    notes.append(f"not recorded in meta_reconciliation: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}")
+            if not args.quiet:
+                from odibi_observe.reconcile.report import cli_summary
+
+                print(cli_summary(result, written))
+            for note in notes:
+                print(f"odibi-observe: warning: {note}", file=sys.stderr)
+            return 0 if result.clean else 1
+    finally:
+        catalog.close()
+        for source in traces:
+            source.close()
+
+
+def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
+    from odibi_observe.reconcile.html import render_html
+    from odibi_observe.reconcile.report import render_markdown, write_json
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    template = args.trace_url_template
+    if "json" in args.format:
+        write_json(result, out / "report.json", trace_url_template=template)
+        written.append(str(out / "report.json"))
+    if "md" in args.format:
+        (out / "report.md").write_text(render_markdown(result, trace_url_template=template),
+                                       encoding="utf-8")
+        written.append(str(out / "report.md"))
+    if "html" in args.format:
+        (out / "report.html").write_text(render_html(result, trace_url_template=template),
+                                         encoding="utf-8")
+        written.append(str(out / "report.html"))
+    return written
+
+
+def _fail(message: str) -> int:
+    print(f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
+          file=sys.stderr)
+    return 2

@@ -1,0 +1,376 @@
+"""The catalog side of reconciliation: ``meta_runs`` in a SQL database or Odibi's Delta table.
+
+A :class:`CatalogSource` yields :class:`~odibi_observe.reconcile.model.CatalogRun` tuples in
+ascending ``run_id`` order (byte order), reports bad rows into the
+:class:`~odibi_observe.reconcile.model.ReadLog`, and raises
+:class:`~odibi_observe.reconcile.sources.SourceError` only when the catalog cannot be read at
+all. Specs:
+
+=======================  ============================================================
+``URL``                  any SQLAlchemy URL (``sqlite:///catalog.db``,
+                         ``postgresql://user@host/db``): ``meta_runs``, as odibi-observe
+                         writes it or as Odibi created it
+``odibi-delta:PATH``     Odibi's own Delta ``meta_runs`` (the table, or the project's
+                         system directory), read with ``deltalake``
+=======================  ============================================================
+
+A SQL catalog is read with one query — window filter on the indexed ``started_at``,
+``ORDER BY run_id`` in byte order, streamed — so the database does the sorting. The table is
+inspected first: a catalog without ``run_id`` or ``status`` is not a run catalog (an error); a
+table without odibi-observe's columns (Odibi's own, never migrated) is read for what it has —
+placed in time by ``timestamp``, matched by ``run_id``, compared on status, rows and duration
+where recorded — with one read error naming what is missing. Odibi's Delta table has no order
+at all, so its rows go through the same external sort as trace files.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any, ClassVar, Final
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from odibi_observe.catalog.schema import (
+    COLUMNS,
+    DURATION_MS,
+    HEARTBEAT_AT,
+    NODE,
+    PIPELINE,
+    ROWS,
+    RUN_ID,
+    SPAN_ID,
+    STARTED_AT,
+    STATUS,
+    TIMESTAMP,
+    TRACE_ID,
+)
+from odibi_observe.catalog.store import CatalogStore, create_catalog_engine
+from odibi_observe.config import ConfigurationError, hide_password
+from odibi_observe.conventions import CATALOG_TABLE
+from odibi_observe.reconcile import odibi_delta
+from odibi_observe.reconcile.model import (
+    EXACT_MARGIN,
+    FUTURE_SKEW_NS,
+    CatalogRun,
+    ReadLog,
+    ReadRange,
+    iso_ns,
+    new_catalog_run,
+    normalize_status,
+)
+from odibi_observe.reconcile.sources import SourceError
+from odibi_observe.reconcile.spill import ExternalSorter
+from odibi_observe.reconcile.sqlutil import (
+    YIELD_PER,
+    TimeReader,
+    as_int,
+    byte_order,
+    table_columns,
+    to_ns,
+)
+from odibi_observe.record import ns_to_datetime
+
+#: How far Odibi's ``timestamp`` may be from a node's start: Odibi logs a pipeline's rows when
+#: the pipeline ends, so the margin is the longest pipeline it allows for.
+ODIBI_MARGIN: Final = timedelta(hours=6)
+
+#: The catalog columns reconciliation reads, in the order of the query's result.
+READ_COLUMNS: Final = (RUN_ID, STATUS, ROWS, DURATION_MS, STARTED_AT, TIMESTAMP, TRACE_ID,
+                       SPAN_ID, PIPELINE, NODE, HEARTBEAT_AT)
+
+ODIBI_DELTA_SCHEME: Final = "odibi-delta"
+
+TIME_COLUMNS: Final = frozenset({STARTED_AT, TIMESTAMP, HEARTBEAT_AT})
+
+
+class CatalogSource(ABC):
+    """Where catalog rows are read from; see the module docstring."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
+        """The rows whose time is in ``read_range``, in ascending ``run_id`` order."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The spec, safe to print."""
+
+    @abstractmethod
+    def margin(self) -> timedelta:
+        """How far this catalog's time of a run may be from the span's start.
+
+        Asked first, before any trace is read, so it also checks that the catalog can be read
+        at all (raising :class:`SourceError` if not).
+        """
+
+    def store(self) -> CatalogStore | None:
+        """A store to write repairs to, or None when this catalog cannot be written."""
+        return None
+
+    def sql_url(self) -> str | None:
+        """The SQLAlchemy URL, for recording reports in ``meta_reconciliation``; or None."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, like SpanExporter.shutdown
+        """Release connections."""
+
+
+def open_catalog_source(spec: str, *, spill_dir: str | None = None) -> CatalogSource:
+    """The catalog a ``--catalog`` spec names (see the module docstring)."""
+    if spec.startswith(ODIBI_DELTA_SCHEME + ":"):
+        path = spec[len(ODIBI_DELTA_SCHEME) + 1:]
+        if not path:
+            raise SourceError("--catalog odibi-delta: needs a path, e.g. "
+                              "odibi-delta:/data/project/_odibi_system/meta_runs")
+        return OdibiDeltaCatalog(path, spill_dir=spill_dir)
+    return SqlCatalog(spec)
+
+
+class SqlCatalog(CatalogSource):
+    """``meta_runs`` in a SQL database; see the module docstring."""
+
+    kind: ClassVar[str] = "sql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_catalog_engine(url)
+        except ConfigurationError as exc:
+            raise SourceError(str(exc)) from None
+        self._columns: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        return hide_password(self.url)
+
+    def sql_url(self) -> str | None:
+        return self.url
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def columns(self) -> dict[str, Any]:
+        """The table's columns; :class:`SourceError` when it cannot be a run catalog."""
+        if self._columns is None:
+            try:
+                columns = table_columns(self.engine, CATALOG_TABLE)
+            except SQLAlchemyError as exc:
+                raise SourceError(f"catalog {self.describe()}: cannot connect: "
+                                  f"{_first_line(exc)}") from None
+            if columns is None:
+                raise SourceError(f"catalog {self.describe()}: no table {CATALOG_TABLE}")
+            missing = [c for c in (RUN_ID, STATUS) if c not in columns]
+            if STARTED_AT not in columns and TIMESTAMP not in columns:
+                missing.append(f"{STARTED_AT} or {TIMESTAMP}")
+            if missing:
+                raise SourceError(f"catalog {self.describe()}: {CATALOG_TABLE} has no column "
+                                  f"{', '.join(missing)}: not a run catalog")
+            self._columns = columns
+        return self._columns
+
+    def margin(self) -> timedelta:
+        return EXACT_MARGIN if STARTED_AT in self.columns() else ODIBI_MARGIN
+
+    def store(self) -> CatalogStore | None:
+        columns = self.columns()
+        if any(name not in columns for name in COLUMNS):
+            return None  # never migrated: `odibi-observe catalog upgrade` first
+        return CatalogStore(self.engine)
+
+    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
+        columns = self.columns()
+        source = f"catalog {self.describe()}"
+        absent = [name for name in READ_COLUMNS if name not in columns]
+        exact_times = STARTED_AT in columns
+        unchecked = ",".join(name for name, column in (("rows", ROWS),
+                                                       ("duration", DURATION_MS))
+                             if column not in columns)
+        if [name for name in absent if name != TIMESTAMP]:
+            log.add_error(source, CATALOG_TABLE,
+                          f"no column {', '.join(n for n in absent if n != TIMESTAMP)}: runs are "
+                          "matched by run_id only and compared on what the table records "
+                          "(run 'odibi-observe catalog upgrade' to add them)")
+        table = sa.table(CATALOG_TABLE, *(sa.column(name, columns[name].type)
+                                          for name in READ_COLUMNS if name in columns))
+        window_column = table.c[STARTED_AT if exact_times else TIMESTAMP]
+        sqlite = self.engine.dialect.name == "sqlite"
+
+        def selected_column(name: str) -> Any:
+            if name not in columns:
+                return sa.null().label(name)
+            if sqlite and name in TIME_COLUMNS:
+                # Read SQLite's stored text as it is (see sqlutil.TimeReader).
+                return sa.type_coerce(table.c[name], sa.String()).label(name)
+            return table.c[name]
+
+        selected = [selected_column(name) for name in READ_COLUMNS]
+        query = (
+            sa.select(*selected)
+            .where(window_column >= read_range.start, window_column < read_range.end)
+            .order_by(byte_order(table.c[RUN_ID], self.engine.dialect.name))
+        )
+        self._report_future(table, window_column, read_range, log, source)
+        number = 0
+        times = TimeReader()
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execution_options(stream_results=True,
+                                              yield_per=YIELD_PER).execute(query)
+                for number, row in enumerate(rows, start=1):
+                    run = _sql_run(row, exact_times, unchecked, times, log=log, source=source)
+                    if run is not None:
+                        yield run
+                    if number % 100_000 == 0:
+                        log.tick("reading catalog", number, None)
+        except SQLAlchemyError as exc:
+            log.add_error(source, CATALOG_TABLE,
+                          f"reading stopped after {number} rows: {_first_line(exc)}")
+
+    def _report_future(self, table: Any, column: Any, read_range: ReadRange, log: ReadLog,
+                       source: str) -> None:
+        """Rows placed in the future are a clock or data problem: report them once."""
+        limit = ns_to_datetime(read_range.now_ns + FUTURE_SKEW_NS)
+        query = sa.select(sa.func.count(), sa.func.min(table.c[RUN_ID])).where(column > limit)
+        try:
+            with self.engine.connect() as conn:
+                count, example = conn.execute(query).one()
+        except SQLAlchemyError:
+            return
+        if count:
+            log.add_error(source, CATALOG_TABLE,
+                          f"{count} rows are dated in the future (e.g. run {example}): a writer's "
+                          "clock is wrong; they are outside every window")
+
+
+def _sql_run(row: Any, exact_times: bool, unchecked: str, times: TimeReader, *, log: ReadLog,
+             source: str) -> CatalogRun | None:
+    (run_id, status, rows, duration, started, logged, trace_id, span_id, pipeline, node,
+     heartbeat) = row
+    try:
+        started_ns = None if started is None else times.ns(started)
+        window_ns = started_ns if exact_times else times.ns(logged)
+        heartbeat_ns = None if heartbeat is None else times.ns(heartbeat)
+    except (TypeError, ValueError) as exc:
+        log.add_error(source, f"{CATALOG_TABLE} run {run_id}", f"unreadable time: {exc}; "
+                      "row skipped")
+        return None
+    if window_ns is None:
+        log.add_error(source, f"{CATALOG_TABLE} run {run_id}", "row has no time; skipped")
+        return None
+    if (rows is not None and rows.__class__ is not int) or (
+            duration is not None and duration.__class__ is not int):
+        rows, duration, unchecked = _numbers(run_id, rows, duration, unchecked, log=log,
+                                             source=source)
+    return new_catalog_run((  # CatalogRun's fields, in order
+        run_id if run_id.__class__ is str else str(run_id), normalize_status(status), rows,
+        duration, window_ns, started_ns, trace_id, span_id, pipeline or "", node or "",
+        heartbeat_ns, exact_times and trace_id is not None, unchecked, CATALOG_TABLE,
+    ))
+
+
+def _numbers(run_id: Any, rows: Any, duration: Any, unchecked: str, *, log: ReadLog,
+             source: str) -> tuple[int | None, int | None, str]:
+    fields = [unchecked] if unchecked else []
+    out = []
+    for name, column, value in (("rows", ROWS, rows), ("duration", DURATION_MS, duration)):
+        try:
+            out.append(as_int(value))
+        except ValueError as exc:
+            log.add_error(source, f"{CATALOG_TABLE} run {run_id}",
+                          f"{column}: {exc}; not compared")
+            fields.append(name)
+            out.append(None)
+    return out[0], out[1], ",".join(fields)
+
+
+def _first_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --- Odibi's Delta table ------------------------------------------------------------------------
+
+
+class OdibiDeltaCatalog(CatalogSource):
+    """Odibi's own ``meta_runs`` Delta table (read-only); see :mod:`.odibi_delta`."""
+
+    kind: ClassVar[str] = "odibi-delta"
+
+    def __init__(self, path: str, *, spill_dir: str | None = None) -> None:
+        self.path = path
+        self.spill_dir = spill_dir
+
+    def describe(self) -> str:
+        return f"{ODIBI_DELTA_SCHEME}:{self.path}"
+
+    def margin(self) -> timedelta:
+        # Asked before anything is read: a path that is not a table fails here, before the
+        # traces are read for nothing.
+        try:
+            odibi_delta.open_meta_runs(self.path)
+        except odibi_delta.OdibiDeltaError as exc:
+            raise SourceError(f"catalog {self.describe()}: {exc}") from None
+        return ODIBI_MARGIN
+
+    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
+        source = f"catalog {self.describe()}"
+        try:
+            table = odibi_delta.open_meta_runs(self.path)
+            available = odibi_delta.table_columns(table)
+        except odibi_delta.OdibiDeltaError as exc:
+            raise SourceError(f"{source}: {exc}") from None
+        missing = [c for c in (RUN_ID, STATUS, TIMESTAMP) if c not in available]
+        if missing:
+            raise SourceError(f"{source}: meta_runs has no column {', '.join(missing)}")
+        absent = [c for c in (ROWS, DURATION_MS, PIPELINE, NODE) if c not in available]
+        if absent:
+            log.add_error(source, "meta_runs", f"no column {', '.join(absent)}; not compared")
+        unchecked = ",".join(name for name, column in (("rows", ROWS), ("duration", DURATION_MS))
+                             if column not in available)
+        future = read_range.now_ns + FUTURE_SKEW_NS
+        sorter = ExternalSorter(directory=self.spill_dir)
+        try:
+            rows = odibi_delta.iter_meta_runs(
+                self.path, since=read_range.start, until=read_range.end,
+                columns=[RUN_ID, STATUS, ROWS, DURATION_MS, TIMESTAMP, PIPELINE, NODE])
+            for number, row in enumerate(rows, start=1):
+                run = self._run(row, unchecked, future, log, source)
+                if run is not None:
+                    sorter.add(run)
+                if number % 100_000 == 0:
+                    log.tick("reading Odibi meta_runs", number, None)
+            yield from (CatalogRun._make(t) for t in sorter.sorted())
+        except odibi_delta.OdibiDeltaError as exc:
+            raise SourceError(f"{source}: {exc}") from None
+        except OSError as exc:
+            log.add_error(source, "meta_runs", f"reading stopped: {type(exc).__name__}: {exc}")
+        finally:
+            sorter.close()
+
+    @staticmethod
+    def _run(row: dict[str, Any], unchecked: str, future: int, log: ReadLog,
+             source: str) -> CatalogRun | None:
+        run_id = row.get(RUN_ID)
+        if not run_id:
+            log.add_error(source, "meta_runs", "a row has no run_id; skipped")
+            return None
+        logged = to_ns(row.get(TIMESTAMP))
+        if logged is None:
+            log.add_error(source, f"meta_runs run {run_id}", "row has no timestamp; skipped")
+            return None
+        if logged > future:
+            log.add_error(source, f"meta_runs run {run_id}",
+                          f"logged in the future ({iso_ns(logged)}); skipped")
+            return None
+        return CatalogRun(
+            run_id=str(run_id), status=normalize_status(row.get(STATUS)),
+            rows=row.get(ROWS), duration_ms=row.get(DURATION_MS), window_ns=logged,
+            started_ns=None, trace_id=None, span_id=None, pipeline=row.get(PIPELINE) or "",
+            node=row.get(NODE) or "", heartbeat_ns=None, exact=False, unchecked=unchecked,
+            origin="meta_runs (Delta)",
+        )

@@ -1,0 +1,350 @@
+"""Reports of a reconciliation: JSON, Markdown, the CLI summary, the catalog's
+``meta_reconciliation`` tables and the Prometheus text file. (HTML is :mod:`.html`.)
+
+The JSON report is the complete record: every discrepancy, both sides as they were read, the
+repair annotation, every read error kept. It is *written* incrementally — header, then one
+discrepancy at a time from the result's spill file — so its size is bounded by the disk, not
+by memory. Its shape::
+
+    {"report_id": ..., "generated_at": ..., "window": {...}, "sources": {...},
+     "summary": {"catalog_runs": n, "trace_runs": n, "matched": n,
+                 "discrepancies": {kind: count}, ...},
+     "pipelines": [...], "timeline": [...], "repair": {...},
+     "discrepancies": [{"kind", "run_id", "pipeline", "node", "catalog", "trace", "detail",
+                        "repair", ...}],
+     "errors": [{"source", "where", "message"}], "errors_total": n}
+
+Markdown is for pasting into a chat or a ticket: the summary, the kinds found with what to do,
+the first affected runs and the errors.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+from odibi_observe.catalog import upgrade
+from odibi_observe.catalog.schema import (
+    NODE,
+    PIPELINE,
+    REPORT_ID,
+    RUN_ID,
+    STARTED_AT,
+    TRACE_ID,
+    reconciliation,
+    reconciliation_items,
+)
+from odibi_observe.catalog.store import create_catalog_engine
+from odibi_observe.conventions import DISCREPANCY_KINDS, RECONCILE_METRICS
+from odibi_observe.reconcile.engine import ReconcileResult
+from odibi_observe.reconcile.model import KINDS, Discrepancy, iso, iso_ns
+from odibi_observe.record import ns_to_datetime
+
+#: Discrepancies listed in the Markdown report (the JSON report has them all).
+MARKDOWN_ROWS: Final = 50
+_ITEM_BATCH: Final = 1_000
+
+
+def trace_url(template: str | None, item: Discrepancy) -> str | None:
+    """``template`` with ``{trace_id}``, ``{span_id}`` and ``{run_id}`` filled in, or None.
+
+    Plain substitution, not ``str.format``: a template is configuration, and braces it does
+    not name (``{"datasource":...}`` in a Grafana explore URL) must survive as they are.
+    """
+    trace_id = item.trace_id
+    if not template or not trace_id:
+        return None
+    span_id = ""
+    for side in (item.trace, item.catalog):
+        if side and side.get("span_id"):
+            span_id = str(side["span_id"])
+            break
+    return (template.replace("{trace_id}", trace_id).replace("{span_id}", span_id)
+            .replace("{run_id}", item.run_id))
+
+
+def top_items(result: ReconcileResult, limit: int) -> list[Discrepancy]:
+    """The ``limit`` discrepancies a reader should see first: by kind (in the order of
+    :data:`~odibi_observe.conventions.DISCREPANCY_KINDS`), then by start. Streams the spill
+    file, holding ``limit`` items."""
+    order = {kind: i for i, kind in enumerate(DISCREPANCY_KINDS)}
+    return heapq.nsmallest(limit, result.discrepancies(), key=lambda d: (
+        order.get(d.kind, len(order)), d.started_ns or 0, d.run_id))
+
+
+def pipelines(result: ReconcileResult) -> list[dict[str, Any]]:
+    """Per-pipeline completeness, least complete first."""
+    rows = [
+        {"pipeline": name, "trace_runs": s.trace_runs, "catalog_runs": s.catalog_runs,
+         "matched": s.matched, "completeness_ratio": round(s.completeness, 6),
+         "discrepancies": s.discrepancies}
+        for name, s in result.pipelines.items()
+    ]
+    return sorted(rows, key=lambda r: (r["completeness_ratio"], -r["discrepancies"],
+                                       r["pipeline"]))
+
+
+def timeline(result: ReconcileResult) -> list[dict[str, Any]]:
+    """Discrepancies per time bucket (an hour, or a day for long windows) and kind."""
+    buckets: dict[int, dict[str, int]] = {}
+    for (bucket, kind), count in result.timeline.items():
+        buckets.setdefault(bucket, {})[kind] = count
+    return [{"start": iso_ns(bucket), "counts": counts}
+            for bucket, counts in sorted(buckets.items())]
+
+
+def header(result: ReconcileResult) -> dict[str, Any]:
+    """Everything of the JSON report but the discrepancies and the errors."""
+    return {
+        "report_id": result.report_id,
+        "generated_at": iso(datetime.now(timezone.utc)),
+        "window": result.window.to_dict(),
+        "sources": {"catalog": result.catalog_source, "traces": result.trace_sources,
+                    "unreadable": result.unreadable},
+        "options": {
+            "crash_after_seconds": result.options.crash_after.total_seconds(),
+            "duration_tolerance_ratio": result.options.duration_tolerance_ratio,
+            "duration_tolerance_ms": result.options.duration_tolerance_ms,
+        },
+        "summary": result.summary(),
+        "pipelines": pipelines(result),
+        "timeline_bucket_seconds": result.bucket_ns // 1_000_000_000,
+        "timeline": timeline(result),
+        "repair": result.repair or None,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def write_json(result: ReconcileResult, path: str | Path, *,
+               trace_url_template: str | None = None) -> None:
+    """Write the JSON report (streaming the discrepancies; see the module docstring)."""
+    head = header(result)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(json.dumps(head, indent=2, ensure_ascii=False)[:-2])
+        out.write(',\n  "discrepancies": [')
+        for number, item in enumerate(result.discrepancies()):
+            data = item.to_dict()
+            link = trace_url(trace_url_template, item)
+            if link:
+                data["trace_url"] = link
+            out.write(("\n    " if number == 0 else ",\n    ")
+                      + json.dumps(data, ensure_ascii=False, default=str))
+        out.write("\n  ],\n  \"errors\": ")
+        out.write(json.dumps([e.to_dict() for e in result.errors], ensure_ascii=False))
+        out.write(f',\n  "errors_total": {result.errors_total}\n}}\n')
+
+
+# --- Markdown -------------------------------------------------------------------------------------
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:.2f}%"
+
+
+def render_markdown(result: ReconcileResult, *, trace_url_template: str | None = None,
+                    max_rows: int = MARKDOWN_ROWS) -> str:
+    """The report as Markdown (see the module docstring)."""
+    window = result.window
+    total = result.discrepancies_total
+    state = "clean" if result.clean else (
+        f"{total:,} discrepancies" if total else f"{result.errors_total:,} read errors")
+    lines = [
+        f"## odibi-observe reconciliation: {state}",
+        "",
+        f"Window {iso(window.since)} → {iso(window.end)} (grace {_duration(window.grace)}), "
+        f"report `{result.report_id}`.",
+        "",
+        "| catalog runs | trace runs | matched | completeness | discrepancies | errors |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {result.catalog_runs:,} | {result.trace_runs:,} | {result.matched:,} | "
+        f"{_pct(result.completeness)} | {total:,} | {result.errors_total:,} |",
+        "",
+        f"Catalog: `{_md(result.catalog_source)}`; traces: "
+        + ", ".join(f"`{_md(t)}`" for t in result.trace_sources) + ".",
+    ]
+    if result.in_flight or result.unchecked or result.ignored_spans:
+        lines += ["", f"In flight (RUNNING, alive): {result.in_flight:,}; unchecked (trace "
+                      f"source could not be read for their time): {result.unchecked:,}; "
+                      f"spans ignored (not odibi node spans): {result.ignored_spans:,}."]
+    if total:
+        lines += ["", "| kind | runs | what to do |", "|---|---:|---|"]
+        for kind in DISCREPANCY_KINDS:
+            if result.by_kind.get(kind):
+                lines.append(f"| `{kind}` | {result.by_kind[kind]:,} | {_md(KINDS[kind].todo)} |")
+        if result.repair:
+            lines += ["", _repair_line(result.repair)]
+        lines += ["", "| kind | pipeline | node | run_id | started | catalog | trace | detail "
+                      "| repair |", "|---|---|---|---|---|---|---|---|---|"]
+        for item in top_items(result, max_rows):
+            link = trace_url(trace_url_template, item)
+            run = f"[`{item.run_id}`]({link})" if link else f"`{item.run_id}`"
+            lines.append(
+                f"| `{item.kind}` | {_md(item.pipeline)} | {_md(item.node)} | {run} | "
+                f"{iso_ns(item.started_ns) or ''} | {_side(item.catalog)} | "
+                f"{_side(item.trace)} | {_md(item.detail)} | {_repair_cell(item.repair)} |")
+        if total > max_rows:
+            lines.append(f"| … | | | {total - max_rows:,} more in report.json | | | | | |")
+    if result.errors_total:
+        lines += ["", f"**Read errors: {result.errors_total:,}** (first ones):", ""]
+        lines += [f"- `{_md(e.where)}` ({_md(e.source)}): {_md(e.message)}"
+                  for e in result.errors[:20]]
+    return "\n".join(lines) + "\n"
+
+
+def _repair_cell(repair: dict[str, Any] | None) -> str:
+    if not repair:
+        return ""
+    action = f" `{repair['action']}`" if repair.get("action") else ""
+    return _md(f"{repair.get('status')}") + action
+
+
+def _side(side: dict[str, Any] | None) -> str:
+    if not side:
+        return "—"
+    rows = side.get("rows_processed")
+    duration = side.get("duration_ms")
+    parts = [str(side.get("status") or "?"), f"{rows:,} rows" if isinstance(rows, int)
+             else "rows ?"]
+    if duration is not None:
+        parts.append(f"{duration:,.0f} ms")
+    return _md(", ".join(parts))
+
+
+def _repair_line(repair: dict[str, Any]) -> str:
+    actions = ", ".join(f"{n} x {a.replace('_', ' ')}" for a, n in repair.get("actions",
+                                                                              {}).items())
+    left = repair.get("skipped", 0) + repair.get("not_repairable", 0)
+    rest = f"; {left} not repaired (see each run's repair note)" if left else ""
+    if repair.get("mode") == "dry-run":
+        return (f"Repair (dry run — pass `--repair` to apply): would do "
+                f"{actions or 'nothing'}{rest}.")
+    return (f"Repair applied: {repair.get('applied', 0)} done, {repair.get('failed', 0)} "
+            f"failed ({actions or 'nothing'}){rest}.")
+
+
+def _duration(delta: Any) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# --- CLI summary ----------------------------------------------------------------------------------
+
+
+def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
+    """The few lines ``odibi-observe reconcile`` prints."""
+    window = result.window
+    total = result.discrepancies_total
+    kinds = ", ".join(f"{k} {result.by_kind[k]:,}" for k in DISCREPANCY_KINDS
+                      if result.by_kind.get(k))
+    lines = [
+        f"reconciled {iso(window.since)} .. {iso(window.end)} (grace {_duration(window.grace)})"
+        f" in {result.seconds:.1f} s",
+        f"catalog        {result.catalog_source}: {result.catalog_runs:,} runs",
+        f"traces         {', '.join(result.trace_sources)}: {result.trace_runs:,} runs"
+        + (f" ({result.ignored_spans:,} other spans ignored)" if result.ignored_spans else ""),
+        f"matched        {result.matched:,}  completeness {_pct(result.completeness)}"
+        + (f"  in flight {result.in_flight:,}" if result.in_flight else "")
+        + (f"  unchecked {result.unchecked:,}" if result.unchecked else ""),
+        f"discrepancies  {total:,}" + (f": {kinds}" if kinds else ""),
+    ]
+    if result.errors_total:
+        first = result.errors[0] if result.errors else None
+        lines.append(f"errors         {result.errors_total:,}" + (
+            f" (first: {first.where}: {first.message})" if first else ""))
+    if result.repair and total:
+        lines.append("repair         " + _repair_line(result.repair).replace("`", ""))
+    for path in written:
+        lines.append(f"wrote          {path}")
+    return "\n".join(lines)
+
+
+# --- meta_reconciliation ------------------------------------------------------------------------
+
+
+def record(result: ReconcileResult, url: str) -> None:
+    """One ``meta_reconciliation`` row for the report and one ``meta_reconciliation_items`` row
+    per discrepancy, in the catalog at ``url`` (migrated to the current schema first)."""
+    engine = create_catalog_engine(url)
+    try:
+        upgrade(engine)
+        repaired = int((result.repair or {}).get("applied", 0))
+        with engine.begin() as conn:
+            conn.execute(reconciliation.insert().values(
+                **{REPORT_ID: result.report_id},
+                created_at=datetime.now(timezone.utc),
+                window_start=result.window.since, window_end=result.window.end,
+                grace_seconds=result.window.grace.total_seconds(),
+                catalog_source=result.catalog_source,
+                trace_sources=json.dumps(result.trace_sources),
+                catalog_runs=result.catalog_runs, trace_runs=result.trace_runs,
+                matched=result.matched, discrepancies=result.discrepancies_total,
+                discrepancies_json=json.dumps(
+                    {k: result.by_kind.get(k, 0) for k in DISCREPANCY_KINDS}),
+                completeness_ratio=result.completeness, repaired=repaired,
+                errors=result.errors_total,
+            ))
+            batch: list[dict[str, Any]] = []
+            for number, item in enumerate(result.discrepancies(), start=1):
+                batch.append({
+                    REPORT_ID: result.report_id, "item": number, "kind": item.kind,
+                    RUN_ID: item.run_id, PIPELINE: item.pipeline[:255] or None,
+                    NODE: item.node[:255] or None,
+                    STARTED_AT: None if item.started_ns is None else ns_to_datetime(
+                        item.started_ns),
+                    TRACE_ID: (item.trace_id or None),
+                    "detail": item.detail,
+                    "repaired": bool(item.repair and item.repair.get("status") == "applied"),
+                })
+                if len(batch) >= _ITEM_BATCH:
+                    conn.execute(reconciliation_items.insert(), batch)
+                    batch = []
+            if batch:
+                conn.execute(reconciliation_items.insert(), batch)
+    finally:
+        engine.dispose()
+
+
+def recorded_reports(url: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest recorded reports (for tests and dashboards' sanity checks)."""
+    engine = create_catalog_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(reconciliation).order_by(
+                reconciliation.c.created_at.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+    finally:
+        engine.dispose()
+
+
+# --- Prometheus -----------------------------------------------------------------------------------
+
+
+def write_metrics(result: ReconcileResult, path: str | Path) -> CollectorRegistry:
+    """Write :data:`~odibi_observe.conventions.RECONCILE_METRICS` to a Prometheus text file
+    (for node_exporter's textfile collector), from a registry of its own."""
+    registry = CollectorRegistry()
+    metrics = RECONCILE_METRICS
+    discrepancies = Gauge(metrics.discrepancies.prometheus, metrics.discrepancies.description,
+                          metrics.discrepancies.labels, registry=registry)
+    for kind in DISCREPANCY_KINDS:
+        discrepancies.labels(kind).set(result.by_kind.get(kind, 0))
+    Gauge(metrics.completeness.prometheus, metrics.completeness.description,
+          registry=registry).set(result.completeness)
+    Gauge(metrics.last_run.prometheus, metrics.last_run.description,
+          registry=registry).set(datetime.now(timezone.utc).timestamp())
+    write_to_textfile(str(path), registry)
+    return registry
