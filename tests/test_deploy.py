@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -256,6 +257,32 @@ def _psql_env(server: sa.engine.URL) -> dict[str, str]:
     }
 
 
+def _as_superuser(server: sa.engine.URL, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """How to run the init script as the database superuser, as the container's entrypoint does.
+
+    The test role may create databases but not roles it does not own. As root on the machine
+    running the server, ``postgres`` over the local socket is the superuser (peer
+    authentication); otherwise the test role is used and must be a superuser itself.
+    """
+    socket_dir = "/var/run/postgresql"
+    if os.geteuid() == 0 and shutil.which("runuser") and os.path.isdir(socket_dir) \
+            and server.host in ("127.0.0.1", "localhost"):
+        env = {**env, "PGHOST": socket_dir, "POSTGRES_USER": "postgres"}
+        env.pop("PGPASSWORD", None)
+        return ["runuser", "-u", "postgres", "--"], env
+    return [], env
+
+
+def _drop_as_superuser(server: sa.engine.URL, database: str, roles: tuple[str, ...]) -> None:
+    prefix, env = _as_superuser(server, _psql_env(server))
+    statements = [f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)']
+    statements += [f'DROP ROLE IF EXISTS "{role}"' for role in roles]
+    for statement in statements:
+        subprocess.run([*prefix, "psql", "-v", "ON_ERROR_STOP=1", "--username",
+                        env["POSTGRES_USER"], "--dbname", "postgres", "-c", statement],
+                       env=env, check=True, capture_output=True, timeout=60)
+
+
 @pytest.mark.postgres
 def test_init_script_refuses_to_run_without_passwords(pg_server_url: str) -> None:
     env = _psql_env(sa.engine.make_url(pg_server_url))
@@ -280,9 +307,9 @@ def test_readonly_role_reads_every_panel_and_writes_nothing(pg_server_url: str) 
                  "ODIBI_GRAFANA_DB_PASSWORD": uuid.uuid4().hex}
     env = {**_psql_env(server), **passwords, "ODIBI_CATALOG_DB_NAME": database,
            "ODIBI_CATALOG_USER": owner, "ODIBI_GRAFANA_DB_USER": reader}
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    prefix, env = _as_superuser(server, env)
     try:
-        subprocess.run(["sh", str(INIT_SCRIPT)], env=env, check=True,
+        subprocess.run([*prefix, "sh", str(INIT_SCRIPT)], env=env, check=True,
                        capture_output=True, timeout=60)
         # As in compose: the tables appear afterwards, created by the owner.
         owner_url = server.set(username=owner, password=passwords["ODIBI_CATALOG_PASSWORD"],
@@ -306,8 +333,4 @@ def test_readonly_role_reads_every_panel_and_writes_nothing(pg_server_url: str) 
         finally:
             reader_engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-            for role in (reader, owner):
-                conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
-        admin.dispose()
+        _drop_as_superuser(server, database, (reader, owner))
