@@ -273,7 +273,7 @@ def utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _db_text(value: str | None, limit: int | None) -> str | None:
+def db_text(value: str | None, limit: int | None) -> str | None:
     """Make ``value`` storable in any catalog backend, bounded to the column's length.
 
     A value a backend refuses (PostgreSQL rejects NUL characters and ``VARCHAR(n)`` overflows;
@@ -394,7 +394,7 @@ def record_values(
         ):
             continue
         if isinstance(value, str):
-            row[i] = _db_text(value, limit)
+            row[i] = db_text(value, limit)
     return tuple(row)
 
 

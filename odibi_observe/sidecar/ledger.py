@@ -64,6 +64,7 @@ from odibi_observe.catalog.schema import (
     STARTED_AT,
     STATUS,
     TRACE_ID,
+    db_text,
     span_ledger,
     utc,
 )
@@ -71,7 +72,6 @@ from odibi_observe.catalog.store import SQLITE_IMMEDIATE, create_catalog_engine
 from odibi_observe.conventions import FIELDS
 from odibi_observe.otlp_json import SpanView
 from odibi_observe.record import ns_to_datetime
-from odibi_observe.redact import clamp
 
 __all__ = ["LedgerResult", "SpanLedger", "span_to_row"]
 
@@ -399,18 +399,7 @@ def _valid_id(value: str, width: int) -> bool:
 
 def _text(value: str | None, column: str) -> str | None:
     """``value`` storable in any backend and bounded to the column (see module docstring)."""
-    if value is None:
-        return None
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    limit = _LIMITS.get(column)
-    if limit is not None and len(value) > limit:
-        value = clamp(value, limit)
-    return value
+    return db_text(value, _LIMITS.get(column))
 
 
 def _resource_json(resource: Mapping[str, Any]) -> str | None:
