@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -609,3 +611,57 @@ def test_a_frameworks_own_duration_replaces_the_measured_one() -> None:
     for rec in runs.finished:
         if rec.node != "timed":
             assert rec.duration_ns is not None and rec.duration_ns < 250_000_000  # measured
+
+
+# -- SIGKILL mid-node, with the sidecar's spool and sweep -----------------------------------------
+
+def test_an_odibi_pipeline_killed_mid_node_ends_crashed_in_catalog_and_traces(
+        tmp_path: Path) -> None:
+    """The OOM killer's view of an Odibi run: SIGKILL while a node runs, no handler runs.
+
+    The pipeline runs in ``mode="sidecar"``: every event is in the spool before Odibi moves
+    on, so the finished nodes are delivered and the killed one is closed as CRASHED, with a
+    back-dated span, by ``odibi-observe sweep`` (one pass of what the sidecar does).
+    """
+    marker = tmp_path / "hang-started"
+    nodes = [INGEST, sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
+             step_node("publish", "hang", after="big_orders", marker=str(marker))]
+    project = make_project(tmp_path / "project", nodes).parent
+    spool, catalog, traces = tmp_path / "spool", f"sqlite:///{tmp_path / 'catalog.db'}", \
+        tmp_path / "traces.jsonl"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
+    pipeline = subprocess.Popen(
+        [*_cli_command("odibi-observe"), "run", "odibi.yaml", "--pipeline", "sales"],
+        cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**clean, "ODIBI_OBSERVE_MODE": "sidecar", "ODIBI_OBSERVE_SPOOL_DIR": str(spool)})
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            assert pipeline.poll() is None, pipeline.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the hanging step never started"
+            time.sleep(0.05)
+        pipeline.send_signal(signal.SIGKILL)
+    finally:
+        pipeline.wait(30)
+        pipeline.stderr.close()  # type: ignore[union-attr]
+    assert pipeline.returncode == -signal.SIGKILL
+
+    sweep = run_subprocess([*_cli_command("odibi-observe"), "sweep", "--catalog", catalog,
+                            "--spool-dir", str(spool)], tmp_path,
+                           env={"ODIBI_OBSERVE_TRACES_FILE": str(traces)})
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    store = CatalogStore(catalog)
+    try:
+        records = {r.node: r for r in store.recent_runs(limit=10)}
+    finally:
+        store.dispose()
+    assert {n: r.status for n, r in records.items()} == {
+        "ingest_orders": RunStatus.SUCCESS, "big_orders": RunStatus.SUCCESS,
+        "publish": RunStatus.CRASHED}
+    assert records["big_orders"].rows_processed == 14
+    crashed = records["publish"]
+    assert crashed.error_type == "ProcessCrashed" and crashed.pid == pipeline.pid
+    (span,) = [s for s in read_spans(traces) if s.attributes.get(RUN_ID) == crashed.run_id]
+    assert (span.trace_id, span.span_id) == (crashed.trace_id, crashed.span_id)
+    assert span.start_ns // 1000 == crashed.started_ns // 1000  # back-dated to the real start
+    assert span.attributes[STATUS] == "CRASHED" and span.status_code == 2

@@ -33,3 +33,13 @@ def always_times_out(context, current=None):
 def interrupt(context, current=None):
     """What an operator's Ctrl-C does in the middle of a step."""
     raise KeyboardInterrupt("operator pressed Ctrl-C while publishing")
+
+
+@transform
+def hang(context, marker: str, current=None):
+    """A step that never finishes: says it has started, then waits to be killed."""
+    import time
+
+    Path(marker).write_text("started\n")
+    time.sleep(120)
+    return current
