@@ -99,7 +99,7 @@ def sidecar_ingest(url: str, runs: list[RunRecord], workdir: Path) -> float:
         writer.append(RunEvent(EventKind.FINISHED, record).to_json().encode())
     writer.close()
     expected = 2 * len(runs)
-    sink = _Done(CatalogSink(url), expected)
+    sink = _Done(CatalogSink(url), len(runs))
     sink.inner.store.ensure_schema()
     sidecar = Sidecar(
         SidecarOptions(catalog_url=url, spool_dir=str(spool_dir), listen_port=0,
@@ -110,7 +110,7 @@ def sidecar_ingest(url: str, runs: list[RunRecord], workdir: Path) -> float:
     # Waiting on an event, not polling: a polling thread takes the GIL from the pump every
     # time it wakes, and would slow down what it measures.
     sink.done.wait(600)
-    while sidecar.pump.delivered().get("catalog", 0) < expected:  # the last ack follows
+    while sidecar.pump.acknowledged().get("catalog", 0) < expected:  # the last ack follows
         time.sleep(0.0005)
     elapsed = time.perf_counter() - start
     sidecar.stop(timeout=5)
@@ -123,20 +123,22 @@ def sidecar_ingest(url: str, runs: list[RunRecord], workdir: Path) -> float:
 
 
 class _Done(Sink):
-    """The catalog sink, setting ``done`` once ``expected`` events were exported."""
+    """The catalog sink, setting ``done`` once the ends of ``expected`` runs were exported."""
 
     name = "catalog"
+    kinds = CatalogSink.kinds
+    coalesces_starts = CatalogSink.coalesces_starts
 
     def __init__(self, inner: CatalogSink, expected: int) -> None:
         self.inner = inner
         self.expected = expected
-        self.exported = 0
+        self.finished = 0
         self.done = threading.Event()
 
     def export(self, events: Sequence[RunEvent]) -> None:
         self.inner.export(events)
-        self.exported += len(events)
-        if self.exported >= self.expected:
+        self.finished += sum(1 for e in events if e.kind is EventKind.FINISHED)
+        if self.finished >= self.expected:
             self.done.set()
 
     def shutdown(self) -> None:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from odibi_observe.bus import Backoff
-from odibi_observe.record import RunEvent
+from odibi_observe.record import EventKind, RunEvent, peek_event
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
@@ -50,36 +50,69 @@ class _SinkPump:
         self.retry_at = 0.0
         self.failing = False
         self.delivered = 0
+        self.acknowledged = 0
+        self._kinds: dict[EventKind | None, int] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+
+    def _prepare(self) -> tuple[list[SpoolEntry], list[RunEvent]] | None:
+        """The next batch and the events of it this sink takes, or None when caught up."""
+        entries = self.cursor.read(self.pump.max_batch)
+        if not entries:
+            return None
+        return entries, self._decode(self._needed(entries))
+
+    def _commit(self, entries: list[SpoolEntry], wanted: list[RunEvent]) -> None:
+        """After a successful export: acknowledge the batch, reset the backoff."""
+        self.cursor.ack(entries)
+        self.delivered += len(wanted)
+        self.acknowledged += len(entries)
+        if self.pump.on_commit is not None:
+            self.pump.on_commit(self.name, self._kinds)
+        if self.failing:
+            log.info("odibi-observe sink %r recovered", self.name)
+            self.failing = False
+        self.backoff.reset()
 
     def step(self) -> int:
         """Read one batch, export it, ack it. Returns the frames acknowledged (0: idle/failed)."""
         with self.lock:
             if time.monotonic() < self.retry_at:
                 return 0
-            entries = self.cursor.read(self.pump.max_batch)
-            if not entries:
+            prepared = self._prepare()
+            if prepared is None:
                 return 0
-            events = self._decode(entries)
-            wanted = [e for e in events if e.kind in self.sink.kinds]
+            entries, wanted = prepared
             if wanted:
                 try:
                     self.sink.export(wanted)
                 except Exception as exc:  # a sink error must never stop the pump
                     self._failed(exc, len(wanted))
                     return 0
-            self.cursor.ack(entries)
-            self.delivered += len(wanted)
-            if self.failing:
-                log.info("odibi-observe sink %r recovered", self.name)
-                self.failing = False
-            self.backoff.reset()
+            self._commit(entries, wanted)
             return len(entries)
 
+    def _needed(self, entries: Sequence[SpoolEntry]) -> list[SpoolEntry]:
+        """The entries this sink needs decoded: not those of kinds it does not take, nor (for
+        a sink that ``coalesces_starts``) a start whose end is in the same batch. Decoding is
+        most of the pump's CPU; both are recognised from the payload's first bytes."""
+        kinds = self.sink.kinds
+        peeked = [(entry, peek_event(entry.payload)) for entry in entries]
+        if self.pump.on_commit is not None:
+            counts: dict[EventKind | None, int] = {}
+            for _, p in peeked:
+                kind = None if p is None else p[0]
+                counts[kind] = counts.get(kind, 0) + 1
+            self._kinds = counts
+        ended = ({p[1] for _, p in peeked if p is not None and p[0] is EventKind.FINISHED}
+                 if self.sink.coalesces_starts else set())
+        return [entry for entry, p in peeked
+                if p is None or (p[0] in kinds
+                                 and not (p[0] is EventKind.STARTED and p[1] in ended))]
+
     def _decode(self, entries: Sequence[SpoolEntry]) -> list[RunEvent]:
-        decode = self.pump.decode
-        return [e for e in map(decode, entries) if e is not None]
+        decode, kinds = self.pump.decode, self.sink.kinds
+        return [e for e in map(decode, entries) if e is not None and e.kind in kinds]
 
     def _failed(self, exc: Exception, count: int) -> None:
         self.pump.monitor.sink_error(self.name)
@@ -94,11 +127,19 @@ class _SinkPump:
         self.cursor.rewind()
 
     def run(self) -> None:
+        """The worker: one batch at a time, read, decode, export, acknowledge.
+
+        Deliberately not overlapped (reading the next batch while an export runs): both halves
+        are mostly Python under the GIL, and a thread doing database I/O that must win the GIL
+        back from a busy decoding thread after every socket call waits out the interpreter's
+        switch interval each time. Measured, the overlap made PostgreSQL ingest 2.5x slower.
+        """
         stop = self.pump._stop
         while not stop.is_set():
             try:
                 moved = self.step()
             except Exception as exc:  # a spool read error: wait and retry
+                self.cursor.rewind()
                 self.pump.monitor.warn_once_per_minute(
                     f"pump-read:{self.name}", "odibi-observe spool read for %r failed: %s",
                     self.name, safe_text(str(exc), 500))
@@ -120,6 +161,7 @@ class SpoolPump:
         poll_interval: float = 0.2,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        on_commit: Callable[[str, dict[EventKind | None, int]], None] | None = None,
     ) -> None:
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
@@ -130,6 +172,10 @@ class SpoolPump:
         self.poll_interval = poll_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        #: Called after each acknowledged batch with the sink's name and the batch's frames
+        #: by kind (None: not recognisable without decoding) — what the sidecar counts as
+        #: ingested, whether or not the sink needed every frame decoded.
+        self.on_commit = on_commit
         self._stop = threading.Event()
         self._decoded: dict[object, RunEvent | None] = {}
         self._decoded_lock = threading.Lock()
@@ -222,6 +268,11 @@ class SpoolPump:
     def delivered(self) -> dict[str, int]:
         """Events exported per sink since this pump started."""
         return {p.name: p.delivered for p in self._pumps}
+
+    def acknowledged(self) -> dict[str, int]:
+        """Spool frames acknowledged per sink since this pump started (exported, or not
+        needed by that sink: other kinds, starts superseded by their end)."""
+        return {p.name: p.acknowledged for p in self._pumps}
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the workers (after their current batch); unacknowledged frames stay spooled."""

@@ -149,13 +149,15 @@ class RunRecord:
                              f"{data.get('source')!r}") from None
         new = object.__new__(RunRecord)
         put = object.__setattr__
-        get = data.get
-        for name in _FIELD_NAMES:
-            put(new, name, get(name, _DEFAULTS.get(name)))
+        for name, default in _DEFAULT_ITEMS:
+            put(new, name, default)
+        for name, value in data.items():
+            put(new, name, value)
         put(new, "status", status)
         put(new, "source", source)
-        put(new, "suggestions", tuple(get("suggestions") or ()))
-        attributes = get("attributes")
+        suggestions = data.get("suggestions")
+        put(new, "suggestions", tuple(suggestions) if suggestions else ())
+        attributes = data.get("attributes")
         put(new, "attributes", {k: tuple(v) if isinstance(v, list) else v
                                 for k, v in attributes.items()} if attributes else {})
         return new
@@ -183,6 +185,11 @@ _FIELD_NAMES: Final = tuple(f.name for f in fields(RunRecord))
 _FIELD_NAMES_SET: Final = frozenset(_FIELD_NAMES)
 _DEFAULTS: Final = {f.name: f.default for f in fields(RunRecord)
                     if f.default is not MISSING}
+#: What ``from_dict`` presets before the dict's own values (the fields the compact JSON of
+#: ``RunEvent.to_json`` may leave out).
+_DEFAULT_ITEMS: Final = tuple(
+    (name, default) for name, default in _DEFAULTS.items()
+    if name not in ("suggestions", "attributes", "status", "source"))
 _REQUIRED_FIELDS: Final = frozenset(
     f.name for f in fields(RunRecord)
     if f.default is MISSING and f.default_factory is MISSING)
@@ -217,6 +224,31 @@ class RunEvent:
     def from_json(cls, text: str | bytes) -> RunEvent:
         data = json.loads(text)
         return cls(EventKind(data["kind"]), RunRecord.from_dict(data["record"]))
+
+
+_FINISHED_PREFIX: Final = b'{"kind":"finished","record":{"run_id":"'
+_STARTED_PREFIX: Final = b'{"kind":"started","record":{"run_id":"'
+
+
+def peek_event(payload: bytes) -> tuple[EventKind, str] | None:
+    """``(kind, run_id)`` of a :meth:`RunEvent.to_json` payload without parsing it, or None.
+
+    The pump uses it to skip decoding a start whose end is in the same batch (see
+    ``Sink.coalesces_starts``). It relies on the key order ``to_json`` writes; any other
+    layout (or an escaped run id) gives None and the payload is simply decoded in full.
+    """
+    for prefix, kind in ((_FINISHED_PREFIX, EventKind.FINISHED),
+                         (_STARTED_PREFIX, EventKind.STARTED)):
+        if payload.startswith(prefix):
+            start = len(prefix)
+            end = payload.find(b'"', start)
+            if end < 0:
+                return None
+            run_id = payload[start:end]
+            if b"\\" in run_id:
+                return None
+            return kind, run_id.decode("utf-8", "replace")
+    return None
 
 
 def ns_to_datetime(ns: int) -> datetime:

@@ -89,18 +89,15 @@ class _WatchedSink(Sink):
 
     ``exporting_since`` is set while an export runs: an export running far longer than any
     timeout in the sink should allow (a database call that never returns) is the one stuck
-    state the sidecar can only leave by restarting. With ``ingested``, events are counted
-    by kind once exported — on the sink that takes every kind (the catalog), so each spooled
-    event counts once.
+    state the sidecar can only leave by restarting.
     """
 
-    def __init__(self, sink: Sink, clock: Callable[[], float],
-                 ingested: Counter | None = None) -> None:
+    def __init__(self, sink: Sink, clock: Callable[[], float]) -> None:
         self.inner = sink
         self.name = sink.name
         self.kinds = sink.kinds
+        self.coalesces_starts = sink.coalesces_starts
         self._clock = clock
-        self._ingested = ingested
         self._catalog = sink.name == CATALOG_SINK
         self.exporting_since: float | None = None
         self.last_success: float | None = None
@@ -119,12 +116,6 @@ class _WatchedSink(Sink):
             self.exporting_since = None
         self.last_success = self._clock()
         self.last_error = None
-        if self._ingested is not None:
-            counts: dict[EventKind, int] = {}
-            for event in events:
-                counts[event.kind] = counts.get(event.kind, 0) + 1
-            for kind, n in counts.items():
-                self._ingested.labels(kind=kind.value).inc(n)
 
     def force_flush(self, timeout: float | None = None) -> bool:
         return self.inner.force_flush(timeout)
@@ -195,9 +186,7 @@ class Sidecar:
                 SIDECAR_METRICS.ingested.prometheus_base, SIDECAR_METRICS.ingested.description,
                 SIDECAR_METRICS.ingested.labels, registry=self.registry)
             counting = _counting_sink(self.observer.sinks)
-            self.sinks = tuple(
-                _WatchedSink(s, clock, ingested if s is counting else None)
-                for s in self.observer.sinks)
+            self.sinks = tuple(_WatchedSink(s, clock) for s in self.observer.sinks)
             self.ledger: SpanLedger | None = None
             self.receiver: TraceReceiver | None = None
             if options.ledger:
@@ -205,7 +194,8 @@ class Sidecar:
                 self.receiver = TraceReceiver(
                     self.ledger, registry=self.registry, monitor=self.monitor,
                     token=options.token, max_body_bytes=options.max_body_bytes)
-            self.pump = _build_pump(self.spool, self.sinks, self.monitor, options)
+            self.pump = _build_pump(self.spool, self.sinks, self.monitor, options,
+                                    _ingest_counter(ingested, counting))
             self._catchup_wait = min(options.sweep_interval, 30.0)
             self.sweeper = _build_sweeper(
                 self.store, self.sinks, options, spool=self.spool, host=self.settings.host,
@@ -518,12 +508,27 @@ def _counting_sink(sinks: Sequence[Sink]) -> Sink | None:
     return next((s for s in sinks if s.kinds >= every), None)
 
 
+def _ingest_counter(ingested: Counter, counting: Sink | None,
+                   ) -> Callable[[str, dict[EventKind | None, int]], None]:
+    """Count acknowledged frames by kind on one sink's cursor, so each spooled event counts
+    once (frames the sink did not need decoded — a start superseded by its end — included)."""
+    name = None if counting is None else counting.name
+
+    def on_commit(sink: str, kinds: dict[EventKind | None, int]) -> None:
+        if sink == name:
+            for kind, n in kinds.items():
+                ingested.labels(kind="unknown" if kind is None else kind.value).inc(n)
+
+    return on_commit
+
+
 def _build_pump(spool: Spool, sinks: Sequence[Sink], monitor: SelfMonitor,
-                options: SidecarOptions) -> SpoolPump:
+                options: SidecarOptions,
+                on_commit: Callable[[str, dict[EventKind | None, int]], None]) -> SpoolPump:
     from odibi_observe.pump import SpoolPump
 
     return SpoolPump(spool, sinks, monitor=monitor, max_batch=options.max_batch,
-                     poll_interval=options.poll_interval)
+                     poll_interval=options.poll_interval, on_commit=on_commit)
 
 
 def _build_sweeper(store: CatalogStore, sinks: Sequence[Sink], options: SidecarOptions, *,

@@ -36,6 +36,12 @@ class Sink(abc.ABC):
     #: only records finished runs (spans) says so and saves a queue slot per run.
     kinds: frozenset[EventKind] = frozenset(EventKind)
 
+    #: True when a run's start adds nothing once its end is in the same batch (the catalog
+    #: writes one row from the end; metrics' in-progress gauge would go up and down again).
+    #: The spool pump then does not even decode such starts: on catch-up after an outage,
+    #: most starts are in the same batch as their end.
+    coalesces_starts: bool = False
+
     @abc.abstractmethod
     def export(self, events: Sequence[RunEvent]) -> None:
         """Record ``events`` (in order) or raise to have the whole batch retried."""

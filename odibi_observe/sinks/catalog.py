@@ -31,6 +31,7 @@ class CatalogSink(Sink):
     """
 
     name = "catalog"
+    coalesces_starts = True
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self._create = create

@@ -41,6 +41,7 @@ class PrometheusSink(Sink):
     """Record node runs as Prometheus metrics in ``registry``."""
 
     name = "prometheus"
+    coalesces_starts = True
 
     def __init__(
         self,
