@@ -831,6 +831,50 @@ class TestPostgresCatalog(CatalogContract):
             assert store.get(run.run_id) == stored(done)
             store.dispose()
 
+    def test_large_batches_through_copy_store_exactly_what_row_statements_store(
+        self, url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Batches from ``_COPY_MIN_ROWS`` rows go through COPY into a staging table and one
+        ``INSERT … SELECT … ON CONFLICT``; the rows, the conflict rules (a replayed start never
+        undoes an end, heartbeats only move a running row forward) must be the same."""
+        events = varied_events()
+        running = make_record()
+        later_beat = heartbeat(running, running.started_ns + 7_000_000_000)
+        copies: list[int] = []
+        real_copy = catalog_store._copy_upsert
+
+        def counting_copy(conn: Any, statement: Any, rows: list[Any]) -> None:
+            copies.append(len(rows))
+            real_copy(conn, statement, rows)
+
+        monkeypatch.setattr(catalog_store, "_copy_upsert", counting_copy)
+        frozen_now = time.time_ns()
+        monkeypatch.setattr(catalog_store, "time", SimpleNamespace(time_ns=lambda: frozen_now))
+
+        def write_and_read(copy_from: int) -> list[tuple[Any, ...]]:
+            monkeypatch.setattr(catalog_store, "_COPY_MIN_ROWS", copy_from)
+            store = CatalogStore(url)
+            store.ensure_schema()
+            with store.engine.begin() as conn:
+                conn.execute(meta_runs.delete())
+            store.upsert([*events, started(running)])
+            store.upsert([started(ev.record) for ev in events])  # replayed starts: no effect
+            store.upsert([later_beat, heartbeat(running, running.started_ns)])
+            with store.engine.connect() as conn:
+                rows = conn.execute(sa.select(meta_runs).order_by(
+                    meta_runs.c[FIELDS.run_id.column])).all()
+            store.dispose()
+            return [tuple(r) for r in rows]
+
+        through_copy = write_and_read(1)
+        assert copies, "no batch went through COPY"
+        copies.clear()
+        one_by_one = write_and_read(10**9)
+        assert not copies
+        assert through_copy == one_by_one
+        got = {r[0]: r for r in one_by_one}
+        assert len(got) == len(events) + 1
+
     def test_dashboard_query_uses_the_pipeline_node_index(self, url: str) -> None:
         store = CatalogStore(url)
         store.ensure_schema()

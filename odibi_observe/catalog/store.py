@@ -276,8 +276,7 @@ class CatalogStore:
             # Rows are built before the transaction, which on SQLite holds the write lock.
             statements = self._driver.statements(full, beats, now_ns)
             with self._write_transaction() as conn:
-                for sql, rows in statements:
-                    conn.exec_driver_sql(sql, rows)
+                self._driver.execute(conn, full, beats, statements)
             return
         now = ns_to_datetime(now_ns)
         full_rows = [record_to_row(ev.record, kind=ev.kind, now=now) for ev in full]
@@ -544,6 +543,20 @@ class _DriverSQL:
     sql: str
     constants: tuple[Any, ...]
 
+    def from_stage(self, stage: str) -> str:
+        """The same upsert taking its rows from the table ``stage`` instead of ``VALUES``."""
+        head, rest = self.sql.split(" VALUES (", 1)
+        _, tail = rest.split(") ON CONFLICT ", 1)
+        columns = head[head.index("(") + 1: head.rindex(")")]
+        return f"{head} SELECT {columns} FROM {stage} ON CONFLICT {tail}"  # noqa: S608 - names
+
+
+
+#: Rows from which a PostgreSQL batch goes through ``COPY`` into a staging table and one
+#: ``INSERT … SELECT … ON CONFLICT`` instead of one statement per row.
+_COPY_MIN_ROWS: Final = 64
+_STAGE: Final = "odibi_observe_stage"
+
 
 @dataclass(frozen=True)
 class _DriverUpsert:
@@ -587,6 +600,16 @@ class _DriverUpsert:
             return None
         return cls(full, beat, times)
 
+    def execute(self, conn: Connection, full: Sequence[RunEvent], beats: Sequence[RunEvent],
+                statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Run the :meth:`statements` of one batch on ``conn`` (in the caller's transaction)."""
+        used = [s for s, events in ((self.full, full), (self.beat, beats)) if events]
+        for statement, (sql, rows) in zip(used, statements, strict=True):
+            if conn.dialect.name == "postgresql" and len(rows) >= _COPY_MIN_ROWS:
+                _copy_upsert(conn, statement, rows)
+            else:
+                conn.exec_driver_sql(sql, rows)
+
     def statements(
         self, full: Sequence[RunEvent], beats: Sequence[RunEvent], now_ns: int
     ) -> list[tuple[str, list[tuple[Any, ...]]]]:
@@ -603,6 +626,27 @@ class _DriverUpsert:
             for statement, events in ((self.full, full), (self.beat, beats))
             if events
         ]
+
+
+def _copy_upsert(conn: Connection, statement: _DriverSQL, rows: list[tuple[Any, ...]]) -> None:
+    """A large PostgreSQL batch: ``COPY`` the rows into a session-local staging table, then one
+    ``INSERT … SELECT … ON CONFLICT`` — the same statement, the same ``WHERE``, one statement
+    for the batch instead of one per row (the sidecar's catch-up after an outage is all such
+    batches). The staging table is ``TEMP … ON COMMIT DELETE ROWS``: private to the
+    connection and emptied by the transaction that filled it. Values stay parameters: COPY
+    carries data, never SQL."""
+    width = len(COLUMNS)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
+            f"(LIKE {meta_runs.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        columns = ", ".join(COLUMNS)
+        with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row[:width])
+        cursor.execute(statement.from_stage(_STAGE), statement.constants)
 
 
 def _driver_sql(statement: sa.Insert, positional: Dialect, dialect: Dialect) -> _DriverSQL | None:
