@@ -77,14 +77,12 @@ def bench_otel(n: int, workdir: Path) -> tuple[float, float]:
     return loop, elapsed
 
 
-def bench_observe(n: int, workdir: Path) -> tuple[float, float]:
-    tag = uuid.uuid4().hex
-    oo.configure(project="bench", environment="bench", mode="background",
-                 catalog_url=f"sqlite:///{workdir}/observe-{tag}.db",
-                 traces_file=str(workdir / f"observe-{tag}.jsonl"),
-                 registry=CollectorRegistry(), handle_sigterm=False, strict=True,
-                 otel_metrics=False, max_queue=2 * n + 10)
-    # Schema creation is a one-time cost of a new catalog, not a per-run cost.
+def _time_decorated_node(n: int, name: str, **settings: object) -> tuple[float, float]:
+    """Configure with ``settings``, then time ``n`` calls of an empty ``@observe_node`` and the
+    flush after them. One warm-up run first: creating a catalog or a spool is a one-time cost,
+    not a per-run one."""
+    oo.configure(project="bench", environment="bench", registry=CollectorRegistry(),
+                 handle_sigterm=False, strict=True, **settings)  # type: ignore[arg-type]
     with oo.node_run("warmup", "warmup"):
         pass
     oo.flush(30)
@@ -101,31 +99,22 @@ def bench_observe(n: int, workdir: Path) -> tuple[float, float]:
     elapsed = time.perf_counter() - start
     oo.shutdown()
     if not ok:
-        raise RuntimeError("observe variant did not flush")
+        raise RuntimeError(f"{name} variant did not flush")
     return loop, elapsed
+
+
+def bench_observe(n: int, workdir: Path) -> tuple[float, float]:
+    tag = uuid.uuid4().hex
+    return _time_decorated_node(
+        n, "observe", mode="background", catalog_url=f"sqlite:///{workdir}/observe-{tag}.db",
+        traces_file=str(workdir / f"observe-{tag}.jsonl"), otel_metrics=False,
+        max_queue=2 * n + 10)
 
 
 def bench_sidecar(n: int, workdir: Path) -> tuple[float, float]:
-    oo.configure(project="bench", environment="bench", mode="sidecar",
-                 spool_dir=workdir / f"spool-{uuid.uuid4().hex}", registry=CollectorRegistry(),
-                 handle_sigterm=False, strict=True, spool_max_bytes=2**34)
-    with oo.node_run("warmup", "warmup"):
-        pass
-
-    @oo.observe_node(pipeline="bench")
-    def node() -> None:
-        return None
-
-    start = time.perf_counter()
-    for _ in range(n):
-        node()
-    loop = time.perf_counter() - start
-    ok = oo.flush(120)
-    elapsed = time.perf_counter() - start
-    oo.shutdown()
-    if not ok:
-        raise RuntimeError("sidecar variant did not flush")
-    return loop, elapsed
+    return _time_decorated_node(
+        n, "sidecar", mode="sidecar", spool_dir=workdir / f"spool-{uuid.uuid4().hex}",
+        spool_max_bytes=2**34)
 
 
 def bench_naive(n: int, workdir: Path) -> tuple[float, float]:
