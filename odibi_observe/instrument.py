@@ -187,6 +187,22 @@ class NodeRun:
         return self.record.node
 
     @property
+    def attempt(self) -> int:
+        return self.record.attempt
+
+    @attempt.setter
+    def attempt(self, value: Any) -> None:
+        """Set the attempt number when it is known only during the run (a framework's own
+        retries inside one node run). Not a positive whole number: ignored and counted."""
+        if type(value) is int and value >= 1:
+            if value != self.record.attempt:
+                self.record = self.record.finished(attempt=value)
+            return
+        self._observer.monitor.invalid(
+            "attempt", f"attempt={value!r:.80} is not a positive whole number; kept "
+            f"{self.record.attempt}")
+
+    @property
     def rows_processed(self) -> int | None:
         return self._rows
 
@@ -269,14 +285,24 @@ class NodeRun:
         except Exception:  # never let a recording error replace the node's result
             log.exception("odibi-observe: could not record the end of run %s", self.run_id)
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, error: BaseException, *, message: str | None = None) -> None:
+        """Record the run as ``FAILURE`` now, without raising.
+
+        For frameworks that report a failure as a return value rather than an exception
+        (Odibi's ``NodeResult(success=False)``): the error's type, its message (or
+        ``message``) and its suggestions are recorded as if it had been raised, and leaving
+        the run's block afterwards records nothing more. Never raises.
+        """
         try:
-            for text in suggestions_of(exc):
+            for text in suggestions_of(error):
                 self.suggest(text)
-            self._finish(RunStatus.FAILURE, error_type=error_type_of(exc),
-                         error_message=error_message_of(exc))
-        except Exception:  # never let a recording error replace the node's own exception
+            self._finish(RunStatus.FAILURE, error_type=error_type_of(error),
+                         error_message=error_message_of(error) if message is None else message)
+        except Exception:  # never let a recording error replace the node's own behaviour
             log.exception("odibi-observe: could not record the failure of run %s", self.run_id)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.fail(exc)
 
     def _finish(self, status: RunStatus, *, error_type: str | None = None,
                 error_message: str | None = None) -> bool:
@@ -387,6 +413,7 @@ class _NoRun:
     pipeline = None
     node = None
     rows_processed = None
+    attempt = None
 
     def add_rows(self, n: Any) -> None:
         """Ignored outside a node run."""
@@ -398,6 +425,9 @@ class _NoRun:
         """Ignored outside a node run."""
 
     def set_duration(self, seconds: Any) -> None:
+        """Ignored outside a node run."""
+
+    def fail(self, error: BaseException, *, message: str | None = None) -> None:
         """Ignored outside a node run."""
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -352,3 +352,32 @@ def test_generator_functions_are_refused_with_a_clear_error() -> None:
     for func in (rows, arows):
         with pytest.raises(TypeError, match="node_run"):
             oo.observe_node(pipeline="p")(func)
+
+
+def test_fail_records_a_returned_failure_without_raising() -> None:
+    """Frameworks that return failures (not raise them) record them with ``run.fail``."""
+
+    class ReportedError(Exception):
+        suggestions = ["check the input file"]
+
+    with capture_runs() as runs, oo.node_run("p", "returns_failure") as run:
+        run.fail(ReportedError("bad row 17"), message="ReportedError: bad row 17 (in step 2)")
+        result = "the framework's result goes back unchanged"
+    assert result
+    (record,) = runs.finished
+    assert record.status is RunStatus.FAILURE
+    assert record.error_type.endswith("ReportedError")  # type: ignore[union-attr]
+    assert record.error_message == "ReportedError: bad row 17 (in step 2)"
+    assert record.suggestions == ("check the input file",)
+    assert len(runs.events) == 2  # leaving the block recorded nothing more
+
+
+def test_attempt_known_during_the_run_is_recorded() -> None:
+    with capture_runs() as runs:
+        with oo.node_run("p", "retried") as run:
+            run.attempt = 3
+            run.attempt = 0  # not an attempt number: ignored
+            run.attempt = "2"  # not a whole number: ignored
+        assert oo.current_run().attempt is None
+    (record,) = runs.finished
+    assert record.attempt == 3

@@ -79,7 +79,6 @@ from odibi_observe.conventions import (
     INSTRUMENTATION_SCOPE,
     PIPELINE_SPAN_NAME_FORMAT,
     Field,
-    RunStatus,
 )
 from odibi_observe.instrument import (
     NodeRun,
@@ -535,25 +534,20 @@ def _record_failure(run: NodeRun, error: Any) -> None:
 
     ``node_run`` records a failure when an exception leaves its block; Odibi reports most
     failures as a return value instead, which must reach its caller unchanged, so the run is
-    finished through the same internal path without raising.
+    finished with ``NodeRun.fail``, which records without raising.
     """
     if not isinstance(error, BaseException):
         error = OdibiNodeFailed("Odibi reported the node as failed without an error")
     try:
-        suggestions = suggestions_of(error)
         cause = getattr(error, "original_error", None)
-        if not suggestions and isinstance(cause, BaseException):
-            suggestions = suggestions_of(cause)  # as Odibi's CLI does: the cause's advice
-        for text in suggestions:
-            run.suggest(text)
+        if not suggestions_of(error) and isinstance(cause, BaseException):
+            for text in suggestions_of(cause):  # as Odibi's CLI does: the cause's advice
+                run.suggest(text)
         message = odibi_error_message(error)
     except Exception:
         log.exception("odibi-observe: could not read the error of run %s", run.run_id)
         message = error_message_of(error)
-    try:
-        run._finish(RunStatus.FAILURE, error_type=error_type_of(error), error_message=message)
-    except Exception:  # never into Odibi: its result goes back to it unchanged
-        log.exception("odibi-observe: could not record the failure of run %s", run.run_id)
+    run.fail(error, message=message)  # never raises: Odibi's result goes back unchanged
 
 
 def odibi_error_message(error: BaseException) -> str:
@@ -575,8 +569,8 @@ def odibi_error_message(error: BaseException) -> str:
 
 def _set_attempt(run: NodeRun, attempts: int) -> None:
     """Make the run's ``attempt`` the number of attempts made (known only at the end)."""
-    if attempts > 1 and attempts != run.record.attempt:
-        run.record = run.record.finished(attempt=attempts)
+    if attempts > 1:
+        run.attempt = attempts
 
 
 def _share_run_id_with_odibi(result: Any, run_id: str) -> None:
