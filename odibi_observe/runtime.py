@@ -5,7 +5,8 @@ makes it current. Node runs started before any ``configure()`` call configure fr
 environment on first use, so a pipeline deployed with ``ODIBI_OBSERVE_*`` / ``OTEL_*``
 variables needs no code change beyond the decorator.
 
-Default sinks, from the settings:
+Default sinks, from the settings (in ``mode="sidecar"`` the only sink is the spool in
+``spool_dir``; the sidecar process delivers to the others):
 
 * Prometheus — always (an in-process registry; served when ``prometheus_port`` is set, written
   to ``prometheus_textfile`` on flush when that is set);
@@ -193,6 +194,10 @@ def configure(
     Every keyword is optional; unset ones come from ``ODIBI_OBSERVE_*`` and ``OTEL_*``
     environment variables, then defaults (precedence in :mod:`odibi_observe.config`). Further
     settings (``prometheus_textfile``, ``max_label_series``, ...) are accepted as keywords.
+
+    ``mode`` is ``"background"`` (worker threads deliver), ``"inline"`` (sinks are called
+    before the node returns) or ``"sidecar"`` (each event is appended to the spool in
+    ``spool_dir`` and ``odibi-observe sidecar`` delivers it; durable against SIGKILL).
 
     ``sinks`` replaces the default sinks (tests pass an in-memory sink); ``extra_sinks`` adds
     to them. A previous observer is flushed and shut down first. An invalid setting is logged
