@@ -13,7 +13,12 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-from odibi_observe.config import ConfigurationError, hide_password
+from odibi_observe.config import (
+    ConfigurationError,
+    hide_password,
+    parse_duration,
+    parse_positive_int,
+)
 from odibi_observe.conventions import RunStatus, render_table
 from odibi_observe.record import RunRecord
 
@@ -107,21 +112,17 @@ def _version() -> str:
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
+        return parse_positive_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def duration_arg(text: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    """A ``--since``/``--last`` style option: ``30m``, ``6h``, ``7d`` (see ``parse_duration``)."""
     try:
-        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    except (KeyError, ValueError, IndexError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration like 30m, 6h or 7d") from None
+        return timedelta(seconds=parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

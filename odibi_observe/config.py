@@ -22,6 +22,7 @@ logged error and a fallback to defaults (``strict=True`` re-raises, for tests an
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -135,11 +136,44 @@ def _parse(name: str, raw: str, source: str) -> Any:
     except ValueError:
         raise ConfigurationError(f"{source}={raw!r}: expected a number") from None
     if name in _BOOL_FIELDS:
-        low = raw.strip().lower()
-        if low in _TRUE | _FALSE:
-            return low in _TRUE
-        raise ConfigurationError(f"{source}={raw!r}: expected true or false")
+        try:
+            return parse_bool(raw)
+        except ValueError:
+            raise ConfigurationError(f"{source}={raw!r}: expected true or false") from None
     return raw
+
+
+# -- value parsers shared by the settings and the command line ----------------------------------
+
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_bool(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (any case)."""
+    low = text.strip().lower()
+    if low in _TRUE | _FALSE:
+        return low in _TRUE
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def parse_positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """``"30s"``, ``"5m"``, ``"1.5h"``, ``"250ms"``, ``"2d"`` or ``"45"`` → seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m or 1h")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
 
 
 def _validate(s: Settings) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from odibi_observe.cli import build_parser
+from odibi_observe.config import parse_duration
 from odibi_observe.conventions import RunStatus
-from odibi_observe.sidecar.commands import format_size, parse_duration, parse_size
+from odibi_observe.sidecar.commands import format_size, parse_size
 from tests.helpers import wait_until
 from tests.otlp_receiver import OtlpReceiver
 from tests.test_sidecar_service import (

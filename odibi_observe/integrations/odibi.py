@@ -74,6 +74,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from odibi_observe.config import parse_bool
 from odibi_observe.conventions import (
     FIELDS,
     INSTRUMENTATION_SCOPE,
@@ -95,8 +96,6 @@ _SUPPORTED_SERIES: Final = frozenset({(3, 15)})
 
 #: ``1``/``true``/``yes``/``on`` instruments Odibi when its plugins load (``odibi run``).
 ENV_INSTRUMENT: Final = "ODIBI_OBSERVE_INSTRUMENT"
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 
 #: The methods wrapped, as (module, class, method); all must exist for instrument() to proceed.
 _TARGETS: Final = (
@@ -227,9 +226,10 @@ def instrument_from_environment(environ: Mapping[str, str] | None = None) -> boo
     """
     env = os.environ if environ is None else environ
     raw = env.get(ENV_INSTRUMENT, "").strip().lower()
-    if raw in _FALSE:
-        return False
-    if raw not in _TRUE:
+    try:
+        if not raw or not parse_bool(raw):
+            return False
+    except ValueError:
         log.error("odibi-observe: %s=%r is not true or false; Odibi is not instrumented",
                   ENV_INSTRUMENT, raw)
         return False

@@ -28,6 +28,9 @@ from odibi_observe.config import (
     FSYNC_POLICIES,
     ConfigurationError,
     hide_password,
+    parse_bool,
+    parse_duration,
+    parse_positive_int,
     resolve_settings,
 )
 from odibi_observe.sidecar import (
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from odibi_observe.sinks.base import Sink
     from odibi_observe.spool import Spool
 
-__all__ = ["format_size", "parse_duration", "parse_size", "register"]
+__all__ = ["format_size", "parse_size", "register"]
 
 ENV: Final = {
     "catalog": "ODIBI_OBSERVE_CATALOG_URL",
@@ -94,18 +97,8 @@ traces and metrics destinations (the standard OpenTelemetry variables, as for pi
 
 # -- value parsers -----------------------------------------------------------------------------
 
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
-_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POWERS: Final = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def parse_duration(text: str) -> float:
-    """``"30s"``, ``"5m"``, ``"1.5h"``, ``"250ms"``, ``"2d"`` or ``"45"`` → seconds."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m or 1h")
-    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
 
 
 def parse_size(text: str) -> int:
@@ -135,25 +128,6 @@ def _format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not true or false")
-
-
-def _parse_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{text!r} is not a positive whole number")
-    return value
 
 
 def _parse_fsync(text: str) -> str:
@@ -391,18 +365,18 @@ def sidecar_options(args: argparse.Namespace) -> SidecarOptions:
         listen_port=listen[1],
         token=_token(args),
         max_body_bytes=_setting(args, "max_body", parse_size, DEFAULT_MAX_BODY_BYTES),
-        ledger=_setting(args, "ledger", _parse_bool, True),
+        ledger=_setting(args, "ledger", parse_bool, True),
         sweep_interval=_setting(args, "sweep_interval", parse_duration, DEFAULT_SWEEP_INTERVAL),
         heartbeat_timeout=_setting(args, "heartbeat_timeout", parse_duration,
                                    DEFAULT_HEARTBEAT_TIMEOUT),
-        all_hosts=_setting(args, "all_hosts", _parse_bool, False),
-        pid_check=_setting(args, "pid_check", _parse_bool, True),
+        all_hosts=_setting(args, "all_hosts", parse_bool, False),
+        pid_check=_setting(args, "pid_check", parse_bool, True),
         fsync=_setting(args, "fsync", _parse_fsync, DEFAULT_FSYNC),
         spool_max_bytes=_setting(args, "spool_max_bytes", parse_size, DEFAULT_SPOOL_MAX_BYTES),
         gc_interval=_setting(args, "gc_interval", parse_duration, DEFAULT_GC_INTERVAL),
         drain_timeout=_setting(args, "drain_timeout", parse_duration, DEFAULT_DRAIN_TIMEOUT),
         stuck_after=_setting(args, "stuck_after", parse_duration, DEFAULT_STUCK_AFTER),
-        max_batch=_setting(args, "max_batch", _parse_count, DEFAULT_MAX_BATCH),
+        max_batch=_setting(args, "max_batch", parse_positive_int, DEFAULT_MAX_BATCH),
     )
 
 
@@ -460,8 +434,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     spool_dir = _spool_dir(args, required=False)
     heartbeat_timeout = _setting(args, "heartbeat_timeout", parse_duration,
                                  DEFAULT_HEARTBEAT_TIMEOUT)
-    all_hosts = _setting(args, "all_hosts", _parse_bool, False)
-    pid_check = _setting(args, "pid_check", _parse_bool, True)
+    all_hosts = _setting(args, "all_hosts", parse_bool, False)
+    pid_check = _setting(args, "pid_check", parse_bool, True)
     drain_timeout = _setting(args, "drain_timeout", parse_duration, SWEEP_DRAIN_TIMEOUT)
     settings = resolve_settings({"catalog_url": url, "mode": "background"})
     settings = replace(settings, prometheus_port=None, prometheus_textfile=None)
