@@ -193,6 +193,10 @@ SPAN_LEDGER_TABLE: Final = "odibi_span_ledger"
 RECONCILIATION_TABLE: Final = "meta_reconciliation"
 RECONCILIATION_ITEMS_TABLE: Final = "meta_reconciliation_items"
 
+#: ``error_type`` of a run closed because its process vanished (by the sweeper, or by a
+#: reconciliation repair of a stale run): one name, so dashboards and queries find them all.
+CRASHED_ERROR_TYPE: Final = "ProcessCrashed"
+
 #: Stable names of the discrepancies reconciliation reports (the JSON report's ``kind``).
 DISCREPANCY_KINDS: Final = (
     "missing_in_catalog", "missing_in_traces", "status_mismatch", "rows_mismatch",

@@ -43,16 +43,13 @@ import sqlalchemy as sa
 from odibi_observe.catalog.schema import RUN_ID, meta_runs, row_to_record
 from odibi_observe.catalog.store import CatalogStore
 from odibi_observe.config import ConfigurationError, resolve_settings
-from odibi_observe.conventions import RunStatus, Source
+from odibi_observe.conventions import CRASHED_ERROR_TYPE, RunStatus, Source
 from odibi_observe.reconcile.catalog_sources import CatalogSource
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import Discrepancy, iso_ns
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.otel import OtelSink
 
-#: Error type of runs closed because their process vanished: the sidecar's sweeper uses the
-#: same one, so dashboards and queries find every closed-after-death run under one name.
-LOST_ERROR_TYPE: Final = "ProcessCrashed"
 #: Service name of spans this process emits on behalf of a run whose own is unknown.
 REPAIR_SERVICE_NAME: Final = "odibi-observe-reconcile"
 BATCH: Final = 500
@@ -289,7 +286,7 @@ def close_as_crashed(record: RunRecord) -> RunRecord:
     """``record`` (RUNNING) closed as CRASHED at its last sign of life."""
     last = max(record.heartbeat_ns or record.started_ns, record.started_ns)
     return record.finished(
-        status=RunStatus.CRASHED, ended_ns=last, error_type=LOST_ERROR_TYPE,
+        status=RunStatus.CRASHED, ended_ns=last, error_type=CRASHED_ERROR_TYPE,
         error_message=f"no terminal record and no sign of life since {iso_ns(last)}: the "
                       "process died without closing the run (SIGKILL, OOM kill or a lost "
                       "host); closed by reconciliation",

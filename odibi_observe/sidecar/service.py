@@ -54,6 +54,7 @@ from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer
 from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.catalog import CatalogSink
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -128,7 +129,7 @@ class _WatchedSink(Sink):
 
 
 #: The name of the catalog sink (and so of its spool cursor).
-CATALOG_SINK: Final = "catalog"
+CATALOG_SINK: Final = CatalogSink.name
 
 
 def without_sweeper_echo(events: Sequence[RunEvent]) -> Sequence[RunEvent]:

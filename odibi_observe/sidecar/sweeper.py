@@ -28,6 +28,7 @@ the threshold.
 
 from __future__ import annotations
 
+import collections
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,10 +38,16 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
-from odibi_observe.conventions import SIDECAR_METRICS, RunStatus, Source
+from odibi_observe.conventions import (
+    CRASHED_ERROR_TYPE,
+    SIDECAR_METRICS,
+    RunStatus,
+    Source,
+)
 from odibi_observe.record import EventKind, RunEvent, RunRecord, ns_to_datetime
 from odibi_observe.selfmetrics import log
 from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.catalog import CatalogSink
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -52,8 +59,6 @@ PID_REUSED = "pid_reused"
 HEARTBEAT_TIMEOUT = "heartbeat_timeout"
 NO_HEARTBEAT = "no_heartbeat"
 
-#: ``error_type`` of a run the sweeper closed.
-CRASH_ERROR_TYPE = "ProcessCrashed"
 
 LivenessCheck = Callable[[int, "int | None"], bool]
 
@@ -109,7 +114,7 @@ class Sweeper:
         if heartbeat_timeout <= 0:
             raise ValueError("heartbeat_timeout must be positive")
         self.store = store
-        self.sinks = [s for s in sinks if s.name != "catalog"]
+        self.sinks = [s for s in sinks if s.name != CatalogSink.name]
         self.host = host or socket.gethostname()
         self.heartbeat_timeout = heartbeat_timeout
         self.all_hosts = all_hosts
@@ -156,7 +161,7 @@ class Sweeper:
                           f"{timedelta(seconds=round(self.heartbeat_timeout))} of its start",
         }[reason]
         return record.finished(
-            status=RunStatus.CRASHED, ended_ns=ended, error_type=CRASH_ERROR_TYPE,
+            status=RunStatus.CRASHED, ended_ns=ended, error_type=CRASHED_ERROR_TYPE,
             error_message=f"closed by the sweeper: {why}; {seen}; the run's end time is its "
                           f"last sign of life", source=Source.SIDECAR,
         )
@@ -213,7 +218,4 @@ class Sweeper:
 
 
 def _count(reasons: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for reason in reasons:
-        out[reason] = out.get(reason, 0) + 1
-    return out
+    return dict(collections.Counter(reasons))
