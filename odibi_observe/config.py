@@ -70,6 +70,7 @@ class Settings:
     spool_fsync: str = "interval"
     spool_max_bytes: int = 512 * 2**20
     heartbeat_interval: float = 30.0
+    exit_timeout: float = 3.0
 
     def describe(self) -> dict[str, Any]:
         """Settings as a dict safe to print: the catalog URL's password is hidden."""
@@ -83,7 +84,7 @@ class Settings:
 _INT_FIELDS: Final = {"prometheus_port", "max_queue", "max_batch", "max_label_series",
                       "max_attribute_length", "max_error_message_length", "max_name_length",
                       "spool_max_bytes"}
-_FLOAT_FIELDS: Final = {"flush_interval", "otlp_timeout", "heartbeat_interval"}
+_FLOAT_FIELDS: Final = {"flush_interval", "otlp_timeout", "heartbeat_interval", "exit_timeout"}
 _BOOL_FIELDS: Final = {"handle_sigterm", "otel_metrics"}
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}
@@ -200,6 +201,8 @@ def _validate(s: Settings) -> None:
     if s.heartbeat_interval < 0:
         raise ConfigurationError(
             f"heartbeat_interval={s.heartbeat_interval}: must be >= 0 (0 turns heartbeats off)")
+    if s.exit_timeout < 0:
+        raise ConfigurationError(f"exit_timeout={s.exit_timeout}: must be >= 0 seconds")
     if s.flush_interval < 0 or s.otlp_timeout <= 0:
         raise ConfigurationError("flush_interval must be >= 0 and otlp_timeout > 0")
     for name in ("project", "environment", "service_name"):

@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from odibi_observe.bus import EventBus
+from odibi_observe.bus import EventBus, Keeper
 from odibi_observe.config import ConfigurationError, Settings, resolve_settings
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
@@ -128,8 +128,10 @@ class Observer:
         """The port ``/metrics`` is served on, if it is."""
         return None if self.metrics_server is None else self.metrics_server.port
 
-    def shutdown(self, timeout: float | None = 30.0) -> bool:
-        ok = self.bus.shutdown(timeout)
+    def shutdown(self, timeout: float | None = 30.0, *, keeper: Keeper | None = None) -> bool:
+        """Flush and release everything within ``timeout``; what is left goes to ``keeper``
+        (see :meth:`EventBus.shutdown`), or is dropped and counted without one."""
+        ok = self.bus.shutdown(timeout, keeper=keeper)
         self._write_textfile()
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -309,14 +311,38 @@ def _close_active(error_type: str, message: str) -> None:
     crash_active_runs(error_type, message)
 
 
+def _shutdown_at_exit() -> None:
+    """Deliver what can be delivered within ``exit_timeout``, keep the rest on disk.
+
+    The process is ending: a backend that is down or hangs must not hold it (the deadline is
+    shared by every sink), and what no sink confirmed is appended to the spool directory
+    (``spool_dir``, else :func:`~odibi_observe.spill.default_spill_dir`) for a sidecar or
+    ``odibi-observe sweep --spool-dir`` to deliver. In sidecar mode the spool *is* the sink,
+    so nothing is spilled (what it refused is counted as dropped).
+    """
+    global _observer
+    with _lock:
+        observer, _observer = _observer, None
+    if observer is None:
+        return
+    settings = observer.settings
+    keeper: Keeper | None = None
+    if settings.mode != "sidecar":
+        from odibi_observe.spill import SpoolKeeper, default_spill_dir
+
+        keeper = SpoolKeeper(settings.spool_dir or default_spill_dir(),
+                             max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
+    observer.shutdown(settings.exit_timeout, keeper=keeper)
+
+
 def _at_exit() -> None:
     _close_active("ProcessExit", "the interpreter exited while the node was running")
-    shutdown(timeout=10.0)
+    _shutdown_at_exit()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     _close_active("SIGTERM", "the process received SIGTERM while the node was running")
-    flush(timeout=5.0)
+    _shutdown_at_exit()
     # Let the default action happen: the process terminates with the usual SIGTERM status.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
