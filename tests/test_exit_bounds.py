@@ -9,6 +9,7 @@ and what it writes to stderr, then delivers the spill with the real ``odibi-obse
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -18,8 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 
+from odibi_observe.config import ConfigurationError, Settings, resolve_settings
 from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.sinks.otel import _otlp_span_exporter, record_to_span
 from odibi_observe.spool import Spool
 from tests.fault_helpers import (
     Sidecar,
@@ -30,6 +36,7 @@ from tests.fault_helpers import (
     sweep,
     throwaway_postgres_or_skip,
 )
+from tests.helpers import make_record
 from tests.otlp_receiver import OtlpReceiver
 
 #: Slack for a loaded 2-core CI machine on top of the promised bound.
@@ -148,8 +155,6 @@ def test_the_spilled_span_reaches_the_collector_through_sweep(tmp_path: Path) ->
 
 
 def test_exit_timeout_is_a_setting() -> None:
-    from odibi_observe.config import ConfigurationError, Settings, resolve_settings
-
     assert Settings().exit_timeout == 3.0
     assert resolve_settings({}, {"ODIBI_OBSERVE_EXIT_TIMEOUT": "0.5"}).exit_timeout == 0.5
     assert resolve_settings({"exit_timeout": 7}, {}).exit_timeout == 7
@@ -240,3 +245,31 @@ def test_sidecar_mode_does_not_spill(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.lines == []
     assert not default_spill(tmp_path).exists()
     assert os.path.isdir(spool_dir)
+
+
+# -- the OTLP exporter itself ----------------------------------------------------------------------
+
+
+def _span() -> ReadableSpan:
+    return record_to_span(make_record(), Resource.create({}))
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_the_otlp_exporter_sends_once_per_export_and_says_why_it_failed(
+        protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Pins the one private hook on the SDK's OTLP/HTTP client (sinks/otel.py _one_attempt):
+    if a new SDK version changes the client, this fails instead of the exit getting slow."""
+    with OtlpReceiver() as receiver:
+        receiver.down = True  # 503: retryable, so the SDK client alone would retry 5 times
+        exporter = _otlp_span_exporter(receiver.endpoint, protocol, 10.0)
+        with caplog.at_level(logging.DEBUG):
+            start = time.monotonic()
+            assert exporter.export([_span()]) is SpanExportResult.FAILURE
+            assert time.monotonic() - start < 0.9  # the SDK's first backoff is 0.8-1.2 s
+        assert receiver.refused == 1
+    assert getattr(exporter, "last_error", None) in ("HTTP 503 Service Unavailable", "HTTP 503")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    closed = _otlp_span_exporter(closed_port_url(), protocol, 10.0)
+    assert closed.export([_span()]) is SpanExportResult.FAILURE
+    assert "Connection refused" in (getattr(closed, "last_error", None) or "")
