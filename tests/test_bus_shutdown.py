@@ -176,3 +176,33 @@ def test_the_exit_warning_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
         bus.shutdown(timeout=0.2, keeper=ListKeeper())
     (summary,) = [r.getMessage() for r in caplog.records if "not delivered at" in r.getMessage()]
     assert "\n" not in summary and "RuntimeError: line one" in summary
+
+
+class FailsThenHangs(SlowSink):
+    """Refuses the first export, then hangs: a collector that goes from down to stuck."""
+
+    name = "fails-then-hangs"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def export(self, events: Sequence[RunEvent]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("connection refused")
+        super().export(events)
+
+
+def test_inline_flush_of_a_hung_sink_is_bounded_and_its_batch_kept() -> None:
+    sink = FailsThenHangs()
+    bus = EventBus([sink], mode="inline")
+    event = finished(make_record())
+    bus.emit(event)  # refused: kept for retry
+    keeper = ListKeeper()
+    start = time.monotonic()
+    assert not bus.shutdown(timeout=0.3, keeper=keeper)  # the retry hangs
+    assert time.monotonic() - start < 1.0
+    assert sink.calls == 2
+    assert keeper.kept == [event]
+    sink.release.set()
