@@ -357,6 +357,14 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {safe_text(first, 300)}" if first else type(exc).__name__
 
 
+def _cause(ch: _Channel) -> str:
+    """Why a channel still holds events at shutdown, for its one warning."""
+    parts = ["an export was still waiting for an answer"] if ch.inflight else []
+    if ch.last_error:
+        parts.append(f"last error: {ch.last_error}")
+    return "; ".join(parts) or "not delivered in time"
+
+
 def _call_before(deadline: float, func: Callable[..., object], *args: object,
                  name: str) -> tuple[bool, object]:
     """Run ``func(*args)`` in a daemon thread and wait for it until ``deadline``.
@@ -474,7 +482,7 @@ class EventBus:
             if not events:
                 continue
             runs = len({e.record.run_id for e in events})
-            cause = f"last error: {ch.last_error}" if ch.last_error else "not delivered in time"
+            cause = _cause(ch)
             if where is not None:
                 log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
                             "exit (%s); %d run(s) kept in %s", ch.name, runs, len(events),

@@ -921,7 +921,13 @@ class OtelSink(Sink):
         for exporter in self._closable:
             ok = exporter.force_flush(remaining_ms()) and ok
         if self._own_meter_provider is not None:
-            ok = self._own_meter_provider.force_flush(remaining_ms()) and ok
+            try:
+                ok = self._own_meter_provider.force_flush(remaining_ms()) and ok
+            except Exception as exc:
+                # The SDK raises when a reader times out (a collector that does not answer).
+                # Metrics are cumulative and re-sent next period: not a reason to retry spans.
+                log.debug("odibi-observe: OTel metrics flush failed: %s", exc)
+                ok = False
         return ok
 
     def shutdown(self) -> None:
