@@ -23,6 +23,14 @@ them the oldest events are dropped and counted in ``odibi_observe_events_dropped
 ``reason="queue_full"`` / ``"retry_buffer_full"`` — never silently. (The write-ahead spool is
 what makes delivery survive the process; this bus makes it survive a sink.)
 
+Shutdown has one deadline for everything: every channel is flushed at once, then the workers'
+last batches, the sinks' ``force_flush`` and ``shutdown`` get the time that is left (plus
+``_SHUTDOWN_GRACE`` to release connections); a call still busy then is left behind in a daemon
+thread, so no backend decides how long a process takes to end. What no sink confirmed by then
+— queue, retry buffer, in-flight batch — goes, once, to the ``keeper`` (at exit: the spill into
+a spool directory, :mod:`odibi_observe.spill`), or is dropped and counted without one. Each
+sink with leftovers gets one warning: how many runs, why, kept where or dropped.
+
 Fork safety: in a child process the queues and retry buffers start empty (the parent still owns
 and delivers its own events), locks are new, worker threads restart on first use, and every
 sink's ``after_fork`` runs so connections are not shared across processes.

@@ -15,8 +15,10 @@ Default sinks, from the settings (in ``mode="sidecar"`` the only sink is the spo
   already installed an SDK ``TracerProvider`` (its spans then carry ours).
 
 Exit paths the interpreter can see are handled here: ``atexit`` and SIGTERM close every run
-still in progress as ``CRASHED`` and flush before the process goes. (SIGKILL and the OOM killer
-cannot be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.)
+still in progress as ``CRASHED`` and deliver what they can within ``exit_timeout`` (one deadline
+for all sinks); what is left is spilled to a spool directory (:mod:`odibi_observe.spill`) for a
+sidecar or ``odibi-observe sweep --spool-dir`` to deliver. (SIGKILL and the OOM killer cannot
+be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.)
 """
 
 from __future__ import annotations
