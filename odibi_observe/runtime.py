@@ -251,12 +251,30 @@ def flush(timeout: float | None = 30.0) -> bool:
     return True if observer is None else observer.flush(timeout)
 
 
-def shutdown(timeout: float | None = 30.0) -> bool:
-    """Flush and release the current observer (sinks, threads, servers). Idempotent."""
+def shutdown(timeout: float | None = 30.0, *, spill: bool = False) -> bool:
+    """Flush and release the current observer (sinks, threads, servers). Idempotent.
+
+    What is still undelivered after ``timeout`` is dropped and counted — unless ``spill``,
+    which keeps it in the spool directory as the exit hooks do (:func:`_shutdown_at_exit`):
+    for a command that ends its process right after, like ``odibi-observe run``.
+    """
     global _observer
     with _lock:
         observer, _observer = _observer, None
-    return True if observer is None else observer.shutdown(timeout)
+    if observer is None:
+        return True
+    return observer.shutdown(timeout, keeper=_spill_keeper(observer.settings) if spill else None)
+
+
+def _spill_keeper(settings: Settings) -> Keeper | None:
+    """Where undelivered events go at exit; none in sidecar mode, where the spool is the sink
+    (what it refused at exit is counted as dropped)."""
+    if settings.mode == "sidecar":
+        return None
+    from odibi_observe.spill import SpoolKeeper, default_spill_dir
+
+    return SpoolKeeper(settings.spool_dir or default_spill_dir(),
+                       max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
 
 
 # -- exit paths ---------------------------------------------------------------------------
@@ -319,22 +337,11 @@ def _shutdown_at_exit() -> None:
     The process is ending: a backend that is down or hangs must not hold it (the deadline is
     shared by every sink), and what no sink confirmed is appended to the spool directory
     (``spool_dir``, else :func:`~odibi_observe.spill.default_spill_dir`) for a sidecar or
-    ``odibi-observe sweep --spool-dir`` to deliver. In sidecar mode the spool *is* the sink,
-    so nothing is spilled (what it refused is counted as dropped).
+    ``odibi-observe sweep --spool-dir`` to deliver.
     """
-    global _observer
-    with _lock:
-        observer, _observer = _observer, None
-    if observer is None:
-        return
-    settings = observer.settings
-    keeper: Keeper | None = None
-    if settings.mode != "sidecar":
-        from odibi_observe.spill import SpoolKeeper, default_spill_dir
-
-        keeper = SpoolKeeper(settings.spool_dir or default_spill_dir(),
-                             max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
-    observer.shutdown(settings.exit_timeout, keeper=keeper)
+    observer = _observer
+    if observer is not None:
+        shutdown(observer.settings.exit_timeout, spill=True)
 
 
 def _at_exit() -> None:

@@ -206,3 +206,20 @@ def test_inline_flush_of_a_hung_sink_is_bounded_and_its_batch_kept() -> None:
     assert sink.calls == 2
     assert keeper.kept == [event]
     sink.release.set()
+
+
+def test_shutdown_with_spill_keeps_what_the_sinks_did_not_take(tmp_path: object) -> None:
+    import odibi_observe as oo
+
+    broken = FlakySink("catalog")
+    broken.broken = True
+    oo.configure(sinks=[broken], mode="background", spool_dir=f"{tmp_path}/spool")
+    with oo.node_run("p", "n"):
+        pass
+    assert oo.shutdown(timeout=0.3, spill=True) is False
+    spool = Spool(f"{tmp_path}/spool")
+    try:
+        kept = [RunEvent.from_json(e.payload) for e in spool.cursor("t").read()]
+    finally:
+        spool.close()
+    assert [e.kind.value for e in kept] == ["started", "finished"]
