@@ -352,6 +352,7 @@ class SidecarMetrics:
     ledger_spans: Metric
     sweeper_closed: Metric
     last_loop: Metric
+    http_refused: Metric
 
     def __iter__(self) -> Iterator[Metric]:
         return iter([getattr(self, f.name) for f in fields(self)])
@@ -390,6 +391,11 @@ SIDECAR_METRICS: Final = SidecarMetrics(
     last_loop=Metric(
         "last_loop", None, "", "odibi_observe_sidecar_last_loop_timestamp_seconds",
         MetricKind.GAUGE, (), "Unix time of the sidecar's last completed work loop.",
+    ),
+    http_refused=Metric(
+        "http_refused", None, "", "odibi_observe_sidecar_http_refused_total",
+        MetricKind.COUNTER, ("reason",), "HTTP connections or requests the sidecar refused: "
+        "too many connections (503), bad framing (400), or a failing handler.",
     ),
 )
 
