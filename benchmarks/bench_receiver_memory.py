@@ -5,7 +5,8 @@ directory) receives OTLP/HTTP protobuf exports of small spans — the shape that
 per byte worst: ~75 bytes of wire per span, so a 14 MiB body holds ~190 000 spans. For each
 body size a fresh sidecar is started; its resident set before the export and its high-water
 mark (``VmHWM`` from ``/proc``) after the answer are reported, and their difference per MiB
-of body. Bodies of odibi node spans (which the ledger stores) and of foreign spans (which it
+of body (each sidecar is started with ``--max-body`` just above the body it receives). Bodies
+of odibi node spans (which the ledger stores) and of foreign spans (which it
 counts and ignores) are measured separately; ``--concurrent N`` sends N exports at once.
 
     python benchmarks/bench_receiver_memory.py [--sizes 1,4,14] [--concurrent 1] [--kind both]
@@ -65,12 +66,12 @@ def _status(pid: int, field: str) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
-def start_sidecar(workdir: Path) -> tuple[subprocess.Popen[str], int]:
+def start_sidecar(workdir: Path, max_body: int) -> tuple[subprocess.Popen[str], int]:
     catalog = f"sqlite:///{workdir / 'catalog.db'}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "odibi_observe.cli", "sidecar", "--catalog", catalog,
          "--spool-dir", str(workdir / "spool"), "--listen", "127.0.0.1:0",
-         "--sweep-interval", "0"],
+         "--sweep-interval", "0", "--max-body", str(max_body)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 60)
@@ -94,7 +95,7 @@ def post(port: int, body: bytes, results: list[int]) -> None:
 def measure(size_mib: float, *, odibi: bool, concurrent: int) -> dict[str, float]:
     body, spans = make_body(int(size_mib * 2**20), odibi=odibi)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_sidecar(Path(tmp))
+        proc, port = start_sidecar(Path(tmp), len(body) + 2**20)
         try:
             time.sleep(1.0)
             idle = _status(proc.pid, "VmRSS")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -192,3 +193,18 @@ def test_healthz_spool_numbers_are_at_most_a_tick_old(sqlite_url: str, tmp_path:
         assert spool_doc()["bytes"] > before["bytes"]
     finally:
         sidecar.stop(timeout=2)
+
+
+def test_listening_beyond_loopback_without_a_token_warns(
+        sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing is sent to the wildcard address; binding it is enough for the warning."""
+    caplog.set_level(logging.WARNING, logger="odibi_observe")
+    sidecar = SidecarService(options(sqlite_url, tmp_path / "a", listen_host="0.0.0.0"),
+                             settings=settings(sqlite_url)).start()
+    sidecar.stop(timeout=2)
+    assert "takes spans from anyone" in caplog.text
+    caplog.clear()
+    local = SidecarService(options(sqlite_url, tmp_path / "b"),
+                           settings=settings(sqlite_url)).start()
+    local.stop(timeout=2)
+    assert "takes spans from anyone" not in caplog.text

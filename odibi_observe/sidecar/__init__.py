@@ -50,9 +50,11 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 9464
 #: The OTLP/HTTP path of the traces signal.
 TRACES_PATH: Final = "/v1/traces"
-#: Largest accepted OTLP body, compressed or not (the Collector's own default is 20 MiB; an
-#: SDK batch of 512 node spans is well under 1 MiB).
-DEFAULT_MAX_BODY_BYTES: Final = 16 * 2**20
+#: Largest accepted OTLP body, compressed or not. An SDK batch of 512 node spans is well
+#: under 1 MiB and a Collector batch of 8 192 spans a few MiB. Each export being decoded
+#: takes about 6x its body in memory (docs/operations.md, "Sizing the sidecar"), so with two
+#: at a time the default keeps a sidecar well inside a 256 MiB container limit.
+DEFAULT_MAX_BODY_BYTES: Final = 8 * 2**20
 DEFAULT_SWEEP_INTERVAL: Final = 30.0
 DEFAULT_HEARTBEAT_TIMEOUT: Final = 300.0
 DEFAULT_FSYNC: Final = "interval"

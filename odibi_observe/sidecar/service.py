@@ -31,6 +31,7 @@ What is not drained stays in the spool for the next start.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import tempfile
@@ -272,6 +273,11 @@ class Sidecar:
             loop.thread.start()
         log.info("odibi-observe sidecar serving on %s (spool %s, catalog %s)", self.url,
                  self.options.spool_dir, hide_password(self.options.catalog_url))
+        if self.receiver is not None and not self.receiver.requires_token \
+                and not _loopback(self.options.listen_host):
+            log.warning("odibi-observe sidecar: POST /v1/traces on %s takes spans from anyone "
+                        "who can reach it: set --token-file (or ODIBI_OBSERVE_SIDECAR_TOKEN)",
+                        self.url)
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -460,6 +466,13 @@ class Sidecar:
 
 
 # -- construction helpers ----------------------------------------------------------------------
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _sidecar_settings(options: SidecarOptions, settings: Settings | None) -> Settings:
