@@ -52,7 +52,7 @@ DEFAULT_PORT: Final = 9464
 TRACES_PATH: Final = "/v1/traces"
 #: Largest accepted OTLP body, compressed or not. An SDK batch of 512 node spans is well
 #: under 1 MiB and a Collector batch of 8 192 spans a few MiB. Each export being decoded
-#: takes about 6x its body in memory (docs/operations.md, "Sizing the sidecar"), so with two
+#: takes about 7x its body in memory (docs/operations.md, "Sizing the sidecar"), so with two
 #: at a time the default keeps a sidecar well inside a 256 MiB container limit.
 DEFAULT_MAX_BODY_BYTES: Final = 8 * 2**20
 DEFAULT_SWEEP_INTERVAL: Final = 30.0

@@ -62,7 +62,7 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthCheck", "SidecarServer", "pars
 #: Seconds a connection may stay silent (idle keep-alive, or a stalled upload).
 SOCKET_TIMEOUT: Final = 60.0
 #: Trace exports decoded and stored at the same time. Each holds its body (up to the
-#: receiver's limit), the decoded request and one chunk of rows — about 6x the body, measured
+#: receiver's limit), the decoded request and one chunk of rows — about 7x the body, measured
 #: by benchmarks/bench_receiver_memory.py; the bound is what keeps a burst of large exports
 #: from taking the sidecar's memory. Further exports wait for a slot. Two, because stores
 #: into one database mostly queue on its write lock anyway: more slots add memory, not speed.
