@@ -224,9 +224,8 @@ class Repairer:
                     errors = [state for state in backends.values()
                               if state.startswith(FAILED)]
                     text = "; ".join(errors) if status == FAILED else note
-                    if status == PARTIAL:
-                        text = "; ".join([note, *(f"{name} {state}" for name, state in
-                                                  backends.items() if state != APPLIED)])
+                    if status == PARTIAL and errors:
+                        text = "; ".join([note, *errors])
             self.summary.statuses[status] += 1
             if action and status in (PLANNED, APPLIED, PARTIAL):
                 self.summary.actions[action] += 1
@@ -247,7 +246,7 @@ class Repairer:
             if used:
                 state = PLANNED if not self.apply else f"{FAILED}: {error}" if error else APPLIED
             elif backend == TRACES_BACKEND and action == CLOSE:
-                state = f"{NOT_SENT}: {_NO_DESTINATION}"
+                state = f"{NOT_SENT}: no trace destination"
             else:
                 continue
             self.summary.count_backend(backend, state.split(":", 1)[0])

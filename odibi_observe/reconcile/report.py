@@ -289,8 +289,10 @@ def _repair_line(repair: dict[str, Any]) -> str:
                             + (f" / {counts['not_sent']} not sent" if counts.get("not_sent")
                                else "")
                             for name, counts in backends.items())
-    return (f"Repair applied: {repair.get('applied', 0)} done, {repair.get('failed', 0)} "
-            f"failed ({actions or 'nothing'}){rest}"
+    partial = (f", {repair['partial']} partly (not on every backend)"
+               if repair.get("partial") else "")
+    return (f"Repair applied: {repair.get('applied', 0)} done{partial}, "
+            f"{repair.get('failed', 0)} failed ({actions or 'nothing'}){rest}"
             + (f"; by backend: {per_backend}" if per_backend else "") + ".")
 
 
