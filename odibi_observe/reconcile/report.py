@@ -319,7 +319,8 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
         f"catalog        {result.catalog_source}: {result.catalog_runs:,} runs",
         f"traces         {', '.join(result.trace_sources)}: {result.trace_runs:,} runs"
         + (f" ({result.ignored_spans:,} other spans ignored)" if result.ignored_spans else ""),
-        f"matched        {result.matched:,}  completeness {_pct(result.completeness)}"
+        f"matched        {result.matched:,}  completeness "
+        + (_pct(result.completeness) if result.checked else "- (nothing checked)")
         + (f"  in flight {result.in_flight:,}" if result.in_flight else "")
         + (f"  unchecked {result.unchecked:,}" if result.unchecked else ""),
         f"discrepancies  {total:,}" + (f": {kinds}" if kinds else ""),
