@@ -407,6 +407,8 @@ class ReconcileMetrics:
     discrepancies: Metric
     completeness: Metric
     last_run: Metric
+    checked: Metric
+    deferred: Metric
 
     def __iter__(self) -> Iterator[Metric]:
         return iter([getattr(self, f.name) for f in fields(self)])
@@ -424,6 +426,15 @@ RECONCILE_METRICS: Final = ReconcileMetrics(
     last_run=Metric(
         "last_run", None, "", "odibi_reconcile_last_run_timestamp_seconds", MetricKind.GAUGE,
         (), "Unix time the last reconciliation finished.",
+    ),
+    checked=Metric(
+        "checked", None, "", "odibi_reconcile_runs_checked", MetricKind.GAUGE,
+        (), "Runs the last reconciliation checked (0: it proved nothing).",
+    ),
+    deferred=Metric(
+        "deferred", None, "", "odibi_reconcile_runs_deferred", MetricKind.GAUGE,
+        (), "Runs the last reconciliation left for the next one (too recent: within the "
+            "grace period).",
     ),
 )
 
