@@ -18,11 +18,12 @@ from odibi_observe.config import (
     hide_password,
     parse_duration,
     parse_positive_int,
+    setting,
 )
 from odibi_observe.conventions import RunStatus, render_table
 from odibi_observe.record import RunRecord
 
-CATALOG_ENV = "ODIBI_OBSERVE_CATALOG_URL"
+CATALOG_ENV = str(setting("catalog_url").env)
 
 #: Modules that add their own commands: each has ``register(subparsers)``, which adds its
 #: parsers and sets ``handler`` (a ``Callable[[argparse.Namespace], int]``) as their default.

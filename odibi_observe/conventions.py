@@ -352,6 +352,7 @@ class SidecarMetrics:
     ledger_spans: Metric
     sweeper_closed: Metric
     last_loop: Metric
+    http_refused: Metric
 
     def __iter__(self) -> Iterator[Metric]:
         return iter([getattr(self, f.name) for f in fields(self)])
@@ -391,6 +392,11 @@ SIDECAR_METRICS: Final = SidecarMetrics(
         "last_loop", None, "", "odibi_observe_sidecar_last_loop_timestamp_seconds",
         MetricKind.GAUGE, (), "Unix time of the sidecar's last completed work loop.",
     ),
+    http_refused=Metric(
+        "http_refused", None, "", "odibi_observe_sidecar_http_refused_total",
+        MetricKind.COUNTER, ("reason",), "HTTP connections or requests the sidecar refused: "
+        "too many connections (503), bad framing (400), or a failing handler.",
+    ),
 )
 
 
@@ -401,6 +407,8 @@ class ReconcileMetrics:
     discrepancies: Metric
     completeness: Metric
     last_run: Metric
+    checked: Metric
+    deferred: Metric
 
     def __iter__(self) -> Iterator[Metric]:
         return iter([getattr(self, f.name) for f in fields(self)])
@@ -418,6 +426,15 @@ RECONCILE_METRICS: Final = ReconcileMetrics(
     last_run=Metric(
         "last_run", None, "", "odibi_reconcile_last_run_timestamp_seconds", MetricKind.GAUGE,
         (), "Unix time the last reconciliation finished.",
+    ),
+    checked=Metric(
+        "checked", None, "", "odibi_reconcile_runs_checked", MetricKind.GAUGE,
+        (), "Runs the last reconciliation checked (0: it proved nothing).",
+    ),
+    deferred=Metric(
+        "deferred", None, "", "odibi_reconcile_runs_deferred", MetricKind.GAUGE,
+        (), "Runs the last reconciliation left for the next one (too recent: within the "
+            "grace period).",
     ),
 )
 

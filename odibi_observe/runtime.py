@@ -24,18 +24,22 @@ be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, RestrictedRegistry
 
 from odibi_observe.bus import EventBus, Keeper
-from odibi_observe.config import ConfigurationError, Settings, resolve_settings
+from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
@@ -203,10 +207,20 @@ def configure(
     before the node returns) or ``"sidecar"`` (each event is appended to the spool in
     ``spool_dir`` and ``odibi-observe sidecar`` delivers it; durable against SIGKILL).
 
+    ``spool_dir`` without ``mode`` means ``mode="sidecar"`` (logged once).
+
     ``sinks`` replaces the default sinks (tests pass an in-memory sink); ``extra_sinks`` adds
-    to them. A previous observer is flushed and shut down first. An invalid setting is logged
-    and the defaults are used instead — observability configuration never stops a pipeline —
-    unless ``strict=True``, which raises :class:`~odibi_observe.config.ConfigurationError`.
+    to them. ``registry`` is the Prometheus registry the metrics are registered in (default: a
+    private one); pass ``prometheus_client.REGISTRY`` to expose them on an application's own
+    ``/metrics`` — a later ``configure()`` with the same registry replaces this observer's
+    series there instead of clashing with them. A previous observer is flushed and shut down.
+
+    An invalid setting is set aside alone, with one warning naming the variable or keyword,
+    its value and what is expected; every other setting is kept — observability
+    configuration never stops a pipeline — unless ``strict=True``, which raises
+    :class:`~odibi_observe.config.ConfigurationError`. One warning also says when nothing
+    durable records the runs, and when ``catalog_url``/``traces_file`` are given in sidecar
+    mode (the sidecar writes those, not this process).
     """
     overrides = dict(
         project=project, environment=environment, service_name=service_name,
@@ -214,16 +228,19 @@ def configure(
         traces_file=traces_file, prometheus_port=prometheus_port, mode=mode,
         spool_dir=None if spool_dir is None else os.fspath(spool_dir), **settings,
     )
-    try:
-        resolved = resolve_settings(overrides)
-    except ConfigurationError as exc:
-        if strict:
-            raise
-        log.error("odibi-observe: %s; using default settings", exc)
-        resolved = Settings()
-    observer = Observer(resolved, sinks=sinks, extra_sinks=extra_sinks, registry=registry,
-                        tracer_provider=tracer_provider, meter_provider=meter_provider,
-                        strict=strict)
+    resolution = resolve(overrides)
+    if strict and resolution.problems:
+        raise ConfigurationError(resolution.problems[0].message)
+    for message in (*resolution.problems, *resolution.notes):
+        log.warning("odibi-observe: %s", message)
+    resolved = resolution.settings
+    with _lock:
+        observer = _build_observer(resolved, sinks=sinks, extra_sinks=extra_sinks,
+                                   registry=registry, tracer_provider=tracer_provider,
+                                   meter_provider=meter_provider, strict=strict)
+    _warn_sidecar_writes(observer, resolution)
+    if sinks is None and not extra_sinks and registry is None:
+        _warn_if_nowhere(observer)
     global _observer
     with _lock:
         previous, _observer = _observer, observer
@@ -231,6 +248,111 @@ def configure(
         previous.shutdown(timeout=10.0)
     _install_exit_hooks(resolved)
     return observer
+
+
+# -- configure() helpers ------------------------------------------------------------------
+
+
+class _RegistryView(CollectorRegistry):
+    """An application's registry, as one observer sees it: it remembers what it registered.
+
+    Collectors registered through the view land in ``target`` (so the application's own
+    ``/metrics`` serves them); collecting the view collects the whole target. :meth:`release`
+    takes this observer's collectors out again, so the next observer on the same registry
+    can register the same metric names instead of failing with ``DuplicateTimeseries``.
+    """
+
+    def __init__(self, target: CollectorRegistry) -> None:
+        super().__init__()
+        self.target = target
+        self.mine: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        self.target.register(collector)
+        self.mine.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        self.target.unregister(collector)
+        if collector in self.mine:
+            self.mine.remove(collector)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.target.collect()
+
+    def restricted_registry(self, names: Iterable[str]) -> RestrictedRegistry:
+        return self.target.restricted_registry(names)
+
+    def get_target_info(self) -> dict[str, str] | None:
+        return self.target.get_target_info()
+
+    def release(self) -> None:
+        for collector in self.mine:
+            with contextlib.suppress(KeyError):  # the application unregistered it already
+                self.target.unregister(collector)
+
+    def restore(self) -> None:
+        for collector in self.mine:
+            with contextlib.suppress(ValueError):  # registered again meanwhile
+                self.target.register(collector)
+
+
+#: The view each application registry was last given to, released by the next configure().
+_views: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryView] = \
+    weakref.WeakKeyDictionary()
+
+
+def _build_observer(settings: Settings, *, registry: CollectorRegistry | None,
+                    **kwargs: Any) -> Observer:
+    """An :class:`Observer`, its metrics in ``registry`` through a releasable view."""
+    if registry is None:
+        return Observer(settings, **kwargs)
+    previous = _views.pop(registry, None)
+    if previous is not None:
+        previous.release()
+    view = _RegistryView(registry)
+    try:
+        observer = Observer(settings, registry=view, **kwargs)
+    except BaseException:
+        view.release()
+        if previous is not None:
+            previous.restore()
+            _views[registry] = previous
+        raise
+    _views[registry] = view
+    return observer
+
+
+def _warn_sidecar_writes(observer: Observer, resolution: Resolution) -> None:
+    """In sidecar mode, say once that destinations given to this process are the sidecar's.
+
+    Only for values given as ``configure()`` keywords: the same variables in an environment
+    shared with the sidecar container are the documented way to configure the sidecar.
+    """
+    if observer.settings.mode != "sidecar":
+        return
+    given = [name for name in ("catalog_url", "traces_file", "otlp_endpoint")
+             if resolution.sources.get(name) == "keyword"]
+    if given:
+        log.warning(
+            "odibi-observe: mode='sidecar': %s %s written by the sidecar (odibi-observe "
+            "sidecar, from its own settings), not by this process, which appends every event "
+            "to the spool in %s", " and ".join(given), "is" if len(given) == 1 else "are",
+            observer.settings.spool_dir)
+
+
+def _warn_if_nowhere(observer: Observer) -> None:
+    """Warn once when nothing outlives the process: metrics only in a private registry."""
+    if any(sink is not observer.prometheus_sink for sink in observer.sinks):
+        return
+    if observer.metrics_server is not None or observer.settings.prometheus_textfile:
+        return
+    fixes = ", ".join(f"{name} ({setting(name).env})" for name in (
+        "catalog_url", "traces_file", "otlp_endpoint", "spool_dir", "prometheus_port"))
+    log.warning(
+        "odibi-observe: no durable destination: node runs are recorded only in this "
+        "process's private Prometheus registry, which nothing reads and which ends with the "
+        "process; set one of %s (or pass registry=prometheus_client.REGISTRY to expose them "
+        "on the application's own /metrics)", fixes)
 
 
 def get_observer() -> Observer:

@@ -23,6 +23,31 @@ def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
     return Counter(metric.prometheus_base, metric.description, metric.labels, registry=registry)
 
 
+class RateLimitedLog:
+    """WARNING at most once a minute per key, DEBUG otherwise.
+
+    A pipeline that runs a million nodes during a catalog outage must not write a million
+    identical warnings; the counters carry the totals.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            loud = last is None or now - last >= 60.0
+            if loud:
+                self._last[key] = now
+        log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
+
+
+#: For code with no :class:`SelfMonitor` of its own (the sidecar's HTTP listener).
+warn_once_per_minute = RateLimitedLog().warn
+
+
 class SelfMonitor:
     """Counters for the failure paths of the bus and the sinks, with rate-limited logging."""
 
@@ -36,8 +61,7 @@ class SelfMonitor:
             SELF_METRICS.queue_size.prometheus, SELF_METRICS.queue_size.description,
             SELF_METRICS.queue_size.labels, registry=self.registry,
         )
-        self._last_warning: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._log = RateLimitedLog()
 
     def sink_error(self, sink: str) -> None:
         self.sink_errors.labels(sink=sink).inc()
@@ -59,15 +83,5 @@ class SelfMonitor:
         self.warn_once_per_minute(f"invalid:{field}", "odibi-observe: %s", message)
 
     def warn_once_per_minute(self, key: str, message: str, *args: object) -> None:
-        """Log at WARNING at most once a minute per ``key``, at DEBUG otherwise.
-
-        A pipeline that runs a million nodes during a catalog outage must not write a million
-        identical warnings; the counters carry the totals.
-        """
-        now = time.monotonic()
-        with self._lock:
-            last = self._last_warning.get(key)
-            loud = last is None or now - last >= 60.0
-            if loud:
-                self._last_warning[key] = now
-        log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
+        """Log at WARNING at most once a minute per ``key`` (see :class:`RateLimitedLog`)."""
+        self._log.warn(key, message, *args)

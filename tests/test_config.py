@@ -42,10 +42,10 @@ def test_typed_environment_values() -> None:
     ("env", "message"),
     [
         ({"ODIBI_OBSERVE_PROMETHEUS_PORT": "nine"}, "ODIBI_OBSERVE_PROMETHEUS_PORT='nine'"),
-        ({"ODIBI_OBSERVE_MODE": "turbo"}, "mode='turbo'"),
+        ({"ODIBI_OBSERVE_MODE": "turbo"}, "ODIBI_OBSERVE_MODE='turbo'"),
         ({"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}, "otlp_protocol"),
         ({"ODIBI_OBSERVE_HANDLE_SIGTERM": "maybe"}, "expected true or false"),
-        ({"ODIBI_OBSERVE_MAX_QUEUE": "0"}, "max_queue=0"),
+        ({"ODIBI_OBSERVE_MAX_QUEUE": "0"}, "ODIBI_OBSERVE_MAX_QUEUE='0'"),
     ],
 )
 def test_invalid_values_name_the_setting(env: dict[str, str], message: str) -> None:
@@ -61,7 +61,7 @@ def test_unknown_argument_is_rejected() -> None:
 def test_configure_falls_back_to_defaults_unless_strict(caplog: pytest.LogCaptureFixture) -> None:
     import odibi_observe as oo
 
-    with caplog.at_level("ERROR", logger="odibi_observe"):
+    with caplog.at_level("WARNING", logger="odibi_observe"):
         observer = oo.configure(mode="turbo", sinks=[])
     assert observer.settings.mode == "background"
     assert "mode='turbo'" in caplog.text

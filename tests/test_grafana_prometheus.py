@@ -102,6 +102,7 @@ while True:
     for kind in DISCREPANCY_KINDS:
         sample("discrepancies", 2 if kind == "missing_in_catalog" else 0, kind=kind)
     sample("completeness", 0.97); sample("last_run", time.time() - 3600)
+    sample("checked", 40); sample("deferred", 3)
     observer.monitor.sink_error("otel")
     observer.monitor.dropped("otel", "queue_full")
     time.sleep(0.5)
@@ -304,7 +305,7 @@ def test_alert_rules_evaluate_and_the_expected_ones_trigger(prometheus: Promethe
     for rule in loaded():
         assert rule["health"] == "ok", rule
         states[rule["name"]] = rule["state"]
-    assert len(states) == 9
+    assert len(states) == 10
     # The demo fails two of its six nodes on every run; the stand-in metrics report a
     # completeness of 97 % and an exporter dropping events.
     assert states["OdibiNodeFailureRate"] in ("pending", "firing")
@@ -313,5 +314,5 @@ def test_alert_rules_evaluate_and_the_expected_ones_trigger(prometheus: Promethe
     assert states["OdibiSinkErrors"] in ("pending", "firing")
     # The sidecar (stand-in) is scraped and its loop is current.
     for healthy in ("OdibiSidecarDown", "OdibiSidecarAbsent", "OdibiSidecarStale",
-                    "OdibiReconciliationStale"):
+                    "OdibiReconciliationStale", "OdibiReconciliationCheckedNothing"):
         assert states[healthy] == "inactive", healthy

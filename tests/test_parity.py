@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from odibi_observe.sinks.catalog import CatalogSink
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
@@ -28,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
 from odibi_observe.conventions import CATALOG_TABLE, FIELDS, METRICS
+from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.sinks.otel import OtelSink
 from odibi_observe.sinks.prometheus import PrometheusSink
 

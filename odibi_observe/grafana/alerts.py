@@ -81,6 +81,18 @@ def reconciliation_stale() -> Rule:
     )
 
 
+def reconciliation_checked_nothing() -> Rule:
+    return Rule(
+        "OdibiReconciliationCheckedNothing",
+        f"{q.series(RECONCILE_METRICS.checked)} == 0",
+        "0m", "warning",
+        "The last reconciliation checked 0 runs",
+        "It proved nothing: no run started in its window, or all were too recent (within "
+        "the grace period; see odibi_reconcile_runs_deferred). Check the schedule, --last "
+        "and --grace, and whether the pipelines ran.",
+    )
+
+
 def sidecar_stale() -> Rule:
     return Rule(
         "OdibiSidecarStale",
@@ -155,7 +167,8 @@ def events_dropped() -> Rule:
 
 
 RULES: Final = (
-    node_failure_rate, catalog_incomplete, reconciliation_stale, sidecar_stale, sidecar_down,
+    node_failure_rate, catalog_incomplete, reconciliation_stale, reconciliation_checked_nothing,
+    sidecar_stale, sidecar_down,
     sidecar_absent, spool_backlog_growing, sink_errors, events_dropped,
 )
 

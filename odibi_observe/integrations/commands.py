@@ -10,10 +10,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from odibi_observe.config import Settings, hide_password, setting
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sinks.base import Sink
 
-TRACES_ENV = "ODIBI_OBSERVE_TRACES_FILE"
+TRACES_ENV = str(setting("traces_file").env)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -65,7 +66,6 @@ class _RunCounter(Sink):
 
 def _run(args: argparse.Namespace) -> int:
     import odibi_observe as oo
-    from odibi_observe.config import hide_password
     from odibi_observe.integrations.odibi import (
         UnsupportedOdibiVersion,
         check_version,
@@ -93,25 +93,39 @@ def _run(args: argparse.Namespace) -> int:
         flushed = oo.flush(timeout=30)
         settings = oo.get_observer().settings
         oo.shutdown(timeout=10)
-    counts = counter.counts()
-    detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    total = sum(counts.values())
-    where = [hide_password(settings.catalog_url)] if settings.catalog_url else []
-    where += [settings.traces_file] if settings.traces_file else []
-    line = (f"odibi-observe: recorded {total} node run{'s' if total != 1 else ''}"
-            f"{f' ({detail})' if detail else ''}")
-    print(line + (f" in {', '.join(where)}" if where else " (metrics only: no catalog or "
-                  "trace destination is configured)"), file=sys.stderr)
+    print(_summary(counter.counts(), settings), file=sys.stderr)
     if interrupted:
         print("odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "
               "interrupted node run is recorded as FAILURE", file=sys.stderr)
     if not flushed:
         print("odibi-observe: warning: not every sink confirmed delivery within 30 s",
               file=sys.stderr)
-    if settings.catalog_url:
+    if settings.catalog_url and settings.mode != "sidecar":
         print(f"odibi-observe: see them with: odibi-observe runs --catalog "
               f"{hide_password(settings.catalog_url)}", file=sys.stderr)
     return code
+
+
+def _summary(counts: Counter[str], settings: Settings) -> str:
+    """The "recorded N node runs ... in WHERE" line: where this process really wrote them.
+
+    In sidecar mode this process wrote only the spool; the sidecar delivers from there to
+    its own catalog and traces, so naming ``--catalog`` here would point at a place this
+    run may never have reached.
+    """
+    detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    total = sum(counts.values())
+    line = (f"odibi-observe: recorded {total} node run{'s' if total != 1 else ''}"
+            f"{f' ({detail})' if detail else ''}")
+    if settings.mode == "sidecar":
+        return (f"{line} in the spool {settings.spool_dir}; the sidecar (odibi-observe "
+                f"sidecar) delivers them to its catalog and traces")
+    where = [hide_password(settings.catalog_url)] if settings.catalog_url else []
+    where += [settings.traces_file] if settings.traces_file else []
+    if where:
+        return f"{line} in {', '.join(where)}"
+    return (f"{line} (metrics only: no catalog or trace destination is configured; pass "
+            f"--catalog URL or set {setting('catalog_url').env})")
 
 
 def absolute_sqlite_url(url: str) -> str:

@@ -19,7 +19,10 @@ A SQL catalog is read with one query — window filter on the indexed ``started_
 inspected first: a catalog without ``run_id`` or ``status`` is not a run catalog (an error); a
 table without odibi-observe's columns (Odibi's own, never migrated) is read for what it has —
 placed in time by ``timestamp``, matched by ``run_id``, compared on status, rows and duration
-where recorded — with one read error naming what is missing. Odibi's Delta table has no order
+where recorded — with one note (not an error: the table is as Odibi made it) naming what is
+missing. Rows Odibi wrote itself are read as Odibi means them: ``rows_processed = 0`` on a
+failed run is "unknown", and a row whose ``metrics_json`` marks a dry run or a skipped node is
+a run that did not execute (no span expected). Odibi's Delta table has no order
 at all, so its rows go through the same external sort as trace files.
 """
 
@@ -38,6 +41,7 @@ from odibi_observe.catalog.schema import (
     COLUMNS,
     DURATION_MS,
     HEARTBEAT_AT,
+    METRICS_JSON,
     NODE,
     PIPELINE,
     ROWS,
@@ -61,6 +65,8 @@ from odibi_observe.reconcile.model import (
     iso_ns,
     new_catalog_run,
     normalize_status,
+    odibi_not_run,
+    odibi_rows,
 )
 from odibi_observe.reconcile.sources import SourceError
 from odibi_observe.reconcile.spill import ExternalSorter
@@ -80,7 +86,11 @@ ODIBI_MARGIN: Final = timedelta(hours=6)
 
 #: The catalog columns reconciliation reads, in the order of the query's result.
 READ_COLUMNS: Final = (RUN_ID, STATUS, ROWS, DURATION_MS, STARTED_AT, TIMESTAMP, TRACE_ID,
-                       SPAN_ID, PIPELINE, NODE, HEARTBEAT_AT)
+                       SPAN_ID, PIPELINE, NODE, HEARTBEAT_AT, METRICS_JSON)
+
+#: Substrings of ``metrics_json`` worth parsing: the flags of a node Odibi did not execute.
+#: The query returns ``metrics_json`` only where one occurs, so ordinary rows cost nothing.
+NOT_RUN_MARKERS: Final = ('"dry_run"', '"skipped"')
 
 ODIBI_DELTA_SCHEME: Final = "odibi-delta"
 
@@ -189,11 +199,12 @@ class SqlCatalog(CatalogSource):
         unchecked = ",".join(name for name, column in (("rows", ROWS),
                                                        ("duration", DURATION_MS))
                              if column not in columns)
-        if [name for name in absent if name != TIMESTAMP]:
-            log.add_error(source, CATALOG_TABLE,
-                          f"no column {', '.join(n for n in absent if n != TIMESTAMP)}: runs are "
-                          "matched by run_id only and compared on what the table records "
-                          "(run 'odibi-observe catalog upgrade' to add them)")
+        if [name for name in absent if name not in (TIMESTAMP, METRICS_JSON)]:
+            # Odibi's own table, as Odibi made it: a fact about the input, not a read error.
+            log.add_note(source, f"{CATALOG_TABLE} has no column "
+                         f"{', '.join(n for n in absent if n not in (TIMESTAMP, METRICS_JSON))}"
+                         ": runs are matched by run_id only and compared on what the table "
+                         "records ('odibi-observe catalog upgrade' adds them)")
         table = sa.table(CATALOG_TABLE, *(sa.column(name, columns[name].type)
                                           for name in READ_COLUMNS if name in columns))
         window_column = table.c[STARTED_AT if exact_times else TIMESTAMP]
@@ -202,6 +213,11 @@ class SqlCatalog(CatalogSource):
         def selected_column(name: str) -> Any:
             if name not in columns:
                 return sa.null().label(name)
+            if name == METRICS_JSON:
+                text = sa.type_coerce(table.c[name], sa.String())
+                return sa.case((sa.or_(*(text.contains(m, autoescape=True)
+                                         for m in NOT_RUN_MARKERS)), text),
+                               else_=sa.null()).label(name)
             if sqlite and name in TIME_COLUMNS:
                 # Read SQLite's stored text as it is (see sqlutil.TimeReader).
                 return sa.type_coerce(table.c[name], sa.String()).label(name)
@@ -249,7 +265,7 @@ class SqlCatalog(CatalogSource):
 def _sql_run(row: Any, exact_times: bool, unchecked: str, times: TimeReader, *, log: ReadLog,
              source: str) -> CatalogRun | None:
     (run_id, status, rows, duration, started, logged, trace_id, span_id, pipeline, node,
-     heartbeat) = row
+     heartbeat, metrics_json) = row
     try:
         started_ns = None if started is None else times.ns(started)
         window_ns = started_ns if exact_times else times.ns(logged)
@@ -265,10 +281,15 @@ def _sql_run(row: Any, exact_times: bool, unchecked: str, times: TimeReader, *, 
             duration is not None and duration.__class__ is not int):
         rows, duration, unchecked = _numbers(run_id, rows, duration, unchecked, log=log,
                                              source=source)
+    exact = exact_times and trace_id is not None
+    status = normalize_status(status)
+    if not exact:
+        rows = odibi_rows(status, rows, exact)
     return new_catalog_run((  # CatalogRun's fields, in order
-        run_id if run_id.__class__ is str else str(run_id), normalize_status(status), rows,
+        run_id if run_id.__class__ is str else str(run_id), status, rows,
         duration, window_ns, started_ns, trace_id, span_id, pipeline or "", node or "",
-        heartbeat_ns, exact_times and trace_id is not None, unchecked, CATALOG_TABLE,
+        heartbeat_ns, exact, unchecked, CATALOG_TABLE,
+        "" if exact or metrics_json is None else odibi_not_run(metrics_json),
     ))
 
 
@@ -337,7 +358,8 @@ class OdibiDeltaCatalog(CatalogSource):
         try:
             rows = odibi_delta.iter_meta_runs(
                 self.path, since=read_range.start, until=read_range.end,
-                columns=[RUN_ID, STATUS, ROWS, DURATION_MS, TIMESTAMP, PIPELINE, NODE])
+                columns=[RUN_ID, STATUS, ROWS, DURATION_MS, TIMESTAMP, PIPELINE, NODE,
+                         METRICS_JSON])
             for number, row in enumerate(rows, start=1):
                 run = self._run(row, unchecked, future, log, source)
                 if run is not None:
@@ -367,10 +389,14 @@ class OdibiDeltaCatalog(CatalogSource):
             log.add_error(source, f"meta_runs run {run_id}",
                           f"logged in the future ({iso_ns(logged)}); skipped")
             return None
+        status = normalize_status(row.get(STATUS))
+        metrics = row.get(METRICS_JSON)
         return CatalogRun(
-            run_id=str(run_id), status=normalize_status(row.get(STATUS)),
-            rows=row.get(ROWS), duration_ms=row.get(DURATION_MS), window_ns=logged,
-            started_ns=None, trace_id=None, span_id=None, pipeline=row.get(PIPELINE) or "",
-            node=row.get(NODE) or "", heartbeat_ns=None, exact=False, unchecked=unchecked,
-            origin="meta_runs (Delta)",
+            run_id=str(run_id), status=status,
+            rows=odibi_rows(status, row.get(ROWS), False), duration_ms=row.get(DURATION_MS),
+            window_ns=logged, started_ns=None, trace_id=None, span_id=None,
+            pipeline=row.get(PIPELINE) or "", node=row.get(NODE) or "", heartbeat_ns=None,
+            exact=False, unchecked=unchecked, origin="meta_runs (Delta)",
+            not_run=odibi_not_run(metrics) if isinstance(metrics, str) and any(
+                m in metrics for m in NOT_RUN_MARKERS) else "",
         )

@@ -25,8 +25,9 @@ DESCRIPTION = """\
 Compare the run catalog (meta_runs) with the traces, run by run, over a time window, and
 report every run the two do not record identically: missing on one side, different status,
 rows or duration, duplicated, or left RUNNING by a process that died. Writes report.json,
-report.md and report.html, records the result in meta_reconciliation (SQL catalogs), and
-with --repair fixes what one side evidently knows better.
+report.md and report.html, records the result in meta_reconciliation (SQL catalogs that have
+it), and with --repair fixes what one side evidently knows better. Without --repair nothing in
+the catalog changes.
 """
 
 EPILOG = f"""\
@@ -124,7 +125,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                              "(node_exporter's textfile collector)")
     output.add_argument("--no-record", action="store_true",
                         help="do not record the report in meta_reconciliation (recorded by "
-                             "default when the catalog is SQL)")
+                             "default when the catalog is SQL and has that table; reconcile "
+                             "never creates it: 'odibi-observe catalog upgrade' does)")
     output.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary on the terminal")
 
@@ -259,27 +261,47 @@ def run(args: argparse.Namespace) -> int:
                     written.append(args.metrics_textfile)
             except OSError as exc:
                 return _fail(f"cannot write the reports: {exc}")
-            notes = []
-            url = catalog.sql_url()
-            if url and not args.no_record:
-                try:
-                    from odibi_observe.reconcile.report import record
-
-                    record(result, url)
-                except Exception as exc:  # recording is a courtesy; the reports are written
-                    notes.append(f"not recorded in meta_reconciliation: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}")
+            warnings, notes = _record(result, catalog.sql_url(), args)
             if not args.quiet:
                 from odibi_observe.reconcile.report import cli_summary
 
                 print(cli_summary(result, written))
             for note in notes:
-                print(f"odibi-observe: warning: {note}", file=sys.stderr)
+                print(f"odibi-observe: note: {note}", file=sys.stderr)
+            for warning in warnings:
+                print(f"odibi-observe: warning: {warning}", file=sys.stderr)
             return 0 if result.clean else 1
     finally:
         catalog.close()
         for source in traces:
             source.close()
+
+
+def _record(result: Any, url: str | None, args: argparse.Namespace
+            ) -> tuple[list[str], list[str]]:
+    """Record the report in ``meta_reconciliation`` where those tables exist; returns
+    ``(warnings, notes)`` for the terminal. Never creates them: see :func:`.report.record`."""
+    if not url or args.no_record:
+        return [], []
+    from odibi_observe.reconcile.report import record
+
+    try:
+        if record(result, url):
+            return [], []
+    except Exception as exc:  # recording is a courtesy; the reports are written
+        return [f"not recorded in meta_reconciliation: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"], []
+    return [], [f"not recorded: the catalog has no meta_reconciliation tables, and reconcile "
+                f"changes nothing in it{'' if args.repair else ' without --repair'}. To record "
+                f"reports, create them once with: odibi-observe catalog upgrade --catalog "
+                f"{_quoted(hide_password(url))} (this also brings meta_runs to odibi-observe's "
+                "schema)"]
+
+
+def _quoted(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:

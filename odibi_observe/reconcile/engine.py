@@ -20,7 +20,9 @@ For each ``run_id`` the engine decides, in this order:
 3. One side only: no catalog row is ``missing_in_catalog``; no span is ``missing_in_traces``,
    except for a RUNNING row, which is ``stale_running`` once its last sign of life (start or
    heartbeat) is older than the crash threshold and simply in flight before that; and except
-   for runs in a time range a trace source reported it could not read (counted as unchecked).
+   for runs in a time range a trace source reported it could not read (counted as unchecked),
+   and except for rows Odibi logged for nodes it did not execute (dry runs, skipped nodes:
+   counted in ``not_run``).
 4. Both sides: status, rows and duration (within tolerance: 1 % or 5 ms, whichever is larger,
    by default) are compared; each difference is one discrepancy of its kind.
 """
@@ -47,6 +49,7 @@ from odibi_observe.reconcile.model import (
     C_EXACT,
     C_HEARTBEAT,
     C_NODE,
+    C_NOT_RUN,
     C_PIPELINE,
     C_ROWS,
     C_SPAN_ID,
@@ -55,6 +58,7 @@ from odibi_observe.reconcile.model import (
     C_UNCHECKED,
     C_WINDOW,
     EXACT_MARGIN,
+    FUTURE_SKEW_NS,
     T_END,
     T_NODE,
     T_ORIGIN,
@@ -142,6 +146,12 @@ class ReconcileResult:
     in_flight: int = 0
     unchecked: int = 0
     outside_window: int = 0
+    #: Runs that started after the window's end because of the grace period (too recent: in
+    #: flight, or spans still on their way): left for the next reconciliation.
+    deferred: int = 0
+    #: Odibi rows of nodes that did not execute, by reason (``dry_run``, ``skipped``).
+    not_run: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
     by_kind: Counter[str] = field(default_factory=Counter)
     pipelines: dict[str, PipelineStats] = field(default_factory=dict)
     timeline: Counter[tuple[int, str]] = field(default_factory=Counter)
@@ -163,6 +173,11 @@ class ReconcileResult:
     def completeness(self) -> float:
         """Share of traced runs the catalog holds (1.0 when nothing was traced)."""
         return 1.0 if not self.trace_runs else self.matched / self.trace_runs
+
+    @property
+    def checked(self) -> int:
+        """Runs judged in the window: on either side, a run found on both counted once."""
+        return self.catalog_runs + self.trace_runs - self.matched
 
     @property
     def clean(self) -> bool:
@@ -194,6 +209,13 @@ class ReconcileResult:
             "completeness_ratio": round(self.completeness, 6),
             "discrepancies": {kind: self.by_kind.get(kind, 0) for kind in DISCREPANCY_KINDS},
             "discrepancies_total": self.discrepancies_total,
+            "runs_checked": self.checked,
+            "deferred": self.deferred,
+            "deferred_reason": (f"started within the grace period "
+                                f"({self.window.grace.total_seconds():g} s) before "
+                                f"{iso_ns(self.window.now_ns)}: too recent, left for the "
+                                "next reconciliation") if self.deferred else None,
+            "not_run": dict(self.not_run),
             "in_flight": self.in_flight,
             "unchecked": self.unchecked,
             "ignored_spans": self.ignored_spans,
@@ -242,7 +264,10 @@ def reconcile(
         margin = max(catalog.margin(), EXACT_MARGIN)
     except SourceError as exc:
         raise ReconcileError(str(exc)) from None
-    read_range = ReadRange(window.since_ns - _ns(margin), window.end_ns + _ns(margin),
+    # Read up to now (not only to the window's end) so that the runs the grace period leaves
+    # for the next reconciliation are counted, and the report can say why it checked fewer.
+    read_range = ReadRange(window.since_ns - _ns(margin),
+                           max(window.end_ns + _ns(margin), _deferred_end(window)),
                            window.now_ns)
 
     sorter = ExternalSorter(chunk_size=options.chunk_size, directory=options.spill_dir)
@@ -296,9 +321,16 @@ def reconcile(
             workdir.cleanup()
     result.errors = log.errors
     result.errors_total = log.errors_total
+    result.notes = log.notes
     result.ignored_spans = log.ignored_spans
     result.seconds = time.perf_counter() - clock
     return result
+
+
+def _deferred_end(window: Window) -> int:
+    """Where the runs deferred by the grace period end: ``until``, or now (plus the clock skew
+    tolerated) when ``until`` is later. Equal to the window's end when no grace cut it."""
+    return max(window.end_ns, min(window.until_ns, window.now_ns + FUTURE_SKEW_NS))
 
 
 def _ns(delta: timedelta) -> int:
@@ -323,6 +355,7 @@ class _Merger:
         window = result.window
         self.since = window.since_ns
         self.end = window.end_ns
+        self.deferred_end = _deferred_end(window)
         self.stale_before = window.now_ns - _ns(options.crash_after)
         self.ratio = options.duration_tolerance_ratio
         self.slack_ms = options.duration_tolerance_ms
@@ -409,7 +442,12 @@ class _Merger:
             tr = next((s for s in trs if s[T_SPAN_ID] == cat[C_SPAN_ID]), tr)
         if not ((cat is not None and self.since <= cat[C_WINDOW] < self.end)
                 or (tr is not None and self.since <= tr[T_START] < self.end)):
-            result.outside_window += 1
+            end, later = self.end, self.deferred_end
+            if ((cat is not None and end <= cat[C_WINDOW] < later)
+                    or (tr is not None and end <= tr[T_START] < later)):
+                result.deferred += 1
+            else:
+                result.outside_window += 1
             return
         if tr is not None:
             pipeline, node = tr[T_PIPELINE], tr[T_NODE]
@@ -488,6 +526,9 @@ class _Merger:
         if len(cats) > 1:
             self._found("duplicate_in_catalog", when, cat, None,
                         f"{len(cats)} meta_runs rows have this run_id", cats=cats)
+        if cat[C_NOT_RUN]:  # Odibi logged a node it did not execute: no span to expect
+            result.not_run[cat[C_NOT_RUN]] += 1
+            return
         if cat[C_STATUS] == _RUNNING:
             alive = max(when, cat[C_HEARTBEAT] or 0)
             if alive >= self.stale_before:

@@ -20,7 +20,14 @@ from typing import Any, Final
 from odibi_observe.conventions import DISCREPANCY_KINDS
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import KINDS, Discrepancy, iso, iso_ns
-from odibi_observe.reconcile.report import pipelines, timeline, top_items, trace_url
+from odibi_observe.reconcile.report import (
+    checked_line,
+    not_run_line,
+    pipelines,
+    timeline,
+    top_items,
+    trace_url,
+)
 
 #: Affected runs listed in the HTML (the JSON report has them all).
 HTML_ROWS: Final = 500
@@ -86,6 +93,8 @@ def render_html(result: ReconcileResult, *, trace_url_template: str | None = Non
         verdict = f'<span class="verdict bad">{total:,} {noun}</span>'
     elif result.errors_total:
         verdict = f'<span class="verdict warn">{result.errors_total:,} read errors</span>'
+    elif not result.checked:
+        verdict = '<span class="verdict warn">NOTHING CHECKED</span>'
     else:
         verdict = '<span class="verdict ok">CLEAN</span>'
     items = top_items(result, max_rows)
@@ -132,6 +141,8 @@ def _cards(result: ReconcileResult) -> str:
         ("Catalog runs", f"{result.catalog_runs:,}", False),
         ("Trace runs", f"{result.trace_runs:,}", False),
         ("Matched", f"{result.matched:,}", False),
+        ("Runs checked", f"{result.checked:,}", not result.checked),
+        ("Left for next pass", f"{result.deferred:,}", False),
         ("Catalog completeness", f"{completeness * 100:.2f}%", completeness < 1),
         ("Discrepancies", f"{result.discrepancies_total:,}", bool(result.discrepancies_total)),
         ("Read errors", f"{result.errors_total:,}", bool(result.errors_total)),
@@ -139,7 +150,10 @@ def _cards(result: ReconcileResult) -> str:
     html = "".join(
         f'<div class="card{" alert" if alert else ""}"><div class="n">{escape(value)}</div>'
         f'<div class="l">{escape(label)}</div></div>' for label, value, alert in cards)
-    notes = []
+    notes = [checked_line(result)]
+    if result.not_run:
+        notes.append(not_run_line(result))
+    notes.extend(f"Note: {text}" for text in result.notes)
     if result.in_flight:
         notes.append(f"{result.in_flight:,} runs still in flight (RUNNING, alive)")
     if result.unchecked:

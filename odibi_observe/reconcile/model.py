@@ -69,6 +69,8 @@ class CatalogRun(NamedTuple):
     there, an unknown row count or duration is a fact to compare. For rows Odibi wrote itself
     it only means "not recorded", and the comparison skips it. ``unchecked`` names fields whose
     stored value could not be read (reported as read errors, left out of the comparison).
+    ``not_run`` is set on rows Odibi logged for a node it did not execute: ``dry_run`` (its
+    ``metrics_json`` says ``"dry_run": true``) or ``skipped``; no span is expected for them.
     """
 
     run_id: str
@@ -85,6 +87,7 @@ class CatalogRun(NamedTuple):
     exact: bool
     unchecked: str
     origin: str
+    not_run: str = ""
 
 
 #: ``new_trace_run(values)``: a :class:`TraceRun` from a tuple of its fields in order, without
@@ -122,6 +125,38 @@ C_UNCHECKED: Final = _index(CatalogRun, "unchecked")
 C_HEARTBEAT: Final = _index(CatalogRun, "heartbeat_ns")
 C_STARTED: Final = _index(CatalogRun, "started_ns")
 C_NODE: Final = _index(CatalogRun, "node")
+C_NOT_RUN: Final = _index(CatalogRun, "not_run")
+
+#: ``CatalogRun.not_run`` values: why Odibi logged a row for a node it did not execute. The
+#: keys are the ``metrics_json`` flags Odibi 3.15 sets on such a node's result
+#: (``Node._execute_dry_run``; ``Pipeline.run`` for skipped nodes).
+NOT_RUN_REASONS: Final = {
+    "dry_run": "dry run (metrics_json.dry_run): Odibi executed nothing, so no span exists",
+    "skipped": "skipped (metrics_json.skipped, e.g. a dependency failed): nothing ran",
+}
+
+
+def odibi_not_run(metrics_json: object) -> str:
+    """``dry_run`` or ``skipped`` when Odibi's ``metrics_json`` marks a node that did not
+    execute; ``""`` otherwise (including text that is not a JSON object)."""
+    if not isinstance(metrics_json, str) or not metrics_json:
+        return ""
+    try:
+        metrics = json.loads(metrics_json)
+    except ValueError:
+        return ""
+    if not isinstance(metrics, dict):
+        return ""
+    return next((flag for flag in NOT_RUN_REASONS if metrics.get(flag) is True), "")
+
+
+def odibi_rows(status: str, rows: int | None, exact: bool) -> int | None:
+    """The row count a catalog row really records. Odibi writes ``rows_processed = 0`` for a
+    failed node whose count it never learnt (``result.rows_processed or 0``): on a row Odibi
+    wrote (not ``exact``), a FAILURE with 0 rows means unknown, not zero."""
+    if not exact and rows == 0 and status == RunStatus.FAILURE.value:
+        return None
+    return rows
 
 
 _STATUSES: Final = frozenset(s.value for s in RunStatus)
@@ -203,6 +238,10 @@ class Window:
         return datetime_to_ns(self.end)
 
     @property
+    def until_ns(self) -> int:
+        return datetime_to_ns(self.until)
+
+    @property
     def now_ns(self) -> int:
         return datetime_to_ns(self.now)
 
@@ -282,6 +321,14 @@ class ReadLog:
     outside_range: int = 0
     gaps: list[tuple[int, int, str]] = field(default_factory=list)
     progress: Callable[[str, int, int | None], None] | None = None
+    #: Facts about the input that limit the comparison but are not errors (an Odibi table
+    #: without odibi-observe's columns): shown in every report, they do not fail the run.
+    notes: list[str] = field(default_factory=list)
+
+    def add_note(self, source: str, message: str) -> None:
+        text = f"{source}: {message}"
+        if text not in self.notes:
+            self.notes.append(text)
 
     def add_error(self, source: str, where: str, message: str) -> None:
         self.errors_total += 1
@@ -447,6 +494,7 @@ def catalog_side(run: CatalogRun | tuple[Any, ...]) -> dict[str, Any]:
         "logged_at": iso_ns(c.window_ns),
         "trace_id": c.trace_id, "span_id": c.span_id, "pipeline": c.pipeline, "node": c.node,
         "heartbeat_at": iso_ns(c.heartbeat_ns), "origin": c.origin,
+        **({"not_run": c.not_run} if c.not_run else {}),
     }
 
 

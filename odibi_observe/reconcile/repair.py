@@ -28,6 +28,12 @@ Idempotent: a repaired run no longer shows up as a discrepancy, so a second repa
 window has nothing to do; the catalog upsert is keyed by ``run_id`` and re-emitting a span
 produces the very same span (same ids, same times). After a repair, a reconciliation over
 sources that include the re-emitted spans is clean.
+
+Every planned repair says what it does on each backend (``backends``: ``catalog`` and
+``traces``, each ``planned``, ``applied``, ``failed: why`` or ``not_sent: why``), and the
+summary counts them per backend: a ``close_crashed`` whose span had no destination, or whose
+export failed, is applied for the catalog only (status ``partial``), never counted as applied
+for the traces.
 """
 
 from __future__ import annotations
@@ -65,6 +71,14 @@ ACTIONS: Final = {
 
 PLANNED, APPLIED, FAILED, SKIPPED, IMPOSSIBLE = (
     "planned", "applied", "failed", "skipped", "not_repairable")
+#: Applied on one backend, not on the other (a CRASHED row whose span could not be sent).
+PARTIAL: Final = "partial"
+STATUSES: Final = (PLANNED, APPLIED, PARTIAL, FAILED, SKIPPED, IMPOSSIBLE)
+
+#: The two backends a repair writes to, as reports name them.
+CATALOG_BACKEND, TRACES_BACKEND = "catalog", "traces"
+#: A backend's part of a repair that had nowhere to go: neither applied nor failed.
+NOT_SENT: Final = "not_sent"
 
 
 class RepairError(Exception):
@@ -113,14 +127,21 @@ class RepairSummary:
     span_destination: str | None
     statuses: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
+    #: Per backend (``catalog``, ``traces``): how many writes were planned, applied, failed or
+    #: not sent. A CRASHED row whose span had no destination counts as applied for the catalog
+    #: and as not sent for the traces, never as applied for both.
+    backends: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count_backend(self, backend: str, state: str) -> None:
+        self.backends.setdefault(backend, Counter())[state] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "catalog_writable": self.catalog_writable,
             "span_destination": self.span_destination,
-            **{status: self.statuses.get(status, 0)
-               for status in (PLANNED, APPLIED, FAILED, SKIPPED, IMPOSSIBLE)},
+            **{status: self.statuses.get(status, 0) for status in STATUSES},
             "actions": dict(self.actions),
+            "backends": {name: dict(counts) for name, counts in self.backends.items()},
         }
 
 
@@ -194,17 +215,42 @@ class Repairer:
 
         out = []
         for item, action, planned, note in plans:
-            status, text = planned, note
-            if planned == PLANNED and self.apply:
-                errors = [e for e, used in ((catalog_error, item.run_id in catalog_events),
-                                            (span_error, item.run_id in span_events))
-                          if e and used]
-                status, text = (FAILED, "; ".join(errors)) if errors else (APPLIED, note)
+            status, text, backends = planned, note, {}
+            if planned == PLANNED:
+                backends = self._backends(item.run_id, action, catalog_events, span_events,
+                                          catalog_error=catalog_error, span_error=span_error)
+                if self.apply:
+                    status = _overall(backends)
+                    errors = [state for state in backends.values()
+                              if state.startswith(FAILED)]
+                    text = "; ".join(errors) if status == FAILED else note
+                    if status == PARTIAL and errors:
+                        text = "; ".join([note, *errors])
             self.summary.statuses[status] += 1
-            if action and status in (PLANNED, APPLIED):
+            if action and status in (PLANNED, APPLIED, PARTIAL):
                 self.summary.actions[action] += 1
             item.repair = {"action": action, "status": status, "note": text}
+            if backends:
+                item.repair["backends"] = backends
             out.append(item)
+        return out
+
+    def _backends(self, run_id: str, action: str | None, catalog_events: dict[str, RunEvent],
+                  span_events: dict[str, RunEvent], *, catalog_error: str | None,
+                  span_error: str | None) -> dict[str, str]:
+        """What a planned repair does (or did) on each backend, counted in the summary:
+        ``planned``, ``applied``, ``failed: why`` or ``not_sent: why``."""
+        out: dict[str, str] = {}
+        for backend, used, error in ((CATALOG_BACKEND, run_id in catalog_events, catalog_error),
+                                     (TRACES_BACKEND, run_id in span_events, span_error)):
+            if used:
+                state = PLANNED if not self.apply else f"{FAILED}: {error}" if error else APPLIED
+            elif backend == TRACES_BACKEND and action == CLOSE:
+                state = f"{NOT_SENT}: no trace destination"
+            else:
+                continue
+            self.summary.count_backend(backend, state.split(":", 1)[0])
+            out[backend] = state
         return out
 
     def _plan(self, item: Discrepancy, action: str, record: RunRecord | None,
@@ -271,6 +317,17 @@ class Repairer:
 
 _NO_DESTINATION: Final = ("no trace destination: pass --repair-traces (otlp-json:PATH or an "
                           "OTLP endpoint) or set OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def _overall(backends: dict[str, str]) -> str:
+    """An applied repair's status from its backends' states: applied only when every part of
+    it reached its backend."""
+    states = [state.split(":", 1)[0] for state in backends.values()]
+    if all(state == APPLIED for state in states):
+        return APPLIED
+    if any(state == APPLIED for state in states):
+        return PARTIAL
+    return FAILED
 
 
 def derived_ids(run_id: str) -> dict[str, str]:

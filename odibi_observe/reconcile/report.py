@@ -8,8 +8,9 @@ by memory. Its shape::
 
     {"report_id": ..., "generated_at": ..., "window": {...}, "sources": {...},
      "summary": {"catalog_runs": n, "trace_runs": n, "matched": n,
-                 "discrepancies": {kind: count}, ...},
-     "pipelines": [...], "timeline": [...], "repair": {...},
+                 "discrepancies": {kind: count}, "runs_checked": n, "deferred": n,
+                 "deferred_reason": "...", "not_run": {"dry_run": n}, ...},
+     "pipelines": [...], "timeline": [...], "repair": {...}, "notes": [...],
      "discrepancies": [{"kind", "run_id", "pipeline", "node", "catalog", "trace", "detail",
                         "repair", ...}],
      "errors": [{"source", "where", "message"}], "errors_total": n}
@@ -30,7 +31,6 @@ from typing import Any, Final
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-from odibi_observe.catalog import upgrade
 from odibi_observe.catalog.schema import (
     NODE,
     PIPELINE,
@@ -44,12 +44,14 @@ from odibi_observe.catalog.schema import (
 from odibi_observe.catalog.store import create_catalog_engine
 from odibi_observe.conventions import DISCREPANCY_KINDS, RECONCILE_METRICS
 from odibi_observe.reconcile.engine import ReconcileResult
-from odibi_observe.reconcile.model import KINDS, Discrepancy, iso, iso_ns
+from odibi_observe.reconcile.model import KINDS, NOT_RUN_REASONS, Discrepancy, iso, iso_ns
 from odibi_observe.record import ns_to_datetime
 
 #: Discrepancies listed in the Markdown report (the JSON report has them all).
 MARKDOWN_ROWS: Final = 50
 _ITEM_BATCH: Final = 1_000
+#: Repair actions listed on the terminal (the reports list more).
+CLI_REPAIR_LINES: Final = 20
 
 
 def trace_url(template: str | None, item: Discrepancy) -> str | None:
@@ -118,6 +120,7 @@ def header(result: ReconcileResult) -> dict[str, Any]:
         "timeline_bucket_seconds": result.bucket_ns // 1_000_000_000,
         "timeline": timeline(result),
         "repair": result.repair or None,
+        "notes": result.notes,
         "seconds": round(result.seconds, 3),
     }
 
@@ -157,7 +160,7 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
     """The report as Markdown (see the module docstring)."""
     window = result.window
     total = result.discrepancies_total
-    state = "clean" if result.clean else (
+    state = ("nothing checked" if not result.checked else "clean") if result.clean else (
         f"{total:,} discrepancies" if total else f"{result.errors_total:,} read errors")
     lines = [
         f"## odibi-observe reconciliation: {state}",
@@ -173,6 +176,11 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
         f"Catalog: `{_md(result.catalog_source)}`; traces: "
         + ", ".join(f"`{_md(t)}`" for t in result.trace_sources) + ".",
     ]
+    lines += ["", checked_line(result)]
+    if result.not_run:
+        lines += ["", not_run_line(result)]
+    if result.notes:
+        lines += [""] + [f"Note: {_md(note)}" for note in result.notes]
     if result.in_flight or result.unchecked or result.ignored_spans:
         lines += ["", f"In flight (RUNNING, alive): {result.in_flight:,}; unchecked (trace "
                       f"source could not be read for their time): {result.unchecked:,}; "
@@ -195,11 +203,57 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
                 f"{_side(item.trace)} | {_md(item.detail)} | {_repair_cell(item.repair)} |")
         if total > max_rows:
             lines.append(f"| … | | | {total - max_rows:,} more in report.json | | | | | |")
+        actions = repair_actions(result, max_rows)
+        if actions:
+            lines += ["", "**Repair actions** (kind, run, what was done, where):", ""]
+            lines += [f"- {_md(text)}" for text in actions]
     if result.errors_total:
         lines += ["", f"**Read errors: {result.errors_total:,}** (first ones):", ""]
         lines += [f"- `{_md(e.where)}` ({_md(e.source)}): {_md(e.message)}"
                   for e in result.errors[:20]]
     return "\n".join(lines) + "\n"
+
+
+def checked_line(result: ReconcileResult) -> str:
+    """How many runs were checked, and how many were left for the next pass and why: a pass
+    that checked nothing must say so, not read as "100 % complete"."""
+    window = result.window
+    text = f"Checked {result.checked:,} runs in the window"
+    if not result.checked:
+        text = "Checked 0 runs: this pass proves nothing"
+    if result.deferred:
+        text += (f"; {result.deferred:,} left for the next pass (too recent: started within "
+                 f"the grace period of {_duration(window.grace)}, after {iso(window.end)})")
+    elif not result.checked:
+        text += " (no run started in the window)"
+    return text + "."
+
+
+def not_run_line(result: ReconcileResult) -> str:
+    """The Odibi rows of nodes that did not execute: counted, explained, not discrepancies."""
+    parts = "; ".join(f"{n:,} {NOT_RUN_REASONS.get(reason, reason)}"
+                      for reason, n in sorted(result.not_run.items()))
+    total = sum(result.not_run.values())
+    return (f"Odibi logged {total:,} rows for nodes that did not execute (not "
+            f"discrepancies): {parts}.")
+
+
+def repair_actions(result: ReconcileResult, limit: int) -> list[str]:
+    """One sentence per repair action (planned, applied or failed): kind, run, what was done,
+    and on which backend. Runs with nothing to do are left out."""
+    out: list[str] = []
+    for item in top_items(result, limit):
+        repair = item.repair or {}
+        if not repair.get("action"):
+            continue
+        backends = repair.get("backends") or {}
+        destination = (result.repair or {}).get("span_destination")
+        where = "; ".join(f"{name}{f' {destination}' if name == 'traces' and destination else ''}"
+                          f": {state}" for name, state in backends.items())
+        out.append(f"{repair.get('status')} {repair['action']} for {item.kind} run "
+                   f"{item.run_id} ({item.pipeline}/{item.node}): {repair.get('note') or ''}"
+                   + (f" [{where}]" if where else ""))
+    return out
 
 
 def _repair_cell(repair: dict[str, Any] | None) -> str:
@@ -229,8 +283,17 @@ def _repair_line(repair: dict[str, Any]) -> str:
     if repair.get("mode") == "dry-run":
         return (f"Repair (dry run — pass `--repair` to apply): would do "
                 f"{actions or 'nothing'}{rest}.")
-    return (f"Repair applied: {repair.get('applied', 0)} done, {repair.get('failed', 0)} "
-            f"failed ({actions or 'nothing'}){rest}.")
+    backends = repair.get("backends") or {}
+    per_backend = ", ".join(f"{name} {counts.get('applied', 0)} applied"
+                            + (f" / {counts['failed']} failed" if counts.get("failed") else "")
+                            + (f" / {counts['not_sent']} not sent" if counts.get("not_sent")
+                               else "")
+                            for name, counts in backends.items())
+    partial = (f", {repair['partial']} partly (not on every backend)"
+               if repair.get("partial") else "")
+    return (f"Repair applied: {repair.get('applied', 0)} done{partial}, "
+            f"{repair.get('failed', 0)} failed ({actions or 'nothing'}){rest}"
+            + (f"; by backend: {per_backend}" if per_backend else "") + ".")
 
 
 def _duration(delta: Any) -> str:
@@ -256,17 +319,28 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
         f"catalog        {result.catalog_source}: {result.catalog_runs:,} runs",
         f"traces         {', '.join(result.trace_sources)}: {result.trace_runs:,} runs"
         + (f" ({result.ignored_spans:,} other spans ignored)" if result.ignored_spans else ""),
-        f"matched        {result.matched:,}  completeness {_pct(result.completeness)}"
+        f"matched        {result.matched:,}  completeness "
+        + (_pct(result.completeness) if result.checked else "- (nothing checked)")
         + (f"  in flight {result.in_flight:,}" if result.in_flight else "")
         + (f"  unchecked {result.unchecked:,}" if result.unchecked else ""),
         f"discrepancies  {total:,}" + (f": {kinds}" if kinds else ""),
+        "checked        " + checked_line(result)[len("Checked "):],
     ]
+    if result.not_run:
+        lines.append("not run        " + not_run_line(result))
+    for note in result.notes:
+        lines.append(f"note           {note}")
     if result.errors_total:
         first = result.errors[0] if result.errors else None
         lines.append(f"errors         {result.errors_total:,}" + (
             f" (first: {first.where}: {first.message})" if first else ""))
     if result.repair and total:
         lines.append("repair         " + _repair_line(result.repair).replace("`", ""))
+        for text in repair_actions(result, CLI_REPAIR_LINES):
+            lines.append(f"  {text}")
+        listed = sum(1 for item in result.discrepancies() if (item.repair or {}).get("action"))
+        if listed > CLI_REPAIR_LINES:
+            lines.append(f"  ... {listed - CLI_REPAIR_LINES:,} more in the reports")
     for path in written:
         lines.append(f"wrote          {path}")
     return "\n".join(lines)
@@ -275,13 +349,21 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
 # --- meta_reconciliation ------------------------------------------------------------------------
 
 
-def record(result: ReconcileResult, url: str) -> None:
+def record(result: ReconcileResult, url: str) -> bool:
     """One ``meta_reconciliation`` row for the report and one ``meta_reconciliation_items`` row
-    per discrepancy, in the catalog at ``url`` (migrated to the current schema first)."""
+    per discrepancy, in the catalog at ``url``; False (and nothing written) when the catalog
+    has no such tables.
+
+    Never creates or migrates anything: auditing a catalog must not change it (its schema
+    belongs to whoever runs ``odibi-observe catalog upgrade``), so the tables are used only
+    where they already exist.
+    """
     engine = create_catalog_engine(url)
     try:
-        upgrade(engine)
-        repaired = int((result.repair or {}).get("applied", 0))
+        if not recording_tables_exist(engine):
+            return False
+        repaired = int((result.repair or {}).get("applied", 0)) + int(
+            (result.repair or {}).get("partial", 0))
         with engine.begin() as conn:
             conn.execute(reconciliation.insert().values(
                 **{REPORT_ID: result.report_id},
@@ -307,15 +389,23 @@ def record(result: ReconcileResult, url: str) -> None:
                         item.started_ns),
                     TRACE_ID: (item.trace_id or None),
                     "detail": item.detail,
-                    "repaired": bool(item.repair and item.repair.get("status") == "applied"),
+                    "repaired": bool(item.repair and item.repair.get("status") in (
+                        "applied", "partial")),
                 })
                 if len(batch) >= _ITEM_BATCH:
                     conn.execute(reconciliation_items.insert(), batch)
                     batch = []
             if batch:
                 conn.execute(reconciliation_items.insert(), batch)
+        return True
     finally:
         engine.dispose()
+
+
+def recording_tables_exist(engine: sa.Engine) -> bool:
+    """Whether the catalog has both ``meta_reconciliation`` tables (only read, never made)."""
+    inspector = sa.inspect(engine)
+    return all(inspector.has_table(t.name) for t in (reconciliation, reconciliation_items))
 
 
 def recorded_reports(url: str, limit: int = 10) -> list[dict[str, Any]]:
@@ -346,5 +436,9 @@ def write_metrics(result: ReconcileResult, path: str | Path) -> CollectorRegistr
           registry=registry).set(result.completeness)
     Gauge(metrics.last_run.prometheus, metrics.last_run.description,
           registry=registry).set(datetime.now(timezone.utc).timestamp())
+    Gauge(metrics.checked.prometheus, metrics.checked.description,
+          registry=registry).set(result.checked)
+    Gauge(metrics.deferred.prometheus, metrics.deferred.description,
+          registry=registry).set(result.deferred)
     write_to_textfile(str(path), registry)
     return registry

@@ -20,10 +20,16 @@ is imported on first use (``from odibi_observe.sidecar import Sidecar`` works as
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Final
 
-from odibi_observe.config import FSYNC_POLICIES, ConfigurationError
+from odibi_observe.config import (
+    ConfigurationError,
+    option_field,
+    parse_listen,
+    setting,
+    sidecar_setting,
+)
 
 if TYPE_CHECKING:
     from odibi_observe.sidecar.ledger import LedgerResult, SpanLedger
@@ -45,33 +51,23 @@ __all__ = [
     "parse_listen",
 ]
 
-DEFAULT_HOST: Final = "127.0.0.1"
+#: The sidecar's defaults come from the one settings table (odibi_observe.config.SETTINGS);
+#: these names are kept for the modules that import them.
+DEFAULT_HOST: Final[str] = setting("sidecar_listen").default[0]
 #: The port OpenTelemetry's Prometheus exporter conventionally uses.
-DEFAULT_PORT: Final = 9464
+DEFAULT_PORT: Final[int] = setting("sidecar_listen").default[1]
 #: The OTLP/HTTP path of the traces signal.
 TRACES_PATH: Final = "/v1/traces"
-#: Largest accepted OTLP body, compressed or not (the Collector's own default is 20 MiB; an
-#: SDK batch of 512 node spans is well under 1 MiB).
-DEFAULT_MAX_BODY_BYTES: Final = 16 * 2**20
-DEFAULT_SWEEP_INTERVAL: Final = 30.0
-DEFAULT_HEARTBEAT_TIMEOUT: Final = 300.0
-DEFAULT_FSYNC: Final = "interval"
-DEFAULT_SPOOL_MAX_BYTES: Final = 512 * 2**20
-DEFAULT_GC_INTERVAL: Final = 60.0
-#: Below Kubernetes' default 30 s termination grace period, with room for the rest of stop().
-DEFAULT_DRAIN_TIMEOUT: Final = 10.0
-DEFAULT_STUCK_AFTER: Final = 120.0
-#: Spooled events per export. Twice the SDK's span batch: a batch holds a STARTED and a
-#: FINISHED event per run, so the OTel sink still exports at most ~512 spans per request,
-#: while the catalog commits (and the cursor acknowledges) half as often as with 512.
-DEFAULT_MAX_BATCH: Final = 1024
+#: Largest accepted OTLP body, compressed or not (see the settings table for why 8 MiB).
+DEFAULT_MAX_BODY_BYTES: Final[int] = setting("sidecar_max_body").default
 
 
 @dataclass(frozen=True)
 class SidecarOptions:
     """Everything a sidecar is told; the CLI's options map one to one onto these fields.
 
-    Durations are seconds, sizes bytes. ``sweep_interval=0`` turns the sweeper off (another
+    Durations are seconds, sizes bytes; defaults, variables and meanings are in the settings
+    table (``docs/configuration.md``). ``sweep_interval=0`` turns the sweeper off (another
     sidecar sweeps, or ``odibi-observe sweep`` runs from cron). ``pid_check=False`` makes the
     sweeper judge runs by heartbeats only — required when the sidecar cannot see the pipeline
     processes (a container without a shared pid namespace), where every pid looks dead.
@@ -85,62 +81,40 @@ class SidecarOptions:
     spool_dir: str
     listen_host: str = DEFAULT_HOST
     listen_port: int = DEFAULT_PORT
-    token: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    ledger: bool = True
-    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
-    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
-    all_hosts: bool = False
-    pid_check: bool = True
-    fsync: str = DEFAULT_FSYNC
-    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
-    gc_interval: float = DEFAULT_GC_INTERVAL
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    stuck_after: float = DEFAULT_STUCK_AFTER
-    max_batch: int = DEFAULT_MAX_BATCH
+    token: str | None = option_field("token")
+    max_body_bytes: int = option_field("max_body_bytes")
+    ledger: bool = option_field("ledger")
+    sweep_interval: float = option_field("sweep_interval")
+    heartbeat_timeout: float = option_field("heartbeat_timeout")
+    all_hosts: bool = option_field("all_hosts")
+    pid_check: bool = option_field("pid_check")
+    fsync: str = option_field("fsync")
+    spool_max_bytes: int = option_field("spool_max_bytes")
+    gc_interval: float = option_field("gc_interval")
+    drain_timeout: float = option_field("drain_timeout")
+    stuck_after: float = option_field("stuck_after")
+    max_batch: int = option_field("max_batch")
     poll_interval: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.fsync not in FSYNC_POLICIES:
-            raise ConfigurationError(
-                f"fsync={self.fsync!r}: choose one of {', '.join(FSYNC_POLICIES)}")
-        for name in ("sweep_interval", "gc_interval", "drain_timeout"):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(f"{name} must be >= 0")
-        for name in ("heartbeat_timeout", "stuck_after", "poll_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be > 0")
-        for name in ("spool_max_bytes", "max_body_bytes", "max_batch"):
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be at least 1")
+        # Each value is checked by its setting's own parser: the rules that apply to
+        # --max-batch apply to SidecarOptions(max_batch=...) as well.
+        for f in fields(self):
+            try:
+                entry = sidecar_setting(f.name)
+            except KeyError:
+                continue
+            value = getattr(self, f.name)
+            if value is None and entry.default is None:
+                continue
+            try:
+                entry.parser(value)
+            except ValueError as exc:
+                raise ConfigurationError(f"{f.name}={value!r}: {exc}") from None
+        if self.poll_interval <= 0:
+            raise ConfigurationError("poll_interval must be > 0")
         if not 0 <= self.listen_port <= 65535:
             raise ConfigurationError(f"listen port {self.listen_port} is not a TCP port")
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` → ``(host, port)``.
-
-    An address without a host means 127.0.0.1, never "all interfaces": listening on every
-    interface must be asked for explicitly (``0.0.0.0:9464``). Raises ``ValueError``.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"{text!r}: expected [IPv6]:PORT")
-    elif text.count(":") > 1:
-        raise ValueError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
-    elif ":" in text:
-        host, _, port = text.rpartition(":")
-    else:
-        host, port = "", text
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{text!r}: the port must be a number (HOST:PORT)") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"{text!r}: port {number} is not a TCP port")
-    return host or DEFAULT_HOST, number
 
 
 _LAZY: Final = {

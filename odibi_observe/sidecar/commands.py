@@ -16,39 +16,26 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
 import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from odibi_observe.config import (
     FSYNC_POLICIES,
+    SETTINGS,
     ConfigurationError,
+    format_duration,
+    format_size,
     hide_password,
-    parse_bool,
-    parse_duration,
-    parse_positive_int,
+    parse_size,
     resolve_settings,
+    setting,
 )
-from odibi_observe.sidecar import (
-    DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_FSYNC,
-    DEFAULT_GC_INTERVAL,
-    DEFAULT_HEARTBEAT_TIMEOUT,
-    DEFAULT_HOST,
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_PORT,
-    DEFAULT_SPOOL_MAX_BYTES,
-    DEFAULT_STUCK_AFTER,
-    DEFAULT_SWEEP_INTERVAL,
-    SidecarOptions,
-    parse_listen,
-)
+from odibi_observe.sidecar import DEFAULT_HOST, SidecarOptions
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -59,26 +46,12 @@ if TYPE_CHECKING:
 
 __all__ = ["format_size", "parse_size", "register"]
 
-ENV: Final = {
-    "catalog": "ODIBI_OBSERVE_CATALOG_URL",
-    "spool_dir": "ODIBI_OBSERVE_SPOOL_DIR",
-    "listen": "ODIBI_OBSERVE_SIDECAR_LISTEN",
-    "token": "ODIBI_OBSERVE_SIDECAR_TOKEN",
-    "token_file": "ODIBI_OBSERVE_SIDECAR_TOKEN_FILE",
-    "max_body": "ODIBI_OBSERVE_SIDECAR_MAX_BODY",
-    "ledger": "ODIBI_OBSERVE_SIDECAR_LEDGER",
-    "sweep_interval": "ODIBI_OBSERVE_SWEEP_INTERVAL",
-    "heartbeat_timeout": "ODIBI_OBSERVE_HEARTBEAT_TIMEOUT",
-    "all_hosts": "ODIBI_OBSERVE_SWEEP_ALL_HOSTS",
-    "pid_check": "ODIBI_OBSERVE_SWEEP_PID_CHECK",
-    "fsync": "ODIBI_OBSERVE_SPOOL_FSYNC",
-    "spool_max_bytes": "ODIBI_OBSERVE_SPOOL_MAX_BYTES",
-    "gc_interval": "ODIBI_OBSERVE_SPOOL_GC_INTERVAL",
-    "drain_timeout": "ODIBI_OBSERVE_SIDECAR_DRAIN_TIMEOUT",
-    "stuck_after": "ODIBI_OBSERVE_SIDECAR_STUCK_AFTER",
-    "max_batch": "ODIBI_OBSERVE_SIDECAR_MAX_BATCH",
-    "log_level": "ODIBI_OBSERVE_LOG_LEVEL",
-}
+#: The SidecarOptions fields read by ``_setting`` from their table entries (the others —
+#: catalog, spool directory, listen address, token — have their own rules below).
+_OPTIONS: Final = tuple(
+    s for s in SETTINGS
+    if s.sidecar and s.name not in ("catalog_url", "spool_dir", "sidecar_listen", "sidecar_token",
+                                    "sidecar_token_file", "log_level"))
 
 #: How long ``odibi-observe sweep --spool-dir`` delivers the spool before giving up.
 SWEEP_DRAIN_TIMEOUT: Final = 30.0
@@ -96,71 +69,31 @@ traces and metrics destinations (the standard OpenTelemetry variables, as for pi
                         also append spans as OTLP-JSON lines to this file
 """
 
-# -- value parsers -----------------------------------------------------------------------------
+# -- values ------------------------------------------------------------------------------------
 
-_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
-_POWERS: Final = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def parse_size(text: str) -> int:
-    """``"512MiB"`` (binary), ``"100MB"`` (decimal), ``"64k"``/``"1G"`` (binary) or bytes."""
-    match = _SIZE.match(text)
-    if match is None or (match.group(3) and not match.group(2)):
-        raise ValueError(f"{text!r} is not a size like 512MiB, 1GiB or 100MB")
-    number, prefix, binary, byte = match.groups()
-    power = _POWERS[prefix.lower()]
-    # "MB" is decimal (SI); "MiB", and a bare "M" as in most tools' flags, are binary.
-    base = 1000 if (byte and not binary) else 1024
-    value = int(float(number) * base**power)
-    if value < 1:
-        raise ValueError(f"{text!r} is not a positive size")
-    return value
+#: The table's own parsers and formats, re-exported for the modules and tests that import them.
+_format_duration = format_duration
+_TABLE_DEFAULT: Final = object()
 
 
-def format_size(n: int) -> str:
-    for unit, power in (("GiB", 3), ("MiB", 2), ("KiB", 1)):
-        if n >= 1024**power and n % 1024**power == 0:
-            return f"{n // 1024**power}{unit}"
-    return f"{n}B"
+def _setting(args: argparse.Namespace, name: str, default: Any = _TABLE_DEFAULT) -> Any:
+    """The setting ``name``: its command-line option, else its variable, else its default.
 
-
-def _format_duration(seconds: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
-def _parse_fsync(text: str) -> str:
-    if text not in FSYNC_POLICIES:
-        raise ValueError(f"{text!r}: choose one of {', '.join(FSYNC_POLICIES)}")
-    return text
-
-
-_T = TypeVar("_T")
-
-
-def _setting(args: argparse.Namespace, name: str, parse: Callable[[str], _T],
-             default: _T) -> _T:
-    """The option ``name``: the command line, else its environment variable, else default.
-
-    Values are parsed here rather than by argparse so that a bad environment variable is
-    reported with the variable's name.
+    Parsed by the setting's own parser from the table (the one pipelines use too) rather than
+    by argparse, so that a bad environment variable is reported with the variable's name.
     """
-    value = getattr(args, name, None)
-    flag = "--" + name.replace("_", "-")
+    entry = setting(name)
+    value = getattr(args, entry.dest, None)
+    where = entry.flag or entry.name
     if value is None:
-        env = ENV.get(name)
-        raw = os.environ.get(env) if env else None
+        raw = os.environ.get(entry.env) if entry.env else None
         if raw is None or raw == "":
-            return default
-        value, flag = raw, str(env)
-    if not isinstance(value, str):  # a flag argparse already turned into a value
-        return value  # type: ignore[no-any-return]
+            return entry.default if default is _TABLE_DEFAULT else default
+        value, where = raw, str(entry.env)
     try:
-        return parse(value)
+        return entry.parser(value)
     except ValueError as exc:
-        raise ConfigurationError(f"{flag}: {exc}") from None
+        raise ConfigurationError(f"{where}={value!r}: {exc}") from None
 
 
 # -- parsers -----------------------------------------------------------------------------------
@@ -172,13 +105,15 @@ def _wrap(*paragraphs: str) -> str:
 
 
 def _env(name: str) -> str:
-    return f"env {ENV[name]}"
+    return f"env {setting(name).env}"
+
+
+def _default(name: str) -> str:
+    return setting(name).shown_default()
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``sidecar`` and ``sweep`` to the odibi-observe parser."""
-    from odibi_observe.cli import CATALOG_ENV
-
     sidecar = sub.add_parser(
         "sidecar", help="run the sidecar: spool → catalog/traces/metrics, sweeper, /metrics",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,7 +128,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sidecar.add_argument(
         "--catalog", metavar="URL", default=None,
         help=f"SQLAlchemy URL of the catalog (meta_runs and the span ledger), e.g. "
-             f"sqlite:///catalog.db or postgresql://user@host/db (required; env {CATALOG_ENV})")
+             f"sqlite:///catalog.db or postgresql://user@host/db (required; {_env('catalog_url')})")
     sidecar.add_argument(
         "--spool-dir", metavar="DIR",
         help=f"spool directory shared with the pipelines, created if missing (required; "
@@ -201,51 +136,53 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sidecar.add_argument(
         "--listen", metavar="HOST:PORT",
         help=f"address of the HTTP endpoints; PORT alone means {DEFAULT_HOST}; use 0.0.0.0:PORT "
-             f"to accept other hosts (default: {DEFAULT_HOST}:{DEFAULT_PORT}; {_env('listen')})")
+             f"to accept other hosts (default: {_default('sidecar_listen')}; "
+             f"{_env('sidecar_listen')})")
     sidecar.add_argument(
         "--token-file", metavar="FILE",
         help=f"require 'Authorization: Bearer TOKEN' on POST /v1/traces, TOKEN read from FILE "
-             f"(default: no token; {_env('token_file')}, or the token itself in "
-             f"{ENV['token']} — never on the command line, where ps shows it)")
+             f"(default: no token; {_env('sidecar_token_file')}, or the token itself in "
+             f"{setting('sidecar_token').env} — never on the command line, where ps shows it)")
     sidecar.add_argument(
         "--max-body", metavar="SIZE",
         help=f"largest OTLP request body, compressed or not; larger is 413 (default: "
-             f"{format_size(DEFAULT_MAX_BODY_BYTES)}; {_env('max_body')})")
+             f"{_default('sidecar_max_body')}; {_env('sidecar_max_body')})")
     sidecar.add_argument(
         "--ledger", action=argparse.BooleanOptionalAction, default=None,
         help=f"store odibi node spans received on /v1/traces in the span ledger; "
-             f"--no-ledger answers it with 404 (default: on; {_env('ledger')})")
+             f"--no-ledger answers it with 404 (default: on; {_env('sidecar_ledger')})")
     sidecar.add_argument(
         "--sweep-interval", metavar="DURATION",
         help=f"how often to close RUNNING runs whose process is gone; 0 turns the sweeper off "
-             f"(default: {_format_duration(DEFAULT_SWEEP_INTERVAL)}; {_env('sweep_interval')})")
+             f"(default: {_default('sweep_interval')}; {_env('sweep_interval')})")
     _sweep_options(sidecar)
     sidecar.add_argument(
         "--fsync", metavar="POLICY", choices=FSYNC_POLICIES,
         help=f"when the sidecar's own spool writes (crash events, cursor positions) reach the "
-             f"disk: {', '.join(FSYNC_POLICIES)} (default: {DEFAULT_FSYNC}; {_env('fsync')})")
+             f"disk: {', '.join(FSYNC_POLICIES)} (default: {_default('spool_fsync')}; "
+             f"{_env('spool_fsync')})")
     sidecar.add_argument(
         "--spool-max-bytes", metavar="SIZE",
         help=f"spool size limit for the sidecar's own appends (crash events; pipelines apply "
              f"their own spool_max_bytes); beyond it appends are refused and counted "
-             f"(default: {format_size(DEFAULT_SPOOL_MAX_BYTES)}; {_env('spool_max_bytes')})")
+             f"(default: {_default('spool_max_bytes')}; {_env('spool_max_bytes')})")
     sidecar.add_argument(
         "--gc-interval", metavar="DURATION",
         help=f"how often spool segments every sink has passed are deleted; 0: never "
-             f"(default: {_format_duration(DEFAULT_GC_INTERVAL)}; {_env('gc_interval')})")
+             f"(default: {_default('spool_gc_interval')}; {_env('spool_gc_interval')})")
     sidecar.add_argument(
         "--drain-timeout", metavar="DURATION",
         help=f"on SIGTERM, how long to keep delivering spooled events to the sinks that work; "
              f"keep it below the stop grace period (default: "
-             f"{_format_duration(DEFAULT_DRAIN_TIMEOUT)}; {_env('drain_timeout')})")
+             f"{_default('sidecar_drain_timeout')}; {_env('sidecar_drain_timeout')})")
     sidecar.add_argument(
         "--stuck-after", metavar="DURATION",
         help=f"/healthz answers 503 when a loop is this late or a sink export runs this long "
-             f"(default: {_format_duration(DEFAULT_STUCK_AFTER)}; {_env('stuck_after')})")
+             f"(default: {_default('sidecar_stuck_after')}; {_env('sidecar_stuck_after')})")
     sidecar.add_argument(
         "--max-batch", metavar="N",
         help=f"spooled events handed to a sink per export (one catalog transaction, one OTLP "
-             f"request) (default: {DEFAULT_MAX_BATCH}; {_env('max_batch')})")
+             f"request) (default: {_default('sidecar_max_batch')}; {_env('sidecar_max_batch')})")
     _log_option(sidecar, "info")
     sidecar.set_defaults(handler=_run_sidecar, subparser=sidecar)
 
@@ -265,7 +202,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     sweep.add_argument(
         "--catalog", metavar="URL", default=None,
-        help=f"SQLAlchemy URL of the catalog (required; env {CATALOG_ENV})")
+        help=f"SQLAlchemy URL of the catalog (required; {_env('catalog_url')})")
     sweep.add_argument(
         "--spool-dir", metavar="DIR",
         help=f"deliver this spool to the sinks before sweeping; not while a sidecar serves "
@@ -274,7 +211,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "--drain-timeout", metavar="DURATION",
         help=f"how long to deliver the spool before giving up "
              f"(default: {_format_duration(SWEEP_DRAIN_TIMEOUT)}; "
-             f"{_env('drain_timeout')})")
+             f"{_env('sidecar_drain_timeout')})")
     _sweep_options(sweep)
     sweep.add_argument("--dry-run", action="store_true",
                        help="print what would be closed and close nothing (--spool-dir is "
@@ -288,17 +225,16 @@ def _sweep_options(parser: argparse.ArgumentParser) -> None:
         "--heartbeat-timeout", metavar="DURATION",
         help=f"a run not checkable by pid (another host, --no-pid-check) is crashed after no "
              f"heartbeat for this long; keep it several heartbeat intervals "
-             f"(default: {_format_duration(DEFAULT_HEARTBEAT_TIMEOUT)}; "
-             f"{_env('heartbeat_timeout')})")
+             f"(default: {_default('heartbeat_timeout')}; {_env('heartbeat_timeout')})")
     parser.add_argument(
         "--all-hosts", action=argparse.BooleanOptionalAction, default=None,
         help=f"also sweep runs of other hosts, by heartbeat (default: this host only; "
-             f"{_env('all_hosts')})")
+             f"{_env('sweep_all_hosts')})")
     parser.add_argument(
         "--pid-check", action=argparse.BooleanOptionalAction, default=None,
         help=f"judge runs of this host by their pid; --no-pid-check when the pipelines run in "
              f"another pid namespace (a container without a shared process namespace), where "
-             f"every pid looks dead (default: on; {_env('pid_check')})")
+             f"every pid looks dead (default: on; {_env('sweep_pid_check')})")
 
 
 def _log_option(parser: argparse.ArgumentParser, default: str) -> None:
@@ -311,9 +247,7 @@ def _log_option(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = _setting(args, "log_level", str.upper, args.log_default.upper())
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigurationError(f"{ENV['log_level']}: {level.lower()!r} is not a log level")
+    level = str(_setting(args, "log_level", args.log_default)).upper()
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
@@ -323,23 +257,23 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _catalog(args: argparse.Namespace) -> str:
-    from odibi_observe.cli import CATALOG_ENV
-
-    url = args.catalog or os.environ.get(CATALOG_ENV)
+    env = setting("catalog_url").env
+    url = args.catalog or os.environ.get(str(env))
     if not url:
-        args.subparser.error(f"--catalog URL is required (or set {CATALOG_ENV})")
+        args.subparser.error(f"--catalog URL is required (or set {env})")
     return str(url)
 
 
 def _spool_dir(args: argparse.Namespace, *, required: bool) -> str | None:
-    value = args.spool_dir or os.environ.get(ENV["spool_dir"]) or None
+    env = str(setting("spool_dir").env)
+    value = args.spool_dir or os.environ.get(env) or None
     if required and not value:
-        args.subparser.error(f"--spool-dir DIR is required (or set {ENV['spool_dir']})")
+        args.subparser.error(f"--spool-dir DIR is required (or set {env})")
     return value
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    path = args.token_file or os.environ.get(ENV["token_file"]) or None
+    path = args.token_file or os.environ.get(str(setting("sidecar_token_file").env)) or None
     if path:
         try:
             with open(path, encoding="utf-8") as handle:
@@ -350,7 +284,7 @@ def _token(args: argparse.Namespace) -> str | None:
         if not token:
             raise ConfigurationError(f"--token-file {path!r} is empty")
         return token
-    return os.environ.get(ENV["token"]) or None
+    return os.environ.get(str(setting("sidecar_token").env)) or None
 
 
 # -- odibi-observe sidecar ---------------------------------------------------------------------
@@ -358,26 +292,14 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def sidecar_options(args: argparse.Namespace) -> SidecarOptions:
     """The :class:`~odibi_observe.sidecar.SidecarOptions` of parsed ``sidecar`` arguments."""
-    listen = _setting(args, "listen", parse_listen, (DEFAULT_HOST, DEFAULT_PORT))
+    host, port = _setting(args, "sidecar_listen")
     return SidecarOptions(
         catalog_url=_catalog(args),
         spool_dir=str(_spool_dir(args, required=True)),
-        listen_host=listen[0],
-        listen_port=listen[1],
+        listen_host=host,
+        listen_port=port,
         token=_token(args),
-        max_body_bytes=_setting(args, "max_body", parse_size, DEFAULT_MAX_BODY_BYTES),
-        ledger=_setting(args, "ledger", parse_bool, True),
-        sweep_interval=_setting(args, "sweep_interval", parse_duration, DEFAULT_SWEEP_INTERVAL),
-        heartbeat_timeout=_setting(args, "heartbeat_timeout", parse_duration,
-                                   DEFAULT_HEARTBEAT_TIMEOUT),
-        all_hosts=_setting(args, "all_hosts", parse_bool, False),
-        pid_check=_setting(args, "pid_check", parse_bool, True),
-        fsync=_setting(args, "fsync", _parse_fsync, DEFAULT_FSYNC),
-        spool_max_bytes=_setting(args, "spool_max_bytes", parse_size, DEFAULT_SPOOL_MAX_BYTES),
-        gc_interval=_setting(args, "gc_interval", parse_duration, DEFAULT_GC_INTERVAL),
-        drain_timeout=_setting(args, "drain_timeout", parse_duration, DEFAULT_DRAIN_TIMEOUT),
-        stuck_after=_setting(args, "stuck_after", parse_duration, DEFAULT_STUCK_AFTER),
-        max_batch=_setting(args, "max_batch", parse_positive_int, DEFAULT_MAX_BATCH),
+        **{entry.option or entry.name: _setting(args, entry.name) for entry in _OPTIONS},
     )
 
 
@@ -433,11 +355,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     _setup_logging(args)
     url = _catalog(args)
     spool_dir = _spool_dir(args, required=False)
-    heartbeat_timeout = _setting(args, "heartbeat_timeout", parse_duration,
-                                 DEFAULT_HEARTBEAT_TIMEOUT)
-    all_hosts = _setting(args, "all_hosts", parse_bool, False)
-    pid_check = _setting(args, "pid_check", parse_bool, True)
-    drain_timeout = _setting(args, "drain_timeout", parse_duration, SWEEP_DRAIN_TIMEOUT)
+    heartbeat_timeout = _setting(args, "heartbeat_timeout")
+    all_hosts = _setting(args, "sweep_all_hosts")
+    pid_check = _setting(args, "sweep_pid_check")
+    drain_timeout = _setting(args, "sidecar_drain_timeout", SWEEP_DRAIN_TIMEOUT)
     settings = resolve_settings({"catalog_url": url, "mode": "background"})
     settings = replace(settings, prometheus_port=None, prometheus_textfile=None)
     observer = Observer(settings, registry=CollectorRegistry(), strict=True)

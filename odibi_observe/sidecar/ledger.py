@@ -41,7 +41,6 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import StaticPool
 
 from odibi_observe.catalog.migrate import upgrade
 from odibi_observe.catalog.schema import (
@@ -166,8 +165,10 @@ class SpanLedger:
     database is down at start still starts, and its receiver answers 503 until it is back.
     ``create=False`` skips the migration, for a database user that may not run DDL.
 
-    Thread-safe: each call takes its own pooled connection (an in-memory SQLite database,
-    which has one shared connection, is used by one call at a time).
+    Thread-safe: each call takes its own pooled connection. On SQLite, calls of this object
+    run one at a time: SQLite has one writer, and concurrent exports storing chunk after chunk
+    starved each other on its busy timeout (a 503 for an export that merely waited); a
+    Python lock makes them queue instead.
     """
 
     def __init__(self, url_or_engine: str | Engine, *, create: bool = True) -> None:
@@ -179,7 +180,7 @@ class SpanLedger:
         self._revision: str | None = None
         self._schema_lock = threading.Lock()
         self._serial: AbstractContextManager[Any] = (
-            threading.Lock() if isinstance(self.engine.pool, StaticPool) else nullcontext()
+            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
         )
         self._insert = _insert_statement(self.engine.dialect.name)
 

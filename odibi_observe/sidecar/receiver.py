@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import hmac
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Final, Protocol
 
 from google.protobuf import json_format
@@ -45,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
 from odibi_observe.conventions import SIDECAR_METRICS
-from odibi_observe.otlp_json import decode_request_json, iter_spans
+from odibi_observe.otlp_json import SpanView, decode_request_json, iter_spans
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sidecar import DEFAULT_MAX_BODY_BYTES, TRACES_PATH
@@ -66,6 +68,16 @@ _UNAVAILABLE: Final = 14
 _UNAUTHENTICATED: Final = 16
 
 _OUTCOMES: Final = ("stored", "duplicate", "ignored", "rejected")
+
+#: Spans turned into Python objects and stored per ledger transaction. The decoded request
+#: (protobuf's compact C representation, ~2.7x the wire size) is held for the whole export;
+#: the Python view of a span and its row (~1 KiB each) only for one chunk. Without chunking
+#: a 14 MiB export of 135 000 small spans took 470 MiB; with it, see docs/operations.md.
+SPANS_PER_STORE: Final = 5_000
+#: Concatenated gzip members accepted in one body (exporters send exactly one).
+MAX_GZIP_MEMBERS: Final = 16
+#: Rejection reasons kept for one answer's ``partial_success.error_message``.
+_MAX_ERRORS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,9 @@ class TraceReceiver:
             except ValueError:
                 return _status(400, _INVALID_ARGUMENT, "Content-Length is not a number", media,
                                close=True)
+            if size < 0:
+                return _status(400, _INVALID_ARGUMENT, "Content-Length is negative", media,
+                               close=True)
             if size > self.max_body_bytes:
                 return self.too_large(media)
         return None
@@ -192,22 +207,31 @@ class TraceReceiver:
             return _status(400, _INVALID_ARGUMENT, f"body is not valid {encoding}: {exc}", media)
         try:
             request = _decode(raw, media)
-            spans = list(iter_spans(request))
+        except RecursionError:
+            return _status(400, _INVALID_ARGUMENT,
+                           f"body is not an OTLP ExportTraceServiceRequest ({media}): "
+                           "nested too deeply", media)
         except (ValueError, DecodeError) as exc:
             return _status(400, _INVALID_ARGUMENT,
                            f"body is not an OTLP ExportTraceServiceRequest ({media}): "
                            f"{safe_text(str(exc), 300)}", media)
+        del raw
+        result = LedgerResult()
         try:
-            result = self.ledger.store(spans)
+            for chunk in _chunks(iter_spans(request), SPANS_PER_STORE):
+                result = _merge(result, self.ledger.store(chunk))
         except SQLAlchemyError as exc:
-            # The database is down, locked, read-only or out of space. Nothing was committed;
-            # 503 is retryable under OTLP/HTTP, so the sender keeps the spans and retries.
+            # The database is down, locked, read-only or out of space. The chunks committed
+            # so far are kept; 503 is retryable under OTLP/HTTP, so the sender resends the
+            # whole request and those spans count as duplicates (the ledger is idempotent).
+            self._count(result)
             self._ledger_failed(exc)
             return _status(503, _UNAVAILABLE,
                            "span ledger unavailable, retry later", media,
                            headers=(("Retry-After", str(self.retry_after)),))
         except Exception as exc:  # a bug here must answer, not kill the connection thread
-            log.exception("odibi-observe sidecar: storing %d span(s) failed", len(spans))
+            log.exception("odibi-observe sidecar: storing spans failed after %d",
+                          result.received)
             if self.monitor is not None:
                 self.monitor.sink_error("ledger")
             return _status(500, _INTERNAL, f"internal error: {type(exc).__name__}", media)
@@ -246,6 +270,22 @@ class TraceReceiver:
 # -- encoding helpers ------------------------------------------------------------------------
 
 
+def _chunks(spans: Iterator[SpanView], size: int) -> Iterator[list[SpanView]]:
+    """``spans`` in lists of at most ``size``: only one list is ever built at a time."""
+    while chunk := list(islice(spans, size)):
+        yield chunk
+
+
+def _merge(a: LedgerResult, b: LedgerResult) -> LedgerResult:
+    invalid = dict(a.invalid_attributes)
+    for name, n in b.invalid_attributes.items():
+        invalid[name] = invalid.get(name, 0) + n
+    return LedgerResult(
+        stored=a.stored + b.stored, duplicates=a.duplicates + b.duplicates,
+        ignored=a.ignored + b.ignored, rejected=a.rejected + b.rejected,
+        invalid_attributes=invalid, errors=(a.errors + b.errors)[:_MAX_ERRORS])
+
+
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
@@ -262,7 +302,9 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """``body`` decoded from ``encoding``, never more than ``limit`` bytes of output.
 
     Decompression is bounded by ``max_length`` rather than checked afterwards: a 16 KiB gzip
-    body can expand to gigabytes. Concatenated gzip members (valid gzip) are all read.
+    body can expand to gigabytes. Concatenated gzip members (valid gzip) are read, at most
+    :data:`MAX_GZIP_MEMBERS` of them: exporters send one, and each member costs a fresh
+    inflater, so a body of 200 000 empty members would otherwise cost seconds of CPU.
     """
     if encoding == "identity":
         if len(body) > limit:
@@ -271,7 +313,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
     out = bytearray()
     data = body
-    while True:
+    for _member in range(MAX_GZIP_MEMBERS):
         inflater = zlib.decompressobj(wbits)
         out += inflater.decompress(data, limit + 1 - len(out))
         if len(out) > limit or inflater.unconsumed_tail:
@@ -280,8 +322,8 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
             raise ValueError("compressed body is truncated")
         data = inflater.unused_data
         if not data or encoding != "gzip":
-            break
-    return bytes(out)
+            return bytes(out)
+    raise ValueError(f"more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def _encode(message: Message, media: str) -> bytes:

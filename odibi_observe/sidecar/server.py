@@ -20,6 +20,15 @@ at once, which bounds the memory bodies and decoded spans take. Connections time
 :data:`SOCKET_TIMEOUT` seconds of silence, so a client that opens a socket and sends nothing
 cannot hold a thread forever.
 
+Connections are capped too (one thread each): past :data:`MAX_CONNECTIONS`, a connection is
+served by one of :data:`RESERVE_CONNECTIONS` short-lived reserve threads that answer only
+``GET /metrics`` and ``/healthz`` (everything else gets ``503`` with ``Retry-After``), with a
+:data:`RESERVE_TIMEOUT` socket timeout; past those, a connection is answered ``503`` at once
+and closed. A flood of idle or slow connections therefore costs a bounded number of threads,
+and Prometheus and the liveness probe still get their answers. A request whose framing is
+wrong (a negative ``Content-Length``, a bad chunk size) is answered ``400`` and the connection
+closed; an error in a handler is logged once a minute, never printed as a traceback.
+
 :meth:`SidecarServer.stop` stops accepting, then waits (bounded) for the trace exports in
 flight, so a sender never sees its connection cut after the ledger committed but before the
 ``200`` went out (it would resend; harmless, but noisy).
@@ -29,7 +38,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,10 +48,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from odibi_observe.selfmetrics import log
+from odibi_observe.conventions import SIDECAR_METRICS
+from odibi_observe.redact import safe_text
+from odibi_observe.selfmetrics import log, warn_once_per_minute
 from odibi_observe.sidecar import DEFAULT_HOST, DEFAULT_PORT, TRACES_PATH, parse_listen
 from odibi_observe.sidecar.receiver import ReceiverResponse, TraceReceiver
 
@@ -49,13 +62,32 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthCheck", "SidecarServer", "pars
 #: Seconds a connection may stay silent (idle keep-alive, or a stalled upload).
 SOCKET_TIMEOUT: Final = 60.0
 #: Trace exports decoded and stored at the same time. Each holds its body (up to the
-#: receiver's limit) and the decoded spans in memory; the bound is what keeps a burst of
-#: large exports from taking the sidecar's memory. Further exports wait for a slot.
-MAX_CONCURRENT_EXPORTS: Final = 4
+#: receiver's limit), the decoded request and one chunk of rows — about 7x the body, measured
+#: by benchmarks/bench_receiver_memory.py; the bound is what keeps a burst of large exports
+#: from taking the sidecar's memory. Further exports wait for a slot. Two, because stores
+#: into one database mostly queue on its write lock anyway: more slots add memory, not speed.
+MAX_CONCURRENT_EXPORTS: Final = 2
 #: How long an export waits for a slot before it is answered 503 (retryable).
 EXPORT_SLOT_WAIT: Final = 30.0
 #: Longest chunk-size line read from a chunked body.
 _CHUNK_LINE_LIMIT: Final = 1024
+#: A chunk size as HTTP/1.1 spells it: hex digits only (16 of them is already 16 EiB).
+_CHUNK_SIZE: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
+#: Connections served at once, each on its own thread (an idle keep-alive one included).
+MAX_CONNECTIONS: Final = 64
+#: Extra threads for connections past the cap: ``/metrics`` and ``/healthz`` only.
+RESERVE_CONNECTIONS: Final = 8
+#: Socket timeout of a reserve connection, so a slow client cycles out of the reserve fast.
+RESERVE_TIMEOUT: Final = 2.0
+#: Connections the kernel queues before :meth:`accept` (``socketserver``'s default is 5).
+LISTEN_BACKLOG: Final = 128
+_TOO_MANY: Final = "too_many_connections"
+_BAD_REQUEST: Final = "bad_request"
+_HANDLER_ERROR: Final = "handler_error"
+_REFUSALS: Final = (_TOO_MANY, _BAD_REQUEST, _HANDLER_ERROR)
+_OVERLOADED: Final = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                      b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 21\r\n\r\n"
+                      b"too many connections\n")
 
 #: ``() -> (healthy, document)``: the ``/healthz`` answer.
 HealthCheck = Callable[[], tuple[bool, Mapping[str, Any]]]
@@ -66,7 +98,41 @@ class _Server(ThreadingHTTPServer):
     # waited for explicitly (SidecarServer.stop); idle keep-alive connections are not.
     daemon_threads = True
     block_on_close = False
+    request_queue_size = LISTEN_BACKLOG
     owner: SidecarServer
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection up to the cap; then the reserve; then a quick 503."""
+        owner = self.owner
+        if owner._connections.acquire(blocking=False):
+            handler: type[_Handler] = _Handler
+            slots = owner._connections
+        elif owner._reserve.acquire(blocking=False):
+            handler, slots = _ReserveHandler, owner._reserve
+            owner._over_cap("served by the reserve (/metrics and /healthz only)")
+        else:
+            owner._over_cap("answered 503")
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(target=self._serve_one,
+                                  args=(request, client_address, handler, slots),
+                                  name="odibi-observe-sidecar-conn", daemon=True)
+        thread.start()
+
+    def _serve_one(self, request: Any, client_address: Any, handler: type[_Handler],
+                   slots: threading.BoundedSemaphore) -> None:
+        try:
+            handler(request, client_address, self)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver's default prints a traceback to stderr for every failing request.
+        self.owner._handler_failed()
 
 
 class _Server6(_Server):
@@ -102,6 +168,13 @@ class SidecarServer:
         self._inflight = 0
         self._inflight_cond = threading.Condition()
         self._export_slots = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
+        self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._reserve = threading.BoundedSemaphore(RESERVE_CONNECTIONS)
+        metric = SIDECAR_METRICS.http_refused
+        self.refused = Counter(metric.prometheus_base, metric.description, metric.labels,
+                               registry=registry)
+        for reason in _REFUSALS:
+            self.refused.labels(reason=reason)
         self._stopped = False
 
     @property
@@ -151,6 +224,19 @@ class SidecarServer:
         with self._inflight_cond:
             self._inflight -= 1
             self._inflight_cond.notify_all()
+
+    def _over_cap(self, outcome: str) -> None:
+        self.refused.labels(reason=_TOO_MANY).inc()
+        warn_once_per_minute(
+            "sidecar:connections", "odibi-observe sidecar: more than %d connections at once; "
+            "further ones are %s", MAX_CONNECTIONS, outcome)
+
+    def _handler_failed(self) -> None:
+        self.refused.labels(reason=_HANDLER_ERROR).inc()
+        exc = sys.exc_info()[1]
+        warn_once_per_minute(
+            "sidecar:handler", "odibi-observe sidecar: a request failed: %s: %s",
+            type(exc).__name__, safe_text(str(exc), 300))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -222,7 +308,13 @@ class _Handler(BaseHTTPRequestHandler):
         except _TooLarge:
             self._answer(receiver.too_large(self.headers.get("Content-Type", "")))
             return
+        except _BadFraming as exc:
+            self.close_connection = True
+            self.server.owner.refused.labels(reason=_BAD_REQUEST).inc()
+            self._plain(400, f"{exc}\n")
+            return
         except (OSError, ValueError) as exc:
+            # The client went away or stalled mid-body: there is nobody to answer.
             self.close_connection = True
             log.debug("odibi-observe sidecar: reading a request body failed: %s", exc)
             return
@@ -263,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_exact(self, length: int) -> bytes:
         if length < 0:
-            raise ValueError("negative Content-Length")
+            raise _BadFraming("negative Content-Length")
         data = self.rfile.read(length)
         if len(data) != length:
             raise ValueError("connection closed before the whole body arrived")
@@ -274,7 +366,12 @@ class _Handler(BaseHTTPRequestHandler):
         out = bytearray()
         while True:
             line = self.rfile.readline(_CHUNK_LINE_LIMIT)
-            size = int(line.split(b";", 1)[0].strip() or b"x", 16)
+            if not line:
+                raise ValueError("connection closed inside a chunked body")
+            digits = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(digits):  # int(..., 16) would take "0x10", "-5", "1_0"
+                raise _BadFraming(f"bad chunk size line {safe_text(repr(line), 60)}")
+            size = int(digits, 16)
             if size == 0:
                 while self.rfile.readline(_CHUNK_LINE_LIMIT) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
@@ -319,5 +416,36 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("odibi-observe sidecar http: " + format, *args)
 
 
+class _ReserveHandler(_Handler):
+    """A connection past :data:`MAX_CONNECTIONS`: cheap reads only, one request, short timeout.
+
+    ``/metrics`` and ``/healthz`` are what must keep answering under a connection flood (a
+    scrape gap looks like an outage, a failed probe restarts the container); a trace export
+    is retryable, so it is told to come back.
+    """
+
+    timeout = RESERVE_TIMEOUT
+
+    def handle(self) -> None:
+        self.handle_one_request()
+
+    def do_POST(self) -> None:
+        self.close_connection = True
+        self._plain(503, "too many connections, retry later\n", (("Retry-After", "5"),))
+
+
+def _refuse(request: Any) -> None:
+    """Answer 503 without reading the request and without blocking the accept loop."""
+    try:
+        request.setblocking(False)
+        request.send(_OVERLOADED)
+    except OSError:
+        pass
+
+
 class _TooLarge(Exception):
     """A chunked body went past the receiver's limit."""
+
+
+class _BadFraming(ValueError):
+    """The request's body framing is wrong: answered 400, the connection closed."""

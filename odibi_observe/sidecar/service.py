@@ -31,6 +31,7 @@ What is not drained stays in the spool for the next start.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import tempfile
@@ -67,10 +68,11 @@ __all__ = ["Sidecar", "SidecarOptions"]
 
 #: How often the maintenance loop runs (and ``odibi_observe_sidecar_last_loop_...`` moves).
 TICK_SECONDS: Final = 1.0
-#: How often it re-reads the spool's size and backlog for ``/healthz``. Counting the backlog
-#: parses the unacknowledged frames; at 1 s it took a measurable share of the pump's CPU
-#: while a large backlog drained — exactly when throughput matters.
-SNAPSHOT_SECONDS: Final = 5.0
+#: How often it re-counts each sink's backlog (in events) for ``/healthz``. Counting parses
+#: the unacknowledged frames; at 1 s it took a measurable share of the pump's CPU while a
+#: large backlog drained — exactly when throughput matters. The spool's size, segments and
+#: counters are a directory listing and are re-read every tick.
+BACKLOG_SECONDS: Final = 5.0
 
 
 @dataclass
@@ -226,19 +228,26 @@ class Sidecar:
         m = SIDECAR_METRICS.last_loop
         self._last_loop = Gauge(m.prometheus, m.description, m.labels, registry=self.registry)
         self._spool_snapshot: dict[str, Any] = {}
+        self._backlog: dict[str, int] = {}
+        self._last_backlog = -float("inf")
         self._refresh_snapshot()
 
     def _refresh_snapshot(self) -> None:
-        """The spool's size and each cursor's backlog, for ``/healthz``.
+        """The spool's size and counters, and each cursor's backlog, for ``/healthz``.
 
-        Read by the maintenance loop every :data:`SNAPSHOT_SECONDS`, not per request, so a
-        liveness probe never waits on the spool's directory scan.
+        Read by the maintenance loop — sizes every tick, the backlog every
+        :data:`BACKLOG_SECONDS` — not per request, so a liveness probe never waits on a
+        directory scan. ``/healthz`` says how old each number is.
         """
-        self._last_snapshot = self._clock()
+        now = self._clock()
         stats = self.spool.stats()
-        self._spool_snapshot = {"bytes": stats.bytes, "segments": stats.segments,
-                                "corrupt_frames": stats.corrupt_frames,
-                                "rejected": stats.rejected, "backlog": self.pump.backlog()}
+        snapshot = {"bytes": stats.bytes, "segments": stats.segments,
+                    "corrupt_frames": stats.corrupt_frames, "rejected": stats.rejected}
+        if now - self._last_backlog >= BACKLOG_SECONDS:
+            self._backlog = self.pump.backlog()
+            self._last_backlog = now
+        self._spool_snapshot = {**snapshot, "backlog": self._backlog}
+        self._last_snapshot = now
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -264,6 +273,11 @@ class Sidecar:
             loop.thread.start()
         log.info("odibi-observe sidecar serving on %s (spool %s, catalog %s)", self.url,
                  self.options.spool_dir, hide_password(self.options.catalog_url))
+        if self.receiver is not None and not self.receiver.requires_token \
+                and not _loopback(self.options.listen_host):
+            log.warning("odibi-observe sidecar: POST /v1/traces on %s takes spans from anyone "
+                        "who can reach it: set --token-file (or ODIBI_OBSERVE_SIDECAR_TOKEN)",
+                        self.url)
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -365,8 +379,7 @@ class Sidecar:
             self._stopping.wait(loop.interval)
 
     def _maintenance(self) -> None:
-        if self._clock() - self._last_snapshot >= SNAPSHOT_SECONDS:
-            self._refresh_snapshot()
+        self._refresh_snapshot()
         if self.options.gc_interval and self._clock() - self._last_gc >= self.options.gc_interval:
             self._last_gc = self._clock()
             freed = self.spool.gc()
@@ -444,13 +457,22 @@ class Sidecar:
             "stuck": stuck,
             "loops": loops,
             "last_loop_age_seconds": round(now - self._loops["maintenance"].last, 3),
-            "spool": {**self._spool_snapshot, "directory": self.options.spool_dir},
+            "spool": {**self._spool_snapshot, "directory": self.options.spool_dir,
+                      "read_seconds_ago": round(now - self._last_snapshot, 3),
+                      "backlog_read_seconds_ago": round(now - self._last_backlog, 3)},
             "sinks": sinks,
         }
         return not stuck, document
 
 
 # -- construction helpers ----------------------------------------------------------------------
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _sidecar_settings(options: SidecarOptions, settings: Settings | None) -> Settings:
