@@ -158,8 +158,9 @@ def test_the_spilled_span_reaches_the_collector_through_sweep(tmp_path: Path) ->
 def test_exit_timeout_is_a_setting() -> None:
     assert Settings().exit_timeout == 3.0
     assert resolve_settings({}, {"ODIBI_OBSERVE_EXIT_TIMEOUT": "0.5"}).exit_timeout == 0.5
+    assert resolve_settings({}, {"ODIBI_OBSERVE_EXIT_TIMEOUT": "1500ms"}).exit_timeout == 1.5
     assert resolve_settings({"exit_timeout": 7}, {}).exit_timeout == 7
-    with pytest.raises(ConfigurationError, match="exit_timeout"):
+    with pytest.raises(ConfigurationError, match="ODIBI_OBSERVE_EXIT_TIMEOUT"):
         resolve_settings({}, {"ODIBI_OBSERVE_EXIT_TIMEOUT": "-1"})
 
 
