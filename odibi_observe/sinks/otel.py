@@ -334,7 +334,9 @@ def _one_attempt(exporter: object) -> _AttemptLog | None:
     one-node script take 22 s to end with 18 lines of retries on stderr when the collector
     was down. There is no public switch, so this sets the client's backoff to infinity (the
     client then gives up after its first attempt: "backoff > remaining time") and hands it
-    an :class:`_AttemptLog` as logger. Feature-detected: with a client that looks different
+    an :class:`_AttemptLog` as logger. (A ``Retry-After`` answer still makes the client wait
+    and retry within its timeout: the server asked for it, and the exit deadline bounds that
+    too.) Feature-detected: with a client that looks different
     nothing changes, the exit deadline still bounds it, and ``tests/test_exit_bounds.py``
     fails to say so.
     """
