@@ -50,7 +50,7 @@ from odibi_observe.otlp_json import (
     read_spans,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.sinks.base import SinkExportError
+from odibi_observe.sinks.base import RecordRejected, SinkExportError
 from odibi_observe.sinks.otel import OtelSink, _signal_url, app_span_processor, record_to_span
 from tests.helpers import finished, make_record, started
 from tests.otlp_receiver import OtlpGrpcReceiver, OtlpReceiver
@@ -280,15 +280,19 @@ def test_bus_retries_the_otel_sink_through_an_outage(receiver: OtlpReceiver) -> 
     assert_span_is_record(span, rec)
 
 
-def test_unusable_record_is_skipped_not_retried_forever(
-        receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture) -> None:
+def test_unusable_record_is_rejected_not_retried_forever(receiver: OtlpReceiver) -> None:
+    """The rest of the batch is exported; the record that can never be a span is rejected
+    (RecordRejected, the sink contract's "never retry these") with the reason."""
     sink = otlp_sink(receiver.endpoint)
     bad = make_record(trace_id="not-hex")
     good = make_record()
-    sink.export([finished(bad), finished(good)])
+    with pytest.raises(RecordRejected) as info:
+        sink.export([finished(bad), finished(good)])
     [span] = receiver.wait_for_spans(1)
     assert span.span_id == good.span_id
-    assert bad.run_id in caplog.text
+    assert [e.run_id for e in info.value.events] == [bad.run_id]
+    assert bad.run_id in info.value.reason
+    assert "trace_id 'not-hex'" in info.value.reason
 
 
 # ------------------------------------------------------------------------ (c) traces file

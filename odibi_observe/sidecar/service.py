@@ -58,6 +58,7 @@ from odibi_observe.sinks.catalog import CatalogSink
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
+    from odibi_observe.deadletter import DeadLetter
     from odibi_observe.pump import SpoolPump
     from odibi_observe.runtime import Observer
     from odibi_observe.sidecar.sweeper import Sweeper, SweepResult
@@ -195,8 +196,11 @@ class Sidecar:
                 self.receiver = TraceReceiver(
                     self.ledger, registry=self.registry, monitor=self.monitor,
                     token=options.token, max_body_bytes=options.max_body_bytes)
+            #: Records no sink retry can deliver: <spool dir>/dead-letter/ (the bus's, shared).
+            self.dead_letter = self.observer.bus.dead_letter
             self.pump = _build_pump(self.spool, self.sinks, self.monitor, options,
-                                    _ingest_counter(ingested, counting))
+                                    _ingest_counter(ingested, counting),
+                                    dead_letter=self.dead_letter)
             self._catchup_wait = min(options.sweep_interval, 30.0)
             self.sweeper = _build_sweeper(
                 self.store, self.sinks, options, spool=self.spool, host=self.settings.host,
@@ -446,6 +450,8 @@ class Sidecar:
             "last_loop_age_seconds": round(now - self._loops["maintenance"].last, 3),
             "spool": {**self._spool_snapshot, "directory": self.options.spool_dir},
             "sinks": sinks,
+            # Counted, not a health problem: the sinks went on past these records.
+            "dead_letter": self.dead_letter.health(),
         }
         return not stuck, document
 
@@ -525,11 +531,13 @@ def _ingest_counter(ingested: Counter, counting: Sink | None,
 
 def _build_pump(spool: Spool, sinks: Sequence[Sink], monitor: SelfMonitor,
                 options: SidecarOptions,
-                on_commit: Callable[[str, dict[EventKind | None, int]], None]) -> SpoolPump:
+                on_commit: Callable[[str, dict[EventKind | None, int]], None], *,
+                dead_letter: DeadLetter) -> SpoolPump:
     from odibi_observe.pump import SpoolPump
 
     return SpoolPump(spool, sinks, monitor=monitor, max_batch=options.max_batch,
-                     poll_interval=options.poll_interval, on_commit=on_commit)
+                     poll_interval=options.poll_interval, on_commit=on_commit,
+                     dead_letter=dead_letter)
 
 
 def _build_sweeper(store: CatalogStore, sinks: Sequence[Sink], options: SidecarOptions, *,

@@ -31,6 +31,7 @@ from odibi_observe.conventions import (
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import RecentKeys, Sink
+from odibi_observe.textsafe import encodable_text
 
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
@@ -87,7 +88,9 @@ class PrometheusSink(Sink):
         known = self._known.get(raw)
         if known is not None:  # the common case: a series seen before
             return known
-        values = tuple(v[:_MAX_LABEL_VALUE] for v in raw)
+        # Escaped before cut: a label value the exposition format cannot encode would fail
+        # every /metrics scrape (see odibi_observe.textsafe).
+        values = tuple(encodable_text(v)[:_MAX_LABEL_VALUE] for v in raw)
         if values in self._series or len(self._series) < self.max_series:
             self._series.add(values)
             self._known[raw] = values  # bounded: at most one raw form per kept series, mostly
