@@ -33,6 +33,8 @@ the sink for good:
   single event still fails on its own (tried twice), the backend is up and that event is the
   problem — it is dead-lettered with the exception as its reason, and delivery goes on with the
   next events. When every part fails, the backend is down: the batch is retried with backoff.
+  The parts of a bisected batch may be recorded out of their order, which the out-of-order
+  rule above already covers.
 * Dead-lettered events are counted in ``odibi_observe_dead_letter_total{sink}``, logged, and
   written with their reason to ``<spool dir>/dead-letter/`` when there is a spool
   (:class:`~odibi_observe.deadletter.DeadLetter`).

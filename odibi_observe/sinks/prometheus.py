@@ -118,6 +118,8 @@ class PrometheusSink(Sink):
         return series
 
     def _on_start(self, record: RunRecord) -> None:
+        if record.run_id in self._finished:
+            return  # a start delivered after its end (out of order) must not count as running
         if record.status is RunStatus.RUNNING and self._started.add(record.run_id):
             labels = self._node_labels(record, METRICS.running.prometheus)
             self._children(labels).running.inc()
