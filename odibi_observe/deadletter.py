@@ -11,10 +11,11 @@ must neither stop its sink for good nor vanish. The delivery layer hands it here
       {"time": "2026-12-06T21:03:11.402Z", "sink": "otel", "reason": "TypeError: ...",
        "event": {"kind": "finished", "record": {...}}}
 
-  (``"payload"`` instead of ``"event"`` for a spooled frame that did not decode, with its
-  spool ``"position"``). The file is bounded: past half of ``max_bytes`` it is rotated to
-  ``dead-letter.jsonl.1`` (the previous ``.1`` is deleted), so the directory never holds
-  more than ``max_bytes``; what rotation deletes is counted in the same counter already;
+  (``"payload"`` instead of ``"event"`` for a spooled frame that did not decode — its JSON,
+  or its text when it is not JSON — with its spool ``"position"``). The file is bounded:
+  past half of ``max_bytes`` it is rotated to ``dead-letter.jsonl.1`` (the previous ``.1``
+  is deleted), so the directory never holds more than ``max_bytes``; what rotation deletes
+  was counted already;
 * keeps per-sink totals and the latest entry for the sidecar's ``/healthz``.
 
 Writing never raises: a full disk leaves the count and the log line.
@@ -75,9 +76,13 @@ class DeadLetter:
 
     def reject_payload(self, sink: str, payload: bytes, position: object, reason: str) -> None:
         """Dead-letter a spooled frame that is not a run event."""
+        text = payload.decode("utf-8", "backslashreplace")
+        try:
+            frame: Any = json.loads(text)  # kept as JSON when it is JSON: easier to fix
+        except ValueError:
+            frame = text
         self._add(sink, [{"sink": sink, "reason": safe_text(reason, MAX_REASON),
-                          "position": str(position),
-                          "payload": payload.decode("utf-8", "backslashreplace")}])
+                          "position": str(position), "payload": frame}])
 
     def _add(self, sink: str, entries: list[dict[str, Any]]) -> None:
         if not entries:

@@ -209,7 +209,7 @@ def test_a_record_with_bad_types_is_dead_lettered_with_its_reason_for_every_sink
     assert sorted(x["sink"] for x in lines) == ["catalog", "otel"]
     for line in lines:
         assert line["reason"].startswith("TypeError: RunRecord field 'rows_processed' must be ")
-        assert run_id in line["payload"]
+        assert line["payload"]["record"]["run_id"] == run_id
     # Acknowledged: a restarted pump does not offer it (nor dead-letter it) again.
     again = [named(InMemorySink(), "catalog"), named(InMemorySink(), "otel")]
     SpoolPump(Spool(tmp_path / "spool", fsync="never"), again, monitor=monitor,
