@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from odibi_observe.conventions import FIELDS, METRICS
-from odibi_observe.deadletter import DEAD_LETTER_DIR, DEAD_LETTER_FILE
+from odibi_observe.deadletter import DEAD_LETTER_DIR, DEAD_LETTER_FILE, DeadLetter
 from odibi_observe.record import RunRecord
+from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.spool import Spool
 from tests.fault_helpers import (
     ROOT,
@@ -181,3 +183,30 @@ def test_in_process_poison_name_then_20_runs_all_arrive(pg_url: str, tmp_path: P
     _assert_metrics(samples, runs)
     assert metric_sum(samples, "odibi_observe_dead_letter_total") == 0
     assert not (tmp_path / "sp" / DEAD_LETTER_DIR).exists()
+
+
+def test_the_dead_letter_file_is_bounded_and_a_write_failure_still_counts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past half its bound the file is rotated once (the older copy deleted): the directory
+    never holds more than ``max_bytes``, however many records are dead-lettered. A directory
+    that cannot be written leaves the count and a warning."""
+    monitor = SelfMonitor(CollectorRegistry())
+    dead = DeadLetter(monitor, tmp_path / DEAD_LETTER_DIR, max_bytes=20_000)
+    for _ in range(200):
+        dead.reject("otel", [(finished(make_record()), "RuntimeError: never")])
+    files = sorted((tmp_path / DEAD_LETTER_DIR).iterdir())
+    assert [f.name for f in files] == [DEAD_LETTER_FILE, DEAD_LETTER_FILE + ".1"]
+    assert sum(f.stat().st_size for f in files) <= 20_000
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "otel"}) == 200
+    for line in files[0].read_text().splitlines():
+        assert json.loads(line)["reason"] == "RuntimeError: never"
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    stuck = DeadLetter(monitor, blocked, max_bytes=20_000)
+    stuck.reject("catalog", [(finished(make_record()), "TypeError: bad")])
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "catalog"}) == 1
+    assert "cannot write the dead letter" in caplog.text
+    assert stuck.health()["by_sink"] == {"catalog": 1}

@@ -53,7 +53,7 @@ from odibi_observe.sidecar import SidecarOptions
 from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer
-from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.base import RecordRejected, Sink
 from odibi_observe.sinks.catalog import CatalogSink
 
 if TYPE_CHECKING:
@@ -111,6 +111,10 @@ class _WatchedSink(Sink):
         self.exporting_since = self._clock()
         try:
             self.inner.export(events)
+        except RecordRejected:
+            self.last_success = self._clock()  # the rest was exported: not a sink failure
+            self.last_error = None
+            raise
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
             raise
