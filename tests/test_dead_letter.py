@@ -133,8 +133,8 @@ def test_sidecar_poison_name_then_20_runs_all_arrive_and_restarts_do_not_replay(
                 "TypeError: RunRecord field 'rows_processed' must be int or NoneType")
             eventually(lambda: _assert_spans(receiver, runs), timeout=30)
             eventually(lambda: _assert_catalog(pg_url, runs), timeout=30)
+            eventually(lambda: _assert_metrics(sidecar.metrics(), runs), timeout=30)
             samples = sidecar.metrics()
-            _assert_metrics(samples, runs)
             for sink in ("catalog", "otel", "prometheus"):
                 assert metric_sum(samples, "odibi_observe_dead_letter_total", sink=sink) == 1
             lines = (spool / DEAD_LETTER_DIR / DEAD_LETTER_FILE).read_text().splitlines()
