@@ -18,7 +18,10 @@ Modes:
 Failure handling, per channel: an ``export`` that raises is counted
 (``odibi_observe_sink_errors_total{sink}``), logged (once a minute at WARNING) and the batch is
 kept in the retry buffer, re-tried with exponential backoff and jitter, before newer events so
-order is kept. Bounds: ``max_queue`` events per queue and ``max_retry`` per retry buffer; past
+order is kept. An event that fails on its own while the rest of its batch is delivered (a
+poison record, or one the sink rejects with ``RecordRejected``) is not retried: it goes to the
+dead letter (:mod:`odibi_observe.deadletter`) and delivery goes on. Bounds: ``max_queue``
+events per queue and ``max_retry`` per retry buffer; past
 them the oldest events are dropped and counted in ``odibi_observe_events_dropped_total`` with
 ``reason="queue_full"`` / ``"retry_buffer_full"`` — never silently. (The write-ahead spool is
 what makes delivery survive the process; this bus makes it survive a sink.)
@@ -48,10 +51,11 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Final, Protocol
 
+from odibi_observe.deadletter import DeadLetter
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
-from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.base import Sink, export_isolating
 
 #: Longest an idle worker sleeps without being woken: the bound on the delay a missed wake-up
 #: (see ``_Channel.put``) can add. Idle workers wake twice a second; that costs nothing.
@@ -209,10 +213,14 @@ class _Channel:
         for start in range(0, len(batch), step):
             chunk = batch[start:start + step]
             try:
-                self.sink.export(chunk)
+                # A chunk that fails is bisected: events that fail on their own while the
+                # rest is delivered are dead-lettered, not retried forever (sinks/base.py).
+                rejected = export_isolating(self.sink.export, chunk)
             except Exception as exc:  # a sink must never take the bus down
                 self._failed(exc, batch[start:])
                 return
+            if rejected:
+                self.bus.dead_letter.reject(self.name, rejected)
         if self.failing:
             log.info("odibi-observe sink %r recovered", self.name)
         with self.cond:
@@ -410,9 +418,12 @@ class EventBus:
         flush_interval: float = 0.1,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
+        dead_letter: DeadLetter | None = None,
     ) -> None:
         self.mode = BusMode(mode)
         self.monitor = monitor if monitor is not None else SelfMonitor()
+        #: Where events a sink can never export go (counted and logged; kept with a spool).
+        self.dead_letter = dead_letter if dead_letter is not None else DeadLetter(self.monitor)
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.max_retry = max_retry

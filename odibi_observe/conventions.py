@@ -311,6 +311,7 @@ class SelfMetrics:
     label_overflow: Metric
     invalid_input: Metric
     queue_size: Metric
+    dead_letter: Metric
 
     def __iter__(self) -> Iterator[Metric]:
         return iter([getattr(self, f.name) for f in fields(self)])
@@ -336,6 +337,10 @@ SELF_METRICS: Final = SelfMetrics(
     queue_size=Metric(
         "queue_size", None, "", "odibi_observe_queue_size", MetricKind.GAUGE,
         ("sink",), "Events waiting for delivery per sink (queue plus retry buffer).",
+    ),
+    dead_letter=Metric(
+        "dead_letter", None, "", "odibi_observe_dead_letter_total", MetricKind.COUNTER,
+        ("sink",), "Records a sink can never export, moved to the dead letter and skipped.",
     ),
 )
 

@@ -11,8 +11,12 @@ worker thread and its own spool cursor, so:
 * a frame is acknowledged only after its sink exported it, so a sidecar killed mid-batch
   re-reads the batch on restart (at-least-once; sinks are idempotent by ``run_id``);
 * a frame that cannot be decoded (a valid checksum around bytes that are not a run event, e.g.
-  written by an incompatible version) is counted as invalid input, logged and skipped: retrying
-  it can never succeed and must not block the events behind it.
+  written by an incompatible version, or a record whose fields have the wrong types) is
+  counted as invalid input, dead-lettered for each sink (:mod:`odibi_observe.deadletter`) and
+  skipped: retrying it can never succeed and must not block the events behind it;
+* an event the sink can never export (it raises ``RecordRejected``, or it fails on its own
+  while the rest of its batch is delivered — see :func:`~odibi_observe.sinks.base.
+  export_isolating`) is dead-lettered too, and the cursor moves past it.
 
 Failed exports back off exponentially with jitter (:class:`~odibi_observe.bus.Backoff`), and
 are counted in ``odibi_observe_sink_errors_total{sink}`` like every other sink error.
@@ -26,10 +30,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from odibi_observe.bus import Backoff
+from odibi_observe.deadletter import DeadLetter
 from odibi_observe.record import EventKind, RunEvent, peek_event
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
-from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.base import Sink, export_isolating
 
 if TYPE_CHECKING:
     from odibi_observe.spool import Spool, SpoolCursor, SpoolEntry
@@ -54,16 +59,30 @@ class _SinkPump:
         self._kinds: dict[EventKind | None, int] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        self._undecodable: list[SpoolEntry] = []
 
     def _prepare(self) -> tuple[list[SpoolEntry], list[RunEvent]] | None:
         """The next batch and the events of it this sink takes, or None when caught up."""
         entries = self.cursor.read(self.pump.max_batch)
         if not entries:
             return None
+        self._undecodable = []
         return entries, self._decode(self._needed(entries))
 
-    def _commit(self, entries: list[SpoolEntry], wanted: list[RunEvent]) -> None:
-        """After a successful export: acknowledge the batch, reset the backoff."""
+    def _commit(self, entries: list[SpoolEntry], wanted: list[RunEvent],
+                rejected: Sequence[tuple[RunEvent, str]] = ()) -> None:
+        """After a successful export: acknowledge the batch, reset the backoff.
+
+        What the batch held that this sink can never take — frames that are not run events,
+        events the export rejected — goes to the dead letter first, once: only a batch that
+        is acknowledged is never read again.
+        """
+        dead = self.pump.dead_letter
+        for entry in self._undecodable:
+            dead.reject_payload(self.name, entry.payload, entry.position,
+                                self.pump.decode_error(entry))
+        if rejected:
+            dead.reject(self.name, rejected)
         self.cursor.ack(entries)
         self.delivered += len(wanted)
         self.acknowledged += len(entries)
@@ -83,13 +102,16 @@ class _SinkPump:
             if prepared is None:
                 return 0
             entries, wanted = prepared
+            rejected: list[tuple[RunEvent, str]] = []
             if wanted:
                 try:
-                    self.sink.export(wanted)
+                    # Bisected on failure: a poison event is isolated and dead-lettered, the
+                    # rest delivered; only a sink failing as a whole is retried (sinks/base.py).
+                    rejected = export_isolating(self.sink.export, wanted)
                 except Exception as exc:  # a sink error must never stop the pump
                     self._failed(exc, len(wanted))
                     return 0
-            self._commit(entries, wanted)
+            self._commit(entries, wanted, rejected)
             return len(entries)
 
     def _needed(self, entries: Sequence[SpoolEntry]) -> list[SpoolEntry]:
@@ -112,7 +134,14 @@ class _SinkPump:
 
     def _decode(self, entries: Sequence[SpoolEntry]) -> list[RunEvent]:
         decode, kinds = self.pump.decode, self.sink.kinds
-        return [e for e in map(decode, entries) if e is not None and e.kind in kinds]
+        out = []
+        for entry in entries:
+            event = decode(entry)
+            if event is None:
+                self._undecodable.append(entry)
+            elif event.kind in kinds:
+                out.append(event)
+        return out
 
     def _failed(self, exc: Exception, count: int) -> None:
         self.pump.monitor.sink_error(self.name)
@@ -162,6 +191,7 @@ class SpoolPump:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         on_commit: Callable[[str, dict[EventKind | None, int]], None] | None = None,
+        dead_letter: DeadLetter | None = None,
     ) -> None:
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
@@ -179,6 +209,9 @@ class SpoolPump:
         self._stop = threading.Event()
         self._decoded: dict[object, RunEvent | None] = {}
         self._decoded_lock = threading.Lock()
+        #: Why a frame did not decode, for its dead letter (bounded like the cache).
+        self._decode_errors: dict[object, str] = {}
+        self.dead_letter = dead_letter if dead_letter is not None else DeadLetter(monitor)
         self._decoded_capacity = 4 * max_batch * max(1, len(sinks))
         self._pumps = [_SinkPump(self, sink) for sink in sinks]
 
@@ -195,8 +228,11 @@ class SpoolPump:
         event: RunEvent | None
         try:
             event = RunEvent.from_json(entry.payload)
-        except Exception as exc:  # any undecodable frame is skipped alike
+        except Exception as exc:  # any undecodable frame is skipped alike (dead-lettered)
             event = None
+            if len(self._decode_errors) >= self._decoded_capacity:
+                self._decode_errors.pop(next(iter(self._decode_errors)), None)
+            self._decode_errors[entry.position] = f"{type(exc).__name__}: {exc}"
             self.monitor.invalid(
                 "spool_payload",
                 f"spooled frame at {entry.position} is not a run event "
@@ -208,6 +244,10 @@ class SpoolPump:
                     del self._decoded[next(iter(self._decoded))]
                 self._decoded[entry.position] = event
         return event
+
+    def decode_error(self, entry: SpoolEntry) -> str:
+        """Why ``entry`` did not decode (for its dead letter)."""
+        return self._decode_errors.get(entry.position, "not a run event")
 
     @property
     def sinks(self) -> tuple[Sink, ...]:

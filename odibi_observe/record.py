@@ -131,6 +131,12 @@ class RunRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         """Inverse of :meth:`to_dict`; ``TypeError``/``ValueError`` on a malformed dict.
 
+        Every value is checked against its field's type (``bool`` is not an ``int`` here):
+        a record with a wrong type would otherwise fail in some sink on every retry (a
+        string row count breaks the metric counters, a number as a node name breaks the
+        catalog), so it is refused here, where the reason is clear, and the spool pump
+        dead-letters it with that reason.
+
         Built field by field like :meth:`finished` rather than through ``__init__``: the
         sidecar decodes every spooled event with this, and the keyword call costs as much as
         the JSON parsing.
@@ -147,6 +153,7 @@ class RunRecord:
         except (KeyError, TypeError):
             raise ValueError(f"unknown status or source in {data.get('status')!r}, "
                              f"{data.get('source')!r}") from None
+        _check_types(data)
         new = object.__new__(RunRecord)
         put = object.__setattr__
         for name, default in _DEFAULT_ITEMS:
@@ -161,6 +168,47 @@ class RunRecord:
         put(new, "attributes", {k: tuple(v) if isinstance(v, list) else v
                                 for k, v in attributes.items()} if attributes else {})
         return new
+
+
+_NONE: Final = type(None)
+#: The classes ``from_dict`` accepts per field (status and source are looked up instead).
+_FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    **dict.fromkeys(("run_id", "project", "pipeline", "node", "environment", "trace_id",
+                     "span_id", "host", "service_name"), (str,)),
+    **dict.fromkeys(("parent_span_id", "pipeline_run_id", "error_type", "error_message"),
+                    (str, _NONE)),
+    **dict.fromkeys(("started_ns", "pid", "attempt"), (int,)),
+    **dict.fromkeys(("ended_ns", "rows_processed", "heartbeat_ns"), (int, _NONE)),
+    "suggestions": (list, tuple, _NONE),
+    "attributes": (dict, _NONE),
+    "status": (str,),
+    "source": (str,),
+}
+_SCALARS: Final = (str, bool, int, float)
+
+
+def _check_types(data: Mapping[str, Any]) -> None:
+    """``TypeError`` naming the first field of ``data`` whose value has the wrong type.
+
+    ``__class__ in`` rather than ``isinstance``: it is exact (``True`` is no row count) and
+    the cheapest check there is; this runs for every event the sidecar decodes.
+    """
+    for name, value in data.items():
+        if value.__class__ not in _FIELD_TYPES[name]:
+            raise TypeError(f"RunRecord field {name!r} must be "
+                            f"{' or '.join(t.__name__ for t in _FIELD_TYPES[name])}, "
+                            f"not {type(value).__name__} ({value!r:.80})")
+    suggestions = data.get("suggestions")
+    if suggestions and any(s.__class__ is not str for s in suggestions):
+        raise TypeError("RunRecord field 'suggestions' must hold strings only")
+    attributes = data.get("attributes")
+    if attributes:
+        for key, value in attributes.items():
+            if key.__class__ is not str or not (
+                    value.__class__ in _SCALARS or (value.__class__ in (list, tuple) and all(
+                        v.__class__ in _SCALARS for v in value))):
+                raise TypeError(f"RunRecord attribute {key!r} must be a string, bool, int, "
+                                f"float or a list of them, not {type(value).__name__}")
 
 
 def _label_getter(labels: tuple[str, ...]) -> Callable[[RunRecord], tuple[str, ...]]:

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector, RestrictedRegistry
 
 from odibi_observe.bus import EventBus, Keeper
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
+from odibi_observe.deadletter import DeadLetter
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
@@ -73,6 +74,7 @@ class Observer:
             self.sinks, mode=bus_mode, monitor=self.monitor,
             max_queue=settings.max_queue, max_batch=settings.max_batch,
             flush_interval=settings.flush_interval,
+            dead_letter=DeadLetter.in_spool_dir(self.monitor, settings.spool_dir),
         )
         from odibi_observe import heartbeat
 

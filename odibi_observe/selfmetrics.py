@@ -57,6 +57,7 @@ class SelfMonitor:
         self.events_dropped = _counter(SELF_METRICS.events_dropped, self.registry)
         self.label_overflow = _counter(SELF_METRICS.label_overflow, self.registry)
         self.invalid_input = _counter(SELF_METRICS.invalid_input, self.registry)
+        self.dead_letter = _counter(SELF_METRICS.dead_letter, self.registry)
         self.queue_size = Gauge(
             SELF_METRICS.queue_size.prometheus, SELF_METRICS.queue_size.description,
             SELF_METRICS.queue_size.labels, registry=self.registry,
@@ -73,6 +74,10 @@ class SelfMonitor:
             "odibi-observe dropped %d event(s) for sink %r: %s "
             "(counted in odibi_observe_events_dropped_total)", count, sink, reason,
         )
+
+    def dead_lettered(self, sink: str, count: int = 1) -> None:
+        """Count records ``sink`` can never export (see :mod:`odibi_observe.deadletter`)."""
+        self.dead_letter.labels(sink=sink).inc(count)
 
     def overflow(self, metric: str) -> None:
         self.label_overflow.labels(metric=metric).inc()

@@ -88,3 +88,30 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+#: A node name as Python decodes a latin-1 file name (``load_résumé.csv``): lone surrogates.
+POISON_NODE = os.fsdecode(b"load_r\xe9sum\xe9.csv")
+#: How every backend records it (``odibi_observe.textsafe``): the surrogates escaped.
+POISON_NODE_ESCAPED = "load_r\\udce9sum\\udce9.csv"
+
+
+class StrictTextSink(Sink):
+    """A backend that encodes each batch as UTF-8 before recording it, all or nothing — what
+    an OTLP protobuf exporter does: one unencodable record fails the whole batch, every time.
+    ``down`` makes every export fail (an outage)."""
+
+    def __init__(self, name: str = "strict") -> None:
+        self.name = name
+        self.down = False
+        self.calls = 0
+        self.received: list[RunEvent] = []
+
+    def export(self, events: Sequence[RunEvent]) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("backend unavailable")
+        for event in events:
+            event.to_json().encode("ascii")  # escaped: always encodes
+            event.record.node.encode("utf-8")  # raises UnicodeEncodeError for a surrogate
+        self.received.extend(events)

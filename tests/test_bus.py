@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from odibi_observe.bus import Backoff, EventBus
+from odibi_observe.deadletter import DeadLetter
+from odibi_observe.record import RunEvent
 from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe.sinks.base import RecordRejected
 from odibi_observe.testing import InMemorySink
-from tests.helpers import FlakySink, SlowSink, finished, make_record, wait_until
+from tests.helpers import (
+    POISON_NODE,
+    FlakySink,
+    SlowSink,
+    StrictTextSink,
+    finished,
+    make_record,
+    wait_until,
+)
 
 
 def _monitor() -> SelfMonitor:
@@ -211,4 +225,95 @@ def test_a_sink_only_receives_the_kinds_it_declares(mode: str) -> None:
     assert bus.flush(5)
     assert [e.kind for e in only.events] == [EventKind.FINISHED]
     assert [e.kind for e in every.events] == [EventKind.STARTED, EventKind.FINISHED]
+    bus.shutdown()
+
+
+# -- poison records ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_delivered(
+        mode: str, tmp_path: Path) -> None:
+    """A sink that fails any batch holding one unencodable record used to retry that batch
+    forever. Bisected: the other 7 events of the batch and the events after it are delivered,
+    the poison one is dead-lettered once — counted, and kept with its reason in the spool
+    directory's dead-letter file."""
+    monitor = _monitor()
+    sink = StrictTextSink()
+    dead = DeadLetter.in_spool_dir(monitor, tmp_path)
+    bus = EventBus([sink], mode=mode, monitor=monitor, flush_interval=0.05, max_batch=8,
+                   retry_initial=0.01, retry_max=0.02, dead_letter=dead)
+    events = [finished(make_record(node=POISON_NODE if i == 3 else f"n{i}")) for i in range(8)]
+    if mode == "inline":
+        bus._channels[0].deliver_inline(events)  # one batch of 8, as the worker would take it
+    else:
+        for event in events:
+            bus.emit(event)
+    later = [finished(make_record(node=f"later{i}")) for i in range(20)]
+    for event in later:
+        bus.emit(event)
+    assert bus.flush(10)
+    received = [e.run_id for e in sink.received]
+    # The parts of a bisected batch may arrive out of order (the contract allows it); the
+    # events after the batch come after it.
+    assert sorted(received[:7]) == sorted(e.run_id for i, e in enumerate(events) if i != 3)
+    assert received[7:] == [e.run_id for e in later]
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "strict"}) == 1
+    assert bus.pending() == {"strict": 0}
+    [line] = (tmp_path / "dead-letter" / "dead-letter.jsonl").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["sink"] == "strict"
+    assert entry["run_id"] == events[3].run_id
+    assert entry["reason"].startswith("UnicodeEncodeError:")
+    assert entry["event"]["record"]["node"] == POISON_NODE  # JSON escapes the surrogates
+    assert entry["time"].endswith("Z")
+    bus.shutdown()
+
+
+def test_a_sink_down_is_retried_not_dead_lettered_and_bisection_stays_cheap() -> None:
+    """Every part of a batch failing means the backend is down, not a poison record: nothing
+    is dead-lettered, the batch is kept, and an attempt costs three calls (whole, halves)."""
+    monitor = _monitor()
+    sink = StrictTextSink()
+    sink.down = True
+    bus = EventBus([sink], mode="inline", monitor=monitor, retry_initial=60)
+    bus._channels[0].deliver_inline([finished(make_record()) for _ in range(64)])
+    assert sink.calls == 3
+    assert bus.pending() == {"strict": 64}
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "strict"}) is None
+    sink.down = False
+    assert bus.flush(5)
+    assert len(sink.received) == 64
+    bus.shutdown()
+
+
+def test_records_a_sink_rejects_are_dead_lettered_without_a_spool_dir(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """RecordRejected: the sink recorded the rest; the rejected ones are counted and logged
+    (no spool directory: nothing to keep them in) and never offered again."""
+
+    class Picky(InMemorySink):
+        name = "picky"
+
+        def export(self, events: Sequence[RunEvent]) -> None:
+            bad = [e for e in events if e.record.rows_processed == 13]
+            super().export([e for e in events if e not in bad])
+            if bad:
+                raise RecordRejected(bad, "thirteen rows are unlucky")
+
+    monitor = _monitor()
+    sink = Picky()
+    bus = EventBus([sink], mode="inline", monitor=monitor)
+    events = [finished(make_record(rows=i)) for i in range(10, 16)]
+    for event in events:
+        bus.emit(event)
+    assert bus.flush(5)
+    assert [e.record.rows_processed for e in sink.events] == [10, 11, 12, 14, 15]
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "picky"}) == 1
+    assert "thirteen rows are unlucky" in caplog.text
+    assert "not kept (no spool_dir)" in caplog.text
+    assert bus.dead_letter.health()["by_sink"] == {"picky": 1}
     bus.shutdown()

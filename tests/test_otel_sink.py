@@ -50,9 +50,9 @@ from odibi_observe.otlp_json import (
     read_spans,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.sinks.base import SinkExportError
+from odibi_observe.sinks.base import RecordRejected, SinkExportError
 from odibi_observe.sinks.otel import OtelSink, _signal_url, app_span_processor, record_to_span
-from tests.helpers import finished, make_record, started
+from tests.helpers import POISON_NODE, POISON_NODE_ESCAPED, finished, make_record, started
 from tests.otlp_receiver import OtlpGrpcReceiver, OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,15 +280,36 @@ def test_bus_retries_the_otel_sink_through_an_outage(receiver: OtlpReceiver) -> 
     assert_span_is_record(span, rec)
 
 
-def test_unusable_record_is_skipped_not_retried_forever(
-        receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture) -> None:
+def test_unusable_record_is_rejected_not_retried_forever(receiver: OtlpReceiver) -> None:
+    """The rest of the batch is exported; the record that can never be a span is rejected
+    (RecordRejected, the sink contract's "never retry these") with the reason."""
     sink = otlp_sink(receiver.endpoint)
     bad = make_record(trace_id="not-hex")
     good = make_record()
-    sink.export([finished(bad), finished(good)])
+    with pytest.raises(RecordRejected) as info:
+        sink.export([finished(bad), finished(good)])
     [span] = receiver.wait_for_spans(1)
     assert span.span_id == good.span_id
-    assert bad.run_id in caplog.text
+    assert [e.run_id for e in info.value.events] == [bad.run_id]
+    assert bad.run_id in info.value.reason
+    assert "trace_id 'not-hex'" in info.value.reason
+
+
+def test_unencodable_text_reaches_otlp_escaped_with_the_rest_of_its_batch(
+        receiver: OtlpReceiver) -> None:
+    """protobuf refuses lone surrogates: a node named like a latin-1 file name used to fail
+    the whole OTLP batch on every retry. Escaped at the boundary, the batch is exported and
+    the name kept (``\\udce9`` for the byte 0xe9), in the span name and attributes."""
+    sink = otlp_sink(receiver.endpoint)
+    poison = make_record(node=POISON_NODE, attributes={"file": POISON_NODE})
+    good = make_record()
+    sink.export([finished(poison), finished(good)])
+    spans = {s.span_id: s for s in receiver.wait_for_spans(2)}
+    span = spans[poison.span_id]
+    assert span.attributes[FIELDS.node.attribute] == POISON_NODE_ESCAPED
+    assert span.attributes[USER_ATTRIBUTE_PREFIX + "file"] == POISON_NODE_ESCAPED
+    assert POISON_NODE_ESCAPED in span.name
+    assert good.span_id in spans
 
 
 # ------------------------------------------------------------------------ (c) traces file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,13 +10,14 @@ from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
 from odibi_observe.conventions import RunStatus
+from odibi_observe.deadletter import DeadLetter
 from odibi_observe.pump import SpoolPump
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import Sink
 from odibi_observe.spool import Spool
 from odibi_observe.testing import InMemorySink
-from tests.helpers import FlakySink, finished, make_record, started
+from tests.helpers import POISON_NODE, FlakySink, StrictTextSink, finished, make_record, started
 
 
 def spool_events(spool: Spool, events: list[RunEvent]) -> None:
@@ -172,3 +174,66 @@ def test_an_unusable_spool_dir_falls_back_to_in_process_recording(tmp_path: Path
             pass  # the pipeline is not affected
     finally:
         oo.shutdown()
+
+
+# -- poison records ------------------------------------------------------------------------
+
+
+def _bad_types_frame() -> tuple[str, bytes]:
+    """A finished event whose record has a string row count and a numeric node name."""
+    data = json.loads(finished(make_record()).to_json())
+    data["record"]["rows_processed"] = "12"
+    return data["record"]["run_id"], json.dumps(data).encode()
+
+
+def test_a_record_with_bad_types_is_dead_lettered_with_its_reason_for_every_sink(
+        tmp_path: Path, monitor: SelfMonitor) -> None:
+    """from_dict refuses a record whose field has the wrong type (a string row count used to
+    pass, then fail the metric counters on every retry): each sink's cursor moves past it,
+    it is dead-lettered once per sink with the reason, and the events after it arrive."""
+    spool = Spool(tmp_path / "spool", fsync="never")
+    before, after = some_events(2), some_events(3)
+    spool_events(spool, before)
+    run_id, frame = _bad_types_frame()
+    spool.append(frame)
+    spool_events(spool, after)
+    dead = DeadLetter.in_spool_dir(monitor, tmp_path / "spool")
+    sinks = [named(InMemorySink(), "catalog"), named(InMemorySink(), "otel")]
+    SpoolPump(spool, sinks, monitor=monitor, dead_letter=dead).pump_once()
+    for sink in sinks:
+        assert [e.to_json() for e in sink.events] == [  # type: ignore[attr-defined]
+            e.to_json() for e in before + after]
+        assert monitor.registry.get_sample_value(
+            "odibi_observe_dead_letter_total", {"sink": sink.name}) == 1
+    lines = [json.loads(x) for x in dead.path.read_text().splitlines()]  # type: ignore[union-attr]
+    assert sorted(x["sink"] for x in lines) == ["catalog", "otel"]
+    for line in lines:
+        assert line["reason"].startswith("TypeError: RunRecord field 'rows_processed' must be ")
+        assert line["payload"]["record"]["run_id"] == run_id
+    # Acknowledged: a restarted pump does not offer it (nor dead-letter it) again.
+    again = [named(InMemorySink(), "catalog"), named(InMemorySink(), "otel")]
+    SpoolPump(Spool(tmp_path / "spool", fsync="never"), again, monitor=monitor,
+              dead_letter=dead).pump_once()
+    assert all(s.events == [] for s in again)  # type: ignore[attr-defined]
+    assert len(dead.path.read_text().splitlines()) == 2  # type: ignore[union-attr]
+
+
+def test_a_poison_event_is_isolated_and_the_cursor_goes_on_across_restarts(
+        tmp_path: Path, monitor: SelfMonitor) -> None:
+    """A sink that fails every batch holding an unencodable node name (the OTLP exporter's
+    behaviour) used to stop its cursor at that batch for good, restart or not."""
+    spool = Spool(tmp_path / "spool", fsync="never")
+    events = [finished(make_record(node=POISON_NODE if i == 5 else f"n{i}")) for i in range(12)]
+    spool_events(spool, events)
+    dead = DeadLetter.in_spool_dir(monitor, tmp_path / "spool")
+    sink = StrictTextSink("otel")
+    SpoolPump(spool, [sink], monitor=monitor, dead_letter=dead, max_batch=8).pump_once()
+    assert sorted(e.run_id for e in sink.received) == sorted(
+        e.run_id for i, e in enumerate(events) if i != 5)
+    [line] = dead.path.read_text().splitlines()  # type: ignore[union-attr]
+    assert json.loads(line)["run_id"] == events[5].run_id
+    restarted = StrictTextSink("otel")
+    SpoolPump(Spool(tmp_path / "spool", fsync="never"), [restarted], monitor=monitor,
+              dead_letter=dead).pump_once()
+    assert restarted.received == []
+    assert restarted.calls == 0

@@ -18,7 +18,7 @@ from typing import ClassVar
 import pytest
 import sqlalchemy as sa
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from odibi_observe.conventions import CATALOG_TABLE, FIELDS, METRICS, RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -27,7 +27,7 @@ from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.sinks.otel import OtelSink
 from odibi_observe.sinks.prometheus import PrometheusSink
 from odibi_observe.testing import InMemorySink
-from tests.helpers import finished, make_record, started
+from tests.helpers import POISON_NODE, finished, make_record, started
 
 
 @dataclass
@@ -108,6 +108,19 @@ class SinkContract:
         sink.force_flush(10)
         self._assert(sink, [rec])
 
+    def test_unencodable_text_is_recorded_not_fatal(self, sink: Sink) -> None:
+        """A lone surrogate (a latin-1 file name as Python decodes it) in names, the error
+        and an attribute is recorded — escaped at the backend's boundary — and never makes
+        ``export`` raise, which would retry the batch forever."""
+        rec = make_record(node=POISON_NODE, pipeline=POISON_NODE, status=RunStatus.FAILURE,
+                          error_type="OSError", error_message=f"cannot open {POISON_NODE}",
+                          attributes={"file": POISON_NODE})
+        sink.export([started(rec.finished(status=RunStatus.RUNNING, ended_ns=None,
+                                          rows_processed=None))])
+        sink.export([finished(rec)])
+        sink.force_flush(10)
+        self._assert(sink, [rec])
+
     def test_export_from_another_thread(self, sink: Sink) -> None:
         records = self._records(4)
         t = threading.Thread(target=sink.export, args=([finished(r) for r in records],))
@@ -136,6 +149,7 @@ class TestPrometheusSink(SinkContract):
 
     def summary(self, sink: Sink) -> Summary:
         assert isinstance(sink, PrometheusSink)
+        generate_latest(sink.registry)  # what /metrics serves must always encode
         out = Summary()
         seconds = 0.0
         for family in sink.registry.collect():

@@ -45,6 +45,7 @@ from odibi_observe.record import (
     ns_to_datetime,
 )
 from odibi_observe.redact import clamp
+from odibi_observe.textsafe import encodable_text
 
 # --- column names, all from the conventions ---------------------------------------------------
 
@@ -279,16 +280,14 @@ def db_text(value: str | None, limit: int | None) -> str | None:
     A value a backend refuses (PostgreSQL rejects NUL characters and ``VARCHAR(n)`` overflows;
     both drivers reject lone surrogates) would make the whole batch fail on every retry and
     stall the sink for good, so it is repaired here instead: NUL becomes U+FFFD, an unencodable
-    character is replaced, and an over-long value is cut with a note of how much was cut.
+    character is escaped (:mod:`odibi_observe.textsafe`, the rule of every sink), and an
+    over-long value is cut with a note of how much was cut.
     """
     if value is None:
         return None
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
+    value = encodable_text(value)  # lone surrogates escaped, as in every other backend
     if limit is not None and len(value) > limit:
         value = clamp(value, limit)
     return value

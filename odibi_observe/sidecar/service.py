@@ -54,11 +54,12 @@ from odibi_observe.sidecar import SidecarOptions
 from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer
-from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.base import RecordRejected, Sink
 from odibi_observe.sinks.catalog import CatalogSink
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
+    from odibi_observe.deadletter import DeadLetter
     from odibi_observe.pump import SpoolPump
     from odibi_observe.runtime import Observer
     from odibi_observe.sidecar.sweeper import Sweeper, SweepResult
@@ -112,6 +113,10 @@ class _WatchedSink(Sink):
         self.exporting_since = self._clock()
         try:
             self.inner.export(events)
+        except RecordRejected:
+            self.last_success = self._clock()  # the rest was exported: not a sink failure
+            self.last_error = None
+            raise
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
             raise
@@ -197,8 +202,11 @@ class Sidecar:
                 self.receiver = TraceReceiver(
                     self.ledger, registry=self.registry, monitor=self.monitor,
                     token=options.token, max_body_bytes=options.max_body_bytes)
+            #: Records no sink retry can deliver: <spool dir>/dead-letter/ (the bus's, shared).
+            self.dead_letter = self.observer.bus.dead_letter
             self.pump = _build_pump(self.spool, self.sinks, self.monitor, options,
-                                    _ingest_counter(ingested, counting))
+                                    _ingest_counter(ingested, counting),
+                                    dead_letter=self.dead_letter)
             self._catchup_wait = min(options.sweep_interval, 30.0)
             self.sweeper = _build_sweeper(
                 self.store, self.sinks, options, spool=self.spool, host=self.settings.host,
@@ -461,6 +469,8 @@ class Sidecar:
                       "read_seconds_ago": round(now - self._last_snapshot, 3),
                       "backlog_read_seconds_ago": round(now - self._last_backlog, 3)},
             "sinks": sinks,
+            # Counted, not a health problem: the sinks went on past these records.
+            "dead_letter": self.dead_letter.health(),
         }
         return not stuck, document
 
@@ -547,11 +557,13 @@ def _ingest_counter(ingested: Counter, counting: Sink | None,
 
 def _build_pump(spool: Spool, sinks: Sequence[Sink], monitor: SelfMonitor,
                 options: SidecarOptions,
-                on_commit: Callable[[str, dict[EventKind | None, int]], None]) -> SpoolPump:
+                on_commit: Callable[[str, dict[EventKind | None, int]], None], *,
+                dead_letter: DeadLetter) -> SpoolPump:
     from odibi_observe.pump import SpoolPump
 
     return SpoolPump(spool, sinks, monitor=monitor, max_batch=options.max_batch,
-                     poll_interval=options.poll_interval, on_commit=on_commit)
+                     poll_interval=options.poll_interval, on_commit=on_commit,
+                     dead_letter=dead_letter)
 
 
 def _build_sweeper(store: CatalogStore, sinks: Sequence[Sink], options: SidecarOptions, *,

@@ -16,13 +16,37 @@ Rules a sink follows:
 * A ``RUNNING`` event arriving after a terminal one for the same run never undoes the terminal
   state (events of one run can be replayed out of order after a failure).
 * ``export`` is called from one thread at a time per sink.
+
+Poison records — records a sink can *never* export (a value of the wrong type, text the
+backend refuses) — are told apart from a transient failure, so that one of them cannot stop
+the sink for good:
+
+* A sink that recognises such records itself records the rest of the batch and raises
+  :class:`RecordRejected` with the rejected events and the reason. That is a definite answer
+  for the whole batch: the rest is done, the rejected ones go to the dead letter (below) and
+  are never offered again. (The OTel SDK's ``SpanExporter`` has only SUCCESS/FAILURE; this is
+  the one addition, because "retry later" is the wrong answer for a record that cannot be
+  encoded.)
+* Any other exception still means "keep the batch and retry later", but the delivery layer
+  (:mod:`odibi_observe.bus`, :mod:`odibi_observe.pump`) isolates the failure by bisecting
+  the batch (:func:`export_isolating`): when a part of the same batch is delivered while a
+  single event still fails on its own (tried twice), the backend is up and that event is the
+  problem — it is dead-lettered with the exception as its reason, and delivery goes on with the
+  next events. When every part fails, the backend is down: the batch is retried with backoff.
+  The parts of a bisected batch may be recorded out of their order, which the out-of-order
+  rule above already covers.
+* Dead-lettered events are counted in ``odibi_observe_dead_letter_total{sink}``, logged, and
+  written with their reason to ``<spool dir>/dead-letter/`` when there is a spool
+  (:class:`~odibi_observe.deadletter.DeadLetter`).
+* Text is made encodable before it reaches a backend (:mod:`odibi_observe.textsafe`): a lone
+  surrogate is escaped, never a reason to reject a record.
 """
 
 from __future__ import annotations
 
 import abc
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from odibi_observe.record import EventKind, RunEvent
 
@@ -96,3 +120,81 @@ class RecentKeys:
 
 class SinkExportError(RuntimeError):
     """A sink could not deliver a batch; the bus keeps the batch and retries it."""
+
+
+class RecordRejected(Exception):
+    """``export`` recorded the batch except ``events``, which it can never export.
+
+    ``reason`` says why, for the dead letter (one reason for all of them; raise with the
+    events of one reason, or join the reasons).
+    """
+
+    def __init__(self, events: Sequence[RunEvent], reason: str) -> None:
+        super().__init__(f"{len(events)} event(s) rejected: {reason}")
+        self.events = tuple(events)
+        self.reason = reason
+
+
+#: A dead-lettered event and why.
+Rejection = tuple[RunEvent, str]
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def export_isolating(export: Callable[[Sequence[RunEvent]], None],
+                     events: Sequence[RunEvent]) -> list[Rejection]:
+    """Export ``events``; return the ones that can never be exported, with their reasons.
+
+    Raises when the sink fails as a whole (every part of the batch failed): the caller keeps
+    the batch and retries it. Otherwise everything not returned was exported. See the module
+    docstring; costs one export call when all is well and three (whole, halves) when the
+    backend is down, so an outage does not multiply requests.
+    """
+    try:
+        export(events)
+        return []
+    except RecordRejected as rejected:
+        return [(e, rejected.reason) for e in rejected.events]
+    except Exception as exc:
+        if len(events) <= 1:
+            raise
+        return _bisect(export, list(events), exc, backend_up=False)
+
+
+def _attempt(export: Callable[[Sequence[RunEvent]], None],
+             events: Sequence[RunEvent]) -> list[Rejection]:
+    try:
+        export(events)
+    except RecordRejected as rejected:
+        return [(e, rejected.reason) for e in rejected.events]
+    return []
+
+
+def _bisect(export: Callable[[Sequence[RunEvent]], None], events: list[RunEvent],
+            exc: Exception, *, backend_up: bool) -> list[Rejection]:
+    """``events`` failed together with ``exc``: find the ones that fail on their own.
+
+    ``backend_up`` is True once some part of the batch was delivered in this pass.
+    """
+    if len(events) == 1:
+        if not backend_up:
+            raise exc
+        try:  # a second try alone: a passing blip must not dead-letter a good record
+            return _attempt(export, events)
+        except Exception as again:
+            return [(events[0], _reason(again))]
+    middle = len(events) // 2
+    rejected: list[Rejection] = []
+    failed: list[tuple[list[RunEvent], Exception]] = []
+    for part in (events[:middle], events[middle:]):
+        try:
+            rejected += _attempt(export, part)
+        except Exception as part_exc:
+            failed.append((part, part_exc))
+    if len(failed) == 2 and not backend_up:
+        raise exc
+    for part, cause in failed:
+        rejected += _bisect(export, part, cause, backend_up=True)
+    return rejected

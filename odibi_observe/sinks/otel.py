@@ -70,7 +70,8 @@ from odibi_observe.conventions import (
 from odibi_observe.otlp_json import OtlpJsonFileSpanExporter, OtlpJsonHttpSpanExporter
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.redact import safe_text
-from odibi_observe.sinks.base import RecentKeys, Sink, SinkExportError
+from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkExportError
+from odibi_observe.textsafe import encodable_record
 
 __all__ = ["OtelSink", "application_tracer_provider", "record_resource", "record_to_span",
            "span_attributes"]
@@ -870,15 +871,21 @@ class OtelSink(Sink):
         # The application's provider may update its resource (it does after a fork).
         base = self.app_provider.resource if self.app_provider is not None else self.resource
         spans: dict[Hashable, ReadableSpan] = {}
+        rejected: list[RunEvent] = []
+        reasons: dict[str, None] = {}
         for event in events:
             if event.kind is not EventKind.FINISHED:
                 continue
-            record = event.record
+            # Text OTLP cannot encode (a lone surrogate from a file name) is escaped, so the
+            # span keeps the name instead of failing the export forever (odibi_observe.textsafe).
+            record = encodable_record(event.record)
             try:
                 span = record_to_span(record, base)
-            except ValueError as exc:
-                # Retrying cannot fix a malformed record and would block every later event.
-                log.warning("odibi-observe: no span for run %s: %s", record.run_id, exc)
+            except (ValueError, TypeError) as exc:
+                # Retrying cannot fix a malformed record and would block every later event:
+                # the rest is exported, this one goes to the dead letter (sinks/base.py).
+                rejected.append(event)
+                reasons[f"no span for run {record.run_id}: {type(exc).__name__}: {exc}"] = None
                 continue
             self._record_metrics(record)
             spans[(record.trace_id, record.span_id, record.status.value, record.ended_ns)] = span
@@ -898,6 +905,8 @@ class OtelSink(Sink):
                 destination.delivered.add(key)
         if failures:
             raise SinkExportError("; ".join(failures))
+        if rejected:
+            raise RecordRejected(rejected, "; ".join(reasons))
 
     def _record_metrics(self, record: RunRecord) -> None:
         if self._instruments is None or record.run_id in self._counted:

@@ -31,6 +31,7 @@ from odibi_observe.conventions import (
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import RecentKeys, Sink
+from odibi_observe.textsafe import encodable_text
 
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
@@ -87,7 +88,9 @@ class PrometheusSink(Sink):
         known = self._known.get(raw)
         if known is not None:  # the common case: a series seen before
             return known
-        values = tuple(v[:_MAX_LABEL_VALUE] for v in raw)
+        # Escaped before cut: a label value the exposition format cannot encode would fail
+        # every /metrics scrape (see odibi_observe.textsafe).
+        values = tuple(encodable_text(v)[:_MAX_LABEL_VALUE] for v in raw)
         if values in self._series or len(self._series) < self.max_series:
             self._series.add(values)
             self._known[raw] = values  # bounded: at most one raw form per kept series, mostly
@@ -115,6 +118,8 @@ class PrometheusSink(Sink):
         return series
 
     def _on_start(self, record: RunRecord) -> None:
+        if record.run_id in self._finished:
+            return  # a start delivered after its end (out of order) must not count as running
         if record.status is RunStatus.RUNNING and self._started.add(record.run_id):
             labels = self._node_labels(record, METRICS.running.prometheus)
             self._children(labels).running.inc()
