@@ -683,7 +683,9 @@ class Spool:
             self.after_fork()
         with self._lock:
             try:
-                if (self._fd < 0 or self._must_roll or size > self._budget
+                if self._must_roll:
+                    self._seal_locked()  # before the room check, which may keep failing
+                if (self._fd < 0 or size > self._budget
                         or self._offset + size > self.segment_bytes
                         or time.monotonic() >= self._usage_due):
                     self._check_room_locked(size)
@@ -693,10 +695,13 @@ class Spool:
                 self._rejected(exc.reason, 1)
                 raise
 
-    def append_many(self, payloads: Sequence[bytes]) -> None:
+    def append_many(self, payloads: Sequence[bytes], *, partial: bool = False) -> None:
         """Store several events with as few writes as segment boundaries allow.
 
-        The size limit is checked for the whole batch (all or nothing); see
+        The size limit is checked for the whole batch (all or nothing) unless ``partial``:
+        then the longest prefix that fits is stored before :class:`SpoolFullError` is raised
+        (its ``stored`` says how many), so a backlog larger than the room left drains piece by
+        piece, oldest first, instead of being refused whole for ever. See
         :class:`SpoolFullError` for a disk that fills in the middle.
         """
         frames = [encode_frame(p) for p in payloads]
@@ -707,7 +712,14 @@ class Spool:
         with self._lock:
             i = 0
             try:
-                self._check_room_locked(sum(len(f) for f in frames))
+                if self._must_roll:
+                    self._seal_locked()
+                total = sum(len(f) for f in frames)
+                if partial:
+                    frames, refused = self._prefix_that_fits_locked(frames, total)
+                else:
+                    self._check_room_locked(total)
+                    refused = None
                 while i < len(frames):
                     first = len(frames[i])
                     self._ensure_segment_locked(first)
@@ -718,10 +730,26 @@ class Spool:
                         j += 1
                     self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]))
                     i = j
+                if refused is not None:
+                    raise refused
             except SpoolFullError as exc:
                 exc.stored = i
-                self._rejected(exc.reason, len(frames) - i)
+                self._rejected(exc.reason, len(payloads) - i)
                 raise
+
+    def _prefix_that_fits_locked(self, frames: list[bytes], total: int
+                                 ) -> tuple[list[bytes], SpoolFullError | None]:
+        """The frames that fit the size limit, and the error for the rest (None: all fit)."""
+        try:
+            self._check_room_locked(total)
+            return frames, None
+        except SpoolFullError as exc:
+            refused = exc
+        room, k = self._budget, 0
+        while k < len(frames) and len(frames[k]) <= room:
+            room -= len(frames[k])
+            k += 1
+        return frames[:k], refused
 
     def _check_room_locked(self, size: int) -> None:
         """Raise unless ``size`` more bytes keep the directory within ``max_bytes``.
@@ -825,9 +853,11 @@ class Spool:
         if fd < 0:
             return
         self._fd = -1
+        reuse = False
         try:
             if self._offset == 0:
                 os.unlink(path)
+                reuse = True  # nothing was in it: its number is used again (no false gap)
             else:
                 if self.fsync != "never" and self._dirty:
                     os.fsync(fd)
@@ -841,14 +871,26 @@ class Spool:
             self._dirty = False
             self._offset = 0
             if self._seq is not None:
-                self._seq += 1
+                if reuse:
+                    self._release_seq_locked(self._seq)
+                else:
+                    self._seq += 1
+
+    def _release_seq_locked(self, seq: int) -> None:
+        """Let the next segment take ``seq`` again: a gap in a writer's numbers means loss."""
+        key = (self.directory, self.writer_id)
+        with _next_seq_lock:
+            if _next_seq.get(key) == seq + 1:
+                _next_seq[key] = seq
 
     def _rejected(self, reason: str, count: int) -> None:
-        # Seal what this writer has written so far: gc only collects sealed segments (or a dead
-        # writer's), so a long-lived writer that keeps its open segment would hold its space
-        # forever and stay rejected even after every consumer has caught up.
-        if self._offset > 0:
-            self._must_roll = True
+        # Seal what this writer has written so far, now (the caller holds the lock): gc only
+        # collects sealed segments (or a dead writer's), so a long-lived writer that kept its
+        # open segment would hold its space for ever and stay rejected even after every
+        # consumer has caught up. Sealing needs no room: a rename, and the fsync of data that
+        # is already written.
+        if self._offset > 0 or self._must_roll:
+            self._seal_locked()
         with self._stats_lock:
             self._rejected_total += count
         self._metrics.rejected.labels(reason=reason).inc(count)
