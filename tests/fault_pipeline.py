@@ -141,6 +141,9 @@ def cmd_loop(args: argparse.Namespace) -> int:
     configure(args)
     print("ready", flush=True)
     run_loop(args, random.Random(args.seed))
+    if args.hold_file:  # stay alive (no flush, no exit) until the test has looked
+        while not os.path.exists(args.hold_file):
+            time.sleep(0.01)
     return 0
 
 
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-file")
     parser.add_argument("--pause-file", help="loop: before node --pause-at, wait for it")
     parser.add_argument("--pause-at", type=int, default=-1)
+    parser.add_argument("--hold-file", help="loop: after the last node, wait for it to exit")
     parser.add_argument("--children", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -648,3 +649,88 @@ def test_frozen_clock_sweeper_closes_the_silent_run_not_the_heartbeating_one(
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
+
+
+# -- a spool that filled once, a long-lived writer ---------------------------------------------
+
+class _AuditReader:
+    """A real consumer of the spool in the test process: its own cursor, acknowledged as it
+    reads (so it holds nothing back from gc), recording every event in the order read."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool = Spool(spool_dir, fsync="never")
+        self.cursor = self.spool.cursor("audit")
+        self.seen: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.03):
+            entries = self.cursor.read(1000)
+            for entry in entries:
+                event = RunEvent.from_json(entry.payload)
+                self.seen.append((event.run_id, event.kind.value))
+            if entries:
+                self.cursor.ack(entries)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.spool.close()
+
+
+def test_long_lived_process_recovers_after_its_spool_filled_oldest_first_none_twice(
+        pg_url: str, tmp_path: Path) -> None:
+    """One long-lived pipeline process (sidecar mode, spool_max_bytes=48 KiB, 1 KB events)
+    runs 40 nodes with no sidecar: the spool fills with its own events and the rest wait in
+    its retry buffer. A real sidecar starts, delivers and collects everything: the spool
+    holds 0 bytes although the writer lives (its segment was sealed at the first refusal).
+    The same process then runs 10 more nodes; while it is still alive, all 50 runs are
+    recorded once. A consumer that read the spool from the start saw every event exactly once
+    and in the order the process emitted them: the retried backlog first, in pieces, then
+    the new runs."""
+    spool, log, traces = tmp_path / "spool", tmp_path / "log.txt", tmp_path / "traces.jsonl"
+    go, hold, textfile = tmp_path / "go", tmp_path / "hold", tmp_path / "child.prom"
+    audit = _AuditReader(spool)
+    child = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool), "--payload",
+                      "1000", "--started", str(tmp_path / "s"), "--nodes", "50",
+                      "--gap", "0.1", "--pause-file", str(go), "--pause-at", "40",
+                      "--hold-file", str(hold), "--textfile", str(textfile)],
+                     log=log, env=child_env(ODIBI_OBSERVE_SPOOL_MAX_BYTES=str(48 * 1024)))
+    try:
+        expect_line(child, "ready", log)
+        expect_line(child, "paused 40", log)
+        paused = read_metrics_file(textfile)
+        assert metric_sum(paused, "odibi_observe_spool_rejected_total") > 20
+        with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                     args=["--sweep-interval", "0.5", "--gc-interval", "0.2"]) as sidecar:
+            def drained_and_freed() -> None:
+                samples = sidecar.metrics()
+                assert _node_runs(samples) > 10
+                assert metric_sum(samples, "odibi_observe_spool_bytes") == 0, \
+                    "the live writer's segment was never collected"
+            eventually(drained_and_freed, timeout=20)
+            go.touch()
+            assert expect_line(child, "done", log) == "done 50"
+            started = read_started([tmp_path / "s"])
+            assert len(started.order) == 50
+            eventually(lambda: assert_every_run_recorded(
+                pg_url, spans_in(traces), started.run_ids, ended=started.ended,
+                pids=started.pids, context="after the spool filled once"), timeout=30)
+            assert child.poll() is None  # recorded while the process lives, not at its exit
+            ingested = sidecar.metrics()
+            for kind in ("started", "finished"):
+                assert metric_sum(ingested, "odibi_observe_sidecar_events_ingested_total",
+                                  kind=kind) == 50, kind
+        emitted = [(rid, kind) for rid in started.order for kind in ("started", "finished")]
+        eventually(lambda: _assert(len(audit.seen) >= len(emitted)), timeout=10)
+        assert audit.seen == emitted
+        hold.touch()
+        assert child.wait(30) == 0
+        assert metric_sum(read_metrics_file(textfile), "odibi_observe_events_dropped_total") == 0
+    finally:
+        audit.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
