@@ -126,6 +126,11 @@ _WRITER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 _DEFAULT_WRITER_RE: Final = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)$")
 _CURSOR_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CURSOR_VERSION: Final = 1
+#: Bytes held in ``cursors/.reserve`` for cursor files: a spool whose filesystem fills before
+#: its first consumer starts must still let that consumer write its cursors (see
+#: :meth:`Spool._ensure_reserve`). Tens of cursor files fit, at a page each.
+CURSOR_RESERVE: Final = 32 * 2**10
+_RESERVE_NAME: Final = ".reserve"
 #: Directory total is re-read this often normally, and more often near the limit.
 _USAGE_REFRESH: Final = 1.0
 _USAGE_REFRESH_NEAR_FULL: Final = 0.05
@@ -620,6 +625,7 @@ class Spool:
         segment_bytes: int = 8 * 2**20,
         max_bytes: int = 512 * 2**20,
         registry: CollectorRegistry | None = None,
+        cursor_reserve: int = CURSOR_RESERVE,
     ) -> None:
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"fsync must be 'always', 'interval' or 'never', not {fsync!r}")
@@ -634,6 +640,9 @@ class Spool:
         self.directory = os.path.abspath(os.fspath(directory))
         self._cursor_dir = os.path.join(self.directory, "cursors")
         os.makedirs(self._cursor_dir, exist_ok=True)
+        self.cursor_reserve = max(0, cursor_reserve)
+        self._reserve_path = os.path.join(self._cursor_dir, _RESERVE_NAME)
+        self._ensure_reserve()
         self.writer_id = writer_id if writer_id is not None else _default_writer_id()
         self.fsync: FsyncPolicy = fsync
         self.fsync_interval = fsync_interval
@@ -1093,13 +1102,60 @@ class Spool:
             loaded = _load_cursor_file(os.path.join(self._cursor_dir, filename))
             states[name] = loaded if loaded is not None else {}
         if own:
+            # Every live cursor of this Spool counts, with or without its file: one whose file
+            # could not be written yet (a full disk) must neither be ignored (gc would delete
+            # what it has not read) nor stop gc from freeing what it has read.
             for name, cursor in list(self._cursors.items()):
-                if name in states:
-                    with cursor._lock:
-                        states[name] = dict(cursor._acked)
+                with cursor._lock:
+                    states[name] = dict(cursor._acked)
         return states
 
+    def _ensure_reserve(self) -> None:
+        """Hold :data:`CURSOR_RESERVE` bytes in ``cursors/.reserve`` if it is missing.
+
+        Writers fill the filesystem; a consumer that has never run then could not create the
+        cursor files that gc needs before it deletes anything, and the spool would stay full
+        for ever. The reserve is made while there is room (a new directory, or after gc freed
+        some) and given up by the first cursor write that meets ENOSPC. A reserve that cannot
+        be made (the disk is full already) is simply not there; nothing else depends on it.
+        """
+        if not self.cursor_reserve or os.path.exists(self._reserve_path):
+            return
+        tmp = f"{self._reserve_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+            try:
+                data = memoryview(b"\0" * self.cursor_reserve)
+                while data:  # real blocks, not a sparse file: the room must be taken
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._reserve_path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _release_reserve(self) -> bool:
+        """Free the cursor reserve (a cursor write met a full disk); False if there was none."""
+        try:
+            os.unlink(self._reserve_path)
+        except OSError:
+            return False
+        log.warning("odibi-observe: spool %s is full; released the %d-byte cursor reserve so "
+                    "the consumer can record its position and collect segments",
+                    self.directory, self.cursor_reserve)
+        return True
+
     def _write_cursor_file(self, name: str, acked: dict[str, tuple[int, int]]) -> None:
+        """Replace ``cursors/<name>.json`` atomically; on ENOSPC use the reserve, once."""
+        try:
+            self._write_cursor_file_once(name, acked)
+        except OSError as exc:
+            if exc.errno not in _FULL_ERRNOS or not self._release_reserve():
+                raise
+            self._write_cursor_file_once(name, acked)
+
+    def _write_cursor_file_once(self, name: str, acked: dict[str, tuple[int, int]]) -> None:
         """Replace ``cursors/<name>.json`` atomically (temp file, fsync per policy, rename)."""
         data = json.dumps({"version": _CURSOR_VERSION, "acked": {w: list(p) for w, p in
                                                                  sorted(acked.items())}},
@@ -1171,6 +1227,8 @@ class Spool:
         with self._lock:
             self._usage_due = float("-inf")  # appends see the freed space at once
         self._remove_stale_temp_files()
+        if freed:
+            self._ensure_reserve()  # taken back while there is room, for the next time
         return freed
 
     def _collect(self, segment: _Segment, states: dict[str, dict[str, tuple[int, int]]]) -> int:

@@ -734,3 +734,66 @@ def test_long_lived_process_recovers_after_its_spool_filled_oldest_first_none_tw
         if child.poll() is None:
             child.kill()
             child.wait(10)
+
+
+# -- a spool volume that filled before the sidecar's first start --------------------------------
+
+def _spooled_frames(spool: Path, copy: Path) -> dict[str, list[str]]:
+    """Event kinds per run id in a copy of ``spool`` (read by a throwaway cursor)."""
+    shutil.copytree(spool, copy)
+    frames: dict[str, list[str]] = {}
+    reader = Spool(copy, fsync="never")
+    cursor = reader.cursor("audit")
+    while entries := cursor.read(1000):
+        for entry in entries:
+            event = RunEvent.from_json(entry.payload)
+            frames.setdefault(event.run_id, []).append(event.kind.value)
+    reader.close()
+    return frames
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"),
+                    reason="mounts a real 1 MiB tmpfs (root only)")
+def test_spool_volume_full_before_the_first_sidecar_start_drains_and_accepts_again(
+        pg_url: str, tmp_path: Path) -> None:
+    """A real full filesystem (a 1 MiB tmpfs mounted on the spool directory, unmounted at the
+    end): a pipeline (sidecar mode) fills it with no sidecar ever having run, so no cursor
+    file exists, and exits. A sidecar then starts for the first time: it can write its cursor
+    files (the spool's cursor reserve), delivers every spooled run (the runs whose end did
+    not fit are closed as CRASHED), collects the segments (the volume has room again) and a
+    second pipeline's 20 runs are all recorded."""
+    spool, log, traces = tmp_path / "spool", tmp_path / "log.txt", tmp_path / "traces.jsonl"
+    with small_tmpfs(spool, "1m"):
+        first = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool), "--payload",
+                          "4000", "--started", str(tmp_path / "s1"), "--nodes", "600"], log=log)
+        assert first.wait(60) == 0, log.read_text()[-2000:]
+        assert "rejected" in log.read_text()
+        assert shutil.disk_usage(spool).free < 64 * 1024  # really full
+        assert not list((spool / "cursors").glob("*.json"))
+        frames = _spooled_frames(spool, tmp_path / "copy")
+        started = read_started([tmp_path / "s1"])
+        assert 100 < len(frames) < 600 and set(frames) <= started.run_ids
+        complete = {rid: started.ended[rid] for rid, kinds in frames.items()
+                    if EventKind.FINISHED.value in kinds}
+        with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                     args=["--sweep-interval", "0.3", "--gc-interval", "0.2"]):
+            rows = eventually(lambda: assert_every_run_recorded(
+                pg_url, spans_in(traces), set(frames), ended=complete, pids=started.pids,
+                context="full before the first start"), timeout=45)
+            assert {rid for rid, r in rows.items() if r["status"] == "CRASHED"} == \
+                set(frames) - set(complete)
+            # The first pipeline's segments are collected (the sidecar's own segment, holding
+            # the sweeper's CRASHED events, stays open while it lives).
+            eventually(lambda: _assert(not list(spool.glob(f"*-{first.pid}-*"))), timeout=20)
+            assert shutil.disk_usage(spool).free > 512 * 1024
+            assert list((spool / "cursors").glob("*.json"))
+            second = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool),
+                               "--payload", "4000", "--started", str(tmp_path / "s2"),
+                               "--nodes", "20"], log=log)
+            assert second.wait(60) == 0, log.read_text()[-2000:]
+            later = read_started([tmp_path / "s2"])
+            assert len(later.order) == 20
+            eventually(lambda: assert_every_run_recorded(
+                pg_url, spans_in(traces), set(frames) | later.run_ids,
+                ended={**complete, **later.ended}, pids={**started.pids, **later.pids},
+                context="after the drain"), timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import signal
@@ -477,6 +478,57 @@ def test_a_really_full_filesystem_is_disk_full(tiny_fs: Path) -> None:
     assert [p[:4] for p in payloads(got)] == [b"%04d" % i for i in range(stored)]
     assert s.stats().corrupt_frames == 0
     s.close()
+
+
+def _fill(directory: Path, **kwargs: object) -> int:
+    """Append 1 KiB events until the filesystem is full; the writer then goes away."""
+    w = Spool(directory, writer_id="w", fsync="never", segment_bytes=8 * 1024,
+              max_bytes=2**30, registry=CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
+    stored = 0
+    with pytest.raises(SpoolFullError) as info:
+        for i in range(1000):
+            w.append(b"%04d" % i + b"z" * 1020)
+            stored += 1
+    assert info.value.reason == "disk_full"
+    w.close()
+    return stored
+
+
+def test_a_filesystem_full_before_the_first_consumer_still_drains(tiny_fs: Path) -> None:
+    """The reserve made with the directory lets the first consumer write its cursor file."""
+    stored = _fill(tiny_fs)
+    assert (tiny_fs / "cursors" / ".reserve").exists()
+    reader = Spool(tiny_fs, writer_id="r", fsync="never", registry=CollectorRegistry())
+    cursor = reader.cursor("sink")
+    assert (tiny_fs / "cursors" / "sink.json").exists()  # the reserve was given up for it
+    assert not (tiny_fs / "cursors" / ".reserve").exists()
+    got = drain(cursor)
+    assert len(got) == stored
+    cursor.ack(got)
+    assert reader.gc() > 0
+    assert reader.stats().bytes == 0
+    assert (tiny_fs / "cursors" / ".reserve").exists()  # taken back once there was room
+    assert json.loads((tiny_fs / "cursors" / "sink.json").read_text())["acked"]
+    reader.close()
+
+
+def test_a_cursor_without_its_file_still_drives_gc(tiny_fs: Path) -> None:
+    """Without a reserve the cursor file cannot be written on a full disk: gc must use the
+    consumer's position in memory (not ignore it), free the space, and the file follows."""
+    stored = _fill(tiny_fs, cursor_reserve=0)
+    reader = Spool(tiny_fs, writer_id="r", fsync="never", registry=CollectorRegistry(),
+                   cursor_reserve=0)
+    cursor = reader.cursor("sink")
+    assert not (tiny_fs / "cursors" / "sink.json").exists()  # ENOSPC: kept in memory
+    got = drain(cursor)
+    assert len(got) == stored
+    cursor.ack(got)
+    assert reader.gc() > 0
+    assert reader.stats().bytes == 0
+    reader.append(b"after")
+    cursor.ack(drain(cursor))
+    assert (tiny_fs / "cursors" / "sink.json").exists()
+    reader.close()
 
 
 # ------------------------------------------------------------------------------ gc
