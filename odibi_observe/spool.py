@@ -85,7 +85,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as PromMetric
 
-from odibi_observe.conventions import SIDECAR_METRICS
+from odibi_observe.conventions import SIDECAR_METRICS, Metric
+from odibi_observe.record import EventKind, peek_event
 from odibi_observe.selfmetrics import log
 
 if sys.platform != "win32":
@@ -98,6 +99,7 @@ __all__ = [
     "FsyncPolicy",
     "Spool",
     "SpoolCursor",
+    "SpoolDamage",
     "SpoolEntry",
     "SpoolFullError",
     "SpoolPosition",
@@ -131,6 +133,13 @@ _CURSOR_VERSION: Final = 1
 #: :meth:`Spool._ensure_reserve`). Tens of cursor files fit, at a page each.
 CURSOR_RESERVE: Final = 32 * 2**10
 _RESERVE_NAME: Final = ".reserve"
+#: Damage accounting bounds: run ids kept as affected, open runs tracked per writer, bytes of a
+#: damaged region scanned for run ids, and the frame size assumed when none was seen.
+_MAX_AFFECTED: Final = 1000
+_MAX_OPEN_RUNS: Final = 10_000
+_MAX_DAMAGE_SCAN: Final = 4 * 2**20
+_DEFAULT_FRAME: Final = 512
+_RUN_ID_RE: Final = re.compile(rb'"run_id":"([A-Za-z0-9_.:-]{1,200})"')
 #: Directory total is re-read this often normally, and more often near the limit.
 _USAGE_REFRESH: Final = 1.0
 _USAGE_REFRESH_NEAR_FULL: Final = 0.05
@@ -200,6 +209,32 @@ class SpoolStats:
     segments: int
     corrupt_frames: int
     rejected: int
+    damaged_regions: int = 0
+    missing_segments: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDamage:
+    """What this Spool has found lost, since it was made (see :meth:`Spool.damage`).
+
+    ``frames_lost`` counts frames in damaged regions: exact for frames whose header survived,
+    otherwise estimated from the bytes skipped and the mean frame size around them. Frames in
+    ``missing_segments`` cannot be counted (the file is gone). ``runs_affected`` are the runs
+    whose terminal event may have been lost: a run id readable in damaged bytes, or a run whose
+    start was read before the loss and whose end has not been read since (bounded, newest
+    last; a run leaves the list when its end turns up after all).
+    """
+
+    damaged_regions: int
+    frames_lost: int
+    missing_segments: int
+    runs_affected: tuple[str, ...]
+    last: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"damaged_regions": self.damaged_regions, "frames_lost": self.frames_lost,
+                "missing_segments": self.missing_segments,
+                "runs_affected": list(self.runs_affected), "last": self.last}
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -548,6 +583,8 @@ class _SpoolGauges:
 class _SpoolMetrics:
     corrupt: Counter
     rejected: Counter
+    regions: Counter
+    missing: Counter
     gauges: _SpoolGauges
 
 
@@ -556,30 +593,31 @@ _metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _SpoolMetrics
     weakref.WeakKeyDictionary())
 
 
+def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
+    try:
+        return Counter(metric.prometheus_base, metric.description, metric.labels,
+                       registry=registry)
+    except ValueError as exc:  # registered by someone else: count privately, say so
+        log.warning("odibi-observe: spool counter not exported: %s", exc)
+        return Counter(metric.prometheus_base, metric.description, metric.labels, registry=None)
+
+
 def _metrics_for(registry: CollectorRegistry) -> _SpoolMetrics:
     """The spool metrics of ``registry``, created once: several Spools may share a registry."""
     with _metrics_lock:
         found = _metrics_by_registry.get(registry)
         if found is not None:
             return found
-        corrupt_m, rejected_m = SIDECAR_METRICS.spool_corrupt, SIDECAR_METRICS.spool_rejected
-        try:
-            corrupt = Counter(corrupt_m.prometheus_base, corrupt_m.description,
-                              corrupt_m.labels, registry=registry)
-            rejected = Counter(rejected_m.prometheus_base, rejected_m.description,
-                               rejected_m.labels, registry=registry)
-        except ValueError as exc:  # registered by someone else: count privately, say so
-            log.warning("odibi-observe: spool counters not exported: %s", exc)
-            corrupt = Counter(corrupt_m.prometheus_base, corrupt_m.description,
-                              corrupt_m.labels, registry=None)
-            rejected = Counter(rejected_m.prometheus_base, rejected_m.description,
-                               rejected_m.labels, registry=None)
+        m = SIDECAR_METRICS
+        corrupt, rejected, regions, missing = (_counter(metric, registry) for metric in (
+            m.spool_corrupt, m.spool_rejected, m.spool_damaged_regions, m.spool_missing_segments))
         gauges = _SpoolGauges()
         try:
             registry.register(gauges)
         except ValueError as exc:
             log.warning("odibi-observe: spool gauges not exported: %s", exc)
-        found = _metrics_by_registry[registry] = _SpoolMetrics(corrupt, rejected, gauges)
+        found = _metrics_by_registry[registry] = _SpoolMetrics(corrupt, rejected, regions, missing,
+                                                             gauges)
         return found
 
 
@@ -656,6 +694,15 @@ class Spool:
         self._corrupt_seen: set[tuple[str, int, int]] = set()
         self._frame_counts: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._corrupt_total = 0
+        self._regions_total = 0
+        self._missing_total = 0
+        self._missing_seen: set[tuple[str, int]] = set()
+        self._collected: set[tuple[str, int]] = set()
+        self._tracked: dict[str, tuple[int, int]] = {}
+        self._open_runs: dict[str, dict[str, None]] = {}
+        self._affected: dict[str, None] = {}
+        self._last_damage: str | None = None
+        self._mean_frame = float(_DEFAULT_FRAME)
         self._rejected_total = 0
         self._reset_writer_state()
         _spools.add(self)
@@ -668,6 +715,7 @@ class Spool:
         self._fd = -1
         self._seq: int | None = None
         self._offset = 0
+        self._segment_frames = 0
         self._open_path = ""
         self._must_roll = False
         self._dirty = False
@@ -737,7 +785,8 @@ class Spool:
                     while j < len(frames) and size + len(frames[j]) <= room:
                         size += len(frames[j])
                         j += 1
-                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]))
+                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]),
+                                       j - i)
                     i = j
                 if refused is not None:
                     raise refused
@@ -769,6 +818,7 @@ class Spool:
         """
         now = time.monotonic()
         if now >= self._usage_due:
+            self._check_linked_locked()
             usage = sum(s.size for segs in self._list_segments().values() for s in segs)
             self._budget = self.max_bytes - usage
             self._usage_due = now + (_USAGE_REFRESH if usage + size < 0.9 * self.max_bytes
@@ -777,6 +827,35 @@ class Spool:
             raise SpoolFullError(
                 "size_limit", f"spool {self.directory} would exceed max_bytes="
                 f"{self.max_bytes} (about {self.max_bytes - self._budget} bytes held)")
+
+    def _check_linked_locked(self) -> None:
+        """Leave an open segment that was deleted under this writer (at most once a second).
+
+        Appends to a deleted file succeed and reach nobody. Its frames that no consumer had
+        read are lost: say so, count the segment as missing, and go on in a new segment, whose
+        sequence number (one higher) tells consumers where the loss is.
+        """
+        if self._fd < 0:
+            return
+        try:
+            linked = os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            return
+        if linked:
+            return
+        log.error("odibi-observe: spool segment %s was deleted while this process wrote to it; "
+                  "those of its %d event(s) no consumer had read are lost (counted in %s)",
+                  self._open_path, self._segment_frames,
+                  SIDECAR_METRICS.spool_missing_segments.prometheus)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd, self._offset, self._dirty = -1, 0, False
+        if self._seq is not None:
+            self._seq += 1
+        with self._stats_lock:
+            self._missing_total += 1
+            self._last_damage = f"open segment {os.path.basename(self._open_path)} deleted"
+        self._metrics.missing.inc()
 
     def _ensure_segment_locked(self, size: int) -> None:
         if self._fd >= 0 and (self._must_roll or (
@@ -809,6 +888,7 @@ class Spool:
             _next_seq[key] = max(_next_seq.get(key, 0), self._seq + 1)
         _lock_segment(fd)
         self._fd, self._offset, self._open_path, self._must_roll = fd, 0, path, False
+        self._segment_frames = 0
         self._new_dir_entry_locked()
         if self.fsync == "interval" and self._fsync_thread is None:
             self._start_fsync_thread()
@@ -830,7 +910,7 @@ class Spool:
         elif self.fsync == "interval":
             self._dir_dirty = True
 
-    def _write_locked(self, data: bytes) -> None:
+    def _write_locked(self, data: bytes, frames: int = 1) -> None:
         fd, start = self._fd, self._offset
         try:
             written = os.write(fd, data)
@@ -847,6 +927,7 @@ class Spool:
                 raise SpoolFullError("disk_full", f"spool {self.directory}: {exc}") from exc
             raise
         self._offset = start + len(data)
+        self._segment_frames += frames
         self._budget -= len(data)
         self._dirty = self.fsync != "always"
 
@@ -1063,25 +1144,131 @@ class Spool:
             return not process_alive(int(m["pid"]), int(m["start"]))
         return held is False
 
-    def _note_corrupt(self, writer: str, seq: int, regions: list[tuple[int, int]]) -> None:
-        """Count and log damaged regions, each once per Spool however many cursors meet it."""
-        new = []
+    def _absorb(self, writer: str, seq: int, parsed: _Parsed, fd: int) -> None:
+        """Account for what a read found, in file order: runs started and ended, and damage.
+
+        Each frame and damaged region is taken once per Spool however many cursors read it
+        (the furthest position per writer is remembered), so counts and the open runs agree.
+        """
+        new_regions = []
         with self._stats_lock:
-            for start, end in regions:
+            for start, end in parsed.corrupt:
                 key = (writer, seq, start)
                 if key not in self._corrupt_seen:
                     self._corrupt_seen.add(key)
-                    new.append((start, end))
-            self._corrupt_total += len(new)
-        if not new:
+                    new_regions.append((start, end))
+        if parsed.frames:
+            sizes = sum(e - s for s, e, _ in parsed.frames)
+            self._mean_frame = 0.8 * self._mean_frame + 0.2 * sizes / len(parsed.frames)
+        mean = (sum(e - s for s, e, _ in parsed.frames) / len(parsed.frames)
+                if parsed.frames else self._mean_frame)
+        damage = [(start, end, *self._inspect_region(fd, start, end, mean))
+                  for start, end in new_regions]
+        order = sorted([(f[0], 0, i) for i, f in enumerate(parsed.frames)]
+                       + [(d[0], 1, i) for i, d in enumerate(damage)])
+        lost = 0
+        with self._stats_lock:
+            mark = self._tracked.get(writer)
+            runs = self._open_runs.setdefault(writer, {})
+            for _, is_damage, i in order:
+                if is_damage:
+                    lost += damage[i][2]
+                    self._suspect_locked(runs, damage[i][3])
+                    continue
+                start, end, payload = parsed.frames[i]
+                if mark is not None and (seq, start) < mark:
+                    continue
+                mark = (seq, end)
+                peeked = peek_event(payload)
+                if peeked is None:
+                    continue
+                if peeked[0] is EventKind.STARTED:
+                    runs[peeked[1]] = None
+                    if len(runs) > _MAX_OPEN_RUNS:
+                        del runs[next(iter(runs))]
+                else:
+                    runs.pop(peeked[1], None)
+                    self._affected.pop(peeked[1], None)
+            if mark is not None:
+                self._tracked[writer] = mark
+            self._corrupt_total += lost
+            self._regions_total += len(damage)
+            if damage:
+                start, end, frames, _ = damage[0]
+                self._last_damage = (f"{len(damage)} damaged region(s) in "
+                                     f"{_segment_base(writer, seq)}, first at byte {start} "
+                                     f"({end - start} bytes, ~{frames} frame(s))")
+        if not damage:
             return
-        self._metrics.corrupt.inc(len(new))
-        start, end = new[0]
+        self._metrics.corrupt.inc(lost)
+        self._metrics.regions.inc(len(damage))
+        start, end, _, _ = damage[0]
         _warn_once_per_minute(
             "spool:corrupt",
-            "odibi-observe: skipped %d damaged spool frame(s) in %s (first at byte %d, %d bytes); "
-            "the frames around them are kept (counted in odibi_observe_spool_corrupt_frames_total)",
-            len(new), _segment_base(writer, seq), start, end - start)
+            "odibi-observe: skipped %d damaged region(s), about %d frame(s), in %s (first at byte "
+            "%d, %d bytes); the frames around them are kept (counted in "
+            "odibi_observe_spool_corrupt_frames_total)",
+            len(damage), lost, _segment_base(writer, seq), start, end - start)
+
+    def _suspect_locked(self, open_runs: dict[str, None], run_ids: Sequence[str]) -> None:
+        """Runs whose end may be in a lost range: ids read in it, and runs still open."""
+        for run_id in [*open_runs, *run_ids]:
+            self._affected.pop(run_id, None)
+            self._affected[run_id] = None
+        while len(self._affected) > _MAX_AFFECTED:
+            del self._affected[next(iter(self._affected))]
+
+    @staticmethod
+    def _inspect_region(fd: int, start: int, end: int, mean: float) -> tuple[int, list[str]]:
+        """(frames lost, run ids readable) in the damaged bytes ``start..end`` of ``fd``.
+
+        Frames whose header survived (magic and header CRC) are counted one each and skipped
+        by their length; the rest of the bytes are divided by the mean frame size.
+        """
+        try:
+            data = os.pread(fd, min(end - start, _MAX_DAMAGE_SCAN), start)
+        except OSError:
+            data = b""
+        exact, covered, p = 0, 0, 0
+        while (p := data.find(MAGIC, p)) >= 0:
+            if len(data) - p >= HEADER_SIZE:
+                _, length, _, header_crc = _HEADER.unpack_from(data, p)
+                if length <= MAX_PAYLOAD and zlib.crc32(data[p:p + 12]) == header_crc:
+                    exact += 1
+                    span = min(HEADER_SIZE + length, end - start - p)
+                    covered += span
+                    p += max(span, 1)
+                    continue
+            p += 1
+        rest = max(end - start - covered, 0)
+        estimate = exact + (round(rest / mean) if mean > 0 else 0)
+        run_ids = list(dict.fromkeys(m.decode() for m in _RUN_ID_RE.findall(data)))
+        return max(1, estimate), run_ids
+
+    def _note_missing(self, writer: str, first: int, stop: int) -> None:
+        """Segments ``first..stop-1`` of ``writer`` are gone before this Spool read them."""
+        with self._stats_lock:
+            new = [q for q in range(first, stop) if (writer, q) not in self._missing_seen
+                   and (writer, q) not in self._collected]
+            if not new:
+                return
+            self._missing_seen.update((writer, q) for q in new)
+            self._missing_total += len(new)
+            self._suspect_locked(self._open_runs.get(writer, {}), [])
+            self._last_damage = (f"{len(new)} segment(s) of writer {writer} missing "
+                                 f"(sequence {new[0]}..{new[-1]})")
+        self._metrics.missing.inc(len(new))
+        _warn_once_per_minute(
+            f"spool:missing:{writer}",
+            "odibi-observe: %d spool segment(s) of writer %s are missing (sequence %d..%d), "
+            "deleted before they were read: their events are lost (counted in %s)",
+            len(new), writer, new[0], new[-1], SIDECAR_METRICS.spool_missing_segments.prometheus)
+
+    def damage(self) -> SpoolDamage:
+        """What this Spool has found lost so far (damaged frames, missing segments, runs)."""
+        with self._stats_lock:
+            return SpoolDamage(self._regions_total, self._corrupt_total, self._missing_total,
+                               tuple(self._affected), self._last_damage)
 
     def _cursor_states(self, own: bool = True) -> dict[str, dict[str, tuple[int, int]]]:
         """Acknowledged positions of every cursor in the directory, by cursor name.
@@ -1220,16 +1407,27 @@ class Spool:
             for segments in listing.values():
                 for segment in segments:
                     freed += self._collect(segment, states)
-        live = {(s.writer, s.seq) for segs in self._list_segments().values() for s in segs}
+        after = self._list_segments()
+        live = {(s.writer, s.seq) for segs in after.values() for s in segs}
         with self._stats_lock:
             self._corrupt_seen = {k for k in self._corrupt_seen if (k[0], k[1]) in live}
             self._frame_counts = {k: v for k, v in self._frame_counts.items() if k in live}
+            self._prune_writers_locked(after)
         with self._lock:
             self._usage_due = float("-inf")  # appends see the freed space at once
         self._remove_stale_temp_files()
         if freed:
             self._ensure_reserve()  # taken back while there is room, for the next time
         return freed
+
+    def _prune_writers_locked(self, listing: dict[str, list[_Segment]]) -> None:
+        """Forget the per-writer damage bookkeeping of writers that are gone for good."""
+        known = {w for w, _ in self._collected} | set(self._tracked) | set(self._open_runs)
+        for writer in [w for w in known if w not in listing and _writer_dead(w)]:
+            self._collected = {k for k in self._collected if k[0] != writer}
+            self._missing_seen = {k for k in self._missing_seen if k[0] != writer}
+            self._tracked.pop(writer, None)
+            self._open_runs.pop(writer, None)
 
     def _collect(self, segment: _Segment, states: dict[str, dict[str, tuple[int, int]]]) -> int:
         """Delete ``segment`` if it is final and no cursor has a frame left in it."""
@@ -1256,6 +1454,8 @@ class Spool:
                 os.unlink(path)
             except FileNotFoundError:  # another process collected it
                 return 0
+            with self._stats_lock:
+                self._collected.add((segment.writer, segment.seq))
             return size
         finally:
             os.close(fd)
@@ -1282,7 +1482,8 @@ class Spool:
         segments = [s for segs in self._list_segments().values() for s in segs]
         with self._stats_lock:
             return SpoolStats(sum(s.size for s in segments), len(segments),
-                              self._corrupt_total, self._rejected_total)
+                              self._corrupt_total, self._rejected_total, self._regions_total,
+                              self._missing_total)
 
 
 def _fsync_loop(ref: weakref.ref[Spool], stop: threading.Event, interval: float) -> None:
@@ -1331,6 +1532,7 @@ class SpoolCursor:
         loaded = _load_cursor_file(path)
         self._acked: dict[str, tuple[int, int]] = dict(loaded or {})
         self._next: dict[str, tuple[int, int]] = dict(self._acked)
+        self._loaded: dict[str, tuple[int, int]] = dict(self._acked)
         self._pruned = False
         self._turn = 0
         if not os.path.exists(path):
@@ -1381,6 +1583,8 @@ class SpoolCursor:
         if position is None:
             if not listed:
                 return
+            if listed[0] > 0:
+                self._first_seen(writer, listed[0])
             position = (listed[0], 0)
         seq, offset = position
         while budget > 0:
@@ -1391,6 +1595,7 @@ class SpoolCursor:
                 higher = [s for s in listed if s > seq]
                 if not higher:
                     break
+                self._skipped(writer, seq, offset, higher[0])
                 seq, offset = higher[0], 0
                 continue
             fd, sealed, _ = opened
@@ -1402,10 +1607,9 @@ class SpoolCursor:
                     # Decided before reading: a dead writer's file cannot change afterwards.
                     final = spool._final(writer, fd)
                 parsed = _read_segment(fd, offset, final=final, limit=budget)
+                spool._absorb(writer, seq, parsed, fd)
             finally:
                 os.close(fd)
-            if parsed.corrupt:
-                spool._note_corrupt(writer, seq, parsed.corrupt)
             for start, end, payload in parsed.frames:
                 out.append(SpoolEntry(SpoolPosition(writer, seq, start, end), payload))
             budget -= len(parsed.frames)
@@ -1414,6 +1618,36 @@ class SpoolCursor:
                 break
             seq, offset = seq + 1, 0
         self._next[writer] = (seq, offset)
+
+    def _first_seen(self, writer: str, first: int) -> None:
+        """A writer new to this cursor starts at segment ``first`` > 0: were 0.. lost?
+
+        A writer numbers its segments from 0. Earlier ones may have been collected, but only
+        once every cursor had acknowledged them, and then some cursor's state names the
+        writer; if none does, nobody read them and they were deleted.
+        """
+        spool = self._spool
+        # Files, and the other live cursors' memory read without their locks (this cursor's
+        # lock is held; a membership test needs no lock, and taking theirs could deadlock).
+        if any(writer in acked for acked in spool._cursor_states(own=False).values()):
+            return
+        if any(writer in c._acked for c in list(spool._cursors.values()) if c is not self):
+            return
+        spool._note_missing(writer, 0, first)
+
+    def _skipped(self, writer: str, seq: int, offset: int, found: int) -> None:
+        """The cursor jumps from the missing segment ``seq`` to ``found``: was anything lost?
+
+        Segments strictly between were never read, and gc deletes only what every cursor has
+        acknowledged, so they were deleted by something else (only a segment without a single
+        frame is collected unread). ``seq`` itself is lost too when the cursor had not begun
+        it, or began it in this process's life and this Spool's gc did not collect it; a
+        position loaded from the cursor file may be the end of a segment collected earlier.
+        """
+        first = seq + 1
+        if offset == 0 or self._loaded.get(writer) != (seq, offset):
+            first = seq
+        self._spool._note_missing(writer, first, found)
 
     def ack(self, entries: Sequence[SpoolEntry]) -> None:
         """Acknowledge ``entries`` (and every earlier frame of their writers), durably.

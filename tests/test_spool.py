@@ -33,6 +33,7 @@ from odibi_observe.spool import (
     process_start_ns,
 )
 from tests.helpers import finished, make_record
+from tests.helpers import started as started_event
 
 ROOT = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")
@@ -335,6 +336,122 @@ def test_partial_tail_of_a_live_writer_is_pending_not_corrupt(spool_dir: Path) -
         writer.close()  # sealed with half a frame at its end: now it is damage
         assert cursor.read() == []
         assert reader.stats().corrupt_frames == 1
+
+
+def _run_events(n: int, payload: int = 300) -> list[tuple[str, bytes]]:
+    """``n`` runs as spool payloads, start then end of each: (run id, payload) in order."""
+    out = []
+    for i in range(n):
+        record = make_record(run_id=f"run-{i:03d}", attributes={"blob": "b" * payload})
+        out.append((record.run_id, started_event(record).to_json().encode()))
+        out.append((record.run_id, finished(record).to_json().encode()))
+    return out
+
+
+def _frames_overlapping(data: bytes, lo: int, hi: int) -> int:
+    """How many frames of an intact segment ``data`` have a byte in ``lo..hi-1``."""
+    count, p = 0, 0
+    while p < len(data):
+        end = p + HEADER_SIZE + int.from_bytes(data[p + 4:p + 8], "little")
+        count += p < hi and end > lo
+        p = end
+    return count
+
+
+def test_a_zeroed_block_counts_every_frame_it_destroyed(
+        spool_dir: Path, registry: CollectorRegistry) -> None:
+    """A zeroed 4 KiB block destroys about 9 frames: counted as frames (within one), not as 1
+    region; the run whose start was read but whose end was destroyed is named."""
+    writer = Spool(spool_dir, writer_id="w", fsync="never", registry=CollectorRegistry())
+    events = _run_events(60, payload=0)
+    for _, payload in events:
+        writer.append(payload)
+    writer.close()
+    (name,) = segment_files(spool_dir)
+    path = spool_dir / name
+    data = bytearray(path.read_bytes())
+    truth = _frames_overlapping(bytes(data), 4096, 8192)
+    assert truth >= 8
+    data[4096:8192] = bytes(4096)
+    path.write_bytes(bytes(data))
+
+    reader = Spool(spool_dir, registry=registry)
+    got = drain(reader.cursor("sink"))
+    assert len(got) == len(events) - truth
+    damage = reader.damage()
+    assert damage.damaged_regions == 1
+    assert abs(damage.frames_lost - truth) <= 1, (damage.frames_lost, truth)
+    assert reader.stats().corrupt_frames == damage.frames_lost
+    assert registry.get_sample_value("odibi_observe_spool_corrupt_frames_total") == \
+        damage.frames_lost
+    assert registry.get_sample_value("odibi_observe_spool_damaged_regions_total") == 1
+    read = [RunEvent.from_json(e.payload) for e in got]
+    read_ends = {e.run_id for e in read if e.kind.value == "finished"}
+    lost_ends = {rid for rid, _ in events} - read_ends
+    cut = {e.run_id for e in read if e.kind.value == "started"} - read_ends
+    # Named: the run whose start was read and whose end was destroyed, and any run id still
+    # readable in the damaged bytes; runs whose both frames vanished leave no trace to name.
+    assert cut and cut <= set(damage.runs_affected) <= lost_ends
+    assert "damaged region" in (damage.last or "")
+    reader.close()
+
+
+def test_a_deleted_sealed_segment_is_reported_missing_with_its_runs(
+        spool_dir: Path, registry: CollectorRegistry) -> None:
+    events = _run_events(30)
+    frame = len(encode_frame(events[1][1]))  # 5 frames a segment: a run is cut at each end
+    writer = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=5 * frame,
+                   registry=CollectorRegistry())
+    for _, payload in events:
+        writer.append(payload)
+    writer.close()
+    names = segment_files(spool_dir)
+    assert len(names) >= 4
+    # A sealed segment in the middle that begins with a run's end (its start is before it).
+    victim = next(n for n in names[1:-1] if b'"kind":"finished"' in
+                  (spool_dir / n).read_bytes()[HEADER_SIZE:HEADER_SIZE + 20])
+    (spool_dir / victim).unlink()
+    reader = Spool(spool_dir, registry=registry)
+    got = drain(reader.cursor("sink"))
+    damage = reader.damage()
+    assert damage.missing_segments == 1 and damage.damaged_regions == 0
+    assert registry.get_sample_value("odibi_observe_spool_missing_segments_total") == 1
+    kinds: dict[str, set[str]] = {}
+    for entry in got:
+        event = RunEvent.from_json(entry.payload)
+        kinds.setdefault(event.run_id, set()).add(event.kind.value)
+    # A run whose start was read before the gap and whose end was in it is named.
+    cut = {rid for rid, k in kinds.items() if k == {"started"}}
+    assert cut and set(damage.runs_affected) == cut
+    assert "missing" in (damage.last or "")
+    reader.close()
+
+
+def test_a_segment_deleted_while_its_writer_writes_is_left_and_reported(
+        spool_dir: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer notices at its next size check, goes on in a new segment and counts the loss;
+    a consumer that starts later sees the writer begin after segment 0 and reports it."""
+    monkeypatch.setattr(spool_mod, "_USAGE_REFRESH", 0.0)
+    writer_registry = CollectorRegistry()
+    writer = Spool(spool_dir, fsync="never", registry=writer_registry)
+    events = _run_events(10)
+    for _, payload in events[:10]:
+        writer.append(payload)
+    (live,) = segment_files(spool_dir)
+    assert live.endswith(".open")
+    (spool_dir / live).unlink()
+    time.sleep(0.01)
+    for _, payload in events[10:]:
+        writer.append(payload)
+    assert writer.stats().missing_segments == 1
+    assert writer_registry.get_sample_value("odibi_observe_spool_missing_segments_total") == 1
+    assert writer.damage().last is not None
+    reader = Spool(spool_dir, registry=registry)
+    got = drain(reader.cursor("sink"))
+    assert 0 < len(got) <= 10
+    assert reader.damage().missing_segments == 1
+    writer.close()
+    reader.close()
 
 
 # ------------------------------------------------------------------------------ limits
