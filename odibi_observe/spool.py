@@ -700,7 +700,7 @@ class Spool:
         self._collected: set[tuple[str, int]] = set()
         self._tracked: dict[str, tuple[int, int]] = {}
         self._open_runs: dict[str, dict[str, None]] = {}
-        self._affected: dict[str, None] = {}
+        self._affected: dict[str, str] = {}  # run id -> the writer that lost its end
         self._last_damage: str | None = None
         self._mean_frame = float(_DEFAULT_FRAME)
         self._rejected_total = 0
@@ -1173,7 +1173,7 @@ class Spool:
             for _, is_damage, i in order:
                 if is_damage:
                     lost += damage[i][2]
-                    self._suspect_locked(runs, damage[i][3])
+                    self._suspect_locked(writer, runs, damage[i][3])
                     continue
                 start, end, payload = parsed.frames[i]
                 if mark is not None and (seq, start) < mark:
@@ -1188,7 +1188,10 @@ class Spool:
                         del runs[next(iter(runs))]
                 else:
                     runs.pop(peeked[1], None)
-                    self._affected.pop(peeked[1], None)
+                    # Its end turned up after all; only its own writer's counts (the
+                    # sweeper's CRASHED for a run whose end was lost is no such end).
+                    if self._affected.get(peeked[1]) == writer:
+                        del self._affected[peeked[1]]
             if mark is not None:
                 self._tracked[writer] = mark
             self._corrupt_total += lost
@@ -1210,11 +1213,12 @@ class Spool:
             "odibi_observe_spool_corrupt_frames_total)",
             len(damage), lost, _segment_base(writer, seq), start, end - start)
 
-    def _suspect_locked(self, open_runs: dict[str, None], run_ids: Sequence[str]) -> None:
+    def _suspect_locked(self, writer: str, open_runs: dict[str, None],
+                        run_ids: Sequence[str]) -> None:
         """Runs whose end may be in a lost range: ids read in it, and runs still open."""
         for run_id in [*open_runs, *run_ids]:
             self._affected.pop(run_id, None)
-            self._affected[run_id] = None
+            self._affected[run_id] = writer
         while len(self._affected) > _MAX_AFFECTED:
             del self._affected[next(iter(self._affected))]
 
@@ -1254,7 +1258,7 @@ class Spool:
                 return
             self._missing_seen.update((writer, q) for q in new)
             self._missing_total += len(new)
-            self._suspect_locked(self._open_runs.get(writer, {}), [])
+            self._suspect_locked(writer, self._open_runs.get(writer, {}), [])
             self._last_damage = (f"{len(new)} segment(s) of writer {writer} missing "
                                  f"(sequence {new[0]}..{new[-1]})")
         self._metrics.missing.inc(len(new))

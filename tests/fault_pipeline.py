@@ -88,7 +88,12 @@ def configure(args: argparse.Namespace, **extra: Any) -> None:
     if args.textfile:
         settings["prometheus_textfile"] = args.textfile
     settings.update(extra)
-    oo.configure(**settings)
+    observer = oo.configure(**settings)
+    if args.spool_segment_bytes:  # small segments: one process writes many of them
+        for sink in observer.sinks:
+            spool = getattr(sink, "spool", None)
+            if spool is not None:
+                spool.segment_bytes = args.spool_segment_bytes
 
 
 def ready(args: argparse.Namespace) -> None:
@@ -317,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traces-file")
     parser.add_argument("--spool-dir")
     parser.add_argument("--spool-fsync", default="interval")
+    parser.add_argument("--spool-segment-bytes", type=int, default=0)
     parser.add_argument("--textfile")
     parser.add_argument("--heartbeat", type=float, default=0.0)
     parser.add_argument("--started", help="the started file")

@@ -17,6 +17,7 @@ ones too): none needs more than a few seconds on two cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -27,6 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -797,3 +799,85 @@ def test_spool_volume_full_before_the_first_sidecar_start_drains_and_accepts_aga
                 pg_url, spans_in(traces), set(frames) | later.run_ids,
                 ended={**complete, **later.ended}, pids={**started.pids, **later.pids},
                 context="after the drain"), timeout=30)
+
+
+# -- damage: a zeroed block, a deleted sealed segment, a deleted live segment -------------------
+
+def _frames_overlapping(data: bytes, lo: int, hi: int) -> int:
+    """How many frames of an intact segment have a byte in ``lo..hi-1``."""
+    count, p = 0, 0
+    while p < len(data):
+        end = p + 16 + int.from_bytes(data[p + 4:p + 8], "little")
+        count += p < hi and end > lo
+        p = end
+    return count
+
+
+def _healthz_damage(sidecar: Sidecar) -> dict[str, Any]:
+    return dict(json.loads(sidecar.get("/healthz"))["spool"]["damage"])
+
+
+def test_spool_damage_is_counted_in_frames_missing_segments_and_runs(
+        pg_url: str, tmp_path: Path) -> None:
+    """With no sidecar running, pipeline A (sidecar mode, small segments) spools 100 runs and
+    exits; a 4 KiB block of its second segment is zeroed and its fourth segment (sealed,
+    ~20 runs) deleted. Pipeline B, long-lived, spools 10 runs, its open segment is deleted
+    under it, and it runs 50 more: it notices within a second, says so in its log and goes on
+    in a new segment. A real sidecar then reports, on /healthz and /metrics: one damaged
+    region whose frames lost match the frames the block destroyed (within one), two missing
+    segments, and as affected runs exactly A's runs whose start was read but whose end was
+    lost — the runs the sweeper closes as CRASHED."""
+    spool, log, traces = tmp_path / "spool", tmp_path / "log.txt", tmp_path / "traces.jsonl"
+    go, hold = tmp_path / "go", tmp_path / "hold"
+    common = ["loop", "--mode", "sidecar", "--spool-dir", str(spool), "--payload", "200",
+              "--spool-segment-bytes", "20000"]
+    first = pipeline([*common, "--started", str(tmp_path / "a"), "--nodes", "100"], log=log)
+    assert first.wait(60) == 0, log.read_text()[-2000:]
+    segments = sorted(spool.glob(f"*-{first.pid}-*.seg"))
+    assert len(segments) >= 5
+    data = bytearray(segments[1].read_bytes())
+    destroyed = _frames_overlapping(bytes(data), 4096, 8192)
+    data[4096:8192] = bytes(4096)
+    segments[1].write_bytes(bytes(data))
+    segments[3].unlink()
+
+    second = pipeline([*common, "--started", str(tmp_path / "b"), "--nodes", "60", "--gap",
+                       "0.05", "--pause-file", str(go), "--pause-at", "10", "--hold-file",
+                       str(hold)], log=log)
+    try:
+        expect_line(second, "ready", log)
+        expect_line(second, "paused 10", log)
+        (live,) = spool.glob(f"*-{second.pid}-*.open")
+        live.unlink()
+        go.touch()
+        assert expect_line(second, "done", log) == "done 60"
+        assert "was deleted while this process wrote to it" in log.read_text()
+        a = read_started([tmp_path / "a"])
+        with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                     args=["--sweep-interval", "0.3"]) as sidecar:
+            def reported() -> dict[str, Any]:
+                damage = _healthz_damage(sidecar)
+                assert damage["damaged_regions"] == 1 and damage["missing_segments"] == 2, damage
+                return damage
+            damage = eventually(reported, timeout=30)
+            assert abs(damage["frames_lost"] - destroyed) <= 1, (damage, destroyed)
+            assert damage["last"]
+            samples = sidecar.metrics()
+            assert metric_sum(samples, "odibi_observe_spool_corrupt_frames_total") == \
+                damage["frames_lost"]
+            assert metric_sum(samples, "odibi_observe_spool_damaged_regions_total") == 1
+            assert metric_sum(samples, "odibi_observe_spool_missing_segments_total") == 2
+
+            def crashed_of_a() -> set[str]:
+                rows = {r["run_id"]: r for r in catalog_rows(pg_url)}
+                assert not [r for r in rows.values() if r["status"] == "RUNNING"
+                            and r["pid"] == first.pid]
+                return {rid for rid, r in rows.items()
+                        if r["pid"] == first.pid and r["status"] == "CRASHED"}
+            crashed = eventually(crashed_of_a, timeout=30)
+            affected = set(_healthz_damage(sidecar)["runs_affected"])
+            assert crashed and crashed == affected & a.run_ids, (crashed, affected)
+    finally:
+        hold.touch()
+        if second.wait(30) != 0:
+            second.kill()
