@@ -11,6 +11,7 @@ Layout of a spool directory (one per host, shared by every pipeline process on i
     <dir>/<writer_id>.<seq:012d>.open   the segment a live writer appends to
     <dir>/<writer_id>.<seq:012d>.seg    a sealed segment (renamed from .open on roll/close)
     <dir>/cursors/<name>.json           one durable cursor per consumer (sink)
+    <dir>/cursors/.reserve              room kept for cursor files on a full filesystem
 
 Writers never share a file, so no cross-process write lock exists and a writer that dies holds
 nothing another process waits for. ``writer_id`` defaults to ``<host>-<pid>-<process start
@@ -32,10 +33,14 @@ Frame format (integers little-endian), one frame per event::
 The header has its own CRC so that a reader can trust the length *before* the payload is
 complete: a valid header whose payload runs past the end of a live writer's segment is a frame
 in progress (re-read later), not damage. A damaged frame (bad header or payload CRC, a torn tail
-of a sealed or dead segment) is skipped, counted once (``stats().corrupt_frames`` and
-``odibi_observe_spool_corrupt_frames_total``, one per damaged region) and logged; the reader
+of a sealed or dead segment) is skipped, counted once per Spool and logged; the reader
 resynchronises on the next offset that holds a valid magic + header + payload CRC, so the good
-frames before *and* after the damage are kept.
+frames before *and* after the damage are kept. The count is of frames lost
+(``stats().corrupt_frames``, ``odibi_observe_spool_corrupt_frames_total``): exact where a
+frame's header survived, else estimated from the bytes skipped and the mean frame size; the
+damaged regions are counted too. A segment deleted before it was read is found from the gap in
+its writer's sequence numbers (``odibi_observe_spool_missing_segments_total``). Runs whose end
+may be lost are named in :meth:`Spool.damage`.
 
 Durability: each append is one ``os.write`` on an ``O_APPEND`` descriptor, with no Python
 buffer in between. When ``append()`` returns, the frame is in the kernel's page cache, so the
@@ -47,9 +52,12 @@ leaves it to the kernel.
 Size policy: **reject new events, keep old ones.** When the directory would exceed
 ``max_bytes``, or the filesystem reports ENOSPC/EDQUOT, ``append`` raises
 :class:`SpoolFullError` (counted in ``odibi_observe_spool_rejected_total{reason}``) and the
-caller decides what to do. Nothing is ever dropped silently, and nothing already stored is
-evicted: the oldest events include the ``RUNNING`` markers the sweeper needs to close runs whose
-process died, and evicting them would turn a crash into a run that never existed. The limit is
+caller decides what to do; the refusal also seals the writer's open segment, so that space can
+be collected once read. ``append_many(partial=True)`` stores the oldest payloads that fit and
+refuses the rest, so a backlog drains in pieces. Nothing is ever dropped silently, and nothing
+already stored is evicted: the oldest events include the ``RUNNING`` markers the sweeper needs
+to close runs whose process died, and evicting them would turn a crash into a run that never
+existed. The limit is
 checked against a directory total refreshed at least once a second (every 50 ms near the limit),
 so concurrent writers can overshoot it by what they append in that time.
 
