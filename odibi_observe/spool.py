@@ -94,7 +94,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as PromMetric
 
 from odibi_observe.conventions import SIDECAR_METRICS, Metric
-from odibi_observe.record import EventKind, peek_event
+from odibi_observe.record import _FINISHED_PREFIX, _STARTED_PREFIX  # see record.peek_event
 from odibi_observe.selfmetrics import log
 
 if sys.platform != "win32":
@@ -707,7 +707,8 @@ class Spool:
         self._missing_seen: set[tuple[str, int]] = set()
         self._collected: set[tuple[str, int]] = set()
         self._tracked: dict[str, tuple[int, int]] = {}
-        self._open_runs: dict[str, dict[str, None]] = {}
+        self._open_runs: dict[str, dict[bytes, None]] = {}
+        self._suspect_writers: set[str] = set()
         self._affected: dict[str, str] = {}  # run id -> the writer that lost its end
         self._last_damage: str | None = None
         self._mean_frame = float(_DEFAULT_FRAME)
@@ -1157,7 +1158,50 @@ class Spool:
 
         Each frame and damaged region is taken once per Spool however many cursors read it
         (the furthest position per writer is remembered), so counts and the open runs agree.
+        This is on the sidecar's read path: without damage it is a prefix test per frame.
         """
+        if parsed.corrupt:
+            self._absorb_damage(writer, seq, parsed, fd)
+            return
+        frames = parsed.frames
+        if not frames:
+            return
+        with self._stats_lock:
+            mark = self._tracked.get(writer)
+            if mark is not None and (seq, frames[0][0]) < mark:
+                frames = [f for f in frames if (seq, f[0]) >= mark]
+                if not frames:
+                    return
+            self._track_locked(writer, frames)
+            self._tracked[writer] = (seq, frames[-1][1])
+            self._mean_frame = (0.8 * self._mean_frame
+                                + 0.2 * (frames[-1][1] - frames[0][0]) / len(frames))
+
+    def _track_locked(self, writer: str, frames: Sequence[tuple[int, int, bytes]]) -> None:
+        """Runs of ``writer`` started and not ended yet, from the frames' payload prefixes."""
+        runs = self._open_runs.get(writer)
+        if runs is None:
+            runs = self._open_runs[writer] = {}
+        watch = writer in self._suspect_writers
+        started, finished = _STARTED_PREFIX, _FINISHED_PREFIX
+        ls, lf = len(started), len(finished)
+        for _, _, payload in frames:
+            if payload.startswith(finished):
+                run_id = payload[lf:payload.find(b'"', lf)]
+                runs.pop(run_id, None)
+                if watch:
+                    # Its end turned up after all; only its own writer's counts (the
+                    # sweeper's CRASHED for a run whose end was lost is no such end).
+                    key = run_id.decode("utf-8", "replace")
+                    if self._affected.get(key) == writer:
+                        del self._affected[key]
+            elif payload.startswith(started):
+                runs[payload[ls:payload.find(b'"', ls)]] = None
+        while len(runs) > _MAX_OPEN_RUNS:
+            del runs[next(iter(runs))]
+
+    def _absorb_damage(self, writer: str, seq: int, parsed: _Parsed, fd: int) -> None:
+        """:meth:`_absorb` for a read that met damage: count it, name the runs it may hit."""
         new_regions = []
         with self._stats_lock:
             for start, end in parsed.corrupt:
@@ -1165,50 +1209,34 @@ class Spool:
                 if key not in self._corrupt_seen:
                     self._corrupt_seen.add(key)
                     new_regions.append((start, end))
-        if parsed.frames:
-            sizes = sum(e - s for s, e, _ in parsed.frames)
-            self._mean_frame = 0.8 * self._mean_frame + 0.2 * sizes / len(parsed.frames)
-        mean = (sum(e - s for s, e, _ in parsed.frames) / len(parsed.frames)
-                if parsed.frames else self._mean_frame)
+        frames = parsed.frames
+        mean = (sum(e - s for s, e, _ in frames) / len(frames) if frames else self._mean_frame)
         damage = [(start, end, *self._inspect_region(fd, start, end, mean))
                   for start, end in new_regions]
-        order = sorted([(f[0], 0, i) for i, f in enumerate(parsed.frames)]
+        order = sorted([(f[0], 0, i) for i, f in enumerate(frames)]
                        + [(d[0], 1, i) for i, d in enumerate(damage)])
         lost = 0
         with self._stats_lock:
             mark = self._tracked.get(writer)
-            runs = self._open_runs.setdefault(writer, {})
             for _, is_damage, i in order:
                 if is_damage:
                     lost += damage[i][2]
-                    self._suspect_locked(writer, runs, damage[i][3])
+                    self._suspect_locked(writer, self._open_runs.get(writer, {}), damage[i][3])
                     continue
-                start, end, payload = parsed.frames[i]
-                if mark is not None and (seq, start) < mark:
+                frame = frames[i]
+                if mark is not None and (seq, frame[0]) < mark:
                     continue
-                mark = (seq, end)
-                peeked = peek_event(payload)
-                if peeked is None:
-                    continue
-                if peeked[0] is EventKind.STARTED:
-                    runs[peeked[1]] = None
-                    if len(runs) > _MAX_OPEN_RUNS:
-                        del runs[next(iter(runs))]
-                else:
-                    runs.pop(peeked[1], None)
-                    # Its end turned up after all; only its own writer's counts (the
-                    # sweeper's CRASHED for a run whose end was lost is no such end).
-                    if self._affected.get(peeked[1]) == writer:
-                        del self._affected[peeked[1]]
+                mark = (seq, frame[1])
+                self._track_locked(writer, [frame])
             if mark is not None:
                 self._tracked[writer] = mark
             self._corrupt_total += lost
             self._regions_total += len(damage)
             if damage:
-                start, end, frames, _ = damage[0]
+                start, end, count, _ = damage[0]
                 self._last_damage = (f"{len(damage)} damaged region(s) in "
                                      f"{_segment_base(writer, seq)}, first at byte {start} "
-                                     f"({end - start} bytes, ~{frames} frame(s))")
+                                     f"({end - start} bytes, ~{count} frame(s))")
         if not damage:
             return
         self._metrics.corrupt.inc(lost)
@@ -1221,10 +1249,11 @@ class Spool:
             "odibi_observe_spool_corrupt_frames_total)",
             len(damage), lost, _segment_base(writer, seq), start, end - start)
 
-    def _suspect_locked(self, writer: str, open_runs: dict[str, None],
+    def _suspect_locked(self, writer: str, open_runs: dict[bytes, None],
                         run_ids: Sequence[str]) -> None:
         """Runs whose end may be in a lost range: ids read in it, and runs still open."""
-        for run_id in [*open_runs, *run_ids]:
+        self._suspect_writers.add(writer)
+        for run_id in [*(r.decode("utf-8", "replace") for r in open_runs), *run_ids]:
             self._affected.pop(run_id, None)
             self._affected[run_id] = writer
         while len(self._affected) > _MAX_AFFECTED:
@@ -1440,6 +1469,7 @@ class Spool:
             self._missing_seen = {k for k in self._missing_seen if k[0] != writer}
             self._tracked.pop(writer, None)
             self._open_runs.pop(writer, None)
+            self._suspect_writers.discard(writer)
 
     def _collect(self, segment: _Segment, states: dict[str, dict[str, tuple[int, int]]]) -> int:
         """Delete ``segment`` if it is final and no cursor has a frame left in it."""
