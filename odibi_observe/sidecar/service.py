@@ -250,7 +250,10 @@ class Sidecar:
         now = self._clock()
         stats = self.spool.stats()
         snapshot = {"bytes": stats.bytes, "segments": stats.segments,
-                    "corrupt_frames": stats.corrupt_frames, "rejected": stats.rejected}
+                    "corrupt_frames": stats.corrupt_frames, "rejected": stats.rejected,
+                    # What the spool lost (damaged frames, deleted segments, the runs whose
+                    # end may be among them): see SpoolDamage.
+                    "damage": self.spool.damage().as_dict()}
         if now - self._last_backlog >= BACKLOG_SECONDS:
             self._backlog = self.pump.backlog()
             self._last_backlog = now
