@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from odibi_observe.record import RunEvent
-from odibi_observe.sinks.base import Sink, SinkExportError
+from odibi_observe.sinks.base import Sink, SinkUnavailable
 
 if TYPE_CHECKING:
     from odibi_observe.spool import Spool
@@ -60,7 +60,7 @@ class SpoolSink(Sink):
         except SpoolFullError as exc:
             kept.update((id(e), e) for e in todo[:exc.stored])
             self._stored = kept
-            raise SinkExportError(f"spool full ({exc.reason}; {exc.stored} of {len(todo)} "
+            raise SinkUnavailable(f"spool full ({exc.reason}; {exc.stored} of {len(todo)} "
                                   f"event(s) stored): {self.spool_dir}") from exc
 
     @property
