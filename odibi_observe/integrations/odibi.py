@@ -88,6 +88,7 @@ from odibi_observe.instrument import (
     node_run,
     suggestions_of,
 )
+from odibi_observe.runtime import get_observer
 from odibi_observe.selfmetrics import log
 
 #: The Odibi releases whose internals the wrappers were written against (pip specifier).
@@ -238,7 +239,26 @@ def instrument_from_environment(environ: Mapping[str, str] | None = None) -> boo
     except UnsupportedOdibiVersion as exc:
         log.error("odibi-observe: %s", exc)
         return False
+    # The environment is the whole configuration here, and no code of the user's runs before
+    # the pipelines: install the observer (and with it the tracer provider) now.
+    _ensure_observer()
     return True
+
+
+def _ensure_observer() -> None:
+    """Make sure the observer exists before an Odibi span is started. Never raises.
+
+    The observer is otherwise built lazily by the first node run — *inside* the pipeline span
+    and the first node's ``node_execution`` span, both of which were then started before any
+    tracer provider was installed: non-recording and without a trace id, so the first pipeline
+    lost its span and its nodes were scattered over several traces. Building it first (from
+    the ``ODIBI_OBSERVE_*`` environment unless :func:`odibi_observe.configure` ran) installs
+    the tracer provider the spans need. Once built this is one global read.
+    """
+    try:
+        get_observer()
+    except Exception:
+        log.exception("odibi-observe: could not configure from the environment")
 
 
 def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0) -> int:
@@ -360,6 +380,7 @@ def _wrap_node_execute(original: Callable[..., Any]) -> Callable[..., Any]:
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return original(self, *args, **kwargs)
+        _ensure_observer()  # before Odibi starts its node_execution span
         call = _NodeCall(self)
         token = _current_call.set(call)
         context_token = _adopt_pipeline_context(self)
@@ -419,6 +440,7 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return original(self, *args, **kwargs)
+        _ensure_observer()  # before the pipeline span: it needs the tracer provider
         name = _text(getattr(getattr(self, "config", None), "pipeline", None)) or "unknown"
         attributes = {_PIPELINE: name}
         project = _text(getattr(getattr(self, "project_config", None), "project", None))
