@@ -10,6 +10,7 @@ set once per process, so only a fresh interpreter shows what a user's first pipe
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -17,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from odibi_observe.conventions import FIELDS
+from odibi_observe.catalog import CatalogStore
+from odibi_observe.conventions import FIELDS, RunStatus
 from odibi_observe.otlp_json import SpanView, read_spans
 
 pytest.importorskip("odibi", reason="the Odibi integration needs the 'odibi' extra")
 
+from tests.fault_helpers import Sidecar, child_env, eventually
+from tests.otlp_receiver import OtlpReceiver
 from tests.test_odibi_integration import (
     INGEST,
     _cli_command,
@@ -55,13 +59,6 @@ def assert_odibi_tree(spans: Sequence[SpanView], nodes: Sequence[str],
         assert parent is not None, f"{span.name} has no node_execution parent"
         assert parent.attributes["node.name"] == span.attributes[NODE]
     assert len(spans) == 1 + 2 * len(nodes)
-
-
-def tree_shape(spans: Sequence[SpanView]) -> list[tuple[str, str | None]]:
-    """(span name, parent's name) of every span: the tree without its ids and times."""
-    by_id = {s.span_id: s for s in spans}
-    return sorted((s.name, by_id[s.parent_span_id].name if s.parent_span_id else None)
-                  for s in spans)
 
 
 def plugin_site(root: Path) -> Path:
@@ -123,3 +120,41 @@ def test_odibi_observe_run_gives_the_tree(tmp_path: Path) -> None:
                              str(traces), "odibi.yaml"], project)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert_odibi_tree(read_spans(traces, strict=True), NAMES)
+
+
+# -- item: sidecar mode keeps the tree ---------------------------------------------------------
+
+def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
+    """The pipeline process only spools; the sidecar exports. Before, every node run was a
+    trace of its own with no parent: the pipeline span and Odibi's spans never existed."""
+    project = make_project(tmp_path / "project", NODES).parent
+    spool, catalog = tmp_path / "spool", f"sqlite:///{tmp_path / 'catalog.db'}"
+    with OtlpReceiver() as receiver, Sidecar(catalog, spool, log=tmp_path / "sidecar.log",
+                                             otlp_endpoint=receiver.endpoint):
+        result = subprocess.run(
+            [*_cli_command("odibi-observe"), "run", "odibi.yaml"], cwd=project,
+            capture_output=True, text=True, timeout=180, check=False,
+            env=child_env(ODIBI_OBSERVE_MODE="sidecar", ODIBI_OBSERVE_SPOOL_DIR=str(spool)))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        spans = receiver.wait_for_spans(1 + 2 * len(NAMES), timeout=60)
+        assert_odibi_tree(spans, NAMES)
+
+        def catalog_done() -> dict[str, object]:
+            store = CatalogStore(catalog)
+            try:
+                records = {r.node: r for r in store.recent_runs(limit=10)}
+            finally:
+                store.dispose()
+            assert {n: r.status for n, r in records.items()} == dict.fromkeys(
+                NAMES, RunStatus.SUCCESS)
+            return records  # type: ignore[return-value]
+
+        records = eventually(catalog_done, timeout=60)
+    # The catalog row and the span agree on where the run sits in the tree.
+    odibis = {s.attributes["node.name"]: s for s in spans if s.name == "node_execution"}
+    for name, rec in records.items():
+        assert (rec.trace_id, rec.parent_span_id) == (  # type: ignore[attr-defined]
+            odibis[name].trace_id, odibis[name].span_id)
+    (pipeline,) = [s for s in spans if s.name == "pipeline sales"]
+    assert pipeline.resource["service.name"] == next(
+        s for s in spans if RUN_ID in s.attributes).resource["service.name"]
