@@ -261,33 +261,49 @@ def _ensure_observer() -> None:
         log.exception("odibi-observe: could not configure from the environment")
 
 
-def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0) -> int:
+def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0,
+                  interrupted_timeout: float = 30.0) -> int:
     """Run Odibi's own command line, ``odibi ARGV...``, in this process, instrumented.
 
     Returns Odibi's exit code. A ``KeyboardInterrupt`` (or any ``BaseException``) from the
     pipeline propagates after the interrupted node run has been recorded.
 
-    Afterwards it waits (at most ``background_timeout`` seconds) for the daemon threads Odibi
-    started and left running — its ``DerivedUpdater`` (``system.async_derived_updates``, on by
-    default) and catalog sync. Odibi returns before they finish, and an interpreter that exits
-    under them aborts in pyarrow (``FATAL: exception not rethrown``, exit status 134) or
-    hangs, the same with ``odibi run``.
+    On every way out — a return, ``SystemExit``, a ``KeyboardInterrupt`` — it first waits for
+    the daemon threads Odibi started and left running: its ``DerivedUpdater``
+    (``system.async_derived_updates``, on by default) and catalog sync; at most
+    ``background_timeout`` seconds, or ``interrupted_timeout`` after an exception (an operator
+    who pressed Ctrl-C is waiting; a second Ctrl-C stops the wait). Odibi returns before they
+    finish, and an interpreter that exits under them aborts in pyarrow (``FATAL: exception
+    not rethrown``, exit status 134) or hangs, the same with ``odibi run``.
     """
     instrument()
     odibi_main: Callable[[], Any] = importlib.import_module("odibi.cli.main").main
     before = {thread.ident for thread in threading.enumerate()}
     saved = sys.argv
     sys.argv = ["odibi", *argv]  # Odibi's CLI parses sys.argv itself
+    finished = False
     try:
-        code = odibi_main()
-    except SystemExit as exc:  # argparse errors and --help inside Odibi's CLI
-        code = exc.code
+        try:
+            code = odibi_main()
+        except SystemExit as exc:  # argparse errors and --help inside Odibi's CLI
+            code = exc.code
+        finished = True
     finally:
         sys.argv = saved
-    wait_for_odibi_threads(before, background_timeout)
+        _wait_for_odibi_threads_interruptibly(
+            before, background_timeout if finished else interrupted_timeout)
     if code is None:
         return 0
     return code if isinstance(code, int) else 1
+
+
+def _wait_for_odibi_threads_interruptibly(before: set[int | None], timeout: float) -> None:
+    """:func:`wait_for_odibi_threads`, where a (further) Ctrl-C ends the wait, not the run."""
+    try:
+        wait_for_odibi_threads(before, timeout)
+    except KeyboardInterrupt:
+        log.warning("odibi-observe: interrupted while waiting for Odibi's background threads; "
+                    "not waiting any longer")
 
 
 def wait_for_odibi_threads(before: set[int | None], timeout: float) -> bool:
