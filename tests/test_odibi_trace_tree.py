@@ -165,8 +165,10 @@ def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
 
 # -- item: the exit status after Ctrl-C ------------------------------------------------------
 
-SIGINT_RUNS = 30
-SIGINT_PARALLEL = 5
+#: Half of them leave a thread inside pyarrow, which aborted the old exit every time; twelve
+#: keep the test within the suite's budget. ODIBI_OBSERVE_SIGINT_RUNS raises it for a soak.
+SIGINT_RUNS = int(os.environ.get("ODIBI_OBSERVE_SIGINT_RUNS", "12"))
+SIGINT_PARALLEL = 4
 
 
 def _interrupt_one(root: Path, step: str) -> tuple[int, dict[str, tuple[RunStatus, str | None]],
@@ -198,7 +200,7 @@ def _interrupt_one(root: Path, step: str) -> tuple[int, dict[str, tuple[RunStatu
 
 
 def test_ctrl_c_always_exits_130_with_the_interrupted_node_recorded(tmp_path: Path) -> None:
-    """Thirty Ctrl-Cs mid-node. Every other project also leaves a daemon thread inside
+    """Twelve Ctrl-Cs mid-node (``ODIBI_OBSERVE_SIGINT_RUNS`` for more). Every other project also leaves a daemon thread inside
     pyarrow's C++ code, as Odibi's background catalog updates can be at that moment: the
     interpreter's normal exit under it aborted (SIGABRT, exit status 134) every time."""
     steps = ["hang", "busy_background_then_hang"]
