@@ -546,6 +546,8 @@ class NodeRun:
             return None
         elif isinstance(value, float):  # a float subclass: its own value, not its methods
             return self._coerce_rows_slow(float.__float__(value))
+        elif isinstance(value, int):  # an int subclass (numpy's are not): likewise
+            return self._coerce_rows_slow(int.__int__(value))
         else:
             try:
                 number = int(value)

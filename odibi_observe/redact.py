@@ -148,17 +148,21 @@ def redact(text: str) -> str:
 
 
 def clamp(text: str, limit: int, *, already_cut: int = 0) -> str:
-    """Bound ``text`` to ``limit`` characters, saying how much was cut.
+    """Bound ``text`` to ``limit`` characters, saying how many characters were cut.
 
     ``already_cut`` counts characters removed before (by :func:`safe_text`'s pre-cut), so the
-    suffix gives the true size of what is missing.
+    suffix gives the true number missing.
     """
-    over = len(text) - limit + already_cut if len(text) > limit else already_cut
-    if over <= 0:
+    if len(text) <= limit and not already_cut:
         return text
-    suffix = f"… [{over} more characters]"
-    keep = min(len(text), max(limit - len(suffix), 0))
-    return text[:keep] + suffix
+    total = len(text) + already_cut
+    keep = min(len(text), limit)
+    while True:  # the suffix's length depends on the number in it: settle both
+        suffix = f"… [{total - keep} more characters]"
+        fit = min(len(text), max(limit - len(suffix), 0))
+        if fit >= keep:
+            return text[:keep] + suffix
+        keep = fit
 
 
 def valid_unicode(text: str) -> tuple[str, bool]:
