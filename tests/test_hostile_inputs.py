@@ -449,3 +449,14 @@ def test_pipeline_run_leaves_no_scope_behind_after_an_exception() -> None:
         with oo.node_run(node="after"):
             pass
     assert sink.finished[0].pipeline == "default"
+
+
+def test_a_pipeline_span_that_cannot_start_leaves_the_block_running() -> None:
+    name = hostile("__format__", "__str__", "__bool__")
+    with capture_runs() as sink:
+        with oo.pipeline_run(name) as pipeline_run_id:
+            with oo.node_run(node="inside"):
+                pass
+    (rec,) = sink.finished
+    assert (rec.pipeline, rec.pipeline_run_id, rec.status) == (
+        "unknown", pipeline_run_id, RunStatus.SUCCESS)
