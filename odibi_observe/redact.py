@@ -37,10 +37,23 @@ MAX_MESSAGE_SCAN: Final = 262_144
 # Keys whose value is a secret: ``password=…``, ``PGPASSWORD=…``, ``aws_secret_access_key=…``.
 # A key may have a prefix (``db_password``, ``GITHUB_TOKEN``) but no suffix, so ``token_count``
 # and ``max_tokens`` are left alone.
-_SENSITIVE_NAME: Final = (
-    r"[\w-]*?(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
-    r"secret[_-]?key|private[_-]?key|client[_-]?secret|auth|credentials?|sas|sig)"
+_SENSITIVE_WORDS: Final = (
+    "password", "passwd", "pwd", "secret", "token", "apikey", "api_key", "api-key",
+    "access_key", "access-key", "accesskey", "private_key", "private-key", "privatekey",
+    "auth", "credential", "credentials", "sas", "sig",
 )
+
+
+def _ends_with(words: tuple[str, ...]) -> str:
+    """A check that the text just matched ends with one of ``words``: one fixed-width
+    lookbehind per word, which ``re`` allows where one lookbehind of mixed widths it does not.
+    """
+    return "(?:" + "|".join(f"(?<={re.escape(w)})" for w in words) + ")"
+
+
+# The whole identifier, taken possessively (no backtracking into it: a word is looked at once,
+# which keeps a long text cheap), then checked to end with a sensitive word.
+_SENSITIVE_NAME: Final = r"[\w-]++" + _ends_with(_SENSITIVE_WORDS)
 # A value: up to the closing quote when quoted (so 'two words' goes whole), else to a delimiter.
 _VALUE: Final = r"(?P<q>[\"'])?(?P<secret>(?(q)[^\"'\n]*|[^\s\"',;&}]+))"
 _B64URL_CHARS: Final = r"A-Za-z0-9\-._~+/"
@@ -54,10 +67,14 @@ class SecretPattern:
     regex: re.Pattern[str]
     replacement: str
     description: str
+    #: Lower-case literals, one of which every match contains: a pattern runs only on text
+    #: holding one of them (a substring test), so ordinary text costs a few ``in`` checks.
+    triggers: tuple[str, ...]
 
 
-def _pattern(name: str, regex: str, replacement: str, description: str) -> SecretPattern:
-    return SecretPattern(name, re.compile(regex), replacement, description)
+def _pattern(name: str, regex: str, replacement: str, description: str, *,
+             triggers: tuple[str, ...]) -> SecretPattern:
+    return SecretPattern(name, re.compile(regex), replacement, description, triggers)
 
 
 #: Applied in this order: the multi-line block first, then URLs (whose userinfo may look like
@@ -69,12 +86,14 @@ SECRET_PATTERNS: Final = (
         r"(?P<post>-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)",
         r"\g<pre>" + REDACTED + r"\g<post>",
         "PEM private key blocks, to the END line (or the end of the text, if it was cut)",
+        triggers=("-----begin",),
     ),
     _pattern(
         "url_password",
         r"(?P<pre>//[^:/@\s]*:)(?P<secret>[^@\s/]+)(?=@)",
         r"\g<pre>" + REDACTED,
         "the password in scheme://user:password@host (also with a broken or no scheme)",
+        triggers=("//",),
     ),
     _pattern(
         "url_token_user",
@@ -83,6 +102,7 @@ SECRET_PATTERNS: Final = (
         r"\g<pre>" + REDACTED,
         "a token used as the user name, https://ghp_…@host (a known token prefix, or 32+ "
         "letters and digits; ordinary user names are kept)",
+        triggers=("//",),
     ),
     _pattern(
         "slack_webhook",
@@ -90,6 +110,7 @@ SECRET_PATTERNS: Final = (
         r"(?P<secret>[A-Za-z0-9_/\-]+)",
         r"\g<pre>" + REDACTED,
         "Slack incoming-webhook URLs (the path after hooks.slack.com/services/)",
+        triggers=("hooks.slack.com/",),
     ),
     _pattern(
         "github_token",
@@ -97,12 +118,14 @@ SECRET_PATTERNS: Final = (
         r"\g<pre>" + REDACTED,
         "GitHub tokens: ghp_, gho_, ghu_, ghs_, ghr_ and github_pat_ (20+ characters after "
         "the prefix)",
+        triggers=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     _pattern(
         "aws_access_key_id",
         r"\b(?P<pre>AKIA|ASIA|AIDA|AROA|AIPA|ANPA|ANVA|AGPA)(?P<secret>[A-Z2-7]{16})\b",
         r"\g<pre>" + REDACTED,
         "AWS access key ids (AKIA…, ASIA… and the other IAM prefixes; exactly 20 characters)",
+        triggers=("akia", "asia", "aida", "aroa", "aipa", "anpa", "anva", "agpa"),
     ),
     _pattern(
         "authorization_header",
@@ -110,6 +133,7 @@ SECRET_PATTERNS: Final = (
         r"\s+)?+)(?P<secret>[" + _B64URL_CHARS + r"]+=*)",
         r"\g<pre>" + REDACTED,
         "the value of an Authorization header, whatever its scheme",
+        triggers=("authorization",),
     ),
     _pattern(
         "bearer_token",
@@ -119,14 +143,18 @@ SECRET_PATTERNS: Final = (
         r"\g<pre>" + REDACTED,
         "Bearer/Basic credentials outside a header: 8+ token characters with a digit, a "
         "symbol or mixed case (so 'bearer token expired' and 'basic validation' are kept)",
+        triggers=("bearer", "basic"),
     ),
     _pattern(
         "cli_secret_option",
-        r"(?i)(?P<pre>(?<![\w-])--[\w-]*?(?:password|passwd|token|secret|api[_-]?key)\s+)"
+        r"(?i)(?P<pre>(?<![\w-])--[\w-]++"
+        + _ends_with(("password", "passwd", "token", "secret", "apikey", "api-key", "api_key"))
+        + r"\s+)"
         r"(?!-)" + _VALUE,
         r"\g<pre>\g<q>" + REDACTED,
         "a secret given as a separate command-line argument: --password X, --db-token X "
         "(-p X is not redacted: it is a port or a flag in most tools)",
+        triggers=("--",),
     ),
     _pattern(
         "secret_assignment",
@@ -136,14 +164,22 @@ SECRET_PATTERNS: Final = (
         r"\g<pre>\g<q>" + REDACTED,
         "key=value, key: value and \"key\": \"value\" for secret-looking keys, with a prefix "
         "(PGPASSWORD=, aws_secret_access_key=, db_password:) but no suffix",
+        triggers=_SENSITIVE_WORDS,
     ),
 )
 
 
 def redact(text: str) -> str:
-    """Replace secrets (see :data:`SECRET_PATTERNS`) in ``text`` with ``***``."""
+    """Replace secrets (see :data:`SECRET_PATTERNS`) in ``text`` with ``***``.
+
+    Each pattern runs only when the text holds one of its triggers: replacing a secret
+    inserts ``***`` and never creates another pattern's trigger, so the lower-cased original
+    answers for every step.
+    """
+    lowered = text.lower()
     for pattern in SECRET_PATTERNS:
-        text = pattern.regex.sub(pattern.replacement, text)
+        if any(trigger in lowered for trigger in pattern.triggers):
+            text = pattern.regex.sub(pattern.replacement, text)
     return text
 
 

@@ -139,6 +139,9 @@ ORDINARY = [
 
 def test_every_pattern_in_the_table_has_examples() -> None:
     assert {p.name for p in SECRET_PATTERNS} == set(CORPUS)
+    for p in SECRET_PATTERNS:  # every positive holds one of its pattern's triggers
+        for text, _secret in CORPUS[p.name][0]:
+            assert any(t in text.lower() for t in p.triggers), (p.name, text)
     assert len({p.name for p in SECRET_PATTERNS}) == len(SECRET_PATTERNS)
 
 
