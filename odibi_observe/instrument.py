@@ -71,7 +71,6 @@ MAX_SUGGESTION_LENGTH: Final = 1_024
 MAX_KEY_LENGTH: Final = 128
 _INT64_MAX: Final = 2**63 - 1
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
-_PRIMITIVES: Final = (str, bool, int, float)
 _ROW_FRAME_TYPES: Final = frozenset({
     ("pandas", "DataFrame"), ("polars", "DataFrame"), ("pyarrow", "Table"),
     ("pyarrow", "RecordBatch"),
