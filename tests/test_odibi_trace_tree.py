@@ -200,9 +200,10 @@ def _interrupt_one(root: Path, step: str) -> tuple[int, dict[str, tuple[RunStatu
 
 
 def test_ctrl_c_always_exits_130_with_the_interrupted_node_recorded(tmp_path: Path) -> None:
-    """Twelve Ctrl-Cs mid-node (``ODIBI_OBSERVE_SIGINT_RUNS`` for more). Every other project also leaves a daemon thread inside
-    pyarrow's C++ code, as Odibi's background catalog updates can be at that moment: the
-    interpreter's normal exit under it aborted (SIGABRT, exit status 134) every time."""
+    """Twelve Ctrl-Cs mid-node (``ODIBI_OBSERVE_SIGINT_RUNS`` for more). Every other project
+    also leaves a daemon thread inside pyarrow's C++ code, as Odibi's background catalog
+    updates can be at that moment: the interpreter's normal exit under it aborted (SIGABRT,
+    exit status 134) every time."""
     steps = ["hang", "busy_background_then_hang"]
     with ThreadPoolExecutor(SIGINT_PARALLEL) as pool:
         outcomes = list(pool.map(
