@@ -104,7 +104,11 @@ class _Channel:
         self.cond = threading.Condition(threading.Lock())
         self.queue: deque[RunEvent] = deque()
         self.retry: deque[RunEvent] = deque()
-        self.backoff = Backoff(self.bus.retry_initial, self.bus.retry_max)
+        # A sink whose retry is local and cheap (the spool: a size check) may cap its backoff,
+        # so it takes events again as soon as there is room rather than up to retry_max later.
+        cap = getattr(self.sink, "max_retry_delay", None)
+        self.backoff = Backoff(self.bus.retry_initial,
+                               self.bus.retry_max if cap is None else min(cap, self.bus.retry_max))
         self.retry_at = 0.0
         self.inflight = 0
         #: The batch the worker is exporting: still undelivered if the process exits now.

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from odibi_observe.config import (
     ConfigurationError,
@@ -20,8 +21,9 @@ from odibi_observe.config import (
     parse_positive_int,
     setting,
 )
-from odibi_observe.conventions import RunStatus, render_table
+from odibi_observe.conventions import CATALOG_TABLE, RunStatus, render_table
 from odibi_observe.record import RunRecord
+from odibi_observe.redact import terminal_safe
 
 CATALOG_ENV = str(setting("catalog_url").env)
 
@@ -36,11 +38,14 @@ COMMAND_MODULES = (
 )
 
 
-def catalog_arg(parser: argparse.ArgumentParser) -> None:
+def catalog_arg(parser: argparse.ArgumentParser, *, read_only: bool = False) -> None:
+    """``--catalog``; a read-only command also takes a bare path and never creates a file."""
+    extra = (" or a path to a SQLite file (catalog.db means sqlite:///catalog.db; a "
+             "missing file is an error, never created)") if read_only else ""
     parser.add_argument(
         "--catalog", metavar="URL", default=os.environ.get(CATALOG_ENV),
         help=f"SQLAlchemy URL of the catalog, e.g. sqlite:///catalog.db or "
-             f"postgresql://user@host/db (default: ${CATALOG_ENV})",
+             f"postgresql://user@host/db{extra} (default: ${CATALOG_ENV})",
     )
 
 
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List recent node runs from the catalog, newest first. Failed and "
                     "crashed runs show their error and the suggestions recorded with them.",
     )
-    catalog_arg(runs)
+    catalog_arg(runs, read_only=True)
     runs.set_defaults(subparser=runs)
     runs.add_argument("--limit", type=_positive_int, default=20,
                       help="rows to show (default: 20)")
@@ -177,16 +182,32 @@ def _runs(url: str, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from odibi_observe.catalog import CatalogStore
+    from odibi_observe.catalog.readonly import (
+        CatalogUnreadable,
+        catalog_url,
+        open_readonly_engine,
+    )
 
     since = datetime.now(timezone.utc) - args.since if args.since else None
     statuses = ([RunStatus.FAILURE, RunStatus.CRASHED] if args.failures
                 else [RunStatus(args.status)] if args.status else None)
-    store = CatalogStore(url)
     try:
+        engine = open_readonly_engine(url)
+    except CatalogUnreadable as exc:
+        print(f"odibi-observe: {exc}", file=sys.stderr)
+        return 2
+    store = CatalogStore(engine)
+    url = catalog_url(url)
+    try:
+        if not _has_table(engine, CATALOG_TABLE):
+            print(f"odibi-observe: cannot read catalog {hide_password(url)}: it has no "
+                  f"{CATALOG_TABLE} table (not a run catalog, or nothing recorded yet)",
+                  file=sys.stderr)
+            return 2
         records = store.recent_runs(limit=args.limit, pipeline=args.pipeline, node=args.node,
                                     statuses=statuses, since=since)
     except SQLAlchemyError as exc:
-        print(f"odibi-observe: error: cannot read {hide_password(url)}: "
+        print(f"odibi-observe: cannot read catalog {hide_password(url)}: "
               f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return 2
     finally:
@@ -202,19 +223,35 @@ def _runs(url: str, args: argparse.Namespace) -> int:
         duration = "" if rec.duration_ms is None else _human_ms(rec.duration_ms)
         print(f"{rec.started_at:%Y-%m-%d %H:%M:%S}  {_cut(rec.pipeline, 16):<16} "
               f"{_cut(rec.node, 20):<20} {rec.status.value:<8} {rows:>8} {duration:>9}  "
-              f"{rec.run_id}")
+              f"{terminal_safe(rec.run_id)}")
         for line in failure_lines(rec):
             print(line)
     return 0
 
 
+def _has_table(engine: Any, table: str) -> bool:
+    import sqlalchemy as sa
+
+    return bool(sa.inspect(engine).has_table(table))
+
+
 def failure_lines(rec: RunRecord) -> list[str]:
-    """A run's error and suggestions, indented under its row (``runs`` and the demo)."""
+    """A run's error and suggestions, indented under its row (``runs`` and the demo).
+
+    Text from the catalog is printed without terminal control sequences (see
+    :func:`~odibi_observe.redact.terminal_safe`): a node's error message is data, and must
+    not be able to recolour, retitle or overwrite the terminal.
+    """
     lines = []
     if rec.error_type:
-        lines.append(f"    error: {rec.error_type}: {first_line(rec.error_message or '')}")
-    lines.extend(f"    suggestion: {text}" for text in rec.suggestions)
+        lines.append(f"    error: {_one_line(rec.error_type)}: "
+                     f"{terminal_safe(first_line(rec.error_message or ''))}")
+    lines.extend(f"    suggestion: {_one_line(text)}" for text in rec.suggestions)
     return lines
+
+
+def _one_line(text: str) -> str:
+    return terminal_safe(text).replace("\n", " ").replace("\t", " ")
 
 
 def _human_ms(ms: int) -> str:
@@ -226,7 +263,7 @@ def _human_ms(ms: int) -> str:
 
 
 def _cut(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
+    text = _one_line(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -354,6 +354,8 @@ class SidecarMetrics:
     spool_backlog: Metric
     spool_corrupt: Metric
     spool_rejected: Metric
+    spool_damaged_regions: Metric
+    spool_missing_segments: Metric
     ledger_spans: Metric
     sweeper_closed: Metric
     last_loop: Metric
@@ -378,11 +380,22 @@ SIDECAR_METRICS: Final = SidecarMetrics(
     ),
     spool_corrupt=Metric(
         "spool_corrupt", None, "", "odibi_observe_spool_corrupt_frames_total",
-        MetricKind.COUNTER, (), "Torn or corrupt spool frames detected and skipped.",
+        MetricKind.COUNTER, (), "Spool frames lost to damage (torn or corrupt), skipped; "
+        "estimated from the bytes skipped where a frame's header is unreadable.",
     ),
     spool_rejected=Metric(
         "spool_rejected", None, "", "odibi_observe_spool_rejected_total", MetricKind.COUNTER,
         ("reason",), "Events the spool could not take (size limit, disk full), by reason.",
+    ),
+    spool_damaged_regions=Metric(
+        "spool_damaged_regions", None, "", "odibi_observe_spool_damaged_regions_total",
+        MetricKind.COUNTER, (), "Damaged byte ranges of spool segments skipped (each may hold "
+        "several lost frames).",
+    ),
+    spool_missing_segments=Metric(
+        "spool_missing_segments", None, "", "odibi_observe_spool_missing_segments_total",
+        MetricKind.COUNTER, (), "Spool segments missing from a writer's sequence (deleted "
+        "before every consumer had read them): their frames are lost.",
     ),
     ledger_spans=Metric(
         "ledger_spans", None, "", "odibi_observe_ledger_spans_total", MetricKind.COUNTER,

@@ -18,8 +18,13 @@ What a node run does, in order:
 
 The node's own behaviour is untouched: the wrapper returns what the function returns and
 re-raises what it raises, and nothing in here raises into the node — invalid inputs (NaN row
-counts, unserialisable attributes, megabyte strings) are clamped, counted in
-``odibi_observe_invalid_input_total{field}`` and logged.
+counts, unserialisable attributes, megabyte strings, objects whose ``__str__``/``__int__``/
+``__len__`` raise) are clamped or dropped, counted in
+``odibi_observe_invalid_input_total{field}`` and logged once a minute per field. Every
+conversion of a user value is inside ``try``: the common case (a plain ``int``, a ``str``) is
+checked first and costs nothing extra, and whatever a hostile object raises ends in a clamp,
+never in the node. A run that has begun always ends: the terminal record is built from what
+could be read, and if even that fails, from the status and the times alone.
 """
 
 from __future__ import annotations
@@ -28,17 +33,18 @@ import contextlib
 import functools
 import inspect
 import math
+import operator
 import os
 import random
+import reprlib
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, cast, overload
+from typing import Any, Final, ParamSpec, TypeGuard, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -51,12 +57,13 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunRecord
-from odibi_observe.redact import safe_text
+from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize
 from odibi_observe.runtime import Observer, get_observer
 from odibi_observe.selfmetrics import log
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 MAX_ATTRIBUTES: Final = 128
 MAX_SUGGESTIONS: Final = 50
@@ -68,6 +75,63 @@ _ROW_FRAME_TYPES: Final = frozenset({
     ("pandas", "DataFrame"), ("polars", "DataFrame"), ("pyarrow", "Table"),
     ("pyarrow", "RecordBatch"),
 })
+
+
+#: Renders nested values to a bounded depth and length (a list nested 1 000 deep, a huge
+#: mapping) without the recursion the builtin ``repr`` does.
+_REPR: Final = reprlib.Repr()
+_REPR.maxlevel = 4
+_REPR.maxstring = 200
+_REPR.maxother = 200
+_REPR.maxlong = 200
+
+
+def _type_name(value: Any) -> str:
+    try:
+        return str.__str__(type(value).__name__)
+    except Exception:
+        return "object"
+
+
+def _describe(value: Any, limit: int = 80) -> str:
+    """A short description of ``value`` for a warning; never raises."""
+    try:
+        text = _REPR.repr(value)
+        if type(text) is not str:
+            text = str.__str__(text)
+    except Exception:
+        return f"<unprintable {_type_name(value)}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first words`` of an exception a user object raised; never raises."""
+    return f"{_type_name(exc)}: {_describe_error(exc)}"
+
+
+def _describe_error(exc: BaseException) -> str:
+    try:
+        text = str.__str__(str(exc))
+    except Exception:
+        return "<unprintable>"
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _text_of(value: Any) -> str:
+    """``value`` as a plain ``str`` (never a subclass, whose methods may be hostile).
+
+    Raises whatever ``str()`` of the object raises; callers catch it.
+    """
+    if type(value) is str:
+        return value
+    text = str(value)
+    return text if type(text) is str else str.__str__(text)
+
+
+def _given(value: T | None) -> TypeGuard[T]:
+    """Whether an optional argument was given: not None and not ``""``, without calling the
+    object's ``__bool__`` (which may raise)."""
+    return value is not None and not (type(value) is str and not value)
 
 
 @dataclass(frozen=True)
@@ -89,7 +153,8 @@ class NodeRun:
     """The run in progress; what ``current_run()`` returns inside a node.
 
     ``rows_processed`` may be set (or ``add_rows`` called) by the node; otherwise it is taken
-    from the return value (see :func:`rows_from_result`).
+    from the return value (see :func:`rows_from_result`). No method raises: a value that
+    cannot be read is dropped or clamped, counted and warned about (see the module docstring).
     """
 
     __slots__ = (
@@ -134,9 +199,8 @@ class NodeRun:
             trace_id, parent_span_id = parent.trace_id, f"{parent.span_id:016x}"
         else:
             trace_id, parent_span_id = random.getrandbits(128) or 1, None
-        if attempt < 1:
-            observer.monitor.invalid("attempt", f"attempt={attempt!r} is below 1; recorded as 1")
-            attempt = 1
+        if type(attempt) is not int or attempt < 1:
+            attempt = self._coerce_attempt(attempt, 1)
         span_id = random.getrandbits(64) or 1
         # Made current while the node runs (see _begin); kept as ints, not re-parsed from hex.
         self._span_context = SpanContext(trace_id, span_id, is_remote=False,
@@ -147,7 +211,7 @@ class NodeRun:
             # uuid4()'s os.urandom: a run id must be unique, not unpredictable, and this path
             # runs once per node call.
             run_id=str(uuid.UUID(int=random.getrandbits(128), version=4)),
-            project=self._name(project or s.project, "project"),
+            project=self._name(project if _given(project) else s.project, "project"),
             pipeline=self._name(pipeline, "pipeline"),
             node=self._name(node, "node"),
             environment=s.environment,
@@ -159,11 +223,13 @@ class NodeRun:
             host=s.host,
             pid=os.getpid(),
             service_name=s.service_name,
-            pipeline_run_id=pipeline_run_id,
+            pipeline_run_id=(pipeline_run_id if pipeline_run_id is None
+                             or type(pipeline_run_id) is str
+                             else self._name(pipeline_run_id, "pipeline_run_id")),
             attempt=attempt,
         )
-        for key, value in (attributes or {}).items():
-            self.set_attribute(key, value)
+        if attributes is not None:
+            self._set_attributes(attributes)
 
     # -- the public surface ------------------------------------------------------------------
     @property
@@ -194,13 +260,9 @@ class NodeRun:
     def attempt(self, value: Any) -> None:
         """Set the attempt number when it is known only during the run (a framework's own
         retries inside one node run). Not a positive whole number: ignored and counted."""
-        if type(value) is int and value >= 1:
-            if value != self.record.attempt:
-                self.record = self.record.finished(attempt=value)
-            return
-        self._observer.monitor.invalid(
-            "attempt", f"attempt={value!r:.80} is not a positive whole number; kept "
-            f"{self.record.attempt}")
+        value = self._coerce_attempt(value, self.record.attempt)
+        if value != self.record.attempt:
+            self.record = self.record.finished(attempt=value)
 
     @property
     def rows_processed(self) -> int | None:
@@ -218,17 +280,34 @@ class NodeRun:
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Attach ``key=value`` to the run (span ``odibi.attr.<key>``, catalog ``metrics_json``)."""
-        name = str(key)[:MAX_KEY_LENGTH]
-        if name not in self._attributes and len(self._attributes) >= MAX_ATTRIBUTES:
-            self._observer.monitor.invalid(
-                "attribute", f"more than {MAX_ATTRIBUTES} attributes; {name!r} dropped")
+        try:
+            name = self._key(key)
+        except Exception as exc:
+            self._invalid("attribute", f"an attribute key could not be read as text "
+                          f"({_reason(exc)}); the attribute was dropped")
             return
-        self._attributes[name] = self._coerce_attribute(name, value)
+        try:
+            if name not in self._attributes and len(self._attributes) >= MAX_ATTRIBUTES:
+                self._invalid("attribute", f"more than {MAX_ATTRIBUTES} attributes; "
+                              f"{name!r} dropped")
+                return
+            self._attributes[name] = self._coerce_attribute(name, value)
+        except Exception as exc:
+            self._invalid("attribute", f"attribute {name!r} could not be read "
+                          f"({_reason(exc)}); dropped")
 
     def suggest(self, text: str) -> None:
         """Record advice for whoever reads this run (shown by ``odibi-observe runs``)."""
-        if len(self._suggestions) < MAX_SUGGESTIONS:
-            self._suggestions.append(safe_text(str(text), MAX_SUGGESTION_LENGTH))
+        if len(self._suggestions) >= MAX_SUGGESTIONS:
+            self._invalid("suggestion", f"more than {MAX_SUGGESTIONS} suggestions; further "
+                          "ones dropped")
+            return
+        try:
+            self._suggestions.append(
+                self._safe(_text_of(text), MAX_SUGGESTION_LENGTH, "suggestion"))
+        except Exception as exc:
+            self._invalid("suggestion", f"a suggestion could not be read as text "
+                          f"({_reason(exc)}); dropped")
 
     def set_duration(self, seconds: Any) -> None:
         """Record ``seconds`` as the run's duration instead of the time measured around it.
@@ -239,15 +318,38 @@ class NodeRun:
         value is ignored (counted as invalid input) and the measured duration is kept.
         """
         try:
-            value = float(seconds)
-        except (TypeError, ValueError, OverflowError):
+            value = seconds if type(seconds) is float else float(seconds)
+        except Exception:
             value = math.nan
         if not math.isfinite(value) or value < 0 or value * 1e9 > _INT64_MAX:
-            self._observer.monitor.invalid(
-                "duration", f"duration={seconds!r:.80} is not a usable number of seconds; "
-                "the measured duration is kept")
+            self._invalid("duration", f"duration={_describe(seconds)} is not a usable number "
+                          "of seconds; the measured duration is kept")
             return
         self._duration_ns = int(value * 1e9)
+
+    def fail(self, error: BaseException, *, message: str | None = None) -> None:
+        """Record the run as ``FAILURE`` now, without raising.
+
+        For frameworks that report a failure as a return value rather than an exception
+        (Odibi's ``NodeResult(success=False)``): the error's type, its message (or
+        ``message``) and its suggestions are recorded as if it had been raised, and leaving
+        the run's block afterwards records nothing more. Never raises, and always ends the
+        run: what cannot be read from ``error`` is left out (and counted).
+        """
+        problems: list[str] = []
+        for text in _suggestions_of(error, problems):
+            self.suggest(text)
+        if message is None:
+            text = error_message_of(error)
+        else:
+            try:
+                text = _text_of(message)
+            except Exception as exc:
+                problems.append(f"the message could not be read as text ({_reason(exc)})")
+                text = error_message_of(error)
+        for problem in problems:
+            self._invalid("error", f"run {self.run_id}: {problem}; left out")
+        self._finish(RunStatus.FAILURE, error_type=error_type_of(error), error_message=text)
 
     def __bool__(self) -> bool:
         return True
@@ -278,35 +380,30 @@ class NodeRun:
                 _current_run.set(None)
 
     def _succeed(self, result: Any) -> None:
-        try:
-            if self._rows is None:
-                self._rows = rows_from_result(result, self._count_int_return)
-            self._finish(RunStatus.SUCCESS)
-        except Exception:  # never let a recording error replace the node's result
-            log.exception("odibi-observe: could not record the end of run %s", self.run_id)
-
-    def fail(self, error: BaseException, *, message: str | None = None) -> None:
-        """Record the run as ``FAILURE`` now, without raising.
-
-        For frameworks that report a failure as a return value rather than an exception
-        (Odibi's ``NodeResult(success=False)``): the error's type, its message (or
-        ``message``) and its suggestions are recorded as if it had been raised, and leaving
-        the run's block afterwards records nothing more. Never raises.
-        """
-        try:
-            for text in suggestions_of(error):
-                self.suggest(text)
-            self._finish(RunStatus.FAILURE, error_type=error_type_of(error),
-                         error_message=error_message_of(error) if message is None else message)
-        except Exception:  # never let a recording error replace the node's own behaviour
-            log.exception("odibi-observe: could not record the failure of run %s", self.run_id)
+        """Record ``SUCCESS``; rows from ``result`` unless the node set them. Never raises."""
+        if self._rows is None:
+            try:
+                rows = _rows_from_result(result, self._count_int_return)
+            except Exception as exc:
+                self._invalid("rows_processed", f"the row count of the returned "
+                              f"{_type_name(result)} could not be read ({_reason(exc)}); "
+                              "recorded as unknown")
+            else:
+                if rows is not None:
+                    self._rows = self._coerce_rows(rows)
+        self._finish(RunStatus.SUCCESS)
 
     def _fail(self, exc: BaseException) -> None:
         self.fail(exc)
 
     def _finish(self, status: RunStatus, *, error_type: str | None = None,
                 error_message: str | None = None) -> bool:
-        """Emit the terminal record once; False if the run was already finished."""
+        """Emit the terminal record once; False if the run was already finished.
+
+        Never raises. If the full record cannot be built (a bug here, not the user's value:
+        those were converted when they were set), the run still ends, with its status and
+        times, and the error is logged.
+        """
         with _active_lock:
             if self._done:
                 return False
@@ -314,106 +411,288 @@ class NodeRun:
             _active.pop(self.record.run_id, None)
         duration = (time.perf_counter_ns() - self._start_mono if self._duration_ns is None
                     else self._duration_ns)
-        limit = self._observer.settings.max_error_message_length
-        final = self.record.finished(
-            status=status,
-            ended_ns=self.record.started_ns + max(duration, 0),
-            rows_processed=self._rows,
-            error_type=error_type,
-            error_message=None if error_message is None else safe_text(error_message, limit),
-            suggestions=tuple(self._suggestions),
-            attributes=dict(self._attributes),
-        )
+        ended_ns = self.record.started_ns + max(duration, 0)
+        try:
+            limit = self._observer.settings.max_error_message_length
+            final = self.record.finished(
+                status=status,
+                ended_ns=ended_ns,
+                rows_processed=self._rows,
+                error_type=error_type,
+                error_message=(None if error_message is None
+                               else self._safe(error_message, limit, "error")),
+                suggestions=tuple(self._suggestions),
+                attributes=dict(self._attributes),
+            )
+        except Exception:
+            log.exception("odibi-observe: could not build the record of run %s; recorded "
+                          "with its status and times only", self.record.run_id)
+            final = self.record.finished(status=status, ended_ns=ended_ns)
         self.record = final
         self._observer.bus.emit(RunEvent(EventKind.FINISHED, final))
         return True
 
     # -- input hygiene ---------------------------------------------------------------------
+    def _invalid(self, field: str, message: str) -> None:
+        """Count an unusable value and warn (once a minute per field); never raises."""
+        try:
+            self._observer.monitor.invalid(field, message)
+        except Exception:  # pragma: no cover - counting must not be what breaks the node
+            log.debug("odibi-observe: could not count invalid input", exc_info=True)
+
+    def _safe(self, text: str, limit: int, field: str) -> str:
+        """Redacted, bounded, valid Unicode (lone surrogates replaced, and counted)."""
+        clean, replaced = sanitize(text, limit)
+        if replaced:
+            self._invalid(field, f"a {field} text contained lone surrogates (not encodable as "
+                          "UTF-8); they were replaced by U+FFFD")
+        return clean
+
     def _name(self, value: Any, field: str) -> str:
         limit = self._observer.settings.max_name_length
-        if type(value) is str and 0 < len(value) <= limit:
+        if type(value) is str and 0 < len(value) <= limit and value.isascii():
             return value  # the common case, checked first: this runs three times per node call
-        text = value if isinstance(value, str) else str(value)
+        try:
+            text = _text_of(value)
+        except Exception as exc:
+            self._invalid(field, f"the {field} name could not be read as text "
+                          f"({_reason(exc)}); recorded as 'unknown'")
+            return "unknown"
         if not text:
-            self._observer.monitor.invalid(field, f"empty {field} name recorded as 'unknown'")
+            self._invalid(field, f"empty {field} name recorded as 'unknown'")
             return "unknown"
         if len(text) > limit:
-            self._observer.monitor.invalid(field, f"{field} name longer than {limit} cut")
-            return text[:limit]
+            self._invalid(field, f"{field} name longer than {limit} cut")
+            text = text[:limit]
+        return self._valid(text, field)
+
+    def _valid(self, text: str, field: str) -> str:
+        """``text`` with lone surrogates replaced (and counted)."""
+        if text.isascii():
+            return text
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            self._invalid(field, f"a {field} text contained lone surrogates (not encodable as "
+                          "UTF-8); they were replaced by U+FFFD")
+            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         return text
 
+    def _key(self, key: Any) -> str:
+        """An attribute key as a bounded, plain, valid ``str``; raises if it is unreadable."""
+        return self._valid(_text_of(key)[:MAX_KEY_LENGTH], "attribute")
+
+    def _set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        try:
+            items = list(attributes.items())
+        except Exception as exc:
+            self._invalid("attribute", f"the attributes mapping could not be read "
+                          f"({_reason(exc)}); no attributes recorded from it")
+            return
+        for item in items:
+            try:
+                key, value = item
+            except Exception:  # an items() that yields something other than pairs
+                self._invalid("attribute", "an attribute item is not a (key, value) pair; "
+                              "dropped")
+                continue
+            self.set_attribute(key, value)
+
+    def _coerce_attempt(self, value: Any, keep: int) -> int:
+        """``value`` as an attempt number (a whole number >= 1), else ``keep`` (counted)."""
+        if type(value) is int and value >= 1:
+            return value
+        try:
+            if isinstance(value, float) and value.is_integer():
+                number = int(value)
+            elif isinstance(value, bool):
+                raise TypeError("a bool is not an attempt number")
+            else:
+                number = operator.index(value)
+            if number >= 1:
+                return number
+        except Exception:  # noqa: S110 - not a number: counted just below
+            pass
+        self._invalid("attempt", f"attempt={_describe(value)} is not a positive whole number; "
+                      f"recorded as {keep}")
+        return keep
+
     def _coerce_rows(self, value: Any) -> int | None:
-        monitor = self._observer.monitor
+        if type(value) is int and 0 <= value <= _INT64_MAX:
+            return value  # the common case, checked first
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = int(value)
-            except (TypeError, ValueError, OverflowError):
-                monitor.invalid("rows_processed", f"rows_processed={value!r:.80} is not a "
-                                "number; recorded as unknown")
-                return None
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                monitor.invalid("rows_processed",
-                                f"rows_processed={value!r} is not finite; recorded as unknown")
-                return None
-            value = int(value)
-        if value < 0:
-            monitor.invalid("rows_processed",
-                            f"rows_processed={value} is negative; recorded as unknown")
+        try:
+            return self._coerce_rows_slow(value)
+        except Exception as exc:
+            self._invalid("rows_processed", f"rows_processed={_describe(value)} could not be "
+                          f"read ({_reason(exc)}); recorded as unknown")
             return None
-        if value > _INT64_MAX:
-            monitor.invalid("rows_processed", "rows_processed exceeds int64; clamped")
+
+    def _coerce_rows_slow(self, value: Any) -> int | None:
+        """Anything but a plain in-range int; may raise (``_coerce_rows`` catches)."""
+        if type(value) is float:
+            if not math.isfinite(value):
+                self._invalid("rows_processed",
+                              f"rows_processed={value!r} is not finite; recorded as unknown")
+                return None
+            number = int(value)
+        elif type(value) is int:
+            number = value
+        elif isinstance(value, bool):
+            self._invalid("rows_processed", "rows_processed is a bool, not a number; "
+                          "recorded as unknown")
+            return None
+        elif isinstance(value, float):  # a float subclass: its own value, not its methods
+            return self._coerce_rows_slow(float.__float__(value))
+        elif isinstance(value, int):  # an int subclass (numpy's are not): likewise
+            return self._coerce_rows_slow(int.__int__(value))
+        else:
+            try:
+                number = int(value)
+            except (TypeError, ValueError) as exc:
+                self._invalid("rows_processed", f"rows_processed={_describe(value)} is not a "
+                              f"number ({_reason(exc)}); recorded as unknown")
+                return None
+            if type(number) is not int:
+                number = int.__int__(number)
+        if number < 0:
+            self._invalid("rows_processed",
+                          f"rows_processed={_describe(number)} is negative; recorded as unknown")
+            return None
+        if number > _INT64_MAX:
+            self._invalid("rows_processed", "rows_processed exceeds int64; clamped")
             return _INT64_MAX
-        return int(value)
+        return number
 
     def _coerce_attribute(self, key: str, value: Any) -> AttributeValue:
-        limit = self._observer.settings.max_attribute_length
-        if isinstance(value, str):
-            return safe_text(value, limit)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int):
+        """``value`` as an OTel attribute value; may raise (``set_attribute`` catches)."""
+        kind = type(value)
+        if kind is str:
+            return self._safe(value, self._observer.settings.max_attribute_length, "attribute")
+        if kind is bool:
+            return value  # type: ignore[no-any-return]
+        if kind is int or kind is float:
+            return self._scalar(key, value)
+        if isinstance(value, (list, tuple)):
+            return self._coerce_sequence(key, value)
+        if isinstance(value, (str, int, float)):  # a subclass: its plain value
+            plain = (str.__str__(value) if isinstance(value, str)
+                     else int.__int__(value) if isinstance(value, int)
+                     else float.__float__(value))
+            return self._coerce_attribute(key, plain)
+        self._invalid("attribute", f"attribute {key!r} of type {_type_name(value)} is not a "
+                      "primitive; stored as its repr")
+        try:
+            text = _text_of(repr(value))
+        except Exception:
+            text = f"<unprintable {_type_name(value)}>"
+        return self._safe(text, self._observer.settings.max_attribute_length, "attribute")
+
+    def _scalar(self, key: str, value: int | float) -> AttributeValue:
+        """A plain int or float as an attribute value: in range, finite, else as text."""
+        if type(value) is int:
             if -_INT64_MAX - 1 <= value <= _INT64_MAX:
                 return value
-            return str(value)
-        if isinstance(value, float):
-            if math.isfinite(value):
-                return value
-            self._observer.monitor.invalid("attribute",
-                                           f"attribute {key!r} is {value}; stored as text")
-            return str(value)
-        if isinstance(value, (list, tuple)):
-            items = [self._coerce_attribute(key, v) for v in value[:MAX_ATTRIBUTES]]
-            kinds = {type(v) for v in items}
-            if len(kinds) <= 1 and not any(isinstance(v, tuple) for v in items):
-                return tuple(items)  # type: ignore[return-value]
-            return tuple(safe_text(str(v), limit) for v in items)
-        self._observer.monitor.invalid(
-            "attribute", f"attribute {key!r} of type {type(value).__name__} is not a "
-            "primitive; stored as its repr")
-        try:
-            text = repr(value)
-        except Exception:
-            text = f"<unprintable {type(value).__name__}>"
-        return safe_text(text, limit)
+            self._invalid("attribute", f"attribute {key!r} is an integer beyond int64; "
+                          "stored as text")
+            try:
+                return str(value)
+            except ValueError:  # more digits than int->str conversion allows
+                return f"<int of {value.bit_length()} bits>"
+        if math.isfinite(value):
+            return value
+        self._invalid("attribute", f"attribute {key!r} is {value}; stored as text")
+        return str(value)
+
+    def _coerce_sequence(self, key: str, value: list[Any] | tuple[Any, ...]) -> AttributeValue:
+        """A list or tuple as a homogeneous tuple of primitives, one level deep.
+
+        The items are read through ``list``/``tuple``'s own slicing, not the object's
+        (a subclass may override it); an item that is not a primitive (a nested list, an
+        object) becomes a bounded repr, and then every item is text.
+        """
+        items = (list.__getitem__(value, slice(0, MAX_ATTRIBUTES)) if isinstance(value, list)
+                 else tuple.__getitem__(value, slice(0, MAX_ATTRIBUTES)))
+        limit = self._observer.settings.max_attribute_length
+        out: list[Any] = []
+        kinds: set[type] = set()
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                out.append(self._safe(item, limit, "attribute"))
+            elif kind is bool:
+                out.append(item)
+            elif kind is int or kind is float:
+                scalar = self._scalar(key, item)
+                kind = type(scalar)
+                out.append(scalar)
+            else:
+                out.append(self._safe(_describe(item, limit), limit, "attribute"))
+                kind = str
+                kinds.add(tuple)  # marks "not homogeneous": every item becomes text
+            kinds.add(kind)
+        if len(kinds) <= 1:
+            return tuple(out)
+        return tuple(v if type(v) is str else str(v) for v in out)
 
 
 class _NoRun:
-    """What ``current_run()`` returns outside a node: accepts every call and records nothing.
+    """What ``current_run()`` returns outside a node, and what a block runs with when
+    odibi-observe could not start recording it: accepts every call and records nothing.
 
-    Code that calls ``current_run().add_rows(n)`` keeps working when the node function is
-    called without instrumentation (in a unit test, say). It is falsy: ``if current_run():``.
+    It has the whole public surface of :class:`NodeRun` (a test compares them), so code
+    written against a real run never fails on this one. Code that calls
+    ``current_run().add_rows(n)`` keeps working when the node function is called without
+    instrumentation (in a unit test, say). It is falsy: ``if current_run():``.
     """
 
-    run_id = None
-    trace_id = None
-    span_id = None
-    pipeline = None
-    node = None
-    rows_processed = None
-    attempt = None
+    __slots__ = ()
+
+    @property
+    def run_id(self) -> None:
+        return None
+
+    @property
+    def trace_id(self) -> None:
+        return None
+
+    @property
+    def span_id(self) -> None:
+        return None
+
+    @property
+    def pipeline(self) -> None:
+        return None
+
+    @property
+    def node(self) -> None:
+        return None
+
+    @property
+    def attempt(self) -> None:
+        return None
+
+    @attempt.setter
+    def attempt(self, value: Any) -> None:
+        """Ignored outside a node run."""
+
+    @property
+    def rows_processed(self) -> None:
+        return None
+
+    @rows_processed.setter
+    def rows_processed(self, value: Any) -> None:
+        """Ignored outside a node run (``current_run().rows_processed = n``)."""
+
+    @property
+    def record(self) -> None:
+        """No record: nothing is being recorded."""
+        return None
+
+    @record.setter
+    def record(self, value: Any) -> None:
+        """Ignored outside a node run."""
 
     def add_rows(self, n: Any) -> None:
         """Ignored outside a node run."""
@@ -431,7 +710,7 @@ class _NoRun:
         """Ignored outside a node run."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """Ignored outside a node run (``current_run().rows_processed = n``)."""
+        """Ignored outside a node run (any other attribute)."""
 
     def __bool__(self) -> bool:
         return False
@@ -474,7 +753,8 @@ class node_run:
     def __enter__(self) -> NodeRun:
         pipeline, node, project, attempt, pipeline_run_id, attributes = self._args
         try:
-            self._run = _start(pipeline, node or "block", project=project, attempt=attempt,
+            self._run = _start(pipeline, node if _given(node) else "block", project=project,
+                               attempt=attempt,
                                pipeline_run_id=pipeline_run_id, attributes=attributes)
         except Exception:
             log.exception("odibi-observe: could not start recording %r; running it unobserved",
@@ -527,10 +807,11 @@ def _start(
 ) -> NodeRun:
     scope = _current_pipeline.get()
     if scope is not None:
-        pipeline = pipeline or scope.pipeline
-        pipeline_run_id = pipeline_run_id or scope.pipeline_run_id
-        project = project or scope.project
-    run = NodeRun(get_observer(), pipeline or "default", node, project=project, attempt=attempt,
+        pipeline = pipeline if _given(pipeline) else scope.pipeline
+        pipeline_run_id = pipeline_run_id if _given(pipeline_run_id) else scope.pipeline_run_id
+        project = project if _given(project) else scope.project
+    run = NodeRun(get_observer(), pipeline if _given(pipeline) else "default", node,
+                  project=project, attempt=attempt,
                   pipeline_run_id=pipeline_run_id, attributes=attributes,
                   count_int_return=count_int_return)
     run._begin()
@@ -624,77 +905,175 @@ def _wrap_async(func: Callable[P, Awaitable[R]], pipeline: str | None, node: str
     return wrapper
 
 
-@contextmanager
-def pipeline_run(
-    pipeline: str, *, project: str | None = None, pipeline_run_id: str | None = None
-) -> Iterator[str]:
-    """Group node runs under one pipeline run (and one pipeline span, when tracing is on).
+class pipeline_run:
+    """``with pipeline_run(pipeline) as pipeline_run_id:`` — group node runs under one
+    pipeline run (and one pipeline span, when tracing is on). Also usable as ``async with``.
 
     Nodes inside inherit ``pipeline``, ``project`` and ``pipeline_run_id`` (a fresh uuid4
-    unless given, yielded to the caller). The pipeline span comes from the global
-    TracerProvider, so node spans become its children.
+    unless given, which ``with`` hands to the caller). The pipeline span comes from the global
+    TracerProvider, so node spans become its children. An exception leaving the block marks
+    the span as an error with the *redacted* message, then propagates unchanged; a span that
+    cannot be started is logged and the block runs without it.
     """
-    scope = _PipelineScope(pipeline, pipeline_run_id or str(uuid.uuid4()), project)
-    token = _current_pipeline.set(scope)
-    tracer = trace.get_tracer(INSTRUMENTATION_SCOPE)
-    try:
-        with tracer.start_as_current_span(
-            PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline),
-            attributes={FIELDS.pipeline.attribute or "": pipeline,
-                        FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id},
-        ):
-            yield scope.pipeline_run_id
-    finally:
-        _current_pipeline.reset(token)
+
+    def __init__(self, pipeline: str, *, project: str | None = None,
+                 pipeline_run_id: str | None = None) -> None:
+        self._args = (pipeline, project, pipeline_run_id)
+        self._token: Token[_PipelineScope | None] | None = None
+        self._span: contextlib.AbstractContextManager[Any] | None = None
+        self._otel_span: trace.Span | None = None
+
+    def __enter__(self) -> str:
+        pipeline, project, pipeline_run_id = self._args
+        scope = _PipelineScope(pipeline, pipeline_run_id if _given(pipeline_run_id)
+                               else str(uuid.uuid4()), project)
+        self._token = _current_pipeline.set(scope)
+        try:
+            span = trace.get_tracer(INSTRUMENTATION_SCOPE).start_as_current_span(
+                PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline),
+                attributes={FIELDS.pipeline.attribute or "": pipeline,
+                            FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id},
+                # Recorded here instead, with the message redacted (see __exit__).
+                record_exception=False, set_status_on_exception=False,
+            )
+            self._otel_span = span.__enter__()
+            self._span = span
+        except Exception:
+            log.exception("odibi-observe: could not start the span of pipeline run %s; its "
+                          "nodes are recorded without it", scope.pipeline_run_id)
+        return scope.pipeline_run_id
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if self._span is not None:
+                if exc is not None and self._otel_span is not None:
+                    _mark_span_failed(self._otel_span, exc)
+                self._span.__exit__(exc_type, exc, tb)
+        except Exception:
+            log.exception("odibi-observe: could not end the pipeline span")
+        finally:
+            self._span = self._otel_span = None
+            if self._token is not None:
+                try:
+                    _current_pipeline.reset(self._token)
+                except ValueError:  # left in another context; nothing to restore there
+                    _current_pipeline.set(None)
+                self._token = None
+
+    async def __aenter__(self) -> str:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _mark_span_failed(span: trace.Span, exc: BaseException) -> None:
+    """What ``record_exception`` and ``set_status_on_exception`` do, with redacted text."""
+    kind, message = error_type_of(exc), safe_text(error_message_of(exc), 8_192)
+    span.add_event("exception", {"exception.type": kind, "exception.message": message})
+    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{kind}: {message}"[:256]))
 
 
 # -- results, errors, exits -------------------------------------------------------------------
 
 def rows_from_result(value: Any, count_int_return: bool = False) -> int | None:
-    """Rows implied by a node's return value, or None when it says nothing about rows."""
-    if isinstance(value, bool):
+    """Rows implied by a node's return value, or None when it says nothing about rows (or
+    its size cannot be read: a ``__len__`` that raises). Never raises."""
+    try:
+        return _rows_from_result(value, count_int_return)
+    except Exception:
         return None
-    if isinstance(value, int):
+
+
+def _rows_from_result(value: Any, count_int_return: bool) -> int | None:
+    """:func:`rows_from_result`, raising what ``len()`` of the value raises."""
+    kind = type(value)
+    if kind is list:
+        return len(value)
+    if kind is bool or value is None:
+        return None
+    if kind is int:
         return value if count_int_return and value >= 0 else None
     if isinstance(value, list):
-        return len(value)
-    kind = type(value)
+        return len(value)  # a subclass's own __len__: it may raise, or be negative or huge
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = int.__int__(value)
+        return number if count_int_return and number >= 0 else None
     if (kind.__module__.partition(".")[0], kind.__name__) in _ROW_FRAME_TYPES:
-        try:
-            return len(value)
-        except Exception:
-            return None
+        return len(value)
     return None
 
 
 def error_type_of(exc: BaseException) -> str:
-    """``ValueError`` for builtins, ``package.module.Class`` otherwise (OTel ``error.type``)."""
+    """``ValueError`` for builtins, ``package.module.Class`` otherwise (OTel ``error.type``).
+
+    Never raises (a class may carry a strange ``__module__``)."""
     kind = type(exc)
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        module, name = kind.__module__, kind.__qualname__
+        if module == "builtins":
+            return str.__str__(name)
+        return f"{str.__str__(module)}.{str.__str__(name)}"
+    except Exception:
+        return _type_name(exc)
 
 
 def error_message_of(exc: BaseException) -> str:
+    """The exception's message, redacted, read up to :data:`MAX_MESSAGE_SCAN` characters
+    (longer ones are cut, saying so). Never raises: an exception whose ``__str__`` raises
+    gives ``<unprintable Type>``."""
     try:
-        return str(exc) or repr(exc)
+        text = _text_of(exc)
+        if not text:
+            text = _text_of(repr(exc))
     except Exception:
-        return f"<unprintable {type(exc).__name__}>"
+        return f"<unprintable {_type_name(exc)}>"
+    return safe_text(text, MAX_MESSAGE_SCAN)
 
 
 def suggestions_of(exc: BaseException) -> list[str]:
-    """``suggestions`` carried by ``exc`` or its causes (Odibi's ``NodeExecutionError``)."""
+    """``suggestions`` carried by ``exc`` or its causes (Odibi's ``NodeExecutionError``).
+
+    Never raises: a ``suggestions`` that cannot be read, or an item whose ``str()`` raises,
+    is left out."""
+    return _suggestions_of(exc, [])
+
+
+def _suggestions_of(exc: BaseException, problems: list[str]) -> list[str]:
+    """:func:`suggestions_of`, noting in ``problems`` what could not be read."""
     found: list[str] = []
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < 5:
         seen.add(id(current))
-        raw = getattr(current, "suggestions", None)
-        if isinstance(raw, str):
-            raw = [raw]
-        if isinstance(raw, (list, tuple)):
-            found.extend(str(s) for s in raw if s)
-        current = current.__cause__ or current.__context__
+        try:
+            raw = getattr(current, "suggestions", None)
+            if isinstance(raw, str):
+                raw = [raw]
+            if isinstance(raw, (list, tuple)):
+                items = (list.__getitem__(raw, slice(0, MAX_SUGGESTIONS))
+                         if isinstance(raw, list)
+                         else tuple.__getitem__(raw, slice(0, MAX_SUGGESTIONS)))
+                for item in items:
+                    if item is None:
+                        continue
+                    try:
+                        text = _text_of(item)
+                    except Exception as error:
+                        problems.append(f"a suggestion could not be read ({_reason(error)})")
+                        continue
+                    if text:
+                        found.append(text)
+        except Exception as error:
+            problems.append(f"the suggestions of {_type_name(current)} could not be read "
+                            f"({_reason(error)})")
+        try:
+            cause = current.__cause__
+            current = cause if cause is not None else current.__context__
+        except Exception:
+            current = None
     return list(dict.fromkeys(found))
 
 

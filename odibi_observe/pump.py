@@ -16,7 +16,11 @@ worker thread and its own spool cursor, so:
   skipped: retrying it can never succeed and must not block the events behind it;
 * an event the sink can never export (it raises ``RecordRejected``, or it fails on its own
   while the rest of its batch is delivered — see :func:`~odibi_observe.sinks.base.
-  export_isolating`) is dead-lettered too, and the cursor moves past it.
+  export_isolating`) is dead-lettered too, and the cursor moves past it;
+* a *span frame* (an application span of the pipeline process — its pipeline span, Odibi's
+  spans — see :mod:`odibi_observe.sinks.spool`) goes to the sinks that take spans (the OTel
+  sink's ``export_spans``) and is skipped by the others, so the node spans the sidecar exports
+  keep their parents.
 
 Failed exports back off exponentially with jitter (:class:`~odibi_observe.bus.Backoff`), and
 are counted in ``odibi_observe_sink_errors_total{sink}`` like every other sink error.
@@ -35,8 +39,11 @@ from odibi_observe.record import EventKind, RunEvent, peek_event
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink, export_isolating
+from odibi_observe.sinks.spool import decode_span, is_span_frame, takes_spans
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
     from odibi_observe.spool import Spool, SpoolCursor, SpoolEntry
 
 
@@ -60,14 +67,19 @@ class _SinkPump:
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self._undecodable: list[SpoolEntry] = []
+        self.takes_spans = takes_spans(sink)
 
-    def _prepare(self) -> tuple[list[SpoolEntry], list[RunEvent]] | None:
-        """The next batch and the events of it this sink takes, or None when caught up."""
+    def _prepare(self) -> tuple[list[SpoolEntry], list[RunEvent], list[ReadableSpan]] | None:
+        """The next batch, the events of it this sink takes and its span frames (for a sink
+        that takes spans), or None when caught up."""
         entries = self.cursor.read(self.pump.max_batch)
         if not entries:
             return None
         self._undecodable = []
-        return entries, self._decode(self._needed(entries))
+        runs = [entry for entry in entries if not is_span_frame(entry.payload)]
+        spans = (self._decode_spans(entries) if self.takes_spans and len(runs) < len(entries)
+                 else [])
+        return entries, self._decode(self._needed(runs)), spans
 
     def _commit(self, entries: list[SpoolEntry], wanted: list[RunEvent],
                 rejected: Sequence[tuple[RunEvent, str]] = ()) -> None:
@@ -101,15 +113,19 @@ class _SinkPump:
             prepared = self._prepare()
             if prepared is None:
                 return 0
-            entries, wanted = prepared
+            entries, wanted, spans = prepared
             rejected: list[tuple[RunEvent, str]] = []
-            if wanted:
+            if wanted or spans:
                 try:
-                    # Bisected on failure: a poison event is isolated and dead-lettered, the
-                    # rest delivered; only a sink failing as a whole is retried (sinks/base.py).
-                    rejected = export_isolating(self.sink.export, wanted)
+                    if wanted:
+                        # Bisected on failure: a poison event is isolated and dead-lettered,
+                        # the rest delivered; only a sink failing as a whole is retried
+                        # (sinks/base.py).
+                        rejected = export_isolating(self.sink.export, wanted)
+                    if spans:
+                        self.sink.export_spans(spans)  # type: ignore[attr-defined]
                 except Exception as exc:  # a sink error must never stop the pump
-                    self._failed(exc, len(wanted))
+                    self._failed(exc, len(wanted) + len(spans))
                     return 0
             self._commit(entries, wanted, rejected)
             return len(entries)
@@ -142,6 +158,20 @@ class _SinkPump:
             elif event.kind in kinds:
                 out.append(event)
         return out
+
+    def _decode_spans(self, entries: Sequence[SpoolEntry]) -> list[ReadableSpan]:
+        """The span frames of the batch, decoded (only one sink takes them: not cached)."""
+        spans = []
+        for entry in entries:
+            if not is_span_frame(entry.payload):
+                continue
+            try:
+                spans.append(decode_span(entry.payload))
+            except Exception as exc:  # as for run events: skipped, counted, never retried
+                self.pump.monitor.invalid(
+                    "spool_payload", f"spooled span frame at {entry.position} cannot be read "
+                    f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped")
+        return spans
 
     def _failed(self, exc: Exception, count: int) -> None:
         self.pump.monitor.sink_error(self.name)

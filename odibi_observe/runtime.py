@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -44,6 +44,9 @@ from odibi_observe.deadletter import DeadLetter
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
+
+if TYPE_CHECKING:
+    from odibi_observe.sinks.spool import SpoolSink
 
 
 class Observer:
@@ -92,7 +95,10 @@ class Observer:
                        strict: bool) -> list[Sink]:
         if self.settings.mode == "sidecar":
             try:
-                return [_spool_sink(self.settings, self.registry)]
+                sink = _spool_sink(self.settings, self.registry)
+                # The pipeline span and Odibi's spans: the parents the node spans nest under.
+                sink.carry_application_spans(self.settings, self.monitor)
+                return [sink]
             except (OSError, ConfigurationError) as exc:
                 if strict:
                     raise ConfigurationError(
@@ -159,7 +165,7 @@ class Observer:
             log.error("odibi-observe: cannot write Prometheus text to %s: %s", path, exc)
 
 
-def _spool_sink(settings: Settings, registry: CollectorRegistry) -> Sink:
+def _spool_sink(settings: Settings, registry: CollectorRegistry) -> SpoolSink:
     from odibi_observe.sinks.spool import SpoolSink
     from odibi_observe.spool import Spool
 

@@ -11,6 +11,7 @@ Layout of a spool directory (one per host, shared by every pipeline process on i
     <dir>/<writer_id>.<seq:012d>.open   the segment a live writer appends to
     <dir>/<writer_id>.<seq:012d>.seg    a sealed segment (renamed from .open on roll/close)
     <dir>/cursors/<name>.json           one durable cursor per consumer (sink)
+    <dir>/cursors/.reserve              room kept for cursor files on a full filesystem
 
 Writers never share a file, so no cross-process write lock exists and a writer that dies holds
 nothing another process waits for. ``writer_id`` defaults to ``<host>-<pid>-<process start
@@ -32,10 +33,14 @@ Frame format (integers little-endian), one frame per event::
 The header has its own CRC so that a reader can trust the length *before* the payload is
 complete: a valid header whose payload runs past the end of a live writer's segment is a frame
 in progress (re-read later), not damage. A damaged frame (bad header or payload CRC, a torn tail
-of a sealed or dead segment) is skipped, counted once (``stats().corrupt_frames`` and
-``odibi_observe_spool_corrupt_frames_total``, one per damaged region) and logged; the reader
+of a sealed or dead segment) is skipped, counted once per Spool and logged; the reader
 resynchronises on the next offset that holds a valid magic + header + payload CRC, so the good
-frames before *and* after the damage are kept.
+frames before *and* after the damage are kept. The count is of frames lost
+(``stats().corrupt_frames``, ``odibi_observe_spool_corrupt_frames_total``): exact where a
+frame's header survived, else estimated from the bytes skipped and the mean frame size; the
+damaged regions are counted too. A segment deleted before it was read is found from the gap in
+its writer's sequence numbers (``odibi_observe_spool_missing_segments_total``). Runs whose end
+may be lost are named in :meth:`Spool.damage`.
 
 Durability: each append is one ``os.write`` on an ``O_APPEND`` descriptor, with no Python
 buffer in between. When ``append()`` returns, the frame is in the kernel's page cache, so the
@@ -47,9 +52,12 @@ leaves it to the kernel.
 Size policy: **reject new events, keep old ones.** When the directory would exceed
 ``max_bytes``, or the filesystem reports ENOSPC/EDQUOT, ``append`` raises
 :class:`SpoolFullError` (counted in ``odibi_observe_spool_rejected_total{reason}``) and the
-caller decides what to do. Nothing is ever dropped silently, and nothing already stored is
-evicted: the oldest events include the ``RUNNING`` markers the sweeper needs to close runs whose
-process died, and evicting them would turn a crash into a run that never existed. The limit is
+caller decides what to do; the refusal also seals the writer's open segment, so that space can
+be collected once read. ``append_many(partial=True)`` stores the oldest payloads that fit and
+refuses the rest, so a backlog drains in pieces. Nothing is ever dropped silently, and nothing
+already stored is evicted: the oldest events include the ``RUNNING`` markers the sweeper needs
+to close runs whose process died, and evicting them would turn a crash into a run that never
+existed. The limit is
 checked against a directory total refreshed at least once a second (every 50 ms near the limit),
 so concurrent writers can overshoot it by what they append in that time.
 
@@ -85,7 +93,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as PromMetric
 
-from odibi_observe.conventions import SIDECAR_METRICS
+from odibi_observe.conventions import SIDECAR_METRICS, Metric
+from odibi_observe.record import _FINISHED_PREFIX, _STARTED_PREFIX  # see record.peek_event
 from odibi_observe.selfmetrics import log
 
 if sys.platform != "win32":
@@ -98,6 +107,7 @@ __all__ = [
     "FsyncPolicy",
     "Spool",
     "SpoolCursor",
+    "SpoolDamage",
     "SpoolEntry",
     "SpoolFullError",
     "SpoolPosition",
@@ -126,6 +136,18 @@ _WRITER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 _DEFAULT_WRITER_RE: Final = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)$")
 _CURSOR_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CURSOR_VERSION: Final = 1
+#: Bytes held in ``cursors/.reserve`` for cursor files: a spool whose filesystem fills before
+#: its first consumer starts must still let that consumer write its cursors (see
+#: :meth:`Spool._ensure_reserve`). Tens of cursor files fit, at a page each.
+CURSOR_RESERVE: Final = 32 * 2**10
+_RESERVE_NAME: Final = ".reserve"
+#: Damage accounting bounds: run ids kept as affected, open runs tracked per writer, bytes of a
+#: damaged region scanned for run ids, and the frame size assumed when none was seen.
+_MAX_AFFECTED: Final = 1000
+_MAX_OPEN_RUNS: Final = 10_000
+_MAX_DAMAGE_SCAN: Final = 4 * 2**20
+_DEFAULT_FRAME: Final = 512
+_RUN_ID_RE: Final = re.compile(rb'"run_id":"([A-Za-z0-9_.:-]{1,200})"')
 #: Directory total is re-read this often normally, and more often near the limit.
 _USAGE_REFRESH: Final = 1.0
 _USAGE_REFRESH_NEAR_FULL: Final = 0.05
@@ -195,6 +217,32 @@ class SpoolStats:
     segments: int
     corrupt_frames: int
     rejected: int
+    damaged_regions: int = 0
+    missing_segments: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDamage:
+    """What this Spool has found lost, since it was made (see :meth:`Spool.damage`).
+
+    ``frames_lost`` counts frames in damaged regions: exact for frames whose header survived,
+    otherwise estimated from the bytes skipped and the mean frame size around them. Frames in
+    ``missing_segments`` cannot be counted (the file is gone). ``runs_affected`` are the runs
+    whose terminal event may have been lost: a run id readable in damaged bytes, or a run whose
+    start was read before the loss and whose end has not been read since (bounded, newest
+    last; a run leaves the list when its end turns up after all).
+    """
+
+    damaged_regions: int
+    frames_lost: int
+    missing_segments: int
+    runs_affected: tuple[str, ...]
+    last: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"damaged_regions": self.damaged_regions, "frames_lost": self.frames_lost,
+                "missing_segments": self.missing_segments,
+                "runs_affected": list(self.runs_affected), "last": self.last}
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -543,6 +591,8 @@ class _SpoolGauges:
 class _SpoolMetrics:
     corrupt: Counter
     rejected: Counter
+    regions: Counter
+    missing: Counter
     gauges: _SpoolGauges
 
 
@@ -551,30 +601,31 @@ _metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _SpoolMetrics
     weakref.WeakKeyDictionary())
 
 
+def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
+    try:
+        return Counter(metric.prometheus_base, metric.description, metric.labels,
+                       registry=registry)
+    except ValueError as exc:  # registered by someone else: count privately, say so
+        log.warning("odibi-observe: spool counter not exported: %s", exc)
+        return Counter(metric.prometheus_base, metric.description, metric.labels, registry=None)
+
+
 def _metrics_for(registry: CollectorRegistry) -> _SpoolMetrics:
     """The spool metrics of ``registry``, created once: several Spools may share a registry."""
     with _metrics_lock:
         found = _metrics_by_registry.get(registry)
         if found is not None:
             return found
-        corrupt_m, rejected_m = SIDECAR_METRICS.spool_corrupt, SIDECAR_METRICS.spool_rejected
-        try:
-            corrupt = Counter(corrupt_m.prometheus_base, corrupt_m.description,
-                              corrupt_m.labels, registry=registry)
-            rejected = Counter(rejected_m.prometheus_base, rejected_m.description,
-                               rejected_m.labels, registry=registry)
-        except ValueError as exc:  # registered by someone else: count privately, say so
-            log.warning("odibi-observe: spool counters not exported: %s", exc)
-            corrupt = Counter(corrupt_m.prometheus_base, corrupt_m.description,
-                              corrupt_m.labels, registry=None)
-            rejected = Counter(rejected_m.prometheus_base, rejected_m.description,
-                               rejected_m.labels, registry=None)
+        m = SIDECAR_METRICS
+        corrupt, rejected, regions, missing = (_counter(metric, registry) for metric in (
+            m.spool_corrupt, m.spool_rejected, m.spool_damaged_regions, m.spool_missing_segments))
         gauges = _SpoolGauges()
         try:
             registry.register(gauges)
         except ValueError as exc:
             log.warning("odibi-observe: spool gauges not exported: %s", exc)
-        found = _metrics_by_registry[registry] = _SpoolMetrics(corrupt, rejected, gauges)
+        found = _metrics_by_registry[registry] = _SpoolMetrics(corrupt, rejected, regions, missing,
+                                                             gauges)
         return found
 
 
@@ -620,6 +671,7 @@ class Spool:
         segment_bytes: int = 8 * 2**20,
         max_bytes: int = 512 * 2**20,
         registry: CollectorRegistry | None = None,
+        cursor_reserve: int = CURSOR_RESERVE,
     ) -> None:
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"fsync must be 'always', 'interval' or 'never', not {fsync!r}")
@@ -634,6 +686,9 @@ class Spool:
         self.directory = os.path.abspath(os.fspath(directory))
         self._cursor_dir = os.path.join(self.directory, "cursors")
         os.makedirs(self._cursor_dir, exist_ok=True)
+        self.cursor_reserve = max(0, cursor_reserve)
+        self._reserve_path = os.path.join(self._cursor_dir, _RESERVE_NAME)
+        self._ensure_reserve()
         self.writer_id = writer_id if writer_id is not None else _default_writer_id()
         self.fsync: FsyncPolicy = fsync
         self.fsync_interval = fsync_interval
@@ -647,6 +702,16 @@ class Spool:
         self._corrupt_seen: set[tuple[str, int, int]] = set()
         self._frame_counts: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._corrupt_total = 0
+        self._regions_total = 0
+        self._missing_total = 0
+        self._missing_seen: set[tuple[str, int]] = set()
+        self._collected: set[tuple[str, int]] = set()
+        self._tracked: dict[str, tuple[int, int]] = {}
+        self._open_runs: dict[str, dict[bytes, None]] = {}
+        self._suspect_writers: set[str] = set()
+        self._affected: dict[str, str] = {}  # run id -> the writer that lost its end
+        self._last_damage: str | None = None
+        self._mean_frame = float(_DEFAULT_FRAME)
         self._rejected_total = 0
         self._reset_writer_state()
         _spools.add(self)
@@ -659,6 +724,7 @@ class Spool:
         self._fd = -1
         self._seq: int | None = None
         self._offset = 0
+        self._segment_frames = 0
         self._open_path = ""
         self._must_roll = False
         self._dirty = False
@@ -683,7 +749,9 @@ class Spool:
             self.after_fork()
         with self._lock:
             try:
-                if (self._fd < 0 or self._must_roll or size > self._budget
+                if self._must_roll:
+                    self._seal_locked()  # before the room check, which may keep failing
+                if (self._fd < 0 or size > self._budget
                         or self._offset + size > self.segment_bytes
                         or time.monotonic() >= self._usage_due):
                     self._check_room_locked(size)
@@ -693,10 +761,13 @@ class Spool:
                 self._rejected(exc.reason, 1)
                 raise
 
-    def append_many(self, payloads: Sequence[bytes]) -> None:
+    def append_many(self, payloads: Sequence[bytes], *, partial: bool = False) -> None:
         """Store several events with as few writes as segment boundaries allow.
 
-        The size limit is checked for the whole batch (all or nothing); see
+        The size limit is checked for the whole batch (all or nothing) unless ``partial``:
+        then the longest prefix that fits is stored before :class:`SpoolFullError` is raised
+        (its ``stored`` says how many), so a backlog larger than the room left drains piece by
+        piece, oldest first, instead of being refused whole for ever. See
         :class:`SpoolFullError` for a disk that fills in the middle.
         """
         frames = [encode_frame(p) for p in payloads]
@@ -707,7 +778,14 @@ class Spool:
         with self._lock:
             i = 0
             try:
-                self._check_room_locked(sum(len(f) for f in frames))
+                if self._must_roll:
+                    self._seal_locked()
+                total = sum(len(f) for f in frames)
+                if partial:
+                    frames, refused = self._prefix_that_fits_locked(frames, total)
+                else:
+                    self._check_room_locked(total)
+                    refused = None
                 while i < len(frames):
                     first = len(frames[i])
                     self._ensure_segment_locked(first)
@@ -716,12 +794,29 @@ class Spool:
                     while j < len(frames) and size + len(frames[j]) <= room:
                         size += len(frames[j])
                         j += 1
-                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]))
+                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]),
+                                       j - i)
                     i = j
+                if refused is not None:
+                    raise refused
             except SpoolFullError as exc:
                 exc.stored = i
-                self._rejected(exc.reason, len(frames) - i)
+                self._rejected(exc.reason, len(payloads) - i)
                 raise
+
+    def _prefix_that_fits_locked(self, frames: list[bytes], total: int
+                                 ) -> tuple[list[bytes], SpoolFullError | None]:
+        """The frames that fit the size limit, and the error for the rest (None: all fit)."""
+        try:
+            self._check_room_locked(total)
+            return frames, None
+        except SpoolFullError as exc:
+            refused = exc
+        room, k = self._budget, 0
+        while k < len(frames) and len(frames[k]) <= room:
+            room -= len(frames[k])
+            k += 1
+        return frames[:k], refused
 
     def _check_room_locked(self, size: int) -> None:
         """Raise unless ``size`` more bytes keep the directory within ``max_bytes``.
@@ -732,6 +827,7 @@ class Spool:
         """
         now = time.monotonic()
         if now >= self._usage_due:
+            self._check_linked_locked()
             usage = sum(s.size for segs in self._list_segments().values() for s in segs)
             self._budget = self.max_bytes - usage
             self._usage_due = now + (_USAGE_REFRESH if usage + size < 0.9 * self.max_bytes
@@ -740,6 +836,35 @@ class Spool:
             raise SpoolFullError(
                 "size_limit", f"spool {self.directory} would exceed max_bytes="
                 f"{self.max_bytes} (about {self.max_bytes - self._budget} bytes held)")
+
+    def _check_linked_locked(self) -> None:
+        """Leave an open segment that was deleted under this writer (at most once a second).
+
+        Appends to a deleted file succeed and reach nobody. Its frames that no consumer had
+        read are lost: say so, count the segment as missing, and go on in a new segment, whose
+        sequence number (one higher) tells consumers where the loss is.
+        """
+        if self._fd < 0:
+            return
+        try:
+            linked = os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            return
+        if linked:
+            return
+        log.error("odibi-observe: spool segment %s was deleted while this process wrote to it; "
+                  "those of its %d event(s) no consumer had read are lost (counted in %s)",
+                  self._open_path, self._segment_frames,
+                  SIDECAR_METRICS.spool_missing_segments.prometheus)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd, self._offset, self._dirty = -1, 0, False
+        if self._seq is not None:
+            self._seq += 1
+        with self._stats_lock:
+            self._missing_total += 1
+            self._last_damage = f"open segment {os.path.basename(self._open_path)} deleted"
+        self._metrics.missing.inc()
 
     def _ensure_segment_locked(self, size: int) -> None:
         if self._fd >= 0 and (self._must_roll or (
@@ -772,6 +897,7 @@ class Spool:
             _next_seq[key] = max(_next_seq.get(key, 0), self._seq + 1)
         _lock_segment(fd)
         self._fd, self._offset, self._open_path, self._must_roll = fd, 0, path, False
+        self._segment_frames = 0
         self._new_dir_entry_locked()
         if self.fsync == "interval" and self._fsync_thread is None:
             self._start_fsync_thread()
@@ -793,7 +919,7 @@ class Spool:
         elif self.fsync == "interval":
             self._dir_dirty = True
 
-    def _write_locked(self, data: bytes) -> None:
+    def _write_locked(self, data: bytes, frames: int = 1) -> None:
         fd, start = self._fd, self._offset
         try:
             written = os.write(fd, data)
@@ -810,6 +936,7 @@ class Spool:
                 raise SpoolFullError("disk_full", f"spool {self.directory}: {exc}") from exc
             raise
         self._offset = start + len(data)
+        self._segment_frames += frames
         self._budget -= len(data)
         self._dirty = self.fsync != "always"
 
@@ -825,9 +952,11 @@ class Spool:
         if fd < 0:
             return
         self._fd = -1
+        reuse = False
         try:
             if self._offset == 0:
                 os.unlink(path)
+                reuse = True  # nothing was in it: its number is used again (no false gap)
             else:
                 if self.fsync != "never" and self._dirty:
                     os.fsync(fd)
@@ -841,14 +970,26 @@ class Spool:
             self._dirty = False
             self._offset = 0
             if self._seq is not None:
-                self._seq += 1
+                if reuse:
+                    self._release_seq_locked(self._seq)
+                else:
+                    self._seq += 1
+
+    def _release_seq_locked(self, seq: int) -> None:
+        """Let the next segment take ``seq`` again: a gap in a writer's numbers means loss."""
+        key = (self.directory, self.writer_id)
+        with _next_seq_lock:
+            if _next_seq.get(key) == seq + 1:
+                _next_seq[key] = seq
 
     def _rejected(self, reason: str, count: int) -> None:
-        # Seal what this writer has written so far: gc only collects sealed segments (or a dead
-        # writer's), so a long-lived writer that keeps its open segment would hold its space
-        # forever and stay rejected even after every consumer has caught up.
-        if self._offset > 0:
-            self._must_roll = True
+        # Seal what this writer has written so far, now (the caller holds the lock): gc only
+        # collects sealed segments (or a dead writer's), so a long-lived writer that kept its
+        # open segment would hold its space for ever and stay rejected even after every
+        # consumer has caught up. Sealing needs no room: a rename, and the fsync of data that
+        # is already written.
+        if self._offset > 0 or self._must_roll:
+            self._seal_locked()
         with self._stats_lock:
             self._rejected_total += count
         self._metrics.rejected.labels(reason=reason).inc(count)
@@ -1012,25 +1153,163 @@ class Spool:
             return not process_alive(int(m["pid"]), int(m["start"]))
         return held is False
 
-    def _note_corrupt(self, writer: str, seq: int, regions: list[tuple[int, int]]) -> None:
-        """Count and log damaged regions, each once per Spool however many cursors meet it."""
-        new = []
+    def _absorb(self, writer: str, seq: int, parsed: _Parsed, fd: int) -> None:
+        """Account for what a read found, in file order: runs started and ended, and damage.
+
+        Each frame and damaged region is taken once per Spool however many cursors read it
+        (the furthest position per writer is remembered), so counts and the open runs agree.
+        This is on the sidecar's read path: without damage it is a prefix test per frame.
+        """
+        if parsed.corrupt:
+            self._absorb_damage(writer, seq, parsed, fd)
+            return
+        frames = parsed.frames
+        if not frames:
+            return
         with self._stats_lock:
-            for start, end in regions:
+            mark = self._tracked.get(writer)
+            if mark is not None and (seq, frames[0][0]) < mark:
+                frames = [f for f in frames if (seq, f[0]) >= mark]
+                if not frames:
+                    return
+            self._track_locked(writer, frames)
+            self._tracked[writer] = (seq, frames[-1][1])
+            self._mean_frame = (0.8 * self._mean_frame
+                                + 0.2 * (frames[-1][1] - frames[0][0]) / len(frames))
+
+    def _track_locked(self, writer: str, frames: Sequence[tuple[int, int, bytes]]) -> None:
+        """Runs of ``writer`` started and not ended yet, from the frames' payload prefixes."""
+        runs = self._open_runs.get(writer)
+        if runs is None:
+            runs = self._open_runs[writer] = {}
+        watch = writer in self._suspect_writers
+        started, finished = _STARTED_PREFIX, _FINISHED_PREFIX
+        ls, lf = len(started), len(finished)
+        for _, _, payload in frames:
+            if payload.startswith(finished):
+                run_id = payload[lf:payload.find(b'"', lf)]
+                runs.pop(run_id, None)
+                if watch:
+                    # Its end turned up after all; only its own writer's counts (the
+                    # sweeper's CRASHED for a run whose end was lost is no such end).
+                    key = run_id.decode("utf-8", "replace")
+                    if self._affected.get(key) == writer:
+                        del self._affected[key]
+            elif payload.startswith(started):
+                runs[payload[ls:payload.find(b'"', ls)]] = None
+        while len(runs) > _MAX_OPEN_RUNS:
+            del runs[next(iter(runs))]
+
+    def _absorb_damage(self, writer: str, seq: int, parsed: _Parsed, fd: int) -> None:
+        """:meth:`_absorb` for a read that met damage: count it, name the runs it may hit."""
+        new_regions = []
+        with self._stats_lock:
+            for start, end in parsed.corrupt:
                 key = (writer, seq, start)
                 if key not in self._corrupt_seen:
                     self._corrupt_seen.add(key)
-                    new.append((start, end))
-            self._corrupt_total += len(new)
-        if not new:
+                    new_regions.append((start, end))
+        frames = parsed.frames
+        mean = (sum(e - s for s, e, _ in frames) / len(frames) if frames else self._mean_frame)
+        damage = [(start, end, *self._inspect_region(fd, start, end, mean))
+                  for start, end in new_regions]
+        order = sorted([(f[0], 0, i) for i, f in enumerate(frames)]
+                       + [(d[0], 1, i) for i, d in enumerate(damage)])
+        lost = 0
+        with self._stats_lock:
+            mark = self._tracked.get(writer)
+            for _, is_damage, i in order:
+                if is_damage:
+                    lost += damage[i][2]
+                    self._suspect_locked(writer, self._open_runs.get(writer, {}), damage[i][3])
+                    continue
+                frame = frames[i]
+                if mark is not None and (seq, frame[0]) < mark:
+                    continue
+                mark = (seq, frame[1])
+                self._track_locked(writer, [frame])
+            if mark is not None:
+                self._tracked[writer] = mark
+            self._corrupt_total += lost
+            self._regions_total += len(damage)
+            if damage:
+                start, end, count, _ = damage[0]
+                self._last_damage = (f"{len(damage)} damaged region(s) in "
+                                     f"{_segment_base(writer, seq)}, first at byte {start} "
+                                     f"({end - start} bytes, ~{count} frame(s))")
+        if not damage:
             return
-        self._metrics.corrupt.inc(len(new))
-        start, end = new[0]
+        self._metrics.corrupt.inc(lost)
+        self._metrics.regions.inc(len(damage))
+        start, end, _, _ = damage[0]
         _warn_once_per_minute(
             "spool:corrupt",
-            "odibi-observe: skipped %d damaged spool frame(s) in %s (first at byte %d, %d bytes); "
-            "the frames around them are kept (counted in odibi_observe_spool_corrupt_frames_total)",
-            len(new), _segment_base(writer, seq), start, end - start)
+            "odibi-observe: skipped %d damaged region(s), about %d frame(s), in %s (first at byte "
+            "%d, %d bytes); the frames around them are kept (counted in "
+            "odibi_observe_spool_corrupt_frames_total)",
+            len(damage), lost, _segment_base(writer, seq), start, end - start)
+
+    def _suspect_locked(self, writer: str, open_runs: dict[bytes, None],
+                        run_ids: Sequence[str]) -> None:
+        """Runs whose end may be in a lost range: ids read in it, and runs still open."""
+        self._suspect_writers.add(writer)
+        for run_id in [*(r.decode("utf-8", "replace") for r in open_runs), *run_ids]:
+            self._affected.pop(run_id, None)
+            self._affected[run_id] = writer
+        while len(self._affected) > _MAX_AFFECTED:
+            del self._affected[next(iter(self._affected))]
+
+    @staticmethod
+    def _inspect_region(fd: int, start: int, end: int, mean: float) -> tuple[int, list[str]]:
+        """(frames lost, run ids readable) in the damaged bytes ``start..end`` of ``fd``.
+
+        Frames whose header survived (magic and header CRC) are counted one each and skipped
+        by their length; the rest of the bytes are divided by the mean frame size.
+        """
+        try:
+            data = os.pread(fd, min(end - start, _MAX_DAMAGE_SCAN), start)
+        except OSError:
+            data = b""
+        exact, covered, p = 0, 0, 0
+        while (p := data.find(MAGIC, p)) >= 0:
+            if len(data) - p >= HEADER_SIZE:
+                _, length, _, header_crc = _HEADER.unpack_from(data, p)
+                if length <= MAX_PAYLOAD and zlib.crc32(data[p:p + 12]) == header_crc:
+                    exact += 1
+                    span = min(HEADER_SIZE + length, end - start - p)
+                    covered += span
+                    p += max(span, 1)
+                    continue
+            p += 1
+        rest = max(end - start - covered, 0)
+        estimate = exact + (round(rest / mean) if mean > 0 else 0)
+        run_ids = list(dict.fromkeys(m.decode() for m in _RUN_ID_RE.findall(data)))
+        return max(1, estimate), run_ids
+
+    def _note_missing(self, writer: str, first: int, stop: int) -> None:
+        """Segments ``first..stop-1`` of ``writer`` are gone before this Spool read them."""
+        with self._stats_lock:
+            new = [q for q in range(first, stop) if (writer, q) not in self._missing_seen
+                   and (writer, q) not in self._collected]
+            if not new:
+                return
+            self._missing_seen.update((writer, q) for q in new)
+            self._missing_total += len(new)
+            self._suspect_locked(writer, self._open_runs.get(writer, {}), [])
+            self._last_damage = (f"{len(new)} segment(s) of writer {writer} missing "
+                                 f"(sequence {new[0]}..{new[-1]})")
+        self._metrics.missing.inc(len(new))
+        _warn_once_per_minute(
+            f"spool:missing:{writer}",
+            "odibi-observe: %d spool segment(s) of writer %s are missing (sequence %d..%d), "
+            "deleted before they were read: their events are lost (counted in %s)",
+            len(new), writer, new[0], new[-1], SIDECAR_METRICS.spool_missing_segments.prometheus)
+
+    def damage(self) -> SpoolDamage:
+        """What this Spool has found lost so far (damaged frames, missing segments, runs)."""
+        with self._stats_lock:
+            return SpoolDamage(self._regions_total, self._corrupt_total, self._missing_total,
+                               tuple(self._affected), self._last_damage)
 
     def _cursor_states(self, own: bool = True) -> dict[str, dict[str, tuple[int, int]]]:
         """Acknowledged positions of every cursor in the directory, by cursor name.
@@ -1051,13 +1330,60 @@ class Spool:
             loaded = _load_cursor_file(os.path.join(self._cursor_dir, filename))
             states[name] = loaded if loaded is not None else {}
         if own:
+            # Every live cursor of this Spool counts, with or without its file: one whose file
+            # could not be written yet (a full disk) must neither be ignored (gc would delete
+            # what it has not read) nor stop gc from freeing what it has read.
             for name, cursor in list(self._cursors.items()):
-                if name in states:
-                    with cursor._lock:
-                        states[name] = dict(cursor._acked)
+                with cursor._lock:
+                    states[name] = dict(cursor._acked)
         return states
 
+    def _ensure_reserve(self) -> None:
+        """Hold :data:`CURSOR_RESERVE` bytes in ``cursors/.reserve`` if it is missing.
+
+        Writers fill the filesystem; a consumer that has never run then could not create the
+        cursor files that gc needs before it deletes anything, and the spool would stay full
+        for ever. The reserve is made while there is room (a new directory, or after gc freed
+        some) and given up by the first cursor write that meets ENOSPC. A reserve that cannot
+        be made (the disk is full already) is simply not there; nothing else depends on it.
+        """
+        if not self.cursor_reserve or os.path.exists(self._reserve_path):
+            return
+        tmp = f"{self._reserve_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+            try:
+                data = memoryview(b"\0" * self.cursor_reserve)
+                while data:  # real blocks, not a sparse file: the room must be taken
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._reserve_path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _release_reserve(self) -> bool:
+        """Free the cursor reserve (a cursor write met a full disk); False if there was none."""
+        try:
+            os.unlink(self._reserve_path)
+        except OSError:
+            return False
+        log.warning("odibi-observe: spool %s is full; released the %d-byte cursor reserve so "
+                    "the consumer can record its position and collect segments",
+                    self.directory, self.cursor_reserve)
+        return True
+
     def _write_cursor_file(self, name: str, acked: dict[str, tuple[int, int]]) -> None:
+        """Replace ``cursors/<name>.json`` atomically; on ENOSPC use the reserve, once."""
+        try:
+            self._write_cursor_file_once(name, acked)
+        except OSError as exc:
+            if exc.errno not in _FULL_ERRNOS or not self._release_reserve():
+                raise
+            self._write_cursor_file_once(name, acked)
+
+    def _write_cursor_file_once(self, name: str, acked: dict[str, tuple[int, int]]) -> None:
         """Replace ``cursors/<name>.json`` atomically (temp file, fsync per policy, rename)."""
         data = json.dumps({"version": _CURSOR_VERSION, "acked": {w: list(p) for w, p in
                                                                  sorted(acked.items())}},
@@ -1122,14 +1448,28 @@ class Spool:
             for segments in listing.values():
                 for segment in segments:
                     freed += self._collect(segment, states)
-        live = {(s.writer, s.seq) for segs in self._list_segments().values() for s in segs}
+        after = self._list_segments()
+        live = {(s.writer, s.seq) for segs in after.values() for s in segs}
         with self._stats_lock:
             self._corrupt_seen = {k for k in self._corrupt_seen if (k[0], k[1]) in live}
             self._frame_counts = {k: v for k, v in self._frame_counts.items() if k in live}
+            self._prune_writers_locked(after)
         with self._lock:
             self._usage_due = float("-inf")  # appends see the freed space at once
         self._remove_stale_temp_files()
+        if freed:
+            self._ensure_reserve()  # taken back while there is room, for the next time
         return freed
+
+    def _prune_writers_locked(self, listing: dict[str, list[_Segment]]) -> None:
+        """Forget the per-writer damage bookkeeping of writers that are gone for good."""
+        known = {w for w, _ in self._collected} | set(self._tracked) | set(self._open_runs)
+        for writer in [w for w in known if w not in listing and _writer_dead(w)]:
+            self._collected = {k for k in self._collected if k[0] != writer}
+            self._missing_seen = {k for k in self._missing_seen if k[0] != writer}
+            self._tracked.pop(writer, None)
+            self._open_runs.pop(writer, None)
+            self._suspect_writers.discard(writer)
 
     def _collect(self, segment: _Segment, states: dict[str, dict[str, tuple[int, int]]]) -> int:
         """Delete ``segment`` if it is final and no cursor has a frame left in it."""
@@ -1156,6 +1496,8 @@ class Spool:
                 os.unlink(path)
             except FileNotFoundError:  # another process collected it
                 return 0
+            with self._stats_lock:
+                self._collected.add((segment.writer, segment.seq))
             return size
         finally:
             os.close(fd)
@@ -1182,7 +1524,8 @@ class Spool:
         segments = [s for segs in self._list_segments().values() for s in segs]
         with self._stats_lock:
             return SpoolStats(sum(s.size for s in segments), len(segments),
-                              self._corrupt_total, self._rejected_total)
+                              self._corrupt_total, self._rejected_total, self._regions_total,
+                              self._missing_total)
 
 
 def _fsync_loop(ref: weakref.ref[Spool], stop: threading.Event, interval: float) -> None:
@@ -1231,6 +1574,7 @@ class SpoolCursor:
         loaded = _load_cursor_file(path)
         self._acked: dict[str, tuple[int, int]] = dict(loaded or {})
         self._next: dict[str, tuple[int, int]] = dict(self._acked)
+        self._loaded: dict[str, tuple[int, int]] = dict(self._acked)
         self._pruned = False
         self._turn = 0
         if not os.path.exists(path):
@@ -1281,6 +1625,8 @@ class SpoolCursor:
         if position is None:
             if not listed:
                 return
+            if listed[0] > 0:
+                self._first_seen(writer, listed[0])
             position = (listed[0], 0)
         seq, offset = position
         while budget > 0:
@@ -1291,6 +1637,7 @@ class SpoolCursor:
                 higher = [s for s in listed if s > seq]
                 if not higher:
                     break
+                self._skipped(writer, seq, offset, higher[0])
                 seq, offset = higher[0], 0
                 continue
             fd, sealed, _ = opened
@@ -1302,10 +1649,9 @@ class SpoolCursor:
                     # Decided before reading: a dead writer's file cannot change afterwards.
                     final = spool._final(writer, fd)
                 parsed = _read_segment(fd, offset, final=final, limit=budget)
+                spool._absorb(writer, seq, parsed, fd)
             finally:
                 os.close(fd)
-            if parsed.corrupt:
-                spool._note_corrupt(writer, seq, parsed.corrupt)
             for start, end, payload in parsed.frames:
                 out.append(SpoolEntry(SpoolPosition(writer, seq, start, end), payload))
             budget -= len(parsed.frames)
@@ -1314,6 +1660,36 @@ class SpoolCursor:
                 break
             seq, offset = seq + 1, 0
         self._next[writer] = (seq, offset)
+
+    def _first_seen(self, writer: str, first: int) -> None:
+        """A writer new to this cursor starts at segment ``first`` > 0: were 0.. lost?
+
+        A writer numbers its segments from 0. Earlier ones may have been collected, but only
+        once every cursor had acknowledged them, and then some cursor's state names the
+        writer; if none does, nobody read them and they were deleted.
+        """
+        spool = self._spool
+        # Files, and the other live cursors' memory read without their locks (this cursor's
+        # lock is held; a membership test needs no lock, and taking theirs could deadlock).
+        if any(writer in acked for acked in spool._cursor_states(own=False).values()):
+            return
+        if any(writer in c._acked for c in list(spool._cursors.values()) if c is not self):
+            return
+        spool._note_missing(writer, 0, first)
+
+    def _skipped(self, writer: str, seq: int, offset: int, found: int) -> None:
+        """The cursor jumps from the missing segment ``seq`` to ``found``: was anything lost?
+
+        Segments strictly between were never read, and gc deletes only what every cursor has
+        acknowledged, so they were deleted by something else (only a segment without a single
+        frame is collected unread). ``seq`` itself is lost too when the cursor had not begun
+        it, or began it in this process's life and this Spool's gc did not collect it; a
+        position loaded from the cursor file may be the end of a segment collected earlier.
+        """
+        first = seq + 1
+        if offset == 0 or self._loaded.get(writer) != (seq, offset):
+            first = seq
+        self._spool._note_missing(writer, first, found)
 
     def ack(self, entries: Sequence[SpoolEntry]) -> None:
         """Acknowledge ``entries`` (and every earlier frame of their writers), durably.

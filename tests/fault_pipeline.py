@@ -88,7 +88,12 @@ def configure(args: argparse.Namespace, **extra: Any) -> None:
     if args.textfile:
         settings["prometheus_textfile"] = args.textfile
     settings.update(extra)
-    oo.configure(**settings)
+    observer = oo.configure(**settings)
+    if args.spool_segment_bytes:  # small segments: one process writes many of them
+        for sink in observer.sinks:
+            spool = getattr(sink, "spool", None)
+            if spool is not None:
+                spool.segment_bytes = args.spool_segment_bytes
 
 
 def ready(args: argparse.Namespace) -> None:
@@ -141,6 +146,9 @@ def cmd_loop(args: argparse.Namespace) -> int:
     configure(args)
     print("ready", flush=True)
     run_loop(args, random.Random(args.seed))
+    if args.hold_file:  # stay alive (no flush, no exit) until the test has looked
+        while not os.path.exists(args.hold_file):
+            time.sleep(0.01)
     return 0
 
 
@@ -314,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traces-file")
     parser.add_argument("--spool-dir")
     parser.add_argument("--spool-fsync", default="interval")
+    parser.add_argument("--spool-segment-bytes", type=int, default=0)
     parser.add_argument("--textfile")
     parser.add_argument("--heartbeat", type=float, default=0.0)
     parser.add_argument("--started", help="the started file")
@@ -327,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-file")
     parser.add_argument("--pause-file", help="loop: before node --pause-at, wait for it")
     parser.add_argument("--pause-at", type=int, default=-1)
+    parser.add_argument("--hold-file", help="loop: after the last node, wait for it to exit")
     parser.add_argument("--children", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

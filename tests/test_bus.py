@@ -317,3 +317,65 @@ def test_records_a_sink_rejects_are_dead_lettered_without_a_spool_dir(
     assert "not kept (no spool_dir)" in caplog.text
     assert bus.dead_letter.health()["by_sink"] == {"picky": 1}
     bus.shutdown()
+
+
+def test_a_spool_that_fills_mid_batch_dead_letters_nothing(tmp_path: Path) -> None:
+    """A real spool with room for half a batch: the stored half must not make the refused
+    half look like poison. The spool sink says "unavailable", so nothing is bisected into
+    the dead letter; every event arrives once, oldest first, when room is made."""
+    from odibi_observe.sinks.spool import SpoolSink
+    from odibi_observe.spool import Spool
+
+    monitor = _monitor()
+    spool = Spool(tmp_path / "spool", writer_id="w", fsync="never", segment_bytes=2000,
+                  max_bytes=3000, registry=monitor.registry)
+    dead = DeadLetter.in_spool_dir(monitor, tmp_path / "spool")
+    bus = EventBus([SpoolSink(spool)], mode="inline", monitor=monitor, retry_initial=0.0,
+                   retry_max=0.0, dead_letter=dead)
+    events = [finished(make_record(run_id=f"run-{i:03d}")) for i in range(24)]
+    bus._channels[0].deliver_inline(events)
+    assert bus.pending()["spool"] > 0
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "spool"}) is None
+    cursor = spool.cursor("reader")
+    seen: list[str] = []
+    for _ in range(40):
+        got = cursor.read(max_frames=1000)
+        seen += [RunEvent.from_json(e.payload).run_id for e in got]
+        cursor.ack(got)
+        spool.gc()
+        bus.flush(1.0)
+        if not bus.pending()["spool"]:
+            break
+    seen += [RunEvent.from_json(e.payload).run_id for e in cursor.read(max_frames=1000)]
+    assert seen == [e.run_id for e in events]
+    assert not (tmp_path / "spool" / "dead-letter" / "dead-letter.jsonl").exists()
+    bus.shutdown(1.0)
+
+
+def test_a_catalog_that_is_unreachable_is_retried_not_bisected(tmp_path: Path) -> None:
+    """A catalog that cannot be opened (its directory is gone) fails as a whole: one call
+    per attempt, nothing dead-lettered, every run written once it is back."""
+    from odibi_observe.catalog import CatalogStore
+    from odibi_observe.sinks.catalog import CatalogSink
+
+    home = tmp_path / "gone"
+    url = f"sqlite:///{home / 'catalog.db'}"
+    monitor = _monitor()
+    sink = CatalogSink(url)
+    calls = []
+    real_export = sink.export
+    sink.export = lambda events: (calls.append(len(events)), real_export(events))[1]
+    bus = EventBus([sink], mode="inline", monitor=monitor, retry_initial=60)
+    runs = [finished(make_record()) for _ in range(16)]
+    bus._channels[0].deliver_inline(runs)
+    assert calls == [16]
+    assert bus.pending() == {"catalog": 16}
+    assert monitor.registry.get_sample_value(
+        "odibi_observe_dead_letter_total", {"sink": "catalog"}) is None
+    home.mkdir()
+    assert bus.flush(10)
+    store = CatalogStore(url)
+    assert {r.run_id for r in store.recent_runs(limit=100)} == {e.run_id for e in runs}
+    store.dispose()
+    bus.shutdown(1.0)

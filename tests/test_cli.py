@@ -136,3 +136,150 @@ def test_help_answers_what_each_command_does() -> None:
         assert command in top
     runs_help = _cli("runs", "--help").stdout
     assert "--failures" in runs_help and "ODIBI_OBSERVE_CATALOG_URL" in runs_help
+
+
+# -- read-only commands create nothing -------------------------------------------------------
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("spec", ["missing.db", "sqlite:///missing.db", "sub/dir/missing.db",
+                                  "{tmp}/missing.db", "sqlite:///{tmp}/missing.db"])
+@pytest.mark.parametrize("command", ["runs", "reconcile"])
+def test_a_mistyped_sqlite_catalog_is_refused_and_not_created(
+        tmp_path: Path, spec: str, command: str) -> None:
+    work = tmp_path / "work"
+    (work / "traces").mkdir(parents=True)
+    before = _listing(tmp_path)
+    catalog = spec.format(tmp=work)
+    extra = (["--traces", "otlp-json:traces", "--out", str(tmp_path / "never")]
+             if command == "reconcile" else [])
+    result = _cli(command, "--catalog", catalog, *extra, cwd=work)
+    assert result.returncode == 2, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("odibi-observe: cannot read catalog sqlite:///")
+    assert "does not exist (nothing was created)" in line
+    assert "OperationalError" not in result.stderr and "Traceback" not in result.stderr
+    assert _listing(tmp_path) == before  # no database, no -wal/-shm, no report directory
+
+
+def test_a_bare_path_reads_the_catalog_without_writing_to_it(demo_dir: Path,
+                                                            tmp_path: Path) -> None:
+    copy = tmp_path / "catalog.db"
+    shutil.copy(demo_dir / "catalog.db", copy)
+    before = (_listing(tmp_path), copy.stat().st_mtime_ns, copy.read_bytes())
+    result = _cli("runs", "--catalog", "catalog.db", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "aggregate_revenue" in result.stdout
+    # SQLite's own -wal/-shm files may appear (any reader of a WAL database needs them);
+    # the database itself is not written to.
+    after = [n for n in _listing(tmp_path) if not n.endswith(("-wal", "-shm"))]
+    assert (after, copy.stat().st_mtime_ns, copy.read_bytes()) == before
+
+
+def test_a_file_that_is_not_a_catalog_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a database")
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/other.db")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE unrelated (a INTEGER)"))
+    engine.dispose()
+    for name, reason in (("notes.txt", "file is not a database"),
+                         ("other.db", f"it has no {CATALOG_TABLE} table")):
+        result = _cli("runs", "--catalog", name, cwd=tmp_path)
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"odibi-observe: cannot read catalog sqlite:///{name}: ")
+        assert reason in line
+
+
+@pytest.mark.parametrize("command", ["runs", "reconcile"])
+def test_an_unreachable_catalog_url_is_one_line_with_the_password_hidden(
+        tmp_path: Path, command: str) -> None:
+    url = "postgresql+psycopg://etl:s3cretpw@127.0.0.1:1/catalog"
+    extra = (["--traces", f"otlp-json:{tmp_path}", "--out", str(tmp_path / "never")]
+             if command == "reconcile" else [])
+    result = _cli(command, "--catalog", url, *extra)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "odibi-observe: cannot read catalog postgresql+psycopg://etl:***@127.0.0.1:1/catalog: ")
+    assert "s3cretpw" not in result.stdout + result.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_runs_help_says_a_bare_path_is_accepted() -> None:
+    text = " ".join(_cli("runs", "--help").stdout.split())
+    assert "a path to a SQLite file (catalog.db means sqlite:///catalog.db" in text
+
+
+# -- what `runs` prints: redacted, without terminal control sequences ------------------------
+
+SECRETS = {
+    "url": "postgresql://etl:pa55w0rd@db/x",
+    "aws id": "AKIAIOSFODNN7EXAMPLE",
+    "aws secret": "aws_secret_access_key=wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY",
+    "pg": "PGPASSWORD=pgsecret99",
+    "flag": "--password flagsecret77",
+    "token user": "https://ghp_abcdefghijklmnopqrstuvwxyz0123456789@github.com/o/r",
+    "pem": "-----BEGIN RSA PRIVATE KEY-----\nMIIEpemsecretbody\n-----END RSA PRIVATE KEY-----",
+    "slack": "https://hooks.slack.com/services/T0SLACK/B0SLACK/slacksecretpath",
+    "github": "gho_16C7e42F292c6912E7710c838347Ae178B4a",
+    "bearer": "Authorization: Bearer eyJbearersecret.x.y",
+}
+LEAKS = ("pa55w0rd", "IOSFODNN7EXAMPLE", "wJalrXUtnFEMIK7MDENG", "pgsecret99", "flagsecret77",
+         "abcdefghijklmnopqrstuvwxyz0123", "MIIEpemsecretbody", "slacksecretpath",
+         "16C7e42F292c6912E7710c838347", "eyJbearersecret")
+
+_SCRIPT = """
+import sys
+import odibi_observe as oo
+
+oo.configure(catalog_url=sys.argv[1], traces_file=sys.argv[2], mode="inline",
+             handle_sigterm=False)
+message = sys.argv[3]
+
+@oo.observe_node(pipeline="p\\x1b]0;pwned\\x07ipe", node="no\\x1b[2Jde\\rX")
+def node():
+    oo.current_run().suggest("try \\x1b[31mred\\x1b[0m " + message)
+    raise RuntimeError("\\x1b[1A\\x1b[2Kfailed: " + message)
+
+try:
+    with oo.pipeline_run("pipe"):
+        node()
+except RuntimeError:
+    pass
+oo.shutdown()
+"""
+
+
+def test_secrets_reach_no_sink_and_runs_prints_no_control_sequences(tmp_path: Path) -> None:
+    url, traces = f"sqlite:///{tmp_path}/c.db", tmp_path / "t.jsonl"
+    message = " ".join(SECRETS.values())
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, url, str(traces), message],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        (row,) = conn.execute(sa.text(f"SELECT * FROM {CATALOG_TABLE}")).mappings()
+    engine.dispose()
+    spans = read_spans(traces)
+    assert len(spans) == 2  # the node span and the pipeline span, both failed
+    texts = [row["error_message"], row["suggestions_json"]]
+    for span in spans:
+        assert span.status_code == 2 and span.status_message
+        texts.append(span.status_message)
+        texts.extend(str(attrs.get("exception.message")) for name, attrs in span.events
+                     if name == "exception")
+    assert sum(1 for span in spans for name, _ in span.events if name == "exception") == 2
+    for text in texts:
+        for leak in LEAKS:
+            assert leak not in text, (leak, text)
+    out = _cli("runs", "--catalog", url)
+    assert out.returncode == 0, out.stderr
+    for leak in LEAKS:
+        assert leak not in out.stdout
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\r" not in out.stdout
+    assert "pipe" in out.stdout and "error: builtins" not in out.stdout
+    assert "    error: RuntimeError: failed: postgresql://etl:***@db/x" in out.stdout
+    assert "    suggestion: try red postgresql://etl:***@db/x" in out.stdout

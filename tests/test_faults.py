@@ -17,15 +17,18 @@ ones too): none needs more than a few seconds on two cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -648,3 +651,233 @@ def test_frozen_clock_sweeper_closes_the_silent_run_not_the_heartbeating_one(
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
+
+
+# -- a spool that filled once, a long-lived writer ---------------------------------------------
+
+class _AuditReader:
+    """A real consumer of the spool in the test process: its own cursor, acknowledged as it
+    reads (so it holds nothing back from gc), recording every event in the order read."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool = Spool(spool_dir, fsync="never")
+        self.cursor = self.spool.cursor("audit")
+        self.seen: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.03):
+            entries = self.cursor.read(1000)
+            for entry in entries:
+                event = RunEvent.from_json(entry.payload)
+                self.seen.append((event.run_id, event.kind.value))
+            if entries:
+                self.cursor.ack(entries)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.spool.close()
+
+
+def test_long_lived_process_recovers_after_its_spool_filled_oldest_first_none_twice(
+        pg_url: str, tmp_path: Path) -> None:
+    """One long-lived pipeline process (sidecar mode, spool_max_bytes=48 KiB, 1 KB events)
+    runs 40 nodes with no sidecar: the spool fills with its own events and the rest wait in
+    its retry buffer. A real sidecar starts, delivers and collects everything: the spool
+    holds 0 bytes although the writer lives (its segment was sealed at the first refusal).
+    The same process then runs 10 more nodes; while it is still alive, all 50 runs are
+    recorded once. A consumer that read the spool from the start saw every event exactly once
+    and in the order the process emitted them: the retried backlog first, in pieces, then
+    the new runs."""
+    spool, log, traces = tmp_path / "spool", tmp_path / "log.txt", tmp_path / "traces.jsonl"
+    go, hold, textfile = tmp_path / "go", tmp_path / "hold", tmp_path / "child.prom"
+    audit = _AuditReader(spool)
+    child = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool), "--payload",
+                      "1000", "--started", str(tmp_path / "s"), "--nodes", "50",
+                      "--gap", "0.1", "--pause-file", str(go), "--pause-at", "40",
+                      "--hold-file", str(hold), "--textfile", str(textfile)],
+                     log=log, env=child_env(ODIBI_OBSERVE_SPOOL_MAX_BYTES=str(48 * 1024)))
+    try:
+        expect_line(child, "ready", log)
+        expect_line(child, "paused 40", log)
+        paused = read_metrics_file(textfile)
+        assert metric_sum(paused, "odibi_observe_spool_rejected_total") > 20
+        with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                     args=["--sweep-interval", "0.5", "--gc-interval", "0.2"]) as sidecar:
+            def drained_and_freed() -> None:
+                samples = sidecar.metrics()
+                assert _node_runs(samples) > 10
+                assert metric_sum(samples, "odibi_observe_spool_bytes") == 0, \
+                    "the live writer's segment was never collected"
+            eventually(drained_and_freed, timeout=20)
+            go.touch()
+            assert expect_line(child, "done", log) == "done 50"
+            started = read_started([tmp_path / "s"])
+            assert len(started.order) == 50
+            eventually(lambda: assert_every_run_recorded(
+                pg_url, spans_in(traces), started.run_ids, ended=started.ended,
+                pids=started.pids, context="after the spool filled once"), timeout=30)
+            assert child.poll() is None  # recorded while the process lives, not at its exit
+            ingested = sidecar.metrics()
+            for kind in ("started", "finished"):
+                assert metric_sum(ingested, "odibi_observe_sidecar_events_ingested_total",
+                                  kind=kind) == 50, kind
+        emitted = [(rid, kind) for rid in started.order for kind in ("started", "finished")]
+        eventually(lambda: _assert(len(audit.seen) >= len(emitted)), timeout=10)
+        assert audit.seen == emitted
+        hold.touch()
+        assert child.wait(30) == 0
+        assert metric_sum(read_metrics_file(textfile), "odibi_observe_events_dropped_total") == 0
+    finally:
+        audit.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+# -- a spool volume that filled before the sidecar's first start --------------------------------
+
+def _spooled_frames(spool: Path, copy: Path) -> dict[str, list[str]]:
+    """Event kinds per run id in a copy of ``spool`` (read by a throwaway cursor)."""
+    shutil.copytree(spool, copy)
+    frames: dict[str, list[str]] = {}
+    reader = Spool(copy, fsync="never")
+    cursor = reader.cursor("audit")
+    while entries := cursor.read(1000):
+        for entry in entries:
+            event = RunEvent.from_json(entry.payload)
+            frames.setdefault(event.run_id, []).append(event.kind.value)
+    reader.close()
+    return frames
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"),
+                    reason="mounts a real 1 MiB tmpfs (root only)")
+def test_spool_volume_full_before_the_first_sidecar_start_drains_and_accepts_again(
+        pg_url: str, tmp_path: Path) -> None:
+    """A real full filesystem (a 1 MiB tmpfs mounted on the spool directory, unmounted at the
+    end): a pipeline (sidecar mode) fills it with no sidecar ever having run, so no cursor
+    file exists, and exits. A sidecar then starts for the first time: it can write its cursor
+    files (the spool's cursor reserve), delivers every spooled run (the runs whose end did
+    not fit are closed as CRASHED), collects the segments (the volume has room again) and a
+    second pipeline's 20 runs are all recorded."""
+    spool, log, traces = tmp_path / "spool", tmp_path / "log.txt", tmp_path / "traces.jsonl"
+    with small_tmpfs(spool, "1m"):
+        first = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool), "--payload",
+                          "4000", "--started", str(tmp_path / "s1"), "--nodes", "600"], log=log)
+        assert first.wait(60) == 0, log.read_text()[-2000:]
+        assert "rejected" in log.read_text()
+        assert shutil.disk_usage(spool).free < 64 * 1024  # really full
+        assert not list((spool / "cursors").glob("*.json"))
+        frames = _spooled_frames(spool, tmp_path / "copy")
+        started = read_started([tmp_path / "s1"])
+        assert 100 < len(frames) < 600 and set(frames) <= started.run_ids
+        complete = {rid: started.ended[rid] for rid, kinds in frames.items()
+                    if EventKind.FINISHED.value in kinds}
+        with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                     args=["--sweep-interval", "0.3", "--gc-interval", "0.2"]):
+            rows = eventually(lambda: assert_every_run_recorded(
+                pg_url, spans_in(traces), set(frames), ended=complete, pids=started.pids,
+                context="full before the first start"), timeout=45)
+            assert {rid for rid, r in rows.items() if r["status"] == "CRASHED"} == \
+                set(frames) - set(complete)
+            # The first pipeline's segments are collected (the sidecar's own segment, holding
+            # the sweeper's CRASHED events, stays open while it lives).
+            eventually(lambda: _assert(not list(spool.glob(f"*-{first.pid}-*"))), timeout=20)
+            assert shutil.disk_usage(spool).free > 512 * 1024
+            assert list((spool / "cursors").glob("*.json"))
+            second = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool),
+                               "--payload", "4000", "--started", str(tmp_path / "s2"),
+                               "--nodes", "20"], log=log)
+            assert second.wait(60) == 0, log.read_text()[-2000:]
+            later = read_started([tmp_path / "s2"])
+            assert len(later.order) == 20
+            eventually(lambda: assert_every_run_recorded(
+                pg_url, spans_in(traces), set(frames) | later.run_ids,
+                ended={**complete, **later.ended}, pids={**started.pids, **later.pids},
+                context="after the drain"), timeout=30)
+
+
+# -- damage: a zeroed block, a deleted sealed segment, a deleted live segment -------------------
+
+def _frames_overlapping(data: bytes, lo: int, hi: int) -> int:
+    """How many frames of an intact segment have a byte in ``lo..hi-1``."""
+    count, p = 0, 0
+    while p < len(data):
+        end = p + 16 + int.from_bytes(data[p + 4:p + 8], "little")
+        count += p < hi and end > lo
+        p = end
+    return count
+
+
+def _healthz_damage(sidecar: Sidecar) -> dict[str, Any]:
+    return dict(json.loads(sidecar.get("/healthz"))["spool"]["damage"])
+
+
+def test_spool_damage_is_counted_in_frames_missing_segments_and_runs(
+        pg_url: str, tmp_path: Path) -> None:
+    """With no sidecar running, pipeline A (sidecar mode, small segments) spools 100 runs and
+    exits; a 4 KiB block of its second segment is zeroed and its fourth segment (sealed,
+    ~20 runs) deleted. Pipeline B, long-lived, spools 10 runs, its open segment is deleted
+    under it, and it runs 50 more: it notices within a second, says so in its log and goes on
+    in a new segment. A real sidecar then reports, on /healthz and /metrics: one damaged
+    region whose frames lost match the frames the block destroyed (within one), two missing
+    segments, and as affected runs exactly A's runs whose start was read but whose end was
+    lost — the runs the sweeper closes as CRASHED."""
+    spool, log, traces = tmp_path / "spool", tmp_path / "log.txt", tmp_path / "traces.jsonl"
+    go, hold = tmp_path / "go", tmp_path / "hold"
+    common = ["loop", "--mode", "sidecar", "--spool-dir", str(spool), "--payload", "200",
+              "--spool-segment-bytes", "20000"]
+    first = pipeline([*common, "--started", str(tmp_path / "a"), "--nodes", "100"], log=log)
+    assert first.wait(60) == 0, log.read_text()[-2000:]
+    segments = sorted(spool.glob(f"*-{first.pid}-*.seg"))
+    assert len(segments) >= 5
+    data = bytearray(segments[1].read_bytes())
+    destroyed = _frames_overlapping(bytes(data), 4096, 8192)
+    data[4096:8192] = bytes(4096)
+    segments[1].write_bytes(bytes(data))
+    segments[3].unlink()
+
+    second = pipeline([*common, "--started", str(tmp_path / "b"), "--nodes", "60", "--gap",
+                       "0.05", "--pause-file", str(go), "--pause-at", "10", "--hold-file",
+                       str(hold)], log=log)
+    try:
+        expect_line(second, "ready", log)
+        expect_line(second, "paused 10", log)
+        (live,) = spool.glob(f"*-{second.pid}-*.open")
+        live.unlink()
+        go.touch()
+        assert expect_line(second, "done", log) == "done 60"
+        assert "was deleted while this process wrote to it" in log.read_text()
+        a = read_started([tmp_path / "a"])
+        with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                     args=["--sweep-interval", "0.3"]) as sidecar:
+            def reported() -> dict[str, Any]:
+                damage = _healthz_damage(sidecar)
+                assert damage["damaged_regions"] == 1 and damage["missing_segments"] == 2, damage
+                return damage
+            damage = eventually(reported, timeout=30)
+            assert abs(damage["frames_lost"] - destroyed) <= 1, (damage, destroyed)
+            assert damage["last"]
+            samples = sidecar.metrics()
+            assert metric_sum(samples, "odibi_observe_spool_corrupt_frames_total") == \
+                damage["frames_lost"]
+            assert metric_sum(samples, "odibi_observe_spool_damaged_regions_total") == 1
+            assert metric_sum(samples, "odibi_observe_spool_missing_segments_total") == 2
+
+            def crashed_of_a() -> set[str]:
+                rows = {r["run_id"]: r for r in catalog_rows(pg_url)}
+                assert not [r for r in rows.values() if r["status"] == "RUNNING"
+                            and r["pid"] == first.pid]
+                return {rid for rid, r in rows.items()
+                        if r["pid"] == first.pid and r["status"] == "CRASHED"}
+            crashed = eventually(crashed_of_a, timeout=30)
+            affected = set(_healthz_damage(sidecar)["runs_affected"])
+            assert crashed and crashed == affected & a.run_ids, (crashed, affected)
+    finally:
+        hold.touch()
+        if second.wait(30) != 0:
+            second.kill()

@@ -528,12 +528,16 @@ def test_the_plugin_is_not_a_connection_type() -> None:
 @pytest.mark.parametrize(("value", "expected"), [("", False), ("0", False), ("off", False),
                                                  ("maybe", False), ("1", True), ("TRUE", True)])
 def test_the_environment_variable_decides(value: str, expected: bool) -> None:
+    oo.shutdown()
     try:
         assert observe_odibi.instrument_from_environment(
             {observe_odibi.ENV_INSTRUMENT: value}) is expected
         assert observe_odibi.is_instrumented() is expected
+        # Instrumented from the environment, it is configured from it too, at once.
+        assert (oo.runtime._observer is not None) is expected
     finally:
         observe_odibi.uninstrument()
+        oo.shutdown()
 
 
 def test_instrument_is_idempotent_and_uninstrument_restores_odibi() -> None:

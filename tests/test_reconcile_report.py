@@ -197,7 +197,8 @@ def test_exit_status_two_when_nothing_can_be_read(tmp_path: Path, sqlite_url: st
     assert code == 2 and "no trace source could be read" in err and out == ""
     code, _, err = cli("reconcile", "--catalog", f"sqlite:///{tmp_path}/none.db", "--traces",
                        f"otlp-json:{tmp_path}", "--out", str(tmp_path / "r"))
-    assert code == 2 and "no table meta_runs" in err
+    assert code == 2 and "does not exist (nothing was created)" in err
+    assert not (tmp_path / "none.db").exists()
     code, _, err = cli("reconcile", "--catalog", "postgresql://u:hunter2@127.0.0.1:9/x",
                        "--traces", f"otlp-json:{tmp_path}")
     assert code == 2 and "hunter2" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import signal
@@ -18,6 +19,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from odibi_observe import spool as spool_mod
+from odibi_observe.bus import EventBus
+from odibi_observe.record import RunEvent
+from odibi_observe.sinks.spool import SpoolSink
 from odibi_observe.spool import (
     HEADER_SIZE,
     Spool,
@@ -28,6 +32,8 @@ from odibi_observe.spool import (
     process_alive,
     process_start_ns,
 )
+from tests.helpers import finished, make_record
+from tests.helpers import started as started_event
 
 ROOT = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")
@@ -332,6 +338,122 @@ def test_partial_tail_of_a_live_writer_is_pending_not_corrupt(spool_dir: Path) -
         assert reader.stats().corrupt_frames == 1
 
 
+def _run_events(n: int, payload: int = 300) -> list[tuple[str, bytes]]:
+    """``n`` runs as spool payloads, start then end of each: (run id, payload) in order."""
+    out = []
+    for i in range(n):
+        record = make_record(run_id=f"run-{i:03d}", attributes={"blob": "b" * payload})
+        out.append((record.run_id, started_event(record).to_json().encode()))
+        out.append((record.run_id, finished(record).to_json().encode()))
+    return out
+
+
+def _frames_overlapping(data: bytes, lo: int, hi: int) -> int:
+    """How many frames of an intact segment ``data`` have a byte in ``lo..hi-1``."""
+    count, p = 0, 0
+    while p < len(data):
+        end = p + HEADER_SIZE + int.from_bytes(data[p + 4:p + 8], "little")
+        count += p < hi and end > lo
+        p = end
+    return count
+
+
+def test_a_zeroed_block_counts_every_frame_it_destroyed(
+        spool_dir: Path, registry: CollectorRegistry) -> None:
+    """A zeroed 4 KiB block destroys about 9 frames: counted as frames (within one), not as 1
+    region; the run whose start was read but whose end was destroyed is named."""
+    writer = Spool(spool_dir, writer_id="w", fsync="never", registry=CollectorRegistry())
+    events = _run_events(60, payload=0)
+    for _, payload in events:
+        writer.append(payload)
+    writer.close()
+    (name,) = segment_files(spool_dir)
+    path = spool_dir / name
+    data = bytearray(path.read_bytes())
+    truth = _frames_overlapping(bytes(data), 4096, 8192)
+    assert truth >= 8
+    data[4096:8192] = bytes(4096)
+    path.write_bytes(bytes(data))
+
+    reader = Spool(spool_dir, registry=registry)
+    got = drain(reader.cursor("sink"))
+    assert len(got) == len(events) - truth
+    damage = reader.damage()
+    assert damage.damaged_regions == 1
+    assert abs(damage.frames_lost - truth) <= 1, (damage.frames_lost, truth)
+    assert reader.stats().corrupt_frames == damage.frames_lost
+    assert registry.get_sample_value("odibi_observe_spool_corrupt_frames_total") == \
+        damage.frames_lost
+    assert registry.get_sample_value("odibi_observe_spool_damaged_regions_total") == 1
+    read = [RunEvent.from_json(e.payload) for e in got]
+    read_ends = {e.run_id for e in read if e.kind.value == "finished"}
+    lost_ends = {rid for rid, _ in events} - read_ends
+    cut = {e.run_id for e in read if e.kind.value == "started"} - read_ends
+    # Named: the run whose start was read and whose end was destroyed, and any run id still
+    # readable in the damaged bytes; runs whose both frames vanished leave no trace to name.
+    assert cut and cut <= set(damage.runs_affected) <= lost_ends
+    assert "damaged region" in (damage.last or "")
+    reader.close()
+
+
+def test_a_deleted_sealed_segment_is_reported_missing_with_its_runs(
+        spool_dir: Path, registry: CollectorRegistry) -> None:
+    events = _run_events(30)
+    frame = len(encode_frame(events[1][1]))  # 5 frames a segment: a run is cut at each end
+    writer = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=5 * frame,
+                   registry=CollectorRegistry())
+    for _, payload in events:
+        writer.append(payload)
+    writer.close()
+    names = segment_files(spool_dir)
+    assert len(names) >= 4
+    # A sealed segment in the middle that begins with a run's end (its start is before it).
+    victim = next(n for n in names[1:-1] if b'"kind":"finished"' in
+                  (spool_dir / n).read_bytes()[HEADER_SIZE:HEADER_SIZE + 20])
+    (spool_dir / victim).unlink()
+    reader = Spool(spool_dir, registry=registry)
+    got = drain(reader.cursor("sink"))
+    damage = reader.damage()
+    assert damage.missing_segments == 1 and damage.damaged_regions == 0
+    assert registry.get_sample_value("odibi_observe_spool_missing_segments_total") == 1
+    kinds: dict[str, set[str]] = {}
+    for entry in got:
+        event = RunEvent.from_json(entry.payload)
+        kinds.setdefault(event.run_id, set()).add(event.kind.value)
+    # A run whose start was read before the gap and whose end was in it is named.
+    cut = {rid for rid, k in kinds.items() if k == {"started"}}
+    assert cut and set(damage.runs_affected) == cut
+    assert "missing" in (damage.last or "")
+    reader.close()
+
+
+def test_a_segment_deleted_while_its_writer_writes_is_left_and_reported(
+        spool_dir: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer notices at its next size check, goes on in a new segment and counts the loss;
+    a consumer that starts later sees the writer begin after segment 0 and reports it."""
+    monkeypatch.setattr(spool_mod, "_USAGE_REFRESH", 0.0)
+    writer_registry = CollectorRegistry()
+    writer = Spool(spool_dir, fsync="never", registry=writer_registry)
+    events = _run_events(10)
+    for _, payload in events[:10]:
+        writer.append(payload)
+    (live,) = segment_files(spool_dir)
+    assert live.endswith(".open")
+    (spool_dir / live).unlink()
+    time.sleep(0.01)
+    for _, payload in events[10:]:
+        writer.append(payload)
+    assert writer.stats().missing_segments == 1
+    assert writer_registry.get_sample_value("odibi_observe_spool_missing_segments_total") == 1
+    assert writer.damage().last is not None
+    reader = Spool(spool_dir, registry=registry)
+    got = drain(reader.cursor("sink"))
+    assert 0 < len(got) <= 10
+    assert reader.damage().missing_segments == 1
+    writer.close()
+    reader.close()
+
+
 # ------------------------------------------------------------------------------ limits
 
 
@@ -356,10 +478,62 @@ def test_size_limit_rejects_new_events_and_keeps_old_ones(
     got = drain(cursor)
     assert payloads(got) == [payload] * 20
     cursor.ack(got)
-    assert s.gc() == 1500  # three sealed segments; the open one stays
+    # The rejection sealed the writer's open segment: a long-lived writer does not hold its
+    # own space for ever, so everything is collectable once acknowledged.
+    assert s.gc() == 2000
     s.append(payload)  # room again
     assert payloads(drain(cursor)) == [payload]
     s.close()
+
+
+def test_partial_append_many_stores_the_oldest_that_fit(
+        spool_dir: Path, registry: CollectorRegistry) -> None:
+    s = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=500, max_bytes=1000,
+              registry=registry)
+    batch = [b"%02d" % i + b"p" * (98 - HEADER_SIZE) for i in range(25)]
+    with pytest.raises(SpoolFullError) as info:
+        s.append_many(batch, partial=True)
+    assert info.value.stored == 10
+    assert s.stats().rejected == 15
+    cursor = s.cursor("sink")
+    got = drain(cursor)
+    assert payloads(got) == batch[:10]
+    cursor.ack(got)
+    s.gc()
+    with pytest.raises(SpoolFullError) as info:
+        s.append_many(batch[10:], partial=True)
+    assert info.value.stored == 10
+    cursor.ack(drain(cursor))
+    s.gc()
+    s.append_many(batch[20:], partial=True)
+    assert [p[:2] for p in payloads(drain(cursor))] == [b"%02d" % i for i in range(20, 25)]
+    s.close()
+
+
+def test_spool_sink_resends_a_refused_backlog_in_pieces_without_duplicates(
+        spool_dir: Path, registry: CollectorRegistry) -> None:
+    """The bus re-sends a failed batch whole; the sink skips the prefix it stored already."""
+    s = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=2000, max_bytes=3000,
+              registry=registry)
+    sink = SpoolSink(s)
+    bus = EventBus([sink], mode="inline", retry_initial=0.0, retry_max=0.0)
+    events = [finished(make_record(run_id=f"run-{i:03d}")) for i in range(40)]
+    for event in events:
+        bus.emit(event)
+    assert bus.pending()["spool"] > 0
+    cursor = s.cursor("sink")
+    seen: list[str] = []
+    for _ in range(40):
+        got = drain(cursor)
+        seen += [RunEvent.from_json(p).run_id for p in payloads(got)]
+        cursor.ack(got)
+        s.gc()
+        bus.flush(1.0)
+        if not bus.pending()["spool"]:
+            break
+    seen += [RunEvent.from_json(p).run_id for p in payloads(drain(cursor))]
+    assert seen == [e.run_id for e in events]  # all, oldest first, none twice
+    bus.shutdown(1.0)
 
 
 def test_enospc_from_the_filesystem_is_disk_full(
@@ -421,6 +595,57 @@ def test_a_really_full_filesystem_is_disk_full(tiny_fs: Path) -> None:
     assert [p[:4] for p in payloads(got)] == [b"%04d" % i for i in range(stored)]
     assert s.stats().corrupt_frames == 0
     s.close()
+
+
+def _fill(directory: Path, **kwargs: object) -> int:
+    """Append 1 KiB events until the filesystem is full; the writer then goes away."""
+    w = Spool(directory, writer_id="w", fsync="never", segment_bytes=8 * 1024,
+              max_bytes=2**30, registry=CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
+    stored = 0
+    with pytest.raises(SpoolFullError) as info:
+        for i in range(1000):
+            w.append(b"%04d" % i + b"z" * 1020)
+            stored += 1
+    assert info.value.reason == "disk_full"
+    w.close()
+    return stored
+
+
+def test_a_filesystem_full_before_the_first_consumer_still_drains(tiny_fs: Path) -> None:
+    """The reserve made with the directory lets the first consumer write its cursor file."""
+    stored = _fill(tiny_fs)
+    assert (tiny_fs / "cursors" / ".reserve").exists()
+    reader = Spool(tiny_fs, writer_id="r", fsync="never", registry=CollectorRegistry())
+    cursor = reader.cursor("sink")
+    assert (tiny_fs / "cursors" / "sink.json").exists()  # the reserve was given up for it
+    assert not (tiny_fs / "cursors" / ".reserve").exists()
+    got = drain(cursor)
+    assert len(got) == stored
+    cursor.ack(got)
+    assert reader.gc() > 0
+    assert reader.stats().bytes == 0
+    assert (tiny_fs / "cursors" / ".reserve").exists()  # taken back once there was room
+    assert json.loads((tiny_fs / "cursors" / "sink.json").read_text())["acked"]
+    reader.close()
+
+
+def test_a_cursor_without_its_file_still_drives_gc(tiny_fs: Path) -> None:
+    """Without a reserve the cursor file cannot be written on a full disk: gc must use the
+    consumer's position in memory (not ignore it), free the space, and the file follows."""
+    stored = _fill(tiny_fs, cursor_reserve=0)
+    reader = Spool(tiny_fs, writer_id="r", fsync="never", registry=CollectorRegistry(),
+                   cursor_reserve=0)
+    cursor = reader.cursor("sink")
+    assert not (tiny_fs / "cursors" / "sink.json").exists()  # ENOSPC: kept in memory
+    got = drain(cursor)
+    assert len(got) == stored
+    cursor.ack(got)
+    assert reader.gc() > 0
+    assert reader.stats().bytes == 0
+    reader.append(b"after")
+    cursor.ack(drain(cursor))
+    assert (tiny_fs / "cursors" / "sink.json").exists()
+    reader.close()
 
 
 # ------------------------------------------------------------------------------ gc

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from odibi_observe.config import Settings, hide_password, setting
 from odibi_observe.record import EventKind, RunEvent
@@ -103,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     if settings.catalog_url and settings.mode != "sidecar":
         print(f"odibi-observe: see them with: odibi-observe runs --catalog "
               f"{hide_password(settings.catalog_url)}", file=sys.stderr)
+    if interrupted:
+        exit_now(code)
     return code
 
 
@@ -126,6 +130,34 @@ def _summary(counts: Counter[str], settings: Settings) -> str:
         return f"{line} in {', '.join(where)}"
     return (f"{line} (metrics only: no catalog or trace destination is configured; pass "
             f"--catalog URL or set {setting('catalog_url').env})")
+
+#: How long :func:`exit_now` lets the final flush of logs and output take.
+EXIT_FLUSH_TIMEOUT = 5.0
+
+
+def exit_now(code: int, flush_timeout: float = EXIT_FLUSH_TIMEOUT) -> NoReturn:
+    """End the process with ``code`` now: flush logs and output (bounded), then ``os._exit``.
+
+    After a Ctrl-C the records are already delivered and the summary printed, but threads
+    the interrupted pipeline left behind may still be running — Odibi's background catalog
+    work, a library's thread inside pyarrow. A normal interpreter exit under them ends in
+    SIGABRT (exit status 134: pyarrow's "FATAL: exception not rethrown" when such a thread is
+    stopped inside C++ code, or CPython's fatal error on a stream a daemon thread holds
+    locked) or hangs. ``os._exit`` skips that finalisation, so the status is always
+    ``code``. The flush runs on a thread of its own: a lock held forever by one of those
+    threads delays the exit by ``flush_timeout`` at most.
+    """
+    def flush() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            # A closed or broken stream: nothing more can be said there.
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+    flusher = threading.Thread(target=flush, name="odibi-observe-exit-flush", daemon=True)
+    flusher.start()
+    flusher.join(flush_timeout)
+    os._exit(code)
 
 
 def absolute_sqlite_url(url: str) -> str:

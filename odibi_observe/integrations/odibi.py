@@ -88,6 +88,7 @@ from odibi_observe.instrument import (
     node_run,
     suggestions_of,
 )
+from odibi_observe.runtime import get_observer
 from odibi_observe.selfmetrics import log
 
 #: The Odibi releases whose internals the wrappers were written against (pip specifier).
@@ -238,36 +239,71 @@ def instrument_from_environment(environ: Mapping[str, str] | None = None) -> boo
     except UnsupportedOdibiVersion as exc:
         log.error("odibi-observe: %s", exc)
         return False
+    # The environment is the whole configuration here, and no code of the user's runs before
+    # the pipelines: install the observer (and with it the tracer provider) now.
+    _ensure_observer()
     return True
 
 
-def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0) -> int:
+def _ensure_observer() -> None:
+    """Make sure the observer exists before an Odibi span is started. Never raises.
+
+    The observer is otherwise built lazily by the first node run — *inside* the pipeline span
+    and the first node's ``node_execution`` span, both of which were then started before any
+    tracer provider was installed: non-recording and without a trace id, so the first pipeline
+    lost its span and its nodes were scattered over several traces. Building it first (from
+    the ``ODIBI_OBSERVE_*`` environment unless :func:`odibi_observe.configure` ran) installs
+    the tracer provider the spans need. Once built this is one global read.
+    """
+    try:
+        get_observer()
+    except Exception:
+        log.exception("odibi-observe: could not configure from the environment")
+
+
+def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0,
+                  interrupted_timeout: float = 30.0) -> int:
     """Run Odibi's own command line, ``odibi ARGV...``, in this process, instrumented.
 
     Returns Odibi's exit code. A ``KeyboardInterrupt`` (or any ``BaseException``) from the
     pipeline propagates after the interrupted node run has been recorded.
 
-    Afterwards it waits (at most ``background_timeout`` seconds) for the daemon threads Odibi
-    started and left running — its ``DerivedUpdater`` (``system.async_derived_updates``, on by
-    default) and catalog sync. Odibi returns before they finish, and an interpreter that exits
-    under them aborts in pyarrow (``FATAL: exception not rethrown``, exit status 134) or
-    hangs, the same with ``odibi run``.
+    On every way out — a return, ``SystemExit``, a ``KeyboardInterrupt`` — it first waits for
+    the daemon threads Odibi started and left running: its ``DerivedUpdater``
+    (``system.async_derived_updates``, on by default) and catalog sync; at most
+    ``background_timeout`` seconds, or ``interrupted_timeout`` after an exception (an operator
+    who pressed Ctrl-C is waiting; a second Ctrl-C stops the wait). Odibi returns before they
+    finish, and an interpreter that exits under them aborts in pyarrow (``FATAL: exception
+    not rethrown``, exit status 134) or hangs, the same with ``odibi run``.
     """
     instrument()
     odibi_main: Callable[[], Any] = importlib.import_module("odibi.cli.main").main
     before = {thread.ident for thread in threading.enumerate()}
     saved = sys.argv
     sys.argv = ["odibi", *argv]  # Odibi's CLI parses sys.argv itself
+    finished = False
     try:
-        code = odibi_main()
-    except SystemExit as exc:  # argparse errors and --help inside Odibi's CLI
-        code = exc.code
+        try:
+            code = odibi_main()
+        except SystemExit as exc:  # argparse errors and --help inside Odibi's CLI
+            code = exc.code
+        finished = True
     finally:
         sys.argv = saved
-    wait_for_odibi_threads(before, background_timeout)
+        _wait_for_odibi_threads_interruptibly(
+            before, background_timeout if finished else interrupted_timeout)
     if code is None:
         return 0
     return code if isinstance(code, int) else 1
+
+
+def _wait_for_odibi_threads_interruptibly(before: set[int | None], timeout: float) -> None:
+    """:func:`wait_for_odibi_threads`, where a (further) Ctrl-C ends the wait, not the run."""
+    try:
+        wait_for_odibi_threads(before, timeout)
+    except KeyboardInterrupt:
+        log.warning("odibi-observe: interrupted while waiting for Odibi's background threads; "
+                    "not waiting any longer")
 
 
 def wait_for_odibi_threads(before: set[int | None], timeout: float) -> bool:
@@ -360,6 +396,7 @@ def _wrap_node_execute(original: Callable[..., Any]) -> Callable[..., Any]:
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return original(self, *args, **kwargs)
+        _ensure_observer()  # before Odibi starts its node_execution span
         call = _NodeCall(self)
         token = _current_call.set(call)
         context_token = _adopt_pipeline_context(self)
@@ -419,6 +456,7 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return original(self, *args, **kwargs)
+        _ensure_observer()  # before the pipeline span: it needs the tracer provider
         name = _text(getattr(getattr(self, "config", None), "pipeline", None)) or "unknown"
         attributes = {_PIPELINE: name}
         project = _text(getattr(getattr(self, "project_config", None), "project", None))

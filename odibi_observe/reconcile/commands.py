@@ -198,6 +198,7 @@ def _header_arg(text: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """The ``reconcile`` command; returns the exit status."""
+    from odibi_observe.catalog.readonly import CatalogUnreadable, readable_catalog_url
     from odibi_observe.reconcile.catalog_sources import open_catalog_source
     from odibi_observe.reconcile.engine import ReconcileError, ReconcileOptions, reconcile
     from odibi_observe.reconcile.model import Window
@@ -236,7 +237,14 @@ def run(args: argparse.Namespace) -> int:
         tempo_query=args.tempo_query, tempo_headers=headers,
     )
     try:
-        catalog = open_catalog_source(args.catalog, spill_dir=args.spill_dir)
+        # Checked first, so a mistyped SQLite path is refused, not created (a bare path means
+        # sqlite:///PATH); odibi-delta: specs are returned unchanged.
+        spec = readable_catalog_url(args.catalog)
+    except CatalogUnreadable as exc:
+        print(f"odibi-observe: {exc}", file=sys.stderr)
+        return 2
+    try:
+        catalog = open_catalog_source(spec, spill_dir=args.spill_dir)
         traces = [open_trace_source(spec, source_options) for spec in args.traces]
     except SourceError as exc:
         return _fail(str(exc))

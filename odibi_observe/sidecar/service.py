@@ -56,6 +56,7 @@ from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer
 from odibi_observe.sinks.base import RecordRejected, Sink
 from odibi_observe.sinks.catalog import CatalogSink
+from odibi_observe.sinks.spool import takes_spans
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -117,6 +118,24 @@ class _WatchedSink(Sink):
             self.last_success = self._clock()  # the rest was exported: not a sink failure
             self.last_error = None
             raise
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
+            raise
+        finally:
+            self.exporting_since = None
+        self.last_success = self._clock()
+        self.last_error = None
+
+    @property
+    def takes_spans(self) -> bool:
+        """Whether the wrapped sink takes application spans (see ``sinks/spool.py``)."""
+        return takes_spans(self.inner)
+
+    def export_spans(self, spans: Sequence[Any]) -> None:
+        """Deliver spooled application spans to the wrapped sink, timed like ``export``."""
+        self.exporting_since = self._clock()
+        try:
+            self.inner.export_spans(spans)  # type: ignore[attr-defined]
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
             raise
@@ -250,7 +269,10 @@ class Sidecar:
         now = self._clock()
         stats = self.spool.stats()
         snapshot = {"bytes": stats.bytes, "segments": stats.segments,
-                    "corrupt_frames": stats.corrupt_frames, "rejected": stats.rejected}
+                    "corrupt_frames": stats.corrupt_frames, "rejected": stats.rejected,
+                    # What the spool lost (damaged frames, deleted segments, the runs whose
+                    # end may be among them): see SpoolDamage.
+                    "damage": self.spool.damage().as_dict()}
         if now - self._last_backlog >= BACKLOG_SECONDS:
             self._backlog = self.pump.backlog()
             self._last_backlog = now

@@ -27,6 +27,10 @@ the sink for good:
   are never offered again. (The OTel SDK's ``SpanExporter`` has only SUCCESS/FAILURE; this is
   the one addition, because "retry later" is the wrong answer for a record that cannot be
   encoded.)
+* A sink that knows the backend as a whole cannot take anything now — unreachable, locked,
+  full — raises :class:`SinkUnavailable`: no record is at fault, so the batch is retried with
+  backoff and never bisected. (A full spool that stored half a batch must not make the other
+  half look like poison.)
 * Any other exception still means "keep the batch and retry later", but the delivery layer
   (:mod:`odibi_observe.bus`, :mod:`odibi_observe.pump`) isolates the failure by bisecting
   the batch (:func:`export_isolating`): when a part of the same batch is delivered while a
@@ -122,6 +126,14 @@ class SinkExportError(RuntimeError):
     """A sink could not deliver a batch; the bus keeps the batch and retries it."""
 
 
+class SinkUnavailable(SinkExportError):
+    """The backend cannot take any record now (down, locked, full): retry the batch later.
+
+    Unlike other errors it says that no record is at fault, so the delivery layer does not
+    bisect the batch looking for one (:func:`export_isolating`).
+    """
+
+
 class RecordRejected(Exception):
     """``export`` recorded the batch except ``events``, which it can never export.
 
@@ -157,6 +169,8 @@ def export_isolating(export: Callable[[Sequence[RunEvent]], None],
         return []
     except RecordRejected as rejected:
         return [(e, rejected.reason) for e in rejected.events]
+    except SinkUnavailable:
+        raise
     except Exception as exc:
         if len(events) <= 1:
             raise
@@ -183,6 +197,8 @@ def _bisect(export: Callable[[Sequence[RunEvent]], None], events: list[RunEvent]
             raise exc
         try:  # a second try alone: a passing blip must not dead-letter a good record
             return _attempt(export, events)
+        except SinkUnavailable:
+            raise
         except Exception as again:
             return [(events[0], _reason(again))]
     middle = len(events) // 2
@@ -191,6 +207,8 @@ def _bisect(export: Callable[[Sequence[RunEvent]], None], events: list[RunEvent]
     for part in (events[:middle], events[middle:]):
         try:
             rejected += _attempt(export, part)
+        except SinkUnavailable:
+            raise  # the backend went away mid-way: nothing here is poison
         except Exception as part_exc:
             failed.append((part, part_exc))
     if len(failed) == 2 and not backend_up:

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from odibi_observe.catalog.store import CatalogStore, create_catalog_engine
 from odibi_observe.record import RunEvent
 from odibi_observe.redact import REDACTED
-from odibi_observe.sinks.base import Sink, SinkExportError
+from odibi_observe.sinks.base import Sink, SinkExportError, SinkUnavailable
 
 
 class CatalogSink(Sink):
@@ -48,11 +49,17 @@ class CatalogSink(Sink):
             self.store.upsert(events)
         except Exception as exc:
             message = str(exc)
+            # The database is unreachable, locked, read-only or full: no record is at fault.
+            unavailable = isinstance(exc, OperationalError) or getattr(
+                exc, "connection_invalidated", False)
+            error = SinkUnavailable if unavailable else SinkExportError
             if any(secret in message for secret in self._secrets):
                 for secret in self._secrets:
                     message = message.replace(secret, REDACTED)
                 # Not chained: the original would print the password with the traceback.
-                raise SinkExportError(f"{type(exc).__name__}: {message}") from None
+                raise error(f"{type(exc).__name__}: {message}") from None
+            if unavailable:
+                raise SinkUnavailable(f"{type(exc).__name__}: {message}") from exc
             raise
 
     def force_flush(self, timeout: float | None = None) -> bool:

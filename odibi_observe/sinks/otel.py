@@ -908,6 +908,37 @@ class OtelSink(Sink):
         if rejected:
             raise RecordRejected(rejected, "; ".join(reasons))
 
+    def export_spans(self, spans: Sequence[ReadableSpan]) -> None:
+        """Export finished application spans as they are (ids, times, resource and all).
+
+        These are the spans a pipeline process in sidecar mode spooled — its pipeline spans
+        and Odibi's ``node_execution`` spans, the parents of its node spans (see
+        :mod:`odibi_observe.sinks.spool`) — delivered here by the sidecar's pump. Same
+        raise-to-retry rule and per-destination de-duplication as :meth:`export`.
+        """
+        if self._shut_down:
+            raise SinkExportError("the OTel sink is shut down")
+        keyed: dict[Hashable, ReadableSpan] = {}
+        for span in spans:
+            context = span.context
+            if context is not None:
+                keyed[(context.trace_id, context.span_id, "span", span.end_time)] = span
+        failures: list[str] = []
+        for destination in self._destinations:
+            pending = [(k, s) for k, s in keyed.items() if k not in destination.delivered]
+            if not pending:
+                continue
+            try:
+                with _instrumentation_suppressed():
+                    destination.deliver([s for _, s in pending])
+            except Exception as exc:
+                failures.append(f"{destination.name}: {exc}")
+                continue
+            for key, _ in pending:
+                destination.delivered.add(key)
+        if failures:
+            raise SinkExportError("; ".join(failures))
+
     def _record_metrics(self, record: RunRecord) -> None:
         if self._instruments is None or record.run_id in self._counted:
             return

@@ -43,3 +43,44 @@ def hang(context, marker: str, current=None):
     Path(marker).write_text("started\n")
     time.sleep(120)
     return current
+
+
+@transform
+def busy_background_then_hang(context, marker: str, current=None):
+    """Leaves a daemon thread inside pyarrow's C++ code (reading a CSV stream that never
+    ends), as Odibi's own background catalog updates can be when the run ends; says it has
+    started, then waits for Ctrl-C."""
+    import threading
+    import time
+
+    import pyarrow.csv as pcsv
+
+    class EndlessCsv:
+        closed = False
+
+        def read(self, size=-1):
+            time.sleep(0.01)
+            return b"a,b\n1,2\n" * 10
+
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+        def writable(self):
+            return False
+
+        def close(self):
+            pass
+
+        def tell(self):
+            return 0
+
+    def read_forever():
+        pcsv.read_csv(EndlessCsv())
+
+    threading.Thread(target=read_forever, name="background-read", daemon=True).start()
+    Path(marker).write_text("started\n")
+    time.sleep(120)
+    return current
