@@ -276,3 +276,16 @@ def test_the_otlp_exporter_sends_once_per_export_and_says_why_it_failed(
     closed = _otlp_span_exporter(closed_port_url(), protocol, 10.0)
     assert closed.export([_span()]) is SpanExportResult.FAILURE
     assert "Connection refused" in (getattr(closed, "last_error", None) or "")
+
+
+def test_odibi_observe_run_keeps_its_runs_when_the_catalog_is_down(tmp_path: Path) -> None:
+    pytest.importorskip("odibi")
+    from tests.test_odibi_integration import INGEST, _cli_command, make_project, run_subprocess
+
+    project = make_project(tmp_path / "shop", [INGEST]).parent
+    down = f"postgresql+psycopg://etl@127.0.0.1:{free_port()}/catalog"
+    result = run_subprocess([*_cli_command("odibi-observe"), "run", "--catalog", down,
+                             "odibi.yaml"], project,
+                            {"XDG_STATE_HOME": str(tmp_path / "state")})
+    events = spilled(default_spill(tmp_path))
+    assert {(e.kind, e.record.node) for e in events} >= {(EventKind.FINISHED, "ingest_orders")}
