@@ -508,6 +508,7 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
     """
     from odibi_observe.pump import SpoolPump
     from odibi_observe.sidecar.service import CATALOG_SINK, _WatchedSink
+    from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
     from odibi_observe.spool import Spool
 
     if not os.path.isdir(spool_dir):
@@ -533,10 +534,17 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
             if n:
                 print(f"warning: sink {sink!r} still has {n} spooled event(s)", file=sys.stderr)
         # Deliver once more after the verdicts: a process may have spooled its ending and
-        # exited since the drain above; judged dead, it can write nothing more.
+        # exited since the drain above; judged dead, it can write nothing more. Only what is
+        # spooled by now is waited for (live writers may write on for ever).
         def settle() -> bool:
-            pump.drain(plan.drain_timeout)
-            return not pump.backlog().get(CATALOG_SINK)
+            caught_up = spooled_so_far_ingested(spool, CATALOG_SINK)
+            deadline = time.monotonic() + plan.drain_timeout
+            while not caught_up():
+                if time.monotonic() >= deadline:
+                    return False
+                if not pump.pump_once():
+                    time.sleep(0.05)
+            return True
 
         result = _sweep(plan, None if plan.dry_run else spool, settle)
         if not result.closed or plan.dry_run:

@@ -379,8 +379,9 @@ class Sidecar:
     def sweep_once(self, catchup_timeout: float | None = None) -> SweepResult | None:
         """One sweep; the ``SweepResult`` (None when the sweeper is off).
 
-        Runs judged dead are closed only once the catalog has caught up with the spool
-        (the sweeper's ``settle`` hook, :meth:`_catalog_caught_up`): a run whose terminal event
+        Runs judged dead are closed only once the catalog has every event spooled before the
+        verdicts (the sweeper's ``settle`` hook, :meth:`_catalog_caught_up`): a run whose
+        terminal event
         is spooled but not yet written is still RUNNING in the catalog, and its process is
         gone — exactly what a crash looks like. The wait comes *after* the verdicts, because a
         process can spool its ending and exit between a check made before them and the
@@ -397,8 +398,14 @@ class Sidecar:
         return result
 
     def _catalog_caught_up(self) -> bool:
+        """Has the catalog every event spooled up to now (the verdicts were just made)? Waits
+        up to the catch-up time. What is spooled later is not waited for: a steady stream
+        from live pipelines must not hold a crashed run open."""
+        from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
+
+        caught_up = spooled_so_far_ingested(self.spool, CATALOG_SINK)
         deadline = time.monotonic() + self._catchup_wait
-        while self.pump.backlog().get(CATALOG_SINK, 0):
+        while not caught_up():
             if time.monotonic() >= deadline or self._stopping.is_set():
                 self.monitor.warn_once_per_minute(
                     "sidecar-sweep-behind", "odibi-observe sidecar: closing crashed runs "
