@@ -318,7 +318,7 @@ def _insert_statement(dialect: str) -> sa.Insert | None:
         index_elements=keys,
         set_={col.name: excluded[col.name] for col in c if col not in keys},
         where=sa.and_(c[STATUS] == RunStatus.CRASHED.value,
-                      excluded[STATUS].in_(_REAL_ENDINGS)),
+                      sa.or_(*(excluded[STATUS] == status for status in _REAL_ENDINGS))),
     ).returning(*keys)
 
 
