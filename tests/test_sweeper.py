@@ -288,8 +288,10 @@ def test_sidecar_sweep_command_and_repair_close_a_run_at_the_same_end(
     for path, record in closed.items():
         message = record.error_message or ""
         assert f"process {run.pid} on host {run.host}" in message, (path, message)
+        closer = {"sidecar": "the sidecar's sweeper", "sweep": "odibi-observe sweep",
+                  "repair": "reconciliation"}[path]
         assert f"; last sign of life {utc(expected_end)} ({kind}); closed as CRASHED by " \
-            in message, (path, message)
+               f"{closer}, ended at its last sign of life" in message, (path, message)
         (span,) = [s for s in spans_in(traces[path]) if s.attributes.get("odibi.run_id")]
         assert (span.start_ns, span.end_ns) == (started, expected_end), path
         assert span.attributes["odibi.status"] == "CRASHED"

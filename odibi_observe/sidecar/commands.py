@@ -496,7 +496,7 @@ def _sweep(plan: _SweepPlan, spool: Spool | None,
     return Sweeper(plan.store, plan.sinks, host=plan.host,
                    heartbeat_timeout=plan.heartbeat_timeout, all_hosts=plan.all_hosts,
                    pid_check=plan.pid_check, spool=spool, dry_run=plan.dry_run,
-                   settle=settle).sweep()
+                   settle=settle, closed_by="odibi-observe sweep").sweep()
 
 
 def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, list[str]]:

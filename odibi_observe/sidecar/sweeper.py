@@ -90,6 +90,8 @@ class Sweeper:
     the spool instead and the sidecar's pump delivers it to every sink with retries, so an
     unreachable collector during the sweep does not lose the crash span.
 
+    ``closed_by`` names the closer in the error message (``odibi-observe sweep`` says so).
+
     ``settle`` is called after the verdicts and before anything is closed; it returns False to
     postpone the closing to the next pass. The sidecar passes "wait until the catalog has
     every event spooled up to now" (:func:`spooled_so_far_ingested`): a process judged dead
@@ -115,6 +117,7 @@ class Sweeper:
         registry: CollectorRegistry | None = None,
         dry_run: bool = False,
         settle: Callable[[], bool] | None = None,
+        closed_by: str = "the sidecar's sweeper",
     ) -> None:
         if heartbeat_timeout <= 0:
             raise ValueError("heartbeat_timeout must be positive")
@@ -129,6 +132,7 @@ class Sweeper:
         self.alive = alive
         self.dry_run = dry_run
         self.settle = settle
+        self.closed_by = closed_by
         self.closed_total = Counter(
             SIDECAR_METRICS.sweeper_closed.prometheus_base,
             SIDECAR_METRICS.sweeper_closed.description,
@@ -154,7 +158,7 @@ class Sweeper:
         """The terminal snapshot of a run closed for ``reason`` (same ids, original start),
         ended at its last sign of life (:func:`odibi_observe.crash.close_as_crashed`)."""
         return close_as_crashed(record, verdict=self.verdict_text(record, reason, now_ns),
-                                closed_by="the sidecar's sweeper", source=Source.SIDECAR)
+                                closed_by=self.closed_by, source=Source.SIDECAR)
 
     def verdict_text(self, record: RunRecord, reason: str, now_ns: int) -> str:
         """What the sweeper found about ``record``'s process, and when."""
