@@ -10,8 +10,8 @@ Pipeline processes in ``mode="sidecar"`` only append their run events to a spool
 * **sweeper** — every ``sweep_interval``, closes as ``CRASHED`` the ``RUNNING`` runs whose
   process is gone (:class:`~odibi_observe.sidecar.sweeper.Sweeper`); its crash events go
   through the spool, so they reach every sink with the pump's retries. A sweep waits until the
-  catalog has caught up with the spool: a terminal event still spooled must not be mistaken
-  for a crash;
+  catalog has every event spooled before its verdicts (not until the spool is empty, which a
+  busy host never is): a terminal event still spooled must not be mistaken for a crash;
 * **maintenance** — ``spool.gc()`` every ``gc_interval`` (segments every cursor has passed are
   deleted) and the spool gauges every second;
 * **HTTP** — :class:`~odibi_observe.sidecar.server.SidecarServer`: ``/metrics`` (node metrics
@@ -409,7 +409,8 @@ class Sidecar:
             if time.monotonic() >= deadline or self._stopping.is_set():
                 self.monitor.warn_once_per_minute(
                     "sidecar-sweep-behind", "odibi-observe sidecar: closing crashed runs "
-                    "postponed, the catalog has not caught up with the spool yet")
+                    "postponed, the catalog has not caught up with what was spooled before the "
+                    "verdicts yet")
                 return False
             time.sleep(0.25)  # counting the backlog parses frames: not in a tight loop
         return True
