@@ -88,8 +88,10 @@ def read_started_glob(pattern: str) -> Started:
 class FaultFigures:
     """What one fault test measured, for ``python -m tests.fault_summary``.
 
-    ``runs``, ``lost``, ``duplicated`` and ``false_crashes`` are filled in by the last
-    :func:`assert_every_run_recorded` of the test (the one that passed, when it passed);
+    ``runs``, ``lost`` (not in the catalog, or without a span), ``duplicated`` (two catalog
+    rows, or two different spans) and ``false_crashes`` (CRASHED although the decorator had
+    finished) are filled in by the last :func:`assert_every_run_recorded` of the test (the
+    one that passed, when it passed);
     ``trials`` (faults injected) and ``time_to_crashed_s`` (fault → row CRASHED) by the test.
     """
 
@@ -227,7 +229,7 @@ def assert_every_run_recorded(
         if ended_ns is None or span.end_ns // 1000 != ended_ns // 1000:
             problems.append(f"{rid}: span end {span.end_ns} != catalog {ended_ns}")
     FIGURES.runs = len(started | set(by_id))
-    FIGURES.lost = len(missing)
+    FIGURES.lost = len(missing) + sum(1 for rid in by_id if rid not in spans_by_run)
     FIGURES.duplicated = sum(1 for n in per_id.values() if n > 1) + sum(
         1 for found in spans_by_run.values()
         if len({(s.trace_id, s.span_id, s.start_ns, s.end_ns, s.attributes.get(STATUS_ATTR))
