@@ -102,6 +102,7 @@ class FaultFigures:
     crashed: int = 0
     false_crashes: int = 0
     time_to_crashed_s: list[float] = field(default_factory=list)
+    note: str = ""  # one line the summary prints under the table (a rate, a load figure)
 
 
 #: The figures of the fault test running now (reset before each test of tests/test_faults.py).

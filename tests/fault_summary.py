@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     times = "-" if not t["n"] else f"{t['median']:.2f} med, {t['max']:.2f} max (n={t['n']})"
     print()
     print(table(lines))
+    notes = [(f["test"].split("::", 1)[-1], f["note"]) for f in figures if f.get("note")]
+    for name, note in notes:
+        print(f"  {name}: {note}")
     print(f"\n{total['passed']}/{total['tests']} fault tests passed; {total['trials']} faults "
           f"injected; {total['runs']} runs checked: {total['lost']} lost, "
           f"{total['duplicated']} duplicated, {total['crashed']} CRASHED "

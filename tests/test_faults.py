@@ -282,6 +282,10 @@ def test_killed_run_is_crashed_on_schedule_while_a_busy_writer_keeps_the_backlog
     crashed = note_time_to_crashed([rows[killed]], {victim.pid: killed_at})
     fault_helpers.FIGURES.trials = 1
     rate = busy_during / waited
+    fault_helpers.FIGURES.note = (
+        f"busy writer {rate:.0f} runs/s while the killed run waited; killed run CRASHED "
+        f"{waited:.2f} s after the kill (sweep interval {SWEEP_INTERVAL:g} s); catalog "
+        f"backlog up to {max(backlog_seen):.0f} events meanwhile")
     print(f"killed run CRASHED after {waited:.2f} s (catalog close {crashed}); busy writer "
           f"{rate:.0f} runs/s meanwhile; catalog backlog seen {backlog_seen[:3]}..."
           f"{backlog_seen[-3:]}; {len(rows)} runs: {status_counts(rows)}")
