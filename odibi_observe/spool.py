@@ -105,6 +105,7 @@ __all__ = [
     "encode_frame",
     "process_alive",
     "process_start_ns",
+    "writer_pid",
 ]
 
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -293,6 +294,12 @@ def _own_start_ns() -> int:
 
 def _default_writer_id() -> str:
     return f"{_HOST}-{os.getpid()}-{_own_start_ns()}"
+
+
+def writer_pid(writer: str) -> int | None:
+    """The pid in a default writer id (``<host>-<pid>-<start ns>``); None for a custom id."""
+    m = _DEFAULT_WRITER_RE.match(writer)
+    return None if m is None else int(m["pid"])
 
 
 def _writer_dead(writer: str) -> bool:

@@ -188,7 +188,7 @@ def test_settle_runs_after_the_verdicts_and_can_postpone_the_closing(
     """A process that wrote its ending and died between checks must keep its ending."""
     run = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS)
 
-    def ending_arrives_while_settling() -> bool:
+    def ending_arrives_while_settling(records: object) -> bool:
         store.upsert([RunEvent(EventKind.FINISHED, run.finished(
             status=RunStatus.SUCCESS, ended_ns=NOW_NS - 59 * MINUTE_NS))])
         return True
@@ -198,7 +198,7 @@ def test_settle_runs_after_the_verdicts_and_can_postpone_the_closing(
     assert store.get(run.run_id).status is RunStatus.SUCCESS  # type: ignore[union-attr]
 
     other = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS)
-    postponed = frozen(store, all_hosts=True, settle=lambda: False).sweep()
+    postponed = frozen(store, all_hosts=True, settle=lambda records: False).sweep()
     assert postponed.closed == [] and postponed.checked == 1
     assert store.get(other.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
 
@@ -299,34 +299,37 @@ def test_sidecar_sweep_command_and_repair_close_a_run_at_the_same_end(
 
 # -- waiting for the catalog: up to the verdicts, not until the spool is empty -------------------
 
-def test_spooled_so_far_ingested_waits_for_the_mark_not_for_an_empty_spool(
+def test_the_wait_is_for_the_dead_runs_writers_not_for_an_empty_spool(
         tmp_path: Path) -> None:
-    """Two writers: one that died with a torn last frame, one that keeps appending. The check
-    taken now is satisfied once the catalog cursor has the dead writer's whole (valid) part
-    and the busy writer's frames up to now — while the busy writer's newer frames are still
-    unread, so the spool's backlog is never 0."""
+    """Three writers: the dead run's own (pid 4242, its last frame torn by the death), a
+    custom-id writer (it names no process, so it is waited for up to the mark) and a live
+    pipeline of another pid that keeps appending. The check is satisfied once the catalog
+    cursor has the dead writer's valid frames and the custom writer's up to the mark — with
+    the busy pipeline's frames still unread, so the spool's backlog is never 0."""
     from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
     from odibi_observe.spool import Spool
 
     directory = tmp_path / "spool"
     consumer = Spool(directory, fsync="never")
     catalog = consumer.cursor("catalog")
-    dead = Spool(directory, writer_id="dead-writer", fsync="never")
-    busy = Spool(directory, writer_id="busy-writer", fsync="never")
+    dead = Spool(directory, writer_id="vm-4242-1000", fsync="never")
+    custom = Spool(directory, writer_id="custom-writer", fsync="never")
+    busy = Spool(directory, writer_id="vm-5151-2000", fsync="never")
     dead.append_many([b"dead-1", b"dead-2"])
     dead.close()
-    (segment,) = directory.glob("dead-writer.*")
+    (segment,) = directory.glob("vm-4242-1000.*")
     with open(segment, "ab") as handle:
         handle.write(b"\xa7OSF\x00")  # a frame cut short by the death: never acknowledged
+    custom.append_many([b"custom-1", b"custom-2"])
     busy.append_many([b"busy-1", b"busy-2", b"busy-3"])
 
-    caught_up = spooled_so_far_ingested(consumer, "catalog")
-    busy.append_many([b"busy-4", b"busy-5"])  # after the verdicts: not waited for
+    caught_up = spooled_so_far_ingested(consumer, "catalog", [make_record(pid=4242)])
+    custom.append(b"custom-3")  # after the verdicts: not waited for
     assert not caught_up()
-    catalog.ack(catalog.read(3, writer="busy-writer"))
+    catalog.ack(catalog.read(2, writer="custom-writer"))
     assert not caught_up()  # the dead writer's frames are not in yet
-    catalog.ack(catalog.read(10, writer="dead-writer"))
+    catalog.ack(catalog.read(10, writer="vm-4242-1000"))
     assert caught_up()
-    assert catalog.backlog() == 2  # busy-4 and busy-5: the spool is not empty, and need not be
-    busy.close()
-    consumer.close()
+    assert catalog.backlog() == 4  # custom-3 and the busy pipeline's: the spool need not empty
+    for spool in (custom, busy, consumer):
+        spool.close()

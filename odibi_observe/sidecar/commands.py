@@ -19,7 +19,7 @@ import re
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -51,6 +51,7 @@ from odibi_observe.sidecar import (
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
+    from odibi_observe.record import RunRecord
     from odibi_observe.selfmetrics import SelfMonitor
     from odibi_observe.sidecar.sweeper import SweepResult
     from odibi_observe.sinks.base import Sink
@@ -489,7 +490,7 @@ class _NotDrained(Exception):
 
 
 def _sweep(plan: _SweepPlan, spool: Spool | None,
-           settle: Callable[[], bool] | None = None) -> SweepResult:
+           settle: Callable[[Sequence[RunRecord]], bool] | None = None) -> SweepResult:
     from odibi_observe.sidecar.sweeper import Sweeper
 
     plan.store.ensure_schema()
@@ -534,10 +535,10 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
             if n:
                 print(f"warning: sink {sink!r} still has {n} spooled event(s)", file=sys.stderr)
         # Deliver once more after the verdicts: a process may have spooled its ending and
-        # exited since the drain above; judged dead, it can write nothing more. Only what is
-        # spooled by now is waited for (live writers may write on for ever).
-        def settle() -> bool:
-            caught_up = spooled_so_far_ingested(spool, CATALOG_SINK)
+        # exited since the drain above; judged dead, it can write nothing more. Only the dead
+        # runs' writers are waited for (live ones may write on for ever).
+        def settle(records: Sequence[RunRecord]) -> bool:
+            caught_up = spooled_so_far_ingested(spool, CATALOG_SINK, records)
             deadline = time.monotonic() + plan.drain_timeout
             while not caught_up():
                 if time.monotonic() >= deadline:

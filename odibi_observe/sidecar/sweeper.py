@@ -24,10 +24,9 @@ by the one rule every closing path shares (:mod:`odibi_observe.crash`); the erro
 says what was found about the process and when, and which sign of life the end is.
 
 Under load the closing is not held back by other processes: before closing, the sweeper waits
-until the catalog's spool cursor has passed, for every writer, the position that writer had
-reached when the verdicts were made (``settle``, :func:`spooled_so_far_ingested`) — for a
-dead writer, its last frame — not until the spool is empty: at a thousand runs a second
-from live pipelines that never happens.
+until the catalog's spool cursor has passed the last frame of each dead run's own writer
+(``settle``, :func:`spooled_so_far_ingested`), not until the spool is empty: at a thousand
+runs a second from live pipelines that never happens.
 
 Clock and liveness checks are injectable: tests use a frozen clock instead of sleeping through
 the threshold.
@@ -51,6 +50,7 @@ from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.selfmetrics import log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.catalog import CatalogSink
+from odibi_observe.spool import writer_pid
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -92,14 +92,15 @@ class Sweeper:
 
     ``closed_by`` names the closer in the error message (``odibi-observe sweep`` says so).
 
-    ``settle`` is called after the verdicts and before anything is closed; it returns False to
-    postpone the closing to the next pass. The sidecar passes "wait until the catalog has
-    every event spooled up to now" (:func:`spooled_so_far_ingested`): a process judged dead
-    can no longer write, so once the catalog has everything it spooled, a row still RUNNING
-    really has no ending. Up to *now*, not until the spool is empty: live processes keep
-    writing at any rate, and a catalog that is never fully caught up must not keep crashed
-    runs open. (Checking *before* the verdicts is not enough: a process may spool its ending
-    and die in between, and would then look crashed.)
+    ``settle`` is called with the runs about to be closed, after the verdicts and before
+    anything is closed; it returns False to postpone the closing to the next pass. The sidecar
+    passes "wait until the catalog has every event these runs' writers spooled"
+    (:func:`spooled_so_far_ingested`): a process judged dead can no longer write, so once the
+    catalog has everything it spooled, a row still RUNNING really has no ending. Only their
+    writers, not until the spool is empty: live processes keep writing at any rate, and a
+    catalog that is never fully caught up must not keep crashed runs open. (Checking *before*
+    the verdicts is not enough: a process may spool its ending and die in between, and would
+    then look crashed.)
     """
 
     def __init__(
@@ -116,7 +117,7 @@ class Sweeper:
         alive: LivenessCheck = _process_alive,
         registry: CollectorRegistry | None = None,
         dry_run: bool = False,
-        settle: Callable[[], bool] | None = None,
+        settle: Callable[[Sequence[RunRecord]], bool] | None = None,
         closed_by: str = "the sidecar's sweeper",
     ) -> None:
         if heartbeat_timeout <= 0:
@@ -185,7 +186,7 @@ class Sweeper:
         if self.dry_run or not doomed:
             return SweepResult(len(candidates), [r for r, _ in doomed],
                                _count(reason for _, reason in doomed))
-        if self.settle is not None and not self.settle():
+        if self.settle is not None and not self.settle([r for r, _ in doomed]):
             # The catalog is behind what dead processes already wrote (their real endings may
             # be among it); closing now could overwrite a real ending. Next pass.
             return SweepResult(len(candidates))
@@ -224,16 +225,22 @@ class Sweeper:
         return failed
 
 
-def spooled_so_far_ingested(spool: Spool, cursor: str) -> Callable[[], bool]:
-    """A check: has cursor ``cursor`` (the catalog's) every frame spooled up to *now*?
+def spooled_so_far_ingested(spool: Spool, cursor: str,
+                            records: Sequence[RunRecord]) -> Callable[[], bool]:
+    """A check: has cursor ``cursor`` (the catalog's) every frame that the writers of
+    ``records`` (the runs about to be closed) had spooled by *now*?
 
-    The mark (:meth:`Spool.end_positions`) is taken when this is called — after the verdicts
-    — and is then fixed: a process judged dead wrote everything it ever will before it, and
-    the frames live processes append afterwards are not waited for. So the wait ends once the
-    catalog has passed the dead writers' last frames (and what others had written by then),
-    however busy the spool stays. No cursor of that name: nothing to wait for.
+    Their writers: a default writer id (``<host>-<pid>-<start>``) with one of their pids —
+    a run's events are spooled by the process that runs it — and, as they name no process,
+    custom writer ids. Every other writer is a *live* process the verdicts say nothing about;
+    waiting for it would let a busy one keep crashed runs open for ever (the catalog is never
+    fully caught up while pipelines run). The mark (:meth:`Spool.end_positions`) is taken
+    when this is called, after the verdicts: a dead writer has written all it ever will by
+    then; what a custom-id writer appends later is not waited for.
     """
-    marks = spool.end_positions()
+    pids = {r.pid for r in records}
+    marks = {writer: mark for writer, mark in spool.end_positions().items()
+             if writer_pid(writer) in pids or writer_pid(writer) is None}
     found = [c for c in spool.open_cursors() if c.name == cursor]
     return (lambda: True) if not found else (lambda: found[0].reached(marks))
 
