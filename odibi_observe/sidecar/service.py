@@ -381,12 +381,12 @@ class Sidecar:
 
         Runs judged dead are closed only once the catalog has every event their processes
         spooled (the sweeper's ``settle`` hook, :meth:`_catalog_caught_up`): a run whose
-        terminal event
-        is spooled but not yet written is still RUNNING in the catalog, and its process is
-        gone — exactly what a crash looks like. The wait comes *after* the verdicts, because a
-        process can spool its ending and exit between a check made before them and the
-        verdict; once it is judged dead it can write nothing more, so what the catalog has
-        then is final. If the catalog does not catch up in time, the closing is postponed.
+        terminal event is spooled but not yet written is still RUNNING in the catalog, and its
+        process is gone — exactly what a crash looks like. The wait comes *after* the
+        verdicts, because a process can spool its ending and exit between a check made before
+        them and the verdict; once it is judged dead it can write nothing more, so what the
+        catalog has then is final. If the catalog does not catch up in time, the closing is
+        postponed.
         """
         if self.sweeper is None:
             return None
