@@ -4,6 +4,7 @@ stay open across passes and resolve when no longer seen (SQLite and PostgreSQL).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from odibi_observe.catalog import create_catalog_engine
 from odibi_observe.catalog.schema import NODE, PIPELINE
 from odibi_observe.conventions import HEALTH_FINDINGS_TABLE, HEALTH_METRICS, RunStatus
-from odibi_observe.health.store import findings
-from tests.health_history import HOUR, NOW_NS, Node, records, write
+from odibi_observe.health import HealthOptions, HealthResult, detect
+from odibi_observe.health.store import findings, record
+from tests.health_history import HOUR, NOW_NS, Node, last_day, records, write
 from tests.test_health_detect import EXPECTED, PLANTED, STEADY
 from tests.test_reconcile_support import cli, write_catalog
 
@@ -156,3 +158,30 @@ def test_failed_runs_are_never_volume_findings(sqlite_url: str, tmp_path: Path) 
 def test_help(flag: str) -> None:
     code, out, _ = cli("health", flag)
     assert code == 0 and "finding kinds: volume_anomaly" in out and "exit status" in out
+
+
+def test_concurrent_passes_open_each_finding_once(catalog_url: str) -> None:
+    write(catalog_url, PLANTED)
+    engine = create_catalog_engine(catalog_url)
+    results = [detect(engine, last_day(), HealthOptions()) for _ in range(4)]
+    barrier = threading.Barrier(len(results))
+    errors: list[BaseException] = []
+
+    def one(result: HealthResult) -> None:
+        barrier.wait()
+        try:
+            record(engine, result)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    engine.dispose()
+    assert not errors
+    rows = _recorded(catalog_url)
+    assert len(rows) == len(EXPECTED) and {r["state"] for r in rows} == {"open"}
+    assert sorted(r["passes"] for r in rows) == [4] * len(EXPECTED)
+    assert sum(f.state == "new" for r in results for f in r.findings) == len(EXPECTED)

@@ -140,11 +140,12 @@ def run(args: argparse.Namespace) -> int:
     if args.until is not None and args.since is None:
         parser.error("--until needs --since")
     try:
+        # Whole seconds: the reports' times are read by people.
+        now = datetime.now(timezone.utc).replace(microsecond=0)
         if args.since is not None:
-            window = Window.between(args.since, args.until or datetime.now(timezone.utc),
-                                    grace=timedelta(0))
+            window = Window.between(args.since, args.until or now, grace=timedelta(0), now=now)
         else:
-            window = Window.last(args.last or timedelta(hours=24), grace=timedelta(0))
+            window = Window.last(args.last or timedelta(hours=24), grace=timedelta(0), now=now)
         options = HealthOptions(
             sensitivity=args.sensitivity, training=timedelta(days=args.training_days),
             min_points=args.min_points, volume_direction=args.volume_direction,

@@ -309,7 +309,9 @@ def _judge_run(row: Any, options: HealthOptions) -> list[tuple[str, dict[str, An
     """What is wrong with one recent run: ``(kind, the run as evidence)`` pairs."""
     out = []
     base = {"run_id": str(row[RUN_ID]), "started_at": iso(_dt(row["t"])),
-            "attempt": row.get("attempt"), "bucket": row.get("b")}
+            "attempt": row.get("attempt")}
+    if row.get("b") is not None:
+        base["bucket"] = row["b"]
     rows = row.get("rows")
     if rows is not None and row.get("rows_n") is not None:
         n, s, ss = int(row["rows_n"]), float(row["rows_s"]), float(row["rows_ss"])

@@ -103,8 +103,9 @@ def _kind_chart(result: HealthResult) -> str:
             f'<rect x="{label_w}" y="{y + 3}" width="{width}" height="16" rx="3" '
             f'fill="{KIND_COLOURS[kind]}"><title>{escape(kind)}: {count}</title></rect>'
             f'<text x="{label_w + width + 6}" y="{y + 15}" font-size="12">{count}</text>')
-    return (f'<svg width="60%" viewBox="0 0 {label_w + bar_w + 60} {row_h * len(counts) + 6}" '
-            f'role="img" aria-label="findings by kind">{"".join(rows)}</svg>')
+    width, height = label_w + bar_w + 60, row_h * len(counts) + 6
+    return (f'<svg width="{width}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="findings by kind">{"".join(rows)}</svg>')
 
 
 def _band(finding: Finding) -> str:
@@ -118,7 +119,9 @@ def _band(finding: Finding) -> str:
                 f'<rect x="0" y="8" width="{200 * allowed / top:.1f}" height="10" rx="3" '
                 f'fill="#cfe3cf"><title>allowed</title></rect>'
                 f'<rect x="0" y="11" width="{200 * age / top:.1f}" height="4" fill="#d0342c">'
-                f'<title>age</title></rect><text x="0" y="31" font-size="10" fill="#5b6578">'
+                f'<title>age</title></rect><line x1="{200 * allowed / top:.1f}" '
+                f'x2="{200 * allowed / top:.1f}" y1="4" y2="22" stroke="#2e9e44"/>'
+                f'<text x="0" y="31" font-size="10" fill="#5b6578">'
                 f'age {escape(_seconds(age))} / allowed {escape(_seconds(allowed))}</text></svg>')
     if mean is None or value is None:
         return ""
