@@ -185,3 +185,24 @@ def test_concurrent_passes_open_each_finding_once(catalog_url: str) -> None:
     assert len(rows) == len(EXPECTED) and {r["state"] for r in rows} == {"open"}
     assert sorted(r["passes"] for r in rows) == [4] * len(EXPECTED)
     assert sum(f.state == "new" for r in results for f in r.findings) == len(EXPECTED)
+
+
+def test_html_is_self_contained_and_escaped(sqlite_url: str, tmp_path: Path) -> None:
+    from html.parser import HTMLParser
+
+    evil = Node("<script>alert(1)</script>", "n", plant=lambda i, v: v.update(rows=1) if i == 0
+                else None)
+    write(sqlite_url, [evil])
+    code, _, _ = _health(sqlite_url, tmp_path / "r", "--format", "html")
+    assert code == 1
+    page = (tmp_path / "r" / "health.html").read_text()
+    tags: set[str] = set()
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            tags.add(tag)
+
+    Tags().feed(page)
+    assert {"svg", "style", "table"} <= tags
+    assert not tags & {"script", "link", "img", "iframe"}
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

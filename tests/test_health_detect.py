@@ -238,3 +238,32 @@ def test_zscore_rules() -> None:
     assert constant is not None and math.isinf(constant[0])
     assert zscore(150.0, 1, 100.0, 10_000.0, direction="both", **common) is None
     assert zscore(1_500.0, n, s, ss, direction="spike", min_abs=2_000.0, **common) is None
+
+
+def test_odibi_own_table_is_judged_by_timestamp(catalog_url: str) -> None:
+    """A ``meta_runs`` as Odibi created it (eleven columns, never upgraded): placed in time by
+    ``timestamp``, judged on rows and duration, with a note of what is not checked."""
+    import uuid
+
+    from odibi_observe.record import ns_to_datetime
+    from tests.health_history import records
+    from tests.test_catalog import odibi_table
+
+    table = odibi_table(timezone_aware=True)
+    engine = create_catalog_engine(catalog_url)
+    table.create(engine)
+    spec = [Node("legacy", "steady"), Node("legacy", "drop", plant=_newest({"rows": 50}))]
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [
+            {"run_id": str(uuid.uuid4()), "project": "p", "pipeline_name": r.pipeline,
+             "node_name": r.node, "status": r.status.value, "rows_processed": r.rows_processed,
+             "duration_ms": r.duration_ms, "metrics_json": "{}", "environment": "prod",
+             "timestamp": ns_to_datetime(r.started_ns),
+             "date": ns_to_datetime(r.started_ns).date()}
+            for r in records(spec)])
+    try:
+        result = detect(engine, last_day(), HealthOptions())
+    finally:
+        engine.dispose()
+    assert {f.key for f in result.findings} == {("volume_anomaly", "legacy", "drop")}
+    assert any("attempt" in note and "catalog upgrade" in note for note in result.notes)
