@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     window.add_argument("--last", metavar="DURATION", type=duration_arg,
                         help="the window is the last DURATION (default 24h)")
 
-    judge = parser.add_argument_group("judging (defaults: elementary's)")
+    judge = parser.add_argument_group("judging (docs/health.md: each method and its defaults)")
     judge.add_argument("--sensitivity", type=float, default=3.0, metavar="Z",
                        help="standard deviations from the mean that make an anomaly "
                             "(default: 3)")

@@ -159,15 +159,17 @@ def _findings(result: HealthResult, max_rows: int) -> str:
         return ""
     body = []
     for f in ordered[:max_rows]:
-        state = {"new": "new", "open": f"open since {iso(f.opened_at)} · {f.passes} passes",
+        state = {"new": "new", "open": f"open · {f.passes} passes",
                  "unrecorded": "not recorded"}.get(f.state, f.state)
+        since = (f'<div class="sub">since {escape(iso(f.opened_at) or "")}</div>'
+                 if f.state == "open" else "")
         score = "∞" if math.isinf(f.score) else f"{f.score:,.1f}"
         runs = ", ".join(f'<code>{escape(str(r.get("run_id")))}</code>' for r in f.runs[:3])
         more = f" +{f.runs_total - 3} more" if f.runs_total > 3 else ""
         body.append(
             f'<tr><td><span class="badge" style="background:{KIND_COLOURS[f.kind]}">'
             f'{escape(f.kind)}</span></td><td>{escape(f.pipeline)}</td><td>{escape(f.node)}</td>'
-            f'<td><span class="badge state-{escape(f.state)}">{escape(state)}</span></td>'
+            f'<td><span class="badge state-{escape(f.state)}">{escape(state)}</span>{since}</td>'
             f'<td class="num">{escape(score)}</td><td class="ev">{_band(f)}</td>'
             f'<td>{escape(f.detail)}<div class="sub">{runs}{escape(more)}</div></td></tr>')
     if len(ordered) > max_rows:

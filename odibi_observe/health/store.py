@@ -49,7 +49,7 @@ def record(engine: Engine, result: HealthResult, *, now: datetime | None = None)
     False (nothing written) when the table does not exist."""
     if not table_exists(engine):
         return False
-    now = as_utc(now or datetime.now(timezone.utc))
+    now = as_utc(now or datetime.now(timezone.utc).replace(microsecond=0))
     with engine.connect() as conn:
         if conn.dialect.name == "sqlite":
             conn.execution_options(**{SQLITE_IMMEDIATE: True})
