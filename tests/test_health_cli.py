@@ -206,3 +206,27 @@ def test_html_is_self_contained_and_escaped(sqlite_url: str, tmp_path: Path) -> 
     assert {"svg", "style", "table"} <= tags
     assert not tags & {"script", "link", "img", "iframe"}
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def _snapshot(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every table's rows, in a stable order."""
+    engine = create_catalog_engine(url)
+    try:
+        out = {}
+        with engine.connect() as conn:
+            for name in sorted(sa.inspect(engine).get_table_names()):
+                rows = conn.execute(sa.text(f'SELECT * FROM "{name}"')).all()
+                out[name] = sorted((tuple(r) for r in rows), key=repr)
+        return out
+    finally:
+        engine.dispose()
+
+
+def test_a_pass_changes_nothing_but_its_findings(catalog_url: str, tmp_path: Path) -> None:
+    write(catalog_url, STEADY + PLANTED)
+    before = _snapshot(catalog_url)
+    assert _health(catalog_url, tmp_path / "a", "--no-record")[0] == 1
+    assert _snapshot(catalog_url) == before
+    assert _health(catalog_url, tmp_path / "b")[0] == 1
+    after = _snapshot(catalog_url)
+    assert {t for t in after if after[t] != before[t]} == {HEALTH_FINDINGS_TABLE}
