@@ -170,6 +170,18 @@ def _table(engine: Engine, result: HealthResult) -> tuple[sa.TableClause, str]:
     return table, time_col
 
 
+def _group_key(engine: Engine, table: sa.TableClause, name: str) -> Any:
+    """``table.name`` as a GROUP BY key. On SQLite it is written ``+table.name`` (the same
+    value): grouping by the bare column makes SQLite's planner walk the
+    ``(pipeline_name, node_name, started_at)`` index node by node to save a sort, which on
+    10 M runs is twice as slow as the range scan of a time index it picks otherwise."""
+    column = table.c[name]
+    if engine.dialect.name != "sqlite":
+        return column
+    quote = engine.dialect.identifier_preparer.quote
+    return sa.literal_column(f"+{quote(table.name)}.{quote(name)}", type_=column.type)
+
+
 def _bucket(engine: Engine, column: Any, seasonality: str) -> Any:
     """The run's weekday (0 = Sunday) or UTC hour, as an integer, in the dialect's SQL."""
     field = "dow" if seasonality == "day_of_week" else "hour"
@@ -195,7 +207,8 @@ def _outliers(scope: Scope, options: HealthOptions) -> list[Any]:
     if not metrics:
         return []
     seasonal = options.seasonality != "none"
-    keys = [table.c[PIPELINE].label("p"), table.c[NODE].label("n")]
+    keys = [_group_key(engine, table, PIPELINE).label("p"),
+            _group_key(engine, table, NODE).label("n")]
     if seasonal:
         keys.append(_bucket(engine, t, options.seasonality).label("b"))
     stats: list[Any] = list(keys)
@@ -369,8 +382,9 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
     def count(condition: Any) -> Any:
         return sa.func.sum(sa.case((condition, 1), else_=0))
 
+    pipeline, node = _group_key(engine, table, PIPELINE), _group_key(engine, table, NODE)
     columns = [
-        table.c[PIPELINE].label("p"), table.c[NODE].label("n"),
+        pipeline.label("p"), node.label("n"),
         count(ok).label("ok"),
         count(sa.and_(ok, t < since)).label("ok_training"),
         count(sa.and_(ok, t >= since)).label("ok_recent"),
@@ -383,7 +397,7 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
         columns += [count(retried).label("retried"),
                     count(sa.and_(retried, t >= since)).label("retried_recent")]
     query = (sa.select(*columns).where(t >= scope.training_start, t < scope.end)
-             .group_by(table.c[PIPELINE], table.c[NODE]))
+             .group_by(pipeline, node))
     out: dict[tuple[str, str], dict[str, Any]] = {}
     with engine.connect() as conn:
         for row in conn.execute(query).mappings():
