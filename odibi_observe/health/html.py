@@ -40,6 +40,7 @@ def render_html(result: HealthResult, *, max_rows: int = HTML_ROWS) -> str:
     total = len(result.findings)
     css = "bad" if total else ("ok" if result.nodes_judged else "warn")
     text = verdict(result).upper() if not total else verdict(result)
+    generated = datetime.now(timezone.utc).replace(microsecond=0)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -52,7 +53,7 @@ def render_html(result: HealthResult, *, max_rows: int = HTML_ROWS) -> str:
         f'<div class="meta">Recent runs {escape(iso(window.since) or "")} → '
         f'{escape(iso(window.end) or "")}, each node against its own history since '
         f'{escape(iso(result.training_start) or "")} · catalog <code>{escape(result.catalog)}'
-        f'</code> · generated {escape(iso(datetime.now(timezone.utc)) or "")}</div>',
+        f'</code> · generated {escape(iso(generated) or "")}</div>',
         _cards(result),
         f'<div class="panel" style="margin-top:16px"><h2>Findings by kind</h2>'
         f'{_kind_chart(result)}</div>',

@@ -35,7 +35,7 @@ def to_dict(result: HealthResult) -> dict[str, Any]:
     """The JSON report (see the module docstring)."""
     window = result.window
     return {
-        "generated_at": iso(datetime.now(timezone.utc)),
+        "generated_at": iso(datetime.now(timezone.utc).replace(microsecond=0)),
         "catalog": result.catalog,
         "window": window.to_dict(),
         "training": {"start": iso(result.training_start), "end": iso(window.since)},
