@@ -33,6 +33,7 @@ CATALOG_ENV = str(setting("catalog_url").env)
 COMMAND_MODULES = (
     "odibi_observe.sidecar.commands",
     "odibi_observe.reconcile.commands",
+    "odibi_observe.health.commands",
     "odibi_observe.grafana.commands",
     "odibi_observe.integrations.commands",
 )

@@ -192,6 +192,8 @@ SPAN_LEDGER_TABLE: Final = "odibi_span_ledger"
 #: One row per reconciliation report, and one per discrepancy it found.
 RECONCILIATION_TABLE: Final = "meta_reconciliation"
 RECONCILIATION_ITEMS_TABLE: Final = "meta_reconciliation_items"
+#: One row per data-health finding (``odibi-observe health``), open until a pass no longer sees it.
+HEALTH_FINDINGS_TABLE: Final = "meta_health_findings"
 
 #: ``error_type`` of a run closed because its process vanished (by the sweeper, or by a
 #: reconciliation repair of a stale run): one name, so dashboards and queries find them all.
@@ -201,6 +203,11 @@ CRASHED_ERROR_TYPE: Final = "ProcessCrashed"
 DISCREPANCY_KINDS: Final = (
     "missing_in_catalog", "missing_in_traces", "status_mismatch", "rows_mismatch",
     "duration_mismatch", "duplicate_in_catalog", "duplicate_in_traces", "stale_running",
+)
+
+#: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
+HEALTH_FINDING_KINDS: Final = (
+    "volume_anomaly", "zero_rows", "duration_anomaly", "freshness", "failure_streak", "flaky",
 )
 
 #: Resource attributes for liveness (standard OTel semantic conventions).
@@ -457,9 +464,53 @@ RECONCILE_METRICS: Final = ReconcileMetrics(
 )
 
 
+@dataclass(frozen=True)
+class HealthMetrics:
+    """The result of the last data-health pass (``odibi-observe health``)."""
+
+    findings: Metric
+    opened: Metric
+    resolved: Metric
+    open_finding: Metric
+    nodes: Metric
+    last_run: Metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+HEALTH_METRICS: Final = HealthMetrics(
+    findings=Metric(
+        "findings", None, "", "odibi_health_findings", MetricKind.GAUGE,
+        ("kind",), "Findings the last data-health pass saw, by kind.",
+    ),
+    opened=Metric(
+        "opened", None, "", "odibi_health_findings_opened", MetricKind.GAUGE,
+        ("kind",), "Findings the last data-health pass opened (not seen by the pass before).",
+    ),
+    resolved=Metric(
+        "resolved", None, "", "odibi_health_findings_resolved", MetricKind.GAUGE,
+        ("kind",), "Open findings the last data-health pass no longer saw, so resolved.",
+    ),
+    open_finding=Metric(
+        "open_finding", None, "", "odibi_health_finding", MetricKind.GAUGE,
+        ("kind", "pipeline", "node"), "1 for each finding the last data-health pass saw, "
+        "per node (alert on these: one series per finding, no storm).",
+    ),
+    nodes=Metric(
+        "nodes", None, "", "odibi_health_nodes_checked", MetricKind.GAUGE,
+        (), "Nodes the last data-health pass had enough history to judge.",
+    ),
+    last_run=Metric(
+        "last_run", None, "", "odibi_health_last_run_timestamp_seconds", MetricKind.GAUGE,
+        (), "Unix time the last data-health pass finished.",
+    ),
+)
+
+
 def all_metrics() -> tuple[Metric, ...]:
     """Every metric odibi-observe exposes, in documentation order."""
-    return (*METRICS, *SELF_METRICS, *SIDECAR_METRICS, *RECONCILE_METRICS)
+    return (*METRICS, *SELF_METRICS, *SIDECAR_METRICS, *RECONCILE_METRICS, *HEALTH_METRICS)
 
 
 def field_rows() -> list[dict[str, str]]:

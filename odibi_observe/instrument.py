@@ -57,7 +57,7 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunRecord
-from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize
+from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize, valid_unicode
 from odibi_observe.runtime import Observer, get_observer
 from odibi_observe.selfmetrics import log
 
@@ -71,6 +71,8 @@ MAX_SUGGESTION_LENGTH: Final = 1_024
 MAX_KEY_LENGTH: Final = 128
 _INT64_MAX: Final = 2**63 - 1
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_SURROGATES: Final = ("a {field} text contained lone surrogates (not encodable as UTF-8); "
+                      "they were escaped, e.g. \\udce9 for the byte 0xe9")
 _ROW_FRAME_TYPES: Final = frozenset({
     ("pandas", "DataFrame"), ("polars", "DataFrame"), ("pyarrow", "Table"),
     ("pyarrow", "RecordBatch"),
@@ -444,8 +446,7 @@ class NodeRun:
         """Redacted, bounded, valid Unicode (lone surrogates replaced, and counted)."""
         clean, replaced = sanitize(text, limit)
         if replaced:
-            self._invalid(field, f"a {field} text contained lone surrogates (not encodable as "
-                          "UTF-8); they were replaced by U+FFFD")
+            self._invalid(field, _SURROGATES.format(field=field))
         return clean
 
     def _name(self, value: Any, field: str) -> str:
@@ -467,16 +468,11 @@ class NodeRun:
         return self._valid(text, field)
 
     def _valid(self, text: str, field: str) -> str:
-        """``text`` with lone surrogates replaced (and counted)."""
-        if text.isascii():
-            return text
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            self._invalid(field, f"a {field} text contained lone surrogates (not encodable as "
-                          "UTF-8); they were replaced by U+FFFD")
-            return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return text
+        """``text`` with lone surrogates escaped (and counted)."""
+        clean, escaped = valid_unicode(text)
+        if escaped:
+            self._invalid(field, _SURROGATES.format(field=field))
+        return clean
 
     def _key(self, key: Any) -> str:
         """An attribute key as a bounded, plain, valid ``str``; raises if it is unreadable."""

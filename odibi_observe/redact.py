@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from odibi_observe.textsafe import encodable_text
+
 REDACTED: Final = "***"
 
 #: How far past its limit a text is read before it is cut: a fixed-length token (an AWS key
@@ -202,20 +204,15 @@ def clamp(text: str, limit: int, *, already_cut: int = 0) -> str:
 
 
 def valid_unicode(text: str) -> tuple[str, bool]:
-    """``text`` with lone surrogates replaced by U+FFFD, and whether there were any.
+    """``text`` with lone surrogates escaped, and whether there were any.
 
     A lone surrogate (from ``os.fsdecode`` of a bad file name, or ``surrogateescape``) cannot
-    be encoded as UTF-8, so a database or an OTLP exporter would refuse the whole record. An
-    ASCII text is answered without looking at it (``isascii`` is a flag check).
+    be encoded as UTF-8, so a database or an OTLP exporter would refuse the whole record. The
+    escaping rule is the one every sink applies (:func:`odibi_observe.textsafe.encodable_text`:
+    ``\udce9`` for the byte 0xe9), so the name is kept, and is the same in every backend.
     """
-    if text.isascii():
-        return text, False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # Through UTF-16, so a *valid* surrogate pair written as two code points is joined.
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), True
-    return text, False
+    clean = encodable_text(text)
+    return clean, clean is not text
 
 
 def sanitize(text: str, limit: int) -> tuple[str, bool]:

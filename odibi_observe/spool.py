@@ -85,7 +85,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -115,6 +115,7 @@ __all__ = [
     "encode_frame",
     "process_alive",
     "process_start_ns",
+    "writer_pid",
 ]
 
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -341,6 +342,12 @@ def _own_start_ns() -> int:
 
 def _default_writer_id() -> str:
     return f"{_HOST}-{os.getpid()}-{_own_start_ns()}"
+
+
+def writer_pid(writer: str) -> int | None:
+    """The pid in a default writer id (``<host>-<pid>-<start ns>``); None for a custom id."""
+    m = _DEFAULT_WRITER_RE.match(writer)
+    return None if m is None else int(m["pid"])
 
 
 def _writer_dead(writer: str) -> bool:
@@ -1519,6 +1526,15 @@ class Spool:
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self._cursor_dir, name))
 
+    def end_positions(self) -> dict[str, tuple[int, int]]:
+        """Where each writer's frames end now: (last segment, its size), by writer.
+
+        A mark in the spool: a cursor that has :meth:`SpoolCursor.reached` it has everything
+        spooled before it was taken, while writers go on appending after it.
+        """
+        return {writer: (segments[-1].seq, segments[-1].size)
+                for writer, segments in self._list_segments().items() if segments}
+
     def stats(self) -> SpoolStats:
         """Bytes and segments in the directory now; corrupt frames and rejections counted here."""
         segments = [s for segs in self._list_segments().values() for s in segs]
@@ -1728,13 +1744,16 @@ class SpoolCursor:
         with self._lock:
             self._next = dict(self._acked)
 
-    def backlog(self) -> int:
-        """Frames not acknowledged yet, over all writers (damaged frames are not counted)."""
+    def backlog(self, writers: Callable[[str], bool] | None = None) -> int:
+        """Frames not acknowledged yet, over all writers or those ``writers`` accepts (damaged
+        frames are not counted)."""
         spool = self._spool
         with self._lock:
             acked = dict(self._acked)
         total = 0
         for writer, segments in spool._list_segments().items():
+            if writers is not None and not writers(writer):
+                continue
             wm = acked.get(writer)
             for segment in segments:
                 if wm is None or segment.seq > wm[0]:
@@ -1746,6 +1765,19 @@ class SpoolCursor:
                 if start < segment.size:
                     total += spool._count_frames(segment, start)
         return total
+
+    def reached(self, marks: dict[str, tuple[int, int]]) -> bool:
+        """Has this cursor acknowledged every frame written before ``marks``
+        (:meth:`Spool.end_positions`)?
+
+        Per writer: acknowledged up to its mark, or nothing left to acknowledge at all (the
+        torn tail of a dead writer, or damage, is never acknowledged). Frames appended after
+        the mark are not waited for: a busy writer cannot keep the answer at False.
+        """
+        with self._lock:
+            acked = dict(self._acked)
+        behind = {w for w, mark in marks.items() if acked.get(w, (-1, -1)) < mark}
+        return not behind or self.backlog(behind.__contains__) == 0
 
     def positions(self) -> dict[str, tuple[int, int]]:
         """Acknowledged (segment, offset) per writer: for diagnostics and tests."""

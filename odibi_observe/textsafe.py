@@ -24,13 +24,18 @@ if TYPE_CHECKING:
 
 
 def encodable_text(value: str) -> str:
-    """``value`` if it encodes as UTF-8, else its ``backslashreplace`` escape (see above)."""
+    """``value`` if it encodes as UTF-8, else its ``backslashreplace`` escape (see above).
+
+    A *valid* surrogate pair written as two code points (``"\ud83d\ude00"``) is joined into
+    the character it spells first; only lone surrogates are escaped.
+    """
     if value.isascii():  # the common case, decided in C
         return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        joined = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+        return joined.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 

@@ -82,6 +82,53 @@ def read_started_glob(pattern: str) -> Started:
     return read_started(sorted(glob.glob(pattern)))
 
 
+# -- the figures the fault summary prints ------------------------------------------------------
+
+@dataclass
+class FaultFigures:
+    """What one fault test measured, for ``python -m tests.fault_summary``.
+
+    ``runs``, ``lost`` (not in the catalog, or without a span), ``duplicated`` (two catalog
+    rows, or two different spans) and ``false_crashes`` (CRASHED although the decorator had
+    finished) are filled in by the last :func:`assert_every_run_recorded` of the test (the
+    one that passed, when it passed);
+    ``trials`` (faults injected) and ``time_to_crashed_s`` (fault → row CRASHED) by the test.
+    """
+
+    trials: int = 1
+    runs: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    crashed: int = 0
+    false_crashes: int = 0
+    time_to_crashed_s: list[float] = field(default_factory=list)
+    note: str = ""  # one line the summary prints under the table (a rate, a load figure)
+
+
+#: The figures of the fault test running now (reset before each test of tests/test_faults.py).
+FIGURES = FaultFigures()
+
+
+def reset_figures() -> FaultFigures:
+    global FIGURES
+    FIGURES = FaultFigures()
+    return FIGURES
+
+
+def note_time_to_crashed(rows: Iterable[Mapping[str, Any]], killed_at: Mapping[int, float],
+                         ) -> list[float]:
+    """Seconds from each kill (wall clock, by pid) to its run's row being closed as CRASHED
+    (the row's ``updated_at``, written by the close), for the runs of the killed pids."""
+    out = []
+    for row in rows:
+        at = killed_at.get(row["pid"])
+        if at is None or row["status"] != "CRASHED" or row.get("updated_at") is None:
+            continue
+        out.append(round(datetime_to_ns(row["updated_at"]) / 1e9 - at, 3))
+    FIGURES.time_to_crashed_s.extend(out)
+    return out
+
+
 # -- the invariant -----------------------------------------------------------------------------
 
 def catalog_rows(catalog_url: str) -> list[dict[str, Any]]:
@@ -182,6 +229,15 @@ def assert_every_run_recorded(
             problems.append(f"{rid}: span start {span.start_ns} != catalog {started_ns}")
         if ended_ns is None or span.end_ns // 1000 != ended_ns // 1000:
             problems.append(f"{rid}: span end {span.end_ns} != catalog {ended_ns}")
+    FIGURES.runs = len(started | set(by_id))
+    FIGURES.lost = len(missing) + sum(1 for rid in by_id if rid not in spans_by_run)
+    FIGURES.duplicated = sum(1 for n in per_id.values() if n > 1) + sum(
+        1 for found in spans_by_run.values()
+        if len({(s.trace_id, s.span_id, s.start_ns, s.end_ns, s.attributes.get(STATUS_ATTR))
+                for s in found}) > 1)
+    FIGURES.crashed = sum(1 for r in by_id.values() if r["status"] == "CRASHED")
+    FIGURES.false_crashes = sum(1 for rid, r in by_id.items() if r["status"] == "CRASHED"
+                                and ended is not None and ended.get(rid, "CRASHED") != "CRASHED")
     if problems:
         head = f"{context}: " if context else ""
         raise AssertionError(

@@ -51,11 +51,16 @@ def _open_started(path: str) -> None:
     _started_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
+_started_fsync = True
+
+
 def note(line: str) -> None:
-    """Append one line to the started file, durably, before the caller goes on."""
+    """Append one line to the started file, durably, before the caller goes on (without the
+    fsync, ``--started-fsync never``: for a writer that is never killed, only fast)."""
     assert _started_fd is not None
     os.write(_started_fd, (line + "\n").encode())
-    os.fsync(_started_fd)
+    if _started_fsync:
+        os.fsync(_started_fd)
 
 
 def begin() -> str:
@@ -339,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-file", help="loop: after the last node, wait for it to exit")
     parser.add_argument("--children", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--started-fsync", choices=["always", "never"], default="always")
     args = parser.parse_args(argv)
+    global _started_fsync
+    _started_fsync = args.started_fsync == "always"
     commands = {"loop": cmd_loop, "zygote": cmd_zygote, "hang": cmd_hang, "fork": cmd_fork}
     return commands.get(args.command, cmd_exit)(args)
 

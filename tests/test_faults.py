@@ -17,6 +17,7 @@ ones too): none needs more than a few seconds on two cores.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -37,7 +38,9 @@ from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sidecar.sweeper import HEARTBEAT_TIMEOUT, Sweeper
 from odibi_observe.spool import Spool
+from tests import fault_helpers
 from tests.fault_helpers import (
+    FaultFigures,
     Sidecar,
     ThrowawayPostgres,
     assert_every_run_recorded,
@@ -47,11 +50,13 @@ from tests.fault_helpers import (
     expect_line,
     kill_own,
     metric_sum,
+    note_time_to_crashed,
     own_process,
     pipeline,
     read_metrics_file,
     read_started,
     read_started_glob,
+    reset_figures,
     small_tmpfs,
     spans_in,
     status_counts,
@@ -81,6 +86,21 @@ def private_pg() -> Iterator[ThrowawayPostgres]:
     server = throwaway_postgres_or_skip()
     yield server
     server.destroy()
+
+
+@pytest.fixture(autouse=True)
+def figures(request: pytest.FixtureRequest) -> Iterator[FaultFigures]:
+    """This test's figures; with ``ODIBI_OBSERVE_FAULT_SUMMARY=PATH`` appended to PATH as one
+    JSON line (``python -m tests.fault_summary`` runs the suite so and prints the table)."""
+    current = reset_figures()
+    began = time.monotonic()
+    yield current
+    path = os.environ.get("ODIBI_OBSERVE_FAULT_SUMMARY")
+    if path:
+        line = {"test": request.node.nodeid, "seconds": round(time.monotonic() - began, 1),
+                **dataclasses.asdict(fault_helpers.FIGURES)}
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
 
 
 def _catalog_counts(url: str) -> dict[str, int]:
@@ -130,6 +150,7 @@ def test_sigkill_at_random_points_every_started_run_is_recorded_once(
                            "--started-dir", str(started_dir), "--heartbeat", "0.1",
                            "--sleep", "0.03", "--fail-rate", "0.2"], log=log, stdin=True)
         alive: dict[int, int] = {}  # pid -> pidfd: a signal can never reach a reused pid
+        killed_at: dict[int, float] = {}
         in_node_trials = 0
         try:
             expect_line(zygote, "zygote ready", log)
@@ -159,6 +180,7 @@ def test_sigkill_at_random_points_every_started_run_is_recorded_once(
                             kill_at = entry[2] = now + delay
                         if kill_at is not None and now >= kill_at:
                             kill_own(alive.pop(pid))
+                            killed_at[pid] = time.time()
                             del plan[pid]
                     time.sleep(0.001)
             zygote.stdin.write("exit\n")
@@ -183,6 +205,8 @@ def test_sigkill_at_random_points_every_started_run_is_recorded_once(
         eventually(lambda: _assert_metrics_match_catalog(sidecar, pg_url, context), timeout=10)
     counts = status_counts(rows)
     print(f"{len(rows)} runs: {counts}")
+    fault_helpers.FIGURES.trials = KILL_TRIALS
+    note_time_to_crashed(rows.values(), killed_at)
     # The test is only worth something if the kills really landed inside nodes.
     assert counts.get("CRASHED", 0) >= in_node_trials // 2, f"{context}: {counts}"
     assert counts.get("SUCCESS", 0) > 0 and counts.get("FAILURE", 0) > 0, counts
@@ -191,6 +215,170 @@ def test_sigkill_at_random_points_every_started_run_is_recorded_once(
     unlisted = [r for rid, r in rows.items() if rid not in started.pids]
     assert max(Counter(r["pid"] for r in unlisted).values(), default=0) <= 1, unlisted
     assert {r["status"] for r in unlisted} <= {"CRASHED"}, unlisted
+
+
+# -- a crashed run closed on schedule while a busy writer keeps the spool full -----------------
+
+SWEEP_INTERVAL = 2.0
+#: What closing may take beyond one interval: the pass itself (a catalog query, the dead
+#: writer's tail, the close) on two shared cores with the busy writer and the pump running.
+SWEEP_SLACK = 3.0
+
+
+@pytest.mark.slow  # still run by CI: scripts/test.sh deselects no marker
+def test_killed_run_is_crashed_on_schedule_while_a_busy_writer_keeps_the_backlog_up(
+        pg_url: str, tmp_path: Path, seed: int) -> None:
+    """A pipeline (sidecar mode) runs nodes back to back with no pause — the spool's catalog
+    backlog is never 0 while it runs — and a second pipeline, inside a long node, is
+    SIGKILLed. The sidecar (sweep interval 2 s) closes the killed run as CRASHED within one
+    interval plus 3 s of slack: it waits only for the dead writer's spooled events, not for
+    the busy writer's. Afterwards no run that finished is CRASHED (each has the status its
+    decorator finished with), every run is recorded once, and the killed one is CRASHED."""
+    spool, traces, log = tmp_path / "spool", tmp_path / "traces.jsonl", tmp_path / "log.txt"
+    busy_file, victim_file, stop = tmp_path / "busy", tmp_path / "victim", tmp_path / "stop"
+    with Sidecar(pg_url, spool, log=log, traces_file=traces,
+                 args=["--sweep-interval", str(SWEEP_INTERVAL)]) as sidecar:
+        busy = pipeline(["loop", "--mode", "sidecar", "--spool-dir", str(spool),
+                         "--started", str(busy_file), "--fail-rate", "0.1", "--spool-fsync",
+                         "never", "--started-fsync", "never", "--stop-file", str(stop),
+                         "--seed", str(seed)], log=log)
+        victim = pipeline(["hang", "--mode", "sidecar", "--spool-dir", str(spool),
+                           "--heartbeat", "0.2", "--started", str(victim_file),
+                           "--stop-file", str(tmp_path / "never")], log=log)
+        try:
+            expect_line(busy, "ready", log)
+            expect_line(victim, "ready", log)
+            (killed,) = read_started([victim_file]).order
+
+            def victim_running() -> None:
+                rows = {r["run_id"]: r["status"] for r in catalog_rows(pg_url)}
+                assert rows.get(killed) == "RUNNING", rows.get(killed)
+
+            eventually(victim_running, timeout=20)
+            time.sleep(0.5)  # a heartbeat or two of the victim in the spool
+            victim.send_signal(signal.SIGKILL)
+            killed_at = time.time()
+            victim.wait(10)
+            busy_before = len(read_started([busy_file]).order)
+            backlog_seen: list[float] = []
+
+            def victim_crashed() -> None:
+                backlog_seen.append(metric_sum(
+                    sidecar.metrics(), "odibi_observe_spool_backlog_events", sink="catalog"))
+                rows = {r["run_id"]: r for r in catalog_rows(pg_url)}
+                assert rows[killed]["status"] == "CRASHED", rows[killed]["status"]
+
+            eventually(victim_crashed, timeout=SWEEP_INTERVAL + SWEEP_SLACK + 30, interval=0.1)
+            waited = time.time() - killed_at
+            busy_during = len(read_started([busy_file]).order) - busy_before
+        finally:
+            stop.touch()
+            if victim.poll() is None:
+                victim.kill()
+            assert busy.wait(30) == 0, log.read_text()[-2000:]
+        started = read_started([busy_file, victim_file])
+        rows = eventually(lambda: assert_every_run_recorded(
+            pg_url, spans_in(traces), started.run_ids,
+            ended={**started.ended, killed: "CRASHED"}, pids=started.pids,
+            context=f"seed={seed}"), timeout=120)
+    crashed = note_time_to_crashed([rows[killed]], {victim.pid: killed_at})
+    fault_helpers.FIGURES.trials = 1
+    rate = busy_during / waited
+    fault_helpers.FIGURES.note = (
+        f"busy writer {rate:.0f} runs/s while the killed run waited; killed run CRASHED "
+        f"{waited:.2f} s after the kill (sweep interval {SWEEP_INTERVAL:g} s); catalog "
+        f"backlog up to {max(backlog_seen):.0f} events meanwhile")
+    print(f"killed run CRASHED after {waited:.2f} s (catalog close {crashed}); busy writer "
+          f"{rate:.0f} runs/s meanwhile; catalog backlog seen {backlog_seen[:3]}..."
+          f"{backlog_seen[-3:]}; {len(rows)} runs: {status_counts(rows)}")
+    assert rows[killed]["error_type"] == "ProcessCrashed"
+    assert status_counts(rows).get("CRASHED") == 1, status_counts(rows)
+    assert max(backlog_seen) > 0, "the busy writer never kept the catalog busy: no load"
+    assert waited <= SWEEP_INTERVAL + SWEEP_SLACK, \
+        f"the killed run took {waited:.1f} s to be CRASHED (interval {SWEEP_INTERVAL} s)"
+
+
+# -- a crash judged by heartbeats, then the real ending -------------------------------------------
+
+def test_heartbeat_judged_crash_then_real_end_the_real_ending_wins_everywhere(
+        pg_url: str, tmp_path: Path) -> None:
+    """A sidecar judging by heartbeats (``--no-pid-check``, timeout 1 s) and a pipeline inside
+    a long node, heartbeating every 100 ms, frozen with SIGSTOP: the sweeper closes the run
+    as CRASHED and its crash span reaches the (real) OTLP receiver. The process is resumed and
+    the node really ends, SUCCESS: the catalog row becomes SUCCESS (the real terminal record
+    replaces the verdict); the receiver holds both spans with the run's ids, the crash span
+    ending at the last heartbeat and the real one later; the span ledger fed those spans in
+    the order they crossed the wire keeps the SUCCESS; and reconciliation — over the ledger,
+    and over a traces file holding both spans — finds nothing to repair (before, the ledger
+    kept the crash and reconciliation proposed turning the real SUCCESS into CRASHED)."""
+    from datetime import timedelta
+
+    from odibi_observe.reconcile import open_catalog_source, open_trace_source, reconcile
+    from odibi_observe.reconcile.model import Window
+    from odibi_observe.record import ns_to_datetime
+    from odibi_observe.sidecar.ledger import SpanLedger
+
+    spool, traces, log = tmp_path / "spool", tmp_path / "traces.jsonl", tmp_path / "log.txt"
+    started_file, stop = tmp_path / "s", tmp_path / "stop"
+    began = time.time_ns()
+    with OtlpReceiver() as receiver, Sidecar(
+            pg_url, spool, log=log, traces_file=traces, otlp_endpoint=receiver.endpoint,
+            args=["--sweep-interval", "0.3", "--no-pid-check", "--heartbeat-timeout", "1s"]):
+        proc = pipeline(["hang", "--mode", "sidecar", "--spool-dir", str(spool), "--heartbeat",
+                         "0.1", "--started", str(started_file), "--stop-file", str(stop)],
+                        log=log)
+        try:
+            expect_line(proc, "ready", log)
+            (run_id,) = read_started([started_file]).order
+
+            def row() -> dict:  # type: ignore[type-arg]
+                found = {r["run_id"]: r for r in catalog_rows(pg_url)}.get(run_id)
+                assert found is not None, "no catalog row yet"
+                return found
+
+            eventually(lambda: _assert(row()["heartbeat_at"] is not None), timeout=15)
+            os.kill(proc.pid, signal.SIGSTOP)
+            eventually(lambda: _assert(row()["status"] == "CRASHED"), timeout=20)
+            crashed_row = row()
+            assert crashed_row["error_type"] == "ProcessCrashed"
+            assert "no heartbeat from process" in crashed_row["error_message"]
+
+            def spans() -> list:  # type: ignore[type-arg]
+                return [s for s in receiver.spans if s.attributes.get("odibi.run_id") == run_id]
+
+            eventually(lambda: _assert(len(spans()) == 1), timeout=20)
+            stop.touch()
+            os.kill(proc.pid, signal.SIGCONT)
+            assert proc.wait(15) == 0, log.read_text()[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        eventually(lambda: _assert(row()["status"] == "SUCCESS"), timeout=20)
+        eventually(lambda: _assert(len(spans()) == 2), timeout=20)
+    final = row()
+    assert final["error_type"] is None and final["error_message"] is None
+    crash, real = spans()
+    assert (crash.trace_id, crash.span_id) == (real.trace_id, real.span_id)
+    assert crash.attributes["odibi.status"] == "CRASHED"
+    assert crash.attributes["error.type"] == "ProcessCrashed"
+    assert real.attributes["odibi.status"] == "SUCCESS"
+    assert crash.end_ns // 1000 == fault_helpers.datetime_to_ns(crashed_row["ended_at"]) // 1000
+    assert real.end_ns > crash.end_ns
+    assert real.end_ns // 1000 == fault_helpers.datetime_to_ns(final["ended_at"]) // 1000
+
+    ledger = SpanLedger(pg_url)
+    for span in (crash, real):  # as the sidecar's receiver would get them, one export each
+        ledger.store([span])
+    ledger.dispose()
+    window = Window.between(ns_to_datetime(began - 60 * 10**9), ns_to_datetime(time.time_ns()),
+                            grace=timedelta(0))
+    for spec in (f"ledger:{pg_url}", f"otlp-json:{traces}"):
+        with reconcile(open_catalog_source(pg_url), [open_trace_source(spec)],
+                       window) as result:
+            assert (result.matched, dict(+result.by_kind)) == (1, {}), (spec, result.by_kind)
+    fault_helpers.FIGURES.runs, fault_helpers.FIGURES.false_crashes = 1, 0
+    fault_helpers.FIGURES.crashed = 0
 
 
 # -- SIGTERM, os._exit, an uncaught exception in a thread ---------------------------------------

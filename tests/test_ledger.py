@@ -204,3 +204,22 @@ def test_span_to_row_ignores_a_malformed_parent_and_an_end_before_the_start() ->
     row, problem = span_to_row(span, datetime.now(timezone.utc))
     assert problem is None and row is not None
     assert row["parent_span_id"] is None and row["ended_at"] is None
+
+
+def test_a_crash_span_is_replaced_by_the_real_ending_with_the_same_ids(
+        ledger: SpanLedger) -> None:
+    """A run the sweeper judged dead by heartbeats (its CRASHED span, with the run's ids) that
+    then really ended: the real ending replaces the crash, as in meta_runs. Nothing else is
+    replaced: a crash arriving after the real ending, or a second real ending, is a
+    duplicate and the stored row stays."""
+    real = terminal(status=RunStatus.SUCCESS, rows_processed=7)
+    crash = real.finished(status=RunStatus.CRASHED, ended_ns=real.started_ns + 1_000,
+                          rows_processed=None, error_type="ProcessCrashed")
+    assert ledger.store(views([crash])).stored == 1
+    replaced = ledger.store(views([real]))
+    assert (replaced.stored, replaced.duplicates) == (1, 0)
+    late_crash = ledger.store(views([crash]))
+    other_ending = ledger.store(views([real.finished(status=RunStatus.FAILURE)]))
+    assert (late_crash.stored, other_ending.stored) == (0, 0)
+    (row,) = ledger_rows(ledger)
+    assert (row["status"], row["rows_processed"], row["error_type"]) == ("SUCCESS", 7, None)

@@ -249,7 +249,8 @@ def test_sweep_closes_a_killed_run_and_exports_its_crash_span(
         assert swept.returncode == 0, swept.stderr
         lines = swept.stdout.splitlines()
         assert lines[0].startswith(f"closed {hung}  nightly/hang  started ")
-        assert "process" in lines[1] and "is no longer running" in lines[1]
+        assert "process" in lines[1] and "was not alive at" in lines[1]
+        assert "last sign of life" in lines[1]
         assert re.search(r"swept host '.+' at .+: 1 RUNNING run\(s\) checked, 1 closed as "
                          r"CRASHED \(process_gone: 1\)", lines[-1]), lines[-1]
 

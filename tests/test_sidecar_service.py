@@ -218,7 +218,8 @@ def test_no_sweep_while_a_run_s_ending_is_still_spooled(
     record = make_record(status=RunStatus.RUNNING, pid=dead_pid())
     catalog.inner.export([RunEvent(EventKind.STARTED, record)])
     catalog.broken.set()
-    writer = Spool(spool, fsync="never")
+    # Spooled by the run's own process (the writer id names its pid), which is gone.
+    writer = Spool(spool, fsync="never", writer_id=f"{record.host}-{record.pid}-1")
     writer.append(RunEvent(EventKind.FINISHED, record.finished(
         status=RunStatus.SUCCESS, ended_ns=record.started_ns + 10**9, rows_processed=3)
     ).to_json().encode())

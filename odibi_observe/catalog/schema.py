@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from odibi_observe.conventions import (
     CATALOG_TABLE,
     FIELDS,
+    HEALTH_FINDINGS_TABLE,
     ODIBI_META_RUNS_COLUMNS,
     RECONCILIATION_ITEMS_TABLE,
     RECONCILIATION_TABLE,
@@ -231,6 +232,35 @@ reconciliation_items: Final = sa.Table(
     sa.Column("repaired", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 sa.Index("ix_meta_reconciliation_items_run_id", reconciliation_items.c[RUN_ID])
+
+# --- data-health findings -------------------------------------------------------------------------
+#
+# One row per finding of ``odibi-observe health``: a (kind, pipeline, node) that a pass saw. It
+# stays ``open`` (``last_seen_at`` and ``passes`` move) while passes keep seeing it, and becomes
+# ``resolved`` at the first pass that does not: one row per episode, not one per pass.
+
+health_findings: Final = sa.Table(
+    HEALTH_FINDINGS_TABLE,
+    metadata,
+    sa.Column("finding_id", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column(PIPELINE, sa.String(255), nullable=False),
+    sa.Column(NODE, sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.Column("passes", sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Column("score", sa.Float),
+    sa.Column("baseline", sa.Float),
+    sa.Column("value", sa.Float),
+    sa.Column("detail", sa.Text),
+    sa.Column("evidence_json", sa.Text),
+)
+sa.Index("ix_meta_health_findings_node", health_findings.c.kind, health_findings.c[PIPELINE],
+         health_findings.c[NODE], health_findings.c.state)
+sa.Index("ix_meta_health_findings_state_seen", health_findings.c.state,
+         health_findings.c.last_seen_at)
 
 #: Index name → its columns, for migrations and tests that check the database has them.
 INDEXES: Final = {

@@ -83,6 +83,7 @@ from odibi_observe.reconcile.sources import SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
 _RUNNING: Final = RunStatus.RUNNING.value
+_CRASHED: Final = RunStatus.CRASHED.value
 _HOUR_NS: Final = 3_600 * 1_000_000_000
 _DAY_NS: Final = 24 * _HOUR_NS
 _key = itemgetter(0)
@@ -573,7 +574,8 @@ class _Merger:
 
 def _distinct_spans(spans: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The different spans among ``spans``: one per (trace id, span id), preferring a terminal
-    status and then the latest end (a span re-sent after a sweeper closed the run)."""
+    status, then a real ending over CRASHED (a run the sweeper judged dead by its heartbeats
+    that then really ended: the later truth wins), then the latest end."""
     best: dict[tuple[str, str], tuple[Any, ...]] = {}
     for span in spans:
         ids = (span[T_TRACE_ID], span[T_SPAN_ID])
@@ -583,8 +585,8 @@ def _distinct_spans(spans: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return list(best.values())
 
 
-def _rank(span: tuple[Any, ...]) -> tuple[bool, int]:
-    return span[T_STATUS] != _RUNNING, span[T_END]
+def _rank(span: tuple[Any, ...]) -> tuple[bool, bool, int]:
+    return span[T_STATUS] != _RUNNING, span[T_STATUS] != _CRASHED, span[T_END]
 
 
 def _n(value: Any) -> str:

@@ -39,6 +39,7 @@ for the traces.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +47,12 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from odibi_observe import crash
 from odibi_observe.catalog.schema import RUN_ID, meta_runs, row_to_record
 from odibi_observe.catalog.store import CatalogStore
 from odibi_observe.config import ConfigurationError, resolve_settings
-from odibi_observe.conventions import CRASHED_ERROR_TYPE, RunStatus, Source
+from odibi_observe.conventions import RunStatus, Source
+from odibi_observe.crash import utc
 from odibi_observe.reconcile.catalog_sources import CatalogSource
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import Discrepancy, iso_ns
@@ -339,16 +342,16 @@ def derived_ids(run_id: str) -> dict[str, str]:
             "span_id": span_id if int(span_id, 16) else "1".zfill(16)}
 
 
-def close_as_crashed(record: RunRecord) -> RunRecord:
-    """``record`` (RUNNING) closed as CRASHED at its last sign of life."""
-    last = max(record.heartbeat_ns or record.started_ns, record.started_ns)
-    return record.finished(
-        status=RunStatus.CRASHED, ended_ns=last, error_type=CRASHED_ERROR_TYPE,
-        error_message=f"no terminal record and no sign of life since {iso_ns(last)}: the "
-                      "process died without closing the run (SIGKILL, OOM kill or a lost "
-                      "host); closed by reconciliation",
-        source=Source.RECONCILER,
-    )
+def close_as_crashed(record: RunRecord, checked_ns: int | None = None) -> RunRecord:
+    """``record`` (RUNNING) closed as CRASHED at its last sign of life: the end time rule the
+    sweeper uses too (:func:`odibi_observe.crash.close_as_crashed`), so a run gets the same
+    end whichever of them closes it."""
+    at = utc(time.time_ns() if checked_ns is None else checked_ns)
+    return crash.close_as_crashed(
+        record, verdict=f"process {record.pid} on host {record.host} left no terminal record, "
+                        f"no span and no sign of life by {at} (SIGKILL, OOM kill or a lost "
+                        f"host)",
+        closed_by="reconciliation", source=Source.RECONCILER)
 
 
 def _status(value: Any) -> RunStatus | None:

@@ -19,7 +19,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
@@ -39,6 +39,7 @@ from odibi_observe.sidecar import DEFAULT_HOST, SidecarOptions
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
+    from odibi_observe.record import RunRecord
     from odibi_observe.selfmetrics import SelfMonitor
     from odibi_observe.sidecar.sweeper import SweepResult
     from odibi_observe.sinks.base import Sink
@@ -411,14 +412,14 @@ class _NotDrained(Exception):
 
 
 def _sweep(plan: _SweepPlan, spool: Spool | None,
-           settle: Callable[[], bool] | None = None) -> SweepResult:
+           settle: Callable[[Sequence[RunRecord]], bool] | None = None) -> SweepResult:
     from odibi_observe.sidecar.sweeper import Sweeper
 
     plan.store.ensure_schema()
     return Sweeper(plan.store, plan.sinks, host=plan.host,
                    heartbeat_timeout=plan.heartbeat_timeout, all_hosts=plan.all_hosts,
                    pid_check=plan.pid_check, spool=spool, dry_run=plan.dry_run,
-                   settle=settle).sweep()
+                   settle=settle, closed_by="odibi-observe sweep").sweep()
 
 
 def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, list[str]]:
@@ -430,6 +431,7 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
     """
     from odibi_observe.pump import SpoolPump
     from odibi_observe.sidecar.service import CATALOG_SINK, _WatchedSink
+    from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
     from odibi_observe.spool import Spool
 
     if not os.path.isdir(spool_dir):
@@ -455,10 +457,17 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
             if n:
                 print(f"warning: sink {sink!r} still has {n} spooled event(s)", file=sys.stderr)
         # Deliver once more after the verdicts: a process may have spooled its ending and
-        # exited since the drain above; judged dead, it can write nothing more.
-        def settle() -> bool:
-            pump.drain(plan.drain_timeout)
-            return not pump.backlog().get(CATALOG_SINK)
+        # exited since the drain above; judged dead, it can write nothing more. Only the dead
+        # runs' writers are waited for (live ones may write on for ever).
+        def settle(records: Sequence[RunRecord]) -> bool:
+            caught_up = spooled_so_far_ingested(spool, CATALOG_SINK, records)
+            deadline = time.monotonic() + plan.drain_timeout
+            while not caught_up():
+                if time.monotonic() >= deadline:
+                    return False
+                if not pump.pump_once():
+                    time.sleep(0.05)
+            return True
 
         result = _sweep(plan, None if plan.dry_run else spool, settle)
         if not result.closed or plan.dry_run:

@@ -16,6 +16,12 @@ What is stored, and why:
   an exporter that retries after a timeout re-sends spans the ledger already has, and they
   must be stored once (*duplicates*). Two *different* spans claiming the same ``run_id`` are
   both kept — that is a ``duplicate_in_traces`` reconciliation must see, not something to hide;
+* one exception to "the first one stays": a ``CRASHED`` span is *replaced* by a ``SUCCESS`` or
+  ``FAILURE`` span with the same ids. That pair is a run the sweeper judged dead by its
+  heartbeats (its crash span, back-dated, with the run's ids) that then really ended; the
+  real ending is the later truth, as in ``meta_runs`` (see docs/guarantees.md, "When a run
+  is closed as CRASHED"). Keeping the crash would make reconciliation "repair" the catalog's
+  real ending into the crash;
 * attribute values of the wrong type (``odibi.rows_processed`` sent as a string, say) are left
   NULL and counted per attribute; the rest of the span is still stored. A span whose ids,
   start time or ``run_id`` are unusable is *rejected* (it cannot be keyed or placed in time).
@@ -68,7 +74,7 @@ from odibi_observe.catalog.schema import (
     utc,
 )
 from odibi_observe.catalog.store import SQLITE_IMMEDIATE, create_catalog_engine
-from odibi_observe.conventions import FIELDS
+from odibi_observe.conventions import FIELDS, RunStatus
 from odibi_observe.otlp_json import SpanView
 from odibi_observe.record import ns_to_datetime
 
@@ -291,18 +297,30 @@ class SpanLedger:
         self.engine.dispose()
 
 
+#: Statuses of a real ending, which replace a CRASHED span with the same ids.
+_REAL_ENDINGS: Final = (RunStatus.SUCCESS.value, RunStatus.FAILURE.value)
+
+
 def _insert_statement(dialect: str) -> sa.Insert | None:
-    """``INSERT ... ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING`` the keys, or None
-    for a backend without that syntax (then :func:`_insert_portable` is used)."""
+    """``INSERT ... ON CONFLICT (trace_id, span_id) DO UPDATE ... WHERE`` the stored span is
+    CRASHED and the new one a real ending, ``RETURNING`` the keys; None for a backend without
+    that syntax (then :func:`_insert_portable` is used). Any other conflict changes nothing.
+    """
     c = span_ledger.c
     keys = [c[TRACE_ID], c[SPAN_ID]]
     if dialect == "postgresql":
-        return postgresql.insert(span_ledger).on_conflict_do_nothing(index_elements=keys) \
-            .returning(*keys)
-    if dialect == "sqlite":
-        return sqlite.insert(span_ledger).on_conflict_do_nothing(index_elements=keys) \
-            .returning(*keys)
-    return None
+        insert: Any = postgresql.insert(span_ledger)
+    elif dialect == "sqlite":
+        insert = sqlite.insert(span_ledger)
+    else:
+        return None
+    excluded = insert.excluded
+    return insert.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=keys,
+        set_={col.name: excluded[col.name] for col in c if col not in keys},
+        where=sa.and_(c[STATUS] == RunStatus.CRASHED.value,
+                      sa.or_(*(excluded[STATUS] == status for status in _REAL_ENDINGS))),
+    ).returning(*keys)
 
 
 def _insert_portable(conn: Connection, rows: list[dict[str, Any]]) -> int:
@@ -321,7 +339,16 @@ def _insert_portable(conn: Connection, rows: list[dict[str, Any]]) -> int:
     new = [r for r in rows if (r[TRACE_ID], r[SPAN_ID]) not in existing]
     if new:
         conn.execute(span_ledger.insert(), new)
-    return len(new)
+    replaced = 0
+    for row in rows:
+        if (row[TRACE_ID], row[SPAN_ID]) in existing and row.get(STATUS) in _REAL_ENDINGS:
+            replaced += conn.execute(
+                span_ledger.update()
+                .where(c[TRACE_ID] == row[TRACE_ID], c[SPAN_ID] == row[SPAN_ID],
+                       c[STATUS] == RunStatus.CRASHED.value)
+                .values({k: v for k, v in row.items() if k not in (TRACE_ID, SPAN_ID)})
+            ).rowcount
+    return len(new) + replaced
 
 
 def _read_row(row: Mapping[Any, Any]) -> dict[str, Any]:

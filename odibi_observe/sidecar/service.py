@@ -10,8 +10,8 @@ Pipeline processes in ``mode="sidecar"`` only append their run events to a spool
 * **sweeper** — every ``sweep_interval``, closes as ``CRASHED`` the ``RUNNING`` runs whose
   process is gone (:class:`~odibi_observe.sidecar.sweeper.Sweeper`); its crash events go
   through the spool, so they reach every sink with the pump's retries. A sweep waits until the
-  catalog has caught up with the spool: a terminal event still spooled must not be mistaken
-  for a crash;
+  catalog has every event the dead processes spooled (not until the spool is empty, which a
+  busy host never is): a terminal event still spooled must not be mistaken for a crash;
 * **maintenance** — ``spool.gc()`` every ``gc_interval`` (segments every cursor has passed are
   deleted) and the spool gauges every second;
 * **HTTP** — :class:`~odibi_observe.sidecar.server.SidecarServer`: ``/metrics`` (node metrics
@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from odibi_observe.config import ConfigurationError, Settings, hide_password, resolve_settings
 from odibi_observe.conventions import SIDECAR_METRICS, RunStatus, Source
-from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sidecar import SidecarOptions
@@ -422,13 +422,14 @@ class Sidecar:
     def sweep_once(self, catchup_timeout: float | None = None) -> SweepResult | None:
         """One sweep; the ``SweepResult`` (None when the sweeper is off).
 
-        Runs judged dead are closed only once the catalog has caught up with the spool
-        (the sweeper's ``settle`` hook, :meth:`_catalog_caught_up`): a run whose terminal event
-        is spooled but not yet written is still RUNNING in the catalog, and its process is
-        gone — exactly what a crash looks like. The wait comes *after* the verdicts, because a
-        process can spool its ending and exit between a check made before them and the
-        verdict; once it is judged dead it can write nothing more, so what the catalog has
-        then is final. If the catalog does not catch up in time, the closing is postponed.
+        Runs judged dead are closed only once the catalog has every event their processes
+        spooled (the sweeper's ``settle`` hook, :meth:`_catalog_caught_up`): a run whose
+        terminal event is spooled but not yet written is still RUNNING in the catalog, and its
+        process is gone — exactly what a crash looks like. The wait comes *after* the
+        verdicts, because a process can spool its ending and exit between a check made before
+        them and the verdict; once it is judged dead it can write nothing more, so what the
+        catalog has then is final. If the catalog does not catch up in time, the closing is
+        postponed.
         """
         if self.sweeper is None:
             return None
@@ -439,13 +440,20 @@ class Sidecar:
         self.last_sweep = result
         return result
 
-    def _catalog_caught_up(self) -> bool:
+    def _catalog_caught_up(self, records: Sequence[RunRecord]) -> bool:
+        """Has the catalog every event the writers of ``records`` (the runs about to be
+        closed) spooled? Waits up to the catch-up time. Other writers are not waited for: a
+        steady stream from live pipelines must not hold a crashed run open."""
+        from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
+
+        caught_up = spooled_so_far_ingested(self.spool, CATALOG_SINK, records)
         deadline = time.monotonic() + self._catchup_wait
-        while self.pump.backlog().get(CATALOG_SINK, 0):
+        while not caught_up():
             if time.monotonic() >= deadline or self._stopping.is_set():
                 self.monitor.warn_once_per_minute(
                     "sidecar-sweep-behind", "odibi-observe sidecar: closing crashed runs "
-                    "postponed, the catalog has not caught up with the spool yet")
+                    "postponed, the catalog has not caught up with what the dead processes "
+                    "spooled yet")
                 return False
             time.sleep(0.25)  # counting the backlog parses frames: not in a tight loop
         return True
@@ -590,7 +598,7 @@ def _build_pump(spool: Spool, sinks: Sequence[Sink], monitor: SelfMonitor,
 
 def _build_sweeper(store: CatalogStore, sinks: Sequence[Sink], options: SidecarOptions, *,
                    spool: Spool, host: str, registry: CollectorRegistry,
-                   settle: Callable[[], bool]) -> Sweeper:
+                   settle: Callable[[Sequence[RunRecord]], bool]) -> Sweeper:
     from odibi_observe.sidecar.sweeper import Sweeper
 
     # host: the name pipelines record (Settings.host), so "this host's runs" match.

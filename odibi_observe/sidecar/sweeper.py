@@ -19,8 +19,14 @@ A run judged gone is closed in *both* places the promise covers:
 * a span with the run's original ``trace_id``/``span_id`` and its original, back-dated start,
   status ERROR, so the trace backend shows the crash where the run began; and the metrics.
 
-The run's end is its last sign of life (the last heartbeat), or the moment of the sweep when
-there was none; the error message says which, so the duration is never mistaken for work done.
+The run's end is its last sign of life — the latest of its start and its last heartbeat —
+by the one rule every closing path shares (:mod:`odibi_observe.crash`); the error message
+says what was found about the process and when, and which sign of life the end is.
+
+Under load the closing is not held back by other processes: before closing, the sweeper waits
+until the catalog's spool cursor has passed the last frame of each dead run's own writer
+(``settle``, :func:`spooled_so_far_ingested`), not until the spool is empty: at a thousand
+runs a second from live pipelines that never happens.
 
 Clock and liveness checks are injectable: tests use a frozen clock instead of sleeping through
 the threshold.
@@ -38,16 +44,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
-from odibi_observe.conventions import (
-    CRASHED_ERROR_TYPE,
-    SIDECAR_METRICS,
-    RunStatus,
-    Source,
-)
-from odibi_observe.record import EventKind, RunEvent, RunRecord, ns_to_datetime
+from odibi_observe.conventions import SIDECAR_METRICS, Source
+from odibi_observe.crash import close_as_crashed, utc
+from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.selfmetrics import log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.catalog import CatalogSink
+from odibi_observe.spool import writer_pid
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -87,12 +90,17 @@ class Sweeper:
     the spool instead and the sidecar's pump delivers it to every sink with retries, so an
     unreachable collector during the sweep does not lose the crash span.
 
-    ``settle`` is called after the verdicts and before anything is closed; it returns False to
-    postpone the closing to the next pass. The sidecar passes "wait until the catalog has
-    caught up with the spool": a process judged dead can no longer write, so once the catalog
-    has everything spooled so far, a row still RUNNING really has no ending. (Checking the
-    backlog *before* the verdicts is not enough: a process may spool its ending and die in
-    between, and would then look crashed.)
+    ``closed_by`` names the closer in the error message (``odibi-observe sweep`` says so).
+
+    ``settle`` is called with the runs about to be closed, after the verdicts and before
+    anything is closed; it returns False to postpone the closing to the next pass. The sidecar
+    passes "wait until the catalog has every event these runs' writers spooled"
+    (:func:`spooled_so_far_ingested`): a process judged dead can no longer write, so once the
+    catalog has everything it spooled, a row still RUNNING really has no ending. Only their
+    writers, not until the spool is empty: live processes keep writing at any rate, and a
+    catalog that is never fully caught up must not keep crashed runs open. (Checking *before*
+    the verdicts is not enough: a process may spool its ending and die in between, and would
+    then look crashed.)
     """
 
     def __init__(
@@ -109,7 +117,8 @@ class Sweeper:
         alive: LivenessCheck = _process_alive,
         registry: CollectorRegistry | None = None,
         dry_run: bool = False,
-        settle: Callable[[], bool] | None = None,
+        settle: Callable[[Sequence[RunRecord]], bool] | None = None,
+        closed_by: str = "the sidecar's sweeper",
     ) -> None:
         if heartbeat_timeout <= 0:
             raise ValueError("heartbeat_timeout must be positive")
@@ -124,6 +133,7 @@ class Sweeper:
         self.alive = alive
         self.dry_run = dry_run
         self.settle = settle
+        self.closed_by = closed_by
         self.closed_total = Counter(
             SIDECAR_METRICS.sweeper_closed.prometheus_base,
             SIDECAR_METRICS.sweeper_closed.description,
@@ -146,25 +156,23 @@ class Sweeper:
         return HEARTBEAT_TIMEOUT if last is not None else NO_HEARTBEAT
 
     def crashed_record(self, record: RunRecord, reason: str, now_ns: int) -> RunRecord:
-        """The terminal snapshot of a run closed for ``reason`` (same ids, original start)."""
-        last = record.heartbeat_ns
-        ended = max(record.started_ns, last if last is not None else now_ns)
-        where = f"process {record.pid} on {record.host}"
-        seen = (f"last heartbeat at {ns_to_datetime(last):%Y-%m-%d %H:%M:%S} UTC"
-                if last is not None else "no heartbeat received")
-        why = {
-            PROCESS_GONE: f"{where} is no longer running",
-            PID_REUSED: f"{where} is gone (its pid now belongs to a newer process)",
-            HEARTBEAT_TIMEOUT: f"no heartbeat from {where} for more than "
-                               f"{timedelta(seconds=round(self.heartbeat_timeout))}",
-            NO_HEARTBEAT: f"{where} sent no heartbeat within "
-                          f"{timedelta(seconds=round(self.heartbeat_timeout))} of its start",
+        """The terminal snapshot of a run closed for ``reason`` (same ids, original start),
+        ended at its last sign of life (:func:`odibi_observe.crash.close_as_crashed`)."""
+        return close_as_crashed(record, verdict=self.verdict_text(record, reason, now_ns),
+                                closed_by=self.closed_by, source=Source.SIDECAR)
+
+    def verdict_text(self, record: RunRecord, reason: str, now_ns: int) -> str:
+        """What the sweeper found about ``record``'s process, and when."""
+        where = f"process {record.pid} on host {record.host}"
+        at = utc(now_ns)
+        timeout = timedelta(seconds=round(self.heartbeat_timeout))
+        return {
+            PROCESS_GONE: f"{where} was not alive at {at}",
+            PID_REUSED: f"{where} was not alive at {at} (its pid belonged to a newer process)",
+            HEARTBEAT_TIMEOUT: f"no heartbeat from {where} for more than {timeout} at {at}",
+            NO_HEARTBEAT: f"{where} sent no heartbeat within {timeout} of its start "
+                          f"(checked at {at})",
         }[reason]
-        return record.finished(
-            status=RunStatus.CRASHED, ended_ns=ended, error_type=CRASHED_ERROR_TYPE,
-            error_message=f"closed by the sweeper: {why}; {seen}; the run's end time is its "
-                          f"last sign of life", source=Source.SIDECAR,
-        )
 
     def sweep(self) -> SweepResult:
         """One pass over the open runs; returns what was closed (nothing, with ``dry_run``)."""
@@ -178,7 +186,7 @@ class Sweeper:
         if self.dry_run or not doomed:
             return SweepResult(len(candidates), [r for r, _ in doomed],
                                _count(reason for _, reason in doomed))
-        if self.settle is not None and not self.settle():
+        if self.settle is not None and not self.settle([r for r, _ in doomed]):
             # The catalog is behind what dead processes already wrote (their real endings may
             # be among it); closing now could overwrite a real ending. Next pass.
             return SweepResult(len(candidates))
@@ -215,6 +223,26 @@ class Sweeper:
                 log.error("odibi-observe sweeper: sink %r failed: %s", sink.name, exc)
                 failed.append(sink.name)
         return failed
+
+
+def spooled_so_far_ingested(spool: Spool, cursor: str,
+                            records: Sequence[RunRecord]) -> Callable[[], bool]:
+    """A check: has cursor ``cursor`` (the catalog's) every frame that the writers of
+    ``records`` (the runs about to be closed) had spooled by *now*?
+
+    Their writers: a default writer id (``<host>-<pid>-<start>``) with one of their pids —
+    a run's events are spooled by the process that runs it — and, as they name no process,
+    custom writer ids. Every other writer is a *live* process the verdicts say nothing about;
+    waiting for it would let a busy one keep crashed runs open for ever (the catalog is never
+    fully caught up while pipelines run). The mark (:meth:`Spool.end_positions`) is taken
+    when this is called, after the verdicts: a dead writer has written all it ever will by
+    then; what a custom-id writer appends later is not waited for.
+    """
+    pids = {r.pid for r in records}
+    marks = {writer: mark for writer, mark in spool.end_positions().items()
+             if writer_pid(writer) in pids or writer_pid(writer) is None}
+    found = [c for c in spool.open_cursors() if c.name == cursor]
+    return (lambda: True) if not found else (lambda: found[0].reached(marks))
 
 
 def _count(reasons: Iterable[str]) -> dict[str, int]:

@@ -1,0 +1,253 @@
+"""``odibi-observe health``: the command line of :mod:`odibi_observe.health`.
+
+Exit codes, as ``reconcile``: 0 nothing found; 1 the pass ran and found problems (see the
+report); 2 bad configuration, or the catalog could not be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import textwrap
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from odibi_observe.cli import CATALOG_ENV, duration_arg
+from odibi_observe.config import ConfigurationError, hide_password
+from odibi_observe.conventions import HEALTH_FINDING_KINDS, HEALTH_FINDINGS_TABLE
+
+FORMATS = ("json", "md", "html")
+
+DESCRIPTION = f"""\
+Judge every node's recent runs against its own history in the run catalog (meta_runs): row
+counts and durations far from normal (z-scores), nodes that returned 0 rows, nodes with no
+success for longer than their cadence allows, failure streaks and nodes that succeed only
+after retries. Writes health.json, health.md and health.html, and records findings in
+{HEALTH_FINDINGS_TABLE} (where that table exists), open until a pass no longer sees them.
+Reads the catalog only.
+"""
+
+EPILOG = f"""\
+window: the recent runs judged. --last 24h (the default) is the 24 hours before now;
+  --since/--until give it exactly. Each node's history (training) is the --training-days
+  before the window (x7 with --seasonality day_of_week).
+
+{textwrap.fill("finding kinds: " + ", ".join(HEALTH_FINDING_KINDS), width=90,
+               subsequent_indent="  ")}
+  (docs/health.md: the method and defaults of each, and what to do)
+
+config (--config FILE, TOML): per-node freshness SLAs and kinds to skip, first match wins:
+  [[node]]
+  pipeline = "daily_sales"     # glob
+  node = "ingest_*"            # glob
+  freshness_sla = "26h"        # or "off"
+  skip = ["duration_anomaly"]
+
+exit status: 0 nothing found, 1 findings, 2 bad configuration or unreadable catalog.
+
+examples:
+  odibi-observe health --catalog sqlite:///catalog.db
+  odibi-observe health --catalog postgresql://etl@db/catalog --out /srv/health/$(date +%F) \\
+      --metrics-textfile /var/lib/node_exporter/textfile/health.prom --config health.toml
+"""
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``health`` to the odibi-observe parser."""
+    from odibi_observe.reconcile.commands import _formats_arg, _percent_arg, _time_arg
+
+    parser = sub.add_parser(
+        "health", help="volume, duration, freshness, failure-streak and flakiness findings "
+                       "from the run history",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--catalog", metavar="URL", default=os.environ.get(CATALOG_ENV),
+                        help=f"SQLAlchemy URL of meta_runs (default: ${CATALOG_ENV})")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML file of per-node freshness SLAs and skipped kinds")
+
+    window = parser.add_argument_group("window")
+    window.add_argument("--since", metavar="TIME", type=_time_arg,
+                        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
+    window.add_argument("--until", metavar="TIME", type=_time_arg,
+                        help="window end, ISO 8601 (default: now)")
+    window.add_argument("--last", metavar="DURATION", type=duration_arg,
+                        help="the window is the last DURATION (default 24h)")
+
+    judge = parser.add_argument_group("judging (docs/health.md: each method and its defaults)")
+    judge.add_argument("--sensitivity", type=float, default=3.0, metavar="Z",
+                       help="standard deviations from the mean that make an anomaly "
+                            "(default: 3)")
+    judge.add_argument("--training-days", type=float, default=14.0, metavar="DAYS",
+                       help="history each node is judged against (default: 14)")
+    judge.add_argument("--min-points", type=int, default=7, metavar="N",
+                       help="training runs a node needs before it is judged (default: 7)")
+    judge.add_argument("--volume-direction", choices=("both", "spike", "drop"), default="both",
+                       help="which row-count changes count (default: both)")
+    judge.add_argument("--duration-direction", choices=("both", "spike", "drop"),
+                       default="spike", help="which duration changes count (default: spike)")
+    judge.add_argument("--min-change", type=_percent_arg, default=0.10, metavar="PERCENT",
+                       help="ignore changes smaller than this share of the mean "
+                            "(default: 10%%)")
+    judge.add_argument("--duration-min-ms", type=float, default=1000.0, metavar="MS",
+                       help="ignore duration changes smaller than this (default: 1000)")
+    judge.add_argument("--seasonality", choices=("none", "day_of_week", "hour_of_day"),
+                       default="none", help="compare each run with the same weekday or "
+                                            "hour only (default: none)")
+    judge.add_argument("--freshness-factor", type=float, default=3.0, metavar="X",
+                       help="stale after X times the node's mean interval between "
+                            "successes (default: 3)")
+    judge.add_argument("--freshness-min", type=duration_arg, default=timedelta(hours=1),
+                       metavar="DURATION", help="never stale sooner than this (default: 1h)")
+    judge.add_argument("--failure-streak", type=int, default=3, metavar="N",
+                       help="consecutive failed runs that make a streak (default: 3)")
+    judge.add_argument("--flaky-min", type=int, default=2, metavar="N",
+                       help="retried successes that make a node flaky (default: 2)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", default="json,md,html", type=_formats_arg,
+                        help="reports to write, comma-separated: json, md, html "
+                             "(default: all three)")
+    output.add_argument("--out", metavar="DIR", default="health-report",
+                        help="directory for health.json, health.md, health.html "
+                             "(default: %(default)s)")
+    output.add_argument("--metrics-textfile", metavar="PATH",
+                        help="write odibi_health_* gauges to this Prometheus text file "
+                             "(node_exporter's textfile collector)")
+    output.add_argument("--no-record", action="store_true",
+                        help=f"do not record findings in {HEALTH_FINDINGS_TABLE} (recorded "
+                             "by default where the table exists; health never creates it: "
+                             "'odibi-observe catalog upgrade' does)")
+    output.add_argument("--quiet", action="store_true", help="no summary on the terminal")
+    parser.set_defaults(handler=run, subparser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``health`` command; returns the exit status."""
+    from odibi_observe.health.detect import HealthError, detect
+    from odibi_observe.health.model import HealthOptions, load_rules
+    from odibi_observe.reconcile.model import Window
+
+    parser: argparse.ArgumentParser = args.subparser
+    if not args.catalog:
+        parser.error(f"--catalog is required (or set {CATALOG_ENV})")
+    if args.last is not None and (args.since is not None or args.until is not None):
+        parser.error("give either --last or --since/--until, not both")
+    if args.until is not None and args.since is None:
+        parser.error("--until needs --since")
+    try:
+        # Whole seconds: the reports' times are read by people.
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        if args.since is not None:
+            window = Window.between(args.since, args.until or now, grace=timedelta(0), now=now)
+        else:
+            window = Window.last(args.last or timedelta(hours=24), grace=timedelta(0), now=now)
+        options = HealthOptions(
+            sensitivity=args.sensitivity, training=timedelta(days=args.training_days),
+            min_points=args.min_points, volume_direction=args.volume_direction,
+            duration_direction=args.duration_direction, min_change=args.min_change,
+            duration_min_ms=args.duration_min_ms, seasonality=args.seasonality,
+            freshness_factor=args.freshness_factor, freshness_min=args.freshness_min,
+            failure_streak=args.failure_streak, flaky_min=args.flaky_min,
+            rules=load_rules(args.config) if args.config else (),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        engine = _open(args.catalog)
+    except ConfigurationError as exc:
+        return _fail(str(exc))
+    try:
+        try:
+            result = detect(engine, window, options, catalog=hide_password(args.catalog))
+        except HealthError as exc:
+            return _fail(str(exc))
+        warnings, notes = _record(engine, result, args)
+        try:
+            written = _write_reports(result, args)
+            if args.metrics_textfile:
+                from odibi_observe.health.report import write_metrics
+
+                write_metrics(result, args.metrics_textfile)
+                written.append(args.metrics_textfile)
+        except OSError as exc:
+            return _fail(f"cannot write the reports: {exc}")
+        if not args.quiet:
+            from odibi_observe.health.report import cli_summary
+
+            print(cli_summary(result, written))
+        for note in notes:
+            print(f"odibi-observe: note: {note}", file=sys.stderr)
+        for warning in warnings:
+            print(f"odibi-observe: warning: {warning}", file=sys.stderr)
+        return 1 if result.findings else 0
+    finally:
+        engine.dispose()
+
+
+def _open(url: str) -> Any:
+    """The catalog's engine; a SQLite file that does not exist is an error, not created."""
+    import sqlalchemy as sa
+
+    from odibi_observe.catalog.store import create_catalog_engine
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigurationError(f"--catalog {hide_password(url)!r}: not a database URL "
+                                 "(health reads SQL catalogs)") from None
+    if (parsed.get_backend_name() == "sqlite" and parsed.database
+            and parsed.database != ":memory:" and not parsed.database.startswith("file:")
+            and not Path(parsed.database).exists()):
+        raise ConfigurationError(f"catalog {hide_password(url)}: no such file "
+                                 f"{parsed.database} (health never creates one)")
+    return create_catalog_engine(url)
+
+
+def _record(engine: Any, result: Any, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Record the findings where the table exists; ``(warnings, notes)`` for the terminal."""
+    if args.no_record:
+        return [], []
+    from odibi_observe.health.store import record
+
+    try:
+        if record(engine, result):
+            return [], []
+    except Exception as exc:  # recording is a courtesy; the reports are still written
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return [f"findings not recorded in {HEALTH_FINDINGS_TABLE}: {type(exc).__name__}: "
+                f"{hide_password(first)}"], []
+    return [], [f"not recorded: the catalog has no {HEALTH_FINDINGS_TABLE} table, and health "
+                "changes nothing in it, so findings have no open/new state and every pass "
+                "reports each again. To record them, create the table once with: "
+                f"odibi-observe catalog upgrade --catalog "
+                f"{shlex.quote(hide_password(args.catalog))}"]
+
+
+def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
+    from odibi_observe.health.html import render_html
+    from odibi_observe.health.report import render_markdown, write_json
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "json" in args.format:
+        write_json(result, out / "health.json")
+        written.append(str(out / "health.json"))
+    if "md" in args.format:
+        (out / "health.md").write_text(render_markdown(result), encoding="utf-8")
+        written.append(str(out / "health.md"))
+    if "html" in args.format:
+        (out / "health.html").write_text(render_html(result), encoding="utf-8")
+        written.append(str(out / "health.html"))
+    return written
+
+
+def _fail(message: str) -> int:
+    print(f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
+          file=sys.stderr)
+    return 2
