@@ -287,5 +287,6 @@ def test_odibi_observe_run_keeps_its_runs_when_the_catalog_is_down(tmp_path: Pat
     result = run_subprocess([*_cli_command("odibi-observe"), "run", "--catalog", down,
                              "odibi.yaml"], project,
                             {"XDG_STATE_HOME": str(tmp_path / "state")})
+    assert "recorded 1 node run" in result.stderr, result.stderr[-3000:]
     events = spilled(default_spill(tmp_path))
     assert {(e.kind, e.record.node) for e in events} >= {(EventKind.FINISHED, "ingest_orders")}
