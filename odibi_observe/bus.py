@@ -26,6 +26,14 @@ them the oldest events are dropped and counted in ``odibi_observe_events_dropped
 ``reason="queue_full"`` / ``"retry_buffer_full"`` — never silently. (The write-ahead spool is
 what makes delivery survive the process; this bus makes it survive a sink.)
 
+Shutdown has one deadline for everything: every channel is flushed at once, then the workers'
+last batches, the sinks' ``force_flush`` and ``shutdown`` get the time that is left (plus
+``_SHUTDOWN_GRACE`` to release connections); a call still busy then is left behind in a daemon
+thread, so no backend decides how long a process takes to end. What no sink confirmed by then
+— queue, retry buffer, in-flight batch — goes, once, to the ``keeper`` (at exit: the spill into
+a spool directory, :mod:`odibi_observe.spill`), or is dropped and counted without one. Each
+sink with leftovers gets one warning: how many runs, why, kept where or dropped.
+
 Fork safety: in a child process the queues and retry buffers start empty (the parent still owns
 and delivers its own events), locks are new, worker threads restart on first use, and every
 sink's ``after_fork`` runs so connections are not shared across processes.
@@ -39,9 +47,9 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Final
+from typing import Final, Protocol
 
 from odibi_observe.deadletter import DeadLetter
 from odibi_observe.record import EventKind, RunEvent
@@ -52,6 +60,12 @@ from odibi_observe.sinks.base import Sink, export_isolating
 #: Longest an idle worker sleeps without being woken: the bound on the delay a missed wake-up
 #: (see ``_Channel.put``) can add. Idle workers wake twice a second; that costs nothing.
 _IDLE_WAKEUP: Final = 0.5
+#: Extra time sinks get to release connections once the shutdown deadline has passed.
+_SHUTDOWN_GRACE: Final = 0.25
+
+
+def _deadline(timeout: float | None) -> float:
+    return time.monotonic() + (timeout if timeout is not None else 1e9)
 
 
 class BusMode(str, Enum):
@@ -97,6 +111,10 @@ class _Channel:
                                self.bus.retry_max if cap is None else min(cap, self.bus.retry_max))
         self.retry_at = 0.0
         self.inflight = 0
+        #: The batch the worker is exporting: still undelivered if the process exits now.
+        self.inflight_batch: list[RunEvent] = []
+        #: The last export error, for the one warning at shutdown about what was left over.
+        self.last_error: str | None = None
         self.flush_requested = False
         self.closed = False
         self.thread: threading.Thread | None = None
@@ -150,11 +168,13 @@ class _Channel:
                 if batch is None:
                     return
                 self.inflight = len(batch)
+                self.inflight_batch = batch
             try:
                 self._deliver(batch)
             finally:
                 with self.cond:
                     self.inflight = 0
+                    self.inflight_batch = []
                     self.cond.notify_all()
 
     def _wait_for_batch(self) -> list[RunEvent] | None:
@@ -213,6 +233,7 @@ class _Channel:
 
     def _failed(self, exc: Exception, rest: list[RunEvent]) -> None:
         self.bus.monitor.sink_error(self.name)
+        self.last_error = _short_error(exc)
         self.bus.monitor.warn_once_per_minute(
             f"sink:{self.name}",
             "odibi-observe sink %r failed (%s: %s); %d event(s) kept for retry",
@@ -246,19 +267,47 @@ class _Channel:
         if batch:
             self._deliver(batch)
 
+    def _retry_inline(self) -> None:
+        """Inline mode's flush: try the retry buffer now, as the in-flight batch."""
+        with self.cond:
+            if self.closed or not self.retry:
+                return
+            batch = list(self.retry)
+            self.retry.clear()
+            self.inflight, self.inflight_batch = len(batch), batch
+        try:
+            self._deliver(batch)
+        finally:
+            with self.cond:
+                self.inflight, self.inflight_batch = 0, []
+
     # -- flush / shutdown ----------------------------------------------------------------
     def pending(self) -> int:
         return len(self.queue) + len(self.retry) + self.inflight
 
-    def flush(self, deadline: float) -> bool:
+    def request_flush(self) -> None:
+        """Ask the worker to deliver what it holds now, without waiting (background mode).
+
+        :meth:`EventBus.flush` asks every channel first and waits afterwards, so that the
+        channels deliver in parallel and one slow sink does not eat the others' deadline.
+        """
         if self.bus.mode is BusMode.INLINE:
-            self.deliver_inline((), force_retry=True)
+            return
+        with self.cond:
+            if self.thread is None and (self.queue or self.retry):
+                self._start_worker()
+            self.flush_requested = True
+            self.cond.notify_all()
+
+    def flush(self, deadline: float, *, requested: bool = False) -> bool:
+        if self.bus.mode is BusMode.INLINE:
+            # In a thread of its own: a hung backend must not hold flush past its deadline
+            # (at exit, the process) even in inline mode; the batch then counts as in flight.
+            _call_before(deadline, self._retry_inline, name=f"odibi-observe-flush-{self.name}")
         else:
+            if not requested:
+                self.request_flush()
             with self.cond:
-                if self.thread is None and (self.queue or self.retry):
-                    self._start_worker()
-                self.flush_requested = True
-                self.cond.notify_all()
                 while self.pending():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -272,28 +321,90 @@ class _Channel:
                         self.flush_requested = True
                         self.cond.notify_all()
         ok = not self.pending()
-        try:
-            ok = self.sink.force_flush(max(deadline - time.monotonic(), 0.0)) and ok
-        except Exception as exc:
-            self._failed(exc, [])
-            ok = False
-        return ok
+        # A sink's own flush (an SDK metric reader exporting, say) may block far longer than
+        # the deadline on a hung backend; it gets the time that is left and no more.
+        done, flushed = _call_before(deadline, self.sink.force_flush,
+                                     max(deadline - time.monotonic(), 0.0),
+                                     name=f"odibi-observe-flush-{self.name}")
+        if isinstance(flushed, Exception):
+            self._failed(flushed, [])
+            return False
+        return ok and done and flushed is True
 
-    def close(self, deadline: float) -> None:
+    def stop(self, deadline: float) -> None:
+        """Refuse new events and give the worker until ``deadline`` to finish its batch."""
         with self.cond:
             self.closed = True
             self.cond.notify_all()
             thread = self.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(deadline - time.monotonic(), 0.0))
-        left = self.pending()
-        if left:
-            self.bus.monitor.dropped(self.name, "shutdown", left)
+
+    def take_undelivered(self) -> list[RunEvent]:
+        """Everything not confirmed delivered, oldest first, and forget it.
+
+        The in-flight batch counts as undelivered: a worker still waiting on a hung backend
+        at the deadline may never finish. If it does, the event is delivered twice, which
+        every consumer of a kept event tolerates (sinks are idempotent by ``run_id``).
+        """
+        with self.cond:
+            candidates = [*self.inflight_batch, *self.retry, *self.queue]
+            self.retry.clear()
+            self.queue.clear()
+        return _unique(candidates)
+
+
+class Keeper(Protocol):
+    """Where :meth:`EventBus.shutdown` puts what no sink could deliver in time."""
+
+    def keep(self, events: Sequence[RunEvent]) -> str:
+        """Store ``events`` durably and say where and who delivers them, or raise."""
+
+
+def _unique(events: Sequence[RunEvent]) -> list[RunEvent]:
+    seen: set[int] = set()
+    out: list[RunEvent] = []
+    for event in events:
+        if id(event) not in seen:
+            seen.add(id(event))
+            out.append(event)
+    return out
+
+
+def _short_error(exc: BaseException) -> str:
+    """``Type: first line of the message``, bounded: one warning line, never a paragraph."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {safe_text(first, 300)}" if first else type(exc).__name__
+
+
+def _cause(ch: _Channel) -> str:
+    """Why a channel still holds events at shutdown, for its one warning."""
+    parts = ["an export was still waiting for an answer"] if ch.inflight else []
+    if ch.last_error:
+        parts.append(f"last error: {ch.last_error}")
+    return "; ".join(parts) or "not delivered in time"
+
+
+def _call_before(deadline: float, func: Callable[..., object], *args: object,
+                 name: str) -> tuple[bool, object]:
+    """Run ``func(*args)`` in a daemon thread and wait for it until ``deadline``.
+
+    Returns (finished, result or the exception it raised). A call still running at the
+    deadline is left behind: it is a daemon thread, so it cannot hold the process's exit,
+    which is the point — no backend decides how long a pipeline takes to end.
+    """
+    box: list[object] = []
+
+    def run() -> None:
         try:
-            self.sink.shutdown()
+            box.append(func(*args))
         except Exception as exc:
-            log.warning("odibi-observe sink %r failed to shut down: %s", self.name,
-                        safe_text(str(exc), 500))
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join(max(deadline - time.monotonic(), 0.0))
+    return (True, box[0]) if box else (False, None)
 
 
 class EventBus:
@@ -350,20 +461,86 @@ class EventBus:
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Deliver everything queued; True when every sink confirmed within ``timeout``."""
-        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        # A list, not a generator: every channel is flushed even after one has failed.
-        return all([ch.flush(deadline) for ch in self._channels])  # noqa: C419
+        return self._flush_until(_deadline(timeout))
 
-    def shutdown(self, timeout: float | None = 30.0) -> bool:
-        """Flush, stop the workers and shut the sinks down. Idempotent."""
+    def _flush_until(self, deadline: float) -> bool:
+        for ch in self._channels:
+            ch.request_flush()
+        # A list, not a generator: every channel is flushed even after one has failed.
+        return all([ch.flush(deadline, requested=True) for ch in self._channels])  # noqa: C419
+
+    def shutdown(self, timeout: float | None = 30.0, *, keeper: Keeper | None = None) -> bool:
+        """Flush, stop the workers and shut the sinks down, all within ``timeout``. Idempotent.
+
+        One deadline covers everything: flushing (every channel at once), the workers'
+        last batches and the sinks' own shutdown; a sink still busy at the deadline is left
+        behind (daemon threads). What no sink confirmed is then handed to ``keeper`` once
+        (the union over the sinks) or, without one or if it fails, dropped and counted
+        (``reason="shutdown"``). Either way each sink with leftovers gets one warning saying
+        how many runs, why, and where they are.
+        """
         if self._closed:
             return True
-        ok = self.flush(timeout)
+        deadline = _deadline(timeout)
+        ok = self._flush_until(deadline)
         self._closed = True
-        deadline = time.monotonic() + 5.0
         for ch in self._channels:
-            ch.close(deadline)
+            ch.stop(deadline)
+        self._keep_or_drop({ch: ch.take_undelivered() for ch in self._channels}, keeper)
+        self._shutdown_sinks(deadline)
         return ok
+
+    def _keep_or_drop(self, left: dict[_Channel, list[RunEvent]], keeper: Keeper | None) -> None:
+        everything = _unique([e for events in left.values() for e in events])
+        if not everything:
+            return
+        where: str | None = None
+        failure = ""
+        if keeper is not None:
+            try:
+                where = keeper.keep(everything)
+            except Exception as exc:  # a full disk at exit must not raise out of atexit
+                failure = f"; could not keep them: {_short_error(exc)}"
+        for ch, events in left.items():
+            if not events:
+                continue
+            runs = len({e.record.run_id for e in events})
+            cause = _cause(ch)
+            if where is not None:
+                log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
+                            "exit (%s); %d run(s) kept in %s", ch.name, runs, len(events),
+                            cause, runs, where)
+                continue
+            self.monitor.events_dropped.labels(sink=ch.name, reason="shutdown").inc(len(events))
+            log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
+                        "shutdown (%s); dropped%s (counted in "
+                        "odibi_observe_events_dropped_total)", ch.name, runs, len(events),
+                        cause, failure)
+
+    def _shutdown_sinks(self, deadline: float) -> None:
+        """Shut every sink down in parallel, waiting until the deadline (plus a short grace
+        for the ones that release a connection pool) and no longer."""
+        grace = max(deadline, time.monotonic() + _SHUTDOWN_GRACE)
+        threads: list[tuple[str, threading.Thread]] = []
+        for ch in self._channels:
+            thread = threading.Thread(target=self._shutdown_sink, args=(ch,),
+                                      name=f"odibi-observe-shutdown-{ch.name}", daemon=True)
+            thread.start()
+            threads.append((ch.name, thread))
+        for _, thread in threads:
+            thread.join(max(grace - time.monotonic(), 0.0))
+        late = [name for name, thread in threads if thread.is_alive()]
+        if late:
+            log.info("odibi-observe: sink(s) %s still shutting down at the deadline; not "
+                     "waited for", ", ".join(repr(n) for n in late))
+
+    @staticmethod
+    def _shutdown_sink(ch: _Channel) -> None:
+        try:
+            ch.sink.shutdown()
+        except Exception as exc:
+            log.warning("odibi-observe sink %r failed to shut down: %s", ch.name,
+                        safe_text(str(exc), 500))
 
     def pending(self) -> dict[str, int]:
         """Events not yet delivered, per sink (queue + retry buffer + in flight)."""

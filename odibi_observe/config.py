@@ -400,6 +400,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("heartbeat_interval", _seconds(zero=True), 30.0,
             "time between heartbeats of a running node (`heartbeat_at`); 0 turns them off",
             show=_SECONDS_SHOW),
+    Setting("exit_timeout", _seconds(zero=True), 3.0,
+            "time the process may spend delivering at exit (`atexit`, SIGTERM), shared by all "
+            "sinks; what is not delivered by then is appended to `spool_dir`, else "
+            "`~/.local/state/odibi-observe/spool`, for `odibi-observe sweep --spool-dir` or a "
+            "sidecar", show=_SECONDS_SHOW),
     # -- the sidecar's (odibi-observe sidecar / sweep) --
     Setting("sidecar_listen", _listen, ("127.0.0.1", 9464),
             "address of `/metrics`, `/healthz` and `/v1/traces`; `PORT` alone means "
@@ -515,6 +520,7 @@ class Settings:
     spool_fsync: str = _field("spool_fsync")
     spool_max_bytes: int = _field("spool_max_bytes")
     heartbeat_interval: float = _field("heartbeat_interval")
+    exit_timeout: float = _field("exit_timeout")
 
     def describe(self) -> dict[str, Any]:
         """Settings as a dict safe to print: the catalog URL's password is hidden."""

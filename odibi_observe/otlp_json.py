@@ -518,7 +518,8 @@ class OtlpJsonHttpSpanExporter(SpanExporter):
 
     ``endpoint`` is the full signal URL (``http://collector:4318/v1/traces``). One POST per
     export, no retries inside: the caller (the event bus) owns retries with backoff, so a
-    non-2xx answer or a connection error simply returns ``FAILURE``.
+    non-2xx answer or a connection error simply returns ``FAILURE``, with the reason in
+    :attr:`last_error` (and at DEBUG in the log: the caller reports it, once, with counts).
     """
 
     def __init__(
@@ -538,9 +539,12 @@ class OtlpJsonHttpSpanExporter(SpanExporter):
         self.headers = dict(headers or {})
         self.compression = None if compression == "none" else compression
         self._shutdown = False
+        #: Why the last export failed (``None`` after a success).
+        self.last_error: str | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
+            self.last_error = "the exporter is shut down"
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
@@ -556,17 +560,20 @@ class OtlpJsonHttpSpanExporter(SpanExporter):
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                 status = int(response.status)
         except urllib.error.HTTPError as exc:
-            log.warning("OTLP/JSON export to %s failed: HTTP %s", self.endpoint, exc.code)
-            return SpanExportResult.FAILURE
+            return self._failed(f"HTTP {exc.code}")
         except (OSError, http.client.HTTPException, ValueError) as exc:
             # URLError, timeouts and refused connections are OSError subclasses; a peer that
             # answers garbage raises HTTPException.
-            log.warning("OTLP/JSON export to %s failed: %s", self.endpoint, exc)
-            return SpanExportResult.FAILURE
+            return self._failed(str(getattr(exc, "reason", None) or exc) or type(exc).__name__)
         if not 200 <= status < 300:
-            log.warning("OTLP/JSON export to %s failed: HTTP %s", self.endpoint, status)
-            return SpanExportResult.FAILURE
+            return self._failed(f"HTTP {status}")
+        self.last_error = None
         return SpanExportResult.SUCCESS
+
+    def _failed(self, reason: str) -> SpanExportResult:
+        self.last_error = reason
+        log.debug("OTLP/JSON export to %s failed: %s", self.endpoint, reason)
+        return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
         self._shutdown = True

@@ -15,8 +15,10 @@ Default sinks, from the settings (in ``mode="sidecar"`` the only sink is the spo
   already installed an SDK ``TracerProvider`` (its spans then carry ours).
 
 Exit paths the interpreter can see are handled here: ``atexit`` and SIGTERM close every run
-still in progress as ``CRASHED`` and flush before the process goes. (SIGKILL and the OOM killer
-cannot be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.)
+still in progress as ``CRASHED`` and deliver what they can within ``exit_timeout`` (one deadline
+for all sinks); what is left is spilled to a spool directory (:mod:`odibi_observe.spill`) for a
+sidecar or ``odibi-observe sweep --spool-dir`` to deliver. (SIGKILL and the OOM killer cannot
+be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, RestrictedRegistry
 
-from odibi_observe.bus import EventBus
+from odibi_observe.bus import EventBus, Keeper
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
 from odibi_observe.deadletter import DeadLetter
 from odibi_observe.selfmetrics import SelfMonitor, log
@@ -140,8 +142,10 @@ class Observer:
         """The port ``/metrics`` is served on, if it is."""
         return None if self.metrics_server is None else self.metrics_server.port
 
-    def shutdown(self, timeout: float | None = 30.0) -> bool:
-        ok = self.bus.shutdown(timeout)
+    def shutdown(self, timeout: float | None = 30.0, *, keeper: Keeper | None = None) -> bool:
+        """Flush and release everything within ``timeout``; what is left goes to ``keeper``
+        (see :meth:`EventBus.shutdown`), or is dropped and counted without one."""
+        ok = self.bus.shutdown(timeout, keeper=keeper)
         self._write_textfile()
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -377,12 +381,30 @@ def flush(timeout: float | None = 30.0) -> bool:
     return True if observer is None else observer.flush(timeout)
 
 
-def shutdown(timeout: float | None = 30.0) -> bool:
-    """Flush and release the current observer (sinks, threads, servers). Idempotent."""
+def shutdown(timeout: float | None = 30.0, *, spill: bool = False) -> bool:
+    """Flush and release the current observer (sinks, threads, servers). Idempotent.
+
+    What is still undelivered after ``timeout`` is dropped and counted — unless ``spill``,
+    which keeps it in the spool directory as the exit hooks do (:func:`_shutdown_at_exit`):
+    for a command that ends its process right after, like ``odibi-observe run``.
+    """
     global _observer
     with _lock:
         observer, _observer = _observer, None
-    return True if observer is None else observer.shutdown(timeout)
+    if observer is None:
+        return True
+    return observer.shutdown(timeout, keeper=_spill_keeper(observer.settings) if spill else None)
+
+
+def _spill_keeper(settings: Settings) -> Keeper | None:
+    """Where undelivered events go at exit; none in sidecar mode, where the spool is the sink
+    (what it refused at exit is counted as dropped)."""
+    if settings.mode == "sidecar":
+        return None
+    from odibi_observe.spill import SpoolKeeper, default_spill_dir
+
+    return SpoolKeeper(settings.spool_dir or default_spill_dir(),
+                       max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
 
 
 # -- exit paths ---------------------------------------------------------------------------
@@ -439,14 +461,27 @@ def _close_active(error_type: str, message: str) -> None:
     crash_active_runs(error_type, message)
 
 
+def _shutdown_at_exit() -> None:
+    """Deliver what can be delivered within ``exit_timeout``, keep the rest on disk.
+
+    The process is ending: a backend that is down or hangs must not hold it (the deadline is
+    shared by every sink), and what no sink confirmed is appended to the spool directory
+    (``spool_dir``, else :func:`~odibi_observe.spill.default_spill_dir`) for a sidecar or
+    ``odibi-observe sweep --spool-dir`` to deliver.
+    """
+    observer = _observer
+    if observer is not None:
+        shutdown(observer.settings.exit_timeout, spill=True)
+
+
 def _at_exit() -> None:
     _close_active("ProcessExit", "the interpreter exited while the node was running")
-    shutdown(timeout=10.0)
+    _shutdown_at_exit()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     _close_active("SIGTERM", "the process received SIGTERM while the node was running")
-    flush(timeout=5.0)
+    _shutdown_at_exit()
     # Let the default action happen: the process terminates with the usual SIGTERM status.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

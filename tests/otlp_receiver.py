@@ -45,6 +45,10 @@ class _Store:
         self.headers: list[dict[str, str]] = []
         self.refused = 0
         self.down = False
+        #: While set, export requests are read and never answered (a hung collector).
+        self.hang = False
+        self.hung = 0
+        self.release = threading.Event()
 
     def add_traces(self, request: ExportTraceServiceRequest) -> None:
         with self.cond:
@@ -93,6 +97,20 @@ class _ReceiverBase:
     def down(self, value: bool) -> None:
         self._store.down = value
 
+    @property
+    def hang(self) -> bool:
+        """Accept and read export requests but never answer them (until :meth:`stop`)."""
+        return self._store.hang
+
+    @hang.setter
+    def hang(self, value: bool) -> None:
+        self._store.hang = value
+
+    @property
+    def hung(self) -> int:
+        """Export requests left unanswered while ``hang``."""
+        return self._store.hung
+
     def wait_for_spans(self, n: int, timeout: float = 10.0) -> list[SpanView]:
         """Wait until at least ``n`` spans arrived; return them (fail the test on timeout)."""
         if not self._store.wait(lambda: len(self._store.spans) >= n, timeout):
@@ -121,6 +139,12 @@ class OtlpReceiver(_ReceiverBase):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if store.hang:
+                    with store.cond:
+                        store.hung += 1
+                        store.cond.notify_all()
+                    store.release.wait()
+                    return
                 if store.down:
                     store.refused += 1
                     self._answer(503, b"", "text/plain")
@@ -201,6 +225,7 @@ class OtlpReceiver(_ReceiverBase):
         return self
 
     def stop(self) -> None:
+        self._store.release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -94,7 +94,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         flushed = oo.flush(timeout=30)
         settings = oo.get_observer().settings
-        oo.shutdown(timeout=10)
+        # The process ends right after: keep what a backend that is down did not take.
+        oo.shutdown(timeout=10, spill=True)
     print(_summary(counter.counts(), settings), file=sys.stderr)
     if interrupted:
         print("odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "

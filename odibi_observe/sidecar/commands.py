@@ -13,6 +13,7 @@ those are what an operator gets wrong, and a traceback would bury the one line t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -474,4 +475,7 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
         pump.drain(plan.drain_timeout)
         return result, [name for name, n in pump.backlog().items() if n]
     finally:
+        # What every sink took is deleted: pipelines spill here at exit, again and again.
+        with contextlib.suppress(OSError):
+            spool.gc()
         spool.close()

@@ -19,7 +19,9 @@ an ``exception`` event for ``FAILURE``/``CRASHED``, ``UNSET`` (not ``OK``) for `
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import socket
 import threading
 import time
@@ -67,6 +69,7 @@ from odibi_observe.conventions import (
 )
 from odibi_observe.otlp_json import OtlpJsonFileSpanExporter, OtlpJsonHttpSpanExporter
 from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.redact import safe_text
 from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkExportError
 from odibi_observe.textsafe import encodable_record
 
@@ -287,20 +290,146 @@ def _signal_url(endpoint: str, signal: str) -> str:
     return urlunsplit(parts._replace(path=f"{path}/v1/{signal}"))
 
 
-def _otlp_span_exporter(endpoint: str, protocol: str, timeout: float) -> SpanExporter:
+class _AttemptLog:
+    """Stands in for the logger of an SDK OTLP/HTTP client: its lines go to DEBUG.
+
+    The client logs each failed attempt (``Transient error ... retrying``, ``Failed to export
+    ... batch``). Its caller reports the failure instead — the bus once a minute with what it
+    kept, the global processor's exporter once a minute with what it dropped — so at WARNING
+    these lines were only noise, one per attempt. The reason is kept in :attr:`last_error`.
+    """
+
+    def __init__(self) -> None:
+        self.last_error: str | None = None
+
+    def _debug(self, message: str, *args: object) -> None:
+        log.debug("OTLP exporter: " + message, *args)
+
+    debug = info = warning = error = exception = _debug
+
+
+#: ``[Errno 111] Connection refused`` out of a urllib3 error that wraps it three times.
+_ERRNO_TEXT: Final = re.compile(r"\[Errno -?\d+\] [^'\"()\]]+")
+
+
+def _describe_attempt(result: Any) -> str:
+    """One line for a failed SDK export result: ``HTTP 503 Service Unavailable`` or the errno."""
+    status, reason, error = (getattr(result, "status_code", None),
+                             getattr(result, "reason", None), getattr(result, "error", None))
+    if status is not None:
+        return f"HTTP {status}" + (f" {reason}" if reason else "")
+    if error is None:
+        return "export failed"
+    match = _ERRNO_TEXT.search(str(error))
+    if match:
+        return match.group(0).strip()
+    return f"{type(error).__name__}: {safe_text(str(error), 200)}"
+
+
+def _one_attempt(exporter: object) -> _AttemptLog | None:
+    """Make an SDK OTLP/HTTP exporter send each export once, quietly; retries are ours.
+
+    ``opentelemetry-exporter-otlp-proto-http`` retries a failed request itself, up to six
+    times with exponential backoff within its timeout, and logs a WARNING per retry. The bus
+    already retries with backoff, and without a bound at exit the exporter's loop made a
+    one-node script take 22 s to end with 18 lines of retries on stderr when the collector
+    was down. There is no public switch, so this sets the client's backoff to infinity (the
+    client then gives up after its first attempt: "backoff > remaining time") and hands it
+    an :class:`_AttemptLog` as logger. (A ``Retry-After`` answer still makes the client wait
+    and retry within its timeout: the server asked for it, and the exit deadline bounds that
+    too.) Feature-detected: with a client that looks different
+    nothing changes, the exit deadline still bounds it, and ``tests/test_exit_bounds.py``
+    fails to say so.
+    """
+    client = getattr(exporter, "_client", None)
+    if client is None or not all(hasattr(client, a) for a in
+                                 ("_compute_backoff", "_logger", "export")):
+        return None
+    attempt = _AttemptLog()
+    original = client.export
+
+    def export(data: bytes) -> Any:
+        result = original(data)
+        attempt.last_error = None if getattr(result, "success", False) \
+            else _describe_attempt(result)
+        return result
+
+    client._compute_backoff = lambda retry: math.inf
+    client._logger = attempt
+    client.export = export
+    return attempt
+
+
+class _BoundedOtlpExporter(SpanExporter):
+    """An OTLP span exporter that tries once per export and knows why it last failed.
+
+    ``report=True`` is for the global provider's ``BatchSpanProcessor``, which drops a batch
+    that fails and tells nobody: the failure is then logged here, once a minute per endpoint.
+    In the sink the bus keeps the batch and reports it, with :attr:`last_error` as reason.
+    """
+
+    def __init__(self, inner: SpanExporter, url: str, *, report: bool = False) -> None:
+        self.inner = inner
+        self.url = url
+        self.report = report
+        self._attempt = _one_attempt(inner)
+
+    @property
+    def last_error(self) -> str | None:
+        if self._attempt is not None:
+            return self._attempt.last_error
+        inner_error: str | None = getattr(self.inner, "last_error", None)
+        return inner_error
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is not SpanExportResult.SUCCESS and self.report:
+            _warn_once_per_minute(
+                f"app-spans:{self.url}",
+                "odibi-observe: %d span(s) of the application's own tracers could not be "
+                "exported to %s (%s) and were dropped (the OpenTelemetry batch processor does "
+                "not retry; node spans are retried by odibi-observe)",
+                len(spans), self.url, self.last_error or "export failed")
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+_warned_at: dict[str, float] = {}
+_warned_lock = threading.Lock()
+
+
+def _warn_once_per_minute(key: str, message: str, *args: object) -> None:
+    now = time.monotonic()
+    with _warned_lock:
+        last = _warned_at.get(key)
+        loud = last is None or now - last >= 60.0
+        if loud:
+            _warned_at[key] = now
+    log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
+
+
+def _otlp_span_exporter(endpoint: str, protocol: str, timeout: float, *,
+                        report: bool = False) -> SpanExporter:
+    url = _signal_url(endpoint, "traces")
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter: SpanExporter = OTLPSpanExporter(endpoint=_signal_url(endpoint, "traces"),
-                                                  timeout=timeout)
-        return exporter
+        return _BoundedOtlpExporter(OTLPSpanExporter(endpoint=url, timeout=timeout), url,
+                                    report=report)
     if protocol == "http/json":
         # The SDK's OTLP exporters read their headers (authentication, tenant) from these
         # variables; the JSON exporter honours them the same way.
         headers = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") \
             or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
-        return OtlpJsonHttpSpanExporter(_signal_url(endpoint, "traces"), timeout=timeout,
-                                        headers=parse_resource_attributes(headers))
+        return _BoundedOtlpExporter(
+            OtlpJsonHttpSpanExporter(url, timeout=timeout,
+                                     headers=parse_resource_attributes(headers)),
+            url, report=report)
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
@@ -336,8 +465,29 @@ def _otlp_metric_reader(endpoint: str, protocol: str, timeout: float) -> Any:
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-        exporter = OTLPMetricExporter(endpoint=_signal_url(endpoint, "metrics"), timeout=timeout)
+        url = _signal_url(endpoint, "metrics")
+        exporter = OTLPMetricExporter(endpoint=url, timeout=timeout)
+        attempt = _one_attempt(exporter)
+        if attempt is not None:
+            _report_metric_failures(exporter, attempt, url)
     return PeriodicExportingMetricReader(exporter)
+
+
+def _report_metric_failures(exporter: Any, attempt: _AttemptLog, url: str) -> None:
+    """One warning a minute when OTel metrics cannot be exported: nothing retries them
+    (the reader sends cumulative values again next period), and Prometheus has them."""
+    original = exporter.export
+
+    def export(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if attempt.last_error is not None:
+            _warn_once_per_minute(
+                f"metrics:{url}", "odibi-observe: OTel metrics could not be exported to %s "
+                "(%s); the next export sends the cumulative values again, and the Prometheus "
+                "sink has them", url, attempt.last_error)
+        return result
+
+    exporter.export = export
 
 
 class _FanOutExporter(SpanExporter):
@@ -502,7 +652,11 @@ class _Destination:
         with self.lock:
             result = self.exporter.export(spans)
         if result is not SpanExportResult.SUCCESS:
-            raise SinkExportError(f"{self.name}: export returned {result.name}")
+            # export() names the destination; this says why (the exporter's last error).
+            reason = getattr(self.exporter, "last_error", None)
+            url = getattr(self.exporter, "url", None)
+            raise SinkExportError(f"{url}: {reason}" if url and reason
+                                  else reason or f"export returned {result.name}")
 
 
 class _Instruments:
@@ -663,7 +817,7 @@ class OtelSink(Sink):
                 exporters: list[SpanExporter] = []
                 if otlp_endpoint:
                     exporters.append(_otlp_span_exporter(otlp_endpoint, otlp_protocol,
-                                                         otlp_timeout))
+                                                         otlp_timeout, report=True))
                 if self._traces_file:
                     exporters.append(OtlpJsonFileSpanExporter(self._traces_file))
                 exporters += [_SharedExporter(e, lock) for e, lock in shared]
@@ -683,7 +837,10 @@ class OtelSink(Sink):
 
     def _own_metrics(self, endpoint: str, install_global: bool) -> SdkMeterProvider:
         reader = _otlp_metric_reader(endpoint, self._otlp_protocol, self._otlp_timeout)
-        provider = SdkMeterProvider(metric_readers=[reader], resource=self.resource)
+        # shutdown_on_exit=False: the sink shuts it down within the bus's exit deadline; the
+        # SDK's own atexit hook would wait (30 s) for a final export to a collector that hangs.
+        provider = SdkMeterProvider(metric_readers=[reader], resource=self.resource,
+                                    shutdown_on_exit=False)
         self._own_meter_provider = provider
         if install_global:
             with _global_lock:
@@ -806,7 +963,13 @@ class OtelSink(Sink):
         for exporter in self._closable:
             ok = exporter.force_flush(remaining_ms()) and ok
         if self._own_meter_provider is not None:
-            ok = self._own_meter_provider.force_flush(remaining_ms()) and ok
+            try:
+                ok = self._own_meter_provider.force_flush(remaining_ms()) and ok
+            except Exception as exc:
+                # The SDK raises when a reader times out (a collector that does not answer).
+                # Metrics are cumulative and re-sent next period: not a reason to retry spans.
+                log.debug("odibi-observe: OTel metrics flush failed: %s", exc)
+                ok = False
         return ok
 
     def shutdown(self) -> None:
