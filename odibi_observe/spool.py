@@ -148,6 +148,12 @@ _MAX_AFFECTED: Final = 1000
 _MAX_OPEN_RUNS: Final = 10_000
 _MAX_DAMAGE_SCAN: Final = 4 * 2**20
 _DEFAULT_FRAME: Final = 512
+#: Damage found by a reader, one JSON line per finding, for ``odibi-observe reconcile
+#: --spool-dir``: the sidecar's counters start again at a restart, this file does not.
+DAMAGE_LOG: Final = "damage.jsonl"
+#: The damage log stops growing here (a spool damaged this often has a disk to replace).
+DAMAGE_LOG_MAX_BYTES: Final = 2**20
+_MAX_LOGGED_RUNS: Final = 100
 _RUN_ID_RE: Final = re.compile(rb'"run_id":"([A-Za-z0-9_.:-]{1,200})"')
 #: Directory total is re-read this often normally, and more often near the limit.
 _USAGE_REFRESH: Final = 1.0
@@ -244,6 +250,24 @@ class SpoolDamage:
         return {"damaged_regions": self.damaged_regions, "frames_lost": self.frames_lost,
                 "missing_segments": self.missing_segments,
                 "runs_affected": list(self.runs_affected), "last": self.last}
+
+
+def read_damage_log(directory: str | os.PathLike[str]) -> list[dict[str, object]]:
+    """The findings a reader of the spool in ``directory`` logged (:data:`DAMAGE_LOG`), oldest
+    first; [] when there is none. Lines that do not parse are skipped."""
+    try:
+        with open(os.path.join(os.fspath(directory), DAMAGE_LOG), encoding="ascii",
+                  errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -872,6 +896,8 @@ class Spool:
             self._missing_total += 1
             self._last_damage = f"open segment {os.path.basename(self._open_path)} deleted"
         self._metrics.missing.inc()
+        self._log_damage(f"open segment {os.path.basename(self._open_path)} deleted while "
+                         f"its writer wrote to it", missing_segments=1)
 
     def _ensure_segment_locked(self, size: int) -> None:
         if self._fd >= 0 and (self._must_roll or (
@@ -1249,6 +1275,9 @@ class Spool:
         self._metrics.corrupt.inc(lost)
         self._metrics.regions.inc(len(damage))
         start, end, _, _ = damage[0]
+        self._log_damage(f"{len(damage)} damaged region(s) in {_segment_base(writer, seq)}, "
+                         f"first at byte {start}", frames_lost=lost,
+                         runs=[r for r, w in list(self._affected.items()) if w == writer])
         _warn_once_per_minute(
             "spool:corrupt",
             "odibi-observe: skipped %d damaged region(s), about %d frame(s), in %s (first at byte "
@@ -1306,11 +1335,43 @@ class Spool:
             self._last_damage = (f"{len(new)} segment(s) of writer {writer} missing "
                                  f"(sequence {new[0]}..{new[-1]})")
         self._metrics.missing.inc(len(new))
+        self._log_damage(f"{len(new)} segment(s) of writer {writer} missing (sequence "
+                         f"{new[0]}..{new[-1]})", missing_segments=len(new),
+                         runs=[r for r, w in list(self._affected.items()) if w == writer])
         _warn_once_per_minute(
             f"spool:missing:{writer}",
             "odibi-observe: %d spool segment(s) of writer %s are missing (sequence %d..%d), "
             "deleted before they were read: their events are lost (counted in %s)",
             len(new), writer, new[0], new[-1], SIDECAR_METRICS.spool_missing_segments.prometheus)
+
+    def _log_damage(self, what: str, *, frames_lost: int = 0, missing_segments: int = 0,
+                    runs: Sequence[str] = ()) -> None:
+        """Append one finding to :data:`DAMAGE_LOG` (bounded); never raises."""
+        path = os.path.join(self.directory, DAMAGE_LOG)
+        line = json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "what": what,
+            "frames_lost": frames_lost, "missing_segments": missing_segments,
+            "runs_affected": list(dict.fromkeys(runs))[:_MAX_LOGGED_RUNS],
+        }, ensure_ascii=True) + "\n"
+        try:
+            if os.path.getsize(path) + len(line) > DAMAGE_LOG_MAX_BYTES:
+                _warn_once_per_minute("spool:damage-log", "odibi-observe: %s is full (%d bytes); "
+                                      "further damage is only counted", path,
+                                      DAMAGE_LOG_MAX_BYTES)
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode("ascii"))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _warn_once_per_minute("spool:damage-log", "odibi-observe: cannot write %s: %s",
+                                  path, exc)
 
     def damage(self) -> SpoolDamage:
         """What this Spool has found lost so far (damaged frames, missing segments, runs)."""

@@ -186,3 +186,51 @@ def test_a_crashed_run_whose_span_export_failed_is_not_applied_for_traces(
     assert summary.backends["traces"] == {"failed": 2}
     assert summary.statuses["partial"] == 1
     assert summary.to_dict()["backends"]["catalog"] == {"applied": 2}
+
+
+# --- spool damage reaches the audit -----------------------------------------------------------
+
+
+def test_spool_damage_the_sidecar_found_is_in_the_reconcile_report(tmp_path: Path) -> None:
+    """A zeroed block in a real spool segment: the reader logs what it lost in the spool
+    directory, and ``reconcile --spool-dir`` reports it — frames lost and the runs whose end
+    was destroyed — in the terminal and the Markdown report, though no sidecar is running any
+    more (its counters are gone; the log is not)."""
+    from odibi_observe.spool import DAMAGE_LOG, Spool
+    from tests.test_spool import _run_events, drain, segment_files
+
+    spool_dir = tmp_path / "spool"
+    writer = Spool(spool_dir, writer_id="w", fsync="never")
+    events = _run_events(60, payload=0)
+    for _, payload in events:
+        writer.append(payload)
+    writer.close()
+    (name,) = segment_files(spool_dir)
+    data = bytearray((spool_dir / name).read_bytes())
+    data[4096:8192] = bytes(4096)
+    (spool_dir / name).write_bytes(bytes(data))
+    reader = Spool(spool_dir)
+    drain(reader.cursor("catalog"))
+    affected = set(reader.damage().runs_affected)
+    assert affected and (spool_dir / DAMAGE_LOG).exists()
+    reader.close()
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    write_catalog(url, []).dispose()
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("")
+    out_dir = tmp_path / "out"
+    code, out, err = cli("reconcile", "--catalog", url, "--traces", f"otlp-json:{traces}",
+                         "--last", "1h", "--grace", "0s", "--spool-dir", str(spool_dir),
+                         "--format", "md", "--out", str(out_dir))
+    assert (out_dir / "report.md").exists(), (code, err)
+    report = (out_dir / "report.md").read_text()
+    for text in (out, report):
+        assert "spool damage in" in text and "damaged region(s)" in text, text
+        assert "frame(s) lost" in text
+        assert any(run_id in text for run_id in affected), (affected, text)
+    # A finding outside the window is not reported.
+    _, out, _ = cli("reconcile", "--catalog", url, "--traces", f"otlp-json:{traces}",
+                    "--since", "2020-01-01", "--until", "2020-01-02",
+                    "--spool-dir", str(spool_dir), "--out", str(tmp_path / "old"))
+    assert "spool damage" not in out

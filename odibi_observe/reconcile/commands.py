@@ -11,13 +11,18 @@ import argparse
 import os
 import sys
 import textwrap
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from odibi_observe.cli import CATALOG_ENV, duration_arg
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import DISCREPANCY_KINDS
+from odibi_observe.redact import safe_text
+
+if TYPE_CHECKING:
+    from odibi_observe.reconcile.model import Window
 
 FORMATS = ("json", "md", "html")
 
@@ -84,6 +89,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sources.add_argument(
         "--traces", metavar="SOURCE", action="append", default=[],
         help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)")
+    sources.add_argument(
+        "--spool-dir", metavar="DIR", action="append", default=[], dest="spool_dirs",
+        help="a sidecar's spool directory: damage its readers found there (frames lost, "
+             "segments missing, the runs affected) within the window is reported (repeatable)")
 
     window = parser.add_argument_group("window")
     window.add_argument("--since", metavar="TIME", type=_time_arg,
@@ -256,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             progress.finish()
         with result:
+            result.notes.extend(spool_damage_notes(args.spool_dirs, window))
             try:
                 repair(result, catalog, apply=args.repair, repair_traces=args.repair_traces)
             except RepairError as exc:
@@ -283,6 +293,38 @@ def run(args: argparse.Namespace) -> int:
         catalog.close()
         for source in traces:
             source.close()
+
+
+def spool_damage_notes(directories: Sequence[str], window: Window) -> list[str]:
+    """One note per damage finding logged in each spool directory within ``window``.
+
+    The sidecar's readers log what they found lost (``damage.jsonl``, see
+    :func:`odibi_observe.spool.read_damage_log`); the runs named there are the ones whose
+    terminal event may be gone — the sweeper closes them as CRASHED — so the report says why.
+    """
+    from odibi_observe.spool import read_damage_log
+
+    notes = []
+    for directory in directories:
+        for entry in read_damage_log(directory):
+            try:
+                at = datetime.fromisoformat(str(entry.get("time", "")).replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if not window.since <= at <= window.until:
+                continue
+            affected = entry.get("runs_affected")
+            runs = [str(r) for r in affected] if isinstance(affected, list) else []
+            lost = [f"{n} {label}" for label, n in (
+                ("frame(s) lost", entry.get("frames_lost")),
+                ("segment(s) missing", entry.get("missing_segments"))) if n]
+            named = (f"; runs affected: {', '.join(runs[:10])}"
+                     f"{f' and {len(runs) - 10} more' if len(runs) > 10 else ''}" if runs
+                     else "; no run could be named")
+            notes.append(safe_text(
+                f"spool damage in {directory} at {entry.get('time')}: {entry.get('what')}"
+                f"{' (' + ', '.join(lost) + ')' if lost else ''}{named}", 2_000))
+    return notes
 
 
 def _record(result: Any, url: str | None, args: argparse.Namespace
