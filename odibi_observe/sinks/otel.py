@@ -890,21 +890,7 @@ class OtelSink(Sink):
             self._record_metrics(record)
             spans[(record.trace_id, record.span_id, record.status.value, record.ended_ns)] = span
 
-        failures: list[str] = []
-        for destination in self._destinations:
-            pending = [(k, s) for k, s in spans.items() if k not in destination.delivered]
-            if not pending:
-                continue
-            try:
-                with _instrumentation_suppressed():
-                    destination.deliver([s for _, s in pending])
-            except Exception as exc:
-                failures.append(f"{destination.name}: {exc}")
-                continue
-            for key, _ in pending:
-                destination.delivered.add(key)
-        if failures:
-            raise SinkExportError("; ".join(failures))
+        self._deliver(spans)
         if rejected:
             raise RecordRejected(rejected, "; ".join(reasons))
 
@@ -923,9 +909,14 @@ class OtelSink(Sink):
             context = span.context
             if context is not None:
                 keyed[(context.trace_id, context.span_id, "span", span.end_time)] = span
+        self._deliver(keyed)
+
+    def _deliver(self, spans: Mapping[Hashable, ReadableSpan]) -> None:
+        """Hand ``spans`` to every destination that has not taken them yet; raise if one
+        failed (the others keep what they took: each remembers its own deliveries)."""
         failures: list[str] = []
         for destination in self._destinations:
-            pending = [(k, s) for k, s in keyed.items() if k not in destination.delivered]
+            pending = [(k, s) for k, s in spans.items() if k not in destination.delivered]
             if not pending:
                 continue
             try:
