@@ -981,6 +981,9 @@ class Spool:
             self._must_roll = True  # readers will count the torn tail; start a clean segment
 
     def _seal_locked(self) -> None:
+        # A segment deleted under this writer is not sealed (its rename would fail with a
+        # misleading "cannot seal"): it is reported as deleted, and the next one starts.
+        self._check_linked_locked()
         fd, path = self._fd, self._open_path
         if fd < 0:
             return
