@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from odibi_observe.config import Settings, hide_password, setting
@@ -92,18 +92,18 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted, code = True, 130
     finally:
-        flushed = oo.flush(timeout=30)
         settings = oo.get_observer().settings
-        # The process ends right after: keep what a backend that is down did not take.
-        oo.shutdown(timeout=10, spill=True)
-    print(_summary(counter.counts(), settings), file=sys.stderr)
+        # Odibi sets up logging its own way (its handlers may not show ours): the lines that
+        # say what was kept at exit go to the terminal whatever it did.
+        with _own_warnings_to_stderr():
+            # The process ends right after: one deadline for every sink, and what a backend
+            # that is down did not take is kept on disk (the lines above say where).
+            delivered = oo.shutdown(timeout=settings.exit_timeout, spill=True)
+    print(_summary(counter.counts(), settings, delivered=delivered), file=sys.stderr)
     if interrupted:
         print("odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "
               "interrupted node run is recorded as FAILURE", file=sys.stderr)
-    if not flushed:
-        print("odibi-observe: warning: not every sink confirmed delivery within 30 s",
-              file=sys.stderr)
-    if settings.catalog_url and settings.mode != "sidecar":
+    if delivered and settings.catalog_url and settings.mode != "sidecar":
         print(f"odibi-observe: see them with: odibi-observe runs --catalog "
               f"{hide_password(settings.catalog_url)}", file=sys.stderr)
     if interrupted:
@@ -111,12 +111,33 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _summary(counts: Counter[str], settings: Settings) -> str:
+@contextlib.contextmanager
+def _own_warnings_to_stderr() -> Iterator[None]:
+    """While inside: odibi-observe's warnings go to stderr, once, whatever the root logger."""
+    logger = logging.getLogger("odibi_observe")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    propagate, level = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    if not logger.isEnabledFor(logging.WARNING):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = propagate, level
+
+
+def _summary(counts: Counter[str], settings: Settings, *, delivered: bool = True) -> str:
     """The "recorded N node runs ... in WHERE" line: where this process really wrote them.
 
     In sidecar mode this process wrote only the spool; the sidecar delivers from there to
     its own catalog and traces, so naming ``--catalog`` here would point at a place this
-    run may never have reached.
+    run may never have reached. When a sink did not confirm every record (``delivered`` is
+    False) the line says so instead of claiming the destinations: the lines before it say
+    what was kept, and where.
     """
     detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     total = sum(counts.values())
@@ -127,10 +148,14 @@ def _summary(counts: Counter[str], settings: Settings) -> str:
                 f"sidecar) delivers them to its catalog and traces")
     where = [hide_password(settings.catalog_url)] if settings.catalog_url else []
     where += [settings.traces_file] if settings.traces_file else []
+    if where and not delivered:
+        return (f"{line}; not all of them reached {', '.join(where)} before the exit "
+                f"deadline: what was kept, and where, is said above")
     if where:
         return f"{line} in {', '.join(where)}"
     return (f"{line} (metrics only: no catalog or trace destination is configured; pass "
             f"--catalog URL or set {setting('catalog_url').env})")
+
 
 #: How long :func:`exit_now` lets the final flush of logs and output take.
 EXIT_FLUSH_TIMEOUT = 5.0
