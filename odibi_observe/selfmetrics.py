@@ -9,6 +9,7 @@ each :class:`~odibi_observe.Observer`) has its own, the way ``prometheus_client`
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -44,8 +45,18 @@ class RateLimitedLog:
         log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
 
 
-#: For code with no :class:`SelfMonitor` of its own (the sidecar's HTTP listener).
-warn_once_per_minute = RateLimitedLog().warn
+    def after_fork(self) -> None:
+        """A fresh lock in a forked child (the parent's may have been held by another thread)."""
+        self._lock = threading.Lock()
+
+
+#: For code with no :class:`SelfMonitor` of its own (the spool, the OTel exporters, the
+#: sidecar's HTTP listener): one limiter, keys told apart by their prefix.
+_shared = RateLimitedLog()
+warn_once_per_minute = _shared.warn
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_shared.after_fork)
 
 
 class SelfMonitor:

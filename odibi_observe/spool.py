@@ -75,7 +75,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import logging
 import os
 import re
 import socket
@@ -95,7 +94,7 @@ from prometheus_client.metrics_core import Metric as PromMetric
 
 from odibi_observe.conventions import SIDECAR_METRICS, Metric
 from odibi_observe.record import _FINISHED_PREFIX, _STARTED_PREFIX  # see record.peek_event
-from odibi_observe.selfmetrics import log
+from odibi_observe.selfmetrics import log, warn_once_per_minute
 
 if sys.platform != "win32":
     import fcntl
@@ -426,24 +425,6 @@ def _fsync_dir(path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Rate-limited warnings (same policy as SelfMonitor.warn_once_per_minute)
-
-_warned: dict[str, float] = {}
-_warn_lock = threading.Lock()
-
-
-def _warn_once_per_minute(key: str, message: str, *args: object) -> None:
-    """WARNING at most once a minute per ``key``, DEBUG otherwise: the counters hold totals."""
-    now = time.monotonic()
-    with _warn_lock:
-        last = _warned.get(key)
-        loud = last is None or now - last >= 60.0
-        if loud:
-            _warned[key] = now
-    log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
-
-
-# --------------------------------------------------------------------------------------------
 # Frame parsing
 
 _VALID, _INCOMPLETE, _INVALID = 0, 1, 2
@@ -612,7 +593,7 @@ class _SpoolGauges:
                         seen_cursors.add(cursor.name)
                         backlog.add_metric([cursor.name], cursor.backlog())
             except OSError as exc:
-                _warn_once_per_minute("spool:gauges", "odibi-observe: spool metrics: %s", exc)
+                warn_once_per_minute("spool:gauges", "odibi-observe: spool metrics: %s", exc)
         size.add_metric([], total)
         yield size
         yield backlog
@@ -999,7 +980,7 @@ class Spool:
                 os.rename(path, path[: -len(".open")] + ".seg")
                 self._new_dir_entry_locked()
         except OSError as exc:
-            _warn_once_per_minute("spool:seal", "odibi-observe: cannot seal spool segment %s: %s",
+            warn_once_per_minute("spool:seal", "odibi-observe: cannot seal spool segment %s: %s",
                                   path, exc)
         finally:
             os.close(fd)
@@ -1029,7 +1010,7 @@ class Spool:
         with self._stats_lock:
             self._rejected_total += count
         self._metrics.rejected.labels(reason=reason).inc(count)
-        _warn_once_per_minute(
+        warn_once_per_minute(
             f"spool:reject:{reason}",
             "odibi-observe: spool %s rejected %d event(s): %s (old events are kept; counted in "
             "odibi_observe_spool_rejected_total)", self.directory, count, reason)
@@ -1281,7 +1262,7 @@ class Spool:
         self._log_damage(f"{len(damage)} damaged region(s) in {_segment_base(writer, seq)}, "
                          f"first at byte {start}", frames_lost=lost,
                          runs=[r for r, w in list(self._affected.items()) if w == writer])
-        _warn_once_per_minute(
+        warn_once_per_minute(
             "spool:corrupt",
             "odibi-observe: skipped %d damaged region(s), about %d frame(s), in %s (first at byte "
             "%d, %d bytes); the frames around them are kept (counted in "
@@ -1341,7 +1322,7 @@ class Spool:
         self._log_damage(f"{len(new)} segment(s) of writer {writer} missing (sequence "
                          f"{new[0]}..{new[-1]})", missing_segments=len(new),
                          runs=[r for r, w in list(self._affected.items()) if w == writer])
-        _warn_once_per_minute(
+        warn_once_per_minute(
             f"spool:missing:{writer}",
             "odibi-observe: %d spool segment(s) of writer %s are missing (sequence %d..%d), "
             "deleted before they were read: their events are lost (counted in %s)",
@@ -1358,7 +1339,7 @@ class Spool:
         }, ensure_ascii=True) + "\n"
         try:
             if os.path.getsize(path) + len(line) > DAMAGE_LOG_MAX_BYTES:
-                _warn_once_per_minute("spool:damage-log", "odibi-observe: %s is full (%d bytes); "
+                warn_once_per_minute("spool:damage-log", "odibi-observe: %s is full (%d bytes); "
                                       "further damage is only counted", path,
                                       DAMAGE_LOG_MAX_BYTES)
                 return
@@ -1373,7 +1354,7 @@ class Spool:
             finally:
                 os.close(fd)
         except OSError as exc:
-            _warn_once_per_minute("spool:damage-log", "odibi-observe: cannot write %s: %s",
+            warn_once_per_minute("spool:damage-log", "odibi-observe: cannot write %s: %s",
                                   path, exc)
 
     def damage(self) -> SpoolDamage:
@@ -1618,7 +1599,7 @@ def _fsync_loop(ref: weakref.ref[Spool], stop: threading.Event, interval: float)
             if spool._pid == os.getpid():
                 spool.sync()
         except OSError as exc:
-            _warn_once_per_minute("spool:fsync", "odibi-observe: spool fsync failed: %s", exc)
+            warn_once_per_minute("spool:fsync", "odibi-observe: spool fsync failed: %s", exc)
         del spool
 
 
@@ -1632,7 +1613,7 @@ def _load_cursor_file(path: str) -> dict[str, tuple[int, int]] | None:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        _warn_once_per_minute(f"spool:cursor:{path}",
+        warn_once_per_minute(f"spool:cursor:{path}",
                               "odibi-observe: unreadable spool cursor %s (%s); it holds back "
                               "garbage collection until rewritten", path, exc)
         return None
@@ -1664,7 +1645,7 @@ class SpoolCursor:
                 # A full disk must not stop the consumer that would free it: the state is kept
                 # in memory and written with the next acknowledgement.
                 self._pruned = True
-                _warn_once_per_minute(
+                warn_once_per_minute(
                     f"spool:cursor:{name}", "odibi-observe: cannot write spool cursor %r yet "
                     "(%s); kept in memory until it can be", name, exc)
 
@@ -1797,7 +1778,7 @@ class SpoolCursor:
                 # Kept in memory (this process will not re-deliver); written at the next ack.
                 # Only a restart before then re-delivers, which idempotent sinks absorb.
                 self._pruned = True
-                _warn_once_per_minute(
+                warn_once_per_minute(
                     f"spool:cursor:{self.name}", "odibi-observe: cannot write spool cursor %r "
                     "(%s); position kept in memory until it can be", self.name, exc)
                 return
@@ -1850,9 +1831,8 @@ class SpoolCursor:
 
 
 def _fork_child() -> None:
-    global _next_seq_lock, _warn_lock, _metrics_lock
+    global _next_seq_lock, _metrics_lock
     _next_seq_lock = threading.Lock()
-    _warn_lock = threading.Lock()
     _metrics_lock = threading.Lock()
     for spool in list(_spools):
         spool.after_fork()

@@ -70,6 +70,7 @@ from odibi_observe.conventions import (
 from odibi_observe.otlp_json import OtlpJsonFileSpanExporter, OtlpJsonHttpSpanExporter
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.redact import safe_text
+from odibi_observe.selfmetrics import warn_once_per_minute
 from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkExportError
 from odibi_observe.textsafe import encodable_record
 
@@ -384,7 +385,7 @@ class _BoundedOtlpExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         result = self.inner.export(spans)
         if result is not SpanExportResult.SUCCESS and self.report:
-            _warn_once_per_minute(
+            warn_once_per_minute(
                 f"app-spans:{self.url}",
                 "odibi-observe: %d span(s) of the application's own tracers could not be "
                 "exported to %s (%s) and were dropped (the OpenTelemetry batch processor does "
@@ -397,20 +398,6 @@ class _BoundedOtlpExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.inner.force_flush(timeout_millis)
-
-
-_warned_at: dict[str, float] = {}
-_warned_lock = threading.Lock()
-
-
-def _warn_once_per_minute(key: str, message: str, *args: object) -> None:
-    now = time.monotonic()
-    with _warned_lock:
-        last = _warned_at.get(key)
-        loud = last is None or now - last >= 60.0
-        if loud:
-            _warned_at[key] = now
-    log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
 
 
 def _otlp_span_exporter(endpoint: str, protocol: str, timeout: float, *,
@@ -481,7 +468,7 @@ def _report_metric_failures(exporter: Any, attempt: _AttemptLog, url: str) -> No
     def export(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
         if attempt.last_error is not None:
-            _warn_once_per_minute(
+            warn_once_per_minute(
                 f"metrics:{url}", "odibi-observe: OTel metrics could not be exported to %s "
                 "(%s); the next export sends the cumulative values again, and the Prometheus "
                 "sink has them", url, attempt.last_error)
