@@ -132,6 +132,43 @@ def duration_arg(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: Report formats of the commands that write reports (reconcile, health).
+REPORT_FORMATS = ("json", "md", "html")
+
+
+def time_arg(text: str) -> datetime:
+    """A ``--since``/``--until`` time: ISO 8601, UTC when it names no zone."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2024-05-01 or 2024-05-01T06:00:00Z"
+        ) from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def percent_arg(text: str) -> float:
+    """``1%`` or ``1`` → 0.01; never negative."""
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 1%") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a tolerance cannot be negative")
+    return value / 100
+
+
+def formats_arg(text: str) -> tuple[str, ...]:
+    """``json,md,html`` (any subset, any case) → the report formats to write."""
+    formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in REPORT_FORMATS]
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown) or '(none)'}: "
+            f"choose from {', '.join(REPORT_FORMATS)}")
+    return formats
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -15,11 +15,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from odibi_observe.cli import CATALOG_ENV, duration_arg
+from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
 from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import HEALTH_FINDING_KINDS, HEALTH_FINDINGS_TABLE
-
-FORMATS = ("json", "md", "html")
 
 DESCRIPTION = f"""\
 Judge every node's recent runs against its own history in the run catalog (meta_runs): row
@@ -57,8 +55,6 @@ examples:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``health`` to the odibi-observe parser."""
-    from odibi_observe.reconcile.commands import _formats_arg, _percent_arg, _time_arg
-
     parser = sub.add_parser(
         "health", help="volume, duration, freshness, failure-streak and flakiness findings "
                        "from the run history",
@@ -71,9 +67,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         help="TOML file of per-node freshness SLAs and skipped kinds")
 
     window = parser.add_argument_group("window")
-    window.add_argument("--since", metavar="TIME", type=_time_arg,
+    window.add_argument("--since", metavar="TIME", type=time_arg,
                         help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
-    window.add_argument("--until", metavar="TIME", type=_time_arg,
+    window.add_argument("--until", metavar="TIME", type=time_arg,
                         help="window end, ISO 8601 (default: now)")
     window.add_argument("--last", metavar="DURATION", type=duration_arg,
                         help="the window is the last DURATION (default 24h)")
@@ -90,7 +86,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="which row-count changes count (default: both)")
     judge.add_argument("--duration-direction", choices=("both", "spike", "drop"),
                        default="spike", help="which duration changes count (default: spike)")
-    judge.add_argument("--min-change", type=_percent_arg, default=0.10, metavar="PERCENT",
+    judge.add_argument("--min-change", type=percent_arg, default=0.10, metavar="PERCENT",
                        help="ignore changes smaller than this share of the mean "
                             "(default: 10%%)")
     judge.add_argument("--duration-min-ms", type=float, default=1000.0, metavar="MS",
@@ -109,7 +105,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="retried successes that make a node flaky (default: 2)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--format", default="json,md,html", type=_formats_arg,
+    output.add_argument("--format", default="json,md,html", type=formats_arg,
                         help="reports to write, comma-separated: json, md, html "
                              "(default: all three)")
     output.add_argument("--out", metavar="DIR", default="health-report",

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from odibi_observe.cli import CATALOG_ENV, duration_arg
+from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import DISCREPANCY_KINDS
 from odibi_observe.redact import safe_text
@@ -24,7 +24,6 @@ from odibi_observe.redact import safe_text
 if TYPE_CHECKING:
     from odibi_observe.reconcile.model import Window
 
-FORMATS = ("json", "md", "html")
 
 DESCRIPTION = """\
 Compare the run catalog (meta_runs) with the traces, run by run, over a time window, and
@@ -95,9 +94,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
              "segments missing, the runs affected) within the window is reported (repeatable)")
 
     window = parser.add_argument_group("window")
-    window.add_argument("--since", metavar="TIME", type=_time_arg,
+    window.add_argument("--since", metavar="TIME", type=time_arg,
                         help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
-    window.add_argument("--until", metavar="TIME", type=_time_arg,
+    window.add_argument("--until", metavar="TIME", type=time_arg,
                         help="window end, ISO 8601 (default: now)")
     window.add_argument("--last", metavar="DURATION", type=duration_arg,
                         help="the window is the last DURATION before now minus the grace "
@@ -112,14 +111,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        default=timedelta(minutes=15),
                        help="a RUNNING row with no sign of life (start, heartbeat) for this "
                             "long and no span is stale_running (default: 15m)")
-    judge.add_argument("--duration-tolerance", metavar="PERCENT", type=_percent_arg,
+    judge.add_argument("--duration-tolerance", metavar="PERCENT", type=percent_arg,
                        default=0.01, help="durations agree within this share (default: 1%%) "
                                           "or --duration-tolerance-ms, whichever is larger")
     judge.add_argument("--duration-tolerance-ms", metavar="MS", type=float, default=5.0,
                        help="durations agree within this many ms (default: 5)")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--format", default="json,md,html", type=_formats_arg,
+    output.add_argument("--format", default="json,md,html", type=formats_arg,
                         help="reports to write, comma-separated: json, md, html "
                              "(default: all three)")
     output.add_argument("--out", metavar="DIR", default="reconcile-report",
@@ -165,35 +164,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         help="processes that read trace files at once (default: one per core, "
                              "at most 2; 1 reads everything in this process)")
     parser.set_defaults(handler=run, subparser=parser)
-
-
-def _time_arg(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time like 2024-05-01 or 2024-05-01T06:00:00Z"
-        ) from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
-
-
-def _percent_arg(text: str) -> float:
-    try:
-        value = float(text.strip().rstrip("%"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 1%") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a tolerance cannot be negative")
-    return value / 100
-
-
-def _formats_arg(text: str) -> tuple[str, ...]:
-    formats = tuple(f.strip().lower() for f in text.split(",") if f.strip())
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise argparse.ArgumentTypeError(
-            f"unknown format {', '.join(unknown) or '(none)'}: choose from {', '.join(FORMATS)}")
-    return formats
 
 
 def _header_arg(text: str) -> tuple[str, str]:
