@@ -31,13 +31,14 @@ What is not drained stays in the spool for the next start.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -111,20 +112,8 @@ class _WatchedSink(Sink):
     def export(self, events: Sequence[RunEvent]) -> None:
         if self._catalog:
             events = without_sweeper_echo(events)
-        self.exporting_since = self._clock()
-        try:
+        with self._timed():
             self.inner.export(events)
-        except RecordRejected:
-            self.last_success = self._clock()  # the rest was exported: not a sink failure
-            self.last_error = None
-            raise
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
-            raise
-        finally:
-            self.exporting_since = None
-        self.last_success = self._clock()
-        self.last_error = None
 
     @property
     def takes_spans(self) -> bool:
@@ -133,14 +122,26 @@ class _WatchedSink(Sink):
 
     def export_spans(self, spans: Sequence[Any]) -> None:
         """Deliver spooled application spans to the wrapped sink, timed like ``export``."""
+        with self._timed():
+            self.inner.export_spans(spans)  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        """What ``/healthz`` reports of one export: since when it runs, how it ended."""
         self.exporting_since = self._clock()
         try:
-            self.inner.export_spans(spans)  # type: ignore[attr-defined]
+            yield
+        except RecordRejected:
+            self._succeeded()  # the rest was exported: not a sink failure
+            raise
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
             raise
         finally:
             self.exporting_since = None
+        self._succeeded()
+
+    def _succeeded(self) -> None:
         self.last_success = self._clock()
         self.last_error = None
 
