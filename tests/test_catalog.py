@@ -43,6 +43,7 @@ from odibi_observe.catalog import (
     metadata,
     upgrade,
 )
+from odibi_observe.catalog import engine as catalog_engine
 from odibi_observe.catalog import schema as catalog_schema
 from odibi_observe.catalog import store as catalog_store
 from odibi_observe.catalog.migrate import head_revision
@@ -1105,7 +1106,7 @@ def test_postgres_urls_get_the_installed_driver() -> None:
 
 
 def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog_store, "_module_available", lambda name: False)
+    monkeypatch.setattr(catalog_engine, "_module_available", lambda name: False)
     with pytest.raises(ConfigurationError, match=r"odibi-observe\[postgres\]") as caught:
         CatalogSink(f"postgresql://u:{SECRET}@db.example/x")
     assert SECRET not in str(caught.value)
