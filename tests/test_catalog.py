@@ -43,6 +43,8 @@ from odibi_observe.catalog import (
     metadata,
     upgrade,
 )
+from odibi_observe.catalog import engine as catalog_engine
+from odibi_observe.catalog import fastpath as catalog_fastpath
 from odibi_observe.catalog import schema as catalog_schema
 from odibi_observe.catalog import store as catalog_store
 from odibi_observe.catalog.migrate import head_revision
@@ -846,18 +848,18 @@ class TestPostgresCatalog(CatalogContract):
         running = make_record()
         later_beat = heartbeat(running, running.started_ns + 7_000_000_000)
         copies: list[int] = []
-        real_copy = catalog_store._copy_upsert
+        real_copy = catalog_fastpath._copy_upsert
 
         def counting_copy(conn: Any, statement: Any, rows: list[Any]) -> None:
             copies.append(len(rows))
             real_copy(conn, statement, rows)
 
-        monkeypatch.setattr(catalog_store, "_copy_upsert", counting_copy)
+        monkeypatch.setattr(catalog_fastpath, "_copy_upsert", counting_copy)
         frozen_now = time.time_ns()
         monkeypatch.setattr(catalog_store, "time", SimpleNamespace(time_ns=lambda: frozen_now))
 
         def write_and_read(copy_from: int) -> list[tuple[Any, ...]]:
-            monkeypatch.setattr(catalog_store, "_COPY_MIN_ROWS", copy_from)
+            monkeypatch.setattr(catalog_fastpath, "_COPY_MIN_ROWS", copy_from)
             store = CatalogStore(url)
             store.ensure_schema()
             with store.engine.begin() as conn:
@@ -1047,16 +1049,18 @@ def test_driver_upsert_only_where_it_binds_like_sqlalchemy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # psycopg2 and other drivers keep SQLAlchemy's execution, which batches their rows.
-    upserts = catalog_store._native_statements("postgresql")
-    assert catalog_store._DriverUpsert.for_dialect(postgresql.psycopg2.dialect(), *upserts) is None
+    upserts = catalog_fastpath._native_statements("postgresql")
+    driver_upsert = catalog_fastpath._DriverUpsert
+    assert driver_upsert.for_dialect(postgresql.psycopg2.dialect(), *upserts) is None
 
     # A SQLAlchemy that stored times differently would make the store fall back, not diverge.
     def seconds_only() -> Callable[[int], str]:
-        full = catalog_store._instant_sqlite_texts()
+        full = catalog_fastpath._instant_sqlite_texts()
         return lambda ns: full(ns)[:19]
 
     monkeypatch.setattr(
-        catalog_store, "_SQLITE_TEXTS", replace(catalog_store._SQLITE_TEXTS, instants=seconds_only)
+        catalog_fastpath, "_SQLITE_TEXTS",
+        replace(catalog_fastpath._SQLITE_TEXTS, instants=seconds_only),
     )
     store = CatalogStore("sqlite://")
     assert store._driver is None
@@ -1105,7 +1109,7 @@ def test_postgres_urls_get_the_installed_driver() -> None:
 
 
 def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog_store, "_module_available", lambda name: False)
+    monkeypatch.setattr(catalog_engine, "_module_available", lambda name: False)
     with pytest.raises(ConfigurationError, match=r"odibi-observe\[postgres\]") as caught:
         CatalogSink(f"postgresql://u:{SECRET}@db.example/x")
     assert SECRET not in str(caught.value)

@@ -260,8 +260,9 @@ def _span() -> ReadableSpan:
 @pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
 def test_the_otlp_exporter_sends_once_per_export_and_says_why_it_failed(
         protocol: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Pins the one private hook on the SDK's OTLP/HTTP client (sinks/otel.py _one_attempt):
-    if a new SDK version changes the client, this fails instead of the exit getting slow."""
+    """Pins the one private hook on the SDK's OTLP/HTTP client (``_one_attempt`` in
+    sinks/otel/exporters.py): if a new SDK version changes the client, this fails instead of the
+    exit getting slow."""
     with OtlpReceiver() as receiver:
         receiver.down = True  # 503: retryable, so the SDK client alone would retry 5 times
         exporter = _otlp_span_exporter(receiver.endpoint, protocol, 10.0)

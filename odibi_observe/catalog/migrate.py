@@ -6,8 +6,8 @@ many processes may call it at the same moment against the same database:
 
 * on PostgreSQL the migration runs in one transaction that first takes a transaction-scoped
   advisory lock (``pg_advisory_xact_lock``); the others wait, then find the work done;
-* on SQLite an engine from :func:`~odibi_observe.catalog.store.create_catalog_engine` starts the
-  migration with ``BEGIN IMMEDIATE``, which serialises writers the same way; with any other
+* on SQLite an engine from :func:`~odibi_observe.catalog.engine.create_catalog_engine` starts
+  the migration with ``BEGIN IMMEDIATE``, which serialises writers the same way; with any other
   engine a concurrent creator can still win a race (``table already exists``), so a failed
   attempt re-reads the version and, if it is not at head yet, tries again.
 
@@ -37,6 +37,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
+from odibi_observe.catalog.engine import SQLITE_IMMEDIATE, create_catalog_engine
 from odibi_observe.conventions import MIGRATIONS_VERSION_TABLE
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
@@ -114,8 +115,6 @@ def upgrade(engine_or_url: Engine | str) -> str:
     this at every start-up is cheap. Given a URL, the engine is created and disposed of here.
     """
     if isinstance(engine_or_url, str):
-        from odibi_observe.catalog.store import create_catalog_engine
-
         engine = create_catalog_engine(engine_or_url)
         try:
             return _upgrade(engine)
@@ -144,8 +143,6 @@ def _upgrade(engine: Engine) -> str:
 
 
 def _upgrade_once(engine: Engine) -> str:
-    from odibi_observe.catalog.store import SQLITE_IMMEDIATE
-
     with engine.connect() as conn:
         if conn.dialect.name == "sqlite":
             conn.execution_options(**{SQLITE_IMMEDIATE: True})

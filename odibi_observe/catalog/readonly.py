@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from odibi_observe.catalog.store import create_catalog_engine
+from odibi_observe.catalog.engine import create_catalog_engine
 from odibi_observe.config import ConfigurationError, hide_password
 
 #: ``scheme:`` at the start of a spec (two letters at least, so ``C:\\x`` stays a path).

@@ -51,8 +51,8 @@ from odibi_observe.conventions import SIDECAR_METRICS, RunStatus, Source
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor, log
-from odibi_observe.sidecar import SidecarOptions
 from odibi_observe.sidecar.ledger import SpanLedger
+from odibi_observe.sidecar.options import SidecarOptions
 from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer
 from odibi_observe.sinks.base import RecordRejected, Sink

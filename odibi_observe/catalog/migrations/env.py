@@ -41,7 +41,7 @@ def run_migrations_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("set sqlalchemy.url (or pass a connection) to migrate the catalog")
-    from odibi_observe.catalog.store import create_catalog_engine
+    from odibi_observe.catalog.engine import create_catalog_engine
 
     engine = create_catalog_engine(url)
     try:
