@@ -50,29 +50,24 @@ from odibi_observe.conventions import (
 from odibi_observe.otlp_json import SpanView
 
 __all__ = [
-    "INT_FIELDS", "TEXT_FIELDS", "NodeSpan", "SpanProblem", "decode_attributes",
+    "INT_FIELDS", "TEXT_FIELDS", "NodeSpan", "SpanProblem", "attribute_of", "decode_attributes",
     "decode_json", "decode_view", "describe_value", "iter_request_spans", "resource_identity",
 ]
 
 
-def _attr(field: Field) -> str:
+def attribute_of(field: Field) -> str:
+    """The span attribute that carries ``field`` (from the conventions table)."""
     if field.attribute is None:  # pragma: no cover - the conventions table is static
         raise LookupError(f"field {field!r} has no span attribute in the conventions")
     return field.attribute
 
 
-A_RUN_ID: Final = _attr(FIELDS.run_id)
-A_PROJECT: Final = _attr(FIELDS.project)
-A_PIPELINE: Final = _attr(FIELDS.pipeline)
-A_PIPELINE_RUN_ID: Final = _attr(FIELDS.pipeline_run_id)
-A_NODE: Final = _attr(FIELDS.node)
-A_ATTEMPT: Final = _attr(FIELDS.attempt)
-A_STATUS: Final = _attr(FIELDS.status)
-A_ROWS: Final = _attr(FIELDS.rows)
-A_DURATION: Final = _attr(FIELDS.duration)
-A_ENVIRONMENT: Final = _attr(FIELDS.environment)
-A_SUGGESTIONS: Final = _attr(FIELDS.suggestions)
-A_ERROR_TYPE: Final = _attr(FIELDS.error)
+#: The attribute that makes a span an odibi node span, and the run it records.
+A_RUN_ID: Final = attribute_of(FIELDS.run_id)
+#: The attributes decoded with a rule of their own (the others by TEXT_FIELDS, INT_FIELDS).
+A_STATUS, A_ROWS, A_ERROR_TYPE, A_SUGGESTIONS = (
+    attribute_of(field) for field in (FIELDS.status, FIELDS.rows, FIELDS.error,
+                                      FIELDS.suggestions))
 #: The resource attribute naming the service (OTel semantic conventions).
 SERVICE_NAME: Final = "service.name"
 #: The OTLP field of the parent id, as :attr:`NodeSpan.wrong` names it when it is malformed.
@@ -209,9 +204,9 @@ def _node_span(
     wrong: dict[str, str] = {}
     fields: dict[str, Any] = {}
     for name, field in TEXT_FIELDS:
-        fields[name] = _typed(attributes, _attr(field), str, "stringValue", wrong)
+        fields[name] = _typed(attributes, attribute_of(field), str, "stringValue", wrong)
     for name, field in INT_FIELDS:
-        fields[name] = _typed(attributes, _attr(field), int, "intValue", wrong)
+        fields[name] = _typed(attributes, attribute_of(field), int, "intValue", wrong)
     parent_id = None
     if parent:
         try:
@@ -290,12 +285,8 @@ def _plain(value: Any) -> Any:
 
 def _hex_id(value: Any, width: int, name: str) -> str:
     """An id already in hex (a protobuf span's bytes as :class:`SpanView` shows them)."""
-    if not isinstance(value, str) or len(value) != width:
-        raise ValueError(f"{name} {value!r} is not {width // 2} bytes")
-    try:
-        int(value, 16)
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not hex") from None
+    if not isinstance(value, str) or len(value) != width or not _is_hex(value):
+        raise ValueError(f"{name} {value!r} is not {width // 2} bytes in hex")
     return _nonzero(value.lower(), name)
 
 
@@ -304,12 +295,8 @@ def decode_id(value: Any, width: int, name: str = "id") -> str:
     protobuf's JSON mapping (Tempo) writes it. Raises ``ValueError`` for anything else."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} {value!r} is not a string")
-    if len(value) == width:
-        try:
-            int(value, 16)
-            return _nonzero(value.lower(), name)
-        except ValueError:
-            pass
+    if len(value) == width and _is_hex(value):
+        return _nonzero(value.lower(), name)
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -318,6 +305,11 @@ def decode_id(value: Any, width: int, name: str = "id") -> str:
         raise ValueError(f"{name} {value!r} is neither {width} hex digits nor base64 of "
                          f"{width // 2} bytes")
     return _nonzero(raw.hex(), name)
+
+
+def _is_hex(value: str) -> bool:
+    """Hex digits only (``int(value, 16)`` would also take ``0x``, signs and underscores)."""
+    return not value.strip("0123456789abcdefABCDEF")
 
 
 def _nonzero(hex_id: str, name: str) -> str:
@@ -430,19 +422,13 @@ def describe_value(value: Any) -> str:
     return f"{_otlp_type(value)} {text if len(text) <= 60 else text[:59] + '…'}"
 
 
+#: The OTLP ``AnyValue`` kind of each Python type a decoded value can have (bool before int:
+#: a bool is an int to ``isinstance``).
+_OTLP_TYPES: Final = ((bool, "boolValue"), (int, "intValue"), (float, "doubleValue"),
+                      (str, "stringValue"), (bytes, "bytesValue"), (tuple, "arrayValue"),
+                      (dict, "kvlistValue"))
+
+
 def _otlp_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolValue"
-    if isinstance(value, int):
-        return "intValue"
-    if isinstance(value, float):
-        return "doubleValue"
-    if isinstance(value, str):
-        return "stringValue"
-    if isinstance(value, bytes):
-        return "bytesValue"
-    if isinstance(value, tuple):
-        return "arrayValue"
-    if isinstance(value, dict):
-        return "kvlistValue"
-    return type(value).__name__
+    return next((name for kind, name in _OTLP_TYPES if isinstance(value, kind)),
+                type(value).__name__)

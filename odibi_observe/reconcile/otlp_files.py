@@ -36,7 +36,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final
 
-from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID, USER_ATTRIBUTE_PREFIX
+from odibi_observe.conventions import FIELDS as F
+from odibi_observe.conventions import (
+    RESOURCE_HOST,
+    RESOURCE_PID,
+    USER_ATTRIBUTE_PREFIX,
+    Field,
+)
 from odibi_observe.reconcile.model import (
     FUTURE_SKEW_NS,
     ReadLog,
@@ -46,19 +52,9 @@ from odibi_observe.reconcile.model import (
 from odibi_observe.reconcile.sources import SourceError, TraceSource
 from odibi_observe.reconcile.span_decode import span_to_run
 from odibi_observe.spandecode import (
-    A_ATTEMPT,
-    A_DURATION,
-    A_ENVIRONMENT,
-    A_ERROR_TYPE,
-    A_NODE,
-    A_PIPELINE,
-    A_PIPELINE_RUN_ID,
-    A_PROJECT,
-    A_ROWS,
     A_RUN_ID,
-    A_STATUS,
-    A_SUGGESTIONS,
     SERVICE_NAME,
+    attribute_of,
     decode_attributes,
     iter_request_spans,
     resource_identity,
@@ -73,12 +69,13 @@ _STR: Final = r'"([^"\\]*(?:\\.[^"\\]*)*)"'  # a JSON string, its content captur
 _STR_ANY: Final = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 
 
-def _kv_str(key: str) -> str:
-    return r'\{"key":"' + re.escape(key) + r'","value":\{"stringValue":' + _STR + r"\}\}"
+def _kv_str(field: Field) -> str:
+    return (r'\{"key":"' + re.escape(attribute_of(field)) + r'","value":\{"stringValue":'
+            + _STR + r"\}\}")
 
 
-def _kv_int(key: str) -> str:
-    return r'\{"key":"' + re.escape(key) + r'","value":\{"intValue":"(-?\d+)"\}\}'
+def _kv_int(field: Field) -> str:
+    return r'\{"key":"' + re.escape(attribute_of(field)) + r'","value":\{"intValue":"(-?\d+)"\}\}'
 
 
 #: One node span, up to the end of its attributes. Groups: 1 trace id, 2 span id, 3 parent,
@@ -89,14 +86,14 @@ _SPAN_RE: Final = re.compile(
     r'(?:,"traceState":' + _STR_ANY + r')?(?:,"parentSpanId":"([0-9a-f]{16})?")?'
     r'(?:,"flags":\d+)?(?:,"name":' + _STR_ANY + r')?(?:,"kind":\d+)?'
     r',"startTimeUnixNano":"(\d+)","endTimeUnixNano":"(\d+)","attributes":\['
-    + _kv_str(A_RUN_ID) + "," + _kv_str(A_PROJECT) + "," + _kv_str(A_PIPELINE)
-    + "(?:," + _kv_str(A_PIPELINE_RUN_ID) + ")?," + _kv_str(A_NODE) + "," + _kv_int(A_ATTEMPT)
-    + "," + _kv_str(A_STATUS) + "(?:," + _kv_int(A_ROWS) + ")?(?:," + _kv_int(A_DURATION)
-    + ")?," + _kv_str(A_ENVIRONMENT)
-    + r'(?:,\{"key":"' + re.escape(A_SUGGESTIONS)
+    + _kv_str(F.run_id) + "," + _kv_str(F.project) + "," + _kv_str(F.pipeline)
+    + "(?:," + _kv_str(F.pipeline_run_id) + ")?," + _kv_str(F.node) + "," + _kv_int(F.attempt)
+    + "," + _kv_str(F.status) + "(?:," + _kv_int(F.rows) + ")?(?:," + _kv_int(F.duration)
+    + ")?," + _kv_str(F.environment)
+    + r'(?:,\{"key":"' + re.escape(attribute_of(F.suggestions))
     + r'","value":\{"arrayValue":\{"values":\[((?:\{"stringValue":' + _STR_ANY
     + r'\},?)*)\]\}\}\})?'
-    + "(?:," + _kv_str(A_ERROR_TYPE) + ")?"
+    + "(?:," + _kv_str(F.error) + ")?"
     + r'((?:,\{"key":' + _STR_ANY + r',"value":\{"(?:stringValue|intValue|doubleValue|'
     r'boolValue)":(?:' + _STR_ANY + r'|[-+.\w]+)\}\})*)\]'
 )
