@@ -27,6 +27,10 @@ What is stored, and why:
   start time or ``run_id`` are unusable is *rejected* (it cannot be keyed or placed in time).
   One bad span never fails the request: the sender cannot fix it by retrying.
 
+Spans are decoded by :func:`odibi_observe.spandecode.decode_view`, the one decoder of node
+spans (reconciliation's OTLP-JSON and Tempo readers use it too); this module only stores.
+Its reader is reconciliation's ``ledger:`` source (:mod:`odibi_observe.reconcile.ledger`).
+
 Every value is a bound parameter; text is bounded to its column and made storable in both
 backends (NUL and lone surrogates replaced), because a value the database refuses would fail
 the whole batch on every retry. Database errors are raised to the caller: the receiver turns
@@ -143,7 +147,7 @@ class _Batch:
 
 
 class SpanLedger:
-    """Stores odibi node spans in ``odibi_span_ledger`` and reads them back by time window.
+    """Stores odibi node spans in ``odibi_span_ledger``; reconciliation's ``ledger:`` reads them.
 
     ``url_or_engine`` is the catalog's URL or an engine (the sidecar shares the catalog sink's
     engine). Nothing connects in the constructor: the schema is migrated on first use
