@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -21,10 +21,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from odibi_observe.catalog.schema import span_ledger
+from odibi_observe.catalog.schema import span_ledger, utc
 from odibi_observe.conventions import FIELDS, RunStatus
 from odibi_observe.otlp_json import SpanView, iter_spans
-from odibi_observe.record import RunRecord, ns_to_datetime
+from odibi_observe.reconcile.ledger import LedgerSource
+from odibi_observe.reconcile.model import ReadLog, ReadRange
+from odibi_observe.record import RunRecord
 from odibi_observe.sidecar.ledger import SpanLedger, span_to_row
 from odibi_observe.sinks.otel import record_to_span
 from tests.helpers import make_record
@@ -59,9 +61,13 @@ def terminal(**changes: Any) -> RunRecord:
     return make_record(pipeline_run_id=str(uuid.uuid4()), attempt=2, **changes)
 
 
-def ledger_rows(ledger: SpanLedger) -> list[dict[str, object]]:
-    far = datetime(2200, 1, 1, tzinfo=timezone.utc)
-    return list(ledger.iter_runs(datetime(1970, 1, 1, tzinfo=timezone.utc), far))
+def ledger_rows(ledger: SpanLedger) -> list[dict[str, Any]]:
+    """Every ledger row, by run id then start, times as aware UTC datetimes."""
+    c = span_ledger.c
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(sa.select(span_ledger).order_by(c.run_id, c.started_at)).mappings()
+        return [{k: utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+                for row in rows]
 
 
 @pytest.fixture
@@ -176,19 +182,20 @@ def test_values_are_bound_parameters_and_made_storable(ledger: SpanLedger) -> No
         assert sa.inspect(conn).has_table(span_ledger.name)
 
 
-def test_iter_runs_reads_a_half_open_window_ordered_by_run_id(ledger: SpanLedger) -> None:
+def test_reconciliation_reads_a_half_open_window_ordered_by_run_id(
+        ledger: SpanLedger, catalog_url: str) -> None:
+    """The ledger's reader is reconciliation's ``ledger:`` source."""
     t0 = 1_700_000_000_000_000_000
     hour = 3_600 * 10**9
     records = [terminal(run_id=f"run-{i}", started_ns=t0 + i * hour) for i in (3, 1, 2, 0, 4)]
     ledger.store(views(records))
-    since, until = ns_to_datetime(t0 + hour), ns_to_datetime(t0 + 4 * hour)
-    got = [r["run_id"] for r in ledger.iter_runs(since, until, batch_size=2)]
+    source = LedgerSource(catalog_url)
+    try:
+        got = [r.run_id for r in source.read(ReadRange(t0 + hour, t0 + 4 * hour, t0 + 9 * hour),
+                                             ReadLog())]
+    finally:
+        source.close()
     assert got == ["run-1", "run-2", "run-3"]  # since inclusive, until exclusive
-    naive = [r["run_id"] for r in ledger.iter_runs(since.replace(tzinfo=None),
-                                                   until.replace(tzinfo=None))]
-    assert naive == got
-    (first,) = ledger.iter_runs(since, since + timedelta(microseconds=1))
-    assert first["started_at"].tzinfo is not None
 
 
 def test_the_ledger_does_not_connect_until_used() -> None:

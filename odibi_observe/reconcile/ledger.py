@@ -17,43 +17,18 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from odibi_observe.catalog.schema import (
-    ATTEMPT,
-    DURATION_MS,
-    ENDED_AT,
-    ENVIRONMENT,
-    ERROR_TYPE,
-    NODE,
-    PARENT_SPAN_ID,
-    PIPELINE,
-    PIPELINE_RUN_ID,
-    PROJECT,
-    RESOURCE_JSON,
-    ROWS,
-    RUN_ID,
-    SERVICE_NAME,
-    SPAN_ID,
-    STARTED_AT,
-    STATUS,
-    TRACE_ID,
-    span_ledger,
-)
+from odibi_observe.catalog import schema as col
 from odibi_observe.catalog.store import create_catalog_engine
 from odibi_observe.config import ConfigurationError, hide_password
-from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID, SPAN_LEDGER_TABLE
-from odibi_observe.reconcile.model import (
-    FUTURE_SKEW_NS,
-    ReadLog,
-    ReadRange,
-    TraceRun,
-    iso_ns,
-    normalize_status,
-)
+from odibi_observe.conventions import SPAN_LEDGER_TABLE
+from odibi_observe.reconcile import model
+from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun
 from odibi_observe.reconcile.sources import SourceError, TraceSource
 from odibi_observe.reconcile.sqlutil import as_int, byte_order, stream, table_columns, to_ns
+from odibi_observe.spandecode import TEXT_FIELDS, resource_identity
 
 #: Columns the ledger must have to be read at all.
-REQUIRED = (RUN_ID, TRACE_ID, SPAN_ID, STARTED_AT)
+REQUIRED = (col.RUN_ID, col.TRACE_ID, col.SPAN_ID, col.STARTED_AT)
 
 
 class LedgerSource(TraceSource):
@@ -91,23 +66,23 @@ class LedgerSource(TraceSource):
         if missing:
             raise SourceError(f"{source}: {SPAN_LEDGER_TABLE} has no column "
                               f"{', '.join(missing)}")
-        table = span_ledger
+        table = col.span_ledger
         present = [c for c in table.c if c.name in columns]
         absent = sorted(c.name for c in table.c if c.name not in columns)
         if absent:
             log.add_error(source, SPAN_LEDGER_TABLE,
                           f"table has no column {', '.join(absent)}; those fields are not compared")
         # Facts the table cannot hold are left out of the comparison, not compared as unknown.
-        self._unchecked = [name for name, cols in (("status", (STATUS,)), ("rows", (ROWS,)),
-                                                   ("duration", (ENDED_AT, DURATION_MS)))
-                           if not any(c in columns for c in cols)]
-        started = table.c[STARTED_AT]
+        self._unchecked = [name for name, names in (
+            ("status", (col.STATUS,)), ("rows", (col.ROWS,)),
+            ("duration", (col.ENDED_AT, col.DURATION_MS))) if not any(c in columns for c in names)]
+        started = table.c[col.STARTED_AT]
         query = (
             sa.select(*present)
             .where(started >= read_range.start, started < read_range.end)
-            .order_by(byte_order(table.c[RUN_ID], self.engine.dialect.name))
+            .order_by(byte_order(table.c[col.RUN_ID], self.engine.dialect.name))
         )
-        future = read_range.now_ns + FUTURE_SKEW_NS
+        future = read_range.now_ns + model.FUTURE_SKEW_NS
         try:
             for number, row in enumerate(stream(self.engine, query), start=1):
                 run = self._run(row._mapping, source, log, future)
@@ -121,47 +96,49 @@ class LedgerSource(TraceSource):
                           f"{str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
 
     def _run(self, row: Any, source: str, log: ReadLog, future: int) -> TraceRun | None:
-        run_id = row[RUN_ID]
+        run_id = row[col.RUN_ID]
         where = f"{SPAN_LEDGER_TABLE} run {run_id}"
         unchecked = list(self._unchecked)
         try:
-            start = to_ns(row[STARTED_AT]) or 0
-            ended = row.get(ENDED_AT)
+            start = to_ns(row[col.STARTED_AT]) or 0
+            ended = row.get(col.ENDED_AT)
             if ended is not None:
                 end = to_ns(ended) or start
             else:  # the ledger may hold only the duration
-                duration = as_int(row.get(DURATION_MS)) or 0
+                duration = as_int(row.get(col.DURATION_MS)) or 0
                 end = start + duration * 1_000_000
         except (TypeError, ValueError) as exc:
             log.add_error(source, where, f"unreadable time: {exc}; span skipped")
             return None
         if start > future:
-            log.add_error(source, where, f"span starts in the future ({iso_ns(start)}); skipped")
+            log.add_error(source, where,
+                          f"span starts in the future ({model.iso_ns(start)}); skipped")
             return None
         try:
-            rows = as_int(row.get(ROWS))
+            rows = as_int(row.get(col.ROWS))
         except ValueError as exc:
-            log.add_error(source, where, f"{ROWS}: {exc}; rows not compared")
+            log.add_error(source, where, f"{col.ROWS}: {exc}; rows not compared")
             rows = None
             unchecked.append("rows")
-        host, pid, service = "", 0, str(row.get(SERVICE_NAME) or "")
-        if row.get(RESOURCE_JSON):
+        host, pid, service = "", 0, ""
+        if row.get(col.RESOURCE_JSON):
             try:
-                resource = json.loads(row[RESOURCE_JSON])
-                host = str(resource.get(RESOURCE_HOST) or "")
-                pid_value = resource.get(RESOURCE_PID)
-                pid = pid_value if isinstance(pid_value, int) else 0
-                service = service or str(resource.get("service.name") or "")
+                resource = json.loads(row[col.RESOURCE_JSON])
+                host, pid, service = resource_identity(resource)
             except (ValueError, AttributeError):
-                log.add_error(source, where, f"{RESOURCE_JSON} is not a JSON object")
+                log.add_error(source, where, f"{col.RESOURCE_JSON} is not a JSON object")
+        # The text fields by the same mapping the sidecar stored them with.
+        text = {name: row.get(field.column) or "" for name, field in TEXT_FIELDS}
         return TraceRun(
-            run_id=str(run_id), trace_id=str(row[TRACE_ID]), span_id=str(row[SPAN_ID]),
-            start_ns=start, end_ns=end, status=normalize_status(row.get(STATUS)), rows=rows,
-            pipeline=row.get(PIPELINE) or "", node=row.get(NODE) or "",
-            project=row.get(PROJECT) or "", environment=row.get(ENVIRONMENT) or "",
-            parent_span_id=row.get(PARENT_SPAN_ID) or None,
-            pipeline_run_id=row.get(PIPELINE_RUN_ID) or None,
-            attempt=int(row.get(ATTEMPT) or 1), error_type=row.get(ERROR_TYPE) or None,
+            run_id=str(run_id), trace_id=str(row[col.TRACE_ID]), span_id=str(row[col.SPAN_ID]),
+            start_ns=start, end_ns=end, status=model.normalize_status(row.get(col.STATUS)),
+            rows=rows,
+            pipeline=text["pipeline"], node=text["node"], project=text["project"],
+            environment=text["environment"],
+            parent_span_id=row.get(col.PARENT_SPAN_ID) or None,
+            pipeline_run_id=text["pipeline_run_id"] or None,
+            attempt=int(row.get(col.ATTEMPT) or 1), error_type=row.get(col.ERROR_TYPE) or None,
             error_message=None, suggestions=(), attributes_json=None, host=host, pid=pid,
-            service_name=service, unchecked=",".join(unchecked), origin=SPAN_LEDGER_TABLE,
+            service_name=str(row.get(col.SERVICE_NAME) or "") or service,
+            unchecked=",".join(unchecked), origin=SPAN_LEDGER_TABLE,
         )

@@ -14,9 +14,10 @@ the shape odibi-observe writes and a Collector passes on (ids, times, then the `
 attributes in the order :func:`~odibi_observe.sinks.otel.span_attributes` writes them): about
 3 µs per span. The scan must account for every ``odibi.run_id`` attribute in the line; if it
 does not — another attribute order, a wrong attribute type, a value it does not expect — the
-line is decoded in full by :mod:`~odibi_observe.reconcile.span_decode`, which also produces
-the precise error messages. Failed and crashed runs (a few per cent) are always decoded in full
-for their error message. Both paths produce identical runs (a test compares them).
+line is decoded in full by :mod:`~odibi_observe.spandecode`, the decoder every reader of node
+spans uses, which also produces the precise error messages. Failed and crashed runs (a few per
+cent) are always decoded in full for their error message. Both paths produce identical runs
+(a test compares them).
 
 Bad input is reported with file and line and skipped: undecodable lines, a gzip file cut short
 (everything before the cut is still read), files that are not OTLP-JSON at all.
@@ -35,7 +36,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final
 
-from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID, USER_ATTRIBUTE_PREFIX
+from odibi_observe.conventions import FIELDS as F
+from odibi_observe.conventions import (
+    RESOURCE_HOST,
+    RESOURCE_PID,
+    USER_ATTRIBUTE_PREFIX,
+    Field,
+)
 from odibi_observe.reconcile.model import (
     FUTURE_SKEW_NS,
     ReadLog,
@@ -43,23 +50,14 @@ from odibi_observe.reconcile.model import (
     TraceRun,
 )
 from odibi_observe.reconcile.sources import SourceError, TraceSource
-from odibi_observe.reconcile.span_decode import (
-    A_ATTEMPT,
-    A_DURATION,
-    A_ENVIRONMENT,
-    A_ERROR_TYPE,
-    A_NODE,
-    A_PIPELINE,
-    A_PIPELINE_RUN_ID,
-    A_PROJECT,
-    A_ROWS,
+from odibi_observe.reconcile.span_decode import span_to_run
+from odibi_observe.spandecode import (
     A_RUN_ID,
-    A_STATUS,
-    A_SUGGESTIONS,
     SERVICE_NAME,
+    attribute_of,
     decode_attributes,
     iter_request_spans,
-    span_to_run,
+    resource_identity,
 )
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
@@ -71,12 +69,13 @@ _STR: Final = r'"([^"\\]*(?:\\.[^"\\]*)*)"'  # a JSON string, its content captur
 _STR_ANY: Final = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 
 
-def _kv_str(key: str) -> str:
-    return r'\{"key":"' + re.escape(key) + r'","value":\{"stringValue":' + _STR + r"\}\}"
+def _kv_str(field: Field) -> str:
+    return (r'\{"key":"' + re.escape(attribute_of(field)) + r'","value":\{"stringValue":'
+            + _STR + r"\}\}")
 
 
-def _kv_int(key: str) -> str:
-    return r'\{"key":"' + re.escape(key) + r'","value":\{"intValue":"(-?\d+)"\}\}'
+def _kv_int(field: Field) -> str:
+    return r'\{"key":"' + re.escape(attribute_of(field)) + r'","value":\{"intValue":"(-?\d+)"\}\}'
 
 
 #: One node span, up to the end of its attributes. Groups: 1 trace id, 2 span id, 3 parent,
@@ -87,14 +86,14 @@ _SPAN_RE: Final = re.compile(
     r'(?:,"traceState":' + _STR_ANY + r')?(?:,"parentSpanId":"([0-9a-f]{16})?")?'
     r'(?:,"flags":\d+)?(?:,"name":' + _STR_ANY + r')?(?:,"kind":\d+)?'
     r',"startTimeUnixNano":"(\d+)","endTimeUnixNano":"(\d+)","attributes":\['
-    + _kv_str(A_RUN_ID) + "," + _kv_str(A_PROJECT) + "," + _kv_str(A_PIPELINE)
-    + "(?:," + _kv_str(A_PIPELINE_RUN_ID) + ")?," + _kv_str(A_NODE) + "," + _kv_int(A_ATTEMPT)
-    + "," + _kv_str(A_STATUS) + "(?:," + _kv_int(A_ROWS) + ")?(?:," + _kv_int(A_DURATION)
-    + ")?," + _kv_str(A_ENVIRONMENT)
-    + r'(?:,\{"key":"' + re.escape(A_SUGGESTIONS)
+    + _kv_str(F.run_id) + "," + _kv_str(F.project) + "," + _kv_str(F.pipeline)
+    + "(?:," + _kv_str(F.pipeline_run_id) + ")?," + _kv_str(F.node) + "," + _kv_int(F.attempt)
+    + "," + _kv_str(F.status) + "(?:," + _kv_int(F.rows) + ")?(?:," + _kv_int(F.duration)
+    + ")?," + _kv_str(F.environment)
+    + r'(?:,\{"key":"' + re.escape(attribute_of(F.suggestions))
     + r'","value":\{"arrayValue":\{"values":\[((?:\{"stringValue":' + _STR_ANY
     + r'\},?)*)\]\}\}\})?'
-    + "(?:," + _kv_str(A_ERROR_TYPE) + ")?"
+    + "(?:," + _kv_str(F.error) + ")?"
     + r'((?:,\{"key":' + _STR_ANY + r',"value":\{"(?:stringValue|intValue|doubleValue|'
     r'boolValue)":(?:' + _STR_ANY + r'|[-+.\w]+)\}\})*)\]'
 )
@@ -106,6 +105,8 @@ _LINE_TAIL: Final = "]}]}]}"
 #: Statuses whose spans carry no error details: the scanner has all they hold.
 _NO_DETAILS: Final = frozenset({"SUCCESS", "RUNNING"})
 _DECODER: Final = json.JSONDecoder()
+#: All-zero ids, which no span may carry (the full decoder reports them).
+_ZERO_IDS: Final = frozenset({"0" * 32, "0" * 16})
 
 
 class _FullDecode(Exception):
@@ -167,8 +168,10 @@ def _scan(
             host, pid, service = resources[bisect.bisect_right(starts, at) - 1][1] \
                 if starts and starts[0] < at else ("", 0, "")
         if start > future or status not in _NO_DETAILS or end < start or (
-                escapes and "\\" in m.group(0)):
-            # Error details, odd times or escaped text: this span takes the full decoder.
+                escapes and "\\" in m.group(0)) or not run_id.strip() or (
+                trace_id in _ZERO_IDS or span_id in _ZERO_IDS or parent in _ZERO_IDS):
+            # Error details, odd times, escaped text or an id the decoder refuses: this span
+            # takes the full decoder.
             slow.append((m.start(),
                          {RESOURCE_HOST: host, RESOURCE_PID: pid, SERVICE_NAME: service}))
             continue
@@ -207,12 +210,7 @@ def _resources(line: str) -> list[tuple[int, tuple[str, int, str]]]:
             raise _FullDecode from None
         attributes = decode_attributes(resource.get("attributes")) if isinstance(
             resource, dict) else {}
-        pid = attributes.get(RESOURCE_PID, 0)
-        out.append((m.start(), (
-            str(attributes.get(RESOURCE_HOST) or ""),
-            pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
-            str(attributes.get(SERVICE_NAME) or ""),
-        )))
+        out.append((m.start(), resource_identity(attributes)))
     return out
 
 

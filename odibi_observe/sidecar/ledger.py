@@ -27,6 +27,10 @@ What is stored, and why:
   start time or ``run_id`` are unusable is *rejected* (it cannot be keyed or placed in time).
   One bad span never fails the request: the sender cannot fix it by retrying.
 
+Spans are decoded by :func:`odibi_observe.spandecode.decode_view`, the one decoder of node
+spans (reconciliation's OTLP-JSON and Tempo readers use it too); this module only stores.
+Its reader is reconciliation's ``ledger:`` source (:mod:`odibi_observe.reconcile.ledger`).
+
 Every value is a bound parameter; text is bounded to its column and made storable in both
 backends (NUL and lone surrogates replaced), because a value the database refuses would fail
 the whole batch on every retry. Database errors are raised to the caller: the receiver turns
@@ -38,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,13 +57,8 @@ from odibi_observe.catalog.schema import (
     ATTEMPT,
     DURATION_MS,
     ENDED_AT,
-    ENVIRONMENT,
     ERROR_TYPE,
-    NODE,
     PARENT_SPAN_ID,
-    PIPELINE,
-    PIPELINE_RUN_ID,
-    PROJECT,
     RECEIVED_AT,
     RESOURCE_JSON,
     ROWS,
@@ -77,6 +76,7 @@ from odibi_observe.catalog.store import SQLITE_IMMEDIATE, create_catalog_engine
 from odibi_observe.conventions import FIELDS, RunStatus
 from odibi_observe.otlp_json import SpanView
 from odibi_observe.record import ns_to_datetime
+from odibi_observe.spandecode import INT_FIELDS, TEXT_FIELDS, SpanProblem, decode_view
 
 __all__ = ["LedgerResult", "SpanLedger", "span_to_row"]
 
@@ -89,28 +89,12 @@ def _attr(name: str | None) -> str:
 
 #: The span attribute that makes a span an odibi node span, and the run it records.
 RUN_ID_ATTRIBUTE: Final = _attr(FIELDS.run_id.attribute)
-#: The resource attribute the ``service_name`` column is read from (OTel semantic conventions).
-SERVICE_NAME_ATTRIBUTE: Final = "service.name"
 
 _INT32: Final = (-(2**31), 2**31 - 1)
 _INT64: Final = (-(2**63), 2**63 - 1)
 
-#: Ledger column ← span attribute, for the text columns.
-_TEXT_ATTRIBUTES: Final = (
-    (PROJECT, _attr(FIELDS.project.attribute)),
-    (PIPELINE, _attr(FIELDS.pipeline.attribute)),
-    (PIPELINE_RUN_ID, _attr(FIELDS.pipeline_run_id.attribute)),
-    (NODE, _attr(FIELDS.node.attribute)),
-    (ENVIRONMENT, _attr(FIELDS.environment.attribute)),
-    (STATUS, _attr(FIELDS.status.attribute)),
-    (ERROR_TYPE, _attr(FIELDS.error.attribute)),
-)
-#: Ledger column ← span attribute, and the range the column can hold, for integer columns.
-_INT_ATTRIBUTES: Final = (
-    (ROWS, _attr(FIELDS.rows.attribute), _INT64),
-    (DURATION_MS, _attr(FIELDS.duration.attribute), _INT64),
-    (ATTEMPT, _attr(FIELDS.attempt.attribute), _INT32),
-)
+#: The range each integer column can hold.
+_INT_RANGES: Final = {ROWS: _INT64, DURATION_MS: _INT64, ATTEMPT: _INT32}
 
 #: Maximum length of each text column (a ``TEXT`` column has none).
 _LIMITS: Final = {
@@ -163,7 +147,7 @@ class _Batch:
 
 
 class SpanLedger:
-    """Stores odibi node spans in ``odibi_span_ledger`` and reads them back by time window.
+    """Stores odibi node spans in ``odibi_span_ledger``; reconciliation's ``ledger:`` reads them.
 
     ``url_or_engine`` is the catalog's URL or an engine (the sidecar shares the catalog sink's
     engine). Nothing connects in the constructor: the schema is migrated on first use
@@ -219,7 +203,7 @@ class SpanLedger:
         batch = _Batch()
         seen: set[tuple[str, str]] = set()
         for span in spans:
-            if RUN_ID_ATTRIBUTE not in span.attributes:
+            if span.attributes.get(RUN_ID_ATTRIBUTE) is None:
                 batch.ignored += 1
                 continue
             row, problem = span_to_row(span, received, batch.invalid)
@@ -259,31 +243,6 @@ class SpanLedger:
                 return _insert_portable(conn, rows)
 
     # -- reads ---------------------------------------------------------------------------
-
-    def iter_runs(
-        self, since: datetime, until: datetime, *, batch_size: int = 1_000
-    ) -> Iterator[dict[str, Any]]:
-        """Ledger rows of spans started in ``[since, until)``, ordered by ``run_id``.
-
-        Rows are dicts keyed by column name, times as aware UTC datetimes (naive arguments
-        are taken as UTC). Streamed in batches of ``batch_size``, so a reconciliation window
-        of millions of runs does not sit in memory; the connection is held until the
-        iterator is exhausted or closed. Within a ``run_id`` (two spans claiming one run),
-        rows come by start time, then ids, so the order is deterministic. Like every read, it
-        creates the (empty) table in a fresh database rather than failing.
-        """
-        self.ensure_schema()
-        c = span_ledger.c
-        query = (
-            sa.select(span_ledger)
-            .where(c[STARTED_AT] >= utc(since), c[STARTED_AT] < utc(until))
-            .order_by(c[RUN_ID], c[STARTED_AT], c[TRACE_ID], c[SPAN_ID])
-        )
-        with self._serial, self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch_size) \
-                .execute(query).mappings()
-            for row in result:
-                yield _read_row(row)
 
     def count(self) -> int:
         """Rows in the ledger."""
@@ -351,17 +310,6 @@ def _insert_portable(conn: Connection, rows: list[dict[str, Any]]) -> int:
     return len(new) + replaced
 
 
-def _read_row(row: Mapping[Any, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for name in (STARTED_AT, ENDED_AT, RECEIVED_AT):
-        value = out.get(name)
-        if isinstance(value, str):  # a raw SQLite read
-            value = datetime.fromisoformat(value)
-        if isinstance(value, datetime):
-            out[name] = utc(value)
-    return out
-
-
 # -- span → row ----------------------------------------------------------------------------
 
 
@@ -370,59 +318,46 @@ def span_to_row(
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The ledger row of an odibi node span, or ``(None, reason)`` if it cannot be stored.
 
-    Attributes of the wrong type are left NULL and counted in ``invalid`` (attribute name →
-    spans). Integers must be integers (not booleans, not strings, within the column's range):
-    a guessed conversion would make the ledger disagree with the catalog in ways
-    reconciliation would then report as the pipeline's fault.
+    The span is decoded by :func:`odibi_observe.spandecode.decode_view`, the decoder every
+    reader of node spans uses; what is left here is storage. Values the decoder found of the
+    wrong type, and integers beyond their column's range, are left NULL and counted in
+    ``invalid`` (attribute name → spans).
     """
     tally = invalid if invalid is not None else {}
-    run_id = span.attributes.get(RUN_ID_ATTRIBUTE)
-    if not isinstance(run_id, str) or not run_id.strip():
-        return None, f"{RUN_ID_ATTRIBUTE} must be a non-empty string, got {_type(run_id)}"
-    if len(run_id) > (_LIMITS[RUN_ID] or len(run_id)):
+    try:
+        node = decode_view(span)
+    except SpanProblem as exc:
+        return None, str(exc)
+    if node is None:
+        return None, f"{RUN_ID_ATTRIBUTE} is missing"
+    if len(node.run_id) > (_LIMITS[RUN_ID] or len(node.run_id)):
         return None, f"{RUN_ID_ATTRIBUTE} is longer than {_LIMITS[RUN_ID]} characters"
-    if not _valid_id(span.trace_id, 32):
-        return None, f"run {_short(run_id)}: traceId must be 16 non-zero bytes"
-    if not _valid_id(span.span_id, 16):
-        return None, f"run {_short(run_id)}: spanId must be 8 non-zero bytes"
-    if span.start_ns <= 0:
-        return None, f"run {_short(run_id)}: the span has no start time"
-
+    for attribute in node.wrong:
+        tally[attribute] = tally.get(attribute, 0) + 1
     row: dict[str, Any] = {
-        TRACE_ID: span.trace_id,
-        SPAN_ID: span.span_id,
-        PARENT_SPAN_ID: span.parent_span_id if span.parent_span_id
-        and _valid_id(span.parent_span_id, 16) else None,
-        RUN_ID: _text(run_id, RUN_ID),
-        STARTED_AT: ns_to_datetime(span.start_ns),
-        ENDED_AT: ns_to_datetime(span.end_ns) if span.end_ns >= span.start_ns else None,
+        TRACE_ID: node.trace_id,
+        SPAN_ID: node.span_id,
+        PARENT_SPAN_ID: node.parent_span_id,
+        RUN_ID: _text(node.run_id, RUN_ID),
+        STARTED_AT: ns_to_datetime(node.start_ns),
+        ENDED_AT: ns_to_datetime(node.end_ns) if node.end_ns >= node.start_ns else None,
         RECEIVED_AT: received_at,
+        STATUS: _text(node.status or None, STATUS),
+        ERROR_TYPE: _text(node.error_type, ERROR_TYPE),
+        SERVICE_NAME: _text(node.service_name or None, SERVICE_NAME),
+        RESOURCE_JSON: _text(_resource_json(node.resource), RESOURCE_JSON),
     }
-    attributes = span.attributes
-    for column, attribute in _TEXT_ATTRIBUTES:
-        value = attributes.get(attribute)
-        if value is None or isinstance(value, str):
-            row[column] = _text(value, column)
-        else:
-            row[column] = None
+    for name, text_field in TEXT_FIELDS:
+        row[text_field.column] = _text(getattr(node, name), text_field.column)
+    for name, int_field in INT_FIELDS:
+        value = getattr(node, name)
+        low, high = _INT_RANGES[int_field.column]
+        if value is not None and not low <= value <= high:
+            value = None
+            attribute = _attr(int_field.attribute)
             tally[attribute] = tally.get(attribute, 0) + 1
-    for column, attribute, (low, high) in _INT_ATTRIBUTES:
-        value = attributes.get(attribute)
-        if value is None:
-            row[column] = None
-        elif type(value) is int and low <= value <= high:
-            row[column] = value
-        else:
-            row[column] = None
-            tally[attribute] = tally.get(attribute, 0) + 1
-    service = span.resource.get(SERVICE_NAME_ATTRIBUTE)
-    row[SERVICE_NAME] = _text(service, SERVICE_NAME) if isinstance(service, str) else None
-    row[RESOURCE_JSON] = _text(_resource_json(span.resource), RESOURCE_JSON)
+        row[int_field.column] = value
     return row, None
-
-
-def _valid_id(value: str, width: int) -> bool:
-    return len(value) == width and value.strip("0") != ""
 
 
 def _text(value: str | None, column: str) -> str | None:
@@ -448,11 +383,3 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _json_value(v) for k, v in value.items()}
     return value
-
-
-def _type(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-def _short(run_id: str) -> str:
-    return run_id if len(run_id) <= 40 else run_id[:39] + "…"

@@ -23,6 +23,11 @@ says so, and while decompressing, so a small gzip bomb cannot expand into memory
 bearer token is compared in constant time (``hmac.compare_digest``); without it the receiver
 relies on its listen address (127.0.0.1 by default).
 
+The spans' run fields are decoded by :func:`odibi_observe.spandecode.decode_view` (inside
+:meth:`~odibi_observe.sidecar.ledger.SpanLedger.store`), the decoder reconciliation reads
+OTLP-JSON files and Tempo with, so a span means the same run here and there whatever the
+body's encoding.
+
 Every span is counted once in ``odibi_observe_ledger_spans_total{outcome}`` —
 ``stored``, ``duplicate``, ``ignored`` (not an odibi node span) or ``rejected``.
 """
