@@ -77,27 +77,33 @@ import errno
 import json
 import os
 import re
-import socket
-import struct
 import sys
 import threading
 import time
 import weakref
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric as PromMetric
+from prometheus_client import CollectorRegistry
 
-from odibi_observe.conventions import SIDECAR_METRICS, Metric
+from odibi_observe.conventions import SIDECAR_METRICS
 from odibi_observe.record import _FINISHED_PREFIX, _STARTED_PREFIX  # see record.peek_event
 from odibi_observe.selfmetrics import log, warn_once_per_minute
-
-if sys.platform != "win32":
-    import fcntl
+from odibi_observe.spool.frames import HEADER as _HEADER
+from odibi_observe.spool.frames import HEADER_SIZE, MAGIC, MAX_PAYLOAD, encode_frame
+from odibi_observe.spool.frames import Parsed as _Parsed
+from odibi_observe.spool.frames import read_segment as _read_segment
+from odibi_observe.spool.liveness import DEFAULT_WRITER_RE as _DEFAULT_WRITER_RE
+from odibi_observe.spool.liveness import HOST as _HOST
+from odibi_observe.spool.liveness import default_writer_id as _default_writer_id
+from odibi_observe.spool.liveness import process_alive, process_start_ns, writer_pid
+from odibi_observe.spool.liveness import writer_dead as _writer_dead
+from odibi_observe.spool.locks import flock_held as _flock_held
+from odibi_observe.spool.locks import lock_segment as _lock_segment
+from odibi_observe.spool.metrics import SpoolStats
+from odibi_observe.spool.metrics import metrics_for as _metrics_for
 
 __all__ = [
     "HEADER_SIZE",
@@ -119,21 +125,9 @@ __all__ = [
 
 FsyncPolicy = Literal["always", "interval", "never"]
 
-#: First bytes of every frame. 0xA7 is not valid as the first byte of a UTF-8 sequence, so the
-#: magic does not occur in JSON or other text payloads: resynchronisation finds frame starts only.
-MAGIC: Final = b"\xa7OSF"
-HEADER_SIZE: Final = 16
-#: Largest payload a frame may carry. A larger length field is damage, never a frame in progress.
-MAX_PAYLOAD: Final = 64 * 2**20
-
-_HEADER: Final = struct.Struct("<4sIII")
-_PREFIX: Final = struct.Struct("<4sII")
-_U32: Final = struct.Struct("<I")
-_READ_CHUNK: Final = 256 * 2**10
 _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SEGMENT_RE: Final = re.compile(r"^(?P<writer>.+)\.(?P<seq>\d{12})\.(?P<suffix>open|seg)$")
 _WRITER_ID_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
-_DEFAULT_WRITER_RE: Final = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-(?P<start>\d+)$")
 _CURSOR_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CURSOR_VERSION: Final = 1
 #: Bytes held in ``cursors/.reserve`` for cursor files: a spool whose filesystem fills before
@@ -157,21 +151,6 @@ _RUN_ID_RE: Final = re.compile(rb'"run_id":"([A-Za-z0-9_.:-]{1,200})"')
 #: Directory total is re-read this often normally, and more often near the limit.
 _USAGE_REFRESH: Final = 1.0
 _USAGE_REFRESH_NEAR_FULL: Final = 0.05
-#: Slack when comparing a process's start time from /proc with a recorded one: /proc has clock
-#: tick resolution and ``btime`` whole seconds, and the wall clock may be stepped.
-_START_SLACK_NS: Final = 1_000_000_000
-_HOST: Final = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()).lstrip(".") or "localhost"
-_HAVE_PROC: Final = os.path.exists("/proc/self/stat")
-
-
-def _clock_ticks() -> int:
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - every Unix has it
-        return 100
-
-
-_CLK_TCK: Final = _clock_ticks()
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -216,18 +195,6 @@ class SpoolEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class SpoolStats:
-    """Directory totals (``bytes``, ``segments``) and this Spool's counters since it was made."""
-
-    bytes: int
-    segments: int
-    corrupt_frames: int
-    rejected: int
-    damaged_regions: int = 0
-    missing_segments: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class SpoolDamage:
     """What this Spool has found lost, since it was made (see :meth:`Spool.damage`).
 
@@ -269,376 +236,12 @@ def read_damage_log(directory: str | os.PathLike[str]) -> list[dict[str, object]
     return out
 
 
-def encode_frame(payload: bytes) -> bytes:
-    """The frame that stores ``payload`` (format in the module docstring)."""
-    n = len(payload)
-    if n > MAX_PAYLOAD:
-        raise ValueError(f"spool payload of {n} bytes exceeds the {MAX_PAYLOAD}-byte maximum")
-    prefix = _PREFIX.pack(MAGIC, n, zlib.crc32(payload))
-    return prefix + _U32.pack(zlib.crc32(prefix)) + payload
-
-
-# --------------------------------------------------------------------------------------------
-# Process liveness
-
-
-def _proc_stat_fields(pid: int) -> list[bytes]:
-    """Fields 3.. of /proc/<pid>/stat (the command name may hold spaces and parentheses)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    return data[data.rfind(b")") + 2:].split()
-
-
-def _boot_time_ns() -> int:
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"btime "):
-                return int(line.split()[1]) * 1_000_000_000
-    raise OSError("no btime line in /proc/stat")
-
-
-def _start_ns_from(fields: list[bytes]) -> int:
-    # Field 22 (index 19 after the command name): start time in clock ticks after boot.
-    return _boot_time_ns() + int(fields[19]) * 1_000_000_000 // _CLK_TCK
-
-
-def process_start_ns(pid: int) -> int | None:
-    """Wall-clock start time of process ``pid`` in ns (clock-tick resolution); None if unknown.
-
-    Computed from ``/proc/<pid>/stat`` (field 22) and ``/proc/stat`` ``btime``, the same way
-    :func:`process_alive` computes it, so a value recorded from here compares exactly.
-    """
-    if not _HAVE_PROC:
-        return None
-    try:
-        return _start_ns_from(_proc_stat_fields(pid))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _kill_probe(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:  # pragma: no cover - EINVAL and the like: cannot tell, assume alive
-        return True
-    return True
-
-
-def process_alive(pid: int, started_ns: int | None) -> bool:
-    """Is the process that had ``pid`` and started at ``started_ns`` still running?
-
-    False when no process has that pid, when it is a zombie (it has exited and only waits to be
-    reaped), or when the process that has the pid now started *after* ``started_ns`` (plus one
-    second of slack for /proc's resolution): then the pid was reused and the process we are
-    asking about is gone. ``started_ns=None`` checks the pid only. Where /proc is unreadable
-    (not Linux) only the pid can be checked. The answer is for the caller's pid namespace.
-    """
-    if pid <= 0:
-        return False
-    if not _HAVE_PROC:
-        return _kill_probe(pid)
-    try:
-        fields = _proc_stat_fields(pid)
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    except OSError:  # e.g. /proc mounted with hidepid: fall back to the signal probe
-        return _kill_probe(pid)
-    if not fields or fields[0] in (b"Z", b"X", b"x"):
-        return False
-    if started_ns is None:
-        return True
-    try:
-        actual = _start_ns_from(fields)
-    except (OSError, ValueError, IndexError):
-        return True
-    return actual <= started_ns + _START_SLACK_NS
-
-
-def _own_start_ns() -> int:
-    started = process_start_ns(os.getpid())
-    return started if started is not None else time.time_ns()
-
-
-def _default_writer_id() -> str:
-    return f"{_HOST}-{os.getpid()}-{_own_start_ns()}"
-
-
-def writer_pid(writer: str) -> int | None:
-    """The pid in a default writer id (``<host>-<pid>-<start ns>``); None for a custom id."""
-    m = _DEFAULT_WRITER_RE.match(writer)
-    return None if m is None else int(m["pid"])
-
-
-def _writer_dead(writer: str) -> bool:
-    """True only when ``writer`` is a default id of this host whose process has gone.
-
-    Custom ids and ids of other hosts cannot be judged by pid: they are never called dead here.
-    """
-    m = _DEFAULT_WRITER_RE.match(writer)
-    if m is None or m["host"] != _HOST:
-        return False
-    return not process_alive(int(m["pid"]), int(m["start"]))
-
-
-def _flock_held(fd: int) -> bool | None:
-    """True if another open file description holds a flock on ``fd``'s file; None: unknown."""
-    if sys.platform == "win32":  # pragma: no cover
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
-
-
-def _lock_segment(fd: int) -> None:
-    """Take the writer's flock on a new segment: the kernel's own 'this writer lives' flag.
-
-    A reader probing the lock holds a shared lock for microseconds, so retry briefly.
-    """
-    if sys.platform == "win32":  # pragma: no cover
-        return
-    for _ in range(50):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            time.sleep(0.001)
-        except OSError:
-            return  # filesystem without flock: liveness falls back to the pid test
-        else:
-            return
-
-
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --------------------------------------------------------------------------------------------
-# Frame parsing
-
-_VALID, _INCOMPLETE, _INVALID = 0, 1, 2
-
-
-def _check(buf: bytes, mv: memoryview, p: int) -> tuple[int, int]:
-    """Classify the bytes at ``p``: (_VALID, end), (_INCOMPLETE, 0) or (_INVALID, 0)."""
-    n = len(buf)
-    if n - p < HEADER_SIZE:
-        return (_INCOMPLETE, 0) if MAGIC.startswith(buf[p:p + 4]) else (_INVALID, 0)
-    magic, length, payload_crc, header_crc = _HEADER.unpack_from(buf, p)
-    if magic != MAGIC or length > MAX_PAYLOAD or zlib.crc32(mv[p:p + 12]) != header_crc:
-        return _INVALID, 0
-    end = p + HEADER_SIZE + length
-    if end > n:
-        return _INCOMPLETE, 0
-    if zlib.crc32(mv[p + HEADER_SIZE:end]) != payload_crc:
-        return _INVALID, 0
-    return _VALID, end
-
-
-def _resync(buf: bytes, mv: memoryview, start: int, *, eof: bool, final: bool) -> int | None:
-    """The next offset >= ``start`` where reading can continue after damage; None: read more.
-
-    That is a valid frame, or (in a segment still being written) the start of an incomplete
-    frame at the end of the data, or the end of the data.
-    """
-    n = len(buf)
-    q = start
-    while True:
-        q = buf.find(MAGIC, q)
-        if q < 0:
-            if not eof:
-                return None
-            if not final:  # the last bytes may be the beginning of a magic being written
-                for k in (3, 2, 1):
-                    if n - k >= start and buf[n - k:] == MAGIC[:k]:
-                        return n - k
-            return n
-        status, _ = _check(buf, mv, q)
-        if status == _VALID:
-            return q
-        if status == _INCOMPLETE:
-            if not eof:
-                return None
-            if not final:
-                return q
-        q += 1
-
-
-@dataclass
-class _Parsed:
-    frames: list[tuple[int, int, bytes]] = field(default_factory=list)  # start, end, payload
-    corrupt: list[tuple[int, int]] = field(default_factory=list)  # damaged byte ranges
-    resume: int = 0  # absolute offset to continue from
-    # "eof": all data consumed; "wait": an incomplete frame at the end of a live segment;
-    # "limit": enough frames; "more": the buffer ended inside something (read further).
-    state: str = "eof"
-
-
-def _parse(buf: bytes, base: int, *, eof: bool, final: bool, limit: int,
-           payloads: bool, out: _Parsed) -> None:
-    """Parse frames from ``buf`` (file bytes from offset ``base``) into ``out``.
-
-    ``eof``: ``buf`` reaches the current end of the file. ``final``: the file will not grow
-    (sealed, or its writer is dead), so an incomplete frame at its end is torn, not pending.
-    """
-    mv = memoryview(buf)
-    n = len(buf)
-    p = 0
-    frames, corrupt = out.frames, out.corrupt
-    while p < n:
-        if len(frames) >= limit:
-            out.resume, out.state = base + p, "limit"
-            return
-        status, end = _check(buf, mv, p)
-        if status == _VALID:
-            frames.append((base + p, base + end, buf[p + HEADER_SIZE:end] if payloads else b""))
-            p = end
-            continue
-        if status == _INCOMPLETE:
-            if not eof:
-                out.resume, out.state = base + p, "more"
-                return
-            if not final:
-                out.resume, out.state = base + p, "wait"
-                return
-            corrupt.append((base + p, base + n))
-            p = n
-            break
-        q = _resync(buf, mv, p + 1, eof=eof, final=final)
-        if q is None:
-            out.resume, out.state = base + p, "more"
-            return
-        corrupt.append((base + p, base + q))
-        p = q
-    out.resume, out.state = base + p, "eof"
-
-
-def _read_segment(fd: int, offset: int, *, final: bool, limit: int,
-                  payloads: bool = True) -> _Parsed:
-    """Frames of an open segment file from ``offset``: at most ``limit``, read in chunks."""
-    out = _Parsed(resume=offset)
-    size = os.fstat(fd).st_size
-    pos = offset
-    chunk = _READ_CHUNK
-    while True:
-        if pos >= size:
-            out.resume, out.state = pos, "eof"
-            return out
-        if len(out.frames) >= limit:
-            out.resume, out.state = pos, "limit"
-            return out
-        want = min(chunk, size - pos)
-        buf = os.pread(fd, want, pos)
-        eof = len(buf) < want or pos + len(buf) >= size
-        _parse(buf, pos, eof=eof, final=final, limit=limit, payloads=payloads, out=out)
-        if out.state == "more":
-            if out.resume == pos:
-                chunk *= 2  # one frame (or one damaged stretch) is larger than the buffer
-            pos = out.resume
-            continue
-        pos = out.resume
-        if out.state == "eof" and not eof:
-            continue
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics
-
-
-class _SpoolGauges:
-    """``odibi_observe_spool_bytes`` and ``..._spool_backlog_events{sink}``, computed per scrape.
-
-    Both are directory facts (other processes write and acknowledge), so they are read when
-    Prometheus asks rather than kept up to date by every append.
-    """
-
-    def __init__(self) -> None:
-        self.spools: weakref.WeakSet[Spool] = weakref.WeakSet()
-
-    def describe(self) -> Iterator[PromMetric]:
-        yield GaugeMetricFamily(SIDECAR_METRICS.spool_bytes.prometheus,
-                                SIDECAR_METRICS.spool_bytes.description)
-        yield GaugeMetricFamily(SIDECAR_METRICS.spool_backlog.prometheus,
-                                SIDECAR_METRICS.spool_backlog.description,
-                                labels=SIDECAR_METRICS.spool_backlog.labels)
-
-    def collect(self) -> Iterator[PromMetric]:
-        size = GaugeMetricFamily(SIDECAR_METRICS.spool_bytes.prometheus,
-                                 SIDECAR_METRICS.spool_bytes.description)
-        backlog = GaugeMetricFamily(SIDECAR_METRICS.spool_backlog.prometheus,
-                                    SIDECAR_METRICS.spool_backlog.description,
-                                    labels=SIDECAR_METRICS.spool_backlog.labels)
-        total = 0
-        seen_dirs: set[str] = set()
-        seen_cursors: set[str] = set()
-        for spool in list(self.spools):
-            try:
-                if spool.directory not in seen_dirs:
-                    seen_dirs.add(spool.directory)
-                    total += spool.stats().bytes
-                for cursor in spool.open_cursors():
-                    if cursor.name not in seen_cursors:
-                        seen_cursors.add(cursor.name)
-                        backlog.add_metric([cursor.name], cursor.backlog())
-            except OSError as exc:
-                warn_once_per_minute("spool:gauges", "odibi-observe: spool metrics: %s", exc)
-        size.add_metric([], total)
-        yield size
-        yield backlog
-
-
-@dataclass
-class _SpoolMetrics:
-    corrupt: Counter
-    rejected: Counter
-    regions: Counter
-    missing: Counter
-    gauges: _SpoolGauges
-
-
-_metrics_lock = threading.Lock()
-_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _SpoolMetrics] = (
-    weakref.WeakKeyDictionary())
-
-
-def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
-    try:
-        return Counter(metric.prometheus_base, metric.description, metric.labels,
-                       registry=registry)
-    except ValueError as exc:  # registered by someone else: count privately, say so
-        log.warning("odibi-observe: spool counter not exported: %s", exc)
-        return Counter(metric.prometheus_base, metric.description, metric.labels, registry=None)
-
-
-def _metrics_for(registry: CollectorRegistry) -> _SpoolMetrics:
-    """The spool metrics of ``registry``, created once: several Spools may share a registry."""
-    with _metrics_lock:
-        found = _metrics_by_registry.get(registry)
-        if found is not None:
-            return found
-        m = SIDECAR_METRICS
-        corrupt, rejected, regions, missing = (_counter(metric, registry) for metric in (
-            m.spool_corrupt, m.spool_rejected, m.spool_damaged_regions, m.spool_missing_segments))
-        gauges = _SpoolGauges()
-        try:
-            registry.register(gauges)
-        except ValueError as exc:
-            log.warning("odibi-observe: spool gauges not exported: %s", exc)
-        found = _metrics_by_registry[registry] = _SpoolMetrics(corrupt, rejected, regions, missing,
-                                                             gauges)
-        return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -1831,9 +1434,8 @@ class SpoolCursor:
 
 
 def _fork_child() -> None:
-    global _next_seq_lock, _metrics_lock
+    global _next_seq_lock
     _next_seq_lock = threading.Lock()
-    _metrics_lock = threading.Lock()
     for spool in list(_spools):
         spool.after_fork()
 
