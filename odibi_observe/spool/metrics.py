@@ -8,7 +8,6 @@ are computed when Prometheus scrapes rather than kept up to date by every append
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -141,10 +140,7 @@ def metrics_for(registry: CollectorRegistry) -> SpoolMetrics:
         return found
 
 
-def _fork_child() -> None:
+def after_fork_in_child() -> None:
+    """A fresh lock for the registry table in a forked child (called at fork by the Spool)."""
     global _metrics_lock
     _metrics_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fork_child)
