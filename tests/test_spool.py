@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from odibi_observe import spool as spool_mod
 from odibi_observe.bus import EventBus
 from odibi_observe.record import RunEvent
 from odibi_observe.sinks.spool import SpoolSink
@@ -29,9 +28,11 @@ from odibi_observe.spool import (
     SpoolEntry,
     SpoolFullError,
     encode_frame,
+    liveness,
     process_alive,
     process_start_ns,
 )
+from odibi_observe.spool import writer as spool_writer
 from tests.helpers import finished, make_record
 from tests.helpers import started as started_event
 
@@ -431,7 +432,7 @@ def test_a_segment_deleted_while_its_writer_writes_is_left_and_reported(
         spool_dir: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer notices at its next size check, goes on in a new segment and counts the loss;
     a consumer that starts later sees the writer begin after segment 0 and reports it."""
-    monkeypatch.setattr(spool_mod, "_USAGE_REFRESH", 0.0)
+    monkeypatch.setattr(spool_writer, "USAGE_REFRESH", 0.0)
     writer_registry = CollectorRegistry()
     writer = Spool(spool_dir, fsync="never", registry=writer_registry)
     events = _run_events(10)
@@ -813,7 +814,7 @@ def test_writer_id_encodes_pid_and_start(spool_dir: Path) -> None:
     host, pid, start = s.writer_id.rsplit("-", 2)
     assert host and int(pid) == os.getpid()
     assert process_alive(int(pid), int(start))
-    assert spool_mod._writer_dead(s.writer_id) is False
+    assert liveness.writer_dead(s.writer_id) is False
 
 
 # ------------------------------------------------------------------------------ metrics
