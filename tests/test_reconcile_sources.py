@@ -2,10 +2,11 @@
 
 :class:`~odibi_observe.testing.contracts.TraceSourceContract` (shipped to users) states
 the contract of :class:`~odibi_observe.reconcile.sources.TraceSource` as tests;
-``TestOtlpJsonSource``, ``TestLedgerSqlite``, ``TestLedgerPostgres`` and ``TestTempoSource`` run it against real files,
-real SQLite and PostgreSQL ledgers, and a Tempo stand-in (Tempo cannot run here: see
-:class:`tests.test_reconcile_support.TempoServer`, an ``http.server`` on 127.0.0.1 answering in
-Tempo's documented response shapes, with the hand-written answers in ``tests/fixtures/tempo/``).
+``TestOtlpJsonSource``, ``TestLedgerSqlite``, ``TestLedgerPostgres`` and ``TestTempoSource``
+run it against real files, real SQLite and PostgreSQL ledgers, and a Tempo stand-in (Tempo
+cannot run here: see :class:`tests.test_reconcile_support.TempoServer`, an ``http.server`` on
+127.0.0.1 answering in Tempo's documented response shapes, with the hand-written answers in
+``tests/fixtures/tempo/``).
 """
 
 from __future__ import annotations
