@@ -130,8 +130,9 @@ class Observer:
             except Exception as exc:  # another package's factory must not stop the pipeline
                 if strict:
                     raise ConfigurationError(f"{scheme} sink: {exc}") from exc
-                log.error("odibi-observe: %s sink disabled: %s: %s", scheme,
-                          type(exc).__name__, exc)
+                why = exc if isinstance(exc, extensions.ExtensionError) \
+                    else f"{type(exc).__name__}: {exc}"
+                log.error("odibi-observe: %s sink disabled: %s", scheme, why)
                 continue
             if sink is not None:
                 sinks.append(sink)
