@@ -152,6 +152,9 @@ class SinkContract:
     idempotent: ClassVar[bool] = True
     #: Tolerance on the total duration: Prometheus keeps seconds as floats.
     duration_tolerance_ms: ClassVar[int] = 0
+    #: The sink takes the application's finished spans too (``export_spans``): the sidecar's
+    #: pump hands it the spans a pipeline process spooled (the OTel sink).
+    supports_spans: ClassVar[bool] = False
 
     def summary(self, sink: Sink) -> Summary:
         raise NotImplementedError
@@ -232,6 +235,25 @@ class SinkContract:
         sink.export([_finished(rec)])
         sink.force_flush(10)
         self._assert(sink, [rec])
+
+    def test_takes_application_spans_as_declared(self, sink: Sink) -> None:
+        """The pump's rule (:func:`~odibi_observe.sinks.spool.takes_spans`) agrees with the
+        flag; a sink that takes spans accepts an ended SDK span, twice, and counts no run."""
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+
+        from odibi_observe.sinks.spool import takes_spans
+
+        assert takes_spans(sink) is self.supports_spans
+        if not self.supports_spans:
+            return
+        span = TracerProvider().get_tracer("contract").start_span("pipeline sales")
+        span.end()
+        assert isinstance(span, ReadableSpan)
+        export_spans = sink.export_spans  # type: ignore[attr-defined]
+        export_spans([span])
+        export_spans([span])
+        sink.force_flush(10)
+        assert sum(self.summary(sink).runs.values()) == 0
 
     def test_export_from_another_thread(self, sink: Sink) -> None:
         records = self._records(4)
