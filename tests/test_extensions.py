@@ -310,3 +310,93 @@ def test_strict_configuration_refuses_a_broken_third_party_sink(site: Path) -> N
     """)
     done = _child(site, code)
     assert "refused: broken sink: broken on purpose" in done.stdout, done.stderr
+
+
+# ------------------------------------------------------------------------ specs, by scheme
+
+
+def test_repair_span_destinations_are_split_by_scheme(tmp_path: Path) -> None:
+    from odibi_observe.reconcile.repair import RepairError, span_sink
+
+    sink, where = span_sink(f"otlp-json:{tmp_path / 'repaired.jsonl'}")
+    assert sink is not None
+    assert where == f"otlp-json:{tmp_path / 'repaired.jsonl'}"
+    sink.shutdown()
+    sink, where = span_sink("http://127.0.0.1:9/v1/traces")
+    assert sink is not None
+    assert where == "http://127.0.0.1:9/v1/traces"
+    sink.shutdown()
+    for bad, message in (("otlp-json:", "needs a file path"),
+                         ("jaeger:http://x", "expected otlp-json:PATH or an http"),
+                         ("http:relative", "expected otlp-json:PATH or an http")):
+        with pytest.raises(RepairError, match=message):
+            span_sink(bad)
+
+
+def test_sql_names_the_sql_catalog_and_a_plain_url_needs_no_prefix(tmp_path: Path) -> None:
+    from odibi_observe.catalog.readonly import CatalogUnreadable, readable_catalog_url
+
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    write_catalog(url, runs(2)).dispose()
+    for spec in (url, f"sql:{url}"):
+        source = open_catalog_source(readable_catalog_url(spec))
+        assert source.scheme == "sql"
+        assert len(list(source.read(read_range(), ReadLog()))) == 2
+        source.close()
+    # The read-only check looks through sql: at the URL (nothing is created by a typo).
+    with pytest.raises(CatalogUnreadable, match="does not exist"):
+        readable_catalog_url(f"sql:sqlite:///{tmp_path}/typo.db")
+    assert not (tmp_path / "typo.db").exists()
+    # Another registered catalog scheme is the source's to check.
+    assert readable_catalog_url(f"odibi-delta:{tmp_path}/x") == f"odibi-delta:{tmp_path}/x"
+
+
+def test_configure_builds_the_registered_sinks_the_settings_ask_for(tmp_path: Path) -> None:
+    """In-process: a registered sink class is built by ``from_context`` (None leaves it out),
+    next to the built-ins; one whose factory raises is left out and the rest record."""
+    import odibi_observe as oo
+    from odibi_observe import runtime
+    from odibi_observe.testing import InMemorySink
+
+    built: list[InMemorySink] = []
+
+    class Remembering(InMemorySink):
+        scheme = "remembering"
+
+        @classmethod
+        def from_context(cls, context: object) -> InMemorySink:
+            built.append(cls())
+            return built[-1]
+
+    def refuses(context: object) -> None:
+        return None
+
+    def raises(context: object) -> Sink:
+        raise RuntimeError("no")
+
+    for scheme, target in (("remembering", Remembering), ("refuses", refuses),
+                           ("raises", raises)):
+        extensions.register(extensions.SINKS, scheme, target)
+    try:
+        with runtime._lock:
+            previous, runtime._observer = runtime._observer, None
+        try:
+            observer = oo.configure(mode="inline", project="p",
+                                    catalog_url=f"sqlite:///{tmp_path}/c.db")
+            assert [s.name for s in observer.sinks] == ["prometheus", "catalog", "memory"]
+            assert observer.prometheus_sink is observer.sinks[0]
+
+            @oo.observe_node(pipeline="sales")
+            def load() -> int:
+                return 1
+
+            load()
+            oo.flush()
+            assert [r.node for r in built[0].finished] == ["load"]
+        finally:
+            oo.shutdown()
+            with runtime._lock:
+                runtime._observer = previous
+    finally:
+        for scheme in ("remembering", "refuses", "raises"):
+            extensions.unregister(extensions.SINKS, scheme)
