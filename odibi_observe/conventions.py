@@ -580,3 +580,16 @@ def _text(headers: list[str], rows: list[dict[str, str]]) -> str:
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line([r[h] for h in headers]) for r in rows]
     return "\n".join(out)
+
+
+# --- extension points (odibi_observe.extensions) ----------------------------------------------
+# Python entry point groups third-party packages register implementations in; an entry point's
+# name is the implementation's scheme (``myscheme = "my_pkg.traces:MyTraceSource"``).
+
+#: Sinks: the entry point loads a factory ``(SinkContext) -> Sink | None`` (or a Sink class
+#: with a ``from_context`` classmethod); the name is the sink's ``scheme``.
+SINKS_ENTRY_POINT_GROUP: Final = "odibi_observe.sinks"
+#: Trace sources: ``reconcile --traces <name>:<location>``.
+TRACE_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.trace_sources"
+#: Catalog sources: ``reconcile --catalog <name>:<location>``.
+CATALOG_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.catalog_sources"

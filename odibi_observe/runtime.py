@@ -29,10 +29,10 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -42,11 +42,9 @@ from odibi_observe.bus import EventBus, Keeper
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
 from odibi_observe.deadletter import DeadLetter
 from odibi_observe.selfmetrics import SelfMonitor, log
-from odibi_observe.sinks.base import Sink
+from odibi_observe.sinks.base import Sink, SinkContext, build_sink
+from odibi_observe.sinks.builtin import SPOOL_SINK
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
-
-if TYPE_CHECKING:
-    from odibi_observe.sinks.spool import SpoolSink
 
 
 class Observer:
@@ -93,13 +91,21 @@ class Observer:
 
     def _default_sinks(self, tracer_provider: Any, meter_provider: Any,
                        strict: bool) -> list[Sink]:
+        """Every registered sink the settings ask for (:mod:`odibi_observe.extensions`):
+        the spool alone in sidecar mode, otherwise every sink scheme but the spool."""
+        from odibi_observe import extensions
+
+        def context() -> SinkContext:
+            return SinkContext(self.settings, self.registry, self.monitor,
+                               tracer_provider, meter_provider)
+
         if self.settings.mode == "sidecar":
             try:
-                sink = _spool_sink(self.settings, self.registry)
-                # The pipeline span and Odibi's spans: the parents the node spans nest under.
-                sink.carry_application_spans(self.settings, self.monitor)
-                return [sink]
-            except (OSError, ConfigurationError) as exc:
+                sink = build_sink(SPOOL_SINK, context())
+                if sink is not None:
+                    return [sink]
+                raise ConfigurationError("the spool sink factory built nothing")
+            except (OSError, ConfigurationError, extensions.ExtensionError) as exc:
                 if strict:
                     raise ConfigurationError(
                         f"cannot open the spool in {self.settings.spool_dir}: {exc}") from exc
@@ -108,28 +114,30 @@ class Observer:
                 log.error("odibi-observe: cannot open the spool in %s (%s); recording "
                           "in-process (mode=background) instead", self.settings.spool_dir, exc)
                 self.settings = replace(self.settings, mode="background")
-        s = self.settings
-        self.prometheus_sink = PrometheusSink(
-            self.registry, monitor=self.monitor, max_series=s.max_label_series)
-        sinks: list[Sink] = [self.prometheus_sink]
-        builders: list[tuple[str, Callable[[], Sink]]] = []
-        if s.catalog_url:
-            builders.append(("catalog", lambda: _catalog_sink(s)))
-        from odibi_observe.sinks.otel import OtelSink, application_tracer_provider
-
-        if s.otlp_endpoint or s.traces_file or tracer_provider is not None \
-                or application_tracer_provider() is not None:
-            builders.append(("otel", lambda: OtelSink.from_settings(
-                s, tracer_provider=tracer_provider, meter_provider=meter_provider)))
-        for name, build in builders:
+        sinks: list[Sink] = []
+        for scheme in extensions.schemes(extensions.SINKS):
+            if scheme == SPOOL_SINK:  # the transport of sidecar mode, not a backend
+                continue
             try:
-                sinks.append(build())
+                sink = build_sink(scheme, context())
             except ConfigurationError as exc:
                 # A sink that cannot be built (a missing optional driver, say) is left out
                 # with a clear error; the other sinks still record every run.
                 if strict:
                     raise
-                log.error("odibi-observe: %s sink disabled: %s", name, exc)
+                log.error("odibi-observe: %s sink disabled: %s", scheme, exc)
+                continue
+            except Exception as exc:  # another package's factory must not stop the pipeline
+                if strict:
+                    raise ConfigurationError(f"{scheme} sink: {exc}") from exc
+                why = exc if isinstance(exc, extensions.ExtensionError) \
+                    else f"{type(exc).__name__}: {exc}"
+                log.error("odibi-observe: %s sink disabled: %s", scheme, why)
+                continue
+            if sink is not None:
+                sinks.append(sink)
+        self.prometheus_sink = next(
+            (sink for sink in sinks if isinstance(sink, PrometheusSink)), None)
         return sinks
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -163,22 +171,6 @@ class Observer:
             write_to_textfile(path, self.registry)
         except OSError as exc:
             log.error("odibi-observe: cannot write Prometheus text to %s: %s", path, exc)
-
-
-def _spool_sink(settings: Settings, registry: CollectorRegistry) -> SpoolSink:
-    from odibi_observe.sinks.spool import SpoolSink
-    from odibi_observe.spool import Spool
-
-    return SpoolSink(Spool(
-        settings.spool_dir or "", fsync=settings.spool_fsync,  # type: ignore[arg-type]
-        max_bytes=settings.spool_max_bytes, registry=registry,
-    ))
-
-
-def _catalog_sink(settings: Settings) -> Sink:
-    from odibi_observe.sinks.catalog import CatalogSink
-
-    return CatalogSink(settings.catalog_url or "")
 
 
 _lock = threading.RLock()

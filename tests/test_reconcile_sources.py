@@ -1,11 +1,12 @@
 """Trace sources: one conformance class every source subclasses, then each source's own cases.
 
-:class:`TraceSourceContract` states the contract of
-:class:`~odibi_observe.reconcile.sources.TraceSource` as tests; ``TestOtlpJsonSource``,
-``TestLedgerSqlite``, ``TestLedgerPostgres`` and ``TestTempoSource`` run it against real files,
-real SQLite and PostgreSQL ledgers, and a Tempo stand-in (Tempo cannot run here: see
-:class:`tests.test_reconcile_support.TempoServer`, an ``http.server`` on 127.0.0.1 answering in
-Tempo's documented response shapes, with the hand-written answers in ``tests/fixtures/tempo/``).
+:class:`~odibi_observe.testing.contracts.TraceSourceContract` (shipped to users) states
+the contract of :class:`~odibi_observe.reconcile.sources.TraceSource` as tests;
+``TestOtlpJsonSource``, ``TestLedgerSqlite``, ``TestLedgerPostgres`` and ``TestTempoSource``
+run it against real files, real SQLite and PostgreSQL ledgers, and a Tempo stand-in (Tempo
+cannot run here: see :class:`tests.test_reconcile_support.TempoServer`, an ``http.server`` on
+127.0.0.1 answering in Tempo's documented response shapes, with the hand-written answers in
+``tests/fixtures/tempo/``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -33,13 +34,13 @@ from odibi_observe.reconcile.sources import (
 )
 from odibi_observe.reconcile.tempo import TempoSource
 from odibi_observe.record import RunRecord
+from odibi_observe.testing.contracts import TraceSourceContract, sample_runs
 from tests.test_reconcile_support import (
     BASE_NS,
     FIXTURES,
     HOUR,
     SECOND,
     TempoServer,
-    failed,
     foreign_span_line,
     read_range,
     runs,
@@ -50,91 +51,6 @@ from tests.test_reconcile_support import (
 )
 
 # ---------------------------------------------------------------------------------- contract
-
-
-def _sample() -> list[RunRecord]:
-    """Runs that exercise every field: a failure with suggestions, unknown rows, a user
-    attribute, a child span (parent id), a later attempt."""
-    records = runs(6)
-    records[1] = failed(records[1])
-    records[2] = records[2].finished(rows_processed=None)
-    records[3] = records[3].finished(attributes={"region": "eu", "batch": 7})
-    records[4] = records[4].finished(parent_span_id="00f067aa0ba902b7", attempt=2)
-    return records
-
-
-class TraceSourceContract:
-    """The contract of a trace source. Subclasses say how to put runs into one."""
-
-    #: Whether the source sees spans that are not odibi node spans (and so counts them).
-    sees_foreign_spans: ClassVar[bool] = True
-    #: Whether the source keeps the error message (the ledger keeps only the error type).
-    keeps_error_message: ClassVar[bool] = True
-    keeps_details: ClassVar[bool] = True
-
-    def make_source(self, tmp_path: Path, records: list[RunRecord],
-                    foreign: int) -> TraceSource:
-        raise NotImplementedError
-
-    def read(self, source: TraceSource, rng: ReadRange | None = None) -> tuple[list[TraceRun],
-                                                                               ReadLog]:
-        log = ReadLog()
-        return [TraceRun._make(r) for r in source.read(rng or read_range(), log)], log
-
-    def test_yields_every_node_span_in_the_range_with_its_fields(self, tmp_path: Path) -> None:
-        records = _sample()
-        got, log = self.read(self.make_source(tmp_path, records, foreign=0))
-        assert not log.errors
-        by_id = {r.run_id: r for r in got}
-        assert set(by_id) == {r.run_id for r in records}
-        for record in records:
-            run = by_id[record.run_id]
-            assert (run.trace_id, run.span_id) == (record.trace_id, record.span_id)
-            assert (run.start_ns, run.end_ns) == (record.started_ns, record.ended_ns)
-            assert run.status == record.status.value
-            assert run.rows == record.rows_processed
-            assert (run.pipeline, run.node, run.project, run.environment) == (
-                record.pipeline, record.node, record.project, record.environment)
-            assert run.attempt == record.attempt
-            assert run.pipeline_run_id == record.pipeline_run_id
-            assert run.parent_span_id == record.parent_span_id
-            assert run.error_type == record.error_type
-            assert (run.host, run.pid) == (record.host, record.pid)
-            assert run.unchecked == ""
-            assert run.origin
-            if self.keeps_error_message:
-                assert run.error_message == record.error_message
-            if self.keeps_details:
-                assert run.suggestions == record.suggestions
-                attributes = json.loads(run.attributes_json) if run.attributes_json else {}
-                assert attributes == dict(record.attributes)
-
-    def test_leaves_out_spans_that_start_outside_the_range(self, tmp_path: Path) -> None:
-        inside = runs(2)
-        outside = runs(2, start_ns=BASE_NS + 30 * HOUR)
-        got, _ = self.read(self.make_source(tmp_path, inside + outside, foreign=0))
-        assert {r.run_id for r in got} == {r.run_id for r in inside}
-
-    def test_ignores_and_counts_spans_that_are_not_node_spans(self, tmp_path: Path) -> None:
-        records = runs(3)
-        got, log = self.read(self.make_source(tmp_path, records, foreign=4))
-        assert {r.run_id for r in got} == {r.run_id for r in records}
-        assert log.ignored_spans == (4 if self.sees_foreign_spans else 0)
-        assert not log.errors
-
-    def test_describe_names_the_scheme(self, tmp_path: Path) -> None:
-        source = self.make_source(tmp_path, runs(1), foreign=0)
-        assert source.describe().startswith(source.scheme + ":")
-
-    def test_a_sorted_source_yields_in_run_id_byte_order(self, tmp_path: Path) -> None:
-        records = runs(8)
-        ids = ["b-1", "B_1", "a_1", "a-1", "Z", "é-1", "a1", "_"]
-        records = [r.finished(run_id=i) for r, i in zip(records, ids, strict=True)]
-        source = self.make_source(tmp_path, records, foreign=0)
-        got, _ = self.read(source)
-        if source.sorted_by_run_id:
-            assert [r.run_id for r in got] == sorted(ids)
-        assert sorted(r.run_id for r in got) == sorted(ids)
 
 
 # ------------------------------------------------------------------------------ OTLP-JSON files
@@ -154,7 +70,7 @@ def test_scanning_and_full_decoding_give_identical_runs() -> None:
     produces exactly what the full OTLP-JSON decoder does (and hands it the lines it cannot
     vouch for)."""
     records = [
-        *_sample(),
+        *sample_runs(),
         runs(1, node='quote " and \\ back')[0],          # escaped text
         runs(1, pipeline="süß ☃")[0],                    # non-ASCII
         runs(1, status=RunStatus.CRASHED, error_type="SIGTERM")[0],

@@ -35,13 +35,15 @@ from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun, Window
 from odibi_observe.reconcile.sources import TraceSource
 from odibi_observe.record import EventKind, RunEvent, RunRecord, ns_to_datetime
 from odibi_observe.sinks.otel import record_to_span
+from odibi_observe.testing import contracts
 from tests.helpers import make_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tempo"
 HOUR = 3_600 * 1_000_000_000
 SECOND = 1_000_000_000
-#: A start time two days back, on a whole second: runs are placed after it.
-BASE_NS = (time.time_ns() // SECOND - 2 * 24 * 3_600) * SECOND
+#: A start time two days back, on a whole second: runs are placed after it (the same as the
+#: shipped conformance suites', so their runs and these share one window).
+BASE_NS = contracts.BASE_NS
 RESOURCE = Resource({"service.name": "etl-tests", "deployment.environment": "test"})
 
 

@@ -1,19 +1,18 @@
-"""The Sink contract, one suite for every sink (see ``odibi_observe/sinks/base.py``).
+"""Every built-in sink through the shipped Sink suite (:class:`SinkContract` in
+``odibi_observe.testing.contracts``; the contract is in ``odibi_observe/sinks/base.py``).
 
-Each backend observes runs differently (rows, spans, counters), so each subclass says how to
-read back a :class:`Summary` — runs per terminal status, total rows, total duration — from
-what its sink recorded. The contract is then checked the same way for all of them: every
-finished run is recorded once, replays and out-of-order ``RUNNING`` events change nothing,
-and the small API behaves.
+Each backend observes runs differently (rows, spans, counters, spool frames), so each subclass
+says how to read back a :class:`Summary` — runs per terminal status, total rows, total
+duration — from what its sink recorded. The contract is then checked the same way for all of
+them: every finished run is recorded once (each copy, for the spool, which is not idempotent),
+replays and out-of-order ``RUNNING`` events change nothing, and the small API behaves.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
+import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -21,113 +20,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 
 from odibi_observe.conventions import CATALOG_TABLE, FIELDS, METRICS, RunStatus
-from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.sinks.otel import OtelSink
 from odibi_observe.sinks.prometheus import PrometheusSink
+from odibi_observe.sinks.spool import SPAN_FRAME_PREFIX, SpoolSink
+from odibi_observe.spool import Spool
 from odibi_observe.testing import InMemorySink
-from tests.helpers import POISON_NODE, finished, make_record, started
-
-
-@dataclass
-class Summary:
-    runs: Counter[str] = field(default_factory=Counter)
-    rows: int = 0
-    duration_ms: int = 0
-
-    @classmethod
-    def of(cls, records: list[RunRecord]) -> Summary:
-        out = cls()
-        for r in records:
-            out.runs[r.status.value] += 1
-            out.rows += r.rows_processed or 0
-            out.duration_ms += r.duration_ms or 0
-        return out
-
-
-class SinkContract:
-    """Subclasses provide ``sink`` (a fixture) and ``summary(sink)``."""
-
-    #: Tolerance on total duration: Prometheus keeps seconds as floats.
-    duration_tolerance_ms: ClassVar[int] = 0
-
-    def summary(self, sink: Sink) -> Summary:
-        raise NotImplementedError
-
-    def _records(self, n: int = 6) -> list[RunRecord]:
-        statuses = [RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CRASHED]
-        return [make_record(status=statuses[i % 3], node=f"node{i % 2}", rows=i * 10 or None,
-                            duration_ns=(i + 1) * 7_000_000) for i in range(n)]
-
-    def _assert(self, sink: Sink, expected: list[RunRecord]) -> None:
-        got, want = self.summary(sink), Summary.of(expected)
-        assert +got.runs == +want.runs
-        assert got.rows == want.rows
-        assert abs(got.duration_ms - want.duration_ms) <= self.duration_tolerance_ms
-
-    def test_name_and_kinds(self, sink: Sink) -> None:
-        assert isinstance(sink.name, str) and sink.name
-        assert EventKind.FINISHED in sink.kinds
-
-    def test_finished_runs_are_recorded(self, sink: Sink) -> None:
-        records = self._records()
-        sink.export([started(r.finished(status=RunStatus.RUNNING, ended_ns=None,
-                                         rows_processed=None)) for r in records])
-        sink.export([finished(r) for r in records])
-        assert sink.force_flush(10) is True
-        self._assert(sink, records)
-
-    def test_replayed_batches_record_each_run_once(self, sink: Sink) -> None:
-        records = self._records()
-        batch = [finished(r) for r in records]
-        sink.export(batch)
-        sink.export(batch)
-        sink.export(batch[:2])
-        sink.force_flush(10)
-        self._assert(sink, records)
-
-    def test_running_after_terminal_changes_nothing(self, sink: Sink) -> None:
-        records = self._records(3)
-        sink.export([finished(r) for r in records])
-        sink.export([started(r.finished(status=RunStatus.RUNNING, ended_ns=None,
-                                        rows_processed=None)) for r in records])
-        sink.force_flush(10)
-        self._assert(sink, records)
-
-    def test_empty_batch_and_heartbeats_are_accepted(self, sink: Sink) -> None:
-        rec = make_record(status=RunStatus.RUNNING)
-        sink.export([])
-        sink.export([RunEvent(EventKind.HEARTBEAT, rec.finished(heartbeat_ns=rec.started_ns))])
-        sink.force_flush(10)
-        assert sum(self.summary(sink).runs.values()) == 0
-
-    def test_hostile_names_are_recorded(self, sink: Sink) -> None:
-        rec = make_record(pipeline="p'; DROP TABLE meta_runs; --", node='n"\n\\x')
-        sink.export([finished(rec)])
-        sink.force_flush(10)
-        self._assert(sink, [rec])
-
-    def test_unencodable_text_is_recorded_not_fatal(self, sink: Sink) -> None:
-        """A lone surrogate (a latin-1 file name as Python decodes it) in names, the error
-        and an attribute is recorded — escaped at the backend's boundary — and never makes
-        ``export`` raise, which would retry the batch forever."""
-        rec = make_record(node=POISON_NODE, pipeline=POISON_NODE, status=RunStatus.FAILURE,
-                          error_type="OSError", error_message=f"cannot open {POISON_NODE}",
-                          attributes={"file": POISON_NODE})
-        sink.export([started(rec.finished(status=RunStatus.RUNNING, ended_ns=None,
-                                          rows_processed=None))])
-        sink.export([finished(rec)])
-        sink.force_flush(10)
-        self._assert(sink, [rec])
-
-    def test_export_from_another_thread(self, sink: Sink) -> None:
-        records = self._records(4)
-        t = threading.Thread(target=sink.export, args=([finished(r) for r in records],))
-        t.start()
-        t.join()
-        sink.force_flush(10)
-        self._assert(sink, records)
+from odibi_observe.testing.contracts import SinkContract, Summary
 
 
 class TestInMemorySink(SinkContract):
@@ -165,6 +66,8 @@ class TestPrometheusSink(SinkContract):
 
 
 class TestOtelSink(SinkContract):
+    supports_spans = True
+
     @pytest.fixture
     def sink(self) -> Iterator[OtelSink]:
         self.exporter = InMemorySpanExporter()
@@ -173,10 +76,13 @@ class TestOtelSink(SinkContract):
         sink.shutdown()
 
     def summary(self, sink: Sink) -> Summary:
+        # Node spans only: application spans (export_spans) are not runs.
+        node_spans = [s for s in self.exporter.get_finished_spans()
+                      if FIELDS.run_id.attribute in (s.attributes or {})]
         spans = {s.attributes[FIELDS.run_id.attribute]: s  # type: ignore[index]
-                 for s in self.exporter.get_finished_spans()}
+                 for s in node_spans}
         out = Summary()
-        if len(spans) != len(self.exporter.get_finished_spans()):
+        if len(spans) != len(node_spans):
             out.runs["DUPLICATE SPAN"] += 1
         for s in spans.values():
             attrs = s.attributes or {}
@@ -220,3 +126,35 @@ class TestPostgresCatalogSink(_CatalogContract):
         sink = CatalogSink(pg_url)
         yield sink
         sink.shutdown()
+
+
+class TestSpoolSink(SinkContract):
+    """The spool is a transport: it keeps every copy it is given (so it is not idempotent),
+    and the sidecar's idempotent sinks record each run once. Read back from the spool files
+    with a fresh cursor, as the sidecar's pump reads them."""
+
+    idempotent = False
+    #: It carries application spans by a span processor of its own, not ``export_spans``.
+    supports_spans = False
+    _cursors = itertools.count()
+
+    @pytest.fixture
+    def sink(self, tmp_path: Path) -> Iterator[SpoolSink]:
+        self.spool = Spool(tmp_path / "spool", writer_id="w", fsync="never",
+                           registry=CollectorRegistry())
+        sink = SpoolSink(self.spool)
+        yield sink
+        sink.shutdown()
+        self.spool.close()
+
+    def summary(self, sink: Sink) -> Summary:
+        cursor = self.spool.cursor(f"contract{next(self._cursors)}")
+        finished = []
+        while entries := cursor.read():
+            for entry in entries:
+                if entry.payload.startswith(SPAN_FRAME_PREFIX):
+                    continue
+                event = RunEvent.from_json(entry.payload)
+                if event.kind is EventKind.FINISHED:
+                    finished.append(event.record)
+        return Summary.of(finished)

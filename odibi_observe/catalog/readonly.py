@@ -65,9 +65,16 @@ def readable_catalog_url(spec: str) -> str:
     """The catalog URL for ``spec``, once it is known to be readable; else
     :class:`CatalogUnreadable`. Creates nothing.
 
-    Specs that are not SQLAlchemy URLs (``odibi-delta:PATH``) are returned unchanged for the
-    caller to open.
+    Specs of another registered catalog source (``odibi-delta:PATH``, a third party's) are
+    returned unchanged for the caller to open; ``sql:URL`` is checked as ``URL``.
     """
+    from odibi_observe import extensions
+
+    scheme, location = extensions.split_spec(spec)
+    if scheme == "sql":
+        return readable_catalog_url(location)
+    if scheme in extensions.schemes(extensions.CATALOG_SOURCES):
+        return spec
     url = catalog_url(spec)
     if "://" not in url:
         return url

@@ -15,7 +15,7 @@ library::
         print(result.summary())
 
 Modules, one concept each: :mod:`.model` (runs, window, discrepancies), :mod:`.sources` (the
-trace-source contract) with :mod:`.otlp_files`, :mod:`.ledger` and :mod:`.tempo`,
+source contracts) with :mod:`.otlp_files`, :mod:`.ledger` and :mod:`.tempo`,
 :mod:`.catalog_sources` with :mod:`.odibi_delta`, :mod:`.spill` (external sort),
 :mod:`.engine` (the merge), :mod:`.repair`, :mod:`.report` (JSON, Markdown, recording,
 metrics) and :mod:`.html`.

@@ -1,10 +1,8 @@
 """The catalog side of reconciliation: ``meta_runs`` in a SQL database or Odibi's Delta table.
 
-A :class:`CatalogSource` yields :class:`~odibi_observe.reconcile.model.CatalogRun` tuples in
-ascending ``run_id`` order (byte order), reports bad rows into the
-:class:`~odibi_observe.reconcile.model.ReadLog`, and raises
-:class:`~odibi_observe.reconcile.sources.SourceError` only when the catalog cannot be read at
-all. Specs:
+The two built-in :class:`~odibi_observe.reconcile.sources.CatalogSource` implementations (the
+contract, and :func:`~odibi_observe.reconcile.sources.open_catalog_source`, live in
+:mod:`.sources`; both names are importable from here too). Specs:
 
 =======================  ============================================================
 ``URL``                  any SQLAlchemy URL (``sqlite:///catalog.db``,
@@ -13,6 +11,9 @@ all. Specs:
 ``odibi-delta:PATH``     Odibi's own Delta ``meta_runs`` (the table, or the project's
                          system directory), read with ``deltalake``
 =======================  ============================================================
+
+``sql:URL`` names the SQL catalog explicitly; a spec whose prefix is no registered catalog
+scheme is read as a SQLAlchemy URL.
 
 A SQL catalog is read with one query — window filter on the indexed ``started_at``,
 ``ORDER BY run_id`` in byte order, streamed — so the database does the sorting. The table is
@@ -28,7 +29,6 @@ at all, so its rows go through the same external sort as trace files.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, ClassVar, Final
@@ -68,7 +68,12 @@ from odibi_observe.reconcile.model import (
     odibi_not_run,
     odibi_rows,
 )
-from odibi_observe.reconcile.sources import SourceError
+from odibi_observe.reconcile.sources import (
+    CatalogSource,
+    SourceError,
+    SourceOptions,
+    open_catalog_source,
+)
 from odibi_observe.reconcile.spill import ExternalSorter
 from odibi_observe.reconcile.sqlutil import (
     YIELD_PER,
@@ -79,6 +84,9 @@ from odibi_observe.reconcile.sqlutil import (
     to_ns,
 )
 from odibi_observe.record import ns_to_datetime
+
+__all__ = ["ODIBI_DELTA_SCHEME", "CatalogSource", "OdibiDeltaCatalog", "SqlCatalog",
+           "open_catalog_source"]
 
 #: How far Odibi's ``timestamp`` may be from a node's start: Odibi logs a pipeline's rows when
 #: the pipeline ends, so the margin is the longest pipeline it allows for.
@@ -97,54 +105,10 @@ ODIBI_DELTA_SCHEME: Final = "odibi-delta"
 TIME_COLUMNS: Final = frozenset({STARTED_AT, TIMESTAMP, HEARTBEAT_AT})
 
 
-class CatalogSource(ABC):
-    """Where catalog rows are read from; see the module docstring."""
-
-    kind: ClassVar[str]
-
-    @abstractmethod
-    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
-        """The rows whose time is in ``read_range``, in ascending ``run_id`` order."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """The spec, safe to print."""
-
-    @abstractmethod
-    def margin(self) -> timedelta:
-        """How far this catalog's time of a run may be from the span's start.
-
-        Asked first, before any trace is read, so it also checks that the catalog can be read
-        at all (raising :class:`SourceError` if not).
-        """
-
-    def store(self) -> CatalogStore | None:
-        """A store to write repairs to, or None when this catalog cannot be written."""
-        return None
-
-    def sql_url(self) -> str | None:
-        """The SQLAlchemy URL, for recording reports in ``meta_reconciliation``; or None."""
-        return None
-
-    def close(self) -> None:  # noqa: B027 - an optional hook, like SpanExporter.shutdown
-        """Release connections."""
-
-
-def open_catalog_source(spec: str, *, spill_dir: str | None = None) -> CatalogSource:
-    """The catalog a ``--catalog`` spec names (see the module docstring)."""
-    if spec.startswith(ODIBI_DELTA_SCHEME + ":"):
-        path = spec[len(ODIBI_DELTA_SCHEME) + 1:]
-        if not path:
-            raise SourceError("--catalog odibi-delta: needs a path, e.g. "
-                              "odibi-delta:/data/project/_odibi_system/meta_runs")
-        return OdibiDeltaCatalog(path, spill_dir=spill_dir)
-    return SqlCatalog(spec)
-
-
 class SqlCatalog(CatalogSource):
     """``meta_runs`` in a SQL database; see the module docstring."""
 
-    kind: ClassVar[str] = "sql"
+    scheme: ClassVar[str] = "sql"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -320,11 +284,18 @@ def _first_line(exc: BaseException) -> str:
 class OdibiDeltaCatalog(CatalogSource):
     """Odibi's own ``meta_runs`` Delta table (read-only); see :mod:`.odibi_delta`."""
 
-    kind: ClassVar[str] = "odibi-delta"
+    scheme: ClassVar[str] = ODIBI_DELTA_SCHEME
 
     def __init__(self, path: str, *, spill_dir: str | None = None) -> None:
         self.path = path
         self.spill_dir = spill_dir
+
+    @classmethod
+    def from_spec(cls, location: str, options: SourceOptions) -> OdibiDeltaCatalog:
+        if not location:
+            raise SourceError("--catalog odibi-delta: needs a path, e.g. "
+                              "odibi-delta:/data/project/_odibi_system/meta_runs")
+        return cls(location, spill_dir=options.spill_dir)
 
     def describe(self) -> str:
         return f"{ODIBI_DELTA_SCHEME}:{self.path}"

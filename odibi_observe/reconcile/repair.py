@@ -53,7 +53,8 @@ from odibi_observe.catalog.store import CatalogStore
 from odibi_observe.config import ConfigurationError, resolve_settings
 from odibi_observe.conventions import RunStatus, Source
 from odibi_observe.crash import utc
-from odibi_observe.reconcile.catalog_sources import CatalogSource
+from odibi_observe.extensions import split_spec
+from odibi_observe.reconcile.catalog_sources import ODIBI_DELTA_SCHEME, CatalogSource
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import Discrepancy, iso_ns
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -106,12 +107,13 @@ def span_sink(spec: str | None) -> tuple[OtelSink | None, str | None]:
             sink = OtelSink.from_settings(settings, **common)
             where = settings.otlp_endpoint or f"otlp-json:{settings.traces_file}"
             return sink, str(where)
-        if spec.startswith("otlp-json:"):
-            path = spec[len("otlp-json:"):]
-            if not path:
+        scheme, location = split_spec(spec)
+        if scheme == "otlp-json":
+            if not location:
                 raise RepairError("--repair-traces otlp-json: needs a file path")
-            return OtelSink(service_name=REPAIR_SERVICE_NAME, traces_file=path, **common), spec
-        if spec.startswith(("http://", "https://")):
+            return OtelSink(service_name=REPAIR_SERVICE_NAME, traces_file=location,
+                            **common), spec
+        if scheme in ("http", "https") and location.startswith("//"):
             return OtelSink(service_name=REPAIR_SERVICE_NAME, otlp_endpoint=spec,
                             otlp_protocol=settings.otlp_protocol,
                             otlp_timeout=settings.otlp_timeout, **common), spec
@@ -157,7 +159,7 @@ class Repairer:
         self.catalog_note = None if self.store is not None else (
             "the catalog cannot be written here: "
             + ("Odibi's Delta table is read-only for odibi-observe"
-               if catalog.kind == "odibi-delta"
+               if catalog.scheme == ODIBI_DELTA_SCHEME
                else "meta_runs lacks odibi-observe's columns (run 'odibi-observe catalog "
                     "upgrade')"))
         self.spans = spans

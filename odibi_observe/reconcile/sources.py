@@ -1,4 +1,12 @@
-"""The trace side of reconciliation: one small contract, and the registry of its sources.
+"""The two source contracts of reconciliation: :class:`TraceSource` and :class:`CatalogSource`.
+
+This module holds the contracts and the functions that open an implementation from a spec
+through :mod:`odibi_observe.extensions`; it imports no implementation. Implementations are
+registered there by scheme (built-ins by import path, third parties by entry point), and
+:mod:`odibi_observe.testing.contracts` holds the conformance suite of each contract.
+
+The trace side
+--------------
 
 A :class:`TraceSource` yields the odibi node spans it holds whose start is in a
 :class:`~odibi_observe.reconcile.model.ReadRange`, as
@@ -18,8 +26,9 @@ file — unless ``sorted_by_run_id`` is true, which lets a database source hand 
 ``ORDER BY run_id`` stream directly. The same span may be yielded twice (two files, a retried
 export): the engine recognises it by its ids.
 
-``tests/test_reconcile_sources.py`` holds the one conformance test class every source
-subclasses. Sources are opened from a ``scheme:location`` spec by :func:`open_trace_source`:
+:class:`odibi_observe.testing.contracts.TraceSourceContract` is the conformance suite every
+source passes. Sources are opened from a ``scheme:location`` spec by :func:`open_trace_source`;
+the built-in schemes:
 
 =================  ==================================================================
 ``otlp-json:PATH``  OTLP-JSON lines files (the Collector ``file`` exporter), a directory of
@@ -27,16 +36,33 @@ subclasses. Sources are opened from a ``scheme:location`` spec by :func:`open_tr
 ``ledger:URL``      the sidecar's span ledger table ``odibi_span_ledger`` (SQLAlchemy URL)
 ``tempo:URL``       Grafana Tempo's HTTP API (TraceQL search, then trace by id)
 =================  ==================================================================
+
+Another package adds a scheme with an entry point in the ``odibi_observe.trace_sources`` group
+(see ``docs/extending.md``).
+
+The catalog side
+----------------
+A :class:`CatalogSource` yields :class:`~odibi_observe.reconcile.model.CatalogRun` tuples in
+ascending ``run_id`` order (byte order), reports bad rows into the ``ReadLog``, and raises
+:class:`SourceError` only when the catalog cannot be read at all. :func:`open_catalog_source`
+opens ``scheme:location`` for a registered catalog scheme (``odibi-delta:PATH``, ``sql:URL``)
+and reads any other spec as a SQLAlchemy URL (the ``sql`` scheme), so ``sqlite:///catalog.db``
+and ``postgresql://user@host/db`` need no prefix.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, ClassVar
 
-from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun
+from odibi_observe import extensions
+from odibi_observe.reconcile.model import CatalogRun, ReadLog, ReadRange, TraceRun
+
+if TYPE_CHECKING:
+    from odibi_observe.catalog.store import CatalogStore
 
 
 class SourceError(Exception):
@@ -53,16 +79,23 @@ class SourceOptions:
     tempo_slice_seconds: int = 3600
     tempo_query: str = '{ span.odibi.run_id != "" }'
     tempo_headers: tuple[tuple[str, str], ...] = field(default=())
+    #: Where a catalog source that sorts externally (Odibi's Delta table) puts its run files.
+    spill_dir: str | None = None
 
 
 class TraceSource(ABC):
     """Where spans are read from. See the module docstring for the contract."""
 
-    #: The spec prefix (``otlp-json``, ``ledger``, ``tempo``).
+    #: The spec prefix (``otlp-json``, ``ledger``, ``tempo``), the name it is registered under.
     scheme: ClassVar[str]
     #: True when :meth:`read` yields runs in ascending ``run_id`` order (byte order of UTF-8,
     #: which is Python's ``str`` order).
     sorted_by_run_id: ClassVar[bool] = False
+
+    @classmethod
+    def from_spec(cls, location: str, options: SourceOptions) -> TraceSource:
+        """The source ``scheme:location`` names; override to take ``options``."""
+        return cls(location)  # type: ignore[call-arg]
 
     @abstractmethod
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
@@ -83,41 +116,129 @@ class TraceSource(ABC):
         """Release connections; the default has nothing to release."""
 
 
-_REGISTRY: dict[str, Callable[[str, SourceOptions], TraceSource]] = {}
+class CatalogSource(ABC):
+    """Where catalog rows are read from; see the module docstring."""
+
+    #: The spec prefix (``sql``, ``odibi-delta``), the name it is registered under.
+    scheme: ClassVar[str]
+
+    @classmethod
+    def from_spec(cls, location: str, options: SourceOptions) -> CatalogSource:
+        """The catalog ``scheme:location`` names; override to take ``options``."""
+        return cls(location)  # type: ignore[call-arg]
+
+    @abstractmethod
+    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
+        """The rows whose time is in ``read_range``, in ascending ``run_id`` order."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The spec, safe to print."""
+
+    @abstractmethod
+    def margin(self) -> timedelta:
+        """How far this catalog's time of a run may be from the span's start.
+
+        Asked first, before any trace is read, so it also checks that the catalog can be read
+        at all (raising :class:`SourceError` if not).
+        """
+
+    def store(self) -> CatalogStore | None:
+        """A store to write repairs to, or None when this catalog cannot be written."""
+        return None
+
+    def sql_url(self) -> str | None:
+        """The SQLAlchemy URL, for recording reports in ``meta_reconciliation``; or None."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, like SpanExporter.shutdown
+        """Release connections."""
+
+
+# --- opening a spec ---------------------------------------------------------------------------
+
+#: The catalog scheme that reads any spec without a registered scheme (a SQLAlchemy URL).
+SQL_CATALOG_SCHEME = "sql"
 
 
 def register_trace_source(
     scheme: str, factory: Callable[[str, SourceOptions], TraceSource]
 ) -> None:
-    """Make ``scheme:location`` specs open with ``factory(location, options)``."""
-    _REGISTRY[scheme] = factory
+    """Make ``scheme:location`` specs open with ``factory(location, options)``.
+
+    Kept for existing callers: it is ``extensions.register("trace_sources", scheme,
+    factory)``. A package registers with an entry point instead (``docs/extending.md``).
+    """
+    extensions.register(extensions.TRACE_SOURCES, scheme, factory)
 
 
 def trace_schemes() -> tuple[str, ...]:
-    _load_builtin()
-    return tuple(_REGISTRY)
+    """The schemes ``--traces`` accepts (built-in, registered, installed)."""
+    return extensions.schemes(extensions.TRACE_SOURCES)
+
+
+def catalog_schemes() -> tuple[str, ...]:
+    """The schemes ``--catalog`` accepts besides a plain SQLAlchemy URL."""
+    return extensions.schemes(extensions.CATALOG_SOURCES)
 
 
 def open_trace_source(spec: str, options: SourceOptions | None = None) -> TraceSource:
     """The source a ``scheme:location`` spec names; :class:`SourceError` if it names none."""
-    _load_builtin()
-    scheme, sep, location = spec.partition(":")
-    factory = _REGISTRY.get(scheme) if sep else None
-    if factory is None or not location:
+    scheme, location = extensions.split_spec(spec)
+    known = trace_schemes()
+    if scheme not in known or not location:
         raise SourceError(
-            f"--traces {spec!r}: expected one of "
-            + ", ".join(f"{s}:..." for s in _REGISTRY)
+            f"--traces {spec!r}: expected one of " + ", ".join(f"{s}:..." for s in known)
             + " (for example otlp-json:/var/log/otel/traces.jsonl)")
-    return factory(location, options or SourceOptions())
+    where = f"--traces {spec!r}"
+    made = _make(_load(extensions.TRACE_SOURCES, scheme, where), location,
+                 options or SourceOptions(), where=where, contract=TraceSource)
+    if not isinstance(made, TraceSource):
+        raise SourceError(f"{where}: the {scheme!r} factory returned {type(made).__name__}, "
+                          "not a TraceSource")
+    return made
 
 
-def _load_builtin() -> None:
-    if _REGISTRY:
-        return
-    from odibi_observe.reconcile import ledger, otlp_files, tempo
+def open_catalog_source(spec: str, *, spill_dir: str | None = None,
+                        options: SourceOptions | None = None) -> CatalogSource:
+    """The catalog a ``--catalog`` spec names: a registered ``scheme:location``, otherwise a
+    SQLAlchemy URL (see the module docstring)."""
+    options = options or SourceOptions()
+    if spill_dir is not None:
+        options = replace(options, spill_dir=spill_dir)
+    scheme, location = extensions.split_spec(spec)
+    plain_url = scheme not in catalog_schemes()
+    if plain_url:
+        scheme, location = SQL_CATALOG_SCHEME, spec
+    where = f"--catalog {spec!r}"
+    try:
+        made = _make(_load(extensions.CATALOG_SOURCES, scheme, where), location, options,
+                     where=where, contract=CatalogSource)
+    except SourceError as exc:
+        if not plain_url:
+            raise
+        others = [s for s in catalog_schemes() if s != SQL_CATALOG_SCHEME]
+        raise SourceError(f"{exc} (--catalog takes a SQLAlchemy URL or one of "
+                          + ", ".join(f"{s}:..." for s in others) + ")") from None
+    if not isinstance(made, CatalogSource):
+        raise SourceError(f"{where}: the {scheme!r} factory returned {type(made).__name__}, "
+                          "not a CatalogSource")
+    return made
 
-    register_trace_source(otlp_files.OtlpJsonFileSource.scheme,
-                          lambda location, _options: otlp_files.OtlpJsonFileSource(location))
-    register_trace_source(ledger.LedgerSource.scheme,
-                          lambda location, _options: ledger.LedgerSource(location))
-    register_trace_source(tempo.TempoSource.scheme, tempo.TempoSource)
+
+def _load(kind: extensions.Kind, scheme: str, where: str) -> object:
+    try:
+        return extensions.load(kind, scheme)
+    except extensions.ExtensionError as exc:
+        raise SourceError(f"{where}: {exc}") from None
+
+
+def _make(factory: object, location: str, options: SourceOptions, *, where: str,
+          contract: type) -> object:
+    """Call what a scheme names: a contract subclass through ``from_spec``, any other callable
+    as ``factory(location, options)`` (what :func:`register_trace_source` takes)."""
+    if isinstance(factory, type) and issubclass(factory, contract):
+        return factory.from_spec(location, options)  # type: ignore[attr-defined]
+    if callable(factory):
+        return factory(location, options)
+    raise SourceError(f"{where}: what is registered is not callable ({factory!r})")

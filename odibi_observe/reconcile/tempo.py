@@ -61,6 +61,10 @@ class TempoSource(TraceSource):
             raise SourceError("--tempo-limit and the slice length must be positive")
         self.requests = 0
 
+    @classmethod
+    def from_spec(cls, location: str, options: SourceOptions) -> TempoSource:
+        return cls(location, options)
+
     def describe(self) -> str:
         return f"{self.scheme}:{hide_password(self.base)}"
 

@@ -4,8 +4,17 @@ A sink turns run events into records in one backend. The contract is deliberatel
 OpenTelemetry's ``SpanExporter``: :meth:`Sink.export` a batch, :meth:`Sink.force_flush`,
 :meth:`Sink.shutdown`. Everything else — queueing, batching, retries with backoff, isolation
 from other sinks and from the pipeline — is the event bus's job (:mod:`odibi_observe.bus`), so a
-new backend is a small class and behaves like every other one. ``tests/test_sink_conformance.py``
-is the conformance suite every sink passes.
+new backend is a small class and behaves like every other one.
+:class:`odibi_observe.testing.contracts.SinkContract` is the conformance suite every sink
+passes.
+
+How a sink is found: by its ``scheme`` in :mod:`odibi_observe.extensions` (built-ins
+``prometheus``, ``catalog``, ``otel``, ``spool`` by import path; another package's through an
+entry point in the ``odibi_observe.sinks`` group). What is registered is a *factory*: a callable
+taking a :class:`SinkContext` and returning the sink, or None when the settings do not ask for
+it; a ``Sink`` subclass is called through :meth:`Sink.from_context`. :func:`build_sink` builds
+one. For sinks the scheme is only that key (sinks have no spec); by convention it equals
+``name``.
 
 Rules a sink follows:
 
@@ -51,14 +60,39 @@ from __future__ import annotations
 import abc
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from odibi_observe.record import EventKind, RunEvent
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from odibi_observe.config import Settings
+    from odibi_observe.selfmetrics import SelfMonitor
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink factory is given: the resolved settings and the process's shared parts."""
+
+    settings: Settings
+    #: The Prometheus registry ``/metrics`` serves (self-metrics live there too).
+    registry: CollectorRegistry
+    monitor: SelfMonitor
+    #: The tracer and meter providers passed to ``configure()``, if any.
+    tracer_provider: Any = None
+    meter_provider: Any = None
 
 
 class Sink(abc.ABC):
     """Base class of every sink; ``name`` labels its ``odibi_observe_sink_errors_total``."""
 
     name: str = "sink"
+
+    #: The key the sink is registered under in :mod:`odibi_observe.extensions` (an entry
+    #: point's name); empty for a sink nobody builds by name (one passed to ``configure``).
+    scheme: ClassVar[str] = ""
 
     #: The event kinds this sink wants; the bus does not queue the others for it. A sink that
     #: only records finished runs (spans) says so and saves a queue slot per run.
@@ -69,6 +103,13 @@ class Sink(abc.ABC):
     #: The spool pump then does not even decode such starts: on catch-up after an outage,
     #: most starts are in the same batch as their end.
     coalesces_starts: bool = False
+
+    @classmethod
+    def from_context(cls, context: SinkContext) -> Sink | None:
+        """The sink the settings ask for, or None when they do not (its backend is not
+        configured). The default takes no settings: ``cls()``. Raise
+        :class:`~odibi_observe.config.ConfigurationError` for settings it cannot use."""
+        return cls()
 
     @abc.abstractmethod
     def export(self, events: Sequence[RunEvent]) -> None:
@@ -83,6 +124,28 @@ class Sink(abc.ABC):
 
     def after_fork(self) -> None:  # noqa: B027 - optional hook
         """Re-create what must not be shared with a parent process (connections, locks)."""
+
+
+def build_sink(scheme: str, context: SinkContext) -> Sink | None:
+    """The sink registered as ``scheme``, built for ``context`` (None: not configured).
+
+    Raises :class:`odibi_observe.extensions.ExtensionError` when nothing loadable is registered
+    under ``scheme`` or the factory returns something else than a sink; whatever the factory
+    raises (a :class:`~odibi_observe.config.ConfigurationError`) passes through.
+    """
+    from odibi_observe import extensions
+
+    factory = extensions.load(extensions.SINKS, scheme)
+    if isinstance(factory, type) and issubclass(factory, Sink):
+        sink = factory.from_context(context)
+    elif callable(factory):
+        sink = factory(context)
+    else:
+        raise extensions.ExtensionError(f"sink {scheme!r}: {factory!r} is not callable")
+    if sink is not None and not isinstance(sink, Sink):
+        raise extensions.ExtensionError(
+            f"sink {scheme!r}: the factory returned {type(sink).__name__}, not a Sink")
+    return sink
 
 
 class RecentKeys:

@@ -32,6 +32,7 @@ class CatalogSink(Sink):
     """
 
     name = "catalog"
+    scheme = "catalog"  # its key in odibi_observe.extensions
     coalesces_starts = True
 
     def __init__(self, url: str, *, create: bool = True) -> None:

@@ -42,6 +42,7 @@ class PrometheusSink(Sink):
     """Record node runs as Prometheus metrics in ``registry``."""
 
     name = "prometheus"
+    scheme = "prometheus"  # its key in odibi_observe.extensions
     coalesces_starts = True
 
     def __init__(

@@ -60,6 +60,7 @@ class SpoolSink(Sink):
     """Writes run events (``RunEvent.to_json``) to a :class:`~odibi_observe.spool.Spool`."""
 
     name = "spool"
+    scheme = "spool"  # its key in odibi_observe.extensions
     #: A retry costs a size check on local disk, so the bus retries at most this long after a
     #: refusal: a long-lived process is back as soon as the sidecar has freed room.
     max_retry_delay: float = 0.05
