@@ -51,7 +51,7 @@ class Heartbeat:
         for run in active_runs():
             try:
                 run._observer.bus.emit(
-                    RunEvent(EventKind.HEARTBEAT, run.record.finished(heartbeat_ns=now)))
+                    RunEvent(EventKind.HEARTBEAT, run.record.replace(heartbeat_ns=now)))
                 sent += 1
             except Exception as exc:  # a heartbeat must never kill the thread
                 log.debug("odibi-observe heartbeat for %s failed: %s", run.run_id, exc)

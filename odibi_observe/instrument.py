@@ -264,7 +264,7 @@ class NodeRun:
         retries inside one node run). Not a positive whole number: ignored and counted."""
         value = self._coerce_attempt(value, self.record.attempt)
         if value != self.record.attempt:
-            self.record = self.record.finished(attempt=value)
+            self.record = self.record.replace(attempt=value)
 
     @property
     def rows_processed(self) -> int | None:

@@ -97,7 +97,15 @@ class RunRecord:
         return getter(self)
 
     def finished(self, **changes: Any) -> RunRecord:
-        """A copy of this record with ``changes`` (``status``, ``ended_ns``, ...).
+        """This record as the run ended: a copy with ``changes`` (``status``, ``ended_ns``, ...).
+
+        The same copy as :meth:`replace`; the name says that the changes finish the run, so
+        the places that end runs can be told from those that only amend a record.
+        """
+        return self.replace(**changes)
+
+    def replace(self, **changes: Any) -> RunRecord:
+        """A copy of this record with ``changes`` (a heartbeat time, an escaped name, ids).
 
         Equivalent to ``dataclasses.replace`` at a quarter of its cost: this runs once per
         node run on the caller's thread, and ``replace`` re-inspects the dataclass each time.
@@ -137,7 +145,7 @@ class RunRecord:
         catalog), so it is refused here, where the reason is clear, and the spool pump
         dead-letters it with that reason.
 
-        Built field by field like :meth:`finished` rather than through ``__init__``: the
+        Built field by field like :meth:`replace` rather than through ``__init__``: the
         sidecar decodes every spooled event with this, and the keyword call costs as much as
         the JSON parsing.
         """
