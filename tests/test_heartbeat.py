@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import odibi_observe as oo
-from odibi_observe import heartbeat
+from odibi_observe import heartbeat, runtime
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind
@@ -21,7 +21,6 @@ from odibi_observe.testing import InMemorySink
 def _shutdown() -> None:
     yield
     oo.shutdown()
-    heartbeat.set_interval(0)
 
 
 def beats(sink: InMemorySink) -> list[int]:
@@ -111,3 +110,35 @@ def test_a_long_cpu_bound_step_keeps_heartbeating_and_is_not_swept(tmp_path: Pat
 def test_heartbeat_interval_is_validated() -> None:
     with pytest.raises(oo.ConfigurationError, match="heartbeat_interval"):
         oo.configure(heartbeat_interval=-1, strict=True, handle_sigterm=False)
+
+
+def _heartbeat_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate()
+            if t.name == "odibi-observe-heartbeat" and t.is_alive()]
+
+
+def test_shutdown_stops_the_heartbeat_thread_and_configure_starts_it_again() -> None:
+    oo.configure(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05,
+                 handle_sigterm=False)
+    assert len(_heartbeat_threads()) == 1 and runtime.heartbeat_running()
+    oo.shutdown()
+    assert _heartbeat_threads() == [] and not runtime.heartbeat_running()
+    sink = InMemorySink()
+    oo.configure(sinks=[sink], mode="inline", heartbeat_interval=0.05, handle_sigterm=False)
+    assert len(_heartbeat_threads()) == 1
+    with oo.node_run("p", "n"):
+        time.sleep(0.3)
+    assert beats(sink)  # the new thread beats for the new observer's runs
+
+
+def test_a_new_interval_replaces_the_thread_and_zero_stops_it() -> None:
+    oo.configure(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05,
+                 handle_sigterm=False)
+    (first,) = _heartbeat_threads()
+    oo.configure(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.07,
+                 handle_sigterm=False)
+    (second,) = _heartbeat_threads()
+    assert second is not first and not first.is_alive()
+    oo.configure(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0,
+                 handle_sigterm=False)
+    assert _heartbeat_threads() == []

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 import odibi_observe as oo
+from odibi_observe.active import active_runs
 from odibi_observe.conventions import SELF_METRICS, RunStatus
-from odibi_observe.instrument import NodeRun, _NoRun, active_runs, current_run
+from odibi_observe.instrument import NodeRun, _NoRun, current_run
 from odibi_observe.record import RunRecord
 from odibi_observe.testing import InMemorySink, capture_runs
 
