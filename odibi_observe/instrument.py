@@ -57,7 +57,7 @@ from odibi_observe.conventions import (
     PIPELINE_SPAN_NAME_FORMAT,
     RunStatus,
 )
-from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunRecord
+from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunHandle, RunRecord
 from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize, valid_unicode
 from odibi_observe.runtime import Observer, get_observer
 from odibi_observe.selfmetrics import log
@@ -743,8 +743,9 @@ class _NoRun:
 NO_RUN: Final = _NoRun()
 
 
-def current_run() -> NodeRun | _NoRun:
-    """The node run active in this thread/task, or a falsy no-op run outside any node."""
+def current_run() -> RunHandle:
+    """The node run active in this thread/task, or a falsy no-op run outside any node
+    (both are :class:`~odibi_observe.record.RunHandle`)."""
     run = _current_run.get()
     return NO_RUN if run is None else run
 

@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from operator import attrgetter
-from typing import Any, Final, Union
+from typing import Any, Final, Protocol, Union
 
 from odibi_observe.conventions import LABEL_SOURCES, RunStatus, Source
 
@@ -176,6 +176,86 @@ class RunRecord:
         put(new, "attributes", {k: tuple(v) if isinstance(v, list) else v
                                 for k, v in attributes.items()} if attributes else {})
         return new
+
+
+class RunHandle(Protocol):
+    """What ``current_run()`` returns, and so what a node may call on its run.
+
+    Inside a node run it is the real run (:class:`~odibi_observe.instrument.NodeRun`);
+    outside one — a node function called directly, in a unit test, or a block odibi-observe
+    could not start recording — it is a falsy null run whose ids are ``None`` and whose
+    methods do nothing. Both implement every member here (a test checks it), so code written
+    against a real run never fails on the null one: ``current_run().add_rows(n)`` is always
+    safe, and ``if current_run():`` tells the two apart.
+    """
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id (``None`` outside a run)."""
+        ...
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace the run's span belongs to, 32 hex digits."""
+        ...
+
+    @property
+    def span_id(self) -> str | None:
+        """The run's span id, 16 hex digits, chosen before the node runs."""
+        ...
+
+    @property
+    def pipeline(self) -> str | None:
+        ...
+
+    @property
+    def node(self) -> str | None:
+        ...
+
+    @property
+    def attempt(self) -> int | None:
+        """The attempt number; settable while the run is in progress."""
+        ...
+
+    @attempt.setter
+    def attempt(self, value: Any) -> None: ...
+
+    @property
+    def rows_processed(self) -> int | None:
+        """Rows the node reports; settable (else taken from the return value)."""
+        ...
+
+    @rows_processed.setter
+    def rows_processed(self, value: Any) -> None: ...
+
+    @property
+    def record(self) -> RunRecord | None:
+        """The run's latest snapshot (``None`` outside a run)."""
+        ...
+
+    def add_rows(self, n: Any) -> None:
+        """Add ``n`` to ``rows_processed``."""
+        ...
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Attach ``key=value`` to the run."""
+        ...
+
+    def suggest(self, text: str) -> None:
+        """Record advice for whoever reads this run."""
+        ...
+
+    def set_duration(self, seconds: Any) -> None:
+        """Record ``seconds`` as the duration instead of the measured time."""
+        ...
+
+    def fail(self, error: BaseException, *, message: str | None = None) -> None:
+        """Record the run as ``FAILURE`` now, without raising."""
+        ...
+
+    def __bool__(self) -> bool:
+        """True for a real run, False for the null run."""
+        ...
 
 
 _NONE: Final = type(None)
