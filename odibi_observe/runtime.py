@@ -376,6 +376,26 @@ def get_observer() -> Observer:
         return _observer
 
 
+def current_observer() -> Observer | None:
+    """The current observer, or None: unlike :func:`get_observer`, never configures one."""
+    return _observer
+
+
+def swap_observer(observer: Observer | None) -> Observer | None:
+    """Make ``observer`` current (None: no observer) and return the one it replaces,
+    which is *not* shut down.
+
+    For code that sets the process's observer aside for a while and puts it back afterwards
+    (:func:`odibi_observe.testing.capture_runs`): the caller owns what it gets back and hands
+    it back here, or shuts it down. The heartbeat thread follows the observer made current.
+    """
+    global _observer
+    with _lock:
+        previous, _observer = _observer, observer
+        _run_heartbeat(0 if observer is None else observer.settings.heartbeat_interval)
+    return previous
+
+
 def flush(timeout: float | None = 30.0) -> bool:
     """Deliver every pending record to every sink; True if all confirmed within ``timeout``."""
     observer = _observer

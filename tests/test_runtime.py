@@ -133,3 +133,32 @@ def test_reconfiguring_stops_the_previous_metrics_server() -> None:
     oo.configure(mode="inline", handle_sigterm=False)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_capture_runs_sets_the_observer_aside_and_gives_it_back_with_its_heartbeat() -> None:
+    from odibi_observe import runtime
+    from odibi_observe.testing import InMemorySink, capture_runs
+
+    outer_sink = InMemorySink()
+    outer = oo.configure(sinks=[outer_sink], mode="inline", heartbeat_interval=0.05,
+                         handle_sigterm=False)
+    with capture_runs(heartbeat_interval=0) as captured:
+        assert runtime.current_observer() is not outer
+        assert not runtime.heartbeat_running()
+        with oo.node_run("p", "inside"):
+            pass
+    assert [r.node for r in captured.finished] == ["inside"]
+    assert runtime.current_observer() is outer and runtime.heartbeat_running()
+    with oo.node_run("p", "after"):
+        pass
+    assert [r.node for r in outer_sink.finished] == ["after"]
+
+
+def test_current_observer_never_configures_one() -> None:
+    from odibi_observe import runtime
+
+    oo.shutdown()
+    assert runtime.current_observer() is None
+    assert runtime.current_observer() is None  # still none: nothing was configured
+    observer = oo.configure(sinks=[], mode="inline", handle_sigterm=False)
+    assert runtime.current_observer() is observer
