@@ -28,7 +28,7 @@ from odibi_observe.instrument import (
     observe_node,
     pipeline_run,
 )
-from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.record import EventKind, RunEvent, RunHandle, RunRecord
 from odibi_observe.runtime import Observer, configure, flush, get_observer, shutdown
 from odibi_observe.sinks.base import Sink, SinkExportError
 
@@ -42,6 +42,7 @@ __all__ = [
     "NodeRun",
     "Observer",
     "RunEvent",
+    "RunHandle",
     "RunRecord",
     "RunStatus",
     "Settings",

@@ -17,16 +17,18 @@ should be several intervals).
 Heartbeat events carry the run's start snapshot plus ``heartbeat_ns``; the Prometheus and
 span sinks do not subscribe to them (see ``Sink.kinds``), so they cost one catalog statement
 per run per interval.
+
+The thread reads the live runs from :mod:`odibi_observe.active`; :mod:`odibi_observe.runtime`
+starts it when an observer is configured and stops it when the observer is shut down.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 
-from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.active import LiveRun, active_runs
 from odibi_observe.selfmetrics import log
 
 Clock = Callable[[], int]
@@ -35,27 +37,30 @@ Clock = Callable[[], int]
 class Heartbeat:
     """Emits a ``HEARTBEAT`` event for each active run of this process every ``interval``."""
 
-    def __init__(self, interval: float, clock: Clock = time.time_ns) -> None:
+    def __init__(self, interval: float, clock: Clock = time.time_ns,
+                 runs: Callable[[], list[LiveRun]] = active_runs) -> None:
         self.interval = interval
         self.clock = clock
+        self.runs = runs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def beat(self) -> int:
         """Send one heartbeat for every active run now; return how many were sent."""
-        from odibi_observe.instrument import active_runs
-
         now = self.clock()
         sent = 0
-        for run in active_runs():
+        for run in self.runs():
             try:
-                run._observer.bus.emit(
-                    RunEvent(EventKind.HEARTBEAT, run.record.finished(heartbeat_ns=now)))
+                run.heartbeat(now)
                 sent += 1
             except Exception as exc:  # a heartbeat must never kill the thread
                 log.debug("odibi-observe heartbeat for %s failed: %s", run.run_id, exc)
         return sent
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         if self.interval <= 0 or (self._thread is not None and self._thread.is_alive()):
@@ -80,34 +85,3 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = None
         self.start()
-
-
-_heartbeat: Heartbeat | None = None
-_lock = threading.Lock()
-
-
-def set_interval(interval: float) -> Heartbeat | None:
-    """Run the process's heartbeat thread at ``interval`` seconds (0: none). Idempotent."""
-    global _heartbeat
-    with _lock:
-        current = _heartbeat
-        if current is not None and current.interval == interval:
-            current.start()
-            return current
-        if current is not None:
-            current.stop()
-        _heartbeat = Heartbeat(interval) if interval > 0 else None
-        if _heartbeat is not None:
-            _heartbeat.start()
-        return _heartbeat
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    if _heartbeat is not None:
-        _heartbeat.after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -50,13 +50,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from odibi_observe import active
 from odibi_observe.conventions import (
     FIELDS,
     INSTRUMENTATION_SCOPE,
     PIPELINE_SPAN_NAME_FORMAT,
     RunStatus,
 )
-from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunRecord
+from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunHandle, RunRecord
 from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize, valid_unicode
 from odibi_observe.runtime import Observer, get_observer
 from odibi_observe.selfmetrics import log
@@ -146,9 +147,6 @@ class _PipelineScope:
 _current_run: ContextVar[NodeRun | None] = ContextVar("odibi_observe_run", default=None)
 _current_pipeline: ContextVar[_PipelineScope | None] = ContextVar(
     "odibi_observe_pipeline", default=None)
-_active: dict[str, NodeRun] = {}
-_active_lock = threading.Lock()
-_pid = os.getpid()
 
 
 class NodeRun:
@@ -162,8 +160,8 @@ class NodeRun:
     __slots__ = (
         "_attributes",
         "_count_int_return",
-        "_done",
         "_duration_ns",
+        "_ended",
         "_observer",
         "_otel_token",
         "_rows",
@@ -192,7 +190,10 @@ class NodeRun:
         self._rows: int | None = None
         self._attributes: dict[str, AttributeValue] = {}
         self._suggestions: list[str] = []
-        self._done = False
+        # Taken once, by whichever ending comes first (the node's thread, or the exit hooks
+        # on another): a lock's non-blocking acquire is an atomic test-and-set, and a copy
+        # inherited through fork keeps its state, so a child never ends a run twice either.
+        self._ended = threading.Lock()
         self._duration_ns: int | None = None
         self._run_token: Token[NodeRun | None] | None = None
         self._otel_token: object | None = None
@@ -264,7 +265,7 @@ class NodeRun:
         retries inside one node run). Not a positive whole number: ignored and counted."""
         value = self._coerce_attempt(value, self.record.attempt)
         if value != self.record.attempt:
-            self.record = self.record.finished(attempt=value)
+            self.record = self.record.replace(attempt=value)
 
     @property
     def rows_processed(self) -> int | None:
@@ -362,8 +363,7 @@ class NodeRun:
 
     # -- lifecycle (used by the decorator and the context managers) --------------------------
     def _begin(self) -> None:
-        with _active_lock:
-            _active[self.record.run_id] = self
+        active.add(_LiveNodeRun(self))
         self._observer.bus.emit(RunEvent(EventKind.STARTED, self.record))
         self._run_token = _current_run.set(self)
         self._otel_token = otel_context.attach(
@@ -406,11 +406,9 @@ class NodeRun:
         those were converted when they were set), the run still ends, with its status and
         times, and the error is logged.
         """
-        with _active_lock:
-            if self._done:
-                return False
-            self._done = True
-            _active.pop(self.record.run_id, None)
+        if not self._ended.acquire(blocking=False):
+            return False
+        active.discard(self.record.run_id)
         duration = (time.perf_counter_ns() - self._start_mono if self._duration_ns is None
                     else self._duration_ns)
         ended_ns = self.record.started_ns + max(duration, 0)
@@ -633,6 +631,33 @@ class NodeRun:
         return tuple(v if type(v) is str else str(v) for v in out)
 
 
+class _LiveNodeRun:
+    """A :class:`NodeRun` as the heartbeat and the exit hooks see it (an
+    :class:`~odibi_observe.active.LiveRun`), without widening the run's public surface."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: NodeRun) -> None:
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        return self._run.record.run_id
+
+    @property
+    def pid(self) -> int:
+        return self._run.record.pid
+
+    def heartbeat(self, now_ns: int) -> None:
+        run = self._run
+        run._observer.bus.emit(
+            RunEvent(EventKind.HEARTBEAT, run.record.replace(heartbeat_ns=now_ns)))
+
+    def crash(self, error_type: str, message: str) -> bool:
+        return self._run._finish(RunStatus.CRASHED, error_type=error_type,
+                                 error_message=message)
+
+
 class _NoRun:
     """What ``current_run()`` returns outside a node, and what a block runs with when
     odibi-observe could not start recording it: accepts every call and records nothing.
@@ -718,8 +743,9 @@ class _NoRun:
 NO_RUN: Final = _NoRun()
 
 
-def current_run() -> NodeRun | _NoRun:
-    """The node run active in this thread/task, or a falsy no-op run outside any node."""
+def current_run() -> RunHandle:
+    """The node run active in this thread/task, or a falsy no-op run outside any node
+    (both are :class:`~odibi_observe.record.RunHandle`)."""
     run = _current_run.get()
     return NO_RUN if run is None else run
 
@@ -1071,31 +1097,3 @@ def _suggestions_of(exc: BaseException, problems: list[str]) -> list[str]:
         except Exception:
             current = None
     return list(dict.fromkeys(found))
-
-
-def active_runs() -> list[NodeRun]:
-    """The runs in progress in this process (a snapshot; for heartbeats and exit hooks)."""
-    with _active_lock:
-        return [r for r in _active.values() if r.record.pid == os.getpid()]
-
-
-def crash_active_runs(error_type: str, message: str) -> int:
-    """Close every run still active in this process as ``CRASHED``; return how many."""
-    runs = active_runs()
-    closed = 0
-    for run in runs:
-        if run._finish(RunStatus.CRASHED, error_type=error_type, error_message=message):
-            closed += 1
-    return closed
-
-
-def _after_fork_in_child() -> None:
-    # Runs active in the parent are the parent's to finish; the child must not close them. The
-    # lock is replaced, not taken: another thread may have held it at the moment of the fork.
-    global _active_lock
-    _active_lock = threading.Lock()
-    _active.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

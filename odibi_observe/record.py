@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 from operator import attrgetter
-from typing import Any, Final, Union
+from typing import Any, Final, Protocol, Union
 
 from odibi_observe.conventions import LABEL_SOURCES, RunStatus, Source
 
@@ -97,7 +97,15 @@ class RunRecord:
         return getter(self)
 
     def finished(self, **changes: Any) -> RunRecord:
-        """A copy of this record with ``changes`` (``status``, ``ended_ns``, ...).
+        """This record as the run ended: a copy with ``changes`` (``status``, ``ended_ns``, ...).
+
+        The same copy as :meth:`replace`; the name says that the changes finish the run, so
+        the places that end runs can be told from those that only amend a record.
+        """
+        return self.replace(**changes)
+
+    def replace(self, **changes: Any) -> RunRecord:
+        """A copy of this record with ``changes`` (a heartbeat time, an escaped name, ids).
 
         Equivalent to ``dataclasses.replace`` at a quarter of its cost: this runs once per
         node run on the caller's thread, and ``replace`` re-inspects the dataclass each time.
@@ -137,7 +145,7 @@ class RunRecord:
         catalog), so it is refused here, where the reason is clear, and the spool pump
         dead-letters it with that reason.
 
-        Built field by field like :meth:`finished` rather than through ``__init__``: the
+        Built field by field like :meth:`replace` rather than through ``__init__``: the
         sidecar decodes every spooled event with this, and the keyword call costs as much as
         the JSON parsing.
         """
@@ -168,6 +176,86 @@ class RunRecord:
         put(new, "attributes", {k: tuple(v) if isinstance(v, list) else v
                                 for k, v in attributes.items()} if attributes else {})
         return new
+
+
+class RunHandle(Protocol):
+    """What ``current_run()`` returns, and so what a node may call on its run.
+
+    Inside a node run it is the real run (:class:`~odibi_observe.instrument.NodeRun`);
+    outside one — a node function called directly, in a unit test, or a block odibi-observe
+    could not start recording — it is a falsy null run whose ids are ``None`` and whose
+    methods do nothing. Both implement every member here (a test checks it), so code written
+    against a real run never fails on the null one: ``current_run().add_rows(n)`` is always
+    safe, and ``if current_run():`` tells the two apart.
+    """
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id (``None`` outside a run)."""
+        ...
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace the run's span belongs to, 32 hex digits."""
+        ...
+
+    @property
+    def span_id(self) -> str | None:
+        """The run's span id, 16 hex digits, chosen before the node runs."""
+        ...
+
+    @property
+    def pipeline(self) -> str | None:
+        ...
+
+    @property
+    def node(self) -> str | None:
+        ...
+
+    @property
+    def attempt(self) -> int | None:
+        """The attempt number; settable while the run is in progress."""
+        ...
+
+    @attempt.setter
+    def attempt(self, value: Any) -> None: ...
+
+    @property
+    def rows_processed(self) -> int | None:
+        """Rows the node reports; settable (else taken from the return value)."""
+        ...
+
+    @rows_processed.setter
+    def rows_processed(self, value: Any) -> None: ...
+
+    @property
+    def record(self) -> RunRecord | None:
+        """The run's latest snapshot (``None`` outside a run)."""
+        ...
+
+    def add_rows(self, n: Any) -> None:
+        """Add ``n`` to ``rows_processed``."""
+        ...
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Attach ``key=value`` to the run."""
+        ...
+
+    def suggest(self, text: str) -> None:
+        """Record advice for whoever reads this run."""
+        ...
+
+    def set_duration(self, seconds: Any) -> None:
+        """Record ``seconds`` as the duration instead of the measured time."""
+        ...
+
+    def fail(self, error: BaseException, *, message: str | None = None) -> None:
+        """Record the run as ``FAILURE`` now, without raising."""
+        ...
+
+    def __bool__(self) -> bool:
+        """True for a real run, False for the null run."""
+        ...
 
 
 _NONE: Final = type(None)

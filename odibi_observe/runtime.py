@@ -38,13 +38,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, RestrictedRegistry
 
+from odibi_observe.active import crash_active_runs
 from odibi_observe.bus import EventBus, Keeper
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
 from odibi_observe.deadletter import DeadLetter
+from odibi_observe.heartbeat import Heartbeat
 from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink, SinkContext, build_sink
 from odibi_observe.sinks.builtin import SPOOL_SINK
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
+from odibi_observe.spill import SpoolKeeper, default_spill_dir
 
 
 class Observer:
@@ -77,9 +80,6 @@ class Observer:
             flush_interval=settings.flush_interval,
             dead_letter=DeadLetter.in_spool_dir(self.monitor, settings.spool_dir),
         )
-        from odibi_observe import heartbeat
-
-        heartbeat.set_interval(settings.heartbeat_interval)
         self.metrics_server: MetricsServer | None = None
         if settings.prometheus_port is not None:
             try:
@@ -244,6 +244,7 @@ def configure(
     global _observer
     with _lock:
         previous, _observer = _observer, observer
+        _run_heartbeat(observer.settings.heartbeat_interval)
     if previous is not None:
         previous.shutdown(timeout=10.0)
     _install_exit_hooks(resolved)
@@ -367,6 +368,26 @@ def get_observer() -> Observer:
         return _observer
 
 
+def current_observer() -> Observer | None:
+    """The current observer, or None: unlike :func:`get_observer`, never configures one."""
+    return _observer
+
+
+def swap_observer(observer: Observer | None) -> Observer | None:
+    """Make ``observer`` current (None: no observer) and return the one it replaces,
+    which is *not* shut down.
+
+    For code that sets the process's observer aside for a while and puts it back afterwards
+    (:func:`odibi_observe.testing.capture_runs`): the caller owns what it gets back and hands
+    it back here, or shuts it down. The heartbeat thread follows the observer made current.
+    """
+    global _observer
+    with _lock:
+        previous, _observer = _observer, observer
+        _run_heartbeat(0 if observer is None else observer.settings.heartbeat_interval)
+    return previous
+
+
 def flush(timeout: float | None = 30.0) -> bool:
     """Deliver every pending record to every sink; True if all confirmed within ``timeout``."""
     observer = _observer
@@ -383,6 +404,7 @@ def shutdown(timeout: float | None = 30.0, *, spill: bool = False) -> bool:
     global _observer
     with _lock:
         observer, _observer = _observer, None
+        _run_heartbeat(0)
     if observer is None:
         return True
     return observer.shutdown(timeout, keeper=_spill_keeper(observer.settings) if spill else None)
@@ -393,10 +415,52 @@ def _spill_keeper(settings: Settings) -> Keeper | None:
     (what it refused at exit is counted as dropped)."""
     if settings.mode == "sidecar":
         return None
-    from odibi_observe.spill import SpoolKeeper, default_spill_dir
-
     return SpoolKeeper(settings.spool_dir or default_spill_dir(),
                        max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
+
+
+# -- the heartbeat thread ------------------------------------------------------------------
+
+#: The process's heartbeat thread; it runs while an observer is current (see heartbeat.py).
+_heartbeat: Heartbeat | None = None
+
+
+def _run_heartbeat(interval: float) -> None:
+    """Run the heartbeat thread at ``interval`` seconds, or stop it (0). Under ``_lock``.
+
+    The thread is the current observer's: :func:`configure` starts it (or keeps it, at the
+    same interval) and :func:`shutdown` stops it, so a shut-down process has no thread left
+    emitting into a closed bus.
+    """
+    global _heartbeat
+    current = _heartbeat
+    if current is not None and current.interval == interval:
+        current.start()
+        return
+    if current is not None:
+        current.stop()
+    _heartbeat = Heartbeat(interval) if interval > 0 else None
+    if _heartbeat is not None:
+        _heartbeat.start()
+
+
+def heartbeat_running() -> bool:
+    """Whether this process's heartbeat thread is running (it does while an observer with a
+    positive ``heartbeat_interval`` is current)."""
+    current = _heartbeat
+    return current is not None and current.running
+
+
+def _after_fork_in_child() -> None:
+    # Threads do not survive fork; the lock may have been held by one at that moment.
+    global _lock
+    _lock = threading.RLock()
+    if _heartbeat is not None:
+        _heartbeat.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- exit paths ---------------------------------------------------------------------------
@@ -448,8 +512,6 @@ def _register_multiprocessing_exit() -> None:
 
 
 def _close_active(error_type: str, message: str) -> None:
-    from odibi_observe.instrument import crash_active_runs
-
     crash_active_runs(error_type, message)
 
 

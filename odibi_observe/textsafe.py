@@ -92,4 +92,4 @@ def encodable_record(record: RunRecord) -> RunRecord:
         attributes = encodable_value(record.attributes)
         if attributes is not record.attributes:
             changes["attributes"] = attributes
-    return record.finished(**changes) if changes else record
+    return record.replace(**changes) if changes else record

@@ -1,5 +1,10 @@
 """Shared fixtures: the real PostgreSQL server, fresh databases, fresh observers.
 
+``fresh_observer`` is how a test configures odibi-observe: it starts from no observer and the
+observer (with its heartbeat thread) is shut down after the test, whatever the test did. An
+autouse guard also shuts down an observer a test left behind (one configured from the
+environment on a first ``node_run``, say), so no test inherits another's.
+
 PostgreSQL is the Debian server started by ``scripts/test.sh`` (which exports
 ``ODIBI_OBSERVE_TEST_PG_URL``). Outside CI a missing server skips the PostgreSQL tests with the
 reason; with ``CI=true`` it is an error, so CI can never go green without them.
@@ -11,12 +16,41 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+import odibi_observe as oo
+from odibi_observe import runtime
+
 PG_URL_ENV = "ODIBI_OBSERVE_TEST_PG_URL"
+
+
+@pytest.fixture
+def fresh_observer() -> Iterator[Callable[..., oo.Observer]]:
+    """``odibi_observe.configure`` for one test, from a clean start, shut down afterwards.
+
+    Call it as ``configure`` (same keywords); calling it again replaces the observer, as
+    ``configure()`` does. Before the test any current observer is shut down; after it, the
+    last one is, so its threads, servers and files do not reach the next test.
+    """
+    oo.shutdown()
+
+    def configure(**settings: Any) -> oo.Observer:
+        return oo.configure(**settings)
+
+    yield configure
+    oo.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_observer_left_behind() -> Iterator[None]:
+    """Shut down an observer (and its heartbeat thread) a test left current."""
+    yield
+    if runtime.current_observer() is not None:
+        oo.shutdown(timeout=10.0)
 
 
 def _pg_admin_url() -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.runtime import Observer
 from odibi_observe.sinks.base import Sink
 
 
@@ -115,3 +116,7 @@ class StrictTextSink(Sink):
             event.to_json().encode("ascii")  # escaped: always encodes
             event.record.node.encode("utf-8")  # raises UnicodeEncodeError for a surrogate
         self.received.extend(events)
+
+
+#: What the ``fresh_observer`` fixture (tests/conftest.py) gives a test: ``configure()``.
+Configure = Callable[..., Observer]

@@ -17,7 +17,7 @@ from odibi_observe.sinks.base import Sink
 from odibi_observe.spill import SpoolKeeper, default_spill_dir
 from odibi_observe.spool import Spool
 from odibi_observe.testing import InMemorySink
-from tests.helpers import FlakySink, SlowSink, finished, make_record, started
+from tests.helpers import Configure, FlakySink, SlowSink, finished, make_record, started
 
 
 class ListKeeper:
@@ -208,12 +208,13 @@ def test_inline_flush_of_a_hung_sink_is_bounded_and_its_batch_kept() -> None:
     sink.release.set()
 
 
-def test_shutdown_with_spill_keeps_what_the_sinks_did_not_take(tmp_path: object) -> None:
+def test_shutdown_with_spill_keeps_what_the_sinks_did_not_take(
+        tmp_path: object, fresh_observer: Configure) -> None:
     import odibi_observe as oo
 
     broken = FlakySink("catalog")
     broken.broken = True
-    oo.configure(sinks=[broken], mode="background", spool_dir=f"{tmp_path}/spool")
+    fresh_observer(sinks=[broken], mode="background", spool_dir=f"{tmp_path}/spool")
     with oo.node_run("p", "n"):
         pass
     assert oo.shutdown(timeout=0.3, spill=True) is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from odibi_observe.config import ConfigurationError, hide_password, resolve_settings
+from tests.helpers import Configure
 
 
 def test_defaults_without_environment() -> None:
@@ -58,16 +59,15 @@ def test_unknown_argument_is_rejected() -> None:
         resolve_settings({"catalog_uri": "x"}, environ={})
 
 
-def test_configure_falls_back_to_defaults_unless_strict(caplog: pytest.LogCaptureFixture) -> None:
-    import odibi_observe as oo
+def test_configure_falls_back_to_defaults_unless_strict(
+        caplog: pytest.LogCaptureFixture, fresh_observer: Configure) -> None:
 
     with caplog.at_level("WARNING", logger="odibi_observe"):
-        observer = oo.configure(mode="turbo", sinks=[])
+        observer = fresh_observer(mode="turbo", sinks=[])
     assert observer.settings.mode == "background"
     assert "mode='turbo'" in caplog.text
     with pytest.raises(ConfigurationError):
-        oo.configure(mode="turbo", sinks=[], strict=True)
-    oo.shutdown()
+        fresh_observer(mode="turbo", sinks=[], strict=True)
 
 
 def test_catalog_password_is_never_printed() -> None:

@@ -34,6 +34,7 @@ from odibi_observe.config import (
 )
 from odibi_observe.otlp_json import read_spans
 from odibi_observe.sidecar import SidecarOptions
+from tests.helpers import Configure
 
 ROOT = Path(__file__).parents[1]
 PREFIX = "odibi-observe:"
@@ -98,23 +99,23 @@ def test_a_bad_variable_next_to_good_keywords_drops_only_itself(sqlite_url: str,
     assert len([s for s in read_spans(traces) if s.scope_name == "odibi_observe"]) == 3
 
 
-def test_strict_still_raises_on_the_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strict_still_raises_on_the_bad_variable(
+        monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_PROMETHEUS_PORT", "nine")
     with pytest.raises(ConfigurationError, match="ODIBI_OBSERVE_PROMETHEUS_PORT='nine'"):
-        oo.configure(catalog_url="sqlite://", sinks=[], strict=True)
+        fresh_observer(catalog_url="sqlite://", sinks=[], strict=True)
 
 
 def test_a_bad_keyword_is_named_with_its_value(caplog: pytest.LogCaptureFixture,
-                                               sqlite_url: str) -> None:
+                                               sqlite_url: str,
+                                               fresh_observer: Configure) -> None:
     with caplog.at_level("WARNING", logger="odibi_observe"):
-        observer = oo.configure(max_queue=0, flush_interval="soon", catalog_url=sqlite_url,
-                                handle_sigterm=False)
-    try:
-        assert observer.settings.catalog_url == sqlite_url
-        assert (observer.settings.max_queue, observer.settings.flush_interval) == (10_000, 0.1)
-        assert [s.name for s in observer.sinks] == ["prometheus", "catalog"]
-    finally:
-        oo.shutdown()
+        observer = fresh_observer(max_queue=0, flush_interval="soon", catalog_url=sqlite_url,
+                                  handle_sigterm=False)
+    assert observer.settings.catalog_url == sqlite_url
+    assert (observer.settings.max_queue, observer.settings.flush_interval) == (10_000, 0.1)
+    assert [s.name for s in observer.sinks] == ["prometheus", "catalog"]
+    oo.shutdown()  # the warnings below are all there are, shutting down included
     messages = warnings_of(caplog)
     assert len(messages) == 2, messages
     assert "max_queue=0: expected a whole number of at least 1" in messages[0]
@@ -122,14 +123,12 @@ def test_a_bad_keyword_is_named_with_its_value(caplog: pytest.LogCaptureFixture,
 
 
 def test_sidecar_mode_without_spool_dir_keeps_every_other_setting(
-        caplog: pytest.LogCaptureFixture, sqlite_url: str) -> None:
+        caplog: pytest.LogCaptureFixture, sqlite_url: str, fresh_observer: Configure) -> None:
     with caplog.at_level("WARNING", logger="odibi_observe"):
-        observer = oo.configure(mode="sidecar", catalog_url=sqlite_url, handle_sigterm=False)
-    try:
-        assert observer.settings.mode == "background"
-        assert [s.name for s in observer.sinks] == ["prometheus", "catalog"]
-    finally:
-        oo.shutdown()
+        observer = fresh_observer(mode="sidecar", catalog_url=sqlite_url, handle_sigterm=False)
+    assert observer.settings.mode == "background"
+    assert [s.name for s in observer.sinks] == ["prometheus", "catalog"]
+    oo.shutdown()  # the warnings below are all there are, shutting down included
     assert warnings_of(caplog) == [
         "odibi-observe: mode='sidecar' needs spool_dir (ODIBI_OBSERVE_SPOOL_DIR), the directory "
         "shared with the sidecar; ignored, recording in-process in mode='background'"]
@@ -255,12 +254,12 @@ def test_spool_dir_alone_means_sidecar_mode_and_says_so(tmp_path: Path) -> None:
     assert sum(p.stat().st_size for p in spool.rglob("*") if p.is_file()) > 0
 
 
-def test_an_explicit_mode_with_spool_dir_is_quiet(caplog: pytest.LogCaptureFixture,
-                                                  tmp_path: Path) -> None:
+def test_an_explicit_mode_with_spool_dir_is_quiet(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path, fresh_observer: Configure) -> None:
     with caplog.at_level("WARNING", logger="odibi_observe"):
-        observer = oo.configure(mode="sidecar", spool_dir=tmp_path / "spool",
-                                handle_sigterm=False)
-    oo.shutdown()
+        observer = fresh_observer(mode="sidecar", spool_dir=tmp_path / "spool",
+                                  handle_sigterm=False)
+    oo.shutdown()  # quiet through shutdown too
     assert observer.settings.mode == "sidecar"
     assert warnings_of(caplog) == []
 
@@ -269,12 +268,12 @@ def test_an_explicit_mode_with_spool_dir_is_quiet(caplog: pytest.LogCaptureFixtu
 
 
 def test_sidecar_mode_says_once_that_the_sidecar_writes_the_catalog(
-        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+        caplog: pytest.LogCaptureFixture, tmp_path: Path, fresh_observer: Configure) -> None:
     catalog = tmp_path / "catalog.db"
     with caplog.at_level("WARNING", logger="odibi_observe"):
-        observer = oo.configure(mode="sidecar", spool_dir=tmp_path / "spool",
-                                catalog_url=f"sqlite:///{catalog}",
-                                traces_file=tmp_path / "traces.jsonl", handle_sigterm=False)
+        observer = fresh_observer(mode="sidecar", spool_dir=tmp_path / "spool",
+                                  catalog_url=f"sqlite:///{catalog}",
+                                  traces_file=tmp_path / "traces.jsonl", handle_sigterm=False)
         for node in ("a", "b", "c"):
             with oo.node_run("p", node):
                 pass
@@ -288,13 +287,16 @@ def test_sidecar_mode_says_once_that_the_sidecar_writes_the_catalog(
 
 
 def test_a_catalog_variable_shared_with_the_sidecar_is_not_an_alarm(
-        caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        caplog: pytest.LogCaptureFixture,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        fresh_observer: Configure,
 ) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_CATALOG_URL", f"sqlite:///{tmp_path / 'c.db'}")
     monkeypatch.setenv("ODIBI_OBSERVE_MODE", "sidecar")
     with caplog.at_level("WARNING", logger="odibi_observe"):
-        oo.configure(spool_dir=tmp_path / "spool", handle_sigterm=False)
-    oo.shutdown()
+        fresh_observer(spool_dir=tmp_path / "spool", handle_sigterm=False)
+    oo.shutdown()  # quiet through shutdown too
     assert warnings_of(caplog) == []
 
 

@@ -9,28 +9,23 @@ from pathlib import Path
 import pytest
 
 import odibi_observe as oo
-from odibi_observe import heartbeat
+from odibi_observe import heartbeat, runtime
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind
 from odibi_observe.sidecar.sweeper import Sweeper
 from odibi_observe.testing import InMemorySink
-
-
-@pytest.fixture(autouse=True)
-def _shutdown() -> None:
-    yield
-    oo.shutdown()
-    heartbeat.set_interval(0)
+from tests.helpers import Configure
 
 
 def beats(sink: InMemorySink) -> list[int]:
     return [e.record.heartbeat_ns or 0 for e in sink.events if e.kind is EventKind.HEARTBEAT]
 
 
-def test_beat_sends_one_heartbeat_per_active_run_with_the_clock_time() -> None:
+def test_beat_sends_one_heartbeat_per_active_run_with_the_clock_time(
+        fresh_observer: Configure) -> None:
     sink = InMemorySink()
-    oo.configure(sinks=[sink], mode="inline", heartbeat_interval=0, handle_sigterm=False)
+    fresh_observer(sinks=[sink], mode="inline", heartbeat_interval=0, handle_sigterm=False)
     hb = heartbeat.Heartbeat(interval=60, clock=lambda: 123_456_789)
     assert hb.beat() == 0  # no run active
     with oo.node_run("p", "a") as a, oo.node_run("p", "b") as b:
@@ -42,9 +37,9 @@ def test_beat_sends_one_heartbeat_per_active_run_with_the_clock_time() -> None:
     assert hb.beat() == 0  # both ended
 
 
-def test_heartbeats_flow_while_a_node_runs_and_stop_after() -> None:
+def test_heartbeats_flow_while_a_node_runs_and_stop_after(fresh_observer: Configure) -> None:
     sink = InMemorySink()
-    oo.configure(sinks=[sink], mode="inline", heartbeat_interval=0.05, handle_sigterm=False)
+    fresh_observer(sinks=[sink], mode="inline", heartbeat_interval=0.05, handle_sigterm=False)
     with oo.node_run("p", "slow"):
         time.sleep(0.4)
     during = beats(sink)
@@ -54,18 +49,19 @@ def test_heartbeats_flow_while_a_node_runs_and_stop_after() -> None:
     assert beats(sink) == during  # nothing after the run ended
 
 
-def test_zero_interval_sends_none() -> None:
+def test_zero_interval_sends_none(fresh_observer: Configure) -> None:
     sink = InMemorySink()
-    oo.configure(sinks=[sink], mode="inline", heartbeat_interval=0, handle_sigterm=False)
+    fresh_observer(sinks=[sink], mode="inline", heartbeat_interval=0, handle_sigterm=False)
     with oo.node_run("p", "n"):
         time.sleep(0.1)
     assert beats(sink) == []
 
 
-def test_heartbeats_move_heartbeat_at_and_never_touch_a_finished_row(tmp_path: Path) -> None:
+def test_heartbeats_move_heartbeat_at_and_never_touch_a_finished_row(
+        tmp_path: Path, fresh_observer: Configure) -> None:
     url = f"sqlite:///{tmp_path}/c.db"
-    oo.configure(catalog_url=url, mode="inline", heartbeat_interval=0.05,
-                 handle_sigterm=False)
+    fresh_observer(catalog_url=url, mode="inline", heartbeat_interval=0.05,
+                   handle_sigterm=False)
     store = CatalogStore(url)
     with oo.node_run("p", "n") as run:
         time.sleep(0.3)
@@ -80,11 +76,12 @@ def test_heartbeats_move_heartbeat_at_and_never_touch_a_finished_row(tmp_path: P
     store.dispose()
 
 
-def test_a_long_cpu_bound_step_keeps_heartbeating_and_is_not_swept(tmp_path: Path) -> None:
+def test_a_long_cpu_bound_step_keeps_heartbeating_and_is_not_swept(
+        tmp_path: Path, fresh_observer: Configure) -> None:
     """A node holding the GIL in pure Python still lets the heartbeat thread run."""
     url = f"sqlite:///{tmp_path}/c.db"
-    oo.configure(catalog_url=url, mode="inline", heartbeat_interval=0.05,
-                 handle_sigterm=False)
+    fresh_observer(catalog_url=url, mode="inline", heartbeat_interval=0.05,
+                   handle_sigterm=False)
     store = CatalogStore(url)
     # pid check off and every host: only the heartbeat can keep the run open.
     sweeper = Sweeper(store, all_hosts=True, pid_check=False, heartbeat_timeout=0.5)
@@ -108,6 +105,39 @@ def test_a_long_cpu_bound_step_keeps_heartbeating_and_is_not_swept(tmp_path: Pat
     store.dispose()
 
 
-def test_heartbeat_interval_is_validated() -> None:
+def test_heartbeat_interval_is_validated(fresh_observer: Configure) -> None:
     with pytest.raises(oo.ConfigurationError, match="heartbeat_interval"):
-        oo.configure(heartbeat_interval=-1, strict=True, handle_sigterm=False)
+        fresh_observer(heartbeat_interval=-1, strict=True, handle_sigterm=False)
+
+
+def _heartbeat_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate()
+            if t.name == "odibi-observe-heartbeat" and t.is_alive()]
+
+
+def test_shutdown_stops_the_heartbeat_thread_and_configure_starts_it_again(
+        fresh_observer: Configure) -> None:
+    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05,
+                   handle_sigterm=False)
+    assert len(_heartbeat_threads()) == 1 and runtime.heartbeat_running()
+    oo.shutdown()
+    assert _heartbeat_threads() == [] and not runtime.heartbeat_running()
+    sink = InMemorySink()
+    fresh_observer(sinks=[sink], mode="inline", heartbeat_interval=0.05, handle_sigterm=False)
+    assert len(_heartbeat_threads()) == 1
+    with oo.node_run("p", "n"):
+        time.sleep(0.3)
+    assert beats(sink)  # the new thread beats for the new observer's runs
+
+
+def test_a_new_interval_replaces_the_thread_and_zero_stops_it(fresh_observer: Configure) -> None:
+    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05,
+                   handle_sigterm=False)
+    (first,) = _heartbeat_threads()
+    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.07,
+                   handle_sigterm=False)
+    (second,) = _heartbeat_threads()
+    assert second is not first and not first.is_alive()
+    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0,
+                   handle_sigterm=False)
+    assert _heartbeat_threads() == []

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 import odibi_observe as oo
+from odibi_observe.active import active_runs
 from odibi_observe.conventions import SELF_METRICS, RunStatus
-from odibi_observe.instrument import NodeRun, _NoRun, active_runs, current_run
+from odibi_observe.instrument import NodeRun, _NoRun, current_run
 from odibi_observe.record import RunRecord
 from odibi_observe.testing import InMemorySink, capture_runs
 
@@ -396,6 +397,51 @@ def test_the_null_run_has_the_real_runs_whole_public_surface() -> None:
         if kind == "method":
             assert inspect.signature(getattr(_NoRun, name)) == inspect.signature(
                 getattr(NodeRun, name)), name
+
+
+def _protocol_members(protocol: type) -> dict[str, str]:
+    members = {name: "property" if isinstance(value, property) else "method"
+               for name, value in vars(protocol).items()
+               if not name.startswith("_") or name == "__bool__"}
+    members.pop("_is_protocol", None)
+    return members
+
+
+def _parameters(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default)
+            for p in inspect.signature(function).parameters.values()]
+
+
+@pytest.mark.parametrize("cls", [NodeRun, _NoRun], ids=["real run", "null run"])
+def test_the_real_and_the_null_run_each_implement_every_member_of_run_handle(
+        cls: type) -> None:
+    members = _protocol_members(oo.RunHandle)
+    assert {"run_id", "record", "add_rows", "fail", "__bool__"} <= members.keys()
+    for name, kind in members.items():
+        assert hasattr(cls, name), f"{cls.__name__} lacks {name}"
+        if kind == "method":
+            assert _parameters(getattr(cls, name)) == _parameters(
+                getattr(oo.RunHandle, name)), name
+        else:
+            static = inspect.getattr_static(cls, name)
+            assert isinstance(static, property) or type(static).__name__ == (
+                "member_descriptor"), name
+            protocol_setter = vars(oo.RunHandle)[name].fset is not None
+            assert not protocol_setter or type(static).__name__ == "member_descriptor" \
+                or static.fset is not None, f"{cls.__name__}.{name} is not settable"
+    # And the protocol is the whole public surface of the real run, nothing left out.
+    assert _public(NodeRun).keys() == members.keys() - {"__bool__"}
+
+
+def test_current_run_is_a_run_handle_inside_and_outside_a_run() -> None:
+    outside = oo.current_run()
+    assert not outside and outside.run_id is None and outside.record is None
+    with capture_runs() as sink, oo.node_run("p", "n"):
+        inside = oo.current_run()
+        assert inside and inside.run_id is not None
+        inside.add_rows(2)
+        outside.add_rows(2)  # the null run still accepts it, and records nothing
+    assert [r.rows_processed for r in sink.finished] == [2]
 
 
 def test_the_null_run_accepts_everything_a_real_run_does() -> None:

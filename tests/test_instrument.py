@@ -325,6 +325,19 @@ def test_record_finished_equals_dataclasses_replace() -> None:
         rec.finished(colour="red")
 
 
+def test_record_replace_amends_without_finishing() -> None:
+    import dataclasses
+
+    from tests.helpers import make_record
+
+    rec = make_record(status=RunStatus.RUNNING, ended_ns=None)
+    beat = rec.replace(heartbeat_ns=rec.started_ns + 7)
+    assert beat == dataclasses.replace(rec, heartbeat_ns=rec.started_ns + 7)
+    assert beat.status is RunStatus.RUNNING and beat.ended_ns is None
+    with pytest.raises(TypeError, match="no field"):
+        rec.replace(colour="red")
+
+
 def test_internal_error_at_start_of_a_block_runs_it_unobserved(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import odibi_observe.instrument as instrument

@@ -28,6 +28,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
+from odibi_observe import runtime
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import FIELDS, METRICS, RunStatus
@@ -39,6 +40,7 @@ pytest.importorskip("deltalake", reason="reading Odibi's meta_runs needs the 'od
 
 from odibi_observe.integrations import odibi as observe_odibi
 from odibi_observe.integrations.commands import absolute_sqlite_url
+from tests.helpers import Configure
 
 TEMPLATE = Path(__file__).parent / "odibi_projects" / "shop"
 RUN_ID = FIELDS.run_id.attribute or ""
@@ -527,17 +529,16 @@ def test_the_plugin_is_not_a_connection_type() -> None:
 
 @pytest.mark.parametrize(("value", "expected"), [("", False), ("0", False), ("off", False),
                                                  ("maybe", False), ("1", True), ("TRUE", True)])
-def test_the_environment_variable_decides(value: str, expected: bool) -> None:
-    oo.shutdown()
+def test_the_environment_variable_decides(
+        value: str, expected: bool, fresh_observer: Configure) -> None:
     try:
         assert observe_odibi.instrument_from_environment(
             {observe_odibi.ENV_INSTRUMENT: value}) is expected
         assert observe_odibi.is_instrumented() is expected
         # Instrumented from the environment, it is configured from it too, at once.
-        assert (oo.runtime._observer is not None) is expected
+        assert (runtime.current_observer() is not None) is expected
     finally:
         observe_odibi.uninstrument()
-        oo.shutdown()
 
 
 def test_instrument_is_idempotent_and_uninstrument_restores_odibi() -> None:

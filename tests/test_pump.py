@@ -17,7 +17,15 @@ from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import Sink
 from odibi_observe.spool import Spool
 from odibi_observe.testing import InMemorySink
-from tests.helpers import POISON_NODE, FlakySink, StrictTextSink, finished, make_record, started
+from tests.helpers import (
+    POISON_NODE,
+    Configure,
+    FlakySink,
+    StrictTextSink,
+    finished,
+    make_record,
+    started,
+)
 
 
 def spool_events(spool: Spool, events: list[RunEvent]) -> None:
@@ -130,28 +138,27 @@ def test_sink_names_must_be_unique(tmp_path: Path, monitor: SelfMonitor) -> None
         SpoolPump(Spool(tmp_path / "s"), [InMemorySink(), InMemorySink()], monitor=monitor)
 
 
-def test_sidecar_mode_spools_the_same_records_the_sinks_would_see(tmp_path: Path) -> None:
+def test_sidecar_mode_spools_the_same_records_the_sinks_would_see(
+        tmp_path: Path, fresh_observer: Configure) -> None:
     """The decorator in sidecar mode writes exactly the events inline mode delivers."""
     spool_dir = tmp_path / "spool"
-    oo.configure(mode="sidecar", spool_dir=spool_dir, handle_sigterm=False,
-                 heartbeat_interval=0, strict=True)
-    try:
-        @oo.observe_node(pipeline="p")
-        def ok() -> list[int]:
-            return [1, 2, 3]
+    fresh_observer(mode="sidecar", spool_dir=spool_dir, handle_sigterm=False,
+                   heartbeat_interval=0, strict=True)
 
-        @oo.observe_node(pipeline="p")
-        def bad() -> None:
-            raise ValueError("boom")
+    @oo.observe_node(pipeline="p")
+    def ok() -> list[int]:
+        return [1, 2, 3]
 
-        ok()
-        with pytest.raises(ValueError):
-            bad()
-        # On disk already, before any flush: a SIGKILL now would lose nothing.
-        sink = named(InMemorySink(), "catalog")
-        SpoolPump(Spool(spool_dir), [sink], monitor=SelfMonitor()).pump_once()
-    finally:
-        oo.shutdown()
+    @oo.observe_node(pipeline="p")
+    def bad() -> None:
+        raise ValueError("boom")
+
+    ok()
+    with pytest.raises(ValueError):
+        bad()
+    # On disk already, before any flush: a SIGKILL now would lose nothing.
+    sink = named(InMemorySink(), "catalog")
+    SpoolPump(Spool(spool_dir), [sink], monitor=SelfMonitor()).pump_once()
     done = {r.node: r for r in sink.finished}  # type: ignore[attr-defined]
     assert done["ok"].status is RunStatus.SUCCESS and done["ok"].rows_processed == 3
     assert done["bad"].status is RunStatus.FAILURE and done["bad"].error_type == "ValueError"
@@ -159,21 +166,20 @@ def test_sidecar_mode_spools_the_same_records_the_sinks_would_see(tmp_path: Path
         EventKind.STARTED, EventKind.FINISHED, EventKind.STARTED, EventKind.FINISHED]
 
 
-def test_sidecar_mode_without_a_spool_dir_is_a_configuration_error() -> None:
+def test_sidecar_mode_without_a_spool_dir_is_a_configuration_error(
+        fresh_observer: Configure) -> None:
     with pytest.raises(oo.ConfigurationError, match="spool_dir"):
-        oo.configure(mode="sidecar", strict=True, handle_sigterm=False)
+        fresh_observer(mode="sidecar", strict=True, handle_sigterm=False)
 
 
-def test_an_unusable_spool_dir_falls_back_to_in_process_recording(tmp_path: Path) -> None:
+def test_an_unusable_spool_dir_falls_back_to_in_process_recording(
+        tmp_path: Path, fresh_observer: Configure) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    observer = oo.configure(mode="sidecar", spool_dir=blocker / "spool", handle_sigterm=False)
-    try:
-        assert observer.settings.mode == "background"
-        with oo.node_run("p", "n"):
-            pass  # the pipeline is not affected
-    finally:
-        oo.shutdown()
+    observer = fresh_observer(mode="sidecar", spool_dir=blocker / "spool", handle_sigterm=False)
+    assert observer.settings.mode == "background"
+    with oo.node_run("p", "n"):
+        pass  # the pipeline is not affected
 
 
 # -- poison records ------------------------------------------------------------------------

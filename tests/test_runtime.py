@@ -12,29 +12,24 @@ from odibi_observe.otlp_json import read_spans
 from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.sinks.otel import OtelSink
 from odibi_observe.sinks.prometheus import PrometheusSink
+from tests.helpers import Configure
 
 
-@pytest.fixture(autouse=True)
-def _shutdown() -> None:
-    yield
-    oo.shutdown()
-
-
-def test_default_sinks_follow_the_settings(tmp_path: Path) -> None:
-    observer = oo.configure(handle_sigterm=False)
+def test_default_sinks_follow_the_settings(tmp_path: Path, fresh_observer: Configure) -> None:
+    observer = fresh_observer(handle_sigterm=False)
     assert [type(s) for s in observer.sinks] == [PrometheusSink]
-    observer = oo.configure(catalog_url=f"sqlite:///{tmp_path}/c.db",
-                            traces_file=str(tmp_path / "t.jsonl"), handle_sigterm=False)
+    observer = fresh_observer(catalog_url=f"sqlite:///{tmp_path}/c.db",
+                              traces_file=str(tmp_path / "t.jsonl"), handle_sigterm=False)
     assert [type(s) for s in observer.sinks] == [PrometheusSink, CatalogSink, OtelSink]
 
 
 def test_configuration_from_the_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_PROJECT", "lake")
     monkeypatch.setenv("ODIBI_OBSERVE_MODE", "inline")
     monkeypatch.setenv("ODIBI_OBSERVE_TRACES_FILE", str(tmp_path / "t.jsonl"))
     monkeypatch.setenv("OTEL_SERVICE_NAME", "nightly-etl")
-    observer = oo.configure(handle_sigterm=False)
+    observer = fresh_observer(handle_sigterm=False)
     with oo.node_run("p", "n"):
         pass
     assert oo.flush(10)
@@ -44,19 +39,20 @@ def test_configuration_from_the_environment(
     assert observer.settings.mode == "inline"
 
 
-def test_reconfigure_flushes_the_previous_observer(tmp_path: Path) -> None:
+def test_reconfigure_flushes_the_previous_observer(
+        tmp_path: Path, fresh_observer: Configure) -> None:
     first = tmp_path / "first.jsonl"
-    oo.configure(traces_file=str(first), mode="background", flush_interval=5.0,
-                 handle_sigterm=False)
+    fresh_observer(traces_file=str(first), mode="background", flush_interval=5.0,
+                   handle_sigterm=False)
     with oo.node_run("p", "before"):
         pass
-    oo.configure(traces_file=str(tmp_path / "second.jsonl"), handle_sigterm=False)
+    fresh_observer(traces_file=str(tmp_path / "second.jsonl"), handle_sigterm=False)
     names = [s.attributes.get("odibi.node") for s in read_spans(first)]
     assert "before" in names
 
 
-def test_metrics_are_served_on_loopback_when_a_port_is_set() -> None:
-    observer = oo.configure(prometheus_port=0, mode="inline", handle_sigterm=False)
+def test_metrics_are_served_on_loopback_when_a_port_is_set(fresh_observer: Configure) -> None:
+    observer = fresh_observer(prometheus_port=0, mode="inline", handle_sigterm=False)
     with oo.node_run("served", "n"):
         pass
     assert observer.prometheus_port
@@ -67,17 +63,18 @@ def test_metrics_are_served_on_loopback_when_a_port_is_set() -> None:
     assert "odibi_observe_queue_size" in body
 
 
-def test_prometheus_textfile_is_written_on_flush(tmp_path: Path) -> None:
+def test_prometheus_textfile_is_written_on_flush(tmp_path: Path, fresh_observer: Configure) -> None:
     path = tmp_path / "metrics" / "odibi.prom"
-    oo.configure(prometheus_textfile=str(path), mode="inline", handle_sigterm=False)
+    fresh_observer(prometheus_textfile=str(path), mode="inline", handle_sigterm=False)
     with oo.node_run("p", "textfile"):
         pass
     oo.flush(5)
     assert 'node="textfile"' in path.read_text()
 
 
-def test_unreachable_endpoints_at_startup_do_not_fail_the_pipeline(tmp_path: Path) -> None:
-    observer = oo.configure(
+def test_unreachable_endpoints_at_startup_do_not_fail_the_pipeline(
+        tmp_path: Path, fresh_observer: Configure) -> None:
+    observer = fresh_observer(
         catalog_url="postgresql+psycopg://u:pw@127.0.0.1:1/nope",
         otlp_endpoint="http://127.0.0.1:1", otlp_timeout=0.5, mode="background",
         handle_sigterm=False)
@@ -94,21 +91,22 @@ def test_unreachable_endpoints_at_startup_do_not_fail_the_pipeline(tmp_path: Pat
         "odibi_observe_sink_errors_total", {"sink": "catalog"})
 
 
-def test_first_run_configures_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    oo.shutdown()
+def test_first_run_configures_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_PROJECT", "auto")
     with oo.node_run("p", "n") as run:
         assert oo.get_observer().settings.project == "auto"
         assert run.record.project == "auto"
 
 
-def test_records_kept_during_a_catalog_outage_land_when_it_returns(tmp_path: Path) -> None:
+def test_records_kept_during_a_catalog_outage_land_when_it_returns(
+        tmp_path: Path, fresh_observer: Configure) -> None:
     """The catalog's directory does not exist yet: SQLite cannot open the file (an outage)."""
     import sqlalchemy as sa
 
     directory = tmp_path / "not-yet"
     url = f"sqlite:///{directory}/catalog.db"
-    observer = oo.configure(catalog_url=url, mode="background", handle_sigterm=False)
+    observer = fresh_observer(catalog_url=url, mode="background", handle_sigterm=False)
 
     @oo.observe_node(pipeline="outage")
     def node() -> list[int]:
@@ -126,10 +124,39 @@ def test_records_kept_during_a_catalog_outage_land_when_it_returns(tmp_path: Pat
     assert sorted(rows) == [("SUCCESS", 3)] * 3
 
 
-def test_reconfiguring_stops_the_previous_metrics_server() -> None:
-    first = oo.configure(prometheus_port=0, mode="inline", handle_sigterm=False)
+def test_reconfiguring_stops_the_previous_metrics_server(fresh_observer: Configure) -> None:
+    first = fresh_observer(prometheus_port=0, mode="inline", handle_sigterm=False)
     port = first.prometheus_port
     assert port
-    oo.configure(mode="inline", handle_sigterm=False)
+    fresh_observer(mode="inline", handle_sigterm=False)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_capture_runs_sets_the_observer_aside_and_gives_it_back_with_its_heartbeat(
+        fresh_observer: Configure) -> None:
+    from odibi_observe import runtime
+    from odibi_observe.testing import InMemorySink, capture_runs
+
+    outer_sink = InMemorySink()
+    outer = fresh_observer(sinks=[outer_sink], mode="inline", heartbeat_interval=0.05,
+                           handle_sigterm=False)
+    with capture_runs(heartbeat_interval=0) as captured:
+        assert runtime.current_observer() is not outer
+        assert not runtime.heartbeat_running()
+        with oo.node_run("p", "inside"):
+            pass
+    assert [r.node for r in captured.finished] == ["inside"]
+    assert runtime.current_observer() is outer and runtime.heartbeat_running()
+    with oo.node_run("p", "after"):
+        pass
+    assert [r.node for r in outer_sink.finished] == ["after"]
+
+
+def test_current_observer_never_configures_one(fresh_observer: Configure) -> None:
+    from odibi_observe import runtime
+
+    assert runtime.current_observer() is None
+    assert runtime.current_observer() is None  # still none: nothing was configured
+    observer = fresh_observer(sinks=[], mode="inline", handle_sigterm=False)
+    assert runtime.current_observer() is observer

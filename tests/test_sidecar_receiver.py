@@ -33,6 +33,7 @@ from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer
+from tests.helpers import Configure
 from tests.test_ledger import export_request, ledger_rows, node_spans, other_span, terminal
 
 PB = "application/x-protobuf"
@@ -298,29 +299,28 @@ def test_the_sdk_otlp_exporter_delivers_node_spans_into_the_ledger(sidecar: Side
     assert sidecar.spans("ignored") == 1
 
 
-def test_the_otel_sink_and_the_ledger_agree_on_every_run(sidecar: Sidecar) -> None:
+def test_the_otel_sink_and_the_ledger_agree_on_every_run(
+        sidecar: Sidecar, fresh_observer: Configure) -> None:
     """Pipeline → odibi-observe's OTel sink → OTLP http/protobuf → sidecar → ledger: the
     ledger row says what the node run said (ids, status, rows, duration)."""
     from odibi_observe.testing import InMemorySink
 
     memory = InMemorySink()
-    oo.configure(mode="inline", otlp_endpoint=sidecar.server.url, extra_sinks=[memory],
-                 handle_sigterm=False, otel_metrics=False, strict=True)
-    try:
-        @oo.observe_node(pipeline="daily_sales")
-        def clean(rows: list[int]) -> list[int]:
-            return rows[:-1]
+    fresh_observer(mode="inline", otlp_endpoint=sidecar.server.url, extra_sinks=[memory],
+                   handle_sigterm=False, otel_metrics=False, strict=True)
 
-        @oo.observe_node(pipeline="daily_sales")
-        def broken() -> None:
-            raise RuntimeError("no such column")
+    @oo.observe_node(pipeline="daily_sales")
+    def clean(rows: list[int]) -> list[int]:
+        return rows[:-1]
 
-        clean(list(range(12)))
-        with pytest.raises(RuntimeError):
-            broken()
-        assert oo.flush(10)
-    finally:
-        oo.shutdown()
+    @oo.observe_node(pipeline="daily_sales")
+    def broken() -> None:
+        raise RuntimeError("no such column")
+
+    clean(list(range(12)))
+    with pytest.raises(RuntimeError):
+        broken()
+    assert oo.flush(10)
     finished = {e.record.run_id: e.record for e in memory.events if e.record.status.is_terminal}
     rows = {r["run_id"]: r for r in ledger_rows(sidecar.ledger)}
     assert rows.keys() == finished.keys()

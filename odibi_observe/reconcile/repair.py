@@ -281,8 +281,8 @@ class Repairer:
             if self.spans is None:
                 return SKIPPED, _NO_DESTINATION
             if not record.trace_id or not record.span_id:
-                record = record.finished(**derived_ids(record.run_id),
-                                         source=Source.RECONCILER)
+                record = record.replace(**derived_ids(record.run_id),
+                                        source=Source.RECONCILER)
                 catalog_events[item.run_id] = RunEvent(EventKind.FINISHED, record)
                 note = "span with ids derived from the run id (the row had none; stored too)"
             else:

@@ -71,13 +71,10 @@ def capture_runs(**settings: Any) -> Iterator[InMemorySink]:
     Keyword arguments are passed to :func:`odibi_observe.configure` (``project=...``).
     """
     sink = InMemorySink()
-    with runtime._lock:
-        previous = runtime._observer
-        runtime._observer = None
+    previous = runtime.swap_observer(None)
     try:
         runtime.configure(mode="inline", sinks=[sink], **settings)
         yield sink
     finally:
         runtime.shutdown()
-        with runtime._lock:
-            runtime._observer = previous
+        runtime.swap_observer(previous)
