@@ -180,6 +180,7 @@ class OtelSink(Sink):
     """
 
     name = "otel"
+    scheme = "otel"  # its key in odibi_observe.extensions
     kinds = frozenset({EventKind.FINISHED})  # a span exists only once the run has ended
 
     def __init__(
