@@ -50,8 +50,8 @@ class Heartbeat:
         sent = 0
         for run in active_runs():
             try:
-                run._observer.bus.emit(
-                    RunEvent(EventKind.HEARTBEAT, run.record.finished(heartbeat_ns=now)))
+                run._observer.bus.emit(RunEvent(EventKind.HEARTBEAT, run.record.finished(
+                    heartbeat_ns=now, peak_rss_bytes=run._meter.sample())))
                 sent += 1
             except Exception as exc:  # a heartbeat must never kill the thread
                 log.debug("odibi-observe heartbeat for %s failed: %s", run.run_id, exc)

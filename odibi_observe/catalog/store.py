@@ -36,6 +36,7 @@ from odibi_observe.catalog.schema import (
     HEARTBEAT_AT,
     HOST,
     NODE,
+    PEAK_RSS,
     PIPELINE,
     RUN_ID,
     STARTED_AT,
@@ -430,7 +431,8 @@ def _native_statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
     )
     upsert_beat = insert.on_conflict_do_update(
         index_elements=[c[RUN_ID]],
-        set_={HEARTBEAT_AT: excluded[HEARTBEAT_AT], UPDATED_AT: excluded[UPDATED_AT]},
+        set_={HEARTBEAT_AT: excluded[HEARTBEAT_AT], UPDATED_AT: excluded[UPDATED_AT],
+              PEAK_RSS: sa.func.coalesce(excluded[PEAK_RSS], c[PEAK_RSS])},
         where=sa.and_(
             c[STATUS] == _RUNNING,
             sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < excluded[HEARTBEAT_AT]),
@@ -708,6 +710,7 @@ def _upsert_portable(
                 c[STATUS] == _RUNNING,
                 sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < _bind(HEARTBEAT_AT)),
             )
-            .values({HEARTBEAT_AT: _bind(HEARTBEAT_AT), UPDATED_AT: _bind(UPDATED_AT)})
+            .values({HEARTBEAT_AT: _bind(HEARTBEAT_AT), UPDATED_AT: _bind(UPDATED_AT),
+                     PEAK_RSS: sa.func.coalesce(_bind(PEAK_RSS), c[PEAK_RSS])})
         )
         conn.execute(beat_update, beats)
