@@ -510,13 +510,14 @@ HEALTH_METRICS: Final = HealthMetrics(
 
 def all_metrics() -> tuple[Metric, ...]:
     """Every metric odibi-observe exposes, in documentation order."""
-    return (*METRICS, *SELF_METRICS, *SIDECAR_METRICS, *RECONCILE_METRICS, *HEALTH_METRICS)
+    return (*METRICS, *SELF_METRICS, *SIDECAR_METRICS, *RECONCILE_METRICS, *HEALTH_METRICS,
+            *RESOURCE_METRICS)
 
 
 def field_rows() -> list[dict[str, str]]:
     """The conventions table as rows of strings (the shape printed and documented)."""
     rows = []
-    for f in FIELDS:
+    for f in (*FIELDS, *RESOURCE_FIELDS):
         rows.append(
             {
                 "field": f.key,
@@ -593,3 +594,83 @@ SINKS_ENTRY_POINT_GROUP: Final = "odibi_observe.sinks"
 TRACE_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.trace_sources"
 #: Catalog sources: ``reconcile --catalog <name>:<location>``.
 CATALOG_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.catalog_sources"
+
+# --- resources per node run, and why a crashed run crashed ---------------------------------------
+#
+# What a node run used (peak memory, CPU time) and the memory limit it ran under, recorded with
+# the run (odibi_observe.resources); and the low-cardinality ``error_type`` of a CRASHED run.
+
+
+@dataclass(frozen=True)
+class ResourceFields:
+    peak_rss: Field
+    cpu: Field
+    memory_limit: Field
+
+    def __iter__(self) -> Iterator[Field]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+RESOURCE_FIELDS: Final = ResourceFields(
+    peak_rss=Field(
+        "peak_rss", "Largest resident memory of the process seen while the node ran (bytes; "
+        "sampled at start, every heartbeat and end).",
+        columns=("peak_rss_bytes",), attribute="odibi.peak_rss_bytes",
+        prometheus_note="`odibi_node_peak_rss_bytes` (histogram)",
+    ),
+    cpu=Field(
+        "cpu", "Process CPU time (user + system, all threads) spent while the node ran.",
+        columns=("cpu_seconds",), attribute="odibi.cpu_seconds",
+        prometheus_note="`odibi_node_cpu_seconds` (histogram)",
+    ),
+    memory_limit=Field(
+        "memory_limit", "The memory limit the process ran under (cgroup v2 memory.max, "
+        "bytes; NULL: none).",
+        columns=("memory_limit_bytes",), attribute="odibi.memory_limit_bytes",
+        prometheus_note="`odibi_node_memory_limit_bytes` (gauge)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ResourceMetrics:
+    peak_rss: Metric
+    cpu: Metric
+    memory_limit: Metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter([getattr(self, f.name) for f in fields(self)])
+
+
+RESOURCE_METRICS: Final = ResourceMetrics(
+    peak_rss=Metric(
+        "peak_rss", None, "", "odibi_node_peak_rss_bytes", MetricKind.HISTOGRAM, _NODE_LABELS,
+        "Peak resident memory of finished node runs, in bytes.",
+    ),
+    cpu=Metric(
+        "cpu", None, "", "odibi_node_cpu_seconds", MetricKind.HISTOGRAM, _NODE_LABELS,
+        "Process CPU time of finished node runs, in seconds.",
+    ),
+    memory_limit=Metric(
+        "memory_limit", None, "", "odibi_node_memory_limit_bytes", MetricKind.GAUGE,
+        _NODE_LABELS, "Memory limit (cgroup memory.max) the node's last run ran under, bytes.",
+    ),
+)
+
+#: Histogram buckets for peak memory: 16 MiB to 64 GiB, doubling.
+PEAK_RSS_BUCKETS_BYTES: Final = tuple(float(2 ** e) for e in range(24, 37))
+
+#: ``error_type`` of a CRASHED run: why it crashed, from what the closer could see.
+#: ``OOMKilled``: the cgroup's ``memory.events`` oom_kill count rose, or the run's peak memory
+#: was at its limit; ``SIGKILL`` / ``SIGTERM``: the process was killed by that signal (its exit
+#: status, or for SIGKILL: it died on this host without running its exit handlers);
+#: ``HeartbeatLost``: its heartbeats stopped and the process cannot be seen from here;
+#: ``ProcessExit``: the interpreter exited while the node was running.
+CRASH_OOM_KILLED: Final = "OOMKilled"
+CRASH_SIGKILL: Final = "SIGKILL"
+CRASH_SIGTERM: Final = "SIGTERM"
+CRASH_HEARTBEAT_LOST: Final = "HeartbeatLost"
+CRASH_PROCESS_EXIT: Final = "ProcessExit"
+CRASH_CAUSES: Final = (
+    CRASH_OOM_KILLED, CRASH_SIGKILL, CRASH_SIGTERM, CRASH_HEARTBEAT_LOST, CRASH_PROCESS_EXIT,
+)

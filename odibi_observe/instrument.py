@@ -59,6 +59,7 @@ from odibi_observe.conventions import (
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunHandle, RunRecord
 from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize, valid_unicode
+from odibi_observe.resources import ResourceMeter, final_fields
 from odibi_observe.runtime import Observer, get_observer
 from odibi_observe.selfmetrics import log
 
@@ -162,6 +163,7 @@ class NodeRun:
         "_count_int_return",
         "_duration_ns",
         "_ended",
+        "_meter",
         "_observer",
         "_otel_token",
         "_rows",
@@ -209,6 +211,7 @@ class NodeRun:
         self._span_context = SpanContext(trace_id, span_id, is_remote=False,
                                          trace_flags=_SAMPLED)
         self._start_mono = time.perf_counter_ns()
+        self._meter = ResourceMeter()
         self.record = RunRecord(
             # A version-4 UUID from the process's PRNG (reseeded after fork) rather than
             # uuid4()'s os.urandom: a run id must be unique, not unpredictable, and this path
@@ -412,6 +415,7 @@ class NodeRun:
         duration = (time.perf_counter_ns() - self._start_mono if self._duration_ns is None
                     else self._duration_ns)
         ended_ns = self.record.started_ns + max(duration, 0)
+        used = final_fields(self._meter)
         try:
             limit = self._observer.settings.max_error_message_length
             final = self.record.finished(
@@ -423,11 +427,12 @@ class NodeRun:
                                else self._safe(error_message, limit, "error")),
                 suggestions=tuple(self._suggestions),
                 attributes=dict(self._attributes),
+                **used,
             )
         except Exception:
             log.exception("odibi-observe: could not build the record of run %s; recorded "
                           "with its status and times only", self.record.run_id)
-            final = self.record.finished(status=status, ended_ns=ended_ns)
+            final = self.record.finished(status=status, ended_ns=ended_ns, **used)
         self.record = final
         self._observer.bus.emit(RunEvent(EventKind.FINISHED, final))
         return True
@@ -651,7 +656,8 @@ class _LiveNodeRun:
     def heartbeat(self, now_ns: int) -> None:
         run = self._run
         run._observer.bus.emit(
-            RunEvent(EventKind.HEARTBEAT, run.record.replace(heartbeat_ns=now_ns)))
+            RunEvent(EventKind.HEARTBEAT, run.record.replace(
+                heartbeat_ns=now_ns, peak_rss_bytes=run._meter.sample())))
 
     def crash(self, error_type: str, message: str) -> bool:
         return self._run._finish(RunStatus.CRASHED, error_type=error_type,

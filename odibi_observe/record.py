@@ -65,6 +65,10 @@ class RunRecord:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     heartbeat_ns: int | None = None
     source: Source = Source.DECORATOR
+    # What the run used (odibi_observe.resources); None where unknown.
+    peak_rss_bytes: int | None = None
+    cpu_seconds: float | None = None
+    memory_limit_bytes: int | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -133,6 +137,8 @@ class RunRecord:
             "attributes": {k: list(v) if isinstance(v, tuple) else v
                            for k, v in self.attributes.items()},
             "heartbeat_ns": self.heartbeat_ns, "source": self.source.value,
+            "peak_rss_bytes": self.peak_rss_bytes, "cpu_seconds": self.cpu_seconds,
+            "memory_limit_bytes": self.memory_limit_bytes,
         }
 
     @classmethod
@@ -266,7 +272,9 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     **dict.fromkeys(("parent_span_id", "pipeline_run_id", "error_type", "error_message"),
                     (str, _NONE)),
     **dict.fromkeys(("started_ns", "pid", "attempt"), (int,)),
-    **dict.fromkeys(("ended_ns", "rows_processed", "heartbeat_ns"), (int, _NONE)),
+    **dict.fromkeys(("ended_ns", "rows_processed", "heartbeat_ns", "peak_rss_bytes",
+                     "memory_limit_bytes"), (int, _NONE)),
+    "cpu_seconds": (float, int, _NONE),
     "suggestions": (list, tuple, _NONE),
     "attributes": (dict, _NONE),
     "status": (str,),

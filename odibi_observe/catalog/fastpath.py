@@ -23,6 +23,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from odibi_observe.catalog.schema import (
     COLUMNS,
     HEARTBEAT_AT,
+    PEAK_RSS,
     RUN_ID,
     STATUS,
     UPDATED_AT,
@@ -64,7 +65,8 @@ def _native_statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
     )
     upsert_beat = insert.on_conflict_do_update(
         index_elements=[c[RUN_ID]],
-        set_={HEARTBEAT_AT: excluded[HEARTBEAT_AT], UPDATED_AT: excluded[UPDATED_AT]},
+        set_={HEARTBEAT_AT: excluded[HEARTBEAT_AT], UPDATED_AT: excluded[UPDATED_AT],
+              PEAK_RSS: sa.func.coalesce(excluded[PEAK_RSS], c[PEAK_RSS])},
         where=sa.and_(
             c[STATUS] == _RUNNING,
             sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < excluded[HEARTBEAT_AT]),

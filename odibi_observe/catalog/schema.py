@@ -34,6 +34,7 @@ from odibi_observe.conventions import (
     ODIBI_META_RUNS_COLUMNS,
     RECONCILIATION_ITEMS_TABLE,
     RECONCILIATION_TABLE,
+    RESOURCE_FIELDS,
     SPAN_LEDGER_TABLE,
     RunStatus,
     Source,
@@ -74,6 +75,9 @@ PID: Final = FIELDS.liveness.columns[1]
 HEARTBEAT_AT: Final = FIELDS.liveness.columns[2]
 SOURCE: Final = FIELDS.provenance.columns[0]
 UPDATED_AT: Final = FIELDS.provenance.columns[1]
+PEAK_RSS: Final = RESOURCE_FIELDS.peak_rss.column
+CPU_SECONDS: Final = RESOURCE_FIELDS.cpu.column
+MEMORY_LIMIT: Final = RESOURCE_FIELDS.memory_limit.column
 
 
 def _odibi_only_columns() -> tuple[str, str]:
@@ -102,6 +106,16 @@ NAMING_CONVENTION: Final = {
 }
 
 metadata: Final = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Seconds(sa.Float):  # type: ignore[type-arg]
+    """A ``FLOAT`` bound as it is: values are Python floats already (the record's), and a bind
+    processor (SQLite's ``to_float``) would keep the catalog off its driver-level upsert."""
+
+    cache_ok = True
+
+    def bind_processor(self, dialect: sa.Dialect) -> None:
+        return None
 
 meta_runs: Final = sa.Table(
     CATALOG_TABLE,
@@ -135,6 +149,10 @@ meta_runs: Final = sa.Table(
     sa.Column(HEARTBEAT_AT, sa.DateTime(timezone=True)),
     sa.Column(SOURCE, sa.String(16)),
     sa.Column(UPDATED_AT, sa.DateTime(timezone=True)),
+    # What the run used (migration 0004): NULL where unknown (Odibi's rows, older writers).
+    sa.Column(PEAK_RSS, sa.BigInteger),
+    sa.Column(CPU_SECONDS, Seconds()),
+    sa.Column(MEMORY_LIMIT, sa.BigInteger),
 )
 
 # The indexes behind the queries dashboards and the sweeper run. Explicit names: they are part
@@ -410,6 +428,9 @@ def record_values(
         heartbeat,  # HEARTBEAT_AT
         record.source._value_,  # SOURCE
         written,  # UPDATED_AT
+        record.peak_rss_bytes,  # PEAK_RSS
+        record.cpu_seconds,  # CPU_SECONDS
+        record.memory_limit_bytes,  # MEMORY_LIMIT
     ]
     for i, limit in _TEXT_SLOTS:
         value = row[i]
@@ -433,7 +454,7 @@ _VALUE_ORDER: Final = (
     RUN_ID, PROJECT, PIPELINE, NODE, STATUS, ROWS, DURATION_MS, METRICS_JSON, ENVIRONMENT,
     TIMESTAMP, DATE, PIPELINE_RUN_ID, ATTEMPT, STARTED_AT, ENDED_AT, ERROR_TYPE, ERROR_MESSAGE,
     SUGGESTIONS_JSON, TRACE_ID, SPAN_ID, PARENT_SPAN_ID, HOST, PID, HEARTBEAT_AT, SOURCE,
-    UPDATED_AT,
+    UPDATED_AT, PEAK_RSS, CPU_SECONDS, MEMORY_LIMIT,
 )
 if _VALUE_ORDER != COLUMNS:  # pragma: no cover - guards edits of the table or of record_values
     raise RuntimeError(f"record_values lists {_VALUE_ORDER}, the table has {COLUMNS}")
@@ -504,6 +525,7 @@ def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
     suggestions = json.loads(row[SUGGESTIONS_JSON]) if row.get(SUGGESTIONS_JSON) else []
     rows_processed = row.get(ROWS)
     source = row.get(SOURCE)
+    peak, cpu, limit = row.get(PEAK_RSS), row.get(CPU_SECONDS), row.get(MEMORY_LIMIT)
     return RunRecord(
         run_id=str(row[RUN_ID]),
         project=row.get(PROJECT) or "",
@@ -527,4 +549,7 @@ def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
         attributes=attributes,
         heartbeat_ns=None if heartbeat is None else datetime_to_ns(heartbeat),
         source=Source(source) if source else Source.DECORATOR,
+        peak_rss_bytes=None if peak is None else int(peak),
+        cpu_seconds=None if cpu is None else float(cpu),
+        memory_limit_bytes=None if limit is None else int(limit),
     )

@@ -37,6 +37,7 @@ from odibi_observe.catalog.schema import (
     HEARTBEAT_AT,
     HOST,
     NODE,
+    PEAK_RSS,
     PIPELINE,
     RUN_ID,
     STARTED_AT,
@@ -335,7 +336,8 @@ def _upsert_portable(
                 c[STATUS] == _RUNNING,
                 sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < _bind(HEARTBEAT_AT)),
             )
-            .values({HEARTBEAT_AT: _bind(HEARTBEAT_AT), UPDATED_AT: _bind(UPDATED_AT)})
+            .values({HEARTBEAT_AT: _bind(HEARTBEAT_AT), UPDATED_AT: _bind(UPDATED_AT),
+                     PEAK_RSS: sa.func.coalesce(_bind(PEAK_RSS), c[PEAK_RSS])})
         )
         conn.execute(beat_update, beats)
 

@@ -1,0 +1,53 @@
+"""Resources per node run: a real node allocating a known amount of memory, through the catalog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from odibi_observe.catalog.schema import CPU_SECONDS, MEMORY_LIMIT, PEAK_RSS
+from odibi_observe.resources import read_limit
+
+MIB = 1024 * 1024
+
+NODE = """
+import odibi_observe as oo
+oo.configure(catalog_url={url!r}, strict=True)
+
+kept = []
+
+@oo.observe_node(pipeline="mem", node="big")
+def big():
+    # Held past the return: the final reading at the end of the run sees it.
+    block = bytearray(200 * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    kept.append(block)
+    return len(block)
+
+big()
+oo.shutdown(timeout=10)
+"""
+
+
+def test_peak_rss_of_a_node_holding_200_mib_reaches_the_catalog(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    subprocess.run([sys.executable, "-c", NODE.format(url=url)], check=True, timeout=120)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            f"SELECT {PEAK_RSS}, {CPU_SECONDS}, {MEMORY_LIMIT} FROM meta_runs")).one()
+    engine.dispose()
+    assert row[0] >= 200 * MIB
+    assert row[1] is not None and row[1] >= 0
+
+
+def test_memory_limit_is_read_from_a_cgroup_directory(tmp_path: Path) -> None:
+    """Faked cgroup files in a temp dir: this host's /sys/fs/cgroup is not ours to write."""
+    (tmp_path / "memory.max").write_text("268435456\n")
+    assert read_limit(tmp_path) == 268435456
+    (tmp_path / "memory.max").write_text("max\n")
+    assert read_limit(tmp_path) is None
