@@ -580,3 +580,13 @@ def _text(headers: list[str], rows: list[dict[str, str]]) -> str:
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line([r[h] for h in headers]) for r in rows]
     return "\n".join(out)
+
+
+# --- the status page (``odibi-observe report``) --------------------------------------------------
+
+#: The one file ``odibi-observe report`` writes into its ``--out`` directory.
+STATUS_PAGE_FILE: Final = "status.html"
+#: Rows each list of the status page shows at most (recent failures, crashed, running, findings).
+STATUS_PAGE_ROWS: Final = 20
+#: Nodes the status page's "slowest nodes" table shows (as the overview dashboard's panel).
+STATUS_PAGE_SLOWEST: Final = 10
