@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("give either --last or --since/--until, not both")
     if args.until is not None and args.since is None:
         parser.error("--until needs --since")
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    # Not rounded: a run that started within this second belongs to the window.
+    now = datetime.now(timezone.utc)
     if args.since is not None:
         since, until = args.since, args.until or now
     else:
