@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "odibi_observe.health.commands",
     "odibi_observe.grafana.commands",
     "odibi_observe.integrations.commands",
+    "odibi_observe.statuspage.commands",
 )
 
 

@@ -674,3 +674,12 @@ CRASH_PROCESS_EXIT: Final = "ProcessExit"
 CRASH_CAUSES: Final = (
     CRASH_OOM_KILLED, CRASH_SIGKILL, CRASH_SIGTERM, CRASH_HEARTBEAT_LOST, CRASH_PROCESS_EXIT,
 )
+
+# --- the status page (``odibi-observe report``) --------------------------------------------------
+
+#: The one file ``odibi-observe report`` writes into its ``--out`` directory.
+STATUS_PAGE_FILE: Final = "status.html"
+#: Rows each list of the status page shows at most (recent failures, crashed, running, findings).
+STATUS_PAGE_ROWS: Final = 20
+#: Nodes the status page's "slowest nodes" table shows (as the overview dashboard's panel).
+STATUS_PAGE_SLOWEST: Final = 10

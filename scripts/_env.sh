@@ -48,12 +48,17 @@ ensure_venv() {
 }
 
 # ensure_postgres — start the machine's PostgreSQL cluster (installing it if missing), create
-# the test role with a fresh random password, and export ODIBI_OBSERVE_TEST_PG_URL. Without
+# a test role of our own with a random password, and export ODIBI_OBSERVE_TEST_PG_URL. Without
 # the rights to do so it says why and returns: the PostgreSQL tests then skip (or, with
-# CI=true, fail, because CI must run them).
+# CI=true, fail, because CI must run them). What it changed is undone by release_postgres:
+# the cluster is stopped only if it was started here, and only a role created here (marked by
+# its COMMENT) has its password set or is dropped; a role someone else made is never touched.
+PG_ROLE_MARK="created by odibi-observe scripts/test.sh"
 ensure_postgres() {
   _ensure_postgres || say "PostgreSQL could not be set up here: its tests will skip (fail if CI=true)"
 }
+
+_pg_psql() { as_root runuser -u postgres -- psql -q -X -p "$PG_PORT" -v ON_ERROR_STOP=1 "$@"; }
 
 _ensure_postgres() {
   if [ -n "${ODIBI_OBSERVE_TEST_PG_URL:-}" ]; then return 0; fi
@@ -69,24 +74,57 @@ _ensure_postgres() {
     line="$(pg_lsclusters -h | head -n 1)"
   fi
   read -r version name port status _ <<<"$line"
+  PG_PORT="$port"
   if [ "$status" != "online" ]; then
-    say "starting PostgreSQL $version/$name on port $port"
+    say "starting PostgreSQL $version/$name on port $port (stopped again when the tests end)"
     as_root pg_ctlcluster "$version" "$name" start || return 1
+    PG_STARTED_CLUSTER="$version $name"
   fi
+  # Our role: odibi_observe_test if it is free or ours (a run that was interrupted), else a
+  # name of our own; a role without our mark belongs to someone else and is left alone.
+  local role="" candidate owner
+  for candidate in odibi_observe_test "odibi_observe_test_$$"; do
+    owner="$(_pg_psql -tA -c "SELECT coalesce(shobj_description(oid, 'pg_authid'), '-') FROM pg_roles WHERE rolname = '$candidate'")" || return 1
+    if [ -z "$owner" ] || [ "$owner" = "$PG_ROLE_MARK" ]; then role="$candidate"; break; fi
+    say "PostgreSQL role $candidate exists and is not ours: leaving it (and its password) alone"
+  done
+  [ -n "$role" ] || return 1
   local password
   password="$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-  as_root runuser -u postgres -- psql -q -p "$port" -v ON_ERROR_STOP=1 >/dev/null <<SQL || return 1
+  _pg_psql >/dev/null <<SQL || return 1
 DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'odibi_observe_test') THEN
-    CREATE ROLE odibi_observe_test LOGIN CREATEDB;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN CREATEDB;
   END IF;
 END \$\$;
-ALTER ROLE odibi_observe_test PASSWORD '$password';
-SELECT 'CREATE DATABASE odibi_observe_test OWNER odibi_observe_test'
-  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'odibi_observe_test') \gexec
+COMMENT ON ROLE $role IS '$PG_ROLE_MARK';
+ALTER ROLE $role PASSWORD '$password';
+SELECT 'CREATE DATABASE $role OWNER $role'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$role') \gexec
 SQL
-  export ODIBI_OBSERVE_TEST_PG_URL="postgresql+psycopg://odibi_observe_test:$password@127.0.0.1:$port/odibi_observe_test"
+  PG_CREATED_ROLE="$role"
+  export ODIBI_OBSERVE_TEST_PG_URL="postgresql+psycopg://$role:$password@127.0.0.1:$port/$role"
   export ODIBI_OBSERVE_TEST_PG_CLUSTER="$version $name"
+}
+
+# release_postgres — undo what ensure_postgres did: drop the role it created (and the
+# databases that role owns), stop the cluster if it started it. Safe to call when it did nothing.
+release_postgres() {
+  if [ -n "${PG_CREATED_ROLE:-}" ]; then
+    local db
+    for db in $(_pg_psql -tA -c "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = '$PG_CREATED_ROLE'" 2>/dev/null); do
+      _pg_psql -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    _pg_psql -c "DROP ROLE IF EXISTS $PG_CREATED_ROLE" >/dev/null 2>&1 \
+      || say "could not drop PostgreSQL role $PG_CREATED_ROLE"
+    PG_CREATED_ROLE=""
+  fi
+  if [ -n "${PG_STARTED_CLUSTER:-}" ]; then
+    say "stopping PostgreSQL $PG_STARTED_CLUSTER (it was not running before the tests)"
+    # shellcheck disable=SC2086 # "version name": two arguments
+    as_root pg_ctlcluster $PG_STARTED_CLUSTER stop || say "could not stop PostgreSQL $PG_STARTED_CLUSTER"
+    PG_STARTED_CLUSTER=""
+  fi
 }
 
 # ensure_prometheus — the real Prometheus server and promtool (Debian package `prometheus`),
