@@ -8,7 +8,6 @@ could be read (the catalog, or every trace source).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -16,8 +15,22 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
-from odibi_observe.config import hide_password
+from odibi_observe.cliargs import (
+    CATALOG_ENV,
+    catalog_url,
+    check_out_dir,
+    duration_arg,
+    formats_arg,
+    json_arg,
+    log_level_arg,
+    percent_arg,
+    print_error,
+    resolve_catalog,
+    seconds_arg,
+    span_arg,
+    time_arg,
+)
+from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import DISCREPANCY_KINDS
 from odibi_observe.redact import safe_text
 
@@ -50,7 +63,7 @@ window: runs that STARTED in it. --last 24h (the default) covers the 24 hours th
   Runs that started within --grace of now are left for the next run (in flight, or spans
   still on their way).
 
-{textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=90,
+{textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=78,
                 subsequent_indent="  ")}
   (docs/reconciliation.md: what each means and what to do)
 
@@ -79,12 +92,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "reconcile", help="compare the catalog with the traces; report and repair differences",
         description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sources = parser.add_argument_group("sources")
     sources.add_argument(
-        "--catalog", metavar="CATALOG", default=os.environ.get(CATALOG_ENV),
-        help=f"SQLAlchemy URL of meta_runs, or odibi-delta:PATH (default: ${CATALOG_ENV})")
+        "--catalog", metavar="URL", default=None, type=catalog_url,
+        help=f"SQLAlchemy URL of meta_runs, a path to a SQLite file (never created), or "
+             f"odibi-delta:PATH (default: ${CATALOG_ENV})")
     sources.add_argument(
         "--traces", metavar="SOURCE", action="append", default=[],
         help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)")
@@ -95,12 +108,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     window = parser.add_argument_group("window")
     window.add_argument("--since", metavar="TIME", type=time_arg,
-                        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
+                        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) "
+                             "or a duration ago (6h)")
     window.add_argument("--until", metavar="TIME", type=time_arg,
-                        help="window end, ISO 8601 (default: now)")
-    window.add_argument("--last", metavar="DURATION", type=duration_arg,
+                        help="window end, ISO 8601 or a duration ago (default: now)")
+    window.add_argument("--last", metavar="DURATION", type=span_arg,
                         help="the window is the last DURATION before now minus the grace "
-                             "(30m, 24h, 7d; default 24h)")
+                             "(30m, 24h, 7d, or an ISO time to start at; default 24h)")
     window.add_argument("--grace", metavar="DURATION", type=duration_arg,
                         default=timedelta(minutes=15),
                         help="leave runs that started this recently for the next run "
@@ -119,8 +133,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     output = parser.add_argument_group("output")
     output.add_argument("--format", default="json,md,html", type=formats_arg,
-                        help="reports to write, comma-separated: json, md, html "
-                             "(default: all three)")
+                        metavar="FORMATS",
+                        help="reports to write, comma-separated: json, md (or markdown), "
+                             "html (default: all three)")
     output.add_argument("--out", metavar="DIR", default="reconcile-report",
                         help="directory for report.json, report.md, report.html "
                              "(default: %(default)s)")
@@ -137,6 +152,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                              "never creates it: 'odibi-observe catalog upgrade' does)")
     output.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary on the terminal")
+    json_arg(output, "the summary (the report's header and the files written)")
 
     repair = parser.add_argument_group("repair")
     repair.add_argument("--repair", action="store_true",
@@ -151,18 +167,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="traces per search (a full answer splits the slice; default: 500)")
     tempo.add_argument("--tempo-slice", type=duration_arg, default=timedelta(hours=1),
                        metavar="DURATION", help="initial search slice (default: 1h)")
-    tempo.add_argument("--tempo-timeout", type=float, default=30.0, metavar="SECONDS",
-                       help="per request (default: 30)")
+    tempo.add_argument("--tempo-timeout", type=seconds_arg, default=30.0,
+                       metavar="DURATION", help="per request (30s, 2m; default: 30s)")
     tempo.add_argument("--tempo-header", action="append", default=[], metavar="NAME=VALUE",
                        help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)")
     tempo.add_argument("--tempo-query", metavar="TRACEQL", default='{ span.odibi.run_id != "" }',
                        help="the search (default: %(default)s)")
 
-    parser.add_argument("--spill-dir", metavar="DIR",
-                        help="directory for temporary sort files (default: system temp dir)")
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
+    resources = parser.add_argument_group("resources")
+    resources.add_argument("--spill-dir", metavar="DIR",
+                           help="directory for temporary sort files (default: system temp "
+                                "dir)")
+    resources.add_argument("--workers", type=int, default=0, metavar="N",
                         help="processes that read trace files at once (default: one per core, "
                              "at most 2; 1 reads everything in this process)")
+    log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -186,8 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from odibi_observe.reconcile.sources import SourceError, SourceOptions, open_trace_source
 
     parser: argparse.ArgumentParser = args.subparser
-    if not args.catalog:
-        parser.error(f"--catalog is required (or set {CATALOG_ENV})")
+    args.catalog = resolve_catalog(args, parser)
     if not args.traces:
         parser.error("--traces is required (otlp-json:PATH, ledger:URL or tempo:URL)")
     if args.last is not None and (args.since is not None or args.until is not None):
@@ -203,8 +221,14 @@ def run(args: argparse.Namespace) -> int:
         headers = tuple(_header_arg(h) for h in args.tempo_header)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        check_out_dir(args.out)
+        if args.metrics_textfile:
+            check_out_dir(Path(args.metrics_textfile).parent or ".", "--metrics-textfile")
+    except ConfigurationError as exc:
+        return _fail(str(exc))
 
-    progress = Progress(enabled=False if args.quiet else None)
+    progress = Progress(enabled=False if args.quiet or args.json else None)
     options = ReconcileOptions(
         crash_after=args.crash_after, duration_tolerance_ratio=args.duration_tolerance,
         duration_tolerance_ms=args.duration_tolerance_ms, spill_dir=args.spill_dir,
@@ -220,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         # sqlite:///PATH); odibi-delta: specs are returned unchanged.
         spec = readable_catalog_url(args.catalog)
     except CatalogUnreadable as exc:
-        print(f"odibi-observe: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     try:
         catalog = open_catalog_source(spec, spill_dir=args.spill_dir)
@@ -250,7 +274,9 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 return _fail(f"cannot write the reports: {exc}")
             warnings, notes = _record(result, catalog.sql_url(), args)
-            if not args.quiet:
+            if args.json:
+                print(_json_summary(result, written))
+            elif not args.quiet:
                 from odibi_observe.reconcile.report import cli_summary
 
                 print(cli_summary(result, written))
@@ -346,7 +372,16 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     return written
 
 
+def _json_summary(result: Any, written: Sequence[str]) -> str:
+    """The report's header (what ``report.json`` starts with) and the files written."""
+    import json
+
+    from odibi_observe.reconcile.report import header
+
+    return json.dumps({**header(result), "clean": bool(result.clean), "written": list(written)},
+                      ensure_ascii=False, default=str)
+
+
 def _fail(message: str) -> int:
-    print(f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
-          file=sys.stderr)
+    print_error(hide_password(message) if "://" in message else message)
     return 2
