@@ -43,14 +43,54 @@ def print_error(message: str) -> None:
     print(error_line(message), file=sys.stderr)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Raw descriptions and epilogs (they hold tables), laid out within 80 columns."""
+class HelpFormatter(argparse.HelpFormatter):
+    """Help within 80 columns (fewer on a narrower terminal), whose descriptions and
+    epilogs may hold tables and examples.
+
+    A paragraph of prose (blank-line separated; a heading line with its continuation lines
+    indented by two counts too) is re-flowed to the width; any other line — a table row, an
+    example command — is kept, and wrapped only if too long, under its second column.
+    """
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 28,
                  width: int | None = None) -> None:
         columns = width or _terminal_columns()
         super().__init__(prog, indent_increment, max_help_position,
                          width=min(columns, HELP_WIDTH) - 2)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = re.split(r"\n[ \t]*\n", text.strip("\n"))
+        return "\n\n".join(_fill_paragraph(p, max(width, 40), indent) for p in paragraphs)
+
+
+_TABLE_GAP: Final = re.compile(r"\S {2,}\S")
+
+
+def _fill_paragraph(paragraph: str, width: int, indent: str) -> str:
+    import textwrap
+
+    lines = paragraph.splitlines()
+    first, rest = lines[0], lines[1:]
+    prose = (not first.startswith(" ") and not any(_TABLE_GAP.search(x) for x in lines)
+             and (all(not x.startswith(" ") for x in rest)
+                  or all(x.startswith("  ") and not x.startswith("   ") for x in rest)))
+    if prose:
+        hanging = "  " if rest and rest[0].startswith(" ") else ""
+        return textwrap.fill(" ".join(x.strip() for x in lines), width,
+                             initial_indent=indent, subsequent_indent=indent + hanging,
+                             break_long_words=False, break_on_hyphens=False)
+    out = []
+    for line in lines:
+        if len(indent + line) <= width:
+            out.append(indent + line)
+            continue
+        column = _TABLE_GAP.search(line)
+        lead = len(line) - len(line.lstrip())
+        under = column.end() - 1 if column and column.end() - 1 < width // 2 else lead + 2
+        out.append(textwrap.fill(line, width, initial_indent=indent,
+                                 subsequent_indent=indent + " " * under,
+                                 break_long_words=False, break_on_hyphens=False))
+    return "\n".join(out)
 
 
 def _terminal_columns() -> int:

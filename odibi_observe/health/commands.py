@@ -40,27 +40,32 @@ Reads the catalog only.
 """
 
 EPILOG = f"""\
-window: the recent runs judged. --last 24h (the default) is the 24 hours before now;
-  --since/--until give it exactly. Each node's history (training) is the --training-days
-  before the window (x7 with --seasonality day_of_week).
+window: the recent runs judged. --last 24h (the default) is the 24 hours
+  before now; --since/--until give it exactly (each an ISO time or a duration
+  ago). Each node's history (training) is the --training-days before the
+  window (x7 with --seasonality day_of_week).
 
 {textwrap.fill("finding kinds: " + ", ".join(HEALTH_FINDING_KINDS), width=78,
                subsequent_indent="  ")}
   (docs/health.md: the method and defaults of each, and what to do)
 
-config (--config FILE, TOML): per-node freshness SLAs and kinds to skip, first match wins:
+config (--config FILE, TOML): per-node freshness SLAs and kinds to skip,
+first match wins:
+
   [[node]]
   pipeline = "daily_sales"     # glob
   node = "ingest_*"            # glob
   freshness_sla = "26h"        # or "off"
   skip = ["duration_anomaly"]
 
-exit status: 0 nothing found, 1 findings, 2 bad configuration or unreadable catalog.
+exit status: 0 nothing found, 1 findings, 2 bad configuration or unreadable
+catalog.
 
 examples:
-  odibi-observe health --catalog sqlite:///catalog.db
-  odibi-observe health --catalog postgresql://etl@db/catalog --out /srv/health/$(date +%F) \\
-      --metrics-textfile /var/lib/node_exporter/textfile/health.prom --config health.toml
+  odibi-observe health --catalog catalog.db
+  odibi-observe health --catalog postgresql://etl@db/catalog \\
+      --out /srv/health/$(date +%F) --config health.toml \\
+      --metrics-textfile /var/lib/node_exporter/textfile/health.prom
 """
 
 

@@ -49,40 +49,47 @@ the catalog changes.
 
 EPILOG = f"""\
 catalog (--catalog, or ${CATALOG_ENV}):
-  sqlite:///catalog.db, postgresql://user@host/db   meta_runs in any SQLAlchemy database
-  odibi-delta:/data/proj/_odibi_system/meta_runs    Odibi's own Delta table, as it is
+  sqlite:///catalog.db      meta_runs in any SQLAlchemy database
+  postgresql://user@host/db
+  catalog.db                a SQLite file (never created)
+  odibi-delta:/data/proj/_odibi_system/meta_runs
+                            Odibi's own Delta table, as it is
 
 traces (--traces, repeat for several; the same span in two sources counts once):
-  otlp-json:PATH    Collector 'file' exporter output: a file, a directory (rotated and .gz
-                    files included) or a glob
+  otlp-json:PATH    Collector 'file' exporter output: a file, a directory
+                    (rotated and .gz files included) or a glob
   ledger:URL        the sidecar's span ledger table in a SQLAlchemy database
-  tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace by id)
+  tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace
+                    by id)
 
-window: runs that STARTED in it. --last 24h (the default) covers the 24 hours that end
-  --grace ago, so nightly runs cover consecutive stretches; --since/--until give it exactly.
-  Runs that started within --grace of now are left for the next run (in flight, or spans
-  still on their way).
+window: runs that STARTED in it. --last 24h (the default) covers the 24 hours
+  that end --grace ago, so nightly runs cover consecutive stretches;
+  --since/--until give it exactly (each an ISO time or a duration ago). Runs
+  that started within --grace of now are left for the next run (in flight, or
+  spans still on their way).
 
 {textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=78,
                 subsequent_indent="  ")}
   (docs/reconciliation.md: what each means and what to do)
 
 repair (--repair; without it the report says what it WOULD do):
-  missing_in_catalog -> catalog row from the span; missing_in_traces -> span re-emitted with
-  the stored ids and times; stale_running -> CRASHED row + back-dated error span; status/rows/
-  duration mismatch -> the row takes the span's values. Duplicates are reported only.
-  Spans go to --repair-traces, else where OTEL_EXPORTER_OTLP_ENDPOINT points.
+  missing_in_catalog -> catalog row from the span; missing_in_traces -> span
+  re-emitted with the stored ids and times; stale_running -> CRASHED row and
+  back-dated error span; status, rows or duration mismatch -> the row takes the
+  span's values. Duplicates are reported only. Spans go to --repair-traces,
+  else where OTEL_EXPORTER_OTLP_ENDPOINT points.
 
-exit status: 0 clean, 1 discrepancies or unreadable input found, 2 bad configuration or
-nothing could be read.
+exit status: 0 clean, 1 discrepancies or unreadable input found, 2 bad
+configuration or nothing could be read.
 
 examples:
-  odibi-observe reconcile --catalog sqlite:///catalog.db --traces otlp-json:/var/log/otel
+  odibi-observe reconcile --catalog catalog.db --traces otlp-json:/srv/otel
   odibi-observe reconcile --catalog postgresql://etl@db/catalog \\
-      --traces tempo:http://tempo:3200 --last 24h --out /srv/reports/$(date +%F) \\
+      --traces tempo:http://tempo:3200 --last 24h \\
+      --out /srv/reports/$(date +%F) \\
       --metrics-textfile /var/lib/node_exporter/textfile/reconcile.prom \\
       --trace-url-template 'https://grafana/explore?traceId={{trace_id}}'
-  odibi-observe reconcile --catalog sqlite:///catalog.db --traces otlp-json:traces/ \\
+  odibi-observe reconcile --catalog catalog.db --traces otlp-json:traces/ \\
       --repair --repair-traces otlp-json:traces/repaired.jsonl
 """
 
