@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "rows are kept), to the current schema. Safe to run repeatedly and "
                     "concurrently.",
     )
-    catalog_arg(upgrade)
-    json_arg(upgrade, "the catalog and its revision")
+    catalog_arg(upgrade.add_argument_group("catalog"))
+    json_arg(upgrade.add_argument_group("output"), "the catalog and its revision")
     log_level_arg(upgrade)
     upgrade.set_defaults(subparser=upgrade)
 

@@ -21,6 +21,7 @@ from odibi_observe.cliargs import (
     formats_arg,
     json_arg,
     log_level_arg,
+    make_out_dir,
     percent_arg,
     print_error,
     resolve_catalog,
@@ -261,8 +262,7 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     from odibi_observe.health.html import render_html
     from odibi_observe.health.report import render_markdown, write_json
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(args.out)
     written = []
     if "json" in args.format:
         write_json(result, out / "health.json")
