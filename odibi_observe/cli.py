@@ -158,7 +158,8 @@ def _runs_parser(sub: Any) -> None:
     show.add_argument("--trace-url-template", metavar="URL",
                       help="link --details to the trace, e.g. "
                            "'http://grafana/explore?traceId={trace_id}'")
-    json_arg(show, "one JSON object per run, one per line")
+    json_arg(show, help="print one JSON object per run, one per line (with --details: "
+                        "that run), for scripts")
     log_level_arg(runs)
     runs.set_defaults(subparser=runs)
 

@@ -273,9 +273,11 @@ def setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def json_arg(parser: argparse.ArgumentParser | Any, what: str = "the summary") -> None:
+def json_arg(parser: argparse.ArgumentParser | Any, what: str = "the summary", *,
+             help: str | None = None) -> None:
+    """``--json``: what the command prints, as JSON on stdout instead of text."""
     parser.add_argument("--json", action="store_true",
-                        help=f"print {what} as JSON on stdout, for scripts")
+                        help=help or f"print {what} as JSON on stdout, for scripts")
 
 
 def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:

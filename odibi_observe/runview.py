@@ -229,6 +229,10 @@ def detail_fields(rec: RunRecord, trace_url_template: str | None = None
     return [(label, one_line(value)) for label, value in fields]
 
 
+#: Width of the label column of ``--details``.
+_LABEL: Final = 12
+
+
 def print_details(rec: RunRecord, trace_url_template: str | None = None, *,
                   stream: TextIO | None = None) -> None:
     from rich.table import Table
@@ -238,10 +242,19 @@ def print_details(rec: RunRecord, trace_url_template: str | None = None, *,
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
+    link = None
     for label, value in detail_fields(rec, trace_url_template):
+        if label == "trace":
+            link = value
+            continue
         style = STATUS_STYLES.get(rec.status, "") if label == "status" else ""
         grid.add_row(label, Text(value, style=style))
     con.print(grid)
+    if link:
+        # Whole, never folded: a link cut in two is no longer one.
+        shown = Text(f"{'trace':<{_LABEL}}  ", style="bold")
+        shown.append(link)
+        con.print(shown, soft_wrap=True)
     if rec.error_type:
         con.print()
         label = "crash cause" if rec.status is RunStatus.CRASHED else "error"
