@@ -106,6 +106,20 @@ PLANTS = [
                  "from odibi_observe.reconcile.catalog_sources import CatalogSource\n",
                  "odibi_observe.reconcile.engine -> odibi_observe.reconcile.catalog_sources",
                  id="engine"),
+    pytest.param("Inside spool/: one module per concept, no cycle",
+                 "spool/frames.py",
+                 "def _climb() -> None:\n    from odibi_observe.spool import writer\n",
+                 "odibi_observe.spool.frames -> odibi_observe.spool.writer", id="spool"),
+    pytest.param("Inside sinks/otel/: the sink on its three parts",
+                 "sinks/otel/spans.py", "from odibi_observe.sinks.otel import sink\n",
+                 "odibi_observe.sinks.otel.spans -> odibi_observe.sinks.otel.sink", id="otel"),
+    pytest.param("Inside catalog/: the store on its engine",
+                 "catalog/schema.py", "from odibi_observe.catalog import store\n",
+                 "odibi_observe.catalog.schema -> odibi_observe.catalog.store", id="catalog"),
+    # The receiver took its constants from the package face, which names the service.
+    pytest.param("Inside sidecar/: the service on its server",
+                 "sidecar/receiver.py", "from odibi_observe.sidecar import TRACES_PATH as _T\n",
+                 "odibi_observe.sidecar.receiver -> odibi_observe.sidecar (l.", id="sidecar"),
 ]
 
 
