@@ -22,6 +22,8 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "odibi_observe"
 
+pytestmark = pytest.mark.slow
+
 # What ``lint-imports`` is, run from the interpreter running the tests.
 _LINT = ("from importlinter.cli import lint_imports_command; "
          "lint_imports_command(prog_name='lint-imports')")
