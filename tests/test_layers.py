@@ -86,7 +86,7 @@ PLANTS = [
                  "odibi_observe.conventions -> odibi_observe.cli", id="layers-local-import"),
     pytest.param("The CLI on top, the conventions at the bottom, nothing climbs",
                  "sinks/base.py", "from odibi_observe import runtime\n",
-                 "odibi_observe.sinks.base -> odibi_observe.runtime", id="layers"),
+                 "odibi_observe.sinks.base -> odibi_observe._runtime", id="layers"),
     pytest.param("A feature's command module is on top of its package",
                  "sidecar/service.py", "from odibi_observe.sidecar import commands\n",
                  "odibi_observe.sidecar.service -> odibi_observe.sidecar.commands",
