@@ -54,9 +54,10 @@ from odibi_observe.catalog.store import CatalogStore
 from odibi_observe.config import ConfigurationError, resolve_settings
 from odibi_observe.conventions import RunStatus, Source
 from odibi_observe.extensions import split_spec
-from odibi_observe.reconcile.catalog_sources import ODIBI_DELTA_SCHEME, CatalogSource
+from odibi_observe.reconcile.catalog_sources import ODIBI_DELTA_SCHEME
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import Discrepancy, iso_ns
+from odibi_observe.reconcile.sources import CatalogSource
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.otel import OtelSink
 

@@ -55,8 +55,8 @@ from odibi_observe._otlp_json import SpanView, decode_request_json, iter_spans
 from odibi_observe._redact import safe_text
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import SIDECAR_METRICS
-from odibi_observe.sidecar import DEFAULT_MAX_BODY_BYTES, TRACES_PATH
 from odibi_observe.sidecar.ledger import LedgerResult, SpanLedger
+from odibi_observe.sidecar.options import DEFAULT_MAX_BODY_BYTES, TRACES_PATH
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES", "TRACES_PATH", "Headers", "ReceiverResponse", "TraceReceiver",
