@@ -61,16 +61,17 @@ def failure_lines(rec: RunRecord) -> list[str]:
     return lines
 
 
-def human_ms(ms: int | None) -> str:
+def human_ms(ms: float | None, missing: str = "") -> str:
+    """A duration in the largest unit that keeps it readable (``850 ms``, ``2.5 min``)."""
     if ms is None:
-        return ""
+        return missing
     if ms < 1000:
-        return f"{ms} ms"
+        return f"{ms:,.0f} ms"
     if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
+        return f"{ms / 1000:,.1f} s"
     if ms < 3_600_000:
-        return f"{ms / 60_000:.1f} min"
-    return f"{ms / 3_600_000:.1f} h"
+        return f"{ms / 60_000:,.1f} min"
+    return f"{ms / 3_600_000:,.1f} h"
 
 
 def rows_text(rows: int | None) -> str:

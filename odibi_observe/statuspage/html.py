@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from html import escape
 from typing import Final
 
+from odibi_observe._runview import human_ms
 from odibi_observe._svgchart import Bar, Frame, stacked_bars
 from odibi_observe.conventions import DISCREPANCY_KINDS, RunStatus
 from odibi_observe.record import RunRecord
@@ -138,15 +139,7 @@ def _span(step: timedelta) -> str:
 
 
 def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    if ms < 1_000:
-        return f"{ms:,.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:,.1f} s"
-    if ms < 3_600_000:
-        return f"{ms / 60_000:,.1f} min"
-    return f"{ms / 3_600_000:,.1f} h"
+    return human_ms(ms, "—")
 
 
 def _ago(now: datetime, then: datetime | None) -> str:
