@@ -62,6 +62,7 @@ BUILTIN: Final[Mapping[Kind, Mapping[str, str]]] = {
         "catalog": "odibi_observe.sinks.builtin:catalog",
         "otel": "odibi_observe.sinks.builtin:otel",
         "spool": "odibi_observe.sinks.builtin:spool",
+        "openlineage": "odibi_observe.sinks.builtin:openlineage",
     },
     TRACE_SOURCES: {
         "otlp-json": "odibi_observe.reconcile.otlp_files:OtlpJsonFileSource",
