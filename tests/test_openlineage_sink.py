@@ -431,3 +431,61 @@ class TestOpenLineageSink(SinkContract):
             out.rows += facet.get("rowsProcessed") or 0
             out.duration_ms += facet.get("durationMs") or 0
         return out
+
+
+# -- delivery through the bus, and runs of an Odibi project ---------------------------------------
+
+
+def test_the_bus_retries_while_the_endpoint_is_down(
+        ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure) -> None:
+    """A 503 endpoint: the run is not lost, the sink's errors are counted, and once the
+    endpoint is back the bus delivers each event once."""
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "http")
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__URL", receiver.url)
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__RETRY", '{"total": 0}')
+    receiver.status = 503
+    observer = fresh_observer(handle_sigterm=False, mode="background")
+    with oo.node_run("p", "n") as run:
+        run_id = run.run_id
+    with receiver.lock:
+        receiver.lock.wait_for(lambda: receiver.requests >= 1, 10)
+    assert not oo.flush(1.0)  # still undelivered
+    errors = observer.registry.get_sample_value(
+        "odibi_observe_sink_errors_total", {"sink": "openlineage"})
+    assert errors is not None and errors >= 1
+    receiver.status = 201
+    assert oo.flush(30)
+    events = receiver.wait(2)
+    assert [(e["eventType"], e["run"]["runId"]) for e in events] == [
+        ("START", run_id), ("COMPLETE", run_id)]
+
+
+def test_runs_of_an_odibi_project_say_so(ol_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.test_odibi_integration import SUCCESS_NODES, make_project, run_in_process
+
+    path = tmp_path / "lineage.jsonl"
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(path))
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    outcome = run_in_process(make_project(tmp_path / "shop", SUCCESS_NODES).parent)
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    records = outcome.records()
+    assert len(events) == 2 * len(records)
+    from odibi_observe.integrations.odibi import odibi_version
+
+    for event in events:
+        validate(event)
+        assert event["job"]["namespace"] == "shop"
+        assert event["job"]["facets"]["jobType"]["integration"] == "ODIBI"
+        engine = event["run"]["facets"]["processing_engine"]
+        assert (engine["name"], engine["version"]) == ("Odibi", odibi_version())
+        assert engine["openlineageAdapterVersion"] == oo.__version__
+        parent = event["run"]["facets"]["parent"]
+        assert parent["run"]["runId"] == run_uuid(outcome.pipeline_run_id)
+        assert parent["job"]["name"] == "sales"
+    complete = {e["run"]["runId"]: e for e in events if e["eventType"] == "COMPLETE"}
+    assert set(complete) == {r.run_id for r in records.values()}
+    for record in records.values():
+        facet = complete[record.run_id]["run"]["facets"][OPENLINEAGE_RUN_FACET]
+        assert facet.get("rowsProcessed") == record.rows_processed
+        assert facet["durationMs"] == record.duration_ms
