@@ -489,3 +489,54 @@ def test_runs_of_an_odibi_project_say_so(ol_env: pytest.MonkeyPatch, tmp_path: P
         facet = complete[record.run_id]["run"]["facets"][OPENLINEAGE_RUN_FACET]
         assert facet.get("rowsProcessed") == record.rows_processed
         assert facet["durationMs"] == record.duration_ms
+
+
+def test_the_sidecar_sends_lineage_and_a_fail_for_a_killed_run(
+        ol_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
+    """In ``mode="sidecar"`` the sidecar builds the OpenLineage sink from the same OpenLineage
+    configuration and feeds it from its own spool cursor; the sweeper's CRASHED close of a
+    SIGKILLed run is a FAIL with the run's original runId."""
+    import signal
+
+    from odibi_observe.sidecar.service import Sidecar
+    from tests.helpers import wait_until
+    from tests.test_sidecar_service import (
+        catalog_rows,
+        options,
+        settings,
+        start_hanging_pipeline,
+    )
+
+    path = tmp_path / "lineage.jsonl"
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(path))
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
+    spool = tmp_path / "spool"
+    sidecar = Sidecar(options(sqlite_url, spool, sweep_interval=3600),
+                      settings=settings(sqlite_url)).start()
+    try:
+        proc, hung, done = start_hanging_pipeline(spool)
+
+        def events() -> list[dict[str, Any]]:
+            if not path.exists():
+                return []
+            return [json.loads(line) for line in path.read_text().splitlines()]
+
+        assert wait_until(lambda: len(events()) >= 3, 20)
+        assert wait_until(lambda: hung in catalog_rows(sqlite_url), 20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        swept = sidecar.sweep_once()
+        assert swept is not None
+        assert [r.run_id for r in swept.closed] == [hung]
+        assert wait_until(lambda: len(events()) >= 4, 20)
+        got = events()
+        for event in got:
+            validate(event)
+        assert sorted((e["run"]["runId"], e["eventType"]) for e in got) == sorted([
+            (done[0], "START"), (done[0], "COMPLETE"), (hung, "START"), (hung, "FAIL")])
+        fail = next(e for e in got if e["eventType"] == "FAIL")
+        assert fail["run"]["facets"][OPENLINEAGE_RUN_FACET]["status"] == "CRASHED"
+        assert "errorMessage" in fail["run"]["facets"]
+    finally:
+        sidecar.stop(timeout=5)
