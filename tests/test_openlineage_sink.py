@@ -540,3 +540,19 @@ def test_the_sidecar_sends_lineage_and_a_fail_for_a_killed_run(
         assert "errorMessage" in fail["run"]["facets"]
     finally:
         sidecar.stop(timeout=5)
+
+
+def test_without_the_package_asked_is_an_error_configured_is_a_warning(
+        ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+
+    from odibi_observe.config import ConfigurationError
+
+    ol_env.setitem(sys.modules, "openlineage.client", None)  # import raises ImportError
+    with pytest.raises(ConfigurationError, match=r"openlineage=true needs openlineage-python"):
+        fresh_observer(handle_sigterm=False, openlineage=True, strict=True)
+    ol_env.setenv("OPENLINEAGE_URL", receiver.url)
+    observer = fresh_observer(handle_sigterm=False, strict=True)
+    assert not any(isinstance(s, OpenLineageSink) for s in observer.sinks)
+    assert "openlineage-python is not installed" in caplog.text
