@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attr
 
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import log
+from odibi_observe._textsafe import encodable_record
 from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import (
     OPENLINEAGE_CONFIG_ENV,
@@ -55,10 +58,7 @@ from odibi_observe.conventions import (
     OPENLINEAGE_TRANSPORT_ENV_PREFIX,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import log
 from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkContext, SinkUnavailable
-from odibi_observe.textsafe import encodable_record
 
 if TYPE_CHECKING:
     from openlineage.client import OpenLineageClient
