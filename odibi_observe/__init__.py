@@ -34,12 +34,11 @@ from odibi_observe._instrument import (
     pipeline_run,
 )
 from odibi_observe._runtime import Observer, configure, flush, get_observer, shutdown
+from odibi_observe._version import __version__
 from odibi_observe.config import ConfigurationError, Settings
 from odibi_observe.conventions import FIELDS, METRICS, RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunHandle, RunRecord
 from odibi_observe.sinks.base import Sink, SinkExportError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FIELDS",

@@ -273,7 +273,7 @@ def test_a_third_party_sink_records_every_run_and_a_broken_one_costs_only_itself
     code = textwrap.dedent("""
         import odibi_observe as oo
         observer = oo.configure(mode="inline", project="p")
-        print("sinks", sorted(s.name for s in oo.runtime.get_observer().sinks))
+        print("sinks", sorted(s.name for s in oo.get_observer().sinks))
 
         @oo.observe_node(pipeline="sales")
         def load():
