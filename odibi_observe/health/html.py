@@ -25,6 +25,7 @@ HTML_ROWS: Final = 500
 
 KIND_COLOURS: Final = dict(zip(HEALTH_FINDING_KINDS, (
     "#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+    "#e377c2",
 ), strict=True))
 
 _CSS: Final = BASE_CSS + """
