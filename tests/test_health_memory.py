@@ -5,7 +5,9 @@ produce nothing."""
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from odibi_observe.catalog import create_catalog_engine
 from odibi_observe.health import HealthOptions, HealthResult, detect
 from odibi_observe.health.memory import Trend, fit, judge
 from tests.health_history import DAY, NOW_NS, Node, last_day, write
+from tests.test_reconcile_support import cli
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -141,3 +144,17 @@ def test_judge_rules() -> None:
     assert judge(Trend(10, 1900.0, -1.0, 1891.0, 2000.0), options) == 0.0
     # Fitted line above but the last run below: a wobble, not found by the "already" rule.
     assert judge(Trend(10, 1700.0, 12.0, 1790.0, 2000.0), options) is None
+
+
+def test_cli_options_and_the_html_drawing(sqlite_url: str, tmp_path: Path) -> None:
+    write(sqlite_url, STEADY + PLANTED)
+    out = tmp_path / "report"
+    code, _, err = cli("health", "--catalog", sqlite_url, "--out", str(out), "--no-record",
+                       "--memory-horizon", "2", "--quiet")
+    assert code == 1, err
+    report = json.loads((out / "health.json").read_text())
+    assert [(f["kind"], f["node"]) for f in report["findings"]] == [
+        ("memory_growth", "at_limit")]
+    assert report["options"]["memory_horizon"] == 2
+    html = (out / "health.html").read_text()
+    assert 'aria-label="peak memory against limit"' in html and "limit 2,048 MiB" in html
