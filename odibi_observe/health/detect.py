@@ -122,7 +122,7 @@ def detect(engine: Engine, window: Window, options: HealthOptions, *,
     findings += _freshness(summary, options, evidence)
     findings += _streaks(summary, options, evidence)
     findings += _flaky(summary, options, evidence, ATTEMPT in table.c)
-    findings += memory_growth(scope, options, result)
+    findings += memory_growth(scope, options, result, summary)
     result.findings = [f for f in findings if not _skipped(options, f)]
     result.seconds = time.monotonic() - started
     return result
@@ -397,6 +397,11 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
         sa.func.max(sa.case((ok, t))).label("last_ok"),
         sa.func.max(sa.case((failed, t))).label("last_failed"),
     ]
+    if PEAK_RSS in table.c and MEMORY_LIMIT in table.c:
+        # The nodes memory_growth reads: a recent success with a peak and a limit.
+        limited = sa.and_(ok, t >= since, table.c[MEMORY_LIMIT] > 0)
+        columns.append(sa.func.count(sa.case((limited, table.c[PEAK_RSS])))
+                       .label("peak_recent"))
     if ATTEMPT in table.c:
         retried = sa.and_(ok, table.c[ATTEMPT] > 1)
         columns += [count(retried).label("retried"),
@@ -409,7 +414,8 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
             item = dict(row)
             for key in ("first_ok", "last_ok", "last_failed"):
                 item[key] = _dt(item[key])
-            for key in ("ok", "ok_training", "ok_recent", "retried", "retried_recent"):
+            for key in ("ok", "ok_training", "ok_recent", "retried", "retried_recent",
+                        "peak_recent"):
                 item[key] = int(item.get(key) or 0)
             out[(str(row["p"] or ""), str(row["n"] or ""))] = item
     return out

@@ -14,11 +14,15 @@ training period and the window, newest last):
   or when the line is rising, has risen by at least ``min_change`` (10 %) of its start over the
   runs fitted (so a steady node's wobble is never a trend), and reaches the threshold within
   ``memory_horizon`` runs after the newest;
-* the newest run must be in the window: a node that stopped running is not judged on old runs.
+* the node must have a SUCCESS with a peak in the window: a node that stopped running is not
+  judged on old runs.
 
-The database does the work: one query numbers each node's runs newest first (``ROW_NUMBER``),
-keeps the last ``memory_runs`` and returns the sums a least-squares fit needs, one row per
-node; Python fits and judges. Only flagged nodes have their runs read, as evidence.
+The node summary (detect's second scan) counts each node's recent successes with a recorded
+peak and a limit, at no extra scan; only those nodes are read, each by one query on the
+``(pipeline_name, node_name, started_at)`` index that walks back from the newest run and stops
+after ``memory_runs`` (at most 20 rows a node). Those runs are the fit and the evidence; a
+catalog without peaks or limits (older runs, hosts without a cgroup limit, Odibi's own table)
+costs nothing.
 """
 
 from __future__ import annotations
@@ -93,78 +97,49 @@ def judge(trend: Trend, options: HealthOptions) -> float | None:
     return runs
 
 
-def memory_growth(scope: Any, options: HealthOptions, result: HealthResult) -> list[Finding]:
-    """The ``memory_growth`` findings of one pass (``scope`` is detect's :class:`Scope`)."""
+def memory_growth(scope: Any, options: HealthOptions, result: HealthResult,
+                  summary: dict[tuple[str, str], dict[str, Any]]) -> list[Finding]:
+    """The ``memory_growth`` findings of one pass (``scope`` is detect's :class:`Scope`,
+    ``summary`` its node summary, which counts each node's recent successes with a peak and
+    a limit)."""
     c = scope.table.c
     if PEAK_RSS not in c or MEMORY_LIMIT not in c:
         return []
+    nodes = [key for key, s in summary.items() if int(s.get("peak_recent") or 0) > 0]
+    findings = []
     try:
-        rows = _sums(scope, options)
+        with scope.engine.connect() as conn:
+            for pipeline, node in nodes:
+                runs = _runs(conn, scope, pipeline, node, options)
+                finding = _judge_node(pipeline, node, runs, options)
+                if finding is not None:
+                    findings.append(finding)
     except SQLAlchemyError as exc:
         result.notes.append(f"memory_growth not checked: {str(exc).splitlines()[0]}")
         return []
-    findings = []
-    for row in rows:
-        if row["last_limit"] is None or int(row["last_limit"]) <= 0:
-            continue  # no limit: nothing to run into
-        last_t = _dt(row["last_t"])
-        if last_t is None or last_t < scope.since:
-            continue  # the node has not run in the window
-        trend = fit(int(row["k"]), float(row["sx"]), float(row["sy"]), float(row["sxy"]),
-                    float(row["sxx"]), last=float(row["last_peak"]),
-                    limit=float(row["last_limit"]))
-        if trend is None or trend.points < options.min_points:
-            continue
-        runs = judge(trend, options)
-        if runs is None:
-            continue
-        findings.append(_finding(str(row["p"]), str(row["n"]), trend, runs, options))
-    for finding in findings:
-        finding.runs = _runs(scope, finding.pipeline, finding.node, options)
-        finding.runs_total = len(finding.runs)
     return findings
 
 
-def _ranked(scope: Any, options: HealthOptions) -> Any:
-    c, t = scope.table.c, scope.t
-    rank = sa.func.row_number().over(partition_by=(c[PIPELINE], c[NODE]), order_by=t.desc())
-    return (sa.select(c[PIPELINE].label("p"), c[NODE].label("n"), t.label("t"),
-                      sa.cast(c[PEAK_RSS], sa.Float).label("y"), c[MEMORY_LIMIT].label("lim"),
-                      rank.label("rn"))
-            .where(c[STATUS] == SUCCESS, c[PEAK_RSS].is_not(None),
-                   t >= scope.training_start, t < scope.end)
-            .subquery("ranked"))
-
-
-def _sums(scope: Any, options: HealthOptions) -> list[Any]:
-    r = _ranked(scope, options)
-    # x counts up from the oldest fitted run: x = k - rn with k = the runs fitted, written as
-    # -rn here (a shift of x changes the intercept, which fit() recomputes, not the slope).
-    x = sa.cast(-r.c.rn, sa.Float)
-    newest = r.c.rn == 1
-    query = (sa.select(
-        r.c.p, r.c.n, sa.func.count().label("k"), sa.func.sum(x).label("sx"),
-        sa.func.sum(r.c.y).label("sy"), sa.func.sum(x * r.c.y).label("sxy"),
-        sa.func.sum(x * x).label("sxx"),
-        sa.func.max(sa.case((newest, r.c.y))).label("last_peak"),
-        sa.func.max(sa.case((newest, r.c.lim))).label("last_limit"),
-        sa.func.max(r.c.t).label("last_t"))
-        .where(r.c.rn <= options.memory_runs)
-        .group_by(r.c.p, r.c.n)
-        .having(sa.func.count() >= options.min_points))
-    with scope.engine.connect() as conn:
-        rows = list(conn.execute(query).mappings())
-    out = []
-    for row in rows:
-        item = dict(row)
-        k = int(item["k"])
-        # Shift x from -rn (-k .. -1) to 0 .. k-1: x' = x + k.
-        sx = float(item["sx"]) + k * k
-        sxy = float(item["sxy"]) + k * float(item["sy"])
-        sxx = float(item["sxx"]) + 2 * k * float(item["sx"]) + k * k * k
-        item.update(sx=sx, sxy=sxy, sxx=sxx)
-        out.append(item)
-    return out
+def _judge_node(pipeline: str, node: str, runs: list[dict[str, Any]],
+                options: HealthOptions) -> Finding | None:
+    """A finding when the node's runs (newest first) trend into its limit."""
+    limit = runs[0][MEMORY_LIMIT] if runs else None
+    if len(runs) < options.min_points or limit is None or limit <= 0:
+        return None  # too little history, or no limit: nothing to run into
+    ys = [float(r[PEAK_RSS]) for r in reversed(runs)]  # oldest first
+    xs = range(len(ys))
+    trend = fit(len(ys), float(sum(xs)), sum(ys),
+                sum(x * y for x, y in zip(xs, ys, strict=True)),
+                float(sum(x * x for x in xs)), last=ys[-1], limit=float(limit))
+    if trend is None:
+        return None
+    to_threshold = judge(trend, options)
+    if to_threshold is None:
+        return None
+    finding = _finding(pipeline, node, trend, to_threshold, options)
+    finding.runs = runs[:EVIDENCE_RUNS]
+    finding.runs_total = len(runs)
+    return finding
 
 
 def _finding(pipeline: str, node: str, trend: Trend, runs: float,
@@ -189,18 +164,19 @@ def _finding(pipeline: str, node: str, trend: Trend, runs: float,
     )
 
 
-def _runs(scope: Any, pipeline: str, node: str, options: HealthOptions) -> list[dict[str, Any]]:
-    """The fitted runs of a flagged node, newest first, as evidence (by the node index)."""
+def _runs(conn: Any, scope: Any, pipeline: str, node: str,
+          options: HealthOptions) -> list[dict[str, Any]]:
+    """The node's newest ``memory_runs`` SUCCESS runs with a peak, newest first (by the
+    ``(pipeline_name, node_name, started_at)`` index, from the newest backwards)."""
     c, t = scope.table.c, scope.t
     query = (sa.select(c[RUN_ID], t.label("t"), c[PEAK_RSS], c[MEMORY_LIMIT])
              .where(c[PIPELINE] == pipeline, c[NODE] == node, c[STATUS] == SUCCESS,
                     c[PEAK_RSS].is_not(None), t >= scope.training_start, t < scope.end)
-             .order_by(t.desc()).limit(min(options.memory_runs, EVIDENCE_RUNS)))
-    with scope.engine.connect() as conn:
-        return [{"run_id": str(r[RUN_ID]), "started_at": iso(_dt(r["t"])),
-                 PEAK_RSS: int(r[PEAK_RSS]),
-                 MEMORY_LIMIT: None if r[MEMORY_LIMIT] is None else int(r[MEMORY_LIMIT])}
-                for r in conn.execute(query).mappings()]
+             .order_by(t.desc()).limit(options.memory_runs))
+    return [{"run_id": str(r[RUN_ID]), "started_at": iso(_dt(r["t"])),
+             PEAK_RSS: int(r[PEAK_RSS]),
+             MEMORY_LIMIT: None if r[MEMORY_LIMIT] is None else int(r[MEMORY_LIMIT])}
+            for r in conn.execute(query).mappings()]
 
 
 def _dt(value: Any) -> datetime | None:
