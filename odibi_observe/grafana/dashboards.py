@@ -1,4 +1,4 @@
-"""The four dashboards, built with grafana-foundation-sdk from the queries in :mod:`.queries`.
+"""The five dashboards, built with grafana-foundation-sdk from the queries in :mod:`.queries`.
 
 * **Pipeline overview** — runs by status, success rate, rows/s and duration quantiles per node
   (Prometheus); what is running, the slowest nodes and the recent failures with their
@@ -9,6 +9,9 @@
   catalog: completeness, discrepancies by kind over time, the last report's runs, and the
   sidecar backlog and sink errors that usually explain a gap.
 * **Sidecar health** — ingest rate, spool size and backlog, sink errors, sweeper actions.
+* **Data health** — rows and duration of every run against its node's band, freshness, the
+  open findings of the nightly health pass, peak memory against the memory limit, crashes by
+  cause.
 
 Each builder returns a :class:`BuiltDashboard`: the SDK's dashboard model plus the catalog
 queries its panels run, which the tests execute against PostgreSQL.
