@@ -241,5 +241,7 @@ def _footer(result: HealthResult) -> str:
             f"min points {o['min_points']} · volume {o['volume_direction']} · duration "
             f"{o['duration_direction']} · min change {o['min_change']:.0%} · seasonality "
             f"{o['seasonality']} · freshness {o['freshness_factor']:g}x cadence · streak "
-            f"{o['failure_streak']} · flaky {o['flaky_min']} · {result.seconds:.2f} s")
+            f"{o['failure_streak']} · flaky {o['flaky_min']} · memory "
+            f"{o['memory_threshold']:.0%} of the limit within {o['memory_horizon']} runs, "
+            f"fitted to {o['memory_runs']} · {result.seconds:.2f} s")
     return f'<footer>{escape(text)}</footer>'
