@@ -208,6 +208,7 @@ DISCREPANCY_KINDS: Final = (
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
 HEALTH_FINDING_KINDS: Final = (
     "volume_anomaly", "zero_rows", "duration_anomaly", "freshness", "failure_streak", "flaky",
+    "memory_growth",
 )
 
 #: Resource attributes for liveness (standard OTel semantic conventions).

@@ -34,10 +34,10 @@ from odibi_observe.conventions import HEALTH_FINDING_KINDS, HEALTH_FINDINGS_TABL
 DESCRIPTION = f"""\
 Judge every node's recent runs against its own history in the run catalog (meta_runs): row
 counts and durations far from normal (z-scores), nodes that returned 0 rows, nodes with no
-success for longer than their cadence allows, failure streaks and nodes that succeed only
-after retries. Writes health.json, health.md and health.html, and records findings in
-{HEALTH_FINDINGS_TABLE} (where that table exists), open until a pass no longer sees them.
-Reads the catalog only.
+success for longer than their cadence allows, failure streaks, nodes that succeed only after
+retries, and peak memory trending toward the memory limit. Writes health.json, health.md and
+health.html, and records findings in {HEALTH_FINDINGS_TABLE} (where that table exists),
+open until a pass no longer sees them. Reads the catalog only.
 """
 
 EPILOG = f"""\
@@ -73,8 +73,8 @@ examples:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``health`` to the odibi-observe parser."""
     parser = sub.add_parser(
-        "health", help="volume, duration, freshness, failure-streak and flakiness findings "
-                       "from the run history",
+        "health", help="volume, duration, freshness, failure-streak, flakiness and memory "
+                       "findings from the run history",
         description=DESCRIPTION, epilog=EPILOG,
     )
     sources = parser.add_argument_group("sources")
@@ -121,6 +121,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="consecutive failed runs that make a streak (default: 3)")
     judge.add_argument("--flaky-min", type=int, default=2, metavar="N",
                        help="retried successes that make a node flaky (default: 2)")
+    judge.add_argument("--memory-runs", type=int, default=20, metavar="N",
+                       help="newest SUCCESS runs per node the peak-memory trend is fitted "
+                            "to (default: 20)")
+    judge.add_argument("--memory-horizon", type=int, default=10, metavar="N",
+                       help="memory_growth when the trend reaches the threshold within N "
+                            "runs (default: 10)")
+    judge.add_argument("--memory-threshold", type=percent_arg, default=0.90, metavar="PERCENT",
+                       help="share of the memory limit that counts as reached (default: 90%%)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--format", default="json,md,html", type=formats_arg,
@@ -170,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
             duration_min_ms=args.duration_min_ms, seasonality=args.seasonality,
             freshness_factor=args.freshness_factor, freshness_min=args.freshness_min,
             failure_streak=args.failure_streak, flaky_min=args.flaky_min,
+            memory_runs=args.memory_runs, memory_horizon=args.memory_horizon,
+            memory_threshold=args.memory_threshold,
             rules=load_rules(args.config) if args.config else (),
         )
     except ValueError as exc:
