@@ -200,9 +200,8 @@ def test_resource_fields_arrive_as_span_attributes(receiver: OtlpReceiver) -> No
     sink.shutdown()
 
     [span] = receiver.wait_for_spans(1)
-    assert span.attributes[RESOURCE_FIELDS.peak_rss.attribute] == 209_715_200
-    assert span.attributes[RESOURCE_FIELDS.cpu.attribute] == 0.75
-    assert span.attributes[RESOURCE_FIELDS.memory_limit.attribute] == 268_435_456
+    got = {f.key: span.attributes.get(str(f.attribute)) for f in RESOURCE_FIELDS}
+    assert got == {"peak_rss": 209_715_200, "cpu": 0.75, "memory_limit": 268_435_456}
     assert_span_is_record(span, rec)
 
 
