@@ -185,7 +185,7 @@ class Sweeper:
         ``error_type`` the cause ``evidence`` shows."""
         cause, shown = crash_cause(evidence or CrashEvidence(
             peak_rss_bytes=record.peak_rss_bytes, memory_limit_bytes=record.memory_limit_bytes))
-        verdict = f"{self.verdict_text(record, reason, now_ns)} ({cause}: {shown})"
+        verdict = f"{self.verdict_text(record, reason, now_ns)}; {shown}"
         return close_as_crashed(record, verdict=verdict, closed_by=self.closed_by,
                                 source=Source.SIDECAR, cause=cause)
 
