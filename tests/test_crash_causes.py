@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from odibi_observe._resources import CGROUP_ROOT_ENV
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import (
     CRASH_HEARTBEAT_LOST,
@@ -32,7 +33,6 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.resources import CGROUP_ROOT_ENV
 from odibi_observe.sidecar.sweeper import Sweeper
 from tests.fault_helpers import (
     Sidecar,

@@ -20,10 +20,10 @@ A run judged gone is closed in *both* places the promise covers:
   status ERROR, so the trace backend shows the crash where the run began; and the metrics.
 
 The run's end is its last sign of life — the latest of its start and its last heartbeat —
-by the one rule every closing path shares (:mod:`odibi_observe.crash`); the error message
+by the one rule every closing path shares (:mod:`odibi_observe._crash`); the error message
 says what was found about the process and when, and which sign of life the end is.
 
-**Why it crashed** (``error_type``, :func:`odibi_observe.crash.crash_cause`) comes from what
+**Why it crashed** (``error_type``, :func:`odibi_observe._crash.crash_cause`) comes from what
 the sweeper can see on this host. While a run is alive, the sweeper notes its process's cgroup
 (``/proc/<pid>/cgroup``, under ``ODIBI_OBSERVE_CGROUP_ROOT`` if set) and the ``oom_kill`` count of
 its ``memory.events``; when the run is found dead it reads the count again (it rose:
@@ -55,11 +55,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
+from odibi_observe._crash import CrashEvidence, close_as_crashed, crash_cause, utc
+from odibi_observe._resources import cgroup_dir, oom_kills, read_limit, zombie_wait_status
+from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import SIDECAR_METRICS, Source
-from odibi_observe.crash import CrashEvidence, close_as_crashed, crash_cause, utc
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.resources import cgroup_dir, oom_kills, read_limit, zombie_wait_status
-from odibi_observe.selfmetrics import log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.spool import writer_pid
@@ -181,7 +181,7 @@ class Sweeper:
     def crashed_record(self, record: RunRecord, reason: str, now_ns: int,
                        evidence: CrashEvidence | None = None) -> RunRecord:
         """The terminal snapshot of a run closed for ``reason`` (same ids, original start),
-        ended at its last sign of life (:func:`odibi_observe.crash.close_as_crashed`), its
+        ended at its last sign of life (:func:`odibi_observe._crash.close_as_crashed`), its
         ``error_type`` the cause ``evidence`` shows."""
         cause, shown = crash_cause(evidence or CrashEvidence(
             peak_rss_bytes=record.peak_rss_bytes, memory_limit_bytes=record.memory_limit_bytes))
