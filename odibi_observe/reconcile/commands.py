@@ -286,8 +286,9 @@ def run(args: argparse.Namespace) -> int:
                 print(_json_summary(result, written))
             elif not args.quiet:
                 from odibi_observe.reconcile.report import cli_summary
+                from odibi_observe.termfit import fit
 
-                print(cli_summary(result, written))
+                print(fit(cli_summary(result, written), sys.stdout))
             for note in notes:
                 print(f"odibi-observe: note: {note}", file=sys.stderr)
             for warning in warnings:

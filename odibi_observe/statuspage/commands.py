@@ -52,7 +52,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "report", help="a self-contained HTML status page from the catalog (no Grafana)",
         description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sources = parser.add_argument_group("sources")
     sources.add_argument(
@@ -137,7 +136,9 @@ def _write(args: argparse.Namespace, since: datetime, until: datetime, now: date
     except OSError as exc:
         return _fail(f"cannot write {path}: {exc.strerror or exc}")
     if not args.quiet:
-        print(_summary(page, path))
+        from odibi_observe.termfit import fit
+
+        print(fit(_summary(page, path), sys.stdout))
     return 1 if page.failures_total else 0
 
 
