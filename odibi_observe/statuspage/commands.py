@@ -42,8 +42,9 @@ exit status: 0 page written, no failed run in the window; 1 page written, failed
 runs in the window; 2 bad configuration, unreadable catalog or unwritable --out.
 
 examples:
-  odibi-observe report --catalog sqlite:///catalog.db --out status/
-  odibi-observe report --catalog postgresql://etl@db/catalog --last 7d --out /srv/www/status
+    odibi-observe report --catalog sqlite:///catalog.db --out status/
+    odibi-observe report --catalog postgresql://etl@db/catalog --last 7d \\
+        --out /srv/www/status
 """
 
 
