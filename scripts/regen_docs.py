@@ -52,7 +52,7 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"(?!2024-05-01T06:00:00Z)\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?Z?", "<time>", ""),
     (r"\b\d{2}-\d{2} \d{2}:\d{2}:\d{2}\b", "<time>", "<"),
     (r"(?<= )\b[0-9a-f]{8}\b", "<id>", "<"),
-    (r"(?<=\bpid[ =])\d+|(?<=\bprocess )\d+|(?<=\"pid\": )\d+", "<pid>", ""),
+    (r"(?<=\bpid[ =])\d+|(?<=\bprocess )\d+|(?<=\"pid\": )\d+|\d+(?= Killed )", "<pid>", ""),
     (r" *\b\d[\d,]*(\.\d+)? ms\b", " <n> ms", ">"),
     (r"\bin \d+(\.\d+)? s\b", "in <n> s", ""),
     # the demo's table: its "ms" column holds bare numbers
@@ -69,6 +69,7 @@ SCENARIOS = {
     "faults": "the demo with four planted faults (see plant_faults)",
     "night": "the same four faults, for the walk-through in reconciliation.md",
     "partial": "the same four faults, repaired without a trace destination",
+    "killed.py": "a pipeline that SIGKILLs itself inside its second node (KILLED_PY)",
     "health": "the sample's catalog with its findings table emptied (a first health pass)",
     "today": "odibi-observe demo --out today: runs still within the default grace period",
 }
@@ -191,6 +192,35 @@ def plant_faults(out: Path) -> None:
         store.dispose()
 
 
+#: ``killed.py``: the pipeline docs/cli.md kills to show ``sweep``.
+KILLED_PY = '''\
+"""A nightly pipeline whose process is SIGKILLed inside its second node."""
+import os
+import signal
+import time
+
+import odibi_observe as oo
+
+oo.configure(catalog_url="sqlite:///sweep.db", heartbeat_interval=0.2)
+
+
+@oo.observe_node(pipeline="nightly")
+def load_orders() -> None:
+    oo.current_run().add_rows(1_250_000)
+
+
+@oo.observe_node(pipeline="nightly")
+def build_marts() -> None:
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+with oo.pipeline_run("nightly"):
+    load_orders()
+    build_marts()
+'''
+
+
 def _venv_shim(work: Path) -> None:
     """``.venv/bin/odibi-observe`` in ``work``, as ``scripts/demo.sh`` leaves it: this
     checkout's CLI under the path the README's commands use."""
@@ -204,6 +234,7 @@ def _venv_shim(work: Path) -> None:
 def prepare(work: Path) -> None:
     """Build :data:`SCENARIOS` in ``work``."""
     _venv_shim(work)
+    (work / "killed.py").write_text(KILLED_PY, encoding="utf-8")
     sys.path.insert(0, str(ROOT))
     from odibi_observe.conventions import HEALTH_FINDINGS_TABLE
 

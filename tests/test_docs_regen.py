@@ -43,9 +43,6 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
 #: scripts/regen_docs.py here, by (file, first command), with the reason. Any other block
 #: showing a ``$ odibi-observe`` command must be marked ``<!-- run: ... -->``.
 UNMARKED: dict[tuple[str, str], str] = {
-    ("docs/cli.md", "$ python killed.py; echo \"pipeline exit=$?\""):
-        "a pipeline SIGKILLed inside a node, then sweep: needs a killed process's heartbeats "
-        "(tests/test_sweep*.py plays it)",
     ("docs/cli.md", "$ odibi-observe dashboards build --check"):
         "checks the checkout's dashboards/ directory, not the scratch directory",
     ("docs/odibi.md", "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
