@@ -3,7 +3,7 @@
 Exit codes: 0 success, 1 the command ran and found a problem (the demo's sinks disagree),
 2 bad input or configuration (an unreadable catalog URL, an unknown option, no command).
 
-Every command speaks the flag language of :mod:`odibi_observe.cliargs`; the shared names are
+Every command speaks the flag language of :mod:`odibi_observe._cliargs`; the shared names are
 re-exported here for the code that imported them from this module.
 """
 
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from odibi_observe.cliargs import (
+from odibi_observe._cliargs import (
     CATALOG_ENV,
     PROG,
     REPORT_FORMATS,
@@ -37,10 +37,10 @@ from odibi_observe.cliargs import (
     span_arg,
     time_arg,
 )
+from odibi_observe._runview import failure_lines
 from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import CATALOG_TABLE, RunStatus, render_table
 from odibi_observe.record import RunRecord
-from odibi_observe.runview import failure_lines
 
 __all__ = [
     "CATALOG_ENV", "REPORT_FORMATS", "build_parser", "catalog_arg", "duration_arg",
@@ -252,7 +252,7 @@ def _runs(url: str, args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     if args.json:
-        from odibi_observe.runview import json_lines
+        from odibi_observe._runview import json_lines
 
         for line in json_lines(records):
             print(line)
@@ -260,7 +260,7 @@ def _runs(url: str, args: argparse.Namespace) -> int:
     if not records:
         print("no runs match")
         return 0
-    from odibi_observe.runview import print_runs
+    from odibi_observe._runview import print_runs
 
     print_runs(records, total)
     return 0
@@ -320,8 +320,8 @@ def _query_runs(engine: Any, args: argparse.Namespace) -> tuple[list[RunRecord],
 def _details(engine: Any, args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
+    from odibi_observe._runview import print_details, run_json
     from odibi_observe.catalog.schema import RUN_ID, meta_runs, row_to_record
-    from odibi_observe.runview import print_details, run_json
 
     wanted = str(args.details).strip()
     column = meta_runs.c[RUN_ID]

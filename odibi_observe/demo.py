@@ -25,10 +25,10 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
-from odibi_observe.cliargs import make_out_dir
+from odibi_observe._cliargs import make_out_dir
+from odibi_observe._runview import failure_lines
 from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import METRICS, RunStatus
-from odibi_observe.runview import failure_lines
 
 #: Written into the output directory: the files an earlier demo wrote there, which a later
 #: demo may replace. Any other file of the same name is the user's, and is never overwritten.
@@ -210,8 +210,8 @@ def _printer(stream: TextIO) -> Any:
 
 
 def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
+    from odibi_observe._otlp_json import read_spans
     from odibi_observe.catalog import CatalogStore
-    from odibi_observe.otlp_json import read_spans
 
     store = CatalogStore(paths.catalog_url)
     rows = sorted(store.recent_runs(limit=100), key=lambda r: r.started_ns)

@@ -222,7 +222,7 @@ def test_a_bad_out_is_one_clear_line_and_status_2(
 
 def test_an_unwritable_out_directory_is_refused(tmp_path: Path) -> None:
     """The check itself, for the case root cannot provoke through the file system."""
-    from odibi_observe.cliargs import check_out_dir
+    from odibi_observe._cliargs import check_out_dir
     from odibi_observe.config import ConfigurationError
 
     (tmp_path / "f").write_text("")

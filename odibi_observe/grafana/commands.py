@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from odibi_observe.cliargs import check_out_dir, json_arg, log_level_arg, make_out_dir, print_error
+from odibi_observe._cliargs import check_out_dir, json_arg, log_level_arg, make_out_dir, print_error
 
 DEFAULT_OUT = "dashboards"
 

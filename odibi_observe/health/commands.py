@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from odibi_observe.cliargs import (
+from odibi_observe._cliargs import (
     catalog_arg,
     check_out_dir,
     duration_arg,
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     try:
         try:
-            from odibi_observe.progress import working
+            from odibi_observe._progress import working
 
             with working("judging the run history", enabled=not (args.quiet or args.json)):
                 result = detect(engine, window, options, catalog=hide_password(args.catalog))

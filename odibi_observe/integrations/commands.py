@@ -22,7 +22,7 @@ CATALOG_ENV = str(setting("catalog_url").env)
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's commands to the odibi-observe parser."""
-    from odibi_observe.cliargs import catalog_arg, log_level_arg
+    from odibi_observe._cliargs import catalog_arg, log_level_arg
 
     run = sub.add_parser(
         "run", help="run an Odibi project ('odibi run') with every node run recorded",
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"odibi-observe: error: {exc}", file=sys.stderr)
         return 2
     # 'odibi run' changes into the project directory: relative paths are fixed here, first.
-    from odibi_observe.cliargs import catalog_url
+    from odibi_observe._cliargs import catalog_url
 
     catalog = args.catalog or catalog_url(os.environ.get(CATALOG_ENV, "")) or None
     catalog = absolute_sqlite_url(catalog) if catalog else None

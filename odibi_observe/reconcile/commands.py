@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from odibi_observe.cliargs import (
+from odibi_observe._cliargs import (
     CATALOG_ENV,
     catalog_url,
     check_out_dir,
@@ -31,9 +31,9 @@ from odibi_observe.cliargs import (
     span_arg,
     time_arg,
 )
+from odibi_observe._redact import safe_text
 from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import DISCREPANCY_KINDS
-from odibi_observe.redact import safe_text
 
 if TYPE_CHECKING:
     from odibi_observe.reconcile.model import Window

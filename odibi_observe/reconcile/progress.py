@@ -1,6 +1,6 @@
 """The reconciliation's progress bar on stderr (rich; a terminal only).
 
-See :mod:`odibi_observe.progress`: silent in cron, systemd, CI and Kubernetes logs, where a bar
+See :mod:`odibi_observe._progress`: silent in cron, systemd, CI and Kubernetes logs, where a bar
 is a line per redraw; erased when the reconciliation ends.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final, TextIO
 
-from odibi_observe.progress import Bar
+from odibi_observe._progress import Bar
 
 _BYTES_PHASES: Final = ("reading traces",)
 

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+from odibi_observe._redact import redact
 from odibi_observe.config import ConfigurationError, parse_duration, parse_positive_int, setting
-from odibi_observe.redact import redact
 
 PROG: Final = "odibi-observe"
 #: The one prefix of every error line the command line prints.

@@ -3,7 +3,7 @@
 A table that fits 80 columns (rich), coloured on a terminal and plain when piped or when
 ``NO_COLOR`` is set; a run's error and suggestions indented under its row; ``--details`` for
 everything one run recorded; JSON lines for scripts. Every text that came from the catalog is
-printed without terminal control sequences (:func:`~odibi_observe.redact.terminal_safe`): a
+printed without terminal control sequences (:func:`~odibi_observe._redact.terminal_safe`): a
 node's error message is data, and must not be able to recolour, retitle or overwrite the
 terminal.
 """
@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-from odibi_observe.cliargs import first_line
+from odibi_observe._cliargs import first_line
+from odibi_observe._redact import redact, terminal_safe
 from odibi_observe.conventions import RunStatus
 from odibi_observe.record import RunRecord, ns_to_datetime
-from odibi_observe.redact import redact, terminal_safe
 
 #: Run ids are shown by their first characters, as git shows commits; ``--details`` takes
 #: such a prefix.
