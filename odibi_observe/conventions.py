@@ -24,6 +24,10 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Final, Generic, TypeVar
 
+from opentelemetry.semconv.attributes.service_attributes import (
+    SERVICE_NAME as _SEMCONV_SERVICE_NAME,
+)
+
 _Entry = TypeVar("_Entry")
 
 
@@ -225,6 +229,13 @@ HEALTH_FINDING_KINDS: Final = (
 #: Resource attributes for liveness (standard OTel semantic conventions).
 RESOURCE_HOST: Final = "host.name"
 RESOURCE_PID: Final = "process.pid"
+#: The resource attribute naming the service: the semantic-conventions package's own constant
+#: (stable since 1.26), so it cannot be misspelled here either.
+RESOURCE_SERVICE_NAME: Final[str] = _SEMCONV_SERVICE_NAME
+
+#: The TraceQL query ``reconcile --traces tempo:`` searches with by default: every span that
+#: carries the run-id attribute, i.e. every odibi node span.
+TEMPO_DEFAULT_QUERY: Final = f'{{ span.{FIELDS.run_id.attribute} != "" }}'
 
 #: Prefix of user attributes on spans: ``run.set_attribute("region", "eu")`` becomes
 #: ``odibi.attr.region``.

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector, RestrictedRegistry
 from odibi_observe.active import crash_active_runs
 from odibi_observe.bus import EventBus, Keeper
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
+from odibi_observe.conventions import CRASH_PROCESS_EXIT, CRASH_SIGTERM
 from odibi_observe.deadletter import DeadLetter
 from odibi_observe.heartbeat import Heartbeat
 from odibi_observe.selfmetrics import SelfMonitor, log
@@ -529,12 +530,12 @@ def _shutdown_at_exit() -> None:
 
 
 def _at_exit() -> None:
-    _close_active("ProcessExit", "the interpreter exited while the node was running")
+    _close_active(CRASH_PROCESS_EXIT, "the interpreter exited while the node was running")
     _shutdown_at_exit()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _close_active("SIGTERM", "the process received SIGTERM while the node was running")
+    _close_active(CRASH_SIGTERM, "the process received SIGTERM while the node was running")
     _shutdown_at_exit()
     # Let the default action happen: the process terminates with the usual SIGTERM status.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

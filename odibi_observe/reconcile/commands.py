@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
 from odibi_observe.config import hide_password
-from odibi_observe.conventions import DISCREPANCY_KINDS
+from odibi_observe.conventions import DISCREPANCY_KINDS, TEMPO_DEFAULT_QUERY
 from odibi_observe.redact import safe_text
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="per request (default: 30)")
     tempo.add_argument("--tempo-header", action="append", default=[], metavar="NAME=VALUE",
                        help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)")
-    tempo.add_argument("--tempo-query", metavar="TRACEQL", default='{ span.odibi.run_id != "" }',
+    tempo.add_argument("--tempo-query", metavar="TRACEQL", default=TEMPO_DEFAULT_QUERY,
                        help="the search (default: %(default)s)")
 
     parser.add_argument("--spill-dir", metavar="DIR",
