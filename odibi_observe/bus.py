@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Final, Protocol
 
+from odibi_observe.conventions import SELF_METRICS
 from odibi_observe.deadletter import DeadLetter
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.redact import safe_text
@@ -514,7 +515,7 @@ class EventBus:
             self.monitor.events_dropped.labels(sink=ch.name, reason="shutdown").inc(len(events))
             log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
                         "shutdown (%s); dropped%s (counted in "
-                        "odibi_observe_events_dropped_total)", ch.name, runs, len(events),
+                        f"{SELF_METRICS.events_dropped.prometheus})", ch.name, runs, len(events),
                         cause, failure)
 
     def _shutdown_sinks(self, deadline: float) -> None:

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
+from odibi_observe.conventions import SELF_METRICS
 from odibi_observe.record import RunEvent
 from odibi_observe.redact import safe_text
 from odibi_observe.selfmetrics import SelfMonitor
@@ -96,7 +97,7 @@ class DeadLetter:
         self.monitor.warn_once_per_minute(
             f"dead-letter:{sink}",
             "odibi-observe sink %r can never export %d record(s) (%s), dead-lettered and "
-            "skipped: %s; counted in odibi_observe_dead_letter_total, %s",
+            f"skipped: %s; counted in {SELF_METRICS.dead_letter.prometheus}, %s",
             sink, len(entries), entries[0].get("run_id", "undecodable frame"),
             entries[0]["reason"], where)
         with self._lock:

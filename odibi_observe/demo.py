@@ -179,7 +179,7 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
     print_()
     print_("look at them:")
     print_(f"  odibi-observe runs --catalog {paths.catalog_url}")
-    print_(f"  grep odibi_node_runs_total {paths.metrics}")
+    print_(f"  grep {METRICS.runs.prometheus} {paths.metrics}")
     print_()
     if agree and rows:
         print_(f"all three sinks agree on {len(rows)} runs (same run_id, status, rows, duration)")
