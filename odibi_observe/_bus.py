@@ -54,6 +54,7 @@ from typing import Final, Protocol
 from odibi_observe._deadletter import DeadLetter
 from odibi_observe._redact import safe_text
 from odibi_observe._selfmetrics import SelfMonitor, log
+from odibi_observe.conventions import SELF_METRICS
 from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sinks.base import Sink, export_isolating
 
@@ -514,7 +515,7 @@ class EventBus:
             self.monitor.events_dropped.labels(sink=ch.name, reason="shutdown").inc(len(events))
             log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
                         "shutdown (%s); dropped%s (counted in "
-                        "odibi_observe_events_dropped_total)", ch.name, runs, len(events),
+                        f"{SELF_METRICS.events_dropped.prometheus})", ch.name, runs, len(events),
                         cause, failure)
 
     def _shutdown_sinks(self, deadline: float) -> None:

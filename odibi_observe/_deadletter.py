@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from odibi_observe._redact import safe_text
 from odibi_observe._selfmetrics import SelfMonitor
+from odibi_observe.conventions import SELF_METRICS
 from odibi_observe.record import RunEvent
 
 #: The directory name inside the spool directory.
@@ -96,7 +97,7 @@ class DeadLetter:
         self.monitor.warn_once_per_minute(
             f"dead-letter:{sink}",
             "odibi-observe sink %r can never export %d record(s) (%s), dead-lettered and "
-            "skipped: %s; counted in odibi_observe_dead_letter_total, %s",
+            f"skipped: %s; counted in {SELF_METRICS.dead_letter.prometheus}, %s",
             sink, len(entries), entries[0].get("run_id", "undecodable frame"),
             entries[0]["reason"], where)
         with self._lock:

@@ -83,7 +83,7 @@ class SelfMonitor:
         self.warn_once_per_minute(
             f"drop:{sink}:{reason}",
             "odibi-observe dropped %d event(s) for sink %r: %s "
-            "(counted in odibi_observe_events_dropped_total)", count, sink, reason,
+            f"(counted in {SELF_METRICS.events_dropped.prometheus})", count, sink, reason,
         )
 
     def dead_lettered(self, sink: str, count: int = 1) -> None:

@@ -44,6 +44,7 @@ from odibi_observe.conventions import (
     FIELDS,
     RESOURCE_HOST,
     RESOURCE_PID,
+    RESOURCE_SERVICE_NAME,
     USER_ATTRIBUTE_PREFIX,
     Field,
     RunStatus,
@@ -69,7 +70,7 @@ A_STATUS, A_ROWS, A_ERROR_TYPE, A_SUGGESTIONS = (
     attribute_of(field) for field in (FIELDS.status, FIELDS.rows, FIELDS.error,
                                       FIELDS.suggestions))
 #: The resource attribute naming the service (OTel semantic conventions).
-SERVICE_NAME: Final = "service.name"
+SERVICE_NAME: Final = RESOURCE_SERVICE_NAME
 #: The OTLP field of the parent id, as :attr:`NodeSpan.wrong` names it when it is malformed.
 PARENT_SPAN_ID: Final = "parentSpanId"
 

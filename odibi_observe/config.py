@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from odibi_observe.conventions import RESOURCE_SERVICE_NAME
+
 ENV_PREFIX: Final = "ODIBI_OBSERVE_"
 
 MODES: Final = ("inline", "background", "sidecar")
@@ -336,7 +338,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("environment", _text, "dev", "`environment` column / attribute / label",
             otel=("resource:deployment.environment.name", "resource:deployment.environment")),
     Setting("service_name", _text, "odibi-pipeline", "resource `service.name` of node spans",
-            otel=("OTEL_SERVICE_NAME", "resource:service.name")),
+            otel=("OTEL_SERVICE_NAME", f"resource:{RESOURCE_SERVICE_NAME}")),
     Setting("catalog_url", _text, None,
             "SQLAlchemy URL of `meta_runs`: `sqlite:///catalog.db`, `postgresql://user:pw@host/db` "
             "(psycopg 3 is used for `postgresql://`); none: no catalog sink. The sidecar's "

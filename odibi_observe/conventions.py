@@ -22,7 +22,26 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from typing import Final
+from typing import Final, Generic, TypeVar
+
+from opentelemetry.semconv.attributes.service_attributes import (
+    SERVICE_NAME as _SEMCONV_SERVICE_NAME,
+)
+
+_Entry = TypeVar("_Entry")
+
+
+class _Table(Generic[_Entry]):
+    """A table of names (fields or metrics) as a frozen dataclass: iterating it yields its
+    entries in declaration order, the order the docs and ``odibi-observe conventions`` print.
+
+    One base for every table, so that a table appended later iterates the same way without
+    copying the method (its attributes stay plain dataclass fields: ``FIELDS.status``).
+    """
+
+    def __iter__(self) -> Iterator[_Entry]:
+        entries: list[_Entry] = [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
+        return iter(entries)
 
 
 class RunStatus(str, Enum):
@@ -77,7 +96,7 @@ class Field:
 
 
 @dataclass(frozen=True)
-class Fields:
+class Fields(_Table[Field]):
     """All fields, as attributes so that code reads ``FIELDS.status.column``."""
 
     run_id: Field
@@ -96,9 +115,6 @@ class Fields:
     liveness: Field
     provenance: Field
     attributes: Field
-
-    def __iter__(self) -> Iterator[Field]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 FIELDS: Final = Fields(
@@ -214,6 +230,13 @@ HEALTH_FINDING_KINDS: Final = (
 #: Resource attributes for liveness (standard OTel semantic conventions).
 RESOURCE_HOST: Final = "host.name"
 RESOURCE_PID: Final = "process.pid"
+#: The resource attribute naming the service: the semantic-conventions package's own constant
+#: (stable since 1.26), so it cannot be misspelled here either.
+RESOURCE_SERVICE_NAME: Final[str] = _SEMCONV_SERVICE_NAME
+
+#: The TraceQL query ``reconcile --traces tempo:`` searches with by default: every span that
+#: carries the run-id attribute, i.e. every odibi node span.
+TEMPO_DEFAULT_QUERY: Final = f'{{ span.{FIELDS.run_id.attribute} != "" }}'
 
 #: Prefix of user attributes on spans: ``run.set_attribute("region", "eu")`` becomes
 #: ``odibi.attr.region``.
@@ -276,14 +299,11 @@ LABEL_SOURCES: Final = {
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Metrics(_Table[Metric]):
     runs: Metric
     rows: Metric
     duration: Metric
     running: Metric
-
-    def __iter__(self) -> Iterator[Metric]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 METRICS: Final = Metrics(
@@ -313,16 +333,13 @@ DURATION_BUCKETS_SECONDS: Final = (
 
 
 @dataclass(frozen=True)
-class SelfMetrics:
+class SelfMetrics(_Table[Metric]):
     sink_errors: Metric
     events_dropped: Metric
     label_overflow: Metric
     invalid_input: Metric
     queue_size: Metric
     dead_letter: Metric
-
-    def __iter__(self) -> Iterator[Metric]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 SELF_METRICS: Final = SelfMetrics(
@@ -354,7 +371,7 @@ SELF_METRICS: Final = SelfMetrics(
 
 
 @dataclass(frozen=True)
-class SidecarMetrics:
+class SidecarMetrics(_Table[Metric]):
     """What the sidecar exposes about itself on ``/metrics``, next to the node metrics."""
 
     ingested: Metric
@@ -368,9 +385,6 @@ class SidecarMetrics:
     sweeper_closed: Metric
     last_loop: Metric
     http_refused: Metric
-
-    def __iter__(self) -> Iterator[Metric]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 SIDECAR_METRICS: Final = SidecarMetrics(
@@ -427,7 +441,7 @@ SIDECAR_METRICS: Final = SidecarMetrics(
 
 
 @dataclass(frozen=True)
-class ReconcileMetrics:
+class ReconcileMetrics(_Table[Metric]):
     """The result of the last reconciliation, for dashboards and alerts."""
 
     discrepancies: Metric
@@ -435,9 +449,6 @@ class ReconcileMetrics:
     last_run: Metric
     checked: Metric
     deferred: Metric
-
-    def __iter__(self) -> Iterator[Metric]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 RECONCILE_METRICS: Final = ReconcileMetrics(
@@ -466,7 +477,7 @@ RECONCILE_METRICS: Final = ReconcileMetrics(
 
 
 @dataclass(frozen=True)
-class HealthMetrics:
+class HealthMetrics(_Table[Metric]):
     """The result of the last data-health pass (``odibi-observe health``)."""
 
     findings: Metric
@@ -475,9 +486,6 @@ class HealthMetrics:
     open_finding: Metric
     nodes: Metric
     last_run: Metric
-
-    def __iter__(self) -> Iterator[Metric]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 HEALTH_METRICS: Final = HealthMetrics(
@@ -603,13 +611,10 @@ CATALOG_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.catalog_sources"
 
 
 @dataclass(frozen=True)
-class ResourceFields:
+class ResourceFields(_Table[Field]):
     peak_rss: Field
     cpu: Field
     memory_limit: Field
-
-    def __iter__(self) -> Iterator[Field]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 RESOURCE_FIELDS: Final = ResourceFields(
@@ -634,13 +639,10 @@ RESOURCE_FIELDS: Final = ResourceFields(
 
 
 @dataclass(frozen=True)
-class ResourceMetrics:
+class ResourceMetrics(_Table[Metric]):
     peak_rss: Metric
     cpu: Metric
     memory_limit: Metric
-
-    def __iter__(self) -> Iterator[Metric]:
-        return iter([getattr(self, f.name) for f in fields(self)])
 
 
 RESOURCE_METRICS: Final = ResourceMetrics(

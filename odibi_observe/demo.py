@@ -245,7 +245,7 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
     print_("look at them:")
     print_(f"  {me} runs --catalog {shlex.quote(paths.catalog_url)}")
     print_(f"  {me} runs --catalog {shlex.quote(paths.catalog_url)} --failures")
-    print_(f"  grep odibi_node_runs_total {shlex.quote(str(paths.metrics))}")
+    print_(f"  grep {METRICS.runs.prometheus} {shlex.quote(str(paths.metrics))}")
     print_()
     if agree and rows:
         print_(f"all three sinks agree on {len(rows)} runs (same run_id, status, rows, duration)")

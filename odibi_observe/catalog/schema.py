@@ -50,6 +50,9 @@ from odibi_observe.record import (
 )
 
 # --- column names, all from the conventions ---------------------------------------------------
+#
+# A field with several columns is unpacked into exactly as many names, so a column added to or
+# removed from the conventions fails here, at import, instead of leaving a column unmapped.
 
 RUN_ID: Final = FIELDS.run_id.column
 PROJECT: Final = FIELDS.project.column
@@ -57,24 +60,16 @@ PIPELINE: Final = FIELDS.pipeline.column
 NODE: Final = FIELDS.node.column
 STATUS: Final = FIELDS.status.column
 ROWS: Final = FIELDS.rows.column
-DURATION_MS: Final = FIELDS.duration.columns[0]
-STARTED_AT: Final = FIELDS.duration.columns[1]
-ENDED_AT: Final = FIELDS.duration.columns[2]
+DURATION_MS, STARTED_AT, ENDED_AT = FIELDS.duration.columns
 METRICS_JSON: Final = FIELDS.attributes.column
 ENVIRONMENT: Final = FIELDS.environment.column
 PIPELINE_RUN_ID: Final = FIELDS.pipeline_run_id.column
 ATTEMPT: Final = FIELDS.attempt.column
-ERROR_TYPE: Final = FIELDS.error.columns[0]
-ERROR_MESSAGE: Final = FIELDS.error.columns[1]
+ERROR_TYPE, ERROR_MESSAGE = FIELDS.error.columns
 SUGGESTIONS_JSON: Final = FIELDS.suggestions.column
-TRACE_ID: Final = FIELDS.trace_ids.columns[0]
-SPAN_ID: Final = FIELDS.trace_ids.columns[1]
-PARENT_SPAN_ID: Final = FIELDS.trace_ids.columns[2]
-HOST: Final = FIELDS.liveness.columns[0]
-PID: Final = FIELDS.liveness.columns[1]
-HEARTBEAT_AT: Final = FIELDS.liveness.columns[2]
-SOURCE: Final = FIELDS.provenance.columns[0]
-UPDATED_AT: Final = FIELDS.provenance.columns[1]
+TRACE_ID, SPAN_ID, PARENT_SPAN_ID = FIELDS.trace_ids.columns
+HOST, PID, HEARTBEAT_AT = FIELDS.liveness.columns
+SOURCE, UPDATED_AT = FIELDS.provenance.columns
 PEAK_RSS: Final = RESOURCE_FIELDS.peak_rss.column
 CPU_SECONDS: Final = RESOURCE_FIELDS.cpu.column
 MEMORY_LIMIT: Final = RESOURCE_FIELDS.memory_limit.column
@@ -155,19 +150,26 @@ meta_runs: Final = sa.Table(
     sa.Column(MEMORY_LIMIT, sa.BigInteger),
 )
 
-# The indexes behind the queries dashboards and the sweeper run. Explicit names: they are part
-# of the migration snapshot and of what operators see in EXPLAIN output.
-sa.Index("ix_meta_runs_started_at", meta_runs.c[STARTED_AT])
-sa.Index(
-    "ix_meta_runs_pipeline_node_started",
-    meta_runs.c[PIPELINE], meta_runs.c[NODE], meta_runs.c[STARTED_AT],
-)
-sa.Index("ix_meta_runs_status_started", meta_runs.c[STATUS], meta_runs.c[STARTED_AT])
-sa.Index(
-    "ix_meta_runs_project_pipeline_date",
-    meta_runs.c[PROJECT], meta_runs.c[PIPELINE], meta_runs.c[DATE],
-)
-sa.Index("ix_meta_runs_trace_id", meta_runs.c[TRACE_ID])
+
+
+def _index(table: sa.Table, *columns: str, suffix: str | None = None) -> sa.Index:
+    """The index ``ix_<table>_<suffix>`` on ``columns`` (suffix: the columns' names joined).
+
+    Explicit names: they are part of the migration snapshot and of what operators see in
+    EXPLAIN output. Built from the table's and columns' constants, so no name is spelled twice;
+    the migrations spell theirs out on purpose (they are history, and must not change when a
+    constant here does).
+    """
+    name = f"ix_{table.name}_{suffix or '_'.join(columns)}"
+    return sa.Index(name, *(table.c[column] for column in columns))
+
+
+# The indexes behind the queries dashboards and the sweeper run.
+_index(meta_runs, STARTED_AT)
+_index(meta_runs, PIPELINE, NODE, STARTED_AT, suffix="pipeline_node_started")
+_index(meta_runs, STATUS, STARTED_AT, suffix="status_started")
+_index(meta_runs, PROJECT, PIPELINE, DATE, suffix="project_pipeline_date")
+_index(meta_runs, TRACE_ID)
 
 # --- the span ledger: the trace side, as the sidecar's OTLP receiver saw it ----------------------
 #
@@ -203,8 +205,8 @@ span_ledger: Final = sa.Table(
     sa.Column(RESOURCE_JSON, sa.Text),
     sa.Column(RECEIVED_AT, sa.DateTime(timezone=True), nullable=False),
 )
-sa.Index("ix_odibi_span_ledger_run_id", span_ledger.c[RUN_ID])
-sa.Index("ix_odibi_span_ledger_started_at", span_ledger.c[STARTED_AT])
+_index(span_ledger, RUN_ID)
+_index(span_ledger, STARTED_AT)
 
 # --- reconciliation results ---------------------------------------------------------------------
 #
@@ -213,12 +215,18 @@ sa.Index("ix_odibi_span_ledger_started_at", span_ledger.c[STARTED_AT])
 # documented list (conventions.DISCREPANCY_KINDS), and a new kind must not need a migration.
 
 REPORT_ID: Final = "report_id"
+CREATED_AT: Final = "created_at"
+#: Columns both result tables have: a discrepancy's or a finding's kind, its detail, and
+#: whether (or how many) were repaired.
+KIND: Final = "kind"
+DETAIL: Final = "detail"
+REPAIRED: Final = "repaired"
 
 reconciliation: Final = sa.Table(
     RECONCILIATION_TABLE,
     metadata,
     sa.Column(REPORT_ID, sa.String(100), primary_key=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column(CREATED_AT, sa.DateTime(timezone=True), nullable=False),
     sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
     sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
     sa.Column("grace_seconds", sa.Float, nullable=False),
@@ -230,26 +238,26 @@ reconciliation: Final = sa.Table(
     sa.Column("discrepancies", sa.BigInteger, nullable=False),
     sa.Column("discrepancies_json", sa.Text, nullable=False),
     sa.Column("completeness_ratio", sa.Float),
-    sa.Column("repaired", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column(REPAIRED, sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("errors", sa.BigInteger, nullable=False, server_default=sa.text("0")),
 )
-sa.Index("ix_meta_reconciliation_created_at", reconciliation.c.created_at)
+_index(reconciliation, CREATED_AT)
 
 reconciliation_items: Final = sa.Table(
     RECONCILIATION_ITEMS_TABLE,
     metadata,
     sa.Column(REPORT_ID, sa.String(100), primary_key=True),
     sa.Column("item", sa.Integer, primary_key=True),
-    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column(KIND, sa.String(50), nullable=False),
     sa.Column(RUN_ID, sa.String(100)),
     sa.Column(PIPELINE, sa.String(255)),
     sa.Column(NODE, sa.String(255)),
     sa.Column(STARTED_AT, sa.DateTime(timezone=True)),
     sa.Column(TRACE_ID, sa.String(32)),
-    sa.Column("detail", sa.Text),
-    sa.Column("repaired", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column(DETAIL, sa.Text),
+    sa.Column(REPAIRED, sa.Boolean, nullable=False, server_default=sa.false()),
 )
-sa.Index("ix_meta_reconciliation_items_run_id", reconciliation_items.c[RUN_ID])
+_index(reconciliation_items, RUN_ID)
 
 # --- data-health findings -------------------------------------------------------------------------
 #
@@ -257,28 +265,29 @@ sa.Index("ix_meta_reconciliation_items_run_id", reconciliation_items.c[RUN_ID])
 # stays ``open`` (``last_seen_at`` and ``passes`` move) while passes keep seeing it, and becomes
 # ``resolved`` at the first pass that does not: one row per episode, not one per pass.
 
+STATE: Final = "state"
+LAST_SEEN_AT: Final = "last_seen_at"
+
 health_findings: Final = sa.Table(
     HEALTH_FINDINGS_TABLE,
     metadata,
     sa.Column("finding_id", sa.String(100), primary_key=True),
-    sa.Column("kind", sa.String(50), nullable=False),
+    sa.Column(KIND, sa.String(50), nullable=False),
     sa.Column(PIPELINE, sa.String(255), nullable=False),
     sa.Column(NODE, sa.String(255), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column(STATE, sa.String(16), nullable=False),
     sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column(LAST_SEEN_AT, sa.DateTime(timezone=True), nullable=False),
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("passes", sa.Integer, nullable=False, server_default=sa.text("1")),
     sa.Column("score", sa.Float),
     sa.Column("baseline", sa.Float),
     sa.Column("value", sa.Float),
-    sa.Column("detail", sa.Text),
+    sa.Column(DETAIL, sa.Text),
     sa.Column("evidence_json", sa.Text),
 )
-sa.Index("ix_meta_health_findings_node", health_findings.c.kind, health_findings.c[PIPELINE],
-         health_findings.c[NODE], health_findings.c.state)
-sa.Index("ix_meta_health_findings_state_seen", health_findings.c.state,
-         health_findings.c.last_seen_at)
+_index(health_findings, KIND, PIPELINE, NODE, STATE, suffix="node")
+_index(health_findings, STATE, LAST_SEEN_AT, suffix="state_seen")
 
 #: Index name → its columns, for migrations and tests that check the database has them.
 INDEXES: Final = {

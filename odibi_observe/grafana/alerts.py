@@ -97,7 +97,8 @@ def reconciliation_checked_nothing() -> Rule:
         "0m", "warning",
         "The last reconciliation checked 0 runs",
         "It proved nothing: no run started in its window, or all were too recent (within "
-        "the grace period; see odibi_reconcile_runs_deferred). Check the schedule, --last "
+        f"the grace period; see {RECONCILE_METRICS.deferred.prometheus}). Check the schedule, "
+        "--last "
         "and --grace, and whether the pipelines ran.",
     )
 

@@ -33,7 +33,7 @@ from odibi_observe._cliargs import (
 )
 from odibi_observe._redact import safe_text
 from odibi_observe.config import ConfigurationError, hide_password
-from odibi_observe.conventions import DISCREPANCY_KINDS
+from odibi_observe.conventions import DISCREPANCY_KINDS, TEMPO_DEFAULT_QUERY
 
 if TYPE_CHECKING:
     from odibi_observe.reconcile.model import Window
@@ -179,7 +179,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        metavar="DURATION", help="per request (30s, 2m; default: 30s)")
     tempo.add_argument("--tempo-header", action="append", default=[], metavar="NAME=VALUE",
                        help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)")
-    tempo.add_argument("--tempo-query", metavar="TRACEQL", default='{ span.odibi.run_id != "" }',
+    tempo.add_argument("--tempo-query", metavar="TRACEQL", default=TEMPO_DEFAULT_QUERY,
                        help="the search (default: %(default)s)")
 
     resources = parser.add_argument_group("resources")

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any, Final, NamedTuple
 
-from odibi_observe.conventions import DISCREPANCY_KINDS, RunStatus
+from odibi_observe.conventions import DISCREPANCY_KINDS, SELF_METRICS, RunStatus
 from odibi_observe.record import datetime_to_ns, ns_to_datetime
 
 # ------------------------------------------------------------------------------ the two sides
@@ -365,7 +365,8 @@ KINDS: Final[Mapping[str, KindInfo]] = {k.name: k for k in (
         "missing_in_catalog", "Missing in catalog",
         "The run has a span but no meta_runs row.",
         "The catalog write was lost: check the catalog sink's errors "
-        "(odibi_observe_sink_errors_total{sink=\"catalog\"}) and the database's availability "
+        f"({SELF_METRICS.sink_errors.prometheus}{{sink=\"catalog\"}}) and the database's "
+        "availability "
         "at that time.",
         "backfill the meta_runs row from the span (source='reconciler')"),
     KindInfo(

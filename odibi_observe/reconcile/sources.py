@@ -59,6 +59,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 from odibi_observe import extensions
+from odibi_observe.conventions import TEMPO_DEFAULT_QUERY
 from odibi_observe.reconcile.model import CatalogRun, ReadLog, ReadRange, TraceRun
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class SourceOptions:
     tempo_spss: int = 3
     tempo_timeout: float = 30.0
     tempo_slice_seconds: int = 3600
-    tempo_query: str = '{ span.odibi.run_id != "" }'
+    tempo_query: str = TEMPO_DEFAULT_QUERY
     tempo_headers: tuple[tuple[str, str], ...] = field(default=())
     #: Where a catalog source that sorts externally (Odibi's Delta table) puts its run files.
     spill_dir: str | None = None

@@ -37,13 +37,13 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from odibi_observe._selfmetrics import SelfMonitor, log
-from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID
+from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID, RESOURCE_SERVICE_NAME
 from odibi_observe.record import RunEvent
 from odibi_observe.sinks.base import Sink, SinkUnavailable
 
@@ -143,7 +143,7 @@ def _resource(settings: Settings) -> Resource:
     """The resource of the application's spans: what the OTel sink gives them in-process."""
     return Resource.create({
         RESOURCE_HOST: socket.gethostname(), RESOURCE_PID: os.getpid(),
-        **dict(settings.resource_attributes), SERVICE_NAME: settings.service_name,
+        **dict(settings.resource_attributes), RESOURCE_SERVICE_NAME: settings.service_name,
     })
 
 

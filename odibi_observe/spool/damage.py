@@ -237,7 +237,7 @@ class DamageLedger:
             "spool:corrupt",
             "odibi-observe: skipped %d damaged region(s), about %d frame(s), in %s (first at byte "
             "%d, %d bytes); the frames around them are kept (counted in "
-            "odibi_observe_spool_corrupt_frames_total)",
+            f"{SIDECAR_METRICS.spool_corrupt.prometheus})",
             len(damage), lost, segment_base(writer, seq), start, end - start)
 
     def _suspect_locked(self, writer: str, open_runs: dict[bytes, None],

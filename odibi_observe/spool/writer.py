@@ -395,7 +395,7 @@ class SpoolWriter:
         warn_once_per_minute(
             f"spool:reject:{reason}",
             "odibi-observe: spool %s rejected %d event(s): %s (old events are kept; counted in "
-            "odibi_observe_spool_rejected_total)", self.directory, count, reason)
+            f"{SIDECAR_METRICS.spool_rejected.prometheus})", self.directory, count, reason)
 
     def rejected_total(self) -> int:
         """Events this writer refused since it was made."""

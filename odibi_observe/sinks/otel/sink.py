@@ -17,7 +17,7 @@ from typing import Any, Final
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import Meter, MeterProvider
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -35,6 +35,7 @@ from odibi_observe.conventions import (
     METRICS,
     RESOURCE_HOST,
     RESOURCE_PID,
+    RESOURCE_SERVICE_NAME,
     Metric,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -220,7 +221,7 @@ class OtelSink(Sink):
         else:
             self.resource = Resource.create({
                 RESOURCE_HOST: socket.gethostname(), RESOURCE_PID: os.getpid(),
-                **dict(resource_attributes or {}), SERVICE_NAME: service_name,
+                **dict(resource_attributes or {}), RESOURCE_SERVICE_NAME: service_name,
             })
 
         self._destinations: list[_Destination] = []
