@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from odibi_observe.catalog.migrate import head_revision
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "regen_docs.py"
 
@@ -26,10 +28,10 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     cli = tmp_path / "docs" / "cli.md"
     text = cli.read_text(encoding="utf-8")
-    assert "meta_runs is at revision 0003" in text
-    cli.write_text(text.replace("meta_runs is at revision 0003", "meta_runs is at revision 0001"),
-                   encoding="utf-8")
+    current = f"meta_runs is at revision {head_revision()}"
+    assert current in text
+    cli.write_text(text.replace(current, "meta_runs is at revision 0001"), encoding="utf-8")
     done = _check(tmp_path)
     assert done.returncode == 1
     assert "-sqlite:///catalog.db: meta_runs is at revision 0001" in done.stdout
-    assert "+sqlite:///catalog.db: meta_runs is at revision 0003" in done.stdout
+    assert f"+sqlite:///catalog.db: {current}" in done.stdout
