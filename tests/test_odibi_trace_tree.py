@@ -158,7 +158,7 @@ def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
     for name, rec in records.items():
         assert (rec.trace_id, rec.parent_span_id) == (  # type: ignore[attr-defined]
             odibis[name].trace_id, odibis[name].span_id)
-    (pipeline,) = [s for s in spans if s.name == "pipeline sales"]
+    (pipeline,) = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
     assert pipeline.resource["service.name"] == next(
         s for s in spans if RUN_ID in s.attributes).resource["service.name"]
 
