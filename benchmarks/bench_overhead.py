@@ -44,7 +44,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
-from odibi_observe.otlp_json import OtlpJsonFileSpanExporter
+from odibi_observe._otlp_json import OtlpJsonFileSpanExporter
 
 ATTRIBUTES = {
     "odibi.project": "bench", "odibi.pipeline": "bench", "odibi.node": "node",

@@ -19,17 +19,17 @@ The public API::
 Everything else is reachable through its module (``odibi_observe.sinks.catalog``, ...).
 """
 
-from odibi_observe.config import ConfigurationError, Settings
-from odibi_observe.conventions import FIELDS, METRICS, RunStatus
-from odibi_observe.instrument import (
+from odibi_observe._instrument import (
     NodeRun,
     current_run,
     node_run,
     observe_node,
     pipeline_run,
 )
+from odibi_observe._runtime import Observer, configure, flush, get_observer, shutdown
+from odibi_observe.config import ConfigurationError, Settings
+from odibi_observe.conventions import FIELDS, METRICS, RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunHandle, RunRecord
-from odibi_observe.runtime import Observer, configure, flush, get_observer, shutdown
 from odibi_observe.sinks.base import Sink, SinkExportError
 
 __version__ = "0.1.0"

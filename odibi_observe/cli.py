@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from odibi_observe._redact import terminal_safe
 from odibi_observe.config import (
     ConfigurationError,
     hide_password,
@@ -23,7 +24,6 @@ from odibi_observe.config import (
 )
 from odibi_observe.conventions import CATALOG_TABLE, RunStatus, render_table
 from odibi_observe.record import RunRecord
-from odibi_observe.redact import terminal_safe
 
 CATALOG_ENV = str(setting("catalog_url").env)
 
@@ -278,7 +278,7 @@ def failure_lines(rec: RunRecord) -> list[str]:
     """A run's error and suggestions, indented under its row (``runs`` and the demo).
 
     Text from the catalog is printed without terminal control sequences (see
-    :func:`~odibi_observe.redact.terminal_safe`): a node's error message is data, and must
+    :func:`~odibi_observe._redact.terminal_safe`): a node's error message is data, and must
     not be able to recolour, retitle or overwrite the terminal.
     """
     lines = []
@@ -307,7 +307,7 @@ def _cut(text: str, width: int) -> str:
 
 
 def first_line(value: object) -> str:
-    from odibi_observe.redact import redact
+    from odibi_observe._redact import redact
 
     return redact(str(value).strip().splitlines()[0] if str(value).strip() else "")
 

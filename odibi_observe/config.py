@@ -706,6 +706,6 @@ def hide_password(url: str) -> str:
 
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        from odibi_observe.redact import redact
+        from odibi_observe._redact import redact
 
         return redact(url)

@@ -612,7 +612,7 @@ CATALOG_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.catalog_sources"
 # --- resources per node run, and why a crashed run crashed ---------------------------------------
 #
 # What a node run used (peak memory, CPU time) and the memory limit it ran under, recorded with
-# the run (odibi_observe.resources); and the low-cardinality ``error_type`` of a CRASHED run.
+# the run (odibi_observe._resources); and the low-cardinality ``error_type`` of a CRASHED run.
 
 
 @dataclass(frozen=True)

@@ -145,9 +145,9 @@ def _printer(stream: TextIO) -> Any:
 
 
 def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
+    from odibi_observe._otlp_json import read_spans
     from odibi_observe.catalog import CatalogStore
     from odibi_observe.cli import failure_lines
-    from odibi_observe.otlp_json import read_spans
 
     store = CatalogStore(paths.catalog_url)
     rows = sorted(store.recent_runs(limit=100), key=lambda r: r.started_ns)

@@ -31,12 +31,12 @@ from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Final, Literal
 
+from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import (
     CATALOG_SOURCES_ENTRY_POINT_GROUP,
     SINKS_ENTRY_POINT_GROUP,
     TRACE_SOURCES_ENTRY_POINT_GROUP,
 )
-from odibi_observe.selfmetrics import log
 
 #: The three kinds of extension.
 Kind = Literal["sinks", "trace_sources", "catalog_sources"]

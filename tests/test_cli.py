@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.conventions import CATALOG_TABLE, FIELDS, METRICS, render_table
-from odibi_observe.otlp_json import read_spans
 
 
 def _cli(*args: str, env: dict[str, str] | None = None,

@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from alembic import command
 
 import odibi_observe as oo
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.catalog.migrate import alembic_config, head_revision
 from odibi_observe.conventions import CATALOG_TABLE, EXCEPTION_STACKTRACE, RunStatus
-from odibi_observe.otlp_json import read_spans
 
 
 def _leaky_step(depth: int) -> None:

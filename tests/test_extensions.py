@@ -355,7 +355,7 @@ def test_configure_builds_the_registered_sinks_the_settings_ask_for(tmp_path: Pa
     """In-process: a registered sink class is built by ``from_context`` (None leaves it out),
     next to the built-ins; one whose factory raises is left out and the rest record."""
     import odibi_observe as oo
-    from odibi_observe import runtime
+    from odibi_observe import _runtime as runtime
     from odibi_observe.testing import InMemorySink
 
     built: list[InMemorySink] = []

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from odibi_observe._crash import utc
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import RunStatus, Source
-from odibi_observe.crash import utc
-from odibi_observe.otlp_json import read_spans
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sidecar.sweeper import (
     HEARTBEAT_TIMEOUT,

@@ -74,6 +74,16 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from odibi_observe._instrument import (
+    NodeRun,
+    end_pipeline_span,
+    error_message_of,
+    node_run,
+    pipeline_span_attributes,
+    suggestions_of,
+)
+from odibi_observe._runtime import get_observer
+from odibi_observe._selfmetrics import log
 from odibi_observe.config import parse_bool
 from odibi_observe.conventions import (
     CICD_PIPELINE_RUN_ID,
@@ -82,16 +92,6 @@ from odibi_observe.conventions import (
     PIPELINE_SPAN_NAME_FORMAT,
     Field,
 )
-from odibi_observe.instrument import (
-    NodeRun,
-    end_pipeline_span,
-    error_message_of,
-    node_run,
-    pipeline_span_attributes,
-    suggestions_of,
-)
-from odibi_observe.runtime import get_observer
-from odibi_observe.selfmetrics import log
 
 #: The Odibi releases whose internals the wrappers were written against (pip specifier).
 SUPPORTED_ODIBI: Final = ">=3.15,<3.16"

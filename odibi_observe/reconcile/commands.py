@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from odibi_observe._redact import safe_text
 from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import DISCREPANCY_KINDS
-from odibi_observe.redact import safe_text
 
 if TYPE_CHECKING:
     from odibi_observe.reconcile.model import Window

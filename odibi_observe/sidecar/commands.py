@@ -38,9 +38,9 @@ from odibi_observe.config import (
 from odibi_observe.sidecar import DEFAULT_HOST, SidecarOptions
 
 if TYPE_CHECKING:
+    from odibi_observe._selfmetrics import SelfMonitor
     from odibi_observe.catalog.store import CatalogStore
     from odibi_observe.record import RunRecord
-    from odibi_observe.selfmetrics import SelfMonitor
     from odibi_observe.sidecar.sweeper import SweepResult
     from odibi_observe.sinks.base import Sink
     from odibi_observe.spool import Spool
@@ -349,8 +349,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
     from sqlalchemy.exc import SQLAlchemyError
 
+    from odibi_observe._runtime import Observer
     from odibi_observe.cli import first_line
-    from odibi_observe.runtime import Observer
     from odibi_observe.sidecar.service import _catalog_store
 
     _setup_logging(args)
@@ -429,7 +429,7 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
     exported now stays spooled, and a sidecar on this spool delivers it later. Returns the
     result and the sinks that still have spooled events.
     """
-    from odibi_observe.pump import SpoolPump
+    from odibi_observe._pump import SpoolPump
     from odibi_observe.sidecar.service import CATALOG_SINK, _WatchedSink
     from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
     from odibi_observe.spool import Spool
