@@ -13,8 +13,8 @@ What a node run does, in order:
 3. run the node;
 4. emit the terminal ``FINISHED`` record *before* the return value is returned or the
    exception propagates — on return (``SUCCESS``), on ``Exception`` and on ``BaseException``
-   (``KeyboardInterrupt``, ``SystemExit``, ``CancelledError``: ``FAILURE``), and from the
-   ``atexit``/SIGTERM hooks for runs still active when the process goes (``CRASHED``).
+   (``SystemExit``, ``CancelledError``: ``FAILURE``; ``KeyboardInterrupt``: ``CANCELLED``), and
+   from the ``atexit``/SIGTERM hooks for runs still active when the process goes (``CRASHED``).
 
 The node's own behaviour is untouched: the wrapper returns what the function returns and
 re-raises what it raises, and nothing in here raises into the node — invalid inputs (NaN row
@@ -39,6 +39,7 @@ import random
 import reprlib
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
@@ -56,8 +57,14 @@ from odibi_observe._resources import ResourceMeter, final_fields
 from odibi_observe._runtime import Observer, get_observer
 from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import (
+    CICD_PIPELINE_NAME,
+    CICD_PIPELINE_RESULT,
+    CICD_PIPELINE_RUN_ID,
+    ERROR_TYPE_ATTRIBUTE,
+    EXCEPTION_STACKTRACE,
     FIELDS,
     INSTRUMENTATION_SCOPE,
+    PIPELINE_RESULTS,
     PIPELINE_SPAN_NAME_FORMAT,
     RunStatus,
 )
@@ -342,6 +349,11 @@ class NodeRun:
         the run's block afterwards records nothing more. Never raises, and always ends the
         run: what cannot be read from ``error`` is left out (and counted).
         """
+        self._end_with_error(error, message, RunStatus.FAILURE)
+
+    def _end_with_error(self, error: BaseException, message: str | None,
+                        status: RunStatus) -> None:
+        """End the run as ``status`` with ``error``'s type, message and suggestions."""
         problems: list[str] = []
         for text in _suggestions_of(error, problems):
             self.suggest(text)
@@ -355,7 +367,8 @@ class NodeRun:
                 text = error_message_of(error)
         for problem in problems:
             self._invalid("error", f"run {self.run_id}: {problem}; left out")
-        self._finish(RunStatus.FAILURE, error_type=error_type_of(error), error_message=text)
+        self._finish(status, error_type=error_type_of(error), error_message=text,
+                     error_stack=self._stack(error))
 
     def __bool__(self) -> bool:
         return True
@@ -399,10 +412,21 @@ class NodeRun:
         self._finish(RunStatus.SUCCESS)
 
     def _fail(self, exc: BaseException) -> None:
-        self.fail(exc)
+        """End the run for an exception leaving the node: ``KeyboardInterrupt`` (Ctrl-C,
+        SIGINT's default handler) is an operator's abort, so ``CANCELLED``; anything else
+        is a ``FAILURE``."""
+        self._end_with_error(exc, None, status_of_exception(exc))
+
+    def _stack(self, error: BaseException) -> str | None:
+        """``error``'s traceback, redacted and bounded by ``max_error_stack_length``; None
+        when it cannot be formatted. Never raises."""
+        try:
+            return stack_of(error, self._observer.settings.max_error_stack_length)
+        except Exception:
+            return None
 
     def _finish(self, status: RunStatus, *, error_type: str | None = None,
-                error_message: str | None = None) -> bool:
+                error_message: str | None = None, error_stack: str | None = None) -> bool:
         """Emit the terminal record once; False if the run was already finished.
 
         Never raises. If the full record cannot be built (a bug here, not the user's value:
@@ -425,6 +449,7 @@ class NodeRun:
                 error_type=error_type,
                 error_message=(None if error_message is None
                                else self._safe(error_message, limit, "error")),
+                error_stack=error_stack,
                 suggestions=tuple(self._suggestions),
                 attributes=dict(self._attributes),
                 **used,
@@ -959,8 +984,10 @@ class pipeline_run:
         try:
             span = trace.get_tracer(INSTRUMENTATION_SCOPE).start_as_current_span(
                 PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline),
+                kind=trace.SpanKind.SERVER,
                 attributes={FIELDS.pipeline.attribute or "": pipeline,
-                            FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id},
+                            FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id,
+                            **pipeline_span_attributes(pipeline, scope.pipeline_run_id)},
                 # Recorded here instead, with the message redacted (see __exit__).
                 record_exception=False, set_status_on_exception=False,
             )
@@ -975,8 +1002,8 @@ class pipeline_run:
                  tb: TracebackType | None) -> None:
         try:
             if self._span is not None:
-                if exc is not None and self._otel_span is not None:
-                    _mark_span_failed(self._otel_span, exc)
+                if self._otel_span is not None:
+                    end_pipeline_span(self._otel_span, exc)
                 self._span.__exit__(exc_type, exc, tb)
         except Exception:
             log.exception("odibi-observe: could not end the pipeline span")
@@ -997,11 +1024,64 @@ class pipeline_run:
         self.__exit__(exc_type, exc, tb)
 
 
-def _mark_span_failed(span: trace.Span, exc: BaseException) -> None:
-    """What ``record_exception`` and ``set_status_on_exception`` do, with redacted text."""
-    kind, message = error_type_of(exc), safe_text(error_message_of(exc), 8_192)
-    span.add_event("exception", {"exception.type": kind, "exception.message": message})
-    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{kind}: {message}"[:256]))
+def pipeline_span_attributes(pipeline: str, pipeline_run_id: str | None) -> dict[str, str]:
+    """The OTel CI/CD attributes a pipeline span starts with (``odibi.*`` ones go beside)."""
+    attrs = {CICD_PIPELINE_NAME: pipeline}
+    if pipeline_run_id:
+        attrs[CICD_PIPELINE_RUN_ID] = pipeline_run_id
+    return attrs
+
+
+def end_pipeline_span(span: trace.Span, exc: BaseException | None,
+                      failed_nodes: int = 0) -> None:
+    """Set ``cicd.pipeline.result`` (and, on an exception, what ``record_exception`` and
+    ``set_status_on_exception`` do, with redacted text) before the pipeline span ends.
+
+    A ``KeyboardInterrupt`` is a cancellation, like the node it interrupted: an ``exception``
+    event and ``error.type``, but no ERROR status. Never raises."""
+    try:
+        status = (RunStatus.SUCCESS if exc is None and not failed_nodes
+                  else RunStatus.FAILURE if exc is None else status_of_exception(exc))
+        span.set_attribute(CICD_PIPELINE_RESULT, PIPELINE_RESULTS[status])
+        if exc is None:
+            return
+        kind, message = error_type_of(exc), safe_text(error_message_of(exc), 8_192)
+        span.set_attribute(ERROR_TYPE_ATTRIBUTE, kind)
+        event: dict[str, str] = {"exception.type": kind, "exception.message": message}
+        stack = stack_of(exc, 8_192)
+        if stack:
+            event[EXCEPTION_STACKTRACE] = stack
+        span.add_event("exception", event)
+        if status is not RunStatus.CANCELLED:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{kind}: {message}"[:256]))
+    except Exception:
+        log.exception("odibi-observe: could not record the end of the pipeline span")
+
+
+#: Characters read before the kept tail of a long traceback (so that redaction, which shortens
+#: text, still leaves ``limit`` characters), and the head of them always dropped after it: a
+#: secret the first cut split in two is not kept.
+_STACK_MARGIN: Final = 4_096
+_STACK_CUT_HEAD: Final = 256
+
+
+def stack_of(exc: BaseException, limit: int) -> str | None:
+    """``exc``'s traceback as Python prints it, redacted and bounded to ``limit`` characters
+    (the end kept: the innermost frames and the exception line say what broke). Never
+    raises: None when it cannot be formatted."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+        window = len(text) > limit + _STACK_MARGIN
+        if window:
+            text = text[-(limit + _STACK_MARGIN):]
+        text = safe_text(text, len(text))  # redacted whole, then cut (never half a secret)
+        if window:
+            text = text[_STACK_CUT_HEAD:]
+        if window or len(text) > limit:
+            text = "…" + text[-(limit - 1):]
+        return text
+    except Exception:
+        return None
 
 
 # -- results, errors, exits -------------------------------------------------------------------
@@ -1032,6 +1112,11 @@ def _rows_from_result(value: Any, count_int_return: bool) -> int | None:
     if (kind.__module__.partition(".")[0], kind.__name__) in _ROW_FRAME_TYPES:
         return len(value)
     return None
+
+
+def status_of_exception(exc: BaseException) -> RunStatus:
+    """``CANCELLED`` for a ``KeyboardInterrupt`` (an operator's abort), else ``FAILURE``."""
+    return RunStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILURE
 
 
 def error_type_of(exc: BaseException) -> str:

@@ -379,6 +379,14 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "`node=\"__overflow__\"`"),
     Setting("max_attribute_length", _count, 4_096, "characters per string attribute"),
     Setting("max_error_message_length", _count, 8_192, "characters of a stored error message"),
+    Setting("max_error_stack_length", _count, 16_384,
+            "characters of a stored traceback (`error_stack`, `exception.stacktrace`; the "
+            "innermost frames kept)"),
+    Setting("task_run_url_template", _text, None,
+            "link of a node run on its span (`cicd.pipeline.task.run.url.full`), e.g. to the "
+            "Grafana drill-down; placeholders `{run_id}`, `{pipeline}`, `{node}`, `{project}`, "
+            "`{pipeline_run_id}`, `{environment}`; an unusable one is warned about once and "
+            "left out"),
     Setting("max_name_length", _count, 255, "characters of project / pipeline / node names"),
     Setting("handle_sigterm", _bool, True,
             "close running nodes as `CRASHED` on SIGTERM (only when no other handler is "
@@ -519,6 +527,8 @@ class Settings:
     max_label_series: int = _field("max_label_series")
     max_attribute_length: int = _field("max_attribute_length")
     max_error_message_length: int = _field("max_error_message_length")
+    max_error_stack_length: int = _field("max_error_stack_length")
+    task_run_url_template: str | None = _field("task_run_url_template")
     max_name_length: int = _field("max_name_length")
     handle_sigterm: bool = _field("handle_sigterm")
     otel_metrics: bool = _field("otel_metrics")

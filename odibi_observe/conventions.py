@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Final, Generic, TypeVar
 
+from opentelemetry.semconv._incubating.attributes import cicd_attributes as _cicd
+from opentelemetry.semconv.attributes import error_attributes as _error
+from opentelemetry.semconv.attributes import exception_attributes as _exception
 from opentelemetry.semconv.attributes.service_attributes import (
     SERVICE_NAME as _SEMCONV_SERVICE_NAME,
 )
@@ -49,14 +52,17 @@ class RunStatus(str, Enum):
 
     ``RUNNING`` is written when the node starts. Exactly one terminal status follows:
     ``SUCCESS`` (returned), ``FAILURE`` (raised, including ``BaseException`` such as
-    ``KeyboardInterrupt``) or ``CRASHED`` (the process ended while the node was running:
-    SIGTERM, interpreter exit, or a death the process could not see, closed later by a sweeper).
+    ``SystemExit``), ``CANCELLED`` (a ``KeyboardInterrupt`` — Ctrl-C / SIGINT — raised in the
+    node: an operator's abort, not a failure of the node) or ``CRASHED`` (the process ended
+    while the node was running: SIGTERM, SIGKILL, OOM, interpreter exit, or a death the process
+    could not see, closed later by a sweeper).
     """
 
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
     CRASHED = "CRASHED"
+    CANCELLED = "CANCELLED"
 
     @property
     def is_terminal(self) -> bool:
@@ -146,7 +152,7 @@ FIELDS: Final = Fields(
         columns=("attempt",), attribute="odibi.attempt",
     ),
     status=Field(
-        "status", "RUNNING, SUCCESS, FAILURE or CRASHED.",
+        "status", "RUNNING, SUCCESS, FAILURE, CANCELLED or CRASHED.",
         columns=("status",), attribute="odibi.status", label="status",
         prometheus_note="label `status` on `odibi_node_runs_total`",
         otel_metric_note="`odibi.node.runs`",
@@ -245,8 +251,11 @@ USER_ATTRIBUTE_PREFIX: Final = "odibi.attr."
 #: Span name of a node run: low-cardinality, the node name carried as an attribute too.
 SPAN_NAME_FORMAT: Final = "node {node}"
 
-#: Span name of a pipeline run (``pipeline_run()``), the parent of its node spans.
-PIPELINE_SPAN_NAME_FORMAT: Final = "pipeline {pipeline}"
+#: Span name of a pipeline run (``pipeline_run()``, Odibi's ``Pipeline.run``), the parent of
+#: its node spans: ``RUN sales``, the OTel CI/CD conventions' ``{action} {pipeline}``. Readers
+#: (reconcile, the span ledger) never match span names: they read ``odibi.*`` attributes.
+PIPELINE_SPAN_NAME_FORMAT: Final = (
+    f"{_cicd.CicdPipelineActionNameValues.RUN.value} {{pipeline}}")
 
 #: Instrumentation scope of spans and metrics.
 INSTRUMENTATION_SCOPE: Final = "odibi_observe"
@@ -526,7 +535,7 @@ def all_metrics() -> tuple[Metric, ...]:
 def field_rows() -> list[dict[str, str]]:
     """The conventions table as rows of strings (the shape printed and documented)."""
     rows = []
-    for f in (*FIELDS, *RESOURCE_FIELDS):
+    for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD):
         rows.append(
             {
                 "field": f.key,
@@ -548,6 +557,8 @@ def render_table(fmt: str = "text") -> str:
                 "fields": [asdict(f) for f in FIELDS],
                 "metrics": [{**asdict(m), "kind": m.kind.value} for m in all_metrics()],
                 "statuses": [s.value for s in RunStatus],
+                "status_results": {s.value: r for s, r in TASK_RUN_RESULTS.items()},
+                "semconv": semconv_rows(),
                 "catalog_table": CATALOG_TABLE,
             },
             indent=2,
@@ -566,12 +577,14 @@ def render_table(fmt: str = "text") -> str:
     if fmt == "markdown":
         return "\n\n".join(
             [_markdown(headers, rows), _markdown(list(metric_rows[0]), metric_rows),
-             "Statuses: " + ", ".join(f"`{s.value}`" for s in RunStatus) + "."]
+             "Statuses (→ OTel CI/CD result): " + status_result_line() + ".",
+             _markdown(list(semconv_rows()[0]), semconv_rows())]
         ) + "\n"
     if fmt == "text":
         return "\n\n".join(
             [_text(headers, rows), _text(list(metric_rows[0]), metric_rows),
-             "Statuses: " + ", ".join(s.value for s in RunStatus)]
+             "Statuses (-> OTel CI/CD result): " + status_result_line().replace(" →", " ->"),
+             _text(list(semconv_rows()[0]), semconv_rows())]
         ).replace("`", "") + "\n"
     raise ValueError(f"unknown format {fmt!r}: choose text, markdown or json")
 
@@ -729,3 +742,76 @@ OPENLINEAGE_CONFIG_ENV: Final = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
 OPENLINEAGE_TRANSPORT_ENV_PREFIX: Final = "OPENLINEAGE__TRANSPORT"
 OPENLINEAGE_DISABLED_ENV: Final = "OPENLINEAGE_DISABLED"
 OPENLINEAGE_CONFIG_FILE: Final = "openlineage.yml"
+# --- the OpenTelemetry CI/CD semantic conventions ------------------------------------------------
+#
+# A node run is a CI/CD "pipeline task run", a pipeline run a "pipeline run": the same record
+# also speaks the standard attribute names, next to the ``odibi.*`` ones (which stay). Every
+# name and result value is the ``opentelemetry-semantic-conventions`` package's constant, never
+# spelled here; the package marks these incubating, so they are read in this one place.
+
+CICD_PIPELINE_NAME: Final = _cicd.CICD_PIPELINE_NAME
+CICD_PIPELINE_RUN_ID: Final = _cicd.CICD_PIPELINE_RUN_ID
+CICD_PIPELINE_RESULT: Final = _cicd.CICD_PIPELINE_RESULT
+CICD_TASK_NAME: Final = _cicd.CICD_PIPELINE_TASK_NAME
+CICD_TASK_RUN_ID: Final = _cicd.CICD_PIPELINE_TASK_RUN_ID
+CICD_TASK_RUN_RESULT: Final = _cicd.CICD_PIPELINE_TASK_RUN_RESULT
+CICD_TASK_RUN_URL: Final = _cicd.CICD_PIPELINE_TASK_RUN_URL_FULL
+#: ``error.type`` (stable): the exception type of a run that did not succeed.
+ERROR_TYPE_ATTRIBUTE: Final = _error.ERROR_TYPE
+#: ``exception.stacktrace`` (stable) on the span's ``exception`` event.
+EXCEPTION_STACKTRACE: Final = _exception.EXCEPTION_STACKTRACE
+
+#: The semconv result of each terminal status (``cicd.pipeline.task.run.result``). A status
+#: without a standard counterpart has no entry, and its span carries no result attribute.
+TASK_RUN_RESULTS: Final[dict[RunStatus, str]] = {
+    RunStatus.SUCCESS: _cicd.CicdPipelineTaskRunResultValues.SUCCESS.value,
+    RunStatus.FAILURE: _cicd.CicdPipelineTaskRunResultValues.FAILURE.value,
+    RunStatus.CRASHED: _cicd.CicdPipelineTaskRunResultValues.ERROR.value,
+    RunStatus.CANCELLED: _cicd.CicdPipelineTaskRunResultValues.CANCELLATION.value,
+}
+#: The same for a whole pipeline run (``cicd.pipeline.result``).
+PIPELINE_RESULTS: Final[dict[RunStatus, str]] = {
+    RunStatus.SUCCESS: _cicd.CicdPipelineResultValues.SUCCESS.value,
+    RunStatus.FAILURE: _cicd.CicdPipelineResultValues.FAILURE.value,
+    RunStatus.CRASHED: _cicd.CicdPipelineResultValues.ERROR.value,
+    RunStatus.CANCELLED: _cicd.CicdPipelineResultValues.CANCELLATION.value,
+}
+
+#: Terminal statuses that count against a node's failure rate. ``CANCELLED`` is an operator's
+#: abort, not the node failing: it is neither a failure nor a run the rate is taken over.
+FAILED_STATUSES: Final = (RunStatus.FAILURE, RunStatus.CRASHED)
+
+#: Placeholders ``task_run_url_template`` may use (``{run_id}``, ``{pipeline}``, ...).
+TASK_RUN_URL_PLACEHOLDERS: Final = ("run_id", "pipeline", "node", "project",
+                                    "pipeline_run_id", "environment")
+
+
+def semconv_rows() -> list[dict[str, str]]:
+    """The CI/CD semantic-convention attributes beside our own, for the conventions table."""
+    def row(ours: str, theirs: str, span: str) -> dict[str, str]:
+        return {"span": span, "odibi attribute": ours, "semconv attribute": f"`{theirs}`"}
+    return [
+        row(f"`{FIELDS.pipeline.attribute}`", CICD_PIPELINE_NAME, "node, pipeline"),
+        row(f"`{FIELDS.pipeline_run_id.attribute}`", CICD_PIPELINE_RUN_ID, "node, pipeline"),
+        row(f"`{FIELDS.node.attribute}`", CICD_TASK_NAME, "node"),
+        row(f"`{FIELDS.run_id.attribute}`", CICD_TASK_RUN_ID, "node"),
+        row(f"`{FIELDS.status.attribute}`", CICD_TASK_RUN_RESULT, "node"),
+        row("—", CICD_TASK_RUN_URL, "node (setting `task_run_url_template`)"),
+        row("—", ERROR_TYPE_ATTRIBUTE, "node, pipeline (not on success)"),
+        row("—", CICD_PIPELINE_RESULT, "pipeline"),
+    ]
+
+
+#: The traceback of a run that raised (``FAILURE``, ``CANCELLED``): the catalog column
+#: ``error_stack`` and ``exception.stacktrace`` on the span's ``exception`` event. Redacted and
+#: bounded by ``max_error_stack_length`` (the innermost frames kept).
+ERROR_STACK_FIELD: Final = Field(
+    "error_stack", "Traceback of a FAILURE or CANCELLED run (redacted, bounded; the innermost "
+    "frames kept).", columns=("error_stack",), attribute=EXCEPTION_STACKTRACE,
+)
+
+
+def status_result_line() -> str:
+    """``SUCCESS → success, ...``: each status and its semconv task-run result."""
+    return ", ".join(f"`{s.value}` → `{TASK_RUN_RESULTS[s]}`" if s in TASK_RUN_RESULTS
+                     else f"`{s.value}`" for s in RunStatus)

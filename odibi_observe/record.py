@@ -69,6 +69,8 @@ class RunRecord:
     peak_rss_bytes: int | None = None
     cpu_seconds: float | None = None
     memory_limit_bytes: int | None = None
+    # The traceback of a FAILURE / CANCELLED run, redacted and bounded; None otherwise.
+    error_stack: str | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -138,7 +140,7 @@ class RunRecord:
                            for k, v in self.attributes.items()},
             "heartbeat_ns": self.heartbeat_ns, "source": self.source.value,
             "peak_rss_bytes": self.peak_rss_bytes, "cpu_seconds": self.cpu_seconds,
-            "memory_limit_bytes": self.memory_limit_bytes,
+            "memory_limit_bytes": self.memory_limit_bytes, "error_stack": self.error_stack,
         }
 
     @classmethod
@@ -269,8 +271,8 @@ _NONE: Final = type(None)
 _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     **dict.fromkeys(("run_id", "project", "pipeline", "node", "environment", "trace_id",
                      "span_id", "host", "service_name"), (str,)),
-    **dict.fromkeys(("parent_span_id", "pipeline_run_id", "error_type", "error_message"),
-                    (str, _NONE)),
+    **dict.fromkeys(("parent_span_id", "pipeline_run_id", "error_type", "error_message",
+                     "error_stack"), (str, _NONE)),
     **dict.fromkeys(("started_ns", "pid", "attempt"), (int,)),
     **dict.fromkeys(("ended_ns", "rows_processed", "heartbeat_ns", "peak_rss_bytes",
                      "memory_limit_bytes"), (int, _NONE)),

@@ -52,6 +52,7 @@ from odibi_observe.catalog.schema import COLUMNS, INDEXES, record_to_row, row_to
 from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import (
     CATALOG_TABLE,
+    ERROR_STACK_FIELD,
     FIELDS,
     MIGRATIONS_VERSION_TABLE,
     ODIBI_META_RUNS_COLUMNS,
@@ -917,7 +918,8 @@ class TestPostgresCatalog(CatalogContract):
 
 
 def test_columns_are_odibis_first_then_ours_all_from_the_conventions() -> None:
-    convention_columns = {column for f in (*FIELDS, *RESOURCE_FIELDS) for column in f.columns}
+    convention_columns = {column for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD)
+                          for column in f.columns}
     assert set(meta_runs.c.keys()) == convention_columns | set(ODIBI_META_RUNS_COLUMNS)
     assert tuple(meta_runs.c.keys())[: len(ODIBI_META_RUNS_COLUMNS)] == ODIBI_META_RUNS_COLUMNS
     assert meta_runs.name == CATALOG_TABLE

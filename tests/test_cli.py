@@ -47,7 +47,7 @@ def test_demo_records_every_run_in_all_three_sinks(demo_dir: Path) -> None:
     assert "compare its header" in rows["enrich_customers"].suggestions_json
     assert "hunter2" not in rows["enrich_customers"].error_message
     assert (rows["publish_report"].status, rows["publish_report"].error_type) == (
-        "FAILURE", "KeyboardInterrupt")
+        "CANCELLED", "KeyboardInterrupt")
     assert rows["ingest_orders"].rows_processed == 1200
 
     spans = read_spans(demo_dir / "traces.jsonl")
@@ -61,7 +61,8 @@ def test_demo_records_every_run_in_all_three_sinks(demo_dir: Path) -> None:
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == METRICS.runs.prometheus]
     assert sum(s.value for s in samples) == 6
-    assert sum(s.value for s in samples if s.labels["status"] == "FAILURE") == 2
+    assert sum(s.value for s in samples if s.labels["status"] == "FAILURE") == 1
+    assert sum(s.value for s in samples if s.labels["status"] == "CANCELLED") == 1
 
 
 def test_runs_shows_failures_with_their_suggestions(demo_dir: Path) -> None:
@@ -73,7 +74,13 @@ def test_runs_shows_failures_with_their_suggestions(demo_dir: Path) -> None:
     assert sum(1 for line in lines if " SUCCESS " in line) == 4
     assert any("suggestion: re-run with --node enrich_customers" in line for line in lines)
     failures = _cli("runs", "--catalog", url, "--failures").stdout
-    assert "ingest_orders" not in failures and "publish_report" in failures
+    assert "enrich_customers" in failures
+    assert "ingest_orders" not in failures and "publish_report" not in failures  # cancelled
+    cancelled = [line for line in lines if " CANCELLED " in line]
+    assert len(cancelled) == 1 and "publish_report" in cancelled[0]
+    assert any("error: KeyboardInterrupt: operator pressed Ctrl-C" in line for line in lines)
+    only_cancelled = _cli("runs", "--catalog", url, "--status", "cancelled").stdout
+    assert "publish_report" in only_cancelled and "enrich_customers" not in only_cancelled
     only = _cli("runs", "--catalog", url, "--node", "clean_orders", "--limit", "5").stdout
     assert len([line for line in only.splitlines() if "clean_orders" in line]) == 1
 

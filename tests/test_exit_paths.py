@@ -84,7 +84,8 @@ def test_app_sigterm_handler_is_respected_and_its_exception_recorded(tmp_path: P
     assert (row["status"], row["error_type"]) == ("FAILURE", "SystemExit")
 
 
-def test_sigint_during_a_node_is_a_failure_with_keyboard_interrupt(tmp_path: Path) -> None:
+def test_sigint_during_a_node_is_a_cancellation_with_keyboard_interrupt(
+        tmp_path: Path) -> None:
     proc, url = _spawn(tmp_path, """
         with oo.node_run("p", "interactive"):
             ready()
@@ -94,7 +95,7 @@ def test_sigint_during_a_node_is_a_failure_with_keyboard_interrupt(tmp_path: Pat
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) != 0
     (row,) = _rows(url)
-    assert (row["status"], row["error_type"]) == ("FAILURE", "KeyboardInterrupt")
+    assert (row["status"], row["error_type"]) == ("CANCELLED", "KeyboardInterrupt")
 
 
 def test_uncaught_exception_is_recorded_before_the_process_dies(tmp_path: Path) -> None:

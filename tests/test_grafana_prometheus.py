@@ -290,10 +290,12 @@ def test_overview_core_panels_show_the_demo_runs(prometheus: Prometheus) -> None
 
     by_status = {r["metric"]["status"]: float(r["value"][1])
                  for r in instant("Runs by status")}
-    # Each demo run: four successes, two failures (an exception and a KeyboardInterrupt);
-    # the sink exposes every terminal status from the start, so CRASHED is there, at 0.
-    assert {s for s, n in by_status.items() if n > 0} == {"SUCCESS", "FAILURE"}
+    # Each demo run: four successes, a failure and a cancellation (a KeyboardInterrupt), each
+    # its own series; the sink exposes every terminal status from the start, so CRASHED is
+    # there, at 0.
+    assert {s for s, n in by_status.items() if n > 0} == {"SUCCESS", "FAILURE", "CANCELLED"}
     assert by_status["SUCCESS"] > by_status["FAILURE"] > 0
+    assert by_status["CANCELLED"] == by_status["FAILURE"]
     ratio = float(instant("Success rate")[0]["value"][1])
     assert 0.5 < ratio < 0.8  # 4/6, give or take a run in flight at the window's edges
     rows = prometheus.query_range(_expand(

@@ -72,7 +72,7 @@ def test_exception_is_recorded_before_it_propagates_unchanged() -> None:
                                "check the source schema", "pin the export version")
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3), asyncio.CancelledError()])
+@pytest.mark.parametrize("exc", [SystemExit(3), asyncio.CancelledError()])
 def test_base_exceptions_are_failures_and_propagate(exc: BaseException) -> None:
     with capture_runs() as runs:
         @oo.observe_node(pipeline="p")
@@ -84,6 +84,25 @@ def test_base_exceptions_are_failures_and_propagate(exc: BaseException) -> None:
     (rec,) = runs.finished
     assert rec.status is RunStatus.FAILURE
     assert rec.error_type is not None and rec.error_type.endswith(type(exc).__name__)
+
+
+def test_keyboard_interrupt_is_a_cancellation_and_propagates_unchanged() -> None:
+    interrupt = KeyboardInterrupt("operator pressed Ctrl-C")
+    with capture_runs() as runs:
+        @oo.observe_node(pipeline="p")
+        def node() -> None:
+            raise interrupt
+
+        with pytest.raises(KeyboardInterrupt) as info:
+            node()
+        with pytest.raises(KeyboardInterrupt), oo.node_run("p", "block"):
+            raise KeyboardInterrupt
+    assert info.value is interrupt  # the very exception, not a wrapper
+    decorated, block = runs.finished
+    for rec in (decorated, block):
+        assert rec.status is RunStatus.CANCELLED
+        assert rec.error_type == "KeyboardInterrupt"
+    assert decorated.error_message == "operator pressed Ctrl-C"
 
 
 def test_suggestions_are_found_on_the_cause_chain() -> None:

@@ -32,7 +32,17 @@ from odibi_observe import _runtime as runtime
 from odibi_observe._otlp_json import SpanView, read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.config import ConfigurationError
-from odibi_observe.conventions import CRASH_HEARTBEAT_LOST, FIELDS, METRICS, RunStatus
+from odibi_observe.conventions import (
+    CICD_PIPELINE_NAME,
+    CICD_PIPELINE_RESULT,
+    CICD_TASK_RUN_RESULT,
+    CRASH_HEARTBEAT_LOST,
+    ERROR_TYPE_ATTRIBUTE,
+    FIELDS,
+    METRICS,
+    PIPELINE_SPAN_NAME_FORMAT,
+    RunStatus,
+)
 from odibi_observe.record import RunRecord
 
 pytest.importorskip("odibi", reason="the Odibi integration needs the 'odibi' extra")
@@ -230,7 +240,7 @@ def test_every_node_run_is_one_span_nested_in_odibis_node_execution_span(
     spans = success.spans()
     ours = [s for s in spans if s.scope_name == "odibi_observe" and RUN_ID in s.attributes]
     odibis = {s.span_id: s for s in spans if s.name == "node_execution"}
-    (pipeline,) = [s for s in spans if s.name == "pipeline sales"]
+    (pipeline,) = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
     assert sorted(s.name for s in ours) == sorted(f"node {name}" for name in records)
     assert len(odibis) == len(records)
     for span in ours:
@@ -292,7 +302,7 @@ def test_a_parallel_run_nests_its_worker_threads_nodes_under_the_pipeline_span(
     assert {n: r.status.value for n, r in records.items()} == {
         n: "SUCCESS" if r.success else "FAILURE" for n, r in outcome.results.node_results.items()}
     spans = outcome.spans()
-    (pipeline,) = [s for s in spans if s.name == "pipeline sales"]
+    (pipeline,) = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
     odibis = [s for s in spans if s.name == "node_execution"]
     assert len(odibis) == len(records)
     assert {s.parent_span_id for s in odibis} == {pipeline.span_id}
@@ -373,7 +383,7 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
         interrupted: tuple[Path, str, subprocess.CompletedProcess[str]]) -> None:
     project, catalog_url, result = interrupted
     assert result.returncode == 130, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "odibi-observe: recorded 3 node runs (1 FAILURE, 2 SUCCESS)" in result.stderr
+    assert "odibi-observe: recorded 3 node runs (1 CANCELLED, 2 SUCCESS)" in result.stderr
     store = CatalogStore(catalog_url)  # relative to the directory the command ran in
     try:
         records = {r.node: r for r in store.recent_runs(limit=10)}
@@ -381,7 +391,7 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
         store.dispose()
     assert {n: r.status for n, r in records.items()} == {
         "ingest_orders": RunStatus.SUCCESS, "big_orders": RunStatus.SUCCESS,
-        "publish": RunStatus.FAILURE}
+        "publish": RunStatus.CANCELLED}
     assert records["publish"].error_type == "KeyboardInterrupt"
     assert records["publish"].error_message == "operator pressed Ctrl-C while publishing"
     assert records["big_orders"].rows_processed == 14
@@ -390,17 +400,27 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
     spans = {s.attributes.get(RUN_ID): s for s in read_spans(project / "traces.jsonl")
              if s.scope_name == "odibi_observe" and RUN_ID in s.attributes}
     assert set(spans) == {r.run_id for r in records.values()}
-    assert spans[records["publish"].run_id].status_code == 2  # ERROR
+    # A cancellation: the exception event and error.type, but not an ERROR status.
+    publish = spans[records["publish"].run_id]
+    assert publish.status_code == 0  # UNSET
+    assert publish.attributes[ERROR_TYPE_ATTRIBUTE] == "KeyboardInterrupt"
+    assert publish.attributes[CICD_TASK_RUN_RESULT] == "cancellation"
+    (pipeline,) = [s for s in read_spans(project / "traces.jsonl")
+                   if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
+    assert pipeline.kind == 2  # SERVER
+    assert pipeline.attributes[CICD_PIPELINE_RESULT] == "cancellation"
+    assert pipeline.attributes[CICD_PIPELINE_NAME] == "sales"
+    assert pipeline.attributes[ERROR_TYPE_ATTRIBUTE] == "KeyboardInterrupt"
 
 
 def test_runs_shows_the_interrupted_node(
         interrupted: tuple[Path, str, subprocess.CompletedProcess[str]]) -> None:
     project, catalog_url, _ = interrupted
     result = run_subprocess([*_cli_command("odibi-observe"), "runs", "--catalog", catalog_url,
-                             "--failures"], project)
+                             "--status", "CANCELLED"], project)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 3 and " publish " in lines[1] and " FAILURE " in lines[1]
+    assert len(lines) == 3 and " publish " in lines[1] and " CANCELLED " in lines[1]
     assert lines[2] == "    error: KeyboardInterrupt: operator pressed Ctrl-C while publishing"
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from odibi_observe._otlp_json import SpanView, read_spans
 from odibi_observe.catalog import CatalogStore
-from odibi_observe.conventions import FIELDS, RunStatus
+from odibi_observe.conventions import FIELDS, PIPELINE_SPAN_NAME_FORMAT, RunStatus
 
 pytest.importorskip("odibi", reason="the Odibi integration needs the 'odibi' extra")
 
@@ -48,7 +48,7 @@ NAMES = [n["name"] for n in NODES]
 def assert_odibi_tree(spans: Sequence[SpanView], nodes: Sequence[str],
                       pipeline: str = "sales") -> None:
     """One trace; the pipeline span its root; per node, Odibi's span under it, ours under that."""
-    roots = [s for s in spans if s.name == f"pipeline {pipeline}"]
+    roots = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline)]
     assert len(roots) == 1, f"pipeline spans: {[(s.name, s.trace_id) for s in spans]}"
     (root,) = roots
     assert root.parent_span_id is None
@@ -158,7 +158,7 @@ def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
     for name, rec in records.items():
         assert (rec.trace_id, rec.parent_span_id) == (  # type: ignore[attr-defined]
             odibis[name].trace_id, odibis[name].span_id)
-    (pipeline,) = [s for s in spans if s.name == "pipeline sales"]
+    (pipeline,) = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
     assert pipeline.resource["service.name"] == next(
         s for s in spans if RUN_ID in s.attributes).resource["service.name"]
 
@@ -212,5 +212,5 @@ def test_ctrl_c_always_exits_130_with_the_interrupted_node_recorded(tmp_path: Pa
     for step, (code, records, stderr) in outcomes:
         assert code == 130, f"{step}: exit status {code}\n{stderr}"
         assert records == {"ingest_orders": (RunStatus.SUCCESS, None),
-                           "publish": (RunStatus.FAILURE, "KeyboardInterrupt")}, step
-        assert "recorded 2 node runs (1 FAILURE, 1 SUCCESS)" in stderr
+                           "publish": (RunStatus.CANCELLED, "KeyboardInterrupt")}, step
+        assert "recorded 2 node runs (1 CANCELLED, 1 SUCCESS)" in stderr

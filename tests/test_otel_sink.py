@@ -40,6 +40,11 @@ from odibi_observe._otlp_json import (
 )
 from odibi_observe.config import Settings
 from odibi_observe.conventions import (
+    CICD_PIPELINE_NAME,
+    CICD_PIPELINE_RUN_ID,
+    CICD_TASK_NAME,
+    CICD_TASK_RUN_ID,
+    CICD_TASK_RUN_RESULT,
     FIELDS,
     INSTRUMENTATION_SCOPE,
     METRICS,
@@ -47,6 +52,7 @@ from odibi_observe.conventions import (
     RESOURCE_HOST,
     RESOURCE_PID,
     SPAN_NAME_FORMAT,
+    TASK_RUN_RESULTS,
     USER_ATTRIBUTE_PREFIX,
     RunStatus,
 )
@@ -128,6 +134,12 @@ def expected_attributes(rec: RunRecord) -> dict[str | None, Any]:
         out[RESOURCE_FIELDS.memory_limit.attribute] = rec.memory_limit_bytes
     for key, value in rec.attributes.items():
         out[USER_ATTRIBUTE_PREFIX + key] = value
+    out[CICD_PIPELINE_NAME] = rec.pipeline
+    if rec.pipeline_run_id:
+        out[CICD_PIPELINE_RUN_ID] = rec.pipeline_run_id
+    out[CICD_TASK_NAME] = rec.node
+    out[CICD_TASK_RUN_ID] = rec.run_id
+    out[CICD_TASK_RUN_RESULT] = TASK_RUN_RESULTS[rec.status]
     return out
 
 

@@ -126,8 +126,9 @@ def _check_parity(url: str, spans: list[ReadableSpan], registry: CollectorRegist
         assert row[FIELDS.trace_ids.columns[1]] == f"{ctx.span_id:016x}"
         assert row[FIELDS.status.column] == attrs[FIELDS.status.attribute]  # type: ignore[index]
         assert row[FIELDS.status.column] != "RUNNING"
+        # ERROR for failures and crashes; a cancellation (Ctrl-C) is no error of the node.
         assert (span.status.status_code is StatusCode.ERROR) == (
-            row[FIELDS.status.column] != "SUCCESS")
+            row[FIELDS.status.column] not in ("SUCCESS", "CANCELLED"))
         assert row[FIELDS.rows.column] == attrs.get(FIELDS.rows.attribute)  # type: ignore[arg-type]
         assert span.end_time is not None and span.start_time is not None
         span_ms = (span.end_time - span.start_time) / 1e6
@@ -141,7 +142,7 @@ def _check_parity(url: str, spans: list[ReadableSpan], registry: CollectorRegist
 
     for key, t in totals.items():
         labels = dict(zip(METRICS.rows.labels, key, strict=True))
-        for status in ("SUCCESS", "FAILURE", "CRASHED"):
+        for status in ("SUCCESS", "FAILURE", "CRASHED", "CANCELLED"):
             value = registry.get_sample_value(METRICS.runs.prometheus,
                                               {**labels, "status": status}) or 0
             assert value == t["runs:" + status], (key, status)

@@ -351,3 +351,20 @@ def test_reading_in_two_processes_gives_the_same_answer(tmp_path: Path,
     with flaky:
         assert found(flaky) == single[0]
         assert any("a reading process failed" in e.message for e in flaky.errors)
+
+
+def test_cancelled_runs_are_compared_like_any_status(tmp_path: Path) -> None:
+    """A CANCELLED run agrees with its CANCELLED span; against a FAILURE span it is a
+    status_mismatch (through the real catalog and real OTLP-JSON span files)."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    agree, differ = (r.finished(status=RunStatus.CANCELLED, error_type="KeyboardInterrupt")
+                     for r in runs(2))
+    write_catalog(url, [agree, differ])
+    spans = [agree, differ.finished(status=RunStatus.FAILURE, error_type="KeyboardInterrupt")]
+    write_spans(tmp_path / "t" / "a.jsonl", spans)
+    with run_files(url, tmp_path / "t") as result:
+        assert found(result) == {("status_mismatch", differ.run_id)}
+        (mismatch,) = result.discrepancies()
+        assert mismatch.catalog["status"] == "CANCELLED"  # type: ignore[index]
+        assert mismatch.trace["status"] == "FAILURE"  # type: ignore[index]
+        assert result.matched == 2

@@ -31,6 +31,7 @@ from odibi_observe._redact import clamp
 from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
     CATALOG_TABLE,
+    ERROR_STACK_FIELD,
     FIELDS,
     HEALTH_FINDINGS_TABLE,
     ODIBI_META_RUNS_COLUMNS,
@@ -73,6 +74,7 @@ SOURCE, UPDATED_AT = FIELDS.provenance.columns
 PEAK_RSS: Final = RESOURCE_FIELDS.peak_rss.column
 CPU_SECONDS: Final = RESOURCE_FIELDS.cpu.column
 MEMORY_LIMIT: Final = RESOURCE_FIELDS.memory_limit.column
+ERROR_STACK: Final = ERROR_STACK_FIELD.column
 
 
 def _odibi_only_columns() -> tuple[str, str]:
@@ -148,6 +150,8 @@ meta_runs: Final = sa.Table(
     sa.Column(PEAK_RSS, sa.BigInteger),
     sa.Column(CPU_SECONDS, Seconds()),
     sa.Column(MEMORY_LIMIT, sa.BigInteger),
+    # The traceback of a failed or cancelled run (migration 0005), already bounded by the writer.
+    sa.Column(ERROR_STACK, sa.Text),
 )
 
 
@@ -440,6 +444,7 @@ def record_values(
         record.peak_rss_bytes,  # PEAK_RSS
         record.cpu_seconds,  # CPU_SECONDS
         record.memory_limit_bytes,  # MEMORY_LIMIT
+        record.error_stack,  # ERROR_STACK
     ]
     for i, limit in _TEXT_SLOTS:
         value = row[i]
@@ -463,7 +468,7 @@ _VALUE_ORDER: Final = (
     RUN_ID, PROJECT, PIPELINE, NODE, STATUS, ROWS, DURATION_MS, METRICS_JSON, ENVIRONMENT,
     TIMESTAMP, DATE, PIPELINE_RUN_ID, ATTEMPT, STARTED_AT, ENDED_AT, ERROR_TYPE, ERROR_MESSAGE,
     SUGGESTIONS_JSON, TRACE_ID, SPAN_ID, PARENT_SPAN_ID, HOST, PID, HEARTBEAT_AT, SOURCE,
-    UPDATED_AT, PEAK_RSS, CPU_SECONDS, MEMORY_LIMIT,
+    UPDATED_AT, PEAK_RSS, CPU_SECONDS, MEMORY_LIMIT, ERROR_STACK,
 )
 if _VALUE_ORDER != COLUMNS:  # pragma: no cover - guards edits of the table or of record_values
     raise RuntimeError(f"record_values lists {_VALUE_ORDER}, the table has {COLUMNS}")
@@ -561,4 +566,5 @@ def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
         peak_rss_bytes=None if peak is None else int(peak),
         cpu_seconds=None if cpu is None else float(cpu),
         memory_limit_bytes=None if limit is None else int(limit),
+        error_stack=row.get(ERROR_STACK),
     )

@@ -45,6 +45,7 @@ from odibi_observe.catalog.schema import (
 from odibi_observe.conventions import (
     CATALOG_TABLE,
     DISCREPANCY_KINDS,
+    FAILED_STATUSES,
     FIELDS,
     HEALTH_FINDINGS_TABLE,
     HEALTH_METRICS,
@@ -94,8 +95,9 @@ STATUS_LABEL: Final = label(FIELDS.status)
 SUCCESS: Final = RunStatus.SUCCESS.value
 RUNNING: Final = RunStatus.RUNNING.value
 #: Terminal statuses that are not a success: an exception, or a crash the process saw (SIGTERM,
-#: interpreter exit) or a sweeper detected.
-FAILED: Final = (RunStatus.FAILURE.value, RunStatus.CRASHED.value)
+#: interpreter exit) or a sweeper detected. Not ``CANCELLED``: an operator's abort.
+FAILED: Final = tuple(s.value for s in FAILED_STATUSES)
+CANCELLED: Final = RunStatus.CANCELLED.value
 
 
 def series(metric: Metric | str, *matchers: str, suffix: str = "") -> str:
@@ -110,6 +112,10 @@ def series(metric: Metric | str, *matchers: str, suffix: str = "") -> str:
 
 def eq(label_name: str, value: str) -> str:
     return f'{label_name}="{value}"'
+
+
+def ne(label_name: str, value: str) -> str:
+    return f'{label_name}!="{value}"'
 
 
 def regex(label_name: str, value: str) -> str:
@@ -218,8 +224,11 @@ def success_ratio(f: Filters, window: str, *group: str) -> str:
 
 
 def failure_ratio(f: Filters, window: str, *group: str) -> str:
+    """Failed runs over runs that were not cancelled: a cancellation is neither a failure nor
+    a run the node could have failed, so many Ctrl-Cs neither trip nor dilute the rate."""
     failed = series(METRICS.runs, *f.matchers(regex(STATUS_LABEL, "|".join(FAILED))))
-    return _ratio(failed, series(METRICS.runs, *f.matchers()), window, group)
+    judged = series(METRICS.runs, *f.matchers(ne(STATUS_LABEL, CANCELLED)))
+    return _ratio(failed, judged, window, group)
 
 
 def runs_total(f: Filters, window: str, *group: str) -> str:

@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     print(_summary(counter.counts(), settings, delivered=delivered), file=sys.stderr)
     if interrupted:
         print("odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "
-              "interrupted node run is recorded as FAILURE", file=sys.stderr)
+              "interrupted node run is recorded as CANCELLED", file=sys.stderr)
     if delivered and settings.catalog_url and settings.mode != "sidecar":
         print(f"odibi-observe: see them with: odibi-observe runs --catalog "
               f"{hide_password(settings.catalog_url)}", file=sys.stderr)

@@ -72,19 +72,21 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from odibi_observe._instrument import (
     NodeRun,
+    end_pipeline_span,
     error_message_of,
-    error_type_of,
     node_run,
+    pipeline_span_attributes,
     suggestions_of,
 )
 from odibi_observe._runtime import get_observer
 from odibi_observe._selfmetrics import log
 from odibi_observe.config import parse_bool
 from odibi_observe.conventions import (
+    CICD_PIPELINE_RUN_ID,
     FIELDS,
     INSTRUMENTATION_SCOPE,
     PIPELINE_SPAN_NAME_FORMAT,
@@ -463,17 +465,20 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
         if project is not None:
             attributes[_PROJECT] = project
         tracer = trace.get_tracer(INSTRUMENTATION_SCOPE)
+        attributes.update(pipeline_span_attributes(name, None))
         with tracer.start_as_current_span(PIPELINE_SPAN_NAME_FORMAT.format(pipeline=name),
-                                          attributes=attributes) as span:
+                                          kind=SpanKind.SERVER, attributes=attributes,
+                                          record_exception=False,
+                                          set_status_on_exception=False) as span:
             key = id(getattr(self, "context", self))
             with _pipelines.lock:
                 _pipelines.by_key[key] = otel_context.get_current()
             try:
                 results = original(self, *args, **kwargs)
             except BaseException as exc:
-                # OTel marks only Exception; an interrupted pipeline failed too (its node did).
-                span.set_status(Status(StatusCode.ERROR, f"{error_type_of(exc)}: "
-                                                         f"{error_message_of(exc)}"[:256]))
+                # Recorded here rather than by OTel (which marks only Exception, unredacted):
+                # an interrupted pipeline was cancelled, like its node; any other one failed.
+                end_pipeline_span(span, exc)
                 raise
             finally:
                 with _pipelines.lock:
@@ -482,10 +487,13 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
                 run_id = _text(getattr(self, "_current_run_id", None))
                 if run_id is not None:
                     span.set_attribute(_PIPELINE_RUN_ID, run_id)
+                    span.set_attribute(CICD_PIPELINE_RUN_ID, run_id)
             failed = getattr(results, "failed", None)
-            if isinstance(failed, list) and failed:
-                span.set_status(Status(StatusCode.ERROR,
-                                       f"{len(failed)} node(s) failed: {', '.join(failed)}"))
+            failed = failed if isinstance(failed, list) else []
+            end_pipeline_span(span, None, len(failed))
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, f"{len(failed)} node(s) failed: "
+                                                         f"{', '.join(map(str, failed))}"))
             return results
 
     return run

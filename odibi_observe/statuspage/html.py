@@ -30,6 +30,7 @@ from odibi_observe.statuspage.model import (
 STATUS_COLOURS: Final = {
     RunStatus.SUCCESS.value: "#2e9e44", RunStatus.FAILURE.value: "#d0342c",
     RunStatus.CRASHED.value: "#8e44ad", RunStatus.RUNNING.value: "#1f77b4",
+    RunStatus.CANCELLED.value: "#e69f00",
 }
 OTHER_COLOUR: Final = "#7f7f7f"
 

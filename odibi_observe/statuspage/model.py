@@ -59,9 +59,9 @@ MAX_BUCKETS: Final = 36
 
 #: The order statuses are stacked and listed in (the dashboard's legend order).
 STATUS_ORDER: Final = (RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CRASHED,
-                       RunStatus.RUNNING)
+                       RunStatus.CANCELLED, RunStatus.RUNNING)
 FINISHED: Final = frozenset({RunStatus.SUCCESS.value, RunStatus.FAILURE.value,
-                             RunStatus.CRASHED.value})
+                             RunStatus.CRASHED.value, RunStatus.CANCELLED.value})
 #: A finding's state while passes keep seeing it (see :mod:`odibi_observe.health.store`).
 OPEN_STATE: Final = "open"
 

@@ -56,7 +56,7 @@ from odibi_observe.sinks.otel.routing import (
     app_span_processor,
     application_tracer_provider,
 )
-from odibi_observe.sinks.otel.spans import SCOPE, record_to_span
+from odibi_observe.sinks.otel.spans import SCOPE, TaskRunUrl, record_to_span
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ class OtelSink(Sink):
         meter_provider: MeterProvider | None = None,
         metrics: bool = True,
         install_global: bool = True,
+        task_run_url_template: str | None = None,
     ) -> None:
         if tracer_provider is not None and not isinstance(tracer_provider, SdkTracerProvider):
             raise TypeError("tracer_provider must be an opentelemetry.sdk.trace.TracerProvider "
@@ -209,6 +210,7 @@ class OtelSink(Sink):
         self._otlp_protocol = otlp_protocol
         self._otlp_timeout = otlp_timeout
         self._shut_down = False
+        self._task_run_url = TaskRunUrl(task_run_url_template)
 
         self.app_provider = tracer_provider or application_tracer_provider()
         if self.app_provider is not None:
@@ -300,6 +302,7 @@ class OtelSink(Sink):
             "otlp_timeout": settings.otlp_timeout,
             "traces_file": settings.traces_file,
             "metrics": settings.otel_metrics,
+            "task_run_url_template": settings.task_run_url_template,
         }
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -321,7 +324,7 @@ class OtelSink(Sink):
             # span keeps the name instead of failing the export forever (odibi_observe._textsafe).
             record = encodable_record(event.record)
             try:
-                span = record_to_span(record, base)
+                span = record_to_span(record, base, self._task_run_url)
             except (ValueError, TypeError) as exc:
                 # Retrying cannot fix a malformed record and would block every later event:
                 # the rest is exported, this one goes to the dead letter (sinks/base.py).

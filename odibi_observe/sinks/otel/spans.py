@@ -7,6 +7,8 @@ names come from the conventions table. Imports nothing of the OTel sink package.
 
 from __future__ import annotations
 
+import logging
+import string
 from importlib import metadata
 from typing import Final
 
@@ -21,17 +23,28 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.util.types import AttributeValue
 
 from odibi_observe.conventions import (
+    CICD_PIPELINE_NAME,
+    CICD_PIPELINE_RUN_ID,
+    CICD_TASK_NAME,
+    CICD_TASK_RUN_ID,
+    CICD_TASK_RUN_RESULT,
+    CICD_TASK_RUN_URL,
+    EXCEPTION_STACKTRACE,
     FIELDS,
     INSTRUMENTATION_SCOPE,
     RESOURCE_FIELDS,
     RESOURCE_HOST,
     RESOURCE_PID,
     SPAN_NAME_FORMAT,
+    TASK_RUN_RESULTS,
+    TASK_RUN_URL_PLACEHOLDERS,
     USER_ATTRIBUTE_PREFIX,
     Field,
     RunStatus,
 )
 from odibi_observe.record import RunRecord
+
+log = logging.getLogger(__name__)
 
 
 def _package_version() -> str:
@@ -101,11 +114,13 @@ def record_resource(record: RunRecord, base: Resource) -> Resource:
 _resources: dict[tuple[int, str, str, int], tuple[Resource, Resource]] = {}
 
 
-def record_to_span(record: RunRecord, resource: Resource) -> ReadableSpan:
+def record_to_span(record: RunRecord, resource: Resource,
+                   url: TaskRunUrl | None = None) -> ReadableSpan:
     """Build the finished span of a terminal ``record``; the same record gives the same span.
 
     ``resource`` is the configured base resource; the record's ``service.name``, ``host.name``
-    and ``process.pid`` are merged over it (:func:`record_resource`). Raises ``ValueError`` for
+    and ``process.pid`` are merged over it (:func:`record_resource`); ``url`` gives the
+    ``cicd.pipeline.task.run.url.full`` attribute (none without it). Raises ``ValueError`` for
     a record that cannot be a finished span (not terminal, no end time, malformed ids).
     """
     if not record.status.is_terminal or record.ended_ns is None:
@@ -121,9 +136,12 @@ def record_to_span(record: RunRecord, resource: Resource) -> ReadableSpan:
 
     status = Status(StatusCode.UNSET)
     events: list[Event] = []
-    if record.status in (RunStatus.FAILURE, RunStatus.CRASHED):
+    if record.status in _WITH_EXCEPTION:
         description = _error_description(record)
-        status = Status(StatusCode.ERROR, description)
+        # A cancellation is an operator's abort, not an error of the node: its span keeps the
+        # exception event (what was interrupted, and where) but not the ERROR status.
+        if record.status is not RunStatus.CANCELLED:
+            status = Status(StatusCode.ERROR, description)
         exception: dict[str, AttributeValue] = {}
         if record.error_type:
             exception[EXCEPTION_TYPE] = record.error_type
@@ -131,6 +149,8 @@ def record_to_span(record: RunRecord, resource: Resource) -> ReadableSpan:
             exception[EXCEPTION_MESSAGE] = record.error_message
         if not exception:  # semantic conventions require a type or a message
             exception[EXCEPTION_MESSAGE] = description
+        if record.error_stack:
+            exception[EXCEPTION_STACKTRACE] = record.error_stack
         events.append(Event("exception", exception, timestamp=record.ended_ns))
 
     return ReadableSpan(
@@ -138,7 +158,7 @@ def record_to_span(record: RunRecord, resource: Resource) -> ReadableSpan:
         context=context,
         parent=parent,
         resource=record_resource(record, resource),
-        attributes=span_attributes(record),
+        attributes=span_attributes(record, url),
         events=events,
         kind=SpanKind.INTERNAL,
         status=status,
@@ -148,8 +168,11 @@ def record_to_span(record: RunRecord, resource: Resource) -> ReadableSpan:
     )
 
 
-def span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
-    """The span attributes of ``record``, every key taken from the conventions table."""
+def span_attributes(record: RunRecord,
+                    url: TaskRunUrl | None = None) -> dict[str, AttributeValue]:
+    """The span attributes of ``record``, every key taken from the conventions table: ours
+    (``odibi.*``) and the OpenTelemetry CI/CD conventions' (``cicd.pipeline.*``) beside them,
+    so that tools that speak the standard read the run without knowing ours."""
     attrs: dict[str, AttributeValue] = {
         _A_RUN_ID: record.run_id,
         _A_PROJECT: record.project,
@@ -177,7 +200,86 @@ def span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
         attrs[_A_MEMORY_LIMIT] = record.memory_limit_bytes
     for key, value in record.attributes.items():
         attrs[USER_ATTRIBUTE_PREFIX + key] = value
+    attrs[CICD_PIPELINE_NAME] = record.pipeline
+    if record.pipeline_run_id:
+        attrs[CICD_PIPELINE_RUN_ID] = record.pipeline_run_id
+    attrs[CICD_TASK_NAME] = record.node
+    attrs[CICD_TASK_RUN_ID] = record.run_id
+    result = TASK_RUN_RESULTS.get(record.status)
+    if result is not None:
+        attrs[CICD_TASK_RUN_RESULT] = result
+    if url is not None:
+        link = url.render(record)
+        if link is not None:
+            attrs[CICD_TASK_RUN_URL] = link
     return attrs
+
+
+#: Statuses whose span carries an ``exception`` event.
+_WITH_EXCEPTION: Final = frozenset({RunStatus.FAILURE, RunStatus.CRASHED, RunStatus.CANCELLED})
+
+
+class TaskRunUrl:
+    """The ``task_run_url_template`` setting, checked once: the link of a node run.
+
+    Placeholders are :data:`~odibi_observe.conventions.TASK_RUN_URL_PLACEHOLDERS`
+    (``https://grafana/d/odibi-node?var-node={node}&run={run_id}``). A template that cannot be
+    used — bad ``{}`` syntax, an unknown placeholder — is warned about once, here, and no span
+    gets the attribute: a broken link setting must not cost a span. Values are inserted as they
+    are recorded; quoting them for a URL is the template's business (names are ASCII-safe in
+    the common case).
+    """
+
+    def __init__(self, template: str | None) -> None:
+        self.template: str | None = None
+        self.problem: str | None = None
+        if not template:
+            return
+        problem = _template_problem(template)
+        if problem is not None:
+            self.problem = problem
+            if template in _warned_templates:
+                return
+            _warned_templates.add(template)
+            log.warning("odibi-observe: task_run_url_template=%r is unusable (%s); node spans "
+                        "are exported without %s", template, problem, CICD_TASK_RUN_URL)
+            return
+        self.template = template
+
+    def render(self, record: RunRecord) -> str | None:
+        """The link of ``record``'s run, or None (no usable template). Never raises."""
+        if self.template is None:
+            return None
+        try:
+            return self.template.format(
+                run_id=record.run_id, pipeline=record.pipeline, node=record.node,
+                project=record.project, pipeline_run_id=record.pipeline_run_id or "",
+                environment=record.environment)
+        except Exception:  # a format spec that fits the check's values but not this run's
+            return None
+
+
+#: Templates already warned about: once per process, however often sinks are rebuilt.
+_warned_templates: set[str] = set()
+
+
+def _template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be formatted with the placeholders, or None."""
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(template)
+                 if field is not None]
+    except ValueError as exc:
+        return str(exc)
+    for name in names:
+        base = name.split(".", 1)[0].split("[", 1)[0]
+        if base not in TASK_RUN_URL_PLACEHOLDERS:
+            return (f"unknown placeholder {{{name}}}; use "
+                    + ", ".join(f"{{{p}}}" for p in TASK_RUN_URL_PLACEHOLDERS))
+    try:
+        template.format(**dict.fromkeys(TASK_RUN_URL_PLACEHOLDERS, "x"))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _error_description(record: RunRecord) -> str:
