@@ -59,11 +59,12 @@ oo.shutdown()
 """
 
 #: The variables as a user would pick them: All on the overview, one node on the drill-down.
-OVERVIEW_VARIABLES = {"project": ["demo"], "environment": ["local"],
-                      "pipeline": ["daily_sales"]}
-NODE_VARIABLES = {"project": "demo", "environment": "local", "pipeline": "daily_sales",
-                  "node": "publish_report"}
-VARIABLES = {
+OVERVIEW_VARIABLES: dict[str, expand.Value] = {
+    "project": ["demo"], "environment": ["local"], "pipeline": ["daily_sales"]}
+NODE_VARIABLES: dict[str, expand.Value] = {
+    "project": "demo", "environment": "local", "pipeline": "daily_sales",
+    "node": "publish_report"}
+VARIABLES: dict[str, dict[str, expand.Value]] = {
     "odibi-pipeline-overview": OVERVIEW_VARIABLES,
     "odibi-node-drilldown": NODE_VARIABLES,
     "odibi-reconciliation": {},
@@ -75,7 +76,7 @@ def fill_catalog(url: str) -> None:
     upgrade(url)
     subprocess.run([sys.executable, "-c", DEMO, url], check=True, cwd=ROOT,
                    timeout=120, capture_output=True)
-    identity = dict(project="demo", environment="local", pipeline="daily_sales")
+    identity: dict[str, Any] = dict(project="demo", environment="local", pipeline="daily_sales")
     running = make_record(status=RunStatus.RUNNING, node="ingest_orders", **identity)
     crashed = make_record(status=RunStatus.CRASHED, node="publish_report", attempt=2,
                           error_type="SIGTERM", error_message="terminated by signal 15",
