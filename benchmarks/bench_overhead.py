@@ -8,6 +8,8 @@ Three ways to record one node run, measured in the same process, interleaved, as
     catalog, the OTel sink writing the same OTLP-JSON file format, Prometheus;
 (c) ``naive`` — what pipelines do today: one synchronous ``INSERT`` into ``meta_runs`` plus
     ``COMMIT`` per run, on a default SQLite database;
+(e) ``lineage`` — (b) with a fourth sink, OpenLineage (the official client's ``file``
+    transport, appending a START and a COMPLETE event per run);
 (d) ``sidecar`` — ``@observe_node`` in ``sidecar`` mode: each event appended to the write-ahead
     spool on the caller's thread (fsync ``interval``), nothing else; the sidecar process does
     the rest and is not part of the pipeline's cost.
@@ -45,7 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
-from odibi_observe.otlp_json import OtlpJsonFileSpanExporter
+from odibi_observe._otlp_json import OtlpJsonFileSpanExporter
 
 ATTRIBUTES: dict[str, str | int] = {
     "odibi.project": "bench", "odibi.pipeline": "bench", "odibi.node": "node",
@@ -112,6 +114,26 @@ def bench_observe(n: int, workdir: Path) -> tuple[float, float]:
         max_queue=2 * n + 10)
 
 
+def bench_lineage(n: int, workdir: Path) -> tuple[float, float]:
+    """(b) plus the OpenLineage sink, configured the OpenLineage way (its variables)."""
+    import os
+
+    tag = uuid.uuid4().hex
+    transport = {"OPENLINEAGE__TRANSPORT__TYPE": "file",
+                 "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(workdir / f"lineage-{tag}.jsonl"),
+                 "OPENLINEAGE__TRANSPORT__APPEND": "true"}
+    os.environ.update(transport)
+    try:
+        return _time_decorated_node(
+            n, "lineage", mode="background",
+            catalog_url=f"sqlite:///{workdir}/lineage-{tag}.db",
+            traces_file=str(workdir / f"lineage-{tag}.jsonl.otlp"), otel_metrics=False,
+            max_queue=2 * n + 10, openlineage=True)
+    finally:
+        for key in transport:
+            os.environ.pop(key, None)
+
+
 def bench_sidecar(n: int, workdir: Path) -> tuple[float, float]:
     return _time_decorated_node(
         n, "sidecar", mode="sidecar", spool_dir=workdir / f"spool-{uuid.uuid4().hex}",
@@ -153,7 +175,7 @@ def bench_naive(n: int, workdir: Path) -> tuple[float, float]:
 
 VARIANTS: dict[str, Callable[[int, Path], tuple[float, float]]] = {
     "otel": bench_otel, "observe": bench_observe, "naive": bench_naive,
-    "sidecar": bench_sidecar,
+    "sidecar": bench_sidecar, "lineage": bench_lineage,
 }
 
 
@@ -186,6 +208,8 @@ def main() -> None:
         "c_over_b_total": round(total["naive"] / total["observe"], 1),
         "d_over_a_call": round(call["sidecar"] / call["otel"], 2),
         "d_over_a_total": round(total["sidecar"] / total["otel"], 2),
+        "e_over_a_call": round(call["lineage"] / call["otel"], 2),
+        "e_over_a_total": round(total["lineage"] / total["otel"], 2),
         "runs": args.runs, "naive_runs": args.naive_runs, "rounds": args.rounds,
     }
     print(f"per node run, median of {args.rounds} rounds (µs):")
@@ -198,6 +222,8 @@ def main() -> None:
           f"total {result['c_over_b_total']:>5}   target >= 20")
     print(f"(d)/(a) sidecar mode / bare otel : call {result['d_over_a_call']:>5}   "
           f"total {result['d_over_a_total']:>5}   target <= 2")
+    print(f"(e)/(a) four sinks / bare otel   : call {result['e_over_a_call']:>5}   "
+          f"total {result['e_over_a_total']:>5}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

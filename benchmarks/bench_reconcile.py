@@ -99,8 +99,8 @@ def check_span_format() -> None:
     """The generator's text must decode to what the real encoder writes for the same run."""
     from opentelemetry.sdk.resources import Resource
 
+    from odibi_observe._otlp_json import encode_spans_json
     from odibi_observe.conventions import RunStatus
-    from odibi_observe.otlp_json import encode_spans_json
     from odibi_observe.record import RunRecord
     from odibi_observe.sinks.otel import record_to_span
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
-from odibi_observe.otlp_json import OtlpJsonFileSpanExporter
+from odibi_observe._otlp_json import OtlpJsonFileSpanExporter
 from odibi_observe.record import RunEvent
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.catalog import CatalogSink

@@ -16,23 +16,29 @@ The public API::
 
     oo.flush(timeout=10)
 
-Everything else is reachable through its module (``odibi_observe.sinks.catalog``, ...).
+This module's ``__all__`` is the contract for pipelines. Extensions have theirs in their own
+public modules: ``odibi_observe.sinks.base`` (the sink contract), ``odibi_observe.extensions``
+(registering sinks and sources), ``odibi_observe.testing`` and ``odibi_observe.testing.contracts``
+(tests and conformance suites), ``odibi_observe.config`` and ``odibi_observe.conventions`` (the
+settings and the names), and the command packages (``catalog``, ``reconcile``, ``health``,
+``sidecar``, ``grafana``, ``statuspage``, ``integrations``). A module whose name starts with an
+underscore (``odibi_observe._bus``, ``odibi_observe._runtime``, ...) is internal: it may change in
+any release.
 """
 
-from odibi_observe.config import ConfigurationError, Settings
-from odibi_observe.conventions import FIELDS, METRICS, RunStatus
-from odibi_observe.instrument import (
+from odibi_observe._instrument import (
     NodeRun,
     current_run,
     node_run,
     observe_node,
     pipeline_run,
 )
+from odibi_observe._runtime import Observer, configure, flush, get_observer, shutdown
+from odibi_observe._version import __version__
+from odibi_observe.config import ConfigurationError, Settings
+from odibi_observe.conventions import FIELDS, METRICS, RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunHandle, RunRecord
-from odibi_observe.runtime import Observer, configure, flush, get_observer, shutdown
 from odibi_observe.sinks.base import Sink, SinkExportError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FIELDS",

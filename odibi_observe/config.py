@@ -382,6 +382,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "close running nodes as `CRASHED` on SIGTERM (only when no other handler is "
             "installed)"),
     Setting("otel_metrics", _bool, True, "record the `odibi.node.*` OpenTelemetry metrics"),
+    Setting("openlineage", _bool, None,
+            "OpenLineage run events (`pip install 'odibi-observe[openlineage]'`), sent where "
+            "the OpenLineage client's own configuration says (`OPENLINEAGE_URL`, "
+            "`openlineage.yml`, `OPENLINEAGE__TRANSPORT__*`); none: on when that configuration "
+            "is present; false: off", default_text="on when OpenLineage is configured"),
     Setting("host", _text, None, "the `host` column and `host.name`: this host's runs are "
             "the ones its sidecar may judge by pid", factory=socket.gethostname,
             default_text="this host's name"),
@@ -515,6 +520,7 @@ class Settings:
     max_name_length: int = _field("max_name_length")
     handle_sigterm: bool = _field("handle_sigterm")
     otel_metrics: bool = _field("otel_metrics")
+    openlineage: bool | None = _field("openlineage")
     host: str = _field("host")
     spool_dir: str | None = _field("spool_dir")
     spool_fsync: str = _field("spool_fsync")
@@ -696,6 +702,6 @@ def hide_password(url: str) -> str:
 
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        from odibi_observe.redact import redact
+        from odibi_observe._redact import redact
 
         return redact(url)

@@ -208,6 +208,7 @@ DISCREPANCY_KINDS: Final = (
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
 HEALTH_FINDING_KINDS: Final = (
     "volume_anomaly", "zero_rows", "duration_anomaly", "freshness", "failure_streak", "flaky",
+    "memory_growth",
 )
 
 #: Resource attributes for liveness (standard OTel semantic conventions).
@@ -598,7 +599,7 @@ CATALOG_SOURCES_ENTRY_POINT_GROUP: Final = "odibi_observe.catalog_sources"
 # --- resources per node run, and why a crashed run crashed ---------------------------------------
 #
 # What a node run used (peak memory, CPU time) and the memory limit it ran under, recorded with
-# the run (odibi_observe.resources); and the low-cardinality ``error_type`` of a CRASHED run.
+# the run (odibi_observe._resources); and the low-cardinality ``error_type`` of a CRASHED run.
 
 
 @dataclass(frozen=True)
@@ -683,3 +684,43 @@ STATUS_PAGE_FILE: Final = "status.html"
 STATUS_PAGE_ROWS: Final = 20
 #: Nodes the status page's "slowest nodes" table shows (as the overview dashboard's panel).
 STATUS_PAGE_SLOWEST: Final = 10
+
+# --- OpenLineage (odibi_observe.sinks.openlineage) ----------------------------------------------
+
+#: The sink's scheme and ``name`` (``odibi_observe_sink_errors_total{sink="openlineage"}``).
+OPENLINEAGE_SINK: Final = "openlineage"
+#: ``producer`` of every event and facet odibi-observe writes (a URI naming the producer).
+OPENLINEAGE_PRODUCER: Final = "https://pypi.org/project/odibi-observe/"
+#: OpenLineage ``eventType`` per status; ``CANCELLED`` is looked up by its string, so the
+#: table holds whether or not the status exists. ``RUNNING`` is the ``START`` event.
+OPENLINEAGE_EVENT_TYPES: Final = {
+    "RUNNING": "START", "SUCCESS": "COMPLETE", "FAILURE": "FAIL", "CRASHED": "FAIL",
+    "CANCELLED": "ABORT", "SKIPPED": "COMPLETE",
+}
+#: The run facet that carries our record (status, rows, duration, trace) on every event.
+OPENLINEAGE_RUN_FACET: Final = "odibi_run"
+OPENLINEAGE_RUN_FACET_SCHEMA: Final = (
+    "https://pypi.org/project/odibi-observe/#/definitions/OdibiRunFacet")
+#: ``errorMessage.programmingLanguage``.
+OPENLINEAGE_LANGUAGE: Final = "python"
+#: ``jobType`` facet values: every node run is a finite task of a batch pipeline.
+OPENLINEAGE_PROCESSING_TYPE: Final = "BATCH"
+OPENLINEAGE_JOB_TYPE: Final = "TASK"
+#: ``jobType.integration``: ``ODIBI`` for runs of an Odibi project (the Odibi integration is
+#: instrumented in the process), ``ODIBI_OBSERVE`` for ``node_run``/decorated functions.
+OPENLINEAGE_INTEGRATION_ODIBI: Final = "ODIBI"
+OPENLINEAGE_INTEGRATION_DEFAULT: Final = "ODIBI_OBSERVE"
+#: ``processing_engine.name``.
+OPENLINEAGE_ENGINE_ODIBI: Final = "Odibi"
+OPENLINEAGE_ENGINE_DEFAULT: Final = "odibi-observe"
+#: Run attributes that name the node's output dataset (OpenLineage dataset naming:
+#: ``namespace`` such as ``postgres://db:5432``, ``name`` such as ``sales.public.orders``).
+#: When both are set, the terminal event lists that output with its ``outputStatistics``.
+OPENLINEAGE_OUTPUT_NAMESPACE_ATTRIBUTE: Final = "lineage.output.namespace"
+OPENLINEAGE_OUTPUT_NAME_ATTRIBUTE: Final = "lineage.output.name"
+#: Environment variables and files through which the OpenLineage client is configured; any
+#: of them present (and ``openlineage`` not set to false) turns the sink on.
+OPENLINEAGE_CONFIG_ENV: Final = ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
+OPENLINEAGE_TRANSPORT_ENV_PREFIX: Final = "OPENLINEAGE__TRANSPORT"
+OPENLINEAGE_DISABLED_ENV: Final = "OPENLINEAGE_DISABLED"
+OPENLINEAGE_CONFIG_FILE: Final = "openlineage.yml"

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import random
+import shlex
+import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,14 @@ from typing import Any, TextIO
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
+from odibi_observe._cliargs import make_out_dir
+from odibi_observe._runview import failure_lines
+from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import METRICS, RunStatus
+
+#: Written into the output directory: the files an earlier demo wrote there, which a later
+#: demo may replace. Any other file of the same name is the user's, and is never overwritten.
+MARKER = ".odibi-observe-demo"
 
 
 class NodeExecutionError(Exception):
@@ -98,6 +110,59 @@ class DemoPaths:
     def catalog_url(self) -> str:
         return f"sqlite:///{self.catalog}"
 
+    @property
+    def marker(self) -> Path:
+        return self.out / MARKER
+
+    def files(self) -> tuple[Path, ...]:
+        """What the demo writes (SQLite's own -wal/-shm/-journal files included)."""
+        catalog = [self.catalog.with_name(self.catalog.name + s)
+                   for s in ("", "-wal", "-shm", "-journal")]
+        return (*catalog, self.traces, self.metrics)
+
+
+def prepare(paths: DemoPaths, *, force: bool = False) -> None:
+    """Make ``paths.out`` ready, or refuse: a file there that no earlier demo wrote is not
+    replaced without ``force`` (:class:`~odibi_observe.config.ConfigurationError`, exit 2)."""
+    make_out_dir(paths.out)
+    ours = _written_before(paths)
+    for path in paths.files():
+        if path.exists() and not force and path.name not in ours:
+            raise ConfigurationError(
+                f"{path} exists and was not written by odibi-observe demo: not overwriting "
+                "it (choose another --out, or pass --force to replace it)")
+    try:
+        paths.marker.write_text(json.dumps({"files": [p.name for p in paths.files()]}) + "\n",
+                                encoding="utf-8")
+        for path in paths.files():
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"--out {str(paths.out)!r}: {exc.strerror or exc}") from None
+
+
+def _written_before(paths: DemoPaths) -> set[str]:
+    try:
+        data = json.loads(paths.marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = data.get("files") if isinstance(data, dict) else None
+    return {str(f) for f in files} if isinstance(files, list) else set()
+
+
+def command_name() -> str:
+    """How to run this program again, as the user can type it here: ``odibi-observe`` when
+    that is what the shell finds, else the path of this very executable (``.venv/bin/...``).
+    """
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(argv0) != "odibi-observe":
+        return "odibi-observe"
+    found = shutil.which("odibi-observe")
+    if found and os.path.realpath(found) == os.path.realpath(argv0):
+        return "odibi-observe"
+    relative = os.path.relpath(argv0)
+    shown = relative if len(relative) < len(os.path.abspath(argv0)) else os.path.abspath(argv0)
+    return shlex.quote(shown if os.sep in shown else os.path.join(".", shown))
+
 
 def run_pipeline() -> None:
     """The example pipeline; failures are handled the way a scheduler would."""
@@ -113,15 +178,15 @@ def run_pipeline() -> None:
             publish_report(report)
 
 
-def main(out: str = "odibi-observe-demo", stream: TextIO | None = None) -> int:
-    """Run the demo into ``out``; print what was recorded and where. 0 when the sinks agree."""
-    import sys
+def main(out: str = "odibi-observe-demo", stream: TextIO | None = None, *,
+         force: bool = False) -> int:
+    """Run the demo into ``out``; print what was recorded and where. 0 when the sinks agree.
 
+    A file in ``out`` that an earlier demo did not write is never replaced unless ``force``
+    (:func:`prepare`)."""
     print_ = _printer(stream or sys.stdout)
     paths = DemoPaths(Path(out))
-    paths.out.mkdir(parents=True, exist_ok=True)
-    for stale in (paths.catalog, paths.traces, paths.metrics):
-        stale.unlink(missing_ok=True)
+    prepare(paths, force=force)
     registry = CollectorRegistry()
     oo.configure(
         project="demo", environment="local", service_name="odibi-observe-demo",
@@ -145,9 +210,8 @@ def _printer(stream: TextIO) -> Any:
 
 
 def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
+    from odibi_observe._otlp_json import read_spans
     from odibi_observe.catalog import CatalogStore
-    from odibi_observe.cli import failure_lines
-    from odibi_observe.otlp_json import read_spans
 
     store = CatalogStore(paths.catalog_url)
     rows = sorted(store.recent_runs(limit=100), key=lambda r: r.started_ns)
@@ -177,9 +241,11 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
            "pipeline span, OTLP-JSON lines)")
     print_(f"metrics     {paths.metrics}  (Prometheus text format)")
     print_()
+    me = command_name()
     print_("look at them:")
-    print_(f"  odibi-observe runs --catalog {paths.catalog_url}")
-    print_(f"  grep odibi_node_runs_total {paths.metrics}")
+    print_(f"  {me} runs --catalog {shlex.quote(paths.catalog_url)}")
+    print_(f"  {me} runs --catalog {shlex.quote(paths.catalog_url)} --failures")
+    print_(f"  grep odibi_node_runs_total {shlex.quote(str(paths.metrics))}")
     print_()
     if agree and rows:
         print_(f"all three sinks agree on {len(rows)} runs (same run_id, status, rows, duration)")

@@ -8,7 +8,8 @@ Sinks, trace sources and catalog sources follow the same rule:
   contract and the function that opens an implementation through this registry;
 * a **scheme** per implementation, its class attribute ``scheme``: the prefix of a spec
   (``otlp-json:PATH``, ``tempo:URL``, ``ledger:URL``, ``odibi-delta:PATH``) for sources, the
-  key a sink is known by (``prometheus``, ``catalog``, ``otel``, ``spool``) for sinks;
+  key a sink is known by (``prometheus``, ``catalog``, ``otel``, ``spool``,
+  ``openlineage``) for sinks;
 * **registration** by :func:`register` (in-process), or by a Python entry point in the kind's
   group (:data:`~odibi_observe.conventions.TRACE_SOURCES_ENTRY_POINT_GROUP` and its siblings)
   whose name is the scheme, so an installed package is found without being imported by hand;
@@ -31,12 +32,12 @@ from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Final, Literal
 
+from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import (
     CATALOG_SOURCES_ENTRY_POINT_GROUP,
     SINKS_ENTRY_POINT_GROUP,
     TRACE_SOURCES_ENTRY_POINT_GROUP,
 )
-from odibi_observe.selfmetrics import log
 
 #: The three kinds of extension.
 Kind = Literal["sinks", "trace_sources", "catalog_sources"]
@@ -62,6 +63,7 @@ BUILTIN: Final[Mapping[Kind, Mapping[str, str]]] = {
         "catalog": "odibi_observe.sinks.builtin:catalog",
         "otel": "odibi_observe.sinks.builtin:otel",
         "spool": "odibi_observe.sinks.builtin:spool",
+        "openlineage": "odibi_observe.sinks.builtin:openlineage",
     },
     TRACE_SOURCES: {
         "otlp-json": "odibi_observe.reconcile.otlp_files:OtlpJsonFileSource",

@@ -65,7 +65,7 @@ class RunRecord:
     attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
     heartbeat_ns: int | None = None
     source: Source = Source.DECORATOR
-    # What the run used (odibi_observe.resources); None where unknown.
+    # What the run used (odibi_observe._resources); None where unknown.
     peak_rss_bytes: int | None = None
     cpu_seconds: float | None = None
     memory_limit_bytes: int | None = None
@@ -187,7 +187,7 @@ class RunRecord:
 class RunHandle(Protocol):
     """What ``current_run()`` returns, and so what a node may call on its run.
 
-    Inside a node run it is the real run (:class:`~odibi_observe.instrument.NodeRun`);
+    Inside a node run it is the real run (:class:`~odibi_observe._instrument.NodeRun`);
     outside one — a node function called directly, in a unit test, or a block odibi-observe
     could not start recording — it is a falsy null run whose ids are ``None`` and whose
     methods do nothing. Both implement every member here (a test checks it), so code written

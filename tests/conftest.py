@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 import odibi_observe as oo
-from odibi_observe import runtime
+from odibi_observe import _runtime as runtime
 
 PG_URL_ENV = "ODIBI_OBSERVE_TEST_PG_URL"
 

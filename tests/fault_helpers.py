@@ -30,8 +30,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from odibi_observe._otlp_json import SpanView, read_spans
 from odibi_observe.conventions import FIELDS
-from odibi_observe.otlp_json import SpanView, read_spans
 from odibi_observe.record import datetime_to_ns
 
 ROOT = Path(__file__).resolve().parent.parent

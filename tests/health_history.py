@@ -38,6 +38,10 @@ class Node:
     duration_ms: float = 60_000
     duration_cv: float = 0.03
     first_ns: int = NOW_NS - 2 * HOUR
+    #: Peak memory of every run and the limit it runs under (None: not recorded / no limit).
+    peak_rss: float | None = None
+    peak_rss_cv: float = 0.03
+    memory_limit: int | None = None
     plant: Callable[[int, dict[str, Any]], None] | None = None
     extra: list[dict[str, Any]] = field(default_factory=list)
 
@@ -54,6 +58,9 @@ def records(nodes: list[Node], *, seed: int = 7) -> list[RunRecord]:
                 "duration_ms": max(1.0, rng.gauss(spec.duration_ms,
                                                    spec.duration_ms * spec.duration_cv)),
                 "status": RunStatus.SUCCESS, "attempt": 1,
+                "peak_rss": None if spec.peak_rss is None else max(1, round(rng.gauss(
+                    spec.peak_rss, spec.peak_rss * spec.peak_rss_cv))),
+                "memory_limit": spec.memory_limit,
             }
             if spec.plant is not None:
                 spec.plant(i, values)
@@ -72,6 +79,7 @@ def _record(spec: Node, values: dict[str, Any]) -> RunRecord:
         rows=None if failed else values["rows"],
         duration_ns=int(values["duration_ms"] * 1_000_000), started_ns=values["started_ns"],
         attempt=values["attempt"],
+        peak_rss_bytes=values.get("peak_rss"), memory_limit_bytes=values.get("memory_limit"),
         error_type="ValueError" if failed else None,
         error_message="upstream file missing" if failed else None,
     )

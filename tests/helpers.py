@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from odibi_observe._runtime import Observer
 from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.runtime import Observer
 from odibi_observe.sinks.base import Sink
 
 
@@ -93,7 +93,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 #: A node name as Python decodes a latin-1 file name (``load_résumé.csv``): lone surrogates.
 POISON_NODE = os.fsdecode(b"load_r\xe9sum\xe9.csv")
-#: How every backend records it (``odibi_observe.textsafe``): the surrogates escaped.
+#: How every backend records it (``odibi_observe._textsafe``): the surrogates escaped.
 POISON_NODE_ESCAPED = "load_r\\udce9sum\\udce9.csv"
 
 

@@ -5,7 +5,7 @@ Collector is to the exporters: :class:`OtlpReceiver` is an OTLP/HTTP server
 (``POST /v1/traces`` and ``/v1/metrics``, binary protobuf or JSON bodies, optional gzip or
 deflate ``Content-Encoding``) and :class:`OtlpGrpcReceiver` an OTLP/gRPC ``TraceService``. Both
 decode what they receive with ``opentelemetry-proto`` and keep the spans as
-:class:`~odibi_observe.otlp_json.SpanView`, so a test asserts on what actually crossed the wire.
+:class:`~odibi_observe._otlp_json.SpanView`, so a test asserts on what actually crossed the wire.
 
 Setting ``down = True`` makes a receiver refuse exports the way an overloaded collector does
 (HTTP 503 / gRPC ``UNAVAILABLE``), to simulate an outage without closing the port.
@@ -30,7 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from odibi_observe.otlp_json import SpanView, iter_spans, parse_otlp_json
+from odibi_observe._otlp_json import SpanView, iter_spans, parse_otlp_json
 
 
 class _Store:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from odibi_observe.bus import Backoff, EventBus
-from odibi_observe.deadletter import DeadLetter
+from odibi_observe._bus import Backoff, EventBus
+from odibi_observe._deadletter import DeadLetter
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.record import RunEvent
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import RecordRejected
 from odibi_observe.testing import InMemorySink
 from tests.helpers import (

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from odibi_observe.bus import EventBus
+from odibi_observe._bus import EventBus
+from odibi_observe._selfmetrics import SelfMonitor
+from odibi_observe._spill import SpoolKeeper, default_spill_dir
 from odibi_observe.record import RunEvent
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import Sink
-from odibi_observe.spill import SpoolKeeper, default_spill_dir
 from odibi_observe.spool import Spool
 from odibi_observe.testing import InMemorySink
 from tests.helpers import Configure, FlakySink, SlowSink, finished, make_record, started

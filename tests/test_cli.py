@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.conventions import CATALOG_TABLE, FIELDS, METRICS, render_table
-from odibi_observe.otlp_json import read_spans
 
 
 def _cli(*args: str, env: dict[str, str] | None = None,
@@ -158,7 +158,7 @@ def test_a_mistyped_sqlite_catalog_is_refused_and_not_created(
     result = _cli(command, "--catalog", catalog, *extra, cwd=work)
     assert result.returncode == 2, result
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("odibi-observe: cannot read catalog sqlite:///")
+    assert line.startswith("odibi-observe: error: cannot read catalog sqlite:///")
     assert "does not exist (nothing was created)" in line
     assert "OperationalError" not in result.stderr and "Traceback" not in result.stderr
     assert _listing(tmp_path) == before  # no database, no -wal/-shm, no report directory
@@ -189,7 +189,7 @@ def test_a_file_that_is_not_a_catalog_is_one_clear_line(tmp_path: Path) -> None:
         result = _cli("runs", "--catalog", name, cwd=tmp_path)
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
-        assert line.startswith(f"odibi-observe: cannot read catalog sqlite:///{name}: ")
+        assert line.startswith(f"odibi-observe: error: cannot read catalog sqlite:///{name}: ")
         assert reason in line
 
 
@@ -203,7 +203,8 @@ def test_an_unreachable_catalog_url_is_one_line_with_the_password_hidden(
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
-        "odibi-observe: cannot read catalog postgresql+psycopg://etl:***@127.0.0.1:1/catalog: ")
+        "odibi-observe: error: cannot read catalog "
+        "postgresql+psycopg://etl:***@127.0.0.1:1/catalog: ")
     assert "s3cretpw" not in result.stdout + result.stderr
     assert not (tmp_path / "never").exists()
 

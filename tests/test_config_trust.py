@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import odibi_observe as oo
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.config import (
     PIPELINE_SETTINGS,
@@ -32,7 +33,6 @@ from odibi_observe.config import (
     settings_markdown,
     sidecar_setting,
 )
-from odibi_observe.otlp_json import read_spans
 from odibi_observe.sidecar import SidecarOptions
 from tests.helpers import Configure
 

@@ -6,7 +6,7 @@ mode the OTel cursor never moved again, across restarts, and ``/metrics`` answer
 a restart; in-process the spans of the same batch were lost. Here a real pipeline process
 runs that node and 20 more, through a real sidecar process (or in-process) to the real OTLP
 receiver over HTTP, real PostgreSQL and Prometheus: all 21 runs arrive everywhere, the poison
-one with its name escaped (``odibi_observe.textsafe``). A spooled record of bad types is
+one with its name escaped (``odibi_observe._textsafe``). A spooled record of bad types is
 dead-lettered with its reason, shown on ``/healthz``, and never replayed.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from odibi_observe._deadletter import DEAD_LETTER_DIR, DEAD_LETTER_FILE, DeadLetter
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.conventions import FIELDS, METRICS
-from odibi_observe.deadletter import DEAD_LETTER_DIR, DEAD_LETTER_FILE, DeadLetter
 from odibi_observe.record import RunRecord
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.spool import Spool
 from tests.fault_helpers import (
     ROOT,

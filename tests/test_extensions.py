@@ -273,7 +273,7 @@ def test_a_third_party_sink_records_every_run_and_a_broken_one_costs_only_itself
     code = textwrap.dedent("""
         import odibi_observe as oo
         observer = oo.configure(mode="inline", project="p")
-        print("sinks", sorted(s.name for s in oo.runtime.get_observer().sinks))
+        print("sinks", sorted(s.name for s in oo.get_observer().sinks))
 
         @oo.observe_node(pipeline="sales")
         def load():
@@ -355,7 +355,7 @@ def test_configure_builds_the_registered_sinks_the_settings_ask_for(tmp_path: Pa
     """In-process: a registered sink class is built by ``from_context`` (None leaves it out),
     next to the built-ins; one whose factory raises is left out and the rest record."""
     import odibi_observe as oo
-    from odibi_observe import runtime
+    from odibi_observe import _runtime as runtime
     from odibi_observe.testing import InMemorySink
 
     built: list[InMemorySink] = []

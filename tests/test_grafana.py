@@ -233,12 +233,12 @@ def _known_labels() -> set[str]:
 def promql_names(expr: str) -> tuple[set[str], set[str]]:
     """Series names and label names in a PromQL expression (enough for these queries)."""
     functions = {"sum", "rate", "increase", "histogram_quantile", "time", "min", "max",
-                 "absent", "deriv", "min_over_time", "label_values", "by", "and", "or"}
+                 "absent", "deriv", "min_over_time", "label_values", "by", "on", "and", "or"}
     stripped = re.sub(r'"[^"]*"|\[[^\]]*\]|\b\d[\w.]*', " ", expr)
     series = {n for n in re.findall(r"[a-zA-Z_:][\w:]*", stripped)
               if n not in functions and not n.startswith("__")}
     labels = set(re.findall(r"(\w+)\s*=~?\s*\"", expr))
-    for group in re.findall(r"by \(([^)]*)\)", expr):
+    for group in re.findall(r"(?:by|on) \(([^)]*)\)", expr):
         labels |= {g.strip() for g in group.split(",")}
     labels |= set(re.findall(r"label_values\(.*,\s*(\w+)\)$", expr))
     return series - labels, labels

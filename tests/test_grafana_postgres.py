@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import uuid
@@ -59,16 +60,25 @@ oo.shutdown()
 """
 
 #: The variables as a user would pick them: All on the overview, one node on the drill-down.
-OVERVIEW_VARIABLES: dict[str, expand.Value] = {
-    "project": ["demo"], "environment": ["local"], "pipeline": ["daily_sales"]}
-NODE_VARIABLES: dict[str, expand.Value] = {
-    "project": "demo", "environment": "local", "pipeline": "daily_sales",
-    "node": "publish_report"}
-VARIABLES: dict[str, dict[str, expand.Value]] = {
+OVERVIEW_VARIABLES = {"project": ["demo"], "environment": ["local"],
+                      "pipeline": ["daily_sales"]}
+NODE_VARIABLES = {"project": "demo", "environment": "local", "pipeline": "daily_sales",
+                  "node": "publish_report"}
+#: The data-health dashboard with All nodes of the demo pipeline (as Grafana expands All).
+HEALTH_VARIABLES = {**OVERVIEW_VARIABLES, "node": [
+    "ingest_orders", "clean_orders", "fetch_fx_rates", "enrich_customers", "aggregate_revenue",
+    "publish_report"]}
+VARIABLES: dict[str, dict[str, Any]] = {
     "odibi-pipeline-overview": OVERVIEW_VARIABLES,
+    "odibi-data-health": HEALTH_VARIABLES,
     "odibi-node-drilldown": NODE_VARIABLES,
     "odibi-reconciliation": {},
 }
+
+
+HISTORY_RUNS = 8
+HISTORY_PEAK = 512 * 1024 * 1024
+HISTORY_LIMIT = 1024 * 1024 * 1024
 
 
 def fill_catalog(url: str) -> None:
@@ -81,10 +91,19 @@ def fill_catalog(url: str) -> None:
     crashed = make_record(status=RunStatus.CRASHED, node="publish_report", attempt=2,
                           error_type="SIGTERM", error_message="terminated by signal 15",
                           rows=None, **identity)
+    # History for the data-health bands: 8 earlier SUCCESS runs of clean_orders (rows 90/110,
+    # so the band is mean 100 ± 3 sd), each peaking at 512 MiB under a 1 GiB limit.
+    start = datetime.now(timezone.utc) - timedelta(hours=5)
+    history = [make_record(node="clean_orders", rows=90 if i % 2 else 110,
+                           started_ns=int((start + timedelta(minutes=5 * i)).timestamp() * 1e9),
+                           peak_rss_bytes=HISTORY_PEAK, memory_limit_bytes=HISTORY_LIMIT,
+                           project="demo", environment="local", pipeline="daily_sales")
+               for i in range(HISTORY_RUNS)]
     sink = CatalogSink(url)
     try:
         sink.export([RunEvent(EventKind.STARTED, running),
-                     RunEvent(EventKind.FINISHED, crashed)])
+                     RunEvent(EventKind.FINISHED, crashed),
+                     *(RunEvent(EventKind.FINISHED, r) for r in history)])
     finally:
         sink.shutdown()
     engine = sa.create_engine(url)
@@ -106,6 +125,13 @@ def fill_catalog(url: str) -> None:
                     run_id=str(uuid.uuid4()), pipeline_name="daily_sales",
                     node_name="clean_orders", started_at=now - age,
                     trace_id=f"{item + 1:032x}", detail="span without a catalog row"))
+        # What a health pass recorded: one finding still open, one resolved.
+        for state, kind in (("open", "volume_anomaly"), ("resolved", "freshness")):
+            conn.execute(schema.health_findings.insert().values(
+                finding_id=str(uuid.uuid4()), kind=kind, pipeline_name="daily_sales",
+                node_name="clean_orders", state=state, opened_at=now - timedelta(days=1),
+                last_seen_at=now, passes=2, score=5.0, baseline=100.0, value=20.0,
+                detail=f"{kind} planted"))
     engine.dispose()
 
 
@@ -162,7 +188,7 @@ def test_every_sql_panel_runs_and_returns_its_declared_columns(
         results: dict[str, tuple[list[str], list[Any]]]) -> None:
     declared = {query.key: query for _, query in sql_queries()}
     assert set(results) == set(declared)
-    assert len(results) >= 11
+    assert len(results) >= 16
     for key, (columns, rows) in results.items():
         assert columns == list(declared[key].columns), key
         assert rows, f"{key} returned no rows"
@@ -230,6 +256,36 @@ def test_drilldown_variable_values_are_escaped(filled_catalog: str) -> None:
                 if uid == "odibi-node-drilldown":
                     _, rows = run_panel_query(conn, uid, query, hostile)
                     assert rows == []
-            assert conn.exec_driver_sql("SELECT count(*) FROM meta_runs").scalar() == 14
+            assert conn.exec_driver_sql("SELECT count(*) FROM meta_runs").scalar() == \
+                14 + HISTORY_RUNS
     finally:
         engine.dispose()
+
+
+def test_data_health_panels_show_bands_findings_memory_and_crashes(
+        results: dict[str, tuple[list[str], list[Any]]]) -> None:
+    (finding,) = _rows(results, "open_findings")
+    assert finding["kind"] == "volume_anomaly" and finding["node"] == "clean_orders"
+    band = _rows(results, "rows_band")
+    lines: dict[str, list[Any]] = {}
+    for row in band:
+        lines.setdefault(row["metric"], []).append(row["reading"])
+    key = "daily_sales/clean_orders"
+    assert len(lines[f"{key} rows_processed"]) == HISTORY_RUNS + 2  # and the two demo runs
+    # No band before 7 runs of history; after the 8 planted runs, mean 100 ± 3 x sd.
+    highs = [v for v in lines[f"{key} band high"] if v is not None]
+    lows = [v for v in lines[f"{key} band low"] if v is not None]
+    assert len(highs) == len(lows) == 3  # the 8th planted run and the two demo runs
+    sd = statistics.stdev([110, 90] * 3 + [110])  # the 7 runs before the 8th
+    assert highs[0] == pytest.approx(statistics.mean([110, 90] * 3 + [110]) + 3 * sd)
+    assert {m.rsplit(" ", 1)[0] for m in lines} >= {"daily_sales/ingest_orders", key}
+    assert any(r["reading"] is not None for r in _rows(results, "duration_band"))
+    fresh = {r["node"]: r for r in _rows(results, "freshness")}
+    assert fresh["clean_orders"]["successes"] == HISTORY_RUNS + 2
+    assert fresh["clean_orders"]["age_of_allowed"] < 1
+    memory = {(r["metric"], r["reading"]) for r in _rows(results, "memory_per_run")}
+    assert (f"{key} peak_rss_bytes", HISTORY_PEAK) in memory
+    assert (f"{key} memory_limit_bytes", HISTORY_LIMIT) in memory
+    (crash,) = _rows(results, "crash_causes")
+    assert crash["node"] == "publish_report" and crash["error_type"] == "SIGTERM"
+    assert crash["runs"] == 1 and len(crash["trace_id"]) == 32

@@ -54,10 +54,11 @@ SCRAPE_SECONDS = 1
 #: (printed first), plus the sidecar and reconciliation metrics made from the conventions.
 INSTRUMENTED_PROCESS = r"""
 import os, sys, threading, time
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 import odibi_observe as oo
 from odibi_observe.conventions import (
-    DISCREPANCY_KINDS, RECONCILE_METRICS, SIDECAR_METRICS, MetricKind)
+    DISCREPANCY_KINDS, HEALTH_FINDING_KINDS, HEALTH_METRICS, PEAK_RSS_BUCKETS_BYTES,
+    RECONCILE_METRICS, RESOURCE_METRICS, SIDECAR_METRICS, MetricKind)
 from odibi_observe.demo import run_pipeline
 
 # The parent closes stdin when it is done (or dies): leave then, never as an orphan.
@@ -70,13 +71,21 @@ observer = oo.configure(project="demo", environment="local", service_name="grafa
 print(observer.prometheus_port, flush=True)
 
 made = {}
-for metric in (*SIDECAR_METRICS, *RECONCILE_METRICS):
-    kind = Counter if metric.kind is MetricKind.COUNTER else Gauge
+stand_ins = [(m.key, m) for m in (*SIDECAR_METRICS, *RECONCILE_METRICS, *RESOURCE_METRICS)]
+stand_ins += [("health_" + m.key, m) for m in HEALTH_METRICS]  # reconcile has a last_run too
+for key, metric in stand_ins:
+    if metric.kind is MetricKind.HISTOGRAM:
+        make = lambda *a, **k: Histogram(*a, buckets=PEAK_RSS_BUCKETS_BYTES, **k)
+    else:
+        make = Counter if metric.kind is MetricKind.COUNTER else Gauge
     try:
-        made[metric.key] = kind(metric.prometheus_base, metric.description, metric.labels,
-                                registry=registry)
+        made[key] = make(metric.prometheus_base, metric.description, metric.labels,
+                        registry=registry)
     except ValueError:  # already registered by the real code: keep the real one
         pass
+# The real memory metrics (where the code registers them) label by node identity; the
+# stand-ins give one demo node a 2 GiB limit and 1.5 GiB peaks.
+NODE = dict(project="demo", pipeline="daily_sales", node="clean_orders", environment="local")
 
 def sample(key, value=None, **labels):
     metric = made.get(key)
@@ -103,6 +112,15 @@ while True:
         sample("discrepancies", 2 if kind == "missing_in_catalog" else 0, kind=kind)
     sample("completeness", 0.97); sample("last_run", time.time() - 3600)
     sample("checked", 40); sample("deferred", 3)
+    # The last health pass (its textfile gauges): one memory_growth finding.
+    for kind in HEALTH_FINDING_KINDS:
+        sample("health_findings", 1 if kind == "memory_growth" else 0, kind=kind)
+    sample("health_open_finding", 1, kind="memory_growth", pipeline="daily_sales",
+           node="clean_orders")
+    sample("health_nodes", 6); sample("health_last_run", time.time() - 600)
+    if "peak_rss" in made:
+        made["peak_rss"].labels(**NODE).observe(1.5 * 2**30)
+    sample("memory_limit", 2 * 2**30, **NODE)
     observer.monitor.sink_error("otel")
     observer.monitor.dropped("otel", "queue_full")
     time.sleep(0.5)
@@ -306,13 +324,18 @@ def test_alert_rules_evaluate_and_the_expected_ones_trigger(prometheus: Promethe
     for rule in loaded():
         assert rule["health"] == "ok", rule
         states[rule["name"]] = rule["state"]
-    assert len(states) == 10
+    assert len(states) == 19
     # The demo fails two of its six nodes on every run; the stand-in metrics report a
     # completeness of 97 % and an exporter dropping events.
     assert states["OdibiNodeFailureRate"] in ("pending", "firing")
     assert states["OdibiCatalogIncomplete"] == "firing"
     assert states["OdibiEventsDropped"] == "firing"
     assert states["OdibiSinkErrors"] in ("pending", "firing")
+    # The health pass (stand-in gauges) saw one memory_growth finding and nothing else.
+    assert states["OdibiHealthMemoryGrowth"] == "firing"
+    for kind in ("VolumeAnomaly", "ZeroRows", "DurationAnomaly", "Freshness",
+                 "FailureStreak", "Flaky"):
+        assert states[f"OdibiHealth{kind}"] == "inactive", kind
     # The sidecar (stand-in) is scraped and its loop is current.
     for healthy in ("OdibiSidecarDown", "OdibiSidecarAbsent", "OdibiSidecarStale",
                     "OdibiReconciliationStale", "OdibiReconciliationCheckedNothing"):

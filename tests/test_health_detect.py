@@ -267,3 +267,6 @@ def test_odibi_own_table_is_judged_by_timestamp(catalog_url: str) -> None:
         engine.dispose()
     assert {f.key for f in result.findings} == {("volume_anomaly", "legacy", "drop")}
     assert any("attempt" in note and "catalog upgrade" in note for note in result.notes)
+    # memory_growth needs the resource columns: said in the same note, not silently skipped.
+    assert any("peak_rss_bytes" in note and "memory_limit_bytes" in note
+               for note in result.notes)

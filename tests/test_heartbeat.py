@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import odibi_observe as oo
-from odibi_observe import heartbeat, runtime
+from odibi_observe import _heartbeat as heartbeat
+from odibi_observe import _runtime as runtime
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind

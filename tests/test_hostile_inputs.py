@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 import odibi_observe as oo
-from odibi_observe.active import active_runs
+from odibi_observe._active import active_runs
+from odibi_observe._instrument import NodeRun, _NoRun, current_run
 from odibi_observe.conventions import SELF_METRICS, RunStatus
-from odibi_observe.instrument import NodeRun, _NoRun, current_run
 from odibi_observe.record import RunRecord
 from odibi_observe.testing import InMemorySink, capture_runs
 
@@ -461,7 +461,7 @@ def test_the_null_run_accepts_everything_a_real_run_does() -> None:
 
 
 def test_a_degraded_block_runs_with_the_null_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    import odibi_observe.instrument as instrument
+    import odibi_observe._instrument as instrument
 
     monkeypatch.setattr(instrument, "_start", _boom)
     with capture_runs() as sink, oo.node_run("p", "n") as run:

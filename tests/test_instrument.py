@@ -15,8 +15,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 import odibi_observe as oo
+from odibi_observe._instrument import rows_from_result
 from odibi_observe.conventions import RunStatus
-from odibi_observe.instrument import rows_from_result
 from odibi_observe.record import EventKind
 from odibi_observe.testing import capture_runs
 
@@ -297,7 +297,7 @@ def test_decorator_preserves_function_metadata() -> None:
 
 
 def test_internal_error_at_start_runs_the_node_unobserved(monkeypatch: pytest.MonkeyPatch) -> None:
-    import odibi_observe.instrument as instrument
+    import odibi_observe._instrument as instrument
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("internal")
@@ -341,7 +341,7 @@ def test_record_replace_amends_without_finishing() -> None:
 
 def test_internal_error_at_start_of_a_block_runs_it_unobserved(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import odibi_observe.instrument as instrument
+    import odibi_observe._instrument as instrument
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("internal")

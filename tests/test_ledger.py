@@ -21,9 +21,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from odibi_observe._otlp_json import SpanView, iter_spans
 from odibi_observe.catalog.schema import span_ledger, utc
 from odibi_observe.conventions import FIELDS, Field, RunStatus
-from odibi_observe.otlp_json import SpanView, iter_spans
 from odibi_observe.reconcile.ledger import LedgerSource
 from odibi_observe.reconcile.model import ReadLog, ReadRange
 from odibi_observe.record import RunRecord

@@ -28,11 +28,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
-from odibi_observe import runtime
+from odibi_observe import _runtime as runtime
+from odibi_observe._otlp_json import SpanView, read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.config import ConfigurationError
 from odibi_observe.conventions import FIELDS, METRICS, RunStatus
-from odibi_observe.otlp_json import SpanView, read_spans
 from odibi_observe.record import RunRecord
 
 pytest.importorskip("odibi", reason="the Odibi integration needs the 'odibi' extra")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from odibi_observe._otlp_json import SpanView, read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import FIELDS, RunStatus
-from odibi_observe.otlp_json import SpanView, read_spans
 
 pytest.importorskip("odibi", reason="the Odibi integration needs the 'odibi' extra")
 

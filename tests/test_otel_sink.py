@@ -27,7 +27,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from odibi_observe.bus import EventBus
+from odibi_observe._bus import EventBus
+from odibi_observe._otlp_json import (
+    OtlpJsonFileSpanExporter,
+    OtlpJsonHttpSpanExporter,
+    SpanView,
+    decode_request_json,
+    encode_request_json,
+    encode_spans_json,
+    iter_spans,
+    read_spans,
+)
 from odibi_observe.config import Settings
 from odibi_observe.conventions import (
     FIELDS,
@@ -38,16 +48,6 @@ from odibi_observe.conventions import (
     SPAN_NAME_FORMAT,
     USER_ATTRIBUTE_PREFIX,
     RunStatus,
-)
-from odibi_observe.otlp_json import (
-    OtlpJsonFileSpanExporter,
-    OtlpJsonHttpSpanExporter,
-    SpanView,
-    decode_request_json,
-    encode_request_json,
-    encode_spans_json,
-    iter_spans,
-    read_spans,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import RecordRejected, SinkExportError

@@ -14,7 +14,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
-from odibi_observe.otlp_json import decode_request_json, encode_request_json, encode_spans_json
+from odibi_observe._otlp_json import decode_request_json, encode_request_json, encode_spans_json
 
 ids = st.integers(min_value=1, max_value=2**64 - 1)
 scalars = st.one_of(

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.conventions import METRICS, OVERFLOW_LABEL_VALUE, RunStatus
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
 from tests.helpers import finished, make_record, started
 

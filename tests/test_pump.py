@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
+from odibi_observe._deadletter import DeadLetter
+from odibi_observe._pump import SpoolPump
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.conventions import RunStatus
-from odibi_observe.deadletter import DeadLetter
-from odibi_observe.pump import SpoolPump
 from odibi_observe.record import EventKind, RunEvent
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import Sink
 from odibi_observe.spool import Spool
 from odibi_observe.testing import InMemorySink

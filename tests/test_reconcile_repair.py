@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore, create_catalog_engine
 from odibi_observe.conventions import RunStatus, Source
-from odibi_observe.otlp_json import read_spans
 from odibi_observe.reconcile import (
     ReconcileResult,
     RepairError,

@@ -246,5 +246,5 @@ def test_progress_line_only_on_a_terminal() -> None:
     progress("reconciling", 200_000, None)  # throttled: within 0.2 s of the last redraw
     progress.finish()
     text = tty.getvalue()
-    assert "reading traces [" in text and " 50%" in text and "50.0 MB / 100.0 MB" in text
-    assert text.endswith("\r")
+    assert "reading traces " in text and " 50%" in text and "50.0 MB / 100.0 MB" in text
+    assert text.endswith("\x1b[2K")  # the bar is erased: what follows starts clean

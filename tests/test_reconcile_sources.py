@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from odibi_observe._otlp_json import decode_request_json, encode_request_json
 from odibi_observe.conventions import RunStatus
-from odibi_observe.otlp_json import decode_request_json, encode_request_json
 from odibi_observe.reconcile import otlp_files
 from odibi_observe.reconcile.ledger import LedgerSource
 from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from opentelemetry.sdk.resources import Resource
 
+from odibi_observe._otlp_json import encode_spans_json
 from odibi_observe.catalog import CatalogStore, create_catalog_engine, upgrade
 from odibi_observe.catalog.schema import span_ledger
 from odibi_observe.conventions import RunStatus
-from odibi_observe.otlp_json import encode_spans_json
 from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun, Window
 from odibi_observe.reconcile.sources import TraceSource
 from odibi_observe.record import EventKind, RunEvent, RunRecord, ns_to_datetime

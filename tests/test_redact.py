@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from odibi_observe.redact import REDACTED, SECRET_PATTERNS, clamp, redact, safe_text, terminal_safe
+from odibi_observe._redact import REDACTED, SECRET_PATTERNS, clamp, redact, safe_text, terminal_safe
 
 
 @pytest.mark.parametrize(

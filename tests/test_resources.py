@@ -8,8 +8,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from odibi_observe._resources import read_limit
 from odibi_observe.catalog.schema import CPU_SECONDS, MEMORY_LIMIT, PEAK_RSS
-from odibi_observe.resources import read_limit
 
 MIB = 1024 * 1024
 

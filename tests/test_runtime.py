@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import odibi_observe as oo
-from odibi_observe.otlp_json import read_spans
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.sinks.otel import OtelSink
 from odibi_observe.sinks.prometheus import PrometheusSink
@@ -135,7 +135,7 @@ def test_reconfiguring_stops_the_previous_metrics_server(fresh_observer: Configu
 
 def test_capture_runs_sets_the_observer_aside_and_gives_it_back_with_its_heartbeat(
         fresh_observer: Configure) -> None:
-    from odibi_observe import runtime
+    from odibi_observe import _runtime as runtime
     from odibi_observe.testing import InMemorySink, capture_runs
 
     outer_sink = InMemorySink()
@@ -154,7 +154,7 @@ def test_capture_runs_sets_the_observer_aside_and_gives_it_back_with_its_heartbe
 
 
 def test_current_observer_never_configures_one(fresh_observer: Configure) -> None:
-    from odibi_observe import runtime
+    from odibi_observe import _runtime as runtime
 
     assert runtime.current_observer() is None
     assert runtime.current_observer() is None  # still none: nothing was configured

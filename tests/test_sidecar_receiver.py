@@ -27,9 +27,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from prometheus_client import CollectorRegistry
 
 import odibi_observe as oo
+from odibi_observe._otlp_json import encode_request_json
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.conventions import FIELDS, RunStatus
-from odibi_observe.otlp_json import encode_request_json
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sidecar.receiver import TraceReceiver
 from odibi_observe.sidecar.server import SidecarServer

@@ -10,7 +10,7 @@ Tempo answers. The same span then goes through
 * **reconciliation**: the OTLP-JSON line (scanner and full decoder) and the Tempo document;
 
 and every path must report the same run id, ids, times, status, rows, names and resource.
-This is what the single decoder (:mod:`odibi_observe.spandecode`) guarantees; the last two
+This is what the single decoder (:mod:`odibi_observe._spandecode`) guarantees; the last two
 cases are spans the readers decoded differently before it existed.
 """
 
@@ -29,9 +29,15 @@ from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from odibi_observe._otlp_json import encode_request_json, iter_spans
+from odibi_observe._spandecode import (
+    SpanProblem,
+    decode_json,
+    decode_view,
+    iter_request_spans,
+)
 from odibi_observe.catalog import schema as col
 from odibi_observe.conventions import FIELDS, RunStatus
-from odibi_observe.otlp_json import encode_request_json, iter_spans
 from odibi_observe.reconcile.ledger import LedgerSource
 from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun
 from odibi_observe.reconcile.otlp_files import decode_line, scan_line
@@ -39,12 +45,6 @@ from odibi_observe.reconcile.span_decode import span_to_run
 from odibi_observe.reconcile.sqlutil import to_ns
 from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sinks.otel import record_to_span
-from odibi_observe.spandecode import (
-    SpanProblem,
-    decode_json,
-    decode_view,
-    iter_request_spans,
-)
 from tests.helpers import make_record
 from tests.test_reconcile_support import BASE_NS, HOUR, RESOURCE
 from tests.test_sidecar_receiver import Sidecar

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from odibi_observe.bus import EventBus
+from odibi_observe._bus import EventBus
 from odibi_observe.record import RunEvent
 from odibi_observe.sinks.spool import SpoolSink
 from odibi_observe.spool import (

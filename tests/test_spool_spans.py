@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
-from odibi_observe.otlp_json import read_spans
-from odibi_observe.pump import SpoolPump
-from odibi_observe.selfmetrics import SelfMonitor
+from odibi_observe._otlp_json import read_spans
+from odibi_observe._pump import SpoolPump
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.sinks.otel import OtelSink
 from odibi_observe.sinks.spool import (
     SPAN_FRAME_PREFIX,

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from odibi_observe._crash import utc
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import RunStatus, Source
-from odibi_observe.crash import utc
-from odibi_observe.otlp_json import read_spans
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sidecar.sweeper import (
     HEARTBEAT_TIMEOUT,

@@ -138,6 +138,6 @@ def _reason(exc: SQLAlchemyError) -> str:
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip()
     line = text.splitlines()[0] if text else type(original).__name__
-    from odibi_observe.redact import redact
+    from odibi_observe._redact import redact
 
     return redact(line)

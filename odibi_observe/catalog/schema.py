@@ -27,6 +27,8 @@ from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 
+from odibi_observe._redact import clamp
+from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
     CATALOG_TABLE,
     FIELDS,
@@ -46,8 +48,6 @@ from odibi_observe.record import (
     datetime_to_ns,
     ns_to_datetime,
 )
-from odibi_observe.redact import clamp
-from odibi_observe.textsafe import encodable_text
 
 # --- column names, all from the conventions ---------------------------------------------------
 
@@ -328,7 +328,7 @@ def db_text(value: str | None, limit: int | None) -> str | None:
     A value a backend refuses (PostgreSQL rejects NUL characters and ``VARCHAR(n)`` overflows;
     both drivers reject lone surrogates) would make the whole batch fail on every retry and
     stall the sink for good, so it is repaired here instead: NUL becomes U+FFFD, an unencodable
-    character is escaped (:mod:`odibi_observe.textsafe`, the rule of every sink), and an
+    character is escaped (:mod:`odibi_observe._textsafe`, the rule of every sink), and an
     over-long value is cut with a note of how much was cut.
     """
     if value is None:

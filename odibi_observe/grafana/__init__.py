@@ -2,7 +2,7 @@
 
 ``odibi-observe dashboards build`` writes, under ``dashboards/``:
 
-* four dashboards (:mod:`.dashboards`), built with grafana-foundation-sdk from the queries in
+* five dashboards (:mod:`.dashboards`), built with grafana-foundation-sdk from the queries in
   :mod:`.queries`, which take every metric, label, table and column from
   :mod:`odibi_observe.conventions` and :mod:`odibi_observe.catalog.schema`;
 * Grafana provisioning for the Prometheus, Tempo and PostgreSQL data sources and the dashboard

@@ -7,10 +7,19 @@ one with ``promtool test rules``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from odibi_observe.conventions import RECONCILE_METRICS, SELF_METRICS, SIDECAR_METRICS
+from odibi_observe.conventions import (
+    HEALTH_FINDING_KINDS,
+    HEALTH_METRICS,
+    METRICS,
+    RECONCILE_METRICS,
+    SELF_METRICS,
+    SIDECAR_METRICS,
+    RunStatus,
+)
 from odibi_observe.grafana import queries as q
 from odibi_observe.grafana.datasources import DEPLOYMENT
 from odibi_observe.grafana.yamltext import Yaml
@@ -166,10 +175,83 @@ def events_dropped() -> Rule:
     )
 
 
+# --- data health ---------------------------------------------------------------------------
+
+#: Share of the memory limit a node's peak memory may reach before it pages (as the health
+#: pass's memory_growth threshold).
+MEMORY_NEAR_LIMIT: Final = 0.9
+#: Window of the mean peak memory per run: a day, so that a daily node has a run in it.
+MEMORY_WINDOW: Final = "1d"
+#: Window in which a crash counts for the probable-OOM rule.
+CRASH_WINDOW: Final = "1h"
+
+#: Severity of an open health finding, by kind: a node that keeps failing, returns nothing,
+#: is stale or is about to be OOM-killed pages; an anomaly or a flaky node is a warning.
+FINDING_SEVERITY: Final = {
+    "volume_anomaly": "warning", "zero_rows": "critical", "duration_anomaly": "warning",
+    "freshness": "critical", "failure_streak": "critical", "flaky": "warning",
+    "memory_growth": "critical",
+}
+if set(FINDING_SEVERITY) != set(HEALTH_FINDING_KINDS):  # pragma: no cover - guards edits
+    raise RuntimeError("alerts.FINDING_SEVERITY and conventions.HEALTH_FINDING_KINDS disagree")
+
+
+def _camel(kind: str) -> str:
+    return "".join(part.capitalize() for part in kind.split("_"))
+
+
+def health_finding(kind: str) -> Callable[[], Rule]:
+    """The rule of one finding kind: fires while the last health pass sees such a finding
+    (one alert per node; it resolves when a pass no longer sees it)."""
+    def build() -> Rule:
+        kind_label = HEALTH_METRICS.open_finding.labels[0]
+        finding = q.series(HEALTH_METRICS.open_finding, q.eq(kind_label, kind))
+        return Rule(
+            f"OdibiHealth{_camel(kind)}",
+            f"{finding} > 0",
+            "0m", FINDING_SEVERITY[kind],
+            f"{kind} on {{{{ $labels.pipeline }}}}/{{{{ $labels.node }}}}",
+            f"The last odibi-observe health pass found {kind} on this node; health.html "
+            "(and the Data health dashboard's open findings) has the evidence and what to do.",
+        )
+    build.__name__ = f"health_{kind}"
+    return build
+
+
+def node_memory_near_limit() -> Rule:
+    return Rule(
+        "OdibiNodeMemoryNearLimit",
+        f"(\n{q.memory_share(_no_filters(), MEMORY_WINDOW)}\n) > {MEMORY_NEAR_LIMIT}",
+        "0m", "warning",
+        "Node {{ $labels.pipeline }}/{{ $labels.node }} peaks at "
+        "{{ $value | humanizePercentage }} of its memory limit",
+        "The node's mean peak memory per run over the last day is above 90% of the memory "
+        "limit it runs under: the next larger input gets it OOM-killed.",
+    )
+
+
+def node_probably_oom_killed() -> Rule:
+    crashed = q.series(METRICS.runs, q.eq(q.STATUS_LABEL, RunStatus.CRASHED.value))
+    group = ", ".join(_NODE_IDENTITY)
+    return Rule(
+        "OdibiNodeProbablyOOMKilled",
+        f"{q.agg('sum', f'increase({crashed}[{CRASH_WINDOW}])', *_NODE_IDENTITY)} > 0\n"
+        f"and on ({group})\n"
+        f"(\n{q.memory_share(_no_filters(), MEMORY_WINDOW)}\n) > {MEMORY_NEAR_LIMIT}",
+        "0m", "critical",
+        "Node {{ $labels.pipeline }}/{{ $labels.node }} crashed near its memory limit",
+        "A run of the node crashed in the last hour, and its peak memory is above 90% of its "
+        "limit: probably OOM-killed. The catalog's error_type says it for sure (OOMKilled; "
+        "odibi-observe runs --failures).",
+    )
+
+
 RULES: Final = (
     node_failure_rate, catalog_incomplete, reconciliation_stale, reconciliation_checked_nothing,
     sidecar_stale, sidecar_down,
     sidecar_absent, spool_backlog_growing, sink_errors, events_dropped,
+    *(health_finding(kind) for kind in HEALTH_FINDING_KINDS),
+    node_memory_near_limit, node_probably_oom_killed,
 )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from pathlib import Path
 from typing import Any
+
+from odibi_observe._cliargs import check_out_dir, json_arg, log_level_arg, make_out_dir, print_error
 
 DEFAULT_OUT = "dashboards"
 
@@ -26,10 +28,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     "--out. With --check, write nothing: exit 1 naming the files that differ "
                     "from a fresh build.",
     )
-    build.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                       help="output directory (default: %(default)s)")
-    build.add_argument("--check", action="store_true",
-                       help="only compare with the files in DIR; exit 1 if any is stale")
+    output = build.add_argument_group("output")
+    output.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help="output directory (default: %(default)s)")
+    output.add_argument("--check", action="store_true",
+                        help="only compare with the files in DIR; exit 1 if any is stale")
+    json_arg(output, "the files written (or stale)")
+    log_level_arg(build)
     build.set_defaults(handler=_build)
 
 
@@ -37,12 +42,15 @@ def _build(args: argparse.Namespace) -> int:
     try:
         from odibi_observe.grafana.render import stale, write
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        print(f"odibi-observe: error: building dashboards needs grafana-foundation-sdk "
-              f"(pip install 'odibi-observe[grafana]'): {exc}", file=sys.stderr)
+        print_error(f"building dashboards needs grafana-foundation-sdk "
+                    f"(pip install 'odibi-observe[grafana]'): {exc}")
         return 2
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     if args.check:
         outdated = stale(out)
+        if args.json:
+            print(json.dumps({"out": str(out), "stale": [str(out / r) for r in outdated]}))
+            return 1 if outdated else 0
         if outdated:
             print(f"stale in {out}: run 'odibi-observe dashboards build --out {out}'",
                   file=sys.stderr)
@@ -51,7 +59,15 @@ def _build(args: argparse.Namespace) -> int:
             return 1
         print(f"{out}: every generated file is current")
         return 0
-    changed = write(out)
+    make_out_dir(out)
+    try:
+        changed = write(out)
+    except OSError as exc:
+        print_error(f"--out {str(out)!r}: cannot write: {exc.strerror or exc}")
+        return 2
+    if args.json:
+        print(json.dumps({"out": str(out), "written": [str(out / r) for r in changed]}))
+        return 0
     for rel in changed:
         print(f"wrote {out / rel}")
     if not changed:

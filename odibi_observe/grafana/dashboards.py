@@ -1,4 +1,4 @@
-"""The four dashboards, built with grafana-foundation-sdk from the queries in :mod:`.queries`.
+"""The five dashboards, built with grafana-foundation-sdk from the queries in :mod:`.queries`.
 
 * **Pipeline overview** — runs by status, success rate, rows/s and duration quantiles per node
   (Prometheus); what is running, the slowest nodes and the recent failures with their
@@ -9,6 +9,9 @@
   catalog: completeness, discrepancies by kind over time, the last report's runs, and the
   sidecar backlog and sink errors that usually explain a gap.
 * **Sidecar health** — ingest rate, spool size and backlog, sink errors, sweeper actions.
+* **Data health** — rows and duration of every run against its node's band, freshness, the
+  open findings of the nightly health pass, peak memory against the memory limit, crashes by
+  cause.
 
 Each builder returns a :class:`BuiltDashboard`: the SDK's dashboard model plus the catalog
 queries its panels run, which the tests execute against PostgreSQL.
@@ -35,6 +38,7 @@ from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from odibi_observe.conventions import (
+    HEALTH_METRICS,
     RECONCILE_METRICS,
     SELF_METRICS,
     SIDECAR_METRICS,
@@ -49,6 +53,7 @@ OVERVIEW_UID: Final = "odibi-pipeline-overview"
 NODE_UID: Final = "odibi-node-drilldown"
 RECONCILIATION_UID: Final = "odibi-reconciliation"
 SIDECAR_UID: Final = "odibi-sidecar-health"
+DATA_HEALTH_UID: Final = "odibi-data-health"
 
 @dataclass
 class BuiltDashboard:
@@ -526,9 +531,77 @@ def sidecar_health() -> BuiltDashboard:
     return BuiltDashboard(SIDECAR_UID, _number_panels(builder.build()))
 
 
+def data_health() -> BuiltDashboard:
+    f = q.HEALTH_FILTERS
+    sql = _SqlTargets()
+    node = q.NODE_GROUP
+    builder = (
+        _frame(DATA_HEALTH_UID, "odibi-observe / Data health",
+               "Whether the data is right, not only whether the runs succeeded: rows and "
+               "duration of every run against its node's band, freshness, the open findings "
+               "of the nightly health pass and peak memory against the memory limit.",
+               time_from="now-7d")
+        .variables(list(_variables(f)))
+        .with_row(Row("Findings (the last health pass)"))
+        .with_panel(stat_panel(
+            "Open findings", "Findings the last `odibi-observe health` pass saw for the "
+            "selected pipelines and nodes (one series per finding).",
+            prom(q.open_findings_total(f), instant=True),
+            thresholds=_thresholds((None, "green"), (1.0, "red")), span=6))
+        .with_panel(stat_panel(
+            "Since last health pass", "Time since the last health pass finished; it runs "
+            "nightly, so more than a day means the findings are out of date.",
+            prom(q.seconds_since_health_pass(), instant=True), unit="s",
+            thresholds=_thresholds((None, "green"), (26 * 3600.0, "red")), span=6))
+        .with_panel(series_panel(
+            "Findings by kind", "Findings of each health pass by kind, as Prometheus sampled "
+            "the gauges.", prom(q.findings_by_kind(), legend(*HEALTH_METRICS.findings.labels)),
+            stacked=True))
+        .with_panel(sql_table(
+            "Open findings (catalog)", "Findings recorded in meta_health_findings that are "
+            "still open, newest first: since when, how many passes saw them, and the evidence "
+            "in one line. node opens its drill-down.", q.open_findings(f), sql, height=9))
+        .with_row(Row("Volume and duration against their bands (catalog)"))
+        .with_panel(sql_series(
+            "Rows per run against its band", "rows_processed of every SUCCESS run and its "
+            "node's band: the mean ± 3 standard deviations of the node's runs in the 14 days "
+            "before it (the health pass's defaults; drawn once it has 7 runs). A point "
+            "outside the band is a volume_anomaly.", q.rows_band(f), sql))
+        .with_panel(sql_series(
+            "Duration per run against its band", "duration_ms of every SUCCESS run and its "
+            "node's band (mean ± 3 standard deviations of the 14 days before it). A point "
+            "above it is a duration_anomaly.", q.duration_band(f), sql, unit="ms"))
+        .with_panel(sql_table(
+            "Freshness", "Per node: its last SUCCESS, its age, the learned cadence (the mean "
+            "interval between successes) and the allowed age (3 x the cadence, at least 1 h); "
+            "age_of_allowed above 1 is a stale node. The stalest first.", q.freshness(f), sql,
+            height=9))
+        .with_row(Row("Memory"))
+        .with_panel(series_panel(
+            "Peak memory per node against its limit", "Mean peak resident memory per run "
+            "(from the peak-memory histogram) and the memory limit (cgroup memory.max) the "
+            "node runs under. A node without a limit shows no limit line.",
+            prom(q.mean_peak_rss(f, "$__rate_interval", *node), "peak " + legend(*node),
+                 ref="A"),
+            prom(q.memory_limit(f, *node), "limit " + legend(*node), ref="B"),
+            unit="bytes"))
+        .with_panel(sql_series(
+            "Peak memory per run against the limit (catalog)", "peak_rss_bytes of every "
+            "SUCCESS run and the memory_limit_bytes it ran under, per node; a line climbing "
+            "toward the limit is a memory_growth finding before it is an OOM kill.",
+            q.memory_per_run(f), sql, unit="bytes"))
+        .with_panel(sql_table(
+            "Crashed runs by cause", "CRASHED runs in the time range by node and cause "
+            "(error_type: OOMKilled, SIGKILL, SIGTERM, HeartbeatLost, ProcessExit), with the "
+            "largest peak memory recorded and the limit; trace_id opens the newest one.",
+            q.crash_causes(f), sql, height=7))
+    )
+    return BuiltDashboard(DATA_HEALTH_UID, _number_panels(builder.build()), sql.queries)
+
+
 #: Every dashboard, in the order the docs describe them.
 BUILDERS: Final[Sequence[Callable[[], BuiltDashboard]]] = (
-    pipeline_overview, node_drilldown, reconciliation, sidecar_health,
+    pipeline_overview, node_drilldown, reconciliation, sidecar_health, data_health,
 )
 
 def build_dashboards() -> list[BuiltDashboard]:

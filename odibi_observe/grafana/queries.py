@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final
 
 from odibi_observe.catalog import schema
@@ -29,6 +30,8 @@ from odibi_observe.catalog.schema import (
     ERROR_TYPE,
     HEARTBEAT_AT,
     HOST,
+    MEMORY_LIMIT,
+    PEAK_RSS,
     PID,
     PIPELINE_RUN_ID,
     ROWS,
@@ -43,10 +46,13 @@ from odibi_observe.conventions import (
     CATALOG_TABLE,
     DISCREPANCY_KINDS,
     FIELDS,
+    HEALTH_FINDINGS_TABLE,
+    HEALTH_METRICS,
     METRICS,
     RECONCILE_METRICS,
     RECONCILIATION_ITEMS_TABLE,
     RECONCILIATION_TABLE,
+    RESOURCE_METRICS,
     SELF_METRICS,
     SIDECAR_METRICS,
     Field,
@@ -55,6 +61,8 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.grafana.datasources import DEPLOYMENT
+from odibi_observe.health.model import HealthOptions
+from odibi_observe.health.store import OPEN as FINDING_OPEN
 
 # --- Prometheus' own names ------------------------------------------------------------------
 
@@ -567,3 +575,196 @@ FROM {RECONCILIATION_ITEMS_TABLE}
 {_where(f"{_ITEM.report_id.name} = {_latest_report()}")}
 ORDER BY {_ITEM.kind.name}, {_ITEM[STARTED_AT].name}
 LIMIT 500""")
+
+
+# --- data health: bands, freshness, findings, memory -------------------------------------------
+#
+# The bands and the freshness allowance are the ``odibi-observe health`` defaults
+# (:class:`~odibi_observe.health.model.HealthOptions`), so what the dashboard draws is what the
+# nightly pass judges by: a run outside its band is the run a health pass reports.
+
+_HEALTH: Final = HealthOptions()
+_FINDING = schema.health_findings.c
+
+#: Data-health dashboard: several pipelines and nodes at once ("All" by default).
+HEALTH_FILTERS: Final = Filters(tuple(
+    Var(f, multi=True)
+    for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline, FIELDS.node)
+))
+#: The findings table has no project or environment: only pipeline and node filter it.
+_FINDING_FILTERS: Final = Filters(tuple(v for v in HEALTH_FILTERS.vars
+                                        if v.field in (FIELDS.pipeline, FIELDS.node)))
+
+
+def _interval(delta_seconds: float) -> str:
+    return f"interval '{int(delta_seconds)} seconds'"
+
+
+def value_band(f: Filters, col: str, key: str) -> SqlPanelQuery:
+    """Each SUCCESS run's ``col`` and its node's band, mean ± sensitivity x stddev of the
+    node's SUCCESS runs in the training period before it (long format: one series per node
+    and line). The band is drawn only where the node has ``min_points`` runs of history."""
+    training = _interval(_HEALTH.training.total_seconds())
+    window = (f"PARTITION BY {PIPELINE_COL}, {NODE_COL} ORDER BY {STARTED_AT} "
+              f"RANGE BETWEEN {training} PRECEDING AND CURRENT ROW EXCLUDE CURRENT ROW")
+    k = _HEALTH.sensitivity
+    sql = f"""WITH runs AS (
+  SELECT
+    {STARTED_AT},
+    {PIPELINE_COL} || '/' || {NODE_COL} AS node_key,
+    {col}::float AS v,
+    avg({col}) OVER w AS mean,
+    stddev_samp({col}) OVER w AS sd,
+    count({col}) OVER w AS n
+  FROM {CATALOG_TABLE}
+  {_where(f"{STATUS} = '{SUCCESS}'", f"{col} IS NOT NULL",
+          f"{STARTED_AT} >= $__timeFrom()::timestamptz - {training}",
+          f"{STARTED_AT} <= $__timeTo()::timestamptz", *f.predicates(), indent="  ")}
+  WINDOW w AS ({window})
+)
+SELECT
+  runs.{STARTED_AT} AS {TIME_OUT},
+  runs.node_key || ' ' || line.name AS metric,
+  line.reading AS reading
+FROM runs
+CROSS JOIN LATERAL (VALUES
+  ('{col}', runs.v),
+  ('band low', CASE WHEN runs.n >= {_HEALTH.min_points} THEN runs.mean - {k} * runs.sd END),
+  ('band high', CASE WHEN runs.n >= {_HEALTH.min_points} THEN runs.mean + {k} * runs.sd END)
+) AS line(name, reading)
+{_where(f"$__timeFilter(runs.{STARTED_AT})")}
+ORDER BY 1, 2"""  # noqa: S608 - names from the schema, values are Grafana's
+    return SqlPanelQuery(key, sql, (TIME_OUT, "metric", "reading"), time_series=True)
+
+
+def rows_band(f: Filters) -> SqlPanelQuery:
+    return value_band(f, ROWS, "rows_band")
+
+
+def duration_band(f: Filters) -> SqlPanelQuery:
+    return value_band(f, DURATION_MS, "duration_band")
+
+
+def freshness(f: Filters) -> SqlPanelQuery:
+    """Per node: its last SUCCESS, how old it is, the learned cadence and the allowed age
+    (``freshness_factor`` x the mean interval between successes, at least
+    ``freshness_min``); the stalest first. Declared SLAs live in the health config file,
+    which the dashboard cannot read: the health findings below include them."""
+    span = _interval((_HEALTH.training + timedelta(days=1)).total_seconds())
+    cadence = (f"extract(epoch FROM max({STARTED_AT}) - min({STARTED_AT})) "
+               f"/ NULLIF(count(*) - 1, 0)")
+    allowed = (f"GREATEST({_HEALTH.freshness_factor} * ({cadence}), "
+               f"{_HEALTH.freshness_min.total_seconds()})")
+    age = f"extract(epoch FROM $__timeTo()::timestamptz - max({STARTED_AT}))"
+    return _query("freshness", [
+        *IDENTITY,
+        (f"max({STARTED_AT})", "last_success"),
+        ("count(*)", "successes"),
+        (age, "age_s"),
+        (cadence, "cadence_s"),
+        (allowed, "allowed_s"),
+        (f"CASE WHEN count(*) >= {_HEALTH.min_points} THEN ({age}) / ({allowed}) END",
+         "age_of_allowed"),
+    ], f"""
+FROM {CATALOG_TABLE}
+{_where(f"{STATUS} = '{SUCCESS}'", f"{STARTED_AT} >= $__timeTo()::timestamptz - {span}",
+        f"{STARTED_AT} <= $__timeTo()::timestamptz", *f.predicates())}
+GROUP BY {NODE_COL}, {PIPELINE_COL}, {ENVIRONMENT_COL}, {PROJECT_COL}
+ORDER BY age_of_allowed DESC NULLS LAST
+LIMIT 100""")
+
+
+def open_findings(f: Filters) -> SqlPanelQuery:
+    """The findings a health pass recorded that are still open, newest first."""
+    preds = [v.predicate() for v in _FINDING_FILTERS.vars]
+    return _query("open_findings", [
+        (_FINDING.kind.name, _FINDING.kind.name),
+        (_FINDING[PIPELINE_COL].name, PIPELINE_OUT),
+        (_FINDING[NODE_COL].name, NODE_OUT),
+        (_FINDING.opened_at.name, _FINDING.opened_at.name),
+        (_FINDING.last_seen_at.name, _FINDING.last_seen_at.name),
+        (_FINDING.passes.name, _FINDING.passes.name),
+        (_FINDING.score.name, _FINDING.score.name),
+        (_FINDING.baseline.name, _FINDING.baseline.name),
+        (_FINDING.value.name, _FINDING.value.name),
+        (_FINDING.detail.name, _FINDING.detail.name),
+    ], f"""
+FROM {HEALTH_FINDINGS_TABLE}
+{_where(f"{_FINDING.state.name} = '{FINDING_OPEN}'", *preds)}
+ORDER BY {_FINDING.opened_at.name} DESC, {_FINDING.kind.name}
+LIMIT 200""")
+
+
+def memory_per_run(f: Filters) -> SqlPanelQuery:
+    """Each SUCCESS run's peak memory and the limit it ran under, per node (long format)."""
+    sql = f"""SELECT
+  {STARTED_AT} AS {TIME_OUT},
+  {PIPELINE_COL} || '/' || {NODE_COL} || ' ' || line.name AS metric,
+  line.reading AS reading
+FROM {CATALOG_TABLE}
+CROSS JOIN LATERAL (VALUES
+  ('{PEAK_RSS}', {PEAK_RSS}::float),
+  ('{MEMORY_LIMIT}', {MEMORY_LIMIT}::float)
+) AS line(name, reading)
+{_where(f"{STATUS} = '{SUCCESS}'", f"{PEAK_RSS} IS NOT NULL",
+        f"$__timeFilter({STARTED_AT})", *f.predicates())}
+ORDER BY 1, 2"""  # noqa: S608 - names from the schema, values are Grafana's
+    return SqlPanelQuery("memory_per_run", sql, (TIME_OUT, "metric", "reading"),
+                         time_series=True)
+
+
+def _node_by() -> tuple[str, ...]:
+    return (PROJECT_LABEL, ENVIRONMENT_LABEL, PIPELINE_LABEL, NODE_LABEL)
+
+
+def mean_peak_rss(f: Filters, window: str, *group: str) -> str:
+    """Mean peak memory per run over ``window`` (the histogram's sum / count)."""
+    total = series(RESOURCE_METRICS.peak_rss, *f.matchers(), suffix="_sum")
+    runs = series(RESOURCE_METRICS.peak_rss, *f.matchers(), suffix="_count")
+    return (f"{agg('sum', f'increase({total}[{window}])', *group)}\n"
+            f"/\n{agg('sum', f'increase({runs}[{window}])', *group)}")
+
+
+def memory_limit(f: Filters, *group: str) -> str:
+    """The memory limit per node; nodes running without one are left out."""
+    return agg("max", f"{series(RESOURCE_METRICS.memory_limit, *f.matchers())} > 0", *group)
+
+
+def memory_share(f: Filters, window: str) -> str:
+    """Mean peak memory per run / the limit, per node."""
+    group = _node_by()
+    return (f"(\n{mean_peak_rss(f, window, *group)}\n)\n/ on ({', '.join(group)})\n"
+            f"{memory_limit(f, *group)}")
+
+
+def open_findings_total(f: Filters) -> str:
+    finding = series(HEALTH_METRICS.open_finding, *(v.matcher() for v in _FINDING_FILTERS.vars))
+    return f"sum({finding})"
+
+
+def findings_by_kind() -> str:
+    return gauge_by(HEALTH_METRICS.findings, *HEALTH_METRICS.findings.labels)
+
+
+def seconds_since_health_pass() -> str:
+    return f"time() - max({series(HEALTH_METRICS.last_run)})"
+
+
+def crash_causes(f: Filters) -> SqlPanelQuery:
+    """CRASHED runs in the range by node and cause (``error_type``: OOMKilled, SIGKILL, ...):
+    the cause Prometheus cannot see, from the catalog."""
+    crashed = RunStatus.CRASHED.value
+    return _query("crash_causes", [
+        *IDENTITY,
+        (ERROR_TYPE, ERROR_TYPE),
+        ("count(*)", "runs"),
+        (f"max({STARTED_AT})", "last_seen"),
+        (f"max({PEAK_RSS})", "max_" + PEAK_RSS),
+        (f"max({MEMORY_LIMIT})", MEMORY_LIMIT),
+        (f"(array_agg({TRACE_ID} ORDER BY {STARTED_AT} DESC))[1]", TRACE_ID_OUT),
+    ], f"""
+FROM {CATALOG_TABLE}
+{_where(f"{STATUS} = '{crashed}'", f"$__timeFilter({STARTED_AT})", *f.predicates())}
+GROUP BY {NODE_COL}, {PIPELINE_COL}, {ENVIRONMENT_COL}, {PROJECT_COL}, {ERROR_TYPE}
+ORDER BY last_seen DESC
+LIMIT 100""")

@@ -7,7 +7,6 @@ report); 2 bad configuration, or the catalog could not be read.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import textwrap
@@ -15,64 +14,83 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
+from odibi_observe._cliargs import (
+    catalog_arg,
+    check_out_dir,
+    duration_arg,
+    formats_arg,
+    json_arg,
+    log_level_arg,
+    make_out_dir,
+    percent_arg,
+    print_error,
+    resolve_catalog,
+    span_arg,
+    time_arg,
+)
 from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import HEALTH_FINDING_KINDS, HEALTH_FINDINGS_TABLE
 
 DESCRIPTION = f"""\
 Judge every node's recent runs against its own history in the run catalog (meta_runs): row
 counts and durations far from normal (z-scores), nodes that returned 0 rows, nodes with no
-success for longer than their cadence allows, failure streaks and nodes that succeed only
-after retries. Writes health.json, health.md and health.html, and records findings in
-{HEALTH_FINDINGS_TABLE} (where that table exists), open until a pass no longer sees them.
-Reads the catalog only.
+success for longer than their cadence allows, failure streaks, nodes that succeed only after
+retries, and peak memory trending toward the memory limit. Writes health.json, health.md and
+health.html, and records findings in {HEALTH_FINDINGS_TABLE} (where that table exists),
+open until a pass no longer sees them. Reads the catalog only.
 """
 
 EPILOG = f"""\
-window: the recent runs judged. --last 24h (the default) is the 24 hours before now;
-  --since/--until give it exactly. Each node's history (training) is the --training-days
-  before the window (x7 with --seasonality day_of_week).
+window: the recent runs judged. --last 24h (the default) is the 24 hours
+  before now; --since/--until give it exactly (each an ISO time or a duration
+  ago). Each node's history (training) is the --training-days before the
+  window (x7 with --seasonality day_of_week).
 
-{textwrap.fill("finding kinds: " + ", ".join(HEALTH_FINDING_KINDS), width=90,
+{textwrap.fill("finding kinds: " + ", ".join(HEALTH_FINDING_KINDS), width=78,
                subsequent_indent="  ")}
   (docs/health.md: the method and defaults of each, and what to do)
 
-config (--config FILE, TOML): per-node freshness SLAs and kinds to skip, first match wins:
+config (--config FILE, TOML): per-node freshness SLAs and kinds to skip,
+first match wins:
+
   [[node]]
   pipeline = "daily_sales"     # glob
   node = "ingest_*"            # glob
   freshness_sla = "26h"        # or "off"
   skip = ["duration_anomaly"]
 
-exit status: 0 nothing found, 1 findings, 2 bad configuration or unreadable catalog.
+exit status: 0 nothing found, 1 findings, 2 bad configuration or unreadable
+catalog.
 
 examples:
-  odibi-observe health --catalog sqlite:///catalog.db
-  odibi-observe health --catalog postgresql://etl@db/catalog --out /srv/health/$(date +%F) \\
-      --metrics-textfile /var/lib/node_exporter/textfile/health.prom --config health.toml
+  odibi-observe health --catalog catalog.db
+  odibi-observe health --catalog postgresql://etl@db/catalog \\
+      --out /srv/health/$(date +%F) --config health.toml \\
+      --metrics-textfile /var/lib/node_exporter/textfile/health.prom
 """
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``health`` to the odibi-observe parser."""
     parser = sub.add_parser(
-        "health", help="volume, duration, freshness, failure-streak and flakiness findings "
-                       "from the run history",
+        "health", help="volume, duration, freshness, failure-streak, flakiness and memory "
+                       "findings from the run history",
         description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--catalog", metavar="URL", default=os.environ.get(CATALOG_ENV),
-                        help=f"SQLAlchemy URL of meta_runs (default: ${CATALOG_ENV})")
-    parser.add_argument("--config", metavar="FILE",
-                        help="TOML file of per-node freshness SLAs and skipped kinds")
+    sources = parser.add_argument_group("sources")
+    catalog_arg(sources, read_only=True)
+    sources.add_argument("--config", metavar="FILE",
+                         help="TOML file of per-node freshness SLAs and skipped kinds")
 
     window = parser.add_argument_group("window")
     window.add_argument("--since", metavar="TIME", type=time_arg,
-                        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
+                        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) "
+                             "or a duration ago (6h)")
     window.add_argument("--until", metavar="TIME", type=time_arg,
-                        help="window end, ISO 8601 (default: now)")
-    window.add_argument("--last", metavar="DURATION", type=duration_arg,
-                        help="the window is the last DURATION (default 24h)")
+                        help="window end, ISO 8601 or a duration ago (default: now)")
+    window.add_argument("--last", metavar="DURATION", type=span_arg,
+                        help="the window is the last DURATION (30m, 24h, 7d, or an ISO time "
+                             "to start at; default 24h)")
 
     judge = parser.add_argument_group("judging (docs/health.md: each method and its defaults)")
     judge.add_argument("--sensitivity", type=float, default=3.0, metavar="Z",
@@ -103,11 +121,20 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="consecutive failed runs that make a streak (default: 3)")
     judge.add_argument("--flaky-min", type=int, default=2, metavar="N",
                        help="retried successes that make a node flaky (default: 2)")
+    judge.add_argument("--memory-runs", type=int, default=20, metavar="N",
+                       help="newest SUCCESS runs per node the peak-memory trend is fitted "
+                            "to (default: 20)")
+    judge.add_argument("--memory-horizon", type=int, default=10, metavar="N",
+                       help="memory_growth when the trend reaches the threshold within N "
+                            "runs (default: 10)")
+    judge.add_argument("--memory-threshold", type=percent_arg, default=0.90, metavar="PERCENT",
+                       help="share of the memory limit that counts as reached (default: 90%%)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--format", default="json,md,html", type=formats_arg,
-                        help="reports to write, comma-separated: json, md, html "
-                             "(default: all three)")
+                        metavar="FORMATS",
+                        help="reports to write, comma-separated: json, md (or markdown), "
+                             "html (default: all three)")
     output.add_argument("--out", metavar="DIR", default="health-report",
                         help="directory for health.json, health.md, health.html "
                              "(default: %(default)s)")
@@ -118,7 +145,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         help=f"do not record findings in {HEALTH_FINDINGS_TABLE} (recorded "
                              "by default where the table exists; health never creates it: "
                              "'odibi-observe catalog upgrade' does)")
-    output.add_argument("--quiet", action="store_true", help="no summary on the terminal")
+    output.add_argument("--quiet", action="store_true",
+                        help="no progress and no summary on the terminal")
+    json_arg(output, "the result (as health.json has it) and the files written")
+    log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -129,8 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from odibi_observe.reconcile.model import Window
 
     parser: argparse.ArgumentParser = args.subparser
-    if not args.catalog:
-        parser.error(f"--catalog is required (or set {CATALOG_ENV})")
+    args.catalog = resolve_catalog(args, parser)
     if args.last is not None and (args.since is not None or args.until is not None):
         parser.error("give either --last or --since/--until, not both")
     if args.until is not None and args.since is None:
@@ -149,17 +178,25 @@ def run(args: argparse.Namespace) -> int:
             duration_min_ms=args.duration_min_ms, seasonality=args.seasonality,
             freshness_factor=args.freshness_factor, freshness_min=args.freshness_min,
             failure_streak=args.failure_streak, flaky_min=args.flaky_min,
+            memory_runs=args.memory_runs, memory_horizon=args.memory_horizon,
+            memory_threshold=args.memory_threshold,
             rules=load_rules(args.config) if args.config else (),
         )
     except ValueError as exc:
         parser.error(str(exc))
     try:
+        check_out_dir(args.out)
+        if args.metrics_textfile:
+            check_out_dir(Path(args.metrics_textfile).parent, "--metrics-textfile")
         engine = _open(args.catalog)
     except ConfigurationError as exc:
         return _fail(str(exc))
     try:
         try:
-            result = detect(engine, window, options, catalog=hide_password(args.catalog))
+            from odibi_observe._progress import working
+
+            with working("judging the run history", enabled=not (args.quiet or args.json)):
+                result = detect(engine, window, options, catalog=hide_password(args.catalog))
         except HealthError as exc:
             return _fail(str(exc))
         warnings, notes = _record(engine, result, args)
@@ -172,7 +209,14 @@ def run(args: argparse.Namespace) -> int:
                 written.append(args.metrics_textfile)
         except OSError as exc:
             return _fail(f"cannot write the reports: {exc}")
-        if not args.quiet:
+        if args.json:
+            import json
+
+            from odibi_observe.health.report import to_dict
+
+            print(json.dumps({**to_dict(result), "written": written}, ensure_ascii=False,
+                             default=str))
+        elif not args.quiet:
             from odibi_observe.health.report import cli_summary
 
             print(cli_summary(result, written))
@@ -228,8 +272,7 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     from odibi_observe.health.html import render_html
     from odibi_observe.health.report import render_markdown, write_json
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(args.out)
     written = []
     if "json" in args.format:
         write_json(result, out / "health.json")
@@ -244,6 +287,5 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
 
 
 def _fail(message: str) -> int:
-    print(f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
-          file=sys.stderr)
+    print_error(hide_password(message) if "://" in message else message)
     return 2

@@ -40,7 +40,9 @@ from odibi_observe.catalog.schema import (
     ATTEMPT,
     DURATION_MS,
     ERROR_TYPE,
+    MEMORY_LIMIT,
     NODE,
+    PEAK_RSS,
     PIPELINE,
     ROWS,
     RUN_ID,
@@ -50,6 +52,7 @@ from odibi_observe.catalog.schema import (
 )
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import CATALOG_TABLE, RunStatus
+from odibi_observe.health.memory import memory_growth
 from odibi_observe.health.model import (
     EVIDENCE_RUNS,
     Finding,
@@ -119,6 +122,7 @@ def detect(engine: Engine, window: Window, options: HealthOptions, *,
     findings += _freshness(summary, options, evidence)
     findings += _streaks(summary, options, evidence)
     findings += _flaky(summary, options, evidence, ATTEMPT in table.c)
+    findings += memory_growth(scope, options, result, summary)
     result.findings = [f for f in findings if not _skipped(options, f)]
     result.seconds = time.monotonic() - started
     return result
@@ -157,14 +161,15 @@ def _table(engine: Engine, result: HealthResult) -> tuple[sa.TableClause, str]:
     if missing:
         raise HealthError(f"catalog {result.catalog}: {CATALOG_TABLE} has no column "
                           f"{', '.join(missing)}: not a run catalog")
-    absent = [c for c in (ROWS, DURATION_MS, ATTEMPT, STARTED_AT, ERROR_TYPE)
-              if c not in columns]
+    absent = [c for c in (ROWS, DURATION_MS, ATTEMPT, STARTED_AT, ERROR_TYPE, PEAK_RSS,
+                          MEMORY_LIMIT) if c not in columns]
     if absent:
         result.notes.append(
             f"{CATALOG_TABLE} has no column {', '.join(absent)} (a table Odibi created, never "
             f"upgraded): what needs them is not checked; 'odibi-observe catalog upgrade' adds "
             "them")
-    wanted = (RUN_ID, PIPELINE, NODE, STATUS, time_col, ROWS, DURATION_MS, ATTEMPT, ERROR_TYPE)
+    wanted = (RUN_ID, PIPELINE, NODE, STATUS, time_col, ROWS, DURATION_MS, ATTEMPT, ERROR_TYPE,
+              PEAK_RSS, MEMORY_LIMIT)
     table = sa.table(CATALOG_TABLE, *(sa.column(c, columns[c].type) for c in wanted
                                       if c in columns))
     return table, time_col
@@ -392,6 +397,11 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
         sa.func.max(sa.case((ok, t))).label("last_ok"),
         sa.func.max(sa.case((failed, t))).label("last_failed"),
     ]
+    if PEAK_RSS in table.c and MEMORY_LIMIT in table.c:
+        # The nodes memory_growth reads: a recent success with a peak and a limit.
+        limited = sa.and_(ok, t >= since, table.c[MEMORY_LIMIT] > 0)
+        columns.append(sa.func.count(sa.case((limited, table.c[PEAK_RSS])))
+                       .label("peak_recent"))
     if ATTEMPT in table.c:
         retried = sa.and_(ok, table.c[ATTEMPT] > 1)
         columns += [count(retried).label("retried"),
@@ -404,7 +414,8 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
             item = dict(row)
             for key in ("first_ok", "last_ok", "last_failed"):
                 item[key] = _dt(item[key])
-            for key in ("ok", "ok_training", "ok_recent", "retried", "retried_recent"):
+            for key in ("ok", "ok_training", "ok_recent", "retried", "retried_recent",
+                        "peak_recent"):
                 item[key] = int(item.get(key) or 0)
             out[(str(row["p"] or ""), str(row["n"] or ""))] = item
     return out

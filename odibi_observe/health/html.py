@@ -25,6 +25,7 @@ HTML_ROWS: Final = 500
 
 KIND_COLOURS: Final = dict(zip(HEALTH_FINDING_KINDS, (
     "#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+    "#e377c2",
 ), strict=True))
 
 _CSS: Final = BASE_CSS + """
@@ -124,6 +125,8 @@ def _band(finding: Finding) -> str:
                 f'x2="{200 * allowed / top:.1f}" y1="4" y2="22" stroke="#2e9e44"/>'
                 f'<text x="0" y="31" font-size="10" fill="#5b6578">'
                 f'age {escape(_seconds(age))} / allowed {escape(_seconds(allowed))}</text></svg>')
+    if finding.kind == "memory_growth":
+        return _memory(finding)
     if mean is None or value is None:
         return ""
     mean, value = float(mean), float(value)
@@ -145,6 +148,33 @@ def _band(finding: Finding) -> str:
             f'<circle cx="{x(value):.1f}" cy="13" r="5" fill="#d0342c"><title>value '
             f'{value:,.0f}</title></circle><text x="0" y="31" font-size="10" fill="#5b6578">'
             f'mean {mean:,.0f} · value {value:,.0f}</text></svg>')
+
+
+def _memory(finding: Finding) -> str:
+    """Peak memory against the limit: the bar is the limit, the line the threshold, the
+    green tick the trend's start and the red dot the last run."""
+    ev = finding.evidence
+    limit = float(ev.get("limit_bytes") or 0)
+    if limit <= 0:
+        return ""
+    start, last = float(ev.get("baseline_bytes") or 0), float(ev.get("last_bytes") or 0)
+    threshold = float(ev.get("threshold") or 0.9)
+
+    def x(v: float) -> float:
+        return 200 * min(max(v / limit, 0.0), 1.0)
+
+    mib = 1024 * 1024
+    return (f'<svg width="220" height="34" role="img" aria-label="peak memory against limit">'
+            f'<rect x="0" y="7" width="200" height="12" rx="3" fill="#e3e7ee"><title>limit '
+            f'{limit / mib:,.0f} MiB</title></rect>'
+            f'<line x1="{200 * threshold:.1f}" x2="{200 * threshold:.1f}" y1="3" y2="23" '
+            f'stroke="#d98b00"><title>{threshold:.0%} of the limit</title></line>'
+            f'<line x1="{x(start):.1f}" x2="{x(start):.1f}" y1="5" y2="21" stroke="#2e9e44">'
+            f'<title>trend start {start / mib:,.0f} MiB</title></line>'
+            f'<circle cx="{x(last):.1f}" cy="13" r="5" fill="#d0342c"><title>last '
+            f'{last / mib:,.0f} MiB</title></circle><text x="0" y="31" font-size="10" '
+            f'fill="#5b6578">last {last / mib:,.0f} MiB · limit {limit / mib:,.0f} MiB</text>'
+            f'</svg>')
 
 
 def _seconds(value: float) -> str:
@@ -211,5 +241,7 @@ def _footer(result: HealthResult) -> str:
             f"min points {o['min_points']} · volume {o['volume_direction']} · duration "
             f"{o['duration_direction']} · min change {o['min_change']:.0%} · seasonality "
             f"{o['seasonality']} · freshness {o['freshness_factor']:g}x cadence · streak "
-            f"{o['failure_streak']} · flaky {o['flaky_min']} · {result.seconds:.2f} s")
+            f"{o['failure_streak']} · flaky {o['flaky_min']} · memory "
+            f"{o['memory_threshold']:.0%} of the limit within {o['memory_horizon']} runs, "
+            f"fitted to {o['memory_runs']} · {result.seconds:.2f} s")
     return f'<footer>{escape(text)}</footer>'

@@ -80,6 +80,16 @@ KINDS: Final = {
         "The node succeeds only on a second try: find the transient error in the failed "
         "attempts (timeouts, locks, rate limits) before it becomes a failure.",
     ),
+    "memory_growth": KindInfo(
+        "Memory growth",
+        "the least-squares trend of peak_rss_bytes over the node's last MEMORY_RUNS SUCCESS "
+        "runs reaches MEMORY_THRESHOLD of its memory_limit_bytes within MEMORY_HORIZON runs "
+        "(growing by at least MIN_CHANGE over the runs fitted), or its last run is already "
+        "above it; nodes without a limit are not judged",
+        "The node will be OOM-killed soon: find what grows (an input that grows, a whole "
+        "table loaded into pandas, a cache); process it in chunks, or raise the container's "
+        "memory limit before it crashes.",
+    ),
 }
 if tuple(KINDS) != HEALTH_FINDING_KINDS:  # pragma: no cover - guards edits of either list
     raise RuntimeError("health KINDS and conventions.HEALTH_FINDING_KINDS disagree")
@@ -164,6 +174,9 @@ class HealthOptions:
     freshness_min: timedelta = timedelta(hours=1)
     failure_streak: int = 3
     flaky_min: int = 2
+    memory_runs: int = 20
+    memory_horizon: int = 10
+    memory_threshold: float = 0.90
     rules: tuple[NodeRule, ...] = ()
 
     def __post_init__(self) -> None:
@@ -175,6 +188,10 @@ class HealthOptions:
                 and self.flaky_min >= 1 and self.training > timedelta(0)):
             raise ValueError("sensitivity, training, min points, failure streak and flaky "
                              "minimum must be positive (min points at least 2)")
+        if not (self.memory_runs >= 2 and self.memory_horizon >= 0
+                and 0 < self.memory_threshold <= 1):
+            raise ValueError("memory runs must be at least 2, the memory horizon not "
+                             "negative and the memory threshold in (0, 1]")
 
     @property
     def training_span(self) -> timedelta:
@@ -196,6 +213,8 @@ class HealthOptions:
             "freshness_factor": self.freshness_factor,
             "freshness_min_seconds": self.freshness_min.total_seconds(),
             "failure_streak": self.failure_streak, "flaky_min": self.flaky_min,
+            "memory_runs": self.memory_runs, "memory_horizon": self.memory_horizon,
+            "memory_threshold": self.memory_threshold,
             "rules": len(self.rules),
         }
 

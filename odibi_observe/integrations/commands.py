@@ -17,11 +17,12 @@ from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sinks.base import Sink
 
 TRACES_ENV = str(setting("traces_file").env)
+CATALOG_ENV = str(setting("catalog_url").env)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's commands to the odibi-observe parser."""
-    from odibi_observe.cli import catalog_arg
+    from odibi_observe._cliargs import catalog_arg, log_level_arg
 
     run = sub.add_parser(
         "run", help="run an Odibi project ('odibi run') with every node run recorded",
@@ -35,10 +36,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         epilog="example: odibi-observe run --catalog sqlite:///catalog.db odibi.yaml "
                "--env prod --pipeline sales",
     )
-    catalog_arg(run)
-    run.add_argument("--traces-file", metavar="PATH", default=os.environ.get(TRACES_ENV),
-                     help=f"append node spans to this OTLP-JSON lines file (default: "
-                          f"${TRACES_ENV})")
+    where = run.add_argument_group("recording (options before CONFIG)")
+    catalog_arg(where, required=False)
+    where.add_argument("--traces-file", metavar="PATH", default=os.environ.get(TRACES_ENV),
+                       help=f"append node spans to this OTLP-JSON lines file (default: "
+                            f"${TRACES_ENV})")
+    log_level_arg(run)
     run.add_argument("config", metavar="CONFIG", help="the Odibi project file (odibi.yaml)")
     run.add_argument("odibi_args", nargs=argparse.REMAINDER, metavar="OPTION",
                      help="options for 'odibi run' (--env, --pipeline, --node, --tag, "
@@ -82,7 +85,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"odibi-observe: error: {exc}", file=sys.stderr)
         return 2
     # 'odibi run' changes into the project directory: relative paths are fixed here, first.
-    catalog = absolute_sqlite_url(args.catalog) if args.catalog else None
+    from odibi_observe._cliargs import catalog_url
+
+    catalog = args.catalog or catalog_url(os.environ.get(CATALOG_ENV, "")) or None
+    catalog = absolute_sqlite_url(catalog) if catalog else None
     traces = os.path.abspath(args.traces_file) if args.traces_file else None
     counter = _RunCounter()
     oo.configure(catalog_url=catalog, traces_file=traces, extra_sinks=[counter], strict=True)

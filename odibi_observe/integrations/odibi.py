@@ -74,6 +74,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from odibi_observe._instrument import (
+    NodeRun,
+    error_message_of,
+    error_type_of,
+    node_run,
+    suggestions_of,
+)
+from odibi_observe._runtime import get_observer
+from odibi_observe._selfmetrics import log
 from odibi_observe.config import parse_bool
 from odibi_observe.conventions import (
     FIELDS,
@@ -81,15 +90,6 @@ from odibi_observe.conventions import (
     PIPELINE_SPAN_NAME_FORMAT,
     Field,
 )
-from odibi_observe.instrument import (
-    NodeRun,
-    error_message_of,
-    error_type_of,
-    node_run,
-    suggestions_of,
-)
-from odibi_observe.runtime import get_observer
-from odibi_observe.selfmetrics import log
 
 #: The Odibi releases whose internals the wrappers were written against (pip specifier).
 SUPPORTED_ODIBI: Final = ">=3.15,<3.16"

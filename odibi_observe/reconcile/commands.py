@@ -8,7 +8,6 @@ could be read (the catalog, or every trace source).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -16,10 +15,25 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from odibi_observe.cli import CATALOG_ENV, duration_arg, formats_arg, percent_arg, time_arg
-from odibi_observe.config import hide_password
+from odibi_observe._cliargs import (
+    CATALOG_ENV,
+    catalog_url,
+    check_out_dir,
+    duration_arg,
+    formats_arg,
+    json_arg,
+    log_level_arg,
+    make_out_dir,
+    percent_arg,
+    print_error,
+    resolve_catalog,
+    seconds_arg,
+    span_arg,
+    time_arg,
+)
+from odibi_observe._redact import safe_text
+from odibi_observe.config import ConfigurationError, hide_password
 from odibi_observe.conventions import DISCREPANCY_KINDS
-from odibi_observe.redact import safe_text
 
 if TYPE_CHECKING:
     from odibi_observe.reconcile.model import Window
@@ -36,40 +50,47 @@ the catalog changes.
 
 EPILOG = f"""\
 catalog (--catalog, or ${CATALOG_ENV}):
-  sqlite:///catalog.db, postgresql://user@host/db   meta_runs in any SQLAlchemy database
-  odibi-delta:/data/proj/_odibi_system/meta_runs    Odibi's own Delta table, as it is
+  sqlite:///catalog.db      meta_runs in any SQLAlchemy database
+  postgresql://user@host/db
+  catalog.db                a SQLite file (never created)
+  odibi-delta:/data/proj/_odibi_system/meta_runs
+                            Odibi's own Delta table, as it is
 
 traces (--traces, repeat for several; the same span in two sources counts once):
-  otlp-json:PATH    Collector 'file' exporter output: a file, a directory (rotated and .gz
-                    files included) or a glob
+  otlp-json:PATH    Collector 'file' exporter output: a file, a directory
+                    (rotated and .gz files included) or a glob
   ledger:URL        the sidecar's span ledger table in a SQLAlchemy database
-  tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace by id)
+  tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace
+                    by id)
 
-window: runs that STARTED in it. --last 24h (the default) covers the 24 hours that end
-  --grace ago, so nightly runs cover consecutive stretches; --since/--until give it exactly.
-  Runs that started within --grace of now are left for the next run (in flight, or spans
-  still on their way).
+window: runs that STARTED in it. --last 24h (the default) covers the 24 hours
+  that end --grace ago, so nightly runs cover consecutive stretches;
+  --since/--until give it exactly (each an ISO time or a duration ago). Runs
+  that started within --grace of now are left for the next run (in flight, or
+  spans still on their way).
 
-{textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=90,
+{textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=78,
                 subsequent_indent="  ")}
   (docs/reconciliation.md: what each means and what to do)
 
 repair (--repair; without it the report says what it WOULD do):
-  missing_in_catalog -> catalog row from the span; missing_in_traces -> span re-emitted with
-  the stored ids and times; stale_running -> CRASHED row + back-dated error span; status/rows/
-  duration mismatch -> the row takes the span's values. Duplicates are reported only.
-  Spans go to --repair-traces, else where OTEL_EXPORTER_OTLP_ENDPOINT points.
+  missing_in_catalog -> catalog row from the span; missing_in_traces -> span
+  re-emitted with the stored ids and times; stale_running -> CRASHED row and
+  back-dated error span; status, rows or duration mismatch -> the row takes the
+  span's values. Duplicates are reported only. Spans go to --repair-traces,
+  else where OTEL_EXPORTER_OTLP_ENDPOINT points.
 
-exit status: 0 clean, 1 discrepancies or unreadable input found, 2 bad configuration or
-nothing could be read.
+exit status: 0 clean, 1 discrepancies or unreadable input found, 2 bad
+configuration or nothing could be read.
 
 examples:
-  odibi-observe reconcile --catalog sqlite:///catalog.db --traces otlp-json:/var/log/otel
+  odibi-observe reconcile --catalog catalog.db --traces otlp-json:/srv/otel
   odibi-observe reconcile --catalog postgresql://etl@db/catalog \\
-      --traces tempo:http://tempo:3200 --last 24h --out /srv/reports/$(date +%F) \\
+      --traces tempo:http://tempo:3200 --last 24h \\
+      --out /srv/reports/$(date +%F) \\
       --metrics-textfile /var/lib/node_exporter/textfile/reconcile.prom \\
       --trace-url-template 'https://grafana/explore?traceId={{trace_id}}'
-  odibi-observe reconcile --catalog sqlite:///catalog.db --traces otlp-json:traces/ \\
+  odibi-observe reconcile --catalog catalog.db --traces otlp-json:traces/ \\
       --repair --repair-traces otlp-json:traces/repaired.jsonl
 """
 
@@ -79,12 +100,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "reconcile", help="compare the catalog with the traces; report and repair differences",
         description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sources = parser.add_argument_group("sources")
     sources.add_argument(
-        "--catalog", metavar="CATALOG", default=os.environ.get(CATALOG_ENV),
-        help=f"SQLAlchemy URL of meta_runs, or odibi-delta:PATH (default: ${CATALOG_ENV})")
+        "--catalog", metavar="URL", default=None, type=catalog_url,
+        help=f"SQLAlchemy URL of meta_runs, a path to a SQLite file (never created), or "
+             f"odibi-delta:PATH (default: ${CATALOG_ENV})")
     sources.add_argument(
         "--traces", metavar="SOURCE", action="append", default=[],
         help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)")
@@ -95,12 +116,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     window = parser.add_argument_group("window")
     window.add_argument("--since", metavar="TIME", type=time_arg,
-                        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
+                        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) "
+                             "or a duration ago (6h)")
     window.add_argument("--until", metavar="TIME", type=time_arg,
-                        help="window end, ISO 8601 (default: now)")
-    window.add_argument("--last", metavar="DURATION", type=duration_arg,
+                        help="window end, ISO 8601 or a duration ago (default: now)")
+    window.add_argument("--last", metavar="DURATION", type=span_arg,
                         help="the window is the last DURATION before now minus the grace "
-                             "(30m, 24h, 7d; default 24h)")
+                             "(30m, 24h, 7d, or an ISO time to start at; default 24h)")
     window.add_argument("--grace", metavar="DURATION", type=duration_arg,
                         default=timedelta(minutes=15),
                         help="leave runs that started this recently for the next run "
@@ -119,8 +141,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     output = parser.add_argument_group("output")
     output.add_argument("--format", default="json,md,html", type=formats_arg,
-                        help="reports to write, comma-separated: json, md, html "
-                             "(default: all three)")
+                        metavar="FORMATS",
+                        help="reports to write, comma-separated: json, md (or markdown), "
+                             "html (default: all three)")
     output.add_argument("--out", metavar="DIR", default="reconcile-report",
                         help="directory for report.json, report.md, report.html "
                              "(default: %(default)s)")
@@ -137,6 +160,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                              "never creates it: 'odibi-observe catalog upgrade' does)")
     output.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary on the terminal")
+    json_arg(output, "the summary (the report's header and the files written)")
 
     repair = parser.add_argument_group("repair")
     repair.add_argument("--repair", action="store_true",
@@ -151,18 +175,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        help="traces per search (a full answer splits the slice; default: 500)")
     tempo.add_argument("--tempo-slice", type=duration_arg, default=timedelta(hours=1),
                        metavar="DURATION", help="initial search slice (default: 1h)")
-    tempo.add_argument("--tempo-timeout", type=float, default=30.0, metavar="SECONDS",
-                       help="per request (default: 30)")
+    tempo.add_argument("--tempo-timeout", type=seconds_arg, default=30.0,
+                       metavar="DURATION", help="per request (30s, 2m; default: 30s)")
     tempo.add_argument("--tempo-header", action="append", default=[], metavar="NAME=VALUE",
                        help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)")
     tempo.add_argument("--tempo-query", metavar="TRACEQL", default='{ span.odibi.run_id != "" }',
                        help="the search (default: %(default)s)")
 
-    parser.add_argument("--spill-dir", metavar="DIR",
-                        help="directory for temporary sort files (default: system temp dir)")
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
+    resources = parser.add_argument_group("resources")
+    resources.add_argument("--spill-dir", metavar="DIR",
+                           help="directory for temporary sort files (default: system temp "
+                                "dir)")
+    resources.add_argument("--workers", type=int, default=0, metavar="N",
                         help="processes that read trace files at once (default: one per core, "
                              "at most 2; 1 reads everything in this process)")
+    log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -186,8 +213,7 @@ def run(args: argparse.Namespace) -> int:
     from odibi_observe.reconcile.sources import SourceError, SourceOptions, open_trace_source
 
     parser: argparse.ArgumentParser = args.subparser
-    if not args.catalog:
-        parser.error(f"--catalog is required (or set {CATALOG_ENV})")
+    args.catalog = resolve_catalog(args, parser)
     if not args.traces:
         parser.error("--traces is required (otlp-json:PATH, ledger:URL or tempo:URL)")
     if args.last is not None and (args.since is not None or args.until is not None):
@@ -203,8 +229,14 @@ def run(args: argparse.Namespace) -> int:
         headers = tuple(_header_arg(h) for h in args.tempo_header)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        check_out_dir(args.out)
+        if args.metrics_textfile:
+            check_out_dir(Path(args.metrics_textfile).parent or ".", "--metrics-textfile")
+    except ConfigurationError as exc:
+        return _fail(str(exc))
 
-    progress = Progress(enabled=False if args.quiet else None)
+    progress = Progress(enabled=False if args.quiet or args.json else None)
     options = ReconcileOptions(
         crash_after=args.crash_after, duration_tolerance_ratio=args.duration_tolerance,
         duration_tolerance_ms=args.duration_tolerance_ms, spill_dir=args.spill_dir,
@@ -220,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         # sqlite:///PATH); odibi-delta: specs are returned unchanged.
         spec = readable_catalog_url(args.catalog)
     except CatalogUnreadable as exc:
-        print(f"odibi-observe: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     try:
         catalog = open_catalog_source(spec, spill_dir=args.spill_dir)
@@ -250,7 +282,9 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 return _fail(f"cannot write the reports: {exc}")
             warnings, notes = _record(result, catalog.sql_url(), args)
-            if not args.quiet:
+            if args.json:
+                print(_json_summary(result, written))
+            elif not args.quiet:
                 from odibi_observe.reconcile.report import cli_summary
 
                 print(cli_summary(result, written))
@@ -328,8 +362,7 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     from odibi_observe.reconcile.html import render_html
     from odibi_observe.reconcile.report import render_markdown, write_json
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(args.out)
     written = []
     template = args.trace_url_template
     if "json" in args.format:
@@ -346,7 +379,16 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     return written
 
 
+def _json_summary(result: Any, written: Sequence[str]) -> str:
+    """The report's header (what ``report.json`` starts with) and the files written."""
+    import json
+
+    from odibi_observe.reconcile.report import header
+
+    return json.dumps({**header(result), "clean": bool(result.clean), "written": list(written)},
+                      ensure_ascii=False, default=str)
+
+
 def _fail(message: str) -> int:
-    print(f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
-          file=sys.stderr)
+    print_error(hide_password(message) if "://" in message else message)
     return 2

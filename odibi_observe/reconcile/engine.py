@@ -43,7 +43,6 @@ from operator import itemgetter
 from typing import IO, Any, Final
 
 from odibi_observe.conventions import DISCREPANCY_KINDS, RunStatus
-from odibi_observe.reconcile.catalog_sources import CatalogSource
 from odibi_observe.reconcile.model import (
     C_DURATION,
     C_EXACT,
@@ -79,7 +78,7 @@ from odibi_observe.reconcile.model import (
     trace_side,
 )
 from odibi_observe.reconcile.parallel import read_in_parallel
-from odibi_observe.reconcile.sources import SourceError, TraceSource
+from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
 _RUNNING: Final = RunStatus.RUNNING.value

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any, Final
 
+from odibi_observe._svgchart import Bar, Frame, stacked_bars
 from odibi_observe.conventions import DISCREPANCY_KINDS
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import KINDS, Discrepancy, iso, iso_ns
@@ -201,41 +202,14 @@ def _time_chart(result: ReconcileResult) -> str:
     else:
         starts = [first + i * step for i in range(slots)]
     by_start = {int(_bucket_ns(b)): b["counts"] for b in buckets}
-    totals = [sum(by_start.get(s, {}).values()) for s in starts]
-    peak = max(totals) or 1
-    width, height, left, bottom, top_pad = 640, 220, 40, 30, 10
-    plot_w, plot_h = width - left - 10, height - bottom - top_pad
-    bar_w = plot_w / len(starts)
-    out = []
-    for fraction in (0, 0.5, 1):
-        y = top_pad + plot_h * (1 - fraction)
-        out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" '
-                   f'stroke="#e3e7ee"/><text x="{left - 6}" y="{y + 4:.1f}" font-size="11" '
-                   f'text-anchor="end" fill="#5b6578">{round(peak * fraction):,}</text>')
-    label_every = max(1, round(len(starts) / 8))
-    for i, start in enumerate(starts):
-        x = left + i * bar_w
-        y = top_pad + plot_h
-        counts = by_start.get(start, {})
-        for kind in DISCREPANCY_KINDS:
-            n = counts.get(kind, 0)
-            if not n:
-                continue
-            h = plot_h * n / peak
-            y -= h
-            out.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(bar_w - 2, 1):.1f}" '
-                       f'height="{h:.1f}" fill="{KIND_COLOURS[kind]}"><title>'
-                       f'{escape(iso_ns(start) or "")} {escape(kind)}: {n:,}</title></rect>')
-        if i % label_every == 0:
-            text = _tick(start, step)
-            out.append(f'<text x="{x + bar_w / 2:.1f}" y="{height - bottom + 16}" '
-                       f'font-size="11" text-anchor="middle" fill="#5b6578">{escape(text)}</text>')
+    bars = [Bar(by_start.get(start, {}), _tick(start, step), iso_ns(start) or "")
+            for start in starts]
+    svg = stacked_bars(bars, DISCREPANCY_KINDS, KIND_COLOURS.__getitem__,
+                       Frame(640, 220, 30, 8, 206), "discrepancies over time")
     legend = "".join(
         f'<span><i style="background:{KIND_COLOURS[kind]}"></i>{escape(kind)}</span>'
         for kind in DISCREPANCY_KINDS if result.by_kind.get(kind))
-    return (f'<svg width="100%" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="discrepancies over time">{"".join(out)}</svg>'
-            f'<div class="legend">{legend}</div>')
+    return f'{svg}<div class="legend">{legend}</div>'
 
 
 def _bucket_ns(bucket: dict[str, Any]) -> float:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from odibi_observe._spandecode import TEXT_FIELDS, resource_identity
 from odibi_observe.catalog import schema as col
 from odibi_observe.catalog.store import create_catalog_engine
 from odibi_observe.config import ConfigurationError, hide_password
@@ -25,7 +26,6 @@ from odibi_observe.reconcile import model
 from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun
 from odibi_observe.reconcile.sources import SourceError, TraceSource
 from odibi_observe.reconcile.sqlutil import as_int, byte_order, stream, table_columns, to_ns
-from odibi_observe.spandecode import TEXT_FIELDS, resource_identity
 
 #: Columns the ledger must have to be read at all.
 REQUIRED = (col.RUN_ID, col.TRACE_ID, col.SPAN_ID, col.STARTED_AT)

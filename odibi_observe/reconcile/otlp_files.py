@@ -14,7 +14,7 @@ the shape odibi-observe writes and a Collector passes on (ids, times, then the `
 attributes in the order :func:`~odibi_observe.sinks.otel.span_attributes` writes them): about
 3 µs per span. The scan must account for every ``odibi.run_id`` attribute in the line; if it
 does not — another attribute order, a wrong attribute type, a value it does not expect — the
-line is decoded in full by :mod:`~odibi_observe.spandecode`, the decoder every reader of node
+line is decoded in full by :mod:`~odibi_observe._spandecode`, the decoder every reader of node
 spans uses, which also produces the precise error messages. Failed and crashed runs (a few per
 cent) are always decoded in full for their error message. Both paths produce identical runs
 (a test compares them).
@@ -36,6 +36,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final
 
+from odibi_observe._spandecode import (
+    A_RUN_ID,
+    SERVICE_NAME,
+    attribute_of,
+    decode_attributes,
+    iter_request_spans,
+    resource_identity,
+)
 from odibi_observe.conventions import FIELDS as F
 from odibi_observe.conventions import (
     RESOURCE_HOST,
@@ -51,14 +59,6 @@ from odibi_observe.reconcile.model import (
 )
 from odibi_observe.reconcile.sources import SourceError, TraceSource
 from odibi_observe.reconcile.span_decode import span_to_run
-from odibi_observe.spandecode import (
-    A_RUN_ID,
-    SERVICE_NAME,
-    attribute_of,
-    decode_attributes,
-    iter_request_spans,
-    resource_identity,
-)
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"

@@ -47,16 +47,17 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from odibi_observe import crash
+from odibi_observe import _crash as crash
+from odibi_observe._crash import utc
 from odibi_observe.catalog.schema import RUN_ID, meta_runs, row_to_record
 from odibi_observe.catalog.store import CatalogStore
 from odibi_observe.config import ConfigurationError, resolve_settings
 from odibi_observe.conventions import RunStatus, Source
-from odibi_observe.crash import utc
 from odibi_observe.extensions import split_spec
-from odibi_observe.reconcile.catalog_sources import ODIBI_DELTA_SCHEME, CatalogSource
+from odibi_observe.reconcile.catalog_sources import ODIBI_DELTA_SCHEME
 from odibi_observe.reconcile.engine import ReconcileResult
 from odibi_observe.reconcile.model import Discrepancy, iso_ns
+from odibi_observe.reconcile.sources import CatalogSource
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.otel import OtelSink
 
@@ -346,7 +347,7 @@ def derived_ids(run_id: str) -> dict[str, str]:
 
 def close_as_crashed(record: RunRecord, checked_ns: int | None = None) -> RunRecord:
     """``record`` (RUNNING) closed as CRASHED at its last sign of life: the end time rule the
-    sweeper uses too (:func:`odibi_observe.crash.close_as_crashed`), so a run gets the same
+    sweeper uses too (:func:`odibi_observe._crash.close_as_crashed`), so a run gets the same
     end whichever of them closes it."""
     at = utc(time.time_ns() if checked_ns is None else checked_ns)
     return crash.close_as_crashed(

@@ -1,6 +1,6 @@
 """Decoded OTLP-JSON node spans (any dialect trace stores write) → TraceRuns.
 
-The span itself is decoded by :mod:`odibi_observe.spandecode`, the decoder the sidecar's
+The span itself is decoded by :mod:`odibi_observe._spandecode`, the decoder the sidecar's
 receiver and span ledger use too, so a span reads the same in every reader. What is left here
 is what reconciliation does with a decoded span: place it in the read range, and decide what
 it can compare. A span that cannot be keyed is reported and skipped; a span whose
@@ -17,14 +17,14 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from odibi_observe.reconcile import model
-from odibi_observe.spandecode import (
+from odibi_observe._spandecode import (
     A_ROWS,
     A_STATUS,
     NodeSpan,
     SpanProblem,
     decode_json,
 )
+from odibi_observe.reconcile import model
 
 #: The field a wrong attribute takes out of the comparison, and what the report says.
 _UNCHECKED: Final = {A_STATUS: ("status", "status not compared"),

@@ -32,11 +32,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from odibi_observe._spandecode import iter_request_spans
 from odibi_observe.config import hide_password
 from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun, iso_ns
 from odibi_observe.reconcile.sources import SourceError, SourceOptions, TraceSource
 from odibi_observe.reconcile.span_decode import span_to_run
-from odibi_observe.spandecode import iter_request_spans
 
 _NS = 1_000_000_000
 

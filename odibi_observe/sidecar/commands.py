@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
+from odibi_observe._cliargs import catalog_url, first_line, json_arg
 from odibi_observe.config import (
     FSYNC_POLICIES,
     SETTINGS,
@@ -38,9 +39,9 @@ from odibi_observe.config import (
 from odibi_observe.sidecar import DEFAULT_HOST, SidecarOptions
 
 if TYPE_CHECKING:
+    from odibi_observe._selfmetrics import SelfMonitor
     from odibi_observe.catalog.store import CatalogStore
     from odibi_observe.record import RunRecord
-    from odibi_observe.selfmetrics import SelfMonitor
     from odibi_observe.sidecar.sweeper import SweepResult
     from odibi_observe.sinks.base import Sink
     from odibi_observe.spool import Spool
@@ -117,8 +118,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``sidecar`` and ``sweep`` to the odibi-observe parser."""
     sidecar = sub.add_parser(
         "sidecar", help="run the sidecar: spool → catalog/traces/metrics, sweeper, /metrics",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_wrap(
+                description=_wrap(
             "Deliver the run events that pipelines in mode=sidecar append to the spool "
             "directory to the catalog, the OTLP exporter and Prometheus; close crashed runs "
             "(sweeper); serve GET /metrics, GET /healthz and POST /v1/traces (OTLP/HTTP into "
@@ -126,61 +126,66 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "status 0; bad input is exit status 2."),
         epilog=_OTEL_EPILOG,
     )
-    sidecar.add_argument(
-        "--catalog", metavar="URL", default=None,
+    where = sidecar.add_argument_group("catalog and spool")
+    where.add_argument(
+        "--catalog", metavar="URL", default=None, type=catalog_url,
         help=f"SQLAlchemy URL of the catalog (meta_runs and the span ledger), e.g. "
              f"sqlite:///catalog.db or postgresql://user@host/db (required; {_env('catalog_url')})")
-    sidecar.add_argument(
+    where.add_argument(
         "--spool-dir", metavar="DIR",
         help=f"spool directory shared with the pipelines, created if missing (required; "
              f"{_env('spool_dir')})")
-    sidecar.add_argument(
+    http = sidecar.add_argument_group("HTTP endpoints (/metrics, /healthz, /v1/traces)")
+    http.add_argument(
         "--listen", metavar="HOST:PORT",
         help=f"address of the HTTP endpoints; PORT alone means {DEFAULT_HOST}; use 0.0.0.0:PORT "
              f"to accept other hosts (default: {_default('sidecar_listen')}; "
              f"{_env('sidecar_listen')})")
-    sidecar.add_argument(
+    http.add_argument(
         "--token-file", metavar="FILE",
         help=f"require 'Authorization: Bearer TOKEN' on POST /v1/traces, TOKEN read from FILE "
              f"(default: no token; {_env('sidecar_token_file')}, or the token itself in "
              f"{setting('sidecar_token').env} — never on the command line, where ps shows it)")
-    sidecar.add_argument(
+    http.add_argument(
         "--max-body", metavar="SIZE",
         help=f"largest OTLP request body, compressed or not; larger is 413 (default: "
              f"{_default('sidecar_max_body')}; {_env('sidecar_max_body')})")
-    sidecar.add_argument(
+    http.add_argument(
         "--ledger", action=argparse.BooleanOptionalAction, default=None,
         help=f"store odibi node spans received on /v1/traces in the span ledger; "
              f"--no-ledger answers it with 404 (default: on; {_env('sidecar_ledger')})")
-    sidecar.add_argument(
+    sweeper = sidecar.add_argument_group("sweeper (crashed runs)")
+    sweeper.add_argument(
         "--sweep-interval", metavar="DURATION",
         help=f"how often to close RUNNING runs whose process is gone; 0 turns the sweeper off "
              f"(default: {_default('sweep_interval')}; {_env('sweep_interval')})")
-    _sweep_options(sidecar)
-    sidecar.add_argument(
+    _sweep_options(sweeper)
+    spool = sidecar.add_argument_group("spool")
+    spool.add_argument(
         "--fsync", metavar="POLICY", choices=FSYNC_POLICIES,
         help=f"when the sidecar's own spool writes (crash events, cursor positions) reach the "
              f"disk: {', '.join(FSYNC_POLICIES)} (default: {_default('spool_fsync')}; "
              f"{_env('spool_fsync')})")
-    sidecar.add_argument(
+    spool.add_argument(
         "--spool-max-bytes", metavar="SIZE",
         help=f"spool size limit for the sidecar's own appends (crash events; pipelines apply "
              f"their own spool_max_bytes); beyond it appends are refused and counted "
              f"(default: {_default('spool_max_bytes')}; {_env('spool_max_bytes')})")
-    sidecar.add_argument(
+    spool.add_argument(
         "--gc-interval", metavar="DURATION",
         help=f"how often spool segments every sink has passed are deleted; 0: never "
              f"(default: {_default('spool_gc_interval')}; {_env('spool_gc_interval')})")
-    sidecar.add_argument(
+    delivery = sidecar.add_argument_group("delivery and health")
+    delivery.add_argument(
         "--drain-timeout", metavar="DURATION",
         help=f"on SIGTERM, how long to keep delivering spooled events to the sinks that work; "
              f"keep it below the stop grace period (default: "
              f"{_default('sidecar_drain_timeout')}; {_env('sidecar_drain_timeout')})")
-    sidecar.add_argument(
+    delivery.add_argument(
         "--stuck-after", metavar="DURATION",
         help=f"/healthz answers 503 when a loop is this late or a sink export runs this long "
              f"(default: {_default('sidecar_stuck_after')}; {_env('sidecar_stuck_after')})")
-    sidecar.add_argument(
+    delivery.add_argument(
         "--max-batch", metavar="N",
         help=f"spooled events handed to a sink per export (one catalog transaction, one OTLP "
              f"request) (default: {_default('sidecar_max_batch')}; {_env('sidecar_max_batch')})")
@@ -189,8 +194,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     sweep = sub.add_parser(
         "sweep", help="close crashed runs once (RUNNING runs whose process is gone)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_wrap(
+                description=_wrap(
             "One sweeper pass: close as CRASHED every RUNNING run of this host whose process "
             "is gone (or, for other hosts with --all-hosts, that stopped heartbeating), in the "
             "catalog and as a back-dated error span with the run's own ids through the OTLP "
@@ -201,27 +205,31 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "catalog."),
         epilog=_OTEL_EPILOG,
     )
-    sweep.add_argument(
-        "--catalog", metavar="URL", default=None,
+    sweep_where = sweep.add_argument_group("catalog and spool")
+    sweep_where.add_argument(
+        "--catalog", metavar="URL", default=None, type=catalog_url,
         help=f"SQLAlchemy URL of the catalog (required; {_env('catalog_url')})")
-    sweep.add_argument(
+    sweep_where.add_argument(
         "--spool-dir", metavar="DIR",
         help=f"deliver this spool to the sinks before sweeping; not while a sidecar serves "
              f"it (default: none; {_env('spool_dir')})")
-    sweep.add_argument(
+    sweep_where.add_argument(
         "--drain-timeout", metavar="DURATION",
         help=f"how long to deliver the spool before giving up "
              f"(default: {_format_duration(SWEEP_DRAIN_TIMEOUT)}; "
              f"{_env('sidecar_drain_timeout')})")
-    _sweep_options(sweep)
-    sweep.add_argument("--dry-run", action="store_true",
-                       help="print what would be closed and close nothing (--spool-dir is "
-                            "still delivered: that is the sidecar's normal work)")
+    sweep_judge = sweep.add_argument_group("sweeper (crashed runs)")
+    _sweep_options(sweep_judge)
+    sweep_judge.add_argument(
+        "--dry-run", action="store_true",
+        help="print what would be closed and close nothing (--spool-dir is still delivered: "
+             "that is the sidecar's normal work)")
+    json_arg(sweep, "the summary (the runs closed, by reason)")
     _log_option(sweep, "error")
     sweep.set_defaults(handler=_run_sweep, subparser=sweep)
 
 
-def _sweep_options(parser: argparse.ArgumentParser) -> None:
+def _sweep_options(parser: Any) -> None:
     parser.add_argument(
         "--heartbeat-timeout", metavar="DURATION",
         help=f"a run not checkable by pid (another host, --no-pid-check) is crashed after no "
@@ -259,7 +267,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def _catalog(args: argparse.Namespace) -> str:
     env = setting("catalog_url").env
-    url = args.catalog or os.environ.get(str(env))
+    url = args.catalog or catalog_url(os.environ.get(str(env), ""))
     if not url:
         args.subparser.error(f"--catalog URL is required (or set {env})")
     return str(url)
@@ -349,8 +357,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
     from sqlalchemy.exc import SQLAlchemyError
 
-    from odibi_observe.cli import first_line
-    from odibi_observe.runtime import Observer
+    from odibi_observe._runtime import Observer
     from odibi_observe.sidecar.service import _catalog_store
 
     _setup_logging(args)
@@ -387,13 +394,23 @@ def _run_sweep(args: argparse.Namespace) -> int:
         return 2
     finally:
         observer.shutdown(timeout=15.0)  # pushes the crash spans out before exiting
+    scope = "all hosts" if all_hosts else f"host {settings.host!r}"
+    if args.json:
+        import json
+
+        print(json.dumps({
+            "scope": "all hosts" if all_hosts else settings.host, "dry_run": args.dry_run,
+            "checked": result.checked, "reasons": dict(result.reasons),
+            "closed": [{"run_id": r.run_id, "pipeline": r.pipeline, "node": r.node,
+                        "host": r.host, "pid": r.pid} for r in result.closed],
+            "failed_sinks": list(failed)}))
+        return 1 if failed else 0
     verb = "would close" if args.dry_run else "closed"
     for record in result.closed:
         print(f"{verb} {record.run_id}  {record.pipeline}/{record.node}  started "
               f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC  host={record.host} pid={record.pid}")
         print(f"    {first_line(record.error_message or '')}")
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items()))
-    scope = "all hosts" if all_hosts else f"host {settings.host!r}"
     print(f"swept {scope} at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
           f"{result.checked} RUNNING run(s) checked, {len(result.closed)} "
           f"{'to close' if args.dry_run else 'closed'} as CRASHED"
@@ -429,7 +446,7 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
     exported now stays spooled, and a sidecar on this spool delivers it later. Returns the
     result and the sinks that still have spooled events.
     """
-    from odibi_observe.pump import SpoolPump
+    from odibi_observe._pump import SpoolPump
     from odibi_observe.sidecar.service import CATALOG_SINK, _WatchedSink
     from odibi_observe.sidecar.sweeper import spooled_so_far_ingested
     from odibi_observe.spool import Spool

@@ -27,7 +27,7 @@ What is stored, and why:
   start time or ``run_id`` are unusable is *rejected* (it cannot be keyed or placed in time).
   One bad span never fails the request: the sender cannot fix it by retrying.
 
-Spans are decoded by :func:`odibi_observe.spandecode.decode_view`, the one decoder of node
+Spans are decoded by :func:`odibi_observe._spandecode.decode_view`, the one decoder of node
 spans (reconciliation's OTLP-JSON and Tempo readers use it too); this module only stores.
 Its reader is reconciliation's ``ledger:`` source (:mod:`odibi_observe.reconcile.ledger`).
 
@@ -52,6 +52,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from odibi_observe._otlp_json import SpanView
+from odibi_observe._spandecode import INT_FIELDS, TEXT_FIELDS, SpanProblem, decode_view
 from odibi_observe.catalog.migrate import upgrade
 from odibi_observe.catalog.schema import (
     ATTEMPT,
@@ -74,9 +76,7 @@ from odibi_observe.catalog.schema import (
 )
 from odibi_observe.catalog.store import SQLITE_IMMEDIATE, create_catalog_engine
 from odibi_observe.conventions import FIELDS, RunStatus
-from odibi_observe.otlp_json import SpanView
 from odibi_observe.record import ns_to_datetime
-from odibi_observe.spandecode import INT_FIELDS, TEXT_FIELDS, SpanProblem, decode_view
 
 __all__ = ["LedgerResult", "SpanLedger", "span_to_row"]
 
@@ -318,7 +318,7 @@ def span_to_row(
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The ledger row of an odibi node span, or ``(None, reason)`` if it cannot be stored.
 
-    The span is decoded by :func:`odibi_observe.spandecode.decode_view`, the decoder every
+    The span is decoded by :func:`odibi_observe._spandecode.decode_view`, the decoder every
     reader of node spans uses; what is left here is storage. Values the decoder found of the
     wrong type, and integers beyond their column's range, are left NULL and counted in
     ``invalid`` (attribute name → spans).

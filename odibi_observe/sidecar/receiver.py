@@ -5,7 +5,7 @@ OTLP exporter — the OpenTelemetry SDKs' ``OTLPSpanExporter``, a Collector's ``
 exporter — can deliver to it unchanged:
 
 * bodies are binary protobuf (``application/x-protobuf``) or OTLP/JSON (``application/json``,
-  decoded by :func:`odibi_observe.otlp_json.decode_request_json`, which handles OTLP/JSON's hex
+  decoded by :func:`odibi_observe._otlp_json.decode_request_json`, which handles OTLP/JSON's hex
   ids), optionally ``Content-Encoding: gzip`` (or ``deflate``); another media type or encoding
   is ``415``;
 * success is ``200`` with an ``ExportTraceServiceResponse`` in the request's own encoding; spans
@@ -23,7 +23,7 @@ says so, and while decompressing, so a small gzip bomb cannot expand into memory
 bearer token is compared in constant time (``hmac.compare_digest``); without it the receiver
 relies on its listen address (127.0.0.1 by default).
 
-The spans' run fields are decoded by :func:`odibi_observe.spandecode.decode_view` (inside
+The spans' run fields are decoded by :func:`odibi_observe._spandecode.decode_view` (inside
 :meth:`~odibi_observe.sidecar.ledger.SpanLedger.store`), the decoder reconciliation reads
 OTLP-JSON files and Tempo with, so a span means the same run here and there whatever the
 body's encoding.
@@ -51,12 +51,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
+from odibi_observe._otlp_json import SpanView, decode_request_json, iter_spans
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import SIDECAR_METRICS
-from odibi_observe.otlp_json import SpanView, decode_request_json, iter_spans
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import SelfMonitor, log
-from odibi_observe.sidecar import DEFAULT_MAX_BODY_BYTES, TRACES_PATH
 from odibi_observe.sidecar.ledger import LedgerResult, SpanLedger
+from odibi_observe.sidecar.options import DEFAULT_MAX_BODY_BYTES, TRACES_PATH
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES", "TRACES_PATH", "Headers", "ReceiverResponse", "TraceReceiver",

@@ -51,9 +51,9 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import log, warn_once_per_minute
 from odibi_observe.conventions import SIDECAR_METRICS
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import log, warn_once_per_minute
 from odibi_observe.sidecar.options import DEFAULT_HOST, DEFAULT_PORT, TRACES_PATH, parse_listen
 from odibi_observe.sidecar.receiver import ReceiverResponse, TraceReceiver
 

@@ -3,9 +3,9 @@
 Pipeline processes in ``mode="sidecar"`` only append their run events to a spool directory
 (:mod:`odibi_observe.spool`). A :class:`Sidecar` — one per host or pod — does the rest:
 
-* **pump** — a :class:`~odibi_observe.pump.SpoolPump` delivers every spooled event to the
+* **pump** — a :class:`~odibi_observe._pump.SpoolPump` delivers every spooled event to the
   same sinks an in-process observer would have (catalog, OpenTelemetry, Prometheus), built by
-  :class:`~odibi_observe.runtime.Observer` from the same settings and environment variables,
+  :class:`~odibi_observe._runtime.Observer` from the same settings and environment variables,
   so a run recorded through the sidecar is identical to one recorded in-process;
 * **sweeper** — every ``sweep_interval``, closes as ``CRASHED`` the ``RUNNING`` runs whose
   process is gone (:class:`~odibi_observe.sidecar.sweeper.Sweeper`); its crash events go
@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.config import ConfigurationError, Settings, hide_password, resolve_settings
 from odibi_observe.conventions import SIDECAR_METRICS, RunStatus, Source
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sidecar.ledger import SpanLedger
 from odibi_observe.sidecar.options import SidecarOptions
 from odibi_observe.sidecar.receiver import TraceReceiver
@@ -60,10 +60,10 @@ from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.sinks.spool import takes_spans
 
 if TYPE_CHECKING:
+    from odibi_observe._deadletter import DeadLetter
+    from odibi_observe._pump import SpoolPump
+    from odibi_observe._runtime import Observer
     from odibi_observe.catalog.store import CatalogStore
-    from odibi_observe.deadletter import DeadLetter
-    from odibi_observe.pump import SpoolPump
-    from odibi_observe.runtime import Observer
     from odibi_observe.sidecar.sweeper import Sweeper, SweepResult
     from odibi_observe.spool import FsyncPolicy, Spool
 
@@ -549,7 +549,7 @@ def _open_spool(options: SidecarOptions, registry: CollectorRegistry) -> Spool:
 
 def _build_observer(settings: Settings, registry: CollectorRegistry,
                     sinks: Sequence[Sink] | None) -> Observer:
-    from odibi_observe.runtime import Observer
+    from odibi_observe._runtime import Observer
 
     return Observer(settings, sinks=sinks, registry=registry, strict=True)
 
@@ -590,7 +590,7 @@ def _build_pump(spool: Spool, sinks: Sequence[Sink], monitor: SelfMonitor,
                 options: SidecarOptions,
                 on_commit: Callable[[str, dict[EventKind | None, int]], None], *,
                 dead_letter: DeadLetter) -> SpoolPump:
-    from odibi_observe.pump import SpoolPump
+    from odibi_observe._pump import SpoolPump
 
     return SpoolPump(spool, sinks, monitor=monitor, max_batch=options.max_batch,
                      poll_interval=options.poll_interval, on_commit=on_commit,

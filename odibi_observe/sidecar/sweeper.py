@@ -20,7 +20,7 @@ A run judged gone is closed in *both* places the promise covers:
   status ERROR, so the trace backend shows the crash where the run began; and the metrics.
 
 The run's end is its last sign of life — the latest of its start and its last heartbeat —
-by the one rule every closing path shares (:mod:`odibi_observe.crash`); the error message
+by the one rule every closing path shares (:mod:`odibi_observe._crash`); the error message
 says what was found about the process and when, and which sign of life the end is.
 
 Under load the closing is not held back by other processes: before closing, the sweeper waits
@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
+from odibi_observe._crash import close_as_crashed, utc
+from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import SIDECAR_METRICS, Source
-from odibi_observe.crash import close_as_crashed, utc
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.selfmetrics import log
 from odibi_observe.sinks.base import Sink
 from odibi_observe.sinks.catalog import CatalogSink
 from odibi_observe.spool import writer_pid
@@ -157,7 +157,7 @@ class Sweeper:
 
     def crashed_record(self, record: RunRecord, reason: str, now_ns: int) -> RunRecord:
         """The terminal snapshot of a run closed for ``reason`` (same ids, original start),
-        ended at its last sign of life (:func:`odibi_observe.crash.close_as_crashed`)."""
+        ended at its last sign of life (:func:`odibi_observe._crash.close_as_crashed`)."""
         return close_as_crashed(record, verdict=self.verdict_text(record, reason, now_ns),
                                 closed_by=self.closed_by, source=Source.SIDECAR)
 

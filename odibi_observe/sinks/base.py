@@ -3,7 +3,7 @@
 A sink turns run events into records in one backend. The contract is deliberately as small as
 OpenTelemetry's ``SpanExporter``: :meth:`Sink.export` a batch, :meth:`Sink.force_flush`,
 :meth:`Sink.shutdown`. Everything else — queueing, batching, retries with backoff, isolation
-from other sinks and from the pipeline — is the event bus's job (:mod:`odibi_observe.bus`), so a
+from other sinks and from the pipeline — is the event bus's job (:mod:`odibi_observe._bus`), so a
 new backend is a small class and behaves like every other one.
 :class:`odibi_observe.testing.contracts.SinkContract` is the conformance suite every sink
 passes.
@@ -41,7 +41,7 @@ the sink for good:
   backoff and never bisected. (A full spool that stored half a batch must not make the other
   half look like poison.)
 * Any other exception still means "keep the batch and retry later", but the delivery layer
-  (:mod:`odibi_observe.bus`, :mod:`odibi_observe.pump`) isolates the failure by bisecting
+  (:mod:`odibi_observe._bus`, :mod:`odibi_observe._pump`) isolates the failure by bisecting
   the batch (:func:`export_isolating`): when a part of the same batch is delivered while a
   single event still fails on its own (tried twice), the backend is up and that event is the
   problem — it is dead-lettered with the exception as its reason, and delivery goes on with the
@@ -50,8 +50,8 @@ the sink for good:
   rule above already covers.
 * Dead-lettered events are counted in ``odibi_observe_dead_letter_total{sink}``, logged, and
   written with their reason to ``<spool dir>/dead-letter/`` when there is a spool
-  (:class:`~odibi_observe.deadletter.DeadLetter`).
-* Text is made encodable before it reaches a backend (:mod:`odibi_observe.textsafe`): a lone
+  (:class:`~odibi_observe._deadletter.DeadLetter`).
+* Text is made encodable before it reaches a backend (:mod:`odibi_observe._textsafe`): a lone
   surrogate is escaped, never a reason to reject a record.
 """
 
@@ -68,8 +68,8 @@ from odibi_observe.record import EventKind, RunEvent
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from odibi_observe._selfmetrics import SelfMonitor
     from odibi_observe.config import Settings
-    from odibi_observe.selfmetrics import SelfMonitor
 
 
 @dataclass(frozen=True)

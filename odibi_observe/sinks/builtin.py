@@ -63,3 +63,11 @@ def spool(context: SinkContext) -> SpoolSink:
     ))
     sink.carry_application_spans(s, context.monitor)
     return sink
+
+
+def openlineage(context: SinkContext) -> Sink | None:
+    """OpenLineage run events, when the ``openlineage`` setting or the OpenLineage client's
+    own configuration asks for them (:func:`odibi_observe.sinks.openlineage.from_context`)."""
+    from odibi_observe.sinks.openlineage import from_context
+
+    return from_context(context)

@@ -15,9 +15,9 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from odibi_observe._redact import REDACTED
 from odibi_observe.catalog.store import CatalogStore, create_catalog_engine
 from odibi_observe.record import RunEvent
-from odibi_observe.redact import REDACTED
 from odibi_observe.sinks.base import Sink, SinkExportError, SinkUnavailable
 
 

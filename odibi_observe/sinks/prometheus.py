@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from odibi_observe._selfmetrics import SelfMonitor
+from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
     DURATION_BUCKETS_SECONDS,
     FIELDS,
@@ -29,9 +31,7 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
-from odibi_observe.selfmetrics import SelfMonitor
 from odibi_observe.sinks.base import RecentKeys, Sink
-from odibi_observe.textsafe import encodable_text
 
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
@@ -90,7 +90,7 @@ class PrometheusSink(Sink):
         if known is not None:  # the common case: a series seen before
             return known
         # Escaped before cut: a label value the exposition format cannot encode would fail
-        # every /metrics scrape (see odibi_observe.textsafe).
+        # every /metrics scrape (see odibi_observe._textsafe).
         values = tuple(encodable_text(v)[:_MAX_LABEL_VALUE] for v in raw)
         if values in self._series or len(self._series) < self.max_series:
             self._series.add(values)

@@ -42,9 +42,9 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID
 from odibi_observe.record import RunEvent
-from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink, SinkUnavailable
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from odibi_observe.selfmetrics import warn_once_per_minute
+from odibi_observe._selfmetrics import warn_once_per_minute
 from odibi_observe.spool.cursor_files import Acked, CursorFiles
 from odibi_observe.spool.damage import DamageLedger
 from odibi_observe.spool.frames import read_segment

@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Final
 
-from odibi_observe.selfmetrics import log, warn_once_per_minute
+from odibi_observe._selfmetrics import log, warn_once_per_minute
 from odibi_observe.spool.liveness import process_alive
 from odibi_observe.spool.segments import FULL_ERRNOS, O_CLOEXEC, FsyncPolicy, fsync_dir
 

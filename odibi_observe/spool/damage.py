@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from odibi_observe._selfmetrics import warn_once_per_minute
 from odibi_observe.conventions import SIDECAR_METRICS
 from odibi_observe.record import _FINISHED_PREFIX, _STARTED_PREFIX  # see record.peek_event
-from odibi_observe.selfmetrics import warn_once_per_minute
 from odibi_observe.spool.frames import HEADER_SIZE, MAGIC, Parsed, header_length
 from odibi_observe.spool.liveness import writer_dead
 from odibi_observe.spool.metrics import SpoolMetrics

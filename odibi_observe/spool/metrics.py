@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric as PromMetric
 
+from odibi_observe._selfmetrics import log, warn_once_per_minute
 from odibi_observe.conventions import SIDECAR_METRICS, Metric
-from odibi_observe.selfmetrics import log, warn_once_per_minute
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Final
 
+from odibi_observe._selfmetrics import log, warn_once_per_minute
 from odibi_observe.conventions import SIDECAR_METRICS
-from odibi_observe.selfmetrics import log, warn_once_per_minute
 from odibi_observe.spool.cursor_files import CursorFiles
 from odibi_observe.spool.damage import DamageLedger
 from odibi_observe.spool.frames import encode_frame

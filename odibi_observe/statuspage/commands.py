@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from odibi_observe.cli import CATALOG_ENV, duration_arg, time_arg
+from odibi_observe._cliargs import CATALOG_ENV, duration_arg, first_line, time_arg
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
@@ -107,7 +107,6 @@ def _write(args: argparse.Namespace, since: datetime, until: datetime, now: date
     from sqlalchemy.exc import SQLAlchemyError
 
     from odibi_observe.catalog.readonly import CatalogUnreadable, catalog_url, open_readonly_engine
-    from odibi_observe.cli import first_line
     from odibi_observe.statuspage.html import render_html
     from odibi_observe.statuspage.model import StatusPageError, collect, live_completeness
 

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta, timezone
 from html import escape
 from typing import Final
 
+from odibi_observe._runview import human_ms
+from odibi_observe._svgchart import Bar, Frame, stacked_bars
 from odibi_observe.conventions import DISCREPANCY_KINDS, RunStatus
 from odibi_observe.record import RunRecord
 from odibi_observe.statuspage.model import (
@@ -137,15 +139,7 @@ def _span(step: timedelta) -> str:
 
 
 def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    if ms < 1_000:
-        return f"{ms:,.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:,.1f} s"
-    if ms < 3_600_000:
-        return f"{ms / 60_000:,.1f} min"
-    return f"{ms / 3_600_000:,.1f} h"
+    return human_ms(ms, "—")
 
 
 def _ago(now: datetime, then: datetime | None) -> str:
@@ -205,40 +199,13 @@ def _status_chart(page: StatusPage) -> str:
         return '<div class="empty">No runs started in this window.</div>'
     statuses = [s.value for s in STATUS_ORDER]
     statuses += sorted({k for b in buckets for k in b.counts} - set(statuses))
-    peak = max(b.total for b in buckets) or 1
-    width, height, left, bottom, top_pad = 960, 190, 40, 24, 10
-    plot_w, plot_h = width - left - 10, height - bottom - top_pad
-    bar_w = plot_w / len(buckets)
-    out = []
-    for fraction in (0, 0.5, 1):
-        y = top_pad + plot_h * (1 - fraction)
-        out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" '
-                   f'stroke="#e3e7ee"/><text x="{left - 6}" y="{y + 4:.1f}" font-size="11" '
-                   f'text-anchor="end" fill="#5b6578">{round(peak * fraction):,}</text>')
-    label_every = max(1, round(len(buckets) / 12))
-    for i, bucket in enumerate(buckets):
-        x = left + i * bar_w
-        y = top_pad + plot_h
-        for status in statuses:
-            n = bucket.counts.get(status, 0)
-            if not n:
-                continue
-            h = plot_h * n / peak
-            y -= h
-            out.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(bar_w - 2, 1):.1f}" '
-                       f'height="{h:.1f}" fill="{STATUS_COLOURS.get(status, OTHER_COLOUR)}">'
-                       f'<title>{escape(_stamp(bucket.start))} {escape(status)}: {n:,}</title>'
-                       '</rect>')
-        if i % label_every == 0:
-            out.append(f'<text x="{x + bar_w / 2:.1f}" y="{height - 8}" font-size="11" '
-                       f'text-anchor="middle" fill="#5b6578">'
-                       f'{escape(_tick(bucket.start, page.step))}</text>')
+    bars = [Bar(b.counts, _tick(b.start, page.step), _stamp(b.start)) for b in buckets]
+    svg = stacked_bars(bars, statuses, lambda s: STATUS_COLOURS.get(s, OTHER_COLOUR),
+                       Frame(960, 190, 24, 12, 182), "runs by status over time")
     legend = "".join(
         f'<span><i style="background:{STATUS_COLOURS.get(s, OTHER_COLOUR)}"></i>'
         f'{escape(s)} {page.totals.get(s, 0):,}</span>' for s in statuses if page.totals.get(s))
-    return (f'<svg width="100%" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="runs by status over time">{"".join(out)}</svg>'
-            f'<div class="legend">{legend}</div>')
+    return f'{svg}<div class="legend">{legend}</div>'
 
 
 def _tick(start: datetime, step: timedelta) -> str:

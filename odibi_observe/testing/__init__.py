@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from odibi_observe import runtime
+from odibi_observe import _runtime as runtime
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import Sink
 

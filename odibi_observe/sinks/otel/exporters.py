@@ -21,14 +21,14 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from odibi_observe._otlp_json import OtlpJsonHttpSpanExporter
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import warn_once_per_minute
 from odibi_observe.config import (
     OTLP_PROTOCOLS,
     ConfigurationError,
     parse_resource_attributes,
 )
-from odibi_observe.otlp_json import OtlpJsonHttpSpanExporter
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import warn_once_per_minute
 
 log = logging.getLogger(__name__)
 

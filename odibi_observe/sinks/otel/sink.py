@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.util.types import AttributeValue
 
+from odibi_observe._otlp_json import OtlpJsonFileSpanExporter
+from odibi_observe._textsafe import encodable_record
 from odibi_observe.config import (
     OTLP_PROTOCOLS,
     ConfigurationError,
@@ -35,7 +37,6 @@ from odibi_observe.conventions import (
     RESOURCE_PID,
     Metric,
 )
-from odibi_observe.otlp_json import OtlpJsonFileSpanExporter
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkExportError
 from odibi_observe.sinks.otel.exporters import (
@@ -55,7 +56,6 @@ from odibi_observe.sinks.otel.routing import (
     application_tracer_provider,
 )
 from odibi_observe.sinks.otel.spans import SCOPE, record_to_span
-from odibi_observe.textsafe import encodable_record
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class OtelSink(Sink):
             if event.kind is not EventKind.FINISHED:
                 continue
             # Text OTLP cannot encode (a lone surrogate from a file name) is escaped, so the
-            # span keeps the name instead of failing the export forever (odibi_observe.textsafe).
+            # span keeps the name instead of failing the export forever (odibi_observe._textsafe).
             record = encodable_record(event.record)
             try:
                 span = record_to_span(record, base)

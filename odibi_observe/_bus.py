@@ -20,7 +20,7 @@ Failure handling, per channel: an ``export`` that raises is counted
 kept in the retry buffer, re-tried with exponential backoff and jitter, before newer events so
 order is kept. An event that fails on its own while the rest of its batch is delivered (a
 poison record, or one the sink rejects with ``RecordRejected``) is not retried: it goes to the
-dead letter (:mod:`odibi_observe.deadletter`) and delivery goes on. Bounds: ``max_queue``
+dead letter (:mod:`odibi_observe._deadletter`) and delivery goes on. Bounds: ``max_queue``
 events per queue and ``max_retry`` per retry buffer; past
 them the oldest events are dropped and counted in ``odibi_observe_events_dropped_total`` with
 ``reason="queue_full"`` / ``"retry_buffer_full"`` — never silently. (The write-ahead spool is
@@ -31,7 +31,7 @@ last batches, the sinks' ``force_flush`` and ``shutdown`` get the time that is l
 ``_SHUTDOWN_GRACE`` to release connections); a call still busy then is left behind in a daemon
 thread, so no backend decides how long a process takes to end. What no sink confirmed by then
 — queue, retry buffer, in-flight batch — goes, once, to the ``keeper`` (at exit: the spill into
-a spool directory, :mod:`odibi_observe.spill`), or is dropped and counted without one. Each
+a spool directory, :mod:`odibi_observe._spill`), or is dropped and counted without one. Each
 sink with leftovers gets one warning: how many runs, why, kept where or dropped.
 
 Fork safety: in a child process the queues and retry buffers start empty (the parent still owns
@@ -51,10 +51,10 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import Final, Protocol
 
-from odibi_observe.deadletter import DeadLetter
+from odibi_observe._deadletter import DeadLetter
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.record import EventKind, RunEvent
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink, export_isolating
 
 #: Longest an idle worker sleeps without being woken: the bound on the delay a missed wake-up

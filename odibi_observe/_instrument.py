@@ -50,7 +50,11 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from odibi_observe import active
+from odibi_observe import _active as active
+from odibi_observe._redact import MAX_MESSAGE_SCAN, safe_text, sanitize, valid_unicode
+from odibi_observe._resources import ResourceMeter, final_fields
+from odibi_observe._runtime import Observer, get_observer
+from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import (
     FIELDS,
     INSTRUMENTATION_SCOPE,
@@ -58,10 +62,6 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunHandle, RunRecord
-from odibi_observe.redact import MAX_MESSAGE_SCAN, safe_text, sanitize, valid_unicode
-from odibi_observe.resources import ResourceMeter, final_fields
-from odibi_observe.runtime import Observer, get_observer
-from odibi_observe.selfmetrics import log
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -638,7 +638,7 @@ class NodeRun:
 
 class _LiveNodeRun:
     """A :class:`NodeRun` as the heartbeat and the exit hooks see it (an
-    :class:`~odibi_observe.active.LiveRun`), without widening the run's public surface."""
+    :class:`~odibi_observe._active.LiveRun`), without widening the run's public surface."""
 
     __slots__ = ("_run",)
 

@@ -87,7 +87,7 @@ class SelfMonitor:
         )
 
     def dead_lettered(self, sink: str, count: int = 1) -> None:
-        """Count records ``sink`` can never export (see :mod:`odibi_observe.deadletter`)."""
+        """Count records ``sink`` can never export (see :mod:`odibi_observe._deadletter`)."""
         self.dead_letter.labels(sink=sink).inc(count)
 
     def overflow(self, metric: str) -> None:

@@ -10,7 +10,7 @@ decoded span (store a row, compare a run) differs.
 Two input forms, one function each:
 
 * :func:`decode_view` — a span of a protobuf ``ExportTraceServiceRequest`` as
-  :func:`odibi_observe.otlp_json.iter_spans` presents it (what the receiver gets, whether the
+  :func:`odibi_observe._otlp_json.iter_spans` presents it (what the receiver gets, whether the
   body was protobuf or OTLP/JSON);
 * :func:`decode_json` — a span object of an OTLP-JSON document as :func:`iter_request_spans`
   yields it: hex ids (OTLP/JSON) or base64 ids (protobuf's JSON mapping, Tempo), integer enums
@@ -39,6 +39,7 @@ import binascii
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, NamedTuple
 
+from odibi_observe._otlp_json import SpanView
 from odibi_observe.conventions import (
     FIELDS,
     RESOURCE_HOST,
@@ -47,7 +48,6 @@ from odibi_observe.conventions import (
     Field,
     RunStatus,
 )
-from odibi_observe.otlp_json import SpanView
 
 __all__ = [
     "INT_FIELDS", "TEXT_FIELDS", "NodeSpan", "SpanProblem", "attribute_of", "decode_attributes",

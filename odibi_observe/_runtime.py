@@ -16,7 +16,7 @@ Default sinks, from the settings (in ``mode="sidecar"`` the only sink is the spo
 
 Exit paths the interpreter can see are handled here: ``atexit`` and SIGTERM close every run
 still in progress as ``CRASHED`` and deliver what they can within ``exit_timeout`` (one deadline
-for all sinks); what is left is spilled to a spool directory (:mod:`odibi_observe.spill`) for a
+for all sinks); what is left is spilled to a spool directory (:mod:`odibi_observe._spill`) for a
 sidecar or ``odibi-observe sweep --spool-dir`` to deliver. (SIGKILL and the OOM killer cannot
 be seen from inside; the durable ``RUNNING`` row is what a sweeper closes later.)
 """
@@ -38,16 +38,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, RestrictedRegistry
 
-from odibi_observe.active import crash_active_runs
-from odibi_observe.bus import EventBus, Keeper
+from odibi_observe._active import crash_active_runs
+from odibi_observe._bus import EventBus, Keeper
+from odibi_observe._deadletter import DeadLetter
+from odibi_observe._heartbeat import Heartbeat
+from odibi_observe._selfmetrics import SelfMonitor, log
+from odibi_observe._spill import SpoolKeeper, default_spill_dir
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
-from odibi_observe.deadletter import DeadLetter
-from odibi_observe.heartbeat import Heartbeat
-from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink, SinkContext, build_sink
 from odibi_observe.sinks.builtin import SPOOL_SINK
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
-from odibi_observe.spill import SpoolKeeper, default_spill_dir
 
 
 class Observer:
@@ -520,7 +520,7 @@ def _shutdown_at_exit() -> None:
 
     The process is ending: a backend that is down or hangs must not hold it (the deadline is
     shared by every sink), and what no sink confirmed is appended to the spool directory
-    (``spool_dir``, else :func:`~odibi_observe.spill.default_spill_dir`) for a sidecar or
+    (``spool_dir``, else :func:`~odibi_observe._spill.default_spill_dir`) for a sidecar or
     ``odibi-observe sweep --spool-dir`` to deliver.
     """
     observer = _observer

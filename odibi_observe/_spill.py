@@ -45,7 +45,7 @@ def default_spill_dir() -> str:
 class SpoolKeeper:
     """Appends events to the spool in ``directory`` (created if missing) and says who delivers.
 
-    Satisfies :class:`odibi_observe.bus.Keeper`. Raises (``OSError``, a full spool) when the
+    Satisfies :class:`odibi_observe._bus.Keeper`. Raises (``OSError``, a full spool) when the
     events cannot be stored; the bus then drops and counts them, and says why.
     """
 

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from odibi_observe.textsafe import encodable_text
+from odibi_observe._textsafe import encodable_text
 
 REDACTED: Final = "***"
 
@@ -208,7 +208,7 @@ def valid_unicode(text: str) -> tuple[str, bool]:
 
     A lone surrogate (from ``os.fsdecode`` of a bad file name, or ``surrogateescape``) cannot
     be encoded as UTF-8, so a database or an OTLP exporter would refuse the whole record. The
-    escaping rule is the one every sink applies (:func:`odibi_observe.textsafe.encodable_text`:
+    escaping rule is the one every sink applies (:func:`odibi_observe._textsafe.encodable_text`:
     ``\udce9`` for the byte 0xe9), so the name is kept, and is the same in every backend.
     """
     clean = encodable_text(text)

@@ -6,7 +6,7 @@ limit it reached it against.
 
 **Peak memory (``peak_rss_bytes``)** is the largest resident set size of the process *seen
 while the node ran*: one reading at the start, one at every heartbeat tick (the heartbeat
-thread samples every active run, see :mod:`odibi_observe.heartbeat`) and one at the end. A
+thread samples every active run, see :mod:`odibi_observe._heartbeat`) and one at the end. A
 reading is ``/proc/self/statm``'s resident pages times the page size — the process's RSS *now*.
 Not ``getrusage().ru_maxrss``: that is the high-water mark of the process's whole life, so in a
 process that runs several nodes every node after the biggest one would inherit its peak.

@@ -31,9 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe.record import RunEvent
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import SelfMonitor
 
 #: The directory name inside the spool directory.
 DEAD_LETTER_DIR: Final = "dead-letter"

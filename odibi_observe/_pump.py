@@ -12,7 +12,7 @@ worker thread and its own spool cursor, so:
   re-reads the batch on restart (at-least-once; sinks are idempotent by ``run_id``);
 * a frame that cannot be decoded (a valid checksum around bytes that are not a run event, e.g.
   written by an incompatible version, or a record whose fields have the wrong types) is
-  counted as invalid input, dead-lettered for each sink (:mod:`odibi_observe.deadletter`) and
+  counted as invalid input, dead-lettered for each sink (:mod:`odibi_observe._deadletter`) and
   skipped: retrying it can never succeed and must not block the events behind it;
 * an event the sink can never export (it raises ``RecordRejected``, or it fails on its own
   while the rest of its batch is delivered — see :func:`~odibi_observe.sinks.base.
@@ -22,7 +22,7 @@ worker thread and its own spool cursor, so:
   sink's ``export_spans``) and is skipped by the others, so the node spans the sidecar exports
   keep their parents.
 
-Failed exports back off exponentially with jitter (:class:`~odibi_observe.bus.Backoff`), and
+Failed exports back off exponentially with jitter (:class:`~odibi_observe._bus.Backoff`), and
 are counted in ``odibi_observe_sink_errors_total{sink}`` like every other sink error.
 """
 
@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from odibi_observe.bus import Backoff
-from odibi_observe.deadletter import DeadLetter
+from odibi_observe._bus import Backoff
+from odibi_observe._deadletter import DeadLetter
+from odibi_observe._redact import safe_text
+from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.record import EventKind, RunEvent, peek_event
-from odibi_observe.redact import safe_text
-from odibi_observe.selfmetrics import SelfMonitor, log
 from odibi_observe.sinks.base import Sink, export_isolating
 from odibi_observe.sinks.spool import decode_span, is_span_frame, takes_spans
 

@@ -18,7 +18,7 @@ Heartbeat events carry the run's start snapshot plus ``heartbeat_ns``; the Prome
 span sinks do not subscribe to them (see ``Sink.kinds``), so they cost one catalog statement
 per run per interval.
 
-The thread reads the live runs from :mod:`odibi_observe.active`; :mod:`odibi_observe.runtime`
+The thread reads the live runs from :mod:`odibi_observe._active`; :mod:`odibi_observe._runtime`
 starts it when an observer is configured and stops it when the observer is shut down.
 """
 
@@ -28,8 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from odibi_observe.active import LiveRun, active_runs
-from odibi_observe.selfmetrics import log
+from odibi_observe._active import LiveRun, active_runs
+from odibi_observe._selfmetrics import log
 
 Clock = Callable[[], int]
 
