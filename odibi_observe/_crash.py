@@ -27,14 +27,30 @@ Why only those two:
 
 The error message says what is known, in that order: the verdict (what was found about the
 process, and when), the last sign of life and which kind it was, and who closed the run.
+
+**Why it crashed** goes in ``error_type``, one of a few names (``CRASH_CAUSES`` in the
+conventions), so that a dashboard can count crashes by cause: :func:`crash_cause` decides it
+from the evidence a closer could gather (:class:`CrashEvidence`). A closer that sees nothing
+about the process (reconciliation on another host) says ``HeartbeatLost``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 from typing import Final
 
-from odibi_observe.conventions import CRASHED_ERROR_TYPE, RunStatus, Source
+from odibi_observe.conventions import (
+    CRASH_HEARTBEAT_LOST,
+    CRASH_OOM_KILLED,
+    CRASH_PROCESS_EXIT,
+    CRASH_SIGKILL,
+    CRASH_SIGNALED,
+    CRASH_SIGTERM,
+    RunStatus,
+    Source,
+)
 from odibi_observe.record import RunRecord, ns_to_datetime
 
 #: The kinds of sign of life a run leaves in its catalog row.
@@ -64,16 +80,92 @@ def utc(ns: int) -> str:
     return f"{ns_to_datetime(ns):%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC"
 
 
+#: A run whose peak memory reached this fraction of its limit is taken as OOM-killed when it
+#: died of SIGKILL (or of an unknown cause): RSS is sampled at heartbeats, so the reading
+#: before the kill is below the limit by what the node allocated since.
+PEAK_AT_LIMIT_FRACTION: Final = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class CrashEvidence:
+    """What a closer could see of how a run's process ended (None: could not see it).
+
+    ``wait_status``: the process's exit status (``os.waitpid`` form), e.g. read from
+    ``/proc/<pid>/stat`` of a zombie; ``oom_before``/``oom_after``: the ``oom_kill`` count of
+    its cgroup's ``memory.events`` while the run was seen alive and after it died;
+    ``peak_rss_bytes``/``memory_limit_bytes``: the run's peak memory and its limit.
+    """
+
+    wait_status: int | None = None
+    oom_before: int | None = None
+    oom_after: int | None = None
+    peak_rss_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended the process, if its status is visible and it was one."""
+        if self.wait_status is not None and os.WIFSIGNALED(self.wait_status):
+            return os.WTERMSIG(self.wait_status)
+        return None
+
+    @property
+    def oom_kill_rose(self) -> bool:
+        return (self.oom_before is not None and self.oom_after is not None
+                and self.oom_after > self.oom_before)
+
+    @property
+    def peak_at_limit(self) -> bool:
+        peak, limit = self.peak_rss_bytes, self.memory_limit_bytes
+        return peak is not None and limit is not None and limit > 0 \
+            and peak >= PEAK_AT_LIMIT_FRACTION * limit
+
+
+def crash_cause(evidence: CrashEvidence) -> tuple[str, str]:
+    """``(error_type, what showed it)`` of a crashed run, from ``evidence``.
+
+    An exit status that is not SIGKILL decides alone (SIGTERM, another signal, a plain exit:
+    the OOM killer only sends SIGKILL). Otherwise an ``oom_kill`` count that rose, or a peak at
+    the limit, says ``OOMKilled``; a visible SIGKILL status says ``SIGKILL``; nothing visible
+    says ``HeartbeatLost``.
+    """
+    sig = evidence.signal
+    status = evidence.wait_status
+    if status is not None and sig is None:
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+        return CRASH_PROCESS_EXIT, f"it exited with status {code}"
+    if sig is not None and sig != signal.SIGKILL:
+        name = _signal_name(sig)
+        return (CRASH_SIGTERM if sig == signal.SIGTERM else CRASH_SIGNALED,
+                f"it was killed by {name} (its exit status)")
+    if evidence.oom_kill_rose:
+        return CRASH_OOM_KILLED, (f"its cgroup's oom_kill count rose from {evidence.oom_before} "
+                                  f"to {evidence.oom_after}")
+    if evidence.peak_at_limit:
+        return CRASH_OOM_KILLED, (f"its peak memory {evidence.peak_rss_bytes} bytes was at its "
+                                  f"limit {evidence.memory_limit_bytes} bytes")
+    if sig is not None:
+        return CRASH_SIGKILL, "it was killed by SIGKILL (its exit status)"
+    return CRASH_HEARTBEAT_LOST, "how it ended is not visible from here"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def close_as_crashed(record: RunRecord, *, verdict: str, closed_by: str,
-                     source: Source) -> RunRecord:
-    """``record`` (RUNNING) closed as CRASHED at its last sign of life.
+                     source: Source, cause: str = CRASH_HEARTBEAT_LOST) -> RunRecord:
+    """``record`` (RUNNING) closed as CRASHED at its last sign of life, ``error_type`` ``cause``.
 
     ``verdict`` says what the closer found about the process and when ("process 1234 on host
     h was not alive at ..."); ``closed_by`` names the closer ("the sidecar's sweeper").
     """
     last = last_sign_of_life(record)
     return record.finished(
-        status=RunStatus.CRASHED, ended_ns=last.at_ns, error_type=CRASHED_ERROR_TYPE,
+        status=RunStatus.CRASHED, ended_ns=last.at_ns, error_type=cause,
         error_message=f"{verdict}; last sign of life {utc(last.at_ns)} ({last.kind}); closed "
                       f"as CRASHED by {closed_by}, ended at its last sign of life",
         source=source,

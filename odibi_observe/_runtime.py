@@ -45,6 +45,7 @@ from odibi_observe._heartbeat import Heartbeat
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe._spill import SpoolKeeper, default_spill_dir
 from odibi_observe.config import ConfigurationError, Resolution, Settings, resolve, setting
+from odibi_observe.conventions import CRASH_PROCESS_EXIT, CRASH_SIGTERM
 from odibi_observe.sinks.base import Sink, SinkContext, build_sink
 from odibi_observe.sinks.builtin import SPOOL_SINK
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
@@ -529,12 +530,12 @@ def _shutdown_at_exit() -> None:
 
 
 def _at_exit() -> None:
-    _close_active("ProcessExit", "the interpreter exited while the node was running")
+    _close_active(CRASH_PROCESS_EXIT, "the interpreter exited while the node was running")
     _shutdown_at_exit()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _close_active("SIGTERM", "the process received SIGTERM while the node was running")
+    _close_active(CRASH_SIGTERM, "the process received SIGTERM while the node was running")
     _shutdown_at_exit()
     # Let the default action happen: the process terminates with the usual SIGTERM status.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

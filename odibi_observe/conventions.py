@@ -195,8 +195,8 @@ RECONCILIATION_ITEMS_TABLE: Final = "meta_reconciliation_items"
 #: One row per data-health finding (``odibi-observe health``), open until a pass no longer sees it.
 HEALTH_FINDINGS_TABLE: Final = "meta_health_findings"
 
-#: ``error_type`` of a run closed because its process vanished (by the sweeper, or by a
-#: reconciliation repair of a stale run): one name, so dashboards and queries find them all.
+#: ``error_type`` that runs closed because their process vanished had before crash causes
+#: (``CRASH_CAUSES`` below) were told apart: rows written by older versions still carry it.
 CRASHED_ERROR_TYPE: Final = "ProcessCrashed"
 
 #: Stable names of the discrepancies reconciliation reports (the JSON report's ``kind``).
@@ -666,14 +666,17 @@ PEAK_RSS_BUCKETS_BYTES: Final = tuple(float(2 ** e) for e in range(24, 37))
 #: was at its limit; ``SIGKILL`` / ``SIGTERM``: the process was killed by that signal (its exit
 #: status, or for SIGKILL: it died on this host without running its exit handlers);
 #: ``HeartbeatLost``: its heartbeats stopped and the process cannot be seen from here;
-#: ``ProcessExit``: the interpreter exited while the node was running.
+#: ``ProcessExit``: the interpreter (or the process, by its exit status) exited while the node
+#: was running; ``Signaled``: another signal ended it (SIGSEGV, SIGABRT: the message names it).
 CRASH_OOM_KILLED: Final = "OOMKilled"
 CRASH_SIGKILL: Final = "SIGKILL"
 CRASH_SIGTERM: Final = "SIGTERM"
 CRASH_HEARTBEAT_LOST: Final = "HeartbeatLost"
 CRASH_PROCESS_EXIT: Final = "ProcessExit"
+CRASH_SIGNALED: Final = "Signaled"
 CRASH_CAUSES: Final = (
     CRASH_OOM_KILLED, CRASH_SIGKILL, CRASH_SIGTERM, CRASH_HEARTBEAT_LOST, CRASH_PROCESS_EXIT,
+    CRASH_SIGNALED,
 )
 
 # --- the status page (``odibi-observe report``) --------------------------------------------------

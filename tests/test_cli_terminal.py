@@ -1,4 +1,4 @@
-"""``runs``, ``reconcile`` and ``--help`` as a person sees them: in a real pseudo-terminal.
+"""``runs``, ``reconcile``, ``report`` and ``--help`` as a person sees them, in a pty.
 
 Driven with pexpect at 80 columns: the output fits, is coloured on the terminal, and has no
 colour (no escape sequence at all) when piped or when ``NO_COLOR`` is set.
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pexpect
+import pexpect  # type: ignore[import-untyped]  # no stubs are published
 import pytest
 
 from odibi_observe.catalog import CatalogStore
@@ -170,7 +170,7 @@ def test_runs_details_of_one_run(catalog: str) -> None:
 
 
 COMMANDS = ["", "demo", "conventions", "catalog", "catalog upgrade", "runs", "sidecar",
-            "sweep", "reconcile", "health", "dashboards", "dashboards build", "run"]
+            "sweep", "reconcile", "health", "report", "dashboards", "dashboards build", "run"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -202,3 +202,61 @@ def test_reconcile_progress_only_on_a_terminal(tmp_path: Path, catalog: str) -> 
     out, status = _pty(*args)
     assert status == 1
     assert "discrepancies  25: missing_in_traces 25" in " ".join(_visible(out))
+
+
+def _reconcile_args(tmp_path: Path, catalog: str) -> tuple[str, ...]:
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("")
+    return ("reconcile", "--catalog", catalog, "--traces", f"otlp-json:{traces}",
+            "--since", "2026-05-28", "--until", "2026-05-30", "--grace", "0s",
+            "--out", str(tmp_path / "report"), "--no-record")
+
+
+def test_reconcile_in_a_terminal_fits_80_columns(tmp_path: Path, catalog: str) -> None:
+    """Long summary lines (the window, each repair note) wrap under their indent on a
+    terminal; piped they stay whole, one line per fact, for grep."""
+    args = _reconcile_args(tmp_path, catalog)
+    out, status = _pty(*args)
+    assert status == 1, out
+    assert "\x1b[38;5;" in out  # the progress bar, in colour
+    # What stays on the screen: the bar is redrawn with carriage returns, then erased.
+    lines = [line.rsplit("\r", 1)[-1] for line in _visible(out)]
+    lines = [line for line in lines if line.strip() and "━" not in line]
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    assert any(line.startswith("reconciled 2026-05-28T00:00:00Z .. 2026-05-30T00:00:00Z")
+               for line in lines), "\n".join(lines)
+    assert "discrepancies  25: missing_in_traces 25" in lines
+    assert "matched        0  completeness 100.00%" in lines  # of the catalog, by the traces
+    skipped = next((i for i, line in enumerate(lines)
+                    if line.startswith("  skipped emit_span")), None)
+    assert skipped is not None, "\n".join(lines)
+    assert lines[skipped + 1].startswith("    ")  # the wrapped rest, indented
+    assert lines[-1].endswith("report.html")  # a long path: wrapped too
+    piped = _piped(*args)
+    assert any(line.startswith("  skipped emit_span") and len(line) > 80
+               and line.endswith("OTEL_EXPORTER_OTLP_ENDPOINT")
+               for line in piped.stdout.splitlines()), piped.stdout
+    plain, _ = _pty(*args, NO_COLOR="1")
+    assert "\x1b[3" not in plain and "discrepancies  25: missing_in_traces 25" in plain
+
+
+def test_report_in_a_terminal_fits_80_columns(tmp_path: Path, catalog: str) -> None:
+    args = ("report", "--catalog", catalog, "--since", "2026-05-28", "--until", "2026-05-30",
+            "--out", str(tmp_path / "status"))
+    out, status = _pty(*args)
+    assert status == 1, out  # a failed and a crashed run in the window
+    lines = _visible(out)
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "status of runs 2026-05-28 00:00:00 .. 2026-05-30 00:00:00 UTC" in text
+    assert "runs           25, success rate 92.0%" in text
+    assert "failed         2 (1 crashed)" in text
+    assert "completeness   — (no reconcile recorded)" in text
+    assert text.rstrip().endswith("status.html")
+    assert (tmp_path / "status" / "status.html").is_file()
+    for result in (_piped(*args), _piped(*args, NO_COLOR="1")):
+        assert result.returncode == 1, result.stderr
+        assert "\x1b" not in result.stdout + result.stderr
+        assert "runs           25, success rate 92.0%" in result.stdout
+    plain, _ = _pty(*args, NO_COLOR="1")
+    assert "\x1b[3" not in plain and "failed         2 (1 crashed)" in plain

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,10 +28,88 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
     cli = tmp_path / "docs" / "cli.md"
     text = cli.read_text(encoding="utf-8")
-    assert "meta_runs is at revision 0003" in text
-    cli.write_text(text.replace("meta_runs is at revision 0003", "meta_runs is at revision 0001"),
-                   encoding="utf-8")
+    found = re.search(r"meta_runs is at revision (\S+)", text)
+    assert found, "cli.md shows the catalog revision"
+    real = found.group(1)
+    cli.write_text(text.replace(f"meta_runs is at revision {real}",
+                                "meta_runs is at revision 0001"), encoding="utf-8")
     done = _check(tmp_path)
     assert done.returncode == 1
     assert "-sqlite:///catalog.db: meta_runs is at revision 0001" in done.stdout
-    assert "+sqlite:///catalog.db: meta_runs is at revision 0003" in done.stdout
+    assert f"+sqlite:///catalog.db: meta_runs is at revision {real}" in done.stdout
+
+
+#: Blocks that show ``odibi-observe`` output but cannot come from a run of
+#: scripts/regen_docs.py here, by (file, first command), with the reason. Any other block
+#: showing a ``$ odibi-observe`` command must be marked ``<!-- run: ... -->``.
+UNMARKED: dict[tuple[str, str], str] = {
+    ("docs/cli.md", "$ odibi-observe dashboards build --check"):
+        "checks the checkout's dashboards/ directory, not the scratch directory",
+    ("docs/odibi.md", "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
+                      "traces.jsonl odibi.yaml"):
+        "runs a real Odibi project (pandas engine, its own files); not built by the script yet",
+    ("docs/odibi.md", "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
+                      "traces.jsonl odibi.yaml --node revenue"):
+        "the same Odibi project, one node",
+    ("docs/odibi.md", "$ odibi-observe runs --catalog sqlite:///catalog.db"):
+        "the runs of that Odibi project (the table predates the grouped runs view)",
+    ("docs/odibi.md", "$ odibi-observe reconcile --catalog odibi-delta:lake/_system/meta_runs "
+                      "--traces otlp-json:traces.jsonl --last 1h --grace 0s --out "
+                      "reconcile-report"):
+        "reads Odibi's own Delta table, written by a real Odibi run",
+    ("docs/operations.md", "$ odibi-observe sweep --catalog sqlite:///sweep.db --spool-dir "
+                           "spool"):
+        "a sidecar-mode pipeline killed with its ending still spooled",
+    ("docs/reconciliation.md", "$ odibi-observe reconcile --catalog sqlite:///odibi/odibi.db "
+                               "--traces otlp-json:odibi/traces.jsonl --last 1h --grace 0s "
+                               "--out odibi/report"):
+        "Odibi's own SQL meta_runs, written by a real Odibi run and dry run",
+}
+
+FENCE = re.compile(r"^(?P<marks>(?:<!-- run: .+? -->\n)*)```[a-z]*\n(?P<body>.*?)^```\n",
+                   re.MULTILINE | re.DOTALL)
+
+
+def _unmarked_blocks(root: Path) -> set[tuple[str, str]]:
+    """(file, first command) of each fenced block with a ``$ odibi-observe`` line and no
+    run marker."""
+    found = set()
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for match in FENCE.finditer(path.read_text(encoding="utf-8")):
+            lines = match.group("body").splitlines()
+            if match.group("marks") or not any(
+                    line.lstrip().startswith("$ odibi-observe") for line in lines):
+                continue
+            first = next(line.strip() for line in lines if line.lstrip().startswith("$ "))
+            found.add((str(path.relative_to(root)), first))
+    return found
+
+
+def test_every_block_of_command_output_is_marked_or_allowed() -> None:
+    unmarked = _unmarked_blocks(ROOT)
+    assert unmarked <= set(UNMARKED), (
+        "blocks showing odibi-observe output must be marked <!-- run: COMMAND --> (or be "
+        f"allowed, with a reason, in UNMARKED): {sorted(unmarked - set(UNMARKED))}")
+    assert set(UNMARKED) <= unmarked, f"allowed but gone: {sorted(set(UNMARKED) - unmarked)}"
+
+
+def test_a_new_unmarked_block_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    with (tmp_path / "docs" / "cli.md").open("a", encoding="utf-8") as out:
+        out.write("\n```text\n$ odibi-observe runs --catalog x.db\nmade up\n```\n")
+    assert ("docs/cli.md", "$ odibi-observe runs --catalog x.db") in _unmarked_blocks(tmp_path)
+
+
+def test_readme_quickstart_is_the_two_scripts_and_install_from_a_checkout() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = quick.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["./scripts/demo.sh", "./scripts/test.sh"]
+    for script in commands:
+        assert (ROOT / script).is_file() and os.access(ROOT / script, os.X_OK), script
+    assert '"$VENV/bin/odibi-observe" demo' in (ROOT / "scripts" / "demo.sh").read_text()
+    assert "<!-- run: .venv/bin/odibi-observe demo -->" in quick
+    install = readme.split("## Installing", 1)[1].split("\n## ", 1)[0]
+    assert "from a checkout" in install and "pip install ." in install

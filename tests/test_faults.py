@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from odibi_observe.catalog import CatalogStore
-from odibi_observe.conventions import RunStatus
+from odibi_observe.conventions import CRASH_HEARTBEAT_LOST, RunStatus
 from odibi_observe.record import EventKind, RunEvent, datetime_to_ns
 from odibi_observe.sidecar.sweeper import HEARTBEAT_TIMEOUT, Sweeper
 from odibi_observe.spool import Spool
@@ -291,7 +291,8 @@ def test_killed_run_is_crashed_on_schedule_while_a_busy_writer_keeps_the_backlog
     print(f"killed run CRASHED after {waited:.2f} s (catalog close {crashed}); busy writer "
           f"{rate:.0f} runs/s meanwhile; catalog backlog seen {backlog_seen[:3]}..."
           f"{backlog_seen[-3:]}; {len(rows)} runs: {status_counts(rows)}")
-    assert rows[killed]["error_type"] == "ProcessCrashed"
+    # Reaped (victim.wait) before the sweep: the exit status is gone, nothing else visible.
+    assert rows[killed]["error_type"] == CRASH_HEARTBEAT_LOST
     assert status_counts(rows).get("CRASHED") == 1, status_counts(rows)
     assert max(backlog_seen) > 0, "the busy writer never kept the catalog busy: no load"
     assert waited <= SWEEP_INTERVAL + SWEEP_SLACK, \
@@ -340,7 +341,7 @@ def test_heartbeat_judged_crash_then_real_end_the_real_ending_wins_everywhere(
             os.kill(proc.pid, signal.SIGSTOP)
             eventually(lambda: _assert(row()["status"] == "CRASHED"), timeout=20)
             crashed_row = row()
-            assert crashed_row["error_type"] == "ProcessCrashed"
+            assert crashed_row["error_type"] == CRASH_HEARTBEAT_LOST
             assert "no heartbeat from process" in crashed_row["error_message"]
 
             def spans() -> list:  # type: ignore[type-arg]
@@ -361,7 +362,7 @@ def test_heartbeat_judged_crash_then_real_end_the_real_ending_wins_everywhere(
     crash, real = spans()
     assert (crash.trace_id, crash.span_id) == (real.trace_id, real.span_id)
     assert crash.attributes["odibi.status"] == "CRASHED"
-    assert crash.attributes["error.type"] == "ProcessCrashed"
+    assert crash.attributes["error.type"] == CRASH_HEARTBEAT_LOST
     assert real.attributes["odibi.status"] == "SUCCESS"
     assert crash.end_ns // 1000 == datetime_to_ns(crashed_row["ended_at"]) // 1000
     assert real.end_ns > crash.end_ns
@@ -429,7 +430,7 @@ def test_sigterm_os_exit_and_thread_exception_every_run_recorded(
     assert row("sigterm", 0) == ("SUCCESS", None)
     assert row("sigterm", 1) == ("CRASHED", "SIGTERM")
     assert row("os_exit", 0) == ("SUCCESS", None)
-    assert row("os_exit", 1) == ("CRASHED", "ProcessCrashed")
+    assert row("os_exit", 1) == ("CRASHED", CRASH_HEARTBEAT_LOST)  # reaped before the sweep
     assert row("thread_exception", 0) == ("SUCCESS", None)
     assert row("thread_exception", 1) == ("FAILURE", "RuntimeError")
     assert row("thread_exception", 2) == ("SUCCESS", None)
@@ -628,7 +629,7 @@ def test_truncated_and_corrupted_spool_frames_are_skipped_and_counted(
         rows = eventually(lambda: assert_every_run_recorded(
             pg_url, spans_in(traces), started.run_ids, ended=expected, pids=started.pids,
             context="damaged spool"), timeout=30)
-        assert rows[middle]["error_type"] == rows[last]["error_type"] == "ProcessCrashed"
+        assert rows[middle]["error_type"] == rows[last]["error_type"] == CRASH_HEARTBEAT_LOST
         corrupt = metric_sum(sidecar.metrics(), "odibi_observe_spool_corrupt_frames_total")
         assert corrupt == 2
 

@@ -43,6 +43,7 @@ from odibi_observe.conventions import (
     FIELDS,
     INSTRUMENTATION_SCOPE,
     METRICS,
+    RESOURCE_FIELDS,
     RESOURCE_HOST,
     RESOURCE_PID,
     SPAN_NAME_FORMAT,
@@ -93,6 +94,7 @@ def failed_record(**changes: Any) -> RunRecord:
         suggestions=("check the source extract", "add a not-null filter"),
         attributes={"region": "eu", "batch": 3, "tags": ("a", "b")},
         host="worker-7", pid=4242, service_name="sales-etl",
+        peak_rss_bytes=300 * 1024 * 1024, cpu_seconds=1.25, memory_limit_bytes=512 * 1024 * 1024,
     )
     values.update(changes)
     return make_record(**values)
@@ -118,6 +120,12 @@ def expected_attributes(rec: RunRecord) -> dict[str | None, Any]:
         out[FIELDS.suggestions.attribute] = tuple(rec.suggestions)
     if rec.error_type:
         out[FIELDS.error.attribute] = rec.error_type
+    if rec.peak_rss_bytes is not None:
+        out[RESOURCE_FIELDS.peak_rss.attribute] = rec.peak_rss_bytes
+    if rec.cpu_seconds is not None:
+        out[RESOURCE_FIELDS.cpu.attribute] = rec.cpu_seconds
+    if rec.memory_limit_bytes is not None:
+        out[RESOURCE_FIELDS.memory_limit.attribute] = rec.memory_limit_bytes
     for key, value in rec.attributes.items():
         out[USER_ATTRIBUTE_PREFIX + key] = value
     return out
@@ -179,6 +187,22 @@ def test_successful_run_leaves_status_unset(receiver: OtlpReceiver) -> None:
     assert_span_is_record(span, rec)
     assert span.parent_span_id is None
     assert FIELDS.rows.attribute not in span.attributes  # unknown rows are not 0 rows
+    for f in RESOURCE_FIELDS:  # unmeasured resources are absent, not 0
+        assert f.attribute not in span.attributes
+
+
+def test_resource_fields_arrive_as_span_attributes(receiver: OtlpReceiver) -> None:
+    """Peak memory, CPU time and the memory limit cross the OTLP wire with their types."""
+    sink = otlp_sink(receiver.endpoint)
+    rec = make_record(peak_rss_bytes=209_715_200, cpu_seconds=0.75,
+                      memory_limit_bytes=268_435_456)
+    sink.export([finished(rec)])
+    sink.shutdown()
+
+    [span] = receiver.wait_for_spans(1)
+    got = {f.key: span.attributes.get(str(f.attribute)) for f in RESOURCE_FIELDS}
+    assert got == {"peak_rss": 209_715_200, "cpu": 0.75, "memory_limit": 268_435_456}
+    assert_span_is_record(span, rec)
 
 
 def test_crashed_run_without_error_details_is_still_an_error_span(

@@ -9,7 +9,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from odibi_observe._selfmetrics import SelfMonitor
-from odibi_observe.conventions import METRICS, OVERFLOW_LABEL_VALUE, RunStatus
+from odibi_observe.conventions import (
+    METRICS,
+    OVERFLOW_LABEL_VALUE,
+    PEAK_RSS_BUCKETS_BYTES,
+    RESOURCE_METRICS,
+    RunStatus,
+)
 from odibi_observe.sinks.prometheus import MetricsServer, PrometheusSink
 from tests.helpers import finished, make_record, started
 
@@ -95,3 +101,64 @@ def test_label_values_are_plain_strings_in_label_order() -> None:
     assert all(type(v) is str for v in values)
     assert rec.label_values(("status",)) == ("SUCCESS",)
     assert rec.label_values(("node",)) == ("n",)
+
+
+MIB = 1024 * 1024
+
+
+def _scrape(sink: PrometheusSink) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    """The sink's registry as a scrape sees it: family name -> (sample name, labels, value)."""
+    from prometheus_client import generate_latest
+
+    text = generate_latest(sink.registry).decode()
+    return {f.name: [(s.name, dict(s.labels), s.value) for s in f.samples]
+            for f in text_string_to_metric_families(text)}
+
+
+def test_resources_of_finished_runs_are_histograms_and_the_limit_a_gauge() -> None:
+    sink = PrometheusSink(CollectorRegistry())
+    first = make_record(peak_rss_bytes=100 * MIB, cpu_seconds=2.0,
+                        memory_limit_bytes=512 * MIB)
+    second = make_record(peak_rss_bytes=300 * MIB, cpu_seconds=0.5,
+                         memory_limit_bytes=512 * MIB)
+    sink.export([finished(first), finished(second), finished(second)])  # a replay counts once
+    families = _scrape(sink)
+    labels = _labels(first)
+    peak = RESOURCE_METRICS.peak_rss.prometheus
+    by_name = {name: value for name, lab, value in families[peak] if lab.get("le") is None}
+    assert by_name[peak + "_count"] == 2
+    assert by_name[peak + "_sum"] == 400 * MIB
+    buckets = {float(lab["le"]): value for name, lab, value in families[peak]
+               if name.endswith("_bucket") and lab["le"] != "+Inf"}
+    assert tuple(sorted(buckets)) == PEAK_RSS_BUCKETS_BYTES
+    assert buckets[128 * MIB] == 1 and buckets[512 * MIB] == 2
+    cpu = RESOURCE_METRICS.cpu.prometheus
+    reg = sink.registry
+    assert reg.get_sample_value(cpu + "_sum", labels) == 2.5
+    assert reg.get_sample_value(cpu + "_count", labels) == 2
+    assert reg.get_sample_value(RESOURCE_METRICS.memory_limit.prometheus, labels) == 512 * MIB
+
+
+def test_runs_without_resources_expose_no_resource_series() -> None:
+    """A run from an older client (no resource fields) is not a 0-byte run."""
+    sink = PrometheusSink(CollectorRegistry())
+    rec = make_record()
+    sink.export([finished(rec)])
+    reg = sink.registry
+    assert reg.get_sample_value(RESOURCE_METRICS.peak_rss.prometheus + "_count",
+                                _labels(rec)) is None
+    assert reg.get_sample_value(RESOURCE_METRICS.cpu.prometheus + "_count",
+                                _labels(rec)) is None
+    assert reg.get_sample_value(RESOURCE_METRICS.memory_limit.prometheus, _labels(rec)) is None
+
+
+def test_memory_limit_gauge_follows_a_changed_limit() -> None:
+    """A sidecar sees processes of one node restarted under a new limit: the gauge moves."""
+    sink = PrometheusSink(CollectorRegistry())
+    old = make_record(memory_limit_bytes=256 * MIB)
+    new = make_record(memory_limit_bytes=1024 * MIB)
+    sink.export([finished(old)])
+    gauge = RESOURCE_METRICS.memory_limit.prometheus
+    assert sink.registry.get_sample_value(gauge, _labels(old)) == 256 * MIB
+    sink.export([finished(new)])
+    assert sink.registry.get_sample_value(gauge, _labels(new)) == 1024 * MIB

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore, create_catalog_engine
-from odibi_observe.conventions import RunStatus, Source
+from odibi_observe.conventions import CRASH_HEARTBEAT_LOST, RunStatus, Source
 from odibi_observe.reconcile import (
     ReconcileResult,
     RepairError,
@@ -121,7 +121,7 @@ def test_repair_fixes_what_it_can_and_the_next_reconciliation_is_clean(
     assert rows[plan["duration"].run_id]["duration_ms"] == plan["duration"].duration_ms
     stale = store.get(plan["stale"].run_id)
     assert stale is not None and stale.status is RunStatus.CRASHED
-    assert stale.error_type == "ProcessCrashed" and stale.ended_ns == stale.started_ns
+    assert stale.error_type == CRASH_HEARTBEAT_LOST and stale.ended_ns == stale.started_ns
     store.dispose()
 
     emitted = {s.attributes["odibi.run_id"]: s for s in read_spans(folder / "repaired.jsonl")}

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from odibi_observe._crash import utc
 from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore
-from odibi_observe.conventions import RunStatus, Source
+from odibi_observe.conventions import CRASH_HEARTBEAT_LOST, RunStatus, Source
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sidecar.sweeper import (
     HEARTBEAT_TIMEOUT,
@@ -85,7 +85,7 @@ def test_heartbeat_threshold_with_a_frozen_clock(store: CatalogStore) -> None:
     # The end is the last sign of life, not the moment of the sweep.
     assert closed.ended_ns == stale.heartbeat_ns
     assert closed.source is Source.SIDECAR
-    assert closed.error_type == "ProcessCrashed"
+    assert closed.error_type == CRASH_HEARTBEAT_LOST  # another host: nothing else is visible
     assert "no heartbeat" in (closed.error_message or "")
     assert "(heartbeat); closed as CRASHED by the sidecar's sweeper" in (
         closed.error_message or "")

@@ -285,9 +285,10 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(_json_summary(result, written))
             elif not args.quiet:
+                from odibi_observe._termfit import fit
                 from odibi_observe.reconcile.report import cli_summary
 
-                print(cli_summary(result, written))
+                print(fit(cli_summary(result, written), sys.stdout))
             for note in notes:
                 print(f"odibi-observe: note: {note}", file=sys.stderr)
             for warning in warnings:

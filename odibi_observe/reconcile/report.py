@@ -276,8 +276,9 @@ def _side(side: dict[str, Any] | None) -> str:
 
 
 def _repair_line(repair: dict[str, Any]) -> str:
-    actions = ", ".join(f"{n} x {a.replace('_', ' ')}" for a, n in repair.get("actions",
-                                                                              {}).items())
+    # Sorted: the counts fill in the order the repairs ran, which need not be the same twice.
+    actions = ", ".join(f"{n} x {a.replace('_', ' ')}"
+                        for a, n in sorted(repair.get("actions", {}).items()))
     left = repair.get("skipped", 0) + repair.get("not_repairable", 0)
     rest = f"; {left} not repaired (see each run's repair note)" if left else ""
     if repair.get("mode") == "dry-run":
@@ -288,7 +289,7 @@ def _repair_line(repair: dict[str, Any]) -> str:
                             + (f" / {counts['failed']} failed" if counts.get("failed") else "")
                             + (f" / {counts['not_sent']} not sent" if counts.get("not_sent")
                                else "")
-                            for name, counts in backends.items())
+                            for name, counts in sorted(backends.items()))
     partial = (f", {repair['partial']} partly (not on every backend)"
                if repair.get("partial") else "")
     return (f"Repair applied: {repair.get('applied', 0)} done{partial}, "

@@ -23,6 +23,16 @@ The run's end is its last sign of life — the latest of its start and its last 
 by the one rule every closing path shares (:mod:`odibi_observe._crash`); the error message
 says what was found about the process and when, and which sign of life the end is.
 
+**Why it crashed** (``error_type``, :func:`odibi_observe._crash.crash_cause`) comes from what
+the sweeper can see on this host. While a run is alive, the sweeper notes its process's cgroup
+(``/proc/<pid>/cgroup``, under ``ODIBI_OBSERVE_CGROUP_ROOT`` if set) and the ``oom_kill`` count of
+its ``memory.events``; when the run is found dead it reads the count again (it rose:
+``OOMKilled``) and, if the process is a zombie its parent has not reaped yet, its exit status
+from ``/proc/<pid>/stat`` (``SIGKILL``, ``SIGTERM``, ...). A peak memory at the limit also says
+``OOMKilled``. With nothing visible (another host, a run that died before the sweeper saw it,
+an exit status already reaped): ``HeartbeatLost``. A run's process that ended through its
+exit hooks (SIGTERM, interpreter exit) closed its runs itself with the cause.
+
 Under load the closing is not held back by other processes: before closing, the sweeper waits
 until the catalog's spool cursor has passed the last frame of each dead run's own writer
 (``settle``, :func:`spooled_so_far_ingested`), not until the spool is empty: at a thousand
@@ -40,11 +50,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
-from odibi_observe._crash import close_as_crashed, utc
+from odibi_observe._crash import CrashEvidence, close_as_crashed, crash_cause, utc
+from odibi_observe._resources import cgroup_dir, oom_kills, read_limit, zombie_wait_status
 from odibi_observe._selfmetrics import log
 from odibi_observe.conventions import SIDECAR_METRICS, Source
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -70,6 +82,15 @@ def _process_alive(pid: int, started_ns: int | None) -> bool:
     from odibi_observe.spool import process_alive
 
     return process_alive(pid, started_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    """A live run's cgroup as the sweeper saw it: where, its ``oom_kill`` count, its limit."""
+
+    directory: Path
+    oom_kills: int | None
+    limit: int | None
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,8 @@ class Sweeper:
             SIDECAR_METRICS.sweeper_closed.labels,
             registry=registry if registry is not None else CollectorRegistry(),
         )
+        #: Live runs on this host (run_id -> their cgroup as first seen), for the OOM cause.
+        self._watched: dict[str, _Watch] = {}
 
     def verdict(self, record: RunRecord, now_ns: int) -> str | None:
         """Why ``record``'s process is gone, or None if it may still be running."""
@@ -155,11 +178,42 @@ class Sweeper:
             return None
         return HEARTBEAT_TIMEOUT if last is not None else NO_HEARTBEAT
 
-    def crashed_record(self, record: RunRecord, reason: str, now_ns: int) -> RunRecord:
+    def crashed_record(self, record: RunRecord, reason: str, now_ns: int,
+                       evidence: CrashEvidence | None = None) -> RunRecord:
         """The terminal snapshot of a run closed for ``reason`` (same ids, original start),
-        ended at its last sign of life (:func:`odibi_observe._crash.close_as_crashed`)."""
-        return close_as_crashed(record, verdict=self.verdict_text(record, reason, now_ns),
-                                closed_by=self.closed_by, source=Source.SIDECAR)
+        ended at its last sign of life (:func:`odibi_observe._crash.close_as_crashed`), its
+        ``error_type`` the cause ``evidence`` shows."""
+        cause, shown = crash_cause(evidence or CrashEvidence(
+            peak_rss_bytes=record.peak_rss_bytes, memory_limit_bytes=record.memory_limit_bytes))
+        verdict = f"{self.verdict_text(record, reason, now_ns)}; {shown}"
+        return close_as_crashed(record, verdict=verdict, closed_by=self.closed_by,
+                                source=Source.SIDECAR, cause=cause)
+
+    def _local(self, record: RunRecord) -> bool:
+        return self.pid_check and record.host == self.host and record.pid > 0
+
+    def _watch(self, record: RunRecord) -> None:
+        """Note a live local run's cgroup and its ``oom_kill`` count, once per run."""
+        if record.run_id in self._watched:
+            return
+        directory = cgroup_dir(record.pid)
+        if directory is not None:
+            self._watched[record.run_id] = _Watch(directory, oom_kills(directory),
+                                                  read_limit(directory))
+
+    def evidence(self, record: RunRecord, reason: str) -> CrashEvidence:
+        """What can be seen now of how ``record``'s process ended (read at once: its parent
+        may reap a zombie any moment)."""
+        status = None
+        if self._local(record) and reason == PROCESS_GONE:
+            status = zombie_wait_status(record.pid)
+        watch = self._watched.get(record.run_id)
+        limit = record.memory_limit_bytes
+        if watch is None:
+            return CrashEvidence(status, peak_rss_bytes=record.peak_rss_bytes,
+                                 memory_limit_bytes=limit)
+        return CrashEvidence(status, watch.oom_kills, oom_kills(watch.directory),
+                             record.peak_rss_bytes, limit if limit is not None else watch.limit)
 
     def verdict_text(self, record: RunRecord, reason: str, now_ns: int) -> str:
         """What the sweeper found about ``record``'s process, and when."""
@@ -182,7 +236,13 @@ class Sweeper:
         for record in candidates:
             reason = self.verdict(record, now)
             if reason is not None:
-                doomed.append((self.crashed_record(record, reason, now), reason))
+                evidence = self.evidence(record, reason)
+                doomed.append((self.crashed_record(record, reason, now, evidence), reason))
+            elif self._local(record):
+                self._watch(record)
+        open_ids = {r.run_id for r in candidates}
+        for run_id in [k for k in self._watched if k not in open_ids]:
+            del self._watched[run_id]  # ended (or closed): bounded by the open runs
         if self.dry_run or not doomed:
             return SweepResult(len(candidates), [r for r, _ in doomed],
                                _count(reason for _, reason in doomed))

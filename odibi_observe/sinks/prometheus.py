@@ -1,4 +1,5 @@
-"""Prometheus sink: node-run counters, rows, duration histogram and in-flight gauge.
+"""Prometheus sink: node-run counters, rows, duration histogram and in-flight gauge, and the
+resources of each run (peak memory and CPU time histograms, the memory limit gauge).
 
 Names, labels and buckets come from :mod:`odibi_observe.conventions`. Two properties matter for
 Prometheus specifically:
@@ -28,6 +29,8 @@ from odibi_observe.conventions import (
     FIELDS,
     METRICS,
     OVERFLOW_LABEL_VALUE,
+    PEAK_RSS_BUCKETS_BYTES,
+    RESOURCE_METRICS,
     RunStatus,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -65,6 +68,16 @@ class PrometheusSink(Sink):
                                   buckets=DURATION_BUCKETS_SECONDS)
         self.running = Gauge(METRICS.running.prometheus, METRICS.running.description,
                              METRICS.running.labels, registry=self.registry)
+        self.peak_rss = Histogram(RESOURCE_METRICS.peak_rss.prometheus,
+                                  RESOURCE_METRICS.peak_rss.description,
+                                  RESOURCE_METRICS.peak_rss.labels, registry=self.registry,
+                                  buckets=PEAK_RSS_BUCKETS_BYTES)
+        self.cpu = Histogram(RESOURCE_METRICS.cpu.prometheus, RESOURCE_METRICS.cpu.description,
+                             RESOURCE_METRICS.cpu.labels, registry=self.registry,
+                             buckets=DURATION_BUCKETS_SECONDS)
+        self.memory_limit = Gauge(RESOURCE_METRICS.memory_limit.prometheus,
+                                  RESOURCE_METRICS.memory_limit.description,
+                                  RESOURCE_METRICS.memory_limit.labels, registry=self.registry)
         self._series: set[tuple[str, ...]] = set()
         self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._by_labels: dict[tuple[str, ...], _Series] = {}
@@ -137,12 +150,24 @@ class PrometheusSink(Sink):
         seconds = record.duration_seconds
         if seconds is not None:
             series.duration.observe(seconds)
+        if record.peak_rss_bytes is not None:
+            series.peak_rss.observe(record.peak_rss_bytes)
+        if record.cpu_seconds is not None:
+            series.cpu.observe(record.cpu_seconds)
+        limit = record.memory_limit_bytes
+        if limit is not None and limit != series.limit_seen:
+            # The limit is read once per process: set the gauge when a series' value changes,
+            # not on every run (a sidecar sees many processes' records for one series).
+            series.limit_seen = limit
+            series.memory_limit.set(limit)
 
 
 class _Series:
-    """Children of one label set; rows, duration and running are created on first use."""
+    """Children of one label set; rows, duration, running and the resource metrics are
+    created on first use (a series never given a resource figure exposes none)."""
 
-    __slots__ = ("_duration", "_rows", "_running", "labels", "runs", "sink")
+    __slots__ = ("_cpu", "_duration", "_memory_limit", "_peak_rss", "_rows", "_running",
+                 "labels", "limit_seen", "runs", "sink")
 
     def __init__(self, runs: dict[RunStatus, Counter], labels: tuple[str, ...],
                  sink: PrometheusSink) -> None:
@@ -150,6 +175,10 @@ class _Series:
         self._rows: Counter | None = None
         self._duration: Histogram | None = None
         self._running: Gauge | None = None
+        self._peak_rss: Histogram | None = None
+        self._cpu: Histogram | None = None
+        self._memory_limit: Gauge | None = None
+        self.limit_seen: int | None = None
 
     @property
     def rows(self) -> Counter:
@@ -168,6 +197,24 @@ class _Series:
         if self._running is None:
             self._running = self.sink.running.labels(*self.labels)
         return self._running
+
+    @property
+    def peak_rss(self) -> Histogram:
+        if self._peak_rss is None:
+            self._peak_rss = self.sink.peak_rss.labels(*self.labels)
+        return self._peak_rss
+
+    @property
+    def cpu(self) -> Histogram:
+        if self._cpu is None:
+            self._cpu = self.sink.cpu.labels(*self.labels)
+        return self._cpu
+
+    @property
+    def memory_limit(self) -> Gauge:
+        if self._memory_limit is None:
+            self._memory_limit = self.sink.memory_limit.labels(*self.labels)
+        return self._memory_limit
 
 
 class MetricsServer:

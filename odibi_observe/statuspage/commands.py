@@ -42,8 +42,9 @@ exit status: 0 page written, no failed run in the window; 1 page written, failed
 runs in the window; 2 bad configuration, unreadable catalog or unwritable --out.
 
 examples:
-  odibi-observe report --catalog sqlite:///catalog.db --out status/
-  odibi-observe report --catalog postgresql://etl@db/catalog --last 7d --out /srv/www/status
+    odibi-observe report --catalog sqlite:///catalog.db --out status/
+    odibi-observe report --catalog postgresql://etl@db/catalog --last 7d \\
+        --out /srv/www/status
 """
 
 
@@ -52,7 +53,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser = sub.add_parser(
         "report", help="a self-contained HTML status page from the catalog (no Grafana)",
         description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sources = parser.add_argument_group("sources")
     sources.add_argument(
@@ -136,7 +136,9 @@ def _write(args: argparse.Namespace, since: datetime, until: datetime, now: date
     except OSError as exc:
         return _fail(f"cannot write {path}: {exc.strerror or exc}")
     if not args.quiet:
-        print(_summary(page, path))
+        from odibi_observe._termfit import fit
+
+        print(fit(_summary(page, path), sys.stdout))
     return 1 if page.failures_total else 0
 
 

@@ -23,6 +23,7 @@ from opentelemetry.util.types import AttributeValue
 from odibi_observe.conventions import (
     FIELDS,
     INSTRUMENTATION_SCOPE,
+    RESOURCE_FIELDS,
     RESOURCE_HOST,
     RESOURCE_PID,
     SPAN_NAME_FORMAT,
@@ -66,6 +67,9 @@ _A_DURATION_MS: Final = _attribute(FIELDS.duration)
 _A_ENVIRONMENT: Final = _attribute(FIELDS.environment)
 _A_SUGGESTIONS: Final = _attribute(FIELDS.suggestions)
 _A_ERROR_TYPE: Final = _attribute(FIELDS.error)
+_A_PEAK_RSS: Final = _attribute(RESOURCE_FIELDS.peak_rss)
+_A_CPU: Final = _attribute(RESOURCE_FIELDS.cpu)
+_A_MEMORY_LIMIT: Final = _attribute(RESOURCE_FIELDS.memory_limit)
 
 
 # ------------------------------------------------------------------------ record → span
@@ -165,6 +169,12 @@ def span_attributes(record: RunRecord) -> dict[str, AttributeValue]:
         attrs[_A_SUGGESTIONS] = tuple(str(s) for s in record.suggestions)
     if record.error_type:
         attrs[_A_ERROR_TYPE] = record.error_type
+    if record.peak_rss_bytes is not None:
+        attrs[_A_PEAK_RSS] = record.peak_rss_bytes
+    if record.cpu_seconds is not None:
+        attrs[_A_CPU] = record.cpu_seconds
+    if record.memory_limit_bytes is not None:
+        attrs[_A_MEMORY_LIMIT] = record.memory_limit_bytes
     for key, value in record.attributes.items():
         attrs[USER_ATTRIBUTE_PREFIX + key] = value
     return attrs
