@@ -164,6 +164,7 @@ def explain(conn: sa.Connection, sql: str) -> tuple[float, set[str], bool]:
     # The driver reads % as a placeholder even without parameters: %% is a literal %.
     row = conn.exec_driver_sql(
         f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}".replace("%", "%%")).scalar()
+    assert row is not None
     result = (json.loads(row) if isinstance(row, str) else row)[0]
     nodes = list(_plan_nodes(result["Plan"]))
     indexes = {n["Index Name"] for n in nodes if "Index Name" in n}

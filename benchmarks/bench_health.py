@@ -35,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def _hash(expr: str, prime: int) -> str:
     return f"((({expr}) * {prime}) % 4294967296) / 4294967296.0"
 
 
-def _select(total: int, span_s: int, now: str, age: str, cat: str) -> str:
+def _select(total: int, span_s: int, now: str, age: str,
+            cat: Callable[[str, str], str]) -> str:
     """The generated columns for row ``i`` (``age`` = seconds before ``now``, as SQL)."""
     k = f"(i % {NODES})"
     plant = f"({k} % 100)"
@@ -143,13 +145,15 @@ def load(engine: sa.Engine, total: int) -> None:
             index.drop(conn)
     with engine.connect() as conn:
         if sqlite:
-            now_julian = conn.exec_driver_sql("SELECT julianday('now')").scalar()
+            julian = conn.exec_driver_sql("SELECT julianday('now')").scalar()
+            assert julian is not None
+            now_julian = float(julian)
         else:
             conn.exec_driver_sql("SET synchronous_commit = off")
         for first in range(1, total + 1, CHUNK):
             last = min(first + CHUNK - 1, total)
             start = time.perf_counter()
-            sql = (_sqlite_insert(first, last, total, float(now_julian)) if sqlite
+            sql = (_sqlite_insert(first, last, total, now_julian) if sqlite
                    else _pg_insert(first, last, total))
             conn.exec_driver_sql(sql.replace("%", "%%") if not sqlite else sql)
             conn.commit()
@@ -220,7 +224,9 @@ def _explain(conn: sa.Connection, statement: str, parameters: Any) -> None:
     cursor = driver.cursor()
     if conn.dialect.name == "postgresql":
         cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}", parameters)
-        row = cursor.fetchone()[0]
+        fetched = cursor.fetchone()
+        assert fetched is not None
+        row = fetched[0]
         plan = (json.loads(row) if isinstance(row, str) else row)[0]
         nodes = list(_nodes(plan["Plan"]))
         indexes = sorted({n["Index Name"] for n in nodes if "Index Name" in n})

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from opentelemetry.sdk.resources import Resource
@@ -48,7 +49,7 @@ from prometheus_client import CollectorRegistry
 import odibi_observe as oo
 from odibi_observe._otlp_json import OtlpJsonFileSpanExporter
 
-ATTRIBUTES = {
+ATTRIBUTES: dict[str, str | int] = {
     "odibi.project": "bench", "odibi.pipeline": "bench", "odibi.node": "node",
     "odibi.environment": "bench", "odibi.status": "SUCCESS", "odibi.rows_processed": 0,
     "odibi.duration_ms": 0, "odibi.attempt": 1,
@@ -193,12 +194,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, fn in VARIANTS.items():
                 n = args.naive_runs if name == "naive" else args.runs
-                loop, total = fn(n, Path(tmp))
+                loop, whole = fn(n, Path(tmp))
                 calls[name].append(loop / n)
-                totals[name].append(total / n)
+                totals[name].append(whole / n)
     call = {k: statistics.median(v) for k, v in calls.items()}
     total = {k: statistics.median(v) for k, v in totals.items()}
-    result = {
+    result: dict[str, Any] = {
         "call_us": {k: round(v * 1e6, 1) for k, v in call.items()},
         "total_us": {k: round(v * 1e6, 1) for k, v in total.items()},
         "b_over_a_call": round(call["observe"] / call["otel"], 2),
@@ -214,7 +215,7 @@ def main() -> None:
     print(f"per node run, median of {args.rounds} rounds (µs):")
     print(f"  {'variant':<9} {'call':>8} {'total':>8}")
     for k in VARIANTS:
-        print(f"  {k:<9} {result['call_us'][k]:>8.1f} {result['total_us'][k]:>8.1f}")  # type: ignore[index]
+        print(f"  {k:<9} {result['call_us'][k]:>8.1f} {result['total_us'][k]:>8.1f}")
     print(f"(b)/(a) observe / bare otel span : call {result['b_over_a_call']:>5}   "
           f"total {result['b_over_a_total']:>5}   target <= 1.5")
     print(f"(c)/(b) naive insert / observe   : call {result['c_over_b_call']:>5}   "

@@ -105,10 +105,11 @@ def check_span_format() -> None:
     from odibi_observe.sinks.otel import record_to_span
 
     for status in ("SUCCESS", "FAILURE"):
-        r = {"run_id": "r-1", "pipeline": "p", "node": "n", "prid": "pr-1", "status": status,
-             "rows": 7, "start": 1_700_000_000_000_000_000,
-             "end": 1_700_000_000_123_456_789, "trace_id": "ab" * 16, "span_id": "cd" * 8,
-             "parent": "ef" * 8}
+        r: dict[str, Any] = {
+            "run_id": "r-1", "pipeline": "p", "node": "n", "prid": "pr-1", "status": status,
+            "rows": 7, "start": 1_700_000_000_000_000_000,
+            "end": 1_700_000_000_123_456_789, "trace_id": "ab" * 16, "span_id": "cd" * 8,
+            "parent": "ef" * 8}
         record = RunRecord(
             run_id="r-1", project="bench", pipeline="p", node="n", environment="prod",
             status=RunStatus(status), started_ns=r["start"], ended_ns=r["end"],
@@ -176,7 +177,7 @@ def generate(n: int, work: Path, seed: int = 7) -> dict[str, Any]:
             prid, parent = _uuid(rng), f"{rng.getrandbits(64) | 1:016x}"
             trace_id = f"{rng.getrandbits(128) | 1:032x}"
         start = since + HOUR_NS + i * step
-        r = {"run_id": _uuid(rng), "pipeline": PIPELINES[i % len(PIPELINES)],
+        r: dict[str, Any] = {"run_id": _uuid(rng), "pipeline": PIPELINES[i % len(PIPELINES)],
              "node": NODES[(i // 3) % len(NODES)], "prid": prid,
              "status": "FAILURE" if rng.random() < 0.02 else "SUCCESS",
              "rows": rng.randrange(100_000), "start": start,
@@ -268,7 +269,7 @@ def child_baseline(meta: dict[str, Any]) -> list[tuple[str, str]]:
     import pandas as pd
     import sqlalchemy as sa
 
-    docs = []
+    docs: list[Any] = []
     for path in sorted(Path(meta["traces"]).glob("*.jsonl.gz")):
         with gzip.open(path, "rt") as handle:
             docs.extend(json.loads(line) for line in handle)
@@ -325,7 +326,7 @@ def run_child(kind: str, meta_path: Path, out: Path) -> dict[str, Any]:
     wall = time.perf_counter() - clock
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_with_startup"] = round(wall, 2)
     return result
 

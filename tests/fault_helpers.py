@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = str(ROOT / "tests" / "fault_pipeline.py")
 CLI = ["-c", "import sys; from odibi_observe.cli import main; sys.exit(main())"]
 TERMINAL = {"SUCCESS", "FAILURE", "CRASHED"}
-RUN_ID_ATTR = FIELDS.run_id.attribute
-STATUS_ATTR = FIELDS.status.attribute
+RUN_ID_ATTR = FIELDS.run_id.attribute or ""
+STATUS_ATTR = FIELDS.status.attribute or ""
 STATUS_CODE_ERROR = 2  # opentelemetry.proto Status.STATUS_CODE_ERROR
 
 T = TypeVar("T")
@@ -547,7 +547,7 @@ def throwaway_postgres_or_skip() -> ThrowawayPostgres:
 # -- a tiny tmpfs -----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "256k") -> Any:
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Callable[[str], None]]:
     """Mount a tmpfs of ``size`` on ``path`` (root only); yields a ``resize(size)`` function."""
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],

@@ -60,7 +60,7 @@ def _times(values: list[float]) -> str:
 
 
 def rows(figures: list[dict[str, Any]], results: dict[str, str]) -> list[tuple[str, ...]]:
-    out = []
+    out: list[tuple[str, ...]] = []
     for f in figures:
         name = f["test"].split("::", 1)[-1]
         out.append((name, results.get(name, "?"), str(f["trials"]), str(f["runs"]),

@@ -363,9 +363,14 @@ def test_a_catalog_that_is_unreachable_is_retried_not_bisected(tmp_path: Path) -
     url = f"sqlite:///{home / 'catalog.db'}"
     monitor = _monitor()
     sink = CatalogSink(url)
-    calls = []
+    calls: list[int] = []
     real_export = sink.export
-    sink.export = lambda events: (calls.append(len(events)), real_export(events))[1]
+
+    def counted_export(events: Sequence[RunEvent]) -> None:
+        calls.append(len(events))
+        real_export(events)
+
+    sink.export = counted_export  # type: ignore[method-assign]  # count the calls it gets
     bus = EventBus([sink], mode="inline", monitor=monitor, retry_initial=60)
     runs = [finished(make_record()) for _ in range(16)]
     bus._channels[0].deliver_inline(runs)

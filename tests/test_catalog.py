@@ -20,7 +20,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -474,7 +474,7 @@ class CatalogContract:
                     f"SELECT * FROM {CATALOG_TABLE} ORDER BY {order.name}"
                 ).all()
                 typed = conn.execute(sa.select(meta_runs).order_by(order)).mappings().all()
-                storage: list[Any] = []
+                storage: Sequence[Any] = []
                 if conn.dialect.name == "sqlite":
                     storage = conn.execute(
                         sa.select(*(sa.func.typeof(c) for c in meta_runs.c)).order_by(order)
@@ -1054,7 +1054,8 @@ def test_driver_upsert_only_where_it_binds_like_sqlalchemy(
     # psycopg2 and other drivers keep SQLAlchemy's execution, which batches their rows.
     upserts = catalog_fastpath._native_statements("postgresql")
     driver_upsert = catalog_fastpath._DriverUpsert
-    assert driver_upsert.for_dialect(postgresql.psycopg2.dialect(), *upserts) is None
+    dialect = postgresql.psycopg2.dialect()  # type: ignore[no-untyped-call]  # not annotated
+    assert driver_upsert.for_dialect(dialect, *upserts) is None
 
     # A SQLAlchemy that stored times differently would make the store fall back, not diverge.
     def seconds_only() -> Callable[[int], str]:

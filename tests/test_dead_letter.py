@@ -39,8 +39,8 @@ from tests.helpers import POISON_NODE, POISON_NODE_ESCAPED, finished, make_recor
 from tests.otlp_receiver import OtlpReceiver
 
 PIPELINE = str(ROOT / "tests" / "poison_pipeline.py")
-NODE_ATTR = FIELDS.node.attribute
-RUN_ID_ATTR = FIELDS.run_id.attribute
+NODE_ATTR = FIELDS.node.attribute or ""
+RUN_ID_ATTR = FIELDS.run_id.attribute or ""
 NODE_COLUMN = FIELDS.node.column
 RUNS = METRICS.runs.prometheus
 

@@ -185,7 +185,7 @@ def test_collector_references_only_defined_components() -> None:
     for ext in service["extensions"]:
         assert ext in config["extensions"], ext
     assert set(config["extensions"]) == set(service["extensions"])
-    used = {"receivers": set(), "processors": set(), "exporters": set()}
+    used: dict[str, set[str]] = {"receivers": set(), "processors": set(), "exporters": set()}
     for pipeline in service["pipelines"].values():
         for kind, names in used.items():
             for component in pipeline[kind]:

@@ -35,7 +35,7 @@ import pytest
 
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import CRASH_HEARTBEAT_LOST, RunStatus
-from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.record import EventKind, RunEvent, datetime_to_ns
 from odibi_observe.sidecar.sweeper import HEARTBEAT_TIMEOUT, Sweeper
 from odibi_observe.spool import Spool
 from tests import fault_helpers
@@ -364,9 +364,9 @@ def test_heartbeat_judged_crash_then_real_end_the_real_ending_wins_everywhere(
     assert crash.attributes["odibi.status"] == "CRASHED"
     assert crash.attributes["error.type"] == CRASH_HEARTBEAT_LOST
     assert real.attributes["odibi.status"] == "SUCCESS"
-    assert crash.end_ns // 1000 == fault_helpers.datetime_to_ns(crashed_row["ended_at"]) // 1000
+    assert crash.end_ns // 1000 == datetime_to_ns(crashed_row["ended_at"]) // 1000
     assert real.end_ns > crash.end_ns
-    assert real.end_ns // 1000 == fault_helpers.datetime_to_ns(final["ended_at"]) // 1000
+    assert real.end_ns // 1000 == datetime_to_ns(final["ended_at"]) // 1000
 
     ledger = SpanLedger(pg_url)
     for span in (crash, real):  # as the sidecar's receiver would get them, one export each
@@ -636,7 +636,8 @@ def test_truncated_and_corrupted_spool_frames_are_skipped_and_counted(
 
 # -- the spool's disk full ---------------------------------------------------------------------
 
-def _spool_limit(tmp_path: Path) -> tuple[Path, object, dict[str, str]]:
+def _spool_limit(
+        tmp_path: Path) -> tuple[Path, contextlib.AbstractContextManager[object], dict[str, str]]:
     """A spool directory that fills at 256 KiB: a tmpfs as root, else the spool size limit
     (also with ``ODIBI_OBSERVE_FAULT_SIZE_LIMIT=1``)."""
     spool = tmp_path / "spool"

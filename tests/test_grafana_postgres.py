@@ -86,7 +86,7 @@ def fill_catalog(url: str) -> None:
     upgrade(url)
     subprocess.run([sys.executable, "-c", DEMO, url], check=True, cwd=ROOT,
                    timeout=120, capture_output=True)
-    identity = dict(project="demo", environment="local", pipeline="daily_sales")
+    identity: dict[str, Any] = dict(project="demo", environment="local", pipeline="daily_sales")
     running = make_record(status=RunStatus.RUNNING, node="ingest_orders", **identity)
     crashed = make_record(status=RunStatus.CRASHED, node="publish_report", attempt=2,
                           error_type="SIGTERM", error_message="terminated by signal 15",

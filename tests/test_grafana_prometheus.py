@@ -211,7 +211,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
 def _ready(prom: Prometheus) -> bool:
     try:
         with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as resp:
-            return resp.status == 200
+            status: int = resp.status
+            return status == 200
     except OSError:
         return False
 

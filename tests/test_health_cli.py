@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ def _health(url: str, out: Path, *extra: str) -> tuple[int, str, str]:
     return cli("health", "--catalog", url, "--out", str(out), *extra)
 
 
-def _recorded(url: str, state: str | None = None) -> list[dict[str, object]]:
+def _recorded(url: str, state: str | None = None) -> list[dict[str, Any]]:
     engine = create_catalog_engine(url)
     try:
         return findings(engine, state=state)

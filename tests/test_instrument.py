@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from typing import Any
 
 import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 import odibi_observe as oo
 from odibi_observe._instrument import rows_from_result
@@ -129,7 +130,7 @@ def test_async_nodes_and_concurrent_tasks_keep_their_own_run() -> None:
             return await asyncio.gather(*(fetch(n) for n in range(5)))
 
         assert asyncio.run(main()) == [list(range(n)) for n in range(5)]
-    recs = sorted(runs.finished, key=lambda r: r.attributes["n"])  # type: ignore[arg-type, return-value]
+    recs = sorted(runs.finished, key=lambda r: r.attributes["n"])
     assert [r.rows_processed for r in recs] == [0, 1, 2, 3, 4]
     assert len({r.run_id for r in recs}) == 5
 
@@ -210,7 +211,7 @@ def test_node_nests_under_the_callers_span_and_user_spans_nest_under_the_node() 
     parent_ctx = pipeline_span.get_span_context()
     assert rec.trace_id == f"{parent_ctx.trace_id:032x}"
     assert rec.parent_span_id == f"{parent_ctx.span_id:016x}"
-    assert inner.parent is not None
+    assert isinstance(inner, ReadableSpan) and inner.parent is not None
     assert f"{inner.parent.span_id:016x}" == rec.span_id
     assert trace.get_current_span().get_span_context().is_valid is False
 
@@ -337,8 +338,8 @@ def test_record_finished_equals_dataclasses_replace() -> None:
     from tests.helpers import make_record
 
     rec = make_record(status=RunStatus.RUNNING)
-    changes = {"status": RunStatus.FAILURE, "ended_ns": rec.started_ns + 5, "rows_processed": 3,
-               "suggestions": ("x",)}
+    changes: dict[str, Any] = {"status": RunStatus.FAILURE, "ended_ns": rec.started_ns + 5,
+                               "rows_processed": 3, "suggestions": ("x",)}
     assert rec.finished(**changes) == dataclasses.replace(rec, **changes)
     with pytest.raises(TypeError, match="no field"):
         rec.finished(colour="red")

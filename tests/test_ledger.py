@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from odibi_observe._otlp_json import SpanView, iter_spans
 from odibi_observe.catalog.schema import span_ledger, utc
-from odibi_observe.conventions import FIELDS, RunStatus
+from odibi_observe.conventions import FIELDS, Field, RunStatus
 from odibi_observe.reconcile.ledger import LedgerSource
 from odibi_observe.reconcile.model import ReadLog, ReadRange
 from odibi_observe.record import RunRecord
@@ -59,6 +59,12 @@ def views(records: Sequence[RunRecord], extra: Sequence[ReadableSpan] = ()) -> l
 
 def terminal(**changes: Any) -> RunRecord:
     return make_record(pipeline_run_id=str(uuid.uuid4()), attempt=2, **changes)
+
+
+def attribute(field: Field) -> str:
+    """The span attribute key of ``field`` (every field these tests change has one)."""
+    assert field.attribute is not None
+    return field.attribute
 
 
 def ledger_rows(ledger: SpanLedger) -> list[dict[str, Any]]:
@@ -137,10 +143,10 @@ def test_attributes_of_the_wrong_type_are_stored_as_null_and_counted(
         ledger: SpanLedger) -> None:
     good = views([terminal(rows=7)])[0]
     attrs = dict(good.attributes)
-    attrs[FIELDS.rows.attribute] = "7"               # a string, not an int
-    attrs[FIELDS.attempt.attribute] = True           # a bool is not an attempt number
-    attrs[FIELDS.duration.attribute] = 2**70         # beyond BIGINT (JSON allows it)
-    attrs[FIELDS.status.attribute] = 3               # an int, not a status
+    attrs[attribute(FIELDS.rows)] = "7"           # a string, not an int
+    attrs[attribute(FIELDS.attempt)] = True       # a bool is not an attempt number
+    attrs[attribute(FIELDS.duration)] = 2**70     # beyond BIGINT (JSON allows it)
+    attrs[attribute(FIELDS.status)] = 3           # an int, not a status
     bad = dataclasses.replace(good, attributes=attrs)
     result = ledger.store([bad])
     assert result.stored == 1
@@ -150,7 +156,7 @@ def test_attributes_of_the_wrong_type_are_stored_as_null_and_counted(
     (row,) = ledger_rows(ledger)
     assert row["rows_processed"] is None and row["attempt"] is None
     assert row["duration_ms"] is None and row["status"] is None
-    assert row["pipeline_name"] == good.attributes[FIELDS.pipeline.attribute]
+    assert row["pipeline_name"] == good.attributes[attribute(FIELDS.pipeline)]
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -162,7 +168,7 @@ def test_attributes_of_the_wrong_type_are_stored_as_null_and_counted(
     ({"start_ns": 0}, "no start time"),
 ])
 def test_spans_that_cannot_be_keyed_are_rejected_with_a_reason(
-        ledger: SpanLedger, change: dict[str, object], reason: str) -> None:
+        ledger: SpanLedger, change: dict[str, Any], reason: str) -> None:
     span = dataclasses.replace(views([terminal()])[0], **change)
     ok = views([terminal()])[0]
     result = ledger.store([span, ok])

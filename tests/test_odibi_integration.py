@@ -458,7 +458,9 @@ def test_a_retried_node_is_one_run_with_its_attempts(retried: Outcome) -> None:
 
     flaky = records["load_warehouse"]  # failed once, then succeeded
     assert (flaky.status, flaky.attempt, flaky.rows_processed) == (RunStatus.SUCCESS, 2, 40)
-    (earlier,) = flaky.attributes["retry_errors"]  # type: ignore[misc]
+    retry_errors = flaky.attributes["retry_errors"]
+    assert isinstance(retry_errors, tuple)
+    (earlier,) = retry_errors
     assert earlier == ("attempt 1: NodeExecutionError: ConnectionError: "
                        "warehouse connection reset by peer")
 
@@ -573,7 +575,7 @@ def test_instrument_is_idempotent_and_uninstrument_restores_odibi() -> None:
     observe_odibi.instrument()
     try:
         assert [vars(owner)[name] for owner, name in methods] == wrapped
-        assert all(w is not b and w.__wrapped__ is b  # type: ignore[attr-defined]
+        assert all(w is not b and w.__wrapped__ is b
                    for w, b in zip(wrapped, before, strict=True))
     finally:
         observe_odibi.uninstrument()

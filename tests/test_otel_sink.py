@@ -342,7 +342,7 @@ def test_unencodable_text_reaches_otlp_escaped_with_the_rest_of_its_batch(
     sink.export([finished(poison), finished(good)])
     spans = {s.span_id: s for s in receiver.wait_for_spans(2)}
     span = spans[poison.span_id]
-    assert span.attributes[FIELDS.node.attribute] == POISON_NODE_ESCAPED
+    assert span.attributes[FIELDS.node.attribute or ""] == POISON_NODE_ESCAPED
     assert span.attributes[USER_ATTRIBUTE_PREFIX + "file"] == POISON_NODE_ESCAPED
     assert POISON_NODE_ESCAPED in span.name
     assert good.span_id in spans

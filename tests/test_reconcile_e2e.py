@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ def _pipeline(url: str, traces: Path) -> dict[str, str]:
     def node(name: str, rows: int, fail: bool = False) -> None:
         @oo.observe_node(pipeline="nightly", node=name)
         def body() -> list[int]:
-            ids[name] = oo.current_run().run_id
+            run_id = oo.current_run().run_id
+            assert run_id is not None
+            ids[name] = run_id
             oo.current_run().set_attribute("batch", 7)
             if fail:
                 raise SuggestedError("column 'segment' not found")
@@ -89,7 +92,7 @@ def _kill_mid_node(url: str, traces: Path) -> str:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
 
-        def running() -> list[Any]:
+        def running() -> Sequence[Any]:
             with engine.connect() as conn:
                 return conn.execute(sa.text(
                     "SELECT run_id FROM meta_runs WHERE status = 'RUNNING' AND pid = :p"),

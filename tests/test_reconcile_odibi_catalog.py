@@ -247,7 +247,7 @@ def test_odibis_sql_table_raises_no_false_alarm(odibi_sql: str, odibi_runs: dict
 
 
 def _odibi_row(url: str, run_id: str, status: str, rows: int, metrics: dict[str, Any],
-               when: datetime, duration_ms: int = 0) -> None:
+               when: datetime, duration_ms: int | None = 0) -> None:
     execute(url, "INSERT INTO meta_runs VALUES (:r, 'shop', 'sales', 'n', :s, :rows, :d, :m, "
                  "'prod', :ts, :day)", r=run_id, s=status, rows=rows, d=duration_ms,
             m=json.dumps(metrics), ts=when.replace(tzinfo=None), day=when.date())

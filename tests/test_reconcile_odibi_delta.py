@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def _odibi_row(record: RunRecord, **changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An Odibi project whose run ids are stamped on the spans (odibi-observe's integration),
     with one fault of each kind Odibi's table can have."""
     base = tmp_path_factory.mktemp("odibi")

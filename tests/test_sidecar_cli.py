@@ -58,7 +58,7 @@ class SidecarProcess:
         match = re.search(r"listening on (http://\S+)", self.banner[0])
         if match is None:
             self.proc.kill()
-            _, err = self.proc.communicate(10)
+            _, err = self.proc.communicate(timeout=10)
             raise AssertionError(f"sidecar did not start: {self.banner[0]!r} {err}")
         self.url = match.group(1)
         self.banner += [self.proc.stdout.readline() for _ in range(4)]

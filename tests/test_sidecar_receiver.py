@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format
-from google.rpc import status_pb2
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -51,7 +51,7 @@ class Sidecar:
         self.server = SidecarServer("127.0.0.1", 0, registry=self.registry,
                                     receiver=self.receiver).start()
 
-    def post(self, body: bytes, *, content_type: str = PB, path: str = "/v1/traces",
+    def post(self, body: bytes | str, *, content_type: str = PB, path: str = "/v1/traces",
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
         try:
@@ -79,9 +79,10 @@ def sidecar(catalog_url: str) -> Iterator[Sidecar]:
 
 
 def _response(body: bytes, content_type: str = PB) -> ExportTraceServiceResponse:
-    if content_type == PB:
-        return ExportTraceServiceResponse.FromString(body)
-    return json_format.Parse(body, ExportTraceServiceResponse())
+    response: ExportTraceServiceResponse = (
+        ExportTraceServiceResponse.FromString(body) if content_type == PB
+        else json_format.Parse(body, ExportTraceServiceResponse()))
+    return response
 
 
 def _status(body: bytes, content_type: str = PB) -> status_pb2.Status:
@@ -294,7 +295,7 @@ def test_the_sdk_otlp_exporter_delivers_node_spans_into_the_ledger(sidecar: Side
     try:
         assert exporter.export([*node_spans(records), other_span()]) is SpanExportResult.SUCCESS
     finally:
-        exporter.shutdown()
+        exporter.shutdown()  # type: ignore[no-untyped-call]  # the exporter is not annotated
     assert {r["run_id"] for r in ledger_rows(sidecar.ledger)} == {r.run_id for r in records}
     assert sidecar.spans("ignored") == 1
 

@@ -156,11 +156,13 @@ def test_a_killed_pipeline_run_is_closed_with_a_crash_span_with_its_own_ids(
         assert wait_until(lambda: hung in catalog_rows(catalog_url), 20)
         running = catalog_rows(catalog_url)[hung]
         assert running.status is RunStatus.RUNNING
-        assert sidecar.sweep_once().closed == []  # alive: left alone
+        alive = sidecar.sweep_once()
+        assert alive is not None and alive.closed == []  # alive: left alone
 
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         result = sidecar.sweep_once()
+        assert result is not None
         assert [r.run_id for r in result.closed] == [hung]
         assert result.reasons == {"process_gone": 1}
 
@@ -237,7 +239,8 @@ def test_no_sweep_while_a_run_s_ending_is_still_spooled(
 
     catalog.broken.clear()
     assert wait_until(lambda: sidecar.pump.backlog()["catalog"] == 0, 20)
-    assert sidecar.sweep_once().closed == []
+    recovered = sidecar.sweep_once()
+    assert recovered is not None and recovered.closed == []
     assert catalog_rows(sqlite_url)[record.run_id].status is RunStatus.SUCCESS
 
 

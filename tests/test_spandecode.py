@@ -66,7 +66,7 @@ def plain(request: ExportTraceServiceRequest) -> None:
 
 def rows_as_text(request: ExportTraceServiceRequest) -> None:
     """Rows sent as a string by some other writer: no reader may guess a number."""
-    _attribute(request, FIELDS.rows.attribute).value.string_value = "7"
+    _attribute(request, FIELDS.rows.attribute or "").value.string_value = "7"
 
 
 def no_status_attribute(request: ExportTraceServiceRequest) -> None:
@@ -133,7 +133,7 @@ def window() -> ReadRange:
     return ReadRange(BASE_NS, BASE_NS + 24 * HOUR, time.time_ns())
 
 
-def through_receiver(tmp_path: Path, name: str, body: bytes, content_type: str
+def through_receiver(tmp_path: Path, name: str, body: bytes | str, content_type: str
                      ) -> tuple[TraceRun, SpanLedger]:
     """Post ``body`` to a sidecar over HTTP; the run its ledger holds, as reconciliation
     reads it back."""
@@ -196,6 +196,7 @@ def test_one_span_decodes_to_the_same_fields_in_every_reader(
     }
     assert {name: got for name, got in readers.items() if got != expected} == {}
     # What only the span carries agrees wherever it is kept.
+    assert from_tempo is not None
     assert scanned.error_message == decoded.error_message == from_tempo.error_message \
         == from_json.error_message
     assert decoded.suggestions == from_tempo.suggestions == from_json.suggestions

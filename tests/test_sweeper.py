@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -36,7 +38,7 @@ MINUTE_NS = 60 * 10**9
 NOW_NS = 1_780_000_000 * 10**9  # a fixed "now" for the frozen clock
 
 
-def running(store: CatalogStore, **changes: object) -> RunRecord:
+def running(store: CatalogStore, **changes: Any) -> RunRecord:
     """Insert a RUNNING row (as a node's start would) and return its record."""
     record = make_record(status=RunStatus.RUNNING, **changes)
     store.upsert([RunEvent(EventKind.STARTED, record)])
@@ -51,7 +53,7 @@ def dead_pid() -> int:
 
 
 @pytest.fixture
-def store(catalog_url: str) -> CatalogStore:
+def store(catalog_url: str) -> Iterator[CatalogStore]:
     s = CatalogStore(catalog_url)
     s.ensure_schema()
     yield s
