@@ -43,8 +43,14 @@ from odibi_observe.grafana import expand
 from odibi_observe.grafana.dashboards import build_dashboards
 
 DATABASE = "oo_bench_dashboards"
-READONLY_SQL = (Path(__file__).resolve().parent.parent / "deploy" / "postgres" / "initdb.d"
-                / "sql" / "grafana-readonly.sql")
+READONLY_SQL = (
+    Path(__file__).resolve().parent.parent
+    / "deploy"
+    / "postgres"
+    / "initdb.d"
+    / "sql"
+    / "grafana-readonly.sql"
+)
 BUDGET_MS = 200.0
 PIPELINES, NODES_PER_PIPELINE, PROJECTS = 50, 20, 5
 NODES = PIPELINES * NODES_PER_PIPELINE
@@ -64,9 +70,11 @@ def _insert_sql(first: int, last: int, total: int, days: int) -> str:
     ones the dashboards' time ranges select, as in a real catalog."""
     k = f"(i % {NODES})"
     pipeline = f"({k} / {NODES_PER_PIPELINE})"
-    status = (f"CASE WHEN i > {total - 20} THEN 'RUNNING' "
-              "WHEN (i * 7919) % 1000 < 20 THEN 'FAILURE' "
-              "WHEN (i * 7919) % 1000 < 25 THEN 'CRASHED' ELSE 'SUCCESS' END")
+    status = (
+        f"CASE WHEN i > {total - 20} THEN 'RUNNING' "
+        "WHEN (i * 7919) % 1000 < 20 THEN 'FAILURE' "
+        "WHEN (i * 7919) % 1000 < 25 THEN 'CRASHED' ELSE 'SUCCESS' END"
+    )
     columns = ", ".join(schema.COLUMNS)
     return f"""
 INSERT INTO {CATALOG_TABLE} ({columns})
@@ -122,8 +130,10 @@ def load(engine: sa.Engine, total: int, days: int) -> None:
             start = time.perf_counter()
             conn.execute(sa.text(_insert_sql(first, last, total, days)))
             conn.commit()
-            print(f"  rows {first:>10,}..{last:>10,}  {time.perf_counter() - start:6.1f} s",
-                  flush=True)
+            print(
+                f"  rows {first:>10,}..{last:>10,}  {time.perf_counter() - start:6.1f} s",
+                flush=True,
+            )
         conn.exec_driver_sql("SET maintenance_work_mem = '512MB'")
         for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
             start = time.perf_counter()
@@ -137,17 +147,36 @@ def load(engine: sa.Engine, total: int, days: int) -> None:
             report_id = str(uuid.uuid4())
             missing = night % 3
             counts = dict.fromkeys(DISCREPANCY_KINDS, 0) | {"missing_in_catalog": missing}
-            conn.execute(schema.reconciliation.insert().values(
-                report_id=report_id, created_at=created, window_start=created - timedelta(
-                    days=1), window_end=created, grace_seconds=300.0, catalog_runs=166_000,
-                trace_runs=166_000 + missing, matched=166_000, discrepancies=missing,
-                discrepancies_json=json.dumps(counts),
-                completeness_ratio=166_000 / (166_000 + missing), repaired=0, errors=0))
+            conn.execute(
+                schema.reconciliation.insert().values(
+                    report_id=report_id,
+                    created_at=created,
+                    window_start=created - timedelta(days=1),
+                    window_end=created,
+                    grace_seconds=300.0,
+                    catalog_runs=166_000,
+                    trace_runs=166_000 + missing,
+                    matched=166_000,
+                    discrepancies=missing,
+                    discrepancies_json=json.dumps(counts),
+                    completeness_ratio=166_000 / (166_000 + missing),
+                    repaired=0,
+                    errors=0,
+                )
+            )
             for item in range(missing):
-                conn.execute(schema.reconciliation_items.insert().values(
-                    report_id=report_id, item=item, kind="missing_in_catalog",
-                    run_id=f"bench-{night}-{item}", pipeline_name="pipeline_1",
-                    node_name="node_21", started_at=created, trace_id=f"{item + 1:032x}"))
+                conn.execute(
+                    schema.reconciliation_items.insert().values(
+                        report_id=report_id,
+                        item=item,
+                        kind="missing_in_catalog",
+                        run_id=f"bench-{night}-{item}",
+                        pipeline_name="pipeline_1",
+                        node_name="node_21",
+                        started_at=created,
+                        trace_id=f"{item + 1:032x}",
+                    )
+                )
     with engine.connect() as conn:
         conn.execute(sa.text("ANALYZE"))
         conn.commit()
@@ -163,13 +192,15 @@ def explain(conn: sa.Connection, sql: str) -> tuple[float, set[str], bool]:
     """Execution + planning ms, the indexes used, whether meta_runs was scanned whole."""
     # The driver reads % as a placeholder even without parameters: %% is a literal %.
     row = conn.exec_driver_sql(
-        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}".replace("%", "%%")).scalar()
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}".replace("%", "%%")
+    ).scalar()
     assert row is not None
     result = (json.loads(row) if isinstance(row, str) else row)[0]
     nodes = list(_plan_nodes(result["Plan"]))
     indexes = {n["Index Name"] for n in nodes if "Index Name" in n}
-    seq = any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == CATALOG_TABLE
-              for n in nodes)
+    seq = any(
+        n["Node Type"] == "Seq Scan" and n.get("Relation Name") == CATALOG_TABLE for n in nodes
+    )
     return result["Execution Time"] + result["Planning Time"], indexes, seq
 
 
@@ -182,8 +213,12 @@ def variables(uid: str, conn: sa.Connection) -> dict[str, Any]:
             "pipeline": [f"pipeline_{p}" for p in range(PIPELINES)],
         }
     if uid == "odibi-node-drilldown":
-        return {"project": "project_1", "environment": "prod", "pipeline": "pipeline_1",
-                "node": "node_21"}
+        return {
+            "project": "project_1",
+            "environment": "prod",
+            "pipeline": "pipeline_1",
+            "node": "node_21",
+        }
     return {}
 
 
@@ -206,9 +241,13 @@ def measure(engine: sa.Engine) -> bool:
         for built in build_dashboards():
             for query in built.sql:
                 for i, span in enumerate(RANGES[built.uid]):
-                    sql = expand.sql(query.sql, variables(built.uid, conn),
-                                     time_from=now - span, time_to=now, interval="1m"
-                                     if span <= timedelta(days=1) else "1h")
+                    sql = expand.sql(
+                        query.sql,
+                        variables(built.uid, conn),
+                        time_from=now - span,
+                        time_to=now,
+                        interval="1m" if span <= timedelta(days=1) else "1h",
+                    )
                     explain(conn, sql)  # warm-up
                     runs = [explain(conn, sql) for _ in range(REPEAT)]
                     times = [r[0] for r in runs]
@@ -220,8 +259,11 @@ def measure(engine: sa.Engine) -> bool:
                     ok = ok and not slow and not whole
                     flag = " SLOW" if slow else " SEQ SCAN" if whole else ""
                     label = f"{built.uid.removeprefix('odibi-')} / {query.key}"
-                    print(f"{label:<44} {_human(span):>6} {median:7.1f}ms {max(times):7.1f}ms  "
-                          f"{', '.join(sorted(indexes)) or '-'}{flag}", flush=True)
+                    print(
+                        f"{label:<44} {_human(span):>6} {median:7.1f}ms {max(times):7.1f}ms  "
+                        f"{', '.join(sorted(indexes)) or '-'}{flag}",
+                        flush=True,
+                    )
     return ok
 
 
@@ -236,16 +278,18 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
-    parser.add_argument("--reuse", action="store_true",
-                        help="use the database of an earlier --keep run as it is")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the database of an earlier --keep run as it is"
+    )
     args = parser.parse_args()
     if not args.pg:
         parser.error("--pg URL is required (or set ODIBI_OBSERVE_TEST_PG_URL)")
     admin = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
     url = sa.engine.make_url(args.pg).set(database=DATABASE)
     with admin.connect() as conn:
-        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
-                              {"d": DATABASE}).scalar()
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": DATABASE}
+        ).scalar()
         if exists and not args.reuse:
             conn.execute(sa.text(f'DROP DATABASE "{DATABASE}" WITH (FORCE)'))
         if not exists or not args.reuse:
@@ -261,7 +305,8 @@ def main() -> int:
         with engine.connect() as conn:
             count = conn.exec_driver_sql(f"SELECT count(*) FROM {CATALOG_TABLE}").scalar()
             size = conn.exec_driver_sql(
-                f"SELECT pg_size_pretty(pg_total_relation_size('{CATALOG_TABLE}'))").scalar()
+                f"SELECT pg_size_pretty(pg_total_relation_size('{CATALOG_TABLE}'))"
+            ).scalar()
             version = conn.exec_driver_sql("SHOW server_version").scalar()
         print(f"{CATALOG_TABLE}: {count:,} rows, {size} with indexes; PostgreSQL {version}")
         ok = measure(engine)
@@ -271,8 +316,10 @@ def main() -> int:
             with admin.connect() as conn:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
         admin.dispose()
-    print(f"\nevery query at its dashboard's default range within {BUDGET_MS:.0f} ms, "
-          f"with an index: {'yes' if ok else 'NO'}")
+    print(
+        f"\nevery query at its dashboard's default range within {BUDGET_MS:.0f} ms, "
+        f"with an index: {'yes' if ok else 'NO'}"
+    )
     return 0 if ok else 1
 
 

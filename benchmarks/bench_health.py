@@ -51,8 +51,14 @@ DATABASE = "oo_bench_health"
 NODES, PER_PIPELINE, DAYS = 1_000, 20, 60
 CHUNK = 1_000_000
 PLANTS = {"volume": 0, "slow": 1, "zero": 2, "stale": 3, "failing": 4, "flaky": 7}
-EXPECTED = {"volume_anomaly": 10, "duration_anomaly": 10, "zero_rows": 10, "freshness": 20,
-            "failure_streak": 10, "flaky": 10}
+EXPECTED = {
+    "volume_anomaly": 10,
+    "duration_anomaly": 10,
+    "zero_rows": 10,
+    "freshness": 20,
+    "failure_streak": 10,
+    "flaky": 10,
+}
 
 
 def _hash(expr: str, prime: int) -> str:
@@ -60,8 +66,7 @@ def _hash(expr: str, prime: int) -> str:
     return f"((({expr}) * {prime}) % 4294967296) / 4294967296.0"
 
 
-def _select(total: int, span_s: int, now: str, age: str,
-            cat: Callable[[str, str], str]) -> str:
+def _select(total: int, span_s: int, now: str, age: str, cat: Callable[[str, str], str]) -> str:
     """The generated columns for row ``i`` (``age`` = seconds before ``now``, as SQL)."""
     k = f"(i % {NODES})"
     plant = f"({k} % 100)"
@@ -70,21 +75,25 @@ def _select(total: int, span_s: int, now: str, age: str,
     base_dur = f"(1000 + ({k} * 37) % 500 * 100)"
     cadence = span_s * NODES / total
     failing, zero = max(5 * cadence, 7200), max(3 * cadence, 7200)
-    fail = (f"({u1} < 0.01 OR ({plant} = {PLANTS['failing']} AND {age} < {failing}))")
-    rows = (f"CASE WHEN {plant} = {PLANTS['zero']} AND {age} < {zero} THEN 0 "
-            f"WHEN {plant} = {PLANTS['volume']} AND {age} < 21600 "
-            f"THEN CAST({base_rows} * 0.01 AS INTEGER) "
-            f"ELSE CAST({base_rows} * (0.98 + 0.04 * {u2}) AS INTEGER) END")
-    dur = (f"CAST({base_dur} * (0.98 + 0.04 * {u3}) * CASE WHEN {plant} = {PLANTS['slow']} "
-           f"AND {age} < 21600 THEN 10 ELSE 1 END AS INTEGER)")
+    fail = f"({u1} < 0.01 OR ({plant} = {PLANTS['failing']} AND {age} < {failing}))"
+    rows = (
+        f"CASE WHEN {plant} = {PLANTS['zero']} AND {age} < {zero} THEN 0 "
+        f"WHEN {plant} = {PLANTS['volume']} AND {age} < 21600 "
+        f"THEN CAST({base_rows} * 0.01 AS INTEGER) "
+        f"ELSE CAST({base_rows} * (0.98 + 0.04 * {u2}) AS INTEGER) END"
+    )
+    dur = (
+        f"CAST({base_dur} * (0.98 + 0.04 * {u3}) * CASE WHEN {plant} = {PLANTS['slow']} "
+        f"AND {age} < 21600 THEN 10 ELSE 1 END AS INTEGER)"
+    )
     return f"""
-  {cat('r', 'i')} AS run_id, 'bench' AS project,
-  {cat('pipeline_', f'({k} / {PER_PIPELINE})')} AS pipeline_name,
-  {cat('node_', k)} AS node_name,
+  {cat("r", "i")} AS run_id, 'bench' AS project,
+  {cat("pipeline_", f"({k} / {PER_PIPELINE})")} AS pipeline_name,
+  {cat("node_", k)} AS node_name,
   CASE WHEN {fail} THEN 'FAILURE' ELSE 'SUCCESS' END AS status,
   CASE WHEN {fail} THEN NULL ELSE {rows} END AS rows_processed,
   {dur} AS duration_ms,
-  CASE WHEN {plant} = {PLANTS['flaky']} AND {u3} < 0.2 THEN 2 ELSE 1 END AS attempt,
+  CASE WHEN {plant} = {PLANTS["flaky"]} AND {u3} < 0.2 THEN 2 ELSE 1 END AS attempt,
   {age} AS age_s,
   {plant} AS plant
 """
@@ -98,6 +107,7 @@ def _stale(total: int) -> float:
 def _pg_insert(first: int, last: int, total: int) -> str:
     def cat(prefix: str, expr: str) -> str:
         return f"'{prefix}' || {expr}"
+
     span_s = DAYS * 86_400
     age = f"({span_s}.0 * ({total} - i) / {total})"
     columns = ", ".join(schema.COLUMNS)
@@ -109,31 +119,33 @@ SELECT run_id, project, pipeline_name, node_name, status, rows_processed, durati
   CASE WHEN status = 'FAILURE' THEN 'ValueError' END, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, 'decorator', started
 FROM (SELECT *, now() - age_s * interval '1 second' AS started FROM (SELECT
-{_select(total, span_s, 'now()', age, cat)}
+{_select(total, span_s, "now()", age, cat)}
 FROM generate_series({first}::bigint, {last}::bigint) AS i) AS g
-WHERE NOT (plant = {PLANTS['stale']} AND age_s < {_stale(total)})) AS r
+WHERE NOT (plant = {PLANTS["stale"]} AND age_s < {_stale(total)})) AS r
 """
 
 
 def _sqlite_insert(first: int, last: int, total: int, now_julian: float) -> str:
     def cat(prefix: str, expr: str) -> str:
         return f"'{prefix}' || {expr}"
+
     span_s = DAYS * 86_400
     age = f"({span_s}.0 * ({total} - i) / {total})"
 
     def at(seconds: str) -> str:
-        return (f"strftime('%Y-%m-%d %H:%M:%f', {now_julian} - ({seconds}) / 86400.0) || '000'")
+        return f"strftime('%Y-%m-%d %H:%M:%f', {now_julian} - ({seconds}) / 86400.0) || '000'"
+
     return f"""
 WITH RECURSIVE c(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM c WHERE i < {last})
 INSERT INTO {CATALOG_TABLE} (run_id, project, pipeline_name, node_name, status,
   rows_processed, duration_ms, metrics_json, environment, timestamp, date, attempt, started_at,
   ended_at, error_type, source, updated_at)
 SELECT run_id, project, pipeline_name, node_name, status, rows_processed, duration_ms, '{{}}',
-  'prod', {at('age_s - duration_ms / 1000.0')}, substr({at('age_s')}, 1, 10), attempt,
-  {at('age_s')}, {at('age_s - duration_ms / 1000.0')},
-  CASE WHEN status = 'FAILURE' THEN 'ValueError' END, 'decorator', {at('age_s')}
-FROM (SELECT {_select(total, span_s, '', age, cat)} FROM c)
-WHERE NOT (plant = {PLANTS['stale']} AND age_s < {_stale(total)})
+  'prod', {at("age_s - duration_ms / 1000.0")}, substr({at("age_s")}, 1, 10), attempt,
+  {at("age_s")}, {at("age_s - duration_ms / 1000.0")},
+  CASE WHEN status = 'FAILURE' THEN 'ValueError' END, 'decorator', {at("age_s")}
+FROM (SELECT {_select(total, span_s, "", age, cat)} FROM c)
+WHERE NOT (plant = {PLANTS["stale"]} AND age_s < {_stale(total)})
 """
 
 
@@ -153,12 +165,17 @@ def load(engine: sa.Engine, total: int) -> None:
         for first in range(1, total + 1, CHUNK):
             last = min(first + CHUNK - 1, total)
             start = time.perf_counter()
-            sql = (_sqlite_insert(first, last, total, now_julian) if sqlite
-                   else _pg_insert(first, last, total))
+            sql = (
+                _sqlite_insert(first, last, total, now_julian)
+                if sqlite
+                else _pg_insert(first, last, total)
+            )
             conn.exec_driver_sql(sql.replace("%", "%%") if not sqlite else sql)
             conn.commit()
-            print(f"  rows {first:>10,}..{last:>10,}  {time.perf_counter() - start:6.1f} s",
-                  flush=True)
+            print(
+                f"  rows {first:>10,}..{last:>10,}  {time.perf_counter() - start:6.1f} s",
+                flush=True,
+            )
         if not sqlite:
             conn.exec_driver_sql("SET maintenance_work_mem = '512MB'")
         for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
@@ -174,8 +191,9 @@ def measure(engine: sa.Engine, repeat: int) -> bool:
     options = HealthOptions()
     captured: list[tuple[str, Any]] = []
 
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
-                executemany: bool) -> None:
+    def capture(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         captured.append((statement, parameters))
 
     times = []
@@ -189,14 +207,19 @@ def measure(engine: sa.Engine, repeat: int) -> bool:
         elapsed = time.perf_counter() - start
         if attempt:
             times.append(elapsed)
-        print(f"  pass {attempt}: {elapsed:6.2f} s  ({len(result.findings)} findings)"
-              + ("  warm-up" if not attempt else ""), flush=True)
+        print(
+            f"  pass {attempt}: {elapsed:6.2f} s  ({len(result.findings)} findings)"
+            + ("  warm-up" if not attempt else ""),
+            flush=True,
+        )
     sa.event.remove(engine, "before_cursor_execute", capture)
     assert result is not None
     found = {k: n for k, n in result.by_kind().items() if n}
-    print(f"\nhealth pass: median {statistics.median(times):.2f} s of {repeat} "
-          f"(min {min(times):.2f}, max {max(times):.2f}); nodes {result.nodes_seen}, judged "
-          f"{result.nodes_judged}, recent successes {result.recent_runs:,}")
+    print(
+        f"\nhealth pass: median {statistics.median(times):.2f} s of {repeat} "
+        f"(min {min(times):.2f}, max {max(times):.2f}); nodes {result.nodes_seen}, judged "
+        f"{result.nodes_judged}, recent successes {result.recent_runs:,}"
+    )
     print(f"findings: {json.dumps(found)}")
     ok = found == EXPECTED
     print("planted findings found, nothing else" if ok else f"MISMATCH: expected {EXPECTED}")
@@ -230,14 +253,18 @@ def _explain(conn: sa.Connection, statement: str, parameters: Any) -> None:
         plan = (json.loads(row) if isinstance(row, str) else row)[0]
         nodes = list(_nodes(plan["Plan"]))
         indexes = sorted({n["Index Name"] for n in nodes if "Index Name" in n})
-        seq = any(n["Node Type"] == "Seq Scan" and n.get("Relation Name") == CATALOG_TABLE
-                  for n in nodes)
-        print(f"  {plan['Execution Time'] + plan['Planning Time']:9.1f} ms  "
-              f"{', '.join(indexes) or '-'}{'  SEQ SCAN' if seq else ''}  | {head}")
+        seq = any(
+            n["Node Type"] == "Seq Scan" and n.get("Relation Name") == CATALOG_TABLE for n in nodes
+        )
+        print(
+            f"  {plan['Execution Time'] + plan['Planning Time']:9.1f} ms  "
+            f"{', '.join(indexes) or '-'}{'  SEQ SCAN' if seq else ''}  | {head}"
+        )
     else:
         cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
-        steps = "; ".join(str(r[3]) for r in cursor.fetchall() if "meta_runs" in str(r[3])
-                          or "INDEX" in str(r[3]))
+        steps = "; ".join(
+            str(r[3]) for r in cursor.fetchall() if "meta_runs" in str(r[3]) or "INDEX" in str(r[3])
+        )
         print(f"  {steps}  | {head}")
     cursor.close()
 
@@ -268,20 +295,24 @@ def main() -> int:
             parser.error("--pg URL (or $ODIBI_OBSERVE_TEST_PG_URL) or --sqlite PATH")
         admin = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
-                                  {"d": DATABASE}).scalar()
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": DATABASE}
+            ).scalar()
             if exists and not args.reuse:
                 conn.execute(sa.text(f'DROP DATABASE "{DATABASE}" WITH (FORCE)'))
             if not exists or not args.reuse:
                 conn.execute(sa.text(f'CREATE DATABASE "{DATABASE}"'))
-        url = sa.engine.make_url(args.pg).set(database=DATABASE).render_as_string(
-            hide_password=False)
+        url = (
+            sa.engine.make_url(args.pg).set(database=DATABASE).render_as_string(hide_password=False)
+        )
     engine = create_catalog_engine(url)
     try:
         if not args.reuse:
             upgrade(engine)
-            print(f"loading {args.rows:,} runs over {DAYS} days into "
-                  f"{engine.dialect.name} ...", flush=True)
+            print(
+                f"loading {args.rows:,} runs over {DAYS} days into {engine.dialect.name} ...",
+                flush=True,
+            )
             start = time.perf_counter()
             load(engine, args.rows)
             print(f"loaded in {time.perf_counter() - start:.0f} s", flush=True)

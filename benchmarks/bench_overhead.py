@@ -50,9 +50,14 @@ import odibi_observe as oo
 from odibi_observe._otlp_json import OtlpJsonFileSpanExporter
 
 ATTRIBUTES: dict[str, str | int] = {
-    "odibi.project": "bench", "odibi.pipeline": "bench", "odibi.node": "node",
-    "odibi.environment": "bench", "odibi.status": "SUCCESS", "odibi.rows_processed": 0,
-    "odibi.duration_ms": 0, "odibi.attempt": 1,
+    "odibi.project": "bench",
+    "odibi.pipeline": "bench",
+    "odibi.node": "node",
+    "odibi.environment": "bench",
+    "odibi.status": "SUCCESS",
+    "odibi.rows_processed": 0,
+    "odibi.duration_ms": 0,
+    "odibi.attempt": 1,
 }
 
 
@@ -60,9 +65,12 @@ def bench_otel(n: int, workdir: Path) -> tuple[float, float]:
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     # A queue that holds every span: with the default 2048 the processor drops spans in a
     # tight loop, and a variant that drops work would look cheaper than it is.
-    provider.add_span_processor(BatchSpanProcessor(
-        OtlpJsonFileSpanExporter(str(workdir / f"otel-{uuid.uuid4().hex}.jsonl")),
-        max_queue_size=n + 1))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            OtlpJsonFileSpanExporter(str(workdir / f"otel-{uuid.uuid4().hex}.jsonl")),
+            max_queue_size=n + 1,
+        )
+    )
     tracer = provider.get_tracer("bench")
 
     def node() -> None:
@@ -70,8 +78,9 @@ def bench_otel(n: int, workdir: Path) -> tuple[float, float]:
 
     start = time.perf_counter()
     for _ in range(n):
-        with tracer.start_as_current_span("node node", attributes={
-                **ATTRIBUTES, "odibi.run_id": str(uuid.uuid4())}):
+        with tracer.start_as_current_span(
+            "node node", attributes={**ATTRIBUTES, "odibi.run_id": str(uuid.uuid4())}
+        ):
             node()
     loop = time.perf_counter() - start
     provider.force_flush()
@@ -84,8 +93,14 @@ def _time_decorated_node(n: int, name: str, **settings: object) -> tuple[float, 
     """Configure with ``settings``, then time ``n`` calls of an empty ``@observe_node`` and the
     flush after them. One warm-up run first: creating a catalog or a spool is a one-time cost,
     not a per-run one."""
-    oo.configure(project="bench", environment="bench", registry=CollectorRegistry(),
-                 handle_sigterm=False, strict=True, **settings)  # type: ignore[arg-type]
+    oo.configure(
+        project="bench",
+        environment="bench",
+        registry=CollectorRegistry(),
+        handle_sigterm=False,
+        strict=True,
+        **settings,  # type: ignore[arg-type]
+    )
     with oo.node_run("warmup", "warmup"):
         pass
     oo.flush(30)
@@ -109,9 +124,14 @@ def _time_decorated_node(n: int, name: str, **settings: object) -> tuple[float, 
 def bench_observe(n: int, workdir: Path) -> tuple[float, float]:
     tag = uuid.uuid4().hex
     return _time_decorated_node(
-        n, "observe", mode="background", catalog_url=f"sqlite:///{workdir}/observe-{tag}.db",
-        traces_file=str(workdir / f"observe-{tag}.jsonl"), otel_metrics=False,
-        max_queue=2 * n + 10)
+        n,
+        "observe",
+        mode="background",
+        catalog_url=f"sqlite:///{workdir}/observe-{tag}.db",
+        traces_file=str(workdir / f"observe-{tag}.jsonl"),
+        otel_metrics=False,
+        max_queue=2 * n + 10,
+    )
 
 
 def bench_lineage(n: int, workdir: Path) -> tuple[float, float]:
@@ -119,16 +139,23 @@ def bench_lineage(n: int, workdir: Path) -> tuple[float, float]:
     import os
 
     tag = uuid.uuid4().hex
-    transport = {"OPENLINEAGE__TRANSPORT__TYPE": "file",
-                 "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(workdir / f"lineage-{tag}.jsonl"),
-                 "OPENLINEAGE__TRANSPORT__APPEND": "true"}
+    transport = {
+        "OPENLINEAGE__TRANSPORT__TYPE": "file",
+        "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(workdir / f"lineage-{tag}.jsonl"),
+        "OPENLINEAGE__TRANSPORT__APPEND": "true",
+    }
     os.environ.update(transport)
     try:
         return _time_decorated_node(
-            n, "lineage", mode="background",
+            n,
+            "lineage",
+            mode="background",
             catalog_url=f"sqlite:///{workdir}/lineage-{tag}.db",
-            traces_file=str(workdir / f"lineage-{tag}.jsonl.otlp"), otel_metrics=False,
-            max_queue=2 * n + 10, openlineage=True)
+            traces_file=str(workdir / f"lineage-{tag}.jsonl.otlp"),
+            otel_metrics=False,
+            max_queue=2 * n + 10,
+            openlineage=True,
+        )
     finally:
         for key in transport:
             os.environ.pop(key, None)
@@ -136,21 +163,31 @@ def bench_lineage(n: int, workdir: Path) -> tuple[float, float]:
 
 def bench_sidecar(n: int, workdir: Path) -> tuple[float, float]:
     return _time_decorated_node(
-        n, "sidecar", mode="sidecar", spool_dir=workdir / f"spool-{uuid.uuid4().hex}",
-        spool_max_bytes=2**34)
+        n,
+        "sidecar",
+        mode="sidecar",
+        spool_dir=workdir / f"spool-{uuid.uuid4().hex}",
+        spool_max_bytes=2**34,
+    )
 
 
 def bench_naive(n: int, workdir: Path) -> tuple[float, float]:
     engine = sa.create_engine(f"sqlite:///{workdir}/naive-{uuid.uuid4().hex}.db")
     meta = sa.MetaData()
     runs = sa.Table(
-        "meta_runs", meta,
+        "meta_runs",
+        meta,
         sa.Column("run_id", sa.String(100), primary_key=True),
-        sa.Column("project", sa.String(255)), sa.Column("pipeline_name", sa.String(255)),
-        sa.Column("node_name", sa.String(255)), sa.Column("status", sa.String(50)),
-        sa.Column("rows_processed", sa.BigInteger), sa.Column("duration_ms", sa.BigInteger),
-        sa.Column("metrics_json", sa.Text), sa.Column("environment", sa.String(255)),
-        sa.Column("timestamp", sa.DateTime(timezone=True)), sa.Column("date", sa.Date),
+        sa.Column("project", sa.String(255)),
+        sa.Column("pipeline_name", sa.String(255)),
+        sa.Column("node_name", sa.String(255)),
+        sa.Column("status", sa.String(50)),
+        sa.Column("rows_processed", sa.BigInteger),
+        sa.Column("duration_ms", sa.BigInteger),
+        sa.Column("metrics_json", sa.Text),
+        sa.Column("environment", sa.String(255)),
+        sa.Column("timestamp", sa.DateTime(timezone=True)),
+        sa.Column("date", sa.Date),
     )
     meta.create_all(engine)
 
@@ -163,27 +200,44 @@ def bench_naive(n: int, workdir: Path) -> tuple[float, float]:
         node()
         now = datetime.now(timezone.utc)
         with engine.begin() as conn:  # INSERT + COMMIT per run
-            conn.execute(runs.insert().values(
-                run_id=str(uuid.uuid4()), project="bench", pipeline_name="bench",
-                node_name="node", status="SUCCESS", rows_processed=0,
-                duration_ms=int((time.perf_counter() - t0) * 1000), metrics_json="{}",
-                environment="bench", timestamp=now, date=now.date()))
+            conn.execute(
+                runs.insert().values(
+                    run_id=str(uuid.uuid4()),
+                    project="bench",
+                    pipeline_name="bench",
+                    node_name="node",
+                    status="SUCCESS",
+                    rows_processed=0,
+                    duration_ms=int((time.perf_counter() - t0) * 1000),
+                    metrics_json="{}",
+                    environment="bench",
+                    timestamp=now,
+                    date=now.date(),
+                )
+            )
     elapsed = time.perf_counter() - start
     engine.dispose()
     return elapsed, elapsed  # synchronous: nothing is left to flush
 
 
 VARIANTS: dict[str, Callable[[int, Path], tuple[float, float]]] = {
-    "otel": bench_otel, "observe": bench_observe, "naive": bench_naive,
-    "sidecar": bench_sidecar, "lineage": bench_lineage,
+    "otel": bench_otel,
+    "observe": bench_observe,
+    "naive": bench_naive,
+    "sidecar": bench_sidecar,
+    "lineage": bench_lineage,
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5000, help="node runs per variant and round")
-    parser.add_argument("--naive-runs", type=int, default=1000,
-                        help="runs for the naive variant (it is slow; per-run cost is compared)")
+    parser.add_argument(
+        "--naive-runs",
+        type=int,
+        default=1000,
+        help="runs for the naive variant (it is slow; per-run cost is compared)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
@@ -210,20 +264,30 @@ def main() -> None:
         "d_over_a_total": round(total["sidecar"] / total["otel"], 2),
         "e_over_a_call": round(call["lineage"] / call["otel"], 2),
         "e_over_a_total": round(total["lineage"] / total["otel"], 2),
-        "runs": args.runs, "naive_runs": args.naive_runs, "rounds": args.rounds,
+        "runs": args.runs,
+        "naive_runs": args.naive_runs,
+        "rounds": args.rounds,
     }
     print(f"per node run, median of {args.rounds} rounds (µs):")
     print(f"  {'variant':<9} {'call':>8} {'total':>8}")
     for k in VARIANTS:
         print(f"  {k:<9} {result['call_us'][k]:>8.1f} {result['total_us'][k]:>8.1f}")
-    print(f"(b)/(a) observe / bare otel span : call {result['b_over_a_call']:>5}   "
-          f"total {result['b_over_a_total']:>5}   target <= 1.5")
-    print(f"(c)/(b) naive insert / observe   : call {result['c_over_b_call']:>5}   "
-          f"total {result['c_over_b_total']:>5}   target >= 20")
-    print(f"(d)/(a) sidecar mode / bare otel : call {result['d_over_a_call']:>5}   "
-          f"total {result['d_over_a_total']:>5}   target <= 2")
-    print(f"(e)/(a) four sinks / bare otel   : call {result['e_over_a_call']:>5}   "
-          f"total {result['e_over_a_total']:>5}")
+    print(
+        f"(b)/(a) observe / bare otel span : call {result['b_over_a_call']:>5}   "
+        f"total {result['b_over_a_total']:>5}   target <= 1.5"
+    )
+    print(
+        f"(c)/(b) naive insert / observe   : call {result['c_over_b_call']:>5}   "
+        f"total {result['c_over_b_total']:>5}   target >= 20"
+    )
+    print(
+        f"(d)/(a) sidecar mode / bare otel : call {result['d_over_a_call']:>5}   "
+        f"total {result['d_over_a_total']:>5}   target <= 2"
+    )
+    print(
+        f"(e)/(a) four sinks / bare otel   : call {result['e_over_a_call']:>5}   "
+        f"total {result['e_over_a_total']:>5}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -69,10 +69,27 @@ def _status(pid: int, field: str) -> int:
 def start_sidecar(workdir: Path, max_body: int) -> tuple[subprocess.Popen[str], int]:
     catalog = f"sqlite:///{workdir / 'catalog.db'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "odibi_observe.cli", "sidecar", "--catalog", catalog,
-         "--spool-dir", str(workdir / "spool"), "--listen", "127.0.0.1:0",
-         "--sweep-interval", "0", "--max-body", str(max_body)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "odibi_observe.cli",
+            "sidecar",
+            "--catalog",
+            catalog,
+            "--spool-dir",
+            str(workdir / "spool"),
+            "--listen",
+            "127.0.0.1:0",
+            "--sweep-interval",
+            "0",
+            "--max-body",
+            str(max_body),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     line = proc.stdout.readline() if ready else ""
@@ -101,8 +118,10 @@ def measure(size_mib: float, *, odibi: bool, concurrent: int) -> dict[str, float
             idle = _status(proc.pid, "VmRSS")
             statuses: list[int] = []
             started = time.perf_counter()
-            threads = [threading.Thread(target=post, args=(port, body, statuses))
-                       for _ in range(concurrent)]
+            threads = [
+                threading.Thread(target=post, args=(port, body, statuses))
+                for _ in range(concurrent)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -113,9 +132,15 @@ def measure(size_mib: float, *, odibi: bool, concurrent: int) -> dict[str, float
         finally:
             proc.terminate()
             proc.wait(30)
-    return {"body_mib": len(body) / 2**20, "spans": spans, "idle_mib": idle / 2**20,
-            "peak_mib": peak / 2**20, "after_mib": after / 2**20, "seconds": elapsed,
-            "statuses": float(sum(1 for s in statuses if s == 200))}
+    return {
+        "body_mib": len(body) / 2**20,
+        "spans": spans,
+        "idle_mib": idle / 2**20,
+        "peak_mib": peak / 2**20,
+        "after_mib": after / 2**20,
+        "seconds": elapsed,
+        "statuses": float(sum(1 for s in statuses if s == 200)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,15 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = {"odibi": [True], "foreign": [False], "both": [True, False]}[args.kind]
     print(f"python {sys.version.split()[0]}, pid {os.getpid()}, concurrent={args.concurrent}")
-    print(f"{'spans':>8} {'body MiB':>9} {'kind':>8} {'idle MiB':>9} {'peak MiB':>9} "
-          f"{'after MiB':>10} {'peak-idle per body MiB':>23} {'s':>6} {'200s':>5}")
+    print(
+        f"{'spans':>8} {'body MiB':>9} {'kind':>8} {'idle MiB':>9} {'peak MiB':>9} "
+        f"{'after MiB':>10} {'peak-idle per body MiB':>23} {'s':>6} {'200s':>5}"
+    )
     for odibi in kinds:
         for size in (float(s) for s in args.sizes.split(",")):
             r = measure(size, odibi=odibi, concurrent=args.concurrent)
             per = (r["peak_mib"] - r["idle_mib"]) / (r["body_mib"] * args.concurrent)
-            print(f"{r['spans']:>8.0f} {r['body_mib']:>9.1f} {'odibi' if odibi else 'foreign':>8} "
-                  f"{r['idle_mib']:>9.0f} {r['peak_mib']:>9.0f} {r['after_mib']:>10.0f} "
-                  f"{per:>23.1f} {r['seconds']:>6.1f} {r['statuses']:>5.0f}", flush=True)
+            print(
+                f"{r['spans']:>8.0f} {r['body_mib']:>9.1f} {'odibi' if odibi else 'foreign':>8} "
+                f"{r['idle_mib']:>9.0f} {r['peak_mib']:>9.0f} {r['after_mib']:>10.0f} "
+                f"{per:>23.1f} {r['seconds']:>6.1f} {r['statuses']:>5.0f}",
+                flush=True,
+            )
     return 0
 
 

@@ -64,35 +64,48 @@ def _ki(key: str, value: int) -> str:
 
 def span_text(r: dict[str, Any]) -> str:
     """One node span exactly as odibi-observe's OTLP-JSON encoder writes it (checked below)."""
-    attrs = [_kv("odibi.run_id", r["run_id"]), _kv("odibi.project", "bench"),
-             _kv("odibi.pipeline", r["pipeline"]), _kv("odibi.pipeline_run_id", r["prid"]),
-             _kv("odibi.node", r["node"]), _ki("odibi.attempt", 1),
-             _kv("odibi.status", r["status"]), _ki("odibi.rows_processed", r["rows"]),
-             _ki("odibi.duration_ms", (r["end"] - r["start"] + 500_000) // 1_000_000),
-             _kv("odibi.environment", "prod")]
+    attrs = [
+        _kv("odibi.run_id", r["run_id"]),
+        _kv("odibi.project", "bench"),
+        _kv("odibi.pipeline", r["pipeline"]),
+        _kv("odibi.pipeline_run_id", r["prid"]),
+        _kv("odibi.node", r["node"]),
+        _ki("odibi.attempt", 1),
+        _kv("odibi.status", r["status"]),
+        _ki("odibi.rows_processed", r["rows"]),
+        _ki("odibi.duration_ms", (r["end"] - r["start"] + 500_000) // 1_000_000),
+        _kv("odibi.environment", "prod"),
+    ]
     tail = ',"status":{},"flags":256}'
     if r["status"] == "FAILURE":
         attrs.append(_kv("error.type", "ValueError"))
-        tail = (f',"events":[{{"timeUnixNano":"{r["end"]}","name":"exception","attributes":'
-                f'[{_kv("exception.type", "ValueError")},{_kv("exception.message", "bad row")}'
-                f']}}],"status":{{"message":"ValueError: bad row","code":2}},"flags":256}}')
-    return (f'{{"traceId":"{r["trace_id"]}","spanId":"{r["span_id"]}","parentSpanId":'
-            f'"{r["parent"]}","name":"node {r["node"]}","kind":1,"startTimeUnixNano":'
-            f'"{r["start"]}","endTimeUnixNano":"{r["end"]}","attributes":[{",".join(attrs)}]'
-            + tail)
+        tail = (
+            f',"events":[{{"timeUnixNano":"{r["end"]}","name":"exception","attributes":'
+            f"[{_kv('exception.type', 'ValueError')},{_kv('exception.message', 'bad row')}"
+            f']}}],"status":{{"message":"ValueError: bad row","code":2}},"flags":256}}'
+        )
+    return (
+        f'{{"traceId":"{r["trace_id"]}","spanId":"{r["span_id"]}","parentSpanId":'
+        f'"{r["parent"]}","name":"node {r["node"]}","kind":1,"startTimeUnixNano":'
+        f'"{r["start"]}","endTimeUnixNano":"{r["end"]}","attributes":[{",".join(attrs)}]' + tail
+    )
 
 
 def pipeline_span_text(r: dict[str, Any]) -> str:
-    return (f'{{"traceId":"{r["trace_id"]}","spanId":"{r["parent"]}","parentSpanId":"",'
-            f'"name":"pipeline {r["pipeline"]}","kind":1,"startTimeUnixNano":"{r["start"]}",'
-            f'"endTimeUnixNano":"{r["end"]}","attributes":[{_kv("odibi.pipeline", r["pipeline"])}'
-            f'],"status":{{}},"flags":256}}')
+    return (
+        f'{{"traceId":"{r["trace_id"]}","spanId":"{r["parent"]}","parentSpanId":"",'
+        f'"name":"pipeline {r["pipeline"]}","kind":1,"startTimeUnixNano":"{r["start"]}",'
+        f'"endTimeUnixNano":"{r["end"]}","attributes":[{_kv("odibi.pipeline", r["pipeline"])}'
+        f'],"status":{{}},"flags":256}}'
+    )
 
 
-_RESOURCE = ('{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":'
-             '"bench-etl"}},{"key":"host.name","value":{"stringValue":"worker-3"}},{"key":'
-             '"process.pid","value":{"intValue":"4242"}}]},"scopeSpans":[{"scope":{"name":'
-             '"odibi_observe","version":"0.1.0"},"spans":[')
+_RESOURCE = (
+    '{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":'
+    '"bench-etl"}},{"key":"host.name","value":{"stringValue":"worker-3"}},{"key":'
+    '"process.pid","value":{"intValue":"4242"}}]},"scopeSpans":[{"scope":{"name":'
+    '"odibi_observe","version":"0.1.0"},"spans":['
+)
 
 
 def check_span_format() -> None:
@@ -106,17 +119,37 @@ def check_span_format() -> None:
 
     for status in ("SUCCESS", "FAILURE"):
         r: dict[str, Any] = {
-            "run_id": "r-1", "pipeline": "p", "node": "n", "prid": "pr-1", "status": status,
-            "rows": 7, "start": 1_700_000_000_000_000_000,
-            "end": 1_700_000_000_123_456_789, "trace_id": "ab" * 16, "span_id": "cd" * 8,
-            "parent": "ef" * 8}
+            "run_id": "r-1",
+            "pipeline": "p",
+            "node": "n",
+            "prid": "pr-1",
+            "status": status,
+            "rows": 7,
+            "start": 1_700_000_000_000_000_000,
+            "end": 1_700_000_000_123_456_789,
+            "trace_id": "ab" * 16,
+            "span_id": "cd" * 8,
+            "parent": "ef" * 8,
+        }
         record = RunRecord(
-            run_id="r-1", project="bench", pipeline="p", node="n", environment="prod",
-            status=RunStatus(status), started_ns=r["start"], ended_ns=r["end"],
-            trace_id=r["trace_id"], span_id=r["span_id"], parent_span_id=r["parent"],
-            pipeline_run_id="pr-1", host="h", pid=1, rows_processed=7,
+            run_id="r-1",
+            project="bench",
+            pipeline="p",
+            node="n",
+            environment="prod",
+            status=RunStatus(status),
+            started_ns=r["start"],
+            ended_ns=r["end"],
+            trace_id=r["trace_id"],
+            span_id=r["span_id"],
+            parent_span_id=r["parent"],
+            pipeline_run_id="pr-1",
+            host="h",
+            pid=1,
+            rows_processed=7,
             error_type="ValueError" if status == "FAILURE" else None,
-            error_message="bad row" if status == "FAILURE" else None)
+            error_message="bad row" if status == "FAILURE" else None,
+        )
         real = json.loads(encode_spans_json([record_to_span(record, Resource({}))]))
         real_span = real["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
         assert json.loads(span_text(r)) == real_span, "generator drifted from the encoder"
@@ -142,7 +175,8 @@ def generate(n: int, work: Path, seed: int = 7) -> dict[str, Any]:
     k = max(1, n // 2_000)  # planted per kind: 0.05 %
     picks = rng.sample(range(n), 7 * k)
     missing_catalog, missing_traces, status_bad, rows_bad, duration_bad, dup_traces, twice = (
-        set(picks[i * k:(i + 1) * k]) for i in range(7))
+        set(picks[i * k : (i + 1) * k]) for i in range(7)
+    )
     expected: list[tuple[str, str]] = []
 
     url = f"sqlite:///{work}/catalog.db"
@@ -177,13 +211,19 @@ def generate(n: int, work: Path, seed: int = 7) -> dict[str, Any]:
             prid, parent = _uuid(rng), f"{rng.getrandbits(64) | 1:016x}"
             trace_id = f"{rng.getrandbits(128) | 1:032x}"
         start = since + HOUR_NS + i * step
-        r: dict[str, Any] = {"run_id": _uuid(rng), "pipeline": PIPELINES[i % len(PIPELINES)],
-             "node": NODES[(i // 3) % len(NODES)], "prid": prid,
-             "status": "FAILURE" if rng.random() < 0.02 else "SUCCESS",
-             "rows": rng.randrange(100_000), "start": start,
-             "end": start + rng.randrange(1, 60_000) * 1_000_000 + rng.randrange(1_000_000),
-             "trace_id": trace_id, "span_id": f"{rng.getrandbits(64) | 1:016x}",
-             "parent": parent}
+        r: dict[str, Any] = {
+            "run_id": _uuid(rng),
+            "pipeline": PIPELINES[i % len(PIPELINES)],
+            "node": NODES[(i // 3) % len(NODES)],
+            "prid": prid,
+            "status": "FAILURE" if rng.random() < 0.02 else "SUCCESS",
+            "rows": rng.randrange(100_000),
+            "start": start,
+            "end": start + rng.randrange(1, 60_000) * 1_000_000 + rng.randrange(1_000_000),
+            "trace_id": trace_id,
+            "span_id": f"{rng.getrandbits(64) | 1:016x}",
+            "parent": parent,
+        }
         if i % 20 == 0:
             line.append(pipeline_span_text(r))
         if i not in missing_traces:
@@ -211,33 +251,70 @@ def generate(n: int, work: Path, seed: int = 7) -> dict[str, Any]:
             end += (end - start) + 100_000_000
             expected.append(("duration_mismatch", r["run_id"]))
         failed = status == "FAILURE"
-        events.append(RunEvent(EventKind.FINISHED, RunRecord(
-            run_id=r["run_id"], project="bench", pipeline=r["pipeline"], node=r["node"],
-            environment="prod", status=RunStatus(status), started_ns=start, ended_ns=end,
-            trace_id=r["trace_id"], span_id=r["span_id"], parent_span_id=r["parent"],
-            pipeline_run_id=prid, host="worker-3", pid=4242, rows_processed=rows,
-            error_type="ValueError" if failed else None,
-            error_message="bad row" if failed else None)))
+        events.append(
+            RunEvent(
+                EventKind.FINISHED,
+                RunRecord(
+                    run_id=r["run_id"],
+                    project="bench",
+                    pipeline=r["pipeline"],
+                    node=r["node"],
+                    environment="prod",
+                    status=RunStatus(status),
+                    started_ns=start,
+                    ended_ns=end,
+                    trace_id=r["trace_id"],
+                    span_id=r["span_id"],
+                    parent_span_id=r["parent"],
+                    pipeline_run_id=prid,
+                    host="worker-3",
+                    pid=4242,
+                    rows_processed=rows,
+                    error_type="ValueError" if failed else None,
+                    error_message="bad row" if failed else None,
+                ),
+            )
+        )
         if len(events) >= 20_000:
             store.upsert(events)
             events = []
     for j in range(k):  # processes killed mid-node: RUNNING, no span, long silent
         run_id = _uuid(rng)
-        events.append(RunEvent(EventKind.STARTED, RunRecord(
-            run_id=run_id, project="bench", pipeline="inventory", node="load",
-            environment="prod", status=RunStatus.RUNNING,
-            started_ns=since + 2 * HOUR_NS + j * (HOUR_NS // k), trace_id=f"{j + 1:032x}",
-            span_id=f"{j + 1:016x}", host="worker-9", pid=999)))
+        events.append(
+            RunEvent(
+                EventKind.STARTED,
+                RunRecord(
+                    run_id=run_id,
+                    project="bench",
+                    pipeline="inventory",
+                    node="load",
+                    environment="prod",
+                    status=RunStatus.RUNNING,
+                    started_ns=since + 2 * HOUR_NS + j * (HOUR_NS // k),
+                    trace_id=f"{j + 1:032x}",
+                    span_id=f"{j + 1:016x}",
+                    host="worker-9",
+                    pid=999,
+                ),
+            )
+        )
         expected.append(("stale_running", run_id))
     store.upsert(events)
     flush_line()
     if out is not None:
         out.close()
     store.dispose()
-    meta = {"runs": n, "since_ns": since, "until_ns": until, "catalog": url,
-            "traces": str(work), "files": len(files), "planted": len(expected),
-            "generated_seconds": round(time.perf_counter() - clock, 1),
-            "trace_bytes": sum(f.stat().st_size for f in files)}
+    meta = {
+        "runs": n,
+        "since_ns": since,
+        "until_ns": until,
+        "catalog": url,
+        "traces": str(work),
+        "files": len(files),
+        "planted": len(expected),
+        "generated_seconds": round(time.perf_counter() - clock, 1),
+        "trace_bytes": sum(f.stat().st_size for f in files),
+    }
     (work / "expected.json").write_text(json.dumps(sorted(expected)))
     meta_path.write_text(json.dumps(meta))
     return meta
@@ -255,10 +332,27 @@ def _iso(ns: int) -> str:
 def child_engine(meta: dict[str, Any], out: Path) -> list[tuple[str, str]]:
     from odibi_observe.cli import main
 
-    code = main(["reconcile", "--catalog", meta["catalog"], "--traces",
-                 f"otlp-json:{meta['traces']}", "--since", _iso(meta["since_ns"]), "--until",
-                 _iso(meta["until_ns"]), "--grace", "0s", "--format", "json", "--out",
-                 str(out), "--no-record", "--quiet"])
+    code = main(
+        [
+            "reconcile",
+            "--catalog",
+            meta["catalog"],
+            "--traces",
+            f"otlp-json:{meta['traces']}",
+            "--since",
+            _iso(meta["since_ns"]),
+            "--until",
+            _iso(meta["until_ns"]),
+            "--grace",
+            "0s",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--no-record",
+            "--quiet",
+        ]
+    )
     assert code in (0, 1), code
     report = json.loads((out / "report.json").read_text())
     return sorted((d["kind"], d["run_id"]) for d in report["discrepancies"])
@@ -281,12 +375,17 @@ def child_baseline(meta: dict[str, Any]) -> list[tuple[str, str]]:
                     attrs = {a["key"]: next(iter(a["value"].values())) for a in sp["attributes"]}
                     if "odibi.run_id" not in attrs:
                         continue
-                    rows.append({"run_id": attrs["odibi.run_id"], "trace_id": sp["traceId"],
-                                 "span_id": sp["spanId"],
-                                 "start": int(sp["startTimeUnixNano"]),
-                                 "end": int(sp["endTimeUnixNano"]),
-                                 "status_t": attrs.get("odibi.status"),
-                                 "rows_t": int(attrs["odibi.rows_processed"])})
+                    rows.append(
+                        {
+                            "run_id": attrs["odibi.run_id"],
+                            "trace_id": sp["traceId"],
+                            "span_id": sp["spanId"],
+                            "start": int(sp["startTimeUnixNano"]),
+                            "end": int(sp["endTimeUnixNano"]),
+                            "status_t": attrs.get("odibi.status"),
+                            "rows_t": int(attrs["odibi.rows_processed"]),
+                        }
+                    )
     traces = pd.DataFrame(rows).drop_duplicates(["run_id", "trace_id", "span_id"])
     spans_per_run = traces.groupby("run_id")["span_id"].nunique()
     dups = set(spans_per_run[spans_per_run > 1].index)
@@ -299,21 +398,25 @@ def child_baseline(meta: dict[str, Any]) -> list[tuple[str, str]]:
     traces = traces[(traces["start"] >= meta["since_ns"]) & (traces["start"] < meta["until_ns"])]
     merged = traces.merge(catalog, on="run_id", how="outer", indicator=True)
     found = [("duplicate_in_traces", r) for r in dups]
-    found += [("missing_in_catalog", r) for r in merged.loc[merged["_merge"] == "left_only",
-                                                            "run_id"]]
+    found += [
+        ("missing_in_catalog", r) for r in merged.loc[merged["_merge"] == "left_only", "run_id"]
+    ]
     right = merged[merged["_merge"] == "right_only"]
     found += [("missing_in_traces", r) for r in right.loc[right["status"] != "RUNNING", "run_id"]]
     found += [("stale_running", r) for r in right.loc[right["status"] == "RUNNING", "run_id"]]
     both = merged[merged["_merge"] == "both"]
-    found += [("status_mismatch", r) for r in both.loc[both["status"] != both["status_t"],
-                                                       "run_id"]]
-    found += [("rows_mismatch", r) for r in both.loc[both["rows_processed"] != both["rows_t"],
-                                                     "run_id"]]
+    found += [
+        ("status_mismatch", r) for r in both.loc[both["status"] != both["status_t"], "run_id"]
+    ]
+    found += [
+        ("rows_mismatch", r) for r in both.loc[both["rows_processed"] != both["rows_t"], "run_id"]
+    ]
     span_ms = (both["end"] - both["start"]) / 1e6
-    allowed = (0.01 * pd.concat([span_ms, both["duration_ms"]], axis=1).max(axis=1)).clip(
-        lower=5)
-    found += [("duration_mismatch", r) for r in both.loc[
-        (span_ms - both["duration_ms"]).abs() > allowed, "run_id"]]
+    allowed = (0.01 * pd.concat([span_ms, both["duration_ms"]], axis=1).max(axis=1)).clip(lower=5)
+    found += [
+        ("duration_mismatch", r)
+        for r in both.loc[(span_ms - both["duration_ms"]).abs() > allowed, "run_id"]
+    ]
     return sorted(found)
 
 
@@ -321,8 +424,20 @@ def run_child(kind: str, meta_path: Path, out: Path) -> dict[str, Any]:
     """Run one measured program in its own process; its own wall time and peak RSS."""
     clock = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--meta", str(meta_path), "--child-out",
-         str(out)], capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--meta",
+            str(meta_path),
+            "--child-out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - clock
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
@@ -344,12 +459,22 @@ def child_main(kind: str, meta_path: Path, out: Path) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak_kb = usage.ru_maxrss + children.ru_maxrss
-    print(json.dumps({"kind": kind, "seconds": round(seconds, 2),
-                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime + children.ru_utime
-                                           + children.ru_stime, 2),
-                      "peak_rss_mb": round(peak_kb / 1024, 1), "found": len(found),
-                      "missed": len(missed), "extra": len(extra),
-                      "examples": (missed + extra)[:5]}))
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(
+                    usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 2
+                ),
+                "peak_rss_mb": round(peak_kb / 1024, 1),
+                "found": len(found),
+                "missed": len(missed),
+                "extra": len(extra),
+                "examples": (missed + extra)[:5],
+            }
+        )
+    )
 
 
 def available_mb() -> float:
@@ -362,12 +487,21 @@ def available_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, action="append",
-                        help="runs in the window (repeatable; default 1000000 and 2000000)")
-    parser.add_argument("--work", default="/tmp/odibi-bench-reconcile",
-                        help="where datasets are generated and kept")
-    parser.add_argument("--baseline-max", type=int, default=1_000_000,
-                        help="largest N the baseline runs at (it needs ~10 GB per 1M runs)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        action="append",
+        help="runs in the window (repeatable; default 1000000 and 2000000)",
+    )
+    parser.add_argument(
+        "--work", default="/tmp/odibi-bench-reconcile", help="where datasets are generated and kept"
+    )
+    parser.add_argument(
+        "--baseline-max",
+        type=int,
+        default=1_000_000,
+        help="largest N the baseline runs at (it needs ~10 GB per 1M runs)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--meta", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -380,9 +514,12 @@ def main() -> None:
     for n in sizes:
         work = Path(args.work) / f"runs-{n}"
         meta = generate(n, work)
-        print(f"dataset {n:,} runs: {meta['files']} gz files, "
-              f"{meta['trace_bytes'] / 2**20:,.0f} MiB of traces, {meta['planted']:,} planted "
-              f"(generated in {meta['generated_seconds']} s)", flush=True)
+        print(
+            f"dataset {n:,} runs: {meta['files']} gz files, "
+            f"{meta['trace_bytes'] / 2**20:,.0f} MiB of traces, {meta['planted']:,} planted "
+            f"(generated in {meta['generated_seconds']} s)",
+            flush=True,
+        )
         engine = run_child("engine", work / "meta.json", work / "report")
         print(f"  odibi-observe: {engine}", flush=True)
         baseline = None
@@ -391,28 +528,39 @@ def main() -> None:
             baseline = run_child("baseline", work / "meta.json", work / "report")
             print(f"  baseline:      {baseline}", flush=True)
         elif n <= args.baseline_max:
-            print(f"  baseline skipped: needs ~{estimate_mb:,.0f} MB, "
-                  f"{available_mb():,.0f} MB available", flush=True)
+            print(
+                f"  baseline skipped: needs ~{estimate_mb:,.0f} MB, "
+                f"{available_mb():,.0f} MB available",
+                flush=True,
+            )
         rows.append((n, engine, baseline))
     print()
-    print(f"{'runs':>10} {'odibi-observe':>14} {'(cpu)':>7} {'peak RSS':>9} {'baseline':>9} "
-          f"{'(cpu)':>7} {'peak RSS':>9} {'speed-up':>9} {'(cpu)':>6}  correct")
+    print(
+        f"{'runs':>10} {'odibi-observe':>14} {'(cpu)':>7} {'peak RSS':>9} {'baseline':>9} "
+        f"{'(cpu)':>7} {'peak RSS':>9} {'speed-up':>9} {'(cpu)':>6}  correct"
+    )
     for n, engine, baseline in rows:
         ok = "yes" if engine["missed"] == engine["extra"] == 0 else "NO"
         if baseline:
             ok += "" if baseline["missed"] == baseline["extra"] == 0 else " (baseline NO)"
-            other = (f"{baseline['seconds']:>8.1f}s {baseline['cpu_seconds']:>6.1f}s "
-                     f"{baseline['peak_rss_mb']:>6.0f} MB "
-                     f"{baseline['seconds'] / engine['seconds']:>8.1f}x "
-                     f"{baseline['cpu_seconds'] / engine['cpu_seconds']:>5.1f}x")
+            other = (
+                f"{baseline['seconds']:>8.1f}s {baseline['cpu_seconds']:>6.1f}s "
+                f"{baseline['peak_rss_mb']:>6.0f} MB "
+                f"{baseline['seconds'] / engine['seconds']:>8.1f}x "
+                f"{baseline['cpu_seconds'] / engine['cpu_seconds']:>5.1f}x"
+            )
         else:
             other = f"{'-':>9} {'-':>7} {'-':>9} {'-':>9} {'-':>6}"
-        print(f"{n:>10,} {engine['seconds']:>13.1f}s {engine['cpu_seconds']:>6.1f}s "
-              f"{engine['peak_rss_mb']:>6.0f} MB {other}  {ok}")
+        print(
+            f"{n:>10,} {engine['seconds']:>13.1f}s {engine['cpu_seconds']:>6.1f}s "
+            f"{engine['peak_rss_mb']:>6.0f} MB {other}  {ok}"
+        )
     if len(rows) >= 2:
         (n1, e1, _), (n2, e2, _) = rows[0], rows[-1]
-        print(f"scaling: {n2:,} runs took {e2['seconds'] / e1['seconds']:.2f}x the wall time "
-              f"({e2['cpu_seconds'] / e1['cpu_seconds']:.2f}x the CPU time) of {n1:,}")
+        print(
+            f"scaling: {n2:,} runs took {e2['seconds'] / e1['seconds']:.2f}x the wall time "
+            f"({e2['cpu_seconds'] / e1['cpu_seconds']:.2f}x the CPU time) of {n1:,}"
+        )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

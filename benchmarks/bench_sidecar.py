@@ -57,12 +57,24 @@ def make_runs(n: int) -> list[RunRecord]:
     runs = []
     for i in range(n):
         started = start + i * 1_000_000
-        runs.append(RunRecord(
-            run_id=str(uuid.uuid4()), project="bench", pipeline=f"pipeline_{i % 20}",
-            node=f"node_{i % 200}", environment="bench", status=RunStatus.SUCCESS,
-            started_ns=started, ended_ns=started + 12_345_678, rows_processed=i,
-            trace_id=uuid.uuid4().hex, span_id=uuid.uuid4().hex[:16], host="bench-host",
-            pid=4242, pipeline_run_id=f"prun-{i // 200}"))
+        runs.append(
+            RunRecord(
+                run_id=str(uuid.uuid4()),
+                project="bench",
+                pipeline=f"pipeline_{i % 20}",
+                node=f"node_{i % 200}",
+                environment="bench",
+                status=RunStatus.SUCCESS,
+                started_ns=started,
+                ended_ns=started + 12_345_678,
+                rows_processed=i,
+                trace_id=uuid.uuid4().hex,
+                span_id=uuid.uuid4().hex[:16],
+                host="bench-host",
+                pid=4242,
+                pipeline_run_id=f"prun-{i // 200}",
+            )
+        )
     return runs
 
 
@@ -83,7 +95,7 @@ def raw_insert(url: str, runs: list[RunRecord]) -> float:
     start = time.perf_counter()
     for i in range(0, len(rows), BATCH):
         with engine.begin() as conn:
-            conn.execute(insert, rows[i:i + BATCH])
+            conn.execute(insert, rows[i : i + BATCH])
     elapsed = time.perf_counter() - start
     engine.dispose()
     return elapsed
@@ -102,9 +114,16 @@ def sidecar_ingest(url: str, runs: list[RunRecord], workdir: Path) -> float:
     sink = _Done(CatalogSink(url), len(runs))
     sink.inner.store.ensure_schema()
     sidecar = Sidecar(
-        SidecarOptions(catalog_url=url, spool_dir=str(spool_dir), listen_port=0,
-                       sweep_interval=0, gc_interval=0),
-        settings=Settings(catalog_url=url, handle_sigterm=False), sinks=[sink])
+        SidecarOptions(
+            catalog_url=url,
+            spool_dir=str(spool_dir),
+            listen_port=0,
+            sweep_interval=0,
+            gc_interval=0,
+        ),
+        settings=Settings(catalog_url=url, handle_sigterm=False),
+        sinks=[sink],
+    )
     start = time.perf_counter()
     sidecar.start()
     # Waiting on an event, not polling: a polling thread takes the GIL from the pump every
@@ -156,8 +175,10 @@ def ingest(name: str, url: str, n: int, rounds: int, workdir: Path) -> float:
         side_s.append(sidecar_ingest(url, runs, workdir))
     raw, side = statistics.median(raw_s), statistics.median(side_s)
     ratio = raw / side
-    print(f"  {name:<10}  raw INSERT {n / raw:>9,.0f} runs/s   sidecar {n / side:>9,.0f} runs/s"
-          f"   sidecar/raw {ratio:.2f}   target >= 0.50  {'met' if ratio >= 0.5 else 'MISSED'}")
+    print(
+        f"  {name:<10}  raw INSERT {n / raw:>9,.0f} runs/s   sidecar {n / side:>9,.0f} runs/s"
+        f"   sidecar/raw {ratio:.2f}   target >= 0.50  {'met' if ratio >= 0.5 else 'MISSED'}"
+    )
     return ratio
 
 
@@ -168,8 +189,9 @@ def scratch_postgres(server_url: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield sa.engine.make_url(server_url).set(database=name).render_as_string(
-            hide_password=False)
+        yield (
+            sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        )
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -178,8 +200,7 @@ def scratch_postgres(server_url: str) -> Iterator[str]:
 
 def scrape(series: int, repeats: int) -> float:
     registry = CollectorRegistry()
-    counter = Counter("bench_series", "One series per label value.", ["series"],
-                      registry=registry)
+    counter = Counter("bench_series", "One series per label value.", ["series"], registry=registry)
     for i in range(series):
         counter.labels(series=f"s{i:05d}").inc(i)
     server = SidecarServer("127.0.0.1", 0, registry=registry).start()
@@ -207,9 +228,11 @@ def scrape(series: int, repeats: int) -> float:
         conn.close()
         server.stop()
     ratio = http_s / base
-    print(f"  {series:,} series ({len(generate_latest(registry)) / 1e6:.1f} MB): "
-          f"generate_latest {base * 1000:.1f} ms   GET /metrics {http_s * 1000:.1f} ms   "
-          f"sidecar/baseline {ratio:.2f}")
+    print(
+        f"  {series:,} series ({len(generate_latest(registry)) / 1e6:.1f} MB): "
+        f"generate_latest {base * 1000:.1f} ms   GET /metrics {http_s * 1000:.1f} ms   "
+        f"sidecar/baseline {ratio:.2f}"
+    )
     return ratio
 
 

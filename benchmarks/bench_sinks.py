@@ -51,7 +51,7 @@ def sink_cost(sink: Sink, events: Sequence[RunEvent], n: int) -> float:
     sink.export(events[:2])  # connect, migrate: one-time costs, not per run
     start = time.perf_counter()
     for i in range(0, len(events), BATCH):
-        sink.export([e for e in events[i:i + BATCH] if e.kind in sink.kinds])
+        sink.export([e for e in events[i : i + BATCH] if e.kind in sink.kinds])
     sink.force_flush(60)
     elapsed = time.perf_counter() - start
     sink.shutdown()
@@ -70,9 +70,15 @@ def main() -> None:
             "node path (inline, in-memory sink)": per_call,
             "prometheus sink": sink_cost(PrometheusSink(CollectorRegistry()), events, n),
             "catalog sink, SQLite": sink_cost(CatalogSink(f"sqlite:///{tmp}/c.db"), events, n),
-            "otel sink, OTLP-JSON file": sink_cost(OtelSink(
-                span_exporters=[OtlpJsonFileSpanExporter(str(Path(tmp) / "t.jsonl"))],
-                install_global=False, metrics=False), events, n),
+            "otel sink, OTLP-JSON file": sink_cost(
+                OtelSink(
+                    span_exporters=[OtlpJsonFileSpanExporter(str(Path(tmp) / "t.jsonl"))],
+                    install_global=False,
+                    metrics=False,
+                ),
+                events,
+                n,
+            ),
         }
         if args.pg:
             figures["catalog sink, PostgreSQL"] = sink_cost(CatalogSink(args.pg), events, n)

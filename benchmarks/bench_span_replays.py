@@ -41,11 +41,18 @@ from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 def _run(i: int) -> RunRecord:
     start = time.time_ns()
     return RunRecord(
-        run_id=str(uuid.uuid4()), project="bench", pipeline="replays", node=f"n{i % 50}",
-        environment="bench", status=RunStatus.RUNNING, started_ns=start,
+        run_id=str(uuid.uuid4()),
+        project="bench",
+        pipeline="replays",
+        node=f"n{i % 50}",
+        environment="bench",
+        status=RunStatus.RUNNING,
+        started_ns=start,
         trace_id=f"{random.getrandbits(128) | 1:032x}",
         span_id=f"{random.getrandbits(64) | 1:016x}",
-        host=socket.gethostname(), pid=os.getpid())
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
 
 
 def write(spool_dir: Path, runs: int, rate: float, done: threading.Event) -> None:
@@ -55,8 +62,9 @@ def write(spool_dir: Path, runs: int, rate: float, done: threading.Event) -> Non
         for i in range(runs):
             record = _run(i)
             spool.append(RunEvent(EventKind.STARTED, record).to_json().encode())
-            end = record.finished(status=RunStatus.SUCCESS, ended_ns=record.started_ns + 1_000,
-                                  rows_processed=i % 7)
+            end = record.finished(
+                status=RunStatus.SUCCESS, ended_ns=record.started_ns + 1_000, rows_processed=i % 7
+            )
             spool.append(RunEvent(EventKind.FINISHED, end).to_json().encode())
             time.sleep(pause)
     finally:
@@ -65,15 +73,18 @@ def write(spool_dir: Path, runs: int, rate: float, done: threading.Event) -> Non
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=12_000)
     parser.add_argument("--rate", type=float, default=600.0, help="runs written per second")
-    parser.add_argument("--kill-every", type=float, default=1.0,
-                        help="mean seconds between SIGKILLs of the sidecar")
+    parser.add_argument(
+        "--kill-every", type=float, default=1.0, help="mean seconds between SIGKILLs of the sidecar"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--max-batch", type=int, default=0,
-                        help="the sidecar's --max-batch (0: its default)")
+    parser.add_argument(
+        "--max-batch", type=int, default=0, help="the sidecar's --max-batch (0: its default)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     random.seed(args.seed)
@@ -88,8 +99,9 @@ def main() -> int:
         spool_dir.mkdir()
         writer = threading.Thread(target=write, args=(spool_dir, args.runs, args.rate, done))
         started = time.monotonic()
-        sidecar = Sidecar(catalog, spool_dir, log=log, otlp_endpoint=receiver.endpoint,
-                          args=sidecar_args).start()
+        sidecar = Sidecar(
+            catalog, spool_dir, log=log, otlp_endpoint=receiver.endpoint, args=sidecar_args
+        ).start()
         writer.start()
         kills = 0
         while not done.is_set():
@@ -98,8 +110,9 @@ def main() -> int:
                 break
             sidecar.kill()
             kills += 1
-            sidecar = Sidecar(catalog, spool_dir, log=log, otlp_endpoint=receiver.endpoint,
-                              args=sidecar_args).start()
+            sidecar = Sidecar(
+                catalog, spool_dir, log=log, otlp_endpoint=receiver.endpoint, args=sidecar_args
+            ).start()
         writer.join()
         deadline = time.monotonic() + 300
         attribute = FIELDS.run_id.attribute
@@ -116,10 +129,14 @@ def main() -> int:
     extra = sum(n - 1 for n in per_span.values())
     print(f"runs written        {args.runs}")
     print(f"sidecar SIGKILLs    {kills} (one every {elapsed / max(kills, 1):.2f} s)")
-    print(f"distinct spans      {len(per_span)}"
-          + ("" if len(per_span) == args.runs else "   << SPANS MISSING"))
-    print(f"runs sent twice+    {twice} ({twice / args.runs:.2%} of runs; {extra} extra "
-          f"span(s), {twice / max(kills, 1):.1f} per kill)")
+    print(
+        f"distinct spans      {len(per_span)}"
+        + ("" if len(per_span) == args.runs else "   << SPANS MISSING")
+    )
+    print(
+        f"runs sent twice+    {twice} ({twice / args.runs:.2%} of runs; {extra} extra "
+        f"span(s), {twice / max(kills, 1):.1f} per kill)"
+    )
     print(f"elapsed             {elapsed:.1f} s")
     return 0 if len(per_span) == args.runs else 1
 

@@ -43,18 +43,31 @@ from odibi_observe.spool import Spool, encode_frame
 def payload() -> bytes:
     now = time.time_ns()
     record = RunRecord(
-        run_id=str(uuid.uuid4()), project="bench", pipeline="daily_sales", node="clean_orders",
-        environment="bench", status=RunStatus.SUCCESS, started_ns=now, ended_ns=now + 12_345_678,
-        trace_id=uuid.uuid4().hex, span_id=uuid.uuid4().hex[:16], host="bench-host",
-        pid=os.getpid(), rows_processed=1185, attributes={"region": "eu"})
-    return json.dumps({"kind": "finished", "record": record.to_dict()},
-                      separators=(",", ":")).encode()
+        run_id=str(uuid.uuid4()),
+        project="bench",
+        pipeline="daily_sales",
+        node="clean_orders",
+        environment="bench",
+        status=RunStatus.SUCCESS,
+        started_ns=now,
+        ended_ns=now + 12_345_678,
+        trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16],
+        host="bench-host",
+        pid=os.getpid(),
+        rows_processed=1185,
+        attributes={"region": "eu"},
+    )
+    return json.dumps(
+        {"kind": "finished", "record": record.to_dict()}, separators=(",", ":")
+    ).encode()
 
 
 def bench_write(n: int, workdir: Path, data: bytes, *, fsync: bool = False) -> float:
     frame = encode_frame(data)
-    fd = os.open(workdir / f"plain-{uuid.uuid4().hex}", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                 0o644)
+    fd = os.open(
+        workdir / f"plain-{uuid.uuid4().hex}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+    )
     write, sync = os.write, os.fsync
     start = time.perf_counter()
     for _ in range(n):
@@ -67,8 +80,12 @@ def bench_write(n: int, workdir: Path, data: bytes, *, fsync: bool = False) -> f
 
 
 def bench_spool(n: int, workdir: Path, data: bytes, policy: str) -> float:
-    spool = Spool(workdir / f"spool-{uuid.uuid4().hex}", fsync=policy,  # type: ignore[arg-type]
-                  max_bytes=2**40, registry=CollectorRegistry())
+    spool = Spool(
+        workdir / f"spool-{uuid.uuid4().hex}",
+        fsync=policy,  # type: ignore[arg-type]
+        max_bytes=2**40,
+        registry=CollectorRegistry(),
+    )
     spool.append(data)  # the first segment's creation is a one-time cost, not a per-event one
     append = spool.append
     start = time.perf_counter()
@@ -92,8 +109,12 @@ SLOW = {"write+fsync", "always"}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20000, help="appends per variant and round")
-    parser.add_argument("--always-events", type=int, default=300,
-                        help="appends for the fsync-per-event variants (bound by the disk)")
+    parser.add_argument(
+        "--always-events",
+        type=int,
+        default=300,
+        help="appends for the fsync-per-event variants (bound by the disk)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", type=Path, help="directory on the disk to measure (default: tmp)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -113,8 +134,10 @@ def main() -> None:
         "interval_over_write": round(us["interval"] / us["write"], 2),
         "always_over_write": round(us["always"] / us["write"], 1),
         "always_over_write_fsync": round(us["always"] / us["write+fsync"], 2),
-        "payload_bytes": len(data), "events": args.events,
-        "always_events": args.always_events, "rounds": args.rounds,
+        "payload_bytes": len(data),
+        "events": args.events,
+        "always_events": args.always_events,
+        "rounds": args.rounds,
     }
     print(f"per event ({len(data)}-byte payload), median of {args.rounds} rounds:")
     print(f"  {'variant':<12} {'µs':>9}")

@@ -29,16 +29,24 @@ import odibi_observe as oo
 
 
 def spool_bytes(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()
-               and "cursors" not in p.parts)
+    return sum(
+        p.stat().st_size for p in directory.rglob("*") if p.is_file() and "cursors" not in p.parts
+    )
 
 
 def measure(shape: str, runs: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         spool = Path(tmp) / "spool"
-        oo.configure(mode="sidecar", spool_dir=spool, project="retail_analytics",
-                     environment="production", handle_sigterm=False, strict=True,
-                     spool_fsync="never", heartbeat_interval=0)
+        oo.configure(
+            mode="sidecar",
+            spool_dir=spool,
+            project="retail_analytics",
+            environment="production",
+            handle_sigterm=False,
+            strict=True,
+            spool_fsync="never",
+            heartbeat_interval=0,
+        )
         node = _node(shape)
         for _ in range(runs):
             with contextlib.suppress(ValueError):
@@ -61,9 +69,14 @@ def _node(shape: str) -> Callable[[], object]:
     @oo.observe_node(pipeline="daily_sales_rollup", node="load_store_orders")
     def odibi() -> list[int]:
         run = oo.current_run()
-        for key, value in (("odibi.engine", "pandas"), ("odibi.operation", "read"),
-                           ("odibi.format", "delta"), ("odibi.mode", "append"),
-                           ("odibi.connection", "warehouse"), ("odibi.write_path", "gold/x")):
+        for key, value in (
+            ("odibi.engine", "pandas"),
+            ("odibi.operation", "read"),
+            ("odibi.format", "delta"),
+            ("odibi.mode", "append"),
+            ("odibi.connection", "warehouse"),
+            ("odibi.write_path", "gold/x"),
+        ):
             run.set_attribute(key, value)
         return list(range(10))
 

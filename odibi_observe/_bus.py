@@ -108,8 +108,10 @@ class _Channel:
         # A sink whose retry is local and cheap (the spool: a size check) may cap its backoff,
         # so it takes events again as soon as there is room rather than up to retry_max later.
         cap = getattr(self.sink, "max_retry_delay", None)
-        self.backoff = Backoff(self.bus.retry_initial,
-                               self.bus.retry_max if cap is None else min(cap, self.bus.retry_max))
+        self.backoff = Backoff(
+            self.bus.retry_initial,
+            self.bus.retry_max if cap is None else min(cap, self.bus.retry_max),
+        )
         self.retry_at = 0.0
         self.inflight = 0
         #: The batch the worker is exporting: still undelivered if the process exits now.
@@ -199,8 +201,12 @@ class _Channel:
                 if first_seen is None:
                     first_seen = now
                 waited = now - first_seen
-                if (len(self.queue) >= self.bus.max_batch or waited >= self.bus.flush_interval
-                        or self.flush_requested or self.closed):
+                if (
+                    len(self.queue) >= self.bus.max_batch
+                    or waited >= self.bus.flush_interval
+                    or self.flush_requested
+                    or self.closed
+                ):
                     break
                 self.cond.wait(self.bus.flush_interval - waited)
                 continue
@@ -216,7 +222,7 @@ class _Channel:
         """Export ``batch`` in chunks; on failure keep the rest for a retry with backoff."""
         step = self.bus.max_batch
         for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
+            chunk = batch[start : start + step]
             try:
                 # A chunk that fails is bisected: events that fail on their own while the
                 # rest is delivered are dead-lettered, not retried forever (sinks/base.py).
@@ -238,7 +244,10 @@ class _Channel:
         self.bus.monitor.warn_once_per_minute(
             f"sink:{self.name}",
             "odibi-observe sink %r failed (%s: %s); %d event(s) kept for retry",
-            self.name, type(exc).__name__, safe_text(str(exc), 500), len(rest),
+            self.name,
+            type(exc).__name__,
+            safe_text(str(exc), 500),
+            len(rest),
         )
         with self.cond:
             self.failing = True
@@ -324,9 +333,12 @@ class _Channel:
         ok = not self.pending()
         # A sink's own flush (an SDK metric reader exporting, say) may block far longer than
         # the deadline on a hung backend; it gets the time that is left and no more.
-        done, flushed = _call_before(deadline, self.sink.force_flush,
-                                     max(deadline - time.monotonic(), 0.0),
-                                     name=f"odibi-observe-flush-{self.name}")
+        done, flushed = _call_before(
+            deadline,
+            self.sink.force_flush,
+            max(deadline - time.monotonic(), 0.0),
+            name=f"odibi-observe-flush-{self.name}",
+        )
         if isinstance(flushed, Exception):
             self._failed(flushed, [])
             return False
@@ -386,8 +398,9 @@ def _cause(ch: _Channel) -> str:
     return "; ".join(parts) or "not delivered in time"
 
 
-def _call_before(deadline: float, func: Callable[..., object], *args: object,
-                 name: str) -> tuple[bool, object]:
+def _call_before(
+    deadline: float, func: Callable[..., object], *args: object, name: str
+) -> tuple[bool, object]:
     """Run ``func(*args)`` in a daemon thread and wait for it until ``deadline``.
 
     Returns (finished, result or the exception it raised). A call still running at the
@@ -508,15 +521,28 @@ class EventBus:
             runs = len({e.record.run_id for e in events})
             cause = _cause(ch)
             if where is not None:
-                log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
-                            "exit (%s); %d run(s) kept in %s", ch.name, runs, len(events),
-                            cause, runs, where)
+                log.warning(
+                    "odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
+                    "exit (%s); %d run(s) kept in %s",
+                    ch.name,
+                    runs,
+                    len(events),
+                    cause,
+                    runs,
+                    where,
+                )
                 continue
             self.monitor.events_dropped.labels(sink=ch.name, reason="shutdown").inc(len(events))
-            log.warning("odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
-                        "shutdown (%s); dropped%s (counted in "
-                        f"{SELF_METRICS.events_dropped.prometheus})", ch.name, runs, len(events),
-                        cause, failure)
+            log.warning(
+                "odibi-observe sink %r: %d run(s) (%d event(s)) not delivered at "
+                "shutdown (%s); dropped%s (counted in "
+                f"{SELF_METRICS.events_dropped.prometheus})",
+                ch.name,
+                runs,
+                len(events),
+                cause,
+                failure,
+            )
 
     def _shutdown_sinks(self, deadline: float) -> None:
         """Shut every sink down in parallel, waiting until the deadline (plus a short grace
@@ -524,24 +550,31 @@ class EventBus:
         grace = max(deadline, time.monotonic() + _SHUTDOWN_GRACE)
         threads: list[tuple[str, threading.Thread]] = []
         for ch in self._channels:
-            thread = threading.Thread(target=self._shutdown_sink, args=(ch,),
-                                      name=f"odibi-observe-shutdown-{ch.name}", daemon=True)
+            thread = threading.Thread(
+                target=self._shutdown_sink,
+                args=(ch,),
+                name=f"odibi-observe-shutdown-{ch.name}",
+                daemon=True,
+            )
             thread.start()
             threads.append((ch.name, thread))
         for _, thread in threads:
             thread.join(max(grace - time.monotonic(), 0.0))
         late = [name for name, thread in threads if thread.is_alive()]
         if late:
-            log.info("odibi-observe: sink(s) %s still shutting down at the deadline; not "
-                     "waited for", ", ".join(repr(n) for n in late))
+            log.info(
+                "odibi-observe: sink(s) %s still shutting down at the deadline; not waited for",
+                ", ".join(repr(n) for n in late),
+            )
 
     @staticmethod
     def _shutdown_sink(ch: _Channel) -> None:
         try:
             ch.sink.shutdown()
         except Exception as exc:
-            log.warning("odibi-observe sink %r failed to shut down: %s", ch.name,
-                        safe_text(str(exc), 500))
+            log.warning(
+                "odibi-observe sink %r failed to shut down: %s", ch.name, safe_text(str(exc), 500)
+            )
 
     def pending(self) -> dict[str, int]:
         """Events not yet delivered, per sink (queue + retry buffer + in flight)."""
@@ -554,8 +587,11 @@ class EventBus:
             try:
                 ch.sink.after_fork()
             except Exception as exc:
-                log.warning("odibi-observe sink %r failed to reset after fork: %s",
-                            ch.name, safe_text(str(exc), 500))
+                log.warning(
+                    "odibi-observe sink %r failed to reset after fork: %s",
+                    ch.name,
+                    safe_text(str(exc), 500),
+                )
 
 
 _buses: weakref.WeakSet[EventBus] = weakref.WeakSet()

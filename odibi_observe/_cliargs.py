@@ -52,11 +52,17 @@ class HelpFormatter(argparse.HelpFormatter):
     example command — is kept, and wrapped only if too long, under its second column.
     """
 
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 28,
-                 width: int | None = None) -> None:
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 28,
+        width: int | None = None,
+    ) -> None:
         columns = width or _terminal_columns()
-        super().__init__(prog, indent_increment, max_help_position,
-                         width=min(columns, HELP_WIDTH) - 2)
+        super().__init__(
+            prog, indent_increment, max_help_position, width=min(columns, HELP_WIDTH) - 2
+        )
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         paragraphs = re.split(r"\n[ \t]*\n", text.strip("\n"))
@@ -71,14 +77,24 @@ def _fill_paragraph(paragraph: str, width: int, indent: str) -> str:
 
     lines = paragraph.splitlines()
     first, rest = lines[0], lines[1:]
-    prose = (not first.startswith(" ") and not any(_TABLE_GAP.search(x) for x in lines)
-             and (all(not x.startswith(" ") for x in rest)
-                  or all(x.startswith("  ") and not x.startswith("   ") for x in rest)))
+    prose = (
+        not first.startswith(" ")
+        and not any(_TABLE_GAP.search(x) for x in lines)
+        and (
+            all(not x.startswith(" ") for x in rest)
+            or all(x.startswith("  ") and not x.startswith("   ") for x in rest)
+        )
+    )
     if prose:
         hanging = "  " if rest and rest[0].startswith(" ") else ""
-        return textwrap.fill(" ".join(x.strip() for x in lines), width,
-                             initial_indent=indent, subsequent_indent=indent + hanging,
-                             break_long_words=False, break_on_hyphens=False)
+        return textwrap.fill(
+            " ".join(x.strip() for x in lines),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent + hanging,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     out = []
     for line in lines:
         if len(indent + line) <= width:
@@ -87,9 +103,16 @@ def _fill_paragraph(paragraph: str, width: int, indent: str) -> str:
         column = _TABLE_GAP.search(line)
         lead = len(line) - len(line.lstrip())
         under = column.end() - 1 if column and column.end() - 1 < width // 2 else lead + 2
-        out.append(textwrap.fill(line, width, initial_indent=indent,
-                                 subsequent_indent=indent + " " * under,
-                                 break_long_words=False, break_on_hyphens=False))
+        out.append(
+            textwrap.fill(
+                line,
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent + " " * under,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
     return "\n".join(out)
 
 
@@ -168,7 +191,8 @@ def time_arg(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a duration like 30m, 6h, 7d nor an ISO 8601 time like "
-            "2024-05-01 or 2024-05-01T06:00:00Z") from None
+            "2024-05-01 or 2024-05-01T06:00:00Z"
+        ) from None
     return datetime.now(timezone.utc) - ago
 
 
@@ -185,7 +209,8 @@ def span_arg(text: str) -> timedelta:
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a duration like 30m, 6h, 7d nor an ISO 8601 time like "
-            "2024-05-01T06:00:00Z") from None
+            "2024-05-01T06:00:00Z"
+        ) from None
 
 
 def percent_arg(text: str) -> float:
@@ -207,8 +232,12 @@ def format_name(text: str, choices: tuple[str, ...]) -> str:
     if name not in choices:
         raise argparse.ArgumentTypeError(
             f"unknown format {text.strip() or '(none)'}: choose from {', '.join(choices)}"
-            + (" (md and markdown are the same)" if "md" in choices or "markdown" in choices
-               else ""))
+            + (
+                " (md and markdown are the same)"
+                if "md" in choices or "markdown" in choices
+                else ""
+            )
+        )
     return name
 
 
@@ -217,24 +246,34 @@ def formats_arg(text: str) -> tuple[str, ...]:
     names = [f for f in text.split(",") if f.strip()]
     if not names:
         raise argparse.ArgumentTypeError(
-            f"unknown format (none): choose from {', '.join(REPORT_FORMATS)}")
+            f"unknown format (none): choose from {', '.join(REPORT_FORMATS)}"
+        )
     return tuple(dict.fromkeys(format_name(f, REPORT_FORMATS) for f in names))
 
 
 # -- options ------------------------------------------------------------------------------------
 
 
-def catalog_arg(parser: argparse.ArgumentParser | Any, *, read_only: bool = False,
-                extra: str = "", required: bool = True) -> None:
+def catalog_arg(
+    parser: argparse.ArgumentParser | Any,
+    *,
+    read_only: bool = False,
+    extra: str = "",
+    required: bool = True,
+) -> None:
     """``--catalog URL`` (default ``$ODIBI_OBSERVE_CATALOG_URL``); a bare path is a SQLite
     file. A read-only command never creates that file."""
     missing = "; a missing file is an error, never created" if read_only else ""
     parser.add_argument(
-        "--catalog", metavar="URL", default=None, type=catalog_url,
+        "--catalog",
+        metavar="URL",
+        default=None,
+        type=catalog_url,
         help=f"SQLAlchemy URL of the catalog, e.g. sqlite:///catalog.db or "
-             f"postgresql://user@host/db{extra}, or a path to a SQLite file (catalog.db means "
-             f"sqlite:///catalog.db{missing}) "
-             f"({'required; ' if required else ''}default: ${CATALOG_ENV})")
+        f"postgresql://user@host/db{extra}, or a path to a SQLite file (catalog.db means "
+        f"sqlite:///catalog.db{missing}) "
+        f"({'required; ' if required else ''}default: ${CATALOG_ENV})",
+    )
 
 
 def resolve_catalog(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -249,9 +288,13 @@ def resolve_catalog(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 def log_level_arg(parser: argparse.ArgumentParser | Any, default: str = "warning") -> None:
     """``--log-level``: what odibi-observe's own log says on stderr."""
     parser.add_argument(
-        "--log-level", metavar="LEVEL", type=str.lower, choices=LOG_LEVELS,
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
+        choices=LOG_LEVELS,
         help=f"debug, info, warning or error, to stderr (default: {default}; "
-             f"env {setting('log_level').env})")
+        f"env {setting('log_level').env})",
+    )
     parser.set_defaults(log_default=default)
 
 
@@ -261,23 +304,29 @@ def setup_logging(args: argparse.Namespace) -> None:
     raw = getattr(args, "log_level", None) or os.environ.get(str(setting("log_level").env))
     level = str(raw or getattr(args, "log_default", "warning")).strip().lower()
     if level not in LOG_LEVELS:
-        raise ConfigurationError(f"{setting('log_level').env}={level!r}: choose from "
-                                 f"{', '.join(LOG_LEVELS)}")
+        raise ConfigurationError(
+            f"{setting('log_level').env}={level!r}: choose from {', '.join(LOG_LEVELS)}"
+        )
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     logging.getLogger("odibi_observe").setLevel(level.upper())
     if level != "debug":
         # Alembic narrates every migration check at INFO.
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def json_arg(parser: argparse.ArgumentParser | Any, what: str = "the summary", *,
-             help: str | None = None) -> None:
+def json_arg(
+    parser: argparse.ArgumentParser | Any, what: str = "the summary", *, help: str | None = None
+) -> None:
     """``--json``: what the command prints, as JSON on stdout instead of text."""
-    parser.add_argument("--json", action="store_true",
-                        help=help or f"print {what} as JSON on stdout, for scripts")
+    parser.add_argument(
+        "--json", action="store_true", help=help or f"print {what} as JSON on stdout, for scripts"
+    )
 
 
 def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
@@ -294,8 +343,9 @@ def check_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
             break
         probe = parent
     if not probe.is_dir():
-        raise ConfigurationError(f"{option} {str(out)!r}: {str(probe)!r} is a file, so the "
-                                 "directory cannot be created")
+        raise ConfigurationError(
+            f"{option} {str(out)!r}: {str(probe)!r} is a file, so the directory cannot be created"
+        )
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is not writable" if probe == out else f"cannot be created in {str(probe)!r}"
         raise ConfigurationError(f"{option} {str(out)!r} {what} (permission denied)")
@@ -308,8 +358,9 @@ def make_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigurationError(f"{option} {str(out)!r} cannot be created: "
-                                 f"{exc.strerror or exc}") from None
+        raise ConfigurationError(
+            f"{option} {str(out)!r} cannot be created: {exc.strerror or exc}"
+        ) from None
     return out
 
 

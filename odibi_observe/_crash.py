@@ -111,14 +111,21 @@ class CrashEvidence:
 
     @property
     def oom_kill_rose(self) -> bool:
-        return (self.oom_before is not None and self.oom_after is not None
-                and self.oom_after > self.oom_before)
+        return (
+            self.oom_before is not None
+            and self.oom_after is not None
+            and self.oom_after > self.oom_before
+        )
 
     @property
     def peak_at_limit(self) -> bool:
         peak, limit = self.peak_rss_bytes, self.memory_limit_bytes
-        return peak is not None and limit is not None and limit > 0 \
+        return (
+            peak is not None
+            and limit is not None
+            and limit > 0
             and peak >= PEAK_AT_LIMIT_FRACTION * limit
+        )
 
 
 def crash_cause(evidence: CrashEvidence) -> tuple[str, str]:
@@ -136,14 +143,19 @@ def crash_cause(evidence: CrashEvidence) -> tuple[str, str]:
         return CRASH_PROCESS_EXIT, f"it exited with status {code}"
     if sig is not None and sig != signal.SIGKILL:
         name = _signal_name(sig)
-        return (CRASH_SIGTERM if sig == signal.SIGTERM else CRASH_SIGNALED,
-                f"it was killed by {name} (its exit status)")
+        return (
+            CRASH_SIGTERM if sig == signal.SIGTERM else CRASH_SIGNALED,
+            f"it was killed by {name} (its exit status)",
+        )
     if evidence.oom_kill_rose:
-        return CRASH_OOM_KILLED, (f"its cgroup's oom_kill count rose from {evidence.oom_before} "
-                                  f"to {evidence.oom_after}")
+        return CRASH_OOM_KILLED, (
+            f"its cgroup's oom_kill count rose from {evidence.oom_before} to {evidence.oom_after}"
+        )
     if evidence.peak_at_limit:
-        return CRASH_OOM_KILLED, (f"its peak memory {evidence.peak_rss_bytes} bytes was at its "
-                                  f"limit {evidence.memory_limit_bytes} bytes")
+        return CRASH_OOM_KILLED, (
+            f"its peak memory {evidence.peak_rss_bytes} bytes was at its "
+            f"limit {evidence.memory_limit_bytes} bytes"
+        )
     if sig is not None:
         return CRASH_SIGKILL, "it was killed by SIGKILL (its exit status)"
     return CRASH_HEARTBEAT_LOST, "how it ended is not visible from here"
@@ -156,8 +168,14 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def close_as_crashed(record: RunRecord, *, verdict: str, closed_by: str,
-                     source: Source, cause: str = CRASH_HEARTBEAT_LOST) -> RunRecord:
+def close_as_crashed(
+    record: RunRecord,
+    *,
+    verdict: str,
+    closed_by: str,
+    source: Source,
+    cause: str = CRASH_HEARTBEAT_LOST,
+) -> RunRecord:
     """``record`` (RUNNING) closed as CRASHED at its last sign of life, ``error_type`` ``cause``.
 
     ``verdict`` says what the closer found about the process and when ("process 1234 on host
@@ -165,8 +183,10 @@ def close_as_crashed(record: RunRecord, *, verdict: str, closed_by: str,
     """
     last = last_sign_of_life(record)
     return record.finished(
-        status=RunStatus.CRASHED, ended_ns=last.at_ns, error_type=cause,
+        status=RunStatus.CRASHED,
+        ended_ns=last.at_ns,
+        error_type=cause,
         error_message=f"{verdict}; last sign of life {utc(last.at_ns)} ({last.kind}); closed "
-                      f"as CRASHED by {closed_by}, ended at its last sign of life",
+        f"as CRASHED by {closed_by}, ended at its last sign of life",
         source=source,
     )

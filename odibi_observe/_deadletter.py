@@ -49,8 +49,13 @@ MAX_REASON: Final = 2_000
 class DeadLetter:
     """Counts, logs and (with a directory) keeps what a sink rejected for good."""
 
-    def __init__(self, monitor: SelfMonitor, directory: str | os.PathLike[str] | None = None,
-                 *, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        monitor: SelfMonitor,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int = DEAD_LETTER_MAX_BYTES,
+    ) -> None:
         self.monitor = monitor
         self.directory = None if directory is None else Path(directory)
         self.max_bytes = max_bytes
@@ -59,8 +64,9 @@ class DeadLetter:
         self._lock = threading.Lock()
 
     @classmethod
-    def in_spool_dir(cls, monitor: SelfMonitor,
-                     spool_dir: str | os.PathLike[str] | None) -> DeadLetter:
+    def in_spool_dir(
+        cls, monitor: SelfMonitor, spool_dir: str | os.PathLike[str] | None
+    ) -> DeadLetter:
         """The dead letter of a process whose spool is ``spool_dir`` (None: count and log)."""
         return cls(monitor, None if not spool_dir else Path(spool_dir) / DEAD_LETTER_DIR)
 
@@ -70,9 +76,15 @@ class DeadLetter:
 
     def reject(self, sink: str, rejections: Sequence[tuple[RunEvent, str]]) -> None:
         """Dead-letter ``rejections`` (event, reason) of ``sink``."""
-        entries = [{"sink": sink, "reason": safe_text(reason, MAX_REASON),
-                    "run_id": event.record.run_id, "event": _event_json(event)}
-                   for event, reason in rejections]
+        entries = [
+            {
+                "sink": sink,
+                "reason": safe_text(reason, MAX_REASON),
+                "run_id": event.record.run_id,
+                "event": _event_json(event),
+            }
+            for event, reason in rejections
+        ]
         self._add(sink, entries)
 
     def reject_payload(self, sink: str, payload: bytes, position: object, reason: str) -> None:
@@ -82,8 +94,17 @@ class DeadLetter:
             frame: Any = json.loads(text)  # kept as JSON when it is JSON: easier to fix
         except ValueError:
             frame = text
-        self._add(sink, [{"sink": sink, "reason": safe_text(reason, MAX_REASON),
-                          "position": str(position), "payload": frame}])
+        self._add(
+            sink,
+            [
+                {
+                    "sink": sink,
+                    "reason": safe_text(reason, MAX_REASON),
+                    "position": str(position),
+                    "payload": frame,
+                }
+            ],
+        )
 
     def _add(self, sink: str, entries: list[dict[str, Any]]) -> None:
         if not entries:
@@ -98,8 +119,12 @@ class DeadLetter:
             f"dead-letter:{sink}",
             "odibi-observe sink %r can never export %d record(s) (%s), dead-lettered and "
             f"skipped: %s; counted in {SELF_METRICS.dead_letter.prometheus}, %s",
-            sink, len(entries), entries[0].get("run_id", "undecodable frame"),
-            entries[0]["reason"], where)
+            sink,
+            len(entries),
+            entries[0].get("run_id", "undecodable frame"),
+            entries[0]["reason"],
+            where,
+        )
         with self._lock:
             self.totals[sink] = self.totals.get(sink, 0) + len(entries)
             self.last = {k: entries[-1][k] for k in ("time", "sink", "reason")}
@@ -109,8 +134,9 @@ class DeadLetter:
     def _write(self, entries: list[dict[str, Any]]) -> None:
         assert self.directory is not None
         assert self.path is not None
-        data = "".join(json.dumps(e, separators=(",", ":"), default=str) + "\n"
-                       for e in entries).encode("utf-8", "backslashreplace")
+        data = "".join(
+            json.dumps(e, separators=(",", ":"), default=str) + "\n" for e in entries
+        ).encode("utf-8", "backslashreplace")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             try:
@@ -126,15 +152,22 @@ class DeadLetter:
                 os.close(fd)
         except OSError as exc:
             self.monitor.warn_once_per_minute(
-                "dead-letter-write", "odibi-observe: cannot write the dead letter in %s: %s "
-                "(the records are counted and logged only)", self.directory, exc)
+                "dead-letter-write",
+                "odibi-observe: cannot write the dead letter in %s: %s "
+                "(the records are counted and logged only)",
+                self.directory,
+                exc,
+            )
 
     def health(self) -> Mapping[str, Any]:
         """What ``/healthz`` shows: totals per sink, where the file is, the latest entry."""
         with self._lock:
-            return {"total": sum(self.totals.values()), "by_sink": dict(self.totals),
-                    "file": None if self.path is None else str(self.path),
-                    "last": self.last}
+            return {
+                "total": sum(self.totals.values()),
+                "by_sink": dict(self.totals),
+                "file": None if self.path is None else str(self.path),
+                "last": self.last,
+            }
 
 
 def _event_json(event: RunEvent) -> Any:

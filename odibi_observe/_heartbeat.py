@@ -37,8 +37,12 @@ Clock = Callable[[], int]
 class Heartbeat:
     """Emits a ``HEARTBEAT`` event for each active run of this process every ``interval``."""
 
-    def __init__(self, interval: float, clock: Clock = time.time_ns,
-                 runs: Callable[[], list[LiveRun]] = active_runs) -> None:
+    def __init__(
+        self,
+        interval: float,
+        clock: Clock = time.time_ns,
+        runs: Callable[[], list[LiveRun]] = active_runs,
+    ) -> None:
         self.interval = interval
         self.clock = clock
         self.runs = runs
@@ -66,8 +70,9 @@ class Heartbeat:
         if self.interval <= 0 or (self._thread is not None and self._thread.is_alive()):
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="odibi-observe-heartbeat",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="odibi-observe-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def _run(self) -> None:

@@ -80,12 +80,18 @@ MAX_SUGGESTION_LENGTH: Final = 1_024
 MAX_KEY_LENGTH: Final = 128
 _INT64_MAX: Final = 2**63 - 1
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
-_SURROGATES: Final = ("a {field} text contained lone surrogates (not encodable as UTF-8); "
-                      "they were escaped, e.g. \\udce9 for the byte 0xe9")
-_ROW_FRAME_TYPES: Final = frozenset({
-    ("pandas", "DataFrame"), ("polars", "DataFrame"), ("pyarrow", "Table"),
-    ("pyarrow", "RecordBatch"),
-})
+_SURROGATES: Final = (
+    "a {field} text contained lone surrogates (not encodable as UTF-8); "
+    "they were escaped, e.g. \\udce9 for the byte 0xe9"
+)
+_ROW_FRAME_TYPES: Final = frozenset(
+    {
+        ("pandas", "DataFrame"),
+        ("polars", "DataFrame"),
+        ("pyarrow", "Table"),
+        ("pyarrow", "RecordBatch"),
+    }
+)
 
 
 #: Renders nested values to a bounded depth and length (a list nested 1 000 deep, a huge
@@ -154,7 +160,8 @@ class _PipelineScope:
 
 _current_run: ContextVar[NodeRun | None] = ContextVar("odibi_observe_run", default=None)
 _current_pipeline: ContextVar[_PipelineScope | None] = ContextVar(
-    "odibi_observe_pipeline", default=None)
+    "odibi_observe_pipeline", default=None
+)
 
 
 class NodeRun:
@@ -215,8 +222,7 @@ class NodeRun:
             attempt = self._coerce_attempt(attempt, 1)
         span_id = random.getrandbits(64) or 1
         # Made current while the node runs (see _begin); kept as ints, not re-parsed from hex.
-        self._span_context = SpanContext(trace_id, span_id, is_remote=False,
-                                         trace_flags=_SAMPLED)
+        self._span_context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
         self._start_mono = time.perf_counter_ns()
         self._meter = ResourceMeter()
         self.record = RunRecord(
@@ -236,9 +242,11 @@ class NodeRun:
             host=s.host,
             pid=os.getpid(),
             service_name=s.service_name,
-            pipeline_run_id=(pipeline_run_id if pipeline_run_id is None
-                             or type(pipeline_run_id) is str
-                             else self._name(pipeline_run_id, "pipeline_run_id")),
+            pipeline_run_id=(
+                pipeline_run_id
+                if pipeline_run_id is None or type(pipeline_run_id) is str
+                else self._name(pipeline_run_id, "pipeline_run_id")
+            ),
             attempt=attempt,
         )
         if attributes is not None:
@@ -296,31 +304,39 @@ class NodeRun:
         try:
             name = self._key(key)
         except Exception as exc:
-            self._invalid("attribute", f"an attribute key could not be read as text "
-                          f"({_reason(exc)}); the attribute was dropped")
+            self._invalid(
+                "attribute",
+                f"an attribute key could not be read as text "
+                f"({_reason(exc)}); the attribute was dropped",
+            )
             return
         try:
             if name not in self._attributes and len(self._attributes) >= MAX_ATTRIBUTES:
-                self._invalid("attribute", f"more than {MAX_ATTRIBUTES} attributes; "
-                              f"{name!r} dropped")
+                self._invalid(
+                    "attribute", f"more than {MAX_ATTRIBUTES} attributes; {name!r} dropped"
+                )
                 return
             self._attributes[name] = self._coerce_attribute(name, value)
         except Exception as exc:
-            self._invalid("attribute", f"attribute {name!r} could not be read "
-                          f"({_reason(exc)}); dropped")
+            self._invalid(
+                "attribute", f"attribute {name!r} could not be read ({_reason(exc)}); dropped"
+            )
 
     def suggest(self, text: str) -> None:
         """Record advice for whoever reads this run (shown by ``odibi-observe runs``)."""
         if len(self._suggestions) >= MAX_SUGGESTIONS:
-            self._invalid("suggestion", f"more than {MAX_SUGGESTIONS} suggestions; further "
-                          "ones dropped")
+            self._invalid(
+                "suggestion", f"more than {MAX_SUGGESTIONS} suggestions; further ones dropped"
+            )
             return
         try:
             self._suggestions.append(
-                self._safe(_text_of(text), MAX_SUGGESTION_LENGTH, "suggestion"))
+                self._safe(_text_of(text), MAX_SUGGESTION_LENGTH, "suggestion")
+            )
         except Exception as exc:
-            self._invalid("suggestion", f"a suggestion could not be read as text "
-                          f"({_reason(exc)}); dropped")
+            self._invalid(
+                "suggestion", f"a suggestion could not be read as text ({_reason(exc)}); dropped"
+            )
 
     def set_duration(self, seconds: Any) -> None:
         """Record ``seconds`` as the run's duration instead of the time measured around it.
@@ -335,8 +351,11 @@ class NodeRun:
         except Exception:
             value = math.nan
         if not math.isfinite(value) or value < 0 or value * 1e9 > _INT64_MAX:
-            self._invalid("duration", f"duration={_describe(seconds)} is not a usable number "
-                          "of seconds; the measured duration is kept")
+            self._invalid(
+                "duration",
+                f"duration={_describe(seconds)} is not a usable number "
+                "of seconds; the measured duration is kept",
+            )
             return
         self._duration_ns = int(value * 1e9)
 
@@ -351,8 +370,7 @@ class NodeRun:
         """
         self._end_with_error(error, message, RunStatus.FAILURE)
 
-    def _end_with_error(self, error: BaseException, message: str | None,
-                        status: RunStatus) -> None:
+    def _end_with_error(self, error: BaseException, message: str | None, status: RunStatus) -> None:
         """End the run as ``status`` with ``error``'s type, message and suggestions."""
         problems: list[str] = []
         for text in _suggestions_of(error, problems):
@@ -367,15 +385,18 @@ class NodeRun:
                 text = error_message_of(error)
         for problem in problems:
             self._invalid("error", f"run {self.run_id}: {problem}; left out")
-        self._finish(status, error_type=error_type_of(error), error_message=text,
-                     error_stack=self._stack(error))
+        self._finish(
+            status,
+            error_type=error_type_of(error),
+            error_message=text,
+            error_stack=self._stack(error),
+        )
 
     def __bool__(self) -> bool:
         return True
 
     def __repr__(self) -> str:
-        return (f"NodeRun(run_id={self.run_id!r}, pipeline={self.pipeline!r}, "
-                f"node={self.node!r})")
+        return f"NodeRun(run_id={self.run_id!r}, pipeline={self.pipeline!r}, node={self.node!r})"
 
     # -- lifecycle (used by the decorator and the context managers) --------------------------
     def _begin(self) -> None:
@@ -383,7 +404,8 @@ class NodeRun:
         self._observer.bus.emit(RunEvent(EventKind.STARTED, self.record))
         self._run_token = _current_run.set(self)
         self._otel_token = otel_context.attach(
-            trace.set_span_in_context(NonRecordingSpan(self._span_context)))
+            trace.set_span_in_context(NonRecordingSpan(self._span_context))
+        )
 
     def _leave(self) -> None:
         """Undo ``_begin``'s context changes (same thread/context as ``_begin``)."""
@@ -403,9 +425,12 @@ class NodeRun:
             try:
                 rows = _rows_from_result(result, self._count_int_return)
             except Exception as exc:
-                self._invalid("rows_processed", f"the row count of the returned "
-                              f"{_type_name(result)} could not be read ({_reason(exc)}); "
-                              "recorded as unknown")
+                self._invalid(
+                    "rows_processed",
+                    f"the row count of the returned "
+                    f"{_type_name(result)} could not be read ({_reason(exc)}); "
+                    "recorded as unknown",
+                )
             else:
                 if rows is not None:
                     self._rows = self._coerce_rows(rows)
@@ -425,8 +450,14 @@ class NodeRun:
         except Exception:
             return None
 
-    def _finish(self, status: RunStatus, *, error_type: str | None = None,
-                error_message: str | None = None, error_stack: str | None = None) -> bool:
+    def _finish(
+        self,
+        status: RunStatus,
+        *,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        error_stack: str | None = None,
+    ) -> bool:
         """Emit the terminal record once; False if the run was already finished.
 
         Never raises. If the full record cannot be built (a bug here, not the user's value:
@@ -436,8 +467,11 @@ class NodeRun:
         if not self._ended.acquire(blocking=False):
             return False
         active.discard(self.record.run_id)
-        duration = (time.perf_counter_ns() - self._start_mono if self._duration_ns is None
-                    else self._duration_ns)
+        duration = (
+            time.perf_counter_ns() - self._start_mono
+            if self._duration_ns is None
+            else self._duration_ns
+        )
         ended_ns = self.record.started_ns + max(duration, 0)
         used = final_fields(self._meter)
         try:
@@ -447,16 +481,20 @@ class NodeRun:
                 ended_ns=ended_ns,
                 rows_processed=self._rows,
                 error_type=error_type,
-                error_message=(None if error_message is None
-                               else self._safe(error_message, limit, "error")),
+                error_message=(
+                    None if error_message is None else self._safe(error_message, limit, "error")
+                ),
                 error_stack=error_stack,
                 suggestions=tuple(self._suggestions),
                 attributes=dict(self._attributes),
                 **used,
             )
         except Exception:
-            log.exception("odibi-observe: could not build the record of run %s; recorded "
-                          "with its status and times only", self.record.run_id)
+            log.exception(
+                "odibi-observe: could not build the record of run %s; recorded "
+                "with its status and times only",
+                self.record.run_id,
+            )
             final = self.record.finished(status=status, ended_ns=ended_ns, **used)
         self.record = final
         self._observer.bus.emit(RunEvent(EventKind.FINISHED, final))
@@ -484,8 +522,11 @@ class NodeRun:
         try:
             text = _text_of(value)
         except Exception as exc:
-            self._invalid(field, f"the {field} name could not be read as text "
-                          f"({_reason(exc)}); recorded as 'unknown'")
+            self._invalid(
+                field,
+                f"the {field} name could not be read as text "
+                f"({_reason(exc)}); recorded as 'unknown'",
+            )
             return "unknown"
         if not text:
             self._invalid(field, f"empty {field} name recorded as 'unknown'")
@@ -510,15 +551,17 @@ class NodeRun:
         try:
             items = list(attributes.items())
         except Exception as exc:
-            self._invalid("attribute", f"the attributes mapping could not be read "
-                          f"({_reason(exc)}); no attributes recorded from it")
+            self._invalid(
+                "attribute",
+                f"the attributes mapping could not be read "
+                f"({_reason(exc)}); no attributes recorded from it",
+            )
             return
         for item in items:
             try:
                 key, value = item
             except Exception:  # an items() that yields something other than pairs
-                self._invalid("attribute", "an attribute item is not a (key, value) pair; "
-                              "dropped")
+                self._invalid("attribute", "an attribute item is not a (key, value) pair; dropped")
                 continue
             self.set_attribute(key, value)
 
@@ -537,8 +580,10 @@ class NodeRun:
                 return number
         except Exception:  # noqa: S110 - not a number: counted just below
             pass
-        self._invalid("attempt", f"attempt={_describe(value)} is not a positive whole number; "
-                      f"recorded as {keep}")
+        self._invalid(
+            "attempt",
+            f"attempt={_describe(value)} is not a positive whole number; recorded as {keep}",
+        )
         return keep
 
     def _coerce_rows(self, value: Any) -> int | None:
@@ -549,23 +594,28 @@ class NodeRun:
         try:
             return self._coerce_rows_slow(value)
         except Exception as exc:
-            self._invalid("rows_processed", f"rows_processed={_describe(value)} could not be "
-                          f"read ({_reason(exc)}); recorded as unknown")
+            self._invalid(
+                "rows_processed",
+                f"rows_processed={_describe(value)} could not be "
+                f"read ({_reason(exc)}); recorded as unknown",
+            )
             return None
 
     def _coerce_rows_slow(self, value: Any) -> int | None:
         """Anything but a plain in-range int; may raise (``_coerce_rows`` catches)."""
         if type(value) is float:
             if not math.isfinite(value):
-                self._invalid("rows_processed",
-                              f"rows_processed={value!r} is not finite; recorded as unknown")
+                self._invalid(
+                    "rows_processed", f"rows_processed={value!r} is not finite; recorded as unknown"
+                )
                 return None
             number = int(value)
         elif type(value) is int:
             number = value
         elif isinstance(value, bool):
-            self._invalid("rows_processed", "rows_processed is a bool, not a number; "
-                          "recorded as unknown")
+            self._invalid(
+                "rows_processed", "rows_processed is a bool, not a number; recorded as unknown"
+            )
             return None
         elif isinstance(value, float):  # a float subclass: its own value, not its methods
             return self._coerce_rows_slow(float.__float__(value))
@@ -575,14 +625,19 @@ class NodeRun:
             try:
                 number = int(value)
             except (TypeError, ValueError) as exc:
-                self._invalid("rows_processed", f"rows_processed={_describe(value)} is not a "
-                              f"number ({_reason(exc)}); recorded as unknown")
+                self._invalid(
+                    "rows_processed",
+                    f"rows_processed={_describe(value)} is not a "
+                    f"number ({_reason(exc)}); recorded as unknown",
+                )
                 return None
             if type(number) is not int:
                 number = int.__int__(number)
         if number < 0:
-            self._invalid("rows_processed",
-                          f"rows_processed={_describe(number)} is negative; recorded as unknown")
+            self._invalid(
+                "rows_processed",
+                f"rows_processed={_describe(number)} is negative; recorded as unknown",
+            )
             return None
         if number > _INT64_MAX:
             self._invalid("rows_processed", "rows_processed exceeds int64; clamped")
@@ -601,12 +656,18 @@ class NodeRun:
         if isinstance(value, (list, tuple)):
             return self._coerce_sequence(key, value)
         if isinstance(value, (str, int, float)):  # a subclass: its plain value
-            plain = (str.__str__(value) if isinstance(value, str)
-                     else int.__int__(value) if isinstance(value, int)
-                     else float.__float__(value))
+            plain = (
+                str.__str__(value)
+                if isinstance(value, str)
+                else int.__int__(value)
+                if isinstance(value, int)
+                else float.__float__(value)
+            )
             return self._coerce_attribute(key, plain)
-        self._invalid("attribute", f"attribute {key!r} of type {_type_name(value)} is not a "
-                      "primitive; stored as its repr")
+        self._invalid(
+            "attribute",
+            f"attribute {key!r} of type {_type_name(value)} is not a primitive; stored as its repr",
+        )
         try:
             text = _text_of(repr(value))
         except Exception:
@@ -618,8 +679,9 @@ class NodeRun:
         if type(value) is int:
             if -_INT64_MAX - 1 <= value <= _INT64_MAX:
                 return value
-            self._invalid("attribute", f"attribute {key!r} is an integer beyond int64; "
-                          "stored as text")
+            self._invalid(
+                "attribute", f"attribute {key!r} is an integer beyond int64; stored as text"
+            )
             try:
                 return str(value)
             except ValueError:  # more digits than int->str conversion allows
@@ -636,8 +698,11 @@ class NodeRun:
         (a subclass may override it); an item that is not a primitive (a nested list, an
         object) becomes a bounded repr, and then every item is text.
         """
-        items = (list.__getitem__(value, slice(0, MAX_ATTRIBUTES)) if isinstance(value, list)
-                 else tuple.__getitem__(value, slice(0, MAX_ATTRIBUTES)))
+        items = (
+            list.__getitem__(value, slice(0, MAX_ATTRIBUTES))
+            if isinstance(value, list)
+            else tuple.__getitem__(value, slice(0, MAX_ATTRIBUTES))
+        )
         limit = self._observer.settings.max_attribute_length
         out: list[Any] = []
         kinds: set[type] = set()
@@ -681,12 +746,14 @@ class _LiveNodeRun:
     def heartbeat(self, now_ns: int) -> None:
         run = self._run
         run._observer.bus.emit(
-            RunEvent(EventKind.HEARTBEAT, run.record.replace(
-                heartbeat_ns=now_ns, peak_rss_bytes=run._meter.sample())))
+            RunEvent(
+                EventKind.HEARTBEAT,
+                run.record.replace(heartbeat_ns=now_ns, peak_rss_bytes=run._meter.sample()),
+            )
+        )
 
     def crash(self, error_type: str, message: str) -> bool:
-        return self._run._finish(RunStatus.CRASHED, error_type=error_type,
-                                 error_message=message)
+        return self._run._finish(RunStatus.CRASHED, error_type=error_type, error_message=message)
 
 
 class _NoRun:
@@ -783,6 +850,7 @@ def current_run() -> RunHandle:
 
 # -- the public entry points ------------------------------------------------------------------
 
+
 class node_run:
     """``with node_run(pipeline, node) as run:`` — record the block as one node run.
 
@@ -806,18 +874,28 @@ class node_run:
     def __enter__(self) -> NodeRun:
         pipeline, node, project, attempt, pipeline_run_id, attributes = self._args
         try:
-            self._run = _start(pipeline, node if _given(node) else "block", project=project,
-                               attempt=attempt,
-                               pipeline_run_id=pipeline_run_id, attributes=attributes)
+            self._run = _start(
+                pipeline,
+                node if _given(node) else "block",
+                project=project,
+                attempt=attempt,
+                pipeline_run_id=pipeline_run_id,
+                attributes=attributes,
+            )
         except Exception:
-            log.exception("odibi-observe: could not start recording %r; running it unobserved",
-                          node)
+            log.exception(
+                "odibi-observe: could not start recording %r; running it unobserved", node
+            )
             # The block still runs; its ``run`` accepts every call and records nothing.
             return cast(NodeRun, NO_RUN)
         return self._run
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         run = self._run
         if run is None:
             return
@@ -832,19 +910,25 @@ class node_run:
     async def __aenter__(self) -> NodeRun:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.__exit__(exc_type, exc, tb)
 
 
-def _try_start(pipeline: str | None, node: str, project: str | None,
-               count_int_return: bool) -> NodeRun | None:
+def _try_start(
+    pipeline: str | None, node: str, project: str | None, count_int_return: bool
+) -> NodeRun | None:
     """``_start`` for the decorator: on an internal error, log and run the node unobserved."""
     try:
         return _start(pipeline, node, project=project, count_int_return=count_int_return)
     except Exception:
-        log.exception("odibi-observe: could not start recording node %r; running it unobserved",
-                      node)
+        log.exception(
+            "odibi-observe: could not start recording node %r; running it unobserved", node
+        )
         return None
 
 
@@ -863,10 +947,16 @@ def _start(
         pipeline = pipeline if _given(pipeline) else scope.pipeline
         pipeline_run_id = pipeline_run_id if _given(pipeline_run_id) else scope.pipeline_run_id
         project = project if _given(project) else scope.project
-    run = NodeRun(get_observer(), pipeline if _given(pipeline) else "default", node,
-                  project=project, attempt=attempt,
-                  pipeline_run_id=pipeline_run_id, attributes=attributes,
-                  count_int_return=count_int_return)
+    run = NodeRun(
+        get_observer(),
+        pipeline if _given(pipeline) else "default",
+        node,
+        project=project,
+        attempt=attempt,
+        pipeline_run_id=pipeline_run_id,
+        attributes=attributes,
+        count_int_return=count_int_return,
+    )
     run._begin()
     return run
 
@@ -877,8 +967,13 @@ def observe_node(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def observe_node(
-    fn: None = None, /, *, pipeline: str | None = None, node: str | None = None,
-    project: str | None = None, count_int_return: bool = False,
+    fn: None = None,
+    /,
+    *,
+    pipeline: str | None = None,
+    node: str | None = None,
+    project: str | None = None,
+    count_int_return: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -901,7 +996,8 @@ def observe_node(
     """
     if pipeline is not None and not isinstance(pipeline, str):
         raise TypeError(
-            f"observe_node(pipeline=...) must be a string, not {type(pipeline).__name__}")
+            f"observe_node(pipeline=...) must be a string, not {type(pipeline).__name__}"
+        )
     if node is not None and not isinstance(node, str):
         raise TypeError(f"observe_node(node=...) must be a string, not {type(node).__name__}")
 
@@ -912,11 +1008,13 @@ def observe_node(
             raise TypeError(
                 f"observe_node cannot record the generator function {func.__qualname__!r}: "
                 "its work happens while it is consumed. Wrap the code that consumes it in "
-                "'with odibi_observe.node_run(pipeline, node):' instead.")
+                "'with odibi_observe.node_run(pipeline, node):' instead."
+            )
         node_name: str = node or str(getattr(func, "__name__", "node"))
         if inspect.iscoroutinefunction(func):
             return _wrap_async(  # type: ignore[return-value]
-                func, pipeline, node_name, project, count_int_return)
+                func, pipeline, node_name, project, count_int_return
+            )
 
         @functools.wraps(func)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -938,8 +1036,13 @@ def observe_node(
     return decorate(fn) if fn is not None else decorate
 
 
-def _wrap_async(func: Callable[P, Awaitable[R]], pipeline: str | None, node: str,
-                project: str | None, count_int_return: bool) -> Callable[P, Awaitable[R]]:
+def _wrap_async(
+    func: Callable[P, Awaitable[R]],
+    pipeline: str | None,
+    node: str,
+    project: str | None,
+    count_int_return: bool,
+) -> Callable[P, Awaitable[R]]:
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         run = _try_start(pipeline, node, project, count_int_return)
@@ -969,8 +1072,9 @@ class pipeline_run:
     cannot be started is logged and the block runs without it.
     """
 
-    def __init__(self, pipeline: str, *, project: str | None = None,
-                 pipeline_run_id: str | None = None) -> None:
+    def __init__(
+        self, pipeline: str, *, project: str | None = None, pipeline_run_id: str | None = None
+    ) -> None:
         self._args = (pipeline, project, pipeline_run_id)
         self._token: Token[_PipelineScope | None] | None = None
         self._span: contextlib.AbstractContextManager[Any] | None = None
@@ -978,28 +1082,39 @@ class pipeline_run:
 
     def __enter__(self) -> str:
         pipeline, project, pipeline_run_id = self._args
-        scope = _PipelineScope(pipeline, pipeline_run_id if _given(pipeline_run_id)
-                               else str(uuid.uuid4()), project)
+        scope = _PipelineScope(
+            pipeline, pipeline_run_id if _given(pipeline_run_id) else str(uuid.uuid4()), project
+        )
         self._token = _current_pipeline.set(scope)
         try:
             span = trace.get_tracer(INSTRUMENTATION_SCOPE).start_as_current_span(
                 PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline),
                 kind=trace.SpanKind.SERVER,
-                attributes={FIELDS.pipeline.attribute or "": pipeline,
-                            FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id,
-                            **pipeline_span_attributes(pipeline, scope.pipeline_run_id)},
+                attributes={
+                    FIELDS.pipeline.attribute or "": pipeline,
+                    FIELDS.pipeline_run_id.attribute or "": scope.pipeline_run_id,
+                    **pipeline_span_attributes(pipeline, scope.pipeline_run_id),
+                },
                 # Recorded here instead, with the message redacted (see __exit__).
-                record_exception=False, set_status_on_exception=False,
+                record_exception=False,
+                set_status_on_exception=False,
             )
             self._otel_span = span.__enter__()
             self._span = span
         except Exception:
-            log.exception("odibi-observe: could not start the span of pipeline run %s; its "
-                          "nodes are recorded without it", scope.pipeline_run_id)
+            log.exception(
+                "odibi-observe: could not start the span of pipeline run %s; its "
+                "nodes are recorded without it",
+                scope.pipeline_run_id,
+            )
         return scope.pipeline_run_id
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             if self._span is not None:
                 if self._otel_span is not None:
@@ -1019,8 +1134,12 @@ class pipeline_run:
     async def __aenter__(self) -> str:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.__exit__(exc_type, exc, tb)
 
 
@@ -1032,16 +1151,20 @@ def pipeline_span_attributes(pipeline: str, pipeline_run_id: str | None) -> dict
     return attrs
 
 
-def end_pipeline_span(span: trace.Span, exc: BaseException | None,
-                      failed_nodes: int = 0) -> None:
+def end_pipeline_span(span: trace.Span, exc: BaseException | None, failed_nodes: int = 0) -> None:
     """Set ``cicd.pipeline.result`` (and, on an exception, what ``record_exception`` and
     ``set_status_on_exception`` do, with redacted text) before the pipeline span ends.
 
     A ``KeyboardInterrupt`` is a cancellation, like the node it interrupted: an ``exception``
     event and ``error.type``, but no ERROR status. Never raises."""
     try:
-        status = (RunStatus.SUCCESS if exc is None and not failed_nodes
-                  else RunStatus.FAILURE if exc is None else status_of_exception(exc))
+        status = (
+            RunStatus.SUCCESS
+            if exc is None and not failed_nodes
+            else RunStatus.FAILURE
+            if exc is None
+            else status_of_exception(exc)
+        )
         span.set_attribute(CICD_PIPELINE_RESULT, PIPELINE_RESULTS[status])
         if exc is None:
             return
@@ -1073,18 +1196,19 @@ def stack_of(exc: BaseException, limit: int) -> str | None:
         text = "".join(traceback.format_exception(exc))
         window = len(text) > limit + _STACK_MARGIN
         if window:
-            text = text[-(limit + _STACK_MARGIN):]
+            text = text[-(limit + _STACK_MARGIN) :]
         text = safe_text(text, len(text))  # redacted whole, then cut (never half a secret)
         if window:
             text = text[_STACK_CUT_HEAD:]
         if window or len(text) > limit:
-            text = "…" + text[-(limit - 1):]
+            text = "…" + text[-(limit - 1) :]
         return text
     except Exception:
         return None
 
 
 # -- results, errors, exits -------------------------------------------------------------------
+
 
 def rows_from_result(value: Any, count_int_return: bool = False) -> int | None:
     """Rows implied by a node's return value, or None when it says nothing about rows (or
@@ -1166,9 +1290,11 @@ def _suggestions_of(exc: BaseException, problems: list[str]) -> list[str]:
             if isinstance(raw, str):
                 raw = [raw]
             if isinstance(raw, (list, tuple)):
-                items = (list.__getitem__(raw, slice(0, MAX_SUGGESTIONS))
-                         if isinstance(raw, list)
-                         else tuple.__getitem__(raw, slice(0, MAX_SUGGESTIONS)))
+                items = (
+                    list.__getitem__(raw, slice(0, MAX_SUGGESTIONS))
+                    if isinstance(raw, list)
+                    else tuple.__getitem__(raw, slice(0, MAX_SUGGESTIONS))
+                )
                 for item in items:
                     if item is None:
                         continue
@@ -1180,8 +1306,9 @@ def _suggestions_of(exc: BaseException, problems: list[str]) -> list[str]:
                     if text:
                         found.append(text)
         except Exception as error:
-            problems.append(f"the suggestions of {_type_name(current)} could not be read "
-                            f"({_reason(error)})")
+            problems.append(
+                f"the suggestions of {_type_name(current)} could not be read ({_reason(error)})"
+            )
         try:
             cause = current.__cause__
             current = cause if cause is not None else current.__context__

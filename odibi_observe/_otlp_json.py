@@ -94,8 +94,7 @@ def encode_spans_json(spans: Sequence[ReadableSpan]) -> str:
         resource = span.resource
         key = keys.get(id(resource))
         if key is None:
-            key = keys[id(resource)] = (frozenset(resource.attributes.items()),
-                                        resource.schema_url)
+            key = keys[id(resource)] = (frozenset(resource.attributes.items()), resource.schema_url)
         if key not in grouped:
             grouped[key], resources[key] = {}, resource
         grouped[key].setdefault(span.instrumentation_scope or None, []).append(_span_text(span))
@@ -104,13 +103,19 @@ def encode_spans_json(spans: Sequence[ReadableSpan]) -> str:
         resource = resources[key]
         scope_spans = []
         for scope, encoded in scopes.items():
-            schema = f',"schemaUrl":{_str(scope.schema_url)}' \
-                if scope is not None and scope.schema_url else ""
-            scope_spans.append(f'{{"scope":{_dumps(_scope_json(scope))},'
-                               f'"spans":[{",".join(encoded)}]{schema}}}')
+            schema = (
+                f',"schemaUrl":{_str(scope.schema_url)}'
+                if scope is not None and scope.schema_url
+                else ""
+            )
+            scope_spans.append(
+                f'{{"scope":{_dumps(_scope_json(scope))},"spans":[{",".join(encoded)}]{schema}}}'
+            )
         schema = f',"schemaUrl":{_str(resource.schema_url)}' if resource.schema_url else ""
-        resource_spans.append(f'{{"resource":{_resource_text(resource)},'
-                              f'"scopeSpans":[{",".join(scope_spans)}]{schema}}}')
+        resource_spans.append(
+            f'{{"resource":{_resource_text(resource)},'
+            f'"scopeSpans":[{",".join(scope_spans)}]{schema}}}'
+        )
     return _one_line(f'{{"resourceSpans":[{",".join(resource_spans)}]}}')
 
 
@@ -157,7 +162,8 @@ def _span_text(span: ReadableSpan) -> str:
         parts.append(f',"endTimeUnixNano":"{span.end_time}"')
     if span.attributes:
         parts.append(
-            f',"attributes":[{",".join([_kv_text(k, v) for k, v in span.attributes.items()])}]')
+            f',"attributes":[{",".join([_kv_text(k, v) for k, v in span.attributes.items()])}]'
+        )
     if span.dropped_attributes:
         parts.append(f',"droppedAttributesCount":{span.dropped_attributes}')
     if span.events:
@@ -214,7 +220,8 @@ def _resource_text(resource: Resource) -> str:
         if len(_resource_cache) > 1024:
             _resource_cache.clear()
         cached = _resource_cache[key] = _dumps(
-            {"attributes": _attributes_json(resource.attributes)} if key else {})
+            {"attributes": _attributes_json(resource.attributes)} if key else {}
+        )
     return cached
 
 
@@ -276,8 +283,11 @@ def _any_value_json(value: Any) -> dict[str, Any]:
     if isinstance(value, float):
         if math.isfinite(value):
             return {"doubleValue": value}
-        return {"doubleValue": "NaN" if math.isnan(value) else
-                ("Infinity" if value > 0 else "-Infinity")}
+        return {
+            "doubleValue": "NaN"
+            if math.isnan(value)
+            else ("Infinity" if value > 0 else "-Infinity")
+        }
     if isinstance(value, bytes):
         return {"bytesValue": base64.b64encode(value).decode("ascii")}
     if isinstance(value, Mapping):
@@ -443,8 +453,9 @@ def read_spans(path: str | os.PathLike[str], *, strict: bool = False) -> list[Sp
             except ValueError as exc:  # json and protobuf parse errors are ValueErrors
                 if strict:
                     raise ValueError(f"{os.fspath(path)}:{number}: {exc}") from exc
-                log.warning("skipping undecodable OTLP/JSON line %s:%d: %s",
-                            os.fspath(path), number, exc)
+                log.warning(
+                    "skipping undecodable OTLP/JSON line %s:%d: %s", os.fspath(path), number, exc
+                )
                 continue
             spans.extend(iter_spans(request))
     return spans
@@ -498,7 +509,7 @@ class OtlpJsonFileSpanExporter(SpanExporter):
                 try:
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
         except OSError as exc:

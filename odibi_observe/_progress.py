@@ -21,8 +21,15 @@ def _console(stream: TextIO) -> Any:
     from rich.console import Console
 
     no_color = bool(os.environ.get("NO_COLOR"))
-    return Console(file=stream, force_terminal=True, no_color=no_color, highlight=False,
-                   markup=False, emoji=False, color_system=None if no_color else "auto")
+    return Console(
+        file=stream,
+        force_terminal=True,
+        no_color=no_color,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        color_system=None if no_color else "auto",
+    )
 
 
 def enabled_for(stream: TextIO, enabled: bool | None) -> bool:
@@ -39,8 +46,13 @@ class Bar:
     """``bar(phase, done, total)``: one rich progress bar whose phase may change; ``total``
     None shows a running count. Redrawn at most five times a second."""
 
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None,
-                 bytes_phases: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        enabled: bool | None = None,
+        bytes_phases: tuple[str, ...] = (),
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled_for(self.stream, enabled)
         self.bytes_phases = bytes_phases
@@ -52,9 +64,14 @@ class Bar:
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=28), TaskProgressColumn(),
-            TextColumn("{task.fields[amount]}"), console=_console(self.stream),
-            transient=True, auto_refresh=False)
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=28),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[amount]}"),
+            console=_console(self.stream),
+            transient=True,
+            auto_refresh=False,
+        )
         self._progress.start()
         self._task = self._progress.add_task("", total=None, amount="")
 
@@ -68,12 +85,20 @@ class Bar:
         if self._progress is None:
             self._start()
         if total:
-            amount = (f"{_size(done)} / {_size(total)}" if phase in self.bytes_phases
-                      else f"{done:,} / {total:,}")
+            amount = (
+                f"{_size(done)} / {_size(total)}"
+                if phase in self.bytes_phases
+                else f"{done:,} / {total:,}"
+            )
         else:
             amount = f"{done:,}"
-        self._progress.update(self._task, description=phase, completed=min(done, total or done),
-                              total=total or None, amount=amount)
+        self._progress.update(
+            self._task,
+            description=phase,
+            completed=min(done, total or done),
+            total=total or None,
+            amount=amount,
+        )
         self._progress.refresh()
 
     def finish(self) -> None:
@@ -84,8 +109,9 @@ class Bar:
 
 
 @contextlib.contextmanager
-def working(description: str, *, enabled: bool | None = None,
-            stream: TextIO | None = None) -> Iterator[None]:
+def working(
+    description: str, *, enabled: bool | None = None, stream: TextIO | None = None
+) -> Iterator[None]:
     """A spinner with ``description`` while the block runs (a terminal only)."""
     out = stream or sys.stderr
     if not enabled_for(out, None if enabled else False):

@@ -77,12 +77,15 @@ class _SinkPump:
             return None
         self._undecodable = []
         runs = [entry for entry in entries if not is_span_frame(entry.payload)]
-        spans = (self._decode_spans(entries) if self.takes_spans and len(runs) < len(entries)
-                 else [])
+        spans = self._decode_spans(entries) if self.takes_spans and len(runs) < len(entries) else []
         return entries, self._decode(self._needed(runs)), spans
 
-    def _commit(self, entries: list[SpoolEntry], wanted: list[RunEvent],
-                rejected: Sequence[tuple[RunEvent, str]] = ()) -> None:
+    def _commit(
+        self,
+        entries: list[SpoolEntry],
+        wanted: list[RunEvent],
+        rejected: Sequence[tuple[RunEvent, str]] = (),
+    ) -> None:
         """After a successful export: acknowledge the batch, reset the backoff.
 
         What the batch held that this sink can never take — frames that are not run events,
@@ -91,8 +94,9 @@ class _SinkPump:
         """
         dead = self.pump.dead_letter
         for entry in self._undecodable:
-            dead.reject_payload(self.name, entry.payload, entry.position,
-                                self.pump.decode_error(entry))
+            dead.reject_payload(
+                self.name, entry.payload, entry.position, self.pump.decode_error(entry)
+            )
         if rejected:
             dead.reject(self.name, rejected)
         self.cursor.ack(entries)
@@ -142,11 +146,16 @@ class _SinkPump:
                 kind = None if p is None else p[0]
                 counts[kind] = counts.get(kind, 0) + 1
             self._kinds = counts
-        ended = ({p[1] for _, p in peeked if p is not None and p[0] is EventKind.FINISHED}
-                 if self.sink.coalesces_starts else set())
-        return [entry for entry, p in peeked
-                if p is None or (p[0] in kinds
-                                 and not (p[0] is EventKind.STARTED and p[1] in ended))]
+        ended = (
+            {p[1] for _, p in peeked if p is not None and p[0] is EventKind.FINISHED}
+            if self.sink.coalesces_starts
+            else set()
+        )
+        return [
+            entry
+            for entry, p in peeked
+            if p is None or (p[0] in kinds and not (p[0] is EventKind.STARTED and p[1] in ended))
+        ]
 
     def _decode(self, entries: Sequence[SpoolEntry]) -> list[RunEvent]:
         decode, kinds = self.pump.decode, self.sink.kinds
@@ -169,8 +178,10 @@ class _SinkPump:
                 spans.append(decode_span(entry.payload))
             except Exception as exc:  # as for run events: skipped, counted, never retried
                 self.pump.monitor.invalid(
-                    "spool_payload", f"spooled span frame at {entry.position} cannot be read "
-                    f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped")
+                    "spool_payload",
+                    f"spooled span frame at {entry.position} cannot be read "
+                    f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped",
+                )
         return spans
 
     def _failed(self, exc: Exception, count: int) -> None:
@@ -178,7 +189,10 @@ class _SinkPump:
         self.pump.monitor.warn_once_per_minute(
             f"pump:{self.name}",
             "odibi-observe sink %r failed (%s: %s); %d spooled event(s) will be retried",
-            self.name, type(exc).__name__, safe_text(str(exc), 500), count,
+            self.name,
+            type(exc).__name__,
+            safe_text(str(exc), 500),
+            count,
         )
         self.failing = True
         self.retry_at = time.monotonic() + self.backoff.next_delay()
@@ -200,8 +214,11 @@ class _SinkPump:
             except Exception as exc:  # a spool read error: wait and retry
                 self.cursor.rewind()
                 self.pump.monitor.warn_once_per_minute(
-                    f"pump-read:{self.name}", "odibi-observe spool read for %r failed: %s",
-                    self.name, safe_text(str(exc), 500))
+                    f"pump-read:{self.name}",
+                    "odibi-observe spool read for %r failed: %s",
+                    self.name,
+                    safe_text(str(exc), 500),
+                )
                 moved = 0
             if not moved:
                 stop.wait(self.pump.poll_interval)
@@ -289,7 +306,8 @@ class SpoolPump:
         for p in self._pumps:
             if p.thread is None or not p.thread.is_alive():
                 p.thread = threading.Thread(
-                    target=p.run, name=f"odibi-observe-pump-{p.name}", daemon=True)
+                    target=p.run, name=f"odibi-observe-pump-{p.name}", daemon=True
+                )
                 p.thread.start()
 
     def pump_once(self) -> int:

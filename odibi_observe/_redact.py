@@ -40,9 +40,25 @@ MAX_MESSAGE_SCAN: Final = 262_144
 # A key may have a prefix (``db_password``, ``GITHUB_TOKEN``) but no suffix, so ``token_count``
 # and ``max_tokens`` are left alone.
 _SENSITIVE_WORDS: Final = (
-    "password", "passwd", "pwd", "secret", "token", "apikey", "api_key", "api-key",
-    "access_key", "access-key", "accesskey", "private_key", "private-key", "privatekey",
-    "auth", "credential", "credentials", "sas", "sig",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "api-key",
+    "access_key",
+    "access-key",
+    "accesskey",
+    "private_key",
+    "private-key",
+    "privatekey",
+    "auth",
+    "credential",
+    "credentials",
+    "sas",
+    "sig",
 )
 
 
@@ -74,8 +90,9 @@ class SecretPattern:
     triggers: tuple[str, ...]
 
 
-def _pattern(name: str, regex: str, replacement: str, description: str, *,
-             triggers: tuple[str, ...]) -> SecretPattern:
+def _pattern(
+    name: str, regex: str, replacement: str, description: str, *, triggers: tuple[str, ...]
+) -> SecretPattern:
     return SecretPattern(name, re.compile(regex), replacement, description, triggers)
 
 
@@ -140,7 +157,8 @@ SECRET_PATTERNS: Final = (
     _pattern(
         "bearer_token",
         r"(?P<pre>\b(?:[Bb]earer|BEARER|[Bb]asic|BASIC)\s+)"
-        r"(?P<secret>(?=[A-Za-z0-9]*[0-9\-._~+/]|[A-Za-z][a-z]*[A-Z])[" + _B64URL_CHARS
+        r"(?P<secret>(?=[A-Za-z0-9]*[0-9\-._~+/]|[A-Za-z][a-z]*[A-Z])["
+        + _B64URL_CHARS
         + r"]{8,}=*)",
         r"\g<pre>" + REDACTED,
         "Bearer/Basic credentials outside a header: 8+ token characters with a digit, a "
@@ -164,7 +182,7 @@ SECRET_PATTERNS: Final = (
         # has already dealt with //user:password@.
         r"(?i)(?P<pre>[\"']?(?<![\w/-])" + _SENSITIVE_NAME + r"[\"']?\s*[=:]\s*)" + _VALUE,
         r"\g<pre>\g<q>" + REDACTED,
-        "key=value, key: value and \"key\": \"value\" for secret-looking keys, with a prefix "
+        'key=value, key: value and "key": "value" for secret-looking keys, with a prefix '
         "(PGPASSWORD=, aws_secret_access_key=, db_password:) but no suffix",
         triggers=_SENSITIVE_WORDS,
     ),
@@ -233,13 +251,13 @@ def safe_text(text: str, limit: int) -> str:
 
 
 _TERMINAL_CONTROLS: Final = re.compile(
-    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"   # OSC … BEL/ST (window titles, hyperlinks)
-    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"        # DCS, PM, APC, SOS strings
-    r"|\x1b\[[0-?]*[ -/]*[@-~]?"            # CSI (colours, cursor movement, erase)
-    r"|\x1b[ -/]*[0-~]?"                     # other escape sequences, and a lone ESC
-    r"|\x9b[0-?]*[ -/]*[@-~]?"              # 8-bit CSI
-    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"       # other C0/C1 controls (BEL, bare CR, ...), DEL
-    r"|[\u202a-\u202e\u2066-\u2069]"         # bidirectional overrides (reordered text)
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC … BEL/ST (window titles, hyperlinks)
+    r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings
+    r"|\x1b\[[0-?]*[ -/]*[@-~]?"  # CSI (colours, cursor movement, erase)
+    r"|\x1b[ -/]*[0-~]?"  # other escape sequences, and a lone ESC
+    r"|\x9b[0-?]*[ -/]*[@-~]?"  # 8-bit CSI
+    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"  # other C0/C1 controls (BEL, bare CR, ...), DEL
+    r"|[\u202a-\u202e\u2066-\u2069]"  # bidirectional overrides (reordered text)
 )
 
 

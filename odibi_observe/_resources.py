@@ -104,8 +104,11 @@ class ResourceMeter:
 def final_fields(meter: ResourceMeter) -> dict[str, int | float | None]:
     """The resource fields of ``meter``'s finished run, for ``RunRecord.finished``: its peak
     (with a last reading), its CPU time and the process's memory limit."""
-    return {"peak_rss_bytes": meter.sample(), "cpu_seconds": meter.cpu_seconds(),
-            "memory_limit_bytes": memory_limit_bytes()}
+    return {
+        "peak_rss_bytes": meter.sample(),
+        "cpu_seconds": meter.cpu_seconds(),
+        "memory_limit_bytes": memory_limit_bytes(),
+    }
 
 
 # --- cgroup v2 ---------------------------------------------------------------------------------
@@ -202,7 +205,7 @@ def zombie_wait_status(pid: int) -> int | None:
         data = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2:].split()
+    fields = data[data.rfind(b")") + 2 :].split()
     if not fields or fields[0] != b"Z":
         return None
     try:
@@ -212,7 +215,14 @@ def zombie_wait_status(pid: int) -> int | None:
 
 
 __all__ = (
-    "CGROUP_ROOT_ENV", "ResourceMeter", "cgroup_dir", "final_fields",
-    "forget_memory_limit", "memory_limit_bytes", "oom_kills", "read_limit", "rss_bytes",
+    "CGROUP_ROOT_ENV",
+    "ResourceMeter",
+    "cgroup_dir",
+    "final_fields",
+    "forget_memory_limit",
+    "memory_limit_bytes",
+    "oom_kills",
+    "read_limit",
+    "rss_bytes",
     "zombie_wait_status",
 )

@@ -76,29 +76,37 @@ class Observer:
         # the decorator moves on, which is the whole point of the mode.
         bus_mode = "inline" if self.settings.mode == "sidecar" else self.settings.mode
         self.bus = EventBus(
-            self.sinks, mode=bus_mode, monitor=self.monitor,
-            max_queue=settings.max_queue, max_batch=settings.max_batch,
+            self.sinks,
+            mode=bus_mode,
+            monitor=self.monitor,
+            max_queue=settings.max_queue,
+            max_batch=settings.max_batch,
             flush_interval=settings.flush_interval,
             dead_letter=DeadLetter.in_spool_dir(self.monitor, settings.spool_dir),
         )
         self.metrics_server: MetricsServer | None = None
         if settings.prometheus_port is not None:
             try:
-                self.metrics_server = MetricsServer(self.registry, settings.prometheus_port,
-                                                    settings.prometheus_host)
+                self.metrics_server = MetricsServer(
+                    self.registry, settings.prometheus_port, settings.prometheus_host
+                )
             except OSError as exc:
-                log.error("odibi-observe: cannot serve /metrics on %s:%s: %s",
-                          settings.prometheus_host, settings.prometheus_port, exc)
+                log.error(
+                    "odibi-observe: cannot serve /metrics on %s:%s: %s",
+                    settings.prometheus_host,
+                    settings.prometheus_port,
+                    exc,
+                )
 
-    def _default_sinks(self, tracer_provider: Any, meter_provider: Any,
-                       strict: bool) -> list[Sink]:
+    def _default_sinks(self, tracer_provider: Any, meter_provider: Any, strict: bool) -> list[Sink]:
         """Every registered sink the settings ask for (:mod:`odibi_observe.extensions`):
         the spool alone in sidecar mode, otherwise every sink scheme but the spool."""
         from odibi_observe import extensions
 
         def context() -> SinkContext:
-            return SinkContext(self.settings, self.registry, self.monitor,
-                               tracer_provider, meter_provider)
+            return SinkContext(
+                self.settings, self.registry, self.monitor, tracer_provider, meter_provider
+            )
 
         if self.settings.mode == "sidecar":
             try:
@@ -109,11 +117,16 @@ class Observer:
             except (OSError, ConfigurationError, extensions.ExtensionError) as exc:
                 if strict:
                     raise ConfigurationError(
-                        f"cannot open the spool in {self.settings.spool_dir}: {exc}") from exc
+                        f"cannot open the spool in {self.settings.spool_dir}: {exc}"
+                    ) from exc
                 # Without a spool the sidecar sees nothing; recording in-process is the next
                 # best thing, and the error says what to fix.
-                log.error("odibi-observe: cannot open the spool in %s (%s); recording "
-                          "in-process (mode=background) instead", self.settings.spool_dir, exc)
+                log.error(
+                    "odibi-observe: cannot open the spool in %s (%s); recording "
+                    "in-process (mode=background) instead",
+                    self.settings.spool_dir,
+                    exc,
+                )
                 self.settings = replace(self.settings, mode="background")
         sinks: list[Sink] = []
         for scheme in extensions.schemes(extensions.SINKS):
@@ -131,14 +144,18 @@ class Observer:
             except Exception as exc:  # another package's factory must not stop the pipeline
                 if strict:
                     raise ConfigurationError(f"{scheme} sink: {exc}") from exc
-                why = exc if isinstance(exc, extensions.ExtensionError) \
+                why = (
+                    exc
+                    if isinstance(exc, extensions.ExtensionError)
                     else f"{type(exc).__name__}: {exc}"
+                )
                 log.error("odibi-observe: %s sink disabled: %s", scheme, why)
                 continue
             if sink is not None:
                 sinks.append(sink)
         self.prometheus_sink = next(
-            (sink for sink in sinks if isinstance(sink, PrometheusSink)), None)
+            (sink for sink in sinks if isinstance(sink, PrometheusSink)), None
+        )
         return sinks
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -224,10 +241,17 @@ def configure(
     mode (the sidecar writes those, not this process).
     """
     overrides = dict(
-        project=project, environment=environment, service_name=service_name,
-        catalog_url=catalog_url, otlp_endpoint=otlp_endpoint, otlp_protocol=otlp_protocol,
-        traces_file=traces_file, prometheus_port=prometheus_port, mode=mode,
-        spool_dir=None if spool_dir is None else os.fspath(spool_dir), **settings,
+        project=project,
+        environment=environment,
+        service_name=service_name,
+        catalog_url=catalog_url,
+        otlp_endpoint=otlp_endpoint,
+        otlp_protocol=otlp_protocol,
+        traces_file=traces_file,
+        prometheus_port=prometheus_port,
+        mode=mode,
+        spool_dir=None if spool_dir is None else os.fspath(spool_dir),
+        **settings,
     )
     resolution = resolve(overrides)
     if strict and resolution.problems:
@@ -236,9 +260,15 @@ def configure(
         log.warning("odibi-observe: %s", message)
     resolved = resolution.settings
     with _lock:
-        observer = _build_observer(resolved, sinks=sinks, extra_sinks=extra_sinks,
-                                   registry=registry, tracer_provider=tracer_provider,
-                                   meter_provider=meter_provider, strict=strict)
+        observer = _build_observer(
+            resolved,
+            sinks=sinks,
+            extra_sinks=extra_sinks,
+            registry=registry,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            strict=strict,
+        )
     _warn_sidecar_writes(observer, resolution)
     if sinks is None and not extra_sinks and registry is None:
         _warn_if_nowhere(observer)
@@ -299,12 +329,12 @@ class _RegistryView(CollectorRegistry):
 
 
 #: The view each application registry was last given to, released by the next configure().
-_views: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryView] = \
-    weakref.WeakKeyDictionary()
+_views: weakref.WeakKeyDictionary[CollectorRegistry, _RegistryView] = weakref.WeakKeyDictionary()
 
 
-def _build_observer(settings: Settings, *, registry: CollectorRegistry | None,
-                    **kwargs: Any) -> Observer:
+def _build_observer(
+    settings: Settings, *, registry: CollectorRegistry | None, **kwargs: Any
+) -> Observer:
     """An :class:`Observer`, its metrics in ``registry`` through a releasable view."""
     if registry is None:
         return Observer(settings, **kwargs)
@@ -332,14 +362,20 @@ def _warn_sidecar_writes(observer: Observer, resolution: Resolution) -> None:
     """
     if observer.settings.mode != "sidecar":
         return
-    given = [name for name in ("catalog_url", "traces_file", "otlp_endpoint")
-             if resolution.sources.get(name) == "keyword"]
+    given = [
+        name
+        for name in ("catalog_url", "traces_file", "otlp_endpoint")
+        if resolution.sources.get(name) == "keyword"
+    ]
     if given:
         log.warning(
             "odibi-observe: mode='sidecar': %s %s written by the sidecar (odibi-observe "
             "sidecar, from its own settings), not by this process, which appends every event "
-            "to the spool in %s", " and ".join(given), "is" if len(given) == 1 else "are",
-            observer.settings.spool_dir)
+            "to the spool in %s",
+            " and ".join(given),
+            "is" if len(given) == 1 else "are",
+            observer.settings.spool_dir,
+        )
 
 
 def _warn_if_nowhere(observer: Observer) -> None:
@@ -348,13 +384,17 @@ def _warn_if_nowhere(observer: Observer) -> None:
         return
     if observer.metrics_server is not None or observer.settings.prometheus_textfile:
         return
-    fixes = ", ".join(f"{name} ({setting(name).env})" for name in (
-        "catalog_url", "traces_file", "otlp_endpoint", "spool_dir", "prometheus_port"))
+    fixes = ", ".join(
+        f"{name} ({setting(name).env})"
+        for name in ("catalog_url", "traces_file", "otlp_endpoint", "spool_dir", "prometheus_port")
+    )
     log.warning(
         "odibi-observe: no durable destination: node runs are recorded only in this "
         "process's private Prometheus registry, which nothing reads and which ends with the "
         "process; set one of %s (or pass registry=prometheus_client.REGISTRY to expose them "
-        "on the application's own /metrics)", fixes)
+        "on the application's own /metrics)",
+        fixes,
+    )
 
 
 def get_observer() -> Observer:
@@ -416,8 +456,11 @@ def _spill_keeper(settings: Settings) -> Keeper | None:
     (what it refused at exit is counted as dropped)."""
     if settings.mode == "sidecar":
         return None
-    return SpoolKeeper(settings.spool_dir or default_spill_dir(),
-                       max_bytes=settings.spool_max_bytes, fsync=settings.spool_fsync)
+    return SpoolKeeper(
+        settings.spool_dir or default_spill_dir(),
+        max_bytes=settings.spool_max_bytes,
+        fsync=settings.spool_fsync,
+    )
 
 
 # -- the heartbeat thread ------------------------------------------------------------------

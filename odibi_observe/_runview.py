@@ -41,9 +41,17 @@ def console(stream: TextIO | None = None) -> Any:
     out = stream or sys.stdout
     tty = out.isatty()
     no_color = bool(os.environ.get("NO_COLOR")) or not tty
-    return Console(file=out, force_terminal=tty, no_color=no_color, highlight=False,
-                   emoji=False, markup=False, width=None if tty else 80,
-                   color_system=None if no_color else "auto", soft_wrap=not tty)
+    return Console(
+        file=out,
+        force_terminal=tty,
+        no_color=no_color,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        width=None if tty else 80,
+        color_system=None if no_color else "auto",
+        soft_wrap=not tty,
+    )
 
 
 def one_line(text: str) -> str:
@@ -55,8 +63,10 @@ def failure_lines(rec: RunRecord) -> list[str]:
     lines = []
     if rec.error_type:
         label = "cause" if rec.status is RunStatus.CRASHED else "error"
-        lines.append(f"    {label}: {one_line(rec.error_type)}: "
-                     f"{terminal_safe(first_line(rec.error_message or ''))}")
+        lines.append(
+            f"    {label}: {one_line(rec.error_type)}: "
+            f"{terminal_safe(first_line(rec.error_message or ''))}"
+        )
     lines.extend(f"    suggestion: {one_line(text)}" for text in rec.suggestions)
     return lines
 
@@ -109,8 +119,15 @@ def _widths(records: Sequence[RunRecord], columns: int) -> _Widths:
 def _table(header: bool, widths: _Widths) -> Any:
     from rich.table import Table
 
-    table = Table(box=None, show_header=header, header_style="bold", pad_edge=False,
-                  padding=(0, 2, 0, 0), show_edge=False, expand=False)
+    table = Table(
+        box=None,
+        show_header=header,
+        header_style="bold",
+        pad_edge=False,
+        padding=(0, 2, 0, 0),
+        show_edge=False,
+        expand=False,
+    )
     table.add_column("STARTED (UTC)", width=14, no_wrap=True)
     table.add_column("NODE", width=widths.node, no_wrap=True, overflow="ellipsis")
     table.add_column("STATUS", width=7, no_wrap=True)
@@ -137,10 +154,15 @@ def _row(table: Any, rec: RunRecord) -> None:
     from rich.text import Text
 
     attempt = Text(str(rec.attempt), style="bold yellow" if rec.attempt > 1 else "")
-    table.add_row(f"{rec.started_at:%m-%d %H:%M:%S}", one_line(rec.node),
-                  Text(rec.status.value, style=STATUS_STYLES.get(rec.status, "")),
-                  attempt, rows_text(rec.rows_processed), human_ms(rec.duration_ms),
-                  Text(short(rec.run_id), style="dim"))
+    table.add_row(
+        f"{rec.started_at:%m-%d %H:%M:%S}",
+        one_line(rec.node),
+        Text(rec.status.value, style=STATUS_STYLES.get(rec.status, "")),
+        attempt,
+        rows_text(rec.rows_processed),
+        human_ms(rec.duration_ms),
+        Text(short(rec.run_id), style="dim"),
+    )
 
 
 def _failure_text(rec: RunRecord, wrap: bool) -> list[Any]:
@@ -157,8 +179,9 @@ def _failure_text(rec: RunRecord, wrap: bool) -> list[Any]:
     return out
 
 
-def print_runs(records: Sequence[RunRecord], total: int | None = None, *,
-               stream: TextIO | None = None) -> None:
+def print_runs(
+    records: Sequence[RunRecord], total: int | None = None, *, stream: TextIO | None = None
+) -> None:
     """Runs, newest first, grouped by pipeline run, failures with their errors; then
     "showing N of M"."""
     con = console(stream)
@@ -202,27 +225,39 @@ def trace_link(template: str | None, rec: RunRecord) -> str | None:
     substitution: other braces, as in a Grafana explore URL, are kept)."""
     if not template or not rec.trace_id:
         return None
-    return (template.replace("{trace_id}", rec.trace_id).replace("{span_id}", rec.span_id)
-            .replace("{run_id}", rec.run_id))
+    return (
+        template.replace("{trace_id}", rec.trace_id)
+        .replace("{span_id}", rec.span_id)
+        .replace("{run_id}", rec.run_id)
+    )
 
 
-def detail_fields(rec: RunRecord, trace_url_template: str | None = None
-                  ) -> list[tuple[str, str]]:
+def detail_fields(rec: RunRecord, trace_url_template: str | None = None) -> list[tuple[str, str]]:
     """``(label, value)`` for everything the catalog has of one run."""
     fields = [
-        ("run id", rec.run_id), ("status", rec.status.value),
-        ("pipeline", rec.pipeline), ("pipeline run", rec.pipeline_run_id or "-"),
-        ("node", rec.node), ("project", rec.project), ("environment", rec.environment),
-        ("attempt", str(rec.attempt) + (f" ({rec.attempt - 1} retr"
-                                        f"{'y' if rec.attempt == 2 else 'ies'} before)"
-                                        if rec.attempt > 1 else "")),
+        ("run id", rec.run_id),
+        ("status", rec.status.value),
+        ("pipeline", rec.pipeline),
+        ("pipeline run", rec.pipeline_run_id or "-"),
+        ("node", rec.node),
+        ("project", rec.project),
+        ("environment", rec.environment),
+        (
+            "attempt",
+            str(rec.attempt)
+            + (
+                f" ({rec.attempt - 1} retr{'y' if rec.attempt == 2 else 'ies'} before)"
+                if rec.attempt > 1
+                else ""
+            ),
+        ),
         ("started", f"{rec.started_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC"),
-        ("ended", f"{rec.ended_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC"
-         if rec.ended_at else "-"),
+        ("ended", f"{rec.ended_at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC" if rec.ended_at else "-"),
         ("duration", human_ms(rec.duration_ms) or "-"),
         ("rows", rows_text(rec.rows_processed) or "-"),
         ("host", f"{rec.host} pid {rec.pid}"),
-        ("trace id", rec.trace_id), ("span id", rec.span_id),
+        ("trace id", rec.trace_id),
+        ("span id", rec.span_id),
     ]
     link = trace_link(trace_url_template, rec)
     if link:
@@ -234,8 +269,9 @@ def detail_fields(rec: RunRecord, trace_url_template: str | None = None
 _LABEL: Final = 12
 
 
-def print_details(rec: RunRecord, trace_url_template: str | None = None, *,
-                  stream: TextIO | None = None) -> None:
+def print_details(
+    rec: RunRecord, trace_url_template: str | None = None, *, stream: TextIO | None = None
+) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -294,16 +330,28 @@ def run_json(rec: RunRecord) -> dict[str, Any]:
         return None if ns is None else ns_to_datetime(ns).isoformat().replace("+00:00", "Z")
 
     return {
-        c.RUN_ID: rec.run_id, c.PROJECT: rec.project, c.PIPELINE: rec.pipeline,
-        c.PIPELINE_RUN_ID: rec.pipeline_run_id, c.NODE: rec.node,
-        c.ENVIRONMENT: rec.environment, c.STATUS: rec.status.value, c.ATTEMPT: rec.attempt,
-        c.STARTED_AT: iso(rec.started_ns), c.ENDED_AT: iso(rec.ended_ns),
-        c.DURATION_MS: rec.duration_ms, c.ROWS: rec.rows_processed,
-        c.ERROR_TYPE: rec.error_type, c.ERROR_MESSAGE: rec.error_message,
+        c.RUN_ID: rec.run_id,
+        c.PROJECT: rec.project,
+        c.PIPELINE: rec.pipeline,
+        c.PIPELINE_RUN_ID: rec.pipeline_run_id,
+        c.NODE: rec.node,
+        c.ENVIRONMENT: rec.environment,
+        c.STATUS: rec.status.value,
+        c.ATTEMPT: rec.attempt,
+        c.STARTED_AT: iso(rec.started_ns),
+        c.ENDED_AT: iso(rec.ended_ns),
+        c.DURATION_MS: rec.duration_ms,
+        c.ROWS: rec.rows_processed,
+        c.ERROR_TYPE: rec.error_type,
+        c.ERROR_MESSAGE: rec.error_message,
         c.SUGGESTIONS_JSON.removesuffix("_json"): list(rec.suggestions),
         "attributes": dict(rec.attributes),
-        c.TRACE_ID: rec.trace_id, c.SPAN_ID: rec.span_id, c.PARENT_SPAN_ID: rec.parent_span_id,
-        c.HOST: rec.host, c.PID: rec.pid, c.HEARTBEAT_AT: iso(rec.heartbeat_ns),
+        c.TRACE_ID: rec.trace_id,
+        c.SPAN_ID: rec.span_id,
+        c.PARENT_SPAN_ID: rec.parent_span_id,
+        c.HOST: rec.host,
+        c.PID: rec.pid,
+        c.HEARTBEAT_AT: iso(rec.heartbeat_ns),
         c.SOURCE: rec.source.value,
     }
 

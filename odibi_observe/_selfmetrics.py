@@ -44,7 +44,6 @@ class RateLimitedLog:
                 self._last[key] = now
         log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
 
-
     def after_fork(self) -> None:
         """A fresh lock in a forked child (the parent's may have been held by another thread)."""
         self._lock = threading.Lock()
@@ -70,8 +69,10 @@ class SelfMonitor:
         self.invalid_input = _counter(SELF_METRICS.invalid_input, self.registry)
         self.dead_letter = _counter(SELF_METRICS.dead_letter, self.registry)
         self.queue_size = Gauge(
-            SELF_METRICS.queue_size.prometheus, SELF_METRICS.queue_size.description,
-            SELF_METRICS.queue_size.labels, registry=self.registry,
+            SELF_METRICS.queue_size.prometheus,
+            SELF_METRICS.queue_size.description,
+            SELF_METRICS.queue_size.labels,
+            registry=self.registry,
         )
         self._log = RateLimitedLog()
 
@@ -83,7 +84,10 @@ class SelfMonitor:
         self.warn_once_per_minute(
             f"drop:{sink}:{reason}",
             "odibi-observe dropped %d event(s) for sink %r: %s "
-            f"(counted in {SELF_METRICS.events_dropped.prometheus})", count, sink, reason,
+            f"(counted in {SELF_METRICS.events_dropped.prometheus})",
+            count,
+            sink,
+            reason,
         )
 
     def dead_lettered(self, sink: str, count: int = 1) -> None:

@@ -51,8 +51,17 @@ from odibi_observe.conventions import (
 )
 
 __all__ = [
-    "INT_FIELDS", "TEXT_FIELDS", "NodeSpan", "SpanProblem", "attribute_of", "decode_attributes",
-    "decode_json", "decode_view", "describe_value", "iter_request_spans", "resource_identity",
+    "INT_FIELDS",
+    "TEXT_FIELDS",
+    "NodeSpan",
+    "SpanProblem",
+    "attribute_of",
+    "decode_attributes",
+    "decode_json",
+    "decode_view",
+    "describe_value",
+    "iter_request_spans",
+    "resource_identity",
 ]
 
 
@@ -67,8 +76,8 @@ def attribute_of(field: Field) -> str:
 A_RUN_ID: Final = attribute_of(FIELDS.run_id)
 #: The attributes decoded with a rule of their own (the others by TEXT_FIELDS, INT_FIELDS).
 A_STATUS, A_ROWS, A_ERROR_TYPE, A_SUGGESTIONS = (
-    attribute_of(field) for field in (FIELDS.status, FIELDS.rows, FIELDS.error,
-                                      FIELDS.suggestions))
+    attribute_of(field) for field in (FIELDS.status, FIELDS.rows, FIELDS.error, FIELDS.suggestions)
+)
 #: The resource attribute naming the service (OTel semantic conventions).
 SERVICE_NAME: Final = RESOURCE_SERVICE_NAME
 #: The OTLP field of the parent id, as :attr:`NodeSpan.wrong` names it when it is malformed.
@@ -80,12 +89,19 @@ _ERROR_CODES: Final = (2, "STATUS_CODE_ERROR")
 #: The text fields of a node span: NodeSpan field name, and the conventions' Field (its span
 #: attribute, its catalog column) — the one mapping the decoder, the ledger's writer and its
 #: reader share.
-TEXT_FIELDS: Final = (("project", FIELDS.project), ("pipeline", FIELDS.pipeline),
-                      ("pipeline_run_id", FIELDS.pipeline_run_id), ("node", FIELDS.node),
-                      ("environment", FIELDS.environment))
+TEXT_FIELDS: Final = (
+    ("project", FIELDS.project),
+    ("pipeline", FIELDS.pipeline),
+    ("pipeline_run_id", FIELDS.pipeline_run_id),
+    ("node", FIELDS.node),
+    ("environment", FIELDS.environment),
+)
 #: The integer fields, likewise.
-INT_FIELDS: Final = (("rows", FIELDS.rows), ("duration_ms", FIELDS.duration),
-                     ("attempt", FIELDS.attempt))
+INT_FIELDS: Final = (
+    ("rows", FIELDS.rows),
+    ("duration_ms", FIELDS.duration),
+    ("attempt", FIELDS.attempt),
+)
 
 
 class SpanProblem(ValueError):
@@ -135,14 +151,20 @@ def decode_view(span: SpanView) -> NodeSpan | None:
     """The node span of one decoded protobuf span; None if it is not an odibi node span."""
     if span.attributes.get(A_RUN_ID) is None:
         return None
-    exception = next((attributes for name, attributes in span.events if name == "exception"),
-                     None)
+    exception = next((attributes for name, attributes in span.events if name == "exception"), None)
     return _node_span(
-        span.attributes, span.resource, trace_id=span.trace_id, span_id=span.span_id,
-        parent=span.parent_span_id, start=span.start_ns, end=span.end_ns,
+        span.attributes,
+        span.resource,
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent=span.parent_span_id,
+        start=span.start_ns,
+        end=span.end_ns,
         failed=span.status_code in _ERROR_CODES,
-        status_message=span.status_message, exception=exception,
-        id_of=_hex_id)
+        status_message=span.status_message,
+        exception=exception,
+        id_of=_hex_id,
+    )
 
 
 def decode_json(span: Mapping[str, Any], resource: Mapping[str, Any]) -> NodeSpan | None:
@@ -160,11 +182,18 @@ def decode_json(span: Mapping[str, Any], resource: Mapping[str, Any]) -> NodeSpa
     failed = isinstance(status, dict) and status.get("code") in _ERROR_CODES
     message = status.get("message") if isinstance(status, dict) else None
     return _node_span(
-        attributes, resource, trace_id=span.get("traceId"), span_id=span.get("spanId"),
-        parent=span.get("parentSpanId") or None, start=span.get("startTimeUnixNano"),
-        end=span.get("endTimeUnixNano"), failed=failed,
-        status_message=message if isinstance(message, str) else "", exception=exception,
-        id_of=decode_id)
+        attributes,
+        resource,
+        trace_id=span.get("traceId"),
+        span_id=span.get("spanId"),
+        parent=span.get("parentSpanId") or None,
+        start=span.get("startTimeUnixNano"),
+        end=span.get("endTimeUnixNano"),
+        failed=failed,
+        status_message=message if isinstance(message, str) else "",
+        exception=exception,
+        id_of=decode_id,
+    )
 
 
 # ----------------------------------------------------------------------------- the mapping
@@ -187,8 +216,10 @@ def _node_span(
     """The fields of a node span from its decoded parts; the rules are the module's."""
     run_id = attributes.get(A_RUN_ID)
     if not isinstance(run_id, str) or not run_id.strip():
-        raise SpanProblem(f"{A_RUN_ID} is {describe_value(run_id)}, expected a non-empty "
-                          "stringValue; span skipped")
+        raise SpanProblem(
+            f"{A_RUN_ID} is {describe_value(run_id)}, expected a non-empty "
+            "stringValue; span skipped"
+        )
     where = _where(run_id)
     ids = []
     for name, value, width in (("traceId", trace_id, 32), ("spanId", span_id, 16)):
@@ -226,18 +257,33 @@ def _node_span(
         message = status_message or None
     host, pid, service = resource_identity(resource)
     return NodeSpan(
-        run_id=run_id, trace_id=ids[0], span_id=ids[1], parent_span_id=parent_id,
-        start_ns=start_ns, end_ns=end_ns, status=status or "", error_type=error_type,
+        run_id=run_id,
+        trace_id=ids[0],
+        span_id=ids[1],
+        parent_span_id=parent_id,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        status=status or "",
+        error_type=error_type,
         error_message=None if message is None else str(getattr(message, "raw", message)),
         suggestions=_suggestions(attributes.get(A_SUGGESTIONS)),
-        user_attributes={k[len(USER_ATTRIBUTE_PREFIX):]: _plain(v)
-                         for k, v in attributes.items() if k.startswith(USER_ATTRIBUTE_PREFIX)},
-        host=host, pid=pid, service_name=service, resource=resource, wrong=wrong, **fields,
+        user_attributes={
+            k[len(USER_ATTRIBUTE_PREFIX) :]: _plain(v)
+            for k, v in attributes.items()
+            if k.startswith(USER_ATTRIBUTE_PREFIX)
+        },
+        host=host,
+        pid=pid,
+        service_name=service,
+        resource=resource,
+        wrong=wrong,
+        **fields,
     )
 
 
-def _typed(attributes: Mapping[str, Any], attribute: str, kind: type, otlp: str,
-           wrong: dict[str, str]) -> Any:
+def _typed(
+    attributes: Mapping[str, Any], attribute: str, kind: type, otlp: str, wrong: dict[str, str]
+) -> Any:
     """The attribute's value if it has type ``kind`` (an int is never a bool), else None,
     describing a wrong value in ``wrong``."""
     value = attributes.get(attribute)
@@ -250,9 +296,11 @@ def _typed(attributes: Mapping[str, Any], attribute: str, kind: type, otlp: str,
 def resource_identity(resource: Mapping[str, Any]) -> tuple[str, int, str]:
     """``(host, pid, service name)`` of a resource: what joins a span to its process."""
     pid = resource.get(RESOURCE_PID, 0)
-    return (str(resource.get(RESOURCE_HOST) or ""),
-            pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
-            str(resource.get(SERVICE_NAME) or ""))
+    return (
+        str(resource.get(RESOURCE_HOST) or ""),
+        pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
+        str(resource.get(SERVICE_NAME) or ""),
+    )
 
 
 def _where(run_id: Any) -> str:
@@ -303,8 +351,9 @@ def decode_id(value: Any, width: int, name: str = "id") -> str:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) * 2 != width:
-        raise ValueError(f"{name} {value!r} is neither {width} hex digits nor base64 of "
-                         f"{width // 2} bytes")
+        raise ValueError(
+            f"{name} {value!r} is neither {width} hex digits nor base64 of {width // 2} bytes"
+        )
     return _nonzero(raw.hex(), name)
 
 
@@ -347,8 +396,9 @@ def iter_request_spans(
         if not isinstance(group, dict):
             raise ValueError("a resourceSpans entry is not an object")
         resource = group.get("resource") or {}
-        attributes = decode_attributes(resource.get("attributes") if isinstance(
-            resource, dict) else None)
+        attributes = decode_attributes(
+            resource.get("attributes") if isinstance(resource, dict) else None
+        )
         scopes = group.get("scopeSpans", group.get("instrumentationLibrarySpans")) or []
         if not isinstance(scopes, list):
             raise ValueError("scopeSpans is not a list")
@@ -425,11 +475,18 @@ def describe_value(value: Any) -> str:
 
 #: The OTLP ``AnyValue`` kind of each Python type a decoded value can have (bool before int:
 #: a bool is an int to ``isinstance``).
-_OTLP_TYPES: Final = ((bool, "boolValue"), (int, "intValue"), (float, "doubleValue"),
-                      (str, "stringValue"), (bytes, "bytesValue"), (tuple, "arrayValue"),
-                      (dict, "kvlistValue"))
+_OTLP_TYPES: Final = (
+    (bool, "boolValue"),
+    (int, "intValue"),
+    (float, "doubleValue"),
+    (str, "stringValue"),
+    (bytes, "bytesValue"),
+    (tuple, "arrayValue"),
+    (dict, "kvlistValue"),
+)
 
 
 def _otlp_type(value: Any) -> str:
-    return next((name for kind, name in _OTLP_TYPES if isinstance(value, kind)),
-                type(value).__name__)
+    return next(
+        (name for kind, name in _OTLP_TYPES if isinstance(value, kind)), type(value).__name__
+    )

@@ -38,7 +38,8 @@ SPILL_SUBDIR: Final = os.path.join("odibi-observe", "spool")
 def default_spill_dir() -> str:
     """``$XDG_STATE_HOME/odibi-observe/spool``, or ``~/.local/state/odibi-observe/spool``."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state")
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(base, SPILL_SUBDIR)
 
 
@@ -49,8 +50,13 @@ class SpoolKeeper:
     events cannot be stored; the bus then drops and counts them, and says why.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 512 * 2**20,
-                 fsync: str = "interval") -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int = 512 * 2**20,
+        fsync: str = "interval",
+    ) -> None:
         self.directory = os.path.abspath(os.fspath(directory))
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -59,12 +65,17 @@ class SpoolKeeper:
         from odibi_observe.sinks.spool import SpoolSink
         from odibi_observe.spool import Spool
 
-        spool = Spool(self.directory, fsync=self.fsync,  # type: ignore[arg-type]
-                      max_bytes=self.max_bytes)
+        spool = Spool(
+            self.directory,
+            fsync=self.fsync,  # type: ignore[arg-type]
+            max_bytes=self.max_bytes,
+        )
         try:
             SpoolSink(spool).export(events)
             spool.sync()  # on disk before the process is gone, whatever the fsync policy
         finally:
             spool.close()
-        return (f"{self.directory} for delivery by 'odibi-observe sweep --spool-dir "
-                f"{self.directory}' or a sidecar on that directory")
+        return (
+            f"{self.directory} for delivery by 'odibi-observe sweep --spool-dir "
+            f"{self.directory}' or a sidecar on that directory"
+        )

@@ -38,8 +38,13 @@ class Frame:
     top: int = 10
 
 
-def stacked_bars(bars: Sequence[Bar], series: Sequence[str], colour: Callable[[str], str],
-                 frame: Frame, label: str) -> str:
+def stacked_bars(
+    bars: Sequence[Bar],
+    series: Sequence[str],
+    colour: Callable[[str], str],
+    frame: Frame,
+    label: str,
+) -> str:
     """The ``<svg>`` of ``bars``, stacking ``series`` in order (unknown series are not drawn)."""
     peak = max((sum(b.counts.get(s, 0) for s in series) for b in bars), default=0) or 1
     plot_w = frame.width - frame.left - 10
@@ -48,10 +53,12 @@ def stacked_bars(bars: Sequence[Bar], series: Sequence[str], colour: Callable[[s
     out = []
     for fraction in (0, 0.5, 1):
         y = frame.top + plot_h * (1 - fraction)
-        out.append(f'<line x1="{frame.left}" x2="{frame.width - 10}" y1="{y:.1f}" '
-                   f'y2="{y:.1f}" stroke="{GRID}"/><text x="{frame.left - 6}" y="{y + 4:.1f}" '
-                   f'font-size="11" text-anchor="end" fill="{INK}">'
-                   f'{round(peak * fraction):,}</text>')
+        out.append(
+            f'<line x1="{frame.left}" x2="{frame.width - 10}" y1="{y:.1f}" '
+            f'y2="{y:.1f}" stroke="{GRID}"/><text x="{frame.left - 6}" y="{y + 4:.1f}" '
+            f'font-size="11" text-anchor="end" fill="{INK}">'
+            f"{round(peak * fraction):,}</text>"
+        )
     label_every = max(1, round(len(bars) / frame.ticks))
     for i, bar in enumerate(bars):
         x = frame.left + i * bar_w
@@ -62,11 +69,17 @@ def stacked_bars(bars: Sequence[Bar], series: Sequence[str], colour: Callable[[s
                 continue
             h = plot_h * n / peak
             y -= h
-            out.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(bar_w - 2, 1):.1f}" '
-                       f'height="{h:.1f}" fill="{colour(name)}"><title>{escape(bar.stamp)} '
-                       f'{escape(name)}: {n:,}</title></rect>')
+            out.append(
+                f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{max(bar_w - 2, 1):.1f}" '
+                f'height="{h:.1f}" fill="{colour(name)}"><title>{escape(bar.stamp)} '
+                f"{escape(name)}: {n:,}</title></rect>"
+            )
         if i % label_every == 0:
-            out.append(f'<text x="{x + bar_w / 2:.1f}" y="{frame.tick_y}" font-size="11" '
-                       f'text-anchor="middle" fill="{INK}">{escape(bar.tick)}</text>')
-    return (f'<svg width="100%" viewBox="0 0 {frame.width} {frame.height}" role="img" '
-            f'aria-label="{escape(label)}">{"".join(out)}</svg>')
+            out.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{frame.tick_y}" font-size="11" '
+                f'text-anchor="middle" fill="{INK}">{escape(bar.tick)}</text>'
+            )
+    return (
+        f'<svg width="100%" viewBox="0 0 {frame.width} {frame.height}" role="img" '
+        f'aria-label="{escape(label)}">{"".join(out)}</svg>'
+    )

@@ -36,7 +36,15 @@ def _wrap(line: str, width: int) -> str:
     if len(line) <= width:
         return line
     lead = len(line) - len(line.lstrip(" "))
-    indent = " " * (LABEL_WIDTH if lead == 0 and line[LABEL_WIDTH - 2:LABEL_WIDTH] == "  "
-                    else lead + 2)
-    return "\n".join(textwrap.wrap(line, width=width, subsequent_indent=indent,
-                                   break_on_hyphens=False, break_long_words=True))
+    indent = " " * (
+        LABEL_WIDTH if lead == 0 and line[LABEL_WIDTH - 2 : LABEL_WIDTH] == "  " else lead + 2
+    )
+    return "\n".join(
+        textwrap.wrap(
+            line,
+            width=width,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+            break_long_words=True,
+        )
+    )

@@ -58,17 +58,28 @@ def encodable_value(value: Any) -> Any:
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, Mapping):
         pairs = [(encodable_value(k), encodable_value(v)) for k, v in value.items()]
-        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, value.items(),
-                                                              strict=True)):
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, value.items(), strict=True)):
             return value
         return dict(pairs)
     return value
 
 
 #: The text fields of a :class:`~odibi_observe.record.RunRecord`.
-_TEXT_FIELDS = ("run_id", "project", "pipeline", "node", "environment", "trace_id", "span_id",
-                "host", "service_name", "parent_span_id", "pipeline_run_id", "error_type",
-                "error_message")
+_TEXT_FIELDS = (
+    "run_id",
+    "project",
+    "pipeline",
+    "node",
+    "environment",
+    "trace_id",
+    "span_id",
+    "host",
+    "service_name",
+    "parent_span_id",
+    "pipeline_run_id",
+    "error_type",
+    "error_message",
+)
 
 
 def encodable_record(record: RunRecord) -> RunRecord:

@@ -43,9 +43,19 @@ from odibi_observe.conventions import CATALOG_TABLE, RunStatus, render_table
 from odibi_observe.record import RunRecord
 
 __all__ = [
-    "CATALOG_ENV", "REPORT_FORMATS", "build_parser", "catalog_arg", "duration_arg",
-    "failure_lines", "first_line", "formats_arg", "main", "percent_arg", "require_catalog",
-    "span_arg", "time_arg",
+    "CATALOG_ENV",
+    "REPORT_FORMATS",
+    "build_parser",
+    "catalog_arg",
+    "duration_arg",
+    "failure_lines",
+    "first_line",
+    "formats_arg",
+    "main",
+    "percent_arg",
+    "require_catalog",
+    "span_arg",
+    "time_arg",
 ]
 
 #: Modules that add their own commands: each has ``register(subparsers)``, which adds its
@@ -69,48 +79,65 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
         description="Every pipeline node run recorded once, identically, in OpenTelemetry "
-                    "traces, the meta_runs catalog and Prometheus metrics.",
+        "traces, the meta_runs catalog and Prometheus metrics.",
         epilog="Run 'odibi-observe COMMAND --help' for a command's options. Without a "
-               "command, this help is printed and the exit status is 2.",
+        "command, this help is printed and the exit status is 2.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     demo = sub.add_parser(
-        "demo", help="run an example pipeline into all three sinks (no services needed)",
+        "demo",
+        help="run an example pipeline into all three sinks (no services needed)",
         description="Run a six-node example pipeline — successes, an async node, a failure "
-                    "with suggestions, a KeyboardInterrupt inside a node — into a SQLite "
-                    "catalog, an OTLP-JSON trace file and a Prometheus text file, then read "
-                    "all three back and check that they agree. Files in DIR that an earlier "
-                    "demo did not write are never overwritten (unless --force).",
+        "with suggestions, a KeyboardInterrupt inside a node — into a SQLite "
+        "catalog, an OTLP-JSON trace file and a Prometheus text file, then read "
+        "all three back and check that they agree. Files in DIR that an earlier "
+        "demo did not write are never overwritten (unless --force).",
     )
     out = demo.add_argument_group("output")
-    out.add_argument("--out", default="odibi-observe-demo", metavar="DIR",
-                     help="directory for catalog.db, traces.jsonl, metrics.prom "
-                          "(default: %(default)s)")
-    out.add_argument("--force", action="store_true",
-                     help="replace those files even if an earlier demo did not write them")
+    out.add_argument(
+        "--out",
+        default="odibi-observe-demo",
+        metavar="DIR",
+        help="directory for catalog.db, traces.jsonl, metrics.prom (default: %(default)s)",
+    )
+    out.add_argument(
+        "--force",
+        action="store_true",
+        help="replace those files even if an earlier demo did not write them",
+    )
     log_level_arg(demo)
 
     conv = sub.add_parser(
-        "conventions", help="print the conventions table (every name every sink uses)",
+        "conventions",
+        help="print the conventions table (every name every sink uses)",
         description="Print the single table of names: catalog columns, span attributes, "
-                    "OpenTelemetry instruments, Prometheus metrics and labels.",
+        "OpenTelemetry instruments, Prometheus metrics and labels.",
     )
-    conv.add_argument("--format", default="text", metavar="FORMAT",
-                      type=lambda t: format_name(t, CONVENTION_FORMATS),
-                      help="text, markdown (or md) or json (default: text)")
+    conv.add_argument(
+        "--format",
+        default="text",
+        metavar="FORMAT",
+        type=lambda t: format_name(t, CONVENTION_FORMATS),
+        help="text, markdown (or md) or json (default: text)",
+    )
     log_level_arg(conv)
 
-    catalog = sub.add_parser("catalog", help="manage the meta_runs catalog schema",
-                             description="Manage the meta_runs catalog schema.")
-    catalog_sub = catalog.add_subparsers(dest="catalog_command", metavar="ACTION",
-                                         required=True, parser_class=Parser)
+    catalog = sub.add_parser(
+        "catalog",
+        help="manage the meta_runs catalog schema",
+        description="Manage the meta_runs catalog schema.",
+    )
+    catalog_sub = catalog.add_subparsers(
+        dest="catalog_command", metavar="ACTION", required=True, parser_class=Parser
+    )
     upgrade = catalog_sub.add_parser(
-        "upgrade", help="create or migrate meta_runs to the current schema (Alembic)",
+        "upgrade",
+        help="create or migrate meta_runs to the current schema (Alembic)",
         description="Create meta_runs, or migrate it (including a table Odibi created, whose "
-                    "rows are kept), to the current schema. Safe to run repeatedly and "
-                    "concurrently.",
+        "rows are kept), to the current schema. Safe to run repeatedly and "
+        "concurrently.",
     )
     catalog_arg(upgrade.add_argument_group("catalog"))
     json_arg(upgrade.add_argument_group("output"), "the catalog and its revision")
@@ -125,11 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _runs_parser(sub: Any) -> None:
     runs = sub.add_parser(
-        "runs", help="recent node runs, with failures' errors and suggestions",
+        "runs",
+        help="recent node runs, with failures' errors and suggestions",
         description="List recent node runs from the catalog, newest first, grouped by "
-                    "pipeline run. Failed runs show their error and the suggestions "
-                    "recorded with them, crashed runs their cause. --details RUN_ID shows "
-                    "everything one run recorded.",
+        "pipeline run. Failed runs show their error and the suggestions "
+        "recorded with them, crashed runs their cause. --details RUN_ID shows "
+        "everything one run recorded.",
     )
     source = runs.add_argument_group("catalog")
     catalog_arg(source, read_only=True)
@@ -138,29 +166,49 @@ def _runs_parser(sub: Any) -> None:
     which.add_argument("--environment", metavar="NAME", help="only this environment")
     which.add_argument("--pipeline", metavar="NAME", help="only this pipeline")
     which.add_argument("--node", metavar="NAME", help="only this node")
-    which.add_argument("--status", type=str.upper, metavar="STATUS",
-                       choices=[s.value for s in RunStatus],
-                       help=f"only this status: {', '.join(s.value for s in RunStatus)}")
-    which.add_argument("--failures", action="store_true",
-                       help="only FAILURE and CRASHED runs")
-    which.add_argument("--since", metavar="TIME", type=time_arg,
-                       help="only runs started since TIME: a duration ago (30m, 6h, 7d) or "
-                            "an ISO 8601 time (2024-05-01T06:00:00Z)")
-    which.add_argument("--until", metavar="TIME", type=time_arg,
-                       help="only runs started before TIME (a duration ago or ISO 8601)")
-    which.add_argument("--last", metavar="DURATION", type=span_arg,
-                       help="the same as --since DURATION")
+    which.add_argument(
+        "--status",
+        type=str.upper,
+        metavar="STATUS",
+        choices=[s.value for s in RunStatus],
+        help=f"only this status: {', '.join(s.value for s in RunStatus)}",
+    )
+    which.add_argument("--failures", action="store_true", help="only FAILURE and CRASHED runs")
+    which.add_argument(
+        "--since",
+        metavar="TIME",
+        type=time_arg,
+        help="only runs started since TIME: a duration ago (30m, 6h, 7d) or "
+        "an ISO 8601 time (2024-05-01T06:00:00Z)",
+    )
+    which.add_argument(
+        "--until",
+        metavar="TIME",
+        type=time_arg,
+        help="only runs started before TIME (a duration ago or ISO 8601)",
+    )
+    which.add_argument(
+        "--last", metavar="DURATION", type=span_arg, help="the same as --since DURATION"
+    )
     show = runs.add_argument_group("output")
-    show.add_argument("--limit", type=positive_int_arg, default=20, metavar="N",
-                      help="runs to show (default: 20)")
-    show.add_argument("--details", metavar="RUN_ID",
-                      help="everything one run recorded: error, suggestions, attributes, "
-                           "trace; a unique prefix of the id is enough")
-    show.add_argument("--trace-url-template", metavar="URL",
-                      help="link --details to the trace, e.g. "
-                           "'http://grafana/explore?traceId={trace_id}'")
-    json_arg(show, help="print one JSON object per run, one per line (with --details: "
-                        "that run), for scripts")
+    show.add_argument(
+        "--limit", type=positive_int_arg, default=20, metavar="N", help="runs to show (default: 20)"
+    )
+    show.add_argument(
+        "--details",
+        metavar="RUN_ID",
+        help="everything one run recorded: error, suggestions, attributes, "
+        "trace; a unique prefix of the id is enough",
+    )
+    show.add_argument(
+        "--trace-url-template",
+        metavar="URL",
+        help="link --details to the trace, e.g. 'http://grafana/explore?traceId={trace_id}'",
+    )
+    json_arg(
+        show,
+        help="print one JSON object per run, one per line (with --details: that run), for scripts",
+    )
     log_level_arg(runs)
     runs.set_defaults(subparser=runs)
 
@@ -215,8 +263,7 @@ def _catalog_upgrade(url: str, args: argparse.Namespace) -> int:
     try:
         revision = upgrade(url)
     except SQLAlchemyError as exc:
-        print_error(f"cannot upgrade {hide_password(url)}: {type(exc).__name__}: "
-                    f"{first_line(exc)}")
+        print_error(f"cannot upgrade {hide_password(url)}: {type(exc).__name__}: {first_line(exc)}")
         return 2
     if args.json:
         print(json.dumps({"catalog": hide_password(url), "revision": revision}))
@@ -239,15 +286,18 @@ def _runs(url: str, args: argparse.Namespace) -> int:
         return 2
     try:
         if not _has_table(engine, CATALOG_TABLE):
-            print_error(f"cannot read catalog {hide_password(url)}: it has no {CATALOG_TABLE} "
-                        "table (not a run catalog, or nothing recorded yet)")
+            print_error(
+                f"cannot read catalog {hide_password(url)}: it has no {CATALOG_TABLE} "
+                "table (not a run catalog, or nothing recorded yet)"
+            )
             return 2
         if args.details:
             return _details(engine, args)
         records, total = _query_runs(engine, args)
     except SQLAlchemyError as exc:
-        print_error(f"cannot read catalog {hide_password(url)}: {type(exc).__name__}: "
-                    f"{first_line(exc)}")
+        print_error(
+            f"cannot read catalog {hide_password(url)}: {type(exc).__name__}: {first_line(exc)}"
+        )
         return 2
     finally:
         engine.dispose()
@@ -282,12 +332,21 @@ def _filters(args: argparse.Namespace) -> list[Any]:
 
     c = meta_runs.c
     where: list[Any] = []
-    for column, value in ((PROJECT, args.project), (ENVIRONMENT, args.environment),
-                          (PIPELINE, args.pipeline), (NODE, args.node)):
+    for column, value in (
+        (PROJECT, args.project),
+        (ENVIRONMENT, args.environment),
+        (PIPELINE, args.pipeline),
+        (NODE, args.node),
+    ):
         if value is not None:
             where.append(c[column] == value)
-    statuses = ([RunStatus.FAILURE, RunStatus.CRASHED] if args.failures
-                else [RunStatus(args.status)] if args.status else None)
+    statuses = (
+        [RunStatus.FAILURE, RunStatus.CRASHED]
+        if args.failures
+        else [RunStatus(args.status)]
+        if args.status
+        else None
+    )
     if statuses:
         where.append(c[STATUS].in_([s.value for s in statuses]))
     since: datetime | None = args.since
@@ -308,8 +367,12 @@ def _query_runs(engine: Any, args: argparse.Namespace) -> tuple[list[RunRecord],
 
     c = meta_runs.c
     where = _filters(args)
-    query = (sa.select(meta_runs).where(*where)
-             .order_by(c[STARTED_AT].desc(), c[RUN_ID].desc()).limit(args.limit))
+    query = (
+        sa.select(meta_runs)
+        .where(*where)
+        .order_by(c[STARTED_AT].desc(), c[RUN_ID].desc())
+        .limit(args.limit)
+    )
     counting = sa.select(sa.func.count()).select_from(meta_runs).where(*where)
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
@@ -326,9 +389,11 @@ def _details(engine: Any, args: argparse.Namespace) -> int:
     wanted = str(args.details).strip()
     column = meta_runs.c[RUN_ID]
     escaped = wanted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    query = (sa.select(meta_runs)
-             .where(sa.or_(column == wanted, column.like(f"{escaped}%", escape="\\")))
-             .limit(2))
+    query = (
+        sa.select(meta_runs)
+        .where(sa.or_(column == wanted, column.like(f"{escaped}%", escape="\\")))
+        .limit(2)
+    )
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     exact = [r for r in rows if r[RUN_ID] == wanted]

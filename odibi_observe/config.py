@@ -218,8 +218,11 @@ def _seconds(*, zero: bool) -> Coerce:
 
     def coerce(value: Any) -> float:
         try:
-            seconds = parse_duration(value) if _is_text(value) else (
-                float(value) if _number(value) else -1.0)
+            seconds = (
+                parse_duration(value)
+                if _is_text(value)
+                else (float(value) if _number(value) else -1.0)
+            )
         except ValueError:
             seconds = -1.0
         if not (seconds >= 0 if zero else seconds > 0) or seconds == float("inf"):
@@ -335,143 +338,337 @@ _SECONDS_SHOW: Final = format_duration
 
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("project", _text, "default", "`project` column, `odibi.project`, label `project`"),
-    Setting("environment", _text, "dev", "`environment` column / attribute / label",
-            otel=("resource:deployment.environment.name", "resource:deployment.environment")),
-    Setting("service_name", _text, "odibi-pipeline", "resource `service.name` of node spans",
-            otel=("OTEL_SERVICE_NAME", f"resource:{RESOURCE_SERVICE_NAME}")),
-    Setting("catalog_url", _text, None,
-            "SQLAlchemy URL of `meta_runs`: `sqlite:///catalog.db`, `postgresql://user:pw@host/db` "
-            "(psycopg 3 is used for `postgresql://`); none: no catalog sink. The sidecar's "
-            "`--catalog` (required there)", scope=BOTH, flag="--catalog"),
-    Setting("otlp_endpoint", _text, None,
-            "OTLP receiver; `/v1/traces` is appended for HTTP when missing",
-            otel=("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")),
-    Setting("otlp_protocol", _choice(*OTLP_PROTOCOLS), "http/protobuf",
-            "`http/protobuf`, `http/json` or `grpc` (`pip install 'odibi-observe[grpc]'`)",
-            otel=("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")),
-    Setting("otlp_timeout", _seconds(zero=False), 10.0, "time per export attempt",
-            show=_SECONDS_SHOW),
-    Setting("traces_file", _path, None,
-            "append spans as OTLP-JSON lines (one `ExportTraceServiceRequest` per line, the "
-            "Collector `file` exporter format)"),
-    Setting("prometheus_port", _port, None,
-            "serve `/metrics` on this port (0 = any free port); none: not served"),
-    Setting("prometheus_host", _text, "127.0.0.1",
-            "bind address of `/metrics`; loopback unless you say otherwise"),
-    Setting("prometheus_textfile", _path, None,
-            "write the registry in text format here on every flush (node_exporter textfile "
-            "collector, batch jobs)"),
-    Setting("mode", _choice(*MODES), "background",
-            "`background`: worker threads deliver; `inline`: sinks are called before the node "
-            "returns; `sidecar`: each event is appended to the spool and the sidecar delivers "
-            "it. Unset with `spool_dir` set: `sidecar`"),
-    Setting("resource_attributes", _attributes, None,
-            "extra resource attributes (argument values merge over the environment's)",
-            otel=("OTEL_RESOURCE_ATTRIBUTES",), env_var=False, factory=dict,
-            default_text="{}"),
-    Setting("max_queue", _count, 10_000,
-            "events queued per sink before the oldest is dropped (counted)"),
+    Setting(
+        "environment",
+        _text,
+        "dev",
+        "`environment` column / attribute / label",
+        otel=("resource:deployment.environment.name", "resource:deployment.environment"),
+    ),
+    Setting(
+        "service_name",
+        _text,
+        "odibi-pipeline",
+        "resource `service.name` of node spans",
+        otel=("OTEL_SERVICE_NAME", f"resource:{RESOURCE_SERVICE_NAME}"),
+    ),
+    Setting(
+        "catalog_url",
+        _text,
+        None,
+        "SQLAlchemy URL of `meta_runs`: `sqlite:///catalog.db`, `postgresql://user:pw@host/db` "
+        "(psycopg 3 is used for `postgresql://`); none: no catalog sink. The sidecar's "
+        "`--catalog` (required there)",
+        scope=BOTH,
+        flag="--catalog",
+    ),
+    Setting(
+        "otlp_endpoint",
+        _text,
+        None,
+        "OTLP receiver; `/v1/traces` is appended for HTTP when missing",
+        otel=("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ),
+    Setting(
+        "otlp_protocol",
+        _choice(*OTLP_PROTOCOLS),
+        "http/protobuf",
+        "`http/protobuf`, `http/json` or `grpc` (`pip install 'odibi-observe[grpc]'`)",
+        otel=("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    ),
+    Setting(
+        "otlp_timeout", _seconds(zero=False), 10.0, "time per export attempt", show=_SECONDS_SHOW
+    ),
+    Setting(
+        "traces_file",
+        _path,
+        None,
+        "append spans as OTLP-JSON lines (one `ExportTraceServiceRequest` per line, the "
+        "Collector `file` exporter format)",
+    ),
+    Setting(
+        "prometheus_port",
+        _port,
+        None,
+        "serve `/metrics` on this port (0 = any free port); none: not served",
+    ),
+    Setting(
+        "prometheus_host",
+        _text,
+        "127.0.0.1",
+        "bind address of `/metrics`; loopback unless you say otherwise",
+    ),
+    Setting(
+        "prometheus_textfile",
+        _path,
+        None,
+        "write the registry in text format here on every flush (node_exporter textfile "
+        "collector, batch jobs)",
+    ),
+    Setting(
+        "mode",
+        _choice(*MODES),
+        "background",
+        "`background`: worker threads deliver; `inline`: sinks are called before the node "
+        "returns; `sidecar`: each event is appended to the spool and the sidecar delivers "
+        "it. Unset with `spool_dir` set: `sidecar`",
+    ),
+    Setting(
+        "resource_attributes",
+        _attributes,
+        None,
+        "extra resource attributes (argument values merge over the environment's)",
+        otel=("OTEL_RESOURCE_ATTRIBUTES",),
+        env_var=False,
+        factory=dict,
+        default_text="{}",
+    ),
+    Setting(
+        "max_queue", _count, 10_000, "events queued per sink before the oldest is dropped (counted)"
+    ),
     Setting("max_batch", _count, 512, "events per export call"),
-    Setting("flush_interval", _seconds(zero=True), 0.1, "how long a batch may wait to fill",
-            show=_SECONDS_SHOW),
-    Setting("max_label_series", _count, 2_000,
-            "distinct (project, pipeline, node, environment) series before folding into "
-            "`node=\"__overflow__\"`"),
+    Setting(
+        "flush_interval",
+        _seconds(zero=True),
+        0.1,
+        "how long a batch may wait to fill",
+        show=_SECONDS_SHOW,
+    ),
+    Setting(
+        "max_label_series",
+        _count,
+        2_000,
+        "distinct (project, pipeline, node, environment) series before folding into "
+        '`node="__overflow__"`',
+    ),
     Setting("max_attribute_length", _count, 4_096, "characters per string attribute"),
     Setting("max_error_message_length", _count, 8_192, "characters of a stored error message"),
-    Setting("max_error_stack_length", _count, 16_384,
-            "characters of a stored traceback (`error_stack`, `exception.stacktrace`; the "
-            "innermost frames kept)"),
-    Setting("task_run_url_template", _text, None,
-            "link of a node run on its span (`cicd.pipeline.task.run.url.full`), e.g. to the "
-            "Grafana drill-down; placeholders `{run_id}`, `{pipeline}`, `{node}`, `{project}`, "
-            "`{pipeline_run_id}`, `{environment}`; an unusable one is warned about once and "
-            "left out"),
+    Setting(
+        "max_error_stack_length",
+        _count,
+        16_384,
+        "characters of a stored traceback (`error_stack`, `exception.stacktrace`; the "
+        "innermost frames kept)",
+    ),
+    Setting(
+        "task_run_url_template",
+        _text,
+        None,
+        "link of a node run on its span (`cicd.pipeline.task.run.url.full`), e.g. to the "
+        "Grafana drill-down; placeholders `{run_id}`, `{pipeline}`, `{node}`, `{project}`, "
+        "`{pipeline_run_id}`, `{environment}`; an unusable one is warned about once and "
+        "left out",
+    ),
     Setting("max_name_length", _count, 255, "characters of project / pipeline / node names"),
-    Setting("handle_sigterm", _bool, True,
-            "close running nodes as `CRASHED` on SIGTERM (only when no other handler is "
-            "installed)"),
+    Setting(
+        "handle_sigterm",
+        _bool,
+        True,
+        "close running nodes as `CRASHED` on SIGTERM (only when no other handler is installed)",
+    ),
     Setting("otel_metrics", _bool, True, "record the `odibi.node.*` OpenTelemetry metrics"),
-    Setting("openlineage", _bool, None,
-            "OpenLineage run events (`pip install 'odibi-observe[openlineage]'`), sent where "
-            "the OpenLineage client's own configuration says (`OPENLINEAGE_URL`, "
-            "`openlineage.yml`, `OPENLINEAGE__TRANSPORT__*`); none: on when that configuration "
-            "is present; false: off", default_text="on when OpenLineage is configured"),
-    Setting("host", _text, None, "the `host` column and `host.name`: this host's runs are "
-            "the ones its sidecar may judge by pid", factory=socket.gethostname,
-            default_text="this host's name"),
-    Setting("spool_dir", _path, None,
-            "the spool directory shared by the pipelines and the sidecar; giving it without "
-            "`mode` means `mode=\"sidecar\"`. The sidecar's `--spool-dir` (required there)",
-            scope=BOTH, flag="--spool-dir"),
-    Setting("spool_fsync", _choice(*FSYNC_POLICIES), "interval",
-            "`always` (fsync per event), `interval` (at most once a second), `never` (the OS "
-            "decides); the sidecar's `--fsync` for its own writes",
-            scope=BOTH, flag="--fsync", option="fsync"),
-    Setting("spool_max_bytes", _size, 512 * 2**20,
-            "size limit of the whole spool directory; past it new events are refused and "
-            "counted (each writer checks its own appends)", scope=BOTH,
-            flag="--spool-max-bytes", show=_SIZE_SHOW),
-    Setting("heartbeat_interval", _seconds(zero=True), 30.0,
-            "time between heartbeats of a running node (`heartbeat_at`); 0 turns them off",
-            show=_SECONDS_SHOW),
-    Setting("exit_timeout", _seconds(zero=True), 3.0,
-            "time the process may spend delivering at exit (`atexit`, SIGTERM), shared by all "
-            "sinks; what is not delivered by then is appended to `spool_dir`, else "
-            "`~/.local/state/odibi-observe/spool`, for `odibi-observe sweep --spool-dir` or a "
-            "sidecar", show=_SECONDS_SHOW),
+    Setting(
+        "openlineage",
+        _bool,
+        None,
+        "OpenLineage run events (`pip install 'odibi-observe[openlineage]'`), sent where "
+        "the OpenLineage client's own configuration says (`OPENLINEAGE_URL`, "
+        "`openlineage.yml`, `OPENLINEAGE__TRANSPORT__*`); none: on when that configuration "
+        "is present; false: off",
+        default_text="on when OpenLineage is configured",
+    ),
+    Setting(
+        "host",
+        _text,
+        None,
+        "the `host` column and `host.name`: this host's runs are "
+        "the ones its sidecar may judge by pid",
+        factory=socket.gethostname,
+        default_text="this host's name",
+    ),
+    Setting(
+        "spool_dir",
+        _path,
+        None,
+        "the spool directory shared by the pipelines and the sidecar; giving it without "
+        '`mode` means `mode="sidecar"`. The sidecar\'s `--spool-dir` (required there)',
+        scope=BOTH,
+        flag="--spool-dir",
+    ),
+    Setting(
+        "spool_fsync",
+        _choice(*FSYNC_POLICIES),
+        "interval",
+        "`always` (fsync per event), `interval` (at most once a second), `never` (the OS "
+        "decides); the sidecar's `--fsync` for its own writes",
+        scope=BOTH,
+        flag="--fsync",
+        option="fsync",
+    ),
+    Setting(
+        "spool_max_bytes",
+        _size,
+        512 * 2**20,
+        "size limit of the whole spool directory; past it new events are refused and "
+        "counted (each writer checks its own appends)",
+        scope=BOTH,
+        flag="--spool-max-bytes",
+        show=_SIZE_SHOW,
+    ),
+    Setting(
+        "heartbeat_interval",
+        _seconds(zero=True),
+        30.0,
+        "time between heartbeats of a running node (`heartbeat_at`); 0 turns them off",
+        show=_SECONDS_SHOW,
+    ),
+    Setting(
+        "exit_timeout",
+        _seconds(zero=True),
+        3.0,
+        "time the process may spend delivering at exit (`atexit`, SIGTERM), shared by all "
+        "sinks; what is not delivered by then is appended to `spool_dir`, else "
+        "`~/.local/state/odibi-observe/spool`, for `odibi-observe sweep --spool-dir` or a "
+        "sidecar",
+        show=_SECONDS_SHOW,
+    ),
     # -- the sidecar's (odibi-observe sidecar / sweep) --
-    Setting("sidecar_listen", _listen, ("127.0.0.1", 9464),
-            "address of `/metrics`, `/healthz` and `/v1/traces`; `PORT` alone means "
-            "127.0.0.1 (9464: the port OpenTelemetry's Prometheus exporter uses)",
-            scope=SIDECAR, flag="--listen"),
-    Setting("sidecar_token_file", _path, None,
-            "require `Authorization: Bearer TOKEN` on `POST /v1/traces`, TOKEN read from this "
-            "file", scope=SIDECAR, flag="--token-file"),
-    Setting("sidecar_token", _text, None,
-            "the token itself (never on the command line, where `ps` shows it)",
-            scope=SIDECAR, option="token"),
+    Setting(
+        "sidecar_listen",
+        _listen,
+        ("127.0.0.1", 9464),
+        "address of `/metrics`, `/healthz` and `/v1/traces`; `PORT` alone means "
+        "127.0.0.1 (9464: the port OpenTelemetry's Prometheus exporter uses)",
+        scope=SIDECAR,
+        flag="--listen",
+    ),
+    Setting(
+        "sidecar_token_file",
+        _path,
+        None,
+        "require `Authorization: Bearer TOKEN` on `POST /v1/traces`, TOKEN read from this file",
+        scope=SIDECAR,
+        flag="--token-file",
+    ),
+    Setting(
+        "sidecar_token",
+        _text,
+        None,
+        "the token itself (never on the command line, where `ps` shows it)",
+        scope=SIDECAR,
+        option="token",
+    ),
     # The Collector's own default is 20 MiB; an SDK batch of 512 node spans is under 1 MiB.
     # An SDK batch of 512 node spans is well under 1 MiB, a Collector batch of 8 192 spans a
     # few MiB. Each export being decoded takes about 7x its body in memory, two at a time
     # (docs/operations.md, "Sizing the sidecar"): 8 MiB keeps a sidecar inside 256 MiB.
-    Setting("sidecar_max_body", _size, 8 * 2**20,
-            "largest OTLP request body, compressed or not; larger is `413`; each export "
-            "being decoded takes about 7x this in memory",
-            scope=SIDECAR, flag="--max-body", option="max_body_bytes", show=_SIZE_SHOW),
-    Setting("sidecar_ledger", _bool, True,
-            "store node spans received on `/v1/traces` in the span ledger; off: `404`",
-            scope=SIDECAR, flag="--ledger", option="ledger"),
-    Setting("sweep_interval", _seconds(zero=True), 30.0,
-            "how often RUNNING runs whose process is gone are closed; 0 turns the sweeper off",
-            scope=SIDECAR, flag="--sweep-interval", show=_SECONDS_SHOW),
-    Setting("heartbeat_timeout", _seconds(zero=False), 300.0,
-            "a run not checkable by pid is crashed after no heartbeat for this long",
-            scope=SIDECAR, flag="--heartbeat-timeout", show=_SECONDS_SHOW),
-    Setting("sweep_all_hosts", _bool, False, "also sweep other hosts' runs, by heartbeat",
-            scope=SIDECAR, flag="--all-hosts", option="all_hosts"),
-    Setting("sweep_pid_check", _bool, True,
-            "judge this host's runs by their pid; off in another pid namespace",
-            scope=SIDECAR, flag="--pid-check", option="pid_check"),
-    Setting("spool_gc_interval", _seconds(zero=True), 60.0,
-            "how often spool segments every sink has passed are deleted; 0: never",
-            scope=SIDECAR, flag="--gc-interval", option="gc_interval", show=_SECONDS_SHOW),
+    Setting(
+        "sidecar_max_body",
+        _size,
+        8 * 2**20,
+        "largest OTLP request body, compressed or not; larger is `413`; each export "
+        "being decoded takes about 7x this in memory",
+        scope=SIDECAR,
+        flag="--max-body",
+        option="max_body_bytes",
+        show=_SIZE_SHOW,
+    ),
+    Setting(
+        "sidecar_ledger",
+        _bool,
+        True,
+        "store node spans received on `/v1/traces` in the span ledger; off: `404`",
+        scope=SIDECAR,
+        flag="--ledger",
+        option="ledger",
+    ),
+    Setting(
+        "sweep_interval",
+        _seconds(zero=True),
+        30.0,
+        "how often RUNNING runs whose process is gone are closed; 0 turns the sweeper off",
+        scope=SIDECAR,
+        flag="--sweep-interval",
+        show=_SECONDS_SHOW,
+    ),
+    Setting(
+        "heartbeat_timeout",
+        _seconds(zero=False),
+        300.0,
+        "a run not checkable by pid is crashed after no heartbeat for this long",
+        scope=SIDECAR,
+        flag="--heartbeat-timeout",
+        show=_SECONDS_SHOW,
+    ),
+    Setting(
+        "sweep_all_hosts",
+        _bool,
+        False,
+        "also sweep other hosts' runs, by heartbeat",
+        scope=SIDECAR,
+        flag="--all-hosts",
+        option="all_hosts",
+    ),
+    Setting(
+        "sweep_pid_check",
+        _bool,
+        True,
+        "judge this host's runs by their pid; off in another pid namespace",
+        scope=SIDECAR,
+        flag="--pid-check",
+        option="pid_check",
+    ),
+    Setting(
+        "spool_gc_interval",
+        _seconds(zero=True),
+        60.0,
+        "how often spool segments every sink has passed are deleted; 0: never",
+        scope=SIDECAR,
+        flag="--gc-interval",
+        option="gc_interval",
+        show=_SECONDS_SHOW,
+    ),
     # Below Kubernetes' default 30 s termination grace period, with room for the rest of stop().
-    Setting("sidecar_drain_timeout", _seconds(zero=True), 10.0,
-            "on SIGTERM, how long to keep delivering spooled events to the sinks that work",
-            scope=SIDECAR, flag="--drain-timeout", option="drain_timeout", show=_SECONDS_SHOW),
-    Setting("sidecar_stuck_after", _seconds(zero=False), 120.0,
-            "`/healthz` answers 503 when a loop is this late or an export runs this long",
-            scope=SIDECAR, flag="--stuck-after", option="stuck_after", show=_SECONDS_SHOW),
+    Setting(
+        "sidecar_drain_timeout",
+        _seconds(zero=True),
+        10.0,
+        "on SIGTERM, how long to keep delivering spooled events to the sinks that work",
+        scope=SIDECAR,
+        flag="--drain-timeout",
+        option="drain_timeout",
+        show=_SECONDS_SHOW,
+    ),
+    Setting(
+        "sidecar_stuck_after",
+        _seconds(zero=False),
+        120.0,
+        "`/healthz` answers 503 when a loop is this late or an export runs this long",
+        scope=SIDECAR,
+        flag="--stuck-after",
+        option="stuck_after",
+        show=_SECONDS_SHOW,
+    ),
     # Twice the SDK's span batch: a batch holds a STARTED and a FINISHED event per run, so the
     # OTel sink still exports at most ~512 spans per request, while the catalog commits (and
     # the cursor acknowledges) half as often as with 512.
-    Setting("sidecar_max_batch", _count, 1024,
-            "spooled events per export: one catalog transaction, one OTLP request",
-            scope=SIDECAR, flag="--max-batch", option="max_batch"),
-    Setting("log_level", _choice(*LOG_LEVELS, fold=True), "info",
-            "`debug`, `info`, `warning` or `error`, to stderr (`sweep`: `error`)",
-            scope=SIDECAR, flag="--log-level"),
+    Setting(
+        "sidecar_max_batch",
+        _count,
+        1024,
+        "spooled events per export: one catalog transaction, one OTLP request",
+        scope=SIDECAR,
+        flag="--max-batch",
+        option="max_batch",
+    ),
+    Setting(
+        "log_level",
+        _choice(*LOG_LEVELS, fold=True),
+        "info",
+        "`debug`, `info`, `warning` or `error`, to stderr (`sweep`: `error`)",
+        scope=SIDECAR,
+        flag="--log-level",
+    ),
 )
 
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -587,9 +784,10 @@ def resolve(
     """Apply the precedence above; set aside each unusable value and say why."""
     env = os.environ if environ is None else environ
     args = {k: v for k, v in (overrides or {}).items() if v is not None}
-    problems = [Problem(f"unknown setting {name}={args.pop(name)!r}: not a configure() "
-                        f"keyword", "ignored")
-                for name in sorted(set(args) - {s.name for s in PIPELINE_SETTINGS})]
+    problems = [
+        Problem(f"unknown setting {name}={args.pop(name)!r}: not a configure() keyword", "ignored")
+        for name in sorted(set(args) - {s.name for s in PIPELINE_SETTINGS})
+    ]
     resource = parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -601,9 +799,12 @@ def resolve(
                 # The variable's name, or the keyword's; an OTel fallback names both.
                 label = source if source == s.env else s.name
                 other = "" if source in ("keyword", s.env) else f" from {source}"
-                problems.append(Problem(f"{label}={raw!r}{other}: {exc}",
-                                        f"ignored, using the default "
-                                        f"{s.name}={s.shown_default()}"))
+                problems.append(
+                    Problem(
+                        f"{label}={raw!r}{other}: {exc}",
+                        f"ignored, using the default {s.name}={s.shown_default()}",
+                    )
+                )
             else:
                 sources[s.name] = source
             break  # the first place that is set decides, usable or not
@@ -613,8 +814,9 @@ def resolve(
     return Resolution(Settings(**values), tuple(problems), tuple(notes), sources)
 
 
-def _candidates(s: Setting, args: Mapping[str, Any], env: Mapping[str, str],
-                resource: Mapping[str, str]) -> list[tuple[str, Any]]:
+def _candidates(
+    s: Setting, args: Mapping[str, Any], env: Mapping[str, str], resource: Mapping[str, str]
+) -> list[tuple[str, Any]]:
     """Where ``s`` is set, in precedence order, as (source, raw value) pairs."""
     found: list[tuple[str, Any]] = []
     if s.name in args:
@@ -633,8 +835,9 @@ def _candidates(s: Setting, args: Mapping[str, Any], env: Mapping[str, str],
     return found
 
 
-def _resolve_mode(values: dict[str, Any], sources: dict[str, str], problems: list[Problem],
-                  notes: list[str]) -> None:
+def _resolve_mode(
+    values: dict[str, Any], sources: dict[str, str], problems: list[Problem], notes: list[str]
+) -> None:
     """``spool_dir`` alone means sidecar mode; sidecar mode without a spool is set aside."""
     mode, spool_dir = values.get("mode"), values.get("spool_dir")
     if mode is None and spool_dir:
@@ -642,13 +845,17 @@ def _resolve_mode(values: dict[str, Any], sources: dict[str, str], problems: lis
         notes.append(
             f"spool_dir={spool_dir!r} is set ({_source(sources, 'spool_dir')}) and mode is "
             f"not: recording in mode='sidecar' (each event appended to the spool, the sidecar "
-            f"delivers it); set mode (ODIBI_OBSERVE_MODE) to say so explicitly")
+            f"delivers it); set mode (ODIBI_OBSERVE_MODE) to say so explicitly"
+        )
     elif mode == "sidecar" and not spool_dir:
         del values["mode"]
-        problems.append(Problem(
-            f"{_label(sources, 'mode')}='sidecar' needs spool_dir (ODIBI_OBSERVE_SPOOL_DIR), "
-            f"the directory shared with the sidecar",
-            f"ignored, recording in-process in mode='{setting('mode').default}'"))
+        problems.append(
+            Problem(
+                f"{_label(sources, 'mode')}='sidecar' needs spool_dir (ODIBI_OBSERVE_SPOOL_DIR), "
+                f"the directory shared with the sidecar",
+                f"ignored, recording in-process in mode='{setting('mode').default}'",
+            )
+        )
 
 
 def _source(sources: Mapping[str, str], name: str) -> str:
@@ -676,16 +883,26 @@ def resolve_settings(
 
 def settings_markdown() -> str:
     """The settings table of ``docs/configuration.md`` (a test keeps the two identical)."""
-    lines = ["| setting | environment | OTel fallback | sidecar option | read by | default "
-             "| what it does |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | environment | OTel fallback | sidecar option | read by | default "
+        "| what it does |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in SETTINGS:
-        fallback = ", ".join(
-            f"`{f.removeprefix('resource:')}` in `OTEL_RESOURCE_ATTRIBUTES`"
-            if f.startswith("resource:") else f"`{f}`" for f in s.otel) or "—"
+        fallback = (
+            ", ".join(
+                f"`{f.removeprefix('resource:')}` in `OTEL_RESOURCE_ATTRIBUTES`"
+                if f.startswith("resource:")
+                else f"`{f}`"
+                for f in s.otel
+            )
+            or "—"
+        )
         lines.append(
             f"| `{s.name}` | {f'`{s.env}`' if s.env else '—'} | {fallback} | "
             f"{f'`{s.flag}`' if s.flag else '—'} | {s.scope} | `{s.shown_default()}` | "
-            f"{s.doc} |")
+            f"{s.doc} |"
+        )
     return "\n".join(lines) + "\n"
 
 

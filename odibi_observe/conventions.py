@@ -125,85 +125,134 @@ class Fields(_Table[Field]):
 
 FIELDS: Final = Fields(
     run_id=Field(
-        "run_id", "Unique id of one node run; the join key of every backend.",
-        columns=("run_id",), attribute="odibi.run_id", prometheus_note="never a label",
+        "run_id",
+        "Unique id of one node run; the join key of every backend.",
+        columns=("run_id",),
+        attribute="odibi.run_id",
+        prometheus_note="never a label",
     ),
     project=Field(
-        "project", "Project the pipeline belongs to.",
-        columns=("project",), attribute="odibi.project", label="project",
-        prometheus_note="label `project`", otel_metric_note="attribute `project`",
+        "project",
+        "Project the pipeline belongs to.",
+        columns=("project",),
+        attribute="odibi.project",
+        label="project",
+        prometheus_note="label `project`",
+        otel_metric_note="attribute `project`",
     ),
     pipeline=Field(
-        "pipeline", "Pipeline name.",
-        columns=("pipeline_name",), attribute="odibi.pipeline", label="pipeline",
-        prometheus_note="label `pipeline`", otel_metric_note="attribute `pipeline`",
+        "pipeline",
+        "Pipeline name.",
+        columns=("pipeline_name",),
+        attribute="odibi.pipeline",
+        label="pipeline",
+        prometheus_note="label `pipeline`",
+        otel_metric_note="attribute `pipeline`",
     ),
     pipeline_run_id=Field(
-        "pipeline_run_id", "Id of the pipeline run this node run belongs to.",
-        columns=("pipeline_run_id",), attribute="odibi.pipeline_run_id",
+        "pipeline_run_id",
+        "Id of the pipeline run this node run belongs to.",
+        columns=("pipeline_run_id",),
+        attribute="odibi.pipeline_run_id",
     ),
     node=Field(
-        "node", "Node name.",
-        columns=("node_name",), attribute="odibi.node", label="node",
-        prometheus_note="label `node`", otel_metric_note="attribute `node`",
+        "node",
+        "Node name.",
+        columns=("node_name",),
+        attribute="odibi.node",
+        label="node",
+        prometheus_note="label `node`",
+        otel_metric_note="attribute `node`",
     ),
     attempt=Field(
-        "attempt", "Attempt number, 1 for the first try.",
-        columns=("attempt",), attribute="odibi.attempt",
+        "attempt",
+        "Attempt number, 1 for the first try.",
+        columns=("attempt",),
+        attribute="odibi.attempt",
     ),
     status=Field(
-        "status", "RUNNING, SUCCESS, FAILURE, CANCELLED or CRASHED.",
-        columns=("status",), attribute="odibi.status", label="status",
+        "status",
+        "RUNNING, SUCCESS, FAILURE, CANCELLED or CRASHED.",
+        columns=("status",),
+        attribute="odibi.status",
+        label="status",
         prometheus_note="label `status` on `odibi_node_runs_total`",
         otel_metric_note="`odibi.node.runs`",
     ),
     rows=Field(
-        "rows", "Rows processed by the node (unknown is NULL, never 0).",
-        columns=("rows_processed",), attribute="odibi.rows_processed",
+        "rows",
+        "Rows processed by the node (unknown is NULL, never 0).",
+        columns=("rows_processed",),
+        attribute="odibi.rows_processed",
         prometheus_note="`odibi_node_rows_processed_total`",
         otel_metric_note="`odibi.node.rows_processed`",
     ),
     duration=Field(
-        "duration", "Wall time of the node run.",
-        columns=("duration_ms", "started_at", "ended_at"), attribute="odibi.duration_ms",
+        "duration",
+        "Wall time of the node run.",
+        columns=("duration_ms", "started_at", "ended_at"),
+        attribute="odibi.duration_ms",
         prometheus_note="`odibi_node_duration_seconds` (histogram)",
         otel_metric_note="`odibi.node.duration` (unit `s`)",
     ),
     environment=Field(
-        "environment", "Deployment environment (dev, prod, ...).",
-        columns=("environment",), attribute="odibi.environment", label="environment",
-        prometheus_note="label `environment`", otel_metric_note="attribute `environment`",
+        "environment",
+        "Deployment environment (dev, prod, ...).",
+        columns=("environment",),
+        attribute="odibi.environment",
+        label="environment",
+        prometheus_note="label `environment`",
+        otel_metric_note="attribute `environment`",
     ),
     error=Field(
-        "error", "Exception type and redacted, length-bounded message.",
-        columns=("error_type", "error_message"), attribute="error.type",
+        "error",
+        "Exception type and redacted, length-bounded message.",
+        columns=("error_type", "error_message"),
+        attribute="error.type",
     ),
     suggestions=Field(
-        "suggestions", "Actionable advice attached to a failure.",
-        columns=("suggestions_json",), attribute="odibi.suggestions",
+        "suggestions",
+        "Actionable advice attached to a failure.",
+        columns=("suggestions_json",),
+        attribute="odibi.suggestions",
     ),
     trace_ids=Field(
-        "trace_ids", "Trace and span id of the node run's span (lower-case hex).",
+        "trace_ids",
+        "Trace and span id of the node run's span (lower-case hex).",
         columns=("trace_id", "span_id", "parent_span_id"),
     ),
     liveness=Field(
-        "liveness", "Where the run executes, for crash detection.",
-        columns=("host", "pid", "heartbeat_at"), attribute="host.name",
+        "liveness",
+        "Where the run executes, for crash detection.",
+        columns=("host", "pid", "heartbeat_at"),
+        attribute="host.name",
     ),
     provenance=Field(
-        "provenance", "Who wrote the catalog row: decorator, sidecar or reconciler.",
+        "provenance",
+        "Who wrote the catalog row: decorator, sidecar or reconciler.",
         columns=("source", "updated_at"),
     ),
     attributes=Field(
-        "attributes", "User attributes set with run.set_attribute() (Odibi's metrics_json).",
-        columns=("metrics_json",), attribute="odibi.attr.*",
+        "attributes",
+        "User attributes set with run.set_attribute() (Odibi's metrics_json).",
+        columns=("metrics_json",),
+        attribute="odibi.attr.*",
     ),
 )
 
 #: Odibi's own ``meta_runs`` columns. The catalog is a strict superset of these.
 ODIBI_META_RUNS_COLUMNS: Final = (
-    "run_id", "project", "pipeline_name", "node_name", "status", "rows_processed",
-    "duration_ms", "metrics_json", "environment", "timestamp", "date",
+    "run_id",
+    "project",
+    "pipeline_name",
+    "node_name",
+    "status",
+    "rows_processed",
+    "duration_ms",
+    "metrics_json",
+    "environment",
+    "timestamp",
+    "date",
 )
 
 #: The catalog table and its companion tables.
@@ -223,13 +272,24 @@ CRASHED_ERROR_TYPE: Final = "ProcessCrashed"
 
 #: Stable names of the discrepancies reconciliation reports (the JSON report's ``kind``).
 DISCREPANCY_KINDS: Final = (
-    "missing_in_catalog", "missing_in_traces", "status_mismatch", "rows_mismatch",
-    "duration_mismatch", "duplicate_in_catalog", "duplicate_in_traces", "stale_running",
+    "missing_in_catalog",
+    "missing_in_traces",
+    "status_mismatch",
+    "rows_mismatch",
+    "duration_mismatch",
+    "duplicate_in_catalog",
+    "duplicate_in_traces",
+    "stale_running",
 )
 
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
 HEALTH_FINDING_KINDS: Final = (
-    "volume_anomaly", "zero_rows", "duration_anomaly", "freshness", "failure_streak", "flaky",
+    "volume_anomaly",
+    "zero_rows",
+    "duration_anomaly",
+    "freshness",
+    "failure_streak",
+    "flaky",
     "memory_growth",
 )
 
@@ -254,8 +314,7 @@ SPAN_NAME_FORMAT: Final = "node {node}"
 #: Span name of a pipeline run (``pipeline_run()``, Odibi's ``Pipeline.run``), the parent of
 #: its node spans: ``RUN sales``, the OTel CI/CD conventions' ``{action} {pipeline}``. Readers
 #: (reconcile, the span ledger) never match span names: they read ``odibi.*`` attributes.
-PIPELINE_SPAN_NAME_FORMAT: Final = (
-    f"{_cicd.CicdPipelineActionNameValues.RUN.value} {{pipeline}}")
+PIPELINE_SPAN_NAME_FORMAT: Final = f"{_cicd.CicdPipelineActionNameValues.RUN.value} {{pipeline}}"
 
 #: Instrumentation scope of spans and metrics.
 INSTRUMENTATION_SCOPE: Final = "odibi_observe"
@@ -317,27 +376,64 @@ class Metrics(_Table[Metric]):
 
 METRICS: Final = Metrics(
     runs=Metric(
-        "runs", "odibi.node.runs", "{run}", "odibi_node_runs_total", MetricKind.COUNTER,
-        (*_NODE_LABELS, "status"), "Node runs that reached a terminal status.",
+        "runs",
+        "odibi.node.runs",
+        "{run}",
+        "odibi_node_runs_total",
+        MetricKind.COUNTER,
+        (*_NODE_LABELS, "status"),
+        "Node runs that reached a terminal status.",
     ),
     rows=Metric(
-        "rows", "odibi.node.rows_processed", "{row}", "odibi_node_rows_processed_total",
-        MetricKind.COUNTER, _NODE_LABELS, "Rows processed by finished node runs.",
+        "rows",
+        "odibi.node.rows_processed",
+        "{row}",
+        "odibi_node_rows_processed_total",
+        MetricKind.COUNTER,
+        _NODE_LABELS,
+        "Rows processed by finished node runs.",
     ),
     duration=Metric(
-        "duration", "odibi.node.duration", "s", "odibi_node_duration_seconds",
-        MetricKind.HISTOGRAM, _NODE_LABELS, "Wall time of finished node runs, in seconds.",
+        "duration",
+        "odibi.node.duration",
+        "s",
+        "odibi_node_duration_seconds",
+        MetricKind.HISTOGRAM,
+        _NODE_LABELS,
+        "Wall time of finished node runs, in seconds.",
     ),
     running=Metric(
-        "running", None, "", "odibi_node_running", MetricKind.GAUGE, _NODE_LABELS,
+        "running",
+        None,
+        "",
+        "odibi_node_running",
+        MetricKind.GAUGE,
+        _NODE_LABELS,
         "Node runs currently in progress in this process.",
     ),
 )
 
 #: Histogram buckets for batch jobs: 50 ms to 6 h.
 DURATION_BUCKETS_SECONDS: Final = (
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1200.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    21600.0,
 )
 
 
@@ -353,28 +449,58 @@ class SelfMetrics(_Table[Metric]):
 
 SELF_METRICS: Final = SelfMetrics(
     sink_errors=Metric(
-        "sink_errors", None, "", "odibi_observe_sink_errors_total", MetricKind.COUNTER,
-        ("sink",), "Failed export attempts per sink (the batch is kept and retried).",
+        "sink_errors",
+        None,
+        "",
+        "odibi_observe_sink_errors_total",
+        MetricKind.COUNTER,
+        ("sink",),
+        "Failed export attempts per sink (the batch is kept and retried).",
     ),
     events_dropped=Metric(
-        "events_dropped", None, "", "odibi_observe_events_dropped_total", MetricKind.COUNTER,
-        ("sink", "reason"), "Events a sink will never receive, by reason (bounded buffers).",
+        "events_dropped",
+        None,
+        "",
+        "odibi_observe_events_dropped_total",
+        MetricKind.COUNTER,
+        ("sink", "reason"),
+        "Events a sink will never receive, by reason (bounded buffers).",
     ),
     label_overflow=Metric(
-        "label_overflow", None, "", "odibi_observe_label_overflow_total", MetricKind.COUNTER,
-        ("metric",), "Samples folded into node=\"__overflow__\" by the series limit.",
+        "label_overflow",
+        None,
+        "",
+        "odibi_observe_label_overflow_total",
+        MetricKind.COUNTER,
+        ("metric",),
+        'Samples folded into node="__overflow__" by the series limit.',
     ),
     invalid_input=Metric(
-        "invalid_input", None, "", "odibi_observe_invalid_input_total", MetricKind.COUNTER,
-        ("field",), "Values clamped or replaced because they were invalid (NaN rows, ...).",
+        "invalid_input",
+        None,
+        "",
+        "odibi_observe_invalid_input_total",
+        MetricKind.COUNTER,
+        ("field",),
+        "Values clamped or replaced because they were invalid (NaN rows, ...).",
     ),
     queue_size=Metric(
-        "queue_size", None, "", "odibi_observe_queue_size", MetricKind.GAUGE,
-        ("sink",), "Events waiting for delivery per sink (queue plus retry buffer).",
+        "queue_size",
+        None,
+        "",
+        "odibi_observe_queue_size",
+        MetricKind.GAUGE,
+        ("sink",),
+        "Events waiting for delivery per sink (queue plus retry buffer).",
     ),
     dead_letter=Metric(
-        "dead_letter", None, "", "odibi_observe_dead_letter_total", MetricKind.COUNTER,
-        ("sink",), "Records a sink can never export, moved to the dead letter and skipped.",
+        "dead_letter",
+        None,
+        "",
+        "odibi_observe_dead_letter_total",
+        MetricKind.COUNTER,
+        ("sink",),
+        "Records a sink can never export, moved to the dead letter and skipped.",
     ),
 )
 
@@ -398,52 +524,106 @@ class SidecarMetrics(_Table[Metric]):
 
 SIDECAR_METRICS: Final = SidecarMetrics(
     ingested=Metric(
-        "ingested", None, "", "odibi_observe_sidecar_events_ingested_total", MetricKind.COUNTER,
-        ("kind",), "Run events the sidecar read from pipeline processes, by event kind.",
+        "ingested",
+        None,
+        "",
+        "odibi_observe_sidecar_events_ingested_total",
+        MetricKind.COUNTER,
+        ("kind",),
+        "Run events the sidecar read from pipeline processes, by event kind.",
     ),
     spool_bytes=Metric(
-        "spool_bytes", None, "", "odibi_observe_spool_bytes", MetricKind.GAUGE,
-        (), "Bytes held in the write-ahead spool (all segments).",
+        "spool_bytes",
+        None,
+        "",
+        "odibi_observe_spool_bytes",
+        MetricKind.GAUGE,
+        (),
+        "Bytes held in the write-ahead spool (all segments).",
     ),
     spool_backlog=Metric(
-        "spool_backlog", None, "", "odibi_observe_spool_backlog_events", MetricKind.GAUGE,
-        ("sink",), "Spooled events a sink has not acknowledged yet.",
+        "spool_backlog",
+        None,
+        "",
+        "odibi_observe_spool_backlog_events",
+        MetricKind.GAUGE,
+        ("sink",),
+        "Spooled events a sink has not acknowledged yet.",
     ),
     spool_corrupt=Metric(
-        "spool_corrupt", None, "", "odibi_observe_spool_corrupt_frames_total",
-        MetricKind.COUNTER, (), "Spool frames lost to damage (torn or corrupt), skipped; "
+        "spool_corrupt",
+        None,
+        "",
+        "odibi_observe_spool_corrupt_frames_total",
+        MetricKind.COUNTER,
+        (),
+        "Spool frames lost to damage (torn or corrupt), skipped; "
         "estimated from the bytes skipped where a frame's header is unreadable.",
     ),
     spool_rejected=Metric(
-        "spool_rejected", None, "", "odibi_observe_spool_rejected_total", MetricKind.COUNTER,
-        ("reason",), "Events the spool could not take (size limit, disk full), by reason.",
+        "spool_rejected",
+        None,
+        "",
+        "odibi_observe_spool_rejected_total",
+        MetricKind.COUNTER,
+        ("reason",),
+        "Events the spool could not take (size limit, disk full), by reason.",
     ),
     spool_damaged_regions=Metric(
-        "spool_damaged_regions", None, "", "odibi_observe_spool_damaged_regions_total",
-        MetricKind.COUNTER, (), "Damaged byte ranges of spool segments skipped (each may hold "
-        "several lost frames).",
+        "spool_damaged_regions",
+        None,
+        "",
+        "odibi_observe_spool_damaged_regions_total",
+        MetricKind.COUNTER,
+        (),
+        "Damaged byte ranges of spool segments skipped (each may hold several lost frames).",
     ),
     spool_missing_segments=Metric(
-        "spool_missing_segments", None, "", "odibi_observe_spool_missing_segments_total",
-        MetricKind.COUNTER, (), "Spool segments missing from a writer's sequence (deleted "
+        "spool_missing_segments",
+        None,
+        "",
+        "odibi_observe_spool_missing_segments_total",
+        MetricKind.COUNTER,
+        (),
+        "Spool segments missing from a writer's sequence (deleted "
         "before every consumer had read them): their frames are lost.",
     ),
     ledger_spans=Metric(
-        "ledger_spans", None, "", "odibi_observe_ledger_spans_total", MetricKind.COUNTER,
-        ("outcome",), "Spans received on /v1/traces: stored in the ledger, ignored (not an "
+        "ledger_spans",
+        None,
+        "",
+        "odibi_observe_ledger_spans_total",
+        MetricKind.COUNTER,
+        ("outcome",),
+        "Spans received on /v1/traces: stored in the ledger, ignored (not an "
         "odibi node span) or rejected (malformed).",
     ),
     sweeper_closed=Metric(
-        "sweeper_closed", None, "", "odibi_observe_sweeper_closed_total", MetricKind.COUNTER,
-        ("reason",), "RUNNING runs the sweeper closed as CRASHED, by how it knew.",
+        "sweeper_closed",
+        None,
+        "",
+        "odibi_observe_sweeper_closed_total",
+        MetricKind.COUNTER,
+        ("reason",),
+        "RUNNING runs the sweeper closed as CRASHED, by how it knew.",
     ),
     last_loop=Metric(
-        "last_loop", None, "", "odibi_observe_sidecar_last_loop_timestamp_seconds",
-        MetricKind.GAUGE, (), "Unix time of the sidecar's last completed work loop.",
+        "last_loop",
+        None,
+        "",
+        "odibi_observe_sidecar_last_loop_timestamp_seconds",
+        MetricKind.GAUGE,
+        (),
+        "Unix time of the sidecar's last completed work loop.",
     ),
     http_refused=Metric(
-        "http_refused", None, "", "odibi_observe_sidecar_http_refused_total",
-        MetricKind.COUNTER, ("reason",), "HTTP connections or requests the sidecar refused: "
+        "http_refused",
+        None,
+        "",
+        "odibi_observe_sidecar_http_refused_total",
+        MetricKind.COUNTER,
+        ("reason",),
+        "HTTP connections or requests the sidecar refused: "
         "too many connections (503), bad framing (400), or a failing handler.",
     ),
 )
@@ -462,25 +642,49 @@ class ReconcileMetrics(_Table[Metric]):
 
 RECONCILE_METRICS: Final = ReconcileMetrics(
     discrepancies=Metric(
-        "discrepancies", None, "", "odibi_reconcile_discrepancies", MetricKind.GAUGE,
-        ("kind",), "Discrepancies found by the last reconciliation, by kind.",
+        "discrepancies",
+        None,
+        "",
+        "odibi_reconcile_discrepancies",
+        MetricKind.GAUGE,
+        ("kind",),
+        "Discrepancies found by the last reconciliation, by kind.",
     ),
     completeness=Metric(
-        "completeness", None, "", "odibi_catalog_completeness_ratio", MetricKind.GAUGE,
-        (), "Share of traced runs the catalog holds, in the last reconciliation (1 = all).",
+        "completeness",
+        None,
+        "",
+        "odibi_catalog_completeness_ratio",
+        MetricKind.GAUGE,
+        (),
+        "Share of traced runs the catalog holds, in the last reconciliation (1 = all).",
     ),
     last_run=Metric(
-        "last_run", None, "", "odibi_reconcile_last_run_timestamp_seconds", MetricKind.GAUGE,
-        (), "Unix time the last reconciliation finished.",
+        "last_run",
+        None,
+        "",
+        "odibi_reconcile_last_run_timestamp_seconds",
+        MetricKind.GAUGE,
+        (),
+        "Unix time the last reconciliation finished.",
     ),
     checked=Metric(
-        "checked", None, "", "odibi_reconcile_runs_checked", MetricKind.GAUGE,
-        (), "Runs the last reconciliation checked (0: it proved nothing).",
+        "checked",
+        None,
+        "",
+        "odibi_reconcile_runs_checked",
+        MetricKind.GAUGE,
+        (),
+        "Runs the last reconciliation checked (0: it proved nothing).",
     ),
     deferred=Metric(
-        "deferred", None, "", "odibi_reconcile_runs_deferred", MetricKind.GAUGE,
-        (), "Runs the last reconciliation left for the next one (too recent: within the "
-            "grace period).",
+        "deferred",
+        None,
+        "",
+        "odibi_reconcile_runs_deferred",
+        MetricKind.GAUGE,
+        (),
+        "Runs the last reconciliation left for the next one (too recent: within the grace period).",
     ),
 )
 
@@ -499,37 +703,73 @@ class HealthMetrics(_Table[Metric]):
 
 HEALTH_METRICS: Final = HealthMetrics(
     findings=Metric(
-        "findings", None, "", "odibi_health_findings", MetricKind.GAUGE,
-        ("kind",), "Findings the last data-health pass saw, by kind.",
+        "findings",
+        None,
+        "",
+        "odibi_health_findings",
+        MetricKind.GAUGE,
+        ("kind",),
+        "Findings the last data-health pass saw, by kind.",
     ),
     opened=Metric(
-        "opened", None, "", "odibi_health_findings_opened", MetricKind.GAUGE,
-        ("kind",), "Findings the last data-health pass opened (not seen by the pass before).",
+        "opened",
+        None,
+        "",
+        "odibi_health_findings_opened",
+        MetricKind.GAUGE,
+        ("kind",),
+        "Findings the last data-health pass opened (not seen by the pass before).",
     ),
     resolved=Metric(
-        "resolved", None, "", "odibi_health_findings_resolved", MetricKind.GAUGE,
-        ("kind",), "Open findings the last data-health pass no longer saw, so resolved.",
+        "resolved",
+        None,
+        "",
+        "odibi_health_findings_resolved",
+        MetricKind.GAUGE,
+        ("kind",),
+        "Open findings the last data-health pass no longer saw, so resolved.",
     ),
     open_finding=Metric(
-        "open_finding", None, "", "odibi_health_finding", MetricKind.GAUGE,
-        ("kind", "pipeline", "node"), "1 for each finding the last data-health pass saw, "
+        "open_finding",
+        None,
+        "",
+        "odibi_health_finding",
+        MetricKind.GAUGE,
+        ("kind", "pipeline", "node"),
+        "1 for each finding the last data-health pass saw, "
         "per node (alert on these: one series per finding, no storm).",
     ),
     nodes=Metric(
-        "nodes", None, "", "odibi_health_nodes_checked", MetricKind.GAUGE,
-        (), "Nodes the last data-health pass had enough history to judge.",
+        "nodes",
+        None,
+        "",
+        "odibi_health_nodes_checked",
+        MetricKind.GAUGE,
+        (),
+        "Nodes the last data-health pass had enough history to judge.",
     ),
     last_run=Metric(
-        "last_run", None, "", "odibi_health_last_run_timestamp_seconds", MetricKind.GAUGE,
-        (), "Unix time the last data-health pass finished.",
+        "last_run",
+        None,
+        "",
+        "odibi_health_last_run_timestamp_seconds",
+        MetricKind.GAUGE,
+        (),
+        "Unix time the last data-health pass finished.",
     ),
 )
 
 
 def all_metrics() -> tuple[Metric, ...]:
     """Every metric odibi-observe exposes, in documentation order."""
-    return (*METRICS, *SELF_METRICS, *SIDECAR_METRICS, *RECONCILE_METRICS, *HEALTH_METRICS,
-            *RESOURCE_METRICS)
+    return (
+        *METRICS,
+        *SELF_METRICS,
+        *SIDECAR_METRICS,
+        *RECONCILE_METRICS,
+        *HEALTH_METRICS,
+        *RESOURCE_METRICS,
+    )
 
 
 def field_rows() -> list[dict[str, str]]:
@@ -540,8 +780,11 @@ def field_rows() -> list[dict[str, str]]:
             {
                 "field": f.key,
                 "catalog column": ", ".join(f"`{c}`" for c in f.columns) or "—",
-                "span attribute": f"`{f.attribute}`" if f.attribute
-                else "native" if f.key == "trace_ids" else "—",
+                "span attribute": f"`{f.attribute}`"
+                if f.attribute
+                else "native"
+                if f.key == "trace_ids"
+                else "—",
                 "Prometheus": f.prometheus_note,
                 "OTel metric": f.otel_metric_note,
             }
@@ -575,17 +818,29 @@ def render_table(fmt: str = "text") -> str:
         for m in all_metrics()
     ]
     if fmt == "markdown":
-        return "\n\n".join(
-            [_markdown(headers, rows), _markdown(list(metric_rows[0]), metric_rows),
-             "Statuses (→ OTel CI/CD result): " + status_result_line() + ".",
-             _markdown(list(semconv_rows()[0]), semconv_rows())]
-        ) + "\n"
+        return (
+            "\n\n".join(
+                [
+                    _markdown(headers, rows),
+                    _markdown(list(metric_rows[0]), metric_rows),
+                    "Statuses (→ OTel CI/CD result): " + status_result_line() + ".",
+                    _markdown(list(semconv_rows()[0]), semconv_rows()),
+                ]
+            )
+            + "\n"
+        )
     if fmt == "text":
-        return "\n\n".join(
-            [_text(headers, rows), _text(list(metric_rows[0]), metric_rows),
-             "Statuses (-> OTel CI/CD result): " + status_result_line().replace(" →", " ->"),
-             _text(list(semconv_rows()[0]), semconv_rows())]
-        ).replace("`", "") + "\n"
+        return (
+            "\n\n".join(
+                [
+                    _text(headers, rows),
+                    _text(list(metric_rows[0]), metric_rows),
+                    "Statuses (-> OTel CI/CD result): " + status_result_line().replace(" →", " ->"),
+                    _text(list(semconv_rows()[0]), semconv_rows()),
+                ]
+            ).replace("`", "")
+            + "\n"
+        )
     raise ValueError(f"unknown format {fmt!r}: choose text, markdown or json")
 
 
@@ -597,9 +852,11 @@ def _markdown(headers: list[str], rows: list[dict[str, str]]) -> str:
 
 def _text(headers: list[str], rows: list[dict[str, str]]) -> str:
     widths = [max(len(h), *(len(r[h].replace("`", "")) for r in rows)) for h in headers]
+
     def line(values: list[str]) -> str:
         cells = (v.replace("`", "").ljust(w) for v, w in zip(values, widths, strict=True))
         return "  ".join(cells).rstrip()
+
     out = [line(headers), line(["-" * w for w in widths])]
     out += [line([r[h] for h in headers]) for r in rows]
     return "\n".join(out)
@@ -632,20 +889,25 @@ class ResourceFields(_Table[Field]):
 
 RESOURCE_FIELDS: Final = ResourceFields(
     peak_rss=Field(
-        "peak_rss", "Largest resident memory of the process seen while the node ran (bytes; "
+        "peak_rss",
+        "Largest resident memory of the process seen while the node ran (bytes; "
         "sampled at start, every heartbeat and end).",
-        columns=("peak_rss_bytes",), attribute="odibi.peak_rss_bytes",
+        columns=("peak_rss_bytes",),
+        attribute="odibi.peak_rss_bytes",
         prometheus_note="`odibi_node_peak_rss_bytes` (histogram)",
     ),
     cpu=Field(
-        "cpu", "Process CPU time (user + system, all threads) spent while the node ran.",
-        columns=("cpu_seconds",), attribute="odibi.cpu_seconds",
+        "cpu",
+        "Process CPU time (user + system, all threads) spent while the node ran.",
+        columns=("cpu_seconds",),
+        attribute="odibi.cpu_seconds",
         prometheus_note="`odibi_node_cpu_seconds` (histogram)",
     ),
     memory_limit=Field(
-        "memory_limit", "The memory limit the process ran under (cgroup v2 memory.max, "
-        "bytes; NULL: none).",
-        columns=("memory_limit_bytes",), attribute="odibi.memory_limit_bytes",
+        "memory_limit",
+        "The memory limit the process ran under (cgroup v2 memory.max, bytes; NULL: none).",
+        columns=("memory_limit_bytes",),
+        attribute="odibi.memory_limit_bytes",
         prometheus_note="`odibi_node_memory_limit_bytes` (gauge)",
     ),
 )
@@ -660,21 +922,36 @@ class ResourceMetrics(_Table[Metric]):
 
 RESOURCE_METRICS: Final = ResourceMetrics(
     peak_rss=Metric(
-        "peak_rss", None, "", "odibi_node_peak_rss_bytes", MetricKind.HISTOGRAM, _NODE_LABELS,
+        "peak_rss",
+        None,
+        "",
+        "odibi_node_peak_rss_bytes",
+        MetricKind.HISTOGRAM,
+        _NODE_LABELS,
         "Peak resident memory of finished node runs, in bytes.",
     ),
     cpu=Metric(
-        "cpu", None, "", "odibi_node_cpu_seconds", MetricKind.HISTOGRAM, _NODE_LABELS,
+        "cpu",
+        None,
+        "",
+        "odibi_node_cpu_seconds",
+        MetricKind.HISTOGRAM,
+        _NODE_LABELS,
         "Process CPU time of finished node runs, in seconds.",
     ),
     memory_limit=Metric(
-        "memory_limit", None, "", "odibi_node_memory_limit_bytes", MetricKind.GAUGE,
-        _NODE_LABELS, "Memory limit (cgroup memory.max) the node's last run ran under, bytes.",
+        "memory_limit",
+        None,
+        "",
+        "odibi_node_memory_limit_bytes",
+        MetricKind.GAUGE,
+        _NODE_LABELS,
+        "Memory limit (cgroup memory.max) the node's last run ran under, bytes.",
     ),
 )
 
 #: Histogram buckets for peak memory: 16 MiB to 64 GiB, doubling.
-PEAK_RSS_BUCKETS_BYTES: Final = tuple(float(2 ** e) for e in range(24, 37))
+PEAK_RSS_BUCKETS_BYTES: Final = tuple(float(2**e) for e in range(24, 37))
 
 #: ``error_type`` of a CRASHED run: why it crashed, from what the closer could see.
 #: ``OOMKilled``: the cgroup's ``memory.events`` oom_kill count rose, or the run's peak memory
@@ -690,7 +967,11 @@ CRASH_HEARTBEAT_LOST: Final = "HeartbeatLost"
 CRASH_PROCESS_EXIT: Final = "ProcessExit"
 CRASH_SIGNALED: Final = "Signaled"
 CRASH_CAUSES: Final = (
-    CRASH_OOM_KILLED, CRASH_SIGKILL, CRASH_SIGTERM, CRASH_HEARTBEAT_LOST, CRASH_PROCESS_EXIT,
+    CRASH_OOM_KILLED,
+    CRASH_SIGKILL,
+    CRASH_SIGTERM,
+    CRASH_HEARTBEAT_LOST,
+    CRASH_PROCESS_EXIT,
     CRASH_SIGNALED,
 )
 
@@ -712,13 +993,18 @@ OPENLINEAGE_PRODUCER: Final = "https://pypi.org/project/odibi-observe/"
 #: OpenLineage ``eventType`` per status; ``CANCELLED`` is looked up by its string, so the
 #: table holds whether or not the status exists. ``RUNNING`` is the ``START`` event.
 OPENLINEAGE_EVENT_TYPES: Final = {
-    "RUNNING": "START", "SUCCESS": "COMPLETE", "FAILURE": "FAIL", "CRASHED": "FAIL",
-    "CANCELLED": "ABORT", "SKIPPED": "COMPLETE",
+    "RUNNING": "START",
+    "SUCCESS": "COMPLETE",
+    "FAILURE": "FAIL",
+    "CRASHED": "FAIL",
+    "CANCELLED": "ABORT",
+    "SKIPPED": "COMPLETE",
 }
 #: The run facet that carries our record (status, rows, duration, trace) on every event.
 OPENLINEAGE_RUN_FACET: Final = "odibi_run"
 OPENLINEAGE_RUN_FACET_SCHEMA: Final = (
-    "https://pypi.org/project/odibi-observe/#/definitions/OdibiRunFacet")
+    "https://pypi.org/project/odibi-observe/#/definitions/OdibiRunFacet"
+)
 #: ``errorMessage.programmingLanguage``.
 OPENLINEAGE_LANGUAGE: Final = "python"
 #: ``jobType`` facet values: every node run is a finite task of a batch pipeline.
@@ -782,14 +1068,22 @@ PIPELINE_RESULTS: Final[dict[RunStatus, str]] = {
 FAILED_STATUSES: Final = (RunStatus.FAILURE, RunStatus.CRASHED)
 
 #: Placeholders ``task_run_url_template`` may use (``{run_id}``, ``{pipeline}``, ...).
-TASK_RUN_URL_PLACEHOLDERS: Final = ("run_id", "pipeline", "node", "project",
-                                    "pipeline_run_id", "environment")
+TASK_RUN_URL_PLACEHOLDERS: Final = (
+    "run_id",
+    "pipeline",
+    "node",
+    "project",
+    "pipeline_run_id",
+    "environment",
+)
 
 
 def semconv_rows() -> list[dict[str, str]]:
     """The CI/CD semantic-convention attributes beside our own, for the conventions table."""
+
     def row(ours: str, theirs: str, span: str) -> dict[str, str]:
         return {"span": span, "odibi attribute": ours, "semconv attribute": f"`{theirs}`"}
+
     return [
         row(f"`{FIELDS.pipeline.attribute}`", CICD_PIPELINE_NAME, "node, pipeline"),
         row(f"`{FIELDS.pipeline_run_id.attribute}`", CICD_PIPELINE_RUN_ID, "node, pipeline"),
@@ -806,12 +1100,16 @@ def semconv_rows() -> list[dict[str, str]]:
 #: ``error_stack`` and ``exception.stacktrace`` on the span's ``exception`` event. Redacted and
 #: bounded by ``max_error_stack_length`` (the innermost frames kept).
 ERROR_STACK_FIELD: Final = Field(
-    "error_stack", "Traceback of a FAILURE or CANCELLED run (redacted, bounded; the innermost "
-    "frames kept).", columns=("error_stack",), attribute=EXCEPTION_STACKTRACE,
+    "error_stack",
+    "Traceback of a FAILURE or CANCELLED run (redacted, bounded; the innermost frames kept).",
+    columns=("error_stack",),
+    attribute=EXCEPTION_STACKTRACE,
 )
 
 
 def status_result_line() -> str:
     """``SUCCESS → success, ...``: each status and its semconv task-run result."""
-    return ", ".join(f"`{s.value}` → `{TASK_RUN_RESULTS[s]}`" if s in TASK_RUN_RESULTS
-                     else f"`{s.value}`" for s in RunStatus)
+    return ", ".join(
+        f"`{s.value}` → `{TASK_RUN_RESULTS[s]}`" if s in TASK_RUN_RESULTS else f"`{s.value}`"
+        for s in RunStatus
+    )

@@ -49,8 +49,14 @@ PIPELINE = "daily_sales"
 @oo.observe_node(pipeline=PIPELINE)
 def ingest_orders() -> list[dict[str, Any]]:
     rng = random.Random(7)
-    return [{"order_id": i, "amount": round(rng.uniform(-5, 500), 2),
-             "customer": f"c{rng.randrange(40)}"} for i in range(1_200)]
+    return [
+        {
+            "order_id": i,
+            "amount": round(rng.uniform(-5, 500), 2),
+            "customer": f"c{rng.randrange(40)}",
+        }
+        for i in range(1_200)
+    ]
 
 
 @oo.observe_node(pipeline=PIPELINE)
@@ -71,8 +77,11 @@ def enrich_customers(orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
     raise NodeExecutionError(
         "column 'segment' not found in customers.csv "
         "(source postgresql://etl:hunter2@crm.internal/crm)",
-        ["customers.csv changed shape: compare its header with the schema in "
-         "pipelines/daily_sales.yaml", "re-run with --node enrich_customers once fixed"],
+        [
+            "customers.csv changed shape: compare its header with the schema in "
+            "pipelines/daily_sales.yaml",
+            "re-run with --node enrich_customers once fixed",
+        ],
     )
 
 
@@ -116,8 +125,9 @@ class DemoPaths:
 
     def files(self) -> tuple[Path, ...]:
         """What the demo writes (SQLite's own -wal/-shm/-journal files included)."""
-        catalog = [self.catalog.with_name(self.catalog.name + s)
-                   for s in ("", "-wal", "-shm", "-journal")]
+        catalog = [
+            self.catalog.with_name(self.catalog.name + s) for s in ("", "-wal", "-shm", "-journal")
+        ]
         return (*catalog, self.traces, self.metrics)
 
 
@@ -130,10 +140,12 @@ def prepare(paths: DemoPaths, *, force: bool = False) -> None:
         if path.exists() and not force and path.name not in ours:
             raise ConfigurationError(
                 f"{path} exists and was not written by odibi-observe demo: not overwriting "
-                "it (choose another --out, or pass --force to replace it)")
+                "it (choose another --out, or pass --force to replace it)"
+            )
     try:
-        paths.marker.write_text(json.dumps({"files": [p.name for p in paths.files()]}) + "\n",
-                                encoding="utf-8")
+        paths.marker.write_text(
+            json.dumps({"files": [p.name for p in paths.files()]}) + "\n", encoding="utf-8"
+        )
         for path in paths.files():
             path.unlink(missing_ok=True)
     except OSError as exc:
@@ -178,8 +190,9 @@ def run_pipeline() -> None:
             publish_report(report)
 
 
-def main(out: str = "odibi-observe-demo", stream: TextIO | None = None, *,
-         force: bool = False) -> int:
+def main(
+    out: str = "odibi-observe-demo", stream: TextIO | None = None, *, force: bool = False
+) -> int:
     """Run the demo into ``out``; print what was recorded and where. 0 when the sinks agree.
 
     A file in ``out`` that an earlier demo did not write is never replaced unless ``force``
@@ -189,9 +202,14 @@ def main(out: str = "odibi-observe-demo", stream: TextIO | None = None, *,
     prepare(paths, force=force)
     registry = CollectorRegistry()
     oo.configure(
-        project="demo", environment="local", service_name="odibi-observe-demo",
-        catalog_url=paths.catalog_url, traces_file=str(paths.traces),
-        prometheus_textfile=str(paths.metrics), registry=registry, strict=True,
+        project="demo",
+        environment="local",
+        service_name="odibi-observe-demo",
+        catalog_url=paths.catalog_url,
+        traces_file=str(paths.traces),
+        prometheus_textfile=str(paths.metrics),
+        registry=registry,
+        strict=True,
         handle_sigterm=False,
     )
     print_(f"running pipeline {PIPELINE!r} (6 nodes) with odibi-observe {oo.__version__} ...")
@@ -206,6 +224,7 @@ def main(out: str = "odibi-observe-demo", stream: TextIO | None = None, *,
 def _printer(stream: TextIO) -> Any:
     def print_(text: str = "") -> None:
         stream.write(text + "\n")
+
     return print_
 
 
@@ -228,17 +247,21 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
         labels = dict(zip(METRICS.runs.labels, rec.label_values(METRICS.runs.labels), strict=True))
         metric_ok = (registry.get_sample_value(METRICS.runs.prometheus, labels) or 0) >= 1
         agree = agree and span_ok and metric_ok and rec.status is not RunStatus.RUNNING
-        print_(f"{rec.node:<18} {rec.status.value:<8} "
-               f"{'' if rec.rows_processed is None else rec.rows_processed:>6} "
-               f"{rec.duration_ms if rec.duration_ms is not None else '':>6}  "
-               f"{'yes':<7}  {'yes' if span_ok else 'NO':<4}  {'yes' if metric_ok else 'NO'}")
+        print_(
+            f"{rec.node:<18} {rec.status.value:<8} "
+            f"{'' if rec.rows_processed is None else rec.rows_processed:>6} "
+            f"{rec.duration_ms if rec.duration_ms is not None else '':>6}  "
+            f"{'yes':<7}  {'yes' if span_ok else 'NO':<4}  {'yes' if metric_ok else 'NO'}"
+        )
         for line in failure_lines(rec):
             print_(line)
     pipeline_spans = len(all_spans) - len(spans)
     print_()
     print_(f"catalog     {paths.catalog}  ({len(rows)} rows in meta_runs)")
-    print_(f"traces      {paths.traces}  ({len(spans)} node spans + {pipeline_spans} "
-           "pipeline span, OTLP-JSON lines)")
+    print_(
+        f"traces      {paths.traces}  ({len(spans)} node spans + {pipeline_spans} "
+        "pipeline span, OTLP-JSON lines)"
+    )
     print_(f"metrics     {paths.metrics}  (Prometheus text format)")
     print_()
     me = command_name()

@@ -54,7 +54,10 @@ GROUPS: Final[Mapping[Kind, str]] = {
 
 #: How each kind is named in messages.
 NOUNS: Final[Mapping[Kind, str]] = {
-    SINKS: "sink", TRACE_SOURCES: "trace source", CATALOG_SOURCES: "catalog source"}
+    SINKS: "sink",
+    TRACE_SOURCES: "trace source",
+    CATALOG_SOURCES: "catalog source",
+}
 
 #: The built-in implementations, ``module:attribute``, imported on first use.
 BUILTIN: Final[Mapping[Kind, Mapping[str, str]]] = {
@@ -86,8 +89,9 @@ class UnknownScheme(ExtensionError, LookupError):
     are."""
 
     def __init__(self, kind: Kind, scheme: str, known: tuple[str, ...]) -> None:
-        super().__init__(f"no {NOUNS[kind]} for scheme {scheme!r}; known: "
-                         + (", ".join(known) or "none"))
+        super().__init__(
+            f"no {NOUNS[kind]} for scheme {scheme!r}; known: " + (", ".join(known) or "none")
+        )
         self.kind, self.scheme, self.known = kind, scheme, known
 
 
@@ -147,8 +151,10 @@ def load(kind: Kind, scheme: str) -> object:
         obj = _resolve(target, where)
         declared = getattr(obj, "scheme", None)
         if isinstance(declared, str) and declared and declared != scheme:
-            raise ExtensionError(f"{NOUNS[kind]} {where} declares scheme {declared!r} but is "
-                                 f"registered as {scheme!r}")
+            raise ExtensionError(
+                f"{NOUNS[kind]} {where} declares scheme {declared!r} but is "
+                f"registered as {scheme!r}"
+            )
         _loaded[key] = obj
         return obj
 
@@ -179,12 +185,23 @@ def _entry_points(kind: Kind) -> dict[str, EntryPoint]:
         found: dict[str, EntryPoint] = {}
         for point in entry_points(group=GROUPS[kind]):
             if point.name in BUILTIN[kind]:
-                log.warning("odibi-observe: entry point %s = %s (%s) ignored: %r is a built-in "
-                            "%s", point.name, point.value, GROUPS[kind], point.name, NOUNS[kind])
+                log.warning(
+                    "odibi-observe: entry point %s = %s (%s) ignored: %r is a built-in %s",
+                    point.name,
+                    point.value,
+                    GROUPS[kind],
+                    point.name,
+                    NOUNS[kind],
+                )
             elif point.name in found:
-                log.warning("odibi-observe: entry point %s = %s (%s) ignored: %s already names "
-                            "%s", point.name, point.value, GROUPS[kind], point.name,
-                            found[point.name].value)
+                log.warning(
+                    "odibi-observe: entry point %s = %s (%s) ignored: %s already names %s",
+                    point.name,
+                    point.value,
+                    GROUPS[kind],
+                    point.name,
+                    found[point.name].value,
+                )
             else:
                 found[point.name] = point
         _discovered[kind] = found

@@ -121,26 +121,41 @@ class RunRecord:
             raise TypeError(f"RunRecord has no field(s) {', '.join(sorted(unknown))}")
         new = object.__new__(RunRecord)
         for name in _FIELD_NAMES:
-            object.__setattr__(new, name, changes[name] if name in changes
-                               else getattr(self, name))
+            object.__setattr__(new, name, changes[name] if name in changes else getattr(self, name))
         return new
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; :meth:`from_dict` inverts it exactly."""
         return {
-            "run_id": self.run_id, "project": self.project, "pipeline": self.pipeline,
-            "node": self.node, "environment": self.environment, "status": self.status.value,
-            "started_ns": self.started_ns, "trace_id": self.trace_id, "span_id": self.span_id,
-            "host": self.host, "pid": self.pid, "service_name": self.service_name,
-            "parent_span_id": self.parent_span_id, "pipeline_run_id": self.pipeline_run_id,
-            "attempt": self.attempt, "ended_ns": self.ended_ns,
-            "rows_processed": self.rows_processed, "error_type": self.error_type,
-            "error_message": self.error_message, "suggestions": list(self.suggestions),
-            "attributes": {k: list(v) if isinstance(v, tuple) else v
-                           for k, v in self.attributes.items()},
-            "heartbeat_ns": self.heartbeat_ns, "source": self.source.value,
-            "peak_rss_bytes": self.peak_rss_bytes, "cpu_seconds": self.cpu_seconds,
-            "memory_limit_bytes": self.memory_limit_bytes, "error_stack": self.error_stack,
+            "run_id": self.run_id,
+            "project": self.project,
+            "pipeline": self.pipeline,
+            "node": self.node,
+            "environment": self.environment,
+            "status": self.status.value,
+            "started_ns": self.started_ns,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "host": self.host,
+            "pid": self.pid,
+            "service_name": self.service_name,
+            "parent_span_id": self.parent_span_id,
+            "pipeline_run_id": self.pipeline_run_id,
+            "attempt": self.attempt,
+            "ended_ns": self.ended_ns,
+            "rows_processed": self.rows_processed,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "suggestions": list(self.suggestions),
+            "attributes": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.attributes.items()
+            },
+            "heartbeat_ns": self.heartbeat_ns,
+            "source": self.source.value,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "error_stack": self.error_stack,
         }
 
     @classmethod
@@ -167,8 +182,9 @@ class RunRecord:
             status = _STATUSES[data["status"]]
             source = _SOURCES[data.get("source", "decorator")]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown status or source in {data.get('status')!r}, "
-                             f"{data.get('source')!r}") from None
+            raise ValueError(
+                f"unknown status or source in {data.get('status')!r}, {data.get('source')!r}"
+            ) from None
         _check_types(data)
         new = object.__new__(RunRecord)
         put = object.__setattr__
@@ -181,8 +197,13 @@ class RunRecord:
         suggestions = data.get("suggestions")
         put(new, "suggestions", tuple(suggestions) if suggestions else ())
         attributes = data.get("attributes")
-        put(new, "attributes", {k: tuple(v) if isinstance(v, list) else v
-                                for k, v in attributes.items()} if attributes else {})
+        put(
+            new,
+            "attributes",
+            {k: tuple(v) if isinstance(v, list) else v for k, v in attributes.items()}
+            if attributes
+            else {},
+        )
         return new
 
 
@@ -213,12 +234,10 @@ class RunHandle(Protocol):
         ...
 
     @property
-    def pipeline(self) -> str | None:
-        ...
+    def pipeline(self) -> str | None: ...
 
     @property
-    def node(self) -> str | None:
-        ...
+    def node(self) -> str | None: ...
 
     @property
     def attempt(self) -> int | None:
@@ -269,13 +288,29 @@ class RunHandle(Protocol):
 _NONE: Final = type(None)
 #: The classes ``from_dict`` accepts per field (status and source are looked up instead).
 _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    **dict.fromkeys(("run_id", "project", "pipeline", "node", "environment", "trace_id",
-                     "span_id", "host", "service_name"), (str,)),
-    **dict.fromkeys(("parent_span_id", "pipeline_run_id", "error_type", "error_message",
-                     "error_stack"), (str, _NONE)),
+    **dict.fromkeys(
+        (
+            "run_id",
+            "project",
+            "pipeline",
+            "node",
+            "environment",
+            "trace_id",
+            "span_id",
+            "host",
+            "service_name",
+        ),
+        (str,),
+    ),
+    **dict.fromkeys(
+        ("parent_span_id", "pipeline_run_id", "error_type", "error_message", "error_stack"),
+        (str, _NONE),
+    ),
     **dict.fromkeys(("started_ns", "pid", "attempt"), (int,)),
-    **dict.fromkeys(("ended_ns", "rows_processed", "heartbeat_ns", "peak_rss_bytes",
-                     "memory_limit_bytes"), (int, _NONE)),
+    **dict.fromkeys(
+        ("ended_ns", "rows_processed", "heartbeat_ns", "peak_rss_bytes", "memory_limit_bytes"),
+        (int, _NONE),
+    ),
     "cpu_seconds": (float, int, _NONE),
     "suggestions": (list, tuple, _NONE),
     "attributes": (dict, _NONE),
@@ -293,9 +328,11 @@ def _check_types(data: Mapping[str, Any]) -> None:
     """
     for name, value in data.items():
         if value.__class__ not in _FIELD_TYPES[name]:
-            raise TypeError(f"RunRecord field {name!r} must be "
-                            f"{' or '.join(t.__name__ for t in _FIELD_TYPES[name])}, "
-                            f"not {type(value).__name__} ({value!r:.80})")
+            raise TypeError(
+                f"RunRecord field {name!r} must be "
+                f"{' or '.join(t.__name__ for t in _FIELD_TYPES[name])}, "
+                f"not {type(value).__name__} ({value!r:.80})"
+            )
     suggestions = data.get("suggestions")
     if suggestions and any(s.__class__ is not str for s in suggestions):
         raise TypeError("RunRecord field 'suggestions' must hold strings only")
@@ -303,10 +340,15 @@ def _check_types(data: Mapping[str, Any]) -> None:
     if attributes:
         for key, value in attributes.items():
             if key.__class__ is not str or not (
-                    value.__class__ in _SCALARS or (value.__class__ in (list, tuple) and all(
-                        v.__class__ in _SCALARS for v in value))):
-                raise TypeError(f"RunRecord attribute {key!r} must be a string, bool, int, "
-                                f"float or a list of them, not {type(value).__name__}")
+                value.__class__ in _SCALARS
+                or (
+                    value.__class__ in (list, tuple) and all(v.__class__ in _SCALARS for v in value)
+                )
+            ):
+                raise TypeError(
+                    f"RunRecord attribute {key!r} must be a string, bool, int, "
+                    f"float or a list of them, not {type(value).__name__}"
+                )
 
 
 def _label_getter(labels: tuple[str, ...]) -> Callable[[RunRecord], tuple[str, ...]]:
@@ -329,16 +371,17 @@ _label_getters: dict[tuple[str, ...], Callable[[RunRecord], tuple[str, ...]]] = 
 
 _FIELD_NAMES: Final = tuple(f.name for f in fields(RunRecord))
 _FIELD_NAMES_SET: Final = frozenset(_FIELD_NAMES)
-_DEFAULTS: Final = {f.name: f.default for f in fields(RunRecord)
-                    if f.default is not MISSING}
+_DEFAULTS: Final = {f.name: f.default for f in fields(RunRecord) if f.default is not MISSING}
 #: What ``from_dict`` presets before the dict's own values (the fields the compact JSON of
 #: ``RunEvent.to_json`` may leave out).
 _DEFAULT_ITEMS: Final = tuple(
-    (name, default) for name, default in _DEFAULTS.items()
-    if name not in ("suggestions", "attributes", "status", "source"))
+    (name, default)
+    for name, default in _DEFAULTS.items()
+    if name not in ("suggestions", "attributes", "status", "source")
+)
 _REQUIRED_FIELDS: Final = frozenset(
-    f.name for f in fields(RunRecord)
-    if f.default is MISSING and f.default_factory is MISSING)
+    f.name for f in fields(RunRecord) if f.default is MISSING and f.default_factory is MISSING
+)
 _STATUSES: Final = {s.value: s for s in RunStatus}
 _SOURCES: Final = {s.value: s for s in Source}
 
@@ -361,10 +404,12 @@ class RunEvent:
         parsed by the sidecar for every sink; a start event has about half its fields unset,
         and leaving them out makes both ends cheaper. :meth:`from_json` restores the defaults.
         """
-        record = {k: v for k, v in self.record.to_dict().items()
-                  if v is not None and v not in ([], {})}
-        return json.dumps({"kind": self.kind.value, "record": record},
-                          separators=(",", ":"), allow_nan=False)
+        record = {
+            k: v for k, v in self.record.to_dict().items() if v is not None and v not in ([], {})
+        }
+        return json.dumps(
+            {"kind": self.kind.value, "record": record}, separators=(",", ":"), allow_nan=False
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RunEvent:
@@ -383,8 +428,10 @@ def peek_event(payload: bytes) -> tuple[EventKind, str] | None:
     ``Sink.coalesces_starts``). It relies on the key order ``to_json`` writes; any other
     layout (or an escaped run id) gives None and the payload is simply decoded in full.
     """
-    for prefix, kind in ((_FINISHED_PREFIX, EventKind.FINISHED),
-                         (_STARTED_PREFIX, EventKind.STARTED)):
+    for prefix, kind in (
+        (_FINISHED_PREFIX, EventKind.FINISHED),
+        (_STARTED_PREFIX, EventKind.STARTED),
+    ):
         if payload.startswith(prefix):
             start = len(prefix)
             end = payload.find(b'"', start)

@@ -38,8 +38,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK = re.compile(r"^(?P<cmds>(?:<!-- run: .+? -->\n)+)```text\n(?P<body>.*?)^```\n",
-                  re.MULTILINE | re.DOTALL)
+MARK = re.compile(
+    r"^(?P<cmds>(?:<!-- run: .+? -->\n)+)```text\n(?P<body>.*?)^```\n", re.MULTILINE | re.DOTALL
+)
 COMMAND = re.compile(r"^<!-- run: (?P<cmd>.+?) -->$", re.MULTILINE)
 
 #: (pattern, replacement, alignment), applied in order to every output. An alignment ("<" or
@@ -81,6 +82,7 @@ def _host_pattern() -> str:
 
 def _substitute(text: str) -> str:
     for pattern, replacement, align in (*SUBSTITUTIONS, (_host_pattern(), "<host>", "")):
+
         def one(match: re.Match[str], new: str = replacement, how: str = align) -> str:
             width = len(match.group(0))
             if "pre" in match.groupdict():
@@ -88,20 +90,27 @@ def _substitute(text: str) -> str:
             if how == "<":
                 return new.ljust(width)
             return new.rjust(width) if how == ">" else new
+
         text = re.sub(pattern, one, text)
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
 def environment(work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
-    env.update(NO_COLOR="1", COLUMNS="100", TZ="UTC", HOME=str(work), LC_ALL="C.UTF-8",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
+    env.update(
+        NO_COLOR="1",
+        COLUMNS="100",
+        TZ="UTC",
+        HOME=str(work),
+        LC_ALL="C.UTF-8",
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+    )
     demo = work / "odibi-observe-demo" / "catalog.db"
     if demo.exists():  # read each time: a block may run the demo again
         with contextlib.closing(sqlite3.connect(demo)) as db:
-            found = db.execute("SELECT run_id FROM meta_runs "
-                               "WHERE node_name = 'enrich_customers'").fetchone()
+            found = db.execute(
+                "SELECT run_id FROM meta_runs WHERE node_name = 'enrich_customers'"
+            ).fetchone()
         if found:
             env["RUN_ID"] = str(found[0])
     return env
@@ -118,11 +127,18 @@ class Runner:
         if command.strip() == "echo $?":
             text = f"{self.status}\n"
         else:
-            script = (f'odibi-observe() {{ "{sys.executable}" -m odibi_observe.cli "$@"; }}\n'
-                      f"{command}\n")
-            done = subprocess.run(["bash", "-c", script], cwd=self.work,  # noqa: S603,S607
-                                  env=environment(self.work), capture_output=True,
-                                  text=True, timeout=300, check=False)
+            script = (
+                f'odibi-observe() {{ "{sys.executable}" -m odibi_observe.cli "$@"; }}\n{command}\n'
+            )
+            done = subprocess.run(  # noqa: S603
+                ["bash", "-c", script],  # noqa: S607
+                cwd=self.work,
+                env=environment(self.work),
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             self.status = done.returncode
             text = done.stdout + done.stderr
             text = text.replace(str(self.work) + "/", "").replace(str(self.work), ".")
@@ -136,9 +152,15 @@ def run(command: str, work: Path) -> str:
 
 
 def _cli(work: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "odibi_observe.cli", *args], cwd=work,  # noqa: S603
-                   env=environment(work), capture_output=True, text=True, timeout=300,
-                   check=True)
+    subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "odibi_observe.cli", *args],
+        cwd=work,
+        env=environment(work),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
 
 
 def plant_faults(out: Path) -> None:
@@ -159,18 +181,24 @@ def plant_faults(out: Path) -> None:
     _cli(work, "catalog", "upgrade", "--catalog", url)
     with contextlib.closing(sqlite3.connect(out / "catalog.db")) as db, db:
         db.execute(f"DELETE FROM {CATALOG_TABLE} WHERE node_name = 'clean_orders'")  # noqa: S608
-        db.execute(f"UPDATE {CATALOG_TABLE} SET rows_processed = 1000 "  # noqa: S608
-                   "WHERE node_name = 'fetch_fx_rates'")
+        db.execute(
+            f"UPDATE {CATALOG_TABLE} SET rows_processed = 1000 "  # noqa: S608
+            "WHERE node_name = 'fetch_fx_rates'"
+        )
         (pipeline_run, started) = db.execute(
-            f"SELECT pipeline_run_id, min(started_at) FROM {CATALOG_TABLE}").fetchone()  # noqa: S608
+            f"SELECT pipeline_run_id, min(started_at) FROM {CATALOG_TABLE}"  # noqa: S608
+        ).fetchone()
     traces = out / "traces.jsonl"
     kept = []
     for line in traces.read_text(encoding="utf-8").splitlines():
         batch = json.loads(line)
         for resource in batch["resourceSpans"]:
             for scope in resource["scopeSpans"]:
-                scope["spans"] = [s for s in scope["spans"]
-                                  if '"aggregate_revenue"' not in json.dumps(s["attributes"])]
+                scope["spans"] = [
+                    s
+                    for s in scope["spans"]
+                    if '"aggregate_revenue"' not in json.dumps(s["attributes"])
+                ]
         kept.append(json.dumps(batch, separators=(",", ":")))
     traces.write_text("\n".join(kept) + "\n", encoding="utf-8")
     from datetime import datetime, timezone
@@ -180,11 +208,20 @@ def plant_faults(out: Path) -> None:
     gone = subprocess.run(["true"], check=True)  # noqa: S607
     del gone
     record = RunRecord(
-        run_id="54a26d71-d15f-4bd4-8543-eafbe9fbd57c", project="demo", pipeline="daily_sales",
-        node="load_warehouse", environment="local", status=RunStatus.RUNNING,
-        started_ns=started_ns, trace_id="4cb7d46e67a41b191dfdbd2169895eff",
-        span_id="9d0b2c1e8f7a6b5c", host=socket.gethostname(), pid=2**22 - 7,
-        pipeline_run_id=str(pipeline_run), heartbeat_ns=started_ns)
+        run_id="54a26d71-d15f-4bd4-8543-eafbe9fbd57c",
+        project="demo",
+        pipeline="daily_sales",
+        node="load_warehouse",
+        environment="local",
+        status=RunStatus.RUNNING,
+        started_ns=started_ns,
+        trace_id="4cb7d46e67a41b191dfdbd2169895eff",
+        span_id="9d0b2c1e8f7a6b5c",
+        host=socket.gethostname(),
+        pid=2**22 - 7,
+        pipeline_run_id=str(pipeline_run),
+        heartbeat_ns=started_ns,
+    )
     store = CatalogStore(url)
     try:
         store.upsert([RunEvent(EventKind.STARTED, dataclasses.replace(record))])
@@ -226,8 +263,10 @@ def _venv_shim(work: Path) -> None:
     checkout's CLI under the path the README's commands use."""
     shim = work / ".venv" / "bin" / "odibi-observe"
     shim.parent.mkdir(parents=True)
-    shim.write_text(f"#!{sys.executable}\nimport sys\nfrom odibi_observe.cli import main\n"
-                    "sys.exit(main())\n", encoding="utf-8")
+    shim.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom odibi_observe.cli import main\nsys.exit(main())\n",
+        encoding="utf-8",
+    )
     shim.chmod(0o755)
 
 
@@ -289,9 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             drift = True
             if args.check:
-                sys.stdout.writelines(difflib.unified_diff(
-                    old.splitlines(True), new.splitlines(True),
-                    str(path.relative_to(root)), str(path.relative_to(root)) + " (regenerated)"))
+                sys.stdout.writelines(
+                    difflib.unified_diff(
+                        old.splitlines(True),
+                        new.splitlines(True),
+                        str(path.relative_to(root)),
+                        str(path.relative_to(root)) + " (regenerated)",
+                    )
+                )
             else:
                 path.write_text(new, encoding="utf-8")
                 print(f"rewrote {path.relative_to(root)}")

@@ -55,8 +55,7 @@ NODES = (
 )
 
 SUGGESTIONS = (
-    "customers.csv changed shape: compare its header with the schema in "
-    "pipelines/daily_sales.yaml",
+    "customers.csv changed shape: compare its header with the schema in pipelines/daily_sales.yaml",
     "re-run with --node enrich_customers once fixed",
 )
 
@@ -71,17 +70,40 @@ def build(out: Path) -> Path:
     try:
         store.ensure_schema()
         now = _demo_start(catalog)
-        store.upsert([RunEvent(EventKind.FINISHED if r.status is not RunStatus.RUNNING
-                               else EventKind.STARTED, r) for r in history(now)])
+        store.upsert(
+            [
+                RunEvent(
+                    EventKind.FINISHED if r.status is not RunStatus.RUNNING else EventKind.STARTED,
+                    r,
+                )
+                for r in history(now)
+            ]
+        )
     finally:
         store.dispose()
     _quiet(["catalog", "upgrade", "--catalog", url])
     with contextlib.closing(sqlite3.connect(catalog)) as db, db:
-        db.execute(f"DELETE FROM {CATALOG_TABLE} WHERE node_name = 'clean_orders' "  # noqa: S608
-                   "AND source = 'decorator' AND started_at >= ?",
-                   (_iso(now - GAP // 2),))
-    _quiet(["reconcile", "--catalog", url, "--traces", f"otlp-json:{out / 'demo/traces.jsonl'}",
-            "--last", "15m", "--grace", "0s", "--out", str(out / "reconcile"), "--quiet"])
+        db.execute(
+            f"DELETE FROM {CATALOG_TABLE} WHERE node_name = 'clean_orders' "  # noqa: S608
+            "AND source = 'decorator' AND started_at >= ?",
+            (_iso(now - GAP // 2),),
+        )
+    _quiet(
+        [
+            "reconcile",
+            "--catalog",
+            url,
+            "--traces",
+            f"otlp-json:{out / 'demo/traces.jsonl'}",
+            "--last",
+            "15m",
+            "--grace",
+            "0s",
+            "--out",
+            str(out / "reconcile"),
+            "--quiet",
+        ]
+    )
     _quiet(["health", "--catalog", url, "--out", str(out / "health"), "--quiet"])
     return catalog
 
@@ -92,7 +114,7 @@ def _quiet(argv: list[str]) -> int:
 
 
 def _demo_start(catalog: Path) -> int:
-    """"Now" of the sample: when the demo ran (its first run's start), in ns."""
+    """ "Now" of the sample: when the demo ran (its first run's start), in ns."""
     from datetime import datetime, timezone
 
     with contextlib.closing(sqlite3.connect(catalog)) as db:
@@ -121,49 +143,77 @@ def history(now_ns: int, *, seed: int = 11) -> Iterator[RunRecord]:
             duration = int(ms * rng.uniform(0.85, 1.15)) * 1_000_000
             offset += duration + 50_000_000
             record = RunRecord(
-                run_id=str(uuid.UUID(int=rng.getrandbits(128))), project="demo",
-                pipeline=pipeline, node=node, environment="local", status=RunStatus.SUCCESS,
-                started_ns=started, trace_id=f"{rng.getrandbits(128):032x}",
-                span_id=f"{rng.getrandbits(64):016x}", host=host, pid=40_000 + hour,
-                pipeline_run_id=pipeline_run, ended_ns=started + duration,
-                rows_processed=int(rows * rng.uniform(0.97, 1.03)))
+                run_id=str(uuid.UUID(int=rng.getrandbits(128))),
+                project="demo",
+                pipeline=pipeline,
+                node=node,
+                environment="local",
+                status=RunStatus.SUCCESS,
+                started_ns=started,
+                trace_id=f"{rng.getrandbits(128):032x}",
+                span_id=f"{rng.getrandbits(64):016x}",
+                host=host,
+                pid=40_000 + hour,
+                pipeline_run_id=pipeline_run,
+                ended_ns=started + duration,
+                rows_processed=int(rows * rng.uniform(0.97, 1.03)),
+            )
             changes = _plant(hour, node)
             scale = changes.pop("scale", 1)
             if isinstance(scale, int) and scale != 1:
                 changes["ended_ns"] = started + scale * duration
             yield dataclasses.replace(record, **changes)
     yield RunRecord(
-        run_id=str(uuid.UUID(int=rng.getrandbits(128))), project="demo",
-        pipeline="inventory", node="export_snapshot", environment="local",
-        status=RunStatus.RUNNING, started_ns=now_ns - 4 * MINUTE,
-        trace_id=f"{rng.getrandbits(128):032x}", span_id=f"{rng.getrandbits(64):016x}",
-        host=host, pid=os.getpid(), heartbeat_ns=now_ns - 20 * SECOND)
+        run_id=str(uuid.UUID(int=rng.getrandbits(128))),
+        project="demo",
+        pipeline="inventory",
+        node="export_snapshot",
+        environment="local",
+        status=RunStatus.RUNNING,
+        started_ns=now_ns - 4 * MINUTE,
+        trace_id=f"{rng.getrandbits(128):032x}",
+        span_id=f"{rng.getrandbits(64):016x}",
+        host=host,
+        pid=os.getpid(),
+        heartbeat_ns=now_ns - 20 * SECOND,
+    )
 
 
 def _plant(hour: int, node: str) -> dict[str, Any]:
     """The problems of the last days (``hour`` 0 is the newest): changes to the run."""
     values: dict[str, Any] = {}
     if node == "enrich_customers" and hour in (1, 2, 9):
-        values.update(status=RunStatus.FAILURE, rows_processed=None,
-                      error_type="odibi.NodeExecutionError",
-                      error_message="column 'segment' not found in customers.csv",
-                      suggestions=SUGGESTIONS)
+        values.update(
+            status=RunStatus.FAILURE,
+            rows_processed=None,
+            error_type="odibi.NodeExecutionError",
+            error_message="column 'segment' not found in customers.csv",
+            suggestions=SUGGESTIONS,
+        )
     elif node == "fetch_fx_rates" and hour in (3, 7, 15, 30, 55):
         values.update(attempt=2)
     elif node == "load_stock" and hour == 13:
-        values.update(status=RunStatus.CRASHED, rows_processed=None,
-                      error_type=CRASHED_ERROR_TYPE,
-                      error_message="process 40013 on host etl-2 was not alive; last sign of "
-                                    "life its heartbeat; closed as CRASHED by odibi-observe "
-                                    "sweep")
+        values.update(
+            status=RunStatus.CRASHED,
+            rows_processed=None,
+            error_type=CRASHED_ERROR_TYPE,
+            error_message="process 40013 on host etl-2 was not alive; last sign of "
+            "life its heartbeat; closed as CRASHED by odibi-observe "
+            "sweep",
+        )
     elif node == "aggregate_revenue" and hour == 4:
         values.update(rows_processed=0)
     elif node == "publish_report" and hour == 0:
         values.update(scale=9)
     elif node == "reconcile_stock" and hour == 20:
-        values.update(status=RunStatus.FAILURE, rows_processed=None,
-                      error_type="TimeoutError",
-                      error_message="warehouse API did not answer within 30 s",
-                      suggestions=("the warehouse API is rate limited at night: retry "
-                                   "after 02:00 or raise timeout_s in inventory.yaml",))
+        values.update(
+            status=RunStatus.FAILURE,
+            rows_processed=None,
+            error_type="TimeoutError",
+            error_message="warehouse API did not answer within 30 s",
+            suggestions=(
+                "the warehouse API is rate limited at night: retry "
+                "after 02:00 or raise timeout_s in inventory.yaml",
+            ),
+        )
     return values

@@ -24,8 +24,10 @@ import sample_catalog  # noqa: E402
 
 from odibi_observe.cli import main  # noqa: E402
 
-PROBE = ('<script>addEventListener("load",()=>{document.body.dataset.h='
-         'document.documentElement.scrollHeight})</script>')
+PROBE = (
+    '<script>addEventListener("load",()=>{document.body.dataset.h='
+    "document.documentElement.scrollHeight})</script>"
+)
 
 
 def chromium(*args: str) -> str:
@@ -33,18 +35,23 @@ def chromium(*args: str) -> str:
     if exe is None:
         raise SystemExit("chromium is not installed (apt-get install -y chromium)")
     done = subprocess.run(  # noqa: S603 - our own arguments
-        [exe, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--hide-scrollbars", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return done.stdout
 
 
 def shoot(page: Path, width: int, target: Path) -> None:
     probe = page.with_name("probe.html")
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
-                     encoding="utf-8")
-    found = re.search(r'data-h="(\d+)"', chromium(f"--window-size={width},1000", "--dump-dom",
-                                                  probe.as_uri()))
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
+    )
+    found = re.search(
+        r'data-h="(\d+)"', chromium(f"--window-size={width},1000", "--dump-dom", probe.as_uri())
+    )
     height = int(found.group(1)) if found else 2400
     chromium(f"--window-size={width},{height}", f"--screenshot={target}", page.as_uri())
     probe.unlink()
@@ -61,8 +68,7 @@ def run() -> int:
         status = work / "status" / "status.html"
         shoot(status, 1400, images / "status-page-1400.png")
         shoot(status, 800, images / "status-page-800.png")
-        shoot(work / "sample" / "reconcile" / "report.html", 1400,
-              images / "reconcile-report.png")
+        shoot(work / "sample" / "reconcile" / "report.html", 1400, images / "reconcile-report.png")
     return 0
 
 

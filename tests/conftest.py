@@ -79,9 +79,16 @@ def pg_server_url() -> str:
     assert url is not None
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:  # left behind by an interrupted earlier run
-        names = conn.execute(sa.text(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'oo\\_test\\_%' "
-            "AND pg_get_userbyid(datdba) = current_user")).scalars().all()
+        names = (
+            conn.execute(
+                sa.text(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'oo\\_test\\_%' "
+                    "AND pg_get_userbyid(datdba) = current_user"
+                )
+            )
+            .scalars()
+            .all()
+        )
     for name in names:
         if _session_gone(name):
             _drop_database(admin, name)

@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 # -- what the pipeline processes say they started ----------------------------------------------
 
+
 @dataclass
 class Started:
     """Parsed started files: ``S <run_id> <pid>`` and ``E <run_id> <STATUS>`` lines."""
@@ -84,6 +85,7 @@ def read_started_glob(pattern: str) -> Started:
 
 # -- the figures the fault summary prints ------------------------------------------------------
 
+
 @dataclass
 class FaultFigures:
     """What one fault test measured, for ``python -m tests.fault_summary``.
@@ -115,8 +117,10 @@ def reset_figures() -> FaultFigures:
     return FIGURES
 
 
-def note_time_to_crashed(rows: Iterable[Mapping[str, Any]], killed_at: Mapping[int, float],
-                         ) -> list[float]:
+def note_time_to_crashed(
+    rows: Iterable[Mapping[str, Any]],
+    killed_at: Mapping[int, float],
+) -> list[float]:
     """Seconds from each kill (wall clock, by pid) to its run's row being closed as CRASHED
     (the row's ``updated_at``, written by the close), for the runs of the killed pids."""
     out = []
@@ -130,6 +134,7 @@ def note_time_to_crashed(rows: Iterable[Mapping[str, Any]], killed_at: Mapping[i
 
 
 # -- the invariant -----------------------------------------------------------------------------
+
 
 def catalog_rows(catalog_url: str) -> list[dict[str, Any]]:
     engine = sa.create_engine(catalog_url)
@@ -147,9 +152,17 @@ def _ns(value: Any) -> int | None:
 
 
 def _span_key(span: SpanView) -> tuple[Any, ...]:
-    return (span.trace_id, span.span_id, span.parent_span_id, span.name, span.start_ns,
-            span.end_ns, repr(sorted(span.attributes.items(), key=lambda kv: kv[0])),
-            span.status_code, span.status_message)
+    return (
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        span.name,
+        span.start_ns,
+        span.end_ns,
+        repr(sorted(span.attributes.items(), key=lambda kv: kv[0])),
+        span.status_code,
+        span.status_message,
+    )
 
 
 def assert_every_run_recorded(
@@ -187,25 +200,32 @@ def assert_every_run_recorded(
     problems += [f"{rid}: started but not in the catalog" for rid in missing]
     unlisted = sorted(set(by_id) - started)
     if len(unlisted) > max_unlisted:
-        problems.append(f"{len(unlisted)} catalog rows for runs nobody reported starting "
-                        f"(at most {max_unlisted} allowed): {unlisted[:5]}")
+        problems.append(
+            f"{len(unlisted)} catalog rows for runs nobody reported starting "
+            f"(at most {max_unlisted} allowed): {unlisted[:5]}"
+        )
 
     spans_by_run: dict[str, list[SpanView]] = {}
     for span in spans:
         rid = span.attributes.get(RUN_ID_ATTR)
         if rid is not None:
             spans_by_run.setdefault(str(rid), []).append(span)
-    problems += [f"{rid}: {len(s)} span(s) but no catalog row"
-                 for rid, s in spans_by_run.items() if rid not in by_id]
+    problems += [
+        f"{rid}: {len(s)} span(s) but no catalog row"
+        for rid, s in spans_by_run.items()
+        if rid not in by_id
+    ]
 
     for rid, row in by_id.items():
         status = row["status"]
         if status not in TERMINAL:
             problems.append(f"{rid}: status {status} ({row['node_name']}, pid {row['pid']})")
         if ended is not None and rid in ended and ended[rid] != status:
-            problems.append(f"{rid}: the decorator finished with {ended[rid]} but the catalog "
-                            f"says {status} ({row.get('error_type')}: "
-                            f"{(row.get('error_message') or '')[:120]})")
+            problems.append(
+                f"{rid}: the decorator finished with {ended[rid]} but the catalog "
+                f"says {status} ({row.get('error_type')}: "
+                f"{(row.get('error_message') or '')[:120]})"
+            )
         if pids is not None and rid in pids and pids[rid] != row["pid"]:
             problems.append(f"{rid}: ran in pid {pids[rid]}, catalog says {row['pid']}")
         found = spans_by_run.get(rid, [])
@@ -217,11 +237,14 @@ def assert_every_run_recorded(
             problems.append(f"{rid}: {len(found)} spans ({len(distinct)} distinct)")
         span = found[0]
         if (span.trace_id, span.span_id) != (row["trace_id"], row["span_id"]):
-            problems.append(f"{rid}: span ids {span.trace_id}/{span.span_id} != catalog "
-                            f"{row['trace_id']}/{row['span_id']}")
+            problems.append(
+                f"{rid}: span ids {span.trace_id}/{span.span_id} != catalog "
+                f"{row['trace_id']}/{row['span_id']}"
+            )
         if span.attributes.get(STATUS_ATTR) != status:
-            problems.append(f"{rid}: span status {span.attributes.get(STATUS_ATTR)} != "
-                            f"catalog {status}")
+            problems.append(
+                f"{rid}: span status {span.attributes.get(STATUS_ATTR)} != catalog {status}"
+            )
         if (span.status_code == STATUS_CODE_ERROR) != (status in ("FAILURE", "CRASHED")):
             problems.append(f"{rid}: span status code {span.status_code} for {status}")
         started_ns, ended_ns = _ns(row["started_at"]), _ns(row["ended_at"])
@@ -232,18 +255,29 @@ def assert_every_run_recorded(
     FIGURES.runs = len(started | set(by_id))
     FIGURES.lost = len(missing) + sum(1 for rid in by_id if rid not in spans_by_run)
     FIGURES.duplicated = sum(1 for n in per_id.values() if n > 1) + sum(
-        1 for found in spans_by_run.values()
-        if len({(s.trace_id, s.span_id, s.start_ns, s.end_ns, s.attributes.get(STATUS_ATTR))
-                for s in found}) > 1)
+        1
+        for found in spans_by_run.values()
+        if len(
+            {
+                (s.trace_id, s.span_id, s.start_ns, s.end_ns, s.attributes.get(STATUS_ATTR))
+                for s in found
+            }
+        )
+        > 1
+    )
     FIGURES.crashed = sum(1 for r in by_id.values() if r["status"] == "CRASHED")
-    FIGURES.false_crashes = sum(1 for rid, r in by_id.items() if r["status"] == "CRASHED"
-                                and ended is not None and ended.get(rid, "CRASHED") != "CRASHED")
+    FIGURES.false_crashes = sum(
+        1
+        for rid, r in by_id.items()
+        if r["status"] == "CRASHED" and ended is not None and ended.get(rid, "CRASHED") != "CRASHED"
+    )
     if problems:
         head = f"{context}: " if context else ""
         raise AssertionError(
             f"{head}{len(problems)} problem(s) over {len(started)} started run(s), "
             f"{len(by_id)} catalog row(s), {sum(map(len, spans_by_run.values()))} span(s):\n  "
-            + "\n  ".join(problems[:25]))
+            + "\n  ".join(problems[:25])
+        )
     return by_id
 
 
@@ -265,6 +299,7 @@ def status_counts(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
 
 # -- processes ---------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -272,8 +307,7 @@ def free_port() -> int:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
     env["ODIBI_OBSERVE_TEST_PG_URL"] = os.environ.get("ODIBI_OBSERVE_TEST_PG_URL", "")
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -281,13 +315,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def pipeline(args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
-             stdin: bool = False) -> subprocess.Popen[str]:
+def pipeline(
+    args: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, stdin: bool = False
+) -> subprocess.Popen[str]:
     """Start ``tests/fault_pipeline.py`` with ``args``; stderr goes to ``log``."""
     return subprocess.Popen(
-        [sys.executable, PIPELINE, *args], env=dict(env or child_env()), text=True,
-        stdout=subprocess.PIPE, stderr=open(log, "a"),
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, cwd=ROOT)
+        [sys.executable, PIPELINE, *args],
+        env=dict(env or child_env()),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=open(log, "a"),
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        cwd=ROOT,
+    )
 
 
 def expect_line(proc: subprocess.Popen[str], prefix: str, log: Path) -> str:
@@ -295,8 +335,10 @@ def expect_line(proc: subprocess.Popen[str], prefix: str, log: Path) -> str:
     line = proc.stdout.readline()
     if not line.startswith(prefix):
         proc.kill()
-        raise AssertionError(f"expected {prefix!r} from the pipeline, got {line!r}; "
-                             f"stderr:\n{log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"expected {prefix!r} from the pipeline, got {line!r}; "
+            f"stderr:\n{log.read_text()[-3000:]}"
+        )
     return line.strip()
 
 
@@ -325,18 +367,32 @@ def kill_own(pidfd: int) -> None:
         os.close(pidfd)
 
 
-def cli(args: Sequence[str], *, env: Mapping[str, str], log: Path,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    args: Sequence[str], *, env: Mapping[str, str], log: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``odibi-observe ARGS`` to completion."""
-    result = subprocess.run([sys.executable, *CLI, *args], env=dict(env), text=True,
-                            capture_output=True, timeout=timeout, cwd=ROOT, check=False)
+    result = subprocess.run(
+        [sys.executable, *CLI, *args],
+        env=dict(env),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
     with open(log, "a") as handle:
         handle.write(f"$ odibi-observe {' '.join(args)}\n{result.stdout}{result.stderr}")
     return result
 
 
-def sweep(catalog: str, *, log: Path, spool_dir: Path | None = None,
-          traces_file: Path | None = None, env: Mapping[str, str] | None = None) -> str:
+def sweep(
+    catalog: str,
+    *,
+    log: Path,
+    spool_dir: Path | None = None,
+    traces_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
     """One ``odibi-observe sweep`` pass; returns its output (fails the test on error)."""
     args = ["sweep", "--catalog", catalog]
     if spool_dir is not None:
@@ -345,18 +401,26 @@ def sweep(catalog: str, *, log: Path, spool_dir: Path | None = None,
     if traces_file is not None:
         extra["ODIBI_OBSERVE_TRACES_FILE"] = str(traces_file)
     result = cli(args, env=child_env(**extra), log=log)
-    assert result.returncode == 0, f"sweep failed ({result.returncode}):\n" \
-                                   f"{result.stdout}{result.stderr}"
+    assert result.returncode == 0, (
+        f"sweep failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+    )
     return result.stdout + result.stderr
 
 
 class Sidecar:
     """An ``odibi-observe sidecar`` process on a free port, with its output in a log file."""
 
-    def __init__(self, catalog: str, spool_dir: Path, *, log: Path,
-                 traces_file: Path | None = None, otlp_endpoint: str | None = None,
-                 args: Sequence[str] = ("--sweep-interval", "0.5"),
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        catalog: str,
+        spool_dir: Path,
+        *,
+        log: Path,
+        traces_file: Path | None = None,
+        otlp_endpoint: str | None = None,
+        args: Sequence[str] = ("--sweep-interval", "0.5"),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.catalog = catalog
         self.spool_dir = spool_dir
         self.log = log
@@ -383,10 +447,25 @@ class Sidecar:
         with open(self.log, "a") as handle:
             handle.write("--- sidecar start\n")
         self.proc = subprocess.Popen(
-            [sys.executable, *CLI, "sidecar", "--catalog", self.catalog,
-             "--spool-dir", str(self.spool_dir), "--listen", "127.0.0.1:0", *self.args],
-            env=self.env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-            stderr=open(self.log, "a"), stdin=subprocess.DEVNULL)  # noqa: SIM115
+            [
+                sys.executable,
+                *CLI,
+                "sidecar",
+                "--catalog",
+                self.catalog,
+                "--spool-dir",
+                str(self.spool_dir),
+                "--listen",
+                "127.0.0.1:0",
+                *self.args,
+            ],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            stderr=open(self.log, "a"),  # noqa: SIM115
+            stdin=subprocess.DEVNULL,
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else ""
@@ -394,8 +473,10 @@ class Sidecar:
         if match is None:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"the sidecar did not start ({self.proc.returncode}): "
-                                 f"{line!r}\n{self.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"the sidecar did not start ({self.proc.returncode}): "
+                f"{line!r}\n{self.log.read_text()[-3000:]}"
+            )
         self.port = int(match.group(1))
         return self
 
@@ -435,11 +516,15 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
-def metric_sum(samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-               **labels: str) -> float:
+def metric_sum(
+    samples: Mapping[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     """Sum of ``name`` over every sample whose labels include ``labels``."""
-    return sum(v for (n, lbls), v in samples.items()
-               if n == name and all((k, val) in lbls for k, val in labels.items()))
+    return sum(
+        v
+        for (n, lbls), v in samples.items()
+        if n == name and all((k, val) in lbls for k, val in labels.items())
+    )
 
 
 def read_metrics_file(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -452,9 +537,12 @@ def spans_in(path: Path) -> list[SpanView]:
 
 # -- a throwaway PostgreSQL server ---------------------------------------------------------------
 
+
 def _pg_bindir() -> str | None:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: [int(x) if x.isdigit() else x for x in p.split("/")])
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: [int(x) if x.isdigit() else x for x in p.split("/")],
+    )
     if candidates:
         return os.path.dirname(candidates[-1])
     found = shutil.which("initdb")
@@ -488,8 +576,18 @@ class ThrowawayPostgres:
                 os.chown(path, user.pw_uid, user.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self.log = self.base / "server.log"
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         for attempt in range(3):  # the free port may be taken before the server binds it
             try:
                 self.start()
@@ -500,8 +598,13 @@ class ThrowawayPostgres:
                 self.port = free_port()
 
     def _run(self, tool: str, *args: str) -> None:
-        result = subprocess.run([*self.as_user, os.path.join(self.bindir, tool), *args],
-                                capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(
+            [*self.as_user, os.path.join(self.bindir, tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if result.returncode != 0:
             server_log = self.log.read_text()[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{tool} failed: {result.stdout}{result.stderr}{server_log}")
@@ -511,10 +614,23 @@ class ThrowawayPostgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c shared_buffers=16MB -c max_connections=40")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                  "-w", "-t", "60", "start")
+        options = (
+            f"-p {self.port} -k {self.sock} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c shared_buffers=16MB -c max_connections=40"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
@@ -524,8 +640,9 @@ class ThrowawayPostgres:
         with engine.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         engine.dispose()
-        return str(sa.engine.make_url(self.url).set(database=name)
-                   .render_as_string(hide_password=False))
+        return str(
+            sa.engine.make_url(self.url).set(database=name).render_as_string(hide_password=False)
+        )
 
     def destroy(self) -> None:
         with contextlib.suppress(Exception):
@@ -546,22 +663,29 @@ def throwaway_postgres_or_skip() -> ThrowawayPostgres:
 
 # -- a tiny tmpfs -----------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Callable[[str], None]]:
     """Mount a tmpfs of ``size`` on ``path`` (root only); yields a ``resize(size)`` function."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
     def resize(new: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={new}", str(path)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mount", "-o", f"remount,size={new}", str(path)], check=True, capture_output=True
+        )
 
     try:
         yield resize
     finally:
         for _ in range(20):
-            if subprocess.run(["umount", str(path)], capture_output=True,
-                              check=False).returncode == 0:
+            if (
+                subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode
+                == 0
+            ):
                 break
             time.sleep(0.1)

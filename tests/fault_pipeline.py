@@ -82,7 +82,8 @@ def _last_run_id() -> str:
 
 def configure(args: argparse.Namespace, **extra: Any) -> None:
     settings: dict[str, Any] = dict(
-        project="faults", mode=args.mode, heartbeat_interval=args.heartbeat, strict=True)
+        project="faults", mode=args.mode, heartbeat_interval=args.heartbeat, strict=True
+    )
     if args.catalog:
         settings["catalog_url"] = args.catalog
     if args.traces_file:
@@ -108,6 +109,7 @@ def ready(args: argparse.Namespace) -> None:
 
 
 # -- loop ------------------------------------------------------------------------------------
+
 
 def run_loop(args: argparse.Namespace, rng: random.Random) -> int:
     blob = "x" * args.payload
@@ -159,6 +161,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 # -- zygote ----------------------------------------------------------------------------------
 
+
 def cmd_zygote(args: argparse.Namespace) -> int:
     # Children are reaped by the kernel: a zombie would still answer kill(pid, 0), and the
     # sweeper would rightly think its run alive.
@@ -193,6 +196,7 @@ def cmd_zygote(args: argparse.Namespace) -> int:
 
 # -- exit paths ------------------------------------------------------------------------------
 
+
 def cmd_exit(args: argparse.Namespace) -> int:
     _open_started(args.started)
     configure(args)
@@ -206,6 +210,7 @@ def cmd_exit(args: argparse.Namespace) -> int:
     note(f"E {_last_run_id()} SUCCESS")
 
     if args.command == "sigterm":
+
         @oo.observe_node(pipeline="exits")
         def waits_for_sigterm() -> None:
             begin()
@@ -216,6 +221,7 @@ def cmd_exit(args: argparse.Namespace) -> int:
         return 9  # not reached: SIGTERM ends the process
 
     if args.command == "os_exit":
+
         @oo.observe_node(pipeline="exits")
         def exits_hard() -> None:
             begin()
@@ -273,9 +279,11 @@ def cmd_hang(args: argparse.Namespace) -> int:
 
 # -- fork ------------------------------------------------------------------------------------
 
+
 def _fork_child(args: argparse.Namespace, index: int) -> None:
     rng = random.Random(index)
     for i in range(args.nodes):
+
         @oo.observe_node(pipeline="forked")
         def child_node(i: int) -> list[int]:
             begin()
@@ -320,8 +328,10 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["loop", "zygote", "sigterm", "os_exit",
-                                            "thread_exception", "hang", "fork"])
+    parser.add_argument(
+        "command",
+        choices=["loop", "zygote", "sigterm", "os_exit", "thread_exception", "hang", "fork"],
+    )
     parser.add_argument("--mode", default="sidecar")
     parser.add_argument("--catalog")
     parser.add_argument("--traces-file")

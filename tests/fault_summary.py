@@ -31,8 +31,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ("test", "result", "trials", "runs", "lost", "dup", "crashed", "false", "to CRASHED s",
-           "secs")
+COLUMNS = (
+    "test",
+    "result",
+    "trials",
+    "runs",
+    "lost",
+    "dup",
+    "crashed",
+    "false",
+    "to CRASHED s",
+    "secs",
+)
 
 
 def outcomes(junit: Path) -> dict[str, str]:
@@ -63,10 +73,20 @@ def rows(figures: list[dict[str, Any]], results: dict[str, str]) -> list[tuple[s
     out: list[tuple[str, ...]] = []
     for f in figures:
         name = f["test"].split("::", 1)[-1]
-        out.append((name, results.get(name, "?"), str(f["trials"]), str(f["runs"]),
-                    str(f["lost"]), str(f["duplicated"]), str(f["crashed"]),
-                    str(f["false_crashes"]), _times(f["time_to_crashed_s"]),
-                    f"{f['seconds']:.0f}"))
+        out.append(
+            (
+                name,
+                results.get(name, "?"),
+                str(f["trials"]),
+                str(f["runs"]),
+                str(f["lost"]),
+                str(f["duplicated"]),
+                str(f["crashed"]),
+                str(f["false_crashes"]),
+                _times(f["time_to_crashed_s"]),
+                f"{f['seconds']:.0f}",
+            )
+        )
     return out
 
 
@@ -74,11 +94,17 @@ def totals(figures: list[dict[str, Any]], results: dict[str, str]) -> dict[str, 
     passed = sum(1 for f in figures if results.get(f["test"].split("::", 1)[-1]) == "passed")
     times = [t for f in figures for t in f["time_to_crashed_s"]]
     return {
-        "tests": len(figures), "passed": passed,
-        **{k: sum(f[k] for f in figures)
-           for k in ("trials", "runs", "lost", "duplicated", "crashed", "false_crashes")},
-        "time_to_crashed_s": {"n": len(times), "median": statistics.median(times) if times
-                              else None, "max": max(times, default=None)},
+        "tests": len(figures),
+        "passed": passed,
+        **{
+            k: sum(f[k] for f in figures)
+            for k in ("trials", "runs", "lost", "duplicated", "crashed", "false_crashes")
+        },
+        "time_to_crashed_s": {
+            "n": len(times),
+            "median": statistics.median(times) if times else None,
+            "max": max(times, default=None),
+        },
     }
 
 
@@ -87,15 +113,18 @@ def table(lines: list[tuple[str, ...]]) -> str:
     numeric = range(2, len(COLUMNS))
 
     def fmt(r: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
 
     return "\n".join([fmt(COLUMNS), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fault_summary",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fault_summary", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures and totals here")
     args, pytest_args = parser.parse_known_args(argv)
     if pytest_args[:1] == ["--"]:
@@ -103,12 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="oo-fault-summary-") as tmp:
         figures_file, junit = Path(tmp) / "figures.jsonl", Path(tmp) / "junit.xml"
         env = {**os.environ, "ODIBI_OBSERVE_FAULT_SUMMARY": str(figures_file)}
-        command = [sys.executable, "-m", "pytest", "tests/test_faults.py", "-q",
-                   "-p", "no:cacheprovider", f"--junitxml={junit}", *pytest_args]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_faults.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *pytest_args,
+        ]
         print("$ " + " ".join(command[2:]), flush=True)
         status = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
-        figures = ([json.loads(line) for line in figures_file.read_text().splitlines()]
-                   if figures_file.exists() else [])
+        figures = (
+            [json.loads(line) for line in figures_file.read_text().splitlines()]
+            if figures_file.exists()
+            else []
+        )
         results = outcomes(junit)
     lines = rows(figures, results)
     total = totals(figures, results)
@@ -119,14 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     notes = [(f["test"].split("::", 1)[-1], f["note"]) for f in figures if f.get("note")]
     for name, note in notes:
         print(f"  {name}: {note}")
-    print(f"\n{total['passed']}/{total['tests']} fault tests passed; {total['trials']} faults "
-          f"injected; {total['runs']} runs checked: {total['lost']} lost, "
-          f"{total['duplicated']} duplicated, {total['crashed']} CRASHED "
-          f"({total['false_crashes']} of them runs that had finished); "
-          f"kill → CRASHED: {times} s")
+    print(
+        f"\n{total['passed']}/{total['tests']} fault tests passed; {total['trials']} faults "
+        f"injected; {total['runs']} runs checked: {total['lost']} lost, "
+        f"{total['duplicated']} duplicated, {total['crashed']} CRASHED "
+        f"({total['false_crashes']} of them runs that had finished); "
+        f"kill → CRASHED: {times} s"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"tests": figures, "results": results,
-                                               "totals": total}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"tests": figures, "results": results, "totals": total}, indent=2) + "\n"
+        )
     return status
 
 

@@ -55,11 +55,14 @@ def records(nodes: list[Node], *, seed: int = 7) -> list[RunRecord]:
             values: dict[str, Any] = {
                 "started_ns": spec.first_ns - i * spec.every_ns,
                 "rows": max(0, round(rng.gauss(spec.rows, spec.rows * spec.rows_cv))),
-                "duration_ms": max(1.0, rng.gauss(spec.duration_ms,
-                                                   spec.duration_ms * spec.duration_cv)),
-                "status": RunStatus.SUCCESS, "attempt": 1,
-                "peak_rss": None if spec.peak_rss is None else max(1, round(rng.gauss(
-                    spec.peak_rss, spec.peak_rss * spec.peak_rss_cv))),
+                "duration_ms": max(
+                    1.0, rng.gauss(spec.duration_ms, spec.duration_ms * spec.duration_cv)
+                ),
+                "status": RunStatus.SUCCESS,
+                "attempt": 1,
+                "peak_rss": None
+                if spec.peak_rss is None
+                else max(1, round(rng.gauss(spec.peak_rss, spec.peak_rss * spec.peak_rss_cv))),
                 "memory_limit": spec.memory_limit,
             }
             if spec.plant is not None:
@@ -75,11 +78,15 @@ def _record(spec: Node, values: dict[str, Any]) -> RunRecord:
     status = values["status"]
     failed = status is not RunStatus.SUCCESS
     return make_record(
-        pipeline=spec.pipeline, node=spec.node, status=status,
+        pipeline=spec.pipeline,
+        node=spec.node,
+        status=status,
         rows=None if failed else values["rows"],
-        duration_ns=int(values["duration_ms"] * 1_000_000), started_ns=values["started_ns"],
+        duration_ns=int(values["duration_ms"] * 1_000_000),
+        started_ns=values["started_ns"],
         attempt=values["attempt"],
-        peak_rss_bytes=values.get("peak_rss"), memory_limit_bytes=values.get("memory_limit"),
+        peak_rss_bytes=values.get("peak_rss"),
+        memory_limit_bytes=values.get("memory_limit"),
         error_type="ValueError" if failed else None,
         error_message="upstream file missing" if failed else None,
     )

@@ -29,11 +29,17 @@ def make_record(
     started = changes.pop("started_ns", time.time_ns())
     terminal = status is not RunStatus.RUNNING
     values: dict[str, Any] = dict(
-        run_id=str(uuid.uuid4()), project="proj", pipeline=pipeline, node=node,
-        environment="test", status=status, started_ns=started,
+        run_id=str(uuid.uuid4()),
+        project="proj",
+        pipeline=pipeline,
+        node=node,
+        environment="test",
+        status=status,
+        started_ns=started,
         trace_id=f"{random.getrandbits(128) or 1:032x}",
         span_id=f"{random.getrandbits(64) or 1:016x}",
-        host=socket.gethostname(), pid=os.getpid(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
         ended_ns=started + duration_ns if terminal else None,
         rows_processed=rows if terminal else None,
     )

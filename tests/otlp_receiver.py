@@ -115,7 +115,8 @@ class _ReceiverBase:
         """Wait until at least ``n`` spans arrived; return them (fail the test on timeout)."""
         if not self._store.wait(lambda: len(self._store.spans) >= n, timeout):
             raise AssertionError(
-                f"expected {n} span(s) within {timeout}s, got {len(self._store.spans)}")
+                f"expected {n} span(s) within {timeout}s, got {len(self._store.spans)}"
+            )
         return self.spans
 
     def wait_for_metrics(self, n: int = 1, timeout: float = 10.0) -> list[Any]:
@@ -197,8 +198,9 @@ class OtlpReceiver(_ReceiverBase):
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="otlp-receiver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="otlp-receiver", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -233,8 +235,12 @@ class OtlpReceiver(_ReceiverBase):
     def __enter__(self) -> OtlpReceiver:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
@@ -262,7 +268,8 @@ class OtlpGrpcReceiver(_ReceiverBase):
 
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            Service(), self._server)
+            Service(), self._server
+        )
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     @property
@@ -273,7 +280,10 @@ class OtlpGrpcReceiver(_ReceiverBase):
         self._server.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._server.stop(grace=None).wait(5)
-

@@ -30,8 +30,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--first", type=int, default=0)
     args = parser.parse_args()
-    settings: dict[str, Any] = {"project": "poison", "mode": args.mode, "strict": True,
-                                "max_batch": 64, "flush_interval": 0.5}
+    settings: dict[str, Any] = {
+        "project": "poison",
+        "mode": args.mode,
+        "strict": True,
+        "max_batch": 64,
+        "flush_interval": 0.5,
+    }
     if args.catalog:
         settings["catalog_url"] = args.catalog
     if args.spool_dir:
@@ -39,8 +44,9 @@ def main() -> int:
     if args.textfile:
         settings["prometheus_textfile"] = args.textfile
     oo.configure(**settings)
-    names = ([POISON] if args.poison else []) + [f"n{i}" for i in range(args.first,
-                                                                        args.first + args.runs)]
+    names = ([POISON] if args.poison else []) + [
+        f"n{i}" for i in range(args.first, args.first + args.runs)
+    ]
     with open(args.started, "a", encoding="utf-8") as started:
         for name in names:
             ids: list[str] = []

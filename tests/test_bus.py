@@ -68,14 +68,29 @@ def test_failing_sink_does_not_block_the_others_and_is_retried() -> None:
     monitor = _monitor()
     good, bad = InMemorySink(), FlakySink("bad")
     bad.broken = True
-    bus = EventBus([bad, good], mode="background", monitor=monitor, flush_interval=0.01,
-                   retry_initial=0.05, retry_max=0.1)
+    bus = EventBus(
+        [bad, good],
+        mode="background",
+        monitor=monitor,
+        flush_interval=0.01,
+        retry_initial=0.05,
+        retry_max=0.1,
+    )
     events = [finished(make_record()) for _ in range(50)]
     for e in events:
         bus.emit(e)
     assert wait_until(lambda: len(good.events) == 50)
-    assert wait_until(lambda: (monitor.registry.get_sample_value(
-        "odibi_observe_sink_errors_total", {"sink": "bad"}) or 0) >= 2)
+    assert wait_until(
+        lambda: (
+            (
+                monitor.registry.get_sample_value(
+                    "odibi_observe_sink_errors_total", {"sink": "bad"}
+                )
+                or 0
+            )
+            >= 2
+        )
+    )
     assert bus.pending()["bad"] == 50
     bad.broken = False
     assert wait_until(lambda: len(bad.received) == 50, timeout=5)
@@ -109,19 +124,22 @@ def test_inline_mode_keeps_failed_events_and_delivers_them_first_later() -> None
     assert bus.pending() == {"flaky": 1}
     bus.emit(second)
     assert sink.received == [first, second]
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_sink_errors_total", {"sink": "flaky"}) == 1
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_sink_errors_total", {"sink": "flaky"}) == 1
+    )
 
 
 def test_queue_bound_drops_oldest_and_counts_it() -> None:
     monitor = _monitor()
     slow = SlowSink()
-    bus = EventBus([slow], mode="background", monitor=monitor, max_queue=10,
-                   max_batch=1, flush_interval=0.0)
+    bus = EventBus(
+        [slow], mode="background", monitor=monitor, max_queue=10, max_batch=1, flush_interval=0.0
+    )
     for _ in range(30):
         bus.emit(finished(make_record()))
     dropped = monitor.registry.get_sample_value(
-        "odibi_observe_events_dropped_total", {"sink": "slow", "reason": "queue_full"})
+        "odibi_observe_events_dropped_total", {"sink": "slow", "reason": "queue_full"}
+    )
     assert dropped is not None and dropped >= 19
     slow.release.set()
     bus.shutdown(5)
@@ -131,14 +149,18 @@ def test_retry_buffer_bound_drops_oldest_and_counts_it() -> None:
     monitor = _monitor()
     sink = FlakySink()
     sink.broken = True
-    bus = EventBus([sink], mode="inline", monitor=monitor, max_retry=5, retry_initial=0.0,
-                   retry_max=0.0)
+    bus = EventBus(
+        [sink], mode="inline", monitor=monitor, max_retry=5, retry_initial=0.0, retry_max=0.0
+    )
     events = [finished(make_record()) for _ in range(8)]
     for e in events:
         bus.emit(e)
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_events_dropped_total",
-        {"sink": "flaky", "reason": "retry_buffer_full"}) == 3
+    assert (
+        monitor.registry.get_sample_value(
+            "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "retry_buffer_full"}
+        )
+        == 3
+    )
     sink.broken = False
     assert bus.flush(1)
     assert sink.received == events[3:]
@@ -172,15 +194,24 @@ def test_shutdown_flushes_then_counts_what_could_not_be_delivered() -> None:
     monitor = _monitor()
     sink = FlakySink()
     sink.broken = True
-    bus = EventBus([sink], mode="background", monitor=monitor, flush_interval=0.0,
-                   retry_initial=10.0)
+    bus = EventBus(
+        [sink], mode="background", monitor=monitor, flush_interval=0.0, retry_initial=10.0
+    )
     bus.emit(finished(make_record()))
     assert not bus.shutdown(timeout=0.5)
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "shutdown"}) == 1
+    assert (
+        monitor.registry.get_sample_value(
+            "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "shutdown"}
+        )
+        == 1
+    )
     bus.emit(finished(make_record()))  # after shutdown: counted, not raised
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "shutdown"}) == 2
+    assert (
+        monitor.registry.get_sample_value(
+            "odibi_observe_events_dropped_total", {"sink": "flaky", "reason": "shutdown"}
+        )
+        == 2
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -233,7 +264,8 @@ def test_a_sink_only_receives_the_kinds_it_declares(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["inline", "background"])
 def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_delivered(
-        mode: str, tmp_path: Path) -> None:
+    mode: str, tmp_path: Path
+) -> None:
     """A sink that fails any batch holding one unencodable record used to retry that batch
     forever. Bisected: the other 7 events of the batch and the events after it are delivered,
     the poison one is dead-lettered once — counted, and kept with its reason in the spool
@@ -241,8 +273,16 @@ def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_delivered(
     monitor = _monitor()
     sink = StrictTextSink()
     dead = DeadLetter.in_spool_dir(monitor, tmp_path)
-    bus = EventBus([sink], mode=mode, monitor=monitor, flush_interval=0.05, max_batch=8,
-                   retry_initial=0.01, retry_max=0.02, dead_letter=dead)
+    bus = EventBus(
+        [sink],
+        mode=mode,
+        monitor=monitor,
+        flush_interval=0.05,
+        max_batch=8,
+        retry_initial=0.01,
+        retry_max=0.02,
+        dead_letter=dead,
+    )
     events = [finished(make_record(node=POISON_NODE if i == 3 else f"n{i}")) for i in range(8)]
     if mode == "inline":
         bus._channels[0].deliver_inline(events)  # one batch of 8, as the worker would take it
@@ -258,8 +298,10 @@ def test_a_poison_event_is_dead_lettered_and_the_rest_of_its_batch_delivered(
     # events after the batch come after it.
     assert sorted(received[:7]) == sorted(e.run_id for i, e in enumerate(events) if i != 3)
     assert received[7:] == [e.run_id for e in later]
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "strict"}) == 1
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "strict"})
+        == 1
+    )
     assert bus.pending() == {"strict": 0}
     [line] = (tmp_path / "dead-letter" / "dead-letter.jsonl").read_text().splitlines()
     entry = json.loads(line)
@@ -281,8 +323,10 @@ def test_a_sink_down_is_retried_not_dead_lettered_and_bisection_stays_cheap() ->
     bus._channels[0].deliver_inline([finished(make_record()) for _ in range(64)])
     assert sink.calls == 3
     assert bus.pending() == {"strict": 64}
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "strict"}) is None
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "strict"})
+        is None
+    )
     sink.down = False
     assert bus.flush(5)
     assert len(sink.received) == 64
@@ -290,7 +334,8 @@ def test_a_sink_down_is_retried_not_dead_lettered_and_bisection_stays_cheap() ->
 
 
 def test_records_a_sink_rejects_are_dead_lettered_without_a_spool_dir(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """RecordRejected: the sink recorded the rest; the rejected ones are counted and logged
     (no spool directory: nothing to keep them in) and never offered again."""
 
@@ -311,8 +356,9 @@ def test_records_a_sink_rejects_are_dead_lettered_without_a_spool_dir(
         bus.emit(event)
     assert bus.flush(5)
     assert [e.record.rows_processed for e in sink.events] == [10, 11, 12, 14, 15]
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "picky"}) == 1
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "picky"}) == 1
+    )
     assert "thirteen rows are unlucky" in caplog.text
     assert "not kept (no spool_dir)" in caplog.text
     assert bus.dead_letter.health()["by_sink"] == {"picky": 1}
@@ -327,16 +373,30 @@ def test_a_spool_that_fills_mid_batch_dead_letters_nothing(tmp_path: Path) -> No
     from odibi_observe.spool import Spool
 
     monitor = _monitor()
-    spool = Spool(tmp_path / "spool", writer_id="w", fsync="never", segment_bytes=2000,
-                  max_bytes=3000, registry=monitor.registry)
+    spool = Spool(
+        tmp_path / "spool",
+        writer_id="w",
+        fsync="never",
+        segment_bytes=2000,
+        max_bytes=3000,
+        registry=monitor.registry,
+    )
     dead = DeadLetter.in_spool_dir(monitor, tmp_path / "spool")
-    bus = EventBus([SpoolSink(spool)], mode="inline", monitor=monitor, retry_initial=0.0,
-                   retry_max=0.0, dead_letter=dead)
+    bus = EventBus(
+        [SpoolSink(spool)],
+        mode="inline",
+        monitor=monitor,
+        retry_initial=0.0,
+        retry_max=0.0,
+        dead_letter=dead,
+    )
     events = [finished(make_record(run_id=f"run-{i:03d}")) for i in range(24)]
     bus._channels[0].deliver_inline(events)
     assert bus.pending()["spool"] > 0
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "spool"}) is None
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "spool"})
+        is None
+    )
     cursor = spool.cursor("reader")
     seen: list[str] = []
     for _ in range(40):
@@ -376,8 +436,10 @@ def test_a_catalog_that_is_unreachable_is_retried_not_bisected(tmp_path: Path) -
     bus._channels[0].deliver_inline(runs)
     assert calls == [16]
     assert bus.pending() == {"catalog": 16}
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "catalog"}) is None
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "catalog"})
+        is None
+    )
     home.mkdir()
     assert bus.flush(10)
     store = CatalogStore(url)

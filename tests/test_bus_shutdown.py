@@ -51,7 +51,8 @@ class HungShutdown(InMemorySink):
 
 def _dropped(monitor: SelfMonitor, sink: str) -> float:
     value = monitor.registry.get_sample_value(
-        "odibi_observe_events_dropped_total", {"sink": sink, "reason": "shutdown"})
+        "odibi_observe_events_dropped_total", {"sink": sink, "reason": "shutdown"}
+    )
     return value or 0.0
 
 
@@ -83,12 +84,14 @@ def test_a_sink_hung_in_flush_and_shutdown_does_not_hold_the_bus() -> None:
 
 @pytest.mark.parametrize("mode", ["inline", "background"])
 def test_undelivered_events_go_to_the_keeper_once_and_are_not_counted_dropped(
-        mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     monitor = SelfMonitor(CollectorRegistry())
     good, bad, worse = InMemorySink(), FlakySink("bad"), FlakySink("worse")
     bad.broken = worse.broken = True
-    bus = EventBus([good, bad, worse], mode=mode, monitor=monitor, flush_interval=0.0,
-                   retry_initial=10.0)
+    bus = EventBus(
+        [good, bad, worse], mode=mode, monitor=monitor, flush_interval=0.0, retry_initial=10.0
+    )
     records = [make_record() for _ in range(3)]
     events = [ev for r in records for ev in (started(r), finished(r))]
     for event in events:
@@ -209,7 +212,8 @@ def test_inline_flush_of_a_hung_sink_is_bounded_and_its_batch_kept() -> None:
 
 
 def test_shutdown_with_spill_keeps_what_the_sinks_did_not_take(
-        tmp_path: object, fresh_observer: Configure) -> None:
+    tmp_path: object, fresh_observer: Configure
+) -> None:
     import odibi_observe as oo
 
     broken = FlakySink("catalog")

@@ -101,7 +101,9 @@ def make_record(**changes: Any) -> RunRecord:
 
 def finish(record: RunRecord, status: RunStatus = RunStatus.SUCCESS, **changes: Any) -> RunRecord:
     values: dict[str, Any] = {
-        "status": status, "ended_ns": record.started_ns + 1_234_567_890, "rows_processed": 42,
+        "status": status,
+        "ended_ns": record.started_ns + 1_234_567_890,
+        "rows_processed": 42,
     }
     values.update(changes)
     return record.finished(**values)
@@ -126,7 +128,8 @@ def _us(ns: int) -> int:
 def stored(record: RunRecord) -> RunRecord:
     """The record as the catalog gives it back: times at microsecond precision."""
     return replace(
-        record, started_ns=_us(record.started_ns),
+        record,
+        started_ns=_us(record.started_ns),
         ended_ns=None if record.ended_ns is None else _us(record.ended_ns),
         heartbeat_ns=None if record.heartbeat_ns is None else _us(record.heartbeat_ns),
     )
@@ -134,40 +137,68 @@ def stored(record: RunRecord) -> RunRecord:
 
 def raw_row(store: CatalogStore, run_id: str) -> dict[str, Any]:
     with store.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(meta_runs).where(meta_runs.c[FIELDS.run_id.column] == run_id)
-        ).mappings().one()
+        row = (
+            conn.execute(sa.select(meta_runs).where(meta_runs.c[FIELDS.run_id.column] == run_id))
+            .mappings()
+            .one()
+        )
     return dict(row)
 
 
 def varied_events() -> list[RunEvent]:
     """One batch touching every kind of value a row holds, including ones that need repair."""
     hostile = make_record(
-        project="O'Reilly \"quoted\" ; --", pipeline="数据 🚀\nline2", node=EVIL,
-        environment="%s %(x)s ? :name $1", pipeline_run_id=str(uuid.uuid4()),
-        attributes={"k'ey": "v\"al", "tags": ("a", "b"), "sizes": (1, 2), "nan": float("nan"),
-                    "ratio": 0.25, "dry_run": False, "emoji": "🚀"},
+        project='O\'Reilly "quoted" ; --',
+        pipeline="数据 🚀\nline2",
+        node=EVIL,
+        environment="%s %(x)s ? :name $1",
+        pipeline_run_id=str(uuid.uuid4()),
+        attributes={
+            "k'ey": 'v"al',
+            "tags": ("a", "b"),
+            "sizes": (1, 2),
+            "nan": float("nan"),
+            "ratio": 0.25,
+            "dry_run": False,
+            "emoji": "🚀",
+        },
     )
     repaired = make_record(
-        node="n" * 1000, project="nul\x00byte", environment="lone \ud800 surrogate",
-        pipeline_run_id="p" * 300, attributes={"lone": "\udc00"},
+        node="n" * 1000,
+        project="nul\x00byte",
+        environment="lone \ud800 surrogate",
+        pipeline_run_id="p" * 300,
+        attributes={"lone": "\udc00"},
     )
     whole_second = make_record(started_ns=1_700_000_000_000_000_000)
     return [
         started(make_record()),
-        finished(finish(
-            hostile, RunStatus.FAILURE, error_type="E" * 300, error_message=f"{EVIL}\x00\n",
-            suggestions=("Check the credentials", "数据 \ud800"),
-        )),
+        finished(
+            finish(
+                hostile,
+                RunStatus.FAILURE,
+                error_type="E" * 300,
+                error_message=f"{EVIL}\x00\n",
+                suggestions=("Check the credentials", "数据 \ud800"),
+            )
+        ),
         finished(finish(repaired)),
         heartbeat(make_record(), time.time_ns()),
         RunEvent(EventKind.HEARTBEAT, make_record()),  # no heartbeat time: stamped with "now"
         finished(finish(whole_second, ended_ns=whole_second.started_ns + 86_400 * 10**9)),
-        finished(finish(
-            make_record(parent_span_id=secrets.token_hex(8), attempt=3, source=Source.SIDECAR,
-                        heartbeat_ns=time.time_ns()),
-            RunStatus.CRASHED, rows_processed=None, error_message="process died",
-        )),
+        finished(
+            finish(
+                make_record(
+                    parent_span_id=secrets.token_hex(8),
+                    attempt=3,
+                    source=Source.SIDECAR,
+                    heartbeat_ns=time.time_ns(),
+                ),
+                RunStatus.CRASHED,
+                rows_processed=None,
+                error_message="process died",
+            )
+        ),
         started(make_record(started_ns=1_700_000_000_000_000_001)),  # sub-microsecond
     ]
 
@@ -175,8 +206,10 @@ def varied_events() -> list[RunEvent]:
 def _values(rows: list[Any]) -> list[tuple[Any, ...]]:
     """Rows (tuples, dicts or records) as tuples of values, for type-exact comparison."""
     return [
-        tuple(row.values()) if isinstance(row, dict)
-        else tuple(row.to_dict().values()) if isinstance(row, RunRecord)
+        tuple(row.values())
+        if isinstance(row, dict)
+        else tuple(row.to_dict().values())
+        if isinstance(row, RunRecord)
         else tuple(row)
         for row in rows
     ]
@@ -193,10 +226,13 @@ def schema_diff(engine: sa.Engine) -> list[Any]:
 def describe_table(engine: sa.Engine) -> str:
     """Columns, indexes and primary key of ``meta_runs`` as the database reports them."""
     inspector = sa.inspect(engine)
-    return repr((
-        inspector.get_columns(CATALOG_TABLE), inspector.get_indexes(CATALOG_TABLE),
-        inspector.get_pk_constraint(CATALOG_TABLE),
-    ))
+    return repr(
+        (
+            inspector.get_columns(CATALOG_TABLE),
+            inspector.get_indexes(CATALOG_TABLE),
+            inspector.get_pk_constraint(CATALOG_TABLE),
+        )
+    )
 
 
 def run_concurrently(count: int, work: Callable[[int], Any]) -> list[Any]:
@@ -225,7 +261,8 @@ def run_concurrently(count: int, work: Callable[[int], Any]) -> list[Any]:
 def odibi_table(timezone_aware: bool) -> sa.Table:
     """``meta_runs`` as Odibi creates it: its eleven columns and no primary key."""
     return sa.Table(
-        CATALOG_TABLE, sa.MetaData(),
+        CATALOG_TABLE,
+        sa.MetaData(),
         sa.Column("run_id", sa.String(100)),
         sa.Column("project", sa.String(255)),
         sa.Column("pipeline_name", sa.String(255)),
@@ -356,12 +393,12 @@ class CatalogContract:
 
     def test_hostile_names_are_stored_verbatim(self, store: CatalogStore) -> None:
         run = make_record(
-            project="O'Reilly \"quoted\" `back` ; --",
+            project='O\'Reilly "quoted" `back` ; --',
             pipeline="line1\nline2\r\n\ttabbed \\ backslash",
             node=EVIL,
             environment="%s %(x)s ? :name $1",
             pipeline_run_id="Robert'); DROP TABLE meta_runs;--",
-            attributes={"k'ey": "v\"al\nue", EVIL: EVIL, "emoji": "数据 🚀"},
+            attributes={"k'ey": 'v"al\nue', EVIL: EVIL, "emoji": "数据 🚀"},
             suggestions=(EVIL, "multi\nline 'advice'"),
         )
         done = finish(run, RunStatus.FAILURE, error_type="Err'or", error_message=f"{EVIL}\n\x07")
@@ -378,7 +415,9 @@ class CatalogContract:
         self, store: CatalogStore
     ) -> None:
         run = make_record(
-            node="n" * 1000, project="nul\x00byte", environment="lone \ud800 surrogate",
+            node="n" * 1000,
+            project="nul\x00byte",
+            environment="lone \ud800 surrogate",
         )
         done = finish(run, RunStatus.FAILURE, error_type="E" * 300, error_message="a\x00b")
         store.upsert([started(run), finished(done)])
@@ -394,21 +433,34 @@ class CatalogContract:
 
     def test_suggestions_and_attributes_round_trip_as_json(self, store: CatalogStore) -> None:
         attributes = {
-            "region": "eu-west", "retries": 3, "ratio": 0.25, "dry_run": False,
-            "tags": ("a", "b"), "sizes": (1, 2, 3), "nan": float("nan"),
+            "region": "eu-west",
+            "retries": 3,
+            "ratio": 0.25,
+            "dry_run": False,
+            "tags": ("a", "b"),
+            "sizes": (1, 2, 3),
+            "nan": float("nan"),
         }
         run = make_record(attributes=attributes)
         done = finish(
-            run, RunStatus.FAILURE, suggestions=("Check the credentials", "Retry later"),
+            run,
+            RunStatus.FAILURE,
+            suggestions=("Check the credentials", "Retry later"),
         )
         store.upsert([finished(done)])
         row = raw_row(store, run.run_id)
         assert json.loads(row[FIELDS.attributes.column]) == {
-            "region": "eu-west", "retries": 3, "ratio": 0.25, "dry_run": False,
-            "tags": ["a", "b"], "sizes": [1, 2, 3], "nan": "nan",
+            "region": "eu-west",
+            "retries": 3,
+            "ratio": 0.25,
+            "dry_run": False,
+            "tags": ["a", "b"],
+            "sizes": [1, 2, 3],
+            "nan": "nan",
         }
         assert json.loads(row[FIELDS.suggestions.column]) == [
-            "Check the credentials", "Retry later",
+            "Check the credentials",
+            "Retry later",
         ]
         got = store.get(run.run_id)
         assert got is not None
@@ -417,12 +469,20 @@ class CatalogContract:
 
     def test_record_round_trips_through_the_database(self, store: CatalogStore) -> None:
         run = make_record(
-            parent_span_id=secrets.token_hex(8), pipeline_run_id=str(uuid.uuid4()), attempt=3,
-            source=Source.SIDECAR, heartbeat_ns=time.time_ns(), attributes={"k": "v"},
+            parent_span_id=secrets.token_hex(8),
+            pipeline_run_id=str(uuid.uuid4()),
+            attempt=3,
+            source=Source.SIDECAR,
+            heartbeat_ns=time.time_ns(),
+            attributes={"k": "v"},
         )
         done = finish(
-            run, RunStatus.CRASHED, error_type="SIGKILL", error_message="process died",
-            suggestions=("raise the memory limit",), rows_processed=None,
+            run,
+            RunStatus.CRASHED,
+            error_type="SIGKILL",
+            error_message="process died",
+            suggestions=("raise the memory limit",),
+            rows_processed=None,
         )
         store.upsert([finished(done)])
         assert store.get(done.run_id) == stored(done)
@@ -480,9 +540,12 @@ class CatalogContract:
                         sa.select(*(sa.func.typeof(c) for c in meta_runs.c)).order_by(order)
                     ).all()
             store.dispose()
-            return [tuple(r) for r in raw], [dict(r) for r in typed], storage, [
-                row_to_record(r) for r in typed
-            ]
+            return (
+                [tuple(r) for r in raw],
+                [dict(r) for r in typed],
+                storage,
+                [row_to_record(r) for r in typed],
+            )
 
         frozen_now = time.time_ns()  # updated_at, and the stamp of a heartbeat without a time
         monkeypatch.setattr(catalog_store, "time", SimpleNamespace(time_ns=lambda: frozen_now))
@@ -503,19 +566,28 @@ class CatalogContract:
         store.upsert([started(r) for r in runs])
         store.upsert([finished(finish(runs[5], RunStatus.FAILURE))])
         assert [r.run_id for r in store.recent_runs(limit=3)] == [
-            runs[5].run_id, runs[4].run_id, runs[3].run_id,
+            runs[5].run_id,
+            runs[4].run_id,
+            runs[3].run_id,
         ]
         assert [r.run_id for r in store.recent_runs(node="a")] == [
-            runs[5].run_id, runs[3].run_id, runs[1].run_id,
+            runs[5].run_id,
+            runs[3].run_id,
+            runs[1].run_id,
         ]
         assert [r.run_id for r in store.recent_runs(status="FAILURE")] == [runs[5].run_id]
-        assert [r.run_id for r in store.recent_runs(
-            statuses=[RunStatus.FAILURE, RunStatus.CRASHED], node="a",
-        )] == [runs[5].run_id]
+        assert [
+            r.run_id
+            for r in store.recent_runs(
+                statuses=[RunStatus.FAILURE, RunStatus.CRASHED],
+                node="a",
+            )
+        ] == [runs[5].run_id]
         assert store.recent_runs(statuses=[]) == []
         since = ns_to_datetime(runs[4].started_ns).astimezone(timezone(timedelta(hours=-7)))
         assert [r.run_id for r in store.recent_runs(since=since)] == [
-            runs[5].run_id, runs[4].run_id,
+            runs[5].run_id,
+            runs[4].run_id,
         ]
         assert store.recent_runs(pipeline="other") == []
 
@@ -545,8 +617,10 @@ class CatalogContract:
         }
         assert indexes == INDEXES
         assert set(INDEXES) == {
-            "ix_meta_runs_started_at", "ix_meta_runs_pipeline_node_started",
-            "ix_meta_runs_status_started", "ix_meta_runs_project_pipeline_date",
+            "ix_meta_runs_started_at",
+            "ix_meta_runs_pipeline_node_started",
+            "ix_meta_runs_status_started",
+            "ix_meta_runs_project_pipeline_date",
             "ix_meta_runs_trace_id",
         }
         primary_key = sa.inspect(engine).get_pk_constraint(CATALOG_TABLE)
@@ -572,9 +646,11 @@ class CatalogContract:
         assert describe_table(engine) == before
         assert store.get(run.run_id) == stored(run)
         with engine.connect() as conn:
-            versions = conn.execute(
-                sa.text(f"SELECT version_num FROM {MIGRATIONS_VERSION_TABLE}")
-            ).scalars().all()
+            versions = (
+                conn.execute(sa.text(f"SELECT version_num FROM {MIGRATIONS_VERSION_TABLE}"))
+                .scalars()
+                .all()
+            )
         assert versions == [head_revision()]
         engine.dispose()
 
@@ -609,7 +685,9 @@ class CatalogContract:
         processes = [
             subprocess.Popen(
                 [sys.executable, "-c", UPGRADE_IN_PROCESS, url, str(start_at), str(own_engines)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for _ in range(6)
         ]
@@ -644,16 +722,22 @@ class CatalogContract:
             # Sessions away from UTC: Odibi's naive timestamps must still be taken as UTC.
             with plain.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql(
-                    f'ALTER DATABASE "{plain.url.database}" SET timezone TO \'Asia/Kolkata\''
+                    f"ALTER DATABASE \"{plain.url.database}\" SET timezone TO 'Asia/Kolkata'"
                 )
             plain.dispose()
         legacy = odibi_table(timezone_aware)
         legacy.create(plain)
         ended = datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=timezone.utc)
         odibi_row = {
-            "run_id": "odibi-run-1", "project": "legacy", "pipeline_name": "nightly",
-            "node_name": "extract", "status": "SUCCESS", "rows_processed": 10,
-            "duration_ms": 1500, "metrics_json": '{"rows_read": 12}', "environment": "prod",
+            "run_id": "odibi-run-1",
+            "project": "legacy",
+            "pipeline_name": "nightly",
+            "node_name": "extract",
+            "status": "SUCCESS",
+            "rows_processed": 10,
+            "duration_ms": 1500,
+            "metrics_json": '{"rows_read": 12}',
+            "environment": "prod",
             "timestamp": ended if timezone_aware else ended.replace(tzinfo=None),
             "date": ended.date(),
         }
@@ -665,9 +749,11 @@ class CatalogContract:
 
         def odibi_reader(run_id: str) -> dict[str, Any]:
             with plain.connect() as conn:
-                row = dict(conn.execute(
-                    sa.select(legacy).where(legacy.c.run_id == run_id)
-                ).mappings().one())
+                row = dict(
+                    conn.execute(sa.select(legacy).where(legacy.c.run_id == run_id))
+                    .mappings()
+                    .one()
+                )
             if timezone_aware:  # SQLite hands back naive UTC even for a timezone-aware type
                 row["timestamp"] = catalog_schema.utc(row["timestamp"])
             return row
@@ -760,7 +846,8 @@ class CatalogContract:
         # unavailable (no record is at fault), with the database's error as the cause.
         error = caught.value
         assert isinstance(error, sa.exc.DBAPIError) or isinstance(
-            error.__cause__, sa.exc.DBAPIError), repr(error)
+            error.__cause__, sa.exc.DBAPIError
+        ), repr(error)
         upgrade(url)
         sink.export([started(make_record())])
         assert sink.store.count() == 1
@@ -870,8 +957,9 @@ class TestPostgresCatalog(CatalogContract):
             store.upsert([started(ev.record) for ev in events])  # replayed starts: no effect
             store.upsert([later_beat, heartbeat(running, running.started_ns)])
             with store.engine.connect() as conn:
-                rows = conn.execute(sa.select(meta_runs).order_by(
-                    meta_runs.c[FIELDS.run_id.column])).all()
+                rows = conn.execute(
+                    sa.select(meta_runs).order_by(meta_runs.c[FIELDS.run_id.column])
+                ).all()
             store.dispose()
             return [tuple(r) for r in rows]
 
@@ -890,26 +978,33 @@ class TestPostgresCatalog(CatalogContract):
         base = time.time_ns() - 86_400 * 10**9
         rows = [
             record_to_row(
-                finish(make_record(
-                    pipeline=f"pipeline_{p}", node=f"node_{n}",
-                    started_ns=base + (p * 400 + n * 20 + i) * 60 * 10**9,
-                )),
+                finish(
+                    make_record(
+                        pipeline=f"pipeline_{p}",
+                        node=f"node_{n}",
+                        started_ns=base + (p * 400 + n * 20 + i) * 60 * 10**9,
+                    )
+                ),
                 kind=EventKind.FINISHED,
             )
-            for p in range(50) for n in range(20) for i in range(20)
+            for p in range(50)
+            for n in range(20)
+            for i in range(20)
         ]
         with store.engine.begin() as conn:
             conn.execute(meta_runs.insert(), rows)
             conn.exec_driver_sql(f"ANALYZE {CATALOG_TABLE}")
         assert store.count() == 20_000
         with store.engine.connect() as conn:
-            plan = "\n".join(conn.execute(
-                sa.text(
-                    "EXPLAIN SELECT * FROM meta_runs WHERE pipeline_name = :p "
-                    "AND node_name = :n AND started_at > :t ORDER BY started_at DESC LIMIT 50"
-                ),
-                {"p": "pipeline_7", "n": "node_3", "t": ns_to_datetime(base)},
-            ).scalars())
+            plan = "\n".join(
+                conn.execute(
+                    sa.text(
+                        "EXPLAIN SELECT * FROM meta_runs WHERE pipeline_name = :p "
+                        "AND node_name = :n AND started_at > :t ORDER BY started_at DESC LIMIT 50"
+                    ),
+                    {"p": "pipeline_7", "n": "node_3", "t": ns_to_datetime(base)},
+                ).scalars()
+            )
         assert "ix_meta_runs_pipeline_node_started" in plan, plan
         store.dispose()
 
@@ -918,8 +1013,9 @@ class TestPostgresCatalog(CatalogContract):
 
 
 def test_columns_are_odibis_first_then_ours_all_from_the_conventions() -> None:
-    convention_columns = {column for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD)
-                          for column in f.columns}
+    convention_columns = {
+        column for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD) for column in f.columns
+    }
     assert set(meta_runs.c.keys()) == convention_columns | set(ODIBI_META_RUNS_COLUMNS)
     assert tuple(meta_runs.c.keys())[: len(ODIBI_META_RUNS_COLUMNS)] == ODIBI_META_RUNS_COLUMNS
     assert meta_runs.name == CATALOG_TABLE
@@ -928,19 +1024,21 @@ def test_columns_are_odibis_first_then_ours_all_from_the_conventions() -> None:
 def test_schema_module_spells_no_column_name() -> None:
     tree = ast.parse(Path(catalog_schema.__file__).read_text(encoding="utf-8"))
     literals = {
-        node.value for node in ast.walk(tree)
+        node.value
+        for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
     }
     assert literals & set(meta_runs.c.keys()) == set()
 
 
-_names = st.text(
-    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40
-)
+_names = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 _attribute_values = st.one_of(
-    _names, st.booleans(), st.integers(-(2**53), 2**53),
+    _names,
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.lists(_names, max_size=3).map(tuple), st.lists(st.integers(), max_size=3).map(tuple),
+    st.lists(_names, max_size=3).map(tuple),
+    st.lists(st.integers(), max_size=3).map(tuple),
 )
 
 
@@ -962,16 +1060,32 @@ _epoch_ns = st.integers(946_684_800 * 10**9, 4_102_444_800 * 10**9)
     kind=st.sampled_from(list(EventKind)),
 )
 def test_row_to_record_inverts_record_to_row(
-    names: tuple[str, str, str, str], status: RunStatus, started_ns: int,
-    duration_ns: int | None, heartbeat_ns: int | None, rows: int | None, error: str | None,
-    suggestions: tuple[str, ...], attributes: dict[str, Any], kind: EventKind,
+    names: tuple[str, str, str, str],
+    status: RunStatus,
+    started_ns: int,
+    duration_ns: int | None,
+    heartbeat_ns: int | None,
+    rows: int | None,
+    error: str | None,
+    suggestions: tuple[str, ...],
+    attributes: dict[str, Any],
+    kind: EventKind,
 ) -> None:
     project, pipeline, node, environment = names
     record = make_record(
-        project=project, pipeline=pipeline, node=node, environment=environment, status=status,
-        started_ns=started_ns, heartbeat_ns=heartbeat_ns, rows_processed=rows,
+        project=project,
+        pipeline=pipeline,
+        node=node,
+        environment=environment,
+        status=status,
+        started_ns=started_ns,
+        heartbeat_ns=heartbeat_ns,
+        rows_processed=rows,
         ended_ns=None if duration_ns is None else started_ns + duration_ns,
-        error_type=error, error_message=error, suggestions=suggestions, attributes=attributes,
+        error_type=error,
+        error_message=error,
+        suggestions=suggestions,
+        attributes=attributes,
         source=Source.RECONCILER,
     )
     row = record_to_row(record, kind=kind)
@@ -1010,20 +1124,37 @@ _odd_texts = st.one_of(
     kind=st.sampled_from(list(EventKind)),
 )
 def test_driver_upsert_binds_what_sqlalchemy_binds(
-    names: tuple[str, str, str, str], status: RunStatus, started_ns: int,
-    duration_ns: int | None, heartbeat_ns: int | None, now_ns: int, rows: int | None,
-    error: str | None, suggestions: tuple[str, ...], attributes: dict[str, Any],
+    names: tuple[str, str, str, str],
+    status: RunStatus,
+    started_ns: int,
+    duration_ns: int | None,
+    heartbeat_ns: int | None,
+    now_ns: int,
+    rows: int | None,
+    error: str | None,
+    suggestions: tuple[str, ...],
+    attributes: dict[str, Any],
     kind: EventKind,
 ) -> None:
     """The driver-level upsert's parameters, value for value and type for type, are what
     SQLAlchemy's statement execution hands the same driver (its bind processors applied)."""
     project, pipeline, node, environment = names
     record = make_record(
-        project=project, pipeline=pipeline, node=node, environment=environment, status=status,
-        started_ns=started_ns, heartbeat_ns=heartbeat_ns, rows_processed=rows,
+        project=project,
+        pipeline=pipeline,
+        node=node,
+        environment=environment,
+        status=status,
+        started_ns=started_ns,
+        heartbeat_ns=heartbeat_ns,
+        rows_processed=rows,
         ended_ns=None if duration_ns is None else started_ns + duration_ns,
-        error_type=error, error_message=error, suggestions=suggestions, attributes=attributes,
-        pipeline_run_id=error, parent_span_id=error,
+        error_type=error,
+        error_message=error,
+        suggestions=suggestions,
+        attributes=attributes,
+        pipeline_run_id=error,
+        parent_span_id=error,
     )
     event = RunEvent(kind, record)
     for url in _DRIVER_URLS:
@@ -1035,9 +1166,7 @@ def test_driver_upsert_binds_what_sqlalchemy_binds(
             row = record_to_row(record, kind=kind, now=ns_to_datetime(now_ns))
             expected: dict[str, Any] = {}
             for name, value in compiled.construct_params(row).items():
-                processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(
-                    dialect
-                )
+                processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
                 expected[name] = value if processor is None else processor(value)
             ((_, [bound]),) = store._driver.statements(
                 [] if as_beat else [event], [event] if as_beat else [], now_ns
@@ -1063,7 +1192,8 @@ def test_driver_upsert_only_where_it_binds_like_sqlalchemy(
         return lambda ns: full(ns)[:19]
 
     monkeypatch.setattr(
-        catalog_fastpath, "_SQLITE_TEXTS",
+        catalog_fastpath,
+        "_SQLITE_TEXTS",
         replace(catalog_fastpath._SQLITE_TEXTS, instants=seconds_only),
     )
     store = CatalogStore("sqlite://")
@@ -1081,10 +1211,18 @@ def test_coalescing_keeps_one_event_per_run_by_rank_then_order() -> None:
     b_beat, b_later_beat = heartbeat(b, b.started_ns + 1), heartbeat(b, b.started_ns + 2)
     c_crash = finished(finish(c, RunStatus.CRASHED))
     events = [
-        started(a), finished(a_end), heartbeat(a, a.started_ns + 1), started(a),
-        b_beat, started(b), b_later_beat,
-        c_crash, started(c), finished(c_end),
-        started(d), started(d),
+        started(a),
+        finished(a_end),
+        heartbeat(a, a.started_ns + 1),
+        started(a),
+        b_beat,
+        started(b),
+        b_later_beat,
+        c_crash,
+        started(c),
+        finished(c_end),
+        started(d),
+        started(d),
     ]
     full, beats = catalog_store.coalesce_events(events)
     assert full == [finished(a_end), finished(c_end), events[-1]]

@@ -49,7 +49,7 @@ class TestPostgresCatalogSource(_SqlContract):
 
 
 class TestOdibiDeltaCatalogSource(CatalogSourceContract):
-    exact = False     # Odibi logs rows without trace ids, placed by ``timestamp``
+    exact = False  # Odibi logs rows without trace ids, placed by ``timestamp``
     writable = False  # odibi-observe never writes Odibi's table
 
     @pytest.fixture(autouse=True)
@@ -60,11 +60,22 @@ class TestOdibiDeltaCatalogSource(CatalogSourceContract):
         from odibi_observe.reconcile.odibi_delta import write_meta_runs
 
         path = tmp_path / "meta_runs"
-        write_meta_runs(path, [{
-            "run_id": r.run_id, "pipeline_name": r.pipeline, "node_name": r.node,
-            "status": r.status.value, "rows_processed": r.rows_processed,
-            "duration_ms": r.duration_ms, "metrics_json": "{}",
-            "timestamp": ns_to_datetime(r.started_ns)} for r in records])
+        write_meta_runs(
+            path,
+            [
+                {
+                    "run_id": r.run_id,
+                    "pipeline_name": r.pipeline,
+                    "node_name": r.node,
+                    "status": r.status.value,
+                    "rows_processed": r.rows_processed,
+                    "duration_ms": r.duration_ms,
+                    "metrics_json": "{}",
+                    "timestamp": ns_to_datetime(r.started_ns),
+                }
+                for r in records
+            ],
+        )
         return open_catalog_source(f"odibi-delta:{path}", spill_dir=str(tmp_path))
 
     def make_unreadable(self, tmp_path: Path) -> CatalogSource:

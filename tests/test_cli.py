@@ -17,12 +17,20 @@ from odibi_observe._otlp_json import read_spans
 from odibi_observe.conventions import CATALOG_TABLE, FIELDS, METRICS, render_table
 
 
-def _cli(*args: str, env: dict[str, str] | None = None,
-         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("odibi-observe", path=os.path.dirname(sys.executable))
     command = [exe] if exe else [sys.executable, "-m", "odibi_observe.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120,
-                          check=False, env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +49,21 @@ def test_demo_records_every_run_in_all_three_sinks(demo_dir: Path) -> None:
     with engine.connect() as conn:
         rows = {r.node_name: r for r in conn.execute(sa.text(f"SELECT * FROM {CATALOG_TABLE}"))}
     engine.dispose()
-    assert set(rows) == {"ingest_orders", "clean_orders", "fetch_fx_rates", "enrich_customers",
-                         "aggregate_revenue", "publish_report"}
+    assert set(rows) == {
+        "ingest_orders",
+        "clean_orders",
+        "fetch_fx_rates",
+        "enrich_customers",
+        "aggregate_revenue",
+        "publish_report",
+    }
     assert rows["enrich_customers"].status == "FAILURE"
     assert "compare its header" in rows["enrich_customers"].suggestions_json
     assert "hunter2" not in rows["enrich_customers"].error_message
     assert (rows["publish_report"].status, rows["publish_report"].error_type) == (
-        "CANCELLED", "KeyboardInterrupt")
+        "CANCELLED",
+        "KeyboardInterrupt",
+    )
     assert rows["ingest_orders"].rows_processed == 1200
 
     spans = read_spans(demo_dir / "traces.jsonl")
@@ -58,8 +74,12 @@ def test_demo_records_every_run_in_all_three_sinks(demo_dir: Path) -> None:
     assert all(s.parent_span_id == pipeline_span.span_id for s in node_spans.values())
 
     text = (demo_dir / "metrics.prom").read_text()
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == METRICS.runs.prometheus]
+    samples = [
+        s
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == METRICS.runs.prometheus
+    ]
     assert sum(s.value for s in samples) == 6
     assert sum(s.value for s in samples if s.labels["status"] == "FAILURE") == 1
     assert sum(s.value for s in samples if s.labels["status"] == "CANCELLED") == 1
@@ -103,8 +123,9 @@ def test_conventions_prints_the_table_in_each_format() -> None:
 
 def test_docs_conventions_table_is_generated_from_the_module() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "conventions.md").read_text()
-    assert render_table("markdown") in doc, \
+    assert render_table("markdown") in doc, (
         "docs/conventions.md is stale: odibi-observe conventions --format markdown"
+    )
 
 
 def test_catalog_upgrade_is_idempotent(tmp_path: Path) -> None:
@@ -131,8 +152,9 @@ def test_missing_catalog_is_a_usage_error() -> None:
     env = {k: v for k, v in os.environ.items() if k != "ODIBI_OBSERVE_CATALOG_URL"}
     exe = shutil.which("odibi-observe", path=os.path.dirname(sys.executable))
     assert exe is not None
-    result = subprocess.run([exe, "runs"], capture_output=True, text=True, env=env, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [exe, "runs"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert result.returncode == 2
     assert "--catalog URL is required" in result.stderr
 
@@ -147,21 +169,34 @@ def test_help_answers_what_each_command_does() -> None:
 
 # -- read-only commands create nothing -------------------------------------------------------
 
+
 def _listing(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-@pytest.mark.parametrize("spec", ["missing.db", "sqlite:///missing.db", "sub/dir/missing.db",
-                                  "{tmp}/missing.db", "sqlite:///{tmp}/missing.db"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "missing.db",
+        "sqlite:///missing.db",
+        "sub/dir/missing.db",
+        "{tmp}/missing.db",
+        "sqlite:///{tmp}/missing.db",
+    ],
+)
 @pytest.mark.parametrize("command", ["runs", "reconcile"])
 def test_a_mistyped_sqlite_catalog_is_refused_and_not_created(
-        tmp_path: Path, spec: str, command: str) -> None:
+    tmp_path: Path, spec: str, command: str
+) -> None:
     work = tmp_path / "work"
     (work / "traces").mkdir(parents=True)
     before = _listing(tmp_path)
     catalog = spec.format(tmp=work)
-    extra = (["--traces", "otlp-json:traces", "--out", str(tmp_path / "never")]
-             if command == "reconcile" else [])
+    extra = (
+        ["--traces", "otlp-json:traces", "--out", str(tmp_path / "never")]
+        if command == "reconcile"
+        else []
+    )
     result = _cli(command, "--catalog", catalog, *extra, cwd=work)
     assert result.returncode == 2, result
     (line,) = result.stderr.strip().splitlines()
@@ -171,8 +206,9 @@ def test_a_mistyped_sqlite_catalog_is_refused_and_not_created(
     assert _listing(tmp_path) == before  # no database, no -wal/-shm, no report directory
 
 
-def test_a_bare_path_reads_the_catalog_without_writing_to_it(demo_dir: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_bare_path_reads_the_catalog_without_writing_to_it(
+    demo_dir: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "catalog.db"
     shutil.copy(demo_dir / "catalog.db", copy)
     before = (_listing(tmp_path), copy.stat().st_mtime_ns, copy.read_bytes())
@@ -191,8 +227,10 @@ def test_a_file_that_is_not_a_catalog_is_one_clear_line(tmp_path: Path) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE unrelated (a INTEGER)"))
     engine.dispose()
-    for name, reason in (("notes.txt", "file is not a database"),
-                         ("other.db", f"it has no {CATALOG_TABLE} table")):
+    for name, reason in (
+        ("notes.txt", "file is not a database"),
+        ("other.db", f"it has no {CATALOG_TABLE} table"),
+    ):
         result = _cli("runs", "--catalog", name, cwd=tmp_path)
         assert result.returncode == 2
         (line,) = result.stderr.strip().splitlines()
@@ -202,16 +240,21 @@ def test_a_file_that_is_not_a_catalog_is_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["runs", "reconcile"])
 def test_an_unreachable_catalog_url_is_one_line_with_the_password_hidden(
-        tmp_path: Path, command: str) -> None:
+    tmp_path: Path, command: str
+) -> None:
     url = "postgresql+psycopg://etl:s3cretpw@127.0.0.1:1/catalog"
-    extra = (["--traces", f"otlp-json:{tmp_path}", "--out", str(tmp_path / "never")]
-             if command == "reconcile" else [])
+    extra = (
+        ["--traces", f"otlp-json:{tmp_path}", "--out", str(tmp_path / "never")]
+        if command == "reconcile"
+        else []
+    )
     result = _cli(command, "--catalog", url, *extra)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(
         "odibi-observe: error: cannot read catalog "
-        "postgresql+psycopg://etl:***@127.0.0.1:1/catalog: ")
+        "postgresql+psycopg://etl:***@127.0.0.1:1/catalog: "
+    )
     assert "s3cretpw" not in result.stdout + result.stderr
     assert not (tmp_path / "never").exists()
 
@@ -235,9 +278,18 @@ SECRETS = {
     "github": "gho_16C7e42F292c6912E7710c838347Ae178B4a",
     "bearer": "Authorization: Bearer eyJbearersecret.x.y",
 }
-LEAKS = ("pa55w0rd", "IOSFODNN7EXAMPLE", "wJalrXUtnFEMIK7MDENG", "pgsecret99", "flagsecret77",
-         "abcdefghijklmnopqrstuvwxyz0123", "MIIEpemsecretbody", "slacksecretpath",
-         "16C7e42F292c6912E7710c838347", "eyJbearersecret")
+LEAKS = (
+    "pa55w0rd",
+    "IOSFODNN7EXAMPLE",
+    "wJalrXUtnFEMIK7MDENG",
+    "pgsecret99",
+    "flagsecret77",
+    "abcdefghijklmnopqrstuvwxyz0123",
+    "MIIEpemsecretbody",
+    "slacksecretpath",
+    "16C7e42F292c6912E7710c838347",
+    "eyJbearersecret",
+)
 
 _SCRIPT = """
 import sys
@@ -264,8 +316,13 @@ oo.shutdown()
 def test_secrets_reach_no_sink_and_runs_prints_no_control_sequences(tmp_path: Path) -> None:
     url, traces = f"sqlite:///{tmp_path}/c.db", tmp_path / "t.jsonl"
     message = " ".join(SECRETS.values())
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, url, str(traces), message],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, url, str(traces), message],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -277,8 +334,11 @@ def test_secrets_reach_no_sink_and_runs_prints_no_control_sequences(tmp_path: Pa
     for span in spans:
         assert span.status_code == 2 and span.status_message
         texts.append(span.status_message)
-        texts.extend(str(attrs.get("exception.message")) for name, attrs in span.events
-                     if name == "exception")
+        texts.extend(
+            str(attrs.get("exception.message"))
+            for name, attrs in span.events
+            if name == "exception"
+        )
     assert sum(1 for span in spans for name, _ in span.events if name == "exception") == 2
     for text in texts:
         for leak in LEAKS:

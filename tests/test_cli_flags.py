@@ -45,48 +45,68 @@ def _parse(command: str, *args: str) -> argparse.Namespace:
 
 def _cli(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     assert EXE is not None
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=cwd, env={**os.environ, **env})
+    return subprocess.run(
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **env},
+    )
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         return [parser]
-    return [leaf for sub in subs for p in dict.fromkeys(sub.choices.values())
-            for leaf in _leaf_parsers(p)]
+    return [
+        leaf
+        for sub in subs
+        for p in dict.fromkeys(sub.choices.values())
+        for leaf in _leaf_parsers(p)
+    ]
 
 
 # -- parsing ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("command", CATALOG_COMMANDS)
-@pytest.mark.parametrize(("given", "url"), [
-    ("catalog.db", "sqlite:///catalog.db"),
-    ("/srv/c.db", "sqlite:////srv/c.db"),
-    ("sqlite:///x.db", "sqlite:///x.db"),
-    ("postgresql://etl@db/catalog", "postgresql://etl@db/catalog"),
-])
+@pytest.mark.parametrize(
+    ("given", "url"),
+    [
+        ("catalog.db", "sqlite:///catalog.db"),
+        ("/srv/c.db", "sqlite:////srv/c.db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        ("postgresql://etl@db/catalog", "postgresql://etl@db/catalog"),
+    ],
+)
 def test_catalog_takes_a_url_or_a_bare_sqlite_path(command: str, given: str, url: str) -> None:
     assert _parse(command, "--catalog", given).catalog == url
 
 
 def test_reconcile_keeps_odibi_delta_specs() -> None:
-    assert _parse("reconcile", "--catalog", "odibi-delta:/d/meta_runs").catalog == \
-        "odibi-delta:/d/meta_runs"
+    assert (
+        _parse("reconcile", "--catalog", "odibi-delta:/d/meta_runs").catalog
+        == "odibi-delta:/d/meta_runs"
+    )
 
 
 @pytest.mark.parametrize("command", WINDOW_COMMANDS)
 @pytest.mark.parametrize("option", ["--since", "--until"])
-@pytest.mark.parametrize(("given", "expected"), [
-    ("2024-05-01T06:00:00Z", datetime(2024, 5, 1, 6, tzinfo=timezone.utc)),
-    ("2024-05-01", datetime(2024, 5, 1, tzinfo=timezone.utc)),
-    ("2024-05-01T08:00:00+02:00", datetime(2024, 5, 1, 6, tzinfo=timezone.utc)),
-    ("6h", timedelta(hours=6)),
-    ("30m", timedelta(minutes=30)),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2024-05-01T06:00:00Z", datetime(2024, 5, 1, 6, tzinfo=timezone.utc)),
+        ("2024-05-01", datetime(2024, 5, 1, tzinfo=timezone.utc)),
+        ("2024-05-01T08:00:00+02:00", datetime(2024, 5, 1, 6, tzinfo=timezone.utc)),
+        ("6h", timedelta(hours=6)),
+        ("30m", timedelta(minutes=30)),
+    ],
+)
 def test_since_and_until_take_a_duration_or_an_iso_time(
-        command: str, option: str, given: str, expected: datetime | timedelta) -> None:
+    command: str, option: str, given: str, expected: datetime | timedelta
+) -> None:
     value = getattr(_parse(command, option, given), option.lstrip("-"))
     assert isinstance(value, datetime) and value.tzinfo is not None
     if isinstance(expected, timedelta):  # that long ago
@@ -114,20 +134,30 @@ def test_a_bad_time_names_both_forms(command: str, capsys: pytest.CaptureFixture
     assert "ISO 8601" in err
 
 
-@pytest.mark.parametrize(("command", "values"), [
-    ("reconcile", {"md": ("md",), "markdown": ("md",), "MarkDown,JSON": ("md", "json"),
-                   "json,md,html": ("json", "md", "html")}),
-    ("health", {"md": ("md",), "markdown": ("md",), "html,markdown": ("html", "md")}),
-    ("conventions", {"md": "markdown", "markdown": "markdown", "JSON": "json",
-                     "text": "text"}),
-])
+@pytest.mark.parametrize(
+    ("command", "values"),
+    [
+        (
+            "reconcile",
+            {
+                "md": ("md",),
+                "markdown": ("md",),
+                "MarkDown,JSON": ("md", "json"),
+                "json,md,html": ("json", "md", "html"),
+            },
+        ),
+        ("health", {"md": ("md",), "markdown": ("md",), "html,markdown": ("html", "md")}),
+        ("conventions", {"md": "markdown", "markdown": "markdown", "JSON": "json", "text": "text"}),
+    ],
+)
 def test_format_values_are_the_same_everywhere(command: str, values: dict[str, object]) -> None:
     for given, expected in values.items():
         assert _parse(command, "--format", given).format == expected
 
 
-@pytest.mark.parametrize(("given", "seconds"), [("30s", 30.0), ("2m", 120.0), ("45", 45.0),
-                                                ("1.5s", 1.5)])
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("30s", 30.0), ("2m", 120.0), ("45", 45.0), ("1.5s", 1.5)]
+)
 def test_tempo_timeout_is_a_duration(given: str, seconds: float) -> None:
     assert _parse("reconcile", "--tempo-timeout", given).tempo_timeout == seconds
 
@@ -142,14 +172,18 @@ def test_every_command_has_log_level_and_named_option_groups() -> None:
     for leaf in _leaf_parsers(build_parser()):
         options = {s for a in leaf._actions for s in a.option_strings}
         assert "--log-level" in options, leaf.prog
-        named = [g for g in leaf._action_groups
-                 if g.title not in ("options", "positional arguments") and g._group_actions]
+        named = [
+            g
+            for g in leaf._action_groups
+            if g.title not in ("options", "positional arguments") and g._group_actions
+        ]
         if len(options) > 4:  # more than -h, --help, --log-level and one flag
             assert named, f"{leaf.prog}: options in no named group"
 
 
-@pytest.mark.parametrize("command", ["runs", "reconcile", "health", "catalog upgrade", "sweep",
-                                     "dashboards build"])
+@pytest.mark.parametrize(
+    "command", ["runs", "reconcile", "health", "catalog upgrade", "sweep", "dashboards build"]
+)
 def test_json_where_a_summary_is_printed(command: str) -> None:
     assert _parse(command, "--json").json is True
 
@@ -172,8 +206,9 @@ def test_one_error_prefix_for_usage_errors(command: str) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert "odibi-observe: error: unrecognized arguments: --no-such-option" in lines
-    assert not any(": error:" in line and not line.startswith("odibi-observe: error:")
-                   for line in lines)
+    assert not any(
+        ": error:" in line and not line.startswith("odibi-observe: error:") for line in lines
+    )
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +222,15 @@ def demo_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _out_command(command: str, catalog: Path, out: str) -> list[str]:
     return {
         "demo": ["demo", "--out", out],
-        "reconcile": ["reconcile", "--catalog", str(catalog), "--traces",
-                      f"otlp-json:{catalog.parent / 'traces.jsonl'}", "--out", out],
+        "reconcile": [
+            "reconcile",
+            "--catalog",
+            str(catalog),
+            "--traces",
+            f"otlp-json:{catalog.parent / 'traces.jsonl'}",
+            "--out",
+            out,
+        ],
         "health": ["health", "--catalog", str(catalog), "--out", out],
         "dashboards build": ["dashboards", "build", "--out", out],
     }[command]
@@ -197,7 +239,8 @@ def _out_command(command: str, catalog: Path, out: str) -> list[str]:
 @pytest.mark.parametrize("command", ["demo", "reconcile", "health", "dashboards build"])
 @pytest.mark.parametrize("case", ["a file", "under a file", "unwritable", "read-only fs"])
 def test_a_bad_out_is_one_clear_line_and_status_2(
-        command: str, case: str, demo_catalog: Path, tmp_path: Path) -> None:
+    command: str, case: str, demo_catalog: Path, tmp_path: Path
+) -> None:
     if case == "unwritable" and os.geteuid() == 0:
         pytest.skip("root may write anywhere: an unwritable directory cannot be made")
     blocker = tmp_path / "blocker"
@@ -244,9 +287,11 @@ def test_demo_never_overwrites_a_file_it_did_not_write(tmp_path: Path, name: str
     refused = _cli("demo", "--out", str(tmp_path))
     assert refused.returncode == 2
     (line,) = refused.stderr.strip().splitlines()
-    assert line == (f"odibi-observe: error: {theirs} exists and was not written by "
-                    "odibi-observe demo: not overwriting it (choose another --out, or pass "
-                    "--force to replace it)")
+    assert line == (
+        f"odibi-observe: error: {theirs} exists and was not written by "
+        "odibi-observe demo: not overwriting it (choose another --out, or pass "
+        "--force to replace it)"
+    )
     assert theirs.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing else written
     forced = _cli("demo", "--out", str(tmp_path), "--force")
@@ -272,21 +317,36 @@ def test_demo_hints_name_commands_that_work_as_printed(tmp_path: Path) -> None:
     venv_bin.mkdir(parents=True)
     exe = venv_bin / "odibi-observe"
     exe.symlink_to(EXE)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
-                           if not (Path(p) / "odibi-observe").exists())
-    result = subprocess.run(["venv/bin/odibi-observe", "demo"], capture_output=True,
-                            text=True, timeout=120, check=False, cwd=tmp_path,
-                            env={**os.environ, "PATH": path})
+    path = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "odibi-observe").exists()
+    )
+    result = subprocess.run(
+        ["venv/bin/odibi-observe", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path},
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    hints = lines[lines.index("look at them:") + 1:]
-    hints = [h.strip() for h in hints[:hints.index("")]]
-    assert hints[0] == ("venv/bin/odibi-observe runs --catalog "
-                        "sqlite:///odibi-observe-demo/catalog.db")
+    hints = lines[lines.index("look at them:") + 1 :]
+    hints = [h.strip() for h in hints[: hints.index("")]]
+    assert hints[0] == (
+        "venv/bin/odibi-observe runs --catalog sqlite:///odibi-observe-demo/catalog.db"
+    )
     for hint in hints:
-        done = subprocess.run(hint, shell=True, capture_output=True, text=True,
-                              timeout=120, check=False, cwd=tmp_path,
-                              env={**os.environ, "PATH": path})
+        done = subprocess.run(
+            hint,
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=tmp_path,
+            env={**os.environ, "PATH": path},
+        )
         assert done.returncode == 0, (hint, done.stderr)
         assert done.stdout.strip()
 

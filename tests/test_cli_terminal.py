@@ -25,8 +25,11 @@ EXE = shutil.which("odibi-observe", path=os.path.dirname(sys.executable))
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR",
-                                                            "COLUMNS", "LINES")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES")
+    }
     env.update(TERM="xterm-256color", **extra)
     return env
 
@@ -34,8 +37,9 @@ def _env(**extra: str) -> dict[str, str]:
 def _pty(*args: str, columns: int = 80, **env: str) -> tuple[str, int]:
     """Output and exit status of ``odibi-observe ARGS`` in a pseudo-terminal."""
     assert EXE is not None
-    child = pexpect.spawn(EXE, list(args), dimensions=(60, columns), env=_env(**env),
-                          encoding="utf-8", timeout=120)
+    child = pexpect.spawn(
+        EXE, list(args), dimensions=(60, columns), env=_env(**env), encoding="utf-8", timeout=120
+    )
     child.expect(pexpect.EOF)
     child.close()
     return child.before.replace("\r\n", "\n"), int(child.exitstatus or 0)
@@ -43,8 +47,9 @@ def _pty(*args: str, columns: int = 80, **env: str) -> tuple[str, int]:
 
 def _piped(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     assert EXE is not None
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120,
-                          check=False, env=_env(**env))
+    return subprocess.run(
+        [EXE, *args], capture_output=True, text=True, timeout=120, check=False, env=_env(**env)
+    )
 
 
 def _visible(text: str) -> list[str]:
@@ -59,26 +64,55 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
     store = CatalogStore(url)
     store.ensure_schema()
     base = 1_780_000_000_000_000_000
-    records = [make_record(node=f"node_{i:02d}", started_ns=base + i * 10**9,
-                           pipeline_run_id="11111111-aaaa-bbbb-cccc-000000000000")
-               for i in range(20)]
+    records = [
+        make_record(
+            node=f"node_{i:02d}",
+            started_ns=base + i * 10**9,
+            pipeline_run_id="11111111-aaaa-bbbb-cccc-000000000000",
+        )
+        for i in range(20)
+    ]
     records += [
-        make_record(node="load_a_very_long_node_name_that_cannot_fit_in_eighty_columns",
-                    started_ns=base + 30 * 10**9, rows=1_234_567, attempt=3,
-                    pipeline_run_id="22222222-aaaa-bbbb-cccc-000000000000"),
-        make_record(node="enrich", status=RunStatus.FAILURE, started_ns=base + 31 * 10**9,
-                    rows=None, error_type="ValueError",
-                    error_message="column 'segment' not found " + "x" * 150,
-                    suggestions=("compare the header of customers.csv with the schema",),
-                    pipeline_run_id="22222222-aaaa-bbbb-cccc-000000000000"),
-        make_record(node="publish", status=RunStatus.CRASHED, started_ns=base + 32 * 10**9,
-                    rows=None, error_type="ProcessCrashed",
-                    error_message="process 4242 on host vm was not alive",
-                    pipeline_run_id="22222222-aaaa-bbbb-cccc-000000000000"),
-        make_record(node="other", project="billing", environment="prod",
-                    pipeline="invoices", started_ns=base + 33 * 10**9),
-        make_record(node="other", project="billing", environment="dev",
-                    pipeline="invoices", started_ns=base + 34 * 10**9),
+        make_record(
+            node="load_a_very_long_node_name_that_cannot_fit_in_eighty_columns",
+            started_ns=base + 30 * 10**9,
+            rows=1_234_567,
+            attempt=3,
+            pipeline_run_id="22222222-aaaa-bbbb-cccc-000000000000",
+        ),
+        make_record(
+            node="enrich",
+            status=RunStatus.FAILURE,
+            started_ns=base + 31 * 10**9,
+            rows=None,
+            error_type="ValueError",
+            error_message="column 'segment' not found " + "x" * 150,
+            suggestions=("compare the header of customers.csv with the schema",),
+            pipeline_run_id="22222222-aaaa-bbbb-cccc-000000000000",
+        ),
+        make_record(
+            node="publish",
+            status=RunStatus.CRASHED,
+            started_ns=base + 32 * 10**9,
+            rows=None,
+            error_type="ProcessCrashed",
+            error_message="process 4242 on host vm was not alive",
+            pipeline_run_id="22222222-aaaa-bbbb-cccc-000000000000",
+        ),
+        make_record(
+            node="other",
+            project="billing",
+            environment="prod",
+            pipeline="invoices",
+            started_ns=base + 33 * 10**9,
+        ),
+        make_record(
+            node="other",
+            project="billing",
+            environment="dev",
+            pipeline="invoices",
+            started_ns=base + 34 * 10**9,
+        ),
     ]
     store.upsert([finished(r) for r in records])
     store.dispose()
@@ -92,8 +126,17 @@ def test_runs_in_a_terminal_fits_80_columns_in_colour(catalog: str) -> None:
     lines = _visible(out)
     assert max(len(line) for line in lines) <= 80, "\n".join(lines)
     text = "\n".join(lines)
-    assert lines[0].split() == ["STARTED", "(UTC)", "NODE", "STATUS", "TRY", "ROWS",
-                                "DURATION", "RUN", "ID"]
+    assert lines[0].split() == [
+        "STARTED",
+        "(UTC)",
+        "NODE",
+        "STATUS",
+        "TRY",
+        "ROWS",
+        "DURATION",
+        "RUN",
+        "ID",
+    ]
     assert "1,234,567" in text  # thousands separators
     assert "pipeline run 22222222" in text  # the pipeline run, by its short id
     assert "load_a_very_long…" in text  # cut, not wrapped
@@ -110,23 +153,29 @@ def test_runs_piped_or_no_color_has_no_escape_sequences(catalog: str) -> None:
     table = [line for line in piped.stdout.splitlines() if not line.startswith("    ")]
     assert max(len(line) for line in table) <= 80
     # Piped, an error line is kept whole (for grep), not wrapped.
-    assert any(line.startswith("    error: ValueError: column 'segment' not found xxx")
-               and line.endswith("x" * 20) for line in piped.stdout.splitlines())
+    assert any(
+        line.startswith("    error: ValueError: column 'segment' not found xxx")
+        and line.endswith("x" * 20)
+        for line in piped.stdout.splitlines()
+    )
     out, status = _pty("runs", "--catalog", catalog, NO_COLOR="1")
     assert status == 0
     assert "\x1b[3" not in out and "\x1b[1m" not in out  # no colour, no bold
     assert "showing 20 of 25 runs" in out
 
 
-@pytest.mark.parametrize(("args", "shown"), [
-    (["--project", "billing"], {"other"}),
-    (["--environment", "prod"], {"other"}),
-    (["--pipeline", "invoices", "--environment", "dev"], {"other"}),
-    (["--status", "crashed"], {"publish"}),
-    (["--failures"], {"publish", "enrich"}),
-    (["--node", "enrich"], {"enrich"}),
-    (["--until", "2026-05-28T20:26:43Z", "--limit", "5"], {"node_00", "node_01", "node_02"}),
-])
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["--project", "billing"], {"other"}),
+        (["--environment", "prod"], {"other"}),
+        (["--pipeline", "invoices", "--environment", "dev"], {"other"}),
+        (["--status", "crashed"], {"publish"}),
+        (["--failures"], {"publish", "enrich"}),
+        (["--node", "enrich"], {"enrich"}),
+        (["--until", "2026-05-28T20:26:43Z", "--limit", "5"], {"node_00", "node_01", "node_02"}),
+    ],
+)
 def test_runs_filters(catalog: str, args: list[str], shown: set[str]) -> None:
     result = _piped("runs", "--catalog", catalog, "--json", *args)
     assert result.returncode == 0, result.stderr
@@ -151,10 +200,21 @@ def test_runs_json_is_one_object_per_line(catalog: str) -> None:
 def test_runs_details_of_one_run(catalog: str) -> None:
     import json
 
-    (enrich,) = [json.loads(line) for line in _piped(
-        "runs", "--catalog", catalog, "--json", "--node", "enrich").stdout.splitlines()]
-    out, status = _pty("runs", "--catalog", catalog, "--details", enrich["run_id"][:8],
-                       "--trace-url-template", "http://grafana/explore?traceId={trace_id}")
+    (enrich,) = [
+        json.loads(line)
+        for line in _piped(
+            "runs", "--catalog", catalog, "--json", "--node", "enrich"
+        ).stdout.splitlines()
+    ]
+    out, status = _pty(
+        "runs",
+        "--catalog",
+        catalog,
+        "--details",
+        enrich["run_id"][:8],
+        "--trace-url-template",
+        "http://grafana/explore?traceId={trace_id}",
+    )
     assert status == 0, out
     lines = _visible(out)
     assert max(len(line) for line in lines) <= 80
@@ -169,8 +229,22 @@ def test_runs_details_of_one_run(catalog: str) -> None:
     assert missing.stderr.strip() == "odibi-observe: error: no run 'no-such-run' in the catalog"
 
 
-COMMANDS = ["", "demo", "conventions", "catalog", "catalog upgrade", "runs", "sidecar",
-            "sweep", "reconcile", "health", "report", "dashboards", "dashboards build", "run"]
+COMMANDS = [
+    "",
+    "demo",
+    "conventions",
+    "catalog",
+    "catalog upgrade",
+    "runs",
+    "sidecar",
+    "sweep",
+    "reconcile",
+    "health",
+    "report",
+    "dashboards",
+    "dashboards build",
+    "run",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -192,9 +266,22 @@ def test_reconcile_progress_only_on_a_terminal(tmp_path: Path, catalog: str) -> 
     """The summary reaches both; the progress bar (rich, on stderr) only the terminal."""
     traces = tmp_path / "traces.jsonl"
     traces.write_text("")
-    args = ("reconcile", "--catalog", catalog, "--traces", f"otlp-json:{traces}",
-            "--since", "2026-05-28", "--until", "2026-05-30", "--grace", "0s",
-            "--out", str(tmp_path / "report"), "--no-record")
+    args = (
+        "reconcile",
+        "--catalog",
+        catalog,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--since",
+        "2026-05-28",
+        "--until",
+        "2026-05-30",
+        "--grace",
+        "0s",
+        "--out",
+        str(tmp_path / "report"),
+        "--no-record",
+    )
     piped = _piped(*args)
     assert piped.returncode == 1, piped.stderr
     assert "\x1b" not in piped.stdout + piped.stderr and "━" not in piped.stderr
@@ -207,9 +294,22 @@ def test_reconcile_progress_only_on_a_terminal(tmp_path: Path, catalog: str) -> 
 def _reconcile_args(tmp_path: Path, catalog: str) -> tuple[str, ...]:
     traces = tmp_path / "traces.jsonl"
     traces.write_text("")
-    return ("reconcile", "--catalog", catalog, "--traces", f"otlp-json:{traces}",
-            "--since", "2026-05-28", "--until", "2026-05-30", "--grace", "0s",
-            "--out", str(tmp_path / "report"), "--no-record")
+    return (
+        "reconcile",
+        "--catalog",
+        catalog,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--since",
+        "2026-05-28",
+        "--until",
+        "2026-05-30",
+        "--grace",
+        "0s",
+        "--out",
+        str(tmp_path / "report"),
+        "--no-record",
+    )
 
 
 def test_reconcile_in_a_terminal_fits_80_columns(tmp_path: Path, catalog: str) -> None:
@@ -223,26 +323,40 @@ def test_reconcile_in_a_terminal_fits_80_columns(tmp_path: Path, catalog: str) -
     lines = [line.rsplit("\r", 1)[-1] for line in _visible(out)]
     lines = [line for line in lines if line.strip() and "━" not in line]
     assert max(len(line) for line in lines) <= 80, "\n".join(lines)
-    assert any(line.startswith("reconciled 2026-05-28T00:00:00Z .. 2026-05-30T00:00:00Z")
-               for line in lines), "\n".join(lines)
+    assert any(
+        line.startswith("reconciled 2026-05-28T00:00:00Z .. 2026-05-30T00:00:00Z") for line in lines
+    ), "\n".join(lines)
     assert "discrepancies  25: missing_in_traces 25" in lines
     assert "matched        0  completeness 100.00%" in lines  # of the catalog, by the traces
-    skipped = next((i for i, line in enumerate(lines)
-                    if line.startswith("  skipped emit_span")), None)
+    skipped = next(
+        (i for i, line in enumerate(lines) if line.startswith("  skipped emit_span")), None
+    )
     assert skipped is not None, "\n".join(lines)
     assert lines[skipped + 1].startswith("    ")  # the wrapped rest, indented
     assert lines[-1].endswith("report.html")  # a long path: wrapped too
     piped = _piped(*args)
-    assert any(line.startswith("  skipped emit_span") and len(line) > 80
-               and line.endswith("OTEL_EXPORTER_OTLP_ENDPOINT")
-               for line in piped.stdout.splitlines()), piped.stdout
+    assert any(
+        line.startswith("  skipped emit_span")
+        and len(line) > 80
+        and line.endswith("OTEL_EXPORTER_OTLP_ENDPOINT")
+        for line in piped.stdout.splitlines()
+    ), piped.stdout
     plain, _ = _pty(*args, NO_COLOR="1")
     assert "\x1b[3" not in plain and "discrepancies  25: missing_in_traces 25" in plain
 
 
 def test_report_in_a_terminal_fits_80_columns(tmp_path: Path, catalog: str) -> None:
-    args = ("report", "--catalog", catalog, "--since", "2026-05-28", "--until", "2026-05-30",
-            "--out", str(tmp_path / "status"))
+    args = (
+        "report",
+        "--catalog",
+        catalog,
+        "--since",
+        "2026-05-28",
+        "--until",
+        "2026-05-30",
+        "--out",
+        str(tmp_path / "status"),
+    )
     out, status = _pty(*args)
     assert status == 1, out  # a failed and a crashed run in the window
     lines = _visible(out)

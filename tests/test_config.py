@@ -11,7 +11,11 @@ from tests.helpers import Configure
 def test_defaults_without_environment() -> None:
     s = resolve_settings({}, environ={})
     assert (s.project, s.environment, s.mode, s.prometheus_host) == (
-        "default", "dev", "background", "127.0.0.1")
+        "default",
+        "dev",
+        "background",
+        "127.0.0.1",
+    )
     assert s.catalog_url is None and s.otlp_endpoint is None
 
 
@@ -33,9 +37,14 @@ def test_precedence_argument_then_ours_then_otel_then_default() -> None:
 
 
 def test_typed_environment_values() -> None:
-    s = resolve_settings({}, environ={"ODIBI_OBSERVE_PROMETHEUS_PORT": "9464",
-                                      "ODIBI_OBSERVE_HANDLE_SIGTERM": "false",
-                                      "ODIBI_OBSERVE_FLUSH_INTERVAL": "0.5"})
+    s = resolve_settings(
+        {},
+        environ={
+            "ODIBI_OBSERVE_PROMETHEUS_PORT": "9464",
+            "ODIBI_OBSERVE_HANDLE_SIGTERM": "false",
+            "ODIBI_OBSERVE_FLUSH_INTERVAL": "0.5",
+        },
+    )
     assert (s.prometheus_port, s.handle_sigterm, s.flush_interval) == (9464, False, 0.5)
 
 
@@ -60,7 +69,8 @@ def test_unknown_argument_is_rejected() -> None:
 
 
 def test_configure_falls_back_to_defaults_unless_strict(
-        caplog: pytest.LogCaptureFixture, fresh_observer: Configure) -> None:
+    caplog: pytest.LogCaptureFixture, fresh_observer: Configure
+) -> None:
 
     with caplog.at_level("WARNING", logger="odibi_observe"):
         observer = fresh_observer(mode="turbo", sinks=[])

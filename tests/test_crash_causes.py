@@ -78,17 +78,20 @@ def sleeper(children: list[subprocess.Popen[bytes]], code: str = SLEEPER) -> int
 
 
 def running(store: CatalogStore, pid: int, **changes: Any) -> RunRecord:
-    record = make_record(status=RunStatus.RUNNING, pid=pid, host=HOST,
-                         started_ns=time.time_ns() - 10**9, **changes)
+    record = make_record(
+        status=RunStatus.RUNNING, pid=pid, host=HOST, started_ns=time.time_ns() - 10**9, **changes
+    )
     store.upsert([RunEvent(EventKind.STARTED, record)])
     return record
 
 
 def until_zombie(pid: int) -> None:
     """Wait until ``pid`` has exited (and is left unreaped: we never wait for it here)."""
+
     def exited() -> None:
         state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         assert state == b"Z", state
+
     eventually(exited, timeout=10, interval=0.02)
 
 
@@ -100,29 +103,35 @@ def closed(store: CatalogStore, record: RunRecord) -> RunRecord:
 
 def fake_cgroup(root: Path, *, oom_kill: int, memory_max: str = "max") -> Path:
     """Fake cgroup v2 files for this process's cgroup under ``root`` (children share it)."""
-    line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines()
-                if x.startswith("0::"))
+    line = next(
+        x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::")
+    )
     directory = root / line[3:].strip().lstrip("/")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "memory.events").write_text(
-        f"low 0\nhigh 0\nmax 0\noom 0\noom_kill {oom_kill}\noom_group_kill 0\n")
+        f"low 0\nhigh 0\nmax 0\noom 0\noom_kill {oom_kill}\noom_group_kill 0\n"
+    )
     (directory / "memory.max").write_text(memory_max + "\n")
     return directory
 
 
-@pytest.mark.parametrize(("how", "cause"), [
-    ("sigkill", CRASH_SIGKILL), ("sigterm", CRASH_SIGTERM), ("sigsegv", CRASH_SIGNALED),
-    ("exit", CRASH_PROCESS_EXIT),
-])
+@pytest.mark.parametrize(
+    ("how", "cause"),
+    [
+        ("sigkill", CRASH_SIGKILL),
+        ("sigterm", CRASH_SIGTERM),
+        ("sigsegv", CRASH_SIGNALED),
+        ("exit", CRASH_PROCESS_EXIT),
+    ],
+)
 def test_the_exit_status_of_an_unreaped_process_names_the_cause(
-        store: CatalogStore, children: list[subprocess.Popen[bytes]], how: str,
-        cause: str) -> None:
+    store: CatalogStore, children: list[subprocess.Popen[bytes]], how: str, cause: str
+) -> None:
     code = "import os\nos._exit(3)" if how == "exit" else SLEEPER
     pid = sleeper(children, code)
     record = running(store, pid)
     if how != "exit":
-        sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM,
-               "sigsegv": signal.SIGSEGV}[how]
+        sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigsegv": signal.SIGSEGV}[how]
         children[-1].send_signal(sig)
     until_zombie(pid)
 
@@ -138,7 +147,8 @@ def test_the_exit_status_of_an_unreaped_process_names_the_cause(
 
 
 def test_a_reaped_process_leaves_heartbeat_lost(
-        store: CatalogStore, children: list[subprocess.Popen[bytes]]) -> None:
+    store: CatalogStore, children: list[subprocess.Popen[bytes]]
+) -> None:
     """Once the parent has waited, nothing says how it ended: the cause is not guessed."""
     pid = sleeper(children)
     record = running(store, pid)
@@ -153,8 +163,11 @@ def test_a_reaped_process_leaves_heartbeat_lost(
 
 
 def test_oom_kill_count_that_rose_while_the_run_was_alive_says_oom_killed(
-        store: CatalogStore, children: list[subprocess.Popen[bytes]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: CatalogStore,
+    children: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Faked cgroup counters in a temp dir (see the module docstring)."""
     monkeypatch.setenv(CGROUP_ROOT_ENV, str(tmp_path))
     directory = fake_cgroup(tmp_path, oom_kill=2)
@@ -174,8 +187,11 @@ def test_oom_kill_count_that_rose_while_the_run_was_alive_says_oom_killed(
 
 
 def test_sigkill_with_an_unchanged_oom_count_is_sigkill(
-        store: CatalogStore, children: list[subprocess.Popen[bytes]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: CatalogStore,
+    children: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(CGROUP_ROOT_ENV, str(tmp_path))
     fake_cgroup(tmp_path, oom_kill=2)
     pid = sleeper(children)
@@ -191,8 +207,11 @@ def test_sigkill_with_an_unchanged_oom_count_is_sigkill(
 
 
 def test_peak_memory_at_the_limit_says_oom_killed(
-        store: CatalogStore, children: list[subprocess.Popen[bytes]], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: CatalogStore,
+    children: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """No oom_kill counter to read, but the last heartbeat's peak was at the cgroup's
     memory.max (faked in a temp dir): a SIGKILL then is the OOM killer's."""
     monkeypatch.setenv(CGROUP_ROOT_ENV, str(tmp_path))
@@ -210,24 +229,43 @@ def test_peak_memory_at_the_limit_says_oom_killed(
     crashed = closed(store, record)
     assert crashed.error_type == CRASH_OOM_KILLED
     assert f"peak memory {95 * MIB} bytes was at its limit {100 * MIB}" in (
-        crashed.error_message or "")
+        crashed.error_message or ""
+    )
 
 
 # -- a real pipeline process under a real sidecar ------------------------------------------------
 
-def _hang_under_sidecar(pg_url: str, tmp_path: Path, kill: signal.Signals,
-                        env: dict[str, str] | None = None,
-                        before_kill: Callable[[], None] | None = None,
-                        ) -> tuple[dict[str, object], list[str]]:
+
+def _hang_under_sidecar(
+    pg_url: str,
+    tmp_path: Path,
+    kill: signal.Signals,
+    env: dict[str, str] | None = None,
+    before_kill: Callable[[], None] | None = None,
+) -> tuple[dict[str, object], list[str]]:
     """A real node (``tests/fault_pipeline.py hang``, sidecar mode) killed by ``kill`` and left
     unreaped; returns its catalog row and the ``error.type`` of its spans."""
     spool, traces, log = tmp_path / "spool", tmp_path / "traces.jsonl", tmp_path / "log.txt"
     started_file = tmp_path / "started"
-    with Sidecar(pg_url, spool, log=log, traces_file=traces, env=env,
-                 args=["--sweep-interval", "0.3"]):
-        proc = pipeline(["hang", "--mode", "sidecar", "--spool-dir", str(spool), "--heartbeat",
-                         "0.2", "--started", str(started_file), "--stop-file",
-                         str(tmp_path / "never")], log=log)
+    with Sidecar(
+        pg_url, spool, log=log, traces_file=traces, env=env, args=["--sweep-interval", "0.3"]
+    ):
+        proc = pipeline(
+            [
+                "hang",
+                "--mode",
+                "sidecar",
+                "--spool-dir",
+                str(spool),
+                "--heartbeat",
+                "0.2",
+                "--started",
+                str(started_file),
+                "--stop-file",
+                str(tmp_path / "never"),
+            ],
+            log=log,
+        )
         try:
             expect_line(proc, "ready", log)
             (run_id,) = read_started([started_file]).order
@@ -261,15 +299,19 @@ def _hang_under_sidecar(pg_url: str, tmp_path: Path, kill: signal.Signals,
 
 
 def _error_types(traces: Path, run_id: str) -> list[str]:
-    found = [str(s.attributes.get(A_ERROR_TYPE)) for s in spans_in(traces)
-             if s.attributes.get(A_RUN_ID) == run_id]
+    found = [
+        str(s.attributes.get(A_ERROR_TYPE))
+        for s in spans_in(traces)
+        if s.attributes.get(A_RUN_ID) == run_id
+    ]
     assert found, "no span yet"
     return found
 
 
 @pytest.mark.slow  # still run by CI: scripts/test.sh deselects no marker
 def test_a_real_node_killed_by_sigkill_under_the_sidecar_is_crashed_sigkill(
-        pg_url: str, tmp_path: Path) -> None:
+    pg_url: str, tmp_path: Path
+) -> None:
     row, types = _hang_under_sidecar(pg_url, tmp_path, signal.SIGKILL)
     assert row["error_type"] == CRASH_SIGKILL
     assert types == [CRASH_SIGKILL]
@@ -277,7 +319,8 @@ def test_a_real_node_killed_by_sigkill_under_the_sidecar_is_crashed_sigkill(
 
 @pytest.mark.slow
 def test_a_real_node_oom_killed_under_the_sidecar_is_crashed_oom_killed(
-        pg_url: str, tmp_path: Path) -> None:
+    pg_url: str, tmp_path: Path
+) -> None:
     """The sidecar reads faked cgroup counters from a temp dir (see the module docstring);
     the count rises just before the SIGKILL, as the kernel's OOM killer makes it do."""
     root = tmp_path / "cgroup"
@@ -286,8 +329,9 @@ def test_a_real_node_oom_killed_under_the_sidecar_is_crashed_oom_killed(
     def oom() -> None:
         (directory / "memory.events").write_text("oom 1\noom_kill 1\n")
 
-    row, types = _hang_under_sidecar(pg_url, tmp_path, signal.SIGKILL,
-                                     env={CGROUP_ROOT_ENV: str(root)}, before_kill=oom)
+    row, types = _hang_under_sidecar(
+        pg_url, tmp_path, signal.SIGKILL, env={CGROUP_ROOT_ENV: str(root)}, before_kill=oom
+    )
     assert row["error_type"] == CRASH_OOM_KILLED
     assert types == [CRASH_OOM_KILLED]
 

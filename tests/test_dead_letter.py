@@ -45,14 +45,27 @@ NODE_COLUMN = FIELDS.node.column
 RUNS = METRICS.runs.prometheus
 
 
-def _run_pipeline(started: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-                  ) -> dict[str, str]:
+def _run_pipeline(
+    started: Path,
+    log: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Run the pipeline process to its end; its runs as run id → node name."""
-    result = subprocess.run([sys.executable, PIPELINE, "--started", str(started), *args],
-                            env=env or child_env(), cwd=ROOT, capture_output=True, text=True,
-                            timeout=120, check=False)
-    log.write_text(log.read_text() + result.stdout + result.stderr if log.exists()
-                   else result.stdout + result.stderr)
+    result = subprocess.run(
+        [sys.executable, PIPELINE, "--started", str(started), *args],
+        env=env or child_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    log.write_text(
+        log.read_text() + result.stdout + result.stderr
+        if log.exists()
+        else result.stdout + result.stderr
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = {}
     for line in started.read_text(encoding="utf-8").splitlines():
@@ -68,15 +81,17 @@ def _escaped(name: str) -> str:
 def _assert_spans(receiver: OtlpReceiver, runs: dict[str, str]) -> None:
     spans = [s for s in receiver.spans if RUN_ID_ATTR in s.attributes]
     got = {str(s.attributes[RUN_ID_ATTR]): str(s.attributes[NODE_ATTR]) for s in spans}
-    assert got == {rid: _escaped(name) for rid, name in runs.items()}, \
+    assert got == {rid: _escaped(name) for rid, name in runs.items()}, (
         f"{len(got)} of {len(runs)} spans"
+    )
     assert len(spans) == len(runs), "a span arrived twice"
 
 
 def _assert_catalog(url: str, runs: dict[str, str]) -> None:
     rows = {r["run_id"]: r for r in catalog_rows(url)}
     assert {rid: r[NODE_COLUMN] for rid, r in rows.items()} == {
-        rid: _escaped(name) for rid, name in runs.items()}
+        rid: _escaped(name) for rid, name in runs.items()
+    }
     assert {r["status"] for r in rows.values()} == {"SUCCESS"}
 
 
@@ -88,16 +103,23 @@ def _assert_metrics(samples: Any, runs: dict[str, str]) -> None:
 def test_from_dict_refuses_bad_types_with_the_field_named() -> None:
     good = json.loads(finished(make_record()).to_json())["record"]
     assert RunRecord.from_dict(good).run_id == good["run_id"]
-    for field, value in (("rows_processed", "12"), ("node", 7), ("started_ns", 1.5),
-                         ("attempt", True), ("suggestions", [1]), ("attributes", {"a": {}}),
-                         ("error_message", ["x"])):
+    for field, value in (
+        ("rows_processed", "12"),
+        ("node", 7),
+        ("started_ns", 1.5),
+        ("attempt", True),
+        ("suggestions", [1]),
+        ("attributes", {"a": {}}),
+        ("error_message", ["x"]),
+    ):
         with pytest.raises(TypeError, match=repr(field) if field != "attributes" else "'a'"):
             RunRecord.from_dict({**good, field: value})
 
 
 @pytest.mark.postgres
 def test_sidecar_poison_name_then_20_runs_all_arrive_and_restarts_do_not_replay(
-        pg_url: str, tmp_path: Path) -> None:
+    pg_url: str, tmp_path: Path
+) -> None:
     """Sidecar mode: the poison run and the 20 after it arrive as spans (OTLP/HTTP), catalog
     rows and metrics, the poison one with its name escaped; ``/metrics`` answers. A record of
     bad types spooled next is dead-lettered for each sink with its reason (on ``/healthz``
@@ -107,8 +129,17 @@ def test_sidecar_poison_name_then_20_runs_all_arrive_and_restarts_do_not_replay(
     with OtlpReceiver() as receiver:
         sidecar = Sidecar(pg_url, spool, log=log, otlp_endpoint=receiver.endpoint).start()
         try:
-            runs = _run_pipeline(started, log, "--mode", "sidecar", "--spool-dir", str(spool),
-                                 "--poison", "--runs", "20")
+            runs = _run_pipeline(
+                started,
+                log,
+                "--mode",
+                "sidecar",
+                "--spool-dir",
+                str(spool),
+                "--poison",
+                "--runs",
+                "20",
+            )
             assert len(runs) == 21
             eventually(lambda: _assert_spans(receiver, runs), timeout=30)
             eventually(lambda: _assert_catalog(pg_url, runs), timeout=30)
@@ -120,8 +151,18 @@ def test_sidecar_poison_name_then_20_runs_all_arrive_and_restarts_do_not_replay(
             writer = Spool(spool, fsync="never")
             writer.append(json.dumps(data).encode())
             writer.close()
-            runs |= _run_pipeline(started, log, "--mode", "sidecar", "--spool-dir",
-                                  str(spool), "--runs", "3", "--first", "20")
+            runs |= _run_pipeline(
+                started,
+                log,
+                "--mode",
+                "sidecar",
+                "--spool-dir",
+                str(spool),
+                "--runs",
+                "3",
+                "--first",
+                "20",
+            )
 
             def dead_lettered() -> dict[str, Any]:
                 health = json.loads(sidecar.get("/healthz"))["dead_letter"]
@@ -130,7 +171,8 @@ def test_sidecar_poison_name_then_20_runs_all_arrive_and_restarts_do_not_replay(
 
             health = eventually(dead_lettered, timeout=30)
             assert health["last"]["reason"].startswith(
-                "TypeError: RunRecord field 'rows_processed' must be int or NoneType")
+                "TypeError: RunRecord field 'rows_processed' must be int or NoneType"
+            )
             eventually(lambda: _assert_spans(receiver, runs), timeout=30)
             eventually(lambda: _assert_catalog(pg_url, runs), timeout=30)
             eventually(lambda: _assert_metrics(sidecar.metrics(), runs), timeout=30)
@@ -146,16 +188,25 @@ def test_sidecar_poison_name_then_20_runs_all_arrive_and_restarts_do_not_replay(
 
         again = Sidecar(pg_url, spool, log=log, otlp_endpoint=receiver.endpoint).start()
         try:
-            runs |= _run_pipeline(started, log, "--mode", "sidecar", "--spool-dir",
-                                  str(spool), "--runs", "5", "--first", "30")
+            runs |= _run_pipeline(
+                started,
+                log,
+                "--mode",
+                "sidecar",
+                "--spool-dir",
+                str(spool),
+                "--runs",
+                "5",
+                "--first",
+                "30",
+            )
             eventually(lambda: _assert_spans(receiver, runs), timeout=30)
             eventually(lambda: _assert_catalog(pg_url, runs), timeout=30)
             eventually(lambda: _assert(metric_sum(again.metrics(), RUNS) == 5), timeout=30)
             health = json.loads(again.get("/healthz"))
             assert health["dead_letter"]["total"] == 0, "the bad record was replayed"
             assert health["sinks"]["otel"]["failing"] is False
-            assert len((spool / DEAD_LETTER_DIR / DEAD_LETTER_FILE).read_text()
-                       .splitlines()) == 3
+            assert len((spool / DEAD_LETTER_DIR / DEAD_LETTER_FILE).read_text().splitlines()) == 3
         finally:
             again.stop()
 
@@ -171,11 +222,26 @@ def test_in_process_poison_name_then_20_runs_all_arrive(pg_url: str, tmp_path: P
     (the text file), the poison one with its name escaped; nothing is dead-lettered."""
     started, log, textfile = tmp_path / "started", tmp_path / "log.txt", tmp_path / "m.prom"
     with OtlpReceiver() as receiver:
-        env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-                        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
-        runs = _run_pipeline(started, log, "--mode", "background", "--catalog", pg_url,
-                             "--textfile", str(textfile), "--spool-dir", str(tmp_path / "sp"),
-                             "--poison", "--runs", "20", env=env)
+        env = child_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        )
+        runs = _run_pipeline(
+            started,
+            log,
+            "--mode",
+            "background",
+            "--catalog",
+            pg_url,
+            "--textfile",
+            str(textfile),
+            "--spool-dir",
+            str(tmp_path / "sp"),
+            "--poison",
+            "--runs",
+            "20",
+            env=env,
+        )
         assert len(runs) == 21
         eventually(lambda: _assert_spans(receiver, runs), timeout=10)
     _assert_catalog(pg_url, runs)
@@ -186,7 +252,8 @@ def test_in_process_poison_name_then_20_runs_all_arrive(pg_url: str, tmp_path: P
 
 
 def test_the_dead_letter_file_is_bounded_and_a_write_failure_still_counts(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Past half its bound the file is rotated once (the older copy deleted): the directory
     never holds more than ``max_bytes``, however many records are dead-lettered. A directory
     that cannot be written leaves the count and a warning."""
@@ -197,8 +264,10 @@ def test_the_dead_letter_file_is_bounded_and_a_write_failure_still_counts(
     files = sorted((tmp_path / DEAD_LETTER_DIR).iterdir())
     assert [f.name for f in files] == [DEAD_LETTER_FILE, DEAD_LETTER_FILE + ".1"]
     assert sum(f.stat().st_size for f in files) <= 20_000
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "otel"}) == 200
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "otel"})
+        == 200
+    )
     for line in files[0].read_text().splitlines():
         assert json.loads(line)["reason"] == "RuntimeError: never"
 
@@ -206,7 +275,9 @@ def test_the_dead_letter_file_is_bounded_and_a_write_failure_still_counts(
     blocked.write_text("")
     stuck = DeadLetter(monitor, blocked, max_bytes=20_000)
     stuck.reject("catalog", [(finished(make_record()), "TypeError: bad")])
-    assert monitor.registry.get_sample_value(
-        "odibi_observe_dead_letter_total", {"sink": "catalog"}) == 1
+    assert (
+        monitor.registry.get_sample_value("odibi_observe_dead_letter_total", {"sink": "catalog"})
+        == 1
+    )
     assert "cannot write the dead letter" in caplog.text
     assert stuck.health()["by_sink"] == {"catalog": 1}

@@ -51,8 +51,16 @@ def _collector() -> dict[str, Any]:
 def test_compose_services_are_complete_and_consistent() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) >= {"postgres", "otel-collector", "tempo", "prometheus", "grafana",
-                             "sidecar", "demo-pipeline", "catalog-migrate"}
+    assert set(services) >= {
+        "postgres",
+        "otel-collector",
+        "tempo",
+        "prometheus",
+        "grafana",
+        "sidecar",
+        "demo-pipeline",
+        "catalog-migrate",
+    }
     volumes = set(compose["volumes"])
     used_volumes = set()
     for name, service in services.items():
@@ -125,8 +133,11 @@ def test_sidecar_follows_its_command_line_contract() -> None:
     services = _compose()["services"]
     sidecar = services["sidecar"]
     command = " ".join(sidecar["command"])
-    assert re.search(r"odibi-observe sidecar --catalog \S+ --spool-dir \S+ "
-                     r"--listen 0\.0\.0\.0:9464", command), command
+    assert re.search(
+        r"odibi-observe sidecar --catalog \S+ --spool-dir \S+ "
+        r"--listen 0\.0\.0\.0:9464",
+        command,
+    ), command
     spool = command.split("--spool-dir ")[1].split()[0]
     # The demo pipeline spools into the very directory the sidecar reads, on the same volume.
     demo = services["demo-pipeline"]
@@ -140,10 +151,11 @@ def test_reconciliation_writes_the_file_prometheus_reads() -> None:
     services = _compose()["services"]
     command = " ".join(services["reconcile"]["command"])
     textfile = re.search(r"--metrics-textfile (\S+);", command)
-    assert textfile and "--traces \"ledger:" in command
+    assert textfile and '--traces "ledger:' in command
     directory = textfile.group(1).rsplit("/", 1)[0]
-    volume = next(m.split(":")[0] for m in services["reconcile"]["volumes"]
-                  if m.split(":")[1] == directory)
+    volume = next(
+        m.split(":")[0] for m in services["reconcile"]["volumes"] if m.split(":")[1] == directory
+    )
     exporter = services["reconcile-metrics"]
     mounted = next(m.split(":")[1] for m in exporter["volumes"] if m.startswith(f"{volume}:"))
     assert f"--collector.textfile.directory={mounted}" in exporter["command"]
@@ -164,8 +176,11 @@ def test_prometheus_targets_are_compose_services() -> None:
     ports = {
         "sidecar": "9464",
         "reconcile-metrics": "9100",
-        "otel-collector": str(_collector()["service"]["telemetry"]["metrics"]["readers"][0]
-                              ["pull"]["exporter"]["prometheus"]["port"]),
+        "otel-collector": str(
+            _collector()["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"][
+                "prometheus"
+            ]["port"]
+        ),
         "tempo": "3200",
         "localhost": "9090",
     }
@@ -222,8 +237,11 @@ def _ottl_string(text: str) -> str:
 
 
 def _redactions() -> list[tuple[str, str]]:
-    statements = [s for block in _collector()["processors"]["transform/redact"][
-        "trace_statements"] for s in block["statements"]]
+    statements = [
+        s
+        for block in _collector()["processors"]["transform/redact"]["trace_statements"]
+        for s in block["statements"]
+    ]
     out = []
     for statement in statements:
         args = re.findall(r'"((?:[^"\\]|\\.)*)"', statement)
@@ -232,13 +250,22 @@ def _redactions() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize(("secret", "redacted"), [
-    ("connect failed: password=hunter2 host=db", "connect failed: password=*** host=db"),
-    ("GET /api?token=abc123&x=1", "GET /api?token=***&x=1"),
-    ("API_KEY=s3cr3t; retry", "API_KEY=***; retry"),
-    ("source postgresql://etl:hunter2@crm.internal/crm", "source postgresql://etl:***@crm.internal/crm"),
-    ("nothing to hide in https://example.com/a:b", "nothing to hide in https://example.com/a:b"),
-])
+@pytest.mark.parametrize(
+    ("secret", "redacted"),
+    [
+        ("connect failed: password=hunter2 host=db", "connect failed: password=*** host=db"),
+        ("GET /api?token=abc123&x=1", "GET /api?token=***&x=1"),
+        ("API_KEY=s3cr3t; retry", "API_KEY=***; retry"),
+        (
+            "source postgresql://etl:hunter2@crm.internal/crm",
+            "source postgresql://etl:***@crm.internal/crm",
+        ),
+        (
+            "nothing to hide in https://example.com/a:b",
+            "nothing to hide in https://example.com/a:b",
+        ),
+    ],
+)
 def test_collector_redacts_secrets(secret: str, redacted: str) -> None:
     text = secret
     for pattern, replacement in _redactions():
@@ -252,8 +279,10 @@ def test_collector_redacts_secrets(secret: str, redacted: str) -> None:
 def _psql_env(server: sa.engine.URL) -> dict[str, str]:
     return {
         **os.environ,
-        "PGHOST": server.host or "127.0.0.1", "PGPORT": str(server.port or 5432),
-        "PGPASSWORD": server.password or "", "POSTGRES_USER": server.username or "",
+        "PGHOST": server.host or "127.0.0.1",
+        "PGPORT": str(server.port or 5432),
+        "PGPASSWORD": server.password or "",
+        "POSTGRES_USER": server.username or "",
     }
 
 
@@ -265,8 +294,12 @@ def _as_superuser(server: sa.engine.URL, env: dict[str, str]) -> tuple[list[str]
     authentication); otherwise the test role is used and must be a superuser itself.
     """
     socket_dir = "/var/run/postgresql"
-    if os.geteuid() == 0 and shutil.which("runuser") and os.path.isdir(socket_dir) \
-            and server.host in ("127.0.0.1", "localhost"):
+    if (
+        os.geteuid() == 0
+        and shutil.which("runuser")
+        and os.path.isdir(socket_dir)
+        and server.host in ("127.0.0.1", "localhost")
+    ):
         env = {**env, "PGHOST": socket_dir, "POSTGRES_USER": "postgres"}
         env.pop("PGPASSWORD", None)
         return ["runuser", "-u", "postgres", "--"], env
@@ -278,9 +311,24 @@ def _drop_as_superuser(server: sa.engine.URL, database: str, roles: tuple[str, .
     statements = [f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)']
     statements += [f'DROP ROLE IF EXISTS "{role}"' for role in roles]
     for statement in statements:
-        subprocess.run([*prefix, "psql", "-v", "ON_ERROR_STOP=1", "--username",
-                        env["POSTGRES_USER"], "--dbname", "postgres", "-c", statement],
-                       env=env, check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                *prefix,
+                "psql",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "--username",
+                env["POSTGRES_USER"],
+                "--dbname",
+                "postgres",
+                "-c",
+                statement,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
 
 @pytest.mark.postgres
@@ -288,8 +336,9 @@ def test_init_script_refuses_to_run_without_passwords(pg_server_url: str) -> Non
     env = _psql_env(sa.engine.make_url(pg_server_url))
     env.pop("ODIBI_GRAFANA_DB_PASSWORD", None)
     env["ODIBI_CATALOG_PASSWORD"] = "x"
-    result = subprocess.run(["sh", str(INIT_SCRIPT)], env=env, capture_output=True,
-                            text=True, timeout=30, check=False)
+    result = subprocess.run(
+        ["sh", str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode != 0
     assert "ODIBI_GRAFANA_DB_PASSWORD" in result.stderr
 
@@ -303,30 +352,43 @@ def test_readonly_role_reads_every_panel_and_writes_nothing(pg_server_url: str) 
     suffix = uuid.uuid4().hex[:10]
     # Not "oo_test_*": a pytest run starting meanwhile drops those as leftovers.
     database, owner, reader = f"oo_deploy_{suffix}", f"oo_owner_{suffix}", f"oo_reader_{suffix}"
-    passwords = {"ODIBI_CATALOG_PASSWORD": uuid.uuid4().hex,
-                 "ODIBI_GRAFANA_DB_PASSWORD": uuid.uuid4().hex}
-    env = {**_psql_env(server), **passwords, "ODIBI_CATALOG_DB_NAME": database,
-           "ODIBI_CATALOG_USER": owner, "ODIBI_GRAFANA_DB_USER": reader}
+    passwords = {
+        "ODIBI_CATALOG_PASSWORD": uuid.uuid4().hex,
+        "ODIBI_GRAFANA_DB_PASSWORD": uuid.uuid4().hex,
+    }
+    env = {
+        **_psql_env(server),
+        **passwords,
+        "ODIBI_CATALOG_DB_NAME": database,
+        "ODIBI_CATALOG_USER": owner,
+        "ODIBI_GRAFANA_DB_USER": reader,
+    }
     prefix, env = _as_superuser(server, env)
     try:
-        subprocess.run([*prefix, "sh", str(INIT_SCRIPT)], env=env, check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*prefix, "sh", str(INIT_SCRIPT)], env=env, check=True, capture_output=True, timeout=60
+        )
         # As in compose: the tables appear afterwards, created by the owner.
-        owner_url = server.set(username=owner, password=passwords["ODIBI_CATALOG_PASSWORD"],
-                               database=database).render_as_string(hide_password=False)
+        owner_url = server.set(
+            username=owner, password=passwords["ODIBI_CATALOG_PASSWORD"], database=database
+        ).render_as_string(hide_password=False)
         fill_catalog(owner_url)
-        reader_engine = sa.create_engine(server.set(
-            username=reader, password=passwords["ODIBI_GRAFANA_DB_PASSWORD"],
-            database=database))
+        reader_engine = sa.create_engine(
+            server.set(
+                username=reader, password=passwords["ODIBI_GRAFANA_DB_PASSWORD"], database=database
+            )
+        )
         try:
             with reader_engine.connect() as conn:
                 for uid, query in sql_queries():
                     columns, rows = run_panel_query(conn, uid, query)
                     assert columns == list(query.columns) and rows, query.key
                 conn.rollback()
-                for statement in ("DELETE FROM meta_runs",
-                                  "CREATE TABLE evil (x int)",
-                                  "SET TRANSACTION READ WRITE; DELETE FROM meta_runs"):
+                for statement in (
+                    "DELETE FROM meta_runs",
+                    "CREATE TABLE evil (x int)",
+                    "SET TRANSACTION READ WRITE; DELETE FROM meta_runs",
+                ):
                     with pytest.raises(sa.exc.DBAPIError):
                         conn.exec_driver_sql(statement)
                     conn.rollback()

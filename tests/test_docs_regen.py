@@ -14,8 +14,13 @@ SCRIPT = ROOT / "scripts" / "regen_docs.py"
 
 
 def _check(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--root", str(root)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_docs_have_not_drifted() -> None:
@@ -31,8 +36,10 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
     found = re.search(r"meta_runs is at revision (\S+)", text)
     assert found, "cli.md shows the catalog revision"
     real = found.group(1)
-    cli.write_text(text.replace(f"meta_runs is at revision {real}",
-                                "meta_runs is at revision 0001"), encoding="utf-8")
+    cli.write_text(
+        text.replace(f"meta_runs is at revision {real}", "meta_runs is at revision 0001"),
+        encoding="utf-8",
+    )
     done = _check(tmp_path)
     assert done.returncode == 1
     assert "-sqlite:///catalog.db: meta_runs is at revision 0001" in done.stdout
@@ -43,31 +50,44 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
 #: scripts/regen_docs.py here, by (file, first command), with the reason. Any other block
 #: showing a ``$ odibi-observe`` command must be marked ``<!-- run: ... -->``.
 UNMARKED: dict[tuple[str, str], str] = {
-    ("docs/cli.md", "$ odibi-observe dashboards build --check"):
-        "checks the checkout's dashboards/ directory, not the scratch directory",
-    ("docs/odibi.md", "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
-                      "traces.jsonl odibi.yaml"):
-        "runs a real Odibi project (pandas engine, its own files); not built by the script yet",
-    ("docs/odibi.md", "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
-                      "traces.jsonl odibi.yaml --node revenue"):
-        "the same Odibi project, one node",
-    ("docs/odibi.md", "$ odibi-observe runs --catalog sqlite:///catalog.db"):
-        "the runs of that Odibi project (the table predates the grouped runs view)",
-    ("docs/odibi.md", "$ odibi-observe reconcile --catalog odibi-delta:lake/_system/meta_runs "
-                      "--traces otlp-json:traces.jsonl --last 1h --grace 0s --out "
-                      "reconcile-report"):
-        "reads Odibi's own Delta table, written by a real Odibi run",
-    ("docs/operations.md", "$ odibi-observe sweep --catalog sqlite:///sweep.db --spool-dir "
-                           "spool"):
-        "a sidecar-mode pipeline killed with its ending still spooled",
-    ("docs/reconciliation.md", "$ odibi-observe reconcile --catalog sqlite:///odibi/odibi.db "
-                               "--traces otlp-json:odibi/traces.jsonl --last 1h --grace 0s "
-                               "--out odibi/report"):
-        "Odibi's own SQL meta_runs, written by a real Odibi run and dry run",
+    (
+        "docs/cli.md",
+        "$ odibi-observe dashboards build --check",
+    ): "checks the checkout's dashboards/ directory, not the scratch directory",
+    (
+        "docs/odibi.md",
+        "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file traces.jsonl odibi.yaml",
+    ): "runs a real Odibi project (pandas engine, its own files); not built by the script yet",
+    (
+        "docs/odibi.md",
+        "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
+        "traces.jsonl odibi.yaml --node revenue",
+    ): "the same Odibi project, one node",
+    (
+        "docs/odibi.md",
+        "$ odibi-observe runs --catalog sqlite:///catalog.db",
+    ): "the runs of that Odibi project (the table predates the grouped runs view)",
+    (
+        "docs/odibi.md",
+        "$ odibi-observe reconcile --catalog odibi-delta:lake/_system/meta_runs "
+        "--traces otlp-json:traces.jsonl --last 1h --grace 0s --out "
+        "reconcile-report",
+    ): "reads Odibi's own Delta table, written by a real Odibi run",
+    (
+        "docs/operations.md",
+        "$ odibi-observe sweep --catalog sqlite:///sweep.db --spool-dir spool",
+    ): "a sidecar-mode pipeline killed with its ending still spooled",
+    (
+        "docs/reconciliation.md",
+        "$ odibi-observe reconcile --catalog sqlite:///odibi/odibi.db "
+        "--traces otlp-json:odibi/traces.jsonl --last 1h --grace 0s "
+        "--out odibi/report",
+    ): "Odibi's own SQL meta_runs, written by a real Odibi run and dry run",
 }
 
-FENCE = re.compile(r"^(?P<marks>(?:<!-- run: .+? -->\n)*)```[a-z]*\n(?P<body>.*?)^```\n",
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r"^(?P<marks>(?:<!-- run: .+? -->\n)*)```[a-z]*\n(?P<body>.*?)^```\n", re.MULTILINE | re.DOTALL
+)
 
 
 def _unmarked_blocks(root: Path) -> set[tuple[str, str]]:
@@ -78,7 +98,8 @@ def _unmarked_blocks(root: Path) -> set[tuple[str, str]]:
         for match in FENCE.finditer(path.read_text(encoding="utf-8")):
             lines = match.group("body").splitlines()
             if match.group("marks") or not any(
-                    line.lstrip().startswith("$ odibi-observe") for line in lines):
+                line.lstrip().startswith("$ odibi-observe") for line in lines
+            ):
                 continue
             first = next(line.strip() for line in lines if line.lstrip().startswith("$ "))
             found.add((str(path.relative_to(root)), first))
@@ -89,7 +110,8 @@ def test_every_block_of_command_output_is_marked_or_allowed() -> None:
     unmarked = _unmarked_blocks(ROOT)
     assert unmarked <= set(UNMARKED), (
         "blocks showing odibi-observe output must be marked <!-- run: COMMAND --> (or be "
-        f"allowed, with a reason, in UNMARKED): {sorted(unmarked - set(UNMARKED))}")
+        f"allowed, with a reason, in UNMARKED): {sorted(unmarked - set(UNMARKED))}"
+    )
     assert set(UNMARKED) <= unmarked, f"allowed but gone: {sorted(set(UNMARKED) - unmarked)}"
 
 

@@ -30,8 +30,9 @@ def _leaky_step(depth: int) -> None:
     raise ValueError(f"login refused: password={password}")
 
 
-def _run_all(configure: Callable[..., oo.Observer], url: str, traces: Path,
-             **settings: Any) -> dict[str, Any]:
+def _run_all(
+    configure: Callable[..., oo.Observer], url: str, traces: Path, **settings: Any
+) -> dict[str, Any]:
     configure(catalog_url=url, traces_file=str(traces), mode="inline", **settings)
 
     @oo.observe_node(pipeline="p")
@@ -63,9 +64,9 @@ def _run_all(configure: Callable[..., oo.Observer], url: str, traces: Path,
 
 
 def test_failed_and_cancelled_runs_keep_their_redacted_traceback(
-        fresh_observer: Callable[..., oo.Observer], catalog_url: str, tmp_path: Path) -> None:
-    out = _run_all(fresh_observer, catalog_url, tmp_path / "t.jsonl",
-                   max_error_stack_length=6_000)
+    fresh_observer: Callable[..., oo.Observer], catalog_url: str, tmp_path: Path
+) -> None:
+    out = _run_all(fresh_observer, catalog_url, tmp_path / "t.jsonl", max_error_stack_length=6_000)
     rows = out["rows"]
     failed, deep = rows[("fails", False)], rows[("fails", True)]
     cancelled, fine = rows[("cancelled", False)], rows[("fine", False)]

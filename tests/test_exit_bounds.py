@@ -73,8 +73,13 @@ class Exited:
 def run_pipeline(tmp_path: Path, runs: int = 1, **env: str) -> Exited:
     """Run :data:`SCRIPT`; the clock starts when it prints ``done`` (its last node is over)."""
     environ = child_env(XDG_STATE_HOME=str(tmp_path / "state"), RUNS=str(runs), **env)
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=environ, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT],
+        env=environ,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     done = time.monotonic()
@@ -128,13 +133,15 @@ def test_closed_otlp_port_exits_fast_with_one_line_per_problem(tmp_path: Path) -
 
 @pytest.mark.parametrize("exit_timeout", [None, "1"])
 def test_a_hung_collector_holds_the_exit_for_exit_timeout_at_most(
-        tmp_path: Path, exit_timeout: str | None) -> None:
+    tmp_path: Path, exit_timeout: str | None
+) -> None:
     env = {} if exit_timeout is None else {"ODIBI_OBSERVE_EXIT_TIMEOUT": exit_timeout}
     bound = 3.0 if exit_timeout is None else float(exit_timeout)
     with OtlpReceiver() as receiver:
         receiver.hang = True
-        result = run_pipeline(tmp_path, runs=1, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-                              **env)
+        result = run_pipeline(
+            tmp_path, runs=1, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, **env
+        )
         assert receiver.hung >= 1  # the export really was waiting for an answer
     assert result.returncode == 0
     assert result.exit_seconds < bound + SLACK, result.stderr
@@ -149,8 +156,12 @@ def test_the_spilled_span_reaches_the_collector_through_sweep(tmp_path: Path) ->
     (event,) = spilled(default_spill(tmp_path))
     catalog = f"sqlite:///{tmp_path}/catalog.db"
     with OtlpReceiver() as receiver:
-        sweep(catalog, log=tmp_path / "sweep.log", spool_dir=default_spill(tmp_path),
-              env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        sweep(
+            catalog,
+            log=tmp_path / "sweep.log",
+            spool_dir=default_spill(tmp_path),
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+        )
         (span,) = receiver.wait_for_spans(1)
     assert span.trace_id == event.record.trace_id and span.span_id == event.record.span_id
     assert result.returncode == 0
@@ -169,7 +180,8 @@ def test_exit_timeout_is_a_setting() -> None:
 
 
 def test_catalog_outage_at_exit_spills_every_run_and_sweep_records_each_once(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     pg = throwaway_postgres_or_skip()
     try:
         catalog = pg.create_database("spill")
@@ -200,11 +212,13 @@ def test_catalog_outage_at_exit_spills_every_run_and_sweep_records_each_once(
 
 
 def test_a_sidecar_on_spool_dir_delivers_what_a_background_process_spilled(
-        tmp_path: Path, pg_url: str) -> None:
+    tmp_path: Path, pg_url: str
+) -> None:
     spool_dir = tmp_path / "spool"
     down = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"
-    result = run_pipeline(tmp_path, runs=50, ODIBI_OBSERVE_CATALOG_URL=down,
-                          ODIBI_OBSERVE_SPOOL_DIR=str(spool_dir))
+    result = run_pipeline(
+        tmp_path, runs=50, ODIBI_OBSERVE_CATALOG_URL=down, ODIBI_OBSERVE_SPOOL_DIR=str(spool_dir)
+    )
     assert f"50 run(s) kept in {spool_dir} for delivery by" in result.stderr
     assert not default_spill(tmp_path).exists()  # spool_dir wins over the default
     with Sidecar(pg_url, spool_dir, log=tmp_path / "sidecar.log"):
@@ -227,10 +241,17 @@ def test_sigterm_during_an_outage_spills_the_crashed_run(tmp_path: Path) -> None
             print("ready", flush=True)
             time.sleep(60)
     """)
-    env = child_env(XDG_STATE_HOME=str(tmp_path / "state"),
-                    ODIBI_OBSERVE_CATALOG_URL=f"postgresql+psycopg://x@127.0.0.1:{free_port()}/x")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = child_env(
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        ODIBI_OBSERVE_CATALOG_URL=f"postgresql+psycopg://x@127.0.0.1:{free_port()}/x",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
@@ -260,7 +281,8 @@ def _span() -> ReadableSpan:
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
 def test_the_otlp_exporter_sends_once_per_export_and_says_why_it_failed(
-        protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Pins the one private hook on the SDK's OTLP/HTTP client (``_one_attempt`` in
     sinks/otel/exporters.py): if a new SDK version changes the client, this fails instead of the
     exit getting slow."""
@@ -286,9 +308,11 @@ def test_odibi_observe_run_keeps_its_runs_when_the_catalog_is_down(tmp_path: Pat
 
     project = make_project(tmp_path / "shop", [INGEST]).parent
     down = f"postgresql+psycopg://etl@127.0.0.1:{free_port()}/catalog"
-    result = run_subprocess([*_cli_command("odibi-observe"), "run", "--catalog", down,
-                             "odibi.yaml"], project,
-                            {"XDG_STATE_HOME": str(tmp_path / "state")})
+    result = run_subprocess(
+        [*_cli_command("odibi-observe"), "run", "--catalog", down, "odibi.yaml"],
+        project,
+        {"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
     assert "recorded 1 node run" in result.stderr, result.stderr[-3000:]
     # Odibi configures logging its own way; the exit line must reach the terminal anyway.
     assert "kept in" in result.stderr, result.stderr[-3000:]

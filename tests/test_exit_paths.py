@@ -33,8 +33,13 @@ def _spawn(tmp_path: Path, body: str) -> tuple[subprocess.Popen[str], str]:
     url = f"sqlite:///{tmp_path}/catalog.db"
     code = PRELUDE + textwrap.dedent(body)
     env = {**os.environ, "CATALOG": url, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, url
 
 
@@ -53,11 +58,14 @@ def _rows(url: str) -> list[dict[str, Any]]:
 
 
 def test_sigterm_during_a_node_closes_it_as_crashed_then_terminates(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         with oo.node_run("p", "long_step"):
             ready()
             time.sleep(60)
-    """)
+    """,
+    )
     _wait_ready(proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == -signal.SIGTERM  # the default action still happens
@@ -68,7 +76,9 @@ def test_sigterm_during_a_node_closes_it_as_crashed_then_terminates(tmp_path: Pa
 
 
 def test_app_sigterm_handler_is_respected_and_its_exception_recorded(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         def graceful(signum, frame):
             raise SystemExit(17)
         signal.signal(signal.SIGTERM, graceful)
@@ -76,7 +86,8 @@ def test_app_sigterm_handler_is_respected_and_its_exception_recorded(tmp_path: P
         with oo.node_run("p", "long_step"):
             ready()
             time.sleep(60)
-    """)
+    """,
+    )
     _wait_ready(proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 17
@@ -84,13 +95,15 @@ def test_app_sigterm_handler_is_respected_and_its_exception_recorded(tmp_path: P
     assert (row["status"], row["error_type"]) == ("FAILURE", "SystemExit")
 
 
-def test_sigint_during_a_node_is_a_cancellation_with_keyboard_interrupt(
-        tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+def test_sigint_during_a_node_is_a_cancellation_with_keyboard_interrupt(tmp_path: Path) -> None:
+    proc, url = _spawn(
+        tmp_path,
+        """
         with oo.node_run("p", "interactive"):
             ready()
             time.sleep(60)
-    """)
+    """,
+    )
     _wait_ready(proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) != 0
@@ -99,24 +112,32 @@ def test_sigint_during_a_node_is_a_cancellation_with_keyboard_interrupt(
 
 
 def test_uncaught_exception_is_recorded_before_the_process_dies(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         @oo.observe_node(pipeline="p")
         def boom():
             raise RuntimeError("disk on fire")
         print("ready", flush=True)
         boom()
-    """)
+    """,
+    )
     _wait_ready(proc)
     assert proc.wait(30) == 1
     assert proc.stderr is not None
     assert "RuntimeError: disk on fire" in proc.stderr.read()  # the traceback is untouched
     (row,) = _rows(url)
     assert (row["status"], row["error_type"], row["error_message"]) == (
-        "FAILURE", "RuntimeError", "disk on fire")
+        "FAILURE",
+        "RuntimeError",
+        "disk on fire",
+    )
 
 
 def test_exit_with_a_node_still_running_in_a_daemon_thread_is_crashed(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         started = threading.Event()
         def worker():
             with oo.node_run("p", "background_node"):
@@ -126,7 +147,8 @@ def test_exit_with_a_node_still_running_in_a_daemon_thread_is_crashed(tmp_path: 
         started.wait(10)
         ready()
         sys.exit(0)          # the interpreter exits while the node runs
-    """)
+    """,
+    )
     _wait_ready(proc)
     assert proc.wait(30) == 0
     (row,) = _rows(url)
@@ -134,11 +156,14 @@ def test_exit_with_a_node_still_running_in_a_daemon_thread_is_crashed(tmp_path: 
 
 
 def test_sigkill_leaves_the_running_marker_with_liveness_for_the_sweeper(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         with oo.node_run("p", "oom_victim"):
             ready()
             time.sleep(60)
-    """)
+    """,
+    )
     _wait_ready(proc)
     proc.kill()
     proc.wait(30)
@@ -149,12 +174,15 @@ def test_sigkill_leaves_the_running_marker_with_liveness_for_the_sweeper(tmp_pat
 
 
 def test_sigterm_with_no_node_running_changes_nothing(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         with oo.node_run("p", "done"):
             pass
         ready()
         time.sleep(60)
-    """)
+    """,
+    )
     _wait_ready(proc)
     time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
@@ -165,7 +193,9 @@ def test_sigterm_with_no_node_running_changes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork semantics checked on Linux")
 def test_fork_after_configure_children_record_their_own_runs(tmp_path: Path) -> None:
-    proc, url = _spawn(tmp_path, """
+    proc, url = _spawn(
+        tmp_path,
+        """
         import multiprocessing as mp
 
         @oo.observe_node(pipeline="p")
@@ -182,11 +212,16 @@ def test_fork_after_configure_children_record_their_own_runs(tmp_path: Path) -> 
             for p in procs: p.start()
             for p in procs: p.join()
         print("ready", flush=True)
-    """)
+    """,
+    )
     _wait_ready(proc)
     assert proc.wait(30) == 0
     rows = _rows(url)
     by_node = sorted((r["node_name"], r["status"], r["rows_processed"]) for r in rows)
-    assert by_node == [("child_node", "SUCCESS", 1), ("child_node", "SUCCESS", 2),
-                       ("child_node", "SUCCESS", 3), ("parent", "SUCCESS", None)]
+    assert by_node == [
+        ("child_node", "SUCCESS", 1),
+        ("child_node", "SUCCESS", 2),
+        ("child_node", "SUCCESS", 3),
+        ("parent", "SUCCESS", None),
+    ]
     assert len({r["pid"] for r in rows}) == 4

@@ -57,14 +57,15 @@ def test_importing_the_contracts_and_the_registry_imports_no_implementation() ->
         import odibi_observe.reconcile.sources
         print(sorted(m for m in sys.modules if m in implementations[3:]))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.split() == ["[]", "[]"], out.stderr
 
 
 def test_every_builtin_is_registered_under_its_own_scheme() -> None:
     for kind, builtins in extensions.BUILTIN.items():
-        assert extensions.schemes(kind)[:len(builtins)] == tuple(builtins)
+        assert extensions.schemes(kind)[: len(builtins)] == tuple(builtins)
         for scheme in builtins:
             obj = extensions.load(kind, scheme)
             declared = getattr(obj, "scheme", scheme)
@@ -222,29 +223,51 @@ def site(tmp_path: Path) -> Path:
 
 def _child(site: Path, code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``python -c code args`` with the distribution's directory on ``PYTHONPATH``."""
-    environ = {**os.environ, **env,
-               "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    for name in ("ODIBI_OBSERVE_CATALOG_URL", "OTEL_EXPORTER_OTLP_ENDPOINT",
-                 "ODIBI_OBSERVE_TRACES_FILE", "ODIBI_OBSERVE_MODE"):
+    environ = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    for name in (
+        "ODIBI_OBSERVE_CATALOG_URL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "ODIBI_OBSERVE_TRACES_FILE",
+        "ODIBI_OBSERVE_MODE",
+    ):
         environ.pop(name, None)
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env=environ, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+        check=False,
+    )
 
 
 _CLI = "import sys; from odibi_observe.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def test_reconcile_finds_a_third_party_trace_and_catalog_source(site: Path,
-                                                                 tmp_path: Path) -> None:
+def test_reconcile_finds_a_third_party_trace_and_catalog_source(site: Path, tmp_path: Path) -> None:
     records = runs(5)
     url = f"sqlite:///{tmp_path}/catalog.db"
     write_catalog(url, records).dispose()
     write_spans(tmp_path / "traces" / "t.jsonl", records)
     window = ["--since", _iso(BASE_NS), "--until", _iso(BASE_NS + 24 * HOUR), "--grace", "0s"]
     out = tmp_path / "out"
-    done = _child(site, _CLI, "reconcile", "--catalog", f"mycat:{url}",
-                  "--traces", f"myscheme:{tmp_path / 'traces'}", *window, "--out", str(out),
-                  "--quiet")
+    done = _child(
+        site,
+        _CLI,
+        "reconcile",
+        "--catalog",
+        f"mycat:{url}",
+        "--traces",
+        f"myscheme:{tmp_path / 'traces'}",
+        *window,
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["sources"]["traces"] == [f"myscheme:{tmp_path / 'traces'}"]
@@ -252,8 +275,19 @@ def test_reconcile_finds_a_third_party_trace_and_catalog_source(site: Path,
     assert report["discrepancies"] == []
     assert not report["errors"]
 
-    unknown = _child(site, _CLI, "reconcile", "--catalog", url, "--traces", "nosuch:x",
-                     *window, "--out", str(tmp_path / "out2"), "--quiet")
+    unknown = _child(
+        site,
+        _CLI,
+        "reconcile",
+        "--catalog",
+        url,
+        "--traces",
+        "nosuch:x",
+        *window,
+        "--out",
+        str(tmp_path / "out2"),
+        "--quiet",
+    )
     assert unknown.returncode != 0
     assert "expected one of otlp-json:..., ledger:..., tempo:..., myscheme:..." in unknown.stderr
     # An entry point may not take a built-in scheme: it is ignored, with a warning.
@@ -268,7 +302,8 @@ def _iso(ns: int) -> str:
 
 
 def test_a_third_party_sink_records_every_run_and_a_broken_one_costs_only_itself(
-        site: Path, tmp_path: Path) -> None:
+    site: Path, tmp_path: Path
+) -> None:
     runfile = tmp_path / "runs.txt"
     code = textwrap.dedent("""
         import odibi_observe as oo
@@ -326,9 +361,11 @@ def test_repair_span_destinations_are_split_by_scheme(tmp_path: Path) -> None:
     assert sink is not None
     assert where == "http://127.0.0.1:9/v1/traces"
     sink.shutdown()
-    for bad, message in (("otlp-json:", "needs a file path"),
-                         ("jaeger:http://x", "expected otlp-json:PATH or an http"),
-                         ("http:relative", "expected otlp-json:PATH or an http")):
+    for bad, message in (
+        ("otlp-json:", "needs a file path"),
+        ("jaeger:http://x", "expected otlp-json:PATH or an http"),
+        ("http:relative", "expected otlp-json:PATH or an http"),
+    ):
         with pytest.raises(RepairError, match=message):
             span_sink(bad)
 
@@ -374,15 +411,15 @@ def test_configure_builds_the_registered_sinks_the_settings_ask_for(tmp_path: Pa
     def raises(context: object) -> Sink:
         raise RuntimeError("no")
 
-    for scheme, target in (("remembering", Remembering), ("refuses", refuses),
-                           ("raises", raises)):
+    for scheme, target in (("remembering", Remembering), ("refuses", refuses), ("raises", raises)):
         extensions.register(extensions.SINKS, scheme, target)
     try:
         with runtime._lock:
             previous, runtime._observer = runtime._observer, None
         try:
-            observer = oo.configure(mode="inline", project="p",
-                                    catalog_url=f"sqlite:///{tmp_path}/c.db")
+            observer = oo.configure(
+                mode="inline", project="p", catalog_url=f"sqlite:///{tmp_path}/c.db"
+            )
             assert [s.name for s in observer.sinks] == ["prometheus", "catalog", "memory"]
             assert observer.prometheus_sink is observer.sinks[0]
 

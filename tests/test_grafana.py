@@ -86,8 +86,10 @@ def test_check_names_every_stale_file(tmp_path: Path) -> None:
     code, _, err = _run("dashboards", "build", "--check", "--out", str(tmp_path))
     assert code == 1
     named = {line.strip() for line in err.splitlines()[1:]}
-    assert named == {str(tmp_path / n) for n in (
-        "odibi-sidecar-health.json", render.RULES_FILE, "old-dashboard.json")}
+    assert named == {
+        str(tmp_path / n)
+        for n in ("odibi-sidecar-health.json", render.RULES_FILE, "old-dashboard.json")
+    }
     # A build repairs what it generates (an extra file is the operator's to delete).
     assert _run("dashboards", "build", "--out", str(tmp_path))[0] == 0
     assert render.stale(tmp_path) == ["old-dashboard.json"]
@@ -139,9 +141,12 @@ def test_dashboards_round_trip_through_the_sdk_models() -> None:
 def test_sql_dataquery_implements_the_sdk_protocol() -> None:
     query = SqlQuery().raw_sql("SELECT 1").format(SqlFormat.TIME_SERIES).ref_id("B").build()
     assert query.to_json() == {
-        "rawSql": "SELECT 1", "refId": "B", "format": "time_series", "editorMode": "code",
-        "rawQuery": True, "datasource": {"type": "grafana-postgresql-datasource",
-                                          "uid": "odibi-catalog"},
+        "rawSql": "SELECT 1",
+        "refId": "B",
+        "format": "time_series",
+        "editorMode": "code",
+        "rawQuery": True,
+        "datasource": {"type": "grafana-postgresql-datasource", "uid": "odibi-catalog"},
     }
     assert SqlDataquery.from_json(query.to_json()).to_json() == query.to_json()
 
@@ -191,8 +196,12 @@ def test_every_variable_a_query_uses_is_defined() -> None:
 def test_drilldown_requires_project_pipeline_node_environment() -> None:
     dash = _dashboard_files()["odibi-node-drilldown.json"]
     names = [v["name"] for v in dash["templating"]["list"]]
-    assert names == [FIELDS.project.label, FIELDS.environment.label, FIELDS.pipeline.label,
-                     FIELDS.node.label]
+    assert names == [
+        FIELDS.project.label,
+        FIELDS.environment.label,
+        FIELDS.pipeline.label,
+        FIELDS.node.label,
+    ]
 
 
 def test_catalog_rows_link_to_their_trace_and_overrides_name_real_columns() -> None:
@@ -232,11 +241,29 @@ def _known_labels() -> set[str]:
 
 def promql_names(expr: str) -> tuple[set[str], set[str]]:
     """Series names and label names in a PromQL expression (enough for these queries)."""
-    functions = {"sum", "rate", "increase", "histogram_quantile", "time", "min", "max",
-                 "absent", "deriv", "min_over_time", "label_values", "by", "on", "and", "or"}
+    functions = {
+        "sum",
+        "rate",
+        "increase",
+        "histogram_quantile",
+        "time",
+        "min",
+        "max",
+        "absent",
+        "deriv",
+        "min_over_time",
+        "label_values",
+        "by",
+        "on",
+        "and",
+        "or",
+    }
     stripped = re.sub(r'"[^"]*"|\[[^\]]*\]|\b\d[\w.]*', " ", expr)
-    series = {n for n in re.findall(r"[a-zA-Z_:][\w:]*", stripped)
-              if n not in functions and not n.startswith("__")}
+    series = {
+        n
+        for n in re.findall(r"[a-zA-Z_:][\w:]*", stripped)
+        if n not in functions and not n.startswith("__")
+    }
     labels = set(re.findall(r"(\w+)\s*=~?\s*\"", expr))
     for group in re.findall(r"(?:by|on) \(([^)]*)\)", expr):
         labels |= {g.strip() for g in group.split(",")}
@@ -278,16 +305,28 @@ def test_sql_and_promql_expansion_follows_grafana() -> None:
     text = expand.sql(
         "SELECT $__timeGroup(started_at, $__interval) AS time WHERE $__timeFilter(started_at) "
         "AND a IN ($p) AND b = '$n' AND c < $__timeTo()",
-        {"p": ["x", "o'k"], "n": "it's"}, time_from=t0, time_to=t1, interval="5m")
+        {"p": ["x", "o'k"], "n": "it's"},
+        time_from=t0,
+        time_to=t1,
+        interval="5m",
+    )
     assert text == (
         "SELECT floor(extract(epoch from started_at)/300)*300 AS time WHERE started_at BETWEEN "
         "'2025-01-02T03:04:05Z' AND '2025-01-02T09:04:05Z' AND a IN ('x','o''k') AND "
-        "b = 'it''s' AND c < '2025-01-02T09:04:05Z'")
-    assert expand.promql('x{a=~"$p", b="$n"}[$__rate_interval]', {"p": ["a.b", "c"], "n": "d"},
-                         interval="1m", rate_interval="2m", range_="1h") == \
-        'x{a=~"(a\\\\.b|c)", b="d"}[2m]'
+        "b = 'it''s' AND c < '2025-01-02T09:04:05Z'"
+    )
+    assert (
+        expand.promql(
+            'x{a=~"$p", b="$n"}[$__rate_interval]',
+            {"p": ["a.b", "c"], "n": "d"},
+            interval="1m",
+            rate_interval="2m",
+            range_="1h",
+        )
+        == 'x{a=~"(a\\\\.b|c)", b="d"}[2m]'
+    )
     with pytest.raises(ValueError, match="no value"):
-        expand.promql("x{a=\"$missing\"}", {}, interval="1m", rate_interval="1m", range_="1h")
+        expand.promql('x{a="$missing"}', {}, interval="1m", rate_interval="1m", range_="1h")
 
 
 def test_docs_describe_every_panel_and_alert() -> None:

@@ -60,14 +60,25 @@ oo.shutdown()
 """
 
 #: The variables as a user would pick them: All on the overview, one node on the drill-down.
-OVERVIEW_VARIABLES = {"project": ["demo"], "environment": ["local"],
-                      "pipeline": ["daily_sales"]}
-NODE_VARIABLES = {"project": "demo", "environment": "local", "pipeline": "daily_sales",
-                  "node": "publish_report"}
+OVERVIEW_VARIABLES = {"project": ["demo"], "environment": ["local"], "pipeline": ["daily_sales"]}
+NODE_VARIABLES = {
+    "project": "demo",
+    "environment": "local",
+    "pipeline": "daily_sales",
+    "node": "publish_report",
+}
 #: The data-health dashboard with All nodes of the demo pipeline (as Grafana expands All).
-HEALTH_VARIABLES = {**OVERVIEW_VARIABLES, "node": [
-    "ingest_orders", "clean_orders", "fetch_fx_rates", "enrich_customers", "aggregate_revenue",
-    "publish_report"]}
+HEALTH_VARIABLES = {
+    **OVERVIEW_VARIABLES,
+    "node": [
+        "ingest_orders",
+        "clean_orders",
+        "fetch_fx_rates",
+        "enrich_customers",
+        "aggregate_revenue",
+        "publish_report",
+    ],
+}
 VARIABLES: dict[str, dict[str, Any]] = {
     "odibi-pipeline-overview": OVERVIEW_VARIABLES,
     "odibi-data-health": HEALTH_VARIABLES,
@@ -84,26 +95,45 @@ HISTORY_LIMIT = 1024 * 1024 * 1024
 def fill_catalog(url: str) -> None:
     """A catalog holding two demo runs, a RUNNING run, a CRASHED retry and two reports."""
     upgrade(url)
-    subprocess.run([sys.executable, "-c", DEMO, url], check=True, cwd=ROOT,
-                   timeout=120, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", DEMO, url], check=True, cwd=ROOT, timeout=120, capture_output=True
+    )
     identity: dict[str, Any] = dict(project="demo", environment="local", pipeline="daily_sales")
     running = make_record(status=RunStatus.RUNNING, node="ingest_orders", **identity)
-    crashed = make_record(status=RunStatus.CRASHED, node="publish_report", attempt=2,
-                          error_type="SIGTERM", error_message="terminated by signal 15",
-                          rows=None, **identity)
+    crashed = make_record(
+        status=RunStatus.CRASHED,
+        node="publish_report",
+        attempt=2,
+        error_type="SIGTERM",
+        error_message="terminated by signal 15",
+        rows=None,
+        **identity,
+    )
     # History for the data-health bands: 8 earlier SUCCESS runs of clean_orders (rows 90/110,
     # so the band is mean 100 ± 3 sd), each peaking at 512 MiB under a 1 GiB limit.
     start = datetime.now(timezone.utc) - timedelta(hours=5)
-    history = [make_record(node="clean_orders", rows=90 if i % 2 else 110,
-                           started_ns=int((start + timedelta(minutes=5 * i)).timestamp() * 1e9),
-                           peak_rss_bytes=HISTORY_PEAK, memory_limit_bytes=HISTORY_LIMIT,
-                           project="demo", environment="local", pipeline="daily_sales")
-               for i in range(HISTORY_RUNS)]
+    history = [
+        make_record(
+            node="clean_orders",
+            rows=90 if i % 2 else 110,
+            started_ns=int((start + timedelta(minutes=5 * i)).timestamp() * 1e9),
+            peak_rss_bytes=HISTORY_PEAK,
+            memory_limit_bytes=HISTORY_LIMIT,
+            project="demo",
+            environment="local",
+            pipeline="daily_sales",
+        )
+        for i in range(HISTORY_RUNS)
+    ]
     sink = CatalogSink(url)
     try:
-        sink.export([RunEvent(EventKind.STARTED, running),
-                     RunEvent(EventKind.FINISHED, crashed),
-                     *(RunEvent(EventKind.FINISHED, r) for r in history)])
+        sink.export(
+            [
+                RunEvent(EventKind.STARTED, running),
+                RunEvent(EventKind.FINISHED, crashed),
+                *(RunEvent(EventKind.FINISHED, r) for r in history),
+            ]
+        )
     finally:
         sink.shutdown()
     engine = sa.create_engine(url)
@@ -112,26 +142,57 @@ def fill_catalog(url: str) -> None:
         for age, missing in ((timedelta(hours=2), 0), (timedelta(minutes=5), 2)):
             report_id = str(uuid.uuid4())
             counts = dict.fromkeys(DISCREPANCY_KINDS, 0) | {"missing_in_catalog": missing}
-            conn.execute(schema.reconciliation.insert().values(
-                report_id=report_id, created_at=now - age, window_start=now - age - timedelta(
-                    days=1), window_end=now - age, grace_seconds=300.0,
-                catalog_source="postgresql://catalog", trace_sources="ledger",
-                catalog_runs=12 - missing, trace_runs=12, matched=12 - missing,
-                discrepancies=missing, discrepancies_json=json.dumps(counts),
-                completeness_ratio=(12 - missing) / 12, repaired=0, errors=0))
+            conn.execute(
+                schema.reconciliation.insert().values(
+                    report_id=report_id,
+                    created_at=now - age,
+                    window_start=now - age - timedelta(days=1),
+                    window_end=now - age,
+                    grace_seconds=300.0,
+                    catalog_source="postgresql://catalog",
+                    trace_sources="ledger",
+                    catalog_runs=12 - missing,
+                    trace_runs=12,
+                    matched=12 - missing,
+                    discrepancies=missing,
+                    discrepancies_json=json.dumps(counts),
+                    completeness_ratio=(12 - missing) / 12,
+                    repaired=0,
+                    errors=0,
+                )
+            )
             for item in range(missing):
-                conn.execute(schema.reconciliation_items.insert().values(
-                    report_id=report_id, item=item, kind="missing_in_catalog",
-                    run_id=str(uuid.uuid4()), pipeline_name="daily_sales",
-                    node_name="clean_orders", started_at=now - age,
-                    trace_id=f"{item + 1:032x}", detail="span without a catalog row"))
+                conn.execute(
+                    schema.reconciliation_items.insert().values(
+                        report_id=report_id,
+                        item=item,
+                        kind="missing_in_catalog",
+                        run_id=str(uuid.uuid4()),
+                        pipeline_name="daily_sales",
+                        node_name="clean_orders",
+                        started_at=now - age,
+                        trace_id=f"{item + 1:032x}",
+                        detail="span without a catalog row",
+                    )
+                )
         # What a health pass recorded: one finding still open, one resolved.
         for state, kind in (("open", "volume_anomaly"), ("resolved", "freshness")):
-            conn.execute(schema.health_findings.insert().values(
-                finding_id=str(uuid.uuid4()), kind=kind, pipeline_name="daily_sales",
-                node_name="clean_orders", state=state, opened_at=now - timedelta(days=1),
-                last_seen_at=now, passes=2, score=5.0, baseline=100.0, value=20.0,
-                detail=f"{kind} planted"))
+            conn.execute(
+                schema.health_findings.insert().values(
+                    finding_id=str(uuid.uuid4()),
+                    kind=kind,
+                    pipeline_name="daily_sales",
+                    node_name="clean_orders",
+                    state=state,
+                    opened_at=now - timedelta(days=1),
+                    last_seen_at=now,
+                    passes=2,
+                    score=5.0,
+                    baseline=100.0,
+                    value=20.0,
+                    detail=f"{kind} planted",
+                )
+            )
     engine.dispose()
 
 
@@ -141,12 +202,17 @@ def sql_queries() -> Iterator[tuple[str, SqlPanelQuery]]:
             yield built.uid, query
 
 
-def run_panel_query(conn: sa.Connection, uid: str, query: SqlPanelQuery,
-                    variables: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
+def run_panel_query(
+    conn: sa.Connection, uid: str, query: SqlPanelQuery, variables: dict[str, Any] | None = None
+) -> tuple[list[str], list[Any]]:
     now = datetime.now(timezone.utc)
-    text = expand.sql(query.sql, VARIABLES[uid] if variables is None else variables,
-                      time_from=now - timedelta(hours=6), time_to=now + timedelta(minutes=1),
-                      interval="1m")
+    text = expand.sql(
+        query.sql,
+        VARIABLES[uid] if variables is None else variables,
+        time_from=now - timedelta(hours=6),
+        time_to=now + timedelta(minutes=1),
+        interval="1m",
+    )
     # The driver reads % as a placeholder even without parameters: %% is a literal %.
     result = conn.exec_driver_sql(text.replace("%", "%%"))
     return list(result.keys()), [tuple(row) for row in result]
@@ -160,8 +226,7 @@ def filled_catalog(pg_server_url: str) -> Iterator[str]:
     admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(
-        hide_password=False)
+    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
     try:
         fill_catalog(url)
         yield url
@@ -185,7 +250,8 @@ def results(filled_catalog: str) -> dict[str, tuple[list[str], list[Any]]]:
 
 
 def test_every_sql_panel_runs_and_returns_its_declared_columns(
-        results: dict[str, tuple[list[str], list[Any]]]) -> None:
+    results: dict[str, tuple[list[str], list[Any]]],
+) -> None:
     declared = {query.key: query for _, query in sql_queries()}
     assert set(results) == set(declared)
     assert len(results) >= 16
@@ -203,7 +269,8 @@ def _rows(results: dict[str, tuple[list[str], list[Any]]], key: str) -> list[dic
 
 
 def test_overview_shows_failures_with_suggestions_and_what_runs(
-        results: dict[str, tuple[list[str], list[Any]]]) -> None:
+    results: dict[str, tuple[list[str], list[Any]]],
+) -> None:
     failures = _rows(results, "recent_failures")
     by_node = {row["node"]: row for row in failures}
     assert set(by_node) == {"enrich_customers", "publish_report"}
@@ -222,7 +289,8 @@ def test_overview_shows_failures_with_suggestions_and_what_runs(
 
 
 def test_drilldown_shows_history_attempts_rows_and_errors(
-        results: dict[str, tuple[list[str], list[Any]]]) -> None:
+    results: dict[str, tuple[list[str], list[Any]]],
+) -> None:
     history = _rows(results, "node_history")
     assert len(history) == 3  # two demo runs and the crashed retry
     assert {r["status"] for r in history} == {"CANCELLED", "CRASHED"}
@@ -235,7 +303,8 @@ def test_drilldown_shows_history_attempts_rows_and_errors(
 
 
 def test_reconciliation_panels_read_the_latest_report(
-        results: dict[str, tuple[list[str], list[Any]]]) -> None:
+    results: dict[str, tuple[list[str], list[Any]]],
+) -> None:
     (last,) = _rows(results, "last_report")
     assert last["discrepancies"] == 2 and last["completeness_ratio"] == pytest.approx(10 / 12)
     items = _rows(results, "last_report_items")
@@ -249,21 +318,24 @@ def test_drilldown_variable_values_are_escaped(filled_catalog: str) -> None:
     """A quote in a variable value stays a value (Grafana doubles it for SQL)."""
     engine = sa.create_engine(filled_catalog)
     hostile: dict[str, Sequence[str] | str] = dict(
-        NODE_VARIABLES, node="x'; DROP TABLE meta_runs; --")
+        NODE_VARIABLES, node="x'; DROP TABLE meta_runs; --"
+    )
     try:
         with engine.connect() as conn:
             for uid, query in sql_queries():
                 if uid == "odibi-node-drilldown":
                     _, rows = run_panel_query(conn, uid, query, hostile)
                     assert rows == []
-            assert conn.exec_driver_sql("SELECT count(*) FROM meta_runs").scalar() == \
-                14 + HISTORY_RUNS
+            assert (
+                conn.exec_driver_sql("SELECT count(*) FROM meta_runs").scalar() == 14 + HISTORY_RUNS
+            )
     finally:
         engine.dispose()
 
 
 def test_data_health_panels_show_bands_findings_memory_and_crashes(
-        results: dict[str, tuple[list[str], list[Any]]]) -> None:
+    results: dict[str, tuple[list[str], list[Any]]],
+) -> None:
     (finding,) = _rows(results, "open_findings")
     assert finding["kind"] == "volume_anomaly" and finding["node"] == "clean_orders"
     band = _rows(results, "rows_band")

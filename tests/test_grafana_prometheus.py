@@ -153,8 +153,7 @@ class Prometheus:
 
     def query_range(self, expr: str, seconds: int = 30, step: int = 2) -> list[dict[str, Any]]:
         now = time.time()
-        body = self.get("/api/v1/query_range", query=expr, start=now - seconds, end=now,
-                        step=step)
+        body = self.get("/api/v1/query_range", query=expr, start=now - seconds, end=now, step=step)
         assert body["status"] == "success", (expr, body)
         return list(body["data"]["result"])
 
@@ -164,8 +163,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     pipeline = subprocess.Popen(
-        [sys.executable, "-c", INSTRUMENTED_PROCESS], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        [sys.executable, "-c", INSTRUMENTED_PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
     server = None
     try:
         assert pipeline.stdout is not None
@@ -175,21 +179,36 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
         for group in rules["groups"]:
             group["interval"] = f"{SCRAPE_SECONDS}s"
         (tmp / "rules.yml").write_text(yaml.safe_dump(rules))
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": f"{SCRAPE_SECONDS}s",
-                       "evaluation_interval": f"{SCRAPE_SECONDS}s"},
-            "rule_files": [str(tmp / "rules.yml")],
-            "scrape_configs": [{
-                "job_name": DEPLOYMENT.sidecar_job,
-                "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
-            }],
-        }))
+        (tmp / "prometheus.yml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {
+                        "scrape_interval": f"{SCRAPE_SECONDS}s",
+                        "evaluation_interval": f"{SCRAPE_SECONDS}s",
+                    },
+                    "rule_files": [str(tmp / "rules.yml")],
+                    "scrape_configs": [
+                        {
+                            "job_name": DEPLOYMENT.sidecar_job,
+                            "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
         port = _free_port()
         server = subprocess.Popen(
-            [binary, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-             "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                binary,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         prom = Prometheus(f"http://127.0.0.1:{port}")
         _wait_until(lambda: _ready(prom), 30, "Prometheus did not become ready", server)
         # Enough scrapes for rate() over the expanded $__rate_interval, and runs in between.
@@ -222,8 +241,9 @@ def _scrapes(prom: Prometheus) -> int:
     return int(float(result[0]["value"][1])) if result else 0
 
 
-def _wait_until(condition: Any, seconds: float, message: str,
-                server: subprocess.Popen[str]) -> None:
+def _wait_until(
+    condition: Any, seconds: float, message: str, server: subprocess.Popen[str]
+) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -270,8 +290,9 @@ def test_every_panel_query_evaluates_and_returns_data(prometheus: Prometheus) ->
         variables = _resolve_variables(prometheus, dash)
         for title, target in _panel_queries(dash):
             expr = _expand(target["expr"], variables)
-            result = (prometheus.query(expr) if target.get("instant")
-                      else prometheus.query_range(expr))
+            result = (
+                prometheus.query(expr) if target.get("instant") else prometheus.query_range(expr)
+            )
             assert result, f"{name} / {title}: no data for {expr}"
             evaluated += 1
     assert evaluated >= 35
@@ -289,8 +310,7 @@ def test_overview_core_panels_show_the_demo_runs(prometheus: Prometheus) -> None
     def instant(title: str) -> list[dict[str, Any]]:
         return prometheus.query(_expand(_by_title(dash, title)["targets"][0]["expr"], variables))
 
-    by_status = {r["metric"]["status"]: float(r["value"][1])
-                 for r in instant("Runs by status")}
+    by_status = {r["metric"]["status"]: float(r["value"][1]) for r in instant("Runs by status")}
     # Each demo run: four successes, a failure and a cancellation (a KeyboardInterrupt), each
     # its own series; the sink exposes every terminal status from the start, so CRASHED is
     # there, at 0.
@@ -299,8 +319,9 @@ def test_overview_core_panels_show_the_demo_runs(prometheus: Prometheus) -> None
     assert by_status["CANCELLED"] == by_status["FAILURE"]
     ratio = float(instant("Success rate")[0]["value"][1])
     assert 0.5 < ratio < 0.8  # 4/6, give or take a run in flight at the window's edges
-    rows = prometheus.query_range(_expand(
-        _by_title(dash, "Rows per second by node")["targets"][0]["expr"], variables))
+    rows = prometheus.query_range(
+        _expand(_by_title(dash, "Rows per second by node")["targets"][0]["expr"], variables)
+    )
     assert {r["metric"]["node"] for r in rows} >= {"ingest_orders", "clean_orders"}
     assert max(float(v) for r in rows for _, v in r["values"]) > 0
     quantiles = _by_title(dash, "Duration p50 / p95 by node")["targets"]
@@ -335,10 +356,21 @@ def test_alert_rules_evaluate_and_the_expected_ones_trigger(prometheus: Promethe
     assert states["OdibiSinkErrors"] in ("pending", "firing")
     # The health pass (stand-in gauges) saw one memory_growth finding and nothing else.
     assert states["OdibiHealthMemoryGrowth"] == "firing"
-    for kind in ("VolumeAnomaly", "ZeroRows", "DurationAnomaly", "Freshness",
-                 "FailureStreak", "Flaky"):
+    for kind in (
+        "VolumeAnomaly",
+        "ZeroRows",
+        "DurationAnomaly",
+        "Freshness",
+        "FailureStreak",
+        "Flaky",
+    ):
         assert states[f"OdibiHealth{kind}"] == "inactive", kind
     # The sidecar (stand-in) is scraped and its loop is current.
-    for healthy in ("OdibiSidecarDown", "OdibiSidecarAbsent", "OdibiSidecarStale",
-                    "OdibiReconciliationStale", "OdibiReconciliationCheckedNothing"):
+    for healthy in (
+        "OdibiSidecarDown",
+        "OdibiSidecarAbsent",
+        "OdibiSidecarStale",
+        "OdibiReconciliationStale",
+        "OdibiReconciliationCheckedNothing",
+    ):
         assert states[healthy] == "inactive", healthy

@@ -43,15 +43,28 @@ def test_findings_open_once_stay_open_and_resolve(catalog_url: str, tmp_path: Pa
     report = json.loads((tmp_path / "r1" / "health.json").read_text())
     assert {(f["kind"], f["pipeline"], f["node"]) for f in report["findings"]} == EXPECTED
     assert all(f["state"] == "new" for f in report["findings"])
-    assert (tmp_path / "r1" / "health.md").read_text().startswith(
-        "## odibi-observe data health: 8 findings (8 new)")
+    assert (
+        (tmp_path / "r1" / "health.md")
+        .read_text()
+        .startswith("## odibi-observe data health: 8 findings (8 new)")
+    )
     assert "<svg" in (tmp_path / "r1" / "health.html").read_text()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(prom.read_text()) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(prom.read_text())
+        for s in fam.samples
+    }
     assert samples[(HEALTH_METRICS.findings.prometheus, (("kind", "freshness"),))] == 2
     assert samples[(HEALTH_METRICS.opened.prometheus, (("kind", "zero_rows"),))] == 1
-    assert samples[(HEALTH_METRICS.open_finding.prometheus, (
-        ("kind", "failure_streak"), ("node", "broken"), ("pipeline", "ops")))] == 1
+    assert (
+        samples[
+            (
+                HEALTH_METRICS.open_finding.prometheus,
+                (("kind", "failure_streak"), ("node", "broken"), ("pipeline", "ops")),
+            )
+        ]
+        == 1
+    )
     assert samples[(HEALTH_METRICS.nodes.prometheus, ())] == len(STEADY) + len(PLANTED) - 1
 
     code, out, _ = _health(catalog_url, tmp_path / "r2")
@@ -81,8 +94,7 @@ def test_a_healthy_catalog_exits_0(catalog_url: str, tmp_path: Path) -> None:
     assert _recorded(catalog_url) == []
 
 
-def test_without_the_table_it_reports_and_creates_nothing(sqlite_url: str,
-                                                          tmp_path: Path) -> None:
+def test_without_the_table_it_reports_and_creates_nothing(sqlite_url: str, tmp_path: Path) -> None:
     write(sqlite_url, PLANTED)
     engine = create_catalog_engine(sqlite_url)
     with engine.begin() as conn:
@@ -120,8 +132,10 @@ def test_unreadable_catalogs_exit_2(tmp_path: Path) -> None:
 def test_config_file(sqlite_url: str, tmp_path: Path) -> None:
     write(sqlite_url, STEADY + PLANTED)
     config = tmp_path / "health.toml"
-    config.write_text('[[node]]\npipeline = "sales"\nnode = "steady_0"\nfreshness_sla = "1h"\n'
-                      '[[node]]\npipeline = "*"\nnode = "volume_*"\nskip = ["volume_anomaly"]\n')
+    config.write_text(
+        '[[node]]\npipeline = "sales"\nnode = "steady_0"\nfreshness_sla = "1h"\n'
+        '[[node]]\npipeline = "*"\nnode = "volume_*"\nskip = ["volume_anomaly"]\n'
+    )
     code, _, _ = _health(sqlite_url, tmp_path / "r", "--config", str(config), "--no-record")
     assert code == 1
     report = json.loads((tmp_path / "r" / "health.json").read_text())
@@ -141,8 +155,9 @@ def test_window_options(sqlite_url: str, tmp_path: Path) -> None:
     assert code == 2 and "either --last or --since" in err
     code, _, err = _health(sqlite_url, tmp_path / "r", "--until", "2024-01-01")
     assert code == 2 and "--until needs --since" in err
-    code, out, _ = _health(sqlite_url, tmp_path / "r", "--since", "2000-01-01",
-                           "--until", "2000-01-02")
+    code, out, _ = _health(
+        sqlite_url, tmp_path / "r", "--since", "2000-01-01", "--until", "2000-01-02"
+    )
     assert code == 0 and "0 with enough history" in out
 
 
@@ -150,6 +165,7 @@ def test_failed_runs_are_never_volume_findings(sqlite_url: str, tmp_path: Path) 
     def fail_newest(i: int, values: dict[str, object]) -> None:
         if i == 0:
             values["status"] = RunStatus.FAILURE
+
     write(sqlite_url, [Node("a", "failed_once", plant=fail_newest)])
     code, out, _ = _health(sqlite_url, tmp_path / "r")
     assert code == 0, out
@@ -191,8 +207,9 @@ def test_concurrent_passes_open_each_finding_once(catalog_url: str) -> None:
 def test_html_is_self_contained_and_escaped(sqlite_url: str, tmp_path: Path) -> None:
     from html.parser import HTMLParser
 
-    evil = Node("<script>alert(1)</script>", "n", plant=lambda i, v: v.update(rows=1) if i == 0
-                else None)
+    evil = Node(
+        "<script>alert(1)</script>", "n", plant=lambda i, v: v.update(rows=1) if i == 0 else None
+    )
     write(sqlite_url, [evil])
     code, _, _ = _health(sqlite_url, tmp_path / "r", "--format", "html")
     assert code == 1

@@ -21,6 +21,7 @@ def _newest(change: dict[str, Any]) -> Any:
     def plant(i: int, values: dict[str, Any]) -> None:
         if i == 0:
             values.update(change)
+
     return plant
 
 
@@ -28,14 +29,17 @@ def _failing_since(hours: int) -> Any:
     def plant(i: int, values: dict[str, Any]) -> None:
         if values["started_ns"] > NOW_NS - hours * HOUR:
             values["status"] = RunStatus.FAILURE
+
     return plant
 
 
 def _retried(days: int) -> Any:
     """The newest ``days`` runs succeeded on attempt 2; attempt 1 failed shortly before."""
+
     def plant(i: int, values: dict[str, Any]) -> None:
         if i < days:
             values["attempt"] = 2
+
     return plant
 
 
@@ -43,6 +47,7 @@ def _stopped(hours: int) -> Any:
     def plant(i: int, values: dict[str, Any]) -> None:
         if values["started_ns"] > NOW_NS - hours * HOUR:
             values["skip"] = True
+
     return plant
 
 
@@ -58,14 +63,30 @@ PLANTED = [
     Node("sales", "volume_spike", plant=_newest({"rows": 50_000})),
     Node("sales", "zero", plant=_newest({"rows": 0})),
     Node("sales", "slow", plant=_newest({"duration_ms": 600_000})),
-    Node("ops", "stale", every_ns=6 * HOUR, runs=64, first_ns=NOW_NS - HOUR,
-         plant=_stopped(48)),
-    Node("ops", "broken", every_ns=6 * HOUR, runs=64, first_ns=NOW_NS - HOUR,
-         plant=_failing_since(30)),
-    Node("ops", "flaky", plant=_retried(3),
-         extra=[{"started_ns": NOW_NS - 2 * HOUR - d * DAY - 600 * 10**9,
-                 "status": RunStatus.FAILURE, "rows": None, "duration_ms": 5_000,
-                 "attempt": 1} for d in range(3)]),
+    Node("ops", "stale", every_ns=6 * HOUR, runs=64, first_ns=NOW_NS - HOUR, plant=_stopped(48)),
+    Node(
+        "ops",
+        "broken",
+        every_ns=6 * HOUR,
+        runs=64,
+        first_ns=NOW_NS - HOUR,
+        plant=_failing_since(30),
+    ),
+    Node(
+        "ops",
+        "flaky",
+        plant=_retried(3),
+        extra=[
+            {
+                "started_ns": NOW_NS - 2 * HOUR - d * DAY - 600 * 10**9,
+                "status": RunStatus.FAILURE,
+                "rows": None,
+                "duration_ms": 5_000,
+                "attempt": 1,
+            }
+            for d in range(3)
+        ],
+    ),
 ]
 
 EXPECTED = {
@@ -154,10 +175,12 @@ def test_directions_and_thresholds_change_what_is_found(planted: str) -> None:
 
 
 def test_declared_sla_and_skips(planted: str) -> None:
-    rules = (NodeRule("sales", "steady_0", freshness_sla=timedelta(hours=1)),
-             NodeRule("sales", "volume_*", skip=frozenset({"volume_anomaly"})),
-             NodeRule("ops", "stale", freshness_off=True),
-             NodeRule("ops", "never_ran", freshness_sla=timedelta(hours=12)))
+    rules = (
+        NodeRule("sales", "steady_0", freshness_sla=timedelta(hours=1)),
+        NodeRule("sales", "volume_*", skip=frozenset({"volume_anomaly"})),
+        NodeRule("ops", "stale", freshness_off=True),
+        NodeRule("ops", "never_ran", freshness_sla=timedelta(hours=12)),
+    )
     result = _detect(planted, HealthOptions(rules=rules))
     keys = {f.key for f in result.findings}
     assert ("freshness", "sales", "steady_0") in keys  # last success 2 h ago, SLA 1 h
@@ -195,8 +218,20 @@ def test_hour_of_day_seasonality(catalog_url: str) -> None:
         if i == 0:  # the newest run: a nightly volume at another hour
             values["rows"] = 50_000 if hour != 2 else 2_000
 
-    write(catalog_url, [Node("iot", "hourly", every_ns=HOUR, runs=16 * 24, rows_cv=0,
-                             first_ns=NOW_NS - HOUR, plant=nightly_batch)])
+    write(
+        catalog_url,
+        [
+            Node(
+                "iot",
+                "hourly",
+                every_ns=HOUR,
+                runs=16 * 24,
+                rows_cv=0,
+                first_ns=NOW_NS - HOUR,
+                plant=nightly_batch,
+            )
+        ],
+    )
     seasonal = _detect(catalog_url, HealthOptions(seasonality="hour_of_day"))
     assert [f.key for f in seasonal.findings] == [("volume_anomaly", "iot", "hourly")]
 
@@ -207,8 +242,10 @@ FP_NODES, FP_CV = 200, 0.10
 
 
 def test_false_positive_rate_of_noisy_steady_nodes(catalog_url: str) -> None:
-    nodes = [Node("noisy", f"n{i:03d}", rows_cv=FP_CV, duration_cv=FP_CV,
-                  duration_ms=600_000) for i in range(FP_NODES)]
+    nodes = [
+        Node("noisy", f"n{i:03d}", rows_cv=FP_CV, duration_cv=FP_CV, duration_ms=600_000)
+        for i in range(FP_NODES)
+    ]
     write(catalog_url, nodes, seed=2024)
     result = _detect(catalog_url)
     assert result.nodes_judged == FP_NODES and result.recent_runs == FP_NODES
@@ -254,13 +291,25 @@ def test_odibi_own_table_is_judged_by_timestamp(catalog_url: str) -> None:
     table.create(engine)
     spec = [Node("legacy", "steady"), Node("legacy", "drop", plant=_newest({"rows": 50}))]
     with engine.begin() as conn:
-        conn.execute(table.insert(), [
-            {"run_id": str(uuid.uuid4()), "project": "p", "pipeline_name": r.pipeline,
-             "node_name": r.node, "status": r.status.value, "rows_processed": r.rows_processed,
-             "duration_ms": r.duration_ms, "metrics_json": "{}", "environment": "prod",
-             "timestamp": ns_to_datetime(r.started_ns),
-             "date": ns_to_datetime(r.started_ns).date()}
-            for r in records(spec)])
+        conn.execute(
+            table.insert(),
+            [
+                {
+                    "run_id": str(uuid.uuid4()),
+                    "project": "p",
+                    "pipeline_name": r.pipeline,
+                    "node_name": r.node,
+                    "status": r.status.value,
+                    "rows_processed": r.rows_processed,
+                    "duration_ms": r.duration_ms,
+                    "metrics_json": "{}",
+                    "environment": "prod",
+                    "timestamp": ns_to_datetime(r.started_ns),
+                    "date": ns_to_datetime(r.started_ns).date(),
+                }
+                for r in records(spec)
+            ],
+        )
     try:
         result = detect(engine, last_day(), HealthOptions())
     finally:
@@ -268,5 +317,4 @@ def test_odibi_own_table_is_judged_by_timestamp(catalog_url: str) -> None:
     assert {f.key for f in result.findings} == {("volume_anomaly", "legacy", "drop")}
     assert any("attempt" in note and "catalog upgrade" in note for note in result.notes)
     # memory_growth needs the resource columns: said in the same note, not silently skipped.
-    assert any("peak_rss_bytes" in note and "memory_limit_bytes" in note
-               for note in result.notes)
+    assert any("peak_rss_bytes" in note and "memory_limit_bytes" in note for note in result.notes)

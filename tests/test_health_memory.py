@@ -25,8 +25,10 @@ LIMIT = 2 * GIB
 
 def _growing(start: float, per_run: float) -> Any:
     """Run ``i`` (0 the newest of 16) peaks at ``start + (15 - i) * per_run``."""
+
     def plant(i: int, values: dict[str, Any]) -> None:
         values["peak_rss"] = round(start + (15 - i) * per_run)
+
     return plant
 
 
@@ -36,22 +38,40 @@ STEADY += [
     # Grows like the leak, but runs without a limit: judged against nothing.
     Node("etl", "no_limit", plant=_growing(1.0 * GIB, 45 * MIB), peak_rss=1.0 * GIB),
     # Grows 1 MiB a run at half the limit: it would take years.
-    Node("etl", "slow_grower", plant=_growing(1.0 * GIB, 1 * MIB), peak_rss=1.0 * GIB,
-         memory_limit=LIMIT),
+    Node(
+        "etl",
+        "slow_grower",
+        plant=_growing(1.0 * GIB, 1 * MIB),
+        peak_rss=1.0 * GIB,
+        memory_limit=LIMIT,
+    ),
     # The leak's history, but its last run was two days ago: not judged on old runs.
-    Node("etl", "stopped", plant=_growing(1.0 * GIB, 45 * MIB), peak_rss=1.0 * GIB,
-         memory_limit=LIMIT, first_ns=NOW_NS - 2 * DAY),
+    Node(
+        "etl",
+        "stopped",
+        plant=_growing(1.0 * GIB, 45 * MIB),
+        peak_rss=1.0 * GIB,
+        memory_limit=LIMIT,
+        first_ns=NOW_NS - 2 * DAY,
+    ),
     # Too few runs to fit a trend.
-    Node("etl", "newbie", runs=4, plant=_growing(1.6 * GIB, 60 * MIB), peak_rss=1.6 * GIB,
-         memory_limit=LIMIT),
+    Node(
+        "etl",
+        "newbie",
+        runs=4,
+        plant=_growing(1.6 * GIB, 60 * MIB),
+        peak_rss=1.6 * GIB,
+        memory_limit=LIMIT,
+    ),
     # No peak recorded at all (runs from before the resource columns).
     Node("etl", "unmeasured"),
 ]
 
 PLANTED = [
     # 1 GiB growing 45 MiB a run: 1.66 GiB (83 %) now, 90 % in about 3 runs.
-    Node("etl", "leak", plant=_growing(1.0 * GIB, 45 * MIB), peak_rss=1.0 * GIB,
-         memory_limit=LIMIT),
+    Node(
+        "etl", "leak", plant=_growing(1.0 * GIB, 45 * MIB), peak_rss=1.0 * GIB, memory_limit=LIMIT
+    ),
     # Steady, but at 95 % of its limit already.
     Node("etl", "at_limit", peak_rss=0.95 * LIMIT, peak_rss_cv=0.005, memory_limit=LIMIT),
 ]
@@ -78,7 +98,9 @@ def planted(catalog_url: str) -> str:
 def test_planted_growth_is_found_and_nothing_else(planted: str) -> None:
     result = _detect(planted)
     assert {f.key for f in result.findings} == {
-        ("memory_growth", "etl", "leak"), ("memory_growth", "etl", "at_limit")}
+        ("memory_growth", "etl", "leak"),
+        ("memory_growth", "etl", "at_limit"),
+    }
     found = _memory(result)
 
     leak = found["leak"]
@@ -106,16 +128,20 @@ def test_horizon_and_threshold_change_what_is_found(planted: str) -> None:
     assert set(_memory(_detect(planted, HealthOptions(memory_horizon=2)))) == {"at_limit"}
     # A threshold of 99 % is beyond at_limit's 95 %; the leak reaches it in ~7.3 runs.
     assert set(_memory(_detect(planted, HealthOptions(memory_threshold=0.99)))) == {"leak"}
-    assert set(_memory(_detect(planted, HealthOptions(memory_threshold=0.99,
-                                                      memory_horizon=5)))) == set()
+    assert (
+        set(_memory(_detect(planted, HealthOptions(memory_threshold=0.99, memory_horizon=5))))
+        == set()
+    )
     # Fitted to the last 5 runs only, the leak's trend is still found.
     assert "leak" in _memory(_detect(planted, HealthOptions(memory_runs=5, min_points=5)))
 
 
 def test_steady_memory_nodes_produce_nothing(catalog_url: str) -> None:
     """40 steady nodes between 30 % and 80 % of their limit, 3 % noise, 16 runs each."""
-    nodes = [Node("steady", f"n{i}", peak_rss=(0.3 + 0.0125 * i) * LIMIT, memory_limit=LIMIT)
-             for i in range(40)]
+    nodes = [
+        Node("steady", f"n{i}", peak_rss=(0.3 + 0.0125 * i) * LIMIT, memory_limit=LIMIT)
+        for i in range(40)
+    ]
     write(catalog_url, nodes, seed=11)
     result = _detect(catalog_url)
     assert result.findings == []
@@ -125,8 +151,15 @@ def test_steady_memory_nodes_produce_nothing(catalog_url: str) -> None:
 def test_fit_is_least_squares() -> None:
     ys = [100.0, 130.0, 120.0, 170.0, 160.0, 200.0, 230.0]
     xs = list(range(len(ys)))
-    trend = fit(len(ys), sum(xs), sum(ys), sum(x * y for x, y in zip(xs, ys, strict=True)),
-                sum(x * x for x in xs), last=ys[-1], limit=300.0)
+    trend = fit(
+        len(ys),
+        sum(xs),
+        sum(ys),
+        sum(x * y for x, y in zip(xs, ys, strict=True)),
+        sum(x * x for x in xs),
+        last=ys[-1],
+        limit=300.0,
+    )
     assert trend is not None
     slope, intercept = statistics.linear_regression(xs, ys)
     assert trend.slope == pytest.approx(slope) and trend.start == pytest.approx(intercept)
@@ -149,12 +182,20 @@ def test_judge_rules() -> None:
 def test_cli_options_and_the_html_drawing(sqlite_url: str, tmp_path: Path) -> None:
     write(sqlite_url, STEADY + PLANTED)
     out = tmp_path / "report"
-    code, _, err = cli("health", "--catalog", sqlite_url, "--out", str(out), "--no-record",
-                       "--memory-horizon", "2", "--quiet")
+    code, _, err = cli(
+        "health",
+        "--catalog",
+        sqlite_url,
+        "--out",
+        str(out),
+        "--no-record",
+        "--memory-horizon",
+        "2",
+        "--quiet",
+    )
     assert code == 1, err
     report = json.loads((out / "health.json").read_text())
-    assert [(f["kind"], f["node"]) for f in report["findings"]] == [
-        ("memory_growth", "at_limit")]
+    assert [(f["kind"], f["node"]) for f in report["findings"]] == [("memory_growth", "at_limit")]
     assert report["options"]["memory_horizon"] == 2
     html = (out / "health.html").read_text()
     assert 'aria-label="peak memory against limit"' in html and "limit 2,048 MiB" in html

@@ -24,7 +24,8 @@ def beats(sink: InMemorySink) -> list[int]:
 
 
 def test_beat_sends_one_heartbeat_per_active_run_with_the_clock_time(
-        fresh_observer: Configure) -> None:
+    fresh_observer: Configure,
+) -> None:
     sink = InMemorySink()
     fresh_observer(sinks=[sink], mode="inline", heartbeat_interval=0, handle_sigterm=False)
     hb = heartbeat.Heartbeat(interval=60, clock=lambda: 123_456_789)
@@ -59,10 +60,10 @@ def test_zero_interval_sends_none(fresh_observer: Configure) -> None:
 
 
 def test_heartbeats_move_heartbeat_at_and_never_touch_a_finished_row(
-        tmp_path: Path, fresh_observer: Configure) -> None:
+    tmp_path: Path, fresh_observer: Configure
+) -> None:
     url = f"sqlite:///{tmp_path}/c.db"
-    fresh_observer(catalog_url=url, mode="inline", heartbeat_interval=0.05,
-                   handle_sigterm=False)
+    fresh_observer(catalog_url=url, mode="inline", heartbeat_interval=0.05, handle_sigterm=False)
     store = CatalogStore(url)
     with oo.node_run("p", "n") as run:
         time.sleep(0.3)
@@ -78,11 +79,11 @@ def test_heartbeats_move_heartbeat_at_and_never_touch_a_finished_row(
 
 
 def test_a_long_cpu_bound_step_keeps_heartbeating_and_is_not_swept(
-        tmp_path: Path, fresh_observer: Configure) -> None:
+    tmp_path: Path, fresh_observer: Configure
+) -> None:
     """A node holding the GIL in pure Python still lets the heartbeat thread run."""
     url = f"sqlite:///{tmp_path}/c.db"
-    fresh_observer(catalog_url=url, mode="inline", heartbeat_interval=0.05,
-                   handle_sigterm=False)
+    fresh_observer(catalog_url=url, mode="inline", heartbeat_interval=0.05, handle_sigterm=False)
     store = CatalogStore(url)
     # pid check off and every host: only the heartbeat can keep the run open.
     sweeper = Sweeper(store, all_hosts=True, pid_check=False, heartbeat_timeout=0.5)
@@ -112,14 +113,17 @@ def test_heartbeat_interval_is_validated(fresh_observer: Configure) -> None:
 
 
 def _heartbeat_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate()
-            if t.name == "odibi-observe-heartbeat" and t.is_alive()]
+    return [
+        t for t in threading.enumerate() if t.name == "odibi-observe-heartbeat" and t.is_alive()
+    ]
 
 
 def test_shutdown_stops_the_heartbeat_thread_and_configure_starts_it_again(
-        fresh_observer: Configure) -> None:
-    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05,
-                   handle_sigterm=False)
+    fresh_observer: Configure,
+) -> None:
+    fresh_observer(
+        sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05, handle_sigterm=False
+    )
     assert len(_heartbeat_threads()) == 1 and runtime.heartbeat_running()
     oo.shutdown()
     assert _heartbeat_threads() == [] and not runtime.heartbeat_running()
@@ -132,13 +136,16 @@ def test_shutdown_stops_the_heartbeat_thread_and_configure_starts_it_again(
 
 
 def test_a_new_interval_replaces_the_thread_and_zero_stops_it(fresh_observer: Configure) -> None:
-    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05,
-                   handle_sigterm=False)
+    fresh_observer(
+        sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.05, handle_sigterm=False
+    )
     (first,) = _heartbeat_threads()
-    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.07,
-                   handle_sigterm=False)
+    fresh_observer(
+        sinks=[InMemorySink()], mode="inline", heartbeat_interval=0.07, handle_sigterm=False
+    )
     (second,) = _heartbeat_threads()
     assert second is not first and not first.is_alive()
-    fresh_observer(sinks=[InMemorySink()], mode="inline", heartbeat_interval=0,
-                   handle_sigterm=False)
+    fresh_observer(
+        sinks=[InMemorySink()], mode="inline", heartbeat_interval=0, handle_sigterm=False
+    )
     assert _heartbeat_threads() == []

@@ -96,8 +96,7 @@ def _record(body: Callable[[NodeRun], None]) -> tuple[RunRecord, InMemorySink, f
 
         assert node() == "result"
         assert active_runs() == []
-        invalid = sum(s.value for m in registry.collect() for s in m.samples
-                      if s.name == INVALID)
+        invalid = sum(s.value for m in registry.collect() for s in m.samples if s.name == INVALID)
     (rec,) = sink.finished
     assert rec.status is RunStatus.SUCCESS
     return rec, sink, invalid
@@ -128,10 +127,14 @@ def test_unreadable_row_counts_are_unknown_and_counted(value: Any, how: str) -> 
     assert invalid >= 1
 
 
-@pytest.mark.parametrize("value", [
-    hostile("__lt__", "__gt__", "__int__", "__index__", "__repr__", base=int, value=7),
-    hostile("__float__", "__lt__", "__int__", "__repr__", base=float, value=7.9),
-], ids=["int subclass", "float subclass"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        hostile("__lt__", "__gt__", "__int__", "__index__", "__repr__", base=int, value=7),
+        hostile("__float__", "__lt__", "__int__", "__repr__", base=float, value=7.9),
+    ],
+    ids=["int subclass", "float subclass"],
+)
 def test_number_subclasses_are_read_through_the_base_type(value: Any) -> None:
     rec, _, invalid = _record(lambda run: setattr(run, "rows_processed", value))
     assert (rec.rows_processed, invalid) == (7, 0)
@@ -165,8 +168,9 @@ VALUE_CASES: dict[str, Any] = {
     "list nested 1 000 deep": nested(1_000),
     "list nested 100 000 deep": nested(100_000),
     "huge int (more digits than str() allows)": 10**5000,
-    "object whose __repr__/__str__/__eq__/__hash__/__bool__ raise":
-        hostile("__repr__", "__str__", "__eq__", "__hash__", "__bool__"),
+    "object whose __repr__/__str__/__eq__/__hash__/__bool__ raise": hostile(
+        "__repr__", "__str__", "__eq__", "__hash__", "__bool__"
+    ),
     "str subclass with hostile methods": EvilStr("v"),
     "list holding a hostile object": [1, hostile("__repr__", "__str__")],
 }
@@ -177,9 +181,14 @@ def test_unreadable_attribute_values_keep_what_can_be_read(value: Any) -> None:
     rec, _, _ = _record(lambda run: run.set_attribute("v", value))
     stored = rec.attributes.get("v")
     # Whatever was kept is something every sink can write: a primitive or a flat tuple.
-    assert stored is None or isinstance(stored, (str, int, float, bool)) or (
-        isinstance(stored, tuple) and all(isinstance(v, (str, int, float, bool))
-                                          for v in stored))
+    assert (
+        stored is None
+        or isinstance(stored, (str, int, float, bool))
+        or (
+            isinstance(stored, tuple)
+            and all(isinstance(v, (str, int, float, bool)) for v in stored)
+        )
+    )
 
 
 def test_nested_list_is_kept_as_a_bounded_text() -> None:
@@ -241,7 +250,7 @@ def test_cut_says_how_much_of_a_ten_megabyte_string_is_missing() -> None:
     rec, _, _ = _record(lambda run: run.set_attribute("big", TEN_MB))
     value = rec.attributes["big"]
     assert isinstance(value, str)
-    kept = len(value) - len(value[value.index("…"):])
+    kept = len(value) - len(value[value.index("…") :])
     assert value.endswith(f"… [{10_000_000 - kept} more characters]")
 
 
@@ -297,8 +306,12 @@ def test_many_hostile_calls_warn_once_per_field(caplog: pytest.LogCaptureFixture
 
 # -- every run ends ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("result", [EvilList([1]), NegativeLen([1]), HugeLen([1])],
-                         ids=["__len__ raises", "__len__ negative", "__len__ huge"])
+
+@pytest.mark.parametrize(
+    "result",
+    [EvilList([1]), NegativeLen([1]), HugeLen([1])],
+    ids=["__len__ raises", "__len__ negative", "__len__ huge"],
+)
 def test_a_returned_list_whose_len_cannot_be_read_still_ends_the_run(result: list[int]) -> None:
     with capture_runs() as sink:
         node = oo.observe_node(pipeline="p")(lambda: result)
@@ -324,12 +337,18 @@ class SuggestionsNotText(Exception):
     suggestions = [hostile("__str__", "__repr__"), None, "", "readable"]
 
 
-@pytest.mark.parametrize("exc", [BadSuggestions("real failure"), Unprintable(),
-                                 SuggestionsNotText("real failure")],
-                         ids=["suggestions property raises", "__str__/__bool__ raise",
-                              "a suggestion whose __str__ raises"])
+@pytest.mark.parametrize(
+    "exc",
+    [BadSuggestions("real failure"), Unprintable(), SuggestionsNotText("real failure")],
+    ids=[
+        "suggestions property raises",
+        "__str__/__bool__ raise",
+        "a suggestion whose __str__ raises",
+    ],
+)
 def test_an_unreadable_exception_still_ends_the_run_as_failure(exc: Exception) -> None:
     with capture_runs() as sink:
+
         @oo.observe_node(pipeline="p")
         def node() -> None:
             raise exc
@@ -368,29 +387,45 @@ def test_fail_with_an_unreadable_message_keeps_the_error_type() -> None:
         assert active_runs() == []
     (rec,) = sink.finished
     assert (rec.status, rec.error_type, rec.error_message) == (
-        RunStatus.FAILURE, "ValueError", "readable")
+        RunStatus.FAILURE,
+        "ValueError",
+        "readable",
+    )
 
 
 def test_hostile_names_and_attributes_given_to_node_run() -> None:
     with capture_runs() as sink:
         evil_attributes = hostile("items")
-        with oo.node_run(hostile("__str__", "__bool__"), hostile("__str__", "__bool__"),
-                         project=hostile("__bool__", "__str__"), attempt="two",  # type: ignore
-                         attributes=evil_attributes):
+        with oo.node_run(
+            hostile("__str__", "__bool__"),
+            hostile("__str__", "__bool__"),
+            project=hostile("__bool__", "__str__"),
+            attempt="two",  # type: ignore
+            attributes=evil_attributes,
+        ):
             pass
     (rec,) = sink.finished
     assert (rec.pipeline, rec.node, rec.project, rec.attempt) == (
-        "unknown", "unknown", "unknown", 1)
+        "unknown",
+        "unknown",
+        "unknown",
+        1,
+    )
     assert rec.status is RunStatus.SUCCESS and rec.source.value == "decorator"
 
 
 # -- the null run and pipeline_run ----------------------------------------------------------
 
+
 def _public(cls: type) -> dict[str, str]:
-    return {name: "property" if isinstance(inspect.getattr_static(cls, name), property)
-            or type(inspect.getattr_static(cls, name)).__name__ == "member_descriptor"
-            else "method"
-            for name in dir(cls) if not name.startswith("_")}
+    return {
+        name: "property"
+        if isinstance(inspect.getattr_static(cls, name), property)
+        or type(inspect.getattr_static(cls, name)).__name__ == "member_descriptor"
+        else "method"
+        for name in dir(cls)
+        if not name.startswith("_")
+    }
 
 
 def test_the_null_run_has_the_real_runs_whole_public_surface() -> None:
@@ -398,39 +433,43 @@ def test_the_null_run_has_the_real_runs_whole_public_surface() -> None:
     for name, kind in _public(NodeRun).items():
         if kind == "method":
             assert inspect.signature(getattr(_NoRun, name)) == inspect.signature(
-                getattr(NodeRun, name)), name
+                getattr(NodeRun, name)
+            ), name
 
 
 def _protocol_members(protocol: type) -> dict[str, str]:
-    members = {name: "property" if isinstance(value, property) else "method"
-               for name, value in vars(protocol).items()
-               if not name.startswith("_") or name == "__bool__"}
+    members = {
+        name: "property" if isinstance(value, property) else "method"
+        for name, value in vars(protocol).items()
+        if not name.startswith("_") or name == "__bool__"
+    }
     members.pop("_is_protocol", None)
     return members
 
 
 def _parameters(function: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
-    return [(p.name, p.kind, p.default)
-            for p in inspect.signature(function).parameters.values()]
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
 
 
 @pytest.mark.parametrize("cls", [NodeRun, _NoRun], ids=["real run", "null run"])
-def test_the_real_and_the_null_run_each_implement_every_member_of_run_handle(
-        cls: type) -> None:
+def test_the_real_and_the_null_run_each_implement_every_member_of_run_handle(cls: type) -> None:
     members = _protocol_members(oo.RunHandle)
     assert {"run_id", "record", "add_rows", "fail", "__bool__"} <= members.keys()
     for name, kind in members.items():
         assert hasattr(cls, name), f"{cls.__name__} lacks {name}"
         if kind == "method":
-            assert _parameters(getattr(cls, name)) == _parameters(
-                getattr(oo.RunHandle, name)), name
+            assert _parameters(getattr(cls, name)) == _parameters(getattr(oo.RunHandle, name)), name
         else:
             static = inspect.getattr_static(cls, name)
-            assert isinstance(static, property) or type(static).__name__ == (
-                "member_descriptor"), name
+            assert isinstance(static, property) or type(static).__name__ == ("member_descriptor"), (
+                name
+            )
             protocol_setter = vars(oo.RunHandle)[name].fset is not None
-            assert not protocol_setter or type(static).__name__ == "member_descriptor" \
-                or static.fset is not None, f"{cls.__name__}.{name} is not settable"
+            assert (
+                not protocol_setter
+                or type(static).__name__ == "member_descriptor"
+                or static.fset is not None
+            ), f"{cls.__name__}.{name} is not settable"
     # And the protocol is the whole public surface of the real run, nothing left out.
     assert _public(NodeRun).keys() == members.keys() - {"__bool__"}
 
@@ -486,7 +525,8 @@ def test_pipeline_run_works_with_async_with() -> None:
     with capture_runs() as sink:
         pipeline_run_id = asyncio.run(pipeline())
     assert {(r.pipeline, r.project, r.pipeline_run_id) for r in sink.finished} == {
-        ("nightly", "lake", pipeline_run_id)}
+        ("nightly", "lake", pipeline_run_id)
+    }
     assert len(sink.finished) == 2
 
 
@@ -507,4 +547,7 @@ def test_a_pipeline_span_that_cannot_start_leaves_the_block_running() -> None:
                 pass
     (rec,) = sink.finished
     assert (rec.pipeline, rec.pipeline_run_id, rec.status) == (
-        "unknown", pipeline_run_id, RunStatus.SUCCESS)
+        "unknown",
+        pipeline_run_id,
+        RunStatus.SUCCESS,
+    )

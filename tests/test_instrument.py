@@ -31,6 +31,7 @@ class NodeExecutionError(Exception):
 
 def test_success_records_started_then_finished_with_same_ids() -> None:
     with capture_runs(project="shop", environment="prod") as runs:
+
         @oo.observe_node(pipeline="sales")
         def load() -> list[int]:
             return [1, 2, 3]
@@ -42,7 +43,11 @@ def test_success_records_started_then_finished_with_same_ids() -> None:
     assert start.run_id == end.run_id and start.span_id == end.span_id
     assert start.status is RunStatus.RUNNING and end.status is RunStatus.SUCCESS
     assert (end.project, end.pipeline, end.node, end.environment) == (
-        "shop", "sales", "load", "prod")
+        "shop",
+        "sales",
+        "load",
+        "prod",
+    )
     assert end.rows_processed == 3
     assert end.ended_ns is not None and end.ended_ns >= end.started_ns
     assert end.duration_ms == round((end.ended_ns - end.started_ns) / 1e6)
@@ -51,11 +56,14 @@ def test_success_records_started_then_finished_with_same_ids() -> None:
 def test_exception_is_recorded_before_it_propagates_unchanged() -> None:
     seen_by_caller: list[int] = []
     with capture_runs() as runs:
+
         @oo.observe_node(pipeline="sales")
         def transform() -> None:
             oo.current_run().suggest("re-run after the upstream export lands")
-            raise NodeExecutionError("column 'amount' missing (token=abc123)",
-                                     ["check the source schema", "pin the export version"])
+            raise NodeExecutionError(
+                "column 'amount' missing (token=abc123)",
+                ["check the source schema", "pin the export version"],
+            )
 
         with pytest.raises(NodeExecutionError) as info:
             try:
@@ -69,13 +77,17 @@ def test_exception_is_recorded_before_it_propagates_unchanged() -> None:
     assert rec.error_type == "tests.test_instrument.NodeExecutionError"
     assert rec.error_message is not None
     assert "abc123" not in rec.error_message and "token=***" in rec.error_message
-    assert rec.suggestions == ("re-run after the upstream export lands",
-                               "check the source schema", "pin the export version")
+    assert rec.suggestions == (
+        "re-run after the upstream export lands",
+        "check the source schema",
+        "pin the export version",
+    )
 
 
 @pytest.mark.parametrize("exc", [SystemExit(3), asyncio.CancelledError()])
 def test_base_exceptions_are_failures_and_propagate(exc: BaseException) -> None:
     with capture_runs() as runs:
+
         @oo.observe_node(pipeline="p")
         def node() -> None:
             raise exc
@@ -90,6 +102,7 @@ def test_base_exceptions_are_failures_and_propagate(exc: BaseException) -> None:
 def test_keyboard_interrupt_is_a_cancellation_and_propagates_unchanged() -> None:
     interrupt = KeyboardInterrupt("operator pressed Ctrl-C")
     with capture_runs() as runs:
+
         @oo.observe_node(pipeline="p")
         def node() -> None:
             raise interrupt
@@ -118,6 +131,7 @@ def test_suggestions_are_found_on_the_cause_chain() -> None:
 
 def test_async_nodes_and_concurrent_tasks_keep_their_own_run() -> None:
     with capture_runs() as runs:
+
         @oo.observe_node(pipeline="p")
         async def fetch(n: int) -> list[int]:
             run_id = oo.current_run().run_id
@@ -137,6 +151,7 @@ def test_async_nodes_and_concurrent_tasks_keep_their_own_run() -> None:
 
 def test_threads_record_independently() -> None:
     with capture_runs() as runs:
+
         @oo.observe_node(pipeline="p")
         def work(i: int) -> list[int]:
             oo.current_run().rows_processed = i
@@ -185,6 +200,7 @@ def test_rows_from_result(value: object, expected: int | None) -> None:
 
 def test_int_return_counted_only_when_asked() -> None:
     with capture_runs() as runs:
+
         @oo.observe_node(pipeline="p", count_int_return=True)
         def written() -> int:
             return 99
@@ -224,7 +240,8 @@ def test_pipeline_run_groups_nodes() -> None:
             with oo.node_run(node="b"):
                 pass
     assert {(r.pipeline, r.project, r.pipeline_run_id) for r in runs.finished} == {
-        ("nightly", "lake", prid)}
+        ("nightly", "lake", prid)
+    }
 
 
 class TestBadInputIsClampedNeverRaised:
@@ -279,7 +296,7 @@ class TestBadInputIsClampedNeverRaised:
         assert rec.attributes["l"] == ("1", "a", "2.5")
 
     def test_hostile_names_are_kept_verbatim_but_bounded(self) -> None:
-        name = "x'; DROP TABLE meta_runs; --\n\"q\""
+        name = 'x\'; DROP TABLE meta_runs; --\n"q"'
         with capture_runs() as runs:
             with oo.node_run(name, name * 100):
                 pass
@@ -294,10 +311,18 @@ class TestBadInputIsClampedNeverRaised:
                 run.rows_processed = -1
                 run.set_attribute("x", math.inf)
             registry = observer.registry
-            assert registry.get_sample_value(
-                "odibi_observe_invalid_input_total", {"field": "rows_processed"}) == 1
-            assert registry.get_sample_value(
-                "odibi_observe_invalid_input_total", {"field": "attribute"}) == 1
+            assert (
+                registry.get_sample_value(
+                    "odibi_observe_invalid_input_total", {"field": "rows_processed"}
+                )
+                == 1
+            )
+            assert (
+                registry.get_sample_value(
+                    "odibi_observe_invalid_input_total", {"field": "attribute"}
+                )
+                == 1
+            )
         assert runs.finished[0].rows_processed is None
 
     def test_non_string_pipeline_is_a_clear_error_at_decoration(self) -> None:
@@ -338,8 +363,12 @@ def test_record_finished_equals_dataclasses_replace() -> None:
     from tests.helpers import make_record
 
     rec = make_record(status=RunStatus.RUNNING)
-    changes: dict[str, Any] = {"status": RunStatus.FAILURE, "ended_ns": rec.started_ns + 5,
-                               "rows_processed": 3, "suggestions": ("x",)}
+    changes: dict[str, Any] = {
+        "status": RunStatus.FAILURE,
+        "ended_ns": rec.started_ns + 5,
+        "rows_processed": 3,
+        "suggestions": ("x",),
+    }
     assert rec.finished(**changes) == dataclasses.replace(rec, **changes)
     with pytest.raises(TypeError, match="no field"):
         rec.finished(colour="red")
@@ -359,7 +388,8 @@ def test_record_replace_amends_without_finishing() -> None:
 
 
 def test_internal_error_at_start_of_a_block_runs_it_unobserved(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import odibi_observe._instrument as instrument
 
     def broken(*args: object, **kwargs: object) -> None:

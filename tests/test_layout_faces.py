@@ -46,8 +46,9 @@ def test_a_face_re_exports_the_definition_itself(face: str, name: str, home: str
     assert value is getattr(importlib.import_module(home), name)
 
 
-@pytest.mark.parametrize("face", ["odibi_observe.sinks.otel", "odibi_observe.catalog.store",
-                                  "odibi_observe.sidecar"])
+@pytest.mark.parametrize(
+    "face", ["odibi_observe.sinks.otel", "odibi_observe.catalog.store", "odibi_observe.sidecar"]
+)
 def test_every_name_a_face_declares_is_there(face: str) -> None:
     module = importlib.import_module(face)
     missing = [n for n in module.__all__ if not hasattr(module, n)]
@@ -71,8 +72,9 @@ def test_importing_the_sidecar_package_loads_neither_sqlalchemy_nor_the_service(
         assert "sqlalchemy" in sys.modules
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 
@@ -83,5 +85,9 @@ def test_catalog_modules_import_in_any_order() -> None:
     for module in ("engine", "migrate", "fastpath", "store"):
         done = subprocess.run(
             [sys.executable, "-c", f"import odibi_observe.catalog.{module}"],
-            capture_output=True, text=True, timeout=120, check=False)
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, (module, done.stderr)

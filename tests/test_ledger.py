@@ -40,15 +40,25 @@ def node_spans(records: Sequence[RunRecord]) -> list[ReadableSpan]:
 
 def other_span(name: str = "SELECT orders") -> ReadableSpan:
     """A span that is not an odibi node span (a database client span, say)."""
-    ctx = SpanContext(uuid.uuid4().int, uuid.uuid4().int >> 64 or 1, is_remote=False,
-                      trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    return ReadableSpan(name=name, context=ctx, resource=BASE, attributes={"db.system": "pg"},
-                        start_time=1_700_000_000_000_000_000,
-                        end_time=1_700_000_000_100_000_000)
+    ctx = SpanContext(
+        uuid.uuid4().int,
+        uuid.uuid4().int >> 64 or 1,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return ReadableSpan(
+        name=name,
+        context=ctx,
+        resource=BASE,
+        attributes={"db.system": "pg"},
+        start_time=1_700_000_000_000_000_000,
+        end_time=1_700_000_000_100_000_000,
+    )
 
 
-def export_request(records: Sequence[RunRecord],
-                   extra: Sequence[ReadableSpan] = ()) -> ExportTraceServiceRequest:
+def export_request(
+    records: Sequence[RunRecord], extra: Sequence[ReadableSpan] = ()
+) -> ExportTraceServiceRequest:
     """The OTLP request the SDK's exporter would send for these runs (and other spans)."""
     return encode_spans([*node_spans(records), *extra])
 
@@ -72,8 +82,9 @@ def ledger_rows(ledger: SpanLedger) -> list[dict[str, Any]]:
     c = span_ledger.c
     with ledger.engine.connect() as conn:
         rows = conn.execute(sa.select(span_ledger).order_by(c.run_id, c.started_at)).mappings()
-        return [{k: utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
-                for row in rows]
+        return [
+            {k: utc(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows
+        ]
 
 
 @pytest.fixture
@@ -85,8 +96,9 @@ def ledger(catalog_url: str) -> Iterator[SpanLedger]:
 
 def test_stores_every_fact_of_a_node_span_as_the_catalog_names_it(ledger: SpanLedger) -> None:
     ok = terminal(rows=1185, parent_span_id="ab" * 8)
-    failed = terminal(status=RunStatus.FAILURE, rows=None, error_type="KeyError",
-                      error_message="column 'segment'")
+    failed = terminal(
+        status=RunStatus.FAILURE, rows=None, error_type="KeyError", error_message="column 'segment'"
+    )
     result = ledger.store(views([ok, failed]))
     assert (result.stored, result.duplicates, result.ignored, result.rejected) == (2, 0, 0, 0)
 
@@ -99,7 +111,11 @@ def test_stores_every_fact_of_a_node_span_as_the_catalog_names_it(ledger: SpanLe
         assert row["duration_ms"] == record.duration_ms
         assert row["started_at"] == record.started_at and row["ended_at"] == record.ended_at
         assert (row["project"], row["pipeline_name"], row["node_name"], row["environment"]) == (
-            record.project, record.pipeline, record.node, record.environment)
+            record.project,
+            record.pipeline,
+            record.node,
+            record.environment,
+        )
         assert row["pipeline_run_id"] == record.pipeline_run_id and row["attempt"] == 2
         assert row["service_name"] == record.service_name
         assert '"host.name"' in str(row["resource_json"])
@@ -126,8 +142,9 @@ def test_a_resent_span_is_stored_once(ledger: SpanLedger) -> None:
 def test_two_spans_claiming_one_run_id_are_both_kept(ledger: SpanLedger) -> None:
     """A duplicate *by run_id* is a finding for reconciliation, not something to fold away."""
     record = terminal()
-    twin = dataclasses.replace(record, span_id="12" * 8, status=RunStatus.FAILURE,
-                               error_type="Boom")
+    twin = dataclasses.replace(
+        record, span_id="12" * 8, status=RunStatus.FAILURE, error_type="Boom"
+    )
     assert ledger.store(views([record, twin])).stored == 2
     rows = [r for r in ledger_rows(ledger) if r["run_id"] == record.run_id]
     assert sorted(r["span_id"] for r in rows) == sorted([record.span_id, "12" * 8])
@@ -139,36 +156,42 @@ def test_spans_that_are_not_node_spans_are_ignored(ledger: SpanLedger) -> None:
     assert ledger.count() == 1
 
 
-def test_attributes_of_the_wrong_type_are_stored_as_null_and_counted(
-        ledger: SpanLedger) -> None:
+def test_attributes_of_the_wrong_type_are_stored_as_null_and_counted(ledger: SpanLedger) -> None:
     good = views([terminal(rows=7)])[0]
     attrs = dict(good.attributes)
-    attrs[attribute(FIELDS.rows)] = "7"           # a string, not an int
-    attrs[attribute(FIELDS.attempt)] = True       # a bool is not an attempt number
-    attrs[attribute(FIELDS.duration)] = 2**70     # beyond BIGINT (JSON allows it)
-    attrs[attribute(FIELDS.status)] = 3           # an int, not a status
+    attrs[attribute(FIELDS.rows)] = "7"  # a string, not an int
+    attrs[attribute(FIELDS.attempt)] = True  # a bool is not an attempt number
+    attrs[attribute(FIELDS.duration)] = 2**70  # beyond BIGINT (JSON allows it)
+    attrs[attribute(FIELDS.status)] = 3  # an int, not a status
     bad = dataclasses.replace(good, attributes=attrs)
     result = ledger.store([bad])
     assert result.stored == 1
     assert result.invalid_attributes == {
-        FIELDS.rows.attribute: 1, FIELDS.attempt.attribute: 1,
-        FIELDS.duration.attribute: 1, FIELDS.status.attribute: 1}
+        FIELDS.rows.attribute: 1,
+        FIELDS.attempt.attribute: 1,
+        FIELDS.duration.attribute: 1,
+        FIELDS.status.attribute: 1,
+    }
     (row,) = ledger_rows(ledger)
     assert row["rows_processed"] is None and row["attempt"] is None
     assert row["duration_ms"] is None and row["status"] is None
     assert row["pipeline_name"] == good.attributes[attribute(FIELDS.pipeline)]
 
 
-@pytest.mark.parametrize(("change", "reason"), [
-    ({"attributes": {FIELDS.run_id.attribute: 42}}, "non-empty string"),
-    ({"attributes": {FIELDS.run_id.attribute: ""}}, "non-empty string"),
-    ({"attributes": {FIELDS.run_id.attribute: "r" * 101}}, "longer than 100"),
-    ({"trace_id": "0" * 32}, "traceId"),
-    ({"span_id": "abc"}, "spanId"),
-    ({"start_ns": 0}, "no start time"),
-])
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"attributes": {FIELDS.run_id.attribute: 42}}, "non-empty string"),
+        ({"attributes": {FIELDS.run_id.attribute: ""}}, "non-empty string"),
+        ({"attributes": {FIELDS.run_id.attribute: "r" * 101}}, "longer than 100"),
+        ({"trace_id": "0" * 32}, "traceId"),
+        ({"span_id": "abc"}, "spanId"),
+        ({"start_ns": 0}, "no start time"),
+    ],
+)
 def test_spans_that_cannot_be_keyed_are_rejected_with_a_reason(
-        ledger: SpanLedger, change: dict[str, Any], reason: str) -> None:
+    ledger: SpanLedger, change: dict[str, Any], reason: str
+) -> None:
     span = dataclasses.replace(views([terminal()])[0], **change)
     ok = views([terminal()])[0]
     result = ledger.store([span, ok])
@@ -189,7 +212,8 @@ def test_values_are_bound_parameters_and_made_storable(ledger: SpanLedger) -> No
 
 
 def test_reconciliation_reads_a_half_open_window_ordered_by_run_id(
-        ledger: SpanLedger, catalog_url: str) -> None:
+    ledger: SpanLedger, catalog_url: str
+) -> None:
     """The ledger's reader is reconciliation's ``ledger:`` source."""
     t0 = 1_700_000_000_000_000_000
     hour = 3_600 * 10**9
@@ -197,8 +221,10 @@ def test_reconciliation_reads_a_half_open_window_ordered_by_run_id(
     ledger.store(views(records))
     source = LedgerSource(catalog_url)
     try:
-        got = [r.run_id for r in source.read(ReadRange(t0 + hour, t0 + 4 * hour, t0 + 9 * hour),
-                                             ReadLog())]
+        got = [
+            r.run_id
+            for r in source.read(ReadRange(t0 + hour, t0 + 4 * hour, t0 + 9 * hour), ReadLog())
+        ]
     finally:
         source.close()
     assert got == ["run-1", "run-2", "run-3"]  # since inclusive, until exclusive
@@ -219,15 +245,18 @@ def test_span_to_row_ignores_a_malformed_parent_and_an_end_before_the_start() ->
     assert row["parent_span_id"] is None and row["ended_at"] is None
 
 
-def test_a_crash_span_is_replaced_by_the_real_ending_with_the_same_ids(
-        ledger: SpanLedger) -> None:
+def test_a_crash_span_is_replaced_by_the_real_ending_with_the_same_ids(ledger: SpanLedger) -> None:
     """A run the sweeper judged dead by heartbeats (its CRASHED span, with the run's ids) that
     then really ended: the real ending replaces the crash, as in meta_runs. Nothing else is
     replaced: a crash arriving after the real ending, or a second real ending, is a
     duplicate and the stored row stays."""
     real = terminal(status=RunStatus.SUCCESS, rows_processed=7)
-    crash = real.finished(status=RunStatus.CRASHED, ended_ns=real.started_ns + 1_000,
-                          rows_processed=None, error_type="ProcessCrashed")
+    crash = real.finished(
+        status=RunStatus.CRASHED,
+        ended_ns=real.started_ns + 1_000,
+        rows_processed=None,
+        error_type="ProcessCrashed",
+    )
     assert ledger.store(views([crash])).stored == 1
     replaced = ledger.store(views([real]))
     assert (replaced.stored, replaced.duplicates) == (1, 0)

@@ -26,7 +26,10 @@ MIGRATIONS = PACKAGE / "catalog" / "migrations"
 
 #: Strings that must never appear, whole, outside conventions.py.
 EXACT_NAMES = (
-    *c.CRASH_CAUSES, c.CRASHED_ERROR_TYPE, c.RESOURCE_SERVICE_NAME, c.TEMPO_DEFAULT_QUERY,
+    *c.CRASH_CAUSES,
+    c.CRASHED_ERROR_TYPE,
+    c.RESOURCE_SERVICE_NAME,
+    c.TEMPO_DEFAULT_QUERY,
 )
 #: Metric names, which must not appear even inside a longer text (a log message, a hint).
 METRIC_NAMES = tuple(m.prometheus for m in c.all_metrics())
@@ -35,8 +38,10 @@ METRIC_NAMES = tuple(m.prometheus for m in c.all_metrics())
 def _docstring_nodes(tree: ast.AST) -> set[int]:
     """The ids of the string constants that are documentation: bare string statements."""
     return {
-        id(node.value) for node in ast.walk(tree)
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
         and isinstance(node.value.value, str)
     }
 
@@ -57,7 +62,8 @@ def spelled_names(source: str) -> list[tuple[int, str]]:
     for line, text in code_strings(source):
         found += [(line, name) for name in EXACT_NAMES if text == name]
         found += [
-            (line, name) for name in METRIC_NAMES
+            (line, name)
+            for name in METRIC_NAMES
             if re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text)
         ]
     return found
@@ -77,19 +83,25 @@ def test_the_package_spells_no_name_of_the_conventions() -> None:
         for line, name in spelled_names(path.read_text(encoding="utf-8"))
     ]
     assert offenders == [], "use the constants of odibi_observe.conventions:\n" + "\n".join(
-        offenders)
+        offenders
+    )
 
 
-@pytest.mark.parametrize(("source", "name"), [
-    ('log.warning("dropped %d (counted in odibi_observe_events_dropped_total)", n)',
-     c.SELF_METRICS.events_dropped.prometheus),
-    ('close("ProcessExit", "the interpreter exited")', c.CRASH_PROCESS_EXIT),
-    ('close("SIGTERM", "received SIGTERM")', c.CRASH_SIGTERM),
-    ('error_type = "ProcessCrashed"', c.CRASHED_ERROR_TYPE),
-    ('attributes = {"service.name": service}', c.RESOURCE_SERVICE_NAME),
-    ("query: str = '{ span.odibi.run_id != \"\" }'", c.TEMPO_DEFAULT_QUERY),
-    ('print(f"grep odibi_node_runs_total {path}")', c.METRICS.runs.prometheus),
-])
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        (
+            'log.warning("dropped %d (counted in odibi_observe_events_dropped_total)", n)',
+            c.SELF_METRICS.events_dropped.prometheus,
+        ),
+        ('close("ProcessExit", "the interpreter exited")', c.CRASH_PROCESS_EXIT),
+        ('close("SIGTERM", "received SIGTERM")', c.CRASH_SIGTERM),
+        ('error_type = "ProcessCrashed"', c.CRASHED_ERROR_TYPE),
+        ('attributes = {"service.name": service}', c.RESOURCE_SERVICE_NAME),
+        ("query: str = '{ span.odibi.run_id != \"\" }'", c.TEMPO_DEFAULT_QUERY),
+        ('print(f"grep odibi_node_runs_total {path}")', c.METRICS.runs.prometheus),
+    ],
+)
 def test_the_scan_finds_a_name_spelled_by_hand(source: str, name: str) -> None:
     """The scan can fail: each kind of second spelling is found where code holds it."""
     assert [found for _, found in spelled_names(source)] == [name]
@@ -124,8 +136,14 @@ def test_every_names_table_iterates_its_entries_in_declaration_order() -> None:
 
     tables = [value for value in vars(c).values() if isinstance(value, c._Table)]
     assert {type(t).__name__ for t in tables} >= {
-        "Fields", "Metrics", "SelfMetrics", "SidecarMetrics", "ReconcileMetrics",
-        "HealthMetrics", "ResourceFields", "ResourceMetrics",
+        "Fields",
+        "Metrics",
+        "SelfMetrics",
+        "SidecarMetrics",
+        "ReconcileMetrics",
+        "HealthMetrics",
+        "ResourceFields",
+        "ResourceMetrics",
     }
     for table in tables:
         assert dataclasses.is_dataclass(table)

@@ -61,8 +61,14 @@ PIPELINE_RUN_ID = FIELDS.pipeline_run_id.attribute or ""
 
 # -- building and running projects ------------------------------------------------------------
 
-def make_project(root: Path, nodes: list[dict[str, Any]], *,
-                 retry: dict[str, Any] | None = None, odibi_defaults: bool = False) -> Path:
+
+def make_project(
+    root: Path,
+    nodes: list[dict[str, Any]],
+    *,
+    retry: dict[str, Any] | None = None,
+    odibi_defaults: bool = False,
+) -> Path:
     """An Odibi project in ``root``: one pipeline ``sales`` of ``nodes``; returns its YAML.
 
     ``odibi_defaults`` keeps Odibi's defaults for the system catalog and stories (background
@@ -105,8 +111,9 @@ def sql_node(name: str, sql: str, after: str = "ingest_orders") -> dict[str, Any
     return {"name": name, "depends_on": [after], "transform": {"steps": [{"sql": sql}]}}
 
 
-def step_node(name: str, function: str, after: str = "ingest_orders",
-              **params: Any) -> dict[str, Any]:
+def step_node(
+    name: str, function: str, after: str = "ingest_orders", **params: Any
+) -> dict[str, Any]:
     step: dict[str, Any] = {"function": function}
     if params:
         step["params"] = params
@@ -155,8 +162,14 @@ def run_in_process(project: Path, **run_kwargs: Any) -> Outcome:
     registry = CollectorRegistry()
     catalog_url = f"sqlite:///{project / 'catalog.db'}"
     traces = project / "traces.jsonl"
-    oo.configure(catalog_url=catalog_url, traces_file=str(traces), registry=registry,
-                 environment="test", handle_sigterm=False, strict=True)
+    oo.configure(
+        catalog_url=catalog_url,
+        traces_file=str(traces),
+        registry=registry,
+        environment="test",
+        handle_sigterm=False,
+        strict=True,
+    )
     observe_odibi.instrument()
     try:
         with chdir(project):
@@ -166,8 +179,14 @@ def run_in_process(project: Path, **run_kwargs: Any) -> Outcome:
     finally:
         observe_odibi.uninstrument()
         oo.shutdown()
-    return Outcome(project, results, manager.get_pipeline("sales")._current_run_id,
-                   catalog_url, traces, registry)
+    return Outcome(
+        project,
+        results,
+        manager.get_pipeline("sales")._current_run_id,
+        catalog_url,
+        traces,
+        registry,
+    )
 
 
 def odibi_meta_runs(project: Path) -> dict[str, dict[str, Any]]:
@@ -187,12 +206,19 @@ def _cli_command(name: str) -> list[str]:
     return [exe]
 
 
-def run_subprocess(command: list[str], project: Path,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
-                          cwd=project, env={**clean, **(env or {})})
+def run_subprocess(
+    command: list[str], project: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=project,
+        env={**clean, **(env or {})},
+    )
 
 
 # -- a successful pipeline -----------------------------------------------------------------------
@@ -200,11 +226,14 @@ def run_subprocess(command: list[str], project: Path,
 SUCCESS_NODES = [
     INGEST,
     sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
-    {**step_node("tag_orders", "add_tag", after="big_orders", tag="vip"),
-     "write": {"connection": "lake", "format": "csv", "path": "tagged.csv",
-               "mode": "overwrite"}},
-    sql_node("revenue_by_customer",
-             "SELECT customer_id, SUM(amount) AS revenue FROM df GROUP BY customer_id"),
+    {
+        **step_node("tag_orders", "add_tag", after="big_orders", tag="vip"),
+        "write": {"connection": "lake", "format": "csv", "path": "tagged.csv", "mode": "overwrite"},
+    },
+    sql_node(
+        "revenue_by_customer",
+        "SELECT customer_id, SUM(amount) AS revenue FROM df GROUP BY customer_id",
+    ),
 ]
 
 
@@ -229,13 +258,14 @@ def test_every_node_run_is_one_catalog_row_with_odibis_rows(success: Outcome) ->
         assert (rec.project, rec.pipeline, rec.attempt) == ("shop", "sales", 1)
         assert rec.pipeline_run_id == success.pipeline_run_id  # Odibi's pipeline run id
     # The rows really are what the nodes did: 40 orders in, 14 above 50, 8 customers.
-    assert [records[n].rows_processed for n in
-            ("ingest_orders", "big_orders", "tag_orders", "revenue_by_customer")] == [40, 14, 14, 8]
+    assert [
+        records[n].rows_processed
+        for n in ("ingest_orders", "big_orders", "tag_orders", "revenue_by_customer")
+    ] == [40, 14, 14, 8]
     assert records["ingest_orders"].attributes["rows_written"] == 40
 
 
-def test_every_node_run_is_one_span_nested_in_odibis_node_execution_span(
-        success: Outcome) -> None:
+def test_every_node_run_is_one_span_nested_in_odibis_node_execution_span(success: Outcome) -> None:
     records = success.records()
     spans = success.spans()
     ours = [s for s in spans if s.scope_name == "odibi_observe" and RUN_ID in s.attributes]
@@ -281,26 +311,29 @@ def test_odibis_own_meta_runs_agrees_with_ours(success: Outcome) -> None:
 
 def test_metrics_count_the_same_runs(success: Outcome) -> None:
     for rec in success.records().values():
-        labels = dict(zip(METRICS.runs.labels, rec.label_values(METRICS.runs.labels),
-                          strict=True))
+        labels = dict(zip(METRICS.runs.labels, rec.label_values(METRICS.runs.labels), strict=True))
         assert success.registry.get_sample_value(METRICS.runs.prometheus, labels) == 1
-        rows_labels = dict(zip(METRICS.rows.labels, rec.label_values(METRICS.rows.labels),
-                               strict=True))
-        assert success.registry.get_sample_value(
-            METRICS.rows.prometheus, rows_labels) == rec.rows_processed
+        rows_labels = dict(
+            zip(METRICS.rows.labels, rec.label_values(METRICS.rows.labels), strict=True)
+        )
+        assert (
+            success.registry.get_sample_value(METRICS.rows.prometheus, rows_labels)
+            == rec.rows_processed
+        )
 
 
 def test_a_parallel_run_nests_its_worker_threads_nodes_under_the_pipeline_span(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     nodes = [INGEST, *(step_node(f"tag_{tag}", "add_tag", tag=tag) for tag in ("a", "b", "c"))]
-    outcome = run_in_process(make_project(tmp_path, nodes).parent, parallel=True,
-                             max_workers=3)
+    outcome = run_in_process(make_project(tmp_path, nodes).parent, parallel=True, max_workers=3)
     records = outcome.records()
     # (Not asserted: that every node succeeds. Odibi 3.15.1's parallel mode can fail a node on
     # its own — concurrent nodes share one context — and then the record says FAILURE.)
     assert set(records) == {n["name"] for n in nodes}
     assert {n: r.status.value for n, r in records.items()} == {
-        n: "SUCCESS" if r.success else "FAILURE" for n, r in outcome.results.node_results.items()}
+        n: "SUCCESS" if r.success else "FAILURE" for n, r in outcome.results.node_results.items()
+    }
     spans = outcome.spans()
     (pipeline,) = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
     odibis = [s for s in spans if s.name == "node_execution"]
@@ -311,14 +344,17 @@ def test_a_parallel_run_nests_its_worker_threads_nodes_under_the_pipeline_span(
 
 # -- a node failing in its transform ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def failure(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     nodes = [
         INGEST,
-        sql_node("revenue", "SELECT customer_id, SUM(amount_usd) AS revenue FROM df "
-                            "GROUP BY customer_id"),
-        sql_node("top_customers", "SELECT * FROM df ORDER BY revenue DESC LIMIT 3",
-                 after="revenue"),
+        sql_node(
+            "revenue", "SELECT customer_id, SUM(amount_usd) AS revenue FROM df GROUP BY customer_id"
+        ),
+        sql_node(
+            "top_customers", "SELECT * FROM df ORDER BY revenue DESC LIMIT 3", after="revenue"
+        ),
     ]
     return run_in_process(make_project(tmp_path_factory.mktemp("odibi-failure"), nodes).parent)
 
@@ -347,7 +383,8 @@ def test_a_failing_transform_is_a_failure_with_odibis_suggestions(failure: Outco
 
 
 def test_runs_prints_the_failure_with_its_suggestions(
-        failure: Outcome, capsys: pytest.CaptureFixture[str]) -> None:
+    failure: Outcome, capsys: pytest.CaptureFixture[str]
+) -> None:
     from odibi_observe.cli import main
 
     assert main(["runs", "--catalog", failure.catalog_url]) == 0
@@ -357,15 +394,18 @@ def test_runs_prints_the_failure_with_its_suggestions(
     assert " FAILURE " in lines[row]
     headline = (rec.error_message or "").splitlines()[0]
     assert lines[row + 1] == f"    error: odibi.exceptions.NodeExecutionError: {headline}"
-    assert lines[row + 2: row + 2 + len(rec.suggestions)] == [
-        f"    suggestion: {text}" for text in rec.suggestions]
+    assert lines[row + 2 : row + 2 + len(rec.suggestions)] == [
+        f"    suggestion: {text}" for text in rec.suggestions
+    ]
 
 
 # -- a catastrophic failure: KeyboardInterrupt from a custom step --------------------------------
 
+
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
-                                                                   subprocess.CompletedProcess[str]]:
+def interrupted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, str, subprocess.CompletedProcess[str]]:
     nodes = [
         INGEST,
         sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
@@ -374,13 +414,25 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     ]
     project = make_project(tmp_path_factory.mktemp("odibi-interrupt"), nodes).parent
     result = run_subprocess(
-        [*_cli_command("odibi-observe"), "run", "--catalog", "sqlite:///catalog.db",
-         "--traces-file", "traces.jsonl", "odibi.yaml", "--pipeline", "sales"], project)
+        [
+            *_cli_command("odibi-observe"),
+            "run",
+            "--catalog",
+            "sqlite:///catalog.db",
+            "--traces-file",
+            "traces.jsonl",
+            "odibi.yaml",
+            "--pipeline",
+            "sales",
+        ],
+        project,
+    )
     return project, f"sqlite:///{project / 'catalog.db'}", result
 
 
 def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
-        interrupted: tuple[Path, str, subprocess.CompletedProcess[str]]) -> None:
+    interrupted: tuple[Path, str, subprocess.CompletedProcess[str]],
+) -> None:
     project, catalog_url, result = interrupted
     assert result.returncode == 130, result.stdout[-2000:] + result.stderr[-2000:]
     assert "odibi-observe: recorded 3 node runs (1 CANCELLED, 2 SUCCESS)" in result.stderr
@@ -390,23 +442,31 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
     finally:
         store.dispose()
     assert {n: r.status for n, r in records.items()} == {
-        "ingest_orders": RunStatus.SUCCESS, "big_orders": RunStatus.SUCCESS,
-        "publish": RunStatus.CANCELLED}
+        "ingest_orders": RunStatus.SUCCESS,
+        "big_orders": RunStatus.SUCCESS,
+        "publish": RunStatus.CANCELLED,
+    }
     assert records["publish"].error_type == "KeyboardInterrupt"
     assert records["publish"].error_message == "operator pressed Ctrl-C while publishing"
     assert records["big_orders"].rows_processed == 14
     # Odibi itself wrote no meta_runs row for any node of the pipeline.
     assert odibi_meta_runs(project) == {}
-    spans = {s.attributes.get(RUN_ID): s for s in read_spans(project / "traces.jsonl")
-             if s.scope_name == "odibi_observe" and RUN_ID in s.attributes}
+    spans = {
+        s.attributes.get(RUN_ID): s
+        for s in read_spans(project / "traces.jsonl")
+        if s.scope_name == "odibi_observe" and RUN_ID in s.attributes
+    }
     assert set(spans) == {r.run_id for r in records.values()}
     # A cancellation: the exception event and error.type, but not an ERROR status.
     publish = spans[records["publish"].run_id]
     assert publish.status_code == 0  # UNSET
     assert publish.attributes[ERROR_TYPE_ATTRIBUTE] == "KeyboardInterrupt"
     assert publish.attributes[CICD_TASK_RUN_RESULT] == "cancellation"
-    (pipeline,) = [s for s in read_spans(project / "traces.jsonl")
-                   if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
+    (pipeline,) = [
+        s
+        for s in read_spans(project / "traces.jsonl")
+        if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")
+    ]
     assert pipeline.kind == 2  # SERVER
     assert pipeline.attributes[CICD_PIPELINE_RESULT] == "cancellation"
     assert pipeline.attributes[CICD_PIPELINE_NAME] == "sales"
@@ -414,10 +474,13 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
 
 
 def test_runs_shows_the_interrupted_node(
-        interrupted: tuple[Path, str, subprocess.CompletedProcess[str]]) -> None:
+    interrupted: tuple[Path, str, subprocess.CompletedProcess[str]],
+) -> None:
     project, catalog_url, _ = interrupted
-    result = run_subprocess([*_cli_command("odibi-observe"), "runs", "--catalog", catalog_url,
-                             "--status", "CANCELLED"], project)
+    result = run_subprocess(
+        [*_cli_command("odibi-observe"), "runs", "--catalog", catalog_url, "--status", "CANCELLED"],
+        project,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3 and " publish " in lines[1] and " CANCELLED " in lines[1]
@@ -425,19 +488,24 @@ def test_runs_shows_the_interrupted_node(
 
 
 def test_odibi_observe_run_exits_with_odibis_status_after_odibis_background_work(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """With Odibi's defaults a daemon thread is still updating Odibi's catalog when the run
     returns; exiting under it aborts the interpreter. ``odibi-observe run`` waits for it."""
-    project = make_project(tmp_path, [INGEST, step_node("tag_orders", "add_tag", tag="x")],
-                           odibi_defaults=True).parent
-    result = run_subprocess([*_cli_command("odibi-observe"), "run", "--catalog",
-                             "sqlite:///catalog.db", "odibi.yaml"], project)
+    project = make_project(
+        tmp_path, [INGEST, step_node("tag_orders", "add_tag", tag="x")], odibi_defaults=True
+    ).parent
+    result = run_subprocess(
+        [*_cli_command("odibi-observe"), "run", "--catalog", "sqlite:///catalog.db", "odibi.yaml"],
+        project,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "odibi-observe: recorded 2 node runs (2 SUCCESS)" in result.stderr
     assert set(odibi_meta_runs(project)) == {"ingest_orders", "tag_orders"}
 
 
 # -- retries --------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def retried(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
@@ -461,15 +529,18 @@ def test_a_retried_node_is_one_run_with_its_attempts(retried: Outcome) -> None:
     retry_errors = flaky.attributes["retry_errors"]
     assert isinstance(retry_errors, tuple)
     (earlier,) = retry_errors
-    assert earlier == ("attempt 1: NodeExecutionError: ConnectionError: "
-                       "warehouse connection reset by peer")
+    assert earlier == (
+        "attempt 1: NodeExecutionError: ConnectionError: warehouse connection reset by peer"
+    )
 
     doomed = records["call_api"]  # failed on both attempts
     assert (doomed.status, doomed.attempt) == (RunStatus.FAILURE, 2)
     assert (doomed.error_message or "").startswith(
-        "TimeoutError: upstream API did not answer within 30 s\n")
+        "TimeoutError: upstream API did not answer within 30 s\n"
+    )
     assert doomed.attributes["retry_errors"] == (
-        "attempt 1: NodeExecutionError: TimeoutError: upstream API did not answer within 30 s",)
+        "attempt 1: NodeExecutionError: TimeoutError: upstream API did not answer within 30 s",
+    )
 
     assert records["ingest_orders"].attempt == 1
     for name, rec in records.items():
@@ -481,20 +552,36 @@ def test_a_retried_node_is_one_run_with_its_attempts(retried: Outcome) -> None:
 
 # -- reconciliation against Odibi's own catalog ----------------------------------------------------
 
-def reconcile_with_odibi(project: Path, traces: Path,
-                         out: Path) -> tuple[int, dict[str, Any]]:
+
+def reconcile_with_odibi(project: Path, traces: Path, out: Path) -> tuple[int, dict[str, Any]]:
     """``odibi-observe reconcile`` of Odibi's Delta meta_runs against our trace file."""
-    result = run_subprocess([
-        *_cli_command("odibi-observe"), "reconcile",
-        "--catalog", f"odibi-delta:{project / 'lake' / '_system' / 'meta_runs'}",
-        "--traces", f"otlp-json:{traces}", "--since", "2000-01-01T00:00:00", "--grace", "0s",
-        "--format", "json", "--out", str(out), "--quiet"], project)
+    result = run_subprocess(
+        [
+            *_cli_command("odibi-observe"),
+            "reconcile",
+            "--catalog",
+            f"odibi-delta:{project / 'lake' / '_system' / 'meta_runs'}",
+            "--traces",
+            f"otlp-json:{traces}",
+            "--since",
+            "2000-01-01T00:00:00",
+            "--grace",
+            "0s",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        project,
+    )
     assert result.returncode in (0, 1), result.stdout + result.stderr
     return result.returncode, json.loads((out / "report.json").read_text())["summary"]
 
 
 def test_odibis_meta_runs_reconciles_cleanly_with_our_traces(
-        success: Outcome, tmp_path: Path) -> None:
+    success: Outcome, tmp_path: Path
+) -> None:
     code, summary = reconcile_with_odibi(success.project, success.traces, tmp_path)
     assert code == 0
     assert summary["catalog_runs"] == summary["trace_runs"] == summary["matched"] == 4
@@ -502,8 +589,8 @@ def test_odibis_meta_runs_reconciles_cleanly_with_our_traces(
 
 
 def test_reconciliation_shows_what_odibi_lost_to_the_interrupt(
-        interrupted: tuple[Path, str, subprocess.CompletedProcess[str]],
-        tmp_path: Path) -> None:
+    interrupted: tuple[Path, str, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
     project, _, _ = interrupted
     code, summary = reconcile_with_odibi(project, project / "traces.jsonl", tmp_path)
     assert code == 1
@@ -514,20 +601,27 @@ def test_reconciliation_shows_what_odibi_lost_to_the_interrupt(
 
 # -- activation -----------------------------------------------------------------------------------
 
+
 def test_odibi_run_is_instrumented_through_odibis_plugin_discovery(tmp_path: Path) -> None:
     """``ODIBI_OBSERVE_INSTRUMENT=1 odibi run`` — plain Odibi, found through its entry points."""
-    project = make_project(tmp_path / "project", [INGEST, sql_node(
-        "big_orders", "SELECT * FROM df WHERE amount > 50")]).parent
+    project = make_project(
+        tmp_path / "project", [INGEST, sql_node("big_orders", "SELECT * FROM df WHERE amount > 50")]
+    ).parent
     # The entry point odibi-observe declares, in a distribution of its own on PYTHONPATH.
     dist = tmp_path / "site" / "odibi_observe_entry_point-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: odibi-observe-entry-point\nVersion: 1.0\n")
+        "Metadata-Version: 2.1\nName: odibi-observe-entry-point\nVersion: 1.0\n"
+    )
     (dist / "entry_points.txt").write_text(
         "[odibi.connections]\n"
-        "odibi_observe = odibi_observe.integrations.odibi_plugin:connection_factory\n")
-    env = {"PYTHONPATH": str(tmp_path / "site"), "ODIBI_OBSERVE_INSTRUMENT": "1",
-           "ODIBI_OBSERVE_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}"}
+        "odibi_observe = odibi_observe.integrations.odibi_plugin:connection_factory\n"
+    )
+    env = {
+        "PYTHONPATH": str(tmp_path / "site"),
+        "ODIBI_OBSERVE_INSTRUMENT": "1",
+        "ODIBI_OBSERVE_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+    }
     result = run_subprocess([*_cli_command("odibi"), "run", "odibi.yaml"], project, env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     store = CatalogStore(env["ODIBI_OBSERVE_CATALOG_URL"])
@@ -536,10 +630,11 @@ def test_odibi_run_is_instrumented_through_odibis_plugin_discovery(tmp_path: Pat
     finally:
         store.dispose()
     assert {n: (r.status, r.rows_processed) for n, r in records.items()} == {
-        "ingest_orders": (RunStatus.SUCCESS, 40), "big_orders": (RunStatus.SUCCESS, 14)}
+        "ingest_orders": (RunStatus.SUCCESS, 40),
+        "big_orders": (RunStatus.SUCCESS, 14),
+    }
     theirs = odibi_meta_runs(project)
-    assert {n: r["run_id"] for n, r in theirs.items()} == {
-        n: r.run_id for n, r in records.items()}
+    assert {n: r["run_id"] for n, r in theirs.items()} == {n: r.run_id for n, r in records.items()}
 
 
 def test_the_plugin_is_not_a_connection_type() -> None:
@@ -549,13 +644,18 @@ def test_the_plugin_is_not_a_connection_type() -> None:
         connection_factory("warehouse", {"type": "odibi_observe"})
 
 
-@pytest.mark.parametrize(("value", "expected"), [("", False), ("0", False), ("off", False),
-                                                 ("maybe", False), ("1", True), ("TRUE", True)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", False), ("0", False), ("off", False), ("maybe", False), ("1", True), ("TRUE", True)],
+)
 def test_the_environment_variable_decides(
-        value: str, expected: bool, fresh_observer: Configure) -> None:
+    value: str, expected: bool, fresh_observer: Configure
+) -> None:
     try:
-        assert observe_odibi.instrument_from_environment(
-            {observe_odibi.ENV_INSTRUMENT: value}) is expected
+        assert (
+            observe_odibi.instrument_from_environment({observe_odibi.ENV_INSTRUMENT: value})
+            is expected
+        )
         assert observe_odibi.is_instrumented() is expected
         # Instrumented from the environment, it is configured from it too, at once.
         assert (runtime.current_observer() is not None) is expected
@@ -567,16 +667,19 @@ def test_instrument_is_idempotent_and_uninstrument_restores_odibi() -> None:
     from odibi.node import Node, NodeExecutor
     from odibi.pipeline import Pipeline
 
-    methods: list[tuple[Any, str]] = [(Node, "execute"), (Node, "_execute_with_retries"),
-                                      (NodeExecutor, "execute"), (Pipeline, "run")]
+    methods: list[tuple[Any, str]] = [
+        (Node, "execute"),
+        (Node, "_execute_with_retries"),
+        (NodeExecutor, "execute"),
+        (Pipeline, "run"),
+    ]
     before = [vars(owner)[name] for owner, name in methods]
     observe_odibi.instrument()
     wrapped = [vars(owner)[name] for owner, name in methods]
     observe_odibi.instrument()
     try:
         assert [vars(owner)[name] for owner, name in methods] == wrapped
-        assert all(w is not b and w.__wrapped__ is b
-                   for w, b in zip(wrapped, before, strict=True))
+        assert all(w is not b and w.__wrapped__ is b for w, b in zip(wrapped, before, strict=True))
     finally:
         observe_odibi.uninstrument()
     assert [vars(owner)[name] for owner, name in methods] == before
@@ -585,7 +688,8 @@ def test_instrument_is_idempotent_and_uninstrument_restores_odibi() -> None:
 
 @pytest.mark.parametrize("version", ["3.16.0", "3.14.9", "4.0.0", "dev"])
 def test_unsupported_odibi_versions_are_refused_before_anything_changes(
-        version: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from odibi.node import Node
 
     before = vars(Node)["execute"]
@@ -599,8 +703,8 @@ def test_unsupported_odibi_versions_are_refused_before_anything_changes(
 
 
 def test_odibi_observe_run_refuses_an_unsupported_odibi(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from odibi_observe.cli import main
 
     config = tmp_path / "odibi.yaml"
@@ -610,13 +714,19 @@ def test_odibi_observe_run_refuses_an_unsupported_odibi(
     assert "Odibi 3.16.2 is installed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("url", "absolute"), [
-    ("sqlite:///catalog.db", True), ("sqlite:////var/catalog.db", False),
-    ("sqlite://", False), ("sqlite:///:memory:", False),
-    ("postgresql://etl:pw@db/catalog", False),
-])
+@pytest.mark.parametrize(
+    ("url", "absolute"),
+    [
+        ("sqlite:///catalog.db", True),
+        ("sqlite:////var/catalog.db", False),
+        ("sqlite://", False),
+        ("sqlite:///:memory:", False),
+        ("postgresql://etl:pw@db/catalog", False),
+    ],
+)
 def test_relative_sqlite_paths_are_fixed_before_odibi_changes_directory(
-        url: str, absolute: bool, tmp_path: Path) -> None:
+    url: str, absolute: bool, tmp_path: Path
+) -> None:
     with chdir(tmp_path):
         expected = f"sqlite:///{tmp_path / 'catalog.db'}" if absolute else url
         assert absolute_sqlite_url(url) == expected
@@ -642,8 +752,10 @@ def test_a_frameworks_own_duration_replaces_the_measured_one() -> None:
 
 # -- SIGKILL mid-node, with the sidecar's spool and sweep -----------------------------------------
 
+
 def test_an_odibi_pipeline_killed_mid_node_ends_crashed_in_catalog_and_traces(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The OOM killer's view of an Odibi run: SIGKILL while a node runs, no handler runs.
 
     The pipeline runs in ``mode="sidecar"``: every event is in the spool before Odibi moves
@@ -651,16 +763,25 @@ def test_an_odibi_pipeline_killed_mid_node_ends_crashed_in_catalog_and_traces(
     back-dated span, by ``odibi-observe sweep`` (one pass of what the sidecar does).
     """
     marker = tmp_path / "hang-started"
-    nodes = [INGEST, sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
-             step_node("publish", "hang", after="big_orders", marker=str(marker))]
+    nodes = [
+        INGEST,
+        sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
+        step_node("publish", "hang", after="big_orders", marker=str(marker)),
+    ]
     project = make_project(tmp_path / "project", nodes).parent
-    spool, catalog, traces = tmp_path / "spool", f"sqlite:///{tmp_path / 'catalog.db'}", \
-        tmp_path / "traces.jsonl"
+    spool, catalog, traces = (
+        tmp_path / "spool",
+        f"sqlite:///{tmp_path / 'catalog.db'}",
+        tmp_path / "traces.jsonl",
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
     pipeline = subprocess.Popen(
         [*_cli_command("odibi-observe"), "run", "odibi.yaml", "--pipeline", "sales"],
-        cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**clean, "ODIBI_OBSERVE_MODE": "sidecar", "ODIBI_OBSERVE_SPOOL_DIR": str(spool)})
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**clean, "ODIBI_OBSERVE_MODE": "sidecar", "ODIBI_OBSERVE_SPOOL_DIR": str(spool)},
+    )
     try:
         deadline = time.monotonic() + 90
         while not marker.exists():
@@ -673,9 +794,11 @@ def test_an_odibi_pipeline_killed_mid_node_ends_crashed_in_catalog_and_traces(
         pipeline.stderr.close()  # type: ignore[union-attr]
     assert pipeline.returncode == -signal.SIGKILL
 
-    sweep = run_subprocess([*_cli_command("odibi-observe"), "sweep", "--catalog", catalog,
-                            "--spool-dir", str(spool)], tmp_path,
-                           env={"ODIBI_OBSERVE_TRACES_FILE": str(traces)})
+    sweep = run_subprocess(
+        [*_cli_command("odibi-observe"), "sweep", "--catalog", catalog, "--spool-dir", str(spool)],
+        tmp_path,
+        env={"ODIBI_OBSERVE_TRACES_FILE": str(traces)},
+    )
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     store = CatalogStore(catalog)
     try:
@@ -683,8 +806,10 @@ def test_an_odibi_pipeline_killed_mid_node_ends_crashed_in_catalog_and_traces(
     finally:
         store.dispose()
     assert {n: r.status for n, r in records.items()} == {
-        "ingest_orders": RunStatus.SUCCESS, "big_orders": RunStatus.SUCCESS,
-        "publish": RunStatus.CRASHED}
+        "ingest_orders": RunStatus.SUCCESS,
+        "big_orders": RunStatus.SUCCESS,
+        "publish": RunStatus.CRASHED,
+    }
     assert records["big_orders"].rows_processed == 14
     crashed = records["publish"]
     # Reaped before the sweep: its SIGKILL status is no longer visible.

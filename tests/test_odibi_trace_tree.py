@@ -40,13 +40,17 @@ from tests.test_odibi_integration import (
 
 RUN_ID = FIELDS.run_id.attribute or ""
 NODE = FIELDS.node.attribute or ""
-NODES = [INGEST, sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
-         step_node("tag_orders", "add_tag", after="big_orders", tag="vip")]
+NODES = [
+    INGEST,
+    sql_node("big_orders", "SELECT * FROM df WHERE amount > 50"),
+    step_node("tag_orders", "add_tag", after="big_orders", tag="vip"),
+]
 NAMES = [n["name"] for n in NODES]
 
 
-def assert_odibi_tree(spans: Sequence[SpanView], nodes: Sequence[str],
-                      pipeline: str = "sales") -> None:
+def assert_odibi_tree(
+    spans: Sequence[SpanView], nodes: Sequence[str], pipeline: str = "sales"
+) -> None:
     """One trace; the pipeline span its root; per node, Odibi's span under it, ours under that."""
     roots = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline=pipeline)]
     assert len(roots) == 1, f"pipeline spans: {[(s.name, s.trace_id) for s in spans]}"
@@ -69,24 +73,32 @@ def plugin_site(root: Path) -> Path:
     dist = root / "odibi_observe_entry_point-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: odibi-observe-entry-point\nVersion: 1.0\n")
+        "Metadata-Version: 2.1\nName: odibi-observe-entry-point\nVersion: 1.0\n"
+    )
     (dist / "entry_points.txt").write_text(
         "[odibi.connections]\n"
-        "odibi_observe = odibi_observe.integrations.odibi_plugin:connection_factory\n")
+        "odibi_observe = odibi_observe.integrations.odibi_plugin:connection_factory\n"
+    )
     return root
 
 
 # -- item: activation through the environment keeps the tree ---------------------------------
 
+
 def test_odibi_run_activated_by_the_environment_gives_one_tree_per_pipeline_run(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """``ODIBI_OBSERVE_INSTRUMENT=1 odibi run``: before, the first pipeline had no pipeline
     span, its first node no Odibi parent, and its nodes were spread over three traces."""
     project = make_project(tmp_path / "project", NODES).parent
     traces = tmp_path / "traces.jsonl"
-    env = {"PYTHONPATH": os.pathsep.join([str(plugin_site(tmp_path / "site")),
-                                          os.environ.get("PYTHONPATH", "")]),
-           "ODIBI_OBSERVE_INSTRUMENT": "1", "ODIBI_OBSERVE_TRACES_FILE": str(traces)}
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            [str(plugin_site(tmp_path / "site")), os.environ.get("PYTHONPATH", "")]
+        ),
+        "ODIBI_OBSERVE_INSTRUMENT": "1",
+        "ODIBI_OBSERVE_TRACES_FILE": str(traces),
+    }
     result = run_subprocess([*_cli_command("odibi"), "run", "odibi.yaml"], project, env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert_odibi_tree(read_spans(traces, strict=True), NAMES)
@@ -109,8 +121,11 @@ _INSTRUMENT_ONLY = textwrap.dedent("""
 def test_instrument_without_configure_gives_the_same_tree(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", NODES).parent
     traces = tmp_path / "traces.jsonl"
-    result = run_subprocess([sys.executable, "-c", _INSTRUMENT_ONLY], project,
-                            {"ODIBI_OBSERVE_TRACES_FILE": str(traces)})
+    result = run_subprocess(
+        [sys.executable, "-c", _INSTRUMENT_ONLY],
+        project,
+        {"ODIBI_OBSERVE_TRACES_FILE": str(traces)},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert_odibi_tree(read_spans(traces, strict=True), NAMES)
 
@@ -119,25 +134,34 @@ def test_odibi_observe_run_gives_the_tree(tmp_path: Path) -> None:
     """The reference: what the two activations above must match."""
     project = make_project(tmp_path / "project", NODES).parent
     traces = tmp_path / "traces.jsonl"
-    result = run_subprocess([*_cli_command("odibi-observe"), "run", "--traces-file",
-                             str(traces), "odibi.yaml"], project)
+    result = run_subprocess(
+        [*_cli_command("odibi-observe"), "run", "--traces-file", str(traces), "odibi.yaml"], project
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert_odibi_tree(read_spans(traces, strict=True), NAMES)
 
 
 # -- item: sidecar mode keeps the tree ---------------------------------------------------------
 
+
 def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
     """The pipeline process only spools; the sidecar exports. Before, every node run was a
     trace of its own with no parent: the pipeline span and Odibi's spans never existed."""
     project = make_project(tmp_path / "project", NODES).parent
     spool, catalog = tmp_path / "spool", f"sqlite:///{tmp_path / 'catalog.db'}"
-    with OtlpReceiver() as receiver, Sidecar(catalog, spool, log=tmp_path / "sidecar.log",
-                                             otlp_endpoint=receiver.endpoint):
+    with (
+        OtlpReceiver() as receiver,
+        Sidecar(catalog, spool, log=tmp_path / "sidecar.log", otlp_endpoint=receiver.endpoint),
+    ):
         result = subprocess.run(
-            [*_cli_command("odibi-observe"), "run", "odibi.yaml"], cwd=project,
-            capture_output=True, text=True, timeout=180, check=False,
-            env=child_env(ODIBI_OBSERVE_MODE="sidecar", ODIBI_OBSERVE_SPOOL_DIR=str(spool)))
+            [*_cli_command("odibi-observe"), "run", "odibi.yaml"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+            env=child_env(ODIBI_OBSERVE_MODE="sidecar", ODIBI_OBSERVE_SPOOL_DIR=str(spool)),
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         spans = receiver.wait_for_spans(1 + 2 * len(NAMES), timeout=60)
         assert_odibi_tree(spans, NAMES)
@@ -149,7 +173,8 @@ def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
             finally:
                 store.dispose()
             assert {n: r.status for n, r in records.items()} == dict.fromkeys(
-                NAMES, RunStatus.SUCCESS)
+                NAMES, RunStatus.SUCCESS
+            )
             return records  # type: ignore[return-value]
 
         records = eventually(catalog_done, timeout=60)
@@ -157,10 +182,14 @@ def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
     odibis = {s.attributes["node.name"]: s for s in spans if s.name == "node_execution"}
     for name, rec in records.items():
         assert (rec.trace_id, rec.parent_span_id) == (  # type: ignore[attr-defined]
-            odibis[name].trace_id, odibis[name].span_id)
+            odibis[name].trace_id,
+            odibis[name].span_id,
+        )
     (pipeline,) = [s for s in spans if s.name == PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales")]
-    assert pipeline.resource["service.name"] == next(
-        s for s in spans if RUN_ID in s.attributes).resource["service.name"]
+    assert (
+        pipeline.resource["service.name"]
+        == next(s for s in spans if RUN_ID in s.attributes).resource["service.name"]
+    )
 
 
 # -- item: the exit status after Ctrl-C ------------------------------------------------------
@@ -171,16 +200,27 @@ SIGINT_RUNS = int(os.environ.get("ODIBI_OBSERVE_SIGINT_RUNS", "12"))
 SIGINT_PARALLEL = 4
 
 
-def _interrupt_one(root: Path, step: str) -> tuple[int, dict[str, tuple[RunStatus, str | None]],
-                                                    str]:
+def _interrupt_one(
+    root: Path, step: str
+) -> tuple[int, dict[str, tuple[RunStatus, str | None]], str]:
     """``odibi-observe run`` of a project whose second node waits; SIGINT once it runs."""
     marker = root / "started"
     project = make_project(root, [INGEST, step_node("publish", step, marker=str(marker))])
     log = root / "stderr.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [*_cli_command("odibi-observe"), "run", "--catalog", "sqlite:///catalog.db",
-             project.name], cwd=root, stdout=subprocess.DEVNULL, stderr=err, env=child_env())
+            [
+                *_cli_command("odibi-observe"),
+                "run",
+                "--catalog",
+                "sqlite:///catalog.db",
+                project.name,
+            ],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=child_env(),
+        )
         try:
             deadline = time.monotonic() + 150
             while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -206,11 +246,16 @@ def test_ctrl_c_always_exits_130_with_the_interrupted_node_recorded(tmp_path: Pa
     exit status 134) every time."""
     steps = ["hang", "busy_background_then_hang"]
     with ThreadPoolExecutor(SIGINT_PARALLEL) as pool:
-        outcomes = list(pool.map(
-            lambda i: (steps[i % 2], _interrupt_one(tmp_path / f"run{i}", steps[i % 2])),
-            range(SIGINT_RUNS)))
+        outcomes = list(
+            pool.map(
+                lambda i: (steps[i % 2], _interrupt_one(tmp_path / f"run{i}", steps[i % 2])),
+                range(SIGINT_RUNS),
+            )
+        )
     for step, (code, records, stderr) in outcomes:
         assert code == 130, f"{step}: exit status {code}\n{stderr}"
-        assert records == {"ingest_orders": (RunStatus.SUCCESS, None),
-                           "publish": (RunStatus.CANCELLED, "KeyboardInterrupt")}, step
+        assert records == {
+            "ingest_orders": (RunStatus.SUCCESS, None),
+            "publish": (RunStatus.CANCELLED, "KeyboardInterrupt"),
+        }, step
         assert "recorded 2 node runs (1 CANCELLED, 1 SUCCESS)" in stderr

@@ -116,8 +116,17 @@ def ol_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.M
 
 
 def http_client(url: str, **transport: Any) -> OpenLineageClient:
-    return OpenLineageClient(config={"transport": {
-        "type": "http", "url": url, "retry": {"total": 0}, "timeout": 2, **transport}})
+    return OpenLineageClient(
+        config={
+            "transport": {
+                "type": "http",
+                "url": url,
+                "retry": {"total": 0},
+                "timeout": 2,
+                **transport,
+            }
+        }
+    )
 
 
 # -- validation against the spec, with the client's models --------------------------------------
@@ -152,15 +161,27 @@ def validate_facet(name: str, facet: dict[str, Any]) -> None:
 def validate(event: dict[str, Any]) -> None:
     """``event`` is a valid OpenLineage RunEvent: rebuilt with the client's models."""
     assert event["schemaURL"] == event_v2.RunEvent._get_schema()
-    assert set(event) <= {"eventTime", "eventType", "inputs", "job", "outputs", "producer",
-                          "run", "schemaURL"}
+    assert set(event) <= {
+        "eventTime",
+        "eventType",
+        "inputs",
+        "job",
+        "outputs",
+        "producer",
+        "run",
+        "schemaURL",
+    }
     event_v2.RunEvent(
-        eventType=event_v2.RunState(event["eventType"]), eventTime=event["eventTime"],
+        eventType=event_v2.RunState(event["eventType"]),
+        eventTime=event["eventTime"],
         run=event_v2.Run(runId=event["run"]["runId"]),
         job=event_v2.Job(namespace=event["job"]["namespace"], name=event["job"]["name"]),
         producer=event["producer"],
-        outputs=[event_v2.OutputDataset(namespace=o["namespace"], name=o["name"])
-                 for o in event["outputs"]])
+        outputs=[
+            event_v2.OutputDataset(namespace=o["namespace"], name=o["name"])
+            for o in event["outputs"]
+        ],
+    )
     for name, facet in {**event["run"]["facets"], **event["job"]["facets"]}.items():
         validate_facet(name, facet)
     for output in event["outputs"]:
@@ -169,8 +190,10 @@ def validate(event: dict[str, Any]) -> None:
 
 
 def started(record: RunRecord) -> RunEvent:
-    return RunEvent(EventKind.STARTED, record.finished(status=RunStatus.RUNNING, ended_ns=None,
-                                                       rows_processed=None))
+    return RunEvent(
+        EventKind.STARTED,
+        record.finished(status=RunStatus.RUNNING, ended_ns=None, rows_processed=None),
+    )
 
 
 def finished(record: RunRecord) -> RunEvent:
@@ -187,10 +210,15 @@ def by_type(events: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
 def test_start_and_terminal_events_posted_and_valid(receiver: Receiver) -> None:
     sink = OpenLineageSink(http_client(receiver.url))
     ok = make_record(pipeline_run_id=str(uuid.uuid4()), rows=42)
-    bad = make_record(status=RunStatus.FAILURE, error_type="ValueError",
-                      error_message="column 'amount' not found", rows=None)
-    crashed = make_record(status=RunStatus.CRASHED, error_type="SIGTERM",
-                          error_message="process ended")
+    bad = make_record(
+        status=RunStatus.FAILURE,
+        error_type="ValueError",
+        error_message="column 'amount' not found",
+        rows=None,
+    )
+    crashed = make_record(
+        status=RunStatus.CRASHED, error_type="SIGTERM", error_message="process ended"
+    )
     sink.export([started(r) for r in (ok, bad, crashed)])
     sink.export([finished(r) for r in (ok, bad, crashed)])
     events = receiver.wait(6)
@@ -198,9 +226,14 @@ def test_start_and_terminal_events_posted_and_valid(receiver: Receiver) -> None:
     for event in events:
         validate(event)
     got = by_type(events)
-    assert set(got) == {(ok.run_id, "START"), (ok.run_id, "COMPLETE"), (bad.run_id, "START"),
-                        (bad.run_id, "FAIL"), (crashed.run_id, "START"),
-                        (crashed.run_id, "FAIL")}
+    assert set(got) == {
+        (ok.run_id, "START"),
+        (ok.run_id, "COMPLETE"),
+        (bad.run_id, "START"),
+        (bad.run_id, "FAIL"),
+        (crashed.run_id, "START"),
+        (crashed.run_id, "FAIL"),
+    }
     complete = got[(ok.run_id, "COMPLETE")]
     assert complete["job"] == {**complete["job"], "namespace": "proj", "name": "sales.clean"}
     assert complete["producer"] == OPENLINEAGE_PRODUCER
@@ -211,7 +244,10 @@ def test_start_and_terminal_events_posted_and_valid(receiver: Receiver) -> None:
     assert facets["processing_engine"]["version"] == oo.__version__
     job_type = complete["job"]["facets"]["jobType"]
     assert (job_type["processingType"], job_type["jobType"], job_type["integration"]) == (
-        "BATCH", "TASK", OPENLINEAGE_INTEGRATION_DEFAULT)
+        "BATCH",
+        "TASK",
+        OPENLINEAGE_INTEGRATION_DEFAULT,
+    )
     assert facets[OPENLINEAGE_RUN_FACET]["rowsProcessed"] == 42
     assert facets[OPENLINEAGE_RUN_FACET]["durationMs"] == ok.duration_ms
     assert "errorMessage" not in facets
@@ -227,8 +263,9 @@ def test_start_and_terminal_events_posted_and_valid(receiver: Receiver) -> None:
     sink.shutdown()
 
 
-@pytest.mark.skipif("CANCELLED" not in RunStatus.__members__,
-                    reason="the CANCELLED status is not defined here")
+@pytest.mark.skipif(
+    "CANCELLED" not in RunStatus.__members__, reason="the CANCELLED status is not defined here"
+)
 def test_a_cancelled_run_is_aborted(receiver: Receiver) -> None:
     sink = OpenLineageSink(http_client(receiver.url))
     rec = make_record(status=RunStatus("CANCELLED"), error_type="KeyboardInterrupt")
@@ -239,13 +276,15 @@ def test_a_cancelled_run_is_aborted(receiver: Receiver) -> None:
     assert [e["eventType"] for e in events] == ["START", "ABORT"]
 
 
-@pytest.mark.skipif("error_stack" not in RunRecord.__dataclass_fields__,
-                    reason="records carry no error_stack here")
+@pytest.mark.skipif(
+    "error_stack" not in RunRecord.__dataclass_fields__, reason="records carry no error_stack here"
+)
 def test_the_stack_trace_is_bounded_and_redacted(receiver: Receiver) -> None:
     sink = OpenLineageSink(http_client(receiver.url), max_stack_length=300)
     stack = "Traceback (most recent call last):\n" + "  password=hunter2\n" * 200
-    rec = make_record(status=RunStatus.FAILURE, error_type="E", error_message="m",
-                      error_stack=stack)
+    rec = make_record(
+        status=RunStatus.FAILURE, error_type="E", error_message="m", error_stack=stack
+    )
     sink.export([finished(rec)])
     (event,) = receiver.wait(1)
     validate(event)
@@ -256,9 +295,13 @@ def test_the_stack_trace_is_bounded_and_redacted(receiver: Receiver) -> None:
 
 def test_output_dataset_with_rows_when_the_run_names_it(receiver: Receiver) -> None:
     sink = OpenLineageSink(http_client(receiver.url))
-    rec = make_record(rows=1234, attributes={
-        OPENLINEAGE_OUTPUT_NAMESPACE_ATTRIBUTE: "postgres://db:5432",
-        OPENLINEAGE_OUTPUT_NAME_ATTRIBUTE: "sales.public.orders"})
+    rec = make_record(
+        rows=1234,
+        attributes={
+            OPENLINEAGE_OUTPUT_NAMESPACE_ATTRIBUTE: "postgres://db:5432",
+            OPENLINEAGE_OUTPUT_NAME_ATTRIBUTE: "sales.public.orders",
+        },
+    )
     sink.export([started(rec), finished(rec)])
     start, complete = receiver.wait(2)
     validate(start)
@@ -279,8 +322,7 @@ def test_a_run_id_that_is_not_a_uuid_maps_to_the_same_uuid() -> None:
 # -- failures -----------------------------------------------------------------------------------
 
 
-def test_a_down_endpoint_is_unavailable_then_each_event_is_sent_once(
-        receiver: Receiver) -> None:
+def test_a_down_endpoint_is_unavailable_then_each_event_is_sent_once(receiver: Receiver) -> None:
     sink = OpenLineageSink(http_client(receiver.url))
     records = [make_record() for _ in range(3)]
     batch = [e for r in records for e in (started(r), finished(r))]
@@ -288,7 +330,7 @@ def test_a_down_endpoint_is_unavailable_then_each_event_is_sent_once(
     with pytest.raises(SinkUnavailable, match="503"):
         sink.export(batch)
     receiver.status = 201
-    sink.export(batch[:3])   # part of it, then all of it again: nothing twice
+    sink.export(batch[:3])  # part of it, then all of it again: nothing twice
     sink.export(batch)
     sink.export(batch)
     events = receiver.wait(6)
@@ -330,7 +372,8 @@ def test_a_late_start_does_not_reopen_a_finished_run(receiver: Receiver) -> None
 
 
 def test_openlineage_url_turns_it_on_and_the_pipeline_records_through_it(
-        ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure) -> None:
+    ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure
+) -> None:
     ol_env.setenv("OPENLINEAGE_URL", receiver.url)
     ol_env.setenv("OPENLINEAGE_API_KEY", "s3cret")
     observer = fresh_observer(project="lake", handle_sigterm=False)
@@ -344,8 +387,11 @@ def test_openlineage_url_turns_it_on_and_the_pipeline_records_through_it(
     for event in events:
         validate(event)
     assert sorted((e["job"]["name"], e["eventType"]) for e in events) == [
-        ("daily.divide", "FAIL"), ("daily.divide", "START"),
-        ("daily.load", "COMPLETE"), ("daily.load", "START")]
+        ("daily.divide", "FAIL"),
+        ("daily.divide", "START"),
+        ("daily.load", "COMPLETE"),
+        ("daily.load", "START"),
+    ]
     assert {e["job"]["namespace"] for e in events} == {"lake"}
     assert receiver.headers.get("Authorization") == "Bearer s3cret"
     fail = next(e for e in events if e["eventType"] == "FAIL")
@@ -353,7 +399,8 @@ def test_openlineage_url_turns_it_on_and_the_pipeline_records_through_it(
 
 
 def test_the_file_transport_is_read_back(
-        ol_env: pytest.MonkeyPatch, tmp_path: Path, fresh_observer: Configure) -> None:
+    ol_env: pytest.MonkeyPatch, tmp_path: Path, fresh_observer: Configure
+) -> None:
     path = tmp_path / "lineage.jsonl"
     ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "file")
     ol_env.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(path))
@@ -367,26 +414,33 @@ def test_the_file_transport_is_read_back(
     for event in events:
         validate(event)
     assert [(e["eventType"], e["run"]["runId"]) for e in events] == [
-        ("START", run_id), ("COMPLETE", run_id)]
+        ("START", run_id),
+        ("COMPLETE", run_id),
+    ]
     assert events[1]["run"]["facets"][OPENLINEAGE_RUN_FACET]["rowsProcessed"] == 3
 
 
 def test_openlineage_yml_in_the_working_directory_turns_it_on(
-        ol_env: pytest.MonkeyPatch, tmp_path: Path, fresh_observer: Configure) -> None:
+    ol_env: pytest.MonkeyPatch, tmp_path: Path, fresh_observer: Configure
+) -> None:
     path = tmp_path / "events.jsonl"
     (tmp_path / "openlineage.yml").write_text(
-        f"transport:\n  type: file\n  log_file_path: {path}\n  append: true\n")
+        f"transport:\n  type: file\n  log_file_path: {path}\n  append: true\n"
+    )
     assert openlineage_configured()
     fresh_observer(handle_sigterm=False, mode="inline")
     with oo.node_run("p", "n"):
         pass
     assert oo.flush(10)
     assert [json.loads(line)["eventType"] for line in path.read_text().splitlines()] == [
-        "START", "COMPLETE"]
+        "START",
+        "COMPLETE",
+    ]
 
 
-def test_off_unless_configured_or_asked(ol_env: pytest.MonkeyPatch,
-                                        fresh_observer: Configure, receiver: Receiver) -> None:
+def test_off_unless_configured_or_asked(
+    ol_env: pytest.MonkeyPatch, fresh_observer: Configure, receiver: Receiver
+) -> None:
     def has_sink(observer: oo.Observer) -> bool:
         return any(isinstance(s, OpenLineageSink) for s in observer.sinks)
 
@@ -412,8 +466,13 @@ class TestOpenLineageSink(SinkContract):
     @pytest.fixture
     def sink(self, tmp_path: Path) -> Iterator[OpenLineageSink]:
         self.path = tmp_path / "lineage.jsonl"
-        sink = OpenLineageSink(OpenLineageClient(config={"transport": {
-            "type": "file", "log_file_path": str(self.path), "append": True}}))
+        sink = OpenLineageSink(
+            OpenLineageClient(
+                config={
+                    "transport": {"type": "file", "log_file_path": str(self.path), "append": True}
+                }
+            )
+        )
         yield sink
         sink.shutdown()
 
@@ -437,7 +496,8 @@ class TestOpenLineageSink(SinkContract):
 
 
 def test_the_bus_retries_while_the_endpoint_is_down(
-        ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure) -> None:
+    ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure
+) -> None:
     """A 503 endpoint: the run is not lost, the sink's errors are counted, and once the
     endpoint is back the bus delivers each event once."""
     ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "http")
@@ -451,13 +511,16 @@ def test_the_bus_retries_while_the_endpoint_is_down(
         receiver.lock.wait_for(lambda: receiver.requests >= 1, 10)
     assert not oo.flush(1.0)  # still undelivered
     errors = observer.registry.get_sample_value(
-        "odibi_observe_sink_errors_total", {"sink": "openlineage"})
+        "odibi_observe_sink_errors_total", {"sink": "openlineage"}
+    )
     assert errors is not None and errors >= 1
     receiver.status = 201
     assert oo.flush(30)
     events = receiver.wait(2)
     assert [(e["eventType"], e["run"]["runId"]) for e in events] == [
-        ("START", run_id), ("COMPLETE", run_id)]
+        ("START", run_id),
+        ("COMPLETE", run_id),
+    ]
 
 
 def test_runs_of_an_odibi_project_say_so(ol_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -492,7 +555,8 @@ def test_runs_of_an_odibi_project_say_so(ol_env: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_the_sidecar_sends_lineage_and_a_fail_for_a_killed_run(
-        ol_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path) -> None:
+    ol_env: pytest.MonkeyPatch, sqlite_url: str, tmp_path: Path
+) -> None:
     """In ``mode="sidecar"`` the sidecar builds the OpenLineage sink from the same OpenLineage
     configuration and feeds it from its own spool cursor; the sweeper's CRASHED close of a
     SIGKILLed run is a FAIL with the run's original runId."""
@@ -512,8 +576,9 @@ def test_the_sidecar_sends_lineage_and_a_fail_for_a_killed_run(
     ol_env.setenv("OPENLINEAGE__TRANSPORT__LOG_FILE_PATH", str(path))
     ol_env.setenv("OPENLINEAGE__TRANSPORT__APPEND", "true")
     spool = tmp_path / "spool"
-    sidecar = Sidecar(options(sqlite_url, spool, sweep_interval=3600),
-                      settings=settings(sqlite_url)).start()
+    sidecar = Sidecar(
+        options(sqlite_url, spool, sweep_interval=3600), settings=settings(sqlite_url)
+    ).start()
     try:
         proc, hung, done = start_hanging_pipeline(spool)
 
@@ -533,8 +598,9 @@ def test_the_sidecar_sends_lineage_and_a_fail_for_a_killed_run(
         got = events()
         for event in got:
             validate(event)
-        assert sorted((e["run"]["runId"], e["eventType"]) for e in got) == sorted([
-            (done[0], "START"), (done[0], "COMPLETE"), (hung, "START"), (hung, "FAIL")])
+        assert sorted((e["run"]["runId"], e["eventType"]) for e in got) == sorted(
+            [(done[0], "START"), (done[0], "COMPLETE"), (hung, "START"), (hung, "FAIL")]
+        )
         fail = next(e for e in got if e["eventType"] == "FAIL")
         assert fail["run"]["facets"][OPENLINEAGE_RUN_FACET]["status"] == "CRASHED"
         assert "errorMessage" in fail["run"]["facets"]
@@ -543,8 +609,11 @@ def test_the_sidecar_sends_lineage_and_a_fail_for_a_killed_run(
 
 
 def test_without_the_package_asked_is_an_error_configured_is_a_warning(
-        ol_env: pytest.MonkeyPatch, receiver: Receiver, fresh_observer: Configure,
-        caplog: pytest.LogCaptureFixture) -> None:
+    ol_env: pytest.MonkeyPatch,
+    receiver: Receiver,
+    fresh_observer: Configure,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     import sys
 
     from odibi_observe.config import ConfigurationError

@@ -94,13 +94,22 @@ def receiver() -> Iterator[OtlpReceiver]:
 def failed_record(**changes: Any) -> RunRecord:
     """A failed run carrying every optional fact, so every attribute is exercised."""
     values: dict[str, Any] = dict(
-        status=RunStatus.FAILURE, rows=7, duration_ns=2_500_000_000,
-        parent_span_id="00f067aa0ba902b7", pipeline_run_id="prun-1", attempt=2,
-        error_type="ValueError", error_message="column 'id' has nulls",
+        status=RunStatus.FAILURE,
+        rows=7,
+        duration_ns=2_500_000_000,
+        parent_span_id="00f067aa0ba902b7",
+        pipeline_run_id="prun-1",
+        attempt=2,
+        error_type="ValueError",
+        error_message="column 'id' has nulls",
         suggestions=("check the source extract", "add a not-null filter"),
         attributes={"region": "eu", "batch": 3, "tags": ("a", "b")},
-        host="worker-7", pid=4242, service_name="sales-etl",
-        peak_rss_bytes=300 * 1024 * 1024, cpu_seconds=1.25, memory_limit_bytes=512 * 1024 * 1024,
+        host="worker-7",
+        pid=4242,
+        service_name="sales-etl",
+        peak_rss_bytes=300 * 1024 * 1024,
+        cpu_seconds=1.25,
+        memory_limit_bytes=512 * 1024 * 1024,
     )
     values.update(changes)
     return make_record(**values)
@@ -163,8 +172,12 @@ def assert_span_is_record(span: SpanView, rec: RunRecord) -> None:
     else:
         assert span.status_code == STATUS_ERROR
         assert span.status_message == f"{rec.error_type}: {rec.error_message}"
-        assert span.events == [("exception", {"exception.type": rec.error_type,
-                                              "exception.message": rec.error_message})]
+        assert span.events == [
+            (
+                "exception",
+                {"exception.type": rec.error_type, "exception.message": rec.error_message},
+            )
+        ]
         assert span.event_times_ns == (rec.ended_ns,)
 
 
@@ -206,8 +219,7 @@ def test_successful_run_leaves_status_unset(receiver: OtlpReceiver) -> None:
 def test_resource_fields_arrive_as_span_attributes(receiver: OtlpReceiver) -> None:
     """Peak memory, CPU time and the memory limit cross the OTLP wire with their types."""
     sink = otlp_sink(receiver.endpoint)
-    rec = make_record(peak_rss_bytes=209_715_200, cpu_seconds=0.75,
-                      memory_limit_bytes=268_435_456)
+    rec = make_record(peak_rss_bytes=209_715_200, cpu_seconds=0.75, memory_limit_bytes=268_435_456)
     sink.export([finished(rec)])
     sink.shutdown()
 
@@ -217,8 +229,7 @@ def test_resource_fields_arrive_as_span_attributes(receiver: OtlpReceiver) -> No
     assert_span_is_record(span, rec)
 
 
-def test_crashed_run_without_error_details_is_still_an_error_span(
-        receiver: OtlpReceiver) -> None:
+def test_crashed_run_without_error_details_is_still_an_error_span(receiver: OtlpReceiver) -> None:
     sink = otlp_sink(receiver.endpoint)
     rec = make_record(status=RunStatus.CRASHED, error_type=None, error_message=None)
     sink.export([finished(rec)])
@@ -230,8 +241,9 @@ def test_crashed_run_without_error_details_is_still_an_error_span(
     assert name == "exception" and attrs["exception.message"] == span.status_message
 
 
-def test_http_json_protocol_posts_otlp_json(receiver: OtlpReceiver,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_http_json_protocol_posts_otlp_json(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme,authorization=Bearer%20t")
     sink = otlp_sink(receiver.endpoint, otlp_protocol="http/json")
     rec = failed_record()
@@ -257,8 +269,9 @@ def test_after_fork_gets_a_new_connection_and_keeps_exporting(receiver: OtlpRece
 def test_json_exporter_gzip_and_failures(receiver: OtlpReceiver) -> None:
     rec = failed_record()
     span = record_to_span(rec, Resource.create({}))
-    exporter = OtlpJsonHttpSpanExporter(_signal_url(receiver.endpoint, "traces"),
-                                        compression="gzip", timeout=2)
+    exporter = OtlpJsonHttpSpanExporter(
+        _signal_url(receiver.endpoint, "traces"), compression="gzip", timeout=2
+    )
     assert exporter.export([span]) is SpanExportResult.SUCCESS
     assert_span_is_record(receiver.wait_for_spans(1)[0], rec)
 
@@ -282,7 +295,8 @@ def test_signal_url_follows_the_otlp_http_base_url_rule() -> None:
 
 
 def test_outage_raises_for_retry_and_the_retry_carries_the_original_span(
-        receiver: OtlpReceiver, tmp_path: Path) -> None:
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
     traces_file = tmp_path / "traces.jsonl"
     sink = otlp_sink(receiver.endpoint, otlp_timeout=1.0, traces_file=str(traces_file))
     rec = failed_record()
@@ -332,7 +346,8 @@ def test_unusable_record_is_rejected_not_retried_forever(receiver: OtlpReceiver)
 
 
 def test_unencodable_text_reaches_otlp_escaped_with_the_rest_of_its_batch(
-        receiver: OtlpReceiver) -> None:
+    receiver: OtlpReceiver,
+) -> None:
     """protobuf refuses lone surrogates: a node named like a latin-1 file name used to fail
     the whole OTLP batch on every retry. Escaped at the boundary, the batch is exported and
     the name kept (``\\udce9`` for the byte 0xe9), in the span name and attributes."""
@@ -383,8 +398,10 @@ def test_traces_file_is_collector_file_exporter_format(tmp_path: Path) -> None:
         assert_span_is_record(span, rec)
         assert encode_request_json(request) == line  # lossless round trip
 
-    assert json.loads(lines[0])["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["status"] \
-        == {"message": f"{fail.error_type}: {fail.error_message}", "code": STATUS_ERROR}
+    assert json.loads(lines[0])["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["status"] == {
+        "message": f"{fail.error_type}: {fail.error_message}",
+        "code": STATUS_ERROR,
+    }
 
 
 def test_collector_written_line_decodes() -> None:
@@ -403,12 +420,20 @@ def test_collector_written_line_decodes() -> None:
     )
     [span] = iter_spans(decode_request_json(line))
     assert span == SpanView(
-        trace_id="5b8efff798038103d269b633813fc60c", span_id="eee19b7ec3c1b174",
-        parent_span_id=None, name="charge", start_ns=1_700_000_000_000_000_000,
+        trace_id="5b8efff798038103d269b633813fc60c",
+        span_id="eee19b7ec3c1b174",
+        parent_span_id=None,
+        name="charge",
+        start_ns=1_700_000_000_000_000_000,
         end_ns=1_700_000_000_500_000_000,
-        attributes={"amount": 12.5, "retries": 2, "ok": True}, status_code=2,
-        status_message="declined", events=[], resource={"service.name": "billing"},
-        scope_name="billing.lib", scope_version="2.0.0", kind=3,
+        attributes={"amount": 12.5, "retries": 2, "ok": True},
+        status_code=2,
+        status_message="declined",
+        events=[],
+        resource={"service.name": "billing"},
+        scope_name="billing.lib",
+        scope_version="2.0.0",
+        kind=3,
     )
     with pytest.raises(ValueError):
         decode_request_json(line.replace("5b8efff798038103d269b633813fc60c", "zz"))
@@ -441,8 +466,9 @@ def test_one_request_is_one_line_for_every_line_splitter() -> None:
 def test_same_record_gives_the_same_span() -> None:
     rec = failed_record()
     base = Resource({"service.name": "x", "deployment.environment": "prod"})
-    assert encode_spans_json([record_to_span(rec, base)]) == \
-        encode_spans_json([record_to_span(rec, base)])
+    assert encode_spans_json([record_to_span(rec, base)]) == encode_spans_json(
+        [record_to_span(rec, base)]
+    )
     with pytest.raises(ValueError):
         record_to_span(rec.finished(status=RunStatus.RUNNING, ended_ns=None), base)
 
@@ -450,8 +476,10 @@ def test_same_record_gives_the_same_span() -> None:
 def test_unwritable_traces_file_raises_for_retry(tmp_path: Path) -> None:
     blocked = tmp_path / "a-directory"
     blocked.mkdir()
-    assert OtlpJsonFileSpanExporter(blocked).export(
-        [record_to_span(make_record(), Resource({}))]) is SpanExportResult.FAILURE
+    assert (
+        OtlpJsonFileSpanExporter(blocked).export([record_to_span(make_record(), Resource({}))])
+        is SpanExportResult.FAILURE
+    )
     sink = OtelSink(traces_file=str(blocked), install_global=False, metrics=False)
     with pytest.raises(SinkExportError):
         sink.export([finished(make_record())])
@@ -461,24 +489,35 @@ def test_unwritable_traces_file_raises_for_retry(tmp_path: Path) -> None:
 
 
 def test_application_provider_receives_node_span_nested_in_its_trace(
-        receiver: OtlpReceiver, tmp_path: Path) -> None:
+    receiver: OtlpReceiver, tmp_path: Path
+) -> None:
     memory = InMemorySpanExporter()
     app = TracerProvider(resource=Resource({"service.name": "app", "team": "data"}))
     app.add_span_processor(SimpleSpanProcessor(memory))
     traces_file = tmp_path / "traces.jsonl"
-    sink = OtelSink(tracer_provider=app, otlp_endpoint=receiver.endpoint,
-                    traces_file=str(traces_file), install_global=False, metrics=False)
+    sink = OtelSink(
+        tracer_provider=app,
+        otlp_endpoint=receiver.endpoint,
+        traces_file=str(traces_file),
+        install_global=False,
+        metrics=False,
+    )
     tracer = app.get_tracer("pipeline")
 
     with tracer.start_as_current_span("pipeline sales") as pipeline_span:
         ctx = pipeline_span.get_span_context()
-        rec = failed_record(trace_id=f"{ctx.trace_id:032x}",
-                            parent_span_id=f"{ctx.span_id:016x}")
+        rec = failed_record(trace_id=f"{ctx.trace_id:032x}", parent_span_id=f"{ctx.span_id:016x}")
         # What the instrumentation layer does while the node runs: the node's ids are current.
-        node_ctx = trace.SpanContext(int(rec.trace_id, 16), int(rec.span_id, 16),
-                                     is_remote=False, trace_flags=trace.TraceFlags(1))
-        with trace.use_span(trace.NonRecordingSpan(node_ctx)), \
-                tracer.start_as_current_span("user query"):
+        node_ctx = trace.SpanContext(
+            int(rec.trace_id, 16),
+            int(rec.span_id, 16),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1),
+        )
+        with (
+            trace.use_span(trace.NonRecordingSpan(node_ctx)),
+            tracer.start_as_current_span("user query"),
+        ):
             pass
         sink.export([finished(rec)])
 
@@ -535,8 +574,12 @@ def test_span_exporters_get_spans_once_and_are_shut_down() -> None:
 def run_script(script: str, **env: str) -> dict[str, Any]:
     """Run ``script`` in a fresh interpreter; it prints one JSON object as its last line."""
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True,
-        text=True, timeout=120, env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -545,9 +588,9 @@ def run_script(script: str, **env: str) -> dict[str, Any]:
     return result
 
 
-def test_install_global_routes_application_spans_to_the_same_place(
-        receiver: OtlpReceiver) -> None:
-    out = run_script("""
+def test_install_global_routes_application_spans_to_the_same_place(receiver: OtlpReceiver) -> None:
+    out = run_script(
+        """
         import json, os
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
@@ -579,7 +622,9 @@ def test_install_global_routes_application_spans_to_the_same_place(
             "pipeline_span": f"{ctx.span_id:016x}", "node_span": rec.span_id,
             "trace_id": rec.trace_id,
         }))
-    """, ENDPOINT=receiver.endpoint)
+    """,
+        ENDPOINT=receiver.endpoint,
+    )
     assert out["sdk"] and out["exposed"] and out["same_again"]
     spans = {s.name: s for s in receiver.wait_for_spans(3)}
     node = spans[SPAN_NAME_FORMAT.format(node="clean")]
@@ -590,8 +635,10 @@ def test_install_global_routes_application_spans_to_the_same_place(
 
 
 def test_application_configured_provider_is_used_and_endpoint_ignored(
-        receiver: OtlpReceiver) -> None:
-    out = run_script("""
+    receiver: OtlpReceiver,
+) -> None:
+    out = run_script(
+        """
         import json, logging, os
         from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -615,16 +662,18 @@ def test_application_configured_provider_is_used_and_endpoint_ignored(
         sink.shutdown()
         print(json.dumps({"app_used": sink.app_provider is app and sink.tracer_provider is app,
                           "span_id": rec.span_id}))
-    """, ENDPOINT=receiver.endpoint)
+    """,
+        ENDPOINT=receiver.endpoint,
+    )
     assert out["app_used"]
     [span] = receiver.wait_for_spans(1)
     assert span.span_id == out["span_id"]
     assert "otlp_endpoint=http://127.0.0.1:9 is ignored" in out["stderr"]
 
 
-def test_own_meter_provider_exports_conventions_metrics_over_otlp(
-        receiver: OtlpReceiver) -> None:
-    out = run_script("""
+def test_own_meter_provider_exports_conventions_metrics_over_otlp(receiver: OtlpReceiver) -> None:
+    out = run_script(
+        """
         import json, os
         from opentelemetry import metrics
         from opentelemetry.sdk.metrics import MeterProvider
@@ -637,13 +686,16 @@ def test_own_meter_provider_exports_conventions_metrics_over_otlp(
         print(json.dumps({"flushed": ok,
                           "global": isinstance(metrics.get_meter_provider(), MeterProvider)}))
         sink.shutdown()
-    """, ENDPOINT=receiver.endpoint)
+    """,
+        ENDPOINT=receiver.endpoint,
+    )
     assert out["flushed"] and out["global"]
     names = {
         metric.name
         for request in receiver.wait_for_metrics(1)
         for rm in request.resource_metrics
-        for sm in rm.scope_metrics if sm.scope.name == INSTRUMENTATION_SCOPE
+        for sm in rm.scope_metrics
+        if sm.scope.name == INSTRUMENTATION_SCOPE
         for metric in sm.metrics
     }
     assert names == {METRICS.runs.otel, METRICS.rows.otel, METRICS.duration.otel}
@@ -668,8 +720,12 @@ def test_otel_metrics_translate_to_the_conventions_prometheus_names() -> None:
     sink.export([started(ok), finished(ok), finished(bad)])
 
     text = generate_latest(registry).decode()
-    samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name != "target_info"]
+    samples = [
+        s
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name != "target_info"
+    ]
     expected = {
         METRICS.runs.prometheus: METRICS.runs,
         METRICS.rows.prometheus: METRICS.rows,
@@ -684,16 +740,18 @@ def test_otel_metrics_translate_to_the_conventions_prometheus_names() -> None:
 
     def value(metric_name: str, metric: Any, rec: RunRecord) -> float:
         want = dict(zip(metric.labels, rec.label_values(metric.labels), strict=True))
-        [match] = [s.value for s in samples if s.name == metric_name
-                   and {k: v for k, v in s.labels.items() if k in want} == want]
+        [match] = [
+            s.value
+            for s in samples
+            if s.name == metric_name and {k: v for k, v in s.labels.items() if k in want} == want
+        ]
         return float(match)
 
     assert value(METRICS.runs.prometheus, METRICS.runs, ok) == 1
     assert value(METRICS.runs.prometheus, METRICS.runs, bad) == 1
     rows = [s for s in samples if s.name == METRICS.rows.prometheus]
     assert [s.value for s in rows] == [40]  # a run with unknown rows adds nothing
-    assert value(METRICS.duration.prometheus + "_sum", METRICS.duration, ok) == \
-        pytest.approx(2.5)
+    assert value(METRICS.duration.prometheus + "_sum", METRICS.duration, ok) == pytest.approx(2.5)
     assert value(METRICS.duration.prometheus + "_count", METRICS.duration, ok) == 2
 
 
@@ -707,18 +765,25 @@ def test_redelivered_finished_event_counts_once() -> None:
     labels = dict(zip(METRICS.runs.labels, rec.label_values(METRICS.runs.labels), strict=True))
     scope = {"otel_scope_name": INSTRUMENTATION_SCOPE}
     text = generate_latest(registry).decode()
-    values = {(s.name, s.labels.get("status")): s.value
-              for fam in text_string_to_metric_families(text) for s in fam.samples
-              if s.labels.items() >= {**scope, **{k: v for k, v in labels.items()
-                                                  if k != "status"}}.items()}
+    values = {
+        (s.name, s.labels.get("status")): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.labels.items()
+        >= {**scope, **{k: v for k, v in labels.items() if k != "status"}}.items()
+    }
     assert values[(METRICS.runs.prometheus, labels["status"])] == 1
     assert values[(METRICS.rows.prometheus, None)] == 5
     assert values[(METRICS.duration.prometheus + "_count", None)] == 1
 
 
 def test_from_settings_reads_the_resolved_settings(tmp_path: Path) -> None:
-    settings = Settings(service_name="nightly", resource_attributes={"team": "data"},
-                        traces_file=str(tmp_path / "t.jsonl"), otel_metrics=False)
+    settings = Settings(
+        service_name="nightly",
+        resource_attributes={"team": "data"},
+        traces_file=str(tmp_path / "t.jsonl"),
+        otel_metrics=False,
+    )
     sink = OtelSink.from_settings(settings, install_global=False)
     assert sink.resource.attributes["service.name"] == "nightly"
     assert sink.resource.attributes["team"] == "data"
@@ -732,8 +797,10 @@ def test_from_settings_reads_the_resolved_settings(tmp_path: Path) -> None:
 
 
 def test_grpc_protocol_delivers_and_fails_for_retry() -> None:
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-                        reason="the grpc extra (opentelemetry-exporter-otlp-proto-grpc)")
+    pytest.importorskip(
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        reason="the grpc extra (opentelemetry-exporter-otlp-proto-grpc)",
+    )
     with OtlpGrpcReceiver() as grpc_receiver:
         sink = otlp_sink(grpc_receiver.endpoint, otlp_protocol="grpc", otlp_timeout=1.0)
         rec = failed_record()

@@ -68,6 +68,7 @@ def _body(step: Step) -> Callable[[], Any]:
         if step.outcome == "exit":
             raise SystemExit(2)
         return list(range(step.n)) if step.rows == "list" else None
+
     return body
 
 
@@ -80,10 +81,12 @@ def _run_step(step: Step, tracer: Any) -> None:
                 with oo.node_run("parity", step.node):
                     body()
             elif step.style == "async":
+
                 @oo.observe_node(pipeline="parity", node=step.node)
                 async def anode() -> Any:
                     await asyncio.sleep(0)
                     return body()
+
                 asyncio.run(anode())
             else:
                 oo.observe_node(pipeline="parity", node=step.node)(body)()
@@ -105,14 +108,18 @@ def _run_step(step: Step, tracer: Any) -> None:
         maybe_nested()
 
 
-def _check_parity(url: str, spans: list[ReadableSpan], registry: CollectorRegistry,
-                  expected_runs: int) -> None:
+def _check_parity(
+    url: str, spans: list[ReadableSpan], registry: CollectorRegistry, expected_runs: int
+) -> None:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(sa.text(f"SELECT * FROM {CATALOG_TABLE}"))]
     engine.dispose()
-    node_spans = {s.attributes[FIELDS.run_id.attribute]: s for s in spans  # type: ignore[index]
-                  if s.attributes and FIELDS.run_id.attribute in s.attributes}
+    node_spans = {
+        s.attributes[FIELDS.run_id.attribute]: s  # type: ignore[index]
+        for s in spans
+        if s.attributes and FIELDS.run_id.attribute in s.attributes
+    }
     assert len(rows) == expected_runs
     assert {r[FIELDS.run_id.column] for r in rows} == set(node_spans)
 
@@ -128,7 +135,8 @@ def _check_parity(url: str, spans: list[ReadableSpan], registry: CollectorRegist
         assert row[FIELDS.status.column] != "RUNNING"
         # ERROR for failures and crashes; a cancellation (Ctrl-C) is no error of the node.
         assert (span.status.status_code is StatusCode.ERROR) == (
-            row[FIELDS.status.column] not in ("SUCCESS", "CANCELLED"))
+            row[FIELDS.status.column] not in ("SUCCESS", "CANCELLED")
+        )
         assert row[FIELDS.rows.column] == attrs.get(FIELDS.rows.attribute)  # type: ignore[arg-type]
         assert span.end_time is not None and span.start_time is not None
         span_ms = (span.end_time - span.start_time) / 1e6
@@ -143,12 +151,15 @@ def _check_parity(url: str, spans: list[ReadableSpan], registry: CollectorRegist
     for key, t in totals.items():
         labels = dict(zip(METRICS.rows.labels, key, strict=True))
         for status in ("SUCCESS", "FAILURE", "CRASHED", "CANCELLED"):
-            value = registry.get_sample_value(METRICS.runs.prometheus,
-                                              {**labels, "status": status}) or 0
+            value = (
+                registry.get_sample_value(METRICS.runs.prometheus, {**labels, "status": status})
+                or 0
+            )
             assert value == t["runs:" + status], (key, status)
         assert (registry.get_sample_value(METRICS.rows.prometheus, labels) or 0) == t["rows"]
-        assert registry.get_sample_value(METRICS.duration.prometheus + "_count",
-                                         labels) == t["count"]
+        assert (
+            registry.get_sample_value(METRICS.duration.prometheus + "_count", labels) == t["count"]
+        )
         hist_sum = registry.get_sample_value(METRICS.duration.prometheus + "_sum", labels)
         assert hist_sum == pytest.approx(t["ns"] / 1e9, abs=1e-6)
 
@@ -158,8 +169,14 @@ def _parity_case(url: str, plan: list[Step], mode: str) -> None:
     registry = CollectorRegistry()
     tracer = TracerProvider().get_tracer("parity-test")
     otel = OtelSink(span_exporters=[exporter], install_global=False, metrics=False)
-    oo.configure(mode=mode, project="prop", environment="test", handle_sigterm=False,
-                 sinks=[CatalogSink(url), otel, PrometheusSink(registry)], strict=True)
+    oo.configure(
+        mode=mode,
+        project="prop",
+        environment="test",
+        handle_sigterm=False,
+        sinks=[CatalogSink(url), otel, PrometheusSink(registry)],
+        strict=True,
+    )
     try:
         for step in plan:
             _run_step(step, tracer)
@@ -177,14 +194,17 @@ def _reset(url: str) -> None:
     engine.dispose()
 
 
-_settings = settings(max_examples=30, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                            HealthCheck.too_slow])
+_settings = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @_settings
-@given(plan=st.lists(steps, min_size=1, max_size=12),
-       mode=st.sampled_from(["inline", "background"]))
+@given(
+    plan=st.lists(steps, min_size=1, max_size=12), mode=st.sampled_from(["inline", "background"])
+)
 def test_parity_on_sqlite(sqlite_url: str, plan: list[Step], mode: str) -> None:
     _reset(sqlite_url)
     _parity_case(sqlite_url, plan, mode)
@@ -192,8 +212,9 @@ def test_parity_on_sqlite(sqlite_url: str, plan: list[Step], mode: str) -> None:
 
 @pytest.mark.postgres
 @settings(_settings, max_examples=20)
-@given(plan=st.lists(steps, min_size=1, max_size=12),
-       mode=st.sampled_from(["inline", "background"]))
+@given(
+    plan=st.lists(steps, min_size=1, max_size=12), mode=st.sampled_from(["inline", "background"])
+)
 def test_parity_on_postgresql(pg_url: str, plan: list[Step], mode: str) -> None:
     _reset(pg_url)
     _parity_case(pg_url, plan, mode)

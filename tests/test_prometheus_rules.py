@@ -43,8 +43,14 @@ def promtool() -> str:
 
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool, *args], cwd=PROMETHEUS_DIR, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [promtool, *args],
+        cwd=PROMETHEUS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_promtool_checks_the_rules(promtool: str) -> None:
@@ -70,12 +76,14 @@ def test_every_alert_has_a_unit_test() -> None:
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
     firing = {
         case["alertname"]
-        for test in tests["tests"] for case in test.get("alert_rule_test", [])
+        for test in tests["tests"]
+        for case in test.get("alert_rule_test", [])
         if case.get("exp_alerts")
     }
     silent = {
         case["alertname"]
-        for test in tests["tests"] for case in test.get("alert_rule_test", [])
+        for test in tests["tests"]
+        for case in test.get("alert_rule_test", [])
         if not case.get("exp_alerts")
     }
     assert firing == alerts

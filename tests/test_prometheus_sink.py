@@ -59,8 +59,11 @@ def test_run_id_is_never_a_label_and_buckets_span_batch_durations() -> None:
     for family in families.values():
         for sample in family.samples:
             assert "run_id" not in sample.labels
-    buckets = [float(s.labels["le"]) for s in families[METRICS.duration.prometheus].samples
-               if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"]
+    buckets = [
+        float(s.labels["le"])
+        for s in families[METRICS.duration.prometheus].samples
+        if s.name.endswith("_bucket") and s.labels["le"] != "+Inf"
+    ]
     assert min(buckets) == 0.05 and max(buckets) == 6 * 3600
 
 
@@ -70,13 +73,16 @@ def test_series_beyond_the_limit_fold_into_overflow_and_are_counted() -> None:
     recs = [make_record(node=f"n{i}") for i in range(10)]
     sink.export([finished(r) for r in recs])
     reg = sink.registry
-    kept = [r for r in recs if reg.get_sample_value(
-        METRICS.runs.prometheus, _labels(r, "status"))]
+    kept = [r for r in recs if reg.get_sample_value(METRICS.runs.prometheus, _labels(r, "status"))]
     assert len(kept) == 3
     overflow = dict(_labels(recs[-1], "status"), node=OVERFLOW_LABEL_VALUE)
     assert reg.get_sample_value(METRICS.runs.prometheus, overflow) == 7
-    assert reg.get_sample_value("odibi_observe_label_overflow_total",
-                                {"metric": METRICS.runs.prometheus}) == 7
+    assert (
+        reg.get_sample_value(
+            "odibi_observe_label_overflow_total", {"metric": METRICS.runs.prometheus}
+        )
+        == 7
+    )
 
 
 def test_metrics_endpoint_serves_on_loopback() -> None:
@@ -111,16 +117,16 @@ def _scrape(sink: PrometheusSink) -> dict[str, list[tuple[str, dict[str, str], f
     from prometheus_client import generate_latest
 
     text = generate_latest(sink.registry).decode()
-    return {f.name: [(s.name, dict(s.labels), s.value) for s in f.samples]
-            for f in text_string_to_metric_families(text)}
+    return {
+        f.name: [(s.name, dict(s.labels), s.value) for s in f.samples]
+        for f in text_string_to_metric_families(text)
+    }
 
 
 def test_resources_of_finished_runs_are_histograms_and_the_limit_a_gauge() -> None:
     sink = PrometheusSink(CollectorRegistry())
-    first = make_record(peak_rss_bytes=100 * MIB, cpu_seconds=2.0,
-                        memory_limit_bytes=512 * MIB)
-    second = make_record(peak_rss_bytes=300 * MIB, cpu_seconds=0.5,
-                         memory_limit_bytes=512 * MIB)
+    first = make_record(peak_rss_bytes=100 * MIB, cpu_seconds=2.0, memory_limit_bytes=512 * MIB)
+    second = make_record(peak_rss_bytes=300 * MIB, cpu_seconds=0.5, memory_limit_bytes=512 * MIB)
     sink.export([finished(first), finished(second), finished(second)])  # a replay counts once
     families = _scrape(sink)
     labels = _labels(first)
@@ -128,8 +134,11 @@ def test_resources_of_finished_runs_are_histograms_and_the_limit_a_gauge() -> No
     by_name = {name: value for name, lab, value in families[peak] if lab.get("le") is None}
     assert by_name[peak + "_count"] == 2
     assert by_name[peak + "_sum"] == 400 * MIB
-    buckets = {float(lab["le"]): value for name, lab, value in families[peak]
-               if name.endswith("_bucket") and lab["le"] != "+Inf"}
+    buckets = {
+        float(lab["le"]): value
+        for name, lab, value in families[peak]
+        if name.endswith("_bucket") and lab["le"] != "+Inf"
+    }
     assert tuple(sorted(buckets)) == PEAK_RSS_BUCKETS_BYTES
     assert buckets[128 * MIB] == 1 and buckets[512 * MIB] == 2
     cpu = RESOURCE_METRICS.cpu.prometheus
@@ -145,10 +154,10 @@ def test_runs_without_resources_expose_no_resource_series() -> None:
     rec = make_record()
     sink.export([finished(rec)])
     reg = sink.registry
-    assert reg.get_sample_value(RESOURCE_METRICS.peak_rss.prometheus + "_count",
-                                _labels(rec)) is None
-    assert reg.get_sample_value(RESOURCE_METRICS.cpu.prometheus + "_count",
-                                _labels(rec)) is None
+    assert (
+        reg.get_sample_value(RESOURCE_METRICS.peak_rss.prometheus + "_count", _labels(rec)) is None
+    )
+    assert reg.get_sample_value(RESOURCE_METRICS.cpu.prometheus + "_count", _labels(rec)) is None
     assert reg.get_sample_value(RESOURCE_METRICS.memory_limit.prometheus, _labels(rec)) is None
 
 

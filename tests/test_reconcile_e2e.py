@@ -55,9 +55,16 @@ class SuggestedError(Exception):
 
 def _pipeline(url: str, traces: Path) -> dict[str, str]:
     """Six nodes of a real pipeline, one of them failing; returns node → run id."""
-    oo.configure(project="shop", environment="test", catalog_url=url,
-                 traces_file=str(traces), mode="inline", handle_sigterm=False, strict=True,
-                 registry=CollectorRegistry())
+    oo.configure(
+        project="shop",
+        environment="test",
+        catalog_url=url,
+        traces_file=str(traces),
+        mode="inline",
+        handle_sigterm=False,
+        strict=True,
+        registry=CollectorRegistry(),
+    )
     ids: dict[str, str] = {}
 
     def node(name: str, rows: int, fail: bool = False) -> None:
@@ -76,8 +83,14 @@ def _pipeline(url: str, traces: Path) -> dict[str, str]:
             body()
 
     with oo.pipeline_run("nightly"):
-        for name, rows in (("extract", 120), ("clean", 110), ("enrich", 0),
-                           ("aggregate", 12), ("publish", 12), ("archive", 5)):
+        for name, rows in (
+            ("extract", 120),
+            ("clean", 110),
+            ("enrich", 0),
+            ("aggregate", 12),
+            ("publish", 12),
+            ("archive", 5),
+        ):
             node(name, rows, fail=name == "enrich")
     assert oo.flush(timeout=30)
     oo.shutdown()
@@ -87,16 +100,24 @@ def _pipeline(url: str, traces: Path) -> dict[str, str]:
 def _kill_mid_node(url: str, traces: Path) -> str:
     """A real process SIGKILLed while its node runs; returns the run id it left RUNNING."""
     engine = create_catalog_engine(url)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_NODE, url, str(traces)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_NODE, url, str(traces)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
 
         def running() -> Sequence[Any]:
             with engine.connect() as conn:
-                return conn.execute(sa.text(
-                    "SELECT run_id FROM meta_runs WHERE status = 'RUNNING' AND pid = :p"),
-                    {"p": proc.pid}).scalars().all()
+                return (
+                    conn.execute(
+                        sa.text(
+                            "SELECT run_id FROM meta_runs WHERE status = 'RUNNING' AND pid = :p"
+                        ),
+                        {"p": proc.pid},
+                    )
+                    .scalars()
+                    .all()
+                )
 
         assert wait_until(lambda: bool(running()), timeout=20)
         os.kill(proc.pid, signal.SIGKILL)
@@ -129,15 +150,30 @@ def test_faults_are_named_repaired_and_gone(catalog_url: str, tmp_path: Path) ->
     kept = [line for line in lines if ids["aggregate"] not in line]
     assert len(kept) == len(lines) - 1  # inline mode: the node's span is a line of its own
     (traces / "traces.jsonl").write_text("".join(line + "\n" for line in kept))
-    _sql(catalog_url, "UPDATE meta_runs SET rows_processed = rows_processed + 5 "
-                      "WHERE run_id = :r", r=ids["publish"])
+    _sql(
+        catalog_url,
+        "UPDATE meta_runs SET rows_processed = rows_processed + 5 WHERE run_id = :r",
+        r=ids["publish"],
+    )
     time.sleep(1.2)  # past --crash-after
 
-    base = ["reconcile", "--catalog", catalog_url, "--traces", f"otlp-json:{traces}",
-            "--since", since.isoformat(), "--until",
-            (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat(), "--grace", "0s",
-            "--crash-after", "1s", "--trace-url-template",
-            "http://grafana/explore?traceId={trace_id}"]
+    base = [
+        "reconcile",
+        "--catalog",
+        catalog_url,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--since",
+        since.isoformat(),
+        "--until",
+        (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat(),
+        "--grace",
+        "0s",
+        "--crash-after",
+        "1s",
+        "--trace-url-template",
+        "http://grafana/explore?traceId={trace_id}",
+    ]
     code, _, err = cli(*base, "--out", str(tmp_path / "first"), "--quiet")
     assert code == 1, err
     first = json.loads((tmp_path / "first" / "report.json").read_text())
@@ -150,8 +186,15 @@ def test_faults_are_named_repaired_and_gone(catalog_url: str, tmp_path: Path) ->
     assert first["summary"]["ignored_spans"] >= 1  # the pipeline span is not a node span
     assert not first["errors"]
 
-    code, _, err = cli(*base, "--out", str(tmp_path / "repair"), "--quiet", "--repair",
-                       "--repair-traces", f"otlp-json:{traces / 'repaired.jsonl'}")
+    code, _, err = cli(
+        *base,
+        "--out",
+        str(tmp_path / "repair"),
+        "--quiet",
+        "--repair",
+        "--repair-traces",
+        f"otlp-json:{traces / 'repaired.jsonl'}",
+    )
     assert code == 1, err
     repaired = json.loads((tmp_path / "repair" / "report.json").read_text())
     assert repaired["repair"]["applied"] == 4 and repaired["repair"]["failed"] == 0

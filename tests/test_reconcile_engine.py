@@ -50,10 +50,13 @@ def found(result: ReconcileResult) -> set[tuple[str, str]]:
     return {(d.kind, d.run_id) for d in result.discrepancies()}
 
 
-def run_files(url: str, folder: Path, win: Window | None = None, **options: Any
-              ) -> ReconcileResult:
-    return reconcile(open_catalog_source(url), [open_trace_source(f"otlp-json:{folder}")],
-                     win or window(), ReconcileOptions(**options))
+def run_files(url: str, folder: Path, win: Window | None = None, **options: Any) -> ReconcileResult:
+    return reconcile(
+        open_catalog_source(url),
+        [open_trace_source(f"otlp-json:{folder}")],
+        win or window(),
+        ReconcileOptions(**options),
+    )
 
 
 def test_every_kind_is_found_and_nothing_else(catalog_url: str, tmp_path: Path) -> None:
@@ -66,12 +69,15 @@ def test_every_kind_is_found_and_nothing_else(catalog_url: str, tmp_path: Path) 
     catalog_side = [r for r in records if r is not missing_catalog]
     write_catalog(catalog_url, catalog_side)
     write_catalog(catalog_url, [stale], kind=EventKind.STARTED)
-    execute(catalog_url, "UPDATE meta_runs SET status = 'SUCCESS' WHERE run_id = :r",
-            r=status.run_id)
-    execute(catalog_url, "UPDATE meta_runs SET rows_processed = 999 WHERE run_id = :r",
-            r=rows.run_id)
-    execute(catalog_url, "UPDATE meta_runs SET duration_ms = 900 WHERE run_id = :r",
-            r=duration.run_id)
+    execute(
+        catalog_url, "UPDATE meta_runs SET status = 'SUCCESS' WHERE run_id = :r", r=status.run_id
+    )
+    execute(
+        catalog_url, "UPDATE meta_runs SET rows_processed = 999 WHERE run_id = :r", r=rows.run_id
+    )
+    execute(
+        catalog_url, "UPDATE meta_runs SET duration_ms = 900 WHERE run_id = :r", r=duration.run_id
+    )
     status_span = status.finished(status=RunStatus.FAILURE, error_type="E")
     spans = [r for r in records if r not in (missing_traces, status)] + [status_span]
     spans.append(dup.finished(span_id="00000000000000ab"))  # a second span for one run
@@ -100,15 +106,26 @@ def test_every_kind_is_found_and_nothing_else(catalog_url: str, tmp_path: Path) 
 def test_duplicate_catalog_rows_in_a_table_without_primary_key(tmp_path: Path) -> None:
     """Odibi's own tables may lack a primary key; a run logged twice is reported."""
     url = f"sqlite:///{tmp_path}/odibi.db"
-    execute(url, "CREATE TABLE meta_runs (run_id TEXT, project TEXT, pipeline_name TEXT, "
-                 "node_name TEXT, status TEXT, rows_processed BIGINT, duration_ms BIGINT, "
-                 "metrics_json TEXT, environment TEXT, timestamp DATETIME, date DATE)")
+    execute(
+        url,
+        "CREATE TABLE meta_runs (run_id TEXT, project TEXT, pipeline_name TEXT, "
+        "node_name TEXT, status TEXT, rows_processed BIGINT, duration_ms BIGINT, "
+        "metrics_json TEXT, environment TEXT, timestamp DATETIME, date DATE)",
+    )
     records = runs(3)
     for r in [*records, records[1]]:
-        execute(url, "INSERT INTO meta_runs VALUES (:r, 'p', :pl, :n, 'SUCCESS', :rows, :d, "
-                     "'{}', 'test', :ts, :day)", r=r.run_id, pl=r.pipeline, n=r.node,
-                rows=r.rows_processed, d=r.duration_ms, ts=r.ended_at.isoformat(" ")[:26],  # type: ignore[union-attr]
-                day=r.ended_at.date())  # type: ignore[union-attr]
+        execute(
+            url,
+            "INSERT INTO meta_runs VALUES (:r, 'p', :pl, :n, 'SUCCESS', :rows, :d, "
+            "'{}', 'test', :ts, :day)",
+            r=r.run_id,
+            pl=r.pipeline,
+            n=r.node,
+            rows=r.rows_processed,
+            d=r.duration_ms,
+            ts=r.ended_at.isoformat(" ")[:26],  # type: ignore[union-attr]
+            day=r.ended_at.date(),  # type: ignore[union-attr]
+        )
     write_spans(tmp_path / "t.jsonl", records)
     with run_files(url, tmp_path / "t.jsonl") as result:
         assert found(result) == {("duplicate_in_catalog", records[1].run_id)}
@@ -118,41 +135,58 @@ def test_duplicate_catalog_rows_in_a_table_without_primary_key(tmp_path: Path) -
         assert "no column started_at" in result.notes[0]
 
 
-@pytest.mark.parametrize(("span_ms", "catalog_ms", "agrees"), [
-    (40, 45, True), (40, 46, False),          # short runs: 5 ms
-    (10_000, 10_100, True), (10_000, 10_101, False),  # long runs: 1 %
-])
+@pytest.mark.parametrize(
+    ("span_ms", "catalog_ms", "agrees"),
+    [
+        (40, 45, True),
+        (40, 46, False),  # short runs: 5 ms
+        (10_000, 10_100, True),
+        (10_000, 10_101, False),  # long runs: 1 %
+    ],
+)
 def test_duration_tolerance_is_one_percent_or_five_ms(
-        sqlite_url: str, span_ms: int, catalog_ms: int, agrees: bool) -> None:
+    sqlite_url: str, span_ms: int, catalog_ms: int, agrees: bool
+) -> None:
     record = runs(1, duration_ns=span_ms * 1_000_000)[0]
     write_catalog(sqlite_url, [record])
     execute(sqlite_url, "UPDATE meta_runs SET duration_ms = :d", d=catalog_ms)
     source = ListSource([trace_run(record)])
     with reconcile(open_catalog_source(sqlite_url), [source], window()) as result:
         assert found(result) == (set() if agrees else {("duration_mismatch", record.run_id)})
-    with reconcile(open_catalog_source(sqlite_url), [source], window(),
-                   ReconcileOptions(duration_tolerance_ms=10)) as relaxed:
+    with reconcile(
+        open_catalog_source(sqlite_url),
+        [source],
+        window(),
+        ReconcileOptions(duration_tolerance_ms=10),
+    ) as relaxed:
         assert (span_ms, found(relaxed)) != (40, {("duration_mismatch", record.run_id)})
 
 
 def test_running_rows_stale_in_flight_and_alive_by_heartbeat(sqlite_url: str) -> None:
     now = time.time_ns()
     old = runs(1, status=RunStatus.RUNNING, started_ns=now - 2 * HOUR)[0]
-    beating = runs(1, status=RunStatus.RUNNING, started_ns=now - 2 * HOUR,
-                   heartbeat_ns=now - 60 * SECOND)[0]
+    beating = runs(
+        1, status=RunStatus.RUNNING, started_ns=now - 2 * HOUR, heartbeat_ns=now - 60 * SECOND
+    )[0]
     recent = runs(1, status=RunStatus.RUNNING, started_ns=now - 5 * 60 * SECOND)[0]
     finished_later = runs(1, status=RunStatus.RUNNING, started_ns=now - HOUR)[0]
     write_catalog(sqlite_url, [old, beating, recent, finished_later], kind=EventKind.STARTED)
     span = trace_run(finished_later, status="SUCCESS", end_ns=finished_later.started_ns + SECOND)
     win = Window.last(timedelta(hours=6), grace=timedelta(0))
     with reconcile(open_catalog_source(sqlite_url), [ListSource([span])], win) as result:
-        assert found(result) == {("stale_running", old.run_id),
-                                 ("status_mismatch", finished_later.run_id)}
+        assert found(result) == {
+            ("stale_running", old.run_id),
+            ("status_mismatch", finished_later.run_id),
+        }
         assert result.in_flight == 2
         detail = {d.kind: d.detail for d in result.discrepancies()}
         assert "terminal catalog write was lost" in detail["status_mismatch"]
-    with reconcile(open_catalog_source(sqlite_url), [ListSource([span])], win,
-                   ReconcileOptions(crash_after=timedelta(hours=3))) as patient:
+    with reconcile(
+        open_catalog_source(sqlite_url),
+        [ListSource([span])],
+        win,
+        ReconcileOptions(crash_after=timedelta(hours=3)),
+    ) as patient:
         assert found(patient) == {("status_mismatch", finished_later.run_id)}
 
 
@@ -166,8 +200,10 @@ def test_runs_within_the_grace_period_wait_for_the_next_run(sqlite_url: str) -> 
     assert win.end == win.now - timedelta(minutes=15)
     assert win.since == win.now - timedelta(hours=6, minutes=15)
     with reconcile(open_catalog_source(sqlite_url), [spans], win) as result:
-        assert found(result) == {("missing_in_traces", settled[0].run_id),
-                                 ("missing_in_catalog", settled[1].run_id)}
+        assert found(result) == {
+            ("missing_in_traces", settled[0].run_id),
+            ("missing_in_catalog", settled[1].run_id),
+        }
 
 
 def test_runs_outside_the_window_are_not_reported(sqlite_url: str) -> None:
@@ -206,10 +242,14 @@ def test_spilled_sorted_and_merged_sources_agree(tmp_path: Path, sqlite_url: str
     write_spans(tmp_path / "a.jsonl", records[:25])
     write_ledger(sqlite_url, records[20:45])  # overlaps the files by 5 spans
     lists = ListSource([trace_run(r) for r in records[45:]], sorted_by_run_id=True)
-    sources: list[TraceSource] = [open_trace_source(f"otlp-json:{tmp_path / 'a.jsonl'}"),
-                                  open_trace_source(f"ledger:{sqlite_url}"), lists]
-    with reconcile(open_catalog_source(sqlite_url), sources, window(),
-                   ReconcileOptions(chunk_size=7)) as result:
+    sources: list[TraceSource] = [
+        open_trace_source(f"otlp-json:{tmp_path / 'a.jsonl'}"),
+        open_trace_source(f"ledger:{sqlite_url}"),
+        lists,
+    ]
+    with reconcile(
+        open_catalog_source(sqlite_url), sources, window(), ReconcileOptions(chunk_size=7)
+    ) as result:
         assert found(result) == {("missing_in_catalog", r.run_id) for r in records[-2:]}
         assert (result.trace_runs, result.matched) == (60, 58)
 
@@ -225,8 +265,9 @@ def test_unreadable_sources(tmp_path: Path, sqlite_url: str) -> None:
         assert result.unreadable and "no such file" in result.unreadable[0]
     with pytest.raises(ReconcileError, match="no table meta_runs"):
         reconcile(open_catalog_source(f"sqlite:///{tmp_path}/empty.db"), [files], window())
-    execute(f"sqlite:///{tmp_path}/odd.db", "CREATE TABLE meta_runs (run_id TEXT, started_at "
-                                            "DATETIME)")
+    execute(
+        f"sqlite:///{tmp_path}/odd.db", "CREATE TABLE meta_runs (run_id TEXT, started_at DATETIME)"
+    )
     with pytest.raises(ReconcileError, match="no column status"):
         reconcile(open_catalog_source(f"sqlite:///{tmp_path}/odd.db"), [files], window())
     with pytest.raises(SourceError, match="unsupported database URL"):
@@ -240,19 +281,26 @@ def test_a_stream_out_of_order_stops_the_merge(sqlite_url: str) -> None:
 
     write_catalog(sqlite_url, [])
     with pytest.raises(ReconcileError, match="not sorted by run_id"):
-        reconcile(open_catalog_source(sqlite_url),
-                  [Liar([trace_run(r) for r in runs(3)], sorted_by_run_id=True)], window())
+        reconcile(
+            open_catalog_source(sqlite_url),
+            [Liar([trace_run(r) for r in runs(3)], sorted_by_run_id=True)],
+            window(),
+        )
 
 
 def test_bad_catalog_values_are_reported_and_not_compared(sqlite_url: str) -> None:
     records = runs(2)
     write_catalog(sqlite_url, records)
-    execute(sqlite_url, "UPDATE meta_runs SET rows_processed = 'lots' WHERE run_id = :r",
-            r=records[0].run_id)
+    execute(
+        sqlite_url,
+        "UPDATE meta_runs SET rows_processed = 'lots' WHERE run_id = :r",
+        r=records[0].run_id,
+    )
     future = runs(1, started_ns=time.time_ns() + 48 * HOUR)[0]
     write_catalog(sqlite_url, [future])
-    with reconcile(open_catalog_source(sqlite_url), [ListSource(
-            [trace_run(r) for r in records])], window()) as result:
+    with reconcile(
+        open_catalog_source(sqlite_url), [ListSource([trace_run(r) for r in records])], window()
+    ) as result:
         assert found(result) == set()
         messages = [e.message for e in result.errors]
         assert any("rows_processed: 'lots' is not a whole number" in m for m in messages)
@@ -263,16 +311,20 @@ def test_bad_catalog_values_are_reported_and_not_compared(sqlite_url: str) -> No
 def test_postgres_with_a_locale_collation_merges_in_byte_order(pg_url: str) -> None:
     """A production database sorts text by its locale (here ICU's en), in which 'a-1' sorts
     after 'a_1'; the catalog query sorts COLLATE "C", as the merge needs."""
-    records = [r.finished(run_id=i) for r, i in zip(
-        runs(6), ["a-1", "a_1", "A1", "a1", "b", "é"], strict=True)]
+    records = [
+        r.finished(run_id=i)
+        for r, i in zip(runs(6), ["a-1", "a_1", "A1", "a1", "b", "é"], strict=True)
+    ]
     write_catalog(pg_url, records)
     engine = create_catalog_engine(pg_url)
     with engine.begin() as conn:
-        conn.exec_driver_sql('ALTER TABLE meta_runs ALTER COLUMN run_id TYPE varchar(100) '
-                             'COLLATE "en-x-icu"')
+        conn.exec_driver_sql(
+            'ALTER TABLE meta_runs ALTER COLUMN run_id TYPE varchar(100) COLLATE "en-x-icu"'
+        )
     engine.dispose()
-    with reconcile(open_catalog_source(pg_url), [ListSource([trace_run(r) for r in records])],
-                   window()) as result:
+    with reconcile(
+        open_catalog_source(pg_url), [ListSource([trace_run(r) for r in records])], window()
+    ) as result:
         assert found(result) == set()
         assert result.matched == 6
 
@@ -281,13 +333,13 @@ def test_window_arguments_are_checked() -> None:
     now = ns_to_datetime(BASE_NS)
     with pytest.raises(ValueError, match="before it starts"):
         Window.between(now, now - timedelta(hours=1), grace=timedelta(0))
-    win = Window.between(now - timedelta(days=2), now - timedelta(days=1),
-                         grace=timedelta(minutes=15), now=now)
+    win = Window.between(
+        now - timedelta(days=2), now - timedelta(days=1), grace=timedelta(minutes=15), now=now
+    )
     assert win.end == win.until  # a window well in the past is not shortened by the grace
 
 
-def test_run_record_of_a_failure_survives_the_round_trip(sqlite_url: str,
-                                                         tmp_path: Path) -> None:
+def test_run_record_of_a_failure_survives_the_round_trip(sqlite_url: str, tmp_path: Path) -> None:
     """A run missing from the catalog keeps everything its span says, for the backfill."""
     record = failed(runs(1, attributes={"region": "eu"})[0])
     write_catalog(sqlite_url, [])
@@ -295,12 +347,13 @@ def test_run_record_of_a_failure_survives_the_round_trip(sqlite_url: str,
     with run_files(sqlite_url, tmp_path / "t.jsonl") as result:
         (item,) = list(result.discrepancies())
     trace = item.trace or {}
-    assert (trace["error_type"], trace["error_message"]) == ("ValueError",
-                                                             "column 'amount' not found")
+    assert (trace["error_type"], trace["error_message"]) == (
+        "ValueError",
+        "column 'amount' not found",
+    )
     assert trace["suggestions"] == list(record.suggestions)
     assert trace["attributes"] == {"region": "eu"}
     assert (trace["started_ns"], trace["ended_ns"]) == (record.started_ns, record.ended_ns)
-
 
 
 class FailsInAChild(TraceSource):
@@ -317,8 +370,7 @@ class FailsInAChild(TraceSource):
     def describe(self) -> str:
         return f"flaky:{self.folder}"
 
-    def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0
-              ) -> list[TraceSource]:
+    def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         files = sorted(self.folder.iterdir())
         return [FailsInAChild(self.folder, files[:2]), FailsInAChild(self.folder, files[2:])]
 
@@ -329,25 +381,37 @@ class FailsInAChild(TraceSource):
             yield from OtlpJsonFileSource(file).read(read_range, log)
 
 
-def test_reading_in_two_processes_gives_the_same_answer(tmp_path: Path,
-                                                        sqlite_url: str) -> None:
+def test_reading_in_two_processes_gives_the_same_answer(tmp_path: Path, sqlite_url: str) -> None:
     """The files are split between this process and a child (in sorted runs of 7); the answer,
     the counts and the read errors are those of one process."""
     records = runs(80)
     write_catalog(sqlite_url, records[:-3])
     for i in range(4):
-        write_spans(tmp_path / "t" / f"part-{i}.jsonl", records[i * 20:(i + 1) * 20],
-                    extra_lines=["not json"] if i == 2 else [])
+        write_spans(
+            tmp_path / "t" / f"part-{i}.jsonl",
+            records[i * 20 : (i + 1) * 20],
+            extra_lines=["not json"] if i == 2 else [],
+        )
+
     def run(**options: Any) -> tuple[Any, ...]:
         with run_files(sqlite_url, tmp_path / "t", chunk_size=7, **options) as result:
-            return (found(result), result.trace_runs, result.matched, result.errors_total,
-                    sorted(e.where for e in result.errors))
+            return (
+                found(result),
+                result.trace_runs,
+                result.matched,
+                result.errors_total,
+                sorted(e.where for e in result.errors),
+            )
 
     single = run(workers=1)
     assert single[0] == {("missing_in_catalog", r.run_id) for r in records[-3:]}
     assert run(workers=2, parallel_min_bytes=0) == single
-    flaky = reconcile(open_catalog_source(sqlite_url), [FailsInAChild(tmp_path / "t")],
-                      window(), ReconcileOptions(workers=2, parallel_min_bytes=0))
+    flaky = reconcile(
+        open_catalog_source(sqlite_url),
+        [FailsInAChild(tmp_path / "t")],
+        window(),
+        ReconcileOptions(workers=2, parallel_min_bytes=0),
+    )
     with flaky:
         assert found(flaky) == single[0]
         assert any("a reading process failed" in e.message for e in flaky.errors)
@@ -357,8 +421,9 @@ def test_cancelled_runs_are_compared_like_any_status(tmp_path: Path) -> None:
     """A CANCELLED run agrees with its CANCELLED span; against a FAILURE span it is a
     status_mismatch (through the real catalog and real OTLP-JSON span files)."""
     url = f"sqlite:///{tmp_path}/c.db"
-    agree, differ = (r.finished(status=RunStatus.CANCELLED, error_type="KeyboardInterrupt")
-                     for r in runs(2))
+    agree, differ = (
+        r.finished(status=RunStatus.CANCELLED, error_type="KeyboardInterrupt") for r in runs(2)
+    )
     write_catalog(url, [agree, differ])
     spans = [agree, differ.finished(status=RunStatus.FAILURE, error_type="KeyboardInterrupt")]
     write_spans(tmp_path / "t" / "a.jsonl", spans)

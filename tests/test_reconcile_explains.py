@@ -39,12 +39,17 @@ from tests.test_reconcile_support import (
 
 
 def _samples(path: Path) -> dict[str, float]:
-    return {s.name: s.value for family in text_string_to_metric_families(path.read_text())
-            for s in family.samples if not s.labels}
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(path.read_text())
+        for s in family.samples
+        if not s.labels
+    }
 
 
 def test_a_pass_right_after_the_runs_says_they_were_left_for_the_next(
-        catalog_url: str, tmp_path: Path) -> None:
+    catalog_url: str, tmp_path: Path
+) -> None:
     """Right after a run, the default 15 min grace holds every run back: the pass says it
     checked nothing and why, everywhere, and exports the count for an alert."""
     now = time.time_ns()
@@ -52,12 +57,22 @@ def test_a_pass_right_after_the_runs_says_they_were_left_for_the_next(
     write_catalog(catalog_url, fresh)
     write_spans(tmp_path / "t.jsonl", fresh)
     out_dir, metrics = tmp_path / "r", tmp_path / "r.prom"
-    code, out, err = cli("reconcile", "--catalog", catalog_url, "--traces",
-                         f"otlp-json:{tmp_path / 't.jsonl'}", "--out", str(out_dir),
-                         "--metrics-textfile", str(metrics))
+    code, out, err = cli(
+        "reconcile",
+        "--catalog",
+        catalog_url,
+        "--traces",
+        f"otlp-json:{tmp_path / 't.jsonl'}",
+        "--out",
+        str(out_dir),
+        "--metrics-textfile",
+        str(metrics),
+    )
     assert code == 0, out + err
-    assert ("checked        0 runs: this pass proves nothing; 6 left for the next pass (too "
-            "recent: started within the grace period of 15m, after ") in out
+    assert (
+        "checked        0 runs: this pass proves nothing; 6 left for the next pass (too "
+        "recent: started within the grace period of 15m, after "
+    ) in out
 
     summary = json.loads((out_dir / "report.json").read_text())["summary"]
     assert (summary["runs_checked"], summary["deferred"]) == (0, 6)
@@ -73,9 +88,19 @@ def test_a_pass_right_after_the_runs_says_they_were_left_for_the_next(
     assert gauges[RECONCILE_METRICS.deferred.prometheus] == 6
 
     # The same runs, once the grace period is over, are checked.
-    code, out, _ = cli("reconcile", "--catalog", catalog_url, "--traces",
-                       f"otlp-json:{tmp_path / 't.jsonl'}", "--out", str(out_dir),
-                       "--grace", "0s", "--metrics-textfile", str(metrics))
+    code, out, _ = cli(
+        "reconcile",
+        "--catalog",
+        catalog_url,
+        "--traces",
+        f"otlp-json:{tmp_path / 't.jsonl'}",
+        "--out",
+        str(out_dir),
+        "--grace",
+        "0s",
+        "--metrics-textfile",
+        str(metrics),
+    )
     assert code == 0
     assert "checked        6 runs in the window." in out
     assert _samples(metrics)[RECONCILE_METRICS.checked.prometheus] == 6
@@ -92,8 +117,9 @@ def test_only_runs_the_grace_period_holds_back_are_deferred(sqlite_url: str) -> 
         assert (result.checked, result.matched, result.deferred) == (2, 2, 2)
         assert result.clean
     # A window that ends an hour ago: later runs are outside it, not "left for the next pass".
-    past = Window.between(ns_to_datetime(now - 6 * HOUR), ns_to_datetime(now - HOUR),
-                          grace=timedelta(minutes=15))
+    past = Window.between(
+        ns_to_datetime(now - 6 * HOUR), ns_to_datetime(now - HOUR), grace=timedelta(minutes=15)
+    )
     with reconcile(open_catalog_source(sqlite_url), [spans], past) as result:
         assert (result.checked, result.deferred) == (2, 0)
 
@@ -103,8 +129,12 @@ def test_only_runs_the_grace_period_holds_back_are_deferred(sqlite_url: str) -> 
 
 @pytest.fixture
 def no_trace_destination(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                 "ODIBI_OBSERVE_OTLP_ENDPOINT", "ODIBI_OBSERVE_TRACES_FILE"):
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "ODIBI_OBSERVE_OTLP_ENDPOINT",
+        "ODIBI_OBSERVE_TRACES_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -114,20 +144,34 @@ def _plant(url: str, folder: Path) -> dict[str, str]:
     stale = runs(1, status=RunStatus.RUNNING, started_ns=BASE_NS + 2 * HOUR)[0]
     write_catalog(url, records)
     write_catalog(url, [stale], kind=EventKind.STARTED)
-    execute(url, "UPDATE meta_runs SET rows_processed = 1 WHERE run_id = :r",
-            r=records[0].run_id)
+    execute(url, "UPDATE meta_runs SET rows_processed = 1 WHERE run_id = :r", r=records[0].run_id)
     write_spans(folder / "traces.jsonl", records[:2])
     return {"stale": stale.run_id, "rows": records[0].run_id, "no_span": records[2].run_id}
 
 
 def _cli_repair(url: str, folder: Path, out: Path, *extra: str) -> tuple[int, str, str]:
-    return cli("reconcile", "--catalog", url, "--traces", f"otlp-json:{folder}", "--since",
-               iso(BASE_NS), "--until", iso(BASE_NS + 24 * HOUR), "--grace", "0s", "--out",
-               str(out), "--repair", *extra)
+    return cli(
+        "reconcile",
+        "--catalog",
+        url,
+        "--traces",
+        f"otlp-json:{folder}",
+        "--since",
+        iso(BASE_NS),
+        "--until",
+        iso(BASE_NS + 24 * HOUR),
+        "--grace",
+        "0s",
+        "--out",
+        str(out),
+        "--repair",
+        *extra,
+    )
 
 
 def test_repair_lists_each_action_with_its_backend(
-        sqlite_url: str, tmp_path: Path, no_trace_destination: None) -> None:
+    sqlite_url: str, tmp_path: Path, no_trace_destination: None
+) -> None:
     """Without a trace destination, closing a crashed run is applied to the catalog only:
     'partial', and the traces' part is 'not sent' — never counted as applied for traces."""
     ids = _plant(sqlite_url, tmp_path / "t")
@@ -145,7 +189,8 @@ def test_repair_lists_each_action_with_its_backend(
     updated = line(f"applied update_catalog_from_trace for rows_mismatch run {ids['rows']}")
     assert updated.endswith("[catalog: applied]")
     assert "no trace destination" in line(
-        f"skipped emit_span for missing_in_traces run {ids['no_span']}")
+        f"skipped emit_span for missing_in_traces run {ids['no_span']}"
+    )
     assert "by backend: catalog 2 applied, traces 0 applied / 1 not sent" in out
 
     report = json.loads((tmp_path / "r" / "report.json").read_text())
@@ -166,15 +211,19 @@ def test_repair_lists_each_action_with_its_backend(
 
 
 def test_a_crashed_run_whose_span_export_failed_is_not_applied_for_traces(
-        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_OTLP_TIMEOUT", "0.5")
     ids = _plant(sqlite_url, tmp_path / "t")
     catalog = open_catalog_source(sqlite_url)
-    with reconcile(catalog, [open_trace_source(f"otlp-json:{tmp_path / 't'}")],
-                   Window.between(ns_to_datetime(BASE_NS), ns_to_datetime(BASE_NS + 24 * HOUR),
-                                  grace=timedelta(0))) as result:
-        summary = repair(result, catalog, apply=True,
-                         repair_traces="http://127.0.0.1:9/v1/traces")
+    with reconcile(
+        catalog,
+        [open_trace_source(f"otlp-json:{tmp_path / 't'}")],
+        Window.between(
+            ns_to_datetime(BASE_NS), ns_to_datetime(BASE_NS + 24 * HOUR), grace=timedelta(0)
+        ),
+    ) as result:
+        summary = repair(result, catalog, apply=True, repair_traces="http://127.0.0.1:9/v1/traces")
         by_run = {d.run_id: d.repair or {} for d in result.discrepancies()}
     catalog.close()
     crashed = by_run[ids["stale"]]
@@ -220,9 +269,23 @@ def test_spool_damage_the_sidecar_found_is_in_the_reconcile_report(tmp_path: Pat
     traces = tmp_path / "traces.jsonl"
     traces.write_text("")
     out_dir = tmp_path / "out"
-    code, out, err = cli("reconcile", "--catalog", url, "--traces", f"otlp-json:{traces}",
-                         "--last", "1h", "--grace", "0s", "--spool-dir", str(spool_dir),
-                         "--format", "md", "--out", str(out_dir))
+    code, out, err = cli(
+        "reconcile",
+        "--catalog",
+        url,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--last",
+        "1h",
+        "--grace",
+        "0s",
+        "--spool-dir",
+        str(spool_dir),
+        "--format",
+        "md",
+        "--out",
+        str(out_dir),
+    )
     assert (out_dir / "report.md").exists(), (code, err)
     report = (out_dir / "report.md").read_text()
     for text in (out, report):
@@ -230,7 +293,19 @@ def test_spool_damage_the_sidecar_found_is_in_the_reconcile_report(tmp_path: Pat
         assert "frame(s) lost" in text
         assert any(run_id in text for run_id in affected), (affected, text)
     # A finding outside the window is not reported.
-    _, out, _ = cli("reconcile", "--catalog", url, "--traces", f"otlp-json:{traces}",
-                    "--since", "2020-01-01", "--until", "2020-01-02",
-                    "--spool-dir", str(spool_dir), "--out", str(tmp_path / "old"))
+    _, out, _ = cli(
+        "reconcile",
+        "--catalog",
+        url,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--since",
+        "2020-01-01",
+        "--until",
+        "2020-01-02",
+        "--spool-dir",
+        str(spool_dir),
+        "--out",
+        str(tmp_path / "old"),
+    )
     assert "spool damage" not in out

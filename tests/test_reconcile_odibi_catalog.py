@@ -47,12 +47,18 @@ def odibi_table() -> sa.Table:
     """``meta_runs`` as Odibi creates it in SQL (``odibi.catalog_sync``): eleven columns, no
     primary key, naive UTC times (``DATETIME2``)."""
     return sa.Table(
-        CATALOG_TABLE, sa.MetaData(),
-        sa.Column("run_id", sa.String(100)), sa.Column("project", sa.String(255)),
-        sa.Column("pipeline_name", sa.String(255)), sa.Column("node_name", sa.String(255)),
-        sa.Column("status", sa.String(50)), sa.Column("rows_processed", sa.BigInteger),
-        sa.Column("duration_ms", sa.BigInteger), sa.Column("metrics_json", sa.Text),
-        sa.Column("environment", sa.String(50)), sa.Column("timestamp", sa.DateTime),
+        CATALOG_TABLE,
+        sa.MetaData(),
+        sa.Column("run_id", sa.String(100)),
+        sa.Column("project", sa.String(255)),
+        sa.Column("pipeline_name", sa.String(255)),
+        sa.Column("node_name", sa.String(255)),
+        sa.Column("status", sa.String(50)),
+        sa.Column("rows_processed", sa.BigInteger),
+        sa.Column("duration_ms", sa.BigInteger),
+        sa.Column("metrics_json", sa.Text),
+        sa.Column("environment", sa.String(50)),
+        sa.Column("timestamp", sa.DateTime),
         sa.Column("date", sa.Date),
         sa.Index("IX_meta_runs_project_pipeline", "project", "pipeline_name", "date"),
     )
@@ -70,8 +76,12 @@ def odibi_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from deltalake import DeltaTable
 
     rows = DeltaTable(str(project / "lake" / "_system" / "meta_runs")).to_pandas()
-    return {"project": project, "traces": real.traces, "records": real.records(),
-            "rows": rows.to_dict("records")}
+    return {
+        "project": project,
+        "traces": real.traces,
+        "records": real.records(),
+        "rows": rows.to_dict("records"),
+    }
 
 
 def load_into_sql(url: str, rows: list[dict[str, Any]]) -> None:
@@ -81,14 +91,26 @@ def load_into_sql(url: str, rows: list[dict[str, Any]]) -> None:
     try:
         table.metadata.create_all(engine)
         with engine.begin() as conn:
-            conn.execute(table.insert(), [{
-                **{k: (None if v != v else v) for k, v in row.items()  # NaN -> NULL
-                   if k not in ("timestamp", "date")},
-                "rows_processed": int(row["rows_processed"]),
-                "duration_ms": int(row["duration_ms"]),
-                "timestamp": row["timestamp"].to_pydatetime().astimezone(timezone.utc)
-                .replace(tzinfo=None),
-                "date": row["date"]} for row in rows])
+            conn.execute(
+                table.insert(),
+                [
+                    {
+                        **{
+                            k: (None if v != v else v)
+                            for k, v in row.items()  # NaN -> NULL
+                            if k not in ("timestamp", "date")
+                        },
+                        "rows_processed": int(row["rows_processed"]),
+                        "duration_ms": int(row["duration_ms"]),
+                        "timestamp": row["timestamp"]
+                        .to_pydatetime()
+                        .astimezone(timezone.utc)
+                        .replace(tzinfo=None),
+                        "date": row["date"],
+                    }
+                    for row in rows
+                ],
+            )
     finally:
         engine.dispose()
 
@@ -104,16 +126,23 @@ def dump(url: str) -> dict[str, Any]:
         with engine.connect() as conn:
             for name in sorted(inspector.get_table_names()):
                 schema[name] = {
-                    "columns": [(c["name"], str(c["type"]), c["nullable"], str(c["default"]))
-                                for c in inspector.get_columns(name)],
+                    "columns": [
+                        (c["name"], str(c["type"]), c["nullable"], str(c["default"]))
+                        for c in inspector.get_columns(name)
+                    ],
                     "indexes": sorted(str(sorted(i.items())) for i in inspector.get_indexes(name)),
                     "pk": str(inspector.get_pk_constraint(name)),
                 }
-                rows[name] = sorted(repr(tuple(r)) for r in conn.execute(
-                    sa.text(f'SELECT * FROM "{name}"')))
+                rows[name] = sorted(
+                    repr(tuple(r)) for r in conn.execute(sa.text(f'SELECT * FROM "{name}"'))
+                )
             if engine.dialect.name == "sqlite":
-                schema["sqlite_master"] = sorted(repr(tuple(r)) for r in conn.execute(
-                    sa.text("SELECT type, name, tbl_name, sql FROM sqlite_master")))
+                schema["sqlite_master"] = sorted(
+                    repr(tuple(r))
+                    for r in conn.execute(
+                        sa.text("SELECT type, name, tbl_name, sql FROM sqlite_master")
+                    )
+                )
         return {"schema": schema, "rows": rows}
     finally:
         engine.dispose()
@@ -126,22 +155,42 @@ def odibi_sql(catalog_url: str, odibi_runs: dict[str, Any]) -> str:
 
 
 def _cli_reconcile(url: str, traces: Path, out: Path, *extra: str) -> tuple[int, str, str]:
-    return cli("reconcile", "--catalog", url, "--traces", f"otlp-json:{traces}",
-               "--last", "3h", "--grace", "0s", "--out", str(out), *extra)
+    return cli(
+        "reconcile",
+        "--catalog",
+        url,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--last",
+        "3h",
+        "--grace",
+        "0s",
+        "--out",
+        str(out),
+        *extra,
+    )
 
 
 # --- item: without --repair, reconcile is read-only --------------------------------------------
 
 
 def test_reconcile_without_repair_changes_nothing_in_odibis_catalog(
-        odibi_sql: str, odibi_runs: dict[str, Any], tmp_path: Path) -> None:
+    odibi_sql: str, odibi_runs: dict[str, Any], tmp_path: Path
+) -> None:
     """Against Odibi's eleven-column table, nothing in the database changes — no column added,
     no table or index created, no row written — and the terminal says how to record reports."""
     before = dump(odibi_sql)
     assert [c[0] for c in before["schema"][CATALOG_TABLE]["columns"]][-2:] == [
-        "timestamp", "date"] and len(before["schema"][CATALOG_TABLE]["columns"]) == 11
-    code, out, err = _cli_reconcile(odibi_sql, odibi_runs["traces"], tmp_path / "r",
-                                    "--metrics-textfile", str(tmp_path / "r.prom"))
+        "timestamp",
+        "date",
+    ] and len(before["schema"][CATALOG_TABLE]["columns"]) == 11
+    code, out, err = _cli_reconcile(
+        odibi_sql,
+        odibi_runs["traces"],
+        tmp_path / "r",
+        "--metrics-textfile",
+        str(tmp_path / "r.prom"),
+    )
     assert dump(odibi_sql) == before
     assert code == 0, out + err
     assert "odibi-observe catalog upgrade --catalog" in err
@@ -153,7 +202,8 @@ def test_reconcile_without_repair_changes_nothing_in_odibis_catalog(
 
 
 def test_reconcile_records_only_where_the_tables_exist(
-        odibi_sql: str, odibi_runs: dict[str, Any], tmp_path: Path) -> None:
+    odibi_sql: str, odibi_runs: dict[str, Any], tmp_path: Path
+) -> None:
     """Once ``catalog upgrade`` created them, each report is one more row there, and nothing
     else changes."""
     code, _, err = cli("catalog", "upgrade", "--catalog", odibi_sql)
@@ -170,20 +220,29 @@ def test_reconcile_records_only_where_the_tables_exist(
 
 
 def test_a_dry_run_on_a_migrated_catalog_changes_only_its_report_rows(
-        sqlite_url: str, tmp_path: Path) -> None:
+    sqlite_url: str, tmp_path: Path
+) -> None:
     """odibi-observe's own catalog: the dry run of repairs writes no run row."""
     records = runs(3)
     from tests.test_reconcile_support import write_catalog
 
     write_catalog(sqlite_url, records)
-    execute(sqlite_url, "UPDATE meta_runs SET rows_processed = 1 WHERE run_id = :r",
-            r=records[0].run_id)
+    execute(
+        sqlite_url, "UPDATE meta_runs SET rows_processed = 1 WHERE run_id = :r", r=records[0].run_id
+    )
     write_spans(tmp_path / "t.jsonl", records)
     before = dump(sqlite_url)
-    code, out, err = cli("reconcile", "--catalog", sqlite_url, "--traces",
-                         f"otlp-json:{tmp_path / 't.jsonl'}", "--since",
-                         (datetime.now(timezone.utc) - timedelta(days=3)).isoformat(),
-                         "--out", str(tmp_path / "r"))
+    code, out, err = cli(
+        "reconcile",
+        "--catalog",
+        sqlite_url,
+        "--traces",
+        f"otlp-json:{tmp_path / 't.jsonl'}",
+        "--since",
+        (datetime.now(timezone.utc) - timedelta(days=3)).isoformat(),
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert code == 1, out + err  # the rows_mismatch
     after = dump(sqlite_url)
     assert after["rows"][CATALOG_TABLE] == before["rows"][CATALOG_TABLE]
@@ -199,8 +258,9 @@ def test_what_odibi_3_15_writes(odibi_runs: dict[str, Any]) -> None:
     dry = [r for r in rows if json.loads(r["metrics_json"]).get("dry_run") is True]
     real = [r for r in rows if r not in dry]
     assert sorted(r["node_name"] for r in dry) == sorted(n["name"] for n in NODES)
-    assert all((r["status"], r["rows_processed"], r["duration_ms"]) == ("SUCCESS", 0, 0)
-               for r in dry)
+    assert all(
+        (r["status"], r["rows_processed"], r["duration_ms"]) == ("SUCCESS", 0, 0) for r in dry
+    )
     by_node = {r["node_name"]: r for r in real}
     assert sorted(by_node) == sorted(EXECUTED)  # no row for the dependency-skipped node
     assert (by_node["broken"]["status"], by_node["broken"]["rows_processed"]) == ("FAILURE", 0)
@@ -222,23 +282,25 @@ def _expect_no_false_alarm(result: Any) -> None:
 def test_odibis_delta_table_raises_no_false_alarm(odibi_runs: dict[str, Any]) -> None:
     catalog = open_catalog_source(f"odibi-delta:{odibi_runs['project'] / 'lake' / '_system'}")
     traces = [open_trace_source(f"otlp-json:{odibi_runs['traces']}")]
-    with reconcile(catalog, traces, Window.last(timedelta(hours=3),
-                                                grace=timedelta(0))) as result:
+    with reconcile(catalog, traces, Window.last(timedelta(hours=3), grace=timedelta(0))) as result:
         _expect_no_false_alarm(result)
 
 
-def test_odibis_sql_table_raises_no_false_alarm(odibi_sql: str, odibi_runs: dict[str, Any],
-                                                tmp_path: Path) -> None:
+def test_odibis_sql_table_raises_no_false_alarm(
+    odibi_sql: str, odibi_runs: dict[str, Any], tmp_path: Path
+) -> None:
     traces = [open_trace_source(f"otlp-json:{odibi_runs['traces']}")]
-    with reconcile(open_catalog_source(odibi_sql), traces,
-                   Window.last(timedelta(hours=3), grace=timedelta(0))) as result:
+    with reconcile(
+        open_catalog_source(odibi_sql), traces, Window.last(timedelta(hours=3), grace=timedelta(0))
+    ) as result:
         _expect_no_false_alarm(result)
-    code, out, err = _cli_reconcile(odibi_sql, odibi_runs["traces"], tmp_path / "r",
-                                    "--no-record")
+    code, out, err = _cli_reconcile(odibi_sql, odibi_runs["traces"], tmp_path / "r", "--no-record")
     assert code == 0, out + err
     assert "discrepancies  0" in out
-    assert (f"not run        Odibi logged {len(NODES)} rows for nodes that did not execute "
-            "(not discrepancies)") in out
+    assert (
+        f"not run        Odibi logged {len(NODES)} rows for nodes that did not execute "
+        "(not discrepancies)"
+    ) in out
     assert "dry run (metrics_json.dry_run)" in out
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "did not execute" in markdown
@@ -246,15 +308,32 @@ def test_odibis_sql_table_raises_no_false_alarm(odibi_sql: str, odibi_runs: dict
     assert report["summary"]["not_run"] == {"dry_run": len(NODES)}
 
 
-def _odibi_row(url: str, run_id: str, status: str, rows: int, metrics: dict[str, Any],
-               when: datetime, duration_ms: int | None = 0) -> None:
-    execute(url, "INSERT INTO meta_runs VALUES (:r, 'shop', 'sales', 'n', :s, :rows, :d, :m, "
-                 "'prod', :ts, :day)", r=run_id, s=status, rows=rows, d=duration_ms,
-            m=json.dumps(metrics), ts=when.replace(tzinfo=None), day=when.date())
+def _odibi_row(
+    url: str,
+    run_id: str,
+    status: str,
+    rows: int,
+    metrics: dict[str, Any],
+    when: datetime,
+    duration_ms: int | None = 0,
+) -> None:
+    execute(
+        url,
+        "INSERT INTO meta_runs VALUES (:r, 'shop', 'sales', 'n', :s, :rows, :d, :m, "
+        "'prod', :ts, :day)",
+        r=run_id,
+        s=status,
+        rows=rows,
+        d=duration_ms,
+        m=json.dumps(metrics),
+        ts=when.replace(tzinfo=None),
+        day=when.date(),
+    )
 
 
 def test_skipped_rows_are_counted_and_real_differences_still_found(
-        catalog_url: str, tmp_path: Path) -> None:
+    catalog_url: str, tmp_path: Path
+) -> None:
     """A row flagged ``skipped`` (the metadata Odibi gives a skipped node's result) is counted,
     not missing from the traces; a failed row's 0 is "unknown" only when it is 0, and only on
     rows Odibi wrote — a count that disagrees is still a rows_mismatch."""
@@ -262,18 +341,33 @@ def test_skipped_rows_are_counted_and_real_differences_still_found(
     odibi_table().metadata.create_all(engine)
     engine.dispose()
     now = datetime.now(timezone.utc) - timedelta(minutes=30)
-    zero, seven = runs(2, start_ns=int(now.timestamp()) * 10**9 - 10**9, step_ns=10**8,
-                       status=RunStatus.FAILURE, rows=None)
+    zero, seven = runs(
+        2,
+        start_ns=int(now.timestamp()) * 10**9 - 10**9,
+        step_ns=10**8,
+        status=RunStatus.FAILURE,
+        rows=None,
+    )
     seven = seven.finished(rows_processed=5)
     _odibi_row(catalog_url, zero.run_id, "FAILURE", 0, {"attempts": 1}, now, zero.duration_ms)
     _odibi_row(catalog_url, seven.run_id, "FAILURE", 7, {"attempts": 1}, now, seven.duration_ms)
-    _odibi_row(catalog_url, "skipped-1", "FAILURE", 0,
-               {"skipped": True, "reason": "dependency_failed"}, now)
+    _odibi_row(
+        catalog_url,
+        "skipped-1",
+        "FAILURE",
+        0,
+        {"skipped": True, "reason": "dependency_failed"},
+        now,
+    )
     _odibi_row(catalog_url, "plain-1", "SUCCESS", 3, {"note": "skipped nothing"}, now)
     write_spans(tmp_path / "t.jsonl", [zero, seven])
-    with reconcile(open_catalog_source(catalog_url),
-                   [open_trace_source(f"otlp-json:{tmp_path / 't.jsonl'}")],
-                   Window.last(timedelta(hours=3), grace=timedelta(0))) as result:
+    with reconcile(
+        open_catalog_source(catalog_url),
+        [open_trace_source(f"otlp-json:{tmp_path / 't.jsonl'}")],
+        Window.last(timedelta(hours=3), grace=timedelta(0)),
+    ) as result:
         assert {(d.kind, d.run_id) for d in result.discrepancies()} == {
-            ("rows_mismatch", seven.run_id), ("missing_in_traces", "plain-1")}
+            ("rows_mismatch", seven.run_id),
+            ("missing_in_traces", "plain-1"),
+        }
         assert dict(result.not_run) == {"skipped": 1}

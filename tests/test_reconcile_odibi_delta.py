@@ -38,19 +38,26 @@ def _odibi_catalog(base: Path) -> Any:
     from odibi.engine.pandas_engine import PandasEngine
 
     logging.getLogger("odibi").setLevel(logging.WARNING)
-    manager = CatalogManager(spark=None, config=SystemConfig(connection="local",
-                                                             path="_odibi_system",
-                                                             environment="prod"),
-                             base_path=str(base / "_odibi_system"), engine=PandasEngine())
+    manager = CatalogManager(
+        spark=None,
+        config=SystemConfig(connection="local", path="_odibi_system", environment="prod"),
+        base_path=str(base / "_odibi_system"),
+        engine=PandasEngine(),
+    )
     manager.bootstrap()
     return manager
 
 
 def _odibi_row(record: RunRecord, **changes: Any) -> dict[str, Any]:
-    row = {"run_id": record.run_id, "pipeline_name": record.pipeline,
-           "node_name": record.node, "status": record.status.value,
-           "rows_processed": record.rows_processed, "duration_ms": record.duration_ms,
-           "metrics_json": "{}"}
+    row = {
+        "run_id": record.run_id,
+        "pipeline_name": record.pipeline,
+        "node_name": record.node,
+        "status": record.status.value,
+        "rows_processed": record.rows_processed,
+        "duration_ms": record.duration_ms,
+        "metrics_json": "{}",
+    }
     row.update(changes)
     return row
 
@@ -66,23 +73,43 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     not_logged, rows_changed, status_changed, twice, no_span, unknown_rows = records[1:7]
     manager = _odibi_catalog(base)
     logged = [
-        _odibi_row(r, **({"rows_processed": 1} if r is rows_changed else
-                         {"status": "FAILURE"} if r is status_changed else
-                         {"rows_processed": None} if r is unknown_rows else {}))
-        for r in records if r is not not_logged]
+        _odibi_row(
+            r,
+            **(
+                {"rows_processed": 1}
+                if r is rows_changed
+                else {"status": "FAILURE"}
+                if r is status_changed
+                else {"rows_processed": None}
+                if r is unknown_rows
+                else {}
+            ),
+        )
+        for r in records
+        if r is not not_logged
+    ]
     manager.log_runs_batch(logged)
     manager.log_runs_batch([_odibi_row(twice)])  # Odibi appends: the run is there twice
     write_spans(base / "traces.jsonl", [r for r in records if r is not no_span])
-    return {"base": base, "records": records, "expected": {
-        ("missing_in_catalog", not_logged.run_id), ("rows_mismatch", rows_changed.run_id),
-        ("status_mismatch", status_changed.run_id), ("duplicate_in_catalog", twice.run_id),
-        ("missing_in_traces", no_span.run_id)}}
+    return {
+        "base": base,
+        "records": records,
+        "expected": {
+            ("missing_in_catalog", not_logged.run_id),
+            ("rows_mismatch", rows_changed.run_id),
+            ("status_mismatch", status_changed.run_id),
+            ("duplicate_in_catalog", twice.run_id),
+            ("missing_in_traces", no_span.run_id),
+        },
+    }
 
 
 def _reconcile(base: Path) -> Any:
-    return reconcile(open_catalog_source(f"odibi-delta:{base / '_odibi_system'}"),
-                     [open_trace_source(f"otlp-json:{base / 'traces.jsonl'}")],
-                     Window.last(timedelta(hours=3), grace=timedelta(0)))
+    return reconcile(
+        open_catalog_source(f"odibi-delta:{base / '_odibi_system'}"),
+        [open_trace_source(f"otlp-json:{base / 'traces.jsonl'}")],
+        Window.last(timedelta(hours=3), grace=timedelta(0)),
+    )
 
 
 def test_odibis_own_table_is_reconciled_by_run_id(deployment: dict[str, Any]) -> None:
@@ -121,20 +148,45 @@ def test_rows_written_here_read_back_through_odibi(tmp_path: Path) -> None:
     manager = _odibi_catalog(tmp_path)
     path = manager.tables["meta_runs"]
     run_id = str(uuid.uuid4())
-    write_meta_runs(path, [{"run_id": run_id, "project": "shop", "pipeline_name": "sales",
-                            "node_name": "clean", "status": "SUCCESS", "rows_processed": 5,
-                            "duration_ms": 12, "metrics_json": "{}", "environment": "prod"}])
+    write_meta_runs(
+        path,
+        [
+            {
+                "run_id": run_id,
+                "project": "shop",
+                "pipeline_name": "sales",
+                "node_name": "clean",
+                "status": "SUCCESS",
+                "rows_processed": 5,
+                "duration_ms": 12,
+                "metrics_json": "{}",
+                "environment": "prod",
+            }
+        ],
+    )
     frame = manager._read_local_table(path)
     assert list(frame["run_id"]) == [run_id]
-    assert list(frame.columns) == ["run_id", "project", "pipeline_name", "node_name", "status",
-                                   "rows_processed", "duration_ms", "metrics_json",
-                                   "environment", "timestamp", "date"]
+    assert list(frame.columns) == [
+        "run_id",
+        "project",
+        "pipeline_name",
+        "node_name",
+        "status",
+        "rows_processed",
+        "duration_ms",
+        "metrics_json",
+        "environment",
+        "timestamp",
+        "date",
+    ]
 
 
 def test_a_path_that_is_not_a_delta_table(tmp_path: Path) -> None:
     write_spans(tmp_path / "t.jsonl", runs(1))
     with pytest.raises(ReconcileError, match="not a Delta table"):
-        reconcile(open_catalog_source(f"odibi-delta:{tmp_path / 'nothing'}"),
-                  [open_trace_source(f"otlp-json:{tmp_path / 't.jsonl'}")],
-                  Window.last(timedelta(hours=3), grace=timedelta(0)))
+        reconcile(
+            open_catalog_source(f"odibi-delta:{tmp_path / 'nothing'}"),
+            [open_trace_source(f"otlp-json:{tmp_path / 't.jsonl'}")],
+            Window.last(timedelta(hours=3), grace=timedelta(0)),
+        )
     assert HOUR  # the support module's units are the ones used above

@@ -41,8 +41,7 @@ from tests.test_reconcile_support import (
 
 
 def _reconcile(url: str, folder: Path) -> ReconcileResult:
-    return reconcile(open_catalog_source(url), [open_trace_source(f"otlp-json:{folder}")],
-                     window())
+    return reconcile(open_catalog_source(url), [open_trace_source(f"otlp-json:{folder}")], window())
 
 
 def _plant(url: str, folder: Path) -> dict[str, Any]:
@@ -53,15 +52,25 @@ def _plant(url: str, folder: Path) -> dict[str, Any]:
     stale = runs(1, status=RunStatus.RUNNING, started_ns=BASE_NS + 2 * HOUR)[0]
     write_catalog(url, [r for r in records if r is not no_row])
     write_catalog(url, [stale], kind=EventKind.STARTED)
-    execute(url, "UPDATE meta_runs SET status = 'RUNNING', ended_at = NULL WHERE run_id = :r",
-            r=status.run_id)
+    execute(
+        url,
+        "UPDATE meta_runs SET status = 'RUNNING', ended_at = NULL WHERE run_id = :r",
+        r=status.run_id,
+    )
     execute(url, "UPDATE meta_runs SET rows_processed = 1 WHERE run_id = :r", r=rows.run_id)
-    execute(url, "UPDATE meta_runs SET duration_ms = 99999 WHERE run_id = :r",
-            r=duration.run_id)
+    execute(url, "UPDATE meta_runs SET duration_ms = 99999 WHERE run_id = :r", r=duration.run_id)
     spans = [r for r in records if r is not no_span] + [dup.finished(span_id="0" * 15 + "d")]
     write_spans(folder / "traces.jsonl", spans)
-    return {"records": records, "no_row": no_row, "no_span": no_span, "status": status,
-            "rows": rows, "duration": duration, "dup": dup, "stale": stale}
+    return {
+        "records": records,
+        "no_row": no_row,
+        "no_span": no_span,
+        "status": status,
+        "rows": rows,
+        "duration": duration,
+        "dup": dup,
+        "stale": stale,
+    }
 
 
 def _rows(url: str) -> dict[str, dict[str, Any]]:
@@ -72,13 +81,16 @@ def _rows(url: str) -> dict[str, dict[str, Any]]:
     return {r["run_id"]: dict(r) for r in rows}
 
 
-def test_dry_run_says_what_it_would_do_and_changes_nothing(sqlite_url: str,
-                                                            tmp_path: Path) -> None:
+def test_dry_run_says_what_it_would_do_and_changes_nothing(sqlite_url: str, tmp_path: Path) -> None:
     plan = _plant(sqlite_url, tmp_path / "t")
     before = _rows(sqlite_url)
     with _reconcile(sqlite_url, tmp_path / "t") as result:
-        summary = repair(result, open_catalog_source(sqlite_url), apply=False,
-                         repair_traces=f"otlp-json:{tmp_path / 't' / 'repaired.jsonl'}")
+        summary = repair(
+            result,
+            open_catalog_source(sqlite_url),
+            apply=False,
+            repair_traces=f"otlp-json:{tmp_path / 't' / 'repaired.jsonl'}",
+        )
         actions = {d.kind: (d.repair or {}) for d in result.discrepancies()}
     assert _rows(sqlite_url) == before
     assert not (tmp_path / "t" / "repaired.jsonl").exists()
@@ -96,13 +108,13 @@ def test_dry_run_says_what_it_would_do_and_changes_nothing(sqlite_url: str,
 
 
 def test_repair_fixes_what_it_can_and_the_next_reconciliation_is_clean(
-        catalog_url: str, tmp_path: Path) -> None:
+    catalog_url: str, tmp_path: Path
+) -> None:
     folder = tmp_path / "t"
     plan = _plant(catalog_url, folder)
     target = f"otlp-json:{folder / 'repaired.jsonl'}"
     with _reconcile(catalog_url, folder) as result:
-        summary = repair(result, open_catalog_source(catalog_url), apply=True,
-                         repair_traces=target)
+        summary = repair(result, open_catalog_source(catalog_url), apply=True, repair_traces=target)
     assert (summary.statuses["applied"], summary.statuses["failed"]) == (6, 0)
     rows = _rows(catalog_url)
     store = CatalogStore(catalog_url)
@@ -110,9 +122,24 @@ def test_repair_fixes_what_it_can_and_the_next_reconciliation_is_clean(
     backfilled = store.get(plan["no_row"].run_id)
     original = plan["no_row"]
     assert backfilled is not None and backfilled.source is Source.RECONCILER
-    for name in ("status", "rows_processed", "started_ns", "ended_ns", "trace_id", "span_id",
-                 "pipeline", "node", "project", "environment", "error_type", "error_message",
-                 "suggestions", "host", "pid", "pipeline_run_id"):
+    for name in (
+        "status",
+        "rows_processed",
+        "started_ns",
+        "ended_ns",
+        "trace_id",
+        "span_id",
+        "pipeline",
+        "node",
+        "project",
+        "environment",
+        "error_type",
+        "error_message",
+        "suggestions",
+        "host",
+        "pid",
+        "pipeline_run_id",
+    ):
         assert getattr(backfilled, name) == getattr(original, name), name
     assert dict(backfilled.attributes) == {"region": "eu"}
 
@@ -134,15 +161,15 @@ def test_repair_fixes_what_it_can_and_the_next_reconciliation_is_clean(
 
     with _reconcile(catalog_url, folder) as second:
         assert {d.kind for d in second.discrepancies()} == {"duplicate_in_traces"}
-        again = repair(second, open_catalog_source(catalog_url), apply=True,
-                       repair_traces=target)
+        again = repair(second, open_catalog_source(catalog_url), apply=True, repair_traces=target)
     assert again.statuses["applied"] == 0
     assert len(read_spans(folder / "repaired.jsonl")) == 2  # nothing emitted twice
     assert _rows(catalog_url) == rows
 
 
-def test_rows_without_trace_ids_get_ids_derived_from_the_run_id(sqlite_url: str,
-                                                                tmp_path: Path) -> None:
+def test_rows_without_trace_ids_get_ids_derived_from_the_run_id(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     record = runs(1)[0]
     write_catalog(sqlite_url, [record])
     execute(sqlite_url, "UPDATE meta_runs SET trace_id = NULL, span_id = NULL")
@@ -156,10 +183,15 @@ def test_rows_without_trace_ids_get_ids_derived_from_the_run_id(sqlite_url: str,
     assert _rows(sqlite_url)[record.run_id]["trace_id"] == span.trace_id
 
 
-def test_without_a_trace_destination_span_repairs_wait(sqlite_url: str, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                 "ODIBI_OBSERVE_OTLP_ENDPOINT", "ODIBI_OBSERVE_TRACES_FILE"):
+def test_without_a_trace_destination_span_repairs_wait(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "ODIBI_OBSERVE_OTLP_ENDPOINT",
+        "ODIBI_OBSERVE_TRACES_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     plan = _plant(sqlite_url, tmp_path / "t")
     with _reconcile(sqlite_url, tmp_path / "t") as result:
@@ -173,8 +205,9 @@ def test_without_a_trace_destination_span_repairs_wait(sqlite_url: str, tmp_path
     assert ("missing_in_traces", plan["stale"].run_id) in left  # CRASHED now, still no span
 
 
-def test_spans_go_where_the_otel_variables_point(sqlite_url: str, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spans_go_where_the_otel_variables_point(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     record = runs(1)[0]
     write_catalog(sqlite_url, [record])
     write_spans(tmp_path / "t" / "none.jsonl", [])
@@ -184,18 +217,26 @@ def test_spans_go_where_the_otel_variables_point(sqlite_url: str, tmp_path: Path
             summary = repair(result, open_catalog_source(sqlite_url), apply=True)
         (span,) = receiver.wait_for_spans(1)
     assert summary.span_destination == receiver.endpoint
-    assert (span.trace_id, span.span_id, span.start_ns) == (record.trace_id, record.span_id,
-                                                            record.started_ns)
+    assert (span.trace_id, span.span_id, span.start_ns) == (
+        record.trace_id,
+        record.span_id,
+        record.started_ns,
+    )
 
 
-def test_a_failed_export_is_reported_per_run(sqlite_url: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_export_is_reported_per_run(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_OTLP_TIMEOUT", "0.5")  # the exporter's own retry budget
     write_catalog(sqlite_url, runs(1))
     write_spans(tmp_path / "t" / "none.jsonl", [])
     with _reconcile(sqlite_url, tmp_path / "t") as result:
-        summary = repair(result, open_catalog_source(sqlite_url), apply=True,
-                         repair_traces="http://127.0.0.1:9/v1/traces")
+        summary = repair(
+            result,
+            open_catalog_source(sqlite_url),
+            apply=True,
+            repair_traces="http://127.0.0.1:9/v1/traces",
+        )
         (item,) = list(result.discrepancies())
     assert summary.statuses["failed"] == 1
     assert item.repair and "span export failed" in item.repair["note"]
@@ -203,16 +244,21 @@ def test_a_failed_export_is_reported_per_run(sqlite_url: str, tmp_path: Path,
         repair(result, open_catalog_source(sqlite_url), apply=True, repair_traces="ftp://x")
 
 
-def test_a_backfill_never_overwrites_a_row_outside_the_window(sqlite_url: str,
-                                                              tmp_path: Path) -> None:
+def test_a_backfill_never_overwrites_a_row_outside_the_window(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     """The run's span is in the window, its row is not (a clock step between them): the
     row is left as it is."""
     record = runs(1)[0]
     write_catalog(sqlite_url, [record.finished(started_ns=BASE_NS - 3 * HOUR)])
     write_spans(tmp_path / "t" / "a.jsonl", [record])
     with _reconcile(sqlite_url, tmp_path / "t") as result:
-        repair(result, open_catalog_source(sqlite_url), apply=True,
-               repair_traces=f"otlp-json:{tmp_path / 'r.jsonl'}")
+        repair(
+            result,
+            open_catalog_source(sqlite_url),
+            apply=True,
+            repair_traces=f"otlp-json:{tmp_path / 'r.jsonl'}",
+        )
         (item,) = list(result.discrepancies())
     assert item.repair and item.repair["status"] == "skipped"
     assert json.dumps(item.to_dict())  # still a JSON-ready record

@@ -57,11 +57,9 @@ from tests.test_reconcile_support import (
 
 
 class TestOtlpJsonSource(TraceSourceContract):
-    def make_source(self, tmp_path: Path, records: list[RunRecord],
-                    foreign: int) -> TraceSource:
+    def make_source(self, tmp_path: Path, records: list[RunRecord], foreign: int) -> TraceSource:
         extra = [foreign_span_line(foreign)] if foreign else []
-        write_spans(tmp_path / "traces" / "traces.jsonl", records, per_line=4,
-                    extra_lines=extra)
+        write_spans(tmp_path / "traces" / "traces.jsonl", records, per_line=4, extra_lines=extra)
         return open_trace_source(f"otlp-json:{tmp_path / 'traces'}")
 
 
@@ -71,8 +69,8 @@ def test_scanning_and_full_decoding_give_identical_runs() -> None:
     vouch for)."""
     records = [
         *sample_runs(),
-        runs(1, node='quote " and \\ back')[0],          # escaped text
-        runs(1, pipeline="süß ☃")[0],                    # non-ASCII
+        runs(1, node='quote " and \\ back')[0],  # escaped text
+        runs(1, pipeline="süß ☃")[0],  # non-ASCII
         runs(1, status=RunStatus.CRASHED, error_type="SIGTERM")[0],
         runs(1, attributes={"ratio": 0.5, "ok": True, "tags": ("a", "b")})[0],
     ]
@@ -81,8 +79,10 @@ def test_scanning_and_full_decoding_give_identical_runs() -> None:
         fast = scan_line(line, origin="f:1", source="s", read_range=read_range(), log=fast_log)
         full = decode_line(line, origin="f:1", source="s", read_range=read_range(), log=full_log)
         assert sorted(fast) == sorted(full)
-        assert (fast_log.ignored_spans, fast_log.errors) == (full_log.ignored_spans,
-                                                             full_log.errors)
+        assert (fast_log.ignored_spans, fast_log.errors) == (
+            full_log.ignored_spans,
+            full_log.errors,
+        )
 
 
 def _collector_shape(line: str) -> str:
@@ -130,8 +130,7 @@ def test_reads_collector_output_gzip_and_rotated_files(tmp_path: Path) -> None:
     write_spans(folder / "traces.jsonl", records[:3])
     write_spans(folder / "traces-2025-03-04T02-00-00.000.jsonl.gz", records[3:6], gz=True)
     # The Collector's own marshaller (protobuf JSON, flags before the name): same spans.
-    collector = [encode_request_json(decode_request_json(line))
-                 for line in span_lines(records[6:])]
+    collector = [encode_request_json(decode_request_json(line)) for line in span_lines(records[6:])]
     (folder / "traces.jsonl.1").write_text("".join(line + "\n" for line in collector))
     (folder / "README").write_text("not traces")
     got = list(OtlpJsonFileSource(folder).read(read_range(), log := ReadLog()))
@@ -150,11 +149,18 @@ def test_bad_input_is_reported_with_file_and_line_and_the_rest_is_read(tmp_path:
             pair["value"] = {"stringValue": "ten"}
     bad_id = json.loads(span_lines(runs(1))[0])
     bad_id["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"][0]["value"] = {
-        "intValue": "5"}
+        "intValue": "5"
+    }
     path = tmp_path / "t.jsonl"
-    lines = [span_lines(good[:2])[0], '{"resourceSpans":[{"resource":{}, "scope', "not json",
-             json.dumps(wrong_types), json.dumps(bad_id), span_lines(future)[0],
-             span_lines(good[2:])[0]]
+    lines = [
+        span_lines(good[:2])[0],
+        '{"resourceSpans":[{"resource":{}, "scope',
+        "not json",
+        json.dumps(wrong_types),
+        json.dumps(bad_id),
+        span_lines(future)[0],
+        span_lines(good[2:])[0],
+    ]
     path.write_text("\n".join(lines) + "\n")
     log = ReadLog()
     rng = ReadRange(BASE_NS, time.time_ns() + 96 * HOUR, time.time_ns())
@@ -174,8 +180,7 @@ def test_bad_input_is_reported_with_file_and_line_and_the_rest_is_read(tmp_path:
 
 def test_a_truncated_gzip_file_yields_what_precedes_the_cut(tmp_path: Path) -> None:
     records = runs(40)
-    data = gzip.compress("".join(line + "\n" for line in span_lines(records, per_line=1))
-                         .encode())
+    data = gzip.compress("".join(line + "\n" for line in span_lines(records, per_line=1)).encode())
     (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) * 2 // 3])
     log = ReadLog()
     got = list(OtlpJsonFileSource(tmp_path / "cut.jsonl.gz").read(read_range(), log))
@@ -217,8 +222,7 @@ class LedgerContract(TraceSourceContract):
     keeps_details = False
     url: str
 
-    def make_source(self, tmp_path: Path, records: list[RunRecord],
-                    foreign: int) -> TraceSource:
+    def make_source(self, tmp_path: Path, records: list[RunRecord], foreign: int) -> TraceSource:
         write_ledger(self.url, records)
         return open_trace_source(f"ledger:{self.url}")
 
@@ -257,8 +261,7 @@ class TestTempoSource(TraceSourceContract):
             self.server = server
             yield
 
-    def make_source(self, tmp_path: Path, records: list[RunRecord],
-                    foreign: int) -> TraceSource:
+    def make_source(self, tmp_path: Path, records: list[RunRecord], foreign: int) -> TraceSource:
         for i, record in enumerate(records):  # one trace per run, some with foreign spans
             self.server.add(tempo_trace([record], extra_spans=foreign if i == 0 else 0))
         return TempoSource(self.server.url)
@@ -270,24 +273,34 @@ def test_tempo_fixture_answers_decode_as_recorded() -> None:
     with TempoServer() as server:
         for name in ("trace_daily_sales.json", "trace_v2_fx_rates.json"):
             server.add(json.loads((FIXTURES / name).read_text()))
-        rng = ReadRange(1_741_046_400 * SECOND, 1_741_046_400 * SECOND + 24 * HOUR,
-                        time.time_ns())
+        rng = ReadRange(1_741_046_400 * SECOND, 1_741_046_400 * SECOND + 24 * HOUR, time.time_ns())
         log = ReadLog()
         got = {r[0]: TraceRun._make(r) for r in TempoSource(server.url).read(rng, log)}
     assert log.ignored_spans == 2 and not log.errors
     ingest = got["0b7e0a4e-7a55-4a83-9d0e-5b8f2f0c1a01"]
-    assert (ingest.trace_id, ingest.span_id) == ("4bf92f3577b34da6a3ce929d0e0e4736",
-                                                 "53995c3f42cd8ad8")
-    assert (ingest.status, ingest.rows, ingest.host, ingest.pid) == ("SUCCESS", 1200,
-                                                                     "etl-worker-2", 31337)
-    assert json.loads(ingest.attributes_json or "{}") == {"source":
-                                                          "s3://shop-raw/orders/2025-03-04/"}
+    assert (ingest.trace_id, ingest.span_id) == (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "53995c3f42cd8ad8",
+    )
+    assert (ingest.status, ingest.rows, ingest.host, ingest.pid) == (
+        "SUCCESS",
+        1200,
+        "etl-worker-2",
+        31337,
+    )
+    assert json.loads(ingest.attributes_json or "{}") == {
+        "source": "s3://shop-raw/orders/2025-03-04/"
+    }
     clean = got["0b7e0a4e-7a55-4a83-9d0e-5b8f2f0c1a02"]
     assert (clean.status, clean.rows, clean.error_type) == (
-        "FAILURE", None, "odibi.exceptions.NodeExecutionError")
+        "FAILURE",
+        None,
+        "odibi.exceptions.NodeExecutionError",
+    )
     assert clean.error_message == "column 'amount' not found in orders.csv"
-    assert clean.suggestions == ("orders.csv changed shape: compare its header with "
-                                 "pipelines/daily_sales.yaml",)
+    assert clean.suggestions == (
+        "orders.csv changed shape: compare its header with pipelines/daily_sales.yaml",
+    )
     assert got["5f0e6a1c-2b1d-4e0f-8c3a-9a7b6c5d4e01"].service_name == "etl-fx"
 
 

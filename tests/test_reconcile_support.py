@@ -47,30 +47,50 @@ BASE_NS = contracts.BASE_NS
 RESOURCE = Resource({"service.name": "etl-tests", "deployment.environment": "test"})
 
 
-def runs(n: int, *, start_ns: int = BASE_NS + HOUR, step_ns: int = 60 * SECOND,
-         **changes: Any) -> list[RunRecord]:
+def runs(
+    n: int, *, start_ns: int = BASE_NS + HOUR, step_ns: int = 60 * SECOND, **changes: Any
+) -> list[RunRecord]:
     """``n`` finished runs, one every ``step_ns``, at whole microseconds (what every store
     keeps), across two pipelines."""
     out = []
     for i in range(n):
-        values = {"pipeline": ("sales", "fx")[i % 2], "node": f"node_{i % 3}",
-                  "duration_ns": 40_000_000 + i * 1_000, "rows": 10 + i,
-                  "started_ns": start_ns + i * step_ns, "host": "etl-host", "pid": 4242,
-                  "pipeline_run_id": "pr-1", **changes}
+        values = {
+            "pipeline": ("sales", "fx")[i % 2],
+            "node": f"node_{i % 3}",
+            "duration_ns": 40_000_000 + i * 1_000,
+            "rows": 10 + i,
+            "started_ns": start_ns + i * step_ns,
+            "host": "etl-host",
+            "pid": 4242,
+            "pipeline_run_id": "pr-1",
+            **changes,
+        }
         out.append(make_record(**values))
     return out
 
 
 def failed(record: RunRecord) -> RunRecord:
-    return record.finished(status=RunStatus.FAILURE, error_type="ValueError",
-                           error_message="column 'amount' not found",
-                           suggestions=("check the export", "re-run the node"))
+    return record.finished(
+        status=RunStatus.FAILURE,
+        error_type="ValueError",
+        error_message="column 'amount' not found",
+        suggestions=("check the export", "re-run the node"),
+    )
 
 
-def window(start_ns: int = BASE_NS, hours: int = 24, *, grace: timedelta = timedelta(0),
-           now_ns: int | None = None) -> Window:
-    return Window.between(ns_to_datetime(start_ns), ns_to_datetime(start_ns + hours * HOUR),
-                          grace=grace, now=None if now_ns is None else ns_to_datetime(now_ns))
+def window(
+    start_ns: int = BASE_NS,
+    hours: int = 24,
+    *,
+    grace: timedelta = timedelta(0),
+    now_ns: int | None = None,
+) -> Window:
+    return Window.between(
+        ns_to_datetime(start_ns),
+        ns_to_datetime(start_ns + hours * HOUR),
+        grace=grace,
+        now=None if now_ns is None else ns_to_datetime(now_ns),
+    )
 
 
 def read_range(start_ns: int = BASE_NS, hours: int = 24) -> ReadRange:
@@ -80,8 +100,9 @@ def read_range(start_ns: int = BASE_NS, hours: int = 24) -> ReadRange:
 # --- catalog --------------------------------------------------------------------------------------
 
 
-def write_catalog(url: str, records: Iterable[RunRecord], *,
-                  kind: EventKind = EventKind.FINISHED) -> CatalogStore:
+def write_catalog(
+    url: str, records: Iterable[RunRecord], *, kind: EventKind = EventKind.FINISHED
+) -> CatalogStore:
     store = CatalogStore(url)
     store.ensure_schema()
     events = [RunEvent(kind, r) for r in records]
@@ -104,14 +125,21 @@ def execute(url: str, sql: str, **params: Any) -> None:
 
 def span_lines(records: Sequence[RunRecord], *, per_line: int = 50) -> list[str]:
     """OTLP-JSON lines, exactly as odibi-observe's file exporter writes them."""
-    return [encode_spans_json([record_to_span(r, RESOURCE) for r in records[i:i + per_line]])
-            for i in range(0, len(records), per_line)]
+    return [
+        encode_spans_json([record_to_span(r, RESOURCE) for r in records[i : i + per_line]])
+        for i in range(0, len(records), per_line)
+    ]
 
 
-def write_spans(path: Path, records: Sequence[RunRecord], *, per_line: int = 50,
-                gz: bool = False, extra_lines: Sequence[str] = ()) -> Path:
-    text = "".join(line + "\n" for line in [*span_lines(records, per_line=per_line),
-                                              *extra_lines])
+def write_spans(
+    path: Path,
+    records: Sequence[RunRecord],
+    *,
+    per_line: int = 50,
+    gz: bool = False,
+    extra_lines: Sequence[str] = (),
+) -> Path:
+    text = "".join(line + "\n" for line in [*span_lines(records, per_line=per_line), *extra_lines])
     path.parent.mkdir(parents=True, exist_ok=True)
     if gz:
         path.write_bytes(gzip.compress(text.encode()))
@@ -124,15 +152,34 @@ def foreign_span_line(count: int = 3, start_ns: int = BASE_NS + 2 * HOUR) -> str
     """A line of spans that are not odibi node spans (an HTTP client, a pipeline span)."""
     spans = []
     for i in range(count):
-        spans.append({"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}",
-                      "parentSpanId": "", "name": "GET", "kind": 3,
-                      "startTimeUnixNano": str(start_ns + i), "endTimeUnixNano":
-                      str(start_ns + i + 5_000_000), "attributes": [
-                          {"key": "http.request.method", "value": {"stringValue": "GET"}},
-                          {"key": "odibi.pipeline", "value": {"stringValue": "sales"}}],
-                      "status": {}, "flags": 256})
-    return json.dumps({"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [
-        {"scope": {"name": "urllib3"}, "spans": spans}]}]}, separators=(",", ":"))
+        spans.append(
+            {
+                "traceId": f"{i + 1:032x}",
+                "spanId": f"{i + 1:016x}",
+                "parentSpanId": "",
+                "name": "GET",
+                "kind": 3,
+                "startTimeUnixNano": str(start_ns + i),
+                "endTimeUnixNano": str(start_ns + i + 5_000_000),
+                "attributes": [
+                    {"key": "http.request.method", "value": {"stringValue": "GET"}},
+                    {"key": "odibi.pipeline", "value": {"stringValue": "sales"}},
+                ],
+                "status": {},
+                "flags": 256,
+            }
+        )
+    return json.dumps(
+        {
+            "resourceSpans": [
+                {
+                    "resource": {"attributes": []},
+                    "scopeSpans": [{"scope": {"name": "urllib3"}, "spans": spans}],
+                }
+            ]
+        },
+        separators=(",", ":"),
+    )
 
 
 # --- ledger ---------------------------------------------------------------------------------------
@@ -143,17 +190,30 @@ def write_ledger(url: str, records: Sequence[RunRecord]) -> None:
     upgrade(url)
     engine = create_catalog_engine(url)
     now = ns_to_datetime(time.time_ns())
-    rows = [{
-        "trace_id": r.trace_id, "span_id": r.span_id, "parent_span_id": r.parent_span_id,
-        "run_id": r.run_id, "project": r.project, "pipeline_name": r.pipeline,
-        "pipeline_run_id": r.pipeline_run_id, "node_name": r.node, "attempt": r.attempt,
-        "environment": r.environment, "status": r.status.value,
-        "rows_processed": r.rows_processed, "duration_ms": r.duration_ms,
-        "started_at": r.started_at, "ended_at": r.ended_at, "error_type": r.error_type,
-        "service_name": r.service_name,
-        "resource_json": json.dumps({"host.name": r.host, "process.pid": r.pid}),
-        "received_at": now,
-    } for r in records]
+    rows = [
+        {
+            "trace_id": r.trace_id,
+            "span_id": r.span_id,
+            "parent_span_id": r.parent_span_id,
+            "run_id": r.run_id,
+            "project": r.project,
+            "pipeline_name": r.pipeline,
+            "pipeline_run_id": r.pipeline_run_id,
+            "node_name": r.node,
+            "attempt": r.attempt,
+            "environment": r.environment,
+            "status": r.status.value,
+            "rows_processed": r.rows_processed,
+            "duration_ms": r.duration_ms,
+            "started_at": r.started_at,
+            "ended_at": r.ended_at,
+            "error_type": r.error_type,
+            "service_name": r.service_name,
+            "resource_json": json.dumps({"host.name": r.host, "process.pid": r.pid}),
+            "received_at": now,
+        }
+        for r in records
+    ]
     try:
         with engine.begin() as conn:
             if rows:
@@ -164,8 +224,14 @@ def write_ledger(url: str, records: Sequence[RunRecord]) -> None:
 
 # --- Tempo ----------------------------------------------------------------------------------------
 
-_KINDS = ["SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
-          "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"]
+_KINDS = [
+    "SPAN_KIND_UNSPECIFIED",
+    "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
+    "SPAN_KIND_CLIENT",
+    "SPAN_KIND_PRODUCER",
+    "SPAN_KIND_CONSUMER",
+]
 _CODES = ["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"]
 
 
@@ -191,13 +257,24 @@ def tempo_trace(records: Sequence[RunRecord], *, extra_spans: int = 0) -> dict[s
                     span["status"]["code"] = _CODES[span["status"]["code"]]
             if extra_spans:
                 first = scope["spans"][0]
-                scope["spans"] = [*scope["spans"], *({
-                    "traceId": first["traceId"], "spanId": _b64(f"{k + 7:016x}"),
-                    "name": "SELECT", "kind": "SPAN_KIND_CLIENT",
-                    "startTimeUnixNano": first["startTimeUnixNano"],
-                    "endTimeUnixNano": first["endTimeUnixNano"],
-                    "attributes": [{"key": "db.system", "value": {"stringValue": "postgresql"}}],
-                    "status": {}} for k in range(extra_spans))]
+                scope["spans"] = [
+                    *scope["spans"],
+                    *(
+                        {
+                            "traceId": first["traceId"],
+                            "spanId": _b64(f"{k + 7:016x}"),
+                            "name": "SELECT",
+                            "kind": "SPAN_KIND_CLIENT",
+                            "startTimeUnixNano": first["startTimeUnixNano"],
+                            "endTimeUnixNano": first["endTimeUnixNano"],
+                            "attributes": [
+                                {"key": "db.system", "value": {"stringValue": "postgresql"}}
+                            ],
+                            "status": {},
+                        }
+                        for k in range(extra_spans)
+                    ),
+                ]
     return {"batches": request["resourceSpans"]}
 
 
@@ -209,8 +286,7 @@ class TempoServer:
     returns the document. ``slow`` maps a search ``start`` second to a delay (for timeouts).
     """
 
-    template: ClassVar[dict[str, Any]] = json.loads(
-        (FIXTURES / "search_response.json").read_text())
+    template: ClassVar[dict[str, Any]] = json.loads((FIXTURES / "search_response.json").read_text())
 
     def __init__(self) -> None:
         self.traces: dict[str, dict[str, Any]] = {}
@@ -242,8 +318,9 @@ class TempoServer:
                         self.end_headers()
                         self.wfile.write(b"querier: context deadline exceeded")
                         return
-                    self._json(server.traces.get(trace_id, {}), 200 if trace_id in
-                               server.traces else 404)
+                    self._json(
+                        server.traces.get(trace_id, {}), 200 if trace_id in server.traces else 404
+                    )
                 else:
                     self.send_response(404)
                     self.end_headers()
@@ -259,16 +336,19 @@ class TempoServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def add(self, document: dict[str, Any], trace_id: str | None = None) -> str:
-        spans = [s for g in document.get("batches") or document["trace"]["resourceSpans"]
-                 for sc in g["scopeSpans"] for s in sc["spans"]]
+        spans = [
+            s
+            for g in document.get("batches") or document["trace"]["resourceSpans"]
+            for sc in g["scopeSpans"]
+            for s in sc["spans"]
+        ]
         raw = spans[0]["traceId"]
         trace_id = trace_id or (raw if len(raw) == 32 else base64.b64decode(raw).hex())
         self.traces[trace_id] = document
@@ -276,12 +356,16 @@ class TempoServer:
         return trace_id
 
     def search(self, start: int, end: int, limit: int) -> dict[str, Any]:
-        hits = sorted((t for t, s in self.starts.items() if start * SECOND <= s < end * SECOND),
-                      key=lambda t: self.starts[t])[:limit]
+        hits = sorted(
+            (t for t, s in self.starts.items() if start * SECOND <= s < end * SECOND),
+            key=lambda t: self.starts[t],
+        )[:limit]
         answer = copy.deepcopy(self.template)
         example = answer["traces"][0]
-        answer["traces"] = [{**example, "traceID": t.lstrip("0") or "0",
-                             "startTimeUnixNano": str(self.starts[t])} for t in hits]
+        answer["traces"] = [
+            {**example, "traceID": t.lstrip("0") or "0", "startTimeUnixNano": str(self.starts[t])}
+            for t in hits
+        ]
         return answer
 
     def __enter__(self) -> TempoServer:
@@ -316,15 +400,30 @@ class ListSource(TraceSource):
 def trace_run(record: RunRecord, **changes: Any) -> TraceRun:
     """The TraceRun a source would read for ``record``'s span."""
     run = TraceRun(
-        run_id=record.run_id, trace_id=record.trace_id, span_id=record.span_id,
-        start_ns=record.started_ns, end_ns=record.ended_ns or record.started_ns,
-        status=record.status.value, rows=record.rows_processed, pipeline=record.pipeline,
-        node=record.node, project=record.project, environment=record.environment,
-        parent_span_id=record.parent_span_id, pipeline_run_id=record.pipeline_run_id,
-        attempt=record.attempt, error_type=record.error_type,
-        error_message=record.error_message, suggestions=record.suggestions,
-        attributes_json=None, host=record.host, pid=record.pid,
-        service_name=record.service_name, unchecked="", origin="list")
+        run_id=record.run_id,
+        trace_id=record.trace_id,
+        span_id=record.span_id,
+        start_ns=record.started_ns,
+        end_ns=record.ended_ns or record.started_ns,
+        status=record.status.value,
+        rows=record.rows_processed,
+        pipeline=record.pipeline,
+        node=record.node,
+        project=record.project,
+        environment=record.environment,
+        parent_span_id=record.parent_span_id,
+        pipeline_run_id=record.pipeline_run_id,
+        attempt=record.attempt,
+        error_type=record.error_type,
+        error_message=record.error_message,
+        suggestions=record.suggestions,
+        attributes_json=None,
+        host=record.host,
+        pid=record.pid,
+        service_name=record.service_name,
+        unchecked="",
+        origin="list",
+    )
     return run._replace(**changes)
 
 

@@ -38,8 +38,9 @@ def test_peak_rss_of_a_node_holding_200_mib_reaches_the_catalog(tmp_path: Path) 
     subprocess.run([sys.executable, "-c", NODE.format(url=url)], check=True, timeout=120)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        row = conn.execute(sa.text(
-            f"SELECT {PEAK_RSS}, {CPU_SECONDS}, {MEMORY_LIMIT} FROM meta_runs")).one()
+        row = conn.execute(
+            sa.text(f"SELECT {PEAK_RSS}, {CPU_SECONDS}, {MEMORY_LIMIT} FROM meta_runs")
+        ).one()
     engine.dispose()
     assert row[0] >= 200 * MIB
     assert row[1] is not None and row[1] >= 0

@@ -18,13 +18,17 @@ from tests.helpers import Configure
 def test_default_sinks_follow_the_settings(tmp_path: Path, fresh_observer: Configure) -> None:
     observer = fresh_observer(handle_sigterm=False)
     assert [type(s) for s in observer.sinks] == [PrometheusSink]
-    observer = fresh_observer(catalog_url=f"sqlite:///{tmp_path}/c.db",
-                              traces_file=str(tmp_path / "t.jsonl"), handle_sigterm=False)
+    observer = fresh_observer(
+        catalog_url=f"sqlite:///{tmp_path}/c.db",
+        traces_file=str(tmp_path / "t.jsonl"),
+        handle_sigterm=False,
+    )
     assert [type(s) for s in observer.sinks] == [PrometheusSink, CatalogSink, OtelSink]
 
 
 def test_configuration_from_the_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure
+) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_PROJECT", "lake")
     monkeypatch.setenv("ODIBI_OBSERVE_MODE", "inline")
     monkeypatch.setenv("ODIBI_OBSERVE_TRACES_FILE", str(tmp_path / "t.jsonl"))
@@ -40,10 +44,12 @@ def test_configuration_from_the_environment(
 
 
 def test_reconfigure_flushes_the_previous_observer(
-        tmp_path: Path, fresh_observer: Configure) -> None:
+    tmp_path: Path, fresh_observer: Configure
+) -> None:
     first = tmp_path / "first.jsonl"
-    fresh_observer(traces_file=str(first), mode="background", flush_interval=5.0,
-                   handle_sigterm=False)
+    fresh_observer(
+        traces_file=str(first), mode="background", flush_interval=5.0, handle_sigterm=False
+    )
     with oo.node_run("p", "before"):
         pass
     fresh_observer(traces_file=str(tmp_path / "second.jsonl"), handle_sigterm=False)
@@ -73,11 +79,15 @@ def test_prometheus_textfile_is_written_on_flush(tmp_path: Path, fresh_observer:
 
 
 def test_unreachable_endpoints_at_startup_do_not_fail_the_pipeline(
-        tmp_path: Path, fresh_observer: Configure) -> None:
+    tmp_path: Path, fresh_observer: Configure
+) -> None:
     observer = fresh_observer(
         catalog_url="postgresql+psycopg://u:pw@127.0.0.1:1/nope",
-        otlp_endpoint="http://127.0.0.1:1", otlp_timeout=0.5, mode="background",
-        handle_sigterm=False)
+        otlp_endpoint="http://127.0.0.1:1",
+        otlp_timeout=0.5,
+        mode="background",
+        handle_sigterm=False,
+    )
 
     @oo.observe_node(pipeline="p")
     def node() -> list[int]:
@@ -88,11 +98,13 @@ def test_unreachable_endpoints_at_startup_do_not_fail_the_pipeline(
     pending = observer.bus.pending()
     assert pending == {"prometheus": 0, "catalog": 2, "otel": 1}  # RUNNING + end; one span
     assert observer.registry.get_sample_value(
-        "odibi_observe_sink_errors_total", {"sink": "catalog"})
+        "odibi_observe_sink_errors_total", {"sink": "catalog"}
+    )
 
 
 def test_first_run_configures_from_the_environment(
-        monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure) -> None:
+    monkeypatch: pytest.MonkeyPatch, fresh_observer: Configure
+) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_PROJECT", "auto")
     with oo.node_run("p", "n") as run:
         assert oo.get_observer().settings.project == "auto"
@@ -100,7 +112,8 @@ def test_first_run_configures_from_the_environment(
 
 
 def test_records_kept_during_a_catalog_outage_land_when_it_returns(
-        tmp_path: Path, fresh_observer: Configure) -> None:
+    tmp_path: Path, fresh_observer: Configure
+) -> None:
     """The catalog's directory does not exist yet: SQLite cannot open the file (an outage)."""
     import sqlalchemy as sa
 
@@ -134,13 +147,15 @@ def test_reconfiguring_stops_the_previous_metrics_server(fresh_observer: Configu
 
 
 def test_capture_runs_sets_the_observer_aside_and_gives_it_back_with_its_heartbeat(
-        fresh_observer: Configure) -> None:
+    fresh_observer: Configure,
+) -> None:
     from odibi_observe import _runtime as runtime
     from odibi_observe.testing import InMemorySink, capture_runs
 
     outer_sink = InMemorySink()
-    outer = fresh_observer(sinks=[outer_sink], mode="inline", heartbeat_interval=0.05,
-                           handle_sigterm=False)
+    outer = fresh_observer(
+        sinks=[outer_sink], mode="inline", heartbeat_interval=0.05, handle_sigterm=False
+    )
     with capture_runs(heartbeat_interval=0) as captured:
         assert runtime.current_observer() is not outer
         assert not runtime.heartbeat_running()

@@ -64,36 +64,49 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 def _sink(endpoint: str, template: str | None = None) -> OtelSink:
-    return OtelSink(otlp_endpoint=endpoint, install_global=False, metrics=False,
-                    task_run_url_template=template)
+    return OtelSink(
+        otlp_endpoint=endpoint, install_global=False, metrics=False, task_run_url_template=template
+    )
 
 
 def test_the_names_are_the_semconv_packages() -> None:
     assert (CICD_PIPELINE_NAME, CICD_PIPELINE_RUN_ID, CICD_PIPELINE_RESULT) == (
-        cicd_attributes.CICD_PIPELINE_NAME, cicd_attributes.CICD_PIPELINE_RUN_ID,
-        cicd_attributes.CICD_PIPELINE_RESULT)
+        cicd_attributes.CICD_PIPELINE_NAME,
+        cicd_attributes.CICD_PIPELINE_RUN_ID,
+        cicd_attributes.CICD_PIPELINE_RESULT,
+    )
     assert (CICD_TASK_NAME, CICD_TASK_RUN_ID, CICD_TASK_RUN_RESULT, CICD_TASK_RUN_URL) == (
-        cicd_attributes.CICD_PIPELINE_TASK_NAME, cicd_attributes.CICD_PIPELINE_TASK_RUN_ID,
+        cicd_attributes.CICD_PIPELINE_TASK_NAME,
+        cicd_attributes.CICD_PIPELINE_TASK_RUN_ID,
         cicd_attributes.CICD_PIPELINE_TASK_RUN_RESULT,
-        cicd_attributes.CICD_PIPELINE_TASK_RUN_URL_FULL)
+        cicd_attributes.CICD_PIPELINE_TASK_RUN_URL_FULL,
+    )
     assert ERROR_TYPE_ATTRIBUTE == error_attributes.ERROR_TYPE
     values = {v.value for v in cicd_attributes.CicdPipelineTaskRunResultValues}
     assert set(TASK_RUN_RESULTS.values()) <= values
-    assert {s for s in RunStatus if s.is_terminal} == set(TASK_RUN_RESULTS) == set(
-        PIPELINE_RESULTS)
+    assert {s for s in RunStatus if s.is_terminal} == set(TASK_RUN_RESULTS) == set(PIPELINE_RESULTS)
     assert PIPELINE_SPAN_NAME_FORMAT.format(pipeline="sales") == "RUN sales"
 
 
-@pytest.mark.parametrize(("status", "result"), [
-    (RunStatus.SUCCESS, "success"), (RunStatus.FAILURE, "failure"),
-    (RunStatus.CRASHED, "error"), (RunStatus.CANCELLED, "cancellation"),
-])
+@pytest.mark.parametrize(
+    ("status", "result"),
+    [
+        (RunStatus.SUCCESS, "success"),
+        (RunStatus.FAILURE, "failure"),
+        (RunStatus.CRASHED, "error"),
+        (RunStatus.CANCELLED, "cancellation"),
+    ],
+)
 def test_each_status_arrives_with_its_semconv_result_and_the_run_link(
-        receiver: OtlpReceiver, status: RunStatus, result: str) -> None:
-    template = "https://grafana.example/d/odibi?var-pipeline={pipeline}&var-node={node}&run={run_id}"
+    receiver: OtlpReceiver, status: RunStatus, result: str
+) -> None:
+    template = (
+        "https://grafana.example/d/odibi?var-pipeline={pipeline}&var-node={node}&run={run_id}"
+    )
     error = (None, None) if status is RunStatus.SUCCESS else ("KeyboardInterrupt", "stop")
-    rec = make_record(status=status, error_type=error[0], error_message=error[1],
-                      pipeline_run_id="prun-7")
+    rec = make_record(
+        status=status, error_type=error[0], error_message=error[1], pipeline_run_id="prun-7"
+    )
     sink = _sink(receiver.endpoint, template)
     sink.export([finished(rec)])
     sink.shutdown()
@@ -107,7 +120,8 @@ def test_each_status_arrives_with_its_semconv_result_and_the_run_link(
     assert attrs[CICD_TASK_RUN_ID] == rec.run_id
     assert attrs[CICD_TASK_RUN_URL] == (
         f"https://grafana.example/d/odibi?var-pipeline={rec.pipeline}&var-node={rec.node}"
-        f"&run={rec.run_id}")
+        f"&run={rec.run_id}"
+    )
     assert attrs["odibi.status"] == status.value  # ours stay beside the standard ones
     if status is RunStatus.SUCCESS:
         assert ERROR_TYPE_ATTRIBUTE not in attrs
@@ -121,7 +135,8 @@ def test_each_status_arrives_with_its_semconv_result_and_the_run_link(
 
 
 def test_no_pipeline_run_id_and_no_template_leave_their_attributes_out(
-        receiver: OtlpReceiver) -> None:
+    receiver: OtlpReceiver,
+) -> None:
     sink = _sink(receiver.endpoint)
     sink.export([finished(make_record(pipeline_run_id=None))])
     sink.shutdown()
@@ -131,12 +146,17 @@ def test_no_pipeline_run_id_and_no_template_leave_their_attributes_out(
     assert CICD_TASK_RUN_ID in span.attributes
 
 
-@pytest.mark.parametrize("template", [
-    "https://grafana.example/run/{run_id", "https://grafana.example/{user}/{run_id}",
-    "https://grafana.example/{run_id!z}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "https://grafana.example/run/{run_id",
+        "https://grafana.example/{user}/{run_id}",
+        "https://grafana.example/{run_id!z}",
+    ],
+)
 def test_an_unusable_template_is_warned_once_and_the_span_still_exported(
-        receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture, template: str) -> None:
+    receiver: OtlpReceiver, caplog: pytest.LogCaptureFixture, template: str
+) -> None:
     caplog.set_level(logging.WARNING, logger="odibi_observe")
     first, second = _sink(receiver.endpoint, template), _sink(receiver.endpoint, template)
     first.export([finished(make_record())])
@@ -181,18 +201,29 @@ PIPELINES = """
 
 
 def test_pipeline_spans_are_run_spans_of_kind_server_with_their_result(
-        receiver: OtlpReceiver) -> None:
-    env = {**os.environ, "ENDPOINT": receiver.endpoint, "PYTHONPATH": str(ROOT),
-           "ODIBI_OBSERVE_TASK_RUN_URL_TEMPLATE": "https://ci.example/{pipeline_run_id}/{node}"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PIPELINES)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    receiver: OtlpReceiver,
+) -> None:
+    env = {
+        **os.environ,
+        "ENDPOINT": receiver.endpoint,
+        "PYTHONPATH": str(ROOT),
+        "ODIBI_OBSERVE_TASK_RUN_URL_TEMPLATE": "https://ci.example/{pipeline_run_id}/{node}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PIPELINES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     ids: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
 
     received = receiver.wait_for_spans(6)
     spans = {s.name: s for s in received}
-    for action, result in (("ok", "success"), ("fail", "failure"),
-                           ("cancel", "cancellation")):
+    for action, result in (("ok", "success"), ("fail", "failure"), ("cancel", "cancellation")):
         pipeline = spans[PIPELINE_SPAN_NAME_FORMAT.format(pipeline=f"sales_{action}")]
         assert pipeline.kind == SPAN_KIND_SERVER
         assert pipeline.attributes[CICD_PIPELINE_NAME] == f"sales_{action}"
@@ -208,7 +239,7 @@ def test_pipeline_spans_are_run_spans_of_kind_server_with_their_result(
     assert fail.attributes[ERROR_TYPE_ATTRIBUTE] == "ValueError"
     assert cancel.status_code == STATUS_UNSET
     assert cancel.attributes[ERROR_TYPE_ATTRIBUTE] == "KeyboardInterrupt"
-    (name, event), = cancel.events
+    ((name, event),) = cancel.events
     assert name == "exception" and event["exception.type"] == "KeyboardInterrupt"
     stack = event[EXCEPTION_STACKTRACE]
     assert stack.startswith("Traceback (most recent call last):")

@@ -40,8 +40,11 @@ CLI = [sys.executable, "-m", "odibi_observe.cli"]
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test's environment without odibi-observe or OTel settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ODIBI_OBSERVE_", "OTEL_")) or k == "ODIBI_OBSERVE_TEST_PG_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ODIBI_OBSERVE_", "OTEL_")) or k == "ODIBI_OBSERVE_TEST_PG_URL"
+    }
     env.update(extra)
     return env
 
@@ -50,9 +53,13 @@ class SidecarProcess:
     """``odibi-observe sidecar`` in a child process, with the address it printed."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([*CLI, "sidecar", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True,
-                                     env=env or clean_env())
+        self.proc = subprocess.Popen(
+            [*CLI, "sidecar", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or clean_env(),
+        )
         assert self.proc.stdout is not None
         self.banner = [self.proc.stdout.readline()]
         match = re.search(r"listening on (http://\S+)", self.banner[0])
@@ -88,10 +95,19 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def test_sidecar_serves_delivers_and_stops_on_sigterm(
-        catalog_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]) -> None:
+    catalog_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
     spool = tmp_path / "spool"
-    sidecar = SidecarProcess("--catalog", catalog_url, "--spool-dir", str(spool),
-                             "--listen", "127.0.0.1:0", "--sweep-interval", "1h")
+    sidecar = SidecarProcess(
+        "--catalog",
+        catalog_url,
+        "--spool-dir",
+        str(spool),
+        "--listen",
+        "127.0.0.1:0",
+        "--sweep-interval",
+        "1h",
+    )
     processes.append(sidecar.proc)
     assert sidecar.url.startswith("http://127.0.0.1:")
     banner = "".join(sidecar.banner)
@@ -103,8 +119,10 @@ def test_sidecar_serves_delivers_and_stops_on_sigterm(
     run_ids = run_pipeline(spool, 3)
     assert wait_until(lambda: set(run_ids) <= set(catalog_rows(catalog_url)), 20)
     status, body = sidecar.get("/metrics")
-    assert b'odibi_node_runs_total{environment="test",node="load",pipeline="nightly",' \
-           b'project="shop",status="SUCCESS"} 3.0' in body
+    assert (
+        b'odibi_node_runs_total{environment="test",node="load",pipeline="nightly",'
+        b'project="shop",status="SUCCESS"} 3.0' in body
+    )
 
     code, out, err, took = sidecar.terminate()
     assert code == 0, err
@@ -114,19 +132,26 @@ def test_sidecar_serves_delivers_and_stops_on_sigterm(
 
 
 def test_sidecar_reads_its_settings_from_the_environment(
-        sqlite_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]) -> None:
+    sqlite_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
     token = tmp_path / "token"
     token.write_text("t0ken\n")
-    env = clean_env(ODIBI_OBSERVE_CATALOG_URL=sqlite_url,
-                    ODIBI_OBSERVE_SPOOL_DIR=str(tmp_path / "spool"),
-                    ODIBI_OBSERVE_SIDECAR_LISTEN="127.0.0.1:0",
-                    ODIBI_OBSERVE_SIDECAR_TOKEN_FILE=str(token),
-                    ODIBI_OBSERVE_SWEEP_INTERVAL="0")
+    env = clean_env(
+        ODIBI_OBSERVE_CATALOG_URL=sqlite_url,
+        ODIBI_OBSERVE_SPOOL_DIR=str(tmp_path / "spool"),
+        ODIBI_OBSERVE_SIDECAR_LISTEN="127.0.0.1:0",
+        ODIBI_OBSERVE_SIDECAR_TOKEN_FILE=str(token),
+        ODIBI_OBSERVE_SWEEP_INTERVAL="0",
+    )
     sidecar = SidecarProcess(env=env)
     processes.append(sidecar.proc)
     assert "sweeper  off" in "".join(sidecar.banner)
-    request = urllib.request.Request(sidecar.url + "/v1/traces", data=b"", method="POST",
-                                     headers={"Content-Type": "application/x-protobuf"})
+    request = urllib.request.Request(
+        sidecar.url + "/v1/traces",
+        data=b"",
+        method="POST",
+        headers={"Content-Type": "application/x-protobuf"},
+    )
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(request, timeout=10)
     assert denied.value.code == 401
@@ -136,28 +161,49 @@ def test_sidecar_reads_its_settings_from_the_environment(
     assert sidecar.terminate()[0] == 0
 
 
-def _run(*args: str, env: dict[str, str] | None = None,
-         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False,
-                          env=env or clean_env())
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env or clean_env(),
+    )
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [
-    (["--catalog", "postgresql://etl:hunter2@db:port/x"], {},
-     r"postgresql://etl:\*\*\*@db:port/x.* is not a valid database URL"),
-    (["--listen", "127.0.0.1:99999"], {}, r"port 99999 is not a TCP port"),
-    (["--sweep-interval", "soon"], {}, r"--sweep-interval='soon': expected a duration"),
-    ([], {"ODIBI_OBSERVE_SPOOL_MAX_BYTES": "lots"},
-     r"ODIBI_OBSERVE_SPOOL_MAX_BYTES='lots': expected a size"),
-    (["--token-file", "/nonexistent/token"], {}, r"--token-file '/nonexistent/token' cannot"),
-    ([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}, r"otlp_protocol='carrier-pigeon'"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["--catalog", "postgresql://etl:hunter2@db:port/x"],
+            {},
+            r"postgresql://etl:\*\*\*@db:port/x.* is not a valid database URL",
+        ),
+        (["--listen", "127.0.0.1:99999"], {}, r"port 99999 is not a TCP port"),
+        (["--sweep-interval", "soon"], {}, r"--sweep-interval='soon': expected a duration"),
+        (
+            [],
+            {"ODIBI_OBSERVE_SPOOL_MAX_BYTES": "lots"},
+            r"ODIBI_OBSERVE_SPOOL_MAX_BYTES='lots': expected a size",
+        ),
+        (["--token-file", "/nonexistent/token"], {}, r"--token-file '/nonexistent/token' cannot"),
+        ([], {"OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}, r"otlp_protocol='carrier-pigeon'"),
+    ],
+)
 def test_sidecar_bad_input_is_one_line_and_exit_2(
-        sqlite_url: str, tmp_path: Path, args: list[str], env: dict[str, str],
-        message: str) -> None:
-    base = ["--catalog", sqlite_url, "--spool-dir", str(tmp_path / "spool"),
-            "--listen", "127.0.0.1:0"]
+    sqlite_url: str, tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    base = [
+        "--catalog",
+        sqlite_url,
+        "--spool-dir",
+        str(tmp_path / "spool"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
     done = _run("sidecar", *base, *args, env=clean_env(**env))
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -166,15 +212,23 @@ def test_sidecar_bad_input_is_one_line_and_exit_2(
     assert "hunter2" not in done.stderr + done.stdout
 
 
-def test_sidecar_port_in_use_and_unwritable_spool_are_exit_2(sqlite_url: str,
-                                                             tmp_path: Path) -> None:
+def test_sidecar_port_in_use_and_unwritable_spool_are_exit_2(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     try:
         port = taken.getsockname()[1]
-        done = _run("sidecar", "--catalog", sqlite_url, "--spool-dir", str(tmp_path / "s"),
-                    "--listen", f"127.0.0.1:{port}")
+        done = _run(
+            "sidecar",
+            "--catalog",
+            sqlite_url,
+            "--spool-dir",
+            str(tmp_path / "s"),
+            "--listen",
+            f"127.0.0.1:{port}",
+        )
     finally:
         taken.close()
     assert done.returncode == 2
@@ -182,8 +236,15 @@ def test_sidecar_port_in_use_and_unwritable_spool_are_exit_2(sqlite_url: str,
 
     blocker = tmp_path / "file"
     blocker.write_text("")  # a directory cannot be created under a file, even by root
-    done = _run("sidecar", "--catalog", sqlite_url, "--spool-dir", str(blocker / "spool"),
-                "--listen", "127.0.0.1:0")
+    done = _run(
+        "sidecar",
+        "--catalog",
+        sqlite_url,
+        "--spool-dir",
+        str(blocker / "spool"),
+        "--listen",
+        "127.0.0.1:0",
+    )
     assert done.returncode == 2
     assert "spool directory" in done.stderr and "is not usable" in done.stderr
 
@@ -204,8 +265,11 @@ def test_help_documents_every_option_with_its_default_and_environment_variable()
             assert flag in text, (name, flag)
             assert action.help and "env " in action.help, (name, flag)
             assert "default" in action.help or "required" in action.help, (name, flag)
-        for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
-                         "OTEL_SERVICE_NAME"):
+        for variable in (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_SERVICE_NAME",
+        ):
             assert variable in text
 
 
@@ -228,7 +292,8 @@ def test_value_parsers() -> None:
 
 
 def test_sweep_closes_a_killed_run_and_exports_its_crash_span(
-        catalog_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]) -> None:
+    catalog_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
     spool = tmp_path / "spool"
     proc, hung, done = start_hanging_pipeline(spool)
     processes.append(proc)
@@ -237,10 +302,13 @@ def test_sweep_closes_a_killed_run_and_exports_its_crash_span(
     proc.wait(10)
 
     with OtlpReceiver() as collector:
-        env = clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
-                        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
-        dry = _run("sweep", "--catalog", catalog_url, "--spool-dir", str(spool), "--dry-run",
-                   env=env)
+        env = clean_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        )
+        dry = _run(
+            "sweep", "--catalog", catalog_url, "--spool-dir", str(spool), "--dry-run", env=env
+        )
         assert dry.returncode == 0, dry.stderr
         assert f"would close {hung}" in dry.stdout and "1 to close as CRASHED" in dry.stdout
         assert catalog_rows(catalog_url)[hung].status is RunStatus.RUNNING
@@ -251,8 +319,11 @@ def test_sweep_closes_a_killed_run_and_exports_its_crash_span(
         assert lines[0].startswith(f"closed {hung}  nightly/hang  started ")
         assert "process" in lines[1] and "was not alive at" in lines[1]
         assert "last sign of life" in lines[1]
-        assert re.search(r"swept host '.+' at .+: 1 RUNNING run\(s\) checked, 1 closed as "
-                         r"CRASHED \(process_gone: 1\)", lines[-1]), lines[-1]
+        assert re.search(
+            r"swept host '.+' at .+: 1 RUNNING run\(s\) checked, 1 closed as "
+            r"CRASHED \(process_gone: 1\)",
+            lines[-1],
+        ), lines[-1]
 
         rows = catalog_rows(catalog_url)
         assert rows[hung].status is RunStatus.CRASHED

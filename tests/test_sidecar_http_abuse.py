@@ -66,19 +66,25 @@ def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-def post_head(length: int | str, content_type: str = "application/json",
-              extra: str = "") -> bytes:
-    return (f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+def post_head(length: int | str, content_type: str = "application/json", extra: str = "") -> bytes:
+    return (
+        f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
 
 
 def refused(sidecar: Sidecar, reason: str) -> float:
-    return sidecar.registry.get_sample_value(
-        "odibi_observe_sidecar_http_refused_total", {"reason": reason}) or 0.0
+    return (
+        sidecar.registry.get_sample_value(
+            "odibi_observe_sidecar_http_refused_total", {"reason": reason}
+        )
+        or 0.0
+    )
 
 
 def test_json_nested_100000_deep_is_a_400_not_a_traceback(
-        sidecar: Sidecar, capfd: pytest.CaptureFixture[str]) -> None:
+    sidecar: Sidecar, capfd: pytest.CaptureFixture[str]
+) -> None:
     body = b"[" * 100_000 + b"]" * 100_000
     answer = raw_request(sidecar.server.port, post_head(len(body)), body)
     assert status_of(answer) == 400
@@ -96,8 +102,10 @@ def test_a_negative_content_length_is_answered_400(sidecar: Sidecar) -> None:
 
 @pytest.mark.parametrize("size_line", [b"zz\r\n", b"-5\r\n", b"\r\n", b"0x10\r\n"])
 def test_a_bad_chunk_size_is_answered_400(sidecar: Sidecar, size_line: bytes) -> None:
-    head = (b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     answer = raw_request(sidecar.server.port, head, size_line + b"{}\r\n0\r\n\r\n")
     assert status_of(answer) == 400
     assert b"chunk size" in answer
@@ -107,8 +115,9 @@ def test_a_bad_chunk_size_is_answered_400(sidecar: Sidecar, size_line: bytes) ->
 def test_a_body_of_200000_empty_gzip_members_is_refused(sidecar: Sidecar) -> None:
     member = gzip.compress(b"")
     body = member * 200_000
-    answer = raw_request(sidecar.server.port,
-                         post_head(len(body), extra="Content-Encoding: gzip\r\n"), body)
+    answer = raw_request(
+        sidecar.server.port, post_head(len(body), extra="Content-Encoding: gzip\r\n"), body
+    )
     assert status_of(answer) == 400
     assert f"more than {receiver_module.MAX_GZIP_MEMBERS} gzip members".encode() in answer
 
@@ -121,8 +130,7 @@ def test_a_few_concatenated_gzip_members_are_still_one_valid_body(sidecar: Sidec
     assert sidecar.spans("stored") == 1
 
 
-def test_a_flood_of_idle_connections_leaves_metrics_and_healthz_answering(
-        sidecar: Sidecar) -> None:
+def test_a_flood_of_idle_connections_leaves_metrics_and_healthz_answering(sidecar: Sidecar) -> None:
     port = sidecar.server.port
     cap = server_module.MAX_CONNECTIONS + server_module.RESERVE_CONNECTIONS
     idle = []
@@ -130,8 +138,13 @@ def test_a_flood_of_idle_connections_leaves_metrics_and_healthz_answering(
         for _ in range(server_module.MAX_CONNECTIONS):
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
         # Every regular slot is held by a silent client; the reserve still answers reads.
-        wait_until(lambda: refused(sidecar, "too_many_connections") == 0 and
-                   sidecar.server._connections._value == 0, timeout=10)
+        wait_until(
+            lambda: (
+                refused(sidecar, "too_many_connections") == 0
+                and sidecar.server._connections._value == 0
+            ),
+            timeout=10,
+        )
         metrics = raw_request(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(metrics) == 200
         assert b"odibi_observe_ledger_spans_total" in metrics
@@ -151,8 +164,9 @@ def test_a_flood_of_idle_connections_leaves_metrics_and_healthz_answering(
         for sock in idle:
             sock.close()
     # The slots come back when the clients leave: a normal export is served again.
-    wait_until(lambda: sidecar.server._connections._value ==
-               server_module.MAX_CONNECTIONS, timeout=10)
+    wait_until(
+        lambda: sidecar.server._connections._value == server_module.MAX_CONNECTIONS, timeout=10
+    )
     status, _, _ = sidecar.post(export_request([make_record()]).SerializeToString())
     assert status == 200
 
@@ -172,9 +186,9 @@ def test_healthz_spool_numbers_are_at_most_a_tick_old(sqlite_url: str, tmp_path:
     """The spool's size on ``/healthz`` is re-read every maintenance tick (1 s), as the
     operations guide says; it used to be every 5 s. The backlog says how old it is."""
     spool_dir = tmp_path / "spool"
-    sidecar = SidecarService(options(sqlite_url, spool_dir),
-                             settings=settings(sqlite_url)).start()
+    sidecar = SidecarService(options(sqlite_url, spool_dir), settings=settings(sqlite_url)).start()
     try:
+
         def spool_doc() -> dict[str, float]:
             _, _, body = get(sidecar.url, "/healthz")
             return dict(json.loads(body)["spool"])
@@ -196,15 +210,18 @@ def test_healthz_spool_numbers_are_at_most_a_tick_old(sqlite_url: str, tmp_path:
 
 
 def test_listening_beyond_loopback_without_a_token_warns(
-        sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Nothing is sent to the wildcard address; binding it is enough for the warning."""
     caplog.set_level(logging.WARNING, logger="odibi_observe")
-    sidecar = SidecarService(options(sqlite_url, tmp_path / "a", listen_host="0.0.0.0"),
-                             settings=settings(sqlite_url)).start()
+    sidecar = SidecarService(
+        options(sqlite_url, tmp_path / "a", listen_host="0.0.0.0"), settings=settings(sqlite_url)
+    ).start()
     sidecar.stop(timeout=2)
     assert "takes spans from anyone" in caplog.text
     caplog.clear()
-    local = SidecarService(options(sqlite_url, tmp_path / "b"),
-                           settings=settings(sqlite_url)).start()
+    local = SidecarService(
+        options(sqlite_url, tmp_path / "b"), settings=settings(sqlite_url)
+    ).start()
     local.stop(timeout=2)
     assert "takes spans from anyone" not in caplog.text

@@ -46,25 +46,41 @@ class Sidecar:
         self.registry = CollectorRegistry()
         self.monitor = SelfMonitor(self.registry)
         self.ledger = SpanLedger(url)
-        self.receiver = TraceReceiver(self.ledger, registry=self.registry, monitor=self.monitor,
-                                      token=token, max_body_bytes=max_body, retry_after=2)
-        self.server = SidecarServer("127.0.0.1", 0, registry=self.registry,
-                                    receiver=self.receiver).start()
+        self.receiver = TraceReceiver(
+            self.ledger,
+            registry=self.registry,
+            monitor=self.monitor,
+            token=token,
+            max_body_bytes=max_body,
+            retry_after=2,
+        )
+        self.server = SidecarServer(
+            "127.0.0.1", 0, registry=self.registry, receiver=self.receiver
+        ).start()
 
-    def post(self, body: bytes | str, *, content_type: str = PB, path: str = "/v1/traces",
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def post(
+        self,
+        body: bytes | str,
+        *,
+        content_type: str = PB,
+        path: str = "/v1/traces",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
         try:
-            conn.request("POST", path, body=body,
-                         headers={"Content-Type": content_type, **(headers or {})})
+            conn.request(
+                "POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})}
+            )
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read()
         finally:
             conn.close()
 
     def spans(self, outcome: str) -> float:
-        return self.registry.get_sample_value(
-            "odibi_observe_ledger_spans_total", {"outcome": outcome}) or 0.0
+        return (
+            self.registry.get_sample_value("odibi_observe_ledger_spans_total", {"outcome": outcome})
+            or 0.0
+        )
 
     def close(self) -> None:
         self.server.stop()
@@ -80,8 +96,10 @@ def sidecar(catalog_url: str) -> Iterator[Sidecar]:
 
 def _response(body: bytes, content_type: str = PB) -> ExportTraceServiceResponse:
     response: ExportTraceServiceResponse = (
-        ExportTraceServiceResponse.FromString(body) if content_type == PB
-        else json_format.Parse(body, ExportTraceServiceResponse()))
+        ExportTraceServiceResponse.FromString(body)
+        if content_type == PB
+        else json_format.Parse(body, ExportTraceServiceResponse())
+    )
     return response
 
 
@@ -108,13 +126,17 @@ def test_protobuf_export_is_stored_and_answered_in_protobuf(sidecar: Sidecar) ->
 def test_json_export_with_gzip_is_stored_and_answered_in_json(sidecar: Sidecar) -> None:
     records = [terminal(status=RunStatus.FAILURE, error_type="ValueError")]
     line = encode_request_json(export_request(records)).encode()
-    status, headers, body = sidecar.post(gzip.compress(line), content_type="application/json",
-                                         headers={"Content-Encoding": "gzip"})
+    status, headers, body = sidecar.post(
+        gzip.compress(line), content_type="application/json", headers={"Content-Encoding": "gzip"}
+    )
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert json.loads(body) == {}
     (row,) = ledger_rows(sidecar.ledger)
     assert (row["run_id"], row["status"], row["error_type"]) == (
-        records[0].run_id, "FAILURE", "ValueError")
+        records[0].run_id,
+        "FAILURE",
+        "ValueError",
+    )
     assert row["trace_id"] == records[0].trace_id  # OTLP/JSON's hex ids decoded as ids
 
 
@@ -135,15 +157,17 @@ def test_rejected_and_mistyped_spans_are_reported_in_partial_success(sidecar: Si
     assert "odibi.run_id" in partial.error_message
     assert "odibi.rows_processed" in partial.error_message
     assert (sidecar.spans("stored"), sidecar.spans("rejected")) == (1, 1)
-    assert sidecar.registry.get_sample_value(
-        "odibi_observe_invalid_input_total", {"field": "odibi.rows_processed"}) == 1
+    assert (
+        sidecar.registry.get_sample_value(
+            "odibi_observe_invalid_input_total", {"field": "odibi.rows_processed"}
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("content_type", [PB, "application/json"])
-def test_a_malformed_body_is_400_with_a_status_message(sidecar: Sidecar,
-                                                       content_type: str) -> None:
-    status, headers, body = sidecar.post(b"\xff\x00 this is not OTLP {",
-                                         content_type=content_type)
+def test_a_malformed_body_is_400_with_a_status_message(sidecar: Sidecar, content_type: str) -> None:
+    status, headers, body = sidecar.post(b"\xff\x00 this is not OTLP {", content_type=content_type)
     assert status == 400 and headers["Content-Type"] == content_type
     message = _status(body, content_type)
     assert message.code == 3 and "ExportTraceServiceRequest" in message.message
@@ -166,8 +190,7 @@ def test_other_paths_and_methods(sidecar: Sidecar) -> None:
     conn.close()
 
 
-def test_a_body_over_the_limit_is_413_before_and_after_decompression(
-        sqlite_url: str) -> None:
+def test_a_body_over_the_limit_is_413_before_and_after_decompression(sqlite_url: str) -> None:
     s = Sidecar(sqlite_url, max_body=10_000)
     try:
         status, headers, _ = s.post(b"\x00" * 10_001)
@@ -178,14 +201,24 @@ def test_a_body_over_the_limit_is_413_before_and_after_decompression(
         assert s.post(bomb, headers={"Content-Encoding": "gzip"})[0] == 413
         # Chunked uploads are bounded too.
         conn = http.client.HTTPConnection("127.0.0.1", s.server.port, timeout=10)
-        conn.request("POST", "/v1/traces", body=iter([b"\x00" * 6_000] * 2),
-                     headers={"Content-Type": PB}, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/v1/traces",
+            body=iter([b"\x00" * 6_000] * 2),
+            headers={"Content-Type": PB},
+            encode_chunked=True,
+        )
         assert conn.getresponse().status == 413
         conn.close()
         small = export_request([terminal()]).SerializeToString()
         conn = http.client.HTTPConnection("127.0.0.1", s.server.port, timeout=10)
-        conn.request("POST", "/v1/traces", body=iter([small[:10], small[10:]]),
-                     headers={"Content-Type": PB}, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/v1/traces",
+            body=iter([small[:10], small[10:]]),
+            headers={"Content-Type": PB},
+            encode_chunked=True,
+        )
         assert conn.getresponse().status == 200
         conn.close()
         assert s.ledger.count() == 1
@@ -197,8 +230,11 @@ def test_bearer_token_is_required_when_configured(sqlite_url: str) -> None:
     s = Sidecar(sqlite_url, token="s3cret-token")
     body = export_request([terminal()]).SerializeToString()
     try:
-        for headers in ({}, {"Authorization": "Bearer wrong"},
-                        {"Authorization": "Basic s3cret-token"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic s3cret-token"},
+        ):
             status, answer, _ = s.post(body, headers=headers)
             assert status == 401 and answer["WWW-Authenticate"].startswith("Bearer")
         assert s.ledger.count() == 0
@@ -212,9 +248,12 @@ def test_bearer_token_is_required_when_configured(sqlite_url: str) -> None:
 def test_keep_alive_connection_serves_several_exports(sidecar: Sidecar) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", sidecar.server.port, timeout=10)
     for _ in range(3):
-        conn.request("POST", "/v1/traces",
-                     body=export_request([terminal()]).SerializeToString(),
-                     headers={"Content-Type": PB})
+        conn.request(
+            "POST",
+            "/v1/traces",
+            body=export_request([terminal()]).SerializeToString(),
+            headers={"Content-Type": PB},
+        )
         response = conn.getresponse()
         response.read()
         assert response.status == 200
@@ -225,8 +264,9 @@ def test_keep_alive_connection_serves_several_exports(sidecar: Sidecar) -> None:
 # -- the database goes away and comes back ------------------------------------------------
 
 
-def test_sqlite_ledger_down_is_503_with_retry_after_then_stored(sqlite_url: str,
-                                                                tmp_path: Path) -> None:
+def test_sqlite_ledger_down_is_503_with_retry_after_then_stored(
+    sqlite_url: str, tmp_path: Path
+) -> None:
     s = Sidecar(sqlite_url)
     db = Path(sa.engine.make_url(sqlite_url).database or "")
     try:
@@ -243,8 +283,9 @@ def test_sqlite_ledger_down_is_503_with_retry_after_then_stored(sqlite_url: str,
         status, headers, body = s.post(late)
         assert status == 503 and headers["Retry-After"] == "2"
         assert _status(body).code == 14
-        assert s.registry.get_sample_value(
-            "odibi_observe_sink_errors_total", {"sink": "ledger"}) == 1
+        assert (
+            s.registry.get_sample_value("odibi_observe_sink_errors_total", {"sink": "ledger"}) == 1
+        )
         assert s.spans("stored") == 1  # nothing counted for what was not stored
 
         db.rmdir()
@@ -268,9 +309,13 @@ def test_postgres_ledger_down_is_503_then_stored(pg_url: str, pg_server_url: str
         assert s.post(export_request([terminal()]).SerializeToString())[0] == 200
         s.ledger.dispose()
         with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :name AND pid <> pg_backend_pid()"),
-                         {"name": name})
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
             conn.execute(sa.text(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"'))
         late = export_request([terminal()]).SerializeToString()
         try:
@@ -301,14 +346,21 @@ def test_the_sdk_otlp_exporter_delivers_node_spans_into_the_ledger(sidecar: Side
 
 
 def test_the_otel_sink_and_the_ledger_agree_on_every_run(
-        sidecar: Sidecar, fresh_observer: Configure) -> None:
+    sidecar: Sidecar, fresh_observer: Configure
+) -> None:
     """Pipeline → odibi-observe's OTel sink → OTLP http/protobuf → sidecar → ledger: the
     ledger row says what the node run said (ids, status, rows, duration)."""
     from odibi_observe.testing import InMemorySink
 
     memory = InMemorySink()
-    fresh_observer(mode="inline", otlp_endpoint=sidecar.server.url, extra_sinks=[memory],
-                   handle_sigterm=False, otel_metrics=False, strict=True)
+    fresh_observer(
+        mode="inline",
+        otlp_endpoint=sidecar.server.url,
+        extra_sinks=[memory],
+        handle_sigterm=False,
+        otel_metrics=False,
+        strict=True,
+    )
 
     @oo.observe_node(pipeline="daily_sales")
     def clean(rows: list[int]) -> list[int]:
@@ -335,11 +387,11 @@ def test_the_otel_sink_and_the_ledger_agree_on_every_run(
 
 
 def test_concurrent_exports_are_all_stored(sidecar: Sidecar) -> None:
-    bodies = [export_request([terminal() for _ in range(20)]).SerializeToString()
-              for _ in range(8)]
+    bodies = [export_request([terminal() for _ in range(20)]).SerializeToString() for _ in range(8)]
     answers: list[int] = []
-    threads = [threading.Thread(target=lambda b=b: answers.append(sidecar.post(b)[0]))
-               for b in bodies]
+    threads = [
+        threading.Thread(target=lambda b=b: answers.append(sidecar.post(b)[0])) for b in bodies
+    ]
     for t in threads:
         t.start()
     for t in threads:

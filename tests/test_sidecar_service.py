@@ -63,15 +63,21 @@ if len(sys.argv) > 3:
 
 def run_pipeline(spool: Path, runs: int) -> list[str]:
     """Run a sidecar-mode pipeline to completion; its run ids."""
-    out = subprocess.run([sys.executable, "-c", PIPELINE, str(spool), str(runs)],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PIPELINE, str(spool), str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return [line.split()[1] for line in out.stdout.splitlines()]
 
 
 def start_hanging_pipeline(spool: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
     """A pipeline whose last node is RUNNING (spooled) when this returns."""
-    proc = subprocess.Popen([sys.executable, "-c", PIPELINE, str(spool), "1", "hang"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PIPELINE, str(spool), "1", "hang"], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     done = proc.stdout.readline().split()[1]
     hung = proc.stdout.readline().split()[1]
@@ -79,8 +85,13 @@ def start_hanging_pipeline(spool: Path) -> tuple[subprocess.Popen[str], str, lis
 
 
 def options(catalog_url: str, spool: Path, **changes: Any) -> SidecarOptions:
-    values: dict[str, Any] = dict(catalog_url=catalog_url, spool_dir=str(spool),
-                                  listen_port=0, sweep_interval=0, poll_interval=0.02)
+    values: dict[str, Any] = dict(
+        catalog_url=catalog_url,
+        spool_dir=str(spool),
+        listen_port=0,
+        sweep_interval=0,
+        poll_interval=0.02,
+    )
     values.update(changes)
     return SidecarOptions(**values)
 
@@ -89,8 +100,9 @@ def settings(catalog_url: str, **changes: Any) -> Settings:
     return Settings(catalog_url=catalog_url, handle_sigterm=False, otel_metrics=False, **changes)
 
 
-def get(url: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str],
-                                                                              bytes]:
+def get(
+    url: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
@@ -120,7 +132,8 @@ def started() -> Iterator[list[Sidecar]]:
 
 
 def test_spooled_runs_reach_the_catalog_and_the_metrics(
-        catalog_url: str, tmp_path: Path, started: list[Sidecar]) -> None:
+    catalog_url: str, tmp_path: Path, started: list[Sidecar]
+) -> None:
     spool = tmp_path / "spool"
     sidecar = Sidecar(options(catalog_url, spool), settings=settings(catalog_url)).start()
     started.append(sidecar)
@@ -132,25 +145,43 @@ def test_spooled_runs_reach_the_catalog_and_the_metrics(
     assert sorted(rows[r].rows_processed for r in run_ids) == [1, 2, 3, 4, 5]
 
     registry = sidecar.registry
-    labels = {"project": "shop", "pipeline": "nightly", "node": "load", "environment": "test",
-              "status": "SUCCESS"}
+    labels = {
+        "project": "shop",
+        "pipeline": "nightly",
+        "node": "load",
+        "environment": "test",
+        "status": "SUCCESS",
+    }
     assert wait_until(lambda: registry.get_sample_value("odibi_node_runs_total", labels) == 5)
-    assert registry.get_sample_value("odibi_node_rows_processed_total",
-                                     {k: v for k, v in labels.items() if k != "status"}) == 15
+    assert (
+        registry.get_sample_value(
+            "odibi_node_rows_processed_total", {k: v for k, v in labels.items() if k != "status"}
+        )
+        == 15
+    )
     for kind in ("started", "finished"):
-        assert registry.get_sample_value("odibi_observe_sidecar_events_ingested_total",
-                                         {"kind": kind}) == 5
-    assert wait_until(lambda: registry.get_sample_value(
-        "odibi_observe_spool_backlog_events", {"sink": "catalog"}) == 0)
+        assert (
+            registry.get_sample_value("odibi_observe_sidecar_events_ingested_total", {"kind": kind})
+            == 5
+        )
+    assert wait_until(
+        lambda: (
+            registry.get_sample_value("odibi_observe_spool_backlog_events", {"sink": "catalog"})
+            == 0
+        )
+    )
     assert sidecar.stop() is True
 
 
 def test_a_killed_pipeline_run_is_closed_with_a_crash_span_with_its_own_ids(
-        catalog_url: str, tmp_path: Path, started: list[Sidecar]) -> None:
+    catalog_url: str, tmp_path: Path, started: list[Sidecar]
+) -> None:
     spool = tmp_path / "spool"
     with OtlpReceiver() as collector:
-        sidecar = Sidecar(options(catalog_url, spool, sweep_interval=3600),
-                          settings=settings(catalog_url, otlp_endpoint=collector.endpoint))
+        sidecar = Sidecar(
+            options(catalog_url, spool, sweep_interval=3600),
+            settings=settings(catalog_url, otlp_endpoint=collector.endpoint),
+        )
         started.append(sidecar.start())
         proc, hung, done = start_hanging_pipeline(spool)
         assert wait_until(lambda: hung in catalog_rows(catalog_url), 20)
@@ -168,15 +199,18 @@ def test_a_killed_pipeline_run_is_closed_with_a_crash_span_with_its_own_ids(
 
         crashed = catalog_rows(catalog_url)[hung]
         assert crashed.status is RunStatus.CRASHED and crashed.started_ns == running.started_ns
-        spans = {s.attributes["odibi.run_id"]: s
-                 for s in collector.wait_for_spans(2, timeout=20)}
+        spans = {s.attributes["odibi.run_id"]: s for s in collector.wait_for_spans(2, timeout=20)}
         span = spans[hung]
         assert (span.trace_id, span.span_id) == (running.trace_id, running.span_id)
         assert span.start_ns // 1000 == running.started_ns // 1000  # back-dated to the start
         assert span.attributes["odibi.status"] == "CRASHED" and span.status_code == 2
         assert spans[done[0]].attributes["odibi.status"] == "SUCCESS"
-        assert sidecar.registry.get_sample_value(
-            "odibi_observe_sweeper_closed_total", {"reason": "process_gone"}) == 1
+        assert (
+            sidecar.registry.get_sample_value(
+                "odibi_observe_sweeper_closed_total", {"reason": "process_gone"}
+            )
+            == 1
+        )
         assert sidecar.stop() is True
 
 
@@ -209,22 +243,33 @@ class Breakable(Sink):
 
 
 def test_no_sweep_while_a_run_s_ending_is_still_spooled(
-        sqlite_url: str, tmp_path: Path, started: list[Sidecar]) -> None:
+    sqlite_url: str, tmp_path: Path, started: list[Sidecar]
+) -> None:
     """The catalog says RUNNING and the process is gone — but its SUCCESS is in the spool.
     Sweeping then would record a crash that did not happen."""
     spool = tmp_path / "spool"
     catalog = Breakable(sqlite_url)
-    sidecar = Sidecar(options(sqlite_url, spool, sweep_interval=3600),
-                      settings=settings(sqlite_url), sinks=[catalog])
+    sidecar = Sidecar(
+        options(sqlite_url, spool, sweep_interval=3600),
+        settings=settings(sqlite_url),
+        sinks=[catalog],
+    )
     started.append(sidecar.start())
     record = make_record(status=RunStatus.RUNNING, pid=dead_pid())
     catalog.inner.export([RunEvent(EventKind.STARTED, record)])
     catalog.broken.set()
     # Spooled by the run's own process (the writer id names its pid), which is gone.
     writer = Spool(spool, fsync="never", writer_id=f"{record.host}-{record.pid}-1")
-    writer.append(RunEvent(EventKind.FINISHED, record.finished(
-        status=RunStatus.SUCCESS, ended_ns=record.started_ns + 10**9, rows_processed=3)
-    ).to_json().encode())
+    writer.append(
+        RunEvent(
+            EventKind.FINISHED,
+            record.finished(
+                status=RunStatus.SUCCESS, ended_ns=record.started_ns + 10**9, rows_processed=3
+            ),
+        )
+        .to_json()
+        .encode()
+    )
     writer.close()
     assert wait_until(lambda: sidecar.pump.failing().get("catalog", False))
 
@@ -245,12 +290,14 @@ def test_no_sweep_while_a_run_s_ending_is_still_spooled(
 
 
 def test_healthz_is_503_when_an_export_hangs_and_200_again_after(
-        sqlite_url: str, tmp_path: Path, started: list[Sidecar]) -> None:
+    sqlite_url: str, tmp_path: Path, started: list[Sidecar]
+) -> None:
     spool = tmp_path / "spool"
     catalog = Breakable(sqlite_url)
     catalog.release.clear()  # the next export hangs, like a database call that never returns
-    sidecar = Sidecar(options(sqlite_url, spool, stuck_after=0.3),
-                      settings=settings(sqlite_url), sinks=[catalog])
+    sidecar = Sidecar(
+        options(sqlite_url, spool, stuck_after=0.3), settings=settings(sqlite_url), sinks=[catalog]
+    )
     started.append(sidecar.start())
     run_pipeline(spool, 1)
     assert wait_until(lambda: get(sidecar.url, "/healthz")[0] == 503, 10)
@@ -262,10 +309,11 @@ def test_healthz_is_503_when_an_export_hangs_and_200_again_after(
 
 
 def test_healthz_is_503_when_a_loop_stops_completing(
-        sqlite_url: str, tmp_path: Path, started: list[Sidecar],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    sidecar = Sidecar(options(sqlite_url, tmp_path / "spool", stuck_after=0.2),
-                      settings=settings(sqlite_url))
+    sqlite_url: str, tmp_path: Path, started: list[Sidecar], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sidecar = Sidecar(
+        options(sqlite_url, tmp_path / "spool", stuck_after=0.2), settings=settings(sqlite_url)
+    )
     started.append(sidecar.start())
     status, headers, body = get(sidecar.url, "/healthz")
     health = json.loads(body)
@@ -291,30 +339,35 @@ def test_healthz_is_503_when_a_loop_stops_completing(
 
 
 def test_metrics_negotiation_text_openmetrics_gzip_and_name_filter(
-        sqlite_url: str, tmp_path: Path, started: list[Sidecar]) -> None:
+    sqlite_url: str, tmp_path: Path, started: list[Sidecar]
+) -> None:
     sidecar = Sidecar(options(sqlite_url, tmp_path / "spool"), settings=settings(sqlite_url))
     started.append(sidecar.start())
     status, headers, body = get(sidecar.url, "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = body.decode()
-    for name in ("odibi_observe_ledger_spans_total", "odibi_observe_spool_bytes",
-                 "odibi_observe_sidecar_last_loop_timestamp_seconds",
-                 "odibi_observe_sink_errors_total"):
+    for name in (
+        "odibi_observe_ledger_spans_total",
+        "odibi_observe_spool_bytes",
+        "odibi_observe_sidecar_last_loop_timestamp_seconds",
+        "odibi_observe_sink_errors_total",
+    ):
         assert f"# TYPE {name.removesuffix('_total')}" in text
-    status, headers, body = get(sidecar.url, "/metrics",
-                                {"Accept": "application/openmetrics-text; version=1.0.0"})
+    status, headers, body = get(
+        sidecar.url, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n")
     status, headers, body = get(sidecar.url, "/metrics", {"Accept-Encoding": "gzip"})
     assert headers["Content-Encoding"] == "gzip"
     assert b"odibi_observe_spool_bytes" in gzip.decompress(body)
-    status, headers, body = get(sidecar.url,
-                                "/metrics?name[]=odibi_observe_spool_bytes")
+    status, headers, body = get(sidecar.url, "/metrics?name[]=odibi_observe_spool_bytes")
     assert b"odibi_observe_spool_bytes " in body and b"ledger" not in body
 
 
 def test_bad_input_is_a_configuration_error_before_anything_starts(
-        sqlite_url: str, tmp_path: Path) -> None:
+    sqlite_url: str, tmp_path: Path
+) -> None:
     with pytest.raises(ConfigurationError, match=r"postgresql://u:\*\*\*@") as info:
         Sidecar(options("postgresql://u:hunter2@db:notaport/x", tmp_path / "a"))
     assert "hunter2" not in str(info.value)
@@ -329,20 +382,26 @@ def test_bad_input_is_a_configuration_error_before_anything_starts(
     taken.listen()
     try:
         with pytest.raises(ConfigurationError, match=r"cannot listen on 127\.0\.0\.1:.*in use"):
-            Sidecar(options(sqlite_url, tmp_path / "b", listen_port=taken.getsockname()[1]),
-                    settings=settings(sqlite_url))
+            Sidecar(
+                options(sqlite_url, tmp_path / "b", listen_port=taken.getsockname()[1]),
+                settings=settings(sqlite_url),
+            )
     finally:
         taken.close()
 
 
 def test_stop_waits_for_healthy_sinks_but_not_for_a_failing_one(
-        sqlite_url: str, tmp_path: Path) -> None:
+    sqlite_url: str, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     catalog = Breakable(sqlite_url)
     catalog.broken.set()
     prometheus = PrometheusSink(CollectorRegistry())
-    sidecar = Sidecar(options(sqlite_url, spool, drain_timeout=5),
-                      settings=settings(sqlite_url), sinks=[catalog, prometheus]).start()
+    sidecar = Sidecar(
+        options(sqlite_url, spool, drain_timeout=5),
+        settings=settings(sqlite_url),
+        sinks=[catalog, prometheus],
+    ).start()
     run_pipeline(spool, 3)
     assert wait_until(lambda: sidecar.pump.failing().get("catalog", False), 10)
     began = time.monotonic()
@@ -359,7 +418,8 @@ def test_stop_waits_for_healthy_sinks_but_not_for_a_failing_one(
 
 
 def test_the_environment_s_sidecar_mode_does_not_make_the_sidecar_spool_to_itself(
-        sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ODIBI_OBSERVE_MODE", "sidecar")
     monkeypatch.setenv("ODIBI_OBSERVE_PROMETHEUS_PORT", "0")
     sidecar = Sidecar(options(sqlite_url, tmp_path / "spool"))
@@ -372,7 +432,8 @@ def test_the_environment_s_sidecar_mode_does_not_make_the_sidecar_spool_to_itsel
 
 
 def test_the_sweeper_s_own_crash_event_never_overwrites_a_real_ending_in_the_catalog(
-        sqlite_url: str, tmp_path: Path, started: list[Sidecar]) -> None:
+    sqlite_url: str, tmp_path: Path, started: list[Sidecar]
+) -> None:
     """The race the catalog filter closes: a run's SUCCESS is spooled just as a sweep closes
     the run; the sweeper's CRASHED event follows it in the spool. The real ending must win."""
     spool = tmp_path / "spool"
@@ -380,12 +441,17 @@ def test_the_sweeper_s_own_crash_event_never_overwrites_a_real_ending_in_the_cat
     store.ensure_schema()
     record = make_record(status=RunStatus.RUNNING, pid=dead_pid())
     store.upsert([RunEvent(EventKind.STARTED, record)])
-    crashed = record.finished(status=RunStatus.CRASHED, ended_ns=record.started_ns + 1,
-                              error_type="ProcessCrashed", source=Source.SIDECAR)
+    crashed = record.finished(
+        status=RunStatus.CRASHED,
+        ended_ns=record.started_ns + 1,
+        error_type="ProcessCrashed",
+        source=Source.SIDECAR,
+    )
     assert store.close_running([crashed]) == [record.run_id]
     writer = Spool(spool, fsync="never")
-    success = record.finished(status=RunStatus.SUCCESS, ended_ns=record.started_ns + 10**9,
-                              rows_processed=7)
+    success = record.finished(
+        status=RunStatus.SUCCESS, ended_ns=record.started_ns + 10**9, rows_processed=7
+    )
     for event in (RunEvent(EventKind.FINISHED, success), RunEvent(EventKind.FINISHED, crashed)):
         writer.append(event.to_json().encode())
     writer.close()

@@ -77,10 +77,15 @@ class TestOtelSink(SinkContract):
 
     def summary(self, sink: Sink) -> Summary:
         # Node spans only: application spans (export_spans) are not runs.
-        node_spans = [s for s in self.exporter.get_finished_spans()
-                      if FIELDS.run_id.attribute in (s.attributes or {})]
-        spans = {s.attributes[FIELDS.run_id.attribute]: s  # type: ignore[index]
-                 for s in node_spans}
+        node_spans = [
+            s
+            for s in self.exporter.get_finished_spans()
+            if FIELDS.run_id.attribute in (s.attributes or {})
+        ]
+        spans = {
+            s.attributes[FIELDS.run_id.attribute]: s  # type: ignore[index]
+            for s in node_spans
+        }
         out = Summary()
         if len(spans) != len(node_spans):
             out.runs["DUPLICATE SPAN"] += 1
@@ -140,8 +145,9 @@ class TestSpoolSink(SinkContract):
 
     @pytest.fixture
     def sink(self, tmp_path: Path) -> Iterator[SpoolSink]:
-        self.spool = Spool(tmp_path / "spool", writer_id="w", fsync="never",
-                           registry=CollectorRegistry())
+        self.spool = Spool(
+            tmp_path / "spool", writer_id="w", fsync="never", registry=CollectorRegistry()
+        )
         sink = SpoolSink(self.spool)
         yield sink
         sink.shutdown()

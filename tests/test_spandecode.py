@@ -50,9 +50,26 @@ from tests.test_reconcile_support import BASE_NS, HOUR, RESOURCE
 from tests.test_sidecar_receiver import Sidecar
 
 #: The run fields every reader keeps (the ledger stores no error message or suggestions).
-COMPARED = ("run_id", "trace_id", "span_id", "parent_span_id", "start_ns", "end_ns", "status",
-            "rows", "pipeline", "node", "project", "environment", "pipeline_run_id",
-            "attempt", "error_type", "host", "pid", "service_name")
+COMPARED = (
+    "run_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "start_ns",
+    "end_ns",
+    "status",
+    "rows",
+    "pipeline",
+    "node",
+    "project",
+    "environment",
+    "pipeline_run_id",
+    "attempt",
+    "error_type",
+    "host",
+    "pid",
+    "service_name",
+)
 
 
 def _attribute(request: ExportTraceServiceRequest, key: str) -> Any:
@@ -90,22 +107,38 @@ def case(request: pytest.FixtureRequest) -> tuple[dict[str, Any], bytes, str]:
     """``(expected fields, protobuf body, OTLP/JSON line)`` of one span."""
     status, change, overrides = CASES[request.param]
     record = make_record(
-        status=status, rows=None if status is RunStatus.FAILURE else 1185,
-        started_ns=BASE_NS + HOUR + 123_456_000, duration_ns=2_345_678_000,
-        parent_span_id="ab" * 8, pipeline_run_id="pr-1", attempt=2,
+        status=status,
+        rows=None if status is RunStatus.FAILURE else 1185,
+        started_ns=BASE_NS + HOUR + 123_456_000,
+        duration_ns=2_345_678_000,
+        parent_span_id="ab" * 8,
+        pipeline_run_id="pr-1",
+        attempt=2,
         error_type="KeyError" if status is RunStatus.FAILURE else None,
-        error_message="column 'segment'" if status is RunStatus.FAILURE else None)
+        error_message="column 'segment'" if status is RunStatus.FAILURE else None,
+    )
     request_pb = encode_spans([record_to_span(record, RESOURCE)])
     change(request_pb)
     expected = {
-        "run_id": record.run_id, "trace_id": record.trace_id, "span_id": record.span_id,
-        "parent_span_id": record.parent_span_id, "start_ns": record.started_ns,
-        "end_ns": record.ended_ns, "status": record.status.value,
-        "rows": record.rows_processed, "pipeline": record.pipeline, "node": record.node,
-        "project": record.project, "environment": record.environment,
-        "pipeline_run_id": record.pipeline_run_id, "attempt": record.attempt,
-        "error_type": record.error_type, "host": record.host, "pid": record.pid,
-        "service_name": record.service_name, **overrides,
+        "run_id": record.run_id,
+        "trace_id": record.trace_id,
+        "span_id": record.span_id,
+        "parent_span_id": record.parent_span_id,
+        "start_ns": record.started_ns,
+        "end_ns": record.ended_ns,
+        "status": record.status.value,
+        "rows": record.rows_processed,
+        "pipeline": record.pipeline,
+        "node": record.node,
+        "project": record.project,
+        "environment": record.environment,
+        "pipeline_run_id": record.pipeline_run_id,
+        "attempt": record.attempt,
+        "error_type": record.error_type,
+        "host": record.host,
+        "pid": record.pid,
+        "service_name": record.service_name,
+        **overrides,
     }
     return expected, request_pb.SerializeToString(), encode_request_json(request_pb)
 
@@ -118,14 +151,24 @@ def row_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A ledger row in the reader's terms (the row stores times as datetimes)."""
     resource = json.loads(row[col.RESOURCE_JSON])
     return {
-        "run_id": row[col.RUN_ID], "trace_id": row[col.TRACE_ID], "span_id": row[col.SPAN_ID],
-        "parent_span_id": row[col.PARENT_SPAN_ID], "start_ns": to_ns(row[col.STARTED_AT]),
-        "end_ns": to_ns(row[col.ENDED_AT]), "status": row[col.STATUS],
-        "rows": row[col.ROWS], "pipeline": row[col.PIPELINE], "node": row[col.NODE],
-        "project": row[col.PROJECT], "environment": row[col.ENVIRONMENT],
-        "pipeline_run_id": row[col.PIPELINE_RUN_ID], "attempt": row[col.ATTEMPT],
-        "error_type": row[col.ERROR_TYPE], "host": resource["host.name"],
-        "pid": resource["process.pid"], "service_name": row[col.SERVICE_NAME],
+        "run_id": row[col.RUN_ID],
+        "trace_id": row[col.TRACE_ID],
+        "span_id": row[col.SPAN_ID],
+        "parent_span_id": row[col.PARENT_SPAN_ID],
+        "start_ns": to_ns(row[col.STARTED_AT]),
+        "end_ns": to_ns(row[col.ENDED_AT]),
+        "status": row[col.STATUS],
+        "rows": row[col.ROWS],
+        "pipeline": row[col.PIPELINE],
+        "node": row[col.NODE],
+        "project": row[col.PROJECT],
+        "environment": row[col.ENVIRONMENT],
+        "pipeline_run_id": row[col.PIPELINE_RUN_ID],
+        "attempt": row[col.ATTEMPT],
+        "error_type": row[col.ERROR_TYPE],
+        "host": resource["host.name"],
+        "pid": resource["process.pid"],
+        "service_name": row[col.SERVICE_NAME],
     }
 
 
@@ -133,8 +176,9 @@ def window() -> ReadRange:
     return ReadRange(BASE_NS, BASE_NS + 24 * HOUR, time.time_ns())
 
 
-def through_receiver(tmp_path: Path, name: str, body: bytes | str, content_type: str
-                     ) -> tuple[TraceRun, SpanLedger]:
+def through_receiver(
+    tmp_path: Path, name: str, body: bytes | str, content_type: str
+) -> tuple[TraceRun, SpanLedger]:
     """Post ``body`` to a sidecar over HTTP; the run its ledger holds, as reconciliation
     reads it back."""
     url = f"sqlite:///{tmp_path}/{name}.db"
@@ -153,7 +197,8 @@ def through_receiver(tmp_path: Path, name: str, body: bytes | str, content_type:
 
 
 def test_one_span_decodes_to_the_same_fields_in_every_reader(
-        case: tuple[dict[str, Any], bytes, str], tmp_path: Path) -> None:
+    case: tuple[dict[str, Any], bytes, str], tmp_path: Path
+) -> None:
     expected, body, line = case
     request = ExportTraceServiceRequest.FromString(body)
 
@@ -176,29 +221,39 @@ def test_one_span_decodes_to_the_same_fields_in_every_reader(
 
     # Reconciliation: the OTLP-JSON line (scanned and decoded in full) and Tempo's JSON.
     def runs(read: Callable[..., list[TraceRun]], text: str) -> TraceRun:
-        (run,) = [TraceRun._make(r) for r in read(text, origin="o", source="s",
-                                                  read_range=window(), log=ReadLog())]
+        (run,) = [
+            TraceRun._make(r)
+            for r in read(text, origin="o", source="s", read_range=window(), log=ReadLog())
+        ]
         return run
+
     scanned = runs(scan_line, line)
     decoded = runs(decode_line, line)
     tempo = json_format.MessageToDict(request)  # protobuf's JSON mapping, as Tempo answers
     ((tempo_resource, tempo_span),) = iter_request_spans({"batches": tempo["resourceSpans"]})
-    from_tempo = span_to_run(tempo_span, tempo_resource, origin="t", source="tempo",
-                             read_range=window(), log=ReadLog())
+    from_tempo = span_to_run(
+        tempo_span, tempo_resource, origin="t", source="tempo", read_range=window(), log=ReadLog()
+    )
 
     readers = {
-        "decoder, protobuf": fields(from_protobuf), "decoder, OTLP/JSON": fields(from_json),
+        "decoder, protobuf": fields(from_protobuf),
+        "decoder, OTLP/JSON": fields(from_json),
         "receiver, protobuf body": fields(received_pb),
         "receiver, OTLP/JSON body": fields(received_json),
         "ledger row": row_fields(dict(row)),
-        "reconcile, scanned line": fields(scanned), "reconcile, decoded line": fields(decoded),
+        "reconcile, scanned line": fields(scanned),
+        "reconcile, decoded line": fields(decoded),
         "reconcile, Tempo": fields(from_tempo),
     }
     assert {name: got for name, got in readers.items() if got != expected} == {}
     # What only the span carries agrees wherever it is kept.
     assert from_tempo is not None
-    assert scanned.error_message == decoded.error_message == from_tempo.error_message \
+    assert (
+        scanned.error_message
+        == decoded.error_message
+        == from_tempo.error_message
         == from_json.error_message
+    )
     assert decoded.suggestions == from_tempo.suggestions == from_json.suggestions
 
 
@@ -216,18 +271,26 @@ def test_a_wrong_attribute_is_reported_by_every_reader(tmp_path: Path) -> None:
     assert result.stored == 1
     assert result.invalid_attributes == {FIELDS.rows.attribute: 1}
     log = ReadLog()
-    (run,) = [TraceRun._make(r) for r in decode_line(
-        encode_request_json(request), origin="o", source="s", read_range=window(), log=log)]
+    (run,) = [
+        TraceRun._make(r)
+        for r in decode_line(
+            encode_request_json(request), origin="o", source="s", read_range=window(), log=log
+        )
+    ]
     assert run.rows is None and run.unchecked == "rows"
     assert [e.message for e in log.errors] == [
         f"run {record.run_id}: {FIELDS.rows.attribute} is stringValue '7', expected "
-        "intValue; rows not compared"]
+        "intValue; rows not compared"
+    ]
 
 
-@pytest.mark.parametrize(("trace_id", "reason"), [
-    ("00" * 16, "traceId must be 16 non-zero bytes"),
-    ("abc", "traceId 'abc' is"),
-])
+@pytest.mark.parametrize(
+    ("trace_id", "reason"),
+    [
+        ("00" * 16, "traceId must be 16 non-zero bytes"),
+        ("abc", "traceId 'abc' is"),
+    ],
+)
 def test_an_unusable_id_is_refused_by_both_forms_alike(trace_id: str, reason: str) -> None:
     record = make_record(started_ns=BASE_NS + HOUR)
     line = encode_request_json(encode_spans([record_to_span(record, RESOURCE)]))

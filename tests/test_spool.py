@@ -78,12 +78,18 @@ def segment_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.suffix in (".open", ".seg"))
 
 
-def run_killed_child(directory: Path, n: int, *, segment_bytes: int = 4096,
-                     mode: str = "clean") -> str:
+def run_killed_child(
+    directory: Path, n: int, *, segment_bytes: int = 4096, mode: str = "clean"
+) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(directory), str(n),
-                           str(segment_bytes), mode],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(directory), str(n), str(segment_bytes), mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     return proc.stdout.strip()
 
@@ -147,8 +153,9 @@ def _write_in_child(directory: str, tag: str, n: int) -> None:
 
 
 def test_several_writer_processes_share_one_directory(spool_dir: Path) -> None:
-    children = [FORK.Process(target=_write_in_child, args=(str(spool_dir), f"p{k}", 150))
-                for k in range(3)]
+    children = [
+        FORK.Process(target=_write_in_child, args=(str(spool_dir), f"p{k}", 150)) for k in range(3)
+    ]
     for c in children:
         c.start()
     for c in children:
@@ -216,8 +223,9 @@ def test_two_cursors_progress_independently(spool: Spool) -> None:
 
 
 def test_ack_survives_reopening_and_unacked_frames_come_back(spool_dir: Path) -> None:
-    writer = Spool(spool_dir, writer_id="w", fsync="always", segment_bytes=256,
-                   registry=CollectorRegistry())
+    writer = Spool(
+        spool_dir, writer_id="w", fsync="always", segment_bytes=256, registry=CollectorRegistry()
+    )
     for i in range(20):
         writer.append(b"e%d" % i)
     cursor = writer.cursor("sink")
@@ -265,8 +273,9 @@ def test_every_frame_survives_a_sigkill_right_after_append(spool_dir: Path) -> N
     assert writer not in cursor.positions()
 
 
-def test_torn_tail_of_a_dead_writer_is_counted_once(spool_dir: Path,
-                                                    registry: CollectorRegistry) -> None:
+def test_torn_tail_of_a_dead_writer_is_counted_once(
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
     run_killed_child(spool_dir, 5, mode="torn")
     reader = Spool(spool_dir, registry=registry)
     got = drain(reader.cursor("a"))
@@ -280,7 +289,8 @@ def test_torn_tail_of_a_dead_writer_is_counted_once(spool_dir: Path,
 
 
 def test_damage_in_a_sealed_segment_keeps_the_frames_around_it(
-        spool_dir: Path, registry: CollectorRegistry) -> None:
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
     writer = Spool(spool_dir, writer_id="w", fsync="never", registry=CollectorRegistry())
     for i in range(10):
         writer.append(b"%02d" % i + b"x" * 48)  # 66-byte frames
@@ -311,8 +321,7 @@ def test_damage_in_a_sealed_segment_keeps_the_frames_around_it(
 def test_partial_tail_of_a_live_writer_is_pending_not_corrupt(spool_dir: Path) -> None:
     for writer_id in (None, "custom"):  # judged by pid and start time / by the flock alone
         directory = spool_dir / str(writer_id)
-        writer = Spool(directory, writer_id=writer_id, fsync="never",
-                       registry=CollectorRegistry())
+        writer = Spool(directory, writer_id=writer_id, fsync="never", registry=CollectorRegistry())
         for i in range(3):
             writer.append(b"%d" % i)
         (name,) = segment_files(directory)
@@ -353,14 +362,15 @@ def _frames_overlapping(data: bytes, lo: int, hi: int) -> int:
     """How many frames of an intact segment ``data`` have a byte in ``lo..hi-1``."""
     count, p = 0, 0
     while p < len(data):
-        end = p + HEADER_SIZE + int.from_bytes(data[p + 4:p + 8], "little")
+        end = p + HEADER_SIZE + int.from_bytes(data[p + 4 : p + 8], "little")
         count += p < hi and end > lo
         p = end
     return count
 
 
 def test_a_zeroed_block_counts_every_frame_it_destroyed(
-        spool_dir: Path, registry: CollectorRegistry) -> None:
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
     """A zeroed 4 KiB block destroys about 9 frames: counted as frames (within one), not as 1
     region; the run whose start was read but whose end was destroyed is named."""
     writer = Spool(spool_dir, writer_id="w", fsync="never", registry=CollectorRegistry())
@@ -383,8 +393,9 @@ def test_a_zeroed_block_counts_every_frame_it_destroyed(
     assert damage.damaged_regions == 1
     assert abs(damage.frames_lost - truth) <= 1, (damage.frames_lost, truth)
     assert reader.stats().corrupt_frames == damage.frames_lost
-    assert registry.get_sample_value("odibi_observe_spool_corrupt_frames_total") == \
-        damage.frames_lost
+    assert (
+        registry.get_sample_value("odibi_observe_spool_corrupt_frames_total") == damage.frames_lost
+    )
     assert registry.get_sample_value("odibi_observe_spool_damaged_regions_total") == 1
     read = [RunEvent.from_json(e.payload) for e in got]
     read_ends = {e.run_id for e in read if e.kind.value == "finished"}
@@ -398,19 +409,28 @@ def test_a_zeroed_block_counts_every_frame_it_destroyed(
 
 
 def test_a_deleted_sealed_segment_is_reported_missing_with_its_runs(
-        spool_dir: Path, registry: CollectorRegistry) -> None:
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
     events = _run_events(30)
     frame = len(encode_frame(events[1][1]))  # 5 frames a segment: a run is cut at each end
-    writer = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=5 * frame,
-                   registry=CollectorRegistry())
+    writer = Spool(
+        spool_dir,
+        writer_id="w",
+        fsync="never",
+        segment_bytes=5 * frame,
+        registry=CollectorRegistry(),
+    )
     for _, payload in events:
         writer.append(payload)
     writer.close()
     names = segment_files(spool_dir)
     assert len(names) >= 4
     # A sealed segment in the middle that begins with a run's end (its start is before it).
-    victim = next(n for n in names[1:-1] if b'"kind":"finished"' in
-                  (spool_dir / n).read_bytes()[HEADER_SIZE:HEADER_SIZE + 20])
+    victim = next(
+        n
+        for n in names[1:-1]
+        if b'"kind":"finished"' in (spool_dir / n).read_bytes()[HEADER_SIZE : HEADER_SIZE + 20]
+    )
     (spool_dir / victim).unlink()
     reader = Spool(spool_dir, registry=registry)
     got = drain(reader.cursor("sink"))
@@ -429,7 +449,8 @@ def test_a_deleted_sealed_segment_is_reported_missing_with_its_runs(
 
 
 def test_a_segment_deleted_while_its_writer_writes_is_left_and_reported(
-        spool_dir: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool_dir: Path, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The writer notices at its next size check, goes on in a new segment and counts the loss;
     a consumer that starts later sees the writer begin after segment 0 and reports it."""
     monkeypatch.setattr(spool_writer, "USAGE_REFRESH", 0.0)
@@ -459,9 +480,16 @@ def test_a_segment_deleted_while_its_writer_writes_is_left_and_reported(
 
 
 def test_size_limit_rejects_new_events_and_keeps_old_ones(
-        spool_dir: Path, registry: CollectorRegistry) -> None:
-    s = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=500, max_bytes=2000,
-              registry=registry)
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
+    s = Spool(
+        spool_dir,
+        writer_id="w",
+        fsync="never",
+        segment_bytes=500,
+        max_bytes=2000,
+        registry=registry,
+    )
     payload = b"p" * (100 - HEADER_SIZE)
     for _ in range(20):
         s.append(payload)
@@ -472,8 +500,10 @@ def test_size_limit_rejects_new_events_and_keeps_old_ones(
         s.append_many([b"a", b"b", b"c"])
     assert many.value.stored == 0
     assert s.stats().rejected == 4
-    assert registry.get_sample_value("odibi_observe_spool_rejected_total",
-                                     {"reason": "size_limit"}) == 4
+    assert (
+        registry.get_sample_value("odibi_observe_spool_rejected_total", {"reason": "size_limit"})
+        == 4
+    )
     assert s.stats().bytes == 2000
     cursor = s.cursor("sink")
     got = drain(cursor)
@@ -488,9 +518,16 @@ def test_size_limit_rejects_new_events_and_keeps_old_ones(
 
 
 def test_partial_append_many_stores_the_oldest_that_fit(
-        spool_dir: Path, registry: CollectorRegistry) -> None:
-    s = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=500, max_bytes=1000,
-              registry=registry)
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
+    s = Spool(
+        spool_dir,
+        writer_id="w",
+        fsync="never",
+        segment_bytes=500,
+        max_bytes=1000,
+        registry=registry,
+    )
     batch = [b"%02d" % i + b"p" * (98 - HEADER_SIZE) for i in range(25)]
     with pytest.raises(SpoolFullError) as info:
         s.append_many(batch, partial=True)
@@ -512,10 +549,17 @@ def test_partial_append_many_stores_the_oldest_that_fit(
 
 
 def test_spool_sink_resends_a_refused_backlog_in_pieces_without_duplicates(
-        spool_dir: Path, registry: CollectorRegistry) -> None:
+    spool_dir: Path, registry: CollectorRegistry
+) -> None:
     """The bus re-sends a failed batch whole; the sink skips the prefix it stored already."""
-    s = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=2000, max_bytes=3000,
-              registry=registry)
+    s = Spool(
+        spool_dir,
+        writer_id="w",
+        fsync="never",
+        segment_bytes=2000,
+        max_bytes=3000,
+        registry=registry,
+    )
     sink = SpoolSink(s)
     bus = EventBus([sink], mode="inline", retry_initial=0.0, retry_max=0.0)
     events = [finished(make_record(run_id=f"run-{i:03d}")) for i in range(40)]
@@ -538,7 +582,8 @@ def test_spool_sink_resends_a_refused_backlog_in_pieces_without_duplicates(
 
 
 def test_enospc_from_the_filesystem_is_disk_full(
-        spool: Spool, monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry) -> None:
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
+) -> None:
     spool.append(b"before")
     real_write = os.write
     calls = {"n": 0}
@@ -556,8 +601,10 @@ def test_enospc_from_the_filesystem_is_disk_full(
         spool.append(b"lost")
     monkeypatch.setattr(os, "write", real_write)
     assert info.value.reason == "disk_full"
-    assert registry.get_sample_value("odibi_observe_spool_rejected_total",
-                                     {"reason": "disk_full"}) == 1
+    assert (
+        registry.get_sample_value("odibi_observe_spool_rejected_total", {"reason": "disk_full"})
+        == 1
+    )
     spool.append(b"after")
     got = drain(spool.cursor("sink"))
     assert payloads(got) == [b"before", b"after"]  # the partial frame was cut off
@@ -568,8 +615,12 @@ def test_enospc_from_the_filesystem_is_disk_full(
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -580,8 +631,14 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_really_full_filesystem_is_disk_full(tiny_fs: Path) -> None:
     registry = CollectorRegistry()
-    s = Spool(tiny_fs, writer_id="w", fsync="never", segment_bytes=16 * 1024,
-              max_bytes=2**30, registry=registry)
+    s = Spool(
+        tiny_fs,
+        writer_id="w",
+        fsync="never",
+        segment_bytes=16 * 1024,
+        max_bytes=2**30,
+        registry=registry,
+    )
     cursor = s.cursor("sink")  # its state file first: the disk is about to be full
     stored = 0
     with pytest.raises(SpoolFullError) as info:
@@ -590,8 +647,10 @@ def test_a_really_full_filesystem_is_disk_full(tiny_fs: Path) -> None:
             stored += 1
     assert info.value.reason == "disk_full"
     assert 10 < stored < 64  # 64 KiB of 1 KiB events, less what the cursor file takes
-    assert registry.get_sample_value("odibi_observe_spool_rejected_total",
-                                     {"reason": "disk_full"}) == 1
+    assert (
+        registry.get_sample_value("odibi_observe_spool_rejected_total", {"reason": "disk_full"})
+        == 1
+    )
     got = drain(cursor)
     assert [p[:4] for p in payloads(got)] == [b"%04d" % i for i in range(stored)]
     assert s.stats().corrupt_frames == 0
@@ -600,8 +659,15 @@ def test_a_really_full_filesystem_is_disk_full(tiny_fs: Path) -> None:
 
 def _fill(directory: Path, **kwargs: object) -> int:
     """Append 1 KiB events until the filesystem is full; the writer then goes away."""
-    w = Spool(directory, writer_id="w", fsync="never", segment_bytes=8 * 1024,
-              max_bytes=2**30, registry=CollectorRegistry(), **kwargs)  # type: ignore[arg-type]
+    w = Spool(
+        directory,
+        writer_id="w",
+        fsync="never",
+        segment_bytes=8 * 1024,
+        max_bytes=2**30,
+        registry=CollectorRegistry(),
+        **kwargs,  # type: ignore[arg-type]
+    )
     stored = 0
     with pytest.raises(SpoolFullError) as info:
         for i in range(1000):
@@ -634,8 +700,9 @@ def test_a_cursor_without_its_file_still_drives_gc(tiny_fs: Path) -> None:
     """Without a reserve the cursor file cannot be written on a full disk: gc must use the
     consumer's position in memory (not ignore it), free the space, and the file follows."""
     stored = _fill(tiny_fs, cursor_reserve=0)
-    reader = Spool(tiny_fs, writer_id="r", fsync="never", registry=CollectorRegistry(),
-                   cursor_reserve=0)
+    reader = Spool(
+        tiny_fs, writer_id="r", fsync="never", registry=CollectorRegistry(), cursor_reserve=0
+    )
     cursor = reader.cursor("sink")
     assert not (tiny_fs / "cursors" / "sink.json").exists()  # ENOSPC: kept in memory
     got = drain(cursor)
@@ -653,8 +720,9 @@ def test_a_cursor_without_its_file_still_drives_gc(tiny_fs: Path) -> None:
 
 
 def test_gc_deletes_only_fully_acked_sealed_segments(spool_dir: Path) -> None:
-    w = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=200,
-              registry=CollectorRegistry())
+    w = Spool(
+        spool_dir, writer_id="w", fsync="never", segment_bytes=200, registry=CollectorRegistry()
+    )
     for i in range(30):
         w.append(b"%02d" % i + b"." * 48)  # 66-byte frames: 3 per segment
     files = segment_files(spool_dir)
@@ -673,8 +741,7 @@ def test_gc_deletes_only_fully_acked_sealed_segments(spool_dir: Path) -> None:
     assert w.gc() == 198
     assert segment_files(spool_dir) == []
     w.append(b"new")  # a new segment, a sequence number no cursor has seen
-    assert payloads(drain(Spool(spool_dir, registry=CollectorRegistry()).cursor("a"))) == [
-        b"new"]
+    assert payloads(drain(Spool(spool_dir, registry=CollectorRegistry()).cursor("a"))) == [b"new"]
     w.close()
 
 
@@ -740,8 +807,9 @@ def test_fsync_always_syncs_every_append(spool_dir: Path, fsyncs: dict[str, int]
 
 
 def test_fsync_never_never_syncs(spool_dir: Path, fsyncs: dict[str, int]) -> None:
-    s = Spool(spool_dir, writer_id="w", fsync="never", segment_bytes=100,
-              registry=CollectorRegistry())
+    s = Spool(
+        spool_dir, writer_id="w", fsync="never", segment_bytes=100, registry=CollectorRegistry()
+    )
     for _ in range(20):
         s.append(b"x" * 30)
     cursor = s.cursor("sink")
@@ -755,9 +823,11 @@ def test_fsync_never_never_syncs(spool_dir: Path, fsyncs: dict[str, int]) -> Non
 
 
 def test_fsync_interval_syncs_at_most_once_per_interval(
-        spool_dir: Path, fsyncs: dict[str, int]) -> None:
-    s = Spool(spool_dir, writer_id="w", fsync="interval", fsync_interval=0.2,
-              registry=CollectorRegistry())
+    spool_dir: Path, fsyncs: dict[str, int]
+) -> None:
+    s = Spool(
+        spool_dir, writer_id="w", fsync="interval", fsync_interval=0.2, registry=CollectorRegistry()
+    )
     start = time.monotonic()
     for _ in range(500):
         s.append(b"x" * 50)
@@ -825,10 +895,8 @@ def test_gauges_on_the_registry(spool: Spool, registry: CollectorRegistry) -> No
     for i in range(7):
         spool.append(b"%d" % i)
     assert registry.get_sample_value("odibi_observe_spool_bytes") == spool.stats().bytes > 0
-    assert registry.get_sample_value("odibi_observe_spool_backlog_events",
-                                     {"sink": "catalog"}) == 7
+    assert registry.get_sample_value("odibi_observe_spool_backlog_events", {"sink": "catalog"}) == 7
     cursor.ack(cursor.read(max_frames=3))
-    assert registry.get_sample_value("odibi_observe_spool_backlog_events",
-                                     {"sink": "catalog"}) == 4
+    assert registry.get_sample_value("odibi_observe_spool_backlog_events", {"sink": "catalog"}) == 4
     # a second Spool on the same registry shares the metrics instead of clashing
     Spool(spool.directory, registry=registry)

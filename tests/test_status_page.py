@@ -32,8 +32,17 @@ HOUR = 3_600 * 1_000_000_000
 def _write(url: str, *records: object) -> None:
     store = CatalogStore(url)
     store.ensure_schema()
-    store.upsert([RunEvent(EventKind.STARTED if r.status is RunStatus.RUNNING  # type: ignore[attr-defined]
-                           else EventKind.FINISHED, r) for r in records])  # type: ignore[arg-type]
+    store.upsert(
+        [
+            RunEvent(
+                EventKind.STARTED
+                if r.status is RunStatus.RUNNING  # type: ignore[attr-defined]
+                else EventKind.FINISHED,
+                r,  # type: ignore[arg-type]
+            )
+            for r in records
+        ]
+    )
     store.dispose()
 
 
@@ -43,14 +52,29 @@ def _catalog(url: str) -> None:
         url,
         make_record(node="load", started_ns=now - 2 * HOUR, duration_ns=4_000_000_000),
         make_record(node="load", started_ns=now - HOUR, duration_ns=2_000_000_000),
-        make_record(node="clean", status=RunStatus.FAILURE, started_ns=now - HOUR,
-                    error_type="ValueError", error_message="column 'segment' <missing>",
-                    suggestions=("compare customers.csv with the schema",)),
-        make_record(node="publish", status=RunStatus.CRASHED, started_ns=now - 3 * HOUR,
-                    error_type=CRASHED_ERROR_TYPE, error_message="process 4242 was not alive"),
+        make_record(
+            node="clean",
+            status=RunStatus.FAILURE,
+            started_ns=now - HOUR,
+            error_type="ValueError",
+            error_message="column 'segment' <missing>",
+            suggestions=("compare customers.csv with the schema",),
+        ),
+        make_record(
+            node="publish",
+            status=RunStatus.CRASHED,
+            started_ns=now - 3 * HOUR,
+            error_type=CRASHED_ERROR_TYPE,
+            error_message="process 4242 was not alive",
+        ),
         make_record(node="export", status=RunStatus.RUNNING, started_ns=now - 30 * HOUR),
-        make_record(node="old", status=RunStatus.FAILURE, started_ns=now - 50 * HOUR,
-                    error_type="OldError", error_message="outside the window"),
+        make_record(
+            node="old",
+            status=RunStatus.FAILURE,
+            started_ns=now - 50 * HOUR,
+            error_type="OldError",
+            error_message="outside the window",
+        ),
     )
 
 
@@ -62,7 +86,8 @@ def _report(tmp_path: Path, *args: str) -> tuple[int, str]:
 
 
 def test_report_shows_the_overview_panels_from_the_catalog(
-        catalog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    catalog_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _catalog(catalog_url)
     code, html = _report(tmp_path, "--catalog", catalog_url)
     assert code == 1  # failed runs in the window
@@ -70,8 +95,15 @@ def test_report_shows_the_overview_panels_from_the_catalog(
     assert "runs           4, success rate 50.0%" in out  # load x2 ok, clean failed, crashed
     assert "failed         2 (1 crashed)" in out
     assert "running now    1" in out
-    for title in ("Runs by status", "Recent failures, with suggestions", "Slowest nodes",
-                  "Running now", "Crashed runs", "Completeness", "Open health findings"):
+    for title in (
+        "Runs by status",
+        "Recent failures, with suggestions",
+        "Slowest nodes",
+        "Running now",
+        "Crashed runs",
+        "Completeness",
+        "Open health findings",
+    ):
         assert title in html
     assert "column &#x27;segment&#x27; &lt;missing&gt;" in html  # escaped, not markup
     assert "compare customers.csv with the schema" in html
@@ -82,8 +114,7 @@ def test_report_shows_the_overview_panels_from_the_catalog(
     assert "No reconciliation recorded" in html  # tables exist, nothing recorded yet
 
 
-def test_report_exit_0_without_failures_and_a_wider_window(
-        sqlite_url: str, tmp_path: Path) -> None:
+def test_report_exit_0_without_failures_and_a_wider_window(sqlite_url: str, tmp_path: Path) -> None:
     _write(sqlite_url, make_record(started_ns=time.time_ns() - 3 * 24 * HOUR))
     code, html = _report(tmp_path, "--catalog", sqlite_url)
     assert code == 0
@@ -94,7 +125,8 @@ def test_report_exit_0_without_failures_and_a_wider_window(
 
 
 def test_report_shows_last_reconcile_and_open_findings(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     demo = tmp_path / "demo"
     assert main(["demo", "--out", str(demo)]) == 0
     url = f"sqlite:///{demo / 'catalog.db'}"
@@ -102,15 +134,34 @@ def test_report_shows_last_reconcile_and_open_findings(
     with sqlite3.connect(demo / "catalog.db") as db:
         db.execute("DELETE FROM meta_runs WHERE node_name = 'clean_orders'")
     traces = f"otlp-json:{demo / 'traces.jsonl'}"
-    assert main(["reconcile", "--catalog", url, "--traces", traces, "--last", "1h",
-                 "--grace", "0s", "--out", str(tmp_path / "rec"), "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "reconcile",
+                "--catalog",
+                url,
+                "--traces",
+                traces,
+                "--last",
+                "1h",
+                "--grace",
+                "0s",
+                "--out",
+                str(tmp_path / "rec"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     with sqlite3.connect(demo / "catalog.db") as db:
-        db.execute(f"INSERT INTO {HEALTH_FINDINGS_TABLE} (finding_id, kind, pipeline_name, "
-                   "node_name, state, opened_at, last_seen_at, passes, detail) VALUES "
-                   "('f1', 'zero_rows', 'daily_sales', 'aggregate_revenue', 'open', "
-                   "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 3, 'processed 0 rows'), "
-                   "('f2', 'flaky', 'daily_sales', 'x', 'resolved', "
-                   "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, 'gone')")
+        db.execute(
+            f"INSERT INTO {HEALTH_FINDINGS_TABLE} (finding_id, kind, pipeline_name, "
+            "node_name, state, opened_at, last_seen_at, passes, detail) VALUES "
+            "('f1', 'zero_rows', 'daily_sales', 'aggregate_revenue', 'open', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 3, 'processed 0 rows'), "
+            "('f2', 'flaky', 'daily_sales', 'x', 'resolved', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, 'gone')"
+        )
     capsys.readouterr()
     code, html = _report(tmp_path, "--catalog", url)
     assert code == 1
@@ -151,19 +202,27 @@ def test_report_only_reads_the_catalog(sqlite_url: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.glob("*.db")) == ["catalog.db"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--catalog", "missing.db"], "the file missing.db does not exist (nothing was created)"),
-    (["--catalog", "sqlite:///EMPTY"], "it has no meta_runs table"),
-    (["--catalog", "sqlite:///ODIBI"], "lacks the columns"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--catalog", "missing.db"], "the file missing.db does not exist (nothing was created)"),
+        (["--catalog", "sqlite:///EMPTY"], "it has no meta_runs table"),
+        (["--catalog", "sqlite:///ODIBI"], "lacks the columns"),
+    ],
+)
 def test_report_refuses_what_is_not_a_readable_catalog(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-        args: list[str], message: str) -> None:
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
     monkeypatch.chdir(tmp_path)
     sqlite3.connect(tmp_path / "EMPTY").execute("CREATE TABLE t (x)").connection.commit()
     with sqlite3.connect(tmp_path / "ODIBI") as db:  # Odibi's own, never upgraded
-        db.execute("CREATE TABLE meta_runs (run_id TEXT, pipeline_name TEXT, node_name TEXT, "
-                   "status TEXT)")
+        db.execute(
+            "CREATE TABLE meta_runs (run_id TEXT, pipeline_name TEXT, node_name TEXT, status TEXT)"
+        )
     assert main(["report", *args, "--out", "status"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("odibi-observe: error: ") and message in err
@@ -171,22 +230,27 @@ def test_report_refuses_what_is_not_a_readable_catalog(
     assert not (tmp_path / "missing.db").exists() and not (tmp_path / "status").exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--last", "1h", "--since", "2026-01-01"], "either --last or --since/--until"),
-    (["--until", "2026-01-01"], "--until needs --since"),
-    (["--since", "2026-01-02", "--until", "2026-01-01"], "the window is empty"),
-    (["--last", "soon"], "--last"),
-])
-def test_report_bad_window_exits_2(sqlite_url: str, args: list[str], message: str,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--last", "1h", "--since", "2026-01-01"], "either --last or --since/--until"),
+        (["--until", "2026-01-01"], "--until needs --since"),
+        (["--since", "2026-01-02", "--until", "2026-01-01"], "the window is empty"),
+        (["--last", "soon"], "--last"),
+    ],
+)
+def test_report_bad_window_exits_2(
+    sqlite_url: str, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["report", "--catalog", sqlite_url, *args])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_report_out_that_is_a_file_exits_2(sqlite_url: str, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_out_that_is_a_file_exits_2(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _catalog(sqlite_url)
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -236,15 +300,15 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import importlib.util
 
     root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("sample_catalog",
-                                                  root / "scripts" / "sample_catalog.py")
+    spec = importlib.util.spec_from_file_location(
+        "sample_catalog", root / "scripts" / "sample_catalog.py"
+    )
     assert spec and spec.loader
     sample = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sample)
     tmp = tmp_path_factory.mktemp("page")
     catalog = sample.build(tmp / "sample")
-    assert main(["report", "--catalog", str(catalog), "--out", str(tmp / "status"),
-                 "--quiet"]) == 1
+    assert main(["report", "--catalog", str(catalog), "--out", str(tmp / "status"), "--quiet"]) == 1
     return Path(tmp / "status" / STATUS_PAGE_FILE)
 
 
@@ -268,16 +332,22 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
 #: Added to a copy of the page only (the page itself has no script): layout widths, in the DOM.
-_PROBE = ('<script>addEventListener("load",()=>{const e=document.documentElement;'
-          'document.body.dataset.sw=e.scrollWidth;document.body.dataset.cw=e.clientWidth})'
-          '</script>')
+_PROBE = (
+    '<script>addEventListener("load",()=>{const e=document.documentElement;'
+    "document.body.dataset.sw=e.scrollWidth;document.body.dataset.cw=e.clientWidth})"
+    "</script>"
+)
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM is not None
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--hide-scrollbars", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @needs_chromium
@@ -296,8 +366,9 @@ def test_page_renders_in_chromium(page: Path, tmp_path: Path, width: int) -> Non
 @pytest.mark.parametrize("width", [800, 1400])
 def test_page_has_no_horizontal_overflow(page: Path, tmp_path: Path, width: int) -> None:
     probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"),
-                     encoding="utf-8")
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"), encoding="utf-8"
+    )
     dom = _chromium(f"--window-size={width},2000", "--dump-dom", probe.as_uri()).stdout
     scroll = re.search(r'data-sw="(\d+)"', dom)
     client = re.search(r'data-cw="(\d+)"', dom)

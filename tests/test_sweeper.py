@@ -65,10 +65,15 @@ def frozen(store: CatalogStore, **kwargs: object) -> Sweeper:
 
 
 def test_heartbeat_threshold_with_a_frozen_clock(store: CatalogStore) -> None:
-    stale = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS,
-                    heartbeat_ns=NOW_NS - 10 * MINUTE_NS)
-    fresh = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS,
-                    heartbeat_ns=NOW_NS - 1 * MINUTE_NS)
+    stale = running(
+        store,
+        host="other",
+        started_ns=NOW_NS - 60 * MINUTE_NS,
+        heartbeat_ns=NOW_NS - 10 * MINUTE_NS,
+    )
+    fresh = running(
+        store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS, heartbeat_ns=NOW_NS - 1 * MINUTE_NS
+    )
     silent = running(store, host="other", started_ns=NOW_NS - 10 * MINUTE_NS)
     young = running(store, host="other", started_ns=NOW_NS - 1 * MINUTE_NS)
 
@@ -76,7 +81,9 @@ def test_heartbeat_threshold_with_a_frozen_clock(store: CatalogStore) -> None:
 
     assert result.checked == 4
     assert {r.run_id: r.status for r in result.closed} == {
-        stale.run_id: RunStatus.CRASHED, silent.run_id: RunStatus.CRASHED}
+        stale.run_id: RunStatus.CRASHED,
+        silent.run_id: RunStatus.CRASHED,
+    }
     assert result.reasons == {HEARTBEAT_TIMEOUT: 1, NO_HEARTBEAT: 1}
     assert store.get(fresh.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
     assert store.get(young.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
@@ -87,8 +94,7 @@ def test_heartbeat_threshold_with_a_frozen_clock(store: CatalogStore) -> None:
     assert closed.source is Source.SIDECAR
     assert closed.error_type == CRASH_HEARTBEAT_LOST  # another host: nothing else is visible
     assert "no heartbeat" in (closed.error_message or "")
-    assert "(heartbeat); closed as CRASHED by the sidecar's sweeper" in (
-        closed.error_message or "")
+    assert "(heartbeat); closed as CRASHED by the sidecar's sweeper" in (closed.error_message or "")
     # No heartbeat: the start is the last sign of life — not the moment of the sweep, which
     # would make the duration depend on when the sweeper happened to look.
     silent_row = store.get(silent.run_id)
@@ -109,21 +115,28 @@ def test_a_dead_pid_on_this_host_is_closed(store: CatalogStore) -> None:
     assert [r.run_id for r in result.closed] == [run.run_id]
     assert result.reasons == {PROCESS_GONE: 1}
     assert f"process {pid} on host this-host was not alive at " in (
-        store.get(run.run_id).error_message or "")  # type: ignore[union-attr]
+        store.get(run.run_id).error_message or ""  # type: ignore[union-attr]
+    )
 
 
 def test_a_live_process_is_trusted_even_without_heartbeats(store: CatalogStore) -> None:
     """A long synchronous step in a live process is not a crash, whatever its heartbeat age."""
-    run = running(store, host="this-host", pid=os.getpid(), started_ns=time.time_ns(),
-                  heartbeat_ns=time.time_ns() - 600 * MINUTE_NS)
+    run = running(
+        store,
+        host="this-host",
+        pid=os.getpid(),
+        started_ns=time.time_ns(),
+        heartbeat_ns=time.time_ns() - 600 * MINUTE_NS,
+    )
     assert Sweeper(store, host="this-host", heartbeat_timeout=1).sweep().closed == []
     assert store.get(run.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
 
 
 def test_a_reused_pid_is_detected_by_process_start_time(store: CatalogStore) -> None:
     """This process's pid, but the run "started" an hour before this process did."""
-    run = running(store, host="this-host", pid=os.getpid(),
-                  started_ns=time.time_ns() - 60 * MINUTE_NS)
+    run = running(
+        store, host="this-host", pid=os.getpid(), started_ns=time.time_ns() - 60 * MINUTE_NS
+    )
     result = Sweeper(store, host="this-host").sweep()
     assert [r.run_id for r in result.closed] == [run.run_id]
     assert result.reasons == {PID_REUSED: 1}
@@ -131,8 +144,13 @@ def test_a_reused_pid_is_detected_by_process_start_time(store: CatalogStore) -> 
 
 def test_pid_check_off_falls_back_to_heartbeats(store: CatalogStore) -> None:
     """Another pid namespace (a sidecar container) cannot see the pipeline's pids."""
-    run = running(store, host="this-host", pid=dead_pid(), started_ns=NOW_NS - MINUTE_NS,
-                  heartbeat_ns=NOW_NS - 1_000_000_000)
+    run = running(
+        store,
+        host="this-host",
+        pid=dead_pid(),
+        started_ns=NOW_NS - MINUTE_NS,
+        heartbeat_ns=NOW_NS - 1_000_000_000,
+    )
     assert frozen(store, pid_check=False, heartbeat_timeout=300).sweep().closed == []
     assert store.get(run.run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
 
@@ -142,8 +160,16 @@ def test_a_run_that_finished_meanwhile_keeps_its_real_ending(store: CatalogStore
     sweeper = frozen(store, all_hosts=True, heartbeat_timeout=60)
     doomed = sweeper.crashed_record(run, NO_HEARTBEAT, NOW_NS)
     # The real ending lands between the sweeper's check and its write.
-    store.upsert([RunEvent(EventKind.FINISHED, run.finished(
-        status=RunStatus.SUCCESS, ended_ns=NOW_NS - 59 * MINUTE_NS, rows_processed=7))])
+    store.upsert(
+        [
+            RunEvent(
+                EventKind.FINISHED,
+                run.finished(
+                    status=RunStatus.SUCCESS, ended_ns=NOW_NS - 59 * MINUTE_NS, rows_processed=7
+                ),
+            )
+        ]
+    )
     assert store.close_running([doomed]) == []
     row = store.get(run.run_id)
     assert row is not None and row.status is RunStatus.SUCCESS and row.rows_processed == 7
@@ -157,13 +183,18 @@ def test_dry_run_changes_nothing(store: CatalogStore) -> None:
 
 
 def test_closed_runs_get_a_back_dated_error_span_and_metrics(
-        store: CatalogStore, tmp_path: Path) -> None:
+    store: CatalogStore, tmp_path: Path
+) -> None:
     traces = tmp_path / "traces.jsonl"
     otel = OtelSink(traces_file=str(traces), metrics=False)
     registry = CollectorRegistry()
     prometheus = PrometheusSink(registry)
-    run = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS,
-                  heartbeat_ns=NOW_NS - 30 * MINUTE_NS)
+    run = running(
+        store,
+        host="other",
+        started_ns=NOW_NS - 60 * MINUTE_NS,
+        heartbeat_ns=NOW_NS - 30 * MINUTE_NS,
+    )
 
     sweeper = frozen(store, sinks=[otel, prometheus], all_hosts=True, registry=registry)
     assert len(sweeper.sweep().closed) == 1
@@ -175,24 +206,43 @@ def test_closed_runs_get_a_back_dated_error_span_and_metrics(
     assert span.end_ns == run.heartbeat_ns
     assert span.attributes["odibi.status"] == "CRASHED"
     assert span.status_code == 2  # STATUS_CODE_ERROR
-    assert registry.get_sample_value("odibi_node_runs_total", {
-        "project": run.project, "pipeline": run.pipeline, "node": run.node,
-        "environment": run.environment, "status": "CRASHED"}) == 1
-    assert registry.get_sample_value(
-        "odibi_observe_sweeper_closed_total", {"reason": HEARTBEAT_TIMEOUT}) == 1
+    assert (
+        registry.get_sample_value(
+            "odibi_node_runs_total",
+            {
+                "project": run.project,
+                "pipeline": run.pipeline,
+                "node": run.node,
+                "environment": run.environment,
+                "status": "CRASHED",
+            },
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "odibi_observe_sweeper_closed_total", {"reason": HEARTBEAT_TIMEOUT}
+        )
+        == 1
+    )
     # A second pass finds nothing left to close and emits nothing more.
     assert sweeper.sweep().closed == []
     assert len([s for s in read_spans(traces) if s.attributes.get("odibi.run_id")]) == 1
 
 
-def test_settle_runs_after_the_verdicts_and_can_postpone_the_closing(
-        store: CatalogStore) -> None:
+def test_settle_runs_after_the_verdicts_and_can_postpone_the_closing(store: CatalogStore) -> None:
     """A process that wrote its ending and died between checks must keep its ending."""
     run = running(store, host="other", started_ns=NOW_NS - 60 * MINUTE_NS)
 
     def ending_arrives_while_settling(records: object) -> bool:
-        store.upsert([RunEvent(EventKind.FINISHED, run.finished(
-            status=RunStatus.SUCCESS, ended_ns=NOW_NS - 59 * MINUTE_NS))])
+        store.upsert(
+            [
+                RunEvent(
+                    EventKind.FINISHED,
+                    run.finished(status=RunStatus.SUCCESS, ended_ns=NOW_NS - 59 * MINUTE_NS),
+                )
+            ]
+        )
         return True
 
     sweeper = frozen(store, all_hosts=True, settle=ending_arrives_while_settling)
@@ -206,6 +256,7 @@ def test_settle_runs_after_the_verdicts_and_can_postpone_the_closing(
 
 
 # -- one end time, whichever path closes the run -------------------------------------------------
+
 
 def _catalog_with(url: str, record: RunRecord) -> None:
     s = CatalogStore(url)
@@ -237,7 +288,8 @@ def _status(url: str, run_id: str) -> RunStatus | None:
 
 @pytest.mark.parametrize("heartbeat", [True, False], ids=["heartbeat", "no-heartbeat"])
 def test_sidecar_sweep_command_and_repair_close_a_run_at_the_same_end(
-        tmp_path: Path, heartbeat: bool) -> None:
+    tmp_path: Path, heartbeat: bool
+) -> None:
     """The same RUNNING run (its process dead, on this host), closed by each of the three
     paths: a real sidecar process's sweeper, ``odibi-observe sweep``, and ``reconcile
     --repair``. All three end it at its last sign of life — the heartbeat 12.3 s after the
@@ -257,43 +309,67 @@ def test_sidecar_sweep_command_and_repair_close_a_run_at_the_same_end(
 
     started = (time.time_ns() - 60 * MINUTE_NS) // 1000 * 1000  # the catalog keeps µs
     beat = started + 12_300_000_000 if heartbeat else None
-    run = make_record(status=RunStatus.RUNNING, host=socket.gethostname(), pid=dead_pid(),
-                      started_ns=started, heartbeat_ns=beat)
+    run = make_record(
+        status=RunStatus.RUNNING,
+        host=socket.gethostname(),
+        pid=dead_pid(),
+        started_ns=started,
+        heartbeat_ns=beat,
+    )
     expected_end = beat if beat is not None else started
     urls = {path: f"sqlite:///{tmp_path / path}.db" for path in ("sidecar", "sweep", "repair")}
     traces = {path: tmp_path / f"{path}.jsonl" for path in urls}
     for url in urls.values():
         _catalog_with(url, run)
 
-    with Sidecar(urls["sidecar"], tmp_path / "spool", log=tmp_path / "sidecar.log",
-                 traces_file=traces["sidecar"], args=["--sweep-interval", "0.2"]):
+    with Sidecar(
+        urls["sidecar"],
+        tmp_path / "spool",
+        log=tmp_path / "sidecar.log",
+        traces_file=traces["sidecar"],
+        args=["--sweep-interval", "0.2"],
+    ):
         deadline = time.monotonic() + 30
         while _status(urls["sidecar"], run.run_id) is RunStatus.RUNNING:
             assert time.monotonic() < deadline, (tmp_path / "sidecar.log").read_text()
             time.sleep(0.1)
     sweep(urls["sweep"], log=tmp_path / "sweep.log", traces_file=traces["sweep"])
     (tmp_path / "none.jsonl").touch()
-    window = Window.between(ns_to_datetime(started - MINUTE_NS), ns_to_datetime(time.time_ns()),
-                            grace=timedelta(0))
-    with reconcile(open_catalog_source(urls["repair"]),
-                   [open_trace_source(f"otlp-json:{tmp_path / 'none.jsonl'}")], window,
-                   ReconcileOptions(crash_after=timedelta(minutes=1))) as result:
-        summary = repair(result, open_catalog_source(urls["repair"]), apply=True,
-                         repair_traces=f"otlp-json:{traces['repair']}")
+    window = Window.between(
+        ns_to_datetime(started - MINUTE_NS), ns_to_datetime(time.time_ns()), grace=timedelta(0)
+    )
+    with reconcile(
+        open_catalog_source(urls["repair"]),
+        [open_trace_source(f"otlp-json:{tmp_path / 'none.jsonl'}")],
+        window,
+        ReconcileOptions(crash_after=timedelta(minutes=1)),
+    ) as result:
+        summary = repair(
+            result,
+            open_catalog_source(urls["repair"]),
+            apply=True,
+            repair_traces=f"otlp-json:{traces['repair']}",
+        )
     assert summary.statuses["applied"] == 1, summary
 
     closed = {path: _closed(url, run.run_id) for path, url in urls.items()}
     assert {p: r.ended_ns for p, r in closed.items()} == dict.fromkeys(urls, expected_end)
     assert {p: r.duration_ms for p, r in closed.items()} == dict.fromkeys(
-        urls, (expected_end - started + 500_000) // 1_000_000)
+        urls, (expected_end - started + 500_000) // 1_000_000
+    )
     kind = "heartbeat" if heartbeat else "start"
     for path, record in closed.items():
         message = record.error_message or ""
         assert f"process {run.pid} on host {run.host}" in message, (path, message)
-        closer = {"sidecar": "the sidecar's sweeper", "sweep": "odibi-observe sweep",
-                  "repair": "reconciliation"}[path]
-        assert f"; last sign of life {utc(expected_end)} ({kind}); closed as CRASHED by " \
-               f"{closer}, ended at its last sign of life" in message, (path, message)
+        closer = {
+            "sidecar": "the sidecar's sweeper",
+            "sweep": "odibi-observe sweep",
+            "repair": "reconciliation",
+        }[path]
+        assert (
+            f"; last sign of life {utc(expected_end)} ({kind}); closed as CRASHED by "
+            f"{closer}, ended at its last sign of life" in message
+        ), (path, message)
         (span,) = [s for s in spans_in(traces[path]) if s.attributes.get("odibi.run_id")]
         assert (span.start_ns, span.end_ns) == (started, expected_end), path
         assert span.attributes["odibi.status"] == "CRASHED"
@@ -301,8 +377,8 @@ def test_sidecar_sweep_command_and_repair_close_a_run_at_the_same_end(
 
 # -- waiting for the catalog: up to the verdicts, not until the spool is empty -------------------
 
-def test_the_wait_is_for_the_dead_runs_writers_not_for_an_empty_spool(
-        tmp_path: Path) -> None:
+
+def test_the_wait_is_for_the_dead_runs_writers_not_for_an_empty_spool(tmp_path: Path) -> None:
     """Three writers: the dead run's own (pid 4242, its last frame torn by the death), a
     custom-id writer (it names no process, so it is waited for up to the mark) and a live
     pipeline of another pid that keeps appending. The check is satisfied once the catalog

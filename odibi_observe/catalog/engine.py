@@ -101,20 +101,21 @@ def create_catalog_engine(url: str) -> Engine:
     try:
         engine = sa.create_engine(parsed, **options)
     except ImportError as exc:
-        hint = POSTGRES_EXTRA_HINT if backend == "postgresql" else (
-            f"install the Python driver for {parsed.drivername}"
+        hint = (
+            POSTGRES_EXTRA_HINT
+            if backend == "postgresql"
+            else (f"install the Python driver for {parsed.drivername}")
         )
         raise ConfigurationError(
             f"catalog_url {_shown(url)!r}: database driver not installed "
             f"({type(exc).__name__}: {exc.name or exc}); {hint}"
         ) from None
     except sa.exc.ArgumentError:
-        raise ConfigurationError(
-            f"catalog_url {_shown(url)!r}: unsupported database URL"
-        ) from None
+        raise ConfigurationError(f"catalog_url {_shown(url)!r}: unsupported database URL") from None
     if backend == "sqlite":
-        _configure_sqlite(engine, file_db=not memory,
-                          transactional=parsed.get_driver_name() == "pysqlite")
+        _configure_sqlite(
+            engine, file_db=not memory, transactional=parsed.get_driver_name() == "pysqlite"
+        )
     return engine
 
 
@@ -136,6 +137,7 @@ def _configure_sqlite(engine: Engine, *, file_db: bool, transactional: bool) -> 
             cursor.close()
 
     if transactional:
+
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             immediate = conn.get_execution_options().get(SQLITE_IMMEDIATE, False)

@@ -41,9 +41,9 @@ _RUNNING: Final = RunStatus.RUNNING.value
 #: execution: for psycopg2 it is what batches the rows ("insertmanyvalues") instead of a round
 #: trip per row, and the rest are not worth a path of their own.
 _DRIVER_PARAMSTYLES: Final[dict[str, Literal["qmark", "format"]]] = {
-    "pysqlite": "qmark", "psycopg": "format",
+    "pysqlite": "qmark",
+    "psycopg": "format",
 }
-
 
 
 def _native_statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
@@ -65,8 +65,11 @@ def _native_statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
     )
     upsert_beat = insert.on_conflict_do_update(
         index_elements=[c[RUN_ID]],
-        set_={HEARTBEAT_AT: excluded[HEARTBEAT_AT], UPDATED_AT: excluded[UPDATED_AT],
-              PEAK_RSS: sa.func.coalesce(excluded[PEAK_RSS], c[PEAK_RSS])},
+        set_={
+            HEARTBEAT_AT: excluded[HEARTBEAT_AT],
+            UPDATED_AT: excluded[UPDATED_AT],
+            PEAK_RSS: sa.func.coalesce(excluded[PEAK_RSS], c[PEAK_RSS]),
+        },
         where=sa.and_(
             c[STATUS] == _RUNNING,
             sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < excluded[HEARTBEAT_AT]),
@@ -130,7 +133,10 @@ _SQLITE_TEXTS: Final = _TimeBinding(_instant_sqlite_texts, itemgetter(slice(10))
 #: Times :func:`_time_binding` checks a binding on: whole and fractional seconds, a single-digit
 #: microsecond, the epoch and the last microsecond of a century.
 _PROBE_NS: Final = (
-    0, 1_700_000_000_000_000_000, 1_700_000_000_123_456_789, 1_714_564_984_000_005_000,
+    0,
+    1_700_000_000_000_000_000,
+    1_700_000_000_123_456_789,
+    1_714_564_984_000_005_000,
     4_102_444_799_999_999_999,
 )
 
@@ -183,9 +189,8 @@ class _DriverSQL:
         """The same upsert taking its rows from the table ``stage`` instead of ``VALUES``."""
         head, rest = self.sql.split(" VALUES (", 1)
         _, tail = rest.split(") ON CONFLICT ", 1)
-        columns = head[head.index("(") + 1: head.rindex(")")]
+        columns = head[head.index("(") + 1 : head.rindex(")")]
         return f"{head} SELECT {columns} FROM {stage} ON CONFLICT {tail}"  # noqa: S608 - names
-
 
 
 #: Rows from which a PostgreSQL batch goes through ``COPY`` into a staging table and one
@@ -236,8 +241,13 @@ class _DriverUpsert:
             return None
         return cls(full, beat, times)
 
-    def execute(self, conn: Connection, full: Sequence[RunEvent], beats: Sequence[RunEvent],
-                statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def execute(
+        self,
+        conn: Connection,
+        full: Sequence[RunEvent],
+        beats: Sequence[RunEvent],
+        statements: list[tuple[str, list[tuple[Any, ...]]]],
+    ) -> None:
         """Run the :meth:`statements` of one batch on ``conn`` (in the caller's transaction)."""
         used = [s for s, events in ((self.full, full), (self.beat, beats)) if events]
         for statement, (sql, rows) in zip(used, statements, strict=True):
@@ -254,11 +264,14 @@ class _DriverUpsert:
         written = instant(now_ns)
         day = self.times.day
         return [
-            (statement.sql, [
-                record_values(ev.record, ev.kind, written=written, instant=instant, day=day)
-                + statement.constants
-                for ev in events
-            ])
+            (
+                statement.sql,
+                [
+                    record_values(ev.record, ev.kind, written=written, instant=instant, day=day)
+                    + statement.constants
+                    for ev in events
+                ],
+            )
             for statement, events in ((self.full, full), (self.beat, beats))
             if events
         ]
@@ -277,7 +290,8 @@ def _copy_upsert(conn: Connection, statement: _DriverSQL, rows: list[tuple[Any, 
     with driver.cursor() as cursor:
         cursor.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} "
-            f"(LIKE {meta_runs.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            f"(LIKE {meta_runs.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
         columns = ", ".join(COLUMNS)
         with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN") as copy:
             for row in rows:
@@ -291,8 +305,7 @@ def _driver_sql(statement: sa.Insert, positional: Dialect, dialect: Dialect) -> 
     names = compiled.positiontup
     if names is None or tuple(names[: len(COLUMNS)]) != COLUMNS:
         return None
-    constants = names[len(COLUMNS):]
+    constants = names[len(COLUMNS) :]
     if any(_bind_processor(compiled.binds[n].type, dialect) is not None for n in constants):
         return None
     return _DriverSQL(compiled.string, tuple(compiled.params[n] for n in constants))
-

@@ -57,7 +57,7 @@ def sqlite_path(url: URL) -> str | None:
     if not database or database == ":memory:" or url.query.get("mode") == "memory":
         return None
     if database.startswith("file:"):  # a URI filename (?uri=true): its path part
-        database = database[len("file:"):].split("?", 1)[0]
+        database = database[len("file:") :].split("?", 1)[0]
     return database
 
 
@@ -92,9 +92,11 @@ def open_readonly_engine(spec: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:
-        raise CatalogUnreadable(f"cannot read catalog {shown}: not a database URL or an "
-                                "existing file (e.g. sqlite:///catalog.db, catalog.db or "
-                                "postgresql://user@host/db)") from None
+        raise CatalogUnreadable(
+            f"cannot read catalog {shown}: not a database URL or an "
+            "existing file (e.g. sqlite:///catalog.db, catalog.db or "
+            "postgresql://user@host/db)"
+        ) from None
     path = sqlite_path(parsed)
     if path is not None:
         return _sqlite_readonly(path, shown)
@@ -113,8 +115,9 @@ def open_readonly_engine(spec: str) -> Engine:
 
 def _sqlite_readonly(path: str, shown: str) -> Engine:
     if not os.path.exists(path):
-        raise CatalogUnreadable(f"cannot read catalog {shown}: the file {path} does not exist "
-                                "(nothing was created)")
+        raise CatalogUnreadable(
+            f"cannot read catalog {shown}: the file {path} does not exist (nothing was created)"
+        )
     if not os.path.isfile(path):
         raise CatalogUnreadable(f"cannot read catalog {shown}: {path} is not a file")
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
@@ -122,8 +125,9 @@ def _sqlite_readonly(path: str, shown: str) -> Engine:
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
-    engine = sa.create_engine("sqlite://", creator=connect, poolclass=NullPool,
-                              hide_parameters=True)
+    engine = sa.create_engine(
+        "sqlite://", creator=connect, poolclass=NullPool, hide_parameters=True
+    )
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1 FROM sqlite_master LIMIT 1")

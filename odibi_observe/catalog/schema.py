@@ -114,6 +114,7 @@ class Seconds(sa.Float):  # type: ignore[type-arg]
     def bind_processor(self, dialect: sa.Dialect) -> None:
         return None
 
+
 meta_runs: Final = sa.Table(
     CATALOG_TABLE,
     metadata,
@@ -153,7 +154,6 @@ meta_runs: Final = sa.Table(
     # The traceback of a failed or cancelled run (migration 0005), already bounded by the writer.
     sa.Column(ERROR_STACK, sa.Text),
 )
-
 
 
 def _index(table: sa.Table, *columns: str, suffix: str | None = None) -> sa.Index:
@@ -411,7 +411,8 @@ def record_values(
         heartbeat = None
     metrics_json = (
         _to_json({str(k): _json_value(v) for k, v in record.attributes.items()})
-        if record.attributes else _NO_ATTRIBUTES
+        if record.attributes
+        else _NO_ATTRIBUTES
     )
     suggestions = _to_json(list(record.suggestions)) if record.suggestions else None
     row = [  # in the order of _VALUE_ORDER, which is checked against the table's below
@@ -453,7 +454,9 @@ def record_values(
         # The common case, decided by C-level checks: ASCII (so encodable) text without NUL
         # that fits. Anything else takes the full repair.
         if (
-            value.__class__ is str and value.isascii() and "\x00" not in value
+            value.__class__ is str
+            and value.isascii()
+            and "\x00" not in value
             and len(value) <= limit
         ):
             continue
@@ -465,10 +468,36 @@ def record_values(
 #: The order :func:`record_values` lists its values in, spelled with the column constants; a
 #: change to the table that is not made there too fails here, at import.
 _VALUE_ORDER: Final = (
-    RUN_ID, PROJECT, PIPELINE, NODE, STATUS, ROWS, DURATION_MS, METRICS_JSON, ENVIRONMENT,
-    TIMESTAMP, DATE, PIPELINE_RUN_ID, ATTEMPT, STARTED_AT, ENDED_AT, ERROR_TYPE, ERROR_MESSAGE,
-    SUGGESTIONS_JSON, TRACE_ID, SPAN_ID, PARENT_SPAN_ID, HOST, PID, HEARTBEAT_AT, SOURCE,
-    UPDATED_AT, PEAK_RSS, CPU_SECONDS, MEMORY_LIMIT, ERROR_STACK,
+    RUN_ID,
+    PROJECT,
+    PIPELINE,
+    NODE,
+    STATUS,
+    ROWS,
+    DURATION_MS,
+    METRICS_JSON,
+    ENVIRONMENT,
+    TIMESTAMP,
+    DATE,
+    PIPELINE_RUN_ID,
+    ATTEMPT,
+    STARTED_AT,
+    ENDED_AT,
+    ERROR_TYPE,
+    ERROR_MESSAGE,
+    SUGGESTIONS_JSON,
+    TRACE_ID,
+    SPAN_ID,
+    PARENT_SPAN_ID,
+    HOST,
+    PID,
+    HEARTBEAT_AT,
+    SOURCE,
+    UPDATED_AT,
+    PEAK_RSS,
+    CPU_SECONDS,
+    MEMORY_LIMIT,
+    ERROR_STACK,
 )
 if _VALUE_ORDER != COLUMNS:  # pragma: no cover - guards edits of the table or of record_values
     raise RuntimeError(f"record_values lists {_VALUE_ORDER}, the table has {COLUMNS}")
@@ -484,9 +513,7 @@ def record_to_row(
     no heartbeat time. See :func:`record_values`.
     """
     written = utc(now) if now is not None else datetime.now(timezone.utc)
-    values = record_values(
-        record, kind, written=written, instant=ns_to_datetime, day=datetime.date
-    )
+    values = record_values(record, kind, written=written, instant=ns_to_datetime, day=datetime.date)
     return dict(zip(COLUMNS, values, strict=True))
 
 
@@ -534,7 +561,8 @@ def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
     raw_attributes = json.loads(row[METRICS_JSON]) if row.get(METRICS_JSON) else {}
     attributes = (
         {str(k): _attribute(v) for k, v in raw_attributes.items()}
-        if isinstance(raw_attributes, dict) else {}
+        if isinstance(raw_attributes, dict)
+        else {}
     )
     suggestions = json.loads(row[SUGGESTIONS_JSON]) if row.get(SUGGESTIONS_JSON) else []
     rows_processed = row.get(ROWS)

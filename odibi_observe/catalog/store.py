@@ -105,7 +105,8 @@ class CatalogStore:
         self, engine_or_url: Engine | str, *, portable: bool = False, driver_sql: bool = True
     ) -> None:
         self.engine = (
-            create_catalog_engine(engine_or_url) if isinstance(engine_or_url, str)
+            create_catalog_engine(engine_or_url)
+            if isinstance(engine_or_url, str)
             else engine_or_url
         )
         self._schema_lock = threading.Lock()
@@ -336,8 +337,12 @@ def _upsert_portable(
                 c[STATUS] == _RUNNING,
                 sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < _bind(HEARTBEAT_AT)),
             )
-            .values({HEARTBEAT_AT: _bind(HEARTBEAT_AT), UPDATED_AT: _bind(UPDATED_AT),
-                     PEAK_RSS: sa.func.coalesce(_bind(PEAK_RSS), c[PEAK_RSS])})
+            .values(
+                {
+                    HEARTBEAT_AT: _bind(HEARTBEAT_AT),
+                    UPDATED_AT: _bind(UPDATED_AT),
+                    PEAK_RSS: sa.func.coalesce(_bind(PEAK_RSS), c[PEAK_RSS]),
+                }
+            )
         )
         conn.execute(beat_update, beats)
-

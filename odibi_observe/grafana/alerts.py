@@ -61,7 +61,8 @@ def node_failure_rate() -> Rule:
     return Rule(
         "OdibiNodeFailureRate",
         f"(\n{q.failure_ratio(f, '1h', *_NODE_IDENTITY)}\n) > {NODE_FAILURE_RATIO}",
-        "5m", "warning",
+        "5m",
+        "warning",
         "Node {{ $labels.pipeline }}/{{ $labels.node }} fails "
         "{{ $value | humanizePercentage }} of its runs",
         "More than a quarter of the node's runs in the last hour failed or crashed; the "
@@ -73,7 +74,8 @@ def catalog_incomplete() -> Rule:
     return Rule(
         "OdibiCatalogIncomplete",
         f"{q.series(RECONCILE_METRICS.completeness)} < 1",
-        "0m", "critical",
+        "0m",
+        "critical",
         "Catalog completeness is {{ $value | humanizePercentage }}",
         "The last reconciliation found traced node runs missing from meta_runs; the "
         "reconciliation dashboard lists them.",
@@ -84,7 +86,8 @@ def reconciliation_stale() -> Rule:
     return Rule(
         "OdibiReconciliationStale",
         f"time() - {q.series(RECONCILE_METRICS.last_run)} > {RECONCILE_STALE_SECONDS}",
-        "0m", "warning",
+        "0m",
+        "warning",
         "No reconciliation for more than 26 hours",
         "The nightly reconciliation did not finish; completeness is unproven since.",
     )
@@ -94,7 +97,8 @@ def reconciliation_checked_nothing() -> Rule:
     return Rule(
         "OdibiReconciliationCheckedNothing",
         f"{q.series(RECONCILE_METRICS.checked)} == 0",
-        "0m", "warning",
+        "0m",
+        "warning",
         "The last reconciliation checked 0 runs",
         "It proved nothing: no run started in its window, or all were too recent (within "
         f"the grace period; see {RECONCILE_METRICS.deferred.prometheus}). Check the schedule, "
@@ -107,7 +111,8 @@ def sidecar_stale() -> Rule:
     return Rule(
         "OdibiSidecarStale",
         f"time() - {q.series(SIDECAR_METRICS.last_loop)} > {SIDECAR_STALE_SECONDS}",
-        "2m", "critical",
+        "2m",
+        "critical",
         "Sidecar {{ $labels.instance }} has not completed a work loop for "
         "{{ $value | humanizeDuration }}",
         "The sidecar answers /metrics but its work loop is stuck: spooled runs are not "
@@ -120,7 +125,8 @@ def sidecar_down() -> Rule:
     return Rule(
         "OdibiSidecarDown",
         f"{up} == 0",
-        "2m", "critical",
+        "2m",
+        "critical",
         "Sidecar {{ $labels.instance }} is down",
         "Prometheus cannot scrape the sidecar: nothing delivers spooled runs, fills the span "
         "ledger or sweeps dead runs.",
@@ -132,7 +138,8 @@ def sidecar_absent() -> Rule:
     return Rule(
         "OdibiSidecarAbsent",
         f"absent({up})",
-        "5m", "critical",
+        "5m",
+        "critical",
         "No sidecar is scraped",
         f"Prometheus has no target in job {DEPLOYMENT.sidecar_job}.",
     )
@@ -143,7 +150,8 @@ def spool_backlog_growing() -> Rule:
     return Rule(
         "OdibiSpoolBacklogGrowing",
         f"min_over_time({backlog}[15m]) > 0\nand\nderiv({backlog}[15m]) > 0",
-        "15m", "warning",
+        "15m",
+        "warning",
         "Spool backlog of sink {{ $labels.sink }} keeps growing",
         "For 30 minutes the backlog has not drained and still grows: the backend is down or "
         "slower than the pipelines, and the spool is bounded.",
@@ -156,7 +164,8 @@ def sink_errors() -> Rule:
     return Rule(
         "OdibiSinkErrors",
         f"{q.agg('sum', f'rate({errors}[5m])', *labels)} > 0",
-        "10m", "warning",
+        "10m",
+        "warning",
         "Sink {{ $labels.sink }} fails its exports",
         "Exports have failed for 10 minutes; batches are retried, but a long outage fills "
         "the queue and then drops events.",
@@ -169,7 +178,8 @@ def events_dropped() -> Rule:
     return Rule(
         "OdibiEventsDropped",
         f"{q.agg('sum', f'increase({dropped}[10m])', *labels)} > 0",
-        "0m", "critical",
+        "0m",
+        "critical",
         "Sink {{ $labels.sink }} dropped events ({{ $labels.reason }})",
         "A bound was hit: these runs are missing from this backend until reconciliation "
         "repairs them.",
@@ -189,8 +199,12 @@ CRASH_WINDOW: Final = "1h"
 #: Severity of an open health finding, by kind: a node that keeps failing, returns nothing,
 #: is stale or is about to be OOM-killed pages; an anomaly or a flaky node is a warning.
 FINDING_SEVERITY: Final = {
-    "volume_anomaly": "warning", "zero_rows": "critical", "duration_anomaly": "warning",
-    "freshness": "critical", "failure_streak": "critical", "flaky": "warning",
+    "volume_anomaly": "warning",
+    "zero_rows": "critical",
+    "duration_anomaly": "warning",
+    "freshness": "critical",
+    "failure_streak": "critical",
+    "flaky": "warning",
     "memory_growth": "critical",
 }
 if set(FINDING_SEVERITY) != set(HEALTH_FINDING_KINDS):  # pragma: no cover - guards edits
@@ -204,17 +218,20 @@ def _camel(kind: str) -> str:
 def health_finding(kind: str) -> Callable[[], Rule]:
     """The rule of one finding kind: fires while the last health pass sees such a finding
     (one alert per node; it resolves when a pass no longer sees it)."""
+
     def build() -> Rule:
         kind_label = HEALTH_METRICS.open_finding.labels[0]
         finding = q.series(HEALTH_METRICS.open_finding, q.eq(kind_label, kind))
         return Rule(
             f"OdibiHealth{_camel(kind)}",
             f"{finding} > 0",
-            "0m", FINDING_SEVERITY[kind],
+            "0m",
+            FINDING_SEVERITY[kind],
             f"{kind} on {{{{ $labels.pipeline }}}}/{{{{ $labels.node }}}}",
             f"The last odibi-observe health pass found {kind} on this node; health.html "
             "(and the Data health dashboard's open findings) has the evidence and what to do.",
         )
+
     build.__name__ = f"health_{kind}"
     return build
 
@@ -223,7 +240,8 @@ def node_memory_near_limit() -> Rule:
     return Rule(
         "OdibiNodeMemoryNearLimit",
         f"(\n{q.memory_share(_no_filters(), MEMORY_WINDOW)}\n) > {MEMORY_NEAR_LIMIT}",
-        "0m", "warning",
+        "0m",
+        "warning",
         "Node {{ $labels.pipeline }}/{{ $labels.node }} peaks at "
         "{{ $value | humanizePercentage }} of its memory limit",
         "The node's mean peak memory per run over the last day is above 90% of the memory "
@@ -239,7 +257,8 @@ def node_probably_oom_killed() -> Rule:
         f"{q.agg('sum', f'increase({crashed}[{CRASH_WINDOW}])', *_NODE_IDENTITY)} > 0\n"
         f"and on ({group})\n"
         f"(\n{q.memory_share(_no_filters(), MEMORY_WINDOW)}\n) > {MEMORY_NEAR_LIMIT}",
-        "0m", "critical",
+        "0m",
+        "critical",
         "Node {{ $labels.pipeline }}/{{ $labels.node }} crashed near its memory limit",
         "A run of the node crashed in the last hour, and its peak memory is above 90% of its "
         "limit: probably OOM-killed. The catalog's error_type says it for sure (OOMKilled; "
@@ -248,17 +267,29 @@ def node_probably_oom_killed() -> Rule:
 
 
 RULES: Final = (
-    node_failure_rate, catalog_incomplete, reconciliation_stale, reconciliation_checked_nothing,
-    sidecar_stale, sidecar_down,
-    sidecar_absent, spool_backlog_growing, sink_errors, events_dropped,
+    node_failure_rate,
+    catalog_incomplete,
+    reconciliation_stale,
+    reconciliation_checked_nothing,
+    sidecar_stale,
+    sidecar_down,
+    sidecar_absent,
+    spool_backlog_growing,
+    sink_errors,
+    events_dropped,
     *(health_finding(kind) for kind in HEALTH_FINDING_KINDS),
-    node_memory_near_limit, node_probably_oom_killed,
+    node_memory_near_limit,
+    node_probably_oom_killed,
 )
 
 
 def rules_document() -> dict[str, Yaml]:
-    return {"groups": [{
-        "name": "odibi-observe",
-        "interval": DEPLOYMENT.scrape_interval,
-        "rules": [build().to_yaml() for build in RULES],
-    }]}
+    return {
+        "groups": [
+            {
+                "name": "odibi-observe",
+                "interval": DEPLOYMENT.scrape_interval,
+                "rules": [build().to_yaml() for build in RULES],
+            }
+        ]
+    }

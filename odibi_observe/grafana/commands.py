@@ -15,24 +15,29 @@ DEFAULT_OUT = "dashboards"
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``dashboards build`` to the odibi-observe parser."""
     dashboards = sub.add_parser(
-        "dashboards", help="build the Grafana dashboards, provisioning and alert rules",
+        "dashboards",
+        help="build the Grafana dashboards, provisioning and alert rules",
         description="Dashboards as code: the Grafana dashboards, their provisioning, the "
-                    "Prometheus configuration and alert rules, generated from the conventions.",
+        "Prometheus configuration and alert rules, generated from the conventions.",
     )
-    actions = dashboards.add_subparsers(dest="dashboards_command", metavar="ACTION",
-                                        required=True)
+    actions = dashboards.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
     build = actions.add_parser(
-        "build", help="write the generated JSON and YAML (or check that they are current)",
+        "build",
+        help="write the generated JSON and YAML (or check that they are current)",
         description="Render every dashboard to deterministic JSON, and the Grafana "
-                    "provisioning, Prometheus configuration and alert rules to YAML, under "
-                    "--out. With --check, write nothing: exit 1 naming the files that differ "
-                    "from a fresh build.",
+        "provisioning, Prometheus configuration and alert rules to YAML, under "
+        "--out. With --check, write nothing: exit 1 naming the files that differ "
+        "from a fresh build.",
     )
     output = build.add_argument_group("output")
-    output.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                        help="output directory (default: %(default)s)")
-    output.add_argument("--check", action="store_true",
-                        help="only compare with the files in DIR; exit 1 if any is stale")
+    output.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help="output directory (default: %(default)s)"
+    )
+    output.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare with the files in DIR; exit 1 if any is stale",
+    )
     json_arg(output, "the files written (or stale)")
     log_level_arg(build)
     build.set_defaults(handler=_build)
@@ -42,8 +47,10 @@ def _build(args: argparse.Namespace) -> int:
     try:
         from odibi_observe.grafana.render import stale, write
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
-        print_error(f"building dashboards needs grafana-foundation-sdk "
-                    f"(pip install 'odibi-observe[grafana]'): {exc}")
+        print_error(
+            f"building dashboards needs grafana-foundation-sdk "
+            f"(pip install 'odibi-observe[grafana]'): {exc}"
+        )
         return 2
     out = check_out_dir(args.out)
     if args.check:
@@ -52,8 +59,9 @@ def _build(args: argparse.Namespace) -> int:
             print(json.dumps({"out": str(out), "stale": [str(out / r) for r in outdated]}))
             return 1 if outdated else 0
         if outdated:
-            print(f"stale in {out}: run 'odibi-observe dashboards build --out {out}'",
-                  file=sys.stderr)
+            print(
+                f"stale in {out}: run 'odibi-observe dashboards build --out {out}'", file=sys.stderr
+            )
             for rel in outdated:
                 print(f"  {out / rel}", file=sys.stderr)
             return 1

@@ -29,8 +29,7 @@ _VARIABLE: Final = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)\b(?!\()")
 _MACRO: Final = re.compile(r"\$(__\w+)\(([^)]*)\)")
 _DURATION: Final = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _REGEX_SPECIAL: Final = re.compile(r"[\\^$*+?.()|{}\[\]]")
-_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
-                 "y": 31536000}
+_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 #: A variable's value: one string, or several (a multi-value or "All" selection).
 Value = str | Sequence[str]
@@ -54,11 +53,14 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
     return _VARIABLE.sub(replace, text)
 
 
-def promql(expr: str, variables: Mapping[str, Value], *, interval: str, rate_interval: str,
-           range_: str) -> str:
+def promql(
+    expr: str, variables: Mapping[str, Value], *, interval: str, rate_interval: str, range_: str
+) -> str:
     """``expr`` as Grafana's Prometheus data source sends it."""
     values = {
-        "__interval": interval, "__rate_interval": rate_interval, "__range": range_,
+        "__interval": interval,
+        "__rate_interval": rate_interval,
+        "__range": range_,
     }
     for name, value in variables.items():
         if isinstance(value, str):
@@ -82,13 +84,22 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def sql(query: str, variables: Mapping[str, Value], *, time_from: datetime,
-        time_to: datetime, interval: str) -> str:
+def sql(
+    query: str,
+    variables: Mapping[str, Value],
+    *,
+    time_from: datetime,
+    time_to: datetime,
+    interval: str,
+) -> str:
     """``query`` as Grafana's PostgreSQL data source runs it."""
     values = {"__interval": interval}
     for name, value in variables.items():
-        values[name] = (value.replace("'", "''") if isinstance(value, str)
-                        else ",".join(_quote(v) for v in value))
+        values[name] = (
+            value.replace("'", "''")
+            if isinstance(value, str)
+            else ",".join(_quote(v) for v in value)
+        )
     text = _substitute(query, values)
 
     def macro(match: re.Match[str]) -> str:

@@ -109,7 +109,9 @@ class SqlQuery(cogbuilder.Builder[SqlDataquery]):
 
     def __init__(self) -> None:
         self._internal = SqlDataquery(
-            editor_mode="code", raw_query=True, format_val=SqlFormat.TABLE,
+            editor_mode="code",
+            raw_query=True,
+            format_val=SqlFormat.TABLE,
             datasource=CATALOG.ref(),
         )
 
@@ -140,7 +142,8 @@ class SqlQuery(cogbuilder.Builder[SqlDataquery]):
 def variant_config() -> cogruntime.DataqueryConfig:
     """The SDK's registration record of this dataquery, keyed by the data source type."""
     return cogruntime.DataqueryConfig(
-        identifier=CATALOG.type, from_json_hook=SqlDataquery.from_json)
+        identifier=CATALOG.type, from_json_hook=SqlDataquery.from_json
+    )
 
 
 def register_variant() -> None:

@@ -94,18 +94,20 @@ def datasources_document() -> dict[str, Yaml]:
 def dashboard_provider_document() -> dict[str, Yaml]:
     return {
         "apiVersion": 1,
-        "providers": [{
-            "name": TAG,
-            "orgId": 1,
-            "folder": TAG,
-            "folderUid": TAG,
-            "type": "file",
-            # The JSON in the repository is the source: edits in the UI are not saved over it.
-            "disableDeletion": True,
-            "allowUiUpdates": False,
-            "updateIntervalSeconds": 60,
-            "options": {"path": GRAFANA_DASHBOARDS_PATH, "foldersFromFilesStructure": False},
-        }],
+        "providers": [
+            {
+                "name": TAG,
+                "orgId": 1,
+                "folder": TAG,
+                "folderUid": TAG,
+                "type": "file",
+                # The JSON in the repository is the source: edits in the UI are not saved over it.
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "updateIntervalSeconds": 60,
+                "options": {"path": GRAFANA_DASHBOARDS_PATH, "foldersFromFilesStructure": False},
+            }
+        ],
     }
 
 
@@ -115,13 +117,16 @@ def prometheus_document() -> dict[str, Yaml]:
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["rules.yml"],
         "scrape_configs": [
-            {"job_name": DEPLOYMENT.sidecar_job,
-             "static_configs": [{"targets": [DEPLOYMENT.sidecar_target]}]},
+            {
+                "job_name": DEPLOYMENT.sidecar_job,
+                "static_configs": [{"targets": [DEPLOYMENT.sidecar_target]}],
+            },
             # The reconciliation's gauges, from node_exporter's textfile collector.
-            {"job_name": RECONCILE_JOB,
-             "static_configs": [{"targets": [RECONCILE_TARGET]}]},
-            {"job_name": "otel-collector",
-             "static_configs": [{"targets": ["otel-collector:8888"]}]},
+            {"job_name": RECONCILE_JOB, "static_configs": [{"targets": [RECONCILE_TARGET]}]},
+            {
+                "job_name": "otel-collector",
+                "static_configs": [{"targets": ["otel-collector:8888"]}],
+            },
             {"job_name": "tempo", "static_configs": [{"targets": ["tempo:3200"]}]},
             {"job_name": "prometheus", "static_configs": [{"targets": ["localhost:9090"]}]},
         ],

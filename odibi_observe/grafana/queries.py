@@ -175,14 +175,16 @@ class Filters:
 
 
 #: Overview: several pipelines at once ("All" by default).
-OVERVIEW_FILTERS: Final = Filters(tuple(
-    Var(f, multi=True) for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline)
-))
+OVERVIEW_FILTERS: Final = Filters(
+    tuple(Var(f, multi=True) for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline))
+)
 #: Node drill-down: exactly one node of one pipeline.
-NODE_FILTERS: Final = Filters(tuple(
-    Var(f, multi=False)
-    for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline, FIELDS.node)
-))
+NODE_FILTERS: Final = Filters(
+    tuple(
+        Var(f, multi=False)
+        for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline, FIELDS.node)
+    )
+)
 #: Sidecar health: one or more sidecar instances.
 INSTANCE_VAR_NAME: Final = INSTANCE_LABEL
 
@@ -214,8 +216,10 @@ def runs_by_status(f: Filters, window: str) -> str:
 
 
 def _ratio(part: str, whole: str, window: str, group: Sequence[str]) -> str:
-    return (f"{agg('sum', f'increase({part}[{window}])', *group)}\n"
-            f"/\n{agg('sum', f'increase({whole}[{window}])', *group)}")
+    return (
+        f"{agg('sum', f'increase({part}[{window}])', *group)}\n"
+        f"/\n{agg('sum', f'increase({whole}[{window}])', *group)}"
+    )
 
 
 def success_ratio(f: Filters, window: str, *group: str) -> str:
@@ -291,8 +295,9 @@ def discrepancies_total() -> str:
 
 
 def spool_backlog_by_sink(*matchers: str) -> str:
-    return gauge_by(SIDECAR_METRICS.spool_backlog, *SIDECAR_METRICS.spool_backlog.labels,
-                    matchers=matchers)
+    return gauge_by(
+        SIDECAR_METRICS.spool_backlog, *SIDECAR_METRICS.spool_backlog.labels, matchers=matchers
+    )
 
 
 def sink_errors_by_sink(*matchers: str) -> str:
@@ -320,8 +325,9 @@ def _select(items: Sequence[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
     return f"SELECT\n{lines}", tuple(alias for _, alias in items)
 
 
-def _query(key: str, items: Sequence[tuple[str, str]], rest: str, *,
-           time_series: bool = False) -> SqlPanelQuery:
+def _query(
+    key: str, items: Sequence[tuple[str, str]], rest: str, *, time_series: bool = False
+) -> SqlPanelQuery:
     head, columns = _select(items)
     return SqlPanelQuery(key, f"{head}\n{rest.strip()}", columns, time_series)
 
@@ -349,8 +355,10 @@ ENVIRONMENT_OUT: Final = ENVIRONMENT_LABEL
 #: The columns that identify a node, named like the drill-down's variables so that a row can
 #: open the drill-down on itself.
 IDENTITY: Final = (
-    (PROJECT_COL, PROJECT_OUT), (ENVIRONMENT_COL, ENVIRONMENT_OUT),
-    (PIPELINE_COL, PIPELINE_OUT), (NODE_COL, NODE_OUT),
+    (PROJECT_COL, PROJECT_OUT),
+    (ENVIRONMENT_COL, ENVIRONMENT_OUT),
+    (PIPELINE_COL, PIPELINE_OUT),
+    (NODE_COL, NODE_OUT),
 )
 STARTED_OUT: Final = "started"
 TIME_OUT: Final = "time"
@@ -358,45 +366,55 @@ TIME_OUT: Final = "time"
 
 def _suggestions(col: str) -> str:
     """A run's suggestions (a JSON array of strings) as one line each."""
-    return (f"(SELECT string_agg(s, E'\\n') "  # noqa: S608 - names from the schema, no input
-            f"FROM jsonb_array_elements_text({col}::jsonb) AS s)")
+    return (
+        f"(SELECT string_agg(s, E'\\n') "  # noqa: S608 - names from the schema, no input
+        f"FROM jsonb_array_elements_text({col}::jsonb) AS s)"
+    )
 
 
 def currently_running(f: Filters) -> SqlPanelQuery:
     """Runs whose row is still RUNNING, oldest first: long ones may be dead processes."""
-    return _query("currently_running", [
-        (STARTED_AT, STARTED_OUT),
-        *IDENTITY,
-        (ATTEMPT, ATTEMPT),
-        (HOST, HOST),
-        (PID, PID),
-        (HEARTBEAT_AT, "last_heartbeat"),
-        (f"extract(epoch FROM $__timeTo()::timestamptz - {STARTED_AT})", "running_s"),
-        (RUN_ID, RUN_ID),
-        (TRACE_ID, TRACE_ID_OUT),
-    ], f"""
+    return _query(
+        "currently_running",
+        [
+            (STARTED_AT, STARTED_OUT),
+            *IDENTITY,
+            (ATTEMPT, ATTEMPT),
+            (HOST, HOST),
+            (PID, PID),
+            (HEARTBEAT_AT, "last_heartbeat"),
+            (f"extract(epoch FROM $__timeTo()::timestamptz - {STARTED_AT})", "running_s"),
+            (RUN_ID, RUN_ID),
+            (TRACE_ID, TRACE_ID_OUT),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(f"{STATUS} = '{RUNNING}'", *f.predicates())}
 ORDER BY {STARTED_AT}
-LIMIT 100""")
+LIMIT 100""",
+    )
 
 
 def recent_failures(f: Filters) -> SqlPanelQuery:
-    return _query("recent_failures", [
-        (STARTED_AT, STARTED_OUT),
-        *IDENTITY,
-        (STATUS, STATUS),
-        (ATTEMPT, ATTEMPT),
-        (ERROR_TYPE, ERROR_TYPE),
-        (ERROR_MESSAGE, ERROR_MESSAGE),
-        (_suggestions(SUGGESTIONS_JSON), "suggestions"),
-        (RUN_ID, RUN_ID),
-        (TRACE_ID, TRACE_ID_OUT),
-    ], f"""
+    return _query(
+        "recent_failures",
+        [
+            (STARTED_AT, STARTED_OUT),
+            *IDENTITY,
+            (STATUS, STATUS),
+            (ATTEMPT, ATTEMPT),
+            (ERROR_TYPE, ERROR_TYPE),
+            (ERROR_MESSAGE, ERROR_MESSAGE),
+            (_suggestions(SUGGESTIONS_JSON), "suggestions"),
+            (RUN_ID, RUN_ID),
+            (TRACE_ID, TRACE_ID_OUT),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(f"{STATUS} IN {_in(FAILED)}", f"$__timeFilter({STARTED_AT})", *f.predicates())}
 ORDER BY {STARTED_AT} DESC
-LIMIT 50""")
+LIMIT 50""",
+    )
 
 
 def slowest_nodes(f: Filters) -> SqlPanelQuery:
@@ -410,29 +428,37 @@ def slowest_nodes(f: Filters) -> SqlPanelQuery:
     starts with the node, the most selective key: the sort behind it then rarely compares a
     second string (on 10 million runs, 24 hours: about half the time of project first).
     """
-    finished = (f"$__timeFilter({{q}}{STARTED_AT})", f"{{q}}{STATUS} <> '{RUNNING}'",
-                f"{{q}}{DURATION_MS} IS NOT NULL")
+    finished = (
+        f"$__timeFilter({{q}}{STARTED_AT})",
+        f"{{q}}{STATUS} <> '{RUNNING}'",
+        f"{{q}}{DURATION_MS} IS NOT NULL",
+    )
     quantiles = f"percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY {DURATION_MS})"
-    inner, _ = _select([
-        *IDENTITY,
-        ("count(*)", "runs"),
-        (quantiles, "quantiles"),
-        (f"max({DURATION_MS})", "max_ms"),
-    ])
+    inner, _ = _select(
+        [
+            *IDENTITY,
+            ("count(*)", "runs"),
+            (quantiles, "quantiles"),
+            (f"max({DURATION_MS})", "max_ms"),
+        ]
+    )
     same_node = [
-        f"r.{col} IS NOT DISTINCT FROM s.{out}" if col in (PROJECT_COL, ENVIRONMENT_COL)
+        f"r.{col} IS NOT DISTINCT FROM s.{out}"
+        if col in (PROJECT_COL, ENVIRONMENT_COL)
         else f"r.{col} = s.{out}"
         for col, out in IDENTITY
     ]
-    head, columns = _select([
-        *((f"s.{out}", out) for _, out in IDENTITY),
-        ("s.runs", "runs"),
-        ("s.quantiles[1]", "p50_ms"),
-        ("s.quantiles[2]", "p95_ms"),
-        ("s.max_ms", "max_ms"),
-        (f"slowest.{RUN_ID}", "slowest_run_id"),
-        (f"slowest.{TRACE_ID}", TRACE_ID_OUT),
-    ])
+    head, columns = _select(
+        [
+            *((f"s.{out}", out) for _, out in IDENTITY),
+            ("s.runs", "runs"),
+            ("s.quantiles[1]", "p50_ms"),
+            ("s.quantiles[2]", "p95_ms"),
+            ("s.max_ms", "max_ms"),
+            (f"slowest.{RUN_ID}", "slowest_run_id"),
+            (f"slowest.{TRACE_ID}", TRACE_ID_OUT),
+        ]
+    )
     indent = "\n".join("  " + line for line in inner.splitlines())
     sql = f"""{head}
 FROM (
@@ -455,68 +481,86 @@ ORDER BY p95_ms DESC"""  # noqa: S608 - names from the schema, values are Grafan
 
 
 def node_history(f: Filters) -> SqlPanelQuery:
-    return _query("node_history", [
-        (STARTED_AT, STARTED_OUT),
-        (ENDED_AT, "ended"),
-        (STATUS, STATUS),
-        (ATTEMPT, ATTEMPT),
-        (ROWS, ROWS),
-        (DURATION_MS, DURATION_MS),
-        (ERROR_TYPE, ERROR_TYPE),
-        (_suggestions(SUGGESTIONS_JSON), "suggestions"),
-        (HOST, HOST),
-        (SOURCE, SOURCE),
-        (PIPELINE_RUN_ID, PIPELINE_RUN_ID),
-        (RUN_ID, RUN_ID),
-        (TRACE_ID, TRACE_ID_OUT),
-    ], f"""
+    return _query(
+        "node_history",
+        [
+            (STARTED_AT, STARTED_OUT),
+            (ENDED_AT, "ended"),
+            (STATUS, STATUS),
+            (ATTEMPT, ATTEMPT),
+            (ROWS, ROWS),
+            (DURATION_MS, DURATION_MS),
+            (ERROR_TYPE, ERROR_TYPE),
+            (_suggestions(SUGGESTIONS_JSON), "suggestions"),
+            (HOST, HOST),
+            (SOURCE, SOURCE),
+            (PIPELINE_RUN_ID, PIPELINE_RUN_ID),
+            (RUN_ID, RUN_ID),
+            (TRACE_ID, TRACE_ID_OUT),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(*f.predicates(), f"$__timeFilter({STARTED_AT})")}
 ORDER BY {STARTED_AT} DESC
-LIMIT 200""")
+LIMIT 200""",
+    )
 
 
 def node_attempts(f: Filters) -> SqlPanelQuery:
     """Runs per time bucket by attempt number: retries show up as attempt 2, 3, ..."""
-    return _query("node_attempts", [
-        (f"$__timeGroup({STARTED_AT}, $__interval)", TIME_OUT),
-        (f"'attempt ' || {ATTEMPT}", "metric"),
-        ("count(*)", "runs"),
-    ], f"""
+    return _query(
+        "node_attempts",
+        [
+            (f"$__timeGroup({STARTED_AT}, $__interval)", TIME_OUT),
+            (f"'attempt ' || {ATTEMPT}", "metric"),
+            ("count(*)", "runs"),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(*f.predicates(), f"$__timeFilter({STARTED_AT})")}
 GROUP BY 1, 2
-ORDER BY 1, 2""", time_series=True)
+ORDER BY 1, 2""",
+        time_series=True,
+    )
 
 
 def node_rows_trend(f: Filters) -> SqlPanelQuery:
     """Rows per time bucket, and per run: a source that shrank shows up here first."""
-    return _query("node_rows_trend", [
-        (f"$__timeGroup({STARTED_AT}, $__interval)", TIME_OUT),
-        (f"sum({ROWS})", "rows_total"),
-        (f"avg({ROWS})", "rows_per_run"),
-    ], f"""
+    return _query(
+        "node_rows_trend",
+        [
+            (f"$__timeGroup({STARTED_AT}, $__interval)", TIME_OUT),
+            (f"sum({ROWS})", "rows_total"),
+            (f"avg({ROWS})", "rows_per_run"),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(*f.predicates(), f"$__timeFilter({STARTED_AT})", f"{ROWS} IS NOT NULL")}
 GROUP BY 1
-ORDER BY 1""", time_series=True)
+ORDER BY 1""",
+        time_series=True,
+    )
 
 
 def node_error_types(f: Filters) -> SqlPanelQuery:
     latest = f"ORDER BY {STARTED_AT} DESC"
-    return _query("node_error_types", [
-        (ERROR_TYPE, ERROR_TYPE),
-        ("count(*)", "runs"),
-        (f"max({STARTED_AT})", "last_seen"),
-        (f"(array_agg({ERROR_MESSAGE} {latest}))[1]", "last_message"),
-        (f"(array_agg({SUGGESTIONS_JSON} {latest}))[1]", "last_suggestions"),
-        (f"(array_agg({TRACE_ID} {latest}))[1]", TRACE_ID_OUT),
-    ], f"""
+    return _query(
+        "node_error_types",
+        [
+            (ERROR_TYPE, ERROR_TYPE),
+            ("count(*)", "runs"),
+            (f"max({STARTED_AT})", "last_seen"),
+            (f"(array_agg({ERROR_MESSAGE} {latest}))[1]", "last_message"),
+            (f"(array_agg({SUGGESTIONS_JSON} {latest}))[1]", "last_suggestions"),
+            (f"(array_agg({TRACE_ID} {latest}))[1]", TRACE_ID_OUT),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(*f.predicates(), f"$__timeFilter({STARTED_AT})", f"{STATUS} IN {_in(FAILED)}")}
 GROUP BY {ERROR_TYPE}
 ORDER BY runs DESC
-LIMIT 20""")
+LIMIT 20""",
+    )
 
 
 _REPORT = schema.reconciliation.c
@@ -524,66 +568,89 @@ _ITEM = schema.reconciliation_items.c
 
 
 def _latest_report() -> str:
-    return (f"(SELECT {_REPORT.report_id.name} FROM {RECONCILIATION_TABLE} "  # noqa: S608
-            f"ORDER BY {_REPORT.created_at.name} DESC LIMIT 1)")
+    return (
+        f"(SELECT {_REPORT.report_id.name} FROM {RECONCILIATION_TABLE} "  # noqa: S608
+        f"ORDER BY {_REPORT.created_at.name} DESC LIMIT 1)"
+    )
 
 
 def last_report() -> SqlPanelQuery:
-    return _query("last_report", [
-        (_REPORT.created_at.name, _REPORT.created_at.name),
-        (_REPORT.window_start.name, _REPORT.window_start.name),
-        (_REPORT.window_end.name, _REPORT.window_end.name),
-        (_REPORT.catalog_runs.name, _REPORT.catalog_runs.name),
-        (_REPORT.trace_runs.name, _REPORT.trace_runs.name),
-        (_REPORT.matched.name, _REPORT.matched.name),
-        (_REPORT.discrepancies.name, _REPORT.discrepancies.name),
-        (_REPORT.completeness_ratio.name, _REPORT.completeness_ratio.name),
-        (_REPORT.repaired.name, _REPORT.repaired.name),
-        (_REPORT.errors.name, _REPORT.errors.name),
-        (_REPORT.report_id.name, _REPORT.report_id.name),
-    ], f"""
+    return _query(
+        "last_report",
+        [
+            (_REPORT.created_at.name, _REPORT.created_at.name),
+            (_REPORT.window_start.name, _REPORT.window_start.name),
+            (_REPORT.window_end.name, _REPORT.window_end.name),
+            (_REPORT.catalog_runs.name, _REPORT.catalog_runs.name),
+            (_REPORT.trace_runs.name, _REPORT.trace_runs.name),
+            (_REPORT.matched.name, _REPORT.matched.name),
+            (_REPORT.discrepancies.name, _REPORT.discrepancies.name),
+            (_REPORT.completeness_ratio.name, _REPORT.completeness_ratio.name),
+            (_REPORT.repaired.name, _REPORT.repaired.name),
+            (_REPORT.errors.name, _REPORT.errors.name),
+            (_REPORT.report_id.name, _REPORT.report_id.name),
+        ],
+        f"""
 FROM {RECONCILIATION_TABLE}
 ORDER BY {_REPORT.created_at.name} DESC
-LIMIT 1""")
+LIMIT 1""",
+    )
 
 
 def discrepancies_per_report() -> SqlPanelQuery:
     """One series per discrepancy kind, from each report's counts (a JSON object by kind)."""
     counts = f"{_REPORT.discrepancies_json.name}::jsonb"
-    return _query("discrepancies_per_report", [
-        (_REPORT.created_at.name, TIME_OUT),
-        *((f"COALESCE(({counts} ->> '{kind}')::bigint, 0)", kind) for kind in DISCREPANCY_KINDS),
-    ], f"""
+    return _query(
+        "discrepancies_per_report",
+        [
+            (_REPORT.created_at.name, TIME_OUT),
+            *(
+                (f"COALESCE(({counts} ->> '{kind}')::bigint, 0)", kind)
+                for kind in DISCREPANCY_KINDS
+            ),
+        ],
+        f"""
 FROM {RECONCILIATION_TABLE}
 {_where(f"$__timeFilter({_REPORT.created_at.name})")}
-ORDER BY 1""", time_series=True)
+ORDER BY 1""",
+        time_series=True,
+    )
 
 
 def completeness_per_report() -> SqlPanelQuery:
-    return _query("completeness_per_report", [
-        (_REPORT.created_at.name, TIME_OUT),
-        (_REPORT.completeness_ratio.name, _REPORT.completeness_ratio.name),
-    ], f"""
+    return _query(
+        "completeness_per_report",
+        [
+            (_REPORT.created_at.name, TIME_OUT),
+            (_REPORT.completeness_ratio.name, _REPORT.completeness_ratio.name),
+        ],
+        f"""
 FROM {RECONCILIATION_TABLE}
 {_where(f"$__timeFilter({_REPORT.created_at.name})")}
-ORDER BY 1""", time_series=True)
+ORDER BY 1""",
+        time_series=True,
+    )
 
 
 def last_report_items() -> SqlPanelQuery:
-    return _query("last_report_items", [
-        (_ITEM.kind.name, _ITEM.kind.name),
-        (_ITEM[PIPELINE_COL].name, PIPELINE_OUT),
-        (_ITEM[NODE_COL].name, NODE_OUT),
-        (_ITEM[STARTED_AT].name, STARTED_OUT),
-        (_ITEM.repaired.name, _ITEM.repaired.name),
-        (_ITEM.detail.name, _ITEM.detail.name),
-        (_ITEM[RUN_ID].name, RUN_ID),
-        (_ITEM[TRACE_ID].name, TRACE_ID_OUT),
-    ], f"""
+    return _query(
+        "last_report_items",
+        [
+            (_ITEM.kind.name, _ITEM.kind.name),
+            (_ITEM[PIPELINE_COL].name, PIPELINE_OUT),
+            (_ITEM[NODE_COL].name, NODE_OUT),
+            (_ITEM[STARTED_AT].name, STARTED_OUT),
+            (_ITEM.repaired.name, _ITEM.repaired.name),
+            (_ITEM.detail.name, _ITEM.detail.name),
+            (_ITEM[RUN_ID].name, RUN_ID),
+            (_ITEM[TRACE_ID].name, TRACE_ID_OUT),
+        ],
+        f"""
 FROM {RECONCILIATION_ITEMS_TABLE}
 {_where(f"{_ITEM.report_id.name} = {_latest_report()}")}
 ORDER BY {_ITEM.kind.name}, {_ITEM[STARTED_AT].name}
-LIMIT 500""")
+LIMIT 500""",
+    )
 
 
 # --- data health: bands, freshness, findings, memory -------------------------------------------
@@ -596,13 +663,16 @@ _HEALTH: Final = HealthOptions()
 _FINDING = schema.health_findings.c
 
 #: Data-health dashboard: several pipelines and nodes at once ("All" by default).
-HEALTH_FILTERS: Final = Filters(tuple(
-    Var(f, multi=True)
-    for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline, FIELDS.node)
-))
+HEALTH_FILTERS: Final = Filters(
+    tuple(
+        Var(f, multi=True)
+        for f in (FIELDS.project, FIELDS.environment, FIELDS.pipeline, FIELDS.node)
+    )
+)
 #: The findings table has no project or environment: only pipeline and node filter it.
-_FINDING_FILTERS: Final = Filters(tuple(v for v in HEALTH_FILTERS.vars
-                                        if v.field in (FIELDS.pipeline, FIELDS.node)))
+_FINDING_FILTERS: Final = Filters(
+    tuple(v for v in HEALTH_FILTERS.vars if v.field in (FIELDS.pipeline, FIELDS.node))
+)
 
 
 def _interval(delta_seconds: float) -> str:
@@ -614,8 +684,10 @@ def value_band(f: Filters, col: str, key: str) -> SqlPanelQuery:
     node's SUCCESS runs in the training period before it (long format: one series per node
     and line). The band is drawn only where the node has ``min_points`` runs of history."""
     training = _interval(_HEALTH.training.total_seconds())
-    window = (f"PARTITION BY {PIPELINE_COL}, {NODE_COL} ORDER BY {STARTED_AT} "
-              f"RANGE BETWEEN {training} PRECEDING AND CURRENT ROW EXCLUDE CURRENT ROW")
+    window = (
+        f"PARTITION BY {PIPELINE_COL}, {NODE_COL} ORDER BY {STARTED_AT} "
+        f"RANGE BETWEEN {training} PRECEDING AND CURRENT ROW EXCLUDE CURRENT ROW"
+    )
     k = _HEALTH.sensitivity
     sql = f"""WITH runs AS (
   SELECT
@@ -626,9 +698,16 @@ def value_band(f: Filters, col: str, key: str) -> SqlPanelQuery:
     stddev_samp({col}) OVER w AS sd,
     count({col}) OVER w AS n
   FROM {CATALOG_TABLE}
-  {_where(f"{STATUS} = '{SUCCESS}'", f"{col} IS NOT NULL",
-          f"{STARTED_AT} >= $__timeFrom()::timestamptz - {training}",
-          f"{STARTED_AT} <= $__timeTo()::timestamptz", *f.predicates(), indent="  ")}
+  {
+        _where(
+            f"{STATUS} = '{SUCCESS}'",
+            f"{col} IS NOT NULL",
+            f"{STARTED_AT} >= $__timeFrom()::timestamptz - {training}",
+            f"{STARTED_AT} <= $__timeTo()::timestamptz",
+            *f.predicates(),
+            indent="  ",
+        )
+    }
   WINDOW w AS ({window})
 )
 SELECT
@@ -660,48 +739,65 @@ def freshness(f: Filters) -> SqlPanelQuery:
     ``freshness_min``); the stalest first. Declared SLAs live in the health config file,
     which the dashboard cannot read: the health findings below include them."""
     span = _interval((_HEALTH.training + timedelta(days=1)).total_seconds())
-    cadence = (f"extract(epoch FROM max({STARTED_AT}) - min({STARTED_AT})) "
-               f"/ NULLIF(count(*) - 1, 0)")
-    allowed = (f"GREATEST({_HEALTH.freshness_factor} * ({cadence}), "
-               f"{_HEALTH.freshness_min.total_seconds()})")
+    cadence = f"extract(epoch FROM max({STARTED_AT}) - min({STARTED_AT})) / NULLIF(count(*) - 1, 0)"
+    allowed = (
+        f"GREATEST({_HEALTH.freshness_factor} * ({cadence}), "
+        f"{_HEALTH.freshness_min.total_seconds()})"
+    )
     age = f"extract(epoch FROM $__timeTo()::timestamptz - max({STARTED_AT}))"
-    return _query("freshness", [
-        *IDENTITY,
-        (f"max({STARTED_AT})", "last_success"),
-        ("count(*)", "successes"),
-        (age, "age_s"),
-        (cadence, "cadence_s"),
-        (allowed, "allowed_s"),
-        (f"CASE WHEN count(*) >= {_HEALTH.min_points} THEN ({age}) / ({allowed}) END",
-         "age_of_allowed"),
-    ], f"""
+    return _query(
+        "freshness",
+        [
+            *IDENTITY,
+            (f"max({STARTED_AT})", "last_success"),
+            ("count(*)", "successes"),
+            (age, "age_s"),
+            (cadence, "cadence_s"),
+            (allowed, "allowed_s"),
+            (
+                f"CASE WHEN count(*) >= {_HEALTH.min_points} THEN ({age}) / ({allowed}) END",
+                "age_of_allowed",
+            ),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
-{_where(f"{STATUS} = '{SUCCESS}'", f"{STARTED_AT} >= $__timeTo()::timestamptz - {span}",
-        f"{STARTED_AT} <= $__timeTo()::timestamptz", *f.predicates())}
+{
+            _where(
+                f"{STATUS} = '{SUCCESS}'",
+                f"{STARTED_AT} >= $__timeTo()::timestamptz - {span}",
+                f"{STARTED_AT} <= $__timeTo()::timestamptz",
+                *f.predicates(),
+            )
+        }
 GROUP BY {NODE_COL}, {PIPELINE_COL}, {ENVIRONMENT_COL}, {PROJECT_COL}
 ORDER BY age_of_allowed DESC NULLS LAST
-LIMIT 100""")
+LIMIT 100""",
+    )
 
 
 def open_findings(f: Filters) -> SqlPanelQuery:
     """The findings a health pass recorded that are still open, newest first."""
     preds = [v.predicate() for v in _FINDING_FILTERS.vars]
-    return _query("open_findings", [
-        (_FINDING.kind.name, _FINDING.kind.name),
-        (_FINDING[PIPELINE_COL].name, PIPELINE_OUT),
-        (_FINDING[NODE_COL].name, NODE_OUT),
-        (_FINDING.opened_at.name, _FINDING.opened_at.name),
-        (_FINDING.last_seen_at.name, _FINDING.last_seen_at.name),
-        (_FINDING.passes.name, _FINDING.passes.name),
-        (_FINDING.score.name, _FINDING.score.name),
-        (_FINDING.baseline.name, _FINDING.baseline.name),
-        (_FINDING.value.name, _FINDING.value.name),
-        (_FINDING.detail.name, _FINDING.detail.name),
-    ], f"""
+    return _query(
+        "open_findings",
+        [
+            (_FINDING.kind.name, _FINDING.kind.name),
+            (_FINDING[PIPELINE_COL].name, PIPELINE_OUT),
+            (_FINDING[NODE_COL].name, NODE_OUT),
+            (_FINDING.opened_at.name, _FINDING.opened_at.name),
+            (_FINDING.last_seen_at.name, _FINDING.last_seen_at.name),
+            (_FINDING.passes.name, _FINDING.passes.name),
+            (_FINDING.score.name, _FINDING.score.name),
+            (_FINDING.baseline.name, _FINDING.baseline.name),
+            (_FINDING.value.name, _FINDING.value.name),
+            (_FINDING.detail.name, _FINDING.detail.name),
+        ],
+        f"""
 FROM {HEALTH_FINDINGS_TABLE}
 {_where(f"{_FINDING.state.name} = '{FINDING_OPEN}'", *preds)}
 ORDER BY {_FINDING.opened_at.name} DESC, {_FINDING.kind.name}
-LIMIT 200""")
+LIMIT 200""",
+    )
 
 
 def memory_per_run(f: Filters) -> SqlPanelQuery:
@@ -715,11 +811,16 @@ CROSS JOIN LATERAL (VALUES
   ('{PEAK_RSS}', {PEAK_RSS}::float),
   ('{MEMORY_LIMIT}', {MEMORY_LIMIT}::float)
 ) AS line(name, reading)
-{_where(f"{STATUS} = '{SUCCESS}'", f"{PEAK_RSS} IS NOT NULL",
-        f"$__timeFilter({STARTED_AT})", *f.predicates())}
+{
+        _where(
+            f"{STATUS} = '{SUCCESS}'",
+            f"{PEAK_RSS} IS NOT NULL",
+            f"$__timeFilter({STARTED_AT})",
+            *f.predicates(),
+        )
+    }
 ORDER BY 1, 2"""  # noqa: S608 - names from the schema, values are Grafana's
-    return SqlPanelQuery("memory_per_run", sql, (TIME_OUT, "metric", "reading"),
-                         time_series=True)
+    return SqlPanelQuery("memory_per_run", sql, (TIME_OUT, "metric", "reading"), time_series=True)
 
 
 def _node_by() -> tuple[str, ...]:
@@ -730,8 +831,10 @@ def mean_peak_rss(f: Filters, window: str, *group: str) -> str:
     """Mean peak memory per run over ``window`` (the histogram's sum / count)."""
     total = series(RESOURCE_METRICS.peak_rss, *f.matchers(), suffix="_sum")
     runs = series(RESOURCE_METRICS.peak_rss, *f.matchers(), suffix="_count")
-    return (f"{agg('sum', f'increase({total}[{window}])', *group)}\n"
-            f"/\n{agg('sum', f'increase({runs}[{window}])', *group)}")
+    return (
+        f"{agg('sum', f'increase({total}[{window}])', *group)}\n"
+        f"/\n{agg('sum', f'increase({runs}[{window}])', *group)}"
+    )
 
 
 def memory_limit(f: Filters, *group: str) -> str:
@@ -742,8 +845,10 @@ def memory_limit(f: Filters, *group: str) -> str:
 def memory_share(f: Filters, window: str) -> str:
     """Mean peak memory per run / the limit, per node."""
     group = _node_by()
-    return (f"(\n{mean_peak_rss(f, window, *group)}\n)\n/ on ({', '.join(group)})\n"
-            f"{memory_limit(f, *group)}")
+    return (
+        f"(\n{mean_peak_rss(f, window, *group)}\n)\n/ on ({', '.join(group)})\n"
+        f"{memory_limit(f, *group)}"
+    )
 
 
 def open_findings_total(f: Filters) -> str:
@@ -763,17 +868,21 @@ def crash_causes(f: Filters) -> SqlPanelQuery:
     """CRASHED runs in the range by node and cause (``error_type``: OOMKilled, SIGKILL, ...):
     the cause Prometheus cannot see, from the catalog."""
     crashed = RunStatus.CRASHED.value
-    return _query("crash_causes", [
-        *IDENTITY,
-        (ERROR_TYPE, ERROR_TYPE),
-        ("count(*)", "runs"),
-        (f"max({STARTED_AT})", "last_seen"),
-        (f"max({PEAK_RSS})", "max_" + PEAK_RSS),
-        (f"max({MEMORY_LIMIT})", MEMORY_LIMIT),
-        (f"(array_agg({TRACE_ID} ORDER BY {STARTED_AT} DESC))[1]", TRACE_ID_OUT),
-    ], f"""
+    return _query(
+        "crash_causes",
+        [
+            *IDENTITY,
+            (ERROR_TYPE, ERROR_TYPE),
+            ("count(*)", "runs"),
+            (f"max({STARTED_AT})", "last_seen"),
+            (f"max({PEAK_RSS})", "max_" + PEAK_RSS),
+            (f"max({MEMORY_LIMIT})", MEMORY_LIMIT),
+            (f"(array_agg({TRACE_ID} ORDER BY {STARTED_AT} DESC))[1]", TRACE_ID_OUT),
+        ],
+        f"""
 FROM {CATALOG_TABLE}
 {_where(f"{STATUS} = '{crashed}'", f"$__timeFilter({STARTED_AT})", *f.predicates())}
 GROUP BY {NODE_COL}, {PIPELINE_COL}, {ENVIRONMENT_COL}, {PROJECT_COL}, {ERROR_TYPE}
 ORDER BY last_seen DESC
-LIMIT 100""")
+LIMIT 100""",
+    )

@@ -21,9 +21,20 @@ from typing import Final
 _PLAIN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
 #: Plain scalars YAML 1.1 readers (PyYAML, Go's yaml.v2 used by Prometheus) would not read as
 #: strings.
-_RESERVED: Final = frozenset({
-    "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~",
-})
+_RESERVED: Final = frozenset(
+    {
+        "true",
+        "false",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "y",
+        "n",
+        "null",
+        "~",
+    }
+)
 
 Yaml = Mapping[str, "Yaml"] | Sequence["Yaml"] | str | int | float | bool | None
 

@@ -99,21 +99,27 @@ class Scope:
         return self.table.c[self.time_col]
 
 
-def detect(engine: Engine, window: Window, options: HealthOptions, *,
-           catalog: str = "") -> HealthResult:
+def detect(
+    engine: Engine, window: Window, options: HealthOptions, *, catalog: str = ""
+) -> HealthResult:
     """One data-health pass over the catalog at ``engine``; see the module docstring."""
     started = time.monotonic()
     end = window.end
     training_start = window.since - options.training_span
-    result = HealthResult(window=window, training_start=training_start, options=options,
-                          catalog=catalog or hide_password(str(engine.url)))
+    result = HealthResult(
+        window=window,
+        training_start=training_start,
+        options=options,
+        catalog=catalog or hide_password(str(engine.url)),
+    )
     table, time_col = _table(engine, result)
     scope = Scope(engine, table, time_col, training_start, window.since, end)
     try:
         outliers, summary = _both(scope, options)
     except SQLAlchemyError as exc:
-        raise HealthError(f"catalog {result.catalog}: cannot read {CATALOG_TABLE}: "
-                          f"{_first_line(exc)}") from None
+        raise HealthError(
+            f"catalog {result.catalog}: cannot read {CATALOG_TABLE}: {_first_line(exc)}"
+        ) from None
     result.nodes_seen = len(summary)
     result.nodes_judged = sum(1 for s in summary.values() if s["ok_training"] >= options.min_points)
     result.recent_runs = sum(int(s["ok_recent"]) for s in summary.values())
@@ -128,8 +134,9 @@ def detect(engine: Engine, window: Window, options: HealthOptions, *,
     return result
 
 
-def _both(scope: Scope, options: HealthOptions
-          ) -> tuple[list[Any], dict[tuple[str, str], dict[str, Any]]]:
+def _both(
+    scope: Scope, options: HealthOptions
+) -> tuple[list[Any], dict[tuple[str, str], dict[str, Any]]]:
     """The outliers and the node summary: two scans of the same time range, run at once on
     two connections where the pool has two (each is one database process; on 10 M runs in
     PostgreSQL this halves the pass). An in-memory SQLite catalog has one connection."""
@@ -150,8 +157,7 @@ def _table(engine: Engine, result: HealthResult) -> tuple[sa.TableClause, str]:
     try:
         columns = table_columns(engine, CATALOG_TABLE)
     except SQLAlchemyError as exc:
-        raise HealthError(f"catalog {result.catalog}: cannot connect: "
-                          f"{_first_line(exc)}") from None
+        raise HealthError(f"catalog {result.catalog}: cannot connect: {_first_line(exc)}") from None
     if columns is None:
         raise HealthError(f"catalog {result.catalog}: no table {CATALOG_TABLE}")
     time_col = STARTED_AT if STARTED_AT in columns else TIMESTAMP
@@ -159,19 +165,37 @@ def _table(engine: Engine, result: HealthResult) -> tuple[sa.TableClause, str]:
     if time_col not in columns:
         missing.append(f"{STARTED_AT} or {TIMESTAMP}")
     if missing:
-        raise HealthError(f"catalog {result.catalog}: {CATALOG_TABLE} has no column "
-                          f"{', '.join(missing)}: not a run catalog")
-    absent = [c for c in (ROWS, DURATION_MS, ATTEMPT, STARTED_AT, ERROR_TYPE, PEAK_RSS,
-                          MEMORY_LIMIT) if c not in columns]
+        raise HealthError(
+            f"catalog {result.catalog}: {CATALOG_TABLE} has no column "
+            f"{', '.join(missing)}: not a run catalog"
+        )
+    absent = [
+        c
+        for c in (ROWS, DURATION_MS, ATTEMPT, STARTED_AT, ERROR_TYPE, PEAK_RSS, MEMORY_LIMIT)
+        if c not in columns
+    ]
     if absent:
         result.notes.append(
             f"{CATALOG_TABLE} has no column {', '.join(absent)} (a table Odibi created, never "
             f"upgraded): what needs them is not checked; 'odibi-observe catalog upgrade' adds "
-            "them")
-    wanted = (RUN_ID, PIPELINE, NODE, STATUS, time_col, ROWS, DURATION_MS, ATTEMPT, ERROR_TYPE,
-              PEAK_RSS, MEMORY_LIMIT)
-    table = sa.table(CATALOG_TABLE, *(sa.column(c, columns[c].type) for c in wanted
-                                      if c in columns))
+            "them"
+        )
+    wanted = (
+        RUN_ID,
+        PIPELINE,
+        NODE,
+        STATUS,
+        time_col,
+        ROWS,
+        DURATION_MS,
+        ATTEMPT,
+        ERROR_TYPE,
+        PEAK_RSS,
+        MEMORY_LIMIT,
+    )
+    table = sa.table(
+        CATALOG_TABLE, *(sa.column(c, columns[c].type) for c in wanted if c in columns)
+    )
     return table, time_col
 
 
@@ -212,16 +236,21 @@ def _outliers(scope: Scope, options: HealthOptions) -> list[Any]:
     if not metrics:
         return []
     seasonal = options.seasonality != "none"
-    keys = [_group_key(engine, table, PIPELINE).label("p"),
-            _group_key(engine, table, NODE).label("n")]
+    keys = [
+        _group_key(engine, table, PIPELINE).label("p"),
+        _group_key(engine, table, NODE).label("n"),
+    ]
     if seasonal:
         keys.append(_bucket(engine, t, options.seasonality).label("b"))
     stats: list[Any] = list(keys)
     for name, col in metrics:
         value = sa.cast(col, sa.Float)
-        stats += [sa.func.count(col).label(f"{name}_n"), sa.func.sum(value).label(f"{name}_s"),
-                  sa.func.sum(value * value).label(f"{name}_ss"),
-                  sa.func.min(col).label(f"{name}_min")]
+        stats += [
+            sa.func.count(col).label(f"{name}_n"),
+            sa.func.sum(value).label(f"{name}_s"),
+            sa.func.sum(value * value).label(f"{name}_ss"),
+            sa.func.min(col).label(f"{name}_min"),
+        ]
     base = (
         sa.select(*stats)
         .where(table.c[STATUS] == SUCCESS, t >= training_start, t < since)
@@ -235,9 +264,14 @@ def _outliers(scope: Scope, options: HealthOptions) -> list[Any]:
     possible = []
     for name, col in metrics:
         possible.append(_could_be_anomalous(name, col, base, options))
-    selected = [table.c[RUN_ID], table.c[PIPELINE], table.c[NODE], t.label("t"),
-                *(col.label(name) for name, col in metrics),
-                *(base.c[f"{name}_{s}"] for name, _ in metrics for s in ("n", "s", "ss", "min"))]
+    selected = [
+        table.c[RUN_ID],
+        table.c[PIPELINE],
+        table.c[NODE],
+        t.label("t"),
+        *(col.label(name) for name, col in metrics),
+        *(base.c[f"{name}_{s}"] for name, _ in metrics for s in ("n", "s", "ss", "min")),
+    ]
     if ATTEMPT in table.c:
         selected.append(table.c[ATTEMPT].label("attempt"))
     if seasonal:
@@ -260,7 +294,7 @@ def _could_be_anomalous(name: str, col: Any, base: Any, options: HealthOptions) 
     var = (ss - s * s / sa.func.nullif(n, 0)) / sa.func.nullif(n - 1, 0)
     diff = x - mean
     far = sa.and_(
-        diff * diff >= _LOOSE * options.sensitivity ** 2 * var,
+        diff * diff >= _LOOSE * options.sensitivity**2 * var,
         sa.func.abs(diff) >= _LOOSE * options.min_change * sa.func.abs(mean),
     )
     condition = sa.and_(n >= options.min_points, col.is_not(None), far)
@@ -270,8 +304,17 @@ def _could_be_anomalous(name: str, col: Any, base: Any, options: HealthOptions) 
     return condition
 
 
-def zscore(x: float, n: int, s: float, ss: float, *, sensitivity: float, direction: str,
-           min_change: float, min_abs: float = 0.0) -> tuple[float, float, float] | None:
+def zscore(
+    x: float,
+    n: int,
+    s: float,
+    ss: float,
+    *,
+    sensitivity: float,
+    direction: str,
+    min_change: float,
+    min_abs: float = 0.0,
+) -> tuple[float, float, float] | None:
     """``(z, mean, stddev)`` when ``x`` is anomalous against a history of ``n`` values with sum
     ``s`` and sum of squares ``ss``; else None. ``z`` is infinite when the history never varied.
 
@@ -306,42 +349,66 @@ def _anomalies(rows: Iterable[Any], options: HealthOptions) -> list[Finding]:
         worst = max(runs, key=lambda r: abs(r["_z"]))
         unit = "ms" if kind == "duration_anomaly" else "rows"
         if kind == "zero_rows":
-            detail = (f"{len(runs)} recent SUCCESS run(s) processed 0 rows; all "
-                      f"{worst['_n']} runs of the training period had rows (at least "
-                      f"{worst['_min']:,}, mean {worst['_mean']:,.0f})")
+            detail = (
+                f"{len(runs)} recent SUCCESS run(s) processed 0 rows; all "
+                f"{worst['_n']} runs of the training period had rows (at least "
+                f"{worst['_min']:,}, mean {worst['_mean']:,.0f})"
+            )
         else:
             z = worst["_z"]
             z_text = "∞ (the history never varied)" if math.isinf(z) else f"{z:+.1f}"
-            detail = (f"{worst['_value']:,.0f} {unit} against a mean of {worst['_mean']:,.0f} "
-                      f"(stddev {worst['_sd']:,.1f}, {worst['_n']} runs): z = {z_text}; "
-                      f"{len(runs)} recent run(s) anomalous")
+            detail = (
+                f"{worst['_value']:,.0f} {unit} against a mean of {worst['_mean']:,.0f} "
+                f"(stddev {worst['_sd']:,.1f}, {worst['_n']} runs): z = {z_text}; "
+                f"{len(runs)} recent run(s) anomalous"
+            )
         evidence = {
-            "mean": finite(worst["_mean"]), "stddev": finite(worst["_sd"]),
-            "points": worst["_n"], "sensitivity": options.sensitivity,
-            "direction": (options.duration_direction if kind == "duration_anomaly"
-                          else options.volume_direction if kind == "volume_anomaly"
-                          else "drop"),
-            "min_change": options.min_change, "seasonality": options.seasonality,
+            "mean": finite(worst["_mean"]),
+            "stddev": finite(worst["_sd"]),
+            "points": worst["_n"],
+            "sensitivity": options.sensitivity,
+            "direction": (
+                options.duration_direction
+                if kind == "duration_anomaly"
+                else options.volume_direction
+                if kind == "volume_anomaly"
+                else "drop"
+            ),
+            "min_change": options.min_change,
+            "seasonality": options.seasonality,
         }
         if worst.get("bucket") is not None:
             evidence["bucket"] = worst["bucket"]
         if kind == "zero_rows":
             evidence["training_min_rows"] = worst["_min"]
-        findings.append(Finding(
-            kind=kind, pipeline=pipeline, node=node, score=abs(worst["_z"]),
-            baseline=worst["_mean"], value=worst["_value"], detail=detail, evidence=evidence,
-            runs=[{k: v for k, v in r.items() if not k.startswith("_")}
-                  for r in runs[:EVIDENCE_RUNS]],
-            runs_total=len(runs),
-        ))
+        findings.append(
+            Finding(
+                kind=kind,
+                pipeline=pipeline,
+                node=node,
+                score=abs(worst["_z"]),
+                baseline=worst["_mean"],
+                value=worst["_value"],
+                detail=detail,
+                evidence=evidence,
+                runs=[
+                    {k: v for k, v in r.items() if not k.startswith("_")}
+                    for r in runs[:EVIDENCE_RUNS]
+                ],
+                runs_total=len(runs),
+            )
+        )
     return findings
 
 
 def _judge_run(row: Any, options: HealthOptions) -> list[tuple[str, dict[str, Any]]]:
     """What is wrong with one recent run: ``(kind, the run as evidence)`` pairs."""
     out = []
-    base = {"run_id": str(row[RUN_ID]), "started_at": iso(_dt(row["t"])),
-            "attempt": row.get("attempt")}
+    base = {
+        "run_id": str(row[RUN_ID]),
+        "started_at": iso(_dt(row["t"])),
+        "attempt": row.get("attempt"),
+    }
     if row.get("b") is not None:
         base["bucket"] = row["b"]
     rows = row.get("rows")
@@ -349,28 +416,78 @@ def _judge_run(row: Any, options: HealthOptions) -> list[tuple[str, dict[str, An
         n, s, ss = int(row["rows_n"]), float(row["rows_s"]), float(row["rows_ss"])
         minimum = row["rows_min"]
         if rows == 0 and minimum is not None and minimum > 0 and n >= options.min_points:
-            out.append(("zero_rows", {**base, "rows_processed": 0, "_z": math.inf,
-                                      "_mean": s / n, "_sd": 0.0, "_n": n, "_value": 0.0,
-                                      "_min": int(minimum)}))
+            out.append(
+                (
+                    "zero_rows",
+                    {
+                        **base,
+                        "rows_processed": 0,
+                        "_z": math.inf,
+                        "_mean": s / n,
+                        "_sd": 0.0,
+                        "_n": n,
+                        "_value": 0.0,
+                        "_min": int(minimum),
+                    },
+                )
+            )
         else:
-            judged = zscore(float(rows), n, s, ss, sensitivity=options.sensitivity,
-                            direction=options.volume_direction, min_change=options.min_change)
+            judged = zscore(
+                float(rows),
+                n,
+                s,
+                ss,
+                sensitivity=options.sensitivity,
+                direction=options.volume_direction,
+                min_change=options.min_change,
+            )
             if judged is not None:
                 z, mean, sd = judged
-                out.append(("volume_anomaly", {**base, "rows_processed": int(rows),
-                                               "z": finite(z), "_z": z, "_mean": mean,
-                                               "_sd": sd, "_n": n, "_value": float(rows)}))
+                out.append(
+                    (
+                        "volume_anomaly",
+                        {
+                            **base,
+                            "rows_processed": int(rows),
+                            "z": finite(z),
+                            "_z": z,
+                            "_mean": mean,
+                            "_sd": sd,
+                            "_n": n,
+                            "_value": float(rows),
+                        },
+                    )
+                )
     duration = row.get("dur")
     if duration is not None and row.get("dur_n") is not None:
         n, s, ss = int(row["dur_n"]), float(row["dur_s"]), float(row["dur_ss"])
-        judged = zscore(float(duration), n, s, ss, sensitivity=options.sensitivity,
-                        direction=options.duration_direction, min_change=options.min_change,
-                        min_abs=options.duration_min_ms)
+        judged = zscore(
+            float(duration),
+            n,
+            s,
+            ss,
+            sensitivity=options.sensitivity,
+            direction=options.duration_direction,
+            min_change=options.min_change,
+            min_abs=options.duration_min_ms,
+        )
         if judged is not None:
             z, mean, sd = judged
-            out.append(("duration_anomaly", {**base, "duration_ms": int(duration),
-                                             "z": finite(z), "_z": z, "_mean": mean, "_sd": sd,
-                                             "_n": n, "_value": float(duration)}))
+            out.append(
+                (
+                    "duration_anomaly",
+                    {
+                        **base,
+                        "duration_ms": int(duration),
+                        "z": finite(z),
+                        "_z": z,
+                        "_mean": mean,
+                        "_sd": sd,
+                        "_n": n,
+                        "_value": float(duration),
+                    },
+                )
+            )
     return out
 
 
@@ -389,7 +506,8 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
 
     pipeline, node = _group_key(engine, table, PIPELINE), _group_key(engine, table, NODE)
     columns = [
-        pipeline.label("p"), node.label("n"),
+        pipeline.label("p"),
+        node.label("n"),
         count(ok).label("ok"),
         count(sa.and_(ok, t < since)).label("ok_training"),
         count(sa.and_(ok, t >= since)).label("ok_recent"),
@@ -400,22 +518,30 @@ def _summary(scope: Scope) -> dict[tuple[str, str], dict[str, Any]]:
     if PEAK_RSS in table.c and MEMORY_LIMIT in table.c:
         # The nodes memory_growth reads: a recent success with a peak and a limit.
         limited = sa.and_(ok, t >= since, table.c[MEMORY_LIMIT] > 0)
-        columns.append(sa.func.count(sa.case((limited, table.c[PEAK_RSS])))
-                       .label("peak_recent"))
+        columns.append(sa.func.count(sa.case((limited, table.c[PEAK_RSS]))).label("peak_recent"))
     if ATTEMPT in table.c:
         retried = sa.and_(ok, table.c[ATTEMPT] > 1)
-        columns += [count(retried).label("retried"),
-                    count(sa.and_(retried, t >= since)).label("retried_recent")]
-    query = (sa.select(*columns).where(t >= scope.training_start, t < scope.end)
-             .group_by(pipeline, node))
+        columns += [
+            count(retried).label("retried"),
+            count(sa.and_(retried, t >= since)).label("retried_recent"),
+        ]
+    query = (
+        sa.select(*columns).where(t >= scope.training_start, t < scope.end).group_by(pipeline, node)
+    )
     out: dict[tuple[str, str], dict[str, Any]] = {}
     with engine.connect() as conn:
         for row in conn.execute(query).mappings():
             item = dict(row)
             for key in ("first_ok", "last_ok", "last_failed"):
                 item[key] = _dt(item[key])
-            for key in ("ok", "ok_training", "ok_recent", "retried", "retried_recent",
-                        "peak_recent"):
+            for key in (
+                "ok",
+                "ok_training",
+                "ok_recent",
+                "retried",
+                "retried_recent",
+                "peak_recent",
+            ):
                 item[key] = int(item.get(key) or 0)
             out[(str(row["p"] or ""), str(row["n"] or ""))] = item
     return out
@@ -432,13 +558,22 @@ class _Evidence:
         self.training_start, self.end, self.result = scope.training_start, scope.end, result
         self.queries = 0
 
-    def runs(self, pipeline: str, node: str, condition: Any, *, after: datetime | None = None,
-             limit: int | None = None) -> list[dict[str, Any]] | None:
+    def runs(
+        self,
+        pipeline: str,
+        node: str,
+        condition: Any,
+        *,
+        after: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]] | None:
         """Matching runs, newest first; None beyond :data:`MAX_EVIDENCE_NODES` (with a note)."""
         if self.queries >= MAX_EVIDENCE_NODES:
             if self.queries == MAX_EVIDENCE_NODES:
-                self.result.notes.append(f"more than {MAX_EVIDENCE_NODES} nodes flagged: the "
-                                         "rest are reported without their runs")
+                self.result.notes.append(
+                    f"more than {MAX_EVIDENCE_NODES} nodes flagged: the "
+                    "rest are reported without their runs"
+                )
                 self.queries += 1
             return None
         self.queries += 1
@@ -446,10 +581,11 @@ class _Evidence:
         cols = [c[RUN_ID], self.t.label("t"), c[STATUS]]
         cols += [c[name] for name in (ATTEMPT, ERROR_TYPE) if name in c]
         lower = self.t > after if after is not None else self.t >= self.training_start
-        query = (sa.select(*cols)
-                 .where(c[PIPELINE] == pipeline, c[NODE] == node, lower, self.t < self.end,
-                        condition)
-                 .order_by(self.t.desc()))
+        query = (
+            sa.select(*cols)
+            .where(c[PIPELINE] == pipeline, c[NODE] == node, lower, self.t < self.end, condition)
+            .order_by(self.t.desc())
+        )
         if limit is not None:
             query = query.limit(limit)
         try:
@@ -458,13 +594,21 @@ class _Evidence:
         except SQLAlchemyError as exc:
             self.result.notes.append(f"runs of {pipeline}/{node} not read: {_first_line(exc)}")
             return None
-        return [{"run_id": str(r[RUN_ID]), "started_at": iso(_dt(r["t"])),
-                 "status": r[STATUS], "attempt": r.get(ATTEMPT),
-                 "error_type": r.get(ERROR_TYPE)} for r in rows]
+        return [
+            {
+                "run_id": str(r[RUN_ID]),
+                "started_at": iso(_dt(r["t"])),
+                "status": r[STATUS],
+                "attempt": r.get(ATTEMPT),
+                "error_type": r.get(ERROR_TYPE),
+            }
+            for r in rows
+        ]
 
 
-def _freshness(summary: dict[tuple[str, str], dict[str, Any]], options: HealthOptions,
-               evidence: _Evidence) -> list[Finding]:
+def _freshness(
+    summary: dict[tuple[str, str], dict[str, Any]], options: HealthOptions, evidence: _Evidence
+) -> list[Finding]:
     findings = []
     end, training_start = evidence.end, evidence.training_start
     for (pipeline, node), s in summary.items():
@@ -477,16 +621,27 @@ def _freshness(summary: dict[tuple[str, str], dict[str, Any]], options: HealthOp
     seen = set(summary)
     for rule in options.rules:  # declared nodes with no run at all in the period
         if rule.exact and rule.freshness_sla and (rule.pipeline, rule.node) not in seen:
-            finding = _stale(rule.pipeline, rule.node,
-                             {"ok": 0, "first_ok": None, "last_ok": None}, options, end,
-                             training_start)
+            finding = _stale(
+                rule.pipeline,
+                rule.node,
+                {"ok": 0, "first_ok": None, "last_ok": None},
+                options,
+                end,
+                training_start,
+            )
             if finding is not None:
                 findings.append(finding)
     return findings
 
 
-def _stale(pipeline: str, node: str, s: dict[str, Any], options: HealthOptions,  # noqa: PLR0917
-           end: datetime, training_start: datetime) -> Finding | None:
+def _stale(  # noqa: PLR0917
+    pipeline: str,
+    node: str,
+    s: dict[str, Any],
+    options: HealthOptions,
+    end: datetime,
+    training_start: datetime,
+) -> Finding | None:
     """A ``freshness`` finding when the node's last success is older than it may be."""
     rule = options.rule(pipeline, node)
     successes, first_ok, last_ok = int(s["ok"]), s["first_ok"], s["last_ok"]
@@ -495,32 +650,50 @@ def _stale(pipeline: str, node: str, s: dict[str, Any], options: HealthOptions, 
     if rule is not None and rule.freshness_sla is not None:
         allowed, basis = rule.freshness_sla, "declared SLA"
         cadence = None
-    elif (successes >= options.min_points and first_ok is not None and last_ok is not None
-          and last_ok > first_ok):
+    elif (
+        successes >= options.min_points
+        and first_ok is not None
+        and last_ok is not None
+        and last_ok > first_ok
+    ):
         cadence = (last_ok - first_ok) / (successes - 1)
         allowed = max(cadence * options.freshness_factor, options.freshness_min)
-        basis = (f"learned: {options.freshness_factor:g} x the mean interval of "
-                 f"{_human(cadence)} between {successes} successes")
+        basis = (
+            f"learned: {options.freshness_factor:g} x the mean interval of "
+            f"{_human(cadence)} between {successes} successes"
+        )
     else:
         return None
     age = end - (last_ok or training_start)
     if age <= allowed:
         return None
-    since_text = (f"last SUCCESS {iso(last_ok)}" if last_ok
-                  else f"no SUCCESS since {iso(training_start)} (the whole training period)")
+    since_text = (
+        f"last SUCCESS {iso(last_ok)}"
+        if last_ok
+        else f"no SUCCESS since {iso(training_start)} (the whole training period)"
+    )
     return Finding(
-        kind="freshness", pipeline=pipeline, node=node, score=age / allowed,
-        baseline=allowed.total_seconds(), value=age.total_seconds(),
+        kind="freshness",
+        pipeline=pipeline,
+        node=node,
+        score=age / allowed,
+        baseline=allowed.total_seconds(),
+        value=age.total_seconds(),
         detail=f"{since_text}, {_human(age)} ago; allowed {_human(allowed)} ({basis})",
-        evidence={"last_success": iso(last_ok), "age_seconds": age.total_seconds(),
-                  "allowed_seconds": allowed.total_seconds(), "basis": basis.split(":")[0],
-                  "cadence_seconds": None if cadence is None else cadence.total_seconds(),
-                  "successes": successes},
+        evidence={
+            "last_success": iso(last_ok),
+            "age_seconds": age.total_seconds(),
+            "allowed_seconds": allowed.total_seconds(),
+            "basis": basis.split(":")[0],
+            "cadence_seconds": None if cadence is None else cadence.total_seconds(),
+            "successes": successes,
+        },
     )
 
 
-def _streaks(summary: dict[tuple[str, str], dict[str, Any]], options: HealthOptions,
-             evidence: _Evidence) -> list[Finding]:
+def _streaks(
+    summary: dict[tuple[str, str], dict[str, Any]], options: HealthOptions, evidence: _Evidence
+) -> list[Finding]:
     findings = []
     status = evidence.table.c[STATUS]
     for (pipeline, node), s in summary.items():
@@ -531,24 +704,41 @@ def _streaks(summary: dict[tuple[str, str], dict[str, Any]], options: HealthOpti
         if runs is None or len(runs) < options.failure_streak:
             continue
         first = runs[-1]
-        since = f"since the last SUCCESS {iso(last_ok)}" if last_ok else \
-            "and none succeeded in the training period"
-        findings.append(Finding(
-            kind="failure_streak", pipeline=pipeline, node=node, score=float(len(runs)),
-            baseline=float(options.failure_streak), value=float(len(runs)),
-            detail=f"the last {len(runs)} runs failed {since}; first failure "
-                   f"{first['started_at']}: {first.get('error_type') or first['status']}",
-            evidence={"streak": len(runs), "threshold": options.failure_streak,
-                      "last_success": iso(last_ok), "first_failure": first["started_at"],
-                      "error_types": sorted({str(r.get('error_type') or r['status'])
-                                             for r in runs})},
-            runs=runs[:EVIDENCE_RUNS], runs_total=len(runs),
-        ))
+        since = (
+            f"since the last SUCCESS {iso(last_ok)}"
+            if last_ok
+            else "and none succeeded in the training period"
+        )
+        findings.append(
+            Finding(
+                kind="failure_streak",
+                pipeline=pipeline,
+                node=node,
+                score=float(len(runs)),
+                baseline=float(options.failure_streak),
+                value=float(len(runs)),
+                detail=f"the last {len(runs)} runs failed {since}; first failure "
+                f"{first['started_at']}: {first.get('error_type') or first['status']}",
+                evidence={
+                    "streak": len(runs),
+                    "threshold": options.failure_streak,
+                    "last_success": iso(last_ok),
+                    "first_failure": first["started_at"],
+                    "error_types": sorted({str(r.get("error_type") or r["status"]) for r in runs}),
+                },
+                runs=runs[:EVIDENCE_RUNS],
+                runs_total=len(runs),
+            )
+        )
     return findings
 
 
-def _flaky(summary: dict[tuple[str, str], dict[str, Any]], options: HealthOptions,
-           evidence: _Evidence, has_attempt: bool) -> list[Finding]:
+def _flaky(
+    summary: dict[tuple[str, str], dict[str, Any]],
+    options: HealthOptions,
+    evidence: _Evidence,
+    has_attempt: bool,
+) -> list[Finding]:
     if not has_attempt:
         return []
     findings = []
@@ -556,19 +746,34 @@ def _flaky(summary: dict[tuple[str, str], dict[str, Any]], options: HealthOption
     for (pipeline, node), s in summary.items():
         if s["retried"] < options.flaky_min or s["retried_recent"] < 1:
             continue
-        runs = evidence.runs(pipeline, node, sa.and_(c[STATUS] == SUCCESS, c[ATTEMPT] > 1),
-                             limit=EVIDENCE_RUNS) or []
+        runs = (
+            evidence.runs(
+                pipeline, node, sa.and_(c[STATUS] == SUCCESS, c[ATTEMPT] > 1), limit=EVIDENCE_RUNS
+            )
+            or []
+        )
         share = s["retried"] / max(s["ok"], 1)
-        findings.append(Finding(
-            kind="flaky", pipeline=pipeline, node=node, score=float(s["retried"]),
-            baseline=float(options.flaky_min), value=float(s["retried"]),
-            detail=f"{s['retried']} of {s['ok']} successes ({share:.0%}) needed a retry, "
-                   f"{s['retried_recent']} of them recently",
-            evidence={"retried_successes": s["retried"], "recent": s["retried_recent"],
-                      "successes": s["ok"], "share": round(share, 6),
-                      "threshold": options.flaky_min},
-            runs=runs, runs_total=s["retried"],
-        ))
+        findings.append(
+            Finding(
+                kind="flaky",
+                pipeline=pipeline,
+                node=node,
+                score=float(s["retried"]),
+                baseline=float(options.flaky_min),
+                value=float(s["retried"]),
+                detail=f"{s['retried']} of {s['ok']} successes ({share:.0%}) needed a retry, "
+                f"{s['retried_recent']} of them recently",
+                evidence={
+                    "retried_successes": s["retried"],
+                    "recent": s["retried_recent"],
+                    "successes": s["ok"],
+                    "share": round(share, 6),
+                    "threshold": options.flaky_min,
+                },
+                runs=runs,
+                runs_total=s["retried"],
+            )
+        )
     return findings
 
 

@@ -23,16 +23,30 @@ from odibi_observe.reconcile.model import iso
 #: Findings listed in the HTML (the JSON report has them all).
 HTML_ROWS: Final = 500
 
-KIND_COLOURS: Final = dict(zip(HEALTH_FINDING_KINDS, (
-    "#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
-    "#e377c2",
-), strict=True))
+KIND_COLOURS: Final = dict(
+    zip(
+        HEALTH_FINDING_KINDS,
+        (
+            "#1f77b4",
+            "#d62728",
+            "#9467bd",
+            "#ff7f0e",
+            "#8c564b",
+            "#17becf",
+            "#e377c2",
+        ),
+        strict=True,
+    )
+)
 
-_CSS: Final = BASE_CSS + """
+_CSS: Final = (
+    BASE_CSS
+    + """
 .cards{grid-template-columns:repeat(6,1fr)}
 td.ev{width:230px}
 .state-new{background:#d0342c}.state-open{background:#d98b00}.state-unrecorded{background:#7f7f7f}
 """
+)
 
 
 def render_html(result: HealthResult, *, max_rows: int = HTML_ROWS) -> str:
@@ -52,12 +66,12 @@ def render_html(result: HealthResult, *, max_rows: int = HTML_ROWS) -> str:
         f'<div class="top"><h1>odibi-observe data health</h1>'
         f'<span class="verdict {css}">{escape(text)}</span></div>',
         f'<div class="meta">Recent runs {escape(iso(window.since) or "")} → '
-        f'{escape(iso(window.end) or "")}, each node against its own history since '
-        f'{escape(iso(result.training_start) or "")} · catalog <code>{escape(result.catalog)}'
-        f'</code> · generated {escape(iso(generated) or "")}</div>',
+        f"{escape(iso(window.end) or '')}, each node against its own history since "
+        f"{escape(iso(result.training_start) or '')} · catalog <code>{escape(result.catalog)}"
+        f"</code> · generated {escape(iso(generated) or '')}</div>",
         _cards(result),
         f'<div class="panel" style="margin-top:16px"><h2>Findings by kind</h2>'
-        f'{_kind_chart(result)}</div>',
+        f"{_kind_chart(result)}</div>",
         _findings(result, max_rows),
         _todo(result),
         _resolved(result),
@@ -80,11 +94,15 @@ def _cards(result: HealthResult) -> str:
     ]
     html = "".join(
         f'<div class="card{" alert" if alert else ""}"><div class="n">{escape(value)}</div>'
-        f'<div class="l">{escape(label)}</div></div>' for label, value, alert in cards)
+        f'<div class="l">{escape(label)}</div></div>'
+        for label, value, alert in cards
+    )
     notes = list(result.notes)
     if not recorded:
-        notes.append("findings not recorded (no meta_health_findings table, or --no-record): "
-                     "every finding is shown without its open/new state")
+        notes.append(
+            "findings not recorded (no meta_health_findings table, or --no-record): "
+            "every finding is shown without its open/new state"
+        )
     note = f'<div class="meta">{escape("; ".join(notes))}</div>' if notes else ""
     return f'<div class="cards">{html}</div>{note}'
 
@@ -104,10 +122,13 @@ def _kind_chart(result: HealthResult) -> str:
             f'fill="{"#1d2330" if count else "#8a93a3"}">{escape(kind)}</text>'
             f'<rect x="{label_w}" y="{y + 3}" width="{width}" height="16" rx="3" '
             f'fill="{KIND_COLOURS[kind]}"><title>{escape(kind)}: {count}</title></rect>'
-            f'<text x="{label_w + width + 6}" y="{y + 15}" font-size="12">{count}</text>')
+            f'<text x="{label_w + width + 6}" y="{y + 15}" font-size="12">{count}</text>'
+        )
     width, height = label_w + bar_w + 60, row_h * len(counts) + 6
-    return (f'<svg width="{width}" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="findings by kind">{"".join(rows)}</svg>')
+    return (
+        f'<svg width="{width}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="findings by kind">{"".join(rows)}</svg>'
+    )
 
 
 def _band(finding: Finding) -> str:
@@ -117,14 +138,16 @@ def _band(finding: Finding) -> str:
     if finding.kind == "freshness":
         allowed, age = finding.baseline or 0.0, finding.value or 0.0
         top = max(allowed, age) or 1.0
-        return (f'<svg width="220" height="34" role="img" aria-label="age against allowed">'
-                f'<rect x="0" y="8" width="{200 * allowed / top:.1f}" height="10" rx="3" '
-                f'fill="#cfe3cf"><title>allowed</title></rect>'
-                f'<rect x="0" y="11" width="{200 * age / top:.1f}" height="4" fill="#d0342c">'
-                f'<title>age</title></rect><line x1="{200 * allowed / top:.1f}" '
-                f'x2="{200 * allowed / top:.1f}" y1="4" y2="22" stroke="#2e9e44"/>'
-                f'<text x="0" y="31" font-size="10" fill="#5b6578">'
-                f'age {escape(_seconds(age))} / allowed {escape(_seconds(allowed))}</text></svg>')
+        return (
+            f'<svg width="220" height="34" role="img" aria-label="age against allowed">'
+            f'<rect x="0" y="8" width="{200 * allowed / top:.1f}" height="10" rx="3" '
+            f'fill="#cfe3cf"><title>allowed</title></rect>'
+            f'<rect x="0" y="11" width="{200 * age / top:.1f}" height="4" fill="#d0342c">'
+            f'<title>age</title></rect><line x1="{200 * allowed / top:.1f}" '
+            f'x2="{200 * allowed / top:.1f}" y1="4" y2="22" stroke="#2e9e44"/>'
+            f'<text x="0" y="31" font-size="10" fill="#5b6578">'
+            f"age {escape(_seconds(age))} / allowed {escape(_seconds(allowed))}</text></svg>"
+        )
     if finding.kind == "memory_growth":
         return _memory(finding)
     if mean is None or value is None:
@@ -140,14 +163,16 @@ def _band(finding: Finding) -> str:
     def x(v: float) -> float:
         return 200 * (v - lo) / (hi - lo)
 
-    return (f'<svg width="220" height="34" role="img" aria-label="value against normal band">'
-            f'<line x1="0" x2="200" y1="13" y2="13" stroke="#e3e7ee"/>'
-            f'<rect x="{x(low):.1f}" y="7" width="{max(x(high) - x(low), 1.5):.1f}" height="12" '
-            f'rx="3" fill="#cfe3cf"><title>normal: {low:,.0f} .. {high:,.0f}</title></rect>'
-            f'<line x1="{x(mean):.1f}" x2="{x(mean):.1f}" y1="5" y2="21" stroke="#2e9e44"/>'
-            f'<circle cx="{x(value):.1f}" cy="13" r="5" fill="#d0342c"><title>value '
-            f'{value:,.0f}</title></circle><text x="0" y="31" font-size="10" fill="#5b6578">'
-            f'mean {mean:,.0f} · value {value:,.0f}</text></svg>')
+    return (
+        f'<svg width="220" height="34" role="img" aria-label="value against normal band">'
+        f'<line x1="0" x2="200" y1="13" y2="13" stroke="#e3e7ee"/>'
+        f'<rect x="{x(low):.1f}" y="7" width="{max(x(high) - x(low), 1.5):.1f}" height="12" '
+        f'rx="3" fill="#cfe3cf"><title>normal: {low:,.0f} .. {high:,.0f}</title></rect>'
+        f'<line x1="{x(mean):.1f}" x2="{x(mean):.1f}" y1="5" y2="21" stroke="#2e9e44"/>'
+        f'<circle cx="{x(value):.1f}" cy="13" r="5" fill="#d0342c"><title>value '
+        f'{value:,.0f}</title></circle><text x="0" y="31" font-size="10" fill="#5b6578">'
+        f"mean {mean:,.0f} · value {value:,.0f}</text></svg>"
+    )
 
 
 def _memory(finding: Finding) -> str:
@@ -164,17 +189,19 @@ def _memory(finding: Finding) -> str:
         return 200 * min(max(v / limit, 0.0), 1.0)
 
     mib = 1024 * 1024
-    return (f'<svg width="220" height="34" role="img" aria-label="peak memory against limit">'
-            f'<rect x="0" y="7" width="200" height="12" rx="3" fill="#e3e7ee"><title>limit '
-            f'{limit / mib:,.0f} MiB</title></rect>'
-            f'<line x1="{200 * threshold:.1f}" x2="{200 * threshold:.1f}" y1="3" y2="23" '
-            f'stroke="#d98b00"><title>{threshold:.0%} of the limit</title></line>'
-            f'<line x1="{x(start):.1f}" x2="{x(start):.1f}" y1="5" y2="21" stroke="#2e9e44">'
-            f'<title>trend start {start / mib:,.0f} MiB</title></line>'
-            f'<circle cx="{x(last):.1f}" cy="13" r="5" fill="#d0342c"><title>last '
-            f'{last / mib:,.0f} MiB</title></circle><text x="0" y="31" font-size="10" '
-            f'fill="#5b6578">last {last / mib:,.0f} MiB · limit {limit / mib:,.0f} MiB</text>'
-            f'</svg>')
+    return (
+        f'<svg width="220" height="34" role="img" aria-label="peak memory against limit">'
+        f'<rect x="0" y="7" width="200" height="12" rx="3" fill="#e3e7ee"><title>limit '
+        f"{limit / mib:,.0f} MiB</title></rect>"
+        f'<line x1="{200 * threshold:.1f}" x2="{200 * threshold:.1f}" y1="3" y2="23" '
+        f'stroke="#d98b00"><title>{threshold:.0%} of the limit</title></line>'
+        f'<line x1="{x(start):.1f}" x2="{x(start):.1f}" y1="5" y2="21" stroke="#2e9e44">'
+        f"<title>trend start {start / mib:,.0f} MiB</title></line>"
+        f'<circle cx="{x(last):.1f}" cy="13" r="5" fill="#d0342c"><title>last '
+        f'{last / mib:,.0f} MiB</title></circle><text x="0" y="31" font-size="10" '
+        f'fill="#5b6578">last {last / mib:,.0f} MiB · limit {limit / mib:,.0f} MiB</text>'
+        f"</svg>"
+    )
 
 
 def _seconds(value: float) -> str:
@@ -190,25 +217,36 @@ def _findings(result: HealthResult, max_rows: int) -> str:
         return ""
     body = []
     for f in ordered[:max_rows]:
-        state = {"new": "new", "open": f"open · {f.passes} passes",
-                 "unrecorded": "not recorded"}.get(f.state, f.state)
-        since = (f'<div class="sub">since {escape(iso(f.opened_at) or "")}</div>'
-                 if f.state == "open" else "")
+        state = {
+            "new": "new",
+            "open": f"open · {f.passes} passes",
+            "unrecorded": "not recorded",
+        }.get(f.state, f.state)
+        since = (
+            f'<div class="sub">since {escape(iso(f.opened_at) or "")}</div>'
+            if f.state == "open"
+            else ""
+        )
         score = "∞" if math.isinf(f.score) else f"{f.score:,.1f}"
-        runs = ", ".join(f'<code>{escape(str(r.get("run_id")))}</code>' for r in f.runs[:3])
+        runs = ", ".join(f"<code>{escape(str(r.get('run_id')))}</code>" for r in f.runs[:3])
         more = f" +{f.runs_total - 3} more" if f.runs_total > 3 else ""
         body.append(
             f'<tr><td><span class="badge" style="background:{KIND_COLOURS[f.kind]}">'
-            f'{escape(f.kind)}</span></td><td>{escape(f.pipeline)}</td><td>{escape(f.node)}</td>'
+            f"{escape(f.kind)}</span></td><td>{escape(f.pipeline)}</td><td>{escape(f.node)}</td>"
             f'<td><span class="badge state-{escape(f.state)}">{escape(state)}</span>{since}</td>'
             f'<td class="num">{escape(score)}</td><td class="ev">{_band(f)}</td>'
-            f'<td>{escape(f.detail)}<div class="sub">{runs}{escape(more)}</div></td></tr>')
+            f'<td>{escape(f.detail)}<div class="sub">{runs}{escape(more)}</div></td></tr>'
+        )
     if len(ordered) > max_rows:
-        body.append(f'<tr><td colspan="7" class="sub">{len(ordered) - max_rows:,} more in '
-                    'health.json</td></tr>')
-    return ('<h2>Findings</h2><table><thead><tr><th>kind</th><th>pipeline</th><th>node</th>'
-            '<th>state</th><th class="num">score</th><th>evidence</th><th>detail and runs'
-            f'</th></tr></thead><tbody>{"".join(body)}</tbody></table>')
+        body.append(
+            f'<tr><td colspan="7" class="sub">{len(ordered) - max_rows:,} more in '
+            "health.json</td></tr>"
+        )
+    return (
+        "<h2>Findings</h2><table><thead><tr><th>kind</th><th>pipeline</th><th>node</th>"
+        '<th>state</th><th class="num">score</th><th>evidence</th><th>detail and runs'
+        f"</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _todo(result: HealthResult) -> str:
@@ -218,7 +256,9 @@ def _todo(result: HealthResult) -> str:
     cards = "".join(
         f'<div class="kind" style="border-left-color:{KIND_COLOURS[k]}"><b>{escape(KINDS[k].title)}'
         f'</b> <code>{escape(k)}</code><div class="sub">{escape(KINDS[k].method)}</div>'
-        f'<div>{escape(KINDS[k].todo)}</div></div>' for k in found)
+        f"<div>{escape(KINDS[k].todo)}</div></div>"
+        for k in found
+    )
     return f'<h2>What to do</h2><div class="kinds">{cards}</div>'
 
 
@@ -226,22 +266,27 @@ def _resolved(result: HealthResult) -> str:
     if not result.resolved:
         return ""
     rows = "".join(
-        f'<tr><td><code>{escape(str(r["kind"]))}</code></td><td>{escape(str(r["pipeline"]))}'
-        f'</td><td>{escape(str(r["node"]))}</td><td>{escape(str(r["opened_at"]))}</td>'
+        f"<tr><td><code>{escape(str(r['kind']))}</code></td><td>{escape(str(r['pipeline']))}"
+        f"</td><td>{escape(str(r['node']))}</td><td>{escape(str(r['opened_at']))}</td>"
         f'<td>{escape(str(r["last_seen_at"]))}</td><td class="num">{r["passes"]}</td></tr>'
-        for r in result.resolved[:HTML_ROWS])
-    return ('<h2>Resolved by this pass</h2><table><thead><tr><th>kind</th><th>pipeline</th>'
-            '<th>node</th><th>opened</th><th>last seen</th><th class="num">passes</th></tr>'
-            f'</thead><tbody>{rows}</tbody></table>')
+        for r in result.resolved[:HTML_ROWS]
+    )
+    return (
+        "<h2>Resolved by this pass</h2><table><thead><tr><th>kind</th><th>pipeline</th>"
+        '<th>node</th><th>opened</th><th>last seen</th><th class="num">passes</th></tr>'
+        f"</thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def _footer(result: HealthResult) -> str:
     o: dict[str, Any] = result.options.to_dict()
-    text = (f"sensitivity {o['sensitivity']:g} · training {o['training_span_days']:g} d · "
-            f"min points {o['min_points']} · volume {o['volume_direction']} · duration "
-            f"{o['duration_direction']} · min change {o['min_change']:.0%} · seasonality "
-            f"{o['seasonality']} · freshness {o['freshness_factor']:g}x cadence · streak "
-            f"{o['failure_streak']} · flaky {o['flaky_min']} · memory "
-            f"{o['memory_threshold']:.0%} of the limit within {o['memory_horizon']} runs, "
-            f"fitted to {o['memory_runs']} · {result.seconds:.2f} s")
-    return f'<footer>{escape(text)}</footer>'
+    text = (
+        f"sensitivity {o['sensitivity']:g} · training {o['training_span_days']:g} d · "
+        f"min points {o['min_points']} · volume {o['volume_direction']} · duration "
+        f"{o['duration_direction']} · min change {o['min_change']:.0%} · seasonality "
+        f"{o['seasonality']} · freshness {o['freshness_factor']:g}x cadence · streak "
+        f"{o['failure_streak']} · flaky {o['flaky_min']} · memory "
+        f"{o['memory_threshold']:.0%} of the limit within {o['memory_horizon']} runs, "
+        f"fitted to {o['memory_runs']} · {result.seconds:.2f} s"
+    )
+    return f"<footer>{escape(text)}</footer>"

@@ -71,8 +71,9 @@ class Trend:
         return (level - self.fitted_last) / self.slope
 
 
-def fit(points: int, sx: float, sy: float, sxy: float, sxx: float, *, last: float,
-        limit: float) -> Trend | None:
+def fit(
+    points: int, sx: float, sy: float, sxy: float, sxx: float, *, last: float, limit: float
+) -> Trend | None:
     """The trend of ``points`` runs from their sums (``x`` the run number); None when the runs
     cannot carry a line (fewer than 2)."""
     denominator = points * sxx - sx * sx
@@ -97,8 +98,12 @@ def judge(trend: Trend, options: HealthOptions) -> float | None:
     return runs
 
 
-def memory_growth(scope: Any, options: HealthOptions, result: HealthResult,
-                  summary: dict[tuple[str, str], dict[str, Any]]) -> list[Finding]:
+def memory_growth(
+    scope: Any,
+    options: HealthOptions,
+    result: HealthResult,
+    summary: dict[tuple[str, str], dict[str, Any]],
+) -> list[Finding]:
     """The ``memory_growth`` findings of one pass (``scope`` is detect's :class:`Scope`,
     ``summary`` its node summary, which counts each node's recent successes with a peak and
     a limit)."""
@@ -120,17 +125,24 @@ def memory_growth(scope: Any, options: HealthOptions, result: HealthResult,
     return findings
 
 
-def _judge_node(pipeline: str, node: str, runs: list[dict[str, Any]],
-                options: HealthOptions) -> Finding | None:
+def _judge_node(
+    pipeline: str, node: str, runs: list[dict[str, Any]], options: HealthOptions
+) -> Finding | None:
     """A finding when the node's runs (newest first) trend into its limit."""
     limit = runs[0][MEMORY_LIMIT] if runs else None
     if len(runs) < options.min_points or limit is None or limit <= 0:
         return None  # too little history, or no limit: nothing to run into
     ys = [float(r[PEAK_RSS]) for r in reversed(runs)]  # oldest first
     xs = range(len(ys))
-    trend = fit(len(ys), float(sum(xs)), sum(ys),
-                sum(x * y for x, y in zip(xs, ys, strict=True)),
-                float(sum(x * x for x in xs)), last=ys[-1], limit=float(limit))
+    trend = fit(
+        len(ys),
+        float(sum(xs)),
+        sum(ys),
+        sum(x * y for x, y in zip(xs, ys, strict=True)),
+        float(sum(x * x for x in xs)),
+        last=ys[-1],
+        limit=float(limit),
+    )
     if trend is None:
         return None
     to_threshold = judge(trend, options)
@@ -142,41 +154,70 @@ def _judge_node(pipeline: str, node: str, runs: list[dict[str, Any]],
     return finding
 
 
-def _finding(pipeline: str, node: str, trend: Trend, runs: float,
-             options: HealthOptions) -> Finding:
+def _finding(
+    pipeline: str, node: str, trend: Trend, runs: float, options: HealthOptions
+) -> Finding:
     level = options.memory_threshold * trend.limit
     share = trend.last / trend.limit
     if runs == 0:
         when = f"already at {share:.0%} of its limit"
     else:
         when = f"reaches {options.memory_threshold:.0%} of its limit in {runs:.1f} run(s)"
-    detail = (f"peak memory {trend.last / _MIB:,.0f} MiB of a {trend.limit / _MIB:,.0f} MiB "
-              f"limit, growing {trend.slope / _MIB:+,.1f} MiB per run over the last "
-              f"{trend.points} runs (from {trend.start / _MIB:,.0f} MiB): {when}")
+    detail = (
+        f"peak memory {trend.last / _MIB:,.0f} MiB of a {trend.limit / _MIB:,.0f} MiB "
+        f"limit, growing {trend.slope / _MIB:+,.1f} MiB per run over the last "
+        f"{trend.points} runs (from {trend.start / _MIB:,.0f} MiB): {when}"
+    )
     return Finding(
-        kind=KIND, pipeline=pipeline, node=node, score=share,
-        baseline=trend.start, value=trend.last, detail=detail,
-        evidence={"baseline_bytes": finite(trend.start), "slope_bytes_per_run":
-                  finite(trend.slope), "last_bytes": finite(trend.last),
-                  "limit_bytes": finite(trend.limit), "threshold": options.memory_threshold,
-                  "threshold_bytes": finite(level), "runs_to_threshold": finite(runs),
-                  "points": trend.points, "horizon_runs": options.memory_horizon},
+        kind=KIND,
+        pipeline=pipeline,
+        node=node,
+        score=share,
+        baseline=trend.start,
+        value=trend.last,
+        detail=detail,
+        evidence={
+            "baseline_bytes": finite(trend.start),
+            "slope_bytes_per_run": finite(trend.slope),
+            "last_bytes": finite(trend.last),
+            "limit_bytes": finite(trend.limit),
+            "threshold": options.memory_threshold,
+            "threshold_bytes": finite(level),
+            "runs_to_threshold": finite(runs),
+            "points": trend.points,
+            "horizon_runs": options.memory_horizon,
+        },
     )
 
 
-def _runs(conn: Any, scope: Any, pipeline: str, node: str,
-          options: HealthOptions) -> list[dict[str, Any]]:
+def _runs(
+    conn: Any, scope: Any, pipeline: str, node: str, options: HealthOptions
+) -> list[dict[str, Any]]:
     """The node's newest ``memory_runs`` SUCCESS runs with a peak, newest first (by the
     ``(pipeline_name, node_name, started_at)`` index, from the newest backwards)."""
     c, t = scope.table.c, scope.t
-    query = (sa.select(c[RUN_ID], t.label("t"), c[PEAK_RSS], c[MEMORY_LIMIT])
-             .where(c[PIPELINE] == pipeline, c[NODE] == node, c[STATUS] == SUCCESS,
-                    c[PEAK_RSS].is_not(None), t >= scope.training_start, t < scope.end)
-             .order_by(t.desc()).limit(options.memory_runs))
-    return [{"run_id": str(r[RUN_ID]), "started_at": iso(_dt(r["t"])),
-             PEAK_RSS: int(r[PEAK_RSS]),
-             MEMORY_LIMIT: None if r[MEMORY_LIMIT] is None else int(r[MEMORY_LIMIT])}
-            for r in conn.execute(query).mappings()]
+    query = (
+        sa.select(c[RUN_ID], t.label("t"), c[PEAK_RSS], c[MEMORY_LIMIT])
+        .where(
+            c[PIPELINE] == pipeline,
+            c[NODE] == node,
+            c[STATUS] == SUCCESS,
+            c[PEAK_RSS].is_not(None),
+            t >= scope.training_start,
+            t < scope.end,
+        )
+        .order_by(t.desc())
+        .limit(options.memory_runs)
+    )
+    return [
+        {
+            "run_id": str(r[RUN_ID]),
+            "started_at": iso(_dt(r["t"])),
+            PEAK_RSS: int(r[PEAK_RSS]),
+            MEMORY_LIMIT: None if r[MEMORY_LIMIT] is None else int(r[MEMORY_LIMIT]),
+        }
+        for r in conn.execute(query).mappings()
+    ]
 
 
 def _dt(value: Any) -> datetime | None:

@@ -68,8 +68,7 @@ KINDS: Final = {
     ),
     "failure_streak": KindInfo(
         "Failure streak",
-        "the node's last FAILURE_STREAK or more runs failed or crashed, with no SUCCESS "
-        "in between",
+        "the node's last FAILURE_STREAK or more runs failed or crashed, with no SUCCESS in between",
         "Read the first failure's error and suggestions (`odibi-observe runs --node NODE "
         "--failures`); retries will not fix it.",
     ),
@@ -106,8 +105,7 @@ class NodeRule:
     skip: frozenset[str] = frozenset()
 
     def matches(self, pipeline: str, node: str) -> bool:
-        return fnmatch.fnmatchcase(pipeline, self.pipeline) and fnmatch.fnmatchcase(
-            node, self.node)
+        return fnmatch.fnmatchcase(pipeline, self.pipeline) and fnmatch.fnmatchcase(node, self.node)
 
     @property
     def exact(self) -> bool:
@@ -123,8 +121,10 @@ def load_rules(path: str | Path) -> tuple[NodeRule, ...]:
         raise ConfigurationError(f"health config {path}: {exc}") from None
     unknown_top = set(data) - {"node"}
     if unknown_top:
-        raise ConfigurationError(f"health config {path}: unknown key(s) "
-                                 f"{', '.join(sorted(unknown_top))} (expected [[node]] entries)")
+        raise ConfigurationError(
+            f"health config {path}: unknown key(s) "
+            f"{', '.join(sorted(unknown_top))} (expected [[node]] entries)"
+        )
     entries = data.get("node", [])
     if not isinstance(entries, list):
         raise ConfigurationError(f"health config {path}: 'node' must be [[node]] entries")
@@ -150,11 +150,12 @@ def _rule(path: str | Path, number: int, entry: Any) -> NodeRule:
             try:
                 sla = timedelta(seconds=parse_duration(str(raw)))
             except ValueError as exc:
-                raise ConfigurationError(f"{where}: freshness_sla: {exc} (or \"off\")") from None
+                raise ConfigurationError(f'{where}: freshness_sla: {exc} (or "off")') from None
     skip = entry.get("skip", [])
     if not isinstance(skip, list) or any(k not in HEALTH_FINDING_KINDS for k in skip):
-        raise ConfigurationError(f"{where}: skip must list finding kinds of "
-                                 f"{', '.join(HEALTH_FINDING_KINDS)}")
+        raise ConfigurationError(
+            f"{where}: skip must list finding kinds of {', '.join(HEALTH_FINDING_KINDS)}"
+        )
     return NodeRule(pipeline, node, sla, off, frozenset(skip))
 
 
@@ -184,14 +185,24 @@ class HealthOptions:
             raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}")
         if self.seasonality not in SEASONALITIES:
             raise ValueError(f"seasonality must be one of {', '.join(SEASONALITIES)}")
-        if not (self.sensitivity > 0 and self.min_points >= 2 and self.failure_streak >= 1
-                and self.flaky_min >= 1 and self.training > timedelta(0)):
-            raise ValueError("sensitivity, training, min points, failure streak and flaky "
-                             "minimum must be positive (min points at least 2)")
-        if not (self.memory_runs >= 2 and self.memory_horizon >= 0
-                and 0 < self.memory_threshold <= 1):
-            raise ValueError("memory runs must be at least 2, the memory horizon not "
-                             "negative and the memory threshold in (0, 1]")
+        if not (
+            self.sensitivity > 0
+            and self.min_points >= 2
+            and self.failure_streak >= 1
+            and self.flaky_min >= 1
+            and self.training > timedelta(0)
+        ):
+            raise ValueError(
+                "sensitivity, training, min points, failure streak and flaky "
+                "minimum must be positive (min points at least 2)"
+            )
+        if not (
+            self.memory_runs >= 2 and self.memory_horizon >= 0 and 0 < self.memory_threshold <= 1
+        ):
+            raise ValueError(
+                "memory runs must be at least 2, the memory horizon not "
+                "negative and the memory threshold in (0, 1]"
+            )
 
     @property
     def training_span(self) -> timedelta:
@@ -205,15 +216,21 @@ class HealthOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "sensitivity": self.sensitivity, "training_days": self.training / timedelta(days=1),
+            "sensitivity": self.sensitivity,
+            "training_days": self.training / timedelta(days=1),
             "training_span_days": self.training_span / timedelta(days=1),
-            "min_points": self.min_points, "volume_direction": self.volume_direction,
-            "duration_direction": self.duration_direction, "min_change": self.min_change,
-            "duration_min_ms": self.duration_min_ms, "seasonality": self.seasonality,
+            "min_points": self.min_points,
+            "volume_direction": self.volume_direction,
+            "duration_direction": self.duration_direction,
+            "min_change": self.min_change,
+            "duration_min_ms": self.duration_min_ms,
+            "seasonality": self.seasonality,
             "freshness_factor": self.freshness_factor,
             "freshness_min_seconds": self.freshness_min.total_seconds(),
-            "failure_streak": self.failure_streak, "flaky_min": self.flaky_min,
-            "memory_runs": self.memory_runs, "memory_horizon": self.memory_horizon,
+            "failure_streak": self.failure_streak,
+            "flaky_min": self.flaky_min,
+            "memory_runs": self.memory_runs,
+            "memory_horizon": self.memory_horizon,
             "memory_threshold": self.memory_threshold,
             "rules": len(self.rules),
         }
@@ -258,12 +275,20 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "pipeline": self.pipeline, "node": self.node,
-            "state": self.state, "finding_id": self.finding_id,
-            "opened_at": iso(self.opened_at), "passes": self.passes,
-            "score": finite(self.score), "baseline": finite(self.baseline),
-            "value": finite(self.value), "detail": self.detail,
-            "evidence": self.evidence, "runs_total": self.runs_total, "runs": self.runs,
+            "kind": self.kind,
+            "pipeline": self.pipeline,
+            "node": self.node,
+            "state": self.state,
+            "finding_id": self.finding_id,
+            "opened_at": iso(self.opened_at),
+            "passes": self.passes,
+            "score": finite(self.score),
+            "baseline": finite(self.baseline),
+            "value": finite(self.value),
+            "detail": self.detail,
+            "evidence": self.evidence,
+            "runs_total": self.runs_total,
+            "runs": self.runs,
         }
 
 
@@ -306,8 +331,9 @@ class HealthResult:
     def sorted_findings(self) -> list[Finding]:
         """Kind order first, then the largest score."""
         order = {k: i for i, k in enumerate(HEALTH_FINDING_KINDS)}
-        return sorted(self.findings, key=lambda f: (order[f.kind], -_sort_score(f.score),
-                                                    f.pipeline, f.node))
+        return sorted(
+            self.findings, key=lambda f: (order[f.kind], -_sort_score(f.score), f.pipeline, f.node)
+        )
 
 
 def _sort_score(score: float) -> float:

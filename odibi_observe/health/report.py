@@ -41,10 +41,14 @@ def to_dict(result: HealthResult) -> dict[str, Any]:
         "training": {"start": iso(result.training_start), "end": iso(window.since)},
         "options": result.options.to_dict(),
         "summary": {
-            "nodes_seen": result.nodes_seen, "nodes_judged": result.nodes_judged,
-            "recent_runs": result.recent_runs, "findings": result.by_kind(),
-            "findings_total": len(result.findings), "opened": result.opened_by_kind(),
-            "resolved": result.resolved_by_kind(), "recorded": result.recorded,
+            "nodes_seen": result.nodes_seen,
+            "nodes_judged": result.nodes_judged,
+            "recent_runs": result.recent_runs,
+            "findings": result.by_kind(),
+            "findings_total": len(result.findings),
+            "opened": result.opened_by_kind(),
+            "resolved": result.resolved_by_kind(),
+            "recorded": result.recorded,
         },
         "findings": [f.to_dict() for f in result.sorted_findings()],
         "resolved": result.resolved,
@@ -54,8 +58,10 @@ def to_dict(result: HealthResult) -> dict[str, Any]:
 
 
 def write_json(result: HealthResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(result), indent=2, ensure_ascii=False,
-                                     default=str) + "\n", encoding="utf-8")
+    Path(path).write_text(
+        json.dumps(to_dict(result), indent=2, ensure_ascii=False, default=str) + "\n",
+        encoding="utf-8",
+    )
 
 
 def verdict(result: HealthResult) -> str:
@@ -63,7 +69,8 @@ def verdict(result: HealthResult) -> str:
     if total:
         new = sum(result.opened_by_kind().values())
         return f"{total} finding{'s' if total != 1 else ''}" + (
-            f" ({new} new)" if result.recorded else "")
+            f" ({new} new)" if result.recorded else ""
+        )
     return "healthy" if result.nodes_judged else "nothing judged"
 
 
@@ -89,13 +96,15 @@ def render_markdown(result: HealthResult, *, max_rows: int = MARKDOWN_ROWS) -> s
         f"Recent runs {iso(window.since)} → {iso(window.end)}, judged against their node's "
         f"own history since {iso(result.training_start)}. Catalog `{_md(result.catalog)}`.",
         "",
-        "| nodes seen | nodes with enough history | recent successes | findings | new "
-        "| resolved |",
+        "| nodes seen | nodes with enough history | recent successes | findings | new | resolved |",
         "|---:|---:|---:|---:|---:|---:|",
         f"| {result.nodes_seen:,} | {result.nodes_judged:,} | {result.recent_runs:,} | "
         f"{len(result.findings):,} | "
-        + (f"{sum(result.opened_by_kind().values()):,} | {len(result.resolved):,} |"
-           if result.recorded else "— | — |"),
+        + (
+            f"{sum(result.opened_by_kind().values()):,} | {len(result.resolved):,} |"
+            if result.recorded
+            else "— | — |"
+        ),
     ]
     if result.notes:
         lines += [""] + [f"Note: {_md(n)}" for n in result.notes]
@@ -104,19 +113,27 @@ def render_markdown(result: HealthResult, *, max_rows: int = MARKDOWN_ROWS) -> s
         for kind in HEALTH_FINDING_KINDS:
             if by_kind[kind]:
                 lines.append(f"| `{kind}` | {by_kind[kind]} | {_md(KINDS[kind].todo)} |")
-        lines += ["", "| kind | pipeline | node | state | score | detail |",
-                  "|---|---|---|---|---:|---|"]
+        lines += [
+            "",
+            "| kind | pipeline | node | state | score | detail |",
+            "|---|---|---|---|---:|---|",
+        ]
         ordered = result.sorted_findings()
         for f in ordered[:max_rows]:
             score = "∞" if f.score == float("inf") else f"{f.score:,.1f}"
-            lines.append(f"| `{f.kind}` | {_md(f.pipeline)} | {_md(f.node)} | {_state(f)} | "
-                         f"{score} | {_md(f.detail)} |")
+            lines.append(
+                f"| `{f.kind}` | {_md(f.pipeline)} | {_md(f.node)} | {_state(f)} | "
+                f"{score} | {_md(f.detail)} |"
+            )
         if len(ordered) > max_rows:
             lines.append(f"| … | | | | | {len(ordered) - max_rows} more in health.json |")
     if result.resolved:
         lines += ["", "**Resolved by this pass** (seen before, not any more):", ""]
-        lines += [f"- `{r['kind']}` {_md(r['pipeline'])}/{_md(r['node'])}, open since "
-                  f"{r['opened_at']} ({r['passes']} passes)" for r in result.resolved[:max_rows]]
+        lines += [
+            f"- `{r['kind']}` {_md(r['pipeline'])}/{_md(r['node'])}, open since "
+            f"{r['opened_at']} ({r['passes']} passes)"
+            for r in result.resolved[:max_rows]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -132,12 +149,17 @@ def cli_summary(result: HealthResult, written: Iterable[str] = ()) -> str:
         f"findings       {len(result.findings):,}" + (f": {kinds}" if kinds else ""),
     ]
     if result.recorded:
-        lines.append(f"recorded       {sum(result.opened_by_kind().values()):,} new, "
-                     f"{sum(1 for f in result.findings if f.state == 'open'):,} still open, "
-                     f"{len(result.resolved):,} resolved")
+        lines.append(
+            f"recorded       {sum(result.opened_by_kind().values()):,} new, "
+            f"{sum(1 for f in result.findings if f.state == 'open'):,} still open, "
+            f"{len(result.resolved):,} resolved"
+        )
     for f in result.sorted_findings()[:20]:
-        lines.append(f"  {f.kind:<17} {f.pipeline}/{f.node}"
-                     + (" [new]" if f.state == "new" else "") + f": {f.detail}")
+        lines.append(
+            f"  {f.kind:<17} {f.pipeline}/{f.node}"
+            + (" [new]" if f.state == "new" else "")
+            + f": {f.detail}"
+        )
     if len(result.findings) > 20:
         lines.append(f"  ... {len(result.findings) - 20} more in the reports")
     for note in result.notes:
@@ -152,19 +174,28 @@ def write_metrics(result: HealthResult, path: str | Path) -> CollectorRegistry:
     node_exporter's textfile collector), from a registry of its own."""
     registry = CollectorRegistry()
     m = HEALTH_METRICS
-    gauges = {metric.key: Gauge(metric.prometheus, metric.description, metric.labels,
-                                registry=registry)
-              for metric in (m.findings, m.opened, m.resolved)}
-    for key, counts in (("findings", result.by_kind()), ("opened", result.opened_by_kind()),
-                        ("resolved", result.resolved_by_kind())):
+    gauges = {
+        metric.key: Gauge(metric.prometheus, metric.description, metric.labels, registry=registry)
+        for metric in (m.findings, m.opened, m.resolved)
+    }
+    for key, counts in (
+        ("findings", result.by_kind()),
+        ("opened", result.opened_by_kind()),
+        ("resolved", result.resolved_by_kind()),
+    ):
         for kind in HEALTH_FINDING_KINDS:
             gauges[key].labels(kind).set(counts.get(kind, 0))
-    per_finding = Gauge(m.open_finding.prometheus, m.open_finding.description,
-                        m.open_finding.labels, registry=registry)
+    per_finding = Gauge(
+        m.open_finding.prometheus,
+        m.open_finding.description,
+        m.open_finding.labels,
+        registry=registry,
+    )
     for f in result.findings:
         per_finding.labels(f.kind, f.pipeline, f.node).set(1)
     Gauge(m.nodes.prometheus, m.nodes.description, registry=registry).set(result.nodes_judged)
     Gauge(m.last_run.prometheus, m.last_run.description, registry=registry).set(
-        datetime.now(timezone.utc).timestamp())
+        datetime.now(timezone.utc).timestamp()
+    )
     write_to_textfile(str(path), registry)
     return registry

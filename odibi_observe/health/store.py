@@ -34,8 +34,9 @@ OPEN: Final = "open"
 RESOLVED: Final = "resolved"
 
 #: Key of the PostgreSQL advisory lock a recording pass holds (derived from the table name).
-LOCK_ID: Final = int.from_bytes(hashlib.sha256(HEALTH_FINDINGS_TABLE.encode()).digest()[:8],
-                                "big", signed=True)
+LOCK_ID: Final = int.from_bytes(
+    hashlib.sha256(HEALTH_FINDINGS_TABLE.encode()).digest()[:8], "big", signed=True
+)
 
 
 def table_exists(engine: Engine) -> bool:
@@ -78,37 +79,62 @@ def _record(conn: Connection, result: HealthResult, now: datetime) -> None:
         if row is None:
             finding.finding_id = str(uuid.uuid4())
             finding.state, finding.opened_at, finding.passes = "new", now, 1
-            conn.execute(t.insert().values(
-                finding_id=finding.finding_id, kind=finding.kind,
-                **{PIPELINE: finding.pipeline, NODE: finding.node},
-                state=OPEN, opened_at=now, passes=1, **values))
+            conn.execute(
+                t.insert().values(
+                    finding_id=finding.finding_id,
+                    kind=finding.kind,
+                    **{PIPELINE: finding.pipeline, NODE: finding.node},
+                    state=OPEN,
+                    opened_at=now,
+                    passes=1,
+                    **values,
+                )
+            )
         else:
             finding.finding_id = str(row["finding_id"])
             finding.state, finding.passes = OPEN, int(row["passes"]) + 1
             finding.opened_at = as_utc(row["opened_at"])
-            conn.execute(t.update().where(t.c.finding_id == row["finding_id"]).values(
-                passes=t.c.passes + 1, **values))
+            conn.execute(
+                t.update()
+                .where(t.c.finding_id == row["finding_id"])
+                .values(passes=t.c.passes + 1, **values)
+            )
     for (kind, pipeline, node), row in open_rows.items():
-        conn.execute(t.update().where(t.c.finding_id == row["finding_id"]).values(
-            state=RESOLVED, resolved_at=now))
-        result.resolved.append({
-            "kind": kind, "pipeline": pipeline, "node": node,
-            "finding_id": str(row["finding_id"]), "opened_at": iso(as_utc(row["opened_at"])),
-            "last_seen_at": iso(as_utc(row["last_seen_at"])), "passes": int(row["passes"]),
-            "detail": row["detail"],
-        })
+        conn.execute(
+            t.update()
+            .where(t.c.finding_id == row["finding_id"])
+            .values(state=RESOLVED, resolved_at=now)
+        )
+        result.resolved.append(
+            {
+                "kind": kind,
+                "pipeline": pipeline,
+                "node": node,
+                "finding_id": str(row["finding_id"]),
+                "opened_at": iso(as_utc(row["opened_at"])),
+                "last_seen_at": iso(as_utc(row["last_seen_at"])),
+                "passes": int(row["passes"]),
+                "detail": row["detail"],
+            }
+        )
     if duplicates:
-        conn.execute(t.update().where(t.c.finding_id.in_(duplicates)).values(
-            state=RESOLVED, resolved_at=now))
+        conn.execute(
+            t.update().where(t.c.finding_id.in_(duplicates)).values(state=RESOLVED, resolved_at=now)
+        )
 
 
 def _values(finding: Finding, now: datetime) -> dict[str, Any]:
     return {
-        "last_seen_at": now, "score": finite(finding.score), "baseline": finite(finding.baseline),
-        "value": finite(finding.value), "detail": finding.detail,
-        "evidence_json": json.dumps({"evidence": finding.evidence, "runs": finding.runs,
-                                     "runs_total": finding.runs_total},
-                                    ensure_ascii=False, default=str),
+        "last_seen_at": now,
+        "score": finite(finding.score),
+        "baseline": finite(finding.baseline),
+        "value": finite(finding.value),
+        "detail": finding.detail,
+        "evidence_json": json.dumps(
+            {"evidence": finding.evidence, "runs": finding.runs, "runs_total": finding.runs_total},
+            ensure_ascii=False,
+            default=str,
+        ),
     }
 
 

@@ -25,27 +25,35 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     from odibi_observe._cliargs import catalog_arg, log_level_arg
 
     run = sub.add_parser(
-        "run", help="run an Odibi project ('odibi run') with every node run recorded",
+        "run",
+        help="run an Odibi project ('odibi run') with every node run recorded",
         description="Run Odibi's own runner, exactly as 'odibi run CONFIG [OPTION ...]' does, "
-                    "with odibi-observe instrumentation on: every node run — succeeded, "
-                    "failed, or interrupted by KeyboardInterrupt — is recorded in the catalog, "
-                    "the trace and the metrics. Options after CONFIG go to 'odibi run' "
-                    "unchanged; odibi-observe's own options come before CONFIG. Other "
-                    "settings come from ODIBI_OBSERVE_* and OTEL_* variables. Exit code: "
-                    "Odibi's, or 130 after a KeyboardInterrupt.",
+        "with odibi-observe instrumentation on: every node run — succeeded, "
+        "failed, or interrupted by KeyboardInterrupt — is recorded in the catalog, "
+        "the trace and the metrics. Options after CONFIG go to 'odibi run' "
+        "unchanged; odibi-observe's own options come before CONFIG. Other "
+        "settings come from ODIBI_OBSERVE_* and OTEL_* variables. Exit code: "
+        "Odibi's, or 130 after a KeyboardInterrupt.",
         epilog="example: odibi-observe run --catalog sqlite:///catalog.db odibi.yaml "
-               "--env prod --pipeline sales",
+        "--env prod --pipeline sales",
     )
     where = run.add_argument_group("recording (options before CONFIG)")
     catalog_arg(where, required=False)
-    where.add_argument("--traces-file", metavar="PATH", default=os.environ.get(TRACES_ENV),
-                       help=f"append node spans to this OTLP-JSON lines file (default: "
-                            f"${TRACES_ENV})")
+    where.add_argument(
+        "--traces-file",
+        metavar="PATH",
+        default=os.environ.get(TRACES_ENV),
+        help=f"append node spans to this OTLP-JSON lines file (default: ${TRACES_ENV})",
+    )
     log_level_arg(run)
     run.add_argument("config", metavar="CONFIG", help="the Odibi project file (odibi.yaml)")
-    run.add_argument("odibi_args", nargs=argparse.REMAINDER, metavar="OPTION",
-                     help="options for 'odibi run' (--env, --pipeline, --node, --tag, "
-                          "--parallel, --workers, --on-error, --resume, --dry-run)")
+    run.add_argument(
+        "odibi_args",
+        nargs=argparse.REMAINDER,
+        metavar="OPTION",
+        help="options for 'odibi run' (--env, --pipeline, --node, --tag, "
+        "--parallel, --workers, --on-error, --resume, --dry-run)",
+    )
     run.set_defaults(handler=_run, subparser=run)
 
 
@@ -107,11 +115,17 @@ def _run(args: argparse.Namespace) -> int:
             delivered = oo.shutdown(timeout=settings.exit_timeout, spill=True)
     print(_summary(counter.counts(), settings, delivered=delivered), file=sys.stderr)
     if interrupted:
-        print("odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "
-              "interrupted node run is recorded as CANCELLED", file=sys.stderr)
+        print(
+            "odibi-observe: the pipeline was interrupted (KeyboardInterrupt); the "
+            "interrupted node run is recorded as CANCELLED",
+            file=sys.stderr,
+        )
     if delivered and settings.catalog_url and settings.mode != "sidecar":
-        print(f"odibi-observe: see them with: odibi-observe runs --catalog "
-              f"{hide_password(settings.catalog_url)}", file=sys.stderr)
+        print(
+            f"odibi-observe: see them with: odibi-observe runs --catalog "
+            f"{hide_password(settings.catalog_url)}",
+            file=sys.stderr,
+        )
     if interrupted:
         exit_now(code)
     return code
@@ -147,20 +161,28 @@ def _summary(counts: Counter[str], settings: Settings, *, delivered: bool = True
     """
     detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     total = sum(counts.values())
-    line = (f"odibi-observe: recorded {total} node run{'s' if total != 1 else ''}"
-            f"{f' ({detail})' if detail else ''}")
+    line = (
+        f"odibi-observe: recorded {total} node run{'s' if total != 1 else ''}"
+        f"{f' ({detail})' if detail else ''}"
+    )
     if settings.mode == "sidecar":
-        return (f"{line} in the spool {settings.spool_dir}; the sidecar (odibi-observe "
-                f"sidecar) delivers them to its catalog and traces")
+        return (
+            f"{line} in the spool {settings.spool_dir}; the sidecar (odibi-observe "
+            f"sidecar) delivers them to its catalog and traces"
+        )
     where = [hide_password(settings.catalog_url)] if settings.catalog_url else []
     where += [settings.traces_file] if settings.traces_file else []
     if where and not delivered:
-        return (f"{line}; not all of them reached {', '.join(where)} before the exit "
-                f"deadline: what was kept, and where, is said above")
+        return (
+            f"{line}; not all of them reached {', '.join(where)} before the exit "
+            f"deadline: what was kept, and where, is said above"
+        )
     if where:
         return f"{line} in {', '.join(where)}"
-    return (f"{line} (metrics only: no catalog or trace destination is configured; pass "
-            f"--catalog URL or set {setting('catalog_url').env})")
+    return (
+        f"{line} (metrics only: no catalog or trace destination is configured; pass "
+        f"--catalog URL or set {setting('catalog_url').env})"
+    )
 
 
 #: How long :func:`exit_now` lets the final flush of logs and output take.
@@ -179,6 +201,7 @@ def exit_now(code: int, flush_timeout: float = EXIT_FLUSH_TIMEOUT) -> NoReturn:
     ``code``. The flush runs on a thread of its own: a lock held forever by one of those
     threads delays the exit by ``flush_timeout`` at most.
     """
+
     def flush() -> None:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
@@ -202,7 +225,12 @@ def absolute_sqlite_url(url: str) -> str:
     except ArgumentError:
         return url  # configure() reports the malformed URL
     database = parsed.database
-    if (parsed.get_backend_name() != "sqlite" or not database or database == ":memory:"
-            or database.startswith("file:") or os.path.isabs(database)):
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+        or os.path.isabs(database)
+    ):
         return url
     return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)

@@ -118,6 +118,7 @@ class UnsupportedOdibiVersion(RuntimeError):
 
 # -- version -------------------------------------------------------------------------------
 
+
 def odibi_version() -> str:
     """The installed Odibi's version; :class:`UnsupportedOdibiVersion` if it is not installed."""
     try:
@@ -148,11 +149,13 @@ def check_version(version: str | None = None) -> str:
             f"odibi-observe {__version__} instruments Odibi 3.15.x ({SUPPORTED_ODIBI}), but "
             f"Odibi {found} is installed. Install a supported Odibi "
             f"(pip install 'odibi{SUPPORTED_ODIBI}') or an odibi-observe release that supports "
-            f"Odibi {found}. Nothing was instrumented.")
+            f"Odibi {found}. Nothing was instrumented."
+        )
     return found
 
 
 # -- instrument / uninstrument ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Patch:
@@ -192,7 +195,8 @@ def instrument(*, share_run_id: bool = True) -> None:
             if not callable(original):
                 raise UnsupportedOdibiVersion(
                     f"Odibi {version} has no {class_name}.{method} in {module_name}; this "
-                    f"build of Odibi cannot be instrumented. Nothing was instrumented.")
+                    f"build of Odibi cannot be instrumented. Nothing was instrumented."
+                )
             found.append((owner, method, original))
         for owner, method, original in found:
             wrapper = _WRAPPERS[method, owner.__name__](original)
@@ -233,8 +237,11 @@ def instrument_from_environment(environ: Mapping[str, str] | None = None) -> boo
         if not raw or not parse_bool(raw):
             return False
     except ValueError:
-        log.error("odibi-observe: %s=%r is not true or false; Odibi is not instrumented",
-                  ENV_INSTRUMENT, raw)
+        log.error(
+            "odibi-observe: %s=%r is not true or false; Odibi is not instrumented",
+            ENV_INSTRUMENT,
+            raw,
+        )
         return False
     try:
         instrument()
@@ -263,8 +270,9 @@ def _ensure_observer() -> None:
         log.exception("odibi-observe: could not configure from the environment")
 
 
-def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0,
-                  interrupted_timeout: float = 30.0) -> int:
+def run_odibi_cli(
+    argv: Sequence[str], *, background_timeout: float = 120.0, interrupted_timeout: float = 30.0
+) -> int:
     """Run Odibi's own command line, ``odibi ARGV...``, in this process, instrumented.
 
     Returns Odibi's exit code. A ``KeyboardInterrupt`` (or any ``BaseException``) from the
@@ -293,7 +301,8 @@ def run_odibi_cli(argv: Sequence[str], *, background_timeout: float = 120.0,
     finally:
         sys.argv = saved
         _wait_for_odibi_threads_interruptibly(
-            before, background_timeout if finished else interrupted_timeout)
+            before, background_timeout if finished else interrupted_timeout
+        )
     if code is None:
         return 0
     return code if isinstance(code, int) else 1
@@ -304,21 +313,29 @@ def _wait_for_odibi_threads_interruptibly(before: set[int | None], timeout: floa
     try:
         wait_for_odibi_threads(before, timeout)
     except KeyboardInterrupt:
-        log.warning("odibi-observe: interrupted while waiting for Odibi's background threads; "
-                    "not waiting any longer")
+        log.warning(
+            "odibi-observe: interrupted while waiting for Odibi's background threads; "
+            "not waiting any longer"
+        )
 
 
 def wait_for_odibi_threads(before: set[int | None], timeout: float) -> bool:
     """Join the daemon threads Odibi started since ``before``; False if some outlive ``timeout``."""
     deadline = time.monotonic() + timeout
-    pending = [t for t in threading.enumerate()
-               if t.ident not in before and t.daemon and _runs_odibi_code(t)]
+    pending = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t.daemon and _runs_odibi_code(t)
+    ]
     for thread in pending:
         thread.join(max(0.0, deadline - time.monotonic()))
     left = [t.name for t in pending if t.is_alive()]
     if left:
-        log.warning("odibi-observe: Odibi's background thread(s) %s still running after %.0f s",
-                    ", ".join(left), timeout)
+        log.warning(
+            "odibi-observe: Odibi's background thread(s) %s still running after %.0f s",
+            ", ".join(left),
+            timeout,
+        )
     return not left
 
 
@@ -330,6 +347,7 @@ def _runs_odibi_code(thread: threading.Thread) -> bool:
 
 
 # -- what one node run carries between the wrappers ------------------------------------------
+
 
 @dataclass
 class _NodeCall:
@@ -393,6 +411,7 @@ def _identity(node: Any) -> _Identity:
 
 # -- the wrappers ------------------------------------------------------------------------------
 
+
 def _wrap_node_execute(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -445,7 +464,8 @@ def _wrap_executor_execute(original: Callable[..., Any]) -> Callable[..., Any]:
         if getattr(result, "success", None) is False:
             try:
                 call.failed_attempts.append(
-                    (call.attempts, _attempt_summary(call.attempts, result)))
+                    (call.attempts, _attempt_summary(call.attempts, result))
+                )
             except Exception:
                 log.exception("odibi-observe: could not summarise a failed attempt")
         return result
@@ -466,10 +486,13 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
             attributes[_PROJECT] = project
         tracer = trace.get_tracer(INSTRUMENTATION_SCOPE)
         attributes.update(pipeline_span_attributes(name, None))
-        with tracer.start_as_current_span(PIPELINE_SPAN_NAME_FORMAT.format(pipeline=name),
-                                          kind=SpanKind.SERVER, attributes=attributes,
-                                          record_exception=False,
-                                          set_status_on_exception=False) as span:
+        with tracer.start_as_current_span(
+            PIPELINE_SPAN_NAME_FORMAT.format(pipeline=name),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             key = id(getattr(self, "context", self))
             with _pipelines.lock:
                 _pipelines.by_key[key] = otel_context.get_current()
@@ -492,8 +515,12 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
             failed = failed if isinstance(failed, list) else []
             end_pipeline_span(span, None, len(failed))
             if failed:
-                span.set_status(Status(StatusCode.ERROR, f"{len(failed)} node(s) failed: "
-                                                         f"{', '.join(map(str, failed))}"))
+                span.set_status(
+                    Status(
+                        StatusCode.ERROR,
+                        f"{len(failed)} node(s) failed: {', '.join(map(str, failed))}",
+                    )
+                )
             return results
 
     return run
@@ -509,13 +536,20 @@ _WRAPPERS: Final[Mapping[tuple[str, str], Callable[[Callable[..., Any]], Callabl
 
 # -- recording one node run ----------------------------------------------------------------------
 
-def _observe(node: Any, call: _NodeCall, original: Callable[..., Any],
-             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+
+def _observe(
+    node: Any,
+    call: _NodeCall,
+    original: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     """Run ``original`` (Odibi's ``_execute_with_retries``) as one recorded node run."""
     who = _identity(node)
     # Odibi's node_execution span is current here, so the run's span becomes its child.
-    with node_run(who.pipeline, who.node, project=who.project,
-                  pipeline_run_id=who.pipeline_run_id) as started:
+    with node_run(
+        who.pipeline, who.node, project=who.project, pipeline_run_id=who.pipeline_run_id
+    ) as started:
         run = started if started else None  # a falsy no-op run if recording could not start
         if run is not None:
             call.run_id = run.run_id
@@ -549,8 +583,7 @@ def _apply_result(run: NodeRun, result: Any, call: _NodeCall) -> None:
                 run.set_attribute(key, value)
         # The errors of the attempts before the one that decided the run (whose own error,
         # if it failed, is the run's error).
-        earlier = [text for number, text in call.failed_attempts
-                   if succeeded or number != attempts]
+        earlier = [text for number, text in call.failed_attempts if succeeded or number != attempts]
         if earlier:
             run.set_attribute("retry_errors", tuple(earlier))
         if metadata.get("data_write_committed") is True:  # written, then the HWM commit failed

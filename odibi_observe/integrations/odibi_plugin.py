@@ -30,7 +30,8 @@ def connection_factory(name: str, config: Mapping[str, Any]) -> NoReturn:
     """What Odibi calls for a connection of type ``odibi_observe``: there is no such thing."""
     raise ConfigurationError(
         f"connection {name!r}: 'odibi_observe' is not a connection type; it is the Odibi "
-        f"plugin of odibi-observe, which records node runs when {ENV_INSTRUMENT}=1 is set")
+        f"plugin of odibi-observe, which records node runs when {ENV_INSTRUMENT}=1 is set"
+    )
 
 
 instrument_from_environment()

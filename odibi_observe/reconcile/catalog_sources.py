@@ -85,16 +85,33 @@ from odibi_observe.reconcile.sqlutil import (
 )
 from odibi_observe.record import ns_to_datetime
 
-__all__ = ["ODIBI_DELTA_SCHEME", "CatalogSource", "OdibiDeltaCatalog", "SqlCatalog",
-           "open_catalog_source"]
+__all__ = [
+    "ODIBI_DELTA_SCHEME",
+    "CatalogSource",
+    "OdibiDeltaCatalog",
+    "SqlCatalog",
+    "open_catalog_source",
+]
 
 #: How far Odibi's ``timestamp`` may be from a node's start: Odibi logs a pipeline's rows when
 #: the pipeline ends, so the margin is the longest pipeline it allows for.
 ODIBI_MARGIN: Final = timedelta(hours=6)
 
 #: The catalog columns reconciliation reads, in the order of the query's result.
-READ_COLUMNS: Final = (RUN_ID, STATUS, ROWS, DURATION_MS, STARTED_AT, TIMESTAMP, TRACE_ID,
-                       SPAN_ID, PIPELINE, NODE, HEARTBEAT_AT, METRICS_JSON)
+READ_COLUMNS: Final = (
+    RUN_ID,
+    STATUS,
+    ROWS,
+    DURATION_MS,
+    STARTED_AT,
+    TIMESTAMP,
+    TRACE_ID,
+    SPAN_ID,
+    PIPELINE,
+    NODE,
+    HEARTBEAT_AT,
+    METRICS_JSON,
+)
 
 #: Substrings of ``metrics_json`` worth parsing: the flags of a node Odibi did not execute.
 #: The query returns ``metrics_json`` only where one occurs, so ordinary rows cost nothing.
@@ -133,16 +150,19 @@ class SqlCatalog(CatalogSource):
             try:
                 columns = table_columns(self.engine, CATALOG_TABLE)
             except SQLAlchemyError as exc:
-                raise SourceError(f"catalog {self.describe()}: cannot connect: "
-                                  f"{_first_line(exc)}") from None
+                raise SourceError(
+                    f"catalog {self.describe()}: cannot connect: {_first_line(exc)}"
+                ) from None
             if columns is None:
                 raise SourceError(f"catalog {self.describe()}: no table {CATALOG_TABLE}")
             missing = [c for c in (RUN_ID, STATUS) if c not in columns]
             if STARTED_AT not in columns and TIMESTAMP not in columns:
                 missing.append(f"{STARTED_AT} or {TIMESTAMP}")
             if missing:
-                raise SourceError(f"catalog {self.describe()}: {CATALOG_TABLE} has no column "
-                                  f"{', '.join(missing)}: not a run catalog")
+                raise SourceError(
+                    f"catalog {self.describe()}: {CATALOG_TABLE} has no column "
+                    f"{', '.join(missing)}: not a run catalog"
+                )
             self._columns = columns
         return self._columns
 
@@ -160,17 +180,24 @@ class SqlCatalog(CatalogSource):
         source = f"catalog {self.describe()}"
         absent = [name for name in READ_COLUMNS if name not in columns]
         exact_times = STARTED_AT in columns
-        unchecked = ",".join(name for name, column in (("rows", ROWS),
-                                                       ("duration", DURATION_MS))
-                             if column not in columns)
+        unchecked = ",".join(
+            name
+            for name, column in (("rows", ROWS), ("duration", DURATION_MS))
+            if column not in columns
+        )
         if [name for name in absent if name not in (TIMESTAMP, METRICS_JSON)]:
             # Odibi's own table, as Odibi made it: a fact about the input, not a read error.
-            log.add_note(source, f"{CATALOG_TABLE} has no column "
-                         f"{', '.join(n for n in absent if n not in (TIMESTAMP, METRICS_JSON))}"
-                         ": runs are matched by run_id only and compared on what the table "
-                         "records ('odibi-observe catalog upgrade' adds them)")
-        table = sa.table(CATALOG_TABLE, *(sa.column(name, columns[name].type)
-                                          for name in READ_COLUMNS if name in columns))
+            log.add_note(
+                source,
+                f"{CATALOG_TABLE} has no column "
+                f"{', '.join(n for n in absent if n not in (TIMESTAMP, METRICS_JSON))}"
+                ": runs are matched by run_id only and compared on what the table "
+                "records ('odibi-observe catalog upgrade' adds them)",
+            )
+        table = sa.table(
+            CATALOG_TABLE,
+            *(sa.column(name, columns[name].type) for name in READ_COLUMNS if name in columns),
+        )
         window_column = table.c[STARTED_AT if exact_times else TIMESTAMP]
         sqlite = self.engine.dialect.name == "sqlite"
 
@@ -179,9 +206,10 @@ class SqlCatalog(CatalogSource):
                 return sa.null().label(name)
             if name == METRICS_JSON:
                 text = sa.type_coerce(table.c[name], sa.String())
-                return sa.case((sa.or_(*(text.contains(m, autoescape=True)
-                                         for m in NOT_RUN_MARKERS)), text),
-                               else_=sa.null()).label(name)
+                return sa.case(
+                    (sa.or_(*(text.contains(m, autoescape=True) for m in NOT_RUN_MARKERS)), text),
+                    else_=sa.null(),
+                ).label(name)
             if sqlite and name in TIME_COLUMNS:
                 # Read SQLite's stored text as it is (see sqlutil.TimeReader).
                 return sa.type_coerce(table.c[name], sa.String()).label(name)
@@ -198,8 +226,9 @@ class SqlCatalog(CatalogSource):
         times = TimeReader()
         try:
             with self.engine.connect() as conn:
-                rows = conn.execution_options(stream_results=True,
-                                              yield_per=YIELD_PER).execute(query)
+                rows = conn.execution_options(stream_results=True, yield_per=YIELD_PER).execute(
+                    query
+                )
                 for number, row in enumerate(rows, start=1):
                     run = _sql_run(row, exact_times, unchecked, times, log=log, source=source)
                     if run is not None:
@@ -207,11 +236,13 @@ class SqlCatalog(CatalogSource):
                     if number % 100_000 == 0:
                         log.tick("reading catalog", number, None)
         except SQLAlchemyError as exc:
-            log.add_error(source, CATALOG_TABLE,
-                          f"reading stopped after {number} rows: {_first_line(exc)}")
+            log.add_error(
+                source, CATALOG_TABLE, f"reading stopped after {number} rows: {_first_line(exc)}"
+            )
 
-    def _report_future(self, table: Any, column: Any, read_range: ReadRange, log: ReadLog,
-                       source: str) -> None:
+    def _report_future(
+        self, table: Any, column: Any, read_range: ReadRange, log: ReadLog, source: str
+    ) -> None:
         """Rows placed in the future are a clock or data problem: report them once."""
         limit = ns_to_datetime(read_range.now_ns + FUTURE_SKEW_NS)
         query = sa.select(sa.func.count(), sa.func.min(table.c[RUN_ID])).where(column > limit)
@@ -221,52 +252,84 @@ class SqlCatalog(CatalogSource):
         except SQLAlchemyError:
             return
         if count:
-            log.add_error(source, CATALOG_TABLE,
-                          f"{count} rows are dated in the future (e.g. run {example}): a writer's "
-                          "clock is wrong; they are outside every window")
+            log.add_error(
+                source,
+                CATALOG_TABLE,
+                f"{count} rows are dated in the future (e.g. run {example}): a writer's "
+                "clock is wrong; they are outside every window",
+            )
 
 
-def _sql_run(row: Any, exact_times: bool, unchecked: str, times: TimeReader, *, log: ReadLog,
-             source: str) -> CatalogRun | None:
-    (run_id, status, rows, duration, started, logged, trace_id, span_id, pipeline, node,
-     heartbeat, metrics_json) = row
+def _sql_run(
+    row: Any, exact_times: bool, unchecked: str, times: TimeReader, *, log: ReadLog, source: str
+) -> CatalogRun | None:
+    (
+        run_id,
+        status,
+        rows,
+        duration,
+        started,
+        logged,
+        trace_id,
+        span_id,
+        pipeline,
+        node,
+        heartbeat,
+        metrics_json,
+    ) = row
     try:
         started_ns = None if started is None else times.ns(started)
         window_ns = started_ns if exact_times else times.ns(logged)
         heartbeat_ns = None if heartbeat is None else times.ns(heartbeat)
     except (TypeError, ValueError) as exc:
-        log.add_error(source, f"{CATALOG_TABLE} run {run_id}", f"unreadable time: {exc}; "
-                      "row skipped")
+        log.add_error(
+            source, f"{CATALOG_TABLE} run {run_id}", f"unreadable time: {exc}; row skipped"
+        )
         return None
     if window_ns is None:
         log.add_error(source, f"{CATALOG_TABLE} run {run_id}", "row has no time; skipped")
         return None
     if (rows is not None and rows.__class__ is not int) or (
-            duration is not None and duration.__class__ is not int):
-        rows, duration, unchecked = _numbers(run_id, rows, duration, unchecked, log=log,
-                                             source=source)
+        duration is not None and duration.__class__ is not int
+    ):
+        rows, duration, unchecked = _numbers(
+            run_id, rows, duration, unchecked, log=log, source=source
+        )
     exact = exact_times and trace_id is not None
     status = normalize_status(status)
     if not exact:
         rows = odibi_rows(status, rows, exact)
-    return new_catalog_run((  # CatalogRun's fields, in order
-        run_id if run_id.__class__ is str else str(run_id), status, rows,
-        duration, window_ns, started_ns, trace_id, span_id, pipeline or "", node or "",
-        heartbeat_ns, exact, unchecked, CATALOG_TABLE,
-        "" if exact or metrics_json is None else odibi_not_run(metrics_json),
-    ))
+    return new_catalog_run(
+        (  # CatalogRun's fields, in order
+            run_id if run_id.__class__ is str else str(run_id),
+            status,
+            rows,
+            duration,
+            window_ns,
+            started_ns,
+            trace_id,
+            span_id,
+            pipeline or "",
+            node or "",
+            heartbeat_ns,
+            exact,
+            unchecked,
+            CATALOG_TABLE,
+            "" if exact or metrics_json is None else odibi_not_run(metrics_json),
+        )
+    )
 
 
-def _numbers(run_id: Any, rows: Any, duration: Any, unchecked: str, *, log: ReadLog,
-             source: str) -> tuple[int | None, int | None, str]:
+def _numbers(
+    run_id: Any, rows: Any, duration: Any, unchecked: str, *, log: ReadLog, source: str
+) -> tuple[int | None, int | None, str]:
     fields = [unchecked] if unchecked else []
     out = []
     for name, column, value in (("rows", ROWS, rows), ("duration", DURATION_MS, duration)):
         try:
             out.append(as_int(value))
         except ValueError as exc:
-            log.add_error(source, f"{CATALOG_TABLE} run {run_id}",
-                          f"{column}: {exc}; not compared")
+            log.add_error(source, f"{CATALOG_TABLE} run {run_id}", f"{column}: {exc}; not compared")
             fields.append(name)
             out.append(None)
     return out[0], out[1], ",".join(fields)
@@ -293,8 +356,10 @@ class OdibiDeltaCatalog(CatalogSource):
     @classmethod
     def from_spec(cls, location: str, options: SourceOptions) -> OdibiDeltaCatalog:
         if not location:
-            raise SourceError("--catalog odibi-delta: needs a path, e.g. "
-                              "odibi-delta:/data/project/_odibi_system/meta_runs")
+            raise SourceError(
+                "--catalog odibi-delta: needs a path, e.g. "
+                "odibi-delta:/data/project/_odibi_system/meta_runs"
+            )
         return cls(location, spill_dir=options.spill_dir)
 
     def describe(self) -> str:
@@ -322,15 +387,29 @@ class OdibiDeltaCatalog(CatalogSource):
         absent = [c for c in (ROWS, DURATION_MS, PIPELINE, NODE) if c not in available]
         if absent:
             log.add_error(source, "meta_runs", f"no column {', '.join(absent)}; not compared")
-        unchecked = ",".join(name for name, column in (("rows", ROWS), ("duration", DURATION_MS))
-                             if column not in available)
+        unchecked = ",".join(
+            name
+            for name, column in (("rows", ROWS), ("duration", DURATION_MS))
+            if column not in available
+        )
         future = read_range.now_ns + FUTURE_SKEW_NS
         sorter = ExternalSorter(directory=self.spill_dir)
         try:
             rows = odibi_delta.iter_meta_runs(
-                self.path, since=read_range.start, until=read_range.end,
-                columns=[RUN_ID, STATUS, ROWS, DURATION_MS, TIMESTAMP, PIPELINE, NODE,
-                         METRICS_JSON])
+                self.path,
+                since=read_range.start,
+                until=read_range.end,
+                columns=[
+                    RUN_ID,
+                    STATUS,
+                    ROWS,
+                    DURATION_MS,
+                    TIMESTAMP,
+                    PIPELINE,
+                    NODE,
+                    METRICS_JSON,
+                ],
+            )
             for number, row in enumerate(rows, start=1):
                 run = self._run(row, unchecked, future, log, source)
                 if run is not None:
@@ -346,8 +425,9 @@ class OdibiDeltaCatalog(CatalogSource):
             sorter.close()
 
     @staticmethod
-    def _run(row: dict[str, Any], unchecked: str, future: int, log: ReadLog,
-             source: str) -> CatalogRun | None:
+    def _run(
+        row: dict[str, Any], unchecked: str, future: int, log: ReadLog, source: str
+    ) -> CatalogRun | None:
         run_id = row.get(RUN_ID)
         if not run_id:
             log.add_error(source, "meta_runs", "a row has no run_id; skipped")
@@ -357,17 +437,30 @@ class OdibiDeltaCatalog(CatalogSource):
             log.add_error(source, f"meta_runs run {run_id}", "row has no timestamp; skipped")
             return None
         if logged > future:
-            log.add_error(source, f"meta_runs run {run_id}",
-                          f"logged in the future ({iso_ns(logged)}); skipped")
+            log.add_error(
+                source,
+                f"meta_runs run {run_id}",
+                f"logged in the future ({iso_ns(logged)}); skipped",
+            )
             return None
         status = normalize_status(row.get(STATUS))
         metrics = row.get(METRICS_JSON)
         return CatalogRun(
-            run_id=str(run_id), status=status,
-            rows=odibi_rows(status, row.get(ROWS), False), duration_ms=row.get(DURATION_MS),
-            window_ns=logged, started_ns=None, trace_id=None, span_id=None,
-            pipeline=row.get(PIPELINE) or "", node=row.get(NODE) or "", heartbeat_ns=None,
-            exact=False, unchecked=unchecked, origin="meta_runs (Delta)",
-            not_run=odibi_not_run(metrics) if isinstance(metrics, str) and any(
-                m in metrics for m in NOT_RUN_MARKERS) else "",
+            run_id=str(run_id),
+            status=status,
+            rows=odibi_rows(status, row.get(ROWS), False),
+            duration_ms=row.get(DURATION_MS),
+            window_ns=logged,
+            started_ns=None,
+            trace_id=None,
+            span_id=None,
+            pipeline=row.get(PIPELINE) or "",
+            node=row.get(NODE) or "",
+            heartbeat_ns=None,
+            exact=False,
+            unchecked=unchecked,
+            origin="meta_runs (Delta)",
+            not_run=odibi_not_run(metrics)
+            if isinstance(metrics, str) and any(m in metrics for m in NOT_RUN_MARKERS)
+            else "",
         )

@@ -69,8 +69,11 @@ window: runs that STARTED in it. --last 24h (the default) covers the 24 hours
   that started within --grace of now are left for the next run (in flight, or
   spans still on their way).
 
-{textwrap.fill("discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=78,
-                subsequent_indent="  ")}
+{
+    textwrap.fill(
+        "discrepancy kinds: " + ", ".join(DISCREPANCY_KINDS), width=78, subsequent_indent="  "
+    )
+}
   (docs/reconciliation.md: what each means and what to do)
 
 repair (--repair; without it the report says what it WOULD do):
@@ -98,97 +101,193 @@ examples:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``reconcile`` to the odibi-observe parser."""
     parser = sub.add_parser(
-        "reconcile", help="compare the catalog with the traces; report and repair differences",
-        description=DESCRIPTION, epilog=EPILOG,
+        "reconcile",
+        help="compare the catalog with the traces; report and repair differences",
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     sources = parser.add_argument_group("sources")
     sources.add_argument(
-        "--catalog", metavar="URL", default=None, type=catalog_url,
+        "--catalog",
+        metavar="URL",
+        default=None,
+        type=catalog_url,
         help=f"SQLAlchemy URL of meta_runs, a path to a SQLite file (never created), or "
-             f"odibi-delta:PATH (default: ${CATALOG_ENV})")
+        f"odibi-delta:PATH (default: ${CATALOG_ENV})",
+    )
     sources.add_argument(
-        "--traces", metavar="SOURCE", action="append", default=[],
-        help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)")
+        "--traces",
+        metavar="SOURCE",
+        action="append",
+        default=[],
+        help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)",
+    )
     sources.add_argument(
-        "--spool-dir", metavar="DIR", action="append", default=[], dest="spool_dirs",
+        "--spool-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        dest="spool_dirs",
         help="a sidecar's spool directory: damage its readers found there (frames lost, "
-             "segments missing, the runs affected) within the window is reported (repeatable)")
+        "segments missing, the runs affected) within the window is reported (repeatable)",
+    )
 
     window = parser.add_argument_group("window")
-    window.add_argument("--since", metavar="TIME", type=time_arg,
-                        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) "
-                             "or a duration ago (6h)")
-    window.add_argument("--until", metavar="TIME", type=time_arg,
-                        help="window end, ISO 8601 or a duration ago (default: now)")
-    window.add_argument("--last", metavar="DURATION", type=span_arg,
-                        help="the window is the last DURATION before now minus the grace "
-                             "(30m, 24h, 7d, or an ISO time to start at; default 24h)")
-    window.add_argument("--grace", metavar="DURATION", type=duration_arg,
-                        default=timedelta(minutes=15),
-                        help="leave runs that started this recently for the next run "
-                             "(default: 15m)")
+    window.add_argument(
+        "--since",
+        metavar="TIME",
+        type=time_arg,
+        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) or a duration ago (6h)",
+    )
+    window.add_argument(
+        "--until",
+        metavar="TIME",
+        type=time_arg,
+        help="window end, ISO 8601 or a duration ago (default: now)",
+    )
+    window.add_argument(
+        "--last",
+        metavar="DURATION",
+        type=span_arg,
+        help="the window is the last DURATION before now minus the grace "
+        "(30m, 24h, 7d, or an ISO time to start at; default 24h)",
+    )
+    window.add_argument(
+        "--grace",
+        metavar="DURATION",
+        type=duration_arg,
+        default=timedelta(minutes=15),
+        help="leave runs that started this recently for the next run (default: 15m)",
+    )
 
     judge = parser.add_argument_group("judging")
-    judge.add_argument("--crash-after", metavar="DURATION", type=duration_arg,
-                       default=timedelta(minutes=15),
-                       help="a RUNNING row with no sign of life (start, heartbeat) for this "
-                            "long and no span is stale_running (default: 15m)")
-    judge.add_argument("--duration-tolerance", metavar="PERCENT", type=percent_arg,
-                       default=0.01, help="durations agree within this share (default: 1%%) "
-                                          "or --duration-tolerance-ms, whichever is larger")
-    judge.add_argument("--duration-tolerance-ms", metavar="MS", type=float, default=5.0,
-                       help="durations agree within this many ms (default: 5)")
+    judge.add_argument(
+        "--crash-after",
+        metavar="DURATION",
+        type=duration_arg,
+        default=timedelta(minutes=15),
+        help="a RUNNING row with no sign of life (start, heartbeat) for this "
+        "long and no span is stale_running (default: 15m)",
+    )
+    judge.add_argument(
+        "--duration-tolerance",
+        metavar="PERCENT",
+        type=percent_arg,
+        default=0.01,
+        help="durations agree within this share (default: 1%%) "
+        "or --duration-tolerance-ms, whichever is larger",
+    )
+    judge.add_argument(
+        "--duration-tolerance-ms",
+        metavar="MS",
+        type=float,
+        default=5.0,
+        help="durations agree within this many ms (default: 5)",
+    )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--format", default="json,md,html", type=formats_arg,
-                        metavar="FORMATS",
-                        help="reports to write, comma-separated: json, md (or markdown), "
-                             "html (default: all three)")
-    output.add_argument("--out", metavar="DIR", default="reconcile-report",
-                        help="directory for report.json, report.md, report.html "
-                             "(default: %(default)s)")
-    output.add_argument("--trace-url-template", metavar="URL",
-                        help="link each affected run to its trace, e.g. "
-                             "'http://grafana/explore?traceId={trace_id}' ({trace_id}, "
-                             "{span_id} and {run_id} are filled in)")
-    output.add_argument("--metrics-textfile", metavar="PATH",
-                        help="write odibi_reconcile_* gauges to this Prometheus text file "
-                             "(node_exporter's textfile collector)")
-    output.add_argument("--no-record", action="store_true",
-                        help="do not record the report in meta_reconciliation (recorded by "
-                             "default when the catalog is SQL and has that table; reconcile "
-                             "never creates it: 'odibi-observe catalog upgrade' does)")
-    output.add_argument("--quiet", action="store_true",
-                        help="no progress bar and no summary on the terminal")
+    output.add_argument(
+        "--format",
+        default="json,md,html",
+        type=formats_arg,
+        metavar="FORMATS",
+        help="reports to write, comma-separated: json, md (or markdown), html (default: all three)",
+    )
+    output.add_argument(
+        "--out",
+        metavar="DIR",
+        default="reconcile-report",
+        help="directory for report.json, report.md, report.html (default: %(default)s)",
+    )
+    output.add_argument(
+        "--trace-url-template",
+        metavar="URL",
+        help="link each affected run to its trace, e.g. "
+        "'http://grafana/explore?traceId={trace_id}' ({trace_id}, "
+        "{span_id} and {run_id} are filled in)",
+    )
+    output.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="write odibi_reconcile_* gauges to this Prometheus text file "
+        "(node_exporter's textfile collector)",
+    )
+    output.add_argument(
+        "--no-record",
+        action="store_true",
+        help="do not record the report in meta_reconciliation (recorded by "
+        "default when the catalog is SQL and has that table; reconcile "
+        "never creates it: 'odibi-observe catalog upgrade' does)",
+    )
+    output.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no summary on the terminal"
+    )
     json_arg(output, "the summary (the report's header and the files written)")
 
     repair = parser.add_argument_group("repair")
-    repair.add_argument("--repair", action="store_true",
-                        help="apply the repairs (default: only report what they would be)")
-    repair.add_argument("--repair-traces", metavar="DEST",
-                        help="where re-emitted spans go: otlp-json:PATH or an OTLP http(s) "
-                             "endpoint (default: OTEL_EXPORTER_OTLP_ENDPOINT / "
-                             "ODIBI_OBSERVE_TRACES_FILE)")
+    repair.add_argument(
+        "--repair",
+        action="store_true",
+        help="apply the repairs (default: only report what they would be)",
+    )
+    repair.add_argument(
+        "--repair-traces",
+        metavar="DEST",
+        help="where re-emitted spans go: otlp-json:PATH or an OTLP http(s) "
+        "endpoint (default: OTEL_EXPORTER_OTLP_ENDPOINT / "
+        "ODIBI_OBSERVE_TRACES_FILE)",
+    )
 
     tempo = parser.add_argument_group("Tempo source")
-    tempo.add_argument("--tempo-limit", type=int, default=500, metavar="N",
-                       help="traces per search (a full answer splits the slice; default: 500)")
-    tempo.add_argument("--tempo-slice", type=duration_arg, default=timedelta(hours=1),
-                       metavar="DURATION", help="initial search slice (default: 1h)")
-    tempo.add_argument("--tempo-timeout", type=seconds_arg, default=30.0,
-                       metavar="DURATION", help="per request (30s, 2m; default: 30s)")
-    tempo.add_argument("--tempo-header", action="append", default=[], metavar="NAME=VALUE",
-                       help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)")
-    tempo.add_argument("--tempo-query", metavar="TRACEQL", default=TEMPO_DEFAULT_QUERY,
-                       help="the search (default: %(default)s)")
+    tempo.add_argument(
+        "--tempo-limit",
+        type=int,
+        default=500,
+        metavar="N",
+        help="traces per search (a full answer splits the slice; default: 500)",
+    )
+    tempo.add_argument(
+        "--tempo-slice",
+        type=duration_arg,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="initial search slice (default: 1h)",
+    )
+    tempo.add_argument(
+        "--tempo-timeout",
+        type=seconds_arg,
+        default=30.0,
+        metavar="DURATION",
+        help="per request (30s, 2m; default: 30s)",
+    )
+    tempo.add_argument(
+        "--tempo-header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra request header, e.g. X-Scope-OrgID=team-a (repeatable)",
+    )
+    tempo.add_argument(
+        "--tempo-query",
+        metavar="TRACEQL",
+        default=TEMPO_DEFAULT_QUERY,
+        help="the search (default: %(default)s)",
+    )
 
     resources = parser.add_argument_group("resources")
-    resources.add_argument("--spill-dir", metavar="DIR",
-                           help="directory for temporary sort files (default: system temp "
-                                "dir)")
-    resources.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="processes that read trace files at once (default: one per core, "
-                             "at most 2; 1 reads everything in this process)")
+    resources.add_argument(
+        "--spill-dir",
+        metavar="DIR",
+        help="directory for temporary sort files (default: system temp dir)",
+    )
+    resources.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that read trace files at once (default: one per core, "
+        "at most 2; 1 reads everything in this process)",
+    )
     log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
@@ -222,8 +321,9 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--until needs --since")
     try:
         if args.since is not None:
-            window = Window.between(args.since, args.until or datetime.now(timezone.utc),
-                                    grace=args.grace)
+            window = Window.between(
+                args.since, args.until or datetime.now(timezone.utc), grace=args.grace
+            )
         else:
             window = Window.last(args.last or timedelta(hours=24), grace=args.grace)
         headers = tuple(_header_arg(h) for h in args.tempo_header)
@@ -238,14 +338,19 @@ def run(args: argparse.Namespace) -> int:
 
     progress = Progress(enabled=False if args.quiet or args.json else None)
     options = ReconcileOptions(
-        crash_after=args.crash_after, duration_tolerance_ratio=args.duration_tolerance,
-        duration_tolerance_ms=args.duration_tolerance_ms, spill_dir=args.spill_dir,
-        progress=progress, workers=max(0, args.workers),
+        crash_after=args.crash_after,
+        duration_tolerance_ratio=args.duration_tolerance,
+        duration_tolerance_ms=args.duration_tolerance_ms,
+        spill_dir=args.spill_dir,
+        progress=progress,
+        workers=max(0, args.workers),
     )
     source_options = SourceOptions(
-        tempo_limit=args.tempo_limit, tempo_timeout=args.tempo_timeout,
+        tempo_limit=args.tempo_limit,
+        tempo_timeout=args.tempo_timeout,
         tempo_slice_seconds=max(1, int(args.tempo_slice.total_seconds())),
-        tempo_query=args.tempo_query, tempo_headers=headers,
+        tempo_query=args.tempo_query,
+        tempo_headers=headers,
     )
     try:
         # Checked first, so a mistyped SQLite path is refused, not created (a bare path means
@@ -320,20 +425,31 @@ def spool_damage_notes(directories: Sequence[str], window: Window) -> list[str]:
                 continue
             affected = entry.get("runs_affected")
             runs = [str(r) for r in affected] if isinstance(affected, list) else []
-            lost = [f"{n} {label}" for label, n in (
-                ("frame(s) lost", entry.get("frames_lost")),
-                ("segment(s) missing", entry.get("missing_segments"))) if n]
-            named = (f"; runs affected: {', '.join(runs[:10])}"
-                     f"{f' and {len(runs) - 10} more' if len(runs) > 10 else ''}" if runs
-                     else "; no run could be named")
-            notes.append(safe_text(
-                f"spool damage in {directory} at {entry.get('time')}: {entry.get('what')}"
-                f"{' (' + ', '.join(lost) + ')' if lost else ''}{named}", 2_000))
+            lost = [
+                f"{n} {label}"
+                for label, n in (
+                    ("frame(s) lost", entry.get("frames_lost")),
+                    ("segment(s) missing", entry.get("missing_segments")),
+                )
+                if n
+            ]
+            named = (
+                f"; runs affected: {', '.join(runs[:10])}"
+                f"{f' and {len(runs) - 10} more' if len(runs) > 10 else ''}"
+                if runs
+                else "; no run could be named"
+            )
+            notes.append(
+                safe_text(
+                    f"spool damage in {directory} at {entry.get('time')}: {entry.get('what')}"
+                    f"{' (' + ', '.join(lost) + ')' if lost else ''}{named}",
+                    2_000,
+                )
+            )
     return notes
 
 
-def _record(result: Any, url: str | None, args: argparse.Namespace
-            ) -> tuple[list[str], list[str]]:
+def _record(result: Any, url: str | None, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Record the report in ``meta_reconciliation`` where those tables exist; returns
     ``(warnings, notes)`` for the terminal. Never creates them: see :func:`.report.record`."""
     if not url or args.no_record:
@@ -344,13 +460,17 @@ def _record(result: Any, url: str | None, args: argparse.Namespace
         if record(result, url):
             return [], []
     except Exception as exc:  # recording is a courtesy; the reports are written
-        return [f"not recorded in meta_reconciliation: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}"], []
-    return [], [f"not recorded: the catalog has no meta_reconciliation tables, and reconcile "
-                f"changes nothing in it{'' if args.repair else ' without --repair'}. To record "
-                f"reports, create them once with: odibi-observe catalog upgrade --catalog "
-                f"{_quoted(hide_password(url))} (this also brings meta_runs to odibi-observe's "
-                "schema)"]
+        return [
+            f"not recorded in meta_reconciliation: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ], []
+    return [], [
+        f"not recorded: the catalog has no meta_reconciliation tables, and reconcile "
+        f"changes nothing in it{'' if args.repair else ' without --repair'}. To record "
+        f"reports, create them once with: odibi-observe catalog upgrade --catalog "
+        f"{_quoted(hide_password(url))} (this also brings meta_runs to odibi-observe's "
+        "schema)"
+    ]
 
 
 def _quoted(text: str) -> str:
@@ -370,12 +490,14 @@ def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
         write_json(result, out / "report.json", trace_url_template=template)
         written.append(str(out / "report.json"))
     if "md" in args.format:
-        (out / "report.md").write_text(render_markdown(result, trace_url_template=template),
-                                       encoding="utf-8")
+        (out / "report.md").write_text(
+            render_markdown(result, trace_url_template=template), encoding="utf-8"
+        )
         written.append(str(out / "report.md"))
     if "html" in args.format:
-        (out / "report.html").write_text(render_html(result, trace_url_template=template),
-                                         encoding="utf-8")
+        (out / "report.html").write_text(
+            render_html(result, trace_url_template=template), encoding="utf-8"
+        )
         written.append(str(out / "report.html"))
     return written
 
@@ -386,8 +508,11 @@ def _json_summary(result: Any, written: Sequence[str]) -> str:
 
     from odibi_observe.reconcile.report import header
 
-    return json.dumps({**header(result), "clean": bool(result.clean), "written": list(written)},
-                      ensure_ascii=False, default=str)
+    return json.dumps(
+        {**header(result), "clean": bool(result.clean), "written": list(written)},
+        ensure_ascii=False,
+        default=str,
+    )
 
 
 def _fail(message: str) -> int:

@@ -211,10 +211,14 @@ class ReconcileResult:
             "discrepancies_total": self.discrepancies_total,
             "runs_checked": self.checked,
             "deferred": self.deferred,
-            "deferred_reason": (f"started within the grace period "
-                                f"({self.window.grace.total_seconds():g} s) before "
-                                f"{iso_ns(self.window.now_ns)}: too recent, left for the "
-                                "next reconciliation") if self.deferred else None,
+            "deferred_reason": (
+                f"started within the grace period "
+                f"({self.window.grace.total_seconds():g} s) before "
+                f"{iso_ns(self.window.now_ns)}: too recent, left for the "
+                "next reconciliation"
+            )
+            if self.deferred
+            else None,
             "not_run": dict(self.not_run),
             "in_flight": self.in_flight,
             "unchecked": self.unchecked,
@@ -236,7 +240,8 @@ class ReconcileResult:
 
 def _items_file(directory: str | None) -> IO[str]:
     return tempfile.TemporaryFile(
-        mode="w+", encoding="utf-8", prefix="odibi-reconcile-items-", dir=directory)
+        mode="w+", encoding="utf-8", prefix="odibi-reconcile-items-", dir=directory
+    )
 
 
 def reconcile(
@@ -254,8 +259,10 @@ def reconcile(
     options = options or ReconcileOptions()
     clock = time.perf_counter()
     result = ReconcileResult(
-        report_id=f"{window.now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}", window=window,
-        catalog_source=catalog.describe(), trace_sources=[t.describe() for t in traces],
+        report_id=f"{window.now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        window=window,
+        catalog_source=catalog.describe(),
+        trace_sources=[t.describe() for t in traces],
         options=options,
         bucket_ns=_HOUR_NS if window.end - window.since <= timedelta(days=3) else _DAY_NS,
     )
@@ -266,9 +273,11 @@ def reconcile(
         raise ReconcileError(str(exc)) from None
     # Read up to now (not only to the window's end) so that the runs the grace period leaves
     # for the next reconciliation are counted, and the report can say why it checked fewer.
-    read_range = ReadRange(window.since_ns - _ns(margin),
-                           max(window.end_ns + _ns(margin), _deferred_end(window)),
-                           window.now_ns)
+    read_range = ReadRange(
+        window.since_ns - _ns(margin),
+        max(window.end_ns + _ns(margin), _deferred_end(window)),
+        window.now_ns,
+    )
 
     sorter = ExternalSorter(chunk_size=options.chunk_size, directory=options.spill_dir)
     streams: list[Iterator[tuple[Any, ...]]] = []
@@ -281,18 +290,23 @@ def reconcile(
                 if source.sorted_by_run_id:
                     streams.append(_primed(source.read(read_range, log)))
                 else:
-                    parts.extend(source.split(workers, read_range,
-                                              min_bytes=options.parallel_min_bytes))
+                    parts.extend(
+                        source.split(workers, read_range, min_bytes=options.parallel_min_bytes)
+                    )
             except SourceError as exc:
                 result.unreadable.append(str(exc))
                 log.add_error(source.describe(), "source", str(exc))
         if workers > 1 and len(parts) > 1:
-            workdir = tempfile.TemporaryDirectory(prefix="odibi-reconcile-",
-                                                  dir=options.spill_dir)
+            workdir = tempfile.TemporaryDirectory(prefix="odibi-reconcile-", dir=options.spill_dir)
             groups = [parts[i::workers] for i in range(workers) if parts[i::workers]]
-            for part in read_in_parallel(groups, read_range, chunk_size=options.chunk_size,
-                                         directory=workdir.name, log=log,
-                                         unreadable=result.unreadable):
+            for part in read_in_parallel(
+                groups,
+                read_range,
+                chunk_size=options.chunk_size,
+                directory=workdir.name,
+                log=log,
+                unreadable=result.unreadable,
+            ):
                 sorter.adopt(part.paths, part.count)
         else:
             for source in parts:
@@ -302,8 +316,7 @@ def reconcile(
                     result.unreadable.append(str(exc))
                     log.add_error(source.describe(), "source", str(exc))
         if len(result.unreadable) == len(traces):
-            raise ReconcileError("no trace source could be read: " + "; ".join(
-                result.unreadable))
+            raise ReconcileError("no trace source could be read: " + "; ".join(result.unreadable))
         streams.insert(0, sorter.sorted())
         trace_stream = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_key)
         try:
@@ -386,8 +399,12 @@ class _Merger:
                 t2 = next(trs, None)
                 if (c2 is None or c2[0] > key) and (t2 is None or t2[0] > key):
                     expected = c[C_DURATION]
-                    if (expected is not None and since <= c[C_WINDOW] < end
-                            and c[C_STATUS] == t[T_STATUS] and c[C_ROWS] == t[T_ROWS]):
+                    if (
+                        expected is not None
+                        and since <= c[C_WINDOW] < end
+                        and c[C_STATUS] == t[T_STATUS]
+                        and c[C_ROWS] == t[T_ROWS]
+                    ):
                         actual = (t[T_END] - t[T_START]) / 1e6
                         if abs(actual - expected) <= max(slack, ratio * actual):
                             stats = pipelines.get(t[T_PIPELINE])
@@ -418,7 +435,8 @@ class _Merger:
                 raise ReconcileError(
                     f"the {side} stream is not sorted by run_id ({key!r} came before "
                     f"{(c if side == 'catalog' else t)[0]!r}): a database collation other "  # type: ignore[index]
-                    "than byte order?")
+                    "than byte order?"
+                )
             judge(key, cgroup, tgroup)
         result = self.result
         result.trace_runs += agreed
@@ -428,8 +446,7 @@ class _Merger:
 
     # -- one run ----------------------------------------------------------------------------
 
-    def judge(self, run_id: str, cats: list[tuple[Any, ...]],
-              trs: list[tuple[Any, ...]]) -> None:
+    def judge(self, run_id: str, cats: list[tuple[Any, ...]], trs: list[tuple[Any, ...]]) -> None:
         result = self.result
         if len(trs) > 1:
             trs = _distinct_spans(trs)
@@ -440,11 +457,14 @@ class _Merger:
         if tr is not None and cat is not None and len(trs) > 1:
             # Compare with the span the catalog row points at, if it is one of them.
             tr = next((s for s in trs if s[T_SPAN_ID] == cat[C_SPAN_ID]), tr)
-        if not ((cat is not None and self.since <= cat[C_WINDOW] < self.end)
-                or (tr is not None and self.since <= tr[T_START] < self.end)):
+        if not (
+            (cat is not None and self.since <= cat[C_WINDOW] < self.end)
+            or (tr is not None and self.since <= tr[T_START] < self.end)
+        ):
             end, later = self.end, self.deferred_end
-            if ((cat is not None and end <= cat[C_WINDOW] < later)
-                    or (tr is not None and end <= tr[T_START] < later)):
+            if (cat is not None and end <= cat[C_WINDOW] < later) or (
+                tr is not None and end <= tr[T_START] < later
+            ):
                 result.deferred += 1
             else:
                 result.outside_window += 1
@@ -469,18 +489,21 @@ class _Merger:
             result.matched += 1
             stats.matched += 1
             if len(cats) == 1 and len(trs) == 1:
-                rows_equal = cat[C_ROWS] == tr[T_ROWS] or (
-                    cat[C_ROWS] is None and not cat[C_EXACT])
-                if cat[C_STATUS] == tr[T_STATUS] and rows_equal and self._durations_agree(
-                        cat, tr):
+                rows_equal = cat[C_ROWS] == tr[T_ROWS] or (cat[C_ROWS] is None and not cat[C_EXACT])
+                if cat[C_STATUS] == tr[T_STATUS] and rows_equal and self._durations_agree(cat, tr):
                     return  # the common case: both sides agree
             self._compare(cat, tr, cats, trs)
         elif cat is not None:
             self._catalog_only(cat, cats)
         else:
             assert tr is not None
-            self._found("missing_in_catalog", tr[T_START], None, tr,
-                        f"span in {tr[T_ORIGIN]} has no meta_runs row")
+            self._found(
+                "missing_in_catalog",
+                tr[T_START],
+                None,
+                tr,
+                f"span in {tr[T_ORIGIN]} has no meta_runs row",
+            )
             if len(trs) > 1:
                 self._duplicate_spans(None, trs)
 
@@ -492,40 +515,76 @@ class _Merger:
         allowed: float = max(self.slack_ms, self.ratio * actual)
         return abs(actual - expected) <= allowed
 
-    def _compare(self, cat: tuple[Any, ...], tr: tuple[Any, ...],
-                 cats: list[tuple[Any, ...]], trs: list[tuple[Any, ...]]) -> None:
+    def _compare(
+        self,
+        cat: tuple[Any, ...],
+        tr: tuple[Any, ...],
+        cats: list[tuple[Any, ...]],
+        trs: list[tuple[Any, ...]],
+    ) -> None:
         if len(cats) > 1:
-            self._found("duplicate_in_catalog", tr[T_START], cat, tr,
-                        f"{len(cats)} meta_runs rows have this run_id", cats=cats)
+            self._found(
+                "duplicate_in_catalog",
+                tr[T_START],
+                cat,
+                tr,
+                f"{len(cats)} meta_runs rows have this run_id",
+                cats=cats,
+            )
         if len(trs) > 1:
             self._duplicate_spans(cat, trs)
         unchecked = f"{cat[C_UNCHECKED]},{tr[T_UNCHECKED]}"
         start = tr[T_START]
         if cat[C_STATUS] != tr[T_STATUS] and "status" not in unchecked:
             if cat[C_STATUS] == _RUNNING:
-                detail = (f"catalog still says RUNNING, the span says {tr[T_STATUS]}: the "
-                          "terminal catalog write was lost")
+                detail = (
+                    f"catalog still says RUNNING, the span says {tr[T_STATUS]}: the "
+                    "terminal catalog write was lost"
+                )
             else:
                 detail = f"catalog says {cat[C_STATUS] or '(none)'}, span says {tr[T_STATUS]}"
             self._found("status_mismatch", start, cat, tr, detail)
-        if cat[C_ROWS] != tr[T_ROWS] and "rows" not in unchecked and (
-                cat[C_EXACT] or cat[C_ROWS] is not None) and cat[C_STATUS] != _RUNNING:
-            self._found("rows_mismatch", start, cat, tr,
-                        f"catalog has {_n(cat[C_ROWS])} rows, span has {_n(tr[T_ROWS])}")
-        if "duration" not in unchecked and cat[C_STATUS] != _RUNNING and not \
-                self._durations_agree(cat, tr):
+        if (
+            cat[C_ROWS] != tr[T_ROWS]
+            and "rows" not in unchecked
+            and (cat[C_EXACT] or cat[C_ROWS] is not None)
+            and cat[C_STATUS] != _RUNNING
+        ):
+            self._found(
+                "rows_mismatch",
+                start,
+                cat,
+                tr,
+                f"catalog has {_n(cat[C_ROWS])} rows, span has {_n(tr[T_ROWS])}",
+            )
+        if (
+            "duration" not in unchecked
+            and cat[C_STATUS] != _RUNNING
+            and not self._durations_agree(cat, tr)
+        ):
             actual = (tr[T_END] - tr[T_START]) / 1e6
-            self._found("duration_mismatch", start, cat, tr,
-                        f"catalog has {_n(cat[C_DURATION])} ms, span lasted {actual:,.1f} ms "
-                        f"(tolerance {self.options.duration_tolerance_ratio:.0%} or "
-                        f"{self.options.duration_tolerance_ms:g} ms)")
+            self._found(
+                "duration_mismatch",
+                start,
+                cat,
+                tr,
+                f"catalog has {_n(cat[C_DURATION])} ms, span lasted {actual:,.1f} ms "
+                f"(tolerance {self.options.duration_tolerance_ratio:.0%} or "
+                f"{self.options.duration_tolerance_ms:g} ms)",
+            )
 
     def _catalog_only(self, cat: tuple[Any, ...], cats: list[tuple[Any, ...]]) -> None:
         result = self.result
         when = cat[C_STARTED] if cat[C_STARTED] is not None else cat[C_WINDOW]
         if len(cats) > 1:
-            self._found("duplicate_in_catalog", when, cat, None,
-                        f"{len(cats)} meta_runs rows have this run_id", cats=cats)
+            self._found(
+                "duplicate_in_catalog",
+                when,
+                cat,
+                None,
+                f"{len(cats)} meta_runs rows have this run_id",
+                cats=cats,
+            )
         if cat[C_NOT_RUN]:  # Odibi logged a node it did not execute: no span to expect
             result.not_run[cat[C_NOT_RUN]] += 1
             return
@@ -534,26 +593,48 @@ class _Merger:
             if alive >= self.stale_before:
                 result.in_flight += 1
                 return
-            self._found("stale_running", when, cat, None,
-                        f"RUNNING with no sign of life since {iso_ns(alive)} and no span: "
-                        "the process died without closing the run")
+            self._found(
+                "stale_running",
+                when,
+                cat,
+                None,
+                f"RUNNING with no sign of life since {iso_ns(alive)} and no span: "
+                "the process died without closing the run",
+            )
             return
         if self.log.gaps and self.log.in_gap(when):
             result.unchecked += 1
             return
-        self._found("missing_in_traces", when, cat, None,
-                    f"{cat[C_STATUS] or 'a'} run in meta_runs has no span")
+        self._found(
+            "missing_in_traces",
+            when,
+            cat,
+            None,
+            f"{cat[C_STATUS] or 'a'} run in meta_runs has no span",
+        )
 
-    def _duplicate_spans(self, cat: tuple[Any, ...] | None,
-                         trs: list[tuple[Any, ...]]) -> None:
+    def _duplicate_spans(self, cat: tuple[Any, ...] | None, trs: list[tuple[Any, ...]]) -> None:
         ids = ", ".join(f"{s[T_TRACE_ID]}/{s[T_SPAN_ID]} ({s[T_ORIGIN]})" for s in trs)
-        self._found("duplicate_in_traces", trs[0][T_START], cat, trs[0],
-                    f"{len(trs)} different spans carry this run_id: {ids}", trs=trs)
+        self._found(
+            "duplicate_in_traces",
+            trs[0][T_START],
+            cat,
+            trs[0],
+            f"{len(trs)} different spans carry this run_id: {ids}",
+            trs=trs,
+        )
 
-    def _found(self, kind: str, started: int | None, cat: tuple[Any, ...] | None,
-               tr: tuple[Any, ...] | None, detail: str, *,
-               cats: list[tuple[Any, ...]] | None = None,
-               trs: list[tuple[Any, ...]] | None = None) -> None:
+    def _found(
+        self,
+        kind: str,
+        started: int | None,
+        cat: tuple[Any, ...] | None,
+        tr: tuple[Any, ...] | None,
+        detail: str,
+        *,
+        cats: list[tuple[Any, ...]] | None = None,
+        trs: list[tuple[Any, ...]] | None = None,
+    ) -> None:
         """Record one discrepancy of the run being judged (``self.run_id``)."""
         result = self.result
         result.by_kind[kind] += 1
@@ -565,10 +646,16 @@ class _Merger:
         if catalog is not None and cats is not None and len(cats) > 1:
             catalog["duplicates"] = [catalog_side(c) for c in cats]
         if trace is not None and trs is not None and len(trs) > 1 and kind.startswith("dup"):
-            trace["duplicates"] = [{"trace_id": s[T_TRACE_ID], "span_id": s[T_SPAN_ID],
-                                    "origin": s[T_ORIGIN]} for s in trs]
-        self.write(Discrepancy(kind, self.run_id, self.pipeline, self.node, started, catalog,
-                               trace, detail).to_json() + "\n")
+            trace["duplicates"] = [
+                {"trace_id": s[T_TRACE_ID], "span_id": s[T_SPAN_ID], "origin": s[T_ORIGIN]}
+                for s in trs
+            ]
+        self.write(
+            Discrepancy(
+                kind, self.run_id, self.pipeline, self.node, started, catalog, trace, detail
+            ).to_json()
+            + "\n"
+        )
 
 
 def _distinct_spans(spans: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -590,4 +677,3 @@ def _rank(span: tuple[Any, ...]) -> tuple[bool, bool, int]:
 
 def _n(value: Any) -> str:
     return "no" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
-

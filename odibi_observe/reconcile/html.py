@@ -34,9 +34,22 @@ from odibi_observe.reconcile.report import (
 HTML_ROWS: Final = 500
 
 #: One colour per kind, in DISCREPANCY_KINDS order (distinguishable, print-safe).
-KIND_COLOURS: Final = dict(zip(DISCREPANCY_KINDS, (
-    "#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
-), strict=True))
+KIND_COLOURS: Final = dict(
+    zip(
+        DISCREPANCY_KINDS,
+        (
+            "#d62728",
+            "#ff7f0e",
+            "#9467bd",
+            "#1f77b4",
+            "#17becf",
+            "#8c564b",
+            "#e377c2",
+            "#7f7f7f",
+        ),
+        strict=True,
+    )
+)
 
 _CSS: Final = """
 *{box-sizing:border-box}
@@ -84,8 +97,9 @@ footer{margin-top:28px;color:#5b6578;font-size:12px}
 """
 
 
-def render_html(result: ReconcileResult, *, trace_url_template: str | None = None,
-                max_rows: int = HTML_ROWS) -> str:
+def render_html(
+    result: ReconcileResult, *, trace_url_template: str | None = None, max_rows: int = HTML_ROWS
+) -> str:
     """The HTML report of ``result`` (see the module docstring)."""
     total = result.discrepancies_total
     window = result.window
@@ -108,14 +122,14 @@ def render_html(result: ReconcileResult, *, trace_url_template: str | None = Non
         f"<style>{_CSS}</style></head><body><main>",
         f'<div class="top"><h1>odibi-observe reconciliation</h1>{verdict}</div>',
         f'<div class="meta">Runs started {escape(iso(window.since) or "")} → '
-        f'{escape(iso(window.end) or "")} (grace {escape(_human(window.grace.total_seconds()))})'
-        f' · generated {escape(iso(datetime.now(timezone.utc)) or "")} · report '
-        f'<code>{escape(result.report_id)}</code></div>',
+        f"{escape(iso(window.end) or '')} (grace {escape(_human(window.grace.total_seconds()))})"
+        f" · generated {escape(iso(datetime.now(timezone.utc)) or '')} · report "
+        f"<code>{escape(result.report_id)}</code></div>",
         _cards(result),
         '<div class="charts">',
         f'<div class="panel"><h2>Discrepancies by kind</h2>{_kind_chart(result)}</div>',
         f'<div class="panel"><h2>Discrepancies over time (per '
-        f'{"hour" if result.bucket_ns <= 3_600_000_000_000 else "day"}, by start)</h2>'
+        f"{'hour' if result.bucket_ns <= 3_600_000_000_000 else 'day'}, by start)</h2>"
         f"{_time_chart(result)}</div>",
         "</div>",
         _pipelines(result),
@@ -150,7 +164,9 @@ def _cards(result: ReconcileResult) -> str:
     ]
     html = "".join(
         f'<div class="card{" alert" if alert else ""}"><div class="n">{escape(value)}</div>'
-        f'<div class="l">{escape(label)}</div></div>' for label, value, alert in cards)
+        f'<div class="l">{escape(label)}</div></div>'
+        for label, value, alert in cards
+    )
     notes = [checked_line(result)]
     if result.not_run:
         notes.append(not_run_line(result))
@@ -158,8 +174,10 @@ def _cards(result: ReconcileResult) -> str:
     if result.in_flight:
         notes.append(f"{result.in_flight:,} runs still in flight (RUNNING, alive)")
     if result.unchecked:
-        notes.append(f"{result.unchecked:,} catalog runs unchecked (their trace source could "
-                     "not be read for that time)")
+        notes.append(
+            f"{result.unchecked:,} catalog runs unchecked (their trace source could "
+            "not be read for that time)"
+        )
     if result.ignored_spans:
         notes.append(f"{result.ignored_spans:,} spans ignored (not odibi node spans)")
     note = f'<div class="meta">{escape("; ".join(notes))}</div>' if notes else ""
@@ -184,9 +202,12 @@ def _kind_chart(result: ReconcileResult) -> str:
             f'<rect x="{label_w}" y="{y + 3}" width="{width}" height="16" rx="3" '
             f'fill="{colour}"><title>{escape(kind)}: {count:,}</title></rect>'
             f'<text x="{label_w + width + 6}" y="{y + 15}" font-size="12" '
-            f'fill="#1d2330">{count:,}</text>')
-    return (f'<svg width="100%" viewBox="0 0 {label_w + bar_w + 60} {height}" role="img" '
-            f'aria-label="discrepancies by kind">{"".join(rows)}</svg>')
+            f'fill="#1d2330">{count:,}</text>'
+        )
+    return (
+        f'<svg width="100%" viewBox="0 0 {label_w + bar_w + 60} {height}" role="img" '
+        f'aria-label="discrepancies by kind">{"".join(rows)}</svg>'
+    )
 
 
 def _time_chart(result: ReconcileResult) -> str:
@@ -202,13 +223,21 @@ def _time_chart(result: ReconcileResult) -> str:
     else:
         starts = [first + i * step for i in range(slots)]
     by_start = {int(_bucket_ns(b)): b["counts"] for b in buckets}
-    bars = [Bar(by_start.get(start, {}), _tick(start, step), iso_ns(start) or "")
-            for start in starts]
-    svg = stacked_bars(bars, DISCREPANCY_KINDS, KIND_COLOURS.__getitem__,
-                       Frame(640, 220, 30, 8, 206), "discrepancies over time")
+    bars = [
+        Bar(by_start.get(start, {}), _tick(start, step), iso_ns(start) or "") for start in starts
+    ]
+    svg = stacked_bars(
+        bars,
+        DISCREPANCY_KINDS,
+        KIND_COLOURS.__getitem__,
+        Frame(640, 220, 30, 8, 206),
+        "discrepancies over time",
+    )
     legend = "".join(
         f'<span><i style="background:{KIND_COLOURS[kind]}"></i>{escape(kind)}</span>'
-        for kind in DISCREPANCY_KINDS if result.by_kind.get(kind))
+        for kind in DISCREPANCY_KINDS
+        if result.by_kind.get(kind)
+    )
     return f'{svg}<div class="legend">{legend}</div>'
 
 
@@ -230,17 +259,20 @@ def _pipelines(result: ReconcileResult) -> str:
         ratio = row["completeness_ratio"]
         colour = "#2e9e44" if ratio >= 0.999 else "#d98b00" if ratio >= 0.95 else "#d0342c"
         body.append(
-            f'<tr><td>{escape(row["pipeline"] or "(none)")}</td>'
+            f"<tr><td>{escape(row['pipeline'] or '(none)')}</td>"
             f'<td><span class="bar"><i style="width:{ratio * 100:.1f}%;background:{colour}"></i>'
-            f'</span>{ratio * 100:.2f}%</td>'
+            f"</span>{ratio * 100:.2f}%</td>"
             f'<td class="num">{row["trace_runs"]:,}</td><td class="num">{row["catalog_runs"]:,}'
             f'</td><td class="num">{row["matched"]:,}</td>'
-            f'<td class="num">{row["discrepancies"]:,}</td></tr>')
-    return ('<h2>Completeness per pipeline</h2><table><thead><tr><th>pipeline</th>'
-            '<th>catalog holds of traced runs</th><th class="num">trace runs</th>'
-            '<th class="num">catalog runs</th><th class="num">matched</th>'
-            f'<th class="num">discrepancies</th></tr></thead><tbody>{"".join(body)}'
-            '</tbody></table>')
+            f'<td class="num">{row["discrepancies"]:,}</td></tr>'
+        )
+    return (
+        "<h2>Completeness per pipeline</h2><table><thead><tr><th>pipeline</th>"
+        '<th>catalog holds of traced runs</th><th class="num">trace runs</th>'
+        '<th class="num">catalog runs</th><th class="num">matched</th>'
+        f'<th class="num">discrepancies</th></tr></thead><tbody>{"".join(body)}'
+        "</tbody></table>"
+    )
 
 
 def _kinds(result: ReconcileResult) -> str:
@@ -250,23 +282,31 @@ def _kinds(result: ReconcileResult) -> str:
     cards = []
     for kind in found:
         info = KINDS[kind]
-        repair = (f'<div class="sub">--repair: {escape(info.repair)}</div>' if info.repair
-                  else '<div class="sub">--repair: nothing (report only)</div>')
+        repair = (
+            f'<div class="sub">--repair: {escape(info.repair)}</div>'
+            if info.repair
+            else '<div class="sub">--repair: nothing (report only)</div>'
+        )
         cards.append(
             f'<div class="kind" style="border-left-color:{KIND_COLOURS[kind]}">'
-            f'<b>{escape(info.title)}</b> · {result.by_kind[kind]:,} · <code>{escape(kind)}'
-            f'</code><div>{escape(info.meaning)}</div><div><b>What to do:</b> '
-            f'{escape(info.todo)}</div>{repair}</div>')
+            f"<b>{escape(info.title)}</b> · {result.by_kind[kind]:,} · <code>{escape(kind)}"
+            f"</code><div>{escape(info.meaning)}</div><div><b>What to do:</b> "
+            f"{escape(info.todo)}</div>{repair}</div>"
+        )
     repair_note = ""
     if result.repair:
         r = result.repair
         if r.get("mode") == "dry-run":
-            repair_note = ('<div class="meta">Repair dry run: nothing was changed; the last '
-                           'column says what <code>--repair</code> would do.</div>')
+            repair_note = (
+                '<div class="meta">Repair dry run: nothing was changed; the last '
+                "column says what <code>--repair</code> would do.</div>"
+            )
         else:
-            repair_note = (f'<div class="meta">Repair applied: {r.get("applied", 0):,} done, '
-                           f'{r.get("failed", 0):,} failed, {r.get("skipped", 0):,} skipped.'
-                           '</div>')
+            repair_note = (
+                f'<div class="meta">Repair applied: {r.get("applied", 0):,} done, '
+                f"{r.get('failed', 0):,} failed, {r.get('skipped', 0):,} skipped."
+                "</div>"
+            )
     return f'<h2>What to do</h2><div class="kinds">{"".join(cards)}</div>{repair_note}'
 
 
@@ -275,8 +315,10 @@ def _side(side: dict[str, Any] | None) -> str:
         return '<span class="sub">—</span>'
     rows = side.get("rows_processed")
     duration = side.get("duration_ms")
-    text = [f"<b>{escape(str(side.get('status') or '?'))}</b>",
-            f"{rows:,} rows" if isinstance(rows, int) else "rows ?"]
+    text = [
+        f"<b>{escape(str(side.get('status') or '?'))}</b>",
+        f"{rows:,} rows" if isinstance(rows, int) else "rows ?",
+    ]
     if duration is not None:
         text.append(f"{float(duration):,.0f} ms")
     return f'<span class="nowrap">{"<br>".join(text)}</span>'
@@ -298,37 +340,51 @@ def _runs(items: Sequence[Discrepancy], total: int, template: str | None) -> str
         return ""
     body = []
     for item in items:  # by kind (the order of the chart), then by start: see top_items
-
         colour = KIND_COLOURS.get(item.kind, "#7f7f7f")
         link = trace_url(template, item)
         run = escape(item.run_id)
-        run_html = f'<a class="mono" href="{escape(link)}">{run}</a>' if link else \
-            f'<span class="mono">{run}</span>'
+        run_html = (
+            f'<a class="mono" href="{escape(link)}">{run}</a>'
+            if link
+            else f'<span class="mono">{run}</span>'
+        )
         failure = ""
         for side in (item.trace, item.catalog):
             if side and side.get("error_type"):
-                failure = (f'<div class="err">{escape(str(side.get("error_type")))}: '
-                           f'{escape(str(side.get("error_message") or ""))[:300]}</div>')
-                failure += "".join(f'<div class="sub">suggestion: {escape(str(s))}</div>'
-                                   for s in side.get("suggestions") or ())
+                failure = (
+                    f'<div class="err">{escape(str(side.get("error_type")))}: '
+                    f"{escape(str(side.get('error_message') or ''))[:300]}</div>"
+                )
+                failure += "".join(
+                    f'<div class="sub">suggestion: {escape(str(s))}</div>'
+                    for s in side.get("suggestions") or ()
+                )
                 break
         repair = ""
         if item.repair:
-            repair = (f'<span title="{escape(str(item.repair.get("note") or ""))}">'
-                      f'{escape(str(item.repair.get("status")))}</span>'
-                      f'<div class="sub">{_breakable(str(item.repair.get("action") or ""))}'
-                      '</div>')
+            repair = (
+                f'<span title="{escape(str(item.repair.get("note") or ""))}">'
+                f"{escape(str(item.repair.get('status')))}</span>"
+                f'<div class="sub">{_breakable(str(item.repair.get("action") or ""))}'
+                "</div>"
+            )
         body.append(
             f'<tr><td><span class="badge" style="background:{colour}">{escape(item.kind)}'
             f'</span></td><td>{escape(item.pipeline)}<div class="sub">{escape(item.node)}</div>'
             f'</td><td class="nowrap">{run_html}<div class="sub">{escape(_when(item.started_ns))}'
-            f'</div></td><td>{_side(item.catalog)}</td><td>{_side(item.trace)}</td>'
-            f'<td>{escape(item.detail)}{failure}</td><td>{repair}</td></tr>')
-    more = (f'<div class="meta">Showing {len(items):,} of {total:,}; report.json has them all.'
-            '</div>' if total > len(items) else "")
-    return ('<h2>Affected runs</h2><table><thead><tr><th>kind</th><th>pipeline / node</th>'
-            '<th>run (trace link) / started</th><th>catalog</th><th>trace</th><th>detail</th>'
-            f'<th>repair</th></tr></thead><tbody>{"".join(body)}</tbody></table>{more}')
+            f"</div></td><td>{_side(item.catalog)}</td><td>{_side(item.trace)}</td>"
+            f"<td>{escape(item.detail)}{failure}</td><td>{repair}</td></tr>"
+        )
+    more = (
+        f'<div class="meta">Showing {len(items):,} of {total:,}; report.json has them all.</div>'
+        if total > len(items)
+        else ""
+    )
+    return (
+        "<h2>Affected runs</h2><table><thead><tr><th>kind</th><th>pipeline / node</th>"
+        "<th>run (trace link) / started</th><th>catalog</th><th>trace</th><th>detail</th>"
+        f"<th>repair</th></tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+    )
 
 
 def _errors(result: ReconcileResult) -> str:
@@ -336,20 +392,29 @@ def _errors(result: ReconcileResult) -> str:
         return ""
     body = "".join(
         f'<tr><td class="mono">{escape(e.where)}</td><td>{escape(e.message)}</td>'
-        f'<td class="sub">{escape(e.source)}</td></tr>' for e in result.errors[:200])
-    more = (f'<div class="meta">{result.errors_total - min(len(result.errors), 200):,} more '
-            'in report.json (which keeps the first 1,000).</div>'
-            if result.errors_total > 200 else "")
-    return (f'<h2>Read errors ({result.errors_total:,}) — input that could not be read; the '
-            'rest of the window was reconciled</h2><table><thead><tr><th>where</th>'
-            f'<th>problem</th><th>source</th></tr></thead><tbody>{body}</tbody></table>{more}')
+        f'<td class="sub">{escape(e.source)}</td></tr>'
+        for e in result.errors[:200]
+    )
+    more = (
+        f'<div class="meta">{result.errors_total - min(len(result.errors), 200):,} more '
+        "in report.json (which keeps the first 1,000).</div>"
+        if result.errors_total > 200
+        else ""
+    )
+    return (
+        f"<h2>Read errors ({result.errors_total:,}) — input that could not be read; the "
+        "rest of the window was reconciled</h2><table><thead><tr><th>where</th>"
+        f"<th>problem</th><th>source</th></tr></thead><tbody>{body}</tbody></table>{more}"
+    )
 
 
 def _footer(result: ReconcileResult) -> str:
     traces = ", ".join(result.trace_sources)
-    return (f"<footer>Catalog: <code>{escape(result.catalog_source)}</code> · traces: "
-            f"<code>{escape(traces)}</code> · crash threshold "
-            f"{escape(_human(result.options.crash_after.total_seconds()))} · duration "
-            f"tolerance {result.options.duration_tolerance_ratio:.0%} or "
-            f"{result.options.duration_tolerance_ms:g} ms · reconciled in "
-            f"{result.seconds:.1f} s</footer>")
+    return (
+        f"<footer>Catalog: <code>{escape(result.catalog_source)}</code> · traces: "
+        f"<code>{escape(traces)}</code> · crash threshold "
+        f"{escape(_human(result.options.crash_after.total_seconds()))} · duration "
+        f"tolerance {result.options.duration_tolerance_ratio:.0%} or "
+        f"{result.options.duration_tolerance_ms:g} ms · reconciled in "
+        f"{result.seconds:.1f} s</footer>"
+    )

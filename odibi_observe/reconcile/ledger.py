@@ -56,26 +56,37 @@ class LedgerSource(TraceSource):
         try:
             columns = table_columns(self.engine, SPAN_LEDGER_TABLE)
         except SQLAlchemyError as exc:
-            raise SourceError(f"{source}: cannot connect: {type(exc).__name__}: "
-                              f"{str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
-                              ) from None
+            raise SourceError(
+                f"{source}: cannot connect: {type(exc).__name__}: "
+                f"{str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
+            ) from None
         if columns is None:
-            raise SourceError(f"{source}: no table {SPAN_LEDGER_TABLE} (is the sidecar's "
-                              "ledger in this database? run 'odibi-observe catalog upgrade')")
+            raise SourceError(
+                f"{source}: no table {SPAN_LEDGER_TABLE} (is the sidecar's "
+                "ledger in this database? run 'odibi-observe catalog upgrade')"
+            )
         missing = [name for name in REQUIRED if name not in columns]
         if missing:
-            raise SourceError(f"{source}: {SPAN_LEDGER_TABLE} has no column "
-                              f"{', '.join(missing)}")
+            raise SourceError(f"{source}: {SPAN_LEDGER_TABLE} has no column {', '.join(missing)}")
         table = col.span_ledger
         present = [c for c in table.c if c.name in columns]
         absent = sorted(c.name for c in table.c if c.name not in columns)
         if absent:
-            log.add_error(source, SPAN_LEDGER_TABLE,
-                          f"table has no column {', '.join(absent)}; those fields are not compared")
+            log.add_error(
+                source,
+                SPAN_LEDGER_TABLE,
+                f"table has no column {', '.join(absent)}; those fields are not compared",
+            )
         # Facts the table cannot hold are left out of the comparison, not compared as unknown.
-        self._unchecked = [name for name, names in (
-            ("status", (col.STATUS,)), ("rows", (col.ROWS,)),
-            ("duration", (col.ENDED_AT, col.DURATION_MS))) if not any(c in columns for c in names)]
+        self._unchecked = [
+            name
+            for name, names in (
+                ("status", (col.STATUS,)),
+                ("rows", (col.ROWS,)),
+                ("duration", (col.ENDED_AT, col.DURATION_MS)),
+            )
+            if not any(c in columns for c in names)
+        ]
         started = table.c[col.STARTED_AT]
         query = (
             sa.select(*present)
@@ -91,9 +102,12 @@ class LedgerSource(TraceSource):
                 if number % 50_000 == 0:
                     log.tick("reading span ledger", number, None)
         except SQLAlchemyError as exc:
-            log.add_error(source, SPAN_LEDGER_TABLE,
-                          f"reading stopped: {type(exc).__name__}: "
-                          f"{str(getattr(exc, 'orig', None) or exc).splitlines()[0]}")
+            log.add_error(
+                source,
+                SPAN_LEDGER_TABLE,
+                f"reading stopped: {type(exc).__name__}: "
+                f"{str(getattr(exc, 'orig', None) or exc).splitlines()[0]}",
+            )
 
     def _run(self, row: Any, source: str, log: ReadLog, future: int) -> TraceRun | None:
         run_id = row[col.RUN_ID]
@@ -111,8 +125,9 @@ class LedgerSource(TraceSource):
             log.add_error(source, where, f"unreadable time: {exc}; span skipped")
             return None
         if start > future:
-            log.add_error(source, where,
-                          f"span starts in the future ({model.iso_ns(start)}); skipped")
+            log.add_error(
+                source, where, f"span starts in the future ({model.iso_ns(start)}); skipped"
+            )
             return None
         try:
             rows = as_int(row.get(col.ROWS))
@@ -130,15 +145,27 @@ class LedgerSource(TraceSource):
         # The text fields by the same mapping the sidecar stored them with.
         text = {name: row.get(field.column) or "" for name, field in TEXT_FIELDS}
         return TraceRun(
-            run_id=str(run_id), trace_id=str(row[col.TRACE_ID]), span_id=str(row[col.SPAN_ID]),
-            start_ns=start, end_ns=end, status=model.normalize_status(row.get(col.STATUS)),
+            run_id=str(run_id),
+            trace_id=str(row[col.TRACE_ID]),
+            span_id=str(row[col.SPAN_ID]),
+            start_ns=start,
+            end_ns=end,
+            status=model.normalize_status(row.get(col.STATUS)),
             rows=rows,
-            pipeline=text["pipeline"], node=text["node"], project=text["project"],
+            pipeline=text["pipeline"],
+            node=text["node"],
+            project=text["project"],
             environment=text["environment"],
             parent_span_id=row.get(col.PARENT_SPAN_ID) or None,
             pipeline_run_id=text["pipeline_run_id"] or None,
-            attempt=int(row.get(col.ATTEMPT) or 1), error_type=row.get(col.ERROR_TYPE) or None,
-            error_message=None, suggestions=(), attributes_json=None, host=host, pid=pid,
+            attempt=int(row.get(col.ATTEMPT) or 1),
+            error_type=row.get(col.ERROR_TYPE) or None,
+            error_message=None,
+            suggestions=(),
+            attributes_json=None,
+            host=host,
+            pid=pid,
             service_name=str(row.get(col.SERVICE_NAME) or "") or service,
-            unchecked=",".join(unchecked), origin=SPAN_LEDGER_TABLE,
+            unchecked=",".join(unchecked),
+            origin=SPAN_LEDGER_TABLE,
         )

@@ -186,8 +186,11 @@ def utc_now() -> datetime:
 
 
 def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(
-        timezone.utc)
+    return (
+        value.replace(tzinfo=timezone.utc)
+        if value.tzinfo is None
+        else value.astimezone(timezone.utc)
+    )
 
 
 @dataclass(frozen=True)
@@ -207,21 +210,24 @@ class Window:
     now: datetime
 
     @classmethod
-    def last(cls, duration: timedelta, *, grace: timedelta,
-             now: datetime | None = None) -> Window:
+    def last(cls, duration: timedelta, *, grace: timedelta, now: datetime | None = None) -> Window:
         now = as_utc(now or utc_now())
         return cls(since=now - grace - duration, until=now, grace=grace, now=now)
 
     @classmethod
-    def between(cls, since: datetime, until: datetime, *, grace: timedelta,
-                now: datetime | None = None) -> Window:
-        return cls(since=as_utc(since), until=as_utc(until), grace=grace,
-                   now=as_utc(now or utc_now()))
+    def between(
+        cls, since: datetime, until: datetime, *, grace: timedelta, now: datetime | None = None
+    ) -> Window:
+        return cls(
+            since=as_utc(since), until=as_utc(until), grace=grace, now=as_utc(now or utc_now())
+        )
 
     def __post_init__(self) -> None:
         if self.until <= self.since:
-            raise ValueError(f"the window ends ({self.until.isoformat()}) before it starts "
-                             f"({self.since.isoformat()})")
+            raise ValueError(
+                f"the window ends ({self.until.isoformat()}) before it starts "
+                f"({self.since.isoformat()})"
+            )
         if self.grace < timedelta(0):
             raise ValueError("grace must not be negative")
 
@@ -247,8 +253,11 @@ class Window:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "since": iso(self.since), "until": iso(self.until), "end": iso(self.end),
-            "grace_seconds": self.grace.total_seconds(), "now": iso(self.now),
+            "since": iso(self.since),
+            "until": iso(self.until),
+            "end": iso(self.end),
+            "grace_seconds": self.grace.total_seconds(),
+            "now": iso(self.now),
         }
 
 
@@ -360,57 +369,77 @@ class KindInfo:
     repair: str | None
 
 
-KINDS: Final[Mapping[str, KindInfo]] = {k.name: k for k in (
-    KindInfo(
-        "missing_in_catalog", "Missing in catalog",
-        "The run has a span but no meta_runs row.",
-        "The catalog write was lost: check the catalog sink's errors "
-        f"({SELF_METRICS.sink_errors.prometheus}{{sink=\"catalog\"}}) and the database's "
-        "availability "
-        "at that time.",
-        "backfill the meta_runs row from the span (source='reconciler')"),
-    KindInfo(
-        "missing_in_traces", "Missing in traces",
-        "The run has a meta_runs row but no span.",
-        "Spans were lost between the process and the trace store: check the collector's "
-        "queue and drop counters, sampling, and retention for that time.",
-        "re-emit the span with the run's stored trace and span ids and times"),
-    KindInfo(
-        "status_mismatch", "Status mismatch",
-        "The catalog and the span disagree on the run's status.",
-        "A catalog row stuck at RUNNING lost its terminal write; any other mismatch means the "
-        "row was changed after the run: check who writes to meta_runs.",
-        "set the catalog row's status (and error) to the span's"),
-    KindInfo(
-        "rows_mismatch", "Rows mismatch",
-        "The catalog and the span disagree on rows processed.",
-        "Both are written from one record, so the row was changed afterwards: check other "
-        "writers of meta_runs (scripts, backfills, Odibi's own writer).",
-        "set the catalog row's rows_processed to the span's"),
-    KindInfo(
-        "duration_mismatch", "Duration mismatch",
-        "The catalog's duration_ms differs from the span's duration beyond the tolerance.",
-        "Check who rewrote the row's times; if it is a clock problem, the hosts' NTP.",
-        "set the catalog row's end time and duration to the span's"),
-    KindInfo(
-        "duplicate_in_catalog", "Duplicate in catalog",
-        "Several catalog rows have the same run_id.",
-        "Only tables without a primary key allow this (Odibi's own Delta table): a run was "
-        "logged twice. Keep one row.",
-        None),
-    KindInfo(
-        "duplicate_in_traces", "Duplicate in traces",
-        "Different spans (different span ids) carry the same odibi.run_id.",
-        "Two processes claimed one run id: look for copied run ids or a replayed job that "
-        "reused its id. The same span delivered twice is not reported.",
-        None),
-    KindInfo(
-        "stale_running", "Stale RUNNING",
-        "The catalog row is still RUNNING long after its last sign of life, and no span exists.",
-        "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
-        "host's kernel log and the scheduler for the kill, then re-run the node.",
-        "close the run as CRASHED in the catalog and emit a back-dated error span with its ids"),
-)}
+KINDS: Final[Mapping[str, KindInfo]] = {
+    k.name: k
+    for k in (
+        KindInfo(
+            "missing_in_catalog",
+            "Missing in catalog",
+            "The run has a span but no meta_runs row.",
+            "The catalog write was lost: check the catalog sink's errors "
+            f'({SELF_METRICS.sink_errors.prometheus}{{sink="catalog"}}) and the database\'s '
+            "availability "
+            "at that time.",
+            "backfill the meta_runs row from the span (source='reconciler')",
+        ),
+        KindInfo(
+            "missing_in_traces",
+            "Missing in traces",
+            "The run has a meta_runs row but no span.",
+            "Spans were lost between the process and the trace store: check the collector's "
+            "queue and drop counters, sampling, and retention for that time.",
+            "re-emit the span with the run's stored trace and span ids and times",
+        ),
+        KindInfo(
+            "status_mismatch",
+            "Status mismatch",
+            "The catalog and the span disagree on the run's status.",
+            "A catalog row stuck at RUNNING lost its terminal write; any other mismatch means the "
+            "row was changed after the run: check who writes to meta_runs.",
+            "set the catalog row's status (and error) to the span's",
+        ),
+        KindInfo(
+            "rows_mismatch",
+            "Rows mismatch",
+            "The catalog and the span disagree on rows processed.",
+            "Both are written from one record, so the row was changed afterwards: check other "
+            "writers of meta_runs (scripts, backfills, Odibi's own writer).",
+            "set the catalog row's rows_processed to the span's",
+        ),
+        KindInfo(
+            "duration_mismatch",
+            "Duration mismatch",
+            "The catalog's duration_ms differs from the span's duration beyond the tolerance.",
+            "Check who rewrote the row's times; if it is a clock problem, the hosts' NTP.",
+            "set the catalog row's end time and duration to the span's",
+        ),
+        KindInfo(
+            "duplicate_in_catalog",
+            "Duplicate in catalog",
+            "Several catalog rows have the same run_id.",
+            "Only tables without a primary key allow this (Odibi's own Delta table): a run was "
+            "logged twice. Keep one row.",
+            None,
+        ),
+        KindInfo(
+            "duplicate_in_traces",
+            "Duplicate in traces",
+            "Different spans (different span ids) carry the same odibi.run_id.",
+            "Two processes claimed one run id: look for copied run ids or a replayed job that "
+            "reused its id. The same span delivered twice is not reported.",
+            None,
+        ),
+        KindInfo(
+            "stale_running",
+            "Stale RUNNING",
+            "The catalog row is still RUNNING long after its last sign of life, and no span "
+            "exists.",
+            "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
+            "host's kernel log and the scheduler for the kill, then re-run the node.",
+            "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
+        ),
+    )
+}
 
 if tuple(KINDS) != DISCREPANCY_KINDS:  # pragma: no cover - guards edits of either list
     raise RuntimeError("reconcile.model.KINDS and conventions.DISCREPANCY_KINDS disagree")
@@ -437,23 +466,33 @@ class Discrepancy:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "run_id": self.run_id, "pipeline": self.pipeline,
-            "node": self.node, "started_at": iso_ns(self.started_ns),
-            "started_ns": self.started_ns, "catalog": self.catalog, "trace": self.trace,
-            "detail": self.detail, "repair": self.repair,
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "node": self.node,
+            "started_at": iso_ns(self.started_ns),
+            "started_ns": self.started_ns,
+            "catalog": self.catalog,
+            "trace": self.trace,
+            "detail": self.detail,
+            "repair": self.repair,
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"),
-                          default=str)
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Discrepancy:
         return cls(
-            kind=data["kind"], run_id=data["run_id"], pipeline=data.get("pipeline") or "",
-            node=data.get("node") or "", started_ns=data.get("started_ns"),
-            catalog=data.get("catalog"), trace=data.get("trace"),
-            detail=data.get("detail") or "", repair=data.get("repair"),
+            kind=data["kind"],
+            run_id=data["run_id"],
+            pipeline=data.get("pipeline") or "",
+            node=data.get("node") or "",
+            started_ns=data.get("started_ns"),
+            catalog=data.get("catalog"),
+            trace=data.get("trace"),
+            detail=data.get("detail") or "",
+            repair=data.get("repair"),
         )
 
     @classmethod
@@ -472,17 +511,30 @@ def trace_side(run: TraceRun | tuple[Any, ...]) -> dict[str, Any]:
     """A span's fields as a discrepancy shows them (and as a repair rebuilds the run from)."""
     t = TraceRun._make(run)
     return {
-        "status": t.status, "rows_processed": t.rows,
+        "status": t.status,
+        "rows_processed": t.rows,
         "duration_ms": round((t.end_ns - t.start_ns) / 1e6, 3),
-        "started_at": iso_ns(t.start_ns), "ended_at": iso_ns(t.end_ns),
-        "started_ns": t.start_ns, "ended_ns": t.end_ns,
-        "trace_id": t.trace_id, "span_id": t.span_id, "parent_span_id": t.parent_span_id,
-        "project": t.project, "pipeline": t.pipeline, "node": t.node,
-        "environment": t.environment, "pipeline_run_id": t.pipeline_run_id,
-        "attempt": t.attempt, "error_type": t.error_type, "error_message": t.error_message,
+        "started_at": iso_ns(t.start_ns),
+        "ended_at": iso_ns(t.end_ns),
+        "started_ns": t.start_ns,
+        "ended_ns": t.end_ns,
+        "trace_id": t.trace_id,
+        "span_id": t.span_id,
+        "parent_span_id": t.parent_span_id,
+        "project": t.project,
+        "pipeline": t.pipeline,
+        "node": t.node,
+        "environment": t.environment,
+        "pipeline_run_id": t.pipeline_run_id,
+        "attempt": t.attempt,
+        "error_type": t.error_type,
+        "error_message": t.error_message,
         "suggestions": list(t.suggestions),
         "attributes": json.loads(t.attributes_json) if t.attributes_json else {},
-        "host": t.host, "pid": t.pid, "service_name": t.service_name, "origin": t.origin,
+        "host": t.host,
+        "pid": t.pid,
+        "service_name": t.service_name,
+        "origin": t.origin,
     }
 
 
@@ -490,16 +542,31 @@ def catalog_side(run: CatalogRun | tuple[Any, ...]) -> dict[str, Any]:
     """A catalog row's fields as a discrepancy shows them."""
     c = CatalogRun._make(run)
     return {
-        "status": c.status, "rows_processed": c.rows, "duration_ms": c.duration_ms,
-        "started_at": iso_ns(c.started_ns), "started_ns": c.started_ns,
+        "status": c.status,
+        "rows_processed": c.rows,
+        "duration_ms": c.duration_ms,
+        "started_at": iso_ns(c.started_ns),
+        "started_ns": c.started_ns,
         "logged_at": iso_ns(c.window_ns),
-        "trace_id": c.trace_id, "span_id": c.span_id, "pipeline": c.pipeline, "node": c.node,
-        "heartbeat_at": iso_ns(c.heartbeat_ns), "origin": c.origin,
+        "trace_id": c.trace_id,
+        "span_id": c.span_id,
+        "pipeline": c.pipeline,
+        "node": c.node,
+        "heartbeat_at": iso_ns(c.heartbeat_ns),
+        "origin": c.origin,
         **({"not_run": c.not_run} if c.not_run else {}),
     }
 
 
 __all__ = [
-    "KINDS", "CatalogRun", "Discrepancy", "KindInfo", "ReadError", "ReadLog", "ReadRange",
-    "TraceRun", "Window", "normalize_status",
+    "KINDS",
+    "CatalogRun",
+    "Discrepancy",
+    "KindInfo",
+    "ReadError",
+    "ReadLog",
+    "ReadRange",
+    "TraceRun",
+    "Window",
+    "normalize_status",
 ]

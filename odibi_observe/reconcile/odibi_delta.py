@@ -32,10 +32,17 @@ from odibi_observe.record import RunRecord
 
 #: Odibi's column types, as Arrow type names (``CatalogManager._get_schema_meta_runs``).
 ODIBI_META_RUNS_TYPES: Final = {
-    "run_id": "string", "project": "string", "pipeline_name": "string",
-    "node_name": "string", "status": "string", "rows_processed": "int64",
-    "duration_ms": "int64", "metrics_json": "string", "environment": "string",
-    "timestamp": "timestamp[us, tz=UTC]", "date": "date32",
+    "run_id": "string",
+    "project": "string",
+    "pipeline_name": "string",
+    "node_name": "string",
+    "status": "string",
+    "rows_processed": "int64",
+    "duration_ms": "int64",
+    "metrics_json": "string",
+    "environment": "string",
+    "timestamp": "timestamp[us, tz=UTC]",
+    "date": "date32",
 }
 #: Odibi's partition columns for meta_runs.
 ODIBI_PARTITION_COLUMNS: Final = ("pipeline_name", "date")
@@ -58,27 +65,34 @@ def resolve_meta_runs_path(path: str | os.PathLike[str]) -> str:
     """``path`` itself if it is a Delta table, else its ``meta_runs`` or
     ``_odibi_system/meta_runs`` below it (so a project's base path works too)."""
     base = os.fspath(path)
-    for candidate in (base, os.path.join(base, "meta_runs"),
-                      os.path.join(base, ODIBI_SYSTEM_DIR, "meta_runs")):
+    for candidate in (
+        base,
+        os.path.join(base, "meta_runs"),
+        os.path.join(base, ODIBI_SYSTEM_DIR, "meta_runs"),
+    ):
         if os.path.isdir(os.path.join(candidate, "_delta_log")):
             return candidate
     return base  # remote URIs (abfss://, s3://) are passed through as they are
 
 
-def open_meta_runs(path: str | os.PathLike[str],
-                   storage_options: Mapping[str, str] | None = None) -> Any:
+def open_meta_runs(
+    path: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None
+) -> Any:
     """The ``deltalake.DeltaTable`` of Odibi's meta_runs at ``path``."""
     try:
         from deltalake import DeltaTable
     except ImportError as exc:  # pragma: no cover - the odibi extra installs it
-        raise OdibiDeltaError("reading Odibi's Delta catalog needs deltalake "
-                              "(pip install 'odibi-observe[odibi]')") from exc
+        raise OdibiDeltaError(
+            "reading Odibi's Delta catalog needs deltalake (pip install 'odibi-observe[odibi]')"
+        ) from exc
     location = resolve_meta_runs_path(path)
     try:
         return DeltaTable(location, storage_options=dict(storage_options or {}) or None)
     except Exception as exc:  # deltalake raises its own TableNotFoundError, OSError, ...
-        raise OdibiDeltaError(f"{location}: not a Delta table ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise OdibiDeltaError(
+            f"{location}: not a Delta table ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
 def table_columns(table: Any) -> list[str]:
@@ -113,9 +127,11 @@ def iter_meta_runs(
         for bound, op in ((since, "ge"), (until, "lt")):
             if bound is None:
                 continue
-            scalar = pa.scalar(_utc(bound), type=time_type) if getattr(
-                time_type, "tz", None) else pa.scalar(_utc(bound).replace(tzinfo=None),
-                                                      type=time_type)
+            scalar = (
+                pa.scalar(_utc(bound), type=time_type)
+                if getattr(time_type, "tz", None)
+                else pa.scalar(_utc(bound).replace(tzinfo=None), type=time_type)
+            )
             term = pds.field(TIMESTAMP) >= scalar if op == "ge" else pds.field(TIMESTAMP) < scalar
             condition = term if condition is None else condition & term
     if DATE in available and (since is not None or until is not None):
@@ -170,25 +186,48 @@ def write_meta_runs(
                 data[name].append(logged.date())
             else:
                 data[name].append(row.get(name))
-    schema = pa.schema([
-        (name, pa.timestamp("us", tz="UTC") if name == TIMESTAMP else pa.date32()
-         if name == DATE else pa.int64() if kind == "int64" else pa.string())
-        for name, kind in ODIBI_META_RUNS_TYPES.items()
-    ])
-    write_deltalake(os.fspath(path), pa.Table.from_pydict(data, schema=schema), mode="append",
-                    partition_by=list(ODIBI_PARTITION_COLUMNS),
-                    storage_options=dict(storage_options or {}) or None)
+    schema = pa.schema(
+        [
+            (
+                name,
+                pa.timestamp("us", tz="UTC")
+                if name == TIMESTAMP
+                else pa.date32()
+                if name == DATE
+                else pa.int64()
+                if kind == "int64"
+                else pa.string(),
+            )
+            for name, kind in ODIBI_META_RUNS_TYPES.items()
+        ]
+    )
+    write_deltalake(
+        os.fspath(path),
+        pa.Table.from_pydict(data, schema=schema),
+        mode="append",
+        partition_by=list(ODIBI_PARTITION_COLUMNS),
+        storage_options=dict(storage_options or {}) or None,
+    )
 
 
 def _utc(value: datetime | date) -> datetime:
     if not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(
-        timezone.utc)
+    return (
+        value.replace(tzinfo=timezone.utc)
+        if value.tzinfo is None
+        else value.astimezone(timezone.utc)
+    )
 
 
 __all__ = [
-    "ODIBI_META_RUNS_TYPES", "ODIBI_PARTITION_COLUMNS", "OdibiDeltaError", "iter_meta_runs",
-    "odibi_row_to_record", "open_meta_runs", "resolve_meta_runs_path", "table_columns",
+    "ODIBI_META_RUNS_TYPES",
+    "ODIBI_PARTITION_COLUMNS",
+    "OdibiDeltaError",
+    "iter_meta_runs",
+    "odibi_row_to_record",
+    "open_meta_runs",
+    "resolve_meta_runs_path",
+    "table_columns",
     "write_meta_runs",
 ]

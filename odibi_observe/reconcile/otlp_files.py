@@ -70,8 +70,13 @@ _STR_ANY: Final = r'"[^"\\]*(?:\\.[^"\\]*)*"'
 
 
 def _kv_str(field: Field) -> str:
-    return (r'\{"key":"' + re.escape(attribute_of(field)) + r'","value":\{"stringValue":'
-            + _STR + r"\}\}")
+    return (
+        r'\{"key":"'
+        + re.escape(attribute_of(field))
+        + r'","value":\{"stringValue":'
+        + _STR
+        + r"\}\}"
+    )
 
 
 def _kv_int(field: Field) -> str:
@@ -86,16 +91,37 @@ _SPAN_RE: Final = re.compile(
     r'(?:,"traceState":' + _STR_ANY + r')?(?:,"parentSpanId":"([0-9a-f]{16})?")?'
     r'(?:,"flags":\d+)?(?:,"name":' + _STR_ANY + r')?(?:,"kind":\d+)?'
     r',"startTimeUnixNano":"(\d+)","endTimeUnixNano":"(\d+)","attributes":\['
-    + _kv_str(F.run_id) + "," + _kv_str(F.project) + "," + _kv_str(F.pipeline)
-    + "(?:," + _kv_str(F.pipeline_run_id) + ")?," + _kv_str(F.node) + "," + _kv_int(F.attempt)
-    + "," + _kv_str(F.status) + "(?:," + _kv_int(F.rows) + ")?(?:," + _kv_int(F.duration)
-    + ")?," + _kv_str(F.environment)
-    + r'(?:,\{"key":"' + re.escape(attribute_of(F.suggestions))
-    + r'","value":\{"arrayValue":\{"values":\[((?:\{"stringValue":' + _STR_ANY
-    + r'\},?)*)\]\}\}\})?'
-    + "(?:," + _kv_str(F.error) + ")?"
-    + r'((?:,\{"key":' + _STR_ANY + r',"value":\{"(?:stringValue|intValue|doubleValue|'
-    r'boolValue)":(?:' + _STR_ANY + r'|[-+.\w]+)\}\})*)\]'
+    + _kv_str(F.run_id)
+    + ","
+    + _kv_str(F.project)
+    + ","
+    + _kv_str(F.pipeline)
+    + "(?:,"
+    + _kv_str(F.pipeline_run_id)
+    + ")?,"
+    + _kv_str(F.node)
+    + ","
+    + _kv_int(F.attempt)
+    + ","
+    + _kv_str(F.status)
+    + "(?:,"
+    + _kv_int(F.rows)
+    + ")?(?:,"
+    + _kv_int(F.duration)
+    + ")?,"
+    + _kv_str(F.environment)
+    + r'(?:,\{"key":"'
+    + re.escape(attribute_of(F.suggestions))
+    + r'","value":\{"arrayValue":\{"values":\[((?:\{"stringValue":'
+    + _STR_ANY
+    + r"\},?)*)\]\}\}\})?"
+    + "(?:,"
+    + _kv_str(F.error)
+    + ")?"
+    + r'((?:,\{"key":'
+    + _STR_ANY
+    + r',"value":\{"(?:stringValue|intValue|doubleValue|'
+    r'boolValue)":(?:' + _STR_ANY + r"|[-+.\w]+)\}\})*)\]"
 )
 _RESOURCE_RE: Final = re.compile(r'"resource":\{')
 _RUN_ID_KEY: Final = '{"key":"' + A_RUN_ID + '",'
@@ -114,7 +140,12 @@ class _FullDecode(Exception):
 
 
 def scan_line(
-    line: str, *, origin: str, source: str, read_range: ReadRange, log: ReadLog,
+    line: str,
+    *,
+    origin: str,
+    source: str,
+    read_range: ReadRange,
+    log: ReadLog,
 ) -> list[TraceRun]:
     """The node spans of one OTLP-JSON line, scanned when possible, else decoded in full.
 
@@ -127,7 +158,12 @@ def scan_line(
 
 
 def _scan(
-    line: str, *, origin: str, source: str, read_range: ReadRange, log: ReadLog,
+    line: str,
+    *,
+    origin: str,
+    source: str,
+    read_range: ReadRange,
+    log: ReadLog,
 ) -> list[TraceRun]:
     # A line cut short (a full disk mid-write) does not end like a request; such a line, and
     # anything else unusual, is decoded in full, which reports it.
@@ -153,9 +189,26 @@ def _scan(
     plain: list[Any] = []  # TraceRun-shaped tuples (see below)
     append = plain.append
     for m in matches:
-        (trace_id, span_id, parent, start_s, end_s, run_id, project, pipeline, pipeline_run_id,
-         node, attempt, status, rows, _duration, environment, suggestions, error_type,
-         extra) = m.groups()
+        (
+            trace_id,
+            span_id,
+            parent,
+            start_s,
+            end_s,
+            run_id,
+            project,
+            pipeline,
+            pipeline_run_id,
+            node,
+            attempt,
+            status,
+            rows,
+            _duration,
+            environment,
+            suggestions,
+            error_type,
+            extra,
+        ) = m.groups()
         start = int(start_s)
         end = int(end_s)
         if not low <= start < high and start <= future:
@@ -165,34 +218,65 @@ def _scan(
             host, pid, service = single
         else:
             at = m.start()
-            host, pid, service = resources[bisect.bisect_right(starts, at) - 1][1] \
-                if starts and starts[0] < at else ("", 0, "")
-        if start > future or status not in _NO_DETAILS or end < start or (
-                escapes and "\\" in m.group(0)) or not run_id.strip() or (
-                trace_id in _ZERO_IDS or span_id in _ZERO_IDS or parent in _ZERO_IDS):
+            host, pid, service = (
+                resources[bisect.bisect_right(starts, at) - 1][1]
+                if starts and starts[0] < at
+                else ("", 0, "")
+            )
+        if (
+            start > future
+            or status not in _NO_DETAILS
+            or end < start
+            or (escapes and "\\" in m.group(0))
+            or not run_id.strip()
+            or (trace_id in _ZERO_IDS or span_id in _ZERO_IDS or parent in _ZERO_IDS)
+        ):
             # Error details, odd times, escaped text or an id the decoder refuses: this span
             # takes the full decoder.
-            slow.append((m.start(),
-                         {RESOURCE_HOST: host, RESOURCE_PID: pid, SERVICE_NAME: service}))
+            slow.append(
+                (m.start(), {RESOURCE_HOST: host, RESOURCE_PID: pid, SERVICE_NAME: service})
+            )
             continue
         # A plain tuple in TraceRun's field order: what the spill stores anyway, and a third
         # of the cost of building the NamedTuple by keyword for every span.
-        append((
-            run_id, trace_id, span_id, start, end, status, None if rows is None else int(rows),
-            pipeline, node, project, environment, parent or None, pipeline_run_id or None,
-            int(attempt), error_type, None,
-            tuple(v["stringValue"] for v in json.loads(f"[{suggestions}]"))
-            if suggestions else (),
-            _user_attributes(extra) if extra else None, host, pid, service, "", origin,
-        ))
+        append(
+            (
+                run_id,
+                trace_id,
+                span_id,
+                start,
+                end,
+                status,
+                None if rows is None else int(rows),
+                pipeline,
+                node,
+                project,
+                environment,
+                parent or None,
+                pipeline_run_id or None,
+                int(attempt),
+                error_type,
+                None,
+                tuple(v["stringValue"] for v in json.loads(f"[{suggestions}]"))
+                if suggestions
+                else (),
+                _user_attributes(extra) if extra else None,
+                host,
+                pid,
+                service,
+                "",
+                origin,
+            )
+        )
     runs.extend(plain)
     try:  # decode every slow span before reporting anything, so a retry starts clean
         decoded = [(_DECODER.raw_decode(line, at)[0], resource) for at, resource in slow]
     except ValueError:
         raise _FullDecode from None
     for span, resource in decoded:
-        run = span_to_run(span, resource, origin=origin, source=source,
-                          read_range=read_range, log=log)
+        run = span_to_run(
+            span, resource, origin=origin, source=source, read_range=read_range, log=log
+        )
         if run is not None:
             runs.append(run)
     log.outside_range += outside
@@ -208,21 +292,30 @@ def _resources(line: str) -> list[tuple[int, tuple[str, int, str]]]:
             resource, _ = _DECODER.raw_decode(line, m.end() - 1)
         except ValueError:
             raise _FullDecode from None
-        attributes = decode_attributes(resource.get("attributes")) if isinstance(
-            resource, dict) else {}
+        attributes = (
+            decode_attributes(resource.get("attributes")) if isinstance(resource, dict) else {}
+        )
         out.append((m.start(), resource_identity(attributes)))
     return out
 
 
 def _user_attributes(extra: str) -> str | None:
     attributes = decode_attributes(json.loads(f"[{extra[1:]}]"))
-    user = {k[len(USER_ATTRIBUTE_PREFIX):]: v for k, v in attributes.items()
-            if k.startswith(USER_ATTRIBUTE_PREFIX)}
+    user = {
+        k[len(USER_ATTRIBUTE_PREFIX) :]: v
+        for k, v in attributes.items()
+        if k.startswith(USER_ATTRIBUTE_PREFIX)
+    }
     return json.dumps(user, ensure_ascii=False) if user else None
 
 
 def decode_line(
-    line: str | bytes, *, origin: str, source: str, read_range: ReadRange, log: ReadLog,
+    line: str | bytes,
+    *,
+    origin: str,
+    source: str,
+    read_range: ReadRange,
+    log: ReadLog,
 ) -> list[TraceRun]:
     """The node spans of one OTLP-JSON line, decoded in full (the general, slower path)."""
     try:
@@ -233,8 +326,9 @@ def decode_line(
         return []
     runs = []
     for resource, span in pairs:
-        run = span_to_run(span, resource, origin=origin, source=source,
-                          read_range=read_range, log=log)
+        run = span_to_run(
+            span, resource, origin=origin, source=source, read_range=read_range, log=log
+        )
         if run is not None:
             runs.append(run)
     return runs
@@ -253,20 +347,22 @@ class OtlpJsonFileSource(TraceSource):
 
     scheme: ClassVar[str] = "otlp-json"
 
-    def __init__(self, location: str | os.PathLike[str],
-                 files: Sequence[Path] | None = None) -> None:
+    def __init__(
+        self, location: str | os.PathLike[str], files: Sequence[Path] | None = None
+    ) -> None:
         self.location = os.fspath(location)
         self._files = None if files is None else list(files)
 
     def describe(self) -> str:
         return f"{self.scheme}:{self.location}"
 
-    def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0
-              ) -> list[TraceSource]:
+    def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         """The files in ``parts`` groups of about equal size (largest first into the
         lightest group), when there are at least two files and ``min_bytes`` of them."""
-        sized = sorted(((size, file) for file, size in self._todo(read_range, ReadLog())),
-                       key=lambda pair: (-pair[0], str(pair[1])))
+        sized = sorted(
+            ((size, file) for file, size in self._todo(read_range, ReadLog())),
+            key=lambda pair: (-pair[0], str(pair[1])),
+        )
         if parts < 2 or len(sized) < 2 or sum(size for size, _ in sized) < min_bytes:
             return [self]
         groups: list[tuple[int, list[Path]]] = [(0, []) for _ in range(min(parts, len(sized)))]
@@ -286,8 +382,10 @@ class OtlpJsonFileSource(TraceSource):
             files = [p for p in found if p.is_file()]
         elif path.is_dir():
             files = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not p.name.startswith(".")
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not p.name.startswith(".")
                 and (".json" in p.name or p.name.endswith(".gz"))
             )
         elif path.is_file():
@@ -323,7 +421,12 @@ class OtlpJsonFileSource(TraceSource):
             log.tick("reading traces", done, total)
 
     def _read_file(
-        self, file: Path, read_range: ReadRange, log: ReadLog, done: int, total: int | None,
+        self,
+        file: Path,
+        read_range: ReadRange,
+        log: ReadLog,
+        done: int,
+        total: int | None,
     ) -> Iterator[TraceRun]:
         source = self.describe()
         try:
@@ -336,8 +439,12 @@ class OtlpJsonFileSource(TraceSource):
             magic = raw.read(4)
             raw.seek(0)
             if magic.startswith(_ZSTD_MAGIC):
-                log.add_error(source, str(file), "zstd-compressed: not supported; decompress it "
-                              "(zstd -d) or configure the collector with compression: gzip")
+                log.add_error(
+                    source,
+                    str(file),
+                    "zstd-compressed: not supported; decompress it "
+                    "(zstd -d) or configure the collector with compression: gzip",
+                )
                 return
             stream: IO[bytes] = raw
             if magic.startswith(_GZIP_MAGIC):
@@ -351,15 +458,19 @@ class OtlpJsonFileSource(TraceSource):
                 except UnicodeDecodeError as exc:
                     log.add_error(source, origin, f"not UTF-8: {exc.reason} at byte {exc.start}")
                     continue
-                yield from scan_line(line, origin=origin, source=source,
-                                     read_range=read_range, log=log)
+                yield from scan_line(
+                    line, origin=origin, source=source, read_range=read_range, log=log
+                )
                 if number % 64 == 0:
                     log.tick("reading traces", done + raw.tell(), total)
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
             reason = _short(exc) or type(exc).__name__
-            log.add_error(source, f"{file}:{number + 1}",
-                          f"compressed data ends or breaks here ({reason}); the {number} lines "
-                          "before it were read")
+            log.add_error(
+                source,
+                f"{file}:{number + 1}",
+                f"compressed data ends or breaks here ({reason}); the {number} lines "
+                "before it were read",
+            )
         finally:
             raw.close()
 

@@ -52,8 +52,15 @@ class PartResult:
         unreadable.extend(self.unreadable)
 
 
-def read_group(sources: Sequence[TraceSource], read_range: ReadRange, *, chunk_size: int,
-               directory: str, prefix: str, log: ReadLog | None = None) -> PartResult:
+def read_group(
+    sources: Sequence[TraceSource],
+    read_range: ReadRange,
+    *,
+    chunk_size: int,
+    directory: str,
+    prefix: str,
+    log: ReadLog | None = None,
+) -> PartResult:
     """Read ``sources`` into named, sorted run files in ``directory``."""
     own_log = log or ReadLog()
     sorter = ExternalSorter(chunk_size=chunk_size, directory=directory, name_prefix=prefix)
@@ -75,11 +82,24 @@ def read_group(sources: Sequence[TraceSource], read_range: ReadRange, *, chunk_s
     return result
 
 
-def _child(conn: Connection, sources: Sequence[TraceSource], read_range: ReadRange, *,
-           chunk_size: int, directory: str, prefix: str) -> None:
+def _child(
+    conn: Connection,
+    sources: Sequence[TraceSource],
+    read_range: ReadRange,
+    *,
+    chunk_size: int,
+    directory: str,
+    prefix: str,
+) -> None:
     try:
-        conn.send(("ok", read_group(sources, read_range, chunk_size=chunk_size,
-                                    directory=directory, prefix=prefix)))
+        conn.send(
+            (
+                "ok",
+                read_group(
+                    sources, read_range, chunk_size=chunk_size, directory=directory, prefix=prefix
+                ),
+            )
+        )
     except BaseException as exc:  # the parent re-reads this group; say why
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -92,9 +112,15 @@ def _context() -> Any:
     return multiprocessing.get_context("fork" if fork else "spawn")
 
 
-def read_in_parallel(groups: Sequence[Sequence[TraceSource]], read_range: ReadRange, *,
-                     chunk_size: int, directory: str, log: ReadLog,
-                     unreadable: list[str]) -> list[PartResult]:
+def read_in_parallel(
+    groups: Sequence[Sequence[TraceSource]],
+    read_range: ReadRange,
+    *,
+    chunk_size: int,
+    directory: str,
+    log: ReadLog,
+    unreadable: list[str],
+) -> list[PartResult]:
     """Read ``groups[0]`` here and every other group in a child process; the results of all.
 
     What the children read (errors, counts, gaps) is merged into ``log`` and ``unreadable``.
@@ -106,13 +132,24 @@ def read_in_parallel(groups: Sequence[Sequence[TraceSource]], read_range: ReadRa
             receive, send = context.Pipe(duplex=False)
             prefix = f"group{number}"
             process = context.Process(
-                target=_child, args=(send, list(group), read_range), daemon=True,
-                kwargs={"chunk_size": chunk_size, "directory": directory, "prefix": prefix})
+                target=_child,
+                args=(send, list(group), read_range),
+                daemon=True,
+                kwargs={"chunk_size": chunk_size, "directory": directory, "prefix": prefix},
+            )
             process.start()
             send.close()
             children.append((process, receive, group, prefix))
-        results = [read_group(groups[0], read_range, chunk_size=chunk_size,
-                              directory=directory, prefix="group0", log=log)]
+        results = [
+            read_group(
+                groups[0],
+                read_range,
+                chunk_size=chunk_size,
+                directory=directory,
+                prefix="group0",
+                log=log,
+            )
+        ]
         unreadable.extend(results[0].unreadable)
         for process, receive, group, prefix in children:
             try:
@@ -125,11 +162,19 @@ def read_in_parallel(groups: Sequence[Sequence[TraceSource]], read_range: ReadRa
                 payload.merge_into(log, unreadable)
                 results.append(payload)
                 continue
-            log.add_error("reconcile", "worker process",
-                          f"a reading process failed ({payload}); its files were read again "
-                          "here")
-            again = read_group(group, read_range, chunk_size=chunk_size, directory=directory,
-                               prefix=f"{prefix}-again", log=log)
+            log.add_error(
+                "reconcile",
+                "worker process",
+                f"a reading process failed ({payload}); its files were read again here",
+            )
+            again = read_group(
+                group,
+                read_range,
+                chunk_size=chunk_size,
+                directory=directory,
+                prefix=f"{prefix}-again",
+                log=log,
+            )
             unreadable.extend(again.unreadable)
             results.append(again)
         return results

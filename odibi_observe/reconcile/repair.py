@@ -70,12 +70,21 @@ EMIT = "emit_span"
 CLOSE = "close_crashed"
 UPDATE = "update_catalog_from_trace"
 ACTIONS: Final = {
-    "missing_in_catalog": BACKFILL, "missing_in_traces": EMIT, "stale_running": CLOSE,
-    "status_mismatch": UPDATE, "rows_mismatch": UPDATE, "duration_mismatch": UPDATE,
+    "missing_in_catalog": BACKFILL,
+    "missing_in_traces": EMIT,
+    "stale_running": CLOSE,
+    "status_mismatch": UPDATE,
+    "rows_mismatch": UPDATE,
+    "duration_mismatch": UPDATE,
 }
 
 PLANNED, APPLIED, FAILED, SKIPPED, IMPOSSIBLE = (
-    "planned", "applied", "failed", "skipped", "not_repairable")
+    "planned",
+    "applied",
+    "failed",
+    "skipped",
+    "not_repairable",
+)
 #: Applied on one backend, not on the other (a CRASHED row whose span could not be sent).
 PARTIAL: Final = "partial"
 STATUSES: Final = (PLANNED, APPLIED, PARTIAL, FAILED, SKIPPED, IMPOSSIBLE)
@@ -98,8 +107,7 @@ def span_sink(spec: str | None) -> tuple[OtelSink | None, str | None]:
     spec, the standard variables decide (``OTEL_EXPORTER_OTLP_ENDPOINT``,
     ``ODIBI_OBSERVE_TRACES_FILE``, ...), exactly as for a pipeline process.
     """
-    common: dict[str, Any] = {"install_global": False, "metrics": False,
-                              "tracer_provider": None}
+    common: dict[str, Any] = {"install_global": False, "metrics": False, "tracer_provider": None}
     try:
         settings = resolve_settings({})
         if spec is None:
@@ -112,16 +120,20 @@ def span_sink(spec: str | None) -> tuple[OtelSink | None, str | None]:
         if scheme == "otlp-json":
             if not location:
                 raise RepairError("--repair-traces otlp-json: needs a file path")
-            return OtelSink(service_name=REPAIR_SERVICE_NAME, traces_file=location,
-                            **common), spec
+            return OtelSink(service_name=REPAIR_SERVICE_NAME, traces_file=location, **common), spec
         if scheme in ("http", "https") and location.startswith("//"):
-            return OtelSink(service_name=REPAIR_SERVICE_NAME, otlp_endpoint=spec,
-                            otlp_protocol=settings.otlp_protocol,
-                            otlp_timeout=settings.otlp_timeout, **common), spec
+            return OtelSink(
+                service_name=REPAIR_SERVICE_NAME,
+                otlp_endpoint=spec,
+                otlp_protocol=settings.otlp_protocol,
+                otlp_timeout=settings.otlp_timeout,
+                **common,
+            ), spec
     except ConfigurationError as exc:
         raise RepairError(f"--repair-traces: {exc}") from None
-    raise RepairError(f"--repair-traces {spec!r}: expected otlp-json:PATH or an http(s):// "
-                      "OTLP endpoint")
+    raise RepairError(
+        f"--repair-traces {spec!r}: expected otlp-json:PATH or an http(s):// OTLP endpoint"
+    )
 
 
 @dataclass
@@ -143,7 +155,8 @@ class RepairSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "catalog_writable": self.catalog_writable,
+            "mode": self.mode,
+            "catalog_writable": self.catalog_writable,
             "span_destination": self.span_destination,
             **{status: self.statuses.get(status, 0) for status in STATUSES},
             "actions": dict(self.actions),
@@ -154,21 +167,37 @@ class RepairSummary:
 class Repairer:
     """Plans (and with ``apply``, performs) the repairs of a result's discrepancies."""
 
-    def __init__(self, catalog: CatalogSource, spans: OtelSink | None, *, apply: bool,
-                 span_destination: str | None = None, now_ns: int) -> None:
+    def __init__(
+        self,
+        catalog: CatalogSource,
+        spans: OtelSink | None,
+        *,
+        apply: bool,
+        span_destination: str | None = None,
+        now_ns: int,
+    ) -> None:
         self.store: CatalogStore | None = catalog.store()
-        self.catalog_note = None if self.store is not None else (
-            "the catalog cannot be written here: "
-            + ("Odibi's Delta table is read-only for odibi-observe"
-               if catalog.scheme == ODIBI_DELTA_SCHEME
-               else "meta_runs lacks odibi-observe's columns (run 'odibi-observe catalog "
-                    "upgrade')"))
+        self.catalog_note = (
+            None
+            if self.store is not None
+            else (
+                "the catalog cannot be written here: "
+                + (
+                    "Odibi's Delta table is read-only for odibi-observe"
+                    if catalog.scheme == ODIBI_DELTA_SCHEME
+                    else "meta_runs lacks odibi-observe's columns (run 'odibi-observe catalog "
+                    "upgrade')"
+                )
+            )
+        )
         self.spans = spans
         self.apply = apply
         self.now_ns = now_ns
-        self.summary = RepairSummary(mode="applied" if apply else "dry-run",
-                                     catalog_writable=self.store is not None,
-                                     span_destination=span_destination)
+        self.summary = RepairSummary(
+            mode="applied" if apply else "dry-run",
+            catalog_writable=self.store is not None,
+            span_destination=span_destination,
+        )
 
     def run(self, result: ReconcileResult) -> RepairSummary:
         """Annotate (and repair) every discrepancy of ``result``; returns the summary."""
@@ -199,11 +228,18 @@ class Repairer:
         for item in items:
             action = ACTIONS.get(item.kind)
             if action is None:
-                plans.append((item, None, IMPOSSIBLE, "which copy is right cannot be known; "
-                              "see what to do for this kind"))
+                plans.append(
+                    (
+                        item,
+                        None,
+                        IMPOSSIBLE,
+                        "which copy is right cannot be known; see what to do for this kind",
+                    )
+                )
                 continue
-            status, note = self._plan(item, action, current.get(item.run_id), catalog_events,
-                                      span_events)
+            status, note = self._plan(
+                item, action, current.get(item.run_id), catalog_events, span_events
+            )
             plans.append((item, action, status, note))
 
         catalog_error = span_error = None
@@ -223,12 +259,17 @@ class Repairer:
         for item, action, planned, note in plans:
             status, text, backends = planned, note, {}
             if planned == PLANNED:
-                backends = self._backends(item.run_id, action, catalog_events, span_events,
-                                          catalog_error=catalog_error, span_error=span_error)
+                backends = self._backends(
+                    item.run_id,
+                    action,
+                    catalog_events,
+                    span_events,
+                    catalog_error=catalog_error,
+                    span_error=span_error,
+                )
                 if self.apply:
                     status = _overall(backends)
-                    errors = [state for state in backends.values()
-                              if state.startswith(FAILED)]
+                    errors = [state for state in backends.values() if state.startswith(FAILED)]
                     text = "; ".join(errors) if status == FAILED else note
                     if status == PARTIAL and errors:
                         text = "; ".join([note, *errors])
@@ -241,14 +282,23 @@ class Repairer:
             out.append(item)
         return out
 
-    def _backends(self, run_id: str, action: str | None, catalog_events: dict[str, RunEvent],
-                  span_events: dict[str, RunEvent], *, catalog_error: str | None,
-                  span_error: str | None) -> dict[str, str]:
+    def _backends(
+        self,
+        run_id: str,
+        action: str | None,
+        catalog_events: dict[str, RunEvent],
+        span_events: dict[str, RunEvent],
+        *,
+        catalog_error: str | None,
+        span_error: str | None,
+    ) -> dict[str, str]:
         """What a planned repair does (or did) on each backend, counted in the summary:
         ``planned``, ``applied``, ``failed: why`` or ``not_sent: why``."""
         out: dict[str, str] = {}
-        for backend, used, error in ((CATALOG_BACKEND, run_id in catalog_events, catalog_error),
-                                     (TRACES_BACKEND, run_id in span_events, span_error)):
+        for backend, used, error in (
+            (CATALOG_BACKEND, run_id in catalog_events, catalog_error),
+            (TRACES_BACKEND, run_id in span_events, span_error),
+        ):
             if used:
                 state = PLANNED if not self.apply else f"{FAILED}: {error}" if error else APPLIED
             elif backend == TRACES_BACKEND and action == CLOSE:
@@ -259,9 +309,14 @@ class Repairer:
             out[backend] = state
         return out
 
-    def _plan(self, item: Discrepancy, action: str, record: RunRecord | None,
-              catalog_events: dict[str, RunEvent],
-              span_events: dict[str, RunEvent]) -> tuple[str, str]:
+    def _plan(
+        self,
+        item: Discrepancy,
+        action: str,
+        record: RunRecord | None,
+        catalog_events: dict[str, RunEvent],
+        span_events: dict[str, RunEvent],
+    ) -> tuple[str, str]:
         """``(status, note)`` for one item; queues the events it needs."""
         needs_catalog = action != EMIT or (record is not None and not record.trace_id)
         if needs_catalog and self.store is None:
@@ -282,8 +337,7 @@ class Repairer:
             if self.spans is None:
                 return SKIPPED, _NO_DESTINATION
             if not record.trace_id or not record.span_id:
-                record = record.replace(**derived_ids(record.run_id),
-                                        source=Source.RECONCILER)
+                record = record.replace(**derived_ids(record.run_id), source=Source.RECONCILER)
                 catalog_events[item.run_id] = RunEvent(EventKind.FINISHED, record)
                 note = "span with ids derived from the run id (the row had none; stored too)"
             else:
@@ -296,8 +350,10 @@ class Repairer:
             closed = close_as_crashed(record)
             catalog_events[item.run_id] = RunEvent(EventKind.FINISHED, closed)
             if self.spans is None:
-                return PLANNED, f"closed as CRASHED at {iso_ns(closed.ended_ns)}; " \
-                                f"no span: {_NO_DESTINATION}"
+                return (
+                    PLANNED,
+                    f"closed as CRASHED at {iso_ns(closed.ended_ns)}; no span: {_NO_DESTINATION}",
+                )
             span_events[item.run_id] = RunEvent(EventKind.FINISHED, closed)
             return PLANNED, f"CRASHED at {iso_ns(closed.ended_ns)}, with a back-dated span"
         updated = update_from_trace(record, item.trace or {})
@@ -312,7 +368,7 @@ class Repairer:
         ids = sorted(run_ids)
         with self.store.engine.connect() as conn:
             for i in range(0, len(ids), BATCH):
-                query = sa.select(meta_runs).where(meta_runs.c[RUN_ID].in_(ids[i:i + BATCH]))
+                query = sa.select(meta_runs).where(meta_runs.c[RUN_ID].in_(ids[i : i + BATCH]))
                 for row in conn.execute(query).mappings():
                     try:
                         out[str(row[RUN_ID])] = row_to_record(row)
@@ -321,8 +377,10 @@ class Repairer:
         return out
 
 
-_NO_DESTINATION: Final = ("no trace destination: pass --repair-traces (otlp-json:PATH or an "
-                          "OTLP endpoint) or set OTEL_EXPORTER_OTLP_ENDPOINT")
+_NO_DESTINATION: Final = (
+    "no trace destination: pass --repair-traces (otlp-json:PATH or an "
+    "OTLP endpoint) or set OTEL_EXPORTER_OTLP_ENDPOINT"
+)
 
 
 def _overall(backends: dict[str, str]) -> str:
@@ -341,8 +399,10 @@ def derived_ids(run_id: str) -> dict[str, str]:
     a repair produces the same span, never a second one)."""
     digest = hashlib.sha256(run_id.encode("utf-8")).hexdigest()
     trace_id, span_id = digest[:32], digest[32:48]
-    return {"trace_id": trace_id if int(trace_id, 16) else "1".zfill(32),
-            "span_id": span_id if int(span_id, 16) else "1".zfill(16)}
+    return {
+        "trace_id": trace_id if int(trace_id, 16) else "1".zfill(32),
+        "span_id": span_id if int(span_id, 16) else "1".zfill(16),
+    }
 
 
 def close_as_crashed(record: RunRecord, checked_ns: int | None = None) -> RunRecord:
@@ -351,10 +411,13 @@ def close_as_crashed(record: RunRecord, checked_ns: int | None = None) -> RunRec
     end whichever of them closes it."""
     at = utc(time.time_ns() if checked_ns is None else checked_ns)
     return crash.close_as_crashed(
-        record, verdict=f"process {record.pid} on host {record.host} left no terminal record, "
-                        f"no span and no sign of life by {at} (SIGKILL, OOM kill or a lost "
-                        f"host)",
-        closed_by="reconciliation", source=Source.RECONCILER)
+        record,
+        verdict=f"process {record.pid} on host {record.host} left no terminal record, "
+        f"no span and no sign of life by {at} (SIGKILL, OOM kill or a lost "
+        f"host)",
+        closed_by="reconciliation",
+        source=Source.RECONCILER,
+    )
 
 
 def _status(value: Any) -> RunStatus | None:
@@ -369,21 +432,32 @@ def record_from_trace(run_id: str, trace: dict[str, Any]) -> RunRecord | None:
     status = _status(trace.get("status"))
     if status is None:
         return None
-    attributes = {str(k): tuple(v) if isinstance(v, list) else v
-                  for k, v in (trace.get("attributes") or {}).items()}
+    attributes = {
+        str(k): tuple(v) if isinstance(v, list) else v
+        for k, v in (trace.get("attributes") or {}).items()
+    }
     return RunRecord(
-        run_id=run_id, project=trace.get("project") or "",
-        pipeline=trace.get("pipeline") or "", node=trace.get("node") or "",
-        environment=trace.get("environment") or "", status=status,
-        started_ns=int(trace["started_ns"]), trace_id=trace.get("trace_id") or "",
-        span_id=trace.get("span_id") or "", host=trace.get("host") or "",
+        run_id=run_id,
+        project=trace.get("project") or "",
+        pipeline=trace.get("pipeline") or "",
+        node=trace.get("node") or "",
+        environment=trace.get("environment") or "",
+        status=status,
+        started_ns=int(trace["started_ns"]),
+        trace_id=trace.get("trace_id") or "",
+        span_id=trace.get("span_id") or "",
+        host=trace.get("host") or "",
         pid=int(trace.get("pid") or 0),
         service_name=trace.get("service_name") or REPAIR_SERVICE_NAME,
         parent_span_id=trace.get("parent_span_id"),
-        pipeline_run_id=trace.get("pipeline_run_id"), attempt=int(trace.get("attempt") or 1),
-        ended_ns=int(trace["ended_ns"]), rows_processed=trace.get("rows_processed"),
-        error_type=trace.get("error_type"), error_message=trace.get("error_message"),
-        suggestions=tuple(trace.get("suggestions") or ()), attributes=attributes,
+        pipeline_run_id=trace.get("pipeline_run_id"),
+        attempt=int(trace.get("attempt") or 1),
+        ended_ns=int(trace["ended_ns"]),
+        rows_processed=trace.get("rows_processed"),
+        error_type=trace.get("error_type"),
+        error_message=trace.get("error_message"),
+        suggestions=tuple(trace.get("suggestions") or ()),
+        attributes=attributes,
         source=Source.RECONCILER,
     )
 
@@ -396,7 +470,8 @@ def update_from_trace(record: RunRecord, trace: dict[str, Any]) -> RunRecord | N
         return None
     failed = status in (RunStatus.FAILURE, RunStatus.CRASHED)
     return record.finished(
-        status=status, rows_processed=trace.get("rows_processed"),
+        status=status,
+        rows_processed=trace.get("rows_processed"),
         started_ns=int(trace.get("started_ns") or record.started_ns),
         ended_ns=int(trace.get("ended_ns") or record.ended_ns or record.started_ns),
         error_type=trace.get("error_type") if failed else None,
@@ -405,13 +480,19 @@ def update_from_trace(record: RunRecord, trace: dict[str, Any]) -> RunRecord | N
     )
 
 
-def repair(result: ReconcileResult, catalog: CatalogSource, *, apply: bool,
-           repair_traces: str | None = None) -> RepairSummary:
+def repair(
+    result: ReconcileResult,
+    catalog: CatalogSource,
+    *,
+    apply: bool,
+    repair_traces: str | None = None,
+) -> RepairSummary:
     """Annotate ``result``'s discrepancies with repairs (applied when ``apply``)."""
     sink, where = span_sink(repair_traces)
     try:
-        repairer = Repairer(catalog, sink, apply=apply, span_destination=where,
-                            now_ns=result.window.now_ns)
+        repairer = Repairer(
+            catalog, sink, apply=apply, span_destination=where, now_ns=result.window.now_ns
+        )
         return repairer.run(result)
     finally:
         if sink is not None:

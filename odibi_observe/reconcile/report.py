@@ -68,8 +68,11 @@ def trace_url(template: str | None, item: Discrepancy) -> str | None:
         if side and side.get("span_id"):
             span_id = str(side["span_id"])
             break
-    return (template.replace("{trace_id}", trace_id).replace("{span_id}", span_id)
-            .replace("{run_id}", item.run_id))
+    return (
+        template.replace("{trace_id}", trace_id)
+        .replace("{span_id}", span_id)
+        .replace("{run_id}", item.run_id)
+    )
 
 
 def top_items(result: ReconcileResult, limit: int) -> list[Discrepancy]:
@@ -77,20 +80,27 @@ def top_items(result: ReconcileResult, limit: int) -> list[Discrepancy]:
     :data:`~odibi_observe.conventions.DISCREPANCY_KINDS`), then by start. Streams the spill
     file, holding ``limit`` items."""
     order = {kind: i for i, kind in enumerate(DISCREPANCY_KINDS)}
-    return heapq.nsmallest(limit, result.discrepancies(), key=lambda d: (
-        order.get(d.kind, len(order)), d.started_ns or 0, d.run_id))
+    return heapq.nsmallest(
+        limit,
+        result.discrepancies(),
+        key=lambda d: (order.get(d.kind, len(order)), d.started_ns or 0, d.run_id),
+    )
 
 
 def pipelines(result: ReconcileResult) -> list[dict[str, Any]]:
     """Per-pipeline completeness, least complete first."""
     rows = [
-        {"pipeline": name, "trace_runs": s.trace_runs, "catalog_runs": s.catalog_runs,
-         "matched": s.matched, "completeness_ratio": round(s.completeness, 6),
-         "discrepancies": s.discrepancies}
+        {
+            "pipeline": name,
+            "trace_runs": s.trace_runs,
+            "catalog_runs": s.catalog_runs,
+            "matched": s.matched,
+            "completeness_ratio": round(s.completeness, 6),
+            "discrepancies": s.discrepancies,
+        }
         for name, s in result.pipelines.items()
     ]
-    return sorted(rows, key=lambda r: (r["completeness_ratio"], -r["discrepancies"],
-                                       r["pipeline"]))
+    return sorted(rows, key=lambda r: (r["completeness_ratio"], -r["discrepancies"], r["pipeline"]))
 
 
 def timeline(result: ReconcileResult) -> list[dict[str, Any]]:
@@ -98,8 +108,9 @@ def timeline(result: ReconcileResult) -> list[dict[str, Any]]:
     buckets: dict[int, dict[str, int]] = {}
     for (bucket, kind), count in result.timeline.items():
         buckets.setdefault(bucket, {})[kind] = count
-    return [{"start": iso_ns(bucket), "counts": counts}
-            for bucket, counts in sorted(buckets.items())]
+    return [
+        {"start": iso_ns(bucket), "counts": counts} for bucket, counts in sorted(buckets.items())
+    ]
 
 
 def header(result: ReconcileResult) -> dict[str, Any]:
@@ -108,8 +119,11 @@ def header(result: ReconcileResult) -> dict[str, Any]:
         "report_id": result.report_id,
         "generated_at": iso(datetime.now(timezone.utc)),
         "window": result.window.to_dict(),
-        "sources": {"catalog": result.catalog_source, "traces": result.trace_sources,
-                    "unreadable": result.unreadable},
+        "sources": {
+            "catalog": result.catalog_source,
+            "traces": result.trace_sources,
+            "unreadable": result.unreadable,
+        },
         "options": {
             "crash_after_seconds": result.options.crash_after.total_seconds(),
             "duration_tolerance_ratio": result.options.duration_tolerance_ratio,
@@ -125,8 +139,9 @@ def header(result: ReconcileResult) -> dict[str, Any]:
     }
 
 
-def write_json(result: ReconcileResult, path: str | Path, *,
-               trace_url_template: str | None = None) -> None:
+def write_json(
+    result: ReconcileResult, path: str | Path, *, trace_url_template: str | None = None
+) -> None:
     """Write the JSON report (streaming the discrepancies; see the module docstring)."""
     head = header(result)
     with open(path, "w", encoding="utf-8") as out:
@@ -137,9 +152,11 @@ def write_json(result: ReconcileResult, path: str | Path, *,
             link = trace_url(trace_url_template, item)
             if link:
                 data["trace_url"] = link
-            out.write(("\n    " if number == 0 else ",\n    ")
-                      + json.dumps(data, ensure_ascii=False, default=str))
-        out.write("\n  ],\n  \"errors\": ")
+            out.write(
+                ("\n    " if number == 0 else ",\n    ")
+                + json.dumps(data, ensure_ascii=False, default=str)
+            )
+        out.write('\n  ],\n  "errors": ')
         out.write(json.dumps([e.to_dict() for e in result.errors], ensure_ascii=False))
         out.write(f',\n  "errors_total": {result.errors_total}\n}}\n')
 
@@ -155,13 +172,17 @@ def _pct(ratio: float) -> str:
     return f"{ratio * 100:.2f}%"
 
 
-def render_markdown(result: ReconcileResult, *, trace_url_template: str | None = None,
-                    max_rows: int = MARKDOWN_ROWS) -> str:
+def render_markdown(
+    result: ReconcileResult, *, trace_url_template: str | None = None, max_rows: int = MARKDOWN_ROWS
+) -> str:
     """The report as Markdown (see the module docstring)."""
     window = result.window
     total = result.discrepancies_total
-    state = ("nothing checked" if not result.checked else "clean") if result.clean else (
-        f"{total:,} discrepancies" if total else f"{result.errors_total:,} read errors")
+    state = (
+        ("nothing checked" if not result.checked else "clean")
+        if result.clean
+        else (f"{total:,} discrepancies" if total else f"{result.errors_total:,} read errors")
+    )
     lines = [
         f"## odibi-observe reconciliation: {state}",
         "",
@@ -174,7 +195,8 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
         f"{_pct(result.completeness)} | {total:,} | {result.errors_total:,} |",
         "",
         f"Catalog: `{_md(result.catalog_source)}`; traces: "
-        + ", ".join(f"`{_md(t)}`" for t in result.trace_sources) + ".",
+        + ", ".join(f"`{_md(t)}`" for t in result.trace_sources)
+        + ".",
     ]
     lines += ["", checked_line(result)]
     if result.not_run:
@@ -182,9 +204,12 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
     if result.notes:
         lines += [""] + [f"Note: {_md(note)}" for note in result.notes]
     if result.in_flight or result.unchecked or result.ignored_spans:
-        lines += ["", f"In flight (RUNNING, alive): {result.in_flight:,}; unchecked (trace "
-                      f"source could not be read for their time): {result.unchecked:,}; "
-                      f"spans ignored (not odibi node spans): {result.ignored_spans:,}."]
+        lines += [
+            "",
+            f"In flight (RUNNING, alive): {result.in_flight:,}; unchecked (trace "
+            f"source could not be read for their time): {result.unchecked:,}; "
+            f"spans ignored (not odibi node spans): {result.ignored_spans:,}.",
+        ]
     if total:
         lines += ["", "| kind | runs | what to do |", "|---|---:|---|"]
         for kind in DISCREPANCY_KINDS:
@@ -192,15 +217,19 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
                 lines.append(f"| `{kind}` | {result.by_kind[kind]:,} | {_md(KINDS[kind].todo)} |")
         if result.repair:
             lines += ["", _repair_line(result.repair)]
-        lines += ["", "| kind | pipeline | node | run_id | started | catalog | trace | detail "
-                      "| repair |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| kind | pipeline | node | run_id | started | catalog | trace | detail | repair |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for item in top_items(result, max_rows):
             link = trace_url(trace_url_template, item)
             run = f"[`{item.run_id}`]({link})" if link else f"`{item.run_id}`"
             lines.append(
                 f"| `{item.kind}` | {_md(item.pipeline)} | {_md(item.node)} | {run} | "
                 f"{iso_ns(item.started_ns) or ''} | {_side(item.catalog)} | "
-                f"{_side(item.trace)} | {_md(item.detail)} | {_repair_cell(item.repair)} |")
+                f"{_side(item.trace)} | {_md(item.detail)} | {_repair_cell(item.repair)} |"
+            )
         if total > max_rows:
             lines.append(f"| … | | | {total - max_rows:,} more in report.json | | | | | |")
         actions = repair_actions(result, max_rows)
@@ -209,8 +238,9 @@ def render_markdown(result: ReconcileResult, *, trace_url_template: str | None =
             lines += [f"- {_md(text)}" for text in actions]
     if result.errors_total:
         lines += ["", f"**Read errors: {result.errors_total:,}** (first ones):", ""]
-        lines += [f"- `{_md(e.where)}` ({_md(e.source)}): {_md(e.message)}"
-                  for e in result.errors[:20]]
+        lines += [
+            f"- `{_md(e.where)}` ({_md(e.source)}): {_md(e.message)}" for e in result.errors[:20]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -222,8 +252,10 @@ def checked_line(result: ReconcileResult) -> str:
     if not result.checked:
         text = "Checked 0 runs: this pass proves nothing"
     if result.deferred:
-        text += (f"; {result.deferred:,} left for the next pass (too recent: started within "
-                 f"the grace period of {_duration(window.grace)}, after {iso(window.end)})")
+        text += (
+            f"; {result.deferred:,} left for the next pass (too recent: started within "
+            f"the grace period of {_duration(window.grace)}, after {iso(window.end)})"
+        )
     elif not result.checked:
         text += " (no run started in the window)"
     return text + "."
@@ -231,11 +263,14 @@ def checked_line(result: ReconcileResult) -> str:
 
 def not_run_line(result: ReconcileResult) -> str:
     """The Odibi rows of nodes that did not execute: counted, explained, not discrepancies."""
-    parts = "; ".join(f"{n:,} {NOT_RUN_REASONS.get(reason, reason)}"
-                      for reason, n in sorted(result.not_run.items()))
+    parts = "; ".join(
+        f"{n:,} {NOT_RUN_REASONS.get(reason, reason)}"
+        for reason, n in sorted(result.not_run.items())
+    )
     total = sum(result.not_run.values())
-    return (f"Odibi logged {total:,} rows for nodes that did not execute (not "
-            f"discrepancies): {parts}.")
+    return (
+        f"Odibi logged {total:,} rows for nodes that did not execute (not discrepancies): {parts}."
+    )
 
 
 def repair_actions(result: ReconcileResult, limit: int) -> list[str]:
@@ -248,11 +283,15 @@ def repair_actions(result: ReconcileResult, limit: int) -> list[str]:
             continue
         backends = repair.get("backends") or {}
         destination = (result.repair or {}).get("span_destination")
-        where = "; ".join(f"{name}{f' {destination}' if name == 'traces' and destination else ''}"
-                          f": {state}" for name, state in backends.items())
-        out.append(f"{repair.get('status')} {repair['action']} for {item.kind} run "
-                   f"{item.run_id} ({item.pipeline}/{item.node}): {repair.get('note') or ''}"
-                   + (f" [{where}]" if where else ""))
+        where = "; ".join(
+            f"{name}{f' {destination}' if name == 'traces' and destination else ''}: {state}"
+            for name, state in backends.items()
+        )
+        out.append(
+            f"{repair.get('status')} {repair['action']} for {item.kind} run "
+            f"{item.run_id} ({item.pipeline}/{item.node}): {repair.get('note') or ''}"
+            + (f" [{where}]" if where else "")
+        )
     return out
 
 
@@ -268,8 +307,10 @@ def _side(side: dict[str, Any] | None) -> str:
         return "—"
     rows = side.get("rows_processed")
     duration = side.get("duration_ms")
-    parts = [str(side.get("status") or "?"), f"{rows:,} rows" if isinstance(rows, int)
-             else "rows ?"]
+    parts = [
+        str(side.get("status") or "?"),
+        f"{rows:,} rows" if isinstance(rows, int) else "rows ?",
+    ]
     if duration is not None:
         parts.append(f"{duration:,.0f} ms")
     return _md(", ".join(parts))
@@ -277,24 +318,31 @@ def _side(side: dict[str, Any] | None) -> str:
 
 def _repair_line(repair: dict[str, Any]) -> str:
     # Sorted: the counts fill in the order the repairs ran, which need not be the same twice.
-    actions = ", ".join(f"{n} x {a.replace('_', ' ')}"
-                        for a, n in sorted(repair.get("actions", {}).items()))
+    actions = ", ".join(
+        f"{n} x {a.replace('_', ' ')}" for a, n in sorted(repair.get("actions", {}).items())
+    )
     left = repair.get("skipped", 0) + repair.get("not_repairable", 0)
     rest = f"; {left} not repaired (see each run's repair note)" if left else ""
     if repair.get("mode") == "dry-run":
-        return (f"Repair (dry run — pass `--repair` to apply): would do "
-                f"{actions or 'nothing'}{rest}.")
+        return (
+            f"Repair (dry run — pass `--repair` to apply): would do {actions or 'nothing'}{rest}."
+        )
     backends = repair.get("backends") or {}
-    per_backend = ", ".join(f"{name} {counts.get('applied', 0)} applied"
-                            + (f" / {counts['failed']} failed" if counts.get("failed") else "")
-                            + (f" / {counts['not_sent']} not sent" if counts.get("not_sent")
-                               else "")
-                            for name, counts in sorted(backends.items()))
-    partial = (f", {repair['partial']} partly (not on every backend)"
-               if repair.get("partial") else "")
-    return (f"Repair applied: {repair.get('applied', 0)} done{partial}, "
-            f"{repair.get('failed', 0)} failed ({actions or 'nothing'}){rest}"
-            + (f"; by backend: {per_backend}" if per_backend else "") + ".")
+    per_backend = ", ".join(
+        f"{name} {counts.get('applied', 0)} applied"
+        + (f" / {counts['failed']} failed" if counts.get("failed") else "")
+        + (f" / {counts['not_sent']} not sent" if counts.get("not_sent") else "")
+        for name, counts in sorted(backends.items())
+    )
+    partial = (
+        f", {repair['partial']} partly (not on every backend)" if repair.get("partial") else ""
+    )
+    return (
+        f"Repair applied: {repair.get('applied', 0)} done{partial}, "
+        f"{repair.get('failed', 0)} failed ({actions or 'nothing'}){rest}"
+        + (f"; by backend: {per_backend}" if per_backend else "")
+        + "."
+    )
 
 
 def _duration(delta: Any) -> str:
@@ -312,8 +360,9 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
     """The few lines ``odibi-observe reconcile`` prints."""
     window = result.window
     total = result.discrepancies_total
-    kinds = ", ".join(f"{k} {result.by_kind[k]:,}" for k in DISCREPANCY_KINDS
-                      if result.by_kind.get(k))
+    kinds = ", ".join(
+        f"{k} {result.by_kind[k]:,}" for k in DISCREPANCY_KINDS if result.by_kind.get(k)
+    )
     lines = [
         f"reconciled {iso(window.since)} .. {iso(window.end)} (grace {_duration(window.grace)})"
         f" in {result.seconds:.1f} s",
@@ -325,7 +374,7 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
         + (f"  in flight {result.in_flight:,}" if result.in_flight else "")
         + (f"  unchecked {result.unchecked:,}" if result.unchecked else ""),
         f"discrepancies  {total:,}" + (f": {kinds}" if kinds else ""),
-        "checked        " + checked_line(result)[len("Checked "):],
+        "checked        " + checked_line(result)[len("Checked ") :],
     ]
     if result.not_run:
         lines.append("not run        " + not_run_line(result))
@@ -333,8 +382,10 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
         lines.append(f"note           {note}")
     if result.errors_total:
         first = result.errors[0] if result.errors else None
-        lines.append(f"errors         {result.errors_total:,}" + (
-            f" (first: {first.where}: {first.message})" if first else ""))
+        lines.append(
+            f"errors         {result.errors_total:,}"
+            + (f" (first: {first.where}: {first.message})" if first else "")
+        )
     if result.repair and total:
         lines.append("repair         " + _repair_line(result.repair).replace("`", ""))
         for text in repair_actions(result, CLI_REPAIR_LINES):
@@ -364,35 +415,50 @@ def record(result: ReconcileResult, url: str) -> bool:
         if not recording_tables_exist(engine):
             return False
         repaired = int((result.repair or {}).get("applied", 0)) + int(
-            (result.repair or {}).get("partial", 0))
+            (result.repair or {}).get("partial", 0)
+        )
         with engine.begin() as conn:
-            conn.execute(reconciliation.insert().values(
-                **{REPORT_ID: result.report_id},
-                created_at=datetime.now(timezone.utc),
-                window_start=result.window.since, window_end=result.window.end,
-                grace_seconds=result.window.grace.total_seconds(),
-                catalog_source=result.catalog_source,
-                trace_sources=json.dumps(result.trace_sources),
-                catalog_runs=result.catalog_runs, trace_runs=result.trace_runs,
-                matched=result.matched, discrepancies=result.discrepancies_total,
-                discrepancies_json=json.dumps(
-                    {k: result.by_kind.get(k, 0) for k in DISCREPANCY_KINDS}),
-                completeness_ratio=result.completeness, repaired=repaired,
-                errors=result.errors_total,
-            ))
+            conn.execute(
+                reconciliation.insert().values(
+                    **{REPORT_ID: result.report_id},
+                    created_at=datetime.now(timezone.utc),
+                    window_start=result.window.since,
+                    window_end=result.window.end,
+                    grace_seconds=result.window.grace.total_seconds(),
+                    catalog_source=result.catalog_source,
+                    trace_sources=json.dumps(result.trace_sources),
+                    catalog_runs=result.catalog_runs,
+                    trace_runs=result.trace_runs,
+                    matched=result.matched,
+                    discrepancies=result.discrepancies_total,
+                    discrepancies_json=json.dumps(
+                        {k: result.by_kind.get(k, 0) for k in DISCREPANCY_KINDS}
+                    ),
+                    completeness_ratio=result.completeness,
+                    repaired=repaired,
+                    errors=result.errors_total,
+                )
+            )
             batch: list[dict[str, Any]] = []
             for number, item in enumerate(result.discrepancies(), start=1):
-                batch.append({
-                    REPORT_ID: result.report_id, "item": number, "kind": item.kind,
-                    RUN_ID: item.run_id, PIPELINE: item.pipeline[:255] or None,
-                    NODE: item.node[:255] or None,
-                    STARTED_AT: None if item.started_ns is None else ns_to_datetime(
-                        item.started_ns),
-                    TRACE_ID: (item.trace_id or None),
-                    "detail": item.detail,
-                    "repaired": bool(item.repair and item.repair.get("status") in (
-                        "applied", "partial")),
-                })
+                batch.append(
+                    {
+                        REPORT_ID: result.report_id,
+                        "item": number,
+                        "kind": item.kind,
+                        RUN_ID: item.run_id,
+                        PIPELINE: item.pipeline[:255] or None,
+                        NODE: item.node[:255] or None,
+                        STARTED_AT: None
+                        if item.started_ns is None
+                        else ns_to_datetime(item.started_ns),
+                        TRACE_ID: (item.trace_id or None),
+                        "detail": item.detail,
+                        "repaired": bool(
+                            item.repair and item.repair.get("status") in ("applied", "partial")
+                        ),
+                    }
+                )
                 if len(batch) >= _ITEM_BATCH:
                     conn.execute(reconciliation_items.insert(), batch)
                     batch = []
@@ -414,8 +480,15 @@ def recorded_reports(url: str, limit: int = 10) -> list[dict[str, Any]]:
     engine = create_catalog_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(reconciliation).order_by(
-                reconciliation.c.created_at.desc()).limit(limit)).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.select(reconciliation)
+                    .order_by(reconciliation.c.created_at.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
         return [dict(r) for r in rows]
     finally:
         engine.dispose()
@@ -429,17 +502,25 @@ def write_metrics(result: ReconcileResult, path: str | Path) -> CollectorRegistr
     (for node_exporter's textfile collector), from a registry of its own."""
     registry = CollectorRegistry()
     metrics = RECONCILE_METRICS
-    discrepancies = Gauge(metrics.discrepancies.prometheus, metrics.discrepancies.description,
-                          metrics.discrepancies.labels, registry=registry)
+    discrepancies = Gauge(
+        metrics.discrepancies.prometheus,
+        metrics.discrepancies.description,
+        metrics.discrepancies.labels,
+        registry=registry,
+    )
     for kind in DISCREPANCY_KINDS:
         discrepancies.labels(kind).set(result.by_kind.get(kind, 0))
-    Gauge(metrics.completeness.prometheus, metrics.completeness.description,
-          registry=registry).set(result.completeness)
-    Gauge(metrics.last_run.prometheus, metrics.last_run.description,
-          registry=registry).set(datetime.now(timezone.utc).timestamp())
-    Gauge(metrics.checked.prometheus, metrics.checked.description,
-          registry=registry).set(result.checked)
-    Gauge(metrics.deferred.prometheus, metrics.deferred.description,
-          registry=registry).set(result.deferred)
+    Gauge(metrics.completeness.prometheus, metrics.completeness.description, registry=registry).set(
+        result.completeness
+    )
+    Gauge(metrics.last_run.prometheus, metrics.last_run.description, registry=registry).set(
+        datetime.now(timezone.utc).timestamp()
+    )
+    Gauge(metrics.checked.prometheus, metrics.checked.description, registry=registry).set(
+        result.checked
+    )
+    Gauge(metrics.deferred.prometheus, metrics.deferred.description, registry=registry).set(
+        result.deferred
+    )
     write_to_textfile(str(path), registry)
     return registry

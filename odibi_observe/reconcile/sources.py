@@ -106,8 +106,7 @@ class TraceSource(ABC):
     def describe(self) -> str:
         """The spec, as safe to print (passwords hidden)."""
 
-    def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0
-              ) -> list[TraceSource]:
+    def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         """Independent sources that together hold what this one holds, to be read in
         ``parts`` processes at once; ``[self]`` when there is nothing worth splitting (the
         default). ``min_bytes`` is the least input worth a second process."""
@@ -189,19 +188,28 @@ def open_trace_source(spec: str, options: SourceOptions | None = None) -> TraceS
     known = trace_schemes()
     if scheme not in known or not location:
         raise SourceError(
-            f"--traces {spec!r}: expected one of " + ", ".join(f"{s}:..." for s in known)
-            + " (for example otlp-json:/var/log/otel/traces.jsonl)")
+            f"--traces {spec!r}: expected one of "
+            + ", ".join(f"{s}:..." for s in known)
+            + " (for example otlp-json:/var/log/otel/traces.jsonl)"
+        )
     where = f"--traces {spec!r}"
-    made = _make(_load(extensions.TRACE_SOURCES, scheme, where), location,
-                 options or SourceOptions(), where=where, contract=TraceSource)
+    made = _make(
+        _load(extensions.TRACE_SOURCES, scheme, where),
+        location,
+        options or SourceOptions(),
+        where=where,
+        contract=TraceSource,
+    )
     if not isinstance(made, TraceSource):
-        raise SourceError(f"{where}: the {scheme!r} factory returned {type(made).__name__}, "
-                          "not a TraceSource")
+        raise SourceError(
+            f"{where}: the {scheme!r} factory returned {type(made).__name__}, not a TraceSource"
+        )
     return made
 
 
-def open_catalog_source(spec: str, *, spill_dir: str | None = None,
-                        options: SourceOptions | None = None) -> CatalogSource:
+def open_catalog_source(
+    spec: str, *, spill_dir: str | None = None, options: SourceOptions | None = None
+) -> CatalogSource:
     """The catalog a ``--catalog`` spec names: a registered ``scheme:location``, otherwise a
     SQLAlchemy URL (see the module docstring)."""
     options = options or SourceOptions()
@@ -213,17 +221,26 @@ def open_catalog_source(spec: str, *, spill_dir: str | None = None,
         scheme, location = SQL_CATALOG_SCHEME, spec
     where = f"--catalog {spec!r}"
     try:
-        made = _make(_load(extensions.CATALOG_SOURCES, scheme, where), location, options,
-                     where=where, contract=CatalogSource)
+        made = _make(
+            _load(extensions.CATALOG_SOURCES, scheme, where),
+            location,
+            options,
+            where=where,
+            contract=CatalogSource,
+        )
     except SourceError as exc:
         if not plain_url:
             raise
         others = [s for s in catalog_schemes() if s != SQL_CATALOG_SCHEME]
-        raise SourceError(f"{exc} (--catalog takes a SQLAlchemy URL or one of "
-                          + ", ".join(f"{s}:..." for s in others) + ")") from None
+        raise SourceError(
+            f"{exc} (--catalog takes a SQLAlchemy URL or one of "
+            + ", ".join(f"{s}:..." for s in others)
+            + ")"
+        ) from None
     if not isinstance(made, CatalogSource):
-        raise SourceError(f"{where}: the {scheme!r} factory returned {type(made).__name__}, "
-                          "not a CatalogSource")
+        raise SourceError(
+            f"{where}: the {scheme!r} factory returned {type(made).__name__}, not a CatalogSource"
+        )
     return made
 
 
@@ -234,8 +251,9 @@ def _load(kind: extensions.Kind, scheme: str, where: str) -> object:
         raise SourceError(f"{where}: {exc}") from None
 
 
-def _make(factory: object, location: str, options: SourceOptions, *, where: str,
-          contract: type) -> object:
+def _make(
+    factory: object, location: str, options: SourceOptions, *, where: str, contract: type
+) -> object:
     """Call what a scheme names: a contract subclass through ``from_spec``, any other callable
     as ``factory(location, options)`` (what :func:`register_trace_source` takes)."""
     if isinstance(factory, type) and issubclass(factory, contract):

@@ -27,8 +27,10 @@ from odibi_observe._spandecode import (
 from odibi_observe.reconcile import model
 
 #: The field a wrong attribute takes out of the comparison, and what the report says.
-_UNCHECKED: Final = {A_STATUS: ("status", "status not compared"),
-                     A_ROWS: ("rows", "rows not compared")}
+_UNCHECKED: Final = {
+    A_STATUS: ("status", "status not compared"),
+    A_ROWS: ("rows", "rows not compared"),
+}
 
 
 def span_to_run(
@@ -57,16 +59,24 @@ def span_to_run(
 
 
 def node_to_run(
-    node: NodeSpan, *, origin: str, source: str, read_range: model.ReadRange,
+    node: NodeSpan,
+    *,
+    origin: str,
+    source: str,
+    read_range: model.ReadRange,
     log: model.ReadLog,
 ) -> model.TraceRun | None:
     """The :class:`TraceRun` of a decoded node span in ``read_range``, else None."""
     where = f"run {node.run_id}"
     start, end = node.start_ns, node.end_ns
     if start > read_range.now_ns + model.FUTURE_SKEW_NS:
-        log.add_error(source, origin, f"{where}: span starts in the future "
-                      f"({model.iso_ns(start)}); span skipped (check the producing host's "
-                      "clock)")
+        log.add_error(
+            source,
+            origin,
+            f"{where}: span starts in the future "
+            f"({model.iso_ns(start)}); span skipped (check the producing host's "
+            "clock)",
+        )
         return None
     if not read_range.start_ns <= start < read_range.end_ns:
         log.outside_range += 1
@@ -74,25 +84,41 @@ def node_to_run(
     unchecked: list[str] = []
     for attribute, problem in node.wrong.items():
         field_name, consequence = _UNCHECKED.get(attribute, (None, ""))
-        log.add_error(source, origin, f"{where}: {attribute} {problem}"
-                      + (f"; {consequence}" if consequence else ""))
+        log.add_error(
+            source,
+            origin,
+            f"{where}: {attribute} {problem}" + (f"; {consequence}" if consequence else ""),
+        )
         if field_name:
             unchecked.append(field_name)
     if end < start:
-        log.add_error(source, origin, f"{where}: span ends before it starts; duration not "
-                      "compared")
+        log.add_error(source, origin, f"{where}: span ends before it starts; duration not compared")
         unchecked.append("duration")
         end = start
     return model.TraceRun(
-        run_id=node.run_id, trace_id=node.trace_id, span_id=node.span_id, start_ns=start,
-        end_ns=end, status=model.normalize_status(node.status) if node.status else "",
-        rows=node.rows, pipeline=node.pipeline or "", node=node.node or "",
-        project=node.project or "", environment=node.environment or "",
-        parent_span_id=node.parent_span_id, pipeline_run_id=node.pipeline_run_id or None,
-        attempt=1 if node.attempt is None else node.attempt, error_type=node.error_type,
-        error_message=node.error_message, suggestions=node.suggestions,
+        run_id=node.run_id,
+        trace_id=node.trace_id,
+        span_id=node.span_id,
+        start_ns=start,
+        end_ns=end,
+        status=model.normalize_status(node.status) if node.status else "",
+        rows=node.rows,
+        pipeline=node.pipeline or "",
+        node=node.node or "",
+        project=node.project or "",
+        environment=node.environment or "",
+        parent_span_id=node.parent_span_id,
+        pipeline_run_id=node.pipeline_run_id or None,
+        attempt=1 if node.attempt is None else node.attempt,
+        error_type=node.error_type,
+        error_message=node.error_message,
+        suggestions=node.suggestions,
         attributes_json=json.dumps(node.user_attributes, ensure_ascii=False, default=str)
-        if node.user_attributes else None,
-        host=node.host, pid=node.pid, service_name=node.service_name,
-        unchecked=",".join(unchecked), origin=origin,
+        if node.user_attributes
+        else None,
+        host=node.host,
+        pid=node.pid,
+        service_name=node.service_name,
+        unchecked=",".join(unchecked),
+        origin=origin,
     )

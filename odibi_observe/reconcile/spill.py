@@ -40,8 +40,13 @@ _LENGTH: Final = struct.Struct("<I")
 class ExternalSorter:
     """Collect tuples with :meth:`add`, then iterate them once, sorted, with :meth:`sorted`."""
 
-    def __init__(self, *, chunk_size: int = DEFAULT_CHUNK, directory: str | None = None,
-                 name_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        directory: str | None = None,
+        name_prefix: str | None = None,
+    ) -> None:
         """``name_prefix`` makes run files named ``<prefix>-<n>.run`` in ``directory`` that
         outlive this object (for another process to merge: see :meth:`finish`); without it
         they are anonymous temporary files, gone when closed."""

@@ -29,8 +29,12 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: The binary collation of the dialects whose default text order is not byte order. (SQL
 #: Server's BIN2 compares UTF-16 code units: the same order for every character below
 #: U+10000, which run ids are.)
-_BINARY_COLLATIONS: Final = {"postgresql": "C", "mssql": "Latin1_General_BIN2",
-                             "mysql": "utf8mb4_bin", "mariadb": "utf8mb4_bin"}
+_BINARY_COLLATIONS: Final = {
+    "postgresql": "C",
+    "mssql": "Latin1_General_BIN2",
+    "mysql": "utf8mb4_bin",
+    "mariadb": "utf8mb4_bin",
+}
 
 
 def byte_order(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:

@@ -53,8 +53,10 @@ class TempoSource(TraceSource):
     def __init__(self, url: str, options: SourceOptions | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise SourceError(f"tempo:{hide_password(url)}: expected an http(s) URL of Tempo's "
-                              "query frontend, e.g. tempo:http://tempo:3200")
+            raise SourceError(
+                f"tempo:{hide_password(url)}: expected an http(s) URL of Tempo's "
+                "query frontend, e.g. tempo:http://tempo:3200"
+            )
         self.base = url.rstrip("/")
         self.options = options or SourceOptions()
         if self.options.tempo_limit < 1 or self.options.tempo_slice_seconds < 1:
@@ -90,8 +92,7 @@ class TempoSource(TraceSource):
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
             if isinstance(reason, TimeoutError):
-                raise TempoError(
-                    f"timed out after {self.options.tempo_timeout:g} s") from None
+                raise TempoError(f"timed out after {self.options.tempo_timeout:g} s") from None
             raise TempoError(f"{type(exc).__name__}: {reason}") from None
         try:
             return json.loads(body)
@@ -107,15 +108,21 @@ class TempoSource(TraceSource):
         last = math.ceil(read_range.end_ns / _NS)
         slices: deque[tuple[int, int]] = deque(
             (s, min(s + opts.tempo_slice_seconds, last))
-            for s in range(first, last, opts.tempo_slice_seconds))
+            for s in range(first, last, opts.tempo_slice_seconds)
+        )
         total = len(slices)
         done = searched = failed = 0
         last_failure = ""
         seen: set[str] = set()
         while slices:
             start, end = slices.popleft()
-            params = {"q": opts.tempo_query, "start": start, "end": end,
-                      "limit": opts.tempo_limit, "spss": opts.tempo_spss}
+            params = {
+                "q": opts.tempo_query,
+                "start": start,
+                "end": end,
+                "limit": opts.tempo_limit,
+                "spss": opts.tempo_spss,
+            }
             where = f"search {iso_ns(start * _NS)} .. {iso_ns(end * _NS)}"
             try:
                 answer = self._get("/api/search", params)
@@ -137,8 +144,12 @@ class TempoSource(TraceSource):
                     slices.appendleft((start, middle))
                     total += 1
                     continue
-                log.add_error(source, where, f"{len(traces)} traces in one second reach the "
-                              f"search limit; some may be missing (raise --tempo-limit)")
+                log.add_error(
+                    source,
+                    where,
+                    f"{len(traces)} traces in one second reach the "
+                    f"search limit; some may be missing (raise --tempo-limit)",
+                )
             for hit in traces:
                 trace_id = str(hit.get("traceID") or "") if isinstance(hit, dict) else ""
                 if not trace_id or trace_id in seen:
@@ -150,8 +161,9 @@ class TempoSource(TraceSource):
         if not searched and failed:
             raise SourceError(f"{source}: no search succeeded ({last_failure})")
 
-    def _trace(self, trace_id: str, hit: dict[str, Any], source: str, read_range: ReadRange,
-               log: ReadLog) -> Iterator[TraceRun]:
+    def _trace(
+        self, trace_id: str, hit: dict[str, Any], source: str, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[TraceRun]:
         origin = f"tempo trace {trace_id}"
         try:
             document = self._get(f"/api/traces/{urllib.parse.quote(trace_id)}")
@@ -167,7 +179,8 @@ class TempoSource(TraceSource):
                 log.gap(start, start + duration + 1, source)
             return
         for resource, span in pairs:
-            run = span_to_run(span, resource, origin=origin, source=source,
-                              read_range=read_range, log=log)
+            run = span_to_run(
+                span, resource, origin=origin, source=source, read_range=read_range, log=log
+            )
             if run is not None:
                 yield run

@@ -51,9 +51,19 @@ __all__ = ["format_size", "parse_size", "register"]
 #: The SidecarOptions fields read by ``_setting`` from their table entries (the others —
 #: catalog, spool directory, listen address, token — have their own rules below).
 _OPTIONS: Final = tuple(
-    s for s in SETTINGS
-    if s.sidecar and s.name not in ("catalog_url", "spool_dir", "sidecar_listen", "sidecar_token",
-                                    "sidecar_token_file", "log_level"))
+    s
+    for s in SETTINGS
+    if s.sidecar
+    and s.name
+    not in (
+        "catalog_url",
+        "spool_dir",
+        "sidecar_listen",
+        "sidecar_token",
+        "sidecar_token_file",
+        "log_level",
+    )
+)
 
 #: How long ``odibi-observe sweep --spool-dir`` delivers the spool before giving up.
 SWEEP_DRAIN_TIMEOUT: Final = 30.0
@@ -117,84 +127,117 @@ def _default(name: str) -> str:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``sidecar`` and ``sweep`` to the odibi-observe parser."""
     sidecar = sub.add_parser(
-        "sidecar", help="run the sidecar: spool → catalog/traces/metrics, sweeper, /metrics",
-                description=_wrap(
+        "sidecar",
+        help="run the sidecar: spool → catalog/traces/metrics, sweeper, /metrics",
+        description=_wrap(
             "Deliver the run events that pipelines in mode=sidecar append to the spool "
             "directory to the catalog, the OTLP exporter and Prometheus; close crashed runs "
             "(sweeper); serve GET /metrics, GET /healthz and POST /v1/traces (OTLP/HTTP into "
             "the span ledger) on one port. Stops gracefully on SIGTERM or SIGINT, exit "
-            "status 0; bad input is exit status 2."),
+            "status 0; bad input is exit status 2."
+        ),
         epilog=_OTEL_EPILOG,
     )
     where = sidecar.add_argument_group("catalog and spool")
     where.add_argument(
-        "--catalog", metavar="URL", default=None, type=catalog_url,
+        "--catalog",
+        metavar="URL",
+        default=None,
+        type=catalog_url,
         help=f"SQLAlchemy URL of the catalog (meta_runs and the span ledger), e.g. "
-             f"sqlite:///catalog.db or postgresql://user@host/db (required; {_env('catalog_url')})")
+        f"sqlite:///catalog.db or postgresql://user@host/db (required; {_env('catalog_url')})",
+    )
     where.add_argument(
-        "--spool-dir", metavar="DIR",
+        "--spool-dir",
+        metavar="DIR",
         help=f"spool directory shared with the pipelines, created if missing (required; "
-             f"{_env('spool_dir')})")
+        f"{_env('spool_dir')})",
+    )
     http = sidecar.add_argument_group("HTTP endpoints (/metrics, /healthz, /v1/traces)")
     http.add_argument(
-        "--listen", metavar="HOST:PORT",
+        "--listen",
+        metavar="HOST:PORT",
         help=f"address of the HTTP endpoints; PORT alone means {DEFAULT_HOST}; use 0.0.0.0:PORT "
-             f"to accept other hosts (default: {_default('sidecar_listen')}; "
-             f"{_env('sidecar_listen')})")
+        f"to accept other hosts (default: {_default('sidecar_listen')}; "
+        f"{_env('sidecar_listen')})",
+    )
     http.add_argument(
-        "--token-file", metavar="FILE",
+        "--token-file",
+        metavar="FILE",
         help=f"require 'Authorization: Bearer TOKEN' on POST /v1/traces, TOKEN read from FILE "
-             f"(default: no token; {_env('sidecar_token_file')}, or the token itself in "
-             f"{setting('sidecar_token').env} — never on the command line, where ps shows it)")
+        f"(default: no token; {_env('sidecar_token_file')}, or the token itself in "
+        f"{setting('sidecar_token').env} — never on the command line, where ps shows it)",
+    )
     http.add_argument(
-        "--max-body", metavar="SIZE",
+        "--max-body",
+        metavar="SIZE",
         help=f"largest OTLP request body, compressed or not; larger is 413 (default: "
-             f"{_default('sidecar_max_body')}; {_env('sidecar_max_body')})")
+        f"{_default('sidecar_max_body')}; {_env('sidecar_max_body')})",
+    )
     http.add_argument(
-        "--ledger", action=argparse.BooleanOptionalAction, default=None,
+        "--ledger",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=f"store odibi node spans received on /v1/traces in the span ledger; "
-             f"--no-ledger answers it with 404 (default: on; {_env('sidecar_ledger')})")
+        f"--no-ledger answers it with 404 (default: on; {_env('sidecar_ledger')})",
+    )
     sweeper = sidecar.add_argument_group("sweeper (crashed runs)")
     sweeper.add_argument(
-        "--sweep-interval", metavar="DURATION",
+        "--sweep-interval",
+        metavar="DURATION",
         help=f"how often to close RUNNING runs whose process is gone; 0 turns the sweeper off "
-             f"(default: {_default('sweep_interval')}; {_env('sweep_interval')})")
+        f"(default: {_default('sweep_interval')}; {_env('sweep_interval')})",
+    )
     _sweep_options(sweeper)
     spool = sidecar.add_argument_group("spool")
     spool.add_argument(
-        "--fsync", metavar="POLICY", choices=FSYNC_POLICIES,
+        "--fsync",
+        metavar="POLICY",
+        choices=FSYNC_POLICIES,
         help=f"when the sidecar's own spool writes (crash events, cursor positions) reach the "
-             f"disk: {', '.join(FSYNC_POLICIES)} (default: {_default('spool_fsync')}; "
-             f"{_env('spool_fsync')})")
+        f"disk: {', '.join(FSYNC_POLICIES)} (default: {_default('spool_fsync')}; "
+        f"{_env('spool_fsync')})",
+    )
     spool.add_argument(
-        "--spool-max-bytes", metavar="SIZE",
+        "--spool-max-bytes",
+        metavar="SIZE",
         help=f"spool size limit for the sidecar's own appends (crash events; pipelines apply "
-             f"their own spool_max_bytes); beyond it appends are refused and counted "
-             f"(default: {_default('spool_max_bytes')}; {_env('spool_max_bytes')})")
+        f"their own spool_max_bytes); beyond it appends are refused and counted "
+        f"(default: {_default('spool_max_bytes')}; {_env('spool_max_bytes')})",
+    )
     spool.add_argument(
-        "--gc-interval", metavar="DURATION",
+        "--gc-interval",
+        metavar="DURATION",
         help=f"how often spool segments every sink has passed are deleted; 0: never "
-             f"(default: {_default('spool_gc_interval')}; {_env('spool_gc_interval')})")
+        f"(default: {_default('spool_gc_interval')}; {_env('spool_gc_interval')})",
+    )
     delivery = sidecar.add_argument_group("delivery and health")
     delivery.add_argument(
-        "--drain-timeout", metavar="DURATION",
+        "--drain-timeout",
+        metavar="DURATION",
         help=f"on SIGTERM, how long to keep delivering spooled events to the sinks that work; "
-             f"keep it below the stop grace period (default: "
-             f"{_default('sidecar_drain_timeout')}; {_env('sidecar_drain_timeout')})")
+        f"keep it below the stop grace period (default: "
+        f"{_default('sidecar_drain_timeout')}; {_env('sidecar_drain_timeout')})",
+    )
     delivery.add_argument(
-        "--stuck-after", metavar="DURATION",
+        "--stuck-after",
+        metavar="DURATION",
         help=f"/healthz answers 503 when a loop is this late or a sink export runs this long "
-             f"(default: {_default('sidecar_stuck_after')}; {_env('sidecar_stuck_after')})")
+        f"(default: {_default('sidecar_stuck_after')}; {_env('sidecar_stuck_after')})",
+    )
     delivery.add_argument(
-        "--max-batch", metavar="N",
+        "--max-batch",
+        metavar="N",
         help=f"spooled events handed to a sink per export (one catalog transaction, one OTLP "
-             f"request) (default: {_default('sidecar_max_batch')}; {_env('sidecar_max_batch')})")
+        f"request) (default: {_default('sidecar_max_batch')}; {_env('sidecar_max_batch')})",
+    )
     _log_option(sidecar, "info")
     sidecar.set_defaults(handler=_run_sidecar, subparser=sidecar)
 
     sweep = sub.add_parser(
-        "sweep", help="close crashed runs once (RUNNING runs whose process is gone)",
-                description=_wrap(
+        "sweep",
+        help="close crashed runs once (RUNNING runs whose process is gone)",
+        description=_wrap(
             "One sweeper pass: close as CRASHED every RUNNING run of this host whose process "
             "is gone (or, for other hosts with --all-hosts, that stopped heartbeating), in the "
             "catalog and as a back-dated error span with the run's own ids through the OTLP "
@@ -202,28 +245,39 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "to the sinks, so a terminal event still spooled is not mistaken for a crash.",
             "Exit status: 0 done; 1 the spool could not be delivered to the catalog, or a "
             "closed run could not be sent to every sink; 2 bad input or an unreachable "
-            "catalog."),
+            "catalog.",
+        ),
         epilog=_OTEL_EPILOG,
     )
     sweep_where = sweep.add_argument_group("catalog and spool")
     sweep_where.add_argument(
-        "--catalog", metavar="URL", default=None, type=catalog_url,
-        help=f"SQLAlchemy URL of the catalog (required; {_env('catalog_url')})")
+        "--catalog",
+        metavar="URL",
+        default=None,
+        type=catalog_url,
+        help=f"SQLAlchemy URL of the catalog (required; {_env('catalog_url')})",
+    )
     sweep_where.add_argument(
-        "--spool-dir", metavar="DIR",
+        "--spool-dir",
+        metavar="DIR",
         help=f"deliver this spool to the sinks before sweeping; not while a sidecar serves "
-             f"it (default: none; {_env('spool_dir')})")
+        f"it (default: none; {_env('spool_dir')})",
+    )
     sweep_where.add_argument(
-        "--drain-timeout", metavar="DURATION",
+        "--drain-timeout",
+        metavar="DURATION",
         help=f"how long to deliver the spool before giving up "
-             f"(default: {_format_duration(SWEEP_DRAIN_TIMEOUT)}; "
-             f"{_env('sidecar_drain_timeout')})")
+        f"(default: {_format_duration(SWEEP_DRAIN_TIMEOUT)}; "
+        f"{_env('sidecar_drain_timeout')})",
+    )
     sweep_judge = sweep.add_argument_group("sweeper (crashed runs)")
     _sweep_options(sweep_judge)
     sweep_judge.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="print what would be closed and close nothing (--spool-dir is still delivered: "
-             "that is the sidecar's normal work)")
+        "that is the sidecar's normal work)",
+    )
     json_arg(sweep, "the summary (the runs closed, by reason)")
     _log_option(sweep, "error")
     sweep.set_defaults(handler=_run_sweep, subparser=sweep)
@@ -231,34 +285,45 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _sweep_options(parser: Any) -> None:
     parser.add_argument(
-        "--heartbeat-timeout", metavar="DURATION",
+        "--heartbeat-timeout",
+        metavar="DURATION",
         help=f"a run not checkable by pid (another host, --no-pid-check) is crashed after no "
-             f"heartbeat for this long; keep it several heartbeat intervals "
-             f"(default: {_default('heartbeat_timeout')}; {_env('heartbeat_timeout')})")
+        f"heartbeat for this long; keep it several heartbeat intervals "
+        f"(default: {_default('heartbeat_timeout')}; {_env('heartbeat_timeout')})",
+    )
     parser.add_argument(
-        "--all-hosts", action=argparse.BooleanOptionalAction, default=None,
+        "--all-hosts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=f"also sweep runs of other hosts, by heartbeat (default: this host only; "
-             f"{_env('sweep_all_hosts')})")
+        f"{_env('sweep_all_hosts')})",
+    )
     parser.add_argument(
-        "--pid-check", action=argparse.BooleanOptionalAction, default=None,
+        "--pid-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=f"judge runs of this host by their pid; --no-pid-check when the pipelines run in "
-             f"another pid namespace (a container without a shared process namespace), where "
-             f"every pid looks dead (default: on; {_env('sweep_pid_check')})")
+        f"another pid namespace (a container without a shared process namespace), where "
+        f"every pid looks dead (default: on; {_env('sweep_pid_check')})",
+    )
 
 
 def _log_option(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
-        "--log-level", metavar="LEVEL", type=str.lower,
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
         choices=("debug", "info", "warning", "error"),
-        help=f"debug, info, warning or error, to stderr (default: {default}; "
-             f"{_env('log_level')})")
+        help=f"debug, info, warning or error, to stderr (default: {default}; {_env('log_level')})",
+    )
     parser.set_defaults(log_default=default)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
     level = str(_setting(args, "log_level", args.log_default)).upper()
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if level != "DEBUG":
         # Alembic narrates every migration check at INFO; the sidecar's own INFO lines say
         # what matters (and a migration failure is raised, not logged).
@@ -289,7 +354,8 @@ def _token(args: argparse.Namespace) -> str | None:
                 token = handle.read().strip()
         except OSError as exc:
             raise ConfigurationError(
-                f"--token-file {path!r} cannot be read: {exc.strerror or exc}") from None
+                f"--token-file {path!r} cannot be read: {exc.strerror or exc}"
+            ) from None
         if not token:
             raise ConfigurationError(f"--token-file {path!r} is empty")
         return token
@@ -321,14 +387,19 @@ def _run_sidecar(args: argparse.Namespace) -> int:
 
     def ready(running: Sidecar) -> None:
         endpoints = "GET /metrics, GET /healthz" + (
-            ", POST /v1/traces" if running.receiver is not None else "")
-        sweeping = (f"every {_format_duration(options.sweep_interval)}"
-                    if options.sweep_interval else "off")
-        print(f"odibi-observe sidecar listening on {running.url} ({endpoints})\n"
-              f"  spool    {os.path.abspath(options.spool_dir)}\n"
-              f"  catalog  {hide_password(options.catalog_url)}\n"
-              f"  sinks    {', '.join(s.name for s in running.sinks)}\n"
-              f"  sweeper  {sweeping}", flush=True)
+            ", POST /v1/traces" if running.receiver is not None else ""
+        )
+        sweeping = (
+            f"every {_format_duration(options.sweep_interval)}" if options.sweep_interval else "off"
+        )
+        print(
+            f"odibi-observe sidecar listening on {running.url} ({endpoints})\n"
+            f"  spool    {os.path.abspath(options.spool_dir)}\n"
+            f"  catalog  {hide_password(options.catalog_url)}\n"
+            f"  sinks    {', '.join(s.name for s in running.sinks)}\n"
+            f"  sweeper  {sweeping}",
+            flush=True,
+        )
 
     status = sidecar.run_forever(on_ready=ready)
     print("odibi-observe sidecar stopped", flush=True)
@@ -376,9 +447,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
     plan = _SweepPlan(
         store=_catalog_store(observer, url),
         sinks=[s for s in observer.sinks if s.name != "prometheus"],
-        monitor=observer.monitor, host=settings.host, heartbeat_timeout=heartbeat_timeout,
-        all_hosts=all_hosts, pid_check=pid_check, dry_run=args.dry_run,
-        drain_timeout=drain_timeout)
+        monitor=observer.monitor,
+        host=settings.host,
+        heartbeat_timeout=heartbeat_timeout,
+        all_hosts=all_hosts,
+        pid_check=pid_check,
+        dry_run=args.dry_run,
+        drain_timeout=drain_timeout,
+    )
     try:
         if spool_dir:
             result, failed = _sweep_with_spool(plan, spool_dir)
@@ -389,8 +465,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print(f"odibi-observe: error: {exc}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
-        print(f"odibi-observe: error: cannot sweep {hide_password(url)}: "
-              f"{type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        print(
+            f"odibi-observe: error: cannot sweep {hide_password(url)}: "
+            f"{type(exc).__name__}: {first_line(exc)}",
+            file=sys.stderr,
+        )
         return 2
     finally:
         observer.shutdown(timeout=15.0)  # pushes the crash spans out before exiting
@@ -398,28 +477,53 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.json:
         import json
 
-        print(json.dumps({
-            "scope": "all hosts" if all_hosts else settings.host, "dry_run": args.dry_run,
-            "checked": result.checked, "reasons": dict(result.reasons),
-            "closed": [{"run_id": r.run_id, "pipeline": r.pipeline, "node": r.node,
-                        "host": r.host, "pid": r.pid} for r in result.closed],
-            "failed_sinks": list(failed)}))
+        print(
+            json.dumps(
+                {
+                    "scope": "all hosts" if all_hosts else settings.host,
+                    "dry_run": args.dry_run,
+                    "checked": result.checked,
+                    "reasons": dict(result.reasons),
+                    "closed": [
+                        {
+                            "run_id": r.run_id,
+                            "pipeline": r.pipeline,
+                            "node": r.node,
+                            "host": r.host,
+                            "pid": r.pid,
+                        }
+                        for r in result.closed
+                    ],
+                    "failed_sinks": list(failed),
+                }
+            )
+        )
         return 1 if failed else 0
     verb = "would close" if args.dry_run else "closed"
     for record in result.closed:
-        print(f"{verb} {record.run_id}  {record.pipeline}/{record.node}  started "
-              f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC  host={record.host} pid={record.pid}")
+        print(
+            f"{verb} {record.run_id}  {record.pipeline}/{record.node}  started "
+            f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC  host={record.host} pid={record.pid}"
+        )
         print(f"    {first_line(record.error_message or '')}")
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items()))
-    print(f"swept {scope} at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
-          f"{result.checked} RUNNING run(s) checked, {len(result.closed)} "
-          f"{'to close' if args.dry_run else 'closed'} as CRASHED"
-          + (f" ({reasons})" if reasons else ""))
+    print(
+        f"swept {scope} at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
+        f"{result.checked} RUNNING run(s) checked, {len(result.closed)} "
+        f"{'to close' if args.dry_run else 'closed'} as CRASHED"
+        + (f" ({reasons})" if reasons else "")
+    )
     if failed:
-        later = ("they stay spooled for the sidecar" if spool_dir
-                 else "reconciliation can repair the traces")
-        print(f"odibi-observe: error: the closed runs could not be sent to: "
-              f"{', '.join(failed)} (the catalog has them; {later})", file=sys.stderr)
+        later = (
+            "they stay spooled for the sidecar"
+            if spool_dir
+            else "reconciliation can repair the traces"
+        )
+        print(
+            f"odibi-observe: error: the closed runs could not be sent to: "
+            f"{', '.join(failed)} (the catalog has them; {later})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -428,15 +532,26 @@ class _NotDrained(Exception):
     """The spool could not be delivered to the catalog: sweeping now would be wrong."""
 
 
-def _sweep(plan: _SweepPlan, spool: Spool | None,
-           settle: Callable[[Sequence[RunRecord]], bool] | None = None) -> SweepResult:
+def _sweep(
+    plan: _SweepPlan,
+    spool: Spool | None,
+    settle: Callable[[Sequence[RunRecord]], bool] | None = None,
+) -> SweepResult:
     from odibi_observe.sidecar.sweeper import Sweeper
 
     plan.store.ensure_schema()
-    return Sweeper(plan.store, plan.sinks, host=plan.host,
-                   heartbeat_timeout=plan.heartbeat_timeout, all_hosts=plan.all_hosts,
-                   pid_check=plan.pid_check, spool=spool, dry_run=plan.dry_run,
-                   settle=settle, closed_by="odibi-observe sweep").sweep()
+    return Sweeper(
+        plan.store,
+        plan.sinks,
+        host=plan.host,
+        heartbeat_timeout=plan.heartbeat_timeout,
+        all_hosts=plan.all_hosts,
+        pid_check=plan.pid_check,
+        spool=spool,
+        dry_run=plan.dry_run,
+        settle=settle,
+        closed_by="odibi-observe sweep",
+    ).sweep()
 
 
 def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, list[str]]:
@@ -457,22 +572,26 @@ def _sweep_with_spool(plan: _SweepPlan, spool_dir: str) -> tuple[SweepResult, li
         spool = Spool(spool_dir)
     except OSError as exc:
         raise ConfigurationError(
-            f"--spool-dir {spool_dir!r} cannot be opened: {exc.strerror or exc}") from None
+            f"--spool-dir {spool_dir!r} cannot be opened: {exc.strerror or exc}"
+        ) from None
     try:
         # Wrapped as the sidecar wraps them: the catalog must not take the sweeper's own
         # crash events back from the spool (see service.without_sweeper_echo).
-        pump = SpoolPump(spool, [_WatchedSink(s, time.monotonic) for s in plan.sinks],
-                         monitor=plan.monitor)
+        pump = SpoolPump(
+            spool, [_WatchedSink(s, time.monotonic) for s in plan.sinks], monitor=plan.monitor
+        )
         pump.drain(plan.drain_timeout)
         behind = pump.backlog()
         if behind.get(CATALOG_SINK):
             raise _NotDrained(
                 f"{behind[CATALOG_SINK]} spooled event(s) could not be written to the catalog "
                 f"within {_format_duration(plan.drain_timeout)}; not sweeping (a run whose end "
-                f"is still spooled would look crashed)")
+                f"is still spooled would look crashed)"
+            )
         for sink, n in behind.items():
             if n:
                 print(f"warning: sink {sink!r} still has {n} spooled event(s)", file=sys.stderr)
+
         # Deliver once more after the verdicts: a process may have spooled its ending and
         # exited since the drain above; judged dead, it can write nothing more. Only the dead
         # runs' writers are waited for (live ones may write on for ever).

@@ -97,9 +97,7 @@ _INT64: Final = (-(2**63), 2**63 - 1)
 _INT_RANGES: Final = {ROWS: _INT64, DURATION_MS: _INT64, ATTEMPT: _INT32}
 
 #: Maximum length of each text column (a ``TEXT`` column has none).
-_LIMITS: Final = {
-    column.name: getattr(column.type, "length", None) for column in span_ledger.c
-}
+_LIMITS: Final = {column.name: getattr(column.type, "length", None) for column in span_ledger.c}
 
 #: How many rejection reasons a result keeps (they go into one OTLP ``error_message``).
 _MAX_ERRORS: Final = 5
@@ -163,7 +161,8 @@ class SpanLedger:
 
     def __init__(self, url_or_engine: str | Engine, *, create: bool = True) -> None:
         self.engine = (
-            create_catalog_engine(url_or_engine) if isinstance(url_or_engine, str)
+            create_catalog_engine(url_or_engine)
+            if isinstance(url_or_engine, str)
             else url_or_engine
         )
         self._create = create
@@ -277,8 +276,10 @@ def _insert_statement(dialect: str) -> sa.Insert | None:
     return insert.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=keys,
         set_={col.name: excluded[col.name] for col in c if col not in keys},
-        where=sa.and_(c[STATUS] == RunStatus.CRASHED.value,
-                      sa.or_(*(excluded[STATUS] == status for status in _REAL_ENDINGS))),
+        where=sa.and_(
+            c[STATUS] == RunStatus.CRASHED.value,
+            sa.or_(*(excluded[STATUS] == status for status in _REAL_ENDINGS)),
+        ),
     ).returning(*keys)
 
 
@@ -293,8 +294,9 @@ def _insert_portable(conn: Connection, rows: list[dict[str, Any]]) -> int:
     for i in range(0, len(rows), 500):
         chunk = rows[i : i + 500]
         keys = sa.tuple_(c[TRACE_ID], c[SPAN_ID]).in_([(r[TRACE_ID], r[SPAN_ID]) for r in chunk])
-        existing.update((t, s) for t, s in conn.execute(sa.select(c[TRACE_ID], c[SPAN_ID])
-                                                        .where(keys)))
+        existing.update(
+            (t, s) for t, s in conn.execute(sa.select(c[TRACE_ID], c[SPAN_ID]).where(keys))
+        )
     new = [r for r in rows if (r[TRACE_ID], r[SPAN_ID]) not in existing]
     if new:
         conn.execute(span_ledger.insert(), new)
@@ -303,8 +305,11 @@ def _insert_portable(conn: Connection, rows: list[dict[str, Any]]) -> int:
         if (row[TRACE_ID], row[SPAN_ID]) in existing and row.get(STATUS) in _REAL_ENDINGS:
             replaced += conn.execute(
                 span_ledger.update()
-                .where(c[TRACE_ID] == row[TRACE_ID], c[SPAN_ID] == row[SPAN_ID],
-                       c[STATUS] == RunStatus.CRASHED.value)
+                .where(
+                    c[TRACE_ID] == row[TRACE_ID],
+                    c[SPAN_ID] == row[SPAN_ID],
+                    c[STATUS] == RunStatus.CRASHED.value,
+                )
                 .values({k: v for k, v in row.items() if k not in (TRACE_ID, SPAN_ID)})
             ).rowcount
     return len(new) + replaced
@@ -368,8 +373,13 @@ def _text(value: str | None, column: str) -> str | None:
 def _resource_json(resource: Mapping[str, Any]) -> str | None:
     if not resource:
         return None
-    return json.dumps({str(k): _json_value(v) for k, v in resource.items()},
-                      ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    return json.dumps(
+        {str(k): _json_value(v) for k, v in resource.items()},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        sort_keys=True,
+        allow_nan=False,
+    )
 
 
 def _json_value(value: Any) -> Any:

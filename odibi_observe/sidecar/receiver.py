@@ -59,7 +59,11 @@ from odibi_observe.sidecar.ledger import LedgerResult, SpanLedger
 from odibi_observe.sidecar.options import DEFAULT_MAX_BODY_BYTES, TRACES_PATH
 
 __all__ = [
-    "DEFAULT_MAX_BODY_BYTES", "TRACES_PATH", "Headers", "ReceiverResponse", "TraceReceiver",
+    "DEFAULT_MAX_BODY_BYTES",
+    "TRACES_PATH",
+    "Headers",
+    "ReceiverResponse",
+    "TraceReceiver",
 ]
 
 PROTOBUF: Final = "application/x-protobuf"
@@ -138,8 +142,12 @@ class TraceReceiver:
         self.retry_after = retry_after
         self._token = token.encode("utf-8") if token else None
         metric = SIDECAR_METRICS.ledger_spans
-        self.spans = Counter(metric.prometheus_base, metric.description, metric.labels,
-                             registry=registry if registry is not None else CollectorRegistry())
+        self.spans = Counter(
+            metric.prometheus_base,
+            metric.description,
+            metric.labels,
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
         # Children created up front: every outcome is exposed (at 0) from the first scrape,
         # so a rate() over it has no gap when the first rejection happens.
         self._counts = {outcome: self.spans.labels(outcome=outcome) for outcome in _OUTCOMES}
@@ -156,29 +164,44 @@ class TraceReceiver:
         Authentication comes first, so an unauthenticated client learns nothing else.
         """
         if not self.authorized(headers.get("Authorization")):
-            return _status(401, _UNAUTHENTICATED, "missing or wrong bearer token", JSON,
-                           headers=(("WWW-Authenticate", 'Bearer realm="odibi-observe"'),),
-                           close=True)
+            return _status(
+                401,
+                _UNAUTHENTICATED,
+                "missing or wrong bearer token",
+                JSON,
+                headers=(("WWW-Authenticate", 'Bearer realm="odibi-observe"'),),
+                close=True,
+            )
         media = _media_type(headers.get("Content-Type"))
         if media not in (PROTOBUF, JSON):
-            return _status(415, _INVALID_ARGUMENT,
-                           f"unsupported Content-Type {media or '(none)'!r}: "
-                           f"use {PROTOBUF} or {JSON}", JSON, close=True)
+            return _status(
+                415,
+                _INVALID_ARGUMENT,
+                f"unsupported Content-Type {media or '(none)'!r}: use {PROTOBUF} or {JSON}",
+                JSON,
+                close=True,
+            )
         encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
         if encoding not in ("identity", "gzip", "deflate"):
-            return _status(415, _INVALID_ARGUMENT,
-                           f"unsupported Content-Encoding {encoding!r}: use gzip", media,
-                           close=True)
+            return _status(
+                415,
+                _INVALID_ARGUMENT,
+                f"unsupported Content-Encoding {encoding!r}: use gzip",
+                media,
+                close=True,
+            )
         length = headers.get("Content-Length")
         if length is not None:
             try:
                 size = int(length)
             except ValueError:
-                return _status(400, _INVALID_ARGUMENT, "Content-Length is not a number", media,
-                               close=True)
+                return _status(
+                    400, _INVALID_ARGUMENT, "Content-Length is not a number", media, close=True
+                )
             if size < 0:
-                return _status(400, _INVALID_ARGUMENT, "Content-Length is negative", media,
-                               close=True)
+                return _status(
+                    400, _INVALID_ARGUMENT, "Content-Length is negative", media, close=True
+                )
             if size > self.max_body_bytes:
                 return self.too_large(media)
         return None
@@ -194,9 +217,13 @@ class TraceReceiver:
         return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token)
 
     def too_large(self, media: str) -> ReceiverResponse:
-        return _status(413, _RESOURCE_EXHAUSTED,
-                       f"request body larger than {self.max_body_bytes} bytes; "
-                       "send smaller batches", media, close=True)
+        return _status(
+            413,
+            _RESOURCE_EXHAUSTED,
+            f"request body larger than {self.max_body_bytes} bytes; send smaller batches",
+            media,
+            close=True,
+        )
 
     # -- the export ----------------------------------------------------------------------
 
@@ -213,13 +240,20 @@ class TraceReceiver:
         try:
             request = _decode(raw, media)
         except RecursionError:
-            return _status(400, _INVALID_ARGUMENT,
-                           f"body is not an OTLP ExportTraceServiceRequest ({media}): "
-                           "nested too deeply", media)
+            return _status(
+                400,
+                _INVALID_ARGUMENT,
+                f"body is not an OTLP ExportTraceServiceRequest ({media}): nested too deeply",
+                media,
+            )
         except (ValueError, DecodeError) as exc:
-            return _status(400, _INVALID_ARGUMENT,
-                           f"body is not an OTLP ExportTraceServiceRequest ({media}): "
-                           f"{safe_text(str(exc), 300)}", media)
+            return _status(
+                400,
+                _INVALID_ARGUMENT,
+                f"body is not an OTLP ExportTraceServiceRequest ({media}): "
+                f"{safe_text(str(exc), 300)}",
+                media,
+            )
         del raw
         result = LedgerResult()
         try:
@@ -231,12 +265,15 @@ class TraceReceiver:
             # whole request and those spans count as duplicates (the ledger is idempotent).
             self._count(result)
             self._ledger_failed(exc)
-            return _status(503, _UNAVAILABLE,
-                           "span ledger unavailable, retry later", media,
-                           headers=(("Retry-After", str(self.retry_after)),))
+            return _status(
+                503,
+                _UNAVAILABLE,
+                "span ledger unavailable, retry later",
+                media,
+                headers=(("Retry-After", str(self.retry_after)),),
+            )
         except Exception as exc:  # a bug here must answer, not kill the connection thread
-            log.exception("odibi-observe sidecar: storing spans failed after %d",
-                          result.received)
+            log.exception("odibi-observe sidecar: storing spans failed after %d", result.received)
             if self.monitor is not None:
                 self.monitor.sink_error("ledger")
             return _status(500, _INTERNAL, f"internal error: {type(exc).__name__}", media)
@@ -244,8 +281,12 @@ class TraceReceiver:
         return _success(result, media)
 
     def _count(self, result: LedgerResult) -> None:
-        for outcome, n in (("stored", result.stored), ("duplicate", result.duplicates),
-                           ("ignored", result.ignored), ("rejected", result.rejected)):
+        for outcome, n in (
+            ("stored", result.stored),
+            ("duplicate", result.duplicates),
+            ("ignored", result.ignored),
+            ("rejected", result.rejected),
+        ):
             if n:
                 self._counts[outcome].inc(n)
         if self.monitor is None:
@@ -253,23 +294,32 @@ class TraceReceiver:
         for attribute, n in result.invalid_attributes.items():
             self.monitor.invalid_input.labels(field=attribute).inc(n)
             self.monitor.warn_once_per_minute(
-                f"ledger:invalid:{attribute}", "odibi-observe sidecar: span attribute %s had "
-                "the wrong type in %d span(s); stored as NULL in the span ledger", attribute, n)
+                f"ledger:invalid:{attribute}",
+                "odibi-observe sidecar: span attribute %s had "
+                "the wrong type in %d span(s); stored as NULL in the span ledger",
+                attribute,
+                n,
+            )
         if result.rejected:
             self.monitor.warn_once_per_minute(
-                "ledger:rejected", "odibi-observe sidecar rejected %d span(s): %s",
-                result.rejected, "; ".join(result.errors))
+                "ledger:rejected",
+                "odibi-observe sidecar rejected %d span(s): %s",
+                result.rejected,
+                "; ".join(result.errors),
+            )
 
     def _ledger_failed(self, exc: Exception) -> None:
         if self.monitor is not None:
             self.monitor.sink_error("ledger")
             self.monitor.warn_once_per_minute(
-                "ledger:down", "odibi-observe sidecar: span ledger unavailable (%s: %s); "
-                "answering 503 so senders retry", type(exc).__name__,
-                safe_text(str(exc).splitlines()[0] if str(exc) else "", 300))
+                "ledger:down",
+                "odibi-observe sidecar: span ledger unavailable (%s: %s); "
+                "answering 503 so senders retry",
+                type(exc).__name__,
+                safe_text(str(exc).splitlines()[0] if str(exc) else "", 300),
+            )
         else:
-            log.warning("odibi-observe sidecar: span ledger unavailable (%s)",
-                        type(exc).__name__)
+            log.warning("odibi-observe sidecar: span ledger unavailable (%s)", type(exc).__name__)
 
 
 # -- encoding helpers ------------------------------------------------------------------------
@@ -286,9 +336,13 @@ def _merge(a: LedgerResult, b: LedgerResult) -> LedgerResult:
     for name, n in b.invalid_attributes.items():
         invalid[name] = invalid.get(name, 0) + n
     return LedgerResult(
-        stored=a.stored + b.stored, duplicates=a.duplicates + b.duplicates,
-        ignored=a.ignored + b.ignored, rejected=a.rejected + b.rejected,
-        invalid_attributes=invalid, errors=(a.errors + b.errors)[:_MAX_ERRORS])
+        stored=a.stored + b.stored,
+        duplicates=a.duplicates + b.duplicates,
+        ignored=a.ignored + b.ignored,
+        rejected=a.rejected + b.rejected,
+        invalid_attributes=invalid,
+        errors=(a.errors + b.errors)[:_MAX_ERRORS],
+    )
 
 
 def _media_type(content_type: str | None) -> str:

@@ -85,9 +85,11 @@ _TOO_MANY: Final = "too_many_connections"
 _BAD_REQUEST: Final = "bad_request"
 _HANDLER_ERROR: Final = "handler_error"
 _REFUSALS: Final = (_TOO_MANY, _BAD_REQUEST, _HANDLER_ERROR)
-_OVERLOADED: Final = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                      b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 21\r\n\r\n"
-                      b"too many connections\n")
+_OVERLOADED: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Retry-After: 5\r\nConnection: close\r\nContent-Length: 21\r\n\r\n"
+    b"too many connections\n"
+)
 
 #: ``() -> (healthy, document)``: the ``/healthz`` answer.
 HealthCheck = Callable[[], tuple[bool, Mapping[str, Any]]]
@@ -115,13 +117,21 @@ class _Server(ThreadingHTTPServer):
             _refuse(request)
             self.shutdown_request(request)
             return
-        thread = threading.Thread(target=self._serve_one,
-                                  args=(request, client_address, handler, slots),
-                                  name="odibi-observe-sidecar-conn", daemon=True)
+        thread = threading.Thread(
+            target=self._serve_one,
+            args=(request, client_address, handler, slots),
+            name="odibi-observe-sidecar-conn",
+            daemon=True,
+        )
         thread.start()
 
-    def _serve_one(self, request: Any, client_address: Any, handler: type[_Handler],
-                   slots: threading.BoundedSemaphore) -> None:
+    def _serve_one(
+        self,
+        request: Any,
+        client_address: Any,
+        handler: type[_Handler],
+        slots: threading.BoundedSemaphore,
+    ) -> None:
         try:
             handler(request, client_address, self)
         except Exception:
@@ -171,8 +181,9 @@ class SidecarServer:
         self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._reserve = threading.BoundedSemaphore(RESERVE_CONNECTIONS)
         metric = SIDECAR_METRICS.http_refused
-        self.refused = Counter(metric.prometheus_base, metric.description, metric.labels,
-                               registry=registry)
+        self.refused = Counter(
+            metric.prometheus_base, metric.description, metric.labels, registry=registry
+        )
         for reason in _REFUSALS:
             self.refused.labels(reason=reason)
         self._stopped = False
@@ -184,8 +195,12 @@ class SidecarServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> SidecarServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.2,),
-                                        name="odibi-observe-sidecar-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.2,),
+            name="odibi-observe-sidecar-http",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -228,15 +243,21 @@ class SidecarServer:
     def _over_cap(self, outcome: str) -> None:
         self.refused.labels(reason=_TOO_MANY).inc()
         warn_once_per_minute(
-            "sidecar:connections", "odibi-observe sidecar: more than %d connections at once; "
-            "further ones are %s", MAX_CONNECTIONS, outcome)
+            "sidecar:connections",
+            "odibi-observe sidecar: more than %d connections at once; further ones are %s",
+            MAX_CONNECTIONS,
+            outcome,
+        )
 
     def _handler_failed(self) -> None:
         self.refused.labels(reason=_HANDLER_ERROR).inc()
         exc = sys.exc_info()[1]
         warn_once_per_minute(
-            "sidecar:handler", "odibi-observe sidecar: a request failed: %s: %s",
-            type(exc).__name__, safe_text(str(exc), 300))
+            "sidecar:handler",
+            "odibi-observe sidecar: a request failed: %s: %s",
+            type(exc).__name__,
+            safe_text(str(exc), 300),
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -303,8 +324,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _receive(self, receiver: TraceReceiver, chunked: bool) -> None:
         try:
-            body = (self._read_chunked(receiver.max_body_bytes) if chunked
-                    else self._read_exact(int(self.headers["Content-Length"])))
+            body = (
+                self._read_chunked(receiver.max_body_bytes)
+                if chunked
+                else self._read_exact(int(self.headers["Content-Length"]))
+            )
         except _TooLarge:
             self._answer(receiver.too_large(self.headers.get("Content-Type", "")))
             return
@@ -387,15 +411,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, response: ReceiverResponse) -> None:
         if response.close:
             self.close_connection = True
-        self._send(response.status, response.body, response.content_type,
-                   list(response.headers))
+        self._send(response.status, response.body, response.content_type, list(response.headers))
 
-    def _plain(self, status: int, text: str,
-               headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def _plain(self, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._send(status, text.encode("utf-8"), "text/plain; charset=utf-8", list(headers))
 
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: list[tuple[str, str]] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -170,8 +170,11 @@ def without_sweeper_echo(events: Sequence[RunEvent]) -> Sequence[RunEvent]:
     """
     if not any(e.record.source is Source.SIDECAR for e in events):
         return events
-    return [e for e in events
-            if not (e.record.source is Source.SIDECAR and e.record.status is RunStatus.CRASHED)]
+    return [
+        e
+        for e in events
+        if not (e.record.source is Source.SIDECAR and e.record.status is RunStatus.CRASHED)
+    ]
 
 
 class Sidecar:
@@ -211,8 +214,11 @@ class Sidecar:
             self.monitor: SelfMonitor = self.observer.monitor
             self.store = _catalog_store(self.observer, options.catalog_url)
             ingested = Counter(
-                SIDECAR_METRICS.ingested.prometheus_base, SIDECAR_METRICS.ingested.description,
-                SIDECAR_METRICS.ingested.labels, registry=self.registry)
+                SIDECAR_METRICS.ingested.prometheus_base,
+                SIDECAR_METRICS.ingested.description,
+                SIDECAR_METRICS.ingested.labels,
+                registry=self.registry,
+            )
             counting = _counting_sink(self.observer.sinks)
             self.sinks = tuple(_WatchedSink(s, clock) for s in self.observer.sinks)
             self.ledger: SpanLedger | None = None
@@ -220,18 +226,36 @@ class Sidecar:
             if options.ledger:
                 self.ledger = SpanLedger(self.store.engine)
                 self.receiver = TraceReceiver(
-                    self.ledger, registry=self.registry, monitor=self.monitor,
-                    token=options.token, max_body_bytes=options.max_body_bytes)
+                    self.ledger,
+                    registry=self.registry,
+                    monitor=self.monitor,
+                    token=options.token,
+                    max_body_bytes=options.max_body_bytes,
+                )
             #: Records no sink retry can deliver: <spool dir>/dead-letter/ (the bus's, shared).
             self.dead_letter = self.observer.bus.dead_letter
-            self.pump = _build_pump(self.spool, self.sinks, self.monitor, options,
-                                    _ingest_counter(ingested, counting),
-                                    dead_letter=self.dead_letter)
+            self.pump = _build_pump(
+                self.spool,
+                self.sinks,
+                self.monitor,
+                options,
+                _ingest_counter(ingested, counting),
+                dead_letter=self.dead_letter,
+            )
             self._catchup_wait = min(options.sweep_interval, 30.0)
-            self.sweeper = _build_sweeper(
-                self.store, self.sinks, options, spool=self.spool, host=self.settings.host,
-                registry=self.registry, settle=self._catalog_caught_up,
-            ) if options.sweep_interval else None
+            self.sweeper = (
+                _build_sweeper(
+                    self.store,
+                    self.sinks,
+                    options,
+                    spool=self.spool,
+                    host=self.settings.host,
+                    registry=self.registry,
+                    settle=self._catalog_caught_up,
+                )
+                if options.sweep_interval
+                else None
+            )
             self._gauges()
             self.server = _bind(options, self.registry, self.receiver, self.health)
         except BaseException:
@@ -269,11 +293,15 @@ class Sidecar:
         """
         now = self._clock()
         stats = self.spool.stats()
-        snapshot = {"bytes": stats.bytes, "segments": stats.segments,
-                    "corrupt_frames": stats.corrupt_frames, "rejected": stats.rejected,
-                    # What the spool lost (damaged frames, deleted segments, the runs whose
-                    # end may be among them): see SpoolDamage.
-                    "damage": self.spool.damage().as_dict()}
+        snapshot = {
+            "bytes": stats.bytes,
+            "segments": stats.segments,
+            "corrupt_frames": stats.corrupt_frames,
+            "rejected": stats.rejected,
+            # What the spool lost (damaged frames, deleted segments, the runs whose
+            # end may be among them): see SpoolDamage.
+            "damage": self.spool.damage().as_dict(),
+        }
         if now - self._last_backlog >= BACKLOG_SECONDS:
             self._backlog = self.pump.backlog()
             self._last_backlog = now
@@ -295,20 +323,34 @@ class Sidecar:
         self.server.start()
         self.pump.start()
         targets: dict[str, Callable[[], None]] = {
-            "maintenance": self._maintenance, "sweeper": self._sweep_loop}
+            "maintenance": self._maintenance,
+            "sweeper": self._sweep_loop,
+        }
         for loop in self._loops.values():
             loop.last = self._clock()
-            loop.thread = threading.Thread(target=self._run_loop, args=(loop, targets[loop.name]),
-                                           name=f"odibi-observe-sidecar-{loop.name}",
-                                           daemon=True)
+            loop.thread = threading.Thread(
+                target=self._run_loop,
+                args=(loop, targets[loop.name]),
+                name=f"odibi-observe-sidecar-{loop.name}",
+                daemon=True,
+            )
             loop.thread.start()
-        log.info("odibi-observe sidecar serving on %s (spool %s, catalog %s)", self.url,
-                 self.options.spool_dir, hide_password(self.options.catalog_url))
-        if self.receiver is not None and not self.receiver.requires_token \
-                and not _loopback(self.options.listen_host):
-            log.warning("odibi-observe sidecar: POST /v1/traces on %s takes spans from anyone "
-                        "who can reach it: set --token-file (or ODIBI_OBSERVE_SIDECAR_TOKEN)",
-                        self.url)
+        log.info(
+            "odibi-observe sidecar serving on %s (spool %s, catalog %s)",
+            self.url,
+            self.options.spool_dir,
+            hide_password(self.options.catalog_url),
+        )
+        if (
+            self.receiver is not None
+            and not self.receiver.requires_token
+            and not _loopback(self.options.listen_host)
+        ):
+            log.warning(
+                "odibi-observe sidecar: POST /v1/traces on %s takes spans from anyone "
+                "who can reach it: set --token-file (or ODIBI_OBSERVE_SIDECAR_TOKEN)",
+                self.url,
+            )
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -336,8 +378,11 @@ class Sidecar:
         left = {k: v for k, v in self.pump.backlog().items() if v} if not drained else {}
         self.spool.close()
         if left:
-            log.warning("odibi-observe sidecar: stopped with events still spooled %s; they "
-                        "are delivered at the next start", left)
+            log.warning(
+                "odibi-observe sidecar: stopped with events still spooled %s; they "
+                "are delivered at the next start",
+                left,
+            )
         return drained
 
     def _drain(self, timeout: float) -> bool:
@@ -379,8 +424,9 @@ class Sidecar:
             while not self._stopping.wait(1.0):
                 pass
             if received:
-                log.info("odibi-observe sidecar: %s received, stopping",
-                         signal.Signals(received[0]).name)
+                log.info(
+                    "odibi-observe sidecar: %s received, stopping", signal.Signals(received[0]).name
+                )
             self.stop()
         finally:
             for sig, handler in previous.items():
@@ -401,8 +447,11 @@ class Sidecar:
             except Exception as exc:  # a loop must survive any one failure
                 loop.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
                 self.monitor.warn_once_per_minute(
-                    f"sidecar-loop:{loop.name}", "odibi-observe sidecar %s failed: %s",
-                    loop.name, loop.last_error)
+                    f"sidecar-loop:{loop.name}",
+                    "odibi-observe sidecar %s failed: %s",
+                    loop.name,
+                    loop.last_error,
+                )
             loop.last = self._clock()
             loop.runs += 1
             if loop.name == "maintenance":
@@ -434,8 +483,9 @@ class Sidecar:
         """
         if self.sweeper is None:
             return None
-        self._catchup_wait = min(self.options.sweep_interval, 30.0) \
-            if catchup_timeout is None else catchup_timeout
+        self._catchup_wait = (
+            min(self.options.sweep_interval, 30.0) if catchup_timeout is None else catchup_timeout
+        )
         self.store.ensure_schema()
         result = self.sweeper.sweep()
         self.last_sweep = result
@@ -452,9 +502,11 @@ class Sidecar:
         while not caught_up():
             if time.monotonic() >= deadline or self._stopping.is_set():
                 self.monitor.warn_once_per_minute(
-                    "sidecar-sweep-behind", "odibi-observe sidecar: closing crashed runs "
+                    "sidecar-sweep-behind",
+                    "odibi-observe sidecar: closing crashed runs "
                     "postponed, the catalog has not caught up with what the dead processes "
-                    "spooled yet")
+                    "spooled yet",
+                )
                 return False
             time.sleep(0.25)  # counting the backlog parses frames: not in a tight loop
         return True
@@ -471,9 +523,12 @@ class Sidecar:
             alive = loop.thread is None or loop.thread.is_alive() or self._stopping.is_set()
             if age > loop.interval + self.options.stuck_after or not alive:
                 stuck.append(loop.name)
-            loops[loop.name] = {"last_completed_seconds_ago": round(age, 3),
-                                "interval_seconds": loop.interval, "runs": loop.runs,
-                                "last_error": loop.last_error}
+            loops[loop.name] = {
+                "last_completed_seconds_ago": round(age, 3),
+                "interval_seconds": loop.interval,
+                "runs": loop.runs,
+                "last_error": loop.last_error,
+            }
         failing = self.pump.failing()
         delivered = self.pump.delivered()
         backlog = self._spool_snapshot.get("backlog", {})
@@ -489,16 +544,18 @@ class Sidecar:
                 "exporting_for_seconds": None if exporting is None else round(exporting, 3),
                 "last_error": sink.last_error,
             }
-        status = "stuck" if stuck else (
-            "degraded" if any(failing.values()) else "ok")
+        status = "stuck" if stuck else ("degraded" if any(failing.values()) else "ok")
         document = {
             "status": status,
             "stuck": stuck,
             "loops": loops,
             "last_loop_age_seconds": round(now - self._loops["maintenance"].last, 3),
-            "spool": {**self._spool_snapshot, "directory": self.options.spool_dir,
-                      "read_seconds_ago": round(now - self._last_snapshot, 3),
-                      "backlog_read_seconds_ago": round(now - self._last_backlog, 3)},
+            "spool": {
+                **self._spool_snapshot,
+                "directory": self.options.spool_dir,
+                "read_seconds_ago": round(now - self._last_snapshot, 3),
+                "backlog_read_seconds_ago": round(now - self._last_backlog, 3),
+            },
             "sinks": sinks,
             # Counted, not a health problem: the sinks went on past these records.
             "dead_letter": self.dead_letter.health(),
@@ -524,10 +581,21 @@ def _sidecar_settings(options: SidecarOptions, settings: Settings | None) -> Set
     Prometheus port and text file are dropped: the sidecar serves ``/metrics`` itself.
     """
     if settings is None:
-        settings = resolve_settings({"catalog_url": options.catalog_url, "mode": "background",
-                                     "spool_dir": options.spool_dir})
-    return replace(settings, catalog_url=options.catalog_url, mode="background",
-                   prometheus_port=None, prometheus_textfile=None, spool_dir=options.spool_dir)
+        settings = resolve_settings(
+            {
+                "catalog_url": options.catalog_url,
+                "mode": "background",
+                "spool_dir": options.spool_dir,
+            }
+        )
+    return replace(
+        settings,
+        catalog_url=options.catalog_url,
+        mode="background",
+        prometheus_port=None,
+        prometheus_textfile=None,
+        spool_dir=options.spool_dir,
+    )
 
 
 def _open_spool(options: SidecarOptions, registry: CollectorRegistry) -> Spool:
@@ -539,16 +607,21 @@ def _open_spool(options: SidecarOptions, registry: CollectorRegistry) -> Spool:
         # Checked by writing, not with os.access: that ignores read-only mounts and ACLs.
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
             pass
-        return Spool(directory, fsync=cast("FsyncPolicy", options.fsync),
-                     max_bytes=options.spool_max_bytes, registry=registry)
+        return Spool(
+            directory,
+            fsync=cast("FsyncPolicy", options.fsync),
+            max_bytes=options.spool_max_bytes,
+            registry=registry,
+        )
     except OSError as exc:
         raise ConfigurationError(
-            f"spool directory {os.fspath(directory)!r} is not usable: "
-            f"{exc.strerror or exc}") from None
+            f"spool directory {os.fspath(directory)!r} is not usable: {exc.strerror or exc}"
+        ) from None
 
 
-def _build_observer(settings: Settings, registry: CollectorRegistry,
-                    sinks: Sequence[Sink] | None) -> Observer:
+def _build_observer(
+    settings: Settings, registry: CollectorRegistry, sinks: Sequence[Sink] | None
+) -> Observer:
     from odibi_observe._runtime import Observer
 
     return Observer(settings, sinks=sinks, registry=registry, strict=True)
@@ -572,8 +645,10 @@ def _counting_sink(sinks: Sequence[Sink]) -> Sink | None:
     return next((s for s in sinks if s.kinds >= every), None)
 
 
-def _ingest_counter(ingested: Counter, counting: Sink | None,
-                   ) -> Callable[[str, dict[EventKind | None, int]], None]:
+def _ingest_counter(
+    ingested: Counter,
+    counting: Sink | None,
+) -> Callable[[str, dict[EventKind | None, int]], None]:
     """Count acknowledged frames by kind on one sink's cursor, so each spooled event counts
     once (frames the sink did not need decoded — a start superseded by its end — included)."""
     name = None if counting is None else counting.name
@@ -586,35 +661,69 @@ def _ingest_counter(ingested: Counter, counting: Sink | None,
     return on_commit
 
 
-def _build_pump(spool: Spool, sinks: Sequence[Sink], monitor: SelfMonitor,
-                options: SidecarOptions,
-                on_commit: Callable[[str, dict[EventKind | None, int]], None], *,
-                dead_letter: DeadLetter) -> SpoolPump:
+def _build_pump(
+    spool: Spool,
+    sinks: Sequence[Sink],
+    monitor: SelfMonitor,
+    options: SidecarOptions,
+    on_commit: Callable[[str, dict[EventKind | None, int]], None],
+    *,
+    dead_letter: DeadLetter,
+) -> SpoolPump:
     from odibi_observe._pump import SpoolPump
 
-    return SpoolPump(spool, sinks, monitor=monitor, max_batch=options.max_batch,
-                     poll_interval=options.poll_interval, on_commit=on_commit,
-                     dead_letter=dead_letter)
+    return SpoolPump(
+        spool,
+        sinks,
+        monitor=monitor,
+        max_batch=options.max_batch,
+        poll_interval=options.poll_interval,
+        on_commit=on_commit,
+        dead_letter=dead_letter,
+    )
 
 
-def _build_sweeper(store: CatalogStore, sinks: Sequence[Sink], options: SidecarOptions, *,
-                   spool: Spool, host: str, registry: CollectorRegistry,
-                   settle: Callable[[Sequence[RunRecord]], bool]) -> Sweeper:
+def _build_sweeper(
+    store: CatalogStore,
+    sinks: Sequence[Sink],
+    options: SidecarOptions,
+    *,
+    spool: Spool,
+    host: str,
+    registry: CollectorRegistry,
+    settle: Callable[[Sequence[RunRecord]], bool],
+) -> Sweeper:
     from odibi_observe.sidecar.sweeper import Sweeper
 
     # host: the name pipelines record (Settings.host), so "this host's runs" match.
-    return Sweeper(store, sinks, host=host, heartbeat_timeout=options.heartbeat_timeout,
-                   all_hosts=options.all_hosts, pid_check=options.pid_check, spool=spool,
-                   registry=registry, settle=settle)
+    return Sweeper(
+        store,
+        sinks,
+        host=host,
+        heartbeat_timeout=options.heartbeat_timeout,
+        all_hosts=options.all_hosts,
+        pid_check=options.pid_check,
+        spool=spool,
+        registry=registry,
+        settle=settle,
+    )
 
 
-def _bind(options: SidecarOptions, registry: CollectorRegistry,
-          receiver: TraceReceiver | None,
-          health: Callable[[], tuple[bool, Mapping[str, Any]]]) -> SidecarServer:
+def _bind(
+    options: SidecarOptions,
+    registry: CollectorRegistry,
+    receiver: TraceReceiver | None,
+    health: Callable[[], tuple[bool, Mapping[str, Any]]],
+) -> SidecarServer:
     try:
-        return SidecarServer(options.listen_host, options.listen_port, registry=registry,
-                             receiver=receiver, health=health)
+        return SidecarServer(
+            options.listen_host,
+            options.listen_port,
+            registry=registry,
+            receiver=receiver,
+            health=health,
+        )
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot listen on {options.listen_host}:{options.listen_port}: "
-            f"{exc.strerror or exc}") from None
+            f"cannot listen on {options.listen_host}:{options.listen_port}: {exc.strerror or exc}"
+        ) from None

@@ -178,16 +178,22 @@ class Sweeper:
             return None
         return HEARTBEAT_TIMEOUT if last is not None else NO_HEARTBEAT
 
-    def crashed_record(self, record: RunRecord, reason: str, now_ns: int,
-                       evidence: CrashEvidence | None = None) -> RunRecord:
+    def crashed_record(
+        self, record: RunRecord, reason: str, now_ns: int, evidence: CrashEvidence | None = None
+    ) -> RunRecord:
         """The terminal snapshot of a run closed for ``reason`` (same ids, original start),
         ended at its last sign of life (:func:`odibi_observe._crash.close_as_crashed`), its
         ``error_type`` the cause ``evidence`` shows."""
-        cause, shown = crash_cause(evidence or CrashEvidence(
-            peak_rss_bytes=record.peak_rss_bytes, memory_limit_bytes=record.memory_limit_bytes))
+        cause, shown = crash_cause(
+            evidence
+            or CrashEvidence(
+                peak_rss_bytes=record.peak_rss_bytes, memory_limit_bytes=record.memory_limit_bytes
+            )
+        )
         verdict = f"{self.verdict_text(record, reason, now_ns)}; {shown}"
-        return close_as_crashed(record, verdict=verdict, closed_by=self.closed_by,
-                                source=Source.SIDECAR, cause=cause)
+        return close_as_crashed(
+            record, verdict=verdict, closed_by=self.closed_by, source=Source.SIDECAR, cause=cause
+        )
 
     def _local(self, record: RunRecord) -> bool:
         return self.pid_check and record.host == self.host and record.pid > 0
@@ -198,8 +204,9 @@ class Sweeper:
             return
         directory = cgroup_dir(record.pid)
         if directory is not None:
-            self._watched[record.run_id] = _Watch(directory, oom_kills(directory),
-                                                  read_limit(directory))
+            self._watched[record.run_id] = _Watch(
+                directory, oom_kills(directory), read_limit(directory)
+            )
 
     def evidence(self, record: RunRecord, reason: str) -> CrashEvidence:
         """What can be seen now of how ``record``'s process ended (read at once: its parent
@@ -210,10 +217,16 @@ class Sweeper:
         watch = self._watched.get(record.run_id)
         limit = record.memory_limit_bytes
         if watch is None:
-            return CrashEvidence(status, peak_rss_bytes=record.peak_rss_bytes,
-                                 memory_limit_bytes=limit)
-        return CrashEvidence(status, watch.oom_kills, oom_kills(watch.directory),
-                             record.peak_rss_bytes, limit if limit is not None else watch.limit)
+            return CrashEvidence(
+                status, peak_rss_bytes=record.peak_rss_bytes, memory_limit_bytes=limit
+            )
+        return CrashEvidence(
+            status,
+            watch.oom_kills,
+            oom_kills(watch.directory),
+            record.peak_rss_bytes,
+            limit if limit is not None else watch.limit,
+        )
 
     def verdict_text(self, record: RunRecord, reason: str, now_ns: int) -> str:
         """What the sweeper found about ``record``'s process, and when."""
@@ -225,7 +238,7 @@ class Sweeper:
             PID_REUSED: f"{where} was not alive at {at} (its pid belonged to a newer process)",
             HEARTBEAT_TIMEOUT: f"no heartbeat from {where} for more than {timeout} at {at}",
             NO_HEARTBEAT: f"{where} sent no heartbeat within {timeout} of its start "
-                          f"(checked at {at})",
+            f"(checked at {at})",
         }[reason]
 
     def sweep(self) -> SweepResult:
@@ -244,8 +257,9 @@ class Sweeper:
         for run_id in [k for k in self._watched if k not in open_ids]:
             del self._watched[run_id]  # ended (or closed): bounded by the open runs
         if self.dry_run or not doomed:
-            return SweepResult(len(candidates), [r for r, _ in doomed],
-                               _count(reason for _, reason in doomed))
+            return SweepResult(
+                len(candidates), [r for r, _ in doomed], _count(reason for _, reason in doomed)
+            )
         if self.settle is not None and not self.settle([r for r, _ in doomed]):
             # The catalog is behind what dead processes already wrote (their real endings may
             # be among it); closing now could overwrite a real ending. Next pass.
@@ -255,10 +269,16 @@ class Sweeper:
         failed = self._emit([r for r, _ in closed])
         for record, reason in closed:
             self.closed_total.labels(reason=reason).inc()
-            log.warning("odibi-observe sweeper: run %s (%s/%s) closed as CRASHED: %s",
-                        record.run_id, record.pipeline, record.node, record.error_message)
-        return SweepResult(len(candidates), [r for r, _ in closed],
-                           _count(reason for _, reason in closed), failed)
+            log.warning(
+                "odibi-observe sweeper: run %s (%s/%s) closed as CRASHED: %s",
+                record.run_id,
+                record.pipeline,
+                record.node,
+                record.error_message,
+            )
+        return SweepResult(
+            len(candidates), [r for r, _ in closed], _count(reason for _, reason in closed), failed
+        )
 
     def _emit(self, records: list[RunRecord]) -> list[str]:
         """Send the closed runs' terminal events; the names of sinks that failed."""
@@ -272,8 +292,11 @@ class Sweeper:
                 self.spool.append_many([e.to_json().encode() for e in events])
                 return []
             except SpoolFullError as exc:
-                log.error("odibi-observe sweeper: spool full (%s); sending the closed runs "
-                          "to the sinks directly", exc.reason)
+                log.error(
+                    "odibi-observe sweeper: spool full (%s); sending the closed runs "
+                    "to the sinks directly",
+                    exc.reason,
+                )
         failed = []
         for sink in self.sinks:
             try:
@@ -285,8 +308,9 @@ class Sweeper:
         return failed
 
 
-def spooled_so_far_ingested(spool: Spool, cursor: str,
-                            records: Sequence[RunRecord]) -> Callable[[], bool]:
+def spooled_so_far_ingested(
+    spool: Spool, cursor: str, records: Sequence[RunRecord]
+) -> Callable[[], bool]:
     """A check: has cursor ``cursor`` (the catalog's) every frame that the writers of
     ``records`` (the runs about to be closed) had spooled by *now*?
 
@@ -299,8 +323,11 @@ def spooled_so_far_ingested(spool: Spool, cursor: str,
     then; what a custom-id writer appends later is not waited for.
     """
     pids = {r.pid for r in records}
-    marks = {writer: mark for writer, mark in spool.end_positions().items()
-             if writer_pid(writer) in pids or writer_pid(writer) is None}
+    marks = {
+        writer: mark
+        for writer, mark in spool.end_positions().items()
+        if writer_pid(writer) in pids or writer_pid(writer) is None
+    }
     found = [c for c in spool.open_cursors() if c.name == cursor]
     return (lambda: True) if not found else (lambda: found[0].reached(marks))
 

@@ -144,7 +144,8 @@ def build_sink(scheme: str, context: SinkContext) -> Sink | None:
         raise extensions.ExtensionError(f"sink {scheme!r}: {factory!r} is not callable")
     if sink is not None and not isinstance(sink, Sink):
         raise extensions.ExtensionError(
-            f"sink {scheme!r}: the factory returned {type(sink).__name__}, not a Sink")
+            f"sink {scheme!r}: the factory returned {type(sink).__name__}, not a Sink"
+        )
     return sink
 
 
@@ -218,8 +219,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def export_isolating(export: Callable[[Sequence[RunEvent]], None],
-                     events: Sequence[RunEvent]) -> list[Rejection]:
+def export_isolating(
+    export: Callable[[Sequence[RunEvent]], None], events: Sequence[RunEvent]
+) -> list[Rejection]:
     """Export ``events``; return the ones that can never be exported, with their reasons.
 
     Raises when the sink fails as a whole (every part of the batch failed): the caller keeps
@@ -240,8 +242,9 @@ def export_isolating(export: Callable[[Sequence[RunEvent]], None],
         return _bisect(export, list(events), exc, backend_up=False)
 
 
-def _attempt(export: Callable[[Sequence[RunEvent]], None],
-             events: Sequence[RunEvent]) -> list[Rejection]:
+def _attempt(
+    export: Callable[[Sequence[RunEvent]], None], events: Sequence[RunEvent]
+) -> list[Rejection]:
     try:
         export(events)
     except RecordRejected as rejected:
@@ -249,8 +252,13 @@ def _attempt(export: Callable[[Sequence[RunEvent]], None],
     return []
 
 
-def _bisect(export: Callable[[Sequence[RunEvent]], None], events: list[RunEvent],
-            exc: Exception, *, backend_up: bool) -> list[Rejection]:
+def _bisect(
+    export: Callable[[Sequence[RunEvent]], None],
+    events: list[RunEvent],
+    exc: Exception,
+    *,
+    backend_up: bool,
+) -> list[Rejection]:
     """``events`` failed together with ``exc``: find the ones that fail on their own.
 
     ``backend_up`` is True once some part of the batch was delivered in this pass.

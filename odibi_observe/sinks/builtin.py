@@ -24,8 +24,9 @@ def prometheus(context: SinkContext) -> Sink:
     """Always on: the metrics are served or written from the process's registry."""
     from odibi_observe.sinks.prometheus import PrometheusSink
 
-    return PrometheusSink(context.registry, monitor=context.monitor,
-                          max_series=context.settings.max_label_series)
+    return PrometheusSink(
+        context.registry, monitor=context.monitor, max_series=context.settings.max_label_series
+    )
 
 
 def catalog(context: SinkContext) -> Sink | None:
@@ -43,11 +44,16 @@ def otel(context: SinkContext) -> Sink | None:
     from odibi_observe.sinks.otel import OtelSink, application_tracer_provider
 
     s = context.settings
-    if not (s.otlp_endpoint or s.traces_file or context.tracer_provider is not None
-            or application_tracer_provider() is not None):
+    if not (
+        s.otlp_endpoint
+        or s.traces_file
+        or context.tracer_provider is not None
+        or application_tracer_provider() is not None
+    ):
         return None
-    return OtelSink.from_settings(s, tracer_provider=context.tracer_provider,
-                                  meter_provider=context.meter_provider)
+    return OtelSink.from_settings(
+        s, tracer_provider=context.tracer_provider, meter_provider=context.meter_provider
+    )
 
 
 def spool(context: SinkContext) -> SpoolSink:
@@ -57,10 +63,14 @@ def spool(context: SinkContext) -> SpoolSink:
     from odibi_observe.spool import Spool
 
     s = context.settings
-    sink = SpoolSink(Spool(
-        s.spool_dir or "", fsync=s.spool_fsync,  # type: ignore[arg-type]
-        max_bytes=s.spool_max_bytes, registry=context.registry,
-    ))
+    sink = SpoolSink(
+        Spool(
+            s.spool_dir or "",
+            fsync=s.spool_fsync,  # type: ignore[arg-type]
+            max_bytes=s.spool_max_bytes,
+            registry=context.registry,
+        )
+    )
     sink.carry_application_spans(s, context.monitor)
     return sink
 

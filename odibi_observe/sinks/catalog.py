@@ -52,7 +52,8 @@ class CatalogSink(Sink):
             message = str(exc)
             # The database is unreachable, locked, read-only or full: no record is at fault.
             unavailable = isinstance(exc, OperationalError) or getattr(
-                exc, "connection_invalidated", False)
+                exc, "connection_invalidated", False
+            )
             error = SinkUnavailable if unavailable else SinkExportError
             if any(secret in message for secret in self._secrets):
                 for secret in self._secrets:

@@ -74,8 +74,9 @@ DEFAULT_MAX_STACK_LENGTH: Final = 8_192
 _UUID_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, OPENLINEAGE_PRODUCER)
 
 
-def openlineage_configured(environ: Mapping[str, str] | None = None,
-                           cwd: str | None = None, home: str | None = None) -> bool:
+def openlineage_configured(
+    environ: Mapping[str, str] | None = None, cwd: str | None = None, home: str | None = None
+) -> bool:
     """Whether the OpenLineage client has a configuration of its own to follow:
     ``OPENLINEAGE_URL``, ``OPENLINEAGE_CONFIG``, an ``OPENLINEAGE__TRANSPORT*`` variable, or an
     ``openlineage.yml`` where the client looks for one (the working directory,
@@ -114,13 +115,18 @@ def from_context(context: SinkContext) -> OpenLineageSink | None:
     except ImportError as exc:
         hint = "pip install 'odibi-observe[openlineage]'"
         if wanted:
-            raise ConfigurationError(f"openlineage=true needs openlineage-python ({hint}): "
-                                     f"{exc}") from exc
-        log.warning("odibi-observe: OpenLineage is configured but openlineage-python is not "
-                    "installed (%s); no OpenLineage events are sent", hint)
+            raise ConfigurationError(
+                f"openlineage=true needs openlineage-python ({hint}): {exc}"
+            ) from exc
+        log.warning(
+            "odibi-observe: OpenLineage is configured but openlineage-python is not "
+            "installed (%s); no OpenLineage events are sent",
+            hint,
+        )
         return None
-    return OpenLineageSink(OpenLineageClient(),
-                           max_stack_length=context.settings.max_error_message_length)
+    return OpenLineageSink(
+        OpenLineageClient(), max_stack_length=context.settings.max_error_message_length
+    )
 
 
 def run_uuid(run_id: str) -> str:
@@ -164,8 +170,9 @@ class OpenLineageSink(Sink):
     def from_context(cls, context: SinkContext) -> OpenLineageSink | None:
         return from_context(context)
 
-    def __init__(self, client: OpenLineageClient, *,
-                 max_stack_length: int = DEFAULT_MAX_STACK_LENGTH) -> None:
+    def __init__(
+        self, client: OpenLineageClient, *, max_stack_length: int = DEFAULT_MAX_STACK_LENGTH
+    ) -> None:
         from openlineage.client import event_v2
 
         self.client = client
@@ -197,8 +204,9 @@ class OpenLineageSink(Sink):
         try:
             self.client.close(5.0)
         except Exception as exc:  # closing must not raise into the process's exit
-            log.warning("odibi-observe: closing the OpenLineage client: %s: %s",
-                        type(exc).__name__, exc)
+            log.warning(
+                "odibi-observe: closing the OpenLineage client: %s: %s", type(exc).__name__, exc
+            )
 
     # -- one event ---------------------------------------------------------------------------
 
@@ -235,8 +243,9 @@ class OpenLineageSink(Sink):
             status = _http_status(exc)
             if status in _REFUSED_STATUSES:
                 return f"the OpenLineage endpoint refused the event: HTTP {status}"
-            raise SinkUnavailable(f"OpenLineage transport {self._transport_kind()}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+            raise SinkUnavailable(
+                f"OpenLineage transport {self._transport_kind()}: {type(exc).__name__}: {exc}"
+            ) from exc
         return None
 
     def _transport_kind(self) -> str:
@@ -254,29 +263,40 @@ class OpenLineageSink(Sink):
         f = self._facets
         run_facets: dict[str, Any] = {
             "processing_engine": f.engine(
-                version=_engine_version(odibi), producer=OPENLINEAGE_PRODUCER,
+                version=_engine_version(odibi),
+                producer=OPENLINEAGE_PRODUCER,
                 name=OPENLINEAGE_ENGINE_ODIBI if odibi else OPENLINEAGE_ENGINE_DEFAULT,
-                openlineageAdapterVersion=self._version),
+                openlineageAdapterVersion=self._version,
+            ),
             OPENLINEAGE_RUN_FACET: odibi_run_facet(record),
         }
         if record.pipeline_run_id:
             run_facets["parent"] = f.parent(
                 run=f.parent_run(runId=run_uuid(record.pipeline_run_id)),
                 job=f.parent_job(namespace=record.project, name=record.pipeline),
-                producer=OPENLINEAGE_PRODUCER)
+                producer=OPENLINEAGE_PRODUCER,
+            )
         if not start and (record.error_type or record.error_message):
             run_facets["errorMessage"] = self._error_facet(record)
-        job_facets = {"jobType": f.job_type(
-            processingType=OPENLINEAGE_PROCESSING_TYPE, jobType=OPENLINEAGE_JOB_TYPE,
-            integration=OPENLINEAGE_INTEGRATION_ODIBI if odibi
-            else OPENLINEAGE_INTEGRATION_DEFAULT, producer=OPENLINEAGE_PRODUCER)}
+        job_facets = {
+            "jobType": f.job_type(
+                processingType=OPENLINEAGE_PROCESSING_TYPE,
+                jobType=OPENLINEAGE_JOB_TYPE,
+                integration=OPENLINEAGE_INTEGRATION_ODIBI
+                if odibi
+                else OPENLINEAGE_INTEGRATION_DEFAULT,
+                producer=OPENLINEAGE_PRODUCER,
+            )
+        }
         lineage_event: OLRunEvent = ol.RunEvent(
             eventType=ol.RunState(event_type),
             eventTime=when.isoformat(),
             run=ol.Run(runId=run_uuid(record.run_id), facets=run_facets),
-            job=ol.Job(namespace=record.project, name=f"{record.pipeline}.{record.node}",
-                       facets=job_facets),
-            inputs=[], outputs=[] if start else self._outputs(record),
+            job=ol.Job(
+                namespace=record.project, name=f"{record.pipeline}.{record.node}", facets=job_facets
+            ),
+            inputs=[],
+            outputs=[] if start else self._outputs(record),
             producer=OPENLINEAGE_PRODUCER,
         )
         return lineage_event
@@ -285,9 +305,13 @@ class OpenLineageSink(Sink):
         message = ": ".join(p for p in (record.error_type, record.error_message) if p)
         stack = getattr(record, "error_stack", None)  # the catalog's error_stack, if recorded
         return self._facets.error(
-            message=message, programmingLanguage=OPENLINEAGE_LANGUAGE,
-            stackTrace=safe_text(stack, self.max_stack_length) if isinstance(stack, str)
-            and stack else None, producer=OPENLINEAGE_PRODUCER)
+            message=message,
+            programmingLanguage=OPENLINEAGE_LANGUAGE,
+            stackTrace=safe_text(stack, self.max_stack_length)
+            if isinstance(stack, str) and stack
+            else None,
+            producer=OPENLINEAGE_PRODUCER,
+        )
 
     def _outputs(self, record: RunRecord) -> list[Any]:
         """The node's output dataset, when the run names it (the ``lineage.output.*``
@@ -299,7 +323,8 @@ class OpenLineageSink(Sink):
         facets: dict[str, Any] = {}
         if record.rows_processed is not None:
             facets["outputStatistics"] = self._facets.output_statistics(
-                rowCount=record.rows_processed, producer=OPENLINEAGE_PRODUCER)
+                rowCount=record.rows_processed, producer=OPENLINEAGE_PRODUCER
+            )
         return [self._ol.OutputDataset(namespace=namespace, name=name, outputFacets=facets)]
 
 
@@ -332,8 +357,10 @@ def _facet_classes() -> _Facets:
 
     return _Facets(
         engine=processing_engine_run.ProcessingEngineRunFacet,
-        parent=parent_run.ParentRunFacet, parent_run=parent_run.Run,
-        parent_job=parent_run.Job, error=error_message_run.ErrorMessageRunFacet,
+        parent=parent_run.ParentRunFacet,
+        parent_run=parent_run.Run,
+        parent_job=parent_run.Job,
+        error=error_message_run.ErrorMessageRunFacet,
         job_type=job_type_job.JobTypeJobFacet,
         output_statistics=output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet,
     )
@@ -371,7 +398,14 @@ def odibi_run_facet_class() -> Any:
 def odibi_run_facet(record: RunRecord) -> Any:
     """The ``odibi_run`` facet of ``record``."""
     return odibi_run_facet_class()(
-        status=record.status.value, environment=record.environment, attempt=record.attempt,
-        rowsProcessed=record.rows_processed, durationMs=record.duration_ms,
-        traceId=record.trace_id, spanId=record.span_id, pipelineRunId=record.pipeline_run_id,
-        errorType=record.error_type, producer=OPENLINEAGE_PRODUCER)
+        status=record.status.value,
+        environment=record.environment,
+        attempt=record.attempt,
+        rowsProcessed=record.rows_processed,
+        durationMs=record.duration_ms,
+        traceId=record.trace_id,
+        spanId=record.span_id,
+        pipelineRunId=record.pipeline_run_id,
+        errorType=record.error_type,
+        producer=OPENLINEAGE_PRODUCER,
+    )

@@ -59,25 +59,51 @@ class PrometheusSink(Sink):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.monitor = monitor
         self.max_series = max_series
-        self.runs = Counter(METRICS.runs.prometheus_base, METRICS.runs.description,
-                            METRICS.runs.labels, registry=self.registry)
-        self.rows = Counter(METRICS.rows.prometheus_base, METRICS.rows.description,
-                            METRICS.rows.labels, registry=self.registry)
-        self.duration = Histogram(METRICS.duration.prometheus, METRICS.duration.description,
-                                  METRICS.duration.labels, registry=self.registry,
-                                  buckets=DURATION_BUCKETS_SECONDS)
-        self.running = Gauge(METRICS.running.prometheus, METRICS.running.description,
-                             METRICS.running.labels, registry=self.registry)
-        self.peak_rss = Histogram(RESOURCE_METRICS.peak_rss.prometheus,
-                                  RESOURCE_METRICS.peak_rss.description,
-                                  RESOURCE_METRICS.peak_rss.labels, registry=self.registry,
-                                  buckets=PEAK_RSS_BUCKETS_BYTES)
-        self.cpu = Histogram(RESOURCE_METRICS.cpu.prometheus, RESOURCE_METRICS.cpu.description,
-                             RESOURCE_METRICS.cpu.labels, registry=self.registry,
-                             buckets=DURATION_BUCKETS_SECONDS)
-        self.memory_limit = Gauge(RESOURCE_METRICS.memory_limit.prometheus,
-                                  RESOURCE_METRICS.memory_limit.description,
-                                  RESOURCE_METRICS.memory_limit.labels, registry=self.registry)
+        self.runs = Counter(
+            METRICS.runs.prometheus_base,
+            METRICS.runs.description,
+            METRICS.runs.labels,
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            METRICS.rows.prometheus_base,
+            METRICS.rows.description,
+            METRICS.rows.labels,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            METRICS.duration.prometheus,
+            METRICS.duration.description,
+            METRICS.duration.labels,
+            registry=self.registry,
+            buckets=DURATION_BUCKETS_SECONDS,
+        )
+        self.running = Gauge(
+            METRICS.running.prometheus,
+            METRICS.running.description,
+            METRICS.running.labels,
+            registry=self.registry,
+        )
+        self.peak_rss = Histogram(
+            RESOURCE_METRICS.peak_rss.prometheus,
+            RESOURCE_METRICS.peak_rss.description,
+            RESOURCE_METRICS.peak_rss.labels,
+            registry=self.registry,
+            buckets=PEAK_RSS_BUCKETS_BYTES,
+        )
+        self.cpu = Histogram(
+            RESOURCE_METRICS.cpu.prometheus,
+            RESOURCE_METRICS.cpu.description,
+            RESOURCE_METRICS.cpu.labels,
+            registry=self.registry,
+            buckets=DURATION_BUCKETS_SECONDS,
+        )
+        self.memory_limit = Gauge(
+            RESOURCE_METRICS.memory_limit.prometheus,
+            RESOURCE_METRICS.memory_limit.description,
+            RESOURCE_METRICS.memory_limit.labels,
+            registry=self.registry,
+        )
         self._series: set[tuple[str, ...]] = set()
         self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._by_labels: dict[tuple[str, ...], _Series] = {}
@@ -125,9 +151,13 @@ class PrometheusSink(Sink):
         series = self._by_labels.get(labels)
         if series is None:
             series = self._by_labels[labels] = _Series(
-                runs={status: self.runs.labels(*labels, status.value)
-                      for status in RunStatus if status.is_terminal},
-                labels=labels, sink=self,
+                runs={
+                    status: self.runs.labels(*labels, status.value)
+                    for status in RunStatus
+                    if status.is_terminal
+                },
+                labels=labels,
+                sink=self,
             )
         return series
 
@@ -166,11 +196,22 @@ class _Series:
     """Children of one label set; rows, duration, running and the resource metrics are
     created on first use (a series never given a resource figure exposes none)."""
 
-    __slots__ = ("_cpu", "_duration", "_memory_limit", "_peak_rss", "_rows", "_running",
-                 "labels", "limit_seen", "runs", "sink")
+    __slots__ = (
+        "_cpu",
+        "_duration",
+        "_memory_limit",
+        "_peak_rss",
+        "_rows",
+        "_running",
+        "labels",
+        "limit_seen",
+        "runs",
+        "sink",
+    )
 
-    def __init__(self, runs: dict[RunStatus, Counter], labels: tuple[str, ...],
-                 sink: PrometheusSink) -> None:
+    def __init__(
+        self, runs: dict[RunStatus, Counter], labels: tuple[str, ...], sink: PrometheusSink
+    ) -> None:
         self.runs, self.labels, self.sink = runs, labels, sink
         self._rows: Counter | None = None
         self._duration: Histogram | None = None

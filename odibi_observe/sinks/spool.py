@@ -90,10 +90,12 @@ class SpoolSink(Sink):
             else:
                 self.spool.append_many([e.to_json().encode() for e in todo], partial=True)
         except SpoolFullError as exc:
-            kept.update((id(e), e) for e in todo[:exc.stored])
+            kept.update((id(e), e) for e in todo[: exc.stored])
             self._stored = kept
-            raise SinkUnavailable(f"spool full ({exc.reason}; {exc.stored} of {len(todo)} "
-                                  f"event(s) stored): {self.spool_dir}") from exc
+            raise SinkUnavailable(
+                f"spool full ({exc.reason}; {exc.stored} of {len(todo)} "
+                f"event(s) stored): {self.spool_dir}"
+            ) from exc
 
     @property
     def spool_dir(self) -> str:
@@ -126,8 +128,10 @@ class SpoolSink(Sink):
             self._router.attach(self._span_processor)
             return True
         except Exception:
-            log.exception("odibi-observe: cannot record application spans into the spool; "
-                          "node spans will not nest under the pipeline span")
+            log.exception(
+                "odibi-observe: cannot record application spans into the spool; "
+                "node spans will not nest under the pipeline span"
+            )
             return False
 
     def shutdown(self) -> None:
@@ -141,10 +145,14 @@ class SpoolSink(Sink):
 
 def _resource(settings: Settings) -> Resource:
     """The resource of the application's spans: what the OTel sink gives them in-process."""
-    return Resource.create({
-        RESOURCE_HOST: socket.gethostname(), RESOURCE_PID: os.getpid(),
-        **dict(settings.resource_attributes), RESOURCE_SERVICE_NAME: settings.service_name,
-    })
+    return Resource.create(
+        {
+            RESOURCE_HOST: socket.gethostname(),
+            RESOURCE_PID: os.getpid(),
+            **dict(settings.resource_attributes),
+            RESOURCE_SERVICE_NAME: settings.service_name,
+        }
+    )
 
 
 class SpoolSpanProcessor(SpanProcessor):
@@ -181,6 +189,7 @@ class SpoolSpanProcessor(SpanProcessor):
 
 
 # -- span frames ---------------------------------------------------------------------------
+
 
 def is_span_frame(payload: bytes) -> bool:
     """Whether a spool payload is a span frame (not a run event)."""
@@ -230,20 +239,33 @@ def decode_span(payload: str | bytes) -> ReadableSpan:
     body = data["span"]
     trace_id = int(body["trace_id"], 16)
     parent_hex = body.get("parent_span_id")
-    parent = None if not parent_hex else SpanContext(
-        trace_id, int(parent_hex, 16), is_remote=False,
-        trace_flags=TraceFlags(int(body.get("parent_flags", _SAMPLED))))
+    parent = (
+        None
+        if not parent_hex
+        else SpanContext(
+            trace_id,
+            int(parent_hex, 16),
+            is_remote=False,
+            trace_flags=TraceFlags(int(body.get("parent_flags", _SAMPLED))),
+        )
+    )
     code, description = body["status"]
     scope = body.get("scope")
     return ReadableSpan(
         name=str(body["name"]),
-        context=SpanContext(trace_id, int(body["span_id"], 16), is_remote=False,
-                            trace_flags=TraceFlags(int(body.get("flags", _SAMPLED)))),
+        context=SpanContext(
+            trace_id,
+            int(body["span_id"], 16),
+            is_remote=False,
+            trace_flags=TraceFlags(int(body.get("flags", _SAMPLED))),
+        ),
         parent=parent,
         resource=Resource(_attributes(body.get("resource"))),
         attributes=_attributes(body.get("attributes")),
-        events=[Event(str(name), _attributes(attrs), timestamp=int(ts))
-                for name, ts, attrs in body.get("events") or ()],
+        events=[
+            Event(str(name), _attributes(attrs), timestamp=int(ts))
+            for name, ts, attrs in body.get("events") or ()
+        ],
         kind=SpanKind(int(body["kind"])),
         status=Status(StatusCode(int(code)), description),
         start_time=int(body["start_ns"]),
@@ -253,8 +275,7 @@ def decode_span(payload: str | bytes) -> ReadableSpan:
 
 
 def _plain(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {str(k): list(v) if isinstance(v, tuple) else v
-            for k, v in (attributes or {}).items()}
+    return {str(k): list(v) if isinstance(v, tuple) else v for k, v in (attributes or {}).items()}
 
 
 def _attributes(data: Any) -> dict[str, Any]:

@@ -27,8 +27,23 @@ from odibi_observe.spool.segments import FsyncPolicy
 from odibi_observe.spool.writer import SpoolFullError
 
 __all__ = [
-    "CURSOR_RESERVE", "DAMAGE_LOG", "DAMAGE_LOG_MAX_BYTES", "HEADER_SIZE", "MAGIC", "MAX_PAYLOAD",
-    "FsyncPolicy", "Spool", "SpoolCursor", "SpoolDamage", "SpoolEntry", "SpoolFullError",
-    "SpoolPosition", "SpoolStats", "encode_frame", "process_alive", "process_start_ns",
-    "read_damage_log", "writer_pid",
+    "CURSOR_RESERVE",
+    "DAMAGE_LOG",
+    "DAMAGE_LOG_MAX_BYTES",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "FsyncPolicy",
+    "Spool",
+    "SpoolCursor",
+    "SpoolDamage",
+    "SpoolEntry",
+    "SpoolFullError",
+    "SpoolPosition",
+    "SpoolStats",
+    "encode_frame",
+    "process_alive",
+    "process_start_ns",
+    "read_damage_log",
+    "writer_pid",
 ]

@@ -66,16 +66,29 @@ class Spool(SpoolWriter):
         registry: CollectorRegistry | None = None,
         cursor_reserve: int = CURSOR_RESERVE,
     ) -> None:
-        check_writer_options(writer_id=writer_id, fsync=fsync, fsync_interval=fsync_interval,
-                             segment_bytes=segment_bytes, max_bytes=max_bytes)
+        check_writer_options(
+            writer_id=writer_id,
+            fsync=fsync,
+            fsync_interval=fsync_interval,
+            segment_bytes=segment_bytes,
+            max_bytes=max_bytes,
+        )
         path = os.path.abspath(os.fspath(directory))
         files = CursorFiles(path, fsync=fsync, reserve=cursor_reserve)
         self.registry = registry if registry is not None else CollectorRegistry()
         metrics = metrics_for(self.registry)
         ledger = DamageLedger(path, metrics)
-        super().__init__(path, writer_id=writer_id, fsync=fsync, fsync_interval=fsync_interval,
-                         segment_bytes=segment_bytes, max_bytes=max_bytes, metrics=metrics,
-                         ledger=ledger, files=files)
+        super().__init__(
+            path,
+            writer_id=writer_id,
+            fsync=fsync,
+            fsync_interval=fsync_interval,
+            segment_bytes=segment_bytes,
+            max_bytes=max_bytes,
+            metrics=metrics,
+            ledger=ledger,
+            files=files,
+        )
         self.cursor_reserve = files.reserve
         self._counts = FrameCounts(path)
         self._cursors = Cursors(path, files, ledger, self._counts)
@@ -146,15 +159,24 @@ class Spool(SpoolWriter):
         A mark in the spool: a cursor that has :meth:`SpoolCursor.reached` it has everything
         spooled before it was taken, while writers go on appending after it.
         """
-        return {writer: (segments[-1].seq, segments[-1].size)
-                for writer, segments in list_segments(self.directory).items() if segments}
+        return {
+            writer: (segments[-1].seq, segments[-1].size)
+            for writer, segments in list_segments(self.directory).items()
+            if segments
+        }
 
     def stats(self) -> SpoolStats:
         """Bytes and segments in the directory now; corrupt frames and rejections counted here."""
         segments = [s for segs in list_segments(self.directory).values() for s in segs]
         corrupt, regions, missing = self._ledger.totals()
-        return SpoolStats(sum(s.size for s in segments), len(segments), corrupt,
-                          self.rejected_total(), regions, missing)
+        return SpoolStats(
+            sum(s.size for s in segments),
+            len(segments),
+            corrupt,
+            self.rejected_total(),
+            regions,
+            missing,
+        )
 
 
 def _fork_child() -> None:

@@ -63,8 +63,9 @@ class Cursors:
     Live cursors are held weakly: a consumer that drops its cursor stops counting as open.
     """
 
-    def __init__(self, directory: str, files: CursorFiles, ledger: DamageLedger,
-                 counts: FrameCounts) -> None:
+    def __init__(
+        self, directory: str, files: CursorFiles, ledger: DamageLedger, counts: FrameCounts
+    ) -> None:
         self.directory = directory
         self.files = files
         self.ledger = ledger
@@ -145,8 +146,12 @@ class SpoolCursor:
                 # in memory and written with the next acknowledgement.
                 self._pruned = True
                 warn_once_per_minute(
-                    f"spool:cursor:{name}", "odibi-observe: cannot write spool cursor %r yet "
-                    "(%s); kept in memory until it can be", name, exc)
+                    f"spool:cursor:{name}",
+                    "odibi-observe: cannot write spool cursor %r yet "
+                    "(%s); kept in memory until it can be",
+                    name,
+                    exc,
+                )
 
     def read(self, max_frames: int = 1000, writer: str | None = None) -> list[SpoolEntry]:
         """Up to ``max_frames`` frames after this cursor, from every writer (or only ``writer``).
@@ -162,22 +167,26 @@ class SpoolCursor:
             writers = sorted(listing) if writer is None else [writer]
             if len(writers) > 1:
                 self._turn = (self._turn + 1) % len(writers)
-                writers = writers[self._turn:] + writers[:self._turn]
+                writers = writers[self._turn :] + writers[: self._turn]
             out: list[SpoolEntry] = []
             for w in writers:
                 if len(out) >= max_frames:
                     break
                 self._read_writer(w, listing.get(w, []), max_frames - len(out), out)
             if writer is None:
-                for gone in [w for w in self._acked.keys() | self._next.keys()
-                             if w not in listing and writer_dead(w)]:
+                for gone in [
+                    w
+                    for w in self._acked.keys() | self._next.keys()
+                    if w not in listing and writer_dead(w)
+                ]:
                     self._acked.pop(gone, None)
                     self._next.pop(gone, None)
                     self._pruned = True
             return out
 
-    def _read_writer(self, writer: str, segments: list[Segment], budget: int,
-                     out: list[SpoolEntry]) -> None:
+    def _read_writer(
+        self, writer: str, segments: list[Segment], budget: int, out: list[SpoolEntry]
+    ) -> None:
         directory, ledger = self._cursors.directory, self._cursors.ledger
         listed = [s.seq for s in segments]
         position = self._next.get(writer)
@@ -271,8 +280,12 @@ class SpoolCursor:
                 # Only a restart before then re-delivers, which idempotent sinks absorb.
                 self._pruned = True
                 warn_once_per_minute(
-                    f"spool:cursor:{self.name}", "odibi-observe: cannot write spool cursor %r "
-                    "(%s); position kept in memory until it can be", self.name, exc)
+                    f"spool:cursor:{self.name}",
+                    "odibi-observe: cannot write spool cursor %r "
+                    "(%s); position kept in memory until it can be",
+                    self.name,
+                    exc,
+                )
                 return
             self._pruned = False
 

@@ -39,9 +39,13 @@ def load_cursor_file(path: str) -> Acked | None:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        warn_once_per_minute(f"spool:cursor:{path}",
-                              "odibi-observe: unreadable spool cursor %s (%s); it holds back "
-                              "garbage collection until rewritten", path, exc)
+        warn_once_per_minute(
+            f"spool:cursor:{path}",
+            "odibi-observe: unreadable spool cursor %s (%s); it holds back "
+            "garbage collection until rewritten",
+            path,
+            exc,
+        )
         return None
 
 
@@ -81,8 +85,11 @@ class CursorFiles:
         """
         states: dict[str, Acked] = {}
         try:
-            names = [n for n in os.listdir(self.cursor_dir)
-                     if n.endswith(".json") and not n.startswith(".")]
+            names = [
+                n
+                for n in os.listdir(self.cursor_dir)
+                if n.endswith(".json") and not n.startswith(".")
+            ]
         except FileNotFoundError:
             names = []
         for filename in names:
@@ -108,7 +115,7 @@ class CursorFiles:
             try:
                 data = memoryview(b"\0" * self.reserve)
                 while data:  # real blocks, not a sparse file: the room must be taken
-                    data = data[os.write(fd, data):]
+                    data = data[os.write(fd, data) :]
             finally:
                 os.close(fd)
             os.replace(tmp, self._reserve_path)
@@ -122,9 +129,12 @@ class CursorFiles:
             os.unlink(self._reserve_path)
         except OSError:
             return False
-        log.warning("odibi-observe: spool %s is full; released the %d-byte cursor reserve so "
-                    "the consumer can record its position and collect segments",
-                    self.directory, self.reserve)
+        log.warning(
+            "odibi-observe: spool %s is full; released the %d-byte cursor reserve so "
+            "the consumer can record its position and collect segments",
+            self.directory,
+            self.reserve,
+        )
         return True
 
     def write(self, name: str, acked: Acked) -> None:
@@ -138,18 +148,18 @@ class CursorFiles:
 
     def _write_once(self, name: str, acked: Acked) -> None:
         """Replace ``cursors/<name>.json`` atomically (temp file, fsync per policy, rename)."""
-        data = json.dumps({"version": _CURSOR_VERSION, "acked": {w: list(p) for w, p in
-                                                                 sorted(acked.items())}},
-                          separators=(",", ":")).encode()
+        data = json.dumps(
+            {"version": _CURSOR_VERSION, "acked": {w: list(p) for w, p in sorted(acked.items())}},
+            separators=(",", ":"),
+        ).encode()
         final = self.path(name)
-        tmp = os.path.join(self.cursor_dir,
-                           f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = os.path.join(self.cursor_dir, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | O_CLOEXEC, 0o644)
         try:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 if self.fsync != "never":
                     os.fsync(fd)
             finally:

@@ -66,17 +66,22 @@ class SpoolDamage:
     last: str | None
 
     def as_dict(self) -> dict[str, object]:
-        return {"damaged_regions": self.damaged_regions, "frames_lost": self.frames_lost,
-                "missing_segments": self.missing_segments,
-                "runs_affected": list(self.runs_affected), "last": self.last}
+        return {
+            "damaged_regions": self.damaged_regions,
+            "frames_lost": self.frames_lost,
+            "missing_segments": self.missing_segments,
+            "runs_affected": list(self.runs_affected),
+            "last": self.last,
+        }
 
 
 def read_damage_log(directory: str | os.PathLike[str]) -> list[dict[str, object]]:
     """The findings a reader of the spool in ``directory`` logged (:data:`DAMAGE_LOG`), oldest
     first; [] when there is none. Lines that do not parse are skipped."""
     try:
-        with open(os.path.join(os.fspath(directory), DAMAGE_LOG), encoding="ascii",
-                  errors="replace") as handle:
+        with open(
+            os.path.join(os.fspath(directory), DAMAGE_LOG), encoding="ascii", errors="replace"
+        ) as handle:
             lines = handle.read().splitlines()
     except FileNotFoundError:
         return []
@@ -162,8 +167,9 @@ class DamageLedger:
                     return
             self._track_locked(writer, frames)
             self._tracked[writer] = (seq, frames[-1][1])
-            self._mean_frame = (0.8 * self._mean_frame
-                                + 0.2 * (frames[-1][1] - frames[0][0]) / len(frames))
+            self._mean_frame = 0.8 * self._mean_frame + 0.2 * (frames[-1][1] - frames[0][0]) / len(
+                frames
+            )
 
     def _track_locked(self, writer: str, frames: Sequence[tuple[int, int, bytes]]) -> None:
         """Runs of ``writer`` started and not ended yet, from the frames' payload prefixes."""
@@ -175,7 +181,7 @@ class DamageLedger:
         ls, lf = len(started), len(finished)
         for _, _, payload in frames:
             if payload.startswith(finished):
-                run_id = payload[lf:payload.find(b'"', lf)]
+                run_id = payload[lf : payload.find(b'"', lf)]
                 runs.pop(run_id, None)
                 if watch:
                     # Its end turned up after all; only its own writer's counts (the
@@ -184,7 +190,7 @@ class DamageLedger:
                     if self._affected.get(key) == writer:
                         del self._affected[key]
             elif payload.startswith(started):
-                runs[payload[ls:payload.find(b'"', ls)]] = None
+                runs[payload[ls : payload.find(b'"', ls)]] = None
         while len(runs) > _MAX_OPEN_RUNS:
             del runs[next(iter(runs))]
 
@@ -198,11 +204,14 @@ class DamageLedger:
                     self._corrupt_seen.add(key)
                     new_regions.append((start, end))
         frames = parsed.frames
-        mean = (sum(e - s for s, e, _ in frames) / len(frames) if frames else self._mean_frame)
-        damage = [(start, end, *_inspect_region(fd, start, end, mean))
-                  for start, end in new_regions]
-        order = sorted([(f[0], 0, i) for i, f in enumerate(frames)]
-                       + [(d[0], 1, i) for i, d in enumerate(damage)])
+        mean = sum(e - s for s, e, _ in frames) / len(frames) if frames else self._mean_frame
+        damage = [
+            (start, end, *_inspect_region(fd, start, end, mean)) for start, end in new_regions
+        ]
+        order = sorted(
+            [(f[0], 0, i) for i, f in enumerate(frames)]
+            + [(d[0], 1, i) for i, d in enumerate(damage)]
+        )
         lost = 0
         with self.lock:
             mark = self._tracked.get(writer)
@@ -222,26 +231,37 @@ class DamageLedger:
             self._regions_total += len(damage)
             if damage:
                 start, end, count, _ = damage[0]
-                self._last_damage = (f"{len(damage)} damaged region(s) in "
-                                     f"{segment_base(writer, seq)}, first at byte {start} "
-                                     f"({end - start} bytes, ~{count} frame(s))")
+                self._last_damage = (
+                    f"{len(damage)} damaged region(s) in "
+                    f"{segment_base(writer, seq)}, first at byte {start} "
+                    f"({end - start} bytes, ~{count} frame(s))"
+                )
         if not damage:
             return
         self._metrics.corrupt.inc(lost)
         self._metrics.regions.inc(len(damage))
         start, end, _, _ = damage[0]
-        self.log(f"{len(damage)} damaged region(s) in {segment_base(writer, seq)}, "
-                 f"first at byte {start}", frames_lost=lost,
-                 runs=[r for r, w in list(self._affected.items()) if w == writer])
+        self.log(
+            f"{len(damage)} damaged region(s) in {segment_base(writer, seq)}, "
+            f"first at byte {start}",
+            frames_lost=lost,
+            runs=[r for r, w in list(self._affected.items()) if w == writer],
+        )
         warn_once_per_minute(
             "spool:corrupt",
             "odibi-observe: skipped %d damaged region(s), about %d frame(s), in %s (first at byte "
             "%d, %d bytes); the frames around them are kept (counted in "
             f"{SIDECAR_METRICS.spool_corrupt.prometheus})",
-            len(damage), lost, segment_base(writer, seq), start, end - start)
+            len(damage),
+            lost,
+            segment_base(writer, seq),
+            start,
+            end - start,
+        )
 
-    def _suspect_locked(self, writer: str, open_runs: dict[bytes, None],
-                        run_ids: Sequence[str]) -> None:
+    def _suspect_locked(
+        self, writer: str, open_runs: dict[bytes, None], run_ids: Sequence[str]
+    ) -> None:
         """Runs whose end may be in a lost range: ids read in it, and runs still open."""
         self._suspect_writers.add(writer)
         for run_id in [*(r.decode("utf-8", "replace") for r in open_runs), *run_ids]:
@@ -253,24 +273,35 @@ class DamageLedger:
     def note_missing(self, writer: str, first: int, stop: int) -> None:
         """Segments ``first..stop-1`` of ``writer`` are gone before this Spool read them."""
         with self.lock:
-            new = [q for q in range(first, stop) if (writer, q) not in self._missing_seen
-                   and (writer, q) not in self._collected]
+            new = [
+                q
+                for q in range(first, stop)
+                if (writer, q) not in self._missing_seen and (writer, q) not in self._collected
+            ]
             if not new:
                 return
             self._missing_seen.update((writer, q) for q in new)
             self._missing_total += len(new)
             self._suspect_locked(writer, self._open_runs.get(writer, {}), [])
-            self._last_damage = (f"{len(new)} segment(s) of writer {writer} missing "
-                                 f"(sequence {new[0]}..{new[-1]})")
+            self._last_damage = (
+                f"{len(new)} segment(s) of writer {writer} missing (sequence {new[0]}..{new[-1]})"
+            )
         self._metrics.missing.inc(len(new))
-        self.log(f"{len(new)} segment(s) of writer {writer} missing (sequence "
-                 f"{new[0]}..{new[-1]})", missing_segments=len(new),
-                 runs=[r for r, w in list(self._affected.items()) if w == writer])
+        self.log(
+            f"{len(new)} segment(s) of writer {writer} missing (sequence {new[0]}..{new[-1]})",
+            missing_segments=len(new),
+            runs=[r for r, w in list(self._affected.items()) if w == writer],
+        )
         warn_once_per_minute(
             f"spool:missing:{writer}",
             "odibi-observe: %d spool segment(s) of writer %s are missing (sequence %d..%d), "
             "deleted before they were read: their events are lost (counted in %s)",
-            len(new), writer, new[0], new[-1], SIDECAR_METRICS.spool_missing_segments.prometheus)
+            len(new),
+            writer,
+            new[0],
+            new[-1],
+            SIDECAR_METRICS.spool_missing_segments.prometheus,
+        )
 
     def open_segment_deleted(self, name: str) -> None:
         """The writer's own open segment ``name`` was deleted under it: one missing segment."""
@@ -299,20 +330,37 @@ class DamageLedger:
                 self._open_runs.pop(writer, None)
                 self._suspect_writers.discard(writer)
 
-    def log(self, what: str, *, frames_lost: int = 0, missing_segments: int = 0,
-            runs: Sequence[str] = ()) -> None:
+    def log(
+        self,
+        what: str,
+        *,
+        frames_lost: int = 0,
+        missing_segments: int = 0,
+        runs: Sequence[str] = (),
+    ) -> None:
         """Append one finding to :data:`DAMAGE_LOG` (bounded); never raises."""
         path = os.path.join(self.directory, DAMAGE_LOG)
-        line = json.dumps({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "what": what,
-            "frames_lost": frames_lost, "missing_segments": missing_segments,
-            "runs_affected": list(dict.fromkeys(runs))[:_MAX_LOGGED_RUNS],
-        }, ensure_ascii=True) + "\n"
+        line = (
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "what": what,
+                    "frames_lost": frames_lost,
+                    "missing_segments": missing_segments,
+                    "runs_affected": list(dict.fromkeys(runs))[:_MAX_LOGGED_RUNS],
+                },
+                ensure_ascii=True,
+            )
+            + "\n"
+        )
         try:
             if os.path.getsize(path) + len(line) > DAMAGE_LOG_MAX_BYTES:
-                warn_once_per_minute("spool:damage-log", "odibi-observe: %s is full (%d bytes); "
-                                      "further damage is only counted", path,
-                                      DAMAGE_LOG_MAX_BYTES)
+                warn_once_per_minute(
+                    "spool:damage-log",
+                    "odibi-observe: %s is full (%d bytes); further damage is only counted",
+                    path,
+                    DAMAGE_LOG_MAX_BYTES,
+                )
                 return
         except FileNotFoundError:
             pass
@@ -325,8 +373,9 @@ class DamageLedger:
             finally:
                 os.close(fd)
         except OSError as exc:
-            warn_once_per_minute("spool:damage-log", "odibi-observe: cannot write %s: %s",
-                                  path, exc)
+            warn_once_per_minute(
+                "spool:damage-log", "odibi-observe: cannot write %s: %s", path, exc
+            )
 
     def totals(self) -> tuple[int, int, int]:
         """Frames lost, damaged regions and missing segments counted so far."""
@@ -336,5 +385,10 @@ class DamageLedger:
     def damage(self) -> SpoolDamage:
         """What has been found lost so far (damaged frames, missing segments, runs)."""
         with self.lock:
-            return SpoolDamage(self._regions_total, self._corrupt_total, self._missing_total,
-                               tuple(self._affected), self._last_damage)
+            return SpoolDamage(
+                self._regions_total,
+                self._corrupt_total,
+                self._missing_total,
+                tuple(self._affected),
+                self._last_damage,
+            )

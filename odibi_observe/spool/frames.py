@@ -59,7 +59,7 @@ def header_length(data: bytes, p: int) -> int | None:
     if len(data) - p < HEADER_SIZE:
         return None
     magic, length, _, header_crc = HEADER.unpack_from(data, p)
-    if magic != MAGIC or length > MAX_PAYLOAD or zlib.crc32(data[p:p + 12]) != header_crc:
+    if magic != MAGIC or length > MAX_PAYLOAD or zlib.crc32(data[p : p + 12]) != header_crc:
         return None
     return int(length)
 
@@ -71,14 +71,14 @@ def _check(buf: bytes, mv: memoryview, p: int) -> tuple[int, int]:
     """Classify the bytes at ``p``: (_VALID, end), (_INCOMPLETE, 0) or (_INVALID, 0)."""
     n = len(buf)
     if n - p < HEADER_SIZE:
-        return (_INCOMPLETE, 0) if MAGIC.startswith(buf[p:p + 4]) else (_INVALID, 0)
+        return (_INCOMPLETE, 0) if MAGIC.startswith(buf[p : p + 4]) else (_INVALID, 0)
     magic, length, payload_crc, header_crc = HEADER.unpack_from(buf, p)
-    if magic != MAGIC or length > MAX_PAYLOAD or zlib.crc32(mv[p:p + 12]) != header_crc:
+    if magic != MAGIC or length > MAX_PAYLOAD or zlib.crc32(mv[p : p + 12]) != header_crc:
         return _INVALID, 0
     end = p + HEADER_SIZE + length
     if end > n:
         return _INCOMPLETE, 0
-    if zlib.crc32(mv[p + HEADER_SIZE:end]) != payload_crc:
+    if zlib.crc32(mv[p + HEADER_SIZE : end]) != payload_crc:
         return _INVALID, 0
     return _VALID, end
 
@@ -98,7 +98,7 @@ def _resync(buf: bytes, mv: memoryview, start: int, *, eof: bool, final: bool) -
                 return None
             if not final:  # the last bytes may be the beginning of a magic being written
                 for k in (3, 2, 1):
-                    if n - k >= start and buf[n - k:] == MAGIC[:k]:
+                    if n - k >= start and buf[n - k :] == MAGIC[:k]:
                         return n - k
             return n
         status, _ = _check(buf, mv, q)
@@ -124,8 +124,9 @@ class Parsed:
     state: str = "eof"
 
 
-def _parse(buf: bytes, base: int, *, eof: bool, final: bool, limit: int,
-           payloads: bool, out: Parsed) -> None:
+def _parse(
+    buf: bytes, base: int, *, eof: bool, final: bool, limit: int, payloads: bool, out: Parsed
+) -> None:
     """Parse frames from ``buf`` (file bytes from offset ``base``) into ``out``.
 
     ``eof``: ``buf`` reaches the current end of the file. ``final``: the file will not grow
@@ -141,7 +142,7 @@ def _parse(buf: bytes, base: int, *, eof: bool, final: bool, limit: int,
             return
         status, end = _check(buf, mv, p)
         if status == _VALID:
-            frames.append((base + p, base + end, buf[p + HEADER_SIZE:end] if payloads else b""))
+            frames.append((base + p, base + end, buf[p + HEADER_SIZE : end] if payloads else b""))
             p = end
             continue
         if status == _INCOMPLETE:
@@ -163,8 +164,7 @@ def _parse(buf: bytes, base: int, *, eof: bool, final: bool, limit: int,
     out.resume, out.state = base + p, "eof"
 
 
-def read_segment(fd: int, offset: int, *, final: bool, limit: int,
-                 payloads: bool = True) -> Parsed:
+def read_segment(fd: int, offset: int, *, final: bool, limit: int, payloads: bool = True) -> Parsed:
     """Frames of an open segment file from ``offset``: at most ``limit``, read in chunks."""
     out = Parsed(resume=offset)
     size = os.fstat(fd).st_size

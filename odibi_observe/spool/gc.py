@@ -17,17 +17,25 @@ from odibi_observe.spool.frames import read_segment
 from odibi_observe.spool.segments import Segment, open_segment, segment_final
 
 
-def collect(directory: str, listing: dict[str, list[Segment]], states: dict[str, Acked],
-            ledger: DamageLedger) -> int:
+def collect(
+    directory: str,
+    listing: dict[str, list[Segment]],
+    states: dict[str, Acked],
+    ledger: DamageLedger,
+) -> int:
     """Delete the segments of ``listing`` no cursor in ``states`` needs; the bytes freed."""
     if not states:
         return 0
-    return sum(_collect(directory, segment, states, ledger)
-               for segments in listing.values() for segment in segments)
+    return sum(
+        _collect(directory, segment, states, ledger)
+        for segments in listing.values()
+        for segment in segments
+    )
 
 
-def _collect(directory: str, segment: Segment, states: dict[str, Acked],
-             ledger: DamageLedger) -> int:
+def _collect(
+    directory: str, segment: Segment, states: dict[str, Acked], ledger: DamageLedger
+) -> int:
     """Delete ``segment`` if it is final and no cursor has a frame left in it."""
     start = sys.maxsize  # the lowest acknowledged offset inside the segment, over cursors
     for acked in states.values():
@@ -45,8 +53,7 @@ def _collect(directory: str, segment: Segment, states: dict[str, Acked],
         if not sealed and not segment_final(segment.writer, fd):
             return 0
         size = os.fstat(fd).st_size  # after the liveness test: the size cannot change now
-        if start < size and read_segment(fd, start, final=True, limit=1,
-                                         payloads=False).frames:
+        if start < size and read_segment(fd, start, final=True, limit=1, payloads=False).frames:
             return 0
         try:
             os.unlink(path)

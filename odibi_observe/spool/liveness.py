@@ -38,7 +38,7 @@ def _proc_stat_fields(pid: int) -> list[bytes]:
     """Fields 3.. of /proc/<pid>/stat (the command name may hold spaces and parentheses)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
-    return data[data.rfind(b")") + 2:].split()
+    return data[data.rfind(b")") + 2 :].split()
 
 
 def _boot_time_ns() -> int:

@@ -65,18 +65,24 @@ class SpoolGauges:
         self.spools: weakref.WeakSet[GaugedSpool] = weakref.WeakSet()
 
     def describe(self) -> Iterator[PromMetric]:
-        yield GaugeMetricFamily(SIDECAR_METRICS.spool_bytes.prometheus,
-                                SIDECAR_METRICS.spool_bytes.description)
-        yield GaugeMetricFamily(SIDECAR_METRICS.spool_backlog.prometheus,
-                                SIDECAR_METRICS.spool_backlog.description,
-                                labels=SIDECAR_METRICS.spool_backlog.labels)
+        yield GaugeMetricFamily(
+            SIDECAR_METRICS.spool_bytes.prometheus, SIDECAR_METRICS.spool_bytes.description
+        )
+        yield GaugeMetricFamily(
+            SIDECAR_METRICS.spool_backlog.prometheus,
+            SIDECAR_METRICS.spool_backlog.description,
+            labels=SIDECAR_METRICS.spool_backlog.labels,
+        )
 
     def collect(self) -> Iterator[PromMetric]:
-        size = GaugeMetricFamily(SIDECAR_METRICS.spool_bytes.prometheus,
-                                 SIDECAR_METRICS.spool_bytes.description)
-        backlog = GaugeMetricFamily(SIDECAR_METRICS.spool_backlog.prometheus,
-                                    SIDECAR_METRICS.spool_backlog.description,
-                                    labels=SIDECAR_METRICS.spool_backlog.labels)
+        size = GaugeMetricFamily(
+            SIDECAR_METRICS.spool_bytes.prometheus, SIDECAR_METRICS.spool_bytes.description
+        )
+        backlog = GaugeMetricFamily(
+            SIDECAR_METRICS.spool_backlog.prometheus,
+            SIDECAR_METRICS.spool_backlog.description,
+            labels=SIDECAR_METRICS.spool_backlog.labels,
+        )
         total = 0
         seen_dirs: set[str] = set()
         seen_cursors: set[str] = set()
@@ -109,13 +115,13 @@ class SpoolMetrics:
 
 _metrics_lock = threading.Lock()
 _metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, SpoolMetrics] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _counter(metric: Metric, registry: CollectorRegistry) -> Counter:
     try:
-        return Counter(metric.prometheus_base, metric.description, metric.labels,
-                       registry=registry)
+        return Counter(metric.prometheus_base, metric.description, metric.labels, registry=registry)
     except ValueError as exc:  # registered by someone else: count privately, say so
         log.warning("odibi-observe: spool counter not exported: %s", exc)
         return Counter(metric.prometheus_base, metric.description, metric.labels, registry=None)
@@ -128,15 +134,23 @@ def metrics_for(registry: CollectorRegistry) -> SpoolMetrics:
         if found is not None:
             return found
         m = SIDECAR_METRICS
-        corrupt, rejected, regions, missing = (_counter(metric, registry) for metric in (
-            m.spool_corrupt, m.spool_rejected, m.spool_damaged_regions, m.spool_missing_segments))
+        corrupt, rejected, regions, missing = (
+            _counter(metric, registry)
+            for metric in (
+                m.spool_corrupt,
+                m.spool_rejected,
+                m.spool_damaged_regions,
+                m.spool_missing_segments,
+            )
+        )
         gauges = SpoolGauges()
         try:
             registry.register(gauges)
         except ValueError as exc:
             log.warning("odibi-observe: spool gauges not exported: %s", exc)
-        found = _metrics_by_registry[registry] = SpoolMetrics(corrupt, rejected, regions, missing,
-                                                            gauges)
+        found = _metrics_by_registry[registry] = SpoolMetrics(
+            corrupt, rejected, regions, missing, gauges
+        )
         return found
 
 

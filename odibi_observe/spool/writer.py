@@ -78,8 +78,9 @@ class SpoolFullError(Exception):
         self.stored = stored
 
 
-def check_writer_options(*, writer_id: str | None, fsync: str, fsync_interval: float,
-                         segment_bytes: int, max_bytes: int) -> None:
+def check_writer_options(
+    *, writer_id: str | None, fsync: str, fsync_interval: float, segment_bytes: int, max_bytes: int
+) -> None:
     """Raise ValueError for an option no writer can work with (before anything is created)."""
     if fsync not in ("always", "interval", "never"):
         raise ValueError(f"fsync must be 'always', 'interval' or 'never', not {fsync!r}")
@@ -100,9 +101,19 @@ class SpoolWriter:
     the child its own writer id and segment (:meth:`after_fork`).
     """
 
-    def __init__(self, directory: str, *, writer_id: str | None, fsync: FsyncPolicy,
-                 fsync_interval: float, segment_bytes: int, max_bytes: int,
-                 metrics: SpoolMetrics, ledger: DamageLedger, files: CursorFiles) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        writer_id: str | None,
+        fsync: FsyncPolicy,
+        fsync_interval: float,
+        segment_bytes: int,
+        max_bytes: int,
+        metrics: SpoolMetrics,
+        ledger: DamageLedger,
+        files: CursorFiles,
+    ) -> None:
         self.directory = directory
         self.writer_id = writer_id if writer_id is not None else default_writer_id()
         self.fsync: FsyncPolicy = fsync
@@ -150,9 +161,12 @@ class SpoolWriter:
             try:
                 if self._must_roll:
                     self._seal_locked()  # before the room check, which may keep failing
-                if (self._fd < 0 or size > self._budget
-                        or self._offset + size > self.segment_bytes
-                        or time.monotonic() >= self._usage_due):
+                if (
+                    self._fd < 0
+                    or size > self._budget
+                    or self._offset + size > self.segment_bytes
+                    or time.monotonic() >= self._usage_due
+                ):
                     self._check_room_locked(size)
                     self._ensure_segment_locked(size)
                 self._write_locked(frame)
@@ -193,8 +207,7 @@ class SpoolWriter:
                     while j < len(frames) and size + len(frames[j]) <= room:
                         size += len(frames[j])
                         j += 1
-                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]),
-                                       j - i)
+                    self._write_locked(frames[i] if j == i + 1 else b"".join(frames[i:j]), j - i)
                     i = j
                 if refused is not None:
                     raise refused
@@ -203,8 +216,9 @@ class SpoolWriter:
                 self._rejected(exc.reason, len(payloads) - i)
                 raise
 
-    def _prefix_that_fits_locked(self, frames: list[bytes], total: int
-                                 ) -> tuple[list[bytes], SpoolFullError | None]:
+    def _prefix_that_fits_locked(
+        self, frames: list[bytes], total: int
+    ) -> tuple[list[bytes], SpoolFullError | None]:
         """The frames that fit the size limit, and the error for the rest (None: all fit)."""
         try:
             self._check_room_locked(total)
@@ -229,12 +243,15 @@ class SpoolWriter:
             self._check_linked_locked()
             usage = sum(s.size for segs in list_segments(self.directory).values() for s in segs)
             self._budget = self.max_bytes - usage
-            self._usage_due = now + (USAGE_REFRESH if usage + size < 0.9 * self.max_bytes
-                                     else USAGE_REFRESH_NEAR_FULL)
+            self._usage_due = now + (
+                USAGE_REFRESH if usage + size < 0.9 * self.max_bytes else USAGE_REFRESH_NEAR_FULL
+            )
         if size > self._budget:
             raise SpoolFullError(
-                "size_limit", f"spool {self.directory} would exceed max_bytes="
-                f"{self.max_bytes} (about {self.max_bytes - self._budget} bytes held)")
+                "size_limit",
+                f"spool {self.directory} would exceed max_bytes="
+                f"{self.max_bytes} (about {self.max_bytes - self._budget} bytes held)",
+            )
 
     def _check_linked_locked(self) -> None:
         """Leave an open segment that was deleted under this writer (at most once a second).
@@ -251,10 +268,13 @@ class SpoolWriter:
             return
         if linked:
             return
-        log.error("odibi-observe: spool segment %s was deleted while this process wrote to it; "
-                  "those of its %d event(s) no consumer had read are lost (counted in %s)",
-                  self._open_path, self._segment_frames,
-                  SIDECAR_METRICS.spool_missing_segments.prometheus)
+        log.error(
+            "odibi-observe: spool segment %s was deleted while this process wrote to it; "
+            "those of its %d event(s) no consumer had read are lost (counted in %s)",
+            self._open_path,
+            self._segment_frames,
+            SIDECAR_METRICS.spool_missing_segments.prometheus,
+        )
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd, self._offset, self._dirty = -1, 0, False
@@ -263,8 +283,9 @@ class SpoolWriter:
         self._ledger.open_segment_deleted(os.path.basename(self._open_path))
 
     def _ensure_segment_locked(self, size: int) -> None:
-        if self._fd >= 0 and (self._must_roll or (
-                self._offset > 0 and self._offset + size > self.segment_bytes)):
+        if self._fd >= 0 and (
+            self._must_roll or (self._offset > 0 and self._offset + size > self.segment_bytes)
+        ):
             self._seal_locked()
         if self._fd < 0:
             self._open_locked()
@@ -278,15 +299,17 @@ class SpoolWriter:
         while True:
             path = os.path.join(self.directory, segment_base(self.writer_id, self._seq) + ".open")
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_CLOEXEC,
-                             0o644)
+                fd = os.open(
+                    path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_CLOEXEC, 0o644
+                )
             except FileExistsError:
                 self._seq += 1
                 continue
             except OSError as exc:
                 if exc.errno in FULL_ERRNOS:
-                    raise SpoolFullError("disk_full", f"cannot create a spool segment: {exc}"
-                                         ) from exc
+                    raise SpoolFullError(
+                        "disk_full", f"cannot create a spool segment: {exc}"
+                    ) from exc
                 raise
             break
         with _next_seq_lock:
@@ -362,8 +385,9 @@ class SpoolWriter:
                 os.rename(path, path[: -len(".open")] + ".seg")
                 self._new_dir_entry_locked()
         except OSError as exc:
-            warn_once_per_minute("spool:seal", "odibi-observe: cannot seal spool segment %s: %s",
-                                  path, exc)
+            warn_once_per_minute(
+                "spool:seal", "odibi-observe: cannot seal spool segment %s: %s", path, exc
+            )
         finally:
             os.close(fd)
             self._dirty = False
@@ -395,7 +419,11 @@ class SpoolWriter:
         warn_once_per_minute(
             f"spool:reject:{reason}",
             "odibi-observe: spool %s rejected %d event(s): %s (old events are kept; counted in "
-            f"{SIDECAR_METRICS.spool_rejected.prometheus})", self.directory, count, reason)
+            f"{SIDECAR_METRICS.spool_rejected.prometheus})",
+            self.directory,
+            count,
+            reason,
+        )
 
     def rejected_total(self) -> int:
         """Events this writer refused since it was made."""
@@ -438,8 +466,11 @@ class SpoolWriter:
     def _start_fsync_thread(self) -> None:
         stop = self._fsync_stop = threading.Event()
         self._fsync_thread = threading.Thread(
-            target=_fsync_loop, args=(weakref.ref(self), stop, self.fsync_interval),
-            name="odibi-observe-spool-fsync", daemon=True)
+            target=_fsync_loop,
+            args=(weakref.ref(self), stop, self.fsync_interval),
+            name="odibi-observe-spool-fsync",
+            daemon=True,
+        )
         self._fsync_thread.start()
 
     def close(self) -> None:

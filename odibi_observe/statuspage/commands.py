@@ -51,30 +51,52 @@ examples:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``report`` to the odibi-observe parser."""
     parser = sub.add_parser(
-        "report", help="a self-contained HTML status page from the catalog (no Grafana)",
-        description=DESCRIPTION, epilog=EPILOG,
+        "report",
+        help="a self-contained HTML status page from the catalog (no Grafana)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
     )
     sources = parser.add_argument_group("sources")
     sources.add_argument(
-        "--catalog", metavar="URL", default=os.environ.get(CATALOG_ENV),
+        "--catalog",
+        metavar="URL",
+        default=os.environ.get(CATALOG_ENV),
         help="SQLAlchemy URL of meta_runs, or a path to a SQLite file (never created) "
-             f"(default: ${CATALOG_ENV})")
+        f"(default: ${CATALOG_ENV})",
+    )
     sources.add_argument(
-        "--traces", metavar="SOURCE", action="append", default=[],
+        "--traces",
+        metavar="SOURCE",
+        action="append",
+        default=[],
         help="reconcile the window against this trace source now (repeatable); without it "
-             "completeness is the last recorded reconcile")
+        "completeness is the last recorded reconcile",
+    )
 
     window = parser.add_argument_group("window")
-    window.add_argument("--since", metavar="TIME", type=time_arg,
-                        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)")
-    window.add_argument("--until", metavar="TIME", type=time_arg,
-                        help="window end, ISO 8601 (default: now)")
-    window.add_argument("--last", metavar="DURATION", type=duration_arg,
-                        help="the window is the last DURATION (30m, 24h, 7d; default 24h)")
+    window.add_argument(
+        "--since",
+        metavar="TIME",
+        type=time_arg,
+        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)",
+    )
+    window.add_argument(
+        "--until", metavar="TIME", type=time_arg, help="window end, ISO 8601 (default: now)"
+    )
+    window.add_argument(
+        "--last",
+        metavar="DURATION",
+        type=duration_arg,
+        help="the window is the last DURATION (30m, 24h, 7d; default 24h)",
+    )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--out", metavar="DIR", default="status-report",
-                        help=f"directory for {STATUS_PAGE_FILE} (default: %(default)s)")
+    output.add_argument(
+        "--out",
+        metavar="DIR",
+        default="status-report",
+        help=f"directory for {STATUS_PAGE_FILE} (default: %(default)s)",
+    )
     output.add_argument("--quiet", action="store_true", help="no summary on the terminal")
     parser.set_defaults(handler=run, subparser=parser)
 
@@ -102,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     return _write(args, since, until, now, out)
 
 
-def _write(args: argparse.Namespace, since: datetime, until: datetime, now: datetime,
-           out: Path) -> int:
+def _write(
+    args: argparse.Namespace, since: datetime, until: datetime, now: datetime, out: Path
+) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from odibi_observe.catalog.readonly import CatalogUnreadable, catalog_url, open_readonly_engine
@@ -142,8 +165,9 @@ def _write(args: argparse.Namespace, since: datetime, until: datetime, now: date
     return 1 if page.failures_total else 0
 
 
-def _reconcile_now(url: str, traces: list[str], since: datetime, until: datetime,
-                   now: datetime) -> Any:
+def _reconcile_now(
+    url: str, traces: list[str], since: datetime, until: datetime, now: datetime
+) -> Any:
     """The window reconciled against ``traces`` (nothing repaired, nothing recorded), or the
     line to print when it cannot be."""
     from odibi_observe.reconcile.catalog_sources import open_catalog_source
@@ -182,17 +206,23 @@ def _summary(page: Any, path: Path) -> str:
         f"{'—' if rate is None else f'{rate * 100:.1f}%'}",
         f"failed         {page.failures_total:,} ({page.crashed_total:,} crashed)",
         f"running now    {page.running_total:,}",
-        "completeness   " + ("— (no reconcile recorded)" if comp is None or comp.ratio is None
-                             else f"{comp.ratio * 100:.2f}%"
-                             + (" (reconciled now)" if comp.live else " (last reconcile)")),
-        "open findings  " + ("— (no findings table)" if page.findings is None
-                             else f"{page.findings_total:,}"),
+        "completeness   "
+        + (
+            "— (no reconcile recorded)"
+            if comp is None or comp.ratio is None
+            else f"{comp.ratio * 100:.2f}%"
+            + (" (reconciled now)" if comp.live else " (last reconcile)")
+        ),
+        "open findings  "
+        + ("— (no findings table)" if page.findings is None else f"{page.findings_total:,}"),
         f"wrote          {path}",
     ]
     return "\n".join(lines)
 
 
 def _fail(message: str) -> int:
-    print(f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
-          file=sys.stderr)
+    print(
+        f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
+        file=sys.stderr,
+    )
     return 2

@@ -28,8 +28,10 @@ from odibi_observe.statuspage.model import (
 )
 
 STATUS_COLOURS: Final = {
-    RunStatus.SUCCESS.value: "#2e9e44", RunStatus.FAILURE.value: "#d0342c",
-    RunStatus.CRASHED.value: "#8e44ad", RunStatus.RUNNING.value: "#1f77b4",
+    RunStatus.SUCCESS.value: "#2e9e44",
+    RunStatus.FAILURE.value: "#d0342c",
+    RunStatus.CRASHED.value: "#8e44ad",
+    RunStatus.RUNNING.value: "#1f77b4",
     RunStatus.CANCELLED.value: "#e69f00",
 }
 OTHER_COLOUR: Final = "#7f7f7f"
@@ -99,23 +101,25 @@ def render_html(page: StatusPage) -> str:
         f"<style>{_CSS}</style></head><body><main>",
         f'<div class="top"><h1>odibi-observe status</h1>{_verdict(page)}</div>',
         f'<div class="meta">Runs started {escape(_stamp(page.since))} → '
-        f'{escape(_stamp(page.until))} · catalog <code>{escape(page.catalog)}</code> · '
-        f'generated {escape(_stamp(page.generated_at))}</div>',
+        f"{escape(_stamp(page.until))} · catalog <code>{escape(page.catalog)}</code> · "
+        f"generated {escape(_stamp(page.generated_at))}</div>",
         _cards(page),
         f'<div class="panel wide"><h2>Runs by status (per {escape(_span(page.step))}, by '
-        f'start)</h2>{_status_chart(page)}</div>',
-        _panel("Recent failures, with suggestions", _failures(page.failures, page.failures_total),
-               wide=True),
+        f"start)</h2>{_status_chart(page)}</div>",
+        _panel(
+            "Recent failures, with suggestions",
+            _failures(page.failures, page.failures_total),
+            wide=True,
+        ),
         '<div class="grid">',
         _panel("Completeness", _completeness(page.completeness)),
         _panel("Open health findings", _findings(page)),
         _panel("Running now", _running(page)),
         _panel("Crashed runs", _crashed(page)),
         "</div>",
-        _panel("Slowest nodes (finished runs, exact quantiles)", _slowest(page.slowest),
-               wide=True),
+        _panel("Slowest nodes (finished runs, exact quantiles)", _slowest(page.slowest), wide=True),
         _notes(page.notes),
-        '<footer>odibi-observe report · from the catalog alone · the panels of the Grafana '
+        "<footer>odibi-observe report · from the catalog alone · the panels of the Grafana "
         '"Pipeline overview" dashboard</footer>',
         "</main></body></html>",
     ]
@@ -133,9 +137,17 @@ def _span(step: timedelta) -> str:
     for unit, size in (("day", 86_400), ("h", 3_600), ("min", 60)):
         if seconds % size == 0:
             n = seconds // size
-            return (f"{n} {unit}s" if unit == "day" and n > 1 else
-                    "day" if unit == "day" else f"{n} {unit}" if n > 1 else
-                    "hour" if unit == "h" else "minute")
+            return (
+                f"{n} {unit}s"
+                if unit == "day" and n > 1
+                else "day"
+                if unit == "day"
+                else f"{n} {unit}"
+                if n > 1
+                else "hour"
+                if unit == "h"
+                else "minute"
+            )
     return f"{seconds} s"
 
 
@@ -166,8 +178,15 @@ def _verdict(page: StatusPage) -> str:
 
 def _cards(page: StatusPage) -> str:
     rate = page.success_rate
-    rate_class = ("" if rate is None else "good" if rate >= RATE_GOOD
-                  else "fair" if rate >= RATE_FAIR else "bad")
+    rate_class = (
+        ""
+        if rate is None
+        else "good"
+        if rate >= RATE_GOOD
+        else "fair"
+        if rate >= RATE_FAIR
+        else "bad"
+    )
     comp = page.completeness
     comp_text, comp_class = "—", ""
     if comp is not None and comp.ratio is not None:
@@ -181,12 +200,21 @@ def _cards(page: StatusPage) -> str:
         ("Crashed", f"{page.crashed_total:,}", "bad" if page.crashed_total else "good"),
         ("Running now", f"{page.running_total:,}", ""),
         ("Completeness", comp_text, comp_class),
-        ("Open findings", findings, "fair" if page.findings_total else
-         ("good" if page.findings is not None else "")),
+        (
+            "Open findings",
+            findings,
+            "fair" if page.findings_total else ("good" if page.findings is not None else ""),
+        ),
     ]
-    return '<div class="cards">' + "".join(
-        f'<div class="card {css}"><div class="n">{escape(value)}</div>'
-        f'<div class="l">{escape(label)}</div></div>' for label, value, css in cards) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card {css}"><div class="n">{escape(value)}</div>'
+            f'<div class="l">{escape(label)}</div></div>'
+            for label, value, css in cards
+        )
+        + "</div>"
+    )
 
 
 def _panel(title: str, body: str, *, wide: bool = False) -> str:
@@ -201,11 +229,19 @@ def _status_chart(page: StatusPage) -> str:
     statuses = [s.value for s in STATUS_ORDER]
     statuses += sorted({k for b in buckets for k in b.counts} - set(statuses))
     bars = [Bar(b.counts, _tick(b.start, page.step), _stamp(b.start)) for b in buckets]
-    svg = stacked_bars(bars, statuses, lambda s: STATUS_COLOURS.get(s, OTHER_COLOUR),
-                       Frame(960, 190, 24, 12, 182), "runs by status over time")
+    svg = stacked_bars(
+        bars,
+        statuses,
+        lambda s: STATUS_COLOURS.get(s, OTHER_COLOUR),
+        Frame(960, 190, 24, 12, 182),
+        "runs by status over time",
+    )
     legend = "".join(
         f'<span><i style="background:{STATUS_COLOURS.get(s, OTHER_COLOUR)}"></i>'
-        f'{escape(s)} {page.totals.get(s, 0):,}</span>' for s in statuses if page.totals.get(s))
+        f"{escape(s)} {page.totals.get(s, 0):,}</span>"
+        for s in statuses
+        if page.totals.get(s)
+    )
     return f'{svg}<div class="legend">{legend}</div>'
 
 
@@ -214,8 +250,10 @@ def _tick(start: datetime, step: timedelta) -> str:
 
 
 def _badge(status: str) -> str:
-    return (f'<span class="badge" style="background:{STATUS_COLOURS.get(status, OTHER_COLOUR)}">'
-            f'{escape(status)}</span>')
+    return (
+        f'<span class="badge" style="background:{STATUS_COLOURS.get(status, OTHER_COLOUR)}">'
+        f"{escape(status)}</span>"
+    )
 
 
 def _breakable(name: str) -> str:
@@ -229,8 +267,10 @@ def _node(pipeline: str, node: str) -> str:
 def _more(shown: int, total: int) -> str:
     if total <= shown:
         return ""
-    return (f'<div class="sub">showing {shown:,} of {total:,}: '
-            '<code>odibi-observe runs</code> lists them all</div>')
+    return (
+        f'<div class="sub">showing {shown:,} of {total:,}: '
+        "<code>odibi-observe runs</code> lists them all</div>"
+    )
 
 
 def _error(rec: RunRecord, *, suggestions: bool = True) -> str:
@@ -251,10 +291,14 @@ def _failures(records: Sequence[RunRecord], total: int) -> str:
         f'<tr><td class="num">{escape(f"{r.started_at:%m-%d %H:%M}")}</td>'
         f'<td class="id">{_node(r.pipeline, r.node)}</td><td>{_badge(r.status.value)}'
         f'{_attempt(r)}</td><td>{_error(r)}<div class="sub mono">{escape(r.run_id)}</div></td>'
-        '</tr>' for r in records)
-    return ('<table><thead><tr><th class="num">started</th><th>pipeline / node</th>'
-            '<th>status</th><th>error and what to do</th></tr></thead>'
-            f'<tbody>{rows}</tbody></table>{_more(len(records), total)}')
+        "</tr>"
+        for r in records
+    )
+    return (
+        '<table><thead><tr><th class="num">started</th><th>pipeline / node</th>'
+        "<th>status</th><th>error and what to do</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>{_more(len(records), total)}"
+    )
 
 
 def _attempt(rec: RunRecord) -> str:
@@ -274,10 +318,13 @@ def _slowest(timings: Sequence[NodeTiming]) -> str:
             f'the slowest max"><i style="width:{max(p95, 0.5):.1f}%;background:linear-gradient('
             f'90deg,#1f77b4 {p50 / max(p95, 0.5) * 100:.0f}%,#9cc3e6 0)"></i></span></td>'
             f'<td class="num">{t.runs:,}</td><td class="num">{_ms(t.p50_ms)}</td>'
-            f'<td class="num">{_ms(t.p95_ms)}</td><td class="num">{_ms(t.max_ms)}</td></tr>')
-    return ('<table><thead><tr><th>pipeline / node</th><th class="num">runs</th>'
-            '<th class="num">p50</th><th class="num">p95</th><th class="num">max</th></tr>'
-            f'</thead><tbody>{"".join(rows)}</tbody></table>')
+            f'<td class="num">{_ms(t.p95_ms)}</td><td class="num">{_ms(t.max_ms)}</td></tr>'
+        )
+    return (
+        '<table><thead><tr><th>pipeline / node</th><th class="num">runs</th>'
+        '<th class="num">p50</th><th class="num">p95</th><th class="num">max</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _running(page: StatusPage) -> str:
@@ -285,17 +332,20 @@ def _running(page: StatusPage) -> str:
         return '<div class="empty">Nothing is running.</div>'
     now = page.generated_at
     rows = "".join(
-        f'<tr><td>{_node(r.pipeline, r.node)}</td>'
+        f"<tr><td>{_node(r.pipeline, r.node)}</td>"
         f'<td class="num">{escape(_ms((now - r.started_at).total_seconds() * 1000))}</td>'
         f'<td class="num">{escape(_ago(now, _heartbeat(r)))}</td>'
         f'<td>{escape(r.host or "")}<div class="sub">pid {r.pid}</div></td></tr>'
-        for r in page.running)
-    return ('<table><thead><tr><th>pipeline / node</th><th class="num">running for</th>'
-            '<th class="num">heartbeat</th><th>host</th></tr></thead>'
-            f'<tbody>{rows}</tbody></table>{_more(len(page.running), page.running_total)}'
-            '<div class="sub">A run far older than its usual duration with an old heartbeat '
-            'is probably a dead process: <code>odibi-observe sweep</code> closes it as '
-            'CRASHED.</div>')
+        for r in page.running
+    )
+    return (
+        '<table><thead><tr><th>pipeline / node</th><th class="num">running for</th>'
+        '<th class="num">heartbeat</th><th>host</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>{_more(len(page.running), page.running_total)}"
+        '<div class="sub">A run far older than its usual duration with an old heartbeat '
+        "is probably a dead process: <code>odibi-observe sweep</code> closes it as "
+        "CRASHED.</div>"
+    )
 
 
 def _heartbeat(rec: RunRecord) -> datetime | None:
@@ -309,73 +359,103 @@ def _crashed(page: StatusPage) -> str:
         return '<div class="empty">No crashed runs in this window.</div>'
     rows = "".join(
         f'<tr><td class="num">{escape(f"{r.started_at:%m-%d %H:%M}")}</td>'
-        f'<td>{_node(r.pipeline, r.node)}</td>'
+        f"<td>{_node(r.pipeline, r.node)}</td>"
         f'<td>{_error(r, suggestions=False)}<div class="sub">{escape(r.host or "")}'
-        f' pid {r.pid}</div></td></tr>' for r in page.crashed)
-    return ('<table><thead><tr><th class="num">started</th><th>pipeline / node</th>'
-            f'<th>cause</th></tr></thead><tbody>{rows}</tbody></table>'
-            f'{_more(len(page.crashed), page.crashed_total)}')
+        f" pid {r.pid}</div></td></tr>"
+        for r in page.crashed
+    )
+    return (
+        '<table><thead><tr><th class="num">started</th><th>pipeline / node</th>'
+        f"<th>cause</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"{_more(len(page.crashed), page.crashed_total)}"
+    )
 
 
 def _completeness(comp: Completeness | None) -> str:
     if comp is None:
-        return ('<div class="empty">No reconciliation recorded: <code>odibi-observe reconcile'
-                '</code> records one (see the notes below), or pass <code>--traces</code> to '
-                'reconcile now.</div>')
+        return (
+            '<div class="empty">No reconciliation recorded: <code>odibi-observe reconcile'
+            "</code> records one (see the notes below), or pass <code>--traces</code> to "
+            "reconcile now.</div>"
+        )
     ratio = comp.ratio
-    colour = ("#7f7f7f" if ratio is None else "#2e9e44" if ratio >= 0.999
-              else "#d98b00" if ratio >= 0.95 else "#d0342c")
-    what = ("reconciled now (--traces)" if comp.live
-            else f"last reconcile, {_stamp(comp.created_at)}")
+    colour = (
+        "#7f7f7f"
+        if ratio is None
+        else "#2e9e44"
+        if ratio >= 0.999
+        else "#d98b00"
+        if ratio >= 0.95
+        else "#d0342c"
+    )
+    what = (
+        "reconciled now (--traces)" if comp.live else f"last reconcile, {_stamp(comp.created_at)}"
+    )
     kinds = "".join(
         f'<span class="badge" style="background:#5b6578">{escape(k)} {comp.by_kind[k]:,}</span>'
-        for k in DISCREPANCY_KINDS if comp.by_kind.get(k))
-    verdict = (f'<div class="kinds">{kinds}</div>' if kinds else
-               '<div class="sub">no discrepancies: every traced run is in the catalog, '
-               'identically</div>' if not comp.discrepancies else "")
-    return (f'<div class="big" style="color:{colour}">'
-            f'{"—" if ratio is None else f"{ratio * 100:.2f}%"}</div>'
-            f'<span class="bar"><i style="width:{(ratio or 0) * 100:.1f}%;background:{colour}">'
-            f'</i></span><div class="sub" style="margin-top:6px">{escape(what)}: runs started '
-            f'{escape(_stamp(comp.window_start))} → {escape(_stamp(comp.window_end))}</div>'
-            f'<table style="margin-top:8px"><tbody>'
-            f'<tr><td>trace runs</td><td class="num">{comp.trace_runs:,}</td>'
-            f'<td>catalog runs</td><td class="num">{comp.catalog_runs:,}</td></tr>'
-            f'<tr><td>matched</td><td class="num">{comp.matched:,}</td>'
-            f'<td>discrepancies</td><td class="num">{comp.discrepancies:,}</td></tr>'
-            f'</tbody></table>{verdict}'
-            f'<div class="sub mono" style="margin-top:6px">report {escape(comp.report_id)}</div>')
+        for k in DISCREPANCY_KINDS
+        if comp.by_kind.get(k)
+    )
+    verdict = (
+        f'<div class="kinds">{kinds}</div>'
+        if kinds
+        else '<div class="sub">no discrepancies: every traced run is in the catalog, '
+        "identically</div>"
+        if not comp.discrepancies
+        else ""
+    )
+    return (
+        f'<div class="big" style="color:{colour}">'
+        f"{'—' if ratio is None else f'{ratio * 100:.2f}%'}</div>"
+        f'<span class="bar"><i style="width:{(ratio or 0) * 100:.1f}%;background:{colour}">'
+        f'</i></span><div class="sub" style="margin-top:6px">{escape(what)}: runs started '
+        f"{escape(_stamp(comp.window_start))} → {escape(_stamp(comp.window_end))}</div>"
+        f'<table style="margin-top:8px"><tbody>'
+        f'<tr><td>trace runs</td><td class="num">{comp.trace_runs:,}</td>'
+        f'<td>catalog runs</td><td class="num">{comp.catalog_runs:,}</td></tr>'
+        f'<tr><td>matched</td><td class="num">{comp.matched:,}</td>'
+        f'<td>discrepancies</td><td class="num">{comp.discrepancies:,}</td></tr>'
+        f"</tbody></table>{verdict}"
+        f'<div class="sub mono" style="margin-top:6px">report {escape(comp.report_id)}</div>'
+    )
 
 
 def _findings(page: StatusPage) -> str:
     if page.findings is None:
-        return ('<div class="empty">The catalog has no findings table: '
-                '<code>odibi-observe catalog upgrade</code> creates it, '
-                '<code>odibi-observe health</code> fills it.</div>')
+        return (
+            '<div class="empty">The catalog has no findings table: '
+            "<code>odibi-observe catalog upgrade</code> creates it, "
+            "<code>odibi-observe health</code> fills it.</div>"
+        )
     if not page.findings:
         return '<div class="empty">No open findings: every node judged behaves like itself.</div>'
     rows = "".join(_finding(f, page.generated_at) for f in page.findings)
-    return ('<table><thead><tr><th>kind</th><th>pipeline / node</th><th>detail</th>'
-            '<th class="num">open since</th></tr></thead>'
-            f'<tbody>{rows}</tbody></table>'
-            f'{_more_findings(len(page.findings), page.findings_total)}')
+    return (
+        "<table><thead><tr><th>kind</th><th>pipeline / node</th><th>detail</th>"
+        '<th class="num">open since</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+        f"{_more_findings(len(page.findings), page.findings_total)}"
+    )
 
 
 def _finding(f: OpenFinding, now: datetime) -> str:
-    return (f'<tr><td><code>{_breakable(f.kind)}</code></td><td>{_node(f.pipeline, f.node)}</td>'
-            f'<td>{escape(f.detail[:400])}</td><td class="num">{escape(_ago(now, f.opened_at))}'
-            f'<div class="sub">{f.passes:,} pass{"es" if f.passes != 1 else ""}</div></td></tr>')
+    return (
+        f"<tr><td><code>{_breakable(f.kind)}</code></td><td>{_node(f.pipeline, f.node)}</td>"
+        f'<td>{escape(f.detail[:400])}</td><td class="num">{escape(_ago(now, f.opened_at))}'
+        f'<div class="sub">{f.passes:,} pass{"es" if f.passes != 1 else ""}</div></td></tr>'
+    )
 
 
 def _more_findings(shown: int, total: int) -> str:
     if total <= shown:
         return ""
-    return (f'<div class="sub">showing {shown:,} of {total:,}: <code>odibi-observe health'
-            '</code> reports them all</div>')
+    return (
+        f'<div class="sub">showing {shown:,} of {total:,}: <code>odibi-observe health'
+        "</code> reports them all</div>"
+    )
 
 
 def _notes(notes: Sequence[str]) -> str:
     if not notes:
         return ""
     return '<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"
-

@@ -53,15 +53,27 @@ from odibi_observe.record import RunRecord
 
 #: The bucket sizes of "runs by status over time": the smallest that gives at most
 #: :data:`MAX_BUCKETS` bars for the window.
-BUCKET_STEPS: Final = tuple(timedelta(minutes=m) for m in (
-    1, 5, 15, 30, 60, 180, 360, 720, 1_440, 10_080))
+BUCKET_STEPS: Final = tuple(
+    timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 180, 360, 720, 1_440, 10_080)
+)
 MAX_BUCKETS: Final = 36
 
 #: The order statuses are stacked and listed in (the dashboard's legend order).
-STATUS_ORDER: Final = (RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CRASHED,
-                       RunStatus.CANCELLED, RunStatus.RUNNING)
-FINISHED: Final = frozenset({RunStatus.SUCCESS.value, RunStatus.FAILURE.value,
-                             RunStatus.CRASHED.value, RunStatus.CANCELLED.value})
+STATUS_ORDER: Final = (
+    RunStatus.SUCCESS,
+    RunStatus.FAILURE,
+    RunStatus.CRASHED,
+    RunStatus.CANCELLED,
+    RunStatus.RUNNING,
+)
+FINISHED: Final = frozenset(
+    {
+        RunStatus.SUCCESS.value,
+        RunStatus.FAILURE.value,
+        RunStatus.CRASHED.value,
+        RunStatus.CANCELLED.value,
+    }
+)
 #: A finding's state while passes keep seeing it (see :mod:`odibi_observe.health.store`).
 OPEN_STATE: Final = "open"
 
@@ -172,8 +184,9 @@ def bucket_step(since: datetime, until: datetime) -> timedelta:
     return BUCKET_STEPS[-1]
 
 
-def collect(engine: Engine, since: datetime, until: datetime, *, catalog: str,
-            now: datetime | None = None) -> StatusPage:
+def collect(
+    engine: Engine, since: datetime, until: datetime, *, catalog: str, now: datetime | None = None
+) -> StatusPage:
     """Read the status page of runs that started in ``[since, until)`` from ``engine``.
 
     Raises :class:`StatusPageError` when the catalog has no usable ``meta_runs``;
@@ -183,39 +196,48 @@ def collect(engine: Engine, since: datetime, until: datetime, *, catalog: str,
     now = utc(now or datetime.now(timezone.utc))
     tables = set(sa.inspect(engine).get_table_names())
     _check_meta_runs(engine, tables)
-    page = StatusPage(catalog=catalog, since=since, until=until, generated_at=now,
-                      step=bucket_step(since, until))
+    page = StatusPage(
+        catalog=catalog, since=since, until=until, generated_at=now, step=bucket_step(since, until)
+    )
     with engine.connect() as conn:
         _scan_window(conn, page)
         _lists(conn, page)
         if RECONCILIATION_TABLE in tables:
             page.completeness = _last_reconciliation(conn)
             if page.completeness is None:
-                page.notes.append(f"{RECONCILIATION_TABLE} is empty: no reconciliation "
-                                  "recorded yet (odibi-observe reconcile records one)")
+                page.notes.append(
+                    f"{RECONCILIATION_TABLE} is empty: no reconciliation "
+                    "recorded yet (odibi-observe reconcile records one)"
+                )
         else:
-            page.notes.append(f"no {RECONCILIATION_TABLE} table: completeness is shown once "
-                              "'odibi-observe catalog upgrade' created it and a reconcile ran")
+            page.notes.append(
+                f"no {RECONCILIATION_TABLE} table: completeness is shown once "
+                "'odibi-observe catalog upgrade' created it and a reconcile ran"
+            )
         if HEALTH_FINDINGS_TABLE in tables:
             page.findings, page.findings_total = _open_findings(conn)
         else:
-            page.notes.append(f"no {HEALTH_FINDINGS_TABLE} table: health findings are shown "
-                              "once 'odibi-observe catalog upgrade' created it and a health "
-                              "pass ran")
+            page.notes.append(
+                f"no {HEALTH_FINDINGS_TABLE} table: health findings are shown "
+                "once 'odibi-observe catalog upgrade' created it and a health "
+                "pass ran"
+            )
     return page
 
 
 def _check_meta_runs(engine: Engine, tables: set[str]) -> None:
     if CATALOG_TABLE not in tables:
-        raise StatusPageError(f"it has no {CATALOG_TABLE} table (not a run catalog, or nothing "
-                              "recorded yet)")
+        raise StatusPageError(
+            f"it has no {CATALOG_TABLE} table (not a run catalog, or nothing recorded yet)"
+        )
     present = {c["name"] for c in sa.inspect(engine).get_columns(CATALOG_TABLE)}
     missing = [name for name in schema.COLUMNS if name not in present]
     if missing:
         raise StatusPageError(
             f"its {CATALOG_TABLE} lacks the columns {', '.join(missing[:5])}"
             f"{' and more' if len(missing) > 5 else ''} (an Odibi-created table): bring it to "
-            "odibi-observe's schema once with 'odibi-observe catalog upgrade'")
+            "odibi-observe's schema once with 'odibi-observe catalog upgrade'"
+        )
 
 
 def _in_window(page: StatusPage) -> sa.ColumnElement[bool]:
@@ -226,8 +248,9 @@ def _in_window(page: StatusPage) -> sa.ColumnElement[bool]:
 def _scan_window(conn: sa.Connection, page: StatusPage) -> None:
     """One pass over the window's runs: bars, totals and each node's durations."""
     c = schema.meta_runs.c
-    query = sa.select(c[STARTED_AT], c[STATUS], c[PIPELINE], c[NODE], c[DURATION_MS],
-                      c[RUN_ID], c[TRACE_ID]).where(_in_window(page))
+    query = sa.select(
+        c[STARTED_AT], c[STATUS], c[PIPELINE], c[NODE], c[DURATION_MS], c[RUN_ID], c[TRACE_ID]
+    ).where(_in_window(page))
     step_s = page.step.total_seconds()
     origin = page.since.timestamp() - page.since.timestamp() % step_s
     slots = max(1, math.ceil((page.until.timestamp() - origin) / step_s))
@@ -249,13 +272,24 @@ def _scan_window(conn: sa.Connection, page: StatusPage) -> None:
                 slowest[key] = (ms, str(run_id), trace_id)
     page.buckets = [
         Bucket(datetime.fromtimestamp(origin + i * step_s, tz=timezone.utc), dict(n))
-        for i, n in enumerate(counts)]
+        for i, n in enumerate(counts)
+    ]
     timings = []
     for key, values in durations.items():
         values.sort()
         ms, run_id, trace_id = slowest[key]
-        timings.append(NodeTiming(key[0], key[1], len(values), _quantile(values, 0.5),
-                                  _quantile(values, 0.95), values[-1], run_id, trace_id))
+        timings.append(
+            NodeTiming(
+                key[0],
+                key[1],
+                len(values),
+                _quantile(values, 0.5),
+                _quantile(values, 0.95),
+                values[-1],
+                run_id,
+                trace_id,
+            )
+        )
     timings.sort(key=lambda t: (-t.p95_ms, -t.max_ms, t.pipeline, t.node))
     page.slowest = timings[:STATUS_PAGE_SLOWEST]
 
@@ -268,44 +302,63 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _runs(conn: sa.Connection, where: sa.ColumnElement[bool], *, newest_first: bool = True,
-          ) -> tuple[list[RunRecord], int]:
+def _runs(
+    conn: sa.Connection,
+    where: sa.ColumnElement[bool],
+    *,
+    newest_first: bool = True,
+) -> tuple[list[RunRecord], int]:
     c = schema.meta_runs.c
-    order = (c[STARTED_AT].desc(), c[RUN_ID].desc()) if newest_first else (
-        c[STARTED_AT], c[RUN_ID])
-    rows = conn.execute(sa.select(schema.meta_runs).where(where).order_by(*order)
-                        .limit(STATUS_PAGE_ROWS)).mappings().all()
-    total = conn.execute(sa.select(sa.func.count()).select_from(schema.meta_runs)
-                         .where(where)).scalar_one()
+    order = (c[STARTED_AT].desc(), c[RUN_ID].desc()) if newest_first else (c[STARTED_AT], c[RUN_ID])
+    rows = (
+        conn.execute(
+            sa.select(schema.meta_runs).where(where).order_by(*order).limit(STATUS_PAGE_ROWS)
+        )
+        .mappings()
+        .all()
+    )
+    total = conn.execute(
+        sa.select(sa.func.count()).select_from(schema.meta_runs).where(where)
+    ).scalar_one()
     return [row_to_record(row) for row in rows], int(total)
 
 
 def _lists(conn: sa.Connection, page: StatusPage) -> None:
     status = schema.meta_runs.c[STATUS]
     failed = [RunStatus.FAILURE.value, RunStatus.CRASHED.value]
-    page.failures, page.failures_total = _runs(
-        conn, sa.and_(status.in_(failed), _in_window(page)))
+    page.failures, page.failures_total = _runs(conn, sa.and_(status.in_(failed), _in_window(page)))
     page.crashed, page.crashed_total = _runs(
-        conn, sa.and_(status == RunStatus.CRASHED.value, _in_window(page)))
+        conn, sa.and_(status == RunStatus.CRASHED.value, _in_window(page))
+    )
     # Running now is not windowed: a run left RUNNING a week ago is exactly what to see.
     page.running, page.running_total = _runs(
-        conn, status == RunStatus.RUNNING.value, newest_first=False)
+        conn, status == RunStatus.RUNNING.value, newest_first=False
+    )
 
 
 def _last_reconciliation(conn: sa.Connection) -> Completeness | None:
     t = schema.reconciliation.c
-    row = conn.execute(sa.select(schema.reconciliation).order_by(t.created_at.desc())
-                       .limit(1)).mappings().first()
+    row = (
+        conn.execute(sa.select(schema.reconciliation).order_by(t.created_at.desc()).limit(1))
+        .mappings()
+        .first()
+    )
     if row is None:
         return None
     return Completeness(
-        live=False, created_at=utc(row["created_at"]), window_start=utc(row["window_start"]),
-        window_end=utc(row["window_end"]), catalog_runs=int(row["catalog_runs"]),
-        trace_runs=int(row["trace_runs"]), matched=int(row["matched"]),
+        live=False,
+        created_at=utc(row["created_at"]),
+        window_start=utc(row["window_start"]),
+        window_end=utc(row["window_end"]),
+        catalog_runs=int(row["catalog_runs"]),
+        trace_runs=int(row["trace_runs"]),
+        matched=int(row["matched"]),
         discrepancies=int(row["discrepancies"]),
         ratio=None if row["completeness_ratio"] is None else float(row["completeness_ratio"]),
-        by_kind=_kinds(row["discrepancies_json"]), report_id=str(row[schema.REPORT_ID]),
-        errors=int(row["errors"] or 0))
+        by_kind=_kinds(row["discrepancies_json"]),
+        report_id=str(row[schema.REPORT_ID]),
+        errors=int(row["errors"] or 0),
+    )
 
 
 def _kinds(text: Any) -> dict[str, int]:
@@ -316,31 +369,57 @@ def _kinds(text: Any) -> dict[str, int]:
         return {}
     if not isinstance(value, dict):
         return {}
-    return {k: int(value[k]) for k in DISCREPANCY_KINDS
-            if isinstance(value.get(k), int | float) and value[k]}
+    return {
+        k: int(value[k])
+        for k in DISCREPANCY_KINDS
+        if isinstance(value.get(k), int | float) and value[k]
+    }
 
 
 def live_completeness(result: Any) -> Completeness:
     """The :class:`Completeness` of a reconciliation just run (``report --traces``)."""
     return Completeness(
-        live=True, created_at=utc(result.started_at), window_start=result.window.since,
-        window_end=result.window.end, catalog_runs=result.catalog_runs,
-        trace_runs=result.trace_runs, matched=result.matched,
-        discrepancies=result.discrepancies_total, ratio=result.completeness,
-        by_kind={k: n for k, n in result.by_kind.items() if n}, report_id=result.report_id,
-        errors=result.errors_total)
+        live=True,
+        created_at=utc(result.started_at),
+        window_start=result.window.since,
+        window_end=result.window.end,
+        catalog_runs=result.catalog_runs,
+        trace_runs=result.trace_runs,
+        matched=result.matched,
+        discrepancies=result.discrepancies_total,
+        ratio=result.completeness,
+        by_kind={k: n for k, n in result.by_kind.items() if n},
+        report_id=result.report_id,
+        errors=result.errors_total,
+    )
 
 
 def _open_findings(conn: sa.Connection) -> tuple[list[OpenFinding], int]:
     t = schema.health_findings.c
     where = t.state == OPEN_STATE
-    rows = conn.execute(sa.select(schema.health_findings).where(where)
-                        .order_by(t.last_seen_at.desc(), t.kind, t[PIPELINE], t[NODE])
-                        .limit(STATUS_PAGE_ROWS)).mappings().all()
-    total = conn.execute(sa.select(sa.func.count()).select_from(schema.health_findings)
-                         .where(where)).scalar_one()
-    return [OpenFinding(
-        kind=str(r["kind"]), pipeline=str(r[PIPELINE]), node=str(r[NODE]),
-        opened_at=utc(r["opened_at"]), last_seen_at=utc(r["last_seen_at"]),
-        passes=int(r["passes"]), score=None if r["score"] is None else float(r["score"]),
-        detail=str(r["detail"] or "")) for r in rows], int(total)
+    rows = (
+        conn.execute(
+            sa.select(schema.health_findings)
+            .where(where)
+            .order_by(t.last_seen_at.desc(), t.kind, t[PIPELINE], t[NODE])
+            .limit(STATUS_PAGE_ROWS)
+        )
+        .mappings()
+        .all()
+    )
+    total = conn.execute(
+        sa.select(sa.func.count()).select_from(schema.health_findings).where(where)
+    ).scalar_one()
+    return [
+        OpenFinding(
+            kind=str(r["kind"]),
+            pipeline=str(r[PIPELINE]),
+            node=str(r[NODE]),
+            opened_at=utc(r["opened_at"]),
+            last_seen_at=utc(r["last_seen_at"]),
+            passes=int(r["passes"]),
+            score=None if r["score"] is None else float(r["score"]),
+            detail=str(r["detail"] or ""),
+        )
+        for r in rows
+    ], int(total)

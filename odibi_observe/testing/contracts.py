@@ -65,18 +65,30 @@ AWKWARD_IDS = ("b-1", "B_1", "a_1", "a-1", "Z", "\u00e9-1", "a1", "_")
 # --- records --------------------------------------------------------------------------------
 
 
-def make_record(*, status: RunStatus = RunStatus.SUCCESS, pipeline: str = "sales",
-                node: str = "clean", rows: int | None = 10, duration_ns: int = 12_345_678,
-                **changes: Any) -> RunRecord:
+def make_record(
+    *,
+    status: RunStatus = RunStatus.SUCCESS,
+    pipeline: str = "sales",
+    node: str = "clean",
+    rows: int | None = 10,
+    duration_ns: int = 12_345_678,
+    **changes: Any,
+) -> RunRecord:
     """A run record with fresh ids; ``changes`` override any field."""
     started = changes.pop("started_ns", time.time_ns())
     terminal = status is not RunStatus.RUNNING
     values: dict[str, Any] = {
-        "run_id": str(uuid.uuid4()), "project": "proj", "pipeline": pipeline, "node": node,
-        "environment": "test", "status": status, "started_ns": started,
+        "run_id": str(uuid.uuid4()),
+        "project": "proj",
+        "pipeline": pipeline,
+        "node": node,
+        "environment": "test",
+        "status": status,
+        "started_ns": started,
         "trace_id": f"{random.getrandbits(128) or 1:032x}",
         "span_id": f"{random.getrandbits(64) or 1:016x}",
-        "host": socket.gethostname(), "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "ended_ns": started + duration_ns if terminal else None,
         "rows_processed": rows if terminal else None,
     }
@@ -84,25 +96,36 @@ def make_record(*, status: RunStatus = RunStatus.SUCCESS, pipeline: str = "sales
     return RunRecord(**values)
 
 
-def runs(n: int, *, start_ns: int = BASE_NS + HOUR, step_ns: int = 60 * SECOND,
-         **changes: Any) -> list[RunRecord]:
+def runs(
+    n: int, *, start_ns: int = BASE_NS + HOUR, step_ns: int = 60 * SECOND, **changes: Any
+) -> list[RunRecord]:
     """``n`` finished runs, one every ``step_ns``, at whole microseconds (what every store
     keeps), across two pipelines."""
     out = []
     for i in range(n):
-        values = {"pipeline": ("sales", "fx")[i % 2], "node": f"node_{i % 3}",
-                  "duration_ns": 40_000_000 + i * 1_000, "rows": 10 + i,
-                  "started_ns": start_ns + i * step_ns, "host": "etl-host", "pid": 4242,
-                  "pipeline_run_id": "pr-1", **changes}
+        values = {
+            "pipeline": ("sales", "fx")[i % 2],
+            "node": f"node_{i % 3}",
+            "duration_ns": 40_000_000 + i * 1_000,
+            "rows": 10 + i,
+            "started_ns": start_ns + i * step_ns,
+            "host": "etl-host",
+            "pid": 4242,
+            "pipeline_run_id": "pr-1",
+            **changes,
+        }
         out.append(make_record(**values))
     return out
 
 
 def failed(record: RunRecord) -> RunRecord:
     """``record`` as a failure with an error message and suggestions."""
-    return record.finished(status=RunStatus.FAILURE, error_type="ValueError",
-                           error_message="column 'amount' not found",
-                           suggestions=("check the export", "re-run the node"))
+    return record.finished(
+        status=RunStatus.FAILURE,
+        error_type="ValueError",
+        error_message="column 'amount' not found",
+        suggestions=("check the export", "re-run the node"),
+    )
 
 
 def read_range(start_ns: int = BASE_NS, hours: int = 24) -> ReadRange:
@@ -113,8 +136,10 @@ def read_range(start_ns: int = BASE_NS, hours: int = 24) -> ReadRange:
 
 
 def _started(record: RunRecord) -> RunEvent:
-    return RunEvent(EventKind.STARTED, record.finished(status=RunStatus.RUNNING, ended_ns=None,
-                                                       rows_processed=None))
+    return RunEvent(
+        EventKind.STARTED,
+        record.finished(status=RunStatus.RUNNING, ended_ns=None, rows_processed=None),
+    )
 
 
 def _finished(record: RunRecord) -> RunEvent:
@@ -161,8 +186,15 @@ class SinkContract:
 
     def _records(self, n: int = 6) -> list[RunRecord]:
         statuses = [RunStatus.SUCCESS, RunStatus.FAILURE, RunStatus.CRASHED]
-        return [make_record(status=statuses[i % 3], node=f"node{i % 2}", rows=i * 10 or None,
-                            duration_ns=(i + 1) * 7_000_000) for i in range(n)]
+        return [
+            make_record(
+                status=statuses[i % 3],
+                node=f"node{i % 2}",
+                rows=i * 10 or None,
+                duration_ns=(i + 1) * 7_000_000,
+            )
+            for i in range(n)
+        ]
 
     def _assert(self, sink: Sink, expected: list[RunRecord]) -> None:
         got, want = self.summary(sink), Summary.of(expected)
@@ -225,9 +257,14 @@ class SinkContract:
         """A lone surrogate (a latin-1 file name as Python decodes it) in names, the error
         and an attribute is recorded — escaped at the backend's boundary — and never makes
         ``export`` raise, which would retry the batch forever."""
-        rec = make_record(node=POISON_TEXT, pipeline=POISON_TEXT, status=RunStatus.FAILURE,
-                          error_type="OSError", error_message=f"cannot open {POISON_TEXT}",
-                          attributes={"file": POISON_TEXT})
+        rec = make_record(
+            node=POISON_TEXT,
+            pipeline=POISON_TEXT,
+            status=RunStatus.FAILURE,
+            error_type="OSError",
+            error_message=f"cannot open {POISON_TEXT}",
+            attributes={"file": POISON_TEXT},
+        )
         sink.export([_started(rec)])
         sink.export([_finished(rec)])
         sink.force_flush(10)
@@ -287,12 +324,12 @@ class TraceSourceContract:
     #: Whether the source keeps suggestions and user attributes.
     keeps_details: ClassVar[bool] = True
 
-    def make_source(self, tmp_path: Path, records: list[RunRecord],
-                    foreign: int) -> TraceSource:
+    def make_source(self, tmp_path: Path, records: list[RunRecord], foreign: int) -> TraceSource:
         raise NotImplementedError
 
-    def read(self, source: TraceSource, rng: ReadRange | None = None
-             ) -> tuple[list[TraceRun], ReadLog]:
+    def read(
+        self, source: TraceSource, rng: ReadRange | None = None
+    ) -> tuple[list[TraceRun], ReadLog]:
         from odibi_observe.reconcile.model import ReadLog, TraceRun
 
         log = ReadLog()
@@ -311,7 +348,11 @@ class TraceSourceContract:
             assert run.status == record.status.value
             assert run.rows == record.rows_processed
             assert (run.pipeline, run.node, run.project, run.environment) == (
-                record.pipeline, record.node, record.project, record.environment)
+                record.pipeline,
+                record.node,
+                record.project,
+                record.environment,
+            )
             assert run.attempt == record.attempt
             assert run.pipeline_run_id == record.pipeline_run_id
             assert run.parent_span_id == record.parent_span_id
@@ -374,8 +415,9 @@ class CatalogSourceContract:
         """A source of this kind that cannot be read at all; None to skip that test."""
         return None
 
-    def read(self, source: CatalogSource, rng: ReadRange | None = None
-             ) -> tuple[list[CatalogRun], ReadLog]:
+    def read(
+        self, source: CatalogSource, rng: ReadRange | None = None
+    ) -> tuple[list[CatalogRun], ReadLog]:
         from odibi_observe.reconcile.model import CatalogRun, ReadLog
 
         log = ReadLog()

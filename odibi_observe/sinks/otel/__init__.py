@@ -27,7 +27,6 @@ Modules, each importing only those listed before it:
 This module only re-exports what the rest of the package imports from it.
 """
 
-
 from odibi_observe.sinks.otel.exporters import _otlp_span_exporter as _otlp_span_exporter
 from odibi_observe.sinks.otel.exporters import _signal_url as _signal_url
 from odibi_observe.sinks.otel.routing import _install_global_provider as _install_global_provider

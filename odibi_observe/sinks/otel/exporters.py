@@ -42,7 +42,8 @@ def _instrumentation_suppressed() -> Iterator[None]:
     ``_SUPPRESS_INSTRUMENTATION_KEY`` is the key every OTel instrumentation checks.
     """
     token = otel_context.attach(
-        otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
+        otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+    )
     try:
         yield
     finally:
@@ -88,8 +89,11 @@ _ERRNO_TEXT: Final = re.compile(r"\[Errno -?\d+\] [^'\"()\]]+")
 
 def _describe_attempt(result: Any) -> str:
     """One line for a failed SDK export result: ``HTTP 503 Service Unavailable`` or the errno."""
-    status, reason, error = (getattr(result, "status_code", None),
-                             getattr(result, "reason", None), getattr(result, "error", None))
+    status, reason, error = (
+        getattr(result, "status_code", None),
+        getattr(result, "reason", None),
+        getattr(result, "error", None),
+    )
     if status is not None:
         return f"HTTP {status}" + (f" {reason}" if reason else "")
     if error is None:
@@ -116,16 +120,18 @@ def _one_attempt(exporter: object) -> _AttemptLog | None:
     fails to say so.
     """
     client = getattr(exporter, "_client", None)
-    if client is None or not all(hasattr(client, a) for a in
-                                 ("_compute_backoff", "_logger", "export")):
+    if client is None or not all(
+        hasattr(client, a) for a in ("_compute_backoff", "_logger", "export")
+    ):
         return None
     attempt = _AttemptLog()
     original = client.export
 
     def export(data: bytes) -> Any:
         result = original(data)
-        attempt.last_error = None if getattr(result, "success", False) \
-            else _describe_attempt(result)
+        attempt.last_error = (
+            None if getattr(result, "success", False) else _describe_attempt(result)
+        )
         return result
 
     client._compute_backoff = lambda retry: math.inf
@@ -163,7 +169,10 @@ class _BoundedOtlpExporter(SpanExporter):
                 "odibi-observe: %d span(s) of the application's own tracers could not be "
                 "exported to %s (%s) and were dropped (the OpenTelemetry batch processor does "
                 "not retry; node spans are retried by odibi-observe)",
-                len(spans), self.url, self.last_error or "export failed")
+                len(spans),
+                self.url,
+                self.last_error or "export failed",
+            )
         return result
 
     def shutdown(self) -> None:
@@ -173,23 +182,29 @@ class _BoundedOtlpExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-def _otlp_span_exporter(endpoint: str, protocol: str, timeout: float, *,
-                        report: bool = False) -> SpanExporter:
+def _otlp_span_exporter(
+    endpoint: str, protocol: str, timeout: float, *, report: bool = False
+) -> SpanExporter:
     url = _signal_url(endpoint, "traces")
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return _BoundedOtlpExporter(OTLPSpanExporter(endpoint=url, timeout=timeout), url,
-                                    report=report)
+        return _BoundedOtlpExporter(
+            OTLPSpanExporter(endpoint=url, timeout=timeout), url, report=report
+        )
     if protocol == "http/json":
         # The SDK's OTLP exporters read their headers (authentication, tenant) from these
         # variables; the JSON exporter honours them the same way.
-        headers = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") \
-            or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS", "")
+        headers = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_HEADERS", ""
+        )
         return _BoundedOtlpExporter(
-            OtlpJsonHttpSpanExporter(url, timeout=timeout,
-                                     headers=parse_resource_attributes(headers)),
-            url, report=report)
+            OtlpJsonHttpSpanExporter(
+                url, timeout=timeout, headers=parse_resource_attributes(headers)
+            ),
+            url,
+            report=report,
+        )
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
@@ -198,12 +213,15 @@ def _otlp_span_exporter(endpoint: str, protocol: str, timeout: float, *,
         except ImportError as exc:
             raise ConfigurationError(
                 "otlp_protocol='grpc' needs opentelemetry-exporter-otlp-proto-grpc "
-                "(pip install 'odibi-observe[grpc]')") from exc
+                "(pip install 'odibi-observe[grpc]')"
+            ) from exc
         grpc_exporter: SpanExporter = GrpcSpanExporter(
-            endpoint=endpoint, insecure=endpoint.startswith("http://"), timeout=timeout)
+            endpoint=endpoint, insecure=endpoint.startswith("http://"), timeout=timeout
+        )
         return grpc_exporter
     raise ConfigurationError(
-        f"otlp_protocol={protocol!r}: choose one of {', '.join(OTLP_PROTOCOLS)}")
+        f"otlp_protocol={protocol!r}: choose one of {', '.join(OTLP_PROTOCOLS)}"
+    )
 
 
 def _otlp_metric_reader(endpoint: str, protocol: str, timeout: float) -> Any:
@@ -220,8 +238,9 @@ def _otlp_metric_reader(endpoint: str, protocol: str, timeout: float) -> Any:
             OTLPMetricExporter as GrpcMetricExporter,
         )
 
-        exporter = GrpcMetricExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"),
-                                      timeout=timeout)
+        exporter = GrpcMetricExporter(
+            endpoint=endpoint, insecure=endpoint.startswith("http://"), timeout=timeout
+        )
     else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
@@ -242,9 +261,13 @@ def _report_metric_failures(exporter: Any, attempt: _AttemptLog, url: str) -> No
         result = original(*args, **kwargs)
         if attempt.last_error is not None:
             warn_once_per_minute(
-                f"metrics:{url}", "odibi-observe: OTel metrics could not be exported to %s "
+                f"metrics:{url}",
+                "odibi-observe: OTel metrics could not be exported to %s "
                 "(%s); the next export sends the cumulative values again, and the Prometheus "
-                "sink has them", url, attempt.last_error)
+                "sink has them",
+                url,
+                attempt.last_error,
+            )
         return result
 
     exporter.export = export

@@ -74,9 +74,13 @@ _logged_once: set[str] = set()
 class _Destination:
     """One place spans go, with the spans it already has (for partial-failure retries)."""
 
-    def __init__(self, name: str, exporter: SpanExporter | None = None,
-                 processor: SpanProcessor | None = None, lock: threading.Lock | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        name: str,
+        exporter: SpanExporter | None = None,
+        processor: SpanProcessor | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self.name = name
         self.exporter = exporter
         self.processor = processor
@@ -95,8 +99,9 @@ class _Destination:
             # export() names the destination; this says why (the exporter's last error).
             reason = getattr(self.exporter, "last_error", None)
             url = getattr(self.exporter, "url", None)
-            raise SinkExportError(f"{url}: {reason}" if url and reason
-                                  else reason or f"export returned {result.name}")
+            raise SinkExportError(
+                f"{url}: {reason}" if url and reason else reason or f"export returned {result.name}"
+            )
 
 
 class _Instruments:
@@ -104,15 +109,21 @@ class _Instruments:
 
     def __init__(self, meter: Meter) -> None:
         self.runs = meter.create_counter(
-            _otel_name(METRICS.runs), unit=METRICS.runs.otel_unit,
-            description=METRICS.runs.description)
+            _otel_name(METRICS.runs),
+            unit=METRICS.runs.otel_unit,
+            description=METRICS.runs.description,
+        )
         self.rows = meter.create_counter(
-            _otel_name(METRICS.rows), unit=METRICS.rows.otel_unit,
-            description=METRICS.rows.description)
+            _otel_name(METRICS.rows),
+            unit=METRICS.rows.otel_unit,
+            description=METRICS.rows.description,
+        )
         self.duration = meter.create_histogram(
-            _otel_name(METRICS.duration), unit=METRICS.duration.otel_unit,
+            _otel_name(METRICS.duration),
+            unit=METRICS.duration.otel_unit,
             description=METRICS.duration.description,
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_SECONDS)
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_SECONDS,
+        )
 
     def record(self, record: RunRecord) -> None:
         self.runs.add(1, _labels(METRICS.runs, record))
@@ -201,11 +212,14 @@ class OtelSink(Sink):
         task_run_url_template: str | None = None,
     ) -> None:
         if tracer_provider is not None and not isinstance(tracer_provider, SdkTracerProvider):
-            raise TypeError("tracer_provider must be an opentelemetry.sdk.trace.TracerProvider "
-                            "(only an SDK provider has span processors to deliver to)")
+            raise TypeError(
+                "tracer_provider must be an opentelemetry.sdk.trace.TracerProvider "
+                "(only an SDK provider has span processors to deliver to)"
+            )
         if otlp_protocol not in OTLP_PROTOCOLS:
             raise ConfigurationError(
-                f"otlp_protocol={otlp_protocol!r}: choose one of {', '.join(OTLP_PROTOCOLS)}")
+                f"otlp_protocol={otlp_protocol!r}: choose one of {', '.join(OTLP_PROTOCOLS)}"
+            )
         self._otlp_endpoint = otlp_endpoint
         self._otlp_protocol = otlp_protocol
         self._otlp_timeout = otlp_timeout
@@ -217,21 +231,28 @@ class OtelSink(Sink):
             self.resource = self.app_provider.resource
             if otlp_endpoint and "ignored_endpoint" not in _logged_once:
                 _logged_once.add("ignored_endpoint")
-                log.info("odibi-observe: the application configured an OpenTelemetry tracer "
-                         "provider; node spans go through it and otlp_endpoint=%s is ignored",
-                         otlp_endpoint)
+                log.info(
+                    "odibi-observe: the application configured an OpenTelemetry tracer "
+                    "provider; node spans go through it and otlp_endpoint=%s is ignored",
+                    otlp_endpoint,
+                )
         else:
-            self.resource = Resource.create({
-                RESOURCE_HOST: socket.gethostname(), RESOURCE_PID: os.getpid(),
-                **dict(resource_attributes or {}), RESOURCE_SERVICE_NAME: service_name,
-            })
+            self.resource = Resource.create(
+                {
+                    RESOURCE_HOST: socket.gethostname(),
+                    RESOURCE_PID: os.getpid(),
+                    **dict(resource_attributes or {}),
+                    RESOURCE_SERVICE_NAME: service_name,
+                }
+            )
 
         self._destinations: list[_Destination] = []
         self._owned_otlp: _Destination | None = None
         self._closable: list[SpanExporter] = []
         if self.app_provider is not None:
             self._destinations.append(
-                _Destination("tracer_provider", processor=app_span_processor(self.app_provider)))
+                _Destination("tracer_provider", processor=app_span_processor(self.app_provider))
+            )
         elif otlp_endpoint:
             otlp = _otlp_span_exporter(otlp_endpoint, otlp_protocol, otlp_timeout)
             self._owned_otlp = _Destination(f"otlp {otlp_protocol}", otlp)
@@ -240,8 +261,9 @@ class OtelSink(Sink):
         self._traces_file = os.fspath(traces_file) if traces_file is not None else None
         if self._traces_file:
             file_exporter = OtlpJsonFileSpanExporter(self._traces_file)
-            self._destinations.append(_Destination(f"traces_file {self._traces_file}",
-                                                   file_exporter))
+            self._destinations.append(
+                _Destination(f"traces_file {self._traces_file}", file_exporter)
+            )
             self._closable.append(file_exporter)
         shared: list[tuple[SpanExporter, threading.Lock]] = []
         for exporter in span_exporters:
@@ -259,8 +281,9 @@ class OtelSink(Sink):
                 self.tracer_provider, self._router = installed
                 exporters: list[SpanExporter] = []
                 if otlp_endpoint:
-                    exporters.append(_otlp_span_exporter(otlp_endpoint, otlp_protocol,
-                                                         otlp_timeout, report=True))
+                    exporters.append(
+                        _otlp_span_exporter(otlp_endpoint, otlp_protocol, otlp_timeout, report=True)
+                    )
                 if self._traces_file:
                     exporters.append(OtlpJsonFileSpanExporter(self._traces_file))
                 exporters += [_SharedExporter(e, lock) for e, lock in shared]
@@ -275,15 +298,15 @@ class OtelSink(Sink):
             if provider is None and otlp_endpoint and self.app_provider is None:
                 provider = self._own_metrics(otlp_endpoint, install_global)
             if provider is not None:
-                self._instruments = _Instruments(
-                    provider.get_meter(SCOPE.name, SCOPE.version))
+                self._instruments = _Instruments(provider.get_meter(SCOPE.name, SCOPE.version))
 
     def _own_metrics(self, endpoint: str, install_global: bool) -> SdkMeterProvider:
         reader = _otlp_metric_reader(endpoint, self._otlp_protocol, self._otlp_timeout)
         # shutdown_on_exit=False: the sink shuts it down within the bus's exit deadline; the
         # SDK's own atexit hook would wait (30 s) for a final export to a collector that hangs.
-        provider = SdkMeterProvider(metric_readers=[reader], resource=self.resource,
-                                    shutdown_on_exit=False)
+        provider = SdkMeterProvider(
+            metric_readers=[reader], resource=self.resource, shutdown_on_exit=False
+        )
         self._own_meter_provider = provider
         if install_global:
             with _global_lock:
@@ -381,8 +404,7 @@ class OtelSink(Sink):
         try:
             self._instruments.record(record)
         except Exception:
-            log.exception("odibi-observe: recording OTel metrics for run %s failed",
-                          record.run_id)
+            log.exception("odibi-observe: recording OTel metrics for run %s failed", record.run_id)
 
     def force_flush(self, timeout: float | None = None) -> bool:
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
@@ -429,8 +451,7 @@ class OtelSink(Sink):
         fork-safe). The parent's exporter is dropped, not shut down: it is the parent's."""
         if self._owned_otlp is not None and self._otlp_endpoint:
             old = self._owned_otlp.exporter
-            new = _otlp_span_exporter(self._otlp_endpoint, self._otlp_protocol,
-                                      self._otlp_timeout)
+            new = _otlp_span_exporter(self._otlp_endpoint, self._otlp_protocol, self._otlp_timeout)
             self._owned_otlp.exporter = new
             self._owned_otlp.lock = threading.Lock()
             self._closable = [new if e is old else e for e in self._closable]

@@ -103,8 +103,15 @@ def record_resource(record: RunRecord, base: Resource) -> Resource:
     cached = _resources.get(key)
     if cached is not None and cached[0] is base:
         return cached[1]
-    resource = base.merge(Resource({SERVICE_NAME: record.service_name,
-                                    RESOURCE_HOST: record.host, RESOURCE_PID: record.pid}))
+    resource = base.merge(
+        Resource(
+            {
+                SERVICE_NAME: record.service_name,
+                RESOURCE_HOST: record.host,
+                RESOURCE_PID: record.pid,
+            }
+        )
+    )
     if len(_resources) >= 1024:
         _resources.clear()
     _resources[key] = (base, resource)
@@ -114,8 +121,9 @@ def record_resource(record: RunRecord, base: Resource) -> Resource:
 _resources: dict[tuple[int, str, str, int], tuple[Resource, Resource]] = {}
 
 
-def record_to_span(record: RunRecord, resource: Resource,
-                   url: TaskRunUrl | None = None) -> ReadableSpan:
+def record_to_span(
+    record: RunRecord, resource: Resource, url: TaskRunUrl | None = None
+) -> ReadableSpan:
     """Build the finished span of a terminal ``record``; the same record gives the same span.
 
     ``resource`` is the configured base resource; the record's ``service.name``, ``host.name``
@@ -131,8 +139,12 @@ def record_to_span(record: RunRecord, resource: Resource,
     context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
     parent = None
     if record.parent_span_id:
-        parent = SpanContext(trace_id, _parse_id(record.parent_span_id, 16, "parent_span_id"),
-                             is_remote=False, trace_flags=flags)
+        parent = SpanContext(
+            trace_id,
+            _parse_id(record.parent_span_id, 16, "parent_span_id"),
+            is_remote=False,
+            trace_flags=flags,
+        )
 
     status = Status(StatusCode.UNSET)
     events: list[Event] = []
@@ -168,8 +180,7 @@ def record_to_span(record: RunRecord, resource: Resource,
     )
 
 
-def span_attributes(record: RunRecord,
-                    url: TaskRunUrl | None = None) -> dict[str, AttributeValue]:
+def span_attributes(record: RunRecord, url: TaskRunUrl | None = None) -> dict[str, AttributeValue]:
     """The span attributes of ``record``, every key taken from the conventions table: ours
     (``odibi.*``) and the OpenTelemetry CI/CD conventions' (``cicd.pipeline.*``) beside them,
     so that tools that speak the standard read the run without knowing ours."""
@@ -241,8 +252,13 @@ class TaskRunUrl:
             if template in _warned_templates:
                 return
             _warned_templates.add(template)
-            log.warning("odibi-observe: task_run_url_template=%r is unusable (%s); node spans "
-                        "are exported without %s", template, problem, CICD_TASK_RUN_URL)
+            log.warning(
+                "odibi-observe: task_run_url_template=%r is unusable (%s); node spans "
+                "are exported without %s",
+                template,
+                problem,
+                CICD_TASK_RUN_URL,
+            )
             return
         self.template = template
 
@@ -252,9 +268,13 @@ class TaskRunUrl:
             return None
         try:
             return self.template.format(
-                run_id=record.run_id, pipeline=record.pipeline, node=record.node,
-                project=record.project, pipeline_run_id=record.pipeline_run_id or "",
-                environment=record.environment)
+                run_id=record.run_id,
+                pipeline=record.pipeline,
+                node=record.node,
+                project=record.project,
+                pipeline_run_id=record.pipeline_run_id or "",
+                environment=record.environment,
+            )
         except Exception:  # a format spec that fits the check's values but not this run's
             return None
 
@@ -266,15 +286,17 @@ _warned_templates: set[str] = set()
 def _template_problem(template: str) -> str | None:
     """Why ``template`` cannot be formatted with the placeholders, or None."""
     try:
-        names = [field for _, field, _, _ in string.Formatter().parse(template)
-                 if field is not None]
+        names = [
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        ]
     except ValueError as exc:
         return str(exc)
     for name in names:
         base = name.split(".", 1)[0].split("[", 1)[0]
         if base not in TASK_RUN_URL_PLACEHOLDERS:
-            return (f"unknown placeholder {{{name}}}; use "
-                    + ", ".join(f"{{{p}}}" for p in TASK_RUN_URL_PLACEHOLDERS))
+            return f"unknown placeholder {{{name}}}; use " + ", ".join(
+                f"{{{p}}}" for p in TASK_RUN_URL_PLACEHOLDERS
+            )
     try:
         template.format(**dict.fromkeys(TASK_RUN_URL_PLACEHOLDERS, "x"))
     except Exception as exc:

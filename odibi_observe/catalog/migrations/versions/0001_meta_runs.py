@@ -112,9 +112,15 @@ def _extend_existing(bind: sa.engine.Connection) -> None:
             continue
         # started_at is NOT NULL, but existing rows get their value only from the backfill.
         nullable = True if column.name == "started_at" else column.nullable
-        op.add_column(TABLE, sa.Column(
-            column.name, column.type, nullable=nullable, server_default=column.server_default,
-        ))
+        op.add_column(
+            TABLE,
+            sa.Column(
+                column.name,
+                column.type,
+                nullable=nullable,
+                server_default=column.server_default,
+            ),
+        )
     # started_at still nullable means the table was never (fully) migrated: derive the times
     # of the rows already there before the column becomes NOT NULL.
     started_nullable = reflected["started_at"]["nullable"] if "started_at" in reflected else True
@@ -128,21 +134,31 @@ def _extend_existing(bind: sa.engine.Connection) -> None:
             with op.batch_alter_table(TABLE, recreate="always") as batch:
                 if started_nullable:
                     batch.alter_column(
-                        "started_at", existing_type=sa.DateTime(timezone=True), nullable=False,
+                        "started_at",
+                        existing_type=sa.DateTime(timezone=True),
+                        nullable=False,
                     )
                 if add_primary_key:
                     batch.alter_column(
-                        "run_id", existing_type=reflected["run_id"]["type"], nullable=False,
+                        "run_id",
+                        existing_type=reflected["run_id"]["type"],
+                        nullable=False,
                     )
                     batch.create_primary_key(PRIMARY_KEY, ["run_id"])
     else:
         if started_nullable:
             op.alter_column(
-                TABLE, "started_at", existing_type=sa.DateTime(timezone=True), nullable=False,
+                TABLE,
+                "started_at",
+                existing_type=sa.DateTime(timezone=True),
+                nullable=False,
             )
         if add_primary_key:
             op.alter_column(
-                TABLE, "run_id", existing_type=reflected["run_id"]["type"], nullable=False,
+                TABLE,
+                "run_id",
+                existing_type=reflected["run_id"]["type"],
+                nullable=False,
             )
             op.create_primary_key(PRIMARY_KEY, TABLE, ["run_id"])
     if primary_key and primary_key != ["run_id"] and not unique_run_id:
@@ -191,7 +207,8 @@ def _backfill_times(bind: sa.engine.Connection, reflected: dict[str, Any]) -> No
             utc = sa.cast(timestamp, sa.DateTime(timezone=True))
         started = sa.func.coalesce(
             utc - sa.func.make_interval(0, 0, 0, 0, 0, 0, duration / 1000.0),
-            utc, now,
+            utc,
+            now,
         )
         ended = utc
     elif dialect == "sqlite":

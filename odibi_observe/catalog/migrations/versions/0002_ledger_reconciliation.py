@@ -33,7 +33,8 @@ def _tables(metadata: sa.MetaData) -> list[sa.Table]:
         return sa.DateTime(timezone=True)
 
     ledger = sa.Table(
-        "odibi_span_ledger", metadata,
+        "odibi_span_ledger",
+        metadata,
         sa.Column("trace_id", sa.String(32), nullable=False),
         sa.Column("span_id", sa.String(16), nullable=False),
         sa.Column("parent_span_id", sa.String(16)),
@@ -59,7 +60,8 @@ def _tables(metadata: sa.MetaData) -> list[sa.Table]:
     sa.Index("ix_odibi_span_ledger_started_at", ledger.c.started_at)
 
     report = sa.Table(
-        "meta_reconciliation", metadata,
+        "meta_reconciliation",
+        metadata,
         sa.Column("report_id", sa.String(100), nullable=False),
         sa.Column("created_at", tz(), nullable=False),
         sa.Column("window_start", tz(), nullable=False),
@@ -80,7 +82,8 @@ def _tables(metadata: sa.MetaData) -> list[sa.Table]:
     sa.Index("ix_meta_reconciliation_created_at", report.c.created_at)
 
     items = sa.Table(
-        "meta_reconciliation_items", metadata,
+        "meta_reconciliation_items",
+        metadata,
         sa.Column("report_id", sa.String(100), nullable=False),
         sa.Column("item", sa.Integer, nullable=False),
         sa.Column("kind", sa.String(50), nullable=False),

@@ -32,7 +32,8 @@ def _table(metadata: sa.MetaData) -> sa.Table:
         return sa.DateTime(timezone=True)
 
     findings = sa.Table(
-        "meta_health_findings", metadata,
+        "meta_health_findings",
+        metadata,
         sa.Column("finding_id", sa.String(100), nullable=False),
         sa.Column("kind", sa.String(50), nullable=False),
         sa.Column("pipeline_name", sa.String(255), nullable=False),
@@ -49,8 +50,13 @@ def _table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("evidence_json", sa.Text),
         sa.PrimaryKeyConstraint("finding_id", name="pk_meta_health_findings"),
     )
-    sa.Index("ix_meta_health_findings_node", findings.c.kind, findings.c.pipeline_name,
-             findings.c.node_name, findings.c.state)
+    sa.Index(
+        "ix_meta_health_findings_node",
+        findings.c.kind,
+        findings.c.pipeline_name,
+        findings.c.node_name,
+        findings.c.state,
+    )
     sa.Index("ix_meta_health_findings_state_seen", findings.c.state, findings.c.last_seen_at)
     return findings
 
