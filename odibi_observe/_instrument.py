@@ -473,7 +473,7 @@ class NodeRun:
             else self._duration_ns
         )
         ended_ns = self.record.started_ns + max(duration, 0)
-        used = final_fields(self._meter)
+        used = final_fields(self._meter, duration)
         try:
             limit = self._observer.settings.max_error_message_length
             final = self.record.finished(

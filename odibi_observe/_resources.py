@@ -5,9 +5,15 @@ on production data: to see it coming, each run records how much memory it reache
 limit it reached it against.
 
 **Peak memory (``peak_rss_bytes``)** is the largest resident set size of the process *seen
-while the node ran*: one reading at the start, one at every heartbeat tick (the heartbeat
-thread samples every active run, see :mod:`odibi_observe._heartbeat`) and one at the end. A
-reading is ``/proc/self/statm``'s resident pages times the page size — the process's RSS *now*.
+while the node ran*: one reading at every heartbeat tick (the heartbeat thread samples every
+active run, see :mod:`odibi_observe._heartbeat`) and one at the end. A reading is
+``/proc/self/statm``'s resident pages times the page size — the process's RSS *now*.
+A run shorter than :data:`FINAL_READING_MIN_NS` takes no reading of its own: it records the
+process's latest reading (the heartbeat's, or an earlier run's), because a ``pread`` gives the
+interpreter lock away and, with the sinks' worker threads busy, getting it back costs far more
+than a millisecond-long node (``benchmarks/bench_overhead.py`` measured the decorator's cost
+doubling). Nothing is read at the start for the same reason: the start's RSS is never above the
+peak the end or a tick sees unless the node freed memory, and then it is not the node's peak.
 Not ``getrusage().ru_maxrss``: that is the high-water mark of the process's whole life, so in a
 process that runs several nodes every node after the biggest one would inherit its peak.
 The price of sampling: a spike shorter than the heartbeat interval that is freed before the
@@ -74,10 +80,24 @@ class _Statm:
 
 _statm = _Statm()
 
+#: Runs shorter than this (5 ms) record the process's latest reading instead of taking one.
+FINAL_READING_MIN_NS: Final = 5_000_000
+
+_latest: list[int | None] = [None]  # the process's latest reading, by any thread
+
 
 def rss_bytes() -> int | None:
     """The resident set size of this process now, in bytes (None where /proc is missing)."""
-    return _statm.read()
+    value = _statm.read()
+    if value is not None:
+        _latest[0] = value
+    return value
+
+
+def latest_rss_bytes() -> int | None:
+    """The latest reading any thread took (one is taken if there is none yet)."""
+    value = _latest[0]
+    return value if value is not None else rss_bytes()
 
 
 class ResourceMeter:
@@ -87,11 +107,12 @@ class ResourceMeter:
 
     def __init__(self) -> None:
         self.cpu_start_ns = time.process_time_ns()
-        self.peak = rss_bytes()
+        self.peak: int | None = None
 
-    def sample(self) -> int | None:
-        """Take one RSS reading into the peak; return the peak so far."""
-        now = rss_bytes()
+    def sample(self, *, fresh: bool = True) -> int | None:
+        """Take one RSS reading into the peak (or, not ``fresh``, the process's latest one);
+        return the peak so far."""
+        now = rss_bytes() if fresh else latest_rss_bytes()
         peak = self.peak
         if now is not None and (peak is None or now > peak):
             self.peak = peak = now
@@ -101,11 +122,12 @@ class ResourceMeter:
         return round((time.process_time_ns() - self.cpu_start_ns) / 1e9, 6)
 
 
-def final_fields(meter: ResourceMeter) -> dict[str, int | float | None]:
+def final_fields(meter: ResourceMeter, duration_ns: int) -> dict[str, int | float | None]:
     """The resource fields of ``meter``'s finished run, for ``RunRecord.finished``: its peak
-    (with a last reading), its CPU time and the process's memory limit."""
+    (with a last reading when the run lasted :data:`FINAL_READING_MIN_NS` or more), its CPU
+    time and the process's memory limit."""
     return {
-        "peak_rss_bytes": meter.sample(),
+        "peak_rss_bytes": meter.sample(fresh=duration_ns >= FINAL_READING_MIN_NS),
         "cpu_seconds": meter.cpu_seconds(),
         "memory_limit_bytes": memory_limit_bytes(),
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from odibi_observe import _resources
 from odibi_observe._resources import read_limit
 from odibi_observe.catalog.schema import CPU_SECONDS, MEMORY_LIMIT, PEAK_RSS
 
@@ -52,3 +53,15 @@ def test_memory_limit_is_read_from_a_cgroup_directory(tmp_path: Path) -> None:
     assert read_limit(tmp_path) == 268435456
     (tmp_path / "memory.max").write_text("max\n")
     assert read_limit(tmp_path) is None
+
+
+def test_a_run_shorter_than_the_final_reading_threshold_takes_the_latest_reading() -> None:
+    """A millisecond node takes no ``pread`` of its own (it would give the interpreter lock to
+    the sinks' threads): it records the process's latest reading; a longer one reads afresh."""
+    latest = _resources._latest[0] = 12_345 * 4096  # a reading no real process would match
+    short = _resources.ResourceMeter()
+    assert _resources.final_fields(short, 1_000)["peak_rss_bytes"] == latest
+    long = _resources.ResourceMeter()
+    fresh = _resources.final_fields(long, _resources.FINAL_READING_MIN_NS)["peak_rss_bytes"]
+    assert fresh is not None and fresh != latest
+    assert _resources._latest[0] == fresh  # the fresh reading is now the latest
