@@ -239,7 +239,7 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
     run_id_key = oo.FIELDS.run_id.attribute or ""
     spans = {s.attributes[run_id_key]: s for s in all_spans if run_id_key in s.attributes}
     print_()
-    print_(f"{'node':<18} {'status':<8} {'rows':>6} {'ms':>6}  catalog  span  metrics")
+    print_(f"{'node':<18} {'status':<9} {'rows':>6} {'ms':>6}  catalog  span  metrics")
     agree = True
     for rec in rows:
         span = spans.get(rec.run_id)
@@ -248,7 +248,7 @@ def _report(paths: DemoPaths, registry: CollectorRegistry, print_: Any) -> int:
         metric_ok = (registry.get_sample_value(METRICS.runs.prometheus, labels) or 0) >= 1
         agree = agree and span_ok and metric_ok and rec.status is not RunStatus.RUNNING
         print_(
-            f"{rec.node:<18} {rec.status.value:<8} "
+            f"{rec.node:<18} {rec.status.value:<9} "
             f"{'' if rec.rows_processed is None else rec.rows_processed:>6} "
             f"{rec.duration_ms if rec.duration_ms is not None else '':>6}  "
             f"{'yes':<7}  {'yes' if span_ok else 'NO':<4}  {'yes' if metric_ok else 'NO'}"
