@@ -625,3 +625,38 @@ def test_without_the_package_asked_is_an_error_configured_is_a_warning(
     observer = fresh_observer(handle_sigterm=False, strict=True)
     assert not any(isinstance(s, OpenLineageSink) for s in observer.sinks)
     assert "openlineage-python is not installed" in caplog.text
+
+
+WITHOUT_THE_CLIENT = """
+import sys
+# Neither the OpenLineage client nor attrs (its dependency) is installed: imports of them fail.
+for name in ("openlineage", "attr", "attrs"):
+    sys.modules[name] = None
+import odibi_observe as oo
+oo.configure(catalog_url={url!r}, strict=True, handle_sigterm=False)
+with oo.node_run("p", "n") as run:
+    run.rows_processed = 3
+assert oo.shutdown(timeout=10)
+print("sinks", sorted(s.name for s in oo.get_observer().sinks))
+"""
+
+
+def test_without_the_client_installed_strict_configuration_works(tmp_path: Path) -> None:
+    """The package's own install has no OpenLineage client: the built-in sink must not need it
+    to be imported (a ``strict=True`` observer, as the demo and the sidecar build, failed)."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENLINEAGE")}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_THE_CLIENT.format(url=url)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "openlineage" not in done.stdout

@@ -28,10 +28,9 @@ import functools
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
-
-import attr
 
 from odibi_observe._redact import safe_text
 from odibi_observe._selfmetrics import log
@@ -335,8 +334,10 @@ def _http_status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-@attr.define
+@dataclass(frozen=True)
 class _Facets:
+    """The OpenLineage facet classes the sink builds, imported once per sink."""
+
     engine: Any
     parent: Any
     parent_run: Any
@@ -370,6 +371,7 @@ def _facet_classes() -> _Facets:
 def odibi_run_facet_class() -> Any:
     """The ``odibi_run`` custom run facet class, built on first use so that importing this
     module does not import the OpenLineage client (the factory says when it is missing)."""
+    import attr
     from openlineage.client.facet_v2 import RunFacet
 
     @attr.define
