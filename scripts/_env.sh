@@ -140,3 +140,12 @@ ensure_prometheus() {
     as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 }
+
+# ensure_chromium — headless Chromium (Debian package `chromium`), which the status-page tests
+# use to render the page at 1400 and 800 px and measure that nothing overflows.
+ensure_chromium() {
+  if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then return 0; fi
+  if ! apt_install chromium; then
+    say "Chromium could not be installed here: the browser checks will skip (fail if CI=true)"
+  fi
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Python 3.11: creates .venv, installs
 # odibi-observe with its dev extras, installs/starts PostgreSQL, installs Prometheus (for the
-# dashboard and alert-rule tests), then runs pytest.
+# dashboard and alert-rule tests) and Chromium (the status page in a real browser), then runs
+# pytest.
 # Extra arguments go to pytest (scripts/test.sh -k catalog -x).
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
@@ -13,6 +14,7 @@ trap 'exit 143' TERM
 ensure_venv dev
 ensure_postgres
 ensure_prometheus
+ensure_chromium
 cd "$ROOT"
 say "running the test suite"
 status=0
