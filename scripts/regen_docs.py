@@ -53,7 +53,9 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"(?!2024-05-01T06:00:00Z)\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?Z?", "<time>", ""),
     (r"\b\d{2}-\d{2} \d{2}:\d{2}:\d{2}\b", "<time>", "<"),
     (r"(?<= )\b[0-9a-f]{8}\b", "<id>", "<"),
-    (r"(?<=\bpid[ =])\d+|(?<=\bprocess )\d+|(?<=\"pid\": )\d+|\d+(?= Killed )", "<pid>", ""),
+    # bash pads the pid of a killed job to its own width
+    (r"(?<=: ) *\d+(?= Killed )", "<pid>", ""),
+    (r"(?<=\bpid[ =])\d+|(?<=\bprocess )\d+|(?<=\"pid\": )\d+", "<pid>", ""),
     (r" *\b\d[\d,]*(\.\d+)? ms\b", " <n> ms", ">"),
     (r"\bin \d+(\.\d+)? s\b", "in <n> s", ""),
     # the demo's table: its "ms" column holds bare numbers
@@ -238,7 +240,9 @@ import time
 
 import odibi_observe as oo
 
-oo.configure(catalog_url="sqlite:///sweep.db", heartbeat_interval=0.2)
+# Inline: each heartbeat is in the catalog when it returns, so the run's last sign of life is
+# always a heartbeat (with background delivery it could still be queued at the kill).
+oo.configure(catalog_url="sqlite:///sweep.db", heartbeat_interval=0.2, mode="inline")
 
 
 @oo.observe_node(pipeline="nightly")
@@ -248,7 +252,7 @@ def load_orders() -> None:
 
 @oo.observe_node(pipeline="nightly")
 def build_marts() -> None:
-    time.sleep(0.5)
+    time.sleep(1.0)  # five heartbeats
     os.kill(os.getpid(), signal.SIGKILL)
 
 
