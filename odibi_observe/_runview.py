@@ -103,7 +103,7 @@ class _Widths:
 
 
 #: STARTED, STATUS, TRY and RUN ID, and the two spaces after each of the seven columns.
-_FIXED: Final = 14 + 7 + 3 + SHORT_ID + 7 * 2
+_FIXED: Final = 14 + 9 + 3 + SHORT_ID + 7 * 2
 
 
 def _widths(records: Sequence[RunRecord], columns: int) -> _Widths:
@@ -130,7 +130,7 @@ def _table(header: bool, widths: _Widths) -> Any:
     )
     table.add_column("STARTED (UTC)", width=14, no_wrap=True)
     table.add_column("NODE", width=widths.node, no_wrap=True, overflow="ellipsis")
-    table.add_column("STATUS", width=7, no_wrap=True)
+    table.add_column("STATUS", width=9, no_wrap=True)  # CANCELLED
     table.add_column("TRY", width=3, justify="right", no_wrap=True)
     table.add_column("ROWS", width=widths.rows, justify="right", no_wrap=True)
     table.add_column("DURATION", width=widths.duration, justify="right", no_wrap=True)

@@ -139,7 +139,7 @@ def test_runs_in_a_terminal_fits_80_columns_in_colour(catalog: str) -> None:
     ]
     assert "1,234,567" in text  # thousands separators
     assert "pipeline run 22222222" in text  # the pipeline run, by its short id
-    assert "load_a_very_long…" in text  # cut, not wrapped
+    assert re.search(r"load_a_very_\w*…", text)  # cut, not wrapped
     assert re.search(r"load_a_very\S*…\s+SUCCESS\s+3\s", text)  # attempt 3
     assert "cause: ProcessCrashed: process 4242" in text  # the crash cause
     assert "suggestion: compare the header" in text

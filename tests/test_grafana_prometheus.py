@@ -83,6 +83,11 @@ for key, metric in stand_ins:
                         registry=registry)
     except ValueError:  # already registered by the real code: keep the real one
         pass
+# Where the real sink registered the limit gauge first, set that one: on a host without a
+# cgroup memory limit the sink itself never sets it.
+if "memory_limit" not in made:
+    made["memory_limit"] = registry._names_to_collectors[
+        RESOURCE_METRICS.memory_limit.prometheus_base]
 # The real memory metrics (where the code registers them) label by node identity; the
 # stand-ins give one demo node a 2 GiB limit and 1.5 GiB peaks.
 NODE = dict(project="demo", pipeline="daily_sales", node="clean_orders", environment="local")

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from odibi_observe._cliargs import CATALOG_ENV, duration_arg, first_line, time_arg
+from odibi_observe._cliargs import CATALOG_ENV, duration_arg, first_line, log_level_arg, time_arg
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
@@ -98,6 +98,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help=f"directory for {STATUS_PAGE_FILE} (default: %(default)s)",
     )
     output.add_argument("--quiet", action="store_true", help="no summary on the terminal")
+    log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
 
