@@ -3,48 +3,17 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from odibi_observe._runtime import Observer
-from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import Sink
+from odibi_observe.testing import contracts
 
-
-def make_record(
-    *,
-    status: RunStatus = RunStatus.SUCCESS,
-    pipeline: str = "sales",
-    node: str = "clean",
-    rows: int | None = 10,
-    duration_ns: int = 12_345_678,
-    **changes: Any,
-) -> RunRecord:
-    started = changes.pop("started_ns", time.time_ns())
-    terminal = status is not RunStatus.RUNNING
-    values: dict[str, Any] = dict(
-        run_id=str(uuid.uuid4()),
-        project="proj",
-        pipeline=pipeline,
-        node=node,
-        environment="test",
-        status=status,
-        started_ns=started,
-        trace_id=f"{random.getrandbits(128) or 1:032x}",
-        span_id=f"{random.getrandbits(64) or 1:016x}",
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        ended_ns=started + duration_ns if terminal else None,
-        rows_processed=rows if terminal else None,
-    )
-    values.update(changes)
-    return RunRecord(**values)
+# One record builder: the one shipped to users with the conformance suites.
+make_record = contracts.make_record
 
 
 def started(record: RunRecord) -> RunEvent:

@@ -30,13 +30,11 @@ from opentelemetry.sdk.resources import Resource
 from odibi_observe._otlp_json import encode_spans_json
 from odibi_observe.catalog import CatalogStore, create_catalog_engine, upgrade
 from odibi_observe.catalog.schema import span_ledger
-from odibi_observe.conventions import RunStatus
 from odibi_observe.reconcile.model import ReadLog, ReadRange, TraceRun, Window
 from odibi_observe.reconcile.sources import TraceSource
 from odibi_observe.record import EventKind, RunEvent, RunRecord, ns_to_datetime
 from odibi_observe.sinks.otel import record_to_span
 from odibi_observe.testing import contracts
-from tests.helpers import make_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tempo"
 HOUR = 3_600 * 1_000_000_000
@@ -47,35 +45,9 @@ BASE_NS = contracts.BASE_NS
 RESOURCE = Resource({"service.name": "etl-tests", "deployment.environment": "test"})
 
 
-def runs(
-    n: int, *, start_ns: int = BASE_NS + HOUR, step_ns: int = 60 * SECOND, **changes: Any
-) -> list[RunRecord]:
-    """``n`` finished runs, one every ``step_ns``, at whole microseconds (what every store
-    keeps), across two pipelines."""
-    out = []
-    for i in range(n):
-        values = {
-            "pipeline": ("sales", "fx")[i % 2],
-            "node": f"node_{i % 3}",
-            "duration_ns": 40_000_000 + i * 1_000,
-            "rows": 10 + i,
-            "started_ns": start_ns + i * step_ns,
-            "host": "etl-host",
-            "pid": 4242,
-            "pipeline_run_id": "pr-1",
-            **changes,
-        }
-        out.append(make_record(**values))
-    return out
-
-
-def failed(record: RunRecord) -> RunRecord:
-    return record.finished(
-        status=RunStatus.FAILURE,
-        error_type="ValueError",
-        error_message="column 'amount' not found",
-        suggestions=("check the export", "re-run the node"),
-    )
+# The shipped conformance suites' builders: one window, one shape of run for both.
+runs = contracts.runs
+failed = contracts.failed
 
 
 def window(
