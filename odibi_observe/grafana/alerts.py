@@ -18,6 +18,7 @@ from odibi_observe.conventions import (
     RECONCILE_METRICS,
     SELF_METRICS,
     SIDECAR_METRICS,
+    Metric,
     RunStatus,
 )
 from odibi_observe.grafana import queries as q
@@ -120,11 +121,15 @@ def sidecar_stale() -> Rule:
     )
 
 
+def _sidecar_scrapes() -> str:
+    """Prometheus' scrape health of every sidecar target (``up`` of the sidecar's job)."""
+    return q.series(q.UP, q.eq(q.JOB_LABEL, DEPLOYMENT.sidecar_job))
+
+
 def sidecar_down() -> Rule:
-    up = q.series(q.UP, q.eq(q.JOB_LABEL, DEPLOYMENT.sidecar_job))
     return Rule(
         "OdibiSidecarDown",
-        f"{up} == 0",
+        f"{_sidecar_scrapes()} == 0",
         "2m",
         "critical",
         "Sidecar {{ $labels.instance }} is down",
@@ -134,10 +139,9 @@ def sidecar_down() -> Rule:
 
 
 def sidecar_absent() -> Rule:
-    up = q.series(q.UP, q.eq(q.JOB_LABEL, DEPLOYMENT.sidecar_job))
     return Rule(
         "OdibiSidecarAbsent",
-        f"absent({up})",
+        f"absent({_sidecar_scrapes()})",
         "5m",
         "critical",
         "No sidecar is scraped",
@@ -158,12 +162,16 @@ def spool_backlog_growing() -> Rule:
     )
 
 
+def _any_per_sink(metric: Metric, func: str, window: str) -> str:
+    """``func`` (``rate``, ``increase``) of a self-metric per instance and sink, above zero."""
+    series = q.series(metric)
+    return f"{q.agg('sum', f'{func}({series}[{window}])', q.INSTANCE_LABEL, *metric.labels)} > 0"
+
+
 def sink_errors() -> Rule:
-    errors = q.series(SELF_METRICS.sink_errors)
-    labels = (q.INSTANCE_LABEL, *SELF_METRICS.sink_errors.labels)
     return Rule(
         "OdibiSinkErrors",
-        f"{q.agg('sum', f'rate({errors}[5m])', *labels)} > 0",
+        _any_per_sink(SELF_METRICS.sink_errors, "rate", "5m"),
         "10m",
         "warning",
         "Sink {{ $labels.sink }} fails its exports",
@@ -173,11 +181,9 @@ def sink_errors() -> Rule:
 
 
 def events_dropped() -> Rule:
-    dropped = q.series(SELF_METRICS.events_dropped)
-    labels = (q.INSTANCE_LABEL, *SELF_METRICS.events_dropped.labels)
     return Rule(
         "OdibiEventsDropped",
-        f"{q.agg('sum', f'increase({dropped}[10m])', *labels)} > 0",
+        _any_per_sink(SELF_METRICS.events_dropped, "increase", "10m"),
         "0m",
         "critical",
         "Sink {{ $labels.sink }} dropped events ({{ $labels.reason }})",
@@ -196,19 +202,19 @@ MEMORY_WINDOW: Final = "1d"
 #: Window in which a crash counts for the probable-OOM rule.
 CRASH_WINDOW: Final = "1h"
 
-#: Severity of an open health finding, by kind: a node that keeps failing, returns nothing,
-#: is stale or is about to be OOM-killed pages; an anomaly or a flaky node is a warning.
+#: Open health findings that page: a node that keeps failing, returns nothing, is stale or is
+#: about to be OOM-killed. The other kinds (an anomaly, a flaky node) are warnings.
+PAGING_FINDINGS: Final = frozenset({"zero_rows", "freshness", "failure_streak", "memory_growth"})
+WARNING_FINDINGS: Final = frozenset({"volume_anomaly", "duration_anomaly", "flaky"})
+#: Every kind in exactly one of the two (a kind in both, or in neither, fails the import).
+if sorted([*PAGING_FINDINGS, *WARNING_FINDINGS]) != sorted(
+    HEALTH_FINDING_KINDS
+):  # pragma: no cover
+    raise RuntimeError("alerts' finding severities and conventions.HEALTH_FINDING_KINDS disagree")
+#: Severity of an open health finding, by kind.
 FINDING_SEVERITY: Final = {
-    "volume_anomaly": "warning",
-    "zero_rows": "critical",
-    "duration_anomaly": "warning",
-    "freshness": "critical",
-    "failure_streak": "critical",
-    "flaky": "warning",
-    "memory_growth": "critical",
+    kind: "critical" if kind in PAGING_FINDINGS else "warning" for kind in HEALTH_FINDING_KINDS
 }
-if set(FINDING_SEVERITY) != set(HEALTH_FINDING_KINDS):  # pragma: no cover - guards edits
-    raise RuntimeError("alerts.FINDING_SEVERITY and conventions.HEALTH_FINDING_KINDS disagree")
 
 
 def _camel(kind: str) -> str:
