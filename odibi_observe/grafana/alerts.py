@@ -32,8 +32,6 @@ SIDECAR_STALE_SECONDS: Final = 120
 #: Reconciliation runs nightly: more than 26 hours since the last one means a night was missed.
 RECONCILE_STALE_SECONDS: Final = 26 * 3600
 
-_NODE_IDENTITY: Final = (q.PROJECT_LABEL, q.ENVIRONMENT_LABEL, q.PIPELINE_LABEL, q.NODE_LABEL)
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -61,7 +59,7 @@ def node_failure_rate() -> Rule:
     f = _no_filters()
     return Rule(
         "OdibiNodeFailureRate",
-        f"(\n{q.failure_ratio(f, '1h', *_NODE_IDENTITY)}\n) > {NODE_FAILURE_RATIO}",
+        f"(\n{q.failure_ratio(f, '1h', *q.NODE_IDENTITY)}\n) > {NODE_FAILURE_RATIO}",
         "5m",
         "warning",
         "Node {{ $labels.pipeline }}/{{ $labels.node }} fails "
@@ -257,10 +255,10 @@ def node_memory_near_limit() -> Rule:
 
 def node_probably_oom_killed() -> Rule:
     crashed = q.series(METRICS.runs, q.eq(q.STATUS_LABEL, RunStatus.CRASHED.value))
-    group = ", ".join(_NODE_IDENTITY)
+    group = ", ".join(q.NODE_IDENTITY)
     return Rule(
         "OdibiNodeProbablyOOMKilled",
-        f"{q.agg('sum', f'increase({crashed}[{CRASH_WINDOW}])', *_NODE_IDENTITY)} > 0\n"
+        f"{q.agg('sum', f'increase({crashed}[{CRASH_WINDOW}])', *q.NODE_IDENTITY)} > 0\n"
         f"and on ({group})\n"
         f"(\n{q.memory_share(_no_filters(), MEMORY_WINDOW)}\n) > {MEMORY_NEAR_LIMIT}",
         "0m",

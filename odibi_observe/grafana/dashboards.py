@@ -546,7 +546,7 @@ def pipeline_overview() -> BuiltDashboard:
 
 def _node_summary(f: q.Filters) -> table.Panel:
     """One row per node: runs, failure ratio, p50/p95 over the whole time range."""
-    group = (q.PROJECT_LABEL, q.ENVIRONMENT_LABEL, *q.NODE_GROUP)
+    group = q.NODE_IDENTITY
     targets = [
         ("A", "runs", q.runs_total(f, "$__range", *group)),
         ("B", "failure ratio", q.failure_ratio(f, "$__range", *group)),

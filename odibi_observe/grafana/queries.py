@@ -90,9 +90,11 @@ def column(field: Field) -> str:
 
 
 PROJECT_LABEL: Final = label(FIELDS.project)
+ENVIRONMENT_LABEL: Final = label(FIELDS.environment)
 PIPELINE_LABEL: Final = label(FIELDS.pipeline)
 NODE_LABEL: Final = label(FIELDS.node)
-ENVIRONMENT_LABEL: Final = label(FIELDS.environment)
+#: The labels that identify a node across projects and environments.
+NODE_IDENTITY: Final = (PROJECT_LABEL, ENVIRONMENT_LABEL, PIPELINE_LABEL, NODE_LABEL)
 STATUS_LABEL: Final = label(FIELDS.status)
 
 SUCCESS: Final = RunStatus.SUCCESS.value
@@ -132,6 +134,11 @@ def by(*labels: str) -> str:
 # --- template variables -----------------------------------------------------------------------
 
 
+def var_ref(name: str) -> str:
+    """A dashboard variable in a query: Grafana substitutes ``$name`` before it runs the query."""
+    return f"${name}"
+
+
 @dataclass(frozen=True)
 class Var:
     """A dashboard variable filtering by one field: the same name in PromQL and in SQL.
@@ -150,18 +157,15 @@ class Var:
     def name(self) -> str:
         return label(self.field)
 
-    @property
-    def ref(self) -> str:
-        return f"${self.name}"
-
     def matcher(self) -> str:
         """The PromQL label matcher."""
-        return regex(self.name, self.ref) if self.multi else eq(self.name, self.ref)
+        ref = var_ref(self.name)
+        return regex(self.name, ref) if self.multi else eq(self.name, ref)
 
     def predicate(self, qualifier: str = "") -> str:
         """The SQL condition on the field's catalog column."""
-        col = f"{qualifier}{column(self.field)}"
-        return f"{col} IN ({self.ref})" if self.multi else f"{col} = '{self.ref}'"
+        col, ref = f"{qualifier}{column(self.field)}", var_ref(self.name)
+        return f"{col} IN ({ref})" if self.multi else f"{col} = '{ref}'"
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ def instance_query() -> str:
 
 
 def instance_matcher() -> str:
-    return regex(INSTANCE_LABEL, f"${INSTANCE_VAR_NAME}")
+    return regex(INSTANCE_LABEL, var_ref(INSTANCE_VAR_NAME))
 
 
 # --- PromQL: node runs -----------------------------------------------------------------------
@@ -819,10 +823,6 @@ ORDER BY 1, 2"""  # noqa: S608 - names from the schema, values are Grafana's
     return SqlPanelQuery("memory_per_run", sql, (TIME_OUT, "metric", "reading"), time_series=True)
 
 
-def _node_by() -> tuple[str, ...]:
-    return (PROJECT_LABEL, ENVIRONMENT_LABEL, PIPELINE_LABEL, NODE_LABEL)
-
-
 def mean_peak_rss(f: Filters, window: str, *group: str) -> str:
     """Mean peak memory per run over ``window`` (the histogram's sum / count)."""
     total = series(RESOURCE_METRICS.peak_rss, *f.matchers(), suffix="_sum")
@@ -840,7 +840,7 @@ def memory_limit(f: Filters, *group: str) -> str:
 
 def memory_share(f: Filters, window: str) -> str:
     """Mean peak memory per run / the limit, per node."""
-    group = _node_by()
+    group = NODE_IDENTITY
     return (
         f"(\n{mean_peak_rss(f, window, *group)}\n)\n/ on ({', '.join(group)})\n"
         f"{memory_limit(f, *group)}"
