@@ -302,18 +302,22 @@ def _repair_cell(repair: dict[str, Any] | None) -> str:
     return _md(f"{repair.get('status')}") + action
 
 
-def _side(side: dict[str, Any] | None) -> str:
-    if not side:
-        return "—"
+def side_facts(side: dict[str, Any]) -> list[str]:
+    """One side of a discrepancy (its catalog row or its span), as every report shows it:
+    the status, the rows and, where known, the duration."""
     rows = side.get("rows_processed")
     duration = side.get("duration_ms")
-    parts = [
+    facts = [
         str(side.get("status") or "?"),
         f"{rows:,} rows" if isinstance(rows, int) else "rows ?",
     ]
     if duration is not None:
-        parts.append(f"{duration:,.0f} ms")
-    return _md(", ".join(parts))
+        facts.append(f"{float(duration):,.0f} ms")
+    return facts
+
+
+def _side(side: dict[str, Any] | None) -> str:
+    return _md(", ".join(side_facts(side))) if side else "—"
 
 
 def _repair_line(repair: dict[str, Any]) -> str:
