@@ -13,14 +13,16 @@ All times are integer nanoseconds since the Unix epoch, as in :class:`~odibi_obs
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeVar
 
 from odibi_observe.conventions import DISCREPANCY_KINDS, SELF_METRICS, RunStatus
 from odibi_observe.record import datetime_to_ns, ns_to_datetime
+
+_Row = TypeVar("_Row")
 
 # ------------------------------------------------------------------------------ the two sides
 
@@ -350,6 +352,14 @@ class ReadLog:
     def tick(self, phase: str, done: int, total: int | None = None) -> None:
         if self.progress is not None:
             self.progress(phase, done, total)
+
+    def numbered(self, rows: Iterable[_Row], phase: str, every: int) -> Iterator[tuple[int, _Row]]:
+        """``enumerate(rows, start=1)`` that ticks the progress line every ``every`` rows,
+        once the row before the tick is dealt with (a source streaming a table)."""
+        for number, row in enumerate(rows, start=1):
+            yield number, row
+            if number % every == 0:
+                self.tick(phase, number, None)
 
     def in_gap(self, ns: int) -> bool:
         return any(start <= ns < end for start, end, _ in self.gaps)
