@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, Self, TypeVar, overload
 
 from odibi_observe.conventions import DISCREPANCY_KINDS, SELF_METRICS, RunStatus
 from odibi_observe.record import datetime_to_ns, ns_to_datetime
 
 _Row = TypeVar("_Row")
+_T = TypeVar("_T")
 
 # ------------------------------------------------------------------------------ the two sides
 
@@ -195,6 +196,27 @@ def as_utc(value: datetime) -> datetime:
     )
 
 
+class _Converted(Generic[_T]):
+    """A read-only property: another attribute of the instance, converted (a time in
+    nanoseconds as a datetime, or the other way round). The window and the read range hold
+    each time one way and answer for it both ways."""
+
+    def __init__(self, attribute: str, convert: Callable[[Any], _T]) -> None:
+        self._attribute = attribute
+        self._convert = convert
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, instance: object, owner: type | None = None) -> _T | Self:
+        if instance is None:  # on the class (help(), inspect): the property itself
+            return self
+        return self._convert(getattr(instance, self._attribute))
+
+
 @dataclass(frozen=True)
 class Window:
     """The runs to reconcile: those that started in ``[since, end)``.
@@ -237,21 +259,10 @@ class Window:
     def end(self) -> datetime:
         return min(self.until, self.now - self.grace)
 
-    @property
-    def since_ns(self) -> int:
-        return datetime_to_ns(self.since)
-
-    @property
-    def end_ns(self) -> int:
-        return datetime_to_ns(self.end)
-
-    @property
-    def until_ns(self) -> int:
-        return datetime_to_ns(self.until)
-
-    @property
-    def now_ns(self) -> int:
-        return datetime_to_ns(self.now)
+    since_ns = _Converted("since", datetime_to_ns)
+    end_ns = _Converted("end", datetime_to_ns)
+    until_ns = _Converted("until", datetime_to_ns)
+    now_ns = _Converted("now", datetime_to_ns)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -275,13 +286,8 @@ class ReadRange:
     end_ns: int
     now_ns: int
 
-    @property
-    def start(self) -> datetime:
-        return ns_to_datetime(self.start_ns)
-
-    @property
-    def end(self) -> datetime:
-        return ns_to_datetime(self.end_ns)
+    start = _Converted("start_ns", ns_to_datetime)
+    end = _Converted("end_ns", ns_to_datetime)
 
 
 def iso(value: datetime | None) -> str | None:
