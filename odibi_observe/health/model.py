@@ -19,7 +19,7 @@ import tomllib
 
 from odibi_observe.config import ConfigurationError, parse_duration
 from odibi_observe.conventions import HEALTH_FINDING_KINDS
-from odibi_observe.reconcile.model import Window, iso
+from odibi_observe.reconcile.model import Window, as_json, iso
 
 DIRECTIONS: Final = ("both", "spike", "drop")
 SEASONALITIES: Final = ("none", "day_of_week", "hour_of_day")
@@ -243,6 +243,25 @@ def finite(value: float | None) -> float | None:
     return round(value, 6)
 
 
+#: A finding's JSON: its fields in this order, times as ISO text, floats JSON-safe.
+_FINDING_JSON: Final = (
+    "kind",
+    "pipeline",
+    "node",
+    "state",
+    "finding_id",
+    "opened_at",
+    "passes",
+    "score",
+    "baseline",
+    "value",
+    "detail",
+    "evidence",
+    "runs_total",
+    "runs",
+)
+
+
 @dataclass
 class Finding:
     """One problem of one node: ``(kind, pipeline, node)`` with the evidence.
@@ -274,22 +293,14 @@ class Finding:
         return (self.kind, self.pipeline, self.node)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "pipeline": self.pipeline,
-            "node": self.node,
-            "state": self.state,
-            "finding_id": self.finding_id,
-            "opened_at": iso(self.opened_at),
-            "passes": self.passes,
-            "score": finite(self.score),
-            "baseline": finite(self.baseline),
-            "value": finite(self.value),
-            "detail": self.detail,
-            "evidence": self.evidence,
-            "runs_total": self.runs_total,
-            "runs": self.runs,
-        }
+        return as_json(
+            self,
+            _FINDING_JSON,
+            opened_at=iso(self.opened_at),
+            score=finite(self.score),
+            baseline=finite(self.baseline),
+            value=finite(self.value),
+        )
 
 
 @dataclass

@@ -290,6 +290,13 @@ class ReadRange:
     end = _Converted("end_ns", ns_to_datetime)
 
 
+def as_json(obj: object, layout: Iterable[str], **derived: Any) -> dict[str, Any]:
+    """``obj``'s attributes named in ``layout``, in that order (the order its JSON shows
+    them), as a dict; a name in ``derived`` takes that value instead (a time as ISO text, a
+    float made JSON-safe, a value the object computes)."""
+    return {name: derived[name] if name in derived else getattr(obj, name) for name in layout}
+
+
 def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -461,6 +468,21 @@ if tuple(KINDS) != DISCREPANCY_KINDS:  # pragma: no cover - guards edits of eith
     raise RuntimeError("reconcile.model.KINDS and conventions.DISCREPANCY_KINDS disagree")
 
 
+#: A discrepancy's JSON: its fields, with the start also as ISO text, in this order.
+_DISCREPANCY_JSON: Final = (
+    "kind",
+    "run_id",
+    "pipeline",
+    "node",
+    "started_at",
+    "started_ns",
+    "catalog",
+    "trace",
+    "detail",
+    "repair",
+)
+
+
 @dataclass
 class Discrepancy:
     """One finding about one run: its kind, both sides as they were read, and a sentence.
@@ -481,18 +503,7 @@ class Discrepancy:
     repair: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "run_id": self.run_id,
-            "pipeline": self.pipeline,
-            "node": self.node,
-            "started_at": iso_ns(self.started_ns),
-            "started_ns": self.started_ns,
-            "catalog": self.catalog,
-            "trace": self.trace,
-            "detail": self.detail,
-            "repair": self.repair,
-        }
+        return as_json(self, _DISCREPANCY_JSON, started_at=iso_ns(self.started_ns))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
