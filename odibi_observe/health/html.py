@@ -252,7 +252,7 @@ def _todo(result: HealthResult) -> str:
         return ""
     cards = "".join(
         f'<div class="kind" style="border-left-color:{KIND_COLOURS[k]}"><b>{escape(KINDS[k].title)}'
-        f'</b> <code>{escape(k)}</code><div class="sub">{escape(KINDS[k].method)}</div>'
+        f'</b> <code>{escape(k)}</code><div class="sub">{escape(KINDS[k].meaning)}</div>'
         f"<div>{escape(KINDS[k].todo)}</div></div>"
         for k in found
     )

@@ -13,7 +13,7 @@ All times are integer nanoseconds since the Unix epoch, as in :class:`~odibi_obs
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -383,89 +383,93 @@ class ReadLog:
 
 @dataclass(frozen=True)
 class KindInfo:
-    """What a discrepancy kind means, what to do about it, and what ``--repair`` does."""
+    """How a kind (of discrepancy, of health finding) is explained in every report: what it
+    means, what to do about it, and what ``--repair`` does (None: nothing)."""
 
     name: str
     title: str
     meaning: str
     todo: str
-    repair: str | None
+    repair: str | None = None
 
 
-KINDS: Final[Mapping[str, KindInfo]] = {
-    k.name: k
-    for k in (
-        KindInfo(
-            "missing_in_catalog",
-            "Missing in catalog",
-            "The run has a span but no meta_runs row.",
-            "The catalog write was lost: check the catalog sink's errors "
-            f'({SELF_METRICS.sink_errors.prometheus}{{sink="catalog"}}) and the database\'s '
-            "availability "
-            "at that time.",
-            "backfill the meta_runs row from the span (source='reconciler')",
-        ),
-        KindInfo(
-            "missing_in_traces",
-            "Missing in traces",
-            "The run has a meta_runs row but no span.",
-            "Spans were lost between the process and the trace store: check the collector's "
-            "queue and drop counters, sampling, and retention for that time.",
-            "re-emit the span with the run's stored trace and span ids and times",
-        ),
-        KindInfo(
-            "status_mismatch",
-            "Status mismatch",
-            "The catalog and the span disagree on the run's status.",
-            "A catalog row stuck at RUNNING lost its terminal write; any other mismatch means the "
-            "row was changed after the run: check who writes to meta_runs.",
-            "set the catalog row's status (and error) to the span's",
-        ),
-        KindInfo(
-            "rows_mismatch",
-            "Rows mismatch",
-            "The catalog and the span disagree on rows processed.",
-            "Both are written from one record, so the row was changed afterwards: check other "
-            "writers of meta_runs (scripts, backfills, Odibi's own writer).",
-            "set the catalog row's rows_processed to the span's",
-        ),
-        KindInfo(
-            "duration_mismatch",
-            "Duration mismatch",
-            "The catalog's duration_ms differs from the span's duration beyond the tolerance.",
-            "Check who rewrote the row's times; if it is a clock problem, the hosts' NTP.",
-            "set the catalog row's end time and duration to the span's",
-        ),
-        KindInfo(
-            "duplicate_in_catalog",
-            "Duplicate in catalog",
-            "Several catalog rows have the same run_id.",
-            "Only tables without a primary key allow this (Odibi's own Delta table): a run was "
-            "logged twice. Keep one row.",
-            None,
-        ),
-        KindInfo(
-            "duplicate_in_traces",
-            "Duplicate in traces",
-            "Different spans (different span ids) carry the same odibi.run_id.",
-            "Two processes claimed one run id: look for copied run ids or a replayed job that "
-            "reused its id. The same span delivered twice is not reported.",
-            None,
-        ),
-        KindInfo(
-            "stale_running",
-            "Stale RUNNING",
-            "The catalog row is still RUNNING long after its last sign of life, and no span "
-            "exists.",
-            "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
-            "host's kernel log and the scheduler for the kill, then re-run the node.",
-            "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
-        ),
-    )
-}
+def kind_table(order: Sequence[str], *infos: KindInfo) -> Mapping[str, KindInfo]:
+    """The explained kinds by name. They must be the kinds of ``order`` (the conventions'
+    list), in its order: a kind added to one list and not the other fails at import."""
+    table = {k.name: k for k in infos}
+    if tuple(table) != tuple(order):  # pragma: no cover - guards edits of either list
+        raise RuntimeError(f"explained kinds {list(table)} are not the kinds {list(order)}")
+    return table
 
-if tuple(KINDS) != DISCREPANCY_KINDS:  # pragma: no cover - guards edits of either list
-    raise RuntimeError("reconcile.model.KINDS and conventions.DISCREPANCY_KINDS disagree")
+
+KINDS: Final = kind_table(
+    DISCREPANCY_KINDS,
+    KindInfo(
+        "missing_in_catalog",
+        "Missing in catalog",
+        "The run has a span but no meta_runs row.",
+        "The catalog write was lost: check the catalog sink's errors "
+        f'({SELF_METRICS.sink_errors.prometheus}{{sink="catalog"}}) and the database\'s '
+        "availability "
+        "at that time.",
+        "backfill the meta_runs row from the span (source='reconciler')",
+    ),
+    KindInfo(
+        "missing_in_traces",
+        "Missing in traces",
+        "The run has a meta_runs row but no span.",
+        "Spans were lost between the process and the trace store: check the collector's "
+        "queue and drop counters, sampling, and retention for that time.",
+        "re-emit the span with the run's stored trace and span ids and times",
+    ),
+    KindInfo(
+        "status_mismatch",
+        "Status mismatch",
+        "The catalog and the span disagree on the run's status.",
+        "A catalog row stuck at RUNNING lost its terminal write; any other mismatch means the "
+        "row was changed after the run: check who writes to meta_runs.",
+        "set the catalog row's status (and error) to the span's",
+    ),
+    KindInfo(
+        "rows_mismatch",
+        "Rows mismatch",
+        "The catalog and the span disagree on rows processed.",
+        "Both are written from one record, so the row was changed afterwards: check other "
+        "writers of meta_runs (scripts, backfills, Odibi's own writer).",
+        "set the catalog row's rows_processed to the span's",
+    ),
+    KindInfo(
+        "duration_mismatch",
+        "Duration mismatch",
+        "The catalog's duration_ms differs from the span's duration beyond the tolerance.",
+        "Check who rewrote the row's times; if it is a clock problem, the hosts' NTP.",
+        "set the catalog row's end time and duration to the span's",
+    ),
+    KindInfo(
+        "duplicate_in_catalog",
+        "Duplicate in catalog",
+        "Several catalog rows have the same run_id.",
+        "Only tables without a primary key allow this (Odibi's own Delta table): a run was "
+        "logged twice. Keep one row.",
+        None,
+    ),
+    KindInfo(
+        "duplicate_in_traces",
+        "Duplicate in traces",
+        "Different spans (different span ids) carry the same odibi.run_id.",
+        "Two processes claimed one run id: look for copied run ids or a replayed job that "
+        "reused its id. The same span delivered twice is not reported.",
+        None,
+    ),
+    KindInfo(
+        "stale_running",
+        "Stale RUNNING",
+        "The catalog row is still RUNNING long after its last sign of life, and no span exists.",
+        "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
+        "host's kernel log and the scheduler for the kill, then re-run the node.",
+        "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
+    ),
+)
 
 
 #: A discrepancy's JSON: its fields, with the start also as ISO text, in this order.
