@@ -52,7 +52,7 @@ from enum import Enum
 from typing import Final, Protocol
 
 from odibi_observe._deadletter import DeadLetter
-from odibi_observe._redact import safe_text
+from odibi_observe._redact import error_text
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import SELF_METRICS
 from odibi_observe.record import EventKind, RunEvent
@@ -388,15 +388,15 @@ def sink_failed(monitor: SelfMonitor, where: str, name: str, exc: Exception, kep
         "odibi-observe sink %r failed (%s: %s); %s",
         name,
         type(exc).__name__,
-        safe_text(str(exc), 500),
+        error_text(exc, 500),
         kept,
     )
 
 
 def _short_error(exc: BaseException) -> str:
     """``Type: first line of the message``, bounded: one warning line, never a paragraph."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {safe_text(first, 300)}" if first else type(exc).__name__
+    first = next((line.strip() for line in error_text(exc, 300).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _cause(ch: _Channel) -> str:
@@ -582,7 +582,7 @@ class EventBus:
             ch.sink.shutdown()
         except Exception as exc:
             log.warning(
-                "odibi-observe sink %r failed to shut down: %s", ch.name, safe_text(str(exc), 500)
+                "odibi-observe sink %r failed to shut down: %s", ch.name, error_text(exc, 500)
             )
 
     def pending(self) -> dict[str, int]:
@@ -599,7 +599,7 @@ class EventBus:
                 log.warning(
                     "odibi-observe sink %r failed to reset after fork: %s",
                     ch.name,
-                    safe_text(str(exc), 500),
+                    error_text(exc, 500),
                 )
 
 

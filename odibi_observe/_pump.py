@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from odibi_observe._bus import Backoff, sink_failed
 from odibi_observe._deadletter import DeadLetter
-from odibi_observe._redact import safe_text
+from odibi_observe._redact import error_text
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.record import EventKind, RunEvent, peek_event
 from odibi_observe.sinks.base import Sink, export_isolating
@@ -180,7 +180,7 @@ class _SinkPump:
                 self.pump.monitor.invalid(
                     "spool_payload",
                     f"spooled span frame at {entry.position} cannot be read "
-                    f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped",
+                    f"({type(exc).__name__}: {error_text(exc, 200)}); skipped",
                 )
         return spans
 
@@ -211,7 +211,7 @@ class _SinkPump:
                     f"pump-read:{self.name}",
                     "odibi-observe spool read for %r failed: %s",
                     self.name,
-                    safe_text(str(exc), 500),
+                    error_text(exc, 500),
                 )
                 moved = 0
             if not moved:
@@ -277,7 +277,7 @@ class SpoolPump:
             self.monitor.invalid(
                 "spool_payload",
                 f"spooled frame at {entry.position} is not a run event "
-                f"({type(exc).__name__}: {safe_text(str(exc), 200)}); skipped",
+                f"({type(exc).__name__}: {error_text(exc, 200)}); skipped",
             )
         with self._decoded_lock:
             if entry.position not in self._decoded:

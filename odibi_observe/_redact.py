@@ -250,6 +250,19 @@ def safe_text(text: str, limit: int) -> str:
     return sanitize(text, limit)[0]
 
 
+def error_text(exc: BaseException, limit: int) -> str:
+    """``str(exc)`` as :func:`safe_text`, and never raising: a sink's (or its client
+    library's) exception is foreign code, and one whose ``__str__`` raises must not take down
+    the thread that reports it. Such an exception reads ``<unprintable Type>``."""
+    try:
+        text = str(exc)
+        if type(text) is not str:
+            text = str.__str__(text)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+    return safe_text(text, limit)
+
+
 _TERMINAL_CONTROLS: Final = re.compile(
     r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC … BEL/ST (window titles, hyperlinks)
     r"|\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS, PM, APC, SOS strings

@@ -179,6 +179,52 @@ def test_sink_error_log_is_redacted_and_rate_limited(caplog: pytest.LogCaptureFi
     assert "password=***" in warnings[0].getMessage()
 
 
+class _Unprintable(ConnectionError):
+    """A client library's exception whose message cannot be made: ``str()`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class _UnprintableFailureSink(FlakySink):
+    def export(self, events: Sequence[RunEvent]) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.broken:
+                raise _Unprintable()
+            self.received.extend(events)
+
+
+def test_a_sink_error_whose_str_raises_is_reported_and_retried_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monitor = _monitor()
+    sink = _UnprintableFailureSink("unprintable")
+    sink.broken = True
+    bus = EventBus([sink], mode="background", monitor=monitor, retry_initial=0.02, retry_max=0.05)
+    events = [finished(make_record()) for _ in range(5)]
+    with caplog.at_level("WARNING", logger="odibi_observe"):
+        for e in events:
+            bus.emit(e)
+        assert wait_until(
+            lambda: (
+                (
+                    monitor.registry.get_sample_value(
+                        "odibi_observe_sink_errors_total", {"sink": "unprintable"}
+                    )
+                    or 0
+                )
+                >= 2
+            )
+        )
+    assert "<unprintable _Unprintable>" in caplog.text
+    assert bus.pending()["unprintable"] == 5  # kept, and the worker is still alive
+    sink.broken = False
+    assert bus.flush(5)
+    assert sink.received == events
+    bus.shutdown()
+
+
 def test_backoff_grows_exponentially_with_jitter_and_caps() -> None:
     b = Backoff(initial=1.0, maximum=8.0)
     delays = [b.next_delay() for _ in range(6)]

@@ -52,7 +52,7 @@ from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import SQLAlchemyError
 
 from odibi_observe._otlp_json import SpanView, decode_request_json, iter_spans
-from odibi_observe._redact import safe_text
+from odibi_observe._redact import error_text, safe_text
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import SIDECAR_METRICS
 from odibi_observe.sidecar.ledger import LedgerResult, SpanLedger
@@ -250,8 +250,7 @@ class TraceReceiver:
             return _status(
                 400,
                 _INVALID_ARGUMENT,
-                f"body is not an OTLP ExportTraceServiceRequest ({media}): "
-                f"{safe_text(str(exc), 300)}",
+                f"body is not an OTLP ExportTraceServiceRequest ({media}): {error_text(exc, 300)}",
                 media,
             )
         del raw
@@ -316,7 +315,7 @@ class TraceReceiver:
                 "odibi-observe sidecar: span ledger unavailable (%s: %s); "
                 "answering 503 so senders retry",
                 type(exc).__name__,
-                safe_text(str(exc).splitlines()[0] if str(exc) else "", 300),
+                (error_text(exc, 300).splitlines() or [""])[0],
             )
         else:
             log.warning("odibi-observe sidecar: span ledger unavailable (%s)", type(exc).__name__)

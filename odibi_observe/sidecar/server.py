@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
-from odibi_observe._redact import safe_text
+from odibi_observe._redact import error_text, safe_text
 from odibi_observe._selfmetrics import log, warn_once_per_minute
 from odibi_observe.conventions import SIDECAR_METRICS
 from odibi_observe.sidecar.options import DEFAULT_HOST, DEFAULT_PORT, TRACES_PATH, parse_listen
@@ -256,7 +256,7 @@ class SidecarServer:
             "sidecar:handler",
             "odibi-observe sidecar: a request failed: %s: %s",
             type(exc).__name__,
-            safe_text(str(exc), 300),
+            error_text(exc, 300) if exc is not None else "",
         )
 
 

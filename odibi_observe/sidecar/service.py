@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from odibi_observe._redact import safe_text
+from odibi_observe._redact import error_text
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.config import ConfigurationError, Settings, hide_password, resolve_settings
 from odibi_observe.conventions import SIDECAR_METRICS, RunStatus, Source
@@ -135,7 +135,7 @@ class _WatchedSink(Sink):
             self._succeeded()  # the rest was exported: not a sink failure
             raise
         except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
+            self.last_error = f"{type(exc).__name__}: {error_text(exc, 300)}"
             raise
         finally:
             self.exporting_since = None
@@ -445,7 +445,7 @@ class Sidecar:
                 body()
                 loop.last_error = None
             except Exception as exc:  # a loop must survive any one failure
-                loop.last_error = f"{type(exc).__name__}: {safe_text(str(exc), 300)}"
+                loop.last_error = f"{type(exc).__name__}: {error_text(exc, 300)}"
                 self.monitor.warn_once_per_minute(
                     f"sidecar-loop:{loop.name}",
                     "odibi-observe sidecar %s failed: %s",

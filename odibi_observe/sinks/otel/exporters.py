@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from odibi_observe._otlp_json import OtlpJsonHttpSpanExporter
-from odibi_observe._redact import safe_text
+from odibi_observe._redact import error_text
 from odibi_observe._selfmetrics import warn_once_per_minute
 from odibi_observe.config import (
     OTLP_PROTOCOLS,
@@ -101,7 +101,7 @@ def _describe_attempt(result: Any) -> str:
     match = _ERRNO_TEXT.search(str(error))
     if match:
         return match.group(0).strip()
-    return f"{type(error).__name__}: {safe_text(str(error), 200)}"
+    return f"{type(error).__name__}: {error_text(error, 200)}"
 
 
 def _one_attempt(exporter: object) -> _AttemptLog | None:
