@@ -17,7 +17,7 @@ backend, so the catalog row, the span and the metric labels still agree.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from odibi_observe.record import OPTIONAL_TEXT_FIELDS, TEXT_FIELDS, RunRecord
 
@@ -63,10 +63,10 @@ def encodable_value(value: Any) -> Any:
     return value
 
 
-#: The text fields of a :class:`~odibi_observe.record.RunRecord` escaped here: all but
-#: ``error_stack``, which is escaped where it is made (``stack_of`` runs it through
-#: ``safe_text``).
-_TEXT_FIELDS = tuple(f for f in (*TEXT_FIELDS, *OPTIONAL_TEXT_FIELDS) if f != "error_stack")
+#: The text fields of a :class:`~odibi_observe.record.RunRecord`: all of them, the stack too
+#: (a stack made in this process is already valid, but one the sidecar decodes from a spool
+#: frame need not be).
+_TEXT_FIELDS: Final = (*TEXT_FIELDS, *OPTIONAL_TEXT_FIELDS)
 
 
 def encodable_record(record: RunRecord) -> RunRecord:

@@ -45,6 +45,7 @@ from odibi_observe.conventions import (
     CICD_TASK_NAME,
     CICD_TASK_RUN_ID,
     CICD_TASK_RUN_RESULT,
+    EXCEPTION_STACKTRACE,
     FIELDS,
     INSTRUMENTATION_SCOPE,
     METRICS,
@@ -361,6 +362,20 @@ def test_unencodable_text_reaches_otlp_escaped_with_the_rest_of_its_batch(
     assert span.attributes[USER_ATTRIBUTE_PREFIX + "file"] == POISON_NODE_ESCAPED
     assert POISON_NODE_ESCAPED in span.name
     assert good.span_id in spans
+
+
+def test_a_stack_with_a_lone_surrogate_reaches_otlp_escaped(receiver: OtlpReceiver) -> None:
+    """A stack decoded in the sidecar from a spool frame is not one this process made through
+    ``safe_text``: a lone surrogate in it must be escaped like any other text, or protobuf
+    refuses the whole batch on every retry."""
+    sink = otlp_sink(receiver.endpoint)
+    stack = f"Traceback (most recent call last):\n  File '{POISON_NODE}'\nValueError: x\n"
+    poison = failed_record(error_stack=stack)
+    sink.export([finished(poison)])
+    [span] = receiver.wait_for_spans(1)
+    ((name, event),) = span.events
+    assert name == "exception"
+    assert event[EXCEPTION_STACKTRACE] == stack.replace(POISON_NODE, POISON_NODE_ESCAPED)
 
 
 # ------------------------------------------------------------------------ (c) traces file
