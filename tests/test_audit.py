@@ -1,0 +1,231 @@
+"""``odibi-observe audit`` against real Odibi 3.15 projects, with nothing of odibi-observe in them.
+
+Each project (built with ``tests/test_odibi_integration.make_project``: pandas engine, Odibi's
+system catalog in Delta) has one incremental node, ``ingest_orders``: a CSV read with a
+stateful HWM on ``updated_at`` and appended to a Delta table. Every finding is provoked for
+real: a run SIGKILLed between its Delta commit and its ``set_hwm`` (made deterministic by
+the project's own ``transforms.py``, which Odibi loads in the child: with
+``AUDIT_BLOCK_SET_HWM=MARKER`` set, the state backend's ``set_hwm`` writes MARKER and waits to
+be killed), a pipeline killed in a later node (commit and HWM saved, no run row), an HWM
+edited back in ``meta_state`` as an operator resetting it would. Damaged input is real damage:
+a truncated Delta log entry, a deleted ``meta_state``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS, AUDIT_REPORT_FILES
+from tests.test_reconcile_support import cli
+
+pytest.importorskip("odibi", reason="the audit reads real Odibi projects")
+pytest.importorskip("deltalake", reason="Odibi's targets and system tables are Delta tables")
+
+from tests.test_odibi_integration import chdir, make_project
+
+K = AUDIT_KEYS
+UNCLAIMED, NOT_SAVED, REGRESSED = AUDIT_FINDING_KINDS
+KEY = "ingest_orders_hwm"
+
+INCREMENTAL: dict[str, Any] = {
+    "name": "ingest_orders",
+    "read": {
+        "connection": "raw",
+        "format": "csv",
+        "path": "events.csv",
+        "incremental": {"mode": "stateful", "column": "updated_at"},
+    },
+    "write": {"connection": "lake", "format": "delta", "path": "bronze/orders", "mode": "append"},
+}
+
+#: Appended to the project's transforms.py, which Odibi imports in the process that runs the
+#: pipeline: the window between the Delta commit and the HWM save, held open on request.
+BLOCKER = """
+
+import os as _os
+import threading as _threading
+
+if _os.environ.get("AUDIT_BLOCK_SET_HWM"):
+    import odibi.state as _state
+
+    def _blocked_set_hwm(self: Any, key: str, value: Any) -> None:
+        Path(_os.environ["AUDIT_BLOCK_SET_HWM"]).write_text(f"{key}={value}\\n")
+        _threading.Event().wait(120)
+
+    _state.CatalogStateBackend.set_hwm = _blocked_set_hwm
+"""
+
+
+def add_orders(project: Path, count: int) -> None:
+    """``count`` new orders in the source, each updated one minute after the last."""
+    path = project / "data" / "events.csv"
+    existing = path.exists()
+    start = sum(1 for _ in path.open()) - 1 if existing else 0
+    with path.open("a", newline="") as file:
+        writer = csv.writer(file)
+        if not existing:
+            writer.writerow(["order_id", "amount", "updated_at"])
+        for i in range(start, start + count):
+            writer.writerow([f"O{i:04d}", 10 + i, f"2026-01-01 {10 + i // 60:02d}:{i % 60:02d}:00"])
+
+
+def new_project(root: Path, *extra: dict[str, Any]) -> Path:
+    project = make_project(root, [INCREMENTAL, *extra]).parent
+    with (project / "transforms.py").open("a") as file:
+        file.write(BLOCKER)
+    add_orders(project, 15)
+    return project
+
+
+def run_odibi(project: Path) -> None:
+    """One pipeline run, in this process, as ``odibi run`` runs it (nothing instrumented)."""
+    from odibi.pipeline import PipelineManager
+
+    with chdir(project):
+        results = PipelineManager.from_yaml(str(project / "odibi.yaml")).run()
+    assert not results.failed, results.failed
+
+
+def _command(name: str) -> list[str]:
+    exe = shutil.which(name, path=os.path.dirname(sys.executable))
+    assert exe, f"{name} is not installed next to {sys.executable}"
+    return [exe]
+
+
+def kill_when(project: Path, marker: Path, command: list[str], env: dict[str, str]) -> None:
+    """Run ``command`` in ``project`` and SIGKILL it as soon as ``marker`` exists."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
+    child = subprocess.Popen(
+        command,
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**clean, **env},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the window never opened"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(30)
+        child.stderr.close()  # type: ignore[union-attr]
+    assert child.returncode == -signal.SIGKILL
+
+
+def target_rows(project: Path) -> tuple[int, int]:
+    """(rows, distinct order ids) in the target."""
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(str(project / "lake" / "bronze" / "orders")).to_pandas()
+    return len(frame), frame["order_id"].nunique()
+
+
+@dataclass
+class Audit:
+    code: int
+    out: str
+    err: str
+    report: dict[str, Any]
+    markdown: str
+    html: str
+
+    def kinds(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(f[K.kind], tuple(f[K.versions])) for f in self.report[K.findings]]
+
+    def finding(self, kind: str) -> dict[str, Any]:
+        found: list[dict[str, Any]] = [f for f in self.report[K.findings] if f[K.kind] == kind]
+        assert len(found) == 1, found
+        return found[0]
+
+
+def audit(project: Path, out: Path, *args: str) -> Audit:
+    code, stdout, stderr = cli(
+        "audit", str(project / "odibi.yaml"), "--grace", "0s", "--out", str(out), *args
+    )
+    assert "Traceback" not in stdout + stderr
+    files = {fmt: out / name for fmt, name in AUDIT_REPORT_FILES.items()}
+    return Audit(
+        code,
+        stdout,
+        stderr,
+        json.loads(files["json"].read_text()) if files["json"].exists() else {},
+        files["md"].read_text() if files["md"].exists() else "",
+        files["html"].read_text() if files["html"].exists() else "",
+    )
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project run twice, 15 then 5 new orders: two commits, each with its HWM saved."""
+    project = new_project(tmp_path_factory.mktemp("audit") / "shop")
+    run_odibi(project)
+    add_orders(project, 5)
+    run_odibi(project)
+    return project
+
+
+@pytest.fixture
+def copy(two_runs: Path, tmp_path: Path) -> Path:
+    """A copy of ``two_runs`` to damage or extend."""
+    project = tmp_path / "shop"
+    shutil.copytree(two_runs, project)
+    config = (project / "odibi.yaml").read_text().replace(str(two_runs), str(project))
+    (project / "odibi.yaml").write_text(config)
+    return project
+
+
+# -- findings -----------------------------------------------------------------------------------
+
+
+def test_a_run_killed_between_its_commit_and_its_hwm_is_found_without_any_catalog(
+    copy: Path, tmp_path: Path
+) -> None:
+    """Odibi records nothing of the killed run; its commit and the missing HWM say it all,
+    and the next run's duplicates prove the finding right."""
+    add_orders(copy, 5)
+    marker = tmp_path / "in-set-hwm"
+    kill_when(
+        copy,
+        marker,
+        [*_command("odibi"), "run", "odibi.yaml"],
+        {"AUDIT_BLOCK_SET_HWM": str(marker)},
+    )
+    assert marker.read_text().startswith(f"{KEY}=")
+
+    found = audit(copy, tmp_path / "report")
+    assert found.code == 1, found.out + found.err
+    assert found.kinds() == [(UNCLAIMED, (2,)), (NOT_SAVED, (2,))]
+    not_saved = found.finding(NOT_SAVED)
+    assert not_saved[K.node] == "ingest_orders" and not_saved[K.rows] == 5
+    assert not_saved[K.target] == str(copy / "lake" / "bronze" / "orders")
+    assert not_saved[K.commits][0][K.operation] == "WRITE"
+    assert not_saved[K.hwm][0][K.value] == "2026-01-01 10:19:00"  # what the next run reads from
+    assert "the next run will read again from '2026-01-01 10:19:00'" in not_saved[K.detail]
+    assert "Odibi logged no run for it" in not_saved[K.detail]
+    assert found.finding(UNCLAIMED)[K.odibi_runs] == []
+    assert found.report[K.summary][K.findings] == {UNCLAIMED: 1, NOT_SAVED: 1, REGRESSED: 0}
+
+    # What the finding warns of: the next run appends the five rows again.
+    run_odibi(copy)
+    assert target_rows(copy) == (30, 25)
+    again = audit(copy, tmp_path / "again")
+    assert again.kinds() == [(UNCLAIMED, (2,)), (NOT_SAVED, (2, 3))]
+    assert (
+        "before the node's next commit (version 3 (WRITE, 5 rows)"
+        in again.finding(NOT_SAVED)[K.detail]
+    )
