@@ -33,7 +33,7 @@ from tests.test_reconcile_support import cli
 pytest.importorskip("odibi", reason="the audit reads real Odibi projects")
 pytest.importorskip("deltalake", reason="Odibi's targets and system tables are Delta tables")
 
-from tests.test_odibi_integration import chdir, make_project
+from tests.test_odibi_integration import chdir, make_project, step_node
 
 K = AUDIT_KEYS
 UNCLAIMED, NOT_SAVED, REGRESSED = AUDIT_FINDING_KINDS
@@ -229,3 +229,163 @@ def test_a_run_killed_between_its_commit_and_its_hwm_is_found_without_any_catalo
         "before the node's next commit (version 3 (WRITE, 5 rows)"
         in again.finding(NOT_SAVED)[K.detail]
     )
+
+
+def test_a_project_whose_every_commit_is_claimed_and_checkpointed_is_clean(
+    two_runs: Path, tmp_path: Path
+) -> None:
+    found = audit(two_runs, tmp_path / "report")
+    assert found.code == 0, found.out + found.err
+    assert found.report[K.findings] == [] and found.report[K.errors] == []
+    summary = found.report[K.summary]
+    assert summary[K.nodes_audited] == 1 and summary[K.commits_audited] == 2
+    (node,) = found.report[K.nodes]
+    assert (node[K.node], node[K.state_key], node[K.odibi_runs], node[K.hwm]) == (
+        "ingest_orders",
+        KEY,
+        2,
+        2,
+    )
+    assert "clean" in found.markdown and "CLEAN" in found.html
+    assert "findings       0" in found.out
+
+
+def test_a_pipeline_killed_after_the_hwm_leaves_a_commit_no_run_claims(tmp_path: Path) -> None:
+    """Odibi logs a pipeline's rows when the pipeline ends: killed in a later node, the
+    incremental node's commit and HWM are both saved and only its run row is missing."""
+    marker = tmp_path / "publishing"
+    project = new_project(
+        tmp_path / "shop", step_node("publish", "hang", after="ingest_orders", marker=str(marker))
+    )
+    kill_when(project, marker, [*_command("odibi"), "run", "odibi.yaml"], {})
+    found = audit(project, tmp_path / "report")
+    assert found.code == 1, found.out + found.err
+    assert found.kinds() == [(UNCLAIMED, (0,))]
+    unclaimed = found.finding(UNCLAIMED)
+    assert unclaimed[K.rows] == 15
+    assert [u[K.value] for u in unclaimed[K.hwm]] == ["2026-01-01 10:14:00"]
+    assert "data and checkpoint agree and only the run record is missing" in unclaimed[K.detail]
+
+
+def test_an_hwm_edited_back_is_a_regression_and_the_rows_read_again_are_named(
+    copy: Path, tmp_path: Path
+) -> None:
+    """An operator 'resets' the HWM to the first run's value with Odibi's own state backend;
+    the next run re-reads what the second run had read."""
+    from odibi.state import CatalogStateBackend
+
+    system = copy / "lake" / "_system"
+    backend = CatalogStateBackend(str(system / "meta_runs"), str(system / "meta_state"))
+    backend.set_hwm(KEY, "2026-01-01 10:14:00")
+    found = audit(copy, tmp_path / "report")
+    assert found.code == 1, found.out + found.err
+    assert found.kinds() == [(REGRESSED, ())]
+    regressed = found.finding(REGRESSED)
+    assert [u[K.value] for u in regressed[K.hwm]] == ["2026-01-01 10:19:00", "2026-01-01 10:14:00"]
+    assert "no commit since: the next run will re-read from the older value" in regressed[K.detail]
+
+    run_odibi(copy)
+    assert target_rows(copy) == (25, 20)
+    again = audit(copy, tmp_path / "again")
+    assert again.kinds() == [(REGRESSED, (2,))]
+    assert "re-read from the older value: versions 2" in again.finding(REGRESSED)[K.detail]
+
+
+def test_with_our_catalog_each_finding_names_the_run_odibi_observe_recorded(
+    copy: Path, tmp_path: Path, catalog_url: str
+) -> None:
+    """The same kill, under ``odibi-observe run`` in sidecar mode: the sweep closes the killed
+    run as CRASHED, and ``--catalog`` puts that run beside the commit it left."""
+    add_orders(copy, 5)
+    marker, spool = tmp_path / "in-set-hwm", tmp_path / "spool"
+    kill_when(
+        copy,
+        marker,
+        [*_command("odibi-observe"), "run", "odibi.yaml"],
+        {
+            "AUDIT_BLOCK_SET_HWM": str(marker),
+            "ODIBI_OBSERVE_MODE": "sidecar",
+            "ODIBI_OBSERVE_SPOOL_DIR": str(spool),
+        },
+    )
+    code, out, err = cli("sweep", "--catalog", catalog_url, "--spool-dir", str(spool))
+    assert code == 0, out + err
+
+    found = audit(copy, tmp_path / "report", "--catalog", catalog_url)
+    assert found.code == 1, found.out + found.err
+    assert found.kinds() == [(UNCLAIMED, (2,)), (NOT_SAVED, (2,))]
+    (ours,) = found.finding(UNCLAIMED)[K.our_catalog]
+    assert ours[K.status] == "CRASHED" and ours[K.covers] is True
+    assert f"our catalog: run {ours[K.run_id]} CRASHED" in found.out
+    assert ours[K.run_id] in found.markdown and ours[K.run_id] in found.html
+    # The runs before it were not recorded by odibi-observe: nothing else is named.
+    assert found.report[K.catalog] and "://" in found.report[K.catalog]
+
+
+def test_without_a_run_in_our_catalog_the_finding_says_so(
+    copy: Path, tmp_path: Path, sqlite_url: str
+) -> None:
+    from odibi_observe.catalog import CatalogStore
+
+    CatalogStore(sqlite_url).ensure_schema()
+    add_orders(copy, 5)
+    marker = tmp_path / "in-set-hwm"
+    kill_when(
+        copy,
+        marker,
+        [*_command("odibi"), "run", "odibi.yaml"],
+        {"AUDIT_BLOCK_SET_HWM": str(marker)},
+    )
+    found = audit(copy, tmp_path / "report", "--catalog", sqlite_url)
+    assert found.finding(UNCLAIMED)[K.our_catalog] == [None]
+    assert "our catalog: no run recorded" in found.out
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_a_truncated_delta_log_entry_is_named_and_the_exit_status_is_2(
+    copy: Path, tmp_path: Path
+) -> None:
+    entry = copy / "lake" / "bronze" / "orders" / "_delta_log" / "00000000000000000001.json"
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    found = audit(copy, tmp_path / "report")
+    assert found.code == 2, found.out + found.err
+    (error,) = found.report[K.errors]
+    assert "_delta_log/00000000000000000001.json:1" in error[K.message]
+    assert error[K.message] in found.err and "cannot be read" in found.err
+    assert "Unreadable" in found.markdown and "damaged log entry" in found.html
+
+
+def test_a_missing_meta_state_is_reported_not_mistaken_for_unsaved_hwms(
+    copy: Path, tmp_path: Path
+) -> None:
+    shutil.rmtree(copy / "lake" / "_system" / "meta_state")
+    found = audit(copy, tmp_path / "report")
+    assert found.code == 2, found.out + found.err
+    assert [f[K.kind] for f in found.report[K.findings]] == []
+    (error,) = found.report[K.errors]
+    assert "meta_state" in error[K.message] and "does not exist" in error[K.message]
+
+
+def test_a_project_that_cannot_be_read_is_a_usage_error(tmp_path: Path) -> None:
+    code, out, err = cli("audit", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r"))
+    assert (code, out) == (2, "")
+    assert err.startswith("odibi-observe: error: project") and "no such file" in err
+    broken = tmp_path / "odibi.yaml"
+    broken.write_text("project: [unclosed\n")
+    code, _, err = cli("audit", str(broken), "--out", str(tmp_path / "r"))
+    assert code == 2 and "cannot be read" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_says_what_is_found_and_shows_an_example() -> None:
+    code, out, _ = cli("audit", "--help")
+    assert code == 0
+    for text in (
+        *AUDIT_FINDING_KINDS,
+        "examples:",
+        "odibi-observe audit odibi.yaml",
+        "exit status",
+    ):
+        assert text in out
