@@ -225,6 +225,7 @@ def test_a_run_killed_between_its_commit_and_its_hwm_is_found_without_any_catalo
     assert target_rows(copy) == (30, 25)
     again = audit(copy, tmp_path / "again")
     assert again.kinds() == [(UNCLAIMED, (2,)), (NOT_SAVED, (2, 3))]
+    assert again.finding(NOT_SAVED)[K.rows] == 5
     assert (
         "before the node's next commit (version 3 (WRITE, 5 rows)"
         in again.finding(NOT_SAVED)[K.detail]

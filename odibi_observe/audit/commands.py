@@ -74,7 +74,7 @@ examples:
   odibi-observe audit odibi.yaml
   odibi-observe audit /srv/shop/odibi.yaml --env prod --last 7d \\
       --catalog postgresql://etl@db/catalog --out /srv/audit/$(date +%F)
-  odibi-observe audit odibi.yaml --grace 0s --format md --out audit && cat audit/audit.md
+  odibi-observe audit odibi.yaml --grace 0s --format md --out audit
 """
 
 

@@ -259,7 +259,9 @@ def _unclaimed(
         )
     elif known and commit.rows != 0:
         detail += "; and no HWM was saved after it (see hwm_not_saved)"
-    return Finding("unclaimed_commit", writer, commit.at, [commit], detail, hwm=list(saved or ()))
+    return Finding(
+        "unclaimed_commit", writer, commit.at, [commit], detail, commit.rows, list(saved or ())
+    )
 
 
 def _not_saved(
@@ -296,6 +298,7 @@ def _not_saved(
         commit.at,
         [commit] + ([following] if following else []),
         detail,
+        commit.rows,
         hwm=[before] if before else [],
         runs=[run] if run else [],
     )
@@ -316,7 +319,9 @@ def _regressed(
         )
     else:
         detail += "; no commit since: the next run will re-read from the older value"
-    return Finding("hwm_regressed", writer, update.at, later, detail, hwm=[previous, update])
+    known = [c.rows for c in later if c.rows is not None]
+    rows = sum(known) if known else None
+    return Finding("hwm_regressed", writer, update.at, later, detail, rows, [previous, update])
 
 
 def _order(value: Any) -> tuple[str, Any] | None:

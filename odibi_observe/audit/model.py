@@ -221,15 +221,12 @@ class Finding:
     at: datetime
     commits: list[Commit]
     detail: str
+    #: The rows in question: the commit's, or for a regression those read again since.
+    rows: int | None = None
     hwm: list[HwmUpdate] = field(default_factory=list)
     runs: list[OdibiRun] = field(default_factory=list)
     #: Filled by :func:`.observed.annotate` when ``--catalog`` is given; None: not looked up.
     observed: list[ObservedRun | None] | None = None
-
-    @property
-    def rows(self) -> int | None:
-        known = [c.rows for c in self.commits if c.rows is not None]
-        return sum(known) if known else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
