@@ -14,6 +14,7 @@ a truncated Delta log entry, a deleted ``meta_state``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -21,12 +22,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from odibi_observe.audit.detect import claim, older
+from odibi_observe.audit.model import Commit, OdibiRun
 from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS, AUDIT_REPORT_FILES
 from tests.test_reconcile_support import cli
 
@@ -390,3 +395,104 @@ def test_help_says_what_is_found_and_shows_an_example() -> None:
         "exit status",
     ):
         assert text in out
+
+
+def test_commits_within_the_grace_period_are_in_flight_not_judged(
+    two_runs: Path, tmp_path: Path
+) -> None:
+    """Run during a pipeline, the audit must not call a commit whose HWM is about to be
+    saved (or whose row is logged only when the pipeline ends) a finding."""
+    code, out, err = cli("audit", str(two_runs / "odibi.yaml"), "--out", str(tmp_path / "r"))
+    assert code == 0, out + err
+    report = json.loads((tmp_path / "r" / "audit.json").read_text())
+    assert report[K.summary][K.commits_in_flight] == 2
+    assert report[K.summary][K.commits_audited] == 0
+    assert "2 left in flight (grace)" in out
+    later = audit(two_runs, tmp_path / "later", "--since", "2999-01-01")
+    assert later.code == 0 and later.report[K.summary][K.commits_audited] == 0
+    assert "nothing audited" in later.markdown
+
+
+def test_every_key_of_the_report_is_a_named_convention(copy: Path, tmp_path: Path) -> None:
+    """``audit.json`` and ``--json`` speak only the names of ``conventions.AUDIT_KEYS``."""
+    add_orders(copy, 5)
+    marker = tmp_path / "in-set-hwm"
+    kill_when(
+        copy,
+        marker,
+        [*_command("odibi"), "run", "odibi.yaml"],
+        {"AUDIT_BLOCK_SET_HWM": str(marker)},
+    )
+    code, out, _ = cli(
+        "audit",
+        str(copy / "odibi.yaml"),
+        "--grace",
+        "0s",
+        "--json",
+        "--format",
+        "json",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 1
+    printed = json.loads(out)
+    names = set(dataclasses.asdict(AUDIT_KEYS).values())
+    kinds_by_name = set(AUDIT_FINDING_KINDS)
+
+    def keys(value: Any) -> Iterator[str]:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield key
+                # finding counts are keyed by kind
+                if key != K.findings or not isinstance(item, dict):
+                    yield from keys(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from keys(item)
+
+    assert set(keys(printed)) <= names
+    assert set(printed[K.summary][K.findings]) == kinds_by_name
+    assert printed[K.written] == [str(tmp_path / "r" / "audit.json")]
+    assert (
+        json.loads((tmp_path / "r" / "audit.json").read_text())[K.findings] == printed[K.findings]
+    )
+
+
+# -- the rules, one by one ----------------------------------------------------------------------
+
+
+def _commit(version: int, minute: int, rows: int | None = 5) -> Commit:
+    return Commit(
+        version, datetime(2026, 1, 1, 10, minute, tzinfo=timezone.utc), "WRITE", rows, True
+    )
+
+
+def _run(node: str, minute: int, version: int | None) -> OdibiRun:
+    return OdibiRun(
+        run_id=f"r{minute}",
+        pipeline="sales",
+        node=node,
+        status="SUCCESS",
+        rows=5,
+        duration_ms=100,
+        logged_at=datetime(2026, 1, 1, 10, minute, 30, tzinfo=timezone.utc),
+        version=version,
+        hwm_pending=False,
+        hwm_error=None,
+    )
+
+
+def test_a_row_without_a_version_claims_the_nodes_latest_commit_since_its_previous_row() -> None:
+    commits = [_commit(0, 1), _commit(1, 2), _commit(2, 3), _commit(3, 5)]
+    runs = [_run("a", 1, None), _run("a", 3, None), _run("a", 5, 3)]
+    claims = claim(commits, runs)
+    # Version 1 (minute 2) is the killed run's: the row logged at 10:03:30 claims version 2.
+    assert {v: r.run_id for v, r in claims.items()} == {0: "r1", 2: "r3", 3: "r5"}
+
+
+def test_hwm_values_compare_only_as_one_kind() -> None:
+    assert older("2026-01-01 10:14:00", "2026-01-01T10:19:00Z")
+    assert not older("2026-01-01 10:19:00", "2026-01-01 10:14:00")
+    assert older(99, 100) and not older(100, 99.5)
+    assert older("O0099", "O0100")
+    assert not older(99, "2026-01-01") and not older({"a": 1}, {"a": 2}) and not older(None, 1)

@@ -227,20 +227,6 @@ def _later(a: object, b: object) -> bool:
     return b is None and a is not None
 
 
-def read_state_file(path: str, keys: Iterable[str]) -> dict[str, Any]:
-    """The current HWMs of Odibi's local JSON state (``{"hwm": {key: value}}``)."""
-    try:
-        state = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DeltaUnreadable(f"HWM state file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DeltaUnreadable(f"HWM state file {path} cannot be read: {exc}") from None
-    hwm = state.get("hwm") if isinstance(state, dict) else None
-    if not isinstance(hwm, dict):
-        raise DeltaUnreadable(f"HWM state file {path} has no 'hwm' object")
-    return {k: hwm[k] for k in keys if k in hwm}
-
-
 def read_meta_runs(path: str, nodes: Iterable[str]) -> list[OdibiRun]:
     """The rows of Odibi's ``meta_runs`` for ``nodes``, oldest first (empty: no table)."""
     if not exists(path):

@@ -33,7 +33,6 @@ from odibi_observe.audit.delta import (
     read_commits,
     read_hwm_history,
     read_meta_runs,
-    read_state_file,
 )
 from odibi_observe.audit.model import (
     AuditOptions,
@@ -57,7 +56,7 @@ def audit(project: Project, options: AuditOptions, *, now: datetime | None = Non
         project=str(project.path),
         odibi_project=project.name,
         meta_runs=project.meta_runs,
-        state=project.meta_state or project.state_file,
+        state=project.meta_state,
         options=options,
         notes=list(project.notes),
     )
@@ -121,34 +120,23 @@ def _runs(project: Project, result: AuditResult) -> list[OdibiRun] | None:
 
 
 def _hwm(project: Project, result: AuditResult) -> dict[str, list[HwmUpdate]] | None:
-    """The saved values of every audited key, oldest first; None when the history is not
-    known (the local JSON state keeps only the current values, which become notes)."""
+    """The saved values of every audited key, oldest first; None when they cannot be known."""
     keys = {w.state_key for w in project.writers}
-    if not keys:
+    if not keys or project.meta_state is None:
         return None
-    if project.meta_state is not None:
-        if not exists(project.meta_state):
-            result.error(
-                project.meta_state,
-                f"HWM state (meta_state) {project.meta_state} does not exist: Odibi creates "
-                "it with the system catalog, so it was deleted or the project points to "
-                "another catalog; HWMs cannot be checked",
-            )
-            return None
-        try:
-            return read_hwm_history(project.meta_state, keys, result.notes)
-        except DeltaUnreadable as exc:
-            result.error(project.meta_state, str(exc))
-            return None
-    if project.state_file is not None:
-        try:
-            current = read_state_file(project.state_file, keys)
-        except DeltaUnreadable as exc:
-            result.error(project.state_file, str(exc))
-            return None
-        for key in sorted(keys):
-            result.notes.append(f"HWM {key} is {current.get(key)!r} (no history is kept)")
-    return None
+    if not exists(project.meta_state):
+        result.error(
+            project.meta_state,
+            f"HWM state (meta_state) {project.meta_state} does not exist: Odibi creates it "
+            "with the system catalog, so it was deleted or the project points to another "
+            "catalog; HWMs cannot be checked",
+        )
+        return None
+    try:
+        return read_hwm_history(project.meta_state, keys, result.notes)
+    except DeltaUnreadable as exc:
+        result.error(project.meta_state, str(exc))
+        return None
 
 
 def claim(commits: Sequence[Commit], runs: Sequence[OdibiRun]) -> dict[int, OdibiRun]:
@@ -201,8 +189,10 @@ def _judge(
     )
     result.nodes.append(node)
     horizon = now - options.grace
+    # Nothing to judge a commit by: neither Odibi's run log nor an HWM history.
+    judged = runs is not None or updates is not None
     for index, commit in enumerate(mine):
-        if not _in_window(commit.at, options):
+        if not judged or not _in_window(commit.at, options):
             continue
         if commit.at > horizon:
             node.in_flight += 1

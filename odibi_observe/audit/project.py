@@ -25,11 +25,10 @@ class Project:
     path: Path
     name: str
     writers: list[Writer] = field(default_factory=list)
-    #: Odibi's Delta ``meta_runs`` and ``meta_state`` (None: no system catalog on a local path).
+    #: Odibi's Delta ``meta_runs`` and ``meta_state`` (None: the system catalog is not on a
+    #: local path).
     meta_runs: str | None = None
     meta_state: str | None = None
-    #: The local JSON state file Odibi uses when the project has no ``system:`` section.
-    state_file: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -93,16 +92,9 @@ def _local_base(config: Any, connection: str, root: Path) -> Path | None:
 
 
 def _system_paths(project: Project, config: Any, root: Path) -> None:
-    """Where Odibi keeps ``meta_runs`` and the HWM state (``create_state_backend``)."""
-    system = getattr(config, "system", None)
-    if system is None:
-        project.state_file = str(root / ".odibi" / "state.json")
-        project.notes.append(
-            "the project has no system catalog: Odibi keeps its HWMs in .odibi/state.json and "
-            "writes no meta_runs, so commits cannot be matched to runs and only the current "
-            "HWM is known (add a system: section for a full audit)"
-        )
-        return
+    """Where Odibi keeps ``meta_runs`` and the HWM state (``create_state_backend``; Odibi 3.15
+    requires the ``system:`` section)."""
+    system = config.system
     base = _local_base(config, str(_value(system, "connection")), root)
     if base is None:
         project.notes.append(
