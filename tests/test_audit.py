@@ -458,6 +458,22 @@ def test_every_key_of_the_report_is_a_named_convention(copy: Path, tmp_path: Pat
     )
 
 
+def test_a_vacuumed_meta_state_version_is_a_note_not_a_false_alarm(
+    copy: Path, tmp_path: Path
+) -> None:
+    """The file the first HWM save added is gone: that save cannot be seen, and the commit
+    before it is left unjudged (and said so) rather than called hwm_not_saved."""
+    state = copy / "lake" / "_system" / "meta_state"
+    first_save = (state / "_delta_log" / "00000000000000000001.json").read_text().splitlines()
+    (added,) = [json.loads(x)["add"]["path"] for x in first_save if '"add"' in x]
+    (state / added).unlink()
+    found = audit(copy, tmp_path / "report")
+    assert found.code == 0, found.out + found.err
+    assert found.report[K.findings] == []
+    (note,) = [n for n in found.report[K.notes] if "could not be read" in n]
+    assert "first 1" in note and "not judged hwm_not_saved" in note
+
+
 # -- the rules, one by one ----------------------------------------------------------------------
 
 

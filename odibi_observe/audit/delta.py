@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
@@ -152,15 +153,28 @@ def _decode(value: object) -> Any:
         return value
 
 
-def read_hwm_history(
-    path: str, keys: Iterable[str], notes: list[str]
-) -> dict[str, list[HwmUpdate]]:
+_STATE_COLUMNS: Final = ["key", "value", "updated_at"]
+
+
+@dataclass
+class HwmHistory:
+    """The saved values of each key, oldest first, and when meta_state could not be read."""
+
+    updates: dict[str, list[HwmUpdate]]
+    #: Commit times of the versions that could not be read: an HWM may have been saved then.
+    blind: list[datetime] = field(default_factory=list)
+
+
+def read_hwm_history(path: str, keys: Iterable[str], notes: list[str]) -> HwmHistory:
     """Every saved value of each of ``keys`` in ``meta_state`` at ``path``, oldest first.
 
-    Odibi saves an HWM with a ``MERGE`` on ``key``, one Delta version per ``set_hwm``, so each
-    version of the table is read and a key's value counts as saved in the first version where
-    its ``(value, updated_at)`` differs from the version before. A version whose files are gone
-    (vacuumed) is skipped and said in ``notes``.
+    Odibi saves an HWM with a ``MERGE`` on ``key``, one Delta version per ``set_hwm``, so a
+    key's value counts as saved in the first version where its ``(value, updated_at)``
+    differs from what was seen before. Each version is read from the files its commit added
+    (a merge rewrites the rows it matched into a new file): about a millisecond a version,
+    where loading every version as a table costs twenty. A version whose commit entry is gone
+    (log retention) or names files that are gone (vacuum) is read as a snapshot if it can be,
+    and what could not be seen is said in ``notes``.
     """
     wanted = set(keys)
     table = _open(path, "HWM state (meta_state)")
@@ -171,22 +185,26 @@ def read_hwm_history(
     seen: dict[str, tuple[Any, Any]] = {}
     updates: dict[str, list[HwmUpdate]] = {k: [] for k in wanted}
     unreadable: list[int] = []
+    blind: list[datetime] = []
     for entry in history:
         version, at = entry.get("version"), _at(entry.get("timestamp"))
         if not isinstance(version, int) or at is None:
             continue
-        try:
-            table.load_as_version(version)
-            rows = table.to_pyarrow_table(columns=["key", "value", "updated_at"]).to_pylist()
-        except Exception:
-            unreadable.append(version)
-            continue
+        rows = _added_rows(path, version)
+        if rows is None:
+            try:
+                table.load_as_version(version)
+                rows = table.to_pyarrow_table(columns=_STATE_COLUMNS).to_pylist()
+            except Exception:
+                unreadable.append(version)
+                blind.append(at)
+                continue
         for row in _latest_per_key(rows, wanted):
             key = str(row["key"])
             state = (row.get("value"), row.get("updated_at"))
-            if seen.get(key) == state:
-                continue
             previous = seen.get(key)
+            if previous == state:
+                continue
             seen[key] = state
             updates[key].append(
                 HwmUpdate(
@@ -200,9 +218,34 @@ def read_hwm_history(
     if unreadable:
         notes.append(
             f"meta_state {path}: {len(unreadable)} version(s) could not be read (files "
-            f"vacuumed?), first {unreadable[0]}: HWM updates in them are not seen"
+            f"vacuumed?), first {unreadable[0]}: HWM updates in them are not seen, and "
+            "commits an HWM may have been saved after then are not judged hwm_not_saved"
         )
-    return updates
+    return HwmHistory(updates, blind)
+
+
+def _added_rows(path: str, version: int) -> list[dict[str, Any]] | None:
+    """The rows of the files commit ``version`` added; None when they cannot be read so
+    (no commit entry, a file elsewhere than under the table, a file gone)."""
+    from urllib.parse import unquote
+
+    import pyarrow.parquet as pq
+
+    entry = Path(path) / "_delta_log" / f"{version:020d}.json"
+    rows: list[dict[str, Any]] = []
+    try:
+        for line in entry.read_text(encoding="utf-8").splitlines():
+            action = json.loads(line) if line.strip() else {}
+            added = action.get("add") if isinstance(action, dict) else None
+            if not isinstance(added, dict):
+                continue
+            name = unquote(str(added.get("path", "")))
+            if "://" in name or added.get("deletionVector"):
+                return None
+            rows += pq.read_table(Path(path) / name, columns=_STATE_COLUMNS).to_pylist()
+    except (OSError, ValueError, KeyError):
+        return None
+    return rows
 
 
 def _latest_per_key(rows: Sequence[dict[str, Any]], wanted: set[str]) -> list[dict[str, Any]]:

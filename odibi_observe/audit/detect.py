@@ -29,6 +29,7 @@ from typing import Any
 
 from odibi_observe.audit.delta import (
     DeltaUnreadable,
+    HwmHistory,
     exists,
     read_commits,
     read_hwm_history,
@@ -119,7 +120,7 @@ def _runs(project: Project, result: AuditResult) -> list[OdibiRun] | None:
         return None
 
 
-def _hwm(project: Project, result: AuditResult) -> dict[str, list[HwmUpdate]] | None:
+def _hwm(project: Project, result: AuditResult) -> HwmHistory | None:
     """The saved values of every audited key, oldest first; None when they cannot be known."""
     keys = {w.state_key for w in project.writers}
     if not keys or project.meta_state is None:
@@ -171,7 +172,7 @@ def _judge(
     commits: Sequence[Commit],
     claims: dict[int, OdibiRun],
     runs: Sequence[OdibiRun] | None,
-    hwm: dict[str, list[HwmUpdate]] | None,
+    hwm: HwmHistory | None,
     options: AuditOptions,
     now: datetime,
 ) -> None:
@@ -181,7 +182,7 @@ def _judge(
         for c in commits
         if c.data and (claims[c.version].node == writer.node if c.version in claims else first)
     ]
-    updates = hwm.get(writer.state_key, []) if hwm is not None else None
+    updates = hwm.updates.get(writer.state_key, []) if hwm is not None else None
     node = NodeAudit(
         writer,
         runs=sum(1 for r in runs or () if _same(r, writer)),
@@ -203,7 +204,12 @@ def _judge(
         saved = _saved_after(updates, commit, following) if updates is not None else None
         if runs is not None and run is None:
             result.findings.append(_unclaimed(writer, commit, saved, updates is not None))
-        if updates is not None and not saved and commit.rows != 0:
+        if (
+            updates is not None
+            and not saved
+            and commit.rows != 0
+            and not _blind(hwm, commit, following)
+        ):
             result.findings.append(
                 _not_saved(writer, commit, following=following, run=run, updates=updates, now=now)
             )
@@ -211,6 +217,13 @@ def _judge(
         if _in_window(update.at, options) and older(update.value, previous.value):
             later = [c for c in mine if c.at >= update.at]
             result.findings.append(_regressed(writer, previous, update, later))
+
+
+def _blind(hwm: HwmHistory | None, commit: Commit, following: Commit | None) -> bool:
+    """An unreadable meta_state version falls after ``commit`` (and before the next one)."""
+    return hwm is not None and any(
+        t >= commit.at and (following is None or t < following.at) for t in hwm.blind
+    )
 
 
 def _in_window(at: datetime, options: AuditOptions) -> bool:
@@ -266,15 +279,22 @@ def _not_saved(
     before = _before(updates, commit.at)
     start = "the start" if before is None else repr(before.value)
     detail = f"{_describe(commit)} wrote rows, and HWM {writer.state_key} was not saved "
+    appends = writer.mode in ("append", "")
     if following is not None:
         detail += (
             f"before the node's next commit ({_describe(following)}): that run read again "
-            f"from {start}, so the rows of version {commit.version} are in the target twice"
+            f"from {start}, "
+            + (
+                f"so the rows of version {commit.version} are in the target twice"
+                if appends
+                else f"and wrote them again ({writer.mode}: duplicated unless its keys match)"
+            )
         )
     else:
-        detail += (
-            f"since (until {iso(now)}): the next run will read again from {start} and append "
-            f"the rows of version {commit.version} a second time"
+        detail += f"since (until {iso(now)}): the next run will read again from {start} and " + (
+            f"append the rows of version {commit.version} a second time"
+            if appends
+            else f"write the rows of version {commit.version} again ({writer.mode})"
         )
     if run is None:
         detail += "; Odibi logged no run for it (the run ended before its pipeline logged)"
