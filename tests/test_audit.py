@@ -237,10 +237,18 @@ def test_a_run_killed_between_its_commit_and_its_hwm_is_found_without_any_catalo
     )
 
 
+def files(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
+    }
+
+
 def test_a_project_whose_every_commit_is_claimed_and_checkpointed_is_clean(
     two_runs: Path, tmp_path: Path
 ) -> None:
+    before = files(two_runs)
     found = audit(two_runs, tmp_path / "report")
+    assert files(two_runs) == before  # nothing of the project was written, nothing created
     assert found.code == 0, found.out + found.err
     assert found.report[K.findings] == [] and found.report[K.errors] == []
     summary = found.report[K.summary]
