@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -358,16 +359,25 @@ def test_without_a_run_in_our_catalog_the_finding_says_so(
 # -- bad input ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("table", "what"),
+    [
+        ("bronze/orders", "target"),
+        ("_system/meta_runs", "meta_runs"),
+        ("_system/meta_state", "HWM state (meta_state)"),
+    ],
+)
 def test_a_truncated_delta_log_entry_is_named_and_the_exit_status_is_2(
-    copy: Path, tmp_path: Path
+    copy: Path, tmp_path: Path, table: str, what: str
 ) -> None:
-    entry = copy / "lake" / "bronze" / "orders" / "_delta_log" / "00000000000000000001.json"
+    entry = copy / "lake" / table / "_delta_log" / "00000000000000000001.json"
     entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
     found = audit(copy, tmp_path / "report")
     assert found.code == 2, found.out + found.err
     (error,) = found.report[K.errors]
-    assert "_delta_log/00000000000000000001.json:1" in error[K.message]
-    assert error[K.message] in found.err and "cannot be read" in found.err
+    assert error[K.message].startswith(f"{what} {copy / 'lake' / table} cannot be read")
+    assert re.search(r"\(damaged log entry _delta_log/0{19}1\.json:\d+\): ", error[K.message])
+    assert error[K.message] in found.err
     assert "Unreadable" in found.markdown and "damaged log entry" in found.html
 
 
