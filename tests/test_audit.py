@@ -57,18 +57,27 @@ INCREMENTAL: dict[str, Any] = {
 }
 
 #: Appended to the project's transforms.py, which Odibi imports in the process that runs the
-#: pipeline: the window between the Delta commit and the HWM save, held open on request.
+#: pipeline: the window between the Delta commit and the HWM save, held open on request (until
+#: the process is killed, or until the release file exists).
 BLOCKER = """
 
 import os as _os
 import threading as _threading
 
 if _os.environ.get("AUDIT_BLOCK_SET_HWM"):
+    import time as _time
+
     import odibi.state as _state
+
+    _set_hwm = _state.CatalogStateBackend.set_hwm
 
     def _blocked_set_hwm(self: Any, key: str, value: Any) -> None:
         Path(_os.environ["AUDIT_BLOCK_SET_HWM"]).write_text(f"{key}={value}\\n")
-        _threading.Event().wait(120)
+        release = Path(_os.environ.get("AUDIT_RELEASE_SET_HWM") or "/nonexistent/never")
+        deadline = _time.monotonic() + 120
+        while not release.exists() and _time.monotonic() < deadline:
+            _time.sleep(0.02)
+        _set_hwm(self, key, value)
 
     _state.CatalogStateBackend.set_hwm = _blocked_set_hwm
 """
@@ -232,6 +241,7 @@ def test_a_run_killed_between_its_commit_and_its_hwm_is_found_without_any_catalo
     again = audit(copy, tmp_path / "again")
     assert again.kinds() == [(UNCLAIMED, (2,)), (NOT_SAVED, (2, 3))]
     assert again.finding(NOT_SAVED)[K.rows] == 5
+    assert "overlapped" not in again.finding(NOT_SAVED)[K.detail]
     assert (
         "before the node's next commit (version 3 (WRITE, 5 rows)"
         in again.finding(NOT_SAVED)[K.detail]
@@ -263,6 +273,41 @@ def test_a_project_whose_every_commit_is_claimed_and_checkpointed_is_clean(
     )
     assert "clean" in found.markdown and "CLEAN" in found.html
     assert "findings       0" in found.out
+
+
+def test_two_runs_that_overlap_read_one_window_and_the_first_commit_is_hwm_not_saved(
+    copy: Path, tmp_path: Path
+) -> None:
+    """The natural race: a second run starts while the first is between its commit and its
+    HWM save, reads from the same HWM and appends the same rows; both runs succeed."""
+    add_orders(copy, 5)
+    marker, release = tmp_path / "in-set-hwm", tmp_path / "release"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("ODIBI_OBSERVE_", "OTEL_"))}
+    first = subprocess.Popen(
+        [*_command("odibi"), "run", "odibi.yaml"],
+        cwd=copy,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**clean, "AUDIT_BLOCK_SET_HWM": str(marker), "AUDIT_RELEASE_SET_HWM": str(release)},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        run_odibi(copy)  # the second run, start to end, inside the first one's window
+    finally:
+        release.write_text("go\n")
+        first.wait(90)
+    assert target_rows(copy) == (30, 25)
+
+    found = audit(copy, tmp_path / "report")
+    assert found.code == 1, found.out + found.err
+    assert found.kinds() == [(NOT_SAVED, (2, 3))]
+    overlap = found.finding(NOT_SAVED)
+    assert "next saved only after the node's next commit" in overlap[K.detail]
+    assert "two runs overlapped" in overlap[K.detail]
+    assert [r[K.version] for r in overlap[K.odibi_runs]] == [2]
 
 
 def test_a_pipeline_killed_after_the_hwm_leaves_a_commit_no_run_claims(tmp_path: Path) -> None:

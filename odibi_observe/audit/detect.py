@@ -296,6 +296,14 @@ def _not_saved(
             if appends
             else f"write the rows of version {commit.version} again ({writer.mode})"
         )
+    # The run that made the commit logged success with its HWM saved: it was saved late.
+    late = next((u for u in updates if u.at >= commit.at), None)
+    saved_late = run is not None and not run.hwm_pending and not run.hwm_error
+    if following is not None and late is not None and saved_late:
+        detail += (
+            f"; the HWM was next saved only after the node's next commit (meta_state version "
+            f"{late.state_version} at {iso(late.at)}): two runs overlapped"
+        )
     if run is None:
         detail += "; Odibi logged no run for it (the run ended before its pipeline logged)"
     elif run.hwm_error:
