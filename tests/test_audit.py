@@ -310,6 +310,23 @@ def test_two_runs_that_overlap_read_one_window_and_the_first_commit_is_hwm_not_s
     assert [r[K.version] for r in overlap[K.odibi_runs]] == [2]
 
 
+def test_commits_another_node_makes_to_the_same_target_are_its_own(tmp_path: Path) -> None:
+    """A full reload node appends to the incremental node's target: its commits are claimed
+    by its own runs and judged neither unclaimed nor as the incremental node's."""
+    reload = {
+        "name": "reload_orders",
+        "depends_on": ["ingest_orders"],
+        "read": {"connection": "raw", "format": "csv", "path": "events.csv"},
+        "write": INCREMENTAL["write"],
+    }
+    project = new_project(tmp_path / "shop", reload)
+    run_odibi(project)
+    found = audit(project, tmp_path / "report")
+    assert found.code == 0, found.out + found.err
+    assert found.report[K.summary][K.commits_audited] == 1
+    assert target_rows(project) == (30, 15)
+
+
 def test_a_pipeline_killed_after_the_hwm_leaves_a_commit_no_run_claims(tmp_path: Path) -> None:
     """Odibi logs a pipeline's rows when the pipeline ends: killed in a later node, the
     incremental node's commit and HWM are both saved and only its run row is missing."""

@@ -81,7 +81,15 @@ def audit(project: Project, options: AuditOptions, *, now: datetime | None = Non
                 f"{', '.join(w.node for w in writers)} write one target {target}: commits "
                 f"claimed by none of them are reported under {writers[0].node}"
             )
-        node_runs = [r for r in runs or () if any(_same(r, w) for w in writers)]
+        others = {k for k, t in project.targets.items() if t == target} - {
+            (w.pipeline, w.node) for w in writers
+        }
+        node_runs = [
+            r
+            for r in runs or ()
+            if any(_same(r, w.pipeline, w.node) for w in writers)
+            or any(_same(r, *other) for other in others)
+        ]
         claims = claim(commits, node_runs)
         for writer in writers:
             _judge(
@@ -99,8 +107,8 @@ def audit(project: Project, options: AuditOptions, *, now: datetime | None = Non
     return result
 
 
-def _same(run: OdibiRun, writer: Writer) -> bool:
-    return run.node == writer.node and run.pipeline in (writer.pipeline, "", "unknown")
+def _same(run: OdibiRun, pipeline: str, node: str) -> bool:
+    return run.node == node and run.pipeline in (pipeline, "", "unknown")
 
 
 def _runs(project: Project, result: AuditResult) -> list[OdibiRun] | None:
@@ -114,7 +122,9 @@ def _runs(project: Project, result: AuditResult) -> list[OdibiRun] | None:
         )
         return []
     try:
-        return read_meta_runs(project.meta_runs, {w.node for w in project.writers})
+        audited = {w.target for w in project.writers}
+        nodes = {node for (_, node), target in project.targets.items() if target in audited}
+        return read_meta_runs(project.meta_runs, nodes)
     except DeltaUnreadable as exc:
         result.error(project.meta_runs, str(exc))
         return None
@@ -185,7 +195,7 @@ def _judge(
     updates = hwm.updates.get(writer.state_key, []) if hwm is not None else None
     node = NodeAudit(
         writer,
-        runs=sum(1 for r in runs or () if _same(r, writer)),
+        runs=sum(1 for r in runs or () if _same(r, writer.pipeline, writer.node)),
         hwm_updates=len(updates or ()),
     )
     result.nodes.append(node)

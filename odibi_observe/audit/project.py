@@ -29,6 +29,9 @@ class Project:
     #: local path).
     meta_runs: str | None = None
     meta_state: str | None = None
+    #: The Delta target on a local path of every node that writes one, stateful or not, by
+    #: ``(pipeline, node)``: another node's runs claim the commits it makes to a shared target.
+    targets: dict[tuple[str, str], str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -53,7 +56,10 @@ def load_project(path: str | os.PathLike[str], env: str | None = None) -> Projec
     _system_paths(project, config, root)
     for pipeline in config.pipelines or []:
         for node in pipeline.nodes or []:
-            writer = _writer(project, config, root, str(pipeline.pipeline), node)
+            target = _target(config, root, getattr(node, "write", None))
+            if target is not None:
+                project.targets[(str(pipeline.pipeline), str(node.name))] = target
+            writer = _writer(project, str(pipeline.pipeline), node, target)
             if writer is not None:
                 project.writers.append(writer)
     return project
@@ -107,7 +113,16 @@ def _system_paths(project: Project, config: Any, root: Path) -> None:
     project.meta_state = str(system_dir / "meta_state")
 
 
-def _writer(project: Project, config: Any, root: Path, pipeline: str, node: Any) -> Writer | None:
+def _target(config: Any, root: Path, write: Any) -> str | None:
+    """The Delta table a node's ``write`` names on a local path; None for anything else."""
+    if write is None or str(_value(write, "format")) != "delta":
+        return None
+    base = _local_base(config, str(_value(write, "connection")), root)
+    path = _value(write, "path")
+    return str(base / str(path)) if base is not None and path else None
+
+
+def _writer(project: Project, pipeline: str, node: Any, target: str | None) -> Writer | None:
     """The node as a :class:`Writer` when it reads incrementally with a stateful HWM and writes
     a Delta table on a local path; a note when it keeps an HWM the audit cannot follow."""
     read, write = getattr(node, "read", None), getattr(node, "write", None)
@@ -115,31 +130,23 @@ def _writer(project: Project, config: Any, root: Path, pipeline: str, node: Any)
     if incremental is None or _value(incremental, "mode") != "stateful":
         return None
     name = str(node.name)
-    key = str(_value(incremental, "state_key") or f"{name}_hwm")
     where = f"{pipeline}/{name}"
     if write is None:
         project.notes.append(f"{where} keeps an HWM but writes nothing: not audited")
         return None
-    if str(_value(write, "format")) != "delta":
+    if target is None:
         project.notes.append(
-            f"{where} writes {_value(write, 'format')}, not Delta: its commits have no history "
-            "to audit"
-        )
-        return None
-    base = _local_base(config, str(_value(write, "connection")), root)
-    target = _value(write, "path")
-    if base is None or not target:
-        project.notes.append(
-            f"{where} writes a table the audit cannot open (connection "
-            f"{_value(write, 'connection')!r}, table {_value(write, 'table')!r}): only Delta "
-            "tables on local paths are read"
+            f"{where} writes {_value(write, 'format')} (connection "
+            f"{_value(write, 'connection')!r}, table {_value(write, 'table')!r}, path "
+            f"{_value(write, 'path')!r}): only Delta tables on local paths have a history "
+            "the audit can read"
         )
         return None
     return Writer(
         pipeline=pipeline,
         node=name,
-        target=str(base / str(target)),
-        state_key=key,
+        target=target,
+        state_key=str(_value(incremental, "state_key") or f"{name}_hwm"),
         column=str(_value(incremental, "column") or ""),
         mode=str(_value(write, "mode") or ""),
     )
