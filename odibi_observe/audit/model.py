@@ -70,7 +70,7 @@ KINDS: Final[Mapping[str, KindInfo]] = {
         "Remove the duplicates from the target (the rows of the version named, e.g. by "
         "restoring the version before it, or deleting them by their HWM column range), or "
         "set the HWM to the value the run would have saved. Make the write idempotent "
-        "(mode: upsert/merge on a key) so a re-read cannot duplicate.",
+        "(mode: append_once with keys, or upsert) so a re-read cannot duplicate.",
     ),
     "hwm_regressed": KindInfo(
         "HWM went backwards",
