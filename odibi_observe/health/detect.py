@@ -401,6 +401,47 @@ def _anomalies(rows: Iterable[Any], options: HealthOptions) -> list[Finding]:
     return findings
 
 
+def _anomaly(
+    kind: str,
+    measured: tuple[str, Any],
+    history: tuple[int, float, float],
+    base: dict[str, Any],
+    options: HealthOptions,
+    *,
+    direction: str,
+    min_abs: float = 0.0,
+) -> list[tuple[str, dict[str, Any]]]:
+    """``[(kind, the run as evidence)]`` when the run's ``measured`` value (its column and
+    value) is anomalous against the node's ``history`` (count, sum, sum of squares); else
+    ``[]``. Volume and duration are judged alike, each with its own direction."""
+    column, value = measured
+    n, s, ss = history
+    judged = zscore(
+        float(value),
+        n,
+        s,
+        ss,
+        sensitivity=options.sensitivity,
+        direction=direction,
+        min_change=options.min_change,
+        min_abs=min_abs,
+    )
+    if judged is None:
+        return []
+    z, mean, sd = judged
+    evidence = {
+        **base,
+        column: int(value),
+        "z": finite(z),
+        "_z": z,
+        "_mean": mean,
+        "_sd": sd,
+        "_n": n,
+        "_value": float(value),
+    }
+    return [(kind, evidence)]
+
+
 def _judge_run(row: Any, options: HealthOptions) -> list[tuple[str, dict[str, Any]]]:
     """What is wrong with one recent run: ``(kind, the run as evidence)`` pairs."""
     out = []
@@ -432,62 +473,25 @@ def _judge_run(row: Any, options: HealthOptions) -> list[tuple[str, dict[str, An
                 )
             )
         else:
-            judged = zscore(
-                float(rows),
-                n,
-                s,
-                ss,
-                sensitivity=options.sensitivity,
+            out += _anomaly(
+                "volume_anomaly",
+                ("rows_processed", rows),
+                (n, s, ss),
+                base,
+                options,
                 direction=options.volume_direction,
-                min_change=options.min_change,
             )
-            if judged is not None:
-                z, mean, sd = judged
-                out.append(
-                    (
-                        "volume_anomaly",
-                        {
-                            **base,
-                            "rows_processed": int(rows),
-                            "z": finite(z),
-                            "_z": z,
-                            "_mean": mean,
-                            "_sd": sd,
-                            "_n": n,
-                            "_value": float(rows),
-                        },
-                    )
-                )
     duration = row.get("dur")
     if duration is not None and row.get("dur_n") is not None:
-        n, s, ss = int(row["dur_n"]), float(row["dur_s"]), float(row["dur_ss"])
-        judged = zscore(
-            float(duration),
-            n,
-            s,
-            ss,
-            sensitivity=options.sensitivity,
+        out += _anomaly(
+            "duration_anomaly",
+            ("duration_ms", duration),
+            (int(row["dur_n"]), float(row["dur_s"]), float(row["dur_ss"])),
+            base,
+            options,
             direction=options.duration_direction,
-            min_change=options.min_change,
             min_abs=options.duration_min_ms,
         )
-        if judged is not None:
-            z, mean, sd = judged
-            out.append(
-                (
-                    "duration_anomaly",
-                    {
-                        **base,
-                        "duration_ms": int(duration),
-                        "z": finite(z),
-                        "_z": z,
-                        "_mean": mean,
-                        "_sd": sd,
-                        "_n": n,
-                        "_value": float(duration),
-                    },
-                )
-            )
     return out
 
 

@@ -14,10 +14,12 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any, Final
 
+from odibi_observe._htmlpage import Col, alert_cards, badge, num, table, verdict
 from odibi_observe.conventions import HEALTH_FINDING_KINDS
 from odibi_observe.health.model import KINDS, Finding, HealthResult
-from odibi_observe.health.report import verdict
+from odibi_observe.health.report import verdict as verdict_text
 from odibi_observe.reconcile.html import _CSS as BASE_CSS
+from odibi_observe.reconcile.html import window_document
 from odibi_observe.reconcile.model import iso
 
 #: Findings listed in the HTML (the JSON report has them all).
@@ -54,17 +56,9 @@ def render_html(result: HealthResult, *, max_rows: int = HTML_ROWS) -> str:
     window = result.window
     total = len(result.findings)
     css = "bad" if total else ("ok" if result.nodes_judged else "warn")
-    text = verdict(result).upper() if not total else verdict(result)
+    text = verdict_text(result).upper() if not total else verdict_text(result)
     generated = datetime.now(timezone.utc).replace(microsecond=0)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>Data health {escape(iso(window.since) or '')} to "
-        f"{escape(iso(window.end) or '')}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
-        f'<div class="top"><h1>odibi-observe data health</h1>'
-        f'<span class="verdict {css}">{escape(text)}</span></div>',
+    body = [
         f'<div class="meta">Recent runs {escape(iso(window.since) or "")} → '
         f"{escape(iso(window.end) or '')}, each node against its own history since "
         f"{escape(iso(result.training_start) or '')} · catalog <code>{escape(result.catalog)}"
@@ -76,15 +70,14 @@ def render_html(result: HealthResult, *, max_rows: int = HTML_ROWS) -> str:
         _todo(result),
         _resolved(result),
         _footer(result),
-        "</main></body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return window_document("Data health", window, verdict(css, text), body, _CSS)
 
 
 def _cards(result: HealthResult) -> str:
     recorded = result.recorded
     new = sum(result.opened_by_kind().values())
-    cards = [
+    numbers = [
         ("Nodes seen", f"{result.nodes_seen:,}", False),
         ("Nodes with history", f"{result.nodes_judged:,}", not result.nodes_judged),
         ("Recent successes", f"{result.recent_runs:,}", False),
@@ -92,11 +85,6 @@ def _cards(result: HealthResult) -> str:
         ("New", f"{new:,}" if recorded else "—", bool(new)),
         ("Resolved", f"{len(result.resolved):,}" if recorded else "—", False),
     ]
-    html = "".join(
-        f'<div class="card{" alert" if alert else ""}"><div class="n">{escape(value)}</div>'
-        f'<div class="l">{escape(label)}</div></div>'
-        for label, value, alert in cards
-    )
     notes = list(result.notes)
     if not recorded:
         notes.append(
@@ -104,7 +92,7 @@ def _cards(result: HealthResult) -> str:
             "every finding is shown without its open/new state"
         )
     note = f'<div class="meta">{escape("; ".join(notes))}</div>' if notes else ""
-    return f'<div class="cards">{html}</div>{note}'
+    return alert_cards(numbers) + note
 
 
 def _kind_chart(result: HealthResult) -> str:
@@ -215,7 +203,7 @@ def _findings(result: HealthResult, max_rows: int) -> str:
     ordered = result.sorted_findings()
     if not ordered:
         return ""
-    body = []
+    rows = []
     for f in ordered[:max_rows]:
         state = {
             "new": "new",
@@ -230,23 +218,32 @@ def _findings(result: HealthResult, max_rows: int) -> str:
         score = "∞" if math.isinf(f.score) else f"{f.score:,.1f}"
         runs = ", ".join(f"<code>{escape(str(r.get('run_id')))}</code>" for r in f.runs[:3])
         more = f" +{f.runs_total - 3} more" if f.runs_total > 3 else ""
-        body.append(
-            f'<tr><td><span class="badge" style="background:{KIND_COLOURS[f.kind]}">'
-            f"{escape(f.kind)}</span></td><td>{escape(f.pipeline)}</td><td>{escape(f.node)}</td>"
-            f'<td><span class="badge state-{escape(f.state)}">{escape(state)}</span>{since}</td>'
-            f'<td class="num">{escape(score)}</td><td class="ev">{_band(f)}</td>'
-            f'<td>{escape(f.detail)}<div class="sub">{runs}{escape(more)}</div></td></tr>'
+        rows.append(
+            [
+                badge(f.kind, KIND_COLOURS[f.kind]),
+                escape(f.pipeline),
+                escape(f.node),
+                f'<span class="badge state-{escape(f.state)}">{escape(state)}</span>{since}',
+                escape(score),
+                _band(f),
+                f'{escape(f.detail)}<div class="sub">{runs}{escape(more)}</div>',
+            ]
         )
-    if len(ordered) > max_rows:
-        body.append(
-            f'<tr><td colspan="7" class="sub">{len(ordered) - max_rows:,} more in '
-            "health.json</td></tr>"
-        )
-    return (
-        "<h2>Findings</h2><table><thead><tr><th>kind</th><th>pipeline</th><th>node</th>"
-        '<th>state</th><th class="num">score</th><th>evidence</th><th>detail and runs'
-        f"</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+    left = (
+        f'<tr><td colspan="7" class="sub">{len(ordered) - max_rows:,} more in health.json</td></tr>'
+        if len(ordered) > max_rows
+        else ""
     )
+    columns: list[str | Col] = [
+        "kind",
+        "pipeline",
+        "node",
+        "state",
+        num("score"),
+        Col("evidence", "ev"),
+        "detail and runs",
+    ]
+    return "<h2>Findings</h2>" + table(columns, rows, last=left)
 
 
 def _todo(result: HealthResult) -> str:
@@ -255,7 +252,7 @@ def _todo(result: HealthResult) -> str:
         return ""
     cards = "".join(
         f'<div class="kind" style="border-left-color:{KIND_COLOURS[k]}"><b>{escape(KINDS[k].title)}'
-        f'</b> <code>{escape(k)}</code><div class="sub">{escape(KINDS[k].method)}</div>'
+        f'</b> <code>{escape(k)}</code><div class="sub">{escape(KINDS[k].meaning)}</div>'
         f"<div>{escape(KINDS[k].todo)}</div></div>"
         for k in found
     )
@@ -265,17 +262,14 @@ def _todo(result: HealthResult) -> str:
 def _resolved(result: HealthResult) -> str:
     if not result.resolved:
         return ""
-    rows = "".join(
-        f"<tr><td><code>{escape(str(r['kind']))}</code></td><td>{escape(str(r['pipeline']))}"
-        f"</td><td>{escape(str(r['node']))}</td><td>{escape(str(r['opened_at']))}</td>"
-        f'<td>{escape(str(r["last_seen_at"]))}</td><td class="num">{r["passes"]}</td></tr>'
+    columns: list[str | Col] = ["kind", "pipeline", "node", "opened", "last seen", num("passes")]
+    rows = (
+        [f"<code>{escape(str(r['kind']))}</code>"]
+        + [escape(str(r[k])) for k in ("pipeline", "node", "opened_at", "last_seen_at")]
+        + [f"{r['passes']}"]
         for r in result.resolved[:HTML_ROWS]
     )
-    return (
-        "<h2>Resolved by this pass</h2><table><thead><tr><th>kind</th><th>pipeline</th>"
-        '<th>node</th><th>opened</th><th>last seen</th><th class="num">passes</th></tr>'
-        f"</thead><tbody>{rows}</tbody></table>"
-    )
+    return "<h2>Resolved by this pass</h2>" + table(columns, rows)
 
 
 def _footer(result: HealthResult) -> str:

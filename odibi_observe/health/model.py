@@ -19,7 +19,7 @@ import tomllib
 
 from odibi_observe.config import ConfigurationError, parse_duration
 from odibi_observe.conventions import HEALTH_FINDING_KINDS
-from odibi_observe.reconcile.model import Window, iso
+from odibi_observe.reconcile.model import KindInfo, Window, as_json, iso, kind_table
 
 DIRECTIONS: Final = ("both", "spike", "drop")
 SEASONALITIES: Final = ("none", "day_of_week", "hour_of_day")
@@ -28,70 +28,98 @@ SEASONALITIES: Final = ("none", "day_of_week", "hour_of_day")
 EVIDENCE_RUNS: Final = 20
 
 
-@dataclass(frozen=True)
-class KindInfo:
-    """How a finding kind is explained in every report."""
-
-    title: str
-    method: str
-    todo: str
-
-
-KINDS: Final = {
-    "volume_anomaly": KindInfo(
+#: How each finding kind is explained in every report (its ``meaning``: how it is detected).
+KINDS: Final = kind_table(
+    HEALTH_FINDING_KINDS,
+    KindInfo(
+        "volume_anomaly",
         "Volume anomaly",
-        "rows_processed of a recent SUCCESS run is more than SENSITIVITY standard deviations "
-        "from the node's own training mean (and differs from it by at least MIN_CHANGE)",
-        "Compare the source with the run before: a filter, a join or an upstream extract "
-        "changed. If the new volume is the new normal, the baseline follows within the "
-        "training period.",
+        meaning=(
+            "rows_processed of a recent SUCCESS run is more than SENSITIVITY standard "
+            "deviations from the node's own training mean (and differs from it by at least "
+            "MIN_CHANGE)"
+        ),
+        todo=(
+            "Compare the source with the run before: a filter, a join or an upstream extract "
+            "changed. If the new volume is the new normal, the baseline follows within the "
+            "training period."
+        ),
     ),
-    "zero_rows": KindInfo(
+    KindInfo(
+        "zero_rows",
         "Zero rows",
-        "a recent SUCCESS run processed 0 rows, and every run in the training period had rows",
-        "The node succeeded on an empty input: check the upstream table or file for the run's "
-        "time and re-run the node once it has data.",
+        meaning=(
+            "a recent SUCCESS run processed 0 rows, and every run in the training period had rows"
+        ),
+        todo=(
+            "The node succeeded on an empty input: check the upstream table or file for the "
+            "run's time and re-run the node once it has data."
+        ),
     ),
-    "duration_anomaly": KindInfo(
+    KindInfo(
+        "duration_anomaly",
         "Duration anomaly",
-        "duration_ms of a recent SUCCESS run is more than SENSITIVITY standard deviations "
-        "from the node's training mean (and differs by at least MIN_CHANGE and 1 s)",
-        "Look at the run's trace for the slow step; check input growth (volume), locks and "
-        "the cluster's load at that time.",
+        meaning=(
+            "duration_ms of a recent SUCCESS run is more than SENSITIVITY standard deviations "
+            "from the node's training mean (and differs by at least MIN_CHANGE and 1 s)"
+        ),
+        todo=(
+            "Look at the run's trace for the slow step; check input growth (volume), locks "
+            "and the cluster's load at that time."
+        ),
     ),
-    "freshness": KindInfo(
+    KindInfo(
+        "freshness",
         "Stale node",
-        "no SUCCESS for longer than the node's learned cadence allows (FRESHNESS_FACTOR x "
-        "its mean interval between successes), or than its declared SLA",
-        "Check whether the schedule still runs the node and whether its recent runs failed "
-        "(failure_streak); `odibi-observe runs --node NODE` lists them.",
+        meaning=(
+            "no SUCCESS for longer than the node's learned cadence allows (FRESHNESS_FACTOR x "
+            "its mean interval between successes), or than its declared SLA"
+        ),
+        todo=(
+            "Check whether the schedule still runs the node and whether its recent runs "
+            "failed (failure_streak); `odibi-observe runs --node NODE` lists them."
+        ),
     ),
-    "failure_streak": KindInfo(
+    KindInfo(
+        "failure_streak",
         "Failure streak",
-        "the node's last FAILURE_STREAK or more runs failed or crashed, with no SUCCESS in between",
-        "Read the first failure's error and suggestions (`odibi-observe runs --node NODE "
-        "--failures`); retries will not fix it.",
+        meaning=(
+            "the node's last FAILURE_STREAK or more runs failed or crashed, with no SUCCESS "
+            "in between"
+        ),
+        todo=(
+            "Read the first failure's error and suggestions (`odibi-observe runs --node NODE "
+            "--failures`); retries will not fix it."
+        ),
     ),
-    "flaky": KindInfo(
+    KindInfo(
+        "flaky",
         "Flaky node",
-        "SUCCESS runs that needed a retry (attempt > 1): at least FLAKY_MIN in the training "
-        "and detection periods, one of them recent",
-        "The node succeeds only on a second try: find the transient error in the failed "
-        "attempts (timeouts, locks, rate limits) before it becomes a failure.",
+        meaning=(
+            "SUCCESS runs that needed a retry (attempt > 1): at least FLAKY_MIN in the "
+            "training and detection periods, one of them recent"
+        ),
+        todo=(
+            "The node succeeds only on a second try: find the transient error in the failed "
+            "attempts (timeouts, locks, rate limits) before it becomes a failure."
+        ),
     ),
-    "memory_growth": KindInfo(
+    KindInfo(
+        "memory_growth",
         "Memory growth",
-        "the least-squares trend of peak_rss_bytes over the node's last MEMORY_RUNS SUCCESS "
-        "runs reaches MEMORY_THRESHOLD of its memory_limit_bytes within MEMORY_HORIZON runs "
-        "(growing by at least MIN_CHANGE over the runs fitted), or its last run is already "
-        "above it; nodes without a limit are not judged",
-        "The node will be OOM-killed soon: find what grows (an input that grows, a whole "
-        "table loaded into pandas, a cache); process it in chunks, or raise the container's "
-        "memory limit before it crashes.",
+        meaning=(
+            "the least-squares trend of peak_rss_bytes over the node's last MEMORY_RUNS "
+            "SUCCESS runs reaches MEMORY_THRESHOLD of its memory_limit_bytes within "
+            "MEMORY_HORIZON runs (growing by at least MIN_CHANGE over the runs fitted), or "
+            "its last run is already above it; nodes without a limit are not judged"
+        ),
+        todo=(
+            "The node will be OOM-killed soon: find what grows (an input that grows, a whole "
+            "table loaded into pandas, a cache); process it in chunks, or raise the "
+            "container's memory limit before it crashes."
+        ),
     ),
-}
-if tuple(KINDS) != HEALTH_FINDING_KINDS:  # pragma: no cover - guards edits of either list
-    raise RuntimeError("health KINDS and conventions.HEALTH_FINDING_KINDS disagree")
+)
 
 
 @dataclass(frozen=True)
@@ -243,6 +271,25 @@ def finite(value: float | None) -> float | None:
     return round(value, 6)
 
 
+#: A finding's JSON: its fields in this order, times as ISO text, floats JSON-safe.
+_FINDING_JSON: Final = (
+    "kind",
+    "pipeline",
+    "node",
+    "state",
+    "finding_id",
+    "opened_at",
+    "passes",
+    "score",
+    "baseline",
+    "value",
+    "detail",
+    "evidence",
+    "runs_total",
+    "runs",
+)
+
+
 @dataclass
 class Finding:
     """One problem of one node: ``(kind, pipeline, node)`` with the evidence.
@@ -274,22 +321,14 @@ class Finding:
         return (self.kind, self.pipeline, self.node)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "pipeline": self.pipeline,
-            "node": self.node,
-            "state": self.state,
-            "finding_id": self.finding_id,
-            "opened_at": iso(self.opened_at),
-            "passes": self.passes,
-            "score": finite(self.score),
-            "baseline": finite(self.baseline),
-            "value": finite(self.value),
-            "detail": self.detail,
-            "evidence": self.evidence,
-            "runs_total": self.runs_total,
-            "runs": self.runs,
-        }
+        return as_json(
+            self,
+            _FINDING_JSON,
+            opened_at=iso(self.opened_at),
+            score=finite(self.score),
+            baseline=finite(self.baseline),
+            value=finite(self.value),
+        )
 
 
 @dataclass

@@ -229,12 +229,11 @@ class SqlCatalog(CatalogSource):
                 rows = conn.execution_options(stream_results=True, yield_per=YIELD_PER).execute(
                     query
                 )
-                for number, row in enumerate(rows, start=1):
+                # ``number`` outlives the loop: the error below says how far the read got.
+                for number, row in log.numbered(rows, "reading catalog", 100_000):  # noqa: B007
                     run = _sql_run(row, exact_times, unchecked, times, log=log, source=source)
                     if run is not None:
                         yield run
-                    if number % 100_000 == 0:
-                        log.tick("reading catalog", number, None)
         except SQLAlchemyError as exc:
             log.add_error(
                 source, CATALOG_TABLE, f"reading stopped after {number} rows: {_first_line(exc)}"

@@ -77,7 +77,7 @@ from odibi_observe.reconcile.model import (
     iso_ns,
     trace_side,
 )
-from odibi_observe.reconcile.parallel import read_in_parallel
+from odibi_observe.reconcile.parallel import read_in_parallel, sort_sources
 from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
@@ -309,12 +309,7 @@ def reconcile(
             ):
                 sorter.adopt(part.paths, part.count)
         else:
-            for source in parts:
-                try:
-                    sorter.extend(source.read(read_range, log))
-                except SourceError as exc:
-                    result.unreadable.append(str(exc))
-                    log.add_error(source.describe(), "source", str(exc))
+            sort_sources(sorter, parts, read_range, log, result.unreadable)
         if len(result.unreadable) == len(traces):
             raise ReconcileError("no trace source could be read: " + "; ".join(result.unreadable))
         streams.insert(0, sorter.sorted())

@@ -12,19 +12,21 @@ per pipeline; what to do about each kind found; the affected runs, each linked t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from html import escape
 from typing import Any, Final
 
+from odibi_observe._htmlpage import Col, alert_cards, badge, document, num, table, verdict
 from odibi_observe._svgchart import Bar, Frame, stacked_bars
 from odibi_observe.conventions import DISCREPANCY_KINDS
 from odibi_observe.reconcile.engine import ReconcileResult
-from odibi_observe.reconcile.model import KINDS, Discrepancy, iso, iso_ns
+from odibi_observe.reconcile.model import KINDS, Discrepancy, Window, iso, iso_ns
 from odibi_observe.reconcile.report import (
     checked_line,
     not_run_line,
     pipelines,
+    side_facts,
     timeline,
     top_items,
     trace_url,
@@ -105,22 +107,15 @@ def render_html(
     window = result.window
     if total:
         noun = "discrepancy" if total == 1 else "discrepancies"
-        verdict = f'<span class="verdict bad">{total:,} {noun}</span>'
+        pill = verdict("bad", f"{total:,} {noun}")
     elif result.errors_total:
-        verdict = f'<span class="verdict warn">{result.errors_total:,} read errors</span>'
+        pill = verdict("warn", f"{result.errors_total:,} read errors")
     elif not result.checked:
-        verdict = '<span class="verdict warn">NOTHING CHECKED</span>'
+        pill = verdict("warn", "NOTHING CHECKED")
     else:
-        verdict = '<span class="verdict ok">CLEAN</span>'
+        pill = verdict("ok", "CLEAN")
     items = top_items(result, max_rows)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>Reconciliation {escape(iso(window.since) or '')} to "
-        f"{escape(iso(window.end) or '')}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
-        f'<div class="top"><h1>odibi-observe reconciliation</h1>{verdict}</div>',
+    body = [
         f'<div class="meta">Runs started {escape(iso(window.since) or "")} → '
         f"{escape(iso(window.end) or '')} (grace {escape(_human(window.grace.total_seconds()))})"
         f" · generated {escape(iso(datetime.now(timezone.utc)) or '')} · report "
@@ -137,9 +132,22 @@ def render_html(
         _runs(items, total, trace_url_template),
         _errors(result),
         _footer(result),
-        "</main></body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return window_document("Reconciliation", window, pill, body)
+
+
+def window_document(
+    name: str, window: Window, verdict: str, body: Iterable[str], css: str = _CSS
+) -> str:
+    """The page of a report on ``window`` (this one, and data health's on this style sheet):
+    titled with its name and window, headed with its name."""
+    return document(
+        title=f"{name} {iso(window.since) or ''} to {iso(window.end) or ''}",
+        css=css,
+        heading=f"odibi-observe {name.lower()}",
+        verdict=verdict,
+        body=body,
+    )
 
 
 def _human(seconds: float) -> str:
@@ -152,7 +160,7 @@ def _human(seconds: float) -> str:
 
 def _cards(result: ReconcileResult) -> str:
     completeness = result.completeness
-    cards = [
+    numbers = [
         ("Catalog runs", f"{result.catalog_runs:,}", False),
         ("Trace runs", f"{result.trace_runs:,}", False),
         ("Matched", f"{result.matched:,}", False),
@@ -162,11 +170,6 @@ def _cards(result: ReconcileResult) -> str:
         ("Discrepancies", f"{result.discrepancies_total:,}", bool(result.discrepancies_total)),
         ("Read errors", f"{result.errors_total:,}", bool(result.errors_total)),
     ]
-    html = "".join(
-        f'<div class="card{" alert" if alert else ""}"><div class="n">{escape(value)}</div>'
-        f'<div class="l">{escape(label)}</div></div>'
-        for label, value, alert in cards
-    )
     notes = [checked_line(result)]
     if result.not_run:
         notes.append(not_run_line(result))
@@ -181,7 +184,7 @@ def _cards(result: ReconcileResult) -> str:
     if result.ignored_spans:
         notes.append(f"{result.ignored_spans:,} spans ignored (not odibi node spans)")
     note = f'<div class="meta">{escape("; ".join(notes))}</div>' if notes else ""
-    return f'<div class="cards">{html}</div>{note}'
+    return alert_cards(numbers) + note
 
 
 def _kind_chart(result: ReconcileResult) -> str:
@@ -254,25 +257,22 @@ def _pipelines(result: ReconcileResult) -> str:
     rows = pipelines(result)
     if not rows:
         return '<h2>Completeness per pipeline</h2><div class="empty">No runs in this window.</div>'
+    counts = ("trace_runs", "catalog_runs", "matched", "discrepancies")
     body = []
     for row in rows:
         ratio = row["completeness_ratio"]
         colour = "#2e9e44" if ratio >= 0.999 else "#d98b00" if ratio >= 0.95 else "#d0342c"
         body.append(
-            f"<tr><td>{escape(row['pipeline'] or '(none)')}</td>"
-            f'<td><span class="bar"><i style="width:{ratio * 100:.1f}%;background:{colour}"></i>'
-            f"</span>{ratio * 100:.2f}%</td>"
-            f'<td class="num">{row["trace_runs"]:,}</td><td class="num">{row["catalog_runs"]:,}'
-            f'</td><td class="num">{row["matched"]:,}</td>'
-            f'<td class="num">{row["discrepancies"]:,}</td></tr>'
+            [
+                escape(row["pipeline"] or "(none)"),
+                f'<span class="bar"><i style="width:{ratio * 100:.1f}%;background:{colour}"></i>'
+                f"</span>{ratio * 100:.2f}%",
+                *(f"{row[k]:,}" for k in counts),
+            ]
         )
-    return (
-        "<h2>Completeness per pipeline</h2><table><thead><tr><th>pipeline</th>"
-        '<th>catalog holds of traced runs</th><th class="num">trace runs</th>'
-        '<th class="num">catalog runs</th><th class="num">matched</th>'
-        f'<th class="num">discrepancies</th></tr></thead><tbody>{"".join(body)}'
-        "</tbody></table>"
-    )
+    columns: list[str | Col] = ["pipeline", "catalog holds of traced runs"]
+    columns += [num(k.replace("_", " ")) for k in counts]
+    return "<h2>Completeness per pipeline</h2>" + table(columns, body)
 
 
 def _kinds(result: ReconcileResult) -> str:
@@ -313,14 +313,8 @@ def _kinds(result: ReconcileResult) -> str:
 def _side(side: dict[str, Any] | None) -> str:
     if not side:
         return '<span class="sub">—</span>'
-    rows = side.get("rows_processed")
-    duration = side.get("duration_ms")
-    text = [
-        f"<b>{escape(str(side.get('status') or '?'))}</b>",
-        f"{rows:,} rows" if isinstance(rows, int) else "rows ?",
-    ]
-    if duration is not None:
-        text.append(f"{float(duration):,.0f} ms")
+    status, *rest = side_facts(side)
+    text = [f"<b>{escape(status)}</b>", *map(escape, rest)]
     return f'<span class="nowrap">{"<br>".join(text)}</span>'
 
 
@@ -369,32 +363,37 @@ def _runs(items: Sequence[Discrepancy], total: int, template: str | None) -> str
                 "</div>"
             )
         body.append(
-            f'<tr><td><span class="badge" style="background:{colour}">{escape(item.kind)}'
-            f'</span></td><td>{escape(item.pipeline)}<div class="sub">{escape(item.node)}</div>'
-            f'</td><td class="nowrap">{run_html}<div class="sub">{escape(_when(item.started_ns))}'
-            f"</div></td><td>{_side(item.catalog)}</td><td>{_side(item.trace)}</td>"
-            f"<td>{escape(item.detail)}{failure}</td><td>{repair}</td></tr>"
+            [
+                badge(item.kind, colour),
+                f'{escape(item.pipeline)}<div class="sub">{escape(item.node)}</div>',
+                f'{run_html}<div class="sub">{escape(_when(item.started_ns))}</div>',
+                _side(item.catalog),
+                _side(item.trace),
+                f"{escape(item.detail)}{failure}",
+                repair,
+            ]
         )
     more = (
         f'<div class="meta">Showing {len(items):,} of {total:,}; report.json has them all.</div>'
         if total > len(items)
         else ""
     )
-    return (
-        "<h2>Affected runs</h2><table><thead><tr><th>kind</th><th>pipeline / node</th>"
-        "<th>run (trace link) / started</th><th>catalog</th><th>trace</th><th>detail</th>"
-        f"<th>repair</th></tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
-    )
+    columns: list[str | Col] = [
+        "kind",
+        "pipeline / node",
+        Col("run (trace link) / started", "nowrap"),
+        "catalog",
+        "trace",
+        "detail",
+        "repair",
+    ]
+    return "<h2>Affected runs</h2>" + table(columns, body) + more
 
 
 def _errors(result: ReconcileResult) -> str:
     if not result.errors_total:
         return ""
-    body = "".join(
-        f'<tr><td class="mono">{escape(e.where)}</td><td>{escape(e.message)}</td>'
-        f'<td class="sub">{escape(e.source)}</td></tr>'
-        for e in result.errors[:200]
-    )
+    body = ([escape(e.where), escape(e.message), escape(e.source)] for e in result.errors[:200])
     more = (
         f'<div class="meta">{result.errors_total - min(len(result.errors), 200):,} more '
         "in report.json (which keeps the first 1,000).</div>"
@@ -403,8 +402,9 @@ def _errors(result: ReconcileResult) -> str:
     )
     return (
         f"<h2>Read errors ({result.errors_total:,}) — input that could not be read; the "
-        "rest of the window was reconciled</h2><table><thead><tr><th>where</th>"
-        f"<th>problem</th><th>source</th></tr></thead><tbody>{body}</tbody></table>{more}"
+        "rest of the window was reconciled</h2>"
+        + table([Col("where", "mono"), "problem", Col("source", "sub")], body)
+        + more
     )
 
 

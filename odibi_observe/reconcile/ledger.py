@@ -95,12 +95,10 @@ class LedgerSource(TraceSource):
         )
         future = read_range.now_ns + model.FUTURE_SKEW_NS
         try:
-            for number, row in enumerate(stream(self.engine, query), start=1):
+            for _, row in log.numbered(stream(self.engine, query), "reading span ledger", 50_000):
                 run = self._run(row._mapping, source, log, future)
                 if run is not None:
                     yield run
-                if number % 50_000 == 0:
-                    log.tick("reading span ledger", number, None)
         except SQLAlchemyError as exc:
             log.add_error(
                 source,

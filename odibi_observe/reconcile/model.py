@@ -13,14 +13,17 @@ All times are integer nanoseconds since the Unix epoch, as in :class:`~odibi_obs
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Generic, NamedTuple, Self, TypeVar, overload
 
 from odibi_observe.conventions import DISCREPANCY_KINDS, SELF_METRICS, RunStatus
 from odibi_observe.record import datetime_to_ns, ns_to_datetime
+
+_Row = TypeVar("_Row")
+_T = TypeVar("_T")
 
 # ------------------------------------------------------------------------------ the two sides
 
@@ -193,6 +196,27 @@ def as_utc(value: datetime) -> datetime:
     )
 
 
+class _Converted(Generic[_T]):
+    """A read-only property: another attribute of the instance, converted (a time in
+    nanoseconds as a datetime, or the other way round). The window and the read range hold
+    each time one way and answer for it both ways."""
+
+    def __init__(self, attribute: str, convert: Callable[[Any], _T]) -> None:
+        self._attribute = attribute
+        self._convert = convert
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, instance: object, owner: type | None = None) -> _T | Self:
+        if instance is None:  # on the class (help(), inspect): the property itself
+            return self
+        return self._convert(getattr(instance, self._attribute))
+
+
 @dataclass(frozen=True)
 class Window:
     """The runs to reconcile: those that started in ``[since, end)``.
@@ -235,21 +259,10 @@ class Window:
     def end(self) -> datetime:
         return min(self.until, self.now - self.grace)
 
-    @property
-    def since_ns(self) -> int:
-        return datetime_to_ns(self.since)
-
-    @property
-    def end_ns(self) -> int:
-        return datetime_to_ns(self.end)
-
-    @property
-    def until_ns(self) -> int:
-        return datetime_to_ns(self.until)
-
-    @property
-    def now_ns(self) -> int:
-        return datetime_to_ns(self.now)
+    since_ns = _Converted("since", datetime_to_ns)
+    end_ns = _Converted("end", datetime_to_ns)
+    until_ns = _Converted("until", datetime_to_ns)
+    now_ns = _Converted("now", datetime_to_ns)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -273,13 +286,15 @@ class ReadRange:
     end_ns: int
     now_ns: int
 
-    @property
-    def start(self) -> datetime:
-        return ns_to_datetime(self.start_ns)
+    start = _Converted("start_ns", ns_to_datetime)
+    end = _Converted("end_ns", ns_to_datetime)
 
-    @property
-    def end(self) -> datetime:
-        return ns_to_datetime(self.end_ns)
+
+def as_json(obj: object, layout: Iterable[str], **derived: Any) -> dict[str, Any]:
+    """``obj``'s attributes named in ``layout``, in that order (the order its JSON shows
+    them), as a dict; a name in ``derived`` takes that value instead (a time as ISO text, a
+    float made JSON-safe, a value the object computes)."""
+    return {name: derived[name] if name in derived else getattr(obj, name) for name in layout}
 
 
 def iso(value: datetime | None) -> str | None:
@@ -351,6 +366,14 @@ class ReadLog:
         if self.progress is not None:
             self.progress(phase, done, total)
 
+    def numbered(self, rows: Iterable[_Row], phase: str, every: int) -> Iterator[tuple[int, _Row]]:
+        """``enumerate(rows, start=1)`` that ticks the progress line every ``every`` rows,
+        once the row before the tick is dealt with (a source streaming a table)."""
+        for number, row in enumerate(rows, start=1):
+            yield number, row
+            if number % every == 0:
+                self.tick(phase, number, None)
+
     def in_gap(self, ns: int) -> bool:
         return any(start <= ns < end for start, end, _ in self.gaps)
 
@@ -360,89 +383,108 @@ class ReadLog:
 
 @dataclass(frozen=True)
 class KindInfo:
-    """What a discrepancy kind means, what to do about it, and what ``--repair`` does."""
+    """How a kind (of discrepancy, of health finding) is explained in every report: what it
+    means, what to do about it, and what ``--repair`` does (None: nothing)."""
 
     name: str
     title: str
     meaning: str
     todo: str
-    repair: str | None
+    repair: str | None = None
 
 
-KINDS: Final[Mapping[str, KindInfo]] = {
-    k.name: k
-    for k in (
-        KindInfo(
-            "missing_in_catalog",
-            "Missing in catalog",
-            "The run has a span but no meta_runs row.",
-            "The catalog write was lost: check the catalog sink's errors "
-            f'({SELF_METRICS.sink_errors.prometheus}{{sink="catalog"}}) and the database\'s '
-            "availability "
-            "at that time.",
-            "backfill the meta_runs row from the span (source='reconciler')",
-        ),
-        KindInfo(
-            "missing_in_traces",
-            "Missing in traces",
-            "The run has a meta_runs row but no span.",
-            "Spans were lost between the process and the trace store: check the collector's "
-            "queue and drop counters, sampling, and retention for that time.",
-            "re-emit the span with the run's stored trace and span ids and times",
-        ),
-        KindInfo(
-            "status_mismatch",
-            "Status mismatch",
-            "The catalog and the span disagree on the run's status.",
-            "A catalog row stuck at RUNNING lost its terminal write; any other mismatch means the "
-            "row was changed after the run: check who writes to meta_runs.",
-            "set the catalog row's status (and error) to the span's",
-        ),
-        KindInfo(
-            "rows_mismatch",
-            "Rows mismatch",
-            "The catalog and the span disagree on rows processed.",
-            "Both are written from one record, so the row was changed afterwards: check other "
-            "writers of meta_runs (scripts, backfills, Odibi's own writer).",
-            "set the catalog row's rows_processed to the span's",
-        ),
-        KindInfo(
-            "duration_mismatch",
-            "Duration mismatch",
-            "The catalog's duration_ms differs from the span's duration beyond the tolerance.",
-            "Check who rewrote the row's times; if it is a clock problem, the hosts' NTP.",
-            "set the catalog row's end time and duration to the span's",
-        ),
-        KindInfo(
-            "duplicate_in_catalog",
-            "Duplicate in catalog",
-            "Several catalog rows have the same run_id.",
-            "Only tables without a primary key allow this (Odibi's own Delta table): a run was "
-            "logged twice. Keep one row.",
-            None,
-        ),
-        KindInfo(
-            "duplicate_in_traces",
-            "Duplicate in traces",
-            "Different spans (different span ids) carry the same odibi.run_id.",
-            "Two processes claimed one run id: look for copied run ids or a replayed job that "
-            "reused its id. The same span delivered twice is not reported.",
-            None,
-        ),
-        KindInfo(
-            "stale_running",
-            "Stale RUNNING",
-            "The catalog row is still RUNNING long after its last sign of life, and no span "
-            "exists.",
-            "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
-            "host's kernel log and the scheduler for the kill, then re-run the node.",
-            "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
-        ),
-    )
-}
+def kind_table(order: Sequence[str], *infos: KindInfo) -> Mapping[str, KindInfo]:
+    """The explained kinds by name. They must be the kinds of ``order`` (the conventions'
+    list), in its order: a kind added to one list and not the other fails at import."""
+    table = {k.name: k for k in infos}
+    if tuple(table) != tuple(order):  # pragma: no cover - guards edits of either list
+        raise RuntimeError(f"explained kinds {list(table)} are not the kinds {list(order)}")
+    return table
 
-if tuple(KINDS) != DISCREPANCY_KINDS:  # pragma: no cover - guards edits of either list
-    raise RuntimeError("reconcile.model.KINDS and conventions.DISCREPANCY_KINDS disagree")
+
+KINDS: Final = kind_table(
+    DISCREPANCY_KINDS,
+    KindInfo(
+        "missing_in_catalog",
+        "Missing in catalog",
+        "The run has a span but no meta_runs row.",
+        "The catalog write was lost: check the catalog sink's errors "
+        f'({SELF_METRICS.sink_errors.prometheus}{{sink="catalog"}}) and the database\'s '
+        "availability "
+        "at that time.",
+        "backfill the meta_runs row from the span (source='reconciler')",
+    ),
+    KindInfo(
+        "missing_in_traces",
+        "Missing in traces",
+        "The run has a meta_runs row but no span.",
+        "Spans were lost between the process and the trace store: check the collector's "
+        "queue and drop counters, sampling, and retention for that time.",
+        "re-emit the span with the run's stored trace and span ids and times",
+    ),
+    KindInfo(
+        "status_mismatch",
+        "Status mismatch",
+        "The catalog and the span disagree on the run's status.",
+        "A catalog row stuck at RUNNING lost its terminal write; any other mismatch means the "
+        "row was changed after the run: check who writes to meta_runs.",
+        "set the catalog row's status (and error) to the span's",
+    ),
+    KindInfo(
+        "rows_mismatch",
+        "Rows mismatch",
+        "The catalog and the span disagree on rows processed.",
+        "Both are written from one record, so the row was changed afterwards: check other "
+        "writers of meta_runs (scripts, backfills, Odibi's own writer).",
+        "set the catalog row's rows_processed to the span's",
+    ),
+    KindInfo(
+        "duration_mismatch",
+        "Duration mismatch",
+        "The catalog's duration_ms differs from the span's duration beyond the tolerance.",
+        "Check who rewrote the row's times; if it is a clock problem, the hosts' NTP.",
+        "set the catalog row's end time and duration to the span's",
+    ),
+    KindInfo(
+        "duplicate_in_catalog",
+        "Duplicate in catalog",
+        "Several catalog rows have the same run_id.",
+        "Only tables without a primary key allow this (Odibi's own Delta table): a run was "
+        "logged twice. Keep one row.",
+        None,
+    ),
+    KindInfo(
+        "duplicate_in_traces",
+        "Duplicate in traces",
+        "Different spans (different span ids) carry the same odibi.run_id.",
+        "Two processes claimed one run id: look for copied run ids or a replayed job that "
+        "reused its id. The same span delivered twice is not reported.",
+        None,
+    ),
+    KindInfo(
+        "stale_running",
+        "Stale RUNNING",
+        "The catalog row is still RUNNING long after its last sign of life, and no span exists.",
+        "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
+        "host's kernel log and the scheduler for the kill, then re-run the node.",
+        "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
+    ),
+)
+
+
+#: A discrepancy's JSON: its fields, with the start also as ISO text, in this order.
+_DISCREPANCY_JSON: Final = (
+    "kind",
+    "run_id",
+    "pipeline",
+    "node",
+    "started_at",
+    "started_ns",
+    "catalog",
+    "trace",
+    "detail",
+    "repair",
+)
 
 
 @dataclass
@@ -465,18 +507,7 @@ class Discrepancy:
     repair: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "run_id": self.run_id,
-            "pipeline": self.pipeline,
-            "node": self.node,
-            "started_at": iso_ns(self.started_ns),
-            "started_ns": self.started_ns,
-            "catalog": self.catalog,
-            "trace": self.trace,
-            "detail": self.detail,
-            "repair": self.repair,
-        }
+        return as_json(self, _DISCREPANCY_JSON, started_at=iso_ns(self.started_ns))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)

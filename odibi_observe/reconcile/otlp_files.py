@@ -152,19 +152,15 @@ def scan_line(
     Counts ignored and out-of-range spans into ``log`` and reports what cannot be read.
     """
     try:
-        return _scan(line, origin=origin, source=source, read_range=read_range, log=log)
+        return _scan(line, origin, source, read_range, log)
     except _FullDecode:
         return decode_line(line, origin=origin, source=source, read_range=read_range, log=log)
 
 
 def _scan(
-    line: str,
-    *,
-    origin: str,
-    source: str,
-    read_range: ReadRange,
-    log: ReadLog,
+    line: str, origin: str, source: str, read_range: ReadRange, log: ReadLog
 ) -> list[TraceRun]:
+    """:func:`scan_line`'s fast path: :class:`_FullDecode` where it cannot vouch for the line."""
     # A line cut short (a full disk mid-write) does not end like a request; such a line, and
     # anything else unusual, is decoded in full, which reports it.
     if not (line.startswith(_LINE_HEAD) and line.endswith(_LINE_TAIL)):

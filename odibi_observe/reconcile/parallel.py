@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -52,6 +52,23 @@ class PartResult:
         unreadable.extend(self.unreadable)
 
 
+def sort_sources(
+    sorter: ExternalSorter,
+    sources: Iterable[TraceSource],
+    read_range: ReadRange,
+    log: ReadLog,
+    unreadable: list[str],
+) -> None:
+    """Read ``sources`` into ``sorter`` in this process; a source that cannot be read at all
+    goes into ``unreadable`` and the log, and the others are still read."""
+    for source in sources:
+        try:
+            sorter.extend(source.read(read_range, log))
+        except SourceError as exc:
+            unreadable.append(str(exc))
+            log.add_error(source.describe(), "source", str(exc))
+
+
 def read_group(
     sources: Sequence[TraceSource],
     read_range: ReadRange,
@@ -65,12 +82,7 @@ def read_group(
     own_log = log or ReadLog()
     sorter = ExternalSorter(chunk_size=chunk_size, directory=directory, name_prefix=prefix)
     result = PartResult()
-    for source in sources:
-        try:
-            sorter.extend(source.read(read_range, own_log))
-        except SourceError as exc:
-            result.unreadable.append(str(exc))
-            own_log.add_error(source.describe(), "source", str(exc))
+    sort_sources(sorter, sources, read_range, own_log, result.unreadable)
     result.paths = sorter.finish()
     result.count = sorter.count
     if log is None:  # a child: everything goes back to the parent

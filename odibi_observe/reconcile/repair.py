@@ -56,7 +56,7 @@ from odibi_observe.conventions import RunStatus, Source
 from odibi_observe.extensions import split_spec
 from odibi_observe.reconcile.catalog_sources import ODIBI_DELTA_SCHEME
 from odibi_observe.reconcile.engine import ReconcileResult
-from odibi_observe.reconcile.model import Discrepancy, iso_ns
+from odibi_observe.reconcile.model import Discrepancy, as_json, iso_ns
 from odibi_observe.reconcile.sources import CatalogSource
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.otel import OtelSink
@@ -155,9 +155,7 @@ class RepairSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mode": self.mode,
-            "catalog_writable": self.catalog_writable,
-            "span_destination": self.span_destination,
+            **as_json(self, ("mode", "catalog_writable", "span_destination")),
             **{status: self.statuses.get(status, 0) for status in STATUSES},
             "actions": dict(self.actions),
             "backends": {name: dict(counts) for name, counts in self.backends.items()},

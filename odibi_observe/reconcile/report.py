@@ -302,18 +302,22 @@ def _repair_cell(repair: dict[str, Any] | None) -> str:
     return _md(f"{repair.get('status')}") + action
 
 
-def _side(side: dict[str, Any] | None) -> str:
-    if not side:
-        return "—"
+def side_facts(side: dict[str, Any]) -> list[str]:
+    """One side of a discrepancy (its catalog row or its span), as every report shows it:
+    the status, the rows and, where known, the duration."""
     rows = side.get("rows_processed")
     duration = side.get("duration_ms")
-    parts = [
+    facts = [
         str(side.get("status") or "?"),
         f"{rows:,} rows" if isinstance(rows, int) else "rows ?",
     ]
     if duration is not None:
-        parts.append(f"{duration:,.0f} ms")
-    return _md(", ".join(parts))
+        facts.append(f"{float(duration):,.0f} ms")
+    return facts
+
+
+def _side(side: dict[str, Any] | None) -> str:
+    return _md(", ".join(side_facts(side))) if side else "—"
 
 
 def _repair_line(repair: dict[str, Any]) -> str:
@@ -401,6 +405,29 @@ def cli_summary(result: ReconcileResult, written: Iterable[str] = ()) -> str:
 # --- meta_reconciliation ------------------------------------------------------------------------
 
 
+def reconciliation_row(result: ReconcileResult) -> dict[str, Any]:
+    """The ``meta_reconciliation`` row of ``result``, but the time it is written: what
+    :func:`record` writes, and what the status page shows of a reconciliation it just ran
+    (so a live one reads exactly like a recorded one)."""
+    repair = result.repair or {}
+    return {
+        REPORT_ID: result.report_id,
+        "window_start": result.window.since,
+        "window_end": result.window.end,
+        "grace_seconds": result.window.grace.total_seconds(),
+        "catalog_source": result.catalog_source,
+        "trace_sources": json.dumps(result.trace_sources),
+        "catalog_runs": result.catalog_runs,
+        "trace_runs": result.trace_runs,
+        "matched": result.matched,
+        "discrepancies": result.discrepancies_total,
+        "discrepancies_json": json.dumps({k: result.by_kind.get(k, 0) for k in DISCREPANCY_KINDS}),
+        "completeness_ratio": result.completeness,
+        "repaired": int(repair.get("applied", 0)) + int(repair.get("partial", 0)),
+        "errors": result.errors_total,
+    }
+
+
 def record(result: ReconcileResult, url: str) -> bool:
     """One ``meta_reconciliation`` row for the report and one ``meta_reconciliation_items`` row
     per discrepancy, in the catalog at ``url``; False (and nothing written) when the catalog
@@ -414,29 +441,10 @@ def record(result: ReconcileResult, url: str) -> bool:
     try:
         if not recording_tables_exist(engine):
             return False
-        repaired = int((result.repair or {}).get("applied", 0)) + int(
-            (result.repair or {}).get("partial", 0)
-        )
         with engine.begin() as conn:
             conn.execute(
                 reconciliation.insert().values(
-                    **{REPORT_ID: result.report_id},
-                    created_at=datetime.now(timezone.utc),
-                    window_start=result.window.since,
-                    window_end=result.window.end,
-                    grace_seconds=result.window.grace.total_seconds(),
-                    catalog_source=result.catalog_source,
-                    trace_sources=json.dumps(result.trace_sources),
-                    catalog_runs=result.catalog_runs,
-                    trace_runs=result.trace_runs,
-                    matched=result.matched,
-                    discrepancies=result.discrepancies_total,
-                    discrepancies_json=json.dumps(
-                        {k: result.by_kind.get(k, 0) for k in DISCREPANCY_KINDS}
-                    ),
-                    completeness_ratio=result.completeness,
-                    repaired=repaired,
-                    errors=result.errors_total,
+                    created_at=datetime.now(timezone.utc), **reconciliation_row(result)
                 )
             )
             batch: list[dict[str, Any]] = []

@@ -56,7 +56,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from odibi_observe import extensions
 from odibi_observe.conventions import TEMPO_DEFAULT_QUERY
@@ -84,27 +84,37 @@ class SourceOptions:
     spill_dir: str | None = None
 
 
-class TraceSource(ABC):
-    """Where spans are read from. See the module docstring for the contract."""
+class _SpecSource(ABC):
+    """What both contracts share: a source is opened from a ``scheme:location`` spec, says
+    what it reads without its secrets, and releases what it holds."""
 
-    #: The spec prefix (``otlp-json``, ``ledger``, ``tempo``), the name it is registered under.
+    #: The spec prefix (``otlp-json``, ``ledger``, ``tempo``; ``sql``, ``odibi-delta``), the
+    #: name it is registered under.
     scheme: ClassVar[str]
-    #: True when :meth:`read` yields runs in ascending ``run_id`` order (byte order of UTF-8,
-    #: which is Python's ``str`` order).
-    sorted_by_run_id: ClassVar[bool] = False
 
     @classmethod
-    def from_spec(cls, location: str, options: SourceOptions) -> TraceSource:
+    def from_spec(cls, location: str, options: SourceOptions) -> Self:
         """The source ``scheme:location`` names; override to take ``options``."""
         return cls(location)  # type: ignore[call-arg]
 
     @abstractmethod
-    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
-        """The odibi node spans whose start is in ``read_range``."""
-
-    @abstractmethod
     def describe(self) -> str:
         """The spec, as safe to print (passwords hidden)."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, like SpanExporter.shutdown
+        """Release connections; the default has nothing to release."""
+
+
+class TraceSource(_SpecSource):
+    """Where spans are read from. See the module docstring for the contract."""
+
+    #: True when :meth:`read` yields runs in ascending ``run_id`` order (byte order of UTF-8,
+    #: which is Python's ``str`` order).
+    sorted_by_run_id: ClassVar[bool] = False
+
+    @abstractmethod
+    def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
+        """The odibi node spans whose start is in ``read_range``."""
 
     def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         """Independent sources that together hold what this one holds, to be read in
@@ -112,28 +122,13 @@ class TraceSource(ABC):
         default). ``min_bytes`` is the least input worth a second process."""
         return [self]
 
-    def close(self) -> None:  # noqa: B027 - an optional hook, like SpanExporter.shutdown
-        """Release connections; the default has nothing to release."""
 
-
-class CatalogSource(ABC):
+class CatalogSource(_SpecSource):
     """Where catalog rows are read from; see the module docstring."""
-
-    #: The spec prefix (``sql``, ``odibi-delta``), the name it is registered under.
-    scheme: ClassVar[str]
-
-    @classmethod
-    def from_spec(cls, location: str, options: SourceOptions) -> CatalogSource:
-        """The catalog ``scheme:location`` names; override to take ``options``."""
-        return cls(location)  # type: ignore[call-arg]
 
     @abstractmethod
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
         """The rows whose time is in ``read_range``, in ascending ``run_id`` order."""
-
-    @abstractmethod
-    def describe(self) -> str:
-        """The spec, safe to print."""
 
     @abstractmethod
     def margin(self) -> timedelta:
@@ -150,9 +145,6 @@ class CatalogSource(ABC):
     def sql_url(self) -> str | None:
         """The SQLAlchemy URL, for recording reports in ``meta_reconciliation``; or None."""
         return None
-
-    def close(self) -> None:  # noqa: B027 - an optional hook, like SpanExporter.shutdown
-        """Release connections."""
 
 
 # --- opening a spec ---------------------------------------------------------------------------

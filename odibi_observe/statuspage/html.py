@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from html import escape
 from typing import Final
 
+from odibi_observe._htmlpage import Col, badge, cards, document, num, table, verdict
 from odibi_observe._runview import human_ms
 from odibi_observe._svgchart import Bar, Frame, stacked_bars
 from odibi_observe.conventions import DISCREPANCY_KINDS, RunStatus
@@ -93,13 +94,7 @@ footer{margin-top:24px;color:#5b6578;font-size:12px;overflow-wrap:anywhere}
 
 def render_html(page: StatusPage) -> str:
     """The page of ``page`` (see the module docstring)."""
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>odibi-observe status · {escape(_stamp(page.generated_at))}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
-        f'<div class="top"><h1>odibi-observe status</h1>{_verdict(page)}</div>',
+    body = [
         f'<div class="meta">Runs started {escape(_stamp(page.since))} → '
         f"{escape(_stamp(page.until))} · catalog <code>{escape(page.catalog)}</code> · "
         f"generated {escape(_stamp(page.generated_at))}</div>",
@@ -121,9 +116,14 @@ def render_html(page: StatusPage) -> str:
         _notes(page.notes),
         "<footer>odibi-observe report · from the catalog alone · the panels of the Grafana "
         '"Pipeline overview" dashboard</footer>',
-        "</main></body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return document(
+        title=f"odibi-observe status · {_stamp(page.generated_at)}",
+        css=_CSS,
+        heading="odibi-observe status",
+        verdict=_verdict(page),
+        body=body,
+    )
 
 
 def _stamp(value: datetime | None) -> str:
@@ -164,16 +164,16 @@ def _ago(now: datetime, then: datetime | None) -> str:
 def _verdict(page: StatusPage) -> str:
     failed = page.failures_total
     if page.totals.total() == 0 and not page.running_total:
-        return '<span class="verdict none">NO RUNS IN THIS WINDOW</span>'
+        return verdict("none", "NO RUNS IN THIS WINDOW")
     if failed:
         noun = "failed run" if failed == 1 else "failed runs"
-        return f'<span class="verdict bad">{failed:,} {noun}</span>'
+        return verdict("bad", f"{failed:,} {noun}")
     rate = page.success_rate
     if page.findings_total or (page.completeness and page.completeness.discrepancies):
-        return '<span class="verdict warn">RUNS OK · SEE BELOW</span>'
+        return verdict("warn", "RUNS OK · SEE BELOW")
     if rate is None:
-        return '<span class="verdict warn">RUNNING</span>'
-    return '<span class="verdict ok">ALL RUNS SUCCEEDED</span>'
+        return verdict("warn", "RUNNING")
+    return verdict("ok", "ALL RUNS SUCCEEDED")
 
 
 def _cards(page: StatusPage) -> str:
@@ -193,7 +193,7 @@ def _cards(page: StatusPage) -> str:
         comp_text = f"{comp.ratio * 100:.2f}%"
         comp_class = "good" if comp.ratio >= 0.999 else "fair" if comp.ratio >= 0.95 else "bad"
     findings = "—" if page.findings is None else f"{page.findings_total:,}"
-    cards = [
+    numbers = [
         ("Runs", f"{page.totals.total():,}", ""),
         ("Success rate", "—" if rate is None else f"{rate * 100:.1f}%", rate_class),
         ("Failed", f"{page.failures_total:,}", "bad" if page.failures_total else "good"),
@@ -206,15 +206,7 @@ def _cards(page: StatusPage) -> str:
             "fair" if page.findings_total else ("good" if page.findings is not None else ""),
         ),
     ]
-    return (
-        '<div class="cards">'
-        + "".join(
-            f'<div class="card {css}"><div class="n">{escape(value)}</div>'
-            f'<div class="l">{escape(label)}</div></div>'
-            for label, value, css in cards
-        )
-        + "</div>"
-    )
+    return cards((label, value, f"card {css}") for label, value, css in numbers)
 
 
 def _panel(title: str, body: str, *, wide: bool = False) -> str:
@@ -250,10 +242,7 @@ def _tick(start: datetime, step: timedelta) -> str:
 
 
 def _badge(status: str) -> str:
-    return (
-        f'<span class="badge" style="background:{STATUS_COLOURS.get(status, OTHER_COLOUR)}">'
-        f"{escape(status)}</span>"
-    )
+    return badge(status, STATUS_COLOURS.get(status, OTHER_COLOUR))
 
 
 def _breakable(name: str) -> str:
@@ -264,12 +253,13 @@ def _node(pipeline: str, node: str) -> str:
     return f'{_breakable(pipeline)}<div class="sub">{_breakable(node)}</div>'
 
 
-def _more(shown: int, total: int) -> str:
+def _more(shown: int, total: int, command: str = "runs", lists: str = "lists") -> str:
+    """What a panel left out, and the ``odibi-observe`` command that ``lists`` it all."""
     if total <= shown:
         return ""
     return (
         f'<div class="sub">showing {shown:,} of {total:,}: '
-        "<code>odibi-observe runs</code> lists them all</div>"
+        f"<code>odibi-observe {command}</code> {lists} them all</div>"
     )
 
 
@@ -287,18 +277,26 @@ def _error(rec: RunRecord, *, suggestions: bool = True) -> str:
 def _failures(records: Sequence[RunRecord], total: int) -> str:
     if not records:
         return '<div class="empty">No failed or crashed runs in this window.</div>'
-    rows = "".join(
-        f'<tr><td class="num">{escape(f"{r.started_at:%m-%d %H:%M}")}</td>'
-        f'<td class="id">{_node(r.pipeline, r.node)}</td><td>{_badge(r.status.value)}'
-        f'{_attempt(r)}</td><td>{_error(r)}<div class="sub mono">{escape(r.run_id)}</div></td>'
-        "</tr>"
+    rows = (
+        [
+            _started(r),
+            _node(r.pipeline, r.node),
+            _badge(r.status.value) + _attempt(r),
+            f'{_error(r)}<div class="sub mono">{escape(r.run_id)}</div>',
+        ]
         for r in records
     )
-    return (
-        '<table><thead><tr><th class="num">started</th><th>pipeline / node</th>'
-        "<th>status</th><th>error and what to do</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>{_more(len(records), total)}"
-    )
+    columns: list[str | Col] = [
+        num("started"),
+        Col("pipeline / node", "id"),
+        "status",
+        "error and what to do",
+    ]
+    return table(columns, rows) + _more(len(records), total)
+
+
+def _started(rec: RunRecord) -> str:
+    return escape(f"{rec.started_at:%m-%d %H:%M}")
 
 
 def _attempt(rec: RunRecord) -> str:
@@ -314,35 +312,34 @@ def _slowest(timings: Sequence[NodeTiming]) -> str:
         p50 = 100 * t.p50_ms / top
         p95 = 100 * t.p95_ms / top
         rows.append(
-            f'<tr><td>{_node(t.pipeline, t.node)}<span class="bar" title="p50 and p95 against '
-            f'the slowest max"><i style="width:{max(p95, 0.5):.1f}%;background:linear-gradient('
-            f'90deg,#1f77b4 {p50 / max(p95, 0.5) * 100:.0f}%,#9cc3e6 0)"></i></span></td>'
-            f'<td class="num">{t.runs:,}</td><td class="num">{_ms(t.p50_ms)}</td>'
-            f'<td class="num">{_ms(t.p95_ms)}</td><td class="num">{_ms(t.max_ms)}</td></tr>'
+            [
+                f'{_node(t.pipeline, t.node)}<span class="bar" title="p50 and p95 against '
+                f'the slowest max"><i style="width:{max(p95, 0.5):.1f}%;background:linear-gradient('
+                f'90deg,#1f77b4 {p50 / max(p95, 0.5) * 100:.0f}%,#9cc3e6 0)"></i></span>',
+                f"{t.runs:,}",
+                *(_ms(ms) for ms in (t.p50_ms, t.p95_ms, t.max_ms)),
+            ]
         )
-    return (
-        '<table><thead><tr><th>pipeline / node</th><th class="num">runs</th>'
-        '<th class="num">p50</th><th class="num">p95</th><th class="num">max</th></tr>'
-        f"</thead><tbody>{''.join(rows)}</tbody></table>"
-    )
+    return table(["pipeline / node", *map(num, ("runs", "p50", "p95", "max"))], rows)
 
 
 def _running(page: StatusPage) -> str:
     if not page.running:
         return '<div class="empty">Nothing is running.</div>'
     now = page.generated_at
-    rows = "".join(
-        f"<tr><td>{_node(r.pipeline, r.node)}</td>"
-        f'<td class="num">{escape(_ms((now - r.started_at).total_seconds() * 1000))}</td>'
-        f'<td class="num">{escape(_ago(now, _heartbeat(r)))}</td>'
-        f'<td>{escape(r.host or "")}<div class="sub">pid {r.pid}</div></td></tr>'
+    rows = (
+        [
+            _node(r.pipeline, r.node),
+            escape(_ms((now - r.started_at).total_seconds() * 1000)),
+            escape(_ago(now, _heartbeat(r))),
+            f'{escape(r.host or "")}<div class="sub">pid {r.pid}</div>',
+        ]
         for r in page.running
     )
     return (
-        '<table><thead><tr><th>pipeline / node</th><th class="num">running for</th>'
-        '<th class="num">heartbeat</th><th>host</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>{_more(len(page.running), page.running_total)}"
-        '<div class="sub">A run far older than its usual duration with an old heartbeat '
+        table(["pipeline / node", num("running for"), num("heartbeat"), "host"], rows)
+        + _more(len(page.running), page.running_total)
+        + '<div class="sub">A run far older than its usual duration with an old heartbeat '
         "is probably a dead process: <code>odibi-observe sweep</code> closes it as "
         "CRASHED.</div>"
     )
@@ -357,17 +354,17 @@ def _heartbeat(rec: RunRecord) -> datetime | None:
 def _crashed(page: StatusPage) -> str:
     if not page.crashed:
         return '<div class="empty">No crashed runs in this window.</div>'
-    rows = "".join(
-        f'<tr><td class="num">{escape(f"{r.started_at:%m-%d %H:%M}")}</td>'
-        f"<td>{_node(r.pipeline, r.node)}</td>"
-        f'<td>{_error(r, suggestions=False)}<div class="sub">{escape(r.host or "")}'
-        f" pid {r.pid}</div></td></tr>"
+    rows = (
+        [
+            _started(r),
+            _node(r.pipeline, r.node),
+            f"{_error(r, suggestions=False)}"
+            f'<div class="sub">{escape(r.host or "")} pid {r.pid}</div>',
+        ]
         for r in page.crashed
     )
-    return (
-        '<table><thead><tr><th class="num">started</th><th>pipeline / node</th>'
-        f"<th>cause</th></tr></thead><tbody>{rows}</tbody></table>"
-        f"{_more(len(page.crashed), page.crashed_total)}"
+    return table([num("started"), "pipeline / node", "cause"], rows) + _more(
+        len(page.crashed), page.crashed_total
     )
 
 
@@ -392,7 +389,7 @@ def _completeness(comp: Completeness | None) -> str:
         "reconciled now (--traces)" if comp.live else f"last reconcile, {_stamp(comp.created_at)}"
     )
     kinds = "".join(
-        f'<span class="badge" style="background:#5b6578">{escape(k)} {comp.by_kind[k]:,}</span>'
+        badge(f"{k} {comp.by_kind[k]:,}", "#5b6578")
         for k in DISCREPANCY_KINDS
         if comp.by_kind.get(k)
     )
@@ -429,30 +426,20 @@ def _findings(page: StatusPage) -> str:
         )
     if not page.findings:
         return '<div class="empty">No open findings: every node judged behaves like itself.</div>'
-    rows = "".join(_finding(f, page.generated_at) for f in page.findings)
-    return (
-        "<table><thead><tr><th>kind</th><th>pipeline / node</th><th>detail</th>"
-        '<th class="num">open since</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>"
-        f"{_more_findings(len(page.findings), page.findings_total)}"
+    rows = (_finding(f, page.generated_at) for f in page.findings)
+    return table(["kind", "pipeline / node", "detail", num("open since")], rows) + _more(
+        len(page.findings), page.findings_total, "health", "reports"
     )
 
 
-def _finding(f: OpenFinding, now: datetime) -> str:
-    return (
-        f"<tr><td><code>{_breakable(f.kind)}</code></td><td>{_node(f.pipeline, f.node)}</td>"
-        f'<td>{escape(f.detail[:400])}</td><td class="num">{escape(_ago(now, f.opened_at))}'
-        f'<div class="sub">{f.passes:,} pass{"es" if f.passes != 1 else ""}</div></td></tr>'
-    )
-
-
-def _more_findings(shown: int, total: int) -> str:
-    if total <= shown:
-        return ""
-    return (
-        f'<div class="sub">showing {shown:,} of {total:,}: <code>odibi-observe health'
-        "</code> reports them all</div>"
-    )
+def _finding(f: OpenFinding, now: datetime) -> list[str]:
+    return [
+        f"<code>{_breakable(f.kind)}</code>",
+        _node(f.pipeline, f.node),
+        escape(f.detail[:400]),
+        f'{escape(_ago(now, f.opened_at))}<div class="sub">{f.passes:,} '
+        f"pass{'es' if f.passes != 1 else ''}</div>",
+    ]
 
 
 def _notes(notes: Sequence[str]) -> str:

@@ -49,6 +49,7 @@ from odibi_observe.conventions import (
     STATUS_PAGE_SLOWEST,
     RunStatus,
 )
+from odibi_observe.reconcile.report import reconciliation_row
 from odibi_observe.record import RunRecord
 
 #: The bucket sizes of "runs by status over time": the smallest that gives at most
@@ -343,10 +344,13 @@ def _last_reconciliation(conn: sa.Connection) -> Completeness | None:
         .mappings()
         .first()
     )
-    if row is None:
-        return None
+    return None if row is None else _completeness(row, live=False)
+
+
+def _completeness(row: Mapping[Any, Any], *, live: bool) -> Completeness:
+    """The :class:`Completeness` of a ``meta_reconciliation`` row."""
     return Completeness(
-        live=False,
+        live=live,
         created_at=utc(row["created_at"]),
         window_start=utc(row["window_start"]),
         window_end=utc(row["window_end"]),
@@ -377,21 +381,9 @@ def _kinds(text: Any) -> dict[str, int]:
 
 
 def live_completeness(result: Any) -> Completeness:
-    """The :class:`Completeness` of a reconciliation just run (``report --traces``)."""
-    return Completeness(
-        live=True,
-        created_at=utc(result.started_at),
-        window_start=result.window.since,
-        window_end=result.window.end,
-        catalog_runs=result.catalog_runs,
-        trace_runs=result.trace_runs,
-        matched=result.matched,
-        discrepancies=result.discrepancies_total,
-        ratio=result.completeness,
-        by_kind={k: n for k, n in result.by_kind.items() if n},
-        report_id=result.report_id,
-        errors=result.errors_total,
-    )
+    """The :class:`Completeness` of a reconciliation just run (``report --traces``): the row
+    recording it would hold, created when it started."""
+    return _completeness({**reconciliation_row(result), "created_at": result.started_at}, live=True)
 
 
 def _open_findings(conn: sa.Connection) -> tuple[list[OpenFinding], int]:
