@@ -1123,8 +1123,8 @@ def status_result_line() -> str:
 #: saved older than the one before it.
 AUDIT_FINDING_KINDS: Final = ("unclaimed_commit", "hwm_not_saved", "hwm_regressed")
 
-#: The file ``odibi-observe audit`` writes into ``--out`` for each report format.
-AUDIT_REPORT_FILES: Final = {"json": "audit.json", "md": "audit.md", "html": "audit.html"}
+#: ``odibi-observe audit`` writes ``audit.json``, ``audit.md`` and ``audit.html`` into ``--out``.
+AUDIT_REPORT_STEM: Final = "audit"
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from typing import Any
 
 import pytest
 
+from odibi_observe._cliargs import REPORT_FORMATS
 from odibi_observe.audit.detect import claim, older
 from odibi_observe.audit.model import Commit, OdibiRun
-from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS, AUDIT_REPORT_FILES
+from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS, AUDIT_REPORT_STEM
 from tests.test_reconcile_support import cli
 
 pytest.importorskip("odibi", reason="the audit reads real Odibi projects")
@@ -173,7 +174,7 @@ def audit(project: Path, out: Path, *args: str) -> Audit:
         "audit", str(project / "odibi.yaml"), "--grace", "0s", "--out", str(out), *args
     )
     assert "Traceback" not in stdout + stderr
-    files = {fmt: out / name for fmt, name in AUDIT_REPORT_FILES.items()}
+    files = {fmt: out / f"{AUDIT_REPORT_STEM}.{fmt}" for fmt in REPORT_FORMATS}
     return Audit(
         code,
         stdout,

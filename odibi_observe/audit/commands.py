@@ -10,23 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from odibi_observe._cliargs import (
-    catalog_url,
-    check_out_dir,
-    duration_arg,
-    formats_arg,
-    json_arg,
-    log_level_arg,
-    make_out_dir,
-    print_error,
-    span_arg,
-    time_arg,
-)
+from odibi_observe import _cliargs as flags
 from odibi_observe.config import ConfigurationError, hide_password
-from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS, AUDIT_REPORT_FILES
+from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS, AUDIT_REPORT_STEM
 
 if TYPE_CHECKING:
     from odibi_observe.audit.model import AuditResult
@@ -94,45 +85,35 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sources.add_argument(
         "--env", metavar="NAME", help="the Odibi environment whose overrides apply (odibi --env)"
     )
-    sources.add_argument(
-        "--catalog",
-        metavar="URL",
-        type=catalog_url,
+    flags.catalog_arg(
+        sources,
+        read_only=True,
+        required=False,
         help="odibi-observe's catalog, to say which run it recorded for each finding: a "
-        "SQLAlchemy URL or a SQLite file (read-only, never created; optional)",
+        "SQLAlchemy URL or a SQLite file (read-only, never created; optional, and not taken "
+        f"from ${flags.CATALOG_ENV}: the audit needs no catalog)",
     )
     window = parser.add_argument_group("window")
-    for flag, metavar, kind, text in (
-        ("--since", "TIME", time_arg, "judge commits made since TIME: ISO 8601 or a duration ago"),
-        ("--until", "TIME", time_arg, "judge commits made before TIME"),
-        ("--last", "DURATION", span_arg, "the same as --since DURATION"),
-    ):
-        window.add_argument(flag, metavar=metavar, type=kind, help=text)
+    flags.window_args(
+        window,
+        since="judge commits made since TIME: ISO 8601 or a duration ago (7d)",
+        until="judge commits made before TIME (default: now)",
+        last="judge the commits of the last DURATION (default: the whole history)",
+    )
     window.add_argument(
         "--grace",
         metavar="DURATION",
-        type=duration_arg,
+        type=flags.duration_arg,
         default=timedelta(minutes=15),
         help="commits this recent may be a run still going: counted, not judged (default: 15m)",
     )
     output = parser.add_argument_group("output")
-    output.add_argument(
-        "--format",
-        default="json,md,html",
-        type=formats_arg,
-        metavar="FORMATS",
-        help="reports to write, comma-separated: json, md (or markdown), html (default: all three)",
-    )
-    output.add_argument(
-        "--out",
-        metavar="DIR",
-        default="audit-report",
-        help=f"directory for {', '.join(AUDIT_REPORT_FILES.values())} (default: %(default)s)",
-    )
+    flags.report_args(output, stem=AUDIT_REPORT_STEM, out="audit-report")
     output.add_argument("--quiet", action="store_true", help="no summary on the terminal")
-    json_arg(output, "the result (as audit.json has it) and the files written")
-    log_level_arg(parser)
-    parser.set_defaults(handler=run, subparser=parser)
+    flags.json_arg(output, "the result (as audit.json has it) and the files written")
+    flags.log_level_arg(parser)
+    # The audit writes no gauges (the reports' helpers ask whether it does).
+    parser.set_defaults(handler=run, subparser=parser, metrics_textfile=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,20 +123,17 @@ def run(args: argparse.Namespace) -> int:
     from odibi_observe.audit.project import load_project
 
     parser: argparse.ArgumentParser = args.subparser
-    if args.last is not None and args.since is not None:
-        parser.error("give either --last or --since, not both")
+    flags.check_window(args, parser)
     since = args.since
     if args.last is not None:
-        from datetime import datetime, timezone
-
-        since = datetime.now(timezone.utc) - args.last
+        since, _ = flags.window_bounds(args, datetime.now(timezone.utc))
     options = AuditOptions(since=since, until=args.until, grace=args.grace)
     try:
-        check_out_dir(args.out)
+        flags.check_report_outputs(args)
         project = load_project(args.project, env=args.env)
-        engine = _catalog(args.catalog) if args.catalog else None
+        engine = flags.open_catalog(args.catalog) if args.catalog else None
     except (ConfigurationError, AuditInputError) as exc:
-        return _fail(str(exc))
+        return flags.fail(str(exc))
     try:
         result = audit(project, options)
         if engine is not None:
@@ -163,43 +141,34 @@ def run(args: argparse.Namespace) -> int:
 
             result.catalog = hide_password(args.catalog)
             annotate(result, engine)
-    except Exception as exc:
-        return _fail(f"the audit failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # never a traceback: the line says what failed
+        return flags.fail(f"the audit failed: {type(exc).__name__}: {exc}")
     finally:
         if engine is not None:
             engine.dispose()
     try:
         written = _write_reports(result, args)
-    except OSError as exc:
-        return _fail(f"cannot write the reports: {exc}")
+    except ConfigurationError as exc:
+        return flags.fail(str(exc))
     _print(result, written, args)
     for error in result.errors:
-        print_error(error[AUDIT_KEYS.message])
+        flags.print_error(error[AUDIT_KEYS.message])
     return result.exit_status
-
-
-def _catalog(spec: str) -> Any:
-    from odibi_observe.catalog.readonly import CatalogUnreadable, open_readonly_engine
-
-    try:
-        return open_readonly_engine(spec)
-    except CatalogUnreadable as exc:
-        raise ConfigurationError(str(exc)) from None
 
 
 def _write_reports(result: AuditResult, args: argparse.Namespace) -> list[str]:
     from odibi_observe.audit.html import render_html
     from odibi_observe.audit.report import render_json, render_markdown
 
-    renderers = {"json": render_json, "md": render_markdown, "html": render_html}
-    out = make_out_dir(args.out)
-    written = []
-    for fmt, render in renderers.items():
-        if fmt in args.format:
-            path = out / AUDIT_REPORT_FILES[fmt]
-            path.write_text(render(result), encoding="utf-8")
-            written.append(str(path))
-    return written
+    def writer(render: Callable[[AuditResult], str]) -> Callable[[Path], object]:
+        return lambda path: path.write_text(render(result), encoding="utf-8")
+
+    return flags.write_reports(
+        args,
+        AUDIT_REPORT_STEM,
+        {"json": writer(render_json), "md": writer(render_markdown), "html": writer(render_html)},
+        lambda path: None,
+    )
 
 
 def _print(result: AuditResult, written: list[str], args: argparse.Namespace) -> None:
@@ -218,8 +187,3 @@ def _print(result: AuditResult, written: list[str], args: argparse.Namespace) ->
         from odibi_observe.audit.report import cli_summary
 
         print(fit(cli_summary(result, written), sys.stdout))
-
-
-def _fail(message: str) -> int:
-    print_error(hide_password(message) if "://" in message else message)
-    return 2

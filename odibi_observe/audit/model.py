@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
 from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS
-from odibi_observe.reconcile.model import iso
+from odibi_observe.reconcile.model import KindInfo, iso, kind_table
 
 K: Final = AUDIT_KEYS
 
@@ -42,17 +42,10 @@ class AuditInputError(Exception):
     whole line to print."""
 
 
-@dataclass(frozen=True)
-class KindInfo:
-    """A finding kind: its title, how it is found and what to do about it."""
-
-    title: str
-    method: str
-    todo: str
-
-
-KINDS: Final[Mapping[str, KindInfo]] = {
-    "unclaimed_commit": KindInfo(
+KINDS: Final = kind_table(
+    AUDIT_FINDING_KINDS,
+    KindInfo(
+        "unclaimed_commit",
         "Commit claimed by no run",
         "a Delta version of the target that no row of Odibi's meta_runs names (its "
         "delta_info.version, or for rows without one the latest commit of the node before the "
@@ -62,7 +55,8 @@ KINDS: Final[Mapping[str, KindInfo]] = {
         "at that time. If the HWM was saved after it the data and the checkpoint agree and "
         "only the run record is missing; if not, see hwm_not_saved.",
     ),
-    "hwm_not_saved": KindInfo(
+    KindInfo(
+        "hwm_not_saved",
         "Data written, HWM not saved",
         "a commit with rows after which the node's HWM (meta_state) was not updated before "
         "the node's next commit (or until now)",
@@ -72,7 +66,8 @@ KINDS: Final[Mapping[str, KindInfo]] = {
         "set the HWM to the value the run would have saved. Make the write idempotent "
         "(mode: append_once with keys, or upsert) so a re-read cannot duplicate.",
     ),
-    "hwm_regressed": KindInfo(
+    KindInfo(
+        "hwm_regressed",
         "HWM went backwards",
         "a value saved in meta_state that is older than the value saved before it for the "
         "same key (seen in meta_state's Delta history)",
@@ -81,8 +76,7 @@ KINDS: Final[Mapping[str, KindInfo]] = {
         "target; if not, find who wrote meta_state (a restore, a copied state, two "
         "environments sharing one key) and set the HWM back to the newest value.",
     ),
-}
-assert tuple(KINDS) == AUDIT_FINDING_KINDS
+)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from typing import Any, Final
 
 from odibi_observe.audit.model import KINDS, AuditResult, Finding, ObservedRun
-from odibi_observe.conventions import AUDIT_FINDING_KINDS, AUDIT_KEYS
-from odibi_observe.reconcile.model import iso
+from odibi_observe.conventions import AUDIT_KEYS, AUDIT_REPORT_STEM
+from odibi_observe.reconcile.model import iso, md_cell, todo_table
 
 K: Final = AUDIT_KEYS
 #: Findings listed in the Markdown report and on the terminal (the JSON report has them all).
@@ -104,20 +104,15 @@ def rows_text(finding: Finding) -> str:
     return "?" if finding.rows is None else f"{finding.rows:,}"
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(result: AuditResult, *, max_rows: int = MARKDOWN_ROWS) -> str:
     """The report as Markdown, for a chat or a ticket."""
-    by_kind = result.by_kind()
     lines = [
-        f"## odibi-observe audit of {_cell(result.odibi_project or result.project)}: "
+        f"## odibi-observe audit of {md_cell(result.odibi_project or result.project)}: "
         f"{verdict(result)}",
         "",
-        f"Project `{_cell(result.project)}`; Odibi's meta_runs `{_cell(result.meta_runs)}`, "
-        f"HWM state `{_cell(result.state)}`"
-        + (f"; odibi-observe catalog `{_cell(result.catalog)}`" if result.catalog else "")
+        f"Project `{md_cell(result.project)}`; Odibi's meta_runs `{md_cell(result.meta_runs)}`, "
+        f"HWM state `{md_cell(result.state)}`"
+        + (f"; odibi-observe catalog `{md_cell(result.catalog)}`" if result.catalog else "")
         + ".",
         "",
         "| nodes audited | commits audited | in flight (grace) | findings | unreadable inputs |",
@@ -126,14 +121,11 @@ def render_markdown(result: AuditResult, *, max_rows: int = MARKDOWN_ROWS) -> st
         f"{len(result.findings):,} | {len(result.errors):,} |",
     ]
     for error in result.errors:
-        lines += ["", f"**Unreadable:** {_cell(error[K.message])}"]
+        lines += ["", f"**Unreadable:** {md_cell(error[K.message])}"]
     if result.notes:
-        lines += [""] + [f"Note: {_cell(n)}" for n in result.notes]
+        lines += [""] + [f"Note: {md_cell(n)}" for n in result.notes]
     if result.findings:
-        lines += ["", "| kind | findings | what to do |", "|---|---:|---|"]
-        for kind in AUDIT_FINDING_KINDS:
-            if by_kind[kind]:
-                lines.append(f"| `{kind}` | {by_kind[kind]} | {_cell(KINDS[kind].todo)} |")
+        lines += todo_table(result.by_kind(), KINDS, "findings")
         lines += [
             "",
             "| kind | pipeline | node | versions | at | rows | our catalog | detail |",
@@ -142,12 +134,14 @@ def render_markdown(result: AuditResult, *, max_rows: int = MARKDOWN_ROWS) -> st
         ordered = result.sorted_findings()
         for f in ordered[:max_rows]:
             lines.append(
-                f"| `{f.kind}` | {_cell(f.writer.pipeline)} | {_cell(f.writer.node)} | "
+                f"| `{f.kind}` | {md_cell(f.writer.pipeline)} | {md_cell(f.writer.node)} | "
                 f"{versions_text(f)} | {iso(f.at)} | {rows_text(f)} | "
-                f"{_cell(observed_text(f))} | {_cell(f.detail)} |"
+                f"{md_cell(observed_text(f))} | {md_cell(f.detail)} |"
             )
         if len(ordered) > max_rows:
-            lines.append(f"| … | | | | | | | {len(ordered) - max_rows} more in audit.json |")
+            lines.append(
+                f"| … | | | | | | | {len(ordered) - max_rows} more in {AUDIT_REPORT_STEM}.json |"
+            )
     return "\n".join(lines) + "\n"
 
 
