@@ -8,9 +8,10 @@ furniture of one is a fix to all three; each report keeps its own style sheet an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,15 @@ def table(columns: Sequence[str | Col], rows: Iterable[Sequence[str]], *, last: 
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}{last}</tbody></table>"
+
+
+def todo_section(found: Iterable[str], infos: Mapping[str, Any], colours: Mapping[str, str]) -> str:
+    """A report's "What to do": one card per kind ``found`` — its title and name, how it is
+    found (``meaning``) and what to do (``todo``), from ``infos[kind]``; empty if none."""
+    cards = "".join(
+        f'<div class="kind" style="border-left-color:{colours[k]}"><b>'
+        f'{escape(infos[k].title)}</b> <code>{escape(k)}</code><div class="sub">'
+        f"{escape(infos[k].meaning)}</div><div>{escape(infos[k].todo)}</div></div>"
+        for k in found
+    )
+    return f'<h2>What to do</h2><div class="kinds">{cards}</div>' if cards else ""

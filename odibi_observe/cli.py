@@ -72,6 +72,7 @@ COMMAND_MODULES = (
     "odibi_observe.grafana.commands",
     "odibi_observe.integrations.commands",
     "odibi_observe.statuspage.commands",
+    "odibi_observe.audit.commands",
 )
 #: Commands that set up logging themselves (the sidecar's log is its main output; ``run``
 #: leaves logging to Odibi unless --log-level is given).

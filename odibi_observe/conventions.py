@@ -1113,3 +1113,81 @@ def status_result_line() -> str:
         f"`{s.value}` → `{TASK_RUN_RESULTS[s]}`" if s in TASK_RUN_RESULTS else f"`{s.value}`"
         for s in RunStatus
     )
+
+
+# --- the audit of an Odibi project (``odibi-observe audit``) --------------------------------------
+
+#: Stable names of the findings ``odibi-observe audit`` reports (the JSON report's ``kind``):
+#: a target commit no Odibi run claims; a data commit the node's high-water mark was not saved
+#: after, before its next commit (the next run re-reads the same window); a high-water mark
+#: saved older than the one before it.
+AUDIT_FINDING_KINDS: Final = ("unclaimed_commit", "hwm_not_saved", "hwm_regressed")
+
+#: ``odibi-observe audit`` writes ``audit.json``, ``audit.md`` and ``audit.html`` into ``--out``.
+AUDIT_REPORT_STEM: Final = "audit"
+
+
+@dataclass(frozen=True)
+class AuditKeys:
+    """The keys of ``audit.json`` (and of ``audit --json``), one name each."""
+
+    # the report
+    generated_at: str = "generated_at"
+    project: str = "project"
+    odibi_project: str = "odibi_project"
+    meta_runs: str = "meta_runs"
+    state: str = "state"
+    catalog: str = "catalog"
+    window: str = "window"
+    since: str = "since"
+    until: str = "until"
+    grace_seconds: str = "grace_seconds"
+    summary: str = "summary"
+    nodes: str = "nodes"
+    findings: str = "findings"
+    errors: str = "errors"
+    notes: str = "notes"
+    seconds: str = "seconds"
+    written: str = "written"
+    clean: str = "clean"
+    # the summary
+    nodes_audited: str = "nodes_audited"
+    commits_audited: str = "commits_audited"
+    commits_in_flight: str = "commits_in_flight"
+    findings_total: str = "findings_total"
+    # a node, a finding
+    kind: str = "kind"
+    pipeline: str = "pipeline"
+    node: str = "node"
+    target: str = "target"
+    state_key: str = "state_key"
+    versions: str = "versions"
+    commits: str = "commits"
+    rows: str = "rows"
+    hwm: str = "hwm"
+    odibi_runs: str = "odibi_runs"
+    our_catalog: str = "our_catalog"
+    detail: str = "detail"
+    todo: str = "todo"
+    # a commit, an HWM update, a run
+    version: str = "version"
+    timestamp: str = "timestamp"
+    operation: str = "operation"
+    state_version: str = "state_version"
+    value: str = "value"
+    previous: str = "previous"
+    run_id: str = "run_id"
+    status: str = "status"
+    logged_at: str = "logged_at"
+    duration_ms: str = "duration_ms"
+    hwm_pending: str = "hwm_pending"
+    hwm_error: str = "hwm_error"
+    started_at: str = "started_at"
+    ended_at: str = "ended_at"
+    error_type: str = "error_type"
+    covers: str = "covers"
+    source: str = "source"
+    message: str = "message"
+
+
+AUDIT_KEYS: Final = AuditKeys()

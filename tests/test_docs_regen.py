@@ -51,6 +51,14 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
 #: showing a ``$ odibi-observe`` command must be marked ``<!-- run: ... -->``.
 UNMARKED: dict[tuple[str, str], str] = {
     (
+        "docs/audit.md",
+        "$ odibi-observe audit odibi.yaml --grace 0s --catalog catalog.db --out audit",
+    ): "a real Odibi project with a run SIGKILLed inside set_hwm; tests/test_audit.py builds it",
+    (
+        "docs/audit.md",
+        "$ odibi-observe audit odibi.yaml --grace 0s --out audit",
+    ): "the same project after its HWM was set back",
+    (
         "docs/health.md",
         "$ odibi-observe health --catalog sqlite:///catalog.db --metrics-textfile health.prom",
     ): "memory_growth on a history of nodes with planted leaks and a limit: not built yet",

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any, Final
 
-from odibi_observe._htmlpage import Col, alert_cards, badge, num, table, verdict
+from odibi_observe._htmlpage import Col, alert_cards, badge, num, table, todo_section, verdict
 from odibi_observe.conventions import HEALTH_FINDING_KINDS
 from odibi_observe.health.model import KINDS, Finding, HealthResult
 from odibi_observe.health.report import verdict as verdict_text
@@ -247,16 +247,7 @@ def _findings(result: HealthResult, max_rows: int) -> str:
 
 
 def _todo(result: HealthResult) -> str:
-    found = [k for k, n in result.by_kind().items() if n]
-    if not found:
-        return ""
-    cards = "".join(
-        f'<div class="kind" style="border-left-color:{KIND_COLOURS[k]}"><b>{escape(KINDS[k].title)}'
-        f'</b> <code>{escape(k)}</code><div class="sub">{escape(KINDS[k].meaning)}</div>'
-        f"<div>{escape(KINDS[k].todo)}</div></div>"
-        for k in found
-    )
-    return f'<h2>What to do</h2><div class="kinds">{cards}</div>'
+    return todo_section([k for k, n in result.by_kind().items() if n], KINDS, KIND_COLOURS)
 
 
 def _resolved(result: HealthResult) -> str:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from odibi_observe.conventions import HEALTH_FINDING_KINDS, HEALTH_METRICS
 from odibi_observe.health.model import KINDS, HealthResult
-from odibi_observe.reconcile.model import iso
+from odibi_observe.reconcile.model import iso, todo_table
 
 #: Findings listed in the Markdown report (the JSON report has them all).
 MARKDOWN_ROWS: Final = 50
@@ -109,10 +109,7 @@ def render_markdown(result: HealthResult, *, max_rows: int = MARKDOWN_ROWS) -> s
     if result.notes:
         lines += [""] + [f"Note: {_md(n)}" for n in result.notes]
     if result.findings:
-        lines += ["", "| kind | findings | what to do |", "|---|---:|---|"]
-        for kind in HEALTH_FINDING_KINDS:
-            if by_kind[kind]:
-                lines.append(f"| `{kind}` | {by_kind[kind]} | {_md(KINDS[kind].todo)} |")
+        lines += todo_table(by_kind, KINDS, "findings")
         lines += [
             "",
             "| kind | pipeline | node | state | score | detail |",

@@ -402,6 +402,18 @@ def kind_table(order: Sequence[str], *infos: KindInfo) -> Mapping[str, KindInfo]
     return table
 
 
+def md_cell(text: object) -> str:
+    """``text`` as one cell of a Markdown table: pipes escaped, on one line."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def todo_table(counts: Mapping[str, int], infos: Mapping[str, KindInfo], count: str) -> list[str]:
+    """The Markdown lines of a report's "what to do": each kind with a count (``counts`` in
+    the kinds' order) and its ``todo``, under a column named ``count``; none if no kind has."""
+    rows = [f"| `{k}` | {n:,} | {md_cell(infos[k].todo)} |" for k, n in counts.items() if n]
+    return ["", f"| kind | {count} | what to do |", "|---|---:|---|", *rows] if rows else []
+
+
 KINDS: Final = kind_table(
     DISCREPANCY_KINDS,
     KindInfo(

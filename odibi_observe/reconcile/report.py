@@ -44,7 +44,14 @@ from odibi_observe.catalog.schema import (
 from odibi_observe.catalog.store import create_catalog_engine
 from odibi_observe.conventions import DISCREPANCY_KINDS, RECONCILE_METRICS
 from odibi_observe.reconcile.engine import ReconcileResult
-from odibi_observe.reconcile.model import KINDS, NOT_RUN_REASONS, Discrepancy, iso, iso_ns
+from odibi_observe.reconcile.model import (
+    KINDS,
+    NOT_RUN_REASONS,
+    Discrepancy,
+    iso,
+    iso_ns,
+    todo_table,
+)
 from odibi_observe.record import ns_to_datetime
 
 #: Discrepancies listed in the Markdown report (the JSON report has them all).
@@ -211,10 +218,8 @@ def render_markdown(
             f"spans ignored (not odibi node spans): {result.ignored_spans:,}.",
         ]
     if total:
-        lines += ["", "| kind | runs | what to do |", "|---|---:|---|"]
-        for kind in DISCREPANCY_KINDS:
-            if result.by_kind.get(kind):
-                lines.append(f"| `{kind}` | {result.by_kind[kind]:,} | {_md(KINDS[kind].todo)} |")
+        counts = {kind: result.by_kind.get(kind, 0) for kind in DISCREPANCY_KINDS}
+        lines += todo_table(counts, KINDS, "runs")
         if result.repair:
             lines += ["", _repair_line(result.repair)]
         lines += [
