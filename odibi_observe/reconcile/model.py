@@ -19,7 +19,12 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any, Final, NamedTuple
 
-from odibi_observe.conventions import DISCREPANCY_KINDS, SELF_METRICS, RunStatus
+from odibi_observe.conventions import (
+    DISCREPANCY_KINDS,
+    SELF_METRICS,
+    UNCOMMITTED_WRITE,
+    RunStatus,
+)
 from odibi_observe.record import datetime_to_ns, ns_to_datetime
 
 # ------------------------------------------------------------------------------ the two sides
@@ -437,6 +442,17 @@ KINDS: Final[Mapping[str, KindInfo]] = {
             "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
             "host's kernel log and the scheduler for the kill, then re-run the node.",
             "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
+        ),
+        KindInfo(
+            UNCOMMITTED_WRITE,
+            "Uncommitted write",
+            "The run of a checkpointing node wrote its target and ended (CRASHED, FAILURE, "
+            "CANCELLED, or still RUNNING long after its last sign of life) without committing "
+            "its checkpoint: the next run re-reads what it wrote and writes it again.",
+            "Before the next run, remove the rows this run wrote (or restore the target to the "
+            "version before its write), or set the checkpoint to the value the write covered; "
+            "for good, make the write idempotent (merge on a key). See docs/exactly-once.md.",
+            None,
         ),
     )
 }
