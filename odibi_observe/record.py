@@ -306,6 +306,19 @@ class RunHandle(Protocol):
         """Record the run as ``FAILURE`` now, without raising."""
         ...
 
+    def record_write(
+        self, target: Any, *, rows: Any = None, version: Any = None, awaits_checkpoint: bool = False
+    ) -> None:
+        """Record a write of ``rows`` to ``target`` (``version``: the table version it made);
+        spooled before it returns in sidecar mode. ``awaits_checkpoint``: committed only by
+        the run's checkpoint (an append under a high-water mark)."""
+        ...
+
+    def record_checkpoint(self, key: Any, value: Any, *, previous: Any = None) -> None:
+        """Record the checkpoint (high-water mark) ``key`` = ``value`` the run committed,
+        replacing ``previous``."""
+        ...
+
     def __bool__(self) -> bool:
         """True for a real run, False for the null run."""
         ...

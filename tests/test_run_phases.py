@@ -4,16 +4,31 @@ catalog (migration 0006: ``writes_json``, ``checkpoint_json``), the span and the
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
+import odibi_observe as oo
+from odibi_observe._instrument import MAX_WRITES
+from odibi_observe._otlp_json import read_spans
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.catalog.migrate import alembic_config, head_revision
 from odibi_observe.catalog.schema import CHECKPOINT_JSON, WRITES_JSON, record_to_row
-from odibi_observe.conventions import CATALOG_TABLE, RunStatus
+from odibi_observe.conventions import (
+    CATALOG_TABLE,
+    CHECKPOINT_EVENT,
+    CHECKPOINT_KEY_ATTRIBUTE,
+    SELF_METRICS,
+    WRITE_EVENT,
+    WRITE_TARGET_ATTRIBUTE,
+    RunStatus,
+)
 from odibi_observe.record import EventKind, RunEvent, RunRecord
+from odibi_observe.testing import capture_runs
 from odibi_observe.testing.contracts import make_record
 
 AT = 1_765_000_000_123_456_000
@@ -109,3 +124,125 @@ def test_catalog_keeps_phases_of_a_running_row_and_of_its_end(catalog_url: str) 
         assert tuple(row) == (None, None)
     finally:
         store.dispose()
+
+
+# --- the API on the run handle ----------------------------------------------------------------
+
+INVALID = SELF_METRICS.invalid_input.prometheus
+
+
+class Boom(Exception):
+    """What every hostile method raises."""
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise Boom("no str")
+
+    __repr__ = __str__
+
+
+def test_decorated_node_records_its_write_and_checkpoint_on_both_catalogs(
+    fresh_observer: Callable[..., oo.Observer], catalog_url: str, tmp_path: Path
+) -> None:
+    traces = tmp_path / "traces.jsonl"
+    fresh_observer(catalog_url=catalog_url, traces_file=str(traces), mode="inline")
+
+    @oo.observe_node(pipeline="orders")
+    def load() -> None:
+        run = oo.current_run()
+        run.record_write("silver/orders", rows=15, version=3, awaits_checkpoint=True)
+        run.record_checkpoint("orders_hwm", "2024-01-03T00:00:00", previous="2024-01-02")
+
+    @oo.observe_node(pipeline="orders")
+    def crashes_after_write() -> None:
+        oo.current_run().record_write("silver/orders", rows=7, awaits_checkpoint=True)
+        raise ValueError("set_hwm failed")
+
+    @oo.observe_node(pipeline="orders")
+    def plain() -> int:
+        return 1
+
+    load()
+    with pytest.raises(ValueError, match="set_hwm"):
+        crashes_after_write()
+    plain()
+    oo.current_run().record_write("outside", rows=1)  # the null run: nothing, no error
+    oo.current_run().record_checkpoint("k", 1)
+    oo.flush()
+    store = CatalogStore(catalog_url)
+    try:
+        runs = {r.node: r for r in store.recent_runs(limit=10)}
+    finally:
+        store.dispose()
+    ok, failed, other = runs["load"], runs["crashes_after_write"], runs["plain"]
+    assert [(w["target"], w["rows"], w["version"]) for w in ok.writes] == [("silver/orders", 15, 3)]
+    assert ok.checkpoint is not None
+    assert (ok.checkpoint["key"], ok.checkpoint["value"], ok.checkpoint["previous"]) == (
+        "orders_hwm",
+        "2024-01-03T00:00:00",
+        "2024-01-02",
+    )
+    assert ok.started_ns <= ok.writes[0]["at"] <= ok.checkpoint["at"]
+    assert not ok.uncommitted_write
+    assert failed.status is RunStatus.FAILURE and failed.checkpoint is None
+    assert failed.uncommitted_write and failed.writes[0]["rows"] == 7
+    assert other.writes == () and other.checkpoint is None
+    spans = {s.attributes.get("odibi.node"): s for s in read_spans(traces)}
+    events = spans["load"].events
+    assert [name for name, _ in events] == [WRITE_EVENT, CHECKPOINT_EVENT]
+    assert events[0][1] == {
+        WRITE_TARGET_ATTRIBUTE: "silver/orders",
+        "odibi.write.rows": 15,
+        "odibi.write.version": 3,
+        "odibi.write.awaits_checkpoint": True,
+    }
+    assert events[1][1][CHECKPOINT_KEY_ATTRIBUTE] == "orders_hwm"
+    assert [name for name, _ in spans["crashes_after_write"].events] == [
+        WRITE_EVENT,
+        "exception",
+    ]
+    assert spans["plain"].events == []
+
+
+def test_hostile_phase_values_never_reach_the_node_and_are_counted() -> None:
+    huge = "x" * 10_000_000
+    with capture_runs() as sink:
+        registry = oo.get_observer().registry
+        with oo.node_run("p", "n") as run:
+            run.record_write(Unprintable(), rows=Unprintable(), version=Unprintable())
+            run.record_write("bad-\ud800-name", rows=math.nan, version=huge)
+            run.record_write(Path("/data/t"), rows=2**70, version=10**30)
+            run.record_checkpoint(huge, {"not": {"json": object()}}, previous=b"\xff")
+        writes_invalid = registry.get_sample_value(INVALID, {"field": "write"})
+        checkpoint_invalid = registry.get_sample_value(INVALID, {"field": "checkpoint"})
+    (rec,) = sink.finished
+    assert rec.status is RunStatus.SUCCESS
+    first, second, third = rec.writes
+    assert first["target"] == "unknown" and first["version"] is None
+    assert second["target"] == "bad-\\ud800-name" and second["rows"] is None
+    assert len(second["version"]) < 2_000
+    assert third["target"] == "/data/t" and third["version"] == str(10**30)
+    assert rec.checkpoint is not None and len(rec.checkpoint["key"]) < 2_000
+    assert isinstance(rec.checkpoint["value"], str) and isinstance(rec.checkpoint["previous"], str)
+    assert writes_invalid is not None and writes_invalid >= 3
+    assert checkpoint_invalid is not None and checkpoint_invalid >= 1
+    json.dumps(rec.to_dict()).encode("utf-8")  # every value is JSON, and encodes
+    record_to_row(rec, kind=EventKind.FINISHED)
+
+
+def test_writes_are_bounded_and_a_phase_after_the_end_is_ignored() -> None:
+    with capture_runs() as sink:
+        with oo.node_run("p", "n") as run:
+            for i in range(MAX_WRITES + 5):
+                run.record_write(f"t{i}", rows=i)
+        run.record_write("late", rows=1)
+        run.record_checkpoint("late", 1)
+        registry = oo.get_observer().registry
+        assert registry.get_sample_value(INVALID, {"field": "write"}) == 6
+        assert registry.get_sample_value(INVALID, {"field": "checkpoint"}) == 1
+    (rec,) = sink.finished
+    assert len(rec.writes) == MAX_WRITES and rec.checkpoint is None
+    phases = [e for e in sink.events if e.kind is EventKind.PHASE]
+    assert len(phases) == MAX_WRITES
+    assert all(e.record.heartbeat_ns is not None for e in phases)
