@@ -110,14 +110,15 @@ class RunRecord:
     @property
     def uncommitted_write(self) -> bool:
         """Whether this run left an uncommitted write: it recorded a write that waits for its
-        checkpoint, committed none, and ended ``FAILURE``, ``CRASHED`` or ``CANCELLED``. The
-        next run of the node re-reads (and re-writes) what it wrote. Reconciliation also flags
-        runs whose writes did not say so, from the node's history (docs/exactly-once.md)."""
+        checkpoint (and did not write 0 rows), committed none, and ended ``FAILURE``,
+        ``CRASHED`` or ``CANCELLED``. The next run of the node re-reads (and re-writes) what it
+        wrote. Reconciliation also flags runs whose writes did not say so, from the node's
+        history (docs/exactly-once.md)."""
         return (
             bool(self.writes)
             and self.checkpoint is None
             and self.status in UNCOMMITTED_STATUSES
-            and any(w.get("awaits_checkpoint") for w in self.writes)
+            and any(w.get("awaits_checkpoint") and w.get("rows") != 0 for w in self.writes)
         )
 
     def label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
