@@ -22,7 +22,13 @@ from enum import Enum
 from operator import attrgetter
 from typing import Any, Final, Protocol, Union
 
-from odibi_observe.conventions import LABEL_SOURCES, UNCOMMITTED_STATUSES, RunStatus, Source
+from odibi_observe.conventions import (
+    LABEL_SOURCES,
+    UNCOMMITTED_STATUSES,
+    UNCOMMITTED_WRITE,
+    RunStatus,
+    Source,
+)
 
 #: A value OpenTelemetry accepts as an attribute: a primitive or a homogeneous sequence.
 AttributeValue = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics needs 3.10+ only
@@ -119,6 +125,22 @@ class RunRecord:
             and self.checkpoint is None
             and self.status in UNCOMMITTED_STATUSES
             and any(w.get("awaits_checkpoint") and w.get("rows") != 0 for w in self.writes)
+        )
+
+    def uncommitted_summary(self) -> str | None:
+        """What an :attr:`uncommitted_write` run left, in one sentence (None if it is not
+        one): the rows and targets of its writes that await a checkpoint, and that the next
+        run re-reads them."""
+        if not (self.writes and self.uncommitted_write):
+            return None
+        pending = [w for w in self.writes if w.get("awaits_checkpoint")]
+        rows = [w.get("rows") for w in pending]
+        known = sum(r for r in rows if type(r) is int)
+        amount = f"{known} row(s)" if None not in rows else "rows (count unknown)"
+        targets = ", ".join(dict.fromkeys(_write_target_text(w) for w in pending))
+        return (
+            f"{UNCOMMITTED_WRITE}: it wrote {amount} to {targets} and committed no "
+            "checkpoint; the next run re-reads them"
         )
 
     def label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
@@ -393,6 +415,12 @@ def _check_types(data: Mapping[str, Any]) -> None:
                     f"RunRecord attribute {key!r} must be a string, bool, int, "
                     f"float or a list of them, not {type(value).__name__}"
                 )
+
+
+def _write_target_text(write: Mapping[str, Any]) -> str:
+    """``target`` (``target@version`` when the write made a table version)."""
+    version = write.get("version")
+    return str(write.get("target")) + ("" if version is None else f" (version {version})")
 
 
 def _check_phases(data: Mapping[str, Any]) -> None:

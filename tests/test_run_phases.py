@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +26,7 @@ from odibi_observe.conventions import (
     CHECKPOINT_EVENT,
     CHECKPOINT_KEY_ATTRIBUTE,
     SELF_METRICS,
+    UNCOMMITTED_WRITE,
     WRITE_EVENT,
     WRITE_TARGET_ATTRIBUTE,
     RunStatus,
@@ -30,6 +34,7 @@ from odibi_observe.conventions import (
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.testing import capture_runs
 from odibi_observe.testing.contracts import make_record
+from tests.fault_helpers import CLI
 
 AT = 1_765_000_000_123_456_000
 WRITE = {"target": "silver/orders", "rows": 15, "version": 1, "at": AT, "awaits_checkpoint": True}
@@ -203,6 +208,42 @@ def test_decorated_node_records_its_write_and_checkpoint_on_both_catalogs(
         "exception",
     ]
     assert spans["plain"].events == []
+    report = reconcile(catalog_url, traces, tmp_path / "report")
+    (finding,) = [d for d in report["discrepancies"] if d["kind"] == UNCOMMITTED_WRITE]
+    assert finding["run_id"] == failed.run_id and finding["catalog"]["rows_to_reread"] == 7
+    assert report["summary"]["discrepancies"][UNCOMMITTED_WRITE] == 1
+    assert "re-reads those 7 row(s)" in finding["detail"]
+
+
+def reconcile(catalog_url: str, traces: Path, out: Path) -> dict[str, Any]:
+    """``odibi-observe reconcile`` of ``catalog_url`` against ``traces``: its JSON report."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            *CLI,
+            "reconcile",
+            "--catalog",
+            catalog_url,
+            "--traces",
+            f"otlp-json:{traces}",
+            "--since",
+            "2000-01-01T00:00:00",
+            "--grace",
+            "0s",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    return report
 
 
 def test_hostile_phase_values_never_reach_the_node_and_are_counted() -> None:

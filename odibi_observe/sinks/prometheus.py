@@ -30,6 +30,7 @@ from odibi_observe.conventions import (
     METRICS,
     OVERFLOW_LABEL_VALUE,
     PEAK_RSS_BUCKETS_BYTES,
+    PHASE_METRICS,
     RESOURCE_METRICS,
     RunStatus,
 )
@@ -104,6 +105,12 @@ class PrometheusSink(Sink):
             RESOURCE_METRICS.memory_limit.labels,
             registry=self.registry,
         )
+        self.uncommitted_writes = Counter(
+            PHASE_METRICS.uncommitted_writes.prometheus_base,
+            PHASE_METRICS.uncommitted_writes.description,
+            PHASE_METRICS.uncommitted_writes.labels,
+            registry=self.registry,
+        )
         self._series: set[tuple[str, ...]] = set()
         self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._by_labels: dict[tuple[str, ...], _Series] = {}
@@ -145,8 +152,9 @@ class PrometheusSink(Sink):
         """The metric children of one label set, looked up once (``labels()`` is not cheap).
 
         The run counters of every terminal status exist from the first run on, at 0, so that
-        ``rate(odibi_node_runs_total{status="FAILURE"}[5m])`` is 0 rather than absent; rows and
-        durations appear with the first run that has them.
+        ``rate(odibi_node_runs_total{status="FAILURE"}[5m])`` is 0 rather than absent (and so
+        does ``odibi_node_uncommitted_writes_total``, whose first increase an alert must see);
+        rows and durations appear with the first run that has them.
         """
         series = self._by_labels.get(labels)
         if series is None:
@@ -158,6 +166,7 @@ class PrometheusSink(Sink):
                 },
                 labels=labels,
                 sink=self,
+                uncommitted=self.uncommitted_writes.labels(*labels),
             )
         return series
 
@@ -175,6 +184,8 @@ class PrometheusSink(Sink):
         if self._started.discard(record.run_id):
             series.running.dec()
         series.runs[record.status].inc()
+        if record.writes and record.uncommitted_write:
+            series.uncommitted.inc()
         if record.rows_processed is not None:
             series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
@@ -207,12 +218,18 @@ class _Series:
         "limit_seen",
         "runs",
         "sink",
+        "uncommitted",
     )
 
     def __init__(
-        self, runs: dict[RunStatus, Counter], labels: tuple[str, ...], sink: PrometheusSink
+        self,
+        runs: dict[RunStatus, Counter],
+        labels: tuple[str, ...],
+        sink: PrometheusSink,
+        uncommitted: Counter,
     ) -> None:
         self.runs, self.labels, self.sink = runs, labels, sink
+        self.uncommitted = uncommitted
         self._rows: Counter | None = None
         self._duration: Histogram | None = None
         self._running: Gauge | None = None
