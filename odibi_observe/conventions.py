@@ -274,6 +274,11 @@ CRASHED_ERROR_TYPE: Final = "ProcessCrashed"
 #: its writes wait for, and ended CRASHED, FAILURE or CANCELLED (or is a stale RUNNING row);
 #: see "phases of a run" below.
 UNCOMMITTED_WRITE: Final = "uncommitted_write"
+#: A run committed a checkpoint older than the one committed before it (the next run re-reads
+#: what was already read); and two runs of one checkpointing node ran at once (both read the
+#: same window). Judged from the catalog's history of checkpoints.
+CHECKPOINT_REGRESSED: Final = "checkpoint_regressed"
+OVERLAPPING_RUNS: Final = "overlapping_runs"
 
 #: Stable names of the discrepancies reconciliation reports (the JSON report's ``kind``).
 DISCREPANCY_KINDS: Final = (
@@ -286,6 +291,8 @@ DISCREPANCY_KINDS: Final = (
     "duplicate_in_traces",
     "stale_running",
     UNCOMMITTED_WRITE,
+    CHECKPOINT_REGRESSED,
+    OVERLAPPING_RUNS,
 )
 
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).

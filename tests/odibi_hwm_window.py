@@ -12,6 +12,9 @@ integration's wrapper, so the wrapper sees what Odibi's own call would do:
 ``fail``
     raise ``OSError`` (the state backend unreachable): Odibi marks the result
     ``data_write_committed`` / ``hwm_error`` and the node fails.
+``hold``
+    write MARKER and wait until ``MARKER.release`` exists, then Odibi's own ``set_hwm``: the
+    run stays between its write and its HWM while another run of the node goes by.
 ``pass``
     Odibi's own ``set_hwm``.
 """
@@ -37,6 +40,11 @@ def hold_set_hwm(mode: str, marker: Path) -> None:
                 time.sleep(60)
         if mode == "fail":
             raise OSError("state backend unreachable: meta_state is locked")
+        if mode == "hold":
+            marker.write_text(str(os.getpid()))
+            release = marker.with_name(marker.name + ".release")
+            while not release.exists():
+                time.sleep(0.05)
         original(self, key, value)
 
     StateManager.set_hwm = set_hwm

@@ -25,7 +25,9 @@ import odibi_observe as oo
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import (
     CHECKPOINT_EVENT,
+    CHECKPOINT_REGRESSED,
     CRASH_HEARTBEAT_LOST,
+    OVERLAPPING_RUNS,
     PHASE_METRICS,
     UNCOMMITTED_WRITE,
     WRITE_EVENT,
@@ -296,3 +298,54 @@ def test_killed_between_write_and_hwm_in_sidecar_mode_is_crashed_with_its_write(
     eventually(crash_span, timeout=30)
     finding = assert_reported(reconcile(pg_url, traces, tmp_path / "report"), run)
     assert "ended CRASHED" in finding["detail"]
+
+
+# -- two runs at once: overlapping runs, and the slower one's HWM regresses ----------------------
+
+
+def test_overlapping_runs_and_the_checkpoint_they_regress_are_flagged(tmp_path: Path) -> None:
+    """Run A reads the 15 orders there are and is held between its write and its HWM; five
+    more orders arrive; run B of the same node runs meanwhile — from the same (unsaved) HWM,
+    so it appends those 15 orders again and the 5 new ones — and commits 19:00. Then A
+    commits 14:00 over it. Both succeed, nothing else says so; reconcile finds B overlapping
+    A, and A's checkpoint older than the one committed before it."""
+    project = incremental_project(tmp_path / "project")
+    catalog, traces = f"sqlite:///{tmp_path / 'catalog.db'}", tmp_path / "traces.jsonl"
+    env = {"ODIBI_OBSERVE_CATALOG_URL": catalog, "ODIBI_OBSERVE_TRACES_FILE": str(traces)}
+    marker = tmp_path / "a-in-set-hwm"
+    slow = start_window(project, "hold", marker, env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert slow.poll() is None, slow.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "run A never reached set_hwm"
+            time.sleep(0.05)
+        write_events(project, 0, 20)  # five more orders arrive while A is held
+        fast = start_window(project, "pass", tmp_path / "unused", env)
+        _, err = fast.communicate(timeout=180)
+        assert fast.returncode == 0, err.decode()[-3000:]
+        (tmp_path / "a-in-set-hwm.release").touch()
+        _, err = slow.communicate(timeout=180)
+        assert slow.returncode == 0, err.decode()[-3000:]
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait(10)
+    a, b = records(catalog)
+    assert a.status is b.status is RunStatus.SUCCESS
+    assert [w["rows"] for w in (*a.writes, *b.writes)] == [15, 20]
+    assert a.checkpoint is not None and b.checkpoint is not None
+    assert (a.checkpoint["value"], b.checkpoint["value"]) == (
+        "2024-01-01 14:00:00",
+        "2024-01-01 19:00:00",
+    )
+    assert target_rows(project) == (35, 20)  # the window of A was written twice
+    report = reconcile(catalog, traces, tmp_path / "report")
+    kinds = {(d["kind"], d["run_id"]): d for d in report["discrepancies"]}
+    overlap = kinds[(OVERLAPPING_RUNS, b.run_id)]
+    assert overlap["catalog"]["overlapped"]["run_id"] == a.run_id
+    assert "both read from checkpoint None" in overlap["detail"]
+    regressed = kinds[(CHECKPOINT_REGRESSED, a.run_id)]
+    assert "older than the checkpoint run " + b.run_id in regressed["detail"]
+    assert report["summary"]["discrepancies"][UNCOMMITTED_WRITE] == 0
+    assert {k for k, _ in kinds} == {OVERLAPPING_RUNS, CHECKPOINT_REGRESSED}

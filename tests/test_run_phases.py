@@ -287,3 +287,30 @@ def test_writes_are_bounded_and_a_phase_after_the_end_is_ignored() -> None:
     phases = [e for e in sink.events if e.kind is EventKind.PHASE]
     assert len(phases) == MAX_WRITES
     assert all(e.record.heartbeat_ns is not None for e in phases)
+
+
+def test_checkpoints_are_ordered_only_when_they_can_be() -> None:
+    """Numbers and ISO times are ordered; other values, mixed kinds and a naive time against
+    an aware one are not, and are never flagged as a regression."""
+    from odibi_observe.reconcile.phases import regressed_checkpoints
+
+    def committed(value: object, at: int, previous: object = None) -> RunRecord:
+        return make_record(checkpoint={"key": "k", "value": value, "previous": previous, "at": at})
+
+    cases: list[tuple[object, object, bool]] = [
+        (5, 7, True),
+        (7.5, 7, False),
+        ("2024-01-01 14:00:00", "2024-01-01 19:00:00", True),
+        ("2024-01-02", "2024-01-01T23:00:00", False),
+        ("b", "a", False),  # not times: no order
+        ("a", "b", False),
+        ("2024-01-01T00:00:00+00:00", "2024-01-02T00:00:00", False),  # aware vs naive
+        (1, "2024-01-01", False),
+        (True, 5, False),
+    ]
+    for later, earlier, flagged in cases:
+        runs = [committed(earlier, AT), committed(later, AT + 1)]
+        assert bool(regressed_checkpoints(runs)) is flagged, (later, earlier)
+    # Against the value it replaced, with no earlier commit in the range.
+    assert regressed_checkpoints([committed(3, AT, previous=4)])
+    assert not regressed_checkpoints([committed(4, AT, previous=3)])

@@ -186,7 +186,7 @@ class SqlCatalog(CatalogSource):
         query = (
             sa.select(meta_runs)
             .where(
-                c[WRITES_JSON].is_not(None),
+                sa.or_(c[WRITES_JSON].is_not(None), c[CHECKPOINT_JSON].is_not(None)),
                 c[STARTED_AT] >= read_range.start,
                 c[STARTED_AT] < read_range.end,
             )

@@ -78,7 +78,7 @@ from odibi_observe.reconcile.model import (
     trace_side,
 )
 from odibi_observe.reconcile.parallel import read_in_parallel
-from odibi_observe.reconcile.phases import uncommitted_writes
+from odibi_observe.reconcile.phases import phase_findings
 from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
@@ -336,7 +336,7 @@ def reconcile(
             result._items = _items_file(options.spill_dir)
             _Merger(result, log, options).run(catalog_stream, trace_stream)
             stale_before = window.now_ns - _ns(options.crash_after)
-            for item in uncommitted_writes(catalog, window, read_range, log, stale_before):
+            for item in phase_findings(catalog, window, read_range, log, stale_before):
                 result.add(item)
         except SourceError as exc:  # a source that failed only once the merge was under way
             raise ReconcileError(str(exc)) from None

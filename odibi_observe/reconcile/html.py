@@ -47,6 +47,8 @@ KIND_COLOURS: Final = dict(
             "#e377c2",
             "#7f7f7f",
             "#bcbd22",
+            "#aec7e8",
+            "#ffbb78",
         ),
         strict=True,
     )

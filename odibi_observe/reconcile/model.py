@@ -20,7 +20,9 @@ from functools import partial
 from typing import Any, Final, NamedTuple
 
 from odibi_observe.conventions import (
+    CHECKPOINT_REGRESSED,
     DISCREPANCY_KINDS,
+    OVERLAPPING_RUNS,
     SELF_METRICS,
     UNCOMMITTED_WRITE,
     RunStatus,
@@ -452,6 +454,26 @@ KINDS: Final[Mapping[str, KindInfo]] = {
             "Before the next run, remove the rows this run wrote (or restore the target to the "
             "version before its write), or set the checkpoint to the value the write covered; "
             "for good, make the write idempotent (merge on a key). See docs/exactly-once.md.",
+            None,
+        ),
+        KindInfo(
+            CHECKPOINT_REGRESSED,
+            "Checkpoint regressed",
+            "The run committed a checkpoint older than the one committed before it: the next "
+            "run reads again from the older value.",
+            "Usually a slower run that overlapped a faster one committed last, or the state "
+            "was restored: set the checkpoint back to the newer value before the next run, and "
+            "keep runs of the node from overlapping. See docs/exactly-once.md.",
+            None,
+        ),
+        KindInfo(
+            OVERLAPPING_RUNS,
+            "Overlapping runs",
+            "Two runs of the same checkpointing node ran at the same time, so both read from "
+            "the same checkpoint: the rows of that window were written twice.",
+            "Keep one run of a node at a time (a lock, the scheduler's concurrency limit); "
+            "remove the second copy of the window's rows, or make the write idempotent "
+            "(merge on a key). See docs/exactly-once.md.",
             None,
         ),
     )

@@ -149,9 +149,10 @@ class CatalogSource(ABC):
         return None
 
     def phase_runs(self, read_range: ReadRange, log: ReadLog) -> Iterator[RunRecord]:
-        """The runs whose start is in ``read_range`` that recorded a write, oldest first
-        (``writes_json``, migration 0006); none for a catalog without the column (Odibi's own
-        table). What ``uncommitted_write`` is judged on."""
+        """The runs whose start is in ``read_range`` that recorded a write or a checkpoint,
+        oldest first (``writes_json``, ``checkpoint_json``: migration 0006); none for a
+        catalog without them (Odibi's own table). What the findings of
+        :mod:`odibi_observe.reconcile.phases` are judged on."""
         return iter(())
 
     def checkpointed_before(self, pipeline: str, node: str, before_ns: int) -> bool:
