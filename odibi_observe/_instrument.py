@@ -30,9 +30,11 @@ could be read, and if even that fails, from the status and the times alone.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import inspect
 import math
+import numbers
 import operator
 import os
 import random
@@ -90,6 +92,9 @@ MAX_ATTRIBUTES: Final = 128
 MAX_SUGGESTIONS: Final = 50
 MAX_SUGGESTION_LENGTH: Final = 1_024
 MAX_KEY_LENGTH: Final = 128
+#: Writes one run records at most, and the length of a target, key or value of a phase.
+MAX_WRITES: Final = 100
+MAX_PHASE_TEXT: Final = 1_024
 _INT64_MAX: Final = 2**63 - 1
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
 _SURROGATES: Final = (
@@ -394,6 +399,113 @@ class NodeRun:
         run: what cannot be read from ``error`` is left out (and counted).
         """
         self._end_with_error(error, message, RunStatus.FAILURE)
+
+    def record_write(
+        self, target: Any, *, rows: Any = None, version: Any = None, awaits_checkpoint: bool = False
+    ) -> None:
+        """Record that the run wrote ``rows`` to ``target`` (a path, a table), producing
+        ``version`` (a Delta table version) if there is one.
+
+        In sidecar mode the write is in the spool before this returns, so a run killed right
+        after its write still has the write on record. ``awaits_checkpoint=True`` says the
+        write is committed only by the run's checkpoint (an append under a high-water mark):
+        a run that ends without :meth:`record_checkpoint` is then an ``uncommitted_write``.
+        Never raises; what cannot be read is bounded or left out (and counted).
+        """
+        try:
+            if len(self.record.writes) >= MAX_WRITES:
+                self._invalid("write", f"more than {MAX_WRITES} writes in one run; dropped")
+                return
+            write: dict[str, Any] = {
+                "target": self._phase_text(target, "write"),
+                "rows": self._coerce_rows(rows),
+                "version": self._phase_value(version, "write"),
+                "at": time.time_ns(),
+            }
+            if awaits_checkpoint is True:
+                write["awaits_checkpoint"] = True
+            self._phase("write", writes=(*self.record.writes, write))
+        except Exception as exc:  # pragma: no cover - a bug here must not reach the node
+            self._invalid("write", f"a write could not be recorded ({_reason(exc)})")
+
+    def record_checkpoint(self, key: Any, value: Any, *, previous: Any = None) -> None:
+        """Record that the run committed its checkpoint ``key`` = ``value`` (a high-water
+        mark), replacing ``previous``. Durable at once like :meth:`record_write`; a second
+        call replaces the first (a run commits one checkpoint). Never raises."""
+        try:
+            checkpoint = {
+                "key": self._phase_text(key, "checkpoint"),
+                "value": self._phase_value(value, "checkpoint"),
+                "previous": self._phase_value(previous, "checkpoint"),
+                "at": time.time_ns(),
+            }
+            self._phase("checkpoint", checkpoint=checkpoint)
+        except Exception as exc:  # pragma: no cover - a bug here must not reach the node
+            self._invalid("checkpoint", f"a checkpoint could not be recorded ({_reason(exc)})")
+
+    def _phase(self, field: str, **changes: Any) -> None:
+        """Keep ``changes`` on the running record and emit it as a ``PHASE`` event (a sign of
+        life: its heartbeat time is now). After the run ended there is nothing to add to."""
+        if self._ended.locked():
+            self._invalid(field, f"run {self.run_id} has ended; a {field} after it is ignored")
+            return
+        self.record = record = self.record.replace(**changes)
+        self._observer.bus.emit(
+            RunEvent(EventKind.PHASE, record.replace(heartbeat_ns=time.time_ns()))
+        )
+
+    def _phase_text(self, value: Any, field: str) -> str:
+        """A target or key as bounded, redacted, valid text; ``unknown`` if unreadable."""
+        if type(value) is str and value.isascii() and 0 < len(value) <= MAX_PHASE_TEXT:
+            return value
+        try:
+            text = _text_of(os.fsdecode(value) if isinstance(value, os.PathLike) else value)
+        except Exception as exc:
+            self._invalid(field, f"a {field} name could not be read ({_reason(exc)}); 'unknown'")
+            return "unknown"
+        return self._phase_bounded(text, field) if text else "unknown"
+
+    def _phase_bounded(self, text: str, field: str) -> str:
+        """``text`` redacted, valid and cut to :data:`MAX_PHASE_TEXT` (a cut is counted)."""
+        if len(text) > MAX_PHASE_TEXT:
+            self._invalid(field, f"a {field} text longer than {MAX_PHASE_TEXT} characters cut")
+        return self._safe(text, MAX_PHASE_TEXT, field)
+
+    def _phase_value(self, value: Any, field: str) -> Any:
+        """``value`` as a JSON value: ``None``, a bool, an int64, a finite float or bounded
+        text (a time as ISO-8601, anything else as its ``str``). Never raises."""
+        kind = type(value)
+        if value is None or kind is bool:
+            return value
+        if kind is int and -_INT64_MAX - 1 <= value <= _INT64_MAX:
+            return value
+        if kind is float and math.isfinite(value):
+            return value
+        if kind is str:
+            return self._phase_bounded(value, field)
+        try:
+            if isinstance(value, (datetime.datetime, datetime.date)):
+                text = _text_of(value.isoformat())  # pandas' Timestamp too
+            elif isinstance(value, str):  # a subclass: its own value, not its methods
+                text = str.__str__(value)
+            elif isinstance(value, (int, numbers.Integral)):  # numpy's integers too
+                number = int.__int__(value) if isinstance(value, int) else operator.index(value)
+                if -_INT64_MAX - 1 <= number <= _INT64_MAX:
+                    return number
+                self._invalid(field, f"a {field} value is an integer beyond int64; kept as text")
+                text = str(number) if number.bit_length() < 10_000 else "<huge int>"
+            elif isinstance(value, (float, numbers.Real)):
+                real = float.__float__(value) if isinstance(value, float) else float(value)
+                if math.isfinite(real):
+                    return real
+                self._invalid(field, f"a {field} value is {real}; kept as text")
+                text = str(real)
+            else:
+                text = _text_of(value)
+        except Exception as exc:
+            self._invalid(field, f"a {field} value could not be read ({_reason(exc)}); left out")
+            return None
+        return self._phase_bounded(text, field)
 
     def _end_with_error(self, error: BaseException, message: str | None, status: RunStatus) -> None:
         """End the run as ``status`` with ``error``'s type, message and suggestions."""
@@ -833,6 +945,14 @@ class _NoRun:
         """Ignored outside a node run."""
 
     def fail(self, error: BaseException, *, message: str | None = None) -> None:
+        """Ignored outside a node run."""
+
+    def record_write(
+        self, target: Any, *, rows: Any = None, version: Any = None, awaits_checkpoint: bool = False
+    ) -> None:
+        """Ignored outside a node run."""
+
+    def record_checkpoint(self, key: Any, value: Any, *, previous: Any = None) -> None:
         """Ignored outside a node run."""
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Final, TextIO
 
 from odibi_observe._cliargs import first_line
 from odibi_observe._redact import redact, terminal_safe
-from odibi_observe.conventions import RunStatus
+from odibi_observe.conventions import UNCOMMITTED_WRITE, RunStatus
 from odibi_observe.record import RunRecord, ns_to_datetime
 
 #: Run ids are shown by their first characters, as git shows commits; ``--details`` takes
@@ -67,6 +67,9 @@ def failure_lines(rec: RunRecord) -> list[str]:
             f"    {label}: {one_line(rec.error_type)}: "
             f"{terminal_safe(first_line(rec.error_message or ''))}"
         )
+    summary = rec.uncommitted_summary() if rec.writes else None
+    if summary is not None:
+        lines.append(f"    {one_line(summary)}")
     lines.extend(f"    suggestion: {one_line(text)}" for text in rec.suggestions)
     return lines
 
@@ -256,6 +259,7 @@ def detail_fields(rec: RunRecord, trace_url_template: str | None = None) -> list
         ("duration", human_ms(rec.duration_ms) or "-"),
         ("rows", rows_text(rec.rows_processed) or "-"),
         ("host", f"{rec.host} pid {rec.pid}"),
+        *phase_fields(rec),
         ("trace id", rec.trace_id),
         ("span id", rec.span_id),
     ]
@@ -263,6 +267,33 @@ def detail_fields(rec: RunRecord, trace_url_template: str | None = None) -> list
     if link:
         fields.append(("trace", link))
     return [(label, one_line(value)) for label, value in fields]
+
+
+def phase_fields(rec: RunRecord) -> list[tuple[str, str]]:
+    """``--details`` lines of a run's writes and checkpoint (none for a run without)."""
+    fields = []
+    for write in rec.writes:
+        version = write.get("version")
+        fields.append(
+            (
+                "write",
+                f"{write.get('target')}  rows {rows_text(write.get('rows')) or '?'}"
+                + ("" if version is None else f"  version {version}")
+                + ("  (awaits checkpoint)" if write.get("awaits_checkpoint") else ""),
+            )
+        )
+    checkpoint = rec.checkpoint
+    if checkpoint is not None:
+        fields.append(
+            (
+                "checkpoint",
+                f"{checkpoint.get('key')} = {checkpoint.get('value')}"
+                f"  (was {checkpoint.get('previous')})",
+            )
+        )
+    elif rec.writes:
+        fields.append(("checkpoint", "none committed"))
+    return fields
 
 
 #: Width of the label column of ``--details``.
@@ -353,6 +384,12 @@ def run_json(rec: RunRecord) -> dict[str, Any]:
         c.PID: rec.pid,
         c.HEARTBEAT_AT: iso(rec.heartbeat_ns),
         c.SOURCE: rec.source.value,
+        # As the catalog's JSON columns hold them (times in ISO 8601 UTC).
+        c.WRITES_JSON.removesuffix("_json"): json.loads(c.phases_json(rec.writes)),
+        c.CHECKPOINT_JSON.removesuffix("_json"): None
+        if rec.checkpoint is None
+        else json.loads(c.phases_json(rec.checkpoint)),
+        UNCOMMITTED_WRITE: rec.uncommitted_write,
     }
 
 

@@ -270,6 +270,16 @@ HEALTH_FINDINGS_TABLE: Final = "meta_health_findings"
 #: (``CRASH_CAUSES`` below) were told apart: rows written by older versions still carry it.
 CRASHED_ERROR_TYPE: Final = "ProcessCrashed"
 
+#: The reconcile kind (and ``runs`` mark) of a run that wrote but never committed the checkpoint
+#: its writes wait for, and ended CRASHED, FAILURE or CANCELLED (or is a stale RUNNING row);
+#: see "phases of a run" below.
+UNCOMMITTED_WRITE: Final = "uncommitted_write"
+#: A run committed a checkpoint older than the one committed before it (the next run re-reads
+#: what was already read); and two runs of one checkpointing node ran at once (both read the
+#: same window). Judged from the catalog's history of checkpoints.
+CHECKPOINT_REGRESSED: Final = "checkpoint_regressed"
+OVERLAPPING_RUNS: Final = "overlapping_runs"
+
 #: Stable names of the discrepancies reconciliation reports (the JSON report's ``kind``).
 DISCREPANCY_KINDS: Final = (
     "missing_in_catalog",
@@ -280,6 +290,9 @@ DISCREPANCY_KINDS: Final = (
     "duplicate_in_catalog",
     "duplicate_in_traces",
     "stale_running",
+    UNCOMMITTED_WRITE,
+    CHECKPOINT_REGRESSED,
+    OVERLAPPING_RUNS,
 )
 
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
@@ -769,18 +782,22 @@ def all_metrics() -> tuple[Metric, ...]:
         *RECONCILE_METRICS,
         *HEALTH_METRICS,
         *RESOURCE_METRICS,
+        *PHASE_METRICS,
     )
 
 
 def field_rows() -> list[dict[str, str]]:
     """The conventions table as rows of strings (the shape printed and documented)."""
     rows = []
-    for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD):
+    events = {f.key for f in PHASE_FIELDS}
+    for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD, *PHASE_FIELDS):
         rows.append(
             {
                 "field": f.key,
                 "catalog column": ", ".join(f"`{c}`" for c in f.columns) or "—",
-                "span attribute": f"`{f.attribute}`"
+                "span attribute": f"event `{f.attribute}`"
+                if f.key in events
+                else f"`{f.attribute}`"
                 if f.attribute
                 else "native"
                 if f.key == "trace_ids"
@@ -1191,3 +1208,72 @@ class AuditKeys:
 
 
 AUDIT_KEYS: Final = AuditKeys()
+
+# --- phases of a run: what it wrote, and the checkpoint it committed ------------------------------
+#
+# ``run.record_write(target, rows=..., version=...)`` and ``run.record_checkpoint(key, value)``
+# (the Odibi integration calls them around the engine's write and ``set_hwm``). A run that wrote
+# and then ended without committing the checkpoint its writes wait for left data the next run
+# will read and write again: an ``uncommitted_write`` (docs/exactly-once.md).
+
+
+@dataclass(frozen=True)
+class PhaseFields(_Table[Field]):
+    writes: Field
+    checkpoint: Field
+
+
+#: Names of the span events a node span carries for each write and for the checkpoint.
+WRITE_EVENT: Final = "odibi.write"
+CHECKPOINT_EVENT: Final = "odibi.checkpoint"
+
+PHASE_FIELDS: Final = PhaseFields(
+    writes=Field(
+        "writes",
+        "The run's writes in order, a JSON list of {target, rows, version, at} (NULL: none "
+        "recorded); one span event each.",
+        columns=("writes_json",),
+        attribute=WRITE_EVENT,
+        prometheus_note="`odibi_node_uncommitted_writes_total` (uncommitted writes)",
+    ),
+    checkpoint=Field(
+        "checkpoint",
+        "The checkpoint the run committed, JSON {key, value, previous, at} (NULL: none); a "
+        "span event.",
+        columns=("checkpoint_json",),
+        attribute=CHECKPOINT_EVENT,
+    ),
+)
+
+#: Attributes of the ``odibi.write`` span event.
+WRITE_TARGET_ATTRIBUTE: Final = "odibi.write.target"
+WRITE_ROWS_ATTRIBUTE: Final = "odibi.write.rows"
+WRITE_VERSION_ATTRIBUTE: Final = "odibi.write.version"
+#: Whether the write waits for the run's checkpoint (see ``uncommitted_write``).
+WRITE_AWAITS_CHECKPOINT_ATTRIBUTE: Final = "odibi.write.awaits_checkpoint"
+#: Attributes of the ``odibi.checkpoint`` span event (values as JSON text unless a string).
+CHECKPOINT_KEY_ATTRIBUTE: Final = "odibi.checkpoint.key"
+CHECKPOINT_VALUE_ATTRIBUTE: Final = "odibi.checkpoint.value"
+CHECKPOINT_PREVIOUS_ATTRIBUTE: Final = "odibi.checkpoint.previous"
+
+#: Statuses after which a write without its checkpoint is uncommitted.
+UNCOMMITTED_STATUSES: Final = (RunStatus.FAILURE, RunStatus.CRASHED, RunStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class PhaseMetrics(_Table[Metric]):
+    uncommitted_writes: Metric
+
+
+PHASE_METRICS: Final = PhaseMetrics(
+    uncommitted_writes=Metric(
+        "uncommitted_writes",
+        None,
+        "",
+        "odibi_node_uncommitted_writes_total",
+        MetricKind.COUNTER,
+        _NODE_LABELS,
+        "Node runs that wrote data and ended without committing their checkpoint "
+        "(the next run re-reads and re-writes it).",
+    ),
+)

@@ -22,7 +22,13 @@ from enum import Enum
 from operator import attrgetter
 from typing import Any, Final, Protocol, Union
 
-from odibi_observe.conventions import LABEL_SOURCES, RunStatus, Source
+from odibi_observe.conventions import (
+    LABEL_SOURCES,
+    UNCOMMITTED_STATUSES,
+    UNCOMMITTED_WRITE,
+    RunStatus,
+    Source,
+)
 
 #: A value OpenTelemetry accepts as an attribute: a primitive or a homogeneous sequence.
 AttributeValue = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics needs 3.10+ only
@@ -31,11 +37,17 @@ AttributeValue = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics ne
 
 
 class EventKind(str, Enum):
-    """What happened to a run. ``STARTED`` and ``FINISHED`` bracket every run."""
+    """What happened to a run. ``STARTED`` and ``FINISHED`` bracket every run.
+
+    ``PHASE``: the run recorded a write or committed its checkpoint (``record_write``,
+    ``record_checkpoint``); its record is the running snapshot with them, and like a heartbeat
+    it is a sign of life (its ``heartbeat_ns`` is the moment of the call).
+    """
 
     STARTED = "started"
     HEARTBEAT = "heartbeat"
     FINISHED = "finished"
+    PHASE = "phase"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,12 @@ class RunRecord:
     memory_limit_bytes: int | None = None
     # The traceback of a FAILURE / CANCELLED run, redacted and bounded; None otherwise.
     error_stack: str | None = None
+    # Phases of the run (``record_write`` / ``record_checkpoint``): its writes in order, each
+    # ``{"target", "rows", "version", "at"}`` (``at`` in ns; ``"awaits_checkpoint": True`` when
+    # the write is committed only by the run's checkpoint), and the checkpoint it committed,
+    # ``{"key", "value", "previous", "at"}``. Plain JSON values, already made safe.
+    writes: tuple[dict[str, Any], ...] = ()
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -94,6 +112,36 @@ class RunRecord:
     @property
     def ended_at(self) -> datetime | None:
         return None if self.ended_ns is None else ns_to_datetime(self.ended_ns)
+
+    @property
+    def uncommitted_write(self) -> bool:
+        """Whether this run left an uncommitted write: it recorded a write that waits for its
+        checkpoint (and did not write 0 rows), committed none, and ended ``FAILURE``,
+        ``CRASHED`` or ``CANCELLED``. The next run of the node re-reads (and re-writes) what it
+        wrote. Reconciliation also flags runs whose writes did not say so, from the node's
+        history (docs/exactly-once.md)."""
+        return (
+            bool(self.writes)
+            and self.checkpoint is None
+            and self.status in UNCOMMITTED_STATUSES
+            and any(w.get("awaits_checkpoint") and w.get("rows") != 0 for w in self.writes)
+        )
+
+    def uncommitted_summary(self) -> str | None:
+        """What an :attr:`uncommitted_write` run left, in one sentence (None if it is not
+        one): the rows and targets of its writes that await a checkpoint, and that the next
+        run re-reads them."""
+        if not (self.writes and self.uncommitted_write):
+            return None
+        pending = [w for w in self.writes if w.get("awaits_checkpoint")]
+        rows = [w.get("rows") for w in pending]
+        known = sum(r for r in rows if type(r) is int)
+        amount = f"{known} row(s)" if None not in rows else "rows (count unknown)"
+        targets = ", ".join(dict.fromkeys(_write_target_text(w) for w in pending))
+        return (
+            f"{UNCOMMITTED_WRITE}: it wrote {amount} to {targets} and committed no "
+            "checkpoint; the next run re-reads them"
+        )
 
     def label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
         """Values of the metric ``labels`` (names from the conventions) for this run."""
@@ -153,6 +201,8 @@ class RunRecord:
             "cpu_seconds": self.cpu_seconds,
             "memory_limit_bytes": self.memory_limit_bytes,
             "error_stack": self.error_stack,
+            "writes": [dict(w) for w in self.writes],
+            "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
         }
 
     @classmethod
@@ -193,6 +243,8 @@ class RunRecord:
         put(new, "source", source)
         suggestions = data.get("suggestions")
         put(new, "suggestions", tuple(suggestions) if suggestions else ())
+        writes = data.get("writes")
+        put(new, "writes", tuple(writes) if writes else ())
         attributes = data.get("attributes")
         put(
             new,
@@ -277,6 +329,19 @@ class RunHandle(Protocol):
         """Record the run as ``FAILURE`` now, without raising."""
         ...
 
+    def record_write(
+        self, target: Any, *, rows: Any = None, version: Any = None, awaits_checkpoint: bool = False
+    ) -> None:
+        """Record a write of ``rows`` to ``target`` (``version``: the table version it made);
+        spooled before it returns in sidecar mode. ``awaits_checkpoint``: committed only by
+        the run's checkpoint (an append under a high-water mark)."""
+        ...
+
+    def record_checkpoint(self, key: Any, value: Any, *, previous: Any = None) -> None:
+        """Record the checkpoint (high-water mark) ``key`` = ``value`` the run committed,
+        replacing ``previous``."""
+        ...
+
     def __bool__(self) -> bool:
         """True for a real run, False for the null run."""
         ...
@@ -316,6 +381,8 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "cpu_seconds": (float, int, _NONE),
     "suggestions": (list, tuple, _NONE),
     "attributes": (dict, _NONE),
+    "writes": (list, tuple, _NONE),
+    "checkpoint": (dict, _NONE),
     "status": (str,),
     "source": (str,),
 }
@@ -338,6 +405,8 @@ def _check_types(data: Mapping[str, Any]) -> None:
     suggestions = data.get("suggestions")
     if suggestions and any(s.__class__ is not str for s in suggestions):
         raise TypeError("RunRecord field 'suggestions' must hold strings only")
+    if "writes" in data or "checkpoint" in data:
+        _check_phases(data)
     attributes = data.get("attributes")
     if attributes:
         for key, value in attributes.items():
@@ -351,6 +420,23 @@ def _check_types(data: Mapping[str, Any]) -> None:
                     f"RunRecord attribute {key!r} must be a string, bool, int, "
                     f"float or a list of them, not {type(value).__name__}"
                 )
+
+
+def _write_target_text(write: Mapping[str, Any]) -> str:
+    """``target`` (``target@version`` when the write made a table version)."""
+    version = write.get("version")
+    return str(write.get("target")) + ("" if version is None else f" (version {version})")
+
+
+def _check_phases(data: Mapping[str, Any]) -> None:
+    """``TypeError`` unless ``writes`` holds objects with a text ``target`` and ``checkpoint``
+    has a text ``key``: what every sink reads of them."""
+    for write in data.get("writes") or ():
+        if write.__class__ is not dict or write.get("target").__class__ is not str:
+            raise TypeError("RunRecord field 'writes' must hold objects with a 'target' string")
+    checkpoint = data.get("checkpoint")
+    if checkpoint is not None and checkpoint.get("key").__class__ is not str:
+        raise TypeError("RunRecord field 'checkpoint' must have a 'key' string")
 
 
 def _label_getter(labels: tuple[str, ...]) -> Callable[[RunRecord], tuple[str, ...]]:

@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -107,6 +108,16 @@ def fill_catalog(url: str) -> None:
         error_type="SIGTERM",
         error_message="terminated by signal 15",
         rows=None,
+        # Killed after its write, before its checkpoint: an uncommitted write.
+        writes=(
+            {
+                "target": "/lake/report",
+                "rows": 12,
+                "version": 3,
+                "at": time.time_ns(),
+                "awaits_checkpoint": True,
+            },
+        ),
         **identity,
     )
     # History for the data-health bands: 8 earlier SUCCESS runs of clean_orders (rows 90/110,
@@ -279,6 +290,9 @@ def test_overview_shows_failures_with_suggestions_and_what_runs(
     assert all(len(row["trace_id"]) == 32 for row in failures)
     # The CRASHED retry is a failure too, newest first.
     assert failures[0]["status"] == "CRASHED" and failures[0]["attempt"] == 2
+    uncommitted = _rows(results, "uncommitted_write_runs")
+    assert [(r["node"], r["status"]) for r in uncommitted] == [("publish_report", "CRASHED")]
+    assert json.loads(uncommitted[0]["writes_json"])[0]["rows"] == 12
     running = _rows(results, "currently_running")
     assert [r["node"] for r in running] == ["ingest_orders"]
     assert running[0]["running_s"] >= 0

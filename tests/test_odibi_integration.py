@@ -668,14 +668,20 @@ def test_the_environment_variable_decides(
 
 
 def test_instrument_is_idempotent_and_uninstrument_restores_odibi() -> None:
+    from odibi.engine.pandas_engine import PandasEngine
+    from odibi.engine.polars_engine import PolarsEngine
     from odibi.node import Node, NodeExecutor
     from odibi.pipeline import Pipeline
+    from odibi.state import StateManager
 
     methods: list[tuple[Any, str]] = [
         (Node, "execute"),
         (Node, "_execute_with_retries"),
         (NodeExecutor, "execute"),
         (Pipeline, "run"),
+        (StateManager, "set_hwm"),
+        (PandasEngine, "write"),
+        (PolarsEngine, "write"),
     ]
     before = [vars(owner)[name] for owner, name in methods]
     observe_odibi.instrument()

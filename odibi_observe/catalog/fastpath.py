@@ -24,6 +24,7 @@ from odibi_observe.catalog.schema import (
     COLUMNS,
     HEARTBEAT_AT,
     PEAK_RSS,
+    PHASE_COLUMNS,
     RUN_ID,
     STATUS,
     UPDATED_AT,
@@ -69,10 +70,13 @@ def _native_statements(dialect: str) -> tuple[sa.Insert, sa.Insert]:
             HEARTBEAT_AT: excluded[HEARTBEAT_AT],
             UPDATED_AT: excluded[UPDATED_AT],
             PEAK_RSS: sa.func.coalesce(excluded[PEAK_RSS], c[PEAK_RSS]),
+            # A phase event (a write, a checkpoint) is written as a heartbeat carrying them.
+            **{name: sa.func.coalesce(excluded[name], c[name]) for name in PHASE_COLUMNS},
         },
         where=sa.and_(
             c[STATUS] == _RUNNING,
-            sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < excluded[HEARTBEAT_AT]),
+            # <=: two phases within one microsecond; the later one holds both.
+            sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] <= excluded[HEARTBEAT_AT]),
         ),
     )
     return upsert_full, upsert_beat

@@ -35,6 +35,7 @@ from odibi_observe.conventions import (
     FIELDS,
     HEALTH_FINDINGS_TABLE,
     ODIBI_META_RUNS_COLUMNS,
+    PHASE_FIELDS,
     RECONCILIATION_ITEMS_TABLE,
     RECONCILIATION_TABLE,
     RESOURCE_FIELDS,
@@ -75,6 +76,10 @@ PEAK_RSS: Final = RESOURCE_FIELDS.peak_rss.column
 CPU_SECONDS: Final = RESOURCE_FIELDS.cpu.column
 MEMORY_LIMIT: Final = RESOURCE_FIELDS.memory_limit.column
 ERROR_STACK: Final = ERROR_STACK_FIELD.column
+WRITES_JSON: Final = PHASE_FIELDS.writes.column
+CHECKPOINT_JSON: Final = PHASE_FIELDS.checkpoint.column
+#: The columns a phase event (``EventKind.PHASE``) moves on a running row, with its heartbeat.
+PHASE_COLUMNS: Final = (WRITES_JSON, CHECKPOINT_JSON)
 
 
 def _odibi_only_columns() -> tuple[str, str]:
@@ -153,6 +158,9 @@ meta_runs: Final = sa.Table(
     sa.Column(MEMORY_LIMIT, sa.BigInteger),
     # The traceback of a failed or cancelled run (migration 0005), already bounded by the writer.
     sa.Column(ERROR_STACK, sa.Text),
+    # The run's writes and the checkpoint it committed (migration 0006): NULL when none.
+    sa.Column(WRITES_JSON, sa.Text),
+    sa.Column(CHECKPOINT_JSON, sa.Text),
 )
 
 
@@ -447,6 +455,8 @@ def record_values(
         record.cpu_seconds,  # CPU_SECONDS
         record.memory_limit_bytes,  # MEMORY_LIMIT
         record.error_stack,  # ERROR_STACK
+        phases_json(record.writes) if record.writes else None,  # WRITES_JSON
+        None if record.checkpoint is None else phases_json(record.checkpoint),  # CHECKPOINT_JSON
     ]
     for i, limit in _TEXT_SLOTS:
         value = row[i]
@@ -499,6 +509,8 @@ _VALUE_ORDER: Final = (
     CPU_SECONDS,
     MEMORY_LIMIT,
     ERROR_STACK,
+    WRITES_JSON,
+    CHECKPOINT_JSON,
 )
 if _VALUE_ORDER != COLUMNS:  # pragma: no cover - guards edits of the table or of record_values
     raise RuntimeError(f"record_values lists {_VALUE_ORDER}, the table has {COLUMNS}")
@@ -540,6 +552,49 @@ def _status(value: Any) -> RunStatus:
         raise ValueError(
             f"{STATUS}={value!r} is not one of {', '.join(s.value for s in RunStatus)}"
         ) from None
+
+
+#: Keys of a write or checkpoint whose value is a time: nanoseconds in the record, ISO-8601 UTC
+#: text in the catalog's JSON (what people and SQL read).
+_PHASE_TIMES: Final = ("at",)
+
+
+def phases_json(value: Mapping[str, Any] | tuple[Mapping[str, Any], ...]) -> str:
+    """``writes_json`` / ``checkpoint_json`` of a record's writes or checkpoint."""
+
+    def stored(item: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: ns_to_datetime(v).isoformat().replace("+00:00", "Z")
+            if k in _PHASE_TIMES and type(v) is int
+            else _json_value(v)
+            for k, v in item.items()
+        }
+
+    if isinstance(value, tuple):
+        return _to_json([stored(item) for item in value])
+    return _to_json(stored(value))
+
+
+def _phases(text: Any, shape: type) -> list[dict[str, Any]]:
+    """The writes (``shape`` list) or the checkpoint (dict) a JSON column holds, times back in
+    nanoseconds; nothing for NULL, and for text another writer left that is not of that
+    shape (a row must stay readable)."""
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return []
+    items = value if shape is list and isinstance(value, list) else [value]
+    found = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("target", item.get("key")), str):
+            for key in _PHASE_TIMES:
+                if isinstance(item.get(key), str):
+                    try:
+                        item[key] = datetime_to_ns(datetime.fromisoformat(item[key]))
+                    except ValueError:
+                        item[key] = None
+            found.append(item)
+    return found
 
 
 def _attribute(value: Any) -> AttributeValue:
@@ -596,4 +651,6 @@ def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
         cpu_seconds=None if cpu is None else float(cpu),
         memory_limit_bytes=None if limit is None else int(limit),
         error_stack=row.get(ERROR_STACK),
+        writes=tuple(_phases(row.get(WRITES_JSON), list)),
+        checkpoint=next(iter(_phases(row.get(CHECKPOINT_JSON), dict)), None),
     )

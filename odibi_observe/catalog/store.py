@@ -38,6 +38,7 @@ from odibi_observe.catalog.schema import (
     HOST,
     NODE,
     PEAK_RSS,
+    PHASE_COLUMNS,
     PIPELINE,
     RUN_ID,
     STARTED_AT,
@@ -67,7 +68,9 @@ _IN_CHUNK: Final = 500
 def coalesce_events(events: Sequence[RunEvent]) -> tuple[list[RunEvent], list[RunEvent]]:
     """One event per run: ``(full, heartbeats)``, the rows to upsert and the liveness updates.
 
-    A terminal event beats a heartbeat, which beats a start; among equals the later one wins.
+    A terminal event beats a heartbeat or a phase (a write or checkpoint of the running run:
+    written like a heartbeat, which also carries the run's phases), which beats a start; among
+    equals the later one wins.
     This keeps a batch to one row per ``run_id`` (PostgreSQL refuses to update the same row
     twice in one statement) and means a batch holding a run's start *and* end writes the end
     once instead of writing the row twice.
@@ -75,12 +78,13 @@ def coalesce_events(events: Sequence[RunEvent]) -> tuple[list[RunEvent], list[Ru
     # The rank is inlined (``status is not RUNNING`` is ``RunStatus.is_terminal``): this runs
     # for every event, and a ``rank()`` call plus the property per event made coalescing cost
     # four times what it does now.
-    heartbeat = EventKind.HEARTBEAT
+    heartbeat, phase = EventKind.HEARTBEAT, EventKind.PHASE
     running = RunStatus.RUNNING
     winners: dict[str, tuple[int, RunEvent]] = {}
     for ev in events:
         record = ev.record
-        rank = 2 if record.status is not running else 1 if ev.kind is heartbeat else 0
+        kind = ev.kind
+        rank = 2 if record.status is not running else 1 if kind is heartbeat or kind is phase else 0
         current = winners.get(record.run_id)
         if current is None or rank >= current[0]:
             winners[record.run_id] = (rank, ev)
@@ -335,13 +339,14 @@ def _upsert_portable(
             .where(
                 c[RUN_ID] == _bind(RUN_ID),
                 c[STATUS] == _RUNNING,
-                sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] < _bind(HEARTBEAT_AT)),
+                sa.or_(c[HEARTBEAT_AT].is_(None), c[HEARTBEAT_AT] <= _bind(HEARTBEAT_AT)),
             )
             .values(
                 {
                     HEARTBEAT_AT: _bind(HEARTBEAT_AT),
                     UPDATED_AT: _bind(UPDATED_AT),
                     PEAK_RSS: sa.func.coalesce(_bind(PEAK_RSS), c[PEAK_RSS]),
+                    **{name: sa.func.coalesce(_bind(name), c[name]) for name in PHASE_COLUMNS},
                 }
             )
         )

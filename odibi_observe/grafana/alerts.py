@@ -37,6 +37,9 @@ MEMORY_NEAR_LIMIT: Final = 0.9
 MEMORY_WINDOW: Final = "1d"
 #: Window in which a crash counts for the probable-OOM rule.
 CRASH_WINDOW: Final = "1h"
+#: How long an uncommitted write keeps its alert firing: long enough to be seen (and acted on
+#: before the node's next run), short enough to resolve by itself.
+UNCOMMITTED_WINDOW: Final = "1h"
 
 #: Open health findings that page: a node that keeps failing, returns nothing, is stale or is
 #: about to be OOM-killed. The other kinds (an anomaly, a flaky node) are warnings.
@@ -99,6 +102,10 @@ def _crashed_near_limit() -> str:
     crashed = q.series(METRICS.runs, q.eq(q.STATUS_LABEL, RunStatus.CRASHED.value))
     per_node = q.agg("sum", f"increase({crashed}[{CRASH_WINDOW}])", *q.NODE_IDENTITY)
     return f"{per_node} > 0\nand on ({', '.join(q.NODE_IDENTITY)})\n{_memory_near_limit()}"
+
+
+def _uncommitted_writes() -> str:
+    return f"{q.uncommitted_writes(_ALL_NODES, UNCOMMITTED_WINDOW, *q.NODE_IDENTITY)} > 0"
 
 
 def _camel(kind: str) -> str:
@@ -237,6 +244,17 @@ RULES: Final[tuple[Rule, ...]] = (
         "A run of the node crashed in the last hour, and its peak memory is above 90% of its "
         "limit: probably OOM-killed. The catalog's error_type says it for sure (OOMKilled; "
         "odibi-observe runs --failures).",
+    ),
+    Rule(
+        "OdibiUncommittedWrite",
+        _uncommitted_writes(),
+        "0m",
+        "critical",
+        "Node {{ $labels.pipeline }}/{{ $labels.node }} wrote data it never checkpointed",
+        "A run of the node wrote its target and then crashed, failed or was cancelled before "
+        "committing its high-water mark: the next run re-reads those rows and writes them "
+        "again. odibi-observe reconcile names the run and the rows; docs/exactly-once.md says "
+        "what to do before the next run.",
     ),
 )
 

@@ -193,6 +193,8 @@ ALL_OR_RED: Final[Steps] = ((None, "red"), (1.0, "green"))
 ANY_IS_RED: Final[Steps] = ((None, "green"), (1.0, "red"))
 #: Seconds since a nightly job: more than 26 hours is a missed night.
 NIGHTLY_STEPS: Final[Steps] = ((None, "green"), (26 * 3600.0, "red"))
+#: Any uncommitted write is a data problem waiting for the next run.
+UNCOMMITTED_STEPS: Final[Steps] = ((None, "green"), (1.0, "red"))
 
 
 def _thresholds(steps: Steps) -> ThresholdsConfig:
@@ -470,17 +472,17 @@ def pipeline_overview() -> BuiltDashboard:
                 "Runs by status",
                 "Node runs that ended in the time range, by status.",
                 _instant(q.runs_by_status(f, "$__range"), q.STATUS_LABEL),
-                span=9,
+                span=8,
                 text_mode=common.BigValueTextMode.VALUE_AND_NAME,
             )
         )
-        .panel(_success_rate(f, "SUCCESS runs / all finished runs in the time range.", span=5))
+        .panel(_success_rate(f, "SUCCESS runs / all finished runs in the time range.", span=4))
         .panel(
             stat_panel(
                 "Running now",
                 "Node runs in progress, as the running processes report them.",
                 _instant(q.running_now(f)),
-                span=5,
+                span=4,
             )
         )
         .panel(
@@ -488,7 +490,18 @@ def pipeline_overview() -> BuiltDashboard:
                 "Rows processed",
                 "Rows processed by node runs that ended in the time range.",
                 _instant(q.rows_total(f, "$__range")),
-                span=5,
+                span=4,
+            )
+        )
+        .panel(
+            stat_panel(
+                "Uncommitted writes",
+                "Runs that wrote their target and crashed, failed or were cancelled before "
+                "committing their checkpoint (HWM): the next run re-reads and re-writes those "
+                "rows. The catalog table below lists them; docs/exactly-once.md says what to do.",
+                _instant(q.uncommitted_writes(f, "$__range")),
+                thresholds=UNCOMMITTED_STEPS,
+                span=4,
             )
         )
         .panel(_runs_by_status(f, "Finished node runs per interval, stacked by status."))
@@ -532,6 +545,15 @@ def pipeline_overview() -> BuiltDashboard:
             "actionable suggestions recorded with it. trace_id opens the run's trace.",
             q.recent_failures(f),
             10,
+        )
+        .table(
+            "Uncommitted writes",
+            "Runs that wrote (an append awaiting its checkpoint) and ended FAILURE, CRASHED or "
+            "CANCELLED without committing it, newest first: what each wrote (target, rows, "
+            "Delta version) is in writes_json. Undo or dedupe those rows, or advance the "
+            "checkpoint, before the node runs again.",
+            q.uncommitted_write_runs(f),
+            7,
         )
         .table(
             "Slowest nodes",

@@ -27,6 +27,7 @@ from sqlalchemy import Column
 from odibi_observe.catalog import schema
 from odibi_observe.catalog.schema import (
     ATTEMPT,
+    CHECKPOINT_JSON,
     DURATION_MS,
     ENDED_AT,
     ERROR_MESSAGE,
@@ -44,6 +45,7 @@ from odibi_observe.catalog.schema import (
     STATUS,
     SUGGESTIONS_JSON,
     TRACE_ID,
+    WRITES_JSON,
 )
 from odibi_observe.conventions import (
     CATALOG_TABLE,
@@ -53,12 +55,14 @@ from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
     HEALTH_METRICS,
     METRICS,
+    PHASE_METRICS,
     RECONCILE_METRICS,
     RECONCILIATION_ITEMS_TABLE,
     RECONCILIATION_TABLE,
     RESOURCE_METRICS,
     SELF_METRICS,
     SIDECAR_METRICS,
+    UNCOMMITTED_STATUSES,
     Field,
     Metric,
     MetricKind,
@@ -254,8 +258,17 @@ def rows_per_second(f: Filters, *group: str) -> str:
     return agg("sum", f"rate({series(METRICS.rows, *f.matchers())}[$__rate_interval])", *group)
 
 
+def _increase(metric: Metric, f: Filters, window: str, *group: str) -> str:
+    return agg("sum", f"increase({series(metric, *f.matchers())}[{window}])", *group)
+
+
 def rows_total(f: Filters, window: str, *group: str) -> str:
-    return agg("sum", f"increase({series(METRICS.rows, *f.matchers())}[{window}])", *group)
+    return _increase(METRICS.rows, f, window, *group)
+
+
+def uncommitted_writes(f: Filters, window: str, *group: str) -> str:
+    """Runs that wrote and committed no checkpoint (``uncommitted_write``) in ``window``."""
+    return _increase(PHASE_METRICS.uncommitted_writes, f, window, *group)
 
 
 def duration_quantile(q: float, f: Filters, window: str, *group: str) -> str:
@@ -424,6 +437,37 @@ def recent_failures(f: Filters) -> SqlPanelQuery:
         f"""
 FROM {CATALOG_TABLE}
 {_where(f"{STATUS} IN {_in(FAILED)}", f"$__timeFilter({STARTED_AT})", *f.predicates())}
+ORDER BY {STARTED_AT} DESC
+LIMIT 50""",
+    )
+
+
+#: ``writes_json`` holds a write that awaits its checkpoint (the JSON the catalog writes).
+_AWAITS_CHECKPOINT: Final = '%"awaits_checkpoint":true%'
+
+
+def uncommitted_write_runs(f: Filters) -> SqlPanelQuery:
+    """Runs that wrote (awaiting their checkpoint), committed none and did not succeed: what
+    ``odibi_node_uncommitted_writes_total`` counts, with the writes to undo."""
+    return _query(
+        "uncommitted_write_runs",
+        [
+            (STARTED_AT, STARTED_OUT),
+            *IDENTITY,
+            *_as_is(STATUS, ERROR_TYPE, WRITES_JSON, RUN_ID),
+            (TRACE_ID, TRACE_ID_OUT),
+        ],
+        f"""
+FROM {CATALOG_TABLE}
+{
+            _where(
+                f"{STATUS} IN {_in([s.value for s in UNCOMMITTED_STATUSES])}",
+                f"{CHECKPOINT_JSON} IS NULL",
+                f"{WRITES_JSON} LIKE '{_AWAITS_CHECKPOINT}'",
+                f"$__timeFilter({STARTED_AT})",
+                *f.predicates(),
+            )
+        }
 ORDER BY {STARTED_AT} DESC
 LIMIT 50""",
     )

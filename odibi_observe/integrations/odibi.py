@@ -16,7 +16,7 @@ Where it hooks in
 -----------------
 Odibi (3.15.x) has no hook around node execution — its one plugin mechanism, the
 ``odibi.connections`` entry-point group, registers connection types — so :func:`instrument`
-wraps four methods. Each wrapper calls the original with the same arguments and returns or
+wraps these methods. Each wrapper calls the original with the same arguments and returns or
 raises exactly what it returned or raised; recording errors are logged, never raised.
 
 ``Node._execute_with_retries`` — **the node run.**
@@ -40,6 +40,16 @@ raises exactly what it returned or raised; recording errors are logged, never ra
     ``parallel`` run it also makes the pipeline span current, so the node spans nest under it.
 ``Pipeline.run`` — a ``pipeline <name>`` span (scope ``odibi_observe``) around the pipeline
     run, carrying Odibi's pipeline run id as ``odibi.pipeline_run_id``.
+``PandasEngine.write`` (and Polars', Spark's) — **the run's writes**: each write that returns
+    is ``record_write(target, rows, version)``: the connection's full path (or the table), the
+    rows from Delta's commit metrics (else the in-memory frame's length), Delta's version.
+    For a node that reads incrementally in ``stateful`` mode and appends, the write awaits its
+    checkpoint (``awaits_checkpoint``).
+``StateManager.set_hwm`` — **the run's checkpoint**: the node's HWM key set (after reading
+    the value it replaces from the state backend) is ``record_checkpoint(key, value,
+    previous)``. A run killed between the two is an ``uncommitted_write``
+    (``docs/exactly-once.md``); when ``set_hwm`` raises, Odibi's ``data_write_committed``,
+    ``hwm_error`` and ``hwm_update`` in the result's metadata are recorded too.
 
 Retries are one record per node run, not one per attempt: Odibi writes one ``meta_runs`` row
 per node run (status of the last attempt, total duration), and the record must match it. The
@@ -80,6 +90,7 @@ from odibi_observe._instrument import (
     error_message_of,
     node_run,
     pipeline_span_attributes,
+    rows_from_result,
     suggestions_of,
 )
 from odibi_observe._runtime import get_observer
@@ -106,6 +117,14 @@ _TARGETS: Final = (
     ("odibi.node", "Node", "_execute_with_retries"),
     ("odibi.node", "NodeExecutor", "execute"),
     ("odibi.pipeline", "Pipeline", "run"),
+    ("odibi.state", "StateManager", "set_hwm"),
+)
+#: The engines' ``write`` (the phases of a run: what it wrote). An engine whose module does not
+#: import here (its dataframe library is not installed) cannot run, so it is left out.
+_ENGINE_TARGETS: Final = (
+    ("odibi.engine.pandas_engine", "PandasEngine", "write"),
+    ("odibi.engine.polars_engine", "PolarsEngine", "write"),
+    ("odibi.engine.spark_engine", "SparkEngine", "write"),
 )
 
 
@@ -198,11 +217,27 @@ def instrument(*, share_run_id: bool = True) -> None:
                     f"build of Odibi cannot be instrumented. Nothing was instrumented."
                 )
             found.append((owner, method, original))
+        found += _engine_writes()
         for owner, method, original in found:
             wrapper = _WRAPPERS[method, owner.__name__](original)
             setattr(owner, method, wrapper)
             _patches.append(_Patch(owner, method, original, wrapper))
         _active = True
+
+
+def _engine_writes() -> list[tuple[Any, str, Callable[..., Any]]]:
+    """The ``write`` methods of the engines that import here."""
+    found = []
+    for module_name, class_name, method in _ENGINE_TARGETS:
+        try:
+            owner = getattr(importlib.import_module(module_name), class_name, None)
+        except Exception:  # its dataframe library is missing: the engine cannot run either
+            log.debug("odibi-observe: %s not importable; its writes are not wrapped", module_name)
+            continue
+        original = None if owner is None else vars(owner).get(method)
+        if callable(original):
+            found.append((owner, method, original))
+    return found
 
 
 def uninstrument() -> None:
@@ -357,6 +392,14 @@ class _NodeCall:
     attempts: int = 0
     run_id: str | None = None
     failed_attempts: list[tuple[int, str]] = field(default_factory=list)
+    #: The node's high-water-mark key when it reads incrementally in ``stateful`` mode: its
+    #: appends are committed only by ``set_hwm`` of that key (docs/exactly-once.md).
+    hwm_key: str | None = None
+    #: The run recording this call (None: not recorded).
+    run: NodeRun | None = None
+    #: The node's write target, ``(path, table)`` of its ``write`` config: the engine writes
+    #: to it are the node's (Odibi's own system-catalog writes during the run are not).
+    target: tuple[Any, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -526,12 +569,167 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _recording() -> _NodeCall | None:
+    """The node call being recorded on this thread, if a run records it."""
+    call = _current_call.get() if _active else None
+    return call if call is not None and call.run is not None else None
+
+
+def _wrap_engine_write(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _recording()
+        if call is None or call.target is None:
+            return original(self, *args, **kwargs)
+        result = original(self, *args, **kwargs)
+        _record_engine_write(call, args, kwargs, result)  # written: one that raised wrote nothing
+        return result
+
+    return write
+
+
+def _wrap_set_hwm(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def set_hwm(self: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _recording()
+        if call is None or (call.hwm_key is not None and key != call.hwm_key):
+            return original(self, key, value, *args, **kwargs)
+        previous = _previous_hwm(self, key)
+        result = original(self, key, value, *args, **kwargs)
+        if call.run is not None:  # set (a set_hwm that raised committed nothing)
+            call.run.record_checkpoint(key, value, previous=previous)
+        return result
+
+    return set_hwm
+
+
 _WRAPPERS: Final[Mapping[tuple[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
     ("execute", "Node"): _wrap_node_execute,
     ("_execute_with_retries", "Node"): _wrap_execute_with_retries,
     ("execute", "NodeExecutor"): _wrap_executor_execute,
     ("run", "Pipeline"): _wrap_pipeline_run,
+    ("set_hwm", "StateManager"): _wrap_set_hwm,
+    **{("write", class_name): _wrap_engine_write for _, class_name, _ in _ENGINE_TARGETS},
 }
+
+
+# -- the phases of a run: the engine's write and set_hwm --------------------------------------
+
+#: Write modes whose rows a second run writes again (the idempotent ones, ``upsert``,
+#: ``append_once`` and ``merge``, do not; ``overwrite`` replaces the target).
+_APPENDING_MODES: Final = frozenset({"append"})
+#: The engine ``write`` parameters the write's target and mode are read from, by position.
+_WRITE_PARAMETERS: Final = (
+    "df",
+    "connection",
+    "format",
+    "table",
+    "path",
+    "register_table",
+    "mode",
+    "options",
+    "streaming_config",
+)
+
+
+def hwm_key_of(config: Any) -> str | None:
+    """The high-water-mark key of a node that reads incrementally in ``stateful`` mode
+    (Odibi's own default: ``<node>_hwm``), else None. Never raises."""
+    try:
+        incremental = getattr(getattr(config, "read", None), "incremental", None)
+        mode = getattr(incremental, "mode", None)
+        if getattr(mode, "value", mode) != "stateful":
+            return None
+        key = getattr(incremental, "state_key", None)
+        return key if isinstance(key, str) and key else f"{getattr(config, 'name', '')}_hwm"
+    except Exception:
+        return None
+
+
+def _record_engine_write(
+    call: _NodeCall, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
+) -> None:
+    """``record_write`` for one engine write: target, rows, Delta version. Never raises."""
+    run = call.run
+    if run is None:
+        return
+    try:
+        given = {**dict(zip(_WRITE_PARAMETERS, args, strict=False)), **kwargs}
+        if (given.get("path"), given.get("table")) != call.target:
+            return  # not the node's target: Odibi's system catalog, its schema history
+        mode = given.get("mode")
+        mode = getattr(mode, "value", mode)
+        info = result if isinstance(result, dict) else {}
+        run.record_write(
+            _write_target(given),
+            rows=_written_rows(given.get("df"), info),
+            version=info.get("version"),
+            awaits_checkpoint=call.hwm_key is not None and mode in _APPENDING_MODES,
+        )
+    except Exception:
+        log.exception("odibi-observe: could not record the write of run %s", run.run_id)
+
+
+def _write_target(given: Mapping[str, Any]) -> str:
+    """Where the engine wrote: the connection's full path of ``path`` (or the table name)."""
+    where = given.get("path") or given.get("table")
+    if not isinstance(where, str) or not where:
+        return "unknown"
+    get_path = getattr(given.get("connection"), "get_path", None)
+    if given.get("path") and callable(get_path):
+        try:
+            full = get_path(where)
+            if isinstance(full, str) and full:
+                return full
+        except Exception:  # noqa: S110 - the relative path is still a target
+            pass
+    return where
+
+
+def _written_rows(df: Any, info: Mapping[str, Any]) -> int | None:
+    """Rows the write added: Delta's commit metrics, else the size of an in-memory frame
+    (never a count that would run a lazy plan again)."""
+    metrics = info.get("operation_metrics")
+    if isinstance(metrics, dict):
+        for key in ("numOutputRows", "numTargetRowsInserted"):
+            try:
+                return int(metrics[key])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return rows_from_result(df)
+
+
+def _previous_hwm(manager: Any, key: Any) -> Any:
+    """The value ``set_hwm(key, ...)`` is about to replace, from the state backend; None if
+    it cannot be read (a first run has none either)."""
+    try:
+        return manager.get_hwm(key)
+    except Exception:
+        log.debug("odibi-observe: could not read the HWM %r before setting it", key, exc_info=True)
+        return None
+
+
+def _apply_odibi_phases(run: NodeRun, node: Any, metadata: Mapping[str, Any]) -> None:
+    """Odibi's own account of the HWM commit, from the result's metadata.
+
+    ``data_write_committed`` with ``hwm_error``: the write happened and ``set_hwm`` failed.
+    If no engine write was seen (an engine this integration does not wrap), the write is
+    recorded from the node's write config. ``hwm_pending`` / ``hwm_update`` (the checkpoint
+    that was to be committed) become attributes.
+    """
+    if metadata.get("data_write_committed") is True and not (run.record and run.record.writes):
+        write = getattr(getattr(node, "config", None), "write", None)
+        target = getattr(write, "path", None) or getattr(write, "table", None)
+        run.record_write(target or "unknown", awaits_checkpoint=True)
+    error = metadata.get("hwm_error")
+    if error is not None:
+        run.set_attribute("hwm_error", error)
+    if metadata.get("hwm_pending") is True:
+        run.set_attribute("hwm_pending", True)
+        update = metadata.get("hwm_update")
+        if isinstance(update, dict):
+            run.set_attribute("hwm_update_key", update.get("key"))
+            run.set_attribute("hwm_update_value", str(update.get("value")))
 
 
 # -- recording one node run ----------------------------------------------------------------------
@@ -553,12 +751,20 @@ def _observe(
         run = started if started else None  # a falsy no-op run if recording could not start
         if run is not None:
             call.run_id = run.run_id
+            call.run = run
+            config = getattr(node, "config", None)
+            call.hwm_key = hwm_key_of(config)
+            write = getattr(config, "write", None)
+            if write is not None:
+                call.target = (getattr(write, "path", None), getattr(write, "table", None))
         try:
             result = original(node, *args, **kwargs)
         except BaseException:
+            call.run = None
             if run is not None:
                 _set_attempt(run, call.attempts)
             raise  # node_run records it as FAILURE, then it propagates unchanged
+        call.run = None  # what Odibi writes or sets after the run is not the run's
         if run is not None:
             _apply_result(run, result, call)
     return result
@@ -588,6 +794,7 @@ def _apply_result(run: NodeRun, result: Any, call: _NodeCall) -> None:
             run.set_attribute("retry_errors", tuple(earlier))
         if metadata.get("data_write_committed") is True:  # written, then the HWM commit failed
             run.set_attribute("data_write_committed", True)
+        _apply_odibi_phases(run, call.node, metadata)
     except Exception:
         log.exception("odibi-observe: could not read Odibi's result for run %s", run.run_id)
     if not succeeded:

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from odibi_observe.catalog.schema import (
+    CHECKPOINT_JSON,
     COLUMNS,
     DURATION_MS,
     HEARTBEAT_AT,
@@ -51,6 +52,9 @@ from odibi_observe.catalog.schema import (
     STATUS,
     TIMESTAMP,
     TRACE_ID,
+    WRITES_JSON,
+    meta_runs,
+    row_to_record,
 )
 from odibi_observe.catalog.store import CatalogStore, create_catalog_engine
 from odibi_observe.config import ConfigurationError, hide_password
@@ -83,7 +87,7 @@ from odibi_observe.reconcile.sqlutil import (
     table_columns,
     to_ns,
 )
-from odibi_observe.record import ns_to_datetime
+from odibi_observe.record import RunRecord, ns_to_datetime
 
 __all__ = [
     "ODIBI_DELTA_SCHEME",
@@ -174,6 +178,50 @@ class SqlCatalog(CatalogSource):
         if any(name not in columns for name in COLUMNS):
             return None  # never migrated: `odibi-observe catalog upgrade` first
         return CatalogStore(self.engine)
+
+    def phase_runs(self, read_range: ReadRange, log: ReadLog) -> Iterator[RunRecord]:
+        if self.store() is None:
+            return  # not migrated (Odibi's own table): no run recorded a write
+        c = meta_runs.c
+        query = (
+            sa.select(meta_runs)
+            .where(
+                sa.or_(c[WRITES_JSON].is_not(None), c[CHECKPOINT_JSON].is_not(None)),
+                c[STARTED_AT] >= read_range.start,
+                c[STARTED_AT] < read_range.end,
+            )
+            .order_by(c[STARTED_AT], c[RUN_ID])
+        )
+        source = f"catalog {self.describe()}"
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).mappings().all()
+        except SQLAlchemyError as exc:
+            log.add_error(source, WRITES_JSON, f"cannot read the runs' writes: {_first_line(exc)}")
+            return
+        for row in rows:
+            try:
+                yield row_to_record(row)
+            except (TypeError, ValueError) as exc:
+                log.add_error(source, f"{RUN_ID}={row.get(RUN_ID)!r}", str(exc))
+
+    def checkpointed_before(self, pipeline: str, node: str, before_ns: int) -> bool:
+        c = meta_runs.c
+        query = (
+            sa.select(c[RUN_ID])
+            .where(
+                c[PIPELINE] == pipeline,
+                c[NODE] == node,
+                c[CHECKPOINT_JSON].is_not(None),
+                c[STARTED_AT] < ns_to_datetime(before_ns),
+            )
+            .limit(1)
+        )
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(query).first() is not None
+        except SQLAlchemyError:
+            return False
 
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[CatalogRun]:
         columns = self.columns()

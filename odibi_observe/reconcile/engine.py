@@ -78,6 +78,7 @@ from odibi_observe.reconcile.model import (
     trace_side,
 )
 from odibi_observe.reconcile.parallel import read_in_parallel, sort_sources
+from odibi_observe.reconcile.phases import phase_findings
 from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
@@ -190,6 +191,17 @@ class ReconcileResult:
         self._items.seek(0)
         for line in self._items:
             yield Discrepancy.from_json(line)
+
+    def add(self, item: Discrepancy) -> None:
+        """Record one more discrepancy, judged outside the merge (the phases of a run)."""
+        self.by_kind[item.kind] += 1
+        self.pipelines.setdefault(item.pipeline, PipelineStats()).discrepancies += 1
+        if item.started_ns is not None:
+            self.timeline[(item.started_ns - item.started_ns % self.bucket_ns, item.kind)] += 1
+        if self._items is None:
+            self._items = _items_file(self.options.spill_dir)
+        self._items.write(item.to_json() + "\n")
+        self._items.flush()
 
     def replace_discrepancies(self, items: Iterable[Discrepancy]) -> None:
         """Swap in ``items`` (the repaired annotations of the same discrepancies)."""
@@ -318,6 +330,9 @@ def reconcile(
             catalog_stream = _primed(catalog.read(read_range, log))
             result._items = _items_file(options.spill_dir)
             _Merger(result, log, options).run(catalog_stream, trace_stream)
+            stale_before = window.now_ns - _ns(options.crash_after)
+            for item in phase_findings(catalog, window, read_range, log, stale_before):
+                result.add(item)
         except SourceError as exc:  # a source that failed only once the merge was under way
             raise ReconcileError(str(exc)) from None
     except BaseException:

@@ -48,6 +48,9 @@ KIND_COLOURS: Final = dict(
             "#8c564b",
             "#e377c2",
             "#7f7f7f",
+            "#bcbd22",
+            "#aec7e8",
+            "#ffbb78",
         ),
         strict=True,
     )

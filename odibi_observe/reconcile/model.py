@@ -19,7 +19,14 @@ from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any, Final, Generic, NamedTuple, Self, TypeVar, overload
 
-from odibi_observe.conventions import DISCREPANCY_KINDS, SELF_METRICS, RunStatus
+from odibi_observe.conventions import (
+    CHECKPOINT_REGRESSED,
+    DISCREPANCY_KINDS,
+    OVERLAPPING_RUNS,
+    SELF_METRICS,
+    UNCOMMITTED_WRITE,
+    RunStatus,
+)
 from odibi_observe.record import datetime_to_ns, ns_to_datetime
 
 _Row = TypeVar("_Row")
@@ -480,6 +487,37 @@ KINDS: Final = kind_table(
         "The process died without closing the run (SIGKILL, OOM kill, lost host): check the "
         "host's kernel log and the scheduler for the kill, then re-run the node.",
         "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
+    ),
+    KindInfo(
+        UNCOMMITTED_WRITE,
+        "Uncommitted write",
+        "The run of a checkpointing node wrote its target and ended (CRASHED, FAILURE, "
+        "CANCELLED, or still RUNNING long after its last sign of life) without committing "
+        "its checkpoint: the next run re-reads what it wrote and writes it again.",
+        "Before the next run, remove the rows this run wrote (or restore the target to the "
+        "version before its write), or set the checkpoint to the value the write covered; "
+        "for good, make the write idempotent (merge on a key). See docs/exactly-once.md.",
+        None,
+    ),
+    KindInfo(
+        CHECKPOINT_REGRESSED,
+        "Checkpoint regressed",
+        "The run committed a checkpoint older than the one committed before it: the next "
+        "run reads again from the older value.",
+        "Usually a slower run that overlapped a faster one committed last, or the state "
+        "was restored: set the checkpoint back to the newer value before the next run, and "
+        "keep runs of the node from overlapping. See docs/exactly-once.md.",
+        None,
+    ),
+    KindInfo(
+        OVERLAPPING_RUNS,
+        "Overlapping runs",
+        "Two runs of the same checkpointing node ran at the same time, so both read from "
+        "the same checkpoint: the rows of that window were written twice.",
+        "Keep one run of a node at a time (a lock, the scheduler's concurrency limit); "
+        "remove the second copy of the window's rows, or make the write idempotent "
+        "(merge on a key). See docs/exactly-once.md.",
+        None,
     ),
 )
 

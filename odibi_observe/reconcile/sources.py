@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from odibi_observe import extensions
 from odibi_observe.conventions import TEMPO_DEFAULT_QUERY
 from odibi_observe.reconcile.model import CatalogRun, ReadLog, ReadRange, TraceRun
+from odibi_observe.record import RunRecord
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -141,6 +142,18 @@ class CatalogSource(_SpecSource):
     def store(self) -> CatalogStore | None:
         """A store to write repairs to, or None when this catalog cannot be written."""
         return None
+
+    def phase_runs(self, read_range: ReadRange, log: ReadLog) -> Iterator[RunRecord]:
+        """The runs whose start is in ``read_range`` that recorded a write or a checkpoint,
+        oldest first (``writes_json``, ``checkpoint_json``: migration 0006); none for a
+        catalog without them (Odibi's own table). What the findings of
+        :mod:`odibi_observe.reconcile.phases` are judged on."""
+        return iter(())
+
+    def checkpointed_before(self, pipeline: str, node: str, before_ns: int) -> bool:
+        """Whether a run of ``pipeline``/``node`` that started before ``before_ns`` committed
+        a checkpoint: the node is a checkpointing one although its writes did not say so."""
+        return False
 
     def sql_url(self) -> str | None:
         """The SQLAlchemy URL, for recording reports in ``meta_reconciliation``; or None."""

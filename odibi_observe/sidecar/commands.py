@@ -485,6 +485,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
                         }
                         for r in result.closed
                     ],
+                    "uncommitted_writes": [r.run_id for r in result.uncommitted],
                     "failed_sinks": list(failed),
                 }
             )
@@ -497,12 +498,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
             f"{record.started_at:%Y-%m-%d %H:%M:%S} UTC  host={record.host} pid={record.pid}"
         )
         print(f"    {first_line(record.error_message or '')}")
+        summary = record.uncommitted_summary()
+        if summary is not None:
+            print(f"    {summary}")
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items()))
     print(
         f"swept {scope} at {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
         f"{result.checked} RUNNING run(s) checked, {len(result.closed)} "
         f"{'to close' if args.dry_run else 'closed'} as CRASHED"
         + (f" ({reasons})" if reasons else "")
+        + (f", {len(result.uncommitted)} with an uncommitted write" if result.uncommitted else "")
     )
     if failed:
         later = (

@@ -102,6 +102,12 @@ class SweepResult:
     reasons: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
 
+    @property
+    def uncommitted(self) -> list[RunRecord]:
+        """The closed runs that wrote and committed no checkpoint (``uncommitted_write``):
+        their writes are kept in the closed row, and the next run re-reads what they wrote."""
+        return [r for r in self.closed if r.writes and r.uncommitted_write]
+
 
 class Sweeper:
     """Finds RUNNING runs whose process is gone and closes them in catalog, traces and metrics.
@@ -270,11 +276,12 @@ class Sweeper:
         for record, reason in closed:
             self.closed_total.labels(reason=reason).inc()
             log.warning(
-                "odibi-observe sweeper: run %s (%s/%s) closed as CRASHED: %s",
+                "odibi-observe sweeper: run %s (%s/%s) closed as CRASHED: %s%s",
                 record.run_id,
                 record.pipeline,
                 record.node,
                 record.error_message,
+                uncommitted_note(record),
             )
         return SweepResult(
             len(candidates), [r for r, _ in closed], _count(reason for _, reason in closed), failed
@@ -306,6 +313,12 @@ class Sweeper:
                 log.error("odibi-observe sweeper: sink %r failed: %s", sink.name, exc)
                 failed.append(sink.name)
         return failed
+
+
+def uncommitted_note(record: RunRecord) -> str:
+    """``; uncommitted_write: ...`` for a run that left an uncommitted write, else ``""``."""
+    summary = record.uncommitted_summary()
+    return "" if summary is None else f"; {summary}"
 
 
 def spooled_so_far_ingested(

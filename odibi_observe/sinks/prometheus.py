@@ -32,6 +32,7 @@ from odibi_observe.conventions import (
     METRICS,
     OVERFLOW_LABEL_VALUE,
     PEAK_RSS_BUCKETS_BYTES,
+    PHASE_METRICS,
     RESOURCE_METRICS,
     Metric,
     MetricKind,
@@ -53,6 +54,7 @@ _EXPORTED: Final = (
     RESOURCE_METRICS.peak_rss,
     RESOURCE_METRICS.cpu,
     RESOURCE_METRICS.memory_limit,
+    PHASE_METRICS.uncommitted_writes,
 )
 #: The buckets of each histogram, by metric key.
 _BUCKETS: Final = {
@@ -132,8 +134,9 @@ class PrometheusSink(Sink):
         """The metric children of one label set, looked up once (``labels()`` is not cheap).
 
         The run counters of every terminal status exist from the first run on, at 0, so that
-        ``rate(odibi_node_runs_total{status="FAILURE"}[5m])`` is 0 rather than absent; rows and
-        durations appear with the first run that has them.
+        ``rate(odibi_node_runs_total{status="FAILURE"}[5m])`` is 0 rather than absent (and so
+        does ``odibi_node_uncommitted_writes_total``, whose first increase an alert must see);
+        rows and durations appear with the first run that has them.
         """
         series = self._by_labels.get(labels)
         if series is None:
@@ -146,6 +149,7 @@ class PrometheusSink(Sink):
                 labels=labels,
                 sink=self,
             )
+            series.uncommitted_writes  # noqa: B018 - created at 0 with the series (see above)
         return series
 
     def _on_start(self, record: RunRecord) -> None:
@@ -162,6 +166,8 @@ class PrometheusSink(Sink):
         if self._started.discard(record.run_id):
             series.running.dec()
         series.runs[record.status].inc()
+        if record.writes and record.uncommitted_write:
+            series.uncommitted_writes.inc()
         if record.rows_processed is not None:
             series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
@@ -194,9 +200,13 @@ class _Series:
     peak_rss: Histogram
     cpu: Histogram
     memory_limit: Gauge
+    uncommitted_writes: Counter
 
     def __init__(
-        self, runs: dict[RunStatus, Counter], labels: tuple[str, ...], sink: PrometheusSink
+        self,
+        runs: dict[RunStatus, Counter],
+        labels: tuple[str, ...],
+        sink: PrometheusSink,
     ) -> None:
         self.runs, self.labels, self.sink = runs, labels, sink
         self.limit_seen: int | None = None

@@ -7,10 +7,11 @@ names come from the conventions table. Imports nothing of the OTel sink package.
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 from importlib import metadata
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -23,6 +24,10 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.util.types import AttributeValue
 
 from odibi_observe.conventions import (
+    CHECKPOINT_EVENT,
+    CHECKPOINT_KEY_ATTRIBUTE,
+    CHECKPOINT_PREVIOUS_ATTRIBUTE,
+    CHECKPOINT_VALUE_ATTRIBUTE,
     CICD_PIPELINE_NAME,
     CICD_PIPELINE_RUN_ID,
     CICD_TASK_NAME,
@@ -39,6 +44,11 @@ from odibi_observe.conventions import (
     TASK_RUN_RESULTS,
     TASK_RUN_URL_PLACEHOLDERS,
     USER_ATTRIBUTE_PREFIX,
+    WRITE_AWAITS_CHECKPOINT_ATTRIBUTE,
+    WRITE_EVENT,
+    WRITE_ROWS_ATTRIBUTE,
+    WRITE_TARGET_ATTRIBUTE,
+    WRITE_VERSION_ATTRIBUTE,
     Field,
     RunStatus,
 )
@@ -164,6 +174,8 @@ def record_to_span(
         if record.error_stack:
             exception[EXCEPTION_STACKTRACE] = record.error_stack
         events.append(Event("exception", exception, timestamp=record.ended_ns))
+    if record.writes or record.checkpoint is not None:
+        events[:0] = phase_events(record)
 
     return ReadableSpan(
         name=SPAN_NAME_FORMAT.format(node=record.node),
@@ -178,6 +190,43 @@ def record_to_span(
         end_time=record.ended_ns,
         instrumentation_scope=SCOPE,
     )
+
+
+def phase_events(record: RunRecord) -> list[Event]:
+    """The ``odibi.write`` event of each write and the ``odibi.checkpoint`` event, at the
+    moments they were recorded (before the ``exception`` event, which is at the end)."""
+    events = []
+    for write in record.writes:
+        attrs: dict[str, AttributeValue] = {WRITE_TARGET_ATTRIBUTE: str(write.get("target"))}
+        for key, name in ((WRITE_ROWS_ATTRIBUTE, "rows"), (WRITE_VERSION_ATTRIBUTE, "version")):
+            if write.get(name) is not None:
+                attrs[key] = _event_value(write[name])
+        if write.get("awaits_checkpoint"):
+            attrs[WRITE_AWAITS_CHECKPOINT_ATTRIBUTE] = True
+        events.append(Event(WRITE_EVENT, attrs, timestamp=_event_time(write, record)))
+    checkpoint = record.checkpoint
+    if checkpoint is not None:
+        attrs = {CHECKPOINT_KEY_ATTRIBUTE: str(checkpoint.get("key"))}
+        for key, name in (
+            (CHECKPOINT_VALUE_ATTRIBUTE, "value"),
+            (CHECKPOINT_PREVIOUS_ATTRIBUTE, "previous"),
+        ):
+            if checkpoint.get(name) is not None:
+                attrs[key] = _event_value(checkpoint[name])
+        events.append(Event(CHECKPOINT_EVENT, attrs, timestamp=_event_time(checkpoint, record)))
+    return events
+
+
+def _event_value(value: Any) -> AttributeValue:
+    """A phase value as an attribute: a string, bool, int or float as it is, else JSON."""
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _event_time(item: dict[str, Any], record: RunRecord) -> int:
+    at = item.get("at")
+    return at if type(at) is int else record.started_ns
 
 
 def span_attributes(record: RunRecord, url: TaskRunUrl | None = None) -> dict[str, AttributeValue]:
