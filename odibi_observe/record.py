@@ -31,11 +31,24 @@ AttributeValue = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics ne
 
 
 class EventKind(str, Enum):
-    """What happened to a run. ``STARTED`` and ``FINISHED`` bracket every run."""
+    """What happened to a run. ``STARTED`` and ``FINISHED`` bracket every run.
+
+    ``PIPELINE`` is not a node run's event: it carries the record of a *pipeline run*, at its
+    start (``RUNNING``) and at its end — a :class:`RunRecord` whose ``run_id`` (and
+    ``pipeline_run_id``) is the pipeline run's id, whose ``node`` is empty and whose attributes
+    are the node counts (``conventions.PIPELINE_COUNTS``). One record type means the bus, the
+    spool, the pump and the dead letter carry it unchanged. Only sinks that ask for it in
+    ``Sink.kinds`` receive it (the catalog, the spool).
+    """
 
     STARTED = "started"
     HEARTBEAT = "heartbeat"
     FINISHED = "finished"
+    PIPELINE = "pipeline"
+
+
+#: The event kinds of node runs: what a sink receives unless it asks for more.
+NODE_EVENT_KINDS: Final = frozenset({EventKind.STARTED, EventKind.HEARTBEAT, EventKind.FINISHED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,8 @@ class RunRecord:
     memory_limit_bytes: int | None = None
     # The traceback of a FAILURE / CANCELLED run, redacted and bounded; None otherwise.
     error_stack: str | None = None
+    # Why a SKIPPED run never started (conventions.SKIP_REASONS); None otherwise.
+    skip_reason: str | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -153,6 +168,7 @@ class RunRecord:
             "cpu_seconds": self.cpu_seconds,
             "memory_limit_bytes": self.memory_limit_bytes,
             "error_stack": self.error_stack,
+            "skip_reason": self.skip_reason,
         }
 
     @classmethod
@@ -300,7 +316,14 @@ _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
         (str,),
     ),
     **dict.fromkeys(
-        ("parent_span_id", "pipeline_run_id", "error_type", "error_message", "error_stack"),
+        (
+            "parent_span_id",
+            "pipeline_run_id",
+            "error_type",
+            "error_message",
+            "error_stack",
+            "skip_reason",
+        ),
         (str, _NONE),
     ),
     **dict.fromkeys(("started_ns", "pid", "attempt"), (int,)),

@@ -57,6 +57,7 @@ from odibi_observe.conventions import (
     MIGRATIONS_VERSION_TABLE,
     ODIBI_META_RUNS_COLUMNS,
     RESOURCE_FIELDS,
+    SKIP_REASON_FIELD,
     RunStatus,
     Source,
 )
@@ -1014,7 +1015,9 @@ class TestPostgresCatalog(CatalogContract):
 
 def test_columns_are_odibis_first_then_ours_all_from_the_conventions() -> None:
     convention_columns = {
-        column for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD) for column in f.columns
+        column
+        for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD, SKIP_REASON_FIELD)
+        for column in f.columns
     }
     assert set(meta_runs.c.keys()) == convention_columns | set(ODIBI_META_RUNS_COLUMNS)
     assert tuple(meta_runs.c.keys())[: len(ODIBI_META_RUNS_COLUMNS)] == ODIBI_META_RUNS_COLUMNS

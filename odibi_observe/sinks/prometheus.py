@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -175,6 +176,8 @@ class PrometheusSink(Sink):
         if self._started.discard(record.run_id):
             series.running.dec()
         series.runs[record.status].inc()
+        if record.status is _SKIPPED:
+            return  # never started: no rows, no duration, no resources to observe
         if record.rows_processed is not None:
             series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
@@ -190,6 +193,9 @@ class PrometheusSink(Sink):
             # not on every run (a sidecar sees many processes' records for one series).
             series.limit_seen = limit
             series.memory_limit.set(limit)
+
+
+_SKIPPED: Final = RunStatus.SKIPPED
 
 
 class _Series:
