@@ -1379,6 +1379,11 @@ class PipelinePlan:
         with self._lock:
             self._runs[run.record.node] = run
 
+    def failed_nodes(self) -> list[str]:
+        """The nodes of this run that have ended ``FAILURE`` or ``CRASHED`` so far."""
+        with self._lock:
+            return [name for name, run in self._runs.items() if run.record.status in _BROKEN]
+
     def trace_from(self, span: Any) -> None:
         """Take the trace id and parent of the skipped runs' spans from the pipeline span."""
         try:

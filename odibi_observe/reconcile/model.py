@@ -438,6 +438,15 @@ KINDS: Final[Mapping[str, KindInfo]] = {
             "host's kernel log and the scheduler for the kill, then re-run the node.",
             "close the run as CRASHED in the catalog and emit a back-dated error span with its ids",
         ),
+        KindInfo(
+            "count_mismatch",
+            "Node count mismatch",
+            "A pipeline run's meta_pipeline_runs row and its RUN span disagree on how many "
+            "nodes were planned, ran, were skipped or failed.",
+            "Both are written from one plan, so one side was changed or lost part of the run: "
+            "compare the pipeline run's meta_runs rows with its node spans.",
+            None,
+        ),
     )
 }
 
