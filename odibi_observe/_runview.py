@@ -30,6 +30,7 @@ STATUS_STYLES: Final = {
     RunStatus.FAILURE: "bold red",
     RunStatus.CRASHED: "bold magenta",
     RunStatus.RUNNING: "yellow",
+    RunStatus.SKIPPED: "dim",
 }
 
 
@@ -68,6 +69,8 @@ def failure_lines(rec: RunRecord) -> list[str]:
             f"{terminal_safe(first_line(rec.error_message or ''))}"
         )
     lines.extend(f"    suggestion: {one_line(text)}" for text in rec.suggestions)
+    if rec.skip_reason:
+        lines.append(f"    skipped: {one_line(rec.skip_reason)}")
     return lines
 
 
@@ -173,7 +176,14 @@ def _failure_text(rec: RunRecord, wrap: bool) -> list[Any]:
 
     out: list[Any] = []
     for line in failure_lines(rec):
-        style = "yellow" if line.lstrip().startswith("suggestion:") else "red"
+        head = line.lstrip()
+        style = (
+            "yellow"
+            if head.startswith("suggestion:")
+            else "dim"
+            if head.startswith("skipped:")
+            else "red"
+        )
         text = Text(line.lstrip() if wrap else line, style=style)
         out.append(Padding(text, (0, 0, 0, 4)) if wrap else text)
     return out
@@ -259,6 +269,8 @@ def detail_fields(rec: RunRecord, trace_url_template: str | None = None) -> list
         ("trace id", rec.trace_id),
         ("span id", rec.span_id),
     ]
+    if rec.skip_reason:
+        fields.insert(2, ("skipped", rec.skip_reason))
     link = trace_link(trace_url_template, rec)
     if link:
         fields.append(("trace", link))
@@ -353,6 +365,7 @@ def run_json(rec: RunRecord) -> dict[str, Any]:
         c.PID: rec.pid,
         c.HEARTBEAT_AT: iso(rec.heartbeat_ns),
         c.SOURCE: rec.source.value,
+        c.SKIP_REASON: rec.skip_reason,
     }
 
 

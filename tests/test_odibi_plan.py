@@ -8,6 +8,7 @@ Projects are built in temp dirs from ``tests/odibi_projects/shop`` (see
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,3 +342,85 @@ def test_a_fail_fast_run_through_a_real_sidecar_into_postgresql(
         )
     finally:
         sidecar.stop()
+
+
+# -- reconciliation: the pipeline run against its RUN span ----------------------------------------
+
+
+def reconcile(catalog_url: str, traces: Path, out: Path) -> tuple[int, dict[str, Any]]:
+    """``odibi-observe reconcile`` of our catalog against a trace file; (exit code, report)."""
+    result = run_subprocess(
+        [
+            *_cli_command("odibi-observe"),
+            "reconcile",
+            "--catalog",
+            catalog_url,
+            "--traces",
+            f"otlp-json:{traces}",
+            "--since",
+            "2000-01-01T00:00:00",
+            "--grace",
+            "0s",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        out.parent,
+    )
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return result.returncode, json.loads((out / "report.json").read_text())
+
+
+def test_reconciliation_of_a_fail_fast_run_is_clean(fail_fast: PlanOutcome, tmp_path: Path) -> None:
+    code, report = reconcile(fail_fast.catalog_url, fail_fast.traces, tmp_path / "report")
+    assert code == 0, report["summary"]
+    assert report["summary"]["discrepancies_total"] == 0
+    assert report["summary"]["matched"] == 5  # the SKIPPED runs too: a row and a span each
+
+
+def test_reconciliation_reports_a_pipeline_run_whose_span_was_removed(
+    fail_fast: PlanOutcome, tmp_path: Path
+) -> None:
+    from odibi_observe._otlp_json import decode_request_json, encode_request_json
+
+    tampered = tmp_path / "traces.jsonl"
+    with open(fail_fast.traces) as source, open(tampered, "w") as out:
+        for line in source:
+            request = decode_request_json(line)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    kept = [s for s in scope.spans if s.name != "RUN sales"]
+                    del scope.spans[:]
+                    scope.spans.extend(kept)
+            out.write(encode_request_json(request) + "\n")
+    code, report = reconcile(fail_fast.catalog_url, tampered, tmp_path / "report")
+    assert code == 1
+    assert report["summary"]["discrepancies"]["missing_in_traces"] == 1
+    assert report["summary"]["discrepancies_total"] == 1
+    (item,) = report["discrepancies"]
+    assert item["run_id"] == fail_fast.pipeline_run_id and item["kind"] == "missing_in_traces"
+    assert item["detail"] == "pipeline run: meta_pipeline_runs row has no RUN span"
+    assert item["catalog"]["skipped"] == 2 and item["trace"] is None
+
+
+def test_reconciliation_reports_counts_that_disagree(
+    fail_fast: PlanOutcome, tmp_path: Path
+) -> None:
+    store = CatalogStore(fail_fast.catalog_url)
+    copy = tmp_path / "catalog.db"
+    copy.write_bytes((fail_fast.project / "catalog.db").read_bytes())
+    store.dispose()
+    url = f"sqlite:///{copy}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE meta_pipeline_runs SET nodes_skipped = 1, status = 'SUCCESS'"))
+    engine.dispose()
+    code, report = reconcile(url, fail_fast.traces, tmp_path / "report")
+    assert code == 1
+    kinds = {d["kind"]: d["detail"] for d in report["discrepancies"]}
+    assert kinds == {
+        "status_mismatch": "pipeline run: catalog SUCCESS, span FAILURE",
+        "count_mismatch": "pipeline run: catalog vs span: skipped 1 vs 2",
+    }

@@ -278,3 +278,37 @@ def test_a_skipped_record_survives_the_spool_encoding() -> None:
     assert RunEvent.from_json(event.to_json()) == event
     pipeline = RunEvent(EventKind.PIPELINE, record.replace(node="", attributes={"planned": 3}))
     assert RunEvent.from_json(pipeline.to_json()) == pipeline
+
+
+def test_skipped_runs_trip_no_data_health_finding(catalog_url: str) -> None:
+    """Nodes that were skipped five times since their last success: neither a failure streak
+    nor zero rows nor a duration outlier. The same runs as failures are a streak."""
+    from odibi_observe.catalog import create_catalog_engine
+    from odibi_observe.health import HealthOptions, detect
+    from tests.health_history import HOUR, NOW_NS, Node, last_day, write
+
+    def after_last_success(status: RunStatus) -> list[dict[str, object]]:
+        return [
+            {
+                "started_ns": NOW_NS - HOUR + i * 60 * 1_000_000_000,
+                "rows": 0,
+                "duration_ms": 0.0,
+                "status": status,
+                "attempt": 1,
+            }
+            for i in range(5)
+        ]
+
+    write(
+        catalog_url,
+        [
+            Node("ops", "skipped", extra=after_last_success(RunStatus.SKIPPED)),
+            Node("ops", "failing", extra=after_last_success(RunStatus.FAILURE)),
+        ],
+    )
+    engine = create_catalog_engine(catalog_url)
+    try:
+        result = detect(engine, last_day(), HealthOptions())
+    finally:
+        engine.dispose()
+    assert {(f.kind, f.node) for f in result.findings} == {("failure_streak", "failing")}

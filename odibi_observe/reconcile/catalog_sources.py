@@ -60,6 +60,7 @@ from odibi_observe.reconcile.model import (
     EXACT_MARGIN,
     FUTURE_SKEW_NS,
     CatalogRun,
+    PipelineRunSide,
     ReadLog,
     ReadRange,
     iso_ns,
@@ -68,6 +69,7 @@ from odibi_observe.reconcile.model import (
     odibi_not_run,
     odibi_rows,
 )
+from odibi_observe.reconcile.pipelines import sql_pipeline_runs
 from odibi_observe.reconcile.sources import (
     CatalogSource,
     SourceError,
@@ -168,6 +170,11 @@ class SqlCatalog(CatalogSource):
 
     def margin(self) -> timedelta:
         return EXACT_MARGIN if STARTED_AT in self.columns() else ODIBI_MARGIN
+
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        return sql_pipeline_runs(self.engine, read_range, log, f"catalog {self.describe()}")
 
     def store(self) -> CatalogStore | None:
         columns = self.columns()

@@ -78,6 +78,7 @@ from odibi_observe.reconcile.model import (
     trace_side,
 )
 from odibi_observe.reconcile.parallel import read_in_parallel
+from odibi_observe.reconcile.pipelines import compare_pipeline_runs
 from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
@@ -323,6 +324,7 @@ def reconcile(
             catalog_stream = _primed(catalog.read(read_range, log))
             result._items = _items_file(options.spill_dir)
             _Merger(result, log, options).run(catalog_stream, trace_stream)
+            _add_pipeline_runs(result, catalog, traces, read_range, log)
         except SourceError as exc:  # a source that failed only once the merge was under way
             raise ReconcileError(str(exc)) from None
     except BaseException:
@@ -338,6 +340,27 @@ def reconcile(
     result.ignored_spans = log.ignored_spans
     result.seconds = time.perf_counter() - clock
     return result
+
+
+def _add_pipeline_runs(
+    result: ReconcileResult,
+    catalog: CatalogSource,
+    traces: Sequence[TraceSource],
+    read_range: ReadRange,
+    log: ReadLog,
+) -> None:
+    """Reconcile the pipeline runs too (:mod:`~odibi_observe.reconcile.pipelines`): their
+    discrepancies join the node runs' under the same kinds, counted and listed alike."""
+    found = compare_pipeline_runs(catalog, traces, read_range, result.window, log)
+    if found is None:
+        return
+    assert result._items is not None
+    for item in found:
+        result.by_kind[item.kind] += 1
+        if item.started_ns is not None:
+            bucket = item.started_ns - item.started_ns % result.bucket_ns
+            result.timeline[(bucket, item.kind)] += 1
+        result._items.write(item.to_json() + "\n")
 
 
 def _deferred_end(window: Window) -> int:

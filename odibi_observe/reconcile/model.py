@@ -579,3 +579,20 @@ __all__ = [
     "Window",
     "normalize_status",
 ]
+
+
+class PipelineRunSide(NamedTuple):
+    """One pipeline run as one side holds it: a ``meta_pipeline_runs`` row, or a
+    ``RUN {pipeline}`` span carrying the node counts (``conventions.PIPELINE_COUNTS``).
+
+    ``status`` is a status name (``SUCCESS``, ...; a span's ``cicd.pipeline.result`` read
+    back); ``counts`` are in ``PIPELINE_COUNTS`` order, None where a side has none;
+    ``origin`` says where it was read (a file and line, a table).
+    """
+
+    pipeline_run_id: str
+    pipeline: str
+    started_ns: int
+    status: str
+    counts: tuple[int | None, ...]
+    origin: str

@@ -60,7 +60,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from odibi_observe import extensions
 from odibi_observe.conventions import TEMPO_DEFAULT_QUERY
-from odibi_observe.reconcile.model import CatalogRun, ReadLog, ReadRange, TraceRun
+from odibi_observe.reconcile.model import (
+    CatalogRun,
+    PipelineRunSide,
+    ReadLog,
+    ReadRange,
+    TraceRun,
+)
 
 if TYPE_CHECKING:
     from odibi_observe.catalog.store import CatalogStore
@@ -106,6 +112,14 @@ class TraceSource(ABC):
     def describe(self) -> str:
         """The spec, as safe to print (passwords hidden)."""
 
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        """The pipeline runs (``RUN {pipeline}`` spans with node counts) that started in
+        ``read_range``; None (the default) when this source cannot read them, and the
+        pipeline runs are then not reconciled against it."""
+        return None
+
     def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         """Independent sources that together hold what this one holds, to be read in
         ``parts`` processes at once; ``[self]`` when there is nothing worth splitting (the
@@ -142,6 +156,13 @@ class CatalogSource(ABC):
         Asked first, before any trace is read, so it also checks that the catalog can be read
         at all (raising :class:`SourceError` if not).
         """
+
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        """The ``meta_pipeline_runs`` rows that started in ``read_range``; None (the
+        default) when this catalog has no such table."""
+        return None
 
     def store(self) -> CatalogStore | None:
         """A store to write repairs to, or None when this catalog cannot be written."""
