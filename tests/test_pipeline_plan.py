@@ -312,3 +312,28 @@ def test_skipped_runs_trip_no_data_health_finding(catalog_url: str) -> None:
     finally:
         engine.dispose()
     assert {(f.kind, f.node) for f in result.findings} == {("failure_streak", "failing")}
+
+
+def test_skipped_runs_neither_lower_the_status_pages_success_rate_nor_time_a_node(
+    sqlite_url: str,
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from odibi_observe.catalog import create_catalog_engine
+    from odibi_observe.statuspage.model import collect
+    from odibi_observe.testing.contracts import make_record
+    from tests.test_reconcile_support import write_catalog
+
+    skipped = [
+        make_record(node="load", status=RunStatus.SKIPPED, rows=None, duration_ns=0)
+        for _ in range(3)
+    ]
+    write_catalog(sqlite_url, [make_record(node="load"), *skipped]).dispose()
+    engine = create_catalog_engine(sqlite_url)
+    now = datetime.now(timezone.utc)
+    try:
+        page = collect(engine, now - timedelta(hours=1), now + timedelta(minutes=1), catalog="c")
+    finally:
+        engine.dispose()
+    assert page.totals[RunStatus.SKIPPED.value] == 3
+    assert page.success_rate == 1.0
