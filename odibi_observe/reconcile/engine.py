@@ -83,6 +83,7 @@ from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSou
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
 _RUNNING: Final = RunStatus.RUNNING.value
+_SKIPPED: Final = RunStatus.SKIPPED.value
 _CRASHED: Final = RunStatus.CRASHED.value
 _HOUR_NS: Final = 3_600 * 1_000_000_000
 _DAY_NS: Final = 24 * _HOUR_NS
@@ -323,7 +324,14 @@ def reconcile(
         try:
             catalog_stream = _primed(catalog.read(read_range, log))
             result._items = _items_file(options.spill_dir)
-            _Merger(result, log, options).run(catalog_stream, trace_stream)
+            merger = _Merger(result, log, options, records_skipped=catalog.holds_plans())
+            merger.run(catalog_stream, trace_stream)
+            if merger.skipped_spans:
+                log.add_note(
+                    result.catalog_source,
+                    f"{merger.skipped_spans:,} SKIPPED runs (planned nodes that never started) "
+                    "have a span only: this catalog records no skipped runs",
+                )
             _add_pipeline_runs(result, catalog, traces, read_range, log)
         except SourceError as exc:  # a source that failed only once the merge was under way
             raise ReconcileError(str(exc)) from None
@@ -384,8 +392,19 @@ def _primed(stream: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
 class _Merger:
     """The merge join over the two sorted streams (see the module docstring)."""
 
-    def __init__(self, result: ReconcileResult, log: ReadLog, options: ReconcileOptions) -> None:
+    def __init__(
+        self,
+        result: ReconcileResult,
+        log: ReadLog,
+        options: ReconcileOptions,
+        *,
+        records_skipped: bool = True,
+    ) -> None:
         self.result = result
+        # False for a catalog that never holds a SKIPPED run (Odibi's own): their spans
+        # alone are then expected, counted as not run rather than missing.
+        self.records_skipped = records_skipped
+        self.skipped_spans = 0
         self.log = log
         self.options = options
         window = result.window
@@ -491,6 +510,9 @@ class _Merger:
                 result.deferred += 1
             else:
                 result.outside_window += 1
+            return
+        if cat is None and not self.records_skipped and tr is not None and tr[T_STATUS] == _SKIPPED:
+            self.skipped_spans += 1
             return
         if tr is not None:
             pipeline, node = tr[T_PIPELINE], tr[T_NODE]

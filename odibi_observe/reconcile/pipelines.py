@@ -124,8 +124,12 @@ def sql_pipeline_runs(
     from odibi_observe.catalog.schema import STARTED_AT as STARTED
     from odibi_observe.catalog.schema import utc as as_utc
 
-    if not sa.inspect(engine).has_table(pipeline_runs.name):
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(pipeline_runs.name):
         return None
+    present = {c["name"] for c in inspector.get_columns(pipeline_runs.name)}
+    if not {PIPELINE_RUN_ID, PIPELINE_COUNTS.planned.column} <= present:
+        return None  # a table of that name that is not ours (Odibi's own, in SQL)
     c = pipeline_runs.c
     query = sa.select(pipeline_runs).where(
         c[STARTED] >= read_range.start, c[STARTED] < read_range.end
@@ -161,7 +165,7 @@ def compare_pipeline_runs(
 ) -> list[Discrepancy] | None:
     """The discrepancies between the catalog's pipeline runs and the traces' that started in
     ``window``; None when either side cannot read pipeline runs (nothing was compared)."""
-    rows = catalog.pipeline_runs(read_range, log)
+    rows = catalog.pipeline_runs(read_range, log) if catalog.holds_plans() else None
     if rows is None:
         return None
     readable = []
@@ -185,6 +189,9 @@ def compare_pipeline_runs(
         *(_judge(row, spans.get(key)) for key, row in by_id.items()),
         *(_judge(None, span) for key, span in spans.items() if key not in by_id),
     ]
+    compared = len(by_id.keys() | spans.keys())
+    if compared:
+        log.add_note("pipeline runs", f"{compared:,} compared with their RUN spans")
     return [d for group in found for d in group]
 
 

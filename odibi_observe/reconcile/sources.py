@@ -164,6 +164,13 @@ class CatalogSource(ABC):
         default) when this catalog has no such table."""
         return None
 
+    def holds_plans(self) -> bool:
+        """Whether this catalog holds what a pipeline run's plan records: ``SKIPPED`` runs
+        and ``meta_pipeline_runs``. False for Odibi's own (it writes no row for a node it
+        did not run): a skipped run's span alone is then no discrepancy, and pipeline runs
+        are not compared."""
+        return True
+
     def store(self) -> CatalogStore | None:
         """A store to write repairs to, or None when this catalog cannot be written."""
         return None
