@@ -55,7 +55,7 @@ from odibi_observe._deadletter import DeadLetter
 from odibi_observe._redact import error_text
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import SELF_METRICS
-from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.record import NODE_EVENT_KINDS, RunEvent
 from odibi_observe.sinks.base import Sink, export_isolating
 
 #: Longest an idle worker sleeps without being woken: the bound on the delay a missed wake-up
@@ -98,7 +98,7 @@ class _Channel:
         self.bus = bus
         self.sink = sink
         self.name = getattr(sink, "name", type(sink).__name__)
-        self.kinds = getattr(sink, "kinds", frozenset(EventKind))
+        self.kinds = getattr(sink, "kinds", NODE_EVENT_KINDS)
         self._reset_state()
 
     def _reset_state(self) -> None:

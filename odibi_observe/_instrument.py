@@ -76,10 +76,16 @@ from odibi_observe.conventions import (
     CICD_PIPELINE_RUN_ID,
     ERROR_TYPE_ATTRIBUTE,
     EXCEPTION_STACKTRACE,
+    FAILED_STATUSES,
     FIELDS,
     INSTRUMENTATION_SCOPE,
+    PIPELINE_COUNTS,
     PIPELINE_RESULTS,
     PIPELINE_SPAN_NAME_FORMAT,
+    SKIP_ABORTED,
+    SKIP_DEPENDENCY_FAILED,
+    SKIP_FAIL_FAST,
+    SKIP_REASONS,
     RunStatus,
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunHandle, RunRecord
@@ -168,11 +174,20 @@ def _given(value: T | None) -> TypeGuard[T]:
     return value is not None and not (type(value) is str and not value)
 
 
+def _count_invalid(observer: Observer, field: str, message: str) -> None:
+    """Count an unusable value and warn (once a minute per field); never raises."""
+    try:
+        observer.monitor.invalid(field, message)
+    except Exception:  # pragma: no cover - counting must not be what breaks the node
+        log.debug("odibi-observe: could not count invalid input", exc_info=True)
+
+
 @dataclass(frozen=True)
 class _PipelineScope:
     pipeline: str
     pipeline_run_id: str
     project: str | None
+    plan: PipelinePlan | None = None
 
 
 _current_run: ContextVar[NodeRun | None] = ContextVar("odibi_observe_run", default=None)
@@ -640,10 +655,7 @@ class NodeRun:
     # -- input hygiene ---------------------------------------------------------------------
     def _invalid(self, field: str, message: str) -> None:
         """Count an unusable value and warn (once a minute per field); never raises."""
-        try:
-            self._observer.monitor.invalid(field, message)
-        except Exception:  # pragma: no cover - counting must not be what breaks the node
-            log.debug("odibi-observe: could not count invalid input", exc_info=True)
+        _count_invalid(self._observer, field, message)
 
     def _safe(self, text: str, limit: int, field: str) -> str:
         """Redacted, bounded, valid Unicode (lone surrogates replaced, and counted)."""
@@ -1085,6 +1097,8 @@ def _start(
         count_int_return=count_int_return,
     )
     run._begin()
+    if scope is not None and scope.plan is not None:
+        scope.plan.started(run)
     return run
 
 
@@ -1197,21 +1211,67 @@ class pipeline_run(_AlsoAsync):
     TracerProvider, so node spans become its children. An exception leaving the block marks
     the span as an error with the *redacted* message, then propagates unchanged; a span that
     cannot be started is logged and the block runs without it.
+
+    **The plan.** ``plan=`` (node names in the order they would run) and ``depends_on=``
+    (node → the names it needs) declare what the run is going to run; :meth:`plan`,
+    :meth:`skip` and :meth:`stop` do the same from inside the block. When the block ends,
+    each planned node that never started is recorded as a ``SKIPPED`` run with its reason
+    (see :class:`PipelinePlan`), and the pipeline run itself — status, times, node counts —
+    as a row of ``meta_pipeline_runs`` and on its span.
     """
 
     def __init__(
-        self, pipeline: str, *, project: str | None = None, pipeline_run_id: str | None = None
+        self,
+        pipeline: str,
+        *,
+        project: str | None = None,
+        pipeline_run_id: str | None = None,
+        plan: Any = None,
+        depends_on: Mapping[str, Any] | None = None,
     ) -> None:
         self._args = (pipeline, project, pipeline_run_id)
+        self._planned = (plan, depends_on)
         self._token: Token[_PipelineScope | None] | None = None
         self._span: contextlib.AbstractContextManager[Any] | None = None
         self._otel_span: trace.Span | None = None
+        self._plan: PipelinePlan | None = None
+
+    @property
+    def pipeline_run_id(self) -> str | None:
+        """The pipeline run's id, inside the block (None before it)."""
+        return None if self._plan is None else self._plan.pipeline_run_id
+
+    def plan(self, nodes: Any, depends_on: Mapping[str, Any] | None = None) -> None:
+        """Declare more planned nodes (inside the block; see :meth:`PipelinePlan.plan`)."""
+        if self._plan is not None:
+            self._plan.plan(nodes, depends_on)
+
+    def skip(self, node: str, reason: str) -> None:
+        """Record that planned ``node`` will not run, for ``reason`` (``not_selected``, ...)."""
+        if self._plan is not None:
+            self._plan.skip(node, reason)
+
+    def stop(self, reason: str) -> None:
+        """The run stops early for ``reason``: the nodes that never start are skipped for it."""
+        if self._plan is not None:
+            self._plan.stop(reason)
 
     def __enter__(self) -> str:
         pipeline, project, pipeline_run_id = self._args
-        scope = _PipelineScope(
-            pipeline, pipeline_run_id if _given(pipeline_run_id) else str(uuid.uuid4()), project
-        )
+        run_id = pipeline_run_id if _given(pipeline_run_id) else str(uuid.uuid4())
+        try:
+            self._plan = PipelinePlan(pipeline, project=project, pipeline_run_id=run_id)
+            nodes, depends_on = self._planned
+            if nodes is not None:
+                self._plan.plan(nodes, depends_on)
+        except Exception:
+            log.exception(
+                "odibi-observe: could not start the plan of pipeline run %s; its nodes are "
+                "recorded without it",
+                run_id,
+            )
+            self._plan = None
+        scope = _PipelineScope(pipeline, run_id, project, self._plan)
         self._token = _current_pipeline.set(scope)
         try:
             span = trace.get_tracer(INSTRUMENTATION_SCOPE).start_as_current_span(
@@ -1234,6 +1294,10 @@ class pipeline_run(_AlsoAsync):
                 "nodes are recorded without it",
                 scope.pipeline_run_id,
             )
+        if self._plan is not None:
+            if self._otel_span is not None:
+                self._plan.trace_from(self._otel_span)
+            self._plan.begin()
         return scope.pipeline_run_id
 
     def __exit__(
@@ -1242,10 +1306,11 @@ class pipeline_run(_AlsoAsync):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        counts = {} if self._plan is None else self._plan.finish(exc)
         try:
             if self._span is not None:
                 if self._otel_span is not None:
-                    end_pipeline_span(self._otel_span, exc)
+                    end_pipeline_span(self._otel_span, exc, counts=counts)
                 self._span.__exit__(exc_type, exc, tb)
         except Exception:
             log.exception("odibi-observe: could not end the pipeline span")
@@ -1267,13 +1332,25 @@ def pipeline_span_attributes(pipeline: str, pipeline_run_id: str | None) -> dict
     return attrs
 
 
-def end_pipeline_span(span: trace.Span, exc: BaseException | None, failed_nodes: int = 0) -> None:
+def end_pipeline_span(
+    span: trace.Span,
+    exc: BaseException | None,
+    failed_nodes: int = 0,
+    *,
+    counts: Mapping[str, int] | None = None,
+) -> None:
     """Set ``cicd.pipeline.result`` (and, on an exception, what ``record_exception`` and
-    ``set_status_on_exception`` do, with redacted text) before the pipeline span ends.
+    ``set_status_on_exception`` do, with redacted text) before the pipeline span ends;
+    ``counts`` (:meth:`PipelinePlan.finish`) become the ``odibi.nodes_*`` attributes, what
+    reconciliation compares with the ``meta_pipeline_runs`` row.
 
     A ``KeyboardInterrupt`` is a cancellation, like the node it interrupted: an ``exception``
     event and ``error.type``, but no ERROR status. Never raises."""
     try:
+        for f in PIPELINE_COUNTS:
+            if counts and f.key in counts and f.attribute:
+                span.set_attribute(f.attribute, counts[f.key])
+        failed_nodes = max(failed_nodes, (counts or {}).get(PIPELINE_COUNTS.failed.key, 0))
         status = (
             RunStatus.SUCCESS
             if exc is None and not failed_nodes
@@ -1295,6 +1372,295 @@ def end_pipeline_span(span: trace.Span, exc: BaseException | None, failed_nodes:
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{kind}: {message}"[:256]))
     except Exception:
         log.exception("odibi-observe: could not record the end of the pipeline span")
+
+
+# -- the plan of a pipeline run ----------------------------------------------------------------
+
+_SKIP_REASONS: Final = frozenset(SKIP_REASONS)
+#: Node statuses a dependent is skipped after: the dependency did not produce its output.
+_BROKEN: Final = frozenset(FAILED_STATUSES)
+
+
+class PipelinePlan:
+    """The nodes one pipeline run is going to run, and what became of each.
+
+    A pipeline run declares its plan (:meth:`plan`: node names in the order they would run,
+    and optionally what each depends on); node runs of the pipeline run are noted as they
+    start (:meth:`started`). When the pipeline run ends (:meth:`finish`) every planned node
+    that never started is recorded as a ``SKIPPED`` run — a terminal record through the bus
+    to every sink, like any run, with the reason in ``skip_reason`` — and the pipeline run
+    itself as an ``EventKind.PIPELINE`` record with the counts (planned = ran + skipped).
+
+    The reason of a node that never started is the first that holds of: the one given with
+    :meth:`skip` (say ``not_selected``); ``dependency_failed`` when a node it depends on
+    failed, crashed or was itself skipped for that; the ``stop_reason`` the pipeline run was
+    stopped with (:meth:`stop`, e.g. ``fail_fast``); ``fail_fast`` when a node of the run
+    failed; else ``aborted`` (the run ended, by an exception, an interrupt or a return, before
+    the node's turn).
+
+    Thread-safe (nodes of a parallel pipeline start on worker threads); no method raises:
+    a name that cannot be used is counted as invalid input and left out.
+    """
+
+    __slots__ = (
+        "_counts_final",
+        "_depends",
+        "_forgotten",
+        "_lock",
+        "_observer",
+        "_order",
+        "_runs",
+        "_skips",
+        "_stop_reason",
+        "_trace",
+        "pipeline",
+        "pipeline_run_id",
+        "project",
+        "started_ns",
+    )
+
+    def __init__(
+        self,
+        pipeline: str,
+        *,
+        project: str | None = None,
+        pipeline_run_id: str | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self._observer = observer or get_observer()
+        self.pipeline = pipeline
+        self.project = project if _given(project) else self._observer.settings.project
+        self.pipeline_run_id = pipeline_run_id
+        self.started_ns = time.time_ns()
+        self._lock = threading.Lock()
+        self._order: dict[str, None] = {}  # planned nodes, in order (a dict keeps it)
+        self._depends: dict[str, tuple[str, ...]] = {}
+        self._runs: dict[str, NodeRun] = {}
+        self._skips: dict[str, str] = {}
+        self._forgotten: set[str] = set()
+        self._stop_reason: str | None = None
+        self._counts_final: dict[str, int] | None = None
+        self._trace: tuple[str, str | None] | None = None  # (trace_id, pipeline span id)
+
+    # -- what the pipeline declares ------------------------------------------------------------
+    def plan(self, nodes: Any, depends_on: Mapping[str, Any] | None = None) -> None:
+        """Declare ``nodes`` (names, in the order they would run) as planned; ``depends_on``
+        maps a node to the names it needs. May be called more than once (adds)."""
+        try:
+            names = [n for n in (self._node_name(node) for node in nodes) if n is not None]
+            deps = {
+                name: tuple(n for n in (self._node_name(d) for d in needs) if n is not None)
+                for name, needs in (depends_on or {}).items()
+            }
+        except Exception as exc:
+            self._invalid(f"the plan could not be read ({_reason(exc)}); left as it was")
+            return
+        with self._lock:
+            for name in names:
+                self._order.setdefault(name, None)
+            self._depends.update(deps)
+
+    def skip(self, node: str, reason: str) -> None:
+        """Plan ``node`` and record now that it will not run, for ``reason`` (one of
+        ``SKIP_REASONS``); written with the others when the pipeline run ends."""
+        name = self._node_name(node)
+        if name is None:
+            return
+        if reason not in _SKIP_REASONS:
+            self._invalid(f"skip reason {reason!r} is not one of {', '.join(SKIP_REASONS)}")
+            return
+        with self._lock:
+            self._order.setdefault(name, None)
+            self._skips[name] = reason
+
+    def forget(self, node: str) -> None:
+        """Take ``node`` out of the plan: neither run nor skipped (a framework restored its
+        output from an earlier run instead)."""
+        with self._lock:
+            self._forgotten.add(node)
+
+    def stop(self, reason: str) -> None:
+        """The pipeline run stops early for ``reason`` (``fail_fast``, ``aborted``): the
+        planned nodes that never start are skipped for it (unless a dependency failed)."""
+        if reason in _SKIP_REASONS:
+            self._stop_reason = reason
+        else:
+            self._invalid(f"stop reason {reason!r} is not one of {', '.join(SKIP_REASONS)}")
+
+    def started(self, run: NodeRun) -> None:
+        """Note that ``run`` (a node of this pipeline run) started. Called for every node run
+        of a ``pipeline_run`` block; integrations call it for runs on other threads."""
+        if not run:
+            return
+        with self._lock:
+            self._runs[run.record.node] = run
+
+    def failed_nodes(self) -> list[str]:
+        """The nodes of this run that have ended ``FAILURE`` or ``CRASHED`` so far."""
+        with self._lock:
+            return [name for name, run in self._runs.items() if run.record.status in _BROKEN]
+
+    def trace_from(self, span: Any) -> None:
+        """Take the trace id and parent of the skipped runs' spans from the pipeline span."""
+        try:
+            context = span.get_span_context()
+            if context.is_valid:
+                self._trace = (f"{context.trace_id:032x}", f"{context.span_id:016x}")
+        except Exception:
+            log.debug("odibi-observe: no pipeline span context", exc_info=True)
+
+    # -- the pipeline run's records ------------------------------------------------------------
+    def begin(self, pipeline_run_id: str | None = None) -> None:
+        """Emit the pipeline run's ``RUNNING`` record (once its id is known). Never raises."""
+        if pipeline_run_id is not None:
+            self.pipeline_run_id = pipeline_run_id
+        try:
+            self._emit(self._record(RunStatus.RUNNING, None, {}))
+        except Exception:
+            log.exception("odibi-observe: could not record the start of a pipeline run")
+
+    def finish(self, exc: BaseException | None = None, *, failed: int = 0) -> dict[str, int]:
+        """End the pipeline run: a ``SKIPPED`` record for each planned node that never
+        started, then the pipeline run's terminal record. ``exc`` is what left the pipeline,
+        ``failed`` the failures it reported without raising. Returns the counts (once; a
+        second call records nothing and returns them again). Never raises."""
+        try:
+            return self._finish(exc, failed)
+        except Exception:
+            log.exception(
+                "odibi-observe: could not record the end of pipeline run %s", self.pipeline_run_id
+            )
+            return {}
+
+    def _finish(self, exc: BaseException | None, reported_failed: int) -> dict[str, int]:
+        with self._lock:
+            if self._counts_final is not None:
+                return self._counts_final
+            self._counts_final = {}
+            runs = dict(self._runs)
+            order = [n for n in (*self._order, *runs) if n not in self._forgotten]
+            order = list(dict.fromkeys(order))
+        statuses = {name: run.record.status for name, run in runs.items()}
+        failed_any = reported_failed > 0 or any(s in _BROKEN for s in statuses.values())
+        fallback = self._stop_reason or (SKIP_FAIL_FAST if failed_any else SKIP_ABORTED)
+        reasons: dict[str, str] = {}
+        for name in order:
+            if name not in runs:
+                reasons[name] = self._skips.get(name) or self._reason_of(
+                    name, statuses, reasons, fallback
+                )
+        now = time.time_ns()
+        for name, reason in reasons.items():
+            self._emit_skip(name, reason, now)
+        counts = self._counts(statuses, len(reasons), reported_failed)
+        status = (
+            status_of_exception(exc)
+            if exc is not None
+            else RunStatus.FAILURE
+            if counts[PIPELINE_COUNTS.failed.key]
+            else RunStatus.SUCCESS
+        )
+        self._emit(self._record(status, exc, counts, ended_ns=now))
+        self._counts_final = counts
+        return counts
+
+    def _reason_of(
+        self,
+        name: str,
+        statuses: Mapping[str, RunStatus],
+        reasons: Mapping[str, str],
+        fallback: str,
+    ) -> str:
+        for dep in self._depends.get(name, ()):
+            if statuses.get(dep) in _BROKEN or reasons.get(dep) == SKIP_DEPENDENCY_FAILED:
+                return SKIP_DEPENDENCY_FAILED
+        return fallback
+
+    def _counts(
+        self, statuses: Mapping[str, RunStatus], skipped: int, reported_failed: int = 0
+    ) -> dict[str, int]:
+        ran = len(statuses)
+        failed = max(sum(1 for s in statuses.values() if s in _BROKEN), reported_failed)
+        return {
+            PIPELINE_COUNTS.planned.key: ran + skipped,
+            PIPELINE_COUNTS.ran.key: ran,
+            PIPELINE_COUNTS.skipped.key: skipped,
+            PIPELINE_COUNTS.failed.key: failed,
+        }
+
+    def _ids(self) -> tuple[str, str | None]:
+        if self._trace is None:
+            self._trace = (f"{random.getrandbits(128) or 1:032x}", None)
+        return self._trace
+
+    def _record(
+        self,
+        status: RunStatus,
+        exc: BaseException | None,
+        counts: Mapping[str, int],
+        *,
+        ended_ns: int | None = None,
+    ) -> RunRecord:
+        s = self._observer.settings
+        trace_id, span_id = self._ids()
+        run_id = self.pipeline_run_id or ""
+        return RunRecord(
+            run_id=run_id,
+            project=self.project,
+            pipeline=self.pipeline,
+            node="",
+            environment=s.environment,
+            status=status,
+            started_ns=self.started_ns,
+            trace_id=trace_id,
+            span_id=span_id or "",
+            host=s.host,
+            pid=os.getpid(),
+            service_name=s.service_name,
+            pipeline_run_id=run_id,
+            ended_ns=ended_ns,
+            error_type=None if exc is None else error_type_of(exc),
+            error_message=None
+            if exc is None
+            else safe_text(error_message_of(exc), s.max_error_message_length),
+            attributes=dict(counts),
+        )
+
+    def _emit(self, record: RunRecord) -> None:
+        if record.run_id:  # a pipeline run whose id never became known has no row to key
+            self._observer.bus.emit(RunEvent(EventKind.PIPELINE, record))
+
+    def _emit_skip(self, node: str, reason: str, now: int) -> None:
+        s = self._observer.settings
+        trace_id, parent = self._ids()
+        record = RunRecord(
+            run_id=str(uuid.UUID(int=random.getrandbits(128), version=4)),
+            project=self.project,
+            pipeline=self.pipeline,
+            node=node,
+            environment=s.environment,
+            status=RunStatus.SKIPPED,
+            started_ns=now,
+            ended_ns=now,
+            trace_id=trace_id,
+            span_id=f"{random.getrandbits(64) or 1:016x}",
+            parent_span_id=parent,
+            host=s.host,
+            pid=os.getpid(),
+            service_name=s.service_name,
+            pipeline_run_id=self.pipeline_run_id,
+            skip_reason=reason,
+        )
+        self._observer.bus.emit(RunEvent(EventKind.FINISHED, record))
+
+    def _node_name(self, value: Any) -> str | None:
+        if type(value) is str and value:
+            return value
+        self._invalid(f"a planned node name {_describe(value)} is not a non-empty string; left out")
+        return None
+
+    def _invalid(self, message: str) -> None:
+        _count_invalid(self._observer, "plan", message)
 
 
 #: Characters read before the kept tail of a long traceback (so that redaction, which shortens

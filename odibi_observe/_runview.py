@@ -30,6 +30,7 @@ STATUS_STYLES: Final = {
     RunStatus.FAILURE: "bold red",
     RunStatus.CRASHED: "bold magenta",
     RunStatus.RUNNING: "yellow",
+    RunStatus.SKIPPED: "dim",
 }
 
 
@@ -71,6 +72,8 @@ def failure_lines(rec: RunRecord) -> list[str]:
     if summary is not None:
         lines.append(f"    {one_line(summary)}")
     lines.extend(f"    suggestion: {one_line(text)}" for text in rec.suggestions)
+    if rec.skip_reason:
+        lines.append(f"    skipped: {one_line(rec.skip_reason)}")
     return lines
 
 
@@ -176,7 +179,14 @@ def _failure_text(rec: RunRecord, wrap: bool) -> list[Any]:
 
     out: list[Any] = []
     for line in failure_lines(rec):
-        style = "yellow" if line.lstrip().startswith("suggestion:") else "red"
+        head = line.lstrip()
+        style = (
+            "yellow"
+            if head.startswith("suggestion:")
+            else "dim"
+            if head.startswith("skipped:")
+            else "red"
+        )
         text = Text(line.lstrip() if wrap else line, style=style)
         out.append(Padding(text, (0, 0, 0, 4)) if wrap else text)
     return out
@@ -263,6 +273,8 @@ def detail_fields(rec: RunRecord, trace_url_template: str | None = None) -> list
         ("trace id", rec.trace_id),
         ("span id", rec.span_id),
     ]
+    if rec.skip_reason:
+        fields.insert(2, ("skipped", rec.skip_reason))
     link = trace_link(trace_url_template, rec)
     if link:
         fields.append(("trace", link))
@@ -390,6 +402,7 @@ def run_json(rec: RunRecord) -> dict[str, Any]:
         if rec.checkpoint is None
         else json.loads(c.phases_json(rec.checkpoint)),
         UNCOMMITTED_WRITE: rec.uncommitted_write,
+        c.SKIP_REASON: rec.skip_reason,
     }
 
 

@@ -56,6 +56,10 @@ class RunStatus(str, Enum):
     node: an operator's abort, not a failure of the node) or ``CRASHED`` (the process ended
     while the node was running: SIGTERM, SIGKILL, OOM, interpreter exit, or a death the process
     could not see, closed later by a sweeper).
+
+    ``SKIPPED`` is the one status a run reaches without ``RUNNING`` before it: a node its
+    pipeline run planned that never started (its ``skip_reason`` says why, one of
+    :data:`SKIP_REASONS`). It is neither a success nor a failure.
     """
 
     RUNNING = "RUNNING"
@@ -63,6 +67,7 @@ class RunStatus(str, Enum):
     FAILURE = "FAILURE"
     CRASHED = "CRASHED"
     CANCELLED = "CANCELLED"
+    SKIPPED = "SKIPPED"
 
     @property
     def is_terminal(self) -> bool:
@@ -172,7 +177,7 @@ FIELDS: Final = Fields(
     ),
     status=Field(
         "status",
-        "RUNNING, SUCCESS, FAILURE, CANCELLED or CRASHED.",
+        "RUNNING, SUCCESS, FAILURE, CANCELLED, CRASHED or SKIPPED.",
         columns=("status",),
         attribute="odibi.status",
         label="status",
@@ -293,6 +298,7 @@ DISCREPANCY_KINDS: Final = (
     UNCOMMITTED_WRITE,
     CHECKPOINT_REGRESSED,
     OVERLAPPING_RUNS,
+    "count_mismatch",
 )
 
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
@@ -790,7 +796,7 @@ def field_rows() -> list[dict[str, str]]:
     """The conventions table as rows of strings (the shape printed and documented)."""
     rows = []
     events = {f.key for f in PHASE_FIELDS}
-    for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD, *PHASE_FIELDS):
+    for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD, *PHASE_FIELDS, SKIP_REASON_FIELD):
         rows.append(
             {
                 "field": f.key,
@@ -1071,6 +1077,7 @@ TASK_RUN_RESULTS: Final[dict[RunStatus, str]] = {
     RunStatus.FAILURE: _cicd.CicdPipelineTaskRunResultValues.FAILURE.value,
     RunStatus.CRASHED: _cicd.CicdPipelineTaskRunResultValues.ERROR.value,
     RunStatus.CANCELLED: _cicd.CicdPipelineTaskRunResultValues.CANCELLATION.value,
+    RunStatus.SKIPPED: _cicd.CicdPipelineTaskRunResultValues.SKIP.value,
 }
 #: The same for a whole pipeline run (``cicd.pipeline.result``).
 PIPELINE_RESULTS: Final[dict[RunStatus, str]] = {
@@ -1078,11 +1085,15 @@ PIPELINE_RESULTS: Final[dict[RunStatus, str]] = {
     RunStatus.FAILURE: _cicd.CicdPipelineResultValues.FAILURE.value,
     RunStatus.CRASHED: _cicd.CicdPipelineResultValues.ERROR.value,
     RunStatus.CANCELLED: _cicd.CicdPipelineResultValues.CANCELLATION.value,
+    RunStatus.SKIPPED: _cicd.CicdPipelineResultValues.SKIP.value,
 }
 
 #: Terminal statuses that count against a node's failure rate. ``CANCELLED`` is an operator's
 #: abort, not the node failing: it is neither a failure nor a run the rate is taken over.
 FAILED_STATUSES: Final = (RunStatus.FAILURE, RunStatus.CRASHED)
+#: Terminal statuses a failure rate is not taken over: an operator's abort (``CANCELLED``) and
+#: a node that never started (``SKIPPED``) are runs the node could not have failed.
+UNJUDGED_STATUSES: Final = (RunStatus.CANCELLED, RunStatus.SKIPPED)
 
 #: Placeholders ``task_run_url_template`` may use (``{run_id}``, ``{pipeline}``, ...).
 TASK_RUN_URL_PLACEHOLDERS: Final = (
@@ -1275,5 +1286,74 @@ PHASE_METRICS: Final = PhaseMetrics(
         _NODE_LABELS,
         "Node runs that wrote data and ended without committing their checkpoint "
         "(the next run re-reads and re-writes it).",
+    ),
+)
+
+# --- the plan of a pipeline run: SKIPPED node runs and meta_pipeline_runs -----------------------
+#
+# A pipeline run declares the nodes it is going to run; a planned node that never started is
+# recorded at the end of the pipeline run as a SKIPPED run with its reason, and the pipeline
+# run itself is one row of ``meta_pipeline_runs`` (and the ``RUN {pipeline}`` span's counts).
+
+#: Why a planned node never started (column ``skip_reason``, span ``odibi.skip_reason``).
+#: ``dependency_failed``: a node it depends on failed (or was skipped); ``fail_fast``: the
+#: pipeline stopped at the first failure; ``aborted``: the pipeline run ended by an exception
+#: or an interrupt before the node's turn; ``not_selected``: a node of the pipeline left out
+#: of this run by a selection (``--node``, ``--tag``).
+SKIP_DEPENDENCY_FAILED: Final = "dependency_failed"
+SKIP_FAIL_FAST: Final = "fail_fast"
+SKIP_ABORTED: Final = "aborted"
+SKIP_NOT_SELECTED: Final = "not_selected"
+SKIP_REASONS: Final = (SKIP_DEPENDENCY_FAILED, SKIP_FAIL_FAST, SKIP_ABORTED, SKIP_NOT_SELECTED)
+
+SKIP_REASON_FIELD: Final = Field(
+    "skip_reason",
+    "Why a SKIPPED run never started: " + ", ".join(SKIP_REASONS) + " (NULL otherwise).",
+    columns=("skip_reason",),
+    attribute="odibi.skip_reason",
+)
+
+#: One row per pipeline run: its status, times and node counts.
+PIPELINE_RUNS_TABLE: Final = "meta_pipeline_runs"
+#: When the pipeline run ended (``meta_runs`` says ``ended_at`` for a node run).
+PIPELINE_FINISHED_AT: Final = "finished_at"
+
+
+@dataclass(frozen=True)
+class PipelineCounts(_Table[Field]):
+    """The node counts of a pipeline run: a column of ``meta_pipeline_runs`` each, an
+    attribute of the ``RUN {pipeline}`` span, and (by ``key``) an attribute of the pipeline
+    run's record on the bus."""
+
+    planned: Field
+    ran: Field
+    skipped: Field
+    failed: Field
+
+
+PIPELINE_COUNTS: Final = PipelineCounts(
+    planned=Field(
+        "planned",
+        "Nodes the pipeline run declared it would run.",
+        columns=("nodes_planned",),
+        attribute="odibi.nodes_planned",
+    ),
+    ran=Field(
+        "ran",
+        "Planned nodes that started (whatever their end).",
+        columns=("nodes_ran",),
+        attribute="odibi.nodes_ran",
+    ),
+    skipped=Field(
+        "skipped",
+        "Planned nodes recorded as SKIPPED.",
+        columns=("nodes_skipped",),
+        attribute="odibi.nodes_skipped",
+    ),
+    failed=Field(
+        "failed",
+        "Nodes that ended FAILURE or CRASHED.",
+        columns=("nodes_failed",),
+        attribute="odibi.nodes_failed",
     ),
 )

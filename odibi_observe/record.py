@@ -42,12 +42,26 @@ class EventKind(str, Enum):
     ``PHASE``: the run recorded a write or committed its checkpoint (``record_write``,
     ``record_checkpoint``); its record is the running snapshot with them, and like a heartbeat
     it is a sign of life (its ``heartbeat_ns`` is the moment of the call).
+
+    ``PIPELINE`` is not a node run's event: it carries the record of a *pipeline run*, at its
+    start (``RUNNING``) and at its end — a :class:`RunRecord` whose ``run_id`` (and
+    ``pipeline_run_id``) is the pipeline run's id, whose ``node`` is empty and whose attributes
+    are the node counts (``conventions.PIPELINE_COUNTS``). One record type means the bus, the
+    spool, the pump and the dead letter carry it unchanged. Only sinks that ask for it in
+    ``Sink.kinds`` receive it (the catalog, the spool).
     """
 
     STARTED = "started"
     HEARTBEAT = "heartbeat"
     FINISHED = "finished"
     PHASE = "phase"
+    PIPELINE = "pipeline"
+
+
+#: The event kinds of node runs: what a sink receives unless it asks for more.
+NODE_EVENT_KINDS: Final = frozenset(
+    {EventKind.STARTED, EventKind.HEARTBEAT, EventKind.PHASE, EventKind.FINISHED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,8 @@ class RunRecord:
     # ``{"key", "value", "previous", "at"}``. Plain JSON values, already made safe.
     writes: tuple[dict[str, Any], ...] = ()
     checkpoint: dict[str, Any] | None = None
+    # Why a SKIPPED run never started (conventions.SKIP_REASONS); None otherwise.
+    skip_reason: str | None = None
 
     @property
     def duration_ns(self) -> int | None:
@@ -203,6 +219,7 @@ class RunRecord:
             "error_stack": self.error_stack,
             "writes": [dict(w) for w in self.writes],
             "checkpoint": None if self.checkpoint is None else dict(self.checkpoint),
+            "skip_reason": self.skip_reason,
         }
 
     @classmethod
@@ -366,6 +383,7 @@ OPTIONAL_TEXT_FIELDS: Final = (
     "error_type",
     "error_message",
     "error_stack",
+    "skip_reason",
 )
 
 _NONE: Final = type(None)

@@ -58,6 +58,7 @@ from odibi_observe.conventions import (
     ODIBI_META_RUNS_COLUMNS,
     PHASE_FIELDS,
     RESOURCE_FIELDS,
+    SKIP_REASON_FIELD,
     RunStatus,
     Source,
 )
@@ -1016,7 +1017,7 @@ class TestPostgresCatalog(CatalogContract):
 def test_columns_are_odibis_first_then_ours_all_from_the_conventions() -> None:
     convention_columns = {
         column
-        for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD, *PHASE_FIELDS)
+        for f in (*FIELDS, *RESOURCE_FIELDS, ERROR_STACK_FIELD, *PHASE_FIELDS, SKIP_REASON_FIELD)
         for column in f.columns
     }
     assert set(meta_runs.c.keys()) == convention_columns | set(ODIBI_META_RUNS_COLUMNS)

@@ -101,6 +101,16 @@ UNMARKED: dict[tuple[str, str], str] = {
         "reconcile-report",
     ): "reads Odibi's own Delta table, written by a real Odibi run",
     (
+        "docs/odibi.md",
+        "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
+        "traces.jsonl odibi.yaml --parallel --on-error fail_fast",
+    ): "the same Odibi project, one node more, stopped by fail_fast",
+    (
+        "docs/odibi.md",
+        "$ odibi-observe reconcile --catalog sqlite:///catalog.db "
+        "--traces otlp-json:traces.jsonl --last 1h --grace 0s --out reconcile-report",
+    ): "the records of that fail-fast Odibi run",
+    (
         "docs/operations.md",
         "$ odibi-observe sweep --catalog sqlite:///sweep.db --spool-dir spool",
     ): "a sidecar-mode pipeline killed with its ending still spooled",

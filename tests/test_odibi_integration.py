@@ -41,6 +41,8 @@ from odibi_observe.conventions import (
     FIELDS,
     METRICS,
     PIPELINE_SPAN_NAME_FORMAT,
+    SKIP_ABORTED,
+    SKIP_DEPENDENCY_FAILED,
     RunStatus,
 )
 from odibi_observe.record import RunRecord
@@ -363,7 +365,10 @@ def test_a_failing_transform_is_a_failure_with_odibis_suggestions(failure: Outco
     records = failure.records()
     error = failure.results.node_results["revenue"].error
     assert type(error).__name__ == "NodeExecutionError" and error.suggestions
-    assert set(records) == {"ingest_orders", "revenue"}  # top_customers never ran (skipped)
+    # top_customers never ran: Odibi skipped it, and it is recorded as such.
+    assert set(records) == {"ingest_orders", "revenue", "top_customers"}
+    assert records["top_customers"].status is RunStatus.SKIPPED
+    assert records["top_customers"].skip_reason == SKIP_DEPENDENCY_FAILED
     assert records["ingest_orders"].status is RunStatus.SUCCESS
     rec = records["revenue"]
     assert rec.status is RunStatus.FAILURE
@@ -376,7 +381,7 @@ def test_a_failing_transform_is_a_failure_with_odibis_suggestions(failure: Outco
     assert "amount_usd" in headline
     assert report.startswith("[X] Node execution failed: revenue")  # Odibi's own report
     theirs = odibi_meta_runs(failure.project)
-    assert set(theirs) == set(records)
+    assert set(theirs) == set(records) - {"top_customers"}  # Odibi has no row for a skip
     assert theirs["revenue"]["status"] == "FAILURE"
     assert theirs["revenue"]["run_id"] == rec.run_id
     assert theirs["revenue"]["rows_processed"] == 0  # Odibi writes 0 for unknown; we keep NULL
@@ -435,7 +440,9 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
 ) -> None:
     project, catalog_url, result = interrupted
     assert result.returncode == 130, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "odibi-observe: recorded 3 node runs (1 CANCELLED, 2 SUCCESS)" in result.stderr
+    assert (
+        "odibi-observe: recorded 4 node runs (1 CANCELLED, 1 SKIPPED, 2 SUCCESS)" in result.stderr
+    )
     store = CatalogStore(catalog_url)  # relative to the directory the command ran in
     try:
         records = {r.node: r for r in store.recent_runs(limit=10)}
@@ -445,7 +452,9 @@ def test_keyboard_interrupt_in_a_step_still_records_every_node_run(
         "ingest_orders": RunStatus.SUCCESS,
         "big_orders": RunStatus.SUCCESS,
         "publish": RunStatus.CANCELLED,
+        "after_publish": RunStatus.SKIPPED,  # planned, never started: the run was aborted
     }
+    assert records["after_publish"].skip_reason == SKIP_ABORTED
     assert records["publish"].error_type == "KeyboardInterrupt"
     assert records["publish"].error_message == "operator pressed Ctrl-C while publishing"
     assert records["big_orders"].rows_processed == 14
@@ -598,6 +607,8 @@ def test_reconciliation_shows_what_odibi_lost_to_the_interrupt(
     project, _, _ = interrupted
     code, summary = reconcile_with_odibi(project, project / "traces.jsonl", tmp_path)
     assert code == 1
+    # The SKIPPED run of the node the interrupt kept from running has a span only, as it
+    # should with Odibi's catalog (which records no skips): it is no discrepancy.
     assert (summary["catalog_runs"], summary["trace_runs"], summary["matched"]) == (0, 3, 0)
     assert summary["discrepancies"]["missing_in_catalog"] == 3
     assert summary["discrepancies_total"] == 3
@@ -622,7 +633,10 @@ def test_odibi_run_is_instrumented_through_odibis_plugin_discovery(tmp_path: Pat
         "odibi_observe = odibi_observe.integrations.odibi_plugin:connection_factory\n"
     )
     env = {
-        "PYTHONPATH": str(tmp_path / "site"),
+        # The entry point's distribution first, then this checkout (as for every child).
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")])
+        ),
         "ODIBI_OBSERVE_INSTRUMENT": "1",
         "ODIBI_OBSERVE_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
     }

@@ -267,7 +267,9 @@ def test_what_odibi_3_15_writes(odibi_runs: dict[str, Any]) -> None:
     records = odibi_runs["records"]
     assert records["broken"].status is RunStatus.FAILURE
     assert records["broken"].rows_processed is None  # Odibi's 0 means it never counted
-    assert "after_broken" not in records
+    # Odibi skipped it: no row of Odibi's, a SKIPPED run of ours (and a span only, below).
+    assert records["after_broken"].status is RunStatus.SKIPPED
+    assert records["after_broken"].skip_reason == "dependency_failed"
 
 
 def _expect_no_false_alarm(result: Any) -> None:

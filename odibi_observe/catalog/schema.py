@@ -36,9 +36,13 @@ from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
     ODIBI_META_RUNS_COLUMNS,
     PHASE_FIELDS,
+    PIPELINE_COUNTS,
+    PIPELINE_FINISHED_AT,
+    PIPELINE_RUNS_TABLE,
     RECONCILIATION_ITEMS_TABLE,
     RECONCILIATION_TABLE,
     RESOURCE_FIELDS,
+    SKIP_REASON_FIELD,
     SPAN_LEDGER_TABLE,
     RunStatus,
     Source,
@@ -80,6 +84,7 @@ WRITES_JSON: Final = PHASE_FIELDS.writes.column
 CHECKPOINT_JSON: Final = PHASE_FIELDS.checkpoint.column
 #: The columns a phase event (``EventKind.PHASE``) moves on a running row, with its heartbeat.
 PHASE_COLUMNS: Final = (WRITES_JSON, CHECKPOINT_JSON)
+SKIP_REASON: Final = SKIP_REASON_FIELD.column
 
 
 def _odibi_only_columns() -> tuple[str, str]:
@@ -161,6 +166,8 @@ meta_runs: Final = sa.Table(
     # The run's writes and the checkpoint it committed (migration 0006): NULL when none.
     sa.Column(WRITES_JSON, sa.Text),
     sa.Column(CHECKPOINT_JSON, sa.Text),
+    # Why a SKIPPED run never started (migration 0007); NULL for every other status.
+    sa.Column(SKIP_REASON, sa.String(50)),
 )
 
 
@@ -301,6 +308,72 @@ health_findings: Final = sa.Table(
 )
 _index(health_findings, KIND, PIPELINE, NODE, STATE, suffix="node")
 _index(health_findings, STATE, LAST_SEEN_AT, suffix="state_seen")
+
+# --- pipeline runs ----------------------------------------------------------------------------
+#
+# One row per pipeline run, keyed by its id (Odibi's own pipeline run id, the ``run_id`` of its
+# ``meta_pipeline_runs``, when the run is Odibi's): written ``RUNNING`` when the run starts and
+# updated once when it ends, with the node counts of its plan (planned = ran + skipped).
+
+NODES_PLANNED, NODES_RAN, NODES_SKIPPED, NODES_FAILED = (f.column for f in PIPELINE_COUNTS)
+
+pipeline_runs: Final = sa.Table(
+    PIPELINE_RUNS_TABLE,
+    metadata,
+    sa.Column(PIPELINE_RUN_ID, sa.String(100), primary_key=True),
+    sa.Column(PROJECT, sa.String(255)),
+    sa.Column(PIPELINE, sa.String(255)),
+    sa.Column(ENVIRONMENT, sa.String(255)),
+    sa.Column(STATUS, sa.String(50), nullable=False),
+    sa.Column(STARTED_AT, sa.DateTime(timezone=True), nullable=False),
+    sa.Column(PIPELINE_FINISHED_AT, sa.DateTime(timezone=True)),
+    sa.Column(NODES_PLANNED, sa.Integer),
+    sa.Column(NODES_RAN, sa.Integer),
+    sa.Column(NODES_SKIPPED, sa.Integer),
+    sa.Column(NODES_FAILED, sa.Integer),
+    sa.Column(ERROR_TYPE, sa.String(255)),
+    sa.Column(ERROR_MESSAGE, sa.Text),
+    sa.Column(TRACE_ID, sa.String(32)),
+    sa.Column(SPAN_ID, sa.String(16)),
+    sa.Column(HOST, sa.String(255)),
+    sa.Column(PID, sa.Integer),
+    sa.Column(UPDATED_AT, sa.DateTime(timezone=True)),
+)
+_index(pipeline_runs, STARTED_AT)
+_index(pipeline_runs, PIPELINE, STARTED_AT, suffix="pipeline_started")
+
+#: The counts' columns, by the key the pipeline run's record carries them under.
+_COUNT_COLUMNS: Final = {f.key: f.column for f in PIPELINE_COUNTS}
+
+
+def pipeline_record_to_row(record: RunRecord, *, now: datetime) -> dict[str, Any]:
+    """The ``meta_pipeline_runs`` row of a pipeline run's record (``EventKind.PIPELINE``).
+
+    Text is made storable as in ``meta_runs`` (:func:`db_text`); a count the record does not
+    carry (the ``RUNNING`` record carries none) is NULL.
+    """
+    counts = {
+        column: value if type(value := record.attributes.get(key)) is int else None
+        for key, column in _COUNT_COLUMNS.items()
+    }
+    return {
+        PIPELINE_RUN_ID: record.run_id,
+        PROJECT: db_text(record.project, 255),
+        PIPELINE: db_text(record.pipeline, 255),
+        ENVIRONMENT: db_text(record.environment, 255),
+        STATUS: record.status.value,
+        STARTED_AT: ns_to_datetime(record.started_ns),
+        PIPELINE_FINISHED_AT: None if record.ended_ns is None else ns_to_datetime(record.ended_ns),
+        **counts,
+        ERROR_TYPE: db_text(record.error_type, 255),
+        ERROR_MESSAGE: db_text(record.error_message, None),
+        TRACE_ID: record.trace_id or None,
+        SPAN_ID: record.span_id or None,
+        HOST: db_text(record.host, 255),
+        PID: record.pid,
+        UPDATED_AT: utc(now),
+    }
+
 
 #: Index name → its columns, for migrations and tests that check the database has them.
 INDEXES: Final = {
@@ -457,6 +530,7 @@ def record_values(
         record.error_stack,  # ERROR_STACK
         phases_json(record.writes) if record.writes else None,  # WRITES_JSON
         None if record.checkpoint is None else phases_json(record.checkpoint),  # CHECKPOINT_JSON
+        record.skip_reason,  # SKIP_REASON
     ]
     for i, limit in _TEXT_SLOTS:
         value = row[i]
@@ -511,6 +585,7 @@ _VALUE_ORDER: Final = (
     ERROR_STACK,
     WRITES_JSON,
     CHECKPOINT_JSON,
+    SKIP_REASON,
 )
 if _VALUE_ORDER != COLUMNS:  # pragma: no cover - guards edits of the table or of record_values
     raise RuntimeError(f"record_values lists {_VALUE_ORDER}, the table has {COLUMNS}")
@@ -653,4 +728,5 @@ def row_to_record(row: Mapping[Any, Any]) -> RunRecord:
         error_stack=row.get(ERROR_STACK),
         writes=tuple(_phases(row.get(WRITES_JSON), list)),
         checkpoint=next(iter(_phases(row.get(CHECKPOINT_JSON), dict)), None),
+        skip_reason=row.get(SKIP_REASON),
     )

@@ -40,11 +40,14 @@ from odibi_observe.catalog.schema import (
     PEAK_RSS,
     PHASE_COLUMNS,
     PIPELINE,
+    PIPELINE_RUN_ID,
     RUN_ID,
     STARTED_AT,
     STATUS,
     UPDATED_AT,
     meta_runs,
+    pipeline_record_to_row,
+    pipeline_runs,
     record_to_row,
     row_to_record,
     utc,
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 _IN_CHUNK: Final = 500
+_PIPELINE: Final = EventKind.PIPELINE
 
 
 def coalesce_events(events: Sequence[RunEvent]) -> tuple[list[RunEvent], list[RunEvent]]:
@@ -153,6 +157,12 @@ class CatalogStore:
         """
         if not events:
             return
+        pipelines = [ev for ev in events if ev.kind is _PIPELINE]
+        if pipelines:  # rare: two per pipeline run
+            self.upsert_pipeline_runs(pipelines)
+            events = [ev for ev in events if ev.kind is not _PIPELINE]
+            if not events:
+                return
         full, beats = coalesce_events(events)
         now_ns = time.time_ns()
         if self._driver is not None:
@@ -173,6 +183,49 @@ class CatalogStore:
                     conn.execute(upsert_beat, beat_rows)
             else:
                 _upsert_portable(conn, full_rows, beat_rows)
+
+    def upsert_pipeline_runs(self, events: Sequence[RunEvent]) -> None:
+        """Record pipeline runs (``EventKind.PIPELINE``) in ``meta_pipeline_runs``, in one
+        transaction. Idempotent by pipeline run id; a ``RUNNING`` record never overwrites a
+        finished row. Portable statements: a pipeline run writes two rows in its life, so
+        this is not worth a driver-level path."""
+        latest: dict[str, RunEvent] = {}
+        for ev in events:  # one per pipeline run: the terminal beats the start
+            current = latest.get(ev.run_id)
+            if (
+                current is None
+                or ev.record.status.is_terminal
+                or not current.record.status.is_terminal
+            ):
+                latest[ev.run_id] = ev
+        now = ns_to_datetime(time.time_ns())
+        rows = [pipeline_record_to_row(ev.record, now=now) for ev in latest.values()]
+        c = pipeline_runs.c
+        with self._write_transaction() as conn:
+            existing = {
+                str(run_id): str(status)
+                for run_id, status in conn.execute(
+                    sa.select(c[PIPELINE_RUN_ID], c[STATUS]).where(
+                        c[PIPELINE_RUN_ID].in_(list(latest))
+                    )
+                )
+            }
+            for row in rows:
+                key = row[PIPELINE_RUN_ID]
+                if key not in existing:
+                    conn.execute(pipeline_runs.insert(), row)
+                elif row[STATUS] != _RUNNING or existing[key] == _RUNNING:
+                    values = {k: v for k, v in row.items() if k != PIPELINE_RUN_ID}
+                    conn.execute(
+                        pipeline_runs.update().where(c[PIPELINE_RUN_ID] == key).values(values)
+                    )
+
+    def pipeline_run(self, pipeline_run_id: str) -> dict[str, Any] | None:
+        """The ``meta_pipeline_runs`` row of ``pipeline_run_id`` (column → value), or None."""
+        query = sa.select(pipeline_runs).where(pipeline_runs.c[PIPELINE_RUN_ID] == pipeline_run_id)
+        with self._connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else dict(row)
 
     def close_running(self, records: Sequence[RunRecord]) -> list[str]:
         """Write each terminal ``record`` only where its row is still ``RUNNING``.

@@ -63,6 +63,7 @@ from odibi_observe.conventions import (
     SELF_METRICS,
     SIDECAR_METRICS,
     UNCOMMITTED_STATUSES,
+    UNJUDGED_STATUSES,
     Field,
     Metric,
     MetricKind,
@@ -106,7 +107,9 @@ RUNNING: Final = RunStatus.RUNNING.value
 #: Terminal statuses that are not a success: an exception, or a crash the process saw (SIGTERM,
 #: interpreter exit) or a sweeper detected. Not ``CANCELLED``: an operator's abort.
 FAILED: Final = tuple(s.value for s in FAILED_STATUSES)
-CANCELLED: Final = RunStatus.CANCELLED.value
+#: Statuses a failure rate is not taken over: an operator's abort and a node that never
+#: started (``SKIPPED``).
+UNJUDGED: Final = tuple(s.value for s in UNJUDGED_STATUSES)
 
 
 def series(metric: Metric | str, *matchers: str, suffix: str = "") -> str:
@@ -129,6 +132,10 @@ def ne(label_name: str, value: str) -> str:
 
 def regex(label_name: str, value: str) -> str:
     return f'{label_name}=~"{value}"'
+
+
+def not_regex(label_name: str, value: str) -> str:
+    return f'{label_name}!~"{value}"'
 
 
 def by(*labels: str) -> str:
@@ -239,10 +246,11 @@ def success_ratio(f: Filters, window: str, *group: str) -> str:
 
 
 def failure_ratio(f: Filters, window: str, *group: str) -> str:
-    """Failed runs over runs that were not cancelled: a cancellation is neither a failure nor
-    a run the node could have failed, so many Ctrl-Cs neither trip nor dilute the rate."""
+    """Failed runs over runs that were neither cancelled nor skipped: a cancellation, or a
+    node that never started, is neither a failure nor a run the node could have failed, so
+    many Ctrl-Cs or skips neither trip nor dilute the rate."""
     failed = series(METRICS.runs, *f.matchers(regex(STATUS_LABEL, "|".join(FAILED))))
-    judged = series(METRICS.runs, *f.matchers(ne(STATUS_LABEL, CANCELLED)))
+    judged = series(METRICS.runs, *f.matchers(not_regex(STATUS_LABEL, "|".join(UNJUDGED))))
     return _ratio(failed, judged, window, group)
 
 

@@ -38,8 +38,16 @@ raises exactly what it returned or raised; recording errors are logged, never ra
     random uuid4 Odibi draws for it and uses nowhere else, so both catalogs and the trace share
     one key (``share_run_id=False`` leaves Odibi's id alone). In a worker thread of a
     ``parallel`` run it also makes the pipeline span current, so the node spans nest under it.
-``Pipeline.run`` — a ``pipeline <name>`` span (scope ``odibi_observe``) around the pipeline
-    run, carrying Odibi's pipeline run id as ``odibi.pipeline_run_id``.
+``Pipeline.run`` — a ``RUN <name>`` span (scope ``odibi_observe``) around the pipeline
+    run, carrying Odibi's pipeline run id as ``odibi.pipeline_run_id``, and **the plan** of
+    the run (:class:`~odibi_observe._instrument.PipelinePlan`): the nodes Odibi is going to
+    run, selected as ``Pipeline.run`` selects them (disabled nodes and their dependents are
+    never planned; what ``--tag``/``--node`` leaves out is ``not_selected``). At the end each
+    planned node that never started is a ``SKIPPED`` run — ``dependency_failed`` (Odibi's own
+    skip, or a failed dependency), ``fail_fast`` (a failure under that strategy stopped the
+    run), ``aborted`` (an exception or ``KeyboardInterrupt`` left ``Pipeline.run``) — and the
+    pipeline run is a ``meta_pipeline_runs`` row under Odibi's pipeline run id (the ``run_id``
+    of Odibi's own ``meta_pipeline_runs``).
 ``PandasEngine.write`` (and Polars', Spark's) — **the run's writes**: each write that returns
     is ``record_write(target, rows, version)``: the connection's full path (or the table), the
     rows from Delta's commit metrics (else the in-memory frame's length), Delta's version.
@@ -71,6 +79,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import inspect
 import os
 import sys
 import threading
@@ -86,6 +95,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from odibi_observe._instrument import (
     NodeRun,
+    PipelinePlan,
     end_pipeline_span,
     error_message_of,
     node_run,
@@ -101,12 +111,19 @@ from odibi_observe.conventions import (
     FIELDS,
     INSTRUMENTATION_SCOPE,
     PIPELINE_SPAN_NAME_FORMAT,
+    SKIP_ABORTED,
+    SKIP_DEPENDENCY_FAILED,
+    SKIP_FAIL_FAST,
+    SKIP_NOT_SELECTED,
     Field,
 )
 
 #: The Odibi releases whose internals the wrappers were written against (pip specifier).
 SUPPORTED_ODIBI: Final = ">=3.15,<3.16"
 _SUPPORTED_SERIES: Final = frozenset({(3, 15)})
+
+#: ``ErrorStrategy.FAIL_FAST.value``: stop the pipeline at its first failure.
+_FAIL_FAST_STRATEGY: Final = "fail_fast"
 
 #: ``1``/``true``/``yes``/``on`` instruments Odibi when its plugins load (``odibi run``).
 ENV_INSTRUMENT: Final = "ODIBI_OBSERVE_INSTRUMENT"
@@ -412,11 +429,17 @@ class _Identity:
 
 @dataclass
 class _PipelineContexts:
-    """OTel contexts of running pipelines, by ``id()`` of the Odibi ``Context`` they share
-    with their nodes: a worker thread of a parallel run starts with an empty context."""
+    """OTel contexts and plans of running pipelines, by ``id()`` of the Odibi ``Context``
+    they share with their nodes: a worker thread of a parallel run starts with an empty
+    context, and its node runs are noted in the plan from there."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     by_key: dict[int, otel_context.Context] = field(default_factory=dict)
+    plans: dict[int, PipelinePlan] = field(default_factory=dict)
+
+    def plan_of(self, node: Any) -> PipelinePlan | None:
+        with self.lock:
+            return self.plans.get(id(getattr(node, "context", node)))
 
 
 _current_call: ContextVar[_NodeCall | None] = ContextVar("odibi_observe_odibi_call", default=None)
@@ -517,11 +540,14 @@ def _wrap_executor_execute(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(original)
+
     @functools.wraps(original)
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _active:
             return original(self, *args, **kwargs)
         _ensure_observer()  # before the pipeline span: it needs the tracer provider
+        options = _run_options(signature, self, args, kwargs)
         name = _text(getattr(getattr(self, "config", None), "pipeline", None)) or "unknown"
         attributes = {_PIPELINE: name}
         project = _text(getattr(getattr(self, "project_config", None), "project", None))
@@ -537,18 +563,25 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
             set_status_on_exception=False,
         ) as span:
             key = id(getattr(self, "context", self))
+            plan = None if options.get("dry_run") is True else _start_plan(self, name, options)
+            if plan is not None:
+                plan.trace_from(span)
             with _pipelines.lock:
                 _pipelines.by_key[key] = otel_context.get_current()
+                if plan is not None:
+                    _pipelines.plans[key] = plan
             try:
                 results = original(self, *args, **kwargs)
             except BaseException as exc:
+                counts = _end_plan(plan, self, options, None, exc)
                 # Recorded here rather than by OTel (which marks only Exception, unredacted):
                 # an interrupted pipeline was cancelled, like its node; any other one failed.
-                end_pipeline_span(span, exc)
+                end_pipeline_span(span, exc, counts=counts)
                 raise
             finally:
                 with _pipelines.lock:
                     _pipelines.by_key.pop(key, None)
+                    _pipelines.plans.pop(key, None)
                 # Odibi draws the pipeline run id inside run(); it is known only now.
                 run_id = _text(getattr(self, "_current_run_id", None))
                 if run_id is not None:
@@ -556,7 +589,8 @@ def _wrap_pipeline_run(original: Callable[..., Any]) -> Callable[..., Any]:
                     span.set_attribute(CICD_PIPELINE_RUN_ID, run_id)
             failed = getattr(results, "failed", None)
             failed = failed if isinstance(failed, list) else []
-            end_pipeline_span(span, None, len(failed))
+            counts = _end_plan(plan, self, options, results, None)
+            end_pipeline_span(span, None, len(failed), counts=counts)
             if failed:
                 span.set_status(
                     Status(
@@ -601,6 +635,113 @@ def _wrap_set_hwm(original: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return set_hwm
+
+
+# -- the plan of an Odibi pipeline run ---------------------------------------------------------
+
+
+def _run_options(
+    signature: inspect.Signature, pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``Pipeline.run``'s arguments by name (``tag``, ``node``, ``on_error``, ...); never raises."""
+    try:
+        bound = signature.bind(pipeline, *args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+    except Exception:
+        return dict(kwargs)
+
+
+def _start_plan(pipeline: Any, name: str, options: Mapping[str, Any]) -> PipelinePlan | None:
+    """The plan of an Odibi pipeline run: its nodes in Odibi's order, the way ``Pipeline.run``
+    selects them — disabled nodes and their dependents left out (Odibi never runs them),
+    then ``--tag`` / ``--node`` (with the nodes they need); what the selection leaves out is
+    ``not_selected``. Never raises: a graph that cannot be read gives an empty plan."""
+    try:
+        project = _text(getattr(getattr(pipeline, "project_config", None), "project", None))
+        plan = PipelinePlan(name, project=project)
+    except Exception:
+        log.exception("odibi-observe: could not start the plan of pipeline %s", name)
+        return None
+    try:
+        graph = pipeline.graph
+        order = [n for n in graph.topological_sort() if isinstance(n, str)]
+        disabled = {n for n in order if not getattr(graph.nodes[n], "enabled", True)}
+        for n in list(disabled):
+            disabled |= set(graph.get_dependents(n))
+        order = [n for n in order if n not in disabled]
+        selected = set(order)
+        tag, chosen = options.get("tag"), options.get("node")
+        if isinstance(tag, str) and tag:
+            selected = {n for n in selected if tag in (getattr(graph.nodes[n], "tags", None) or ())}
+        names = [chosen] if isinstance(chosen, str) else list(chosen or ())
+        if names and all(n in graph.nodes for n in names):
+            # (A name Odibi does not know makes it raise before any node: nothing is then
+            # "not selected", the whole plan is aborted.)
+            selected = set(names)
+            for n in names:
+                selected |= set(graph.get_dependencies(n))
+        depends = {n: tuple(getattr(graph.nodes[n], "depends_on", None) or ()) for n in order}
+        plan.plan([n for n in order if n in selected], depends)
+        for n in order:
+            if n not in selected:
+                plan.skip(n, SKIP_NOT_SELECTED)
+    except Exception:
+        log.exception("odibi-observe: could not read the nodes of pipeline %s", name)
+    return plan
+
+
+def _end_plan(
+    plan: PipelinePlan | None,
+    pipeline: Any,
+    options: Mapping[str, Any],
+    results: Any,
+    exc: BaseException | None,
+) -> dict[str, int]:
+    """Decide why the planned nodes that never ran did not, from Odibi's results, and end
+    the plan (SKIPPED runs, the pipeline run's record). Never raises.
+
+    Odibi's own ``dependency_failed`` skips are taken as they are; a node Odibi restored with
+    ``--resume`` was neither run nor skipped, and leaves the plan. A failure under the
+    ``fail_fast`` strategy (``--on-error fail_fast`` or the node's ``on_error``) stopped the
+    rest — also when Odibi 3.15's parallel runner then raises ``RuntimeError: cannot schedule
+    new futures after shutdown`` out of ``Pipeline.run``; any other exception (or a
+    ``KeyboardInterrupt``) aborted it.
+    """
+    if plan is None:
+        return {}
+    try:
+        plan.pipeline_run_id = _text(getattr(pipeline, "_current_run_id", None))
+        node_results = getattr(results, "node_results", None)
+        for node, result in (node_results if isinstance(node_results, dict) else {}).items():
+            metadata = getattr(result, "metadata", None)
+            if not isinstance(metadata, dict) or metadata.get("skipped") is not True:
+                continue
+            if metadata.get("reason") == SKIP_DEPENDENCY_FAILED:
+                plan.skip(node, SKIP_DEPENDENCY_FAILED)
+            else:  # restored by --resume, or disabled: Odibi's own skip, not a planned run
+                plan.forget(node)
+        if _failed_fast(pipeline, options, plan):
+            plan.stop(SKIP_FAIL_FAST)
+        elif exc is not None:
+            plan.stop(SKIP_ABORTED)
+        failed = getattr(results, "failed", None)
+        return plan.finish(exc, failed=len(failed) if isinstance(failed, list) else 0)
+    except Exception:
+        log.exception("odibi-observe: could not end the plan of a pipeline run")
+        return {}
+
+
+def _failed_fast(pipeline: Any, options: Mapping[str, Any], plan: PipelinePlan) -> bool:
+    """Whether a node of this run failed under the ``fail_fast`` strategy."""
+    override = options.get("on_error")
+    override = getattr(override, "value", override)
+    nodes = getattr(getattr(pipeline, "graph", None), "nodes", {})
+    for node in plan.failed_nodes():
+        strategy = override or getattr(getattr(nodes.get(node), "on_error", None), "value", None)
+        if strategy == _FAIL_FAST_STRATEGY:
+            return True
+    return False
 
 
 _WRAPPERS: Final[Mapping[tuple[str, str], Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
@@ -757,6 +898,11 @@ def _observe(
             write = getattr(config, "write", None)
             if write is not None:
                 call.target = (getattr(write, "path", None), getattr(write, "table", None))
+            plan = _pipelines.plan_of(node)
+            if plan is not None:
+                if plan.pipeline_run_id is None and who.pipeline_run_id is not None:
+                    plan.begin(who.pipeline_run_id)  # Odibi's id, known from its first node
+                plan.started(run)
         try:
             result = original(node, *args, **kwargs)
         except BaseException:

@@ -47,6 +47,8 @@ from odibi_observe.catalog.schema import (
     PIPELINE,
     ROWS,
     RUN_ID,
+    SKIP_REASON,
+    SOURCE,
     SPAN_ID,
     STARTED_AT,
     STATUS,
@@ -64,6 +66,7 @@ from odibi_observe.reconcile.model import (
     EXACT_MARGIN,
     FUTURE_SKEW_NS,
     CatalogRun,
+    PipelineRunSide,
     ReadLog,
     ReadRange,
     iso_ns,
@@ -72,6 +75,7 @@ from odibi_observe.reconcile.model import (
     odibi_not_run,
     odibi_rows,
 )
+from odibi_observe.reconcile.pipelines import sql_pipeline_runs
 from odibi_observe.reconcile.sources import (
     CatalogSource,
     SourceError,
@@ -138,6 +142,7 @@ class SqlCatalog(CatalogSource):
         except ConfigurationError as exc:
             raise SourceError(str(exc)) from None
         self._columns: dict[str, Any] | None = None
+        self._holds_plans: bool | None = None
 
     def describe(self) -> str:
         return hide_password(self.url)
@@ -172,6 +177,28 @@ class SqlCatalog(CatalogSource):
 
     def margin(self) -> timedelta:
         return EXACT_MARGIN if STARTED_AT in self.columns() else ODIBI_MARGIN
+
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        return sql_pipeline_runs(self.engine, read_range, log, f"catalog {self.describe()}")
+
+    def holds_plans(self) -> bool:
+        """A catalog odibi-observe writes (migration 0007 or later, and rows with their
+        ``source``); Odibi's own table in SQL — even once ``catalog upgrade`` added the
+        columns — has only rows Odibi wrote, which name no source."""
+        columns = self.columns()
+        if SKIP_REASON not in columns or SOURCE not in columns:
+            return False
+        if self._holds_plans is None:
+            table = sa.table(CATALOG_TABLE, sa.column(SOURCE))
+            query = sa.select(sa.literal(1)).where(table.c[SOURCE].is_not(None)).limit(1)
+            try:
+                with self.engine.connect() as conn:
+                    self._holds_plans = conn.execute(query).first() is not None
+            except SQLAlchemyError:
+                self._holds_plans = False
+        return self._holds_plans
 
     def store(self) -> CatalogStore | None:
         columns = self.columns()
@@ -411,6 +438,9 @@ class OdibiDeltaCatalog(CatalogSource):
 
     def describe(self) -> str:
         return f"{ODIBI_DELTA_SCHEME}:{self.path}"
+
+    def holds_plans(self) -> bool:
+        return False  # Odibi writes no row for a node it did not run, nor pipeline runs
 
     def margin(self) -> timedelta:
         # Asked before anything is read: a path that is not a table fails here, before the

@@ -79,10 +79,12 @@ from odibi_observe.reconcile.model import (
 )
 from odibi_observe.reconcile.parallel import read_in_parallel, sort_sources
 from odibi_observe.reconcile.phases import phase_findings
+from odibi_observe.reconcile.pipelines import compare_pipeline_runs
 from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.reconcile.spill import DEFAULT_CHUNK, ExternalSorter
 
 _RUNNING: Final = RunStatus.RUNNING.value
+_SKIPPED: Final = RunStatus.SKIPPED.value
 _CRASHED: Final = RunStatus.CRASHED.value
 _HOUR_NS: Final = 3_600 * 1_000_000_000
 _DAY_NS: Final = 24 * _HOUR_NS
@@ -329,7 +331,15 @@ def reconcile(
         try:
             catalog_stream = _primed(catalog.read(read_range, log))
             result._items = _items_file(options.spill_dir)
-            _Merger(result, log, options).run(catalog_stream, trace_stream)
+            merger = _Merger(result, log, options, records_skipped=catalog.holds_plans())
+            merger.run(catalog_stream, trace_stream)
+            if merger.skipped_spans:
+                log.add_note(
+                    result.catalog_source,
+                    f"{merger.skipped_spans:,} SKIPPED runs (planned nodes that never started) "
+                    "have a span only: this catalog records no skipped runs",
+                )
+            _add_pipeline_runs(result, catalog, traces, read_range, log)
             stale_before = window.now_ns - _ns(options.crash_after)
             for item in phase_findings(catalog, window, read_range, log, stale_before):
                 result.add(item)
@@ -348,6 +358,27 @@ def reconcile(
     result.ignored_spans = log.ignored_spans
     result.seconds = time.perf_counter() - clock
     return result
+
+
+def _add_pipeline_runs(
+    result: ReconcileResult,
+    catalog: CatalogSource,
+    traces: Sequence[TraceSource],
+    read_range: ReadRange,
+    log: ReadLog,
+) -> None:
+    """Reconcile the pipeline runs too (:mod:`~odibi_observe.reconcile.pipelines`): their
+    discrepancies join the node runs' under the same kinds, counted and listed alike."""
+    found = compare_pipeline_runs(catalog, traces, read_range, result.window, log)
+    if found is None:
+        return
+    assert result._items is not None
+    for item in found:
+        result.by_kind[item.kind] += 1
+        if item.started_ns is not None:
+            bucket = item.started_ns - item.started_ns % result.bucket_ns
+            result.timeline[(bucket, item.kind)] += 1
+        result._items.write(item.to_json() + "\n")
 
 
 def _deferred_end(window: Window) -> int:
@@ -371,8 +402,19 @@ def _primed(stream: Iterator[Any]) -> Iterator[tuple[Any, ...]]:
 class _Merger:
     """The merge join over the two sorted streams (see the module docstring)."""
 
-    def __init__(self, result: ReconcileResult, log: ReadLog, options: ReconcileOptions) -> None:
+    def __init__(
+        self,
+        result: ReconcileResult,
+        log: ReadLog,
+        options: ReconcileOptions,
+        *,
+        records_skipped: bool = True,
+    ) -> None:
         self.result = result
+        # False for a catalog that never holds a SKIPPED run (Odibi's own): their spans
+        # alone are then expected, counted as not run rather than missing.
+        self.records_skipped = records_skipped
+        self.skipped_spans = 0
         self.log = log
         self.options = options
         window = result.window
@@ -478,6 +520,9 @@ class _Merger:
                 result.deferred += 1
             else:
                 result.outside_window += 1
+            return
+        if cat is None and not self.records_skipped and tr is not None and tr[T_STATUS] == _SKIPPED:
+            self.skipped_spans += 1
             return
         if tr is not None:
             pipeline, node = tr[T_PIPELINE], tr[T_NODE]

@@ -51,6 +51,7 @@ KIND_COLOURS: Final = dict(
             "#bcbd22",
             "#aec7e8",
             "#ffbb78",
+            "#98df8a",
         ),
         strict=True,
     )

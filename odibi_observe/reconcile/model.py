@@ -519,6 +519,15 @@ KINDS: Final = kind_table(
         "(merge on a key). See docs/exactly-once.md.",
         None,
     ),
+    KindInfo(
+        "count_mismatch",
+        "Node count mismatch",
+        "A pipeline run's meta_pipeline_runs row and its RUN span disagree on how many "
+        "nodes were planned, ran, were skipped or failed.",
+        "Both are written from one plan, so one side was changed or lost part of the run: "
+        "compare the pipeline run's meta_runs rows with its node spans.",
+        None,
+    ),
 )
 
 
@@ -651,3 +660,20 @@ __all__ = [
     "Window",
     "normalize_status",
 ]
+
+
+class PipelineRunSide(NamedTuple):
+    """One pipeline run as one side holds it: a ``meta_pipeline_runs`` row, or a
+    ``RUN {pipeline}`` span carrying the node counts (``conventions.PIPELINE_COUNTS``).
+
+    ``status`` is a status name (``SUCCESS``, ...; a span's ``cicd.pipeline.result`` read
+    back); ``counts`` are in ``PIPELINE_COUNTS`` order, None where a side has none;
+    ``origin`` says where it was read (a file and line, a table).
+    """
+
+    pipeline_run_id: str
+    pipeline: str
+    started_ns: int
+    status: str
+    counts: tuple[int | None, ...]
+    origin: str

@@ -53,10 +53,12 @@ from odibi_observe.conventions import (
 )
 from odibi_observe.reconcile.model import (
     FUTURE_SKEW_NS,
+    PipelineRunSide,
     ReadLog,
     ReadRange,
     TraceRun,
 )
+from odibi_observe.reconcile.pipelines import otlp_pipeline_runs
 from odibi_observe.reconcile.sources import SourceError, TraceSource
 from odibi_observe.reconcile.span_decode import span_to_run
 
@@ -406,6 +408,10 @@ class OtlpJsonFileSource(TraceSource):
                 continue  # written before the range began: cannot hold a span of the range
             todo.append((file, stat.st_size))
         return todo
+
+    def pipeline_runs(self, read_range: ReadRange, log: ReadLog) -> Iterator[PipelineRunSide]:
+        files = [file for file, _ in self._todo(read_range, log)]
+        return otlp_pipeline_runs(files, read_range, log, self.describe())
 
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
         todo = self._todo(read_range, log)

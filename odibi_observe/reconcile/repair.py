@@ -224,7 +224,12 @@ class Repairer:
         span_events: dict[str, RunEvent] = {}
         plans: list[tuple[Discrepancy, str | None, str, str]] = []  # item, action, status, note
         for item in items:
-            action = ACTIONS.get(item.kind)
+            # A pipeline run's row and span are summaries of its node runs, whose own
+            # discrepancies are repaired: the summary is not rebuilt from one side.
+            pipeline_run = any(
+                (side or {}).get("pipeline_run") for side in (item.catalog, item.trace)
+            )
+            action = None if pipeline_run else ACTIONS.get(item.kind)
             if action is None:
                 plans.append(
                     (

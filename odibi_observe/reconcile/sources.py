@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 from odibi_observe import extensions
 from odibi_observe.conventions import TEMPO_DEFAULT_QUERY
-from odibi_observe.reconcile.model import CatalogRun, ReadLog, ReadRange, TraceRun
+from odibi_observe.reconcile.model import CatalogRun, PipelineRunSide, ReadLog, ReadRange, TraceRun
 from odibi_observe.record import RunRecord
 
 if TYPE_CHECKING:
@@ -117,6 +117,14 @@ class TraceSource(_SpecSource):
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
         """The odibi node spans whose start is in ``read_range``."""
 
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        """The pipeline runs (``RUN {pipeline}`` spans with node counts) that started in
+        ``read_range``; None (the default) when this source cannot read them, and the
+        pipeline runs are then not reconciled against it."""
+        return None
+
     def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         """Independent sources that together hold what this one holds, to be read in
         ``parts`` processes at once; ``[self]`` when there is nothing worth splitting (the
@@ -138,6 +146,20 @@ class CatalogSource(_SpecSource):
         Asked first, before any trace is read, so it also checks that the catalog can be read
         at all (raising :class:`SourceError` if not).
         """
+
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        """The ``meta_pipeline_runs`` rows that started in ``read_range``; None (the
+        default) when this catalog has no such table."""
+        return None
+
+    def holds_plans(self) -> bool:
+        """Whether this catalog holds what a pipeline run's plan records: ``SKIPPED`` runs
+        and ``meta_pipeline_runs``. False for Odibi's own (it writes no row for a node it
+        did not run): a skipped run's span alone is then no discrepancy, and pipeline runs
+        are not compared."""
+        return True
 
     def store(self) -> CatalogStore | None:
         """A store to write repairs to, or None when this catalog cannot be written."""

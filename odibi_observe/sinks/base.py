@@ -63,7 +63,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.record import NODE_EVENT_KINDS, EventKind, RunEvent
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -95,8 +95,10 @@ class Sink(abc.ABC):
     scheme: ClassVar[str] = ""
 
     #: The event kinds this sink wants; the bus does not queue the others for it. A sink that
-    #: only records finished runs (spans) says so and saves a queue slot per run.
-    kinds: frozenset[EventKind] = frozenset(EventKind)
+    #: only records finished runs (spans) says so and saves a queue slot per run. The default
+    #: is a node run's kinds: ``EventKind.PIPELINE`` (a pipeline run's record) reaches only
+    #: the sinks that ask for it, so a sink written for node runs never mistakes one for a run.
+    kinds: frozenset[EventKind] = NODE_EVENT_KINDS
 
     #: True when a run's start adds nothing once its end is in the same batch (the catalog
     #: writes one row from the end; metrics' in-progress gauge would go up and down again).

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from odibi_observe._redact import REDACTED
 from odibi_observe.catalog.store import CatalogStore, create_catalog_engine
-from odibi_observe.record import RunEvent
+from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sinks.base import Sink, SinkExportError, SinkUnavailable
 
 
@@ -34,6 +34,8 @@ class CatalogSink(Sink):
     name = "catalog"
     scheme = "catalog"  # its key in odibi_observe.extensions
     coalesces_starts = True
+    #: Node runs (``meta_runs``) and pipeline runs (``meta_pipeline_runs``).
+    kinds = frozenset(EventKind)
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self._create = create

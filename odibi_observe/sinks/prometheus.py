@@ -168,6 +168,8 @@ class PrometheusSink(Sink):
         series.runs[record.status].inc()
         if record.writes and record.uncommitted_write:
             series.uncommitted_writes.inc()
+        if record.status is _SKIPPED:
+            return  # never started: no rows, no duration, no resources to observe
         if record.rows_processed is not None:
             series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
@@ -183,6 +185,9 @@ class PrometheusSink(Sink):
             # not on every run (a sidecar sees many processes' records for one series).
             series.limit_seen = limit
             series.memory_limit.set(limit)
+
+
+_SKIPPED: Final = RunStatus.SKIPPED
 
 
 class _Series:

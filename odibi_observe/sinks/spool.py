@@ -44,7 +44,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from odibi_observe._selfmetrics import SelfMonitor, log
 from odibi_observe.conventions import RESOURCE_HOST, RESOURCE_PID, RESOURCE_SERVICE_NAME
-from odibi_observe.record import RunEvent
+from odibi_observe.record import EventKind, RunEvent
 from odibi_observe.sinks.base import Sink, SinkUnavailable
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class SpoolSink(Sink):
 
     name = "spool"
     scheme = "spool"  # its key in odibi_observe.extensions
+    #: Every kind, pipeline runs included: the sidecar hands each to the sinks that take it.
+    kinds = frozenset(EventKind)
     #: A retry costs a size check on local disk, so the bus retries at most this long after a
     #: refusal: a long-lived process is back as soon as the sidecar has freed room.
     max_retry_delay: float = 0.05

@@ -34,6 +34,7 @@ STATUS_COLOURS: Final = {
     RunStatus.CRASHED.value: "#8e44ad",
     RunStatus.RUNNING.value: "#1f77b4",
     RunStatus.CANCELLED.value: "#e69f00",
+    RunStatus.SKIPPED.value: "#b0b0b0",
 }
 OTHER_COLOUR: Final = "#7f7f7f"
 

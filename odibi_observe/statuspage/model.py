@@ -65,8 +65,11 @@ STATUS_ORDER: Final = (
     RunStatus.FAILURE,
     RunStatus.CRASHED,
     RunStatus.CANCELLED,
+    RunStatus.SKIPPED,
     RunStatus.RUNNING,
 )
+#: The runs the success rate is taken over and the slowest nodes are timed on: not
+#: ``SKIPPED`` (a node that never started has neither an outcome nor a duration of its own).
 FINISHED: Final = frozenset(
     {
         RunStatus.SUCCESS.value,

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from odibi_observe import _runtime as runtime
+from odibi_observe.conventions import RunStatus
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import Sink
 
@@ -29,6 +30,7 @@ class InMemorySink(Sink):
     """Keeps every event it receives, in order. Thread-safe."""
 
     name = "memory"
+    kinds = frozenset(EventKind)  # pipeline runs too: see ``pipeline_runs``
 
     def __init__(self) -> None:
         self._events: list[RunEvent] = []
@@ -46,11 +48,25 @@ class InMemorySink(Sink):
     @property
     def finished(self) -> list[RunRecord]:
         """Terminal records, one per run (the latest if a run was delivered twice)."""
+        return self._latest(EventKind.FINISHED)
+
+    @property
+    def pipeline_runs(self) -> list[RunRecord]:
+        """Pipeline-run records (``EventKind.PIPELINE``), the latest per pipeline run: the
+        ``run_id`` is the pipeline run id, the counts are in ``attributes``."""
+        return self._latest(EventKind.PIPELINE)
+
+    def _latest(self, kind: EventKind) -> list[RunRecord]:
         latest: dict[str, RunRecord] = {}
         for event in self.events:
-            if event.kind is EventKind.FINISHED:
+            if event.kind is kind:
                 latest[event.run_id] = event.record
         return list(latest.values())
+
+    @property
+    def skipped(self) -> list[RunRecord]:
+        """Finished records of the planned nodes that never started (status ``SKIPPED``)."""
+        return [r for r in self.finished if r.status is RunStatus.SKIPPED]
 
     @property
     def started(self) -> list[RunRecord]:

@@ -40,6 +40,7 @@ from odibi_observe.conventions import (
     RESOURCE_FIELDS,
     RESOURCE_HOST,
     RESOURCE_PID,
+    SKIP_REASON_FIELD,
     SPAN_NAME_FORMAT,
     TASK_RUN_RESULTS,
     TASK_RUN_URL_PLACEHOLDERS,
@@ -93,6 +94,7 @@ _A_ERROR_TYPE: Final = _attribute(FIELDS.error)
 _A_PEAK_RSS: Final = _attribute(RESOURCE_FIELDS.peak_rss)
 _A_CPU: Final = _attribute(RESOURCE_FIELDS.cpu)
 _A_MEMORY_LIMIT: Final = _attribute(RESOURCE_FIELDS.memory_limit)
+_A_SKIP_REASON: Final = _attribute(SKIP_REASON_FIELD)
 
 
 # ------------------------------------------------------------------------ record → span
@@ -258,6 +260,8 @@ def span_attributes(record: RunRecord, url: TaskRunUrl | None = None) -> dict[st
         attrs[_A_CPU] = record.cpu_seconds
     if record.memory_limit_bytes is not None:
         attrs[_A_MEMORY_LIMIT] = record.memory_limit_bytes
+    if record.skip_reason is not None:
+        attrs[_A_SKIP_REASON] = record.skip_reason
     for key, value in record.attributes.items():
         attrs[USER_ATTRIBUTE_PREFIX + key] = value
     attrs[CICD_PIPELINE_NAME] = record.pipeline
