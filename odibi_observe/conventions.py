@@ -1113,3 +1113,16 @@ def status_result_line() -> str:
         f"`{s.value}` → `{TASK_RUN_RESULTS[s]}`" if s in TASK_RUN_RESULTS else f"`{s.value}`"
         for s in RunStatus
     )
+
+
+# --- Prometheus exemplars (odibi_observe.sinks.prometheus) --------------------------------------
+#
+# A node run's duration observation and its runs-counter increment carry the run's span as an
+# exemplar, so that a point on a duration graph opens the trace of that very run. The label
+# names are what Grafana's ``exemplarTraceIdDestinations`` and Prometheus'
+# ``/api/v1/query_exemplars`` answer with; the metrics that carry them are listed here too.
+
+EXEMPLAR_TRACE_ID_LABEL: Final = "trace_id"
+EXEMPLAR_SPAN_ID_LABEL: Final = "span_id"
+#: The Prometheus families whose samples carry the run's exemplar.
+EXEMPLAR_METRICS: Final = (METRICS.duration, METRICS.runs)

@@ -11,6 +11,13 @@ Prometheus specifically:
 * **At-least-once safe.** Counters are not idempotent, so terminal events are de-duplicated by
   ``run_id`` (a bounded LRU of recent run ids): a retried or replayed batch counts once.
 
+**Exemplars.** A run's duration observation and its runs-counter increment carry the run's
+``trace_id``/``span_id`` as an exemplar (label names from the conventions), so a point on a
+duration graph opens that run's trace. The exemplar dict is built once per record and shared
+by both samples. prometheus_client renders exemplars in the OpenMetrics format only, which
+both ``/metrics`` endpoints serve when the scraper asks for it (``Accept:
+application/openmetrics-text``, what Prometheus sends with ``--enable-feature=exemplar-storage``).
+
 The registry is injectable (one per :class:`~odibi_observe.Observer`, one per test), and
 :func:`serve` exposes it on 127.0.0.1 by default.
 """
@@ -26,6 +33,8 @@ from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
     DURATION_BUCKETS_SECONDS,
+    EXEMPLAR_SPAN_ID_LABEL,
+    EXEMPLAR_TRACE_ID_LABEL,
     FIELDS,
     METRICS,
     OVERFLOW_LABEL_VALUE,
@@ -39,6 +48,19 @@ from odibi_observe.sinks.base import RecentKeys, Sink
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
 _MAX_LABEL_VALUE = 128
+#: Lengths of well-formed hex ids. An exemplar's labels may hold 128 characters in all
+#: (prometheus_client raises past that): ids of these lengths always fit, others are left out.
+_TRACE_ID_LENGTH = 32
+_SPAN_ID_LENGTH = 16
+
+
+def run_exemplar(record: RunRecord) -> dict[str, str] | None:
+    """The exemplar of ``record``'s samples: its span, or None when it has no usable ids (a
+    record without a span, or ids whose length could push the labels past the limit)."""
+    trace_id, span_id = record.trace_id, record.span_id
+    if len(trace_id) != _TRACE_ID_LENGTH or len(span_id) != _SPAN_ID_LENGTH:
+        return None
+    return {EXEMPLAR_TRACE_ID_LABEL: trace_id, EXEMPLAR_SPAN_ID_LABEL: span_id}
 
 
 class PrometheusSink(Sink):
@@ -174,12 +196,13 @@ class PrometheusSink(Sink):
         series = self._children(self._node_labels(record, METRICS.runs.prometheus))
         if self._started.discard(record.run_id):
             series.running.dec()
-        series.runs[record.status].inc()
+        exemplar = run_exemplar(record)  # one dict for both samples
+        series.runs[record.status].inc(1, exemplar)
         if record.rows_processed is not None:
             series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
         if seconds is not None:
-            series.duration.observe(seconds)
+            series.duration.observe(seconds, exemplar)
         if record.peak_rss_bytes is not None:
             series.peak_rss.observe(record.peak_rss_bytes)
         if record.cpu_seconds is not None:
