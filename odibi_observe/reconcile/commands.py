@@ -62,6 +62,10 @@ traces (--traces, repeat for several; the same span in two sources counts once):
   ledger:URL        the sidecar's span ledger table in a SQLAlchemy database
   tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace
                     by id)
+  openlineage-file:PATH
+                    the OpenLineage file transport's events (START and one
+                    terminal event per run); lineage is reconciled on its
+                    own, not in one run with span sources
 
 window: runs that STARTED in it. --last 24h (the default) covers the 24 hours
   that end --grace ago, so nightly runs cover consecutive stretches;
@@ -120,7 +124,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="SOURCE",
         action="append",
         default=[],
-        help="otlp-json:PATH, ledger:URL or tempo:URL (repeatable)",
+        help="otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH (repeatable)",
     )
     sources.add_argument(
         "--spool-dir",
@@ -314,7 +318,9 @@ def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.subparser
     args.catalog = resolve_catalog(args, parser)
     if not args.traces:
-        parser.error("--traces is required (otlp-json:PATH, ledger:URL or tempo:URL)")
+        parser.error(
+            "--traces is required (otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH)"
+        )
     if args.last is not None and (args.since is not None or args.until is not None):
         parser.error("give either --last or --since/--until, not both")
     if args.until is not None and args.since is None:

@@ -46,6 +46,7 @@ KIND_COLOURS: Final = dict(
             "#8c564b",
             "#e377c2",
             "#7f7f7f",
+            "#bcbd22",
         ),
         strict=True,
     )
