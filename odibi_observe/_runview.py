@@ -303,7 +303,7 @@ def print_details(
         con.print()
         con.print(Text("stack trace:", style="bold"))
         for line in terminal_safe(redact(rec.error_stack)).splitlines():
-            con.print(Text(f"  {line}"), overflow="fold")
+            con.print(Text(f"  {line}"))
     if rec.suggestions:
         con.print()
         con.print(Text("suggestions:", style="bold yellow"))

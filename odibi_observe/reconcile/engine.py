@@ -389,6 +389,8 @@ class _Merger:
         self.slack_ms = options.duration_tolerance_ms
         assert result._items is not None
         self.write = result._items.write
+        #: What the trace side is called in details: "span", or "lineage" for lineage runs.
+        self.noun = "lineage" if result.traces_hold == "lineage" else "span"
         # The run being judged, for the methods that record its discrepancies.
         self.run_id = self.pipeline = self.node = ""
         self.stats = PipelineStats()
@@ -520,7 +522,7 @@ class _Merger:
                 tr[T_START],
                 None,
                 tr,
-                f"span in {tr[T_ORIGIN]} has no meta_runs row",
+                f"{self.noun} in {tr[T_ORIGIN]} has no meta_runs row",
             )
             if len(trs) > 1:
                 self._duplicate_spans(None, trs)
@@ -566,11 +568,12 @@ class _Merger:
         if cat[C_STATUS] != tr[T_STATUS] and "status" not in unchecked:
             if cat[C_STATUS] == _RUNNING:
                 detail = (
-                    f"catalog still says RUNNING, the span says {tr[T_STATUS]}: the "
+                    f"catalog still says RUNNING, the {self.noun} says {tr[T_STATUS]}: the "
                     "terminal catalog write was lost"
                 )
             else:
-                detail = f"catalog says {cat[C_STATUS] or '(none)'}, span says {tr[T_STATUS]}"
+                said = cat[C_STATUS] or "(none)"
+                detail = f"catalog says {said}, {self.noun} says {tr[T_STATUS]}"
             self._found("status_mismatch", start, cat, tr, detail)
         if (
             cat[C_ROWS] != tr[T_ROWS]
@@ -638,7 +641,7 @@ class _Merger:
             when,
             cat,
             None,
-            f"{cat[C_STATUS] or 'a'} run in meta_runs has no span",
+            f"{cat[C_STATUS] or 'a'} run in meta_runs has no {self.noun}",
         )
 
     def _duplicate_spans(self, cat: tuple[Any, ...] | None, trs: list[tuple[Any, ...]]) -> None:
