@@ -5,6 +5,10 @@ the demo, so that an option means the same thing, is spelled the same way and fa
 way in every command: ``--catalog URL`` (a bare SQLite path accepted), ``--since``/``--until``/
 ``--last`` as a duration or an ISO time, ``--format md`` or ``markdown``, durations as
 durations, ``--log-level``, ``--out DIR`` checked before any work, and one error prefix.
+
+The plumbing around those options lives here too, for the same reason: the time window's
+rules, opening a catalog that is only read, the reports a command writes and the lines it
+ends with. A command module keeps only what is its own.
 """
 
 from __future__ import annotations
@@ -16,10 +20,21 @@ import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from odibi_observe._redact import redact
-from odibi_observe.config import ConfigurationError, parse_duration, parse_positive_int, setting
+from odibi_observe.config import (
+    ConfigurationError,
+    hide_password,
+    parse_duration,
+    parse_positive_int,
+    setting,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from sqlalchemy.engine import Engine
 
 PROG: Final = "odibi-observe"
 #: The one prefix of every error line the command line prints.
@@ -41,6 +56,27 @@ def error_line(message: str) -> str:
 
 def print_error(message: str) -> None:
     print(error_line(message), file=sys.stderr)
+
+
+def _hidden(message: str) -> str:
+    """``message`` with the password of any database URL in it hidden."""
+    return hide_password(message) if "://" in message else message
+
+
+def fail(message: str) -> int:
+    """Print ``message`` as the one error line (passwords hidden) and return exit status 2:
+    bad configuration, or nothing could be read or written."""
+    print_error(_hidden(message))
+    return 2
+
+
+def print_notes(notes: Iterable[str], warnings: Iterable[str]) -> None:
+    """The notes, then the warnings, a command ends with: on stderr, so that stdout stays
+    the summary (or the JSON) alone."""
+    for note in notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    for warning in warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -254,22 +290,33 @@ def formats_arg(text: str) -> tuple[str, ...]:
 # -- options ------------------------------------------------------------------------------------
 
 
+def action_parsers(parser: argparse.ArgumentParser, command: str) -> Any:
+    """The ``ACTION`` sub-commands of ``command`` (``catalog upgrade``, ``dashboards build``):
+    add each with ``add_parser``; the command alone is a usage error."""
+    return parser.add_subparsers(
+        dest=f"{command}_command", metavar="ACTION", required=True, parser_class=Parser
+    )
+
+
 def catalog_arg(
     parser: argparse.ArgumentParser | Any,
     *,
     read_only: bool = False,
     extra: str = "",
     required: bool = True,
+    help: str | None = None,
 ) -> None:
     """``--catalog URL`` (default ``$ODIBI_OBSERVE_CATALOG_URL``); a bare path is a SQLite
-    file. A read-only command never creates that file."""
+    file. A read-only command never creates that file. ``help`` replaces the standard text
+    where a command reads more than SQL catalogs, or reads only part of one."""
     missing = "; a missing file is an error, never created" if read_only else ""
     parser.add_argument(
         "--catalog",
         metavar="URL",
         default=None,
         type=catalog_url,
-        help=f"SQLAlchemy URL of the catalog, e.g. sqlite:///catalog.db or "
+        help=help
+        or f"SQLAlchemy URL of the catalog, e.g. sqlite:///catalog.db or "
         f"postgresql://user@host/db{extra}, or a path to a SQLite file (catalog.db means "
         f"sqlite:///catalog.db{missing}) "
         f"({'required; ' if required else ''}default: ${CATALOG_ENV})",
@@ -283,6 +330,63 @@ def resolve_catalog(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if not url:
         parser.error(f"--catalog URL is required (or set {CATALOG_ENV})")
     return str(url)
+
+
+def open_catalog(url: str) -> Engine:
+    """An engine that only reads the catalog at ``url`` (a SQLite file opened ``mode=ro``,
+    never created); :class:`~odibi_observe.config.ConfigurationError` with the one line to
+    print (password hidden) when it cannot be read."""
+    from odibi_observe.catalog.readonly import CatalogUnreadable, open_readonly_engine
+
+    try:
+        return open_readonly_engine(url)
+    except CatalogUnreadable as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def traces_arg(parser: argparse.ArgumentParser | Any, help: str) -> None:
+    """``--traces SOURCE``, repeatable: ``otlp-json:PATH``, ``ledger:URL``, ``tempo:URL``."""
+    parser.add_argument("--traces", metavar="SOURCE", action="append", default=[], help=help)
+
+
+#: The window of the commands that judge recent runs, when none is given.
+DEFAULT_LAST: Final = timedelta(hours=24)
+SINCE_HELP: Final = (
+    "window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) or a duration ago (6h)"
+)
+UNTIL_HELP: Final = "window end, ISO 8601 or a duration ago (default: now)"
+
+
+def window_args(
+    group: argparse.ArgumentParser | Any,
+    *,
+    last: str,
+    since: str = SINCE_HELP,
+    until: str = UNTIL_HELP,
+    last_type: Callable[[str], timedelta] = span_arg,
+) -> None:
+    """``--since TIME``, ``--until TIME`` and ``--last DURATION`` in ``group``, with the
+    command's own words for each; :func:`check_window` applies their rules."""
+    group.add_argument("--since", metavar="TIME", type=time_arg, help=since)
+    group.add_argument("--until", metavar="TIME", type=time_arg, help=until)
+    group.add_argument("--last", metavar="DURATION", type=last_type, help=last)
+
+
+def check_window(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A usage error unless the window is either ``--last`` or ``--since`` (with or without
+    ``--until``)."""
+    if args.last is not None and (args.since is not None or args.until is not None):
+        parser.error("give either --last or --since/--until, not both")
+    if args.until is not None and args.since is None:
+        parser.error("--until needs --since")
+
+
+def window_bounds(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]:
+    """``(since, until)``: ``--since`` to ``--until`` (or ``now``), else the ``--last``
+    (:data:`DEFAULT_LAST`) before ``now``."""
+    if args.since is not None:
+        return args.since, args.until or now
+    return now - (args.last or DEFAULT_LAST), now
 
 
 def log_level_arg(parser: argparse.ArgumentParser | Any, default: str = "warning") -> None:
@@ -362,6 +466,74 @@ def make_out_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
             f"{option} {str(out)!r} cannot be created: {exc.strerror or exc}"
         ) from None
     return out
+
+
+def out_arg(parser: argparse.ArgumentParser | Any, default: str, help: str) -> None:
+    """``--out DIR``: where the command writes (checked before any work, see
+    :func:`check_out_dir`)."""
+    parser.add_argument(
+        "--out", metavar="DIR", default=default, help=f"{help} (default: %(default)s)"
+    )
+
+
+def report_args(parser: argparse.ArgumentParser | Any, *, stem: str, out: str) -> None:
+    """``--format FORMATS`` and ``--out DIR`` of a command that writes ``STEM.json``,
+    ``STEM.md`` and ``STEM.html`` (see :func:`write_reports`)."""
+    parser.add_argument(
+        "--format",
+        default=",".join(REPORT_FORMATS),
+        type=formats_arg,
+        metavar="FORMATS",
+        help="reports to write, comma-separated: json, md (or markdown), html (default: all three)",
+    )
+    files = ", ".join(f"{stem}.{f}" for f in REPORT_FORMATS)
+    out_arg(parser, out, f"directory for {files}")
+
+
+def metrics_textfile_arg(parser: argparse.ArgumentParser | Any, gauges: str) -> None:
+    """``--metrics-textfile PATH``: the command's gauges for node_exporter."""
+    parser.add_argument(
+        "--metrics-textfile",
+        metavar="PATH",
+        help=f"write {gauges} gauges to this Prometheus text file "
+        "(node_exporter's textfile collector)",
+    )
+
+
+def check_report_outputs(args: argparse.Namespace) -> None:
+    """``--out`` and ``--metrics-textfile``'s directory, checked before any work (see
+    :func:`check_out_dir`)."""
+    check_out_dir(args.out)
+    if args.metrics_textfile:
+        check_out_dir(Path(args.metrics_textfile).parent, "--metrics-textfile")
+
+
+def write_reports(
+    args: argparse.Namespace,
+    stem: str,
+    writers: Mapping[str, Callable[[Path], object]],
+    metrics: Callable[[str], object],
+) -> list[str]:
+    """Write ``STEM.FORMAT`` under ``--out`` for each ``--format`` (``writers[FORMAT](path)``
+    writes one), then ``--metrics-textfile``; the paths written, in that order.
+
+    :class:`~odibi_observe.config.ConfigurationError` with the line to print when one cannot
+    be written: the result stands, and exit status 2 says the reports do not.
+    """
+    out = make_out_dir(args.out)
+    written = []
+    try:
+        for name in REPORT_FORMATS:
+            if name in args.format:
+                path = out / f"{stem}.{name}"
+                writers[name](path)
+                written.append(str(path))
+        if args.metrics_textfile:
+            metrics(args.metrics_textfile)
+            written.append(args.metrics_textfile)
+    except OSError as exc:
+        raise ConfigurationError(_hidden(f"cannot write the reports: {exc}")) from None
+    return written
 
 
 # -- text ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from odibi_observe._cliargs import (
     PROG,
     REPORT_FORMATS,
     Parser,
+    action_parsers,
     catalog_arg,
     catalog_url,
     duration_arg,
@@ -29,6 +30,8 @@ from odibi_observe._cliargs import (
     formats_arg,
     json_arg,
     log_level_arg,
+    open_catalog,
+    out_arg,
     percent_arg,
     positive_int_arg,
     print_error,
@@ -36,6 +39,7 @@ from odibi_observe._cliargs import (
     setup_logging,
     span_arg,
     time_arg,
+    window_args,
 )
 from odibi_observe._runview import failure_lines
 from odibi_observe.config import ConfigurationError, hide_password
@@ -96,12 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo did not write are never overwritten (unless --force).",
     )
     out = demo.add_argument_group("output")
-    out.add_argument(
-        "--out",
-        default="odibi-observe-demo",
-        metavar="DIR",
-        help="directory for catalog.db, traces.jsonl, metrics.prom (default: %(default)s)",
-    )
+    out_arg(out, "odibi-observe-demo", "directory for catalog.db, traces.jsonl, metrics.prom")
     out.add_argument(
         "--force",
         action="store_true",
@@ -129,10 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="manage the meta_runs catalog schema",
         description="Manage the meta_runs catalog schema.",
     )
-    catalog_sub = catalog.add_subparsers(
-        dest="catalog_command", metavar="ACTION", required=True, parser_class=Parser
-    )
-    upgrade = catalog_sub.add_parser(
+    upgrade = action_parsers(catalog, "catalog").add_parser(
         "upgrade",
         help="create or migrate meta_runs to the current schema (Alembic)",
         description="Create meta_runs, or migrate it (including a table Odibi created, whose "
@@ -174,21 +170,12 @@ def _runs_parser(sub: Any) -> None:
         help=f"only this status: {', '.join(s.value for s in RunStatus)}",
     )
     which.add_argument("--failures", action="store_true", help="only FAILURE and CRASHED runs")
-    which.add_argument(
-        "--since",
-        metavar="TIME",
-        type=time_arg,
-        help="only runs started since TIME: a duration ago (30m, 6h, 7d) or "
+    window_args(
+        which,
+        since="only runs started since TIME: a duration ago (30m, 6h, 7d) or "
         "an ISO 8601 time (2024-05-01T06:00:00Z)",
-    )
-    which.add_argument(
-        "--until",
-        metavar="TIME",
-        type=time_arg,
-        help="only runs started before TIME (a duration ago or ISO 8601)",
-    )
-    which.add_argument(
-        "--last", metavar="DURATION", type=span_arg, help="the same as --since DURATION"
+        until="only runs started before TIME (a duration ago or ISO 8601)",
+        last="the same as --since DURATION",
     )
     show = runs.add_argument_group("output")
     show.add_argument(
@@ -275,15 +262,9 @@ def _catalog_upgrade(url: str, args: argparse.Namespace) -> int:
 def _runs(url: str, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from odibi_observe.catalog.readonly import CatalogUnreadable, open_readonly_engine
-
     if args.last is not None and args.since is not None:
         args.subparser.error("give either --last or --since, not both")
-    try:
-        engine = open_readonly_engine(url)
-    except CatalogUnreadable as exc:
-        print_error(str(exc))
-        return 2
+    engine = open_catalog(url)
     try:
         if not _has_table(engine, CATALOG_TABLE):
             print_error(

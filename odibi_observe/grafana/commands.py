@@ -7,9 +7,29 @@ import json
 import sys
 from typing import Any
 
-from odibi_observe._cliargs import check_out_dir, json_arg, log_level_arg, make_out_dir, print_error
+from odibi_observe._cliargs import (
+    action_parsers,
+    check_out_dir,
+    fail,
+    json_arg,
+    log_level_arg,
+    make_out_dir,
+    out_arg,
+    print_error,
+)
 
 DEFAULT_OUT = "dashboards"
+
+DESCRIPTION = """\
+Dashboards as code: the Grafana dashboards, their provisioning, the Prometheus configuration
+and alert rules, generated from the conventions.
+"""
+
+BUILD_DESCRIPTION = """\
+Render every dashboard to deterministic JSON, and the Grafana provisioning, Prometheus
+configuration and alert rules to YAML, under --out. With --check, write nothing: exit 1 naming
+the files that differ from a fresh build.
+"""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -17,22 +37,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     dashboards = sub.add_parser(
         "dashboards",
         help="build the Grafana dashboards, provisioning and alert rules",
-        description="Dashboards as code: the Grafana dashboards, their provisioning, the "
-        "Prometheus configuration and alert rules, generated from the conventions.",
+        description=DESCRIPTION,
     )
-    actions = dashboards.add_subparsers(dest="dashboards_command", metavar="ACTION", required=True)
-    build = actions.add_parser(
+    build = action_parsers(dashboards, "dashboards").add_parser(
         "build",
         help="write the generated JSON and YAML (or check that they are current)",
-        description="Render every dashboard to deterministic JSON, and the Grafana "
-        "provisioning, Prometheus configuration and alert rules to YAML, under "
-        "--out. With --check, write nothing: exit 1 naming the files that differ "
-        "from a fresh build.",
+        description=BUILD_DESCRIPTION,
     )
     output = build.add_argument_group("output")
-    output.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR", help="output directory (default: %(default)s)"
-    )
+    out_arg(output, DEFAULT_OUT, "output directory")
     output.add_argument(
         "--check",
         action="store_true",
@@ -71,8 +84,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         changed = write(out)
     except OSError as exc:
-        print_error(f"--out {str(out)!r}: cannot write: {exc.strerror or exc}")
-        return 2
+        return fail(f"--out {str(out)!r}: cannot write: {exc.strerror or exc}")
     if args.json:
         print(json.dumps({"out": str(out), "written": [str(out / r) for r in changed]}))
         return 0

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from enum import StrEnum
+from typing import Final, Protocol, Self, TypeVar
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import stat, table, timeseries
@@ -34,6 +35,8 @@ from grafana_foundation_sdk.builders.dashboard import (
 )
 from grafana_foundation_sdk.builders.prometheus import Dataquery as PromQuery
 from grafana_foundation_sdk.builders.tempo import TempoQuery
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import common, dashboard
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
@@ -42,25 +45,31 @@ from odibi_observe.conventions import (
     RECONCILE_METRICS,
     SELF_METRICS,
     SIDECAR_METRICS,
+    Metric,
 )
 from odibi_observe.grafana import queries as q
 from odibi_observe.grafana.datasources import CATALOG, PROMETHEUS, TEMPO
 from odibi_observe.grafana.postgres import SqlFormat, SqlQuery
 
+#: The tag, folder and link menu every dashboard shares.
 TAG: Final = "odibi-observe"
 
-OVERVIEW_UID: Final = "odibi-pipeline-overview"
-NODE_UID: Final = "odibi-node-drilldown"
-RECONCILIATION_UID: Final = "odibi-reconciliation"
-SIDECAR_UID: Final = "odibi-sidecar-health"
-DATA_HEALTH_UID: Final = "odibi-data-health"
+
+class Uid(StrEnum):
+    """The dashboards' uids: links, bookmarks and the file names use them, so they never change."""
+
+    OVERVIEW = "odibi-pipeline-overview"
+    NODE = "odibi-node-drilldown"
+    RECONCILIATION = "odibi-reconciliation"
+    SIDECAR = "odibi-sidecar-health"
+    DATA_HEALTH = "odibi-data-health"
 
 
 @dataclass
 class BuiltDashboard:
     """A dashboard model and the catalog queries of its panels, in panel order."""
 
-    uid: str
+    uid: Uid
     model: dashboard.Dashboard
     sql: list[q.SqlPanelQuery] = field(default_factory=list)
 
@@ -98,16 +107,19 @@ def legend(*labels: str) -> str:
     return " / ".join("{{" + name + "}}" for name in labels)
 
 
-class _SqlTargets:
-    """Collects the catalog queries of one dashboard while its panels are built."""
+def _own_labels(
+    metric: Metric, inst: str, *, gauge: bool = False, prefix: str = "", ref: str = "A"
+) -> PromQuery:
+    """A sidecar self-metric summed by its own labels over the selected instances, one series
+    per label set: the rate of a counter, or a gauge as it is."""
+    aggregate = q.gauge_by if gauge else q.rate_by
+    expr = aggregate(metric, *metric.labels, matchers=[inst])
+    return prom(expr, prefix + legend(*metric.labels), ref=ref)
 
-    def __init__(self) -> None:
-        self.queries: list[q.SqlPanelQuery] = []
 
-    def __call__(self, query: q.SqlPanelQuery, *, ref: str = "A") -> SqlQuery:
-        self.queries.append(query)
-        fmt = SqlFormat.TIME_SERIES if query.time_series else SqlFormat.TABLE
-        return SqlQuery().raw_sql(query.sql).format(fmt).ref_id(ref)
+def _sql_target(query: q.SqlPanelQuery, *, ref: str = "A") -> SqlQuery:
+    fmt = SqlFormat.TIME_SERIES if query.time_series else SqlFormat.TABLE
+    return SqlQuery().raw_sql(query.sql).format(fmt).ref_id(ref)
 
 
 # --- field overrides: links ------------------------------------------------------------------
@@ -159,7 +171,7 @@ def node_link() -> dashboard.DynamicConfigValue:
         value=[
             {
                 "title": "Open the node drill-down",
-                "url": f"/d/{NODE_UID}?{params}&${{__url_time_range}}",
+                "url": f"/d/{Uid.NODE}?{params}&${{__url_time_range}}",
             }
         ],
     )
@@ -176,8 +188,19 @@ def with_links(panel: table.Panel, query: q.SqlPanelQuery) -> table.Panel:
 
 # --- panels ----------------------------------------------------------------------------------
 
+#: Threshold steps ``(from value, colour)`` of the stat panels.
+Steps = Sequence[tuple[float | None, str]]
+#: A success rate is fine from 99%, worrying from 95%.
+SUCCESS_RATE_STEPS: Final[Steps] = ((None, "red"), (0.95, "orange"), (0.99, "green"))
+#: Anything short of all of it is bad (completeness, up).
+ALL_OR_RED: Final[Steps] = ((None, "red"), (1.0, "green"))
+#: Any at all is bad (discrepancies, open findings).
+ANY_IS_RED: Final[Steps] = ((None, "green"), (1.0, "red"))
+#: Seconds since a nightly job: more than 26 hours is a missed night.
+NIGHTLY_STEPS: Final[Steps] = ((None, "green"), (26 * 3600.0, "red"))
 
-def _thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
+
+def _thresholds(steps: Steps) -> ThresholdsConfig:
     return (
         ThresholdsConfig()
         .mode(dashboard.ThresholdsMode.ABSOLUTE)
@@ -185,33 +208,61 @@ def _thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
     )
 
 
+class _Panel(Protocol):
+    """What the SDK's panel builders (stat, time series, table) have in common."""
+
+    def title(self, title: str, /) -> Self: ...
+    def description(self, description: str, /) -> Self: ...
+    def datasource(self, datasource: dashboard.DataSourceRef, /) -> Self: ...
+    def height(self, h: int, /) -> Self: ...
+    def span(self, w: int, /) -> Self: ...
+    def with_target(self, target: cogbuilder.Builder[cogvariants.Dataquery], /) -> Self: ...
+
+
+_P = TypeVar("_P", bound=_Panel)
+
+
+def _placed(
+    panel: _P,
+    title: str,
+    description: str,
+    datasource: dashboard.DataSourceRef,
+    *,
+    height: int,
+    span: int,
+) -> _P:
+    """What every panel sets: its title and description, data source and size."""
+    return (
+        panel.title(title).description(description).datasource(datasource).height(height).span(span)
+    )
+
+
+def _with_targets(panel: _P, targets: Sequence[PromQuery | SqlQuery]) -> _P:
+    for target in targets:
+        panel = panel.with_target(target)
+    return panel
+
+
 def stat_panel(
     title: str,
     description: str,
     *targets: PromQuery,
     unit: str = "short",
-    thresholds: ThresholdsConfig | None = None,
+    thresholds: Steps | None = None,
     span: int = 6,
     text_mode: common.BigValueTextMode = common.BigValueTextMode.AUTO,
 ) -> stat.Panel:
     panel = (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(PROMETHEUS.ref())
+        _placed(stat.Panel(), title, description, PROMETHEUS.ref(), height=5, span=span)
         .unit(unit)
-        .height(5)
-        .span(span)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]))
         .graph_mode(common.BigValueGraphMode.NONE)
         .text_mode(text_mode)
         .color_mode(common.BigValueColorMode.VALUE)
     )
     if thresholds is not None:
-        panel = panel.thresholds(thresholds)
-    for target in targets:
-        panel = panel.with_target(target)
-    return panel
+        panel = panel.thresholds(_thresholds(thresholds))
+    return _with_targets(panel, targets)
 
 
 def series_panel(
@@ -225,14 +276,10 @@ def series_panel(
     stacked: bool = False,
     datasource: dashboard.DataSourceRef | None = None,
 ) -> timeseries.Panel:
+    ref = datasource or PROMETHEUS.ref()
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(datasource or PROMETHEUS.ref())
+        _placed(timeseries.Panel(), title, description, ref, height=height, span=span)
         .unit(unit)
-        .height(height)
-        .span(span)
         .legend(
             common_builders.VizLegendOptions()
             .display_mode(common.LegendDisplayMode.TABLE)
@@ -247,61 +294,20 @@ def series_panel(
         panel = panel.draw_style(common.GraphDrawStyle.BARS).fill_opacity(80)
     if stacked:
         panel = panel.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
-    for target in targets:
-        panel = panel.with_target(target)
-    return panel
+    return _with_targets(panel, targets)
 
 
-def sql_table(
-    title: str,
-    description: str,
-    query: q.SqlPanelQuery,
-    sql: _SqlTargets,
-    *,
-    span: int = 24,
-    height: int = 9,
-) -> table.Panel:
-    panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(CATALOG.ref())
-        .height(height)
-        .span(span)
-        .show_header(True)
-        .with_target(sql(query))
-    )
-    return with_links(panel, query)
-
-
-def sql_series(
-    title: str,
-    description: str,
-    query: q.SqlPanelQuery,
-    sql: _SqlTargets,
-    *,
-    unit: str = "short",
-    span: int = 12,
-    bars: bool = False,
-    stacked: bool = False,
-) -> timeseries.Panel:
-    return series_panel(
-        title,
-        description,
-        sql(query),
-        unit=unit,
-        span=span,
-        bars=bars,
-        stacked=stacked,
-        datasource=CATALOG.ref(),
-    )
+def sql_table(query: q.SqlPanelQuery, title: str, description: str, *, height: int) -> table.Panel:
+    """A catalog query as a table over the whole width, with its trace and node links."""
+    panel = _placed(table.Panel(), title, description, CATALOG.ref(), height=height, span=24)
+    return with_links(panel.show_header(True).with_target(_sql_target(query)), query)
 
 
 # --- dashboard frame ---------------------------------------------------------------------------
 
 
-def _variables(filters: q.Filters) -> list[QueryVariable]:
-    out = []
+def _variables(filters: q.Filters) -> list[cogbuilder.Builder[dashboard.VariableModel]]:
+    out: list[cogbuilder.Builder[dashboard.VariableModel]] = []
     for var in filters.vars:
         variable = (
             QueryVariable(var.name)
@@ -323,7 +329,7 @@ def _variables(filters: q.Filters) -> list[QueryVariable]:
     return out
 
 
-def _frame(uid: str, title: str, description: str, time_from: str = "now-6h") -> DashboardBuilder:
+def _frame(uid: str, title: str, description: str, time_from: str) -> DashboardBuilder:
     return (
         DashboardBuilder(title)
         .uid(uid)
@@ -357,68 +363,141 @@ def _number_panels(model: dashboard.Dashboard) -> dashboard.Dashboard:
     return model
 
 
+class _Board:
+    """One dashboard while it is built: the SDK's builder and the catalog queries its panels
+    run, in panel order. Each method adds a row or a panel and returns the board, so that a
+    dashboard reads as its panels in layout order."""
+
+    def __init__(
+        self,
+        uid: Uid,
+        title: str,
+        description: str,
+        *,
+        time_from: str,
+        variables: Sequence[cogbuilder.Builder[dashboard.VariableModel]] = (),
+    ) -> None:
+        self.uid = uid
+        self.sql: list[q.SqlPanelQuery] = []
+        self.builder = _frame(uid, title, description, time_from)
+        if variables:
+            self.builder = self.builder.variables(list(variables))
+
+    def row(self, title: str) -> Self:
+        self.builder = self.builder.with_row(Row(title))
+        return self
+
+    def panel(self, panel: cogbuilder.Builder[dashboard.Panel]) -> Self:
+        self.builder = self.builder.with_panel(panel)
+        return self
+
+    def table(self, title: str, description: str, query: q.SqlPanelQuery, height: int) -> Self:
+        """A catalog query as a table (see :func:`sql_table`)."""
+        self.sql.append(query)
+        return self.panel(sql_table(query, title, description, height=height))
+
+    def sql_series(
+        self,
+        title: str,
+        description: str,
+        query: q.SqlPanelQuery,
+        *,
+        unit: str = "short",
+        bars: bool = False,
+        stacked: bool = False,
+    ) -> Self:
+        """A catalog query drawn as time series, half the width."""
+        self.sql.append(query)
+        target = _sql_target(query)
+        panel = series_panel(
+            title,
+            description,
+            target,
+            unit=unit,
+            bars=bars,
+            stacked=stacked,
+            datasource=CATALOG.ref(),
+        )
+        return self.panel(panel)
+
+    def built(self) -> BuiltDashboard:
+        return BuiltDashboard(self.uid, _number_panels(self.builder.build()), self.sql)
+
+
+# --- panels more than one dashboard shows ------------------------------------------------------
+
+
+def _instant(expr: str, *labels: str) -> PromQuery:
+    """A stat panel's query: the value at the end of the range, named by ``labels``."""
+    return prom(expr, legend(*labels) if labels else None, instant=True)
+
+
+def _success_rate(f: q.Filters, description: str, *, span: int = 6) -> stat.Panel:
+    return stat_panel(
+        "Success rate",
+        description,
+        _instant(q.success_ratio(f, "$__range")),
+        unit="percentunit",
+        thresholds=SUCCESS_RATE_STEPS,
+        span=span,
+    )
+
+
+def _since_nightly(title: str, description: str, expr: str) -> stat.Panel:
+    """Seconds since a nightly job last finished: red once a night is missed."""
+    return stat_panel(title, description, _instant(expr), unit="s", thresholds=NIGHTLY_STEPS)
+
+
+def _runs_by_status(f: q.Filters, description: str) -> timeseries.Panel:
+    target = prom(q.runs_by_status(f, "$__interval"), legend(q.STATUS_LABEL))
+    panel = series_panel("Runs by status", description, target, bars=True, stacked=True)
+    return panel.interval("1m")
+
+
 # --- the dashboards ---------------------------------------------------------------------------
 
 
 def pipeline_overview() -> BuiltDashboard:
     f = q.OVERVIEW_FILTERS
-    sql = _SqlTargets()
-    status = q.STATUS_LABEL
-    builder = (
-        _frame(
-            OVERVIEW_UID,
+    return (
+        _Board(
+            Uid.OVERVIEW,
             "odibi-observe / Pipeline overview",
             "Every node run of the selected pipelines: how many, how fast, what failed "
             "and why. Metrics from Prometheus; runs from the meta_runs catalog, each linked "
             "to its trace.",
+            time_from="now-6h",
+            variables=_variables(f),
         )
-        .variables(list(_variables(f)))
-        .with_row(Row("Runs (Prometheus)"))
-        .with_panel(
+        .row("Runs (Prometheus)")
+        .panel(
             stat_panel(
                 "Runs by status",
                 "Node runs that ended in the time range, by status.",
-                prom(q.runs_by_status(f, "$__range"), legend(status), instant=True),
+                _instant(q.runs_by_status(f, "$__range"), q.STATUS_LABEL),
                 span=9,
                 text_mode=common.BigValueTextMode.VALUE_AND_NAME,
             )
         )
-        .with_panel(
-            stat_panel(
-                "Success rate",
-                "SUCCESS runs / all finished runs in the time range.",
-                prom(q.success_ratio(f, "$__range"), instant=True),
-                unit="percentunit",
-                thresholds=_thresholds((None, "red"), (0.95, "orange"), (0.99, "green")),
-                span=5,
-            )
-        )
-        .with_panel(
+        .panel(_success_rate(f, "SUCCESS runs / all finished runs in the time range.", span=5))
+        .panel(
             stat_panel(
                 "Running now",
                 "Node runs in progress, as the running processes report them.",
-                prom(q.running_now(f), instant=True),
+                _instant(q.running_now(f)),
                 span=5,
             )
         )
-        .with_panel(
+        .panel(
             stat_panel(
                 "Rows processed",
                 "Rows processed by node runs that ended in the time range.",
-                prom(q.rows_total(f, "$__range"), instant=True),
+                _instant(q.rows_total(f, "$__range")),
                 span=5,
             )
         )
-        .with_panel(
-            series_panel(
-                "Runs by status",
-                "Finished node runs per interval, stacked by status.",
-                prom(q.runs_by_status(f, "$__interval"), legend(status)),
-                bars=True,
-                stacked=True,
-            ).interval("1m")
-        )
-        .with_panel(
+        .panel(_runs_by_status(f, "Finished node runs per interval, stacked by status."))
+        .panel(
             series_panel(
                 "Rows per second by node",
                 "Throughput of each node (rate of rows processed).",
@@ -426,66 +505,54 @@ def pipeline_overview() -> BuiltDashboard:
                 unit="rowsps",
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Duration p50 / p95 by node",
                 "Quantiles of node wall time from the duration histogram, per node.",
-                prom(
-                    q.duration_quantile(0.5, f, "$__rate_interval", *q.NODE_GROUP),
-                    "p50 " + legend(*q.NODE_GROUP),
-                    ref="A",
-                    exemplar=True,
-                ),
-                prom(
-                    q.duration_quantile(0.95, f, "$__rate_interval", *q.NODE_GROUP),
-                    "p95 " + legend(*q.NODE_GROUP),
-                    ref="B",
-                    exemplar=True,
+                *(
+                    prom(
+                        q.duration_quantile(quantile, f, "$__rate_interval", *q.NODE_GROUP),
+                        f"{name} " + legend(*q.NODE_GROUP),
+                        ref=ref,
+                        exemplar=True,
+                    )
+                    for quantile, name, ref in ((0.5, "p50", "A"), (0.95, "p95", "B"))
                 ),
                 unit="s",
                 span=24,
             )
         )
-        .with_panel(_node_summary(f))
-        .with_row(Row("Runs (catalog)"))
-        .with_panel(
-            sql_table(
-                "Running now (catalog)",
-                "Rows still RUNNING in meta_runs, oldest first. A run far older than its usual "
-                "duration with an old heartbeat is probably a dead process the sweeper will close "
-                "as CRASHED.",
-                q.currently_running(f),
-                sql,
-                height=7,
-            )
+        .panel(_node_summary(f))
+        .row("Runs (catalog)")
+        .table(
+            "Running now (catalog)",
+            "Rows still RUNNING in meta_runs, oldest first. A run far older than its usual "
+            "duration with an old heartbeat is probably a dead process the sweeper will close "
+            "as CRASHED.",
+            q.currently_running(f),
+            7,
         )
-        .with_panel(
-            sql_table(
-                "Recent failures, with suggestions",
-                "FAILURE and CRASHED runs in the time range, newest first, with the error and the "
-                "actionable suggestions recorded with it. trace_id opens the run's trace.",
-                q.recent_failures(f),
-                sql,
-                height=10,
-            )
+        .table(
+            "Recent failures, with suggestions",
+            "FAILURE and CRASHED runs in the time range, newest first, with the error and the "
+            "actionable suggestions recorded with it. trace_id opens the run's trace.",
+            q.recent_failures(f),
+            10,
         )
-        .with_panel(
-            sql_table(
-                "Slowest nodes",
-                "Per node, the p50/p95/max duration of finished runs in the time range (exact, "
-                "from the catalog) and the trace of its slowest run.",
-                q.slowest_nodes(f),
-                sql,
-                height=10,
-            )
+        .table(
+            "Slowest nodes",
+            "Per node, the p50/p95/max duration of finished runs in the time range (exact, "
+            "from the catalog) and the trace of its slowest run.",
+            q.slowest_nodes(f),
+            10,
         )
+        .built()
     )
-    return BuiltDashboard(OVERVIEW_UID, _number_panels(builder.build()), sql.queries)
 
 
 def _node_summary(f: q.Filters) -> table.Panel:
     """One row per node: runs, failure ratio, p50/p95 over the whole time range."""
-    group = (q.PROJECT_LABEL, q.ENVIRONMENT_LABEL, *q.NODE_GROUP)
+    group = q.NODE_IDENTITY
     targets = [
         ("A", "runs", q.runs_total(f, "$__range", *group)),
         ("B", "failure ratio", q.failure_ratio(f, "$__range", *group)),
@@ -493,15 +560,15 @@ def _node_summary(f: q.Filters) -> table.Panel:
         ("D", "p95 s", q.duration_quantile(0.95, f, "$__range", *group)),
     ]
     panel = (
-        table.Panel()
-        .title("Nodes in the time range")
-        .description(
+        _placed(
+            table.Panel(),
+            "Nodes in the time range",
             "Runs, failure ratio and duration quantiles of every node over the whole "
-            "time range; node opens its drill-down."
+            "time range; node opens its drill-down.",
+            PROMETHEUS.ref(),
+            height=9,
+            span=24,
         )
-        .datasource(PROMETHEUS.ref())
-        .height(9)
-        .span(24)
         .show_header(True)
         .with_transformation(dashboard.DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(
@@ -518,65 +585,43 @@ def _node_summary(f: q.Filters) -> table.Panel:
         )
         .override_by_name(q.NODE_OUT, [node_link()])
     )
-    for ref, _, expr in targets:
-        panel = panel.with_target(prom(expr, ref=ref, instant=True, table_format=True))
-    return panel
+    queries = [prom(expr, ref=ref, instant=True, table_format=True) for ref, _, expr in targets]
+    return _with_targets(panel, queries)
 
 
 def node_drilldown() -> BuiltDashboard:
     f = q.NODE_FILTERS
-    sql = _SqlTargets()
-    builder = (
-        _frame(
-            NODE_UID,
+    return (
+        _Board(
+            Uid.NODE,
             "odibi-observe / Node drill-down",
             "One node of one pipeline: its runs, retries, rows and errors. Pick it with the "
             "variables, or open it from a node in the overview.",
             time_from="now-7d",
+            variables=_variables(f),
         )
-        .variables(list(_variables(f)))
-        .with_row(Row("Metrics (Prometheus)"))
-        .with_panel(
+        .row("Metrics (Prometheus)")
+        .panel(
             stat_panel(
                 "Runs",
                 "Finished runs of this node in the time range.",
-                prom(q.runs_total(f, "$__range"), instant=True),
+                _instant(q.runs_total(f, "$__range")),
             )
         )
-        .with_panel(
-            stat_panel(
-                "Success rate",
-                "SUCCESS runs / finished runs of this node in the time range.",
-                prom(q.success_ratio(f, "$__range"), instant=True),
-                unit="percentunit",
-                thresholds=_thresholds((None, "red"), (0.95, "orange"), (0.99, "green")),
-            )
-        )
-        .with_panel(
+        .panel(_success_rate(f, "SUCCESS runs / finished runs of this node in the time range."))
+        .panel(
             stat_panel(
                 "Duration p95",
                 "95th percentile of this node's wall time over the time range.",
-                prom(q.duration_quantile(0.95, f, "$__range"), instant=True),
+                _instant(q.duration_quantile(0.95, f, "$__range")),
                 unit="s",
             )
         )
-        .with_panel(
-            stat_panel(
-                "Running now",
-                "Runs of this node in progress.",
-                prom(q.running_now(f), instant=True),
-            )
+        .panel(
+            stat_panel("Running now", "Runs of this node in progress.", _instant(q.running_now(f)))
         )
-        .with_panel(
-            series_panel(
-                "Runs by status",
-                "Finished runs per interval, stacked by status.",
-                prom(q.runs_by_status(f, "$__interval"), legend(q.STATUS_LABEL)),
-                bars=True,
-                stacked=True,
-            ).interval("1m")
-        )
-        .with_panel(
+        .panel(_runs_by_status(f, "Finished runs per interval, stacked by status."))
+        .panel(
             series_panel(
                 "Duration p50 / p95",
                 "Quantiles of the node's wall time.",
@@ -589,93 +634,78 @@ def node_drilldown() -> BuiltDashboard:
                 unit="s",
             )
         )
-        .with_row(Row("Runs (catalog)"))
-        .with_panel(
-            sql_series(
-                "Rows trend",
-                "Rows processed per interval and per run. A source that shrank or "
-                "a filter that broke shows up here before anyone complains.",
-                q.node_rows_trend(f),
-                sql,
-            )
+        .row("Runs (catalog)")
+        .sql_series(
+            "Rows trend",
+            "Rows processed per interval and per run. A source that shrank or "
+            "a filter that broke shows up here before anyone complains.",
+            q.node_rows_trend(f),
         )
-        .with_panel(
-            sql_series(
-                "Runs by attempt",
-                "Runs per interval by attempt number: attempt 2 and above are retries.",
-                q.node_attempts(f),
-                sql,
-                bars=True,
-                stacked=True,
-            )
+        .sql_series(
+            "Runs by attempt",
+            "Runs per interval by attempt number: attempt 2 and above are retries.",
+            q.node_attempts(f),
+            bars=True,
+            stacked=True,
         )
-        .with_panel(
-            sql_table(
-                "Error types",
-                "Failed and crashed runs by error type, with the latest message, "
-                "its suggestions and its trace.",
-                q.node_error_types(f),
-                sql,
-                height=7,
-            )
+        .table(
+            "Error types",
+            "Failed and crashed runs by error type, with the latest message, "
+            "its suggestions and its trace.",
+            q.node_error_types(f),
+            7,
         )
-        .with_panel(
-            sql_table(
-                "Run history",
-                "Every run of the node in the time range, newest first; trace_id "
-                "opens the run's trace.",
-                q.node_history(f),
-                sql,
-                height=12,
-            )
+        .table(
+            "Run history",
+            "Every run of the node in the time range, newest first; trace_id "
+            "opens the run's trace.",
+            q.node_history(f),
+            12,
         )
+        .built()
     )
-    return BuiltDashboard(NODE_UID, _number_panels(builder.build()), sql.queries)
 
 
 def reconciliation() -> BuiltDashboard:
-    sql = _SqlTargets()
     kind = RECONCILE_METRICS.discrepancies.labels
     sink = SIDECAR_METRICS.spool_backlog.labels
-    builder = (
-        _frame(
-            RECONCILIATION_UID,
+    return (
+        _Board(
+            Uid.RECONCILIATION,
             "odibi-observe / Catalog completeness & reconciliation",
             "The nightly proof that every traced node run is in the catalog, identically: "
             "completeness, discrepancies by kind, the runs of the last report, and the "
             "backlog and sink errors that usually explain a gap.",
             time_from="now-30d",
         )
-        .with_row(Row("Last reconciliation (Prometheus)"))
-        .with_panel(
+        .row("Last reconciliation (Prometheus)")
+        .panel(
             stat_panel(
                 "Catalog completeness",
                 "Share of traced runs the catalog holds, in the last "
                 "reconciliation. Anything below 100% is a run recorded in traces only.",
-                prom(q.completeness(), instant=True),
+                _instant(q.completeness()),
                 unit="percentunit",
-                thresholds=_thresholds((None, "red"), (1.0, "green")),
+                thresholds=ALL_OR_RED,
             )
         )
-        .with_panel(
+        .panel(
             stat_panel(
                 "Discrepancies",
                 "Discrepancies the last reconciliation found, all kinds.",
-                prom(q.discrepancies_total(), instant=True),
-                thresholds=_thresholds((None, "green"), (1.0, "red")),
+                _instant(q.discrepancies_total()),
+                thresholds=ANY_IS_RED,
             )
         )
-        .with_panel(
-            stat_panel(
+        .panel(
+            _since_nightly(
                 "Since last reconciliation",
                 "Time since the last reconciliation finished; it "
                 "runs nightly, so more than a day means it is not running.",
-                prom(q.seconds_since_reconciliation(), instant=True),
-                unit="s",
-                thresholds=_thresholds((None, "green"), (26 * 3600.0, "red")),
+                q.seconds_since_reconciliation(),
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Discrepancies by kind (metrics)",
                 "The last reconciliation's counts, as Prometheus sampled them.",
@@ -684,47 +714,35 @@ def reconciliation() -> BuiltDashboard:
                 stacked=True,
             )
         )
-        .with_row(Row("Reports (catalog)"))
-        .with_panel(
-            sql_series(
-                "Discrepancies by kind, per report",
-                "Each report's discrepancy counts by kind (meta_reconciliation).",
-                q.discrepancies_per_report(),
-                sql,
-                bars=True,
-                stacked=True,
-            )
+        .row("Reports (catalog)")
+        .sql_series(
+            "Discrepancies by kind, per report",
+            "Each report's discrepancy counts by kind (meta_reconciliation).",
+            q.discrepancies_per_report(),
+            bars=True,
+            stacked=True,
         )
-        .with_panel(
-            sql_series(
-                "Completeness, per report",
-                "Each report's completeness ratio.",
-                q.completeness_per_report(),
-                sql,
-                unit="percentunit",
-            )
+        .sql_series(
+            "Completeness, per report",
+            "Each report's completeness ratio.",
+            q.completeness_per_report(),
+            unit="percentunit",
         )
-        .with_panel(
-            sql_table(
-                "Last report",
-                "The newest reconciliation report: its window, what each side "
-                "held, what matched and what was repaired.",
-                q.last_report(),
-                sql,
-                height=4,
-            )
+        .table(
+            "Last report",
+            "The newest reconciliation report: its window, what each side "
+            "held, what matched and what was repaired.",
+            q.last_report(),
+            4,
         )
-        .with_panel(
-            sql_table(
-                "Last report's runs",
-                "Every discrepancy of the newest report, by kind; trace_id opens the run's trace.",
-                q.last_report_items(),
-                sql,
-                height=12,
-            )
+        .table(
+            "Last report's runs",
+            "Every discrepancy of the newest report, by kind; trace_id opens the run's trace.",
+            q.last_report_items(),
+            12,
         )
-        .with_row(Row("Delivery (Prometheus)"))
-        .with_panel(
+        .row("Delivery (Prometheus)")
+        .panel(
             series_panel(
                 "Spool backlog by sink",
                 "Spooled events each sink has not acknowledged: runs "
@@ -732,7 +750,7 @@ def reconciliation() -> BuiltDashboard:
                 prom(q.spool_backlog_by_sink(), legend(*sink)),
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Sink errors by sink",
                 "Failed export attempts per second (the batch is kept and retried).",
@@ -740,8 +758,8 @@ def reconciliation() -> BuiltDashboard:
                 unit="ops",
             )
         )
+        .built()
     )
-    return BuiltDashboard(RECONCILIATION_UID, _number_panels(builder.build()), sql.queries)
 
 
 def _instance_variable() -> QueryVariable:
@@ -761,209 +779,172 @@ def _instance_variable() -> QueryVariable:
 def sidecar_health() -> BuiltDashboard:
     inst = q.instance_matcher()
     s = SIDECAR_METRICS
-    builder = (
-        _frame(
-            SIDECAR_UID,
+    by_instance = q.INSTANCE_LABEL
+
+    def per_instance(metric: Metric) -> PromQuery:
+        """A gauge summed per sidecar instance, as a stat panel shows it."""
+        return _instant(q.gauge_by(metric, by_instance, matchers=[inst]), by_instance)
+
+    return (
+        _Board(
+            Uid.SIDECAR,
             "odibi-observe / Sidecar health",
             "The sidecar: what it ingests, what it holds in its spool, what its sinks fail "
             "to deliver and which dead runs its sweeper closed.",
             time_from="now-6h",
+            variables=[_instance_variable()],
         )
-        .variables([_instance_variable()])
-        .with_row(Row("Liveness"))
-        .with_panel(
+        .row("Liveness")
+        .panel(
             stat_panel(
                 "Up",
                 "Prometheus' last scrape of the sidecar's /metrics (1 = up).",
-                prom(q.sidecar_up(), legend(q.INSTANCE_LABEL), instant=True),
-                thresholds=_thresholds((None, "red"), (1.0, "green")),
+                _instant(q.sidecar_up(), by_instance),
+                thresholds=ALL_OR_RED,
                 text_mode=common.BigValueTextMode.VALUE_AND_NAME,
             )
         )
-        .with_panel(
+        .panel(
             stat_panel(
                 "Since last work loop",
                 "Seconds since the sidecar last completed its work loop; "
                 "growing means it is stuck even if /metrics answers.",
-                prom(q.seconds_since_last_loop(), legend(q.INSTANCE_LABEL), instant=True),
+                _instant(q.seconds_since_last_loop(), by_instance),
                 unit="s",
-                thresholds=_thresholds((None, "green"), (60.0, "orange"), (120.0, "red")),
+                thresholds=((None, "green"), (60.0, "orange"), (120.0, "red")),
                 text_mode=common.BigValueTextMode.VALUE_AND_NAME,
             )
         )
-        .with_panel(
+        .panel(
             stat_panel(
                 "Spool size",
                 "Bytes held in the write-ahead spool.",
-                prom(
-                    q.gauge_by(s.spool_bytes, q.INSTANCE_LABEL, matchers=[inst]),
-                    legend(q.INSTANCE_LABEL),
-                    instant=True,
-                ),
+                per_instance(s.spool_bytes),
                 unit="bytes",
                 text_mode=common.BigValueTextMode.VALUE_AND_NAME,
             )
         )
-        .with_panel(
+        .panel(
             stat_panel(
                 "Queued events",
                 "Events waiting for delivery, all sinks (queue plus retry buffer).",
-                prom(
-                    q.gauge_by(SELF_METRICS.queue_size, q.INSTANCE_LABEL, matchers=[inst]),
-                    legend(q.INSTANCE_LABEL),
-                    instant=True,
-                ),
+                per_instance(SELF_METRICS.queue_size),
                 text_mode=common.BigValueTextMode.VALUE_AND_NAME,
             )
         )
-        .with_row(Row("Work"))
-        .with_panel(
+        .row("Work")
+        .panel(
             series_panel(
                 "Ingest rate by event kind",
                 "Run events read from pipeline processes per second.",
-                prom(
-                    q.rate_by(s.ingested, *s.ingested.labels, matchers=[inst]),
-                    legend(*s.ingested.labels),
-                ),
+                _own_labels(s.ingested, inst),
                 unit="ops",
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Spans received by outcome",
                 "Spans on /v1/traces: stored in the ledger, ignored "
                 "(not a node span) or rejected (malformed).",
-                prom(
-                    q.rate_by(s.ledger_spans, *s.ledger_spans.labels, matchers=[inst]),
-                    legend(*s.ledger_spans.labels),
-                ),
+                _own_labels(s.ledger_spans, inst),
                 unit="ops",
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Spool size and backlog",
                 "Spool bytes (left) and the events each sink has not acknowledged yet.",
                 prom(
-                    q.gauge_by(s.spool_bytes, q.INSTANCE_LABEL, matchers=[inst]),
-                    "bytes " + legend(q.INSTANCE_LABEL),
+                    q.gauge_by(s.spool_bytes, by_instance, matchers=[inst]),
+                    "bytes " + legend(by_instance),
                     ref="A",
                 ),
-                prom(
-                    q.spool_backlog_by_sink(inst),
-                    "backlog " + legend(*s.spool_backlog.labels),
-                    ref="B",
-                ),
+                _own_labels(s.spool_backlog, inst, gauge=True, prefix="backlog ", ref="B"),
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Sweeper actions",
                 "RUNNING runs the sweeper closed as CRASHED, by how it knew the process was gone.",
-                prom(
-                    q.rate_by(s.sweeper_closed, *s.sweeper_closed.labels, matchers=[inst]),
-                    legend(*s.sweeper_closed.labels),
-                ),
+                _own_labels(s.sweeper_closed, inst),
                 unit="ops",
                 bars=True,
             )
         )
-        .with_row(Row("Failures"))
-        .with_panel(
+        .row("Failures")
+        .panel(
             series_panel(
                 "Sink errors by sink",
                 "Failed export attempts per second, per sink.",
-                prom(q.sink_errors_by_sink(inst), legend(*SELF_METRICS.sink_errors.labels)),
+                _own_labels(SELF_METRICS.sink_errors, inst),
                 unit="ops",
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Events dropped",
                 "Events a sink will never receive (a bound was hit). Any value "
                 "here is a run missing from a backend until reconciliation repairs it.",
-                prom(
-                    q.rate_by(
-                        SELF_METRICS.events_dropped,
-                        *SELF_METRICS.events_dropped.labels,
-                        matchers=[inst],
-                    ),
-                    legend(*SELF_METRICS.events_dropped.labels),
-                ),
+                _own_labels(SELF_METRICS.events_dropped, inst),
                 unit="ops",
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Spool rejected and corrupt frames",
                 "Events the spool refused (size limit, disk "
                 "full) and torn frames skipped on replay.",
+                _own_labels(s.spool_rejected, inst, prefix="rejected ", ref="A"),
                 prom(
-                    q.rate_by(s.spool_rejected, *s.spool_rejected.labels, matchers=[inst]),
-                    "rejected " + legend(*s.spool_rejected.labels),
-                    ref="A",
-                ),
-                prom(
-                    q.rate_by(s.spool_corrupt, q.INSTANCE_LABEL, matchers=[inst]),
-                    "corrupt " + legend(q.INSTANCE_LABEL),
+                    q.rate_by(s.spool_corrupt, by_instance, matchers=[inst]),
+                    "corrupt " + legend(by_instance),
                     ref="B",
                 ),
                 unit="ops",
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Queue size by sink",
                 "Events waiting per sink inside the sidecar.",
-                prom(
-                    q.gauge_by(
-                        SELF_METRICS.queue_size, *SELF_METRICS.queue_size.labels, matchers=[inst]
-                    ),
-                    legend(*SELF_METRICS.queue_size.labels),
-                ),
+                _own_labels(SELF_METRICS.queue_size, inst, gauge=True),
             )
         )
+        .built()
     )
-    return BuiltDashboard(SIDECAR_UID, _number_panels(builder.build()))
 
 
 def data_health() -> BuiltDashboard:
     f = q.HEALTH_FILTERS
-    sql = _SqlTargets()
-    node = q.NODE_GROUP
-    builder = (
-        _frame(
-            DATA_HEALTH_UID,
+    return (
+        _Board(
+            Uid.DATA_HEALTH,
             "odibi-observe / Data health",
             "Whether the data is right, not only whether the runs succeeded: rows and "
             "duration of every run against its node's band, freshness, the open findings "
             "of the nightly health pass and peak memory against the memory limit.",
             time_from="now-7d",
+            variables=_variables(f),
         )
-        .variables(list(_variables(f)))
-        .with_row(Row("Findings (the last health pass)"))
-        .with_panel(
+        .row("Findings (the last health pass)")
+        .panel(
             stat_panel(
                 "Open findings",
                 "Findings the last `odibi-observe health` pass saw for the "
                 "selected pipelines and nodes (one series per finding).",
-                prom(q.open_findings_total(f), instant=True),
-                thresholds=_thresholds((None, "green"), (1.0, "red")),
-                span=6,
+                _instant(q.open_findings_total(f)),
+                thresholds=ANY_IS_RED,
             )
         )
-        .with_panel(
-            stat_panel(
+        .panel(
+            _since_nightly(
                 "Since last health pass",
                 "Time since the last health pass finished; it runs "
                 "nightly, so more than a day means the findings are out of date.",
-                prom(q.seconds_since_health_pass(), instant=True),
-                unit="s",
-                thresholds=_thresholds((None, "green"), (26 * 3600.0, "red")),
-                span=6,
+                q.seconds_since_health_pass(),
             )
         )
-        .with_panel(
+        .panel(
             series_panel(
                 "Findings by kind",
                 "Findings of each health pass by kind, as Prometheus sampled the gauges.",
@@ -971,89 +952,73 @@ def data_health() -> BuiltDashboard:
                 stacked=True,
             )
         )
-        .with_panel(
-            sql_table(
-                "Open findings (catalog)",
-                "Findings recorded in meta_health_findings that are "
-                "still open, newest first: since when, how many passes saw them, and the evidence "
-                "in one line. node opens its drill-down.",
-                q.open_findings(f),
-                sql,
-                height=9,
-            )
+        .table(
+            "Open findings (catalog)",
+            "Findings recorded in meta_health_findings that are "
+            "still open, newest first: since when, how many passes saw them, and the evidence "
+            "in one line. node opens its drill-down.",
+            q.open_findings(f),
+            9,
         )
-        .with_row(Row("Volume and duration against their bands (catalog)"))
-        .with_panel(
-            sql_series(
-                "Rows per run against its band",
-                "rows_processed of every SUCCESS run and its "
-                "node's band: the mean ± 3 standard deviations of the node's runs in the 14 days "
-                "before it (the health pass's defaults; drawn once it has 7 runs). A point "
-                "outside the band is a volume_anomaly.",
-                q.rows_band(f),
-                sql,
-            )
+        .row("Volume and duration against their bands (catalog)")
+        .sql_series(
+            "Rows per run against its band",
+            "rows_processed of every SUCCESS run and its "
+            "node's band: the mean ± 3 standard deviations of the node's runs in the 14 days "
+            "before it (the health pass's defaults; drawn once it has 7 runs). A point "
+            "outside the band is a volume_anomaly.",
+            q.rows_band(f),
         )
-        .with_panel(
-            sql_series(
-                "Duration per run against its band",
-                "duration_ms of every SUCCESS run and its "
-                "node's band (mean ± 3 standard deviations of the 14 days before it). A point "
-                "above it is a duration_anomaly.",
-                q.duration_band(f),
-                sql,
-                unit="ms",
-            )
+        .sql_series(
+            "Duration per run against its band",
+            "duration_ms of every SUCCESS run and its "
+            "node's band (mean ± 3 standard deviations of the 14 days before it). A point "
+            "above it is a duration_anomaly.",
+            q.duration_band(f),
+            unit="ms",
         )
-        .with_panel(
-            sql_table(
-                "Freshness",
-                "Per node: its last SUCCESS, its age, the learned cadence (the mean "
-                "interval between successes) and the allowed age (3 x the cadence, at least 1 h); "
-                "age_of_allowed above 1 is a stale node. The stalest first.",
-                q.freshness(f),
-                sql,
-                height=9,
-            )
+        .table(
+            "Freshness",
+            "Per node: its last SUCCESS, its age, the learned cadence (the mean "
+            "interval between successes) and the allowed age (3 x the cadence, at least 1 h); "
+            "age_of_allowed above 1 is a stale node. The stalest first.",
+            q.freshness(f),
+            9,
         )
-        .with_row(Row("Memory"))
-        .with_panel(
+        .row("Memory")
+        .panel(
             series_panel(
                 "Peak memory per node against its limit",
                 "Mean peak resident memory per run "
                 "(from the peak-memory histogram) and the memory limit (cgroup memory.max) the "
                 "node runs under. A node without a limit shows no limit line.",
                 prom(
-                    q.mean_peak_rss(f, "$__rate_interval", *node), "peak " + legend(*node), ref="A"
+                    q.mean_peak_rss(f, "$__rate_interval", *q.NODE_GROUP),
+                    "peak " + legend(*q.NODE_GROUP),
+                    ref="A",
                 ),
-                prom(q.memory_limit(f, *node), "limit " + legend(*node), ref="B"),
+                prom(q.memory_limit(f, *q.NODE_GROUP), "limit " + legend(*q.NODE_GROUP), ref="B"),
                 unit="bytes",
             )
         )
-        .with_panel(
-            sql_series(
-                "Peak memory per run against the limit (catalog)",
-                "peak_rss_bytes of every "
-                "SUCCESS run and the memory_limit_bytes it ran under, per node; a line climbing "
-                "toward the limit is a memory_growth finding before it is an OOM kill.",
-                q.memory_per_run(f),
-                sql,
-                unit="bytes",
-            )
+        .sql_series(
+            "Peak memory per run against the limit (catalog)",
+            "peak_rss_bytes of every "
+            "SUCCESS run and the memory_limit_bytes it ran under, per node; a line climbing "
+            "toward the limit is a memory_growth finding before it is an OOM kill.",
+            q.memory_per_run(f),
+            unit="bytes",
         )
-        .with_panel(
-            sql_table(
-                "Crashed runs by cause",
-                "CRASHED runs in the time range by node and cause "
-                "(error_type: OOMKilled, SIGKILL, SIGTERM, HeartbeatLost, ProcessExit), with the "
-                "largest peak memory recorded and the limit; trace_id opens the newest one.",
-                q.crash_causes(f),
-                sql,
-                height=7,
-            )
+        .table(
+            "Crashed runs by cause",
+            "CRASHED runs in the time range by node and cause "
+            "(error_type: OOMKilled, SIGKILL, SIGTERM, HeartbeatLost, ProcessExit), with the "
+            "largest peak memory recorded and the limit; trace_id opens the newest one.",
+            q.crash_causes(f),
+            7,
         )
+        .built()
     )
-    return BuiltDashboard(DATA_HEALTH_UID, _number_panels(builder.build()), sql.queries)
 
 
 #: Every dashboard, in the order the docs describe them.

@@ -64,3 +64,6 @@ ENV_CATALOG_HOST: Final = "ODIBI_CATALOG_DB_HOST"
 ENV_CATALOG_DATABASE: Final = "ODIBI_CATALOG_DB_NAME"
 ENV_CATALOG_USER: Final = "ODIBI_GRAFANA_DB_USER"
 ENV_CATALOG_PASSWORD: Final = "ODIBI_GRAFANA_DB_PASSWORD"  # noqa: S105 - a variable name
+#: SSL mode of the catalog connection. Compose's private network uses ``disable``; a
+#: deployment reaching PostgreSQL over a network it does not own sets ``verify-full``.
+ENV_CATALOG_SSLMODE: Final = "ODIBI_CATALOG_DB_SSLMODE"

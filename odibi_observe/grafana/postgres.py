@@ -16,7 +16,10 @@ for targets of this data source instead of an opaque ``UnknownDataquery``.
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, replace
 from enum import Enum
+from typing import Final
 
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import runtime as cogruntime
@@ -35,71 +38,60 @@ class SqlFormat(str, Enum):
     TIME_SERIES = "time_series"
 
 
+@dataclass
 class SqlDataquery(cogvariants.Dataquery):
     """The target of a panel reading the catalog: Grafana's ``SQLQuery`` in code mode."""
 
     #: The query, with Grafana macros and template variables still in it.
-    raw_sql: str
-    format_val: SqlFormat | None
+    raw_sql: str = ""
+    _: KW_ONLY
+    format_val: SqlFormat | None = None
     #: ``code`` (raw SQL) or ``builder``.
-    editor_mode: str | None
+    editor_mode: str | None = None
     #: ``True`` for a raw SQL query (what ``code`` mode writes).
-    raw_query: bool | None
-    ref_id: str
-    hide: bool | None
-    datasource: DataSourceRef | None
-
-    def __init__(
-        self,
-        raw_sql: str = "",
-        *,
-        format_val: SqlFormat | None = None,
-        editor_mode: str | None = None,
-        raw_query: bool | None = None,
-        ref_id: str = "",
-        hide: bool | None = None,
-        datasource: DataSourceRef | None = None,
-    ) -> None:
-        self.raw_sql = raw_sql
-        self.format_val = format_val
-        self.editor_mode = editor_mode
-        self.raw_query = raw_query
-        self.ref_id = ref_id
-        self.hide = hide
-        self.datasource = datasource
+    raw_query: bool | None = None
+    ref_id: str = ""
+    hide: bool | None = None
+    datasource: DataSourceRef | None = None
 
     def to_json(self) -> dict[str, object]:
-        payload: dict[str, object] = {"rawSql": self.raw_sql, "refId": self.ref_id}
-        if self.format_val is not None:
-            payload["format"] = self.format_val.value
-        if self.editor_mode is not None:
-            payload["editorMode"] = self.editor_mode
-        if self.raw_query is not None:
-            payload["rawQuery"] = self.raw_query
-        if self.hide is not None:
-            payload["hide"] = self.hide
-        if self.datasource is not None:
-            payload["datasource"] = self.datasource.to_json()
+        """The fields under Grafana's keys, in :data:`_JSON_FIELDS` order; unset ones left out."""
+        payload: dict[str, object] = {}
+        for spec in _JSON_FIELDS:
+            value = getattr(self, spec.attr)
+            if value is not None:
+                payload[spec.key] = spec.encode(value)
         return payload
 
     @classmethod
     def from_json(cls, data: dict[str, typing.Any]) -> typing.Self:
-        args: dict[str, typing.Any] = {}
-        if "rawSql" in data:
-            args["raw_sql"] = data["rawSql"]
-        if "format" in data:
-            args["format_val"] = SqlFormat(data["format"])
-        if "editorMode" in data:
-            args["editor_mode"] = data["editorMode"]
-        if "rawQuery" in data:
-            args["raw_query"] = data["rawQuery"]
-        if "refId" in data:
-            args["ref_id"] = data["refId"]
-        if "hide" in data:
-            args["hide"] = data["hide"]
-        if "datasource" in data:
-            args["datasource"] = DataSourceRef.from_json(data["datasource"])
-        return cls(**args)
+        return cls(**{s.attr: s.decode(data[s.key]) for s in _JSON_FIELDS if s.key in data})
+
+
+def _as_is(value: typing.Any) -> typing.Any:
+    return value
+
+
+@dataclass(frozen=True)
+class _JsonField:
+    """One field of :class:`SqlDataquery`: its key in Grafana's JSON and its conversions."""
+
+    attr: str
+    key: str
+    encode: Callable[[typing.Any], typing.Any] = _as_is
+    decode: Callable[[typing.Any], typing.Any] = _as_is
+
+
+#: ``rawSql`` and ``refId`` first, as Grafana writes a target; the rest only when set.
+_JSON_FIELDS: Final = (
+    _JsonField("raw_sql", "rawSql"),
+    _JsonField("ref_id", "refId"),
+    _JsonField("format_val", "format", lambda fmt: fmt.value, SqlFormat),
+    _JsonField("editor_mode", "editorMode"),
+    _JsonField("raw_query", "rawQuery"),
+    _JsonField("hide", "hide"),
+    _JsonField("datasource", "datasource", DataSourceRef.to_json, DataSourceRef.from_json),
+)
 
 
 class SqlQuery(cogbuilder.Builder[SqlDataquery]):
@@ -119,23 +111,17 @@ class SqlQuery(cogbuilder.Builder[SqlDataquery]):
         return self._internal
 
     def raw_sql(self, raw_sql: str) -> typing.Self:
-        self._internal.raw_sql = raw_sql
-        return self
+        return self._set(raw_sql=raw_sql)
 
     def format(self, format_val: SqlFormat) -> typing.Self:
-        self._internal.format_val = format_val
-        return self
+        return self._set(format_val=format_val)
 
     def ref_id(self, ref_id: str) -> typing.Self:
-        self._internal.ref_id = ref_id
-        return self
+        return self._set(ref_id=ref_id)
 
-    def hide(self, hide: bool) -> typing.Self:
-        self._internal.hide = hide
-        return self
-
-    def datasource(self, datasource: DataSourceRef) -> typing.Self:
-        self._internal.datasource = datasource
+    def _set(self, **change: typing.Any) -> typing.Self:
+        """``dataclasses.replace`` refuses a field the dataquery does not have."""
+        self._internal = replace(self._internal, **change)
         return self
 
 

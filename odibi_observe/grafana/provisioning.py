@@ -17,6 +17,7 @@ from odibi_observe.grafana.datasources import (
     ENV_CATALOG_DATABASE,
     ENV_CATALOG_HOST,
     ENV_CATALOG_PASSWORD,
+    ENV_CATALOG_SSLMODE,
     ENV_CATALOG_USER,
     ENV_PROMETHEUS_URL,
     ENV_TEMPO_URL,
@@ -30,9 +31,6 @@ GRAFANA_DASHBOARDS_PATH: Final = "/var/lib/grafana/dashboards/odibi-observe"
 #: Where the reconciliation's gauges are scraped (node_exporter serving its text file).
 RECONCILE_JOB: Final = "odibi-reconcile"
 RECONCILE_TARGET: Final = "reconcile-metrics:9100"
-#: SSL mode of the catalog connection. Compose's private network uses ``disable``; a
-#: deployment reaching PostgreSQL over a network it does not own sets ``verify-full``.
-ENV_CATALOG_SSLMODE: Final = "ODIBI_CATALOG_DB_SSLMODE"
 
 
 def _env(name: str) -> str:

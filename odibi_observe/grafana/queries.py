@@ -16,10 +16,13 @@ panels' field overrides (the trace link on ``trace_id``) are checked against the
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
+
+from sqlalchemy import Column
 
 from odibi_observe.catalog import schema
 from odibi_observe.catalog.schema import (
@@ -87,9 +90,11 @@ def column(field: Field) -> str:
 
 
 PROJECT_LABEL: Final = label(FIELDS.project)
+ENVIRONMENT_LABEL: Final = label(FIELDS.environment)
 PIPELINE_LABEL: Final = label(FIELDS.pipeline)
 NODE_LABEL: Final = label(FIELDS.node)
-ENVIRONMENT_LABEL: Final = label(FIELDS.environment)
+#: The labels that identify a node across projects and environments.
+NODE_IDENTITY: Final = (PROJECT_LABEL, ENVIRONMENT_LABEL, PIPELINE_LABEL, NODE_LABEL)
 STATUS_LABEL: Final = label(FIELDS.status)
 
 SUCCESS: Final = RunStatus.SUCCESS.value
@@ -129,6 +134,11 @@ def by(*labels: str) -> str:
 # --- template variables -----------------------------------------------------------------------
 
 
+def var_ref(name: str) -> str:
+    """A dashboard variable in a query: Grafana substitutes ``$name`` before it runs the query."""
+    return f"${name}"
+
+
 @dataclass(frozen=True)
 class Var:
     """A dashboard variable filtering by one field: the same name in PromQL and in SQL.
@@ -147,18 +157,15 @@ class Var:
     def name(self) -> str:
         return label(self.field)
 
-    @property
-    def ref(self) -> str:
-        return f"${self.name}"
-
     def matcher(self) -> str:
         """The PromQL label matcher."""
-        return regex(self.name, self.ref) if self.multi else eq(self.name, self.ref)
+        ref = var_ref(self.name)
+        return regex(self.name, ref) if self.multi else eq(self.name, ref)
 
     def predicate(self, qualifier: str = "") -> str:
         """The SQL condition on the field's catalog column."""
-        col = f"{qualifier}{column(self.field)}"
-        return f"{col} IN ({self.ref})" if self.multi else f"{col} = '{self.ref}'"
+        col, ref = f"{qualifier}{column(self.field)}", var_ref(self.name)
+        return f"{col} IN ({ref})" if self.multi else f"{col} = '{ref}'"
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ def instance_query() -> str:
 
 
 def instance_matcher() -> str:
-    return regex(INSTANCE_LABEL, f"${INSTANCE_VAR_NAME}")
+    return regex(INSTANCE_LABEL, var_ref(INSTANCE_VAR_NAME))
 
 
 # --- PromQL: node runs -----------------------------------------------------------------------
@@ -332,6 +339,16 @@ def _query(
     return SqlPanelQuery(key, f"{head}\n{rest.strip()}", columns, time_series)
 
 
+def _as_is(*columns: str) -> list[tuple[str, str]]:
+    """Columns selected under their own name."""
+    return [(col, col) for col in columns]
+
+
+def _named(*columns: Column[typing.Any]) -> list[tuple[str, str]]:
+    """Schema columns selected under their own name."""
+    return _as_is(*(col.name for col in columns))
+
+
 def _where(*conditions: str, indent: str = "") -> str:
     return "WHERE " + f"\n{indent}  AND ".join(conditions)
 
@@ -379,12 +396,10 @@ def currently_running(f: Filters) -> SqlPanelQuery:
         [
             (STARTED_AT, STARTED_OUT),
             *IDENTITY,
-            (ATTEMPT, ATTEMPT),
-            (HOST, HOST),
-            (PID, PID),
+            *_as_is(ATTEMPT, HOST, PID),
             (HEARTBEAT_AT, "last_heartbeat"),
             (f"extract(epoch FROM $__timeTo()::timestamptz - {STARTED_AT})", "running_s"),
-            (RUN_ID, RUN_ID),
+            *_as_is(RUN_ID),
             (TRACE_ID, TRACE_ID_OUT),
         ],
         f"""
@@ -401,12 +416,9 @@ def recent_failures(f: Filters) -> SqlPanelQuery:
         [
             (STARTED_AT, STARTED_OUT),
             *IDENTITY,
-            (STATUS, STATUS),
-            (ATTEMPT, ATTEMPT),
-            (ERROR_TYPE, ERROR_TYPE),
-            (ERROR_MESSAGE, ERROR_MESSAGE),
+            *_as_is(STATUS, ATTEMPT, ERROR_TYPE, ERROR_MESSAGE),
             (_suggestions(SUGGESTIONS_JSON), "suggestions"),
-            (RUN_ID, RUN_ID),
+            *_as_is(RUN_ID),
             (TRACE_ID, TRACE_ID_OUT),
         ],
         f"""
@@ -486,16 +498,9 @@ def node_history(f: Filters) -> SqlPanelQuery:
         [
             (STARTED_AT, STARTED_OUT),
             (ENDED_AT, "ended"),
-            (STATUS, STATUS),
-            (ATTEMPT, ATTEMPT),
-            (ROWS, ROWS),
-            (DURATION_MS, DURATION_MS),
-            (ERROR_TYPE, ERROR_TYPE),
+            *_as_is(STATUS, ATTEMPT, ROWS, DURATION_MS, ERROR_TYPE),
             (_suggestions(SUGGESTIONS_JSON), "suggestions"),
-            (HOST, HOST),
-            (SOURCE, SOURCE),
-            (PIPELINE_RUN_ID, PIPELINE_RUN_ID),
-            (RUN_ID, RUN_ID),
+            *_as_is(HOST, SOURCE, PIPELINE_RUN_ID, RUN_ID),
             (TRACE_ID, TRACE_ID_OUT),
         ],
         f"""
@@ -578,17 +583,19 @@ def last_report() -> SqlPanelQuery:
     return _query(
         "last_report",
         [
-            (_REPORT.created_at.name, _REPORT.created_at.name),
-            (_REPORT.window_start.name, _REPORT.window_start.name),
-            (_REPORT.window_end.name, _REPORT.window_end.name),
-            (_REPORT.catalog_runs.name, _REPORT.catalog_runs.name),
-            (_REPORT.trace_runs.name, _REPORT.trace_runs.name),
-            (_REPORT.matched.name, _REPORT.matched.name),
-            (_REPORT.discrepancies.name, _REPORT.discrepancies.name),
-            (_REPORT.completeness_ratio.name, _REPORT.completeness_ratio.name),
-            (_REPORT.repaired.name, _REPORT.repaired.name),
-            (_REPORT.errors.name, _REPORT.errors.name),
-            (_REPORT.report_id.name, _REPORT.report_id.name),
+            *_named(
+                _REPORT.created_at,
+                _REPORT.window_start,
+                _REPORT.window_end,
+                _REPORT.catalog_runs,
+                _REPORT.trace_runs,
+                _REPORT.matched,
+                _REPORT.discrepancies,
+                _REPORT.completeness_ratio,
+                _REPORT.repaired,
+                _REPORT.errors,
+                _REPORT.report_id,
+            ),
         ],
         f"""
 FROM {RECONCILIATION_TABLE}
@@ -597,39 +604,30 @@ LIMIT 1""",
     )
 
 
-def discrepancies_per_report() -> SqlPanelQuery:
-    """One series per discrepancy kind, from each report's counts (a JSON object by kind)."""
-    counts = f"{_REPORT.discrepancies_json.name}::jsonb"
+def _per_report(key: str, *series: tuple[str, str]) -> SqlPanelQuery:
+    """A time series with one point per reconciliation report in the time range."""
     return _query(
-        "discrepancies_per_report",
-        [
-            (_REPORT.created_at.name, TIME_OUT),
-            *(
-                (f"COALESCE(({counts} ->> '{kind}')::bigint, 0)", kind)
-                for kind in DISCREPANCY_KINDS
-            ),
-        ],
+        key,
+        [(_REPORT.created_at.name, TIME_OUT), *series],
         f"""
 FROM {RECONCILIATION_TABLE}
 {_where(f"$__timeFilter({_REPORT.created_at.name})")}
 ORDER BY 1""",
         time_series=True,
+    )
+
+
+def discrepancies_per_report() -> SqlPanelQuery:
+    """One series per discrepancy kind, from each report's counts (a JSON object by kind)."""
+    counts = f"{_REPORT.discrepancies_json.name}::jsonb"
+    return _per_report(
+        "discrepancies_per_report",
+        *((f"COALESCE(({counts} ->> '{kind}')::bigint, 0)", kind) for kind in DISCREPANCY_KINDS),
     )
 
 
 def completeness_per_report() -> SqlPanelQuery:
-    return _query(
-        "completeness_per_report",
-        [
-            (_REPORT.created_at.name, TIME_OUT),
-            (_REPORT.completeness_ratio.name, _REPORT.completeness_ratio.name),
-        ],
-        f"""
-FROM {RECONCILIATION_TABLE}
-{_where(f"$__timeFilter({_REPORT.created_at.name})")}
-ORDER BY 1""",
-        time_series=True,
-    )
+    return _per_report("completeness_per_report", *_named(_REPORT.completeness_ratio))
 
 
 def last_report_items() -> SqlPanelQuery:
@@ -781,16 +779,18 @@ def open_findings(f: Filters) -> SqlPanelQuery:
     return _query(
         "open_findings",
         [
-            (_FINDING.kind.name, _FINDING.kind.name),
+            *_named(_FINDING.kind),
             (_FINDING[PIPELINE_COL].name, PIPELINE_OUT),
             (_FINDING[NODE_COL].name, NODE_OUT),
-            (_FINDING.opened_at.name, _FINDING.opened_at.name),
-            (_FINDING.last_seen_at.name, _FINDING.last_seen_at.name),
-            (_FINDING.passes.name, _FINDING.passes.name),
-            (_FINDING.score.name, _FINDING.score.name),
-            (_FINDING.baseline.name, _FINDING.baseline.name),
-            (_FINDING.value.name, _FINDING.value.name),
-            (_FINDING.detail.name, _FINDING.detail.name),
+            *_named(
+                _FINDING.opened_at,
+                _FINDING.last_seen_at,
+                _FINDING.passes,
+                _FINDING.score,
+                _FINDING.baseline,
+                _FINDING.value,
+                _FINDING.detail,
+            ),
         ],
         f"""
 FROM {HEALTH_FINDINGS_TABLE}
@@ -823,10 +823,6 @@ ORDER BY 1, 2"""  # noqa: S608 - names from the schema, values are Grafana's
     return SqlPanelQuery("memory_per_run", sql, (TIME_OUT, "metric", "reading"), time_series=True)
 
 
-def _node_by() -> tuple[str, ...]:
-    return (PROJECT_LABEL, ENVIRONMENT_LABEL, PIPELINE_LABEL, NODE_LABEL)
-
-
 def mean_peak_rss(f: Filters, window: str, *group: str) -> str:
     """Mean peak memory per run over ``window`` (the histogram's sum / count)."""
     total = series(RESOURCE_METRICS.peak_rss, *f.matchers(), suffix="_sum")
@@ -844,7 +840,7 @@ def memory_limit(f: Filters, *group: str) -> str:
 
 def memory_share(f: Filters, window: str) -> str:
     """Mean peak memory per run / the limit, per node."""
-    group = _node_by()
+    group = NODE_IDENTITY
     return (
         f"(\n{mean_peak_rss(f, window, *group)}\n)\n/ on ({', '.join(group)})\n"
         f"{memory_limit(f, *group)}"

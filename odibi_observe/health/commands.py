@@ -8,28 +8,20 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from odibi_observe._cliargs import (
-    catalog_arg,
-    check_out_dir,
-    duration_arg,
-    formats_arg,
-    json_arg,
-    log_level_arg,
-    make_out_dir,
-    percent_arg,
-    print_error,
-    resolve_catalog,
-    span_arg,
-    time_arg,
-)
-from odibi_observe.config import ConfigurationError, hide_password
+from odibi_observe import _cliargs as flags
+from odibi_observe.config import ConfigurationError, format_duration, hide_password
 from odibi_observe.conventions import HEALTH_FINDING_KINDS, HEALTH_FINDINGS_TABLE
+from odibi_observe.health.model import DIRECTIONS, SEASONALITIES, HealthOptions, load_rules
+
+HELP = (
+    "volume, duration, freshness, failure-streak, flakiness and memory findings from the run "
+    "history"
+)
 
 DESCRIPTION = f"""\
 Judge every node's recent runs against its own history in the run catalog (meta_runs): row
@@ -73,166 +65,107 @@ examples:
 """
 
 
+#: The judging options, in --help order: (flag, type or choices, metavar, what it sets). Each
+#: sets the :class:`~odibi_observe.health.model.HealthOptions` field of its name
+#: (``--training-days`` sets ``training``), whose default is the option's: one default each.
+_JUDGING: Final[tuple[tuple[str, Any, str | None, str], ...]] = (
+    ("--sensitivity", float, "Z", "standard deviations from the mean that make an anomaly"),
+    ("--training-days", float, "DAYS", "history each node is judged against"),
+    ("--min-points", int, "N", "training runs a node needs before it is judged"),
+    ("--volume-direction", DIRECTIONS, None, "which row-count changes count"),
+    ("--duration-direction", DIRECTIONS, None, "which duration changes count"),
+    (
+        "--min-change",
+        flags.percent_arg,
+        "PERCENT",
+        "ignore changes smaller than this share of the mean",
+    ),
+    ("--duration-min-ms", float, "MS", "ignore duration changes smaller than this"),
+    ("--seasonality", SEASONALITIES, None, "compare each run with the same weekday or hour only"),
+    (
+        "--freshness-factor",
+        float,
+        "X",
+        "stale after X times the node's mean interval between successes",
+    ),
+    ("--freshness-min", flags.duration_arg, "DURATION", "never stale sooner than this"),
+    ("--failure-streak", int, "N", "consecutive failed runs that make a streak"),
+    ("--flaky-min", int, "N", "retried successes that make a node flaky"),
+    (
+        "--memory-runs",
+        int,
+        "N",
+        "newest SUCCESS runs per node the peak-memory trend is fitted to",
+    ),
+    (
+        "--memory-horizon",
+        int,
+        "N",
+        "memory_growth when the trend reaches the threshold within N runs",
+    ),
+    (
+        "--memory-threshold",
+        flags.percent_arg,
+        "PERCENT",
+        "share of the memory limit that counts as reached",
+    ),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _judging_default(flag: str) -> Any:
+    """The default of a judging option: its HealthOptions field's (in days for training)."""
+    if flag == "--training-days":
+        return HealthOptions().training / timedelta(days=1)
+    return getattr(HealthOptions(), _dest(flag))
+
+
+def _shown(default: Any, kind: Any) -> str:
+    """A default as --help shows it: 3, 10%, 1h."""
+    if kind is flags.percent_arg:
+        return f"{default * 100:g}%%"
+    if isinstance(default, timedelta):
+        return format_duration(default.total_seconds())
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def _options(args: argparse.Namespace) -> HealthOptions:
+    """The HealthOptions of the judging options (``ValueError`` if they do not fit)."""
+    chosen = {_dest(flag): getattr(args, _dest(flag)) for flag, *_ in _JUDGING}
+    chosen["training"] = timedelta(days=chosen.pop("training_days"))
+    return HealthOptions(**chosen, rules=load_rules(args.config) if args.config else ())
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``health`` to the odibi-observe parser."""
-    parser = sub.add_parser(
-        "health",
-        help="volume, duration, freshness, failure-streak, flakiness and memory "
-        "findings from the run history",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-    )
+    parser = sub.add_parser("health", help=HELP, description=DESCRIPTION, epilog=EPILOG)
     sources = parser.add_argument_group("sources")
-    catalog_arg(sources, read_only=True)
+    flags.catalog_arg(sources, read_only=True)
     sources.add_argument(
         "--config", metavar="FILE", help="TOML file of per-node freshness SLAs and skipped kinds"
     )
 
-    window = parser.add_argument_group("window")
-    window.add_argument(
-        "--since",
-        metavar="TIME",
-        type=time_arg,
-        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) or a duration ago (6h)",
-    )
-    window.add_argument(
-        "--until",
-        metavar="TIME",
-        type=time_arg,
-        help="window end, ISO 8601 or a duration ago (default: now)",
-    )
-    window.add_argument(
-        "--last",
-        metavar="DURATION",
-        type=span_arg,
-        help="the window is the last DURATION (30m, 24h, 7d, or an ISO time "
-        "to start at; default 24h)",
+    flags.window_args(
+        parser.add_argument_group("window"),
+        last="the window is the last DURATION (30m, 24h, 7d, or an ISO time to start at; "
+        "default 24h)",
     )
 
     judge = parser.add_argument_group("judging (docs/health.md: each method and its defaults)")
-    judge.add_argument(
-        "--sensitivity",
-        type=float,
-        default=3.0,
-        metavar="Z",
-        help="standard deviations from the mean that make an anomaly (default: 3)",
-    )
-    judge.add_argument(
-        "--training-days",
-        type=float,
-        default=14.0,
-        metavar="DAYS",
-        help="history each node is judged against (default: 14)",
-    )
-    judge.add_argument(
-        "--min-points",
-        type=int,
-        default=7,
-        metavar="N",
-        help="training runs a node needs before it is judged (default: 7)",
-    )
-    judge.add_argument(
-        "--volume-direction",
-        choices=("both", "spike", "drop"),
-        default="both",
-        help="which row-count changes count (default: both)",
-    )
-    judge.add_argument(
-        "--duration-direction",
-        choices=("both", "spike", "drop"),
-        default="spike",
-        help="which duration changes count (default: spike)",
-    )
-    judge.add_argument(
-        "--min-change",
-        type=percent_arg,
-        default=0.10,
-        metavar="PERCENT",
-        help="ignore changes smaller than this share of the mean (default: 10%%)",
-    )
-    judge.add_argument(
-        "--duration-min-ms",
-        type=float,
-        default=1000.0,
-        metavar="MS",
-        help="ignore duration changes smaller than this (default: 1000)",
-    )
-    judge.add_argument(
-        "--seasonality",
-        choices=("none", "day_of_week", "hour_of_day"),
-        default="none",
-        help="compare each run with the same weekday or hour only (default: none)",
-    )
-    judge.add_argument(
-        "--freshness-factor",
-        type=float,
-        default=3.0,
-        metavar="X",
-        help="stale after X times the node's mean interval between successes (default: 3)",
-    )
-    judge.add_argument(
-        "--freshness-min",
-        type=duration_arg,
-        default=timedelta(hours=1),
-        metavar="DURATION",
-        help="never stale sooner than this (default: 1h)",
-    )
-    judge.add_argument(
-        "--failure-streak",
-        type=int,
-        default=3,
-        metavar="N",
-        help="consecutive failed runs that make a streak (default: 3)",
-    )
-    judge.add_argument(
-        "--flaky-min",
-        type=int,
-        default=2,
-        metavar="N",
-        help="retried successes that make a node flaky (default: 2)",
-    )
-    judge.add_argument(
-        "--memory-runs",
-        type=int,
-        default=20,
-        metavar="N",
-        help="newest SUCCESS runs per node the peak-memory trend is fitted to (default: 20)",
-    )
-    judge.add_argument(
-        "--memory-horizon",
-        type=int,
-        default=10,
-        metavar="N",
-        help="memory_growth when the trend reaches the threshold within N runs (default: 10)",
-    )
-    judge.add_argument(
-        "--memory-threshold",
-        type=percent_arg,
-        default=0.90,
-        metavar="PERCENT",
-        help="share of the memory limit that counts as reached (default: 90%%)",
-    )
+    for flag, kind, metavar, text in _JUDGING:
+        default = _judging_default(flag)
+        shown = f"{text} (default: {_shown(default, kind)})"
+        if isinstance(kind, tuple):
+            judge.add_argument(flag, choices=kind, default=default, help=shown)
+        else:
+            judge.add_argument(flag, type=kind, default=default, metavar=metavar, help=shown)
 
     output = parser.add_argument_group("output")
-    output.add_argument(
-        "--format",
-        default="json,md,html",
-        type=formats_arg,
-        metavar="FORMATS",
-        help="reports to write, comma-separated: json, md (or markdown), html (default: all three)",
-    )
-    output.add_argument(
-        "--out",
-        metavar="DIR",
-        default="health-report",
-        help="directory for health.json, health.md, health.html (default: %(default)s)",
-    )
-    output.add_argument(
-        "--metrics-textfile",
-        metavar="PATH",
-        help="write odibi_health_* gauges to this Prometheus text file "
-        "(node_exporter's textfile collector)",
-    )
+    flags.report_args(output, stem="health", out="health-report")
+    flags.metrics_textfile_arg(output, "odibi_health_*")
     output.add_argument(
         "--no-record",
         action="store_true",
@@ -243,57 +176,32 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     output.add_argument(
         "--quiet", action="store_true", help="no progress and no summary on the terminal"
     )
-    json_arg(output, "the result (as health.json has it) and the files written")
-    log_level_arg(parser)
+    flags.json_arg(output, "the result (as health.json has it) and the files written")
+    flags.log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``health`` command; returns the exit status."""
     from odibi_observe.health.detect import HealthError, detect
-    from odibi_observe.health.model import HealthOptions, load_rules
     from odibi_observe.reconcile.model import Window
 
     parser: argparse.ArgumentParser = args.subparser
-    args.catalog = resolve_catalog(args, parser)
-    if args.last is not None and (args.since is not None or args.until is not None):
-        parser.error("give either --last or --since/--until, not both")
-    if args.until is not None and args.since is None:
-        parser.error("--until needs --since")
+    args.catalog = flags.resolve_catalog(args, parser)
+    flags.check_window(args, parser)
     try:
         # Whole seconds: the reports' times are read by people.
         now = datetime.now(timezone.utc).replace(microsecond=0)
-        if args.since is not None:
-            window = Window.between(args.since, args.until or now, grace=timedelta(0), now=now)
-        else:
-            window = Window.last(args.last or timedelta(hours=24), grace=timedelta(0), now=now)
-        options = HealthOptions(
-            sensitivity=args.sensitivity,
-            training=timedelta(days=args.training_days),
-            min_points=args.min_points,
-            volume_direction=args.volume_direction,
-            duration_direction=args.duration_direction,
-            min_change=args.min_change,
-            duration_min_ms=args.duration_min_ms,
-            seasonality=args.seasonality,
-            freshness_factor=args.freshness_factor,
-            freshness_min=args.freshness_min,
-            failure_streak=args.failure_streak,
-            flaky_min=args.flaky_min,
-            memory_runs=args.memory_runs,
-            memory_horizon=args.memory_horizon,
-            memory_threshold=args.memory_threshold,
-            rules=load_rules(args.config) if args.config else (),
-        )
+        since, until = flags.window_bounds(args, now)
+        window = Window.between(since, until, grace=timedelta(0), now=now)
+        options = _options(args)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        check_out_dir(args.out)
-        if args.metrics_textfile:
-            check_out_dir(Path(args.metrics_textfile).parent, "--metrics-textfile")
+        flags.check_report_outputs(args)
         engine = _open(args.catalog)
     except ConfigurationError as exc:
-        return _fail(str(exc))
+        return flags.fail(str(exc))
     try:
         try:
             from odibi_observe._progress import working
@@ -301,17 +209,9 @@ def run(args: argparse.Namespace) -> int:
             with working("judging the run history", enabled=not (args.quiet or args.json)):
                 result = detect(engine, window, options, catalog=hide_password(args.catalog))
         except HealthError as exc:
-            return _fail(str(exc))
+            return flags.fail(str(exc))
         warnings, notes = _record(engine, result, args)
-        try:
-            written = _write_reports(result, args)
-            if args.metrics_textfile:
-                from odibi_observe.health.report import write_metrics
-
-                write_metrics(result, args.metrics_textfile)
-                written.append(args.metrics_textfile)
-        except OSError as exc:
-            return _fail(f"cannot write the reports: {exc}")
+        written = _write_reports(result, args)
         if args.json:
             import json
 
@@ -324,10 +224,7 @@ def run(args: argparse.Namespace) -> int:
             from odibi_observe.health.report import cli_summary
 
             print(cli_summary(result, written))
-        for note in notes:
-            print(f"odibi-observe: note: {note}", file=sys.stderr)
-        for warning in warnings:
-            print(f"odibi-observe: warning: {warning}", file=sys.stderr)
+        flags.print_notes(notes, warnings)
         return 1 if result.findings else 0
     finally:
         engine.dispose()
@@ -385,22 +282,15 @@ def _record(engine: Any, result: Any, args: argparse.Namespace) -> tuple[list[st
 
 def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     from odibi_observe.health.html import render_html
-    from odibi_observe.health.report import render_markdown, write_json
+    from odibi_observe.health.report import render_markdown, write_json, write_metrics
 
-    out = make_out_dir(args.out)
-    written = []
-    if "json" in args.format:
-        write_json(result, out / "health.json")
-        written.append(str(out / "health.json"))
-    if "md" in args.format:
-        (out / "health.md").write_text(render_markdown(result), encoding="utf-8")
-        written.append(str(out / "health.md"))
-    if "html" in args.format:
-        (out / "health.html").write_text(render_html(result), encoding="utf-8")
-        written.append(str(out / "health.html"))
-    return written
-
-
-def _fail(message: str) -> int:
-    print_error(hide_password(message) if "://" in message else message)
-    return 2
+    return flags.write_reports(
+        args,
+        "health",
+        {
+            "json": lambda path: write_json(result, path),
+            "md": lambda path: path.write_text(render_markdown(result), encoding="utf-8"),
+            "html": lambda path: path.write_text(render_html(result), encoding="utf-8"),
+        },
+        lambda path: write_metrics(result, path),
+    )

@@ -12,24 +12,28 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from odibi_observe._cliargs import (
     CATALOG_ENV,
-    catalog_url,
-    check_out_dir,
+    DEFAULT_LAST,
+    catalog_arg,
+    check_report_outputs,
+    check_window,
     duration_arg,
-    formats_arg,
+    fail,
     json_arg,
     log_level_arg,
-    make_out_dir,
+    metrics_textfile_arg,
     percent_arg,
     print_error,
+    print_notes,
+    report_args,
     resolve_catalog,
     seconds_arg,
-    span_arg,
-    time_arg,
+    traces_arg,
+    window_args,
+    write_reports,
 )
 from odibi_observe._redact import safe_text
 from odibi_observe.config import ConfigurationError, hide_password
@@ -38,6 +42,8 @@ from odibi_observe.conventions import DISCREPANCY_KINDS, TEMPO_DEFAULT_QUERY
 if TYPE_CHECKING:
     from odibi_observe.reconcile.model import Window
 
+
+HELP = "compare the catalog with the traces; report and repair differences"
 
 DESCRIPTION = """\
 Compare the run catalog (meta_runs) with the traces, run by run, over a time window, and
@@ -104,27 +110,15 @@ examples:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``reconcile`` to the odibi-observe parser."""
-    parser = sub.add_parser(
-        "reconcile",
-        help="compare the catalog with the traces; report and repair differences",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-    )
+    parser = sub.add_parser("reconcile", help=HELP, description=DESCRIPTION, epilog=EPILOG)
     sources = parser.add_argument_group("sources")
-    sources.add_argument(
-        "--catalog",
-        metavar="URL",
-        default=None,
-        type=catalog_url,
-        help=f"SQLAlchemy URL of meta_runs, a path to a SQLite file (never created), or "
+    catalog_arg(
+        sources,
+        help="SQLAlchemy URL of meta_runs, a path to a SQLite file (never created), or "
         f"odibi-delta:PATH (default: ${CATALOG_ENV})",
     )
-    sources.add_argument(
-        "--traces",
-        metavar="SOURCE",
-        action="append",
-        default=[],
-        help="otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH (repeatable)",
+    traces_arg(
+        sources, "otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH (repeatable)"
     )
     sources.add_argument(
         "--spool-dir",
@@ -137,23 +131,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
 
     window = parser.add_argument_group("window")
-    window.add_argument(
-        "--since",
-        metavar="TIME",
-        type=time_arg,
-        help="window start: ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z) or a duration ago (6h)",
-    )
-    window.add_argument(
-        "--until",
-        metavar="TIME",
-        type=time_arg,
-        help="window end, ISO 8601 or a duration ago (default: now)",
-    )
-    window.add_argument(
-        "--last",
-        metavar="DURATION",
-        type=span_arg,
-        help="the window is the last DURATION before now minus the grace "
+    window_args(
+        window,
+        last="the window is the last DURATION before now minus the grace "
         "(30m, 24h, 7d, or an ISO time to start at; default 24h)",
     )
     window.add_argument(
@@ -190,19 +170,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
 
     output = parser.add_argument_group("output")
-    output.add_argument(
-        "--format",
-        default="json,md,html",
-        type=formats_arg,
-        metavar="FORMATS",
-        help="reports to write, comma-separated: json, md (or markdown), html (default: all three)",
-    )
-    output.add_argument(
-        "--out",
-        metavar="DIR",
-        default="reconcile-report",
-        help="directory for report.json, report.md, report.html (default: %(default)s)",
-    )
+    report_args(output, stem="report", out="reconcile-report")
     output.add_argument(
         "--trace-url-template",
         metavar="URL",
@@ -210,12 +178,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "'http://grafana/explore?traceId={trace_id}' ({trace_id}, "
         "{span_id} and {run_id} are filled in)",
     )
-    output.add_argument(
-        "--metrics-textfile",
-        metavar="PATH",
-        help="write odibi_reconcile_* gauges to this Prometheus text file "
-        "(node_exporter's textfile collector)",
-    )
+    metrics_textfile_arg(output, "odibi_reconcile_*")
     output.add_argument(
         "--no-record",
         action="store_true",
@@ -321,26 +284,21 @@ def run(args: argparse.Namespace) -> int:
         parser.error(
             "--traces is required (otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH)"
         )
-    if args.last is not None and (args.since is not None or args.until is not None):
-        parser.error("give either --last or --since/--until, not both")
-    if args.until is not None and args.since is None:
-        parser.error("--until needs --since")
+    check_window(args, parser)
     try:
         if args.since is not None:
             window = Window.between(
                 args.since, args.until or datetime.now(timezone.utc), grace=args.grace
             )
         else:
-            window = Window.last(args.last or timedelta(hours=24), grace=args.grace)
+            window = Window.last(args.last or DEFAULT_LAST, grace=args.grace)
         headers = tuple(_header_arg(h) for h in args.tempo_header)
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        check_out_dir(args.out)
-        if args.metrics_textfile:
-            check_out_dir(Path(args.metrics_textfile).parent or ".", "--metrics-textfile")
+        check_report_outputs(args)
     except ConfigurationError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
 
     progress = Progress(enabled=False if args.quiet or args.json else None)
     options = ReconcileOptions(
@@ -369,12 +327,12 @@ def run(args: argparse.Namespace) -> int:
         catalog = open_catalog_source(spec, spill_dir=args.spill_dir)
         traces = [open_trace_source(spec, source_options) for spec in args.traces]
     except SourceError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     try:
         try:
             result = reconcile(catalog, traces, window, options)
         except ReconcileError as exc:
-            return _fail(f"nothing to reconcile: {exc}")
+            return fail(f"nothing to reconcile: {exc}")
         finally:
             progress.finish()
         with result:
@@ -382,16 +340,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 repair(result, catalog, apply=args.repair, repair_traces=args.repair_traces)
             except RepairError as exc:
-                return _fail(str(exc))
-            try:
-                written = _write_reports(result, args)
-                if args.metrics_textfile:
-                    from odibi_observe.reconcile.report import write_metrics
-
-                    write_metrics(result, args.metrics_textfile)
-                    written.append(args.metrics_textfile)
-            except OSError as exc:
-                return _fail(f"cannot write the reports: {exc}")
+                return fail(str(exc))
+            written = _write_reports(result, args)
             warnings, notes = _record(result, catalog.sql_url(), args)
             if args.json:
                 print(_json_summary(result, written))
@@ -400,10 +350,7 @@ def run(args: argparse.Namespace) -> int:
                 from odibi_observe.reconcile.report import cli_summary
 
                 print(fit(cli_summary(result, written), sys.stdout))
-            for note in notes:
-                print(f"odibi-observe: note: {note}", file=sys.stderr)
-            for warning in warnings:
-                print(f"odibi-observe: warning: {warning}", file=sys.stderr)
+            print_notes(notes, warnings)
             return 0 if result.clean else 1
     finally:
         catalog.close()
@@ -487,25 +434,23 @@ def _quoted(text: str) -> str:
 
 def _write_reports(result: Any, args: argparse.Namespace) -> list[str]:
     from odibi_observe.reconcile.html import render_html
-    from odibi_observe.reconcile.report import render_markdown, write_json
+    from odibi_observe.reconcile.report import render_markdown, write_json, write_metrics
 
-    out = make_out_dir(args.out)
-    written = []
     template = args.trace_url_template
-    if "json" in args.format:
-        write_json(result, out / "report.json", trace_url_template=template)
-        written.append(str(out / "report.json"))
-    if "md" in args.format:
-        (out / "report.md").write_text(
-            render_markdown(result, trace_url_template=template), encoding="utf-8"
-        )
-        written.append(str(out / "report.md"))
-    if "html" in args.format:
-        (out / "report.html").write_text(
-            render_html(result, trace_url_template=template), encoding="utf-8"
-        )
-        written.append(str(out / "report.html"))
-    return written
+    return write_reports(
+        args,
+        "report",
+        {
+            "json": lambda path: write_json(result, path, trace_url_template=template),
+            "md": lambda path: path.write_text(
+                render_markdown(result, trace_url_template=template), encoding="utf-8"
+            ),
+            "html": lambda path: path.write_text(
+                render_html(result, trace_url_template=template), encoding="utf-8"
+            ),
+        },
+        lambda path: write_metrics(result, path),
+    )
 
 
 def _json_summary(result: Any, written: Sequence[str]) -> str:
@@ -519,8 +464,3 @@ def _json_summary(result: Any, written: Sequence[str]) -> str:
         ensure_ascii=False,
         default=str,
     )
-
-
-def _fail(message: str) -> int:
-    print_error(hide_password(message) if "://" in message else message)
-    return 2

@@ -24,7 +24,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 
-from odibi_observe._cliargs import catalog_url, first_line, json_arg
+from odibi_observe._cliargs import (
+    catalog_arg,
+    first_line,
+    json_arg,
+    log_level_arg,
+    resolve_catalog,
+)
 from odibi_observe.config import (
     FSYNC_POLICIES,
     SETTINGS,
@@ -139,11 +145,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         epilog=_OTEL_EPILOG,
     )
     where = sidecar.add_argument_group("catalog and spool")
-    where.add_argument(
-        "--catalog",
-        metavar="URL",
-        default=None,
-        type=catalog_url,
+    catalog_arg(
+        where,
         help=f"SQLAlchemy URL of the catalog (meta_runs and the span ledger), e.g. "
         f"sqlite:///catalog.db or postgresql://user@host/db (required; {_env('catalog_url')})",
     )
@@ -154,12 +157,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         f"{_env('spool_dir')})",
     )
     http = sidecar.add_argument_group("HTTP endpoints (/metrics, /healthz, /v1/traces)")
-    http.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        help=f"address of the HTTP endpoints; PORT alone means {DEFAULT_HOST}; use 0.0.0.0:PORT "
-        f"to accept other hosts (default: {_default('sidecar_listen')}; "
-        f"{_env('sidecar_listen')})",
+    _option(
+        http,
+        "sidecar_listen",
+        "HOST:PORT",
+        f"address of the HTTP endpoints; PORT alone means {DEFAULT_HOST}; use 0.0.0.0:PORT "
+        "to accept other hosts",
     )
     http.add_argument(
         "--token-file",
@@ -168,11 +171,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         f"(default: no token; {_env('sidecar_token_file')}, or the token itself in "
         f"{setting('sidecar_token').env} — never on the command line, where ps shows it)",
     )
-    http.add_argument(
-        "--max-body",
-        metavar="SIZE",
-        help=f"largest OTLP request body, compressed or not; larger is 413 (default: "
-        f"{_default('sidecar_max_body')}; {_env('sidecar_max_body')})",
+    _option(
+        http,
+        "sidecar_max_body",
+        "SIZE",
+        "largest OTLP request body, compressed or not; larger is 413",
     )
     http.add_argument(
         "--ledger",
@@ -182,56 +185,56 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         f"--no-ledger answers it with 404 (default: on; {_env('sidecar_ledger')})",
     )
     sweeper = sidecar.add_argument_group("sweeper (crashed runs)")
-    sweeper.add_argument(
-        "--sweep-interval",
-        metavar="DURATION",
-        help=f"how often to close RUNNING runs whose process is gone; 0 turns the sweeper off "
-        f"(default: {_default('sweep_interval')}; {_env('sweep_interval')})",
+    _option(
+        sweeper,
+        "sweep_interval",
+        "DURATION",
+        "how often to close RUNNING runs whose process is gone; 0 turns the sweeper off",
     )
     _sweep_options(sweeper)
     spool = sidecar.add_argument_group("spool")
-    spool.add_argument(
-        "--fsync",
-        metavar="POLICY",
+    _option(
+        spool,
+        "spool_fsync",
+        "POLICY",
+        "when the sidecar's own spool writes (crash events, cursor positions) reach the "
+        f"disk: {', '.join(FSYNC_POLICIES)}",
         choices=FSYNC_POLICIES,
-        help=f"when the sidecar's own spool writes (crash events, cursor positions) reach the "
-        f"disk: {', '.join(FSYNC_POLICIES)} (default: {_default('spool_fsync')}; "
-        f"{_env('spool_fsync')})",
     )
-    spool.add_argument(
-        "--spool-max-bytes",
-        metavar="SIZE",
-        help=f"spool size limit for the sidecar's own appends (crash events; pipelines apply "
-        f"their own spool_max_bytes); beyond it appends are refused and counted "
-        f"(default: {_default('spool_max_bytes')}; {_env('spool_max_bytes')})",
+    _option(
+        spool,
+        "spool_max_bytes",
+        "SIZE",
+        "spool size limit for the sidecar's own appends (crash events; pipelines apply "
+        "their own spool_max_bytes); beyond it appends are refused and counted",
     )
-    spool.add_argument(
-        "--gc-interval",
-        metavar="DURATION",
-        help=f"how often spool segments every sink has passed are deleted; 0: never "
-        f"(default: {_default('spool_gc_interval')}; {_env('spool_gc_interval')})",
+    _option(
+        spool,
+        "spool_gc_interval",
+        "DURATION",
+        "how often spool segments every sink has passed are deleted; 0: never",
     )
     delivery = sidecar.add_argument_group("delivery and health")
-    delivery.add_argument(
-        "--drain-timeout",
-        metavar="DURATION",
-        help=f"on SIGTERM, how long to keep delivering spooled events to the sinks that work; "
-        f"keep it below the stop grace period (default: "
-        f"{_default('sidecar_drain_timeout')}; {_env('sidecar_drain_timeout')})",
+    _option(
+        delivery,
+        "sidecar_drain_timeout",
+        "DURATION",
+        "on SIGTERM, how long to keep delivering spooled events to the sinks that work; "
+        "keep it below the stop grace period",
     )
-    delivery.add_argument(
-        "--stuck-after",
-        metavar="DURATION",
-        help=f"/healthz answers 503 when a loop is this late or a sink export runs this long "
-        f"(default: {_default('sidecar_stuck_after')}; {_env('sidecar_stuck_after')})",
+    _option(
+        delivery,
+        "sidecar_stuck_after",
+        "DURATION",
+        "/healthz answers 503 when a loop is this late or a sink export runs this long",
     )
-    delivery.add_argument(
-        "--max-batch",
-        metavar="N",
-        help=f"spooled events handed to a sink per export (one catalog transaction, one OTLP "
-        f"request) (default: {_default('sidecar_max_batch')}; {_env('sidecar_max_batch')})",
+    _option(
+        delivery,
+        "sidecar_max_batch",
+        "N",
+        "spooled events handed to a sink per export (one catalog transaction, one OTLP request)",
     )
-    _log_option(sidecar, "info")
+    log_level_arg(sidecar, "info")
     sidecar.set_defaults(handler=_run_sidecar, subparser=sidecar)
 
     sweep = sub.add_parser(
@@ -250,12 +253,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         epilog=_OTEL_EPILOG,
     )
     sweep_where = sweep.add_argument_group("catalog and spool")
-    sweep_where.add_argument(
-        "--catalog",
-        metavar="URL",
-        default=None,
-        type=catalog_url,
-        help=f"SQLAlchemy URL of the catalog (required; {_env('catalog_url')})",
+    catalog_arg(
+        sweep_where, help=f"SQLAlchemy URL of the catalog (required; {_env('catalog_url')})"
     )
     sweep_where.add_argument(
         "--spool-dir",
@@ -279,17 +278,28 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "that is the sidecar's normal work)",
     )
     json_arg(sweep, "the summary (the runs closed, by reason)")
-    _log_option(sweep, "error")
+    log_level_arg(sweep, "error")
     sweep.set_defaults(handler=_run_sweep, subparser=sweep)
 
 
+def _option(group: Any, name: str, metavar: str, text: str, **kwargs: Any) -> None:
+    """The option of setting ``name``: its flag, default and variable from the settings
+    table (stated there once), ``text`` saying what it does."""
+    group.add_argument(
+        str(setting(name).flag),
+        metavar=metavar,
+        help=f"{text} (default: {_default(name)}; {_env(name)})",
+        **kwargs,
+    )
+
+
 def _sweep_options(parser: Any) -> None:
-    parser.add_argument(
-        "--heartbeat-timeout",
-        metavar="DURATION",
-        help=f"a run not checkable by pid (another host, --no-pid-check) is crashed after no "
-        f"heartbeat for this long; keep it several heartbeat intervals "
-        f"(default: {_default('heartbeat_timeout')}; {_env('heartbeat_timeout')})",
+    _option(
+        parser,
+        "heartbeat_timeout",
+        "DURATION",
+        "a run not checkable by pid (another host, --no-pid-check) is crashed after no "
+        "heartbeat for this long; keep it several heartbeat intervals",
     )
     parser.add_argument(
         "--all-hosts",
@@ -308,17 +318,6 @@ def _sweep_options(parser: Any) -> None:
     )
 
 
-def _log_option(parser: argparse.ArgumentParser, default: str) -> None:
-    parser.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        type=str.lower,
-        choices=("debug", "info", "warning", "error"),
-        help=f"debug, info, warning or error, to stderr (default: {default}; {_env('log_level')})",
-    )
-    parser.set_defaults(log_default=default)
-
-
 def _setup_logging(args: argparse.Namespace) -> None:
     level = str(_setting(args, "log_level", args.log_default)).upper()
     logging.basicConfig(
@@ -328,14 +327,6 @@ def _setup_logging(args: argparse.Namespace) -> None:
         # Alembic narrates every migration check at INFO; the sidecar's own INFO lines say
         # what matters (and a migration failure is raised, not logged).
         logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def _catalog(args: argparse.Namespace) -> str:
-    env = setting("catalog_url").env
-    url = args.catalog or catalog_url(os.environ.get(str(env), ""))
-    if not url:
-        args.subparser.error(f"--catalog URL is required (or set {env})")
-    return str(url)
 
 
 def _spool_dir(args: argparse.Namespace, *, required: bool) -> str | None:
@@ -369,7 +360,7 @@ def sidecar_options(args: argparse.Namespace) -> SidecarOptions:
     """The :class:`~odibi_observe.sidecar.SidecarOptions` of parsed ``sidecar`` arguments."""
     host, port = _setting(args, "sidecar_listen")
     return SidecarOptions(
-        catalog_url=_catalog(args),
+        catalog_url=resolve_catalog(args, args.subparser),
         spool_dir=str(_spool_dir(args, required=True)),
         listen_host=host,
         listen_port=port,
@@ -432,7 +423,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from odibi_observe.sidecar.service import _catalog_store
 
     _setup_logging(args)
-    url = _catalog(args)
+    url = resolve_catalog(args, args.subparser)
     spool_dir = _spool_dir(args, required=False)
     heartbeat_timeout = _setting(args, "heartbeat_timeout")
     all_hosts = _setting(args, "sweep_all_hosts")
@@ -543,14 +534,14 @@ def _sweep(
     return Sweeper(
         plan.store,
         plan.sinks,
+        spool=spool,
+        settle=settle,
+        closed_by="odibi-observe sweep",
         host=plan.host,
         heartbeat_timeout=plan.heartbeat_timeout,
         all_hosts=plan.all_hosts,
         pid_check=plan.pid_check,
-        spool=spool,
         dry_run=plan.dry_run,
-        settle=settle,
-        closed_by="odibi-observe sweep",
     ).sweep()
 
 

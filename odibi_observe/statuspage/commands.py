@@ -14,13 +14,27 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from odibi_observe._cliargs import CATALOG_ENV, duration_arg, first_line, log_level_arg, time_arg
+from odibi_observe._cliargs import (
+    CATALOG_ENV,
+    check_window,
+    duration_arg,
+    fail,
+    first_line,
+    log_level_arg,
+    open_catalog,
+    out_arg,
+    traces_arg,
+    window_args,
+    window_bounds,
+)
 from odibi_observe.config import hide_password
 from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
     RECONCILIATION_TABLE,
     STATUS_PAGE_FILE,
 )
+
+HELP = "a self-contained HTML status page from the catalog (no Grafana)"
 
 DESCRIPTION = f"""\
 Write {STATUS_PAGE_FILE}: one self-contained HTML page (no script, nothing fetched) with the
@@ -50,12 +64,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``report`` to the odibi-observe parser."""
-    parser = sub.add_parser(
-        "report",
-        help="a self-contained HTML status page from the catalog (no Grafana)",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-    )
+    parser = sub.add_parser("report", help=HELP, description=DESCRIPTION, epilog=EPILOG)
     sources = parser.add_argument_group("sources")
     sources.add_argument(
         "--catalog",
@@ -64,39 +73,22 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="SQLAlchemy URL of meta_runs, or a path to a SQLite file (never created) "
         f"(default: ${CATALOG_ENV})",
     )
-    sources.add_argument(
-        "--traces",
-        metavar="SOURCE",
-        action="append",
-        default=[],
-        help="reconcile the window against this trace source now (repeatable); without it "
+    traces_arg(
+        sources,
+        "reconcile the window against this trace source now (repeatable); without it "
         "completeness is the last recorded reconcile",
     )
 
-    window = parser.add_argument_group("window")
-    window.add_argument(
-        "--since",
-        metavar="TIME",
-        type=time_arg,
-        help="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)",
-    )
-    window.add_argument(
-        "--until", metavar="TIME", type=time_arg, help="window end, ISO 8601 (default: now)"
-    )
-    window.add_argument(
-        "--last",
-        metavar="DURATION",
-        type=duration_arg,
-        help="the window is the last DURATION (30m, 24h, 7d; default 24h)",
+    window_args(
+        parser.add_argument_group("window"),
+        since="window start, ISO 8601 (2024-05-01 or 2024-05-01T06:00:00Z)",
+        until="window end, ISO 8601 (default: now)",
+        last="the window is the last DURATION (30m, 24h, 7d; default 24h)",
+        last_type=duration_arg,
     )
 
     output = parser.add_argument_group("output")
-    output.add_argument(
-        "--out",
-        metavar="DIR",
-        default="status-report",
-        help=f"directory for {STATUS_PAGE_FILE} (default: %(default)s)",
-    )
+    out_arg(output, "status-report", f"directory for {STATUS_PAGE_FILE}")
     output.add_argument("--quiet", action="store_true", help="no summary on the terminal")
     log_level_arg(parser)
     parser.set_defaults(handler=run, subparser=parser)
@@ -107,16 +99,10 @@ def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.subparser
     if not args.catalog:
         parser.error(f"--catalog is required (or set {CATALOG_ENV})")
-    if args.last is not None and (args.since is not None or args.until is not None):
-        parser.error("give either --last or --since/--until, not both")
-    if args.until is not None and args.since is None:
-        parser.error("--until needs --since")
+    check_window(args, parser)
     # Not rounded: a run that started within this second belongs to the window.
     now = datetime.now(timezone.utc)
-    if args.since is not None:
-        since, until = args.since, args.until or now
-    else:
-        since, until = now - (args.last or timedelta(hours=24)), now
+    since, until = window_bounds(args, now)
     if until <= since:
         parser.error("the window is empty: --until must be after --since")
     out = Path(args.out)
@@ -130,35 +116,32 @@ def _write(
 ) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from odibi_observe.catalog.readonly import CatalogUnreadable, catalog_url, open_readonly_engine
+    from odibi_observe.catalog.readonly import catalog_url
     from odibi_observe.statuspage.html import render_html
     from odibi_observe.statuspage.model import StatusPageError, collect, live_completeness
 
     url = catalog_url(args.catalog)
     shown = hide_password(url)
-    try:
-        engine = open_readonly_engine(url)
-    except CatalogUnreadable as exc:
-        return _fail(str(exc))
+    engine = open_catalog(url)
     try:
         page = collect(engine, since, until, catalog=shown, now=now)
     except StatusPageError as exc:
-        return _fail(f"cannot read catalog {shown}: {exc}")
+        return fail(f"cannot read catalog {shown}: {exc}")
     except SQLAlchemyError as exc:
-        return _fail(f"cannot read catalog {shown}: {type(exc).__name__}: {first_line(exc)}")
+        return fail(f"cannot read catalog {shown}: {type(exc).__name__}: {first_line(exc)}")
     finally:
         engine.dispose()
     if args.traces:
         result = _reconcile_now(url, args.traces, since, until, now)
         if isinstance(result, str):
-            return _fail(result)
+            return fail(result)
         page.completeness = live_completeness(result)
     path = out / STATUS_PAGE_FILE
     try:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(render_html(page), encoding="utf-8")
     except OSError as exc:
-        return _fail(f"cannot write {path}: {exc.strerror or exc}")
+        return fail(f"cannot write {path}: {exc.strerror or exc}")
     if not args.quiet:
         from odibi_observe._termfit import fit
 
@@ -219,11 +202,3 @@ def _summary(page: Any, path: Path) -> str:
         f"wrote          {path}",
     ]
     return "\n".join(lines)
-
-
-def _fail(message: str) -> int:
-    print(
-        f"odibi-observe: error: {hide_password(message) if '://' in message else message}",
-        file=sys.stderr,
-    )
-    return 2
