@@ -239,15 +239,9 @@ class _Channel:
             self.backoff.reset()
 
     def _failed(self, exc: Exception, rest: list[RunEvent]) -> None:
-        self.bus.monitor.sink_error(self.name)
         self.last_error = _short_error(exc)
-        self.bus.monitor.warn_once_per_minute(
-            f"sink:{self.name}",
-            "odibi-observe sink %r failed (%s: %s); %d event(s) kept for retry",
-            self.name,
-            type(exc).__name__,
-            safe_text(str(exc), 500),
-            len(rest),
+        sink_failed(
+            self.bus.monitor, "sink", self.name, exc, f"{len(rest)} event(s) kept for retry"
         )
         with self.cond:
             self.failing = True
@@ -382,6 +376,21 @@ def _unique(events: Sequence[RunEvent]) -> list[RunEvent]:
             seen.add(id(event))
             out.append(event)
     return out
+
+
+def sink_failed(monitor: SelfMonitor, where: str, name: str, exc: Exception, kept: str) -> None:
+    """Count a failed export to sink ``name`` and warn about it, at most once a minute per
+    ``where`` and sink, saying what was ``kept``: the bus and the spool pump report a sink's
+    failure in the same words."""
+    monitor.sink_error(name)
+    monitor.warn_once_per_minute(
+        f"{where}:{name}",
+        "odibi-observe sink %r failed (%s: %s); %s",
+        name,
+        type(exc).__name__,
+        safe_text(str(exc), 500),
+        kept,
+    )
 
 
 def _short_error(exc: BaseException) -> str:

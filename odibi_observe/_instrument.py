@@ -42,10 +42,22 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeGuard, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeGuard,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -164,6 +176,33 @@ _current_pipeline: ContextVar[_PipelineScope | None] = ContextVar(
 )
 
 
+class _ReadOnly(property, Generic[T]):
+    """A read-only property built from a getter, typed for mypy as returning ``T``.
+
+    NodeRun's ids and names are each just a field of its record: one getter apiece
+    (``operator.attrgetter``, which runs in C, so reading ``run.run_id`` costs no more than a
+    hand-written property) instead of the same five-line property written out per field. It
+    stays a ``property`` so introspection (and the RunHandle surface test) sees one.
+    """
+
+    def __init__(self, fget: Callable[[Any], T], doc: str) -> None:
+        super().__init__(fget)
+        # Python 3.11's property() keeps a subclass's class docstring over ``doc``.
+        self.__doc__ = doc
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __get__(self, instance: None, owner: type | None = None, /) -> Self: ...
+        @overload
+        def __get__(self, instance: object, owner: type | None = None, /) -> T: ...
+        def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
+
+
+def _nothing(_run: object) -> None:
+    """The null run's ids and names: there are none outside a run."""
+
+
 class NodeRun:
     """The run in progress; what ``current_run()`` returns inside a node.
 
@@ -253,25 +292,11 @@ class NodeRun:
             self._set_attributes(attributes)
 
     # -- the public surface ------------------------------------------------------------------
-    @property
-    def run_id(self) -> str:
-        return self.record.run_id
-
-    @property
-    def trace_id(self) -> str:
-        return self.record.trace_id
-
-    @property
-    def span_id(self) -> str:
-        return self.record.span_id
-
-    @property
-    def pipeline(self) -> str:
-        return self.record.pipeline
-
-    @property
-    def node(self) -> str:
-        return self.record.node
+    run_id = _ReadOnly[str](operator.attrgetter("record.run_id"), "The run's id.")
+    trace_id = _ReadOnly[str](operator.attrgetter("record.trace_id"), "The run's trace id.")
+    span_id = _ReadOnly[str](operator.attrgetter("record.span_id"), "The run's span id.")
+    pipeline = _ReadOnly[str](operator.attrgetter("record.pipeline"), "The pipeline's name.")
+    node = _ReadOnly[str](operator.attrgetter("record.node"), "The node's name.")
 
     @property
     def attempt(self) -> int:
@@ -768,25 +793,7 @@ class _NoRun:
 
     __slots__ = ()
 
-    @property
-    def run_id(self) -> None:
-        return None
-
-    @property
-    def trace_id(self) -> None:
-        return None
-
-    @property
-    def span_id(self) -> None:
-        return None
-
-    @property
-    def pipeline(self) -> None:
-        return None
-
-    @property
-    def node(self) -> None:
-        return None
+    run_id = trace_id = span_id = pipeline = node = _ReadOnly[None](_nothing, "None: no run.")
 
     @property
     def attempt(self) -> None:
@@ -851,7 +858,18 @@ def current_run() -> RunHandle:
 # -- the public entry points ------------------------------------------------------------------
 
 
-class node_run:
+class _AlsoAsync:
+    """Lets a synchronous context manager be entered with ``async with`` as well, doing
+    exactly what ``with`` does (one implementation, so the two forms cannot drift apart)."""
+
+    async def __aenter__(self: AbstractContextManager[T]) -> T:
+        return self.__enter__()
+
+    async def __aexit__(self: AbstractContextManager[object], *exc_info: Any) -> None:
+        self.__exit__(*exc_info)
+
+
+class node_run(_AlsoAsync):
     """``with node_run(pipeline, node) as run:`` — record the block as one node run.
 
     Also usable as ``async with``. Exceptions propagate unchanged after the terminal record is
@@ -906,17 +924,6 @@ class node_run:
                 run._fail(exc)
         finally:
             run._leave()
-
-    async def __aenter__(self) -> NodeRun:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def _try_start(
@@ -1061,7 +1068,7 @@ def _wrap_async(
     return wrapper
 
 
-class pipeline_run:
+class pipeline_run(_AlsoAsync):
     """``with pipeline_run(pipeline) as pipeline_run_id:`` — group node runs under one
     pipeline run (and one pipeline span, when tracing is on). Also usable as ``async with``.
 
@@ -1130,17 +1137,6 @@ class pipeline_run:
                 except ValueError:  # left in another context; nothing to restore there
                     _current_pipeline.set(None)
                 self._token = None
-
-    async def __aenter__(self) -> str:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def pipeline_span_attributes(pipeline: str, pipeline_run_id: str | None) -> dict[str, str]:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from odibi_observe._bus import Backoff
+from odibi_observe._bus import Backoff, sink_failed
 from odibi_observe._deadletter import DeadLetter
 from odibi_observe._redact import safe_text
 from odibi_observe._selfmetrics import SelfMonitor, log
@@ -185,14 +185,8 @@ class _SinkPump:
         return spans
 
     def _failed(self, exc: Exception, count: int) -> None:
-        self.pump.monitor.sink_error(self.name)
-        self.pump.monitor.warn_once_per_minute(
-            f"pump:{self.name}",
-            "odibi-observe sink %r failed (%s: %s); %d spooled event(s) will be retried",
-            self.name,
-            type(exc).__name__,
-            safe_text(str(exc), 500),
-            count,
+        sink_failed(
+            self.pump.monitor, "pump", self.name, exc, f"{count} spooled event(s) will be retried"
         )
         self.failing = True
         self.retry_at = time.monotonic() + self.backoff.next_delay()

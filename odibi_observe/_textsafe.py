@@ -17,10 +17,9 @@ backend, so the catalog row, the span and the metric labels still agree.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from odibi_observe.record import RunRecord
+from odibi_observe.record import OPTIONAL_TEXT_FIELDS, TEXT_FIELDS, RunRecord
 
 
 def encodable_text(value: str) -> str:
@@ -64,22 +63,10 @@ def encodable_value(value: Any) -> Any:
     return value
 
 
-#: The text fields of a :class:`~odibi_observe.record.RunRecord`.
-_TEXT_FIELDS = (
-    "run_id",
-    "project",
-    "pipeline",
-    "node",
-    "environment",
-    "trace_id",
-    "span_id",
-    "host",
-    "service_name",
-    "parent_span_id",
-    "pipeline_run_id",
-    "error_type",
-    "error_message",
-)
+#: The text fields of a :class:`~odibi_observe.record.RunRecord` escaped here: all but
+#: ``error_stack``, which is escaped where it is made (``stack_of`` runs it through
+#: ``safe_text``).
+_TEXT_FIELDS = tuple(f for f in (*TEXT_FIELDS, *OPTIONAL_TEXT_FIELDS) if f != "error_stack")
 
 
 def encodable_record(record: RunRecord) -> RunRecord:

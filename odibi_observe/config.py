@@ -201,15 +201,27 @@ def _port(value: Any) -> int:
     return number
 
 
-def _count(value: Any) -> int:
-    try:
-        if _is_text(value):
-            return parse_positive_int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    except ValueError:
-        pass
-    raise ValueError("expected a whole number of at least 1")
+def _at_least_one(parse: Callable[[str], int], expected: str) -> Callable[[Any], int]:
+    """A whole number of at least 1, given as an ``int`` or as text that ``parse`` reads
+    (which raises ``ValueError`` on anything else); ``bool`` is not a number here."""
+
+    def coerce(value: Any) -> int:
+        try:
+            if _is_text(value):
+                return parse(value)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                return value
+        except ValueError:
+            pass
+        raise ValueError(f"expected {expected}")
+
+    return coerce
+
+
+_count: Final = _at_least_one(parse_positive_int, "a whole number of at least 1")
+_size: Final = _at_least_one(
+    parse_size, "a size like 512MiB, 1GiB or 100MB (a bare number is bytes)"
+)
 
 
 def _seconds(*, zero: bool) -> Coerce:
@@ -230,17 +242,6 @@ def _seconds(*, zero: bool) -> Coerce:
         return seconds
 
     return coerce
-
-
-def _size(value: Any) -> int:
-    try:
-        if _is_text(value):
-            return parse_size(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-    except ValueError:
-        pass
-    raise ValueError("expected a size like 512MiB, 1GiB or 100MB (a bare number is bytes)")
 
 
 def _bool(value: Any) -> bool:

@@ -282,27 +282,32 @@ class RunHandle(Protocol):
         ...
 
 
+#: The text fields of a :class:`RunRecord` that are always set.
+TEXT_FIELDS: Final = (
+    "run_id",
+    "project",
+    "pipeline",
+    "node",
+    "environment",
+    "trace_id",
+    "span_id",
+    "host",
+    "service_name",
+)
+#: The text fields of a :class:`RunRecord` that may be ``None``.
+OPTIONAL_TEXT_FIELDS: Final = (
+    "parent_span_id",
+    "pipeline_run_id",
+    "error_type",
+    "error_message",
+    "error_stack",
+)
+
 _NONE: Final = type(None)
 #: The classes ``from_dict`` accepts per field (status and source are looked up instead).
 _FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
-    **dict.fromkeys(
-        (
-            "run_id",
-            "project",
-            "pipeline",
-            "node",
-            "environment",
-            "trace_id",
-            "span_id",
-            "host",
-            "service_name",
-        ),
-        (str,),
-    ),
-    **dict.fromkeys(
-        ("parent_span_id", "pipeline_run_id", "error_type", "error_message", "error_stack"),
-        (str, _NONE),
-    ),
+    **dict.fromkeys(TEXT_FIELDS, (str,)),
+    **dict.fromkeys(OPTIONAL_TEXT_FIELDS, (str, _NONE)),
     **dict.fromkeys(("started_ns", "pid", "attempt"), (int,)),
     **dict.fromkeys(
         ("ended_ns", "rows_processed", "heartbeat_ns", "peak_rss_bytes", "memory_limit_bytes"),

@@ -186,25 +186,27 @@ SERVICE_NAME: Final = "service_name"
 RESOURCE_JSON: Final = "resource_json"
 RECEIVED_AT: Final = "received_at"
 
+
+def _as_in_meta_runs(name: str, **options: Any) -> sa.Column[Any]:
+    """Column ``name`` with the type it has in ``meta_runs``: the same fact, the same type,
+    so the two sides compare like with like. Nullable unless ``options`` say otherwise."""
+    return sa.Column(name, meta_runs.c[name].type, **options)
+
+
 span_ledger: Final = sa.Table(
     SPAN_LEDGER_TABLE,
     metadata,
-    sa.Column(TRACE_ID, sa.String(32), primary_key=True),
-    sa.Column(SPAN_ID, sa.String(16), primary_key=True),
-    sa.Column(PARENT_SPAN_ID, sa.String(16)),
-    sa.Column(RUN_ID, sa.String(100), nullable=False),
-    sa.Column(PROJECT, sa.String(255)),
-    sa.Column(PIPELINE, sa.String(255)),
-    sa.Column(PIPELINE_RUN_ID, sa.String(100)),
-    sa.Column(NODE, sa.String(255)),
-    sa.Column(ATTEMPT, sa.Integer),
-    sa.Column(ENVIRONMENT, sa.String(255)),
-    sa.Column(STATUS, sa.String(50)),
-    sa.Column(ROWS, sa.BigInteger),
-    sa.Column(DURATION_MS, sa.BigInteger),
-    sa.Column(STARTED_AT, sa.DateTime(timezone=True), nullable=False),
-    sa.Column(ENDED_AT, sa.DateTime(timezone=True)),
-    sa.Column(ERROR_TYPE, sa.String(255)),
+    _as_in_meta_runs(TRACE_ID, primary_key=True),
+    _as_in_meta_runs(SPAN_ID, primary_key=True),
+    _as_in_meta_runs(PARENT_SPAN_ID),
+    _as_in_meta_runs(RUN_ID, nullable=False),
+    *map(
+        _as_in_meta_runs,
+        (PROJECT, PIPELINE, PIPELINE_RUN_ID, NODE, ATTEMPT, ENVIRONMENT, STATUS, ROWS, DURATION_MS),
+    ),
+    _as_in_meta_runs(STARTED_AT, nullable=False),
+    _as_in_meta_runs(ENDED_AT),
+    _as_in_meta_runs(ERROR_TYPE),
     sa.Column(SERVICE_NAME, sa.String(255)),
     sa.Column(RESOURCE_JSON, sa.Text),
     sa.Column(RECEIVED_AT, sa.DateTime(timezone=True), nullable=False),
@@ -225,6 +227,8 @@ CREATED_AT: Final = "created_at"
 KIND: Final = "kind"
 DETAIL: Final = "detail"
 REPAIRED: Final = "repaired"
+#: A report's counts, all known once it is made: runs on each side, matched, discrepancies.
+REPORT_COUNTS: Final = ("catalog_runs", "trace_runs", "matched", "discrepancies")
 
 reconciliation: Final = sa.Table(
     RECONCILIATION_TABLE,
@@ -236,10 +240,7 @@ reconciliation: Final = sa.Table(
     sa.Column("grace_seconds", sa.Float, nullable=False),
     sa.Column("catalog_source", sa.Text),
     sa.Column("trace_sources", sa.Text),
-    sa.Column("catalog_runs", sa.BigInteger, nullable=False),
-    sa.Column("trace_runs", sa.BigInteger, nullable=False),
-    sa.Column("matched", sa.BigInteger, nullable=False),
-    sa.Column("discrepancies", sa.BigInteger, nullable=False),
+    *(sa.Column(count, sa.BigInteger, nullable=False) for count in REPORT_COUNTS),
     sa.Column("discrepancies_json", sa.Text, nullable=False),
     sa.Column("completeness_ratio", sa.Float),
     sa.Column(REPAIRED, sa.BigInteger, nullable=False, server_default=sa.text("0")),

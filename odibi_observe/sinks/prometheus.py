@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe._textsafe import encodable_text
@@ -40,6 +42,8 @@ from odibi_observe.conventions import (
     OVERFLOW_LABEL_VALUE,
     PEAK_RSS_BUCKETS_BYTES,
     RESOURCE_METRICS,
+    Metric,
+    MetricKind,
     RunStatus,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -62,6 +66,32 @@ def run_exemplar(record: RunRecord) -> dict[str, str] | None:
         return None
     return {EXEMPLAR_TRACE_ID_LABEL: trace_id, EXEMPLAR_SPAN_ID_LABEL: span_id}
 
+#: The families this sink exports, in exposition order.
+_EXPORTED: Final = (
+    METRICS.runs,
+    METRICS.rows,
+    METRICS.duration,
+    METRICS.running,
+    RESOURCE_METRICS.peak_rss,
+    RESOURCE_METRICS.cpu,
+    RESOURCE_METRICS.memory_limit,
+)
+#: The buckets of each histogram, by metric key.
+_BUCKETS: Final = {
+    METRICS.duration.key: DURATION_BUCKETS_SECONDS,
+    RESOURCE_METRICS.peak_rss.key: PEAK_RSS_BUCKETS_BYTES,
+    RESOURCE_METRICS.cpu.key: DURATION_BUCKETS_SECONDS,
+}
+
+
+def _family(metric: Metric, registry: CollectorRegistry) -> MetricWrapperBase:
+    """``metric``'s family in ``registry``: named, described and labelled as the conventions
+    say, one builder for every kind (a histogram takes its buckets from ``_BUCKETS``)."""
+    args = (metric.prometheus_base, metric.description, metric.labels)
+    if metric.kind is MetricKind.HISTOGRAM:
+        return Histogram(*args, registry=registry, buckets=_BUCKETS[metric.key])
+    return (Counter if metric.kind is MetricKind.COUNTER else Gauge)(*args, registry=registry)
+
 
 class PrometheusSink(Sink):
     """Record node runs as Prometheus metrics in ``registry``."""
@@ -81,51 +111,8 @@ class PrometheusSink(Sink):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.monitor = monitor
         self.max_series = max_series
-        self.runs = Counter(
-            METRICS.runs.prometheus_base,
-            METRICS.runs.description,
-            METRICS.runs.labels,
-            registry=self.registry,
-        )
-        self.rows = Counter(
-            METRICS.rows.prometheus_base,
-            METRICS.rows.description,
-            METRICS.rows.labels,
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            METRICS.duration.prometheus,
-            METRICS.duration.description,
-            METRICS.duration.labels,
-            registry=self.registry,
-            buckets=DURATION_BUCKETS_SECONDS,
-        )
-        self.running = Gauge(
-            METRICS.running.prometheus,
-            METRICS.running.description,
-            METRICS.running.labels,
-            registry=self.registry,
-        )
-        self.peak_rss = Histogram(
-            RESOURCE_METRICS.peak_rss.prometheus,
-            RESOURCE_METRICS.peak_rss.description,
-            RESOURCE_METRICS.peak_rss.labels,
-            registry=self.registry,
-            buckets=PEAK_RSS_BUCKETS_BYTES,
-        )
-        self.cpu = Histogram(
-            RESOURCE_METRICS.cpu.prometheus,
-            RESOURCE_METRICS.cpu.description,
-            RESOURCE_METRICS.cpu.labels,
-            registry=self.registry,
-            buckets=DURATION_BUCKETS_SECONDS,
-        )
-        self.memory_limit = Gauge(
-            RESOURCE_METRICS.memory_limit.prometheus,
-            RESOURCE_METRICS.memory_limit.description,
-            RESOURCE_METRICS.memory_limit.labels,
-            registry=self.registry,
-        )
+        self.families = {m.key: _family(m, self.registry) for m in _EXPORTED}
+        self.runs = cast(Counter, self.families[METRICS.runs.key])
         self._series: set[tuple[str, ...]] = set()
         self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._by_labels: dict[tuple[str, ...], _Series] = {}
@@ -217,68 +204,33 @@ class PrometheusSink(Sink):
 
 class _Series:
     """Children of one label set; rows, duration, running and the resource metrics are
-    created on first use (a series never given a resource figure exposes none)."""
+    created on first use (a series never given a resource figure exposes none).
 
-    __slots__ = (
-        "_cpu",
-        "_duration",
-        "_memory_limit",
-        "_peak_rss",
-        "_rows",
-        "_running",
-        "labels",
-        "limit_seen",
-        "runs",
-        "sink",
-    )
+    Each such child is an attribute named like its metric's key: the first read misses, so
+    :meth:`__getattr__` creates it from the sink's family of that key and keeps it as a plain
+    instance attribute, which every later read finds directly (no property call per event).
+    """
+
+    rows: Counter
+    duration: Histogram
+    running: Gauge
+    peak_rss: Histogram
+    cpu: Histogram
+    memory_limit: Gauge
 
     def __init__(
         self, runs: dict[RunStatus, Counter], labels: tuple[str, ...], sink: PrometheusSink
     ) -> None:
         self.runs, self.labels, self.sink = runs, labels, sink
-        self._rows: Counter | None = None
-        self._duration: Histogram | None = None
-        self._running: Gauge | None = None
-        self._peak_rss: Histogram | None = None
-        self._cpu: Histogram | None = None
-        self._memory_limit: Gauge | None = None
         self.limit_seen: int | None = None
 
-    @property
-    def rows(self) -> Counter:
-        if self._rows is None:
-            self._rows = self.sink.rows.labels(*self.labels)
-        return self._rows
-
-    @property
-    def duration(self) -> Histogram:
-        if self._duration is None:
-            self._duration = self.sink.duration.labels(*self.labels)
-        return self._duration
-
-    @property
-    def running(self) -> Gauge:
-        if self._running is None:
-            self._running = self.sink.running.labels(*self.labels)
-        return self._running
-
-    @property
-    def peak_rss(self) -> Histogram:
-        if self._peak_rss is None:
-            self._peak_rss = self.sink.peak_rss.labels(*self.labels)
-        return self._peak_rss
-
-    @property
-    def cpu(self) -> Histogram:
-        if self._cpu is None:
-            self._cpu = self.sink.cpu.labels(*self.labels)
-        return self._cpu
-
-    @property
-    def memory_limit(self) -> Gauge:
-        if self._memory_limit is None:
-            self._memory_limit = self.sink.memory_limit.labels(*self.labels)
-        return self._memory_limit
+    def __getattr__(self, key: str) -> MetricWrapperBase:
+        family = self.sink.families.get(key)
+        if family is None:
+            raise AttributeError(key)
+        child = family.labels(*self.labels)
+        setattr(self, key, child)
+        return child
 
 
 class MetricsServer:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from odibi_observe.catalog.migrations._ddl import create_tables, drop_tables, tz
 
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
@@ -29,9 +30,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _tables(metadata: sa.MetaData) -> list[sa.Table]:
-    def tz() -> sa.DateTime:
-        return sa.DateTime(timezone=True)
-
     ledger = sa.Table(
         "odibi_span_ledger",
         metadata,
@@ -101,16 +99,8 @@ def _tables(metadata: sa.MetaData) -> list[sa.Table]:
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    for table in _tables(sa.MetaData()):
-        table.create(bind, checkfirst=True)
-        present = {ix["name"] for ix in sa.inspect(bind).get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in present:
-                index.create(bind)
+    create_tables(*_tables(sa.MetaData()))
 
 
 def downgrade() -> None:
-    bind = op.get_bind()
-    for table in reversed(_tables(sa.MetaData())):
-        table.drop(bind, checkfirst=True)
+    drop_tables(*reversed(_tables(sa.MetaData())))

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from odibi_observe.catalog.migrations._ddl import create_tables, drop_tables, tz
 
 revision: str = "0003_health"
 down_revision: str | Sequence[str] | None = "0002"
@@ -28,9 +29,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def _table(metadata: sa.MetaData) -> sa.Table:
-    def tz() -> sa.DateTime:
-        return sa.DateTime(timezone=True)
-
     findings = sa.Table(
         "meta_health_findings",
         metadata,
@@ -62,14 +60,8 @@ def _table(metadata: sa.MetaData) -> sa.Table:
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    table = _table(sa.MetaData())
-    table.create(bind, checkfirst=True)
-    present = {ix["name"] for ix in sa.inspect(bind).get_indexes(table.name)}
-    for index in table.indexes:
-        if index.name not in present:
-            index.create(bind)
+    create_tables(_table(sa.MetaData()))
 
 
 def downgrade() -> None:
-    _table(sa.MetaData()).drop(op.get_bind(), checkfirst=True)
+    drop_tables(_table(sa.MetaData()))

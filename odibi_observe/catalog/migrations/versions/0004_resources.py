@@ -9,9 +9,8 @@ run's process was seen at while the node ran), ``cpu_seconds`` (process CPU time
 and ``memory_limit_bytes`` (cgroup ``memory.max`` the process ran under). Nullable because
 Odibi's own writer and every row written before do not know them: NULL is "unknown", never 0.
 
-Added only where missing, so a re-run over a half-finished first attempt (no transactional
-DDL on some backends) works, as in 0002 and 0003. No index: the health pass reads them in the
-scans it already makes by ``started_at``.
+Added only where missing (``_ddl.add_columns``), so a re-run over a half-finished first attempt
+works. No index: the health pass reads them in the scans it already makes by ``started_at``.
 
 Frozen snapshot: names and types are spelled out on purpose; a change is a new migration.
 """
@@ -21,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from odibi_observe.catalog.migrations._ddl import add_columns, drop_columns
 
 revision: str = "0004_resources"
 down_revision: str | Sequence[str] | None = "0003_health"
@@ -40,15 +40,8 @@ def _columns() -> list[sa.Column[object]]:
 
 
 def upgrade() -> None:
-    present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns(TABLE)}
-    for column in _columns():
-        if column.name not in present:
-            op.add_column(TABLE, column)
+    add_columns(TABLE, *_columns())
 
 
 def downgrade() -> None:
-    present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns(TABLE)}
-    with op.batch_alter_table(TABLE) as batch:
-        for column in _columns():
-            if column.name in present:
-                batch.drop_column(column.name)
+    drop_columns(TABLE, *(column.name for column in _columns()))

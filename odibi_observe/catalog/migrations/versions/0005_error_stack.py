@@ -9,8 +9,8 @@ One nullable ``TEXT`` column on ``meta_runs``: ``error_stack``, the Python trace
 Nullable because successes, crashes (no traceback is seen), Odibi's own writer and every row
 written before have none.
 
-Added only where missing, so a re-run over a half-finished first attempt (no transactional DDL
-on some backends) works, as in 0002 to 0004. No index: it is read by run id only.
+No index: it is read by run id only. Added only where missing (``_ddl.add_columns``), as in
+0004.
 
 Frozen snapshot: names and types are spelled out on purpose; a change is a new migration.
 """
@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+
+from odibi_observe.catalog.migrations._ddl import add_columns, drop_columns
 
 revision: str = "0005_error_stack"
 down_revision: str | Sequence[str] | None = "0004_resources"
@@ -32,13 +33,8 @@ COLUMN = "error_stack"
 
 
 def upgrade() -> None:
-    present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns(TABLE)}
-    if COLUMN not in present:
-        op.add_column(TABLE, sa.Column(COLUMN, sa.Text))
+    add_columns(TABLE, sa.Column(COLUMN, sa.Text))
 
 
 def downgrade() -> None:
-    present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns(TABLE)}
-    if COLUMN in present:
-        with op.batch_alter_table(TABLE) as batch:
-            batch.drop_column(COLUMN)
+    drop_columns(TABLE, COLUMN)
