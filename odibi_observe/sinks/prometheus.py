@@ -66,6 +66,7 @@ def run_exemplar(record: RunRecord) -> dict[str, str] | None:
         return None
     return {EXEMPLAR_TRACE_ID_LABEL: trace_id, EXEMPLAR_SPAN_ID_LABEL: span_id}
 
+
 #: The families this sink exports, in exposition order.
 _EXPORTED: Final = (
     METRICS.runs,
