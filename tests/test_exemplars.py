@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 import odibi_observe as oo
 from odibi_observe.conventions import (
+    DURATION_BUCKETS_SECONDS,
     EXEMPLAR_METRICS,
     EXEMPLAR_SPAN_ID_LABEL,
     EXEMPLAR_TRACE_ID_LABEL,
@@ -33,7 +34,12 @@ from odibi_observe.conventions import (
 from odibi_observe.grafana import provisioning
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sidecar.service import Sidecar
-from odibi_observe.sinks.prometheus import PrometheusSink
+from odibi_observe.sinks.prometheus import (
+    PrometheusSink,
+    count_with_exemplar,
+    observe_with_exemplar,
+    run_exemplar,
+)
 from odibi_observe.testing.contracts import make_record
 from tests.helpers import wait_until
 from tests.test_prometheus_rules import require_binary
@@ -85,6 +91,40 @@ def test_duration_and_runs_samples_carry_the_run_s_span() -> None:
     assert bucket.exemplar is not None and bucket.exemplar.value == pytest.approx(0.3)
     # Rows carry none: only the families the conventions name.
     assert _exemplars(sink.registry, METRICS.rows.prometheus_base) == []
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.05, 0.3, 2.5, 7.0, 50_000.0])
+def test_the_direct_exemplar_path_matches_prometheus_client_s_own(seconds: float) -> None:
+    """The sink sets exemplars on the children directly (no per-call validation): the
+    samples, buckets and exemplars it exposes are those of ``observe``/``inc(exemplar=)``."""
+    record = make_record(duration_ns=int(seconds * 1e9))
+    exemplar = run_exemplar(record)
+    assert exemplar is not None
+    direct, public = CollectorRegistry(), CollectorRegistry()
+    for registry, fast in ((direct, True), (public, False)):
+        histogram = Histogram("d", "d", registry=registry, buckets=DURATION_BUCKETS_SECONDS)
+        counter = Counter("r", "r", registry=registry)
+        if fast:
+            observe_with_exemplar(histogram, record.duration_seconds or 0.0, exemplar, 1.0)
+            count_with_exemplar(counter, exemplar, 1.0)
+        else:
+            histogram.observe(record.duration_seconds or 0.0, exemplar)
+            counter.inc(1, exemplar)
+
+    def shown(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], Any]]:
+        return [
+            (
+                s.name,
+                s.labels,
+                None if s.exemplar is None else (s.exemplar.labels, s.exemplar.value),
+            )
+            for m in registry.collect()
+            for s in m.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert shown(direct) == shown(public)
+    assert any(e is not None for _, _, e in shown(direct))
 
 
 def test_the_latest_run_of_a_bucket_is_its_exemplar() -> None:
