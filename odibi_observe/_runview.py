@@ -341,6 +341,12 @@ def print_details(
         con.print(Text(f"{label}: {one_line(rec.error_type)}", style="bold red"))
         for line in terminal_safe(redact(rec.error_message or "")).splitlines():
             con.print(Text(f"  {line}"))
+    if rec.error_stack:
+        # Stored redacted and bounded (max_error_stack_length); shown as it is, every line.
+        con.print()
+        con.print(Text("stack trace:", style="bold"))
+        for line in terminal_safe(redact(rec.error_stack)).splitlines():
+            con.print(Text(f"  {line}"))
     if rec.suggestions:
         con.print()
         con.print(Text("suggestions:", style="bold yellow"))
@@ -387,6 +393,7 @@ def run_json(rec: RunRecord) -> dict[str, Any]:
         c.ROWS: rec.rows_processed,
         c.ERROR_TYPE: rec.error_type,
         c.ERROR_MESSAGE: rec.error_message,
+        c.ERROR_STACK: rec.error_stack,
         c.SUGGESTIONS_JSON.removesuffix("_json"): list(rec.suggestions),
         "attributes": dict(rec.attributes),
         c.TRACE_ID: rec.trace_id,

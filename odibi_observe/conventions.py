@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from opentelemetry.semconv._incubating.attributes import cicd_attributes as _cicd
 from opentelemetry.semconv.attributes import error_attributes as _error
@@ -299,6 +299,7 @@ DISCREPANCY_KINDS: Final = (
     CHECKPOINT_REGRESSED,
     OVERLAPPING_RUNS,
     "count_mismatch",
+    "missing_terminal_event",
 )
 
 #: Stable names of the findings ``odibi-observe health`` reports (the JSON report's ``kind``).
@@ -810,6 +811,7 @@ def field_rows() -> list[dict[str, str]]:
                 else "—",
                 "Prometheus": f.prometheus_note,
                 "OTel metric": f.otel_metric_note,
+                "OpenLineage": OPENLINEAGE_FIELDS.get(f.key, "—"),
             }
         )
     return rows
@@ -825,6 +827,7 @@ def render_table(fmt: str = "text") -> str:
                 "statuses": [s.value for s in RunStatus],
                 "status_results": {s.value: r for s, r in TASK_RUN_RESULTS.items()},
                 "semconv": semconv_rows(),
+                "openlineage": OPENLINEAGE_FIELDS,
                 "catalog_table": CATALOG_TABLE,
             },
             indent=2,
@@ -1357,3 +1360,94 @@ PIPELINE_COUNTS: Final = PipelineCounts(
         attribute="odibi.nodes_failed",
     ),
 )
+
+
+# --- Prometheus exemplars (odibi_observe.sinks.prometheus) --------------------------------------
+#
+# A node run's duration observation and its runs-counter increment carry the run's span as an
+# exemplar, so that a point on a duration graph opens the trace of that very run. The label
+# names are what Grafana's ``exemplarTraceIdDestinations`` and Prometheus'
+# ``/api/v1/query_exemplars`` answer with; the metrics that carry them are listed here too.
+
+EXEMPLAR_TRACE_ID_LABEL: Final = "trace_id"
+EXEMPLAR_SPAN_ID_LABEL: Final = "span_id"
+#: The Prometheus families whose samples carry the run's exemplar.
+EXEMPLAR_METRICS: Final = (METRICS.duration, METRICS.runs)
+
+
+# --- OpenLineage field names (odibi_observe.sinks.openlineage, reconcile openlineage-file:) -----
+#
+# Where each recorded fact is in an OpenLineage run event: the sink writes these names and the
+# ``openlineage-file:`` reconciliation source reads them back, from this one table.
+
+
+@dataclass(frozen=True)
+class OdibiRunFacetKeys:
+    """The fields of our ``odibi_run`` run facet (camelCase, as OpenLineage facets are)."""
+
+    status: str = "status"
+    environment: str = "environment"
+    attempt: str = "attempt"
+    rows: str = "rowsProcessed"
+    duration: str = "durationMs"
+    trace_id: str = "traceId"
+    span_id: str = "spanId"
+    pipeline_run_id: str = "pipelineRunId"
+    error_type: str = "errorType"
+    #: The record's ``run_id`` when it is not a UUID (``run.runId`` is then a name-based
+    #: UUID of it); absent otherwise.
+    run_id: str = "runId"
+
+
+ODIBI_RUN_FACET_KEYS: Final = OdibiRunFacetKeys()
+
+
+class OpenLineageFacetNames(NamedTuple):
+    """The standard facets the sink writes, by the key they have in ``run.facets``,
+    ``job.facets`` or an output's ``outputFacets``."""
+
+    parent: str
+    error_message: str
+    processing_engine: str
+    job_type: str
+    output_statistics: str
+
+
+OPENLINEAGE_FACETS: Final = OpenLineageFacetNames(
+    parent="parent",
+    error_message="errorMessage",
+    processing_engine="processing_engine",
+    job_type="jobType",
+    output_statistics="outputStatistics",
+)
+
+
+def _run_facet(key: str) -> str:
+    return f"`{OPENLINEAGE_RUN_FACET}.{key}`"
+
+
+_K: Final = ODIBI_RUN_FACET_KEYS
+_FACETS: Final = OPENLINEAGE_FACETS
+#: The OpenLineage column of the conventions table: each field (by its key) and where an
+#: OpenLineage run event carries it. Fields without an entry are not sent.
+OPENLINEAGE_FIELDS: Final[dict[str, str]] = {
+    "run_id": "`run.runId`",
+    "project": "`job.namespace`",
+    "pipeline": f"`job.name` (`pipeline.node`), `{_FACETS.parent}.job.name`",
+    "pipeline_run_id": f"`{_FACETS.parent}.run.runId`, {_run_facet(_K.pipeline_run_id)}",
+    "node": "`job.name` (`pipeline.node`)",
+    "attempt": _run_facet(_K.attempt),
+    "status": f"`eventType`, {_run_facet(_K.status)}",
+    "rows": f"{_run_facet(_K.rows)}, `{_FACETS.output_statistics}.rowCount`",
+    "duration": f"`eventTime` of `START` and the terminal event, {_run_facet(_K.duration)}",
+    "environment": _run_facet(_K.environment),
+    "error": f"`{_FACETS.error_message}.message`, {_run_facet(_K.error_type)}",
+    "trace_ids": f"{_run_facet(_K.trace_id)}, {_run_facet(_K.span_id)}",
+    "attributes": f"`outputs` (named by `{OPENLINEAGE_OUTPUT_NAMESPACE_ATTRIBUTE}`, "
+    f"`{OPENLINEAGE_OUTPUT_NAME_ATTRIBUTE}`)",
+    "error_stack": f"`{_FACETS.error_message}.stackTrace`",
+}
+
+#: ``reconcile --traces openlineage-file:PATH``: the OpenLineage client's file transport
+#: output, reconciled against the catalog like spans are.
+OPENLINEAGE_FILE_SCHEME: Final = "openlineage-file"

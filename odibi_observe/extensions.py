@@ -72,6 +72,7 @@ BUILTIN: Final[Mapping[Kind, Mapping[str, str]]] = {
         "otlp-json": "odibi_observe.reconcile.otlp_files:OtlpJsonFileSource",
         "ledger": "odibi_observe.reconcile.ledger:LedgerSource",
         "tempo": "odibi_observe.reconcile.tempo:TempoSource",
+        "openlineage-file": "odibi_observe.reconcile.openlineage_file:OpenLineageFileSource",
     },
     CATALOG_SOURCES: {
         "sql": "odibi_observe.reconcile.catalog_sources:SqlCatalog",

@@ -12,7 +12,8 @@ settings; ``$RUN_ID`` is the run id of the demo's failed ``enrich_customers``).
 Volatile parts are replaced (documented substitutions, :data:`SUBSTITUTIONS`): UUIDs by
 ``<uuid>``, trace and span ids by ``<trace_id>``/``<span_id>``, ISO and ``YYYY-MM-DD
 HH:MM:SS`` times by ``<time>``, the temporary directory by ``.``, process ids by ``<pid>``,
-this machine's host name by ``<host>``, and durations by ``<n> ms``/``in <n> s``. In tables
+this machine's host name by ``<host>``, this checkout's path and the line numbers in a
+stack trace by ``<checkout>`` and ``<n>``, and durations by ``<n> ms``/``in <n> s``. In tables
 (the short ``MM-DD HH:MM:SS`` start, the 8-digit short run id, a duration in its column) the
 placeholder keeps the width of what it replaces, so the columns stay aligned.
 
@@ -60,6 +61,10 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (r"\bin \d+(\.\d+)? s\b", "in <n> s", ""),
     # the demo's table: its "ms" column holds bare numbers
     (r"(?m)[ \d]{6}\d(?=  yes  )", "<n>", ">"),
+    # a stack trace's file names: the same whichever directory the checkout is in
+    (re.escape(str(ROOT)) + r"(?=/)", "<checkout>", ""),
+    # and their line numbers, which move with every edit of the file
+    (r'(?<=\.py", line )\d+', "<n>", ""),
 )
 
 #: What :func:`prepare` builds in the working directory, for the docs to run commands on.
@@ -75,6 +80,7 @@ SCENARIOS = {
     "killed.py": "a pipeline that SIGKILLs itself inside its second node (KILLED_PY)",
     "health": "the sample's catalog with its findings table emptied (a first health pass)",
     "today": "odibi-observe demo --out today: runs still within the default grace period",
+    "lineage": "four node runs in a catalog and an OpenLineage file, three faults (LINEAGE_PY)",
 }
 
 
@@ -262,6 +268,56 @@ with oo.pipeline_run("nightly"):
 '''
 
 
+#: Four node runs recorded in ``catalog.db`` and, through the OpenLineage client's file
+#: transport, ``lineage.jsonl``; then the lineage loses ``clean_orders``' terminal event and
+#: all of ``publish``, one line is cut short, and ``load_orders``' row is rewritten to FAILURE.
+LINEAGE_PY = r"""
+import json, sqlite3
+import odibi_observe as oo
+
+oo.configure(catalog_url="sqlite:///catalog.db", project="shop", environment="prod",
+             mode="inline", handle_sigterm=False)
+ids = []
+with oo.pipeline_run("sales"):
+    for node in ("load_orders", "clean_orders", "aggregate_revenue", "publish"):
+        with oo.node_run("sales", node) as run:
+            run.rows_processed = 1200
+            ids.append(run.run_id)
+oo.shutdown()
+kept = []
+for line in open("lineage.jsonl", encoding="utf-8"):
+    event = json.loads(line)
+    run_id, kind = event["run"]["runId"], event["eventType"]
+    if not (run_id == ids[1] and kind != "START") and run_id != ids[3]:
+        kept.append(line)
+kept.insert(2, kept[2][:150] + "\n")  # a write cut short
+with open("lineage.jsonl", "w", encoding="utf-8") as out:
+    out.writelines(kept)
+with sqlite3.connect("catalog.db") as db:
+    db.execute("UPDATE meta_runs SET status = 'FAILURE' WHERE run_id = ?", (ids[0],))
+"""
+
+
+def lineage_scenario(out: Path) -> None:
+    """:data:`LINEAGE_PY` run in ``out`` with the OpenLineage file transport configured."""
+    out.mkdir()
+    env = environment(out.parent)
+    env.update(
+        OPENLINEAGE__TRANSPORT__TYPE="file",
+        OPENLINEAGE__TRANSPORT__LOG_FILE_PATH=str(out / "lineage.jsonl"),
+        OPENLINEAGE__TRANSPORT__APPEND="true",
+    )
+    subprocess.run(  # noqa: S603
+        [sys.executable, "-c", LINEAGE_PY],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
 def _venv_shim(work: Path) -> None:
     """``.venv/bin/odibi-observe`` in ``work``, as ``scripts/demo.sh`` leaves it: this
     checkout's CLI under the path the README's commands use."""
@@ -298,6 +354,7 @@ def prepare(work: Path) -> None:
     shutil.copy(work / "sample" / "demo" / "catalog.db", work / "health" / "catalog.db")
     with contextlib.closing(sqlite3.connect(work / "health" / "catalog.db")) as db, db:
         db.execute(f"DELETE FROM {HEALTH_FINDINGS_TABLE}")  # noqa: S608
+    lineage_scenario(work / "lineage")
 
 
 def regenerate(path: Path, work: Path, runner: Runner | None = None) -> str:

@@ -108,3 +108,43 @@ def test_migration_0005_adds_the_column_to_a_0004_catalog(sqlite_url: str) -> No
         assert "error_stack" not in columns()
     finally:
         engine.dispose()
+
+
+def test_runs_details_shows_the_stored_traceback(
+    fresh_observer: Callable[..., oo.Observer], sqlite_url: str, tmp_path: Path
+) -> None:
+    """``odibi-observe runs --details`` prints the run's ``error_stack`` (and ``--json``
+    carries it), redacted as stored; a run without one prints no stack section."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    rows = _run_all(fresh_observer, sqlite_url, tmp_path / "t.jsonl")["rows"]
+    failed, fine = rows[("fails", False)], rows[("fine", False)]
+    exe = shutil.which("odibi-observe", path=os.path.dirname(sys.executable))
+    assert exe is not None
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [exe, "runs", "--catalog", sqlite_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        )
+        return done.stdout
+
+    text = cli("--details", failed.run_id)
+    assert "stack trace:" in text
+    stack = text.split("stack trace:", 1)[1]
+    assert "Traceback (most recent call last):" in stack
+    assert "in _leaky_step" in stack and "ValueError: login refused" in stack
+    assert "hunter2" not in text
+    assert "stack trace:" not in cli("--details", fine.run_id)
+    listed = {
+        run["run_id"]: run for run in map(json.loads, cli("--json", "--node", "fails").splitlines())
+    }
+    assert listed[failed.run_id]["error_stack"] == failed.error_stack

@@ -289,7 +289,10 @@ def test_reconcile_finds_a_third_party_trace_and_catalog_source(site: Path, tmp_
         "--quiet",
     )
     assert unknown.returncode != 0
-    assert "expected one of otlp-json:..., ledger:..., tempo:..., myscheme:..." in unknown.stderr
+    assert (
+        "expected one of otlp-json:..., ledger:..., tempo:..., openlineage-file:..., myscheme:..."
+        in unknown.stderr
+    )
     # An entry point may not take a built-in scheme: it is ignored, with a warning.
     assert "entry point tempo = oo_thirdparty:MySource" in unknown.stderr
     assert "is a built-in trace source" in unknown.stderr

@@ -88,9 +88,14 @@ def prom(
     ref: str = "A",
     instant: bool = False,
     table_format: bool = False,
+    exemplar: bool = False,
 ) -> PromQuery:
+    """A Prometheus target. ``exemplar``: also ask for the series' exemplars, drawn as points
+    that open the run's trace (the duration histogram's samples carry the run's span)."""
     query = PromQuery().expr(expr).ref_id(ref).datasource(PROMETHEUS.ref())
     query = query.instant() if instant else query.range()
+    if exemplar:
+        query = query.exemplar(True)
     if legend is not None:
         query = query.legend_format(legend)
     if table_format:
@@ -522,6 +527,7 @@ def pipeline_overview() -> BuiltDashboard:
                         q.duration_quantile(quantile, f, "$__rate_interval", *q.NODE_GROUP),
                         f"{name} " + legend(*q.NODE_GROUP),
                         ref=ref,
+                        exemplar=True,
                     )
                     for quantile, name, ref in ((0.5, "p50", "A"), (0.95, "p95", "B"))
                 ),
@@ -641,8 +647,12 @@ def node_drilldown() -> BuiltDashboard:
             series_panel(
                 "Duration p50 / p95",
                 "Quantiles of the node's wall time.",
-                prom(q.duration_quantile(0.5, f, "$__rate_interval"), "p50", ref="A"),
-                prom(q.duration_quantile(0.95, f, "$__rate_interval"), "p95", ref="B"),
+                prom(
+                    q.duration_quantile(0.5, f, "$__rate_interval"), "p50", ref="A", exemplar=True
+                ),
+                prom(
+                    q.duration_quantile(0.95, f, "$__rate_interval"), "p95", ref="B", exemplar=True
+                ),
                 unit="s",
             )
         )

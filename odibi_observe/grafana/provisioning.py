@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from odibi_observe.conventions import EXEMPLAR_TRACE_ID_LABEL
 from odibi_observe.grafana.dashboards import TAG
 from odibi_observe.grafana.datasources import (
     CATALOG,
@@ -49,8 +50,15 @@ def datasources_document() -> dict[str, Yaml]:
                 "url": _env(ENV_PROMETHEUS_URL),
                 "isDefault": True,
                 "editable": False,
-                # Must equal the scrape interval, or $__rate_interval is computed wrongly.
-                "jsonData": {"timeInterval": DEPLOYMENT.scrape_interval, "httpMethod": "POST"},
+                "jsonData": {
+                    # Must equal the scrape interval, or $__rate_interval is computed wrongly.
+                    "timeInterval": DEPLOYMENT.scrape_interval,
+                    "httpMethod": "POST",
+                    # A duration exemplar's trace_id label opens that run's trace in Tempo.
+                    "exemplarTraceIdDestinations": [
+                        {"name": EXEMPLAR_TRACE_ID_LABEL, "datasourceUid": TEMPO.uid}
+                    ],
+                },
             },
             {
                 "name": TEMPO.name,

@@ -68,6 +68,10 @@ traces (--traces, repeat for several; the same span in two sources counts once):
   ledger:URL        the sidecar's span ledger table in a SQLAlchemy database
   tempo:URL         Grafana Tempo (TraceQL search per time slice, then trace
                     by id)
+  openlineage-file:PATH
+                    the OpenLineage file transport's events (START and one
+                    terminal event per run); lineage is reconciled on its
+                    own, not in one run with span sources
 
 window: runs that STARTED in it. --last 24h (the default) covers the 24 hours
   that end --grace ago, so nightly runs cover consecutive stretches;
@@ -113,7 +117,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="SQLAlchemy URL of meta_runs, a path to a SQLite file (never created), or "
         f"odibi-delta:PATH (default: ${CATALOG_ENV})",
     )
-    traces_arg(sources, "otlp-json:PATH, ledger:URL or tempo:URL (repeatable)")
+    traces_arg(
+        sources, "otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH (repeatable)"
+    )
     sources.add_argument(
         "--spool-dir",
         metavar="DIR",
@@ -275,7 +281,9 @@ def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.subparser
     args.catalog = resolve_catalog(args, parser)
     if not args.traces:
-        parser.error("--traces is required (otlp-json:PATH, ledger:URL or tempo:URL)")
+        parser.error(
+            "--traces is required (otlp-json:PATH, ledger:URL, tempo:URL or openlineage-file:PATH)"
+        )
     check_window(args, parser)
     try:
         if args.since is not None:

@@ -24,7 +24,13 @@ For each ``run_id`` the engine decides, in this order:
    and except for rows Odibi logged for nodes it did not execute (dry runs, skipped nodes:
    counted in ``not_run``).
 4. Both sides: status, rows and duration (within tolerance: 1 % or 5 ms, whichever is larger,
-   by default) are compared; each difference is one discrepancy of its kind.
+   by default) are compared; each difference is one discrepancy of its kind. A trace side
+   that holds the run's start but not its end (``RUNNING``: lineage with a ``START`` and no
+   terminal event) is ``missing_terminal_event`` when the catalog closed the run, and judged
+   like a catalog-only ``RUNNING`` row (in flight, or ``stale_running``) when it did not.
+
+Spans and lineage (a source's ``holds``) are reconciled separately, never merged into one
+trace side: the same run in both would count once and hide what one of them lacks.
 """
 
 from __future__ import annotations
@@ -146,6 +152,8 @@ class ReconcileResult:
     catalog_runs: int = 0
     trace_runs: int = 0
     matched: int = 0
+    #: What the trace sources hold: ``spans``, or ``lineage`` (OpenLineage run events).
+    traces_hold: str = "spans"
     in_flight: int = 0
     unchecked: int = 0
     outside_window: int = 0
@@ -272,12 +280,19 @@ def reconcile(
     """
     options = options or ReconcileOptions()
     clock = time.perf_counter()
+    holds = {source.holds for source in traces}
+    if len(holds) > 1:
+        raise ReconcileError(
+            "spans and lineage are reconciled separately (one --traces kind per run): "
+            + ", ".join(f"{t.describe()} holds {t.holds}" for t in traces)
+        )
     result = ReconcileResult(
         report_id=f"{window.now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         window=window,
         catalog_source=catalog.describe(),
         trace_sources=[t.describe() for t in traces],
         options=options,
+        traces_hold=holds.pop() if holds else "spans",
         bucket_ns=_HOUR_NS if window.end - window.since <= timedelta(days=3) else _DAY_NS,
     )
     log = ReadLog(progress=options.progress)
@@ -426,6 +441,8 @@ class _Merger:
         self.slack_ms = options.duration_tolerance_ms
         assert result._items is not None
         self.write = result._items.write
+        #: What the trace side is called in details: "span", or "lineage" for lineage runs.
+        self.noun = "lineage" if result.traces_hold == "lineage" else "span"
         # The run being judged, for the methods that record its discrepancies.
         self.run_id = self.pipeline = self.node = ""
         self.stats = PipelineStats()
@@ -543,6 +560,9 @@ class _Merger:
         if cat is not None and tr is not None:
             result.matched += 1
             stats.matched += 1
+            if tr[T_STATUS] == _RUNNING and cat[C_STATUS] == _RUNNING:
+                self._catalog_only(cat, cats)  # neither side has the end: alive or stale?
+                return
             if len(cats) == 1 and len(trs) == 1:
                 rows_equal = cat[C_ROWS] == tr[T_ROWS] or (cat[C_ROWS] is None and not cat[C_EXACT])
                 if cat[C_STATUS] == tr[T_STATUS] and rows_equal and self._durations_agree(cat, tr):
@@ -557,7 +577,7 @@ class _Merger:
                 tr[T_START],
                 None,
                 tr,
-                f"span in {tr[T_ORIGIN]} has no meta_runs row",
+                f"{self.noun} in {tr[T_ORIGIN]} has no meta_runs row",
             )
             if len(trs) > 1:
                 self._duplicate_spans(None, trs)
@@ -590,14 +610,25 @@ class _Merger:
             self._duplicate_spans(cat, trs)
         unchecked = f"{cat[C_UNCHECKED]},{tr[T_UNCHECKED]}"
         start = tr[T_START]
+        if tr[T_STATUS] == _RUNNING and "status" not in unchecked:
+            self._found(
+                "missing_terminal_event",
+                start,
+                cat,
+                tr,
+                f"catalog says {cat[C_STATUS] or '(none)'}, {tr[T_ORIGIN]} has the run's start "
+                "and no terminal event",
+            )
+            return  # rows and duration are unknown on the trace side
         if cat[C_STATUS] != tr[T_STATUS] and "status" not in unchecked:
             if cat[C_STATUS] == _RUNNING:
                 detail = (
-                    f"catalog still says RUNNING, the span says {tr[T_STATUS]}: the "
+                    f"catalog still says RUNNING, the {self.noun} says {tr[T_STATUS]}: the "
                     "terminal catalog write was lost"
                 )
             else:
-                detail = f"catalog says {cat[C_STATUS] or '(none)'}, span says {tr[T_STATUS]}"
+                said = cat[C_STATUS] or "(none)"
+                detail = f"catalog says {said}, {self.noun} says {tr[T_STATUS]}"
             self._found("status_mismatch", start, cat, tr, detail)
         if (
             cat[C_ROWS] != tr[T_ROWS]
@@ -665,7 +696,7 @@ class _Merger:
             when,
             cat,
             None,
-            f"{cat[C_STATUS] or 'a'} run in meta_runs has no span",
+            f"{cat[C_STATUS] or 'a'} run in meta_runs has no {self.noun}",
         )
 
     def _duplicate_spans(self, cat: tuple[Any, ...] | None, trs: list[tuple[Any, ...]]) -> None:

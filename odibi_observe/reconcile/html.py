@@ -52,6 +52,7 @@ KIND_COLOURS: Final = dict(
             "#aec7e8",
             "#ffbb78",
             "#98df8a",
+            "#c5b0d5",
         ),
         strict=True,
     )

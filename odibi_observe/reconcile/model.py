@@ -528,6 +528,17 @@ KINDS: Final = kind_table(
         "compare the pipeline run's meta_runs rows with its node spans.",
         None,
     ),
+    KindInfo(
+        "missing_terminal_event",
+        "Missing terminal event",
+        "The lineage has the run's START but no terminal event (COMPLETE, FAIL, ABORT), "
+        "while the catalog has closed the run.",
+        "The terminal event was lost on its way to the lineage store: check the "
+        "OpenLineage sink's errors "
+        f'({SELF_METRICS.sink_errors.prometheus}{{sink="openlineage"}}) and dead letter. '
+        "A run killed without a sidecar gets its FAIL only from the sidecar's sweeper.",
+        None,
+    ),
 )
 
 

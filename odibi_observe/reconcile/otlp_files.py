@@ -32,7 +32,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final
 
@@ -431,50 +431,89 @@ class OtlpJsonFileSource(TraceSource):
         total: int | None,
     ) -> Iterator[TraceRun]:
         source = self.describe()
-        try:
-            raw = open(file, "rb")  # noqa: SIM115 - closed below, wrapped by gzip
-        except OSError as exc:
-            log.add_error(source, str(file), f"cannot open: {exc.strerror}")
-            return
-        number = 0
-        try:
-            magic = raw.read(4)
-            raw.seek(0)
-            if magic.startswith(_ZSTD_MAGIC):
-                log.add_error(
-                    source,
-                    str(file),
-                    "zstd-compressed: not supported; decompress it "
-                    "(zstd -d) or configure the collector with compression: gzip",
-                )
-                return
-            stream: IO[bytes] = raw
-            if magic.startswith(_GZIP_MAGIC):
-                stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-            for number, raw_line in enumerate(stream, start=1):
-                if not raw_line.strip():
-                    continue
-                origin = f"{file}:{number}"
-                try:
-                    line = raw_line.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as exc:
-                    log.add_error(source, origin, f"not UTF-8: {exc.reason} at byte {exc.start}")
-                    continue
-                yield from scan_line(
-                    line, origin=origin, source=source, read_range=read_range, log=log
-                )
-                if number % 64 == 0:
-                    log.tick("reading traces", done + raw.tell(), total)
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            reason = _short(exc) or type(exc).__name__
+
+        def progress(position: int) -> None:
+            log.tick("reading traces", done + position, total)
+
+        for origin, raw_line in read_lines(file, source, log, progress=progress):
+            try:
+                line = raw_line.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                log.add_error(source, origin, f"not UTF-8: {exc.reason} at byte {exc.start}")
+                continue
+            yield from scan_line(line, origin=origin, source=source, read_range=read_range, log=log)
+
+
+def read_lines(
+    file: Path,
+    source: str,
+    log: ReadLog,
+    *,
+    max_bytes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[str, bytes]]:
+    """``(origin, line)`` of every non-blank line of ``file`` (``origin`` is ``file:number``).
+
+    Gzip is read through (recognised by its magic bytes), zstd is refused. A line longer than
+    ``max_bytes`` is skipped, read in pieces of that size so it is never held whole. Every
+    problem — a file that cannot be opened, compressed data cut short, an overlong line — is
+    reported into ``log`` with its file and line, never raised; what came before it is kept.
+    ``progress(bytes read)`` is called every 64 lines.
+    """
+    try:
+        raw = open(file, "rb")  # noqa: SIM115 - closed below, wrapped by gzip
+    except OSError as exc:
+        log.add_error(source, str(file), f"cannot open: {exc.strerror}")
+        return
+    number = 0
+    limit = -1 if max_bytes is None else max_bytes + 1
+    try:
+        magic = raw.read(4)
+        raw.seek(0)
+        if magic.startswith(_ZSTD_MAGIC):
             log.add_error(
                 source,
-                f"{file}:{number + 1}",
-                f"compressed data ends or breaks here ({reason}); the {number} lines "
-                "before it were read",
+                str(file),
+                "zstd-compressed: not supported; decompress it "
+                "(zstd -d) or configure the collector with compression: gzip",
             )
-        finally:
-            raw.close()
+            return
+        stream: IO[bytes] = raw
+        if magic.startswith(_GZIP_MAGIC):
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        for number, raw_line in enumerate(iter(lambda: stream.readline(limit), b""), start=1):
+            if max_bytes is not None and len(raw_line) > max_bytes:
+                skipped = len(raw_line) + _skip_line(stream, max_bytes)
+                log.add_error(
+                    source,
+                    f"{file}:{number}",
+                    f"line of {skipped:,} bytes, longer than {max_bytes:,}: skipped",
+                )
+                continue
+            if raw_line.strip():
+                yield f"{file}:{number}", raw_line
+            if progress is not None and number % 64 == 0:
+                progress(raw.tell())
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        reason = _short(exc) or type(exc).__name__
+        log.add_error(
+            source,
+            f"{file}:{number + 1}",
+            f"compressed data ends or breaks here ({reason}); the {number} lines "
+            "before it were read",
+        )
+    finally:
+        raw.close()
 
 
-__all__ = ["OtlpJsonFileSource", "decode_line", "scan_line"]
+def _skip_line(stream: IO[bytes], piece: int) -> int:
+    """Read to the end of the current line in pieces of ``piece`` bytes; the bytes skipped."""
+    skipped = 0
+    while True:
+        chunk = stream.readline(piece)
+        skipped += len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return skipped
+
+
+__all__ = ["OtlpJsonFileSource", "decode_line", "read_lines", "scan_line"]

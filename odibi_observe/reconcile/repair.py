@@ -19,6 +19,11 @@ mismatch               times and error
 duplicate_*            none: which copy is right is not knowable; the report says what to do
 =====================  ==========================================================================
 
+Against lineage (``openlineage-file:``) only the catalog is repaired, from the lineage events
+as from spans: nothing is re-sent to the lineage store and no span is emitted (the spans were
+not what was compared), so ``missing_in_traces`` and ``missing_terminal_event`` are reported
+only.
+
 Why the span wins a mismatch: both are written from one record, and a span is immutable once
 exported, while a catalog row can be rewritten — by a script, a backfill, another writer. So a
 difference means the row changed (or, for a RUNNING row, lost its terminal write). The
@@ -173,6 +178,7 @@ class Repairer:
         apply: bool,
         span_destination: str | None = None,
         now_ns: int,
+        lineage: bool = False,
     ) -> None:
         self.store: CatalogStore | None = catalog.store()
         self.catalog_note = (
@@ -189,6 +195,8 @@ class Repairer:
             )
         )
         self.spans = spans
+        self.lineage = lineage
+        self.no_destination = _LINEAGE_NO_SPANS if lineage else _NO_DESTINATION
         self.apply = apply
         self.now_ns = now_ns
         self.summary = RepairSummary(
@@ -236,7 +244,10 @@ class Repairer:
                         item,
                         None,
                         IMPOSSIBLE,
-                        "which copy is right cannot be known; see what to do for this kind",
+                        _NOT_REPAIRED.get(
+                            item.kind,
+                            "which copy is right cannot be known; see what to do for this kind",
+                        ),
                     )
                 )
                 continue
@@ -335,10 +346,12 @@ class Repairer:
         if record is None:
             return SKIPPED, "the catalog row is gone"
         if action == EMIT:
+            if self.lineage:
+                return IMPOSSIBLE, _NOT_REPAIRED[item.kind]
             if record.status is RunStatus.RUNNING:
                 return SKIPPED, "the run is still RUNNING in the catalog"
             if self.spans is None:
-                return SKIPPED, _NO_DESTINATION
+                return SKIPPED, self.no_destination
             if not record.trace_id or not record.span_id:
                 record = record.replace(**derived_ids(record.run_id), source=Source.RECONCILER)
                 catalog_events[item.run_id] = RunEvent(EventKind.FINISHED, record)
@@ -353,10 +366,8 @@ class Repairer:
             closed = close_as_crashed(record)
             catalog_events[item.run_id] = RunEvent(EventKind.FINISHED, closed)
             if self.spans is None:
-                return (
-                    PLANNED,
-                    f"closed as CRASHED at {iso_ns(closed.ended_ns)}; no span: {_NO_DESTINATION}",
-                )
+                when = iso_ns(closed.ended_ns)
+                return PLANNED, f"closed as CRASHED at {when}; no span: {self.no_destination}"
             span_events[item.run_id] = RunEvent(EventKind.FINISHED, closed)
             return PLANNED, f"CRASHED at {iso_ns(closed.ended_ns)}, with a back-dated span"
         updated = update_from_trace(record, item.trace or {})
@@ -380,6 +391,14 @@ class Repairer:
         return out
 
 
+#: Against lineage: no span is emitted (see the module docstring).
+_LINEAGE_NO_SPANS: Final = "lineage was reconciled, so no span is emitted"
+#: Why a kind is reported only (besides duplicates).
+_NOT_REPAIRED: Final = {
+    "missing_in_traces": "odibi-observe does not re-send lineage events; the catalog row stands",
+    "missing_terminal_event": "odibi-observe does not re-send lineage events; see what to do "
+    "for this kind",
+}
 _NO_DESTINATION: Final = (
     "no trace destination: pass --repair-traces (otlp-json:PATH or an "
     "OTLP endpoint) or set OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -491,10 +510,16 @@ def repair(
     repair_traces: str | None = None,
 ) -> RepairSummary:
     """Annotate ``result``'s discrepancies with repairs (applied when ``apply``)."""
-    sink, where = span_sink(repair_traces)
+    lineage = result.traces_hold == "lineage"
+    sink, where = (None, None) if lineage else span_sink(repair_traces)
     try:
         repairer = Repairer(
-            catalog, sink, apply=apply, span_destination=where, now_ns=result.window.now_ns
+            catalog,
+            sink,
+            apply=apply,
+            span_destination=where,
+            now_ns=result.window.now_ns,
+            lineage=lineage,
         )
         return repairer.run(result)
     finally:

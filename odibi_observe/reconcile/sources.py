@@ -35,6 +35,8 @@ the built-in schemes:
                     them, or a glob; gzip and rotated files included
 ``ledger:URL``      the sidecar's span ledger table ``odibi_span_ledger`` (SQLAlchemy URL)
 ``tempo:URL``       Grafana Tempo's HTTP API (TraceQL search, then trace by id)
+``openlineage-file:PATH``  the OpenLineage client's file transport output (``START`` and
+                    terminal events, paired per run); ``holds = "lineage"``
 =================  ==================================================================
 
 Another package adds a scheme with an entry point in the ``odibi_observe.trace_sources`` group
@@ -112,6 +114,9 @@ class TraceSource(_SpecSource):
     #: True when :meth:`read` yields runs in ascending ``run_id`` order (byte order of UTF-8,
     #: which is Python's ``str`` order).
     sorted_by_run_id: ClassVar[bool] = False
+    #: What the runs are read from: ``spans`` (node spans), or ``lineage`` (OpenLineage run
+    #: events, ``openlineage-file:``). The engine never merges the two kinds into one side.
+    holds: ClassVar[str] = "spans"
 
     @abstractmethod
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:

@@ -37,6 +37,7 @@ from odibi_observe._selfmetrics import log
 from odibi_observe._textsafe import encodable_record
 from odibi_observe._version import __version__
 from odibi_observe.config import ConfigurationError
+from odibi_observe.conventions import ODIBI_RUN_FACET_KEYS as K
 from odibi_observe.conventions import (
     OPENLINEAGE_CONFIG_ENV,
     OPENLINEAGE_CONFIG_FILE,
@@ -57,6 +58,7 @@ from odibi_observe.conventions import (
     OPENLINEAGE_SINK,
     OPENLINEAGE_TRANSPORT_ENV_PREFIX,
 )
+from odibi_observe.conventions import OPENLINEAGE_FACETS as FACETS
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkContext, SinkUnavailable
 
@@ -261,7 +263,7 @@ class OpenLineageSink(Sink):
         when = record.started_at if start or record.ended_at is None else record.ended_at
         f = self._facets
         run_facets: dict[str, Any] = {
-            "processing_engine": f.engine(
+            FACETS.processing_engine: f.engine(
                 version=_engine_version(odibi),
                 producer=OPENLINEAGE_PRODUCER,
                 name=OPENLINEAGE_ENGINE_ODIBI if odibi else OPENLINEAGE_ENGINE_DEFAULT,
@@ -270,15 +272,15 @@ class OpenLineageSink(Sink):
             OPENLINEAGE_RUN_FACET: odibi_run_facet(record),
         }
         if record.pipeline_run_id:
-            run_facets["parent"] = f.parent(
+            run_facets[FACETS.parent] = f.parent(
                 run=f.parent_run(runId=run_uuid(record.pipeline_run_id)),
                 job=f.parent_job(namespace=record.project, name=record.pipeline),
                 producer=OPENLINEAGE_PRODUCER,
             )
         if not start and (record.error_type or record.error_message):
-            run_facets["errorMessage"] = self._error_facet(record)
+            run_facets[FACETS.error_message] = self._error_facet(record)
         job_facets = {
-            "jobType": f.job_type(
+            FACETS.job_type: f.job_type(
                 processingType=OPENLINEAGE_PROCESSING_TYPE,
                 jobType=OPENLINEAGE_JOB_TYPE,
                 integration=OPENLINEAGE_INTEGRATION_ODIBI
@@ -321,7 +323,7 @@ class OpenLineageSink(Sink):
             return []
         facets: dict[str, Any] = {}
         if record.rows_processed is not None:
-            facets["outputStatistics"] = self._facets.output_statistics(
+            facets[FACETS.output_statistics] = self._facets.output_statistics(
                 rowCount=record.rows_processed, producer=OPENLINEAGE_PRODUCER
             )
         return [self._ol.OutputDataset(namespace=namespace, name=name, outputFacets=facets)]
@@ -370,44 +372,48 @@ def _facet_classes() -> _Facets:
 @functools.cache
 def odibi_run_facet_class() -> Any:
     """The ``odibi_run`` custom run facet class, built on first use so that importing this
-    module does not import the OpenLineage client (the factory says when it is missing)."""
+    module does not import the OpenLineage client (the factory says when it is missing).
+
+    Its fields are named by :data:`~odibi_observe.conventions.ODIBI_RUN_FACET_KEYS`, the table
+    the ``openlineage-file:`` reconciliation source reads them back by. It is our record on
+    the run: what a lineage tool otherwise lacks to tell a crash from a failure, the rows and
+    duration when no output dataset is named, and the trace to open."""
     import attr
     from openlineage.client.facet_v2 import RunFacet
 
-    @attr.define
-    class OdibiRunFacet(RunFacet):
-        """Our record on the run (a custom facet, ``odibi_run``): what a lineage tool
-        otherwise lacks to tell a crash from a failure, the rows and duration when no output
-        dataset is named, and the trace to open."""
-
-        status: str = ""
-        environment: str = ""
-        attempt: int = 1
-        rowsProcessed: int | None = None
-        durationMs: int | None = None
-        traceId: str = ""
-        spanId: str = ""
-        pipelineRunId: str | None = None
-        errorType: str | None = None
-
-        @staticmethod
-        def _get_schema() -> str:
-            return OPENLINEAGE_RUN_FACET_SCHEMA
-
-    return OdibiRunFacet
+    fields = {
+        K.status: attr.ib(default=""),
+        K.environment: attr.ib(default=""),
+        K.attempt: attr.ib(default=1),
+        K.rows: attr.ib(default=None),
+        K.duration: attr.ib(default=None),
+        K.trace_id: attr.ib(default=""),
+        K.span_id: attr.ib(default=""),
+        K.pipeline_run_id: attr.ib(default=None),
+        K.error_type: attr.ib(default=None),
+        K.run_id: attr.ib(default=None),
+    }
+    return attr.make_class(
+        "OdibiRunFacet",
+        fields,
+        bases=(RunFacet,),
+        slots=True,
+        class_body={"_get_schema": staticmethod(lambda: OPENLINEAGE_RUN_FACET_SCHEMA)},
+    )
 
 
 def odibi_run_facet(record: RunRecord) -> Any:
     """The ``odibi_run`` facet of ``record``."""
-    return odibi_run_facet_class()(
-        status=record.status.value,
-        environment=record.environment,
-        attempt=record.attempt,
-        rowsProcessed=record.rows_processed,
-        durationMs=record.duration_ms,
-        traceId=record.trace_id,
-        spanId=record.span_id,
-        pipelineRunId=record.pipeline_run_id,
-        errorType=record.error_type,
-        producer=OPENLINEAGE_PRODUCER,
-    )
+    values: dict[str, Any] = {
+        K.status: record.status.value,
+        K.environment: record.environment,
+        K.attempt: record.attempt,
+        K.rows: record.rows_processed,
+        K.duration: record.duration_ms,
+        K.trace_id: record.trace_id,
+        K.span_id: record.span_id,
+        K.pipeline_run_id: record.pipeline_run_id,
+        K.error_type: record.error_type,
+        K.run_id: None if run_uuid(record.run_id) == record.run_id else record.run_id,
+    }
+    return odibi_run_facet_class()(producer=OPENLINEAGE_PRODUCER, **values)

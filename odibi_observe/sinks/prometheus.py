@@ -11,6 +11,13 @@ Prometheus specifically:
 * **At-least-once safe.** Counters are not idempotent, so terminal events are de-duplicated by
   ``run_id`` (a bounded LRU of recent run ids): a retried or replayed batch counts once.
 
+**Exemplars.** A run's duration observation and its runs-counter increment carry the run's
+``trace_id``/``span_id`` as an exemplar (label names from the conventions), so a point on a
+duration graph opens that run's trace. The exemplar dict is built once per record and shared
+by both samples. prometheus_client renders exemplars in the OpenMetrics format only, which
+both ``/metrics`` endpoints serve when the scraper asks for it (``Accept:
+application/openmetrics-text``, what Prometheus sends with ``--enable-feature=exemplar-storage``).
+
 The registry is injectable (one per :class:`~odibi_observe.Observer`, one per test), and
 :func:`serve` exposes it on 127.0.0.1 by default.
 """
@@ -18,16 +25,21 @@ The registry is injectable (one per :class:`~odibi_observe.Observer`, one per te
 from __future__ import annotations
 
 import threading
+import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.samples import Exemplar
 
 from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
     DURATION_BUCKETS_SECONDS,
+    EXEMPLAR_SPAN_ID_LABEL,
+    EXEMPLAR_TRACE_ID_LABEL,
     FIELDS,
     METRICS,
     OVERFLOW_LABEL_VALUE,
@@ -44,6 +56,56 @@ from odibi_observe.sinks.base import RecentKeys, Sink
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
 _MAX_LABEL_VALUE = 128
+#: Lengths of well-formed hex ids. An exemplar's labels may hold 128 characters in all
+#: (prometheus_client raises past that): ids of these lengths always fit, others are left out.
+_TRACE_ID_LENGTH = 32
+_SPAN_ID_LENGTH = 16
+
+
+def run_exemplar(record: RunRecord) -> dict[str, str] | None:
+    """The exemplar of ``record``'s samples: its span, or None when it has no usable ids (a
+    record without a span, or ids whose length could push the labels past the limit)."""
+    trace_id, span_id = record.trace_id, record.span_id
+    if len(trace_id) != _TRACE_ID_LENGTH or len(span_id) != _SPAN_ID_LENGTH:
+        return None
+    return {EXEMPLAR_TRACE_ID_LABEL: trace_id, EXEMPLAR_SPAN_ID_LABEL: span_id}
+
+
+def count_with_exemplar(counter: Counter, exemplar: dict[str, str] | None, now: float) -> None:
+    """``counter.inc()``, with ``exemplar`` attached.
+
+    ``inc(exemplar=...)`` validates the label names and lengths on every call and reads the
+    clock again: 2.6 µs a run against 0.6 µs for the increment, measured here. Our exemplar's
+    names are constants and its values fixed-length ids (:func:`run_exemplar`), so it is set
+    on the child's value directly, with the record's one timestamp; a prometheus_client
+    whose children lack that value falls back to the public call
+    (``tests/test_exemplars.py`` compares both paths' output).
+    """
+    counter.inc()
+    if exemplar is not None:
+        value = getattr(counter, "_value", None)
+        if hasattr(value, "set_exemplar"):
+            value.set_exemplar(Exemplar(exemplar, 1, now))  # type: ignore[union-attr]
+        else:  # pragma: no cover - another prometheus_client
+            counter.inc(0, exemplar)
+
+
+def observe_with_exemplar(
+    histogram: Histogram, seconds: float, exemplar: dict[str, str] | None, now: float
+) -> None:
+    """``histogram.observe(seconds)``, with ``exemplar`` on the bucket ``seconds`` falls in
+    (the first upper bound not below it, as ``observe`` counts it); see
+    :func:`count_with_exemplar` for why not ``observe(exemplar=...)`` (4.5 µs a run)."""
+    histogram.observe(seconds)
+    if exemplar is None:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    if bounds is None or buckets is None:
+        histogram.observe(0, exemplar)  # pragma: no cover - another prometheus_client
+        return
+    buckets[bisect_left(bounds, seconds)].set_exemplar(Exemplar(exemplar, seconds, now))
+
 
 #: The families this sink exports, in exposition order.
 _EXPORTED: Final = (
@@ -165,7 +227,9 @@ class PrometheusSink(Sink):
         series = self._children(self._node_labels(record, METRICS.runs.prometheus))
         if self._started.discard(record.run_id):
             series.running.dec()
-        series.runs[record.status].inc()
+        exemplar = run_exemplar(record)  # one dict and one timestamp for both samples
+        now = time.time()
+        count_with_exemplar(series.runs[record.status], exemplar, now)
         if record.writes and record.uncommitted_write:
             series.uncommitted_writes.inc()
         if record.status is _SKIPPED:
@@ -174,7 +238,7 @@ class PrometheusSink(Sink):
             series.rows.inc(record.rows_processed)
         seconds = record.duration_seconds
         if seconds is not None:
-            series.duration.observe(seconds)
+            observe_with_exemplar(series.duration, seconds, exemplar, now)
         if record.peak_rss_bytes is not None:
             series.peak_rss.observe(record.peak_rss_bytes)
         if record.cpu_seconds is not None:
