@@ -280,7 +280,7 @@ def test_killed_between_write_and_hwm_in_sidecar_mode_is_crashed_with_its_write(
         assert run.status is RunStatus.CRASHED, run.status
         return run
 
-    run = eventually(crashed, timeout=60)
+    run = eventually(crashed, timeout=120)
     assert_killed_run(run, project)
     assert f"{UNCOMMITTED_WRITE}: it wrote 15 row(s)" in sidecar.log.read_text()
 

@@ -100,6 +100,11 @@ class OpenLineageFileSource(OtlpJsonFileSource):
     def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         return [self]
 
+    def pipeline_runs(self, read_range: ReadRange, log: ReadLog) -> None:
+        """None: lineage carries a pipeline run only as its node runs' ``parent`` facet, with
+        no node counts, so pipeline runs are not reconciled against it."""
+        return None
+
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
         runs: dict[str, _Run] = {}
         todo = self._todo(read_range, log)
