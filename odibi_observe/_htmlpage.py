@@ -87,13 +87,17 @@ def table(columns: Sequence[str | Col], rows: Iterable[Sequence[str]], *, last: 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}{last}</tbody></table>"
 
 
-def todo_section(found: Iterable[str], infos: Mapping[str, Any], colours: Mapping[str, str]) -> str:
-    """A report's "What to do": one card per kind ``found`` — its title and name, how it is
-    found (``meaning``) and what to do (``todo``), from ``infos[kind]``; empty if none."""
+def todo_section(
+    counts: Mapping[str, int], infos: Mapping[str, Any], colours: Mapping[str, str]
+) -> str:
+    """A report's "What to do": one card per kind found (a count above 0 in ``counts``, in
+    its order) — its title and name, how it is found (``meaning``) and what to do
+    (``todo``), from ``infos[kind]``; empty if none."""
     cards = "".join(
         f'<div class="kind" style="border-left-color:{colours[k]}"><b>'
         f'{escape(infos[k].title)}</b> <code>{escape(k)}</code><div class="sub">'
         f"{escape(infos[k].meaning)}</div><div>{escape(infos[k].todo)}</div></div>"
-        for k in found
+        for k, n in counts.items()
+        if n
     )
     return f'<h2>What to do</h2><div class="kinds">{cards}</div>' if cards else ""

@@ -113,7 +113,7 @@ def _findings(result: AuditResult, max_rows: int) -> str:
 
 
 def _todo(result: AuditResult) -> str:
-    return todo_section([k for k, n in result.by_kind().items() if n], KINDS, KIND_COLOURS)
+    return todo_section(result.by_kind(), KINDS, KIND_COLOURS)
 
 
 def _nodes(result: AuditResult) -> str:

@@ -247,7 +247,7 @@ def _findings(result: HealthResult, max_rows: int) -> str:
 
 
 def _todo(result: HealthResult) -> str:
-    return todo_section([k for k, n in result.by_kind().items() if n], KINDS, KIND_COLOURS)
+    return todo_section(result.by_kind(), KINDS, KIND_COLOURS)
 
 
 def _resolved(result: HealthResult) -> str:

@@ -103,7 +103,7 @@ class OpenLineageFileSource(OtlpJsonFileSource):
     def pipeline_runs(self, read_range: ReadRange, log: ReadLog) -> None:
         """None: lineage carries a pipeline run only as its node runs' ``parent`` facet, with
         no node counts, so pipeline runs are not reconciled against it."""
-        return None
+        return
 
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
         runs: dict[str, _Run] = {}
