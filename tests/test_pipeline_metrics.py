@@ -149,6 +149,17 @@ def test_otel_instruments_translate_to_the_prometheus_sinks_series() -> None:
     assert value(translated, ACTIVE.prometheus, base()) == 0
 
 
+def test_an_otel_sink_without_metrics_does_not_take_pipeline_runs(tmp_path: Path) -> None:
+    """No meter, no instrument: the bus does not even queue pipeline runs for the sink."""
+    sink = OtelSink(traces_file=str(tmp_path / "t.jsonl"), metrics=False, install_global=False)
+    try:
+        assert sink.kinds == frozenset({EventKind.FINISHED})
+        sink.export(_events_of_pipeline_runs())  # and given them anyway, ignores them
+        assert not (tmp_path / "t.jsonl").exists() or not (tmp_path / "t.jsonl").read_text()
+    finally:
+        sink.shutdown()
+
+
 # -- the Prometheus sink: dedupe, order, cardinality ---------------------------------------------
 
 
