@@ -12,8 +12,8 @@ Prometheus specifically:
   pipeline stay right) and counted in ``odibi_observe_label_overflow_total{metric}``.
 * **At-least-once safe.** Counters are not idempotent, so terminal events are de-duplicated by
   ``run_id`` (a bounded LRU of recent run ids): a retried or replayed batch counts once.
-  Pipeline runs have their own LRUs (and their own series limit, folding
-  ``cicd_pipeline_name`` and ``error_type`` into the overflow value), so a pipeline run id
+  Pipeline runs have their own LRUs (and their own set of series, up to ``max_series`` too,
+  folding ``cicd_pipeline_name`` and ``error_type`` into the overflow value), so a pipeline run id
   never shadows a node run's, and a pipeline's start and end move its active gauge once each.
 
 **Exemplars.** A run's duration observation and its runs-counter increment carry the run's
@@ -42,7 +42,9 @@ from prometheus_client.samples import Exemplar
 from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
+    CICD_PIPELINE_NAME,
     DURATION_BUCKETS_SECONDS,
+    ERROR_TYPE_ATTRIBUTE,
     EXEMPLAR_SPAN_ID_LABEL,
     EXEMPLAR_TRACE_ID_LABEL,
     FIELDS,
@@ -57,6 +59,7 @@ from odibi_observe.conventions import (
     RunStatus,
     SemconvMetric,
     pipeline_run_attributes,
+    prometheus_label,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import RecentKeys, Sink
@@ -66,7 +69,9 @@ _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
 #: The labels a series past the limit folds into the overflow value: the node of a node
 #: run's series; the pipeline and the error type of a pipeline run's.
 _NODE_FOLD: Final = (_NODE_INDEX,)
-_PIPELINE_FOLD_LABELS: Final = ("cicd_pipeline_name", "error_type")
+_PIPELINE_FOLD_LABELS: Final = tuple(
+    prometheus_label(a) for a in (CICD_PIPELINE_NAME, ERROR_TYPE_ATTRIBUTE)
+)
 _MAX_LABEL_VALUE = 128
 #: Lengths of well-formed hex ids. An exemplar's labels may hold 128 characters in all
 #: (prometheus_client raises past that): ids of these lengths always fit, others are left out.
@@ -174,7 +179,7 @@ class PrometheusSink(Sink):
         self._by_labels: dict[tuple[str, ...], _Series] = {}
         self._finished = RecentKeys(dedupe_capacity)
         self._started = RecentKeys(dedupe_capacity)
-        # Pipeline runs: their own series (under the same limit) and their own run ids.
+        # Pipeline runs: their own series (up to max_series too) and their own run ids.
         self._pipeline_series: set[tuple[str, ...]] = set()
         self._pipeline_known: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._pipelines_finished = RecentKeys(dedupe_capacity)
