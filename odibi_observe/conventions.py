@@ -19,12 +19,14 @@ table (``odibi-observe conventions``) is done by :func:`render_table`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Final, Generic, NamedTuple, TypeVar
 
 from opentelemetry.semconv._incubating.attributes import cicd_attributes as _cicd
+from opentelemetry.semconv._incubating.metrics import cicd_metrics as _cicd_metrics
 from opentelemetry.semconv.attributes import error_attributes as _error
 from opentelemetry.semconv.attributes import exception_attributes as _exception
 from opentelemetry.semconv.attributes.service_attributes import (
@@ -790,6 +792,7 @@ def all_metrics() -> tuple[Metric, ...]:
         *HEALTH_METRICS,
         *RESOURCE_METRICS,
         *PHASE_METRICS,
+        *PIPELINE_METRICS,
     )
 
 
@@ -1451,3 +1454,127 @@ OPENLINEAGE_FIELDS: Final[dict[str, str]] = {
 #: ``reconcile --traces openlineage-file:PATH``: the OpenLineage client's file transport
 #: output, reconciled against the catalog like spans are.
 OPENLINEAGE_FILE_SCHEME: Final = "openlineage-file"
+
+
+# --- pipeline-run metrics: the OTel CI/CD semantic conventions ------------------------------------
+#
+# Per *pipeline* run (not per node run), from the pipeline run's record (``EventKind.PIPELINE``,
+# RUNNING at its start, terminal at its end): ``cicd.pipeline.run.duration`` (histogram, ``s``)
+# and ``cicd.pipeline.run.active`` (UpDownCounter, ``{run}``). Metric names and attribute keys
+# are the semantic-conventions package's constants; the Prometheus names and labels are their
+# standard OTel→Prometheus translation, computed here (``tests/test_pipeline_metrics.py``
+# proves it with ``opentelemetry-exporter-prometheus``).
+
+CICD_PIPELINE_RUN_STATE: Final = _cicd.CICD_PIPELINE_RUN_STATE
+#: The ``cicd.pipeline.run.state`` a pipeline run's metrics carry. Its record is written as it
+#: starts executing and once it has ended: no pending (queued) or finalizing phase is seen, so
+#: the whole run is its ``executing`` state.
+PIPELINE_RUN_STATE: Final = _cicd.CicdPipelineRunStateValues.EXECUTING.value
+#: ``error.type`` of a failed pipeline run that raised nothing (nodes of it failed).
+ERROR_TYPE_OTHER: Final = _error.ErrorTypeValues.OTHER.value
+
+_PROMETHEUS_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_]")
+#: UCUM units and the suffix the OTel→Prometheus translation appends for them.
+_PROMETHEUS_UNIT_SUFFIXES: Final = {"s": "seconds", "By": "bytes"}
+
+
+def prometheus_label(attribute: str) -> str:
+    """The Prometheus label an OTel attribute key becomes (``cicd.pipeline.name`` →
+    ``cicd_pipeline_name``): every character a label cannot hold is an underscore."""
+    return _PROMETHEUS_UNSAFE.sub("_", attribute)
+
+
+def prometheus_metric_name(otel: str, unit: str, kind: MetricKind) -> str:
+    """The Prometheus family an OTel instrument becomes: dots to underscores, the unit's
+    suffix (none for an annotation such as ``{run}``), ``_total`` for a counter."""
+    name = prometheus_label(otel)
+    suffix = "" if unit.startswith("{") else _PROMETHEUS_UNIT_SUFFIXES.get(unit, unit)
+    if suffix and not name.endswith(f"_{suffix}"):
+        name = f"{name}_{suffix}"
+    return f"{name}_total" if kind is MetricKind.COUNTER else name
+
+
+@dataclass(frozen=True)
+class SemconvMetric(Metric):
+    """A metric whose OTel attribute keys are semantic-convention names (with dots): they
+    are ``attributes``, and ``labels`` their Prometheus translation, in the same order."""
+
+    attributes: tuple[str, ...] = ()
+
+
+def _semconv_metric(
+    key: str,
+    otel: str,
+    unit: str,
+    kind: MetricKind,
+    attributes: tuple[str, ...],
+    *,
+    description: str,
+) -> SemconvMetric:
+    return SemconvMetric(
+        key,
+        otel,
+        unit,
+        prometheus_metric_name(otel, unit, kind),
+        kind,
+        tuple(prometheus_label(a) for a in attributes),
+        description,
+        attributes=attributes,
+    )
+
+
+#: Required by the conventions: the pipeline's name and the run's state; ours beside them:
+#: the project (pipeline names are unique per project only) and the environment.
+_PIPELINE_RUN_ATTRIBUTES: Final = (
+    FIELDS.project.label or "project",
+    CICD_PIPELINE_NAME,
+    FIELDS.environment.label or "environment",
+    CICD_PIPELINE_RUN_STATE,
+)
+
+
+@dataclass(frozen=True)
+class PipelineMetrics(_Table[SemconvMetric]):
+    run_duration: SemconvMetric
+    run_active: SemconvMetric
+
+
+PIPELINE_METRICS: Final = PipelineMetrics(
+    run_duration=_semconv_metric(
+        "run_duration",
+        _cicd_metrics.CICD_PIPELINE_RUN_DURATION,
+        "s",
+        MetricKind.HISTOGRAM,
+        (*_PIPELINE_RUN_ATTRIBUTES, CICD_PIPELINE_RESULT, ERROR_TYPE_ATTRIBUTE),
+        description="Wall time of finished pipeline runs, in seconds, by result "
+        "(error.type: the exception type of a failed run).",
+    ),
+    run_active=_semconv_metric(
+        "run_active",
+        _cicd_metrics.CICD_PIPELINE_RUN_ACTIVE,
+        "{run}",
+        MetricKind.GAUGE,
+        _PIPELINE_RUN_ATTRIBUTES,
+        description="Pipeline runs in progress (an UpDownCounter in OpenTelemetry).",
+    ),
+)
+
+
+def pipeline_run_attributes(
+    *, project: str, pipeline: str, environment: str, status: RunStatus, error_type: str | None
+) -> dict[str, str]:
+    """The attributes of a pipeline run's metrics, by OTel key. ``cicd.pipeline.result`` once
+    the run has one (a terminal status); ``error.type`` if and only if it failed (``FAILURE``,
+    ``CRASHED``), as the conventions require: its exception type, else ``_OTHER``."""
+    attributes = {
+        _PIPELINE_RUN_ATTRIBUTES[0]: project,
+        CICD_PIPELINE_NAME: pipeline,
+        _PIPELINE_RUN_ATTRIBUTES[2]: environment,
+        CICD_PIPELINE_RUN_STATE: PIPELINE_RUN_STATE,
+    }
+    result = PIPELINE_RESULTS.get(status)
+    if result is not None:
+        attributes[CICD_PIPELINE_RESULT] = result
+        if status in FAILED_STATUSES:
+            attributes[ERROR_TYPE_ATTRIBUTE] = error_type or ERROR_TYPE_OTHER
+    return attributes

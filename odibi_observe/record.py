@@ -48,7 +48,7 @@ class EventKind(str, Enum):
     ``pipeline_run_id``) is the pipeline run's id, whose ``node`` is empty and whose attributes
     are the node counts (``conventions.PIPELINE_COUNTS``). One record type means the bus, the
     spool, the pump and the dead letter carry it unchanged. Only sinks that ask for it in
-    ``Sink.kinds`` receive it (the catalog, the spool).
+    ``Sink.kinds`` receive it (the catalog, the spool, the Prometheus and OTel metrics).
     """
 
     STARTED = "started"

@@ -1,5 +1,7 @@
-"""Prometheus sink: node-run counters, rows, duration histogram and in-flight gauge, and the
-resources of each run (peak memory and CPU time histograms, the memory limit gauge).
+"""Prometheus sink: node-run counters, rows, duration histogram and in-flight gauge, the
+resources of each run (peak memory and CPU time histograms, the memory limit gauge), and the
+OTel CI/CD pipeline-run metrics (``cicd_pipeline_run_duration_seconds``,
+``cicd_pipeline_run_active``) from each pipeline run's record (``EventKind.PIPELINE``).
 
 Names, labels and buckets come from :mod:`odibi_observe.conventions`. Two properties matter for
 Prometheus specifically:
@@ -10,6 +12,9 @@ Prometheus specifically:
   pipeline stay right) and counted in ``odibi_observe_label_overflow_total{metric}``.
 * **At-least-once safe.** Counters are not idempotent, so terminal events are de-duplicated by
   ``run_id`` (a bounded LRU of recent run ids): a retried or replayed batch counts once.
+  Pipeline runs have their own LRUs (and their own set of series, up to ``max_series`` too,
+  folding ``cicd_pipeline_name`` and ``error_type`` into the overflow value), so a pipeline run id
+  never shadows a node run's, and a pipeline's start and end move its active gauge once each.
 
 **Exemplars.** A run's duration observation and its runs-counter increment carry the run's
 ``trace_id``/``span_id`` as an exemplar (label names from the conventions), so a point on a
@@ -37,7 +42,9 @@ from prometheus_client.samples import Exemplar
 from odibi_observe._selfmetrics import SelfMonitor
 from odibi_observe._textsafe import encodable_text
 from odibi_observe.conventions import (
+    CICD_PIPELINE_NAME,
     DURATION_BUCKETS_SECONDS,
+    ERROR_TYPE_ATTRIBUTE,
     EXEMPLAR_SPAN_ID_LABEL,
     EXEMPLAR_TRACE_ID_LABEL,
     FIELDS,
@@ -45,16 +52,26 @@ from odibi_observe.conventions import (
     OVERFLOW_LABEL_VALUE,
     PEAK_RSS_BUCKETS_BYTES,
     PHASE_METRICS,
+    PIPELINE_METRICS,
     RESOURCE_METRICS,
     Metric,
     MetricKind,
     RunStatus,
+    SemconvMetric,
+    pipeline_run_attributes,
+    prometheus_label,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import RecentKeys, Sink
 
 _NODE_LABELS = METRICS.rows.labels
 _NODE_INDEX = _NODE_LABELS.index(FIELDS.node.label or "node")
+#: The labels a series past the limit folds into the overflow value: the node of a node
+#: run's series; the pipeline and the error type of a pipeline run's.
+_NODE_FOLD: Final = (_NODE_INDEX,)
+_PIPELINE_FOLD_LABELS: Final = tuple(
+    prometheus_label(a) for a in (CICD_PIPELINE_NAME, ERROR_TYPE_ATTRIBUTE)
+)
 _MAX_LABEL_VALUE = 128
 #: Lengths of well-formed hex ids. An exemplar's labels may hold 128 characters in all
 #: (prometheus_client raises past that): ids of these lengths always fit, others are left out.
@@ -117,12 +134,14 @@ _EXPORTED: Final = (
     RESOURCE_METRICS.cpu,
     RESOURCE_METRICS.memory_limit,
     PHASE_METRICS.uncommitted_writes,
+    *PIPELINE_METRICS,
 )
 #: The buckets of each histogram, by metric key.
 _BUCKETS: Final = {
     METRICS.duration.key: DURATION_BUCKETS_SECONDS,
     RESOURCE_METRICS.peak_rss.key: PEAK_RSS_BUCKETS_BYTES,
     RESOURCE_METRICS.cpu.key: DURATION_BUCKETS_SECONDS,
+    PIPELINE_METRICS.run_duration.key: DURATION_BUCKETS_SECONDS,
 }
 
 
@@ -160,10 +179,16 @@ class PrometheusSink(Sink):
         self._by_labels: dict[tuple[str, ...], _Series] = {}
         self._finished = RecentKeys(dedupe_capacity)
         self._started = RecentKeys(dedupe_capacity)
+        # Pipeline runs: their own series (up to max_series too) and their own run ids.
+        self._pipeline_series: set[tuple[str, ...]] = set()
+        self._pipeline_known: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._pipelines_finished = RecentKeys(dedupe_capacity)
+        self._pipelines_started = RecentKeys(dedupe_capacity)
         self._lock = threading.Lock()
 
     #: Heartbeats change no metric; not queueing them saves a slot per run per interval.
-    kinds = frozenset({EventKind.STARTED, EventKind.FINISHED})
+    #: ``PIPELINE``: a pipeline run's start and end (once per pipeline run, not per node).
+    kinds = frozenset({EventKind.STARTED, EventKind.FINISHED, EventKind.PIPELINE})
 
     def export(self, events: Sequence[RunEvent]) -> None:
         with self._lock:
@@ -172,6 +197,8 @@ class PrometheusSink(Sink):
                     self._on_start(event.record)
                 elif event.kind is EventKind.FINISHED:
                     self._on_finish(event.record)
+                elif event.kind is EventKind.PIPELINE:
+                    self._on_pipeline(event.record)
 
     def _node_labels(self, record: RunRecord, metric: str) -> tuple[str, ...]:
         """Label values for ``record``, clamped and folded into the overflow series if needed."""
@@ -179,17 +206,30 @@ class PrometheusSink(Sink):
         known = self._known.get(raw)
         if known is not None:  # the common case: a series seen before
             return known
+        return self._admit(raw, metric, self._series, self._known, _NODE_FOLD)
+
+    def _admit(
+        self,
+        raw: tuple[str, ...],
+        metric: str,
+        series: set[tuple[str, ...]],
+        known: dict[tuple[str, ...], tuple[str, ...]],
+        fold: tuple[int, ...],
+    ) -> tuple[str, ...]:
+        """The label values of a series not seen before: clamped, kept in ``series`` while
+        there is room, else with the ``fold`` labels set to the overflow value (counted)."""
         # Escaped before cut: a label value the exposition format cannot encode would fail
         # every /metrics scrape (see odibi_observe._textsafe).
         values = tuple(encodable_text(v)[:_MAX_LABEL_VALUE] for v in raw)
-        if values in self._series or len(self._series) < self.max_series:
-            self._series.add(values)
-            self._known[raw] = values  # bounded: at most one raw form per kept series, mostly
+        if values in series or len(series) < self.max_series:
+            series.add(values)
+            known[raw] = values  # bounded: at most one raw form per kept series, mostly
             return values
         if self.monitor is not None:
             self.monitor.overflow(metric)
         folded = list(values)
-        folded[_NODE_INDEX] = OVERFLOW_LABEL_VALUE
+        for index in fold:
+            folded[index] = OVERFLOW_LABEL_VALUE
         return tuple(folded)
 
     def _children(self, labels: tuple[str, ...]) -> _Series:
@@ -249,6 +289,47 @@ class PrometheusSink(Sink):
             # not on every run (a sidecar sees many processes' records for one series).
             series.limit_seen = limit
             series.memory_limit.set(limit)
+
+    def _on_pipeline(self, record: RunRecord) -> None:
+        """A pipeline run's start (``RUNNING``: active +1) or end (active -1, and its
+        duration observed under its result). Each at most once per pipeline run id, and a
+        start arriving after its end is ignored, as for node runs."""
+        active = cast(Gauge, self._pipeline_child(PIPELINE_METRICS.run_active, record))
+        run_id = record.run_id
+        if record.status is RunStatus.RUNNING:
+            if run_id not in self._pipelines_finished and self._pipelines_started.add(run_id):
+                active.inc()
+            return
+        if not self._pipelines_finished.add(run_id):
+            return  # at-least-once delivery: this pipeline run was already counted
+        if self._pipelines_started.discard(run_id):
+            active.dec()
+        seconds = record.duration_seconds
+        if seconds is not None and record.status is not _SKIPPED:
+            duration = cast(Histogram, self._pipeline_child(PIPELINE_METRICS.run_duration, record))
+            observe_with_exemplar(duration, seconds, run_exemplar(record), time.time())
+
+    def _pipeline_child(self, metric: SemconvMetric, record: RunRecord) -> MetricWrapperBase:
+        """``metric``'s child for ``record``'s attributes (an absent one is the empty label
+        value, which Prometheus treats as no label)."""
+        attributes = pipeline_run_attributes(
+            project=record.project,
+            pipeline=record.pipeline,
+            environment=record.environment,
+            status=record.status,
+            error_type=record.error_type,
+        )
+        raw = tuple(attributes.get(a, "") for a in metric.attributes)
+        values = self._pipeline_known.get(raw)
+        if values is None:
+            # An error type is folded, never the empty one of a run that did not fail.
+            fold = tuple(
+                i for i, n in enumerate(metric.labels) if n in _PIPELINE_FOLD_LABELS and raw[i]
+            )
+            values = self._admit(
+                raw, metric.prometheus, self._pipeline_series, self._pipeline_known, fold
+            )
+        return self.families[metric.key].labels(*values)
 
 
 _SKIPPED: Final = RunStatus.SKIPPED

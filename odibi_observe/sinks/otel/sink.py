@@ -33,10 +33,13 @@ from odibi_observe.config import (
 from odibi_observe.conventions import (
     DURATION_BUCKETS_SECONDS,
     METRICS,
+    PIPELINE_METRICS,
     RESOURCE_HOST,
     RESOURCE_PID,
     RESOURCE_SERVICE_NAME,
     Metric,
+    RunStatus,
+    pipeline_run_attributes,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import RecentKeys, RecordRejected, Sink, SinkExportError
@@ -69,6 +72,10 @@ METRIC_DEDUP_SIZE: Final = 100_000
 SPAN_DEDUP_SIZE: Final = 16_384
 
 _logged_once: set[str] = set()
+
+#: What the sink takes when it records metrics: node runs' ends (spans and node metrics) and
+#: pipeline runs' records (the ``cicd.pipeline.run.*`` instruments).
+_METRIC_KINDS: Final = frozenset({EventKind.FINISHED, EventKind.PIPELINE})
 
 
 class _Destination:
@@ -105,7 +112,8 @@ class _Destination:
 
 
 class _Instruments:
-    """The node-run instruments, named and unit-ed by the conventions table."""
+    """The node-run instruments, and the CI/CD pipeline-run ones (``cicd.pipeline.run.*``),
+    named and unit-ed by the conventions table."""
 
     def __init__(self, meter: Meter) -> None:
         self.runs = meter.create_counter(
@@ -124,6 +132,47 @@ class _Instruments:
             description=METRICS.duration.description,
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_SECONDS,
         )
+        pipeline = PIPELINE_METRICS
+        self.pipeline_duration = meter.create_histogram(
+            _otel_name(pipeline.run_duration),
+            unit=pipeline.run_duration.otel_unit,
+            description=pipeline.run_duration.description,
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_SECONDS,
+        )
+        self.pipeline_active = meter.create_up_down_counter(
+            _otel_name(pipeline.run_active),
+            unit=pipeline.run_active.otel_unit,
+            description=pipeline.run_active.description,
+        )
+        # Pipeline run ids seen starting and ending (kept apart from node runs' ids).
+        self.pipelines_started = RecentKeys(METRIC_DEDUP_SIZE)
+        self.pipelines_finished = RecentKeys(METRIC_DEDUP_SIZE)
+
+    def record_pipeline(self, record: RunRecord) -> None:
+        """A pipeline run's start (active +1) or end (active -1, its duration recorded under
+        its result), each once per pipeline run id; a start after its end is ignored."""
+        run_id = record.run_id
+        attributes: dict[str, AttributeValue] = dict(
+            pipeline_run_attributes(
+                project=record.project,
+                pipeline=record.pipeline,
+                environment=record.environment,
+                status=record.status,
+                error_type=record.error_type,
+            )
+        )
+        active = {k: attributes[k] for k in PIPELINE_METRICS.run_active.attributes}
+        if record.status is RunStatus.RUNNING:
+            if run_id not in self.pipelines_finished and self.pipelines_started.add(run_id):
+                self.pipeline_active.add(1, active)
+            return
+        if not self.pipelines_finished.add(run_id):
+            return
+        if self.pipelines_started.discard(run_id):
+            self.pipeline_active.add(-1, active)
+        seconds = record.duration_seconds
+        if seconds is not None and record.status is not RunStatus.SKIPPED:
+            self.pipeline_duration.record(seconds, attributes)
 
     def record(self, record: RunRecord) -> None:
         self.runs.add(1, _labels(METRICS.runs, record))
@@ -184,7 +233,9 @@ class OtelSink(Sink):
     ``otlp_endpoint``, an own SDK ``MeterProvider`` exporting OTLP to the same endpoint
     (installed globally if none is). Otherwise there are no OTel metrics: the Prometheus sink
     covers them. Recording is de-duplicated by ``run_id`` (the last 100 000), because the bus
-    delivers at least once.
+    delivers at least once. With metrics, the sink also takes pipeline runs' records
+    (``EventKind.PIPELINE``) for the CI/CD instruments ``cicd.pipeline.run.duration`` and
+    ``cicd.pipeline.run.active`` (``PIPELINE_METRICS``), de-duplicated by pipeline run id.
 
     ``force_flush`` flushes everything spans were handed to (including the application's
     provider); ``shutdown`` shuts down only what the sink created or was given as
@@ -299,6 +350,8 @@ class OtelSink(Sink):
                 provider = self._own_metrics(otlp_endpoint, install_global)
             if provider is not None:
                 self._instruments = _Instruments(provider.get_meter(SCOPE.name, SCOPE.version))
+                # With metrics, pipeline runs' records too (cicd.pipeline.run.*; no span).
+                self.kinds = _METRIC_KINDS
 
     def _own_metrics(self, endpoint: str, install_global: bool) -> SdkMeterProvider:
         reader = _otlp_metric_reader(endpoint, self._otlp_protocol, self._otlp_timeout)
@@ -342,6 +395,8 @@ class OtelSink(Sink):
         reasons: dict[str, None] = {}
         for event in events:
             if event.kind is not EventKind.FINISHED:
+                if event.kind is EventKind.PIPELINE:
+                    self._record_pipeline(encodable_record(event.record))
                 continue
             # Text OTLP cannot encode (a lone surrogate from a file name) is escaped, so the
             # span keeps the name instead of failing the export forever (odibi_observe._textsafe).
@@ -405,6 +460,16 @@ class OtelSink(Sink):
             self._instruments.record(record)
         except Exception:
             log.exception("odibi-observe: recording OTel metrics for run %s failed", record.run_id)
+
+    def _record_pipeline(self, record: RunRecord) -> None:
+        if self._instruments is None:
+            return
+        try:
+            self._instruments.record_pipeline(record)
+        except Exception:
+            log.exception(
+                "odibi-observe: recording OTel metrics for pipeline run %s failed", record.run_id
+            )
 
     def force_flush(self, timeout: float | None = None) -> bool:
         deadline = time.monotonic() + (30.0 if timeout is None else timeout)
