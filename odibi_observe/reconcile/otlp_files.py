@@ -409,7 +409,9 @@ class OtlpJsonFileSource(TraceSource):
             todo.append((file, stat.st_size))
         return todo
 
-    def pipeline_runs(self, read_range: ReadRange, log: ReadLog) -> Iterator[PipelineRunSide]:
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
         files = [file for file, _ in self._todo(read_range, log)]
         return otlp_pipeline_runs(files, read_range, log, self.describe())
 
