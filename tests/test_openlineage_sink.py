@@ -16,6 +16,7 @@ import os
 import pkgutil
 import re
 import threading
+import time
 import types
 import typing
 import uuid
@@ -37,11 +38,13 @@ from openlineage.client.facet_v2 import (
 
 import odibi_observe as oo
 from odibi_observe.conventions import (
+    CRASH_HEARTBEAT_LOST,
     OPENLINEAGE_INTEGRATION_DEFAULT,
     OPENLINEAGE_OUTPUT_NAME_ATTRIBUTE,
     OPENLINEAGE_OUTPUT_NAMESPACE_ATTRIBUTE,
     OPENLINEAGE_PRODUCER,
     OPENLINEAGE_RUN_FACET,
+    OPENLINEAGE_SINK,
     RunStatus,
 )
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -796,3 +799,159 @@ def test_without_the_client_installed_strict_configuration_works(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "openlineage" not in done.stdout
+
+
+# -- the composite transport, configured by OPENLINEAGE__TRANSPORT__* or openlineage.yml ---------
+
+
+def _composite_env(ol_env: pytest.MonkeyPatch, url: str, path: Path) -> None:
+    """Composite = http (``url``) + file (``path``), in the client's nested variables."""
+    for key, value in {
+        "TYPE": "composite",
+        "TRANSPORTS__MARQUEZ__TYPE": "http",
+        "TRANSPORTS__MARQUEZ__URL": url,
+        "TRANSPORTS__MARQUEZ__RETRY": '{"total": 0}',
+        "TRANSPORTS__ARCHIVE__TYPE": "file",
+        "TRANSPORTS__ARCHIVE__LOG_FILE_PATH": str(path),
+        "TRANSPORTS__ARCHIVE__APPEND": "true",
+    }.items():
+        ol_env.setenv(f"OPENLINEAGE__TRANSPORT__{key}", value)
+
+
+def _pipeline_runs() -> list[str]:
+    """One run that succeeds and one that fails, with no odibi-observe setting."""
+    ids = []
+    with oo.node_run("daily", "load") as run:
+        run.add_rows(7)
+        ids.append(str(run.run_id))
+    with pytest.raises(ZeroDivisionError), oo.node_run("daily", "divide") as run:
+        ids.append(str(run.run_id))
+        _ = 1 / 0
+    assert oo.flush(20)
+    return ids
+
+
+def test_the_composite_transport_sends_each_event_to_every_child(
+    ol_env: pytest.MonkeyPatch, receiver: Receiver, tmp_path: Path, fresh_observer: Configure
+) -> None:
+    path = tmp_path / "archive.jsonl"
+    _composite_env(ol_env, receiver.url, path)
+    observer = fresh_observer(handle_sigterm=False, mode="inline")
+    (sink,) = [s for s in observer.sinks if isinstance(s, OpenLineageSink)]
+    assert sink.client.transport.kind == "composite"
+    load, divide = _pipeline_runs()
+    posted = receiver.wait(4)
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    for event in (*posted, *written):
+        validate(event)
+    assert posted == written  # the same events, byte for byte once decoded
+    assert sorted((e["run"]["runId"], e["eventType"]) for e in posted) == sorted(
+        [(load, "START"), (load, "COMPLETE"), (divide, "START"), (divide, "FAIL")]
+    )
+
+
+def test_a_composite_whose_children_all_fail_is_retried_by_the_bus(
+    ol_env: pytest.MonkeyPatch, receiver: Receiver, tmp_path: Path, fresh_observer: Configure
+) -> None:
+    """``openlineage.yml`` named by ``OPENLINEAGE_CONFIG``: http (503) + file (a directory
+    that cannot be a file): the client raises, the bus keeps the events, and once the
+    endpoint answers they are posted, each once."""
+    blocked = tmp_path / "not-a-file"
+    blocked.mkdir()
+    config = tmp_path / "conf" / "openlineage.yml"
+    config.parent.mkdir()
+    config.write_text(
+        "transport:\n"
+        "  type: composite\n"
+        "  transports:\n"
+        f"    marquez: {{type: http, url: '{receiver.url}', retry: {{total: 0}}, timeout: 2}}\n"
+        f"    archive: {{type: file, log_file_path: '{blocked}', append: true}}\n"
+    )
+    ol_env.setenv("OPENLINEAGE_CONFIG", str(config))
+    receiver.status = 503
+    fresh_observer(handle_sigterm=False, mode="background")
+    with oo.node_run("p", "n") as run:
+        run_id = str(run.run_id)
+    with receiver.lock:
+        receiver.lock.wait_for(lambda: receiver.requests >= 1, 10)
+    assert not oo.flush(1.0)
+    receiver.status = 201
+    assert oo.flush(30)
+    assert [(e["eventType"], e["run"]["runId"]) for e in receiver.wait(2)] == [
+        ("START", run_id),
+        ("COMPLETE", run_id),
+    ]
+
+
+# -- sidecar mode over HTTP: the spool cursor of its own, SIGKILL ---------------------------------
+
+
+def test_the_sidecar_s_lineage_has_its_own_cursor_and_a_killed_run_gets_its_fail(
+    ol_env: pytest.MonkeyPatch, receiver: Receiver, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The lineage endpoint is down (503) while a sidecar-mode pipeline runs and is SIGKILLed:
+    the catalog gets every row meanwhile (its cursor is not held back), the ``openlineage``
+    cursor keeps the events; once the endpoint is back each event is posted once, the killed
+    run's FAIL (the sweeper's CRASHED close) with its original runId; a restarted sidecar
+    posts nothing again (the cursor's position is on disk)."""
+    import signal
+
+    from odibi_observe.sidecar.service import Sidecar
+    from tests.helpers import wait_until
+    from tests.test_sidecar_service import (
+        catalog_rows,
+        options,
+        settings,
+        start_hanging_pipeline,
+    )
+
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__TYPE", "http")
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__URL", receiver.url)
+    ol_env.setenv("OPENLINEAGE__TRANSPORT__RETRY", '{"total": 0}')
+    receiver.status = 503
+    spool = tmp_path / "spool"
+
+    def start() -> Sidecar:
+        return Sidecar(
+            options(sqlite_url, spool, sweep_interval=3600), settings=settings(sqlite_url)
+        ).start()
+
+    def lineage_backlog(sidecar: Sidecar) -> int:
+        (cursor,) = [c for c in sidecar.spool.open_cursors() if c.name == OPENLINEAGE_SINK]
+        return cursor.backlog()
+
+    sidecar = start()
+    try:
+        proc, hung, done = start_hanging_pipeline(spool)
+        assert wait_until(lambda: {hung, *done} <= set(catalog_rows(sqlite_url)), 20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        swept = sidecar.sweep_once()
+        assert swept is not None and [r.run_id for r in swept.closed] == [hung]
+        assert catalog_rows(sqlite_url)[hung].status is RunStatus.CRASHED
+        assert wait_until(lambda: receiver.requests >= 1, 20)
+        assert receiver.events == []
+        assert lineage_backlog(sidecar) >= 3  # START, COMPLETE, START at least; not acked
+        receiver.status = 201
+        assert wait_until(lambda: len(receiver.events) >= 4 and lineage_backlog(sidecar) == 0, 60)
+    finally:
+        sidecar.stop(timeout=5)
+    got = list(receiver.events)
+    for event in got:
+        validate(event)
+    assert sorted((e["run"]["runId"], e["eventType"]) for e in got) == sorted(
+        [(done[0], "START"), (done[0], "COMPLETE"), (hung, "START"), (hung, "FAIL")]
+    )
+    fail = next(e for e in got if e["eventType"] == "FAIL")
+    assert fail["run"]["facets"][OPENLINEAGE_RUN_FACET]["status"] == "CRASHED"
+    start_event = next(e for e in got if e["eventType"] == "START" and e["run"]["runId"] == hung)
+    assert fail["job"] == start_event["job"] == {**fail["job"], "name": "nightly.hang"}
+    message = fail["run"]["facets"]["errorMessage"]["message"]
+    assert message.startswith(CRASH_HEARTBEAT_LOST + ": ") and "closed as CRASHED" in message
+    again = start()
+    try:
+        assert wait_until(lambda: lineage_backlog(again) == 0, 20)
+        time.sleep(1.0)  # a pump that re-read the spool would have posted by now
+    finally:
+        again.stop(timeout=5)
+    assert len(receiver.events) == 4
