@@ -883,6 +883,37 @@ def test_a_composite_whose_children_all_fail_is_retried_by_the_bus(
     ]
 
 
+def test_a_composite_with_one_child_taking_the_event_counts_it_as_sent(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """The client's default (``continue_on_failure: true``): an event one child took is
+    delivered; the child that was down does not get it later (as docs/openlineage.md says)."""
+    path = tmp_path / "archive.jsonl"
+    sink = OpenLineageSink(
+        OpenLineageClient(
+            config={
+                "transport": {
+                    "type": "composite",
+                    "transports": {
+                        "marquez": {"type": "http", "url": receiver.url, "retry": {"total": 0}},
+                        "archive": {"type": "file", "log_file_path": str(path), "append": True},
+                    },
+                }
+            }
+        )
+    )
+    receiver.status = 503
+    rec = make_record()
+    sink.export([started(rec), finished(rec)])  # no SinkUnavailable: the file took both
+    receiver.status = 201
+    sink.export([started(rec), finished(rec)])  # a replay: each event was sent once already
+    assert [json.loads(line)["eventType"] for line in path.read_text().splitlines()] == [
+        "START",
+        "COMPLETE",
+    ]
+    assert receiver.requests == 2 and receiver.events == []
+
+
 # -- sidecar mode over HTTP: the spool cursor of its own, SIGKILL ---------------------------------
 
 
@@ -955,3 +986,55 @@ def test_the_sidecar_s_lineage_has_its_own_cursor_and_a_killed_run_gets_its_fail
     finally:
         again.stop(timeout=5)
     assert len(receiver.events) == 4
+
+
+# -- the events docs/openlineage.md shows ---------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "openlineage.md"
+
+
+def _doc_blocks() -> list[dict[str, Any]]:
+    blocks = re.findall(r"```json\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    return [json.loads(block) for block in blocks]
+
+
+def _shape(value: Any, path: str = "") -> set[str]:
+    """Every key path in ``value`` (list items as ``[]``): the structure, not the values."""
+    if isinstance(value, dict):
+        return {p for k, v in value.items() for p in {f"{path}.{k}", *_shape(v, f"{path}.{k}")}}
+    if isinstance(value, list):
+        return {p for v in value for p in _shape(v, f"{path}[]")}
+    return set()
+
+
+def test_the_events_in_the_docs_are_what_the_sink_sends(tmp_path: Path) -> None:
+    """Each full event the page shows is valid and has the shape of the event the sink sends
+    now for such a run; each excerpt of facets is valid by the client's models."""
+    from openlineage.client.generated.base import RunFacet
+
+    blocks = _doc_blocks()
+    full = [b for b in blocks if "run" in b and "job" in b]
+    excerpts = [b for b in blocks if b not in full]
+    assert [b["eventType"] for b in full] == ["COMPLETE"]
+    assert [b["eventType"] for b in excerpts] == ["FAIL", "FAIL"]
+    path = tmp_path / "lineage.jsonl"
+    sink = OpenLineageSink(
+        OpenLineageClient(
+            config={"transport": {"type": "file", "log_file_path": str(path), "append": True}}
+        )
+    )
+    sink.export([finished(make_record(pipeline_run_id=str(uuid.uuid4()), rows=1200))])
+    (sent,) = [json.loads(line) for line in path.read_text().splitlines()]
+    for event in full:
+        validate(event)
+        assert _shape(event) == _shape(sent)
+    for excerpt in excerpts:
+        for name, facet in excerpt.items():
+            if isinstance(facet, dict):
+                rebuild(RunFacet, facet, f"docs {name}")
+                assert FACETS.get(name) is None or FACETS[name]._get_schema() == facet["_schemaURL"]
+    failed, crashed = (e[OPENLINEAGE_RUN_FACET]["status"] for e in excerpts)
+    assert (failed, crashed) == ("FAILURE", "CRASHED")
+    # A raised exception's FAIL carries its stack trace; the sweeper's close has none.
+    assert excerpts[0]["errorMessage"]["stackTrace"].startswith("Traceback")
+    assert "stackTrace" not in excerpts[1]["errorMessage"]
