@@ -139,14 +139,15 @@ def bench_lineage(n: int, workdir: Path) -> tuple[float, float]:
     import os
 
     tag = uuid.uuid4().hex
+    events = workdir / f"lineage-{tag}.jsonl"
     transport = {
         "OPENLINEAGE__TRANSPORT__TYPE": "file",
-        "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(workdir / f"lineage-{tag}.jsonl"),
+        "OPENLINEAGE__TRANSPORT__LOG_FILE_PATH": str(events),
         "OPENLINEAGE__TRANSPORT__APPEND": "true",
     }
     os.environ.update(transport)
     try:
-        return _time_decorated_node(
+        timed = _time_decorated_node(
             n,
             "lineage",
             mode="background",
@@ -159,6 +160,12 @@ def bench_lineage(n: int, workdir: Path) -> tuple[float, float]:
     finally:
         for key in transport:
             os.environ.pop(key, None)
+    # A variant that dropped its events would look cheaper than it is: START and COMPLETE
+    # of every run (and of the warm-up run) must be in the file.
+    written = sum(1 for _ in events.open("rb"))
+    if written != 2 * (n + 1):
+        raise RuntimeError(f"lineage variant wrote {written} events, not {2 * (n + 1)}")
+    return timed
 
 
 def bench_sidecar(n: int, workdir: Path) -> tuple[float, float]:

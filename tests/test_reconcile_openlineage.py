@@ -214,6 +214,40 @@ def test_missing_terminal_event_status_mismatch_and_missing_runs_are_reported(
         for run_id in (lost_end, enriched):
             assert plans[run_id]["status"] == "not_repairable"
             assert "lineage" in plans[run_id]["note"]
+    # The command line says the same (and exits 1).
+    done_cli = _cli_reconcile(sqlite_url, path, tmp_path / "report")
+    assert done_cli.returncode == 1, done_cli.stderr
+    counts = json.loads(done_cli.stdout)["summary"]["discrepancies"]
+    assert {k: n for k, n in counts.items() if n} == {
+        "status_mismatch": 1,
+        "missing_terminal_event": 1,
+        "missing_in_traces": 1,
+    }
+
+
+def _cli_reconcile(catalog_url: str, path: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """``odibi-observe reconcile --traces openlineage-file:PATH --json`` over the last hour."""
+    return subprocess.run(
+        [
+            *CLI,
+            "reconcile",
+            "--catalog",
+            catalog_url,
+            "--traces",
+            f"{OPENLINEAGE_FILE_SCHEME}:{path}",
+            "--last",
+            "1h",
+            "--grace",
+            "0s",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_a_facet_that_contradicts_the_event_type_is_reported(tmp_path: Path) -> None:
@@ -276,27 +310,7 @@ def test_malformed_lines_are_counted_and_reported_never_fatal(
     assert f"longer than {MAX_LINE_BYTES:,}" in messages[2][1]
     assert "a JSON list" in messages[3][1]
     out = tmp_path / "report"
-    done = subprocess.run(
-        [
-            *CLI,
-            "reconcile",
-            "--catalog",
-            sqlite_url,
-            "--traces",
-            f"{OPENLINEAGE_FILE_SCHEME}:{path}",
-            "--last",
-            "1h",
-            "--grace",
-            "0s",
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _cli_reconcile(sqlite_url, path, out)
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)
     assert summary["summary"]["errors"] == 4

@@ -52,6 +52,7 @@ from odibi_observe.conventions import (
 from odibi_observe.conventions import OPENLINEAGE_FACETS as FACETS
 from odibi_observe.reconcile.model import (
     FUTURE_SKEW_NS,
+    PipelineRunSide,
     ReadLog,
     ReadRange,
     TraceRun,
@@ -100,10 +101,14 @@ class OpenLineageFileSource(OtlpJsonFileSource):
     def split(self, parts: int, read_range: ReadRange, *, min_bytes: int = 0) -> list[TraceSource]:
         return [self]
 
-    def pipeline_runs(self, read_range: ReadRange, log: ReadLog) -> None:
-        """None: lineage carries a pipeline run only as its node runs' ``parent`` facet, with
-        no node counts, so pipeline runs are not reconciled against it."""
-        return
+    def pipeline_runs(
+        self, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[PipelineRunSide] | None:
+        """None: the sink sends node runs only (a pipeline run is their ``parent`` facet, with
+        no events of its own), so ``meta_pipeline_runs`` is not compared against lineage. The
+        ``otlp-json:`` reader this source shares its listing with would read no ``RUN`` span
+        here, and every pipeline run would be reported missing."""
+        return None
 
     def read(self, read_range: ReadRange, log: ReadLog) -> Iterator[TraceRun]:
         runs: dict[str, _Run] = {}
