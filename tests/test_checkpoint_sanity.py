@@ -5,6 +5,9 @@ the real PostgreSQL server), judged by ``odibi-observe reconcile``."""
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,8 +19,10 @@ import pytest
 import odibi_observe as oo
 from odibi_observe.catalog import CatalogStore
 from odibi_observe.conventions import CHECKPOINT_REGRESSED, OVERLAPPING_RUNS, RunStatus
-from odibi_observe.record import EventKind, RunEvent
+from odibi_observe.reconcile.phases import OVERLAP_SLACK_NS
+from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.testing.contracts import make_record
+from tests.fault_helpers import CLI, child_env, eventually
 from tests.test_run_phases import reconcile
 
 SANITY = (CHECKPOINT_REGRESSED, OVERLAPPING_RUNS)
@@ -220,3 +225,76 @@ def test_the_first_checkpoint_of_a_window_is_compared_with_the_last_before_it(
     assert (regressed["kind"], regressed["run_id"]) == (CHECKPOINT_REGRESSED, run_id)
     assert says.format(before=before.run_id) in regressed["detail"]
     assert before.run_id in regressed["detail"]
+
+
+#: A run of ``p``/``orders`` that touches ``argv[1]`` once started and then waits (to be
+#: SIGKILLed) before it reads or writes anything, its heartbeats going to ``argv[2]``.
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+import odibi_observe as oo
+oo.configure(catalog_url=sys.argv[2], mode="inline", heartbeat_interval=0.05)
+with oo.node_run("p", "orders"):
+    Path(sys.argv[1]).touch()
+    while True:
+        time.sleep(60)
+"""
+
+
+def test_a_run_killed_before_writing_still_overlaps(
+    catalog_url: str, tmp_path: Path, fresh_observer: Any
+) -> None:
+    """A real SIGKILL: the killed run recorded no phase, the sweep closes it CRASHED at its
+    last heartbeat — after the other run started — and the other run overlaps it."""
+    marker = tmp_path / "started"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(marker), catalog_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        eventually(lambda: _assert(marker.exists() and child.poll() is None), timeout=60)
+        fresh_observer(catalog_url=catalog_url)
+        later = committed("orders_hwm", 10)
+        assert oo.flush(timeout=30)
+        (record,) = [r for r in _runs(catalog_url) if r.run_id == later]
+
+        def beat_after_it() -> None:
+            (killed,) = [r for r in _runs(catalog_url) if r.run_id != later]
+            _assert((killed.heartbeat_ns or 0) > record.started_ns + 10 * OVERLAP_SLACK_NS)
+
+        eventually(beat_after_it, timeout=30)
+    finally:
+        child.kill()
+        child.wait(30)
+        child.stderr.close()  # type: ignore[union-attr]
+    assert child.returncode == -signal.SIGKILL
+    sweep = subprocess.run(
+        [sys.executable, *CLI, "sweep", "--catalog", catalog_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        check=False,
+    )
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    (killed,) = [r for r in _runs(catalog_url) if r.run_id != later]
+    assert killed.status is RunStatus.CRASHED and not killed.writes and killed.checkpoint is None
+    found, _ = findings(catalog_url, tmp_path)
+    (overlap,) = found
+    assert (overlap["kind"], overlap["run_id"]) == (OVERLAPPING_RUNS, later)
+    assert overlap["catalog"]["overlapped"]["run_id"] == killed.run_id
+    assert f"run {killed.run_id} recorded no write (it ended CRASHED)" in overlap["detail"]
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+def _runs(catalog_url: str) -> list[RunRecord]:
+    store = CatalogStore(catalog_url)
+    try:
+        return store.recent_runs(limit=10)
+    finally:
+        store.dispose()
