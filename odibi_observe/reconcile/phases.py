@@ -160,6 +160,12 @@ class Unordered(NamedTuple):
     against: Any
 
 
+#: What a checkpoint older than the one before it, or than the value it replaced, leads to.
+_NEXT_RUN: Final = (
+    ": the next run reads again from the older value and writes those rows a second time"
+)
+
+
 def _checks(
     cp: dict[str, Any], before: RunRecord | None, read: RunRecord | None
 ) -> tuple[tuple[Any, Any, Callable[[], str]], ...]:
@@ -173,13 +179,16 @@ def _checks(
             _value(before),
             lambda: (
                 f"committed {key} = {value!r}, older than the checkpoint run "
-                f"{_run_id(before)} committed before it ({_value(before)!r})"
+                f"{_run_id(before)} committed before it ({_value(before)!r}){_NEXT_RUN}"
             ),
         ),
         (
             value,
             previous,
-            lambda: f"committed {key} = {value!r}, older than the value it replaced ({previous!r})",
+            lambda: (
+                f"committed {key} = {value!r}, older than the value it replaced "
+                f"({previous!r}){_NEXT_RUN}"
+            ),
         ),
         (
             previous,
@@ -187,7 +196,8 @@ def _checks(
             lambda: (
                 f"the state was set back before this run: the value it replaced ({key} = "
                 f"{previous!r}) is older than {_value(read)!r}, committed by run {_run_id(read)} "
-                "before this run started (restored, edited or reset)"
+                "before this run started (restored, edited or reset): a run that read from "
+                "the older value read those rows again and wrote them a second time"
             ),
         ),
     )
@@ -213,11 +223,7 @@ def regressed_checkpoints(
             if order is None:
                 unclear = unclear or Unordered(record, key, value, against)
             elif order < 0:
-                detail = (
-                    f"{say()}: the next run reads again from the older "
-                    "value and writes those rows a second time"
-                )
-                found.append((record, _discrepancy(CHECKPOINT_REGRESSED, record, detail)))
+                found.append((record, _discrepancy(CHECKPOINT_REGRESSED, record, say())))
                 break
         else:
             if unclear is not None:
@@ -272,9 +278,9 @@ def overlapping_runs(
 def _overlap_detail(record: RunRecord, other: RunRecord) -> str:
     same = _read_from(record) == _read_from(other) and _read_from(record) is not _UNKNOWN
     both = (
-        f"both read from checkpoint {_read_from(record)!r}, "
+        f"both read from checkpoint {_read_from(record)!r}"
         if same
-        else "both read from the same checkpoint, "
+        else "both read from the same checkpoint"
     )
     silent = [r for r in (other, record) if not r.writes]
     if silent:
@@ -285,11 +291,11 @@ def _overlap_detail(record: RunRecord, other: RunRecord) -> str:
             else f"it ended {run.status.value}"
         )
         outcome = (
-            f"run {run.run_id} recorded no write ({how}), so nothing was written twice this "
+            f"; run {run.run_id} recorded no write ({how}), so nothing was written twice this "
             "time, but nothing keeps two runs of this node apart"
         )
     else:
-        outcome = "so the rows of that window were written twice"
+        outcome = ", so the rows of that window were written twice"
     return (
         f"started at {iso_ns(record.started_ns)} while run {other.run_id} of the same "
         f"node (started {iso_ns(other.started_ns)}) was still running: {both}{outcome}"
