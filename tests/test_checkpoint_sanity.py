@@ -298,3 +298,54 @@ def _runs(catalog_url: str) -> list[RunRecord]:
         return store.recent_runs(limit=10)
     finally:
         store.dispose()
+
+
+def test_an_odibi_hwm_set_back_between_runs_is_regressed(tmp_path: Path) -> None:
+    """A real Odibi incremental pipeline: two runs (HWM 14:00, then 19:00); an operator puts
+    the HWM back to 14:00 with Odibi's own StateManager (a restored backup); the third run
+    reads from 14:00 again and appends 5 orders a second time. Every run succeeds; reconcile
+    reports the third as ``checkpoint_regressed``: the state was set back before it."""
+    pytest.importorskip("odibi", reason="the Odibi integration needs the 'odibi' extra")
+    pytest.importorskip("deltalake", reason="reading the Delta target needs the 'odibi' extra")
+    from odibi.config import load_config_from_file
+    from odibi.state import StateManager, create_state_backend
+
+    from tests.test_odibi_integration import chdir
+    from tests.test_odibi_phases import (
+        HWM_KEY,
+        incremental_project,
+        records,
+        run_pipeline,
+        target_rows,
+        write_events,
+    )
+
+    project = incremental_project(tmp_path / "project")
+    catalog, traces = f"sqlite:///{tmp_path / 'catalog.db'}", tmp_path / "traces.jsonl"
+
+    def state() -> StateManager:
+        with chdir(project):
+            config = load_config_from_file(str(project / "odibi.yaml"))
+            return StateManager(backend=create_state_backend(config, project_root=str(project)))
+
+    run_pipeline(project, catalog, traces)
+    saved = state().get_hwm(HWM_KEY)
+    write_events(project, 0, 20)
+    run_pipeline(project, catalog, traces)
+    state().set_hwm(HWM_KEY, saved)  # the HWM restored to what it was after the first run
+    write_events(project, 0, 24)
+    run_pipeline(project, catalog, traces)
+    first, second, third = records(catalog)
+    assert first.status is second.status is third.status is RunStatus.SUCCESS
+    assert [w["rows"] for r in (first, second, third) for w in r.writes] == [15, 5, 9]
+    assert target_rows(project) == (29, 24)  # orders 15..19 appended twice
+    assert second.checkpoint is not None and third.checkpoint is not None
+    assert third.checkpoint["previous"] == "2024-01-01 14:00:00"
+    report = reconcile(catalog, traces, tmp_path / "report")
+    (regressed,) = [d for d in report["discrepancies"] if d["kind"] in SANITY]
+    assert (regressed["kind"], regressed["run_id"]) == (CHECKPOINT_REGRESSED, third.run_id)
+    assert regressed["detail"].startswith(
+        f"the state was set back before this run: the value it replaced ({HWM_KEY} = "
+        f"'2024-01-01 14:00:00') is older than '2024-01-01 19:00:00', committed by run "
+        f"{second.run_id} before this run started"
+    )
