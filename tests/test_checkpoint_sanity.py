@@ -142,6 +142,22 @@ def test_two_runs_at_once_overlap_and_the_later_names_the_earlier(
     assert overlap["detail"].endswith("so the rows of that window were written twice")
 
 
+def test_back_to_back_runs_of_a_retry_loop_do_not_overlap(
+    catalog_url: str, tmp_path: Path, fresh_observer: Any
+) -> None:
+    """Runs that fail at once and are retried in the same thread, then one that commits: a
+    run's end (its start plus a monotonic duration) may pass the next start by microseconds,
+    which is no overlap."""
+    fresh_observer(catalog_url=catalog_url)
+    for _ in range(20):
+        with contextlib.suppress(OSError), oo.node_run("p", "orders"):
+            raise OSError("source unreachable")
+    committed("orders_hwm", 10)
+    committed("orders_hwm", 20, previous=10)
+    found, _ = findings(catalog_url, tmp_path)
+    assert found == []
+
+
 @pytest.mark.parametrize("silent", ["earlier", "later"])
 def test_a_run_that_failed_before_writing_still_overlaps(
     silent: str, catalog_url: str, tmp_path: Path, fresh_observer: Any
