@@ -217,8 +217,11 @@ def test_decorated_node_records_its_write_and_checkpoint_on_both_catalogs(
     assert "re-reads those 7 row(s)" in finding["detail"]
 
 
-def reconcile(catalog_url: str, traces: Path, out: Path) -> dict[str, Any]:
-    """``odibi-observe reconcile`` of ``catalog_url`` against ``traces``: its JSON report."""
+def reconcile(
+    catalog_url: str, traces: Path, out: Path, *, since: str = "2000-01-01T00:00:00"
+) -> dict[str, Any]:
+    """``odibi-observe reconcile`` of ``catalog_url`` against ``traces`` (runs that started
+    from ``since``): its JSON report."""
     result = subprocess.run(
         [
             sys.executable,
@@ -229,7 +232,7 @@ def reconcile(catalog_url: str, traces: Path, out: Path) -> dict[str, Any]:
             "--traces",
             f"otlp-json:{traces}",
             "--since",
-            "2000-01-01T00:00:00",
+            since,
             "--grace",
             "0s",
             "--format",
@@ -293,26 +296,33 @@ def test_writes_are_bounded_and_a_phase_after_the_end_is_ignored() -> None:
 
 def test_checkpoints_are_ordered_only_when_they_can_be() -> None:
     """Numbers and ISO times are ordered; other values, mixed kinds and a naive time against
-    an aware one are not, and are never flagged as a regression."""
+    an aware one are not: never flagged as a regression, but returned as not ordered (the
+    report's note), and never an exception."""
     from odibi_observe.reconcile.phases import regressed_checkpoints
 
     def committed(value: object, at: int, previous: object = None) -> RunRecord:
         return make_record(checkpoint={"key": "k", "value": value, "previous": previous, "at": at})
 
-    cases: list[tuple[object, object, bool]] = [
-        (5, 7, True),
-        (7.5, 7, False),
-        ("2024-01-01 14:00:00", "2024-01-01 19:00:00", True),
-        ("2024-01-02", "2024-01-01T23:00:00", False),
-        ("b", "a", False),  # not times: no order
-        ("a", "b", False),
-        ("2024-01-01T00:00:00+00:00", "2024-01-02T00:00:00", False),  # aware vs naive
-        (1, "2024-01-01", False),
-        (True, 5, False),
+    cases: list[tuple[object, object, bool, bool]] = [  # later, earlier, flagged, unordered
+        (5, 7, True, False),
+        (7.5, 7, False, False),
+        ("2024-01-01 14:00:00", "2024-01-01 19:00:00", True, False),
+        ("2024-01-02", "2024-01-01T23:00:00", False, False),
+        ("b", "a", False, True),  # not times: no order
+        ("a", "b", False, True),
+        ("a", "a", False, False),  # the same value, whatever it is
+        ("2024-01-01T00:00:00+00:00", "2024-01-02T00:00:00", False, True),  # aware vs naive
+        (1, "2024-01-01", False, True),
+        (True, 5, False, True),
+        (math.nan, 5, False, True),
+        ({"offset": 3}, [1, 2], False, True),
     ]
-    for later, earlier, flagged in cases:
-        runs = [committed(earlier, AT), committed(later, AT + 1)]
-        assert bool(regressed_checkpoints(runs)) is flagged, (later, earlier)
+    for later, earlier, flagged, unordered in cases:
+        found, unclear = regressed_checkpoints([committed(earlier, AT), committed(later, AT + 1)])
+        assert bool(found) is flagged, (later, earlier)
+        assert [(u.value, u.against) for u in unclear] == (
+            [(later, earlier)] if unordered else []
+        ), (later, earlier)
     # Against the value it replaced, with no earlier commit in the range.
-    assert regressed_checkpoints([committed(3, AT, previous=4)])
-    assert not regressed_checkpoints([committed(4, AT, previous=3)])
+    assert regressed_checkpoints([committed(3, AT, previous=4)])[0]
+    assert not regressed_checkpoints([committed(4, AT, previous=3)])[0]

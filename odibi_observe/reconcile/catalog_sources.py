@@ -60,7 +60,7 @@ from odibi_observe.catalog.schema import (
 )
 from odibi_observe.catalog.store import CatalogStore, create_catalog_engine
 from odibi_observe.config import ConfigurationError, hide_password
-from odibi_observe.conventions import CATALOG_TABLE
+from odibi_observe.conventions import CATALOG_TABLE, RunStatus
 from odibi_observe.reconcile import odibi_delta
 from odibi_observe.reconcile.model import (
     EXACT_MARGIN,
@@ -128,6 +128,10 @@ NOT_RUN_MARKERS: Final = ('"dry_run"', '"skipped"')
 ODIBI_DELTA_SCHEME: Final = "odibi-delta"
 
 TIME_COLUMNS: Final = frozenset({STARTED_AT, TIMESTAMP, HEARTBEAT_AT})
+#: Latest checkpoints of a node read from before a window: the last one committed is among
+#: them unless that many runs of the node overlapped it (runs commit in start order but for
+#: overlaps, which are few).
+LATEST_CHECKPOINT_ROWS: Final = 20
 
 
 class SqlCatalog(CatalogSource):
@@ -207,8 +211,6 @@ class SqlCatalog(CatalogSource):
         return CatalogStore(self.engine)
 
     def phase_runs(self, read_range: ReadRange, log: ReadLog) -> Iterator[RunRecord]:
-        if self.store() is None:
-            return  # not migrated (Odibi's own table): no run recorded a write
         c = meta_runs.c
         query = (
             sa.select(meta_runs)
@@ -219,12 +221,48 @@ class SqlCatalog(CatalogSource):
             )
             .order_by(c[STARTED_AT], c[RUN_ID])
         )
+        yield from self._records(query, log, WRITES_JSON, "the runs' writes")
+
+    def node_runs(
+        self, pipeline: str, node: str, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[RunRecord]:
+        c = meta_runs.c
+        query = _of_node(
+            pipeline,
+            node,
+            c[STATUS] != RunStatus.SKIPPED.value,
+            c[STARTED_AT] >= read_range.start,
+            c[STARTED_AT] < read_range.end,
+        ).order_by(c[STARTED_AT], c[RUN_ID])
+        yield from self._records(query, log, STATUS, f"the runs of {pipeline}/{node}")
+
+    def checkpoints_before(
+        self, pipeline: str, node: str, before_ns: int, log: ReadLog
+    ) -> Iterator[RunRecord]:
+        c = meta_runs.c
+        query = (
+            _of_node(
+                pipeline,
+                node,
+                c[CHECKPOINT_JSON].is_not(None),
+                c[STARTED_AT] < ns_to_datetime(before_ns),
+            )
+            .order_by(c[STARTED_AT].desc(), c[RUN_ID])
+            .limit(LATEST_CHECKPOINT_ROWS)
+        )
+        yield from self._records(query, log, CHECKPOINT_JSON, "the checkpoints before the window")
+
+    def _records(self, query: Any, log: ReadLog, column: str, what: str) -> Iterator[RunRecord]:
+        """The rows of ``query`` as records; what cannot be read goes to ``log``. None from a
+        table never migrated (Odibi's own): no run of it recorded a phase."""
+        if self.store() is None:
+            return
         source = f"catalog {self.describe()}"
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).mappings().all()
         except SQLAlchemyError as exc:
-            log.add_error(source, WRITES_JSON, f"cannot read the runs' writes: {_first_line(exc)}")
+            log.add_error(source, column, f"cannot read {what}: {_first_line(exc)}")
             return
         for row in rows:
             try:
@@ -332,6 +370,13 @@ class SqlCatalog(CatalogSource):
                 f"{count} rows are dated in the future (e.g. run {example}): a writer's "
                 "clock is wrong; they are outside every window",
             )
+
+
+def _of_node(pipeline: str, node: str, *where: Any) -> Any:
+    """The ``meta_runs`` rows of ``pipeline``/``node`` where ``where`` holds (the index on
+    pipeline, node and start serves it)."""
+    c = meta_runs.c
+    return sa.select(meta_runs).where(c[PIPELINE] == pipeline, c[NODE] == node, *where)
 
 
 def _sql_run(

@@ -502,8 +502,8 @@ KINDS: Final = kind_table(
     KindInfo(
         CHECKPOINT_REGRESSED,
         "Checkpoint regressed",
-        "The run committed a checkpoint older than the one committed before it: the next "
-        "run reads again from the older value.",
+        "The run committed a checkpoint older than the one committed before it, or the "
+        "state was set back before it ran: a run reads again from the older value.",
         "Usually a slower run that overlapped a faster one committed last, or the state "
         "was restored: set the checkpoint back to the newer value before the next run, and "
         "keep runs of the node from overlapping. See docs/exactly-once.md.",

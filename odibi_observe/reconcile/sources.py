@@ -182,6 +182,23 @@ class CatalogSource(_SpecSource):
         a checkpoint: the node is a checkpointing one although its writes did not say so."""
         return False
 
+    def node_runs(
+        self, pipeline: str, node: str, read_range: ReadRange, log: ReadLog
+    ) -> Iterator[RunRecord]:
+        """Every run of ``pipeline``/``node`` whose start is in ``read_range``, with or without
+        phases (SKIPPED ones, which never ran, left out), oldest first: what
+        ``overlapping_runs`` is judged on, so that a run that ended before it wrote anything is
+        still seen running beside another. None (the default) for a catalog without phases."""
+        return iter(())
+
+    def checkpoints_before(
+        self, pipeline: str, node: str, before_ns: int, log: ReadLog
+    ) -> Iterator[RunRecord]:
+        """The latest runs of ``pipeline``/``node`` that started before ``before_ns`` and
+        committed a checkpoint (a few, newest first): what the first checkpoints of a window
+        are compared with. None (the default) for a catalog without phases."""
+        return iter(())
+
     def sql_url(self) -> str | None:
         """The SQLAlchemy URL, for recording reports in ``meta_reconciliation``; or None."""
         return None
