@@ -211,6 +211,9 @@ def test_a_keyboard_interrupt_aborts_the_nodes_after_it(tmp_path: Path) -> None:
     )  # a cancellation, not a failure
     # summary is either run before the interrupt (serial order) or aborted with the rest.
     assert statuses(records)["summary"] in {("SUCCESS", None), ("SKIPPED", SKIP_ABORTED)}
+    skipped_spans = {s.attributes[NODE]: s for s in outcome.spans() if SKIP_REASON in s.attributes}
+    assert skipped_spans["archive"].attributes[SKIP_REASON] == SKIP_ABORTED
+    assert outcome.runs_counted("archive", RunStatus.SKIPPED) == 1.0
     row = outcome.pipeline_row()
     assert row["status"] == "CANCELLED" and row["error_type"] == "KeyboardInterrupt"
     assert counts_of(row)["planned"] == 4 == counts_of(row)["ran"] + counts_of(row)["skipped"]
@@ -240,6 +243,12 @@ def test_nodes_left_out_by_a_node_selection_are_not_selected(tmp_path: Path) -> 
     row = outcome.pipeline_row()
     assert row["status"] == "SUCCESS"
     assert counts_of(row) == {"planned": 5, "ran": 3, "skipped": 2, "failed": 0}
+    assert {
+        s.attributes[NODE]: s.attributes[SKIP_REASON]
+        for s in outcome.spans()
+        if SKIP_REASON in s.attributes
+    } == dict.fromkeys(["bad", "after_bad"], SKIP_NOT_SELECTED)
+    assert outcome.runs_counted("bad", RunStatus.SKIPPED) == 1.0
 
 
 def test_a_good_run_shares_its_pipeline_run_id_with_odibis_own_table(tmp_path: Path) -> None:
