@@ -111,6 +111,20 @@ UNMARKED: dict[tuple[str, str], str] = {
         "--traces otlp-json:traces.jsonl --last 1h --grace 0s --out reconcile-report",
     ): "the records of that fail-fast Odibi run",
     (
+        "docs/odibi.md",
+        "$ odibi-observe run --catalog sqlite:///catalog.db --traces-file "
+        "traces.jsonl odibi.yaml --node revenue_reprot",
+    ): "the same Odibi project, a node name Odibi does not know",
+    (
+        "docs/odibi.md",
+        '$ cp catalog.db tampered.db && sqlite3 tampered.db "UPDATE meta_pipeline_runs SET '
+        'nodes_skipped = 2"',
+    ): "the records of that fail-fast Odibi run, one count changed",
+    (
+        "docs/exactly-once.md",
+        "$ odibi-observe runs --catalog sqlite:///catalog.db --status SKIPPED",
+    ): "the skipped runs of the fail-fast Odibi run of docs/odibi.md",
+    (
         "docs/operations.md",
         "$ odibi-observe sweep --catalog sqlite:///sweep.db --spool-dir spool",
     ): "a sidecar-mode pipeline killed with its ending still spooled",

@@ -99,13 +99,13 @@ class PlanOutcome:
         )
 
 
-def run_project(project: Path, **run_kwargs: Any) -> PlanOutcome:
-    """Run the project with PipelineManager, instrumented, into SQLite + OTLP-JSON; an
-    exception out of the run is kept, not raised."""
+def run_project(project: Path, catalog_url: str | None = None, **run_kwargs: Any) -> PlanOutcome:
+    """Run the project with PipelineManager, instrumented, into ``catalog_url`` (SQLite in
+    the project by default) + OTLP-JSON; an exception out of the run is kept, not raised."""
     from odibi.pipeline import PipelineManager
 
     registry = CollectorRegistry()
-    catalog_url = f"sqlite:///{project / 'catalog.db'}"
+    catalog_url = catalog_url or f"sqlite:///{project / 'catalog.db'}"
     traces = project / "traces.jsonl"
     oo.configure(
         catalog_url=catalog_url,
@@ -211,6 +211,9 @@ def test_a_keyboard_interrupt_aborts_the_nodes_after_it(tmp_path: Path) -> None:
     )  # a cancellation, not a failure
     # summary is either run before the interrupt (serial order) or aborted with the rest.
     assert statuses(records)["summary"] in {("SUCCESS", None), ("SKIPPED", SKIP_ABORTED)}
+    skipped_spans = {s.attributes[NODE]: s for s in outcome.spans() if SKIP_REASON in s.attributes}
+    assert skipped_spans["archive"].attributes[SKIP_REASON] == SKIP_ABORTED
+    assert outcome.runs_counted("archive", RunStatus.SKIPPED) == 1.0
     row = outcome.pipeline_row()
     assert row["status"] == "CANCELLED" and row["error_type"] == "KeyboardInterrupt"
     assert counts_of(row)["planned"] == 4 == counts_of(row)["ran"] + counts_of(row)["skipped"]
@@ -240,6 +243,12 @@ def test_nodes_left_out_by_a_node_selection_are_not_selected(tmp_path: Path) -> 
     row = outcome.pipeline_row()
     assert row["status"] == "SUCCESS"
     assert counts_of(row) == {"planned": 5, "ran": 3, "skipped": 2, "failed": 0}
+    assert {
+        s.attributes[NODE]: s.attributes[SKIP_REASON]
+        for s in outcome.spans()
+        if SKIP_REASON in s.attributes
+    } == dict.fromkeys(["bad", "after_bad"], SKIP_NOT_SELECTED)
+    assert outcome.runs_counted("bad", RunStatus.SKIPPED) == 1.0
 
 
 def test_a_good_run_shares_its_pipeline_run_id_with_odibis_own_table(tmp_path: Path) -> None:
@@ -424,3 +433,189 @@ def test_reconciliation_reports_counts_that_disagree(
         "status_mismatch": "pipeline run: catalog SUCCESS, span FAILURE",
         "count_mismatch": "pipeline run: catalog vs span: skipped 1 vs 2",
     }
+
+
+# -- the node's own on_error, a --tag selection, both catalogs ------------------------------------
+
+#: ingest → {bad (on_error: fail_fast), big} → {after_bad, after_big}, run serially.
+SERIAL_FAIL_FAST_NODES = [
+    {**node, "on_error": "fail_fast"} if node["name"] == "bad" else node for node in FAIL_FAST_NODES
+]
+
+
+def test_a_nodes_own_fail_fast_stops_a_serial_run_in_either_catalog(
+    tmp_path: Path, catalog_url: str
+) -> None:
+    outcome = run_project(make_project(tmp_path, SERIAL_FAIL_FAST_NODES).parent, catalog_url)
+    # Odibi's serial runner breaks out of its loop: no exception, the failure in the results.
+    assert outcome.error is None and outcome.results.failed == ["bad"]
+    records = outcome.records()
+    # Odibi's order is ingest_orders, bad, big, ...: the failure of bad stops the rest.
+    assert statuses(records) == {
+        "ingest_orders": ("SUCCESS", None),
+        "bad": ("FAILURE", None),
+        "big": ("SKIPPED", SKIP_FAIL_FAST),
+        "after_bad": ("SKIPPED", SKIP_DEPENDENCY_FAILED),
+        "after_big": ("SKIPPED", SKIP_FAIL_FAST),
+    }
+    row = outcome.pipeline_row()
+    assert row["status"] == "FAILURE" and row["error_type"] is None
+    assert row["pipeline_run_id"] == outcome.pipeline_run_id
+    assert counts_of(row) == {"planned": 5, "ran": 2, "skipped": 3, "failed": 1}
+    assert {r.pipeline_run_id for r in records.values()} == {outcome.pipeline_run_id}
+    spans = {s.attributes.get(NODE): s for s in outcome.spans() if SKIP_REASON in s.attributes}
+    assert {n: s.attributes[SKIP_REASON] for n, s in spans.items()} == {
+        n: r.skip_reason for n, r in records.items() if r.skip_reason
+    }
+    for name in ("big", "after_bad", "after_big"):
+        assert outcome.runs_counted(name, RunStatus.SKIPPED) == 1.0
+    assert outcome.runs_counted("big", RunStatus.SUCCESS) == 0.0
+
+    # Reconciled against its spans: clean; a count changed in the table is count_mismatch.
+    code, report = reconcile(outcome.catalog_url, outcome.traces, tmp_path / "clean")
+    assert (code, report["summary"]["discrepancies_total"]) == (0, 0), report["summary"]
+    engine = sa.create_engine(outcome.catalog_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE meta_pipeline_runs SET nodes_planned = 9"))
+    finally:
+        engine.dispose()
+    code, report = reconcile(outcome.catalog_url, outcome.traces, tmp_path / "changed")
+    assert code == 1
+    assert [(d["kind"], d["run_id"], d["detail"]) for d in report["discrepancies"]] == [
+        ("count_mismatch", outcome.pipeline_run_id, "pipeline run: catalog vs span: planned 9 vs 5")
+    ]
+
+
+def test_nodes_left_out_by_a_tag_selection_are_not_selected(tmp_path: Path) -> None:
+    tagged = {"ingest_orders", "big"}  # a tag selects no dependencies: Odibi runs only these
+    nodes = [{**n, "tags": ["daily"]} if n["name"] in tagged else n for n in FAIL_FAST_NODES]
+    outcome = run_project(make_project(tmp_path, nodes).parent, tag="daily")
+    assert outcome.error is None and not outcome.results.failed
+    assert statuses(outcome.records()) == {
+        "ingest_orders": ("SUCCESS", None),
+        "big": ("SUCCESS", None),
+        "bad": ("SKIPPED", SKIP_NOT_SELECTED),
+        "after_bad": ("SKIPPED", SKIP_NOT_SELECTED),
+        "after_big": ("SKIPPED", SKIP_NOT_SELECTED),
+    }
+    row = outcome.pipeline_row()
+    assert row["status"] == "SUCCESS"
+    assert counts_of(row) == {"planned": 5, "ran": 2, "skipped": 3, "failed": 0}
+    assert outcome.runs_counted("after_big", RunStatus.SKIPPED) == 1.0
+
+
+# -- odibi-observe runs ---------------------------------------------------------------------------
+
+
+def test_runs_shows_the_skipped_runs_with_their_reason(fail_fast: PlanOutcome) -> None:
+    records = fail_fast.records()
+    result = run_subprocess(
+        [
+            *_cli_command("odibi-observe"),
+            "runs",
+            "--catalog",
+            fail_fast.catalog_url,
+            "--status",
+            "SKIPPED",
+        ],
+        fail_fast.project,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name, reason in (("after_bad", SKIP_DEPENDENCY_FAILED), ("after_big", SKIP_FAIL_FAST)):
+        (row,) = [i for i, line in enumerate(lines) if records[name].run_id[:8] in line]
+        assert f" {name} " in lines[row] and " SKIPPED " in lines[row]
+        assert lines[row + 1] == f"    skipped: {reason}"
+    assert lines[-1] == "2 runs"
+    as_json = run_subprocess(
+        [*_cli_command("odibi-observe"), "runs", "--catalog", fail_fast.catalog_url, "--json"],
+        fail_fast.project,
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    reasons = {
+        line[FIELDS.node.column]: (line[FIELDS.status.column], line[SKIP_REASON_FIELD.column])
+        for line in map(json.loads, as_json.stdout.splitlines())
+    }
+    assert reasons == statuses(records)
+
+
+def test_an_interrupted_selection_through_a_real_sidecar_reconciles_in_postgresql(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Sidecar mode, ``--node archive`` and a Ctrl-C in ``publish``: what the selection left
+    out is not_selected, what the interrupt kept from running aborted; the PostgreSQL
+    catalog reconciles cleanly with the sidecar's spans until a count is changed."""
+    nodes = [
+        INGEST,
+        sql_node("big", "SELECT * FROM df WHERE amount > 50"),
+        step_node("publish", "interrupt", after="big"),
+        sql_node("archive", "SELECT * FROM df", after="publish"),
+        sql_node("summary", "SELECT COUNT(*) AS n FROM df"),
+    ]
+    project = make_project(tmp_path / "project", nodes).parent
+    spool, traces = tmp_path / "spool", tmp_path / "traces.jsonl"
+    sidecar = Sidecar(pg_url, spool, log=tmp_path / "sidecar.log", traces_file=traces).start()
+    try:
+        result = run_subprocess(
+            [*_cli_command("odibi-observe"), "run", "odibi.yaml", "--node", "archive"],
+            project,
+            env={
+                "ODIBI_OBSERVE_MODE": "sidecar",
+                "ODIBI_OBSERVE_SPOOL_DIR": str(spool),
+                "ODIBI_OBSERVE_ENVIRONMENT": "test",
+            },
+        )
+        assert result.returncode == 130, result.stdout + result.stderr
+        store = CatalogStore(pg_url)
+
+        def pipeline_runs() -> list[dict[str, Any]]:
+            try:
+                with store.engine.connect() as conn:
+                    found = conn.execute(sa.text("SELECT * FROM meta_pipeline_runs"))
+                    return [dict(r) for r in found.mappings()]
+            except sa.exc.ProgrammingError:  # the sidecar has not created the table yet
+                return []
+
+        def spans_of_the_run() -> int:
+            if not traces.exists():
+                return 0
+            return sum(
+                1 for s in read_spans(traces) if s.attributes.get(NODE) or s.name == "RUN sales"
+            )
+
+        try:
+            assert wait_until(
+                lambda: [r["status"] for r in pipeline_runs()] == ["CANCELLED"], timeout=60
+            ), (tmp_path / "sidecar.log").read_text()[-3000:]
+            assert wait_until(lambda: spans_of_the_run() >= 6, timeout=30)
+            records = {r.node: r for r in store.recent_runs(limit=10)}
+            (row,) = pipeline_runs()
+        finally:
+            store.dispose()
+    finally:
+        sidecar.stop()
+    assert statuses(records) == {
+        "ingest_orders": ("SUCCESS", None),
+        "big": ("SUCCESS", None),
+        "publish": ("CANCELLED", None),
+        "archive": ("SKIPPED", SKIP_ABORTED),
+        "summary": ("SKIPPED", SKIP_NOT_SELECTED),
+    }
+    assert row["error_type"] == "KeyboardInterrupt"
+    assert counts_of(row) == {"planned": 5, "ran": 3, "skipped": 2, "failed": 0}
+    assert {r.pipeline_run_id for r in records.values()} == {row["pipeline_run_id"]}
+
+    code, report = reconcile(pg_url, traces, tmp_path / "clean")
+    assert (code, report["summary"]["discrepancies_total"]) == (0, 0), report["summary"]
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE meta_pipeline_runs SET nodes_ran = 2"))
+    finally:
+        engine.dispose()
+    code, report = reconcile(pg_url, traces, tmp_path / "changed")
+    assert code == 1
+    assert [(d["kind"], d["detail"]) for d in report["discrepancies"]] == [
+        ("count_mismatch", "pipeline run: catalog vs span: ran 2 vs 3")
+    ]

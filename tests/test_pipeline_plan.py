@@ -7,7 +7,9 @@ sink, a real SQLite / PostgreSQL catalog, a real OTLP-JSON file and a Prometheus
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -337,3 +339,57 @@ def test_skipped_runs_neither_lower_the_status_pages_success_rate_nor_time_a_nod
         engine.dispose()
     assert page.totals[RunStatus.SKIPPED.value] == 3
     assert page.success_rate == 1.0
+
+
+def reconcile_report(catalog_url: str, traces: Path, out: Path, *extra: str) -> dict[str, Any]:
+    """``odibi-observe reconcile`` of ``catalog_url`` against a trace file, its JSON report."""
+    from odibi_observe.cli import main
+
+    code = main(
+        [
+            "reconcile",
+            "--catalog",
+            catalog_url,
+            "--traces",
+            f"otlp-json:{traces}",
+            "--since",
+            "2000-01-01T00:00:00",
+            "--grace",
+            "0s",
+            *extra,
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert code == (1 if report["summary"]["discrepancies_total"] else 0)
+    return report
+
+
+def test_a_pipeline_run_in_flight_is_no_discrepancy_until_it_goes_stale(
+    fresh_observer: Configure, catalog_url: str, tmp_path: Path
+) -> None:
+    """A pipeline run still going has a ``RUNNING`` row and no ``RUN`` span yet (the span is
+    exported when it ends): in flight, like a node run's ``RUNNING`` row; with no end after
+    ``--crash-after`` (the process died) it is ``stale_running``, never ``missing_in_traces``."""
+    traces = tmp_path / "traces.jsonl"
+    fresh_observer(mode="inline", catalog_url=catalog_url, traces_file=str(traces))
+    with oo.pipeline_run("sales", plan=["extract", "report"]) as pipeline_run_id:
+        extract()
+        assert oo.flush(timeout=30)
+        in_flight = reconcile_report(catalog_url, traces, tmp_path / "in-flight")
+        stale = reconcile_report(
+            catalog_url, traces, tmp_path / "stale", "--crash-after", "0s", "--repair"
+        )
+    assert in_flight["summary"]["discrepancies_total"] == 0, in_flight["discrepancies"]
+    (item,) = stale["discrepancies"]
+    assert (item["kind"], item["run_id"]) == ("stale_running", pipeline_run_id)
+    assert item["detail"].startswith("pipeline run: RUNNING with no RUN span since ")
+    assert item["catalog"]["status"] == "RUNNING" and item["trace"] is None
+    assert oo.flush(timeout=30)
+    # Ended, and the repair above touched nothing: the row and its span agree.
+    ended = reconcile_report(catalog_url, traces, tmp_path / "ended")
+    assert ended["summary"]["discrepancies_total"] == 0, ended["discrepancies"]

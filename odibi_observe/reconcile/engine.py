@@ -354,8 +354,8 @@ def reconcile(
                     f"{merger.skipped_spans:,} SKIPPED runs (planned nodes that never started) "
                     "have a span only: this catalog records no skipped runs",
                 )
-            _add_pipeline_runs(result, catalog, traces, read_range, log)
             stale_before = window.now_ns - _ns(options.crash_after)
+            _add_pipeline_runs(result, catalog, traces, read_range, log, stale_before=stale_before)
             for item in phase_findings(catalog, window, read_range, log, stale_before):
                 result.add(item)
         except SourceError as exc:  # a source that failed only once the merge was under way
@@ -381,10 +381,14 @@ def _add_pipeline_runs(
     traces: Sequence[TraceSource],
     read_range: ReadRange,
     log: ReadLog,
+    *,
+    stale_before: int,
 ) -> None:
     """Reconcile the pipeline runs too (:mod:`~odibi_observe.reconcile.pipelines`): their
     discrepancies join the node runs' under the same kinds, counted and listed alike."""
-    found = compare_pipeline_runs(catalog, traces, read_range, result.window, log)
+    found = compare_pipeline_runs(
+        catalog, traces, read_range, result.window, log, stale_before_ns=stale_before
+    )
     if found is None:
         return
     assert result._items is not None

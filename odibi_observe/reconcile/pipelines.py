@@ -7,7 +7,9 @@ the row the catalog sink writes, and the pipeline span whose ``odibi.nodes_*`` a
 contracts (``pipeline_runs``; a source that cannot read pipeline runs answers None and is left
 out), joins them by pipeline run id and reports, with the node-run kinds where they fit:
 
-* ``missing_in_traces`` — a row without its span (the span was lost or dropped);
+* ``missing_in_traces`` — a finished row without its span (the span was lost or dropped);
+  a ``RUNNING`` row has no span yet (the span is exported when the pipeline run ends): in
+  flight, until no end came for ``crash_after`` (``stale_running``: the process died);
 * ``missing_in_catalog`` — a span without its row (the catalog write was lost);
 * ``status_mismatch`` — the two disagree on the pipeline run's status;
 * ``count_mismatch`` — they disagree on how many nodes were planned, ran, were skipped or
@@ -31,6 +33,7 @@ from odibi_observe.conventions import (
     FIELDS,
     PIPELINE_COUNTS,
     PIPELINE_RESULTS,
+    RunStatus,
 )
 from odibi_observe.reconcile.model import (
     Discrepancy,
@@ -38,6 +41,7 @@ from odibi_observe.reconcile.model import (
     ReadLog,
     ReadRange,
     Window,
+    iso_ns,
 )
 from odibi_observe.reconcile.sources import CatalogSource, SourceError, TraceSource
 from odibi_observe.record import datetime_to_ns
@@ -53,6 +57,7 @@ _RUN_ID: Final = FIELDS.run_id.attribute or ""
 _PIPELINE_RUN_ID: Final = FIELDS.pipeline_run_id.attribute or ""
 _PIPELINE: Final = FIELDS.pipeline.attribute or ""
 _GZIP_MAGIC: Final = b"\x1f\x8b"
+_RUNNING: Final = RunStatus.RUNNING.value
 
 
 def _count(value: Any) -> int | None:
@@ -162,9 +167,13 @@ def compare_pipeline_runs(
     read_range: ReadRange,
     window: Window,
     log: ReadLog,
+    *,
+    stale_before_ns: int,
 ) -> list[Discrepancy] | None:
     """The discrepancies between the catalog's pipeline runs and the traces' that started in
-    ``window``; None when either side cannot read pipeline runs (nothing was compared)."""
+    ``window``; None when either side cannot read pipeline runs (nothing was compared). A
+    ``RUNNING`` row without its span that started at or after ``stale_before_ns`` is in
+    flight (counted in a note), an older one ``stale_running``."""
     rows = catalog.pipeline_runs(read_range, log) if catalog.holds_plans() else None
     if rows is None:
         return None
@@ -185,13 +194,20 @@ def compare_pipeline_runs(
         for span in stream:
             if span.started_ns in in_window:
                 spans[span.pipeline_run_id] = span  # the same span twice is one span
+    in_flight = {
+        key
+        for key, row in by_id.items()
+        if row.status == _RUNNING and key not in spans and row.started_ns >= stale_before_ns
+    }
     found = [
-        *(_judge(row, spans.get(key)) for key, row in by_id.items()),
+        *(_judge(row, spans.get(key)) for key, row in by_id.items() if key not in in_flight),
         *(_judge(None, span) for key, span in spans.items() if key not in by_id),
     ]
-    compared = len(by_id.keys() | spans.keys())
+    compared = len(by_id.keys() | spans.keys()) - len(in_flight)
     if compared:
         log.add_note("pipeline runs", f"{compared:,} compared with their RUN spans")
+    if in_flight:
+        log.add_note("pipeline runs", f"{len(in_flight):,} in flight (RUNNING, no RUN span yet)")
     return [d for group in found for d in group]
 
 
@@ -220,6 +236,14 @@ def _judge(row: PipelineRunSide | None, span: PipelineRunSide | None) -> list[Di
             f"pipeline run: {detail}",
         )
 
+    if span is None and row is not None and row.status == _RUNNING:
+        return [
+            found(
+                "stale_running",
+                f"RUNNING with no RUN span since {iso_ns(row.started_ns)}: the process died "
+                "before the pipeline run ended",
+            )
+        ]
     if span is None:
         return [found("missing_in_traces", "meta_pipeline_runs row has no RUN span")]
     if row is None:
