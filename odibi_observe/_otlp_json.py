@@ -43,7 +43,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 __all__ = [
     "OtlpJsonFileSpanExporter",
@@ -80,43 +80,72 @@ def encode_spans_json(spans: Sequence[ReadableSpan]) -> str:
     Why not simply protobuf and ``json_format``: that round trip cost ~90 µs per span, more
     than everything else odibi-observe does for a node run together. Building dicts for
     ``json.dumps`` still cost ~20 µs. So a span is written as text: the fixed fields by
-    concatenation, string values through the ``json`` module's own C string encoder, and the
-    attributes that recur from run to run (project, pipeline, node, status) from a cache of
-    their encoded text.
+    concatenation, string values through the ``json`` module's own C string encoder, and each
+    attribute key's text from a cache (keys recur from run to run; most values do not).
     """
+    return _request_text(spans)
+
+
+def _request_text(spans: Sequence[ReadableSpan], end: str = "") -> str:
+    """The request line of :func:`encode_spans_json` with ``end`` after it, in one string."""
     # Grouped by resource equality, as the SDK groups them, but without Resource.__hash__: it
     # serialises the attributes to JSON, which cost more than encoding the span itself. The
     # key of a resource object is computed once per call (the spans keep it alive meanwhile).
     grouped: dict[Hashable, dict[InstrumentationScope | None, list[str]]] = {}
     resources: dict[Hashable, Resource] = {}
     keys: dict[int, Hashable] = {}
+    # Consecutive spans nearly always share their resource and scope objects (a sink's batch
+    # shares both): the list of the previous span is then reused without any lookup (the
+    # first span, with no list yet, always looks up).
+    last_resource: Resource | None = None
+    last_scope: InstrumentationScope | None = None
+    encoded: list[str] = []
     for span in spans:
-        resource = span.resource
-        key = keys.get(id(resource))
-        if key is None:
-            key = keys[id(resource)] = (frozenset(resource.attributes.items()), resource.schema_url)
-        if key not in grouped:
-            grouped[key], resources[key] = {}, resource
-        grouped[key].setdefault(span.instrumentation_scope or None, []).append(_span_text(span))
-    resource_spans = []
-    for key, scopes in grouped.items():
+        resource, scope = span.resource, span.instrumentation_scope or None
+        if resource is not last_resource or scope is not last_scope or not encoded:
+            key = keys.get(id(resource))
+            if key is None:
+                key = keys[id(resource)] = (
+                    frozenset(resource.attributes.items()),
+                    resource.schema_url,
+                )
+            if key not in grouped:
+                grouped[key], resources[key] = {}, resource
+            encoded = grouped[key].setdefault(scope, [])
+            last_resource, last_scope = resource, scope
+        encoded.append(_span_text(span))
+    # The request is assembled as one list of pieces and joined once: a batch of 512 node
+    # spans is about 0.6 MB of text, and each nested join or f-string around it was another
+    # copy of all of it (together more than a microsecond per span).
+    pieces = ['{"resourceSpans":[']
+    for number, (key, scopes) in enumerate(grouped.items()):
         resource = resources[key]
-        scope_spans = []
-        for scope, encoded in scopes.items():
+        pieces.append(
+            f'{"," if number else ""}{{"resource":{_resource_text(resource)},"scopeSpans":['
+        )
+        for scope_number, (scope, texts) in enumerate(scopes.items()):
             schema = (
                 f',"schemaUrl":{_str(scope.schema_url)}'
                 if scope is not None and scope.schema_url
                 else ""
             )
-            scope_spans.append(
-                f'{{"scope":{_dumps(_scope_json(scope))},"spans":[{",".join(encoded)}]{schema}}}'
+            pieces.append(
+                f'{"," if scope_number else ""}{{"scope":{_dumps(_scope_json(scope))},"spans":['
             )
+            pieces += _comma_separated(texts)
+            pieces.append(f"]{schema}}}")
         schema = f',"schemaUrl":{_str(resource.schema_url)}' if resource.schema_url else ""
-        resource_spans.append(
-            f'{{"resource":{_resource_text(resource)},'
-            f'"scopeSpans":[{",".join(scope_spans)}]{schema}}}'
-        )
-    return _one_line(f'{{"resourceSpans":[{",".join(resource_spans)}]}}')
+        pieces.append(f"]{schema}}}")
+    pieces.append(f"]}}{end}")
+    # A string without U+2028/U+2029 comes back from str.replace unchanged, not copied.
+    return _one_line("".join(pieces))
+
+
+def _comma_separated(texts: list[str]) -> list[str]:
+    """``texts`` with a ``","`` between each two, by slice assignment (no loop in Python)."""
+    out = [","] * (2 * len(texts) - 1)
+    out[::2] = texts
+    return out
 
 
 #: The ``json`` module's string encoder (its C implementation where available): quotes and
@@ -142,70 +171,104 @@ _FLAGS_IS_REMOTE: Final = 0x200
 
 
 def _span_text(span: ReadableSpan) -> str:
-    """One span as the protobuf JSON mapping renders the SDK's OTLP message (defaults omitted)."""
+    """One span as the protobuf JSON mapping renders the SDK's OTLP message (defaults omitted).
+
+    Each property of the span is read once (they are Python calls; ``attributes``,
+    ``events`` and ``links`` build a new view or tuple per read); the common values — no trace
+    state, an ``INTERNAL`` span, an unset status — are decided by identity, without the Python
+    ``__hash__`` of an enum member.
+    """
     ctx = span.get_span_context()
     assert ctx is not None
     parent = span.parent
     # The Collector always writes parentSpanId, empty for a root span; protobuf JSON would omit
     # it. Matching the Collector keeps our files and its files the same shape.
     parts = [f'{{"traceId":"{ctx.trace_id:032x}","spanId":"{ctx.span_id:016x}"']
-    trace_state = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())
+    state = ctx.trace_state
+    trace_state = ",".join(f"{k}={v}" for k, v in state.items()) if state else ""
     if trace_state:
         parts.append(f',"traceState":{_str(trace_state)}')
     parts.append(f',"parentSpanId":"{parent.span_id:016x}"' if parent else ',"parentSpanId":""')
-    if span.name:
-        parts.append(f',"name":{_str(span.name)}')
-    parts.append(f',"kind":{_SPAN_KINDS[span.kind]}')
-    if span.start_time:
-        parts.append(f',"startTimeUnixNano":"{span.start_time}"')
-    if span.end_time:
-        parts.append(f',"endTimeUnixNano":"{span.end_time}"')
-    if span.attributes:
-        parts.append(
-            f',"attributes":[{",".join([_kv_text(k, v) for k, v in span.attributes.items()])}]'
-        )
-    if span.dropped_attributes:
+    name = span.name
+    if name:
+        parts.append(f',"name":{_str(name)}')
+    kind = span.kind
+    parts.append(f',"kind":{1 if kind is SpanKind.INTERNAL else _SPAN_KINDS[kind]}')
+    start, end = span.start_time, span.end_time
+    if start:
+        parts.append(f',"startTimeUnixNano":"{start}"')
+    if end:
+        parts.append(f',"endTimeUnixNano":"{end}"')
+    attributes = span.attributes
+    if attributes:
+        parts.append(f',"attributes":[{_attributes_text(attributes)}]')
+    if span.dropped_attributes:  # read twice only when something was dropped
         parts.append(f',"droppedAttributesCount":{span.dropped_attributes}')
-    if span.events:
-        parts.append(f',"events":{_dumps([_event_json(e) for e in span.events])}')
-    if span.dropped_events:
+    events = span.events
+    if events:
+        parts.append(f',"events":{_dumps([_event_json(e) for e in events])}')
+    if span.dropped_events:  # read twice only when something was dropped
         parts.append(f',"droppedEventsCount":{span.dropped_events}')
-    if span.links:
-        parts.append(f',"links":{_dumps([_link_json(link) for link in span.links])}')
-    if span.dropped_links:
+    links = span.links
+    if links:
+        parts.append(f',"links":{_dumps([_link_json(link) for link in links])}')
+    if span.dropped_links:  # read twice only when something was dropped
         parts.append(f',"droppedLinksCount":{span.dropped_links}')
-    description, code = span.status.description, span.status.status_code.value
-    if description and code:
-        status = f'{{"message":{_str(description)},"code":{code}}}'
-    elif code:
-        status = f'{{"code":{code}}}'
-    else:
-        status = f'{{"message":{_str(description)}}}' if description else "{}"
-    parts.append(f',"status":{status},"flags":{_flags(parent)}}}')
+    parts.append(f',"status":{_status_text(span.status)},"flags":{_flags(parent)}}}')
     return "".join(parts)
 
 
-#: Encoded text of recurring scalar attributes, keyed by (key, type, value); the type keeps
-#: True and 1 apart. Bounded by clearing: unique values (run ids) pass through it too.
-_kv_cache: dict[tuple[str, type, Any], str] = {}
-_KV_CACHE_SIZE: Final = 4096
+def _status_text(status: Status) -> str:
+    description, status_code = status.description, status.status_code
+    if status_code is StatusCode.UNSET and not description:
+        return "{}"
+    code = status_code.value
+    if description and code:
+        return f'{{"message":{_str(description)},"code":{code}}}'
+    if code:
+        return f'{{"code":{code}}}'
+    return f'{{"message":{_str(description)}}}' if description else "{}"
 
 
-def _kv_text(key: str, value: Any) -> str:
-    kind = type(value)
-    if kind is str or kind is bool or kind is int:
-        cache_key = (key, kind, value)
-        text = _kv_cache.get(cache_key)
-        if text is None:
-            if len(_kv_cache) >= _KV_CACHE_SIZE:
-                _kv_cache.clear()
-            if kind is str:
-                text = f'{{"key":{_str(key)},"value":{{"stringValue":{_str(value)}}}}}'
-            else:
-                text = _dumps({"key": key, "value": _any_value_json(value)})
-            _kv_cache[cache_key] = text
-        return text
-    return _dumps({"key": key, "value": _any_value_json(value)})
+#: The encoded ``{"key":<key>,"value":`` opening of each attribute key seen. Keys recur (the
+#: conventions' names, a project's own attributes) while values mostly do not (run ids,
+#: timings), so the key's text is what is worth keeping. Bounded by clearing: keys of user
+#: attributes are the user's.
+_key_openings: dict[str, str] = {}
+_KEY_CACHE_SIZE: Final = 4096
+
+
+def _key_opening(key: str) -> str:
+    if len(_key_openings) >= _KEY_CACHE_SIZE:
+        _key_openings.clear()
+    text = _key_openings[key] = f'{{"key":{_str(key)},"value":'
+    return text
+
+
+def _attributes_text(attributes: Mapping[str, Any]) -> str:
+    """The attributes as the comma-separated ``KeyValue`` objects of OTLP/JSON.
+
+    One loop, no call per attribute for the four exact scalar types (what nearly every span
+    attribute is): the text is what ``_dumps`` of :func:`_any_value_json` would give — a
+    string through the ``json`` module's encoder, an int as a decimal string, a finite float
+    by ``float.__repr__`` (as ``json`` writes it). Anything else (subclasses, sequences,
+    non-finite floats, bytes) goes through :func:`_any_value_json` as before.
+    """
+    texts = []
+    for key, value in attributes.items():
+        opening = _key_openings.get(key) or _key_opening(key)
+        kind = type(value)
+        if kind is str:
+            texts.append(f'{opening}{{"stringValue":{_str(value)}}}}}')
+        elif kind is int:
+            texts.append(f'{opening}{{"intValue":"{value}"}}}}')
+        elif kind is bool:
+            texts.append(f'{opening}{{"boolValue":{"true" if value else "false"}}}}}')
+        elif kind is float and math.isfinite(value):
+            texts.append(f'{opening}{{"doubleValue":{value!r}}}}}')
+        else:
+            texts.append(_dumps({"key": key, "value": _any_value_json(value)}))
+    return ",".join(texts)
 
 
 _resource_cache: dict[tuple[tuple[str, Any], ...], str] = {}
@@ -500,7 +563,7 @@ class OtlpJsonFileSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
-        data = (encode_spans_json(spans) + "\n").encode("utf-8")
+        data = _request_text(spans, "\n").encode("utf-8")  # the line and its end in one copy
         try:
             with self._lock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

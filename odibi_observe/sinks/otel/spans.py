@@ -143,28 +143,30 @@ def record_to_span(
     ``cicd.pipeline.task.run.url.full`` attribute (none without it). Raises ``ValueError`` for
     a record that cannot be a finished span (not terminal, no end time, malformed ids).
     """
-    if not record.status.is_terminal or record.ended_ns is None:
+    run_status = record.status
+    ended = record.ended_ns
+    if run_status is RunStatus.RUNNING or ended is None:  # not run_status.is_terminal
         raise ValueError(f"run {record.run_id}: a span needs a terminal record with ended_ns")
     trace_id = _parse_id(record.trace_id, 32, "trace_id")
-    span_id = _parse_id(record.span_id, 16, "span_id")
-    flags = TraceFlags(TraceFlags.SAMPLED)
-    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+    context = SpanContext(
+        trace_id, _parse_id(record.span_id, 16, "span_id"), is_remote=False, trace_flags=_SAMPLED
+    )
     parent = None
     if record.parent_span_id:
         parent = SpanContext(
             trace_id,
             _parse_id(record.parent_span_id, 16, "parent_span_id"),
             is_remote=False,
-            trace_flags=flags,
+            trace_flags=_SAMPLED,
         )
 
-    status = Status(StatusCode.UNSET)
+    status = _UNSET
     events: list[Event] = []
-    if record.status in _WITH_EXCEPTION:
+    if run_status in _WITH_EXCEPTION:
         description = _error_description(record)
         # A cancellation is an operator's abort, not an error of the node: its span keeps the
         # exception event (what was interrupted, and where) but not the ERROR status.
-        if record.status is not RunStatus.CANCELLED:
+        if run_status is not RunStatus.CANCELLED:
             status = Status(StatusCode.ERROR, description)
         exception: dict[str, AttributeValue] = {}
         if record.error_type:
@@ -175,12 +177,12 @@ def record_to_span(
             exception[EXCEPTION_MESSAGE] = description
         if record.error_stack:
             exception[EXCEPTION_STACKTRACE] = record.error_stack
-        events.append(Event("exception", exception, timestamp=record.ended_ns))
+        events.append(Event("exception", exception, timestamp=ended))
     if record.writes or record.checkpoint is not None:
         events[:0] = phase_events(record)
 
     return ReadableSpan(
-        name=SPAN_NAME_FORMAT.format(node=record.node),
+        name=_span_name(record.node),
         context=context,
         parent=parent,
         resource=record_resource(record, resource),
@@ -189,9 +191,26 @@ def record_to_span(
         kind=SpanKind.INTERNAL,
         status=status,
         start_time=record.started_ns,
-        end_time=record.ended_ns,
+        end_time=ended,
         instrumentation_scope=SCOPE,
     )
+
+
+#: The flags and the status every node span without an error shares (both are immutable).
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_UNSET: Final = Status(StatusCode.UNSET)
+
+#: Span names by node name: a process runs a handful of nodes thousands of times.
+_span_names: dict[str, str] = {}
+
+
+def _span_name(node: str) -> str:
+    name = _span_names.get(node)
+    if name is None:
+        if len(_span_names) >= 1024:
+            _span_names.clear()
+        name = _span_names[node] = SPAN_NAME_FORMAT.format(node=node)
+    return name
 
 
 def phase_events(record: RunRecord) -> list[Event]:
@@ -235,20 +254,24 @@ def span_attributes(record: RunRecord, url: TaskRunUrl | None = None) -> dict[st
     """The span attributes of ``record``, every key taken from the conventions table: ours
     (``odibi.*``) and the OpenTelemetry CI/CD conventions' (``cicd.pipeline.*``) beside them,
     so that tools that speak the standard read the run without knowing ours."""
+    run_id, pipeline, node = record.run_id, record.pipeline, record.node
+    pipeline_run_id = record.pipeline_run_id
+    status_value, result = _STATUS_ATTRIBUTES[record.status]
     attrs: dict[str, AttributeValue] = {
-        _A_RUN_ID: record.run_id,
+        _A_RUN_ID: run_id,
         _A_PROJECT: record.project,
-        _A_PIPELINE: record.pipeline,
+        _A_PIPELINE: pipeline,
     }
-    if record.pipeline_run_id:
-        attrs[_A_PIPELINE_RUN_ID] = record.pipeline_run_id
-    attrs[_A_NODE] = record.node
+    if pipeline_run_id:
+        attrs[_A_PIPELINE_RUN_ID] = pipeline_run_id
+    attrs[_A_NODE] = node
     attrs[_A_ATTEMPT] = record.attempt
-    attrs[_A_STATUS] = record.status.value
+    attrs[_A_STATUS] = status_value
     if record.rows_processed is not None:
         attrs[_A_ROWS] = record.rows_processed
-    if record.duration_ms is not None:
-        attrs[_A_DURATION_MS] = record.duration_ms
+    duration_ms = record.duration_ms
+    if duration_ms is not None:
+        attrs[_A_DURATION_MS] = duration_ms
     attrs[_A_ENVIRONMENT] = record.environment
     if record.suggestions:
         attrs[_A_SUGGESTIONS] = tuple(str(s) for s in record.suggestions)
@@ -262,14 +285,14 @@ def span_attributes(record: RunRecord, url: TaskRunUrl | None = None) -> dict[st
         attrs[_A_MEMORY_LIMIT] = record.memory_limit_bytes
     if record.skip_reason is not None:
         attrs[_A_SKIP_REASON] = record.skip_reason
-    for key, value in record.attributes.items():
-        attrs[USER_ATTRIBUTE_PREFIX + key] = value
-    attrs[CICD_PIPELINE_NAME] = record.pipeline
-    if record.pipeline_run_id:
-        attrs[CICD_PIPELINE_RUN_ID] = record.pipeline_run_id
-    attrs[CICD_TASK_NAME] = record.node
-    attrs[CICD_TASK_RUN_ID] = record.run_id
-    result = TASK_RUN_RESULTS.get(record.status)
+    if record.attributes:
+        for key, value in record.attributes.items():
+            attrs[USER_ATTRIBUTE_PREFIX + key] = value
+    attrs[CICD_PIPELINE_NAME] = pipeline
+    if pipeline_run_id:
+        attrs[CICD_PIPELINE_RUN_ID] = pipeline_run_id
+    attrs[CICD_TASK_NAME] = node
+    attrs[CICD_TASK_RUN_ID] = run_id
     if result is not None:
         attrs[CICD_TASK_RUN_RESULT] = result
     if url is not None:
@@ -277,6 +300,11 @@ def span_attributes(record: RunRecord, url: TaskRunUrl | None = None) -> dict[st
         if link is not None:
             attrs[CICD_TASK_RUN_URL] = link
     return attrs
+
+
+#: Per run status, its ``odibi.status`` value and its CI/CD task run result (None for none):
+#: one lookup instead of an enum ``value`` property and a second hash per span.
+_STATUS_ATTRIBUTES: Final = {s: (s.value, TASK_RUN_RESULTS.get(s)) for s in RunStatus}
 
 
 #: Statuses whose span carries an ``exception`` event.
