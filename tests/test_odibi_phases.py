@@ -276,9 +276,10 @@ def test_killed_between_write_and_hwm_in_sidecar_mode_is_crashed_with_its_write(
     kill_in_the_window(start_window(project, "block", marker, env), marker)
 
     def crashed() -> RunRecord:
-        (run,) = records(pg_url)
-        assert run.status is RunStatus.CRASHED, run.status
-        return run
+        runs = records(pg_url)
+        assert len(runs) == 1, runs  # (an assertion, so that it is retried until it holds)
+        assert runs[0].status is RunStatus.CRASHED, runs[0].status
+        return runs[0]
 
     run = eventually(crashed, timeout=120)
     assert_killed_run(run, project)
@@ -349,3 +350,70 @@ def test_overlapping_runs_and_the_checkpoint_they_regress_are_flagged(tmp_path: 
     assert "older than the checkpoint run " + b.run_id in regressed["detail"]
     assert report["summary"]["discrepancies"][UNCOMMITTED_WRITE] == 0
     assert {k for k, _ in kinds} == {OVERLAPPING_RUNS, CHECKPOINT_REGRESSED}
+
+
+# -- the natural race: SIGKILL at whatever moment follows the Delta commit ------------------------
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.1, 0.5])
+def test_a_kill_at_any_moment_after_the_commit_is_never_a_silent_duplicate(
+    tmp_path: Path, delay: float
+) -> None:
+    """No held ``set_hwm``: the pipeline runs as Odibi runs it, in sidecar mode, and is
+    SIGKILLed ``delay`` seconds after its Delta commit appears — wherever that lands (before
+    the write call returned, between the write and the HWM, after the HWM). Then the next run
+    shows whether the window is read again. Whatever the moment: rows read twice are always
+    named, by ``reconcile`` (``uncommitted_write``) or, when the kill came before the write
+    was on record, by ``audit`` (which needs no catalog); and a run whose HWM was saved and
+    on record is never called uncommitted."""
+    from tests.test_audit import audit
+
+    project = incremental_project(tmp_path / "project")
+    catalog, traces = f"sqlite:///{tmp_path / 'catalog.db'}", tmp_path / "traces.jsonl"
+    commit = project / "lake" / "orders" / "_delta_log" / f"{0:020d}.json"
+    with Sidecar(
+        catalog, tmp_path / "spool", log=tmp_path / "sidecar.log", traces_file=traces
+    ) as sidecar:
+        env = {"ODIBI_OBSERVE_MODE": "sidecar", "ODIBI_OBSERVE_SPOOL_DIR": str(sidecar.spool_dir)}
+        proc = start_window(project, "pass", tmp_path / "unused", env)
+        try:
+            deadline = time.monotonic() + 120
+            while not commit.exists():
+                assert proc.poll() is None, "the run ended before its commit was seen"
+                assert time.monotonic() < deadline, "the run never committed"
+                time.sleep(0.0005)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(30)
+            proc.stderr.close()  # type: ignore[union-attr]
+
+        def closed() -> RunRecord:
+            runs = [r for r in records(catalog) if r.node == NODE]
+            assert len(runs) == 1, runs  # none yet while the sidecar has not caught up
+            assert runs[0].status is not RunStatus.RUNNING, runs[0].status
+            return runs[0]
+
+        run = eventually(closed, timeout=120)
+    report = reconcile(catalog, traces, tmp_path / "report")
+    flagged = {d["run_id"] for d in report["discrepancies"] if d["kind"] == UNCOMMITTED_WRITE}
+    found = audit(project, tmp_path / "audit")
+    audited = {f["kind"] for f in found.report["findings"]}
+    # What the kill left: the next run re-reads the window or it does not.
+    run_pipeline(project, catalog, traces)
+    rows, distinct = target_rows(project)
+    duplicated = rows > distinct
+    print(
+        f"killed {delay}s after the commit: {run.status.value}, writes={len(run.writes)}, "
+        f"checkpoint={run.checkpoint is not None}, reconcile={run.run_id in flagged}, "
+        f"audit={sorted(audited)}, target {rows} rows / {distinct} distinct"
+    )
+    if duplicated:
+        assert run.run_id in flagged or audited & {"hwm_not_saved", "unclaimed_commit"}, (
+            run,
+            audited,
+        )
+    if run.checkpoint is not None:
+        assert run.run_id not in flagged and not duplicated, (run, rows, distinct)
+    if run.run_id in flagged:
+        assert run.writes and run.checkpoint is None
