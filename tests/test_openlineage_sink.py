@@ -961,7 +961,15 @@ def test_the_sidecar_s_lineage_has_its_own_cursor_and_a_killed_run_gets_its_fail
         assert receiver.events == []
         assert lineage_backlog(sidecar) >= 3  # START, COMPLETE, START at least; not acked
         receiver.status = 201
-        assert wait_until(lambda: len(receiver.events) >= 4 and lineage_backlog(sidecar) == 0, 60)
+        # The pump's backoff after the failures above may be up to 30 s (sidecar defaults).
+        delivered = wait_until(
+            lambda: len(receiver.events) >= 4 and lineage_backlog(sidecar) == 0, 120
+        )
+        assert delivered, (
+            [(e["run"]["runId"], e["eventType"]) for e in receiver.events],
+            lineage_backlog(sidecar),
+            receiver.requests,
+        )
     finally:
         sidecar.stop(timeout=5)
     got = list(receiver.events)
