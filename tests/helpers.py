@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from odibi_observe._runtime import Observer
 from odibi_observe.record import EventKind, RunEvent, RunRecord
@@ -95,3 +96,27 @@ class StrictTextSink(Sink):
 
 #: What the ``fresh_observer`` fixture (tests/conftest.py) gives a test: ``configure()``.
 Configure = Callable[..., Observer]
+
+
+def reconcile_argv(
+    catalog: str, traces: Path, out: Path, *extra: str, since: str = "2000-01-01T00:00:00"
+) -> list[str]:
+    """The arguments of ``odibi-observe reconcile`` of ``catalog`` against one OTLP-JSON
+    trace file, from ``since``, no grace period, its JSON report written into ``out``."""
+    return [
+        "reconcile",
+        "--catalog",
+        catalog,
+        "--traces",
+        f"otlp-json:{traces}",
+        "--since",
+        since,
+        "--grace",
+        "0s",
+        *extra,
+        "--format",
+        "json",
+        "--out",
+        str(out),
+        "--quiet",
+    ]

@@ -52,7 +52,7 @@ pytest.importorskip("deltalake", reason="reading Odibi's meta_runs needs the 'od
 
 from odibi_observe.integrations import odibi as observe_odibi
 from odibi_observe.integrations.commands import absolute_sqlite_url
-from tests.helpers import Configure
+from tests.helpers import Configure, reconcile_argv
 
 TEMPLATE = Path(__file__).parent / "odibi_projects" / "shop"
 RUN_ID = FIELDS.run_id.attribute or ""
@@ -571,20 +571,9 @@ def reconcile_with_odibi(project: Path, traces: Path, out: Path) -> tuple[int, d
     result = run_subprocess(
         [
             *_cli_command("odibi-observe"),
-            "reconcile",
-            "--catalog",
-            f"odibi-delta:{project / 'lake' / '_system' / 'meta_runs'}",
-            "--traces",
-            f"otlp-json:{traces}",
-            "--since",
-            "2000-01-01T00:00:00",
-            "--grace",
-            "0s",
-            "--format",
-            "json",
-            "--out",
-            str(out),
-            "--quiet",
+            *reconcile_argv(
+                f"odibi-delta:{project / 'lake' / '_system' / 'meta_runs'}", traces, out
+            ),
         ],
         project,
     )

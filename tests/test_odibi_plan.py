@@ -39,7 +39,7 @@ pytest.importorskip("deltalake", reason="reading Odibi's tables needs the 'odibi
 
 from odibi_observe.integrations import odibi as observe_odibi
 from tests.fault_helpers import Sidecar, parse_metrics
-from tests.helpers import wait_until
+from tests.helpers import reconcile_argv, wait_until
 from tests.test_odibi_integration import (
     INGEST,
     _cli_command,
@@ -361,20 +361,7 @@ def reconcile(catalog_url: str, traces: Path, out: Path) -> tuple[int, dict[str,
     result = run_subprocess(
         [
             *_cli_command("odibi-observe"),
-            "reconcile",
-            "--catalog",
-            catalog_url,
-            "--traces",
-            f"otlp-json:{traces}",
-            "--since",
-            "2000-01-01T00:00:00",
-            "--grace",
-            "0s",
-            "--format",
-            "json",
-            "--out",
-            str(out),
-            "--quiet",
+            *reconcile_argv(catalog_url, traces, out),
         ],
         out.parent,
     )

@@ -39,7 +39,7 @@ from odibi_observe.conventions import (
 from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.sinks.base import Sink
 from odibi_observe.testing import InMemorySink, capture_runs
-from tests.helpers import Configure
+from tests.helpers import Configure, reconcile_argv
 
 PLAN = ["extract", "clean", "enrich", "load", "report"]
 DEPENDS = {"clean": ["extract"], "enrich": ["clean"], "load": ["enrich"], "report": ["extract"]}
@@ -347,21 +347,7 @@ def reconcile_report(catalog_url: str, traces: Path, out: Path, *extra: str) -> 
 
     code = main(
         [
-            "reconcile",
-            "--catalog",
-            catalog_url,
-            "--traces",
-            f"otlp-json:{traces}",
-            "--since",
-            "2000-01-01T00:00:00",
-            "--grace",
-            "0s",
-            *extra,
-            "--format",
-            "json",
-            "--out",
-            str(out),
-            "--quiet",
+            *reconcile_argv(catalog_url, traces, out, *extra),
         ]
     )
     report: dict[str, Any] = json.loads((out / "report.json").read_text())

@@ -35,6 +35,7 @@ from odibi_observe.record import EventKind, RunEvent, RunRecord
 from odibi_observe.testing import capture_runs
 from odibi_observe.testing.contracts import make_record
 from tests.fault_helpers import CLI
+from tests.helpers import reconcile_argv
 
 AT = 1_765_000_000_123_456_000
 WRITE = {"target": "silver/orders", "rows": 15, "version": 1, "at": AT, "awaits_checkpoint": True}
@@ -226,20 +227,7 @@ def reconcile(
         [
             sys.executable,
             *CLI,
-            "reconcile",
-            "--catalog",
-            catalog_url,
-            "--traces",
-            f"otlp-json:{traces}",
-            "--since",
-            since,
-            "--grace",
-            "0s",
-            "--format",
-            "json",
-            "--out",
-            str(out),
-            "--quiet",
+            *reconcile_argv(catalog_url, traces, out, since=since),
         ],
         capture_output=True,
         text=True,
