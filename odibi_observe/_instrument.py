@@ -79,6 +79,7 @@ from odibi_observe.conventions import (
     FAILED_STATUSES,
     FIELDS,
     INSTRUMENTATION_SCOPE,
+    PHASE_KEYS,
     PIPELINE_COUNTS,
     PIPELINE_RESULTS,
     PIPELINE_SPAN_NAME_FORMAT,
@@ -89,6 +90,9 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import AttributeValue, EventKind, RunEvent, RunHandle, RunRecord
+
+#: The keys of a write and of the checkpoint (``writes_json``, ``checkpoint_json``).
+_K: Final = PHASE_KEYS
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -432,13 +436,13 @@ class NodeRun:
                 self._invalid("write", f"more than {MAX_WRITES} writes in one run; dropped")
                 return
             write: dict[str, Any] = {
-                "target": self._phase_text(target, "write"),
-                "rows": self._coerce_rows(rows),
-                "version": self._phase_value(version, "write"),
-                "at": time.time_ns(),
+                _K.target: self._phase_text(target, "write"),
+                _K.rows: self._coerce_rows(rows),
+                _K.version: self._phase_value(version, "write"),
+                _K.at: time.time_ns(),
             }
             if awaits_checkpoint is True:
-                write["awaits_checkpoint"] = True
+                write[_K.awaits_checkpoint] = True
             self._phase("write", writes=(*self.record.writes, write))
         except Exception as exc:  # pragma: no cover - a bug here must not reach the node
             self._invalid("write", f"a write could not be recorded ({_reason(exc)})")
@@ -449,10 +453,10 @@ class NodeRun:
         call replaces the first (a run commits one checkpoint). Never raises."""
         try:
             checkpoint = {
-                "key": self._phase_text(key, "checkpoint"),
-                "value": self._phase_value(value, "checkpoint"),
-                "previous": self._phase_value(previous, "checkpoint"),
-                "at": time.time_ns(),
+                _K.key: self._phase_text(key, "checkpoint"),
+                _K.value: self._phase_value(value, "checkpoint"),
+                _K.previous: self._phase_value(previous, "checkpoint"),
+                _K.at: time.time_ns(),
             }
             self._phase("checkpoint", checkpoint=checkpoint)
         except Exception as exc:  # pragma: no cover - a bug here must not reach the node

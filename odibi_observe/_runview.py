@@ -19,8 +19,11 @@ from typing import Any, Final, TextIO
 
 from odibi_observe._cliargs import first_line
 from odibi_observe._redact import redact, terminal_safe
-from odibi_observe.conventions import UNCOMMITTED_WRITE, RunStatus
+from odibi_observe.conventions import PHASE_KEYS, UNCOMMITTED_WRITE, RunStatus
 from odibi_observe.record import RunRecord, ns_to_datetime
+
+#: The keys of a write and of the checkpoint (``writes_json``, ``checkpoint_json``).
+_K: Final = PHASE_KEYS
 
 #: Run ids are shown by their first characters, as git shows commits; ``--details`` takes
 #: such a prefix.
@@ -285,13 +288,13 @@ def phase_fields(rec: RunRecord) -> list[tuple[str, str]]:
     """``--details`` lines of a run's writes and checkpoint (none for a run without)."""
     fields = []
     for write in rec.writes:
-        version = write.get("version")
+        version = write.get(_K.version)
         fields.append(
             (
                 "write",
                 f"{write.get('target')}  rows {rows_text(write.get('rows')) or '?'}"
                 + ("" if version is None else f"  version {version}")
-                + ("  (awaits checkpoint)" if write.get("awaits_checkpoint") else ""),
+                + ("  (awaits checkpoint)" if write.get(_K.awaits_checkpoint) else ""),
             )
         )
     checkpoint = rec.checkpoint

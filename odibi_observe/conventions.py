@@ -1273,6 +1273,28 @@ CHECKPOINT_KEY_ATTRIBUTE: Final = "odibi.checkpoint.key"
 CHECKPOINT_VALUE_ATTRIBUTE: Final = "odibi.checkpoint.value"
 CHECKPOINT_PREVIOUS_ATTRIBUTE: Final = "odibi.checkpoint.previous"
 
+
+@dataclass(frozen=True)
+class PhaseKeys:
+    """The keys of one write (an item of ``writes_json``, of ``RunRecord.writes``) and of the
+    checkpoint (``checkpoint_json``, ``RunRecord.checkpoint``): a stored format, one name
+    each."""
+
+    # a write
+    target: str = "target"
+    rows: str = "rows"
+    version: str = "version"
+    awaits_checkpoint: str = "awaits_checkpoint"
+    # the checkpoint
+    key: str = "key"
+    value: str = "value"
+    previous: str = "previous"
+    # both: when it was recorded (ns in the record, ISO 8601 UTC in the catalog)
+    at: str = "at"
+
+
+PHASE_KEYS: Final = PhaseKeys()
+
 #: Statuses after which a write without its checkpoint is uncommitted.
 UNCOMMITTED_STATUSES: Final = (RunStatus.FAILURE, RunStatus.CRASHED, RunStatus.CANCELLED)
 

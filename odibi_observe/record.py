@@ -24,11 +24,15 @@ from typing import Any, Final, Protocol, Union
 
 from odibi_observe.conventions import (
     LABEL_SOURCES,
+    PHASE_KEYS,
     UNCOMMITTED_STATUSES,
     UNCOMMITTED_WRITE,
     RunStatus,
     Source,
 )
+
+#: The keys of a write and of the checkpoint (``writes_json``, ``checkpoint_json``).
+_K: Final = PHASE_KEYS
 
 #: A value OpenTelemetry accepts as an attribute: a primitive or a homogeneous sequence.
 AttributeValue = Union[  # noqa: UP007 - a runtime alias; `X | Y` of generics needs 3.10+ only
@@ -140,7 +144,7 @@ class RunRecord:
             bool(self.writes)
             and self.checkpoint is None
             and self.status in UNCOMMITTED_STATUSES
-            and any(w.get("awaits_checkpoint") and w.get("rows") != 0 for w in self.writes)
+            and any(w.get(_K.awaits_checkpoint) and w.get(_K.rows) != 0 for w in self.writes)
         )
 
     def uncommitted_summary(self) -> str | None:
@@ -149,8 +153,8 @@ class RunRecord:
         run re-reads them."""
         if not (self.writes and self.uncommitted_write):
             return None
-        pending = [w for w in self.writes if w.get("awaits_checkpoint")]
-        rows = [w.get("rows") for w in pending]
+        pending = [w for w in self.writes if w.get(_K.awaits_checkpoint)]
+        rows = [w.get(_K.rows) for w in pending]
         known = sum(r for r in rows if type(r) is int)
         amount = f"{known} row(s)" if None not in rows else "rows (count unknown)"
         targets = ", ".join(dict.fromkeys(_write_target_text(w) for w in pending))
@@ -442,18 +446,18 @@ def _check_types(data: Mapping[str, Any]) -> None:
 
 def _write_target_text(write: Mapping[str, Any]) -> str:
     """``target`` (``target@version`` when the write made a table version)."""
-    version = write.get("version")
-    return str(write.get("target")) + ("" if version is None else f" (version {version})")
+    version = write.get(_K.version)
+    return str(write.get(_K.target)) + ("" if version is None else f" (version {version})")
 
 
 def _check_phases(data: Mapping[str, Any]) -> None:
     """``TypeError`` unless ``writes`` holds objects with a text ``target`` and ``checkpoint``
     has a text ``key``: what every sink reads of them."""
     for write in data.get("writes") or ():
-        if write.__class__ is not dict or write.get("target").__class__ is not str:
+        if write.__class__ is not dict or write.get(_K.target).__class__ is not str:
             raise TypeError("RunRecord field 'writes' must hold objects with a 'target' string")
     checkpoint = data.get("checkpoint")
-    if checkpoint is not None and checkpoint.get("key").__class__ is not str:
+    if checkpoint is not None and checkpoint.get(_K.key).__class__ is not str:
         raise TypeError("RunRecord field 'checkpoint' must have a 'key' string")
 
 

@@ -36,6 +36,7 @@ from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
     ODIBI_META_RUNS_COLUMNS,
     PHASE_FIELDS,
+    PHASE_KEYS,
     PIPELINE_COUNTS,
     PIPELINE_FINISHED_AT,
     PIPELINE_RUNS_TABLE,
@@ -631,7 +632,7 @@ def _status(value: Any) -> RunStatus:
 
 #: Keys of a write or checkpoint whose value is a time: nanoseconds in the record, ISO-8601 UTC
 #: text in the catalog's JSON (what people and SQL read).
-_PHASE_TIMES: Final = ("at",)
+_PHASE_TIMES: Final = (PHASE_KEYS.at,)
 
 
 def phases_json(value: Mapping[str, Any] | tuple[Mapping[str, Any], ...]) -> str:
@@ -661,7 +662,9 @@ def _phases(text: Any, shape: type) -> list[dict[str, Any]]:
     items = value if shape is list and isinstance(value, list) else [value]
     found = []
     for item in items:
-        if isinstance(item, dict) and isinstance(item.get("target", item.get("key")), str):
+        if isinstance(item, dict) and isinstance(
+            item.get(PHASE_KEYS.target, item.get(PHASE_KEYS.key)), str
+        ):
             for key in _PHASE_TIMES:
                 if isinstance(item.get(key), str):
                     try:

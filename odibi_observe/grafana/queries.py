@@ -55,6 +55,7 @@ from odibi_observe.conventions import (
     HEALTH_FINDINGS_TABLE,
     HEALTH_METRICS,
     METRICS,
+    PHASE_KEYS,
     PHASE_METRICS,
     RECONCILE_METRICS,
     RECONCILIATION_ITEMS_TABLE,
@@ -451,7 +452,7 @@ LIMIT 50""",
 
 
 #: ``writes_json`` holds a write that awaits its checkpoint (the JSON the catalog writes).
-_AWAITS_CHECKPOINT: Final = '%"awaits_checkpoint":true%'
+_AWAITS_CHECKPOINT: Final = f'%"{PHASE_KEYS.awaits_checkpoint}":true%'
 
 
 def uncommitted_write_runs(f: Filters) -> SqlPanelQuery:

@@ -50,6 +50,7 @@ from typing import Any, Final, NamedTuple
 from odibi_observe.conventions import (
     CHECKPOINT_REGRESSED,
     OVERLAPPING_RUNS,
+    PHASE_KEYS,
     UNCOMMITTED_STATUSES,
     UNCOMMITTED_WRITE,
     RunStatus,
@@ -57,6 +58,9 @@ from odibi_observe.conventions import (
 from odibi_observe.reconcile.model import Discrepancy, ReadLog, ReadRange, Window, iso_ns
 from odibi_observe.reconcile.sources import CatalogSource
 from odibi_observe.record import RunRecord
+
+#: The keys of a write and of the checkpoint (``writes_json``, ``checkpoint_json``).
+_K: Final = PHASE_KEYS
 
 #: A run that ended without a checkpoint is taken to end this much earlier: its end is its
 #: wall-clock start plus a monotonic duration, so the next run of a loop in one process may
@@ -110,7 +114,7 @@ def checkpointing_nodes(
     nodes = {
         (r.pipeline, r.node)
         for r in runs
-        if r.checkpoint is not None or any(w.get("awaits_checkpoint") for w in r.writes)
+        if r.checkpoint is not None or any(w.get(_K.awaits_checkpoint) for w in r.writes)
     }
     writing = {(r.pipeline, r.node) for r in runs if r.writes} - nodes
     return nodes | {pn for pn in writing if catalog.checkpointed_before(*pn, before_ns)}
@@ -140,10 +144,10 @@ def uncommitted_writes(
     for record in runs:
         if record.checkpoint is not None or not _ended_uncommitted(record, stale_before_ns):
             continue
-        pending = [w for w in record.writes if w.get("rows") != 0]
+        pending = [w for w in record.writes if w.get(_K.rows) != 0]
         if not pending:
             continue
-        if not any(w.get("awaits_checkpoint") for w in pending) and not (
+        if not any(w.get(_K.awaits_checkpoint) for w in pending) and not (
             catalog.checkpointed_before(record.pipeline, record.node, record.started_ns)
         ):
             continue  # not a checkpointing node: its writes are all there is
@@ -172,7 +176,7 @@ def _checks(
     """The comparisons of checkpoint ``cp`` in the order they are tried — the value and what
     it must not be older than, and (lazily) what a regression's detail says — given the
     checkpoint committed before it and the one committed last before its run started."""
-    key, value, previous = cp.get("key"), cp.get("value"), cp.get("previous")
+    key, value, previous = cp.get(_K.key), cp.get(_K.value), cp.get(_K.previous)
     return (
         (
             value,
@@ -212,7 +216,7 @@ def regressed_checkpoints(
     history: dict[tuple[str, str, str], list[RunRecord]] = {}
     for record in sorted((r for r in runs if r.checkpoint is not None), key=_committed_at):
         checkpoint = record.checkpoint or {}
-        key = str(checkpoint.get("key"))
+        key = str(checkpoint.get(_K.key))
         earlier = history.setdefault((record.pipeline, record.node, key), [])
         before = earlier[-1] if earlier else None
         read = _committed_before(earlier, record.started_ns)
@@ -307,11 +311,11 @@ _UNKNOWN: Final = object()
 
 def _read_from(record: RunRecord) -> Any:
     """The checkpoint value the run started from: what its commit replaced (unknown without)."""
-    return _UNKNOWN if record.checkpoint is None else record.checkpoint.get("previous")
+    return _UNKNOWN if record.checkpoint is None else record.checkpoint.get(_K.previous)
 
 
 def _value(record: RunRecord | None) -> Any:
-    return None if record is None else (record.checkpoint or {}).get("value")
+    return None if record is None else (record.checkpoint or {}).get(_K.value)
 
 
 def _run_id(record: RunRecord | None) -> str:
@@ -319,7 +323,7 @@ def _run_id(record: RunRecord | None) -> str:
 
 
 def _committed_at(record: RunRecord) -> int:
-    at = (record.checkpoint or {}).get("at")
+    at = (record.checkpoint or {}).get(_K.at)
     return at if type(at) is int else record.ended_ns or record.started_ns
 
 
@@ -333,7 +337,7 @@ def _reading_until(record: RunRecord, stale_before_ns: int, now_ns: int) -> int:
     """Until when another run of the node read what ``record`` read: its commit, if it made
     one; else its end (less the slack: see :data:`OVERLAP_SLACK_NS`), its last sign of life
     once stale, or now."""
-    at = (record.checkpoint or {}).get("at")
+    at = (record.checkpoint or {}).get(_K.at)
     if type(at) is int:
         return at
     if record.ended_ns is not None:
@@ -373,15 +377,15 @@ def _ended_uncommitted(record: RunRecord, stale_before_ns: int) -> bool:
 
 
 def _with_iso_time(item: dict[str, Any]) -> dict[str, Any]:
-    at = item.get("at")
-    return {**item, "at": iso_ns(at) if type(at) is int else at}
+    at = item.get(_K.at)
+    return {**item, _K.at: iso_ns(at) if type(at) is int else at}
 
 
 def _finding(record: RunRecord, pending: list[dict[str, Any]]) -> Discrepancy:
-    rows = [w.get("rows") for w in pending]
+    rows = [w.get(_K.rows) for w in pending]
     reread = None if None in rows else sum(int(r) for r in rows if r is not None)
-    targets = ", ".join(dict.fromkeys(str(w.get("target")) for w in pending))
-    versions = [w.get("version") for w in pending if w.get("version") is not None]
+    targets = ", ".join(dict.fromkeys(str(w.get(_K.target)) for w in pending))
+    versions = [w.get(_K.version) for w in pending if w.get(_K.version) is not None]
     status = (
         "still RUNNING (its process is gone)"
         if record.status is RunStatus.RUNNING

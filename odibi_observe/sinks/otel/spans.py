@@ -37,6 +37,7 @@ from odibi_observe.conventions import (
     EXCEPTION_STACKTRACE,
     FIELDS,
     INSTRUMENTATION_SCOPE,
+    PHASE_KEYS,
     RESOURCE_FIELDS,
     RESOURCE_HOST,
     RESOURCE_PID,
@@ -54,6 +55,9 @@ from odibi_observe.conventions import (
     RunStatus,
 )
 from odibi_observe.record import RunRecord
+
+#: The keys of a write and of the checkpoint (``writes_json``, ``checkpoint_json``).
+_K: Final = PHASE_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +222,19 @@ def phase_events(record: RunRecord) -> list[Event]:
     moments they were recorded (before the ``exception`` event, which is at the end)."""
     events = []
     for write in record.writes:
-        attrs: dict[str, AttributeValue] = {WRITE_TARGET_ATTRIBUTE: str(write.get("target"))}
-        for key, name in ((WRITE_ROWS_ATTRIBUTE, "rows"), (WRITE_VERSION_ATTRIBUTE, "version")):
+        attrs: dict[str, AttributeValue] = {WRITE_TARGET_ATTRIBUTE: str(write.get(_K.target))}
+        for key, name in ((WRITE_ROWS_ATTRIBUTE, _K.rows), (WRITE_VERSION_ATTRIBUTE, _K.version)):
             if write.get(name) is not None:
                 attrs[key] = _event_value(write[name])
-        if write.get("awaits_checkpoint"):
+        if write.get(_K.awaits_checkpoint):
             attrs[WRITE_AWAITS_CHECKPOINT_ATTRIBUTE] = True
         events.append(Event(WRITE_EVENT, attrs, timestamp=_event_time(write, record)))
     checkpoint = record.checkpoint
     if checkpoint is not None:
-        attrs = {CHECKPOINT_KEY_ATTRIBUTE: str(checkpoint.get("key"))}
+        attrs = {CHECKPOINT_KEY_ATTRIBUTE: str(checkpoint.get(_K.key))}
         for key, name in (
-            (CHECKPOINT_VALUE_ATTRIBUTE, "value"),
-            (CHECKPOINT_PREVIOUS_ATTRIBUTE, "previous"),
+            (CHECKPOINT_VALUE_ATTRIBUTE, _K.value),
+            (CHECKPOINT_PREVIOUS_ATTRIBUTE, _K.previous),
         ):
             if checkpoint.get(name) is not None:
                 attrs[key] = _event_value(checkpoint[name])
@@ -246,7 +250,7 @@ def _event_value(value: Any) -> AttributeValue:
 
 
 def _event_time(item: dict[str, Any], record: RunRecord) -> int:
-    at = item.get("at")
+    at = item.get(_K.at)
     return at if type(at) is int else record.started_ns
 
 
