@@ -501,6 +501,22 @@ def test_a_late_start_does_not_reopen_a_finished_run(receiver: Receiver) -> None
     assert receiver.requests == 1
 
 
+def test_a_start_behind_its_end_in_the_same_batch_is_still_sent_first(receiver: Receiver) -> None:
+    """The sidecar's batches interleave the spool's writers: the sweeper's FAIL of a killed run
+    can come before the pipeline's START of it. Both are sent, every START first; otherwise
+    the batch's order is kept."""
+    sink = OpenLineageSink(http_client(receiver.url))
+    killed, other = make_record(status=RunStatus.CRASHED), make_record()
+    sink.export([finished(killed), started(other), started(killed), finished(other)])
+    events = receiver.wait(4)
+    assert [(e["run"]["runId"], e["eventType"]) for e in events] == [
+        (other.run_id, "START"),
+        (killed.run_id, "START"),
+        (killed.run_id, "FAIL"),
+        (other.run_id, "COMPLETE"),
+    ]
+
+
 # -- configured the OpenLineage way, through configure() ----------------------------------------
 
 

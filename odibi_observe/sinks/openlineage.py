@@ -19,7 +19,8 @@ are synchronous and raise on failure, so an unreachable endpoint raises
 an event the endpoint refuses as invalid (HTTP 400/413/422) is rejected alone
 (:class:`~odibi_observe.sinks.base.RecordRejected`). Which events were already sent is
 remembered by ``(run_id, event type)``, so a retried batch sends each event once, and a
-``START`` that arrives after the run's terminal event is not sent at all.
+``START`` that arrives after the run's terminal event was sent (in an earlier batch) is not
+sent at all; within one batch every ``START`` is sent before any terminal event.
 """
 
 from __future__ import annotations
@@ -190,7 +191,12 @@ class OpenLineageSink(Sink):
     def export(self, events: Sequence[RunEvent]) -> None:
         rejected: list[RunEvent] = []
         reasons: list[str] = []
-        for event in events:
+        # A batch the sidecar reads interleaves the spool's writers (they take turns being
+        # first), so a run's end from one writer (the sweeper's CRASHED close) can come before
+        # its START from another (the pipeline's). Starts go first: a START is only ever
+        # "late" when its run ended in an earlier batch, never because of where it sat in
+        # this one. The sort is stable, so each writer's own order is kept.
+        for event in sorted(events, key=lambda e: e.kind is not EventKind.STARTED):
             reason = self._send(event)
             if reason is not None:
                 rejected.append(event)
