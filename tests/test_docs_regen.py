@@ -7,7 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "regen_docs.py"
@@ -23,15 +26,24 @@ def _check(root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_docs_have_not_drifted() -> None:
-    done = _check(ROOT)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+@dataclass(frozen=True)
+class Checked:
+    """One ``--check`` over a copy of the docs with one block planted out of date."""
+
+    done: subprocess.CompletedProcess[str]
+    real: str  # the catalog revision cli.md shows
 
 
-def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    cli = tmp_path / "docs" / "cli.md"
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> Checked:
+    """The check regenerates every marked block from real runs (most of a minute), so it runs
+    once: over a copy of the docs where cli.md shows an old catalog revision. The diff must
+    then hold that block and nothing else, which shows both that the check catches a drifted
+    block and that no other block has drifted."""
+    copy = tmp_path_factory.mktemp("docs-check")
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "README.md", copy / "README.md")
+    cli = copy / "docs" / "cli.md"
     text = cli.read_text(encoding="utf-8")
     found = re.search(r"meta_runs is at revision (\S+)", text)
     assert found, "cli.md shows the catalog revision"
@@ -40,10 +52,28 @@ def test_a_drifted_block_fails_the_check_with_a_diff(tmp_path: Path) -> None:
         text.replace(f"meta_runs is at revision {real}", "meta_runs is at revision 0001"),
         encoding="utf-8",
     )
-    done = _check(tmp_path)
-    assert done.returncode == 1
-    assert "-sqlite:///catalog.db: meta_runs is at revision 0001" in done.stdout
-    assert f"+sqlite:///catalog.db: meta_runs is at revision {real}" in done.stdout
+    return Checked(_check(copy), real)
+
+
+def _changed_lines(diff: str) -> list[str]:
+    """The lines a unified diff removes or adds (not its file headers)."""
+    return [
+        line
+        for line in diff.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++ ", "--- "))
+    ]
+
+
+def test_docs_have_not_drifted(checked: Checked) -> None:
+    assert _changed_lines(checked.done.stdout) == [
+        "-sqlite:///catalog.db: meta_runs is at revision 0001",
+        f"+sqlite:///catalog.db: meta_runs is at revision {checked.real}",
+    ], checked.done.stdout[-4000:] + checked.done.stderr[-2000:]
+
+
+def test_a_drifted_block_fails_the_check_with_a_diff(checked: Checked) -> None:
+    assert checked.done.returncode == 1, checked.done.stderr[-2000:]
+    assert "--- docs/cli.md\n+++ docs/cli.md (regenerated)\n" in checked.done.stdout
 
 
 #: Blocks that show ``odibi-observe`` output but cannot come from a run of

@@ -194,9 +194,9 @@ def test_sidecar_mode_exports_the_in_process_tree(tmp_path: Path) -> None:
 
 # -- item: the exit status after Ctrl-C ------------------------------------------------------
 
-#: Half of them leave a thread inside pyarrow, which aborted the old exit every time; twelve
+#: Half of them leave a thread inside pyarrow, which aborted the old exit every time; eight
 #: keep the test within the suite's budget. ODIBI_OBSERVE_SIGINT_RUNS raises it for a soak.
-SIGINT_RUNS = int(os.environ.get("ODIBI_OBSERVE_SIGINT_RUNS", "12"))
+SIGINT_RUNS = int(os.environ.get("ODIBI_OBSERVE_SIGINT_RUNS", "8"))
 SIGINT_PARALLEL = 4
 
 
@@ -240,7 +240,7 @@ def _interrupt_one(
 
 
 def test_ctrl_c_always_exits_130_with_the_interrupted_node_recorded(tmp_path: Path) -> None:
-    """Twelve Ctrl-Cs mid-node (``ODIBI_OBSERVE_SIGINT_RUNS`` for more). Every other project
+    """Eight Ctrl-Cs mid-node (``ODIBI_OBSERVE_SIGINT_RUNS`` for more). Every other project
     also leaves a daemon thread inside pyarrow's C++ code, as Odibi's background catalog
     updates can be at that moment: the interpreter's normal exit under it aborted (SIGABRT,
     exit status 134) every time."""
