@@ -3,7 +3,11 @@
 # odibi-observe with its dev extras, installs/starts PostgreSQL, installs Prometheus (for the
 # dashboard and alert-rule tests) and Chromium (the status page in a real browser), then runs
 # pytest.
-# Extra arguments go to pytest (scripts/test.sh -k catalog -x).
+# Extra arguments go to pytest (scripts/test.sh -k catalog -x). The suite runs in parallel, one
+# test file per worker at a time (most tests wait on real processes, servers and sockets, so
+# even two cores nearly halve it): as many workers as cores, at least 2 and at most 4 (each
+# holds PostgreSQL connections and spawns pipelines). ODIBI_OBSERVE_TEST_WORKERS sets the
+# number; 0 runs everything in this one process.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 # Leave the machine as it was found: the PostgreSQL role this run created is dropped and a
@@ -16,7 +20,12 @@ ensure_postgres
 ensure_prometheus
 ensure_chromium
 cd "$ROOT"
-say "running the test suite"
+workers="${ODIBI_OBSERVE_TEST_WORKERS:-$(cores="$(nproc)"; echo $((cores < 2 ? 2 : cores > 4 ? 4 : cores)))}"
+parallel=()
+if [ "$workers" != 0 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
+say "running the test suite (workers: $workers)"
 status=0
-"$VENV/bin/python" -m pytest "$@" || status=$?
+"$VENV/bin/python" -m pytest "${parallel[@]}" "$@" || status=$?
 exit "$status"
