@@ -10,6 +10,16 @@
 # number; 0 runs everything in this one process.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
+# Checked before anything is installed, so a mistyped number fails at once.
+workers="${ODIBI_OBSERVE_TEST_WORKERS:-$(cores="$(nproc)"; echo $((cores < 2 ? 2 : cores > 4 ? 4 : cores)))}"
+if ! [[ "$workers" =~ ^[0-9]+$ ]]; then
+  say "ODIBI_OBSERVE_TEST_WORKERS must be a whole number of workers (0: one process), not '$workers'"
+  exit 2
+fi
+parallel=()
+if [ "$workers" != 0 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+fi
 # Leave the machine as it was found: the PostgreSQL role this run created is dropped and a
 # cluster it started is stopped, however the tests end (failure, Ctrl-C, TERM).
 trap release_postgres EXIT
@@ -20,11 +30,6 @@ ensure_postgres
 ensure_prometheus
 ensure_chromium
 cd "$ROOT"
-workers="${ODIBI_OBSERVE_TEST_WORKERS:-$(cores="$(nproc)"; echo $((cores < 2 ? 2 : cores > 4 ? 4 : cores)))}"
-parallel=()
-if [ "$workers" != 0 ]; then
-  parallel=(-n "$workers" --dist loadfile)
-fi
 say "running the test suite (workers: $workers)"
 status=0
 "$VENV/bin/python" -m pytest "${parallel[@]}" "$@" || status=$?
