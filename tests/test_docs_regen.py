@@ -26,6 +26,10 @@ def _check(root: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+#: What the ``catalog upgrade`` block of cli.md is made to say: a catalog revision long past.
+PLANTED = "meta_runs is at revision 0001"
+
+
 @dataclass(frozen=True)
 class Checked:
     """One ``--check`` over a copy of the docs with one block planted out of date."""
@@ -49,7 +53,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> Checked:
     assert found, "cli.md shows the catalog revision"
     real = found.group(1)
     cli.write_text(
-        text.replace(f"meta_runs is at revision {real}", "meta_runs is at revision 0001"),
+        text.replace(f"meta_runs is at revision {real}", PLANTED),
         encoding="utf-8",
     )
     return Checked(_check(copy), real)
@@ -66,7 +70,7 @@ def _changed_lines(diff: str) -> list[str]:
 
 def test_docs_have_not_drifted(checked: Checked) -> None:
     assert _changed_lines(checked.done.stdout) == [
-        "-sqlite:///catalog.db: meta_runs is at revision 0001",
+        f"-sqlite:///catalog.db: {PLANTED}",
         f"+sqlite:///catalog.db: meta_runs is at revision {checked.real}",
     ], checked.done.stdout[-4000:] + checked.done.stderr[-2000:]
 
